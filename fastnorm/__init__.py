@@ -1,0 +1,28 @@
+"""fastnorm: fused CPU (Cython + OpenMP) and GPU (Numba-CUDA) kernels for normalization and optimizers.
+
+NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on the CUDA kernels.
+``fastnorm.reference`` holds the NumPy specification of every op.
+"""
+
+from . import reference
+from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
+from .norms import (
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "reference",
+    "get_num_threads",
+    "set_num_threads",
+    "openmp_enabled",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+]

@@ -1,0 +1,251 @@
+"""LayerNorm and RMSNorm CPU kernels on an (M, N) row view.
+
+Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
+re-read from cache for the two-pass moments and the output pass.
+Backward: rows split into ``n_chunks`` contiguous chunks (one per thread); each chunk accumulates its
+own partial dweight/dbias row in float64 (``dw_part[c]``, ``db_part[c]``), then the partials are summed
+in chunk order: bitwise reproducible for a given thread count, no atomics.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+
+cdef extern from "fastnorm_moments.h" nogil:
+    double fn_sum_f(const float *x, Py_ssize_t n)
+    double fn_sum_d(const double *x, Py_ssize_t n)
+    double fn_sumsq_dev_f(const float *x, Py_ssize_t n, float mu)
+    double fn_sumsq_dev_d(const double *x, Py_ssize_t n, double mu)
+    double fn_sumsq_f(const float *x, Py_ssize_t n)
+    double fn_sumsq_d(const double *x, Py_ssize_t n)
+    void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, Py_ssize_t n,
+                       double *s1, double *s2)
+    void fn_bwd_sums_d(const double *dy, const double *w, const double *x, double mu, Py_ssize_t n,
+                       double *s1, double *s2)
+
+
+# ------------------------------------------------------------------------------------------ row helpers
+cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floating *b, floating *y,
+                             floating *mean, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double mu, var
+    cdef floating fmu, frs
+    if floating is float:
+        mu = fn_sum_f(x, n) / n
+        fmu = <float>mu
+        var = fn_sumsq_dev_f(x, n, fmu) / n
+    else:
+        mu = fn_sum_d(x, n) / n
+        fmu = mu
+        var = fn_sumsq_dev_d(x, n, fmu) / n
+    frs = <floating>(1.0 / sqrt(var + eps))
+    mean[0] = fmu
+    rstd[0] = frs
+    # (x - mean) first: exact when x is close to a large mean, unlike x*rstd - mean*rstd.
+    if w != NULL and b != NULL:
+        for j in range(n):
+            y[j] = (x[j] - fmu) * frs * w[j] + b[j]
+    elif w != NULL:
+        for j in range(n):
+            y[j] = (x[j] - fmu) * frs * w[j]
+    elif b != NULL:
+        for j in range(n):
+            y[j] = (x[j] - fmu) * frs + b[j]
+    else:
+        for j in range(n):
+            y[j] = (x[j] - fmu) * frs
+
+
+cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu, floating rs,
+                             const floating *w, floating *dx, double *dwp, double *dbp,
+                             Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double s1, s2
+    cdef floating c1, c2, xh
+    if floating is float:
+        fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
+    else:
+        fn_bwd_sums_d(dy, w, x, mu, n, &s1, &s2)
+    # dx = rs * (g - mean(g) - xhat * mean(g * xhat)),  mean(g * xhat) = rs * s2 / n
+    c1 = <floating>(s1 / n)
+    c2 = <floating>(rs * s2 / n)
+    if w != NULL:
+        for j in range(n):
+            xh = (x[j] - mu) * rs
+            dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
+    else:
+        for j in range(n):
+            xh = (x[j] - mu) * rs
+            dx[j] = rs * (dy[j] - c1 - xh * c2)
+    if dwp != NULL:
+        for j in range(n):
+            dwp[j] += <double>(dy[j] * ((x[j] - mu) * rs))
+    if dbp != NULL:
+        for j in range(n):
+            dbp[j] += <double>dy[j]
+
+
+cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y, floating *rstd,
+                              Py_ssize_t n, double eps) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double ms
+    cdef floating frs
+    if floating is float:
+        ms = fn_sumsq_f(x, n) / n
+    else:
+        ms = fn_sumsq_d(x, n) / n
+    frs = <floating>(1.0 / sqrt(ms + eps))
+    rstd[0] = frs
+    if w != NULL:
+        for j in range(n):
+            y[j] = x[j] * frs * w[j]
+    else:
+        for j in range(n):
+            y[j] = x[j] * frs
+
+
+cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs, const floating *w,
+                              floating *dx, double *dwp, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double s1, s2
+    cdef floating c2
+    if floating is float:
+        fn_bwd_sums_f(dy, w, x, 0.0, n, &s1, &s2)
+    else:
+        fn_bwd_sums_d(dy, w, x, 0.0, n, &s1, &s2)
+    # dx = rs * (g - xhat * mean(g * xhat)),  xhat = x * rs,  mean(g * xhat) = rs * s2 / n
+    c2 = <floating>(rs * rs * s2 / n)
+    if w != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
+    else:
+        for j in range(n):
+            dx[j] = rs * (dy[j] - x[j] * c2)
+    if dwp != NULL:
+        for j in range(n):
+            dwp[j] += <double>(dy[j] * (x[j] * rs))
+
+
+cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
+                                  int n_chunks, int n_threads) noexcept nogil:
+    """out[j] = sum_c part[c, j], chunks in fixed order."""
+    cdef Py_ssize_t j
+    cdef int c
+    cdef double s
+    for j in prange(n, schedule="static", num_threads=n_threads):
+        s = 0.0
+        for c in range(n_chunks):
+            s = s + part[c, j]
+        out[j] = <floating>s
+
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, int n_chunks, int c) noexcept nogil:
+    """First row of chunk c when m rows are cut into n_chunks contiguous chunks."""
+    cdef Py_ssize_t step = (m + n_chunks - 1) // n_chunks
+    return min(m, c * step)
+
+
+cdef inline const floating *_ptr_or_null(const floating[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def layer_norm_forward(const floating[:, ::1] x,            # IN  (M, N)
+                       const floating[::1] weight,          # IN  (N,) or length 0 for none
+                       const floating[::1] bias,            # IN  (N,) or length 0 for none
+                       floating[:, ::1] y,                  # OUT (M, N)
+                       floating[::1] mean,                  # OUT (M,)
+                       floating[::1] rstd,                  # OUT (M,)
+                       double eps, int n_threads):
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
+    cdef const floating *w = _ptr_or_null(weight)
+    cdef const floating *b = _ptr_or_null(bias)
+    if m == 0:
+        return
+    with nogil:
+        if n_threads <= 1:
+            for i in range(m):
+                _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
+
+
+def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
+                        const floating[:, ::1] x,           # IN  (M, N)
+                        const floating[::1] mean,           # IN  (M,)
+                        const floating[::1] rstd,           # IN  (M,)
+                        const floating[::1] weight,         # IN  (N,) or length 0
+                        floating[:, ::1] dx,                # OUT (M, N)
+                        floating[::1] dweight,              # OUT (N,) or length 0 (not wanted)
+                        floating[::1] dbias,                # OUT (N,) or length 0 (not wanted)
+                        double[:, ::1] dw_part,             # SCRATCH (n_chunks, N) or (0, 0)
+                        double[:, ::1] db_part,             # SCRATCH (n_chunks, N) or (0, 0)
+                        int n_threads):
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
+    cdef const floating *w = _ptr_or_null(weight)
+    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
+    cdef int n_chunks = max(dw_part.shape[0], db_part.shape[0], 1), c
+    cdef double *dwp
+    cdef double *dbp
+    with nogil:
+        if want_dw:
+            dw_part[:, :] = 0.0
+        if want_db:
+            db_part[:, :] = 0.0
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
+            lo = _chunk_start(m, n_chunks, c)
+            hi = _chunk_start(m, n_chunks, c + 1)
+            dwp = &dw_part[c, 0] if want_dw else NULL
+            dbp = &db_part[c, 0] if want_db else NULL
+            for i in range(lo, hi):
+                _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, &dx[i, 0], dwp, dbp, n)
+        if want_dw:
+            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
+        if want_db:
+            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+
+
+def rms_norm_forward(const floating[:, ::1] x,              # IN  (M, N)
+                     const floating[::1] weight,            # IN  (N,) or length 0
+                     floating[:, ::1] y,                    # OUT (M, N)
+                     floating[::1] rstd,                    # OUT (M,)
+                     double eps, int n_threads):
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
+    cdef const floating *w = _ptr_or_null(weight)
+    if m == 0:
+        return
+    with nogil:
+        if n_threads <= 1:
+            for i in range(m):
+                _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
+
+
+def rms_norm_backward(const floating[:, ::1] dy,            # IN  (M, N)
+                      const floating[:, ::1] x,             # IN  (M, N)
+                      const floating[::1] rstd,             # IN  (M,)
+                      const floating[::1] weight,           # IN  (N,) or length 0
+                      floating[:, ::1] dx,                  # OUT (M, N)
+                      floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
+                      double[:, ::1] dw_part,               # SCRATCH (n_chunks, N) or (0, 0)
+                      int n_threads):
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
+    cdef const floating *w = _ptr_or_null(weight)
+    cdef bint want_dw = dweight.shape[0] > 0
+    cdef int n_chunks = max(dw_part.shape[0], 1), c
+    cdef double *dwp
+    with nogil:
+        if want_dw:
+            dw_part[:, :] = 0.0
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
+            lo = _chunk_start(m, n_chunks, c)
+            hi = _chunk_start(m, n_chunks, c + 1)
+            dwp = &dw_part[c, 0] if want_dw else NULL
+            for i in range(lo, hi):
+                _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, &dx[i, 0], dwp, n)
+        if want_dw:
+            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)

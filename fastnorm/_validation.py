@@ -1,0 +1,170 @@
+"""The one place for argument checks and shape canonicalization.
+
+Every public op validates through these helpers *before* any kernel runs or any output is written, so
+bad input raises a ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, value, buffer)
+that names the op and the argument, and never reaches a kernel (which run without bounds checks).
+They work on NumPy arrays and on CUDA arrays alike (only ``.shape``/``.dtype`` and the backend's
+primitives are used).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(np.dtype(d).name for d in dtypes)
+
+
+def float_input(be, op: str, name: str, a, dtype=None):
+    """``a`` as a C-contiguous float array of backend ``be`` (copied only if not contiguous).
+
+    TypeError if its dtype is not one of the backend's float dtypes, or differs from ``dtype``.
+    """
+    if be.name == "cpu" and not isinstance(a, np.ndarray):
+        if a is None or isinstance(a, (str, bytes, dict, set)):
+            raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+        a = np.asarray(a)
+    dt = np.dtype(a.dtype)
+    if dt not in be.float_dtypes:
+        raise TypeError(
+            f"{op}: {name} has dtype {dt.name}; expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
+        )
+    if dtype is not None and dt != np.dtype(dtype):
+        raise TypeError(f"{op}: {name} has dtype {dt.name} but must match the input's dtype {np.dtype(dtype).name}")
+    return be.asarray(a)
+
+
+def check_shape(op: str, name: str, a, shape: tuple) -> None:
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def param(be, op: str, name: str, a, shape: tuple, dtype):
+    """An optional parameter / saved tensor: None stays None, else float_input + exact shape."""
+    if a is None:
+        return None
+    a = float_input(be, op, name, a, dtype)
+    check_shape(op, name, a, shape)
+    return a
+
+
+def required(be, op: str, name: str, a, shape: tuple, dtype):
+    """Like ``param`` but None is an error."""
+    if a is None:
+        raise TypeError(f"{op}: {name} is required, got None")
+    return param(be, op, name, a, shape, dtype)
+
+
+def scalar(
+    op: str,
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+) -> float:
+    """A finite real scalar inside [low, high] (open ends where asked), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        rng = " and ".join(s for s in (lo, hi) if s) or "finite"
+        raise ValueError(f"{op}: {name} must be finite and {rng}, got {value!r}")
+    return v
+
+
+def integer(op: str, name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """An int inside [low, high], as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        lo = f">= {low}" if low is not None else ""
+        hi = f"<= {high}" if high is not None else ""
+        raise ValueError(f"{op}: {name} must be {' and '.join(s for s in (lo, hi) if s)}, got {v}")
+    return v
+
+
+def split_rows(op: str, shape: tuple, normalized_ndim, name: str = "x") -> tuple[tuple, tuple, int, int]:
+    """Canonicalize for row ops (LayerNorm, RMSNorm): the last ``normalized_ndim`` dims form a row.
+
+    Returns (leading_shape, normalized_shape, M, N) with M = prod(leading_shape), N = prod(normalized_shape).
+    """
+    k = integer(op, "normalized_ndim", normalized_ndim, low=1)
+    if k > len(shape):
+        raise ValueError(f"{op}: normalized_ndim={k} but {name} has only {len(shape)} dims (shape {tuple(shape)})")
+    lead, norm = tuple(shape[: len(shape) - k]), tuple(shape[len(shape) - k :])
+    n = math.prod(norm)
+    if n == 0:
+        raise ValueError(f"{op}: the normalized shape {norm} of {name} is empty")
+    return lead, norm, math.prod(lead), n
+
+
+def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
+    """Output buffers: the caller's ``out=`` buffers checked, or new ones allocated.
+
+    ``specs``: one (name, shape, dtype) per output slot, or None for a slot that has no output (e.g. the
+    gradient of an absent weight). ``out``: None, or a sequence of the same length whose entries are
+    None (allocate) or a buffer, which must be on ``be``, C-contiguous, writeable, of exactly that shape
+    and dtype, and must not overlap an input or another output. Everything is checked before anything
+    is allocated, so a bad ``out=`` leaves nothing half written.
+    """
+    n = len(specs)
+    if out is None:
+        out = (None,) * n
+    elif not isinstance(out, (list, tuple)):
+        if n == 1:
+            out = (out,)
+        else:
+            raise TypeError(f"{op}: out must be a tuple of {n} buffers (None entries allowed), got {type(out).__name__}")
+    if len(out) != n:
+        raise ValueError(f"{op}: out must have {n} entries, got {len(out)}")
+    given = []
+    for spec, buf in zip(specs, out):
+        if buf is None:
+            continue
+        if spec is None:
+            raise ValueError(f"{op}: out has a buffer in a slot with no output (an absent parameter's gradient)")
+        name, shape, dtype = spec
+        if not be.is_own_output(buf):
+            raise TypeError(
+                f"{op}: out buffer for {name} must be a {'numpy.ndarray' if be.name == 'cpu' else 'CUDA array'} "
+                f"(the inputs are on {be.name}), got {type(buf).__name__}"
+            )
+        if tuple(buf.shape) != tuple(shape):
+            raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
+        if np.dtype(buf.dtype) != np.dtype(dtype):
+            raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
+        if not be.is_contiguous(buf):
+            raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
+        if not be.is_writeable(buf):
+            raise ValueError(f"{op}: out buffer for {name} is read-only")
+        for other_name, other in given:
+            if be.may_share_memory(buf, other):
+                raise ValueError(f"{op}: out buffers for {name} and {other_name} overlap")
+        for i, a in enumerate(inputs):
+            if a is not None and be.may_share_memory(buf, a):
+                raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
+        given.append((name, buf))
+    result = []
+    for spec, buf in zip(specs, out):
+        if spec is None:
+            result.append(None)
+        elif buf is None:
+            result.append(be.empty(spec[1], spec[2]))
+        else:
+            result.append(buf)
+    return result

@@ -1,0 +1,62 @@
+"""Shared test helpers: tolerance criteria, finite differences, input makers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+FLOATS = [np.float32, np.float64]
+
+
+def f64(*arrays):
+    return tuple(None if a is None else np.asarray(a, dtype=np.float64) for a in arrays)
+
+
+def assert_matches_reference(got, ref64, ref_lowp=None, *, name="", atol64=1e-10, rtol64=1e-9, slack=2.0):
+    """Check a kernel's output against the float64 reference.
+
+    float64: close to 1e-10-ish. float32: the kernel's error against the float64 reference is at most
+    ``slack`` x the error of the NumPy reference run in float32 (``ref_lowp``), plus a few ulps of the
+    output's scale (so exact-ish references do not make the bound zero).
+    """
+    if got is None or ref64 is None:
+        assert got is None and ref64 is None, f"{name}: one of got/ref is None"
+        return
+    got = np.asarray(got)
+    assert got.shape == np.shape(ref64), f"{name}: shape {got.shape} != {np.shape(ref64)}"
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    if got.dtype == np.float64:
+        np.testing.assert_allclose(got, ref64, rtol=rtol64, atol=atol64, err_msg=name)
+        return
+    finite = np.isfinite(ref64)
+    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{name}: non-finite pattern differs")
+    if not finite.any():
+        return
+    err = np.abs(got.astype(np.float64) - ref64)[finite].max()
+    scale = max(np.abs(ref64[finite]).max(), 1.0)
+    bound = 8 * np.finfo(got.dtype).eps * scale
+    if ref_lowp is not None:
+        ref_err = np.abs(np.asarray(ref_lowp, dtype=np.float64) - ref64)[finite].max()
+        bound += slack * ref_err
+    assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g}"
+
+
+def numeric_grad(f, arrays, index, dy, h=1e-6):
+    """Central finite difference of sum(f(*arrays) * dy) with respect to arrays[index] (float64)."""
+    arrays = [None if a is None else np.array(a, dtype=np.float64) for a in arrays]
+    a = arrays[index]
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = np.sum(f(*arrays) * dy)
+        flat[i] = old - h
+        fm = np.sum(f(*arrays) * dy)
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
