@@ -35,14 +35,12 @@ cdef extern from "fastnorm_channel.h" nogil:
                           double *K, double *s1, double *s2)
     void fn_col_moments_d(const double *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
                           double *K, double *s1, double *s2)
-    void fn_col_bwd_sums_f(const float *dy, const float *x, Py_ssize_t nr, Py_ssize_t C, const float *mu,
-                           double *s1, double *s2)
-    void fn_col_bwd_sums_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C,
-                           const double *mu, double *s1, double *s2)
-    void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, Py_ssize_t n,
-                       double *s1, double *s2)
-    void fn_bwd_sums_d(const double *dy, const double *w, const double *x, double mu, Py_ssize_t n,
-                       double *s1, double *s2)
+    void fn_col_grad_sums_f(const float *dy, const float *x, Py_ssize_t nr, Py_ssize_t C, const float *mu,
+                            double *s1, double *s2)
+    void fn_col_grad_sums_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C,
+                            const double *mu, double *s1, double *s2)
+    void fn_grad_sums_f(const float *dy, const float *x, Py_ssize_t n, double mu, double *s1, double *s2)
+    void fn_grad_sums_d(const double *dy, const double *x, Py_ssize_t n, double mu, double *s1, double *s2)
 
 
 # ------------------------------------------------------------------------------------------ segment helpers
@@ -57,9 +55,9 @@ cdef inline void _bwd_sums(const floating *dy, const floating *x, floating mu, P
                            double *s1, double *s2) noexcept nogil:
     """s1 = sum(dy), s2 = sum(dy * (x - mu))."""
     if floating is float:
-        fn_bwd_sums_f(dy, NULL, x, mu, n, s1, s2)
+        fn_grad_sums_f(dy, x, n, mu, s1, s2)
     else:
-        fn_bwd_sums_d(dy, NULL, x, mu, n, s1, s2)
+        fn_grad_sums_d(dy, x, n, mu, s1, s2)
 
 
 cdef inline void _apply_fwd(const floating *x, floating *y, Py_ssize_t n, floating mu, floating a,
@@ -295,9 +293,9 @@ cdef inline void _rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_
     for c in range(2 * C):
         wk[c] = 0.0
     if floating is float:
-        fn_col_bwd_sums_f(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+        fn_col_grad_sums_f(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
     else:
-        fn_col_bwd_sums_d(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+        fn_col_grad_sums_d(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
 
 
 cdef inline void _rows_apply_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t lo,
