@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _util import assert_matches_reference, numeric_grad
+
+from ._util import assert_matches_reference, numeric_grad
 
 AFFINE = ["none", "weight", "bias", "both"]
 

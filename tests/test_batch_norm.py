@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
-from _channel import (
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._channel import (
     AFFINE,
     FakeCudaArray,
     affine_params,
@@ -13,10 +17,7 @@ from _channel import (
     running_stats,
     strided,
 )
-from _util import FLOATS, torch_or_skip
-
-import fastnorm
-from fastnorm import reference as R
+from ._util import FLOATS, torch_or_skip
 
 # (shape, axis): 2-D to 5-D channels-first, channels-last, odd and prime sizes, one channel,
 # slices longer than a moments block (4096) and channels-last chunks longer than a row block (256).

@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
-from _channel import (
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._channel import (
     AFFINE,
     FakeCudaArray,
     affine_params,
@@ -11,10 +15,7 @@ from _channel import (
     readonly,
     strided,
 )
-from _util import FLOATS, torch_or_skip
-
-import fastnorm
-from fastnorm import reference as R
+from ._util import FLOATS, torch_or_skip
 
 # (shape, num_groups): 2-D to 5-D, one group, one channel per group, prime channel counts, rows longer
 # than a moments block (4096)

@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
-from _channel import (
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._channel import (
     AFFINE,
     FakeCudaArray,
     affine_params,
@@ -13,10 +17,7 @@ from _channel import (
     running_stats,
     strided,
 )
-from _util import FLOATS, torch_or_skip
-
-import fastnorm
-from fastnorm import reference as R
+from ._util import FLOATS, torch_or_skip
 
 # (N, C, *spatial): 1-D to 3-D spatial, odd and prime sizes, one instance / channel, L > a moments block
 SHAPES = [(2, 3, 5), (3, 4, 2, 3), (2, 3, 3, 2, 5), (1, 1, 13), (5, 7, 11), (2, 1, 4111)]
