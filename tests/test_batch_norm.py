@@ -117,6 +117,22 @@ def test_backward_matches_reference(rng, threads, dtype, shape, axis, affine, tr
     check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_few_large_channels(rng, threads, training):
+    # 3 channels on 2 threads do not split evenly: the (n, c) slices are shared between threads, one
+    # cache-sized channel block at a time (here > 4 MB per channel, so one channel per block).
+    if threads == 1:
+        pytest.skip("one thread takes whole channels")
+    x, w, b, rm, rv = make(rng, (2, 3, 2**19 + 3), 1, np.float32)
+    got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", 1)
+    check_all(got, ref, lowp, NAMES)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
+    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training)
+    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
+    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_channels_last_equals_channels_first(rng, threads, dtype):
     x, w, b, rm, rv = make(rng, (4, 6, 5, 3), 1, dtype)

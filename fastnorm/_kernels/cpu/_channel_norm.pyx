@@ -26,6 +26,11 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
+cdef enum:
+    # BatchNorm (N, C, L) works on blocks of channels whose data (the streams read twice) is about this
+    # size, so the second pass over a block finds it in the last-level cache: x is read from memory once.
+    CACHE_BLOCK_BYTES = 4 * 1024 * 1024
+
 
 cdef extern from "fastnorm_channel.h" nogil:
     void fn_seg_moments_f(const float *x, Py_ssize_t n, double *mean, double *m2)
@@ -229,36 +234,51 @@ cdef inline void _param_grads(const double *sums, const floating *rstd, Py_ssize
 
 
 # ------------------------------------------------------------------------------------------ batch-norm phases
-cdef inline void _slice_moments(const floating *x, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t L,
-                                double *mom) noexcept nogil:
-    """mom[2s], mom[2s+1] = mean, M2 of slice s, for s in [lo, hi)."""
-    cdef Py_ssize_t s
-    for s in range(lo, hi):
+cdef inline Py_ssize_t _block_slice(Py_ssize_t j, Py_ssize_t C, Py_ssize_t cb, Py_ssize_t nb) noexcept nogil:
+    """Index n*C + c of the j-th (n, c) slice of the channel block [cb, cb + nb): n = j // nb, c = cb + j % nb."""
+    return (j // nb) * C + cb + j % nb
+
+
+cdef inline Py_ssize_t _channel_block(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t stream_bytes) noexcept nogil:
+    """Channels per block so that a block's slices (N*L values of stream_bytes per channel) stay in cache."""
+    return max(1, min(C, CACHE_BLOCK_BYTES // max(1, N * L * stream_bytes)))
+
+
+cdef inline void _slice_moments(const floating *x, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C, Py_ssize_t L,
+                                Py_ssize_t cb, Py_ssize_t nb, double *mom) noexcept nogil:
+    """mom[2s], mom[2s+1] = mean, M2 of slice s, for the block's slices j in [lo, hi)."""
+    cdef Py_ssize_t j, s
+    for j in range(lo, hi):
+        s = _block_slice(j, C, cb, nb)
         _moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1])
 
 
-cdef inline void _slice_apply_fwd(const floating *x, floating *y, Py_ssize_t lo, Py_ssize_t hi,
-                                  Py_ssize_t C, Py_ssize_t L, floating[:, ::1] coef) noexcept nogil:
-    """Output pass over slices [lo, hi), last slice first (see the module docstring)."""
-    cdef Py_ssize_t s, c
-    for s in range(hi - 1, lo - 1, -1):
+cdef inline void _slice_apply_fwd(const floating *x, floating *y, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
+                                  Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb,
+                                  floating[:, ::1] coef) noexcept nogil:
+    """Output pass over the block's slices j in [lo, hi), last first (most recently read, still cached)."""
+    cdef Py_ssize_t j, s, c
+    for j in range(hi - 1, lo - 1, -1):
+        s = _block_slice(j, C, cb, nb)
         c = s % C
         _apply_fwd(x + s * L, y + s * L, L, coef[0, c], coef[1, c], coef[2, c])
 
 
 cdef inline void _slice_bwd_sums(const floating *dy, const floating *x, Py_ssize_t lo, Py_ssize_t hi,
-                                 Py_ssize_t C, Py_ssize_t L, const floating *mean,
+                                 Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb, const floating *mean,
                                  double *sums) noexcept nogil:
-    cdef Py_ssize_t s
-    for s in range(lo, hi):
+    cdef Py_ssize_t j, s
+    for j in range(lo, hi):
+        s = _block_slice(j, C, cb, nb)
         _bwd_sums(dy + s * L, x + s * L, mean[s % C], L, &sums[2 * s], &sums[2 * s + 1])
 
 
 cdef inline void _slice_apply_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t lo,
-                                  Py_ssize_t hi, Py_ssize_t C, Py_ssize_t L, floating[:, ::1] coef,
-                                  bint training) noexcept nogil:
-    cdef Py_ssize_t s, c
-    for s in range(hi - 1, lo - 1, -1):
+                                  Py_ssize_t hi, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb,
+                                  floating[:, ::1] coef, bint training) noexcept nogil:
+    cdef Py_ssize_t j, s, c
+    for j in range(hi - 1, lo - 1, -1):
+        s = _block_slice(j, C, cb, nb)
         c = s % C
         _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[0, c], coef[1, c], coef[2, c], coef[3, c],
                    training)
@@ -379,6 +399,61 @@ cdef _groups_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                                  dwp, dbp)
 
 
+cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+                                     Py_ssize_t c, const floating *w, const floating *b, floating *mean,
+                                     floating *rstd, floating *rm, floating *rv, double *mom, double eps,
+                                     double momentum, bint training) noexcept nogil:
+    """All of channel c on one thread: slice moments, merged over n in order, then the output pass over
+    the channel's N slices, last first (they are still in cache)."""
+    cdef Py_ssize_t n, s
+    cdef double cnt = 0.0, mu = 0.0, m2 = 0.0
+    cdef floating a, sh
+    if training:
+        for n in range(N):
+            s = n * C + c
+            _moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1])
+            fn_chan_merge(&cnt, &mu, &m2, <double>L, mom[2 * s], mom[2 * s + 1])
+        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c], rm + c if rm != NULL else NULL,
+                        rv + c if rv != NULL else NULL)
+    a = rstd[c] * w[c] if w != NULL else rstd[c]
+    sh = b[c] if b != NULL else 0
+    for n in range(N - 1, -1, -1):
+        s = n * C + c
+        _apply_fwd(x + s * L, y + s * L, L, mean[c], a, sh)
+
+
+cdef inline void _bn_channel_backward(const floating *dy, const floating *x, floating *dx, Py_ssize_t N,
+                                      Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, const floating *mean,
+                                      const floating *rstd, const floating *w, double *sums, double *tot,
+                                      bint need_sums, bint training) noexcept nogil:
+    """All of channel c on one thread: per-slice sums, totals (summed over n in order) in tot[2c], tot[2c+1],
+    then dx over the channel's N slices, last first."""
+    cdef Py_ssize_t n, s
+    cdef double s1 = 0.0, s2 = 0.0, rs = <double>rstd[c], wc = <double>w[c] if w != NULL else 1.0
+    cdef double cnt = <double>(N * L)
+    cdef floating mu = mean[c], ka, kb = 0, kc = 0
+    if need_sums:
+        for n in range(N):
+            s = n * C + c
+            _bwd_sums(dy + s * L, x + s * L, mu, L, &sums[2 * s], &sums[2 * s + 1])
+            s1 = s1 + sums[2 * s]
+            s2 = s2 + sums[2 * s + 1]
+        tot[2 * c] = s1
+        tot[2 * c + 1] = s2
+    ka = <floating>(rs * wc) if w != NULL else rstd[c]
+    if training:
+        kb = <floating>(-rs * rs * rs * wc * s2 / cnt)
+        kc = <floating>(-rs * wc * s1 / cnt)
+    for n in range(N - 1, -1, -1):
+        s = n * C + c
+        _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, mu, ka, kb, kc, training)
+
+
+cdef inline bint _per_channel(Py_ssize_t C, int n_threads) noexcept nogil:
+    """Whether whole channels per thread balance well; else the (n, c) slices of channel blocks are shared."""
+    return C % n_threads == 0 or C >= 8 * n_threads
+
+
 # ------------------------------------------------------------------------------------------ entry points
 def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                        const floating[::1] weight,          # IN  (C,) or length 0
@@ -395,7 +470,7 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
 
     L == 1 is the channels-last (M, C) layout (M = N rows). In evaluation mode ``work`` is not used.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, c, n, t, nch
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, J
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
@@ -408,61 +483,93 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
         for c in range(C):
             mean[c] = running_mean[c]
             rstd[c] = <floating>(1.0 / sqrt(<double>running_var[c] + eps))
-    if S == 0 or L == 0:
+    if N * C == 0 or L == 0:
         return
     xp = &x[0, 0, 0]
     yp = &y[0, 0, 0]
     wp = &work[0, 0]
     nch = work.shape[0]
     with nogil:
-        if not training:
-            pass
+        if L > 1 and _per_channel(C, n_threads):
+            if n_threads <= 1:
+                for c in range(C):
+                    _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, wp, eps, momentum,
+                                        training)
+            else:
+                for c in prange(C, schedule="static", num_threads=n_threads):
+                    _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, wp, eps, momentum,
+                                        training)
         elif L > 1:
-            if n_threads <= 1:
-                _slice_moments(xp, 0, S, L, wp)
-            else:
-                for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _slice_moments(xp, _chunk_start(S, n_threads, t), _chunk_start(S, n_threads, t + 1), L, wp)
-            for c in range(C):
-                cnt = 0.0
-                mu = 0.0
-                m2 = 0.0
-                for n in range(N):
-                    fn_chan_merge(&cnt, &mu, &m2, <double>L, wp[2 * (n * C + c)], wp[2 * (n * C + c) + 1])
-                _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+            B = _channel_block(N, C, L, sizeof(floating))
+            cb = 0
+            while cb < C:
+                nb = min(B, C - cb)
+                J = N * nb
+                if training:
+                    if n_threads <= 1:
+                        _slice_moments(xp, 0, J, C, L, cb, nb, wp)
+                    else:
+                        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                            _slice_moments(xp, _chunk_start(J, n_threads, t), _chunk_start(J, n_threads, t + 1),
+                                           C, L, cb, nb, wp)
+                    for c in range(cb, cb + nb):
+                        cnt = 0.0
+                        mu = 0.0
+                        m2 = 0.0
+                        for n in range(N):
+                            fn_chan_merge(&cnt, &mu, &m2, <double>L, wp[2 * (n * C + c)], wp[2 * (n * C + c) + 1])
+                        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
+                                        rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+                for c in range(cb, cb + nb):
+                    _set_coef(coef, c, mean[c], rstd[c], w, b)
+                if n_threads <= 1:
+                    _slice_apply_fwd(xp, yp, 0, J, C, L, cb, nb, coef)
+                else:
+                    for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                        _slice_apply_fwd(xp, yp, _chunk_start(J, n_threads, t), _chunk_start(J, n_threads, t + 1),
+                                         C, L, cb, nb, coef)
+                cb = cb + nb
         else:
-            if n_threads <= 1 or nch <= 1:
-                for t in range(nch):
-                    _rows_moments(xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, wp + t * 5 * C)
-            else:
-                for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_moments(xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, wp + t * 5 * C)
+            if training:
+                if n_threads <= 1 or nch <= 1:
+                    for t in range(nch):
+                        _rows_moments(xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, wp + t * 5 * C)
+                else:
+                    for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
+                        _rows_moments(xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, wp + t * 5 * C)
+                for c in range(C):
+                    cnt = 0.0
+                    mu = 0.0
+                    m2 = 0.0
+                    for t in range(nch):
+                        ct = <double>(_chunk_start(N, nch, t + 1) - _chunk_start(N, nch, t))
+                        fn_chan_merge(&cnt, &mu, &m2, ct, wp[t * 5 * C + c], wp[t * 5 * C + C + c])
+                    _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
+                                    rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
             for c in range(C):
-                cnt = 0.0
-                mu = 0.0
-                m2 = 0.0
-                for t in range(nch):
-                    ct = <double>(_chunk_start(N, nch, t + 1) - _chunk_start(N, nch, t))
-                    fn_chan_merge(&cnt, &mu, &m2, ct, wp[t * 5 * C + c], wp[t * 5 * C + C + c])
-                _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
-        for c in range(C):
-            _set_coef(coef, c, mean[c], rstd[c], w, b)
-        if L > 1:
-            if n_threads <= 1:
-                _slice_apply_fwd(xp, yp, 0, S, C, L, coef)
-            else:
-                for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _slice_apply_fwd(xp, yp, _chunk_start(S, n_threads, t), _chunk_start(S, n_threads, t + 1),
-                                     C, L, coef)
-        else:
+                _set_coef(coef, c, mean[c], rstd[c], w, b)
             if n_threads <= 1:
                 _rows_apply_fwd(xp, yp, 0, N, C, coef)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _rows_apply_fwd(xp, yp, _chunk_start(N, n_threads, t), _chunk_start(N, n_threads, t + 1),
                                     C, coef)
+
+
+cdef inline void _bn_backward_coef(floating[:, ::1] coef, Py_ssize_t c, const floating *mean,
+                                   const floating *rstd, const floating *w, const double *tot, double cnt,
+                                   bint training) noexcept nogil:
+    """dx = coef[1] * dy + coef[2] * (x - coef[0]) + coef[3] for channel c, from its totals (sum dy,
+    sum dy * (x - mean)): rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat)) when training."""
+    cdef double rs = <double>rstd[c], wc = <double>w[c] if w != NULL else 1.0
+    coef[0, c] = mean[c]
+    coef[1, c] = <floating>(rs * wc) if w != NULL else rstd[c]
+    if training:
+        coef[2, c] = <floating>(-rs * rs * rs * wc * tot[2 * c + 1] / cnt)
+        coef[3, c] = <floating>(-rs * wc * tot[2 * c] / cnt)
+    else:
+        coef[2, c] = 0
+        coef[3, c] = 0
 
 
 def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
@@ -480,19 +587,21 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
 
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, c, n, t, nch
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, J
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
     cdef bint need_sums = training or want_dw or want_db
     cdef const floating *gp
     cdef const floating *xp
     cdef floating *dxp
+    cdef const floating *mp
+    cdef const floating *rp
     cdef double *wp
     cdef double *tot
-    cdef double s1, s2, rs, wc, cnt
+    cdef double s1, s2, cnt
     if C == 0:
         return
-    if S == 0 or L == 0:
+    if N == 0 or L == 0:
         for c in range(C):
             if want_dw:
                 dweight[c] = 0
@@ -502,36 +611,60 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
     dxp = &dx[0, 0, 0]
+    mp = &mean[0]
+    rp = &rstd[0]
     wp = &work[0, 0]
     nch = work.shape[0] - 1 if L == 1 else 0
-    tot = wp + 2 * S if L > 1 else wp + nch * 2 * C     # per-channel totals (s1, s2), layout below
+    tot = wp + 2 * N * C if L > 1 else wp + nch * 2 * C     # per-channel totals (sum dy, sum dy*(x - mean))
     cnt = <double>(N * L)
     with nogil:
-        if need_sums:
-            if L > 1:
+        if L > 1 and _per_channel(C, n_threads):
+            if n_threads <= 1:
+                for c in range(C):
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, wp, tot, need_sums, training)
+            else:
+                for c in prange(C, schedule="static", num_threads=n_threads):
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, wp, tot, need_sums, training)
+        elif L > 1:
+            B = _channel_block(N, C, L, 2 * sizeof(floating))
+            cb = 0
+            while cb < C:
+                nb = min(B, C - cb)
+                J = N * nb
+                if need_sums:
+                    if n_threads <= 1:
+                        _slice_bwd_sums(gp, xp, 0, J, C, L, cb, nb, mp, wp)
+                    else:
+                        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                            _slice_bwd_sums(gp, xp, _chunk_start(J, n_threads, t), _chunk_start(J, n_threads, t + 1),
+                                            C, L, cb, nb, mp, wp)
+                    for c in range(cb, cb + nb):
+                        s1 = 0.0
+                        s2 = 0.0
+                        for n in range(N):
+                            s1 = s1 + wp[2 * (n * C + c)]
+                            s2 = s2 + wp[2 * (n * C + c) + 1]
+                        tot[2 * c] = s1
+                        tot[2 * c + 1] = s2
+                for c in range(cb, cb + nb):
+                    _bn_backward_coef(coef, c, mp, rp, w, tot, cnt, training)
                 if n_threads <= 1:
-                    _slice_bwd_sums(gp, xp, 0, S, C, L, &mean[0], wp)
+                    _slice_apply_bwd(gp, xp, dxp, 0, J, C, L, cb, nb, coef, training)
                 else:
                     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                        _slice_bwd_sums(gp, xp, _chunk_start(S, n_threads, t), _chunk_start(S, n_threads, t + 1),
-                                        C, L, &mean[0], wp)
-                for c in range(C):
-                    s1 = 0.0
-                    s2 = 0.0
-                    for n in range(N):
-                        s1 = s1 + wp[2 * (n * C + c)]
-                        s2 = s2 + wp[2 * (n * C + c) + 1]
-                    tot[2 * c] = s1
-                    tot[2 * c + 1] = s2
-            else:
+                        _slice_apply_bwd(gp, xp, dxp, _chunk_start(J, n_threads, t), _chunk_start(J, n_threads, t + 1),
+                                         C, L, cb, nb, coef, training)
+                cb = cb + nb
+        else:
+            if need_sums:
                 if n_threads <= 1 or nch <= 1:
                     for t in range(nch):
-                        _rows_bwd_sums(gp, xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C,
-                                       &mean[0], wp + t * 2 * C)
+                        _rows_bwd_sums(gp, xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, mp,
+                                       wp + t * 2 * C)
                 else:
                     for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                        _rows_bwd_sums(gp, xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C,
-                                       &mean[0], wp + t * 2 * C)
+                        _rows_bwd_sums(gp, xp, _chunk_start(N, nch, t), _chunk_start(N, nch, t + 1), C, mp,
+                                       wp + t * 2 * C)
                 for c in range(C):
                     s1 = 0.0
                     s2 = 0.0
@@ -541,35 +674,19 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                     tot[2 * c] = s1
                     tot[2 * c + 1] = s2
             for c in range(C):
-                if want_db:
-                    dbias[c] = <floating>tot[2 * c]
-                if want_dw:
-                    dweight[c] = <floating>(tot[2 * c + 1] * <double>rstd[c])
-        for c in range(C):
-            rs = <double>rstd[c]
-            wc = <double>w[c] if w != NULL else 1.0
-            coef[0, c] = mean[c]
-            coef[1, c] = <floating>(rs * wc) if w != NULL else rstd[c]
-            if training:
-                coef[2, c] = <floating>(-rs * rs * rs * wc * tot[2 * c + 1] / cnt)
-                coef[3, c] = <floating>(-rs * wc * tot[2 * c] / cnt)
-            else:
-                coef[2, c] = 0
-                coef[3, c] = 0
-        if L > 1:
-            if n_threads <= 1:
-                _slice_apply_bwd(gp, xp, dxp, 0, S, C, L, coef, training)
-            else:
-                for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _slice_apply_bwd(gp, xp, dxp, _chunk_start(S, n_threads, t), _chunk_start(S, n_threads, t + 1),
-                                     C, L, coef, training)
-        else:
+                _bn_backward_coef(coef, c, mp, rp, w, tot, cnt, training)
             if n_threads <= 1:
                 _rows_apply_bwd(gp, xp, dxp, 0, N, C, coef, training)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _rows_apply_bwd(gp, xp, dxp, _chunk_start(N, n_threads, t), _chunk_start(N, n_threads, t + 1),
                                     C, coef, training)
+        if need_sums:
+            for c in range(C):
+                if want_db:
+                    dbias[c] = <floating>tot[2 * c]
+                if want_dw:
+                    dweight[c] = <floating>(tot[2 * c + 1] * <double>rstd[c])
 
 
 def group_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
