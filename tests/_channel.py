@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,15 @@ class FakeCudaArray:
     @property
     def __cuda_array_interface__(self):
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False), "version": 3}
+
+
+@contextlib.contextmanager
+def streaming_stores():
+    """Make the channel-norm kernels write every output with non-temporal stores (normally only >= 16 MB)."""
+    from fastnorm._kernels.cpu import _channel_norm
+
+    old = _channel_norm.set_stream_min_bytes(0)
+    try:
+        yield
+    finally:
+        _channel_norm.set_stream_min_bytes(old)

@@ -15,6 +15,7 @@ from ._channel import (
     fd_check,
     readonly,
     running_stats,
+    streaming_stores,
     strided,
 )
 from ._util import FLOATS, torch_or_skip
@@ -74,9 +75,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, axis, trainin
         return R.batch_norm_forward(x, w, b, rm, rv, training=training, eps=1e-3, axis=axis)[0]
 
     def bwd(dy, x, w, b):
-        _, mean, rstd = R.batch_norm_forward(
-            x, w, b, copy(rm), copy(rv), training=training, eps=1e-3, axis=axis
-        )
+        _, mean, rstd = R.batch_norm_forward(x, w, b, copy(rm), copy(rv), training=training, eps=1e-3, axis=axis)
         return R.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
 
     fd_check(fwd, bwd, [x, w, b], rng)
@@ -115,6 +114,22 @@ def test_backward_matches_reference(rng, threads, dtype, shape, axis, affine, tr
     ref = R.batch_norm_backward(*map(as64, (dy, x, mean, rstd, w, b)), training=training, axis=axis)
     lowp = R.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
     check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_streaming_stores_match_reference(rng, threads, dtype, shape, axis, training):
+    # large outputs are written with non-temporal stores (unaligned heads, vector bodies, scalar tails)
+    x, w, b, rm, rv = make(rng, shape, axis, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    with streaming_stores():
+        got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
+        g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    check_all(got, ref, lowp, NAMES)
+    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training, axis=axis)
+    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -375,8 +390,6 @@ def test_running_stats_match_torch_after_several_steps(rng, threads, channels_la
         x = rng.normal(size=(3, 5, 4, 6)) * (step + 1) - step
         bn(torch.tensor(x))
         xx = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
-        fastnorm.batch_norm_forward(
-            xx, running_mean=rm, running_var=rv, momentum=0.15, axis=-1 if channels_last else 1
-        )
+        fastnorm.batch_norm_forward(xx, running_mean=rm, running_var=rv, momentum=0.15, axis=-1 if channels_last else 1)
     np.testing.assert_allclose(rm, bn.running_mean.numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(rv, bn.running_var.numpy(), rtol=1e-12)

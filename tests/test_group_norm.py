@@ -13,6 +13,7 @@ from ._channel import (
     check_all,
     fd_check,
     readonly,
+    streaming_stores,
     strided,
 )
 from ._util import FLOATS, torch_or_skip
@@ -74,6 +75,24 @@ def test_backward_matches_reference(rng, threads, dtype, shape, groups, affine):
     ref = R.group_norm_backward(*map(as64, (dy, x, mean, rstd)), groups, as64(w), as64(b))
     lowp = R.group_norm_backward(dy, x, mean, rstd, groups, w, b)
     check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 3, 5), 1), ((5, 9, 11), 3)])
+def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
+    x, w, b = make(rng, shape, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    with streaming_stores():
+        got = fastnorm.group_norm_forward(x, groups, w, b)
+        g = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b)
+    check_all(
+        got,
+        R.group_norm_forward(as64(x), groups, as64(w), as64(b)),
+        R.group_norm_forward(x, groups, w, b),
+        ["y", "mean", "rstd"],
+    )
+    gref = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), groups, as64(w), as64(b))
+    check_all(g, gref, R.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b), ["dx", "dweight", "dbias"])
 
 
 def test_noncontiguous_readonly_and_out(rng, threads):

@@ -15,6 +15,7 @@ from ._channel import (
     fd_check,
     readonly,
     running_stats,
+    streaming_stores,
     strided,
 )
 from ._util import FLOATS, torch_or_skip
@@ -55,9 +56,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, use_input_sta
         return R.instance_norm_forward(x, w, b, rm, rv, use_input_stats=use_input_stats, eps=1e-3)[0]
 
     def bwd(dy, x, w, b):
-        _, mean, rstd = R.instance_norm_forward(
-            x, w, b, copy(rm), copy(rv), use_input_stats=use_input_stats, eps=1e-3
-        )
+        _, mean, rstd = R.instance_norm_forward(x, w, b, copy(rm), copy(rv), use_input_stats=use_input_stats, eps=1e-3)
         return R.instance_norm_backward(dy, x, mean, rstd, w, b, use_input_stats=use_input_stats)
 
     fd_check(fwd, bwd, [x, w, b], rng)
@@ -100,6 +99,21 @@ def test_running_stats_after_several_steps(rng, threads, dtype):
     np.testing.assert_allclose(rv, rv64, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(2, 3, 5), (5, 7, 11), (2, 3, 3, 2, 5)])
+@pytest.mark.parametrize("use_input_stats", [True, False])
+def test_streaming_stores_match_reference(rng, threads, dtype, shape, use_input_stats):
+    x, w, b, rm, rv = make(rng, shape, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    with streaming_stores():
+        got, ref, lowp = forward_all(x, w, b, rm, rv, "input_stats_running" if use_input_stats else "running")
+        g = fastnorm.instance_norm_backward(dy, x, got[1], got[2], w, b, use_input_stats=use_input_stats)
+    check_all(got, ref, lowp, NAMES)
+    gref = R.instance_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), use_input_stats=use_input_stats)
+    glow = R.instance_norm_backward(dy, x, got[1], got[2], w, b, use_input_stats=use_input_stats)
+    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+
+
 def test_noncontiguous_readonly_and_out(rng, threads):
     x, w, b, rm, rv = make(rng, (3, 4, 10), np.float32)
     dy = rng.normal(size=x.shape).astype(np.float32)
@@ -110,14 +124,10 @@ def test_noncontiguous_readonly_and_out(rng, threads):
         np.testing.assert_array_equal(g, r)
         assert np.shares_memory(g, o)
     got = fastnorm.instance_norm_forward(readonly(x), w, b, readonly(rm), readonly(rv), use_input_stats=False)
-    np.testing.assert_array_equal(
-        got.y, fastnorm.instance_norm_forward(x, w, b, rm, rv, use_input_stats=False).y
-    )
+    np.testing.assert_array_equal(got.y, fastnorm.instance_norm_forward(x, w, b, rm, rv, use_input_stats=False).y)
     g1 = fastnorm.instance_norm_backward(dy, x, want.mean, want.rstd, w, b)
     gouts = (np.empty_like(x), None, np.empty(4, np.float32))
-    g2 = fastnorm.instance_norm_backward(
-        strided(dy), readonly(x), readonly(want.mean), want.rstd, w, b, out=gouts
-    )
+    g2 = fastnorm.instance_norm_backward(strided(dy), readonly(x), readonly(want.mean), want.rstd, w, b, out=gouts)
     assert np.shares_memory(g2.dx, gouts[0]) and np.shares_memory(g2.dbias, gouts[2])
     for a, c in zip(g1, g2, strict=True):
         np.testing.assert_array_equal(a, c)

@@ -49,6 +49,35 @@ cdef extern from "fastnorm_channel.h" nogil:
                             double *s1, double *s2)
     void fn_col_grad_sums_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C,
                             const double *mu, double *s1, double *s2)
+    void fn_apply_fwd_f(const float *x, float *y, Py_ssize_t n, float mu, float a, float b, int stream)
+    void fn_apply_fwd_d(const double *x, double *y, Py_ssize_t n, double mu, double a, double b, int stream)
+    void fn_apply_bwd_f(const float *dy, const float *x, float *dx, Py_ssize_t n, float mu, float ka, float kb,
+                        float kc, int training, int stream)
+    void fn_apply_bwd_d(const double *dy, const double *x, double *dx, Py_ssize_t n, double mu, double ka,
+                        double kb, double kc, int training, int stream)
+    void fn_apply_fwd_rows_f(const float *x, float *y, Py_ssize_t nr, Py_ssize_t C, const float *mu,
+                             const float *a, const float *b, int stream)
+    void fn_apply_fwd_rows_d(const double *x, double *y, Py_ssize_t nr, Py_ssize_t C, const double *mu,
+                             const double *a, const double *b, int stream)
+    void fn_apply_bwd_rows_f(const float *dy, const float *x, float *dx, Py_ssize_t nr, Py_ssize_t C,
+                             const float *mu, const float *ka, const float *kb, const float *kc, int training,
+                             int stream)
+    void fn_apply_bwd_rows_d(const double *dy, const double *x, double *dx, Py_ssize_t nr, Py_ssize_t C,
+                             const double *mu, const double *ka, const double *kb, const double *kc,
+                             int training, int stream)
+    void fn_store_fence()
+
+
+# Outputs of at least this many bytes are written with non-temporal stores (see fastnorm_channel.h).
+cdef Py_ssize_t _stream_min_bytes = 16 * 1024 * 1024
+
+
+def set_stream_min_bytes(Py_ssize_t nbytes):
+    """Test hook: outputs of at least ``nbytes`` bytes get non-temporal stores. Returns the old value."""
+    global _stream_min_bytes
+    old = _stream_min_bytes
+    _stream_min_bytes = nbytes
+    return old
 
 
 # ------------------------------------------------------------------------------------------ segment helpers
@@ -70,47 +99,45 @@ cdef inline void _grad_sums(const floating *dy, const floating *x, floating mu, 
 
 
 cdef inline void _apply_fwd(const floating *x, floating *y, Py_ssize_t n, floating mu, floating a,
-                            floating b) noexcept nogil:
+                            floating b, bint stream) noexcept nogil:
     """y = (x - mu) * a + b; (x - mu) first, exact when x is close to a large mean."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        y[j] = (x[j] - mu) * a + b
+    if floating is float:
+        fn_apply_fwd_f(x, y, n, mu, a, b, stream)
+    else:
+        fn_apply_fwd_d(x, y, n, mu, a, b, stream)
 
 
 cdef inline void _apply_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t n, floating mu,
-                            floating ka, floating kb, floating kc, bint training) noexcept nogil:
+                            floating ka, floating kb, floating kc, bint training, bint stream) noexcept nogil:
     """dx = ka * dy + kb * (x - mu) + kc when training, else dx = ka * dy (x not read)."""
-    cdef Py_ssize_t j
-    if training:
-        for j in range(n):
-            dx[j] = ka * dy[j] + kb * (x[j] - mu) + kc
+    if floating is float:
+        fn_apply_bwd_f(dy, x, dx, n, mu, ka, kb, kc, training, stream)
     else:
-        for j in range(n):
-            dx[j] = ka * dy[j]
+        fn_apply_bwd_d(dy, x, dx, n, mu, ka, kb, kc, training, stream)
 
 
 cdef inline void _apply_fwd_rows(const floating *x, floating *y, Py_ssize_t nr, Py_ssize_t C,
-                                 const floating *mu, const floating *a, const floating *b) noexcept nogil:
+                                 const floating *mu, const floating *a, const floating *b,
+                                 bint stream) noexcept nogil:
     """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C."""
-    cdef Py_ssize_t r, c
-    for r in range(nr):
-        for c in range(C):
-            y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c]
+    if floating is float:
+        fn_apply_fwd_rows_f(x, y, nr, C, mu, a, b, stream)
+    else:
+        fn_apply_fwd_rows_d(x, y, nr, C, mu, a, b, stream)
 
 
 cdef inline void _apply_bwd_rows(const floating *dy, const floating *x, floating *dx, Py_ssize_t nr,
                                  Py_ssize_t C, const floating *mu, const floating *ka, const floating *kb,
-                                 const floating *kc, bint training) noexcept nogil:
+                                 const floating *kc, bint training, bint stream) noexcept nogil:
     """_apply_bwd per channel c over nr rows of length C."""
-    cdef Py_ssize_t r, c
-    if training:
-        for r in range(nr):
-            for c in range(C):
-                dx[r * C + c] = ka[c] * dy[r * C + c] + kb[c] * (x[r * C + c] - mu[c]) + kc[c]
+    if floating is float:
+        fn_apply_bwd_rows_f(dy, x, dx, nr, C, mu, ka, kb, kc, training, stream)
     else:
-        for r in range(nr):
-            for c in range(C):
-                dx[r * C + c] = ka[c] * dy[r * C + c]
+        fn_apply_bwd_rows_d(dy, x, dx, nr, C, mu, ka, kb, kc, training, stream)
+
+
+cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
+    return numel * itemsize >= _stream_min_bytes
 
 
 cdef inline void _chunk(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *lo,
@@ -132,16 +159,16 @@ cdef inline floating *_mut_or_null(const floating[::1] a) noexcept nogil:
 
 # ------------------------------------------------------------------------------------------ GroupNorm rows
 cdef inline void _group_apply(const floating *x, floating *y, Py_ssize_t K, Py_ssize_t L, floating mu,
-                              floating rs, const floating *w, const floating *b) noexcept nogil:
+                              floating rs, const floating *w, const floating *b, bint st) noexcept nogil:
     """Output pass over K channels of L values sharing (mu, rs); w, b point at those K channels."""
     cdef Py_ssize_t k
     for k in range(K):
-        _apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0)
+        _apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0, st)
 
 
 cdef inline void _group_fwd(const floating *x, floating *y, Py_ssize_t K, Py_ssize_t L,
                             const floating *w, const floating *b, floating *mean, floating *rstd,
-                            double *mom, double eps) noexcept nogil:
+                            double *mom, double eps, bint st) noexcept nogil:
     """One (n, group) row of K*L contiguous values: moments, then the output pass from cache.
 
     mom (may be NULL) receives the row's mean and M2 in double.
@@ -156,12 +183,12 @@ cdef inline void _group_fwd(const floating *x, floating *y, Py_ssize_t K, Py_ssi
     if mom != NULL:
         mom[0] = mu
         mom[1] = m2
-    _group_apply(x, y, K, L, fmu, frs, w, b)
+    _group_apply(x, y, K, L, fmu, frs, w, b, st)
 
 
 cdef inline void _group_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t K,
                             Py_ssize_t L, floating mu, floating rs, const floating *w, double *sums,
-                            bint training) noexcept nogil:
+                            bint training, bint st) noexcept nogil:
     """Backward of one (n, group) row; sums[2k], sums[2k+1] = sum(dy), sum(dy * (x - mu)) of channel k.
 
     training: dx = rs * (w_k dy - G1 / n - (x - mu) rs^2 G2 / n), G1 = sum_k w_k s1_k, G2 = sum_k w_k s2_k,
@@ -180,13 +207,13 @@ cdef inline void _group_bwd(const floating *dy, const floating *x, floating *dx,
         kc = <floating>(-<double>rs * g1 / cnt)
     for k in range(K):
         _apply_bwd(dy + k * L, x + k * L, dx + k * L, L, mu, rs * w[k] if w != NULL else rs, kb, kc,
-                   training)
+                   training, st)
 
 
 cdef inline void _group_rows_fwd(const floating *x, floating *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t R,
                                  Py_ssize_t G, Py_ssize_t K, Py_ssize_t L, const floating *w,
                                  const floating *b, floating *mean, floating *rstd, double *mom,
-                                 double eps) noexcept nogil:
+                                 double eps, bint st) noexcept nogil:
     """Chunk t of nt of the R = N*G rows; row r is (n, g) = divmod(r, G)."""
     cdef Py_ssize_t r, g, lo, hi
     _chunk(R, t, nt, &lo, &hi)
@@ -194,32 +221,38 @@ cdef inline void _group_rows_fwd(const floating *x, floating *y, Py_ssize_t t, P
         g = r % G
         _group_fwd(x + r * K * L, y + r * K * L, K, L, w + g * K if w != NULL else NULL,
                    b + g * K if b != NULL else NULL, &mean[r], &rstd[r], mom + 2 * r if mom != NULL else NULL,
-                   eps)
+                   eps, st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline void _group_rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t t,
                                  Py_ssize_t nt, Py_ssize_t R, Py_ssize_t G, Py_ssize_t K, Py_ssize_t L,
                                  const floating *mean, const floating *rstd, const floating *w,
-                                 double *sums, bint training) noexcept nogil:
+                                 double *sums, bint training, bint st) noexcept nogil:
     cdef Py_ssize_t r, g, off, lo, hi
     _chunk(R, t, nt, &lo, &hi)
     for r in range(lo, hi):
         g = r % G
         off = r * K * L
         _group_bwd(dy + off, x + off, dx + off, K, L, mean[r], rstd[r], w + g * K if w != NULL else NULL,
-                   sums + 2 * r * K, training)
+                   sums + 2 * r * K, training, st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline void _instances_apply(const floating *x, floating *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t S,
                                   Py_ssize_t C, Py_ssize_t L, const floating *w, const floating *b,
-                                  const floating *mean, const floating *rstd) noexcept nogil:
+                                  const floating *mean, const floating *rstd, bint st) noexcept nogil:
     """Output pass over chunk t of nt of the S = N*C instances, with given statistics."""
     cdef Py_ssize_t s, c, lo, hi
     _chunk(S, t, nt, &lo, &hi)
     for s in range(lo, hi):
         c = s % C
         _apply_fwd(x + s * L, y + s * L, L, mean[s], rstd[s] * w[c] if w != NULL else rstd[s],
-                   b[c] if b != NULL else 0)
+                   b[c] if b != NULL else 0, st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline void _param_grads(const double *sums, const floating *rstd, Py_ssize_t t, Py_ssize_t nt,
@@ -277,7 +310,7 @@ cdef inline void _bwd_coef(floating *coef, Py_ssize_t C, Py_ssize_t c, floating 
 cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
                                      Py_ssize_t c, const floating *w, const floating *b, floating *mean,
                                      floating *rstd, floating *rm, floating *rv, double eps, double momentum,
-                                     bint training) noexcept nogil:
+                                     bint training, bint st) noexcept nogil:
     """All of channel c on one thread: slice moments merged over n in order, then the output pass over the
     channel's N slices, last first (still in cache)."""
     cdef Py_ssize_t n, s
@@ -292,13 +325,15 @@ cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t 
     for n in range(N - 1, -1, -1):
         s = n * C + c
         _apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
-                   b[c] if b != NULL else 0)
+                   b[c] if b != NULL else 0, st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline void _bn_channel_backward(const floating *dy, const floating *x, floating *dx, Py_ssize_t N,
                                       Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, const floating *mean,
                                       const floating *rstd, const floating *w, floating *coef, double *tot,
-                                      bint need_sums, bint training) noexcept nogil:
+                                      bint need_sums, bint training, bint st) noexcept nogil:
     """All of channel c on one thread: sums over its slices (n in order) into tot[2c], tot[2c+1], then dx
     over the slices, last first."""
     cdef Py_ssize_t n, s
@@ -315,7 +350,9 @@ cdef inline void _bn_channel_backward(const floating *dy, const floating *x, flo
     for n in range(N - 1, -1, -1):
         s = n * C + c
         _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[C + c], coef[2 * C + c],
-                   coef[3 * C + c], training)
+                   coef[3 * C + c], training, st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline bint _per_channel(Py_ssize_t C, int n_threads) noexcept nogil:
@@ -356,8 +393,8 @@ cdef inline void _block_grad_sums(const floating *dy, const floating *x, Py_ssiz
 
 cdef inline void _block_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
                               Py_ssize_t nt, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb,
-                              Py_ssize_t nb, const floating *coef, bint backward,
-                              bint training) noexcept nogil:
+                              Py_ssize_t nb, const floating *coef, bint backward, bint training,
+                              bint st) noexcept nogil:
     """Output pass (y from x, or dx from dy and x) over chunk t of nt of the block's slices, last first."""
     cdef Py_ssize_t j, s, c, lo, hi
     _chunk(N * nb, t, nt, &lo, &hi)
@@ -366,9 +403,11 @@ cdef inline void _block_apply(const floating *dy, const floating *x, floating *o
         c = s % C
         if backward:
             _apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[C + c], coef[2 * C + c],
-                       coef[3 * C + c], training)
+                       coef[3 * C + c], training, st)
         else:
-            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[C + c], coef[2 * C + c])
+            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[C + c], coef[2 * C + c], st)
+    if st:
+        fn_store_fence()
 
 
 cdef inline void _rows_moments(const floating *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
@@ -399,7 +438,7 @@ cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize
 
 cdef inline void _rows_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
                              Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C, const floating *coef, bint backward,
-                             bint training) noexcept nogil:
+                             bint training, bint st) noexcept nogil:
     """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first."""
     cdef Py_ssize_t lo, hi, b, e
     _chunk(M, t, nt, &lo, &hi)
@@ -408,10 +447,12 @@ cdef inline void _rows_apply(const floating *dy, const floating *x, floating *ou
         b = max(lo, e - ROW_BLOCK)
         if backward:
             _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C,
-                            coef + 3 * C, training)
+                            coef + 3 * C, training, st)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C, st)
         e = b
+    if st:
+        fn_store_fence()
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -431,6 +472,7 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     L == 1 is the channels-last (M, C) layout (M = N rows). ``work`` is not used in evaluation mode.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi
+    cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
@@ -451,16 +493,17 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     wp = &work[0, 0]
     cf = &coef[0, 0]
     nch = work.shape[0]
+    st = _stream(N * C * L, sizeof(floating))
     with nogil:
         if L > 1 and _per_channel(C, n_threads):
             if n_threads <= 1:
                 for c in range(C):
                     _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, eps, momentum,
-                                        training)
+                                        training, st)
             else:
                 for c in prange(C, schedule="static", num_threads=n_threads):
                     _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, eps, momentum,
-                                        training)
+                                        training, st)
         elif L > 1:
             # (here n_threads > 1: one thread always takes whole channels)
             B = _channel_block(N, C, L, sizeof(floating))
@@ -482,7 +525,7 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                 for c in range(cb, cb + nb):
                     _fwd_coef(cf, C, c, mean[c], rstd[c], w, b)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, False, False)
+                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, False, False, st)
                 cb = cb + nb
         else:
             if training:
@@ -505,10 +548,10 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
             for c in range(C):
                 _fwd_coef(cf, C, c, mean[c], rstd[c], w, b)
             if n_threads <= 1:
-                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, False, False)
+                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, False, False, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, False, False)
+                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, False, False, st)
 
 
 def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
@@ -527,6 +570,7 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B
+    cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
     cdef bint need_sums = training or want_dw or want_db
@@ -558,14 +602,15 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     nch = work.shape[0] - 1 if L == 1 else 0
     tot = wp + 2 * N * C if L > 1 else wp + nch * 2 * C     # per-channel (sum dy, sum dy*(x - mean))
     cnt = <double>(N * L)
+    st = _stream(N * C * L, sizeof(floating))
     with nogil:
         if L > 1 and _per_channel(C, n_threads):
             if n_threads <= 1:
                 for c in range(C):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training, st)
             else:
                 for c in prange(C, schedule="static", num_threads=n_threads):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training, st)
         elif L > 1:
             B = _channel_block(N, C, L, 2 * sizeof(floating))
             cb = 0
@@ -585,7 +630,7 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                 for c in range(cb, cb + nb):
                     _bwd_coef(cf, C, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, True, training)
+                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, True, training, st)
                 cb = cb + nb
         else:
             if need_sums:
@@ -606,10 +651,10 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
             for c in range(C):
                 _bwd_coef(cf, C, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
             if n_threads <= 1:
-                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, True, training)
+                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, True, training, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, True, training)
+                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, True, training, st)
         if need_sums:
             for c in range(C):
                 if want_db:
@@ -627,6 +672,7 @@ def group_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                        double eps, int n_threads):
     """Statistics per (n, group) over its C/G channels and L positions; affine per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
+    cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
     cdef const floating *xp
@@ -641,12 +687,13 @@ def group_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     yp = &y[0, 0, 0]
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
+    st = _stream(N * C * L, sizeof(floating))
     with nogil:
         if n_threads <= 1:
-            _group_rows_fwd(xp, yp, 0, 1, R, G, K, L, w, b, mp, rp, NULL, eps)
+            _group_rows_fwd(xp, yp, 0, 1, R, G, K, L, w, b, mp, rp, NULL, eps, st)
         else:
             for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                _group_rows_fwd(xp, yp, t, n_threads, R, G, K, L, w, b, mp, rp, NULL, eps)
+                _group_rows_fwd(xp, yp, t, n_threads, R, G, K, L, w, b, mp, rp, NULL, eps, st)
 
 
 def group_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
@@ -677,6 +724,7 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
     given, updated with the batch mean of the per-instance mean and unbiased variance. Otherwise the
     running statistics normalize every instance."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, t, c, n, s
+    cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
@@ -694,13 +742,14 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
     wp = &work[0, 0]
+    st = _stream(N * C * L, sizeof(floating))
     with nogil:
         if use_input_stats:
             if n_threads <= 1:
-                _group_rows_fwd(xp, yp, 0, 1, S, C, 1, L, w, b, mp, rp, wp, eps)
+                _group_rows_fwd(xp, yp, 0, 1, S, C, 1, L, w, b, mp, rp, wp, eps, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps)
+                    _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps, st)
             if rm != NULL:
                 for c in range(C):
                     sm = 0.0
@@ -716,10 +765,10 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
                 mp[s] = running_mean[c]
                 rp[s] = <floating>(1.0 / sqrt(<double>running_var[c] + eps))
             if n_threads <= 1:
-                _instances_apply(xp, yp, 0, 1, S, C, L, w, b, mp, rp)
+                _instances_apply(xp, yp, 0, 1, S, C, L, w, b, mp, rp, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _instances_apply(xp, yp, t, n_threads, S, C, L, w, b, mp, rp)
+                    _instances_apply(xp, yp, t, n_threads, S, C, L, w, b, mp, rp, st)
 
 
 def instance_norm_backward(const floating[:, :, ::1] dy,    # IN  (N, C, L)
@@ -742,6 +791,7 @@ cdef _groups_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                       int n_threads):
     """GroupNorm / InstanceNorm backward: G = mean.shape[1] groups of K = C/G channels."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t, c
+    cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef floating *dwp = &dweight[0] if dweight.shape[0] > 0 else NULL
     cdef floating *dbp = &dbias[0] if dbias.shape[0] > 0 else NULL
@@ -768,14 +818,15 @@ cdef _groups_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
     wp = &work[0, 0]
+    st = _stream(N * C * L, sizeof(floating))
     with nogil:
         if n_threads <= 1:
-            _group_rows_bwd(gp, xp, dxp, 0, 1, R, G, K, L, mp, rp, w, wp, training)
+            _group_rows_bwd(gp, xp, dxp, 0, 1, R, G, K, L, mp, rp, w, wp, training, st)
             if dwp != NULL or dbp != NULL:
                 _param_grads(wp, rp, 0, 1, N, C, K, dwp, dbp)
         else:
             for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                _group_rows_bwd(gp, xp, dxp, t, n_threads, R, G, K, L, mp, rp, w, wp, training)
+                _group_rows_bwd(gp, xp, dxp, t, n_threads, R, G, K, L, mp, rp, w, wp, training, st)
             if dwp != NULL or dbp != NULL:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _param_grads(wp, rp, t, n_threads, N, C, K, dwp, dbp)

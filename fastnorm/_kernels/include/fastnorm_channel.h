@@ -201,4 +201,168 @@ static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr,
 FN_DEFINE_CHANNEL(float, f)
 FN_DEFINE_CHANNEL(double, d)
 
+/* Output passes. With stream != 0 the stores are non-temporal (they bypass the cache and skip the read
+ * that a cached store of a line not in cache costs): the kernels ask for this when the output is far
+ * larger than the caches, where a later reader finds it in memory anyway. Same arithmetic either way. */
+#if defined(__AVX__)
+#define FN_ALIGN 32
+#define FN_W_f 8
+#define FN_W_d 4
+typedef __m256 fn_vt_f;
+typedef __m256d fn_vt_d;
+#define fn_set1_f _mm256_set1_ps
+#define fn_set1_d _mm256_set1_pd
+#define fn_ld_f _mm256_loadu_ps
+#define fn_ld_d _mm256_loadu_pd
+#define fn_sub_f _mm256_sub_ps
+#define fn_sub_d _mm256_sub_pd
+#define fn_mul_f _mm256_mul_ps
+#define fn_mul_d _mm256_mul_pd
+#define fn_add_f _mm256_add_ps
+#define fn_add_d _mm256_add_pd
+#define fn_stream_f _mm256_stream_ps
+#define fn_stream_d _mm256_stream_pd
+#if defined(__FMA__)
+#define fn_fma_f _mm256_fmadd_ps
+#define fn_fma_d _mm256_fmadd_pd
+#endif
+#elif defined(__SSE2__)
+#define FN_ALIGN 16
+#define FN_W_f 4
+#define FN_W_d 2
+typedef __m128 fn_vt_f;
+typedef __m128d fn_vt_d;
+#define fn_set1_f _mm_set1_ps
+#define fn_set1_d _mm_set1_pd
+#define fn_ld_f _mm_loadu_ps
+#define fn_ld_d _mm_loadu_pd
+#define fn_sub_f _mm_sub_ps
+#define fn_sub_d _mm_sub_pd
+#define fn_mul_f _mm_mul_ps
+#define fn_mul_d _mm_mul_pd
+#define fn_add_f _mm_add_ps
+#define fn_add_d _mm_add_pd
+#define fn_stream_f _mm_stream_ps
+#define fn_stream_d _mm_stream_pd
+#endif
+#if defined(FN_ALIGN) && !defined(fn_fma_f)
+#define fn_fma_f(a, b, c) fn_add_f(fn_mul_f(a, b), c)
+#define fn_fma_d(a, b, c) fn_add_d(fn_mul_d(a, b), c)
+#endif
+
+/* make this thread's non-temporal stores visible before others read them (end of a parallel chunk) */
+static inline void fn_store_fence(void) {
+#if defined(FN_ALIGN)
+    _mm_sfence();
+#endif
+}
+
+#if defined(FN_ALIGN)
+#include <stdint.h>
+#define FN_UNALIGNED(p) (((uintptr_t)(p)) & (FN_ALIGN - 1))
+#define FN_DEFINE_APPLY(T, SUF)                                                                        \
+/* y = (x - mu) * a + b */                                                                             \
+static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
+    ptrdiff_t i = 0;                                                                                   \
+    if (stream) {                                                                                      \
+        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(a), vb = fn_set1_##SUF(b);               \
+        for (; i < n && FN_UNALIGNED(y + i); i++) y[i] = (x[i] - mu) * a + b;                          \
+        for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                                   \
+            fn_stream_##SUF(y + i, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(x + i), vm), va, vb));        \
+    }                                                                                                  \
+    for (; i < n; i++) y[i] = (x[i] - mu) * a + b;                                                     \
+}                                                                                                      \
+/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training */                                 \
+static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
+                                      T kc, int training, int stream) {                               \
+    ptrdiff_t i = 0;                                                                                   \
+    if (stream) {                                                                                      \
+        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(ka), vb = fn_set1_##SUF(kb);             \
+        fn_vt_##SUF vc = fn_set1_##SUF(kc);                                                            \
+        if (training) {                                                                                \
+            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;     \
+            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dx + i, fn_fma_##SUF(va, fn_ld_##SUF(dy + i),                          \
+                    fn_fma_##SUF(vb, fn_sub_##SUF(fn_ld_##SUF(x + i), vm), vc)));                      \
+        } else {                                                                                       \
+            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i];                             \
+            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dx + i, fn_mul_##SUF(va, fn_ld_##SUF(dy + i)));                        \
+        }                                                                                              \
+    }                                                                                                  \
+    if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
+    else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
+}                                                                                                      \
+/* rows of C channels: y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] */                                     \
+static inline void fn_apply_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t nr, ptrdiff_t C, const T *mu,   \
+                                           const T *a, const T *b, int stream) {                       \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
+        const T *xr = x + r * C;                                                                       \
+        T *yr = y + r * C;                                                                             \
+        ptrdiff_t c = 0;                                                                               \
+        if (stream) {                                                                                  \
+            for (; c < C && FN_UNALIGNED(yr + c); c++) yr[c] = (xr[c] - mu[c]) * a[c] + b[c];          \
+            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
+                fn_stream_##SUF(yr + c, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(xr + c), fn_ld_##SUF(mu + c)), \
+                                                     fn_ld_##SUF(a + c), fn_ld_##SUF(b + c)));          \
+        }                                                                                              \
+        for (; c < C; c++) yr[c] = (xr[c] - mu[c]) * a[c] + b[c];                                      \
+    }                                                                                                  \
+}                                                                                                      \
+/* rows of C channels: dx[r, c] = ka[c] dy[r, c] + kb[c] (x[r, c] - mu[c]) + kc[c] (ka[c] dy when !training) */ \
+static inline void fn_apply_bwd_rows_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t nr, ptrdiff_t C,  \
+                                           const T *mu, const T *ka, const T *kb, const T *kc,         \
+                                           int training, int stream) {                                 \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
+        const T *gr = dy + r * C, *xr = x + r * C;                                                     \
+        T *dr = dx + r * C;                                                                            \
+        ptrdiff_t c = 0;                                                                               \
+        if (stream && training) {                                                                      \
+            for (; c < C && FN_UNALIGNED(dr + c); c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c]; \
+            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dr + c, fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(gr + c),         \
+                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(xr + c), fn_ld_##SUF(mu + c)), \
+                                 fn_ld_##SUF(kc + c))));                                               \
+        } else if (stream) {                                                                           \
+            for (; c < C && FN_UNALIGNED(dr + c); c++) dr[c] = ka[c] * gr[c];                          \
+            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dr + c, fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(gr + c)));       \
+        }                                                                                              \
+        if (training) for (; c < C; c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c];      \
+        else for (; c < C; c++) dr[c] = ka[c] * gr[c];                                                 \
+    }                                                                                                  \
+}
+#else
+#define FN_DEFINE_APPLY(T, SUF)                                                                        \
+static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
+    (void)stream;                                                                                      \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - mu) * a + b;                                      \
+}                                                                                                      \
+static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
+                                      T kc, int training, int stream) {                               \
+    (void)stream;                                                                                      \
+    if (training) for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;        \
+    else for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i];                                         \
+}                                                                                                      \
+static inline void fn_apply_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t nr, ptrdiff_t C, const T *mu,   \
+                                           const T *a, const T *b, int stream) {                       \
+    for (ptrdiff_t r = 0; r < nr; r++)                                                                 \
+        for (ptrdiff_t c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c];         \
+    (void)stream;                                                                                      \
+}                                                                                                      \
+static inline void fn_apply_bwd_rows_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t nr, ptrdiff_t C,  \
+                                           const T *mu, const T *ka, const T *kb, const T *kc,         \
+                                           int training, int stream) {                                 \
+    (void)stream;                                                                                      \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
+        const T *gr = dy + r * C, *xr = x + r * C;                                                     \
+        T *dr = dx + r * C;                                                                            \
+        if (training) for (ptrdiff_t c = 0; c < C; c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c]; \
+        else for (ptrdiff_t c = 0; c < C; c++) dr[c] = ka[c] * gr[c];                                  \
+    }                                                                                                  \
+}
+#endif
+FN_DEFINE_APPLY(float, f)
+FN_DEFINE_APPLY(double, d)
+
 #endif
