@@ -55,16 +55,6 @@ cdef extern from "fastnorm_channel.h" nogil:
                         float kc, int training, int stream)
     void fn_apply_bwd_d(const double *dy, const double *x, double *dx, Py_ssize_t n, double mu, double ka,
                         double kb, double kc, int training, int stream)
-    void fn_apply_fwd_rows_f(const float *x, float *y, Py_ssize_t nr, Py_ssize_t C, const float *mu,
-                             const float *a, const float *b, int stream)
-    void fn_apply_fwd_rows_d(const double *x, double *y, Py_ssize_t nr, Py_ssize_t C, const double *mu,
-                             const double *a, const double *b, int stream)
-    void fn_apply_bwd_rows_f(const float *dy, const float *x, float *dx, Py_ssize_t nr, Py_ssize_t C,
-                             const float *mu, const float *ka, const float *kb, const float *kc, int training,
-                             int stream)
-    void fn_apply_bwd_rows_d(const double *dy, const double *x, double *dx, Py_ssize_t nr, Py_ssize_t C,
-                             const double *mu, const double *ka, const double *kb, const double *kc,
-                             int training, int stream)
     void fn_store_fence()
 
 
@@ -117,23 +107,28 @@ cdef inline void _apply_bwd(const floating *dy, const floating *x, floating *dx,
 
 
 cdef inline void _apply_fwd_rows(const floating *x, floating *y, Py_ssize_t nr, Py_ssize_t C,
-                                 const floating *mu, const floating *a, const floating *b,
-                                 bint stream) noexcept nogil:
-    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C."""
-    if floating is float:
-        fn_apply_fwd_rows_f(x, y, nr, C, mu, a, b, stream)
-    else:
-        fn_apply_fwd_rows_d(x, y, nr, C, mu, a, b, stream)
+                                 const floating *mu, const floating *a, const floating *b) noexcept nogil:
+    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (plain stores: rows of a few
+    cache lines mix badly with non-temporal stores)."""
+    cdef Py_ssize_t r, c
+    for r in range(nr):
+        for c in range(C):
+            y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c]
 
 
 cdef inline void _apply_bwd_rows(const floating *dy, const floating *x, floating *dx, Py_ssize_t nr,
                                  Py_ssize_t C, const floating *mu, const floating *ka, const floating *kb,
-                                 const floating *kc, bint training, bint stream) noexcept nogil:
+                                 const floating *kc, bint training) noexcept nogil:
     """_apply_bwd per channel c over nr rows of length C."""
-    if floating is float:
-        fn_apply_bwd_rows_f(dy, x, dx, nr, C, mu, ka, kb, kc, training, stream)
+    cdef Py_ssize_t r, c
+    if training:
+        for r in range(nr):
+            for c in range(C):
+                dx[r * C + c] = ka[c] * dy[r * C + c] + kb[c] * (x[r * C + c] - mu[c]) + kc[c]
     else:
-        fn_apply_bwd_rows_d(dy, x, dx, nr, C, mu, ka, kb, kc, training, stream)
+        for r in range(nr):
+            for c in range(C):
+                dx[r * C + c] = ka[c] * dy[r * C + c]
 
 
 cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
@@ -438,7 +433,7 @@ cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize
 
 cdef inline void _rows_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
                              Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C, const floating *coef, bint backward,
-                             bint training, bint st) noexcept nogil:
+                             bint training) noexcept nogil:
     """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first."""
     cdef Py_ssize_t lo, hi, b, e
     _chunk(M, t, nt, &lo, &hi)
@@ -447,12 +442,10 @@ cdef inline void _rows_apply(const floating *dy, const floating *x, floating *ou
         b = max(lo, e - ROW_BLOCK)
         if backward:
             _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C,
-                            coef + 3 * C, training, st)
+                            coef + 3 * C, training)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C, st)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C)
         e = b
-    if st:
-        fn_store_fence()
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -548,10 +541,10 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
             for c in range(C):
                 _fwd_coef(cf, C, c, mean[c], rstd[c], w, b)
             if n_threads <= 1:
-                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, False, False, st)
+                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, False, False)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, False, False, st)
+                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, False, False)
 
 
 def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
@@ -651,10 +644,10 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
             for c in range(C):
                 _bwd_coef(cf, C, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
             if n_threads <= 1:
-                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, True, training, st)
+                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, True, training)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, True, training, st)
+                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, True, training)
         if need_sums:
             for c in range(C):
                 if want_db:

@@ -292,45 +292,6 @@ static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t 
     }                                                                                                  \
     if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
     else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
-}                                                                                                      \
-/* rows of C channels: y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] */                                     \
-static inline void fn_apply_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t nr, ptrdiff_t C, const T *mu,   \
-                                           const T *a, const T *b, int stream) {                       \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
-        const T *xr = x + r * C;                                                                       \
-        T *yr = y + r * C;                                                                             \
-        ptrdiff_t c = 0;                                                                               \
-        if (stream) {                                                                                  \
-            for (; c < C && FN_UNALIGNED(yr + c); c++) yr[c] = (xr[c] - mu[c]) * a[c] + b[c];          \
-            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
-                fn_stream_##SUF(yr + c, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(xr + c), fn_ld_##SUF(mu + c)), \
-                                                     fn_ld_##SUF(a + c), fn_ld_##SUF(b + c)));          \
-        }                                                                                              \
-        for (; c < C; c++) yr[c] = (xr[c] - mu[c]) * a[c] + b[c];                                      \
-    }                                                                                                  \
-}                                                                                                      \
-/* rows of C channels: dx[r, c] = ka[c] dy[r, c] + kb[c] (x[r, c] - mu[c]) + kc[c] (ka[c] dy when !training) */ \
-static inline void fn_apply_bwd_rows_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t nr, ptrdiff_t C,  \
-                                           const T *mu, const T *ka, const T *kb, const T *kc,         \
-                                           int training, int stream) {                                 \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
-        const T *gr = dy + r * C, *xr = x + r * C;                                                     \
-        T *dr = dx + r * C;                                                                            \
-        ptrdiff_t c = 0;                                                                               \
-        if (stream && training) {                                                                      \
-            for (; c < C && FN_UNALIGNED(dr + c); c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c]; \
-            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dr + c, fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(gr + c),         \
-                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(xr + c), fn_ld_##SUF(mu + c)), \
-                                 fn_ld_##SUF(kc + c))));                                               \
-        } else if (stream) {                                                                           \
-            for (; c < C && FN_UNALIGNED(dr + c); c++) dr[c] = ka[c] * gr[c];                          \
-            for (; c + FN_W_##SUF <= C; c += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dr + c, fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(gr + c)));       \
-        }                                                                                              \
-        if (training) for (; c < C; c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c];      \
-        else for (; c < C; c++) dr[c] = ka[c] * gr[c];                                                 \
-    }                                                                                                  \
 }
 #else
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
@@ -343,23 +304,6 @@ static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t 
     (void)stream;                                                                                      \
     if (training) for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;        \
     else for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i];                                         \
-}                                                                                                      \
-static inline void fn_apply_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t nr, ptrdiff_t C, const T *mu,   \
-                                           const T *a, const T *b, int stream) {                       \
-    for (ptrdiff_t r = 0; r < nr; r++)                                                                 \
-        for (ptrdiff_t c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c];         \
-    (void)stream;                                                                                      \
-}                                                                                                      \
-static inline void fn_apply_bwd_rows_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t nr, ptrdiff_t C,  \
-                                           const T *mu, const T *ka, const T *kb, const T *kc,         \
-                                           int training, int stream) {                                 \
-    (void)stream;                                                                                      \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                                               \
-        const T *gr = dy + r * C, *xr = x + r * C;                                                     \
-        T *dr = dx + r * C;                                                                            \
-        if (training) for (ptrdiff_t c = 0; c < C; c++) dr[c] = ka[c] * gr[c] + kb[c] * (xr[c] - mu[c]) + kc[c]; \
-        else for (ptrdiff_t c = 0; c < C; c++) dr[c] = ka[c] * gr[c];                                  \
-    }                                                                                                  \
 }
 #endif
 FN_DEFINE_APPLY(float, f)
