@@ -342,14 +342,11 @@ def batch_norm_forward(
     eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
     momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
     if training and n * length <= 1:
-        raise ValueError(
-            f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise TypeError(f"{op}: running_mean and running_var are required when training=False")
     others = [("x", x), ("weight", weight), ("bias", bias)]
-    rm, rv = _running_stats(be, op, running_mean, running_var, c, x.dtype, training, others)
-    running_mean, running_var = rm, rv
+    running_mean, running_var = _running_stats(be, op, running_mean, running_var, c, x.dtype, training, others)
     sd = be.stat_dtype(x.dtype)
     y, mean, rstd = V.outputs(
         be,
