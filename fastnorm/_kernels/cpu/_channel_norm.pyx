@@ -19,6 +19,8 @@ statistics and the row-partial sums, which are bitwise reproducible for a given 
 - BatchNorm with L == 1 (channels-last (M, C), or (N, C) inputs): rows cut into ``work.shape[0]``
   contiguous chunks; each chunk fills per-channel partial moments (rows of length C in ``work``), merged
   over chunks in order. x is read twice here: the statistics need every row first.
+Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores in the (N, C, L)
+layouts: a far-larger-than-cache output is not read into the cache before being overwritten.
 Running statistics (``running_mean``/``running_var``, length 0 when absent) are typed const so that
 read-only arrays work in evaluation mode; in training they are written through a cast (the public layer
 has checked that they are writeable). No allocation, no validation here.
