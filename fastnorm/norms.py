@@ -373,7 +373,7 @@ def batch_norm_forward(
         mean,
         rstd,
         work,
-        be.empty((4, c), x.dtype),
+        be.empty((4, c + 8), x.dtype),
         eps,
         momentum,
         training,
@@ -441,7 +441,7 @@ def batch_norm_backward(
         absent if dweight is None else dweight,
         absent if dbias is None else dbias,
         work,
-        be.empty((4, c), x.dtype),
+        be.empty((4, c + 8), x.dtype),
         training,
         nt,
     )

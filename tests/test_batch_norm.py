@@ -117,7 +117,9 @@ def test_backward_matches_reference(rng, threads, dtype, shape, axis, affine, tr
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1)])
+@pytest.mark.parametrize(
+    "shape,axis", [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1), ((150, 9), -1)]
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, axis, training):
     # large outputs are written with non-temporal stores (unaligned heads, vector bodies, scalar tails)

@@ -57,7 +57,17 @@ cdef extern from "fastnorm_channel.h" nogil:
                         float kc, int training, int stream)
     void fn_apply_bwd_d(const double *dy, const double *x, double *dx, Py_ssize_t n, double mu, double ka,
                         double kb, double kc, int training, int stream)
+    void fn_stream_rows_fwd_f(const float *x, float *y, Py_ssize_t n, Py_ssize_t C, const float *mu,
+                              const float *a, const float *b)
+    void fn_stream_rows_fwd_d(const double *x, double *y, Py_ssize_t n, Py_ssize_t C, const double *mu,
+                              const double *a, const double *b)
+    void fn_stream_rows_bwd_f(const float *dy, const float *x, float *dx, Py_ssize_t n, Py_ssize_t C,
+                              const float *mu, const float *ka, const float *kb, const float *kc, int training)
+    void fn_stream_rows_bwd_d(const double *dy, const double *x, double *dx, Py_ssize_t n, Py_ssize_t C,
+                              const double *mu, const double *ka, const double *kb, const double *kc,
+                              int training)
     void fn_store_fence()
+    enum: FN_WRAP
 
 
 # Outputs of at least this many bytes are written with non-temporal stores (see fastnorm_channel.h).
@@ -284,24 +294,34 @@ cdef inline void _finish_channel(double mu, double m2, double cnt, double eps, d
         rv[0] = <floating>(momentum * (m2 / (cnt - 1.0)) + (1.0 - momentum) * <double>rv[0])
 
 
-cdef inline void _fwd_coef(floating *coef, Py_ssize_t C, Py_ssize_t c, floating mu, floating rs,
+cdef inline void _fwd_coef(floating *coef, Py_ssize_t ld, Py_ssize_t c, floating mu, floating rs,
                            const floating *w, const floating *b) noexcept nogil:
-    """Channel c's y = (x - coef[c]) * coef[C + c] + coef[2C + c]: mean, rstd * weight, bias (or 0)."""
+    """Channel c's y = (x - coef[c]) * coef[ld + c] + coef[2ld + c]: mean, rstd * weight, bias (or 0).
+
+    coef holds rows of ld >= C + FN_WRAP entries (see _wrap_coef)."""
     coef[c] = mu
-    coef[C + c] = rs * w[c] if w != NULL else rs
-    coef[2 * C + c] = b[c] if b != NULL else 0
+    coef[ld + c] = rs * w[c] if w != NULL else rs
+    coef[2 * ld + c] = b[c] if b != NULL else 0
 
 
-cdef inline void _bwd_coef(floating *coef, Py_ssize_t C, Py_ssize_t c, floating mu, floating rs,
+cdef inline void _bwd_coef(floating *coef, Py_ssize_t ld, Py_ssize_t c, floating mu, floating rs,
                            const floating *w, double s1, double s2, double cnt, bint training) noexcept nogil:
-    """Channel c's dx = coef[C + c] * dy + coef[2C + c] * (x - coef[c]) + coef[3C + c] from its totals
+    """Channel c's dx = coef[ld + c] * dy + coef[2ld + c] * (x - coef[c]) + coef[3ld + c] from its totals
     s1 = sum(dy), s2 = sum(dy * (x - mu)): rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat)) when
     training, rstd * w * dy otherwise."""
     cdef double wc = <double>w[c] if w != NULL else 1.0, r = <double>rs
     coef[c] = mu
-    coef[C + c] = rs * w[c] if w != NULL else rs
-    coef[2 * C + c] = <floating>(-r * r * r * wc * s2 / cnt) if training else 0
-    coef[3 * C + c] = <floating>(-r * wc * s1 / cnt) if training else 0
+    coef[ld + c] = rs * w[c] if w != NULL else rs
+    coef[2 * ld + c] = <floating>(-r * r * r * wc * s2 / cnt) if training else 0
+    coef[3 * ld + c] = <floating>(-r * wc * s1 / cnt) if training else 0
+
+
+cdef inline void _wrap_coef(floating *coef, Py_ssize_t ld, Py_ssize_t C) noexcept nogil:
+    """Entries C .. C + FN_WRAP - 1 of each of the 4 coefficient rows repeat channels 0, 1, ... (mod C)."""
+    cdef Py_ssize_t k, j
+    for k in range(4):
+        for j in range(FN_WRAP):
+            coef[k * ld + C + j] = coef[k * ld + j % C]
 
 
 cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
@@ -329,8 +349,8 @@ cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t 
 
 cdef inline void _bn_channel_backward(const floating *dy, const floating *x, floating *dx, Py_ssize_t N,
                                       Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, const floating *mean,
-                                      const floating *rstd, const floating *w, floating *coef, double *tot,
-                                      bint need_sums, bint training, bint st) noexcept nogil:
+                                      const floating *rstd, const floating *w, floating *coef, Py_ssize_t ld,
+                                      double *tot, bint need_sums, bint training, bint st) noexcept nogil:
     """All of channel c on one thread: sums over its slices (n in order) into tot[2c], tot[2c+1], then dx
     over the slices, last first."""
     cdef Py_ssize_t n, s
@@ -343,11 +363,11 @@ cdef inline void _bn_channel_backward(const floating *dy, const floating *x, flo
             s2 = s2 + a2
         tot[2 * c] = s1
         tot[2 * c + 1] = s2
-    _bwd_coef(coef, C, c, mean[c], rstd[c], w, s1, s2, <double>(N * L), training)
+    _bwd_coef(coef, ld, c, mean[c], rstd[c], w, s1, s2, <double>(N * L), training)
     for n in range(N - 1, -1, -1):
         s = n * C + c
-        _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[C + c], coef[2 * C + c],
-                   coef[3 * C + c], training, st)
+        _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
+                   coef[3 * ld + c], training, st)
     if st:
         fn_store_fence()
 
@@ -390,8 +410,8 @@ cdef inline void _block_grad_sums(const floating *dy, const floating *x, Py_ssiz
 
 cdef inline void _block_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
                               Py_ssize_t nt, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb,
-                              Py_ssize_t nb, const floating *coef, bint backward, bint training,
-                              bint st) noexcept nogil:
+                              Py_ssize_t nb, const floating *coef, Py_ssize_t ld, bint backward,
+                              bint training, bint st) noexcept nogil:
     """Output pass (y from x, or dx from dy and x) over chunk t of nt of the block's slices, last first."""
     cdef Py_ssize_t j, s, c, lo, hi
     _chunk(N * nb, t, nt, &lo, &hi)
@@ -399,10 +419,10 @@ cdef inline void _block_apply(const floating *dy, const floating *x, floating *o
         s = _block_slice(j, C, cb, nb)
         c = s % C
         if backward:
-            _apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[C + c], coef[2 * C + c],
-                       coef[3 * C + c], training, st)
+            _apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
+                       coef[3 * ld + c], training, st)
         else:
-            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[C + c], coef[2 * C + c], st)
+            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st)
     if st:
         fn_store_fence()
 
@@ -434,20 +454,36 @@ cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize
 
 
 cdef inline void _rows_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
-                             Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C, const floating *coef, bint backward,
-                             bint training) noexcept nogil:
-    """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first."""
+                             Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C, const floating *coef, Py_ssize_t ld,
+                             bint backward, bint training, bint st) noexcept nogil:
+    """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first.
+
+    With st, each block (whole rows, contiguous) is one span of non-temporal stores (coef wrapped)."""
     cdef Py_ssize_t lo, hi, b, e
     _chunk(M, t, nt, &lo, &hi)
     e = hi
     while e > lo:
         b = max(lo, e - ROW_BLOCK)
-        if backward:
-            _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C,
-                            coef + 3 * C, training)
+        if backward and st:
+            if floating is float:
+                fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
+                                     coef + 2 * ld, coef + 3 * ld, training)
+            else:
+                fn_stream_rows_bwd_d(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
+                                     coef + 2 * ld, coef + 3 * ld, training)
+        elif backward:
+            _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
+                            coef + 3 * ld, training)
+        elif st:
+            if floating is float:
+                fn_stream_rows_fwd_f(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
+            else:
+                fn_stream_rows_fwd_d(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + C, coef + 2 * C)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld)
         e = b
+    if st:
+        fn_store_fence()
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -460,13 +496,13 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                        floating[::1] mean,                  # OUT (C,)
                        floating[::1] rstd,                  # OUT (C,)
                        double[:, ::1] work,                 # SCRATCH L > 1: (N*C, 2); L == 1: (n_chunks, 5*C)
-                       floating[:, ::1] coef,               # SCRATCH (4, C)
+                       floating[:, ::1] coef,               # SCRATCH (4, C + 8)
                        double eps, double momentum, bint training, int n_threads):
     """training: batch statistics over (N, L) per channel, running stats updated; else running stats.
 
     L == 1 is the channels-last (M, C) layout (M = N rows). ``work`` is not used in evaluation mode.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi, ld
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
@@ -487,6 +523,7 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     yp = &y[0, 0, 0]
     wp = &work[0, 0]
     cf = &coef[0, 0]
+    ld = coef.shape[1]
     nch = work.shape[0]
     st = _stream(N * C * L, sizeof(floating))
     with nogil:
@@ -518,9 +555,9 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                         _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
                                         rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
                 for c in range(cb, cb + nb):
-                    _fwd_coef(cf, C, c, mean[c], rstd[c], w, b)
+                    _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, False, False, st)
+                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, ld, False, False, st)
                 cb = cb + nb
         else:
             if training:
@@ -541,12 +578,13 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                     _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
                                     rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
             for c in range(C):
-                _fwd_coef(cf, C, c, mean[c], rstd[c], w, b)
+                _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
+            _wrap_coef(cf, ld, C)
             if n_threads <= 1:
-                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, False, False)
+                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, ld, False, False, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, False, False)
+                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, ld, False, False, st)
 
 
 def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
@@ -558,13 +596,13 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                         floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
                         floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
                         double[:, ::1] work,                # SCRATCH L>1: (N*C+C, 2); L==1: (chunks+1, 2C)
-                        floating[:, ::1] coef,              # SCRATCH (4, C)
+                        floating[:, ::1] coef,              # SCRATCH (4, C + 8)
                         bint training, int n_threads):
     """training: dx through the batch statistics; else (running statistics) dx = dy * rstd * weight.
 
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, ld
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
@@ -593,6 +631,7 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     mp = &mean[0]
     rp = &rstd[0]
     cf = &coef[0, 0]
+    ld = coef.shape[1]
     wp = &work[0, 0]
     nch = work.shape[0] - 1 if L == 1 else 0
     tot = wp + 2 * N * C if L > 1 else wp + nch * 2 * C     # per-channel (sum dy, sum dy*(x - mean))
@@ -602,10 +641,10 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
         if L > 1 and _per_channel(C, n_threads):
             if n_threads <= 1:
                 for c in range(C):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training, st)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st)
             else:
                 for c in prange(C, schedule="static", num_threads=n_threads):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, tot, need_sums, training, st)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st)
         elif L > 1:
             B = _channel_block(N, C, L, 2 * sizeof(floating))
             cb = 0
@@ -623,9 +662,9 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                         tot[2 * c] = s1
                         tot[2 * c + 1] = s2
                 for c in range(cb, cb + nb):
-                    _bwd_coef(cf, C, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
+                    _bwd_coef(cf, ld, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, True, training, st)
+                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, ld, True, training, st)
                 cb = cb + nb
         else:
             if need_sums:
@@ -644,12 +683,13 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                     tot[2 * c] = s1
                     tot[2 * c + 1] = s2
             for c in range(C):
-                _bwd_coef(cf, C, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
+                _bwd_coef(cf, ld, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
+            _wrap_coef(cf, ld, C)
             if n_threads <= 1:
-                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, True, training)
+                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, ld, True, training, st)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, True, training)
+                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, ld, True, training, st)
         if need_sums:
             for c in range(C):
                 if want_db:

@@ -292,6 +292,41 @@ static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t 
     }                                                                                                  \
     if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
     else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
+}                                                                                                      \
+/* Whole rows of C channels as one span of n values (value i is channel i % C), non-temporal stores:  \
+ * y = (x - mu[c]) * a[c] + b[c]. The coefficient rows hold C + FN_WRAP entries (entry C + j repeats   \
+ * entry j % C) so a vector load may run past the last channel into the next row's first ones. */    \
+static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdiff_t C, const T *mu,   \
+                                            const T *a, const T *b) {                                  \
+    ptrdiff_t i = 0, c = 0;                                                                            \
+    for (; i < n && FN_UNALIGNED(y + i); i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; } \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
+        fn_stream_##SUF(y + i, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)),     \
+                                            fn_ld_##SUF(a + c), fn_ld_##SUF(b + c)));                  \
+        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+    }                                                                                                  \
+    for (; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; }                   \
+}                                                                                                      \
+/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */                  \
+static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
+                                            const T *mu, const T *ka, const T *kb, const T *kc,        \
+                                            int training) {                                            \
+    ptrdiff_t i = 0, c = 0;                                                                            \
+    for (; i < n && FN_UNALIGNED(dx + i); i++) {                                                       \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
+        fn_vt_##SUF g = fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i));                        \
+        if (training)                                                                                  \
+            g = fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i),                                 \
+                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)), \
+                                 fn_ld_##SUF(kc + c)));                                                \
+        fn_stream_##SUF(dx + i, g);                                                                    \
+        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+    }                                                                                                  \
+    for (; i < n; i++) {                                                                               \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
 }
 #else
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
@@ -304,8 +339,21 @@ static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t 
     (void)stream;                                                                                      \
     if (training) for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;        \
     else for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i];                                         \
+}                                                                                                      \
+static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdiff_t C, const T *mu,   \
+                                            const T *a, const T *b) {                                  \
+    for (ptrdiff_t i = 0, c = 0; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; } \
+}                                                                                                      \
+static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
+                                            const T *mu, const T *ka, const T *kb, const T *kc,        \
+                                            int training) {                                            \
+    for (ptrdiff_t i = 0, c = 0; i < n; i++) {                                                         \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
 }
 #endif
+/* entries past the last channel that the coefficient rows of fn_stream_rows_* must hold */
+#define FN_WRAP 8
 FN_DEFINE_APPLY(float, f)
 FN_DEFINE_APPLY(double, d)
 
