@@ -69,9 +69,7 @@ def _bn_providers(channels_last):
 
     def np_fwd(s):
         rm, rv = s["rm"].copy(), s["rv"].copy()
-        return lambda: R.batch_norm_forward(
-            s["x"], s["w"], s["b"], rm, rv, momentum=MOMENTUM, eps=EPS, axis=axis
-        )
+        return lambda: R.batch_norm_forward(s["x"], s["w"], s["b"], rm, rv, momentum=MOMENTUM, eps=EPS, axis=axis)
 
     def torch_fwd(s):
         torch = torch_or_none()
@@ -92,9 +90,7 @@ def _bn_providers(channels_last):
         )
 
     def np_bwd(s):
-        return lambda: R.batch_norm_backward(
-            s["dy"], s["x"], s["bn_mean"], s["bn_rstd"], s["w"], s["b"], axis=axis
-        )
+        return lambda: R.batch_norm_backward(s["dy"], s["x"], s["bn_mean"], s["bn_rstd"], s["w"], s["b"], axis=axis)
 
     def torch_bwd(s):
         torch = torch_or_none()
@@ -103,9 +99,7 @@ def _bn_providers(channels_last):
         rm, rv = torch.from_numpy(s["rm"].copy()), torch.from_numpy(s["rv"].copy())
         _, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, MOMENTUM, EPS)
         mask = [True, True, True]
-        return lambda: torch.ops.aten.native_batch_norm_backward(
-            dy, x, w, rm, rv, mean, invstd, True, EPS, mask
-        )
+        return lambda: torch.ops.aten.native_batch_norm_backward(dy, x, w, rm, rv, mean, invstd, True, EPS, mask)
 
     return (fn_fwd, fn_fwd_out, np_fwd, torch_fwd), (fn_bwd, fn_bwd_out, np_bwd, torch_bwd)
 
@@ -128,9 +122,7 @@ def _gn_providers(groups):
         return lambda: torch.nn.functional.group_norm(x, groups, w, b, EPS)
 
     def fn_bwd(s):
-        return lambda: fastnorm.group_norm_backward(
-            s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"]
-        )
+        return lambda: fastnorm.group_norm_backward(s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"])
 
     def fn_bwd_out(s):
         out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
@@ -139,9 +131,7 @@ def _gn_providers(groups):
         )
 
     def np_bwd(s):
-        return lambda: R.group_norm_backward(
-            s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"]
-        )
+        return lambda: R.group_norm_backward(s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"])
 
     def torch_bwd(s):
         torch = torch_or_none()
@@ -173,9 +163,7 @@ def _in_providers():
         return lambda: torch.nn.functional.instance_norm(x, None, None, w, b, True, MOMENTUM, EPS)
 
     def fn_bwd(s):
-        return lambda: fastnorm.instance_norm_backward(
-            s["dy"], s["x"], s["in_mean"], s["in_rstd"], s["w"], s["b"]
-        )
+        return lambda: fastnorm.instance_norm_backward(s["dy"], s["x"], s["in_mean"], s["in_rstd"], s["w"], s["b"])
 
     def fn_bwd_out(s):
         out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
