@@ -762,12 +762,12 @@ class Optimizer:
         """One update of every parameter that has a gradient (``grads``: one per parameter, None skips)."""
         op = self._name
         grads = _as_list(op, "grads", grads)
-        n_total = sum(len(g) for g in self._groups)
+        n_total = sum(len(g["params"]) for g in self.param_groups)
         if len(grads) != n_total:
             raise ValueError(f"{op}: grads has {len(grads)} entries for {n_total} parameters")
         plans, start = [], 0
-        for gi, gd in enumerate(self._groups):
-            n = len(gd.steps)
+        for gi, group in enumerate(self.param_groups):
+            n = len(group["params"])
             plans.append(self._plan(gi, grads[start : start + n]))
             start += n
         self._check_groups_apart(plans)
@@ -839,14 +839,11 @@ class Optimizer:
         state, groups, index = {}, [], 0
         for group, gd in zip(self.param_groups, self._groups, strict=True):
             ids = []
-            for i in range(len(gd.steps)):
-                st = gd.state[i]
-                if st or self._algo != "sgd":
-                    entry = {name: a.copy() for name, a in st.items()}
-                    if self._algo != "sgd":
-                        entry = {"step": np.array(float(gd.steps[i]), dtype=np.float32), **entry}
-                    if st or self._algo == "adagrad":
-                        state[index] = entry
+            for i, st in enumerate(gd.state):
+                if st:  # torch too has state only for parameters that were stepped (Adagrad: all)
+                    entry = {} if self._algo == "sgd" else {"step": np.array(float(gd.steps[i]), np.float32)}
+                    entry.update((name, a.copy()) for name, a in st.items())
+                    state[index] = entry
                 ids.append(index)
                 index += 1
             g = {k: v for k, v in group.items() if k != "params"}

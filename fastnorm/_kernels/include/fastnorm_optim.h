@@ -160,7 +160,23 @@ static inline void fn_optim_segment_##SUF(int algo, int flags, T *p, const T *g,
 
 #define sqrtf_or_sqrt(x) _Generic((x), float: sqrtf, default: sqrt)(x)
 
+/* No a*b+c -> fma contraction in these loops: gcc contracts differently in the vector body and in the
+ * scalar remainder, so an element's result would depend on where a chunk boundary falls (the thread
+ * count, which other tensors are in the call). Without it every path does the same IEEE operations:
+ * results are bitwise independent of the thread count and chunking. The loops are memory-bound; the
+ * extra multiplies cost nothing measurable. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
 FN_DEFINE_OPTIM(float, f)
 FN_DEFINE_OPTIM(double, d)
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT DEFAULT
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
 
 #endif
