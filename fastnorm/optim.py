@@ -77,8 +77,17 @@ __all__ = [
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_kernels = None
+
+
 def _k():
-    return CPU.kernels
+    global _kernels
+    if _kernels is None:
+        _kernels = CPU.kernels
+    return _kernels
+
+
+_NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -92,9 +101,8 @@ def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool
     want = _FLOATS if ref is None else (ref.dtype,)
     if a.dtype not in want or not a.dtype.isnative:
         what = "float32 or float64" if ref is None else f"{ref.dtype.name} like its parameter"
-        raise TypeError(
-            f"{op}: {name} has dtype {a.dtype.str if a.dtype in want else a.dtype}; expected {what}"
-        )
+        got = a.dtype.str if a.dtype in want else a.dtype
+        raise TypeError(f"{op}: {name} has dtype {got}; expected {what}")
     if ref is not None and a.shape != ref.shape:
         raise ValueError(f"{op}: {name} has shape {a.shape} but its parameter has shape {ref.shape}")
     if not (a.flags.c_contiguous and a.flags.aligned):
@@ -103,7 +111,7 @@ def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool
         raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
     if writeable and not a.flags.writeable:
         raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
-    raise AssertionError(f"{op}: {name} failed the array check for no known reason")  # pragma: no cover
+    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
 
 
 def _as_list(op: str, name: str, arrays) -> list:
@@ -112,28 +120,26 @@ def _as_list(op: str, name: str, arrays) -> list:
     return list(arrays)
 
 
-def _gather_params(op: str, params: list, name: str = "params"):
-    """Addresses, sizes and dtype flags of the parameter arrays (all checked)."""
-    n = len(params)
-    ptrs, sizes, f64 = np.empty(n, np.intp), np.empty(n, np.int64), np.empty(n, np.int8)
-    bad = _k().gather_params(params, ptrs, sizes, f64)
+def _gather_params(op: str, params: list, name: str = "params") -> np.ndarray:
+    """(3, n) int64: address, size, is-float64 of each parameter array (all checked usable)."""
+    info = np.empty((3, len(params)), np.int64)
+    bad = _k().gather_params(params, info)
     if bad >= 0:
         _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False)
-    return ptrs, sizes, f64.astype(bool)
+    return info
 
 
-def _gather_like(
-    op: str, name: str, arrays: list, params: list, *, writeable: bool, allow_none: bool = False
-):
-    """Addresses of ``arrays`` (each matching its parameter); gradients with a bad layout are copied.
+def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE):
+    """Addresses of ``arrays`` (each matching its parameter, outside the byte ranges ``avoid``).
 
-    Returns (addresses, arrays) where ``arrays`` holds any copies (keep it alive during the kernel).
+    Gradients with a bad layout are copied: returns (addresses, arrays) with ``arrays`` holding the
+    copies (keep it alive while the kernel runs).
     """
     if len(arrays) != len(params):
         raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
     ptrs = np.empty(len(params), np.intp)
     while True:
-        bad = _k().gather_like(arrays, params, ptrs, writeable, allow_none)
+        bad = _k().gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
         if bad < 0:
             return ptrs, arrays
         a = arrays[bad]
@@ -146,29 +152,17 @@ def _gather_like(
         arrays[bad] = fixed
 
 
-def _intervals(ptrs, sizes, itemsizes):
-    keep = sizes > 0
-    start = ptrs[keep].astype(np.int64)
-    return start, start + sizes[keep] * itemsizes[keep]
-
-
-def _check_disjoint(op: str, what: str, start, end):
-    """ValueError if two of the byte ranges [start, end) overlap."""
-    order = np.argsort(start, kind="stable")
-    s, e = start[order], end[order]
-    if s.size > 1 and np.any(s[1:] < e[:-1]):
+def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
+    """The byte ranges [lo, hi) of arrays (addresses ``ptrs``, sizes/dtypes from ``info``), sorted;
+    ValueError if two overlap."""
+    nbytes = info[1] * (4 + 4 * info[2])
+    keep = nbytes > 0
+    lo = ptrs[keep].astype(np.int64)
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], (lo + nbytes[keep])[order]
+    if lo.size > 1 and np.any(lo[1:] < hi[:-1]):
         raise ValueError(f"{op}: {what} overlap in memory (each must be a separate array)")
-    return s, e
-
-
-def _check_apart(op: str, what: str, w_start, w_end, start, end):
-    """ValueError if a range [start, end) overlaps one of the sorted, disjoint ranges [w_start, w_end)."""
-    if w_start.size == 0 or start.size == 0:
-        return
-    j = np.searchsorted(w_start, end, side="left") - 1
-    hit = (j >= 0) & (w_end[np.maximum(j, 0)] > start)
-    if hit.any():
-        raise ValueError(f"{op}: {what}")
+    return lo, hi
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
@@ -285,24 +279,30 @@ def _needed(algo: str, h: dict) -> tuple[bool, ...]:
 
 
 def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None) -> np.ndarray:
-    """Per-tensor scalars (T, k) in double, vectorized over the step numbers."""
+    """Per-tensor scalars (T, k) in double: from the step numbers (vectorized; one computation when
+    all tensors are at the same step, the usual case) and SGD's first-step flags."""
     n = steps.shape[0]
     if algo == "sgd":
         out = np.empty((n, 2))
-        out[:, 0] = h["momentum"]
-        out[:, 1] = 1.0 - h["dampening"]
+        out[:] = (h["momentum"], 1.0 - h["dampening"])
         if first is not None:
-            out[first] = (0.0, 1.0)  # first step: b = g
+            out[first] = (0.0, 1.0)  # first step: b = 0 * 0 + 1 * g = g
         return out
+    if algo not in ("adagrad", "adam"):
+        return np.empty((n, 0))
+    uniform = n > 0 and steps[0] == steps[-1] and bool((steps == steps[0]).all())
+    t = float(steps[0]) if uniform else steps.astype(np.float64)
     if algo == "adagrad":
-        return (h["lr"] / (1.0 + (steps - 1) * h["lr_decay"])).reshape(n, 1)
-    if algo == "adam":
-        t = steps.astype(np.float64)
-        out = np.empty((n, 2))
-        out[:, 0] = h["lr"] / (1.0 - np.power(h["beta1"], t))
-        out[:, 1] = np.sqrt(1.0 - np.power(h["beta2"], t))
-        return out
-    return np.empty((n, 0))
+        clr = h["lr"] / (1.0 + (t - 1.0) * h["lr_decay"])
+        cols = (clr,)
+    else:
+        b1t = h["beta1"] ** t if uniform else np.power(h["beta1"], t)
+        b2t = h["beta2"] ** t if uniform else np.power(h["beta2"], t)
+        cols = (h["lr"] / (1.0 - b1t), np.sqrt(1.0 - b2t))
+    out = np.empty((n, len(cols)))
+    for c, col in enumerate(cols):
+        out[:, c] = col
+    return out
 
 
 def _launch(algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, f64: bool) -> None:
@@ -374,38 +374,29 @@ def _run_split(algo, h, tab, sizes, f64, pt):
 
 # ------------------------------------------------------------------------------------------ functional steps
 def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None):
-    """Validate the lists, check no written array overlaps another, launch.
+    """Validate the lists, check no written array overlaps another (nor a gradient one), launch.
 
-    ``states``: stream name -> list of arrays (or None for a stream the options do not use).
+    ``states``: stream name -> list of arrays (absent for a stream the options do not use).
     """
     params = _as_list(op, "params", params)
     grads = _as_list(op, "grads", grads)
     if len(grads) != len(params):
         raise ValueError(f"{op}: grads has {len(grads)} entries for {len(params)} parameters")
-    ptrs, sizes, f64 = _gather_params(op, params)
-    gptr, grads = _gather_like(op, "grads", grads, params, writeable=False)
+    info = _gather_params(op, params)
     names = _STREAMS[algo]
     tab = np.zeros((2 + len(names), len(params)), np.intp)
-    tab[0], tab[1] = ptrs, gptr
-    itemsize = np.where(f64, 8, 4)
-    w_start, w_end = [], []
+    tab[0] = info[0]
     for r, name in enumerate(names):
-        arrays = states.get(name)
-        if arrays is None:
-            continue
-        tab[2 + r], _ = _gather_like(op, name, arrays, params, writeable=True)
-        s, e = _intervals(tab[2 + r], sizes, itemsize)
-        w_start.append(s)
-        w_end.append(e)
-    s, e = _intervals(ptrs, sizes, itemsize)
-    ws, we = _check_disjoint(
-        op, "parameters and state arrays", np.concatenate([s, *w_start]), np.concatenate([e, *w_end])
+        if states.get(name) is not None:
+            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True)
+    written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
+    avoid = _ranges(
+        op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0]))
     )
-    gs, ge = _intervals(gptr, sizes, itemsize)
-    _check_apart(op, "a gradient overlaps a parameter or state array", ws, we, gs, ge)
+    tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid)
     if steps is None:
         steps = np.ones(len(params), np.int64)
-    _run_split(algo, h, tab, sizes, f64, _per_tensor(algo, h, steps, first))
+    _run_split(algo, h, tab, info[1], info[2].astype(bool), _per_tensor(algo, h, steps, first))
 
 
 def sgd_step(
@@ -622,17 +613,16 @@ def adamw_step(
 
 # ------------------------------------------------------------------------------------------ classes
 class _Group:
-    """Per parameter group: the state and the cached kernel tables."""
+    """Per parameter group: the state, the step counts and the cached kernel tables."""
 
     def __init__(self, n: int):
-        self.state: list[dict] = [{} for _ in range(n)]
+        self.state: list[dict] = [{} for _ in range(n)]  # per parameter: stream name -> private array
         self.steps = np.zeros(n, np.int64)
-        self.ptrs = None  # addresses / sizes / dtype flags the tables were built for
-        self.sizes = None
-        self.f64 = None
-        self.params_sorted = None  # sorted byte ranges of the parameters (grad overlap check)
-        self.tables = None  # list of (idx, tab, offsets) per dtype present
-        self.ready = None  # the state streams every parameter has (then no allocation is needed)
+        self.info = None  # (3, n) addresses / sizes / is-float64 the tables were built for
+        self.tables = None  # [(idx, tab, offsets)] per dtype present: tab rows param, grad, state streams
+        self.ready = None  # the state streams every parameter has (then nothing to allocate)
+        self.hyper_key = None  # the raw hyperparameters last validated, and the result
+        self.hyper = None
 
 
 class Optimizer:
@@ -641,6 +631,9 @@ class Optimizer:
     ``param_groups`` is a list of dicts like torch's: ``"params"`` (the arrays) and the hyperparameters,
     read and checked at every step. ``step(grads)`` takes one gradient per parameter (None: the parameter
     is skipped, as torch skips ``p.grad is None``), in the order of ``param_groups`` then ``"params"``.
+    The state arrays are private (``state_dict()`` returns copies), so the kernel's address tables of
+    the state are built once; parameter addresses are re-read (in C) at every step and the tables
+    rebuilt only when one changed.
     """
 
     _algo = ""
@@ -651,6 +644,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
         self._groups: list[_Group] = []
+        self._avoid = _NOWHERE  # sorted byte ranges of all parameters (gradients must not meet them)
         if isinstance(params, np.ndarray):
             raise TypeError(f"{self._name}: params must be a list of arrays or of dicts, not one array")
         params = list(params) if isinstance(params, Iterable) else params
@@ -669,11 +663,19 @@ class Optimizer:
     def _hyper(self, group: dict) -> dict:
         raise NotImplementedError
 
-    def _group_hyper(self, group: dict) -> dict:
-        missing = [k for k in self._defaults if k not in group]
-        if missing:
-            raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}")
-        return self._hyper(group)
+    def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
+        """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
+        try:
+            key = tuple(group[k] for k in self._defaults)
+        except KeyError:
+            missing = [k for k in self._defaults if k not in group]
+            raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}") from None
+        if gd is not None and gd.hyper_key == key:
+            return gd.hyper
+        h = self._hyper(group)
+        if gd is not None:
+            gd.hyper_key, gd.hyper = key, h
+        return h
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group of parameters with its own hyperparameters (the others from the defaults)."""
@@ -686,99 +688,86 @@ class Optimizer:
             ps = [ps]
         elif isinstance(ps, set):
             raise TypeError(f"{op}: params must be an ordered collection (a list), not a set")
-        group["params"] = (
-            _as_list(op, "params", ps) if isinstance(ps, (list, tuple)) else _as_list(op, "params", ps)
-        )
+        group["params"] = _as_list(op, "params", ps)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._group_hyper(group)
-        ptrs, sizes, f64 = _gather_params(op, group["params"])
-        s, e = _intervals(ptrs, sizes, np.where(f64, 8, 4))
-        for other in self.param_groups:
-            p2, s2, f2 = _gather_params(op, other["params"])
-            s3, e3 = _intervals(p2, s2, np.where(f2, 8, 4))
-            s, e = np.concatenate([s, s3]), np.concatenate([e, e3])
-        _check_disjoint(op, "parameters (a parameter listed twice, or views of one array)", s, e)
+        infos = [_gather_params(op, g["params"]) for g in [*self.param_groups, group]]
+        info = np.concatenate(infos, axis=1)
+        avoid = _ranges(op, "parameters (one listed twice, or views of one array)", info[0], info)
         self.param_groups.append(group)
         self._groups.append(_Group(len(group["params"])))
+        self._avoid = avoid
         self._init_group(len(self.param_groups) - 1)
 
     def _init_group(self, gi: int) -> None:
         """Eager state initialization (Adagrad); lazy (at the first step with a gradient) otherwise."""
 
-    # ---- state
     def _new_state(self, name: str, p: np.ndarray, group: dict) -> np.ndarray:
         return np.zeros(p.shape, p.dtype)
 
-    def _plan(self, gi: int, grads: list):
-        """Check one group's parameters and gradients; nothing is written. Returns what _apply needs."""
-        op = self._name
-        group, gd = self.param_groups[gi], self._groups[gi]
-        h = self._group_hyper(group)
-        params = group["params"]
-        if not isinstance(params, list):
-            params = group["params"] = _as_list(op, "params", params)
-        if len(params) != len(gd.steps):
-            raise ValueError(
-                f"{op}: parameter group {gi} had {len(gd.steps)} parameters and now has {len(params)}; "
-                "add parameters with add_param_group"
-            )
-        ptrs, sizes, f64 = _gather_params(op, params, f"param_groups[{gi}]['params']")
-        if gd.ptrs is None or not (
-            np.array_equal(ptrs, gd.ptrs) and np.array_equal(sizes, gd.sizes) and np.array_equal(f64, gd.f64)
-        ):
-            if gd.sizes is not None and not (np.array_equal(sizes, gd.sizes) and np.array_equal(f64, gd.f64)):
-                raise ValueError(
-                    f"{op}: a parameter of group {gi} changed size or dtype since the optimizer was made"
-                )
-            changed = (ptrs, sizes, f64)
-        else:
-            changed = None
-        gptr, grads = _gather_like(op, "grads", grads, params, writeable=False, allow_none=True)
-        return gi, h, params, grads, gptr, changed
-
-    def _check_groups_apart(self, plans) -> None:
-        """Parameters of all groups disjoint (re-checked only when an address changed); gradients apart."""
-        if any(p[5] is not None for p in plans):
-            starts, ends = [], []
-            for gi, _, _, _, _, changed in plans:
-                gd = self._groups[gi]
-                ptrs, sizes, f64 = changed if changed is not None else (gd.ptrs, gd.sizes, gd.f64)
-                s, e = _intervals(ptrs, sizes, np.where(f64, 8, 4))
-                starts.append(s)
-                ends.append(e)
-            self._params_sorted = _check_disjoint(
-                self._name, "parameters (views of one array)", np.concatenate(starts), np.concatenate(ends)
-            )
-        ws, we = self._params_sorted
-        for gi, _, _, _, gptr, changed in plans:
-            gd = self._groups[gi]
-            sizes, f64 = (changed[1], changed[2]) if changed is not None else (gd.sizes, gd.f64)
-            live = gptr != 0
-            gs, ge = _intervals(gptr[live], sizes[live], np.where(f64[live], 8, 4))
-            _check_apart(self._name, "a gradient overlaps a parameter", ws, we, gs, ge)
-
+    # ---- step
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        """One update of every parameter that has a gradient (``grads``: one per parameter, None skips)."""
+        """One update of every parameter that has a gradient (``grads``: one per parameter, None skips).
+
+        Everything (hyperparameters, parameters, gradients, overlaps) is checked for all groups before
+        any array is written.
+        """
         op = self._name
         grads = _as_list(op, "grads", grads)
         n_total = sum(len(g["params"]) for g in self.param_groups)
         if len(grads) != n_total:
             raise ValueError(f"{op}: grads has {len(grads)} entries for {n_total} parameters")
+        hypers, infos, moved = [], [], False
+        for gi, (group, gd) in enumerate(zip(self.param_groups, self._groups, strict=True)):
+            hypers.append(self._group_hyper(group, gd))
+            params = group["params"]
+            if not isinstance(params, list):
+                params = group["params"] = _as_list(op, "params", params)
+            if len(params) != len(gd.steps):
+                raise ValueError(
+                    f"{op}: parameter group {gi} had {len(gd.steps)} parameters and now has {len(params)}; "
+                    "add parameters with add_param_group"
+                )
+            info = _gather_params(op, params, f"param_groups[{gi}]['params']")
+            if gd.info is not None and np.array_equal(info, gd.info):
+                info = None  # unchanged: the cached tables hold
+            else:
+                if gd.info is not None and not np.array_equal(info[1:], gd.info[1:]):
+                    raise ValueError(f"{op}: a parameter of group {gi} changed size or dtype")
+                moved = True  # an array was replaced: re-check overlaps, rebuild the tables
+            infos.append(info)
+        avoid = self._avoid
+        if moved:
+            info = np.concatenate(
+                [gd.info if i is None else i for i, gd in zip(infos, self._groups, strict=True)], 1
+            )
+            avoid = _ranges(op, "parameters (views of one array)", info[0], info)
         plans, start = [], 0
         for gi, group in enumerate(self.param_groups):
             n = len(group["params"])
-            plans.append(self._plan(gi, grads[start : start + n]))
+            gptr, gs = _gather_like(
+                op,
+                "grads",
+                grads[start : start + n],
+                group["params"],
+                writeable=False,
+                allow_none=True,
+                avoid=avoid,
+            )
+            plans.append((gi, hypers[gi], infos[gi], gptr, gs))
             start += n
-        self._check_groups_apart(plans)
-        for plan in plans:  # everything is checked: from here on nothing raises
-            self._apply(*plan)
+        # everything is checked: from here on nothing raises
+        self._avoid = avoid
+        for gi, h, info, gptr, gs in plans:
+            self._apply(gi, h, info, gptr)
+            del gs  # the gradients (and any contiguous copies) are alive until their kernel is done
 
-    def _apply(self, gi, h, params, grads, gptr, changed) -> None:
+    def _apply(self, gi: int, h: dict, info: np.ndarray | None, gptr: np.ndarray) -> None:
+        """Allocate missing state, count the step, launch (``info``: new parameter addresses or None)."""
         gd, algo = self._groups[gi], self._algo
-        if changed is not None:
-            gd.ptrs, gd.sizes, gd.f64 = changed
-            gd.tables = None
+        if info is not None:
+            gd.info, gd.tables = info, None
         active = gptr != 0
         everyone = bool(active.all())
         needed = tuple(name for name, use in zip(_STREAMS[algo], _needed(algo, h), strict=True) if use)
@@ -788,9 +777,9 @@ class Optimizer:
             for i in np.flatnonzero(active):
                 for name in needed:
                     if name not in gd.state[i]:
-                        gd.state[i][name] = self._new_state(name, params[i], group)
+                        gd.state[i][name] = self._new_state(name, group["params"][i], group)
                         if algo == "sgd":  # a new momentum buffer: b = g on this step
-                            first = np.zeros(len(params), bool) if first is None else first
+                            first = np.zeros(len(active), bool) if first is None else first
                             first[i] = True
             gd.tables = None
             if all(name in st for st in gd.state for name in needed):
@@ -800,34 +789,35 @@ class Optimizer:
         if algo != "sgd":
             gd.steps[active] += 1
         for idx, tab, offsets in gd.tables:
-            tab[1] = gptr[idx]
             if everyone:
                 sel, sel_tab, sel_off = idx, tab, offsets
+                tab[1] = gptr if idx.size == gptr.size else gptr[idx]
             else:
                 keep = active[idx]
                 sel = idx[keep]
                 if sel.size == 0:
                     continue
-                sel_tab, sel_off = np.ascontiguousarray(tab[:, keep]), _offsets(gd.sizes[sel])
+                sel_tab = np.ascontiguousarray(tab[:, keep])
+                sel_tab[1] = gptr[sel]
+                sel_off = _offsets(gd.info[1, sel])
             pt = _per_tensor(algo, h, gd.steps[sel], None if first is None else first[sel])
-            _launch(algo, h, sel_tab, sel_off, pt, bool(gd.f64[sel[0]]))
-        del grads  # the gradients (and any contiguous copies) stay alive until the kernels are done
+            _launch(algo, h, sel_tab, sel_off, pt, bool(gd.info[2, sel[0]]))
 
     def _build_tables(self, gd: _Group):
         tables = []
         names = _STREAMS[self._algo]
-        for want in (False, True):
-            idx = np.flatnonzero(gd.f64 == want)
+        for want in (0, 1):
+            idx = np.flatnonzero(gd.info[2] == want)
             if idx.size == 0:
                 continue
             tab = np.zeros((2 + len(names), idx.size), np.intp)
-            tab[0] = gd.ptrs[idx]
+            tab[0] = gd.info[0, idx]
             for r, name in enumerate(names):
                 tab[2 + r] = [
                     gd.state[i][name].__array_interface__["data"][0] if name in gd.state[i] else 0
                     for i in idx
                 ]
-            tables.append((idx, tab, _offsets(gd.sizes[idx])))
+            tables.append((idx, tab, _offsets(gd.info[1, idx])))
         return tables
 
     # ---- state dicts

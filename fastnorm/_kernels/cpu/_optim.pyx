@@ -97,11 +97,20 @@ cdef inline void _range(int algo, int flags, bint f64, const Py_ssize_t *tab, Py
         t += 1
 
 
-cdef inline int64_t _cut(int64_t total, int n_chunks, int c) noexcept nogil:
+cdef inline int64_t _cut(int64_t total, int64_t n_chunks, int64_t c) noexcept nogil:
     """Start of chunk c when [0, total) is cut into n_chunks balanced chunks (aligned to ALIGN)."""
     if c >= n_chunks:
         return total
     return (total * c // n_chunks) // ALIGN * ALIGN
+
+
+cdef int64_t _chunk_elems = 65536
+
+
+def _set_chunk(int64_t n):
+    """Experiment hook: elements per dynamically scheduled chunk (0: one static chunk per thread)."""
+    global _chunk_elems
+    _chunk_elems = n
 
 
 cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, const int64_t[::1] offsets,
@@ -111,8 +120,7 @@ cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, 
     cdef const Py_ssize_t *tab
     cdef const int64_t *off
     cdef const double *pt = NULL
-    cdef int64_t total
-    cdef int c, n_chunks = max(n_threads, 1)
+    cdef int64_t total, c, n_chunks
     if n_tensors == 0:
         return
     tab = &tensors[0, 0]
@@ -121,10 +129,15 @@ cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, 
     if n_pt > 0:
         pt = &per_tensor[0, 0]
     with nogil:
-        if n_chunks == 1:
+        if n_threads <= 1:
             _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt, 0, total, h)
+        elif _chunk_elems <= 0:
+            for c in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt,
+                       _cut(total, n_threads, c), _cut(total, n_threads, c + 1), h)
         else:
-            for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
+            n_chunks = max((total + _chunk_elems - 1) // _chunk_elems, n_threads)
+            for c in prange(n_chunks, schedule="dynamic", chunksize=1, num_threads=n_threads):
                 _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt,
                        _cut(total, n_chunks, c), _cut(total, n_chunks, c + 1), h)
 
@@ -200,6 +213,9 @@ _NO_SCALARS = np.zeros((0, 0), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------------ array checks
+# The per-array checks of every step, done in C so 200 tensors cost microseconds. They answer only
+# "all good" (-1) or "the first bad index"; fastnorm.optim then explains what is wrong in Python.
+
 cdef inline bint _usable(object a, int typenum, bint writeable):
     """``a`` is a native-endian, aligned, C-contiguous ndarray of ``typenum`` (writeable if asked)."""
     cdef cnp.ndarray arr
@@ -211,11 +227,27 @@ cdef inline bint _usable(object a, int typenum, bint writeable):
             and (not writeable or cnp.PyArray_ISWRITEABLE(arr)))
 
 
-def gather_params(list params, Py_ssize_t[::1] ptrs, int64_t[::1] sizes, signed char[::1] is_f64):
-    """Addresses, sizes and dtypes (1: float64, 0: float32) of writeable parameter arrays.
+cdef inline bint _overlaps(int64_t lo, int64_t hi, const int64_t[::1] avoid_lo,
+                           const int64_t[::1] avoid_hi) noexcept nogil:
+    """[lo, hi) meets one of the sorted, disjoint ranges [avoid_lo[k], avoid_hi[k])."""
+    cdef Py_ssize_t a = 0, b = avoid_lo.shape[0], mid
+    if hi <= lo or b == 0:
+        return False
+    # the last range starting before hi is the only candidate (the ends are sorted too)
+    while a < b:
+        mid = (a + b) // 2
+        if avoid_lo[mid] < hi:
+            a = mid + 1
+        else:
+            b = mid
+    return a > 0 and avoid_hi[a - 1] > lo
+
+
+def gather_params(list params, int64_t[:, ::1] info):
+    """Row 0: address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
 
     Returns -1 if every entry is a native, aligned, C-contiguous, writeable float32/float64 ndarray,
-    else the index of the first one that is not (the caller then explains what is wrong).
+    else the index of the first one that is not.
     """
     cdef Py_ssize_t i, n = len(params)
     cdef cnp.ndarray arr
@@ -225,29 +257,32 @@ def gather_params(list params, Py_ssize_t[::1] ptrs, int64_t[::1] sizes, signed 
         a = params[i]
         if not cnp.PyArray_Check(a):
             return i
+        typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+        if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _usable(a, typenum, True):
+            return i
         arr = <cnp.ndarray>a
-        typenum = cnp.PyArray_TYPE(arr)
-        if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-            return i
-        if not _usable(a, typenum, True):
-            return i
-        ptrs[i] = <Py_ssize_t>cnp.PyArray_DATA(arr)
-        sizes[i] = cnp.PyArray_SIZE(arr)
-        is_f64[i] = typenum == cnp.NPY_FLOAT64
+        info[0, i] = <int64_t>cnp.PyArray_DATA(arr)
+        info[1, i] = cnp.PyArray_SIZE(arr)
+        info[2, i] = typenum == cnp.NPY_FLOAT64
     return -1
 
 
-def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, bint allow_none):
-    """Addresses of arrays matching ``params`` one to one (same dtype and shape, C-contiguous, ...).
+def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, bint allow_none,
+                const int64_t[::1] avoid_lo, const int64_t[::1] avoid_hi):
+    """Addresses of ``arrays`` matching ``params`` one to one: same dtype and shape, native, aligned,
+    C-contiguous (and writeable if asked), their bytes outside the sorted disjoint ranges ``avoid``.
 
     None entries give address 0 when ``allow_none``. Returns -1 if all are usable, else the index of
-    the first that is not. ``len(arrays) == len(params) == len(ptrs)`` is the caller's duty.
+    the first that is not. ``params`` must have passed ``gather_params`` and have len(ptrs) entries.
     """
-    cdef Py_ssize_t i, d, n = len(params)
+    cdef Py_ssize_t i, d, n = ptrs.shape[0]
     cdef cnp.ndarray arr, ref
     cdef object a
     cdef cnp.npy_intp *da
     cdef cnp.npy_intp *dr
+    cdef int64_t lo
+    if len(arrays) != n or len(params) != n:
+        return 0
     for i in range(n):
         a = arrays[i]
         if a is None and allow_none:
@@ -264,5 +299,8 @@ def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, 
         for d in range(cnp.PyArray_NDIM(ref)):
             if da[d] != dr[d]:
                 return i
-        ptrs[i] = <Py_ssize_t>cnp.PyArray_DATA(arr)
+        lo = <int64_t>cnp.PyArray_DATA(arr)
+        if _overlaps(lo, lo + cnp.PyArray_NBYTES(arr), avoid_lo, avoid_hi):
+            return i
+        ptrs[i] = <Py_ssize_t>lo
     return -1
