@@ -123,7 +123,7 @@ def _check_against_reference(name, kw, sizes, dtype, n_steps=3, seed=0):
                 assert_matches_reference(lk[i], l64[i], llo[i], name=f"{name} state {j} tensor {i}")
 
 
-# ------------------------------------------------------------------------------------------ kernels vs references
+# ---------------------------------------------------------------------------------- kernels vs references
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(("name", "kw"), FCASES, ids=FIDS)
 def test_functional_matches_reference(name, kw, dtype, threads):
@@ -228,7 +228,7 @@ def test_readonly_and_noncontiguous_grads():
         np.testing.assert_allclose(a, b, rtol=1e-15)
 
 
-# ------------------------------------------------------------------------------------------ bad input
+# ---------------------------------------------------------------------------------- bad input
 def _adam_args(dtype=np.float32):
     rng = np.random.default_rng(8)
     params = [rng.standard_normal(n).astype(dtype) for n in (3, 5)]
@@ -331,7 +331,7 @@ def test_sgd_bad_buffers_keep_list_untouched():
         O.sgd_step(params, grads, (None, None), momentum=0.9)  # needs a list it can fill
 
 
-# ------------------------------------------------------------------------------------------ classes vs torch
+# ---------------------------------------------------------------------------------- classes vs torch
 CLASS_CASES = [
     ("SGD", {"lr": 0.05}),
     ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
@@ -373,12 +373,15 @@ def _groups(params, kw, split):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("split", [False, True], ids=["one-group", "two-groups"])
 @pytest.mark.parametrize(("cls", "kw"), CLASS_CASES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(CLASS_CASES)])
-def test_class_matches_torch_trajectory(cls, kw, split, dtype, threads):
-    """20 steps, some parameters without a gradient on some steps, lr changed every 5 steps."""
+def test_class_matches_torch_trajectory(cls, kw, split, dtype):
+    """12 steps, some parameters without a gradient on some steps, lr changed every 5 steps.
+
+    (One thread count: the kernels' results do not depend on it, see the bitwise test above.)
+    """
     torch = torch_or_skip()
     rng = np.random.default_rng(9)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    grads = _torch_grads(rng, dtype, 20, skip=lambda k, i: (k + i) % 7 == 3)
+    grads = _torch_grads(rng, dtype, 12, skip=lambda k, i: (k + i) % 7 == 3)
     tp = [torch.tensor(p, requires_grad=True) for p in params]
     topt = getattr(torch.optim, cls)(_groups(tp, kw, split), foreach=False, **kw)
     opt = getattr(O, cls)(_groups(params, kw, split), **kw)
@@ -480,7 +483,10 @@ def test_load_torch_state_dict_and_continue_like_torch(cls):
         topt.step()
     tsd = topt.state_dict()
     sd = {
-        "state": {i: {k: (v.numpy() if v is not None else None) for k, v in e.items()} for i, e in tsd["state"].items()},
+        "state": {
+            i: {k: (v.numpy() if v is not None else None) for k, v in e.items()}
+            for i, e in tsd["state"].items()
+        },
         "param_groups": tsd["param_groups"],
     }
     mine = [t.detach().numpy().copy() for t in tp]
@@ -527,7 +533,7 @@ def test_bad_state_dict_changes_nothing():
     np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"], good["state"][0]["exp_avg"])
 
 
-# ------------------------------------------------------------------------------------------ class behaviour
+# ---------------------------------------------------------------------------------- class behaviour
 def _snapshot(params, opt):
     sd = opt.state_dict()
     return [p.copy() for p in params], sd

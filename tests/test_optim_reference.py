@@ -1,18 +1,17 @@
-"""The NumPy optimizer references: hand-computed steps, torch.optim trajectories, the documented equivalences."""
+"""NumPy optimizer references: hand-computed steps, torch.optim trajectories, the documented forms."""
 
 import math
 
 import numpy as np
 import pytest
+from _util import torch_or_skip
 
 from fastnorm.reference import optim as R
-
-from _util import torch_or_skip
 
 SHAPES = [(3,), (5, 7), (1,), (2, 3, 5), (13,)]
 
 
-# ------------------------------------------------------------------------------------------ hand-computed
+# ---------------------------------------------------------------------------------- hand-computed
 def _one(x):
     return [np.array([x], dtype=np.float64)]
 
@@ -67,7 +66,9 @@ def test_adadelta_by_hand():
 def test_rmsprop_by_hand(centered, momentum):
     p, sq, ga, b = _one(1.0), _one(0.0), _one(0.0), _one(0.0)
     for _ in range(2):
-        R.rmsprop_step(p, _one(0.5), sq, ga, b, lr=0.01, alpha=0.9, eps=1e-8, momentum=momentum, centered=centered)
+        R.rmsprop_step(
+            p, _one(0.5), sq, ga, b, lr=0.01, alpha=0.9, eps=1e-8, momentum=momentum, centered=centered
+        )
     sq_h = 0.1 * 0.25
     sq_h = 0.9 * sq_h + 0.1 * 0.25
     ga1 = 0.1 * 0.5
@@ -129,7 +130,7 @@ def test_reference_keeps_dtype_and_rejects_length_mismatch():
         R.adam_step(p, [], [np.zeros(4, np.float32)], [np.zeros(4, np.float32)], step=1)
 
 
-# ------------------------------------------------------------------------------------------ vs torch.optim
+# ---------------------------------------------------------------------------------- vs torch.optim
 def _problem(dtype, seed=0, steps=25):
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
@@ -209,7 +210,10 @@ CASES = (
     + [("adadelta", "Adadelta", o) for o in ADADELTA_OPTS]
     + [("rmsprop", "RMSprop", o) for o in RMSPROP_OPTS]
     + [("adam", "Adam", o) for o in ADAM_OPTS]
-    + [("adamw", "AdamW", {"lr": 0.01}), ("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.3, "amsgrad": True})]
+    + [
+        ("adamw", "AdamW", {"lr": 0.01}),
+        ("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.3, "amsgrad": True}),
+    ]
 )
 
 
@@ -230,14 +234,18 @@ def test_reference_matches_torch_with_lr_schedule():
     torch = torch_or_skip()
     params, grads = _problem(np.float64, seed=3)
     sched = lambda k: 0.02 * 0.9**k  # noqa: E731
-    for name, cls, kw in [("sgd", "SGD", {"momentum": 0.9}), ("adam", "Adam", {}), ("adagrad", "Adagrad", {})]:
+    for name, cls, kw in [
+        ("sgd", "SGD", {"momentum": 0.9}),
+        ("adam", "Adam", {}),
+        ("adagrad", "Adagrad", {}),
+    ]:
         want, _ = _torch_run(torch, getattr(torch.optim, cls), params, grads, kw, sched)
         got, _ = _ref_run(name, params, grads, kw, sched)
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
 
 
-# ------------------------------------------------------------------------------------------ documented forms
+# ---------------------------------------------------------------------------------- documented forms
 def test_heavy_ball_form_equals_sgd_momentum_at_constant_lr():
     """m = mu*m + lr*g; p -= m  is torch's  b = mu*b + g; p -= lr*b  with m = lr*b."""
     rng = np.random.default_rng(5)

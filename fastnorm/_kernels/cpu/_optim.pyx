@@ -3,14 +3,16 @@
 A call updates T tensors described by a table of addresses ``tensors`` (S, T): row 0 the parameters,
 row 1 the gradients, rows 2.. the algorithm's state (a 0 address for a stream the options do not use),
 and ``offsets`` (T + 1,): tensor t holds ``offsets[t + 1] - offsets[t]`` elements. The tensors are laid
-end to end in one flat index space, cut into ``n_threads`` balanced chunks (boundaries at multiples of
-16 elements, crossing tensor boundaries freely), one chunk per thread; each chunk walks its pieces of
-tensors with the per-element loops of ``fastnorm_optim.h``. So 200 small tensors cost one call and the
-threads share the work evenly whatever the sizes.
+end to end in one flat index space, cut into balanced chunks of about CHUNK elements (boundaries at
+multiples of 16 elements, crossing tensor boundaries freely) that the threads take dynamically; each
+chunk walks its pieces of tensors with the per-element loops of ``fastnorm_optim.h``. So 200 small
+tensors cost one call, the threads share the work evenly whatever the sizes, and a thread that the OS
+preempts (shared machines) does not hold the others up. Every element goes through the same operations
+whatever the chunking (no fma contraction), so the results do not depend on the thread count.
 
 Every address must point to a live, C-contiguous, aligned array of the given dtype (``f64``: float64,
 else float32) and size; written streams must be writeable and overlap nothing else. The kernels
-check nothing: ``fastnorm.optim`` guarantees all of it (``gather`` below does the per-array checks in C).
+check nothing: ``fastnorm.optim`` guarantees all of it (``gather_*`` below do the per-array checks in C).
 """
 
 import numpy as np
@@ -45,6 +47,7 @@ cdef extern from "fastnorm_optim.h" nogil:
 cdef enum:
     MAX_STREAMS = 5
     ALIGN = 16   # chunk boundaries fall on multiples of this many elements (a cache line of float32)
+    CHUNK = 65536  # elements per dynamically scheduled chunk
 
 
 # ------------------------------------------------------------------------------------------ scheduling
@@ -104,15 +107,6 @@ cdef inline int64_t _cut(int64_t total, int64_t n_chunks, int64_t c) noexcept no
     return (total * c // n_chunks) // ALIGN * ALIGN
 
 
-cdef int64_t _chunk_elems = 65536
-
-
-def _set_chunk(int64_t n):
-    """Experiment hook: elements per dynamically scheduled chunk (0: one static chunk per thread)."""
-    global _chunk_elems
-    _chunk_elems = n
-
-
 cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, const int64_t[::1] offsets,
                const double[:, ::1] per_tensor, const fn_hyper *h, int n_threads):
     cdef Py_ssize_t n_tensors = tensors.shape[1], n_streams = min(tensors.shape[0], MAX_STREAMS)
@@ -131,12 +125,8 @@ cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, 
     with nogil:
         if n_threads <= 1:
             _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt, 0, total, h)
-        elif _chunk_elems <= 0:
-            for c in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt,
-                       _cut(total, n_threads, c), _cut(total, n_threads, c + 1), h)
         else:
-            n_chunks = max((total + _chunk_elems - 1) // _chunk_elems, n_threads)
+            n_chunks = max((total + CHUNK - 1) // CHUNK, n_threads)
             for c in prange(n_chunks, schedule="dynamic", chunksize=1, num_threads=n_threads):
                 _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt,
                        _cut(total, n_chunks, c), _cut(total, n_chunks, c + 1), h)
