@@ -145,9 +145,7 @@ def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid
         a = arrays[bad]
         if a is None:
             raise TypeError(f"{op}: {name}[{bad}] is None")
-        fixed = _why_not_array(
-            op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable
-        )
+        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable)
         arrays = list(arrays)
         arrays[bad] = fixed
 
@@ -390,9 +388,7 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
         if states.get(name) is not None:
             tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True)
     written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
-    avoid = _ranges(
-        op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0]))
-    )
+    avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
     tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid)
     if steps is None:
         steps = np.ones(len(params), np.int64)
@@ -429,9 +425,7 @@ def sgd_step(
         if not isinstance(momentum_buffers, list):
             raise TypeError(f"{op}: momentum != 0 needs momentum_buffers, a list (None entries: first step)")
         if len(momentum_buffers) != len(params):
-            raise ValueError(
-                f"{op}: momentum_buffers has {len(momentum_buffers)} entries for {len(params)} parameters"
-            )
+            raise ValueError(f"{op}: momentum_buffers has {len(momentum_buffers)} entries for {len(params)} parameters")
         first = np.array([b is None for b in momentum_buffers], dtype=bool)
         bufs = list(momentum_buffers)
         for i in np.flatnonzero(first):
@@ -465,9 +459,7 @@ def adagrad_step(
     op = "adagrad_step"
     h = _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize)
     n = len(_as_list(op, "params", params))
-    _functional(
-        op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n)
-    )
+    _functional(op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n))
 
 
 def adadelta_step(
@@ -739,9 +731,7 @@ class Optimizer:
             infos.append(info)
         avoid = self._avoid
         if moved:
-            info = np.concatenate(
-                [gd.info if i is None else i for i, gd in zip(infos, self._groups, strict=True)], 1
-            )
+            info = np.concatenate([gd.info if i is None else i for i, gd in zip(infos, self._groups, strict=True)], 1)
             avoid = _ranges(op, "parameters (views of one array)", info[0], info)
         plans, start = [], 0
         for gi, group in enumerate(self.param_groups):
@@ -814,8 +804,7 @@ class Optimizer:
             tab[0] = gd.info[0, idx]
             for r, name in enumerate(names):
                 tab[2 + r] = [
-                    gd.state[i][name].__array_interface__["data"][0] if name in gd.state[i] else 0
-                    for i in idx
+                    gd.state[i][name].__array_interface__["data"][0] if name in gd.state[i] else 0 for i in idx
                 ]
             tables.append((idx, tab, _offsets(gd.info[1, idx])))
         return tables
@@ -850,16 +839,14 @@ class Optimizer:
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
-                f"{op}: state_dict has {len(saved_groups)} parameter groups, "
-                f"the optimizer {len(self.param_groups)}"
+                f"{op}: state_dict has {len(saved_groups)} parameter groups, the optimizer {len(self.param_groups)}"
             )
         new_groups, new_state, where = [], [], {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             ids = list(saved.get("params", ()))
             if len(ids) != len(group["params"]):
                 raise ValueError(
-                    f"{op}: state_dict's group {gi} has {len(ids)} parameters, "
-                    f"the optimizer's {len(group['params'])}"
+                    f"{op}: state_dict's group {gi} has {len(ids)} parameters, the optimizer's {len(group['params'])}"
                 )
             g = dict(group)
             for k, v in saved.items():
@@ -890,9 +877,7 @@ class Optimizer:
                     if a.dtype.kind not in "fiu":
                         raise TypeError(f"{op}: state[{idx}][{name!r}] has dtype {a.dtype}")
                     if a.shape != p.shape:
-                        raise ValueError(
-                            f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {p.shape}"
-                        )
+                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {p.shape}")
                     st[pos][name] = np.array(a, dtype=p.dtype, order="C", copy=True)
                 else:
                     raise ValueError(f"{op}: state[{idx}] has an unknown entry {name!r}")

@@ -4,11 +4,12 @@ import io
 
 import numpy as np
 import pytest
-from _util import FLOATS, assert_matches_reference, torch_or_skip
 
 import fastnorm
 from fastnorm import optim as O
 from fastnorm.reference import optim as R
+
+from ._util import FLOATS, assert_matches_reference, torch_or_skip
 
 SIZES = [1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64, 127, 1000, 4099]
 
@@ -484,8 +485,7 @@ def test_load_torch_state_dict_and_continue_like_torch(cls):
     tsd = topt.state_dict()
     sd = {
         "state": {
-            i: {k: (v.numpy() if v is not None else None) for k, v in e.items()}
-            for i, e in tsd["state"].items()
+            i: {k: (v.numpy() if v is not None else None) for k, v in e.items()} for i, e in tsd["state"].items()
         },
         "param_groups": tsd["param_groups"],
     }

@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 import pytest
-from _util import torch_or_skip
 
 from fastnorm.reference import optim as R
+
+from ._util import torch_or_skip
 
 SHAPES = [(3,), (5, 7), (1,), (2, 3, 5), (13,)]
 
@@ -66,9 +67,7 @@ def test_adadelta_by_hand():
 def test_rmsprop_by_hand(centered, momentum):
     p, sq, ga, b = _one(1.0), _one(0.0), _one(0.0), _one(0.0)
     for _ in range(2):
-        R.rmsprop_step(
-            p, _one(0.5), sq, ga, b, lr=0.01, alpha=0.9, eps=1e-8, momentum=momentum, centered=centered
-        )
+        R.rmsprop_step(p, _one(0.5), sq, ga, b, lr=0.01, alpha=0.9, eps=1e-8, momentum=momentum, centered=centered)
     sq_h = 0.1 * 0.25
     sq_h = 0.9 * sq_h + 0.1 * 0.25
     ga1 = 0.1 * 0.5

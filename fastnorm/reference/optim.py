@@ -214,9 +214,7 @@ def adam_step(
         p[...] = p - step_size * (m / denom)
 
 
-def adamw_step(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, weight_decay=1e-2, **kwargs
-):
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, weight_decay=1e-2, **kwargs):
     """AdamW (``torch.optim.AdamW``): ``adam_step`` with decoupled weight decay (default 1e-2)."""
     adam_step(
         params,
