@@ -382,6 +382,9 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
         raise ValueError(f"{op}: grads has {len(grads)} entries for {len(params)} parameters")
     info = _gather_params(op, params)
     names = _STREAMS[algo]
+    for name, use in zip(names, _needed(algo, h)):
+        if use and states.get(name) is None:  # the public steps ask for these; never reach a kernel without
+            raise TypeError(f"{op}: the options need the {name} state list")
     tab = np.zeros((2 + len(names), len(params)), np.intp)
     tab[0] = info[0]
     for r, name in enumerate(names):
@@ -451,10 +454,12 @@ def adagrad_step(
     eps: float = 1e-10,
     maximize: bool = False,
 ) -> None:
-    """Adagrad step in place, like ``torch.optim.Adagrad``; ``step``: this update's number (from 1)::
+    """Adagrad step in place, like ``torch.optim.Adagrad``::
 
-    g = g + weight_decay * p;  clr = lr / (1 + (step - 1) * lr_decay)
-    sum = sum + g * g;  p = p - clr * g / (sqrt(sum) + eps)
+        g = g + weight_decay * p;  clr = lr / (1 + (step - 1) * lr_decay)
+        sum = sum + g * g;  p = p - clr * g / (sqrt(sum) + eps)
+
+    ``step``: this update's number (from 1), one int or one per tensor.
     """
     op = "adagrad_step"
     h = _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize)
@@ -476,9 +481,11 @@ def adadelta_step(
 ) -> None:
     """Adadelta step in place, like ``torch.optim.Adadelta``::
 
-    g = g + weight_decay * p;  square_avg = rho * square_avg + (1 - rho) * g * g
-    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-    acc_delta = rho * acc_delta + (1 - rho) * delta * delta;  p = p - lr * delta
+        g = g + weight_decay * p;  square_avg = rho * square_avg + (1 - rho) * g * g
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta;  p = p - lr * delta
+
+    All state starts at zero.
     """
     op = "adadelta_step"
     h = _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize)

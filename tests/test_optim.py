@@ -690,3 +690,24 @@ def test_repr_and_exports():
     assert fastnorm.optim is O
     for name in O.__all__:
         assert hasattr(O, name)
+
+
+def test_kernel_checks_table_structure():
+    """The raw kernels refuse a malformed address table (they trust only the addresses themselves)."""
+    from fastnorm._kernels import cpu as K
+
+    p, g, m, v = (np.zeros(3, np.float32) for _ in range(4))
+    addr = [a.__array_interface__["data"][0] for a in (p, g, m, v)]
+    tab = np.array([[a] for a in addr] + [[0]], np.intp)  # amsgrad off: row 4 may be 0
+    off, pt = np.array([0, 3], np.int64), np.ones((1, 2))
+    args = (0.9, 0.999, 1e-8, 0.0, 1.0)
+    K.adam_step(tab, off, pt, *args, False, False, False, 1)
+    for bad_tab, bad_off, bad_pt, ams in [
+        (tab, off, pt, True),  # amsgrad needs row 4
+        (tab[:4].copy(), off, pt, False),
+        (tab, np.array([0, 3, 2], np.int64), pt, False),
+        (tab, np.array([1, 3], np.int64), pt, False),
+        (tab, off, np.ones((1, 1)), False),
+    ]:
+        with pytest.raises(ValueError):
+            K.adam_step(bad_tab, bad_off, bad_pt, *args, ams, False, False, 1)

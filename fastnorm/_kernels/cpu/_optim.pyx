@@ -11,8 +11,9 @@ preempts (shared machines) does not hold the others up. Every element goes throu
 whatever the chunking (no fma contraction), so the results do not depend on the thread count.
 
 Every address must point to a live, C-contiguous, aligned array of the given dtype (``f64``: float64,
-else float32) and size; written streams must be writeable and overlap nothing else. The kernels
-check nothing: ``fastnorm.optim`` guarantees all of it (``gather_*`` below do the per-array checks in C).
+else float32) and size; written streams must be writeable and overlap nothing else. The kernels check
+only the table's structure (shapes, no 0 address where the options need a stream); the addresses
+themselves are ``fastnorm.optim``'s duty (``gather_*`` below do its per-array checks in C).
 """
 
 import numpy as np
@@ -107,14 +108,44 @@ cdef inline int64_t _cut(int64_t total, int64_t n_chunks, int64_t c) noexcept no
     return (total * c // n_chunks) // ALIGN * ALIGN
 
 
-cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, const int64_t[::1] offsets,
-               const double[:, ::1] per_tensor, const fn_hyper *h, int n_threads):
-    cdef Py_ssize_t n_tensors = tensors.shape[1], n_streams = min(tensors.shape[0], MAX_STREAMS)
-    cdef Py_ssize_t n_pt = per_tensor.shape[1] if per_tensor.shape[0] == n_tensors else 0
+cdef inline int _layout(int algo, int flags, int *n_scalars) noexcept nogil:
+    """Bit r set: row r of the table (param, grad, state streams) is used; the row count is the highest
+    bit + 1 of the algorithm's full layout. ``n_scalars``: per-tensor scalars the algorithm reads."""
+    n_scalars[0] = 0
+    if algo == FN_SGD:
+        n_scalars[0] = 2
+        return 0b011 | (0b100 if flags & FN_MOMENTUM else 0)
+    if algo == FN_ADAGRAD:
+        n_scalars[0] = 1
+        return 0b111
+    if algo == FN_ADADELTA:
+        return 0b1111
+    if algo == FN_RMSPROP:
+        return 0b00111 | (0b01000 if flags & FN_CENTERED else 0) | (0b10000 if flags & FN_MOMENTUM else 0)
+    n_scalars[0] = 2
+    return 0b01111 | (0b10000 if flags & FN_AMSGRAD else 0)
+
+
+cdef void _run(int algo, int flags, bint f64, int n_rows, const Py_ssize_t[:, ::1] tensors,
+               const int64_t[::1] offsets, const double[:, ::1] per_tensor, const fn_hyper *h, int n_threads):
+    """Check the table's structure (not the addresses: the caller's duty), then update every tensor."""
+    cdef Py_ssize_t n_tensors = tensors.shape[1], t, r
+    cdef int n_pt, used = _layout(algo, flags, &n_pt)
     cdef const Py_ssize_t *tab
     cdef const int64_t *off
     cdef const double *pt = NULL
     cdef int64_t total, c, n_chunks
+    if tensors.shape[0] != n_rows or offsets.shape[0] != n_tensors + 1 or offsets[0] != 0:
+        raise ValueError("optimizer kernel: the address table or the offsets have the wrong shape")
+    if n_pt > 0 and (per_tensor.shape[0] != n_tensors or per_tensor.shape[1] != n_pt):
+        raise ValueError(f"optimizer kernel: per_tensor must have shape ({n_tensors}, {n_pt})")
+    for t in range(n_tensors):
+        if offsets[t + 1] < offsets[t]:
+            raise ValueError("optimizer kernel: offsets must not decrease")
+        if offsets[t + 1] > offsets[t]:
+            for r in range(n_rows):
+                if (used >> r) & 1 and tensors[r, t] == 0:
+                    raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
     if n_tensors == 0:
         return
     tab = &tensors[0, 0]
@@ -124,11 +155,11 @@ cdef void _run(int algo, int flags, bint f64, const Py_ssize_t[:, ::1] tensors, 
         pt = &per_tensor[0, 0]
     with nogil:
         if n_threads <= 1:
-            _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt, 0, total, h)
+            _range(algo, flags, f64, tab, n_tensors, n_rows, off, pt, n_pt, 0, total, h)
         else:
             n_chunks = max((total + CHUNK - 1) // CHUNK, n_threads)
             for c in prange(n_chunks, schedule="dynamic", chunksize=1, num_threads=n_threads):
-                _range(algo, flags, f64, tab, n_tensors, n_streams, off, pt, n_pt,
+                _range(algo, flags, f64, tab, n_tensors, n_rows, off, pt, n_pt,
                        _cut(total, n_chunks, c), _cut(total, n_chunks, c + 1), h)
 
 
@@ -143,7 +174,7 @@ def sgd_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (3, T): param (IN/OUT)
     h.lr, h.wd, h.sgn, h.mu = lr, weight_decay, (-1.0 if maximize else 1.0), momentum
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
-    _run(FN_SGD, flags, f64, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_SGD, flags, f64, 3, tensors, offsets, per_tensor, &h, n_threads)
 
 
 def adagrad_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (3, T): param (IN/OUT), grad (IN), sum (IN/OUT)
@@ -153,7 +184,7 @@ def adagrad_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (3, T): param (IN/
     """sum += g*g; p -= clr * g / (sqrt(sum) + eps)."""
     cdef fn_hyper h
     h.wd, h.sgn, h.eps = weight_decay, (-1.0 if maximize else 1.0), eps
-    _run(FN_ADAGRAD, FN_WD if weight_decay != 0 else 0, f64, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_ADAGRAD, FN_WD if weight_decay != 0 else 0, f64, 3, tensors, offsets, per_tensor, &h, n_threads)
 
 
 def adadelta_step(const Py_ssize_t[:, ::1] tensors,  # IN/OUT (4, T): param, grad (IN), square_avg, acc_delta
@@ -164,7 +195,7 @@ def adadelta_step(const Py_ssize_t[:, ::1] tensors,  # IN/OUT (4, T): param, gra
     cdef fn_hyper h
     h.lr, h.rho, h.eps, h.wd, h.sgn = lr, rho, eps, weight_decay, (-1.0 if maximize else 1.0)
     cdef double[:, ::1] none = _NO_SCALARS
-    _run(FN_ADADELTA, FN_WD if weight_decay != 0 else 0, f64, tensors, offsets, none, &h, n_threads)
+    _run(FN_ADADELTA, FN_WD if weight_decay != 0 else 0, f64, 4, tensors, offsets, none, &h, n_threads)
 
 
 def rmsprop_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (5, T): param, grad (IN), square_avg, grad_avg,
@@ -179,7 +210,7 @@ def rmsprop_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (5, T): param, gra
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
     cdef double[:, ::1] none = _NO_SCALARS
-    _run(FN_RMSPROP, flags, f64, tensors, offsets, none, &h, n_threads)
+    _run(FN_RMSPROP, flags, f64, 5, tensors, offsets, none, &h, n_threads)
 
 
 def adam_step(const Py_ssize_t[:, ::1] tensors,      # IN/OUT (5, T): param, grad (IN), exp_avg, exp_avg_sq,
@@ -196,7 +227,7 @@ def adam_step(const Py_ssize_t[:, ::1] tensors,      # IN/OUT (5, T): param, gra
     h.omb1, h.beta2, h.eps, h.wd, h.decay = 1.0 - beta1, beta2, eps, weight_decay, decay
     h.sgn = -1.0 if maximize else 1.0
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
-    _run(FN_ADAM, flags, f64, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_ADAM, flags, f64, 5, tensors, offsets, per_tensor, &h, n_threads)
 
 
 _NO_SCALARS = np.zeros((0, 0), dtype=np.float64)
