@@ -644,8 +644,10 @@ class Optimizer:
         self.param_groups: list[dict] = []
         self._groups: list[_Group] = []
         self._avoid = _NOWHERE  # sorted byte ranges of all parameters (gradients must not meet them)
-        if isinstance(params, np.ndarray):
-            raise TypeError(f"{self._name}: params must be a list of arrays or of dicts, not one array")
+        if isinstance(params, (np.ndarray, dict)):
+            raise TypeError(
+                f"{self._name}: params must be a list of arrays or of dicts, not one {type(params).__name__}"
+            )
         params = list(params) if isinstance(params, Iterable) else params
         if not isinstance(params, list) or not params:
             raise ValueError(f"{self._name}: got an empty parameter list")
@@ -685,8 +687,10 @@ class Optimizer:
         ps = group.get("params")
         if isinstance(ps, np.ndarray):
             ps = [ps]
-        elif isinstance(ps, set):
-            raise TypeError(f"{op}: params must be an ordered collection (a list), not a set")
+        elif isinstance(ps, (set, dict)):
+            raise TypeError(f"{op}: params must be an ordered collection (a list), not a {type(ps).__name__}")
+        elif isinstance(ps, Iterable) and not isinstance(ps, (list, tuple, str, bytes)):
+            ps = list(ps)
         group["params"] = _as_list(op, "params", ps)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
