@@ -105,7 +105,8 @@ cdef inline int64_t _cut(int64_t total, int64_t n_chunks, int64_t c) noexcept no
     """Start of chunk c when [0, total) is cut into n_chunks balanced chunks (aligned to ALIGN)."""
     if c >= n_chunks:
         return total
-    return (total * c // n_chunks) // ALIGN * ALIGN
+    # = total * c // n_chunks, without overflowing int64 for huge totals
+    return (c * (total // n_chunks) + c * (total % n_chunks) // n_chunks) // ALIGN * ALIGN
 
 
 cdef inline int _layout(int algo, int flags, int *n_scalars) noexcept nogil:
