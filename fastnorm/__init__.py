@@ -4,7 +4,7 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 ``fastnorm.reference`` holds the NumPy specification of every op.
 """
 
-from . import reference
+from . import optim, reference
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from .norms import (
     layer_norm_backward,
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "reference",
+    "optim",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",

@@ -1,15 +1,24 @@
 """NumPy reference implementations: the specification of every fastnorm op (NumPy only, no tricks)."""
 
+from . import optim
 from .norms import (
     layer_norm_backward,
     layer_norm_forward,
     rms_norm_backward,
     rms_norm_forward,
 )
+from .optim import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
 
 __all__ = [
     "layer_norm_forward",
     "layer_norm_backward",
     "rms_norm_forward",
     "rms_norm_backward",
+    "optim",
+    "sgd_step",
+    "adagrad_step",
+    "adadelta_step",
+    "rmsprop_step",
+    "adam_step",
+    "adamw_step",
 ]
