@@ -89,9 +89,9 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, normalized_ndim=1):
     return dx.reshape(x.shape).astype(x.dtype), dweight
 
 
-# --------------------------------------------------------------------------------------------- LocalResponseNorm
+# ---------------------------------------------------------------------------------------- LocalResponseNorm
 def _lrn_window_sum(a, before, after):
-    """s[:, c] = sum of a[:, c'] for c' in [c - before, c + after] inside [0, C) (zero padding). a: (N, C, L)."""
+    """s[:, c] = sum of a[:, c'], c' in [c - before, c + after] inside [0, C) (zero padding); a (N, C, L)."""
     n, c, L = a.shape
     padded = np.zeros((n, c + before + after, L), dtype=a.dtype)
     padded[:, before : before + c] = a
@@ -122,7 +122,7 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75
 
     Channel j is in the window of channels c in [j - (size-1)//2, j + size//2] (the mirrored window), so
         dx[:, j] = dy[:, j] * scale[:, j]^(-beta)
-                   - 2 * alpha * beta / size * x[:, j] * sum over that window of dy[:, c] * y[:, c] / scale[:, c]
+                   - 2 * alpha * beta / size * x[:, j] * sum over that window of dy * y / scale at c
     Shapes: all like x. Returns dx.
     """
     t = x.dtype.type
@@ -133,7 +133,7 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75
     return dx.reshape(x.shape)
 
 
-# --------------------------------------------------------------------------------------------- WeightNorm
+# ----------------------------------------------------------------------------------------------- WeightNorm
 def _weight_norm_axes(ndim, dim):
     """The reduced axes and g's shape rule: every axis except ``dim`` (all axes when dim is None)."""
     if dim is None:
@@ -200,7 +200,8 @@ def cosine_linear_backward(dy, x, w, y, x_norm, w_norm, *, eps=1e-8):
     """
     t = x.dtype.type
     d = x.shape[-1]
-    x2, dy2, y2, xn = x.reshape(-1, d), dy.reshape(-1, w.shape[0]), y.reshape(-1, w.shape[0]), x_norm.reshape(-1)
+    o, m = w.shape[0], int(np.prod(x.shape[:-1]))
+    x2, dy2, y2, xn = x.reshape(m, d), dy.reshape(m, o), y.reshape(m, o), x_norm.reshape(m)
     nx, nw = np.maximum(xn, t(eps)), np.maximum(w_norm, t(eps))
     g = dy2 / nx[:, None] / nw[None, :]
     cx = np.where(xn >= t(eps), (dy2 * y2).sum(axis=1) / (nx * nx), t(0))
