@@ -459,7 +459,7 @@ def _cosine_args(be, op: str, x, w, eps):
         raise TypeError(f"{op}: w is required, got None")
     w = V.float_input(be, op, "w", w, x.dtype)
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"{op}: w must have shape (O, {x.shape[-1]}) like x's last dim, got {tuple(w.shape)}")
+        raise ValueError(f"{op}: w must have shape (O, {x.shape[-1]}) (x's last dim), got {tuple(w.shape)}")
     eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
     return x, w, eps, math.prod(x.shape[:-1]), x.shape[-1], w.shape[0]
 

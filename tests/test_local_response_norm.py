@@ -52,7 +52,9 @@ def test_reference_window_is_torchs(rng):
 
 # ------------------------------------------------------------------------------------------ kernels
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", [(3, 7, 5, 3), (2, 11, 13), (5, 3), (1, 1, 1), (2, 4, 3, 2, 5), (2, 5, 1100)])
+@pytest.mark.parametrize(
+    "shape", [(3, 7, 5, 3), (2, 11, 13), (5, 3), (1, 1, 1), (2, 4, 3, 2, 5), (2, 5, 1100)]
+)
 @pytest.mark.parametrize("size", [1, 2, 5, 8, 23])
 def test_kernels_match_reference(rng, threads, dtype, shape, size):
     x = rng.standard_normal(shape).astype(dtype)

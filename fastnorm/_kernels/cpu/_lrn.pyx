@@ -58,8 +58,8 @@ cdef inline floating _pow(floating v, double e) noexcept nogil:
 
 
 # ------------------------------------------------------------------------------------------ window sums
-cdef inline void _vals(const floating *a, const floating *b, const floating *c, double *out, const double *prev,
-                       Py_ssize_t n) noexcept nogil:
+cdef inline void _vals(const floating *a, const floating *b, const floating *c, double *out,
+                       const double *prev, Py_ssize_t n) noexcept nogil:
     """out = prev + v with v = a*a (forward, b NULL) or a*b/c (backward); a NULL row is v = 0;
     prev NULL means 0. The square is taken in float64 (exact for float32), the quotient in the dtype."""
     cdef Py_ssize_t j
@@ -89,8 +89,9 @@ cdef inline void _vals(const floating *a, const floating *b, const floating *c, 
                 out[j] = prev[j] + <double>(a[j] * b[j] / c[j])
 
 
-cdef inline void _row_vals(const floating *a, const floating *b, const floating *c, Py_ssize_t ch, Py_ssize_t C,
-                           Py_ssize_t ld, double *out, const double *prev, Py_ssize_t n) noexcept nogil:
+cdef inline void _row_vals(const floating *a, const floating *b, const floating *c, Py_ssize_t ch,
+                           Py_ssize_t C, Py_ssize_t ld, double *out, const double *prev,
+                           Py_ssize_t n) noexcept nogil:
     """_vals for channel ch (zero outside [0, C))."""
     cdef Py_ssize_t o = ch * ld
     if ch < 0 or ch >= C:
@@ -201,7 +202,7 @@ cdef inline void _lrn_bwd_tile(const floating *dy, const floating *x, const floa
                                Py_ssize_t hi, double coef, double beta, int mode, double *S) noexcept nogil:
     """As the forward tile on t = dy*y/s with the mirrored window [j - hi, j + lo]."""
     cdef double P[TILE]
-    cdef Py_ssize_t w = lo + hi + 1, b0, i
+    cdef Py_ssize_t w = lo + hi + 1, b0, i, o
     b0 = 0
     while b0 < C:
         _block_suffix(dy, y, s, C, ld, n, b0 - hi, w, S)
@@ -209,8 +210,8 @@ cdef inline void _lrn_bwd_tile(const floating *dy, const floating *x, const floa
         for i in range(min(w, C - b0)):
             if i > 0:
                 _row_vals(dy, y, s, b0 + lo + i, C, ld, P, P, n)
-            _bwd_row(dy + (b0 + i) * ld, x + (b0 + i) * ld, s + (b0 + i) * ld, S + i * n, P, dx + (b0 + i) * ld,
-                     n, coef, beta, mode)
+            o = (b0 + i) * ld
+            _bwd_row(dy + o, x + o, s + o, S + i * n, P, dx + o, n, coef, beta, mode)
         b0 += w
 
 
@@ -237,7 +238,7 @@ def lrn_scratch_len(Py_ssize_t lo, Py_ssize_t hi):
 def local_response_norm_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
                                 floating[:, :, ::1] y,          # OUT (N, C, L)
                                 floating[:, :, ::1] scale,      # OUT (N, C, L)
-                                double[:, ::1] scratch,         # SCRATCH (n_threads, >= lrn_scratch_len(lo, hi))
+                                double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
                                 Py_ssize_t size, double alpha, double beta, double k, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0

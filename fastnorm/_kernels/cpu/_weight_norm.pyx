@@ -69,7 +69,7 @@ cdef inline void _axpby_row(const floating *dw, const floating *v, floating *dv,
         dv[j] = c1 * dw[j] - c2 * v[j]
 
 
-# ------------------------------------------------------------------------------------------ WeightNorm, shared
+# -------------------------------------------------------------------------------------- WeightNorm, shared
 cdef inline void _flat_piece_sums(const floating *a, const floating *b, double *part, Py_ssize_t lo,
                                   Py_ssize_t hi, Py_ssize_t D, Py_ssize_t B) noexcept nogil:
     """part[d] += sum over the flat range [lo, hi) of a*b (a*a when b is NULL), d = (index // B) % D."""
@@ -115,7 +115,8 @@ cdef inline void _chunk_sums(const floating *a, const floating *b, double *part,
     cdef Py_ssize_t total = A * D * B
     _zero(part, P)
     if mode == WN_FLAT:
-        _flat_piece_sums(a, b, part, _chunk_start(total, n_chunks, c), _chunk_start(total, n_chunks, c + 1), D, B)
+        _flat_piece_sums(a, b, part, _chunk_start(total, n_chunks, c), _chunk_start(total, n_chunks, c + 1),
+                         D, B)
     else:
         _cols_chunk_sums(a, b, part, _chunk_start(A, n_chunks, c), _chunk_start(A, n_chunks, c + 1), P)
 
@@ -147,8 +148,8 @@ cdef inline double _reduced(const double *part, Py_ssize_t n_chunks, Py_ssize_t 
 
 
 cdef inline void _apply_chunk(const floating *a, const floating *b, floating *out, const floating *f1,
-                              const floating *f2, Py_ssize_t A, Py_ssize_t D, Py_ssize_t B, Py_ssize_t n_chunks,
-                              Py_ssize_t c, int mode) noexcept nogil:
+                              const floating *f2, Py_ssize_t A, Py_ssize_t D, Py_ssize_t B,
+                              Py_ssize_t n_chunks, Py_ssize_t c, int mode) noexcept nogil:
     """Chunk c of out = f1 * a (b NULL) or f1 * a - f2 * b; factors f[d] (WN_FLAT) or f[d*B + b] (WN_COLS)."""
     cdef Py_ssize_t total = A * D * B, P = D * B, lo, hi, r, e, i
     if mode == WN_FLAT:
@@ -206,7 +207,7 @@ cdef inline void _wn_bwd_row(const floating *dw, const floating *v, floating g, 
     _axpby_row(dw, v, dv, <floating>(g / nd), <floating>(g * dot / (nd * nd * nd)), n)
 
 
-# ------------------------------------------------------------------------------------------ WeightNorm entries
+# ------------------------------------------------------------------------------------- WeightNorm entries
 def weight_norm_forward(const floating[:, :, ::1] v,      # IN  (A, D, B)
                         const floating[::1] g,            # IN  (D,)
                         floating[:, :, ::1] w,            # OUT (A, D, B)
@@ -244,7 +245,8 @@ def weight_norm_forward(const floating[:, :, ::1] v,      # IN  (A, D, B)
                 else:
                     for b in range(B):
                         fac[d * B + b] = f
-            _apply(vp, <const floating *>NULL, wp, &fac[0], <const floating *>NULL, A, D, B, nc, mode, n_threads)
+            _apply(vp, <const floating *>NULL, wp, &fac[0], <const floating *>NULL, A, D, B, nc, mode,
+                   n_threads)
 
 
 def weight_norm_backward(const floating[:, :, ::1] dw,    # IN  (A, D, B)
@@ -309,7 +311,7 @@ cdef inline void _row_norm(const floating *x, floating *out, Py_ssize_t n) noexc
 
 cdef inline void _scale_out_row(floating *y, floating nx, const floating *w_norm, floating e,
                                 Py_ssize_t n) noexcept nogil:
-    """y /= max(nx, eps) * max(w_norm, eps), divided one factor at a time (no under/overflow of the product)."""
+    """y /= max(nx, eps) * max(w_norm, eps), one factor at a time (the product could under/overflow)."""
     cdef Py_ssize_t j
     cdef floating cx = _clamp(nx, e)
     for j in range(n):
@@ -395,7 +397,7 @@ def cosine_linear_backward_pre(const floating[:, ::1] dy,       # IN  (B, O)
                                const floating[:, ::1] y,        # IN  (B, O)
                                const floating[::1] x_norm,      # IN  (B,)
                                const floating[::1] w_norm,      # IN  (O,)
-                               floating[:, ::1] gs,             # OUT (B, O): dy / max(x_norm,eps) / max(w_norm,eps)
+                               floating[:, ::1] gs,             # OUT (B, O): dy / clamped x_norm, w_norm
                                floating[::1] cx,                # OUT (B,): x's norm-correction coefficient
                                floating[::1] cw,                # OUT (O,): w's norm-correction coefficient
                                double[:, ::1] part,             # SCRATCH (n_chunks, O)
