@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from _util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 import fastnorm
 from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 
 def _make(rng, lead, d, o, dtype=np.float64):

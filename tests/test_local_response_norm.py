@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from _util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 import fastnorm
 from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 OPTS = dict(alpha=0.7, beta=0.75, k=1.3)  # alpha large enough that the window term matters
 

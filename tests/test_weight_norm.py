@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from _util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 import fastnorm
 from fastnorm import norms
 from fastnorm import reference as R
 from fastnorm._dispatch import CPU
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 
 def g_shape(shape, dim):
