@@ -66,7 +66,7 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
                              Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
-    cdef floating c1, c2, xh
+    cdef floating c1, c2
     if floating is float:
         fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
     else:
