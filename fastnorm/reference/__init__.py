@@ -2,10 +2,16 @@
 
 from . import optim
 from .norms import (
+    cosine_linear_backward,
+    cosine_linear_forward,
     layer_norm_backward,
     layer_norm_forward,
+    local_response_norm_backward,
+    local_response_norm_forward,
     rms_norm_backward,
     rms_norm_forward,
+    weight_norm_backward,
+    weight_norm_forward,
 )
 from .optim import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
 
@@ -21,4 +27,12 @@ __all__ = [
     "rmsprop_step",
     "adam_step",
     "adamw_step",
+]
+__all__ += [
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward",
 ]
