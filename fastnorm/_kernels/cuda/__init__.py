@@ -1,0 +1,11 @@
+"""CUDA kernels (Numba-CUDA), one launcher per op with the CPU kernel's name and signature.
+
+Importing this module imports numba; ``fastnorm`` imports it only on the first GPU call. Launchers take
+Numba device arrays or any ``__cuda_array_interface__`` object (converted zero-copy), preallocated outputs
+and scalars; the trailing ``n_threads`` is the CPU thread count there and, here, the bound on the number of
+partial rows of a column reduction (the row count of the scratch the public layer passes).
+"""
+
+from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+
+__all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]

@@ -1,0 +1,96 @@
+"""Compile every CUDA kernel specialization to PTX (and SASS with ptxas when present) without a GPU.
+
+Checks that the kernels type-check under the real CUDA target (the simulator does not), reports float64
+instructions in float32 kernels, local-memory use and register counts. Needs NVVM/NVRTC libraries
+(pip's nvidia-cuda-nvcc-cu12 and nvidia-cuda-nvrtc-cu12), no GPU.
+
+    python tools/cuda_ptx_check.py [--ptxas PATH] [--cc 9.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from numba import cuda
+
+from fastnorm._kernels.cuda import layer_norm as L
+from fastnorm._kernels.cuda._common import arr, register_cap
+
+
+def specs():
+    """(name, pyfunc, signature) for the kernels the default launch shapes use, plus the streaming forms."""
+    out = []
+    for dt in (np.float16, np.float32, np.float64):
+        sd = L._stat(dt)
+        a2, a1, s1, p2 = arr(dt, 2), arr(dt, 1), arr(sd, 1), arr(np.float64, 2)
+        fwd = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64)"
+        bwd = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64)"
+        for n in (128, 1024, 4096, 8192, 1 << 16):
+            for rms in (False, True):
+                nm = "rms" if rms else "ln"
+                t, r, vpt = L.row_config(n, L.FWD_VPT)
+                out.append((f"{nm}_fwd {np.dtype(dt).name} n={n} T={t} R={r} VPT={vpt}",
+                            L._make_forward(dt, t, r, vpt, rms), fwd, register_cap(t * r, L.ACC[np.dtype(dt)])))
+                t, r, vpt = L.bwd_config(n, dt)
+                out.append((f"{nm}_bwd {np.dtype(dt).name} n={n} T={t} R={r} VPT={vpt}",
+                            L._make_backward(dt, t, r, vpt, rms), bwd, register_cap(t * r, L.ACC[np.dtype(dt)])))
+        out.append((f"reduce {np.dtype(dt).name}", L._make_reduce(dt), f"void({p2}, {p2}, {a1}, {a1}, int64)",
+                    register_cap(L.RED_COLS * L.RED_GROUPS, np.float64)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ptxas", default=None)
+    ap.add_argument("--cc", default="9.0")
+    ap.add_argument("--filter", default="")
+    args = ap.parse_args()
+    cc = tuple(int(v) for v in args.cc.split("."))
+    # Device functions ask the current device for its compute capability: there is none here.
+    import numba.cuda.dispatcher as D
+
+    class _Dev:
+        compute_capability = cc
+
+    D.get_current_device = lambda: _Dev()
+    bad = 0
+    for name, fn, sig, maxr in specs():
+        if args.filter not in name:
+            continue
+        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+        f64 = len(re.findall(r"\b(?:add|mul|fma|sub|div|sqrt|rcp)\.[a-z.]*f64", ptx))
+        local = ".local" in ptx
+        calls = len(re.findall(r"\bcall(?:\.uni)?\b", ptx))
+        regs = ""
+        if args.ptxas:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = os.path.join(tmp, "k.ptx")
+                with open(p, "w") as f:
+                    # a newer NVVM may stamp a PTX version this ptxas does not know; the ISA used is old
+                    f.write(re.sub(r"^\.version \d+\.\d+", ".version 8.0", ptx, count=1, flags=re.M))
+                r = subprocess.run([args.ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", "--maxrregcount", str(maxr), p,
+                                    "-o", os.path.join(tmp, "k.o")],
+                                   capture_output=True, text=True)
+                m = re.search(r"Used (\d+) registers", r.stderr)
+                sp = re.search(r"(\d+) bytes spill stores", r.stderr)
+                regs = f"regs={m.group(1) if m else '?'} spill={sp.group(1) if sp else '?'}"
+        flag = ""
+        if "float64" not in name and f64:
+            flag += f" F64-OPS={f64}"
+        if local:
+            flag += " LOCAL"
+        if calls:
+            flag += f" CALLS={calls}"
+        bad += bool(flag and "float64" not in name)
+        print(f"{name:50s} {regs}{flag}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
