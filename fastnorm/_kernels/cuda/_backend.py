@@ -11,6 +11,8 @@ simulator's (NumPy-backed) arrays.
 from __future__ import annotations
 
 import importlib
+import os
+import threading
 
 import numpy as np
 
@@ -18,6 +20,59 @@ try:
     from numba import cuda
 except ImportError as e:  # re-raised by _dispatch.cuda_backend as a clear RuntimeError
     raise ImportError(f"numba with CUDA support is not installed ({e})") from e
+
+
+class DevicePool:
+    """Reuses device buffers, so that steady-state calls (a training step's outputs and the column
+    reductions' scratch) allocate nothing: ``cuMemAlloc`` costs host time and Numba's batched
+    ``cuMemFree`` synchronizes the device, both of which would stall the launch queue.
+
+    Like PyTorch's caching allocator, a freed buffer is reused only for work queued later on the same
+    stream (the stream current when it was allocated), so stream order makes the reuse safe. A buffer
+    used on another stream by the caller must be kept alive until that work is done (as with torch's
+    ``record_stream``). Blocks are reused by exact size; at most ``limit`` bytes are kept free.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.cached = 0
+        self._free: dict = {}
+        self._lock = threading.Lock()
+
+    def alloc(self, nbytes: int, stream_key: int):
+        from numba.cuda.cudadrv import driver
+
+        key = (nbytes, stream_key)
+        blk = None
+        with self._lock:
+            lst = self._free.get(key)
+            if lst:
+                blk = lst.pop()
+                self.cached -= nbytes
+        ctx = cuda.current_context()
+        if blk is None:
+            try:
+                blk = ctx.memalloc(nbytes)
+            except Exception:  # out of memory: give the cached blocks back and retry once
+                self.release()
+                blk = ctx.memalloc(nbytes)
+        return driver.MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=self._finalizer(blk, key))
+
+    def _finalizer(self, blk, key):
+        def give_back():
+            with self._lock:
+                if self.cached + key[0] <= self.limit:
+                    self._free.setdefault(key, []).append(blk)
+                    self.cached += key[0]
+            # else blk is dropped here and Numba frees it
+
+        return give_back
+
+    def release(self) -> None:
+        """Drop every cached block (Numba frees them)."""
+        with self._lock:
+            self._free.clear()
+            self.cached = 0
 
 
 class CudaBackend:
@@ -33,8 +88,11 @@ class CudaBackend:
         from . import _common
 
         self._c = _common
+        self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
+            if os.environ.get("FASTNORM_CUDA_POOL", "1") != "0":
+                self.pool = DevicePool(limit=int(float(os.environ.get("FASTNORM_CUDA_POOL_MB", "2048")) * 2**20))
         else:
             self.max_partials = 8
             self.work_per_partial = 1
@@ -63,7 +121,18 @@ class CudaBackend:
         return self._contiguous_copy(d)
 
     def empty(self, shape, dtype):
-        return cuda.device_array(tuple(shape), dtype=np.dtype(dtype))
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        if self.pool is None or size == 0:
+            return cuda.device_array(shape, dtype=dtype)
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.append(step)
+            step *= n
+        mem = self.pool.alloc(size * dtype.itemsize, self._c.current_stream_ptr())
+        return DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)

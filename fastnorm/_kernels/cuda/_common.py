@@ -72,26 +72,31 @@ def _external(ptr: int):
     return s
 
 
-def current_stream():
-    """The stream kernels launch on: torch's current stream, else CuPy's, else the default stream (0)."""
+def current_stream_ptr() -> int:
+    """The handle of the stream kernels launch on: torch's current stream (when torch has initialized
+    CUDA), else CuPy's current stream (when CuPy is imported), else 0 (the default stream)."""
     if SIM:
         return 0
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
             if torch.cuda.is_initialized():
-                ptr = int(torch.cuda.current_stream().cuda_stream)
-                return _external(ptr) if ptr else 0
+                return int(torch.cuda.current_stream().cuda_stream)
         except Exception:
             pass
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         try:
-            ptr = int(cupy.cuda.get_current_stream().ptr)
-            return _external(ptr) if ptr else 0
+            return int(cupy.cuda.get_current_stream().ptr)
         except Exception:
             pass
     return 0
+
+
+def current_stream():
+    """The stream to launch on (see ``current_stream_ptr``): 0 or a Numba external stream."""
+    ptr = current_stream_ptr()
+    return _external(ptr) if ptr else 0
 
 
 # ------------------------------------------------------------------------------------------ arrays

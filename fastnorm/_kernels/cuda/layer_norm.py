@@ -498,15 +498,17 @@ def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     _forward(x, weight, weight[:0], y, rstd[:0], rstd, eps, True)
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, n_threads):
+def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
+                        n_threads):
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
-    SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams)."""
+    SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
+    dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here."""
     _backward(dev(dy), dev(x), dev(mean), dev(rstd), dev(weight), dev(dx), dev(dweight), dev(dbias),
               dev(dw_part), dev(db_part), False)
 
 
-def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, n_threads):
+def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
     """IN dy, x (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
-    SCRATCH dw_part (P, N) float64 | (0, 0)."""
+    SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
     dy, x, rstd, weight, dx, dweight, dw_part = (dev(a) for a in (dy, x, rstd, weight, dx, dweight, dw_part))
     _backward(dy, x, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_part[:0], True)
