@@ -20,6 +20,7 @@ import numpy as np
 from numba import cuda
 
 from fastnorm._kernels.cuda import layer_norm as L
+from fastnorm._kernels.cuda import optim as O
 from fastnorm._kernels.cuda._common import arr, register_cap
 
 
@@ -40,6 +41,15 @@ def specs():
                 t, r, vpt = L.bwd_config(n, dt)
                 out.append((f"{nm}_bwd {np.dtype(dt).name} n={n} T={t} R={r} VPT={vpt}",
                             L._make_backward(dt, t, r, vpt, rms), bwd, register_cap(t * r, L.ACC[np.dtype(dt)])))
+        if dt != np.float16:
+            f64 = dt == np.float64
+            for algo, flags in ((O.FN_SGD, 0), (O.FN_SGD, O.FN_WD | O.FN_MOMENTUM | O.FN_NESTEROV),
+                                (O.FN_ADAGRAD, O.FN_WD), (O.FN_ADADELTA, 0),
+                                (O.FN_RMSPROP, O.FN_CENTERED | O.FN_MOMENTUM), (O.FN_ADAM, 0),
+                                (O.FN_ADAM, O.FN_WD | O.FN_AMSGRAD)):
+                out.append((f"optim algo={algo} flags={flags} {np.dtype(dt).name}",
+                            O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK), O._SIG,
+                            register_cap(O.BLOCK, dt)))
         out.append((f"reduce {np.dtype(dt).name}", L._make_reduce(dt), f"void({p2}, {p2}, {a1}, {a1}, int64)",
                     register_cap(L.RED_COLS * L.RED_GROUPS, np.float64)))
     return out

@@ -325,6 +325,7 @@ def test_hw_torch_tensors_in_and_out_without_copies(rng):
     torch.testing.assert_close(ty, F.layer_norm(x.detach(), (1024,), w, b, EPS), rtol=1e-5, atol=1e-5)
     # out= torch buffers, written in place, returned as given; on a non-default torch stream
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # x, w were made on the default stream
     with torch.cuda.stream(s):
         out = (torch.empty(64, 1024, device="cuda"), torch.empty(64, device="cuda"))
         res = fastnorm.rms_norm_forward(x, w, eps=EPS, out=out)

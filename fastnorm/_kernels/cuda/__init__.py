@@ -7,5 +7,26 @@ partial rows of a column reduction (the row count of the scratch the public laye
 """
 
 from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .optim import (
+    adadelta_step,
+    adagrad_step,
+    adam_step,
+    gather_like,
+    gather_params,
+    rmsprop_step,
+    sgd_step,
+)
 
-__all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
+__all__ = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "sgd_step",
+    "adagrad_step",
+    "adadelta_step",
+    "rmsprop_step",
+    "adam_step",
+    "gather_params",
+    "gather_like",
+]
