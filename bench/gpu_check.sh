@@ -84,7 +84,8 @@ run pytest_cuda 240 $PY -m pytest tests/cuda -q -rfE --tb=short --maxfail=20 -p 
   --durations=10 --junitxml="$OUT/pytest_cuda.xml"
 
 step "GPU benchmark (python -m fastnorm.bench --device cuda)"
-run bench_cuda 200 $PY -m fastnorm.bench --device cuda --json "$OUT/bench_cuda.json"
+run bench_cuda 200 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_cuda_partial.json" \
+  $PY -m fastnorm.bench --device cuda --json "$OUT/bench_cuda.json"
 
 step "LayerNorm tests with shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0)"
 run pytest_noshuffle 120 env FASTNORM_CUDA_SHUFFLE=0 $PY -m pytest tests/cuda/test_cuda_layer_norm.py -q -rfE \

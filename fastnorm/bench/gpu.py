@@ -15,7 +15,10 @@ bandwidth (``torch.Tensor.copy_`` between two device buffers, bytes read + writt
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,12 +186,37 @@ def _adam_case(torch, n_tensors: int, total: int) -> list[GpuCase]:
         opt = torch.optim.Adam(ps, lr=1e-3, fused=True)
         return opt.step
 
-    providers = {"torch fused": t_adam}
-    note = ""
+    def fn_adam_kernel():
+        # what fastnorm.optim does per step on the GPU: the address table (built once here), the
+        # per-tensor bias corrections, one launch of the multi-tensor kernel
+        from fastnorm._kernels.cuda import optim as O
+
+        ps = [p.clone() for p in params]
+        ms = [torch.zeros_like(p) for p in params]
+        vs = [torch.zeros_like(p) for p in params]
+        info = np.empty((3, len(ps)), np.int64)
+        assert O.gather_params(ps, info) == -1
+        tab = np.zeros((5, len(ps)), np.intp)
+        tab[0] = info[0]
+        no = np.zeros(0, np.int64)
+        for r, arrs in ((1, grads), (2, ms), (3, vs)):
+            assert O.gather_like(arrs, ps, tab[r], r > 1, False, no, no) == -1
+        off = np.zeros(len(ps) + 1, np.int64)
+        np.cumsum(info[1], out=off[1:])
+        state = {"step": 0, "keep": (ps, ms, vs)}
+
+        def step():
+            state["step"] += 1
+            t = state["step"]
+            pt = np.tile([1e-3 / (1 - 0.9**t), np.sqrt(1 - 0.999**t)], (len(ps), 1))
+            O.adam_step(tab, off, pt, 0.9, 0.999, 1e-8, 0.0, 1.0, False, False, False, 1)
+
+        return step
+
+    providers = {"fastnorm kernel": fn_adam_kernel, "torch fused": t_adam}
+    note = "fastnorm kernel: the CUDA adam_step launcher on a prebuilt address table"
     optim = getattr(fastnorm, "optim", None)
-    if optim is None or not hasattr(optim, "Adam"):
-        note = "fastnorm.optim not available in this build"
-    else:
+    if optim is not None and hasattr(optim, "Adam"):
 
         def fn_adam():
             ps = [p.clone() for p in params]
@@ -245,6 +273,7 @@ def sweep(torch, timer: Timer, repeats: int) -> list[dict]:
                     rows.append(dict(setting=name, op=op, label=c.label, ms=ms, gbps=c.nbytes / ms / 1e6))
                 except Exception as e:  # a setting that cannot launch is a finding, not a crash
                     rows.append(dict(setting=name, op=op, label=c.label, error=f"{type(e).__name__}: {e}"))
+                print(f"sweep {name} {op}: {rows[-1].get('ms', rows[-1].get('error'))}", file=sys.stderr)
         finally:
             for (mod, k), v in saved.items():
                 setattr(mod, k, v)
@@ -299,6 +328,13 @@ def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: 
     biggest = max([c.nbytes for c in cases] + [1 << 28])
     bw = copy_gbps(torch, timer, min(biggest // 2, 2 << 30), repeats)
     rows = []
+    partial = os.environ.get("FASTNORM_CUDA_BENCH_PARTIAL")  # a JSON file rewritten after every case
+
+    def report(sweeps=()):
+        return {"machine": machine_info(torch), "quick": quick, "repeats": repeats, "copy_gbps": bw,
+                "rows": rows, "sweep": list(sweeps)}
+
+    print(f"copy bandwidth {bw:.0f} GB/s", file=sys.stderr)
     for c in cases:
         res = {}
         for pname, factory in c.providers.items():
@@ -320,11 +356,16 @@ def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: 
                     if ref is not None and pname.startswith("fastnorm"):
                         row[f"{mode}_speedup_vs_torch"] = ref[mode] / r[mode]
             rows.append(row)
+            print(f"{c.op} {c.label} {pname}: " + (row.get("error") or
+                  f"gpu {row['gpu_ms']:.3f} ms ({100 * row['gpu_frac_copy']:.1f}% copy), "
+                  f"e2e {row['e2e_ms']:.3f} ms"), file=sys.stderr)
+        if partial:
+            with open(partial, "w") as f:
+                json.dump(report(), f, indent=1)
     if do_sweep is None:
         do_sweep = not ops
     sweeps = sweep(torch, timer, max(3, repeats // 2)) if do_sweep else []
-    return {"machine": machine_info(torch), "quick": quick, "repeats": repeats, "copy_gbps": bw,
-            "rows": rows, "sweep": sweeps}
+    return report(sweeps)
 
 
 def format_cuda_table(report: dict) -> str:

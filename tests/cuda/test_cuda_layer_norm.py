@@ -299,8 +299,8 @@ def test_reduction_form_matches_the_machine():
 # ------------------------------------------------------------------------------------------ real GPU only
 @pytest.mark.parametrize(
     "shape,dtype",
-    [((64, 4096), np.float32), ((33, 4096), np.float16), ((16, 8192), np.float32), ((8, 8192), np.float64),
-     ((4, 65536), np.float32), ((1000, 128), np.float32), ((3, 1), np.float32), ((257, 1024), np.float64)],
+    [((64, 4096), np.float32), ((33, 4096), np.float16), ((16, 8192), np.float32), ((4, 65536), np.float32),
+     ((1000, 128), np.float32), ((257, 1024), np.float64)],
     ids=str,
 )
 @pytest.mark.parametrize("op", ["ln", "rms"])
