@@ -89,7 +89,7 @@ run bench_cuda 200 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_cuda_partial.json
 
 step "LayerNorm tests with shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0)"
 run pytest_noshuffle 120 env FASTNORM_CUDA_SHUFFLE=0 $PY -m pytest tests/cuda/test_cuda_layer_norm.py -q -rfE \
-  --tb=short --maxfail=10 -p no:cacheprovider -k "matches_reference or streaming or hw_launch or torch"
+  --tb=short --maxfail=10 -p no:cacheprovider -k "matches_reference or streaming or torch"
 
 step "summary"
 {
