@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 from numba import cuda
 
+from fastnorm._kernels.cuda import channel_norm as CN
 from fastnorm._kernels.cuda import layer_norm as L
 from fastnorm._kernels.cuda import optim as O
 from fastnorm._kernels.cuda._common import arr, register_cap
@@ -30,8 +31,8 @@ def specs():
     for dt in (np.float16, np.float32, np.float64):
         sd = L._stat(dt)
         a2, a1, s1, p2 = arr(dt, 2), arr(dt, 1), arr(sd, 1), arr(np.float64, 2)
-        fwd = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64)"
-        bwd = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64)"
+        fwd = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
+        bwd = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
         for n in (128, 1024, 4096, 8192, 1 << 16):
             for rms in (False, True):
                 nm = "rms" if rms else "ln"
@@ -50,6 +51,29 @@ def specs():
                 out.append((f"optim algo={algo} flags={flags} {np.dtype(dt).name}",
                             O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK), O._SIG,
                             register_cap(O.BLOCK, dt)))
+        sd = L._stat(dt)
+        cn = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(sd, 1)}, {arr(np.float64, 2)}, int64"
+        for kind in ("moments", "grads"):
+            t, r = CN._seg_team(49)
+            out.append((f"seg {kind} {np.dtype(dt).name}", CN._make_segments(dt, t, r, kind), cn + ", int64, int64)",
+                        register_cap(t * r, L.ACC[np.dtype(dt)])))
+            out.append((f"cols {kind} {np.dtype(dt).name}", CN._make_columns(dt, kind), cn + ")",
+                        register_cap(CN.COLS * CN.PHASES, np.float64)))
+        a1, s1 = arr(dt, 1), arr(sd, 1)
+        for mode in ("bn_fwd", "bwd", "in_running"):
+            sig = (f"void({arr(np.float64, 2)}, {arr(np.float64, 2)}, {a1}, {a1}, {a1}, {s1}, {s1}, {a1}, {a1}, "
+                   "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)")
+            out.append((f"finish {mode} {np.dtype(dt).name}", CN._make_finish(dt, mode), sig, 255))
+        for backward in (False, True):
+            sig = f"void({a1}, {a1}, {a1}, {a1}, {s1}, {s1}, {arr(np.float64, 2)}, {a1}, int64, int64, int64, int64)"
+            out.append((f"apply bwd={backward} {np.dtype(dt).name}", CN._make_apply(dt, backward), sig,
+                        register_cap(CN.BLOCK, L.ACC[np.dtype(dt)])))
+        t, r, vpt = L.row_config(96, L.FWD_VPT)
+        out.append((f"gn_fwd grouped {np.dtype(dt).name}", L._make_forward(dt, t, r, vpt, False, True), fwd,
+                    register_cap(t * r, L.ACC[np.dtype(dt)])))
+        t, r, vpt = L.bwd_config(96, dt)
+        out.append((f"gn_bwd grouped {np.dtype(dt).name}", L._make_backward(dt, t, r, vpt, False, True), bwd,
+                    register_cap(t * r, L.ACC[np.dtype(dt)])))
         out.append((f"reduce {np.dtype(dt).name}", L._make_reduce(dt), f"void({p2}, {p2}, {a1}, {a1}, int64)",
                     register_cap(L.RED_COLS * L.RED_GROUPS, np.float64)))
     return out

@@ -6,6 +6,14 @@ and scalars; the trailing ``n_threads`` is the CPU thread count there and, here,
 partial rows of a column reduction (the row count of the scratch the public layer passes).
 """
 
+from .channel_norm import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .optim import (
     adadelta_step,
@@ -22,6 +30,12 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm_forward",
     "rms_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
     "sgd_step",
     "adagrad_step",
     "adadelta_step",

@@ -158,13 +158,15 @@ class Kernel:
             self._resident[block] = n
         return n
 
-    def launch(self, grid: int, block: int, stream, *args):
-        if grid <= 0:
+    def launch(self, grid, block: int, stream, *args):
+        """Launch on ``grid`` blocks (an int, or a (x, y) pair) of ``block`` threads."""
+        gx, gy = (int(grid), 1) if np.ndim(grid) == 0 else (int(grid[0]), int(grid[1]))
+        if gx <= 0 or gy <= 0:
             return
         if self._k is not None:
-            self._k.launch(args, (int(grid), 1, 1), (int(block), 1, 1), stream, 0)
+            self._k.launch(args, (gx, gy, 1), (int(block), 1, 1), stream, 0)
         else:
-            self.disp[int(grid), int(block), stream](*args)
+            self.disp[(gx, gy), int(block), stream](*args)
 
 
 _cache: dict = {}

@@ -75,15 +75,19 @@ U = np.uint64
 I32 = np.int32
 
 
-def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool):
+def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
     Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
     Streaming form (vpt == 0): the row is re-read for each pass.
+    ``grouped`` (GroupNorm / InstanceNorm rows, (n, group) of K channels x L positions): element j of row
+    r has channel (r % G) * K + j // L for the affine parameters, and the row's mean and M2 (float64)
+    go to mom[r] when mom is not empty. Otherwise the affine index is j (G, K, L unused).
     """
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
     out = np.dtype(dtype).type
+    f64 = np.float64
     cols = team_buf_cols(t)
     team_sum = make_team_sum(t)
     nv = max(vpt, 1)
@@ -92,7 +96,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool):
 
     if vpt > 0:
 
-        def norm_fwd(x, w, b, y, mean, rstd, eps):
+        def norm_fwd(x, w, b, y, mean, rstd, eps, mom, G, K, L):
             m = U(x.shape[0])
             n = U(x.shape[1])
             buf = cuda.shared.array((2, r, cols), acc_nb)
@@ -132,21 +136,26 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool):
                     if not rms:
                         mean[row] = mu
                     rstd[row] = rs
+                    if grouped and mom.shape[0] > 0:
+                        mom[row, 0] = f64(mu)
+                        mom[row, 1] = f64(var) * f64(n)
                 has_w = w.shape[0] > 0
                 has_b = b.shape[0] > 0
+                cb = (row % U(G)) * U(K) if grouped else zero
                 for k in range(vpt):
                     if k < kmax:
                         j = lane + U(k * t)
+                        ch = cb + j // U(L) if grouped else j
                         o = (v[k] - mu) * rs
                         if has_w:
-                            o = o * acc(w[j])
+                            o = o * acc(w[ch])
                         if has_b:
-                            o = o + acc(b[j])
+                            o = o + acc(b[ch])
                         y[row, j] = out(o)
 
         return norm_fwd
 
-    def norm_fwd_stream(x, w, b, y, mean, rstd, eps):
+    def norm_fwd_stream(x, w, b, y, mean, rstd, eps, mom, G, K, L):
         m = U(x.shape[0])
         n = U(x.shape[1])
         buf = cuda.shared.array((2, r, cols), acc_nb)
@@ -176,15 +185,20 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool):
                 if not rms:
                     mean[row] = mu
                 rstd[row] = rs
+                if grouped and mom.shape[0] > 0:
+                    mom[row, 0] = f64(mu)
+                    mom[row, 1] = f64(var) * f64(n)
             has_w = w.shape[0] > 0
             has_b = b.shape[0] > 0
+            cb = (row % U(G)) * U(K) if grouped else zero
             j = lane
             while j < n:
+                ch = cb + j // U(L) if grouped else j
                 o = (acc(x[row, j]) - mu) * rs
                 if has_w:
-                    o = o * acc(w[j])
+                    o = o * acc(w[ch])
                 if has_b:
-                    o = o + acc(b[j])
+                    o = o + acc(b[ch])
                 y[row, j] = out(o)
                 j += tu
 
@@ -199,7 +213,7 @@ def _smem_partials(dtype, t: int, vpt: int) -> bool:
     return 2 * t * vpt * np.dtype(ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
 
 
-def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
+def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False):
     """Backward kernel: team g (< n_chunks) owns rows [g*step, (g+1)*step), step = ceil(M / n_chunks),
     accumulates its dweight/dbias contributions and writes partial rows dwp[g], dbp[g] (float64).
 
@@ -207,6 +221,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
     (each thread owns its columns: no barrier) when they fit, else in registers. Streaming form:
     two passes over the row, partials accumulated in place in dwp[g], dbp[g].
     LayerNorm (rms False): xhat = (x - mean) * rstd; RMSNorm (rms True): xhat = x * rstd, no mean term.
+    ``grouped``: the weight of element j of row r is w[(r % G) * K + j // L] (GroupNorm / InstanceNorm;
+    their dweight/dbias come from another kernel: dwp, dbp are empty then).
     """
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
@@ -223,7 +239,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
 
     if vpt > 0:
 
-        def norm_bwd(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks):
+        def norm_bwd(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
             m = U(x.shape[0])
             n = U(x.shape[1])
             c = U(n_chunks)
@@ -275,7 +291,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
                     d = dv[k]
                     gv = d
                     if has_w and k < kmax:
-                        gv = d * acc(w[lane + U(k * t)])
+                        j = lane + U(k * t)
+                        gv = d * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
                     s1 += gv
                     s2 += gv * xh
                     if smem:
@@ -309,7 +326,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
 
         return norm_bwd
 
-    def norm_bwd_stream(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks):
+    def norm_bwd_stream(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
         m = U(x.shape[0])
         n = U(x.shape[1])
         c = U(n_chunks)
@@ -349,7 +366,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
                     xh = (acc(x[row, j]) - mu) * rs
                     gv = acc(dy[row, j])
                     if has_w:
-                        gv = gv * acc(w[j])
+                        gv = gv * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
                     s1 += gv
                     s2 += gv * xh
                     j += tu
@@ -363,7 +380,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool):
                     d = acc(dy[row, j])
                     gv = d
                     if has_w:
-                        gv = d * acc(w[j])
+                        gv = d * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
                     dx[row, j] = out(rs * (gv - c1 - xh * c2))
                     if want_dw:
                         dwp[g, j] += f64(d * xh)
@@ -450,39 +467,54 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool) -> Kernel:
+def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False) -> Kernel:
     dt = np.dtype(dt)
     a2, a1, s1, p2 = arr(dt, 2), arr(dt, 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
-        sig = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64)"
+        sig = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
         make = _make_forward
     else:
-        sig = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64)"
+        sig = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
         make = _make_backward
     regs = register_cap(t * r, ACC[dt])
-    return cached(("norm", kind, dt, t, r, vpt, rms), lambda: Kernel(make(dt, t, r, vpt, rms), sig, regs))
+    key = ("norm", kind, dt, t, r, vpt, rms, grouped)
+    return cached(key, lambda: Kernel(make(dt, t, r, vpt, rms, grouped), sig, regs))
 
 
-def _forward(x, w, b, y, mean, rstd, eps, rms):
+_NO_MOM: dict = {}
+
+
+def _no_mom():
+    """A (0, 0) float64 device array (the ``mom`` argument when no moments are wanted)."""
+    if "a" not in _NO_MOM:
+        _NO_MOM["a"] = cuda.device_array((0, 0), np.float64)
+    return _NO_MOM["a"]
+
+
+def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None):
+    """Row kernel launch; ``groups`` = (G, K, L) for GroupNorm/InstanceNorm rows (affine per channel)."""
     m, n = x.shape
     if m == 0:
         return
     t, r, vpt = row_config(n, FWD_VPT)
-    k = _get("fwd", x.dtype, t, r, vpt, rms)
-    k.launch(-(-m // r), t * r, current_stream(), x, w, b, y, mean, rstd, float(eps))
+    k = _get("fwd", x.dtype, t, r, vpt, rms, groups is not None)
+    g, kk, ll = groups if groups is not None else (1, n, 1)
+    k.launch(-(-m // r), t * r, current_stream(), x, w, b, y, mean, rstd, float(eps),
+             _no_mom() if mom is None else mom, g, kk, ll)
 
 
-def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms):
+def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None):
     m, n = x.shape
     want = dw.shape[0] > 0 or db.shape[0] > 0
     if m == 0 and not want:
         return
     t, r, vpt = bwd_config(n, x.dtype)
-    k = _get("bwd", x.dtype, t, r, vpt, rms)
+    k = _get("bwd", x.dtype, t, r, vpt, rms, groups is not None)
+    g, kk, ll = groups if groups is not None else (1, n, 1)
     bound = max(dw_part.shape[0], db_part.shape[0]) if want else 1 << 30
     c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
     stream = current_stream()
-    k.launch(-(-c // r), t * r, stream, dy, x, mean, rstd, w, dx, dw_part, db_part, c)
+    k.launch(-(-c // r), t * r, stream, dy, x, mean, rstd, w, dx, dw_part, db_part, c, g, kk, ll)
     if want:
         reduce_partials(dw_part, db_part, dw, db, c, stream)
 
