@@ -4,21 +4,22 @@
 #     OUT=/some/dir bash bench/gpu_check.sh        (the device tool sets $OUT; default ./gpu_out)
 #
 # Steps, in priority order, each under a `timeout`, all inside a global deadline (GPU_CHECK_BUDGET seconds,
-# default 450) so a hang cannot eat the device budget:
+# default 480) so a hang cannot eat the device budget:
 #   1. environment report (GPU, driver, python, numba / numba-cuda / torch / cupy versions) and a one-kernel
 #      Numba smoke test that says clearly if Numba cannot compile or launch here;
 #   2. the Cython build in place (the CPU kernels; the CUDA path does not need it, so a failed build is
 #      reported and the GPU steps still run);
-#   3. the CUDA tests on the real GPU (python3 -m pytest tests/cuda);
+#   3. the LayerNorm/RMSNorm CUDA tests on the real GPU (tests/cuda/test_cuda_layer_norm.py);
 #   4. the GPU benchmark (python3 -m fastnorm.bench --device cuda), with its launch-shape sweep;
-#   5. the LayerNorm tests again with the shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0).
+#   5. the optimizer and channel-norm CUDA tests;
+#   6. part of the LayerNorm tests again with the shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0).
 # Logs and JSON go to $OUT; a summary is printed at the end.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-450}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0 PYTHONDONTWRITEBYTECODE=1
 declare -A RC
@@ -79,24 +80,33 @@ EOF
 step "Cython build in place"
 run build 180 $PY setup.py build_ext --inplace -j "$(nproc)"
 
-step "CUDA tests on the GPU"
-run pytest_cuda 240 $PY -m pytest tests/cuda -q -rfE --tb=short --maxfail=20 -p no:cacheprovider \
-  --durations=10 --junitxml="$OUT/pytest_cuda.xml"
+# Tests per file, so that one slow or hanging file cannot starve the others or the benchmark.
+PYT=(-q -rfE --tb=short --maxfail=20 -p no:cacheprovider --durations=5)
+step "CUDA tests on the GPU: LayerNorm / RMSNorm"
+run pytest_layer_norm 170 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
+  --junitxml="$OUT/pytest_layer_norm.xml"
 
 step "GPU benchmark (python -m fastnorm.bench --device cuda)"
-run bench_cuda 200 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_cuda_partial.json" \
+run bench_cuda 170 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_cuda_partial.json" \
   $PY -m fastnorm.bench --device cuda --json "$OUT/bench_cuda.json"
 
+step "CUDA tests on the GPU: optimizers"
+run pytest_optim 60 $PY -m pytest tests/cuda/test_cuda_optim.py "${PYT[@]}" --junitxml="$OUT/pytest_optim.xml"
+
+step "CUDA tests on the GPU: BatchNorm / InstanceNorm / GroupNorm"
+run pytest_channel 90 $PY -m pytest tests/cuda/test_cuda_channel_norm.py "${PYT[@]}" \
+  --junitxml="$OUT/pytest_channel.xml"
+
 step "LayerNorm tests with shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0)"
-run pytest_noshuffle 120 env FASTNORM_CUDA_SHUFFLE=0 $PY -m pytest tests/cuda/test_cuda_layer_norm.py -q -rfE \
-  --tb=short --maxfail=10 -p no:cacheprovider -k "matches_reference or streaming or torch"
+run pytest_noshuffle 60 env FASTNORM_CUDA_SHUFFLE=0 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
+  -k "matches_reference or streaming"
 
 step "summary"
 {
   echo "gpu_check summary ($(( $(date +%s) - START ))s of ${BUDGET}s budget)"
   grep -m1 -E "NVIDIA|GPU" "$OUT/env.log" || true
   grep -E "^(numba|numba_cuda|torch|cupy|pytest) " "$OUT/env.log" || true
-  for s in smoke build pytest_cuda bench_cuda pytest_noshuffle; do
+  for s in smoke build pytest_layer_norm bench_cuda pytest_optim pytest_channel pytest_noshuffle; do
     line=$(grep -E "passed|failed|skipped|Error|OK|TIMED OUT" "$OUT/$s.log" 2>/dev/null | tail -n 1)
     echo "  $s: rc=${RC[$s]:-?}  ${line}"
   done
