@@ -93,8 +93,8 @@ run bench_cuda 170 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_cuda_partial.json
 step "CUDA tests on the GPU: optimizers"
 run pytest_optim 60 $PY -m pytest tests/cuda/test_cuda_optim.py "${PYT[@]}" --junitxml="$OUT/pytest_optim.xml"
 
-step "CUDA tests on the GPU: BatchNorm / InstanceNorm / GroupNorm"
-run pytest_channel 90 $PY -m pytest tests/cuda/test_cuda_channel_norm.py "${PYT[@]}" \
+step "CUDA tests on the GPU: BatchNorm / InstanceNorm / GroupNorm, LRN / WeightNorm / CosineLinear"
+run pytest_channel 120 $PY -m pytest tests/cuda/test_cuda_channel_norm.py tests/cuda/test_cuda_misc.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_channel.xml"
 
 step "LayerNorm tests with shared-memory block reductions (FASTNORM_CUDA_SHUFFLE=0)"

@@ -21,7 +21,10 @@ from numba import cuda
 
 from fastnorm._kernels.cuda import channel_norm as CN
 from fastnorm._kernels.cuda import layer_norm as L
+from fastnorm._kernels.cuda import lrn as LR
+from fastnorm._kernels.cuda import matmul as MM
 from fastnorm._kernels.cuda import optim as O
+from fastnorm._kernels.cuda import weight_norm as WN
 from fastnorm._kernels.cuda._common import arr, register_cap
 
 
@@ -74,6 +77,28 @@ def specs():
         t, r, vpt = L.bwd_config(96, dt)
         out.append((f"gn_bwd grouped {np.dtype(dt).name}", L._make_backward(dt, t, r, vpt, False, True), bwd,
                     register_cap(t * r, L.ACC[np.dtype(dt)])))
+        a1d, a2d, a3d, p2d = arr(dt, 1), arr(dt, 2), arr(dt, 3), arr(np.float64, 2)
+        nm = np.dtype(dt).name
+        ac = L.ACC[np.dtype(dt)]
+        out += [
+            (f"lrn fwd {nm}", LR._make(dt, False),
+             f"void({a1d}, {a1d}, {a1d}, int64, int64, int64, float64, float64, float64)", register_cap(256, ac)),
+            (f"lrn bwd {nm}", LR._make(dt, True),
+             f"void({a1d}, {a1d}, {a1d}, {a1d}, {a1d}, int64, int64, int64, float64, float64)", register_cap(256, ac)),
+            (f"wn fwd {nm}", WN._make_wn(dt, False), f"void({a3d}, {a3d}, {a1d}, {a1d}, {a3d}, {a1d})",
+             register_cap(256, ac)),
+            (f"wn bwd {nm}", WN._make_wn(dt, True), f"void({a3d}, {a3d}, {a1d}, {a1d}, {a3d}, {a1d})",
+             register_cap(256, ac)),
+            (f"cos norms {nm}", WN._make_row_norms(dt), f"void({a2d}, {a2d}, {a1d}, {a1d})", register_cap(256, ac)),
+            (f"cos scale {nm}", WN._make_scale(dt), f"void({a2d}, {a1d}, {a1d}, float64)", register_cap(256, ac)),
+            (f"cos rows {nm}", WN._make_grad_rows(dt), f"void({a2d}, {a2d}, {a1d}, {a1d}, {a2d}, {a1d}, float64)",
+             register_cap(256, ac)),
+            (f"cos cols {nm}", WN._make_col_parts(dt), f"void({a2d}, {a2d}, {p2d})", register_cap(256, ac)),
+            (f"cos coef {nm}", WN._make_col_coef(dt), f"void({p2d}, {a1d}, {a1d}, float64)", register_cap(256, ac)),
+            (f"cos post {nm}", WN._make_correct(dt), f"void({a2d}, {a2d}, {a1d}, {a1d}, {a2d}, {a2d})",
+             register_cap(256, ac)),
+            (f"gemm {nm}", MM._make_gemm(dt), f"void({a2d}, {a2d}, {a2d})", register_cap(256, ac)),
+        ]
         out.append((f"reduce {np.dtype(dt).name}", L._make_reduce(dt), f"void({p2}, {p2}, {a1}, {a1}, int64)",
                     register_cap(L.RED_COLS * L.RED_GROUPS, np.float64)))
     return out

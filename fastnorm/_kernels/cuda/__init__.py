@@ -15,6 +15,7 @@ from .channel_norm import (
     instance_norm_forward,
 )
 from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
 from .optim import (
     adadelta_step,
     adagrad_step,
@@ -23,6 +24,13 @@ from .optim import (
     gather_params,
     rmsprop_step,
     sgd_step,
+)
+from .weight_norm import (
+    cosine_linear_backward_post,
+    cosine_linear_backward_pre,
+    cosine_linear_forward,
+    weight_norm_backward,
+    weight_norm_forward,
 )
 
 __all__ = [
@@ -36,6 +44,14 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "lrn_scratch_len",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward_pre",
+    "cosine_linear_backward_post",
     "sgd_step",
     "adagrad_step",
     "adadelta_step",

@@ -192,6 +192,12 @@ class CudaBackend:
         lo2, hi2 = self._span(b)
         return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
 
+    def matmul(self, a, b, out) -> None:
+        """out = a @ b on the GPU (cosine_linear's products): cuBLAS through torch or CuPy when available."""
+        from .matmul import matmul
+
+        matmul(a, b, out, self.asarray)
+
     def threads(self, work):
         """Partial rows for the column reductions of an op touching ``work`` elements (>= 1)."""
         return max(1, min(self.max_partials, -(-int(work) // self.work_per_partial)))

@@ -158,6 +158,17 @@ class Kernel:
             self._resident[block] = n
         return n
 
+    def launch2d(self, grid: tuple, block: tuple, stream, *args):
+        """Launch with a 2-D block (x, y) of threads on a 2-D grid."""
+        gx, gy = int(grid[0]), int(grid[1])
+        bx, by = int(block[0]), int(block[1])
+        if gx <= 0 or gy <= 0:
+            return
+        if self._k is not None:
+            self._k.launch(args, (gx, gy, 1), (bx, by, 1), stream, 0)
+        else:
+            self.disp[(gx, gy), (bx, by), stream](*args)
+
     def launch(self, grid, block: int, stream, *args):
         """Launch on ``grid`` blocks (an int, or a (x, y) pair) of ``block`` threads."""
         gx, gy = (int(grid), 1) if np.ndim(grid) == 0 else (int(grid[0]), int(grid[1]))
