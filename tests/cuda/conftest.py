@@ -46,7 +46,8 @@ def on_gpu(cuda):
     """NumPy arrays -> device arrays (None stays None)."""
 
     def to(*arrays):
-        out = tuple(None if a is None else cuda.to_device(np.ascontiguousarray(a)) for a in arrays)
+        # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+        out = tuple(None if a is None else cuda.to_device(np.array(a, order="C")) for a in arrays)
         return out if len(out) != 1 else out[0]
 
     return to

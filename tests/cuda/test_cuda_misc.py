@@ -123,3 +123,59 @@ def test_gemm_fallback_kernel(rng, on_gpu, cuda):
     out = cuda.device_array((5, 3), np.float32)
     k.launch2d((1, 1), (MM.TILE, MM.TILE), 0, on_gpu(a), on_gpu(b), out)
     check(out, a.astype(np.float64) @ b, np.float32)
+
+
+# ------------------------------------------------------------------------------------------ public ops on GPU
+def _close(got, want, dtype=np.float32):
+    check(got, np.asarray(want, np.float64), dtype)
+
+
+def test_public_local_response_norm(rng, on_gpu):
+    import fastnorm
+    from fastnorm import reference as R
+
+    x = rng.standard_normal((2, 5, 3, 2)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, scale = fastnorm.local_response_norm_forward(on_gpu(x), 3, alpha=0.2)
+    ry, rs = R.local_response_norm_forward(x.astype(np.float64), 3, alpha=0.2)
+    _close(y, ry)
+    _close(scale, rs)
+    dx = fastnorm.local_response_norm_backward(on_gpu(dy), on_gpu(x), y, scale, 3, alpha=0.2)
+    _close(dx, R.local_response_norm_backward(dy.astype(np.float64), x.astype(np.float64), ry, rs, 3, alpha=0.2))
+
+
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_public_weight_norm(rng, on_gpu, dim):
+    import fastnorm
+    from fastnorm import reference as R
+
+    v = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    gshape = () if dim is None else tuple(s if i == dim else 1 for i, s in enumerate(v.shape))
+    g = rng.standard_normal(gshape).astype(np.float32)
+    dw = rng.standard_normal(v.shape).astype(np.float32)
+    w, norm = fastnorm.weight_norm_forward(on_gpu(v), on_gpu(g), dim=dim)
+    rw, rn = R.weight_norm_forward(v.astype(np.float64), g.astype(np.float64), dim=dim)
+    _close(w, rw)
+    _close(norm, rn)
+    dv, dg = fastnorm.weight_norm_backward(on_gpu(dw), on_gpu(v), on_gpu(g), norm, dim=dim)
+    rdv, rdg = R.weight_norm_backward(dw.astype(np.float64), v.astype(np.float64), g.astype(np.float64), rn, dim=dim)
+    _close(dv, rdv)
+    _close(dg, rdg)
+
+
+def test_public_cosine_linear(rng, on_gpu):
+    import fastnorm
+    from fastnorm import reference as R
+
+    x = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y, xn, wn = fastnorm.cosine_linear_forward(on_gpu(x), on_gpu(w))
+    ry, rxn, rwn = R.cosine_linear_forward(x.astype(np.float64), w.astype(np.float64))
+    _close(y, ry)
+    _close(xn, rxn)
+    _close(wn, rwn)
+    dx, dw = fastnorm.cosine_linear_backward(on_gpu(dy), on_gpu(x), on_gpu(w), y, xn, wn)
+    rdx, rdw = R.cosine_linear_backward(*(a.astype(np.float64) for a in (dy, x, w)), ry, rxn, rwn)
+    _close(dx, rdx)
+    _close(dw, rdw)

@@ -116,6 +116,8 @@ class CudaBackend:
     def asarray(self, a):
         """``a`` as a C-contiguous Numba device array: zero-copy when contiguous, else a device-side copy."""
         d = self._c.dev(a)
+        if self._c.SIM and not isinstance(d, self._c.SimArray):
+            d = self._c.SimArray(d._ary, stream=d.stream)
         if self.is_contiguous(d):
             return d
         return self._contiguous_copy(d)
@@ -123,6 +125,8 @@ class CudaBackend:
     def empty(self, shape, dtype):
         shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         size = int(np.prod(shape, dtype=np.int64))
+        if self._c.SIM:
+            return self._c.SimArray(np.empty(shape, dtype))
         if self.pool is None or size == 0:
             return cuda.device_array(shape, dtype=dtype)
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
@@ -205,7 +209,7 @@ class CudaBackend:
     # ------------------------------------------------------------------ copies
     def _contiguous_copy(self, d):
         if self._c.SIM:
-            return cuda.to_device(np.ascontiguousarray(d._ary))
+            return self._c.SimArray(np.ascontiguousarray(d._ary))
         from .fill import gather
 
         return gather(d, self._iface(d), self.empty(d.shape, d.dtype))

@@ -102,6 +102,31 @@ def current_stream():
 # ------------------------------------------------------------------------------------------ arrays
 if SIM:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as _DevArray
+
+    class SimArray(_DevArray):
+        """The simulator's device array with a plain tuple ``shape`` (the simulator's refuses negative
+        indices, Numba's real device arrays do not), keeping the type through reshapes and slices."""
+
+        @property
+        def shape(self):
+            return tuple(self._ary.shape)
+
+        def reshape(self, *args, **kwargs):
+            return SimArray(self._ary.reshape(*args, **kwargs), stream=self.stream)
+
+        def ravel(self, *args, **kwargs):
+            return SimArray(self._ary.ravel(*args, **kwargs), stream=self.stream)
+
+        def view(self, *args, **kwargs):
+            return SimArray(self._ary.view(*args, **kwargs), stream=self.stream)
+
+        def transpose(self, axes=None):
+            return SimArray(np.transpose(self._ary, axes=axes), stream=self.stream)
+
+        def __getitem__(self, idx):
+            ret = self._ary[idx]
+            return SimArray(ret, stream=self.stream) if type(ret) is np.ndarray else ret
+
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray as _DevArray
 
