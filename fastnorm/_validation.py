@@ -19,6 +19,19 @@ def _dtype_names(dtypes) -> str:
     return ", ".join(np.dtype(d).name for d in dtypes)
 
 
+def dtype_of(a):
+    """The NumPy dtype of an array (torch.float32 -> float32), or None if NumPy has no such dtype."""
+    dt = a.dtype
+    if isinstance(dt, np.dtype):
+        return dt
+    for spelling in (dt, str(dt).rpartition(".")[2]):
+        try:
+            return np.dtype(spelling)
+        except TypeError:
+            pass
+    return None
+
+
 def float_input(be, op: str, name: str, a, dtype=None):
     """``a`` as a C-contiguous float array of backend ``be`` (copied only if not contiguous).
 
@@ -28,10 +41,11 @@ def float_input(be, op: str, name: str, a, dtype=None):
         if a is None or isinstance(a, (str, bytes, dict, set)):
             raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
         a = np.asarray(a)
-    dt = np.dtype(a.dtype)
-    if dt not in be.float_dtypes:
+    dt = dtype_of(a)
+    if dt is None or dt not in be.float_dtypes:
         raise TypeError(
-            f"{op}: {name} has dtype {dt.name}; expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
+            f"{op}: {name} has dtype {a.dtype if dt is None else dt.name}; "
+            f"expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
         )
     if dtype is not None and dt != np.dtype(dtype):
         raise TypeError(f"{op}: {name} has dtype {dt.name} but must match the input's dtype {np.dtype(dtype).name}")
@@ -148,7 +162,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
             )
         if tuple(buf.shape) != tuple(shape):
             raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-        if np.dtype(buf.dtype) != np.dtype(dtype):
+        if dtype_of(buf) != np.dtype(dtype):
             raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
         if not be.is_contiguous(buf):
             raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
