@@ -22,6 +22,11 @@ PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET:-480}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0 PYTHONDONTWRITEBYTECODE=1
+# numba-cuda 0.30.x overloads np.row_stack, which NumPy 2.5 removed: seen on the lent H200 image (numpy 2.5.2),
+# where every kernel compile failed with "module 'numpy' has no attribute 'row_stack'". Alias it back.
+SHIM=$(mktemp -d)
+printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' > "$SHIM/sitecustomize.py"
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 declare -A RC
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
