@@ -22,6 +22,17 @@ import numpy as np
 from numba import cuda
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+# Low-level launches (Kernel.launch below) hand the stream to cuda.core in numba-cuda >= 0.2x, which takes
+# only its own Stream objects; the dispatcher's `kernel[grid, block, stream]` path converts with this
+# function, so the direct path must too (seen on an H200 with numba-cuda 0.30.4: "Stream or GraphBuilder
+# expected, got int"). Older numba-cuda and the simulator take numba streams or 0 as they are.
+try:
+    from numba.cuda.cudadrv.driver import _to_core_stream as _launch_stream
+except ImportError:
+
+    def _launch_stream(stream):
+        return stream
 USE_SHUFFLE = not SIM and os.environ.get("FASTNORM_CUDA_SHUFFLE", "1") != "0"
 
 FULL_MASK = 0xFFFFFFFF
@@ -190,7 +201,7 @@ class Kernel:
         if gx <= 0 or gy <= 0:
             return
         if self._k is not None:
-            self._k.launch(args, (gx, gy, 1), (bx, by, 1), stream, 0)
+            self._k.launch(args, (gx, gy, 1), (bx, by, 1), _launch_stream(stream), 0)
         else:
             self.disp[(gx, gy), (bx, by), stream](*args)
 
@@ -200,7 +211,7 @@ class Kernel:
         if gx <= 0 or gy <= 0:
             return
         if self._k is not None:
-            self._k.launch(args, (gx, gy, 1), (int(block), 1, 1), stream, 0)
+            self._k.launch(args, (gx, gy, 1), (int(block), 1, 1), _launch_stream(stream), 0)
         else:
             self.disp[(gx, gy), int(block), stream](*args)
 
