@@ -1,5 +1,8 @@
 """fastnorm.nn: NumPy layers' backward vs finite differences, the parameters()/grads() contract, the loss."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from _util import torch_or_skip
@@ -182,3 +185,8 @@ def test_linear_matches_torch_init_shapes_and_output(rng):
         tl.bias.copy_(torch.from_numpy(lin.bias))
     np.testing.assert_allclose(lin(x), tl(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(lin.weight).max() <= 1 / np.sqrt(7)
+
+
+def test_import_fastnorm_does_not_import_torch():
+    code = "import sys, fastnorm, fastnorm.nn; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,232 @@
+"""fastnorm.torch.functional: gradcheck (float64) for every op, agreement with torch.nn.functional,
+torch.compile (fullgraph, the custom ops in the traced graphs), torch.library.opcheck, bad input."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+FF = pytest.importorskip("fastnorm.torch.functional")
+
+
+@dataclass
+class Case:
+    make: Callable  # (generator, dtype) -> dict of tensors
+    fast: Callable  # dict -> output (fastnorm.torch.functional)
+    ref: Callable  # dict -> output (torch)
+    ops: tuple  # names of the custom ops the compiled graphs must hold (forward, backward)
+
+
+def _t(gen, shape, dtype, scale=1.0, shift=0.0):
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift).to(dtype).requires_grad_()
+
+
+def _ln_make(affine, bias):
+    def make(gen, dt):
+        d = {"x": _t(gen, (3, 5, 7), dt)}
+        d["weight"] = _t(gen, (5, 7), dt) if affine else None
+        d["bias"] = _t(gen, (5, 7), dt) if bias else None
+        return d
+
+    return make
+
+
+def _rms_make(affine):
+    def make(gen, dt):
+        return {"x": _t(gen, (4, 9), dt), "weight": _t(gen, (9,), dt) if affine else None}
+
+    return make
+
+
+CASES = {
+    "layer_norm": Case(
+        _ln_make(True, True),
+        lambda a: FF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
+        lambda a: TF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "layer_norm_weight_only": Case(
+        _ln_make(True, False),
+        lambda a: FF.layer_norm(a["x"], [7], a["weight"][0], None),
+        lambda a: TF.layer_norm(a["x"], [7], a["weight"][0], None),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "layer_norm_plain": Case(
+        _ln_make(False, False),
+        lambda a: FF.layer_norm(a["x"], 7, eps=1e-3),
+        lambda a: TF.layer_norm(a["x"], (7,), eps=1e-3),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "rms_norm": Case(
+        _rms_make(True),
+        lambda a: FF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
+        lambda a: TF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
+        ("rms_norm_forward", "rms_norm_backward"),
+    ),
+    "rms_norm_default_eps": Case(
+        _rms_make(False),
+        lambda a: FF.rms_norm(a["x"], 9),
+        lambda a: TF.rms_norm(a["x"], (9,)),
+        ("rms_norm_forward", "rms_norm_backward"),
+    ),
+}
+
+
+def _inputs(case, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return case.make(gen, dtype)
+
+
+def _grads(out, args, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    dy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    leaves = [v for v in args.values() if v is not None and v.requires_grad]
+    return torch.autograd.grad(out, leaves, dy)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradcheck_float64(name, threads):
+    case = CASES[name]
+    args = _inputs(case, torch.float64)
+    keys = [k for k, v in args.items() if v is not None]
+
+    def f(*tensors):
+        return case.fast({**args, **dict(zip(keys, tensors, strict=True))})
+
+    assert torch.autograd.gradcheck(f, tuple(args[k] for k in keys), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_matches_torch(name, dtype, threads):
+    case = CASES[name]
+    args = _inputs(case, dtype)
+    out, ref = case.fast(args), case.ref(args)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(out, ref, **tol)
+    for g, gr in zip(_grads(out, args), _grads(ref, args), strict=True):
+        torch.testing.assert_close(g, gr, **tol)
+
+
+def test_non_contiguous_and_expanded_grad():
+    x = torch.randn(8, 6, dtype=torch.float64).t().requires_grad_()  # (6, 8), strided
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    out = FF.layer_norm(x, 8, w)
+    out.sum().backward()  # dy is an expanded (stride 0) tensor of ones
+    x2 = x.detach().clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    TF.layer_norm(x2, (8,), w2).sum().backward()
+    torch.testing.assert_close(out, TF.layer_norm(x2, (8,), w2))
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_large_offset_float32():
+    x = torch.randn(16, 33) * 0.1 + 1e4
+    exact = TF.layer_norm(x.double(), (33,))
+    err = (FF.layer_norm(x, 33).double() - exact).abs().max()
+    torch_err = (TF.layer_norm(x, (33,)).double() - exact).abs().max()
+    assert err <= 2 * torch_err + 1e-5, (err, torch_err)
+
+
+def test_no_grad_and_inference_mode():
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        y = FF.layer_norm(x, 5)
+    with torch.inference_mode():
+        z = FF.rms_norm(x, 5)
+    torch.testing.assert_close(y, TF.layer_norm(x, (5,)))
+    torch.testing.assert_close(z, TF.rms_norm(x, (5,)))
+
+
+def _capture_backend():
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_torch_compile_fullgraph_uses_custom_ops(name):
+    case = CASES[name]
+    args = _inputs(case, torch.float64)
+    torch._dynamo.reset()
+    backend, graphs = _capture_backend()
+    compiled = torch.compile(lambda a: case.fast(a).sin(), backend=backend, fullgraph=True)
+    out = compiled(args)
+    torch.testing.assert_close(out, case.fast(args).sin())
+    for g, ge in zip(_grads(out, args), _grads(case.fast(args).sin(), args), strict=True):
+        torch.testing.assert_close(g, ge)
+    code = "\n".join(graphs)
+    for op in case.ops:
+        assert f"fastnorm.{op}" in code, f"{op} not in the compiled graphs"
+
+
+def _opcheck_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    dy = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    _, mean, rstd = FF._layer_norm_fwd_impl(x, w, b, 2, 1e-5)
+    _, rrstd = FF._rms_norm_fwd_impl(x, w[0], 1, 1e-6)
+    return [
+        (FF._layer_norm_fwd_op, (x, w, b, 2, 1e-5)),
+        (FF._layer_norm_fwd_op, (x, None, None, 1, 1e-5)),
+        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, w, b, 2)),
+        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, None, b, 2)),
+        (FF._rms_norm_fwd_op, (x, w[0], 1, 1e-6)),
+        (FF._rms_norm_bwd_op, (dy, x, rrstd, w[0], 1)),
+        (FF._rms_norm_bwd_op, (dy, x, rrstd, None, 1)),
+    ]
+
+
+def test_opcheck_custom_ops():
+    for op, args in _opcheck_args():
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32], ids=str)
+def test_unsupported_dtype_raises(dtype):
+    x = torch.ones(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="layer_norm.*dtype"):
+        FF.layer_norm(x, 3)
+    with pytest.raises(TypeError, match="rms_norm.*dtype"):
+        FF.rms_norm(x, 3)
+
+
+def test_unsupported_device_raises():
+    x = torch.ones(2, 3, device="meta")
+    with pytest.raises(TypeError, match="device meta"):
+        FF.layer_norm(x, 3)
+
+
+def test_bad_normalized_shape_raises():
+    with pytest.raises(ValueError, match="normalized_shape"):
+        FF.layer_norm(torch.ones(2, 3), (4,))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        FF.rms_norm(torch.ones(2, 3), (2, 2, 3))
+
+
+def test_mixed_dtypes_raise():
+    with pytest.raises(TypeError, match="weight"):
+        FF.layer_norm(torch.ones(2, 3), 3, torch.ones(3, dtype=torch.float64))
+
+
+def test_outputs_share_memory_with_numpy_results():
+    """CPU results are torch views of the kernels' NumPy outputs (no copy on the way back)."""
+    x = torch.randn(3, 4)
+    y, mean, rstd = FF._layer_norm_fwd_impl(x, None, None, 1, 1e-5)
+    assert isinstance(y.numpy(), np.ndarray) and y.is_contiguous()
+    assert mean.shape == (3,) and rstd.shape == (3,)
