@@ -1,0 +1,131 @@
+"""fastnorm.torch.nn: same outputs, gradients, buffers and state_dict keys as the torch modules; checkpoints
+load both ways; fallback (one warning) on unsupported dtypes; swap_modules."""
+
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+torch = pytest.importorskip("torch")
+FN = pytest.importorskip("fastnorm.torch.nn")
+
+
+@dataclass
+class ModCase:
+    fast: type
+    ref: type
+    args: tuple
+    shape: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+CASES = {
+    "LayerNorm": ModCase(FN.LayerNorm, torch.nn.LayerNorm, ((4, 6),), (3, 5, 4, 6)),
+    "LayerNorm_nobias": ModCase(FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"bias": False, "eps": 1e-3}),
+    "LayerNorm_noaffine": ModCase(
+        FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"elementwise_affine": False}
+    ),
+    "RMSNorm": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (10,), (2, 3, 10)),
+    "RMSNorm_eps": ModCase(FN.RMSNorm, torch.nn.RMSNorm, ((2, 5),), (4, 2, 5), {"eps": 1e-5}),
+    "RMSNorm_noaffine": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (5,), (4, 5), {"elementwise_affine": False}),
+}
+
+
+def _pair(case, dtype=torch.float32, seed=0):
+    """(fastnorm module, torch module) with the same random parameters and buffers."""
+    torch.manual_seed(seed)
+    ref = case.ref(*case.args, **case.kwargs, dtype=dtype)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p))
+    fast = case.fast(*case.args, **case.kwargs, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def _run(module, x, dy):
+    x = x.clone().requires_grad_()
+    out = module(x)
+    if isinstance(module, tuple(c.fast for c in CASES.values())):  # ran the fastnorm autograd Function
+        assert type(out.grad_fn).__name__.endswith("FunctionBackward"), type(out.grad_fn).__name__
+    out.backward(dy)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_same_outputs_and_grads(name, dtype, threads):
+    case = CASES[name]
+    fast, ref = _pair(case, dtype)
+    x = torch.randn(case.shape, dtype=dtype)
+    dy = torch.randn(case.shape, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    for mode in ("train", "eval"):
+        getattr(fast, mode)()
+        getattr(ref, mode)()
+        y, dx, g = _run(fast, x, dy)
+        yr, dxr, gr = _run(ref, x, dy)
+        torch.testing.assert_close(y, yr, **tol)
+        torch.testing.assert_close(dx, dxr, **tol)
+        assert g.keys() == gr.keys()
+        for k in g:
+            torch.testing.assert_close(g[k], gr[k], **tol, msg=k)
+        fast.zero_grad()
+        ref.zero_grad()
+    for (kf, bf), (kr, br) in zip(fast.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert kf == kr
+        torch.testing.assert_close(bf, br, **tol)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_state_dict_interchange_both_ways(name):
+    case = CASES[name]
+    torch.manual_seed(3)
+    ref = case.ref(*case.args, **case.kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p))
+    fast = case.fast(*case.args, **case.kwargs)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    back = case.ref(*case.args, **case.kwargs)
+    back.load_state_dict(fast.state_dict(), strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fast.state_dict()[k], v)
+        assert torch.equal(back.state_dict()[k], v)
+    assert isinstance(fast, case.ref)
+    assert repr(fast) == repr(ref)
+
+
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm"])
+def test_fallback_warns_once_and_matches_torch(name, monkeypatch):
+    case = CASES[name]
+    monkeypatch.setattr(FN, "_warned", set())
+    fast, ref = _pair(case, torch.bfloat16)
+    x = torch.randn(case.shape, dtype=torch.bfloat16)
+    with pytest.warns(FN.FastnormFallbackWarning, match="bfloat16"):
+        y = fast(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast(x)  # second call: no warning
+    torch.testing.assert_close(y, ref(x))
+
+
+def test_swap_modules_shares_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.LayerNorm(16),
+        torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.RMSNorm(16)),
+        torch.nn.Linear(16, 2),
+    )
+    params_before = list(model.parameters())
+    x = torch.randn(5, 8)
+    y_before = model(x)
+    assert FN.swap_modules(model) == 2
+    assert type(model[1]) is FN.LayerNorm and type(model[3][1]) is FN.RMSNorm
+    assert all(a is b for a, b in zip(params_before, model.parameters(), strict=True))
+    torch.testing.assert_close(model(x), y_before)
+    assert FN.swap_modules(model) == 0
