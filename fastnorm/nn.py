@@ -35,6 +35,8 @@ __all__ = [
     "Flatten",
     "LayerNorm",
     "RMSNorm",
+    "BatchNorm",
+    "GroupNorm",
     "CrossEntropyLoss",
     "softmax_cross_entropy",
 ]
@@ -269,6 +271,85 @@ class RMSNorm(Module):
         dx, _ = norms.rms_norm_backward(
             dy, self._x, self._rstd, self.weight,
             normalized_ndim=len(self.normalized_shape), out=(None, self.dweight),
+        )  # fmt: skip
+        return dx
+
+
+class BatchNorm(Module):
+    """BatchNorm over every axis but the channel axis 1 of (N, C) or (N, C, *) inputs, like torch's
+    BatchNorm1d/2d/3d (``fastnorm.batch_norm_forward/backward``).
+
+    Training (``train()``): batch statistics, running_mean/running_var (unbiased variance) updated in place
+    with ``momentum``. Eval (``eval()``): the running statistics, when ``track_running_stats``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        dtype=np.float32,
+    ):
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
+        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
+        self.running_mean = np.zeros(num_features, dtype) if track_running_stats else None
+        self.running_var = np.ones(num_features, dtype) if track_running_stats else None
+
+    def _own_parameters(self):
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    def _own_grads(self):
+        return [g for g in (self.dweight, self.dbias) if g is not None]
+
+    def forward(self, x):
+        self._batch_stats = self.training or self.running_mean is None
+        y, self._mean, self._rstd = norms.batch_norm_forward(
+            x, self.weight, self.bias, self.running_mean, self.running_var,
+            training=self._batch_stats, momentum=self.momentum, eps=self.eps,
+        )  # fmt: skip
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        dx, _, _ = norms.batch_norm_backward(
+            dy, self._x, self._mean, self._rstd, self.weight, self.bias,
+            training=self._batch_stats, out=(None, self.dweight, self.dbias),
+        )  # fmt: skip
+        return dx
+
+
+class GroupNorm(Module):
+    """GroupNorm of (N, C, *) inputs in ``num_groups`` groups of channels (``fastnorm.group_norm_*``);
+    per-channel weight and bias like ``torch.nn.GroupNorm``."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32):
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = np.ones(num_channels, dtype) if affine else None
+        self.bias = np.zeros(num_channels, dtype) if affine else None
+        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
+        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
+
+    def _own_parameters(self):
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    def _own_grads(self):
+        return [g for g in (self.dweight, self.dbias) if g is not None]
+
+    def forward(self, x):
+        y, self._mean, self._rstd = norms.group_norm_forward(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        dx, _, _ = norms.group_norm_backward(
+            dy, self._x, self._mean, self._rstd, self.num_groups, self.weight, self.bias,
+            out=(None, self.dweight, self.dbias),
         )  # fmt: skip
         return dx
 
