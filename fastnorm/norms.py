@@ -45,9 +45,12 @@ def _absent(be, dtype):
     return be.empty((0,), dtype)
 
 
-def _partials(be, want: bool, n_threads: int, n: int):
-    """Per-thread float64 partial rows for a deterministic column reduction (dweight/dbias)."""
-    return be.empty((n_threads, n), np.float64) if want else be.empty((0, 0), np.float64)
+def _partials(be, want: bool, n_chunks: int, n: int, dtype) -> tuple:
+    """Scratch for a deterministic column reduction (dweight/dbias): per-chunk float64 partial rows and
+    per-chunk short-run accumulator rows in the input dtype (see the backward kernels)."""
+    if not want:
+        return be.empty((0, 0), np.float64), be.empty((0, 0), dtype)
+    return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n), dtype)
 
 
 # --------------------------------------------------------------------------------------------- LayerNorm
@@ -151,8 +154,8 @@ def layer_norm_backward(
         dx.reshape(m, n),
         absent if dweight is None else dweight.reshape(n),
         absent if dbias is None else dbias.reshape(n),
-        _partials(be, dweight is not None, nt, n),
-        _partials(be, dbias is not None, nt, n),
+        *_partials(be, dweight is not None, nt, n, x.dtype),
+        *_partials(be, dbias is not None, nt, n, x.dtype),
         nt,
     )
     return LayerNormBackward(dx, dweight, dbias)
@@ -234,7 +237,7 @@ def rms_norm_backward(
         absent if weight is None else weight.reshape(n),
         dx.reshape(m, n),
         absent if dweight is None else dweight.reshape(n),
-        _partials(be, dweight is not None, nt, n),
+        *_partials(be, dweight is not None, nt, n, x.dtype),
         nt,
     )
     return RMSNormBackward(dx, dweight)

@@ -2,14 +2,18 @@
 
 Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
 re-read from cache for the two-pass moments and the output pass.
-Backward: rows split into ``n_chunks`` contiguous chunks (one per thread); each chunk accumulates its
-own partial dweight/dbias row in float64 (``dw_part[c]``, ``db_part[c]``), then the partials are summed
-in chunk order: bitwise reproducible for a given thread count, no atomics.
+Backward: rows split into ``n_chunks`` contiguous chunks (one per thread). Each chunk accumulates its
+dweight/dbias terms in a row of the input dtype (``dw_acc[c]``: pure-SIMD adds, fused into the dx loop),
+folded every FOLD_ROWS rows into a float64 partial row (``dw_part[c]``) so float32 sums stay short; then the
+partials are summed in chunk order: bitwise reproducible for a given thread count, no atomics.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+
+cdef enum:
+    FOLD_ROWS = 32
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -58,7 +62,7 @@ cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floatin
 
 
 cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu, floating rs,
-                             const floating *w, floating *dx, double *dwp, double *dbp,
+                             const floating *w, floating *dx, floating *dwa, floating *dba,
                              Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
@@ -70,20 +74,25 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
     # dx = rs * (g - mean(g) - xhat * mean(g * xhat)),  mean(g * xhat) = rs * s2 / n
     c1 = <floating>(s1 / n)
     c2 = <floating>(rs * s2 / n)
-    if w != NULL:
+    if w != NULL and dwa != NULL and dba != NULL:  # the common case, one pass
         for j in range(n):
             xh = (x[j] - mu) * rs
             dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
+            dwa[j] += dy[j] * xh
+            dba[j] += dy[j]
+        return
+    if w != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2)
     else:
         for j in range(n):
-            xh = (x[j] - mu) * rs
-            dx[j] = rs * (dy[j] - c1 - xh * c2)
-    if dwp != NULL:
+            dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2)
+    if dwa != NULL:
         for j in range(n):
-            dwp[j] += <double>(dy[j] * ((x[j] - mu) * rs))
-    if dbp != NULL:
+            dwa[j] += dy[j] * ((x[j] - mu) * rs)
+    if dba != NULL:
         for j in range(n):
-            dbp[j] += <double>dy[j]
+            dba[j] += dy[j]
 
 
 cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y, floating *rstd,
@@ -106,7 +115,7 @@ cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y,
 
 
 cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs, const floating *w,
-                              floating *dx, double *dwp, Py_ssize_t n) noexcept nogil:
+                              floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
     cdef floating c2
@@ -116,15 +125,28 @@ cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs
         fn_bwd_sums_d(dy, w, x, 0.0, n, &s1, &s2)
     # dx = rs * (g - xhat * mean(g * xhat)),  xhat = x * rs,  mean(g * xhat) = rs * s2 / n
     c2 = <floating>(rs * rs * s2 / n)
+    if w != NULL and dwa != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
+            dwa[j] += dy[j] * (x[j] * rs)
+        return
     if w != NULL:
         for j in range(n):
             dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
     else:
         for j in range(n):
             dx[j] = rs * (dy[j] - x[j] * c2)
-    if dwp != NULL:
+    if dwa != NULL:
         for j in range(n):
-            dwp[j] += <double>(dy[j] * (x[j] * rs))
+            dwa[j] += dy[j] * (x[j] * rs)
+
+
+cdef inline void _fold(floating *acc, double *part, Py_ssize_t n) noexcept nogil:
+    """part += acc; acc = 0 (moves a short low-precision partial sum into the float64 partial row)."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        part[j] += acc[j]
+        acc[j] = 0
 
 
 cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
@@ -180,27 +202,36 @@ def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
                         floating[:, ::1] dx,                # OUT (M, N)
                         floating[::1] dweight,              # OUT (N,) or length 0 (not wanted)
                         floating[::1] dbias,                # OUT (N,) or length 0 (not wanted)
-                        double[:, ::1] dw_part,             # SCRATCH (n_chunks, N) or (0, 0)
-                        double[:, ::1] db_part,             # SCRATCH (n_chunks, N) or (0, 0)
+                        double[:, ::1] dw_part,             # SCRATCH (n_chunks, N), or (0, 0) if not wanted
+                        floating[:, ::1] dw_acc,            # SCRATCH (n_chunks, N), or (0, 0)
+                        double[:, ::1] db_part,             # SCRATCH (n_chunks, N), or (0, 0)
+                        floating[:, ::1] db_acc,            # SCRATCH (n_chunks, N), or (0, 0)
                         int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
     cdef int n_chunks = max(dw_part.shape[0], db_part.shape[0], 1), c
-    cdef double *dwp
-    cdef double *dbp
+    cdef floating *dwa
+    cdef floating *dba
     with nogil:
         if want_dw:
             dw_part[:, :] = 0.0
+            dw_acc[:, :] = 0
         if want_db:
             db_part[:, :] = 0.0
+            db_acc[:, :] = 0
         for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
             lo = _chunk_start(m, n_chunks, c)
             hi = _chunk_start(m, n_chunks, c + 1)
-            dwp = &dw_part[c, 0] if want_dw else NULL
-            dbp = &db_part[c, 0] if want_db else NULL
+            dwa = &dw_acc[c, 0] if want_dw else NULL
+            dba = &db_acc[c, 0] if want_db else NULL
             for i in range(lo, hi):
-                _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, &dx[i, 0], dwp, dbp, n)
+                _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, &dx[i, 0], dwa, dba, n)
+                if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
+                    if want_dw:
+                        _fold(dwa, &dw_part[c, 0], n)
+                    if want_db:
+                        _fold(dba, &db_part[c, 0], n)
         if want_dw:
             _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
         if want_db:
@@ -231,21 +262,25 @@ def rms_norm_backward(const floating[:, ::1] dy,            # IN  (M, N)
                       const floating[::1] weight,           # IN  (N,) or length 0
                       floating[:, ::1] dx,                  # OUT (M, N)
                       floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
-                      double[:, ::1] dw_part,               # SCRATCH (n_chunks, N) or (0, 0)
+                      double[:, ::1] dw_part,               # SCRATCH (n_chunks, N), or (0, 0) if not wanted
+                      floating[:, ::1] dw_acc,              # SCRATCH (n_chunks, N), or (0, 0)
                       int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0
     cdef int n_chunks = max(dw_part.shape[0], 1), c
-    cdef double *dwp
+    cdef floating *dwa
     with nogil:
         if want_dw:
             dw_part[:, :] = 0.0
+            dw_acc[:, :] = 0
         for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
             lo = _chunk_start(m, n_chunks, c)
             hi = _chunk_start(m, n_chunks, c + 1)
-            dwp = &dw_part[c, 0] if want_dw else NULL
+            dwa = &dw_acc[c, 0] if want_dw else NULL
             for i in range(lo, hi):
-                _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, &dx[i, 0], dwp, n)
+                _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, &dx[i, 0], dwa, n)
+                if want_dw and ((i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1):
+                    _fold(dwa, &dw_part[c, 0], n)
         if want_dw:
             _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)

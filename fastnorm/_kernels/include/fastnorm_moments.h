@@ -1,81 +1,66 @@
 /* Row reductions the compiler needs help with.
  *
- * gcc vectorizes `s += x[i]` (with -fassociative-math) but keeps ONE vector accumulator, so the loop runs at
- * the latency of a vector add. Summing into FN_LANES independent double lanes gives it several
- * accumulators to pipeline and keeps float32 sums accurate (double accumulation, then a fixed-order
- * tree over the lanes: the result does not depend on the thread count). Two-pass moments (mean first,
- * then squared deviations) stay accurate when the mean is large against the spread.
+ * gcc vectorizes `s += x[i]` (with -fassociative-math) but keeps one vector accumulator, running at the
+ * latency of a vector add, and it does not vectorize a loop that converts float to double into several
+ * sums. So every reduction here is blocked: FN_LANES independent accumulators in the input type (all-SIMD,
+ * pipelined) over a block of FN_BLOCK elements, each lane summing only FN_BLOCK / FN_LANES terms, and the
+ * block's lanes folded into a double. The error stays that of a short float sum per block plus a double
+ * sum over blocks; the order is fixed, so results do not depend on the thread count. Two-pass moments
+ * (mean first, then squared deviations) stay accurate when the mean is large against the spread.
+ * Each function is one loop carrying one sum: gcc vectorizes those, not loops carrying two.
  */
 #ifndef FASTNORM_MOMENTS_H
 #define FASTNORM_MOMENTS_H
 #include <stddef.h>
 
 #define FN_LANES 16
+#define FN_BLOCK 512
 
-static inline double fn_fold_lanes(const double *acc) {
-    double s = 0.0;
-    for (int k = 0; k < FN_LANES; k++) s += acc[k];
-    return s;
-}
+/* Sum of TERM(i) for i in [0, n), TERM an expression of i in type T. */
+#define FN_BLOCKED_SUM(T, n, TERM)                                                                     \
+    double total = 0.0;                                                                                \
+    ptrdiff_t i0 = 0;                                                                                  \
+    for (; i0 + FN_BLOCK <= (n); i0 += FN_BLOCK) {                                                     \
+        T acc[FN_LANES] = {0};                                                                         \
+        for (ptrdiff_t j = 0; j < FN_BLOCK; j += FN_LANES)                                             \
+            for (int k = 0; k < FN_LANES; k++) { ptrdiff_t i = i0 + j + k; acc[k] += (TERM); }         \
+        double b = 0.0;                                                                                \
+        for (int k = 0; k < FN_LANES; k++) b += (double)acc[k];                                        \
+        total += b;                                                                                    \
+    }                                                                                                  \
+    {                                                                                                  \
+        T acc[FN_LANES] = {0};                                                                         \
+        ptrdiff_t j = i0;                                                                              \
+        for (; j + FN_LANES <= (n); j += FN_LANES)                                                     \
+            for (int k = 0; k < FN_LANES; k++) { ptrdiff_t i = j + k; acc[k] += (TERM); }              \
+        for (; j < (n); j++) { ptrdiff_t i = j; acc[0] += (TERM); }                                    \
+        double b = 0.0;                                                                                \
+        for (int k = 0; k < FN_LANES; k++) b += (double)acc[k];                                        \
+        total += b;                                                                                    \
+    }                                                                                                  \
+    return total;
 
 #define FN_DEFINE_REDUCTIONS(T, SUF)                                                                   \
 /* sum(x) */                                                                                           \
-static inline double fn_sum_##SUF(const T *x, ptrdiff_t n) {                                           \
-    double acc[FN_LANES] = {0};                                                                        \
-    ptrdiff_t i = 0;                                                                                   \
-    for (; i + FN_LANES <= n; i += FN_LANES)                                                           \
-        for (int k = 0; k < FN_LANES; k++) acc[k] += (double)x[i + k];                                 \
-    for (; i < n; i++) acc[i % FN_LANES] += (double)x[i];                                              \
-    return fn_fold_lanes(acc);                                                                         \
-}                                                                                                      \
-/* sum((x - mu)^2), the deviation taken in T (exact for x near mu), squared and summed in double */    \
+static inline double fn_sum_##SUF(const T *x, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, x[i]) }              \
+/* sum((x - mu)^2) */                                                                                  \
 static inline double fn_sumsq_dev_##SUF(const T *x, ptrdiff_t n, T mu) {                               \
-    double acc[FN_LANES] = {0};                                                                        \
-    ptrdiff_t i = 0;                                                                                   \
-    for (; i + FN_LANES <= n; i += FN_LANES)                                                           \
-        for (int k = 0; k < FN_LANES; k++) { double d = (double)(x[i + k] - mu); acc[k] += d * d; }   \
-    for (; i < n; i++) { double d = (double)(x[i] - mu); acc[i % FN_LANES] += d * d; }                 \
-    return fn_fold_lanes(acc);                                                                         \
-}                                                                                                      \
+    FN_BLOCKED_SUM(T, n, (x[i] - mu) * (x[i] - mu)) }                                                  \
 /* sum(x^2) */                                                                                         \
-static inline double fn_sumsq_##SUF(const T *x, ptrdiff_t n) {                                         \
-    double acc[FN_LANES] = {0};                                                                        \
-    ptrdiff_t i = 0;                                                                                   \
-    for (; i + FN_LANES <= n; i += FN_LANES)                                                           \
-        for (int k = 0; k < FN_LANES; k++) { double v = (double)x[i + k]; acc[k] += v * v; }           \
-    for (; i < n; i++) { double v = (double)x[i]; acc[i % FN_LANES] += v * v; }                        \
-    return fn_fold_lanes(acc);                                                                         \
-}                                                                                                      \
+static inline double fn_sumsq_##SUF(const T *x, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, x[i] * x[i]) }     \
 /* sum(a * b) */                                                                                       \
-static inline double fn_dot_##SUF(const T *a, const T *b, ptrdiff_t n) {                               \
-    double acc[FN_LANES] = {0};                                                                        \
-    ptrdiff_t i = 0;                                                                                   \
-    for (; i + FN_LANES <= n; i += FN_LANES)                                                           \
-        for (int k = 0; k < FN_LANES; k++) acc[k] += (double)a[i + k] * (double)b[i + k];              \
-    for (; i < n; i++) acc[i % FN_LANES] += (double)a[i] * (double)b[i];                               \
-    return fn_fold_lanes(acc);                                                                         \
-}                                                                                                      \
+static inline double fn_dot_##SUF(const T *a, const T *b, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, a[i] * b[i]) } \
+/* sum(a * b * (x - mu)) */                                                                            \
+static inline double fn_dot_dev_##SUF(const T *a, const T *b, const T *x, T mu, ptrdiff_t n) {         \
+    FN_BLOCKED_SUM(T, n, a[i] * b[i] * (x[i] - mu)) }                                                  \
+/* sum(a * (x - mu)) */                                                                                \
+static inline double fn_dot1_dev_##SUF(const T *a, const T *x, T mu, ptrdiff_t n) {                    \
+    FN_BLOCKED_SUM(T, n, a[i] * (x[i] - mu)) }                                                         \
 /* s1 = sum(g), s2 = sum(g * (x - mu)) with g = dy * w (w may be NULL: g = dy) */                      \
 static inline void fn_bwd_sums_##SUF(const T *dy, const T *w, const T *x, T mu, ptrdiff_t n,          \
                                      double *s1, double *s2) {                                         \
-    double a1[FN_LANES] = {0}, a2[FN_LANES] = {0};                                                     \
-    ptrdiff_t i = 0;                                                                                   \
-    if (w) {                                                                                           \
-        for (; i + FN_LANES <= n; i += FN_LANES)                                                       \
-            for (int k = 0; k < FN_LANES; k++) {                                                       \
-                double g = (double)(dy[i + k] * w[i + k]);                                             \
-                a1[k] += g; a2[k] += g * (double)(x[i + k] - mu); }                                    \
-        for (; i < n; i++) { double g = (double)(dy[i] * w[i]);                                        \
-            a1[i % FN_LANES] += g; a2[i % FN_LANES] += g * (double)(x[i] - mu); }                      \
-    } else {                                                                                           \
-        for (; i + FN_LANES <= n; i += FN_LANES)                                                       \
-            for (int k = 0; k < FN_LANES; k++) {                                                       \
-                double g = (double)dy[i + k];                                                          \
-                a1[k] += g; a2[k] += g * (double)(x[i + k] - mu); }                                    \
-        for (; i < n; i++) { double g = (double)dy[i];                                                 \
-            a1[i % FN_LANES] += g; a2[i % FN_LANES] += g * (double)(x[i] - mu); }                      \
-    }                                                                                                  \
-    *s1 = fn_fold_lanes(a1); *s2 = fn_fold_lanes(a2);                                                  \
+    if (w) { *s1 = fn_dot_##SUF(dy, w, n); *s2 = fn_dot_dev_##SUF(dy, w, x, mu, n); }                  \
+    else { *s1 = fn_sum_##SUF(dy, n); *s2 = fn_dot1_dev_##SUF(dy, x, mu, n); }                         \
 }
 
 FN_DEFINE_REDUCTIONS(float, f)

@@ -1,0 +1,24 @@
+"""pytest-benchmark suite over every case of fastnorm.bench (the same cases the roofline report runs).
+
+    pytest bench --benchmark-enable                    # full shapes, timed
+    pytest bench --benchmark-enable --bench-quick      # small shapes
+    pytest bench --bench-quick                         # no timing: each case once, so bench code cannot rot (CI)
+"""
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-quick", action="store_true", help="the small shapes of `python -m fastnorm.bench --quick`")
+    parser.addoption("--bench-ops", default="", help="comma-separated substrings of op names to keep")
+
+
+def pytest_generate_tests(metafunc):
+    if "case" not in metafunc.fixturenames:
+        return
+    from fastnorm.bench import all_cases
+
+    ops = [o for o in metafunc.config.getoption("--bench-ops").split(",") if o]
+    cases = [c for c in all_cases(quick=metafunc.config.getoption("--bench-quick")) if not ops or any(o in c.op for o in ops)]
+    params = [(c, p) for c in cases for p in c.providers]
+    metafunc.parametrize(
+        "case, provider", params, ids=[f"{c.op}-{c.label.replace(' ', '')}-{p.replace(' ', '')}" for c, p in params]
+    )

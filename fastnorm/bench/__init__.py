@@ -1,0 +1,20 @@
+"""Benchmarks: the roofline report (``python -m fastnorm.bench``) and the cases the bench/ suite runs.
+
+Every op is timed for fastnorm (allocating outputs, and with ``out=`` buffers), the NumPy reference and
+torch (where installed, same thread count), and set against the bandwidth of a streaming kernel with the
+same read/write streams measured in the same run on the same threads.
+"""
+
+from ._core import Case, all_cases, stream_bound_gbps, time_call, torch_or_none
+from ._report import format_table, plot_report, run_report
+
+__all__ = [
+    "Case",
+    "all_cases",
+    "format_table",
+    "plot_report",
+    "run_report",
+    "stream_bound_gbps",
+    "time_call",
+    "torch_or_none",
+]

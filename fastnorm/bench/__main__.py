@@ -1,0 +1,51 @@
+"""``python -m fastnorm.bench``: the roofline report. ``--help`` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastnorm.bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small shapes, fewer repeats (about a minute)")
+    ap.add_argument("--ops", nargs="*", help="only ops whose name contains one of these strings")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median taken)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for fastnorm and torch")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
+    ap.add_argument("--plot", metavar="FILE.png", help="draw fraction-of-bound bars (needs matplotlib)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    import fastnorm
+
+    if args.threads is not None:
+        fastnorm.set_num_threads(args.threads)
+    repeats = args.repeats or (5 if args.quick else 9)
+    if args.device == "cuda":
+        try:
+            from .gpu import format_cuda_table, run_cuda_report
+        except ImportError as e:
+            print(f"the CUDA benchmark is not available: {e}", file=sys.stderr)
+            return 2
+        report = run_cuda_report(quick=args.quick, ops=args.ops, repeats=repeats)
+        print(format_cuda_table(report))
+    else:
+        from . import format_table, run_report
+
+        report = run_report(quick=args.quick, ops=args.ops, repeats=repeats, progress=not args.no_progress)
+        print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.plot:
+        from . import plot_report
+
+        plot_report(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The roofline report: every case, every provider, GB/s, fraction of the same-run streaming bound, speed-ups."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from ._core import all_cases, stream_bound_gbps, time_call, torch_or_none
+
+
+def machine_info() -> dict:
+    import fastnorm
+    from fastnorm._kernels.cpu import _runtime
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    torch = torch_or_none()
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": fastnorm.get_num_threads(),
+        "openmp": fastnorm.openmp_enabled(),
+        "portable_build": _runtime.portable_build(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "fastnorm": fastnorm.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _progress(msg: str, enabled: bool) -> None:
+    if enabled:
+        sys.stderr.write("\r\033[K" + msg)
+        sys.stderr.flush()
+
+
+def run_report(
+    quick: bool = False, ops: list[str] | None = None, repeats: int = 7, progress: bool = True, seed: int = 0
+) -> dict:
+    """Run every case (whose op name contains one of ``ops``, if given); return the report as a dict.
+
+    Rows: one per (case, provider) with ms, GB/s (the case's minimal bytes / time), bound_gbps (the streaming
+    kernel with the case's streams, measured just before the case) and frac (GB/s / bound). fastnorm rows
+    also carry ``speedup``: provider -> time(provider) / time(fastnorm).
+    """
+    cases = [c for c in all_cases(quick) if not ops or any(o in c.op for o in ops)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    bounds: dict = {}
+    total = sum(len(c.providers) for c in cases)
+    done = 0
+    for case in cases:
+        key = (case.streams, case.stream_len)
+        if key not in bounds:
+            _progress(f"[{done}/{total}] streaming bound {case.streams} x {case.stream_len}", progress)
+            bounds[key] = stream_bound_gbps(case.streams, case.stream_len, repeats=repeats)
+        bound = bounds[key]
+        inputs = case.make_inputs(rng)
+        times = {}
+        for pname, factory in case.providers.items():
+            done += 1
+            _progress(f"[{done}/{total}] {case.name} {pname}", progress)
+            times[pname] = time_call(factory(inputs), repeats=repeats)
+        del inputs
+        for pname, t in times.items():
+            gbps = case.nbytes / t / 1e9
+            row = dict(op=case.op, label=case.label, provider=pname, ms=t * 1e3, gbps=gbps,
+                       bound_gbps=bound, frac=gbps / bound)
+            if pname.startswith("fastnorm"):
+                row["speedup"] = {p: tp / t for p, tp in times.items() if not p.startswith("fastnorm")}
+            rows.append(row)
+    _progress("", progress)
+    return {"machine": machine_info(), "quick": quick, "repeats": repeats, "rows": rows}
+
+
+def format_table(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"fastnorm {m['fastnorm']} on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['threads']} threads, "
+        f"OpenMP {'on' if m['openmp'] else 'OFF'}, numpy {m['numpy']}, torch {m['torch'] or 'not installed'}",
+        "times: median of repeats; GB/s = minimal bytes / time; bound = same-run streaming kernel with the "
+        "same read/write streams; speed-up = other's time / fastnorm's time",
+        "",
+        f"{'op':<28} {'shape':<22} {'provider':<20} {'ms':>9} {'GB/s':>7} {'bound':>6} {'%bound':>7}  speed-up",
+    ]
+    prev = None
+    for r in report["rows"]:
+        name = (r["op"], r["label"])
+        if prev is not None and name != prev:
+            lines.append("")
+        op, label = (r["op"], r["label"]) if name != prev else ("", "")
+        prev = name
+        sp = ", ".join(f"{p} {v:.2f}x" for p, v in r.get("speedup", {}).items())
+        lines.append(
+            f"{op:<28} {label:<22} {r['provider']:<20} {r['ms']:>9.3f} {r['gbps']:>7.2f} "
+            f"{r['bound_gbps']:>6.1f} {100 * r['frac']:>6.1f}%  {sp}"
+        )
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Horizontal bars: fraction of the streaming bound per case and provider (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(f"{r['op']} {r['label']}" for r in report["rows"]))
+    providers = list(dict.fromkeys(r["provider"] for r in report["rows"]))
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(names) * max(1, len(providers)) / 2 + 1.5))
+    h = 0.8 / len(providers)
+    for k, p in enumerate(providers):
+        vals = {f"{r['op']} {r['label']}": r["frac"] for r in report["rows"] if r["provider"] == p}
+        ys = [i + k * h for i in range(len(names))]
+        ax.barh(ys, [100 * vals.get(n, 0.0) for n in names], height=h, label=p)
+    ax.set_yticks([i + 0.4 - h / 2 for i in range(len(names))])
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the same-run streaming bound")
+    m = report["machine"]
+    ax.set_title(f"fastnorm vs NumPy / torch, {m['threads']} threads, {m['cpu']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

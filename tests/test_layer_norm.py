@@ -1,0 +1,273 @@
+"""LayerNorm: reference vs finite differences, kernels vs reference, options, layouts, bad input, torch."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
+
+SHAPES = [(1, 1), (3, 5), (7, 13), (31, 1023), (5, 1025), (2, 65536), (300, 17)]
+
+
+def make(rng, shape, dtype, affine=True, ndim=1, offset=0.0):
+    x = (rng.standard_normal(shape) + offset).astype(dtype)
+    norm = shape[len(shape) - ndim :]
+    w = rng.standard_normal(norm).astype(dtype) if affine else None
+    b = rng.standard_normal(norm).astype(dtype) if affine else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, dy
+
+
+# ------------------------------------------------------------------------------- reference is the spec
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_reference_backward_matches_finite_differences(rng, affine, ndim):
+    x, w, b, dy = make(rng, (3, 4, 5), np.float64, affine, ndim)
+    _, mean, rstd = R.layer_norm_forward(x, w, b, normalized_ndim=ndim)
+    dx, dw, db = R.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=ndim)
+
+    def f(x_, w_, b_):
+        return R.layer_norm_forward(x_, w_, b_, normalized_ndim=ndim)[0]
+
+    np.testing.assert_allclose(dx, numeric_grad(f, [x, w, b], 0, dy), rtol=1e-6, atol=1e-7)
+    if affine:
+        np.testing.assert_allclose(dw, numeric_grad(f, [x, w, b], 1, dy), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(db, numeric_grad(f, [x, w, b], 2, dy), rtol=1e-6, atol=1e-7)
+    else:
+        assert dw is None and db is None
+
+
+def test_reference_forward_formula():
+    x = np.array([[1.0, 2.0, 3.0, 6.0]])
+    y, mean, rstd = R.layer_norm_forward(x, eps=0.0)
+    assert mean[0] == 3.0 and np.isclose(rstd[0], 1 / np.sqrt(3.5))
+    np.testing.assert_allclose(y, (x - 3.0) / np.sqrt(3.5))
+
+
+# ------------------------------------------------------------------------------- kernels vs reference
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_forward_backward_match_reference(rng, threads, dtype, shape, affine):
+    x, w, b, dy = make(rng, shape, dtype, affine)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    y64, mean64, rstd64 = R.layer_norm_forward(*f64(x, w, b))
+    y32, mean32, rstd32 = R.layer_norm_forward(x, w, b)
+    assert y.dtype == mean.dtype == rstd.dtype == dtype
+    assert mean.shape == rstd.shape == shape[:-1]
+    assert_matches_reference(y, y64, y32, name="y")
+    assert_matches_reference(mean, mean64, mean32, name="mean")
+    assert_matches_reference(rstd, rstd64, rstd32, name="rstd")
+
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+    ref64 = R.layer_norm_backward(*f64(dy, x, mean64, rstd64, w, b))
+    ref32 = R.layer_norm_backward(dy, x, mean32, rstd32, w, b)
+    for got, r64, r32, name in zip((dx, dw, db), ref64, ref32, ("dx", "dweight", "dbias")):
+        assert_matches_reference(got, r64, r32, name=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("weight_only", [True, False])
+def test_weight_xor_bias(rng, dtype, weight_only):
+    x, w, b, dy = make(rng, (9, 33), dtype)
+    w, b = (w, None) if weight_only else (None, b)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    assert_matches_reference(y, R.layer_norm_forward(*f64(x, w, b))[0], R.layer_norm_forward(x, w, b)[0])
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+    ref = R.layer_norm_backward(*f64(dy, x, mean, rstd, w, b))
+    ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b)
+    assert (dw is None) == (w is None) and (db is None) == (b is None)
+    for got, r64, r32 in zip((dx, dw, db), ref, ref32):
+        assert_matches_reference(got, r64, r32)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_normalized_ndim_2_and_leading_dims(rng, threads, dtype):
+    x, w, b, dy = make(rng, (2, 3, 7, 11), dtype, ndim=2)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, normalized_ndim=2)
+    assert mean.shape == (2, 3)
+    y64, m64, r64 = R.layer_norm_forward(*f64(x, w, b), normalized_ndim=2)
+    assert_matches_reference(y, y64, R.layer_norm_forward(x, w, b, normalized_ndim=2)[0])
+    got = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=2)
+    ref = R.layer_norm_backward(*f64(dy, x, m64, r64, w, b), normalized_ndim=2)
+    ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=2)
+    for g, r, r32 in zip(got, ref, ref32):
+        assert_matches_reference(g, r, r32)
+
+
+@pytest.mark.slow
+def test_large_m(rng, threads):
+    x, w, b, dy = make(rng, (20000, 64), np.float32)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    assert_matches_reference(y, R.layer_norm_forward(*f64(x, w, b))[0], R.layer_norm_forward(x, w, b)[0])
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+    ref = R.layer_norm_backward(*f64(dy, x, mean, rstd, w, b))
+    ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b)
+    for got, r64, r32 in zip((dx, dw, db), ref, ref32):
+        assert_matches_reference(got, r64, r32)
+
+
+def test_large_offset_statistics_stay_accurate(rng, threads):
+    # mean 1e4 against a spread of 1: E[x^2] - E[x]^2 in float32 would lose every digit.
+    x, w, b, _ = make(rng, (64, 4096), np.float32, offset=1e4)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    y64, m64, r64 = R.layer_norm_forward(*f64(x, w, b))
+    np.testing.assert_allclose(rstd, r64, rtol=1e-5)
+    assert_matches_reference(y, y64, R.layer_norm_forward(x, w, b)[0])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_zero_rows(dtype):
+    x = np.zeros((0, 8), dtype)
+    w, b = np.ones(8, dtype), np.zeros(8, dtype)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    assert y.shape == (0, 8) and mean.shape == (0,)
+    dx, dw, db = fastnorm.layer_norm_backward(x, x, mean, rstd, w, b)
+    assert dx.shape == (0, 8)
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 0)
+
+
+# ------------------------------------------------------------------------------- layouts, buffers, values
+def test_non_contiguous_and_read_only_inputs(rng):
+    base, w, b, dy = make(rng, (10, 40), np.float64)
+    x = base[:, ::2]  # non-contiguous view
+    w, b = w[:20].copy(), b[:20].copy()
+    for a in (base, w, b):
+        a.setflags(write=False)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    assert_matches_reference(y, R.layer_norm_forward(np.ascontiguousarray(x), w, b)[0])
+    dyv = dy[:, 1::2]
+    dx, dw, db = fastnorm.layer_norm_backward(dyv, x, mean, rstd, w, b)
+    ref = R.layer_norm_backward(np.ascontiguousarray(dyv), np.ascontiguousarray(x), mean, rstd, w, b)
+    for got, r in zip((dx, dw, db), ref):
+        assert_matches_reference(got, r)
+
+
+def test_out_buffers_written_in_place(rng):
+    x, w, b, dy = make(rng, (6, 10), np.float32)
+    out = (np.empty_like(x), np.empty(6, np.float32), np.empty(6, np.float32))
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, out=out)
+    assert all(np.shares_memory(a, o) for a, o in zip((y, mean, rstd), out))
+    ref = fastnorm.layer_norm_forward(x, w, b)
+    for a, r in zip((y, mean, rstd), ref):
+        np.testing.assert_array_equal(a, r)
+    bout = (np.empty_like(x), None, np.empty(10, np.float32))  # None entries are allocated
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b, out=bout)
+    assert np.shares_memory(dx, bout[0]) and np.shares_memory(db, bout[2]) and dw.shape == (10,)
+
+
+def test_nan_propagates_to_its_row_only(rng):
+    x, w, b, dy = make(rng, (4, 9), np.float32)
+    x[2, 3] = np.nan
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+    assert np.isnan(dx[2]).all() and np.isfinite(np.delete(dx, 2, axis=0)).all()
+    assert np.isnan(dw).all() and np.isfinite(db).all()
+
+
+def test_deterministic_for_a_given_thread_count(rng, threads):
+    x, w, b, dy = make(rng, (513, 257), np.float32)
+    y1, m1, r1 = fastnorm.layer_norm_forward(x, w, b)
+    g1 = fastnorm.layer_norm_backward(dy, x, m1, r1, w, b)
+    y2, m2, r2 = fastnorm.layer_norm_forward(x, w, b)
+    g2 = fastnorm.layer_norm_backward(dy, x, m2, r2, w, b)
+    for a, c in zip((y1, *g1), (y2, *g2)):
+        assert np.array_equal(a, c)
+
+
+# ------------------------------------------------------------------------------- bad input
+def _ok(rng):
+    return make(rng, (4, 6), np.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(x=np.ones((4, 6), np.int32)), TypeError, "x has dtype int32"),
+        (dict(x=np.ones((4, 6), np.float16)), TypeError, "x has dtype float16"),
+        (dict(weight=np.ones(6, np.float64)), TypeError, "weight has dtype float64"),
+        (dict(weight=np.ones(5, np.float32)), ValueError, r"weight must have shape \(6,\)"),
+        (dict(bias=np.ones((1, 6), np.float32)), ValueError, r"bias must have shape \(6,\)"),
+        (dict(eps=-1e-5), ValueError, "eps must be finite and >= 0.0"),
+        (dict(eps=float("nan")), ValueError, "eps"),
+        (dict(eps="1e-5"), TypeError, "eps must be a real number"),
+        (dict(normalized_ndim=0), ValueError, "normalized_ndim must be >= 1"),
+        (dict(normalized_ndim=3), ValueError, "normalized_ndim=3 but x has only 2 dims"),
+        (dict(normalized_ndim=1.0), TypeError, "normalized_ndim must be an int"),
+        (dict(x=None), TypeError, "x must be an array"),
+    ],
+)
+def test_bad_forward_input(rng, kwargs, exc, match):
+    x, w, b, _ = _ok(rng)
+    args = dict(x=x, weight=w, bias=b)
+    args.update({k: v for k, v in kwargs.items() if k in args})
+    opts = {k: v for k, v in kwargs.items() if k not in args}
+    with pytest.raises(exc, match="layer_norm_forward: " + match):
+        fastnorm.layer_norm_forward(args["x"], args["weight"], args["bias"], **opts)
+
+
+@pytest.mark.parametrize(
+    "out, exc, match",
+    [
+        ((np.empty((4, 5), np.float32), None, None), ValueError, r"out buffer for y must have shape \(4, 6\)"),
+        ((np.empty((4, 6), np.float64), None, None), ValueError, "out buffer for y must have dtype float32"),
+        ((np.empty((6, 4), np.float32).T, None, None), ValueError, "y must be C-contiguous"),
+        ((None, None), ValueError, "out must have 3 entries"),
+        (([[0.0] * 6] * 4, None, None), TypeError, "must be a numpy.ndarray"),
+    ],
+)
+def test_bad_out_buffers_write_nothing(rng, out, exc, match):
+    x, w, b, _ = _ok(rng)
+    keep = [None if o is None or not isinstance(o, np.ndarray) else o.copy() for o in out]
+    with pytest.raises(exc, match=match):
+        fastnorm.layer_norm_forward(x, w, b, out=out)
+    for o, k in zip(out, keep):
+        if k is not None:
+            np.testing.assert_array_equal(o, k)
+
+
+def test_read_only_and_aliasing_out_rejected(rng):
+    x, w, b, dy = _ok(rng)
+    ro = np.empty_like(x)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="out buffer for y is read-only"):
+        fastnorm.layer_norm_forward(x, w, b, out=(ro, None, None))
+    with pytest.raises(ValueError, match="overlaps input"):
+        fastnorm.layer_norm_forward(x, w, b, out=(x, None, None))
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    with pytest.raises(ValueError, match="slot with no output"):
+        fastnorm.layer_norm_backward(dy, x, mean, rstd, None, b, out=(None, np.empty(6, np.float32), None))
+
+
+def test_bad_backward_input(rng):
+    x, w, b, dy = _ok(rng)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+    with pytest.raises(ValueError, match=r"layer_norm_backward: dy must have shape \(4, 6\)"):
+        fastnorm.layer_norm_backward(dy[:3], x, mean, rstd, w, b)
+    with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
+        fastnorm.layer_norm_backward(dy, x, mean[:2], rstd, w, b)
+    with pytest.raises(TypeError, match="rstd has dtype float64"):
+        fastnorm.layer_norm_backward(dy, x, mean, rstd.astype(np.float64), w, b)
+    with pytest.raises(TypeError, match="mean is required"):
+        fastnorm.layer_norm_backward(dy, x, None, rstd, w, b)
+
+
+# ------------------------------------------------------------------------------- against torch
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape, ndim", [((4, 7, 33), 1), ((3, 5, 6), 2)])
+def test_matches_torch(rng, dtype, shape, ndim):
+    torch = torch_or_skip()
+    x, w, b, dy = make(rng, shape, dtype, ndim=ndim)
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, eps=1e-5, normalized_ndim=ndim)
+    tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
+    ty = torch.nn.functional.layer_norm(tx, tuple(shape[-ndim:]), tw, tb, 1e-5)
+    ty.backward(torch.from_numpy(dy))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, ty.detach().numpy(), **tol)
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=ndim)
+    for got, t in zip((dx, dw, db), (tx, tw, tb)):
+        np.testing.assert_allclose(got, t.grad.numpy(), **tol)

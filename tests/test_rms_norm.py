@@ -1,0 +1,146 @@
+"""RMSNorm: reference vs finite differences, kernels vs reference, options, layouts, bad input, torch."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
+
+SHAPES = [(1, 1), (3, 5), (7, 13), (31, 1023), (5, 1025), (2, 65536), (300, 17)]
+
+
+def make(rng, shape, dtype, affine=True, ndim=1, offset=0.0):
+    x = (rng.standard_normal(shape) + offset).astype(dtype)
+    w = rng.standard_normal(shape[len(shape) - ndim :]).astype(dtype) if affine else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, dy
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_reference_backward_matches_finite_differences(rng, affine, ndim):
+    x, w, dy = make(rng, (3, 4, 5), np.float64, affine, ndim)
+    _, rstd = R.rms_norm_forward(x, w, normalized_ndim=ndim)
+    dx, dw = R.rms_norm_backward(dy, x, rstd, w, normalized_ndim=ndim)
+
+    def f(x_, w_):
+        return R.rms_norm_forward(x_, w_, normalized_ndim=ndim)[0]
+
+    np.testing.assert_allclose(dx, numeric_grad(f, [x, w], 0, dy), rtol=1e-6, atol=1e-7)
+    if affine:
+        np.testing.assert_allclose(dw, numeric_grad(f, [x, w], 1, dy), rtol=1e-6, atol=1e-7)
+    else:
+        assert dw is None
+
+
+def test_reference_forward_formula():
+    x = np.array([[3.0, 4.0]])
+    y, rstd = R.rms_norm_forward(x, eps=0.0)
+    np.testing.assert_allclose(rstd, [1 / np.sqrt(12.5)])
+    np.testing.assert_allclose(y, x / np.sqrt(12.5))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_forward_backward_match_reference(rng, threads, dtype, shape, affine):
+    x, w, dy = make(rng, shape, dtype, affine)
+    y, rstd = fastnorm.rms_norm_forward(x, w)
+    y64, rstd64 = R.rms_norm_forward(*f64(x, w))
+    y32, rstd32 = R.rms_norm_forward(x, w)
+    assert y.dtype == rstd.dtype == dtype and rstd.shape == shape[:-1]
+    assert_matches_reference(y, y64, y32, name="y")
+    assert_matches_reference(rstd, rstd64, rstd32, name="rstd")
+    dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
+    ref64 = R.rms_norm_backward(*f64(dy, x, rstd64, w))
+    ref32 = R.rms_norm_backward(dy, x, rstd32, w)
+    for got, r64, r32, name in zip((dx, dw), ref64, ref32, ("dx", "dweight")):
+        assert_matches_reference(got, r64, r32, name=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_normalized_ndim_2(rng, threads, dtype):
+    x, w, dy = make(rng, (2, 3, 7, 11), dtype, ndim=2)
+    y, rstd = fastnorm.rms_norm_forward(x, w, normalized_ndim=2)
+    assert rstd.shape == (2, 3)
+    y64, r64 = R.rms_norm_forward(*f64(x, w), normalized_ndim=2)
+    assert_matches_reference(y, y64, R.rms_norm_forward(x, w, normalized_ndim=2)[0])
+    got = fastnorm.rms_norm_backward(dy, x, rstd, w, normalized_ndim=2)
+    ref = R.rms_norm_backward(*f64(dy, x, r64, w), normalized_ndim=2)
+    ref32 = R.rms_norm_backward(dy, x, rstd, w, normalized_ndim=2)
+    for g, r, r32 in zip(got, ref, ref32):
+        assert_matches_reference(g, r, r32)
+
+
+def test_large_offset(rng, threads):
+    x, w, dy = make(rng, (64, 4096), np.float32, offset=1e4)
+    y, rstd = fastnorm.rms_norm_forward(x, w)
+    y64, r64 = R.rms_norm_forward(*f64(x, w))
+    assert_matches_reference(y, y64, R.rms_norm_forward(x, w)[0])
+    dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
+    ref = R.rms_norm_backward(*f64(dy, x, r64, w))
+    ref32 = R.rms_norm_backward(dy, x, rstd, w)
+    for got, r, r32 in zip((dx, dw), ref, ref32):
+        assert_matches_reference(got, r, r32)
+
+
+def test_non_contiguous_read_only_out_and_nan(rng):
+    base, w, dy = make(rng, (10, 40), np.float32)
+    x = base[:, ::2]
+    w = w[:20].copy()
+    w.setflags(write=False)
+    base.setflags(write=False)
+    out = (np.empty((10, 20), np.float32), np.empty(10, np.float32))
+    y, rstd = fastnorm.rms_norm_forward(x, w, out=out)
+    assert np.shares_memory(y, out[0]) and np.shares_memory(rstd, out[1])
+    assert_matches_reference(y, R.rms_norm_forward(*f64(np.ascontiguousarray(x), w))[0],
+                             R.rms_norm_forward(np.ascontiguousarray(x), w)[0])
+    xn = np.array(x)
+    xn[4, 0] = np.nan
+    yn, rn = fastnorm.rms_norm_forward(xn, w)
+    assert np.isnan(yn[4]).all() and np.isfinite(np.delete(yn, 4, axis=0)).all()
+    dx, dw = fastnorm.rms_norm_backward(dy[:, :20], xn, rn, w)
+    assert np.isnan(dx[4]).all() and np.isfinite(np.delete(dx, 4, axis=0)).all() and np.isnan(dw).all()
+
+
+def test_deterministic(rng, threads):
+    x, w, dy = make(rng, (513, 257), np.float32)
+    a = fastnorm.rms_norm_backward(dy, x, fastnorm.rms_norm_forward(x, w).rstd, w)
+    b = fastnorm.rms_norm_backward(dy, x, fastnorm.rms_norm_forward(x, w).rstd, w)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_bad_input(rng):
+    x, w, dy = make(rng, (4, 6), np.float32)
+    with pytest.raises(TypeError, match="rms_norm_forward: x has dtype int64"):
+        fastnorm.rms_norm_forward(np.ones((4, 6), np.int64), w)
+    with pytest.raises(ValueError, match=r"rms_norm_forward: weight must have shape \(6,\)"):
+        fastnorm.rms_norm_forward(x, w[:5])
+    with pytest.raises(ValueError, match="rms_norm_forward: eps must be finite and >= 0.0"):
+        fastnorm.rms_norm_forward(x, w, eps=-1.0)
+    y, rstd = fastnorm.rms_norm_forward(x, w)
+    with pytest.raises(ValueError, match=r"rms_norm_backward: rstd must have shape \(4,\)"):
+        fastnorm.rms_norm_backward(dy, x, rstd[:3], w)
+    with pytest.raises(TypeError, match="rms_norm_backward: dy has dtype float64"):
+        fastnorm.rms_norm_backward(dy.astype(np.float64), x, rstd, w)
+    dx_buf = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match="out buffer for dweight must have shape"):
+        fastnorm.rms_norm_backward(dy, x, rstd, w, out=(dx_buf, np.empty(5, np.float32)))
+    assert not dx_buf.any()  # nothing written
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matches_torch(rng, dtype):
+    torch = torch_or_skip()
+    x, w, dy = make(rng, (4, 7, 33), dtype)
+    y, rstd = fastnorm.rms_norm_forward(x, w, eps=1e-6)
+    tx, tw = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w))
+    ty = torch.nn.functional.rms_norm(tx, (33,), tw, 1e-6)
+    ty.backward(torch.from_numpy(dy))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, ty.detach().numpy(), **tol)
+    dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), **tol)
