@@ -79,9 +79,8 @@ class _TextBar:
         width = 30
         done = int(width * i / max(self.total, 1))
         elapsed = time.perf_counter() - self.start
-        sys.stderr.write(
-            f"\r{self.desc} [{'#' * done}{'.' * (width - done)}] {i}/{self.total} {elapsed:.1f}s {self.postfix}"
-        )
+        bar = "#" * done + "." * (width - done)
+        sys.stderr.write(f"\r{self.desc} [{bar}] {i}/{self.total} {elapsed:.1f}s {self.postfix}")
         sys.stderr.flush()
 
 

@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fastnorm  # noqa: E402
 import fastnorm.optim as optim  # noqa: E402
-from fastnorm import nn  # noqa: E402
 from _common import batches, load_data, plot_curves, progress  # noqa: E402
+
+from fastnorm import nn  # noqa: E402
 
 REGIMES = {  # name: (batch size, or None for the whole training set; SGD learning rate)
     "full-batch GD": (None, 0.5),

@@ -1,4 +1,4 @@
-"""Train a NumPy MLP with fastnorm's BatchNorm and LayerNorm kernels and fastnorm's Adam on handwritten digits.
+"""Train a NumPy MLP with fastnorm's BatchNorm, LayerNorm and Adam kernels on handwritten digits.
 
     python examples/numpy_mlp.py            # 40 epochs, ~97% held-out accuracy on scikit-learn's digits
     python examples/numpy_mlp.py --quick    # a few epochs (what the tests run)
@@ -20,10 +20,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fastnorm  # noqa: E402
 import fastnorm.optim  # noqa: E402
-from fastnorm import nn  # noqa: E402
 from _common import batches, load_data, plot_curves, progress  # noqa: E402
+
+import fastnorm  # noqa: E402
+from fastnorm import nn  # noqa: E402
 
 
 def build_model(seed: int, hidden: int = 256) -> nn.Sequential:
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="fastnorm CPU threads")
     ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
-    ap.add_argument("--plot", default=None, help="loss-curve PNG (default numpy_mlp_loss.png; none in --quick)")
+    ap.add_argument(
+        "--plot", default=None, help="loss-curve PNG (default numpy_mlp_loss.png; none in --quick)"
+    )
     args = ap.parse_args(argv)
     epochs = args.epochs or (4 if args.quick else 40)
     plot = args.plot if (args.plot or args.quick) else "numpy_mlp_loss.png"
@@ -95,7 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if plot:
         plot_curves(
-            [("per step", "step", {"mini-batch loss": step_losses}), ("per epoch", "epoch", {"mean loss": epoch_losses})],
+            [
+                ("per step", "step", {"mini-batch loss": step_losses}),
+                ("per epoch", "epoch", {"mean loss": epoch_losses}),
+            ],
             plot,
             title=f"NumPy MLP + fastnorm (BatchNorm, LayerNorm, Adam) on {data_name}: "
             f"held-out accuracy {test_accs[-1]:.3f}",

@@ -24,10 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fastnorm  # noqa: E402
-import fastnorm.torch.nn as fnn  # noqa: E402
 import fastnorm.torch.optim as foptim  # noqa: E402
 from _common import batches, load_data, plot_curves, progress  # noqa: E402
+
+import fastnorm  # noqa: E402
+import fastnorm.torch.nn as fnn  # noqa: E402
 
 
 def build_model(hidden: int = 128) -> torch.nn.Sequential:
@@ -113,13 +114,15 @@ def main(argv: list[str] | None = None) -> dict:
             "optimizer": opt,
         }
         r = runs[name]
-        print(f"{name:>8}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, held-out accuracy {r['test_accuracy']:.3f}, "
-              f"{r['ms_per_step']:.2f} ms/step")  # fmt: skip
+        print(
+            f"{name:>8}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
+            f"held-out accuracy {r['test_accuracy']:.3f}, {r['ms_per_step']:.2f} ms/step"
+        )
 
     diff = float(np.max(np.abs(np.subtract(runs["torch"]["losses"], runs["fastnorm"]["losses"]))))
     print(f"largest per-step loss difference, torch vs fastnorm: {diff:.2e}")
 
-    # Checkpoints interchange: the fastnorm model's state into a plain torch model, the optimizer's into torch's.
+    # Checkpoints interchange: the fastnorm model's state loads into a plain torch model, AdamW's too.
     plain = build_model()
     plain.load_state_dict(fast_model.state_dict())
     torch_opt = torch.optim.AdamW(plain.parameters(), lr=args.lr, weight_decay=1e-2)

@@ -328,7 +328,9 @@ class GroupNorm(Module):
     """GroupNorm of (N, C, *) inputs in ``num_groups`` groups of channels (``fastnorm.group_norm_*``);
     per-channel weight and bias like ``torch.nn.GroupNorm``."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32):
+    def __init__(
+        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32
+    ):
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self.weight = np.ones(num_channels, dtype) if affine else None
         self.bias = np.zeros(num_channels, dtype) if affine else None
@@ -342,7 +344,9 @@ class GroupNorm(Module):
         return [g for g in (self.dweight, self.dbias) if g is not None]
 
     def forward(self, x):
-        y, self._mean, self._rstd = norms.group_norm_forward(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        y, self._mean, self._rstd = norms.group_norm_forward(
+            x, self.num_groups, self.weight, self.bias, eps=self.eps
+        )
         self._x = x
         return y
 

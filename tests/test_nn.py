@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
-from _util import torch_or_skip
 
 import fastnorm
 from fastnorm import nn
+
+from ._util import torch_or_skip
 
 
 def _check_module_grads(module, x, rng, h=1e-6, rtol=1e-6, atol=1e-8):
