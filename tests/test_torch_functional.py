@@ -41,6 +41,30 @@ def _rms_make(affine):
     return make
 
 
+def _buf(gen, shape, dtype, positive=False):
+    t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return (t.abs() + 0.5 if positive else t).to(dtype)
+
+
+def _bn_make(shape, affine=True, running=True):
+    def make(gen, dt):
+        c = shape[1]
+        d = {"x": _t(gen, shape, dt)}
+        d["weight"] = _t(gen, (c,), dt) if affine else None
+        d["bias"] = _t(gen, (c,), dt) if affine else None
+        d["running_mean"] = _buf(gen, (c,), dt) if running else None
+        d["running_var"] = _buf(gen, (c,), dt, positive=True) if running else None
+        return d
+
+    return make
+
+
+def _bn(f, training, momentum=0.1, eps=1e-5):
+    return lambda a: f(
+        a["x"], a["running_mean"], a["running_var"], a["weight"], a["bias"], training, momentum, eps
+    )
+
+
 CASES = {
     "layer_norm": Case(
         _ln_make(True, True),
@@ -72,12 +96,75 @@ CASES = {
         lambda a: TF.rms_norm(a["x"], (9,)),
         ("rms_norm_forward", "rms_norm_backward"),
     ),
+    "batch_norm_train": Case(
+        _bn_make((4, 3, 5)),
+        _bn(FF.batch_norm, True, 0.2),
+        _bn(TF.batch_norm, True, 0.2),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_eval": Case(
+        _bn_make((4, 3, 5)),
+        _bn(FF.batch_norm, False, eps=1e-3),
+        _bn(TF.batch_norm, False, eps=1e-3),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_2d_plain": Case(
+        _bn_make((6, 3), affine=False, running=False),
+        _bn(FF.batch_norm, True),
+        _bn(TF.batch_norm, True),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_4d": Case(
+        _bn_make((2, 3, 4, 5), running=False),
+        _bn(FF.batch_norm, True),
+        _bn(TF.batch_norm, True),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "instance_norm_train": Case(
+        _bn_make((3, 4, 6)),
+        _bn(FF.instance_norm, True, 0.3),
+        _bn(TF.instance_norm, True, 0.3),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "instance_norm_eval": Case(
+        _bn_make((3, 4, 2, 3)),
+        _bn(FF.instance_norm, False),
+        _bn(TF.instance_norm, False),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "instance_norm_plain": Case(
+        _bn_make((2, 3, 7), affine=False, running=False),
+        lambda a: FF.instance_norm(a["x"]),
+        lambda a: TF.instance_norm(a["x"]),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "group_norm": Case(
+        _bn_make((2, 6, 5), running=False),
+        lambda a: FF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
+        lambda a: TF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
+        ("group_norm_forward", "group_norm_backward"),
+    ),
+    "group_norm_4d_plain": Case(
+        _bn_make((2, 4, 3, 3), affine=False, running=False),
+        lambda a: FF.group_norm(a["x"], 2),
+        lambda a: TF.group_norm(a["x"], 2),
+        ("group_norm_forward", "group_norm_backward"),
+    ),
 }
 
 
 def _inputs(case, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return case.make(gen, dtype)
+
+
+def _fresh_buffers(args):
+    """The same inputs with private copies of the buffers (running statistics are updated in place)."""
+    return {k: v.clone() if v is not None and not v.requires_grad else v for k, v in args.items()}
+
+
+def _buffers(args):
+    return {k: v for k, v in args.items() if v is not None and not v.requires_grad}
 
 
 def _grads(out, args, seed=1):
@@ -93,8 +180,10 @@ def test_gradcheck_float64(name, threads):
     args = _inputs(case, torch.float64)
     keys = [k for k, v in args.items() if v is not None]
 
+    keys = [k for k in keys if args[k].requires_grad]
+
     def f(*tensors):
-        return case.fast({**args, **dict(zip(keys, tensors, strict=True))})
+        return case.fast(_fresh_buffers({**args, **dict(zip(keys, tensors, strict=True))}))
 
     assert torch.autograd.gradcheck(f, tuple(args[k] for k in keys), eps=1e-6, atol=1e-7, rtol=1e-6)
 
@@ -104,10 +193,13 @@ def test_gradcheck_float64(name, threads):
 def test_matches_torch(name, dtype, threads):
     case = CASES[name]
     args = _inputs(case, dtype)
-    out, ref = case.fast(args), case.ref(args)
+    a_fast, a_ref = _fresh_buffers(args), _fresh_buffers(args)
+    out, ref = case.fast(a_fast), case.ref(a_ref)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
     torch.testing.assert_close(out, ref, **tol)
+    for k, buf in _buffers(a_ref).items():  # running statistics updated (or left) like torch's
+        torch.testing.assert_close(a_fast[k], buf, **tol, msg=k)
     for g, gr in zip(_grads(out, args), _grads(ref, args), strict=True):
         torch.testing.assert_close(g, gr, **tol)
 
@@ -160,13 +252,17 @@ def _capture_backend():
 def test_torch_compile_fullgraph_uses_custom_ops(name):
     case = CASES[name]
     args = _inputs(case, torch.float64)
+    a_comp, a_eager = _fresh_buffers(args), _fresh_buffers(args)
     torch._dynamo.reset()
     backend, graphs = _capture_backend()
     compiled = torch.compile(lambda a: case.fast(a).sin(), backend=backend, fullgraph=True)
-    out = compiled(args)
-    torch.testing.assert_close(out, case.fast(args).sin())
-    for g, ge in zip(_grads(out, args), _grads(case.fast(args).sin(), args), strict=True):
+    out = compiled(a_comp)
+    eager = case.fast(a_eager).sin()
+    torch.testing.assert_close(out, eager)
+    for g, ge in zip(_grads(out, a_comp), _grads(eager, a_eager), strict=True):
         torch.testing.assert_close(g, ge)
+    for k, buf in _buffers(a_eager).items():  # in-place running-statistics updates survive compilation
+        torch.testing.assert_close(a_comp[k], buf, msg=k)
     code = "\n".join(graphs)
     for op in case.ops:
         assert f"fastnorm.{op}" in code, f"{op} not in the compiled graphs"
@@ -188,6 +284,26 @@ def _opcheck_args():
         (FF._rms_norm_fwd_op, (x, w[0], 1, 1e-6)),
         (FF._rms_norm_bwd_op, (dy, x, rrstd, w[0], 1)),
         (FF._rms_norm_bwd_op, (dy, x, rrstd, None, 1)),
+        *_channel_opcheck_args(x, dy),
+    ]
+
+
+def _channel_opcheck_args(x, dy):
+    c = x.shape[1]
+    w, b = torch.randn(c, dtype=x.dtype), torch.randn(c, dtype=x.dtype)
+    rm, rv = torch.randn(c, dtype=x.dtype), torch.rand(c, dtype=x.dtype) + 0.5
+    _, bm, br = FF._batch_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, im, ir = FF._instance_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, gm, gr = FF._group_norm_fwd_impl(x, 2, w, b, 1e-5)
+    return [
+        (FF._batch_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (FF._batch_norm_fwd_op, (x, None, None, rm, rv, False, 0.1, 1e-5)),
+        (FF._batch_norm_bwd_op, (dy, x, bm, br, w, b, True)),
+        (FF._batch_norm_bwd_op, (dy, x, bm, br, None, None, False)),
+        (FF._instance_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (FF._instance_norm_bwd_op, (dy, x, im, ir, w, None, True)),
+        (FF._group_norm_fwd_op, (x, 2, w, b, 1e-5)),
+        (FF._group_norm_bwd_op, (dy, x, gm, gr, 2, w, b)),
     ]
 
 
