@@ -95,9 +95,11 @@ def progress(iterable: Iterable, total: int, desc: str):
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def plot_curves(panels: list[tuple[str, str, dict[str, list[float]]]], path: str, *, title: str = "") -> bool:
-    """Save one figure with a panel per (title, x label, {label: values}) side by side; False (with a
-    message) when matplotlib is missing."""
+def plot_curves(
+    panels: list[tuple[str, str, dict[str, list[float]]]], path: str, *, title: str = "", start: int = 1
+) -> bool:
+    """Save one figure with a panel per (title, x label, {label: values}) side by side, x counting from
+    ``start``; False (with a message) when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -109,7 +111,7 @@ def plot_curves(panels: list[tuple[str, str, dict[str, list[float]]]], path: str
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (panel_title, xlabel, curves) in zip(axes[0], panels, strict=True):
         for label, values in curves.items():
-            ax.plot(np.arange(1, len(values) + 1), values, label=label)
+            ax.plot(np.arange(start, start + len(values)), values, label=label)
         ax.set_title(panel_title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training loss")

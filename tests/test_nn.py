@@ -65,6 +65,50 @@ def test_rms_norm_grads(rng, threads, affine):
     _check_module_grads(rn, rng.standard_normal((6, 7)), rng)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5)])
+def test_batch_norm_grads(rng, threads, training, shape):
+    bn = nn.BatchNorm(3, dtype=np.float64)
+    for p in bn.parameters():
+        p[...] = rng.standard_normal(p.shape)
+    bn.running_mean[...] = rng.standard_normal(3)
+    bn.running_var[...] = rng.random(3) + 0.5
+    bn.train(training)
+    _check_module_grads(bn, rng.standard_normal(shape), rng)
+
+
+def test_batch_norm_untracked_and_no_affine(rng):
+    bn = nn.BatchNorm(4, affine=False, track_running_stats=False, dtype=np.float64)
+    assert bn.parameters() == [] and bn.running_mean is None
+    bn.eval()  # no running statistics: batch statistics in eval too, like torch
+    x = rng.standard_normal((5, 4))
+    np.testing.assert_allclose(bn(x), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), rtol=1e-10)
+    _check_module_grads(bn, x, rng)
+
+
+def test_batch_norm_running_stats_and_eval_match_torch(rng):
+    torch = torch_or_skip()
+    bn = nn.BatchNorm(3, momentum=0.2)
+    tbn = torch.nn.BatchNorm1d(3, momentum=0.2)
+    for _ in range(3):
+        x = rng.standard_normal((8, 3, 4)).astype(np.float32)
+        np.testing.assert_allclose(bn(x), tbn(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    bn.eval()
+    tbn.eval()
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(bn(x), tbn(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_grads(rng, threads, affine):
+    gn = nn.GroupNorm(2, 6, affine=affine, dtype=np.float64)
+    for p in gn.parameters():
+        p[...] = rng.standard_normal(p.shape)
+    _check_module_grads(gn, rng.standard_normal((3, 6, 4)), rng)
+
+
 def test_layer_norm_matches_reference(rng):
     ln = nn.LayerNorm(11)
     ln.weight[...] = rng.standard_normal(11)
@@ -126,6 +170,29 @@ def test_backward_overwrites_not_accumulates(rng):
     lin(x)
     lin.backward(np.ones((4, 2)))
     np.testing.assert_array_equal(lin.dweight, first)
+
+
+@pytest.mark.parametrize("opt_name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_parameters_and_grads_feed_fastnorm_optim(rng, opt_name):
+    import fastnorm.optim
+
+    x = rng.standard_normal((64, 10)).astype(np.float32)
+    y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + 2 * (x[:, 3] > 0)
+    model = nn.Sequential(
+        nn.Linear(10, 32, rng=0), nn.BatchNorm(32), nn.ReLU(), nn.Linear(32, 32, rng=1), nn.LayerNorm(32),
+        nn.ReLU(), nn.Linear(32, 4, rng=2),
+    )  # fmt: skip
+    lr = {"SGD": 0.1, "Adagrad": 0.05}.get(opt_name, 1e-2)
+    opt = getattr(fastnorm.optim, opt_name)(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(60):
+        losses.append(loss_fn(model(x), y))
+        model.backward(loss_fn.backward())
+        opt.step(model.grads())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    model.eval()
+    assert (model(x).argmax(axis=1) == y).mean() > 0.8
 
 
 def test_train_eval_propagates():
