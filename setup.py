@@ -92,7 +92,8 @@ def _extensions():
                 name,
                 [pyx],
                 include_dirs=include,
-                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+                + ([("FASTNORM_PORTABLE_BUILD", "1")] if PORTABLE else []),
             )
         )
     directives = {
@@ -104,9 +105,7 @@ def _extensions():
         "nonecheck": DEBUG,
         "embedsignature": True,
     }
-    # Compile-time env so kernels can report how they were built.
-    compile_env = {"FASTNORM_PORTABLE_BUILD": PORTABLE}
-    return cythonize(exts, compiler_directives=directives, compile_time_env=compile_env, quiet=True)
+    return cythonize(exts, compiler_directives=directives, quiet=True)
 
 
 os.chdir(HERE)

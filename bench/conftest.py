@@ -7,7 +7,9 @@
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-quick", action="store_true", help="the small shapes of `python -m fastnorm.bench --quick`")
+    parser.addoption(
+        "--bench-quick", action="store_true", help="the small shapes of `python -m fastnorm.bench --quick`"
+    )
     parser.addoption("--bench-ops", default="", help="comma-separated substrings of op names to keep")
 
 
@@ -17,7 +19,8 @@ def pytest_generate_tests(metafunc):
     from fastnorm.bench import all_cases
 
     ops = [o for o in metafunc.config.getoption("--bench-ops").split(",") if o]
-    cases = [c for c in all_cases(quick=metafunc.config.getoption("--bench-quick")) if not ops or any(o in c.op for o in ops)]
+    quick = metafunc.config.getoption("--bench-quick")
+    cases = [c for c in all_cases(quick=quick) if not ops or any(o in c.op for o in ops)]
     params = [(c, p) for c in cases for p in c.providers]
     metafunc.parametrize(
         "case, provider", params, ids=[f"{c.op}-{c.label.replace(' ', '')}-{p.replace(' ', '')}" for c, p in params]

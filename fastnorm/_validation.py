@@ -129,7 +129,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         if n == 1:
             out = (out,)
         else:
-            raise TypeError(f"{op}: out must be a tuple of {n} buffers (None entries allowed), got {type(out).__name__}")
+            raise TypeError(
+                f"{op}: out must be a tuple of {n} buffers (None entries allowed), got {type(out).__name__}"
+            )
     if len(out) != n:
         raise ValueError(f"{op}: out must have {n} entries, got {len(out)}")
     given = []

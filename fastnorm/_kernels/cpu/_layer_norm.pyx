@@ -66,7 +66,7 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
                              Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
-    cdef floating c1, c2, xh
+    cdef floating c1, c2
     if floating is float:
         fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
     else:
@@ -74,23 +74,21 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
     # dx = rs * (g - mean(g) - xhat * mean(g * xhat)),  mean(g * xhat) = rs * s2 / n
     c1 = <floating>(s1 / n)
     c2 = <floating>(rs * s2 / n)
-    if w != NULL and dwa != NULL and dba != NULL:  # the common case, one pass
-        for j in range(n):
-            xh = (x[j] - mu) * rs
-            dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
-            dwa[j] += dy[j] * xh
-            dba[j] += dy[j]
-        return
     if w != NULL:
         for j in range(n):
             dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2)
     else:
         for j in range(n):
             dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2)
-    if dwa != NULL:
+    # Separate loops: gcc vectorizes a loop with one or two stores, not one storing dx, dwa and dba.
+    if dwa != NULL and dba != NULL:
         for j in range(n):
             dwa[j] += dy[j] * ((x[j] - mu) * rs)
-    if dba != NULL:
+            dba[j] += dy[j]
+    elif dwa != NULL:
+        for j in range(n):
+            dwa[j] += dy[j] * ((x[j] - mu) * rs)
+    elif dba != NULL:
         for j in range(n):
             dba[j] += dy[j]
 

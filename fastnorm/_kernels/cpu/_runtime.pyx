@@ -4,6 +4,16 @@ cdef extern from "fastnorm_omp.h" nogil:
     int fn_openmp_enabled()
     int fn_max_threads()
 
+cdef extern from *:
+    """
+    #ifdef FASTNORM_PORTABLE_BUILD
+    #define FN_PORTABLE 1
+    #else
+    #define FN_PORTABLE 0
+    #endif
+    """
+    int FN_PORTABLE
+
 
 def openmp_enabled():
     """True if the kernels were compiled with OpenMP."""
@@ -17,4 +27,4 @@ def max_threads():
 
 def portable_build():
     """True if built with FASTNORM_PORTABLE=1 (baseline ISA, no -march=native)."""
-    return bool(FASTNORM_PORTABLE_BUILD)
+    return bool(FN_PORTABLE)

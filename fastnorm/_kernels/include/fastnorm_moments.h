@@ -13,7 +13,7 @@
 #define FASTNORM_MOMENTS_H
 #include <stddef.h>
 
-#define FN_LANES 16
+#define FN_LANES 32
 #define FN_BLOCK 512
 
 /* Sum of TERM(i) for i in [0, n), TERM an expression of i in type T. */
