@@ -271,3 +271,20 @@ def test_hyperparameter_validation_is_torch():
         FO.Adam(p, lr=-1.0)
     with pytest.raises(ValueError):
         FO.SGD(p, lr=0.1, nesterov=True)  # nesterov needs momentum > 0 (torch's check)
+
+
+def test_loaded_non_contiguous_state_is_made_contiguous():
+    m_fast, m_ref = _model(), _model()
+    o_ref = torch.optim.Adam(m_ref.parameters(), lr=0.01)
+    x, y = _data(torch.float64)
+    _train(m_ref, o_ref, 3, x, y)
+    sd = copy.deepcopy(o_ref.state_dict())
+    w = sd["state"][0]["exp_avg"]  # the (7, 5) weight of the first layer
+    sd["state"][0]["exp_avg"] = w.t().contiguous().t()  # same values, column-major
+    assert not sd["state"][0]["exp_avg"].is_contiguous()
+    m_fast.load_state_dict(m_ref.state_dict())
+    o_fast = FO.Adam(m_fast.parameters(), lr=0.01)
+    o_fast.load_state_dict(sd)
+    _train(m_fast, o_fast, 3, x, y)
+    _train(m_ref, o_ref, 3, x, y)
+    _assert_params_close(m_fast, m_ref, rtol=1e-10, atol=1e-12)

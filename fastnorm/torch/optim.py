@@ -106,6 +106,15 @@ class _FastnormStep:
                 self._fastnorm_group(group)
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's ``load_state_dict``; then every state tensor is made contiguous (updated in place by the
+        kernels; the state torch creates for a contiguous parameter already is)."""
+        super().load_state_dict(state_dict)
+        for st in self.state.values():
+            for k, t in st.items():
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and not t.is_contiguous():
+                    st[k] = t.contiguous()
+
     def _torch_group_step(self, group: dict) -> None:
         """torch's step for one group: the other groups are hidden for the call."""
         groups = self.param_groups
@@ -119,14 +128,6 @@ class _FastnormStep:
         raise NotImplementedError
 
 
-def _contiguous_state(state: dict, names) -> None:
-    """fastnorm updates state in place: make each state tensor contiguous (a loaded one may not be)."""
-    for k in names:
-        t = state.get(k)
-        if isinstance(t, torch.Tensor) and t.dim() > 0 and not t.is_contiguous():
-            state[k] = t.contiguous()
-
-
 class SGD(_FastnormStep, torch.optim.SGD):
     """``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay, maximize) on ``sgd_step``."""
 
@@ -136,10 +137,6 @@ class SGD(_FastnormStep, torch.optim.SGD):
         if not params:
             return
         momentum = _f(group["momentum"])
-        if momentum != 0:
-            for p in params:
-                _contiguous_state(self.state[p], ("momentum_buffer",))
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
         np_bufs = [None if b is None else _np(b) for b in bufs]
         _fo.sgd_step(
             [_np(p) for p in params],
@@ -167,9 +164,6 @@ class Adagrad(_FastnormStep, torch.optim.Adagrad):
         self._init_group(group, params, grads, sums, steps)
         if not params:
             return
-        for p in params:
-            _contiguous_state(self.state[p], ("sum",))
-        sums = [self.state[p]["sum"] for p in params]
         _fo.adagrad_step(
             [_np(p) for p in params],
             [_np(g) for g in grads],
@@ -192,13 +186,11 @@ class Adadelta(_FastnormStep, torch.optim.Adadelta):
         self._init_group(group, params, grads, square_avgs, acc_deltas, steps)
         if not params:
             return
-        for p in params:
-            _contiguous_state(self.state[p], ("square_avg", "acc_delta"))
         _fo.adadelta_step(
             [_np(p) for p in params],
             [_np(g) for g in grads],
-            [_np(self.state[p]["square_avg"]) for p in params],
-            [_np(self.state[p]["acc_delta"]) for p in params],
+            [_np(t) for t in square_avgs],
+            [_np(t) for t in acc_deltas],
             lr=_f(group["lr"]),
             rho=_f(group["rho"]),
             eps=_f(group["eps"]),
@@ -218,15 +210,12 @@ class RMSprop(_FastnormStep, torch.optim.RMSprop):
         if not params:
             return
         momentum, centered = _f(group["momentum"]), bool(group["centered"])
-        for p in params:
-            _contiguous_state(self.state[p], ("square_avg", "momentum_buffer", "grad_avg"))
-        st = [self.state[p] for p in params]
         _fo.rmsprop_step(
             [_np(p) for p in params],
             [_np(g) for g in grads],
-            [_np(s["square_avg"]) for s in st],
-            [_np(s["grad_avg"]) for s in st] if centered else None,
-            [_np(s["momentum_buffer"]) for s in st] if momentum > 0 else None,
+            [_np(t) for t in square_avgs],
+            [_np(t) for t in grad_avgs] if centered else None,
+            [_np(t) for t in bufs] if momentum > 0 else None,
             lr=_f(group["lr"]),
             alpha=_f(group["alpha"]),
             eps=_f(group["eps"]),
@@ -251,16 +240,13 @@ class Adam(_FastnormStep, torch.optim.Adam):
         if not params:
             return
         amsgrad = bool(group["amsgrad"])
-        for p in params:
-            _contiguous_state(self.state[p], ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
-        st = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         _fo.adam_step(
             [_np(p) for p in params],
             [_np(g) for g in grads],
-            [_np(s["exp_avg"]) for s in st],
-            [_np(s["exp_avg_sq"]) for s in st],
-            [_np(s["max_exp_avg_sq"]) for s in st] if amsgrad else None,
+            [_np(t) for t in exp_avgs],
+            [_np(t) for t in exp_avg_sqs],
+            [_np(t) for t in max_sqs] if amsgrad else None,
             step=_steps_plus_one(steps),
             lr=_f(group["lr"]),
             beta1=_f(beta1),
