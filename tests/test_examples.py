@@ -1,5 +1,5 @@
 """The examples, run as scripts in their --quick mode: they learn (loss falls, held-out accuracy well above
-the 10% of chance) and write what they promise (metrics, the loss-curve plot)."""
+the 10% of chance) and write what they promise (metrics, the loss-curve plot); the docs/usage.md snippets run."""
 
 import importlib.util
 import json
@@ -109,3 +109,23 @@ def test_batches_cover_every_index_once():
     c = _common()
     idx = np.concatenate(list(c.batches(10, 4, np.random.default_rng(0))))
     assert sorted(idx) == list(range(10))
+
+
+def _snippets():
+    text = (EXAMPLES.parent / "docs" / "usage.md").read_text()
+    parts = text.split("```python\n")[1:]
+    return [p.split("```", 1)[0] for p in parts]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["kernels", "numpy_loop", "pytorch"])
+def test_usage_snippets_run(index, tmp_path, monkeypatch):
+    code = _snippets()[index]
+    if "import torch" in code:
+        pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, f"docs/usage.md snippet {index}", "exec"), scope)
+    if "accuracy" in scope:
+        assert scope["accuracy"] > 0.9
+    if "loss" in scope and not isinstance(scope["loss"], float):
+        assert scope["loss"].item() < 0.3
