@@ -23,7 +23,7 @@ from torch.library import custom_op
 import fastnorm
 
 _CPU_DTYPES = (torch.float32, torch.float64)
-_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 __all__ = [
     "unsupported_reason",
@@ -52,7 +52,7 @@ def unsupported_reason(*tensors: Tensor | None) -> str | None:
                 return f"dtype {t.dtype} is not supported on the CPU (float32, float64)"
         elif dev == "cuda":
             if t.dtype not in _CUDA_DTYPES:
-                return f"dtype {t.dtype} is not supported on CUDA (float16, bfloat16, float32, float64)"
+                return f"dtype {t.dtype} is not supported on CUDA (float16, float32, float64)"
         else:
             return f"device {t.device} is not supported (cpu, cuda)"
     return None
@@ -115,9 +115,7 @@ def _normalized_ndim(op: str, x: Tensor, normalized_shape) -> int:
 
 
 # ------------------------------------------------------------------------------------------- LayerNorm
-def _layer_norm_fwd_impl(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float
-):
+def _layer_norm_fwd_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float):
     y, mean, rstd = fastnorm.layer_norm_forward(
         _arr(x), _arr(weight), _arr(bias), eps=eps, normalized_ndim=normalized_ndim
     )
@@ -207,16 +205,12 @@ def _rms_norm_fwd_impl(x: Tensor, weight: Tensor | None, normalized_ndim: int, e
 
 
 def _rms_norm_bwd_impl(dy, x, rstd, weight, normalized_ndim: int):
-    dx, dw = fastnorm.rms_norm_backward(
-        _arr(dy), _arr(x), _arr(rstd), _arr(weight), normalized_ndim=normalized_ndim
-    )
+    dx, dw = fastnorm.rms_norm_backward(_arr(dy), _arr(x), _arr(rstd), _arr(weight), normalized_ndim=normalized_ndim)
     return _ten(dx, x), _empty_if_none(_ten(dw, x), x)
 
 
 @custom_op("fastnorm::rms_norm_forward", mutates_args=())
-def _rms_norm_fwd_op(
-    x: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float
-) -> tuple[Tensor, Tensor]:
+def _rms_norm_fwd_op(x: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float) -> tuple[Tensor, Tensor]:
     return _rms_norm_fwd_impl(x, weight, normalized_ndim, eps)
 
 
@@ -270,9 +264,7 @@ def rms_norm(
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
-def _batch_norm_fwd_impl(
-    x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float
-):
+def _batch_norm_fwd_impl(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
     # running statistics cross as NumPy views (CPU) / the tensors (CUDA): updated in place when training
     y, mean, rstd = fastnorm.batch_norm_forward(
         _arr(x), _arr(weight), _arr(bias), _arr(running_mean), _arr(running_var),
@@ -349,9 +341,7 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(
-            _batch_norm_bwd_op, _batch_norm_bwd_impl, dy, x, mean, rstd, weight, bias, ctx.training
-        )
+        dx, dw, db = _call(_batch_norm_bwd_op, _batch_norm_bwd_impl, dy, x, mean, rstd, weight, bias, ctx.training)
         return dx, None, None, _none_if_absent(dw, weight), _none_if_absent(db, bias), None, None, None
 
 
@@ -549,9 +539,7 @@ class GroupNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(
-            _group_norm_bwd_op, _group_norm_bwd_impl, dy, x, mean, rstd, ctx.num_groups, weight, bias
-        )
+        dx, dw, db = _call(_group_norm_bwd_op, _group_norm_bwd_impl, dy, x, mean, rstd, ctx.num_groups, weight, bias)
         return dx, None, _none_if_absent(dw, weight), _none_if_absent(db, bias), None
 
 
@@ -619,9 +607,7 @@ class LocalResponseNormFunction(torch.autograd.Function):
         return _call(_lrn_bwd_op, _lrn_bwd_impl, dy, x, y, scale, *ctx.args), None, None, None, None
 
 
-def local_response_norm(
-    input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
-) -> Tensor:
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
     """``torch.nn.functional.local_response_norm`` on fastnorm kernels (channels on axis 1 of (N, C, *))::
 
     y = x * (k + alpha / size * sum of x^2 over the channel window [c - size//2, c + (size-1)//2])^-beta
@@ -631,18 +617,18 @@ def local_response_norm(
 
 
 # ------------------------------------------------------------------------------------------- WeightNorm
-def _weight_norm_fwd_impl(v, g, dim: int):
+def _weight_norm_fwd_impl(v, g, dim: int | None):
     w, norm = fastnorm.weight_norm_forward(_arr(v), _arr(g), dim=dim)
     return _ten(w, v), _ten(norm, v)
 
 
-def _weight_norm_bwd_impl(dw, v, g, norm, dim: int):
+def _weight_norm_bwd_impl(dw, v, g, norm, dim: int | None):
     dv, dg = fastnorm.weight_norm_backward(_arr(dw), _arr(v), _arr(g), _arr(norm), dim=dim)
     return _ten(dv, v), _ten(dg, v)
 
 
 @custom_op("fastnorm::weight_norm_forward", mutates_args=())
-def _weight_norm_fwd_op(v: Tensor, g: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def _weight_norm_fwd_op(v: Tensor, g: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
     return _weight_norm_fwd_impl(v, g, dim)
 
 
@@ -652,7 +638,7 @@ def _(v, g, dim):
 
 
 @custom_op("fastnorm::weight_norm_backward", mutates_args=())
-def _weight_norm_bwd_op(dw: Tensor, v: Tensor, g: Tensor, norm: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def _weight_norm_bwd_op(dw: Tensor, v: Tensor, g: Tensor, norm: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
     return _weight_norm_bwd_impl(dw, v, g, norm, dim)
 
 
@@ -678,11 +664,16 @@ class WeightNormFunction(torch.autograd.Function):
         return dv, dg, None
 
 
-def weight_norm(v: Tensor, g: Tensor, dim: int = 0) -> Tensor:
+def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
     """``torch._weight_norm(v, g, dim)`` on fastnorm kernels: w = g * v / norm(v), the norm taken over every
-    dim except ``dim``; g has v's shape with size 1 on those dims (as ``torch.nn.utils.weight_norm``)."""
+    dim except ``dim``; g has v's shape with size 1 on those dims (as ``torch.nn.utils.weight_norm``).
+
+    As in torch, ``dim=None`` or ``dim=-1`` takes the norm over the whole tensor (g then has shape ())."""
     _check("weight_norm", v=v, g=g)
-    return WeightNormFunction.apply(v, g, int(dim))
+    if dim is not None:
+        dim = int(dim)
+        dim = None if dim == -1 else dim % v.dim()
+    return WeightNormFunction.apply(v, g, dim)
 
 
 # ------------------------------------------------------------------------------------------- CosineLinear
@@ -692,9 +683,7 @@ def _cosine_linear_fwd_impl(x, w, eps: float):
 
 
 def _cosine_linear_bwd_impl(dy, x, w, y, x_norm, w_norm, eps: float):
-    dx, dw = fastnorm.cosine_linear_backward(
-        _arr(dy), _arr(x), _arr(w), _arr(y), _arr(x_norm), _arr(w_norm), eps=eps
-    )
+    dx, dw = fastnorm.cosine_linear_backward(_arr(dy), _arr(x), _arr(w), _arr(y), _arr(x_norm), _arr(w_norm), eps=eps)
     return _ten(dx, x), _ten(dw, x)
 
 
