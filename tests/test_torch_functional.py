@@ -144,6 +144,42 @@ CASES = {
         lambda a: TF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
         ("group_norm_forward", "group_norm_backward"),
     ),
+    "local_response_norm": Case(
+        lambda gen, dt: {"x": _t(gen, (2, 7, 3, 2), dt)},
+        lambda a: FF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
+        lambda a: TF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
+        ("local_response_norm_forward", "local_response_norm_backward"),
+    ),
+    "local_response_norm_even": Case(
+        lambda gen, dt: {"x": _t(gen, (3, 5, 4), dt)},
+        lambda a: FF.local_response_norm(a["x"], 4),
+        lambda a: TF.local_response_norm(a["x"], 4),
+        ("local_response_norm_forward", "local_response_norm_backward"),
+    ),
+    "weight_norm_dim0": Case(
+        lambda gen, dt: {"v": _t(gen, (5, 4), dt), "g": _t(gen, (5, 1), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], 0),
+        lambda a: torch._weight_norm(a["v"], a["g"], 0),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "weight_norm_dim1_3d": Case(
+        lambda gen, dt: {"v": _t(gen, (3, 4, 2), dt), "g": _t(gen, (1, 4, 1), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], 1),
+        lambda a: torch._weight_norm(a["v"], a["g"], 1),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "weight_norm_whole": Case(
+        lambda gen, dt: {"v": _t(gen, (3, 4), dt), "g": _t(gen, (), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], None),
+        lambda a: torch._weight_norm(a["v"], a["g"], -1),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "cosine_linear": Case(
+        lambda gen, dt: {"x": _t(gen, (2, 3, 6), dt), "weight": _t(gen, (4, 6), dt)},
+        lambda a: FF.cosine_linear(a["x"], a["weight"]),
+        lambda a: TF.linear(TF.normalize(a["x"], dim=-1, eps=1e-8), TF.normalize(a["weight"], dim=-1, eps=1e-8)),
+        ("cosine_linear_forward", "cosine_linear_backward"),
+    ),
     "group_norm_4d_plain": Case(
         _bn_make((2, 4, 3, 3), affine=False, running=False),
         lambda a: FF.group_norm(a["x"], 2),
@@ -285,6 +321,24 @@ def _opcheck_args():
         (FF._rms_norm_bwd_op, (dy, x, rrstd, w[0], 1)),
         (FF._rms_norm_bwd_op, (dy, x, rrstd, None, 1)),
         *_channel_opcheck_args(x, dy),
+        *_misc_opcheck_args(x, dy),
+    ]
+
+
+def _misc_opcheck_args(x, dy):
+    ly, ls = FF._lrn_fwd_impl(x, 3, 1e-2, 0.75, 1.0)
+    v, g = x[0].clone(), torch.rand(4, 1, dtype=x.dtype) + 0.5
+    _, norm = FF._weight_norm_fwd_impl(v, g, 0)
+    w = torch.randn(6, 5, dtype=x.dtype)
+    cy, cxn, cwn = FF._cosine_linear_fwd_impl(x, w, 1e-8)
+    return [
+        (FF._lrn_fwd_op, (x, 3, 1e-2, 0.75, 1.0)),
+        (FF._lrn_bwd_op, (dy, x, ly, ls, 3, 1e-2, 0.75, 1.0)),
+        (FF._weight_norm_fwd_op, (v, g, 0)),
+        (FF._weight_norm_fwd_op, (v, torch.tensor(2.0, dtype=x.dtype), None)),
+        (FF._weight_norm_bwd_op, (dy[0], v, g, norm, 0)),
+        (FF._cosine_linear_fwd_op, (x, w, 1e-8)),
+        (FF._cosine_linear_bwd_op, (torch.randn_like(cy), x, w, cy, cxn, cwn, 1e-8)),
     ]
 
 

@@ -22,29 +22,21 @@ class ModCase:
 CASES = {
     "LayerNorm": ModCase(FN.LayerNorm, torch.nn.LayerNorm, ((4, 6),), (3, 5, 4, 6)),
     "LayerNorm_nobias": ModCase(FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"bias": False, "eps": 1e-3}),
-    "LayerNorm_noaffine": ModCase(
-        FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"elementwise_affine": False}
-    ),
+    "LayerNorm_noaffine": ModCase(FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"elementwise_affine": False}),
     "RMSNorm": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (10,), (2, 3, 10)),
     "RMSNorm_eps": ModCase(FN.RMSNorm, torch.nn.RMSNorm, ((2, 5),), (4, 2, 5), {"eps": 1e-5}),
     "RMSNorm_noaffine": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (5,), (4, 5), {"elementwise_affine": False}),
     "BatchNorm1d_2d_input": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (5,), (8, 5)),
     "BatchNorm1d": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (5,), (4, 5, 3), {"momentum": 0.3}),
-    "BatchNorm1d_cumulative": ModCase(
-        FN.BatchNorm1d, torch.nn.BatchNorm1d, (3,), (4, 3, 2), {"momentum": None}
-    ),
+    "BatchNorm1d_cumulative": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (3,), (4, 3, 2), {"momentum": None}),
     "BatchNorm2d": ModCase(FN.BatchNorm2d, torch.nn.BatchNorm2d, (4,), (2, 4, 3, 5)),
-    "BatchNorm2d_noaffine": ModCase(
-        FN.BatchNorm2d, torch.nn.BatchNorm2d, (4,), (2, 4, 3, 3), {"affine": False}
-    ),
+    "BatchNorm2d_noaffine": ModCase(FN.BatchNorm2d, torch.nn.BatchNorm2d, (4,), (2, 4, 3, 3), {"affine": False}),
     "BatchNorm2d_untracked": ModCase(
         FN.BatchNorm2d, torch.nn.BatchNorm2d, (3,), (2, 3, 2, 2), {"track_running_stats": False}
     ),
     "BatchNorm3d": ModCase(FN.BatchNorm3d, torch.nn.BatchNorm3d, (2,), (2, 2, 3, 2, 2), {"eps": 1e-3}),
     "InstanceNorm1d": ModCase(FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4,), (3, 4, 6)),
-    "InstanceNorm1d_unbatched": ModCase(
-        FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4,), (4, 6), {"affine": True}
-    ),
+    "InstanceNorm1d_unbatched": ModCase(FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4,), (4, 6), {"affine": True}),
     "InstanceNorm2d_tracked": ModCase(
         FN.InstanceNorm2d,
         torch.nn.InstanceNorm2d,
@@ -52,24 +44,24 @@ CASES = {
         (2, 3, 4, 4),
         {"affine": True, "track_running_stats": True},
     ),
-    "InstanceNorm3d": ModCase(
-        FN.InstanceNorm3d, torch.nn.InstanceNorm3d, (2,), (2, 2, 2, 3, 2), {"affine": True}
-    ),
+    "InstanceNorm3d": ModCase(FN.InstanceNorm3d, torch.nn.InstanceNorm3d, (2,), (2, 2, 2, 3, 2), {"affine": True}),
     "GroupNorm": ModCase(FN.GroupNorm, torch.nn.GroupNorm, (3, 6), (2, 6, 5)),
-    "GroupNorm_4d_noaffine": ModCase(
-        FN.GroupNorm, torch.nn.GroupNorm, (2, 4), (3, 4, 2, 3), {"affine": False}
+    "LocalResponseNorm": ModCase(FN.LocalResponseNorm, torch.nn.LocalResponseNorm, (3,), (2, 5, 4), {"alpha": 0.1}),
+    "LocalResponseNorm_4d": ModCase(
+        FN.LocalResponseNorm, torch.nn.LocalResponseNorm, (2,), (2, 4, 3, 2), {"alpha": 0.2, "beta": 0.5, "k": 2.0}
     ),
+    "GroupNorm_4d_noaffine": ModCase(FN.GroupNorm, torch.nn.GroupNorm, (2, 4), (3, 4, 2, 3), {"affine": False}),
 }
 
 
 def _pair(case, dtype=torch.float32, seed=0):
     """(fastnorm module, torch module) with the same random parameters and buffers."""
     torch.manual_seed(seed)
-    ref = case.ref(*case.args, **case.kwargs, dtype=dtype)
+    ref = case.ref(*case.args, **case.kwargs).to(dtype)
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn_like(p))
-    fast = case.fast(*case.args, **case.kwargs, dtype=dtype)
+    fast = case.fast(*case.args, **case.kwargs).to(dtype)
     fast.load_state_dict(ref.state_dict())
     return fast, ref
 
@@ -143,9 +135,7 @@ def test_state_dict_interchange_both_ways(name):
     assert repr(fast) == repr(ref)
 
 
-@pytest.mark.parametrize(
-    "name", ["LayerNorm", "RMSNorm", "BatchNorm2d", "InstanceNorm2d_tracked", "GroupNorm"]
-)
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm", "BatchNorm2d", "InstanceNorm2d_tracked", "GroupNorm"])
 def test_fallback_warns_once_and_matches_torch(name, monkeypatch):
     case = CASES[name]
     monkeypatch.setattr(FN, "_warned", set())
@@ -201,3 +191,86 @@ def test_swap_modules_shares_parameters():
     assert all(a is b for a, b in zip(params_before, model.parameters(), strict=True))
     torch.testing.assert_close(model(x), y_before)
     assert FN.swap_modules(model) == 0
+
+
+def _torch_weight_norm_linear(lin, dim=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        return torch.nn.utils.weight_norm(lin, dim=dim)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_weight_norm_linear_matches_torch_weight_norm(dim, bias, threads):
+    torch.manual_seed(0)
+    fast = FN.WeightNormLinear(6, 4, bias=bias, dim=dim, dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = _torch_weight_norm_linear(torch.nn.Linear(6, 4, bias=bias, dtype=torch.float64), dim)
+    assert sorted(fast.state_dict()) == sorted(ref.state_dict())
+    for k, v in ref.state_dict().items():  # same initialization: w = Linear's init, g = ||v||
+        torch.testing.assert_close(fast.state_dict()[k], v, msg=k)
+    with torch.no_grad():
+        fast.weight_g.mul_(1.5)
+    ref.load_state_dict(fast.state_dict())
+    x, dy = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    y, dx, g = _run(fast, x, dy)
+    yr, dxr, gr = _run(ref, x, dy)
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(dx, dxr)
+    assert g.keys() == gr.keys()
+    for k in g:
+        torch.testing.assert_close(g[k], gr[k], msg=k)
+    assert torch.autograd.gradcheck(
+        lambda v, gg: FN.weight_norm_weight(v, gg, dim), (fast.weight_v.detach().requires_grad_(),
+                                                          fast.weight_g.detach().requires_grad_())
+    )  # fmt: skip
+
+
+def test_weight_norm_linear_loads_parametrizations_checkpoint():
+    torch.manual_seed(1)
+    ref = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(5, 3))
+    fast = FN.WeightNormLinear(5, 3)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(fast(x), ref(x))
+    torch.testing.assert_close(fast.weight, ref.weight)
+
+
+def test_weight_norm_linear_bad_dim():
+    with pytest.raises(ValueError, match="dim"):
+        FN.WeightNormLinear(3, 2, dim=2)
+
+
+def test_cosine_linear_matches_torch_and_loads_linear_checkpoint(threads, monkeypatch):
+    monkeypatch.setattr(FN, "_warned", set())
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4, bias=False, dtype=torch.float64)
+    fast = FN.CosineLinear(6, 4, dtype=torch.float64)
+    fast.load_state_dict(lin.state_dict())
+    nf = torch.nn.functional.normalize
+
+    class Ref(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.detach().clone())
+
+        def forward(self, x):
+            return torch.nn.functional.linear(nf(x, dim=-1, eps=1e-8), nf(self.weight, dim=-1, eps=1e-8))
+
+    ref = Ref(lin.weight)
+    x, dy = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    y, dx, g = _run(fast, x, dy)
+    yr, dxr, gr = _run(ref, x, dy)
+    torch.testing.assert_close(y, yr)
+    assert y.abs().max() <= 1 + 1e-12
+    torch.testing.assert_close(dx, dxr)
+    torch.testing.assert_close(g["weight"], gr["weight"])
+    assert list(fast.state_dict()) == ["weight"]
+    fast_half = FN.CosineLinear(6, 4).to(torch.bfloat16)
+    with pytest.warns(FN.FastnormFallbackWarning):
+        torch.testing.assert_close(
+            fast_half(x.to(torch.bfloat16)).float(),
+            torch.nn.functional.linear(nf(x.float(), dim=-1), nf(fast_half.weight.float(), dim=-1)),
+            atol=2e-2,
+            rtol=0,
+        )
