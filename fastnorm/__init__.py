@@ -26,3 +26,8 @@ __all__ = [
     "rms_norm_forward",
     "rms_norm_backward",
 ]
+
+# NumPy layers for training loops (fastnorm.nn); imports NumPy only.
+from . import nn  # noqa: E402
+
+__all__ += ["nn"]
