@@ -2,8 +2,9 @@
 
 Each op is a ``torch.autograd.Function`` whose forward calls the fastnorm forward kernel and saves what the
 backward kernel needs. CPU tensors (float32/float64) reach the kernels zero-copy as NumPy views; CUDA tensors
-through ``__cuda_array_interface__`` (fastnorm's CUDA backend, float16/bfloat16/float32/float64). Other
-dtypes or devices raise ``TypeError`` here (the ``fastnorm.torch.nn`` modules fall back to torch instead).
+(float16/float32/float64) through ``__cuda_array_interface__``, on torch's current stream (fastnorm's CUDA
+backend, for the ops it has kernels for). Other dtypes or devices raise ``TypeError``, a missing CUDA backend
+or CUDA kernel ``RuntimeError`` (the ``fastnorm.torch.nn`` modules fall back to torch instead, with a warning).
 
 ``torch.compile``: every kernel is also registered as a ``torch.library`` custom op (``fastnorm::<op>``)
 with a fake (meta) implementation. Eager calls go straight to the kernel; while Dynamo traces, the
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.library import custom_op
 
 import fastnorm
+import fastnorm._dispatch
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -39,8 +41,23 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- plumbing
-def unsupported_reason(*tensors: Tensor | None) -> str | None:
-    """Why fastnorm cannot run on these tensors (a message), or None if it can."""
+_NO_CUDA_BACKEND = "fastnorm's CUDA backend is not available"
+_cuda_error: list = []  # [message or None], filled on the first CUDA tensor
+
+
+def _cuda_backend_error() -> str | None:
+    if not _cuda_error:
+        try:
+            fastnorm._dispatch.cuda_backend()
+            _cuda_error.append(None)
+        except RuntimeError as e:
+            _cuda_error.append(f"{_NO_CUDA_BACKEND} ({e})")
+    return _cuda_error[0]
+
+
+def unsupported_reason(*tensors: Tensor | None, op: str | None = None) -> str | None:
+    """Why fastnorm cannot run on these tensors (a message), or None if it can; with ``op`` (e.g.
+    ``"batch_norm"``), also whether the CUDA backend has that op's kernels."""
     for t in tensors:
         if t is None:
             continue
@@ -53,15 +70,22 @@ def unsupported_reason(*tensors: Tensor | None) -> str | None:
         elif dev == "cuda":
             if t.dtype not in _CUDA_DTYPES:
                 return f"dtype {t.dtype} is not supported on CUDA (float16, float32, float64)"
+            err = _cuda_backend_error()
+            if err is not None:
+                return err
+            if op is not None and not hasattr(fastnorm._dispatch.cuda_backend().kernels, f"{op}_forward"):
+                return f"fastnorm has no CUDA kernel for {op}"
         else:
             return f"device {t.device} is not supported (cpu, cuda)"
     return None
 
 
 def _check(op: str, **tensors: Tensor | None) -> None:
-    reason = unsupported_reason(*tensors.values())
+    """TypeError for an unsupported dtype or device, RuntimeError when the CUDA backend cannot load."""
+    reason = unsupported_reason(*tensors.values(), op=op)
     if reason is not None:
-        raise TypeError(f"fastnorm.torch.functional.{op}: {reason}")
+        cls = TypeError if reason.startswith(("dtype", "device", "expected")) else RuntimeError
+        raise cls(f"fastnorm.torch.functional.{op}: {reason}")
 
 
 def _arr(t: Tensor | None):

@@ -49,7 +49,7 @@ _warned: set[tuple[str, str]] = set()
 
 def _fallback(module: torch.nn.Module, *tensors: Tensor | None) -> bool:
     """True (after a one-time warning) when the fastnorm kernels cannot take these tensors."""
-    reason = F.unsupported_reason(*tensors)
+    reason = F.unsupported_reason(*tensors, op=module._fastnorm_op)
     if reason is None:
         return False
     key = (type(module).__name__, reason)
@@ -66,6 +66,8 @@ def _fallback(module: torch.nn.Module, *tensors: Tensor | None) -> bool:
 class LayerNorm(torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` (same arguments and state) on fastnorm's LayerNorm kernels."""
 
+    _fastnorm_op = "layer_norm"
+
     def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input, self.weight, self.bias):
             return super().forward(input)
@@ -74,6 +76,8 @@ class LayerNorm(torch.nn.LayerNorm):
 
 class RMSNorm(torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` (same arguments and state; ``eps=None``: finfo(dtype).eps) on fastnorm kernels."""
+
+    _fastnorm_op = "rms_norm"
 
     def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input, self.weight):
@@ -84,6 +88,8 @@ class RMSNorm(torch.nn.RMSNorm):
 class _BatchNormForward:
     """torch's ``_BatchNorm.forward`` (momentum / cumulative average, num_batches_tracked, which statistics
     normalize and which are updated) with the kernel call on fastnorm."""
+
+    _fastnorm_op = "batch_norm"
 
     def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input, self.weight, self.bias, self.running_mean, self.running_var):
@@ -123,6 +129,8 @@ class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
 class _InstanceNormApply:
     """torch's ``_InstanceNorm`` (input checks, unbatched inputs) with the kernel call on fastnorm."""
 
+    _fastnorm_op = "instance_norm"
+
     def _apply_instance_norm(self, input: Tensor) -> Tensor:
         if _fallback(self, input, self.weight, self.bias, self.running_mean, self.running_var):
             return super()._apply_instance_norm(input)
@@ -153,6 +161,8 @@ class InstanceNorm3d(_InstanceNormApply, torch.nn.InstanceNorm3d):
 class GroupNorm(torch.nn.GroupNorm):
     """``torch.nn.GroupNorm`` on fastnorm's GroupNorm kernels."""
 
+    _fastnorm_op = "group_norm"
+
     def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input, self.weight, self.bias):
             return super().forward(input)
@@ -161,6 +171,8 @@ class GroupNorm(torch.nn.GroupNorm):
 
 class LocalResponseNorm(torch.nn.LocalResponseNorm):
     """``torch.nn.LocalResponseNorm`` on fastnorm's LRN kernels."""
+
+    _fastnorm_op = "local_response_norm"
 
     def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input):
@@ -178,14 +190,10 @@ class WeightNormLinear(torch.nn.Module):
     ``torch.nn.utils.parametrizations.weight_norm`` (``parametrizations.weight.original0/1``) load too.
     """
 
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, dim: int = 0, device=None, dtype=None
-    ):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dim: int = 0, device=None, dtype=None):
         super().__init__()
         if dim not in (0, 1, -1, -2):
-            raise ValueError(
-                f"WeightNormLinear: dim must be 0 or 1 (a dim of the (out, in) weight), got {dim}"
-            )
+            raise ValueError(f"WeightNormLinear: dim must be 0 or 1 (a dim of the (out, in) weight), got {dim}")
         lin = torch.nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.in_features, self.out_features, self.dim = in_features, out_features, dim % 2
         v = lin.weight.detach()
@@ -210,14 +218,12 @@ class WeightNormLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, dim={self.dim}"
-        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, dim={self.dim}"
 
 
 def weight_norm_weight(v: Tensor, g: Tensor, dim: int) -> Tensor:
     """w = g * v / ||v|| on fastnorm (torch's ``_weight_norm`` where fastnorm cannot run)."""
-    if F.unsupported_reason(v, g) is not None:
+    if F.unsupported_reason(v, g, op="weight_norm") is not None:
         return torch._weight_norm(v, g, dim)
     return F.weight_norm(v, g, dim)
 
@@ -230,6 +236,8 @@ class CosineLinear(torch.nn.Module):
     ``torch.nn.Linear`` checkpoint loads as it is. Outputs lie in [-1, 1]; scale them (a temperature) before
     a softmax.
     """
+
+    _fastnorm_op = "cosine_linear"
 
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-8, device=None, dtype=None):
         super().__init__()
