@@ -1,18 +1,20 @@
 """Train a NumPy MLP with fastnorm's BatchNorm, LayerNorm and Adam kernels on handwritten digits.
 
-    python examples/numpy_mlp.py            # 40 epochs, ~97% held-out accuracy on scikit-learn's digits
+    python examples/numpy_mlp.py            # 40 epochs, 97-99% held-out accuracy on scikit-learn's digits
     python examples/numpy_mlp.py --quick    # a few epochs (what the tests run)
 
 Model: 64 -> Linear(256) -> BatchNorm -> ReLU -> Linear(256) -> LayerNorm -> ReLU -> Linear(10), softmax
-cross-entropy, fastnorm.optim.Adam, mini-batches of 64, no autograd: every layer has an explicit backward
-(fastnorm.nn). Data: scikit-learn's 8x8 digits (80/20 split) when scikit-learn is installed, else a
-digits-like set generated in code (--synthetic forces it). Writes a loss-curve plot (--plot PATH).
+cross-entropy, fastnorm.optim.Adam with a cosine learning-rate decay, mini-batches of 64. No autograd: every
+layer has an explicit backward (fastnorm.nn). Data: scikit-learn's 8x8 digits (80/20 split) when
+scikit-learn is installed, else a digits-like set generated in code (--synthetic forces it). Writes a
+loss-curve plot (--plot PATH, default numpy_mlp_loss.png).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -61,9 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="fastnorm CPU threads")
     ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
-    ap.add_argument(
-        "--plot", default=None, help="loss-curve PNG (default numpy_mlp_loss.png; none in --quick)"
-    )
+    ap.add_argument("--plot", default=None, help="loss-curve PNG (default numpy_mlp_loss.png; none in --quick)")
     ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
     args = ap.parse_args(argv)
     epochs = args.epochs or (4 if args.quick else 40)
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     grads = model.grads()
     rng = np.random.default_rng(args.seed + 1)
 
+    total_steps = epochs * -(-len(y_train) // args.batch_size)
     step_losses, epoch_losses, test_accs = [], [], []
     start = time.perf_counter()
     bar = progress(range(epochs), epochs, "numpy_mlp")
@@ -87,11 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
         for idx in batches(len(y_train), args.batch_size, rng):
             if len(idx) < 2:  # BatchNorm needs more than one sample per channel
                 continue
+            # cosine learning-rate decay: the optimizer reads its hyperparameters at every step
+            opt.param_groups[0]["lr"] = 0.5 * args.lr * (1 + math.cos(math.pi * len(step_losses) / total_steps))
             loss = loss_fn(model(x_train[idx]), y_train[idx])
             model.backward(loss_fn.backward())
             opt.step(grads)
+            step_losses.append(loss)
             losses.append(loss)
-        step_losses += losses
         epoch_losses.append(float(np.mean(losses)))
         test_accs.append(accuracy(model, x_test, y_test))
         bar.set_postfix_str(f"loss {epoch_losses[-1]:.4f} test acc {test_accs[-1]:.3f}")
