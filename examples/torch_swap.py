@@ -9,6 +9,10 @@ state_dict keys) and ``fastnorm.torch.optim.AdamW`` replaces ``torch.optim.AdamW
 state dict, driven by the same cosine LR scheduler). Both train on the same batches: the loss curves
 agree to float32 rounding. The fastnorm model's checkpoint then loads into a plain torch model, and the
 optimizer state into torch's AdamW.
+
+Speed: at this toy size (batches of 64 x 128 features) a step is a few milliseconds of per-call overhead
+for both libraries, and the printed ms/step are about even; fastnorm's fused kernels pay off on larger
+activations (``python -m fastnorm.bench --ops training_step``).
 """
 
 from __future__ import annotations
