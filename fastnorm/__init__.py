@@ -4,13 +4,19 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 ``fastnorm.reference`` holds the NumPy specification of every op.
 """
 
-from . import reference
+from . import optim, reference
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from .norms import (
+    cosine_linear_backward,
+    cosine_linear_forward,
     layer_norm_backward,
     layer_norm_forward,
+    local_response_norm_backward,
+    local_response_norm_forward,
     rms_norm_backward,
     rms_norm_forward,
+    weight_norm_backward,
+    weight_norm_forward,
 )
 
 __version__ = "0.1.0"
@@ -18,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "reference",
+    "optim",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",
@@ -25,6 +32,14 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm_forward",
     "rms_norm_backward",
+]
+__all__ += [
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward",
 ]
 
 # NumPy layers for training loops (fastnorm.nn); imports NumPy only.

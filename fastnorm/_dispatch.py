@@ -72,7 +72,8 @@ class CpuBackend:
     @staticmethod
     def asarray(a):
         # ascontiguousarray copies only when needed; read-only arrays are fine (kernels take const views).
-        return np.ascontiguousarray(a)
+        # It returns shape (1,) for a 0-d array: keep the shape (weight_norm's g and norm for dim=None).
+        return np.ascontiguousarray(a).reshape(np.shape(a))
 
     @staticmethod
     def empty(shape, dtype):

@@ -8,6 +8,7 @@ Non-contiguous inputs are copied to contiguous first. Gradients of absent parame
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -241,3 +242,301 @@ def rms_norm_backward(
         nt,
     )
     return RMSNormBackward(dx, dweight)
+
+
+# ---------------------------------------------------------------------------------------- LocalResponseNorm
+class LocalResponseNormForward(NamedTuple):
+    y: Array
+    scale: Array
+
+
+def _lrn_args(op: str, x, size, alpha, beta, k) -> tuple[tuple[int, int, int], int, float, float, float]:
+    """(N, C, L) view of x (L = product of the spatial dims, 1 for 2-D) and the checked scalars."""
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must have shape (N, C, *) with at least 2 dims, got {tuple(x.shape)}")
+    size = V.integer(op, "size", size, low=1, high=2**40)
+    alpha = V.scalar(op, "alpha", alpha)
+    beta = V.scalar(op, "beta", beta)
+    k = V.scalar(op, "k", k, low=0.0, low_open=True)
+    n, c = x.shape[0], x.shape[1]
+    return (n, c, math.prod(x.shape[2:])), size, alpha, beta, k
+
+
+def _lrn_scratch(be, c: int, size: int, n_threads: int):
+    """Per-thread float64 rows for the kernels' block sums (the window clamped to the channels)."""
+    lo, hi = min(size // 2, max(c - 1, 0)), min((size - 1) // 2, max(c - 1, 0))
+    return be.empty((n_threads, be.kernels.lrn_scratch_len(lo, hi)), np.float64)
+
+
+def local_response_norm_forward(
+    x: Array,
+    size: int,
+    *,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    out: tuple | None = None,
+) -> LocalResponseNormForward:
+    """LocalResponseNorm across channels, like ``torch.nn.functional.local_response_norm``.
+
+    For channel c the window is c' in [c - size//2, c + (size-1)//2] (zero padding outside the channels)::
+
+        scale = k + alpha / size * sum_window(x[:, c']^2),   y = x * scale^(-beta)
+
+    Shapes: x (N, C, *) of any rank >= 3, or (N, C) (torch rejects 2-D; here it is the case of no spatial
+    dims) -> y, scale like x. ``out=(y, scale)``. Returns ``LocalResponseNormForward(y, scale)``.
+    beta in {0.25, 0.5, 0.75, 1} takes a sqrt-based path; other exponents call ``pow`` (several times slower).
+    """
+    op = "local_response_norm_forward"
+    be = backend_of(op, x=x, out=out)
+    x = V.float_input(be, op, "x", x)
+    ncl, size, alpha, beta, k = _lrn_args(op, x, size, alpha, beta, k)
+    y, scale = V.outputs(be, op, out, [("y", x.shape, x.dtype), ("scale", x.shape, x.dtype)], (x,))
+    nt = be.threads(x.size)
+    be.kernels.local_response_norm_forward(
+        x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), _lrn_scratch(be, ncl[1], size, nt),
+        size, alpha, beta, k, nt,
+    )
+    return LocalResponseNormForward(y, scale)
+
+
+def local_response_norm_backward(
+    dy: Array,
+    x: Array,
+    y: Array,
+    scale: Array,
+    size: int,
+    *,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    out: Array | tuple | None = None,
+) -> Array:
+    """Gradient of ``local_response_norm_forward`` with respect to x, given the saved ``y`` and ``scale``.
+
+    Channel j is in the windows of c in [j - (size-1)//2, j + size//2], so::
+
+        dx_j = dy_j * scale_j^(-beta) - 2 * alpha * beta / size * x_j * sum_c(dy_c * y_c / scale_c)
+
+    ``k`` is checked but enters only through ``scale``. Shapes: all like x. ``out=dx`` (or ``(dx,)``).
+    Returns dx (an array, not a tuple).
+    """
+    op = "local_response_norm_backward"
+    be = backend_of(op, dy=dy, x=x, y=y, scale=scale, out=out)
+    x = V.float_input(be, op, "x", x)
+    ncl, size, alpha, beta, k = _lrn_args(op, x, size, alpha, beta, k)
+    dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    y = V.required(be, op, "y", y, x.shape, x.dtype)
+    scale = V.required(be, op, "scale", scale, x.shape, x.dtype)
+    (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, y, scale))
+    nt = be.threads(x.size)
+    be.kernels.local_response_norm_backward(
+        dy.reshape(ncl), x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), dx.reshape(ncl),
+        _lrn_scratch(be, ncl[1], size, nt), size, alpha, beta, nt,
+    )
+    return dx
+
+
+# ----------------------------------------------------------------------------------------------- WeightNorm
+class WeightNormForward(NamedTuple):
+    w: Array
+    norm: Array
+
+
+class WeightNormBackward(NamedTuple):
+    dv: Array
+    dg: Array
+
+
+# Plans of the WeightNorm kernels (fastnorm/_kernels/cpu/_weight_norm.pyx).
+_WN_ROWS, _WN_FLAT, _WN_COLS = 0, 1, 2
+
+
+def _weight_norm_view(op: str, shape: tuple, dim) -> tuple[tuple, tuple[int, int, int]]:
+    """g's shape (size 1 except along dim; () for dim=None) and the (A, D, B) view of v."""
+    if dim is None:
+        return (), (1, 1, math.prod(shape))
+    if len(shape) == 0:
+        raise ValueError(f"{op}: dim must be None for a 0-d v, got {dim!r}")
+    d = V.integer(op, "dim", dim, low=-len(shape), high=len(shape) - 1)
+    d %= len(shape)
+    gshape = tuple(s if i == d else 1 for i, s in enumerate(shape))
+    return gshape, (math.prod(shape[:d]), shape[d], math.prod(shape[d + 1 :]))
+
+
+def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: bool, dtype):
+    """(mode, part, fac): the kernel plan and its scratch (see the kernel module's docstring)."""
+    a, d, b = adb
+    if a == 1 and (n_threads == 1 or d >= 4 * n_threads or b < 16):
+        return _WN_ROWS, be.empty((0, 0), np.float64), be.empty((0, 0) if backward else (0,), dtype)
+    if b >= 16 or a < n_threads:
+        mode, n_chunks, width = _WN_FLAT, n_threads, d
+    else:
+        mode, n_chunks, width = _WN_COLS, min(n_threads, a), d * b
+    fac = be.empty((2, width) if backward else (width,), dtype)
+    return mode, be.empty((n_chunks, width), np.float64), fac
+
+
+def weight_norm_forward(
+    v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None
+) -> WeightNormForward:
+    """Weight normalization, like ``torch._weight_norm`` (``torch.nn.utils.weight_norm``)::
+
+        norm = sqrt(sum(v^2 over every axis except dim)),   w = g * v / norm
+
+    ``dim=None`` takes the norm over the whole tensor (torch's ``dim=None``); negative dims count from the
+    end. Shapes: v any; g and norm have v's shape with size 1 on every axis but ``dim`` (() for
+    dim=None); w like v. ``out=(w, norm)``. Returns ``WeightNormForward(w, norm)``. A zero norm gives
+    inf/NaN, as in torch.
+    """
+    op = "weight_norm_forward"
+    be = backend_of(op, v=v, g=g, out=out)
+    v = V.float_input(be, op, "v", v)
+    gshape, adb = _weight_norm_view(op, v.shape, dim)
+    g = V.required(be, op, "g", g, gshape, v.dtype)
+    w, norm = V.outputs(be, op, out, [("w", v.shape, v.dtype), ("norm", gshape, v.dtype)], (v, g))
+    nt = be.threads(v.size)
+    mode, part, fac = _weight_norm_plan(be, adb, nt, False, v.dtype)
+    be.kernels.weight_norm_forward(
+        v.reshape(adb), g.reshape(adb[1]), w.reshape(adb), norm.reshape(adb[1]), part, fac, mode, nt
+    )
+    return WeightNormForward(w, norm)
+
+
+def weight_norm_backward(
+    dw: Array, v: Array, g: Array, norm: Array, *, dim: int | None = 0, out: tuple | None = None
+) -> WeightNormBackward:
+    """Gradients of ``weight_norm_forward`` given ``dw`` and the saved ``norm``.
+
+    With dot = sum(dw * v over every axis except dim)::
+
+        dg = dot / norm,   dv = g / norm * (dw - v * dot / norm^2)
+
+    Shapes as in the forward. ``out=(dv, dg)``. Returns ``WeightNormBackward(dv, dg)``; bitwise
+    reproducible for a given thread count.
+    """
+    op = "weight_norm_backward"
+    be = backend_of(op, dw=dw, v=v, g=g, norm=norm, out=out)
+    v = V.float_input(be, op, "v", v)
+    gshape, adb = _weight_norm_view(op, v.shape, dim)
+    dw = V.required(be, op, "dw", dw, v.shape, v.dtype)
+    g = V.required(be, op, "g", g, gshape, v.dtype)
+    norm = V.required(be, op, "norm", norm, gshape, v.dtype)
+    dv, dg = V.outputs(be, op, out, [("dv", v.shape, v.dtype), ("dg", gshape, v.dtype)], (dw, v, g, norm))
+    nt = be.threads(v.size)
+    mode, part, fac = _weight_norm_plan(be, adb, nt, True, v.dtype)
+    d = adb[1]
+    be.kernels.weight_norm_backward(
+        dw.reshape(adb), v.reshape(adb), g.reshape(d), norm.reshape(d), dv.reshape(adb), dg.reshape(d),
+        part, fac, mode, nt,
+    )
+    return WeightNormBackward(dv, dg)
+
+
+# --------------------------------------------------------------------------------------------- CosineLinear
+class CosineLinearForward(NamedTuple):
+    y: Array
+    x_norm: Array
+    w_norm: Array
+
+
+class CosineLinearBackward(NamedTuple):
+    dx: Array
+    dw: Array
+
+
+def _matmul(be, a, b, out) -> None:
+    """out = a @ b: NumPy's BLAS on the CPU (its own threads); a GPU backend brings its own ``matmul``."""
+    if be.name == "cpu":
+        np.matmul(a, b, out=out)
+    else:
+        be.matmul(a, b, out)
+
+
+def _cosine_args(be, op: str, x, w, eps):
+    """x checked, w checked against it, eps > 0; returns (x, w, eps, M, D, O)."""
+    x = V.float_input(be, op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: x must have shape (*, D) with at least 1 dim, got shape {tuple(x.shape)}")
+    if w is None:
+        raise TypeError(f"{op}: w is required, got None")
+    w = V.float_input(be, op, "w", w, x.dtype)
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"{op}: w must have shape (O, {x.shape[-1]}) (x's last dim), got {tuple(w.shape)}")
+    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    return x, w, eps, math.prod(x.shape[:-1]), x.shape[-1], w.shape[0]
+
+
+def cosine_linear_forward(
+    x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None
+) -> CosineLinearForward:
+    """Cosine-normalized linear layer: the cosine similarity of every row of x with every row of w::
+
+        x_norm = |x| (L2 over the last axis),   w_norm = |w| (L2 over each row)
+        y = (x @ w.T) / (max(x_norm, eps) * max(w_norm, eps))
+
+    i.e. ``F.linear(F.normalize(x, eps=eps), F.normalize(w, eps=eps))``, and ``F.cosine_similarity``
+    of every pair of rows (it too clamps each norm at eps separately). The saved norms are the unclamped
+    ones. Shapes: x (*, D), w (O, D) -> y (*, O), x_norm (*), w_norm (O,). ``out=(y, x_norm, w_norm)``.
+    The product is one BLAS call (NumPy's, with its own thread pool); the norms and the scaling are fused
+    kernels. Returns ``CosineLinearForward(y, x_norm, w_norm)``.
+    """
+    op = "cosine_linear_forward"
+    be = backend_of(op, x=x, w=w, out=out)
+    x, w, eps, m, d, o = _cosine_args(be, op, x, w, eps)
+    lead = x.shape[:-1]
+    specs = [("y", (*lead, o), x.dtype), ("x_norm", lead, x.dtype), ("w_norm", (o,), x.dtype)]
+    y, x_norm, w_norm = V.outputs(be, op, out, specs, (x, w))
+    x2, y2 = x.reshape(m, d), y.reshape(m, o)
+    _matmul(be, x2, w.T, y2)
+    nt = be.threads(m * o + (m + o) * d)
+    be.kernels.cosine_linear_forward(x2, w, y2, x_norm.reshape(m), w_norm, eps, nt)
+    return CosineLinearForward(y, x_norm, w_norm)
+
+
+def cosine_linear_backward(
+    dy: Array,
+    x: Array,
+    w: Array,
+    y: Array,
+    x_norm: Array,
+    w_norm: Array,
+    *,
+    eps: float = 1e-8,
+    out: tuple | None = None,
+) -> CosineLinearBackward:
+    """Gradients of ``cosine_linear_forward`` given ``dy`` and the saved ``y``, ``x_norm``, ``w_norm``.
+
+    With nx = max(x_norm, eps), nw = max(w_norm, eps) and G = dy / (nx[:, None] * nw[None, :])::
+
+        dx = G @ w   - x * [x_norm >= eps] * sum_o(dy * y) / nx^2
+        dw = G.T @ x - w * [w_norm >= eps] * sum_rows(dy * y) / nw^2
+
+    The clamp has zero derivative below eps (as ``F.normalize``'s ``clamp_min``; torch's
+    ``cosine_similarity`` instead differentiates the norm through its clamp). Shapes as in the forward.
+    ``out=(dx, dw)``. Returns ``CosineLinearBackward(dx, dw)``; bitwise reproducible for a given thread
+    count (and BLAS).
+    """
+    op = "cosine_linear_backward"
+    be = backend_of(op, dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm, out=out)
+    x, w, eps, m, d, o = _cosine_args(be, op, x, w, eps)
+    lead = x.shape[:-1]
+    dy = V.required(be, op, "dy", dy, (*lead, o), x.dtype)
+    y = V.required(be, op, "y", y, (*lead, o), x.dtype)
+    x_norm = V.required(be, op, "x_norm", x_norm, lead, x.dtype)
+    w_norm = V.required(be, op, "w_norm", w_norm, (o,), x.dtype)
+    dx, dw = V.outputs(
+        be, op, out, [("dx", x.shape, x.dtype), ("dw", w.shape, x.dtype)], (dy, x, w, y, x_norm, w_norm)
+    )
+    nt = be.threads(m * o)
+    n_chunks = max(1, min(nt, m))
+    gs, cx, cw = be.empty((m, o), x.dtype), be.empty((m,), x.dtype), be.empty((o,), x.dtype)
+    be.kernels.cosine_linear_backward_pre(
+        dy.reshape(m, o), y.reshape(m, o), x_norm.reshape(m), w_norm, gs, cx, cw,
+        be.empty((n_chunks, o), np.float64), eps, nt,
+    )
+    x2, dx2 = x.reshape(m, d), dx.reshape(m, d)
+    _matmul(be, gs, w, dx2)
+    _matmul(be, gs.T, x2, dw)
+    be.kernels.cosine_linear_backward_post(x2, w, cx, cw, dx2, dw, be.threads((m + o) * d))
+    return CosineLinearBackward(dx, dw)

@@ -1,0 +1,300 @@
+"""LocalResponseNorm CPU kernels on an (N, C, L) view (L = product of the spatial dims, 1 for 2-D input).
+
+Work is cut into tasks of one sample n and one tile of at most TILE contiguous positions along L; OpenMP
+static over tasks. A task sweeps the channels of its tile block by block (van Herk / Gil-Werman): with w the
+window length, outputs b0 .. b0+w-1 take the suffix sums S of the w channels their windows start in plus
+a running prefix sum P of the next w channels. That is O(1) work per element whatever `size` is, and,
+unlike a sliding sum (add the entering channel, subtract the leaving one), every window sum is formed from
+its own values only: no cancellation against a large value that already left the window, and a NaN or
+inf reaches exactly the outputs whose window holds it, as in the direct (torch) computation. Sums are in
+float64 (the float32 squares exactly); every row operation is a contiguous, vectorizable loop over the
+tile. S lives in a per-thread scratch row (w rows of the tile).
+
+Forward, window of channel c = [c - size//2, c + (size-1)//2] (torch's zero padding):
+    scale = k + alpha/size * sum_window x^2,   y = x * scale^-beta
+Backward, channel j is in the windows of c in [j - (size-1)//2, j + size//2]:
+    dx_j = dy_j * scale_j^-beta - 2*alpha*beta/size * x_j * sum_c dy_c * y_c / scale_c
+scale^-beta is computed with sqrt and one division for beta in {0.25, 0.5, 0.75, 1} (correctly rounded
+operations, vectorized), with pow otherwise.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport pow, powf, sqrt, sqrtf
+
+cdef enum:
+    TILE = 512          # most positions per task
+    POW_GENERIC = 0
+    POW_QUARTER = 1     # beta = 0.25
+    POW_HALF = 2        # beta = 0.5
+    POW_3QUARTERS = 3   # beta = 0.75 (torch's default)
+    POW_ONE = 4         # beta = 1
+
+
+cdef inline int _pow_mode(double beta) noexcept nogil:
+    if beta == 0.25:
+        return POW_QUARTER
+    if beta == 0.5:
+        return POW_HALF
+    if beta == 0.75:
+        return POW_3QUARTERS
+    if beta == 1.0:
+        return POW_ONE
+    return POW_GENERIC
+
+
+cdef inline floating _sqrt(floating v) noexcept nogil:
+    if floating is float:
+        return sqrtf(v)
+    else:
+        return sqrt(v)
+
+
+cdef inline floating _pow(floating v, double e) noexcept nogil:
+    if floating is float:
+        return powf(v, <float>e)
+    else:
+        return pow(v, e)
+
+
+# ------------------------------------------------------------------------------------------ window sums
+cdef inline void _vals(const floating *a, const floating *b, const floating *c, double *out,
+                       const double *prev, Py_ssize_t n) noexcept nogil:
+    """out = prev + v with v = a*a (forward, b NULL) or a*b/c (backward); a NULL row is v = 0;
+    prev NULL means 0. The square is taken in float64 (exact for float32), the quotient in the dtype."""
+    cdef Py_ssize_t j
+    cdef double u
+    if a == NULL:
+        if prev == NULL:
+            for j in range(n):
+                out[j] = 0.0
+        elif prev != out:
+            for j in range(n):
+                out[j] = prev[j]
+    elif b == NULL:
+        if prev == NULL:
+            for j in range(n):
+                u = a[j]
+                out[j] = u * u
+        else:
+            for j in range(n):
+                u = a[j]
+                out[j] = prev[j] + u * u
+    else:
+        if prev == NULL:
+            for j in range(n):
+                out[j] = <double>(a[j] * b[j] / c[j])
+        else:
+            for j in range(n):
+                out[j] = prev[j] + <double>(a[j] * b[j] / c[j])
+
+
+cdef inline void _row_vals(const floating *a, const floating *b, const floating *c, Py_ssize_t ch,
+                           Py_ssize_t C, Py_ssize_t ld, double *out, const double *prev,
+                           Py_ssize_t n) noexcept nogil:
+    """_vals for channel ch (zero outside [0, C))."""
+    cdef Py_ssize_t o = ch * ld
+    if ch < 0 or ch >= C:
+        _vals(<const floating *>NULL, b, c, out, prev, n)
+    elif b == NULL:
+        _vals(a + o, b, c, out, prev, n)
+    else:
+        _vals(a + o, b + o, c + o, out, prev, n)
+
+
+cdef inline void _block_suffix(const floating *a, const floating *b, const floating *c, Py_ssize_t C,
+                               Py_ssize_t ld, Py_ssize_t n, Py_ssize_t first, Py_ssize_t w,
+                               double *S) noexcept nogil:
+    """S[i] = sum of the values of channels first+i .. first+w-1 (rows of n, row i at S + i*n)."""
+    cdef Py_ssize_t i
+    _row_vals(a, b, c, first + w - 1, C, ld, S + (w - 1) * n, NULL, n)
+    for i in range(w - 2, -1, -1):
+        _row_vals(a, b, c, first + i, C, ld, S + i * n, S + (i + 1) * n, n)
+
+
+# ------------------------------------------------------------------------------------------ forward tile
+cdef inline void _fwd_row(const floating *x, const double *S, const double *P, floating *s, floating *y,
+                          Py_ssize_t n, double k, double a, double beta, int mode) noexcept nogil:
+    """One channel: s = k + a * (S + P) (its window sum), y = x * s^-beta."""
+    cdef Py_ssize_t j
+    cdef floating sv, r
+    # One fused loop per exponent so each vectorizes; the pow fallback stays scalar.
+    if mode == POW_3QUARTERS:
+        for j in range(n):
+            sv = <floating>(k + a * (S[j] + P[j]))
+            s[j] = sv
+            r = _sqrt(sv)
+            y[j] = x[j] / (r * _sqrt(r))
+    elif mode == POW_HALF:
+        for j in range(n):
+            sv = <floating>(k + a * (S[j] + P[j]))
+            s[j] = sv
+            y[j] = x[j] / _sqrt(sv)
+    elif mode == POW_ONE:
+        for j in range(n):
+            sv = <floating>(k + a * (S[j] + P[j]))
+            s[j] = sv
+            y[j] = x[j] / sv
+    elif mode == POW_QUARTER:
+        for j in range(n):
+            sv = <floating>(k + a * (S[j] + P[j]))
+            s[j] = sv
+            y[j] = x[j] / _sqrt(_sqrt(sv))
+    else:
+        for j in range(n):
+            sv = <floating>(k + a * (S[j] + P[j]))
+            s[j] = sv
+            y[j] = x[j] * _pow(sv, -beta)
+
+
+cdef inline void _lrn_fwd_tile(const floating *x, floating *scale, floating *y, Py_ssize_t C, Py_ssize_t ld,
+                               Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, double k, double a, double beta,
+                               int mode, double *S) noexcept nogil:
+    """One (sample, tile): rows of n positions, ld apart, channels 0..C-1; S: scratch of (lo+hi+1)*n."""
+    cdef double P[TILE]
+    cdef Py_ssize_t w = lo + hi + 1, b0, i
+    # Outputs b0 .. b0+w-1 have windows starting at channels b0-lo .. b0+w-1-lo: suffix sums of that
+    # block (S) plus a running prefix of the next block (P).
+    b0 = 0
+    while b0 < C:
+        _block_suffix(x, <const floating *>NULL, <const floating *>NULL, C, ld, n, b0 - lo, w, S)
+        _vals(<const floating *>NULL, <const floating *>NULL, <const floating *>NULL, P, NULL, n)
+        for i in range(min(w, C - b0)):
+            if i > 0:
+                _row_vals(x, <const floating *>NULL, <const floating *>NULL, b0 + hi + i, C, ld, P, P, n)
+            _fwd_row(x + (b0 + i) * ld, S + i * n, P, scale + (b0 + i) * ld, y + (b0 + i) * ld, n,
+                     k, a, beta, mode)
+        b0 += w
+
+
+# ------------------------------------------------------------------------------------------ backward tile
+cdef inline void _bwd_row(const floating *dy, const floating *x, const floating *s, const double *S,
+                          const double *P, floating *dx, Py_ssize_t n, double coef, double beta,
+                          int mode) noexcept nogil:
+    """One channel: dx = dy * s^-beta - coef * x * (S + P) (its mirrored-window sum of dy*y/s)."""
+    cdef Py_ssize_t j
+    cdef floating r, p
+    if mode == POW_3QUARTERS:
+        for j in range(n):
+            r = _sqrt(s[j])
+            p = 1 / (r * _sqrt(r))
+            dx[j] = <floating>(dy[j] * p - coef * x[j] * (S[j] + P[j]))
+    elif mode == POW_HALF:
+        for j in range(n):
+            p = 1 / _sqrt(s[j])
+            dx[j] = <floating>(dy[j] * p - coef * x[j] * (S[j] + P[j]))
+    elif mode == POW_ONE:
+        for j in range(n):
+            p = 1 / s[j]
+            dx[j] = <floating>(dy[j] * p - coef * x[j] * (S[j] + P[j]))
+    elif mode == POW_QUARTER:
+        for j in range(n):
+            p = 1 / _sqrt(_sqrt(s[j]))
+            dx[j] = <floating>(dy[j] * p - coef * x[j] * (S[j] + P[j]))
+    else:
+        for j in range(n):
+            p = _pow(s[j], -beta)
+            dx[j] = <floating>(dy[j] * p - coef * x[j] * (S[j] + P[j]))
+
+
+cdef inline void _lrn_bwd_tile(const floating *dy, const floating *x, const floating *y, const floating *s,
+                               floating *dx, Py_ssize_t C, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t lo,
+                               Py_ssize_t hi, double coef, double beta, int mode, double *S) noexcept nogil:
+    """As the forward tile on t = dy*y/s with the mirrored window [j - hi, j + lo]."""
+    cdef double P[TILE]
+    cdef Py_ssize_t w = lo + hi + 1, b0, i, o
+    b0 = 0
+    while b0 < C:
+        _block_suffix(dy, y, s, C, ld, n, b0 - hi, w, S)
+        _vals(<const floating *>NULL, <const floating *>NULL, <const floating *>NULL, P, NULL, n)
+        for i in range(min(w, C - b0)):
+            if i > 0:
+                _row_vals(dy, y, s, b0 + lo + i, C, ld, P, P, n)
+            o = (b0 + i) * ld
+            _bwd_row(dy + o, x + o, s + o, S + i * n, P, dx + o, n, coef, beta, mode)
+        b0 += w
+
+
+# ------------------------------------------------------------------------------------------ tiling
+cdef inline Py_ssize_t _tile_len(Py_ssize_t L, Py_ssize_t cap) noexcept nogil:
+    """L cut into ceil(L / cap) near-equal tiles, rounded up to a multiple of 16 (cap is one)."""
+    cdef Py_ssize_t n_tiles = (L + cap - 1) // cap
+    cdef Py_ssize_t t = (L + n_tiles - 1) // n_tiles
+    return min(cap, (t + 15) // 16 * 16)
+
+
+cdef inline Py_ssize_t _tile_cap(Py_ssize_t scratch_len, Py_ssize_t w) noexcept nogil:
+    """Longest tile whose w rows of float64 suffix sums fit in the per-thread scratch."""
+    return min(<Py_ssize_t>TILE, max(<Py_ssize_t>16, scratch_len // w // 16 * 16))
+
+
+def lrn_scratch_len(Py_ssize_t lo, Py_ssize_t hi):
+    """Per-thread scratch (float64 elements) the kernels want for a clamped window (lo, hi)."""
+    cdef Py_ssize_t w = lo + hi + 1
+    return max(16 * w, min(<Py_ssize_t>TILE * w, 32768))
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def local_response_norm_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
+                                floating[:, :, ::1] y,          # OUT (N, C, L)
+                                floating[:, :, ::1] scale,      # OUT (N, C, L)
+                                double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
+                                Py_ssize_t size, double alpha, double beta, double k, int n_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
+    cdef double a = alpha / size
+    cdef int mode = _pow_mode(beta), tid
+    if N == 0 or C == 0 or L == 0:
+        return
+    # A window reaching past every channel is the same window: clamp (alpha / size keeps the real size).
+    lo = min(size // 2, C - 1)
+    hi = min((size - 1) // 2, C - 1)
+    tl = _tile_len(L, _tile_cap(scratch.shape[1], lo + hi + 1))
+    tiles = (L + tl - 1) // tl
+    with nogil:
+        if n_threads <= 1:
+            for task in range(N * tiles):
+                i = task // tiles
+                l0 = (task % tiles) * tl
+                _lrn_fwd_tile(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
+                              k, a, beta, mode, &scratch[0, 0])
+        else:
+            for task in prange(N * tiles, schedule="static", num_threads=n_threads):
+                tid = threadid()
+                i = task // tiles
+                l0 = (task % tiles) * tl
+                _lrn_fwd_tile(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
+                              k, a, beta, mode, &scratch[tid, 0])
+
+
+def local_response_norm_backward(const floating[:, :, ::1] dy,      # IN  (N, C, L)
+                                 const floating[:, :, ::1] x,       # IN  (N, C, L)
+                                 const floating[:, :, ::1] y,       # IN  (N, C, L)
+                                 const floating[:, :, ::1] scale,   # IN  (N, C, L)
+                                 floating[:, :, ::1] dx,            # OUT (N, C, L)
+                                 double[:, ::1] scratch,            # SCRATCH as in the forward
+                                 Py_ssize_t size, double alpha, double beta, int n_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
+    cdef double coef = 2.0 * alpha * beta / size
+    cdef int mode = _pow_mode(beta), tid
+    if N == 0 or C == 0 or L == 0:
+        return
+    lo = min(size // 2, C - 1)
+    hi = min((size - 1) // 2, C - 1)
+    tl = _tile_len(L, _tile_cap(scratch.shape[1], lo + hi + 1))
+    tiles = (L + tl - 1) // tl
+    with nogil:
+        if n_threads <= 1:
+            for task in range(N * tiles):
+                i = task // tiles
+                l0 = (task % tiles) * tl
+                _lrn_bwd_tile(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
+                              C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[0, 0])
+        else:
+            for task in prange(N * tiles, schedule="static", num_threads=n_threads):
+                tid = threadid()
+                i = task // tiles
+                l0 = (task % tiles) * tl
+                _lrn_bwd_tile(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
+                              C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[tid, 0])

@@ -1,0 +1,262 @@
+"""Benchmark cases: LocalResponseNorm, WeightNorm and CosineLinear, forward and backward, float32.
+
+torch providers: ``F.local_response_norm`` (a composite of pad + avg_pool3d + pow on the CPU),
+``torch._weight_norm`` (what ``nn.utils.weight_norm`` calls: fused for dim 0 / last, composite otherwise)
+and ``F.linear(F.normalize(x), F.normalize(w))``; their backward passes are autograd over a graph built once,
+outside the timing. cosine_linear is dominated by its matrix products (BLAS: NumPy's OpenBLAS for fastnorm,
+torch's own for torch, both limited to fastnorm's thread count where threadpoolctl is installed), so its
+GB/s and fraction of the streaming bound are not meaningful: compare its times.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._core import Case, torch_or_none
+
+LRN_SIZE = 5
+LRN_FULL = [(64, 96, 55, 55), (64, 64, 56, 56)]
+LRN_QUICK = [(16, 64, 28, 28)]
+WN_FULL = [((4096, 4096), 0), ((512, 512, 3, 3), 0), ((4096, 4096), 1), ((4096, 4096), None)]
+WN_QUICK = [((1024, 1024), 0), ((1024, 1024), 1), ((256, 128, 3, 3), None)]
+COS_FULL = [(1024, 512, 1000), (256, 512, 10000)]
+COS_QUICK = [(256, 256, 1000)]
+COS_EPS = 1e-8
+
+
+def _providers(fn, fn_out, ref, tch):
+    p = {"fastnorm": fn, "fastnorm out=": fn_out, "numpy": ref}
+    if torch_or_none() is not None:
+        p["torch"] = tch
+    return p
+
+
+# ------------------------------------------------------------------------------------------ LocalResponseNorm
+def _lrn_inputs(shape):
+    def make(rng):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        y, scale = fastnorm.local_response_norm_forward(x, LRN_SIZE)
+        return dict(x=x, dy=dy, y=y, scale=scale)
+
+    return make
+
+
+def _fn_lrn_fwd(s):
+    return lambda: fastnorm.local_response_norm_forward(s["x"], LRN_SIZE)
+
+
+def _fn_lrn_fwd_out(s):
+    out = (np.empty_like(s["x"]), np.empty_like(s["x"]))
+    return lambda: fastnorm.local_response_norm_forward(s["x"], LRN_SIZE, out=out)
+
+
+def _np_lrn_fwd(s):
+    return lambda: R.local_response_norm_forward(s["x"], LRN_SIZE)
+
+
+def _torch_lrn_fwd(s):
+    torch = torch_or_none()
+    x = torch.from_numpy(s["x"])
+    return lambda: torch.nn.functional.local_response_norm(x, LRN_SIZE)
+
+
+def _fn_lrn_bwd(s):
+    return lambda: fastnorm.local_response_norm_backward(s["dy"], s["x"], s["y"], s["scale"], LRN_SIZE)
+
+
+def _fn_lrn_bwd_out(s):
+    out = np.empty_like(s["x"])
+    dy, x, y, scale = s["dy"], s["x"], s["y"], s["scale"]
+    return lambda: fastnorm.local_response_norm_backward(dy, x, y, scale, LRN_SIZE, out=out)
+
+
+def _np_lrn_bwd(s):
+    return lambda: R.local_response_norm_backward(s["dy"], s["x"], s["y"], s["scale"], LRN_SIZE)
+
+
+def _torch_lrn_bwd(s):
+    torch = torch_or_none()
+    x = torch.from_numpy(s["x"]).requires_grad_()
+    dy = torch.from_numpy(s["dy"])
+    y = torch.nn.functional.local_response_norm(x, LRN_SIZE)
+    return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
+
+
+# ------------------------------------------------------------------------------------------ WeightNorm
+def _g_shape(shape, dim):
+    return () if dim is None else tuple(n if i == dim else 1 for i, n in enumerate(shape))
+
+
+def _wn_inputs(shape, dim):
+    def make(rng):
+        v = rng.standard_normal(shape, dtype=np.float32)
+        g = np.asarray(1.0 + rng.random(_g_shape(shape, dim)), dtype=np.float32)
+        dw = rng.standard_normal(shape, dtype=np.float32)
+        _, norm = fastnorm.weight_norm_forward(v, g, dim=dim)
+        return dict(v=v, g=g, dw=dw, norm=norm, dim=dim)
+
+    return make
+
+
+def _fn_wn_fwd(s):
+    return lambda: fastnorm.weight_norm_forward(s["v"], s["g"], dim=s["dim"])
+
+
+def _fn_wn_fwd_out(s):
+    out = (np.empty_like(s["v"]), np.empty_like(s["norm"]))
+    return lambda: fastnorm.weight_norm_forward(s["v"], s["g"], dim=s["dim"], out=out)
+
+
+def _np_wn_fwd(s):
+    return lambda: R.weight_norm_forward(s["v"], s["g"], dim=s["dim"])
+
+
+def _torch_dim(dim):
+    return -1 if dim is None else dim  # torch._weight_norm: -1 means the whole tensor
+
+
+def _torch_wn_fwd(s):
+    torch = torch_or_none()
+    v, g = torch.from_numpy(s["v"]), torch.from_numpy(s["g"])
+    return lambda: torch._weight_norm(v, g, _torch_dim(s["dim"]))
+
+
+def _fn_wn_bwd(s):
+    return lambda: fastnorm.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"])
+
+
+def _fn_wn_bwd_out(s):
+    out = (np.empty_like(s["v"]), np.empty_like(s["g"]))
+    return lambda: fastnorm.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"], out=out)
+
+
+def _np_wn_bwd(s):
+    return lambda: R.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"])
+
+
+def _torch_wn_bwd(s):
+    torch = torch_or_none()
+    v = torch.from_numpy(s["v"]).requires_grad_()
+    g = torch.from_numpy(s["g"]).requires_grad_()
+    dw = torch.from_numpy(s["dw"])
+    w = torch._weight_norm(v, g, _torch_dim(s["dim"]))
+    return lambda: torch.autograd.grad(w, (v, g), dw, retain_graph=True)
+
+
+# ------------------------------------------------------------------------------------------ CosineLinear
+def _limit_blas_threads():
+    """NumPy's BLAS to fastnorm's thread count (as torch is), where threadpoolctl is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(fastnorm.get_num_threads(), user_api="blas")
+
+
+def _cos_inputs(b, d, o):
+    def make(rng):
+        x = rng.standard_normal((b, d), dtype=np.float32)
+        w = rng.standard_normal((o, d), dtype=np.float32)
+        dy = rng.standard_normal((b, o), dtype=np.float32)
+        y, x_norm, w_norm = fastnorm.cosine_linear_forward(x, w, eps=COS_EPS)
+        return dict(x=x, w=w, dy=dy, y=y, x_norm=x_norm, w_norm=w_norm)
+
+    return make
+
+
+def _fn_cos_fwd(s):
+    _limit_blas_threads()
+    return lambda: fastnorm.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS)
+
+
+def _fn_cos_fwd_out(s):
+    _limit_blas_threads()
+    out = (np.empty_like(s["y"]), np.empty_like(s["x_norm"]), np.empty_like(s["w_norm"]))
+    return lambda: fastnorm.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS, out=out)
+
+
+def _np_cos_fwd(s):
+    _limit_blas_threads()
+    return lambda: R.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS)
+
+
+def _torch_cos(torch, x, w):
+    F = torch.nn.functional
+    return F.linear(F.normalize(x, dim=-1, eps=COS_EPS), F.normalize(w, dim=-1, eps=COS_EPS))
+
+
+def _torch_cos_fwd(s):
+    torch = torch_or_none()
+    x, w = torch.from_numpy(s["x"]), torch.from_numpy(s["w"])
+    return lambda: _torch_cos(torch, x, w)
+
+
+def _cos_saved(s):
+    return s["y"], s["x_norm"], s["w_norm"]
+
+
+def _fn_cos_bwd(s):
+    _limit_blas_threads()
+    return lambda: fastnorm.cosine_linear_backward(s["dy"], s["x"], s["w"], *_cos_saved(s), eps=COS_EPS)
+
+
+def _fn_cos_bwd_out(s):
+    _limit_blas_threads()
+    out = (np.empty_like(s["x"]), np.empty_like(s["w"]))
+    dy, x, w = s["dy"], s["x"], s["w"]
+    return lambda: fastnorm.cosine_linear_backward(dy, x, w, *_cos_saved(s), eps=COS_EPS, out=out)
+
+
+def _np_cos_bwd(s):
+    _limit_blas_threads()
+    return lambda: R.cosine_linear_backward(s["dy"], s["x"], s["w"], *_cos_saved(s), eps=COS_EPS)
+
+
+def _torch_cos_bwd(s):
+    torch = torch_or_none()
+    x = torch.from_numpy(s["x"]).requires_grad_()
+    w = torch.from_numpy(s["w"]).requires_grad_()
+    dy = torch.from_numpy(s["dy"])
+    y = _torch_cos(torch, x, w)
+    return lambda: torch.autograd.grad(y, (x, w), dy, retain_graph=True)
+
+
+# ------------------------------------------------------------------------------------------ cases
+def cases(quick: bool) -> list[Case]:
+    out = []
+    for shape in LRN_QUICK if quick else LRN_FULL:
+        n = int(np.prod(shape))
+        label, make = f"{shape} size={LRN_SIZE}", _lrn_inputs(shape)
+        fwd = _providers(_fn_lrn_fwd, _fn_lrn_fwd_out, _np_lrn_fwd, _torch_lrn_fwd)
+        bwd = _providers(_fn_lrn_bwd, _fn_lrn_bwd_out, _np_lrn_bwd, _torch_lrn_bwd)
+        out += [
+            Case("local_response_norm_forward", label, make, fwd, 4 * 3 * n, (1, 0, 2), n),
+            Case("local_response_norm_backward", label, make, bwd, 4 * 5 * n, (4, 0, 1), n),
+        ]
+    for shape, dim in WN_QUICK if quick else WN_FULL:
+        n = int(np.prod(shape))
+        small = int(np.prod(_g_shape(shape, dim)))
+        label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
+        out += [
+            Case("weight_norm_forward", label, make,
+                 _providers(_fn_wn_fwd, _fn_wn_fwd_out, _np_wn_fwd, _torch_wn_fwd),
+                 4 * (2 * n + 2 * small), (1, 0, 1), n),
+            Case("weight_norm_backward", label, make,
+                 _providers(_fn_wn_bwd, _fn_wn_bwd_out, _np_wn_bwd, _torch_wn_bwd),
+                 4 * (3 * n + 3 * small), (2, 0, 1), n),
+        ]
+    for b, d, o in COS_QUICK if quick else COS_FULL:
+        label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)
+        fwd = 4 * (b * d + o * d + b * o + b + o)
+        bwd = 4 * (2 * b * o + 2 * (b * d + o * d) + b + o)
+        pf = _providers(_fn_cos_fwd, _fn_cos_fwd_out, _np_cos_fwd, _torch_cos_fwd)
+        pb = _providers(_fn_cos_bwd, _fn_cos_bwd_out, _np_cos_bwd, _torch_cos_bwd)
+        out += [
+            Case("cosine_linear_forward", label, make, pf, fwd, (2, 0, 1), fwd // 12, tags=("blas-bound",)),
+            Case("cosine_linear_backward", label, make, pb, bwd, (2, 0, 1), bwd // 12, tags=("blas-bound",)),
+        ]
+    return out

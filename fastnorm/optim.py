@@ -1,0 +1,1173 @@
+"""Optimizers: fused multi-tensor steps and ``torch.optim``-style classes, on NumPy arrays.
+
+Names, hyperparameters, defaults and update formulas are ``torch.optim``'s (``fastnorm.reference.optim``
+holds them as plain NumPy), so switching gives the same numbers. Every step updates all tensors of a
+parameter group in one kernel call: the kernel gets a table of the arrays' addresses and walks them as
+one flat index space, one streaming pass per tensor (p, g and the state read once, written once).
+
+Functional steps update lists of arrays in place::
+
+    sgd_step(params, grads, momentum_buffers=None, *, lr, momentum, dampening, weight_decay, nesterov,
+             maximize)
+    adagrad_step(params, grads, state_sums, *, step, lr, lr_decay, weight_decay, eps, maximize)
+    adadelta_step(params, grads, square_avgs, acc_deltas, *, lr, rho, eps, weight_decay, maximize)
+    rmsprop_step(params, grads, square_avgs, grad_avgs=None, momentum_buffers=None, *, lr, alpha, eps,
+                 weight_decay, momentum, centered, maximize)
+    adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, step, lr, beta1, beta2, eps,
+              weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    adamw_step(...)   # adam_step with decoupled weight decay, weight_decay=1e-2
+
+The classes ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW`` keep the state::
+
+    opt = Adam(params, lr=1e-3)          # params: a list of arrays, or a list of dicts (parameter groups)
+    opt.step(grads)                      # grads: one array (or None: skipped) per parameter, in order
+    opt.param_groups[0]["lr"] = 1e-4     # hyperparameters are read at every step (schedulers work)
+    sd = opt.state_dict(); opt.load_state_dict(sd)
+
+Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays (updated in
+place; they cannot be copied); state has its parameter's shape and dtype; gradients must match their
+parameter's shape and dtype (a non-contiguous gradient is copied). Hyperparameters are Python floats;
+scalar constants (bias corrections, lr * weight_decay) are computed in double and rounded to the
+parameter's dtype once. Everything is checked before anything is written: a bad argument raises
+``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
+untouched.
+
+The gradient-descent family in these terms
+------------------------------------------
+- Full-batch gradient descent, stochastic gradient descent and mini-batch SGD are all ``SGD`` (with
+  ``momentum=0``: ``p -= lr * g``); they differ only in the gradient the caller passes: of the loss on
+  the whole training set, on one example, or averaged over a mini-batch.
+- Momentum (heavy ball): textbooks often write ``m = mu * m + lr * g; p -= m``. torch (and fastnorm)
+  keep ``b = mu * b + g; p -= lr * b``. With a constant learning rate the two are the same method,
+  ``m = lr * b``; when lr changes, the torch form rescales the past too (``m`` keeps old steps at their
+  old lr). ``dampening = mu`` turns ``b`` into an exponential average of the gradients.
+- Nesterov momentum: the look-ahead form ``v = mu * v - lr * grad(p + mu * v); p += v`` evaluates the
+  gradient at the look-ahead point. ``nesterov=True`` stores that point instead: with ``q = p + mu * v``
+  and ``v = -lr * b`` it becomes ``b = mu * b + grad(q); q -= lr * (grad(q) + mu * b)``, so the parameter
+  held is the look-ahead one and the gradient is taken where it is (constant lr; the two trajectories
+  meet at the end because ``p = q - mu * v``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import _validation as V
+from ._dispatch import CPU, on_cuda
+
+__all__ = [
+    "sgd_step",
+    "adagrad_step",
+    "adadelta_step",
+    "rmsprop_step",
+    "adam_step",
+    "adamw_step",
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+_kernels = None
+
+
+def _k():
+    global _kernels
+    if _kernels is None:
+        _kernels = CPU.kernels
+    return _kernels
+
+
+_NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+# ------------------------------------------------------------------------------------------ array checks
+def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+    """Raise the error explaining why ``a`` failed the kernels' fast check; or return a contiguous copy
+    when only its layout was wrong and ``copy_ok`` (gradients)."""
+    if not isinstance(a, np.ndarray):
+        if on_cuda(a):
+            raise TypeError(f"{op}: {name} is a CUDA array; fastnorm optimizers run on NumPy arrays (CPU)")
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    want = _FLOATS if ref is None else (ref.dtype,)
+    if a.dtype not in want or not a.dtype.isnative:
+        what = "float32 or float64" if ref is None else f"{ref.dtype.name} like its parameter"
+        got = a.dtype.str if a.dtype in want else a.dtype
+        raise TypeError(f"{op}: {name} has dtype {got}; expected {what}")
+    if ref is not None and a.shape != ref.shape:
+        raise ValueError(f"{op}: {name} has shape {a.shape} but its parameter has shape {ref.shape}")
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        if copy_ok:
+            return np.ascontiguousarray(a)
+        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
+    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+
+
+def _as_list(op: str, name: str, arrays) -> list:
+    if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
+        raise TypeError(f"{op}: {name} must be a list or tuple of arrays, got {type(arrays).__name__}")
+    return list(arrays)
+
+
+def _gather_params(op: str, params: list, name: str = "params") -> np.ndarray:
+    """(3, n) int64: address, size, is-float64 of each parameter array (all checked usable)."""
+    info = np.empty((3, len(params)), np.int64)
+    bad = _k().gather_params(params, info)
+    if bad >= 0:
+        _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False)
+    return info
+
+
+def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE):
+    """Addresses of ``arrays`` (each matching its parameter, outside the byte ranges ``avoid``).
+
+    Gradients with a bad layout are copied: returns (addresses, arrays) with ``arrays`` holding the
+    copies (keep it alive while the kernel runs).
+    """
+    if len(arrays) != len(params):
+        raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
+    ptrs = np.empty(len(params), np.intp)
+    while True:
+        bad = _k().gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
+        if bad < 0:
+            return ptrs, arrays
+        a = arrays[bad]
+        if a is None:
+            raise TypeError(f"{op}: {name}[{bad}] is None")
+        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable)
+        arrays = list(arrays)
+        arrays[bad] = fixed
+
+
+def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
+    """The byte ranges [lo, hi) of arrays (addresses ``ptrs``, sizes/dtypes from ``info``), sorted;
+    ValueError if two overlap."""
+    nbytes = info[1] * (4 + 4 * info[2])
+    keep = nbytes > 0
+    lo = ptrs[keep].astype(np.int64)
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], (lo + nbytes[keep])[order]
+    if lo.size > 1 and np.any(lo[1:] < hi[:-1]):
+        raise ValueError(f"{op}: {what} overlap in memory (each must be a separate array)")
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------------------ hyperparameters
+def _lr(op, lr):
+    return V.scalar(op, "lr", lr, low=0.0)
+
+
+def _nonneg(op, name, v):
+    return V.scalar(op, name, v, low=0.0)
+
+
+def _flag(op, name, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _beta(op, name, v):
+    return V.scalar(op, name, v, low=0.0, high=1.0, high_open=True)
+
+
+def _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize) -> dict:
+    h = {
+        "lr": _lr(op, lr),
+        "momentum": _nonneg(op, "momentum", momentum),
+        "dampening": V.scalar(op, "dampening", dampening),
+        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
+        "nesterov": _flag(op, "nesterov", nesterov),
+        "maximize": _flag(op, "maximize", maximize),
+    }
+    if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+        raise ValueError(f"{op}: nesterov=True requires momentum > 0 and dampening = 0")
+    return h
+
+
+def _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize, initial_accumulator_value=0.0) -> dict:
+    return {
+        "lr": _lr(op, lr),
+        "lr_decay": _nonneg(op, "lr_decay", lr_decay),
+        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
+        "initial_accumulator_value": _nonneg(op, "initial_accumulator_value", initial_accumulator_value),
+        "eps": _nonneg(op, "eps", eps),
+        "maximize": _flag(op, "maximize", maximize),
+    }
+
+
+def _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize) -> dict:
+    return {
+        "lr": _lr(op, lr),
+        "rho": V.scalar(op, "rho", rho, low=0.0, high=1.0),
+        "eps": _nonneg(op, "eps", eps),
+        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
+        "maximize": _flag(op, "maximize", maximize),
+    }
+
+
+def _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize) -> dict:
+    return {
+        "lr": _lr(op, lr),
+        "alpha": _nonneg(op, "alpha", alpha),
+        "eps": _nonneg(op, "eps", eps),
+        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
+        "momentum": _nonneg(op, "momentum", momentum),
+        "centered": _flag(op, "centered", centered),
+        "maximize": _flag(op, "maximize", maximize),
+    }
+
+
+def _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) -> dict:
+    return {
+        "lr": _lr(op, lr),
+        "beta1": _beta(op, "beta1", beta1),
+        "beta2": _beta(op, "beta2", beta2),
+        "eps": _nonneg(op, "eps", eps),
+        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
+        "amsgrad": _flag(op, "amsgrad", amsgrad),
+        "maximize": _flag(op, "maximize", maximize),
+        "decoupled_weight_decay": _flag(op, "decoupled_weight_decay", decoupled_weight_decay),
+    }
+
+
+def _steps(op, step, n) -> np.ndarray:
+    """One step number (>= 1) per tensor, from an int or a sequence of ints."""
+    if np.ndim(step) == 0:
+        return np.full(n, V.integer(op, "step", step, low=1), dtype=np.int64)
+    steps = np.asarray(step)
+    if steps.shape != (n,) or steps.dtype.kind not in "iu":
+        raise ValueError(f"{op}: step must be an int or {n} ints (one per tensor), got shape {steps.shape}")
+    if n and steps.min() < 1:
+        raise ValueError(f"{op}: step numbers count from 1, got {int(steps.min())}")
+    return steps.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ kernel launch
+# State streams of each algorithm, in the kernels' table order (rows 2..).
+_STREAMS = {
+    "sgd": ("momentum_buffer",),
+    "adagrad": ("sum",),
+    "adadelta": ("square_avg", "acc_delta"),
+    "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
+    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
+
+
+def _needed(algo: str, h: dict) -> tuple[bool, ...]:
+    """Which state streams the options use."""
+    if algo == "sgd":
+        return (h["momentum"] != 0,)
+    if algo == "rmsprop":
+        return (True, h["centered"], h["momentum"] > 0)
+    if algo == "adam":
+        return (True, True, h["amsgrad"])
+    return (True,) * len(_STREAMS[algo])
+
+
+def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None) -> np.ndarray:
+    """Per-tensor scalars (T, k) in double: from the step numbers (vectorized; one computation when
+    all tensors are at the same step, the usual case) and SGD's first-step flags."""
+    n = steps.shape[0]
+    if algo == "sgd":
+        out = np.empty((n, 2))
+        out[:] = (h["momentum"], 1.0 - h["dampening"])
+        if first is not None:
+            out[first] = (0.0, 1.0)  # first step: b = 0 * 0 + 1 * g = g
+        return out
+    if algo not in ("adagrad", "adam"):
+        return np.empty((n, 0))
+    uniform = n > 0 and steps[0] == steps[-1] and bool((steps == steps[0]).all())
+    t = float(steps[0]) if uniform else steps.astype(np.float64)
+    if algo == "adagrad":
+        clr = h["lr"] / (1.0 + (t - 1.0) * h["lr_decay"])
+        cols = (clr,)
+    else:
+        b1t = h["beta1"] ** t if uniform else np.power(h["beta1"], t)
+        b2t = h["beta2"] ** t if uniform else np.power(h["beta2"], t)
+        cols = (h["lr"] / (1.0 - b1t), np.sqrt(1.0 - b2t))
+    out = np.empty((n, len(cols)))
+    for c, col in enumerate(cols):
+        out[:, c] = col
+    return out
+
+
+def _launch(algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, f64: bool) -> None:
+    """One kernel call over the tensors of ``tab`` (rows: param, grad, state streams)."""
+    k = _k()
+    nt = CPU.threads(int(offsets[-1]))
+    mx = h["maximize"]
+    if algo == "sgd":
+        k.sgd_step(tab, offsets, pt, h["lr"], h["momentum"], h["weight_decay"], h["nesterov"], mx, f64, nt)
+    elif algo == "adagrad":
+        k.adagrad_step(tab, offsets, pt, h["weight_decay"], h["eps"], mx, f64, nt)
+    elif algo == "adadelta":
+        k.adadelta_step(tab, offsets, h["lr"], h["rho"], h["eps"], h["weight_decay"], mx, f64, nt)
+    elif algo == "rmsprop":
+        k.rmsprop_step(
+            tab,
+            offsets,
+            h["lr"],
+            h["alpha"],
+            h["eps"],
+            h["weight_decay"],
+            h["momentum"],
+            h["centered"],
+            mx,
+            f64,
+            nt,
+        )
+    else:
+        decoupled = h["decoupled_weight_decay"]
+        wd = h["weight_decay"]
+        k.adam_step(
+            tab,
+            offsets,
+            pt,
+            h["beta1"],
+            h["beta2"],
+            h["eps"],
+            0.0 if decoupled else wd,
+            1.0 - h["lr"] * wd if decoupled else 1.0,
+            h["amsgrad"],
+            mx,
+            f64,
+            nt,
+        )
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    off = np.zeros(sizes.shape[0] + 1, np.int64)
+    np.cumsum(sizes, out=off[1:])
+    return off
+
+
+def _run_split(algo, h, tab, sizes, f64, pt):
+    """Launch once per dtype present (tensors of one call share a dtype)."""
+    if f64.all() or not f64.any():
+        _launch(algo, h, tab, _offsets(sizes), pt, bool(f64.all()) if f64.size else False)
+        return
+    for want in (False, True):
+        idx = np.flatnonzero(f64 == want)
+        _launch(
+            algo,
+            h,
+            np.ascontiguousarray(tab[:, idx]),
+            _offsets(sizes[idx]),
+            np.ascontiguousarray(pt[idx]),
+            want,
+        )
+
+
+# ------------------------------------------------------------------------------------------ functional steps
+def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None):
+    """Validate the lists, check no written array overlaps another (nor a gradient one), launch.
+
+    ``states``: stream name -> list of arrays (absent for a stream the options do not use).
+    """
+    params = _as_list(op, "params", params)
+    grads = _as_list(op, "grads", grads)
+    if len(grads) != len(params):
+        raise ValueError(f"{op}: grads has {len(grads)} entries for {len(params)} parameters")
+    info = _gather_params(op, params)
+    names = _STREAMS[algo]
+    for name, use in zip(names, _needed(algo, h)):
+        if use and states.get(name) is None:  # the public steps ask for these; never reach a kernel without
+            raise TypeError(f"{op}: the options need the {name} state list")
+    tab = np.zeros((2 + len(names), len(params)), np.intp)
+    tab[0] = info[0]
+    for r, name in enumerate(names):
+        if states.get(name) is not None:
+            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True)
+    written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
+    avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
+    tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid)
+    if steps is None:
+        steps = np.ones(len(params), np.int64)
+    _run_split(algo, h, tab, info[1], info[2].astype(bool), _per_tensor(algo, h, steps, first))
+
+
+def sgd_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    momentum_buffers: list | None = None,
+    *,
+    lr: float = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> None:
+    """SGD step in place, like ``torch.optim.SGD`` (``fastnorm.reference.optim.sgd_step``)::
+
+        g = g + weight_decay * p
+        momentum != 0:  b = g (first step), else b = momentum * b + (1 - dampening) * g
+                        g = g + momentum * b if nesterov else b
+        p = p - lr * g
+
+    ``momentum_buffers`` (needed when momentum != 0): a list with one entry per parameter; None entries
+    are the first step: a buffer is allocated, set to g and stored in the list.
+    """
+    op = "sgd_step"
+    h = _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize)
+    params = _as_list(op, "params", params)
+    states, first, new = {}, None, []
+    if h["momentum"] != 0:
+        if not isinstance(momentum_buffers, list):
+            raise TypeError(f"{op}: momentum != 0 needs momentum_buffers, a list (None entries: first step)")
+        if len(momentum_buffers) != len(params):
+            raise ValueError(f"{op}: momentum_buffers has {len(momentum_buffers)} entries for {len(params)} parameters")
+        first = np.array([b is None for b in momentum_buffers], dtype=bool)
+        bufs = list(momentum_buffers)
+        for i in np.flatnonzero(first):
+            # validated with the rest below before anything is written; zeros so 0 * b is 0
+            if isinstance(params[i], np.ndarray) and params[i].dtype in _FLOATS:
+                bufs[i] = np.zeros_like(params[i], order="C")
+                new.append(i)
+        states["momentum_buffer"] = bufs
+    _functional(op, "sgd", h, params, grads, states, first=first)
+    for i in new:
+        momentum_buffers[i] = states["momentum_buffer"][i]
+
+
+def adagrad_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    state_sums: Sequence[np.ndarray],
+    *,
+    step: int | Sequence[int],
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+) -> None:
+    """Adagrad step in place, like ``torch.optim.Adagrad``::
+
+        g = g + weight_decay * p;  clr = lr / (1 + (step - 1) * lr_decay)
+        sum = sum + g * g;  p = p - clr * g / (sqrt(sum) + eps)
+
+    ``step``: this update's number (from 1), one int or one per tensor.
+    """
+    op = "adagrad_step"
+    h = _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize)
+    n = len(_as_list(op, "params", params))
+    _functional(op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n))
+
+
+def adadelta_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    square_avgs: Sequence[np.ndarray],
+    acc_deltas: Sequence[np.ndarray],
+    *,
+    lr: float = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None:
+    """Adadelta step in place, like ``torch.optim.Adadelta``::
+
+        g = g + weight_decay * p;  square_avg = rho * square_avg + (1 - rho) * g * g
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta;  p = p - lr * delta
+
+    All state starts at zero.
+    """
+    op = "adadelta_step"
+    h = _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize)
+    states = {
+        "square_avg": _as_list(op, "square_avgs", square_avgs),
+        "acc_delta": _as_list(op, "acc_deltas", acc_deltas),
+    }
+    _functional(op, "adadelta", h, params, grads, states)
+
+
+def rmsprop_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    square_avgs: Sequence[np.ndarray],
+    grad_avgs: Sequence[np.ndarray] | None = None,
+    momentum_buffers: Sequence[np.ndarray] | None = None,
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> None:
+    """RMSprop step in place, like ``torch.optim.RMSprop`` (``grad_avgs`` when centered, ``momentum_buffers``
+    when momentum > 0; all state starts at zero)::
+
+        g = g + weight_decay * p;  square_avg = alpha * square_avg + (1 - alpha) * g * g
+        centered: grad_avg = grad_avg + (1 - alpha) * (g - grad_avg)
+                  avg = sqrt(square_avg - grad_avg^2) + eps
+        else:     avg = sqrt(square_avg) + eps
+        momentum > 0: b = momentum * b + g / avg, p = p - lr * b;  else p = p - lr * g / avg
+    """
+    op = "rmsprop_step"
+    h = _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    states = {"square_avg": _as_list(op, "square_avgs", square_avgs)}
+    if h["centered"]:
+        if grad_avgs is None:
+            raise TypeError(f"{op}: centered=True needs grad_avgs")
+        states["grad_avg"] = _as_list(op, "grad_avgs", grad_avgs)
+    if h["momentum"] > 0:
+        if momentum_buffers is None:
+            raise TypeError(f"{op}: momentum > 0 needs momentum_buffers")
+        states["momentum_buffer"] = _as_list(op, "momentum_buffers", momentum_buffers)
+    _functional(op, "rmsprop", h, params, grads, states)
+
+
+def adam_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None = None,
+    *,
+    step: int | Sequence[int],
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> None:
+    """Adam step in place, like ``torch.optim.Adam``; AdamW with ``decoupled_weight_decay``.
+
+    ``step``: this update's number (from 1), one int or one per tensor. ``max_exp_avg_sqs`` when amsgrad::
+
+        Adam: g = g + weight_decay * p        AdamW: p = p * (1 - lr * weight_decay)
+        exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        amsgrad: max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq), used in place of exp_avg_sq
+        p = p - lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
+    """
+    op = "adamw_step" if decoupled_weight_decay else "adam_step"
+    h = _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    n = len(_as_list(op, "params", params))
+    states = {
+        "exp_avg": _as_list(op, "exp_avgs", exp_avgs),
+        "exp_avg_sq": _as_list(op, "exp_avg_sqs", exp_avg_sqs),
+    }
+    if h["amsgrad"]:
+        if max_exp_avg_sqs is None:
+            raise TypeError(f"{op}: amsgrad=True needs max_exp_avg_sqs")
+        states["max_exp_avg_sq"] = _as_list(op, "max_exp_avg_sqs", max_exp_avg_sqs)
+    _functional(op, "adam", h, params, grads, states, _steps(op, step, n))
+
+
+def adamw_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None = None,
+    *,
+    step: int | Sequence[int],
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    maximize: bool = False,
+) -> None:
+    """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay."""
+    adam_step(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        step=step,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------ classes
+class _Group:
+    """Per parameter group: the state, the step counts and the cached kernel tables."""
+
+    def __init__(self, n: int):
+        self.state: list[dict] = [{} for _ in range(n)]  # per parameter: stream name -> private array
+        self.steps = np.zeros(n, np.int64)
+        self.info = None  # (3, n) addresses / sizes / is-float64 the tables were built for
+        self.tables = None  # [(idx, tab, offsets)] per dtype present: tab rows param, grad, state streams
+        self.ready = None  # the state streams every parameter has (then nothing to allocate)
+        self.hyper_key = None  # the raw hyperparameters last validated, and the result
+        self.hyper = None
+
+
+class Optimizer:
+    """Base class: parameter groups, ``step(grads)``, ``state_dict()`` / ``load_state_dict()``.
+
+    ``param_groups`` is a list of dicts like torch's: ``"params"`` (the arrays) and the hyperparameters,
+    read and checked at every step. ``step(grads)`` takes one gradient per parameter (None: the parameter
+    is skipped, as torch skips ``p.grad is None``), in the order of ``param_groups`` then ``"params"``.
+    The state arrays are private (``state_dict()`` returns copies), so the kernel's address tables of
+    the state are built once; parameter addresses are re-read (in C) at every step and the tables
+    rebuilt only when one changed.
+    """
+
+    _algo = ""
+    _defaults: dict = {}
+    _extra_keys: tuple = ()  # hyperparameter keys a torch state_dict may carry that fastnorm ignores
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict] = []
+        self._groups: list[_Group] = []
+        self._avoid = _NOWHERE  # sorted byte ranges of all parameters (gradients must not meet them)
+        if isinstance(params, (np.ndarray, dict)):
+            raise TypeError(
+                f"{self._name}: params must be a list of arrays or of dicts, not one {type(params).__name__}"
+            )
+        params = list(params) if isinstance(params, Iterable) else params
+        if not isinstance(params, list) or not params:
+            raise ValueError(f"{self._name}: got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        for group in params:
+            self.add_param_group(group)
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    # ---- hyperparameters
+    def _hyper(self, group: dict) -> dict:
+        raise NotImplementedError
+
+    def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
+        """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
+        try:
+            key = tuple(group[k] for k in self._defaults)
+        except KeyError:
+            missing = [k for k in self._defaults if k not in group]
+            raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}") from None
+        if gd is not None and gd.hyper_key == key:
+            return gd.hyper
+        h = self._hyper(group)
+        if gd is not None:
+            gd.hyper_key, gd.hyper = key, h
+        return h
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of parameters with its own hyperparameters (the others from the defaults)."""
+        op = self._name
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{op}: a parameter group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        ps = group.get("params")
+        if isinstance(ps, np.ndarray):
+            ps = [ps]
+        elif isinstance(ps, (set, dict)):
+            raise TypeError(f"{op}: params must be an ordered collection (a list), not a {type(ps).__name__}")
+        elif isinstance(ps, Iterable) and not isinstance(ps, (list, tuple, str, bytes)):
+            ps = list(ps)
+        group["params"] = _as_list(op, "params", ps)
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._group_hyper(group)
+        infos = [_gather_params(op, g["params"]) for g in [*self.param_groups, group]]
+        info = np.concatenate(infos, axis=1)
+        avoid = _ranges(op, "parameters (one listed twice, or views of one array)", info[0], info)
+        self.param_groups.append(group)
+        self._groups.append(_Group(len(group["params"])))
+        self._avoid = avoid
+        self._init_group(len(self.param_groups) - 1)
+
+    def _init_group(self, gi: int) -> None:
+        """Eager state initialization (Adagrad); lazy (at the first step with a gradient) otherwise."""
+
+    def _new_state(self, name: str, p: np.ndarray, group: dict) -> np.ndarray:
+        return np.zeros(p.shape, p.dtype)
+
+    # ---- step
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        """One update of every parameter that has a gradient (``grads``: one per parameter, None skips).
+
+        Everything (hyperparameters, parameters, gradients, overlaps) is checked for all groups before
+        any array is written.
+        """
+        op = self._name
+        grads = _as_list(op, "grads", grads)
+        n_total = sum(len(g["params"]) for g in self.param_groups)
+        if len(grads) != n_total:
+            raise ValueError(f"{op}: grads has {len(grads)} entries for {n_total} parameters")
+        hypers, infos, moved = [], [], False
+        for gi, (group, gd) in enumerate(zip(self.param_groups, self._groups, strict=True)):
+            hypers.append(self._group_hyper(group, gd))
+            params = group["params"]
+            if not isinstance(params, list):
+                params = group["params"] = _as_list(op, "params", params)
+            if len(params) != len(gd.steps):
+                raise ValueError(
+                    f"{op}: parameter group {gi} had {len(gd.steps)} parameters and now has {len(params)}; "
+                    "add parameters with add_param_group"
+                )
+            info = _gather_params(op, params, f"param_groups[{gi}]['params']")
+            if gd.info is not None and np.array_equal(info, gd.info):
+                info = None  # unchanged: the cached tables hold
+            else:
+                if gd.info is not None and not np.array_equal(info[1:], gd.info[1:]):
+                    raise ValueError(f"{op}: a parameter of group {gi} changed size or dtype")
+                moved = True  # an array was replaced: re-check overlaps, rebuild the tables
+            infos.append(info)
+        avoid = self._avoid
+        if moved:
+            info = np.concatenate([gd.info if i is None else i for i, gd in zip(infos, self._groups, strict=True)], 1)
+            avoid = _ranges(op, "parameters (views of one array)", info[0], info)
+        plans, start = [], 0
+        for gi, group in enumerate(self.param_groups):
+            n = len(group["params"])
+            gptr, gs = _gather_like(
+                op,
+                "grads",
+                grads[start : start + n],
+                group["params"],
+                writeable=False,
+                allow_none=True,
+                avoid=avoid,
+            )
+            plans.append((gi, hypers[gi], infos[gi], gptr, gs))
+            start += n
+        # everything is checked: from here on nothing raises
+        self._avoid = avoid
+        for gi, h, info, gptr, gs in plans:
+            self._apply(gi, h, info, gptr)
+            del gs  # the gradients (and any contiguous copies) are alive until their kernel is done
+
+    def _apply(self, gi: int, h: dict, info: np.ndarray | None, gptr: np.ndarray) -> None:
+        """Allocate missing state, count the step, launch (``info``: new parameter addresses or None)."""
+        gd, algo = self._groups[gi], self._algo
+        if info is not None:
+            gd.info, gd.tables = info, None
+        active = gptr != 0
+        everyone = bool(active.all())
+        needed = tuple(name for name, use in zip(_STREAMS[algo], _needed(algo, h), strict=True) if use)
+        first = None
+        if gd.ready != needed:  # some parameter lacks state: allocate it for the active ones
+            group = self.param_groups[gi]
+            for i in np.flatnonzero(active):
+                for name in needed:
+                    if name not in gd.state[i]:
+                        gd.state[i][name] = self._new_state(name, group["params"][i], group)
+                        if algo == "sgd":  # a new momentum buffer: b = g on this step
+                            first = np.zeros(len(active), bool) if first is None else first
+                            first[i] = True
+            gd.tables = None
+            if all(name in st for st in gd.state for name in needed):
+                gd.ready = needed
+        if gd.tables is None:
+            gd.tables = self._build_tables(gd)
+        if algo != "sgd":
+            gd.steps[active] += 1
+        for idx, tab, offsets in gd.tables:
+            if everyone:
+                sel, sel_tab, sel_off = idx, tab, offsets
+                tab[1] = gptr if idx.size == gptr.size else gptr[idx]
+            else:
+                keep = active[idx]
+                sel = idx[keep]
+                if sel.size == 0:
+                    continue
+                sel_tab = np.ascontiguousarray(tab[:, keep])
+                sel_tab[1] = gptr[sel]
+                sel_off = _offsets(gd.info[1, sel])
+            pt = _per_tensor(algo, h, gd.steps[sel], None if first is None else first[sel])
+            _launch(algo, h, sel_tab, sel_off, pt, bool(gd.info[2, sel[0]]))
+
+    def _build_tables(self, gd: _Group):
+        tables = []
+        names = _STREAMS[self._algo]
+        for want in (0, 1):
+            idx = np.flatnonzero(gd.info[2] == want)
+            if idx.size == 0:
+                continue
+            tab = np.zeros((2 + len(names), idx.size), np.intp)
+            tab[0] = gd.info[0, idx]
+            for r, name in enumerate(names):
+                tab[2 + r] = [
+                    gd.state[i][name].__array_interface__["data"][0] if name in gd.state[i] else 0 for i in idx
+                ]
+            tables.append((idx, tab, _offsets(gd.info[1, idx])))
+        return tables
+
+    # ---- state dicts
+    def state_dict(self) -> dict:
+        """Like torch's: ``{"state": {index: {name: array, "step": 0-d float32}}, "param_groups": [...]}``.
+
+        Parameters are numbered across groups in order; arrays are copies (plain NumPy, ``np.savez``-able).
+        """
+        state, groups, index = {}, [], 0
+        for group, gd in zip(self.param_groups, self._groups, strict=True):
+            ids = []
+            for i, st in enumerate(gd.state):
+                if st:  # torch too has state only for parameters that were stepped (Adagrad: all)
+                    entry = {} if self._algo == "sgd" else {"step": np.array(float(gd.steps[i]), np.float32)}
+                    entry.update((name, a.copy()) for name, a in st.items())
+                    state[index] = entry
+                ids.append(index)
+                index += 1
+            g = {k: v for k, v in group.items() if k != "params"}
+            g["params"] = ids
+            groups.append(g)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore hyperparameters and state from ``state_dict()`` (or a torch state dict converted with
+        ``.numpy()``). State is copied into the parameters' dtype; everything is checked first."""
+        op = self._name
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError(f"{op}: state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{op}: state_dict has {len(saved_groups)} parameter groups, the optimizer {len(self.param_groups)}"
+            )
+        new_groups, new_state, where = [], [], {}
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            ids = list(saved.get("params", ()))
+            if len(ids) != len(group["params"]):
+                raise ValueError(
+                    f"{op}: state_dict's group {gi} has {len(ids)} parameters, the optimizer's {len(group['params'])}"
+                )
+            g = dict(group)
+            for k, v in saved.items():
+                if k != "params" and (k in self._defaults or k not in self._extra_keys):
+                    g[k] = tuple(v) if isinstance(v, list) else v
+            self._group_hyper(g)
+            new_groups.append(g)
+            for pos, idx in enumerate(ids):
+                where[idx] = (gi, pos)
+            new_state.append(([{} for _ in ids], np.zeros(len(ids), np.int64)))
+        names = set(_STREAMS[self._algo])
+        for idx, entry in state_dict["state"].items():
+            if idx not in where:
+                raise ValueError(f"{op}: state_dict has state for parameter {idx!r}, which no group lists")
+            gi, pos = where[idx]
+            p = self.param_groups[gi]["params"][pos]
+            st, steps = new_state[gi]
+            for name, value in entry.items():
+                if value is None:
+                    continue
+                if name == "step":
+                    s = float(np.asarray(value))
+                    if not (s >= 0 and s == math.floor(s)):
+                        raise ValueError(f"{op}: state[{idx}]['step'] must be a whole number >= 0, got {s}")
+                    steps[pos] = int(s)
+                elif name in names:
+                    a = np.asarray(value)
+                    if a.dtype.kind not in "fiu":
+                        raise TypeError(f"{op}: state[{idx}][{name!r}] has dtype {a.dtype}")
+                    if a.shape != p.shape:
+                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {p.shape}")
+                    st[pos][name] = np.array(a, dtype=p.dtype, order="C", copy=True)
+                else:
+                    raise ValueError(f"{op}: state[{idx}] has an unknown entry {name!r}")
+        for gi, (group, (st, steps)) in enumerate(zip(new_groups, new_state, strict=True)):
+            self.param_groups[gi].clear()
+            self.param_groups[gi].update(group)
+            gd = self._groups[gi]
+            gd.state, gd.steps, gd.tables, gd.ready = st, steps, None, None
+
+    def __repr__(self) -> str:
+        lines = [f"{self._name} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k != "params"]
+        return "\n".join(lines + [")"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, like ``torch.optim.SGD`` (see ``sgd_step``; the module docstring
+    relates it to full-batch / mini-batch gradient descent, heavy-ball and look-ahead Nesterov momentum)."""
+
+    _algo = "sgd"
+    _defaults = {
+        "lr": 1e-3,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+    }
+    _extra_keys = ("foreach", "differentiable", "fused")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
+
+    def _hyper(self, g):
+        return _sgd_hyper(
+            self._name,
+            g["lr"],
+            g["momentum"],
+            g["dampening"],
+            g["weight_decay"],
+            g["nesterov"],
+            g["maximize"],
+        )
+
+
+class Adagrad(Optimizer):
+    """Adagrad, like ``torch.optim.Adagrad`` (see ``adagrad_step``); state made at construction."""
+
+    _algo = "adagrad"
+    _defaults = {
+        "lr": 1e-2,
+        "lr_decay": 0.0,
+        "eps": 1e-10,
+        "weight_decay": 0.0,
+        "initial_accumulator_value": 0.0,
+        "maximize": False,
+    }
+    _extra_keys = ("foreach", "differentiable", "fused")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        initial_accumulator_value=0.0,
+        eps=1e-10,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                lr_decay=lr_decay,
+                eps=eps,
+                weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value,
+                maximize=maximize,
+            ),
+        )
+
+    def _hyper(self, g):
+        return _adagrad_hyper(
+            self._name,
+            g["lr"],
+            g["lr_decay"],
+            g["weight_decay"],
+            g["eps"],
+            g["maximize"],
+            g["initial_accumulator_value"],
+        )
+
+    def _new_state(self, name, p, group):
+        return np.full(p.shape, float(group["initial_accumulator_value"]), p.dtype)
+
+    def _init_group(self, gi):
+        group, gd = self.param_groups[gi], self._groups[gi]
+        for i, p in enumerate(group["params"]):
+            gd.state[i]["sum"] = self._new_state("sum", p, group)
+
+
+class Adadelta(Optimizer):
+    """Adadelta, like ``torch.optim.Adadelta`` (see ``adadelta_step``)."""
+
+    _algo = "adadelta"
+    _defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
+    _extra_keys = ("foreach", "differentiable", "capturable")
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
+
+    def _hyper(self, g):
+        return _adadelta_hyper(self._name, g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"])
+
+
+class RMSprop(Optimizer):
+    """RMSprop, like ``torch.optim.RMSprop`` (see ``rmsprop_step``)."""
+
+    _algo = "rmsprop"
+    _defaults = {
+        "lr": 1e-2,
+        "momentum": 0.0,
+        "alpha": 0.99,
+        "eps": 1e-8,
+        "centered": False,
+        "weight_decay": 0.0,
+        "maximize": False,
+    }
+    _extra_keys = ("foreach", "differentiable", "capturable")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                alpha=alpha,
+                eps=eps,
+                centered=centered,
+                weight_decay=weight_decay,
+                maximize=maximize,
+            ),
+        )
+
+    def _hyper(self, g):
+        return _rmsprop_hyper(
+            self._name,
+            g["lr"],
+            g["alpha"],
+            g["eps"],
+            g["weight_decay"],
+            g["momentum"],
+            g["centered"],
+            g["maximize"],
+        )
+
+
+class Adam(Optimizer):
+    """Adam, like ``torch.optim.Adam`` (see ``adam_step``); ``decoupled_weight_decay=True`` is AdamW."""
+
+    _algo = "adam"
+    _defaults = {
+        "lr": 1e-3,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled_weight_decay": False,
+    }
+    _extra_keys = ("foreach", "differentiable", "fused", "capturable")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+        decoupled_weight_decay=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                decoupled_weight_decay=decoupled_weight_decay,
+            ),
+        )
+
+    def _hyper(self, g):
+        betas = g["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{self._name}: betas must be a pair of floats, got {betas!r}")
+        return _adam_hyper(
+            self._name,
+            g["lr"],
+            betas[0],
+            betas[1],
+            g["eps"],
+            g["weight_decay"],
+            g["amsgrad"],
+            g["maximize"],
+            g["decoupled_weight_decay"],
+        )
+
+
+class AdamW(Adam):
+    """AdamW, like ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
+
+    _defaults = {**Adam._defaults, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        *,
+        maximize=False,
+    ):
+        Optimizer.__init__(
+            self,
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                decoupled_weight_decay=True,
+            ),
+        )
+
+    def _hyper(self, g):
+        if not g["decoupled_weight_decay"]:
+            raise ValueError("AdamW: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
+        return super()._hyper(g)

@@ -1,0 +1,226 @@
+"""CosineLinear: reference vs finite differences and torch; kernels vs reference; bad input."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
+
+
+def _make(rng, lead, d, o, dtype=np.float64):
+    x = rng.standard_normal((*lead, d)).astype(dtype)
+    w = rng.standard_normal((o, d)).astype(dtype)
+    dy = rng.standard_normal((*lead, o)).astype(dtype)
+    return x, w, dy
+
+
+def _fwd_bwd_ref(x, w, dy, eps):
+    y, xn, wn = R.cosine_linear_forward(x, w, eps=eps)
+    return (y, xn, wn, *R.cosine_linear_backward(dy, x, w, y, xn, wn, eps=eps))
+
+
+def _check_kernels(x, w, dy, eps=1e-8):
+    y, xn, wn = fastnorm.cosine_linear_forward(x, w, eps=eps)
+    dx, dw = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn, eps=eps)
+    got = (y, xn, wn, dx, dw)
+    ref64 = _fwd_bwd_ref(*f64(x, w, dy), eps)
+    low = _fwd_bwd_ref(x, w, dy, eps) if x.dtype == np.float32 else (None,) * 5
+    for name, a, r64, rlo in zip(("y", "x_norm", "w_norm", "dx", "dw"), got, ref64, low, strict=True):
+        assert a.dtype == x.dtype
+        assert_matches_reference(a, r64, rlo, name=name)
+    return got
+
+
+def _shrink_rows(x, w, rows_x, rows_w, norm):
+    """Scale some rows of x and w to the given norm (below eps: the clamped branch)."""
+    for a, rows in ((x, rows_x), (w, rows_w)):
+        for r in rows:
+            a[r] *= norm / np.linalg.norm(a[r])
+
+
+# ------------------------------------------------------------------------------------------ reference
+@pytest.mark.parametrize("eps", [1e-8, 0.5])
+def test_reference_backward_matches_finite_differences(rng, eps):
+    x, w, dy = _make(rng, (5,), 4, 3)
+    _shrink_rows(x, w, [1], [2], 0.1)  # clamped when eps = 0.5; others have norms well above 0.5
+    y, xn, wn = R.cosine_linear_forward(x, w, eps=eps)
+    dx, dw = R.cosine_linear_backward(dy, x, w, y, xn, wn, eps=eps)
+    f = lambda x_, w_: R.cosine_linear_forward(x_, w_, eps=eps)[0]
+    np.testing.assert_allclose(dx, numeric_grad(f, [x, w], 0, dy), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dw, numeric_grad(f, [x, w], 1, dy), rtol=1e-6, atol=1e-8)
+
+
+def test_reference_is_cosine_similarity(rng):
+    x, w, _ = _make(rng, (4,), 6, 3)
+    y, xn, wn = R.cosine_linear_forward(x, w)
+    for b in range(4):
+        for o in range(3):
+            assert np.isclose(y[b, o], x[b] @ w[o] / np.linalg.norm(x[b]) / np.linalg.norm(w[o]), rtol=1e-13)
+    np.testing.assert_allclose(xn, np.linalg.norm(x, axis=1), rtol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("lead,d,o", [((7,), 5, 3), ((13,), 31, 17), ((2, 3), 4, 6), ((), 9, 5), ((1,), 1, 1),
+                                      ((37,), 64, 100)])
+def test_kernels_match_reference(rng, threads, dtype, lead, d, o):
+    _check_kernels(*_make(rng, lead, d, o, dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_clamped_rows(rng, threads, dtype):
+    x, w, dy = _make(rng, (9,), 7, 5, dtype)
+    _shrink_rows(x, w, [0, 4], [3], 0.1)
+    x[6] = 0.0
+    got = _check_kernels(x, w, dy, eps=0.5)
+    assert (got[0][6] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_large_offset(rng, threads, dtype):
+    x, w, dy = _make(rng, (8,), 33, 6, dtype)
+    _check_kernels((x + 1e4).astype(dtype), w, dy)
+
+
+def test_non_contiguous_and_read_only_inputs(rng, threads):
+    base = rng.standard_normal((12, 9))
+    base.flags.writeable = False
+    x = base.T[:, ::2]  # (9, 6), read-only, not contiguous
+    w = rng.standard_normal((6, 5)).T  # (5, 6)
+    dy = rng.standard_normal((5, 9)).T
+    assert not (x.flags.c_contiguous or w.flags.c_contiguous or dy.flags.c_contiguous)
+    y, xn, wn, dx, dw = _check_kernels(x, w, dy)
+    for a in (y, xn, wn):
+        a.flags.writeable = False
+    again = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn)
+    np.testing.assert_array_equal(again.dx, dx)
+    np.testing.assert_array_equal(again.dw, dw)
+
+
+def test_out_buffers_written_in_place(rng, threads):
+    x, w, dy = _make(rng, (2, 4), 6, 5)
+    y0, xn0, wn0 = np.full((2, 4, 5), 7.0), np.full((2, 4), 7.0), np.full(5, 7.0)
+    y, xn, wn = fastnorm.cosine_linear_forward(x, w, out=(y0, xn0, wn0))
+    assert np.shares_memory(y, y0) and np.shares_memory(xn, xn0) and np.shares_memory(wn, wn0)
+    ref = fastnorm.cosine_linear_forward(x, w)
+    for a, b in zip((y0, xn0, wn0), ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+    dx0, dw0 = np.full(x.shape, 7.0), np.full(w.shape, 7.0)
+    dx, dw = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn, out=(dx0, dw0))
+    assert np.shares_memory(dx, dx0) and np.shares_memory(dw, dw0)
+    ref = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn)
+    np.testing.assert_array_equal(dx0, ref.dx)
+    np.testing.assert_array_equal(dw0, ref.dw)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_nan_propagation(rng, threads, dtype):
+    x, w, dy = _make(rng, (6,), 5, 4, dtype)
+    x[2, 1] = np.nan
+    w[3, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        y, xn, wn, dx, dw = _check_kernels(x, w, dy)
+    assert np.isnan(y[2]).all() and np.isnan(y[:, 3]).all()
+    assert np.isfinite(np.delete(np.delete(y, 2, axis=0), 3, axis=1)).all()
+
+
+def test_deterministic(rng):
+    x, w, dy = _make(rng, (61,), 40, 70, np.float32)
+    old = fastnorm.get_num_threads()
+    try:
+        for nt in (1, 2):
+            fastnorm.set_num_threads(nt)
+            a = fastnorm.cosine_linear_forward(x, w)
+            b = fastnorm.cosine_linear_forward(x, w)
+            da = fastnorm.cosine_linear_backward(dy, x, w, *a)
+            db = fastnorm.cosine_linear_backward(dy, x, w, *a)
+            for p, q in zip((*a, *da), (*b, *db), strict=True):
+                np.testing.assert_array_equal(p, q)
+    finally:
+        fastnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("lead,d,o", [((0,), 3, 2), ((3,), 0, 2), ((3,), 4, 0)])
+def test_empty(rng, lead, d, o):
+    x, w, dy = _make(rng, lead, d, o)
+    y, xn, wn = fastnorm.cosine_linear_forward(x, w)
+    dx, dw = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn)
+    ref = _fwd_bwd_ref(x, w, dy, 1e-8)
+    for a, b in zip((y, xn, wn, dx, dw), ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+class _FakeCudaArray:
+    __cuda_array_interface__ = {"shape": (3, 4), "typestr": "<f8", "data": (0, False), "version": 3}
+    shape = (3, 4)
+    dtype = np.dtype(np.float64)
+
+
+def test_bad_input_raises_and_writes_nothing(rng):
+    x, w, dy = _make(rng, (5,), 4, 3)
+    cases = [
+        (dict(x=x, w=w[:, :3]), ValueError, "w"),
+        (dict(x=x, w=w[0]), ValueError, "w"),
+        (dict(x=x, w=w.astype(np.float32)), TypeError, "w"),
+        (dict(x=x, w=None), TypeError, "w"),
+        (dict(x=x.astype(np.int64), w=w), TypeError, "x"),
+        (dict(x=np.float64(1.0), w=w), ValueError, "x"),
+        (dict(x=x, w=w, eps=0.0), ValueError, "eps"),
+        (dict(x=x, w=w, eps=-1e-8), ValueError, "eps"),
+        (dict(x=x, w=w, eps=float("nan")), ValueError, "eps"),
+        (dict(x=x, w=_FakeCudaArray()), TypeError, "different devices"),
+    ]
+    for kwargs, exc, word in cases:
+        y0 = np.full((5, 3), 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.cosine_linear_forward(**kwargs, out=(y0, None, None))
+        assert (y0 == 7.0).all()
+    y, xn, wn = fastnorm.cosine_linear_forward(x, w)
+    bcases = [
+        (dict(dy=dy[:, :2], x=x, w=w, y=y, x_norm=xn, w_norm=wn), ValueError, "dy"),
+        (dict(dy=dy, x=x, w=w, y=y.T, x_norm=xn, w_norm=wn), ValueError, "y"),
+        (dict(dy=dy, x=x, w=w, y=y, x_norm=xn[:4], w_norm=wn), ValueError, "x_norm"),
+        (dict(dy=dy, x=x, w=w, y=y, x_norm=xn, w_norm=wn.astype(np.float32)), TypeError, "w_norm"),
+        (dict(dy=dy, x=x, w=w, y=y, x_norm=xn, w_norm=wn, eps=0), ValueError, "eps"),
+        (dict(dy=dy, x=x, w=w[:, :2], y=y, x_norm=xn, w_norm=wn), ValueError, "w"),
+    ]
+    for kwargs, exc, word in bcases:
+        dx0, dw0 = np.full(x.shape, 7.0), np.full(w.shape, 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.cosine_linear_backward(**kwargs, out=(dx0, dw0))
+        assert (dx0 == 7.0).all() and (dw0 == 7.0).all()
+    with pytest.raises(ValueError, match="out"):
+        fastnorm.cosine_linear_forward(x, w, out=(np.empty((3, 5)), None, None))
+    with pytest.raises(ValueError, match="out"):
+        fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn, out=(x, None))
+
+
+# ------------------------------------------------------------------------------------------ torch
+@pytest.mark.parametrize("eps", [1e-8, 0.5])
+def test_matches_torch_normalize_linear(rng, eps):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    x, w, dy = _make(rng, (2, 7), 6, 5)
+    _shrink_rows(x[0], w, [3], [1], 0.1)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = F.linear(F.normalize(xt, dim=-1, eps=eps), F.normalize(wt, dim=-1, eps=eps))
+    yt.backward(torch.tensor(dy))
+    y, xn, wn = fastnorm.cosine_linear_forward(x, w, eps=eps)
+    dx, dw = fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn, eps=eps)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_forward_matches_torch_cosine_similarity(rng):
+    torch = torch_or_skip()
+    x, w, _ = _make(rng, (7,), 6, 5, np.float32)
+    _shrink_rows(x, w, [2], [4], 0.1)
+    xt, wt = torch.tensor(x)[:, None, :], torch.tensor(w)[None]
+    yt = torch.nn.functional.cosine_similarity(xt, wt, dim=-1, eps=0.5)
+    y, _, _ = fastnorm.cosine_linear_forward(x, w, eps=0.5)
+    np.testing.assert_allclose(y, yt.numpy(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,256 @@
+"""LocalResponseNorm: reference vs finite differences and torch; kernels vs reference; bad input."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
+
+OPTS = dict(alpha=0.7, beta=0.75, k=1.3)  # alpha large enough that the window term matters
+
+
+def _fwd_bwd_ref(x, dy, size, **opts):
+    y, s = R.local_response_norm_forward(x, size, **opts)
+    return y, s, R.local_response_norm_backward(dy, x, y, s, size, **opts)
+
+
+def _check_kernels(x, dy, size, **opts):
+    """Kernel forward and backward (backward on the kernel's own y, scale) against the references."""
+    y, s = fastnorm.local_response_norm_forward(x, size, **opts)
+    dx = fastnorm.local_response_norm_backward(dy, x, y, s, size, **opts)
+    ref64 = _fwd_bwd_ref(*f64(x, dy), size, **opts)
+    low = _fwd_bwd_ref(x, dy, size, **opts) if x.dtype == np.float32 else (None,) * 3
+    for name, got, r64, rlo in zip(("y", "scale", "dx"), (y, s, dx), ref64, low, strict=True):
+        assert got.dtype == x.dtype and got.shape == x.shape
+        assert_matches_reference(got, r64, rlo, name=name)
+    return y, s, dx
+
+
+# ------------------------------------------------------------------------------------------ reference
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("shape", [(2, 5, 3), (2, 6), (1, 4, 2, 3)])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_reference_backward_matches_finite_differences(rng, size, shape, beta):
+    opts = dict(OPTS, beta=beta)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    y, s = R.local_response_norm_forward(x, size, **opts)
+    dx = R.local_response_norm_backward(dy, x, y, s, size, **opts)
+    num = numeric_grad(lambda a: R.local_response_norm_forward(a, size, **opts)[0], [x], 0, dy)
+    np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
+
+
+def test_reference_window_is_torchs(rng):
+    # size 4: channel c sums c-2 .. c+1 (size//2 before, (size-1)//2 after), zero padded, alpha / size.
+    x = rng.standard_normal((1, 6, 1))
+    _, s = R.local_response_norm_forward(x, 4, alpha=1.0, beta=0.75, k=2.0)
+    sq = np.concatenate([[0.0, 0.0], x[0, :, 0] ** 2, [0.0]])
+    expect = 2.0 + np.array([sq[c : c + 4].sum() for c in range(6)]) / 4
+    np.testing.assert_allclose(s[0, :, 0], expect, rtol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(
+    "shape", [(3, 7, 5, 3), (2, 11, 13), (5, 3), (1, 1, 1), (2, 4, 3, 2, 5), (2, 5, 1100)]
+)
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 23])
+def test_kernels_match_reference(rng, threads, dtype, shape, size):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    _check_kernels(x, dy, size, **OPTS)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1.0, 0.6, -0.5, 0.0, 2.0])
+def test_every_exponent_path(rng, threads, dtype, beta):
+    x = rng.standard_normal((2, 9, 37)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    _check_kernels(x, dy, 3, alpha=0.7, beta=beta, k=1.3)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_default_options_and_large_offset(rng, threads, dtype):
+    x = (1e4 + rng.standard_normal((2, 16, 45))).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    _check_kernels(x, dy, 5)
+    _check_kernels(x, dy, 5, alpha=1e-3, beta=0.75, k=0.5)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_non_contiguous_and_read_only_inputs(rng, threads, dtype):
+    base = rng.standard_normal((9, 4, 2, 6)).astype(dtype)
+    x = base.transpose(3, 1, 2, 0)[:, :, :, ::2]  # (6, 4, 2, 5), not contiguous
+    assert not x.flags.c_contiguous
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy.flags.writeable = False
+    y, s, _ = _check_kernels(x, dy, 3, **OPTS)
+    y.flags.writeable = False
+    s.flags.writeable = False
+    ro = np.ascontiguousarray(x)
+    ro.flags.writeable = False
+    dx = fastnorm.local_response_norm_backward(dy, ro, y, s, 3, **OPTS)
+    np.testing.assert_array_equal(dx, fastnorm.local_response_norm_backward(dy, x, y, s, 3, **OPTS))
+
+
+def test_out_buffers_written_in_place(rng, threads):
+    x = rng.standard_normal((3, 6, 10))
+    dy = rng.standard_normal(x.shape)
+    y0, s0 = np.full_like(x, 7.0), np.full_like(x, 7.0)
+    y, s = fastnorm.local_response_norm_forward(x, 3, out=(y0, s0), **OPTS)
+    assert np.shares_memory(y, y0) and np.shares_memory(s, s0)
+    ry, rs = fastnorm.local_response_norm_forward(x, 3, **OPTS)
+    np.testing.assert_array_equal(y0, ry)
+    np.testing.assert_array_equal(s0, rs)
+    dx0 = np.full_like(x, 7.0)
+    dx = fastnorm.local_response_norm_backward(dy, x, y, s, 3, out=dx0, **OPTS)
+    assert np.shares_memory(dx, dx0)
+    np.testing.assert_array_equal(dx0, fastnorm.local_response_norm_backward(dy, x, y, s, 3, **OPTS))
+    # a one-tuple works too
+    dx1 = np.empty_like(x)
+    fastnorm.local_response_norm_backward(dy, x, y, s, 3, out=(dx1,), **OPTS)
+    np.testing.assert_array_equal(dx1, dx0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("size", [1, 3, 4])
+def test_nan_and_inf_reach_exactly_the_windows_that_hold_them(rng, threads, dtype, size):
+    # The kernel slides a window sum: a NaN or inf leaving the window must not poison later channels.
+    x = rng.standard_normal((2, 12, 20)).astype(dtype)
+    x[0, 3, 4] = np.nan
+    x[1, 7, 9] = np.inf
+    x[1, 2, 9] = -np.inf
+    if dtype == np.float64:
+        x[0, 5, 11] = 1e200  # the square overflows to inf
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dy[1, 9, 15] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        y, s, dx = _check_kernels(x, dy, size, **OPTS)
+    assert np.isfinite(y[0, :, 0]).all() and not np.isfinite(y[0, 3, 4])
+    assert np.isfinite(dx[:, :, 0]).all()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_huge_value_leaving_the_window_does_not_erase_the_rest(rng, threads, dtype, size):
+    # A sliding sum (add the entering square, subtract the leaving one) loses every small square added
+    # while a huge one was in the sum; the block sums do not.
+    x = rng.standard_normal((2, 14, 33)).astype(dtype)
+    big = 1e15 if dtype == np.float32 else 1e100
+    x[0, 4, :] = big
+    x[1, 9, 3] = -big
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    _check_kernels(x, dy, size, alpha=0.7, beta=0.75, k=1.3)
+
+
+def test_deterministic_and_independent_of_threads(rng):
+    x = rng.standard_normal((3, 9, 700)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    old = fastnorm.get_num_threads()
+    try:
+        results = []
+        for nt in (1, 2, 2):
+            fastnorm.set_num_threads(nt)
+            y, s = fastnorm.local_response_norm_forward(x, 5, **OPTS)
+            results.append((y, s, fastnorm.local_response_norm_backward(dy, x, y, s, 5, **OPTS)))
+    finally:
+        fastnorm.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (2, 3, 0, 5)])
+def test_empty_inputs(shape):
+    x = np.zeros(shape)
+    y, s = fastnorm.local_response_norm_forward(x, 3)
+    dx = fastnorm.local_response_norm_backward(x, x, y, s, 3)
+    assert y.shape == s.shape == dx.shape == shape
+
+
+# ------------------------------------------------------------------------------------------ bad input
+class _FakeCudaArray:
+    __cuda_array_interface__ = {"shape": (2, 3, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+    shape = (2, 3, 4)
+    dtype = np.dtype(np.float32)
+
+
+def _bad_forward_cases(x):
+    return [
+        (dict(x=x, size=0), ValueError, "size"),
+        (dict(x=x, size=-2), ValueError, "size"),
+        (dict(x=x, size=2.0), TypeError, "size"),
+        (dict(x=x, size=3, k=0.0), ValueError, "k"),
+        (dict(x=x, size=3, k=-1.0), ValueError, "k"),
+        (dict(x=x, size=3, alpha=float("nan")), ValueError, "alpha"),
+        (dict(x=x, size=3, beta=float("inf")), ValueError, "beta"),
+        (dict(x=x[0, 0], size=3), ValueError, "x"),
+        (dict(x=x.astype(np.int64), size=3), TypeError, "x"),
+        (dict(x=x.astype(np.float16), size=3), TypeError, "x"),
+    ]
+
+
+def test_bad_forward_input_raises_and_writes_nothing(rng):
+    x = rng.standard_normal((2, 3, 4))
+    for kwargs, exc, word in _bad_forward_cases(x):
+        y0, s0 = np.full(x.shape, 7.0), np.full(x.shape, 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.local_response_norm_forward(**kwargs, out=(y0, s0))
+        assert (y0 == 7.0).all() and (s0 == 7.0).all()
+    for out, exc in [
+        ((np.empty((2, 3, 5)), None), ValueError),
+        ((np.empty(x.shape, np.float32), None), ValueError),
+        ((np.empty((2, 3, 8))[:, :, ::2], None), ValueError),
+        ((x, None), ValueError),  # aliases the input
+        ((None, None, None), ValueError),
+    ]:
+        with pytest.raises(exc, match="out"):
+            fastnorm.local_response_norm_forward(x, 3, out=out)
+    with pytest.raises(TypeError, match="different devices"):
+        fastnorm.local_response_norm_forward(x, 3, out=(_FakeCudaArray(), None))
+
+
+def test_bad_backward_input_raises_and_writes_nothing(rng):
+    x = rng.standard_normal((2, 3, 4))
+    dy = rng.standard_normal(x.shape)
+    y, s = fastnorm.local_response_norm_forward(x, 3)
+    cases = [
+        (dict(dy=dy, x=x, y=y, scale=s, size=0), ValueError, "size"),
+        (dict(dy=dy, x=x, y=y, scale=s, size=3, k=0), ValueError, "k"),
+        (dict(dy=dy[:, :2], x=x, y=y, scale=s, size=3), ValueError, "dy"),
+        (dict(dy=dy, x=x, y=y.astype(np.float32), scale=s, size=3), TypeError, "y"),
+        (dict(dy=dy, x=x, y=y, scale=s[None], size=3), ValueError, "scale"),
+        (dict(dy=None, x=x, y=y, scale=s, size=3), TypeError, "dy"),
+        (dict(dy=dy, x=x, y=y, scale=_FakeCudaArray(), size=3), TypeError, "different devices"),
+    ]
+    for kwargs, exc, word in cases:
+        dx0 = np.full(x.shape, 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.local_response_norm_backward(**kwargs, out=dx0)
+        assert (dx0 == 7.0).all()
+
+
+# ------------------------------------------------------------------------------------------ torch
+@pytest.mark.parametrize("shape", [(2, 7, 5), (3, 6, 4, 5), (2, 9, 3, 2, 4)])
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (2, 0.5, 0.6, 2.0), (4, 0.9, 1.0, 0.5)])
+def test_matches_torch(rng, shape, size, alpha, beta, k):
+    torch = torch_or_skip()
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
+    yt.backward(torch.tensor(dy))
+    y, s = fastnorm.local_response_norm_forward(x, size, alpha=alpha, beta=beta, k=k)
+    dx = fastnorm.local_response_norm_backward(dy, x, y, s, size, alpha=alpha, beta=beta, k=k)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-11)
+
+
+def test_two_dims_is_torch_with_one_spatial_position(rng):
+    torch = torch_or_skip()
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+    yt = torch.nn.functional.local_response_norm(torch.tensor(x[:, :, None]), 3, alpha=0.5, beta=0.75, k=1.0)
+    y, _ = fastnorm.local_response_norm_forward(x, 3, alpha=0.5)
+    np.testing.assert_allclose(y, yt.numpy()[:, :, 0], rtol=3e-6, atol=1e-7)

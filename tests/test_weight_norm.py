@@ -1,0 +1,254 @@
+"""WeightNorm: reference vs finite differences and torch; kernels (every plan) vs reference; bad input."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import norms
+from fastnorm import reference as R
+from fastnorm._dispatch import CPU
+
+from ._util import FLOATS, assert_matches_reference, f64, numeric_grad, torch_or_skip
+
+
+def g_shape(shape, dim):
+    if dim is None:
+        return ()
+    d = dim % len(shape)
+    return tuple(s if i == d else 1 for i, s in enumerate(shape))
+
+
+def _make(rng, shape, dim, dtype=np.float64):
+    v = rng.standard_normal(shape).astype(dtype)
+    g = (1.0 + rng.random(g_shape(shape, dim))).astype(dtype)
+    dw = rng.standard_normal(shape).astype(dtype)
+    return v, g, dw
+
+
+def _fwd_bwd_ref(v, g, dw, dim):
+    w, n = R.weight_norm_forward(v, g, dim=dim)
+    return (w, n, *R.weight_norm_backward(dw, v, g, n, dim=dim))
+
+
+def _check_kernels(v, g, dw, dim):
+    w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
+    dv, dg = fastnorm.weight_norm_backward(dw, v, g, n, dim=dim)
+    got = (w, n, dv, dg)
+    ref64 = _fwd_bwd_ref(*f64(v, g, dw), dim)
+    low = _fwd_bwd_ref(v, g, dw, dim) if v.dtype == np.float32 else (None,) * 4
+    for name, a, r64, rlo in zip(("w", "norm", "dv", "dg"), got, ref64, low, strict=True):
+        assert a.dtype == v.dtype
+        assert_matches_reference(a, r64, rlo, name=name)
+    return got
+
+
+# Shapes and dims that select each kernel plan at 2 threads (rows: dim first; flat: long rows after dim or
+# dim=None; cols: short rows after dim), plus 1-D and single-element cases.
+CASES = [
+    ((7, 5), 0),
+    ((7, 5), 1),
+    ((7, 5), -1),
+    ((7, 5), None),
+    ((3, 40, 17), 1),
+    ((40, 3, 3, 3), 1),
+    ((5, 3, 7), 0),
+    ((5, 3, 7), -2),
+    ((13,), 0),
+    ((13,), None),
+    ((1, 1), 0),
+    ((2, 3, 4, 5), 2),
+    ((11, 2, 19), None),
+]
+
+
+# ------------------------------------------------------------------------------------------ reference
+@pytest.mark.parametrize("shape,dim", [((4, 3), 0), ((4, 3), 1), ((3, 2, 4), -2), ((3, 4), None), ((5,), 0)])
+def test_reference_backward_matches_finite_differences(rng, shape, dim):
+    v, g, dw = _make(rng, shape, dim)
+    w, n = R.weight_norm_forward(v, g, dim=dim)
+    dv, dg = R.weight_norm_backward(dw, v, g, n, dim=dim)
+    f = lambda v_, g_: R.weight_norm_forward(v_, g_, dim=dim)[0]
+    np.testing.assert_allclose(dv, numeric_grad(f, [v, g], 0, dw), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dg, numeric_grad(f, [v, g], 1, dw), rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def test_cases_cover_every_plan():
+    view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
+    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float64)[0] for s, d in CASES}
+    assert modes == {norms._WN_ROWS, norms._WN_FLAT, norms._WN_COLS}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,dim", CASES)
+def test_kernels_match_reference(rng, threads, dtype, shape, dim):
+    _check_kernels(*_make(rng, shape, dim, dtype), dim)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(
+    "shape,dim", [((300, 129), 0), ((129, 300), 1), ((3, 50, 41), None), ((64, 31, 3, 3), 1)]
+)
+def test_kernels_match_reference_larger(rng, threads, dtype, shape, dim):
+    _check_kernels(*_make(rng, shape, dim, dtype), dim)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_large_offset(rng, threads, dtype):
+    v, g, dw = _make(rng, (6, 33), 0, dtype)
+    _check_kernels((v + 1e4).astype(dtype), g, dw, 0)
+    _check_kernels((v + 1e4).astype(dtype), np.array(1.5, dtype), dw, None)
+
+
+def test_non_contiguous_and_read_only_inputs(rng, threads):
+    base = rng.standard_normal((10, 12))
+    base.flags.writeable = False
+    v = base.T[:, ::2]  # (12, 5), read-only view
+    assert not v.flags.c_contiguous
+    g = 1.0 + rng.random((12, 1))
+    g.flags.writeable = False
+    dw = rng.standard_normal((5, 12)).T
+    w, n, dv, dg = _check_kernels(v, g, dw, 0)
+    n.flags.writeable = False
+    again = fastnorm.weight_norm_backward(dw, v, g, n, dim=0)
+    np.testing.assert_array_equal(again.dv, dv)
+    np.testing.assert_array_equal(again.dg, dg)
+
+
+@pytest.mark.parametrize("shape,dim", [((7, 5), 0), ((40, 3, 3, 3), 1), ((3, 40, 17), None)])
+def test_out_buffers_written_in_place(rng, threads, shape, dim):
+    v, g, dw = _make(rng, shape, dim)
+    w0, n0 = np.full(shape, 7.0), np.full(g.shape, 7.0)
+    w, n = fastnorm.weight_norm_forward(v, g, dim=dim, out=(w0, n0))
+    assert np.shares_memory(w, w0) and np.shares_memory(n, n0)
+    ref = fastnorm.weight_norm_forward(v, g, dim=dim)
+    np.testing.assert_array_equal(w0, ref.w)
+    np.testing.assert_array_equal(n0, ref.norm)
+    dv0, dg0 = np.full(shape, 7.0), np.full(g.shape, 7.0)
+    dv, dg = fastnorm.weight_norm_backward(dw, v, g, n, dim=dim, out=(dv0, None))
+    assert np.shares_memory(dv, dv0) and not np.shares_memory(dg, dg0)
+    ref = fastnorm.weight_norm_backward(dw, v, g, n, dim=dim)
+    np.testing.assert_array_equal(dv0, ref.dv)
+    np.testing.assert_array_equal(dg, ref.dg)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,dim", [((6, 20), 0), ((30, 6), 1), ((3, 6, 20), 1)])
+def test_nan_and_zero_slices(rng, threads, dtype, shape, dim):
+    v, g, dw = _make(rng, shape, dim, dtype)
+    d = dim % len(shape)
+    idx = [slice(None)] * len(shape)
+    idx[d] = 1
+    v[tuple(idx)] = 0.0  # zero norm: 0 * (g / 0) = NaN, like torch
+    v[(0,) * d + (3,) + (0,) * (len(shape) - d - 1)] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w, n, dv, dg = _check_kernels(v, g, dw, dim)
+    take = lambda a, i: np.take(a, i, axis=d)
+    assert np.isnan(take(w, 1)).all() and np.isnan(take(w, 3)).all()
+    assert np.isfinite(take(w, 0)).all() and np.isfinite(take(dv, 2)).all()
+
+
+def test_deterministic(rng):
+    v, g, dw = _make(rng, (129, 300), 1, np.float32)
+    old = fastnorm.get_num_threads()
+    try:
+        for nt in (1, 2):
+            fastnorm.set_num_threads(nt)
+            a = fastnorm.weight_norm_forward(v, g, dim=1)
+            b = fastnorm.weight_norm_forward(v, g, dim=1)
+            da = fastnorm.weight_norm_backward(dw, v, g, a.norm, dim=1)
+            db = fastnorm.weight_norm_backward(dw, v, g, a.norm, dim=1)
+            for x, y in zip((*a, *da), (*b, *db), strict=True):
+                np.testing.assert_array_equal(x, y)
+    finally:
+        fastnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("shape,dim", [((0, 3), 0), ((3, 0), 0), ((0, 3), 1), ((2, 0, 3), None)])
+def test_empty(shape, dim):
+    v = np.zeros(shape)
+    g = np.ones(g_shape(shape, dim))
+    w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
+    dv, dg = fastnorm.weight_norm_backward(v, v, g, n, dim=dim)
+    assert w.shape == dv.shape == shape and n.shape == dg.shape == g.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = R.weight_norm_forward(v, g, dim=dim)
+    np.testing.assert_array_equal(n, ref[1])
+
+
+# ------------------------------------------------------------------------------------------ bad input
+class _FakeCudaArray:
+    __cuda_array_interface__ = {"shape": (4, 1), "typestr": "<f8", "data": (0, False), "version": 3}
+    shape = (4, 1)
+    dtype = np.dtype(np.float64)
+
+
+def test_bad_input_raises_and_writes_nothing(rng):
+    v, g, dw = _make(rng, (4, 3), 0)
+    cases = [
+        (dict(v=v, g=g, dim=2), ValueError, "dim"),
+        (dict(v=v, g=g, dim=-3), ValueError, "dim"),
+        (dict(v=v, g=g, dim=1.0), TypeError, "dim"),
+        (dict(v=v, g=g.reshape(4), dim=0), ValueError, "g"),
+        (dict(v=v, g=g.T, dim=0), ValueError, "g"),
+        (dict(v=v, g=g, dim=None), ValueError, "g"),
+        (dict(v=v, g=g.astype(np.float32), dim=0), TypeError, "g"),
+        (dict(v=v.astype(np.int32), g=g, dim=0), TypeError, "v"),
+        (dict(v=v, g=None, dim=0), TypeError, "g"),
+        (dict(v=np.float64(2.0), g=np.float64(1.0), dim=0), ValueError, "dim"),
+        (dict(v=v, g=_FakeCudaArray(), dim=0), TypeError, "different devices"),
+    ]
+    for kwargs, exc, word in cases:
+        w0 = np.full(v.shape, 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.weight_norm_forward(**kwargs, out=(w0, None))
+        assert (w0 == 7.0).all()
+    w, n = fastnorm.weight_norm_forward(v, g)
+    bcases = [
+        (dict(dw=dw[:3], v=v, g=g, norm=n), ValueError, "dw"),
+        (dict(dw=dw, v=v, g=g, norm=n.reshape(4)), ValueError, "norm"),
+        (dict(dw=dw, v=v, g=g, norm=n.astype(np.float32)), TypeError, "norm"),
+        (dict(dw=dw, v=v, g=g, norm=n, dim=5), ValueError, "dim"),
+    ]
+    for kwargs, exc, word in bcases:
+        dv0, dg0 = np.full(v.shape, 7.0), np.full((4, 1), 7.0)
+        with pytest.raises(exc, match=word):
+            fastnorm.weight_norm_backward(**kwargs, out=(dv0, dg0))
+        assert (dv0 == 7.0).all() and (dg0 == 7.0).all()
+    with pytest.raises(ValueError, match="out"):
+        fastnorm.weight_norm_forward(v, g, out=(np.empty((4, 3)), np.empty(4)))
+    with pytest.raises(ValueError, match="out"):
+        fastnorm.weight_norm_forward(v, g, out=(v, None))
+
+
+# ------------------------------------------------------------------------------------------ torch
+@pytest.mark.parametrize("shape,dim", [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1),
+                                       ((4, 3, 5), None), ((6, 2, 3), -2)])
+def test_matches_torch(rng, shape, dim):
+    torch = torch_or_skip()
+    v, g, dw = _make(rng, shape, dim)
+    vt = torch.tensor(v, requires_grad=True)
+    gt = torch.tensor(g, requires_grad=True)
+    # torch's _weight_norm: dim=-1 means the whole tensor; our negative dims count from the end.
+    tdim = -1 if dim is None else dim % len(shape)
+    wt = torch._weight_norm(vt, gt, tdim)
+    wt.backward(torch.tensor(dw))
+    w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
+    dv, dg = fastnorm.weight_norm_backward(dw, v, g, n, dim=dim)
+    np.testing.assert_allclose(w, wt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(n, torch.norm_except_dim(vt, 2, tdim).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dv, vt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dg, gt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_g_shape_matches_torch_module_parameters():
+    torch = torch_or_skip()
+    from torch.nn.utils.parametrizations import weight_norm
+
+    for dim in (0, 1, None):
+        m = weight_norm(torch.nn.Conv2d(3, 4, 3), dim=dim)
+        v = m.parametrizations.weight.original1.detach().numpy()
+        g = m.parametrizations.weight.original0.detach().numpy()
+        assert g.shape == g_shape(v.shape, dim)
+        w, _ = fastnorm.weight_norm_forward(v, g, dim=dim)
+        np.testing.assert_allclose(w, m.weight.detach().numpy(), rtol=2e-6, atol=1e-7)
