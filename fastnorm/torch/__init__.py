@@ -13,6 +13,6 @@ Optional (``pip install 'fastnorm[torch]'``); ``import fastnorm`` never imports 
 CPU tensors cross zero-copy through NumPy; CUDA tensors through ``__cuda_array_interface__``.
 """
 
-from . import functional, nn
+from . import functional, nn, optim
 
-__all__ = ["functional", "nn"]
+__all__ = ["functional", "nn", "optim"]
