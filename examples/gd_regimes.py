@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--plot", default=None, help="figure path (default gd_regimes.png; none in --quick)")
     ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
     args = ap.parse_args(argv)
-    epochs = args.epochs or (3 if args.quick else 20)
+    epochs = args.epochs or (5 if args.quick else 20)
     plot = args.plot if (args.plot or args.quick) else "gd_regimes.png"
 
     x, y, x_test, y_test, data_name = load_data(args.seed, synthetic=args.synthetic)
     if args.quick:
-        x, y = x[:400], y[:400]
+        x, y = x[:600], y[:600]
     print(f"data: {data_name}, {len(y)} train / {len(y_test)} test; {epochs} epochs per run")
 
     runs = [("regime", name, optim.SGD, {"lr": lr}, bs) for name, (bs, lr) in REGIMES.items()]
