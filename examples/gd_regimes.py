@@ -34,12 +34,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import fastnorm.optim as optim  # noqa: E402
-from _common import batches, load_data, plot_curves, progress  # noqa: E402
-
 from fastnorm import nn  # noqa: E402
+
+# the examples' shared helpers (examples/_common.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import batches, load_data, plot_curves, progress  # noqa: E402
 
 REGIMES = {  # name: (batch size, or None for the whole training set; SGD learning rate)
     "full-batch GD": (None, 0.2),

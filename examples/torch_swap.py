@@ -31,13 +31,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import batches, load_data, plot_curves, progress  # noqa: E402
-
 import fastnorm  # noqa: E402
 import fastnorm.torch.nn as fnn  # noqa: E402
 import fastnorm.torch.optim as foptim  # noqa: E402
+
+# the examples' shared helpers (examples/_common.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import batches, load_data, plot_curves, progress  # noqa: E402
 
 
 def build_model(hidden: int = 128) -> torch.nn.Sequential:
