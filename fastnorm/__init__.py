@@ -7,8 +7,14 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 from . import optim, reference
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from .norms import (
+    batch_norm_backward,
+    batch_norm_forward,
     cosine_linear_backward,
     cosine_linear_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
     local_response_norm_backward,
@@ -32,6 +38,12 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm_forward",
     "rms_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
 ]
 __all__ += [
     "local_response_norm_forward",

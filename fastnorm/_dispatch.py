@@ -124,7 +124,11 @@ def cuda_backend():
 
 
 def on_cuda(a) -> bool:
-    return hasattr(a, "__cuda_array_interface__")
+    try:
+        # __cuda_ndarray__: Numba's simulator arrays (NUMBA_ENABLE_CUDASIM=1) have no array interface.
+        return hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False) is True
+    except RuntimeError:  # a PyTorch CUDA tensor that requires grad refuses the interface
+        return True
 
 
 def backend_of(op: str, **arrays):

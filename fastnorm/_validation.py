@@ -19,6 +19,19 @@ def _dtype_names(dtypes) -> str:
     return ", ".join(np.dtype(d).name for d in dtypes)
 
 
+def dtype_of(a):
+    """The NumPy dtype of an array (torch.float32 -> float32), or None if NumPy has no such dtype."""
+    dt = a.dtype
+    if isinstance(dt, np.dtype):
+        return dt
+    for spelling in (dt, str(dt).rpartition(".")[2]):
+        try:
+            return np.dtype(spelling)
+        except TypeError:
+            pass
+    return None
+
+
 def float_input(be, op: str, name: str, a, dtype=None):
     """``a`` as a C-contiguous float array of backend ``be`` (copied only if not contiguous).
 
@@ -28,10 +41,11 @@ def float_input(be, op: str, name: str, a, dtype=None):
         if a is None or isinstance(a, (str, bytes, dict, set)):
             raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
         a = np.asarray(a)
-    dt = np.dtype(a.dtype)
-    if dt not in be.float_dtypes:
+    dt = dtype_of(a)
+    if dt is None or dt not in be.float_dtypes:
         raise TypeError(
-            f"{op}: {name} has dtype {dt.name}; expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
+            f"{op}: {name} has dtype {a.dtype if dt is None else dt.name}; "
+            f"expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
         )
     if dtype is not None and dt != np.dtype(dtype):
         raise TypeError(f"{op}: {name} has dtype {dt.name} but must match the input's dtype {np.dtype(dtype).name}")
@@ -148,7 +162,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
             )
         if tuple(buf.shape) != tuple(shape):
             raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-        if np.dtype(buf.dtype) != np.dtype(dtype):
+        if dtype_of(buf) != np.dtype(dtype):
             raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
         if not be.is_contiguous(buf):
             raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
@@ -170,3 +184,54 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         else:
             result.append(buf)
     return result
+
+
+def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
+    """A state array updated in place (e.g. BatchNorm's running statistics): checked, never copied.
+
+    It must be an array of backend ``be`` (TypeError), of dtype ``dtype`` (TypeError), of exactly
+    ``shape``, C-contiguous, writeable, and must not overlap any (name, array) pair of ``avoid``
+    (ValueError). Returns ``a`` itself so the caller's array is the one written.
+    """
+    if not be.is_own_output(a):
+        raise TypeError(
+            f"{op}: {name} is updated in place and must be a "
+            f"{'numpy.ndarray' if be.name == 'cpu' else 'CUDA array'} (the inputs are on {be.name}), "
+            f"got {type(a).__name__}"
+        )
+    if np.dtype(a.dtype) != np.dtype(dtype):
+        raise TypeError(f"{op}: {name} has dtype {np.dtype(a.dtype).name} but must match the input's dtype "
+                        f"{np.dtype(dtype).name}")
+    check_shape(op, name, a, shape)
+    if not be.is_contiguous(a):
+        raise ValueError(f"{op}: {name} is updated in place and must be C-contiguous")
+    if not be.is_writeable(a):
+        raise ValueError(f"{op}: {name} is updated in place but is read-only")
+    for other_name, other in avoid:
+        if other is not None and be.may_share_memory(a, other):
+            raise ValueError(f"{op}: {name} overlaps {other_name}")
+    return a
+
+
+def split_channels(op: str, shape: tuple, axis=1, name: str = "x") -> tuple[int, int, int]:
+    """Canonicalize for channel ops (BatchNorm, InstanceNorm, GroupNorm) to an (N, C, L) view.
+
+    ``axis=1``: x is (N, C, *spatial), L = prod(spatial) (1 for 2-D x). ``axis=-1`` (or x.ndim - 1):
+    channels-last (*, C), viewed as (M, C, 1) with M = prod(shape[:-1]). x needs at least 2 dims and
+    C >= 1. Returns (N, C, L).
+    """
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{op}: axis must be an int (1 or -1), got {type(axis).__name__}")
+    if len(shape) < 2:
+        raise ValueError(f"{op}: {name} must have at least 2 dims (N, C, ...), got shape {tuple(shape)}")
+    if int(axis) in (-1, len(shape) - 1) and len(shape) > 2:
+        c = shape[-1]
+        n, length = math.prod(shape[:-1]), 1
+    elif int(axis) in (1, -1):
+        n, c = shape[0], shape[1]
+        length = math.prod(shape[2:])
+    else:
+        raise ValueError(f"{op}: axis must be 1 (N, C, ...) or -1 (channels-last), got {axis}")
+    if c < 1:
+        raise ValueError(f"{op}: {name} has {c} channels (shape {tuple(shape)}); need at least 1")
+    return n, c, length

@@ -540,3 +540,440 @@ def cosine_linear_backward(
     _matmul(be, gs.T, x2, dw)
     be.kernels.cosine_linear_backward_post(x2, w, cx, cw, dx2, dw, be.threads((m + o) * d))
     return CosineLinearBackward(dx, dw)
+
+
+# --------------------------------------------------------------------------------------------- channel norms
+class BatchNormForward(NamedTuple):
+    y: Array
+    mean: Array
+    rstd: Array
+
+
+class BatchNormBackward(NamedTuple):
+    dx: Array
+    dweight: Array | None
+    dbias: Array | None
+
+
+class InstanceNormForward(NamedTuple):
+    y: Array
+    mean: Array
+    rstd: Array
+
+
+class InstanceNormBackward(NamedTuple):
+    dx: Array
+    dweight: Array | None
+    dbias: Array | None
+
+
+class GroupNormForward(NamedTuple):
+    y: Array
+    mean: Array
+    rstd: Array
+
+
+class GroupNormBackward(NamedTuple):
+    dx: Array
+    dweight: Array | None
+    dbias: Array | None
+
+
+def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
+    """Running statistics: both or neither; checked for an in-place update when ``update``, else read."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
+    if running_mean is None:
+        return None, None
+    if not update:
+        return (
+            V.param(be, op, "running_mean", running_mean, (c,), dtype),
+            V.param(be, op, "running_var", running_var, (c,), dtype),
+        )
+    running_mean = V.inout(be, op, "running_mean", running_mean, (c,), dtype, others)
+    running_var = V.inout(
+        be, op, "running_var", running_var, (c,), dtype, [*others, ("running_mean", running_mean)]
+    )
+    return running_mean, running_var
+
+
+# --------------------------------------------------------------------------------------------- BatchNorm
+def batch_norm_forward(
+    x: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    axis: int = 1,
+    out: tuple | None = None,
+) -> BatchNormForward:
+    """BatchNorm, like ``torch.nn.functional.batch_norm``; channel ``axis`` 1 (N, C, *) or -1 (*, C).
+
+    training, per channel over its n values (every axis but the channel axis)::
+
+        mean = sum(x_c) / n,  var = sum((x_c - mean)^2) / n,  rstd = 1 / sqrt(var + eps)
+        running_mean <- (1 - momentum) * running_mean + momentum * mean            (in place, if given)
+        running_var  <- (1 - momentum) * running_var + momentum * var * n / (n - 1)
+
+    evaluation (``training=False``): mean = running_mean, rstd = 1 / sqrt(running_var + eps) (required,
+    not updated). y = (x - mean) * rstd * weight + bias.
+
+    Shapes: x (N, C, *) with axis=1, any rank >= 2, or (*, C) with axis=-1 (channels-last); weight, bias,
+    running_mean, running_var (C,), all optional in training (running stats both or neither); mean, rstd
+    (C,), what ``batch_norm_backward`` takes in either mode. Running statistics must be C-contiguous,
+    writeable arrays of x's dtype in training (they are updated in place); momentum is a number in [0, 1]
+    (torch's ``momentum=None`` cumulative average is not supported). ``out=(y, mean, rstd)``.
+    Returns ``BatchNormForward(y, mean, rstd)``.
+    """
+    op = "batch_norm_forward"
+    be = backend_of(
+        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
+    )
+    x = V.float_input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, axis)
+    training = bool(training)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
+    if training and n * length <= 1:
+        raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}")
+    if not training and (running_mean is None or running_var is None):
+        raise TypeError(f"{op}: running_mean and running_var are required when training=False")
+    others = [("x", x), ("weight", weight), ("bias", bias)]
+    running_mean, running_var = _running_stats(be, op, running_mean, running_var, c, x.dtype, training, others)
+    sd = be.stat_dtype(x.dtype)
+    y, mean, rstd = V.outputs(
+        be,
+        op,
+        out,
+        [("y", x.shape, x.dtype), ("mean", (c,), sd), ("rstd", (c,), sd)],
+        (x, weight, bias, running_mean, running_var),
+    )
+    nt = be.threads(x.size)
+    if not training:
+        work = be.empty((1, 2), np.float64)
+    elif length > 1:
+        work = be.empty((n * c, 2), np.float64)
+    else:
+        work = be.empty((nt, 5 * c), np.float64)
+    absent = _absent(be, x.dtype)
+    be.kernels.batch_norm_forward(
+        x.reshape(n, c, length),
+        absent if weight is None else weight,
+        absent if bias is None else bias,
+        absent if running_mean is None else running_mean,
+        absent if running_var is None else running_var,
+        y.reshape(n, c, length),
+        mean,
+        rstd,
+        work,
+        be.empty((4, c + 8), x.dtype),
+        eps,
+        momentum,
+        training,
+        nt,
+    )
+    return BatchNormForward(y, mean, rstd)
+
+
+def batch_norm_backward(
+    dy: Array,
+    x: Array,
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    training: bool = True,
+    axis: int = 1,
+    out: tuple | None = None,
+) -> BatchNormBackward:
+    """Gradients of ``batch_norm_forward`` given ``dy`` and the ``mean``, ``rstd`` it returned.
+
+    With xhat = (x - mean) * rstd and g = dy * weight (dy without weight), per channel over its n values::
+
+        training:   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        evaluation: dx = rstd * g           (running statistics are constants)
+        dweight = sum(dy * xhat),  dbias = sum(dy)
+
+    ``bias`` only says whether dbias is wanted. Shapes as in the forward. ``out=(dx, dweight, dbias)``.
+    Returns ``BatchNormBackward(dx, dweight, dbias)``; dweight/dbias are None when weight/bias are None,
+    bitwise reproducible for a given thread count.
+    """
+    op = "batch_norm_backward"
+    be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
+    x = V.float_input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, axis)
+    training = bool(training)
+    dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    sd = be.stat_dtype(x.dtype)
+    mean = V.required(be, op, "mean", mean, (c,), sd)
+    rstd = V.required(be, op, "rstd", rstd, (c,), sd)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    dx, dweight, dbias = V.outputs(
+        be,
+        op,
+        out,
+        [
+            ("dx", x.shape, x.dtype),
+            None if weight is None else ("dweight", (c,), x.dtype),
+            None if bias is None else ("dbias", (c,), x.dtype),
+        ],
+        (dy, x, mean, rstd, weight, bias),
+    )
+    nt = be.threads(x.size)
+    work = be.empty((n * c + c, 2) if length > 1 else (nt + 1, 2 * c), np.float64)
+    absent = _absent(be, x.dtype)
+    be.kernels.batch_norm_backward(
+        dy.reshape(n, c, length),
+        x.reshape(n, c, length),
+        mean,
+        rstd,
+        absent if weight is None else weight,
+        dx.reshape(n, c, length),
+        absent if dweight is None else dweight,
+        absent if dbias is None else dbias,
+        work,
+        be.empty((4, c + 8), x.dtype),
+        training,
+        nt,
+    )
+    return BatchNormBackward(dx, dweight, dbias)
+
+
+# --------------------------------------------------------------------------------------------- InstanceNorm
+def instance_norm_forward(
+    x: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+    *,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    out: tuple | None = None,
+) -> InstanceNormForward:
+    """InstanceNorm, like ``torch.nn.functional.instance_norm``: statistics per (n, c) over the L positions.
+
+    use_input_stats, per instance (n, c)::
+
+        mean = sum(x_nc) / L,  var = sum((x_nc - mean)^2) / L,  rstd = 1 / sqrt(var + eps)
+        running_mean <- (1 - momentum) * running_mean + momentum * mean_n(mean)       (in place, if given)
+        running_var  <- (1 - momentum) * running_var + momentum * mean_n(var * L / (L - 1))
+
+    else: mean[n, c] = running_mean[c], rstd[n, c] = 1 / sqrt(running_var[c] + eps) (required).
+    y = (x - mean) * rstd * weight[c] + bias[c].
+
+    Shapes: x (N, C, *), any rank >= 2 (L = prod(spatial) must be > 1 with use_input_stats); weight,
+    bias, running stats (C,); mean, rstd (N, C). ``out=(y, mean, rstd)``.
+    Returns ``InstanceNormForward(y, mean, rstd)``.
+    """
+    op = "instance_norm_forward"
+    be = backend_of(
+        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
+    )
+    x = V.float_input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, 1)
+    use_input_stats = bool(use_input_stats)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
+    if use_input_stats and length <= 1:
+        raise ValueError(
+            f"{op}: use_input_stats needs more than 1 spatial value per instance, "
+            f"got x of shape {tuple(x.shape)}"
+        )
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise TypeError(f"{op}: running_mean and running_var are required when use_input_stats=False")
+    if use_input_stats and running_mean is not None and n == 0:
+        raise ValueError(f"{op}: an empty batch cannot update the running statistics")
+    running_mean, running_var = _running_stats(
+        be,
+        op,
+        running_mean,
+        running_var,
+        c,
+        x.dtype,
+        use_input_stats,
+        [("x", x), ("weight", weight), ("bias", bias)],
+    )
+    sd = be.stat_dtype(x.dtype)
+    y, mean, rstd = V.outputs(
+        be,
+        op,
+        out,
+        [("y", x.shape, x.dtype), ("mean", (n, c), sd), ("rstd", (n, c), sd)],
+        (x, weight, bias, running_mean, running_var),
+    )
+    absent = _absent(be, x.dtype)
+    be.kernels.instance_norm_forward(
+        x.reshape(n, c, length),
+        absent if weight is None else weight,
+        absent if bias is None else bias,
+        absent if running_mean is None else running_mean,
+        absent if running_var is None else running_var,
+        y.reshape(n, c, length),
+        mean,
+        rstd,
+        be.empty((n * c, 2), np.float64),
+        eps,
+        momentum,
+        use_input_stats,
+        be.threads(x.size),
+    )
+    return InstanceNormForward(y, mean, rstd)
+
+
+def instance_norm_backward(
+    dy: Array,
+    x: Array,
+    mean: Array,
+    rstd: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    use_input_stats: bool = True,
+    out: tuple | None = None,
+) -> InstanceNormBackward:
+    """Gradients of ``instance_norm_forward`` given ``dy`` and the ``mean``, ``rstd`` (N, C) it returned.
+
+    With xhat = (x - mean) * rstd and g = dy * weight[c], per instance over its L values::
+
+        use_input_stats: dx = rstd * (g - mean(g) - xhat * mean(g * xhat));  else dx = rstd * g
+        dweight[c] = sum_{n, l} dy * xhat,  dbias[c] = sum_{n, l} dy
+
+    ``out=(dx, dweight, dbias)``. Returns ``InstanceNormBackward(dx, dweight, dbias)``.
+    """
+    op = "instance_norm_backward"
+    be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
+    x = V.float_input(be, op, "x", x)
+    c = V.split_channels(op, x.shape, 1)[1]
+    grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, c, weight, bias, out)
+    be.kernels.instance_norm_backward(*args, bool(use_input_stats), be.threads(x.size))
+    return InstanceNormBackward(*grads)
+
+
+def _groups_backward_args(be, op, dy, x, mean, rstd, groups, weight, bias, out):
+    """Validation and allocation shared by GroupNorm / InstanceNorm backward (mean, rstd (N, groups)).
+
+    Returns ((dx, dweight, dbias), kernel arguments up to the scratch).
+    """
+    n, c, length = V.split_channels(op, x.shape, 1)
+    dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    sd = be.stat_dtype(x.dtype)
+    mean = V.required(be, op, "mean", mean, (n, groups), sd)
+    rstd = V.required(be, op, "rstd", rstd, (n, groups), sd)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    dx, dweight, dbias = V.outputs(
+        be,
+        op,
+        out,
+        [
+            ("dx", x.shape, x.dtype),
+            None if weight is None else ("dweight", (c,), x.dtype),
+            None if bias is None else ("dbias", (c,), x.dtype),
+        ],
+        (dy, x, mean, rstd, weight, bias),
+    )
+    absent = _absent(be, x.dtype)
+    args = [
+        dy.reshape(n, c, length),
+        x.reshape(n, c, length),
+        mean,
+        rstd,
+        absent if weight is None else weight,
+        dx.reshape(n, c, length),
+        absent if dweight is None else dweight,
+        absent if dbias is None else dbias,
+        be.empty((n * c, 2), np.float64),
+    ]
+    return (dx, dweight, dbias), args
+
+
+# --------------------------------------------------------------------------------------------- GroupNorm
+def _num_groups(op, num_groups, c):
+    g = V.integer(op, "num_groups", num_groups, low=1)
+    if c % g:
+        raise ValueError(f"{op}: the {c} channels are not divisible by num_groups={g}")
+    return g
+
+
+def group_norm_forward(
+    x: Array,
+    num_groups: int,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    eps: float = 1e-5,
+    out: tuple | None = None,
+) -> GroupNormForward:
+    """GroupNorm, like ``torch.nn.functional.group_norm``: statistics per (n, group) of C/num_groups channels.
+
+    Per (n, g) over its C/G * L values: mean, var = mean((x - mean)^2), rstd = 1 / sqrt(var + eps);
+    y = (x - mean) * rstd * weight[c] + bias[c].
+
+    Shapes: x (N, C, *), any rank >= 2, C divisible by num_groups; weight, bias (C,) (optional);
+    mean, rstd (N, num_groups). ``out=(y, mean, rstd)``. Returns ``GroupNormForward(y, mean, rstd)``.
+    """
+    op = "group_norm_forward"
+    be = backend_of(op, x=x, weight=weight, bias=bias, out=out)
+    x = V.float_input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, 1)
+    g = _num_groups(op, num_groups, c)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    sd = be.stat_dtype(x.dtype)
+    y, mean, rstd = V.outputs(
+        be, op, out, [("y", x.shape, x.dtype), ("mean", (n, g), sd), ("rstd", (n, g), sd)], (x, weight, bias)
+    )
+    absent = _absent(be, x.dtype)
+    be.kernels.group_norm_forward(
+        x.reshape(n, c, length),
+        absent if weight is None else weight,
+        absent if bias is None else bias,
+        y.reshape(n, c, length),
+        mean,
+        rstd,
+        eps,
+        be.threads(x.size),
+    )
+    return GroupNormForward(y, mean, rstd)
+
+
+def group_norm_backward(
+    dy: Array,
+    x: Array,
+    mean: Array,
+    rstd: Array,
+    num_groups: int,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    out: tuple | None = None,
+) -> GroupNormBackward:
+    """Gradients of ``group_norm_forward`` given ``dy`` and the ``mean``, ``rstd`` (N, num_groups) it gave.
+
+    With xhat = (x - mean) * rstd and g = dy * weight[c], per (n, group) over its values::
+
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dweight[c] = sum dy * xhat,  dbias[c] = sum dy
+
+    ``out=(dx, dweight, dbias)``. Returns ``GroupNormBackward(dx, dweight, dbias)``; dweight/dbias are
+    None when weight/bias are None, bitwise reproducible.
+    """
+    op = "group_norm_backward"
+    be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
+    x = V.float_input(be, op, "x", x)
+    g = _num_groups(op, num_groups, V.split_channels(op, x.shape, 1)[1])
+    grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, g, weight, bias, out)
+    be.kernels.group_norm_backward(*args, be.threads(x.size))
+    return GroupNormBackward(*grads)

@@ -2,8 +2,14 @@
 
 from . import optim
 from .norms import (
+    batch_norm_backward,
+    batch_norm_forward,
     cosine_linear_backward,
     cosine_linear_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
     layer_norm_backward,
     layer_norm_forward,
     local_response_norm_backward,
@@ -35,4 +41,10 @@ __all__ += [
     "weight_norm_backward",
     "cosine_linear_forward",
     "cosine_linear_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
 ]

@@ -209,3 +209,177 @@ def cosine_linear_backward(dy, x, w, y, x_norm, w_norm, *, eps=1e-8):
     dx = g @ w - x2 * cx[:, None]
     dw = g.T @ x2 - w * cw[:, None]
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------- channel norms
+def _channels_first(x, axis):
+    """x viewed as (N, C, *): the channel axis (1, or -1 for channels-last) moved to position 1."""
+    return x if axis == 1 or x.ndim == 2 else np.moveaxis(x, -1, 1)
+
+
+def _channels_back(y, axis):
+    return y if axis == 1 or y.ndim == 2 else np.moveaxis(y, 1, -1)
+
+
+def _affine(y, weight, bias, shape):
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+# --------------------------------------------------------------------------------------------- BatchNorm
+def batch_norm_forward(
+    x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True, momentum=0.1, eps=1e-5,
+    axis=1,
+):
+    """BatchNorm (``torch.nn.functional.batch_norm``); channel axis 1 ((N, C, *)) or -1 (channels-last).
+
+    training, per channel c over the n values of every other axis:
+        mean = sum(x_c) / n,  var = sum((x_c - mean)^2) / n (biased),  rstd = 1 / sqrt(var + eps)
+        running_mean <- (1 - momentum) * running_mean + momentum * mean                 (in place, if given)
+        running_var  <- (1 - momentum) * running_var + momentum * var * n / (n - 1)     (unbiased, in place)
+    evaluation: mean = running_mean, rstd = 1 / sqrt(running_var + eps); nothing updated.
+    y = (x - mean) * rstd * weight + bias, broadcast along the channel axis.
+    Shapes: x (N, C, *) or (*, C); weight, bias, running_mean, running_var, mean, rstd (C,).
+    Returns (y, mean, rstd).
+    """
+    xc = _channels_first(x, axis)
+    red = (0,) + tuple(range(2, xc.ndim))
+    shape = (1, -1) + (1,) * (xc.ndim - 2)
+    if training:
+        n = xc.size // xc.shape[1]
+        mean = xc.mean(axis=red)
+        var = ((xc - mean.reshape(shape)) ** 2).mean(axis=red)
+        rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var * (n / (n - 1))
+    else:
+        mean = running_mean.copy()
+        rstd = 1.0 / np.sqrt(running_var + x.dtype.type(eps))
+    y = _affine((xc - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
+    return _channels_back(y, axis).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, training=True, axis=1):
+    """Gradients of ``batch_norm_forward``.
+
+    With xhat = (x - mean) * rstd and g = dy * weight (dy if no weight), per channel over its n values:
+        training:   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        evaluation: dx = rstd * g          (the running statistics are constants)
+        dweight = sum(dy * xhat),  dbias = sum(dy)
+    Returns (dx, dweight, dbias); dweight is None without weight, dbias None without bias.
+    """
+    xc, dyc = _channels_first(x, axis), _channels_first(dy, axis)
+    red = (0,) + tuple(range(2, xc.ndim))
+    shape = (1, -1) + (1,) * (xc.ndim - 2)
+    r = rstd.reshape(shape)
+    xhat = (xc - mean.reshape(shape)) * r
+    g = dyc * weight.reshape(shape) if weight is not None else dyc
+    if training:
+        dx = r * (g - g.mean(axis=red, keepdims=True) - xhat * (g * xhat).mean(axis=red, keepdims=True))
+    else:
+        dx = r * g
+    dweight = (dyc * xhat).sum(axis=red).astype(x.dtype) if weight is not None else None
+    dbias = dyc.sum(axis=red).astype(x.dtype) if bias is not None else None
+    return _channels_back(dx, axis).astype(x.dtype), dweight, dbias
+
+
+# --------------------------------------------------------------------------------------------- InstanceNorm
+def instance_norm_forward(
+    x, weight=None, bias=None, running_mean=None, running_var=None, *, use_input_stats=True, momentum=0.1,
+    eps=1e-5,
+):
+    """InstanceNorm (``torch.nn.functional.instance_norm``): statistics per (n, c) over the L spatial values.
+
+    use_input_stats, per instance (n, c):
+        mean = sum(x_nc) / L,  var = sum((x_nc - mean)^2) / L (biased),  rstd = 1 / sqrt(var + eps)
+        running_mean <- (1 - momentum) * running_mean + momentum * mean over n of mean       (if given)
+        running_var  <- (1 - momentum) * running_var + momentum * mean over n of var * L / (L - 1)
+    otherwise: mean[n, c] = running_mean[c], rstd[n, c] = 1 / sqrt(running_var[c] + eps).
+    y = (x - mean) * rstd * weight[c] + bias[c].
+    Shapes: x (N, C, *); weight, bias, running stats (C,); mean, rstd (N, C). Returns (y, mean, rstd).
+    """
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)
+    if use_input_stats:
+        length = x3.shape[2]
+        mean = x3.mean(axis=2)
+        var = ((x3 - mean[:, :, None]) ** 2).mean(axis=2)
+        rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean.mean(axis=0)
+        if running_var is not None:
+            unbiased = var * (length / (length - 1))
+            running_var[...] = (1 - momentum) * running_var + momentum * unbiased.mean(axis=0)
+    else:
+        mean = np.broadcast_to(running_mean, (n, c)).copy()
+        rstd = np.broadcast_to(1.0 / np.sqrt(running_var + x.dtype.type(eps)), (n, c)).copy()
+    y = _affine((x3 - mean[:, :, None]) * rstd[:, :, None], weight, bias, (1, -1, 1))
+    return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, use_input_stats=True):
+    """Gradients of ``instance_norm_forward``.
+
+    With xhat = (x - mean) * rstd and g = dy * weight, per instance (n, c) over its L values:
+        use_input_stats: dx = rstd * (g - mean(g) - xhat * mean(g * xhat));  else dx = rstd * g
+        dweight[c] = sum over n and L of dy * xhat,  dbias[c] = sum over n and L of dy
+    Returns (dx, dweight, dbias); dweight is None without weight, dbias None without bias.
+    """
+    n, c = x.shape[:2]
+    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    r = rstd[:, :, None]
+    xhat = (x3 - mean[:, :, None]) * r
+    g = dy3 * weight.reshape(1, -1, 1) if weight is not None else dy3
+    if use_input_stats:
+        dx = r * (g - g.mean(axis=2, keepdims=True) - xhat * (g * xhat).mean(axis=2, keepdims=True))
+    else:
+        dx = r * g
+    dweight = (dy3 * xhat).sum(axis=(0, 2)).astype(x.dtype) if weight is not None else None
+    dbias = dy3.sum(axis=(0, 2)).astype(x.dtype) if bias is not None else None
+    return dx.reshape(x.shape).astype(x.dtype), dweight, dbias
+
+
+# --------------------------------------------------------------------------------------------- GroupNorm
+def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5):
+    """GroupNorm (``torch.nn.functional.group_norm``): statistics per (n, group) over C / num_groups
+    channels and every spatial position; affine per channel.
+
+    Per (n, g) over its values: mean, var (biased), rstd = 1 / sqrt(var + eps);
+    y = (x - mean) * rstd * weight[c] + bias[c].
+    Shapes: x (N, C, *) with C divisible by num_groups; weight, bias (C,); mean, rstd (N, num_groups).
+    Returns (y, mean, rstd).
+    """
+    n, c = x.shape[:2]
+    xg = x.reshape(n, num_groups, -1)
+    mean = xg.mean(axis=2)
+    var = ((xg - mean[:, :, None]) ** 2).mean(axis=2)
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    xhat = ((xg - mean[:, :, None]) * rstd[:, :, None]).reshape(n, c, -1)
+    y = _affine(xhat, weight, bias, (1, -1, 1))
+    return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, bias=None):
+    """Gradients of ``group_norm_forward``.
+
+    With xhat = (x - mean) * rstd and g = dy * weight[c], per (n, group) over its values:
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dweight[c] = sum over n and positions of dy * xhat,  dbias[c] = sum of dy
+    Returns (dx, dweight, dbias); dweight is None without weight, dbias None without bias.
+    """
+    n, c = x.shape[:2]
+    dy3 = dy.reshape(n, c, -1)
+    xg = x.reshape(n, num_groups, -1)
+    r = rstd[:, :, None]
+    xhat_g = (xg - mean[:, :, None]) * r
+    g = (dy3 * weight.reshape(1, -1, 1) if weight is not None else dy3).reshape(n, num_groups, -1)
+    dx = r * (g - g.mean(axis=2, keepdims=True) - xhat_g * (g * xhat_g).mean(axis=2, keepdims=True))
+    xhat = xhat_g.reshape(dy3.shape)
+    dweight = (dy3 * xhat).sum(axis=(0, 2)).astype(x.dtype) if weight is not None else None
+    dbias = dy3.sum(axis=(0, 2)).astype(x.dtype) if bias is not None else None
+    return dx.reshape(x.shape).astype(x.dtype), dweight, dbias

@@ -1,5 +1,13 @@
 """CPU kernels (Cython + OpenMP), one name per op; see each ``_<family>.pyx`` for the signatures."""
 
+from ._channel_norm import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from ._layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from ._lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
 
@@ -41,4 +49,10 @@ __all__ = [
     "adam_step",
     "gather_params",
     "gather_like",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
 ]

@@ -1,0 +1,62 @@
+"""CUDA kernels (Numba-CUDA), one launcher per op with the CPU kernel's name and signature.
+
+Importing this module imports numba; ``fastnorm`` imports it only on the first GPU call. Launchers take
+Numba device arrays or any ``__cuda_array_interface__`` object (converted zero-copy), preallocated outputs
+and scalars; the trailing ``n_threads`` is the CPU thread count there and, here, the bound on the number of
+partial rows of a column reduction (the row count of the scratch the public layer passes).
+"""
+
+from .channel_norm import (
+    batch_norm_backward,
+    batch_norm_forward,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm_backward,
+    instance_norm_forward,
+)
+from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
+from .optim import (
+    adadelta_step,
+    adagrad_step,
+    adam_step,
+    gather_like,
+    gather_params,
+    rmsprop_step,
+    sgd_step,
+)
+from .weight_norm import (
+    cosine_linear_backward_post,
+    cosine_linear_backward_pre,
+    cosine_linear_forward,
+    weight_norm_backward,
+    weight_norm_forward,
+)
+
+__all__ = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "lrn_scratch_len",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward_pre",
+    "cosine_linear_backward_post",
+    "sgd_step",
+    "adagrad_step",
+    "adadelta_step",
+    "rmsprop_step",
+    "adam_step",
+    "gather_params",
+    "gather_like",
+]

@@ -1,0 +1,229 @@
+"""The CUDA backend: the same primitives as ``CpuBackend`` (fastnorm/_dispatch.py) on GPU arrays.
+
+Inputs are any ``__cuda_array_interface__`` object (Numba device arrays, CuPy arrays, PyTorch CUDA tensors,
+which are detached) and are wrapped zero-copy as Numba device arrays; a non-contiguous one is gathered into
+a new contiguous device array (a copy, on the device). Outputs are Numba device arrays, which CuPy
+(``cupy.asarray``) and PyTorch (``torch.as_tensor(..., device="cuda")``) take without a copy. ``out=``
+buffers may be any CUDA array object. Under ``NUMBA_ENABLE_CUDASIM=1`` the "device arrays" are the
+simulator's (NumPy-backed) arrays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+import numpy as np
+
+try:
+    from numba import cuda
+except ImportError as e:  # re-raised by _dispatch.cuda_backend as a clear RuntimeError
+    raise ImportError(f"numba with CUDA support is not installed ({e})") from e
+
+
+class DevicePool:
+    """Reuses device buffers, so that steady-state calls (a training step's outputs and the column
+    reductions' scratch) allocate nothing: ``cuMemAlloc`` costs host time and Numba's batched
+    ``cuMemFree`` synchronizes the device, both of which would stall the launch queue.
+
+    Like PyTorch's caching allocator, a freed buffer is reused only for work queued later on the same
+    stream (the stream current when it was allocated), so stream order makes the reuse safe. A buffer
+    used on another stream by the caller must be kept alive until that work is done (as with torch's
+    ``record_stream``). Blocks are reused by exact size; at most ``limit`` bytes are kept free.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.cached = 0
+        self._free: dict = {}
+        self._lock = threading.Lock()
+
+    def alloc(self, nbytes: int, stream_key: int):
+        from numba.cuda.cudadrv import driver
+
+        key = (nbytes, stream_key)
+        blk = None
+        with self._lock:
+            lst = self._free.get(key)
+            if lst:
+                blk = lst.pop()
+                self.cached -= nbytes
+        ctx = cuda.current_context()
+        if blk is None:
+            try:
+                blk = ctx.memalloc(nbytes)
+            except Exception:  # out of memory: give the cached blocks back and retry once
+                self.release()
+                blk = ctx.memalloc(nbytes)
+        return driver.MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=self._finalizer(blk, key))
+
+    def _finalizer(self, blk, key):
+        def give_back():
+            with self._lock:
+                if self.cached + key[0] <= self.limit:
+                    self._free.setdefault(key, []).append(blk)
+                    self.cached += key[0]
+            # else blk is dropped here and Numba frees it
+
+        return give_back
+
+    def release(self) -> None:
+        """Drop every cached block (Numba frees them)."""
+        with self._lock:
+            self._free.clear()
+            self.cached = 0
+
+
+class CudaBackend:
+    name = "cuda"
+    float_dtypes = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+    # Column reductions (dweight/dbias) use at most this many partial rows ...
+    max_partials = 1024
+    # ... and at least this many elements of work per partial row.
+    work_per_partial = 4096
+
+    def __init__(self):
+        from . import _common
+
+        self._c = _common
+        self.pool = None
+        if not _common.SIM:
+            self.max_partials = max(64, 8 * _common.sm_count())
+            if os.environ.get("FASTNORM_CUDA_POOL", "1") != "0":
+                self.pool = DevicePool(limit=int(float(os.environ.get("FASTNORM_CUDA_POOL_MB", "2048")) * 2**20))
+        else:
+            self.max_partials = 8
+            self.work_per_partial = 1
+
+    @property
+    def kernels(self):
+        return importlib.import_module("fastnorm._kernels.cuda")
+
+    @staticmethod
+    def stat_dtype(dtype):
+        return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+    # ------------------------------------------------------------------ arrays
+    def _iface(self, a) -> dict:
+        if self._c.SIM and isinstance(a, self._c._DevArray):
+            return a._ary.__array_interface__
+        if self._c.is_torch(a):
+            a = a.detach()
+        return a.__cuda_array_interface__
+
+    def asarray(self, a):
+        """``a`` as a C-contiguous Numba device array: zero-copy when contiguous, else a device-side copy."""
+        d = self._c.dev(a)
+        if self._c.SIM and not isinstance(d, self._c.SimArray):
+            d = self._c.SimArray(d._ary, stream=d.stream)
+        if self.is_contiguous(d):
+            return d
+        return self._contiguous_copy(d)
+
+    def empty(self, shape, dtype):
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        if self._c.SIM:
+            return self._c.SimArray(np.empty(shape, dtype))
+        if self.pool is None or size == 0:
+            return cuda.device_array(shape, dtype=dtype)
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.append(step)
+            step *= n
+        mem = self.pool.alloc(size * dtype.itemsize, self._c.current_stream_ptr())
+        return DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
+
+    def zeros(self, shape, dtype):
+        a = self.empty(shape, dtype)
+        if a.size:
+            if self._c.SIM:
+                a._ary[...] = 0
+            else:
+                from .fill import fill
+
+                fill(a.reshape(a.size), 0.0)
+        return a
+
+    def is_own_output(self, a):
+        from ..._dispatch import on_cuda
+
+        return on_cuda(a)
+
+    def is_contiguous(self, a):
+        ai = self._iface(a)
+        strides = ai.get("strides")
+        if strides is None:
+            return True
+        shape = ai["shape"]
+        if 0 in shape:
+            return True
+        expect = np.dtype(ai["typestr"]).itemsize
+        for n, s in zip(reversed(shape), reversed(strides), strict=True):
+            if n != 1 and s != expect:
+                return False
+            expect *= n
+        return True
+
+    def is_writeable(self, a):
+        return not self._iface(a)["data"][1]
+
+    def _span(self, a):
+        """[lo, hi) byte addresses spanned by ``a`` (an empty range for a zero-size array)."""
+        ai = self._iface(a)
+        shape = tuple(ai["shape"])
+        itemsize = np.dtype(ai["typestr"]).itemsize
+        ptr = ai["data"][0]
+        if 0 in shape:
+            return ptr, ptr
+        strides = ai.get("strides")
+        if strides is None:
+            return ptr, ptr + itemsize * int(np.prod(shape, dtype=np.int64))
+        lo = hi = ptr
+        for n, s in zip(shape, strides, strict=True):
+            if s >= 0:
+                hi += (n - 1) * s
+            else:
+                lo += (n - 1) * s
+        return lo, hi + itemsize
+
+    def may_share_memory(self, a, b):
+        lo1, hi1 = self._span(a)
+        lo2, hi2 = self._span(b)
+        return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
+
+    def matmul(self, a, b, out) -> None:
+        """out = a @ b on the GPU (cosine_linear's products): cuBLAS through torch or CuPy when available."""
+        from .matmul import matmul
+
+        matmul(a, b, out, self.asarray)
+
+    def threads(self, work):
+        """Partial rows for the column reductions of an op touching ``work`` elements (>= 1)."""
+        return max(1, min(self.max_partials, -(-int(work) // self.work_per_partial)))
+
+    # ------------------------------------------------------------------ copies
+    def _contiguous_copy(self, d):
+        if self._c.SIM:
+            return self._c.SimArray(np.ascontiguousarray(d._ary))
+        from .fill import gather
+
+        return gather(d, self._iface(d), self.empty(d.shape, d.dtype))
+
+
+def make_backend() -> CudaBackend:
+    """The CUDA backend, or a RuntimeError saying why there is none."""
+    try:
+        ok = cuda.is_available()
+    except Exception as e:  # a broken driver install
+        raise RuntimeError(f"fastnorm: a GPU array was passed but CUDA is not usable: {e}") from None
+    if not ok:
+        raise RuntimeError(
+            "fastnorm: a GPU array was passed but no usable CUDA GPU/driver was found by numba-cuda "
+            "(numba.cuda.is_available() is False; NUMBA_ENABLE_CUDASIM=1 runs the CPU simulator)"
+        )
+    return CudaBackend()

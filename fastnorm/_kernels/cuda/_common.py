@@ -1,0 +1,355 @@
+"""Shared machinery of the CUDA kernels: compile-once launchers, streams, array conversion, team reductions.
+
+Imported only by the CUDA backend (it imports numba). Under Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``)
+kernels run as Python threads, one block at a time, without warp shuffles: every block reduction has a
+shared-memory + ``syncthreads`` form that is correct everywhere, and on a real GPU a warp-shuffle form
+behind the one device function ``_warp_sum`` (``FASTNORM_CUDA_SHUFFLE=0`` forces the shared-memory form
+on hardware too, so both are testable there).
+
+Streams: kernels launch on PyTorch's current stream when PyTorch has initialized CUDA, else on CuPy's
+current stream when CuPy is imported, else on the default stream. Arrays that come in through
+``__cuda_array_interface__`` are wrapped with ``sync=False``: no host synchronization, ordering comes from
+launching on the producer's current stream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+from numba import cuda
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+# Low-level launches (Kernel.launch below) hand the stream to cuda.core in numba-cuda >= 0.2x, which takes
+# only its own Stream objects; the dispatcher's `kernel[grid, block, stream]` path converts with this
+# function, so the direct path must too (seen on an H200 with numba-cuda 0.30.4: "Stream or GraphBuilder
+# expected, got int"). Older numba-cuda and the simulator take numba streams or 0 as they are.
+try:
+    from numba.cuda.cudadrv.driver import _to_core_stream as _launch_stream
+except ImportError:
+
+    def _launch_stream(stream):
+        return stream
+USE_SHUFFLE = not SIM and os.environ.get("FASTNORM_CUDA_SHUFFLE", "1") != "0"
+
+FULL_MASK = 0xFFFFFFFF
+WARP = 32
+
+# dtype -> (numba type name, accumulation numpy type)
+_NB = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+
+
+def nbname(dtype) -> str:
+    return _NB[np.dtype(dtype)]
+
+
+def arr(dtype, ndim: int) -> str:
+    """Signature text of a C-contiguous array, e.g. ``float32[:, ::1]``."""
+    return f"{nbname(dtype)}[{', '.join([':'] * (ndim - 1) + ['::1'])}]"
+
+
+# ------------------------------------------------------------------------------------------ device info
+_sm_count = None
+
+
+def sm_count() -> int:
+    """Multiprocessors of the current device (2 under the simulator)."""
+    global _sm_count
+    if _sm_count is None:
+        n = 0
+        if not SIM:
+            try:
+                n = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+            except Exception:  # an old/unknown driver API: a safe guess
+                n = 0
+        _sm_count = n if n > 0 else (2 if SIM else 80)
+    return _sm_count
+
+
+# ------------------------------------------------------------------------------------------ streams
+_ext_streams: dict = {}
+
+
+def _external(ptr: int):
+    s = _ext_streams.get(ptr)
+    if s is None:
+        if len(_ext_streams) > 64:
+            _ext_streams.clear()
+        s = _ext_streams[ptr] = cuda.external_stream(ptr)
+    return s
+
+
+def current_stream_ptr() -> int:
+    """The handle of the stream kernels launch on: torch's current stream (when torch has initialized
+    CUDA), else CuPy's current stream (when CuPy is imported), else 0 (the default stream)."""
+    if SIM:
+        return 0
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                return int(torch.cuda.current_stream().cuda_stream)
+        except Exception:
+            pass
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        try:
+            return int(cupy.cuda.get_current_stream().ptr)
+        except Exception:
+            pass
+    return 0
+
+
+def current_stream():
+    """The stream to launch on (see ``current_stream_ptr``): 0 or a Numba external stream."""
+    ptr = current_stream_ptr()
+    return _external(ptr) if ptr else 0
+
+
+# ------------------------------------------------------------------------------------------ arrays
+if SIM:
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as _DevArray
+
+    class SimArray(_DevArray):
+        """The simulator's device array with a plain tuple ``shape`` (the simulator's refuses negative
+        indices, Numba's real device arrays do not), keeping the type through reshapes and slices."""
+
+        @property
+        def shape(self):
+            return tuple(self._ary.shape)
+
+        def reshape(self, *args, **kwargs):
+            return SimArray(self._ary.reshape(*args, **kwargs), stream=self.stream)
+
+        def ravel(self, *args, **kwargs):
+            return SimArray(self._ary.ravel(*args, **kwargs), stream=self.stream)
+
+        def view(self, *args, **kwargs):
+            return SimArray(self._ary.view(*args, **kwargs), stream=self.stream)
+
+        def transpose(self, axes=None):
+            return SimArray(np.transpose(self._ary, axes=axes), stream=self.stream)
+
+        def __getitem__(self, idx):
+            ret = self._ary[idx]
+            return SimArray(ret, stream=self.stream) if type(ret) is np.ndarray else ret
+
+else:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray as _DevArray
+
+
+def is_torch(a) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def dev(a):
+    """``a`` as a Numba device array, zero-copy (any ``__cuda_array_interface__`` object; torch detached)."""
+    if isinstance(a, _DevArray):
+        return a
+    if is_torch(a):
+        a = a.detach()
+    return cuda.as_cuda_array(a, sync=False)
+
+
+# ------------------------------------------------------------------------------------------ launching
+class Kernel:
+    """A kernel compiled once for one signature.
+
+    ``launch`` calls the compiled kernel directly (no per-call argument-type dispatch); it falls back
+    to the ordinary ``kernel[grid, block, stream](*args)`` call under the simulator or on a Numba
+    version without that internal API.
+    """
+
+    def __init__(self, pyfunc, sig: str, max_registers: int | None = None):
+        opts = {}
+        if not SIM and max_registers:
+            opts["max_registers"] = int(max_registers)
+        self.disp = cuda.jit(sig, **opts)(pyfunc)
+        self._k = None
+        self._resident: dict = {}
+        if not SIM:
+            try:
+                k = next(iter(self.disp.overloads.values()))
+                if callable(getattr(k, "launch", None)):
+                    self._k = k
+            except Exception:
+                self._k = None
+
+    def resident_blocks(self, block: int) -> int:
+        """Blocks of ``block`` threads the GPU runs at once (occupancy API; a guess if unavailable)."""
+        n = self._resident.get(block)
+        if n is None:
+            n = 0
+            if self._k is not None:
+                try:
+                    n = int(self._k.max_cooperative_grid_blocks(block))
+                except Exception:
+                    n = 0
+            if n <= 0:
+                n = sm_count() * max(1, 2048 // block)
+            self._resident[block] = n
+        return n
+
+    def launch2d(self, grid: tuple, block: tuple, stream, *args):
+        """Launch with a 2-D block (x, y) of threads on a 2-D grid."""
+        gx, gy = int(grid[0]), int(grid[1])
+        bx, by = int(block[0]), int(block[1])
+        if gx <= 0 or gy <= 0:
+            return
+        if self._k is not None:
+            self._k.launch(args, (gx, gy, 1), (bx, by, 1), _launch_stream(stream), 0)
+        else:
+            self.disp[(gx, gy), (bx, by), stream](*args)
+
+    def launch(self, grid, block: int, stream, *args):
+        """Launch on ``grid`` blocks (an int, or a (x, y) pair) of ``block`` threads."""
+        gx, gy = (int(grid), 1) if np.ndim(grid) == 0 else (int(grid[0]), int(grid[1]))
+        if gx <= 0 or gy <= 0:
+            return
+        if self._k is not None:
+            self._k.launch(args, (gx, gy, 1), (int(block), 1, 1), _launch_stream(stream), 0)
+        else:
+            self.disp[(gx, gy), int(block), stream](*args)
+
+
+_cache: dict = {}
+
+
+def cached(key, build):
+    """The compiled ``Kernel`` for ``key``, built by ``build()`` on first use."""
+    k = _cache.get(key)
+    if k is None:
+        k = _cache[key] = build()
+    return k
+
+
+# ------------------------------------------------------------------------------------------ reductions
+@cuda.jit(device=True)
+def _warp_sum(v):
+    """Sum over the 32 lanes of a warp, the same bits in every lane (xor butterfly). Real GPU only."""
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 16)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 8)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 4)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 2)
+    v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
+    return v
+
+
+def team_buf_cols(team: int) -> int:
+    """Shared-buffer columns a team reduction needs: one per thread (shared-memory form) or per warp."""
+    return max(1, team // WARP) if USE_SHUFFLE else team
+
+
+U64 = np.uint64
+
+
+def register_cap(block: int, acc) -> int:
+    """Registers per thread to compile a kernel with: every block size must launch (65536 per block),
+    and float32-accumulating kernels are held to 64 so that an SM keeps >= 1024 threads resident
+    (memory-bound kernels need many loads in flight); float64 ones may use more."""
+    cap = min(255, (65536 // block) & ~7)
+    return min(cap, 64) if np.dtype(acc) == np.float32 else cap
+
+
+def make_team_sum(team: int):
+    """Device function ``(a, buf, p, t, lane) -> sum of a`` over the ``team`` threads (a power of two >= 32)
+    that own row slot ``t`` of the block; ``lane`` (uint64) is the thread's rank in its team.
+
+    ``buf`` is a shared (2, rows, team_buf_cols(team)) array and ``p`` (0 or 1) the half of it this call
+    uses: consecutive calls must alternate ``p``, which makes one barrier per call enough (a call writes
+    the half the previous call did not read). Every thread of the block must make the call. The order
+    of the sum is fixed (bitwise reproducible) and every thread of the team gets the same total.
+    """
+    nwarps = max(1, team // WARP)
+    half = U64(team // 2)
+    wu = U64(WARP)
+    if USE_SHUFFLE and nwarps == 1:
+
+        @cuda.jit(device=True)
+        def team_sum(a, buf, p, t, lane):
+            return _warp_sum(a)
+
+    elif USE_SHUFFLE:
+
+        @cuda.jit(device=True)
+        def team_sum(a, buf, p, t, lane):
+            a = _warp_sum(a)
+            if lane % wu == U64(0):
+                buf[p, t, lane // wu] = a
+            cuda.syncthreads()
+            a = buf[p, t, 0]
+            for k in range(1, nwarps):
+                a += buf[p, t, k]
+            return a
+
+    else:
+
+        @cuda.jit(device=True)
+        def team_sum(a, buf, p, t, lane):
+            buf[p, t, lane] = a
+            cuda.syncthreads()
+            s = half
+            while s > U64(0):
+                if lane < s:
+                    buf[p, t, lane] += buf[p, t, lane + s]
+                cuda.syncthreads()
+                s = s // U64(2)
+            return buf[p, t, 0]
+
+    return team_sum
+
+
+def make_team_sum2(team: int):
+    """``make_team_sum`` for two values at once: ``(a, b, buf, p, t, lane) -> (sum a, sum b)``;
+    ``buf`` is a shared (2, 2, rows, team_buf_cols(team)) array (half, value, row slot, column)."""
+    nwarps = max(1, team // WARP)
+    half = U64(team // 2)
+    wu = U64(WARP)
+    if USE_SHUFFLE and nwarps == 1:
+
+        @cuda.jit(device=True)
+        def team_sum2(a, b, buf, p, t, lane):
+            return _warp_sum(a), _warp_sum(b)
+
+    elif USE_SHUFFLE:
+
+        @cuda.jit(device=True)
+        def team_sum2(a, b, buf, p, t, lane):
+            a = _warp_sum(a)
+            b = _warp_sum(b)
+            if lane % wu == U64(0):
+                buf[p, 0, t, lane // wu] = a
+                buf[p, 1, t, lane // wu] = b
+            cuda.syncthreads()
+            a = buf[p, 0, t, 0]
+            b = buf[p, 1, t, 0]
+            for k in range(1, nwarps):
+                a += buf[p, 0, t, k]
+                b += buf[p, 1, t, k]
+            return a, b
+
+    else:
+
+        @cuda.jit(device=True)
+        def team_sum2(a, b, buf, p, t, lane):
+            buf[p, 0, t, lane] = a
+            buf[p, 1, t, lane] = b
+            cuda.syncthreads()
+            s = half
+            while s > U64(0):
+                if lane < s:
+                    buf[p, 0, t, lane] += buf[p, 0, t, lane + s]
+                    buf[p, 1, t, lane] += buf[p, 1, t, lane + s]
+                cuda.syncthreads()
+                s = s // U64(2)
+            return buf[p, 0, t, 0], buf[p, 1, t, 0]
+
+    return team_sum2
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, v))))

@@ -1,0 +1,545 @@
+"""BatchNorm, InstanceNorm and GroupNorm CUDA kernels on an (N, C, L) view; launchers with the CPU kernels'
+signatures (fastnorm/_kernels/cpu/_channel_norm.pyx).
+
+- GroupNorm / InstanceNorm with input statistics: each (n, group) row of K*L contiguous values is a
+  LayerNorm row whose affine parameters are per channel: the row kernels of layer_norm.py in their
+  ``grouped`` form (x read once, statistics from registers). Backward: dx from the same row kernels;
+  dweight/dbias from per-(n, c) sums (one team per (n, c) segment) reduced over n in order.
+- BatchNorm, channels first (L > 1): per-(n, c) segment moments (mean, M2; one team per segment, two
+  passes over the segment from cache), merged per channel over n in order (Chan's formula, float64),
+  then an elementwise output pass. Backward likewise: per-segment sums of dy and dy * (x - mean),
+  per-channel totals and coefficients, elementwise dx.
+- BatchNorm, channels last (L == 1, an (M, C) array): per-column partial moments (or sums) of
+  ``work.shape[0]`` row chunks (Welford in float64 per thread, fixed-order merges), merged per channel
+  over the chunks in order; elementwise output pass.
+All reductions run in a fixed order: results are bitwise reproducible. float16 inputs accumulate in
+float32 (float64 for the merges); statistics are float32 then, running statistics stay in x's dtype.
+The ``coef`` scratch of the CPU kernels is not used (coefficients live in the float64 ``work``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import layer_norm as LN
+from ._common import (
+    ACC,
+    SIM,
+    Kernel,
+    arr,
+    cached,
+    current_stream,
+    dev,
+    make_team_sum2,
+    register_cap,
+    team_buf_cols,
+)
+
+U = np.uint64
+F64 = np.float64
+SEG_TEAM = 128  # threads per (n, c) segment at most (fewer for short segments)
+SEG_BLOCK = 64 if SIM else 128  # threads per block of the segment kernels (the simulator is slow)
+BLOCK = 64 if SIM else 256  # elementwise kernels
+COLS = 32  # channels-last: columns per block
+PHASES = 8  # channels-last: row phases per block (block = COLS * PHASES threads)
+
+
+def _nb(acc):
+    from numba import float32, float64
+
+    return float32 if acc is np.float32 else float64
+
+
+def _seg_team(length: int) -> tuple[int, int]:
+    """(T threads per segment, R segments per block) for segments of ``length`` values."""
+    t = 32
+    while t < SEG_TEAM and length > 4 * t:
+        t *= 2
+    return t, max(1, SEG_BLOCK // t)
+
+
+# ------------------------------------------------------------------------------------------ segments
+def _make_segments(dtype, t: int, r: int, kind: str):
+    """Team per (n, c) segment of L contiguous values of x viewed (S, L), S = N * C.
+
+    kind "moments": work[s] = (mean, M2) of the segment (two passes, the second from cache).
+    kind "grads":   work[s] = (sum dy, sum dy * (x - mu)), mu = mean[(s // C) * GS + (s % C) // K]
+                    (BatchNorm: GS = 0, K = 1 -> mean[c]; GroupNorm: GS = G -> mean[n, c // K]).
+    """
+    acc = ACC[np.dtype(dtype)]
+    acc_nb = _nb(acc)
+    cols = team_buf_cols(t)
+    team_sum2 = make_team_sum2(t)
+    tu, ru = U(t), U(r)
+    zero = U(0)
+    moments = kind == "moments"
+
+    def seg_kernel(x, dy, mean, work, C, GS, K):
+        s_count = U(x.shape[0])
+        n = U(x.shape[1])
+        buf = cuda.shared.array((2, 2, r, cols), acc_nb)
+        tid = U(cuda.threadIdx.x)
+        ts = tid // tu
+        lane = tid - ts * tu
+        s = U(cuda.blockIdx.x) * ru + ts
+        ok = s < s_count
+        a1 = acc(0)
+        a2 = acc(0)
+        if moments:
+            j = lane
+            while ok and j < n:
+                a1 += acc(x[s, j])
+                j += tu
+            tot, _unused = team_sum2(a1, a2, buf, 0, ts, lane)
+            mu = tot / acc(n)
+            j = lane
+            while ok and j < n:
+                d = acc(x[s, j]) - mu
+                a2 += d * d
+                j += tu
+            _unused, m2 = team_sum2(a1, a2, buf, 1, ts, lane)
+            if ok and lane == zero:
+                work[s, 0] = F64(mu)
+                work[s, 1] = F64(m2)
+        else:
+            mu = acc(0)
+            if ok:
+                mu = acc(mean[(s // U(C)) * U(GS) + (s % U(C)) // U(K)])
+            j = lane
+            while ok and j < n:
+                d = acc(dy[s, j])
+                a1 += d
+                a2 += d * (acc(x[s, j]) - mu)
+                j += tu
+            t1, t2 = team_sum2(a1, a2, buf, 0, ts, lane)
+            if ok and lane == zero:
+                work[s, 0] = F64(t1)
+                work[s, 1] = F64(t2)
+
+    return seg_kernel
+
+
+def _segments(kind, x2, dy2, mean, work, c, gs, k):
+    s_count, length = x2.shape
+    if s_count == 0:
+        return
+    t, r = _seg_team(length)
+    dt = np.dtype(x2.dtype)
+    sig = (f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64, int64, int64)")
+    kern = cached(("seg", kind, dt, t, r),
+                  lambda: Kernel(_make_segments(dt, t, r, kind), sig, register_cap(t * r, ACC[dt])))
+    kern.launch(-(-s_count // r), t * r, current_stream(), x2, dy2, mean, work, c, gs, k)
+
+
+# ------------------------------------------------------------------------------------------ channels last
+def _make_columns(dtype, kind: str):
+    """Channels last, x viewed (M, C): block (bx, t) takes columns [bx*COLS, +COLS) of row chunk t of
+    ``n_chunks``; each thread one column and every PHASES-th row of the chunk, merged in shared memory in
+    phase order. kind "moments": work[t, c] = mean, work[t, C + c] = M2 (Welford, float64); kind "grads":
+    work[t, c] = sum dy, work[t, C + c] = sum dy * (x - mean[c])."""
+    acc = ACC[np.dtype(dtype)]
+    cu, pu = U(COLS), U(PHASES)
+    zero, one = U(0), U(1)
+    moments = kind == "moments"
+    from numba import float64 as f64_nb
+
+    def col_kernel(x, dy, mean, work, n_chunks):
+        m = U(x.shape[0])
+        ncol = U(x.shape[1])
+        buf = cuda.shared.array((3, PHASES, COLS), f64_nb)
+        tid = U(cuda.threadIdx.x)
+        q = tid // cu
+        cl = tid - q * cu
+        col = U(cuda.blockIdx.x) * cu + cl
+        t = U(cuda.blockIdx.y)
+        nc = U(n_chunks)
+        step = (m + nc - one) // nc
+        lo = min(m, t * step)
+        hi = min(m, lo + step)
+        cnt = F64(0)
+        a = F64(0)
+        b = F64(0)
+        mu = acc(0)
+        if not moments and col < ncol:
+            mu = acc(mean[col])
+        i = lo + q
+        while col < ncol and i < hi:
+            if moments:
+                v = F64(x[i, col])
+                cnt += F64(1)
+                d = v - a
+                a += d / cnt
+                b += d * (v - a)
+            else:
+                d = acc(dy[i, col])
+                a += F64(d)
+                b += F64(d * (acc(x[i, col]) - mu))
+            i += pu
+        buf[0, q, cl] = cnt
+        buf[1, q, cl] = a
+        buf[2, q, cl] = b
+        cuda.syncthreads()
+        if q == zero and col < ncol:
+            for p in range(1, PHASES):
+                if moments:
+                    nb = buf[0, p, cl]
+                    if nb > F64(0):
+                        tot = cnt + nb
+                        d = buf[1, p, cl] - a
+                        a += d * (nb / tot)
+                        b += buf[2, p, cl] + d * d * (cnt * nb / tot)
+                        cnt = tot
+                else:
+                    a += buf[1, p, cl]
+                    b += buf[2, p, cl]
+            work[t, col] = a
+            work[t, ncol + col] = b
+
+    return col_kernel
+
+
+def _columns(kind, x2, dy2, mean, work, n_chunks):
+    m, c = x2.shape
+    dt = np.dtype(x2.dtype)
+    sig = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64)"
+    kern = cached(("cols", kind, dt, COLS, PHASES),
+                  lambda: Kernel(_make_columns(dt, kind), sig, register_cap(COLS * PHASES, np.float64)))
+    kern.launch((-(-c // COLS), n_chunks), COLS * PHASES, current_stream(), x2, dy2, mean, work, n_chunks)
+
+
+# ------------------------------------------------------------------------------------------ per channel
+def _make_finish(dtype, mode: str):
+    """One thread per channel c.
+
+    mode "bn_fwd": merge the channel's partial moments in order (layout "first": work rows n*C + c, L values
+      each; "last": chunk rows work[t, c], work[t, C + c]), then mean, rstd, running statistics
+      (momentum * batch + (1 - momentum) * running, unbiased variance); training == 0: mean, rstd from the
+      running statistics.
+    mode "bwd": totals s1 = sum dy, s2 = sum dy * (x - mu) over the partials, dbias = s1,
+      dweight = s2 * rstd (per (n, c) rstd for GroupNorm), and BatchNorm's dx coefficients in ``coefs``
+      (kb, kc: dx = rstd * w * dy + kb * (x - mean) + kc).
+    mode "in_running": InstanceNorm running statistics from the per-(n, c) moments in work.
+    """
+    out = np.dtype(dtype).type
+    sd = ACC[np.dtype(dtype)]
+    bn_fwd = mode == "bn_fwd"
+    in_running = mode == "in_running"
+
+    def finish(work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
+               first, training):
+        c = cuda.grid(1)
+        if c >= C:
+            return
+        if bn_fwd:
+            if training:
+                cnt = F64(0)
+                mu = F64(0)
+                m2 = F64(0)
+                parts = N if first else n_chunks
+                step = (M + n_chunks - 1) // n_chunks
+                for p in range(parts):
+                    if first:
+                        nb = F64(L)
+                        mb = work[p * C + c, 0]
+                        m2b = work[p * C + c, 1]
+                    else:
+                        lo = min(M, p * step)
+                        nb = F64(min(M, lo + step) - lo)
+                        mb = work[p, c]
+                        m2b = work[p, C + c]
+                    if nb > F64(0):
+                        tot = cnt + nb
+                        d = mb - mu
+                        mu += d * (nb / tot)
+                        m2 += m2b + d * d * (cnt * nb / tot)
+                        cnt = tot
+                mean[c] = sd(mu)
+                rstd[c] = sd(F64(1) / math.sqrt(m2 / cnt + eps))
+                if rm.shape[0] > 0:
+                    rm[c] = out(momentum * mu + (F64(1) - momentum) * F64(rm[c]))
+                    rv[c] = out(momentum * (m2 / (cnt - F64(1))) + (F64(1) - momentum) * F64(rv[c]))
+            else:
+                mean[c] = sd(rm[c])
+                rstd[c] = sd(F64(1) / math.sqrt(F64(rv[c]) + eps))
+        elif in_running:
+            sm = F64(0)
+            sv = F64(0)
+            for n in range(N):
+                sm += work[n * C + c, 0]
+                sv += work[n * C + c, 1] / F64(L - 1)
+            rm[c] = out(momentum * (sm / F64(N)) + (F64(1) - momentum) * F64(rm[c]))
+            rv[c] = out(momentum * (sv / F64(N)) + (F64(1) - momentum) * F64(rv[c]))
+        else:
+            s1 = F64(0)
+            s2 = F64(0)
+            s2r = F64(0)
+            parts = N if first else n_chunks
+            for p in range(parts):
+                if first:
+                    a1 = work[p * C + c, 0]
+                    a2 = work[p * C + c, 1]
+                    r = F64(rstd[p * GS + c // K])
+                else:
+                    a1 = work[p, c]
+                    a2 = work[p, C + c]
+                    r = F64(rstd[c])
+                s1 += a1
+                s2 += a2
+                s2r += a2 * r
+            if db.shape[0] > 0:
+                db[c] = out(s1)
+            if dw.shape[0] > 0:
+                dw[c] = out(s2r)
+            if coefs.shape[0] > 0:
+                wc = F64(w[c]) if w.shape[0] > 0 else F64(1)
+                r = F64(rstd[c])
+                cnt = F64(N * L) if first else F64(M)
+                coefs[0, c] = -r * r * r * wc * s2 / cnt if training else F64(0)
+                coefs[1, c] = -r * wc * s1 / cnt if training else F64(0)
+
+    return finish
+
+
+def _finish(mode, work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
+            first, training):
+    if C == 0:
+        return
+    dt = np.dtype(w.dtype)
+    a1, s1 = arr(dt, 1), arr(ACC[dt], 1)
+    sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {a1}, {a1}, {a1}, {s1}, {s1}, {a1}, {a1}, int64, int64, int64, "
+           "int64, int64, int64, int64, float64, float64, boolean, boolean)")
+    kern = cached(("finish", mode, dt), lambda: Kernel(_make_finish(dt, mode), sig, register_cap(128, F64)))
+    kern.launch(-(-C // 128), 128, current_stream(), work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M,
+                n_chunks, GS, K, float(eps), float(momentum), bool(first), bool(training))
+
+
+# ------------------------------------------------------------------------------------------ elementwise
+def _make_apply(dtype, backward: bool):
+    """Elementwise over x viewed flat (N*C*L): element i is in segment s = i // L, channel c = s % C;
+    its statistics are mean[idx], rstd[idx], idx = (s // C) * GS + c // K.
+
+    forward: y = (x - mean) * rstd * w[c] + b[c]
+    backward: dx = rstd * w[c] * dy + kb[c] * (x - mean) + kc[c]   (kb, kc from ``coefs``; 0 if empty)
+    """
+    acc = ACC[np.dtype(dtype)]
+    out = np.dtype(dtype).type
+
+    def apply(x, dy, w, b, mean, rstd, coefs, y, C, L, GS, K):
+        total = U(x.shape[0])
+        i = U(cuda.grid(1))
+        step = U(cuda.gridsize(1))
+        cu, lu, gu, ku = U(C), U(L), U(GS), U(K)
+        has_w = w.shape[0] > 0
+        has_b = b.shape[0] > 0
+        has_k = coefs.shape[0] > 0
+        while i < total:
+            s = i // lu
+            c = s % cu
+            idx = (s // cu) * gu + c // ku
+            sc = acc(rstd[idx])
+            if has_w:
+                sc = sc * acc(w[c])
+            if backward:
+                o = sc * acc(dy[i])
+                if has_k:
+                    o = o + acc(coefs[0, c]) * (acc(x[i]) - acc(mean[idx])) + acc(coefs[1, c])
+            else:
+                o = (acc(x[i]) - acc(mean[idx])) * sc
+                if has_b:
+                    o = o + acc(b[c])
+            y[i] = out(o)
+            i += step
+
+    return apply
+
+
+def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k):
+    total = x1.shape[0]
+    if total == 0:
+        return
+    dt = np.dtype(x1.dtype)
+    a1, s1 = arr(dt, 1), arr(ACC[dt], 1)
+    sig = f"void({a1}, {a1}, {a1}, {a1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
+    kern = cached(("apply", backward, dt),
+                  lambda: Kernel(_make_apply(dt, backward), sig, register_cap(BLOCK, ACC[dt])))
+    grid = min(-(-total // BLOCK), kern.resident_blocks(BLOCK) * 4)
+    kern.launch(grid, BLOCK, current_stream(), x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+_EMPTY: dict = {}
+
+
+def _empty(shape, dtype):
+    key = (shape, np.dtype(dtype))
+    if key not in _EMPTY:
+        _EMPTY[key] = cuda.device_array(shape, np.dtype(dtype))
+    return _EMPTY[key]
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+# ------------------------------------------------------------------------------------------ BatchNorm
+def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, coef, eps, momentum,
+                       training, n_threads):
+    """IN x (N, C, L), weight, bias (C,) | (0,); IN/OUT running_mean, running_var (C,) | (0,);
+    OUT y (N, C, L), mean, rstd (C,); SCRATCH work (L > 1: (N*C, 2); L == 1: (chunks, >= 2C)), coef unused."""
+    x, w, b, rm, rv, y, mean, rstd, work = (dev(a) for a in (x, weight, bias, running_mean, running_var, y,
+                                                              mean, rstd, work))
+    n, c, length = x.shape
+    if c == 0:
+        return
+    first = length > 1
+    chunks = work.shape[0]
+    if training and n * length > 0:
+        if first:
+            _segments("moments", x.reshape(n * c, length), x.reshape(n * c, length), mean, work, c, 0, 1)
+        else:
+            _columns("moments", x.reshape(n, c), x.reshape(n, c), mean, work, chunks)
+    no = _empty((0, 0), F64)
+    _finish("bn_fwd", work, no, w, rm, rv, mean, rstd, w[:0], w[:0], n, c, length, n, chunks, 0, 1, eps, momentum,
+            first, training)
+    _apply(False, _flat(x), _flat(x), w, b, mean, rstd, no, _flat(y), c, length, 0, 1)
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, training, n_threads):
+    """IN dy, x (N, C, L), mean, rstd (C,), weight (C,) | (0,); OUT dx (N, C, L), dweight, dbias (C,) | (0,);
+    SCRATCH work (L > 1: (N*C + C, 2); L == 1: (chunks + 1, 2C)), coef unused."""
+    dy, x, mean, rstd, w, dx, dw, db, work = (dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias,
+                                                                work))
+    n, c, length = x.shape
+    if c == 0:
+        return
+    first = length > 1
+    need = training or dw.shape[0] > 0 or db.shape[0] > 0
+    chunks = work.shape[0] - 1
+    if first:
+        parts = work[: n * c]
+        coefs = work[n * c :].reshape(2, c) if need else _empty((0, 0), F64)
+    else:
+        parts = work[:chunks]
+        coefs = work[chunks].reshape(2, c) if need else _empty((0, 0), F64)
+    if need:
+        if n * length > 0:
+            if first:
+                _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), mean, parts, c, 0, 1)
+            else:
+                _columns("grads", x.reshape(n, c), dy.reshape(n, c), mean, parts, chunks)
+        else:
+            from .fill import fill
+
+            fill(_flat(parts), 0.0)
+        _finish("bwd", parts, coefs, w, w[:0], w[:0], mean, rstd, dw, db, n if first else 0, c, length, n,
+                chunks, 0, 1, 0.0, 0.0, first, training)
+    _apply(True, _flat(x), _flat(dy), w, w[:0], mean, rstd, coefs if training else _empty((0, 0), F64),
+           _flat(dx), c, length, 0, 1)
+
+
+# ------------------------------------------------------------------------------------------ Group/Instance
+def _groups_forward(x, w, b, y, mean, rstd, eps, groups, mom=None):
+    n, c, length = x.shape
+    g = groups
+    k = c // g
+    LN._forward(x.reshape(n * g, k * length), w, b, y.reshape(n * g, k * length), _flat(mean), _flat(rstd),
+                eps, False, groups=(g, k, length), mom=mom)
+
+
+def _groups_backward(dy, x, mean, rstd, w, dx, dw, db, work, training):
+    n, c, length = x.shape
+    g = mean.shape[1]
+    k = c // g
+    no_part = _empty((0, 0), F64)
+    if training:
+        LN._backward(dy.reshape(n * g, k * length), x.reshape(n * g, k * length), _flat(mean), _flat(rstd), w,
+                     dx.reshape(n * g, k * length), w[:0], w[:0], no_part, no_part, False, groups=(g, k, length))
+    else:  # statistics are constants: dx = rstd * w * dy
+        _apply(True, _flat(x), _flat(dy), w, w[:0], _flat(mean), _flat(rstd), no_part, _flat(dx), c, length,
+               g, k)
+    if dw.shape[0] > 0 or db.shape[0] > 0:
+        if n * length > 0:
+            _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), _flat(mean), work, c, g, k)
+        _finish("bwd", work, no_part, w, w[:0], w[:0], _flat(mean), _flat(rstd), dw, db, n if length > 0 else 0, c,
+                length, n, 1, g, k, 0.0, 0.0, True, True)
+
+
+def group_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
+    """IN x (N, C, L), weight, bias (C,) | (0,); OUT y (N, C, L), mean, rstd (N, G)."""
+    x, w, b, y, mean, rstd = (dev(a) for a in (x, weight, bias, y, mean, rstd))
+    n, c, length = x.shape
+    if n * c * length == 0:
+        return
+    _groups_forward(x, w, b, y, mean, rstd, eps, mean.shape[1])
+
+
+def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, n_threads):
+    """IN dy, x (N, C, L), mean, rstd (N, G), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work (N*C, 2)."""
+    args = [dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias, work)]
+    _groups_entry_backward(*args, True)
+
+
+def _groups_entry_backward(dy, x, mean, rstd, w, dx, dw, db, work, training):
+    n, c, length = x.shape
+    if c == 0:
+        return
+    if n * length == 0:
+        from .fill import fill
+
+        for a in (dw, db):
+            if a.shape[0] > 0:
+                fill(a, 0.0)
+        return
+    _groups_backward(dy, x, mean, rstd, w, dx, dw, db, work, training)
+
+
+def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, eps, momentum,
+                          use_input_stats, n_threads):
+    """IN x (N, C, L), weight, bias (C,) | (0,); IN/OUT running_mean, running_var (C,) | (0,);
+    OUT y (N, C, L), mean, rstd (N, C); SCRATCH work (N*C, 2)."""
+    x, w, b, rm, rv, y, mean, rstd, work = (dev(a) for a in (x, weight, bias, running_mean, running_var, y,
+                                                              mean, rstd, work))
+    n, c, length = x.shape
+    if n * c * length == 0:
+        return
+    no = _empty((0, 0), F64)
+    if use_input_stats:
+        track = rm.shape[0] > 0
+        _groups_forward(x, w, b, y, mean, rstd, eps, c, mom=work if track else None)
+        if track:
+            _finish("in_running", work, no, w, rm, rv, _flat(mean), _flat(rstd), w[:0], w[:0], n, c, length, n, 1,
+                    c, 1, eps, momentum, True, True)
+    else:
+        _instance_eval_stats(rm, rv, mean, rstd, eps)
+        _apply(False, _flat(x), _flat(x), w, b, _flat(mean), _flat(rstd), no, _flat(y), c, length, c, 1)
+
+
+def _make_instance_stats(dtype):
+    sd = ACC[np.dtype(dtype)]
+
+    def stats(rm, rv, mean, rstd, eps):
+        i = cuda.grid(1)
+        n = mean.shape[0]
+        c = mean.shape[1]
+        if i < n * c:
+            ch = i % c
+            mean[i // c, ch] = sd(rm[ch])
+            rstd[i // c, ch] = sd(F64(1) / math.sqrt(F64(rv[ch]) + eps))
+
+    return stats
+
+
+def _instance_eval_stats(rm, rv, mean, rstd, eps):
+    dt = np.dtype(rm.dtype)
+    sig = f"void({arr(dt, 1)}, {arr(dt, 1)}, {arr(ACC[dt], 2)}, {arr(ACC[dt], 2)}, float64)"
+    kern = cached(("in_stats", dt), lambda: Kernel(_make_instance_stats(dt), sig, register_cap(128, F64)))
+    kern.launch(-(-mean.size // 128), 128, current_stream(), rm, rv, mean, rstd, float(eps))
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, n_threads):
+    """IN dy, x (N, C, L), mean, rstd (N, C), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work."""
+    args = [dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias, work)]
+    _groups_entry_backward(*args, bool(use_input_stats))

@@ -1,0 +1,120 @@
+"""LocalResponseNorm CUDA kernels on an (N, C, L) view; launchers with the CPU kernels' signatures
+(fastnorm/_kernels/cpu/_lrn.pyx).
+
+One thread per element, the window summed directly (``size`` loads from cache per element): every window
+sum is formed from its own values only, so a NaN or inf reaches exactly the outputs whose window holds it,
+as in torch's computation. Sums in the accumulation type (float32 for float16/float32 inputs). The CPU
+kernels' ``scratch`` is not used here (``lrn_scratch_len`` asks for one element per row).
+
+    forward:  scale = k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x_{c'}^2,  y = x * scale^-beta
+    backward: dx_j = dy_j * scale_j^-beta - 2*alpha*beta/size * x_j * sum_{c in [j - (size-1)//2, j + size//2]}
+              dy_c * y_c / scale_c
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from ._common import ACC, SIM, Kernel, arr, cached, current_stream, dev, register_cap
+
+U = np.uint64
+BLOCK = 64 if SIM else 256
+
+
+def _make(dtype, backward: bool):
+    acc = ACC[np.dtype(dtype)]
+    out = np.dtype(dtype).type
+
+    def lrn_fwd(xf, yf, sf, nc, nl, size, a, beta, k):
+        total = U(xf.shape[0])
+        C = U(nc)
+        L = U(nl)
+        i = U(cuda.grid(1))
+        step = U(cuda.gridsize(1))
+        before = U(size // 2)
+        after = U((size - 1) // 2)
+        while i < total:
+            c = (i // L) % C
+            lo = c - before if c >= before else U(0)
+            hi = min(C - U(1), c + after)
+            s = acc(0)
+            cc = lo
+            while cc <= hi:
+                v = acc(xf[i - (c - cc) * L]) if cc <= c else acc(xf[i + (cc - c) * L])
+                s += v * v
+                cc += U(1)
+            sc = acc(k) + acc(a) * s
+            sf[i] = out(sc)
+            yf[i] = out(acc(xf[i]) * math.pow(sc, acc(-beta)))
+            i += step
+
+    def lrn_bwd(dyf, xf, yf, sf, dxf, nc, nl, size, coef, beta):
+        total = U(xf.shape[0])
+        C = U(nc)
+        L = U(nl)
+        i = U(cuda.grid(1))
+        step = U(cuda.gridsize(1))
+        before = U((size - 1) // 2)
+        after = U(size // 2)
+        while i < total:
+            c = (i // L) % C
+            lo = c - before if c >= before else U(0)
+            hi = min(C - U(1), c + after)
+            s = acc(0)
+            cc = lo
+            while cc <= hi:
+                e = i - (c - cc) * L if cc <= c else i + (cc - c) * L
+                s += acc(dyf[e]) * acc(yf[e]) / acc(sf[e])
+                cc += U(1)
+            dxf[i] = out(acc(dyf[i]) * math.pow(acc(sf[i]), acc(-beta)) - acc(coef) * acc(xf[i]) * s)
+            i += step
+
+    return lrn_bwd if backward else lrn_fwd
+
+
+def _kernel(dt, backward: bool) -> Kernel:
+    dt = np.dtype(dt)
+    a1 = arr(dt, 1)
+    if backward:
+        sig = f"void({a1}, {a1}, {a1}, {a1}, {a1}, int64, int64, int64, float64, float64)"
+    else:
+        sig = f"void({a1}, {a1}, {a1}, int64, int64, int64, float64, float64, float64)"
+    return cached(("lrn", backward, dt), lambda: Kernel(_make(dt, backward), sig, register_cap(BLOCK, ACC[dt])))
+
+
+def _grid(k: Kernel, total: int) -> int:
+    return max(1, min(-(-total // BLOCK), k.resident_blocks(BLOCK) * 4))
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def lrn_scratch_len(lo: int, hi: int) -> int:
+    """Scratch elements per thread row: the GPU kernels need none (one keeps the array non-empty)."""
+    return 1
+
+
+def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads):
+    """IN x (N, C, L); OUT y, scale (N, C, L); SCRATCH unused."""
+    x, y, scale = dev(x), dev(y), dev(scale)
+    if x.size == 0:
+        return
+    kern = _kernel(x.dtype, False)
+    n, c, length = x.shape
+    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(x), _flat(y), _flat(scale), c, length,
+                int(size), float(alpha) / size, float(beta), float(k))
+
+
+def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads):
+    """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH unused."""
+    dy, x, y, scale, dx = dev(dy), dev(x), dev(y), dev(scale), dev(dx)
+    if x.size == 0:
+        return
+    kern = _kernel(x.dtype, True)
+    n, c, length = x.shape
+    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(dy), _flat(x), _flat(y), _flat(scale),
+                _flat(dx), c, length, int(size), 2.0 * float(alpha) * float(beta) / size, float(beta))

@@ -1,0 +1,489 @@
+"""Optimizer steps on the GPU: one launch updates every tensor of a call (multi-tensor apply).
+
+Same entry points and arguments as the CPU kernels (fastnorm/_kernels/cpu/_optim.pyx): a call gets a
+table of device addresses ``tensors`` (S, T) (row 0 the parameters, row 1 the gradients, rows 2.. the
+algorithm's state streams, 0 for a stream the options do not use), ``offsets`` (T + 1,) that lay the
+tensors end to end in one flat index space, and per-tensor scalars. The flat space is cut into chunks of
+CHUNK elements; block b takes chunks b, b + grid, ...; a chunk walks the pieces of the tensors it covers
+(found by binary search in the offsets), threads striding through each piece (coalesced), UNROLL elements
+per thread in flight (all loads issued before any store: the compiler cannot reorder them across stores
+through raw pointers). Loads and stores go through raw addresses (two small intrinsics); under the
+simulator, through ctypes on the NumPy buffers behind the simulated device arrays.
+
+The address table and offsets rarely change between steps: their device copy is cached by content.
+Per-tensor scalars equal for every tensor (the usual case: all tensors at the same step) are passed as
+kernel arguments; otherwise their table is copied to the device.
+
+``gather_params`` / ``gather_like`` mirror the CPU helpers of the same names for CUDA arrays (any
+``__cuda_array_interface__`` object), so ``fastnorm.optim`` can fill the table from either backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+from numba import cuda, types
+
+from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+
+FN_SGD, FN_ADAGRAD, FN_ADADELTA, FN_RMSPROP, FN_ADAM = 0, 1, 2, 3, 4
+FN_WD, FN_MOMENTUM, FN_NESTEROV, FN_CENTERED, FN_AMSGRAD = 1, 2, 4, 8, 16
+
+BLOCK = 256  # threads per block
+UNROLL = 4  # elements per thread in flight
+CHUNK = 16384  # flat elements per chunk
+BLOCKS_PER_SM = 8
+
+U = np.uint64
+
+
+# ------------------------------------------------------------------------------------------ raw memory
+def _make_mem(nbty, ctype):
+    """Device functions ``ld(addr, i)`` / ``st(addr, i, v)``: element i of the array at address ``addr``."""
+    if SIM:
+        size = ctypes.sizeof(ctype)
+        cast = np.float64 if ctype is ctypes.c_double else np.float32
+
+        @cuda.jit(device=True)
+        def ld(addr, i):
+            return cast(ctype.from_address(int(addr) + size * int(i)).value)
+
+        @cuda.jit(device=True)
+        def st(addr, i, v):
+            ctype.from_address(int(addr) + size * int(i)).value = float(v)
+
+        return ld, st
+    try:
+        from numba.cuda.extending import intrinsic
+    except ImportError:  # older Numba: the CUDA target lives in numba core
+        from numba.core.extending import intrinsic
+
+    @intrinsic
+    def ld(typingctx, addr, i):
+        sig = nbty(types.uint64, types.uint64)
+
+        def codegen(context, builder, sig, args):
+            ptr = builder.inttoptr(args[0], context.get_value_type(nbty).as_pointer(1))  # global space
+            return builder.load(builder.gep(ptr, [args[1]]))
+
+        return sig, codegen
+
+    @intrinsic
+    def st(typingctx, addr, i, v):
+        sig = types.void(types.uint64, types.uint64, nbty)
+
+        def codegen(context, builder, sig, args):
+            ptr = builder.inttoptr(args[0], context.get_value_type(nbty).as_pointer(1))  # global space
+            builder.store(args[2], builder.gep(ptr, [args[1]]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return ld, st
+
+
+_MEM: dict = {}
+
+
+def _mem(f64: bool):
+    if f64 not in _MEM:
+        _MEM[f64] = _make_mem(types.float64, ctypes.c_double) if f64 else _make_mem(types.float32, ctypes.c_float)
+    return _MEM[f64]
+
+
+# ------------------------------------------------------------------------------------------ update math
+# k = (lr, wd, sgn, eps, mu, rho, omr, alpha, oma, omb1, beta2, omb2, decay, c1, c2) rounded to the dtype;
+# c1, c2 are the per-tensor scalars (SGD: b = c1*b + c2*g; Adagrad: clr; Adam: step_size, bc2).
+# Same operations, in the same order, as the CPU loops in fastnorm_optim.h.
+def _make_update(algo: int, flags: int):
+    wd_on = bool(flags & FN_WD)
+    mom = bool(flags & FN_MOMENTUM)
+    nest = bool(flags & FN_NESTEROV)
+    centered = bool(flags & FN_CENTERED)
+    ams = bool(flags & FN_AMSGRAD)
+
+    if algo == FN_SGD:
+
+        @cuda.jit(device=True)
+        def update(p, g, s0, s1, s2, k):
+            gi = k[2] * g
+            if wd_on:
+                gi += k[1] * p
+            if mom:
+                bi = k[13] * s0 + k[14] * gi
+                s0 = bi
+                gi = gi + k[4] * bi if nest else bi
+            return p - k[0] * gi, s0, s1, s2
+
+    elif algo == FN_ADAGRAD:
+
+        @cuda.jit(device=True)
+        def update(p, g, s0, s1, s2, k):
+            gi = k[2] * g
+            if wd_on:
+                gi += k[1] * p
+            si = s0 + gi * gi
+            return p - k[13] * (gi / (math.sqrt(si) + k[3])), si, s1, s2
+
+    elif algo == FN_ADADELTA:
+
+        @cuda.jit(device=True)
+        def update(p, g, s0, s1, s2, k):
+            gi = k[2] * g
+            if wd_on:
+                gi += k[1] * p
+            sqi = k[5] * s0 + k[6] * (gi * gi)
+            d = math.sqrt(s1 + k[3]) / math.sqrt(sqi + k[3]) * gi
+            acc = k[5] * s1 + k[6] * (d * d)
+            return p - k[0] * d, sqi, acc, s2
+
+    elif algo == FN_RMSPROP:
+
+        @cuda.jit(device=True)
+        def update(p, g, s0, s1, s2, k):
+            gi = k[2] * g
+            if wd_on:
+                gi += k[1] * p
+            sqi = k[7] * s0 + k[8] * (gi * gi)
+            if centered:
+                gai = s1 + k[8] * (gi - s1)
+                s1 = gai
+                avg = math.sqrt(sqi - gai * gai) + k[3]
+            else:
+                avg = math.sqrt(sqi) + k[3]
+            if mom:
+                bi = k[4] * s2 + gi / avg
+                return p - k[0] * bi, sqi, s1, bi
+            return p - k[0] * (gi / avg), sqi, s1, s2
+
+    else:
+
+        @cuda.jit(device=True)
+        def update(p, g, s0, s1, s2, k):
+            gi = k[2] * g
+            if wd_on:
+                gi += k[1] * p
+            pi = p * k[12]
+            mi = s0 + k[9] * (gi - s0)
+            vi = k[10] * s1 + k[11] * (gi * gi)
+            v_new = vi
+            if ams:
+                vi = s2 if s2 > vi else vi
+                s2 = vi
+            return pi - k[13] * (mi / (math.sqrt(vi) / k[14] + k[3])), mi, v_new, s2
+
+    return update
+
+
+def _streams(algo: int, flags: int) -> tuple[bool, bool, bool]:
+    """Which state rows (2, 3, 4 of the table) the options read and write."""
+    if algo == FN_SGD:
+        return bool(flags & FN_MOMENTUM), False, False
+    if algo == FN_ADAGRAD:
+        return True, False, False
+    if algo == FN_ADADELTA:
+        return True, True, False
+    if algo == FN_RMSPROP:
+        return True, bool(flags & FN_CENTERED), bool(flags & FN_MOMENTUM)
+    return True, True, bool(flags & FN_AMSGRAD)
+
+
+def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
+    T = np.float64 if f64 else np.float32
+    from numba import float32, float64
+
+    nbt = float64 if f64 else float32
+    ld, st = _mem(f64)
+    update = _make_update(algo, flags)
+    use0, use1, use2 = _streams(algo, flags)
+    bu, uu, cu = U(block), U(unroll), U(chunk)
+    zero, one = U(0), U(1)
+
+    def optim_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
+        n_tensors = U(off.shape[0] - 1)
+        total = U(off[off.shape[0] - 1])
+        per_tensor = pt.shape[0] > 0
+        tid = U(cuda.threadIdx.x)
+        c = U(cuda.blockIdx.x)
+        grid = U(cuda.gridDim.x)
+        pv = cuda.local.array(unroll, nbt)
+        gv = cuda.local.array(unroll, nbt)
+        v0 = cuda.local.array(unroll, nbt)
+        v1 = cuda.local.array(unroll, nbt)
+        v2 = cuda.local.array(unroll, nbt)
+        while c * cu < total:
+            lo = c * cu
+            hi = min(total, lo + cu)
+            a = zero
+            b = n_tensors
+            while b - a > one:  # the tensor holding element lo: the last t with off[t] <= lo
+                mid = (a + b) // U(2)
+                if U(off[mid]) <= lo:
+                    a = mid
+                else:
+                    b = mid
+            t = a
+            while lo < hi:
+                end = min(hi, U(off[t + one]))
+                if end > lo:
+                    base = U(off[t])
+                    pa = U(tab[0, t])
+                    ga = U(tab[1, t])
+                    a0 = U(tab[2, t]) if use0 else zero
+                    a1 = U(tab[3, t]) if use1 else zero
+                    a2 = U(tab[4, t]) if use2 else zero
+                    c1 = T(pt[t, 0]) if per_tensor else T(u0)
+                    c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
+                    k = (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha),
+                         T(1.0 - alpha), T(omb1), T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+                    i = lo - base + tid
+                    stop = end - base
+                    while i + (uu - one) * bu < stop:
+                        for q in range(unroll):
+                            j = i + U(q) * bu
+                            pv[q] = ld(pa, j)
+                            gv[q] = ld(ga, j)
+                            if use0:
+                                v0[q] = ld(a0, j)
+                            if use1:
+                                v1[q] = ld(a1, j)
+                            if use2:
+                                v2[q] = ld(a2, j)
+                        for q in range(unroll):
+                            pv[q], v0[q], v1[q], v2[q] = update(pv[q], gv[q], v0[q], v1[q], v2[q], k)
+                        for q in range(unroll):
+                            j = i + U(q) * bu
+                            st(pa, j, pv[q])
+                            if use0:
+                                st(a0, j, v0[q])
+                            if use1:
+                                st(a1, j, v1[q])
+                            if use2:
+                                st(a2, j, v2[q])
+                        i += uu * bu
+                    while i < stop:
+                        s0 = ld(a0, i) if use0 else T(0)
+                        s1 = ld(a1, i) if use1 else T(0)
+                        s2 = ld(a2, i) if use2 else T(0)
+                        p, s0, s1, s2 = update(ld(pa, i), ld(ga, i), s0, s1, s2, k)
+                        st(pa, i, p)
+                        if use0:
+                            st(a0, i, s0)
+                        if use1:
+                            st(a1, i, s1)
+                        if use2:
+                            st(a2, i, s2)
+                        i += bu
+                    lo = end
+                t += one
+            c += grid
+
+    return optim_kernel
+
+
+_SIG = ("void(int64[:, ::1], int64[::1], float64[:, ::1], float64, float64, float64, float64, float64, float64, "
+        "float64, float64, float64, float64, float64, float64)")
+
+
+def _kernel(algo: int, flags: int, f64: bool) -> Kernel:
+    key = ("optim", algo, flags, f64, BLOCK, UNROLL, CHUNK)
+    regs = register_cap(BLOCK, np.float64 if f64 else np.float32)
+    return cached(key, lambda: Kernel(_make_kernel(algo, flags, f64, BLOCK, UNROLL, CHUNK), _SIG, regs))
+
+
+# ------------------------------------------------------------------------------------------ tables
+_tables: dict = {}
+
+
+def _device_table(tensors: np.ndarray, offsets: np.ndarray, stream):
+    """Device copies of the address table (always 5 rows) and offsets, cached by content."""
+    tab = np.zeros((5, tensors.shape[1]), np.int64)
+    tab[: tensors.shape[0]] = tensors
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    key = tab.tobytes() + b"|" + off.tobytes()
+    hit = _tables.get(key)
+    if hit is None:
+        if len(_tables) >= 16:
+            _tables.clear()
+        hit = _tables[key] = (cuda.to_device(tab, stream=stream), cuda.to_device(off, stream=stream))
+    return hit
+
+
+_NO_PT = None
+
+
+def _launch(algo, flags, f64, tensors, offsets, per_tensor, hyper: dict) -> None:
+    global _NO_PT
+    tensors = np.asarray(tensors)
+    n_tensors = tensors.shape[1]
+    if n_tensors == 0:
+        return
+    offsets = np.asarray(offsets)
+    total = int(offsets[-1])
+    if total == 0:
+        return
+    stream = current_stream()
+    d_tab, d_off = _device_table(tensors, offsets, stream)
+    pt = np.asarray(per_tensor, dtype=np.float64)
+    u0 = u1 = 0.0
+    if pt.size == 0 or (pt == pt[0]).all():
+        if pt.size:
+            u0, u1 = float(pt[0, 0]), float(pt[0, -1])
+        if _NO_PT is None:
+            _NO_PT = cuda.device_array((0, 1), np.float64)
+        d_pt = _NO_PT
+    else:
+        d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
+    h = hyper
+    k = _kernel(algo, flags, f64)
+    grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
+    k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
+             h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
+             h.get("beta2", 0.0), h.get("decay", 1.0), u0, u1)
+
+
+def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
+    """The structure checks of the CPU kernels (``_run`` in _optim.pyx)."""
+    n_tensors = tensors.shape[1]
+    if tensors.shape[0] != n_rows or offsets.shape[0] != n_tensors + 1 or offsets[0] != 0:
+        raise ValueError("optimizer kernel: the address table or the offsets have the wrong shape")
+    if n_pt > 0 and (per_tensor.shape[0] != n_tensors or per_tensor.shape[1] != n_pt):
+        raise ValueError(f"optimizer kernel: per_tensor must have shape ({n_tensors}, {n_pt})")
+    sizes = np.diff(offsets)
+    if (sizes < 0).any():
+        raise ValueError("optimizer kernel: offsets must not decrease")
+    for r in range(n_rows):
+        if (used >> r) & 1 and ((tensors[r] == 0) & (sizes > 0)).any():
+            t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
+            raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
+
+
+def _rows_used(algo: int, flags: int) -> int:
+    s0, s1, s2 = _streams(algo, flags)
+    return 0b11 | (s0 << 2) | (s1 << 3) | (s2 << 4)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, f64, n_threads):
+    """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
+    flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
+    flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
+    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
+    _check(tensors, offsets, 3, _rows_used(FN_SGD, flags), pt, 2)
+    _launch(FN_SGD, flags, f64, tensors, offsets, pt,
+            dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum))
+
+
+def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, f64, n_threads):
+    """IN/OUT (3, T): param, grad, sum; per_tensor (T, 1): clr."""
+    flags = FN_WD if weight_decay != 0 else 0
+    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
+    _check(tensors, offsets, 3, _rows_used(FN_ADAGRAD, flags), pt, 1)
+    _launch(FN_ADAGRAD, flags, f64, tensors, offsets, pt,
+            dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps))
+
+
+def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, f64, n_threads):
+    """IN/OUT (4, T): param, grad, square_avg, acc_delta."""
+    flags = FN_WD if weight_decay != 0 else 0
+    tensors, offsets = np.asarray(tensors), np.asarray(offsets)
+    _check(tensors, offsets, 4, _rows_used(FN_ADADELTA, flags), None, 0)
+    _launch(FN_ADADELTA, flags, f64, tensors, offsets, np.zeros((0, 0)),
+            dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0))
+
+
+def rmsprop_step(tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, f64, n_threads):
+    """IN/OUT (5, T): param, grad, square_avg, grad_avg, momentum_buffer."""
+    flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
+    flags |= FN_CENTERED if centered else 0
+    tensors, offsets = np.asarray(tensors), np.asarray(offsets)
+    _check(tensors, offsets, 5, _rows_used(FN_RMSPROP, flags), None, 0)
+    _launch(FN_RMSPROP, flags, f64, tensors, offsets, np.zeros((0, 0)),
+            dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0))
+
+
+def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, f64,
+              n_threads):
+    """IN/OUT (5, T): param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq; per_tensor (T, 2): step_size, bc2."""
+    flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
+    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
+    _check(tensors, offsets, 5, _rows_used(FN_ADAM, flags), pt, 2)
+    _launch(FN_ADAM, flags, f64, tensors, offsets, pt,
+            dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay,
+                 sgn=-1.0 if maximize else 1.0))
+
+
+# ------------------------------------------------------------------------------------------ array checks
+def _iface(a):
+    if SIM:
+        from ._common import _DevArray
+
+        if isinstance(a, _DevArray):
+            return a._ary.__array_interface__
+        return None
+    if not hasattr(a, "__cuda_array_interface__"):
+        try:
+            return None if not hasattr(a, "detach") else a.detach().__cuda_array_interface__
+        except Exception:
+            return None
+    if type(a).__module__.startswith("torch"):
+        a = a.detach()
+    return a.__cuda_array_interface__
+
+
+def _usable(ai, typestr, writeable: bool) -> bool:
+    if ai is None or ai["typestr"] != typestr or (writeable and ai["data"][1]):
+        return False
+    strides = ai.get("strides")
+    if strides is not None:
+        expect = int(typestr[2:])
+        for n, s in zip(reversed(ai["shape"]), reversed(strides), strict=True):
+            if n != 1 and s != expect:
+                return False
+            expect *= n
+    return ai["data"][0] % int(typestr[2:]) == 0
+
+
+def gather_params(params: list, info: np.ndarray) -> int:
+    """Row 0: device address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
+
+    Returns -1 if every entry is a C-contiguous, writeable float32/float64 CUDA array, else the index of
+    the first one that is not (as the CPU helper of the same name does for NumPy arrays).
+    """
+    for i, a in enumerate(params):
+        ai = _iface(a)
+        if ai is None or ai["typestr"] not in ("<f4", "<f8") or not _usable(ai, ai["typestr"], True):
+            return i
+        info[0, i] = ai["data"][0]
+        info[1, i] = int(np.prod(ai["shape"], dtype=np.int64))
+        info[2, i] = ai["typestr"] == "<f8"
+    return -1
+
+
+def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
+                avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
+    """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
+    asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``.
+    Returns -1 if all are usable, else the index of the first that is not."""
+    n = ptrs.shape[0]
+    if len(arrays) != n or len(params) != n:
+        return 0
+    for i in range(n):
+        a = arrays[i]
+        if a is None and allow_none:
+            ptrs[i] = 0
+            continue
+        ref = _iface(params[i])
+        ai = None if a is None else _iface(a)
+        if ai is None or not _usable(ai, ref["typestr"], writeable) or tuple(ai["shape"]) != tuple(ref["shape"]):
+            return i
+        lo = ai["data"][0]
+        hi = lo + int(np.prod(ai["shape"], dtype=np.int64)) * int(ref["typestr"][2:])
+        k = int(np.searchsorted(avoid_lo, hi, side="left"))
+        if hi > lo and k > 0 and avoid_hi[k - 1] > lo:
+            return i
+        ptrs[i] = lo
+    return -1
+

@@ -1,0 +1,360 @@
+/* Moments and gradient sums for the (N, C, L) channel norms (BatchNorm, InstanceNorm, GroupNorm).
+ *
+ * Two layouts share these helpers:
+ * - a contiguous segment (one (n, c) slice of L values, or one GroupNorm row of C/G * L values):
+ *   fn_seg_moments_* gives its mean and M2 = sum((x - mean)^2);
+ * - a block of rows of an (M, C) row-major array (channels-last BatchNorm, channels contiguous):
+ *   fn_col_moments_* gives per-channel mean and M2 over the rows.
+ * Everything is accumulated in double, one read of the data: values are summed around a shift K (the
+ * running mean of the blocks before, or the block's first value), d = x - K taken in double, s1 = sum(d),
+ * s2 = sum(d^2), so a block's M2 = s2 - s1^2 / n loses nothing when the mean is large against the spread.
+ * Blocks are combined with Chan's pairwise merge, always in the same order, so the result does not
+ * depend on the thread count. (No E[x^2] - E[x]^2 in float32 anywhere.)
+ *
+ * The inner loops are written on a small vector abstraction (fn_vd: 4 doubles with AVX, 2 with SSE2, a
+ * plain double otherwise) because gcc turns the plain lane-array loops for these float -> double
+ * reductions into shuffles and stack spills (measured: 5x slower than the explicit vectors).
+ */
+#ifndef FASTNORM_CHANNEL_H
+#define FASTNORM_CHANNEL_H
+#include <stddef.h>
+#include "fastnorm_moments.h"
+
+#if defined(__AVX__)
+#include <immintrin.h>
+typedef __m256d fn_vd;
+#define FN_VW 4
+#define fn_vzero() _mm256_setzero_pd()
+#define fn_vset1(a) _mm256_set1_pd(a)
+#define fn_vadd(a, b) _mm256_add_pd(a, b)
+#define fn_vsub(a, b) _mm256_sub_pd(a, b)
+#define fn_vmul(a, b) _mm256_mul_pd(a, b)
+#if defined(__FMA__)
+#define fn_vfma(a, b, c) _mm256_fmadd_pd(a, b, c)
+#else
+#define fn_vfma(a, b, c) _mm256_add_pd(_mm256_mul_pd(a, b), c)
+#endif
+#define fn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define fn_vload_d(p) _mm256_loadu_pd(p)
+#define fn_vstore(p, v) _mm256_storeu_pd(p, v)
+static inline double fn_vhsum(fn_vd v) {
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+#elif defined(__SSE2__)
+#include <emmintrin.h>
+typedef __m128d fn_vd;
+#define FN_VW 2
+#define fn_vzero() _mm_setzero_pd()
+#define fn_vset1(a) _mm_set1_pd(a)
+#define fn_vadd(a, b) _mm_add_pd(a, b)
+#define fn_vsub(a, b) _mm_sub_pd(a, b)
+#define fn_vmul(a, b) _mm_mul_pd(a, b)
+#define fn_vfma(a, b, c) _mm_add_pd(_mm_mul_pd(a, b), c)
+#define fn_vload_f(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
+#define fn_vload_d(p) _mm_loadu_pd(p)
+#define fn_vstore(p, v) _mm_storeu_pd(p, v)
+static inline double fn_vhsum(fn_vd v) { return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v))); }
+#else
+typedef double fn_vd;
+#define FN_VW 1
+#define fn_vzero() 0.0
+#define fn_vset1(a) ((double)(a))
+#define fn_vadd(a, b) ((a) + (b))
+#define fn_vsub(a, b) ((a) - (b))
+#define fn_vmul(a, b) ((a) * (b))
+#define fn_vfma(a, b, c) ((a) * (b) + (c))
+#define fn_vload_f(p) ((double)*(p))
+#define fn_vload_d(p) (*(p))
+#define fn_vstore(p, v) (*(p) = (v))
+static inline double fn_vhsum(fn_vd v) { return v; }
+#endif
+
+/* values per block of a segment, rows per block of a channels-last chunk */
+#define FN_SEG_BLOCK 4096
+#define FN_COL_BLOCK 256
+
+/* Merge (nb, mb, m2b) into the running (*na, *ma, *m2a): Chan et al.'s pairwise update. */
+static inline void fn_chan_merge(double *na, double *ma, double *m2a, double nb, double mb, double m2b) {
+    double n = *na + nb, delta;
+    if (nb <= 0.0) return;
+    delta = mb - *ma;
+    *ma += delta * (nb / n);
+    *m2a += m2b + delta * delta * (*na * nb / n);
+    *na = n;
+}
+
+#define FN_DEFINE_CHANNEL(T, SUF)                                                                      \
+/* s1 = sum(x - K), s2 = sum((x - K)^2) over the n values x[0..n), in double */                        \
+static inline void fn_shifted_sums_##SUF(const T *x, ptrdiff_t n, double K, double *s1, double *s2) {  \
+    fn_vd k = fn_vset1(K), a0 = fn_vzero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
+    ptrdiff_t i = 0;                                                                                   \
+    double t1, t2;                                                                                     \
+    for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                                       \
+        fn_vd d0 = fn_vsub(fn_vload_##SUF(x + i), k), d1 = fn_vsub(fn_vload_##SUF(x + i + FN_VW), k);  \
+        fn_vd d2 = fn_vsub(fn_vload_##SUF(x + i + 2 * FN_VW), k);                                      \
+        fn_vd d3 = fn_vsub(fn_vload_##SUF(x + i + 3 * FN_VW), k);                                      \
+        a0 = fn_vadd(a0, d0); a1 = fn_vadd(a1, d1); a2 = fn_vadd(a2, d2); a3 = fn_vadd(a3, d3);        \
+        b0 = fn_vfma(d0, d0, b0); b1 = fn_vfma(d1, d1, b1); b2 = fn_vfma(d2, d2, b2); b3 = fn_vfma(d3, d3, b3); \
+    }                                                                                                  \
+    t1 = fn_vhsum(fn_vadd(fn_vadd(a0, a1), fn_vadd(a2, a3)));                                          \
+    t2 = fn_vhsum(fn_vadd(fn_vadd(b0, b1), fn_vadd(b2, b3)));                                          \
+    for (; i < n; i++) { double d = (double)x[i] - K; t1 += d; t2 += d * d; }                          \
+    *s1 = t1; *s2 = t2;                                                                                \
+}                                                                                                      \
+/* s1 = sum(dy), s2 = sum(dy * (x - mu)) over n values, in double */                                   \
+static inline void fn_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, double mu, double *s1,     \
+                                      double *s2) {                                                    \
+    fn_vd m = fn_vset1(mu), a0 = fn_vzero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
+    ptrdiff_t i = 0;                                                                                   \
+    double t1, t2;                                                                                     \
+    for (; i + 4 * FN_VW <= n; i += 4 * FN_VW) {                                                       \
+        fn_vd g0 = fn_vload_##SUF(dy + i), g1 = fn_vload_##SUF(dy + i + FN_VW);                        \
+        fn_vd g2 = fn_vload_##SUF(dy + i + 2 * FN_VW), g3 = fn_vload_##SUF(dy + i + 3 * FN_VW);        \
+        a0 = fn_vadd(a0, g0); a1 = fn_vadd(a1, g1); a2 = fn_vadd(a2, g2); a3 = fn_vadd(a3, g3);        \
+        b0 = fn_vfma(g0, fn_vsub(fn_vload_##SUF(x + i), m), b0);                                       \
+        b1 = fn_vfma(g1, fn_vsub(fn_vload_##SUF(x + i + FN_VW), m), b1);                               \
+        b2 = fn_vfma(g2, fn_vsub(fn_vload_##SUF(x + i + 2 * FN_VW), m), b2);                           \
+        b3 = fn_vfma(g3, fn_vsub(fn_vload_##SUF(x + i + 3 * FN_VW), m), b3);                           \
+    }                                                                                                  \
+    t1 = fn_vhsum(fn_vadd(fn_vadd(a0, a1), fn_vadd(a2, a3)));                                          \
+    t2 = fn_vhsum(fn_vadd(fn_vadd(b0, b1), fn_vadd(b2, b3)));                                          \
+    for (; i < n; i++) { double g = (double)dy[i]; t1 += g; t2 += g * ((double)x[i] - mu); }           \
+    *s1 = t1; *s2 = t2;                                                                                \
+}                                                                                                      \
+/* mean and M2 of the n (>= 1) contiguous values x[0..n) */                                             \
+static inline void fn_seg_moments_##SUF(const T *x, ptrdiff_t n, double *mean, double *m2) {           \
+    double cnt = 0.0, mu = 0.0, M2 = 0.0;                                                              \
+    for (ptrdiff_t b = 0; b < n; b += FN_SEG_BLOCK) {                                                  \
+        ptrdiff_t nb = n - b < FN_SEG_BLOCK ? n - b : FN_SEG_BLOCK;                                    \
+        double K = cnt > 0.0 ? mu : (double)x[b], s1, s2, m2b;                                         \
+        fn_shifted_sums_##SUF(x + b, nb, K, &s1, &s2);                                                 \
+        m2b = s2 - s1 * (s1 / (double)nb);                                                             \
+        fn_chan_merge(&cnt, &mu, &M2, (double)nb, K + s1 / (double)nb, m2b > 0.0 ? m2b : 0.0);         \
+    }                                                                                                  \
+    *mean = mu; *m2 = M2;                                                                              \
+}                                                                                                      \
+/* s1[c] += sum_r (x[r, c] - K[c]),  s2[c] += sum_r (x[r, c] - K[c])^2  over the nr rows of (nr, C) x */ \
+static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, const double *K,   \
+                                             double *s1, double *s2) {                                 \
+    ptrdiff_t r = 0, c;                                                                                \
+    for (; r + 2 <= nr; r += 2) {                                                                      \
+        const T *x0 = x + r * C, *x1 = x0 + C;                                                         \
+        for (c = 0; c + FN_VW <= C; c += FN_VW) {                                                      \
+            fn_vd k = fn_vload_d(K + c);                                                               \
+            fn_vd d0 = fn_vsub(fn_vload_##SUF(x0 + c), k), d1 = fn_vsub(fn_vload_##SUF(x1 + c), k);    \
+            fn_vstore(s1 + c, fn_vadd(fn_vload_d(s1 + c), fn_vadd(d0, d1)));                           \
+            fn_vstore(s2 + c, fn_vfma(d0, d0, fn_vfma(d1, d1, fn_vload_d(s2 + c))));                   \
+        }                                                                                              \
+        for (; c < C; c++) {                                                                           \
+            double d0 = (double)x0[c] - K[c], d1 = (double)x1[c] - K[c];                               \
+            s1[c] += d0 + d1; s2[c] += d0 * d0 + d1 * d1; }                                            \
+    }                                                                                                  \
+    for (; r < nr; r++) {                                                                              \
+        const T *x0 = x + r * C;                                                                       \
+        for (c = 0; c < C; c++) { double d0 = (double)x0[c] - K[c]; s1[c] += d0; s2[c] += d0 * d0; }  \
+    }                                                                                                  \
+}                                                                                                      \
+/* Per-channel mean[c] and M2 m2[c] over the nr (>= 1) rows of the (nr, C) array x, in blocks of       \
+ * FN_COL_BLOCK rows merged in order. K, s1, s2: scratch rows of length C. */                          \
+static inline void fn_col_moments_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, double *mean,           \
+                                        double *m2, double *K, double *s1, double *s2) {               \
+    double cnt = 0.0;                                                                                  \
+    ptrdiff_t c;                                                                                       \
+    for (c = 0; c < C; c++) { mean[c] = 0.0; m2[c] = 0.0; }                                           \
+    for (ptrdiff_t b = 0; b < nr; b += FN_COL_BLOCK) {                                                 \
+        ptrdiff_t nb = nr - b < FN_COL_BLOCK ? nr - b : FN_COL_BLOCK;                                  \
+        const T *xb = x + b * C;                                                                       \
+        for (c = 0; c < C; c++) { K[c] = cnt > 0.0 ? mean[c] : (double)xb[c]; s1[c] = 0.0; s2[c] = 0.0; } \
+        fn_col_shifted_sums_##SUF(xb, nb, C, K, s1, s2);                                               \
+        for (c = 0; c < C; c++) {                                                                      \
+            double n0 = cnt, m2b = s2[c] - s1[c] * (s1[c] / (double)nb);                               \
+            fn_chan_merge(&n0, &mean[c], &m2[c], (double)nb, K[c] + s1[c] / (double)nb, m2b > 0.0 ? m2b : 0.0); \
+        }                                                                                              \
+        cnt += (double)nb;                                                                             \
+    }                                                                                                  \
+}                                                                                                      \
+/* s1[c] += sum_r dy[r, c],  s2[c] += sum_r dy[r, c] * (x[r, c] - mu[c])  over the nr rows */          \
+static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,          \
+                                          const T *mu, double *s1, double *s2) {                       \
+    ptrdiff_t r = 0, c;                                                                                \
+    for (; r + 2 <= nr; r += 2) {                                                                      \
+        const T *g0 = dy + r * C, *g1 = g0 + C, *x0 = x + r * C, *x1 = x0 + C;                         \
+        for (c = 0; c + FN_VW <= C; c += FN_VW) {                                                      \
+            fn_vd m = fn_vload_##SUF(mu + c), a0 = fn_vload_##SUF(g0 + c), a1 = fn_vload_##SUF(g1 + c); \
+            fn_vd d0 = fn_vsub(fn_vload_##SUF(x0 + c), m), d1 = fn_vsub(fn_vload_##SUF(x1 + c), m);    \
+            fn_vstore(s1 + c, fn_vadd(fn_vload_d(s1 + c), fn_vadd(a0, a1)));                           \
+            fn_vstore(s2 + c, fn_vfma(a0, d0, fn_vfma(a1, d1, fn_vload_d(s2 + c))));                   \
+        }                                                                                              \
+        for (; c < C; c++) {                                                                           \
+            double a0 = (double)g0[c], a1 = (double)g1[c];                                             \
+            s1[c] += a0 + a1;                                                                          \
+            s2[c] += a0 * ((double)x0[c] - (double)mu[c]) + a1 * ((double)x1[c] - (double)mu[c]); }    \
+    }                                                                                                  \
+    for (; r < nr; r++) {                                                                              \
+        const T *g0 = dy + r * C, *x0 = x + r * C;                                                     \
+        for (c = 0; c < C; c++) {                                                                      \
+            double a0 = (double)g0[c]; s1[c] += a0; s2[c] += a0 * ((double)x0[c] - (double)mu[c]); }   \
+    }                                                                                                  \
+}
+
+FN_DEFINE_CHANNEL(float, f)
+FN_DEFINE_CHANNEL(double, d)
+
+/* Output passes. With stream != 0 the stores are non-temporal (they bypass the cache and skip the read
+ * that a cached store of a line not in cache costs): the kernels ask for this when the output is far
+ * larger than the caches, where a later reader finds it in memory anyway. Same arithmetic either way. */
+#if defined(__AVX__)
+#define FN_ALIGN 32
+#define FN_W_f 8
+#define FN_W_d 4
+typedef __m256 fn_vt_f;
+typedef __m256d fn_vt_d;
+#define fn_set1_f _mm256_set1_ps
+#define fn_set1_d _mm256_set1_pd
+#define fn_ld_f _mm256_loadu_ps
+#define fn_ld_d _mm256_loadu_pd
+#define fn_sub_f _mm256_sub_ps
+#define fn_sub_d _mm256_sub_pd
+#define fn_mul_f _mm256_mul_ps
+#define fn_mul_d _mm256_mul_pd
+#define fn_add_f _mm256_add_ps
+#define fn_add_d _mm256_add_pd
+#define fn_stream_f _mm256_stream_ps
+#define fn_stream_d _mm256_stream_pd
+#if defined(__FMA__)
+#define fn_fma_f _mm256_fmadd_ps
+#define fn_fma_d _mm256_fmadd_pd
+#endif
+#elif defined(__SSE2__)
+#define FN_ALIGN 16
+#define FN_W_f 4
+#define FN_W_d 2
+typedef __m128 fn_vt_f;
+typedef __m128d fn_vt_d;
+#define fn_set1_f _mm_set1_ps
+#define fn_set1_d _mm_set1_pd
+#define fn_ld_f _mm_loadu_ps
+#define fn_ld_d _mm_loadu_pd
+#define fn_sub_f _mm_sub_ps
+#define fn_sub_d _mm_sub_pd
+#define fn_mul_f _mm_mul_ps
+#define fn_mul_d _mm_mul_pd
+#define fn_add_f _mm_add_ps
+#define fn_add_d _mm_add_pd
+#define fn_stream_f _mm_stream_ps
+#define fn_stream_d _mm_stream_pd
+#endif
+#if defined(FN_ALIGN) && !defined(fn_fma_f)
+#define fn_fma_f(a, b, c) fn_add_f(fn_mul_f(a, b), c)
+#define fn_fma_d(a, b, c) fn_add_d(fn_mul_d(a, b), c)
+#endif
+
+/* make this thread's non-temporal stores visible before others read them (end of a parallel chunk) */
+static inline void fn_store_fence(void) {
+#if defined(FN_ALIGN)
+    _mm_sfence();
+#endif
+}
+
+#if defined(FN_ALIGN)
+#include <stdint.h>
+#define FN_UNALIGNED(p) (((uintptr_t)(p)) & (FN_ALIGN - 1))
+#define FN_DEFINE_APPLY(T, SUF)                                                                        \
+/* y = (x - mu) * a + b */                                                                             \
+static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
+    ptrdiff_t i = 0;                                                                                   \
+    if (stream) {                                                                                      \
+        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(a), vb = fn_set1_##SUF(b);               \
+        for (; i < n && FN_UNALIGNED(y + i); i++) y[i] = (x[i] - mu) * a + b;                          \
+        for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                                   \
+            fn_stream_##SUF(y + i, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(x + i), vm), va, vb));        \
+    }                                                                                                  \
+    for (; i < n; i++) y[i] = (x[i] - mu) * a + b;                                                     \
+}                                                                                                      \
+/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training */                                 \
+static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
+                                      T kc, int training, int stream) {                               \
+    ptrdiff_t i = 0;                                                                                   \
+    if (stream) {                                                                                      \
+        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(ka), vb = fn_set1_##SUF(kb);             \
+        fn_vt_##SUF vc = fn_set1_##SUF(kc);                                                            \
+        if (training) {                                                                                \
+            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;     \
+            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dx + i, fn_fma_##SUF(va, fn_ld_##SUF(dy + i),                          \
+                    fn_fma_##SUF(vb, fn_sub_##SUF(fn_ld_##SUF(x + i), vm), vc)));                      \
+        } else {                                                                                       \
+            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i];                             \
+            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
+                fn_stream_##SUF(dx + i, fn_mul_##SUF(va, fn_ld_##SUF(dy + i)));                        \
+        }                                                                                              \
+    }                                                                                                  \
+    if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
+    else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
+}                                                                                                      \
+/* Whole rows of C channels as one span of n values (value i is channel i % C), non-temporal stores:  \
+ * y = (x - mu[c]) * a[c] + b[c]. The coefficient rows hold C + FN_WRAP entries (entry C + j repeats   \
+ * entry j % C) so a vector load may run past the last channel into the next row's first ones. */    \
+static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdiff_t C, const T *mu,   \
+                                            const T *a, const T *b) {                                  \
+    ptrdiff_t i = 0, c = 0;                                                                            \
+    for (; i < n && FN_UNALIGNED(y + i); i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; } \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
+        fn_stream_##SUF(y + i, fn_fma_##SUF(fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)),     \
+                                            fn_ld_##SUF(a + c), fn_ld_##SUF(b + c)));                  \
+        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+    }                                                                                                  \
+    for (; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; }                   \
+}                                                                                                      \
+/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */                  \
+static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
+                                            const T *mu, const T *ka, const T *kb, const T *kc,        \
+                                            int training) {                                            \
+    ptrdiff_t i = 0, c = 0;                                                                            \
+    for (; i < n && FN_UNALIGNED(dx + i); i++) {                                                       \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
+        fn_vt_##SUF g = fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i));                        \
+        if (training)                                                                                  \
+            g = fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i),                                 \
+                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)), \
+                                 fn_ld_##SUF(kc + c)));                                                \
+        fn_stream_##SUF(dx + i, g);                                                                    \
+        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+    }                                                                                                  \
+    for (; i < n; i++) {                                                                               \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
+}
+#else
+#define FN_DEFINE_APPLY(T, SUF)                                                                        \
+static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
+    (void)stream;                                                                                      \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - mu) * a + b;                                      \
+}                                                                                                      \
+static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
+                                      T kc, int training, int stream) {                               \
+    (void)stream;                                                                                      \
+    if (training) for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;        \
+    else for (ptrdiff_t i = 0; i < n; i++) dx[i] = ka * dy[i];                                         \
+}                                                                                                      \
+static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdiff_t C, const T *mu,   \
+                                            const T *a, const T *b) {                                  \
+    for (ptrdiff_t i = 0, c = 0; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; } \
+}                                                                                                      \
+static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
+                                            const T *mu, const T *ka, const T *kb, const T *kc,        \
+                                            int training) {                                            \
+    for (ptrdiff_t i = 0, c = 0; i < n; i++) {                                                         \
+        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
+        if (++c == C) c = 0; }                                                                         \
+}
+#endif
+/* entries past the last channel that the coefficient rows of fn_stream_rows_* must hold */
+#define FN_WRAP 8
+FN_DEFINE_APPLY(float, f)
+FN_DEFINE_APPLY(double, d)
+
+#endif

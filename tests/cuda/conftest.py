@@ -1,0 +1,63 @@
+"""CUDA tests: run on a real GPU, or on Numba's CUDA simulator when NUMBA_ENABLE_CUDASIM=1 is set before
+numba is imported (its own pytest process: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda``).
+Without either, every test here skips with the reason."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _cuda_status():
+    try:
+        from numba import cuda
+    except Exception as e:  # numba / numba-cuda missing or broken
+        return None, f"numba-cuda is not importable ({e})"
+    if SIM:
+        return cuda, ""
+    try:
+        if cuda.is_available():
+            return cuda, ""
+    except Exception as e:
+        return None, f"CUDA is not usable ({e})"
+    return None, "no CUDA GPU; NUMBA_ENABLE_CUDASIM=1 runs these tests on the simulator"
+
+
+_CUDA, _WHY = _cuda_status()
+
+
+@pytest.fixture(autouse=True)
+def _need_cuda():
+    if _CUDA is None:
+        pytest.skip(_WHY)
+
+
+@pytest.fixture
+def cuda():
+    return _CUDA
+
+
+@pytest.fixture
+def on_gpu(cuda):
+    """NumPy arrays -> device arrays (None stays None)."""
+
+    def to(*arrays):
+        # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+        out = tuple(None if a is None else cuda.to_device(np.array(a, order="C")) for a in arrays)
+        return out if len(out) != 1 else out[0]
+
+    return to
+
+
+def host(a):
+    """A device array (or None) back as a NumPy array."""
+    return None if a is None else a.copy_to_host()
+
+
+def hw_only():
+    if SIM:
+        pytest.skip("real GPU only (the simulator has no CuPy/torch interop, and is too slow for this)")

@@ -1,0 +1,365 @@
+"""LayerNorm and RMSNorm on the CUDA backend: kernels vs the references on device arrays, every launch form
+(warp / multi-warp teams, several rows per block, register and streaming rows, row chunks of the
+backward), float16/32/64, options, out=, layouts, bad input; on a real GPU also CuPy and torch tensors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from .._util import assert_matches_reference, f64
+from .conftest import SIM, host, hw_only
+
+DTYPES = [np.float32, np.float64, np.float16]
+EPS = 1e-5
+
+
+def make(rng, shape, dtype, affine=True, ndim=1, offset=0.0):
+    x = (rng.standard_normal(shape) + offset).astype(dtype)
+    norm = shape[len(shape) - ndim :]
+    w = (1 + 0.5 * rng.standard_normal(norm)).astype(dtype) if affine else None
+    b = rng.standard_normal(norm).astype(dtype) if affine else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, w, b, dy
+
+
+def lowp(fn, dtype, *arrays, **kw):
+    """The reference in the kernel's precision: float32 math for float32 and float16 inputs (the float16
+    kernels accumulate in float32), outputs rounded to the input dtype, statistics kept in float32."""
+    if dtype == np.float64:
+        return None
+    cast = [None if a is None else np.asarray(a, np.float32) for a in arrays]
+    out = fn(*cast, **kw)
+    return out
+
+
+def check_forward(op, got, x, w, b, ndim=1):
+    """Compare (y, mean, rstd) or (y, rstd) from the device with the references."""
+    dt = x.dtype
+    if op == "ln":
+        r64 = R.layer_norm_forward(*f64(x, w, b), eps=EPS, normalized_ndim=ndim)
+        rlo = lowp(R.layer_norm_forward, dt, x, w, b, eps=EPS, normalized_ndim=ndim)
+        names = ("y", "mean", "rstd")
+    else:
+        r64 = R.rms_norm_forward(*f64(x, w), eps=EPS, normalized_ndim=ndim)
+        rlo = lowp(R.rms_norm_forward, dt, x, w, eps=EPS, normalized_ndim=ndim)
+        names = ("y", "rstd")
+    stat = np.float32 if dt == np.float16 else dt
+    for i, (g, name) in enumerate(zip(got, names, strict=True)):
+        g = host(g)
+        assert g.dtype == (dt if name == "y" else stat), name
+        lo = None if rlo is None else (rlo[i].astype(dt) if name == "y" else rlo[i])
+        assert_matches_reference(g, r64[i], lo, name=name)
+
+
+def check_backward(op, got, dy, x, stats, w, b, ndim=1):
+    """Compare (dx, dweight[, dbias]) with the references evaluated at the kernel's own statistics."""
+    dt = x.dtype
+    stats = [host(s) for s in stats]
+    if op == "ln":
+        r64 = R.layer_norm_backward(*f64(dy, x, *stats, w, b), normalized_ndim=ndim)
+        rlo = lowp(R.layer_norm_backward, dt, dy, x, *stats, w, b, normalized_ndim=ndim)
+        names = ("dx", "dweight", "dbias")
+    else:
+        r64 = R.rms_norm_backward(*f64(dy, x, *stats, w), normalized_ndim=ndim)
+        rlo = lowp(R.rms_norm_backward, dt, dy, x, *stats, w, normalized_ndim=ndim)
+        names = ("dx", "dweight")
+    for i, (g, name) in enumerate(zip(got, names, strict=True)):
+        g = host(g)
+        if g is not None:
+            assert g.dtype == dt, name
+        lo = None if rlo is None or rlo[i] is None else rlo[i].astype(dt)
+        assert_matches_reference(g, r64[i], lo, name=name)
+
+
+def run(op, on_gpu, x, w, b, dy, ndim=1):
+    """Forward then backward on the device; checks both against the references."""
+    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
+    if op == "ln":
+        fwd = fastnorm.layer_norm_forward(dx_, dw_, db_, eps=EPS, normalized_ndim=ndim)
+        check_forward(op, fwd, x, w, b, ndim)
+        bwd = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_, normalized_ndim=ndim)
+        check_backward(op, bwd, dy, x, (fwd.mean, fwd.rstd), w, b, ndim)
+    else:
+        fwd = fastnorm.rms_norm_forward(dx_, dw_, eps=EPS, normalized_ndim=ndim)
+        check_forward(op, fwd, x, w, b, ndim)
+        bwd = fastnorm.rms_norm_backward(ddy, dx_, fwd.rstd, dw_, normalized_ndim=ndim)
+        check_backward(op, bwd, dy, x, (fwd.rstd,), w, b, ndim)
+    return fwd, bwd
+
+
+# ------------------------------------------------------------------------------------------ vs reference
+# (5, 37): 32-thread teams, 4 rows per block (one partly empty), ragged last elements;
+# (3, 300): 64-thread teams (two warps, the cross-warp reduction).
+@pytest.mark.parametrize("op", ["ln", "rms"])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((5, 37), np.float32), ((5, 37), np.float64), ((5, 37), np.float16), ((3, 300), np.float32),
+     ((3, 300), np.float16)],
+    ids=lambda v: np.dtype(v).name if isinstance(v, type) else str(v),
+)
+def test_matches_reference(rng, on_gpu, op, shape, dtype):
+    x, w, b, dy = make(rng, shape, dtype)
+    run(op, on_gpu, x, w, None if op == "rms" else b, dy)
+
+
+@pytest.mark.parametrize("which", ["none", "weight", "bias"])
+def test_layer_norm_affine_options(rng, on_gpu, which):
+    x, w, b, dy = make(rng, (4, 37), np.float32)
+    w = w if which == "weight" else None
+    b = b if which == "bias" else None
+    _, bwd = run("ln", on_gpu, x, w, b, dy)
+    assert (bwd.dweight is None) == (w is None) and (bwd.dbias is None) == (b is None)
+
+
+def test_rms_norm_without_weight(rng, on_gpu):
+    x, _, _, dy = make(rng, (4, 37), np.float32)
+    _, bwd = run("rms", on_gpu, x, None, None, dy)
+    assert bwd.dweight is None
+
+
+@pytest.mark.parametrize("op", ["ln", "rms"])
+def test_streaming_rows(rng, on_gpu, op, monkeypatch):
+    # Rows longer than MAX_TEAM * MAX_VPT take the streaming kernels (made small here).
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    monkeypatch.setattr(L, "MAX_TEAM", 32)
+    monkeypatch.setattr(L, "MAX_VPT", 2)
+    assert L.row_config(100, L.FWD_VPT)[2] == 0 and L.bwd_config(100, np.float32)[2] == 0
+    x, w, b, dy = make(rng, (3, 100), np.float32)
+    run(op, on_gpu, x, w, None if op == "rms" else b, dy)
+
+
+def test_register_partials_when_shared_memory_is_too_small(rng, on_gpu, monkeypatch):
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    monkeypatch.setattr(L, "SMEM_PARTIAL_BYTES", 0)
+    assert L.bwd_config(37, np.float32)[2] > 0
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    run("ln", on_gpu, x, w, b, dy)
+
+
+def test_normalized_ndim_2_and_leading_dims(rng, on_gpu):
+    x, w, b, dy = make(rng, (2, 3, 4, 5), np.float32, ndim=2)
+    fwd, _ = run("ln", on_gpu, x, w, b, dy, ndim=2)
+    assert fwd.mean.shape == (2, 3)
+
+
+def test_one_dimensional_input(rng, on_gpu):
+    x, w, b, dy = make(rng, (33,), np.float32)
+    fwd, _ = run("ln", on_gpu, x, w, b, dy)
+    assert fwd.mean.shape == () and fwd.y.shape == (33,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_zero_rows(on_gpu, dtype):
+    x = np.zeros((0, 8), dtype)
+    dx_, dw_, db_ = on_gpu(x, np.ones(8, dtype), np.zeros(8, dtype))
+    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
+    assert fwd.y.shape == (0, 8) and fwd.mean.shape == (0,)
+    bwd = fastnorm.layer_norm_backward(dx_, dx_, fwd.mean, fwd.rstd, dw_, db_)
+    np.testing.assert_array_equal(host(bwd.dweight), 0)
+    np.testing.assert_array_equal(host(bwd.dbias), 0)
+
+
+def test_large_offset_statistics_stay_accurate(rng, on_gpu):
+    # mean 1e4 against a spread of 1: E[x^2] - E[x]^2 in float32 would lose every digit.
+    x, w, b, dy = make(rng, (4, 256), np.float32, offset=1e4)
+    fwd, _ = run("ln", on_gpu, x, w, b, dy)
+    np.testing.assert_allclose(host(fwd.rstd), R.layer_norm_forward(*f64(x, w, b))[2], rtol=1e-5)
+
+
+def test_nan_propagates_to_its_row_only(rng, on_gpu):
+    x, w, b, dy = make(rng, (4, 37), np.float32)
+    x[1, 5] = np.nan
+    fwd, bwd = run("ln", on_gpu, x, w, b, dy)
+    y, dx = host(fwd.y), host(bwd.dx)
+    assert np.isnan(y[1]).all() and np.isfinite(np.delete(y, 1, axis=0)).all()
+    assert np.isnan(dx[1]).all() and np.isfinite(np.delete(dx, 1, axis=0)).all()
+    assert np.isnan(host(bwd.dweight)).all()  # every column sums over the NaN row
+
+
+def test_backward_is_bitwise_reproducible(rng, on_gpu):
+    x, w, b, dy = make(rng, (7, 37), np.float32)
+    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
+    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
+    a = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
+    c = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
+    for u, v in zip(a, c, strict=True):
+        np.testing.assert_array_equal(host(u), host(v))
+
+
+def test_few_partial_rows_match_many(rng, on_gpu, monkeypatch):
+    # The column sums take as many row chunks as the scratch allows: 1 chunk and 7 chunks agree.
+    from fastnorm._dispatch import cuda_backend
+
+    x, w, b, dy = make(rng, (7, 37), np.float64)
+    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
+    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
+    many = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
+    monkeypatch.setattr(cuda_backend(), "max_partials", 1)
+    one = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
+    for u, v in zip(many, one, strict=True):
+        np.testing.assert_allclose(host(u), host(v), rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ buffers, layouts
+def test_out_buffers_written_in_place(rng, on_gpu, cuda):
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
+    out = (cuda.device_array((5, 37), np.float32), cuda.device_array(5, np.float32), cuda.device_array(5, np.float32))
+    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_, out=out)
+    assert all(g is o for g, o in zip(fwd, out, strict=True))
+    check_forward("ln", fwd, x, w, b)
+    gout = (cuda.device_array((5, 37), np.float32), None, cuda.device_array(37, np.float32))
+    bwd = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_, out=gout)
+    assert bwd.dx is gout[0] and bwd.dbias is gout[2]
+    check_backward("ln", bwd, dy, x, (fwd.mean, fwd.rstd), w, b)
+
+
+def test_bad_out_buffers(rng, on_gpu, cuda):
+    x, w, b, _ = make(rng, (5, 37), np.float32)
+    dx_, dw_, db_ = on_gpu(x, w, b)
+    with pytest.raises(TypeError, match=r"x, weight, bias on the GPU.*out\[0\] on the CPU"):
+        fastnorm.layer_norm_forward(dx_, dw_, db_, out=(np.empty((5, 37), np.float32), None, None))
+    with pytest.raises(ValueError, match="overlaps input"):
+        fastnorm.layer_norm_forward(dx_, dw_, db_, out=(dx_, None, None))
+    with pytest.raises(ValueError, match="must have dtype float32"):
+        fastnorm.layer_norm_forward(dx_, dw_, db_, out=(cuda.device_array((5, 37), np.float64), None, None))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        big = cuda.device_array((5, 74), np.float32)
+        fastnorm.layer_norm_forward(dx_, dw_, db_, out=(big[:, ::2], None, None))
+
+
+def test_non_contiguous_device_input_is_copied(rng, on_gpu):
+    base, w, b, dy = make(rng, (5, 74), np.float32)
+    w, b = w[:37].copy(), b[:37].copy()
+    dbase, dw_, db_ = on_gpu(base, w, b)
+    fwd = fastnorm.layer_norm_forward(dbase[:, ::2], dw_, db_)
+    check_forward("ln", fwd, np.ascontiguousarray(base[:, ::2]), w, b)
+
+
+def test_mixing_host_and_device_arrays_names_the_argument(rng, on_gpu):
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    dx_ = on_gpu(x)
+    with pytest.raises(TypeError, match=r"x on the GPU.*weight on the CPU"):
+        fastnorm.layer_norm_forward(dx_, w)
+    with pytest.raises(TypeError, match=r"dy, x on the GPU.*rstd on the CPU"):
+        fastnorm.rms_norm_backward(on_gpu(dy), dx_, np.ones(5, np.float32))
+
+
+def test_bad_input_raises_before_anything_is_written(rng, on_gpu, cuda):
+    x, w, b, _ = make(rng, (5, 37), np.float32)
+    dx_, db_ = on_gpu(x, b)
+    y = cuda.to_device(np.full((5, 37), 7.0, np.float32))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        fastnorm.layer_norm_forward(dx_, on_gpu(w[:36]), db_, out=(y, None, None))
+    with pytest.raises(TypeError, match="weight has dtype float64 but must match"):
+        fastnorm.layer_norm_forward(dx_, on_gpu(w.astype(np.float64)), db_, out=(y, None, None))
+    with pytest.raises(TypeError, match="x has dtype int32"):
+        fastnorm.layer_norm_forward(on_gpu(x.astype(np.int32)), out=(y, None, None))
+    with pytest.raises(ValueError, match="eps must be finite"):
+        fastnorm.rms_norm_forward(dx_, eps=-1.0)
+    np.testing.assert_array_equal(host(y), 7.0)
+
+
+def test_stat_dtype_of_float16_is_float32(rng, on_gpu):
+    x, w, b, _ = make(rng, (3, 37), np.float16)
+    dx_, dw_, db_ = on_gpu(x, w, b)
+    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
+    assert fwd.y.dtype == np.float16 and fwd.mean.dtype == fwd.rstd.dtype == np.float32
+    with pytest.raises(TypeError, match="mean has dtype float16 but must match"):
+        fastnorm.layer_norm_backward(dx_, dx_, on_gpu(host(fwd.mean).astype(np.float16)), fwd.rstd, dw_, db_)
+
+
+# ------------------------------------------------------------------------------------------ package
+def test_import_fastnorm_does_not_import_numba():
+    code = "import sys, fastnorm; print('numba' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"
+
+
+def test_reduction_form_matches_the_machine():
+    from fastnorm._kernels.cuda import _common
+
+    if SIM:
+        assert not _common.USE_SHUFFLE  # the simulator has no warp shuffles
+    else:
+        assert _common.USE_SHUFFLE == (os.environ.get("FASTNORM_CUDA_SHUFFLE", "1") != "0")
+
+
+# ------------------------------------------------------------------------------------------ real GPU only
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((64, 4096), np.float32), ((33, 4096), np.float16), ((16, 8192), np.float32), ((4, 65536), np.float32),
+     ((1000, 128), np.float32), ((257, 1024), np.float64)],
+    ids=str,
+)
+@pytest.mark.parametrize("op", ["ln", "rms"])
+def test_hw_launch_shapes(rng, on_gpu, op, shape, dtype):
+    hw_only()
+    x, w, b, dy = make(rng, shape, dtype)
+    run(op, on_gpu, x, w, None if op == "rms" else b, dy)
+
+
+def test_hw_torch_tensors_in_and_out_without_copies(rng):
+    hw_only()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    F = torch.nn.functional
+    x = torch.randn(64, 1024, device="cuda", requires_grad=True)
+    w = torch.randn(1024, device="cuda")
+    b = torch.randn(1024, device="cuda")
+    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, eps=EPS)
+    ty = torch.as_tensor(y, device="cuda")  # zero-copy through __cuda_array_interface__
+    assert ty.data_ptr() == y.__cuda_array_interface__["data"][0]
+    torch.testing.assert_close(ty, F.layer_norm(x.detach(), (1024,), w, b, EPS), rtol=1e-5, atol=1e-5)
+    # out= torch buffers, written in place, returned as given; on a non-default torch stream
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())  # x, w were made on the default stream
+    with torch.cuda.stream(s):
+        out = (torch.empty(64, 1024, device="cuda"), torch.empty(64, device="cuda"))
+        res = fastnorm.rms_norm_forward(x, w, eps=EPS, out=out)
+        ref = F.rms_norm(x.detach(), (1024,), w, EPS)
+    s.synchronize()
+    assert res.y is out[0] and res.rstd is out[1]
+    torch.testing.assert_close(out[0], ref, rtol=1e-5, atol=1e-5)
+    # backward against autograd
+    dy = torch.randn(64, 1024, device="cuda")
+    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    F.layer_norm(xr, (1024,), wr, br, EPS).backward(dy)
+    for got, want in ((dx, xr.grad), (dw, wr.grad), (db, br.grad)):
+        torch.testing.assert_close(torch.as_tensor(got, device="cuda"), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="bfloat16"):
+        fastnorm.layer_norm_forward(x.to(torch.bfloat16))
+
+
+def test_hw_cupy_arrays_in_and_out_without_copies(rng):
+    hw_only()
+    cp = pytest.importorskip("cupy")
+    x = cp.asarray(rng.standard_normal((32, 512)).astype(np.float32))
+    w = cp.asarray(rng.standard_normal(512).astype(np.float32))
+    y, rstd = fastnorm.rms_norm_forward(x, w)
+    cy = cp.asarray(y)  # zero-copy through __cuda_array_interface__
+    assert cy.data.ptr == y.__cuda_array_interface__["data"][0]
+    ref = R.rms_norm_forward(*f64(cp.asnumpy(x), cp.asnumpy(w)))[0]
+    np.testing.assert_allclose(cp.asnumpy(cy), ref, rtol=1e-5, atol=1e-5)
+    out = (cp.empty((32, 512), cp.float32), cp.empty(32, cp.float32))
+    res = fastnorm.rms_norm_forward(x, w, out=out)
+    assert res.y is out[0]
+    np.testing.assert_allclose(cp.asnumpy(out[0]), ref, rtol=1e-5, atol=1e-5)
+    # a non-contiguous CuPy input goes through the device-side gather copy
+    xt = cp.asarray(rng.standard_normal((512, 32)).astype(np.float32)).T
+    y2, _ = fastnorm.rms_norm_forward(xt, w)
+    ref2 = R.rms_norm_forward(*f64(cp.asnumpy(xt), cp.asnumpy(w)))[0]
+    np.testing.assert_allclose(y2.copy_to_host(), ref2, rtol=1e-5, atol=1e-5)

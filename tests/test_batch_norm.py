@@ -1,0 +1,397 @@
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._channel import (
+    AFFINE,
+    FakeCudaArray,
+    affine_params,
+    as64,
+    assert_raises_unchanged,
+    check_all,
+    copy,
+    fd_check,
+    readonly,
+    running_stats,
+    streaming_stores,
+    strided,
+)
+from ._util import FLOATS, torch_or_skip
+
+# (shape, axis): 2-D to 5-D channels-first, channels-last, odd and prime sizes, one channel,
+# slices longer than a moments block (4096) and channels-last chunks longer than a row block (256).
+SHAPES = [
+    ((7, 3), 1),
+    ((5, 4, 9), 1),
+    ((3, 5, 6, 7), 1),
+    ((2, 3, 4, 5, 3), 1),
+    ((1, 1, 13), 1),
+    ((2, 2, 4111), 1),
+    ((4, 6, 5), -1),
+    ((3, 5, 7, 11), -1),
+    ((17, 2), -1),
+    ((613, 3), -1),
+]
+MODES = ["train", "train_no_running", "eval"]
+
+
+def channels(shape, axis):
+    return shape[1] if axis == 1 else shape[-1]
+
+
+def make(rng, shape, axis, dtype, affine="both", offset=0.7):
+    c = channels(shape, axis)
+    x = (rng.normal(size=shape) * 1.5 + offset).astype(dtype)
+    w, b = affine_params(rng, c, dtype, affine)
+    rm, rv = running_stats(rng, c, dtype)
+    return x, w, b, rm, rv
+
+
+def forward_all(x, w, b, rm, rv, mode, axis, **kw):
+    """Kernel, float64 reference and same-dtype reference of the forward, with their running stats after."""
+    training = mode != "eval"
+    if mode == "train_no_running":
+        rm = rv = None
+    rm_k, rv_k, rm_64, rv_64, rm_lp, rv_lp = copy(rm), copy(rv), as64(rm), as64(rv), copy(rm), copy(rv)
+    got = fastnorm.batch_norm_forward(x, w, b, rm_k, rv_k, training=training, axis=axis, **kw)
+    ref = R.batch_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, training=training, axis=axis, **kw)
+    lowp = R.batch_norm_forward(x, w, b, rm_lp, rv_lp, training=training, axis=axis, **kw)
+    return (*got, rm_k, rv_k), (*ref, rm_64, rv_64), (*lowp, rm_lp, rv_lp)
+
+
+NAMES = ["y", "mean", "rstd", "running_mean", "running_var"]
+
+
+# ----------------------------------------------------------------------------------------- references
+@pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((3, 2, 3), 1), ((2, 3, 2, 2), 1), ((3, 2, 3), -1)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", AFFINE)
+def test_reference_backward_matches_finite_differences(rng, shape, axis, training, affine):
+    x, w, b, rm, rv = make(rng, shape, axis, np.float64, affine)
+
+    def fwd(x, w, b):
+        return R.batch_norm_forward(x, w, b, rm, rv, training=training, eps=1e-3, axis=axis)[0]
+
+    def bwd(dy, x, w, b):
+        _, mean, rstd = R.batch_norm_forward(x, w, b, copy(rm), copy(rv), training=training, eps=1e-3, axis=axis)
+        return R.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
+
+    fd_check(fwd, bwd, [x, w, b], rng)
+
+
+def test_reference_running_stats_formula(rng):
+    x = rng.normal(size=(4, 3, 5))
+    rm, rv = np.zeros(3), np.ones(3)
+    R.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=0.25)
+    np.testing.assert_allclose(rm, 0.25 * x.mean(axis=(0, 2)))
+    np.testing.assert_allclose(rv, 0.75 + 0.25 * x.var(axis=(0, 2), ddof=1))
+
+
+# ------------------------------------------------------------------------------------- kernels vs references
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_matches_reference(rng, threads, dtype, shape, axis, affine, mode):
+    x, w, b, rm, rv = make(rng, shape, axis, dtype, affine)
+    got, ref, lowp = forward_all(x, w, b, rm, rv, mode, axis, momentum=0.3, eps=1e-4)
+    check_all(got, ref, lowp, NAMES)
+    if mode == "eval":
+        np.testing.assert_array_equal(got[1], rm)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("training", [True, False])
+def test_backward_matches_reference(rng, threads, dtype, shape, axis, affine, training):
+    x, w, b, rm, rv = make(rng, shape, axis, dtype, affine)
+    dy = rng.normal(size=shape).astype(dtype)
+    _, mean, rstd = fastnorm.batch_norm_forward(x, w, b, rm, rv, training=training, axis=axis)
+    got = fastnorm.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
+    ref = R.batch_norm_backward(*map(as64, (dy, x, mean, rstd, w, b)), training=training, axis=axis)
+    lowp = R.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
+    check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(
+    "shape,axis", [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1), ((150, 9), -1)]
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_streaming_stores_match_reference(rng, threads, dtype, shape, axis, training):
+    # large outputs are written with non-temporal stores (unaligned heads, vector bodies, scalar tails)
+    x, w, b, rm, rv = make(rng, shape, axis, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    with streaming_stores():
+        got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
+        g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    check_all(got, ref, lowp, NAMES)
+    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training, axis=axis)
+    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_few_large_channels(rng, threads, training):
+    # 3 channels on 2 threads do not split evenly: the (n, c) slices are shared between threads, one
+    # cache-sized channel block at a time (here > 4 MB per channel, so one channel per block).
+    if threads == 1:
+        pytest.skip("one thread takes whole channels")
+    x, w, b, rm, rv = make(rng, (2, 3, 2**19 + 3), 1, np.float32)
+    got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", 1)
+    check_all(got, ref, lowp, NAMES)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
+    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training)
+    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
+    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_channels_last_equals_channels_first(rng, threads, dtype):
+    x, w, b, rm, rv = make(rng, (4, 6, 5, 3), 1, dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    first = fastnorm.batch_norm_forward(x, w, b, axis=1)
+    xl, dyl = np.moveaxis(x, 1, -1).copy(), np.moveaxis(dy, 1, -1).copy()
+    last = fastnorm.batch_norm_forward(xl, w, b, axis=-1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.moveaxis(last.y, -1, 1), first.y, **tol)
+    np.testing.assert_allclose(last.mean, first.mean, **tol)
+    g1 = fastnorm.batch_norm_backward(dy, x, first.mean, first.rstd, w, b, axis=1)
+    g2 = fastnorm.batch_norm_backward(dyl, xl, last.mean, last.rstd, w, b, axis=3)  # axis = ndim - 1
+    np.testing.assert_allclose(np.moveaxis(g2.dx, -1, 1), g1.dx, **tol)
+    np.testing.assert_allclose(g2.dweight, g1.dweight, **tol)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", [((6, 4, 7), 1), ((40, 5), -1)])
+def test_running_stats_after_several_steps(rng, threads, dtype, shape, axis):
+    c = channels(shape, axis)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    rm64, rv64 = as64(rm), as64(rv)
+    for step in range(5):
+        x = (rng.normal(size=shape) * (1 + step) + step).astype(dtype)
+        fastnorm.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=0.2, axis=axis)
+        R.batch_norm_forward(as64(x), running_mean=rm64, running_var=rv64, momentum=0.2, axis=axis)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(rm, rm64, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rv, rv64, rtol=rtol)
+
+
+# ----------------------------------------------------------------------------------------- layouts, buffers
+@pytest.mark.parametrize("axis", [1, -1])
+def test_noncontiguous_and_readonly_inputs(rng, threads, axis):
+    x, w, b, rm, rv = make(rng, (4, 5, 6), axis, np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    want = fastnorm.batch_norm_forward(x, w, b, copy(rm), copy(rv), axis=axis)
+    rm2, rv2 = copy(rm), copy(rv)
+    got = fastnorm.batch_norm_forward(strided(x), strided(w[None])[0], readonly(b), rm2, rv2, axis=axis)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, r)
+    got = fastnorm.batch_norm_forward(
+        readonly(x), readonly(w), b, readonly(rm), readonly(rv), training=False, axis=axis
+    )
+    ref = fastnorm.batch_norm_forward(x, w, b, rm, rv, training=False, axis=axis)
+    np.testing.assert_array_equal(got.y, ref.y)
+    g1 = fastnorm.batch_norm_backward(dy, x, want.mean, want.rstd, w, b, axis=axis)
+    g2 = fastnorm.batch_norm_backward(
+        strided(dy), readonly(x), readonly(want.mean), strided(want.rstd[None])[0], readonly(w), b, axis=axis
+    )
+    for a, c in zip(g1, g2, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_out_buffers_written_in_place(rng, threads, axis):
+    x, w, b, rm, rv = make(rng, (3, 4, 5), axis, np.float64)
+    c = channels(x.shape, axis)
+    outs = (np.empty_like(x), np.empty(c), np.empty(c))
+    res = fastnorm.batch_norm_forward(x, w, b, rm, rv, axis=axis, out=outs)
+    for r, o in zip(res, outs, strict=True):
+        assert np.shares_memory(r, o)
+    ref = R.batch_norm_forward(x, w, b, axis=axis)
+    np.testing.assert_allclose(outs[0], ref[0], rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=x.shape)
+    gouts = (np.empty_like(x), np.empty(c), None)
+    g = fastnorm.batch_norm_backward(dy, x, res.mean, res.rstd, w, b, axis=axis, out=gouts)
+    assert np.shares_memory(g.dx, gouts[0]) and np.shares_memory(g.dweight, gouts[1])
+    assert g.dbias is not None and not np.shares_memory(g.dbias, gouts[0])
+    gref = R.batch_norm_backward(dy, x, res.mean, res.rstd, w, b, axis=axis)
+    np.testing.assert_allclose(gouts[0], gref[0], rtol=1e-10, atol=1e-12)
+
+
+def test_absent_parameters_give_none_gradients(rng):
+    x, *_ = make(rng, (4, 3, 5), 1, np.float32)
+    res = fastnorm.batch_norm_forward(x)
+    g = fastnorm.batch_norm_backward(x, x, res.mean, res.rstd)
+    assert g.dweight is None and g.dbias is None
+
+
+# ----------------------------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", [((4, 3, 6), 1), ((30, 4), -1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_propagates_like_reference(rng, threads, dtype, shape, axis, training):
+    x, w, b, rm, rv = make(rng, shape, axis, dtype)
+    x[(1,) * x.ndim] = np.nan
+    got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
+    assert np.isnan(got[0]).any() and np.isfinite(got[0]).any()
+    check_all(got, ref, lowp, NAMES)
+    dy = rng.normal(size=shape).astype(dtype)
+    gk = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    gr = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training, axis=axis)
+    for a, r in zip(gk, gr, strict=True):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+
+
+@pytest.mark.parametrize("shape,axis", [((8, 3, 700), 1), ((3000, 4), -1)])
+def test_large_offset_float32_statistics(rng, threads, shape, axis):
+    x, w, b, rm, rv = make(rng, shape, axis, np.float32, offset=1e4)
+    got, ref, lowp = forward_all(x, w, b, rm, rv, "train", axis)
+    check_all(got, ref, lowp, NAMES)
+    # the variance (~2.25) must be right to float32 precision, not swamped by the mean (1e4)
+    np.testing.assert_allclose(got[2], ref[2], rtol=2e-6)
+    np.testing.assert_allclose(got[4], ref[4], rtol=2e-6)
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 4, 33), 1), ((300, 7), -1)])
+def test_deterministic(rng, threads, shape, axis):
+    x, w, b, rm, rv = make(rng, shape, axis, np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    r1 = fastnorm.batch_norm_forward(x, w, b, copy(rm), copy(rv), axis=axis)
+    r2 = fastnorm.batch_norm_forward(x, w, b, copy(rm), copy(rv), axis=axis)
+    g1 = fastnorm.batch_norm_backward(dy, x, r1.mean, r1.rstd, w, b, axis=axis)
+    g2 = fastnorm.batch_norm_backward(dy, x, r1.mean, r1.rstd, w, b, axis=axis)
+    for a, c in zip((*r1, *g1), (*r2, *g2), strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_eval_with_empty_batch(rng):
+    x = np.zeros((0, 3, 4), np.float32)
+    rm, rv = running_stats(rng, 3, np.float32)
+    y, mean, rstd = fastnorm.batch_norm_forward(x, None, None, rm, rv, training=False)
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(mean, rm)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(rv + np.float32(1e-5)), rtol=1e-6)
+    g = fastnorm.batch_norm_backward(x, x, mean, rstd, np.ones(3, np.float32), None, training=False)
+    np.testing.assert_array_equal(g.dweight, 0)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_bad_input_raises_and_writes_nothing(rng):
+    x, w, b, rm, rv = make(rng, (4, 3, 5), 1, np.float32)
+    y, mean, rstd = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
+    watched = [rm, rv, y, mean, rstd]
+
+    def fwd(**kw):
+        args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+        args.update(kw)
+        return lambda: fastnorm.batch_norm_forward(**args)
+
+    cases = [
+        (ValueError, fwd(weight=np.ones(4, np.float32))),
+        (ValueError, fwd(running_var=np.ones(4, np.float32))),
+        (ValueError, fwd(running_mean=np.zeros((1, 3), np.float32))),
+        (TypeError, fwd(running_var=np.ones(3, np.float64))),
+        (TypeError, fwd(bias=np.ones(3, np.float64))),
+        (TypeError, fwd(running_var=[1.0, 1.0, 1.0])),
+        (ValueError, fwd(running_var=strided(np.ones(3, np.float32)))),
+        (ValueError, fwd(running_var=readonly(rv))),
+        (ValueError, fwd(running_var=None)),
+        (ValueError, fwd(running_var=rm)),
+        (ValueError, fwd(running_mean=w)),
+        (ValueError, fwd(momentum=-0.1)),
+        (ValueError, fwd(momentum=1.5)),
+        (ValueError, fwd(momentum=float("nan"))),
+        (TypeError, fwd(momentum="0.1")),
+        (ValueError, fwd(eps=0.0)),
+        (ValueError, fwd(eps=-1e-5)),
+        (ValueError, fwd(axis=0)),
+        (ValueError, fwd(axis=2)),
+        (TypeError, fwd(axis=1.0)),
+        (ValueError, fwd(x=np.zeros(3, np.float32))),
+        (ValueError, fwd(x=np.zeros((4, 0, 5), np.float32), weight=None, bias=None)),
+        (TypeError, fwd(x=x.astype(np.int32))),
+        (ValueError, fwd(x=x[:1, :, :1])),  # one value per channel in training
+        (ValueError, fwd(out=(np.empty((4, 3, 4), np.float32), mean, rstd))),
+        (ValueError, fwd(out=(y, rm, rstd))),  # out aliases running_mean
+        (ValueError, fwd(out=(y, mean, mean))),
+        (TypeError, fwd(running_mean=FakeCudaArray((3,)))),
+        (TypeError, fwd(training=False, running_mean=None, running_var=None)),
+    ]
+    for exc, call in cases:
+        assert_raises_unchanged(exc, call, watched)
+
+
+def test_bad_backward_input_raises_and_writes_nothing(rng):
+    x, w, b, *_ = make(rng, (4, 3, 5), 1, np.float32)
+    dy = np.ones_like(x)
+    mean, rstd = np.zeros(3, np.float32), np.ones(3, np.float32)
+    dx, dw, db = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
+    watched = [dx, dw, db]
+
+    def bwd(**kw):
+        args = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
+        args.update(kw)
+        return lambda: fastnorm.batch_norm_backward(**args)
+
+    cases = [
+        (ValueError, bwd(dy=dy[:, :2])),
+        (ValueError, bwd(mean=np.zeros(4, np.float32))),
+        (TypeError, bwd(rstd=np.ones(3, np.float64))),
+        (TypeError, bwd(mean=None)),
+        (TypeError, bwd(dy=dy.astype(np.float64))),
+        (ValueError, bwd(axis=-2)),
+        (ValueError, bwd(out=(dx, dw))),
+        (ValueError, bwd(out=(dx, dw, dy))),  # out aliases an input
+        (ValueError, bwd(bias=None)),  # a dbias buffer without bias
+        (TypeError, bwd(weight=FakeCudaArray((3,)))),
+    ]
+    for exc, call in cases:
+        assert_raises_unchanged(exc, call, watched)
+
+
+# ----------------------------------------------------------------------------------------- PyTorch
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matches_torch(rng, threads, channels_last, training, dtype):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    x, w, b, rm, rv = make(rng, (5, 4, 6, 7), 1, dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    rmt, rvt = torch.tensor(rm), torch.tensor(rv)
+    yt = F.batch_norm(xt, rmt, rvt, wt, bt, training=training, momentum=0.3, eps=1e-4)
+    yt.backward(torch.tensor(dy))
+    axis = -1 if channels_last else 1
+    to = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else (lambda a: a)
+    back = (lambda a: np.moveaxis(a, -1, 1)) if channels_last else (lambda a: a)
+    y, mean, rstd = fastnorm.batch_norm_forward(
+        to(x), w, b, rm, rv, training=training, momentum=0.3, eps=1e-4, axis=axis
+    )
+    dx, dw, db = fastnorm.batch_norm_backward(to(dy), to(x), mean, rstd, w, b, training=training, axis=axis)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(back(y), yt.detach().numpy(), **tol)
+    np.testing.assert_allclose(back(dx), xt.grad.numpy(), **tol)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), **tol)
+    np.testing.assert_allclose(db, bt.grad.numpy(), **tol)
+    np.testing.assert_allclose(rm, rmt.numpy(), **tol)
+    np.testing.assert_allclose(rv, rvt.numpy(), **tol)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_running_stats_match_torch_after_several_steps(rng, threads, channels_last):
+    torch = torch_or_skip()
+    bn = torch.nn.BatchNorm2d(5, momentum=0.15).double()
+    rm, rv = np.zeros(5), np.ones(5)
+    for step in range(4):
+        x = rng.normal(size=(3, 5, 4, 6)) * (step + 1) - step
+        bn(torch.tensor(x))
+        xx = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
+        fastnorm.batch_norm_forward(xx, running_mean=rm, running_var=rv, momentum=0.15, axis=-1 if channels_last else 1)
+    np.testing.assert_allclose(rm, bn.running_mean.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rv, bn.running_var.numpy(), rtol=1e-12)

@@ -1,0 +1,218 @@
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._channel import (
+    AFFINE,
+    FakeCudaArray,
+    affine_params,
+    as64,
+    assert_raises_unchanged,
+    check_all,
+    fd_check,
+    readonly,
+    streaming_stores,
+    strided,
+)
+from ._util import FLOATS, torch_or_skip
+
+# (shape, num_groups): 2-D to 5-D, one group, one channel per group, prime channel counts, rows longer
+# than a moments block (4096)
+CASES = [
+    ((3, 6), 2),
+    ((2, 6, 5), 3),
+    ((3, 4, 3, 5), 1),
+    ((2, 7, 3, 2), 7),
+    ((2, 6, 2, 3, 2), 2),
+    ((1, 1, 13), 1),
+    ((5, 9, 11), 3),
+    ((2, 4, 2100), 2),
+]
+
+
+def make(rng, shape, dtype, affine="both", offset=0.7):
+    x = (rng.normal(size=shape) * 1.5 + offset).astype(dtype)
+    w, b = affine_params(rng, shape[1], dtype, affine)
+    return x, w, b
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 4, 3), 2), ((2, 6, 2, 2), 3), ((3, 2, 3), 1)])
+@pytest.mark.parametrize("affine", AFFINE)
+def test_reference_backward_matches_finite_differences(rng, shape, groups, affine):
+    x, w, b = make(rng, shape, np.float64, affine)
+
+    def fwd(x, w, b):
+        return R.group_norm_forward(x, groups, w, b, eps=1e-3)[0]
+
+    def bwd(dy, x, w, b):
+        _, mean, rstd = R.group_norm_forward(x, groups, w, b, eps=1e-3)
+        return R.group_norm_backward(dy, x, mean, rstd, groups, w, b)
+
+    fd_check(fwd, bwd, [x, w, b], rng)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,groups", CASES)
+@pytest.mark.parametrize("affine", AFFINE)
+def test_forward_matches_reference(rng, threads, dtype, shape, groups, affine):
+    x, w, b = make(rng, shape, dtype, affine)
+    got = fastnorm.group_norm_forward(x, groups, w, b, eps=1e-4)
+    ref = R.group_norm_forward(as64(x), groups, as64(w), as64(b), eps=1e-4)
+    lowp = R.group_norm_forward(x, groups, w, b, eps=1e-4)
+    check_all(got, ref, lowp, ["y", "mean", "rstd"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,groups", CASES)
+@pytest.mark.parametrize("affine", AFFINE)
+def test_backward_matches_reference(rng, threads, dtype, shape, groups, affine):
+    x, w, b = make(rng, shape, dtype, affine)
+    dy = rng.normal(size=shape).astype(dtype)
+    _, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b)
+    got = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
+    ref = R.group_norm_backward(*map(as64, (dy, x, mean, rstd)), groups, as64(w), as64(b))
+    lowp = R.group_norm_backward(dy, x, mean, rstd, groups, w, b)
+    check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 3, 5), 1), ((5, 9, 11), 3)])
+def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
+    x, w, b = make(rng, shape, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    with streaming_stores():
+        got = fastnorm.group_norm_forward(x, groups, w, b)
+        g = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b)
+    check_all(
+        got,
+        R.group_norm_forward(as64(x), groups, as64(w), as64(b)),
+        R.group_norm_forward(x, groups, w, b),
+        ["y", "mean", "rstd"],
+    )
+    gref = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), groups, as64(w), as64(b))
+    check_all(g, gref, R.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b), ["dx", "dweight", "dbias"])
+
+
+def test_noncontiguous_readonly_and_out(rng, threads):
+    x, w, b = make(rng, (3, 4, 10), np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    want = fastnorm.group_norm_forward(x, 2, w, b)
+    outs = (np.empty_like(x), np.empty((3, 2), np.float32), np.empty((3, 2), np.float32))
+    got = fastnorm.group_norm_forward(strided(x), 2, readonly(w), strided(b[None])[0], out=outs)
+    for g, r, o in zip(got, want, outs, strict=True):
+        np.testing.assert_array_equal(g, r)
+        assert np.shares_memory(g, o)
+    g1 = fastnorm.group_norm_backward(dy, x, want.mean, want.rstd, 2, w, b)
+    gouts = (np.empty_like(x), np.empty(4, np.float32), None)
+    g2 = fastnorm.group_norm_backward(
+        readonly(dy), strided(x), strided(want.mean), readonly(want.rstd), 2, w, b, out=gouts
+    )
+    assert np.shares_memory(g2.dx, gouts[0]) and np.shares_memory(g2.dweight, gouts[1])
+    for a, c in zip(g1, g2, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_nan_propagates_like_reference(rng, threads, dtype):
+    x, w, b = make(rng, (3, 4, 6), dtype)
+    x[1, 2, 3] = np.nan
+    got = fastnorm.group_norm_forward(x, 2, w, b)
+    ref = R.group_norm_forward(as64(x), 2, as64(w), as64(b))
+    assert np.isnan(got.y).any() and np.isfinite(got.y).any()
+    check_all(got, ref, R.group_norm_forward(x, 2, w, b), ["y", "mean", "rstd"])
+    dy = rng.normal(size=x.shape).astype(dtype)
+    gk = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, 2, w, b)
+    gr = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), 2, as64(w), as64(b))
+    for a, r in zip(gk, gr, strict=True):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+
+
+def test_large_offset_float32_statistics(rng, threads):
+    x, w, b = make(rng, (3, 4, 2500), np.float32, offset=1e4)
+    got = fastnorm.group_norm_forward(x, 2, w, b)
+    ref = R.group_norm_forward(as64(x), 2, as64(w), as64(b))
+    check_all(got, ref, R.group_norm_forward(x, 2, w, b), ["y", "mean", "rstd"])
+    np.testing.assert_allclose(got.rstd, ref[2], rtol=2e-6)
+
+
+def test_deterministic(rng, threads):
+    x, w, b = make(rng, (5, 6, 37), np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    r1, r2 = fastnorm.group_norm_forward(x, 3, w, b), fastnorm.group_norm_forward(x, 3, w, b)
+    g1 = fastnorm.group_norm_backward(dy, x, r1.mean, r1.rstd, 3, w, b)
+    g2 = fastnorm.group_norm_backward(dy, x, r1.mean, r1.rstd, 3, w, b)
+    for a, c in zip((*r1, *g1), (*r2, *g2), strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_empty_batch(rng):
+    x = np.zeros((0, 4, 3), np.float32)
+    y, mean, rstd = fastnorm.group_norm_forward(x, 2)
+    assert y.shape == x.shape and mean.shape == (0, 2)
+    g = fastnorm.group_norm_backward(x, x, mean, rstd, 2, np.ones(4, np.float32), np.ones(4, np.float32))
+    np.testing.assert_array_equal(g.dweight, 0)
+    np.testing.assert_array_equal(g.dbias, 0)
+
+
+def test_bad_input_raises_and_writes_nothing(rng):
+    x, w, b = make(rng, (4, 6, 5), np.float32)
+    y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
+    watched = [y, mean, rstd]
+
+    def fwd(**kw):
+        args = dict(x=x, num_groups=3, weight=w, bias=b, out=(y, mean, rstd))
+        args.update(kw)
+        return lambda: fastnorm.group_norm_forward(**args)
+
+    cases = [
+        (ValueError, fwd(num_groups=4)),  # 6 channels not divisible by 4
+        (ValueError, fwd(num_groups=0)),
+        (TypeError, fwd(num_groups=3.0)),
+        (ValueError, fwd(weight=np.ones(3, np.float32))),
+        (TypeError, fwd(bias=np.ones(6, np.float64))),
+        (ValueError, fwd(eps=-1.0)),
+        (ValueError, fwd(x=np.zeros(6, np.float32))),
+        (TypeError, fwd(x=x.astype(np.int64))),
+        (ValueError, fwd(out=(y, np.empty((4, 2), np.float32), rstd))),
+        (ValueError, fwd(out=(y, mean, readonly(rstd)))),
+        (TypeError, fwd(weight=FakeCudaArray((6,)))),
+    ]
+    for exc, call in cases:
+        assert_raises_unchanged(exc, call, watched)
+    dx = np.full_like(x, 7)
+    for exc, kw in [
+        (ValueError, dict(num_groups=4)),
+        (ValueError, dict(mean=np.zeros((4, 2), np.float32))),
+        (TypeError, dict(rstd=np.ones((4, 3), np.float64))),
+        (ValueError, dict(dy=x[:2])),
+    ]:
+        args = dict(
+            dy=x,
+            x=x,
+            mean=np.zeros((4, 3), np.float32),
+            rstd=np.ones((4, 3), np.float32),
+            num_groups=3,
+            out=(dx, None, None),
+        )
+        args.update(kw)
+        assert_raises_unchanged(exc, lambda args=args: fastnorm.group_norm_backward(**args), [dx])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,groups", [((3, 6, 4, 5), 3), ((4, 8, 7), 8), ((2, 4), 1)])
+def test_matches_torch(rng, threads, dtype, shape, groups):
+    torch = torch_or_skip()
+    x, w, b = make(rng, shape, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.group_norm(xt, groups, wt, bt, eps=1e-4)
+    yt.backward(torch.tensor(dy))
+    y, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b, eps=1e-4)
+    dx, dw, db = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), **tol)
+    np.testing.assert_allclose(db, bt.grad.numpy(), **tol)
