@@ -53,3 +53,8 @@ __all__ += [
     "cosine_linear_forward",
     "cosine_linear_backward",
 ]
+
+# NumPy layers for training loops (fastnorm.nn); imports NumPy only.
+from . import nn  # noqa: E402
+
+__all__ += ["nn"]

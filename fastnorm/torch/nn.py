@@ -1,0 +1,289 @@
+"""Drop-in ``torch.nn`` modules whose forward runs fastnorm kernels.
+
+Each class subclasses the torch module of the same name and only replaces ``forward``, so constructor
+arguments, parameter and buffer names, ``state_dict`` keys, ``reset_parameters``, ``repr`` and
+``isinstance(m, torch.nn.LayerNorm)`` are torch's: a torch checkpoint loads as it is, and back.
+
+Fallback: on a dtype or device fastnorm does not handle (CPU float16/bfloat16, MPS, ...) a module runs
+torch's own forward and warns once per class and reason (``FastnormFallbackWarning``). The functional ops
+in ``fastnorm.torch.functional`` raise ``TypeError`` instead.
+
+``swap_modules(model)`` replaces, in place, every torch normalization module of the classes above by the
+fastnorm one, sharing the same parameter and buffer tensors (an optimizer built before keeps working).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = [
+    "FastnormFallbackWarning",
+    "LayerNorm",
+    "RMSNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "GroupNorm",
+    "LocalResponseNorm",
+    "WeightNormLinear",
+    "CosineLinear",
+    "weight_norm_weight",
+    "swap_modules",
+]
+
+
+class FastnormFallbackWarning(UserWarning):
+    """A fastnorm module ran torch's own implementation (unsupported dtype or device)."""
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _fallback(module: torch.nn.Module, *tensors: Tensor | None) -> bool:
+    """True (after a one-time warning) when the fastnorm kernels cannot take these tensors."""
+    reason = F.unsupported_reason(*tensors, op=module._fastnorm_op)
+    if reason is None:
+        return False
+    key = (type(module).__name__, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"fastnorm.torch.nn.{type(module).__name__}: {reason}; running torch's implementation instead",
+            FastnormFallbackWarning,
+            stacklevel=3,
+        )
+    return True
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """``torch.nn.LayerNorm`` (same arguments and state) on fastnorm's LayerNorm kernels."""
+
+    _fastnorm_op = "layer_norm"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight, self.bias):
+            return super().forward(input)
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm`` (same arguments and state; ``eps=None``: finfo(dtype).eps) on fastnorm kernels."""
+
+    _fastnorm_op = "rms_norm"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight):
+            return super().forward(input)
+        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+
+class _BatchNormForward:
+    """torch's ``_BatchNorm.forward`` (momentum / cumulative average, num_batches_tracked, which statistics
+    normalize and which are updated) with the kernel call on fastnorm."""
+
+    _fastnorm_op = "batch_norm"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight, self.bias, self.running_mean, self.running_var):
+            return super().forward(input)
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        update_or_use = not self.training or self.track_running_stats
+        return F.batch_norm(
+            input,
+            self.running_mean if update_or_use else None,
+            self.running_var if update_or_use else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            factor,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` ((N, C) or (N, C, L)) on fastnorm's BatchNorm kernels."""
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` ((N, C, H, W)) on fastnorm's BatchNorm kernels."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` ((N, C, D, H, W)) on fastnorm's BatchNorm kernels."""
+
+
+class _InstanceNormApply:
+    """torch's ``_InstanceNorm`` (input checks, unbatched inputs) with the kernel call on fastnorm."""
+
+    _fastnorm_op = "instance_norm"
+
+    def _apply_instance_norm(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight, self.bias, self.running_mean, self.running_var):
+            return super()._apply_instance_norm(input)
+        return F.instance_norm(
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+        )
+
+
+class InstanceNorm1d(_InstanceNormApply, torch.nn.InstanceNorm1d):
+    """``torch.nn.InstanceNorm1d`` ((N, C, L) or (C, L)) on fastnorm's InstanceNorm kernels."""
+
+
+class InstanceNorm2d(_InstanceNormApply, torch.nn.InstanceNorm2d):
+    """``torch.nn.InstanceNorm2d`` ((N, C, H, W) or (C, H, W)) on fastnorm's InstanceNorm kernels."""
+
+
+class InstanceNorm3d(_InstanceNormApply, torch.nn.InstanceNorm3d):
+    """``torch.nn.InstanceNorm3d`` ((N, C, D, H, W) or (C, D, H, W)) on fastnorm's InstanceNorm kernels."""
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` on fastnorm's GroupNorm kernels."""
+
+    _fastnorm_op = "group_norm"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight, self.bias):
+            return super().forward(input)
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
+    """``torch.nn.LocalResponseNorm`` on fastnorm's LRN kernels."""
+
+    _fastnorm_op = "local_response_norm"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input):
+            return super().forward(input)
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+
+class WeightNormLinear(torch.nn.Module):
+    """A linear layer with a weight-normalized weight, ``y = x @ w.T + bias`` with ``w = g * v / ||v||``
+    (the norm over every dim but ``dim``), on fastnorm's WeightNorm kernels.
+
+    Parameters and state_dict keys are those of ``torch.nn.utils.weight_norm(torch.nn.Linear(...), dim=dim)``:
+    ``weight_g`` (out, 1) for dim=0, ``weight_v`` (out, in), ``bias`` (out,); initialized like it (v from
+    Linear's init, g = ||v||, so w starts equal to Linear's weight). Checkpoints of the newer
+    ``torch.nn.utils.parametrizations.weight_norm`` (``parametrizations.weight.original0/1``) load too.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dim: int = 0, device=None, dtype=None):
+        super().__init__()
+        if dim not in (0, 1, -1, -2):
+            raise ValueError(f"WeightNormLinear: dim must be 0 or 1 (a dim of the (out, in) weight), got {dim}")
+        lin = torch.nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.in_features, self.out_features, self.dim = in_features, out_features, dim % 2
+        v = lin.weight.detach()
+        self.weight_g = torch.nn.Parameter(torch.norm_except_dim(v, 2, self.dim).clone())
+        self.weight_v = torch.nn.Parameter(v.clone())
+        self.bias = lin.bias
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective weight g * v / ||v|| (computed, differentiable)."""
+        return weight_norm_weight(self.weight_v, self.weight_g, self.dim)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.nn.functional.linear(input, self.weight, self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for new, old in (("original0", "weight_g"), ("original1", "weight_v")):
+            key = f"{prefix}parametrizations.weight.{new}"
+            if key in state_dict:
+                state_dict[prefix + old] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, dim={self.dim}"
+
+
+def weight_norm_weight(v: Tensor, g: Tensor, dim: int) -> Tensor:
+    """w = g * v / ||v|| on fastnorm (torch's ``_weight_norm`` where fastnorm cannot run)."""
+    if F.unsupported_reason(v, g, op="weight_norm") is not None:
+        return torch._weight_norm(v, g, dim)
+    return F.weight_norm(v, g, dim)
+
+
+class CosineLinear(torch.nn.Module):
+    """Cosine-normalized linear layer (no bias): ``y[..., o] = cos(x, weight[o])``, i.e.
+    ``F.linear(F.normalize(x, eps=eps), F.normalize(weight, eps=eps))``, on fastnorm's kernels.
+
+    ``weight`` (out, in) is initialized like ``torch.nn.Linear``'s and has its state_dict key, so a bias-free
+    ``torch.nn.Linear`` checkpoint loads as it is. Outputs lie in [-1, 1]; scale them (a temperature) before
+    a softmax.
+    """
+
+    _fastnorm_op = "cosine_linear"
+
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-8, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.eps = in_features, out_features, eps
+        lin = torch.nn.Linear(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self.weight = lin.weight
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _fallback(self, input, self.weight):
+            nf = torch.nn.functional.normalize
+            x, w = nf(input, dim=-1, eps=self.eps), nf(self.weight, dim=-1, eps=self.eps)
+            return torch.nn.functional.linear(x, w)
+        return F.cosine_linear(input, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, eps={self.eps}"
+
+
+_SWAPS: dict[type, type] = {
+    torch.nn.LayerNorm: LayerNorm,
+    torch.nn.RMSNorm: RMSNorm,
+    torch.nn.BatchNorm1d: BatchNorm1d,
+    torch.nn.BatchNorm2d: BatchNorm2d,
+    torch.nn.BatchNorm3d: BatchNorm3d,
+    torch.nn.InstanceNorm1d: InstanceNorm1d,
+    torch.nn.InstanceNorm2d: InstanceNorm2d,
+    torch.nn.InstanceNorm3d: InstanceNorm3d,
+    torch.nn.GroupNorm: GroupNorm,
+    torch.nn.LocalResponseNorm: LocalResponseNorm,
+}
+
+
+def swap_modules(model: torch.nn.Module) -> int:
+    """Replace in place every submodule whose type is exactly a torch class with a fastnorm twin.
+
+    The new module shares the old one's parameters, buffers, hooks and training flag (no copy). Returns the
+    number of modules replaced. ``model`` itself is not replaced (wrap a bare norm module in a container).
+    """
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            cls = _SWAPS.get(type(child))
+            if cls is None:
+                continue
+            new = cls.__new__(cls)
+            new.__dict__.update(child.__dict__)
+            setattr(parent, name, new)
+            count += 1
+    return count

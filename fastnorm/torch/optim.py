@@ -1,0 +1,267 @@
+"""``torch.optim`` optimizers whose ``step`` runs fastnorm's fused multi-tensor update.
+
+Each class subclasses the torch optimizer of the same name and replaces only ``step``: constructor
+arguments and checks, ``param_groups`` keys, per-parameter state names (``step``, ``exp_avg``,
+``exp_avg_sq``, ``momentum_buffer``, ``sum``, ``square_avg``, ``acc_delta``, ``grad_avg``, ...),
+``state_dict``/``load_state_dict``, ``zero_grad`` and hooks are torch's own. So LR schedulers work
+(they write ``group["lr"]``) and state dicts load both ways between ``fastnorm.torch.optim.Adam`` and
+``torch.optim.Adam`` (and the other pairs). State is created lazily by torch's own ``_init_group``.
+
+``step`` gathers each parameter group's parameters with a gradient, their ``p.grad`` and state tensors as
+zero-copy NumPy views and makes one ``fastnorm.optim.<algo>_step`` call per group, which updates every
+tensor of the group in one fused pass (p, grad and state read once, written once).
+
+Fallback: fastnorm's optimizer kernels run on the CPU. A group with a parameter on another device, of
+another dtype than float32/float64, or non-contiguous, or options fastnorm does not implement
+(``differentiable``, ``capturable``, ``fused``), is stepped by torch's own implementation, after a
+one-time ``FastnormFallbackWarning``. Sparse gradients raise ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+import fastnorm.optim as _fo
+
+from .nn import FastnormFallbackWarning
+
+__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _f(v) -> float:
+    """A hyperparameter as a Python float (torch allows 0-dim tensors for lr and betas)."""
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _steps_plus_one(state_steps: list[torch.Tensor]) -> np.ndarray:
+    """The number of the update being made (torch's ``step`` state + 1), one per tensor."""
+    if not state_steps:
+        return np.zeros(0, np.int64)
+    return torch.stack([s.detach().cpu() for s in state_steps]).to(torch.int64).numpy() + 1
+
+
+def _bump(state_steps: list[torch.Tensor]) -> None:
+    if state_steps:
+        torch._foreach_add_(state_steps, 1)
+
+
+class _FastnormStep:
+    """Mixin: ``step`` runs ``_fastnorm_group`` per parameter group, torch's step where fastnorm cannot."""
+
+    _UNSUPPORTED_FLAGS = ("differentiable", "capturable", "fused")
+
+    def _fallback_reason(self, group: dict) -> str | None:
+        for flag in self._UNSUPPORTED_FLAGS:
+            if group.get(flag):
+                return f"{flag}=True is not implemented by fastnorm"
+        for p in group["params"]:
+            if p.device.type != "cpu":
+                return f"parameters on {p.device} (fastnorm's optimizer kernels run on the CPU)"
+            if p.dtype not in (torch.float32, torch.float64):
+                return f"parameter dtype {p.dtype} (float32, float64 supported)"
+            if not p.is_contiguous():
+                return "a non-contiguous parameter (it is updated in place)"
+        return None
+
+    def _warn_fallback(self, reason: str) -> None:
+        key = (type(self).__name__, reason)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(
+                f"fastnorm.torch.optim.{type(self).__name__}: {reason}; using torch's step instead",
+                FastnormFallbackWarning,
+                stacklevel=3,
+            )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step over every parameter group (``closure`` re-evaluates the loss, as in torch)."""
+        reasons = [self._fallback_reason(g) for g in self.param_groups]
+        if any(reasons):
+            for r in reasons:
+                if r:
+                    self._warn_fallback(r)
+            if all(reasons):
+                return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, reason in zip(self.param_groups, reasons, strict=True):
+            if reason:
+                self._torch_group_step(group)
+            else:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.is_sparse:
+                        raise RuntimeError(f"fastnorm.torch.optim.{type(self).__name__}: sparse gradients")
+                self._fastnorm_group(group)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's ``load_state_dict``; then every state tensor is made contiguous (updated in place by the
+        kernels; the state torch creates for a contiguous parameter already is)."""
+        super().load_state_dict(state_dict)
+        for st in self.state.values():
+            for k, t in st.items():
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and not t.is_contiguous():
+                    st[k] = t.contiguous()
+
+    def _torch_group_step(self, group: dict) -> None:
+        """torch's step for one group: the other groups are hidden for the call."""
+        groups = self.param_groups
+        self.param_groups = [group]
+        try:
+            super().step()
+        finally:
+            self.param_groups = groups
+
+    def _fastnorm_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+
+class SGD(_FastnormStep, torch.optim.SGD):
+    """``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay, maximize) on ``sgd_step``."""
+
+    def _fastnorm_group(self, group):
+        params, grads, bufs = [], [], []
+        self._init_group(group, params, grads, bufs)
+        if not params:
+            return
+        momentum = _f(group["momentum"])
+        np_bufs = [None if b is None else _np(b) for b in bufs]
+        _fo.sgd_step(
+            [_np(p) for p in params],
+            [_np(g) for g in grads],
+            np_bufs if momentum != 0 else None,
+            lr=_f(group["lr"]),
+            momentum=momentum,
+            dampening=_f(group["dampening"]),
+            weight_decay=_f(group["weight_decay"]),
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+        )
+        if momentum != 0:
+            for p, b, nb in zip(params, bufs, np_bufs, strict=True):
+                if b is None:  # first step: fastnorm allocated the buffer
+                    self.state[p]["momentum_buffer"] = torch.from_numpy(nb)
+
+
+class Adagrad(_FastnormStep, torch.optim.Adagrad):
+    """``torch.optim.Adagrad`` (lr_decay, weight_decay, initial_accumulator_value, eps, maximize) on
+    ``fastnorm.optim.adagrad_step``."""
+
+    def _fastnorm_group(self, group):
+        params, grads, sums, steps = [], [], [], []
+        self._init_group(group, params, grads, sums, steps)
+        if not params:
+            return
+        _fo.adagrad_step(
+            [_np(p) for p in params],
+            [_np(g) for g in grads],
+            [_np(s) for s in sums],
+            step=_steps_plus_one(steps),
+            lr=_f(group["lr"]),
+            lr_decay=_f(group["lr_decay"]),
+            weight_decay=_f(group["weight_decay"]),
+            eps=_f(group["eps"]),
+            maximize=bool(group["maximize"]),
+        )
+        _bump(steps)
+
+
+class Adadelta(_FastnormStep, torch.optim.Adadelta):
+    """``torch.optim.Adadelta`` (lr, rho, eps, weight_decay, maximize) on ``fastnorm.optim.adadelta_step``."""
+
+    def _fastnorm_group(self, group):
+        params, grads, square_avgs, acc_deltas, steps = [], [], [], [], []
+        self._init_group(group, params, grads, square_avgs, acc_deltas, steps)
+        if not params:
+            return
+        _fo.adadelta_step(
+            [_np(p) for p in params],
+            [_np(g) for g in grads],
+            [_np(t) for t in square_avgs],
+            [_np(t) for t in acc_deltas],
+            lr=_f(group["lr"]),
+            rho=_f(group["rho"]),
+            eps=_f(group["eps"]),
+            weight_decay=_f(group["weight_decay"]),
+            maximize=bool(group["maximize"]),
+        )
+        _bump(steps)
+
+
+class RMSprop(_FastnormStep, torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` (alpha, eps, weight_decay, momentum, centered, maximize) on
+    ``fastnorm.optim.rmsprop_step``."""
+
+    def _fastnorm_group(self, group):
+        params, grads, square_avgs, bufs, grad_avgs, steps = [], [], [], [], [], []
+        self._init_group(group, params, grads, square_avgs, bufs, grad_avgs, steps)
+        if not params:
+            return
+        momentum, centered = _f(group["momentum"]), bool(group["centered"])
+        _fo.rmsprop_step(
+            [_np(p) for p in params],
+            [_np(g) for g in grads],
+            [_np(t) for t in square_avgs],
+            [_np(t) for t in grad_avgs] if centered else None,
+            [_np(t) for t in bufs] if momentum > 0 else None,
+            lr=_f(group["lr"]),
+            alpha=_f(group["alpha"]),
+            eps=_f(group["eps"]),
+            weight_decay=_f(group["weight_decay"]),
+            momentum=momentum,
+            centered=centered,
+            maximize=bool(group["maximize"]),
+        )
+        _bump(steps)
+
+
+class Adam(_FastnormStep, torch.optim.Adam):
+    """``torch.optim.Adam`` (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
+    ``fastnorm.optim.adam_step``."""
+
+    def _decoupled(self, group) -> bool:
+        return bool(group.get("decoupled_weight_decay", False))
+
+    def _fastnorm_group(self, group):
+        params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
+        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
+        if not params:
+            return
+        amsgrad = bool(group["amsgrad"])
+        beta1, beta2 = group["betas"]
+        _fo.adam_step(
+            [_np(p) for p in params],
+            [_np(g) for g in grads],
+            [_np(t) for t in exp_avgs],
+            [_np(t) for t in exp_avg_sqs],
+            [_np(t) for t in max_sqs] if amsgrad else None,
+            step=_steps_plus_one(steps),
+            lr=_f(group["lr"]),
+            beta1=_f(beta1),
+            beta2=_f(beta2),
+            eps=_f(group["eps"]),
+            weight_decay=_f(group["weight_decay"]),
+            amsgrad=amsgrad,
+            maximize=bool(group["maximize"]),
+            decoupled_weight_decay=self._decoupled(group),
+        )
+        _bump(steps)
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    """``torch.optim.AdamW`` (decoupled weight decay, default 1e-2) on ``fastnorm.optim.adam_step``."""
+
+    def _decoupled(self, group) -> bool:
+        return True

@@ -1,0 +1,411 @@
+"""fastnorm.torch.functional: gradcheck (float64) for every op, agreement with torch.nn.functional,
+torch.compile (fullgraph, the custom ops in the traced graphs), torch.library.opcheck, bad input."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import fastnorm
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+FF = pytest.importorskip("fastnorm.torch.functional")
+
+
+@dataclass
+class Case:
+    make: Callable  # (generator, dtype) -> dict of tensors
+    fast: Callable  # dict -> output (fastnorm.torch.functional)
+    ref: Callable  # dict -> output (torch)
+    ops: tuple  # names of the custom ops the compiled graphs must hold (forward, backward)
+
+
+def _t(gen, shape, dtype, scale=1.0, shift=0.0):
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift).to(dtype).requires_grad_()
+
+
+def _ln_make(affine, bias):
+    def make(gen, dt):
+        d = {"x": _t(gen, (3, 5, 7), dt)}
+        d["weight"] = _t(gen, (5, 7), dt) if affine else None
+        d["bias"] = _t(gen, (5, 7), dt) if bias else None
+        return d
+
+    return make
+
+
+def _rms_make(affine):
+    def make(gen, dt):
+        return {"x": _t(gen, (4, 9), dt), "weight": _t(gen, (9,), dt) if affine else None}
+
+    return make
+
+
+def _buf(gen, shape, dtype, positive=False):
+    t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return (t.abs() + 0.5 if positive else t).to(dtype)
+
+
+def _bn_make(shape, affine=True, running=True):
+    def make(gen, dt):
+        c = shape[1]
+        d = {"x": _t(gen, shape, dt)}
+        d["weight"] = _t(gen, (c,), dt) if affine else None
+        d["bias"] = _t(gen, (c,), dt) if affine else None
+        d["running_mean"] = _buf(gen, (c,), dt) if running else None
+        d["running_var"] = _buf(gen, (c,), dt, positive=True) if running else None
+        return d
+
+    return make
+
+
+def _bn(f, training, momentum=0.1, eps=1e-5):
+    return lambda a: f(a["x"], a["running_mean"], a["running_var"], a["weight"], a["bias"], training, momentum, eps)
+
+
+CASES = {
+    "layer_norm": Case(
+        _ln_make(True, True),
+        lambda a: FF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
+        lambda a: TF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "layer_norm_weight_only": Case(
+        _ln_make(True, False),
+        lambda a: FF.layer_norm(a["x"], [7], a["weight"][0], None),
+        lambda a: TF.layer_norm(a["x"], [7], a["weight"][0], None),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "layer_norm_plain": Case(
+        _ln_make(False, False),
+        lambda a: FF.layer_norm(a["x"], 7, eps=1e-3),
+        lambda a: TF.layer_norm(a["x"], (7,), eps=1e-3),
+        ("layer_norm_forward", "layer_norm_backward"),
+    ),
+    "rms_norm": Case(
+        _rms_make(True),
+        lambda a: FF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
+        lambda a: TF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
+        ("rms_norm_forward", "rms_norm_backward"),
+    ),
+    "rms_norm_default_eps": Case(
+        _rms_make(False),
+        lambda a: FF.rms_norm(a["x"], 9),
+        lambda a: TF.rms_norm(a["x"], (9,)),
+        ("rms_norm_forward", "rms_norm_backward"),
+    ),
+    "batch_norm_train": Case(
+        _bn_make((4, 3, 5)),
+        _bn(FF.batch_norm, True, 0.2),
+        _bn(TF.batch_norm, True, 0.2),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_eval": Case(
+        _bn_make((4, 3, 5)),
+        _bn(FF.batch_norm, False, eps=1e-3),
+        _bn(TF.batch_norm, False, eps=1e-3),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_2d_plain": Case(
+        _bn_make((6, 3), affine=False, running=False),
+        _bn(FF.batch_norm, True),
+        _bn(TF.batch_norm, True),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "batch_norm_4d": Case(
+        _bn_make((2, 3, 4, 5), running=False),
+        _bn(FF.batch_norm, True),
+        _bn(TF.batch_norm, True),
+        ("batch_norm_forward", "batch_norm_backward"),
+    ),
+    "instance_norm_train": Case(
+        _bn_make((3, 4, 6)),
+        _bn(FF.instance_norm, True, 0.3),
+        _bn(TF.instance_norm, True, 0.3),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "instance_norm_eval": Case(
+        _bn_make((3, 4, 2, 3)),
+        _bn(FF.instance_norm, False),
+        _bn(TF.instance_norm, False),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "instance_norm_plain": Case(
+        _bn_make((2, 3, 7), affine=False, running=False),
+        lambda a: FF.instance_norm(a["x"]),
+        lambda a: TF.instance_norm(a["x"]),
+        ("instance_norm_forward", "instance_norm_backward"),
+    ),
+    "group_norm": Case(
+        _bn_make((2, 6, 5), running=False),
+        lambda a: FF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
+        lambda a: TF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
+        ("group_norm_forward", "group_norm_backward"),
+    ),
+    "local_response_norm": Case(
+        lambda gen, dt: {"x": _t(gen, (2, 7, 3, 2), dt)},
+        lambda a: FF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
+        lambda a: TF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
+        ("local_response_norm_forward", "local_response_norm_backward"),
+    ),
+    "local_response_norm_even": Case(
+        lambda gen, dt: {"x": _t(gen, (3, 5, 4), dt)},
+        lambda a: FF.local_response_norm(a["x"], 4),
+        lambda a: TF.local_response_norm(a["x"], 4),
+        ("local_response_norm_forward", "local_response_norm_backward"),
+    ),
+    "weight_norm_dim0": Case(
+        lambda gen, dt: {"v": _t(gen, (5, 4), dt), "g": _t(gen, (5, 1), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], 0),
+        lambda a: torch._weight_norm(a["v"], a["g"], 0),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "weight_norm_dim1_3d": Case(
+        lambda gen, dt: {"v": _t(gen, (3, 4, 2), dt), "g": _t(gen, (1, 4, 1), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], 1),
+        lambda a: torch._weight_norm(a["v"], a["g"], 1),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "weight_norm_whole": Case(
+        lambda gen, dt: {"v": _t(gen, (3, 4), dt), "g": _t(gen, (), dt)},
+        lambda a: FF.weight_norm(a["v"], a["g"], None),
+        lambda a: torch._weight_norm(a["v"], a["g"], -1),
+        ("weight_norm_forward", "weight_norm_backward"),
+    ),
+    "cosine_linear": Case(
+        lambda gen, dt: {"x": _t(gen, (2, 3, 6), dt), "weight": _t(gen, (4, 6), dt)},
+        lambda a: FF.cosine_linear(a["x"], a["weight"]),
+        lambda a: TF.linear(TF.normalize(a["x"], dim=-1, eps=1e-8), TF.normalize(a["weight"], dim=-1, eps=1e-8)),
+        ("cosine_linear_forward", "cosine_linear_backward"),
+    ),
+    "group_norm_4d_plain": Case(
+        _bn_make((2, 4, 3, 3), affine=False, running=False),
+        lambda a: FF.group_norm(a["x"], 2),
+        lambda a: TF.group_norm(a["x"], 2),
+        ("group_norm_forward", "group_norm_backward"),
+    ),
+}
+
+
+def _inputs(case, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return case.make(gen, dtype)
+
+
+def _fresh_buffers(args):
+    """The same inputs with private copies of the buffers (running statistics are updated in place)."""
+    return {k: v.clone() if v is not None and not v.requires_grad else v for k, v in args.items()}
+
+
+def _buffers(args):
+    return {k: v for k, v in args.items() if v is not None and not v.requires_grad}
+
+
+def _grads(out, args, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    dy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    leaves = [v for v in args.values() if v is not None and v.requires_grad]
+    return torch.autograd.grad(out, leaves, dy)
+
+
+@pytest.fixture
+def one_thread():
+    """gradcheck calls each op hundreds of times on tiny inputs: one thread (2 threads are covered elsewhere)."""
+    old = fastnorm.get_num_threads()
+    fastnorm.set_num_threads(1)
+    yield
+    fastnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradcheck_float64(name, one_thread):
+    case = CASES[name]
+    args = _inputs(case, torch.float64)
+    keys = [k for k, v in args.items() if v is not None]
+
+    keys = [k for k in keys if args[k].requires_grad]
+
+    def f(*tensors):
+        return case.fast(_fresh_buffers({**args, **dict(zip(keys, tensors, strict=True))}))
+
+    assert torch.autograd.gradcheck(f, tuple(args[k] for k in keys), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_matches_torch(name, dtype, threads):
+    case = CASES[name]
+    args = _inputs(case, dtype)
+    a_fast, a_ref = _fresh_buffers(args), _fresh_buffers(args)
+    out, ref = case.fast(a_fast), case.ref(a_ref)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(out, ref, **tol)
+    for k, buf in _buffers(a_ref).items():  # running statistics updated (or left) like torch's
+        torch.testing.assert_close(a_fast[k], buf, **tol, msg=k)
+    for g, gr in zip(_grads(out, args), _grads(ref, args), strict=True):
+        torch.testing.assert_close(g, gr, **tol)
+
+
+def test_non_contiguous_and_expanded_grad():
+    x = torch.randn(8, 6, dtype=torch.float64).t().requires_grad_()  # (6, 8), strided
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    out = FF.layer_norm(x, 8, w)
+    out.sum().backward()  # dy is an expanded (stride 0) tensor of ones
+    x2 = x.detach().clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    TF.layer_norm(x2, (8,), w2).sum().backward()
+    torch.testing.assert_close(out, TF.layer_norm(x2, (8,), w2))
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_large_offset_float32():
+    x = torch.randn(16, 33) * 0.1 + 1e4
+    exact = TF.layer_norm(x.double(), (33,))
+    err = (FF.layer_norm(x, 33).double() - exact).abs().max()
+    torch_err = (TF.layer_norm(x, (33,)).double() - exact).abs().max()
+    assert err <= 2 * torch_err + 1e-5, (err, torch_err)
+
+
+def test_no_grad_and_inference_mode():
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        y = FF.layer_norm(x, 5)
+    with torch.inference_mode():
+        z = FF.rms_norm(x, 5)
+    torch.testing.assert_close(y, TF.layer_norm(x, (5,)))
+    torch.testing.assert_close(z, TF.rms_norm(x, (5,)))
+
+
+def _capture_backend():
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_torch_compile_fullgraph_uses_custom_ops(name):
+    case = CASES[name]
+    args = _inputs(case, torch.float64)
+    a_comp, a_eager = _fresh_buffers(args), _fresh_buffers(args)
+    torch._dynamo.reset()
+    backend, graphs = _capture_backend()
+    compiled = torch.compile(lambda a: case.fast(a).sin(), backend=backend, fullgraph=True)
+    out = compiled(a_comp)
+    eager = case.fast(a_eager).sin()
+    torch.testing.assert_close(out, eager)
+    for g, ge in zip(_grads(out, a_comp), _grads(eager, a_eager), strict=True):
+        torch.testing.assert_close(g, ge)
+    for k, buf in _buffers(a_eager).items():  # in-place running-statistics updates survive compilation
+        torch.testing.assert_close(a_comp[k], buf, msg=k)
+    code = "\n".join(graphs)
+    for op in case.ops:
+        assert f"fastnorm.{op}" in code, f"{op} not in the compiled graphs"
+
+
+def _opcheck_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    dy = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    _, mean, rstd = FF._layer_norm_fwd_impl(x, w, b, 2, 1e-5)
+    _, rrstd = FF._rms_norm_fwd_impl(x, w[0], 1, 1e-6)
+    return [
+        (FF._layer_norm_fwd_op, (x, w, b, 2, 1e-5)),
+        (FF._layer_norm_fwd_op, (x, None, None, 1, 1e-5)),
+        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, w, b, 2)),
+        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, None, b, 2)),
+        (FF._rms_norm_fwd_op, (x, w[0], 1, 1e-6)),
+        (FF._rms_norm_bwd_op, (dy, x, rrstd, w[0], 1)),
+        (FF._rms_norm_bwd_op, (dy, x, rrstd, None, 1)),
+        *_channel_opcheck_args(x, dy),
+        *_misc_opcheck_args(x, dy),
+    ]
+
+
+def _misc_opcheck_args(x, dy):
+    ly, ls = FF._lrn_fwd_impl(x, 3, 1e-2, 0.75, 1.0)
+    v, g = x[0].clone(), torch.rand(4, 1, dtype=x.dtype) + 0.5
+    _, norm = FF._weight_norm_fwd_impl(v, g, 0)
+    w = torch.randn(6, 5, dtype=x.dtype)
+    cy, cxn, cwn = FF._cosine_linear_fwd_impl(x, w, 1e-8)
+    return [
+        (FF._lrn_fwd_op, (x, 3, 1e-2, 0.75, 1.0)),
+        (FF._lrn_bwd_op, (dy, x, ly, ls, 3, 1e-2, 0.75, 1.0)),
+        (FF._weight_norm_fwd_op, (v, g, 0)),
+        (FF._weight_norm_fwd_op, (v, torch.tensor(2.0, dtype=x.dtype), None)),
+        (FF._weight_norm_bwd_op, (dy[0], v, g, norm, 0)),
+        (FF._cosine_linear_fwd_op, (x, w, 1e-8)),
+        (FF._cosine_linear_bwd_op, (torch.randn_like(cy), x, w, cy, cxn, cwn, 1e-8)),
+    ]
+
+
+def _channel_opcheck_args(x, dy):
+    c = x.shape[1]
+    w, b = torch.randn(c, dtype=x.dtype), torch.randn(c, dtype=x.dtype)
+    rm, rv = torch.randn(c, dtype=x.dtype), torch.rand(c, dtype=x.dtype) + 0.5
+    _, bm, br = FF._batch_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, im, ir = FF._instance_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, gm, gr = FF._group_norm_fwd_impl(x, 2, w, b, 1e-5)
+    return [
+        (FF._batch_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (FF._batch_norm_fwd_op, (x, None, None, rm, rv, False, 0.1, 1e-5)),
+        (FF._batch_norm_bwd_op, (dy, x, bm, br, w, b, True)),
+        (FF._batch_norm_bwd_op, (dy, x, bm, br, None, None, False)),
+        (FF._instance_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (FF._instance_norm_bwd_op, (dy, x, im, ir, w, None, True)),
+        (FF._group_norm_fwd_op, (x, 2, w, b, 1e-5)),
+        (FF._group_norm_bwd_op, (dy, x, gm, gr, 2, w, b)),
+    ]
+
+
+def test_opcheck_custom_ops():
+    for op, args in _opcheck_args():
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32], ids=str)
+def test_unsupported_dtype_raises(dtype):
+    x = torch.ones(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="layer_norm.*dtype"):
+        FF.layer_norm(x, 3)
+    with pytest.raises(TypeError, match="rms_norm.*dtype"):
+        FF.rms_norm(x, 3)
+
+
+def test_unsupported_device_raises():
+    x = torch.ones(2, 3, device="meta")
+    with pytest.raises(TypeError, match="device meta"):
+        FF.layer_norm(x, 3)
+
+
+def test_bad_normalized_shape_raises():
+    with pytest.raises(ValueError, match="normalized_shape"):
+        FF.layer_norm(torch.ones(2, 3), (4,))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        FF.rms_norm(torch.ones(2, 3), (2, 2, 3))
+
+
+def test_mixed_dtypes_raise():
+    with pytest.raises(TypeError, match="weight"):
+        FF.layer_norm(torch.ones(2, 3), 3, torch.ones(3, dtype=torch.float64))
+
+
+def test_outputs_share_memory_with_numpy_results():
+    """CPU results are torch views of the kernels' NumPy outputs (no copy on the way back)."""
+    x = torch.randn(3, 4)
+    y, mean, rstd = FF._layer_norm_fwd_impl(x, None, None, 1, 1e-5)
+    assert isinstance(y.numpy(), np.ndarray) and y.is_contiguous()
+    assert mean.shape == (3,) and rstd.shape == (3,)

@@ -1,0 +1,276 @@
+"""fastnorm.torch.nn: same outputs, gradients, buffers and state_dict keys as the torch modules; checkpoints
+load both ways; fallback (one warning) on unsupported dtypes; swap_modules."""
+
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+torch = pytest.importorskip("torch")
+FN = pytest.importorskip("fastnorm.torch.nn")
+
+
+@dataclass
+class ModCase:
+    fast: type
+    ref: type
+    args: tuple
+    shape: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+CASES = {
+    "LayerNorm": ModCase(FN.LayerNorm, torch.nn.LayerNorm, ((4, 6),), (3, 5, 4, 6)),
+    "LayerNorm_nobias": ModCase(FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"bias": False, "eps": 1e-3}),
+    "LayerNorm_noaffine": ModCase(FN.LayerNorm, torch.nn.LayerNorm, (6,), (7, 6), {"elementwise_affine": False}),
+    "RMSNorm": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (10,), (2, 3, 10)),
+    "RMSNorm_eps": ModCase(FN.RMSNorm, torch.nn.RMSNorm, ((2, 5),), (4, 2, 5), {"eps": 1e-5}),
+    "RMSNorm_noaffine": ModCase(FN.RMSNorm, torch.nn.RMSNorm, (5,), (4, 5), {"elementwise_affine": False}),
+    "BatchNorm1d_2d_input": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (5,), (8, 5)),
+    "BatchNorm1d": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (5,), (4, 5, 3), {"momentum": 0.3}),
+    "BatchNorm1d_cumulative": ModCase(FN.BatchNorm1d, torch.nn.BatchNorm1d, (3,), (4, 3, 2), {"momentum": None}),
+    "BatchNorm2d": ModCase(FN.BatchNorm2d, torch.nn.BatchNorm2d, (4,), (2, 4, 3, 5)),
+    "BatchNorm2d_noaffine": ModCase(FN.BatchNorm2d, torch.nn.BatchNorm2d, (4,), (2, 4, 3, 3), {"affine": False}),
+    "BatchNorm2d_untracked": ModCase(
+        FN.BatchNorm2d, torch.nn.BatchNorm2d, (3,), (2, 3, 2, 2), {"track_running_stats": False}
+    ),
+    "BatchNorm3d": ModCase(FN.BatchNorm3d, torch.nn.BatchNorm3d, (2,), (2, 2, 3, 2, 2), {"eps": 1e-3}),
+    "InstanceNorm1d": ModCase(FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4,), (3, 4, 6)),
+    "InstanceNorm1d_unbatched": ModCase(FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4,), (4, 6), {"affine": True}),
+    "InstanceNorm2d_tracked": ModCase(
+        FN.InstanceNorm2d,
+        torch.nn.InstanceNorm2d,
+        (3,),
+        (2, 3, 4, 4),
+        {"affine": True, "track_running_stats": True},
+    ),
+    "InstanceNorm3d": ModCase(FN.InstanceNorm3d, torch.nn.InstanceNorm3d, (2,), (2, 2, 2, 3, 2), {"affine": True}),
+    "GroupNorm": ModCase(FN.GroupNorm, torch.nn.GroupNorm, (3, 6), (2, 6, 5)),
+    "LocalResponseNorm": ModCase(FN.LocalResponseNorm, torch.nn.LocalResponseNorm, (3,), (2, 5, 4), {"alpha": 0.1}),
+    "LocalResponseNorm_4d": ModCase(
+        FN.LocalResponseNorm, torch.nn.LocalResponseNorm, (2,), (2, 4, 3, 2), {"alpha": 0.2, "beta": 0.5, "k": 2.0}
+    ),
+    "GroupNorm_4d_noaffine": ModCase(FN.GroupNorm, torch.nn.GroupNorm, (2, 4), (3, 4, 2, 3), {"affine": False}),
+}
+
+
+def _pair(case, dtype=torch.float32, seed=0):
+    """(fastnorm module, torch module) with the same random parameters and buffers."""
+    torch.manual_seed(seed)
+    ref = case.ref(*case.args, **case.kwargs).to(dtype)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p))
+    fast = case.fast(*case.args, **case.kwargs).to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def _ran_fastnorm(out) -> bool:
+    """Whether the autograd graph of ``out`` holds a fastnorm node (LayerNormFunctionBackward, ...)."""
+    todo, seen = [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__.endswith("FunctionBackward"):
+            return True
+        todo += [n for n, _ in node.next_functions]
+    return False
+
+
+def _run(module, x, dy):
+    x = x.clone().requires_grad_()
+    out = module(x)
+    if isinstance(module, tuple(c.fast for c in CASES.values())):
+        assert _ran_fastnorm(out), "the fastnorm autograd Function is not in the graph"
+    out.backward(dy)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_same_outputs_and_grads(name, dtype, threads):
+    case = CASES[name]
+    fast, ref = _pair(case, dtype)
+    x = torch.randn(case.shape, dtype=dtype)
+    dy = torch.randn(case.shape, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    for mode in ("train", "eval"):
+        getattr(fast, mode)()
+        getattr(ref, mode)()
+        y, dx, g = _run(fast, x, dy)
+        yr, dxr, gr = _run(ref, x, dy)
+        torch.testing.assert_close(y, yr, **tol)
+        torch.testing.assert_close(dx, dxr, **tol)
+        assert g.keys() == gr.keys()
+        for k in g:
+            torch.testing.assert_close(g[k], gr[k], **tol, msg=k)
+        fast.zero_grad()
+        ref.zero_grad()
+    for (kf, bf), (kr, br) in zip(fast.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert kf == kr
+        torch.testing.assert_close(bf, br, **tol)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_state_dict_interchange_both_ways(name):
+    case = CASES[name]
+    torch.manual_seed(3)
+    ref = case.ref(*case.args, **case.kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p))
+    fast = case.fast(*case.args, **case.kwargs)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    back = case.ref(*case.args, **case.kwargs)
+    back.load_state_dict(fast.state_dict(), strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fast.state_dict()[k], v)
+        assert torch.equal(back.state_dict()[k], v)
+    assert isinstance(fast, case.ref)
+    assert repr(fast) == repr(ref)
+
+
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm", "BatchNorm2d", "InstanceNorm2d_tracked", "GroupNorm"])
+def test_fallback_warns_once_and_matches_torch(name, monkeypatch):
+    case = CASES[name]
+    monkeypatch.setattr(FN, "_warned", set())
+    fast, ref = _pair(case, torch.bfloat16)
+    x = torch.randn(case.shape, dtype=torch.bfloat16)
+    with pytest.warns(FN.FastnormFallbackWarning, match="bfloat16"):
+        y = fast(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast(x)  # second call: no warning
+    torch.testing.assert_close(y, ref(x))
+
+
+def test_batch_norm_channels_last_input():
+    fast, ref = _pair(CASES["BatchNorm2d"])
+    x = torch.randn(2, 4, 3, 5).to(memory_format=torch.channels_last)
+    dy = torch.randn(2, 4, 3, 5)
+    y, dx, g = _run(fast, x, dy)
+    yr, dxr, gr = _run(ref, x, dy)
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(dx, dxr)
+    for k in g:
+        torch.testing.assert_close(g[k], gr[k], msg=k)
+    torch.testing.assert_close(fast.running_var, ref.running_var)
+
+
+def test_batch_norm_one_value_per_channel_raises_like_torch():
+    with pytest.raises(ValueError):
+        torch.nn.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError):
+        FN.BatchNorm1d(3)(torch.randn(1, 3))
+
+
+def test_swap_modules_shares_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.LayerNorm(16),
+        torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.RMSNorm(16)),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.GroupNorm(4, 16),
+        torch.nn.Linear(16, 2),
+    )
+    model.eval()
+    params_before = list(model.parameters())
+    x = torch.randn(5, 8)
+    y_before = model(x)
+    assert FN.swap_modules(model) == 4
+    assert type(model[1]) is FN.LayerNorm and type(model[3][1]) is FN.RMSNorm
+    assert type(model[4]) is FN.BatchNorm1d and type(model[5]) is FN.GroupNorm
+    assert model[4].running_var is model.state_dict(keep_vars=True)["4.running_var"]
+    assert all(a is b for a, b in zip(params_before, model.parameters(), strict=True))
+    torch.testing.assert_close(model(x), y_before)
+    assert FN.swap_modules(model) == 0
+
+
+def _torch_weight_norm_linear(lin, dim=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        return torch.nn.utils.weight_norm(lin, dim=dim)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_weight_norm_linear_matches_torch_weight_norm(dim, bias, threads):
+    torch.manual_seed(0)
+    fast = FN.WeightNormLinear(6, 4, bias=bias, dim=dim, dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = _torch_weight_norm_linear(torch.nn.Linear(6, 4, bias=bias, dtype=torch.float64), dim)
+    assert sorted(fast.state_dict()) == sorted(ref.state_dict())
+    for k, v in ref.state_dict().items():  # same initialization: w = Linear's init, g = ||v||
+        torch.testing.assert_close(fast.state_dict()[k], v, msg=k)
+    with torch.no_grad():
+        fast.weight_g.mul_(1.5)
+    ref.load_state_dict(fast.state_dict())
+    x, dy = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    y, dx, g = _run(fast, x, dy)
+    yr, dxr, gr = _run(ref, x, dy)
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(dx, dxr)
+    assert g.keys() == gr.keys()
+    for k in g:
+        torch.testing.assert_close(g[k], gr[k], msg=k)
+    assert torch.autograd.gradcheck(
+        lambda v, gg: FN.weight_norm_weight(v, gg, dim), (fast.weight_v.detach().requires_grad_(),
+                                                          fast.weight_g.detach().requires_grad_())
+    )  # fmt: skip
+
+
+def test_weight_norm_linear_loads_parametrizations_checkpoint():
+    torch.manual_seed(1)
+    ref = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(5, 3))
+    fast = FN.WeightNormLinear(5, 3)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(fast(x), ref(x))
+    torch.testing.assert_close(fast.weight, ref.weight)
+
+
+def test_weight_norm_linear_bad_dim():
+    with pytest.raises(ValueError, match="dim"):
+        FN.WeightNormLinear(3, 2, dim=2)
+
+
+def test_cosine_linear_matches_torch_and_loads_linear_checkpoint(threads, monkeypatch):
+    monkeypatch.setattr(FN, "_warned", set())
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4, bias=False, dtype=torch.float64)
+    fast = FN.CosineLinear(6, 4, dtype=torch.float64)
+    fast.load_state_dict(lin.state_dict())
+    nf = torch.nn.functional.normalize
+
+    class Ref(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.detach().clone())
+
+        def forward(self, x):
+            return torch.nn.functional.linear(nf(x, dim=-1, eps=1e-8), nf(self.weight, dim=-1, eps=1e-8))
+
+    ref = Ref(lin.weight)
+    x, dy = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    y, dx, g = _run(fast, x, dy)
+    yr, dxr, gr = _run(ref, x, dy)
+    torch.testing.assert_close(y, yr)
+    assert y.abs().max() <= 1 + 1e-12
+    torch.testing.assert_close(dx, dxr)
+    torch.testing.assert_close(g["weight"], gr["weight"])
+    assert list(fast.state_dict()) == ["weight"]
+    fast_half = FN.CosineLinear(6, 4).to(torch.bfloat16)
+    with pytest.warns(FN.FastnormFallbackWarning):
+        torch.testing.assert_close(
+            fast_half(x.to(torch.bfloat16)).float(),
+            torch.nn.functional.linear(nf(x.float(), dim=-1), nf(fast_half.weight.float(), dim=-1)),
+            atol=2e-2,
+            rtol=0,
+        )

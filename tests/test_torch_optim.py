@@ -1,0 +1,290 @@
+"""fastnorm.torch.optim: same trajectories as torch.optim, LR schedulers, state dicts both ways, fallback."""
+
+import copy
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+FO = pytest.importorskip("fastnorm.torch.optim")
+
+CONFIGS = [
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("SGD", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "maximize": True}),
+    ("Adagrad", {"lr": 0.1}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.05, "initial_accumulator_value": 0.1, "weight_decay": 0.01}),
+    ("Adadelta", {}),
+    ("Adadelta", {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1, "maximize": True}),
+    ("RMSprop", {"lr": 0.01}),
+    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5, "weight_decay": 0.05}),
+    ("Adam", {"lr": 0.01}),
+    ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "amsgrad": True, "weight_decay": 0.1}),
+    ("Adam", {"lr": 0.01, "decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True}),
+    ("AdamW", {"lr": 0.01}),
+    ("AdamW", {"lr": 0.01, "amsgrad": True, "eps": 1e-6}),
+]
+IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for n, kw in CONFIGS]
+
+
+def _model(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).to(dtype)
+
+
+def _data(dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 5, generator=g, dtype=dtype), torch.randn(16, 3, generator=g, dtype=dtype)
+
+
+def _train(model, opt, steps, x, y, sched=None):
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _assert_params_close(m1, m2, **tol):
+    for (n, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=n, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+def test_trajectory_matches_torch(name, kw, dtype, monkeypatch):
+    calls = []
+    import fastnorm.optim as fo
+
+    algo = {"AdamW": "adam"}.get(name, name.lower())
+    real = getattr(fo, f"{algo}_step")
+    monkeypatch.setattr(fo, f"{algo}_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m_fast, m_ref = _model(dtype), _model(dtype)
+    opt_fast = getattr(FO, name)(m_fast.parameters(), **kw)
+    opt_ref = getattr(torch.optim, name)(m_ref.parameters(), **kw)
+    x, y = _data(dtype)
+    lf = _train(m_fast, opt_fast, 25, x, y)
+    lr = _train(m_ref, opt_ref, 25, x, y)
+    assert len(calls) == 25, "the fastnorm kernel did not run once per step"
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    _assert_params_close(m_fast, m_ref, **tol)
+    assert lf == pytest.approx(lr, rel=tol["rtol"], abs=tol["atol"])
+    for p_f, p_r in zip(m_fast.parameters(), m_ref.parameters(), strict=True):
+        sf, sr = opt_fast.state[p_f], opt_ref.state[p_r]
+        assert sf.keys() == sr.keys()
+        for k in sf:
+            torch.testing.assert_close(sf[k], sr[k], msg=k, **tol)
+
+
+def test_param_groups_and_params_without_grad():
+    m_fast, m_ref = _model(), _model()
+    frozen = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))  # never gets a gradient
+
+    def groups(m, extra):
+        return [
+            {"params": list(m[0].parameters()), "lr": 0.05},
+            {"params": list(m[2].parameters()) + [extra], "lr": 0.01, "betas": (0.5, 0.9)},
+        ]
+
+    frozen_ref = torch.nn.Parameter(frozen.detach().clone())
+    opt_fast = FO.Adam(groups(m_fast, frozen), weight_decay=0.01)
+    opt_ref = torch.optim.Adam(groups(m_ref, frozen_ref), weight_decay=0.01)
+    x, y = _data(torch.float64)
+    _train(m_fast, opt_fast, 10, x, y)
+    _train(m_ref, opt_ref, 10, x, y)
+    _assert_params_close(m_fast, m_ref, rtol=1e-10, atol=1e-12)
+    assert torch.equal(frozen, torch.ones(3, dtype=torch.float64)) and frozen not in opt_fast.state
+
+
+def test_mixed_dtypes_in_one_group():
+    def make():
+        torch.manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(4, dtype=torch.float32)), torch.nn.Parameter(torch.randn(6))]
+
+    pf, pr = make(), make()
+    pf[1].data = pf[1].data.double()
+    pr[1].data = pr[1].data.double()
+    of, orf = FO.Adam(pf, lr=0.1), torch.optim.Adam(pr, lr=0.1)
+    for _ in range(5):
+        for ps, o in ((pf, of), (pr, orf)):
+            o.zero_grad()
+            (ps[0].sin().sum() + ps[1].cos().sum()).backward()
+            o.step()
+    for a, b in zip(pf, pr, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "make_sched",
+    [
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=20),  # also cycles beta1
+    ],
+    ids=["StepLR", "CosineAnnealingLR", "OneCycleLR"],
+)
+def test_lr_schedulers(make_sched):
+    m_fast, m_ref = _model(), _model()
+    opt_fast, opt_ref = FO.Adam(m_fast.parameters(), lr=0.01), torch.optim.Adam(m_ref.parameters(), lr=0.01)
+    s_fast, s_ref = make_sched(opt_fast), make_sched(opt_ref)
+    x, y = _data(torch.float64)
+    _train(m_fast, opt_fast, 20, x, y, s_fast)
+    _train(m_ref, opt_ref, 20, x, y, s_ref)
+    assert opt_fast.param_groups[0]["lr"] == opt_ref.param_groups[0]["lr"]
+    _assert_params_close(m_fast, m_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_reduce_lr_on_plateau():
+    m = _model()
+    opt = FO.SGD(m.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    sched.step(1.0)
+    sched.step(2.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("direction", ["torch_to_fastnorm", "fastnorm_to_torch"])
+def test_state_dict_interchange(name, kw, direction):
+    """Train k steps with one, save, load into the other, train on: same as torch throughout."""
+    x, y = _data(torch.float64)
+    first, second = (torch.optim, FO) if direction == "torch_to_fastnorm" else (FO, torch.optim)
+    m1 = _model()
+    o1 = getattr(first, name)(m1.parameters(), **kw)
+    _train(m1, o1, 7, x, y)
+    m2 = _model(seed=5)
+    m2.load_state_dict(m1.state_dict())
+    o2 = getattr(second, name)(m2.parameters(), **kw)
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    _train(m2, o2, 8, x, y)
+    m_ref = _model()
+    o_ref = getattr(torch.optim, name)(m_ref.parameters(), **kw)
+    _train(m_ref, o_ref, 15, x, y)
+    _assert_params_close(m2, m_ref, rtol=1e-10, atol=1e-12)
+    sd2, sd_ref = o2.state_dict(), o_ref.state_dict()
+    assert sd2["param_groups"] == sd_ref["param_groups"]
+    for i, s in sd_ref["state"].items():
+        assert sd2["state"][i].keys() == s.keys()
+        for k in s:
+            torch.testing.assert_close(sd2["state"][i][k], s[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_same_state_dict_layout_as_torch():
+    for name, kw in CONFIGS:
+        m_fast, m_ref = _model(), _model()
+        of, orf = (
+            getattr(FO, name)(m_fast.parameters(), **kw),
+            getattr(torch.optim, name)(m_ref.parameters(), **kw),
+        )
+        x, y = _data(torch.float64)
+        _train(m_fast, of, 2, x, y)
+        _train(m_ref, orf, 2, x, y)
+        a, b = of.state_dict(), orf.state_dict()
+        assert a["param_groups"] == b["param_groups"], name
+        assert {k: sorted(v) for k, v in a["state"].items()} == {k: sorted(v) for k, v in b["state"].items()}
+        for i in b["state"]:
+            if "step" in b["state"][i]:
+                assert a["state"][i]["step"].dtype == b["state"][i]["step"].dtype
+        assert isinstance(of, getattr(torch.optim, name))
+
+
+def test_closure_returns_loss():
+    m = _model()
+    opt = FO.SGD(m.parameters(), lr=0.1)
+    x, y = _data(torch.float64)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((m(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    l0 = opt.step(closure)
+    l1 = opt.step(closure)
+    assert l1 < l0
+
+
+def test_fallback_warns_once_and_matches_torch(monkeypatch):
+    monkeypatch.setattr(FO, "_warned", set())
+    m_fast, m_ref = _model(torch.bfloat16), _model(torch.bfloat16)
+    opt_fast = FO.Adam(m_fast.parameters(), lr=0.01)
+    opt_ref = torch.optim.Adam(m_ref.parameters(), lr=0.01)
+    x, y = _data(torch.bfloat16)
+    with pytest.warns(FO.FastnormFallbackWarning, match="bfloat16"):
+        _train(m_fast, opt_fast, 1, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(m_fast, opt_fast, 3, x, y)
+    _train(m_ref, opt_ref, 4, x, y)
+    _assert_params_close(m_fast, m_ref, rtol=0, atol=0)
+
+
+def test_fallback_only_for_the_unsupported_group(monkeypatch):
+    monkeypatch.setattr(FO, "_warned", set())
+    m32 = torch.nn.Linear(3, 2)
+    m16 = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    opt = FO.SGD([{"params": m32.parameters()}, {"params": m16.parameters()}], lr=0.1)
+    ref32, ref16 = copy.deepcopy(m32), copy.deepcopy(m16)
+    ref = torch.optim.SGD([{"params": ref32.parameters()}, {"params": ref16.parameters()}], lr=0.1)
+    x = torch.randn(4, 3)
+    for mods, o in (((m32, m16), opt), ((ref32, ref16), ref)):
+        o.zero_grad()
+        (mods[0](x).sum() + mods[1](x.bfloat16()).float().sum()).backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FO.FastnormFallbackWarning)
+            o.step()
+    _assert_params_close(m32, ref32, rtol=0, atol=1e-7)
+    _assert_params_close(m16, ref16, rtol=0, atol=0)
+
+
+def test_differentiable_falls_back(monkeypatch):
+    monkeypatch.setattr(FO, "_warned", set())
+    m = _model()
+    opt = FO.SGD(m.parameters(), lr=0.1, differentiable=True)
+    x, y = _data(torch.float64)
+    # torch's own differentiable step then runs, and (for leaf parameters) raises what torch raises
+    with (
+        pytest.warns(FO.FastnormFallbackWarning, match="differentiable"),
+        pytest.raises(RuntimeError, match="leaf"),
+    ):
+        _train(m, opt, 1, x, y)
+
+
+def test_sparse_grad_raises():
+    emb = torch.nn.Embedding(10, 3, sparse=True).double()
+    opt = FO.SGD(emb.parameters(), lr=0.1)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_hyperparameter_validation_is_torch():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError):
+        FO.Adam(p, lr=-1.0)
+    with pytest.raises(ValueError):
+        FO.SGD(p, lr=0.1, nesterov=True)  # nesterov needs momentum > 0 (torch's check)
+
+
+def test_loaded_non_contiguous_state_is_made_contiguous():
+    m_fast, m_ref = _model(), _model()
+    o_ref = torch.optim.Adam(m_ref.parameters(), lr=0.01)
+    x, y = _data(torch.float64)
+    _train(m_ref, o_ref, 3, x, y)
+    sd = copy.deepcopy(o_ref.state_dict())
+    w = sd["state"][0]["exp_avg"]  # the (7, 5) weight of the first layer
+    sd["state"][0]["exp_avg"] = w.t().contiguous().t()  # same values, column-major
+    assert not sd["state"][0]["exp_avg"].is_contiguous()
+    m_fast.load_state_dict(m_ref.state_dict())
+    o_fast = FO.Adam(m_fast.parameters(), lr=0.01)
+    o_fast.load_state_dict(sd)
+    _train(m_fast, o_fast, 3, x, y)
+    _train(m_ref, o_ref, 3, x, y)
+    _assert_params_close(m_fast, m_ref, rtol=1e-10, atol=1e-12)
