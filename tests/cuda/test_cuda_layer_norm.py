@@ -363,3 +363,85 @@ def test_hw_cupy_arrays_in_and_out_without_copies(rng):
     y2, _ = fastnorm.rms_norm_forward(xt, w)
     ref2 = R.rms_norm_forward(*f64(cp.asnumpy(xt), cp.asnumpy(w)))[0]
     np.testing.assert_allclose(y2.copy_to_host(), ref2, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ absent arrays
+# Numba's real device arrays slice through numba.cuda.cudadrv.dummyarray, which gives a dimension of stride 0
+# a length of 1 whatever the slice: a (0, 0) array (C strides (0, itemsize)) sliced [:0] has shape (1, 0).
+# rms_norm_backward without weight once passed such a "dw_part[:0]" as the dbias partials, and the backward
+# kernel (testing shape[0] > 0) stored float64 partial rows through its null pointer on the H200.
+def _numba_dummyarray():
+    """numba-cuda's real device-array slicing module (the simulator replaces it with a stub): loaded from
+    its file, it is pure Python."""
+    import importlib.util
+
+    import numba_cuda
+
+    path = os.path.join(os.path.dirname(numba_cuda.__file__), "numba", "cuda", "cudadrv", "dummyarray.py")
+    if not os.path.exists(path):
+        pytest.skip("numba-cuda's dummyarray module not found")
+    spec = importlib.util.spec_from_file_location("_fastnorm_numba_dummyarray", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_numba_slicing_of_an_empty_stride0_dim_is_not_empty():
+    # Documents the Numba behaviour the launchers must avoid (pure Python, no device needed).
+    dummyarray = _numba_dummyarray()
+
+    a = dummyarray.Array.from_desc(0, (0, 0), (0, 8), 8)
+    assert a[:0].shape in ((1, 0), (0, 0))  # (1, 0) with numba-cuda 0.30.4; fine if Numba fixes it
+
+
+@pytest.mark.skipif(not SIM, reason="simulator only: patches the simulator's device-array slicing")
+@pytest.mark.parametrize("op", ["ln", "rms"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_launchers_slice_device_arrays_as_numba_does(rng, on_gpu, op, affine, monkeypatch):
+    # Simulator arrays slice like NumPy; make every slice a launcher takes of a device array also check
+    # that Numba's real slicing (dummyarray) gives the same shape, so a launcher that makes an "empty"
+    # argument by slicing an empty array fails here instead of writing through a null pointer on a GPU.
+    from fastnorm._kernels.cuda import _common
+
+    dummyarray = _numba_dummyarray()
+
+    plain = _common.SimArray.__getitem__
+
+    def numba_like(self, idx):
+        ret = plain(self, idx)
+        a = self._ary
+        if a.ndim and isinstance(ret, _common.SimArray) and a.flags.c_contiguous:
+            strides = [a.itemsize] * a.ndim  # Numba's C strides: (0, 8) for (0, 0), not NumPy's (8, 8)
+            for i in range(a.ndim - 2, -1, -1):
+                strides[i] = strides[i + 1] * a.shape[i + 1]
+            real = dummyarray.Array.from_desc(0, a.shape, tuple(strides), a.itemsize)[idx].shape
+            assert tuple(real) == ret.shape, f"Numba's device array gives {real} for {a.shape}[{idx}]"
+        return ret
+
+    monkeypatch.setattr(_common.SimArray, "__getitem__", numba_like)
+    x, w, b, dy = make(rng, (4, 37), np.float32, affine=affine)
+    run(op, on_gpu, x, w, None if op == "rms" else b, dy)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backward_kernel_skips_size0_partials_of_any_shape(rng, on_gpu, cuda, stream, monkeypatch):
+    # The kernels test size, not shape[0]: (1, 0) partial arrays (what Numba's slicing can make) are absent.
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    if stream:
+        monkeypatch.setattr(L, "MAX_TEAM", 32)
+        monkeypatch.setattr(L, "MAX_VPT", 1)
+    x, _, _, dy = make(rng, (4, 37), np.float32)
+    assert (L.bwd_config(37, np.float32)[2] == 0) == stream
+    fwd = fastnorm.rms_norm_forward(on_gpu(x), eps=EPS)
+    dx = cuda.device_array(x.shape, np.float32)
+    dx2 = cuda.device_array(x.shape, np.float32)
+    no_w = cuda.device_array((0,), np.float32)
+    odd = cuda.device_array((1, 0), np.float64)
+    L.rms_norm_backward(on_gpu(dy), on_gpu(x), fwd.rstd, no_w, dx, no_w, odd, None, 1)
+    zero = np.zeros(4, np.float32)
+    L.layer_norm_backward(on_gpu(dy), on_gpu(x), on_gpu(zero), fwd.rstd, no_w, dx2, no_w, no_w, odd, None, odd,
+                          None, 1)
+    rstd = host(fwd.rstd)
+    assert_matches_reference(host(dx), R.rms_norm_backward(*f64(dy, x, rstd))[0], None, name="dx")
+    assert_matches_reference(host(dx2), R.layer_norm_backward(*f64(dy, x, zero, rstd))[0], None, name="dx")

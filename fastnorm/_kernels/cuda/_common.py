@@ -155,6 +155,25 @@ def dev(a):
     return cuda.as_cuda_array(a, sync=False)
 
 
+_EMPTY: dict = {}
+
+
+def empty_device(shape: tuple, dtype):
+    """A cached size-0 device array of exactly ``shape`` (an absent optional argument of a kernel).
+
+    Never make one by slicing another device array: Numba's device-array slicing gives a dimension of
+    stride 0 a length of 1 whatever the slice (a C-contiguous (0, 0) array has strides (0, itemsize), so
+    ``a[:0]`` has shape (1, 0), seen with numba-cuda 0.30.4), and a kernel that tests ``shape[0] > 0``
+    then stores through the null pointer. Kernels test ``size > 0`` for their optional arrays too.
+    """
+    key = (tuple(int(s) for s in shape), np.dtype(dtype))
+    a = _EMPTY.get(key)
+    if a is None:
+        assert 0 in key[0], key
+        a = _EMPTY[key] = SimArray(np.empty(key[0], key[1])) if SIM else cuda.device_array(key[0], key[1])
+    return a
+
+
 # ------------------------------------------------------------------------------------------ launching
 class Kernel:
     """A kernel compiled once for one signature.

@@ -293,7 +293,7 @@ def _make_finish(dtype, mode: str):
                 db[c] = out(s1)
             if dw.shape[0] > 0:
                 dw[c] = out(s2r)
-            if coefs.shape[0] > 0:
+            if coefs.size > 0:
                 wc = F64(w[c]) if w.shape[0] > 0 else F64(1)
                 r = F64(rstd[c])
                 cnt = F64(N * L) if first else F64(M)
@@ -334,7 +334,7 @@ def _make_apply(dtype, backward: bool):
         cu, lu, gu, ku = U(C), U(L), U(GS), U(K)
         has_w = w.shape[0] > 0
         has_b = b.shape[0] > 0
-        has_k = coefs.shape[0] > 0
+        has_k = coefs.size > 0
         while i < total:
             s = i // lu
             c = s % cu

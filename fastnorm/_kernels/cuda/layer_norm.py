@@ -25,6 +25,7 @@ from ._common import (
     cached,
     current_stream,
     dev,
+    empty_device,
     make_team_sum,
     make_team_sum2,
     next_pow2,
@@ -136,7 +137,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                     if not rms:
                         mean[row] = mu
                     rstd[row] = rs
-                    if grouped and mom.shape[0] > 0:
+                    if grouped and mom.size > 0:
                         mom[row, 0] = f64(mu)
                         mom[row, 1] = f64(var) * f64(n)
                 has_w = w.shape[0] > 0
@@ -185,7 +186,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                 if not rms:
                     mean[row] = mu
                 rstd[row] = rs
-                if grouped and mom.shape[0] > 0:
+                if grouped and mom.size > 0:
                     mom[row, 0] = f64(mu)
                     mom[row, 1] = f64(var) * f64(n)
             has_w = w.shape[0] > 0
@@ -312,8 +313,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                             dx[row, lane + U(k * t)] = out(rs * (dv[k] - c1 - xv[k] * c2))
                 it += one
             if g < c:
-                want_dw = dwp.shape[0] > 0
-                want_db = dbp.shape[0] > 0
+                want_dw = dwp.size > 0
+                want_db = dbp.size > 0
                 for k in range(vpt):
                     if k < kmax:
                         j = lane + U(k * t)
@@ -339,8 +340,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
         lo = min(m, g * step)
         hi = min(m, lo + step)
         has_w = w.shape[0] > 0
-        want_dw = dwp.shape[0] > 0 and g < c
-        want_db = dbp.shape[0] > 0 and g < c
+        want_dw = dwp.size > 0 and g < c
+        want_db = dbp.size > 0 and g < c
         # The team's own partial rows accumulate in place (each element is touched by one thread only).
         j = lane
         while j < n:
@@ -415,8 +416,8 @@ def _make_reduce(dtype):
         q = tid // bc
         cl = tid - q * bc
         j = cuda.blockIdx.x * bc + cl
-        want_a = oa.shape[0] > 0
-        want_b = ob.shape[0] > 0
+        want_a = oa.size > 0
+        want_b = ob.size > 0
         per = (c + bg - 1) // bg
         lo = min(c, q * per)
         hi = min(c, lo + per)
@@ -481,14 +482,9 @@ def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fal
     return cached(key, lambda: Kernel(make(dt, t, r, vpt, rms, grouped), sig, regs))
 
 
-_NO_MOM: dict = {}
-
-
 def _no_mom():
     """A (0, 0) float64 device array (the ``mom`` argument when no moments are wanted)."""
-    if "a" not in _NO_MOM:
-        _NO_MOM["a"] = cuda.device_array((0, 0), np.float64)
-    return _NO_MOM["a"]
+    return empty_device((0, 0), np.float64)
 
 
 def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None):
@@ -511,7 +507,8 @@ def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=No
     t, r, vpt = bwd_config(n, x.dtype)
     k = _get("bwd", x.dtype, t, r, vpt, rms, groups is not None)
     g, kk, ll = groups if groups is not None else (1, n, 1)
-    bound = max(dw_part.shape[0], db_part.shape[0]) if want else 1 << 30
+    rows = [p.shape[0] for o, p in ((dw, dw_part), (db, db_part)) if o.shape[0] > 0]
+    bound = min(rows) if rows else 1 << 30
     c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
     stream = current_stream()
     k.launch(-(-c // r), t * r, stream, dy, x, mean, rstd, w, dx, dw_part, db_part, c, g, kk, ll)
@@ -527,7 +524,7 @@ def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
 def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,); OUT y (M, N), rstd (M,)."""
     x, weight, y, rstd = dev(x), dev(weight), dev(y), dev(rstd)
-    _forward(x, weight, weight[:0], y, rstd[:0], rstd, eps, True)
+    _forward(x, weight, empty_device((0,), x.dtype), y, empty_device((0,), rstd.dtype), rstd, eps, True)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
@@ -543,4 +540,5 @@ def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threa
     """IN dy, x (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
     dy, x, rstd, weight, dx, dweight, dw_part = (dev(a) for a in (dy, x, rstd, weight, dx, dweight, dw_part))
-    _backward(dy, x, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_part[:0], True)
+    _backward(dy, x, empty_device((0,), rstd.dtype), rstd, weight, dx, dweight, empty_device((0,), x.dtype),
+              dw_part, empty_device((0, 0), np.float64), True)

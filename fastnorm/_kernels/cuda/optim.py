@@ -204,7 +204,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
     def optim_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
         n_tensors = U(off.shape[0] - 1)
         total = U(off[off.shape[0] - 1])
-        per_tensor = pt.shape[0] > 0
+        per_tensor = pt.size > 0
         tid = U(cuda.threadIdx.x)
         c = U(cuda.blockIdx.x)
         grid = U(cuda.gridDim.x)
