@@ -34,7 +34,10 @@ FUNCTIONAL = {
     "rmsprop": (
         3,
         False,
-        [{"alpha": 0.9}, {"lr": 0.003, "alpha": 0.95, "eps": 1e-6, "centered": True, "momentum": 0.5, "maximize": True}],
+        [
+            {"alpha": 0.9},
+            {"lr": 0.003, "alpha": 0.95, "eps": 1e-6, "centered": True, "momentum": 0.5, "maximize": True},
+        ],
     ),
     "adam": (
         3,
@@ -215,7 +218,7 @@ def test_state_dict_round_trip_on_device(cls, kw, on_gpu):
     for entry in sd2["state"].values():
         for v in entry.values():
             v[...] = 7
-    for i, entry in opt.state_dict()["state"].items():
+    for entry in opt.state_dict()["state"].values():
         for k, v in entry.items():
             if k != "step":
                 assert not (v == 7).all()
