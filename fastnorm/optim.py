@@ -1,4 +1,4 @@
-"""Optimizers: fused multi-tensor steps and ``torch.optim``-style classes, on NumPy arrays.
+"""Optimizers: fused multi-tensor steps and ``torch.optim``-style classes, on NumPy or CUDA arrays.
 
 Names, hyperparameters, defaults and update formulas are ``torch.optim``'s (``fastnorm.reference.optim``
 holds them as plain NumPy), so switching gives the same numbers. Every step updates all tensors of a
@@ -25,12 +25,15 @@ The classes ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW``
     sd = opt.state_dict(); opt.load_state_dict(sd)
 
 Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays (updated in
-place; they cannot be copied); state has its parameter's shape and dtype; gradients must match their
-parameter's shape and dtype (a non-contiguous gradient is copied). Hyperparameters are Python floats;
-scalar constants (bias corrections, lr * weight_decay) are computed in double and rounded to the
-parameter's dtype once. Everything is checked before anything is written: a bad argument raises
-``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
-untouched.
+place; they cannot be copied), or all CUDA arrays (anything with ``__cuda_array_interface__``: Numba
+device arrays, CuPy arrays, PyTorch CUDA tensors), which run the same steps on the GPU (state the
+classes allocate is then Numba device arrays; ``state_dict()`` returns host NumPy copies). Mixing host
+and device arrays in one call is a ``TypeError`` naming the argument. State has its parameter's shape
+and dtype; gradients must match their parameter's shape and dtype (a non-contiguous gradient is copied).
+Hyperparameters are Python floats; scalar constants (bias corrections, lr * weight_decay) are computed
+in double and rounded to the parameter's dtype once. Everything is checked before anything is written:
+a bad argument raises ``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves
+parameters and state untouched.
 
 The gradient-descent family in these terms
 ------------------------------------------
@@ -56,7 +59,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import _validation as V
-from ._dispatch import CPU, on_cuda
+from ._dispatch import CPU, backend_of, on_cuda
 
 __all__ = [
     "sgd_step",
@@ -87,16 +90,80 @@ def _k():
     return _kernels
 
 
+def _kern(be):
+    return _k() if be is CPU else be.kernels
+
+
 _NOWHERE = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
+# ------------------------------------------------------------------------------------------ backends
+def _backend(op: str, params: list):
+    """The backend of the first parameter; every other array is checked against it when gathered."""
+    return backend_of(op, params=params[:1])
+
+
+def _meta(be, a):
+    """(shape, dtype) of an array of backend ``be``, or None when ``a`` is not one."""
+    if be is CPU:
+        return (a.shape, a.dtype) if isinstance(a, np.ndarray) else None
+    if not on_cuda(a):
+        return None
+    try:
+        ai = be._iface(a)
+        return tuple(ai["shape"]), np.dtype(ai["typestr"])
+    except Exception:
+        return None
+
+
+def _full(be, shape, dtype, value: float):
+    """A new state array on backend ``be`` filled with ``value``."""
+    if value == 0:
+        return be.zeros(shape, dtype)
+    if be is CPU:
+        return np.full(shape, value, dtype)
+    return _to_device(be, np.full(shape, value, dtype))
+
+
+def _to_device(be, a: np.ndarray):
+    """A new C-contiguous array of backend ``be`` holding a copy of the host array ``a``."""
+    if be is CPU:
+        return np.array(a, order="C", copy=True)
+    d = be.empty(a.shape, a.dtype)
+    if a.size:
+        d.copy_to_device(np.ascontiguousarray(a))
+    return d
+
+
+def _to_host(be, a) -> np.ndarray:
+    """A host NumPy copy of ``a`` (an array of backend ``be``, or any array NumPy or CUDA can read)."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if on_cuda(a):
+        from ._dispatch import cuda_backend
+
+        return cuda_backend().asarray(a).copy_to_host()
+    return np.array(a)
+
+
+def _addr(be, a) -> int:
+    if be is CPU:
+        return a.__array_interface__["data"][0]
+    return be._iface(a)["data"][0]
+
+
 # ------------------------------------------------------------------------------------------ array checks
-def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
     """Raise the error explaining why ``a`` failed the kernels' fast check; or return a contiguous copy
     when only its layout was wrong and ``copy_ok`` (gradients)."""
+    if be is not CPU:
+        return _why_not_device_array(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
     if not isinstance(a, np.ndarray):
         if on_cuda(a):
-            raise TypeError(f"{op}: {name} is a CUDA array; fastnorm optimizers run on NumPy arrays (CPU)")
+            raise TypeError(
+                f"{op}: arguments live on different devices: {name} on the GPU (CUDA), the parameters "
+                "on the CPU; move them to one device"
+            )
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     want = _FLOATS if ref is None else (ref.dtype,)
     if a.dtype not in want or not a.dtype.isnative:
@@ -114,22 +181,51 @@ def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool
     raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
 
 
+def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+    """``_why_not_array`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
+    if not on_cuda(a):
+        if a is None or not hasattr(a, "__array__"):
+            raise TypeError(f"{op}: {name} must be a CUDA array, got {type(a).__name__}")
+        raise TypeError(
+            f"{op}: arguments live on different devices: {name} on the CPU, the parameters on the GPU (CUDA); "
+            "move them to one device"
+        )
+    ai = be._iface(a)
+    dtype = np.dtype(ai["typestr"])
+    want = _FLOATS if ref is None else (np.dtype(be._iface(ref)["typestr"]),)
+    if dtype not in want or not dtype.isnative:
+        what = "float32 or float64" if ref is None else f"{want[0].name} like its parameter"
+        raise TypeError(f"{op}: {name} has dtype {dtype}; expected {what}")
+    shape = tuple(ai["shape"])
+    if ref is not None and shape != tuple(be._iface(ref)["shape"]):
+        raise ValueError(f"{op}: {name} has shape {shape} but its parameter has shape {tuple(be._iface(ref)['shape'])}")
+    if ai["data"][0] % dtype.itemsize:
+        raise ValueError(f"{op}: {name} is not aligned to its element size")
+    if not be.is_contiguous(a):
+        if copy_ok:
+            return be.asarray(a)
+        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+    if writeable and ai["data"][1]:
+        raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
+    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+
+
 def _as_list(op: str, name: str, arrays) -> list:
     if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
         raise TypeError(f"{op}: {name} must be a list or tuple of arrays, got {type(arrays).__name__}")
     return list(arrays)
 
 
-def _gather_params(op: str, params: list, name: str = "params") -> np.ndarray:
+def _gather_params(op: str, params: list, name: str = "params", be=CPU) -> np.ndarray:
     """(3, n) int64: address, size, is-float64 of each parameter array (all checked usable)."""
     info = np.empty((3, len(params)), np.int64)
-    bad = _k().gather_params(params, info)
+    bad = _kern(be).gather_params(params, info)
     if bad >= 0:
-        _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False)
+        _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False, be=be)
     return info
 
 
-def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE):
+def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE, be=CPU):
     """Addresses of ``arrays`` (each matching its parameter, outside the byte ranges ``avoid``).
 
     Gradients with a bad layout are copied: returns (addresses, arrays) with ``arrays`` holding the
@@ -139,13 +235,13 @@ def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid
         raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
     ptrs = np.empty(len(params), np.intp)
     while True:
-        bad = _k().gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
+        bad = _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
         if bad < 0:
             return ptrs, arrays
         a = arrays[bad]
         if a is None:
             raise TypeError(f"{op}: {name}[{bad}] is None")
-        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable)
+        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable, be=be)
         arrays = list(arrays)
         arrays[bad] = fixed
 
@@ -303,10 +399,10 @@ def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None)
     return out
 
 
-def _launch(algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, f64: bool) -> None:
+def _launch(be, algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, f64: bool) -> None:
     """One kernel call over the tensors of ``tab`` (rows: param, grad, state streams)."""
-    k = _k()
-    nt = CPU.threads(int(offsets[-1]))
+    k = _kern(be)
+    nt = be.threads(int(offsets[-1]))
     mx = h["maximize"]
     if algo == "sgd":
         k.sgd_step(tab, offsets, pt, h["lr"], h["momentum"], h["weight_decay"], h["nesterov"], mx, f64, nt)
@@ -353,14 +449,15 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
     return off
 
 
-def _run_split(algo, h, tab, sizes, f64, pt):
+def _run_split(be, algo, h, tab, sizes, f64, pt):
     """Launch once per dtype present (tensors of one call share a dtype)."""
     if f64.all() or not f64.any():
-        _launch(algo, h, tab, _offsets(sizes), pt, bool(f64.all()) if f64.size else False)
+        _launch(be, algo, h, tab, _offsets(sizes), pt, bool(f64.all()) if f64.size else False)
         return
     for want in (False, True):
         idx = np.flatnonzero(f64 == want)
         _launch(
+            be,
             algo,
             h,
             np.ascontiguousarray(tab[:, idx]),
@@ -371,7 +468,7 @@ def _run_split(algo, h, tab, sizes, f64, pt):
 
 
 # ------------------------------------------------------------------------------------------ functional steps
-def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None):
+def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None, be=None):
     """Validate the lists, check no written array overlaps another (nor a gradient one), launch.
 
     ``states``: stream name -> list of arrays (absent for a stream the options do not use).
@@ -380,7 +477,9 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
     grads = _as_list(op, "grads", grads)
     if len(grads) != len(params):
         raise ValueError(f"{op}: grads has {len(grads)} entries for {len(params)} parameters")
-    info = _gather_params(op, params)
+    if be is None:
+        be = _backend(op, params)
+    info = _gather_params(op, params, be=be)
     names = _STREAMS[algo]
     for name, use in zip(names, _needed(algo, h)):
         if use and states.get(name) is None:  # the public steps ask for these; never reach a kernel without
@@ -389,13 +488,13 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
     tab[0] = info[0]
     for r, name in enumerate(names):
         if states.get(name) is not None:
-            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True)
+            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True, be=be)
     written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
     avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
-    tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid)
+    tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid, be=be)
     if steps is None:
         steps = np.ones(len(params), np.int64)
-    _run_split(algo, h, tab, info[1], info[2].astype(bool), _per_tensor(algo, h, steps, first))
+    _run_split(be, algo, h, tab, info[1], info[2].astype(bool), _per_tensor(algo, h, steps, first))
 
 
 def sgd_step(
@@ -423,6 +522,7 @@ def sgd_step(
     op = "sgd_step"
     h = _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize)
     params = _as_list(op, "params", params)
+    be = _backend(op, params)
     states, first, new = {}, None, []
     if h["momentum"] != 0:
         if not isinstance(momentum_buffers, list):
@@ -433,11 +533,12 @@ def sgd_step(
         bufs = list(momentum_buffers)
         for i in np.flatnonzero(first):
             # validated with the rest below before anything is written; zeros so 0 * b is 0
-            if isinstance(params[i], np.ndarray) and params[i].dtype in _FLOATS:
-                bufs[i] = np.zeros_like(params[i], order="C")
+            meta = _meta(be, params[i])
+            if meta is not None and meta[1] in _FLOATS:
+                bufs[i] = be.zeros(*meta)
                 new.append(i)
         states["momentum_buffer"] = bufs
-    _functional(op, "sgd", h, params, grads, states, first=first)
+    _functional(op, "sgd", h, params, grads, states, first=first, be=be)
     for i in new:
         momentum_buffers[i] = states["momentum_buffer"][i]
 
@@ -644,7 +745,8 @@ class Optimizer:
         self.param_groups: list[dict] = []
         self._groups: list[_Group] = []
         self._avoid = _NOWHERE  # sorted byte ranges of all parameters (gradients must not meet them)
-        if isinstance(params, (np.ndarray, dict)):
+        self._be = CPU  # the backend of the parameters (all groups share one)
+        if isinstance(params, (np.ndarray, dict)) or on_cuda(params):
             raise TypeError(
                 f"{self._name}: params must be a list of arrays or of dicts, not one {type(params).__name__}"
             )
@@ -685,7 +787,7 @@ class Optimizer:
             raise TypeError(f"{op}: a parameter group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
         ps = group.get("params")
-        if isinstance(ps, np.ndarray):
+        if isinstance(ps, np.ndarray) or on_cuda(ps):
             ps = [ps]
         elif isinstance(ps, (set, dict)):
             raise TypeError(f"{op}: params must be an ordered collection (a list), not a {type(ps).__name__}")
@@ -695,19 +797,22 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._group_hyper(group)
-        infos = [_gather_params(op, g["params"]) for g in [*self.param_groups, group]]
+        every = [*self.param_groups, group]
+        be = backend_of(op, params=[p for g in every for p in g["params"]])
+        infos = [_gather_params(op, g["params"], be=be) for g in every]
         info = np.concatenate(infos, axis=1)
         avoid = _ranges(op, "parameters (one listed twice, or views of one array)", info[0], info)
         self.param_groups.append(group)
         self._groups.append(_Group(len(group["params"])))
         self._avoid = avoid
+        self._be = be
         self._init_group(len(self.param_groups) - 1)
 
     def _init_group(self, gi: int) -> None:
         """Eager state initialization (Adagrad); lazy (at the first step with a gradient) otherwise."""
 
     def _new_state(self, name: str, p: np.ndarray, group: dict) -> np.ndarray:
-        return np.zeros(p.shape, p.dtype)
+        return self._be.zeros(*_meta(self._be, p))
 
     # ---- step
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
@@ -732,7 +837,7 @@ class Optimizer:
                     f"{op}: parameter group {gi} had {len(gd.steps)} parameters and now has {len(params)}; "
                     "add parameters with add_param_group"
                 )
-            info = _gather_params(op, params, f"param_groups[{gi}]['params']")
+            info = _gather_params(op, params, f"param_groups[{gi}]['params']", be=self._be)
             if gd.info is not None and np.array_equal(info, gd.info):
                 info = None  # unchanged: the cached tables hold
             else:
@@ -755,6 +860,7 @@ class Optimizer:
                 writeable=False,
                 allow_none=True,
                 avoid=avoid,
+                be=self._be,
             )
             plans.append((gi, hypers[gi], infos[gi], gptr, gs))
             start += n
@@ -802,7 +908,7 @@ class Optimizer:
                 sel_tab[1] = gptr[sel]
                 sel_off = _offsets(gd.info[1, sel])
             pt = _per_tensor(algo, h, gd.steps[sel], None if first is None else first[sel])
-            _launch(algo, h, sel_tab, sel_off, pt, bool(gd.info[2, sel[0]]))
+            _launch(self._be, algo, h, sel_tab, sel_off, pt, bool(gd.info[2, sel[0]]))
 
     def _build_tables(self, gd: _Group):
         tables = []
@@ -814,9 +920,7 @@ class Optimizer:
             tab = np.zeros((2 + len(names), idx.size), np.intp)
             tab[0] = gd.info[0, idx]
             for r, name in enumerate(names):
-                tab[2 + r] = [
-                    gd.state[i][name].__array_interface__["data"][0] if name in gd.state[i] else 0 for i in idx
-                ]
+                tab[2 + r] = [_addr(self._be, gd.state[i][name]) if name in gd.state[i] else 0 for i in idx]
             tables.append((idx, tab, _offsets(gd.info[1, idx])))
         return tables
 
@@ -824,7 +928,8 @@ class Optimizer:
     def state_dict(self) -> dict:
         """Like torch's: ``{"state": {index: {name: array, "step": 0-d float32}}, "param_groups": [...]}``.
 
-        Parameters are numbered across groups in order; arrays are copies (plain NumPy, ``np.savez``-able).
+        Parameters are numbered across groups in order; arrays are copies (plain NumPy, ``np.savez``-able),
+        host copies for an optimizer on the GPU (``load_state_dict`` moves them back to the device).
         """
         state, groups, index = {}, [], 0
         for group, gd in zip(self.param_groups, self._groups, strict=True):
@@ -832,7 +937,7 @@ class Optimizer:
             for i, st in enumerate(gd.state):
                 if st:  # torch too has state only for parameters that were stepped (Adagrad: all)
                     entry = {} if self._algo == "sgd" else {"step": np.array(float(gd.steps[i]), np.float32)}
-                    entry.update((name, a.copy()) for name, a in st.items())
+                    entry.update((name, _to_host(self._be, a)) for name, a in st.items())
                     state[index] = entry
                 ids.append(index)
                 index += 1
@@ -843,7 +948,8 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and state from ``state_dict()`` (or a torch state dict converted with
-        ``.numpy()``). State is copied into the parameters' dtype; everything is checked first."""
+        ``.numpy()``). State is copied into the parameters' dtype (and onto the GPU for GPU parameters:
+        host or CUDA arrays are accepted); everything is checked first."""
         op = self._name
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise TypeError(f"{op}: state_dict must be a dict with 'state' and 'param_groups'")
@@ -884,14 +990,19 @@ class Optimizer:
                         raise ValueError(f"{op}: state[{idx}]['step'] must be a whole number >= 0, got {s}")
                     steps[pos] = int(s)
                 elif name in names:
-                    a = np.asarray(value)
+                    a = np.asarray(value) if not on_cuda(value) else _to_host(self._be, value)
                     if a.dtype.kind not in "fiu":
                         raise TypeError(f"{op}: state[{idx}][{name!r}] has dtype {a.dtype}")
-                    if a.shape != p.shape:
-                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {p.shape}")
-                    st[pos][name] = np.array(a, dtype=p.dtype, order="C", copy=True)
+                    shape, dtype = _meta(self._be, p)
+                    if a.shape != shape:
+                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {shape}")
+                    st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
                 else:
                     raise ValueError(f"{op}: state[{idx}] has an unknown entry {name!r}")
+        if self._be is not CPU:  # checked on the host: now move the state to the device
+            new_state = [
+                ([{k: _to_device(self._be, a) for k, a in d.items()} for d in st], steps) for st, steps in new_state
+            ]
         for gi, (group, (st, steps)) in enumerate(zip(new_groups, new_state, strict=True)):
             self.param_groups[gi].clear()
             self.param_groups[gi].update(group)
@@ -1005,7 +1116,7 @@ class Adagrad(Optimizer):
         )
 
     def _new_state(self, name, p, group):
-        return np.full(p.shape, float(group["initial_accumulator_value"]), p.dtype)
+        return _full(self._be, *_meta(self._be, p), float(group["initial_accumulator_value"]))
 
     def _init_group(self, gi):
         group, gd = self.param_groups[gi], self._groups[gi]
