@@ -5,6 +5,7 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 """
 
 from . import optim, reference
+from ._config import show_config
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from .norms import (
     batch_norm_backward,
@@ -34,6 +35,7 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",
+    "show_config",
     "layer_norm_forward",
     "layer_norm_backward",
     "rms_norm_forward",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -17,7 +18,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="draw fraction-of-bound bars (needs matplotlib)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--cpu-target",
+        choices=["auto", "baseline", "avx2", "avx512", "native"],
+        help="run the CPU kernels built for this ISA target (sets FASTNORM_CPU_TARGET; default: the best one)",
+    )
+    ap.add_argument(
+        "--compare-targets",
+        action="store_true",
+        help="also time fastnorm on every other ISA target this CPU runs, side by side (fastnorm@<target>)",
+    )
     args = ap.parse_args(argv)
+
+    if args.cpu_target is not None:
+        if "fastnorm._kernels.cpu" in sys.modules:
+            print("--cpu-target: the CPU kernels are already imported in this process", file=sys.stderr)
+            return 2
+        os.environ["FASTNORM_CPU_TARGET"] = args.cpu_target
 
     import fastnorm
 
@@ -35,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from . import format_table, run_report
 
-        report = run_report(quick=args.quick, ops=args.ops, repeats=repeats, progress=not args.no_progress)
+        report = run_report(
+            quick=args.quick,
+            ops=args.ops,
+            repeats=repeats,
+            progress=not args.no_progress,
+            compare_targets=args.compare_targets,
+        )
         print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

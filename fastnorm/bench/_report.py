@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -14,20 +15,16 @@ from ._core import all_cases, stream_bound_gbps, time_call, torch_or_none
 
 def machine_info() -> dict:
     import fastnorm
+    from fastnorm._config import cpu_model
+    from fastnorm._kernels import cpu as kernels
     from fastnorm._kernels.cpu import _runtime
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     torch = torch_or_none()
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "cpu_target": kernels.TARGET,
+        "cpu_targets_built": list(kernels.BUILT_TARGETS),
+        "cpu_targets_runnable": list(kernels.runnable_targets()),
         "logical_cpus": os.cpu_count(),
         "threads": fastnorm.get_num_threads(),
         "openmp": fastnorm.openmp_enabled(),
@@ -46,20 +43,38 @@ def _progress(msg: str, enabled: bool) -> None:
         sys.stderr.flush()
 
 
+def _with_targets(case, targets):
+    """The case's providers plus ``fastnorm@<target>`` (the plain fastnorm call on each other target)."""
+    if not targets or "fastnorm" not in case.providers:
+        return case.providers
+    return {**case.providers, **{f"fastnorm@{t}": case.providers["fastnorm"] for t in targets}}
+
+
 def run_report(
-    quick: bool = False, ops: list[str] | None = None, repeats: int = 7, progress: bool = True, seed: int = 0
+    quick: bool = False,
+    ops: list[str] | None = None,
+    repeats: int = 7,
+    progress: bool = True,
+    seed: int = 0,
+    compare_targets: bool = False,
 ) -> dict:
     """Run every case (whose op name contains one of ``ops``, if given); return the report as a dict.
 
     Rows: one per (case, provider) with ms, GB/s (the case's minimal bytes / time), bound_gbps (the streaming
     kernel with the case's streams, measured just before the case) and frac (GB/s / bound). fastnorm rows
-    also carry ``speedup``: provider -> time(provider) / time(fastnorm).
+    also carry ``speedup``: provider -> time(provider) / time(fastnorm). With ``compare_targets``, each case
+    also runs fastnorm on every other ISA target this CPU runs (provider ``fastnorm@<target>``, timed side by
+    side in this process), and the plain fastnorm row's speedup includes them: the selected target's gain
+    over, e.g., the baseline build.
     """
+    from fastnorm._kernels import cpu as kernels
+
+    targets = [t for t in kernels.runnable_targets() if t != kernels.TARGET] if compare_targets else []
     cases = [c for c in all_cases(quick) if not ops or any(o in c.op for o in ops)]
     rng = np.random.default_rng(seed)
     rows = []
     bounds: dict = {}
-    total = sum(len(c.providers) for c in cases)
+    total = sum(len(_with_targets(c, targets)) for c in cases)
     done = 0
     for case in cases:
         key = (case.streams, case.stream_len)
@@ -69,10 +84,12 @@ def run_report(
         bound = bounds[key]
         inputs = case.make_inputs(rng)
         times = {}
-        for pname, factory in case.providers.items():
+        for pname, factory in _with_targets(case, targets).items():
             done += 1
             _progress(f"[{done}/{total}] {case.name} {pname}", progress)
-            times[pname] = time_call(factory(inputs), repeats=repeats)
+            target = pname.partition("@")[2]
+            with kernels.use_target(target) if target else contextlib.nullcontext():
+                times[pname] = time_call(factory(inputs), repeats=repeats)
         del inputs
         for pname, t in times.items():
             gbps = case.nbytes / t / 1e9
@@ -80,6 +97,8 @@ def run_report(
                        bound_gbps=bound, frac=gbps / bound)
             if pname.startswith("fastnorm"):
                 row["speedup"] = {p: tp / t for p, tp in times.items() if not p.startswith("fastnorm")}
+                if pname == "fastnorm":
+                    row["speedup"].update({p: tp / t for p, tp in times.items() if p.startswith("fastnorm@")})
             rows.append(row)
     _progress("", progress)
     return {"machine": machine_info(), "quick": quick, "repeats": repeats, "rows": rows}
@@ -90,6 +109,9 @@ def format_table(report: dict) -> str:
     lines = [
         f"fastnorm {m['fastnorm']} on {m['cpu']} ({m['logical_cpus']} logical CPUs), {m['threads']} threads, "
         f"OpenMP {'on' if m['openmp'] else 'OFF'}, numpy {m['numpy']}, torch {m['torch'] or 'not installed'}",
+        f"CPU kernels: {m.get('cpu_target', '?')} target (built: {', '.join(m.get('cpu_targets_built', []))}; "
+        f"this CPU runs: {', '.join(m.get('cpu_targets_runnable', []))}), "
+        f"{'portable' if m.get('portable_build') else 'source'} build",
         "times: median of repeats; GB/s = minimal bytes / time; bound = same-run streaming kernel with the "
         "same read/write streams; speed-up = other's time / fastnorm's time",
         "",

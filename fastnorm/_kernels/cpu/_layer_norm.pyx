@@ -1,27 +1,37 @@
 """LayerNorm and RMSNorm CPU kernels on an (M, N) row view.
 
 Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
-re-read from cache for the two-pass moments and the output pass.
-Backward: rows split into ``n_chunks`` contiguous chunks (one per thread). Each chunk accumulates its
-dweight/dbias terms in a row of the input dtype (``dw_acc[c]``: pure-SIMD adds, fused into the dx loop),
-folded every FOLD_ROWS rows into a float64 partial row (``dw_part[c]``) so float32 sums stay short; then the
-partials are summed in chunk order: bitwise reproducible for a given thread count, no atomics.
+re-read from cache for the two-pass moments and the output pass. One compiled loop serves every thread count
+(``use_threads_if``), so each row's result is the same bitwise whatever the number of threads.
+Backward: rows split into ``bwd_chunks(M, N)`` contiguous chunks, a number that depends on the shape only,
+shared among the threads. Each chunk accumulates its dweight/dbias terms in a row of the input dtype
+(``dw_acc[c]``: pure-SIMD adds), folded every FOLD_ROWS rows into a float64 partial row (``dw_part[c]``) so
+float32 sums stay short; then the partials are summed in chunk order: bitwise the same for every thread
+count, no atomics.
 """
+
+import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 
 cdef enum:
     FOLD_ROWS = 32
+    MAX_CHUNKS = 64
+    MIN_CHUNKS = 16
+    # Scratch budget of the backward's partial rows (bytes): fewer chunks for very long rows.
+    SCRATCH_BYTES = 32 << 20
 
 
 cdef extern from "fastnorm_moments.h" nogil:
     double fn_sum_f(const float *x, Py_ssize_t n)
     double fn_sum_d(const double *x, Py_ssize_t n)
+    double fn_sum_dev_f(const float *x, Py_ssize_t n, float mu)
+    double fn_sum_dev_d(const double *x, Py_ssize_t n, double mu)
     double fn_sumsq_dev_f(const float *x, Py_ssize_t n, float mu)
     double fn_sumsq_dev_d(const double *x, Py_ssize_t n, double mu)
-    double fn_sumsq_f(const float *x, Py_ssize_t n)
+    double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
     double fn_sumsq_d(const double *x, Py_ssize_t n)
     void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, Py_ssize_t n,
                        double *s1, double *s2)
@@ -35,14 +45,22 @@ cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floatin
     cdef Py_ssize_t j
     cdef double mu, var
     cdef floating fmu, frs
+    # Mean summed around a shift s (the first value): exact for a constant row, accurate for a large mean.
+    cdef floating s = x[0] if n > 0 else 0
+    if not isfinite(s):
+        s = 0
     if floating is float:
-        mu = fn_sum_f(x, n) / n
+        mu = s + fn_sum_dev_f(x, n, s) / n
         fmu = <float>mu
         var = fn_sumsq_dev_f(x, n, fmu) / n
     else:
-        mu = fn_sum_d(x, n) / n
+        mu = s + fn_sum_dev_d(x, n, s) / n
         fmu = mu
         var = fn_sumsq_dev_d(x, n, fmu) / n
+    # mean((x - fmu)^2) = var + (mu - fmu)^2: remove the part due to rounding the mean to the input dtype.
+    var = var - (mu - fmu) * (mu - fmu)
+    if var < 0:
+        var = 0
     frs = <floating>(1.0 / sqrt(var + eps))
     mean[0] = fmu
     rstd[0] = frs
@@ -66,7 +84,17 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
                              Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
-    cdef floating c1, c2
+    cdef floating c1, c2, g
+    if n == 1:
+        # One element: y = bias whatever x, so dx = 0 exactly (the formula below leaves an FMA rounding
+        # residue); NaN/inf in dy or x still propagate (through g - g and rs).
+        g = dy[0] * w[0] if w != NULL else dy[0]
+        dx[0] = rs * (g - g)
+        if dwa != NULL:
+            dwa[0] += dy[0] * ((x[0] - mu) * rs)
+        if dba != NULL:
+            dba[0] += dy[0]
+        return
     if floating is float:
         fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
     else:
@@ -99,7 +127,7 @@ cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y,
     cdef double ms
     cdef floating frs
     if floating is float:
-        ms = fn_sumsq_f(x, n) / n
+        ms = fn_sumsq_safe_f(x, n) / n  # squares in double if float ones overflow
     else:
         ms = fn_sumsq_d(x, n) / n
     frs = <floating>(1.0 / sqrt(ms + eps))
@@ -147,6 +175,14 @@ cdef inline void _fold(floating *acc, double *part, Py_ssize_t n) noexcept nogil
         acc[j] = 0
 
 
+cdef inline void _zero_rows(double *part, floating *acc, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        part[j] = 0.0
+    for j in range(n):
+        acc[j] = 0
+
+
 cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
                                   int n_chunks, int n_threads) noexcept nogil:
     """out[j] = sum_c part[c, j], chunks in fixed order."""
@@ -158,6 +194,25 @@ cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t
         for c in range(n_chunks):
             s = s + part[c, j]
         out[j] = <floating>s
+
+
+def bwd_chunks(Py_ssize_t m, Py_ssize_t n):
+    """Row chunks (rows of the dweight/dbias scratch) of the LayerNorm/RMSNorm backward of an (m, n) input.
+
+    A function of the shape only, so the gradients do not depend on the thread count: up to MAX_CHUNKS,
+    at least min(m, MIN_CHUNKS) (enough to share among threads), fewer for rows too long for the scratch.
+    """
+    cdef Py_ssize_t k = max(MIN_CHUNKS, min(MAX_CHUNKS, (m + 2 * FOLD_ROWS - 1) // (2 * FOLD_ROWS)))
+    k = min(k, max(4, SCRATCH_BYTES // max(24 * n, 1)))
+    return int(max(1, min(k, m)))
+
+
+def _scratch(floating[:, ::1] acc, Py_ssize_t k, Py_ssize_t n, bint want):
+    """The (k, n) float64 partial rows and input-dtype accumulator rows (new unless acc has k rows)."""
+    if not want:
+        return np.empty((0, 0), np.float64), acc
+    dt = np.float32 if floating is float else np.float64
+    return np.empty((k, n), np.float64), (acc if acc.shape[0] == k else np.empty((k, n), dt))
 
 
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, int n_chunks, int c) noexcept nogil:
@@ -184,12 +239,8 @@ def layer_norm_forward(const floating[:, ::1] x,            # IN  (M, N)
     if m == 0:
         return
     with nogil:
-        if n_threads <= 1:
-            for i in range(m):
-                _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
+        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+            _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
 
 
 def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
@@ -200,29 +251,34 @@ def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
                         floating[:, ::1] dx,                # OUT (M, N)
                         floating[::1] dweight,              # OUT (N,) or length 0 (not wanted)
                         floating[::1] dbias,                # OUT (N,) or length 0 (not wanted)
-                        double[:, ::1] dw_part,             # SCRATCH (n_chunks, N), or (0, 0) if not wanted
-                        floating[:, ::1] dw_acc,            # SCRATCH (n_chunks, N), or (0, 0)
-                        double[:, ::1] db_part,             # SCRATCH (n_chunks, N), or (0, 0)
-                        floating[:, ::1] db_acc,            # SCRATCH (n_chunks, N), or (0, 0)
+                        double[:, ::1] dw_part,             # SCRATCH (bwd_chunks(M, N), N), or (0, 0) if not wanted
+                        floating[:, ::1] dw_acc,            # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+                        double[:, ::1] db_part,             # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+                        floating[:, ::1] db_acc,            # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
                         int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
-    cdef int n_chunks = max(dw_part.shape[0], db_part.shape[0], 1), c
+    cdef int n_chunks = bwd_chunks(m, n), c
     cdef floating *dwa
     cdef floating *dba
+    dt = np.float32 if floating is float else np.float64
+    # The chunk count depends on the shape only; other scratch shapes are replaced (same memory use).
+    if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
+        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
+    if want_db and (db_part.shape[0] != n_chunks or db_acc.shape[0] != n_chunks):
+        db_part, db_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
     with nogil:
-        if want_dw:
-            dw_part[:, :] = 0.0
-            dw_acc[:, :] = 0
-        if want_db:
-            db_part[:, :] = 0.0
-            db_acc[:, :] = 0
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
             lo = _chunk_start(m, n_chunks, c)
             hi = _chunk_start(m, n_chunks, c + 1)
             dwa = &dw_acc[c, 0] if want_dw else NULL
             dba = &db_acc[c, 0] if want_db else NULL
+            if want_dw:
+                _zero_rows(&dw_part[c, 0], dwa, n)
+            if want_db:
+                _zero_rows(&db_part[c, 0], dba, n)
             for i in range(lo, hi):
                 _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, &dx[i, 0], dwa, dba, n)
                 if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
@@ -246,12 +302,8 @@ def rms_norm_forward(const floating[:, ::1] x,              # IN  (M, N)
     if m == 0:
         return
     with nogil:
-        if n_threads <= 1:
-            for i in range(m):
-                _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
+        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+            _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
 
 
 def rms_norm_backward(const floating[:, ::1] dy,            # IN  (M, N)
@@ -260,22 +312,25 @@ def rms_norm_backward(const floating[:, ::1] dy,            # IN  (M, N)
                       const floating[::1] weight,           # IN  (N,) or length 0
                       floating[:, ::1] dx,                  # OUT (M, N)
                       floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
-                      double[:, ::1] dw_part,               # SCRATCH (n_chunks, N), or (0, 0) if not wanted
-                      floating[:, ::1] dw_acc,              # SCRATCH (n_chunks, N), or (0, 0)
+                      double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+                      floating[:, ::1] dw_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
                       int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0
-    cdef int n_chunks = max(dw_part.shape[0], 1), c
+    cdef int n_chunks = bwd_chunks(m, n), c
     cdef floating *dwa
+    dt = np.float32 if floating is float else np.float64
+    if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
+        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
     with nogil:
-        if want_dw:
-            dw_part[:, :] = 0.0
-            dw_acc[:, :] = 0
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
             lo = _chunk_start(m, n_chunks, c)
             hi = _chunk_start(m, n_chunks, c + 1)
             dwa = &dw_acc[c, 0] if want_dw else NULL
+            if want_dw:
+                _zero_rows(&dw_part[c, 0], dwa, n)
             for i in range(lo, hi):
                 _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, &dx[i, 0], dwa, n)
                 if want_dw and ((i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1):

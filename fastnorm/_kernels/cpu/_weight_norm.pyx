@@ -24,7 +24,7 @@ from libc.math cimport sqrt
 
 
 cdef extern from "fastnorm_moments.h" nogil:
-    double fn_sumsq_f(const float *x, Py_ssize_t n)
+    double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
     double fn_sumsq_d(const double *x, Py_ssize_t n)
     double fn_dot_f(const float *a, const float *b, Py_ssize_t n)
     double fn_dot_d(const double *a, const double *b, Py_ssize_t n)
@@ -36,8 +36,9 @@ cdef enum:
 
 
 cdef inline double _sumsq(const floating *x, Py_ssize_t n) noexcept nogil:
+    # float: the squares taken in double where float ones would overflow (|x| > ~1.8e19) or underflow.
     if floating is float:
-        return fn_sumsq_f(x, n)
+        return fn_sumsq_safe_f(x, n)
     else:
         return fn_sumsq_d(x, n)
 

@@ -6,7 +6,9 @@
  * pipelined) over a block of FN_BLOCK elements, each lane summing only FN_BLOCK / FN_LANES terms, and the
  * block's lanes folded into a double. The error stays that of a short float sum per block plus a double
  * sum over blocks; the order is fixed, so results do not depend on the thread count. Two-pass moments
- * (mean first, then squared deviations) stay accurate when the mean is large against the spread.
+ * (mean first, then squared deviations) stay accurate when the mean is large against the spread; the
+ * mean itself is summed around a shift (the row's first value), so a constant row has exactly its value
+ * as mean and exactly 0 as variance.
  * Each function is one loop carrying one sum: gcc vectorizes those, not loops carrying two.
  */
 #ifndef FASTNORM_MOMENTS_H
@@ -43,6 +45,8 @@
 #define FN_DEFINE_REDUCTIONS(T, SUF)                                                                   \
 /* sum(x) */                                                                                           \
 static inline double fn_sum_##SUF(const T *x, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, x[i]) }              \
+/* sum(x - mu) */                                                                                     \
+static inline double fn_sum_dev_##SUF(const T *x, ptrdiff_t n, T mu) { FN_BLOCKED_SUM(T, n, x[i] - mu) } \
 /* sum((x - mu)^2) */                                                                                  \
 static inline double fn_sumsq_dev_##SUF(const T *x, ptrdiff_t n, T mu) {                               \
     FN_BLOCKED_SUM(T, n, (x[i] - mu) * (x[i] - mu)) }                                                  \
@@ -65,5 +69,17 @@ static inline void fn_bwd_sums_##SUF(const T *dy, const T *w, const T *x, T mu, 
 
 FN_DEFINE_REDUCTIONS(float, f)
 FN_DEFINE_REDUCTIONS(double, d)
+
+/* sum(x^2) of a float array that neither overflows nor loses the tiny terms: the fast float-lane sum when
+ * its result is in [1e-28, 1e38], else a sum of the squares taken in double (|x| above ~1.8e19 overflows a
+ * float square; below ~1e-19 the squares are subnormal). NaN stays NaN either way. */
+static inline double fn_sumsq_wide_f(const float *x, ptrdiff_t n) {
+    FN_BLOCKED_SUM(double, n, (double)x[i] * (double)x[i])
+}
+static inline double fn_sumsq_safe_f(const float *x, ptrdiff_t n) {
+    double s = fn_sumsq_f(x, n);
+    if (s >= 1e-28 && s <= 1e38) return s;
+    return fn_sumsq_wide_f(x, n);
+}
 
 #endif
