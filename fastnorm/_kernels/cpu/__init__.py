@@ -15,7 +15,7 @@ import sys
 from . import _cpuinfo, _isa
 
 # Kernel families built per target (every .pyx but the SINGLE_TARGET ones of setup.py).
-FAMILIES = ("_channel_norm", "_layer_norm", "_lrn", "_optim", "_stream", "_weight_norm")
+FAMILIES = ("_channel_norm", "_layer_norm", "_lrn", "_optim", "_weight_norm")
 
 
 def _is_built(target: str) -> bool:
