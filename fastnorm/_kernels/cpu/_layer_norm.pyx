@@ -84,12 +84,13 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
                              Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double s1, s2
-    cdef floating c1, c2, g
+    cdef floating c1, c2, g, xh
     if n == 1:
         # One element: y = bias whatever x, so dx = 0 exactly (the formula below leaves an FMA rounding
-        # residue); NaN/inf in dy or x still propagate (through g - g and rs).
+        # residue). NaN/inf in dy propagate through g * 0 (which the compiler may not fold while NaNs are
+        # honoured; g - g it does fold under -fassociative-math), NaN/inf in x through rs.
         g = dy[0] * w[0] if w != NULL else dy[0]
-        dx[0] = rs * (g - g)
+        dx[0] = rs * g * 0
         if dwa != NULL:
             dwa[0] += dy[0] * ((x[0] - mu) * rs)
         if dba != NULL:
@@ -102,13 +103,20 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
     # dx = rs * (g - mean(g) - xhat * mean(g * xhat)),  mean(g * xhat) = rs * s2 / n
     c1 = <floating>(s1 / n)
     c2 = <floating>(rs * s2 / n)
+    if w != NULL and dwa != NULL and dba != NULL:
+        # The usual case (affine, both gradients) in one loop: dy and x are read once for all three.
+        for j in range(n):
+            xh = (x[j] - mu) * rs
+            dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
+            dwa[j] += dy[j] * xh
+            dba[j] += dy[j]
+        return
     if w != NULL:
         for j in range(n):
             dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2)
     else:
         for j in range(n):
             dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2)
-    # Separate loops: gcc vectorizes a loop with one or two stores, not one storing dx, dwa and dba.
     if dwa != NULL and dba != NULL:
         for j in range(n):
             dwa[j] += dy[j] * ((x[j] - mu) * rs)
