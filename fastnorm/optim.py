@@ -153,11 +153,14 @@ def _addr(be, a) -> int:
 
 
 # ------------------------------------------------------------------------------------------ array checks
-def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
-    """Raise the error explaining why ``a`` failed the kernels' fast check; or return a contiguous copy
-    when only its layout was wrong and ``copy_ok`` (gradients)."""
+def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
+    """``a`` itself when the kernels can use it, a native, aligned, C-contiguous copy when only its layout
+    is wrong and ``copy_ok`` (gradients: read, never written); otherwise the error saying why.
+
+    Memory overlap is not checked here (see ``_gather_like``).
+    """
     if be is not CPU:
-        return _why_not_device_array(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
+        return _usable_device(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
     if not isinstance(a, np.ndarray):
         if on_cuda(a):
             raise TypeError(
@@ -165,24 +168,30 @@ def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool
                 "on the CPU; move them to one device"
             )
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    native = a.dtype.newbyteorder("=")
     want = _FLOATS if ref is None else (ref.dtype,)
-    if a.dtype not in want or not a.dtype.isnative:
+    if native not in want:
         what = "float32 or float64" if ref is None else f"{ref.dtype.name} like its parameter"
-        got = a.dtype.str if a.dtype in want else a.dtype
-        raise TypeError(f"{op}: {name} has dtype {got}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {a.dtype.name}; expected {what}")
     if ref is not None and a.shape != ref.shape:
         raise ValueError(f"{op}: {name} has shape {a.shape} but its parameter has shape {ref.shape}")
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        if copy_ok:
-            return np.ascontiguousarray(a)
-        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
-    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+    if a.dtype.isnative and a.flags.c_contiguous and a.flags.aligned:
+        if writeable and not a.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
+        return a
+    if copy_ok:  # a fresh allocation: native byte order, aligned, C-contiguous
+        return np.array(a, dtype=native, order="C", copy=True)
+    if not a.dtype.isnative:
+        why = f"is big-endian ({a.dtype.str}); pass it in native byte order"
+    elif not a.flags.aligned:
+        why = "is not aligned to its element size (e.g. a view at an odd byte offset)"
+    else:
+        why = "must be C-contiguous"
+    raise ValueError(f"{op}: {name} {why} (it is updated in place, so it cannot be copied)")
 
 
-def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
-    """``_why_not_array`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
+def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+    """``_usable`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
     if not on_cuda(a):
         if a is None or not hasattr(a, "__array__"):
             raise TypeError(f"{op}: {name} must be a CUDA array, got {type(a).__name__}")
@@ -193,9 +202,11 @@ def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, co
     ai = be._iface(a)
     dtype = np.dtype(ai["typestr"])
     want = _FLOATS if ref is None else (np.dtype(be._iface(ref)["typestr"]),)
-    if dtype not in want or not dtype.isnative:
+    if dtype.newbyteorder("=") not in want:
         what = "float32 or float64" if ref is None else f"{want[0].name} like its parameter"
-        raise TypeError(f"{op}: {name} has dtype {dtype}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {what}")
+    if not dtype.isnative:
+        raise ValueError(f"{op}: {name} is big-endian ({dtype.str}); CUDA arrays must be in native byte order")
     shape = tuple(ai["shape"])
     if ref is not None and shape != tuple(be._iface(ref)["shape"]):
         raise ValueError(f"{op}: {name} has shape {shape} but its parameter has shape {tuple(be._iface(ref)['shape'])}")
@@ -204,10 +215,15 @@ def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, co
     if not be.is_contiguous(a):
         if copy_ok:
             return be.asarray(a)
-        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place, so it cannot be copied)")
     if writeable and ai["data"][1]:
         raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
-    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+    return a
+
+
+def _nbytes(be, a) -> int:
+    shape, dtype = _meta(be, a)
+    return math.prod(shape) * dtype.itemsize
 
 
 def _as_list(op: str, name: str, arrays) -> list:
@@ -221,29 +237,37 @@ def _gather_params(op: str, params: list, name: str = "params", be=CPU) -> np.nd
     info = np.empty((3, len(params)), np.int64)
     bad = _kern(be).gather_params(params, info)
     if bad >= 0:
-        _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False, be=be)
+        _usable(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False, be=be)
+        raise AssertionError(f"{op}: {name}[{bad}] was refused by the kernels' check for no reason found")
     return info
 
 
 def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE, be=CPU):
-    """Addresses of ``arrays`` (each matching its parameter, outside the byte ranges ``avoid``).
+    """Addresses of ``arrays`` (each matching its parameter, outside the sorted byte ranges ``avoid``).
 
-    Gradients with a bad layout are copied: returns (addresses, arrays) with ``arrays`` holding the
-    copies (keep it alive while the kernel runs).
+    The kernels' fast check accepts the usual case; otherwise one pass over the entries raises the
+    first error, or (gradients) replaces the entries with a bad layout by copies: returns (addresses,
+    arrays) with ``arrays`` holding the copies (keep it alive while the kernel runs).
     """
     if len(arrays) != len(params):
         raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
     ptrs = np.empty(len(params), np.intp)
-    while True:
-        bad = _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
-        if bad < 0:
-            return ptrs, arrays
-        a = arrays[bad]
+    if _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1]) < 0:
+        return ptrs, arrays
+    arrays = list(arrays)
+    for i, a in enumerate(arrays):
         if a is None:
-            raise TypeError(f"{op}: {name}[{bad}] is None")
-        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable, be=be)
-        arrays = list(arrays)
-        arrays[bad] = fixed
+            if not allow_none:
+                raise TypeError(f"{op}: {name}[{i}] is None")
+            ptrs[i] = 0
+            continue
+        a = arrays[i] = _usable(op, f"{name}[{i}]", a, params[i], writeable=writeable, copy_ok=not writeable, be=be)
+        ptrs[i] = lo = _addr(be, a)
+        hi = lo + _nbytes(be, a)
+        k = int(np.searchsorted(avoid[0], hi, side="left"))  # ranges starting before hi; the last may meet
+        if hi > lo and k > 0 and avoid[1][k - 1] > lo:
+            raise ValueError(f"{op}: {name}[{i}] shares memory with a parameter or state array")
+    return ptrs, arrays
 
 
 def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
@@ -260,12 +284,22 @@ def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
+def _num(v):
+    """A 0-d array or tensor hyperparameter (torch allows ``lr=torch.tensor(0.01)``) as its number; any
+    other value unchanged (``V.scalar`` then checks it)."""
+    if isinstance(v, np.ndarray) and v.shape == () and v.dtype.kind in "fiu":
+        return v.item()
+    if hasattr(v, "detach") and getattr(v, "shape", None) == () and not getattr(v, "requires_grad", False):
+        return v.item()  # a 0-d torch tensor
+    return v
+
+
 def _lr(op, lr):
-    return V.scalar(op, "lr", lr, low=0.0)
+    return V.scalar(op, "lr", _num(lr), low=0.0)
 
 
 def _nonneg(op, name, v):
-    return V.scalar(op, name, v, low=0.0)
+    return V.scalar(op, name, _num(v), low=0.0)
 
 
 def _flag(op, name, v) -> bool:
@@ -275,14 +309,14 @@ def _flag(op, name, v) -> bool:
 
 
 def _beta(op, name, v):
-    return V.scalar(op, name, v, low=0.0, high=1.0, high_open=True)
+    return V.scalar(op, name, _num(v), low=0.0, high=1.0, high_open=True)
 
 
 def _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize) -> dict:
     h = {
         "lr": _lr(op, lr),
         "momentum": _nonneg(op, "momentum", momentum),
-        "dampening": V.scalar(op, "dampening", dampening),
+        "dampening": V.scalar(op, "dampening", _num(dampening)),
         "weight_decay": _nonneg(op, "weight_decay", weight_decay),
         "nesterov": _flag(op, "nesterov", nesterov),
         "maximize": _flag(op, "maximize", maximize),
@@ -306,7 +340,7 @@ def _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize, initial_accumu
 def _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize) -> dict:
     return {
         "lr": _lr(op, lr),
-        "rho": V.scalar(op, "rho", rho, low=0.0, high=1.0),
+        "rho": V.scalar(op, "rho", _num(rho), low=0.0, high=1.0),
         "eps": _nonneg(op, "eps", eps),
         "weight_decay": _nonneg(op, "weight_decay", weight_decay),
         "maximize": _flag(op, "maximize", maximize),
@@ -358,6 +392,18 @@ _STREAMS = {
     "adadelta": ("square_avg", "acc_delta"),
     "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
     "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
+
+# The functional steps' argument holding each stream (named in errors).
+_ARG = {
+    "momentum_buffer": "momentum_buffers",
+    "sum": "state_sums",
+    "square_avg": "square_avgs",
+    "acc_delta": "acc_deltas",
+    "grad_avg": "grad_avgs",
+    "exp_avg": "exp_avgs",
+    "exp_avg_sq": "exp_avg_sqs",
+    "max_exp_avg_sq": "max_exp_avg_sqs",
 }
 
 
@@ -488,7 +534,7 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
     tab[0] = info[0]
     for r, name in enumerate(names):
         if states.get(name) is not None:
-            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True, be=be)
+            tab[2 + r], _ = _gather_like(op, _ARG[name], states[name], params, writeable=True, be=be)
     written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
     avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
     tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid, be=be)
@@ -712,6 +758,45 @@ def adamw_step(
 
 
 # ------------------------------------------------------------------------------------------ classes
+def _by_value(v):
+    """A snapshot of a hyperparameter that compares equal only to an equal value of the same type: a list
+    changed in place (``betas[0] = 0.5``) or a 0-d array written to no longer matches the cached one."""
+    if isinstance(v, (list, tuple)):
+        return (type(v), tuple(_by_value(x) for x in v))
+    if isinstance(v, np.ndarray):
+        return (np.ndarray, v.dtype.str, v.shape, v.tobytes())
+    if hasattr(v, "detach") and hasattr(v, "tolist"):  # a torch tensor (lr as a 0-d tensor)
+        return (type(v), str(v.dtype), v.detach().cpu().tolist())
+    try:
+        hash(v)
+    except TypeError:
+        return (type(v), id(v), repr(v))  # unhashable and unknown: re-validated whenever its repr changes
+    return (type(v), v)
+
+
+def _host_array(v) -> np.ndarray | None:
+    """``v`` (NumPy array, CPU torch tensor, nested list, number) as a NumPy array; None if it is none."""
+    if hasattr(v, "detach"):
+        v = v.detach()
+    try:
+        a = np.asarray(v)
+    except Exception:
+        return None
+    return None if a.dtype == object else a
+
+
+def _step_number(op: str, where: str, v) -> int:
+    """A saved ``step`` (int, float, 0-d array or tensor) as an int; TypeError/ValueError naming ``where``."""
+    a = _host_array(v)
+    if a is None or a.shape != () or a.dtype.kind not in "fiu":
+        got = type(v).__name__ if a is None or a.shape == () else f"an array of shape {a.shape}"
+        raise TypeError(f"{op}: {where} must be a number (int, float or 0-d array), got {got}")
+    s = float(a)
+    if not (math.isfinite(s) and s >= 0 and s == math.floor(s)):
+        raise ValueError(f"{op}: {where} must be a whole number >= 0, got {s}")
+    return int(s)
+
+
 class _Group:
     """Per parameter group: the state, the step counts and the cached kernel tables."""
 
@@ -769,7 +854,7 @@ class Optimizer:
     def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
         """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
         try:
-            key = tuple(group[k] for k in self._defaults)
+            key = tuple(_by_value(group[k]) for k in self._defaults)
         except KeyError:
             missing = [k for k in self._defaults if k not in group]
             raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}") from None
@@ -949,18 +1034,36 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and state from ``state_dict()`` (or a torch state dict converted with
         ``.numpy()``). State is copied into the parameters' dtype (and onto the GPU for GPU parameters:
-        host or CUDA arrays are accepted); everything is checked first."""
+        host or CUDA arrays are accepted).
+
+        The whole dict is checked before anything changes (on error the optimizer is untouched): the
+        group hyperparameters as the constructor checks them; each parameter's state entry is empty
+        or complete for the algorithm and the group's options (e.g. Adam: ``step``, ``exp_avg``,
+        ``exp_avg_sq``, and ``max_exp_avg_sq`` with amsgrad; SGD: ``momentum_buffer``, or nothing: the
+        next step is its first), ``step`` a whole number >= 0, each state array of its parameter's shape.
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"state": {index: {name: array}}, "param_groups": [{"params": [index, ...], ...}]}``.
+        """
         op = self._name
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise TypeError(f"{op}: state_dict must be a dict with 'state' and 'param_groups'")
-        saved_groups = state_dict["param_groups"]
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError(f"{op}: state_dict['param_groups'] must be a list, got {type(saved_groups).__name__}")
+        if not isinstance(saved_state, dict):
+            raise TypeError(f"{op}: state_dict['state'] must be a dict, got {type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"{op}: state_dict has {len(saved_groups)} parameter groups, the optimizer {len(self.param_groups)}"
             )
-        new_groups, new_state, where = [], [], {}
+        new_groups, hypers, new_state, where = [], [], [], {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            ids = list(saved.get("params", ()))
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise TypeError(f"{op}: state_dict's param_groups[{gi}] must be a dict with a 'params' list")
+            ids = list(saved["params"])
             if len(ids) != len(group["params"]):
                 raise ValueError(
                     f"{op}: state_dict's group {gi} has {len(ids)} parameters, the optimizer's {len(group['params'])}"
@@ -969,36 +1072,57 @@ class Optimizer:
             for k, v in saved.items():
                 if k != "params" and (k in self._defaults or k not in self._extra_keys):
                     g[k] = tuple(v) if isinstance(v, list) else v
-            self._group_hyper(g)
+            hypers.append(self._group_hyper(g))
             new_groups.append(g)
             for pos, idx in enumerate(ids):
+                try:
+                    seen = idx in where
+                except TypeError:
+                    raise TypeError(f"{op}: state_dict's param_groups[{gi}]['params'] holds {idx!r}") from None
+                if seen:
+                    raise ValueError(f"{op}: state_dict lists parameter {idx!r} in two places")
                 where[idx] = (gi, pos)
             new_state.append(([{} for _ in ids], np.zeros(len(ids), np.int64)))
-        names = set(_STREAMS[self._algo])
-        for idx, entry in state_dict["state"].items():
+        names = _STREAMS[self._algo]
+        for idx, entry in saved_state.items():
             if idx not in where:
                 raise ValueError(f"{op}: state_dict has state for parameter {idx!r}, which no group lists")
+            if not isinstance(entry, dict):
+                raise TypeError(f"{op}: state[{idx!r}] must be a dict, got {type(entry).__name__}")
             gi, pos = where[idx]
-            p = self.param_groups[gi]["params"][pos]
             st, steps = new_state[gi]
-            for name, value in entry.items():
-                if value is None:
-                    continue
+            unknown = [k for k in entry if k != "step" and k not in names]
+            if unknown or (self._algo == "sgd" and "step" in entry):
+                bad = unknown[0] if unknown else "step"
+                raise ValueError(
+                    f"{op}: state[{idx!r}] has an entry {bad!r}, which {op} does not keep (its state: "
+                    f"{', '.join(('step',) * (self._algo != 'sgd') + names)}); is it another optimizer's state?"
+                )
+            present = {k for k, v in entry.items() if v is not None}
+            if not present:
+                continue  # no state yet: made at the parameter's next step, as for a new parameter
+            # SGD: a missing momentum buffer means the next step is its first (torch's rule)
+            used = _needed(self._algo, hypers[gi])
+            need = [] if self._algo == "sgd" else ["step", *(n for n, u in zip(names, used, strict=True) if u)]
+            missing = [n for n in need if n not in present]
+            if missing:
+                raise ValueError(
+                    f"{op}: state[{idx!r}] lacks {', '.join(map(repr, missing))} (needed with group {gi}'s options)"
+                )
+            p = self.param_groups[gi]["params"][pos]
+            shape, dtype = _meta(self._be, p)
+            for name in sorted(present):
+                value = entry[name]
                 if name == "step":
-                    s = float(np.asarray(value))
-                    if not (s >= 0 and s == math.floor(s)):
-                        raise ValueError(f"{op}: state[{idx}]['step'] must be a whole number >= 0, got {s}")
-                    steps[pos] = int(s)
-                elif name in names:
-                    a = np.asarray(value) if not on_cuda(value) else _to_host(self._be, value)
-                    if a.dtype.kind not in "fiu":
-                        raise TypeError(f"{op}: state[{idx}][{name!r}] has dtype {a.dtype}")
-                    shape, dtype = _meta(self._be, p)
-                    if a.shape != shape:
-                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {shape}")
-                    st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
-                else:
-                    raise ValueError(f"{op}: state[{idx}] has an unknown entry {name!r}")
+                    steps[pos] = _step_number(op, f"state[{idx!r}]['step']", value)
+                    continue
+                a = _to_host(self._be, value) if on_cuda(value) else _host_array(value)
+                if a is None or a.dtype.kind not in "fiu":
+                    what = type(value).__name__ if a is None else f"dtype {a.dtype}"
+                    raise TypeError(f"{op}: state[{idx!r}][{name!r}] must be a real numeric array, got {what}")
+                if a.shape != shape:
+                    raise ValueError(f"{op}: state[{idx!r}][{name!r}] has shape {a.shape}, its parameter {shape}")
+                st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
         if self._be is not CPU:  # checked on the host: now move the state to the device
             new_state = [
                 ([{k: _to_device(self._be, a) for k, a in d.items()} for d in st], steps) for st, steps in new_state
@@ -1008,6 +1132,7 @@ class Optimizer:
             self.param_groups[gi].update(group)
             gd = self._groups[gi]
             gd.state, gd.steps, gd.tables, gd.ready = st, steps, None, None
+            gd.hyper_key = gd.hyper = None
 
     def __repr__(self) -> str:
         lines = [f"{self._name} ("]
