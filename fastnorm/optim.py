@@ -54,7 +54,8 @@ The gradient-descent family in these terms
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -312,64 +313,117 @@ def _beta(op, name, v):
     return V.scalar(op, name, _num(v), low=0.0, high=1.0, high_open=True)
 
 
-def _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize) -> dict:
-    h = {
-        "lr": _lr(op, lr),
-        "momentum": _nonneg(op, "momentum", momentum),
-        "dampening": V.scalar(op, "dampening", _num(dampening)),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "nesterov": _flag(op, "nesterov", nesterov),
-        "maximize": _flag(op, "maximize", maximize),
-    }
+@dataclass(frozen=True)
+class Hp:
+    """One hyperparameter, declared once: its default and valid range (a bool default: a flag)."""
+
+    default: float | bool
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+
+    def check(self, op: str, name: str, value):
+        if isinstance(self.default, bool):
+            return _flag(op, name, value)
+        return V.scalar(op, name, _num(value), low=self.low, high=self.high, high_open=self.high_open)
+
+
+@dataclass(frozen=True)
+class Algo:
+    """An optimizer algorithm, declared once: its hyperparameters in the functional step's names and order
+    (``class_only``: those only the class takes), its state streams in the kernels' table order, and
+    which streams the options use. The functional steps, the classes (defaults, checks, state dicts) and
+    the tests read it."""
+
+    name: str
+    hyper: dict
+    streams: tuple
+    needed: Callable[[dict], tuple]
+    class_only: dict = field(default_factory=dict)
+    extra_check: Callable[[str, dict], None] | None = None
+
+    def check(self, op: str, values: dict) -> dict:
+        """``values`` (functional names) checked and converted (floats, bools), in declaration order."""
+        specs = {**self.hyper, **self.class_only}
+        h = {k: specs[k].check(op, k, values[k]) for k in specs if k in values}
+        if self.extra_check is not None:
+            self.extra_check(op, h)
+        return h
+
+    def class_defaults(self) -> dict:
+        """The classes' defaults: torch's names (``betas`` for beta1, beta2)."""
+        d = {k: p.default for k, p in {**self.hyper, **self.class_only}.items()}
+        if "beta1" in d:
+            d = {("betas" if k == "beta1" else k): ((d["beta1"], d["beta2"]) if k == "beta1" else v)
+                 for k, v in d.items() if k != "beta2"}
+        return d
+
+
+def _check_nesterov(op: str, h: dict) -> None:
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         raise ValueError(f"{op}: nesterov=True requires momentum > 0 and dampening = 0")
-    return h
 
 
-def _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize, initial_accumulator_value=0.0) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "lr_decay": _nonneg(op, "lr_decay", lr_decay),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "initial_accumulator_value": _nonneg(op, "initial_accumulator_value", initial_accumulator_value),
-        "eps": _nonneg(op, "eps", eps),
-        "maximize": _flag(op, "maximize", maximize),
-    }
+def _check_decoupled(op: str, h: dict) -> None:
+    if not h.get("decoupled_weight_decay", True):
+        raise ValueError(f"{op}: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
 
 
-def _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "rho": V.scalar(op, "rho", _num(rho), low=0.0, high=1.0),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "maximize": _flag(op, "maximize", maximize),
-    }
-
-
-def _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "alpha": _nonneg(op, "alpha", alpha),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "momentum": _nonneg(op, "momentum", momentum),
-        "centered": _flag(op, "centered", centered),
-        "maximize": _flag(op, "maximize", maximize),
-    }
-
-
-def _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "beta1": _beta(op, "beta1", beta1),
-        "beta2": _beta(op, "beta2", beta2),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "amsgrad": _flag(op, "amsgrad", amsgrad),
-        "maximize": _flag(op, "maximize", maximize),
-        "decoupled_weight_decay": _flag(op, "decoupled_weight_decay", decoupled_weight_decay),
-    }
+_LR = Hp(1e-3, low=0.0)
+_WD = Hp(0.0, low=0.0)
+_FLAG = Hp(False)
+_BETA = dict(low=0.0, high=1.0, high_open=True)
+_ADAM_HYPER = {
+    "lr": _LR,
+    "beta1": Hp(0.9, **_BETA),
+    "beta2": Hp(0.999, **_BETA),
+    "eps": Hp(1e-8, low=0.0),
+    "weight_decay": _WD,
+    "amsgrad": _FLAG,
+    "maximize": _FLAG,
+    "decoupled_weight_decay": _FLAG,
+}
+_ADAM_STREAMS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+ALGOS = {
+    "sgd": Algo(
+        "sgd",
+        {"lr": _LR, "momentum": Hp(0.0, low=0.0), "dampening": Hp(0.0), "weight_decay": _WD,
+         "nesterov": _FLAG, "maximize": _FLAG},
+        ("momentum_buffer",),
+        lambda h: (h["momentum"] != 0,),
+        extra_check=_check_nesterov,
+    ),
+    "adagrad": Algo(
+        "adagrad",
+        {"lr": Hp(1e-2, low=0.0), "lr_decay": Hp(0.0, low=0.0), "weight_decay": _WD, "eps": Hp(1e-10, low=0.0),
+         "maximize": _FLAG},
+        ("sum",),
+        lambda h: (True,),
+        class_only={"initial_accumulator_value": Hp(0.0, low=0.0)},
+    ),
+    "adadelta": Algo(
+        "adadelta",
+        {"lr": Hp(1.0, low=0.0), "rho": Hp(0.9, low=0.0, high=1.0), "eps": Hp(1e-6, low=0.0), "weight_decay": _WD,
+         "maximize": _FLAG},
+        ("square_avg", "acc_delta"),
+        lambda h: (True, True),
+    ),
+    "rmsprop": Algo(
+        "rmsprop",
+        {"lr": Hp(1e-2, low=0.0), "alpha": Hp(0.99, low=0.0), "eps": Hp(1e-8, low=0.0), "weight_decay": _WD,
+         "momentum": Hp(0.0, low=0.0), "centered": _FLAG, "maximize": _FLAG},
+        ("square_avg", "grad_avg", "momentum_buffer"),
+        lambda h: (True, h["centered"], h["momentum"] > 0),
+    ),
+    "adam": Algo("adam", _ADAM_HYPER, _ADAM_STREAMS, lambda h: (True, True, h["amsgrad"])),
+    "adamw": Algo(
+        "adamw",
+        {**_ADAM_HYPER, "weight_decay": Hp(1e-2, low=0.0), "decoupled_weight_decay": Hp(True)},
+        _ADAM_STREAMS,
+        lambda h: (True, True, h["amsgrad"]),
+        extra_check=_check_decoupled,
+    ),
+}
 
 
 def _steps(op, step, n) -> np.ndarray:
@@ -386,13 +440,7 @@ def _steps(op, step, n) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ kernel launch
 # State streams of each algorithm, in the kernels' table order (rows 2..).
-_STREAMS = {
-    "sgd": ("momentum_buffer",),
-    "adagrad": ("sum",),
-    "adadelta": ("square_avg", "acc_delta"),
-    "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
-    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-}
+_STREAMS = {name: algo.streams for name, algo in ALGOS.items()}
 
 # The functional steps' argument holding each stream (named in errors).
 _ARG = {
@@ -409,13 +457,7 @@ _ARG = {
 
 def _needed(algo: str, h: dict) -> tuple[bool, ...]:
     """Which state streams the options use."""
-    if algo == "sgd":
-        return (h["momentum"] != 0,)
-    if algo == "rmsprop":
-        return (True, h["centered"], h["momentum"] > 0)
-    if algo == "adam":
-        return (True, True, h["amsgrad"])
-    return (True,) * len(_STREAMS[algo])
+    return ALGOS[algo].needed(h)
 
 
 def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None) -> np.ndarray:
@@ -566,7 +608,7 @@ def sgd_step(
     are the first step: a buffer is allocated, set to g and stored in the list.
     """
     op = "sgd_step"
-    h = _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize)
+    h = ALGOS["sgd"].check(op, locals())
     params = _as_list(op, "params", params)
     be = _backend(op, params)
     states, first, new = {}, None, []
@@ -609,7 +651,7 @@ def adagrad_step(
     ``step``: this update's number (from 1), one int or one per tensor.
     """
     op = "adagrad_step"
-    h = _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize)
+    h = ALGOS["adagrad"].check(op, locals())
     n = len(_as_list(op, "params", params))
     _functional(op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n))
 
@@ -635,7 +677,7 @@ def adadelta_step(
     All state starts at zero.
     """
     op = "adadelta_step"
-    h = _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize)
+    h = ALGOS["adadelta"].check(op, locals())
     states = {
         "square_avg": _as_list(op, "square_avgs", square_avgs),
         "acc_delta": _as_list(op, "acc_deltas", acc_deltas),
@@ -668,7 +710,7 @@ def rmsprop_step(
         momentum > 0: b = momentum * b + g / avg, p = p - lr * b;  else p = p - lr * g / avg
     """
     op = "rmsprop_step"
-    h = _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    h = ALGOS["rmsprop"].check(op, locals())
     states = {"square_avg": _as_list(op, "square_avgs", square_avgs)}
     if h["centered"]:
         if grad_avgs is None:
@@ -709,7 +751,7 @@ def adam_step(
         p = p - lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
     """
     op = "adamw_step" if decoupled_weight_decay else "adam_step"
-    h = _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    h = ALGOS["adam"].check(op, locals())
     n = len(_as_list(op, "params", params))
     states = {
         "exp_avg": _as_list(op, "exp_avgs", exp_avgs),
@@ -821,7 +863,8 @@ class Optimizer:
     rebuilt only when one changed.
     """
 
-    _algo = ""
+    _algo = ""  # the kernels' algorithm
+    _spec = ""  # the declaration in ALGOS (AdamW: its own defaults, Adam's kernels)
     _defaults: dict = {}
     _extra_keys: tuple = ()  # hyperparameter keys a torch state_dict may carry that fastnorm ignores
 
@@ -849,7 +892,14 @@ class Optimizer:
 
     # ---- hyperparameters
     def _hyper(self, group: dict) -> dict:
-        raise NotImplementedError
+        """The group's hyperparameters checked against the algorithm's declaration (``ALGOS``)."""
+        values = dict(group)
+        if "betas" in group:
+            betas = group["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise TypeError(f"{self._name}: betas must be a pair of floats, got {betas!r}")
+            values["beta1"], values["beta2"] = betas
+        return ALGOS[self._spec].check(self._name, values)
 
     def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
         """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
@@ -1147,14 +1197,8 @@ class SGD(Optimizer):
     relates it to full-batch / mini-batch gradient descent, heavy-ball and look-ahead Nesterov momentum)."""
 
     _algo = "sgd"
-    _defaults = {
-        "lr": 1e-3,
-        "momentum": 0.0,
-        "dampening": 0.0,
-        "weight_decay": 0.0,
-        "nesterov": False,
-        "maximize": False,
-    }
+    _spec = "sgd"
+    _defaults = ALGOS["sgd"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused")
 
     def __init__(
@@ -1180,30 +1224,13 @@ class SGD(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _sgd_hyper(
-            self._name,
-            g["lr"],
-            g["momentum"],
-            g["dampening"],
-            g["weight_decay"],
-            g["nesterov"],
-            g["maximize"],
-        )
-
 
 class Adagrad(Optimizer):
     """Adagrad, like ``torch.optim.Adagrad`` (see ``adagrad_step``); state made at construction."""
 
     _algo = "adagrad"
-    _defaults = {
-        "lr": 1e-2,
-        "lr_decay": 0.0,
-        "eps": 1e-10,
-        "weight_decay": 0.0,
-        "initial_accumulator_value": 0.0,
-        "maximize": False,
-    }
+    _spec = "adagrad"
+    _defaults = ALGOS["adagrad"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused")
 
     def __init__(
@@ -1229,16 +1256,6 @@ class Adagrad(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _adagrad_hyper(
-            self._name,
-            g["lr"],
-            g["lr_decay"],
-            g["weight_decay"],
-            g["eps"],
-            g["maximize"],
-            g["initial_accumulator_value"],
-        )
 
     def _new_state(self, name, p, group):
         return _full(self._be, *_meta(self._be, p), float(group["initial_accumulator_value"]))
@@ -1253,29 +1270,20 @@ class Adadelta(Optimizer):
     """Adadelta, like ``torch.optim.Adadelta`` (see ``adadelta_step``)."""
 
     _algo = "adadelta"
-    _defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
+    _spec = "adadelta"
+    _defaults = ALGOS["adadelta"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "capturable")
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
-
-    def _hyper(self, g):
-        return _adadelta_hyper(self._name, g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"])
 
 
 class RMSprop(Optimizer):
     """RMSprop, like ``torch.optim.RMSprop`` (see ``rmsprop_step``)."""
 
     _algo = "rmsprop"
-    _defaults = {
-        "lr": 1e-2,
-        "momentum": 0.0,
-        "alpha": 0.99,
-        "eps": 1e-8,
-        "centered": False,
-        "weight_decay": 0.0,
-        "maximize": False,
-    }
+    _spec = "rmsprop"
+    _defaults = ALGOS["rmsprop"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "capturable")
 
     def __init__(
@@ -1303,32 +1311,13 @@ class RMSprop(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _rmsprop_hyper(
-            self._name,
-            g["lr"],
-            g["alpha"],
-            g["eps"],
-            g["weight_decay"],
-            g["momentum"],
-            g["centered"],
-            g["maximize"],
-        )
-
 
 class Adam(Optimizer):
     """Adam, like ``torch.optim.Adam`` (see ``adam_step``); ``decoupled_weight_decay=True`` is AdamW."""
 
     _algo = "adam"
-    _defaults = {
-        "lr": 1e-3,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "amsgrad": False,
-        "maximize": False,
-        "decoupled_weight_decay": False,
-    }
+    _spec = "adam"
+    _defaults = ALGOS["adam"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused", "capturable")
 
     def __init__(
@@ -1356,27 +1345,12 @@ class Adam(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        betas = g["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{self._name}: betas must be a pair of floats, got {betas!r}")
-        return _adam_hyper(
-            self._name,
-            g["lr"],
-            betas[0],
-            betas[1],
-            g["eps"],
-            g["weight_decay"],
-            g["amsgrad"],
-            g["maximize"],
-            g["decoupled_weight_decay"],
-        )
-
 
 class AdamW(Adam):
     """AdamW, like ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
 
-    _defaults = {**Adam._defaults, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+    _spec = "adamw"
+    _defaults = ALGOS["adamw"].class_defaults()
 
     def __init__(
         self,
@@ -1403,7 +1377,3 @@ class AdamW(Adam):
             ),
         )
 
-    def _hyper(self, g):
-        if not g["decoupled_weight_decay"]:
-            raise ValueError("AdamW: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
-        return super()._hyper(g)
