@@ -29,11 +29,15 @@ place; they cannot be copied), or all CUDA arrays (anything with ``__cuda_array_
 device arrays, CuPy arrays, PyTorch CUDA tensors), which run the same steps on the GPU (state the
 classes allocate is then Numba device arrays; ``state_dict()`` returns host NumPy copies). Mixing host
 and device arrays in one call is a ``TypeError`` naming the argument. State has its parameter's shape
-and dtype; gradients must match their parameter's shape and dtype (a non-contiguous gradient is copied).
-Hyperparameters are Python floats; scalar constants (bias corrections, lr * weight_decay) are computed
-in double and rounded to the parameter's dtype once. Everything is checked before anything is written:
-a bad argument raises ``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves
-parameters and state untouched.
+and dtype; gradients must match their parameter's shape and dtype (a gradient that is non-contiguous,
+not aligned to its element size, or byte-swapped is copied in). Parameters and state, updated in place,
+must be native-endian, aligned, C-contiguous and writeable: otherwise a ``ValueError`` names the argument
+and the reason. Hyperparameters are numbers (Python or NumPy scalars, 0-d arrays), read by value and
+checked at every step; each algorithm declares them once, with defaults and valid ranges, in ``ALGOS``.
+Scalar constants (bias corrections, lr * weight_decay) are computed in double and rounded to the
+parameter's dtype once. Everything is checked before anything is written: a bad argument raises
+``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
+untouched.
 
 The gradient-descent family in these terms
 ------------------------------------------
