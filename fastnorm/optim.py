@@ -29,11 +29,15 @@ place; they cannot be copied), or all CUDA arrays (anything with ``__cuda_array_
 device arrays, CuPy arrays, PyTorch CUDA tensors), which run the same steps on the GPU (state the
 classes allocate is then Numba device arrays; ``state_dict()`` returns host NumPy copies). Mixing host
 and device arrays in one call is a ``TypeError`` naming the argument. State has its parameter's shape
-and dtype; gradients must match their parameter's shape and dtype (a non-contiguous gradient is copied).
-Hyperparameters are Python floats; scalar constants (bias corrections, lr * weight_decay) are computed
-in double and rounded to the parameter's dtype once. Everything is checked before anything is written:
-a bad argument raises ``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves
-parameters and state untouched.
+and dtype; gradients must match their parameter's shape and dtype (a gradient that is non-contiguous,
+not aligned to its element size, or byte-swapped is copied in). Parameters and state, updated in place,
+must be native-endian, aligned, C-contiguous and writeable: otherwise a ``ValueError`` names the argument
+and the reason. Hyperparameters are numbers (Python or NumPy scalars, 0-d arrays), read by value and
+checked at every step; each algorithm declares them once, with defaults and valid ranges, in ``ALGOS``.
+Scalar constants (bias corrections, lr * weight_decay) are computed in double and rounded to the
+parameter's dtype once. Everything is checked before anything is written: a bad argument raises
+``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
+untouched.
 
 The gradient-descent family in these terms
 ------------------------------------------
@@ -54,7 +58,8 @@ The gradient-descent family in these terms
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -153,11 +158,14 @@ def _addr(be, a) -> int:
 
 
 # ------------------------------------------------------------------------------------------ array checks
-def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
-    """Raise the error explaining why ``a`` failed the kernels' fast check; or return a contiguous copy
-    when only its layout was wrong and ``copy_ok`` (gradients)."""
+def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
+    """``a`` itself when the kernels can use it, a native, aligned, C-contiguous copy when only its layout
+    is wrong and ``copy_ok`` (gradients: read, never written); otherwise the error saying why.
+
+    Memory overlap is not checked here (see ``_gather_like``).
+    """
     if be is not CPU:
-        return _why_not_device_array(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
+        return _usable_device(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
     if not isinstance(a, np.ndarray):
         if on_cuda(a):
             raise TypeError(
@@ -165,24 +173,30 @@ def _why_not_array(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool
                 "on the CPU; move them to one device"
             )
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    native = a.dtype.newbyteorder("=")
     want = _FLOATS if ref is None else (ref.dtype,)
-    if a.dtype not in want or not a.dtype.isnative:
+    if native not in want:
         what = "float32 or float64" if ref is None else f"{ref.dtype.name} like its parameter"
-        got = a.dtype.str if a.dtype in want else a.dtype
-        raise TypeError(f"{op}: {name} has dtype {got}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {a.dtype.name}; expected {what}")
     if ref is not None and a.shape != ref.shape:
         raise ValueError(f"{op}: {name} has shape {a.shape} but its parameter has shape {ref.shape}")
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        if copy_ok:
-            return np.ascontiguousarray(a)
-        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
-    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+    if a.dtype.isnative and a.flags.c_contiguous and a.flags.aligned:
+        if writeable and not a.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
+        return a
+    if copy_ok:  # a fresh allocation: native byte order, aligned, C-contiguous
+        return np.array(a, dtype=native, order="C", copy=True)
+    if not a.dtype.isnative:
+        why = f"is big-endian ({a.dtype.str}); pass it in native byte order"
+    elif not a.flags.aligned:
+        why = "is not aligned to its element size (e.g. a view at an odd byte offset)"
+    else:
+        why = "must be C-contiguous"
+    raise ValueError(f"{op}: {name} {why} (it is updated in place, so it cannot be copied)")
 
 
-def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
-    """``_why_not_array`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
+def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+    """``_usable`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
     if not on_cuda(a):
         if a is None or not hasattr(a, "__array__"):
             raise TypeError(f"{op}: {name} must be a CUDA array, got {type(a).__name__}")
@@ -193,9 +207,11 @@ def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, co
     ai = be._iface(a)
     dtype = np.dtype(ai["typestr"])
     want = _FLOATS if ref is None else (np.dtype(be._iface(ref)["typestr"]),)
-    if dtype not in want or not dtype.isnative:
+    if dtype.newbyteorder("=") not in want:
         what = "float32 or float64" if ref is None else f"{want[0].name} like its parameter"
-        raise TypeError(f"{op}: {name} has dtype {dtype}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {what}")
+    if not dtype.isnative:
+        raise ValueError(f"{op}: {name} is big-endian ({dtype.str}); CUDA arrays must be in native byte order")
     shape = tuple(ai["shape"])
     if ref is not None and shape != tuple(be._iface(ref)["shape"]):
         raise ValueError(f"{op}: {name} has shape {shape} but its parameter has shape {tuple(be._iface(ref)['shape'])}")
@@ -204,10 +220,15 @@ def _why_not_device_array(be, op: str, name: str, a, ref, *, writeable: bool, co
     if not be.is_contiguous(a):
         if copy_ok:
             return be.asarray(a)
-        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+        raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place, so it cannot be copied)")
     if writeable and ai["data"][1]:
         raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
-    raise ValueError(f"{op}: {name} shares memory with a parameter or state array")
+    return a
+
+
+def _nbytes(be, a) -> int:
+    shape, dtype = _meta(be, a)
+    return math.prod(shape) * dtype.itemsize
 
 
 def _as_list(op: str, name: str, arrays) -> list:
@@ -221,29 +242,37 @@ def _gather_params(op: str, params: list, name: str = "params", be=CPU) -> np.nd
     info = np.empty((3, len(params)), np.int64)
     bad = _kern(be).gather_params(params, info)
     if bad >= 0:
-        _why_not_array(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False, be=be)
+        _usable(op, f"{name}[{bad}]", params[bad], None, writeable=True, copy_ok=False, be=be)
+        raise AssertionError(f"{op}: {name}[{bad}] was refused by the kernels' check for no reason found")
     return info
 
 
 def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE, be=CPU):
-    """Addresses of ``arrays`` (each matching its parameter, outside the byte ranges ``avoid``).
+    """Addresses of ``arrays`` (each matching its parameter, outside the sorted byte ranges ``avoid``).
 
-    Gradients with a bad layout are copied: returns (addresses, arrays) with ``arrays`` holding the
-    copies (keep it alive while the kernel runs).
+    The kernels' fast check accepts the usual case; otherwise one pass over the entries raises the
+    first error, or (gradients) replaces the entries with a bad layout by copies: returns (addresses,
+    arrays) with ``arrays`` holding the copies (keep it alive while the kernel runs).
     """
     if len(arrays) != len(params):
         raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
     ptrs = np.empty(len(params), np.intp)
-    while True:
-        bad = _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1])
-        if bad < 0:
-            return ptrs, arrays
-        a = arrays[bad]
+    if _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1]) < 0:
+        return ptrs, arrays
+    arrays = list(arrays)
+    for i, a in enumerate(arrays):
         if a is None:
-            raise TypeError(f"{op}: {name}[{bad}] is None")
-        fixed = _why_not_array(op, f"{name}[{bad}]", a, params[bad], writeable=writeable, copy_ok=not writeable, be=be)
-        arrays = list(arrays)
-        arrays[bad] = fixed
+            if not allow_none:
+                raise TypeError(f"{op}: {name}[{i}] is None")
+            ptrs[i] = 0
+            continue
+        a = arrays[i] = _usable(op, f"{name}[{i}]", a, params[i], writeable=writeable, copy_ok=not writeable, be=be)
+        ptrs[i] = lo = _addr(be, a)
+        hi = lo + _nbytes(be, a)
+        k = int(np.searchsorted(avoid[0], hi, side="left"))  # ranges starting before hi; the last may meet
+        if hi > lo and k > 0 and avoid[1][k - 1] > lo:
+            raise ValueError(f"{op}: {name}[{i}] shares memory with a parameter or state array")
+    return ptrs, arrays
 
 
 def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
@@ -260,12 +289,22 @@ def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
+def _num(v):
+    """A 0-d array or tensor hyperparameter (torch allows ``lr=torch.tensor(0.01)``) as its number; any
+    other value unchanged (``V.scalar`` then checks it)."""
+    if isinstance(v, np.ndarray) and v.shape == () and v.dtype.kind in "fiu":
+        return v.item()
+    if hasattr(v, "detach") and getattr(v, "shape", None) == () and not getattr(v, "requires_grad", False):
+        return v.item()  # a 0-d torch tensor
+    return v
+
+
 def _lr(op, lr):
-    return V.scalar(op, "lr", lr, low=0.0)
+    return V.scalar(op, "lr", _num(lr), low=0.0)
 
 
 def _nonneg(op, name, v):
-    return V.scalar(op, name, v, low=0.0)
+    return V.scalar(op, name, _num(v), low=0.0)
 
 
 def _flag(op, name, v) -> bool:
@@ -275,67 +314,120 @@ def _flag(op, name, v) -> bool:
 
 
 def _beta(op, name, v):
-    return V.scalar(op, name, v, low=0.0, high=1.0, high_open=True)
+    return V.scalar(op, name, _num(v), low=0.0, high=1.0, high_open=True)
 
 
-def _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize) -> dict:
-    h = {
-        "lr": _lr(op, lr),
-        "momentum": _nonneg(op, "momentum", momentum),
-        "dampening": V.scalar(op, "dampening", dampening),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "nesterov": _flag(op, "nesterov", nesterov),
-        "maximize": _flag(op, "maximize", maximize),
-    }
+@dataclass(frozen=True)
+class Hp:
+    """One hyperparameter, declared once: its default and valid range (a bool default: a flag)."""
+
+    default: float | bool
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+
+    def check(self, op: str, name: str, value):
+        if isinstance(self.default, bool):
+            return _flag(op, name, value)
+        return V.scalar(op, name, _num(value), low=self.low, high=self.high, high_open=self.high_open)
+
+
+@dataclass(frozen=True)
+class Algo:
+    """An optimizer algorithm, declared once: its hyperparameters in the functional step's names and order
+    (``class_only``: those only the class takes), its state streams in the kernels' table order, and
+    which streams the options use. The functional steps, the classes (defaults, checks, state dicts) and
+    the tests read it."""
+
+    name: str
+    hyper: dict
+    streams: tuple
+    needed: Callable[[dict], tuple]
+    class_only: dict = field(default_factory=dict)
+    extra_check: Callable[[str, dict], None] | None = None
+
+    def check(self, op: str, values: dict) -> dict:
+        """``values`` (functional names) checked and converted (floats, bools), in declaration order."""
+        specs = {**self.hyper, **self.class_only}
+        h = {k: specs[k].check(op, k, values[k]) for k in specs if k in values}
+        if self.extra_check is not None:
+            self.extra_check(op, h)
+        return h
+
+    def class_defaults(self) -> dict:
+        """The classes' defaults: torch's names (``betas`` for beta1, beta2)."""
+        d = {k: p.default for k, p in {**self.hyper, **self.class_only}.items()}
+        if "beta1" in d:
+            d = {("betas" if k == "beta1" else k): ((d["beta1"], d["beta2"]) if k == "beta1" else v)
+                 for k, v in d.items() if k != "beta2"}
+        return d
+
+
+def _check_nesterov(op: str, h: dict) -> None:
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         raise ValueError(f"{op}: nesterov=True requires momentum > 0 and dampening = 0")
-    return h
 
 
-def _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize, initial_accumulator_value=0.0) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "lr_decay": _nonneg(op, "lr_decay", lr_decay),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "initial_accumulator_value": _nonneg(op, "initial_accumulator_value", initial_accumulator_value),
-        "eps": _nonneg(op, "eps", eps),
-        "maximize": _flag(op, "maximize", maximize),
-    }
+def _check_decoupled(op: str, h: dict) -> None:
+    if not h.get("decoupled_weight_decay", True):
+        raise ValueError(f"{op}: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
 
 
-def _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "rho": V.scalar(op, "rho", rho, low=0.0, high=1.0),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "maximize": _flag(op, "maximize", maximize),
-    }
-
-
-def _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "alpha": _nonneg(op, "alpha", alpha),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "momentum": _nonneg(op, "momentum", momentum),
-        "centered": _flag(op, "centered", centered),
-        "maximize": _flag(op, "maximize", maximize),
-    }
-
-
-def _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) -> dict:
-    return {
-        "lr": _lr(op, lr),
-        "beta1": _beta(op, "beta1", beta1),
-        "beta2": _beta(op, "beta2", beta2),
-        "eps": _nonneg(op, "eps", eps),
-        "weight_decay": _nonneg(op, "weight_decay", weight_decay),
-        "amsgrad": _flag(op, "amsgrad", amsgrad),
-        "maximize": _flag(op, "maximize", maximize),
-        "decoupled_weight_decay": _flag(op, "decoupled_weight_decay", decoupled_weight_decay),
-    }
+_LR = Hp(1e-3, low=0.0)
+_WD = Hp(0.0, low=0.0)
+_FLAG = Hp(False)
+_BETA = dict(low=0.0, high=1.0, high_open=True)
+_ADAM_HYPER = {
+    "lr": _LR,
+    "beta1": Hp(0.9, **_BETA),
+    "beta2": Hp(0.999, **_BETA),
+    "eps": Hp(1e-8, low=0.0),
+    "weight_decay": _WD,
+    "amsgrad": _FLAG,
+    "maximize": _FLAG,
+    "decoupled_weight_decay": _FLAG,
+}
+_ADAM_STREAMS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+ALGOS = {
+    "sgd": Algo(
+        "sgd",
+        {"lr": _LR, "momentum": Hp(0.0, low=0.0), "dampening": Hp(0.0), "weight_decay": _WD,
+         "nesterov": _FLAG, "maximize": _FLAG},
+        ("momentum_buffer",),
+        lambda h: (h["momentum"] != 0,),
+        extra_check=_check_nesterov,
+    ),
+    "adagrad": Algo(
+        "adagrad",
+        {"lr": Hp(1e-2, low=0.0), "lr_decay": Hp(0.0, low=0.0), "weight_decay": _WD, "eps": Hp(1e-10, low=0.0),
+         "maximize": _FLAG},
+        ("sum",),
+        lambda h: (True,),
+        class_only={"initial_accumulator_value": Hp(0.0, low=0.0)},
+    ),
+    "adadelta": Algo(
+        "adadelta",
+        {"lr": Hp(1.0, low=0.0), "rho": Hp(0.9, low=0.0, high=1.0), "eps": Hp(1e-6, low=0.0), "weight_decay": _WD,
+         "maximize": _FLAG},
+        ("square_avg", "acc_delta"),
+        lambda h: (True, True),
+    ),
+    "rmsprop": Algo(
+        "rmsprop",
+        {"lr": Hp(1e-2, low=0.0), "alpha": Hp(0.99, low=0.0), "eps": Hp(1e-8, low=0.0), "weight_decay": _WD,
+         "momentum": Hp(0.0, low=0.0), "centered": _FLAG, "maximize": _FLAG},
+        ("square_avg", "grad_avg", "momentum_buffer"),
+        lambda h: (True, h["centered"], h["momentum"] > 0),
+    ),
+    "adam": Algo("adam", _ADAM_HYPER, _ADAM_STREAMS, lambda h: (True, True, h["amsgrad"])),
+    "adamw": Algo(
+        "adamw",
+        {**_ADAM_HYPER, "weight_decay": Hp(1e-2, low=0.0), "decoupled_weight_decay": Hp(True)},
+        _ADAM_STREAMS,
+        lambda h: (True, True, h["amsgrad"]),
+        extra_check=_check_decoupled,
+    ),
+}
 
 
 def _steps(op, step, n) -> np.ndarray:
@@ -352,24 +444,24 @@ def _steps(op, step, n) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ kernel launch
 # State streams of each algorithm, in the kernels' table order (rows 2..).
-_STREAMS = {
-    "sgd": ("momentum_buffer",),
-    "adagrad": ("sum",),
-    "adadelta": ("square_avg", "acc_delta"),
-    "rmsprop": ("square_avg", "grad_avg", "momentum_buffer"),
-    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+_STREAMS = {name: algo.streams for name, algo in ALGOS.items()}
+
+# The functional steps' argument holding each stream (named in errors).
+_ARG = {
+    "momentum_buffer": "momentum_buffers",
+    "sum": "state_sums",
+    "square_avg": "square_avgs",
+    "acc_delta": "acc_deltas",
+    "grad_avg": "grad_avgs",
+    "exp_avg": "exp_avgs",
+    "exp_avg_sq": "exp_avg_sqs",
+    "max_exp_avg_sq": "max_exp_avg_sqs",
 }
 
 
 def _needed(algo: str, h: dict) -> tuple[bool, ...]:
     """Which state streams the options use."""
-    if algo == "sgd":
-        return (h["momentum"] != 0,)
-    if algo == "rmsprop":
-        return (True, h["centered"], h["momentum"] > 0)
-    if algo == "adam":
-        return (True, True, h["amsgrad"])
-    return (True,) * len(_STREAMS[algo])
+    return ALGOS[algo].needed(h)
 
 
 def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None) -> np.ndarray:
@@ -488,7 +580,7 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
     tab[0] = info[0]
     for r, name in enumerate(names):
         if states.get(name) is not None:
-            tab[2 + r], _ = _gather_like(op, name, states[name], params, writeable=True, be=be)
+            tab[2 + r], _ = _gather_like(op, _ARG[name], states[name], params, writeable=True, be=be)
     written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
     avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
     tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid, be=be)
@@ -520,7 +612,7 @@ def sgd_step(
     are the first step: a buffer is allocated, set to g and stored in the list.
     """
     op = "sgd_step"
-    h = _sgd_hyper(op, lr, momentum, dampening, weight_decay, nesterov, maximize)
+    h = ALGOS["sgd"].check(op, locals())
     params = _as_list(op, "params", params)
     be = _backend(op, params)
     states, first, new = {}, None, []
@@ -563,7 +655,7 @@ def adagrad_step(
     ``step``: this update's number (from 1), one int or one per tensor.
     """
     op = "adagrad_step"
-    h = _adagrad_hyper(op, lr, lr_decay, weight_decay, eps, maximize)
+    h = ALGOS["adagrad"].check(op, locals())
     n = len(_as_list(op, "params", params))
     _functional(op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n))
 
@@ -589,7 +681,7 @@ def adadelta_step(
     All state starts at zero.
     """
     op = "adadelta_step"
-    h = _adadelta_hyper(op, lr, rho, eps, weight_decay, maximize)
+    h = ALGOS["adadelta"].check(op, locals())
     states = {
         "square_avg": _as_list(op, "square_avgs", square_avgs),
         "acc_delta": _as_list(op, "acc_deltas", acc_deltas),
@@ -622,7 +714,7 @@ def rmsprop_step(
         momentum > 0: b = momentum * b + g / avg, p = p - lr * b;  else p = p - lr * g / avg
     """
     op = "rmsprop_step"
-    h = _rmsprop_hyper(op, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    h = ALGOS["rmsprop"].check(op, locals())
     states = {"square_avg": _as_list(op, "square_avgs", square_avgs)}
     if h["centered"]:
         if grad_avgs is None:
@@ -663,7 +755,7 @@ def adam_step(
         p = p - lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
     """
     op = "adamw_step" if decoupled_weight_decay else "adam_step"
-    h = _adam_hyper(op, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    h = ALGOS["adam"].check(op, locals())
     n = len(_as_list(op, "params", params))
     states = {
         "exp_avg": _as_list(op, "exp_avgs", exp_avgs),
@@ -712,6 +804,45 @@ def adamw_step(
 
 
 # ------------------------------------------------------------------------------------------ classes
+def _by_value(v):
+    """A snapshot of a hyperparameter that compares equal only to an equal value of the same type: a list
+    changed in place (``betas[0] = 0.5``) or a 0-d array written to no longer matches the cached one."""
+    if isinstance(v, (list, tuple)):
+        return (type(v), tuple(_by_value(x) for x in v))
+    if isinstance(v, np.ndarray):
+        return (np.ndarray, v.dtype.str, v.shape, v.tobytes())
+    if hasattr(v, "detach") and hasattr(v, "tolist"):  # a torch tensor (lr as a 0-d tensor)
+        return (type(v), str(v.dtype), v.detach().cpu().tolist())
+    try:
+        hash(v)
+    except TypeError:
+        return (type(v), id(v), repr(v))  # unhashable and unknown: re-validated whenever its repr changes
+    return (type(v), v)
+
+
+def _host_array(v) -> np.ndarray | None:
+    """``v`` (NumPy array, CPU torch tensor, nested list, number) as a NumPy array; None if it is none."""
+    if hasattr(v, "detach"):
+        v = v.detach()
+    try:
+        a = np.asarray(v)
+    except Exception:
+        return None
+    return None if a.dtype == object else a
+
+
+def _step_number(op: str, where: str, v) -> int:
+    """A saved ``step`` (int, float, 0-d array or tensor) as an int; TypeError/ValueError naming ``where``."""
+    a = _host_array(v)
+    if a is None or a.shape != () or a.dtype.kind not in "fiu":
+        got = type(v).__name__ if a is None or a.shape == () else f"an array of shape {a.shape}"
+        raise TypeError(f"{op}: {where} must be a number (int, float or 0-d array), got {got}")
+    s = float(a)
+    if not (math.isfinite(s) and s >= 0 and s == math.floor(s)):
+        raise ValueError(f"{op}: {where} must be a whole number >= 0, got {s}")
+    return int(s)
+
+
 class _Group:
     """Per parameter group: the state, the step counts and the cached kernel tables."""
 
@@ -736,7 +867,8 @@ class Optimizer:
     rebuilt only when one changed.
     """
 
-    _algo = ""
+    _algo = ""  # the kernels' algorithm
+    _spec = ""  # the declaration in ALGOS (AdamW: its own defaults, Adam's kernels)
     _defaults: dict = {}
     _extra_keys: tuple = ()  # hyperparameter keys a torch state_dict may carry that fastnorm ignores
 
@@ -764,12 +896,19 @@ class Optimizer:
 
     # ---- hyperparameters
     def _hyper(self, group: dict) -> dict:
-        raise NotImplementedError
+        """The group's hyperparameters checked against the algorithm's declaration (``ALGOS``)."""
+        values = dict(group)
+        if "betas" in group:
+            betas = group["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise TypeError(f"{self._name}: betas must be a pair of floats, got {betas!r}")
+            values["beta1"], values["beta2"] = betas
+        return ALGOS[self._spec].check(self._name, values)
 
     def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
         """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
         try:
-            key = tuple(group[k] for k in self._defaults)
+            key = tuple(_by_value(group[k]) for k in self._defaults)
         except KeyError:
             missing = [k for k in self._defaults if k not in group]
             raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}") from None
@@ -949,18 +1088,36 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and state from ``state_dict()`` (or a torch state dict converted with
         ``.numpy()``). State is copied into the parameters' dtype (and onto the GPU for GPU parameters:
-        host or CUDA arrays are accepted); everything is checked first."""
+        host or CUDA arrays are accepted).
+
+        The whole dict is checked before anything changes (on error the optimizer is untouched): the
+        group hyperparameters as the constructor checks them; each parameter's state entry is empty
+        or complete for the algorithm and the group's options (e.g. Adam: ``step``, ``exp_avg``,
+        ``exp_avg_sq``, and ``max_exp_avg_sq`` with amsgrad; SGD: ``momentum_buffer``, or nothing: the
+        next step is its first), ``step`` a whole number >= 0, each state array of its parameter's shape.
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"state": {index: {name: array}}, "param_groups": [{"params": [index, ...], ...}]}``.
+        """
         op = self._name
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise TypeError(f"{op}: state_dict must be a dict with 'state' and 'param_groups'")
-        saved_groups = state_dict["param_groups"]
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise TypeError(f"{op}: state_dict['param_groups'] must be a list, got {type(saved_groups).__name__}")
+        if not isinstance(saved_state, dict):
+            raise TypeError(f"{op}: state_dict['state'] must be a dict, got {type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"{op}: state_dict has {len(saved_groups)} parameter groups, the optimizer {len(self.param_groups)}"
             )
-        new_groups, new_state, where = [], [], {}
+        new_groups, hypers, new_state, where = [], [], [], {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            ids = list(saved.get("params", ()))
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise TypeError(f"{op}: state_dict's param_groups[{gi}] must be a dict with a 'params' list")
+            ids = list(saved["params"])
             if len(ids) != len(group["params"]):
                 raise ValueError(
                     f"{op}: state_dict's group {gi} has {len(ids)} parameters, the optimizer's {len(group['params'])}"
@@ -969,36 +1126,57 @@ class Optimizer:
             for k, v in saved.items():
                 if k != "params" and (k in self._defaults or k not in self._extra_keys):
                     g[k] = tuple(v) if isinstance(v, list) else v
-            self._group_hyper(g)
+            hypers.append(self._group_hyper(g))
             new_groups.append(g)
             for pos, idx in enumerate(ids):
+                try:
+                    seen = idx in where
+                except TypeError:
+                    raise TypeError(f"{op}: state_dict's param_groups[{gi}]['params'] holds {idx!r}") from None
+                if seen:
+                    raise ValueError(f"{op}: state_dict lists parameter {idx!r} in two places")
                 where[idx] = (gi, pos)
             new_state.append(([{} for _ in ids], np.zeros(len(ids), np.int64)))
-        names = set(_STREAMS[self._algo])
-        for idx, entry in state_dict["state"].items():
+        names = _STREAMS[self._algo]
+        for idx, entry in saved_state.items():
             if idx not in where:
                 raise ValueError(f"{op}: state_dict has state for parameter {idx!r}, which no group lists")
+            if not isinstance(entry, dict):
+                raise TypeError(f"{op}: state[{idx!r}] must be a dict, got {type(entry).__name__}")
             gi, pos = where[idx]
-            p = self.param_groups[gi]["params"][pos]
             st, steps = new_state[gi]
-            for name, value in entry.items():
-                if value is None:
-                    continue
+            unknown = [k for k in entry if k != "step" and k not in names]
+            if unknown or (self._algo == "sgd" and "step" in entry):
+                bad = unknown[0] if unknown else "step"
+                raise ValueError(
+                    f"{op}: state[{idx!r}] has an entry {bad!r}, which {op} does not keep (its state: "
+                    f"{', '.join(('step',) * (self._algo != 'sgd') + names)}); is it another optimizer's state?"
+                )
+            present = {k for k, v in entry.items() if v is not None}
+            if not present:
+                continue  # no state yet: made at the parameter's next step, as for a new parameter
+            # SGD: a missing momentum buffer means the next step is its first (torch's rule)
+            used = _needed(self._algo, hypers[gi])
+            need = [] if self._algo == "sgd" else ["step", *(n for n, u in zip(names, used, strict=True) if u)]
+            missing = [n for n in need if n not in present]
+            if missing:
+                raise ValueError(
+                    f"{op}: state[{idx!r}] lacks {', '.join(map(repr, missing))} (needed with group {gi}'s options)"
+                )
+            p = self.param_groups[gi]["params"][pos]
+            shape, dtype = _meta(self._be, p)
+            for name in sorted(present):
+                value = entry[name]
                 if name == "step":
-                    s = float(np.asarray(value))
-                    if not (s >= 0 and s == math.floor(s)):
-                        raise ValueError(f"{op}: state[{idx}]['step'] must be a whole number >= 0, got {s}")
-                    steps[pos] = int(s)
-                elif name in names:
-                    a = np.asarray(value) if not on_cuda(value) else _to_host(self._be, value)
-                    if a.dtype.kind not in "fiu":
-                        raise TypeError(f"{op}: state[{idx}][{name!r}] has dtype {a.dtype}")
-                    shape, dtype = _meta(self._be, p)
-                    if a.shape != shape:
-                        raise ValueError(f"{op}: state[{idx}][{name!r}] has shape {a.shape}, its parameter {shape}")
-                    st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
-                else:
-                    raise ValueError(f"{op}: state[{idx}] has an unknown entry {name!r}")
+                    steps[pos] = _step_number(op, f"state[{idx!r}]['step']", value)
+                    continue
+                a = _to_host(self._be, value) if on_cuda(value) else _host_array(value)
+                if a is None or a.dtype.kind not in "fiu":
+                    what = type(value).__name__ if a is None else f"dtype {a.dtype}"
+                    raise TypeError(f"{op}: state[{idx!r}][{name!r}] must be a real numeric array, got {what}")
+                if a.shape != shape:
+                    raise ValueError(f"{op}: state[{idx!r}][{name!r}] has shape {a.shape}, its parameter {shape}")
+                st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
         if self._be is not CPU:  # checked on the host: now move the state to the device
             new_state = [
                 ([{k: _to_device(self._be, a) for k, a in d.items()} for d in st], steps) for st, steps in new_state
@@ -1008,6 +1186,7 @@ class Optimizer:
             self.param_groups[gi].update(group)
             gd = self._groups[gi]
             gd.state, gd.steps, gd.tables, gd.ready = st, steps, None, None
+            gd.hyper_key = gd.hyper = None
 
     def __repr__(self) -> str:
         lines = [f"{self._name} ("]
@@ -1022,14 +1201,8 @@ class SGD(Optimizer):
     relates it to full-batch / mini-batch gradient descent, heavy-ball and look-ahead Nesterov momentum)."""
 
     _algo = "sgd"
-    _defaults = {
-        "lr": 1e-3,
-        "momentum": 0.0,
-        "dampening": 0.0,
-        "weight_decay": 0.0,
-        "nesterov": False,
-        "maximize": False,
-    }
+    _spec = "sgd"
+    _defaults = ALGOS["sgd"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused")
 
     def __init__(
@@ -1055,30 +1228,13 @@ class SGD(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _sgd_hyper(
-            self._name,
-            g["lr"],
-            g["momentum"],
-            g["dampening"],
-            g["weight_decay"],
-            g["nesterov"],
-            g["maximize"],
-        )
-
 
 class Adagrad(Optimizer):
     """Adagrad, like ``torch.optim.Adagrad`` (see ``adagrad_step``); state made at construction."""
 
     _algo = "adagrad"
-    _defaults = {
-        "lr": 1e-2,
-        "lr_decay": 0.0,
-        "eps": 1e-10,
-        "weight_decay": 0.0,
-        "initial_accumulator_value": 0.0,
-        "maximize": False,
-    }
+    _spec = "adagrad"
+    _defaults = ALGOS["adagrad"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused")
 
     def __init__(
@@ -1104,16 +1260,6 @@ class Adagrad(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _adagrad_hyper(
-            self._name,
-            g["lr"],
-            g["lr_decay"],
-            g["weight_decay"],
-            g["eps"],
-            g["maximize"],
-            g["initial_accumulator_value"],
-        )
 
     def _new_state(self, name, p, group):
         return _full(self._be, *_meta(self._be, p), float(group["initial_accumulator_value"]))
@@ -1128,29 +1274,20 @@ class Adadelta(Optimizer):
     """Adadelta, like ``torch.optim.Adadelta`` (see ``adadelta_step``)."""
 
     _algo = "adadelta"
-    _defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
+    _spec = "adadelta"
+    _defaults = ALGOS["adadelta"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "capturable")
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
-
-    def _hyper(self, g):
-        return _adadelta_hyper(self._name, g["lr"], g["rho"], g["eps"], g["weight_decay"], g["maximize"])
 
 
 class RMSprop(Optimizer):
     """RMSprop, like ``torch.optim.RMSprop`` (see ``rmsprop_step``)."""
 
     _algo = "rmsprop"
-    _defaults = {
-        "lr": 1e-2,
-        "momentum": 0.0,
-        "alpha": 0.99,
-        "eps": 1e-8,
-        "centered": False,
-        "weight_decay": 0.0,
-        "maximize": False,
-    }
+    _spec = "rmsprop"
+    _defaults = ALGOS["rmsprop"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "capturable")
 
     def __init__(
@@ -1178,32 +1315,13 @@ class RMSprop(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        return _rmsprop_hyper(
-            self._name,
-            g["lr"],
-            g["alpha"],
-            g["eps"],
-            g["weight_decay"],
-            g["momentum"],
-            g["centered"],
-            g["maximize"],
-        )
-
 
 class Adam(Optimizer):
     """Adam, like ``torch.optim.Adam`` (see ``adam_step``); ``decoupled_weight_decay=True`` is AdamW."""
 
     _algo = "adam"
-    _defaults = {
-        "lr": 1e-3,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "amsgrad": False,
-        "maximize": False,
-        "decoupled_weight_decay": False,
-    }
+    _spec = "adam"
+    _defaults = ALGOS["adam"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "fused", "capturable")
 
     def __init__(
@@ -1231,27 +1349,12 @@ class Adam(Optimizer):
             ),
         )
 
-    def _hyper(self, g):
-        betas = g["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{self._name}: betas must be a pair of floats, got {betas!r}")
-        return _adam_hyper(
-            self._name,
-            g["lr"],
-            betas[0],
-            betas[1],
-            g["eps"],
-            g["weight_decay"],
-            g["amsgrad"],
-            g["maximize"],
-            g["decoupled_weight_decay"],
-        )
-
 
 class AdamW(Adam):
     """AdamW, like ``torch.optim.AdamW``: Adam with decoupled weight decay (default 1e-2)."""
 
-    _defaults = {**Adam._defaults, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+    _spec = "adamw"
+    _defaults = ALGOS["adamw"].class_defaults()
 
     def __init__(
         self,
@@ -1278,7 +1381,3 @@ class AdamW(Adam):
             ),
         )
 
-    def _hyper(self, g):
-        if not g["decoupled_weight_decay"]:
-            raise ValueError("AdamW: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
-        return super()._hyper(g)

@@ -60,3 +60,45 @@ def numeric_grad(f, arrays, index, dy, h=1e-6):
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def _np_wide(a, dtype):
+    """``a`` (NumPy array, torch tensor, scalar) as a NumPy array of ``dtype``."""
+    if hasattr(a, "detach"):  # a torch tensor
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+def assert_close_to_ref(got, other, ref, *, name="", factor=2.0, ulps=8.0):
+    """DESIGN.md's error criterion: ``got`` (fastnorm's result) is at most ``factor`` times as far from
+    ``ref`` as ``other`` (torch's, or the NumPy reference's, result in the same dtype as ``got``), plus
+    ``ulps`` units of ``got``'s dtype at the scale of ``ref`` (so an exact ``other`` does not make the
+    bound zero)::
+
+        max|got - ref| <= factor * max|other - ref| + ulps * eps(dtype) * max(1, max|ref|)
+
+    ``ref`` is the same computation in higher precision on the same inputs cast up (float64 for float32
+    results; for float64 results, extended precision where the caller has it, or float64 itself, when
+    the bound is the slack alone). NaN/Inf must sit where ``ref`` (or, when ``ref`` has none there,
+    ``other``) has them. Arrays, torch tensors and scalars are accepted.
+    """
+    dtype = np.asarray(got).dtype if not hasattr(got, "detach") else np.dtype(str(got.dtype).split(".")[-1])
+    if dtype.kind != "f":
+        raise TypeError(f"{name}: assert_close_to_ref compares floating results, got {dtype}")
+    wide = np.longdouble if dtype == np.float64 else np.float64
+    g, o, r = _np_wide(got, wide), _np_wide(other, wide), _np_wide(ref, wide)
+    assert g.shape == r.shape == o.shape, f"{name}: shapes {g.shape}, {o.shape}, {r.shape} differ"
+    finite = np.isfinite(r)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: NaN pattern differs from ref")
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(r), err_msg=f"{name}: Inf pattern differs from ref")
+    np.testing.assert_array_equal(g[~finite], r[~finite], err_msg=f"{name}: non-finite values differ")
+    if not finite.any():
+        return
+    err = float(np.max(np.abs(g[finite] - r[finite])))
+    other_err = float(np.nanmax(np.abs(o[finite] - r[finite]))) if np.isfinite(o[finite]).any() else 0.0
+    scale = max(1.0, float(np.max(np.abs(r[finite]))))
+    bound = factor * other_err + ulps * float(np.finfo(dtype).eps) * scale
+    assert err <= bound, (
+        f"{name}: error {err:.3g} vs ref > bound {bound:.3g} ({factor} x the other's error {other_err:.3g} "
+        f"+ {ulps} ulps of {scale:.3g})"
+    )

@@ -9,7 +9,7 @@ import fastnorm
 from fastnorm import optim as O
 from fastnorm.reference import optim as R
 
-from ._util import FLOATS, assert_matches_reference, torch_or_skip
+from ._util import FLOATS, assert_close_to_ref, torch_or_skip
 
 SIZES = [1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64, 127, 1000, 4099]
 
@@ -106,22 +106,44 @@ def _problem(sizes, dtype, n_steps, seed=0):
     return rng, params, grads
 
 
+def _wide(dtype):
+    """The reference's precision for results of ``dtype``: float64 for float32, extended for float64."""
+    return np.float64 if np.dtype(dtype) == np.float32 else np.longdouble
+
+
 def _check_against_reference(name, kw, sizes, dtype, n_steps=3, seed=0):
+    """The kernel vs the NumPy reference in the same dtype, both against the reference run in higher
+    precision on the same inputs cast up (the error criterion of ``assert_close_to_ref``)."""
     rng, params, grads = _problem(sizes, dtype, n_steps, seed)
     state = _init_state(name, params, rng)
+    wide = _wide(dtype)
     p_k, s_k = [p.copy() for p in params], _copy(state)
     p_lo, s_lo = [p.copy() for p in params], _copy(state)
-    p_64, s_64 = [p.astype(np.float64) for p in params], _copy(state, np.float64)
-    g_64 = [[g.astype(np.float64) for g in gs] for gs in grads]
+    p_w, s_w = [p.astype(wide) for p in params], _copy(state, wide)
+    g_w = [[g.astype(wide) for g in gs] for gs in grads]
     _run(O, name, p_k, grads, s_k, kw)
     _run(R, name, p_lo, grads, s_lo, kw)
-    _run(R, name, p_64, g_64, s_64, kw)
+    _run(R, name, p_w, g_w, s_w, kw)
     for i in range(len(sizes)):
         assert p_k[i].dtype == dtype
-        assert_matches_reference(p_k[i], p_64[i], p_lo[i], name=f"{name} param {i}")
-        for j, (lk, l64, llo) in enumerate(zip(s_k, s_64, s_lo, strict=True)):
-            if lk[i] is not None and l64[i] is not None:
-                assert_matches_reference(lk[i], l64[i], llo[i], name=f"{name} state {j} tensor {i}")
+        assert_close_to_ref(p_k[i], p_lo[i], p_w[i], name=f"{name} param {i}")
+        for j, (lk, lw, llo) in enumerate(zip(s_k, s_w, s_lo, strict=True)):
+            if lk[i] is not None and lw[i] is not None:
+                assert_close_to_ref(lk[i], llo[i], lw[i], name=f"{name} state {j} tensor {i}")
+
+
+def _assert_lists_close(got, other, ref, name=""):
+    """``assert_close_to_ref`` over lists of arrays (None entries must match)."""
+    assert len(got) == len(other) == len(ref)
+    for i, (g, o, r) in enumerate(zip(got, other, ref, strict=True)):
+        assert (g is None) == (r is None), f"{name}[{i}]"
+        if g is not None:
+            assert g.dtype == o.dtype
+            assert_close_to_ref(g, o, r, name=f"{name}[{i}]")
+
+
+def _widen(arrays):
+    return [None if a is None else np.asarray(a).astype(_wide(np.asarray(a).dtype)) for a in arrays]
 
 
 # ---------------------------------------------------------------------------------- kernels vs references
@@ -173,12 +195,14 @@ def test_nan_and_inf_propagate_like_reference(name):
         state = _init_state(name, params, rng)
         p_k, s_k = [p.copy() for p in params], _copy(state)
         p_r, s_r = [p.copy() for p in params], _copy(state)
+        p_w, s_w = _widen(params), _copy(state, np.longdouble)
         with np.errstate(all="ignore"):
             _run(O, name, p_k, grads, s_k, kw)
             _run(R, name, p_r, grads, s_r, kw)
+            _run(R, name, p_w, [_widen(gs) for gs in grads], s_w, kw)
         np.testing.assert_array_equal(np.isnan(p_k[0]), np.isnan(p_r[0]), err_msg=f"{name} {kw}")
         np.testing.assert_array_equal(np.isinf(p_k[0]), np.isinf(p_r[0]), err_msg=f"{name} {kw}")
-        np.testing.assert_allclose(p_k[0], p_r[0], rtol=1e-12, atol=1e-14)
+        assert_close_to_ref(p_k[0], p_r[0], p_w[0], name=f"{name} {kw}")
 
 
 def test_mixed_dtypes_zero_size_and_0d_tensors(threads):
@@ -188,31 +212,33 @@ def test_mixed_dtypes_zero_size_and_0d_tensors(threads):
     params = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dts, strict=True)]
     grads = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dts, strict=True)]
     ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
-    want = [p.copy() for p in params]
+    want, wide = [p.copy() for p in params], _widen(params)
     wm, wv = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
     O.adam_step(params, grads, ms, vs, step=1, lr=0.1)
     R.adam_step(want, grads, wm, wv, step=1, lr=0.1)
+    R.adam_step(wide, _widen(grads), _widen(wm), _widen(wv), step=1, lr=0.1)
     for a, b in zip(params, want, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    _assert_lists_close(params, want, wide)
 
 
 def test_per_tensor_steps_and_sgd_first_step_per_tensor():
     rng, params, grads = _problem([5, 9, 2], np.float64, 1, seed=6)
     m, v = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
     p_r, m_r, v_r = [p.copy() for p in params], [x.copy() for x in m], [x.copy() for x in v]
+    p_w = _widen(params)
     O.adam_step(params, grads[0], m, v, step=[1, 5, 100])
     R.adam_step(p_r, grads[0], m_r, v_r, step=[1, 5, 100])
-    for a, b in zip(params, p_r, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-13)
+    R.adam_step(p_w, _widen(grads[0]), _widen(m_r), _widen(v_r), step=[1, 5, 100])
+    _assert_lists_close(params, p_r, p_w, "params")
     # SGD: buffers None for some tensors only: those take b = g, the others the momentum update
     bufs = [None, rng.standard_normal(9), None]
     bufs_r = [None, bufs[1].copy(), None]
-    ps, ps_r = [p.copy() for p in params], [p.copy() for p in params]
+    ps, ps_r, ps_w, bufs_w = [p.copy() for p in params], [p.copy() for p in params], _widen(params), _widen(bufs)
     O.sgd_step(ps, grads[0], bufs, lr=0.1, momentum=0.9, dampening=0.2)
     R.sgd_step(ps_r, grads[0], bufs_r, lr=0.1, momentum=0.9, dampening=0.2)
-    for a, b in zip(ps + bufs, ps_r + bufs_r, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-13)
+    R.sgd_step(ps_w, _widen(grads[0]), bufs_w, lr=0.1, momentum=0.9, dampening=0.2)
+    _assert_lists_close(ps + bufs, ps_r + bufs_r, ps_w + bufs_w, "params+buffers")
     np.testing.assert_array_equal(bufs[0], grads[0][0])
 
 
@@ -222,11 +248,11 @@ def test_readonly_and_noncontiguous_grads():
     g0 = rng.standard_normal(10)
     g0.flags.writeable = False
     g1 = rng.standard_normal((6, 4)).T  # not C-contiguous: copied
-    want = [p.copy() for p in params]
+    want, wide = [p.copy() for p in params], _widen(params)
     O.sgd_step(params, [g0, g1], lr=0.1)
     R.sgd_step(want, [g0, g1], lr=0.1)
-    for a, b in zip(params, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-15)
+    R.sgd_step(wide, _widen([g0, g1]), lr=0.1)
+    _assert_lists_close(params, want, wide)
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -259,7 +285,7 @@ def _bad_cases():
     case("param-list", TypeError, lambda p, g, m, v: ([p[0], [0.0] * 5], g, m, v))
     case("param-noncontig", ValueError, lambda p, g, m, v: ([p[0], np.zeros(10, f32)[::2]], g, m, v))
     case("param-readonly", ValueError, lambda p, g, m, v: ([p[0], _readonly(p[1])], g, m, v))
-    case("param-bigendian", TypeError, lambda p, g, m, v: ([p[0], p[1].astype(">f4")], g, m, v))
+    case("param-bigendian", ValueError, lambda p, g, m, v: ([p[0], p[1].astype(">f4")], g, m, v))
     case("state-noncontig", ValueError, lambda p, g, m, v: (p, g, [m[0], np.zeros(10, f32)[::2]], v))
     case("state-readonly", ValueError, lambda p, g, m, v: (p, g, [m[0], _readonly(m[1])], v))
     case("state-aliases-param", ValueError, lambda p, g, m, v: (p, g, [m[0], p[1]], v))
@@ -384,26 +410,29 @@ def test_class_matches_torch_trajectory(cls, kw, split, dtype):
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     grads = _torch_grads(rng, dtype, 12, skip=lambda k, i: (k + i) % 7 == 3)
     tp = [torch.tensor(p, requires_grad=True) for p in params]
+    t64 = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params]  # the reference
     topt = getattr(torch.optim, cls)(_groups(tp, kw, split), foreach=False, **kw)
+    o64 = getattr(torch.optim, cls)(_groups(t64, kw, split), foreach=False, **kw)
     opt = getattr(O, cls)(_groups(params, kw, split), **kw)
     for k, gs in enumerate(grads):
         if k % 5 == 4:
-            for g1, g2 in zip(opt.param_groups, topt.param_groups, strict=True):
-                g1["lr"] = g2["lr"] = g2["lr"] * 0.7
-        for t, g in zip(tp, gs, strict=True):
+            for g1, g2, g3 in zip(opt.param_groups, topt.param_groups, o64.param_groups, strict=True):
+                g1["lr"] = g2["lr"] = g3["lr"] = g2["lr"] * 0.7
+        for t, t2, g in zip(tp, t64, gs, strict=True):
             t.grad = None if g is None else torch.tensor(g)
+            t2.grad = None if g is None else torch.tensor(g, dtype=torch.float64)
         topt.step()
+        o64.step()
         opt.step(gs)
-    rtol, atol = (1e-12, 1e-13) if dtype == np.float64 else (2e-5, 2e-6)
-    for p, t in zip(params, tp, strict=True):
-        np.testing.assert_allclose(p, t.detach().numpy(), rtol=rtol, atol=atol)
+    for i, (p, t, r) in enumerate(zip(params, tp, t64, strict=True)):
+        assert_close_to_ref(p, t, r, name=f"param {i}", ulps=32)
     # the state dict has torch's layout, names and values
-    sd, tsd = opt.state_dict(), topt.state_dict()
+    sd, tsd, sd64 = opt.state_dict(), topt.state_dict(), o64.state_dict()
     assert sorted(sd["state"]) == sorted(tsd["state"])
     for idx, entry in tsd["state"].items():
         assert sorted(sd["state"][idx]) == sorted(k for k, v in entry.items() if v is not None)
         for name, value in entry.items():
-            np.testing.assert_allclose(sd["state"][idx][name], value.numpy(), rtol=rtol * 10, atol=atol)
+            assert_close_to_ref(sd["state"][idx][name], value, sd64["state"][idx][name], name=name, ulps=32)
     for g, tg in zip(sd["param_groups"], tsd["param_groups"], strict=True):
         assert g["params"] == tg["params"]
         for key, value in g.items():
@@ -499,8 +528,8 @@ def test_load_torch_state_dict_and_continue_like_torch(cls):
             t.grad = torch.tensor(g)
         topt.step()
         opt.step(gs)
-    for p, t in zip(mine, tp, strict=True):
-        np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for p, t in zip(mine, tp, strict=True):  # float64: torch's run is the reference, the bound the slack
+        assert_close_to_ref(p, t, t, ulps=32)
 
 
 def test_bad_state_dict_changes_nothing():
@@ -644,43 +673,47 @@ def test_options_turned_on_later_allocate_state():
     params = [rng.standard_normal(7), rng.standard_normal(3)]
     grads = [[rng.standard_normal(7), rng.standard_normal(3)] for _ in range(4)]
     opt = O.SGD(params, lr=0.1)
-    ref = [p.copy() for p in params]
-    bufs = [None, None]
+    ref, wide = [p.copy() for p in params], _widen(params)
+    bufs, bufs_w = [None, None], [None, None]
     opt.step(grads[0])
     R.sgd_step(ref, grads[0], lr=0.1)
+    R.sgd_step(wide, _widen(grads[0]), lr=0.1)
     opt.param_groups[0]["momentum"] = 0.9
     for gs in grads[1:]:
         opt.step(gs)
         R.sgd_step(ref, gs, bufs, lr=0.1, momentum=0.9)
-    for a, b in zip(params, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-14)
+        R.sgd_step(wide, _widen(gs), bufs_w, lr=0.1, momentum=0.9)
+    _assert_lists_close(params, ref, wide, "SGD")
 
     opt = O.Adam(params, lr=0.1)
-    ref = [p.copy() for p in params]
+    ref, wide = [p.copy() for p in params], _widen(params)
     m, v, vmax = ([np.zeros_like(p) for p in params] for _ in range(3))
+    mw, vw, vmaxw = (_widen(x) for x in (m, v, vmax))
     opt.step(grads[0])
     R.adam_step(ref, grads[0], m, v, step=1, lr=0.1)
+    R.adam_step(wide, _widen(grads[0]), mw, vw, step=1, lr=0.1)
     opt.param_groups[0]["amsgrad"] = True
     for t, gs in enumerate(grads[1:], start=2):
         opt.step(gs)
         R.adam_step(ref, gs, m, v, vmax, step=t, lr=0.1, amsgrad=True)
-    for a, b in zip(params, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-14)
+        R.adam_step(wide, _widen(gs), mw, vw, vmaxw, step=t, lr=0.1, amsgrad=True)
+    _assert_lists_close(params, ref, wide, "Adam")
     assert "max_exp_avg_sq" in opt.state_dict()["state"][0]
 
 
 def test_mixed_dtype_group_and_noncontiguous_grads_in_class():
     rng = np.random.default_rng(15)
     params = [rng.standard_normal(5).astype(np.float32), rng.standard_normal((3, 4))]
-    ref = [p.copy() for p in params]
+    ref, wide = [p.copy() for p in params], _widen(params)
     m, v = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    mw, vw = _widen(m), _widen(v)
     opt = O.Adam(params, lr=0.05)
     for t in range(1, 4):
         gs = [rng.standard_normal(5).astype(np.float32), rng.standard_normal((4, 3)).T]
         opt.step(gs)
         R.adam_step(ref, gs, m, v, step=t, lr=0.05)
-    np.testing.assert_allclose(params[0], ref[0], rtol=1e-6)
-    np.testing.assert_allclose(params[1], ref[1], rtol=1e-14)
+        R.adam_step(wide, _widen(gs), mw, vw, step=t, lr=0.05)
+    _assert_lists_close(params, ref, wide)
     assert params[0].dtype == np.float32 and params[1].dtype == np.float64
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from fastnorm.reference import optim as R
 
-from ._util import torch_or_skip
+from ._util import assert_close_to_ref, torch_or_skip
 
 SHAPES = [(3,), (5, 7), (1,), (2, 3, 5), (13,)]
 
@@ -223,10 +223,11 @@ def test_reference_matches_torch_trajectory(name, cls, kw, dtype):
     params, grads = _problem(dtype)
     want, _ = _torch_run(torch, getattr(torch.optim, cls), params, grads, kw)
     got, _ = _ref_run(name, params, grads, kw)
-    rtol, atol = (1e-12, 1e-13) if dtype == np.float64 else (2e-5, 2e-6)
-    for g, w in zip(got, want, strict=True):
+    wide = np.float64 if dtype == np.float32 else np.longdouble  # the reference in higher precision
+    truth, _ = _ref_run(name, [p.astype(wide) for p in params], [[g.astype(wide) for g in gs] for gs in grads], kw)
+    for i, (g, w, t) in enumerate(zip(got, want, truth, strict=True)):
         assert g.dtype == dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+        assert_close_to_ref(g, w, t, name=f"param {i}", ulps=32)
 
 
 def test_reference_matches_torch_with_lr_schedule():
@@ -240,8 +241,10 @@ def test_reference_matches_torch_with_lr_schedule():
     ]:
         want, _ = _torch_run(torch, getattr(torch.optim, cls), params, grads, kw, sched)
         got, _ = _ref_run(name, params, grads, kw, sched)
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+        wide = [[g.astype(np.longdouble) for g in gs] for gs in grads]
+        truth, _ = _ref_run(name, [p.astype(np.longdouble) for p in params], wide, kw, sched)
+        for i, (g, w, t) in enumerate(zip(got, want, truth, strict=True)):
+            assert_close_to_ref(g, w, t, name=f"{name} param {i}", ulps=32)
 
 
 # ---------------------------------------------------------------------------------- documented forms

@@ -11,10 +11,13 @@ arguments and checks, ``param_groups`` keys, per-parameter state names (``step``
 zero-copy NumPy views and makes one ``fastnorm.optim.<algo>_step`` call per group, which updates every
 tensor of the group in one fused pass (p, grad and state read once, written once).
 
-Fallback: fastnorm's optimizer kernels run on the CPU. A group with a parameter on another device, of
-another dtype than float32/float64, or non-contiguous, or options fastnorm does not implement
-(``differentiable``, ``capturable``, ``fused``), is stepped by torch's own implementation, after a
-one-time ``FastnormFallbackWarning``. Sparse gradients raise ``RuntimeError``.
+Devices: CPU tensors run on fastnorm's CPU kernels (as zero-copy NumPy views), CUDA tensors on its CUDA
+kernels (passed as ``__cuda_array_interface__`` objects; needs numba-cuda). A group that mixes devices,
+has a parameter of another dtype than float32/float64 (complex, half, bfloat16), a non-contiguous
+parameter, or options fastnorm does not implement (``differentiable``, ``capturable``, ``fused``), is
+stepped by torch's own implementation, after a one-time ``FastnormFallbackWarning``; ``foreach`` only
+selects among torch's implementations and is ignored. Step pre- and post-hooks run once per ``step``
+whichever implementation runs a group. Sparse gradients raise ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,27 @@ __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
 _warned: set[tuple[str, str]] = set()
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
+def _np(t: torch.Tensor):
+    """The array fastnorm's kernels update in place: a zero-copy NumPy view of a CPU tensor, the detached
+    tensor itself (``__cuda_array_interface__``) for a CUDA tensor."""
+    t = t.detach()
+    return t if t.device.type == "cuda" else t.numpy()
+
+
+def _as_tensor(a, like: torch.Tensor) -> torch.Tensor:
+    """A state array fastnorm allocated (SGD's first momentum buffer) as a tensor sharing its memory."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a, device=like.device)
+
+
+def _cuda_unavailable() -> str | None:
+    """Why fastnorm cannot run CUDA tensors here (None when it can)."""
+    try:
+        from fastnorm._dispatch import cuda_backend
+
+        cuda_backend()
+    except Exception as e:  # numba-cuda missing or no usable driver
+        return f"CUDA parameters but fastnorm's CUDA backend cannot run ({e})"
+    return None
 
 
 def _f(v) -> float:
@@ -60,16 +82,23 @@ class _FastnormStep:
     _UNSUPPORTED_FLAGS = ("differentiable", "capturable", "fused")
 
     def _fallback_reason(self, group: dict) -> str | None:
+        """Why fastnorm cannot step this group (torch's step then does), or None."""
         for flag in self._UNSUPPORTED_FLAGS:
             if group.get(flag):
                 return f"{flag}=True is not implemented by fastnorm"
+        devices = set()
         for p in group["params"]:
-            if p.device.type != "cpu":
-                return f"parameters on {p.device} (fastnorm's optimizer kernels run on the CPU)"
+            if p.device.type not in ("cpu", "cuda"):
+                return f"parameters on {p.device} (fastnorm runs CPU and CUDA tensors)"
             if p.dtype not in (torch.float32, torch.float64):
                 return f"parameter dtype {p.dtype} (float32, float64 supported)"
             if not p.is_contiguous():
                 return "a non-contiguous parameter (it is updated in place)"
+            devices.add(p.device)
+        if len(devices) > 1:
+            return f"one group with parameters on {len(devices)} devices"
+        if devices and next(iter(devices)).type == "cuda":
+            return _cuda_unavailable()
         return None
 
     def _warn_fallback(self, reason: str) -> None:
@@ -82,16 +111,24 @@ class _FastnormStep:
                 stacklevel=3,
             )
 
+    def _torch_step(self):
+        """torch's own ``step`` for this class, without the step-hook wrapper torch puts on every optimizer
+        class it constructs (this ``step`` already runs the hooks once)."""
+        fn = super().step  # the torch class's step, bound
+        raw = getattr(fn, "__func__", fn)
+        while getattr(raw, "hooked", False):  # unwrap torch's hook wrapper(s), if any
+            raw = raw.__wrapped__
+        return raw.__get__(self, type(self))
+
     @torch.no_grad()
     def step(self, closure=None):
         """One step over every parameter group (``closure`` re-evaluates the loss, as in torch)."""
         reasons = [self._fallback_reason(g) for g in self.param_groups]
-        if any(reasons):
-            for r in reasons:
-                if r:
-                    self._warn_fallback(r)
-            if all(reasons):
-                return super().step(closure)
+        for r in reasons:
+            if r:
+                self._warn_fallback(r)
+        if reasons and all(reasons):
+            return self._torch_step()(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -120,7 +157,7 @@ class _FastnormStep:
         groups = self.param_groups
         self.param_groups = [group]
         try:
-            super().step()
+            self._torch_step()()
         finally:
             self.param_groups = groups
 
@@ -152,7 +189,7 @@ class SGD(_FastnormStep, torch.optim.SGD):
         if momentum != 0:
             for p, b, nb in zip(params, bufs, np_bufs, strict=True):
                 if b is None:  # first step: fastnorm allocated the buffer
-                    self.state[p]["momentum_buffer"] = torch.from_numpy(nb)
+                    self.state[p]["momentum_buffer"] = _as_tensor(nb, p)
 
 
 class Adagrad(_FastnormStep, torch.optim.Adagrad):

@@ -234,10 +234,10 @@ def test_functional_mixing_host_and_device_raises_before_writing(on_gpu):
     before = [host(p) for p in d_params]
     cases = [
         ((d_params, grads[0], d_m, d_v), "grads[0]"),
-        ((d_params, d_grads, d_m, [d_v[0], v[1]]), "exp_avg_sq[1]"),
+        ((d_params, d_grads, d_m, [d_v[0], v[1]]), "exp_avg_sqs[1]"),
         (([d_params[0], params[1]], d_grads, d_m, d_v), "params[1]"),
         ((params, d_grads, m, v), "grads[0]"),
-        ((params, grads[0], m, [v[0], d_v[1]]), "exp_avg_sq[1]"),
+        ((params, grads[0], m, [v[0], d_v[1]]), "exp_avg_sqs[1]"),
     ]
     for args, name in cases:
         with pytest.raises(TypeError, match=rf"adam_step: arguments live on different devices: .*{re.escape(name)}"):

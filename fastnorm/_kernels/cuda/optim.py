@@ -97,7 +97,10 @@ def _mem(f64: bool):
 # k = (lr, wd, sgn, eps, mu, rho, omr, alpha, oma, omb1, beta2, omb2, decay, c1, c2) rounded to the dtype;
 # c1, c2 are the per-tensor scalars (SGD: b = c1*b + c2*g; Adagrad: clr; Adam: step_size, bc2).
 # Same operations, in the same order, as the CPU loops in fastnorm_optim.h.
-def _make_update(algo: int, flags: int):
+def _make_update(algo: int, flags: int, f64: bool = True):
+    from numba import float32, float64
+
+    nbt = float64 if f64 else float32
     wd_on = bool(flags & FN_WD)
     mom = bool(flags & FN_MOMENTUM)
     nest = bool(flags & FN_NESTEROV)
@@ -150,7 +153,8 @@ def _make_update(algo: int, flags: int):
             if centered:
                 gai = s1 + k[8] * (gi - s1)
                 s1 = gai
-                avg = math.sqrt(sqi - gai * gai) + k[3]
+                # in double (exact product of two floats), as the CPU loop does
+                avg = nbt(math.sqrt(float64(sqi) - float64(gai) * float64(gai))) + k[3]
             else:
                 avg = math.sqrt(sqi) + k[3]
             if mom:
@@ -196,7 +200,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
 
     nbt = float64 if f64 else float32
     ld, st = _mem(f64)
-    update = _make_update(algo, flags)
+    update = _make_update(algo, flags, f64)
     use0, use1, use2 = _streams(algo, flags)
     bu, uu, cu = U(block), U(unroll), U(chunk)
     zero, one = U(0), U(1)

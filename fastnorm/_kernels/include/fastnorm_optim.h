@@ -54,10 +54,14 @@ typedef struct {
     acc[i] = rho * acc[i] + omr * (d * d);                                                              \
     p[i] = p[i] - lr * d; }
 
+/* centered: square_avg - grad_avg^2 cancels; it is formed in double (the product of two floats is exact
+ * there, one rounding in all), so a float32 step does not amplify the rounding of grad_avg^2 (torch's
+ * float32 step does); for double it is torch's order of operations. */
 #define FN_RMSPROP_LOOP(WD, CENTERED, MOM) FN_LOOP { FN_G(WD)                                           \
     T sqi = alpha * sq[i] + oma * (gi * gi); sq[i] = sqi;                                               \
     T avg;                                                                                              \
-    if (CENTERED) { T gai = ga[i] + oma * (gi - ga[i]); ga[i] = gai; avg = FN_SQRT(sqi - gai * gai) + eps; } \
+    if (CENTERED) { T gai = ga[i] + oma * (gi - ga[i]); ga[i] = gai;                                     \
+                avg = (T)sqrt((double)sqi - (double)gai * (double)gai) + eps; }                         \
     else avg = FN_SQRT(sqi) + eps;                                                                      \
     if (MOM) { T bi = mu * b[i] + gi / avg; b[i] = bi; p[i] = p[i] - lr * bi; }                         \
     else p[i] = p[i] - lr * (gi / avg); }
