@@ -215,7 +215,20 @@ def layer_norm_backward(
         *_partials(be, dbias is not None, nt, n, x.dtype),
         nt,
     )
+    if n == 1:
+        _put(be, dx, _layer_norm_dx_one(be, dy, x, mean, rstd, weight).reshape(x.shape))
     return LayerNormBackward(dx, dweight, dbias)
+
+
+def _layer_norm_dx_one(be, dy, x, mean, rstd, weight) -> np.ndarray:
+    """dx of rows of one element: xhat = 0 and g - mean(g) = 0 exactly, so dx = 0 (NaN where an input is
+    not finite, as torch); the kernel's rounding of mean(g) need not cancel g exactly."""
+    dy, x = _host(be, dy).reshape(-1), _host(be, x).reshape(-1)
+    mean, rstd = _host(be, mean).reshape(-1), _host(be, rstd).reshape(-1)
+    with np.errstate(all="ignore"):
+        g = dy if weight is None else dy * _host(be, weight).reshape(-1)
+        xhat = (x - mean) * rstd
+        return (rstd * ((g - g) - xhat * (g * xhat))).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm

@@ -60,3 +60,19 @@ def numeric_grad(f, arrays, index, dy, h=1e-6):
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def unaligned(a):
+    """A writeable, C-contiguous copy of ``a`` whose data starts one byte past an aligned address."""
+    a = np.asarray(a)
+    buf = bytearray(a.nbytes + a.itemsize + 1)
+    u = np.frombuffer(buf, a.dtype, count=a.size, offset=1).reshape(a.shape)
+    assert not u.flags.aligned and u.flags.c_contiguous and u.flags.writeable
+    u[...] = a
+    return u
+
+
+def byteswapped(a):
+    """A copy of ``a`` in the non-native byte order (big-endian on x86), same values."""
+    a = np.asarray(a)
+    return a.astype(a.dtype.newbyteorder("S"))
