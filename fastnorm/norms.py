@@ -475,6 +475,9 @@ def weight_norm_forward(
     gshape, adb = _weight_norm_view(op, v.shape, dim)
     g = V.required(be, op, "g", g, gshape, v.dtype)
     w, norm = V.outputs(be, op, out, [("w", v.shape, v.dtype), ("norm", gshape, v.dtype)], (v, g))
+    if v.size == 0:
+        _fill(be, norm, 0.0)  # the norm of no elements
+        return WeightNormForward(w, norm)
     nt = be.threads(v.size)
     mode, part, fac = _weight_norm_plan(be, adb, nt, False, v.dtype)
     be.kernels.weight_norm_forward(
@@ -503,6 +506,10 @@ def weight_norm_backward(
     g = V.required(be, op, "g", g, gshape, v.dtype)
     norm = V.required(be, op, "norm", norm, gshape, v.dtype)
     dv, dg = V.outputs(be, op, out, [("dv", v.shape, v.dtype), ("dg", gshape, v.dtype)], (dw, v, g, norm))
+    if v.size == 0:
+        with np.errstate(all="ignore"):  # dot = 0: dg = 0 / norm (NaN for a zero norm, as torch)
+            _put(be, dg, np.float64(0.0) / _host(be, norm).astype(np.float64))
+        return WeightNormBackward(dv, dg)
     nt = be.threads(v.size)
     mode, part, fac = _weight_norm_plan(be, adb, nt, True, v.dtype)
     d = adb[1]
@@ -878,8 +885,9 @@ def instance_norm_forward(
 
     Shapes: x (N, C, *), any rank >= 2 (L = prod(spatial) must not be 1 with use_input_stats, as torch);
     weight, bias, running stats (C,); mean, rstd (N, C). As torch: ``use_input_stats`` must be a bool,
-    ``momentum`` and ``eps`` may be any float. Empty x: nothing is normalized, the running statistics
-    are not updated; mean, rstd are (0, NaN) with use_input_stats, else the running statistics'.
+    ``momentum`` and ``eps`` may be any float. Empty x: nothing is normalized; mean, rstd are (0, NaN)
+    with use_input_stats, else the running statistics'. As torch, running statistics are left as they are
+    when L = 0 and become NaN when N = 0 (the update is a mean over the N instances).
     ``out=(y, mean, rstd)``. Returns ``InstanceNormForward(y, mean, rstd)``.
     """
     op = "instance_norm_forward"
@@ -921,6 +929,9 @@ def instance_norm_forward(
     if x.size == 0:
         if use_input_stats:
             _empty_reduction(be, mean, rstd)
+            if n == 0 and running_mean is not None:  # torch: the running statistics' mean over no instances
+                _fill(be, running_mean, np.nan)
+                _fill(be, running_var, np.nan)
         else:
             _eval_stats(be, mean, rstd, running_mean, running_var, eps)
         return InstanceNormForward(y, mean, rstd)
