@@ -54,7 +54,7 @@ def _fill(be, a, value: float) -> None:
     if be.name == "cpu":
         a[...] = value
     else:
-        be.asarray(a).copy_to_device(np.full(tuple(a.shape), value, V.dtype_of(a)))
+        _put(be, a, np.full(tuple(a.shape), value, V.dtype_of(a)))
 
 
 def _put(be, a, host: np.ndarray) -> None:
@@ -64,7 +64,9 @@ def _put(be, a, host: np.ndarray) -> None:
     if be.name == "cpu":
         a[...] = host
     else:
-        be.asarray(a).copy_to_device(np.ascontiguousarray(np.broadcast_to(host, tuple(a.shape)), V.dtype_of(a)))
+        size = math.prod(a.shape)  # copied as 1-D: device arrays differ in how they match shapes
+        flat = np.ascontiguousarray(np.broadcast_to(host, tuple(a.shape)), V.dtype_of(a)).reshape(size)
+        be.asarray(a).reshape(size).copy_to_device(flat)
 
 
 def _host(be, a) -> np.ndarray:
