@@ -9,7 +9,7 @@ Each backend offers the same small interface, so the public ops are written once
 - ``name``: ``"cpu"`` or ``"cuda"``
 - ``float_dtypes``: the dtypes its kernels accept
 - ``stat_dtype(dtype)``: dtype of statistics / accumulators for inputs of ``dtype``
-- ``asarray(a)``: the C-contiguous array a kernel may read (a copy only if ``a`` is not contiguous)
+- ``asarray(a)``: the C-contiguous, aligned, native array a kernel may read (a copy only if needed)
 - ``empty(shape, dtype)``: a new output on the backend
 - ``is_own_output(a)``: whether ``a`` is an array this backend may write into as given
 - ``threads(work)``: the thread count for a kernel touching ``work`` elements
@@ -19,7 +19,9 @@ Each backend offers the same small interface, so the public ops are written once
 from __future__ import annotations
 
 import importlib
+import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -28,6 +30,26 @@ SERIAL_BELOW = 32768
 
 _lock = threading.Lock()
 _num_threads: int | None = None
+# True in a process created by os.fork() from one that had imported fastnorm (see _after_fork_in_child).
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    """Fork handler: a forked child runs the CPU kernels on one thread until told otherwise.
+
+    GNU OpenMP (libgomp) is not fork-safe: once the parent has run a multi-threaded parallel region, the
+    child inherits a thread pool whose threads do not exist, and its first multi-threaded region waits
+    for them forever. A one-thread region never touches the pool, so the child is safe at 1 thread (what
+    PyTorch's DataLoader workers do with ``torch.set_num_threads(1)``).
+    """
+    global _lock, _num_threads, _forked_child
+    _lock = threading.Lock()  # the parent's lock may have been held by another thread at fork time
+    _num_threads = 1
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _runtime():
@@ -40,19 +62,51 @@ def openmp_enabled() -> bool:
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels use: ``set_num_threads``'s value, else OpenMP's default (``OMP_NUM_THREADS``)."""
+    """Threads the CPU kernels use (kernels on fewer than ``SERIAL_BELOW`` elements use one).
+
+    Returns
+    -------
+    int
+        ``set_num_threads``'s value if it was called in this process, else OpenMP's default
+        (``OMP_NUM_THREADS``, or the number of cores). In a process forked (``os.fork``, a ``fork``
+        ``multiprocessing`` context, PyTorch ``DataLoader`` workers on Linux) from one that imported
+        fastnorm it is 1 until ``set_num_threads`` is called in the child: GNU OpenMP is not fork-safe.
+    """
     if _num_threads is not None:
         return _num_threads
     return _runtime().max_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the CPU kernels use (an int >= 1)."""
+    """Set the number of threads the CPU kernels (norms and optimizers) use.
+
+    Parameters
+    ----------
+    n : int
+        Thread count, >= 1. It applies to this process only; a forked child starts at 1.
+
+    Notes
+    -----
+    Fork safety: fastnorm registers an ``os.register_at_fork`` handler, so a forked child runs every
+    kernel on one thread (PyTorch does the same in its DataLoader workers). Calling ``set_num_threads(n)``
+    with n > 1 in a forked child is honoured, as ``torch.set_num_threads`` is, but at the caller's risk:
+    if the parent ran a multi-threaded OpenMP region, GNU OpenMP's inherited thread pool makes the child's
+    first multi-threaded kernel hang. A ``RuntimeWarning`` says so. Use the ``spawn`` or ``forkserver``
+    start method for multi-threaded workers.
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int >= 1, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if _forked_child and n > 1 and openmp_enabled():
+        warnings.warn(
+            f"fastnorm.set_num_threads({int(n)}) in a forked child process: GNU OpenMP is not fork-safe, and "
+            "if the parent ran a multi-threaded kernel the child's first multi-threaded kernel hangs; "
+            "use the 'spawn' or 'forkserver' start method for multi-threaded workers",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     with _lock:
         _num_threads = int(n)
 
@@ -71,9 +125,13 @@ class CpuBackend:
 
     @staticmethod
     def asarray(a):
-        # ascontiguousarray copies only when needed; read-only arrays are fine (kernels take const views).
-        # It returns shape (1,) for a 0-d array: keep the shape (weight_norm's g and norm for dim=None).
-        return np.ascontiguousarray(a).reshape(np.shape(a))
+        # A copy only when a kernel cannot read ``a`` as it is: not C-contiguous, unaligned (e.g.
+        # np.frombuffer(..., offset=1); np.ascontiguousarray returns those unchanged), or byte-swapped.
+        # Read-only arrays are fine (kernels take const views). The shape is kept, 0-d included.
+        a = np.asarray(a)
+        if a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative:
+            return a
+        return np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
 
     @staticmethod
     def empty(shape, dtype):

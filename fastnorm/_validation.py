@@ -33,8 +33,11 @@ def dtype_of(a):
 
 
 def float_input(be, op: str, name: str, a, dtype=None):
-    """``a`` as a C-contiguous float array of backend ``be`` (copied only if not contiguous).
+    """``a`` as a C-contiguous, aligned, native-byte-order float array of backend ``be``.
 
+    A copy is made only when needed: a non-contiguous view, an unaligned buffer (e.g.
+    ``np.frombuffer(buf, np.float32, offset=1)``) or a non-native byte order (``'>f4'`` on x86) is copied
+    into a fresh native array; read-only arrays are used as they are (kernels only read inputs).
     TypeError if its dtype is not one of the backend's float dtypes, or differs from ``dtype``.
     """
     if be.name == "cpu" and not isinstance(a, np.ndarray):
@@ -42,6 +45,8 @@ def float_input(be, op: str, name: str, a, dtype=None):
             raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
         a = np.asarray(a)
     dt = dtype_of(a)
+    if dt is not None and be.name == "cpu" and not dt.isnative:
+        dt = dt.newbyteorder("=")  # byte-swapped by be.asarray below
     if dt is None or dt not in be.float_dtypes:
         raise TypeError(
             f"{op}: {name} has dtype {a.dtype if dt is None else dt.name}; "
@@ -50,6 +55,26 @@ def float_input(be, op: str, name: str, a, dtype=None):
     if dtype is not None and dt != np.dtype(dtype):
         raise TypeError(f"{op}: {name} has dtype {dt.name} but must match the input's dtype {np.dtype(dtype).name}")
     return be.asarray(a)
+
+
+def _memory_problem(a) -> str | None:
+    """Why a NumPy array cannot be written in place by a kernel (byte order, alignment), or None.
+
+    Only NumPy arrays are inspected; CUDA arrays are always native, aligned allocations.
+    """
+    if not isinstance(a, np.ndarray):
+        return None
+    if not a.dtype.isnative:
+        return (
+            f"has non-native byte order (dtype {a.dtype.str}); kernels write native "
+            f"{a.dtype.newbyteorder('=').name}: use a native array (x.astype(x.dtype.newbyteorder('=')))"
+        )
+    if not a.flags.aligned:
+        return (
+            f"is not aligned to its {a.dtype.itemsize}-byte items (a view at an odd byte offset, "
+            "e.g. np.frombuffer(..., offset=1)); kernels write aligned memory only"
+        )
+    return None
 
 
 def check_shape(op: str, name: str, a, shape: tuple) -> None:
@@ -82,11 +107,18 @@ def scalar(
     low_open: bool = False,
     high: float | None = None,
     high_open: bool = False,
+    finite: bool = True,
 ) -> float:
-    """A finite real scalar inside [low, high] (open ends where asked), as a Python float."""
+    """A real scalar inside [low, high] (open ends where asked), as a Python float.
+
+    ``finite=False`` also accepts inf and NaN (torch's ``eps``/``momentum``: any float), range checks
+    then apply to the finite values only.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
     v = float(value)
+    if not finite and not math.isfinite(v):
+        return v
     ok = math.isfinite(v)
     if ok and low is not None:
         ok = v > low if low_open else v >= low
@@ -98,6 +130,13 @@ def scalar(
         rng = " and ".join(s for s in (lo, hi) if s) or "finite"
         raise ValueError(f"{op}: {name} must be finite and {rng}, got {value!r}")
     return v
+
+
+def flag(op: str, name: str, value) -> bool:
+    """A bool (Python or NumPy); anything else, the string ``'False'`` included, is a TypeError (as torch)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def integer(op: str, name: str, value, *, low: int | None = None, high: int | None = None) -> int:
@@ -116,15 +155,13 @@ def split_rows(op: str, shape: tuple, normalized_ndim, name: str = "x") -> tuple
     """Canonicalize for row ops (LayerNorm, RMSNorm): the last ``normalized_ndim`` dims form a row.
 
     Returns (leading_shape, normalized_shape, M, N) with M = prod(leading_shape), N = prod(normalized_shape).
+    N may be 0 (an empty normalized shape: every row is empty, as torch allows).
     """
     k = integer(op, "normalized_ndim", normalized_ndim, low=1)
     if k > len(shape):
         raise ValueError(f"{op}: normalized_ndim={k} but {name} has only {len(shape)} dims (shape {tuple(shape)})")
     lead, norm = tuple(shape[: len(shape) - k]), tuple(shape[len(shape) - k :])
-    n = math.prod(norm)
-    if n == 0:
-        raise ValueError(f"{op}: the normalized shape {norm} of {name} is empty")
-    return lead, norm, math.prod(lead), n
+    return lead, norm, math.prod(lead), math.prod(norm)
 
 
 def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
@@ -132,7 +169,8 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
 
     ``specs``: one (name, shape, dtype) per output slot, or None for a slot that has no output (e.g. the
     gradient of an absent weight). ``out``: None, or a sequence of the same length whose entries are
-    None (allocate) or a buffer, which must be on ``be``, C-contiguous, writeable, of exactly that shape
+    None (allocate) or a buffer, which must be on ``be``, C-contiguous, aligned, native byte order,
+    writeable, of exactly that shape
     and dtype, and must not overlap an input or another output. Everything is checked before anything
     is allocated, so a bad ``out=`` leaves nothing half written.
     """
@@ -162,6 +200,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
             )
         if tuple(buf.shape) != tuple(shape):
             raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
+        problem = _memory_problem(buf)
+        if problem is not None:
+            raise ValueError(f"{op}: out buffer for {name} {problem}")
         if dtype_of(buf) != np.dtype(dtype):
             raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
         if not be.is_contiguous(buf):
@@ -190,7 +231,7 @@ def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
     """A state array updated in place (e.g. BatchNorm's running statistics): checked, never copied.
 
     It must be an array of backend ``be`` (TypeError), of dtype ``dtype`` (TypeError), of exactly
-    ``shape``, C-contiguous, writeable, and must not overlap any (name, array) pair of ``avoid``
+    ``shape``, C-contiguous, aligned, native byte order, writeable, and must not overlap any (name, array) pair of ``avoid``
     (ValueError). Returns ``a`` itself so the caller's array is the one written.
     """
     if not be.is_own_output(a):
@@ -199,6 +240,9 @@ def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
             f"{'numpy.ndarray' if be.name == 'cpu' else 'CUDA array'} (the inputs are on {be.name}), "
             f"got {type(a).__name__}"
         )
+    problem = _memory_problem(a)
+    if problem is not None:
+        raise ValueError(f"{op}: {name} is updated in place but {problem}")
     if np.dtype(a.dtype) != np.dtype(dtype):
         raise TypeError(f"{op}: {name} has dtype {np.dtype(a.dtype).name} but must match the input's dtype "
                         f"{np.dtype(dtype).name}")
@@ -217,8 +261,8 @@ def split_channels(op: str, shape: tuple, axis=1, name: str = "x") -> tuple[int,
     """Canonicalize for channel ops (BatchNorm, InstanceNorm, GroupNorm) to an (N, C, L) view.
 
     ``axis=1``: x is (N, C, *spatial), L = prod(spatial) (1 for 2-D x). ``axis=-1`` (or x.ndim - 1):
-    channels-last (*, C), viewed as (M, C, 1) with M = prod(shape[:-1]). x needs at least 2 dims and
-    C >= 1. Returns (N, C, L).
+    channels-last (*, C), viewed as (M, C, 1) with M = prod(shape[:-1]). x needs at least 2 dims; any
+    of N, C, L may be 0 (the ops define the empty cases). Returns (N, C, L).
     """
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"{op}: axis must be an int (1 or -1), got {type(axis).__name__}")
@@ -232,6 +276,4 @@ def split_channels(op: str, shape: tuple, axis=1, name: str = "x") -> tuple[int,
         length = math.prod(shape[2:])
     else:
         raise ValueError(f"{op}: axis must be 1 (N, C, ...) or -1 (channels-last), got {axis}")
-    if c < 1:
-        raise ValueError(f"{op}: {name} has {c} channels (shape {tuple(shape)}); need at least 1")
     return n, c, length

@@ -3,7 +3,13 @@
 Every op takes NumPy arrays (CPU kernels) or CUDA arrays (``__cuda_array_interface__``: Numba, CuPy,
 PyTorch CUDA tensors; CUDA kernels), returns a named tuple of outputs, and accepts ``out=``: a tuple with
 one entry per output, each None (allocate) or a C-contiguous, writeable buffer of the exact shape and dtype.
-Non-contiguous inputs are copied to contiguous first. Gradients of absent parameters are None.
+Non-contiguous, unaligned or byte-swapped inputs are copied to contiguous native arrays first; read-only
+inputs are read in place. Gradients of absent parameters are None.
+
+Empty inputs (a zero-sized dim anywhere) never reach a kernel; every output is defined, as in torch 2.13:
+statistics of an empty reduction are ``mean = 0`` and ``rstd = NaN`` (torch's ``var = 0/0``), statistics
+that do not reduce (evaluation mode) come from the running statistics, running statistics are not updated
+by an empty batch, and parameter gradients are sums over no elements, i.e. 0.
 """
 
 from __future__ import annotations
@@ -41,6 +47,48 @@ class RMSNormBackward(NamedTuple):
     dweight: Array | None
 
 
+def _fill(be, a, value: float) -> None:
+    """``a[...] = value`` for an output buffer ``a`` of backend ``be`` (results of empty inputs)."""
+    if a is None or math.prod(a.shape) == 0:
+        return
+    if be.name == "cpu":
+        a[...] = value
+    else:
+        _put(be, a, np.full(tuple(a.shape), value, V.dtype_of(a)))
+
+
+def _put(be, a, host: np.ndarray) -> None:
+    """``a[...] = host`` for an output buffer ``a`` of backend ``be`` and a NumPy array ``host``."""
+    if math.prod(a.shape) == 0:
+        return
+    if be.name == "cpu":
+        a[...] = host
+    else:
+        size = math.prod(a.shape)  # copied as 1-D: device arrays differ in how they match shapes
+        flat = np.ascontiguousarray(np.broadcast_to(host, tuple(a.shape)), V.dtype_of(a)).reshape(size)
+        be.asarray(a).reshape(size).copy_to_device(flat)
+
+
+def _host(be, a) -> np.ndarray:
+    """A NumPy view (CPU) or copy (CUDA) of an array of backend ``be``."""
+    return a if be.name == "cpu" else be.asarray(a).copy_to_host()
+
+
+def _eval_stats(be, mean, rstd, running_mean, running_var, eps: float) -> None:
+    """mean = running_mean, rstd = 1 / sqrt(running_var + eps), broadcast over mean's leading dims."""
+    rm, rv = _host(be, running_mean), _host(be, running_var)
+    with np.errstate(all="ignore"):
+        r = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    _put(be, mean, rm)
+    _put(be, rstd, r)
+
+
+def _empty_reduction(be, mean, rstd) -> None:
+    """Statistics of reductions over no elements, as torch: mean 0, rstd NaN."""
+    _fill(be, mean, 0.0)
+    _fill(be, rstd, np.nan)
+
+
 def _absent(be, dtype):
     """Kernels take a length-0 array for an absent optional parameter or unwanted gradient."""
     return be.empty((0,), dtype)
@@ -71,6 +119,9 @@ def layer_norm_forward(
         mean = sum(r) / N,  var = sum((r - mean)^2) / N,  rstd = 1 / sqrt(var + eps)
         y = (r - mean) * rstd * weight + bias
 
+    ``eps`` may be any float, as in torch (0 or negative: rstd is inf/NaN for constant rows). Empty rows
+    (N = 0) give mean 0 and rstd NaN, as torch.
+
     Shapes: x (*, *normalized_shape) -> y like x; weight, bias normalized_shape (each optional);
     mean, rstd x.shape[:-normalized_ndim] (in x's dtype; float32 for float16 on the GPU).
     ``out=(y, mean, rstd)`` (entries may be None). Returns ``LayerNormForward(y, mean, rstd)``.
@@ -81,11 +132,14 @@ def layer_norm_forward(
     lead, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
     weight = V.param(be, op, "weight", weight, norm, x.dtype)
     bias = V.param(be, op, "bias", bias, norm, x.dtype)
-    eps = V.scalar(op, "eps", eps, low=0.0)
+    eps = V.scalar(op, "eps", eps, finite=False)
     sd = be.stat_dtype(x.dtype)
     y, mean, rstd = V.outputs(
         be, op, out, [("y", x.shape, x.dtype), ("mean", lead, sd), ("rstd", lead, sd)], (x, weight, bias)
     )
+    if m * n == 0:
+        _empty_reduction(be, mean, rstd)
+        return LayerNormForward(y, mean, rstd)
     absent = _absent(be, x.dtype)
     be.kernels.layer_norm_forward(
         x.reshape(m, n),
@@ -144,6 +198,10 @@ def layer_norm_backward(
         ],
         (dy, x, mean, rstd, weight, bias),
     )
+    if m * n == 0:
+        _fill(be, dweight, 0.0)
+        _fill(be, dbias, 0.0)
+        return LayerNormBackward(dx, dweight, dbias)
     nt = be.threads(m * n)
     absent = _absent(be, x.dtype)
     be.kernels.layer_norm_backward(
@@ -159,7 +217,20 @@ def layer_norm_backward(
         *_partials(be, dbias is not None, nt, n, x.dtype),
         nt,
     )
+    if n == 1:
+        _put(be, dx, _layer_norm_dx_one(be, dy, x, mean, rstd, weight).reshape(x.shape))
     return LayerNormBackward(dx, dweight, dbias)
+
+
+def _layer_norm_dx_one(be, dy, x, mean, rstd, weight) -> np.ndarray:
+    """dx of rows of one element: xhat = 0 and g - mean(g) = 0 exactly, so dx = 0 (NaN where an input is
+    not finite, as torch); the kernel's rounding of mean(g) need not cancel g exactly."""
+    dy, x = _host(be, dy).reshape(-1), _host(be, x).reshape(-1)
+    mean, rstd = _host(be, mean).reshape(-1), _host(be, rstd).reshape(-1)
+    with np.errstate(all="ignore"):
+        g = dy if weight is None else dy * _host(be, weight).reshape(-1)
+        xhat = (x - mean) * rstd
+        return (rstd * ((g - g) - xhat * (g * xhat))).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
@@ -174,6 +245,7 @@ def rms_norm_forward(
     """RMSNorm over the last ``normalized_ndim`` dims, like ``torch.nn.functional.rms_norm``.
 
     Per row r of N elements: ``rstd = 1 / sqrt(sum(r^2) / N + eps)``, ``y = r * rstd * weight``.
+    ``eps`` may be any float, as in torch. Empty rows (N = 0) give rstd NaN, as torch.
 
     Shapes: x (*, *normalized_shape) -> y like x; weight normalized_shape (optional);
     rstd x.shape[:-normalized_ndim]. ``out=(y, rstd)``. Returns ``RMSNormForward(y, rstd)``.
@@ -183,10 +255,13 @@ def rms_norm_forward(
     x = V.float_input(be, op, "x", x)
     lead, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
     weight = V.param(be, op, "weight", weight, norm, x.dtype)
-    eps = V.scalar(op, "eps", eps, low=0.0)
+    eps = V.scalar(op, "eps", eps, finite=False)
     y, rstd = V.outputs(
         be, op, out, [("y", x.shape, x.dtype), ("rstd", lead, be.stat_dtype(x.dtype))], (x, weight)
     )
+    if m * n == 0:
+        _fill(be, rstd, np.nan)
+        return RMSNormForward(y, rstd)
     be.kernels.rms_norm_forward(
         x.reshape(m, n),
         _absent(be, x.dtype) if weight is None else weight.reshape(n),
@@ -229,6 +304,9 @@ def rms_norm_backward(
         [("dx", x.shape, x.dtype), None if weight is None else ("dweight", norm, x.dtype)],
         (dy, x, rstd, weight),
     )
+    if m * n == 0:
+        _fill(be, dweight, 0.0)
+        return RMSNormBackward(dx, dweight)
     nt = be.threads(m * n)
     absent = _absent(be, x.dtype)
     be.kernels.rms_norm_backward(
@@ -292,6 +370,8 @@ def local_response_norm_forward(
     x = V.float_input(be, op, "x", x)
     ncl, size, alpha, beta, k = _lrn_args(op, x, size, alpha, beta, k)
     y, scale = V.outputs(be, op, out, [("y", x.shape, x.dtype), ("scale", x.shape, x.dtype)], (x,))
+    if x.size == 0:
+        return LocalResponseNormForward(y, scale)
     nt = be.threads(x.size)
     be.kernels.local_response_norm_forward(
         x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), _lrn_scratch(be, ncl[1], size, nt),
@@ -329,6 +409,8 @@ def local_response_norm_backward(
     y = V.required(be, op, "y", y, x.shape, x.dtype)
     scale = V.required(be, op, "scale", scale, x.shape, x.dtype)
     (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, y, scale))
+    if x.size == 0:
+        return dx
     nt = be.threads(x.size)
     be.kernels.local_response_norm_backward(
         dy.reshape(ncl), x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), dx.reshape(ncl),
@@ -395,6 +477,9 @@ def weight_norm_forward(
     gshape, adb = _weight_norm_view(op, v.shape, dim)
     g = V.required(be, op, "g", g, gshape, v.dtype)
     w, norm = V.outputs(be, op, out, [("w", v.shape, v.dtype), ("norm", gshape, v.dtype)], (v, g))
+    if v.size == 0:
+        _fill(be, norm, 0.0)  # the norm of no elements
+        return WeightNormForward(w, norm)
     nt = be.threads(v.size)
     mode, part, fac = _weight_norm_plan(be, adb, nt, False, v.dtype)
     be.kernels.weight_norm_forward(
@@ -423,6 +508,10 @@ def weight_norm_backward(
     g = V.required(be, op, "g", g, gshape, v.dtype)
     norm = V.required(be, op, "norm", norm, gshape, v.dtype)
     dv, dg = V.outputs(be, op, out, [("dv", v.shape, v.dtype), ("dg", gshape, v.dtype)], (dw, v, g, norm))
+    if v.size == 0:
+        with np.errstate(all="ignore"):  # dot = 0: dg = 0 / norm (NaN for a zero norm, as torch)
+            _put(be, dg, np.float64(0.0) / _host(be, norm).astype(np.float64))
+        return WeightNormBackward(dv, dg)
     nt = be.threads(v.size)
     mode, part, fac = _weight_norm_plan(be, adb, nt, True, v.dtype)
     d = adb[1]
@@ -598,6 +687,16 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
 
 
 # --------------------------------------------------------------------------------------------- BatchNorm
+def _batch_norm_eps(op: str, eps, training: bool) -> float:
+    """torch's rule: eps > 0 while training (the variance of a constant channel is 0), >= 0 otherwise."""
+    eps = V.scalar(op, "eps", eps, finite=False)
+    if training and eps <= 0:
+        raise ValueError(f"{op}: eps must be > 0 in training, got {eps!r}")
+    if eps < 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps!r}")
+    return eps
+
+
 def batch_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -625,9 +724,14 @@ def batch_norm_forward(
     Shapes: x (N, C, *) with axis=1, any rank >= 2, or (*, C) with axis=-1 (channels-last); weight, bias,
     running_mean, running_var (C,), all optional in training (running stats both or neither); mean, rstd
     (C,), what ``batch_norm_backward`` takes in either mode. Running statistics must be C-contiguous,
-    writeable arrays of x's dtype in training (they are updated in place); momentum is a number in [0, 1]
-    (torch's ``momentum=None`` cumulative average is not supported). ``out=(y, mean, rstd)``.
-    Returns ``BatchNormForward(y, mean, rstd)``.
+    aligned, native, writeable arrays of x's dtype in training (they are updated in place).
+
+    As torch: ``training`` must be a bool (TypeError otherwise); ``momentum`` is any float (values
+    outside [0, 1] extrapolate; for torch's ``momentum=None`` cumulative average pass 1 / batches seen,
+    as ``fastnorm.torch.nn.BatchNorm*`` do); ``eps`` must be > 0 in training and >= 0 in evaluation; one
+    value per channel (N * L = 1) in training is a ValueError. Empty x (N, C or L zero): nothing is
+    normalized, the running statistics are not updated; mean, rstd are (0, NaN) in training and the
+    running statistics' in evaluation. ``out=(y, mean, rstd)``. Returns ``BatchNormForward(y, mean, rstd)``.
     """
     op = "batch_norm_forward"
     be = backend_of(
@@ -635,12 +739,12 @@ def batch_norm_forward(
     )
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
-    training = bool(training)
+    training = V.flag(op, "training", training)
     weight = V.param(be, op, "weight", weight, (c,), x.dtype)
     bias = V.param(be, op, "bias", bias, (c,), x.dtype)
-    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
-    momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
-    if training and n * length <= 1:
+    eps = _batch_norm_eps(op, eps, training)
+    momentum = V.scalar(op, "momentum", momentum, finite=False)
+    if training and n * length == 1:
         raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise TypeError(f"{op}: running_mean and running_var are required when training=False")
@@ -654,6 +758,12 @@ def batch_norm_forward(
         [("y", x.shape, x.dtype), ("mean", (c,), sd), ("rstd", (c,), sd)],
         (x, weight, bias, running_mean, running_var),
     )
+    if x.size == 0:
+        if training:
+            _empty_reduction(be, mean, rstd)
+        else:
+            _eval_stats(be, mean, rstd, running_mean, running_var, eps)
+        return BatchNormForward(y, mean, rstd)
     nt = be.threads(x.size)
     if not training:
         work = be.empty((1, 2), np.float64)
@@ -709,7 +819,7 @@ def batch_norm_backward(
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
-    training = bool(training)
+    training = V.flag(op, "training", training)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
     sd = be.stat_dtype(x.dtype)
     mean = V.required(be, op, "mean", mean, (c,), sd)
@@ -727,6 +837,10 @@ def batch_norm_backward(
         ],
         (dy, x, mean, rstd, weight, bias),
     )
+    if x.size == 0:
+        _fill(be, dweight, 0.0)
+        _fill(be, dbias, 0.0)
+        return BatchNormBackward(dx, dweight, dbias)
     nt = be.threads(x.size)
     work = be.empty((n * c + c, 2) if length > 1 else (nt + 1, 2 * c), np.float64)
     absent = _absent(be, x.dtype)
@@ -771,9 +885,12 @@ def instance_norm_forward(
     else: mean[n, c] = running_mean[c], rstd[n, c] = 1 / sqrt(running_var[c] + eps) (required).
     y = (x - mean) * rstd * weight[c] + bias[c].
 
-    Shapes: x (N, C, *), any rank >= 2 (L = prod(spatial) must be > 1 with use_input_stats); weight,
-    bias, running stats (C,); mean, rstd (N, C). ``out=(y, mean, rstd)``.
-    Returns ``InstanceNormForward(y, mean, rstd)``.
+    Shapes: x (N, C, *), any rank >= 2 (L = prod(spatial) must not be 1 with use_input_stats, as torch);
+    weight, bias, running stats (C,); mean, rstd (N, C). As torch: ``use_input_stats`` must be a bool,
+    ``momentum`` and ``eps`` may be any float. Empty x: nothing is normalized; mean, rstd are (0, NaN)
+    with use_input_stats, else the running statistics'. As torch, running statistics are left as they are
+    when L = 0 and become NaN when N = 0 (the update is a mean over the N instances).
+    ``out=(y, mean, rstd)``. Returns ``InstanceNormForward(y, mean, rstd)``.
     """
     op = "instance_norm_forward"
     be = backend_of(
@@ -781,20 +898,18 @@ def instance_norm_forward(
     )
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, 1)
-    use_input_stats = bool(use_input_stats)
+    use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
     weight = V.param(be, op, "weight", weight, (c,), x.dtype)
     bias = V.param(be, op, "bias", bias, (c,), x.dtype)
-    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
-    momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
-    if use_input_stats and length <= 1:
+    eps = V.scalar(op, "eps", eps, finite=False)
+    momentum = V.scalar(op, "momentum", momentum, finite=False)
+    if use_input_stats and length == 1:
         raise ValueError(
             f"{op}: use_input_stats needs more than 1 spatial value per instance, "
             f"got x of shape {tuple(x.shape)}"
         )
     if not use_input_stats and (running_mean is None or running_var is None):
         raise TypeError(f"{op}: running_mean and running_var are required when use_input_stats=False")
-    if use_input_stats and running_mean is not None and n == 0:
-        raise ValueError(f"{op}: an empty batch cannot update the running statistics")
     running_mean, running_var = _running_stats(
         be,
         op,
@@ -813,6 +928,15 @@ def instance_norm_forward(
         [("y", x.shape, x.dtype), ("mean", (n, c), sd), ("rstd", (n, c), sd)],
         (x, weight, bias, running_mean, running_var),
     )
+    if x.size == 0:
+        if use_input_stats:
+            _empty_reduction(be, mean, rstd)
+            if n == 0 and running_mean is not None:  # torch: the running statistics' mean over no instances
+                _fill(be, running_mean, np.nan)
+                _fill(be, running_var, np.nan)
+        else:
+            _eval_stats(be, mean, rstd, running_mean, running_var, eps)
+        return InstanceNormForward(y, mean, rstd)
     absent = _absent(be, x.dtype)
     be.kernels.instance_norm_forward(
         x.reshape(n, c, length),
@@ -856,15 +980,18 @@ def instance_norm_backward(
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     c = V.split_channels(op, x.shape, 1)[1]
+    use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
     grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, c, weight, bias, out)
-    be.kernels.instance_norm_backward(*args, bool(use_input_stats), be.threads(x.size))
+    if args is not None:
+        be.kernels.instance_norm_backward(*args, use_input_stats, be.threads(x.size))
     return InstanceNormBackward(*grads)
 
 
 def _groups_backward_args(be, op, dy, x, mean, rstd, groups, weight, bias, out):
     """Validation and allocation shared by GroupNorm / InstanceNorm backward (mean, rstd (N, groups)).
 
-    Returns ((dx, dweight, dbias), kernel arguments up to the scratch).
+    Returns ((dx, dweight, dbias), kernel arguments up to the scratch); for an empty x the gradients
+    are already final (dweight = dbias = 0) and the arguments are None.
     """
     n, c, length = V.split_channels(op, x.shape, 1)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
@@ -884,6 +1011,10 @@ def _groups_backward_args(be, op, dy, x, mean, rstd, groups, weight, bias, out):
         ],
         (dy, x, mean, rstd, weight, bias),
     )
+    if x.size == 0:
+        _fill(be, dweight, 0.0)
+        _fill(be, dbias, 0.0)
+        return (dx, dweight, dbias), None
     absent = _absent(be, x.dtype)
     args = [
         dy.reshape(n, c, length),
@@ -922,7 +1053,8 @@ def group_norm_forward(
     y = (x - mean) * rstd * weight[c] + bias[c].
 
     Shapes: x (N, C, *), any rank >= 2, C divisible by num_groups; weight, bias (C,) (optional);
-    mean, rstd (N, num_groups). ``out=(y, mean, rstd)``. Returns ``GroupNormForward(y, mean, rstd)``.
+    mean, rstd (N, num_groups). ``eps`` may be any float, as in torch. Empty groups (C = 0 or L = 0)
+    give mean 0 and rstd NaN, as torch. ``out=(y, mean, rstd)``. Returns ``GroupNormForward(y, mean, rstd)``.
     """
     op = "group_norm_forward"
     be = backend_of(op, x=x, weight=weight, bias=bias, out=out)
@@ -931,11 +1063,14 @@ def group_norm_forward(
     g = _num_groups(op, num_groups, c)
     weight = V.param(be, op, "weight", weight, (c,), x.dtype)
     bias = V.param(be, op, "bias", bias, (c,), x.dtype)
-    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    eps = V.scalar(op, "eps", eps, finite=False)
     sd = be.stat_dtype(x.dtype)
     y, mean, rstd = V.outputs(
         be, op, out, [("y", x.shape, x.dtype), ("mean", (n, g), sd), ("rstd", (n, g), sd)], (x, weight, bias)
     )
+    if x.size == 0:
+        _empty_reduction(be, mean, rstd)
+        return GroupNormForward(y, mean, rstd)
     absent = _absent(be, x.dtype)
     be.kernels.group_norm_forward(
         x.reshape(n, c, length),
@@ -968,12 +1103,15 @@ def group_norm_backward(
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dweight[c] = sum dy * xhat,  dbias[c] = sum dy
 
     ``out=(dx, dweight, dbias)``. Returns ``GroupNormBackward(dx, dweight, dbias)``; dweight/dbias are
-    None when weight/bias are None, bitwise reproducible.
+    None when weight/bias are None, bitwise reproducible. For an empty x, dweight = dbias = 0 (torch's
+    kernel gives NaN for dweight when the spatial size is 0: 0 * rstd with rstd NaN; a sum over no elements
+    is 0).
     """
     op = "group_norm_backward"
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     g = _num_groups(op, num_groups, V.split_channels(op, x.shape, 1)[1])
     grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, g, weight, bias, out)
-    be.kernels.group_norm_backward(*args, be.threads(x.size))
+    if args is not None:
+        be.kernels.group_norm_backward(*args, be.threads(x.size))
     return GroupNormBackward(*grads)

@@ -172,7 +172,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (TypeError, fwd(num_groups=3.0)),
         (ValueError, fwd(weight=np.ones(3, np.float32))),
         (TypeError, fwd(bias=np.ones(6, np.float64))),
-        (ValueError, fwd(eps=-1.0)),
+        (TypeError, fwd(eps="1e-5")),
         (ValueError, fwd(x=np.zeros(6, np.float32))),
         (TypeError, fwd(x=x.astype(np.int64))),
         (ValueError, fwd(out=(y, np.empty((4, 2), np.float32), rstd))),

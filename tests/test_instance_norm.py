@@ -188,13 +188,9 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (ValueError, fwd(running_var=strided(np.ones(3, np.float32)))),
         (ValueError, fwd(running_mean=None)),
         (ValueError, fwd(running_var=rm)),
-        (ValueError, fwd(momentum=2.0)),
-        (ValueError, fwd(eps=0)),
+        (TypeError, fwd(momentum=None)),
+        (TypeError, fwd(use_input_stats="False")),
         (ValueError, fwd(x=x[:, :, :1])),  # one spatial value with use_input_stats
-        (
-            ValueError,
-            fwd(x=np.zeros((0, 3, 5), np.float32), out=None),
-        ),  # empty batch cannot update running stats
         (ValueError, fwd(x=np.zeros(5, np.float32))),
         (TypeError, fwd(x=x.astype(np.float16))),
         (TypeError, fwd(use_input_stats=False, running_mean=None, running_var=None)),

@@ -274,3 +274,37 @@ def test_cosine_linear_matches_torch_and_loads_linear_checkpoint(threads, monkey
             atol=2e-2,
             rtol=0,
         )
+
+
+# ------------------------------------------------------------------ accept what torch accepts (issue 12)
+@pytest.mark.parametrize("momentum", [None, 2.0, -0.5, 0.0, 1.0])
+@pytest.mark.parametrize(
+    "fast, ref, shape, kwargs",
+    [
+        (FN.BatchNorm1d, torch.nn.BatchNorm1d, (6, 3, 4), {}),
+        (FN.BatchNorm2d, torch.nn.BatchNorm2d, (4, 3, 2, 3), {}),
+        (FN.InstanceNorm1d, torch.nn.InstanceNorm1d, (4, 3, 5), {"track_running_stats": True}),
+    ],
+    ids=["BatchNorm1d", "BatchNorm2d", "InstanceNorm1d"],
+)
+def test_momentum_none_and_outside_unit_interval_as_torch(fast, ref, shape, kwargs, momentum):
+    from ._util import assert_error_within
+
+    m_f, m_t = fast(3, momentum=momentum, **kwargs), ref(3, momentum=momentum, **kwargs)
+    m_64 = ref(3, momentum=momentum, **kwargs).double()
+    gen = torch.Generator().manual_seed(11)
+    for step in range(3):  # cumulative average (momentum=None) uses num_batches_tracked 1, 2, 3
+        x = torch.randn(shape, generator=gen) * (step + 1) + step
+        for m in (m_f, m_t, m_64):
+            m.train()
+        assert_error_within(m_f(x), m_t(x), m_64(x.double()), name=f"train step {step}")
+    for (k, a), (k2, b), (_, c) in zip(m_f.state_dict().items(), m_t.state_dict().items(), m_64.state_dict().items()):
+        assert k == k2
+        if a.dtype.is_floating_point:
+            assert_error_within(a, b, c, name=k)
+        else:
+            assert torch.equal(a, b), k
+    for m in (m_f, m_t, m_64):  # evaluation ignores momentum, whatever its value
+        m.eval()
+    x = torch.randn(shape, generator=gen)
+    assert_error_within(m_f(x), m_t(x), m_64(x.double()), name="eval")

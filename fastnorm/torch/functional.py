@@ -125,6 +125,48 @@ def _call(op, impl, *args):
     return impl(*args)
 
 
+def _bool_arg(op: str, name: str, value) -> bool:
+    """A Python bool, else TypeError (torch's argument parser: ``'False'``, 1 and numpy.bool_ are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"fastnorm.torch.functional.{op}(): argument '{name}' must be bool, not {type(value).__name__}"
+        )
+    return value
+
+
+def _float_arg(op: str, name: str, value) -> float:
+    """A real number (torch's ``float`` arguments: Python/NumPy numbers, one-element tensors), else TypeError;
+    ``momentum=None`` in particular is a TypeError, as in ``torch.nn.functional.batch_norm``."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"fastnorm.torch.functional.{op}(): argument '{name}' must be float, not {type(value).__name__}"
+        )
+    return float(value)
+
+
+def _kernel_writable(t: Tensor) -> bool:
+    """Whether a kernel can update ``t`` in place: contiguous and aligned to its items."""
+    return t.is_contiguous() and t.data_ptr() % t.element_size() == 0
+
+
+def _run_updating(fn, running_mean: Tensor | None, running_var: Tensor | None, update: bool):
+    """``fn(running_mean, running_var)``, with contiguous stand-ins when the statistics are updated in place
+    but the kernels cannot write them (non-contiguous or unaligned: torch updates any layout), copied
+    back into the caller's tensors after the kernel ran."""
+    if not update or running_mean is None or running_var is None:
+        return fn(running_mean, running_var)
+    stats = [running_mean, running_var]
+    work = [t if _kernel_writable(t) else t.contiguous(memory_format=torch.contiguous_format).clone() for t in stats]
+    result = fn(*work)
+    for t, w in zip(stats, work):
+        if w is not t:
+            with torch.no_grad():
+                t.copy_(w)
+    return result
+
+
 def _normalized_ndim(op: str, x: Tensor, normalized_shape) -> int:
     if isinstance(normalized_shape, (int, np.integer)):
         normalized_shape = (int(normalized_shape),)
@@ -290,10 +332,12 @@ def rms_norm(
 # ------------------------------------------------------------------------------------------- BatchNorm
 def _batch_norm_fwd_impl(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
     # running statistics cross as NumPy views (CPU) / the tensors (CUDA): updated in place when training
-    y, mean, rstd = fastnorm.batch_norm_forward(
-        _arr(x), _arr(weight), _arr(bias), _arr(running_mean), _arr(running_var),
-        training=training, momentum=momentum, eps=eps,
-    )  # fmt: skip
+    def run(rm, rv):
+        return fastnorm.batch_norm_forward(
+            _arr(x), _arr(weight), _arr(bias), _arr(rm), _arr(rv), training=training, momentum=momentum, eps=eps
+        )
+
+    y, mean, rstd = _run_updating(run, running_mean, running_var, training)
     return _ten(y, x), _ten(mean, x), _ten(rstd, x)
 
 
@@ -382,8 +426,14 @@ def batch_norm(
     """``torch.nn.functional.batch_norm`` on fastnorm kernels, channels on axis 1 of (N, C, *).
 
     training: batch statistics per channel; running_mean/running_var (if given) updated in place with
-    ``momentum`` (unbiased variance). Otherwise the running statistics normalize. Shapes: (C,) for all
-    four vectors."""
+    ``momentum`` (unbiased variance), whatever their layout (non-contiguous ones are updated through a
+    contiguous copy). Otherwise the running statistics normalize. Shapes: (C,) for all four vectors.
+
+    Arguments as torch: ``training`` a bool (TypeError otherwise, e.g. for ``'False'``), ``momentum`` any
+    float (``None`` is a TypeError, as in torch's functional; the modules' ``momentum=None`` cumulative
+    average works), ``eps`` > 0 in training and >= 0 in evaluation. An input with no elements, or of fewer
+    than 2 dims, is handed to ``torch.nn.functional.batch_norm`` (nothing to compute; torch's result or
+    error, and no running-statistics update)."""
     _check(
         "batch_norm",
         input=input,
@@ -392,17 +442,23 @@ def batch_norm(
         weight=weight,
         bias=bias,
     )
-    return BatchNormFunction.apply(
-        input, running_mean, running_var, weight, bias, bool(training), float(momentum), float(eps)
-    )
+    training = _bool_arg("batch_norm", "training", training)
+    momentum = _float_arg("batch_norm", "momentum", momentum)
+    eps = _float_arg("batch_norm", "eps", eps)
+    if input.dim() < 2 or input.numel() == 0:
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return BatchNormFunction.apply(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 # ------------------------------------------------------------------------------------------- InstanceNorm
 def _instance_norm_fwd_impl(x, weight, bias, running_mean, running_var, use_input_stats: bool, momentum, eps):
-    y, mean, rstd = fastnorm.instance_norm_forward(
-        _arr(x), _arr(weight), _arr(bias), _arr(running_mean), _arr(running_var),
-        use_input_stats=use_input_stats, momentum=momentum, eps=eps,
-    )  # fmt: skip
+    def run(rm, rv):
+        return fastnorm.instance_norm_forward(
+            _arr(x), _arr(weight), _arr(bias), _arr(rm), _arr(rv),
+            use_input_stats=use_input_stats, momentum=momentum, eps=eps,
+        )  # fmt: skip
+
+    y, mean, rstd = _run_updating(run, running_mean, running_var, use_input_stats)
     return _ten(y, x), _ten(mean, x), _ten(rstd, x)
 
 
@@ -491,7 +547,11 @@ def instance_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """``torch.nn.functional.instance_norm`` on fastnorm kernels: statistics per (n, c) over the spatial
-    positions of (N, C, *); running statistics (C,) updated in place with ``use_input_stats``."""
+    positions of (N, C, *); running statistics (C,) updated in place (any layout) with ``use_input_stats``.
+
+    Arguments as torch: ``use_input_stats`` a bool, ``momentum`` and ``eps`` any float. An input with no
+    elements, or of fewer than 2 dims, is handed to ``torch.nn.functional.instance_norm`` (torch's result
+    or error; no running-statistics update)."""
     _check(
         "instance_norm",
         input=input,
@@ -500,9 +560,14 @@ def instance_norm(
         weight=weight,
         bias=bias,
     )
-    return InstanceNormFunction.apply(
-        input, running_mean, running_var, weight, bias, bool(use_input_stats), float(momentum), float(eps)
-    )
+    use_input_stats = _bool_arg("instance_norm", "use_input_stats", use_input_stats)
+    momentum = _float_arg("instance_norm", "momentum", momentum)
+    eps = _float_arg("instance_norm", "eps", eps)
+    if input.dim() < 2 or input.numel() == 0:
+        return torch.nn.functional.instance_norm(
+            input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+        )
+    return InstanceNormFunction.apply(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
 
 
 # ------------------------------------------------------------------------------------------- GroupNorm
@@ -637,6 +702,11 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     y = x * (k + alpha / size * sum of x^2 over the channel window [c - size//2, c + (size-1)//2])^-beta
     """
     _check("local_response_norm", input=input)
+    if input.dim() < 3:
+        raise ValueError(
+            f"fastnorm.torch.functional.local_response_norm: expected 3D or higher dimensionality input "
+            f"(got {input.dim()} dimensions), as torch"
+        )
     return LocalResponseNormFunction.apply(input, int(size), float(alpha), float(beta), float(k))
 
 

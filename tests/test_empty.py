@@ -1,0 +1,316 @@
+"""Every public norm op on every empty dimension: each output is defined (never uninitialized memory).
+
+Each call runs twice with ``out=`` buffers pre-filled with two different garbage patterns; a slot the op
+forgot to write would keep its garbage and differ between the runs. The values follow torch 2.13:
+statistics of an empty reduction are mean 0 and rstd NaN (torch's ``var = 0/0``), evaluation-mode
+statistics come from the running statistics, an empty batch leaves the running statistics untouched,
+and gradients of parameters are sums over no elements (0). The torch functional drop-ins are compared
+with torch itself on the same empty inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnorm
+
+GARBAGE = (np.float32(-7.75e30), np.float32(1234.5))
+EPS = 1e-5
+
+
+def _call(fn, args: dict, kwargs: dict, template):
+    """Run fn twice with out= pre-filled with the two garbage patterns; the results must agree."""
+    results = []
+    for g in GARBAGE:
+        out = tuple(None if t is None else np.full(t.shape, g, t.dtype) for t in template)
+        r = fn(**args, **kwargs, out=out if len(out) > 1 else out[0])
+        r = tuple(r) if isinstance(r, tuple) else (r,)
+        for got, buf in zip(r, out):
+            assert got is buf  # written in place
+        results.append(tuple(None if a is None else a.copy() for a in r))
+    for a, b in zip(*results):
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg="an output was not written (garbage survived)")
+    return results[0]
+
+
+def _expect(got, value, shape):
+    assert got.shape == tuple(shape)
+    np.testing.assert_array_equal(got, np.full(shape, value, got.dtype))
+
+
+def _running(c, dtype=np.float32):
+    rng = np.random.default_rng(c)
+    return rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+
+
+# ------------------------------------------------------------------------------------ row norms
+ROW_SHAPES = [((0, 4), 1), ((3, 0), 1), ((2, 0, 3), 1), ((2, 3, 0), 2), ((0,), 1), ((0, 0), 2), ((3, 0, 0), 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, k", ROW_SHAPES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_layer_norm_empty(shape, k, affine, dtype):
+    x = np.zeros(shape, dtype)
+    lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
+    w = np.ones(norm, dtype) if affine else None
+    b = np.full(norm, 0.5, dtype) if affine else None
+    tmpl = (x, np.empty(lead, dtype), np.empty(lead, dtype))
+    y, mean, rstd = _call(fastnorm.layer_norm_forward, dict(x=x, weight=w, bias=b), dict(normalized_ndim=k), tmpl)
+    assert y.shape == shape
+    _expect(mean, 0.0, lead)
+    _expect(rstd, np.nan, lead)
+    tmpl = (x, w, b)
+    dx, dw, db = _call(
+        fastnorm.layer_norm_backward,
+        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
+        dict(normalized_ndim=k),
+        tmpl,
+    )
+    assert dx.shape == shape
+    if affine:
+        _expect(dw, 0.0, norm)
+        _expect(db, 0.0, norm)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, k", ROW_SHAPES)
+@pytest.mark.parametrize("affine", [False, True])
+def test_rms_norm_empty(shape, k, affine, dtype):
+    x = np.zeros(shape, dtype)
+    lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
+    w = np.ones(norm, dtype) if affine else None
+    y, rstd = _call(fastnorm.rms_norm_forward, dict(x=x, weight=w), dict(normalized_ndim=k), (x, np.empty(lead, dtype)))
+    assert y.shape == shape
+    _expect(rstd, np.nan, lead)
+    dx, dw = _call(fastnorm.rms_norm_backward, dict(dy=x, x=x, rstd=rstd, weight=w), dict(normalized_ndim=k), (x, w))
+    assert dx.shape == shape
+    if affine:
+        _expect(dw, 0.0, norm)
+
+
+# ---------------------------------------------------------------------------------- channel norms
+BN_SHAPES = [((0, 3), 1), ((0, 3, 4), 1), ((2, 3, 0), 1), ((2, 0, 4), 1), ((0, 0), 1), ((0, 4, 3), -1), ((2, 0, 3), -1)]
+
+
+@pytest.mark.parametrize("shape, axis", BN_SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_empty(shape, axis, training, affine):
+    x = np.zeros(shape, np.float32)
+    c = shape[axis]
+    w = np.full(c, 2.0, np.float32) if affine else None
+    b = np.full(c, 0.5, np.float32) if affine else None
+    rm, rv = _running(c)
+    rm0, rv0 = rm.copy(), rv.copy()
+    tmpl = (x, np.empty(c, np.float32), np.empty(c, np.float32))
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv)
+    y, mean, rstd = _call(fastnorm.batch_norm_forward, args, dict(training=training, axis=axis), tmpl)
+    assert y.shape == shape
+    np.testing.assert_array_equal(rm, rm0)  # an empty batch does not update the running statistics
+    np.testing.assert_array_equal(rv, rv0)
+    if training:
+        _expect(mean, 0.0, (c,))
+        _expect(rstd, np.nan, (c,))
+    else:
+        np.testing.assert_array_equal(mean, rm)
+        np.testing.assert_allclose(rstd, 1 / np.sqrt(rv.astype(np.float64) + EPS), rtol=1e-6)
+    if training:  # without running statistics too
+        y2, mean2, rstd2 = _call(fastnorm.batch_norm_forward, dict(x=x, weight=w, bias=b), dict(axis=axis), tmpl)
+        _expect(mean2, 0.0, (c,))
+        _expect(rstd2, np.nan, (c,))
+    dx, dw, db = _call(
+        fastnorm.batch_norm_backward,
+        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
+        dict(training=training, axis=axis),
+        (x, w, b),
+    )
+    assert dx.shape == shape
+    if affine:
+        _expect(dw, 0.0, (c,))
+        _expect(db, 0.0, (c,))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0), (6, 8, 0), (2, 3, 0, 5)])
+@pytest.mark.parametrize("use_input_stats", [True, False])
+@pytest.mark.parametrize("with_running", [True, False])
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
+    if not use_input_stats and not with_running:
+        pytest.skip("evaluation needs running statistics")
+    x = np.zeros(shape, np.float32)
+    n, c = shape[:2]
+    w = np.full(c, 2.0, np.float32) if affine else None
+    b = np.full(c, 0.5, np.float32) if affine else None
+    rm, rv = _running(c) if with_running else (None, None)
+    rm0 = None if rm is None else rm.copy()
+    rv0 = None if rv is None else rv.copy()
+    tmpl = (x, np.empty((n, c), np.float32), np.empty((n, c), np.float32))
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv)
+    y, mean, rstd = _call(fastnorm.instance_norm_forward, args, dict(use_input_stats=use_input_stats), tmpl)
+    assert y.shape == shape
+    if with_running and use_input_stats and n == 0:  # torch: a mean over no instances
+        _expect(rm, np.nan, (c,))
+        _expect(rv, np.nan, (c,))
+    elif with_running:
+        np.testing.assert_array_equal(rm, rm0)
+        np.testing.assert_array_equal(rv, rv0)
+    if use_input_stats:
+        _expect(mean, 0.0, (n, c))
+        _expect(rstd, np.nan, (n, c))
+    else:
+        np.testing.assert_array_equal(mean, np.broadcast_to(rm, (n, c)))
+        np.testing.assert_allclose(rstd, np.broadcast_to(1 / np.sqrt(rv.astype(np.float64) + EPS), (n, c)), rtol=1e-6)
+    dx, dw, db = _call(
+        fastnorm.instance_norm_backward,
+        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
+        dict(use_input_stats=use_input_stats),
+        (x, w, b),
+    )
+    assert dx.shape == shape
+    if affine:
+        _expect(dw, 0.0, (c,))
+        _expect(db, 0.0, (c,))
+
+
+@pytest.mark.parametrize("shape, groups", [((0, 4, 3), 2), ((6, 8, 0), 2), ((2, 0, 3), 1), ((2, 0, 3), 3), ((0, 0), 1)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_group_norm_empty(shape, groups, affine):
+    x = np.zeros(shape, np.float32)
+    n, c = shape[:2]
+    w = np.full(c, 2.0, np.float32) if affine else None
+    b = np.full(c, 0.5, np.float32) if affine else None
+    tmpl = (x, np.empty((n, groups), np.float32), np.empty((n, groups), np.float32))
+    y, mean, rstd = _call(fastnorm.group_norm_forward, dict(x=x, weight=w, bias=b), dict(num_groups=groups), tmpl)
+    assert y.shape == shape
+    _expect(mean, 0.0, (n, groups))
+    _expect(rstd, np.nan, (n, groups))
+    dx, dw, db = _call(
+        fastnorm.group_norm_backward,
+        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
+        dict(num_groups=groups),
+        (x, w, b),
+    )
+    assert dx.shape == shape
+    if affine:  # torch's kernel gives NaN for dweight when L = 0 (0 * NaN); an empty sum is 0
+        _expect(dw, 0.0, (c,))
+        _expect(db, 0.0, (c,))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 3), (2, 0)])
+def test_local_response_norm_empty(shape):
+    x = np.zeros(shape, np.float32)
+    y, scale = _call(fastnorm.local_response_norm_forward, dict(x=x), dict(size=3), (x, x))
+    assert y.shape == scale.shape == shape
+    (dx,) = _call(fastnorm.local_response_norm_backward, dict(dy=x, x=x, y=y, scale=scale), dict(size=3), (x,))
+    assert dx.shape == shape
+
+
+# ---------------------------------------------------------------------------------- WeightNorm, CosineLinear
+@pytest.mark.parametrize("vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)])
+def test_weight_norm_empty(vshape, dim):
+    v = np.zeros(vshape, np.float32)
+    gshape = () if dim is None else tuple(s if i == dim else 1 for i, s in enumerate(vshape))
+    g = np.full(gshape, 2.0, np.float32)
+    w, norm = _call(fastnorm.weight_norm_forward, dict(v=v, g=g), dict(dim=dim), (v, g))
+    assert w.shape == vshape
+    _expect(norm, 0.0, gshape)  # the norm of no elements
+    dv, dg = _call(fastnorm.weight_norm_backward, dict(dw=v, v=v, g=g, norm=norm), dict(dim=dim), (v, g))
+    assert dv.shape == vshape
+    _expect(dg, np.nan, gshape)  # dot / norm = 0 / 0, as torch
+    dv, dg = _call(
+        fastnorm.weight_norm_backward, dict(dw=v, v=v, g=g, norm=np.full(gshape, 3.0, np.float32)), dict(dim=dim), (v, g)
+    )
+    _expect(dg, 0.0, gshape)
+
+
+@pytest.mark.parametrize("xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))])
+def test_cosine_linear_empty(xshape, wshape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xshape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    lead, o = xshape[:-1], wshape[0]
+    tmpl = (np.empty((*lead, o), np.float32), np.empty(lead, np.float32), np.empty(o, np.float32))
+    y, x_norm, w_norm = _call(fastnorm.cosine_linear_forward, dict(x=x, w=w), {}, tmpl)
+    _expect(y, 0.0, (*lead, o))  # empty, or D = 0: every cosine is 0 / eps^2 * 0 = 0 (torch: 0)
+    np.testing.assert_allclose(x_norm, np.linalg.norm(x.astype(np.float64), axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(w_norm, np.linalg.norm(w.astype(np.float64), axis=-1), rtol=1e-6)
+    dy = rng.standard_normal((*lead, o)).astype(np.float32)
+    dx, dw = _call(
+        fastnorm.cosine_linear_backward, dict(dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm), {}, (x, w)
+    )
+    _expect(dx, 0.0, xshape)  # no output depends on x (O = 0) or x is empty
+    if math_prod(lead) == 0:
+        _expect(dw, 0.0, wshape)
+
+
+def math_prod(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------- against torch
+def _grads(torch, fn, x, *params):
+    x = x.clone().requires_grad_(True)
+    params = [None if p is None else p.clone().requires_grad_(True) for p in params]
+    y = fn(x, *params)
+    y.backward(torch.ones_like(y))
+    return [y.detach(), x.grad, *[None if p is None else p.grad for p in params]]
+
+
+TORCH_CASES = [
+    ("layer_norm", (0, 4), lambda F, x, w, b: F.layer_norm(x, (4,), w, b), 4),
+    ("layer_norm", (2, 3, 0), lambda F, x, w, b: F.layer_norm(x, (3, 0), w, b), (3, 0)),
+    ("layer_norm", (2, 0, 3), lambda F, x, w, b: F.layer_norm(x, (3,), w, b), 3),
+    ("layer_norm", (0,), lambda F, x, w, b: F.layer_norm(x, (0,), w, b), (0,)),
+    ("rms_norm", (0, 4), lambda F, x, w, b: F.rms_norm(x, (4,), w), 4),
+    ("rms_norm", (3, 0), lambda F, x, w, b: F.rms_norm(x, (0,), w), (0,)),
+    ("group_norm", (0, 4, 3), lambda F, x, w, b: F.group_norm(x, 2, w, b), 4),
+    ("group_norm", (2, 0, 3), lambda F, x, w, b: F.group_norm(x, 1, w, b), 0),
+    ("local_response_norm", (0, 3, 4), lambda F, x, w, b: F.local_response_norm(x, 2), None),
+    ("local_response_norm", (2, 3, 0), lambda F, x, w, b: F.local_response_norm(x, 2), None),
+    ("batch_norm", (0, 3), lambda F, x, w, b: F.batch_norm(x, None, None, w, b, True), 3),
+    ("batch_norm", (2, 3, 0), lambda F, x, w, b: F.batch_norm(x, None, None, w, b, True), 3),
+    ("batch_norm", (0,), lambda F, x, w, b: F.batch_norm(x, None, None, None, None, True), None),
+    ("instance_norm", (2, 3, 0), lambda F, x, w, b: F.instance_norm(x, None, None, w, b), 3),
+    ("instance_norm", (0, 3, 4), lambda F, x, w, b: F.instance_norm(x), None),
+]
+
+
+@pytest.mark.parametrize("name, shape, call, pshape", TORCH_CASES, ids=[f"{c[0]}-{c[1]}" for c in TORCH_CASES])
+def test_torch_functional_empty_matches_torch(name, shape, call, pshape):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    import fastnorm.torch.functional as TF
+
+    x = torch.randn(shape)
+    p = [None, None] if pshape is None else [torch.randn(pshape), torch.randn(pshape)]
+    want = _grads(torch, lambda *a: call(F, *a), x, *p)
+    got = _grads(torch, lambda *a: call(TF, *a), x, *p)
+    for g, t in zip(got, want):
+        if t is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, t, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (2, 3, 0)])
+@pytest.mark.parametrize("module", ["BatchNorm1d", "InstanceNorm1d"])
+def test_torch_modules_empty_batch_match_torch(shape, module):
+    torch = pytest.importorskip("torch")
+    import fastnorm.torch.nn as fnn
+
+    if module == "InstanceNorm1d" and len(shape) == 2:
+        shape = (3, 0)  # an unbatched (C, L) input
+    kwargs = dict(track_running_stats=True) if module == "InstanceNorm1d" else {}
+    ours, ref = getattr(fnn, module)(3, **kwargs), getattr(torch.nn, module)(3, **kwargs)
+    x = torch.randn(shape)
+    for m in (ours, ref):
+        m.train()
+        y = m(x)
+        assert y.shape == x.shape
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), ref.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(a, b, equal_nan=True)  # torch: N = 0 makes InstanceNorm's stats NaN
