@@ -253,6 +253,22 @@ def is_c_contiguous(a) -> bool:
     return adapt(a).strides is None
 
 
+def span_of(a) -> tuple[int, int]:
+    """[lo, hi) byte addresses spanned by any CUDA array object (contiguous torch tensors and Numba arrays
+    without building an adapter)."""
+    k = array_kind(a)
+    if k == "dev":
+        return span(a)
+    if k == "torch" and a.is_contiguous():
+        p = a.data_ptr()
+        return p, p + a.nbytes
+    if k == "numba" and a.is_c_contiguous():
+        g = a.gpu_data
+        p = 0 if g is None else g.device_pointer_value or 0
+        return p, p + a.size * a.dtype.itemsize
+    return span(adapt(a))
+
+
 def span(d: DevArray) -> tuple[int, int]:
     ptr = d.ptr
     shape = d.shape

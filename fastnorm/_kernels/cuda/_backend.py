@@ -7,9 +7,11 @@ returns a ``DevArray`` (zero-copy) for a contiguous input; a non-contiguous one 
 contiguous array (a copy, on the device). Outputs come from the allocator of the caller's arrays: the
 input last passed to ``asarray`` in this thread decides (every op converts its inputs before it allocates):
 ``torch.empty`` on the tensor's device for torch (torch's caching allocator owns them), ``cupy.empty`` for
-CuPy, fastnorm's stream-ordered pool for Numba and other arrays. Checks (contiguity, writeability,
-overlap) are integer arithmetic on the adapted pointers and shapes. Under ``NUMBA_ENABLE_CUDASIM=1`` the
-"device arrays" are the simulator's (NumPy-backed) arrays and the simulator's own path is kept.
+CuPy, fastnorm's stream-ordered pool for Numba and other arrays (and for allocations no ``asarray`` of the
+same call precedes, such as an optimizer's state: the launchers end a call with ``done()``). Checks
+(contiguity, writeability, overlap) are integer arithmetic on the adapted pointers and shapes. Under
+``NUMBA_ENABLE_CUDASIM=1`` the "device arrays" are the simulator's (NumPy-backed) arrays and the
+simulator's own path is kept.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class CudaBackend:
         self._c = _common
         self._a = _arrays
         self._tls = threading.local()
+        self._empty_torch: dict = {}
         self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
@@ -108,9 +111,15 @@ class CudaBackend:
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cuda")
 
-    @staticmethod
-    def stat_dtype(dtype):
-        return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+    _STAT = {np.dtype(np.float16): np.dtype(np.float32), np.dtype(np.float32): np.dtype(np.float32),
+             np.dtype(np.float64): np.dtype(np.float64)}
+
+    @classmethod
+    def stat_dtype(cls, dtype):
+        d = cls._STAT.get(dtype)
+        if d is None:
+            d = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+        return d
 
     # ------------------------------------------------------------------ arrays
     def _iface(self, a) -> dict:
@@ -144,7 +153,14 @@ class CudaBackend:
         if kind == "torch":
             torch = sys.modules["torch"]
             dev = like.owner.device
-            return torch.empty(shape, dtype=self._a.torch_dtype_of_np(np.dtype(dtype)), device=dev)
+            tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
+            if 0 in shape:  # absent arguments and empty outputs: one cached empty tensor per kind
+                key = (tuple(shape), tdt, dev)
+                t = self._empty_torch.get(key)
+                if t is None:
+                    t = self._empty_torch[key] = torch.empty(shape, dtype=tdt, device=dev)
+                return t
+            return torch.empty(shape, dtype=tdt, device=dev)
         if kind == "cupy":
             cupy = sys.modules["cupy"]
             if like.device == cupy.cuda.runtime.getDevice():
@@ -174,7 +190,10 @@ class CudaBackend:
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)
-        if a.size:
+        k = self._a.array_kind(a)
+        if k in ("torch", "cupy"):
+            a.fill(0)  # the library's own fill, on its current stream
+        elif a.size:
             if self._c.SIM:
                 a._ary[...] = 0
             else:
@@ -182,6 +201,10 @@ class CudaBackend:
 
                 fill(a.reshape(a.size), 0.0)
         return a
+
+    def done(self) -> None:
+        """End of a call: later allocations that follow no ``asarray`` come from the pool again."""
+        self._tls.like = None
 
     def is_own_output(self, a):
         from ..._backend import on_cuda
@@ -232,8 +255,8 @@ class CudaBackend:
 
     def may_share_memory(self, a, b):
         if not self._c.SIM:
-            lo1, hi1 = self._a.span(self._a.adapt(a))
-            lo2, hi2 = self._a.span(self._a.adapt(b))
+            lo1, hi1 = self._a.span_of(a)
+            lo2, hi2 = self._a.span_of(b)
         else:
             lo1, hi1 = self._span(a)
             lo2, hi2 = self._span(b)

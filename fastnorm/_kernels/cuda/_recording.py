@@ -37,6 +37,7 @@ import time
 
 COUNTS: collections.Counter = collections.Counter()
 LAUNCHES: list = []  # (kernel name, stream handle) of each launch since the last reset()
+ARGS: list = []  # the flat argument tuple of each launch since the last reset()
 TORCH_STREAM = 0x7A7A00
 CUPY_STREAM = 0xC0C000
 CATEGORIES = ("alloc", "free", "copy", "memset", "sync", "launch")
@@ -67,6 +68,7 @@ def record(name: str) -> None:
 def reset() -> None:
     COUNTS.clear()
     LAUNCHES.clear()
+    ARGS.clear()
 
 
 _installed = False
@@ -180,6 +182,7 @@ def install() -> None:
         COUNTS["launch"] += 1
         h = stream.handle if isinstance(stream, StreamHolder) else int(getattr(stream, "handle", 0) or 0)
         LAUNCHES.append((getattr(kernel, "name", "?"), h))
+        ARGS.append(args)
 
     def to_core_stream(stream):
         if not stream:
@@ -356,14 +359,106 @@ def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
         grads = [cuda.device_array(int(s), np.float32) for s in sizes]
         opt = cls(params, lr=1e-3, **kw)
         out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
-        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(2)]
+        # more gradient sets than any cache of address tables holds: new addresses at every step
+        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
         state = {"i": 0}
 
         def moving(o=opt, gs=grads2, st=state):
-            st["i"] ^= 1
+            st["i"] = (st["i"] + 1) % len(gs)
             o.step(gs[st["i"]])
 
         out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
+    return out
+
+
+def _norm(v):
+    return (type(v).__name__, v.value) if isinstance(v, ctypes._SimpleCData) else ("int", int(v))
+
+
+def _groups(k, args) -> list:
+    """``args`` split per kernel parameter (arrays: meminfo, parent, nitems, itemsize, data, shape, strides),
+    with the shape and strides of zero-size arrays dropped (the kernels never read them)."""
+    from numba.cuda import types
+
+    out, i = [], 0
+    for ty in k._k.argument_types:
+        if isinstance(ty, types.Array):
+            g = [_norm(v) for v in args[i: i + 5 + 2 * ty.ndim]]
+            if g[2][1] == 0:
+                g = g[:5]
+            out.append(g)
+            i += 5 + 2 * ty.ndim
+        else:
+            out.append([_norm(args[i])])
+            i += 1
+    assert i == len(args), (i, len(args))
+    return out
+
+
+def packing_check(m: int = 37, n: int = 300) -> list[dict]:
+    """For each LayerNorm/RMSNorm launcher: the arguments the launch plan passes, compared with what
+    numba-cuda's own launch path (``_Kernel.launch`` -> ``_prepare_args``) builds for the same arrays and
+    the same kernel. Returns one ``{"launcher", "launches", "equal", "first_difference"}`` per case."""
+    import numpy as np
+    from numba import cuda
+
+    from . import layer_norm as L
+
+    install()
+    f32 = np.float32
+    x, dy = cuda.device_array((m, n), f32), cuda.device_array((m, n), f32)
+    w, b = cuda.device_array(n, f32), cuda.device_array(n, f32)
+    y, dx = cuda.device_array((m, n), f32), cuda.device_array((m, n), f32)
+    mean, rstd = cuda.device_array(m, f32), cuda.device_array(m, f32)
+    dw, db = cuda.device_array(n, f32), cuda.device_array(n, f32)
+    pw, pb = cuda.device_array((8, n), np.float64), cuda.device_array((8, n), np.float64)
+    e = L.empty_device
+    z1, z64 = e((0,), f32), e((0, 0), np.float64)
+    cases = [
+        ("layer_norm_forward", lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
+         lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False)),
+        ("layer_norm_forward (no weight, bias)", lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
+         lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False)),
+        ("rms_norm_forward", lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
+         lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True)),
+        ("layer_norm_backward", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
+         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False)),
+        ("layer_norm_backward (no dbias)", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None,
+                                                                         z64, None, 8),
+         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False)),
+        ("rms_norm_backward", lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
+         lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True)),
+    ]
+    rows = []
+    for name, new, old in cases:
+        reset()
+        new()
+        got, names_new = list(ARGS), [k for k, _ in LAUNCHES]
+        reset()
+        old()
+        want, names_old = list(ARGS), [k for k, _ in LAUNCHES]
+        kernels = _kernels_by_name()
+        diff = None
+        if names_new != names_old or len(got) != len(want):
+            diff = f"launches {names_new} vs {names_old}"
+        else:
+            for kn, a, b2 in zip(names_new, got, want, strict=True):
+                ga, gb = _groups(kernels[kn], a), _groups(kernels[kn], b2)
+                if ga != gb:
+                    i = next(j for j, (p, q) in enumerate(zip(ga, gb, strict=True)) if p != q)
+                    diff = f"{kn} parameter {i}: {ga[i]} vs {gb[i]}"
+                    break
+        rows.append({"launcher": name, "launches": len(got), "equal": diff is None, "first_difference": diff})
+    return rows
+
+
+def _kernels_by_name() -> dict:
+    from . import _common
+
+    out = {}
+    for k in _common._cache.values():
+        if getattr(k, "_k", None) is not None:
+            out[k._k._codelibrary.get_cufunc().name] = k
     return out
 
 
@@ -400,6 +495,9 @@ def format_rows(rows: list[dict]) -> str:
     lines = [f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  " + " ".join(f"{c:>6}" for c in CATEGORIES)
              + "  interface dicts"]
     for r in rows:
+        if r.get("op") == "packing_check":
+            lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
+            continue
         c = r["counts"]
         dicts = c.get("interface dict (numba array)", 0) + c.get("interface dict (torch)", 0)
         lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
@@ -413,8 +511,11 @@ def main(argv=None) -> int:
     ap.add_argument("--optim-calls", type=int, default=20)
     ap.add_argument("--which", choices=["all", "norms", "optim"], default="all")
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
+    ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
     args = ap.parse_args(argv)
     rows = run(args.calls, args.optim_calls, args.which)
+    if args.packing:
+        rows += [dict(r, op="packing_check") for r in packing_check()]
     if args.json == "-":
         json.dump(rows, sys.stdout)
     else:

@@ -610,12 +610,13 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     X = adapt(x)
     m, n = X.shape
     if m == 0:
-        return
+        return _done()
     W, B, Y, MU, RS = _ad(w), _ad(b), adapt(y), _ad(mean), adapt(rstd)
     plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device)
     stream = caller_stream(X.kind, X.device)
     input_streams((X, W, B), X.kind, stream)
     plan.launch(stream, (X.ptr, _p(W), _p(B), Y.ptr, _p(MU), RS.ptr), (eps,))
+    _done()
 
 
 def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -> None:
@@ -623,7 +624,7 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     m, n = X.shape
     DW, DB = _ad(dw), _ad(db)
     if m == 0 and DW is None and DB is None:
-        return
+        return _done()
     DY, MU, RS, W, DX = adapt(dy), _ad(mean), adapt(rstd), _ad(w), adapt(dx)
     PW = adapt(dw_part) if DW is not None else None
     PB = adapt(db_part) if DB is not None else None
@@ -635,6 +636,14 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     red = plan.extra
     if red is not None:
         red.launch(stream, (_p(PW), _p(PB), _p(DW), _p(DB)))
+    _done()
+
+
+def _done() -> None:
+    from ..._dispatch import _cuda_backend
+
+    if _cuda_backend is not None:
+        _cuda_backend.done()
 
 
 def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
