@@ -200,6 +200,9 @@ def install() -> None:
         CUevent_flags = binding.CUevent_flags
 
         def __getattr__(self, name):
+            if name.startswith("CU"):  # handle types and enums: the real ones
+                return getattr(binding, name)
+
             def call(*a, **k):
                 record(name)
                 if name == "cuEventCreate":
