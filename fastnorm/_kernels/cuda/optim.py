@@ -20,9 +20,9 @@ kernel arguments; otherwise their table is copied to the device.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import math
+from bisect import bisect_left
 
 import numpy as np
 from numba import cuda, types
@@ -596,8 +596,10 @@ def gather_params(params: list, info: np.ndarray) -> int:
     if SIM:
         return _gather_params_sim(params, info)
     ptrs, sizes, f8 = [], [], []
+    cache = _meta_cache
     for i, a in enumerate(params):
-        meta = _adapted(a)
+        h = cache.get(id(a))
+        meta = h[1] if h is not None and h[0] is a else _adapted(a)
         if meta is None:
             return i
         ptr, nbytes, code, _, contig, writeable = meta
@@ -626,13 +628,19 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     out = []
     los = avoid_lo.tolist() if avoid_lo.size else ()
     his = avoid_hi.tolist() if avoid_hi.size else ()
+    cache = _meta_cache
     for i in range(n):
         a = arrays[i]
-        if a is None and allow_none:
+        if a is None:
+            if not allow_none:
+                return i
             out.append(0)
             continue
-        ref = _adapted(params[i])
-        meta = None if a is None else _adapted(a)
+        p = params[i]
+        h = cache.get(id(p))
+        ref = h[1] if h is not None and h[0] is p else _adapted(p)
+        h = cache.get(id(a))
+        meta = h[1] if h is not None and h[0] is a else _adapted(a)
         if meta is None or ref is None:
             return i
         lo, nbytes, code, shape, contig, wr = meta
@@ -640,7 +648,7 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
             return i
         hi = lo + nbytes
         if hi > lo and los:
-            k = bisect.bisect_left(los, hi)
+            k = bisect_left(los, hi)
             if k > 0 and his[k - 1] > lo:
                 return i
         out.append(lo)
