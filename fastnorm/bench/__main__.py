@@ -17,7 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="draw fraction-of-bound bars (needs matplotlib)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="host time and driver calls per CUDA call under a recording driver (no GPU needed; "
+                         "run in a process of its own)")
     args = ap.parse_args(argv)
+    if args.host_overhead:
+        from fastnorm._kernels.cuda import _recording
+
+        rows = _recording.run()
+        print(_recording.format_rows(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
 
     import fastnorm
 
