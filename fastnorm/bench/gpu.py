@@ -331,14 +331,20 @@ def _adam_case(torch, n_tensors: int, total: int) -> list[GpuCase]:
     return [GpuCase("adam_step", label, nbytes, providers, note=note)]
 
 
-def cuda_cases(torch, quick: bool) -> list[GpuCase]:
-    shapes = [(16384, 4096, np.float32), (4096, 1024, np.float32)]
-    if not quick:
-        shapes += [(16384, 4096, np.float16), (8192, 768, np.float32), (65536, 256, np.float32)]
+def cuda_cases(torch, quick: bool, shapes: list | None = None, adam_total: int | None = None) -> list[GpuCase]:
+    """The GPU cases: norms at ``shapes`` ((M, N, dtype) triples; a default list if None), Adam over 200
+    tensors of ``adam_total`` elements together (0: no Adam case)."""
+    if shapes is None:
+        shapes = [(16384, 4096, np.float32), (4096, 1024, np.float32)]
+        if not quick:
+            shapes += [(16384, 4096, np.float16), (8192, 768, np.float32), (65536, 256, np.float32)]
     out = []
     for m, n, dt in shapes:
         out += _norm_cases(torch, m, n, dt)
-    out += _adam_case(torch, 200, 20_000_000 if quick else 100_000_000)
+    if adam_total is None:
+        adam_total = 20_000_000 if quick else 100_000_000
+    if adam_total:
+        out += _adam_case(torch, 200, adam_total)
     return out
 
 
@@ -423,14 +429,15 @@ def machine_info(torch) -> dict:
 
 
 def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: int = 7,
-                    do_sweep: bool | None = None, profile: bool = True) -> dict:
+                    do_sweep: bool | None = None, profile: bool = True, shapes: list | None = None,
+                    adam_total: int | None = None) -> dict:
     """Run the GPU cases (whose op contains one of ``ops``, if given); return the report as a dict."""
     import torch
 
     if not torch.cuda.is_available():
         raise RuntimeError("the CUDA benchmark needs torch with a CUDA GPU")
     timer = Timer(torch)
-    cases = [c for c in cuda_cases(torch, quick) if not ops or any(o in c.op for o in ops)]
+    cases = [c for c in cuda_cases(torch, quick, shapes, adam_total) if not ops or any(o in c.op for o in ops)]
     biggest = max([c.nbytes for c in cases] + [1 << 28])
     bw = copy_gbps(torch, timer, min(biggest // 2, 2 << 30), repeats)
     rows = []
@@ -532,3 +539,32 @@ def format_cuda_table(report: dict) -> str:
                 lines.append(f"  {r['setting']:<26} {r['op']:<22} {r['ms']:8.3f} ms {r['gbps']:6.0f} GB/s "
                              f"{100 * frac:5.1f}% copy")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastnorm.bench.gpu``: the GPU report for chosen shapes and dtypes (see ``--help``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastnorm.bench.gpu", description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="16384x4096,4096x1024,8192x768", help="MxN,MxN,...")
+    ap.add_argument("--dtypes", default="float32,float16")
+    ap.add_argument("--adam-total", type=float, default=100e6, help="Adam: elements over 200 tensors (0: none)")
+    ap.add_argument("--ops", nargs="*")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--sweep", action="store_true", help="also the launch-shape sweep")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiler cross-check")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    shapes = [(int(m), int(n), np.dtype(d).type) for d in args.dtypes.split(",")
+              for m, n in (s.split("x") for s in args.shapes.split(","))]
+    report = run_cuda_report(ops=args.ops, repeats=args.repeats, do_sweep=args.sweep, profile=not args.no_profile,
+                             shapes=shapes, adam_total=int(args.adam_total))
+    print(format_cuda_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
