@@ -65,7 +65,8 @@ class DevArray:
     ``owner`` (the caller's object, kept alive), ``device`` (ordinal, -1 if unknown), ``readonly`` and
     ``stream`` (the producer stream handle from a version-3 interface dict, else None)."""
 
-    __slots__ = ("ptr", "shape", "dtype", "strides", "kind", "owner", "device", "readonly", "stream", "_nb")
+    __slots__ = ("ptr", "shape", "dtype", "strides", "kind", "owner", "device", "readonly", "stream", "_nb",
+                 "_span")
 
     def __init__(self, ptr, shape, dtype, strides, kind, owner, device=-1, readonly=False, stream=None):
         self.ptr = ptr
@@ -78,6 +79,7 @@ class DevArray:
         self.readonly = readonly
         self.stream = stream
         self._nb = None
+        self._span = None
 
     @property
     def size(self) -> int:
@@ -234,16 +236,19 @@ array_kind = _backend.array_kind
 _ADAPT = {"torch": _from_torch, "cupy": _from_cupy, "numba": _from_numba, "cai": from_interface, "dev": _identity}
 
 
+_KINDS = _backend._KINDS
+
+
 def adapt(a) -> DevArray:
     """``a`` (any CUDA array object) as a ``DevArray``; a TypeError for a host object."""
-    f = _ADAPT.get(array_kind(a))
+    f = _ADAPT.get(_KINDS.get(type(a)) or array_kind(a))
     if f is None:
         raise TypeError(f"not a CUDA array: {type(a).__name__}")
     return f(a)
 
 
 def is_c_contiguous(a) -> bool:
-    k = array_kind(a)
+    k = _KINDS.get(type(a)) or array_kind(a)
     if k == "torch":
         return a.is_contiguous()
     if k == "numba":
@@ -256,9 +261,12 @@ def is_c_contiguous(a) -> bool:
 def span_of(a) -> tuple[int, int]:
     """[lo, hi) byte addresses spanned by any CUDA array object (contiguous torch tensors and Numba arrays
     without building an adapter)."""
-    k = array_kind(a)
+    k = _KINDS.get(type(a)) or array_kind(a)
     if k == "dev":
-        return span(a)
+        s = a._span
+        if s is None:
+            s = a._span = span(a)
+        return s
     if k == "torch" and a.is_contiguous():
         p = a.data_ptr()
         return p, p + a.nbytes

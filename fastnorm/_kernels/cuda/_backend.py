@@ -23,6 +23,8 @@ import threading
 
 import numpy as np
 
+from ..._backend import on_cuda as _on_cuda
+
 try:
     from numba import cuda
 except ImportError as e:  # re-raised by _dispatch.cuda_backend as a clear RuntimeError
@@ -206,10 +208,9 @@ class CudaBackend:
         """End of a call: later allocations that follow no ``asarray`` come from the pool again."""
         self._tls.like = None
 
-    def is_own_output(self, a):
-        from ..._backend import on_cuda
-
-        return on_cuda(a)
+    @staticmethod
+    def is_own_output(a):
+        return _on_cuda(a)
 
     def is_contiguous(self, a):
         if not self._c.SIM:
@@ -255,8 +256,9 @@ class CudaBackend:
 
     def may_share_memory(self, a, b):
         if not self._c.SIM:
-            lo1, hi1 = self._a.span_of(a)
-            lo2, hi2 = self._a.span_of(b)
+            span_of = self._a.span_of
+            lo1, hi1 = span_of(a)
+            lo2, hi2 = span_of(b)
         else:
             lo1, hi1 = self._span(a)
             lo2, hi2 = self._span(b)

@@ -81,8 +81,8 @@ def order_after(producer: int, consumer: int) -> None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         _check(err, "cuEventCreate")
         _events[None] = ev
-    _check(cu.cuEventRecord(ev, producer)[0], "cuEventRecord")
-    _check(cu.cuStreamWaitEvent(consumer, ev, 0)[0], "cuStreamWaitEvent")
+    _check(cu.cuEventRecord(ev, cu.CUstream(producer))[0], "cuEventRecord")
+    _check(cu.cuStreamWaitEvent(cu.CUstream(consumer), ev, 0)[0], "cuStreamWaitEvent")
 
 
 def _check(err, what: str) -> None:

@@ -291,7 +291,28 @@ def _measure(fn, calls: int) -> tuple[float, float, dict, list]:
     wall = (time.perf_counter() - w0) / calls * 1e6
     counts = {k: v / calls for k, v in sorted(COUNTS.items())}
     streams = sorted({s for _, s in LAUNCHES})
+    counts["python calls"], counts["builtin calls"] = _call_count(fn)
     return us, wall, counts, streams
+
+
+def _call_count(fn) -> tuple[int, int]:
+    """Python-level and builtin (C) function calls made by one call of ``fn``: a host-cost measure that a
+    loaded machine does not blur (the time figures are)."""
+    py = c = 0
+
+    def prof(frame, event, arg):
+        nonlocal py, c
+        if event == "call":
+            py += 1
+        elif event == "c_call":
+            c += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return py, c
 
 
 def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
@@ -515,7 +536,7 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
 
 def format_rows(rows: list[dict]) -> str:
     lines = [f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  " + " ".join(f"{c:>6}" for c in CATEGORIES)
-             + "  interface dicts"]
+             + "  dicts  py-calls C-calls"]
     for r in rows:
         if r.get("op") == "packing_check":
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
@@ -523,7 +544,8 @@ def format_rows(rows: list[dict]) -> str:
         c = r["counts"]
         dicts = c.get("interface dict (numba array)", 0) + c.get("interface dict (torch)", 0)
         lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
-                     + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:.1f}")
+                     + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:>5.1f}"
+                     + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}")
     return "\n".join(lines)
 
 

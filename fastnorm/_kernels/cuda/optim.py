@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import math
 from bisect import bisect_left
+from operator import is_
 
 import numpy as np
 from numba import cuda, types
@@ -580,11 +581,32 @@ def _adapted(a):
         if len(_meta_cache) > 65536:
             _meta_cache.clear()
         _meta_cache[id(a)] = (a, meta)
+        _imm_types.add(type(a))
     return meta
 
 
 _meta_cache: dict = {}
 _F4, _F8 = np.dtype("<f4"), np.dtype("<f8")
+# Whole lists seen before (the same objects, all of immutable kinds): their checked result, so that a
+# step with the same parameters and gradients costs a few C-level loops over the list, not a Python loop.
+_list_cache: dict = {}
+
+
+def _cached_list(key, objs):
+    hit = _list_cache.get(key)
+    if hit is not None and len(hit[0]) == len(objs) and all(map(is_, objs, hit[0])):
+        return hit[1]
+    return None
+
+
+_imm_types: set = {type(None)}  # types of immutable arrays seen by _adapted (and None)
+
+
+def _remember_list(key, objs, value) -> None:
+    if all(map(_imm_types.__contains__, map(type, objs))):
+        if len(_list_cache) > 64:
+            _list_cache.clear()
+        _list_cache[key] = (tuple(objs), value)
 
 
 def gather_params(params: list, info: np.ndarray) -> int:
@@ -595,6 +617,12 @@ def gather_params(params: list, info: np.ndarray) -> int:
     """
     if SIM:
         return _gather_params_sim(params, info)
+    n = len(params)
+    key = ("params", tuple(map(id, params)))
+    hit = _cached_list(key, params)
+    if hit is not None:
+        info[:, :n] = hit
+        return -1
     ptrs, sizes, f8 = [], [], []
     cache = _meta_cache
     for i, a in enumerate(params):
@@ -609,9 +637,10 @@ def gather_params(params: list, info: np.ndarray) -> int:
         sizes.append(nbytes // code)
         f8.append(code == 8)
     if ptrs:
-        info[0, : len(ptrs)] = ptrs
-        info[1, : len(ptrs)] = sizes
-        info[2, : len(ptrs)] = f8
+        info[0, :n] = ptrs
+        info[1, :n] = sizes
+        info[2, :n] = f8
+    _remember_list(key, params, info[:, :n].copy())
     return -1
 
 
@@ -625,6 +654,13 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
+    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, id(avoid_lo),
+           id(avoid_hi))
+    objs = (*arrays, *params, avoid_lo, avoid_hi)
+    hit = _cached_list(key, objs)
+    if hit is not None:
+        ptrs[:n] = hit
+        return -1
     out = []
     los = avoid_lo.tolist() if avoid_lo.size else ()
     his = avoid_hi.tolist() if avoid_hi.size else ()
@@ -654,6 +690,9 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
         out.append(lo)
     if out:
         ptrs[:n] = out
+    _remember_list(key, objs[: 2 * n], ptrs[:n].copy())
+    if key in _list_cache:  # the avoid arrays are part of the identity (not of the kind test)
+        _list_cache[key] = (objs, _list_cache[key][1])
     return -1
 
 
