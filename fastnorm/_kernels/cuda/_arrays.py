@@ -111,7 +111,7 @@ class DevArray:
         """A view of another shape (C order; the array must be C-contiguous)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(map(int, shape))
         if -1 in shape:
             known = 1
             for s in shape:
