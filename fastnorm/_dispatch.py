@@ -25,6 +25,8 @@ import warnings
 
 import numpy as np
 
+from . import _backend
+
 # Below this many elements a kernel runs on one thread: the OpenMP fork/join costs more than it saves.
 SERIAL_BELOW = 32768
 
@@ -182,11 +184,7 @@ def cuda_backend():
 
 
 def on_cuda(a) -> bool:
-    try:
-        # __cuda_ndarray__: Numba's simulator arrays (NUMBA_ENABLE_CUDASIM=1) have no array interface.
-        return hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False) is True
-    except RuntimeError:  # a PyTorch CUDA tensor that requires grad refuses the interface
-        return True
+    return _backend.on_cuda(a)  # from the array's type: no __cuda_array_interface__ dict
 
 
 def backend_of(op: str, **arrays):

@@ -1,10 +1,14 @@
 """Compile every CUDA kernel specialization to PTX (and SASS with ptxas when present) without a GPU.
 
-Checks that the kernels type-check under the real CUDA target (the simulator does not), reports float64
-instructions in float32 kernels, local-memory use and register counts. Needs NVVM/NVRTC libraries
-(pip's nvidia-cuda-nvcc-cu12 and nvidia-cuda-nvrtc-cu12), no GPU.
+Checks that the kernels type-check under the real CUDA target (the simulator does not) and reports per
+kernel: registers and spill bytes (ptxas), global loads (scalar, 128-bit vector, read-only ``.nc``),
+vector stores, barriers, local-memory instructions, float64 instructions in float32 kernels. Exits 1 on a
+violation (see ``expectations``: a kernel that does not compile; local memory or spills in a LayerNorm /
+RMSNorm row kernel; more barriers per row than the forward design allows; a ``vec`` kernel without vector
+loads). Needs NVVM/NVRTC libraries (pip's nvidia-cuda-nvrtc for the installed CUDA major, and ptxas for
+the SASS figures), no GPU.
 
-    python tools/cuda_ptx_check.py [--ptxas PATH] [--cc 9.0]
+    python tools/cuda_ptx_check.py [--ptxas PATH] [--cc 9.0] [--filter TEXT] [--strict]
 """
 
 from __future__ import annotations
@@ -104,11 +108,69 @@ def specs():
     return out
 
 
+def analyse(ptx: str, ptxas_err: str = "") -> dict:
+    """Instruction counts of one kernel's PTX (and ptxas's resource report when given)."""
+    vec_ld = len(re.findall(r"\bld\.global(?:\.[a-z0-9:_]+)*\.v[248]\.", ptx))
+    vec_st = len(re.findall(r"\bst\.global(?:\.[a-z0-9:_]+)*\.v[248]\.", ptx))
+    out = {
+        "ld_global": len(re.findall(r"\bld\.global\.", ptx)),
+        "ld_vector": vec_ld,
+        "ld_nc": len(re.findall(r"\bld\.global\.nc\.", ptx)),
+        "st_vector": vec_st,
+        "barriers": len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)),
+        "local": len(re.findall(r"\b(?:ld|st)\.local\b", ptx)),
+        "f64_ops": len(re.findall(r"\b(?:add|mul|fma|sub|div|sqrt|rcp)\.[a-z.]*f64", ptx)),
+        "calls": len(re.findall(r"\bcall(?:\.uni)?\b", ptx)),
+    }
+    if ptxas_err:
+        m = re.search(r"Used (\d+) registers", ptxas_err)
+        st = re.search(r"(\d+) bytes spill stores", ptxas_err)
+        ld = re.search(r"(\d+) bytes spill loads", ptxas_err)
+        out["regs"] = int(m.group(1)) if m else None
+        out["spill_bytes"] = (int(st.group(1)) if st else 0) + (int(ld.group(1)) if ld else 0)
+    return out
+
+
+def expectations(name: str) -> dict:
+    """What a kernel must show (violations fail the run). LayerNorm/RMSNorm row kernels in register form:
+    no local memory, no spills; forward: at most one barrier per row for RMSNorm and two for LayerNorm
+    (mean, then variance: the current two-pass design; ``--strict`` asks one for both, the target of the
+    fused one-barrier kernel). Kernels named ``vec`` must use 128-bit vector loads."""
+    exp = {}
+    reg_form = ("VPT=0" not in name) and ("ln_" in name or "rms_" in name)
+    if reg_form:
+        exp["local"] = 0
+        exp["spill_bytes"] = 0
+        if "_fwd" in name:
+            exp["max_barriers"] = 1 if name.startswith("rms") else 2
+    if " vec" in name:
+        exp["min_ld_vector"] = 1
+    return exp
+
+
+def violations(name: str, a: dict, strict: bool) -> list[str]:
+    exp = expectations(name)
+    bad = []
+    if "local" in exp and a["local"] > exp["local"]:
+        bad.append(f"local memory ({a['local']} ld/st.local)")
+    if "spill_bytes" in exp and (a.get("spill_bytes") or 0) > 0:
+        bad.append(f"spills ({a['spill_bytes']} bytes)")
+    if "max_barriers" in exp:
+        limit = 1 if strict else exp["max_barriers"]
+        # the shuffle form of a one-warp team needs no barrier at all
+        if a["barriers"] > limit:
+            bad.append(f"{a['barriers']} barriers per row (at most {limit})")
+    if "min_ld_vector" in exp and a["ld_vector"] < exp["min_ld_vector"]:
+        bad.append("no 128-bit vector loads")
+    return bad
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ptxas", default=None)
     ap.add_argument("--cc", default="9.0")
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", default="", help="only kernels whose name contains this")
+    ap.add_argument("--strict", action="store_true", help="one barrier per row in every forward row kernel")
     args = ap.parse_args()
     cc = tuple(int(v) for v in args.cc.split("."))
     # Device functions ask the current device for its compute capability: there is none here.
@@ -118,14 +180,19 @@ def main():
         compute_capability = cc
 
     D.get_current_device = lambda: _Dev()
+    failures = 0
+    print(f"{'kernel':50s} {'regs':>4} {'spill':>5} {'ldg':>4} {'v4ld':>4} {'nc':>4} {'v4st':>4} {'bar':>3} "
+          f"{'local':>5}  notes")
     for name, fn, sig, maxr in specs():
         if args.filter not in name:
             continue
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
-        f64 = len(re.findall(r"\b(?:add|mul|fma|sub|div|sqrt|rcp)\.[a-z.]*f64", ptx))
-        local = ".local" in ptx
-        calls = len(re.findall(r"\bcall(?:\.uni)?\b", ptx))
-        regs = ""
+        try:
+            ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+        except Exception as e:  # a kernel that does not compile is a violation
+            print(f"{name:50s} DOES NOT COMPILE: {type(e).__name__}: {str(e)[:200]}")
+            failures += 1
+            continue
+        err = ""
         if args.ptxas:
             with tempfile.TemporaryDirectory() as tmp:
                 p = os.path.join(tmp, "k.ptx")
@@ -135,20 +202,29 @@ def main():
                 r = subprocess.run([args.ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", "--maxrregcount", str(maxr), p,
                                     "-o", os.path.join(tmp, "k.o")],
                                    capture_output=True, text=True)
-                m = re.search(r"Used (\d+) registers", r.stderr)
-                sp = re.search(r"(\d+) bytes spill stores", r.stderr)
-                regs = f"regs={m.group(1) if m else '?'} spill={sp.group(1) if sp else '?'}"
-        flag = ""
-        if "float64" not in name and f64:
-            flag += f" F64-OPS={f64}"
-        if local:
-            flag += " LOCAL"
-        if calls:
-            flag += f" CALLS={calls}"
-        print(f"{name:50s} {regs}{flag}")
+                err = r.stderr
+                if r.returncode != 0:
+                    print(f"{name:50s} PTXAS FAILED: {err[-300:]}")
+                    failures += 1
+                    continue
+        a = analyse(ptx, err)
+        notes = []
+        if "float64" not in name and a["f64_ops"]:
+            notes.append(f"f64-ops={a['f64_ops']}")
+        if a["calls"]:
+            notes.append(f"calls={a['calls']}")
+        bad = violations(name, a, args.strict)
+        if bad:
+            failures += 1
+            notes.append("VIOLATION: " + "; ".join(bad))
+        regs = "?" if a.get("regs") is None else a["regs"]
+        spill = "?" if "spill_bytes" not in a else a["spill_bytes"]
+        print(f"{name:50s} {regs:>4} {spill:>5} {a['ld_global']:>4} {a['ld_vector']:>4} {a['ld_nc']:>4} "
+              f"{a['st_vector']:>4} {a['barriers']:>3} {a['local']:>5}  {' '.join(notes)}")
     # float64 operations in float32 kernels are intended where they appear (float64 partial sums and merges,
-    # per-launch scalar set-up): the flags are for reading, not a failure; a kernel that does not compile is.
-    return 0
+    # per-launch scalar set-up): reported, not a failure. Violations (see ``expectations``) are.
+    print(f"{failures} kernel(s) with violations" if failures else "no violations")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time fastnorm on every other ISA target this CPU runs, side by side (fastnorm@<target>)",
     )
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="host time and driver calls per CUDA call under a recording driver (no GPU needed; "
+                         "run in a process of its own)")
     args = ap.parse_args(argv)
+    if args.host_overhead:
+        from fastnorm._kernels.cuda import _recording
+
+        rows = _recording.run()
+        print(_recording.format_rows(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
 
     if args.cpu_target is not None:
         if "fastnorm._kernels.cpu" in sys.modules:

@@ -38,50 +38,136 @@ class GpuCase:
 
 
 # ------------------------------------------------------------------------------------------ timing
+@dataclass
+class Timing:
+    """One timed measurement: per-call milliseconds over ``samples`` (event-timed batches of ``inner`` calls).
+
+    ``valid`` (device-time mode only; None for end-to-end timings): every sample was queued while the GPU
+    was still held before the start event, so the events saw no host time. ``invalid_samples`` counts the
+    samples that were not (kept, but then ``valid`` is False); ``retries`` the lengthened holds it took.
+    """
+
+    median_ms: float
+    min_ms: float
+    samples: list
+    inner: int
+    host_ms: float
+    hold_ms: float
+    valid: bool | None
+    invalid_samples: int
+    retries: int
+
+    def as_dict(self) -> dict:
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "samples_ms": list(self.samples),
+            "inner": self.inner,
+            "host_ms_per_call": self.host_ms,
+            "hold_ms": self.hold_ms,
+            "valid": self.valid,
+            "invalid_samples": self.invalid_samples,
+            "retries": self.retries,
+        }
+
+
 class Timer:
-    def __init__(self, torch):
+    """CUDA-event timer whose device-time mode is checked, not assumed, to hide the host.
+
+    Device time: ``torch.cuda._sleep`` holds the stream while the host queues the timed calls between two
+    events; after queueing, ``start.query()`` must still be False (the GPU has not reached the start
+    event), otherwise the sample saw host time: the hold is doubled and the sample retried (at most
+    ``max_retries`` times, after which the sample is kept and marked invalid). The sleep is calibrated
+    after a warm-up (the first ``_sleep`` of a process pays lazy loading and idle clocks) over at least
+    ``calib_ms``, best of three (the highest clock: a hold computed from it is never too short for a
+    slower clock).
+
+    ``clock`` is the host clock (``time.perf_counter``); tests pass a scripted one with a fake ``torch``.
+    """
+
+    def __init__(self, torch, *, clock: Callable[[], float] = time.perf_counter, calib_ms: float = 20.0,
+                 max_retries: int = 4):
         self.torch = torch
-        t = torch
-        # cycles of torch.cuda._sleep per millisecond, measured once
-        t.cuda.synchronize()
-        s, e = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
-        n = 2_000_000
+        self.clock = clock
+        self.max_retries = max_retries
+        cuda = torch.cuda
+        for _ in range(3):  # warm-up: module load, event creation, clocks up
+            cuda._sleep(100_000)
+            self._sleep_ms(100_000)
+        cuda.synchronize()
+        n = 1_000_000
+        ms = self._sleep_ms(n)
+        while ms < calib_ms and n < 1 << 42:
+            n = int(n * min(64.0, max(2.0, 1.25 * calib_ms / max(ms, 1e-3))))
+            ms = self._sleep_ms(n)
+        rates = [n / max(self._sleep_ms(n), 1e-6) for _ in range(3)]
+        self.cycles_per_ms = max(rates)
+        self.calibration = {"cycles": n, "cycles_per_ms": rates}
+
+    def _sleep_ms(self, cycles: int) -> float:
+        cuda = self.torch.cuda
+        s, e = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
         s.record()
-        t.cuda._sleep(n)
+        cuda._sleep(int(cycles))
         e.record()
         e.synchronize()
-        self.cycles_per_ms = n / max(s.elapsed_time(e), 1e-3)
+        return s.elapsed_time(e)
 
-    def __call__(self, fn: Callable, repeats: int = 7, target_ms: float = 25.0, hide_host: bool = True) -> float:
-        """Median milliseconds per call over ``repeats`` event-timed batches of calls."""
-        t = self.torch
+    def _hold(self, ms: float) -> None:
+        self.torch.cuda._sleep(max(1, int(self.cycles_per_ms * ms)))
+
+    def __call__(self, fn: Callable, repeats: int = 7, target_ms: float = 25.0, hide_host: bool = True) -> Timing:
+        """Time ``fn``: ``repeats`` event-timed batches of calls; median and minimum per call."""
+        cuda = self.torch.cuda
         for _ in range(2):
             fn()
-        t.cuda.synchronize()
-        t0 = time.perf_counter()
+        cuda.synchronize()
+        t0 = self.clock()
         fn()
-        t.cuda.synchronize()
-        once_ms = (time.perf_counter() - t0) * 1e3
+        cuda.synchronize()
+        once_ms = (self.clock() - t0) * 1e3
         inner = int(max(1, min(200, target_ms / max(once_ms, 1e-3))))
-        # host time to queue one call (GPU held by a sleep so it does not drain the queue)
-        t.cuda._sleep(int(self.cycles_per_ms * (once_ms * inner * 2 + 5)))
-        t0 = time.perf_counter()
+        # host time to queue `inner` calls, with the GPU held so that it does not drain the queue
+        self._hold(once_ms * inner * 2 + 5)
+        t0 = self.clock()
         for _ in range(inner):
             fn()
-        host_ms = (time.perf_counter() - t0) * 1e3 / inner
-        t.cuda.synchronize()
-        s, e = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
-        samples = []
+        host_ms = (self.clock() - t0) * 1e3 / inner
+        cuda.synchronize()
+        s, e = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        samples, invalid, retries = [], 0, 0
+        factor = 1.5
+        hold_ms = 0.0
         for _ in range(repeats):
-            if hide_host:
-                t.cuda._sleep(int(self.cycles_per_ms * (host_ms * inner * 1.5 + 2)))
-            s.record()
-            for _ in range(inner):
-                fn()
-            e.record()
-            e.synchronize()
+            for attempt in range(self.max_retries + 1):
+                if hide_host:
+                    hold_ms = host_ms * inner * factor + 2
+                    self._hold(hold_ms)
+                s.record()
+                for _ in range(inner):
+                    fn()
+                e.record()
+                hidden = hide_host and not s.query()
+                e.synchronize()
+                if not hide_host or hidden:
+                    break
+                if attempt < self.max_retries:
+                    factor *= 2
+                    retries += 1
+            if hide_host and not hidden:
+                invalid += 1
             samples.append(s.elapsed_time(e) / inner)
-        return statistics.median(samples)
+        return Timing(
+            median_ms=statistics.median(samples),
+            min_ms=min(samples),
+            samples=samples,
+            inner=inner,
+            host_ms=host_ms,
+            hold_ms=hold_ms,
+            valid=(invalid == 0) if hide_host else None,
+            invalid_samples=invalid,
+            retries=retries,
+        )
 
 
 def copy_gbps(torch, timer: Timer, nbytes: int, repeats: int) -> float:
@@ -89,8 +175,26 @@ def copy_gbps(torch, timer: Timer, nbytes: int, repeats: int) -> float:
     n = max(1, nbytes // 4)
     src = torch.ones(n, device="cuda")
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src), repeats=repeats)
-    return 2 * 4 * n / (ms * 1e-3) / 1e9
+    t = timer(lambda: dst.copy_(src), repeats=repeats)
+    return 2 * 4 * n / (t.median_ms * 1e-3) / 1e9
+
+
+def profiler_kernel_ms(torch, fn: Callable, calls: int = 20) -> float | None:
+    """Device time per call of the kernels ``fn`` launches, from the profiler (CUPTI), as a cross-check of
+    the event timer. None when the profiler reports no kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    total_us = 0.0
+    for ev in prof.events():
+        if str(getattr(ev, "device_type", "")).endswith("CUDA"):
+            total_us += ev.time_range.elapsed_us()
+    return total_us / 1e3 / calls if total_us > 0 else None
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -227,14 +331,20 @@ def _adam_case(torch, n_tensors: int, total: int) -> list[GpuCase]:
     return [GpuCase("adam_step", label, nbytes, providers, note=note)]
 
 
-def cuda_cases(torch, quick: bool) -> list[GpuCase]:
-    shapes = [(16384, 4096, np.float32), (4096, 1024, np.float32)]
-    if not quick:
-        shapes += [(16384, 4096, np.float16), (8192, 768, np.float32), (65536, 256, np.float32)]
+def cuda_cases(torch, quick: bool, shapes: list | None = None, adam_total: int | None = None) -> list[GpuCase]:
+    """The GPU cases: norms at ``shapes`` ((M, N, dtype) triples; a default list if None), Adam over 200
+    tensors of ``adam_total`` elements together (0: no Adam case)."""
+    if shapes is None:
+        shapes = [(16384, 4096, np.float32), (4096, 1024, np.float32)]
+        if not quick:
+            shapes += [(16384, 4096, np.float16), (8192, 768, np.float32), (65536, 256, np.float32)]
     out = []
     for m, n, dt in shapes:
         out += _norm_cases(torch, m, n, dt)
-    out += _adam_case(torch, 200, 20_000_000 if quick else 100_000_000)
+    if adam_total is None:
+        adam_total = 20_000_000 if quick else 100_000_000
+    if adam_total:
+        out += _adam_case(torch, 200, adam_total)
     return out
 
 
@@ -269,8 +379,10 @@ def sweep(torch, timer: Timer, repeats: int) -> list[dict]:
             for op in ("layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"):
                 c = cases[op]
                 try:
-                    ms = timer(c.providers["fastnorm"](), repeats=repeats)
-                    rows.append(dict(setting=name, op=op, label=c.label, ms=ms, gbps=c.nbytes / ms / 1e6))
+                    t = timer(c.providers["fastnorm"](), repeats=repeats)
+                    ms = t.median_ms
+                    rows.append(dict(setting=name, op=op, label=c.label, ms=ms, min_ms=t.min_ms, valid=t.valid,
+                                     gbps=c.nbytes / ms / 1e6))
                 except Exception as e:  # a setting that cannot launch is a finding, not a crash
                     rows.append(dict(setting=name, op=op, label=c.label, error=f"{type(e).__name__}: {e}"))
                 print(f"sweep {name} {op}: {rows[-1].get('ms', rows[-1].get('error'))}", file=sys.stderr)
@@ -317,14 +429,15 @@ def machine_info(torch) -> dict:
 
 
 def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: int = 7,
-                    do_sweep: bool | None = None) -> dict:
+                    do_sweep: bool | None = None, profile: bool = True, shapes: list | None = None,
+                    adam_total: int | None = None) -> dict:
     """Run the GPU cases (whose op contains one of ``ops``, if given); return the report as a dict."""
     import torch
 
     if not torch.cuda.is_available():
         raise RuntimeError("the CUDA benchmark needs torch with a CUDA GPU")
     timer = Timer(torch)
-    cases = [c for c in cuda_cases(torch, quick) if not ops or any(o in c.op for o in ops)]
+    cases = [c for c in cuda_cases(torch, quick, shapes, adam_total) if not ops or any(o in c.op for o in ops)]
     biggest = max([c.nbytes for c in cases] + [1 << 28])
     bw = copy_gbps(torch, timer, min(biggest // 2, 2 << 30), repeats)
     rows = []
@@ -332,6 +445,7 @@ def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: 
 
     def report(sweeps=()):
         return {"machine": machine_info(torch), "quick": quick, "repeats": repeats, "copy_gbps": bw,
+                "timer": {"cycles_per_ms": timer.cycles_per_ms, "calibration": timer.calibration},
                 "rows": rows, "sweep": list(sweeps)}
 
     print(f"copy bandwidth {bw:.0f} GB/s", file=sys.stderr)
@@ -341,6 +455,11 @@ def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: 
             try:
                 fn = factory()
                 res[pname] = {"gpu": timer(fn, repeats=repeats), "e2e": timer(fn, repeats=repeats, hide_host=False)}
+                if profile:
+                    try:
+                        res[pname]["profiler_ms"] = profiler_kernel_ms(torch, fn)
+                    except Exception as e:  # no CUPTI: the cross-check is missing, not the row
+                        res[pname]["profiler_error"] = f"{type(e).__name__}: {e}"
             except Exception as e:
                 res[pname] = {"error": f"{type(e).__name__}: {e}"}
         ref = next((v for k, v in res.items() if k.startswith("torch") and "error" not in v), None)
@@ -350,15 +469,23 @@ def run_cuda_report(quick: bool = False, ops: list[str] | None = None, repeats: 
                 row["error"] = r["error"]
             else:
                 for mode in ("gpu", "e2e"):
-                    row[f"{mode}_ms"] = r[mode]
-                    row[f"{mode}_gbps"] = c.nbytes / r[mode] / 1e6
+                    t = r[mode]
+                    row[f"{mode}_ms"] = t.median_ms
+                    row[f"{mode}_min_ms"] = t.min_ms
+                    row[f"{mode}_gbps"] = c.nbytes / t.median_ms / 1e6
                     row[f"{mode}_frac_copy"] = row[f"{mode}_gbps"] / bw
+                    row[f"{mode}_timing"] = t.as_dict()
                     if ref is not None and pname.startswith("fastnorm"):
-                        row[f"{mode}_speedup_vs_torch"] = ref[mode] / r[mode]
+                        row[f"{mode}_speedup_vs_torch"] = ref[mode].median_ms / t.median_ms
+                row["gpu_valid"] = r["gpu"].valid
+                for k in ("profiler_ms", "profiler_error"):
+                    if k in r:
+                        row[k] = r[k]
             rows.append(row)
             print(f"{c.op} {c.label} {pname}: " + (row.get("error") or
-                  f"gpu {row['gpu_ms']:.3f} ms ({100 * row['gpu_frac_copy']:.1f}% copy), "
-                  f"e2e {row['e2e_ms']:.3f} ms"), file=sys.stderr)
+                  f"gpu {row['gpu_ms']:.4f} ms (min {row['gpu_min_ms']:.4f}, valid {row['gpu_valid']}, "
+                  f"{100 * row['gpu_frac_copy']:.1f}% copy), e2e {row['e2e_ms']:.4f} ms"
+                  + (f", profiler {row['profiler_ms']:.4f} ms" if row.get("profiler_ms") else "")), file=sys.stderr)
         if partial:
             with open(partial, "w") as f:
                 json.dump(report(), f, indent=1)
@@ -374,7 +501,9 @@ def format_cuda_table(report: dict) -> str:
         f"fastnorm {m['fastnorm']} on {m['gpu']} ({m['sm_count']} SMs), torch {m['torch']} (CUDA "
         f"{m['cuda_runtime_torch']}), numba {m['numba']}, numba-cuda {m['numba_cuda']}, cupy {m['cupy']}",
         f"same-run device copy bandwidth (torch copy_, read + write): {report['copy_gbps']:.0f} GB/s",
-        "gpu = device time (host overhead hidden); e2e = back-to-back calls from Python; "
+        f"timer: torch.cuda._sleep at {report.get('timer', {}).get('cycles_per_ms', float('nan')):.0f} cycles/ms; "
+        "gpu = device time (median; host time hidden behind a held stream, checked per sample: "
+        "'!' = not hidden, the figure contains host time); e2e = back-to-back calls from Python; "
         "x torch = torch's time / fastnorm's (same mode)",
         "",
         f"{'op':<22} {'case':<28} {'provider':<18} {'gpu ms':>8} {'GB/s':>6} {'%copy':>6} {'x torch':>7} "
@@ -392,8 +521,9 @@ def format_cuda_table(report: dict) -> str:
             continue
         sg = r.get("gpu_speedup_vs_torch")
         se = r.get("e2e_speedup_vs_torch")
+        bad = "!" if r.get("gpu_valid") is False else " "
         lines.append(
-            f"{op:<22} {label:<28} {r['provider']:<18} {r['gpu_ms']:>8.3f} {r['gpu_gbps']:>6.0f} "
+            f"{op:<22} {label:<28} {r['provider']:<18} {r['gpu_ms']:>7.3f}{bad} {r['gpu_gbps']:>6.0f} "
             f"{100 * r['gpu_frac_copy']:>5.1f}% {'' if sg is None else f'{sg:.2f}x':>7} "
             f"{r['e2e_ms']:>8.3f} {100 * r['e2e_frac_copy']:>5.1f}% {'' if se is None else f'{se:.2f}x':>7}"
         )
@@ -409,3 +539,32 @@ def format_cuda_table(report: dict) -> str:
                 lines.append(f"  {r['setting']:<26} {r['op']:<22} {r['ms']:8.3f} ms {r['gbps']:6.0f} GB/s "
                              f"{100 * frac:5.1f}% copy")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastnorm.bench.gpu``: the GPU report for chosen shapes and dtypes (see ``--help``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastnorm.bench.gpu", description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="16384x4096,4096x1024,8192x768", help="MxN,MxN,...")
+    ap.add_argument("--dtypes", default="float32,float16")
+    ap.add_argument("--adam-total", type=float, default=100e6, help="Adam: elements over 200 tensors (0: none)")
+    ap.add_argument("--ops", nargs="*")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--sweep", action="store_true", help="also the launch-shape sweep")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiler cross-check")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    shapes = [(int(m), int(n), np.dtype(d).type) for d in args.dtypes.split(",")
+              for m, n in (s.split("x") for s in args.shapes.split(","))]
+    report = run_cuda_report(ops=args.ops, repeats=args.repeats, do_sweep=args.sweep, profile=not args.no_profile,
+                             shapes=shapes, adam_total=int(args.adam_total))
+    print(format_cuda_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

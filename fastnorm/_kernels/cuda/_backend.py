@@ -1,20 +1,29 @@
-"""The CUDA backend: the same primitives as ``CpuBackend`` (fastnorm/_dispatch.py) on GPU arrays.
+"""The CUDA backend: the primitives of ``fastnorm._backend.Backend`` on GPU arrays.
 
-Inputs are any ``__cuda_array_interface__`` object (Numba device arrays, CuPy arrays, PyTorch CUDA tensors,
-which are detached) and are wrapped zero-copy as Numba device arrays; a non-contiguous one is gathered into
-a new contiguous device array (a copy, on the device). Outputs are Numba device arrays, which CuPy
-(``cupy.asarray``) and PyTorch (``torch.as_tensor(..., device="cuda")``) take without a copy. ``out=``
-buffers may be any CUDA array object. Under ``NUMBA_ENABLE_CUDASIM=1`` the "device arrays" are the
-simulator's (NumPy-backed) arrays.
+Inputs are any ``__cuda_array_interface__`` object. Torch tensors, CuPy arrays and Numba device arrays are
+read by the adapters of ``_arrays.py`` (pointer, shape, dtype, strides straight from the object: no
+interface dict, no ``detach()``, no Numba array); other types through their interface dict. ``asarray``
+returns a ``DevArray`` (zero-copy) for a contiguous input; a non-contiguous one is gathered into a new
+contiguous array (a copy, on the device). Outputs come from the allocator of the caller's arrays: the
+input last passed to ``asarray`` in this thread decides (every op converts its inputs before it allocates):
+``torch.empty`` on the tensor's device for torch (torch's caching allocator owns them), ``cupy.empty`` for
+CuPy, fastnorm's stream-ordered pool for Numba and other arrays (and for allocations no ``asarray`` of the
+same call precedes, such as an optimizer's state: the launchers end a call with ``done()``). Checks
+(contiguity, writeability, overlap) are integer arithmetic on the adapted pointers and shapes. Under
+``NUMBA_ENABLE_CUDASIM=1`` the "device arrays" are the simulator's (NumPy-backed) arrays and the
+simulator's own path is kept.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 
 import numpy as np
+
+from ..._backend import on_cuda as _on_cuda
 
 try:
     from numba import cuda
@@ -85,9 +94,12 @@ class CudaBackend:
     work_per_partial = 4096
 
     def __init__(self):
-        from . import _common
+        from . import _arrays, _common
 
         self._c = _common
+        self._a = _arrays
+        self._tls = threading.local()
+        self._empty_torch: dict = {}
         self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
@@ -101,9 +113,15 @@ class CudaBackend:
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cuda")
 
-    @staticmethod
-    def stat_dtype(dtype):
-        return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+    _STAT = {np.dtype(np.float16): np.dtype(np.float32), np.dtype(np.float32): np.dtype(np.float32),
+             np.dtype(np.float64): np.dtype(np.float64)}
+
+    @classmethod
+    def stat_dtype(cls, dtype):
+        d = cls._STAT.get(dtype)
+        if d is None:
+            d = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+        return d
 
     # ------------------------------------------------------------------ arrays
     def _iface(self, a) -> dict:
@@ -114,20 +132,54 @@ class CudaBackend:
         return a.__cuda_array_interface__
 
     def asarray(self, a):
-        """``a`` as a C-contiguous Numba device array: zero-copy when contiguous, else a device-side copy."""
-        d = self._c.dev(a)
-        if self._c.SIM and not isinstance(d, self._c.SimArray):
-            d = self._c.SimArray(d._ary, stream=d.stream)
-        if self.is_contiguous(d):
+        """``a`` as a C-contiguous array: a zero-copy ``DevArray`` when contiguous, else a device-side copy.
+        Outputs of this call are then allocated by ``a``'s library (see the module docstring)."""
+        if self._c.SIM:
+            d = self._c.dev(a)
+            if not isinstance(d, self._c.SimArray):
+                d = self._c.SimArray(d._ary, stream=d.stream)
+            if self.is_contiguous(d):
+                return d
+            return self._contiguous_copy(d)
+        d = self._a.adapt(a)
+        self._tls.like = d
+        if d.strides is None:
             return d
-        return self._contiguous_copy(d)
+        return self._a.adapt(self._contiguous_copy(d.numba()))
 
     def empty(self, shape, dtype):
-        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64))
         if self._c.SIM:
-            return self._c.SimArray(np.empty(shape, dtype))
-        if self.pool is None or size == 0:
+            return self._c.SimArray(np.empty(tuple(int(s) for s in shape), np.dtype(dtype)))
+        like = getattr(self._tls, "like", None)
+        kind = None if like is None else like.kind
+        if kind == "torch":
+            torch = sys.modules["torch"]
+            dev = like.owner.device
+            tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
+            if 0 in shape:  # absent arguments and empty outputs: one cached empty tensor per kind
+                key = (tuple(shape), tdt, dev)
+                t = self._empty_torch.get(key)
+                if t is None:
+                    t = self._empty_torch[key] = torch.empty(shape, dtype=tdt, device=dev)
+                return t
+            return torch.empty(shape, dtype=tdt, device=dev)
+        if kind == "cupy":
+            cupy = sys.modules["cupy"]
+            if like.device == cupy.cuda.runtime.getDevice():
+                return cupy.empty(shape, dtype)
+            with cupy.cuda.Device(like.device):
+                return cupy.empty(shape, dtype)
+        return self._pool_empty(shape, dtype)
+
+    def _pool_empty(self, shape, dtype):
+        """A Numba device array from the pool (the allocator of Numba inputs)."""
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        size = 1
+        for n in shape:
+            size *= n
+        if size == 0:
+            return self._c.empty_device(shape, dtype)
+        if self.pool is None:
             return cuda.device_array(shape, dtype=dtype)
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
@@ -140,7 +192,10 @@ class CudaBackend:
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)
-        if a.size:
+        k = self._a.array_kind(a)
+        if k in ("torch", "cupy"):
+            a.fill(0)  # the library's own fill, on its current stream
+        elif a.size:
             if self._c.SIM:
                 a._ary[...] = 0
             else:
@@ -149,12 +204,17 @@ class CudaBackend:
                 fill(a.reshape(a.size), 0.0)
         return a
 
-    def is_own_output(self, a):
-        from ..._dispatch import on_cuda
+    def done(self) -> None:
+        """End of a call: later allocations that follow no ``asarray`` come from the pool again."""
+        self._tls.like = None
 
-        return on_cuda(a)
+    @staticmethod
+    def is_own_output(a):
+        return _on_cuda(a)
 
     def is_contiguous(self, a):
+        if not self._c.SIM:
+            return self._a.is_c_contiguous(a)
         ai = self._iface(a)
         strides = ai.get("strides")
         if strides is None:
@@ -170,6 +230,9 @@ class CudaBackend:
         return True
 
     def is_writeable(self, a):
+        if not self._c.SIM:
+            k = self._a.array_kind(a)
+            return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
 
     def _span(self, a):
@@ -192,8 +255,13 @@ class CudaBackend:
         return lo, hi + itemsize
 
     def may_share_memory(self, a, b):
-        lo1, hi1 = self._span(a)
-        lo2, hi2 = self._span(b)
+        if not self._c.SIM:
+            span_of = self._a.span_of
+            lo1, hi1 = span_of(a)
+            lo2, hi2 = span_of(b)
+        else:
+            lo1, hi1 = self._span(a)
+            lo2, hi2 = self._span(b)
         return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
 
     def matmul(self, a, b, out) -> None:
@@ -212,7 +280,9 @@ class CudaBackend:
             return self._c.SimArray(np.ascontiguousarray(d._ary))
         from .fill import gather
 
-        return gather(d, self._iface(d), self.empty(d.shape, d.dtype))
+        out = self.empty(d.shape, d.dtype)
+        gather(d, self._iface(d), self._a.adapt(out).numba())
+        return out
 
 
 def make_backend() -> CudaBackend:

@@ -150,6 +150,9 @@ def dev(a):
     """``a`` as a Numba device array, zero-copy (any ``__cuda_array_interface__`` object; torch detached)."""
     if isinstance(a, _DevArray):
         return a
+    numba_view = getattr(type(a), "numba", None)
+    if numba_view is not None and type(a).__name__ == "DevArray":
+        return a.numba()
     if is_torch(a):
         a = a.detach()
     return cuda.as_cuda_array(a, sync=False)

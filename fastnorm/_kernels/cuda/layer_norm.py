@@ -18,8 +18,10 @@ import math
 import numpy as np
 from numba import cuda
 
+from ._arrays import adapt
 from ._common import (
     ACC,
+    SIM,
     Kernel,
     arr,
     cached,
@@ -32,6 +34,9 @@ from ._common import (
     register_cap,
     team_buf_cols,
 )
+
+if not SIM:
+    from ._launch import ArgTemplate, Plan, caller_stream, core_kernel, input_streams
 
 # Launch-shape knobs (module attributes so tests and the benchmark can move them).
 MAX_TEAM = 1024  # threads per row at most
@@ -516,13 +521,142 @@ def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=No
         reduce_partials(dw_part, db_part, dw, db, c, stream)
 
 
+# ------------------------------------------------------------------------------------------ launch plans
+# On a real GPU the four launchers below go through cached launch plans (``_launch.Plan``): the arrays'
+# pointers and shapes are read by the adapters, the plan for (dtype, shape, flags, device) is looked up and
+# its prebuilt argument list launched with cuda.core on the caller's stream. The simulator keeps the
+# dispatcher path (it runs the kernels on NumPy arrays).
+_plans: dict = {}
+
+
+def _ad(a):
+    """An adapted array, or None for an absent (size-0) one."""
+    if a is None:
+        return None
+    d = adapt(a)
+    return d if d.size > 0 else None
+
+
+def _p(d) -> int:
+    return 0 if d is None else d.ptr
+
+
+def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int) -> Plan:
+    key = ("fwd", dt, m, n, has_w, has_b, rms, device)
+    plan = _plans.get(key)
+    if plan is None:
+        t, r, vpt = row_config(n, FWD_VPT)
+        k = _get("fwd", dt, t, r, vpt, rms)
+        it, sd = dt.itemsize, _stat(dt).itemsize
+        tpl = ArgTemplate()
+        slots = (
+            tpl.array((m, n), it),
+            tpl.array((n if has_w else 0,), it),
+            tpl.array((n if has_b else 0,), it),
+            tpl.array((m, n), it),
+            tpl.array((0 if rms else m,), sd),
+            tpl.array((m,), sd),
+        )
+        eps = tpl.f64()
+        tpl.array((0, 0), 8)  # mom: no GroupNorm moments
+        for v in (1, n, 1):  # G, K, L
+            tpl.i64(v)
+        plan = _plans[key] = Plan(core_kernel(k), -(-m // r), t * r, tpl, slots, (eps,))
+    return plan
+
+
+def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int) -> Plan:
+    """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted).
+    ``plan.extra`` is the reduction's plan (None when no dweight/dbias is wanted)."""
+    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device)
+    plan = _plans.get(key)
+    if plan is None:
+        t, r, vpt = bwd_config(n, dt)
+        k = _get("bwd", dt, t, r, vpt, rms)
+        bound = min([p for p in (pw, pb) if p] or [1 << 30])
+        c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
+        it, sd = dt.itemsize, _stat(dt).itemsize
+        tpl = ArgTemplate()
+        slots = (
+            tpl.array((m, n), it),
+            tpl.array((m, n), it),
+            tpl.array((0 if rms else m,), sd),
+            tpl.array((m,), sd),
+            tpl.array((n if has_w else 0,), it),
+            tpl.array((m, n), it),
+            tpl.array((pw, n) if pw else (0, 0), 8),
+            tpl.array((pb, n) if pb else (0, 0), 8),
+        )
+        for v in (c, 1, n, 1):  # n_chunks, G, K, L
+            tpl.i64(v)
+        red = None
+        if pw or pb:
+            rk = _reduce_kernel(dt)
+            rt = ArgTemplate()
+            rslots = (
+                rt.array((pw, n) if pw else (0, 0), 8),
+                rt.array((pb, n) if pb else (0, 0), 8),
+                rt.array((n if pw else 0,), it),
+                rt.array((n if pb else 0,), it),
+            )
+            rt.i64(c)
+            red = Plan(core_kernel(rk), -(-n // RED_COLS), RED_COLS * RED_GROUPS, rt, rslots)
+        # (with M == 0 one block still runs: it writes the zero partial rows the reduction sums)
+        plan = _plans[key] = Plan(core_kernel(k), -(-c // r), t * r, tpl, slots, (), red)
+    return plan
+
+
+def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
+    X = adapt(x)
+    m, n = X.shape
+    if m == 0:
+        return _done()
+    W, B, Y, MU, RS = _ad(w), _ad(b), adapt(y), _ad(mean), adapt(rstd)
+    plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device)
+    stream = caller_stream(X.kind, X.device)
+    input_streams((X, W, B), X.kind, stream)
+    plan.launch(stream, (X.ptr, _p(W), _p(B), Y.ptr, _p(MU), RS.ptr), (eps,))
+    _done()
+
+
+def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -> None:
+    X = adapt(x)
+    m, n = X.shape
+    DW, DB = _ad(dw), _ad(db)
+    if m == 0 and DW is None and DB is None:
+        return _done()
+    DY, MU, RS, W, DX = adapt(dy), _ad(mean), adapt(rstd), _ad(w), adapt(dx)
+    PW = adapt(dw_part) if DW is not None else None
+    PB = adapt(db_part) if DB is not None else None
+    plan = _bwd_plan(X.dtype, m, n, W is not None, 0 if PW is None else PW.shape[0],
+                     0 if PB is None else PB.shape[0], rms, X.device)
+    stream = caller_stream(X.kind, X.device)
+    input_streams((DY, X, MU, RS, W), X.kind, stream)
+    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), DX.ptr, _p(PW), _p(PB)))
+    red = plan.extra
+    if red is not None:
+        red.launch(stream, (_p(PW), _p(PB), _p(DW), _p(DB)))
+    _done()
+
+
+def _done() -> None:
+    from ..._dispatch import _cuda_backend
+
+    if _cuda_backend is not None:
+        _cuda_backend.done()
+
+
 def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,), bias (N,) | (0,); OUT y (M, N), mean (M,), rstd (M,)."""
+    if not SIM:
+        return _launch_fwd(x, weight, bias, y, mean, rstd, eps, False)
     _forward(dev(x), dev(weight), dev(bias), dev(y), dev(mean), dev(rstd), eps, False)
 
 
 def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,); OUT y (M, N), rstd (M,)."""
+    if not SIM:
+        return _launch_fwd(x, weight, None, y, None, rstd, eps, True)
     x, weight, y, rstd = dev(x), dev(weight), dev(y), dev(rstd)
     _forward(x, weight, empty_device((0,), x.dtype), y, empty_device((0,), rstd.dtype), rstd, eps, True)
 
@@ -532,6 +666,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, 
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
     dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here."""
+    if not SIM:
+        return _launch_bwd(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
     _backward(dev(dy), dev(x), dev(mean), dev(rstd), dev(weight), dev(dx), dev(dweight), dev(dbias),
               dev(dw_part), dev(db_part), False)
 
@@ -539,6 +675,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
     """IN dy, x (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
+    if not SIM:
+        return _launch_bwd(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
     dy, x, rstd, weight, dx, dweight, dw_part = (dev(a) for a in (dy, x, rstd, weight, dx, dweight, dw_part))
     _backward(dy, x, empty_device((0,), rstd.dtype), rstd, weight, dx, dweight, empty_device((0,), x.dtype),
               dw_part, empty_device((0, 0), np.float64), True)

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import ctypes
 import math
+from bisect import bisect_left
+from operator import is_
 
 import numpy as np
 from numba import cuda, types
 
+from ..._backend import array_kind
 from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+
+if not SIM:
+    from ._arrays import adapt
 
 FN_SGD, FN_ADAGRAD, FN_ADADELTA, FN_RMSPROP, FN_ADAM = 0, 1, 2, 3, 4
 FN_WD, FN_MOMENTUM, FN_NESTEROV, FN_CENTERED, FN_AMSGRAD = 1, 2, 4, 8, 16
@@ -318,6 +324,111 @@ def _device_table(tensors: np.ndarray, offsets: np.ndarray, stream):
 _NO_PT = None
 
 
+class _DevTable:
+    """A device copy of a host table (int64 or float64, 1-D) and the host values it holds."""
+
+    __slots__ = ("arr", "ptr", "mirror")
+
+    def __init__(self, n: int, dtype):
+        self.arr = cuda.device_array(n, dtype)  # once per (stream, size): not on the steady-state path
+        self.ptr = self.arr.gpu_data.device_pointer_value
+        self.mirror = None
+
+
+_dev_tables: dict = {}  # (kind, stream, size, dtype) -> [_DevTable] most recent first
+_staging: list = []  # pinned host buffers [array, event or None] for the asynchronous uploads
+_stage_next = 0
+TABLES_PER_KEY = 4
+
+
+def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
+    """``buf`` -> device address ``dst`` with ``cuMemcpyHtoDAsync`` from pinned memory on ``stream``.
+
+    A staging buffer is reused only once the copy that last read it has run (its event, queried, never
+    waited on); if none is free yet, another pinned buffer is added: the host never synchronizes."""
+    global _stage_next
+    from . import _launch as LA
+
+    cu = LA.cu
+    nbytes = buf.nbytes
+    slot = None
+    for k in range(len(_staging)):
+        i = (_stage_next + k) % len(_staging)
+        host, ev = _staging[i]
+        if host.nbytes >= nbytes and (ev is None or int(cu.cuEventQuery(ev)[0]) == 0):
+            slot, _stage_next = i, (i + 1) % len(_staging)
+            break
+    if slot is None:
+        host = cuda.pinned_array(max(nbytes, 1 << 16) // 8 + 1, np.int64)
+        _staging.append([host, None])
+        slot = len(_staging) - 1
+    host, ev = _staging[slot]
+    host.view(np.uint8)[:nbytes] = buf.view(np.uint8)
+    if ev is None:
+        err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
+        LA._check(err, "cuEventCreate")
+        _staging[slot][1] = ev
+    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0],
+              "cuMemcpyHtoDAsync")
+    LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
+
+
+def _upload(kind: str, buf: np.ndarray, stream: int) -> int:
+    """The device address of a copy of ``buf`` that kernels queued next on ``stream`` read: one of the
+    cached device tables if it already holds these values, else the least recently used one, refreshed
+    by an asynchronous copy on ``stream`` (stream order keeps earlier launches reading the old values)."""
+    key = (kind, stream, buf.size, buf.dtype)
+    lst = _dev_tables.get(key)
+    if lst is None:
+        lst = _dev_tables[key] = []
+    for i, e in enumerate(lst):
+        if np.array_equal(e.mirror, buf):
+            if i:
+                lst.insert(0, lst.pop(i))
+            return e.ptr
+    e = lst.pop() if len(lst) >= TABLES_PER_KEY else _DevTable(buf.size, buf.dtype)
+    _stage_copy(buf, e.ptr, stream)
+    e.mirror = buf.copy()
+    lst.insert(0, e)
+    return e.ptr
+
+
+_fast_plans: dict = {}
+
+
+def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int) -> None:
+    """``_launch`` on a real GPU: tables uploaded asynchronously when they change, a prebuilt launch."""
+    from . import _launch as LA
+
+    n = tensors.shape[1]
+    stream = LA.caller_stream("numba", -1)
+    buf = np.zeros(6 * n + 1, np.int64)
+    buf[: tensors.shape[0] * n] = tensors.ravel()
+    buf[5 * n:] = offsets
+    tptr = _upload("tab", buf, stream)
+    u0 = u1 = 0.0
+    pptr, pk = 0, 0
+    if pt.size == 0 or (pt == pt[0]).all():
+        if pt.size:
+            u0, u1 = float(pt[0, 0]), float(pt[0, -1])
+    else:
+        pk = pt.shape[1]
+        pptr = _upload("pt", np.ascontiguousarray(pt, dtype=np.float64).ravel(), stream)
+    grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
+    key = (algo, flags, f64, n, pk, grid)
+    plan = _fast_plans.get(key)
+    if plan is None:
+        tpl = LA.ArgTemplate()
+        slots = (tpl.array((5, n), 8), tpl.array((n + 1,), 8), tpl.array((n, pk) if pk else (0, 1), 8))
+        sc = tuple(tpl.f64() for _ in range(12))
+        plan = _fast_plans[key] = LA.Plan(LA.core_kernel(_kernel(algo, flags, f64)), grid, BLOCK, tpl, slots, sc)
+    h = hyper
+    plan.launch(stream, (tptr, tptr + 40 * n, pptr),
+                (h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0), h.get("eps", 0.0), h.get("mu", 0.0),
+                 h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0), h.get("beta2", 0.0),
+                 h.get("decay", 1.0), u0, u1))
+
+
 def _launch(algo, flags, f64, tensors, offsets, per_tensor, hyper: dict) -> None:
     global _NO_PT
     tensors = np.asarray(tensors)
@@ -328,6 +439,9 @@ def _launch(algo, flags, f64, tensors, offsets, per_tensor, hyper: dict) -> None
     total = int(offsets[-1])
     if total == 0:
         return
+    if not SIM:
+        return _launch_fast(algo, flags, f64, tensors, np.asarray(offsets, dtype=np.int64),
+                            np.asarray(per_tensor, dtype=np.float64), hyper, total)
     stream = current_stream()
     d_tab, d_off = _device_table(tensors, offsets, stream)
     pt = np.asarray(per_tensor, dtype=np.float64)
@@ -450,7 +564,143 @@ def _usable(ai, typestr, writeable: bool) -> bool:
     return ai["data"][0] % int(typestr[2:]) == 0
 
 
+def _adapted(a):
+    """(ptr, nbytes, typestr-code, shape, contiguous, writeable) of a CUDA array, or None; cached for Numba
+    and CuPy arrays (their pointer, shape and dtype never change), re-read for torch tensors."""
+    k = array_kind(a)
+    if k is None or k == "numpy" or k == "sim":
+        return None
+    if k == "numba" or k == "cupy" or k == "dev":
+        hit = _meta_cache.get(id(a))
+        if hit is not None and hit[0] is a:
+            return hit[1]
+    try:
+        d = adapt(a)
+    except Exception:
+        return None
+    dt = d.dtype
+    code = 8 if dt == _F8 else 4 if dt == _F4 else 0
+    meta = (d.ptr, d.nbytes, code, d.shape, d.strides is None, not d.readonly)
+    if k == "numba" or k == "cupy" or k == "dev":
+        if len(_meta_cache) > 65536:
+            _meta_cache.clear()
+        _meta_cache[id(a)] = (a, meta)
+        _imm_types.add(type(a))
+    return meta
+
+
+_meta_cache: dict = {}
+_F4, _F8 = np.dtype("<f4"), np.dtype("<f8")
+# Whole lists seen before (the same objects, all of immutable kinds): their checked result, so that a
+# step with the same parameters and gradients costs a few C-level loops over the list, not a Python loop.
+_list_cache: dict = {}
+
+
+def _cached_list(key, objs):
+    hit = _list_cache.get(key)
+    if hit is not None and len(hit[0]) == len(objs) and all(map(is_, objs, hit[0])):
+        return hit[1]
+    return None
+
+
+_imm_types: set = {type(None)}  # types of immutable arrays seen by _adapted (and None)
+
+
+def _remember_list(key, objs, value) -> None:
+    if all(map(_imm_types.__contains__, map(type, objs))):
+        if len(_list_cache) > 64:
+            _list_cache.clear()
+        _list_cache[key] = (tuple(objs), value)
+
+
 def gather_params(params: list, info: np.ndarray) -> int:
+    """Row 0: device address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
+
+    Returns -1 if every entry is a C-contiguous, writeable float32/float64 CUDA array, else the index of
+    the first one that is not (as the CPU helper of the same name does for NumPy arrays).
+    """
+    if SIM:
+        return _gather_params_sim(params, info)
+    n = len(params)
+    key = ("params", tuple(map(id, params)))
+    hit = _cached_list(key, params)
+    if hit is not None:
+        info[:, :n] = hit
+        return -1
+    ptrs, sizes, f8 = [], [], []
+    cache = _meta_cache
+    for i, a in enumerate(params):
+        h = cache.get(id(a))
+        meta = h[1] if h is not None and h[0] is a else _adapted(a)
+        if meta is None:
+            return i
+        ptr, nbytes, code, _, contig, writeable = meta
+        if not code or not contig or not writeable or ptr % code:
+            return i
+        ptrs.append(ptr)
+        sizes.append(nbytes // code)
+        f8.append(code == 8)
+    if ptrs:
+        info[0, :n] = ptrs
+        info[1, :n] = sizes
+        info[2, :n] = f8
+    _remember_list(key, params, info[:, :n].copy())
+    return -1
+
+
+def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
+                avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
+    """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
+    asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``.
+    Returns -1 if all are usable, else the index of the first that is not."""
+    if SIM:
+        return _gather_like_sim(arrays, params, ptrs, writeable, allow_none, avoid_lo, avoid_hi)
+    n = ptrs.shape[0]
+    if len(arrays) != n or len(params) != n:
+        return 0
+    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, id(avoid_lo),
+           id(avoid_hi))
+    objs = (*arrays, *params, avoid_lo, avoid_hi)
+    hit = _cached_list(key, objs)
+    if hit is not None:
+        ptrs[:n] = hit
+        return -1
+    out = []
+    los = avoid_lo.tolist() if avoid_lo.size else ()
+    his = avoid_hi.tolist() if avoid_hi.size else ()
+    cache = _meta_cache
+    for i in range(n):
+        a = arrays[i]
+        if a is None:
+            if not allow_none:
+                return i
+            out.append(0)
+            continue
+        p = params[i]
+        h = cache.get(id(p))
+        ref = h[1] if h is not None and h[0] is p else _adapted(p)
+        h = cache.get(id(a))
+        meta = h[1] if h is not None and h[0] is a else _adapted(a)
+        if meta is None or ref is None:
+            return i
+        lo, nbytes, code, shape, contig, wr = meta
+        if code != ref[2] or not contig or (writeable and not wr) or shape != ref[3] or lo % code:
+            return i
+        hi = lo + nbytes
+        if hi > lo and los:
+            k = bisect_left(los, hi)
+            if k > 0 and his[k - 1] > lo:
+                return i
+        out.append(lo)
+    if out:
+        ptrs[:n] = out
+    _remember_list(key, objs[: 2 * n], ptrs[:n].copy())
+    if key in _list_cache:  # the avoid arrays are part of the identity (not of the kind test)
+        _list_cache[key] = (objs, _list_cache[key][1])
+    return -1
+
+
+def _gather_params_sim(params: list, info: np.ndarray) -> int:
     """Row 0: device address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
 
     Returns -1 if every entry is a C-contiguous, writeable float32/float64 CUDA array, else the index of
@@ -466,11 +716,8 @@ def gather_params(params: list, info: np.ndarray) -> int:
     return -1
 
 
-def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
-    """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
-    asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``.
-    Returns -1 if all are usable, else the index of the first that is not."""
+def _gather_like_sim(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
+                     avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0

@@ -1,0 +1,575 @@
+"""A recording CUDA driver under the real (non-simulator) host path: what one call does, without a GPU.
+
+``install()`` runs fastnorm's real CUDA host path (validation, the CUDA backend, the adapters, launch
+plans, numba-cuda's own launch path for the ops that still use it, cuda.core's ``LaunchConfig`` and its
+argument packing ``ParamHolder``) on a machine without a GPU. What is stubbed is the driver, and every
+call into it is counted:
+
+- the CUDA context: ``memalloc`` counts an allocation (``cuMemAlloc``), its finalizer a free;
+- numba-cuda's ``driver`` object: every driver call is recorded by name; copies, memsets, frees and
+  synchronizations pass as no-ops (so that they can be counted), host allocations return host memory;
+  anything else raises (an unexpected driver call in the measured path is an error);
+- the launch (``cuda.core.launch``, fastnorm's and numba-cuda's): counted with its stream handle and
+  kernel, after the arguments were packed for real;
+- the CUDA driver bindings fastnorm calls itself (events, async copies): recorded;
+- module loading and PTX generation: stubbed (kernels are typed and lowered for real, not compiled to
+  PTX: that is ``tools/cuda_ptx_check.py``'s job, which needs NVVM);
+- the caller's stream getters: torch's returns ``TORCH_STREAM``, CuPy's ``CUPY_STREAM``.
+
+``FakeCudaTensor`` is a real ``torch.Tensor`` (CPU memory) that says it is a CUDA tensor and counts how
+often its ``__cuda_array_interface__`` and ``detach()`` are used; outputs allocated for it come from
+``torch.empty`` (torch's allocator, invisible to the driver, as on a GPU).
+
+This module is a test and benchmark tool: it patches numba-cuda process-wide, so use it in a process of
+its own (``python -m fastnorm._kernels.cuda._recording`` or ``python -m fastnorm.bench --host-overhead``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import ctypes
+import json
+import os
+import sys
+import time
+
+COUNTS: collections.Counter = collections.Counter()
+LAUNCHES: list = []  # (kernel name, stream handle) of each launch since the last reset()
+ARGS: list = []  # the flat argument tuple of each launch since the last reset()
+TORCH_STREAM = 0x7A7A00
+CUPY_STREAM = 0xC0C000
+CATEGORIES = ("alloc", "free", "copy", "memset", "sync", "launch")
+
+
+def category(name: str) -> str | None:
+    """The category of a CUDA driver function name (None: counted by name only)."""
+    if name.startswith(("cuMemAlloc", "cuMemHostAlloc", "cuMemAllocHost", "cuMemAllocManaged")):
+        return "alloc"
+    if name.startswith(("cuMemFree", "cuMemHostFree")):
+        return "free"
+    if name.startswith("cuMemcpy"):
+        return "copy"
+    if name.startswith(("cuMemset", "cuMemsetD")):
+        return "memset"
+    if name in ("cuCtxSynchronize", "cuStreamSynchronize", "cuEventSynchronize", "cuStreamQuery"):
+        return "sync"
+    return None
+
+
+def record(name: str) -> None:
+    COUNTS["driver " + name] += 1
+    cat = category(name)
+    if cat is not None:
+        COUNTS[cat] += 1
+
+
+def reset() -> None:
+    COUNTS.clear()
+    LAUNCHES.clear()
+    ARGS.clear()
+
+
+_installed = False
+
+
+def install() -> None:
+    """Stub and record the CUDA driver under numba-cuda, cuda.core and fastnorm (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        raise RuntimeError("the recording driver runs the real host path: unset NUMBA_ENABLE_CUDASIM")
+    from cuda.bindings import driver as binding
+    from cuda.core._kernel_arg_handler import ParamHolder
+    from numba import cuda
+    from numba.cuda import codegen as CG
+    from numba.cuda import dispatcher as D
+    from numba.cuda.cudadrv import devicearray as DA
+    from numba.cuda.cudadrv import devices
+    from numba.cuda.cudadrv import driver as drv
+
+    class FakeDevice:
+        id = 0
+        compute_capability = (9, 0)
+        MULTIPROCESSOR_COUNT = 132
+        name = b"recording driver (no GPU)"
+
+    class FakeContext:
+        device = FakeDevice()
+        handle = 0
+
+        def __init__(self):
+            self._next = 1 << 40
+
+        def memalloc(self, size):
+            record("cuMemAlloc")
+            ptr = self._next
+            self._next += (size + 4095) & ~4095
+
+            def free():
+                record("cuMemFree")
+
+            return drv.MemoryPointer(self, binding.CUdeviceptr(ptr), size, finalizer=free)
+
+        def memhostalloc(self, size, mapped=False, portable=False, wc=False):
+            record("cuMemHostAlloc")
+            buf = (ctypes.c_byte * max(1, size))()
+            return drv.PinnedMemory(self, ctypes.addressof(buf), size, owner=buf)
+
+        def get_active_blocks_per_multiprocessor(self, cufunc, block, smem, flags=None):
+            return max(1, min(2048 // block, 65536 // (64 * block)))
+
+        def synchronize(self):
+            record("cuCtxSynchronize")
+
+        def deallocations(self):
+            return contextlib.nullcontext()
+
+    ctx = FakeContext()
+    devices._runtime.get_or_create_context = lambda devnum=None: ctx
+    devices._runtime.ensure_context = lambda: contextlib.nullcontext()
+    cuda.is_available = lambda: True
+
+    class RecordingDriver:
+        PASS = ("cuMemcpy", "cuMemset", "cuMemFree", "cuCtxSynchronize", "cuStreamSynchronize",
+                "cuEventSynchronize", "cuMemHostFree")
+
+        def __getattr__(self, name):
+            def call(*a, **k):
+                record(name)
+                if name.startswith(self.PASS):
+                    return None
+                raise RuntimeError(f"unexpected CUDA driver call {name} in the recorded path")
+
+            return call
+
+    drv.driver = RecordingDriver()
+    D.get_current_device = lambda: FakeDevice()
+    D._Kernel.bind = lambda self: None
+
+    class FakeKernel:
+        def __init__(self, name):
+            self.name = name
+
+    class FakeCufunc:
+        attrs = None
+
+        def __init__(self, name):
+            self.kernel = FakeKernel(name)
+            self.name = name
+
+    def get_cufunc(self):
+        f = getattr(self, "_recording_cufunc", None)
+        if f is None:
+            f = self._recording_cufunc = FakeCufunc(self.name)
+        return f
+
+    CG.CUDACodeLibrary.get_cufunc = get_cufunc
+    if os.environ.get("FASTNORM_RECORD_NVVM", "0") == "0":
+        CG.CUDACodeLibrary.get_asm_str = lambda self, cc=None: ""
+
+    class StreamHolder:
+        def __init__(self, handle):
+            self.handle = int(handle)
+
+        def __cuda_stream__(self):
+            return (0, self.handle)
+
+    def fake_launch(stream, config, kernel, *args):
+        ParamHolder(args)  # the argument packing cuda.core.launch does
+        COUNTS["launch"] += 1
+        h = stream.handle if isinstance(stream, StreamHolder) else int(getattr(stream, "handle", 0) or 0)
+        LAUNCHES.append((getattr(kernel, "name", "?"), h))
+        ARGS.append(args)
+
+    def to_core_stream(stream):
+        if not stream:
+            return StreamHolder(0)
+        if isinstance(stream, StreamHolder):
+            return stream
+        h = getattr(stream, "handle", stream)
+        return StreamHolder(int(getattr(h, "value", h) or 0))
+
+    D.launch = fake_launch
+
+    class RecordingBindings:
+        """The cuda.bindings driver calls fastnorm makes itself (events, async copies)."""
+
+        CUevent_flags = binding.CUevent_flags
+
+        def __getattr__(self, name):
+            if name.startswith("CU"):  # handle types and enums: the real ones
+                return getattr(binding, name)
+
+            def call(*a, **k):
+                record(name)
+                if name == "cuEventCreate":
+                    return (0, object())
+                if name == "cuEventQuery":
+                    return (0,)
+                return (0,)
+
+            return call
+
+    # counts of interface dicts and Numba array objects
+    cai = DA.DeviceNDArrayBase.__cuda_array_interface__.fget
+
+    def counted_cai(self):
+        COUNTS["interface dict (numba array)"] += 1
+        return cai(self)
+
+    DA.DeviceNDArrayBase.__cuda_array_interface__ = property(counted_cai)
+    init = DA.DeviceNDArrayBase.__init__
+
+    def counted_init(self, *a, **k):
+        COUNTS["numba array created"] += 1
+        init(self, *a, **k)
+
+    DA.DeviceNDArrayBase.__init__ = counted_init
+
+    from . import _common
+
+    _common._launch_stream = to_core_stream
+    _common._sm_count = 132
+    try:
+        from . import _launch
+    except ImportError:  # an older fastnorm without launch plans (to measure it the same way)
+        _launch = None
+    if _launch is not None:
+        _launch.launch = fake_launch
+        _launch.stream_from_handle = StreamHolder
+        _launch.torch_stream = lambda device: TORCH_STREAM
+        _launch.cupy_stream = lambda device: CUPY_STREAM
+        _launch.cu = RecordingBindings()
+        _launch._streams.clear()
+    _installed = True
+
+
+def fake_cuda_tensor_type():
+    """A ``torch.Tensor`` subclass whose instances say they are CUDA tensors (see the module docstring)."""
+    import torch
+
+    class FakeCudaTensor(torch.Tensor):
+        __torch_function__ = torch._C._disabled_torch_function_impl
+
+        @property
+        def is_cuda(self):
+            return True
+
+        @property
+        def __cuda_array_interface__(self):
+            COUNTS["interface dict (torch)"] += 1
+            return {"shape": tuple(self.shape), "strides": None, "typestr": self.numpy().dtype.str,
+                    "data": (self.data_ptr(), False), "version": 2}
+
+        def detach(self):
+            COUNTS["torch detach"] += 1
+            return super().detach()
+
+    return FakeCudaTensor
+
+
+def fake_cuda_tensor(cls, shape, dtype="float32"):
+    import torch
+
+    t = torch.randn(*shape, dtype=getattr(torch, dtype))
+    return torch.Tensor._make_subclass(cls, t)
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+def _measure(fn, calls: int) -> tuple[float, float, dict, list]:
+    """(CPU µs per call of this thread, wall µs per call, counts per call, launch streams)."""
+    for _ in range(3):  # compile, fill the pool and the plan caches
+        fn()
+    reset()
+    t0, w0 = time.thread_time(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    us = (time.thread_time() - t0) / calls * 1e6
+    wall = (time.perf_counter() - w0) / calls * 1e6
+    counts = {k: v / calls for k, v in sorted(COUNTS.items())}
+    streams = sorted({s for _, s in LAUNCHES})
+    counts["python calls"], counts["builtin calls"] = _call_count(fn)
+    return us, wall, counts, streams
+
+
+def _call_count(fn) -> tuple[int, int]:
+    """Python-level and builtin (C) function calls made by one call of ``fn``: a host-cost measure that a
+    loaded machine does not blur (the time figures are)."""
+    py = c = 0
+
+    def prof(frame, event, arg):
+        nonlocal py, c
+        if event == "call":
+            py += 1
+        elif event == "c_call":
+            c += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return py, c
+
+
+def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
+    """(op, case, inputs, expected stream, zero-argument call) for LayerNorm/RMSNorm fwd/bwd."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm
+
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+
+    def numba_set():
+        x = cuda.to_device(rng.standard_normal((m, n)).astype(f32))
+        return dict(x=x, w=cuda.to_device(np.ones(n, f32)), b=cuda.to_device(np.zeros(n, f32)),
+                    dy=cuda.to_device(rng.standard_normal((m, n)).astype(f32)),
+                    new=lambda *s, dt=f32: cuda.device_array(s, dt))
+
+    def torch_set():
+        import torch
+
+        T = fake_cuda_tensor_type()
+        return dict(x=fake_cuda_tensor(T, (m, n)), w=fake_cuda_tensor(T, (n,)), b=fake_cuda_tensor(T, (n,)),
+                    dy=fake_cuda_tensor(T, (m, n)),
+                    new=lambda *s, dt=f32: fake_cuda_tensor(T, s, np.dtype(dt).name),
+                    wrap=lambda t: torch.Tensor._make_subclass(T, t) if isinstance(t, torch.Tensor) else t)
+
+    out = []
+    for inputs, make, stream in (("numba", numba_set, 0), ("torch", torch_set, TORCH_STREAM)):
+        if inputs not in kinds:
+            continue
+        a = make()
+        x, w, b, dy, new = a["x"], a["w"], a["b"], a["dy"], a["new"]
+        wrap = a.get("wrap", lambda t: t)  # outputs for fake torch tensors are CPU tensors: say CUDA again
+        mean, rstd = (wrap(t) for t in fastnorm.layer_norm_forward(x, w, b)[1:])
+        rrstd = wrap(fastnorm.rms_norm_forward(x, w)[1])
+        ln_out = (new(m, n), new(m), new(m))
+        ln_bout = (new(m, n), new(n), new(n))
+        rms_out = (new(m, n), new(m))
+        rms_bout = (new(m, n), new(n))
+        out += [
+            ("layer_norm_forward", "allocating", inputs, stream,
+             lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b)),
+            ("layer_norm_forward", "out=", inputs, stream,
+             lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o)),
+            ("layer_norm_backward", "allocating", inputs, stream,
+             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b)),
+            ("layer_norm_backward", "out=", inputs, stream,
+             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout:
+             fastnorm.layer_norm_backward(dy, x, mu, rs, w, b, out=o)),
+            ("rms_norm_forward", "allocating", inputs, stream, lambda x=x, w=w: fastnorm.rms_norm_forward(x, w)),
+            ("rms_norm_forward", "out=", inputs, stream,
+             lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o)),
+            ("rms_norm_backward", "allocating", inputs, stream,
+             lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w)),
+            ("rms_norm_backward", "out=", inputs, stream,
+             lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o)),
+        ]
+    return out
+
+
+def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
+    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm.optim as O
+
+    rng = np.random.default_rng(0)
+    sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
+    out = []
+    for name, cls, kw in (("adam_step", O.Adam, {}), ("adamw_step", O.AdamW, {}),
+                          ("sgd_step", O.SGD, {"momentum": 0.9})):
+        params = [cuda.device_array(int(s), np.float32) for s in sizes]
+        grads = [cuda.device_array(int(s), np.float32) for s in sizes]
+        opt = cls(params, lr=1e-3, **kw)
+        out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
+        # more gradient sets than any cache of address tables holds: new addresses at every step
+        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
+        state = {"i": 0}
+
+        def moving(o=opt, gs=grads2, st=state):
+            st["i"] = (st["i"] + 1) % len(gs)
+            o.step(gs[st["i"]])
+
+        out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
+    return out
+
+
+def _reference(calls: int) -> dict:
+    """A fixed host workload measured the same way, to scale the figures of a loaded or slow machine: one
+    ``torch.empty(0)`` on the CPU (about 1 µs on a current server core)."""
+    import torch
+
+    us, wall, _, _ = _measure(lambda: torch.empty(0), calls)
+    return {"op": "reference", "case": "torch.empty(0) on the CPU", "inputs": "-", "us_per_call": round(us, 3),
+            "wall_us_per_call": round(wall, 3), "calls": {c: 0.0 for c in CATEGORIES}, "streams": [],
+            "expected_stream": None, "counts": {}}
+
+
+def _norm(v):
+    return (type(v).__name__, v.value) if isinstance(v, ctypes._SimpleCData) else ("int", int(v))
+
+
+def _groups(k, args) -> list:
+    """``args`` split per kernel parameter (arrays: meminfo, parent, nitems, itemsize, data, shape, strides),
+    with the shape and strides of zero-size arrays dropped (the kernels never read them)."""
+    from numba.cuda import types
+
+    out, i = [], 0
+    for ty in k._k.argument_types:
+        if isinstance(ty, types.Array):
+            g = [_norm(v) for v in args[i: i + 5 + 2 * ty.ndim]]
+            if g[2][1] == 0:
+                g = g[:5]
+            out.append(g)
+            i += 5 + 2 * ty.ndim
+        else:
+            out.append([_norm(args[i])])
+            i += 1
+    assert i == len(args), (i, len(args))
+    return out
+
+
+def packing_check(m: int = 37, n: int = 300) -> list[dict]:
+    """For each LayerNorm/RMSNorm launcher: the arguments the launch plan passes, compared with what
+    numba-cuda's own launch path (``_Kernel.launch`` -> ``_prepare_args``) builds for the same arrays and
+    the same kernel. Returns one ``{"launcher", "launches", "equal", "first_difference"}`` per case."""
+    import numpy as np
+    from numba import cuda
+
+    from . import layer_norm as L
+
+    install()
+    f32 = np.float32
+    x, dy = cuda.device_array((m, n), f32), cuda.device_array((m, n), f32)
+    w, b = cuda.device_array(n, f32), cuda.device_array(n, f32)
+    y, dx = cuda.device_array((m, n), f32), cuda.device_array((m, n), f32)
+    mean, rstd = cuda.device_array(m, f32), cuda.device_array(m, f32)
+    dw, db = cuda.device_array(n, f32), cuda.device_array(n, f32)
+    pw, pb = cuda.device_array((8, n), np.float64), cuda.device_array((8, n), np.float64)
+    e = L.empty_device
+    z1, z64 = e((0,), f32), e((0, 0), np.float64)
+    cases = [
+        ("layer_norm_forward", lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
+         lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False)),
+        ("layer_norm_forward (no weight, bias)", lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
+         lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False)),
+        ("rms_norm_forward", lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
+         lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True)),
+        ("layer_norm_backward", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
+         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False)),
+        ("layer_norm_backward (no dbias)", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None,
+                                                                         z64, None, 8),
+         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False)),
+        ("rms_norm_backward", lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
+         lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True)),
+    ]
+    rows = []
+    for name, new, old in cases:
+        reset()
+        new()
+        got, names_new = list(ARGS), [k for k, _ in LAUNCHES]
+        reset()
+        old()
+        want, names_old = list(ARGS), [k for k, _ in LAUNCHES]
+        kernels = _kernels_by_name()
+        diff = None
+        if names_new != names_old or len(got) != len(want):
+            diff = f"launches {names_new} vs {names_old}"
+        else:
+            for kn, a, b2 in zip(names_new, got, want, strict=True):
+                ga, gb = _groups(kernels[kn], a), _groups(kernels[kn], b2)
+                if ga != gb:
+                    i = next(j for j, (p, q) in enumerate(zip(ga, gb, strict=True)) if p != q)
+                    diff = f"{kn} parameter {i}: {ga[i]} vs {gb[i]}"
+                    break
+        rows.append({"launcher": name, "launches": len(got), "equal": diff is None, "first_difference": diff})
+    return rows
+
+
+def _kernels_by_name() -> dict:
+    from . import _common
+
+    out = {}
+    for k in _common._cache.values():
+        if getattr(k, "_k", None) is not None:
+            out[k._k._codelibrary.get_cufunc().name] = k
+    return out
+
+
+def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("numba", "torch")) -> list[dict]:
+    """Rows ``{"op", "case", "inputs", "us_per_call", "wall_us_per_call", "calls": {alloc, free, copy,
+    memset, sync, launch}, "streams", "expected_stream", "counts"}`` for every scenario.
+
+    ``us_per_call`` is the host CPU time of the calling thread per call (``time.thread_time``): on a
+    shared machine the wall-clock figure also counts the time other processes held the core."""
+    install()
+    rows = []
+    scen = []
+    if which in ("all", "norms"):
+        scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
+    if which in ("all", "optim"):
+        scen += [(s, optim_calls) for s in optim_scenarios()]
+    rows.append(_reference(calls))
+    for (op, case, inputs, stream, fn), n in scen:
+        us, wall, counts, streams = _measure(fn, n)
+        rows.append({
+            "op": op,
+            "case": case,
+            "inputs": inputs,
+            "us_per_call": round(us, 2),
+            "wall_us_per_call": round(wall, 2),
+            "calls": {c: counts.get(c, 0.0) for c in CATEGORIES},
+            "streams": streams,
+            "expected_stream": stream,
+            "counts": counts,
+        })
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  " + " ".join(f"{c:>6}" for c in CATEGORIES)
+             + "  dicts  py-calls C-calls"]
+    for r in rows:
+        if r.get("op") == "packing_check":
+            lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
+            continue
+        c = r["counts"]
+        dicts = c.get("interface dict (numba array)", 0) + c.get("interface dict (torch)", 0)
+        lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
+                     + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:>5.1f}"
+                     + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--optim-calls", type=int, default=20)
+    ap.add_argument("--which", choices=["all", "norms", "optim"], default="all")
+    ap.add_argument("--inputs", nargs="+", choices=["numba", "torch"], default=["numba", "torch"])
+    ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
+    ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
+    args = ap.parse_args(argv)
+    rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
+    if args.packing:
+        rows += [dict(r, op="packing_check") for r in packing_check()]
+    if args.json == "-":
+        json.dump(rows, sys.stdout)
+    else:
+        print(format_rows(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

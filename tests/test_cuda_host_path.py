@@ -1,0 +1,91 @@
+"""The real (non-simulator) CUDA host path under a recording driver: no GPU needed.
+
+One subprocess (the recording driver patches numba-cuda process-wide, and the simulator must be off) runs
+every LayerNorm/RMSNorm scenario (forward and backward, allocating and ``out=``, Numba arrays and torch
+tensors that say they are CUDA tensors) and the optimizer steps, and reports per steady-state call the
+driver calls by category, the launch streams, and the interface dicts and Numba array objects built.
+It also compares the launch plans' prebuilt arguments with what numba-cuda's own launch path builds
+for the same arrays and kernels. See fastnorm/_kernels/cuda/_recording.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba.cuda")
+pytest.importorskip("cuda.core")
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+NORM_OPS = ("layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward")
+OPTIM_OPS = ("adam_step", "adamw_step", "sgd_step")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "fastnorm._kernels.cuda._recording", "--calls", "5", "--optim-calls", "3",
+           "--packing", "--json", "-"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return json.loads(r.stdout)
+
+
+def _pick(rows, op, case, inputs):
+    got = [r for r in rows if r["op"] == op and r["case"] == case and r["inputs"] == inputs]
+    assert len(got) == 1, (op, case, inputs)
+    return got[0]
+
+
+@pytest.mark.parametrize("inputs", ["numba", "torch"])
+@pytest.mark.parametrize("case", ["allocating", "out="])
+@pytest.mark.parametrize("op", NORM_OPS)
+def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs):
+    r = _pick(rows, op, case, inputs)
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
+    assert c["launch"] == (1 if op.endswith("forward") else 2), r["counts"]
+    # every launch on the caller's stream (torch: torch's current stream)
+    assert r["streams"] == [r["expected_stream"]]
+    # no other driver call of any kind
+    assert not [k for k in r["counts"] if k.startswith("driver ")], r["counts"]
+    assert r["counts"].get("interface dict (numba array)", 0) == 0
+    assert r["counts"].get("interface dict (torch)", 0) == 0
+    if inputs == "torch":
+        assert r["counts"].get("numba array created", 0) == 0
+        assert r["counts"].get("torch detach", 0) == 0
+
+
+@pytest.mark.parametrize("op", OPTIM_OPS)
+def test_optimizer_step_same_grads(rows, op):
+    r = _pick(rows, op, "200 tensors, same grads", "numba")
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
+    assert c["launch"] == 1
+    assert r["counts"].get("interface dict (numba array)", 0) == 0
+
+
+@pytest.mark.parametrize("op", OPTIM_OPS)
+def test_optimizer_step_moving_grads_no_alloc_no_sync(rows, op):
+    r = _pick(rows, op, "200 tensors, grads at new addresses", "numba")
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["memset"], c["sync"]) == (0, 0, 0, 0), r["counts"]
+    assert c["launch"] == 1
+    # the new addresses reach the device by one asynchronous copy from pinned memory on the launch stream
+    assert c["copy"] <= 1
+    assert r["counts"].get("driver cuMemcpyHtoD", 0) == 0  # never the synchronous copy
+    assert r["counts"].get("interface dict (numba array)", 0) == 0
+
+
+def test_launch_plan_arguments_match_numba_packing(rows):
+    checks = [r for r in rows if r["op"] == "packing_check"]
+    assert len(checks) == 6
+    for r in checks:
+        assert r["equal"], r
