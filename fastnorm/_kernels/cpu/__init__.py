@@ -8,6 +8,16 @@ from ._channel_norm import (
     instance_norm_backward,
     instance_norm_forward,
 )
+from ._divergence import (
+    entropy_backward,
+    entropy_forward,
+    js_div_backward,
+    js_div_forward,
+    kl_div_backward,
+    kl_div_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from ._layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from ._lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
 
@@ -55,4 +65,12 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy_forward",
+    "entropy_backward",
+    "kl_div_forward",
+    "kl_div_backward",
+    "js_div_forward",
+    "js_div_backward",
 ]
