@@ -277,7 +277,7 @@ def softmax_cross_entropy_forward(
         loss = _rows_out(be, rows, x.dtype, loss_shape, loss_buf)
     else:
         loss = _reduced(be, rows, reduction, denom, x.dtype, loss_buf)
-    return SoftmaxCrossEntropyForward(loss, lse, g)
+    return SoftmaxCrossEntropyForward(loss, lse, x_in if grad == "inplace" else g)
 
 
 def softmax_cross_entropy_backward(
@@ -472,7 +472,7 @@ def _fused_forward(op, kernel, be, x, t, lead, m, v, reduction, grad, grad_targe
         loss = elem
     else:
         loss = _reduced(be, rows, reduction, div, x.dtype, loss_buf)
-    return DivergenceForward(loss, dx, dt)
+    return DivergenceForward(loss, x_in if grad == "inplace" else dx, dt)
 
 
 def _bwd_scale(op, be, dloss, reduction, x, div):

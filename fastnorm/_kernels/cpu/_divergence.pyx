@@ -20,14 +20,22 @@ cdef extern from *:
     #include <string.h>
     #include "fastnorm_moments.h"
 
-    static inline float fn_f_of_bits(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
-    static inline uint32_t fn_bits_of_f(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
-    static inline double fn_d_of_bits(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
-    static inline uint64_t fn_bits_of_d(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+    /* Every helper is forced inline: gcc otherwise keeps some as calls inside the Cython row loops, and a
+       call stops the loop from vectorizing. */
+    #if defined(__GNUC__)
+    #define FN_INL static inline __attribute__((always_inline))
+    #else
+    #define FN_INL static inline
+    #endif
+
+    FN_INL float fn_f_of_bits(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+    FN_INL uint32_t fn_bits_of_f(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+    FN_INL double fn_d_of_bits(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
+    FN_INL uint64_t fn_bits_of_d(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
 
     /* exp: x = n ln2 + r (Cody-Waite, |r| <= ln2/2), Taylor polynomial for exp(r), 2^n from exponent bits.
        Relative error a few ulp; 0 below the normal range, inf above the overflow threshold, NaN kept. */
-    static inline float fn_exp_f(float x) {
+    FN_INL float fn_exp_f(float x) {
         float xc = x < -86.5f ? -86.5f : x;
         xc = xc > 88.72f ? 88.72f : xc;
         float n = rintf(xc * 1.44269504088896341f);
@@ -51,7 +59,7 @@ cdef extern from *:
     #define FN_LN2_HI 6.93147180369123816490e-01
     #define FN_LN2_LO 1.90821492927058770002e-10
 
-    static inline double fn_exp_d(double x) {
+    FN_INL double fn_exp_d(double x) {
         double xc = x < -708.0 ? -708.0 : x;
         xc = xc > 709.78 ? 709.78 : xc;
         double n = rint(xc * 1.4426950408889634);
@@ -82,7 +90,7 @@ cdef extern from *:
 
     /* log: x = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1), as the
        series 2 s sum_k s^2k / (2k + 1). Exact at special values: log 0 = -inf, log(<0) = NaN, log inf = inf. */
-    static inline float fn_log_f(float x) {
+    FN_INL float fn_log_f(float x) {
         int sub = x < 1.17549435e-38f;
         float xs = sub ? x * 33554432.0f : x;
         uint32_t b = fn_bits_of_f(xs);
@@ -107,7 +115,7 @@ cdef extern from *:
         return y;
     }
 
-    static inline double fn_log_d(double x) {
+    FN_INL double fn_log_d(double x) {
         int sub = x < 2.2250738585072014e-308;
         double xs = sub ? x * 18014398509481984.0 : x;
         uint64_t b = fn_bits_of_d(xs);
@@ -142,7 +150,7 @@ cdef extern from *:
 
     /* ---- per-type row helpers: one loop per sum (gcc vectorizes those) ---- */
     #define FN_DEFINE_DIV(T, SUF)                                                                     \
-    static inline T fn_max_##SUF(const T *x, ptrdiff_t n) {                                            \
+    FN_INL T fn_max_##SUF(const T *x, ptrdiff_t n) {                                            \
         T m[FN_LANES];                                                                                 \
         for (int k = 0; k < FN_LANES; k++) m[k] = -INFINITY;                                           \
         ptrdiff_t j = 0;                                                                               \
@@ -153,26 +161,26 @@ cdef extern from *:
         for (int k = 1; k < FN_LANES; k++) r = m[k] > r ? m[k] : r;                                    \
         return r;                                                                                      \
     }                                                                                                  \
-    static inline double fn_sumexp_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
+    FN_INL double fn_sumexp_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
         FN_BLOCKED_SUM(T, n, fn_exp_##SUF(x[i] - mx)) }                                                \
     /* sum(mx - x), sum(w (mx - x)), sum(y (mx - x)), sum(w y (mx - x)), sum(w y) */                   \
-    static inline double fn_sumdev_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
+    FN_INL double fn_sumdev_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
         FN_BLOCKED_SUM(T, n, mx - x[i]) }                                                              \
-    static inline double fn_wsumdev_##SUF(const T *w, const T *x, ptrdiff_t n, T mx) {                 \
+    FN_INL double fn_wsumdev_##SUF(const T *w, const T *x, ptrdiff_t n, T mx) {                 \
         FN_BLOCKED_SUM(T, n, w[i] * (mx - x[i])) }                                                     \
-    static inline double fn_wwsumdev_##SUF(const T *w, const T *y, const T *x, ptrdiff_t n, T mx) {    \
+    FN_INL double fn_wwsumdev_##SUF(const T *w, const T *y, const T *x, ptrdiff_t n, T mx) {    \
         FN_BLOCKED_SUM(T, n, w[i] * y[i] * (mx - x[i])) }                                              \
-    static inline double fn_wsum_##SUF(const T *w, const T *y, ptrdiff_t n) {                          \
+    FN_INL double fn_wsum_##SUF(const T *w, const T *y, ptrdiff_t n) {                          \
         FN_BLOCKED_SUM(T, n, w[i] * y[i]) }                                                            \
     /* ---- KL: elementwise l and its derivatives ---- */                                             \
-    static inline T fn_xlogx_##SUF(T t) { return t == 0 ? (T)0 : t * fn_log_##SUF(t); }               \
-    static inline T fn_kl_elem_##SUF(T x, T t, int lt) {                                               \
+    FN_INL T fn_xlogx_##SUF(T t) { return t == 0 ? (T)0 : t * fn_log_##SUF(t); }               \
+    FN_INL T fn_kl_elem_##SUF(T x, T t, int lt) {                                               \
         return lt ? fn_exp_##SUF(t) * (t - x) : fn_xlogx_##SUF(t) - t * x; }                           \
-    static inline double fn_kl_sum_##SUF(const T *x, const T *t, ptrdiff_t n, int lt) {                \
+    FN_INL double fn_kl_sum_##SUF(const T *x, const T *t, ptrdiff_t n, int lt) {                \
         if (lt) { FN_BLOCKED_SUM(T, n, fn_exp_##SUF(t[i]) * (t[i] - x[i])) }                           \
         else { FN_BLOCKED_SUM(T, n, fn_xlogx_##SUF(t[i]) - t[i] * x[i]) } }                            \
     /* ---- generalized JSD (Liger's), x = log Q, y = log P; 0 log 0 = 0 ---- */                      \
-    static inline T fn_js_elem_##SUF(T x, T y, T b) {                                                  \
+    FN_INL T fn_js_elem_##SUF(T x, T y, T b) {                                                  \
         T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
         T m = b * p + ((T)1 - b) * q;                                                                  \
         T lm = fn_log_##SUF(m);                                                                        \
@@ -180,35 +188,35 @@ cdef extern from *:
         T qx = q == 0 ? (T)0 : q * x;                                                                  \
         T ml = m == 0 ? (T)0 : m * lm;                                                                 \
         return b * py + ((T)1 - b) * qx - ml; }                                                        \
-    static inline T fn_js_dx_##SUF(T x, T y, T b) {                                                    \
+    FN_INL T fn_js_dx_##SUF(T x, T y, T b) {                                                    \
         T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
         T lm = fn_log_##SUF(b * p + ((T)1 - b) * q);                                                   \
         return q == 0 ? (T)0 : ((T)1 - b) * q * (x - lm); }                                            \
-    static inline T fn_js_dy_##SUF(T x, T y, T b) {                                                    \
+    FN_INL T fn_js_dy_##SUF(T x, T y, T b) {                                                    \
         T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
         T lm = fn_log_##SUF(b * p + ((T)1 - b) * q);                                                   \
         return p == 0 ? (T)0 : b * p * (y - lm); }                                                     \
-    static inline T fn_fkl_elem_##SUF(T x, T y) { T p = fn_exp_##SUF(y); return p == 0 ? (T)0 : p * (y - x); } \
-    static inline T fn_rkl_elem_##SUF(T x, T y) { T q = fn_exp_##SUF(x); return q == 0 ? (T)0 : q * (x - y); } \
+    FN_INL T fn_fkl_elem_##SUF(T x, T y) { T p = fn_exp_##SUF(y); return p == 0 ? (T)0 : p * (y - x); } \
+    FN_INL T fn_rkl_elem_##SUF(T x, T y) { T q = fn_exp_##SUF(x); return q == 0 ? (T)0 : q * (x - y); } \
     /* mode 0: beta = 0 (forward KL), 1: beta = 1 (reverse KL), 2: general */                         \
-    static inline T fn_jsm_elem_##SUF(T x, T y, T b, int mode) {                                       \
+    FN_INL T fn_jsm_elem_##SUF(T x, T y, T b, int mode) {                                       \
         return mode == 0 ? fn_fkl_elem_##SUF(x, y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y)              \
                                                       : fn_js_elem_##SUF(x, y, b)); }                  \
-    static inline T fn_jsm_dx_##SUF(T x, T y, T b, int mode) {                                         \
+    FN_INL T fn_jsm_dx_##SUF(T x, T y, T b, int mode) {                                         \
         return mode == 0 ? -fn_exp_##SUF(y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y) + fn_exp_##SUF(x)   \
                                                 : fn_js_dx_##SUF(x, y, b)); }                          \
-    static inline T fn_jsm_dy_##SUF(T x, T y, T b, int mode) {                                         \
+    FN_INL T fn_jsm_dy_##SUF(T x, T y, T b, int mode) {                                         \
         return mode == 0 ? fn_fkl_elem_##SUF(x, y) + fn_exp_##SUF(y) : (mode == 1 ? -fn_exp_##SUF(x)   \
                                                 : fn_js_dy_##SUF(x, y, b)); }                          \
-    static inline double fn_js_sum_##SUF(const T *x, const T *y, ptrdiff_t n, T b, int mode) {         \
+    FN_INL double fn_js_sum_##SUF(const T *x, const T *y, ptrdiff_t n, T b, int mode) {         \
         if (mode == 0) { FN_BLOCKED_SUM(T, n, fn_fkl_elem_##SUF(x[i], y[i])) }                         \
         else if (mode == 1) { FN_BLOCKED_SUM(T, n, fn_rkl_elem_##SUF(x[i], y[i])) }                    \
         else { FN_BLOCKED_SUM(T, n, fn_js_elem_##SUF(x[i], y[i], b)) } }                               \
     /* ---- entropy: sum of entr(p * inv) ---- */                                                     \
-    static inline T fn_entr_##SUF(T q) {                                                               \
+    FN_INL T fn_entr_##SUF(T q) {                                                               \
         T r = q > 0 ? -q * fn_log_##SUF(q) : (q == 0 ? (T)0 : (T)-INFINITY);                           \
         return q != q ? q : r; }                                                                       \
-    static inline double fn_entr_sum_##SUF(const T *p, ptrdiff_t n, T inv) {                           \
+    FN_INL double fn_entr_sum_##SUF(const T *p, ptrdiff_t n, T inv) {                           \
         FN_BLOCKED_SUM(T, n, fn_entr_##SUF(p[i] * inv)) }
 
     FN_DEFINE_DIV(float, f)
