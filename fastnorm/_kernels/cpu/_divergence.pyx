@@ -460,26 +460,28 @@ def softmax_cross_entropy_backward(const floating[:, ::1] logits,       # IN  (M
 
 
 # ------------------------------------------------------------------------------------------------ entropy
-cdef inline void _entropy_row(const floating *p, Py_ssize_t v, double *h) noexcept nogil:
-    """Natural-log entropy of p / sum(p) (scipy.stats.entropy)."""
-    cdef double s
+cdef inline double _entropy_row(const floating *p, Py_ssize_t v, double s) noexcept nogil:
+    """Natural-log entropy of p / s, s = sum(p) (scipy.stats.entropy)."""
     if floating is float:
-        s = fn_sum_f(p, v)
-        h[0] = fn_entr_sum_f(p, v, <float>(1.0 / s))
+        return fn_entr_sum_f(p, v, <float>(1.0 / s))
     else:
-        s = fn_sum_d(p, v)
-        h[0] = fn_entr_sum_d(p, v, 1.0 / s)
+        return fn_entr_sum_d(p, v, 1.0 / s)
+
+
+cdef inline double _rowsum(const floating *p, Py_ssize_t v) noexcept nogil:
+    if floating is float:
+        return fn_sum_f(p, v)
+    else:
+        return fn_sum_d(p, v)
 
 
 def entropy_forward(const floating[:, ::1] p,    # IN  (M, V)
                     floating[::1] h,             # OUT (M,)
                     double inv_log_base, int n_threads):
     cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
-    cdef double hn
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            _entropy_row(&p[i, 0], v, &hn)
-            h[i] = <floating>(hn * inv_log_base)
+            h[i] = <floating>(_entropy_row(&p[i, 0], v, _rowsum(&p[i, 0], v)) * inv_log_base)
 
 
 def entropy_backward(const floating[::1] dh,     # IN  (M,)
@@ -492,11 +494,8 @@ def entropy_backward(const floating[::1] dh,     # IN  (M,)
     cdef floating inv, c, hf
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            if floating is float:
-                s = fn_sum_f(&p[i, 0], v)
-            else:
-                s = fn_sum_d(&p[i, 0], v)
-            _entropy_row(&p[i, 0], v, &hn)
+            s = _rowsum(&p[i, 0], v)
+            hn = _entropy_row(&p[i, 0], v, s)
             inv = <floating>(1.0 / s)
             c = <floating>(-dh[i] * inv_log_base / s)
             hf = <floating>hn
