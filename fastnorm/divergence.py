@@ -75,18 +75,18 @@ def _absent(be, dtype, ndim: int = 1):
     return be.empty((0,) * ndim, dtype)
 
 
-def _data_ptr(a) -> int:
-    if isinstance(a, np.ndarray):
-        return a.__array_interface__["data"][0]
+def _data_ptr(be, a) -> int:
     try:
-        return int(a.__cuda_array_interface__["data"][0])
+        if isinstance(a, np.ndarray):
+            return a.__array_interface__["data"][0]
+        return int(be._iface(a)["data"][0])
     except Exception:
         return -1
 
 
 def _check_inplace(op: str, be, name: str, a, given) -> None:
     """grad='inplace' writes over ``given``: it must be the very buffer the kernel reads (no copy made)."""
-    if _data_ptr(a) != _data_ptr(given) or _data_ptr(a) == -1:
+    if _data_ptr(be, a) != _data_ptr(be, given) or _data_ptr(be, a) == -1:
         raise ValueError(
             f"{op}: grad='inplace' overwrites {name} with the gradient, so {name} must be a C-contiguous "
             "float32/float64 array that is used as given (this one would be copied first)"

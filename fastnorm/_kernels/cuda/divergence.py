@@ -14,9 +14,9 @@ import math
 
 from numba import cuda, float64
 
-from ._common import current_stream, dev
+from ._common import SIM, current_stream, dev
 
-TPB = 256  # threads per row (a power of two)
+TPB = 32 if SIM else 256  # threads per row (a power of two; the simulator runs each thread as a Python thread)
 INF = math.inf
 NAN = math.nan
 
