@@ -480,3 +480,30 @@ def test_exp_log_special_values():
     xn = np.array([[np.nan, 0.0, 1.0]])
     assert np.isnan(D.softmax_cross_entropy_forward(xn, np.array([1])).loss)
     assert np.isnan(fastnorm.entropy(np.array([0.5, np.nan])))
+
+
+# ------------------------------------------------------------------------------------ NumPy loss layer
+def test_nn_cross_entropy_loss_layer(rng):
+    from fastnorm.nn_losses import CrossEntropyLoss
+
+    x, t, w = _ce_case(rng, (12, 17), np.float64, False, True, True)
+    kw = dict(weight=w, label_smoothing=0.1)
+    fn = CrossEntropyLoss(**kw)
+    loss = fn(x, t)
+    ref, _ = R.softmax_cross_entropy_forward(x, t, **kw)
+    assert isinstance(loss, float) and np.isclose(loss, ref, rtol=1e-12)
+    g = fn.backward()
+    np.testing.assert_allclose(g, R.softmax_cross_entropy_backward(1.0, x, t, **kw), rtol=1e-11, atol=1e-15)
+    buf = fn._buf
+    fn(x, t)
+    assert fn.backward() is buf  # the gradient buffer is reused across steps
+    np.testing.assert_allclose(fn.backward(2.0), 2 * g, rtol=1e-12)
+    x2 = x.copy()
+    fi = CrossEntropyLoss(reduction="none", inplace=True)
+    per_row = fi(x2, t)
+    assert per_row.shape == (12,) and np.shares_memory(fi.backward(), x2)
+    d = rng.standard_normal(12)
+    np.testing.assert_allclose(fi.backward(d), R.softmax_cross_entropy_backward(d, x, t, reduction="none"),
+                               rtol=1e-11, atol=1e-15)
+    with pytest.raises(RuntimeError, match="forward first"):
+        CrossEntropyLoss().backward()
