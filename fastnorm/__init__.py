@@ -7,6 +7,16 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 from . import optim, reference
 from ._config import show_config
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
+from .divergence import (
+    entropy,
+    entropy_backward,
+    js_div,
+    js_div_backward,
+    kl_div,
+    kl_div_backward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from .norms import (
     batch_norm_backward,
     batch_norm_forward,
@@ -54,6 +64,17 @@ __all__ += [
     "weight_norm_backward",
     "cosine_linear_forward",
     "cosine_linear_backward",
+]
+
+__all__ += [
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy",
+    "entropy_backward",
+    "kl_div",
+    "kl_div_backward",
+    "js_div",
+    "js_div_backward",
 ]
 
 # NumPy layers for training loops (fastnorm.nn); imports NumPy only.

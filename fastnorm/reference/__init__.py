@@ -1,6 +1,16 @@
 """NumPy reference implementations: the specification of every fastnorm op (NumPy only, no tricks)."""
 
 from . import optim
+from .divergence import (
+    entropy,
+    entropy_backward,
+    js_div,
+    js_div_backward,
+    kl_div,
+    kl_div_backward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from .norms import (
     batch_norm_backward,
     batch_norm_forward,
@@ -47,4 +57,14 @@ __all__ += [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+]
+__all__ += [
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy",
+    "entropy_backward",
+    "kl_div",
+    "kl_div_backward",
+    "js_div",
+    "js_div_backward",
 ]

@@ -10,12 +10,14 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 
 from . import _cpuinfo, _isa
 
-# Kernel families built per target (every .pyx but the SINGLE_TARGET ones of setup.py).
-FAMILIES = ("_channel_norm", "_layer_norm", "_lrn", "_optim", "_weight_norm")
+# Kernel families built per target (every .pyx but the SINGLE_TARGET ones of setup.py), found from the
+# baseline builds, so a new kernel file needs no edit here.
+FAMILIES = tuple(sorted(m.name[: -len("_baseline")] for m in pkgutil.iter_modules(__path__) if m.name.endswith("_baseline")))
 
 
 def _is_built(target: str) -> bool:
@@ -83,6 +85,16 @@ from ._channel_norm import (  # noqa: E402
     instance_norm_backward,
     instance_norm_forward,
 )
+from ._divergence import (  # noqa: E402
+    entropy_backward,
+    entropy_forward,
+    js_div_backward,
+    js_div_forward,
+    kl_div_backward,
+    kl_div_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from ._layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward  # noqa: E402
 from ._lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len  # noqa: E402
 
@@ -130,4 +142,12 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy_forward",
+    "entropy_backward",
+    "kl_div_forward",
+    "kl_div_backward",
+    "js_div_forward",
+    "js_div_backward",
 ]

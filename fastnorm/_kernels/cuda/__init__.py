@@ -14,6 +14,16 @@ from .channel_norm import (
     instance_norm_backward,
     instance_norm_forward,
 )
+from .divergence import (
+    entropy_backward,
+    entropy_forward,
+    js_div_backward,
+    js_div_forward,
+    kl_div_backward,
+    kl_div_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
 from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
 from .optim import (
@@ -59,4 +69,12 @@ __all__ = [
     "adam_step",
     "gather_params",
     "gather_like",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy_forward",
+    "entropy_backward",
+    "kl_div_forward",
+    "kl_div_backward",
+    "js_div_forward",
+    "js_div_backward",
 ]

@@ -1,0 +1,684 @@
+"""Row-wise loss and divergence CPU kernels on an (M, V) row view: softmax cross-entropy (fused with its
+gradient, optionally in place), entropy, KL divergence, generalized Jensen-Shannon divergence.
+
+One row per task, OpenMP static over rows; every row result depends on that row only, so results are
+bitwise the same for any thread count. A row is read from memory once and re-read from cache by the
+later passes. exp and log are branch-free polynomial forms (``fn_exp_*``, ``fn_log_*`` below) that gcc
+vectorizes (libm's scalar calls would make these kernels compute-bound at a few ns per element); row sums
+use the blocked lane accumulators of fastnorm_moments.h (short low-precision sums folded into double).
+Per-row scalars (log-sum-exp, losses, gradient scales) are double.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+    #include "fastnorm_moments.h"
+
+    /* Every helper is forced inline: gcc otherwise keeps some as calls inside the Cython row loops, and a
+       call stops the loop from vectorizing. */
+    #if defined(__GNUC__)
+    #define FN_INL static inline __attribute__((always_inline))
+    #else
+    #define FN_INL static inline
+    #endif
+
+    FN_INL float fn_f_of_bits(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+    FN_INL uint32_t fn_bits_of_f(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+    FN_INL double fn_d_of_bits(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
+    FN_INL uint64_t fn_bits_of_d(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+
+    /* exp: x = n ln2 + r (Cody-Waite, |r| <= ln2/2), Taylor polynomial for exp(r), 2^n from exponent bits.
+       Relative error a few ulp; 0 below the normal range, inf above the overflow threshold, NaN kept. */
+    FN_INL float fn_exp_f(float x) {
+        float xc = x < -86.5f ? -86.5f : x;
+        xc = xc > 88.72f ? 88.72f : xc;
+        float n = rintf(xc * 1.44269504088896341f);
+        float r = xc - n * 0.693359375f;
+        r = r + n * 2.12194440e-4f;
+        float p = 1.98412698e-4f;
+        p = p * r + 1.38888889e-3f;
+        p = p * r + 8.33333333e-3f;
+        p = p * r + 4.16666667e-2f;
+        p = p * r + 1.66666667e-1f;
+        p = p * r + 0.5f;
+        p = p * r + 1.0f;
+        p = p * r + 1.0f;
+        float sc = fn_f_of_bits((uint32_t)((int32_t)n + 126) << 23);
+        float y = p * sc * 2.0f;
+        y = x < -86.5f ? 0.0f : y;
+        y = x > 88.72f ? INFINITY : y;
+        return y;
+    }
+
+    #define FN_LN2_HI 6.93147180369123816490e-01
+    #define FN_LN2_LO 1.90821492927058770002e-10
+
+    FN_INL double fn_exp_d(double x) {
+        double xc = x < -708.0 ? -708.0 : x;
+        xc = xc > 709.78 ? 709.78 : xc;
+        double n = rint(xc * 1.4426950408889634);
+        double r = (xc - n * FN_LN2_HI) - n * FN_LN2_LO;
+        double p = 1.6059043836821613e-10;
+        p = p * r + 2.08767569878681e-09;
+        p = p * r + 2.505210838544172e-08;
+        p = p * r + 2.755731922398589e-07;
+        p = p * r + 2.7557319223985893e-06;
+        p = p * r + 2.48015873015873e-05;
+        p = p * r + 0.0001984126984126984;
+        p = p * r + 0.001388888888888889;
+        p = p * r + 0.008333333333333333;
+        p = p * r + 0.041666666666666664;
+        p = p * r + 0.16666666666666666;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        /* 2^(n-1) from the bits of n + 1022 (the 1.5 * 2^52 shift leaves it in the low mantissa bits;
+           no double -> int64 conversion, which AVX2 cannot vectorize) */
+        uint64_t nb = fn_bits_of_d(n + (1022.0 + 6755399441055744.0));
+        double sc = fn_d_of_bits(nb << 52);
+        double y = p * sc * 2.0;
+        y = x < -708.0 ? 0.0 : y;
+        y = x > 709.78 ? INFINITY : y;
+        return y;
+    }
+
+    /* log: x = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1), as the
+       series 2 s sum_k s^2k / (2k + 1). Exact at special values: log 0 = -inf, log(<0) = NaN, log inf = inf. */
+    FN_INL float fn_log_f(float x) {
+        int sub = x < 1.17549435e-38f;
+        float xs = sub ? x * 33554432.0f : x;
+        uint32_t b = fn_bits_of_f(xs);
+        int32_t e = (int32_t)((b >> 23) & 0xffu) - 127 - (sub ? 25 : 0);
+        float m = fn_f_of_bits((b & 0x007fffffu) | 0x3f800000u);
+        int big = m > 1.41421356f;
+        m = big ? m * 0.5f : m;
+        e = big ? e + 1 : e;
+        float s = (m - 1.0f) / (m + 1.0f);
+        float z = s * s;
+        float p = 1.0f / 9.0f;
+        p = p * z + 1.0f / 7.0f;
+        p = p * z + 0.2f;
+        p = p * z + 1.0f / 3.0f;
+        p = p * z + 1.0f;
+        float fe = (float)e;
+        float y = fe * 0.693359375f + (2.0f * s * p - fe * 2.12194440e-4f);
+        y = x == 0.0f ? -INFINITY : y;
+        y = x < 0.0f ? NAN : y;
+        y = x == INFINITY ? INFINITY : y;
+        y = x != x ? x : y;
+        return y;
+    }
+
+    FN_INL double fn_log_d(double x) {
+        int sub = x < 2.2250738585072014e-308;
+        double xs = sub ? x * 18014398509481984.0 : x;
+        uint64_t b = fn_bits_of_d(xs);
+        /* the exponent field as a double without an int64 -> double conversion */
+        double fe = fn_d_of_bits(0x4330000000000000ull | ((b >> 52) & 0x7ffull)) - 4503599627370496.0;
+        fe = fe - 1023.0 - (sub ? 54.0 : 0.0);
+        double m = fn_d_of_bits((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+        int big = m > 1.4142135623730951;
+        m = big ? m * 0.5 : m;
+        fe = big ? fe + 1.0 : fe;
+        double s = (m - 1.0) / (m + 1.0);
+        double z = s * s;
+        double p = 1.0 / 23.0;
+        p = p * z + 1.0 / 21.0;
+        p = p * z + 1.0 / 19.0;
+        p = p * z + 1.0 / 17.0;
+        p = p * z + 1.0 / 15.0;
+        p = p * z + 1.0 / 13.0;
+        p = p * z + 1.0 / 11.0;
+        p = p * z + 1.0 / 9.0;
+        p = p * z + 1.0 / 7.0;
+        p = p * z + 1.0 / 5.0;
+        p = p * z + 1.0 / 3.0;
+        p = p * z + 1.0;
+        double y = fe * FN_LN2_HI + (2.0 * s * p + fe * FN_LN2_LO);
+        y = x == 0.0 ? -INFINITY : y;
+        y = x < 0.0 ? NAN : y;
+        y = x == INFINITY ? INFINITY : y;
+        y = x != x ? x : y;
+        return y;
+    }
+
+    /* ---- per-type row helpers: one loop per sum (gcc vectorizes those) ---- */
+    #define FN_DEFINE_DIV(T, SUF)                                                                     \
+    FN_INL T fn_max_##SUF(const T *x, ptrdiff_t n) {                                            \
+        T m[FN_LANES];                                                                                 \
+        for (int k = 0; k < FN_LANES; k++) m[k] = -INFINITY;                                           \
+        ptrdiff_t j = 0;                                                                               \
+        for (; j + FN_LANES <= n; j += FN_LANES)                                                       \
+            for (int k = 0; k < FN_LANES; k++) m[k] = x[j + k] > m[k] ? x[j + k] : m[k];               \
+        for (; j < n; j++) m[0] = x[j] > m[0] ? x[j] : m[0];                                           \
+        T r = m[0];                                                                                    \
+        for (int k = 1; k < FN_LANES; k++) r = m[k] > r ? m[k] : r;                                    \
+        return r;                                                                                      \
+    }                                                                                                  \
+    FN_INL double fn_sumexp_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
+        FN_BLOCKED_SUM(T, n, fn_exp_##SUF(x[i] - mx)) }                                                \
+    /* sum(mx - x), sum(w (mx - x)), sum(y (mx - x)), sum(w y (mx - x)), sum(w y) */                   \
+    FN_INL double fn_sumdev_##SUF(const T *x, ptrdiff_t n, T mx) {                              \
+        FN_BLOCKED_SUM(T, n, mx - x[i]) }                                                              \
+    FN_INL double fn_wsumdev_##SUF(const T *w, const T *x, ptrdiff_t n, T mx) {                 \
+        FN_BLOCKED_SUM(T, n, w[i] * (mx - x[i])) }                                                     \
+    FN_INL double fn_wwsumdev_##SUF(const T *w, const T *y, const T *x, ptrdiff_t n, T mx) {    \
+        FN_BLOCKED_SUM(T, n, w[i] * y[i] * (mx - x[i])) }                                              \
+    FN_INL double fn_wsum_##SUF(const T *w, const T *y, ptrdiff_t n) {                          \
+        FN_BLOCKED_SUM(T, n, w[i] * y[i]) }                                                            \
+    /* ---- KL: elementwise l and its derivatives ---- */                                             \
+    FN_INL T fn_xlogx_##SUF(T t) { return t == 0 ? (T)0 : t * fn_log_##SUF(t); }               \
+    FN_INL T fn_kl_elem_##SUF(T x, T t, int lt) {                                               \
+        return lt ? fn_exp_##SUF(t) * (t - x) : fn_xlogx_##SUF(t) - t * x; }                           \
+    FN_INL double fn_kl_sum_##SUF(const T *x, const T *t, ptrdiff_t n, int lt) {                \
+        if (lt) { FN_BLOCKED_SUM(T, n, fn_exp_##SUF(t[i]) * (t[i] - x[i])) }                           \
+        else { FN_BLOCKED_SUM(T, n, fn_xlogx_##SUF(t[i]) - t[i] * x[i]) } }                            \
+    /* ---- generalized JSD (Liger's), x = log Q, y = log P; 0 log 0 = 0 ---- */                      \
+    FN_INL T fn_js_elem_##SUF(T x, T y, T b) {                                                  \
+        T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
+        T m = b * p + ((T)1 - b) * q;                                                                  \
+        T lm = fn_log_##SUF(m);                                                                        \
+        T py = p == 0 ? (T)0 : p * y;                                                                  \
+        T qx = q == 0 ? (T)0 : q * x;                                                                  \
+        T ml = m == 0 ? (T)0 : m * lm;                                                                 \
+        return b * py + ((T)1 - b) * qx - ml; }                                                        \
+    FN_INL T fn_js_dx_##SUF(T x, T y, T b) {                                                    \
+        T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
+        T lm = fn_log_##SUF(b * p + ((T)1 - b) * q);                                                   \
+        return q == 0 ? (T)0 : ((T)1 - b) * q * (x - lm); }                                            \
+    FN_INL T fn_js_dy_##SUF(T x, T y, T b) {                                                    \
+        T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
+        T lm = fn_log_##SUF(b * p + ((T)1 - b) * q);                                                   \
+        return p == 0 ? (T)0 : b * p * (y - lm); }                                                     \
+    FN_INL T fn_fkl_elem_##SUF(T x, T y) { T p = fn_exp_##SUF(y); return p == 0 ? (T)0 : p * (y - x); } \
+    FN_INL T fn_rkl_elem_##SUF(T x, T y) { T q = fn_exp_##SUF(x); return q == 0 ? (T)0 : q * (x - y); } \
+    /* mode 0: beta = 0 (forward KL), 1: beta = 1 (reverse KL), 2: general */                         \
+    FN_INL T fn_jsm_elem_##SUF(T x, T y, T b, int mode) {                                       \
+        return mode == 0 ? fn_fkl_elem_##SUF(x, y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y)              \
+                                                      : fn_js_elem_##SUF(x, y, b)); }                  \
+    FN_INL T fn_jsm_dx_##SUF(T x, T y, T b, int mode) {                                         \
+        return mode == 0 ? -fn_exp_##SUF(y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y) + fn_exp_##SUF(x)   \
+                                                : fn_js_dx_##SUF(x, y, b)); }                          \
+    FN_INL T fn_jsm_dy_##SUF(T x, T y, T b, int mode) {                                         \
+        return mode == 0 ? fn_fkl_elem_##SUF(x, y) + fn_exp_##SUF(y) : (mode == 1 ? -fn_exp_##SUF(x)   \
+                                                : fn_js_dy_##SUF(x, y, b)); }                          \
+    FN_INL double fn_js_sum_##SUF(const T *x, const T *y, ptrdiff_t n, T b, int mode) {         \
+        if (mode == 0) { FN_BLOCKED_SUM(T, n, fn_fkl_elem_##SUF(x[i], y[i])) }                         \
+        else if (mode == 1) { FN_BLOCKED_SUM(T, n, fn_rkl_elem_##SUF(x[i], y[i])) }                    \
+        else { FN_BLOCKED_SUM(T, n, fn_js_elem_##SUF(x[i], y[i], b)) } }                               \
+    /* ---- entropy: sum of entr(p * inv) ---- */                                                     \
+    FN_INL T fn_entr_##SUF(T q) {                                                               \
+        T r = q > 0 ? -q * fn_log_##SUF(q) : (q == 0 ? (T)0 : (T)-INFINITY);                           \
+        return q != q ? q : r; }                                                                       \
+    FN_INL double fn_entr_sum_##SUF(const T *p, ptrdiff_t n, T inv) {                           \
+        FN_BLOCKED_SUM(T, n, fn_entr_##SUF(p[i] * inv)) }
+
+    FN_DEFINE_DIV(float, f)
+    FN_DEFINE_DIV(double, d)
+    """
+    float fn_exp_f(float x) noexcept nogil
+    double fn_exp_d(double x) noexcept nogil
+    float fn_log_f(float x) noexcept nogil
+    double fn_log_d(double x) noexcept nogil
+    float fn_max_f(const float *x, Py_ssize_t n) noexcept nogil
+    double fn_max_d(const double *x, Py_ssize_t n) noexcept nogil
+    double fn_sumexp_f(const float *x, Py_ssize_t n, float mx) noexcept nogil
+    double fn_sumexp_d(const double *x, Py_ssize_t n, double mx) noexcept nogil
+    double fn_sumdev_f(const float *x, Py_ssize_t n, float mx) noexcept nogil
+    double fn_sumdev_d(const double *x, Py_ssize_t n, double mx) noexcept nogil
+    double fn_wsumdev_f(const float *w, const float *x, Py_ssize_t n, float mx) noexcept nogil
+    double fn_wsumdev_d(const double *w, const double *x, Py_ssize_t n, double mx) noexcept nogil
+    double fn_wwsumdev_f(const float *w, const float *y, const float *x, Py_ssize_t n, float mx) noexcept nogil
+    double fn_wwsumdev_d(const double *w, const double *y, const double *x, Py_ssize_t n,
+                         double mx) noexcept nogil
+    double fn_wsum_f(const float *w, const float *y, Py_ssize_t n) noexcept nogil
+    double fn_wsum_d(const double *w, const double *y, Py_ssize_t n) noexcept nogil
+    double fn_sum_f(const float *x, Py_ssize_t n) noexcept nogil
+    double fn_sum_d(const double *x, Py_ssize_t n) noexcept nogil
+    float fn_kl_elem_f(float x, float t, int lt) noexcept nogil
+    double fn_kl_elem_d(double x, double t, int lt) noexcept nogil
+    double fn_kl_sum_f(const float *x, const float *t, Py_ssize_t n, int lt) noexcept nogil
+    double fn_kl_sum_d(const double *x, const double *t, Py_ssize_t n, int lt) noexcept nogil
+    float fn_jsm_elem_f(float x, float y, float b, int mode) noexcept nogil
+    double fn_jsm_elem_d(double x, double y, double b, int mode) noexcept nogil
+    float fn_jsm_dx_f(float x, float y, float b, int mode) noexcept nogil
+    double fn_jsm_dx_d(double x, double y, double b, int mode) noexcept nogil
+    float fn_jsm_dy_f(float x, float y, float b, int mode) noexcept nogil
+    double fn_jsm_dy_d(double x, double y, double b, int mode) noexcept nogil
+    double fn_js_sum_f(const float *x, const float *y, Py_ssize_t n, float b, int mode) noexcept nogil
+    double fn_js_sum_d(const double *x, const double *y, Py_ssize_t n, double b, int mode) noexcept nogil
+    double fn_entr_sum_f(const float *p, Py_ssize_t n, float inv) noexcept nogil
+    double fn_entr_sum_d(const double *p, Py_ssize_t n, double inv) noexcept nogil
+
+from libc.math cimport log, isfinite
+
+
+# ------------------------------------------------------------------------------------------ typed shims
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return fn_exp_f(x)
+    else:
+        return fn_exp_d(x)
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return fn_log_f(x)
+    else:
+        return fn_log_d(x)
+
+
+cdef inline floating _max(const floating *x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fn_max_f(x, n)
+    else:
+        return fn_max_d(x, n)
+
+
+cdef inline double _sumexp(const floating *x, Py_ssize_t n, floating mx) noexcept nogil:
+    if floating is float:
+        return fn_sumexp_f(x, n, mx)
+    else:
+        return fn_sumexp_d(x, n, mx)
+
+
+cdef inline double _wsumdev(const floating *w, const floating *x, Py_ssize_t n, floating mx) noexcept nogil:
+    """sum_j w_j (mx - x_j) (w NULL: weights 1)."""
+    if floating is float:
+        return fn_wsumdev_f(w, x, n, mx) if w != NULL else fn_sumdev_f(x, n, mx)
+    else:
+        return fn_wsumdev_d(w, x, n, mx) if w != NULL else fn_sumdev_d(x, n, mx)
+
+
+cdef inline double _wysumdev(const floating *w, const floating *y, const floating *x, Py_ssize_t n,
+                             floating mx) noexcept nogil:
+    """sum_j w_j y_j (mx - x_j) (w NULL: weights 1)."""
+    if floating is float:
+        return fn_wwsumdev_f(w, y, x, n, mx) if w != NULL else fn_wsumdev_f(y, x, n, mx)
+    else:
+        return fn_wwsumdev_d(w, y, x, n, mx) if w != NULL else fn_wsumdev_d(y, x, n, mx)
+
+
+cdef inline double _wysum(const floating *w, const floating *y, Py_ssize_t n) noexcept nogil:
+    """sum_j w_j y_j (w NULL: weights 1)."""
+    if floating is float:
+        return fn_wsum_f(w, y, n) if w != NULL else fn_sum_f(y, n)
+    else:
+        return fn_wsum_d(w, y, n) if w != NULL else fn_sum_d(y, n)
+
+
+cdef inline const floating *_ptr1(const floating[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+# ------------------------------------------------------------------------------------ cross-entropy rows
+cdef inline void _ce_grad_row(const floating *x, Py_ssize_t v, Py_ssize_t t, const floating *y,
+                              const floating *w, double eps, double wsum, double c, floating mx,
+                              floating off, double sy, floating *g) noexcept nogil:
+    """g = c * dloss_row/dx with p_j = exp((x_j - mx) - off); may write over x (every read of x_j comes
+    before the write of g_j, and x_t is read first)."""
+    cdef Py_ssize_t j
+    cdef double wt
+    cdef floating ca, cb, c1, c0, xt
+    if y == NULL:
+        xt = x[t]
+        wt = w[t] if w != NULL else 1.0
+        # dloss/dx_j = p_j ((1 - eps) w_t + eps W / V) - (1 - eps) w_t [j == t] - eps / V w_j
+        ca = <floating>(c * ((1.0 - eps) * wt + eps * wsum / v))
+        cb = <floating>(c * eps / v)
+        if w != NULL:
+            for j in range(v):
+                g[j] = ca * _exp((x[j] - mx) - off) - cb * w[j]
+        else:
+            for j in range(v):
+                g[j] = ca * _exp((x[j] - mx) - off) - cb
+        g[t] = g[t] - <floating>(c * (1.0 - eps) * wt)
+    else:
+        # dloss/dx_j = p_j sum_k w_k y'_k - w_j y'_j,  y' = (1 - eps) y + eps / V
+        ca = <floating>(c * ((1.0 - eps) * sy + eps * wsum / v))
+        c1 = <floating>(c * (1.0 - eps))
+        c0 = <floating>(c * eps / v)
+        if w != NULL:
+            for j in range(v):
+                g[j] = ca * _exp((x[j] - mx) - off) - w[j] * (c1 * y[j] + c0)
+        else:
+            for j in range(v):
+                g[j] = ca * _exp((x[j] - mx) - off) - (c1 * y[j] + c0)
+
+
+cdef inline void _ce_fwd_row(const floating *x, Py_ssize_t v, Py_ssize_t t, const floating *y,
+                             const floating *w, double eps, double wsum, double c, floating *g,
+                             double *loss, double *lse) noexcept nogil:
+    """Row loss and log-sum-exp; with g != NULL also g = c * dloss/dx (t < 0: an ignored row)."""
+    cdef floating mx = _max(x, v)
+    cdef double log_s, wt, sy = 0.0, b
+    cdef Py_ssize_t j
+    if not isfinite(mx):
+        mx = 0  # all -inf, or +inf/NaN present: let them propagate through the sum as the reference does
+    log_s = log(_sumexp(x, v, mx))
+    lse[0] = mx + log_s
+    if y == NULL:
+        if t < 0:
+            loss[0] = 0.0
+            if g != NULL:
+                for j in range(v):
+                    g[j] = 0
+            return
+        wt = w[t] if w != NULL else 1.0
+        # loss = (1 - eps) w_t (lse - x_t) + eps / V sum_j w_j (lse - x_j), with lse - x = (mx - x) + log_s
+        loss[0] = (1.0 - eps) * wt * ((<double>mx - <double>x[t]) + log_s)
+        if eps != 0.0:
+            loss[0] += eps / v * (_wsumdev(w, x, v, mx) + wsum * log_s)
+    else:
+        sy = _wysum(w, y, v)
+        b = (1.0 - eps) * (_wysumdev(w, y, x, v, mx) + sy * log_s)
+        if eps != 0.0:
+            b += eps / v * (_wsumdev(w, x, v, mx) + wsum * log_s)
+        loss[0] = b
+    if g != NULL:
+        _ce_grad_row(x, v, t, y, w, eps, wsum, c, mx, <floating>log_s, sy, g)
+
+
+def softmax_cross_entropy_forward(const floating[:, ::1] logits,       # IN  (M, V)
+                                  const int64_t[::1] target,           # IN  (M,) class indices, or length 0
+                                  const floating[:, ::1] target_prob,  # IN  (M, V) probabilities, or (0, 0)
+                                  const floating[::1] weight,          # IN  (V,) or length 0
+                                  const double[::1] gscale,            # IN  (M,), (1,) broadcast, or length 0
+                                  floating[:, ::1] grad,               # OUT (M, V) or (0, 0); may be logits
+                                  double[::1] loss,                    # OUT (M,) row losses (0 if ignored)
+                                  double[::1] lse,                     # OUT (M,) log-sum-exp
+                                  int64_t ignore_index, double label_smoothing, double weight_sum,
+                                  int n_threads):
+    """Row losses (unreduced, weighted) and log-sum-exp; with ``grad`` also the gradient of
+    sum_i gscale_i * loss_i written in the same pass (targets must be in range or ``ignore_index``)."""
+    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i, t
+    cdef const floating *w = _ptr1(weight)
+    cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
+    cdef bint bcast = gscale.shape[0] == 1
+    cdef double c
+    if m == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            t = -1
+            if not probs:
+                t = target[i]
+                if t == ignore_index:
+                    t = -1
+            c = 0.0
+            if want_g:
+                c = gscale[0] if bcast else gscale[i]
+            _ce_fwd_row(&logits[i, 0], v, t, &target_prob[i, 0] if probs else NULL, w, label_smoothing,
+                        weight_sum, c, &grad[i, 0] if want_g else NULL, &loss[i], &lse[i])
+
+
+def softmax_cross_entropy_backward(const floating[:, ::1] logits,       # IN  (M, V)
+                                   const int64_t[::1] target,           # IN  (M,) or length 0
+                                   const floating[:, ::1] target_prob,  # IN  (M, V) or (0, 0)
+                                   const floating[::1] weight,          # IN  (V,) or length 0
+                                   const double[::1] lse,               # IN  (M,) from the forward
+                                   const double[::1] gscale,            # IN  (M,) or (1,) broadcast
+                                   floating[:, ::1] grad,               # OUT (M, V)
+                                   int64_t ignore_index, double label_smoothing, double weight_sum,
+                                   int n_threads):
+    """grad_i = gscale_i * dloss_i/dlogits_i, from the saved log-sum-exp (one read of the row)."""
+    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i, j, t
+    cdef const floating *w = _ptr1(weight)
+    cdef const floating *y
+    cdef bint probs = target_prob.shape[0] > 0, bcast = gscale.shape[0] == 1
+    cdef double c, sy
+    cdef floating mx, off
+    if m == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            c = gscale[0] if bcast else gscale[i]
+            # lse = mx + off with mx in the input dtype: x_j - mx is exact near the row maximum
+            mx = <floating>lse[i]
+            if not isfinite(mx):
+                mx = 0
+            off = <floating>(lse[i] - <double>mx)
+            y = NULL
+            sy = 0.0
+            t = -1
+            if probs:
+                y = &target_prob[i, 0]
+                sy = _wysum(w, y, v)
+            else:
+                t = target[i]
+                if t == ignore_index:
+                    for j in range(v):
+                        grad[i, j] = 0
+                    continue
+            _ce_grad_row(&logits[i, 0], v, t, y, w, label_smoothing, weight_sum, c, mx, off, sy, &grad[i, 0])
+
+
+# ------------------------------------------------------------------------------------------------ entropy
+cdef inline double _entropy_row(const floating *p, Py_ssize_t v, double s) noexcept nogil:
+    """Natural-log entropy of p / s, s = sum(p) (scipy.stats.entropy)."""
+    if floating is float:
+        return fn_entr_sum_f(p, v, <float>(1.0 / s))
+    else:
+        return fn_entr_sum_d(p, v, 1.0 / s)
+
+
+cdef inline double _rowsum(const floating *p, Py_ssize_t v) noexcept nogil:
+    if floating is float:
+        return fn_sum_f(p, v)
+    else:
+        return fn_sum_d(p, v)
+
+
+def entropy_forward(const floating[:, ::1] p,    # IN  (M, V)
+                    floating[::1] h,             # OUT (M,)
+                    double inv_log_base, int n_threads):
+    cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            h[i] = <floating>(_entropy_row(&p[i, 0], v, _rowsum(&p[i, 0], v)) * inv_log_base)
+
+
+def entropy_backward(const floating[::1] dh,     # IN  (M,)
+                     const floating[:, ::1] p,   # IN  (M, V)
+                     floating[:, ::1] dp,        # OUT (M, V)
+                     double inv_log_base, int n_threads):
+    """dp_j = -dh (log(p_j / S) + H) / (S log(base)), S = sum(p), H the natural-log entropy."""
+    cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i, j
+    cdef double s, hn
+    cdef floating inv, c, hf
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            s = _rowsum(&p[i, 0], v)
+            hn = _entropy_row(&p[i, 0], v, s)
+            inv = <floating>(1.0 / s)
+            c = <floating>(-dh[i] * inv_log_base / s)
+            hf = <floating>hn
+            for j in range(v):
+                dp[i, j] = c * (_log(p[i, j] * inv) + hf)
+
+
+# ------------------------------------------------------------------------------------------------ KL
+cdef inline void _kl_grad_row(const floating *x, const floating *t, const floating *dl, Py_ssize_t v, bint lt,
+                              floating c, floating *dx, floating *dt) noexcept nogil:
+    """dx = -c dl t (or -c dl exp(t)), dt = c dl (log t + 1 - x) (or c dl exp(t) (t - x + 1)); dl NULL: 1."""
+    cdef Py_ssize_t j
+    if dx != NULL:
+        if dl != NULL:
+            if lt:
+                for j in range(v):
+                    dx[j] = -c * dl[j] * _exp(t[j])
+            else:
+                for j in range(v):
+                    dx[j] = -c * dl[j] * t[j]
+        else:
+            if lt:
+                for j in range(v):
+                    dx[j] = -c * _exp(t[j])
+            else:
+                for j in range(v):
+                    dx[j] = -c * t[j]
+    if dt != NULL:
+        if dl != NULL:
+            if lt:
+                for j in range(v):
+                    dt[j] = c * dl[j] * (_exp(t[j]) * (t[j] - x[j] + 1))
+            else:
+                for j in range(v):
+                    dt[j] = c * dl[j] * (_log(t[j]) + 1 - x[j])
+        else:
+            if lt:
+                for j in range(v):
+                    dt[j] = c * (_exp(t[j]) * (t[j] - x[j] + 1))
+            else:
+                for j in range(v):
+                    dt[j] = c * (_log(t[j]) + 1 - x[j])
+
+
+def kl_div_forward(const floating[:, ::1] input,    # IN  (M, V) log q
+                   const floating[:, ::1] target,   # IN  (M, V) p (or log p)
+                   double[::1] loss,                # OUT (M,) row sums of the elementwise loss
+                   floating[:, ::1] elem,           # OUT (M, V) elementwise loss, or (0, 0)
+                   floating[:, ::1] dinput,         # OUT (M, V) gscale * dsum/dinput, or (0, 0)
+                   floating[:, ::1] dtarget,        # OUT (M, V) gscale * dsum/dtarget, or (0, 0)
+                   bint log_target, double gscale, int n_threads):
+    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i, j
+    cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
+    cdef floating c = <floating>gscale
+    cdef int lt = log_target
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            if floating is float:
+                loss[i] = fn_kl_sum_f(&input[i, 0], &target[i, 0], v, lt)
+            else:
+                loss[i] = fn_kl_sum_d(&input[i, 0], &target[i, 0], v, lt)
+            if want_e:
+                for j in range(v):
+                    if floating is float:
+                        elem[i, j] = fn_kl_elem_f(input[i, j], target[i, j], lt)
+                    else:
+                        elem[i, j] = fn_kl_elem_d(input[i, j], target[i, j], lt)
+            if want_dx or want_dt:
+                _kl_grad_row(&input[i, 0], &target[i, 0], NULL, v, log_target, c,
+                             &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
+
+
+def kl_div_backward(const floating[:, ::1] dloss,   # IN  (M, V) elementwise dloss, or (0, 0): all ones
+                    const floating[:, ::1] input,   # IN  (M, V)
+                    const floating[:, ::1] target,  # IN  (M, V)
+                    floating[:, ::1] dinput,        # OUT (M, V) or (0, 0)
+                    floating[:, ::1] dtarget,       # OUT (M, V) or (0, 0)
+                    bint log_target, double scale, int n_threads):
+    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i
+    cdef bint want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0, has_dl = dloss.shape[0] > 0
+    cdef floating c = <floating>scale
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            _kl_grad_row(&input[i, 0], &target[i, 0], &dloss[i, 0] if has_dl else NULL, v, log_target, c,
+                         &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
+
+
+# ------------------------------------------------------------------------------------------------ JS
+cdef inline int _js_mode(double beta) noexcept nogil:
+    return 0 if beta == 0.0 else (1 if beta == 1.0 else 2)
+
+
+cdef inline void _js_grad_row(const floating *x, const floating *y, const floating *dl, Py_ssize_t v,
+                              floating b, int mode, floating c, floating *dx, floating *dy) noexcept nogil:
+    cdef Py_ssize_t j
+    if dx != NULL:
+        if dl != NULL:
+            for j in range(v):
+                if floating is float:
+                    dx[j] = c * dl[j] * fn_jsm_dx_f(x[j], y[j], b, mode)
+                else:
+                    dx[j] = c * dl[j] * fn_jsm_dx_d(x[j], y[j], b, mode)
+        else:
+            for j in range(v):
+                if floating is float:
+                    dx[j] = c * fn_jsm_dx_f(x[j], y[j], b, mode)
+                else:
+                    dx[j] = c * fn_jsm_dx_d(x[j], y[j], b, mode)
+    if dy != NULL:
+        if dl != NULL:
+            for j in range(v):
+                if floating is float:
+                    dy[j] = c * dl[j] * fn_jsm_dy_f(x[j], y[j], b, mode)
+                else:
+                    dy[j] = c * dl[j] * fn_jsm_dy_d(x[j], y[j], b, mode)
+        else:
+            for j in range(v):
+                if floating is float:
+                    dy[j] = c * fn_jsm_dy_f(x[j], y[j], b, mode)
+                else:
+                    dy[j] = c * fn_jsm_dy_d(x[j], y[j], b, mode)
+
+
+cdef inline void _zero_row(floating *a, Py_ssize_t v) noexcept nogil:
+    cdef Py_ssize_t j
+    if a != NULL:
+        for j in range(v):
+            a[j] = 0
+
+
+def js_div_forward(const floating[:, ::1] input,    # IN  (M, V) log Q
+                   const floating[:, ::1] target,   # IN  (M, V) log P
+                   const uint8_t[::1] keep,         # IN  (M,) 0 = ignored row, or length 0 (all kept)
+                   double[::1] loss,                # OUT (M,) row sums
+                   floating[:, ::1] elem,           # OUT (M, V) or (0, 0)
+                   floating[:, ::1] dinput,         # OUT (M, V) or (0, 0)
+                   floating[:, ::1] dtarget,        # OUT (M, V) or (0, 0)
+                   double beta, double gscale, int n_threads):
+    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i, j
+    cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
+    cdef bint all_kept = keep.shape[0] == 0
+    cdef int mode = _js_mode(beta)
+    cdef floating b = <floating>beta, c = <floating>gscale
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            if not all_kept and keep[i] == 0:
+                loss[i] = 0.0
+                _zero_row(&elem[i, 0] if want_e else <floating *>NULL, v)
+                _zero_row(&dinput[i, 0] if want_dx else <floating *>NULL, v)
+                _zero_row(&dtarget[i, 0] if want_dt else <floating *>NULL, v)
+                continue
+            if floating is float:
+                loss[i] = fn_js_sum_f(&input[i, 0], &target[i, 0], v, b, mode)
+            else:
+                loss[i] = fn_js_sum_d(&input[i, 0], &target[i, 0], v, b, mode)
+            if want_e:
+                for j in range(v):
+                    if floating is float:
+                        elem[i, j] = fn_jsm_elem_f(input[i, j], target[i, j], b, mode)
+                    else:
+                        elem[i, j] = fn_jsm_elem_d(input[i, j], target[i, j], b, mode)
+            if want_dx or want_dt:
+                _js_grad_row(&input[i, 0], &target[i, 0], NULL, v, b, mode, c,
+                             &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
+
+
+def js_div_backward(const floating[:, ::1] dloss,   # IN  (M, V) elementwise dloss, or (0, 0): all ones
+                    const floating[:, ::1] input,   # IN  (M, V)
+                    const floating[:, ::1] target,  # IN  (M, V)
+                    const uint8_t[::1] keep,        # IN  (M,) or length 0
+                    floating[:, ::1] dinput,        # OUT (M, V) or (0, 0)
+                    floating[:, ::1] dtarget,       # OUT (M, V) or (0, 0)
+                    double beta, double scale, int n_threads):
+    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i
+    cdef bint want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0, has_dl = dloss.shape[0] > 0
+    cdef bint all_kept = keep.shape[0] == 0
+    cdef int mode = _js_mode(beta)
+    cdef floating b = <floating>beta, c = <floating>scale
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            if not all_kept and keep[i] == 0:
+                _zero_row(&dinput[i, 0] if want_dx else <floating *>NULL, v)
+                _zero_row(&dtarget[i, 0] if want_dt else <floating *>NULL, v)
+                continue
+            _js_grad_row(&input[i, 0], &target[i, 0], &dloss[i, 0] if has_dl else NULL, v, b, mode, c,
+                         &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)

@@ -1,0 +1,221 @@
+"""Benchmark cases: fused softmax cross-entropy forward + backward, KL and JS forward + backward, entropy;
+float32 (M, V) rows. Also ``peak_memory_report()`` (``python -m fastnorm.bench.cases_divergence``): the extra
+peak memory of one cross-entropy forward + backward, fastnorm's and torch's, from the peak RSS of a fresh
+process per provider.
+
+Bytes moved by a perfect fused kernel: cross-entropy fwd+bwd reads the logits once and writes the gradient
+once (8 bytes per element; in place the same bytes in one read-write stream); KL/JS fwd+bwd read input and
+target and write the input's gradient (12 bytes per element); entropy reads p (4 bytes per element).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastnorm
+from fastnorm import reference as R
+
+from ._core import Case, torch_or_none
+
+CE_FULL = [(8192, 32000)]
+CE_QUICK = [(1024, 32000)]
+DIV_FULL = [(4096, 32000)]
+DIV_QUICK = [(1024, 8192)]
+
+
+def _ce_inputs(m, v):
+    def make(rng):
+        x = rng.standard_normal((m, v), dtype=np.float32)
+        t = rng.integers(0, v, size=m)
+        t[::17] = -100
+        return dict(x=x, t=t)
+
+    return make
+
+
+def _div_inputs(m, v):
+    def make(rng):
+        a = rng.standard_normal((m, v), dtype=np.float32)
+        b = rng.standard_normal((m, v), dtype=np.float32)
+        x = a - np.log(np.exp(a).sum(1, keepdims=True))
+        y = b - np.log(np.exp(b).sum(1, keepdims=True))
+        return dict(x=x.astype(np.float32), y=y.astype(np.float32), p=np.exp(y).astype(np.float32))
+
+    return make
+
+
+# ------------------------------------------------------------------------------------------ cross-entropy
+def _fn_ce(s):
+    return lambda: fastnorm.softmax_cross_entropy_forward(s["x"], s["t"], grad="out")
+
+
+def _fn_ce_out(s):
+    g = np.empty_like(s["x"])
+    return lambda: fastnorm.softmax_cross_entropy_forward(s["x"], s["t"], grad="out", out=(None, None, g))
+
+
+def _fn_ce_inplace(s):
+    # Overwrites its own copy of the logits with the gradient every call (the values stay in [-1, 1]).
+    x = s["x"].copy()
+    return lambda: fastnorm.softmax_cross_entropy_forward(x, s["t"], grad="inplace")
+
+
+def _np_ce(s):
+    def run():
+        loss, _ = R.softmax_cross_entropy_forward(s["x"], s["t"])
+        return loss, R.softmax_cross_entropy_backward(1.0, s["x"], s["t"])
+
+    return run
+
+
+def _torch_ce(s):
+    torch = torch_or_none()
+    x = torch.from_numpy(s["x"]).requires_grad_()
+    t = torch.from_numpy(s["t"])
+
+    def run():
+        x.grad = None
+        loss = torch.nn.functional.cross_entropy(x, t)
+        loss.backward()
+        return loss
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------ KL / JS / entropy
+def _fn_kl(s):
+    return lambda: fastnorm.kl_div(s["x"], s["y"], reduction="batchmean", log_target=True, grad="out")
+
+
+def _np_kl(s):
+    def run():
+        return (R.kl_div(s["x"], s["y"], reduction="batchmean", log_target=True),
+                R.kl_div_backward(1.0, s["x"], s["y"], reduction="batchmean", log_target=True)[0])  # fmt: skip
+
+    return run
+
+
+def _torch_kl(s):
+    torch = torch_or_none()
+    x = torch.from_numpy(s["x"]).requires_grad_()
+    y = torch.from_numpy(s["y"])
+
+    def run():
+        x.grad = None
+        loss = torch.nn.functional.kl_div(x, y, reduction="batchmean", log_target=True)
+        loss.backward()
+        return loss
+
+    return run
+
+
+def _fn_js(s):
+    return lambda: fastnorm.js_div(s["x"], s["y"], beta=0.5, grad="out")
+
+
+def _np_js(s):
+    return lambda: (R.js_div(s["x"], s["y"]), R.js_div_backward(1.0, s["x"], s["y"])[0])
+
+
+def _torch_js(s):
+    # torch has no JSD: the composed ops of fastnorm.torch.losses' fallback, with autograd.
+    torch = torch_or_none()
+    from fastnorm.torch.losses import _js_torch
+
+    x = torch.from_numpy(s["x"]).requires_grad_()
+    y = torch.from_numpy(s["y"])
+
+    def run():
+        x.grad = None
+        loss = _js_torch(x, y, None, 0.5, -100, "batchmean")
+        loss.backward()
+        return loss
+
+    return run
+
+
+def _fn_entropy(s):
+    return lambda: fastnorm.entropy(s["p"])
+
+
+def _np_entropy(s):
+    return lambda: R.entropy(s["p"])
+
+
+def _torch_entropy(s):
+    torch = torch_or_none()
+    p = torch.from_numpy(s["p"])
+
+    def run():
+        q = p / p.sum(-1, keepdim=True)
+        return torch.special.entr(q).sum(-1)
+
+    return run
+
+
+def _providers(**p):
+    if torch_or_none() is None:
+        p = {k: v for k, v in p.items() if not k.startswith("torch")}
+    return p
+
+
+def cases(quick: bool) -> list[Case]:
+    out = []
+    for m, n in CE_QUICK if quick else CE_FULL:
+        mn = m * n
+        out.append(Case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n),
+                        _providers(**{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
+                                      "fastnorm inplace": _fn_ce_inplace, "numpy": _np_ce, "torch": _torch_ce}),
+                        8 * mn + 24 * m, (1, 0, 1), mn))  # fmt: skip
+    for m, n in DIV_QUICK if quick else DIV_FULL:
+        mn = m * n
+        make = _div_inputs(m, n)
+        out += [
+            Case("kl_div", f"({m}, {n}) fwd+bwd log_target", make,
+                 _providers(fastnorm=_fn_kl, numpy=_np_kl, torch=_torch_kl), 12 * mn, (2, 0, 1), mn),
+            Case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make,
+                 _providers(fastnorm=_fn_js, numpy=_np_js, torch=_torch_js), 12 * mn, (2, 0, 1), mn),
+            Case("entropy", f"({m}, {n})", make,
+                 _providers(fastnorm=_fn_entropy, numpy=_np_entropy, torch=_torch_entropy), 4 * mn, (1, 0, 0), mn),
+        ]  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------------------------------ peak memory
+def _peak_child(provider: str, m: int, v: int) -> int:
+    """In a fresh process: the growth of the peak RSS (bytes) over one cross-entropy forward + backward,
+    after the logits and targets exist (every page touched)."""
+    import resource
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, v), dtype=np.float32)
+    t = rng.integers(0, v, size=m)
+    if provider == "torch":
+        torch = torch_or_none()
+        xt = torch.from_numpy(x).requires_grad_()
+        tt = torch.from_numpy(t)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        torch.nn.functional.cross_entropy(xt, tt).backward()
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fastnorm.softmax_cross_entropy_forward(x, t, grad=provider)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+
+def peak_memory_report(m: int = 8192, v: int = 32000) -> dict:
+    """Extra peak memory (bytes beyond the logits and targets) of one cross-entropy forward + backward, by
+    the growth of the peak resident set size in a fresh process per provider: fastnorm grad="out" (a new
+    gradient buffer), grad="inplace" (over the logits), torch ``F.cross_entropy(x, t).backward()``."""
+    import subprocess
+    import sys
+
+    rep = {"shape": (m, v), "logits_bytes": 4 * m * v}
+    for provider in ("out", "inplace", "torch"):
+        code = f"from fastnorm.bench.cases_divergence import _peak_child; print(_peak_child({provider!r}, {m}, {v}))"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rep[provider] = int(r.stdout.strip().splitlines()[-1])
+    return rep
+
+
+if __name__ == "__main__":
+    print(peak_memory_report())

@@ -1,0 +1,308 @@
+"""Differentiable fastnorm losses on torch tensors: ``cross_entropy``, ``kl_div``, ``js_div`` and the drop-in
+modules ``CrossEntropyLoss``, ``KLDivLoss`` (subclasses of torch's, same arguments and state) and ``JSDLoss``
+(Liger-Kernel's ``LigerJSD`` call convention: ``loss(log_q, log_p, labels=None)``).
+
+Fused like Liger-Kernel: when the input requires grad and the loss is reduced, the forward kernel also
+writes the input's gradient in the same pass (one logits-sized buffer, which autograd keeps instead of
+torch's saved log-softmax), and the backward only scales it by the incoming gradient. For
+``reduction="none"`` the forward saves what the backward kernel needs.
+
+What fastnorm does not run goes to torch's own implementation (the functions silently, the modules with a
+one-time ``FastnormFallbackWarning``): dtypes other than float32/float64 (and float16 on CUDA), a target
+of another shape than the input for ``kl_div`` (torch broadcasts), probability targets that require grad,
+``cross_entropy`` inputs that are not floating point. ``cross_entropy`` takes torch's (N, C, d1, ...) layout
+by moving the class axis last (a copy). These are not registered as ``torch.library`` custom ops:
+``torch.compile`` graph-breaks around them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+import fastnorm
+
+from . import functional as _F
+from .nn import FastnormFallbackWarning
+
+__all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
+
+_arr, _ten = _F._arr, _F._ten
+
+
+def _legacy(size_average, reduce, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        return torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
+    return reduction
+
+
+def _is_one(g: Tensor) -> bool:
+    return g.numel() == 1 and g.device.type == "cpu" and float(g) == 1.0
+
+
+def _scaled(saved: Tensor, g: Tensor) -> Tensor:
+    """saved * g for a scalar upstream gradient (the saved tensor itself when g == 1, as Liger does)."""
+    return saved if _is_one(g) else saved * g.to(saved.dtype)
+
+
+# ------------------------------------------------------------------------------------- cross-entropy
+class CrossEntropyFunction(torch.autograd.Function):
+    """Softmax cross-entropy on (N, V) or (V,) logits; the reduced forms compute the gradient in the forward."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, label_smoothing, reduction):
+        fused = logits.requires_grad and reduction != "none"
+        kw = dict(weight=_arr(weight), ignore_index=ignore_index, label_smoothing=label_smoothing,
+                  reduction=reduction)  # fmt: skip
+        loss, lse, g = fastnorm.softmax_cross_entropy_forward(
+            _arr(logits), _arr(target), grad="out" if fused else None, **kw
+        )
+        ctx.kw = kw
+        ctx.fused = fused
+        if fused:
+            ctx.save_for_backward(_ten(g, logits))
+        else:
+            ctx.save_for_backward(logits, target, _ten(lse, logits))
+        return _ten(loss, logits)
+
+    @staticmethod
+    def backward(ctx, dloss):
+        if ctx.fused:
+            (g,) = ctx.saved_tensors
+            return _scaled(g, dloss), None, None, None, None, None
+        logits, target, lse = ctx.saved_tensors
+        g = fastnorm.softmax_cross_entropy_backward(
+            _arr(dloss.contiguous()), _arr(logits), _arr(target), _arr(lse), **ctx.kw
+        )
+        return _ten(g, logits), None, None, None, None, None
+
+
+def _ce_supported(input: Tensor, target: Tensor, weight: Tensor | None) -> str | None:
+    reason = _F.unsupported_reason(input, weight, op="softmax_cross_entropy")
+    if reason is not None:
+        return reason
+    if target.is_floating_point():
+        if target.requires_grad:
+            return "probability targets that require grad are not supported"
+        if target.dtype != input.dtype:
+            return f"probability target dtype {target.dtype} differs from the input's {input.dtype}"
+    elif target.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16, torch.int8):
+        return f"target dtype {target.dtype} is not supported"
+    if weight is not None and weight.dtype != input.dtype:
+        return f"weight dtype {weight.dtype} differs from the input's {input.dtype}"
+    if input.dim() == 0:
+        return "a 0-d input"
+    return None
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    ignore_index: int = -100,
+    reduce=None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` on fastnorm's fused kernel (same signature and semantics)::
+
+        loss_i = (1 - eps) w[t_i] (-log_softmax(x_i)[t_i]) + eps / C sum_j w_j (-log_softmax(x_i)[j])
+
+    (probability targets: -sum_j w_j y'_ij log_softmax(x_i)[j], y' = (1 - eps) y + eps / C), reduced by
+    "none" / "sum" / "mean" (over the weights of non-ignored targets). (N, C, d1, ...) inputs are run as
+    (N * d1 * ..., C) rows (the class axis moved last: a copy). Unsupported inputs run torch's own.
+    """
+    reduction = _legacy(size_average, reduce, reduction)
+    if _ce_supported(input, target, weight) is not None:
+        return torch.nn.functional.cross_entropy(input, target, weight, None, ignore_index, None, reduction,
+                                                 label_smoothing)  # fmt: skip
+    if input.dim() > 2:
+        c = input.shape[1]
+        x2 = input.movedim(1, -1).reshape(-1, c).contiguous()
+        t2 = (target.movedim(1, -1).reshape(-1, c) if target.is_floating_point() else target.reshape(-1)).contiguous()
+        loss = CrossEntropyFunction.apply(x2, t2, weight, int(ignore_index), float(label_smoothing), reduction)
+        if reduction == "none":
+            loss = loss.reshape((input.shape[0],) + tuple(input.shape[2:]))
+        return loss
+    t = target if target.is_floating_point() else target.to(torch.int64)
+    return CrossEntropyFunction.apply(input.contiguous(), t.contiguous(), weight, int(ignore_index),
+                                      float(label_smoothing), reduction)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ KL / JS
+class _DivergenceFunction(torch.autograd.Function):
+    """KL or JS divergence; reduced forms fuse the gradients into the forward."""
+
+    @staticmethod
+    def forward(ctx, input, target, labels, which, kw):
+        fwd = fastnorm.kl_div if which == "kl" else fastnorm.js_div
+        want_x, want_t = input.requires_grad, target.requires_grad
+        fused = kw["reduction"] != "none" and (want_x or want_t)
+        extra = {} if which == "kl" else dict(labels=_arr(labels))
+        loss, dx, dt = fwd(_arr(input), _arr(target), grad="out" if fused and want_x else None,
+                           grad_target=fused and want_t, **kw, **extra)  # fmt: skip
+        ctx.which, ctx.kw, ctx.fused, ctx.want = which, kw, fused, (want_x, want_t)
+        if fused:
+            ctx.save_for_backward(_ten(dx, input) if want_x else None, _ten(dt, input) if want_t else None)
+        else:
+            ctx.save_for_backward(input, target, labels)
+        return _ten(loss, input)
+
+    @staticmethod
+    def backward(ctx, dloss):
+        want_x, want_t = ctx.want
+        if ctx.fused:
+            dx, dt = ctx.saved_tensors
+            return (_scaled(dx, dloss) if want_x else None), (_scaled(dt, dloss) if want_t else None), None, None, None
+        input, target, labels = ctx.saved_tensors
+        bwd = fastnorm.kl_div_backward if ctx.which == "kl" else fastnorm.js_div_backward
+        extra = {} if ctx.which == "kl" else dict(labels=_arr(labels))
+        d = _arr(dloss.contiguous())
+        dx, dt = bwd(d, _arr(input), _arr(target), input_grad=want_x, target_grad=want_t, **ctx.kw, **extra)
+        return _ten(dx, input), _ten(dt, input), None, None, None
+
+
+def kl_div(
+    input: Tensor,
+    target: Tensor,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """``torch.nn.functional.kl_div`` on fastnorm's kernels (input: log-probabilities)::
+
+        l = target (log(target) - input)   or, log_target:  l = exp(target) (target - input)
+
+    reduced by "none" / "sum" / "mean" / "batchmean". Gradients for input and target (when they require
+    grad). Broadcasting shapes and unsupported dtypes run torch's own.
+    """
+    reduction = _legacy(size_average, reduce, reduction)
+    if (
+        _F.unsupported_reason(input, target, op="kl_div") is not None
+        or input.shape != target.shape
+        or input.dtype != target.dtype
+        or input.dim() == 0
+    ):
+        return torch.nn.functional.kl_div(input, target, reduction=reduction, log_target=log_target)
+    kw = dict(reduction=reduction, log_target=bool(log_target))
+    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), None, "kl", kw)
+
+
+def _js_torch(input, target, labels, beta, ignore_index, reduction):
+    """The generalized JSD from torch ops (the fallback; also the benchmark's "torch composed ops")."""
+    q, p = input.exp(), target.exp()
+    if beta == 0.0:
+        elem = torch.where(p == 0, 0.0, p * (target - input))
+    elif beta == 1.0:
+        elem = torch.where(q == 0, 0.0, q * (input - target))
+    else:
+        m = beta * p + (1 - beta) * q
+        elem = (beta * torch.where(p == 0, 0.0, p * target) + (1 - beta) * torch.where(q == 0, 0.0, q * input)
+                - torch.where(m == 0, 0.0, m * m.log()))  # fmt: skip
+    rows = elem.shape[0] if elem.dim() > 1 else 1
+    v = elem.shape[-1]
+    if labels is not None:
+        keep = (labels != ignore_index).reshape(elem.shape[:-1] + (1,))
+        elem = elem * keep
+        rows = int(keep.sum())
+    else:
+        rows = elem[..., 0].numel()
+    if reduction == "none":
+        return elem
+    s = elem.sum()
+    if reduction == "batchmean":
+        return s / rows
+    if reduction == "mean":
+        return s / (rows * v)
+    return s
+
+
+def js_div(
+    input: Tensor,
+    target: Tensor,
+    labels: Tensor | None = None,
+    *,
+    beta: float = 0.5,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence (Liger-Kernel's JSD) of log-probabilities input = log Q (student)
+    and target = log P (teacher), M = beta P + (1 - beta) Q::
+
+        JSD_beta = beta KL(P || M) + (1 - beta) KL(Q || M)     (beta = 0: KL(P || Q), beta = 1: KL(Q || P))
+
+    Rows whose ``labels`` entry is ``ignore_index`` are skipped; "batchmean" divides by the rows kept.
+    """
+    if _F.unsupported_reason(input, target, op="js_div") is not None or input.shape != target.shape \
+            or input.dtype != target.dtype or input.dim() == 0:
+        return _js_torch(input, target, labels, float(beta), ignore_index, reduction)
+    kw = dict(beta=float(beta), reduction=reduction, ignore_index=int(ignore_index))
+    lab = None if labels is None else labels.contiguous()
+    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), lab, "js", kw)
+
+
+# ------------------------------------------------------------------------------------------------ modules
+_warned: set = set()
+
+
+def _warn_fallback(module, reason: str) -> None:
+    key = (type(module).__name__, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"fastnorm.torch.losses.{type(module).__name__}: {reason}; running torch's implementation instead",
+            FastnormFallbackWarning,
+            stacklevel=3,
+        )
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` (same arguments, ``weight`` buffer) on fastnorm's fused kernel."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        reason = _ce_supported(input, target, self.weight)
+        if reason is not None:
+            _warn_fallback(self, reason)
+            return super().forward(input, target)
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                             label_smoothing=self.label_smoothing)  # fmt: skip
+
+
+class KLDivLoss(torch.nn.KLDivLoss):
+    """``torch.nn.KLDivLoss`` (same arguments) on fastnorm's kernels."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        reason = _F.unsupported_reason(input, target, op="kl_div")
+        if reason is None and (input.shape != target.shape or input.dtype != target.dtype):
+            reason = "input and target differ in shape or dtype (torch broadcasts)"
+        if reason is not None:
+            _warn_fallback(self, reason)
+            return super().forward(input, target)
+        return kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+class JSDLoss(torch.nn.Module):
+    """Generalized Jensen-Shannon divergence loss, Liger-Kernel's ``LigerJSD(beta, ignore_index)`` convention:
+    ``loss = JSDLoss(beta)(log_q, log_p, labels=None)`` with log_q the student's log-probabilities (N, V),
+    log_p the teacher's; ``reduction`` (default Liger's "batchmean") also takes "none", "sum", "mean"."""
+
+    def __init__(self, beta: float = 0.5, ignore_index: int = -100, reduction: str = "batchmean"):
+        super().__init__()
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"JSDLoss: beta must be in [0, 1], got {beta!r}")
+        if reduction not in ("none", "sum", "mean", "batchmean"):
+            raise ValueError(f"JSDLoss: reduction must be none, sum, mean or batchmean, got {reduction!r}")
+        self.beta, self.ignore_index, self.reduction = float(beta), int(ignore_index), reduction
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+    def forward(self, log_q: Tensor, log_p: Tensor, labels: Tensor | None = None) -> Tensor:
+        reason = _F.unsupported_reason(log_q, log_p, op="js_div")
+        if reason is not None:
+            _warn_fallback(self, reason)
+        return js_div(log_q, log_p, labels, beta=self.beta, ignore_index=self.ignore_index, reduction=self.reduction)

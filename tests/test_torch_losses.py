@@ -1,0 +1,158 @@
+"""fastnorm.torch.losses: drop-in parity with torch (values and gradients, by the error criterion against a
+float64 torch run), every option, torch's layouts, fallbacks, and the JSD module against composed torch ops."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fastnorm.torch import losses as L  # noqa: E402
+from fastnorm.torch.nn import FastnormFallbackWarning  # noqa: E402
+
+from ._util import assert_matches_reference  # noqa: E402
+
+
+def _run(fn, *tensors, dloss=None):
+    """Value and gradients (of the tensors that require grad) of fn(*tensors)."""
+    out = fn(*tensors)
+    d = torch.ones_like(out) if dloss is None else dloss.to(out.dtype)
+    leaves = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+    grads = torch.autograd.grad(out, leaves, d)
+    return out.detach().numpy(), [g.numpy() for g in grads]
+
+
+def _compare(ours, theirs, make, dtype, seed=0):
+    """fastnorm in ``dtype`` and torch in ``dtype`` against torch in float64: fastnorm's error <= 2x torch's."""
+    t64 = make(torch.float64, seed)
+    t32 = make(dtype, seed)
+    r64 = _run(theirs, *t64)
+    rlo = _run(theirs, *t32)
+    got = _run(ours, *make(dtype, seed))
+    if dtype == torch.float64:
+        np.testing.assert_allclose(got[0], r64[0], rtol=1e-10, atol=1e-12)
+        for g, r in zip(got[1], r64[1]):
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+        return
+    assert_matches_reference(got[0], r64[0], rlo[0], name="loss")
+    assert len(got[1]) == len(r64[1])
+    for g, r, lo in zip(got[1], r64[1], rlo[1]):
+        assert_matches_reference(g, r, lo, name="grad")
+
+
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("kind", ["index", "probs", "nd", "1d"])
+def test_cross_entropy_matches_torch(dtype, reduction, weighted, smoothing, kind):
+    n, v = 13, 37
+
+    def make(dt, seed):
+        g = torch.Generator().manual_seed(seed)
+        shape = {"index": (n, v), "probs": (n, v), "nd": (4, v, 3), "1d": (v,)}[kind]
+        x = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dt).requires_grad_()
+        if kind == "probs":
+            t = torch.rand(shape, generator=g, dtype=torch.float64).softmax(-1).to(dt)
+        elif kind == "nd":
+            t = torch.randint(0, v, (4, 3), generator=g)
+            t[0, 1] = -100
+        elif kind == "1d":
+            t = torch.tensor(5)
+        else:
+            t = torch.randint(0, v, (n,), generator=g)
+            t[::4] = -100
+        w = (torch.rand(v, generator=g, dtype=torch.float64) + 0.5).to(dt) if weighted else None
+        return x, t, w
+
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    _compare(lambda x, t, w: L.cross_entropy(x, t, w, **kw),
+             lambda x, t, w: torch.nn.functional.cross_entropy(x, t, w, **kw), make, dtype)
+
+
+def test_cross_entropy_upstream_gradient_and_module():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 11, (8,), generator=g)
+    m = L.CrossEntropyLoss(label_smoothing=0.2, ignore_index=3)
+    assert isinstance(m, torch.nn.CrossEntropyLoss)
+    (3.5 * m(x, t)).backward()
+    x2 = x.detach().clone().requires_grad_()
+    (3.5 * torch.nn.CrossEntropyLoss(label_smoothing=0.2, ignore_index=3)(x2, t)).backward()
+    np.testing.assert_allclose(x.grad, x2.grad, rtol=1e-12, atol=1e-14)
+    y = L.cross_entropy(x, t, reduction="none")
+    d = torch.randn(8, generator=g, dtype=torch.float64)
+    gx, = torch.autograd.grad(y, x, d)
+    gx2, = torch.autograd.grad(torch.nn.functional.cross_entropy(x2, t, reduction="none"), x2, d)
+    np.testing.assert_allclose(gx, gx2, rtol=1e-12, atol=1e-14)
+
+
+def test_cross_entropy_all_ignored_is_nan_and_bad_target_raises():
+    x = torch.zeros(3, 4, requires_grad=True)
+    assert torch.isnan(L.cross_entropy(x, torch.full((3,), -100)))
+    with pytest.raises(ValueError, match="class index 4"):
+        L.cross_entropy(x, torch.tensor([0, 4, 1]))
+
+
+def test_fallbacks_warn_and_match_torch():
+    x = torch.randn(4, 6, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3])
+    with pytest.warns(FastnormFallbackWarning, match="bfloat16"):
+        out = L.CrossEntropyLoss()(x, t)
+    assert torch.equal(out, torch.nn.functional.cross_entropy(x, t))
+    a = torch.randn(4, 6).log_softmax(-1)
+    b = torch.rand(1, 6)  # broadcasting target: torch's own
+    with pytest.warns(FastnormFallbackWarning, match="broadcasts"):
+        out = L.KLDivLoss(reduction="batchmean")(a, b)
+    assert torch.equal(out, torch.nn.functional.kl_div(a, b, reduction="batchmean"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "batchmean"])
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("target_grad", [False, True])
+def test_kl_div_matches_torch(dtype, reduction, log_target, target_grad):
+    def make(dt, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(6, 29, generator=g, dtype=torch.float64).log_softmax(-1).to(dt).requires_grad_()
+        t = torch.randn(6, 29, generator=g, dtype=torch.float64).log_softmax(-1)
+        t = (t if log_target else t.exp()).to(dt).requires_grad_(target_grad)
+        return x, t
+
+    kw = dict(reduction=reduction, log_target=log_target)
+    with pytest.warns(UserWarning) if reduction == "mean" else _nullcontext():
+        _compare(lambda x, t: L.kl_div(x, t, **kw), lambda x, t: torch.nn.functional.kl_div(x, t, **kw), make, dtype)
+    m = L.KLDivLoss(**kw)
+    assert isinstance(m, torch.nn.KLDivLoss)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["none", "batchmean", "sum"])
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_js_div_matches_composed_torch(dtype, beta, reduction, with_labels):
+    def make(dt, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(7, 31, generator=g, dtype=torch.float64).log_softmax(-1).to(dt).requires_grad_()
+        y = torch.randn(7, 31, generator=g, dtype=torch.float64).log_softmax(-1).to(dt).requires_grad_()
+        lab = torch.tensor([1, -100, 2, 3, -100, 0, 5]) if with_labels else None
+        return x, y, lab
+
+    _compare(lambda x, y, lab: L.JSDLoss(beta, reduction=reduction)(x, y, lab),
+             lambda x, y, lab: L._js_torch(x, y, lab, beta, -100, reduction), make, dtype)
+
+
+def test_js_module_repr_and_bad_beta():
+    assert "beta=0.25" in repr(L.JSDLoss(0.25))
+    with pytest.raises(ValueError, match="beta"):
+        L.JSDLoss(2.0)
