@@ -21,6 +21,7 @@ from ._optim import (
     rmsprop_step,
     sgd_step,
 )
+from ._transport import sinkhorn, sinkhorn_backward, wasserstein_1d, wasserstein_1d_backward
 from ._weight_norm import (
     cosine_linear_backward_post,
     cosine_linear_backward_pre,
@@ -55,4 +56,8 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+    "wasserstein_1d",
+    "wasserstein_1d_backward",
+    "sinkhorn",
+    "sinkhorn_backward",
 ]
