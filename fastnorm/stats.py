@@ -104,8 +104,6 @@ def bic(log_likelihood: ArrayLike, k: ArrayLike, n: ArrayLike) -> np.ndarray:
     try:
         shape = np.broadcast_shapes(ll.shape, kk.shape, nn.shape)
     except ValueError:
-        raise ValueError(
-            f"{op}: log_likelihood {ll.shape}, k {kk.shape} and n {nn.shape} do not broadcast"
-        ) from None
+        raise ValueError(f"{op}: log_likelihood {ll.shape}, k {kk.shape} and n {nn.shape} do not broadcast") from None
     out = kk.astype(np.float64) * np.log(nn.astype(np.float64)) - 2.0 * ll.astype(np.float64)
     return np.asarray(out).reshape(shape)

@@ -159,7 +159,12 @@ def wasserstein_1d(
     vs, vws, _ = _sorted(v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), False)
     absent = _absent2(u.dtype)
     be.kernels.wasserstein_1d(
-        us, vs, absent if uws is None else uws, absent if vws is None else vws, out.reshape(rows), p,
+        us,
+        vs,
+        absent if uws is None else uws,
+        absent if vws is None else vws,
+        out.reshape(rows),
+        p,
         be.threads(rows * (n + m)),
     )
     return out
@@ -200,9 +205,7 @@ def wasserstein_1d_backward(
         gradients are None where the weights are None.
     """
     op = "wasserstein_1d_backward"
-    be = backend_of(
-        op, grad=grad, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights
-    )
+    be = backend_of(op, grad=grad, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
     _cpu_only(be, op)
     u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
     p = _p(op, p)
@@ -218,8 +221,19 @@ def wasserstein_1d_backward(
     gu = np.empty((rows, n) if uw is not None else (0, 0), np.float64)
     gv = np.empty((rows, m) if vw is not None else (0, 0), np.float64)
     be.kernels.wasserstein_1d_backward(
-        grad.reshape(rows), us, vs, absent if uws is None else uws, absent if vws is None else vws,
-        dus, dvs, duws, dvws, gu, gv, p, be.threads(rows * (n + m)),
+        grad.reshape(rows),
+        us,
+        vs,
+        absent if uws is None else uws,
+        absent if vws is None else vws,
+        dus,
+        dvs,
+        duws,
+        dvws,
+        gu,
+        gv,
+        p,
+        be.threads(rows * (n + m)),
     )
 
     def unsort(x_sorted, sorter, shape):

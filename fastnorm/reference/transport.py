@@ -158,11 +158,11 @@ def _lse(x, axis):
 def _sinkhorn_one(a, b, C, reg, max_iter, tol):
     """One problem: POT's sinkhorn_log loop. Returns (log-scalings u, v, iterations run, err)."""
     Mr = -C / reg
-    loga, logb = np.log(a), np.log(b)
     u, v = np.zeros(len(a)), np.zeros(len(b))
     err = np.inf
     it = 0
     with np.errstate(divide="ignore"):
+        loga, logb = np.log(a), np.log(b)
         for it in range(max_iter):
             v = logb - _lse(Mr + u[:, None], 0)
             u = loga - _lse(Mr + v[None, :], 1)

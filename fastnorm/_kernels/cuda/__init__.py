@@ -25,6 +25,7 @@ from .optim import (
     rmsprop_step,
     sgd_step,
 )
+from .transport import sinkhorn, sinkhorn_backward
 from .weight_norm import (
     cosine_linear_backward_post,
     cosine_linear_backward_pre,
@@ -59,4 +60,6 @@ __all__ = [
     "adam_step",
     "gather_params",
     "gather_like",
+    "sinkhorn",
+    "sinkhorn_backward",
 ]
