@@ -135,8 +135,12 @@ def test_w1_threads_bitwise_and_empty_batch(rng):
         outs = []
         for t in (1, 2):
             fastnorm.set_num_threads(t)
-            outs.append((fastnorm.wasserstein_1d(u, v, uw, p=1.5), *fastnorm.wasserstein_1d_backward(
-                np.ones(40), u, v, uw, p=1.5)[:3]))
+            outs.append(
+                (
+                    fastnorm.wasserstein_1d(u, v, uw, p=1.5),
+                    *fastnorm.wasserstein_1d_backward(np.ones(40), u, v, uw, p=1.5)[:3],
+                )
+            )
     finally:
         fastnorm.set_num_threads(old)
     for x, y in zip(*outs):
@@ -215,8 +219,9 @@ def _problem(rng, lead, n, m, dtype=np.float64, shared=False):
     return a.astype(dtype), b.astype(dtype), c.astype(dtype)
 
 
-@pytest.mark.parametrize("lead,n,m", [((), 1, 1), ((), 1, 5), ((2,), 5, 1), ((), 7, 13), ((3,), 6, 4),
-                                      ((2, 2), 9, 9), ((1,), 40, 70)])
+@pytest.mark.parametrize(
+    "lead,n,m", [((), 1, 1), ((), 1, 5), ((2,), 5, 1), ((), 7, 13), ((3,), 6, 4), ((2, 2), 9, 9), ((1,), 40, 70)]
+)
 @pytest.mark.parametrize("shared", [False, True])
 def test_sinkhorn_kernel_matches_reference(rng, threads, lead, n, m, shared):
     a, b, c = _problem(rng, lead, n, m, shared=shared)
@@ -314,8 +319,7 @@ def test_sinkhorn_reference_gradients_match_finite_differences(rng):
 
     for objective, f in (("transport", transport), ("regularized", regularized)):
         got = R.sinkhorn_backward(g, a, b, c, P, reg, objective=objective)
-        np.testing.assert_allclose(got, numeric_grad(f, [c], 0, g, h=1e-5), rtol=1e-5, atol=1e-8,
-                                   err_msg=objective)
+        np.testing.assert_allclose(got, numeric_grad(f, [c], 0, g, h=1e-5), rtol=1e-5, atol=1e-8, err_msg=objective)
     # the transport cost's gradient is not the plan: the difference is what the plan's motion adds
     assert np.abs(R.sinkhorn_backward(g, a, b, c, P, reg) - g[:, None, None] * P).max() > 1e-3
 
@@ -402,8 +406,7 @@ def test_torch_sinkhorn_gradcheck(objective):
 
     assert torch.autograd.gradcheck(f, (c,), eps=1e-6, atol=1e-6)
     val = f(c)
-    res = fastnorm.sinkhorn(a.numpy(), b.numpy(), c.detach().numpy(), 0.3, max_iter=100000, tol=1e-14,
-                            return_plan=True)
+    res = fastnorm.sinkhorn(a.numpy(), b.numpy(), c.detach().numpy(), 0.3, max_iter=100000, tol=1e-14, return_plan=True)
     want = res.value if objective == "transport" else RT.sinkhorn_regularized_value(res.value, res.plan, 0.3)
     np.testing.assert_allclose(val.detach().numpy(), want, rtol=1e-12)
     with pytest.raises(ValueError, match="not implemented"):
