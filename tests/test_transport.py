@@ -382,7 +382,7 @@ def test_torch_wasserstein_1d_gradcheck():
     uw = (torch.rand(2, 6, dtype=torch.float64, generator=g) + 0.1).requires_grad_()
     vw = (torch.rand(2, 4, dtype=torch.float64, generator=g) + 0.1).requires_grad_()
     for p in (1.0, 2.0, 2.5):
-        assert torch.autograd.gradcheck(lambda *t: TT.wasserstein_1d(*t, p=p), (u, v, uw, vw), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(lambda *t, p=p: TT.wasserstein_1d(*t, p=p), (u, v, uw, vw), eps=1e-6, atol=1e-6)
     w = TT.wasserstein_1d(u, v)
     assert w.shape == (2,)
     np.testing.assert_allclose(w.detach().numpy(), R.wasserstein_1d(u.detach().numpy(), v.detach().numpy()))
@@ -411,3 +411,36 @@ def test_torch_sinkhorn_gradcheck(objective):
     np.testing.assert_allclose(val.detach().numpy(), want, rtol=1e-12)
     with pytest.raises(ValueError, match="not implemented"):
         TT.sinkhorn(a.requires_grad_(), b, c, 0.3)
+
+
+def test_kernel_exp_accuracy_and_edges():
+    from fastnorm._kernels.cpu._transport import exp_kernel
+
+    x = np.concatenate([np.linspace(-708, 709, 200001), np.random.default_rng(0).uniform(-40, 1, 100000)])
+    y = np.empty_like(x)
+    exp_kernel(x, y)
+    ref = np.exp(x)
+    # a few ulps near 0; beyond, within the argument's own rounding (|x| * eps relative)
+    bound = np.finfo(np.float64).eps * (4 + np.abs(x) / 2)
+    assert np.all(np.abs(y - ref) <= bound * ref)
+    edges = np.array([-np.inf, -800.0, np.nan, 710.0, np.inf, 0.0])
+    out = np.empty_like(edges)
+    exp_kernel(edges, out)
+    np.testing.assert_array_equal(out, [0.0, 0.0, np.nan, np.inf, np.inf, 1.0])
+
+
+def test_torch_sinkhorn_transport_grad_matches_numpy_with_zero_masses(rng):
+    torch = torch_or_skip()
+    from fastnorm.torch import transport as TT
+
+    a, b, c = _problem(rng, (2,), 5, 4)
+    a[:, 3] = 0.0
+    b[:, 0] = 0.0
+    a, b = a / a.sum(-1, keepdims=True), b / b.sum(-1, keepdims=True)
+    ct = torch.from_numpy(c).requires_grad_()
+    val = TT.sinkhorn(torch.from_numpy(a), torch.from_numpy(b), ct, 0.25, max_iter=100000, tol=1e-14)
+    val.backward(torch.tensor([1.5, -2.0], dtype=torch.float64))
+    res = fastnorm.sinkhorn(a, b, c, 0.25, max_iter=100000, tol=1e-14, return_plan=True)
+    want = fastnorm.sinkhorn_backward(np.array([1.5, -2.0]), a, b, c, res.plan, 0.25)
+    np.testing.assert_allclose(ct.grad.numpy(), want, rtol=1e-7, atol=1e-11)
+    assert np.all(want[:, 3] == 0) and np.all(want[:, :, 0] == 0)
