@@ -288,9 +288,10 @@ def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, 
         check = it >= 1 and (it - 1) % int(check_every) == 0
         k["pot"].launch(nb, BLOCK, stream, lse_v, v, logb, b, done, err, 1 if check else 0, float(tol))
         if check:
-            now = done.copy_to_host(stream=stream).astype(bool)
-            if SIM is False:
-                stream_sync(stream)
+            flags = done.copy_to_host(stream=stream)
+            if not SIM:
+                stream_sync(stream)  # the copy is asynchronous on a non-default stream
+            now = flags.astype(bool)
             iters[now & ~finished] = it
             finished = now
             if finished.all():
