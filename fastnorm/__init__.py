@@ -76,6 +76,11 @@ __all__ += [
     "js_div",
     "js_div_backward",
 ]
+# Optimal transport and model-selection criteria.
+from . import stats, transport  # noqa: E402
+from .transport import sinkhorn, sinkhorn_backward, wasserstein_1d, wasserstein_1d_backward  # noqa: E402
+
+__all__ += ["stats", "transport", "wasserstein_1d", "wasserstein_1d_backward", "sinkhorn", "sinkhorn_backward"]
 
 # NumPy layers for training loops (fastnorm.nn); imports NumPy only.
 from . import nn  # noqa: E402

@@ -129,3 +129,17 @@ def test_usage_snippets_run(index, tmp_path, monkeypatch):
         assert scope["accuracy"] > 0.9
     if "loss" in scope and not isinstance(scope["loss"], float):
         assert scope["loss"].item() < 0.3
+
+
+def test_model_selection_aic_bic_disagree(tmp_path):
+    m, stdout = _run(tmp_path, "model_selection")
+    t = m["table"]
+    k, ll = np.array(t["k"]), np.array(t["log_likelihood"])
+    np.testing.assert_allclose(t["aic"], 2 * k - 2 * ll)
+    np.testing.assert_allclose(t["bic"], k * np.log(m["n"]) - 2 * ll)
+    a, b = int(np.argmin(t["aic"])), int(np.argmin(t["bic"]))
+    assert t["degree"][a] > t["degree"][b]  # the shown data set is one where they disagree
+    assert 0 < m["disagree_fraction"] < 1
+    # n >= 8: BIC's penalty is the heavier, so its choice is never the larger model
+    assert all(bd <= ad for ad, bd in zip(m["aic_choices"], m["bic_choices"]))
+    assert "AIC picks degree" in stdout

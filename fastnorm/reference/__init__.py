@@ -30,6 +30,7 @@ from .norms import (
     weight_norm_forward,
 )
 from .optim import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
+from .transport import sinkhorn, sinkhorn_backward, wasserstein_1d, wasserstein_1d_backward
 
 __all__ = [
     "layer_norm_forward",
@@ -68,3 +69,4 @@ __all__ += [
     "js_div",
     "js_div_backward",
 ]
+__all__ += ["wasserstein_1d", "wasserstein_1d_backward", "sinkhorn", "sinkhorn_backward"]

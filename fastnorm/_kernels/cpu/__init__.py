@@ -17,7 +17,9 @@ from . import _cpuinfo, _isa
 
 # Kernel families built per target (every .pyx but the SINGLE_TARGET ones of setup.py), found from the
 # baseline builds, so a new kernel file needs no edit here.
-FAMILIES = tuple(sorted(m.name[: -len("_baseline")] for m in pkgutil.iter_modules(__path__) if m.name.endswith("_baseline")))
+FAMILIES = tuple(
+    sorted(m.name[: -len("_baseline")] for m in pkgutil.iter_modules(__path__) if m.name.endswith("_baseline"))
+)
 
 
 def _is_built(target: str) -> bool:
@@ -108,6 +110,7 @@ from ._optim import (  # noqa: E402
     rmsprop_step,
     sgd_step,
 )
+from ._transport import sinkhorn, sinkhorn_backward, wasserstein_1d, wasserstein_1d_backward  # noqa: E402
 from ._weight_norm import (  # noqa: E402
     cosine_linear_backward_post,
     cosine_linear_backward_pre,
@@ -150,4 +153,8 @@ __all__ = [
     "kl_div_backward",
     "js_div_forward",
     "js_div_backward",
+    "wasserstein_1d",
+    "wasserstein_1d_backward",
+    "sinkhorn",
+    "sinkhorn_backward",
 ]

@@ -35,6 +35,7 @@ from .optim import (
     rmsprop_step,
     sgd_step,
 )
+from .transport import sinkhorn, sinkhorn_backward
 from .weight_norm import (
     cosine_linear_backward_post,
     cosine_linear_backward_pre,
@@ -77,4 +78,6 @@ __all__ = [
     "kl_div_backward",
     "js_div_forward",
     "js_div_backward",
+    "sinkhorn",
+    "sinkhorn_backward",
 ]

@@ -1,0 +1,469 @@
+"""Public optimal-transport ops: the exact 1-D Wasserstein cost and entropic OT by log-domain Sinkhorn.
+
+Each op validates every argument (a ``TypeError``/``ValueError`` naming the op and the argument, before
+any kernel runs), canonicalizes to batched rows, allocates and calls the kernel. ``wasserstein_1d`` runs on
+the CPU (NumPy arrays); ``sinkhorn`` on the CPU and on CUDA arrays. ``fastnorm.reference.transport`` is the
+NumPy specification of both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _validation as V
+from ._dispatch import backend_of
+
+Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
+
+__all__ = [
+    "wasserstein_1d",
+    "wasserstein_1d_backward",
+    "sinkhorn",
+    "sinkhorn_backward",
+    "Wasserstein1dBackward",
+    "SinkhornResult",
+]
+
+CHECK_EVERY = 10  # Sinkhorn: the marginal error is checked after iterations 0, 10, 20, ... (as POT)
+
+
+class Wasserstein1dBackward(NamedTuple):
+    du_values: Array
+    dv_values: Array
+    du_weights: Array | None
+    dv_weights: Array | None
+
+
+class SinkhornResult(NamedTuple):
+    value: Array
+    plan: Array | None
+    n_iter: Array
+    err: Array
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _cpu_only(be, op: str) -> None:
+    if be.name != "cpu":
+        raise TypeError(
+            f"{op}: runs on the CPU only (no CUDA kernel: the rows must be sorted); pass NumPy arrays "
+            "(copy the CUDA arrays to the host)"
+        )
+
+
+def _check_weights(op: str, name: str, w: np.ndarray) -> None:
+    """Weights: finite, >= 0, and a positive sum along the last axis (SciPy's rules)."""
+    if w.size == 0:
+        return
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = w.reshape(-1)[np.flatnonzero(bad.reshape(-1))[0]]
+        raise ValueError(f"{op}: {name} must be finite and non-negative, got {first!r}")
+    s = w.sum(axis=-1, dtype=np.float64)
+    if not (np.all(s > 0) and np.all(np.isfinite(s))):
+        raise ValueError(f"{op}: every row of {name} must have a positive, finite sum (got a sum of 0 or inf)")
+
+
+def _values(be, op, u_values, v_values, u_weights, v_weights):
+    u = V.float_input(be, op, "u_values", u_values)
+    v = V.float_input(be, op, "v_values", v_values, u.dtype)
+    if u.ndim == 0 or v.ndim == 0:
+        raise ValueError(f"{op}: u_values and v_values must have at least 1 dim (..., n), got 0-d")
+    if u.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"{op}: the leading (batch) dims of u_values {tuple(u.shape)} and v_values {tuple(v.shape)} differ"
+        )
+    if u.shape[-1] == 0 or v.shape[-1] == 0:
+        raise ValueError(
+            f"{op}: a distribution cannot be empty (u_values has {u.shape[-1]}, v_values {v.shape[-1]} values)"
+        )
+    uw = V.param(be, op, "u_weights", u_weights, u.shape, u.dtype)
+    vw = V.param(be, op, "v_weights", v_weights, v.shape, u.dtype)
+    for name, w in (("u_weights", uw), ("v_weights", vw)):
+        if w is not None:
+            _check_weights(op, name, w)
+    return u, v, uw, vw
+
+
+def _p(op: str, p) -> float:
+    return V.scalar(op, "p", p, low=1.0)
+
+
+def _absent2(dtype):
+    return np.empty((0, 0), dtype)
+
+
+def _sorted(x2: np.ndarray, w2: np.ndarray | None, need_sorter: bool):
+    """Rows of x2 sorted, the weights in the same order, and the sorter (None when not needed)."""
+    if w2 is None and not need_sorter:
+        return np.sort(x2, axis=-1), None, None
+    s = np.argsort(x2, axis=-1, kind="stable")
+    xs = np.take_along_axis(x2, s, axis=-1)
+    ws = None if w2 is None else np.take_along_axis(w2, s, axis=-1)
+    return xs, ws, s
+
+
+# ------------------------------------------------------------------------------------- wasserstein_1d
+def wasserstein_1d(
+    u_values: Array,
+    v_values: Array,
+    u_weights: Array | None = None,
+    v_weights: Array | None = None,
+    *,
+    p: float = 1,
+) -> Array:
+    """The 1-D optimal transport cost ``W_p^p`` between weighted empirical distributions, batched.
+
+    With the weights normalized to sum to 1 (uniform when None), CDFs U, V and quantile functions
+    ``U^-1(q) = min{x : U(x) >= q}``::
+
+        W_p^p(u, v) = integral_0^1 |U^-1(q) - V^-1(q)|^p dq      (= integral |U(x) - V(x)| dx for p = 1)
+
+    computed exactly by one merge pass over the two sorted cumulative-weight sequences. For p = 1 this is
+    ``scipy.stats.wasserstein_distance``; for any p >= 1 it is POT's ``ot.wasserstein_1d``: the p-th power
+    of the Wasserstein distance (take ``** (1 / p)`` for the distance itself).
+
+    Parameters
+    ----------
+    u_values : numpy.ndarray, shape (..., n)
+        Samples (support points) of the first distribution in each batch row; float32 or float64.
+    v_values : numpy.ndarray, shape (..., m)
+        Samples of the second distribution; same dtype and leading shape as ``u_values``.
+    u_weights, v_weights : numpy.ndarray, optional
+        Non-negative weights of the same shapes as their values, each row with a positive finite sum
+        (normalized here, as SciPy does). None: uniform.
+    p : float
+        The ground-cost exponent, ``p >= 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``W_p^p`` per batch row, shape ``u_values.shape[:-1]``, in the values' dtype.
+
+    Notes
+    -----
+    The rows are sorted with NumPy first (a copy; ``O(n log n)``); the kernel walk is ``O(n + m)`` per row,
+    OpenMP over rows. CPU only.
+    """
+    op = "wasserstein_1d"
+    be = backend_of(op, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
+    _cpu_only(be, op)
+    u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
+    p = _p(op, p)
+    lead, n, m = u.shape[:-1], u.shape[-1], v.shape[-1]
+    rows = math.prod(lead)
+    out = np.empty(lead, u.dtype)
+    us, uws, _ = _sorted(u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), False)
+    vs, vws, _ = _sorted(v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), False)
+    absent = _absent2(u.dtype)
+    be.kernels.wasserstein_1d(
+        us,
+        vs,
+        absent if uws is None else uws,
+        absent if vws is None else vws,
+        out.reshape(rows),
+        p,
+        be.threads(rows * (n + m)),
+    )
+    return out
+
+
+def wasserstein_1d_backward(
+    grad: Array,
+    u_values: Array,
+    v_values: Array,
+    u_weights: Array | None = None,
+    v_weights: Array | None = None,
+    *,
+    p: float = 1,
+) -> Wasserstein1dBackward:
+    """Gradients of ``grad * wasserstein_1d(...)`` with respect to the values and the weights.
+
+    On interval k of the merge walk (length ``delta_k``, pairing ``u_(i_k)`` with ``v_(j_k)``,
+    ``d_k = u_(i_k) - v_(j_k)``, ``c_k = |d_k|^p``) and at each breakpoint ``q_k`` (a normalized cumulative
+    weight U_i or V_j)::
+
+        dW/du_i = sum_{k: i_k = i} delta_k p |d_k|^(p-1) sign(d_k),   dW/dv_j = -(same over j_k = j)
+        dW/dU_i = c_k - c_(k+1),   dW/da_l = (sum_{i >= l} dW/dU_i - sum_i U_i dW/dU_i) / sum(a)
+
+    W is piecewise linear in the weights: at ties between breakpoints of u and v the gradient of one
+    adjacent piece is returned (u's breakpoint taken first), and sign(0) = 0 (as torch's ``abs``).
+
+    Parameters
+    ----------
+    grad : numpy.ndarray, shape ``u_values.shape[:-1]``
+        The upstream gradient of each ``W_p^p``.
+    u_values, v_values, u_weights, v_weights, p
+        As in ``wasserstein_1d``.
+
+    Returns
+    -------
+    Wasserstein1dBackward
+        ``(du_values, dv_values, du_weights, dv_weights)``, each shaped like its input; the weight
+        gradients are None where the weights are None.
+    """
+    op = "wasserstein_1d_backward"
+    be = backend_of(op, grad=grad, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
+    _cpu_only(be, op)
+    u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
+    p = _p(op, p)
+    lead, n, m = u.shape[:-1], u.shape[-1], v.shape[-1]
+    grad = V.required(be, op, "grad", grad, lead, u.dtype)
+    rows = math.prod(lead)
+    us, uws, su = _sorted(u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), True)
+    vs, vws, sv = _sorted(v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), True)
+    dus, dvs = np.empty((rows, n), u.dtype), np.empty((rows, m), u.dtype)
+    absent = _absent2(u.dtype)
+    duws = absent if uw is None else np.empty((rows, n), u.dtype)
+    dvws = absent if vw is None else np.empty((rows, m), u.dtype)
+    gu = np.empty((rows, n) if uw is not None else (0, 0), np.float64)
+    gv = np.empty((rows, m) if vw is not None else (0, 0), np.float64)
+    be.kernels.wasserstein_1d_backward(
+        grad.reshape(rows),
+        us,
+        vs,
+        absent if uws is None else uws,
+        absent if vws is None else vws,
+        dus,
+        dvs,
+        duws,
+        dvws,
+        gu,
+        gv,
+        p,
+        be.threads(rows * (n + m)),
+    )
+
+    def unsort(x_sorted, sorter, shape):
+        out = np.empty_like(x_sorted)
+        np.put_along_axis(out, sorter, x_sorted, axis=-1)
+        return out.reshape(shape)
+
+    return Wasserstein1dBackward(
+        unsort(dus, su, u.shape),
+        unsort(dvs, sv, v.shape),
+        None if uw is None else unsort(duws, su, u.shape),
+        None if vw is None else unsort(dvws, sv, v.shape),
+    )
+
+
+# ------------------------------------------------------------------------------------------- sinkhorn
+def _to_host(be, a) -> np.ndarray:
+    return a if be.name == "cpu" else np.asarray(a.copy_to_host())
+
+
+def _masses(be, op: str, name: str, x, lead: tuple, k: int, dtype):
+    """a or b: shape (k,) (shared by every problem) or lead + (k,); finite, >= 0, positive row sums.
+    Returns (the array as (1 or B, k), its row sums on the host in float64)."""
+    x = V.float_input(be, op, name, x, dtype)
+    if tuple(x.shape) not in ((k,), tuple(lead) + (k,)):
+        raise ValueError(
+            f"{op}: {name} must have shape {(k,)} or {tuple(lead) + (k,)} to match cost, got {tuple(x.shape)}"
+        )
+    host = _to_host(be, x)
+    _check_weights(op, name, host)
+    rows = 1 if x.ndim == 1 else math.prod(lead)
+    return x.reshape(rows, k), host.reshape(rows, k).sum(axis=-1, dtype=np.float64)
+
+
+def sinkhorn(
+    a: Array,
+    b: Array,
+    cost: Array,
+    reg: float,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-9,
+    return_plan: bool = False,
+) -> SinkhornResult:
+    """Entropic optimal transport by Sinkhorn iterations in the log domain (POT's ``sinkhorn_log``), batched.
+
+    Solves, per problem, ``min_{P >= 0, P 1 = a, P^T 1 = b} <P, C> + reg * sum_ij P_ij (log P_ij - 1)``
+    with log-scalings u, v (starting at 0) and ``P_ij = exp(u_i + v_j - C_ij / reg)``; each iteration is::
+
+        v_j = log b_j - logsumexp_i(u_i - C_ij / reg),   u_i = log a_i - logsumexp_j(v_j - C_ij / reg)
+
+    Stable for small ``reg`` (no exp(-C/reg) kernel is formed). After iterations 0, 10, 20, ... the column
+    marginal error ``err = ||P^T 1 - b||_2`` is checked; the loop stops once ``err < tol``.
+
+    Parameters
+    ----------
+    a : array, shape (n,) or (..., n)
+        Source masses, >= 0 with a positive sum (a 1-D ``a`` is shared by every problem).
+    b : array, shape (m,) or (..., m)
+        Target masses, >= 0, with the same total mass as ``a`` (relative difference <= 1e-9 in float64,
+        1e-4 in float32).
+    cost : array, shape (..., n, m)
+        The cost matrices C; float32 or float64 (a and b in the same dtype).
+    reg : float
+        The entropic regularization, > 0.
+    max_iter : int
+        At most this many iterations (>= 0).
+    tol : float
+        Stop once the column-marginal error is below this (>= 0).
+    return_plan : bool
+        Also return the plans P (else ``plan`` is None).
+
+    Returns
+    -------
+    SinkhornResult
+        ``value``: the transport cost of the entropic plan ``<P, C> = sum_ij P_ij C_ij`` (POT's
+        ``ot.sinkhorn2``; the entropy term is not included), shape ``cost.shape[:-2]``, cost's dtype;
+        ``plan``: (..., n, m) or None; ``n_iter``: iterations run (int64); ``err``: the final
+        column-marginal error (float64).
+
+    Notes
+    -----
+    Gradients with respect to ``cost``: ``sinkhorn_backward`` (the regularized objective's is the plan P
+    itself, by the envelope theorem; the transport cost's needs a linear solve).
+    """
+    op = "sinkhorn"
+    be = backend_of(op, a=a, b=b, cost=cost)
+    cost = V.float_input(be, op, "cost", cost)
+    if cost.ndim < 2:
+        raise ValueError(f"{op}: cost must have at least 2 dims (..., n, m), got shape {tuple(cost.shape)}")
+    lead, n, m = tuple(cost.shape[:-2]), cost.shape[-2], cost.shape[-1]
+    if n == 0 or m == 0:
+        raise ValueError(f"{op}: cost has an empty side (n={n}, m={m}); both distributions need support")
+    a2, sa = _masses(be, op, "a", a, lead, n, cost.dtype)
+    b2, sb = _masses(be, op, "b", b, lead, m, cost.dtype)
+    rtol = 1e-9 if np.dtype(cost.dtype) == np.float64 else 1e-4
+    if sa.size and sb.size:
+        sa_b, sb_b = np.broadcast_arrays(sa, sb)
+        if np.any(np.abs(sa_b - sb_b) > rtol * np.maximum(sa_b, sb_b)):
+            raise ValueError(
+                f"{op}: a and b must carry the same total mass (got {float(sa_b.flat[0])!r} and "
+                f"{float(sb_b.flat[0])!r}); normalize both to sum to 1"
+            )
+    reg = V.scalar(op, "reg", reg, low=0.0, low_open=True)
+    max_iter = V.integer(op, "max_iter", max_iter, low=0, high=2**31 - 1)
+    tol = V.scalar(op, "tol", tol, low=0.0)
+    if not isinstance(return_plan, (bool, np.bool_)):
+        raise TypeError(f"{op}: return_plan must be a bool, got {type(return_plan).__name__}")
+    rows = math.prod(lead)
+    value = be.empty(lead, cost.dtype)
+    plan = be.empty(cost.shape, cost.dtype) if return_plan else None
+    n_iter = be.empty(lead, np.int64)
+    err = be.empty(lead, np.float64)
+    if rows > 0:
+        be.kernels.sinkhorn(
+            cost.reshape(rows, n, m),
+            a2,
+            b2,
+            be.empty((rows, m, n), cost.dtype),
+            value.reshape(rows),
+            plan.reshape(rows, n, m) if return_plan else be.empty((0, 0, 0), cost.dtype),
+            n_iter.reshape(rows),
+            err.reshape(rows),
+            be.empty((rows, 4 * n + 3 * m), np.float64),
+            reg,
+            max_iter,
+            tol,
+            CHECK_EVERY,
+            be.threads(rows * n * m),
+        )
+    return SinkhornResult(value, plan, n_iter, err)
+
+
+def _transport_grad(P: np.ndarray, C: np.ndarray, a: np.ndarray, b: np.ndarray, reg: float) -> np.ndarray:
+    """d<P(C), C>/dC for one converged problem (float64), by implicit differentiation through the Schur
+    complement on the target side: ``(diag(b') - P^T diag(1/a') P) beta = P^T (r / a') - s``,
+    ``alpha = -(r + P beta) / a'`` (a', b': the plan's marginals), pinned by adding 1 1^T (the system's
+    null space is the constant vector and the right-hand side is orthogonal to it)."""
+    out = np.zeros_like(C)
+    ri, ci = np.flatnonzero(a > 0), np.flatnonzero(b > 0)
+    Pc, Cc = P[np.ix_(ri, ci)], C[np.ix_(ri, ci)]
+    ap, bp = Pc.sum(axis=1), Pc.sum(axis=0)
+    inv_a = np.divide(1.0, ap, out=np.zeros_like(ap), where=ap > 0)
+    PC = Pc * Cc
+    r, s = PC.sum(axis=1), PC.sum(axis=0)
+    K = np.diag(bp) - Pc.T @ (inv_a[:, None] * Pc) + 1.0
+    rhs = Pc.T @ (r * inv_a) - s
+    try:
+        beta = np.linalg.solve(K, rhs)
+    except np.linalg.LinAlgError:
+        beta = np.linalg.lstsq(K, rhs, rcond=None)[0]
+    alpha = -(r + Pc @ beta) * inv_a
+    out[np.ix_(ri, ci)] = Pc * (1.0 - (Cc + alpha[:, None] + beta[None, :]) / reg)
+    return out
+
+
+def sinkhorn_backward(
+    grad: Array,
+    a: Array,
+    b: Array,
+    cost: Array,
+    plan: Array,
+    reg: float,
+    *,
+    objective: str = "transport",
+) -> Array:
+    """Gradient with respect to the cost matrix C at a converged Sinkhorn plan P.
+
+    ``objective="transport"`` (the value ``sinkhorn`` returns, ``L(C) = <P(C), C>``): the plan moves with
+    C, so the gradient is not P. With ``P_ij = exp((f_i + g_j - C_ij) / reg)`` and the marginal
+    constraints held for every C, implicit differentiation gives, with ``r = (P * C) 1``,
+    ``s = (P * C)^T 1`` and the adjoint (alpha, beta) solving
+    ``[[diag(a), P], [P^T, diag(b)]] [alpha; beta] = -[r; s]``::
+
+        dL/dC_ij = P_ij * (1 - (C_ij + alpha_i + beta_j) / reg)
+
+    (an m x m dense solve per problem, float64, NumPy/LAPACK; CPU only).
+
+    ``objective="regularized"`` (``OT_reg(C) = <P, C> + reg * sum P (log P - 1)`` at the optimum): by the
+    envelope theorem ``dOT_reg/dC = P`` exactly at convergence (CPU and CUDA).
+
+    Parameters
+    ----------
+    grad : array, shape ``cost.shape[:-2]``
+        Upstream gradient of each problem's objective.
+    a, b, cost, reg
+        As given to ``sinkhorn``.
+    plan : array, shape ``cost.shape``
+        The plan ``sinkhorn(..., return_plan=True)`` returned.
+    objective : {"transport", "regularized"}
+        Which objective to differentiate.
+
+    Returns
+    -------
+    array
+        ``grad[..., None, None] * dObjective/dC``, shaped and typed like ``cost``.
+    """
+    op = "sinkhorn_backward"
+    be = backend_of(op, grad=grad, a=a, b=b, cost=cost, plan=plan)
+    if objective not in ("transport", "regularized"):
+        raise ValueError(f"{op}: objective must be 'transport' or 'regularized', got {objective!r}")
+    cost = V.float_input(be, op, "cost", cost)
+    if cost.ndim < 2:
+        raise ValueError(f"{op}: cost must have at least 2 dims (..., n, m), got shape {tuple(cost.shape)}")
+    lead, n, m = tuple(cost.shape[:-2]), cost.shape[-2], cost.shape[-1]
+    plan = V.required(be, op, "plan", plan, cost.shape, cost.dtype)
+    grad = V.required(be, op, "grad", grad, lead, cost.dtype)
+    a2, _ = _masses(be, op, "a", a, lead, n, cost.dtype)
+    b2, _ = _masses(be, op, "b", b, lead, m, cost.dtype)
+    reg = V.scalar(op, "reg", reg, low=0.0, low_open=True)
+    rows = math.prod(lead)
+    if objective == "regularized":
+        out = be.empty(cost.shape, cost.dtype)
+        if rows > 0:
+            be.kernels.sinkhorn_backward(
+                grad.reshape(rows), plan.reshape(rows, n, m), out.reshape(rows, n, m), be.threads(rows * n * m)
+            )
+        return out
+    if be.name != "cpu":
+        raise TypeError(
+            f"{op}: objective='transport' runs on the CPU only (a dense linear solve per problem); copy the "
+            "arrays to the host, use objective='regularized', or fastnorm.torch.transport.sinkhorn "
+            "(torch.linalg on the device)"
+        )
+    C = cost.reshape(rows, n, m).astype(np.float64)
+    P = plan.reshape(rows, n, m).astype(np.float64)
+    A = a2.astype(np.float64)
+    Bm = b2.astype(np.float64)
+    g = grad.reshape(rows).astype(np.float64)
+    out = np.empty((rows, n, m), cost.dtype)
+    for r in range(rows):
+        out[r] = g[r] * _transport_grad(P[r], C[r], A[min(r, A.shape[0] - 1)], Bm[min(r, Bm.shape[0] - 1)], reg)
+    return out.reshape(cost.shape)
