@@ -6,6 +6,13 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 
 from . import optim, reference
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
+from .batch_norm_stages import (
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_gather_stats,
+    batch_norm_stats,
+)
 from .norms import (
     batch_norm_backward,
     batch_norm_forward,
@@ -52,6 +59,14 @@ __all__ += [
     "weight_norm_backward",
     "cosine_linear_forward",
     "cosine_linear_backward",
+]
+
+__all__ += [
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]
 
 # NumPy layers for training loops (fastnorm.nn); imports NumPy only.

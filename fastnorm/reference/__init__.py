@@ -20,6 +20,13 @@ from .norms import (
     weight_norm_forward,
 )
 from .optim import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
+from .sync_batch_norm import (
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_gather_stats,
+    batch_norm_stats,
+)
 
 __all__ = [
     "layer_norm_forward",
@@ -47,4 +54,11 @@ __all__ += [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+]
+__all__ += [
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]

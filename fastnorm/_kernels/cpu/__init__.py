@@ -1,5 +1,12 @@
 """CPU kernels (Cython + OpenMP), one name per op; see each ``_<family>.pyx`` for the signatures."""
 
+from ._batch_norm_stages import (
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_gather_stats,
+    batch_norm_stats,
+)
 from ._channel_norm import (
     batch_norm_backward,
     batch_norm_forward,
@@ -55,4 +62,9 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_forward",
     "group_norm_backward",
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]
