@@ -287,12 +287,13 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------- module
-class SyncBatchNorm(torch.nn.SyncBatchNorm):
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """``torch.nn.SyncBatchNorm`` on fastnorm's BatchNorm stage kernels, for CPU (gloo) and CUDA tensors.
 
     Same constructor as torch's: ``SyncBatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True,
-    track_running_stats=True, process_group=None, device=None, dtype=None)``; ``momentum=None`` is the
-    cumulative moving average. Inputs (N, C, *) (channels-last memory format read in place).
+    track_running_stats=True, process_group=None, device=None, dtype=None, *, bias=True)``;
+    ``momentum=None`` is the cumulative moving average. Same parameters, buffers and ``state_dict`` keys,
+    so checkpoints load both ways. Inputs (N, C, *) (channels-last memory format read in place).
 
     Training with an initialized process group of P > 1 processes (``process_group``, default the world)
     normalizes every process's batch with the statistics of the concatenated batch::
@@ -304,7 +305,36 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
     with one all-gather of packed statistics in the forward and one in the backward (see the module
     docstring). A process may hold an empty batch (n_p = 0). Eval mode with running statistics: no
     communication. No process group, or a group of one process: plain BatchNorm (fastnorm's kernels).
+
+    It subclasses torch's ``_BatchNorm``, not ``torch.nn.SyncBatchNorm``: DDP refuses every
+    ``torch.nn.SyncBatchNorm`` instance in a CPU model ("SyncBatchNorm layers only work with GPU modules").
     """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype, bias=bias
+        )
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, input: Tensor) -> None:
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     _fastnorm_op = "batch_norm"
 
