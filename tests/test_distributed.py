@@ -363,6 +363,14 @@ def world(request, tmp_path_factory):
     return w, _cache[w]
 
 
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    """The 2-process run (the optimizer scenarios run with 2 processes only)."""
+    if 2 not in _cache:
+        _cache[2] = _spawn(2, str(tmp_path_factory.mktemp("dist2")))
+    return 2, _cache[2]
+
+
 def _ok(results, name):
     out = []
     for rank, res in enumerate(results):
@@ -508,10 +516,8 @@ def _mlp_refs(world, opt_name):
 
 
 @pytest.mark.parametrize("opt_name", ["Adam", "AdamW", "SGD"])
-def test_zero_redundancy_optimizer_with_fastnorm_optimizer(world, opt_name):
-    w, results = world
-    if w != 2:
-        pytest.skip("run with 2 processes")
+def test_zero_redundancy_optimizer_with_fastnorm_optimizer(world2, opt_name):
+    w, results = world2
     got = _ok(results, f"zero_{opt_name}_fastnorm")
     theirs = _ok(results, f"zero_{opt_name}_torch")
     ref, lowp = _mlp_refs(w, opt_name)
@@ -530,21 +536,17 @@ def test_zero_redundancy_optimizer_with_fastnorm_optimizer(world, opt_name):
 
 
 @pytest.mark.parametrize("opt_name", ["Adam", "AdamW", "SGD"])
-def test_ddp_with_fastnorm_optimizer(world, opt_name):
-    w, results = world
-    if w != 2:
-        pytest.skip("run with 2 processes")
+def test_ddp_with_fastnorm_optimizer(world2, opt_name):
+    w, results = world2
     got = _ok(results, f"ddp_{opt_name}_fastnorm")
     ref, lowp = _mlp_refs(w, opt_name)
     for rank in range(w):
         _assert_params(got[rank]["params"], ref["params"], lowp["params"], f"rank {rank} DDP")
 
 
-def test_fsdp2_fully_shard_works_on_gloo_cpu_with_torch_optimizer(world):
+def test_fsdp2_fully_shard_works_on_gloo_cpu_with_torch_optimizer(world2):
     """Baseline: FSDP2 (fully_shard) trains on gloo/CPU in this torch, with torch's Adam."""
-    w, results = world
-    if w != 2:
-        pytest.skip("run with 2 processes")
+    w, results = world2
     theirs = _ok(results, "fsdp2_Adam_torch")
     ref, lowp = _mlp_refs(w, "Adam")
     for rank in range(w):
@@ -557,10 +559,8 @@ def test_fsdp2_fully_shard_works_on_gloo_cpu_with_torch_optimizer(world):
     "parameters refuse ('.numpy() is not supported for tensor subclasses'); the fix belongs in "
     "fastnorm/torch/optim.py (use the local shard, DTensor.to_local(), for params, grads and state)",
 )
-def test_fsdp2_fully_shard_with_fastnorm_optimizer(world):
-    w, results = world
-    if w != 2:
-        pytest.skip("run with 2 processes")
+def test_fsdp2_fully_shard_with_fastnorm_optimizer(world2):
+    w, results = world2
     ref, lowp = _mlp_refs(w, "Adam")
     got = _ok(results, "fsdp2_Adam_fastnorm")
     for rank in range(w):
