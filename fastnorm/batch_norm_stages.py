@@ -78,16 +78,12 @@ def _absent(be, dtype):
 
 def _row_work(be, n: int, c: int, length: int, per_row: int):
     """float64 scratch of the reduction kernels: (N*C, 2) per-slice pairs for L > 1, else one partial
-    row of ``per_row`` * C values per chunk of rows (threads on the CPU; the CUDA backend's bound on
-    partial rows on the GPU)."""
+    row of ``per_row`` * C values per chunk of rows (as many chunks as CPU threads, or the CUDA backend's
+    partial rows). Returns (work, n_threads)."""
     nt = be.threads(n * c * length)
     if length > 1:
         return be.empty((n * c, 2), np.float64), nt
-    if be.name == "cpu":
-        chunks = max(1, min(nt, n))
-    else:
-        chunks = max(1, min(be.max_partials, -(-n // max(1, be.work_per_partial // max(1, c)))))
-    return be.empty((chunks, per_row * c), np.float64), nt
+    return be.empty((max(1, min(nt, n)), per_row * c), np.float64), nt
 
 
 def _total_count(op: str, count) -> float:

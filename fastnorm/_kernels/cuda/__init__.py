@@ -6,6 +6,13 @@ and scalars; the trailing ``n_threads`` is the CPU thread count there and, here,
 partial rows of a column reduction (the row count of the scratch the public layer passes).
 """
 
+from .batch_norm_stages import (
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_gather_stats,
+    batch_norm_stats,
+)
 from .channel_norm import (
     batch_norm_backward,
     batch_norm_forward,
@@ -59,4 +66,9 @@ __all__ = [
     "adam_step",
     "gather_params",
     "gather_like",
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]
