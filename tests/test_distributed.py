@@ -84,10 +84,16 @@ class _Counter:
 
     def __init__(self):
         self.calls: list[str] = []
+        self.originals = {}
         for name in self.NAMES:
             fn = getattr(dist, name, None)
             if fn is not None:
+                self.originals[name] = fn
                 setattr(dist, name, self._wrap(name, fn))
+
+    def restore(self):
+        for name, fn in self.originals.items():
+            setattr(dist, name, fn)
 
     def _wrap(self, name, fn):
         def wrapped(*args, **kwargs):
@@ -587,3 +593,38 @@ def test_ddp_example_trains_on_two_processes(tmp_path):
     assert m["epoch_losses"][-1] < 0.6 * m["epoch_losses"][0], m["epoch_losses"]
     assert m["test_accuracy"] > 0.5, m["test_accuracy"]
     assert m["max_param_diff_to_rank0"] == 0.0
+
+
+@pytest.mark.parametrize("group", ["none", "world1"])
+@pytest.mark.parametrize("momentum", [0.2, None])
+def test_without_process_group_is_plain_batch_norm(group, momentum):
+    """No process group (or a group of one process): plain BatchNorm, no collective, torch's semantics."""
+    from fastnorm.torch.distributed import SyncBatchNorm
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    if group == "world1":
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    counter = _Counter()
+    try:
+        x_all, g_all = _data(6, np.float64)
+        mods = [SyncBatchNorm(C, momentum=momentum).double(), torch.nn.BatchNorm2d(C, momentum=momentum).double()]
+        outs = []
+        for m in mods:
+            r = []
+            for _ in range(2):
+                x = torch.tensor(x_all, requires_grad=True)
+                y = m(x)
+                (y * torch.tensor(g_all)).sum().backward()
+                r += [y.detach(), x.grad, m.weight.grad.clone(), m.bias.grad.clone()]
+                m.weight.grad = m.bias.grad = None
+            m.eval()
+            r += [m(torch.tensor(x_all)).detach(), m.running_mean.clone(), m.running_var.clone()]
+            outs.append(r)
+        for a, b in zip(*outs, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10)
+        assert counter.take() == []
+    finally:
+        counter.restore()
+        if group == "world1":
+            dist.destroy_process_group()
