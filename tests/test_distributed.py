@@ -107,17 +107,18 @@ class _Counter:
         return out
 
 
-def _sync_bn_scenario(rank, world, counter, channels_last=False, momentum=0.3, dtype=torch.float32):
+def _sync_bn_scenario(rank, world, counter, channels_last=False, momentum=0.3, dtype=torch.float32, affine=True):
     from fastnorm.torch.distributed import SyncBatchNorm
 
     sizes = SIZES[world]
     lo, hi = _lo_hi(rank, sizes)
     x_all, g_all = _data(sum(sizes))
     torch.manual_seed(3)
-    m = SyncBatchNorm(C, momentum=momentum, eps=1e-4).to(dtype)
-    with torch.no_grad():
-        m.weight.copy_(torch.linspace(0.5, 2.0, C))
-        m.bias.copy_(torch.linspace(-1.0, 1.0, C))
+    m = SyncBatchNorm(C, momentum=momentum, eps=1e-4, affine=affine).to(dtype)
+    if affine:
+        with torch.no_grad():
+            m.weight.copy_(torch.linspace(0.5, 2.0, C))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, C))
     res = {"fwd_calls": [], "bwd_calls": [], "y": [], "dx": [], "dw": [], "db": []}
     for _step in range(2):
         x = torch.tensor(x_all[lo:hi], dtype=dtype)
@@ -132,10 +133,11 @@ def _sync_bn_scenario(rank, world, counter, channels_last=False, momentum=0.3, d
         res["bwd_calls"].append(counter.take())
         res["y"].append(y.detach().numpy().copy())
         res["dx"].append(x.grad.numpy().copy())
-        res["dw"].append(m.weight.grad.numpy().copy())
-        res["db"].append(m.bias.grad.numpy().copy())
+        if affine:
+            res["dw"].append(m.weight.grad.numpy().copy())
+            res["db"].append(m.bias.grad.numpy().copy())
+            m.weight.grad = m.bias.grad = None
         res["y_channels_last"] = bool(y.is_contiguous(memory_format=torch.channels_last)) if channels_last else None
-        m.weight.grad = m.bias.grad = None
     res["running_mean"] = m.running_mean.numpy().copy()
     res["running_var"] = m.running_var.numpy().copy()
     res["num_batches_tracked"] = int(m.num_batches_tracked)
@@ -286,6 +288,7 @@ def _scenarios(world):
         "sync_bn": lambda r, w, c: _sync_bn_scenario(r, w, c),
         "sync_bn_f64_cumulative": lambda r, w, c: _sync_bn_scenario(r, w, c, momentum=None, dtype=torch.float64),
         "sync_bn_channels_last": lambda r, w, c: _sync_bn_scenario(r, w, c, channels_last=True),
+        "sync_bn_no_affine": lambda r, w, c: _sync_bn_scenario(r, w, c, affine=False),
         "mismatch_channels": _mismatch_channels,
         "mismatch_phase": _mismatch_phase,
         "convert": _convert,
@@ -387,16 +390,17 @@ def _ok(results, name):
 
 
 # ------------------------------------------------------------------------------------------- references
-def _bn_reference(world, momentum, dtype):
+def _bn_reference(world, momentum, dtype, affine=True):
     """Single-process torch BatchNorm2d on the concatenated batch: float64 reference and `dtype` run."""
     sizes = SIZES[world]
     x_all, g_all = _data(sum(sizes))
     out = {}
     for key, dt in (("ref", torch.float64), ("lowp", dtype)):
-        m = torch.nn.BatchNorm2d(C, momentum=momentum, eps=1e-4).to(dt)
-        with torch.no_grad():
-            m.weight.copy_(torch.linspace(0.5, 2.0, C))
-            m.bias.copy_(torch.linspace(-1.0, 1.0, C))
+        m = torch.nn.BatchNorm2d(C, momentum=momentum, eps=1e-4, affine=affine).to(dt)
+        if affine:
+            with torch.no_grad():
+                m.weight.copy_(torch.linspace(0.5, 2.0, C))
+                m.bias.copy_(torch.linspace(-1.0, 1.0, C))
         r = {"y": [], "dx": [], "dw": [], "db": []}
         for _ in range(2):
             x = torch.tensor(x_all, dtype=dt, requires_grad=True)
@@ -404,9 +408,10 @@ def _bn_reference(world, momentum, dtype):
             (y * torch.tensor(g_all, dtype=dt)).sum().backward()
             r["y"].append(y.detach().numpy())
             r["dx"].append(x.grad.numpy())
-            r["dw"].append(m.weight.grad.numpy().copy())
-            r["db"].append(m.bias.grad.numpy().copy())
-            m.weight.grad = m.bias.grad = None
+            if affine:
+                r["dw"].append(m.weight.grad.numpy().copy())
+                r["db"].append(m.bias.grad.numpy().copy())
+                m.weight.grad = m.bias.grad = None
         r["running_mean"], r["running_var"] = m.running_mean.numpy(), m.running_var.numpy()
         m.eval()
         r["eval_y"] = m(torch.tensor(x_all, dtype=dt)).detach().numpy()
@@ -415,22 +420,23 @@ def _bn_reference(world, momentum, dtype):
 
 
 @pytest.mark.parametrize(
-    "scenario,momentum,dtype",
+    "scenario,momentum,dtype,affine",
     [
-        ("sync_bn", 0.3, torch.float32),
-        ("sync_bn_f64_cumulative", None, torch.float64),
-        ("sync_bn_channels_last", 0.3, torch.float32),
+        ("sync_bn", 0.3, torch.float32, True),
+        ("sync_bn_f64_cumulative", None, torch.float64, True),
+        ("sync_bn_channels_last", 0.3, torch.float32, True),
+        ("sync_bn_no_affine", 0.3, torch.float32, False),
     ],
 )
-def test_sync_batch_norm_equals_batch_norm_on_concatenated_batch(world, scenario, momentum, dtype):
+def test_sync_batch_norm_equals_batch_norm_on_concatenated_batch(world, scenario, momentum, dtype, affine):
     w, results = world
     got = _ok(results, scenario)
-    ref = _bn_reference(w, momentum, dtype)
+    ref = _bn_reference(w, momentum, dtype, affine)
     for step in range(2):
         for key in ("y", "dx"):
             cat = np.concatenate([g[key][step] for g in got])
             assert_matches_reference(cat, ref["ref"][key][step], ref["lowp"][key][step], name=f"{key} step {step}")
-        for key in ("dw", "db"):  # each rank's share; summed over the ranks (what DDP's all-reduce does)
+        for key in ("dw", "db") if affine else ():  # each rank's share, summed over the ranks (as DDP does)
             total = np.sum([g[key][step] for g in got], axis=0)
             assert_matches_reference(total, ref["ref"][key][step], ref["lowp"][key][step], name=f"{key} step {step}")
     for rank_res in got:
