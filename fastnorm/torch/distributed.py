@@ -1,9 +1,10 @@
 """Synchronized BatchNorm across processes on ``torch.distributed``, on fastnorm's BatchNorm stage kernels.
 
 ``SyncBatchNorm`` is a drop-in ``torch.nn.SyncBatchNorm`` (same constructor, parameters, buffers and
-``state_dict`` keys; ``isinstance(m, torch.nn.SyncBatchNorm)`` holds) that also runs on CPU tensors,
-where torch's own refuses them, and with whatever backend the process group has (gloo on the CPU; NCCL
-for CUDA tensors). In training, with an initialized process group of more than one process:
+``state_dict`` keys; a ``torch.nn.modules.batchnorm._BatchNorm``, not a ``torch.nn.SyncBatchNorm``, which
+DDP refuses on the CPU) that also runs on CPU tensors, where torch's own refuses them, and with whatever
+backend the process group has (gloo on the CPU; NCCL for CUDA tensors). In training, with an initialized
+process group of more than one process:
 
 forward:  local (mean, M2, count) per channel (``fastnorm.batch_norm_stats``), packed with a small header
           into one buffer and exchanged in ONE all-gather; every process combines the gathered statistics
@@ -24,8 +25,10 @@ carries the phase (forward / backward), ``num_features``, the input's channel co
 checked by every process after the same collective. A process whose input has the wrong channel count,
 or which is in the backward while another is in the forward, makes every process raise ``RuntimeError``.
 Limits: processes whose modules have different ``num_features`` exchange buffers of different sizes, which
-the backend cannot match (gloo aborts the process; DDP refuses such models when it is built); a process
-in eval mode makes no collective at all (as in torch), so its peers in training wait for it.
+the backend cannot match (gloo aborts the process; DDP checks parameter shapes across processes when it
+is built); a process in eval mode makes no collective at all (as in torch), so its peers in training wait
+for it. On CUDA tensors the gathered header and counts are read on the host (a device synchronization per
+layer and pass); that path is not exercised here (NCCL needs several GPUs).
 
 Eval mode (with running statistics) normalizes with the running statistics, with no communication. With
 no process group initialized, or a group of one process, the module is plain BatchNorm.
@@ -308,6 +311,21 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
     It subclasses torch's ``_BatchNorm``, not ``torch.nn.SyncBatchNorm``: DDP refuses every
     ``torch.nn.SyncBatchNorm`` instance in a CPU model ("SyncBatchNorm layers only work with GPU modules").
+
+    Parameters
+    ----------
+    num_features : C, the channel count of the (N, C, *) input.
+    eps : added to the variance.
+    momentum : running-statistics factor in [0, 1], or None for the cumulative average.
+    affine : learnable weight and bias (bias only if ``bias`` too).
+    track_running_stats : keep running_mean, running_var, num_batches_tracked.
+    process_group : the group to synchronize over (None: the default group).
+    device, dtype : of the parameters and buffers.
+    bias : with ``affine``, whether there is a bias.
+
+    Returns
+    -------
+    The module; calling it on x (N, C, *) returns y of x's shape and memory format.
     """
 
     def __init__(
