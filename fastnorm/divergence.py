@@ -22,6 +22,17 @@ import numpy as np
 from . import _validation as V
 from ._dispatch import backend_of
 
+__all__ = [
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy",
+    "entropy_backward",
+    "kl_div",
+    "kl_div_backward",
+    "js_div",
+    "js_div_backward",
+]
+
 Array = Any
 
 _CE_REDUCTIONS = ("none", "sum", "mean")

@@ -22,6 +22,25 @@ import numpy as np
 from . import _validation as V
 from ._dispatch import backend_of
 
+__all__ = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+]
+
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
 
 

@@ -10,6 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy",
+    "entropy_backward",
+    "kl_div",
+    "kl_div_backward",
+    "js_div",
+    "js_div_backward",
+]
+
 _REDUCTIONS_CE = ("none", "sum", "mean")
 _REDUCTIONS_KL = ("none", "sum", "mean", "batchmean")
 

@@ -8,6 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "local_response_norm_forward",
+    "local_response_norm_backward",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+]
+
 
 def _rows(x, normalized_ndim):
     lead = x.shape[: x.ndim - normalized_ndim]

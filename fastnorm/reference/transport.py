@@ -15,6 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "wasserstein_1d",
+    "wasserstein_1d_backward",
+    "sinkhorn",
+    "sinkhorn_regularized_value",
+    "sinkhorn_backward",
+]
+
 # ----------------------------------------------------------------------------------------- wasserstein_1d
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
+from types import ModuleType
 
 from . import _cpuinfo, _isa
 
@@ -75,86 +76,21 @@ def use_target(target: str):
         g.update(saved)
 
 
+
+
+def _kernels_of(module) -> dict:
+    """The public kernels of a family module: its callables that are not modules."""
+    return {
+        n: v for n, v in vars(module).items() if not n.startswith("_") and callable(v) and not isinstance(v, ModuleType)
+    }
+
+
+__all__: list[str] = []
 for _family in FAMILIES:
-    sys.modules[f"{__name__}.{_family}"] = globals()[_family] = target_module(_family)
-del _family
-
-from ._channel_norm import (  # noqa: E402
-    batch_norm_backward,
-    batch_norm_forward,
-    group_norm_backward,
-    group_norm_forward,
-    instance_norm_backward,
-    instance_norm_forward,
-)
-from ._divergence import (  # noqa: E402
-    entropy_backward,
-    entropy_forward,
-    js_div_backward,
-    js_div_forward,
-    kl_div_backward,
-    kl_div_forward,
-    softmax_cross_entropy_backward,
-    softmax_cross_entropy_forward,
-)
-from ._layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward  # noqa: E402
-from ._lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len  # noqa: E402
-
-# Optimizer steps: kernels over address tables, plus the C-level array checks fastnorm.optim runs first.
-from ._optim import (  # noqa: E402
-    adadelta_step,
-    adagrad_step,
-    adam_step,
-    gather_like,
-    gather_params,
-    rmsprop_step,
-    sgd_step,
-)
-from ._transport import sinkhorn, sinkhorn_backward, wasserstein_1d, wasserstein_1d_backward  # noqa: E402
-from ._weight_norm import (  # noqa: E402
-    cosine_linear_backward_post,
-    cosine_linear_backward_pre,
-    cosine_linear_forward,
-    weight_norm_backward,
-    weight_norm_forward,
-)
-
-__all__ = [
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "rms_norm_forward",
-    "rms_norm_backward",
-    "local_response_norm_forward",
-    "local_response_norm_backward",
-    "lrn_scratch_len",
-    "weight_norm_forward",
-    "weight_norm_backward",
-    "cosine_linear_forward",
-    "cosine_linear_backward_pre",
-    "cosine_linear_backward_post",
-    "sgd_step",
-    "adagrad_step",
-    "adadelta_step",
-    "rmsprop_step",
-    "adam_step",
-    "gather_params",
-    "gather_like",
-    "batch_norm_forward",
-    "batch_norm_backward",
-    "instance_norm_forward",
-    "instance_norm_backward",
-    "group_norm_forward",
-    "group_norm_backward",
-    "softmax_cross_entropy_forward",
-    "softmax_cross_entropy_backward",
-    "entropy_forward",
-    "entropy_backward",
-    "kl_div_forward",
-    "kl_div_backward",
-    "js_div_forward",
-    "js_div_backward",
-    "wasserstein_1d",
-    "wasserstein_1d_backward",
-    "sinkhorn",
-    "sinkhorn_backward",
-]
+    sys.modules[f"{__name__}.{_family}"] = globals()[_family] = _module = target_module(_family)
+    _names = _kernels_of(_module)
+    if set(_names) & set(__all__):
+        raise ImportError(f"fastnorm: kernel names {sorted(set(_names) & set(__all__))} defined twice ({_family})")
+    globals().update(_names)
+    __all__ += sorted(_names)
+del _family, _module, _names

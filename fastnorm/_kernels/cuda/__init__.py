@@ -6,6 +6,13 @@ and scalars; the trailing ``n_threads`` is the CPU thread count there and, here,
 partial rows of a column reduction (the row count of the scratch the public layer passes).
 """
 
+from .batch_norm_stages import (
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_gather_stats,
+    batch_norm_stats,
+)
 from .channel_norm import (
     batch_norm_backward,
     batch_norm_forward,
@@ -80,4 +87,9 @@ __all__ = [
     "js_div_backward",
     "sinkhorn",
     "sinkhorn_backward",
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]

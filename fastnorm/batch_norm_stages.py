@@ -1,0 +1,424 @@
+"""BatchNorm split into stages: the building blocks of a synchronized BatchNorm across processes.
+
+A data-parallel BatchNorm computes per-process statistics, exchanges them, and normalizes every process's
+batch with the statistics of the concatenated batch; its backward does the same with two per-channel
+sums. Each stage here is one fused kernel (CPU: Cython + OpenMP; GPU: Numba-CUDA), named after torch's
+own stage op::
+
+    mean, m2, count = batch_norm_stats(x)                       # local, per channel
+    # ... gather (mean, m2, count) from every process: rows of means, m2s; counts ...
+    mean, invstd = batch_norm_gather_stats(means, m2s, counts, running_mean, running_var)
+    y = batch_norm_elemt(x, mean, invstd, weight, bias)
+    sum_dy, sum_dy_xmu, dweight, dbias = batch_norm_backward_reduce(dy, x, mean, invstd, weight)
+    # ... sum sum_dy, sum_dy_xmu over the processes ...
+    dx = batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts)
+
+Over one process the composition is ``batch_norm_forward`` / ``batch_norm_backward``. Statistics are
+(mean, M2 = sum of squared deviations, count), combined with Chan's parallel-variance formula, so they stay
+accurate when the mean is large against the spread and processes may hold unequal or empty batches.
+Channel ``axis`` 1 ((N, C, *)) or -1 (channels-last (*, C)); float32 and float64. Every op validates
+before any kernel runs and accepts ``out=`` buffers, like the other fastnorm ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _validation as V
+from ._dispatch import backend_of
+
+Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
+
+__all__ = [
+    "BatchNormStats",
+    "BatchNormGatherStats",
+    "BatchNormBackwardReduce",
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+]
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class BatchNormStats(NamedTuple):
+    mean: Array
+    m2: Array
+    count: int
+
+
+class BatchNormGatherStats(NamedTuple):
+    mean: Array
+    invstd: Array
+
+
+class BatchNormBackwardReduce(NamedTuple):
+    sum_dy: Array
+    sum_dy_xmu: Array
+    dweight: Array | None
+    dbias: Array
+
+
+def _input(be, op: str, name: str, a, dtype=None):
+    """A float32/float64 input (these ops have no float16 kernels), C-contiguous (copied if not)."""
+    dt = None if a is None else V.dtype_of(a)
+    if dt is not None and dt in be.float_dtypes and dt not in _DTYPES:
+        raise TypeError(f"{op}: {name} has dtype {dt.name}; expected one of float32, float64")
+    return V.float_input(be, op, name, a, dtype)
+
+
+def _absent(be, dtype):
+    return be.empty((0,), dtype)
+
+
+def _row_work(be, n: int, c: int, length: int, per_row: int):
+    """float64 scratch of the reduction kernels: (N*C, 2) per-slice pairs for L > 1, else one partial
+    row of ``per_row`` * C values per chunk of rows (as many chunks as CPU threads, or the CUDA backend's
+    partial rows). Returns (work, n_threads)."""
+    nt = be.threads(n * c * length)
+    if length > 1:
+        return be.empty((n * c, 2), np.float64), nt
+    return be.empty((max(1, min(nt, n)), per_row * c), np.float64), nt
+
+
+def _total_count(op: str, count) -> float:
+    """``count`` (a number, or a 1-D array of per-process counts on the host) as one float > 0."""
+    if isinstance(count, (int, float, np.integer, np.floating)) and not isinstance(count, bool):
+        total = float(count)
+    else:
+        try:
+            a = np.asarray(count)
+        except Exception:
+            a = None
+        if a is None or a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise TypeError(
+                f"{op}: count must be a number or a 1-D host array of per-process counts, got {type(count).__name__}"
+            )
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise ValueError(f"{op}: count must hold finite counts >= 0")
+        total = float(np.sum(a, dtype=np.float64))
+    if not math.isfinite(total) or total <= 0:
+        raise ValueError(f"{op}: count must be finite and > 0 (values per channel over every process), got {total}")
+    return total
+
+
+# ------------------------------------------------------------------------------------------- forward
+def batch_norm_stats(x: Array, *, axis: int = 1, out: tuple | None = None) -> BatchNormStats:
+    """Per-channel statistics of the local batch (``torch.batch_norm_stats``, with M2 instead of invstd).
+
+    Over the n values x_c of channel c (every axis but the channel axis)::
+
+        mean = sum(x_c) / n,   m2 = sum((x_c - mean)^2),   count = n
+
+    accumulated in float64 around shifted values and merged with Chan's formula (accurate when the mean
+    is large against the spread). An empty batch (n = 0) gives mean = m2 = 0, count = 0.
+
+    Parameters
+    ----------
+    x : array (N, C, *) with axis=1, or (*, C) with axis=-1 (channels-last); float32 or float64.
+    axis : 1 or -1, the channel axis.
+    out : optional (mean, m2) buffers of shape (C,) and x's dtype (entries may be None).
+
+    Returns
+    -------
+    BatchNormStats(mean, m2, count): mean, m2 of shape (C,) in x's dtype; count a Python int.
+    """
+    op = "batch_norm_stats"
+    be = backend_of(op, x=x, out=out)
+    x = _input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, axis)
+    mean, m2 = V.outputs(be, op, out, [("mean", (c,), x.dtype), ("m2", (c,), x.dtype)], (x,))
+    work, nt = _row_work(be, n, c, length, 5)
+    be.kernels.batch_norm_stats(x.reshape(n, c, length), mean, m2, work, nt)
+    return BatchNormStats(mean, m2, int(n * length))
+
+
+def _counts(be, op: str, counts, p: int):
+    """Per-process counts as a float64 (P,) array on the backend (a host array is copied to the GPU)."""
+    from ._dispatch import on_cuda
+
+    if on_cuda(counts):
+        if be.name == "cpu":
+            raise TypeError(f"{op}: counts is on the GPU but means is on the CPU; move them to one device")
+        if V.dtype_of(counts) != np.float64:
+            raise TypeError(f"{op}: counts on the GPU must be a float64 array, got {counts.dtype}")
+        counts = be.asarray(counts)
+        V.check_shape(op, "counts", counts, (p,))
+        return counts
+    try:
+        a = np.asarray(counts)
+    except Exception:
+        a = None
+    if a is None or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"{op}: counts must be a 1-D array of numbers, got {type(counts).__name__}")
+    V.check_shape(op, "counts", a, (p,))
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"{op}: counts must be finite and >= 0, got {a.tolist()}")
+    if a.sum() <= 1:
+        raise ValueError(
+            f"{op}: training needs more than 1 value per channel over all processes, got counts {a.tolist()}"
+        )
+    if be.name == "cpu":
+        return a
+    from numba import cuda
+
+    return cuda.to_device(a) if not be._c.SIM else be._c.SimArray(a)
+
+
+def batch_norm_gather_stats(
+    means: Array,
+    m2s: Array,
+    counts: Array,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    out: tuple | None = None,
+) -> BatchNormGatherStats:
+    """Combine P processes' statistics into the batch statistics (``torch.batch_norm_gather_stats_with_counts``).
+
+    With rows p of ``means``, ``m2s`` (from ``batch_norm_stats``) and n_p = counts[p], n = sum_p n_p,
+    in float64 (Chan et al.'s parallel variance; processes with n_p = 0 contribute nothing)::
+
+        mean = sum_p n_p mean_p / n
+        M2   = sum_p (m2_p + n_p (mean_p - mean)^2),     invstd = 1 / sqrt(M2 / n + eps)
+        running_mean <- (1 - momentum) running_mean + momentum mean              (in place, if given)
+        running_var  <- (1 - momentum) running_var  + momentum M2 / (n - 1)      (unbiased, in place)
+
+    Parameters
+    ----------
+    means, m2s : arrays (P, C), float32 or float64.
+    counts : (P,) per-process counts (host array of numbers; on the GPU also a float64 device array,
+        whose values are not checked). n must exceed 1.
+    running_mean, running_var : optional (C,) arrays of means' dtype, updated in place (both or neither).
+    momentum : in [0, 1].
+    eps : > 0.
+    out : optional (mean, invstd) buffers.
+
+    Returns
+    -------
+    BatchNormGatherStats(mean, invstd), each (C,) in means' dtype.
+    """
+    op = "batch_norm_gather_stats"
+    be = backend_of(op, means=means, m2s=m2s, running_mean=running_mean, running_var=running_var, out=out)
+    means = _input(be, op, "means", means)
+    if len(means.shape) != 2:
+        raise ValueError(f"{op}: means must be a (P, C) array (one row per process), got shape {tuple(means.shape)}")
+    p, c = means.shape
+    if p < 1 or c < 1:
+        raise ValueError(f"{op}: means must have at least one process and one channel, got shape {(p, c)}")
+    m2s = V.required(be, op, "m2s", m2s, (p, c), means.dtype)
+    momentum = V.scalar(op, "momentum", momentum, low=0.0, high=1.0)
+    eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
+    counts = _counts(be, op, counts, p)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
+    if running_mean is not None:
+        others = [("means", means), ("m2s", m2s)]
+        running_mean = V.inout(be, op, "running_mean", running_mean, (c,), means.dtype, others)
+        running_var = V.inout(
+            be, op, "running_var", running_var, (c,), means.dtype, [*others, ("running_mean", running_mean)]
+        )
+    mean, invstd = V.outputs(
+        be,
+        op,
+        out,
+        [("mean", (c,), means.dtype), ("invstd", (c,), means.dtype)],
+        (means, m2s, running_mean, running_var),
+    )
+    absent = _absent(be, means.dtype)
+    be.kernels.batch_norm_gather_stats(
+        means,
+        m2s,
+        counts,
+        absent if running_mean is None else running_mean,
+        absent if running_var is None else running_var,
+        mean,
+        invstd,
+        eps,
+        momentum,
+        1,
+    )
+    return BatchNormGatherStats(mean, invstd)
+
+
+def _stats_args(be, op, x, mean, invstd, weight, axis):
+    x = _input(be, op, "x", x)
+    n, c, length = V.split_channels(op, x.shape, axis)
+    mean = V.required(be, op, "mean", mean, (c,), x.dtype)
+    invstd = V.required(be, op, "invstd", invstd, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
+    return x, n, c, length, mean, invstd, weight
+
+
+def batch_norm_elemt(
+    x: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    *,
+    axis: int = 1,
+    out: Array | None = None,
+) -> Array:
+    """Normalize with given statistics (``torch.batch_norm_elemt``)::
+
+        y = (x - mean) * invstd * weight + bias            (per channel; weight 1, bias 0 when None)
+
+    Parameters
+    ----------
+    x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
+    mean, invstd : (C,) of x's dtype (from ``batch_norm_gather_stats``).
+    weight, bias : optional (C,).
+    out : optional y buffer of x's shape and dtype.
+
+    Returns
+    -------
+    y, of x's shape and dtype.
+    """
+    op = "batch_norm_elemt"
+    be = backend_of(op, x=x, mean=mean, invstd=invstd, weight=weight, bias=bias, out=out)
+    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    (y,) = V.outputs(be, op, out, [("y", x.shape, x.dtype)], (x, mean, invstd, weight, bias))
+    absent = _absent(be, x.dtype)
+    be.kernels.batch_norm_elemt(
+        x.reshape(n, c, length),
+        mean,
+        invstd,
+        absent if weight is None else weight,
+        absent if bias is None else bias,
+        y.reshape(n, c, length),
+        be.empty((4, c), x.dtype),
+        be.threads(n * c * length),
+    )
+    return y
+
+
+# ------------------------------------------------------------------------------------------- backward
+def batch_norm_backward_reduce(
+    dy: Array,
+    x: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Array | None = None,
+    *,
+    axis: int = 1,
+    out: tuple | None = None,
+) -> BatchNormBackwardReduce:
+    """Per-channel sums of the local batch for the backward (``torch.batch_norm_backward_reduce``)::
+
+        sum_dy = sum(dy),   sum_dy_xmu = sum(dy * (x - mean))
+        dweight = sum_dy_xmu * invstd   (None without weight),   dbias = sum_dy
+
+    dweight and dbias are this process's share of the parameter gradients (data parallelism sums or
+    averages them over the processes, as for any parameter); sum_dy and sum_dy_xmu are to be summed over
+    the processes and passed to ``batch_norm_backward_elemt``. Accumulated in float64, fixed order.
+
+    Parameters
+    ----------
+    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
+    mean, invstd : (C,) of x's dtype (the statistics the forward normalized with).
+    weight : optional (C,); only says whether dweight is wanted.
+    out : optional (sum_dy, sum_dy_xmu, dweight, dbias) buffers of shape (C,).
+
+    Returns
+    -------
+    BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias), each (C,) in x's dtype.
+    """
+    op = "batch_norm_backward_reduce"
+    be = backend_of(op, dy=dy, x=x, mean=mean, invstd=invstd, weight=weight, out=out)
+    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    sum_dy, sum_dy_xmu, dweight, dbias = V.outputs(
+        be,
+        op,
+        out,
+        [
+            ("sum_dy", (c,), x.dtype),
+            ("sum_dy_xmu", (c,), x.dtype),
+            None if weight is None else ("dweight", (c,), x.dtype),
+            ("dbias", (c,), x.dtype),
+        ],
+        (dy, x, mean, invstd, weight),
+    )
+    work, nt = _row_work(be, n, c, length, 2)
+    be.kernels.batch_norm_backward_reduce(
+        dy.reshape(n, c, length),
+        x.reshape(n, c, length),
+        mean,
+        invstd,
+        sum_dy,
+        sum_dy_xmu,
+        _absent(be, x.dtype) if dweight is None else dweight,
+        dbias,
+        work,
+        nt,
+    )
+    return BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias)
+
+
+def batch_norm_backward_elemt(
+    dy: Array,
+    x: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Array | None,
+    sum_dy: Array,
+    sum_dy_xmu: Array,
+    count,
+    *,
+    axis: int = 1,
+    out: Array | None = None,
+) -> Array:
+    """dx of BatchNorm from the per-channel sums over every process (``torch.batch_norm_backward_elemt``)::
+
+        dx = invstd * weight * (dy - sum_dy / n - (x - mean) * invstd^2 * sum_dy_xmu / n)
+
+    where n = ``count`` is the number of values per channel over every process.
+
+    Parameters
+    ----------
+    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
+    mean, invstd : (C,) of x's dtype, the statistics of the forward.
+    weight : (C,) or None (1).
+    sum_dy, sum_dy_xmu : (C,) of x's dtype, ``batch_norm_backward_reduce``'s sums summed over processes.
+    count : the total n (a number > 0), or a 1-D host array of per-process counts (summed).
+    out : optional dx buffer.
+
+    Returns
+    -------
+    dx, of x's shape and dtype.
+    """
+    op = "batch_norm_backward_elemt"
+    be = backend_of(
+        op, dy=dy, x=x, mean=mean, invstd=invstd, weight=weight, sum_dy=sum_dy, sum_dy_xmu=sum_dy_xmu, out=out
+    )
+    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    sum_dy = V.required(be, op, "sum_dy", sum_dy, (c,), x.dtype)
+    sum_dy_xmu = V.required(be, op, "sum_dy_xmu", sum_dy_xmu, (c,), x.dtype)
+    total = _total_count(op, count)
+    (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu))
+    absent = _absent(be, x.dtype)
+    be.kernels.batch_norm_backward_elemt(
+        dy.reshape(n, c, length),
+        x.reshape(n, c, length),
+        mean,
+        invstd,
+        absent if weight is None else weight,
+        sum_dy,
+        sum_dy_xmu,
+        dx.reshape(n, c, length),
+        be.empty((4, c), x.dtype),
+        total,
+        be.threads(n * c * length),
+    )
+    return dx

@@ -1,0 +1,380 @@
+"""BatchNorm stages (fastnorm.batch_norm_stats ... batch_norm_backward_elemt): references against finite
+differences and the fused BatchNorm, kernels against references, composition over one process and over
+split batches (unequal and empty) against BatchNorm over the concatenated batch."""
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import reference as R
+from fastnorm.reference import sync_batch_norm as RS
+
+from ._channel import FakeCudaArray, as64, assert_raises_unchanged, copy, readonly, strided
+from ._util import FLOATS, assert_matches_reference
+
+SHAPES = [
+    ((7, 3), 1),
+    ((5, 4, 9), 1),
+    ((3, 5, 6, 7), 1),
+    ((2, 3, 4, 5, 3), 1),
+    ((1, 1, 13), 1),
+    ((2, 2, 4111), 1),
+    ((4, 6, 5), -1),
+    ((3, 5, 7, 11), -1),
+    ((17, 2), -1),
+    ((613, 3), -1),
+]
+
+
+def channels(shape, axis):
+    return shape[1] if axis == 1 else shape[-1]
+
+
+def data(rng, shape, dtype, offset=0.7, scale=1.5):
+    return (rng.normal(size=shape) * scale + offset).astype(dtype)
+
+
+def params(rng, c, dtype, affine=True):
+    if not affine:
+        return None, None
+    return (rng.normal(size=c) + 1.5).astype(dtype), rng.normal(size=c).astype(dtype)
+
+
+def split(x, sizes, axis):
+    """x cut along its batch axis (axis 0) into pieces of the given sizes (0 allowed)."""
+    cuts = np.cumsum(sizes)[:-1]
+    assert sum(sizes) == x.shape[0]
+    return np.split(x, cuts, axis=0)
+
+
+# ------------------------------------------------------------------------------------------ references
+def _stages_forward(parts, w, b, axis, eps, lib=RS, rm=None, rv=None, momentum=0.1):
+    stats = [lib.batch_norm_stats(p, axis=axis) for p in parts]
+    means = np.stack([s[0] for s in stats])
+    m2s = np.stack([s[1] for s in stats])
+    counts = np.array([s[2] for s in stats])
+    mean, invstd = lib.batch_norm_gather_stats(means, m2s, counts, rm, rv, momentum=momentum, eps=eps)
+    ys = [lib.batch_norm_elemt(p, mean, invstd, w, b, axis=axis) for p in parts]
+    return ys, mean, invstd, counts
+
+
+def _stages_backward(dys, parts, mean, invstd, w, counts, axis, lib=RS):
+    red = [lib.batch_norm_backward_reduce(g, p, mean, invstd, w, axis=axis) for g, p in zip(dys, parts)]
+    sum_dy = np.sum([r[0] for r in red], axis=0).astype(mean.dtype)
+    sum_dy_xmu = np.sum([r[1] for r in red], axis=0).astype(mean.dtype)
+    dxs = [
+        lib.batch_norm_backward_elemt(g, p, mean, invstd, w, sum_dy, sum_dy_xmu, counts, axis=axis)
+        for g, p in zip(dys, parts)
+    ]
+    dw = None if w is None else np.sum([r[2] for r in red], axis=0)
+    db = np.sum([r[3] for r in red], axis=0)
+    return dxs, dw, db
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((5, 2, 3), 1), ((5, 3, 2, 2), 1), ((5, 2, 3), -1)])
+@pytest.mark.parametrize("sizes", [None, (2, 0, 3)], ids=["one", "split"])
+def test_reference_stages_backward_matches_finite_differences(rng, shape, axis, sizes):
+    """The composed stage backward is the gradient of the composed stage forward (float64, central FD)."""
+    from ._util import numeric_grad
+
+    x = data(rng, shape, np.float64)
+    c = channels(shape, axis)
+    w, b = params(rng, c, np.float64)
+    sizes = sizes or (shape[0],)
+    if sum(sizes) != shape[0]:
+        sizes = (shape[0] - 3, 0, 3)
+
+    def fwd(x, w, b):
+        ys, *_ = _stages_forward(split(x, sizes, axis), w, b, axis, 1e-3)
+        return np.concatenate(ys, axis=0)
+
+    dy = rng.normal(size=shape)
+    parts = split(x, sizes, axis)
+    _, mean, invstd, counts = _stages_forward(parts, w, b, axis, 1e-3)
+    dxs, dw, db = _stages_backward(split(dy, sizes, axis), parts, mean, invstd, w, counts, axis)
+    for i, got in enumerate([np.concatenate(dxs, axis=0), dw, db]):
+        num = numeric_grad(fwd, [x, w, b], i, dy)
+        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-7, err_msg=f"gradient of argument {i}")
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 3), 1), ((5, 4, 3), 1), ((4, 3, 5), -1)])
+def test_reference_stages_equal_batch_norm_reference(rng, shape, axis):
+    x = data(rng, shape, np.float64)
+    c = channels(shape, axis)
+    w, b = params(rng, c, np.float64)
+    rm, rv = rng.normal(size=c), rng.random(c) + 0.5
+    rm2, rv2 = rm.copy(), rv.copy()
+    ys, mean, invstd, counts = _stages_forward([x], w, b, axis, 1e-4, rm=rm, rv=rv, momentum=0.3)
+    y_ref, m_ref, r_ref = R.batch_norm_forward(x, w, b, rm2, rv2, eps=1e-4, momentum=0.3, axis=axis)
+    for got, ref in [(ys[0], y_ref), (mean, m_ref), (invstd, r_ref), (rm, rm2), (rv, rv2)]:
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=shape)
+    dxs, dw, db = _stages_backward([dy], [x], mean, invstd, w, counts, axis)
+    ref = R.batch_norm_backward(dy, x, m_ref, r_ref, w, b, axis=axis)
+    for got, r in zip([dxs[0], dw, db], ref):
+        np.testing.assert_allclose(got, r, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_gather_is_chan_formula(rng):
+    parts = [rng.normal(size=(n, 3)) * 2 + 5 for n in (4, 1, 7)]
+    whole = np.concatenate(parts)
+    stats = [RS.batch_norm_stats(p) for p in parts]
+    mean, invstd = RS.batch_norm_gather_stats(
+        np.stack([s[0] for s in stats]), np.stack([s[1] for s in stats]), [s[2] for s in stats], eps=0.0
+    )
+    np.testing.assert_allclose(mean, whole.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(invstd, 1 / whole.std(0), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_stats_matches_reference(rng, threads, dtype, shape, axis):
+    x = data(rng, shape, dtype)
+    mean, m2, count = fastnorm.batch_norm_stats(x, axis=axis)
+    rmean, rm2, rcount = RS.batch_norm_stats(as64(x), axis=axis)
+    lmean, lm2, _ = RS.batch_norm_stats(x, axis=axis)
+    assert count == rcount == x.size // channels(shape, axis)
+    assert mean.dtype == m2.dtype == dtype
+    assert_matches_reference(mean, rmean, lmean, name="mean")
+    assert_matches_reference(m2, rm2, lm2, name="m2")
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 4, 33), 1), ((257, 5), -1), ((3, 2, 5000), 1)])
+def test_stats_stable_at_large_offset(rng, threads, shape, axis):
+    """x = 1e4 + noise in float32: M2 within a few float32 ulps of the exact value (no E[x^2] - E[x]^2)."""
+    x = data(rng, shape, np.float32, offset=1e4, scale=1.0)
+    mean, m2, _ = fastnorm.batch_norm_stats(x, axis=axis)
+    rmean, rm2, _ = RS.batch_norm_stats(as64(x), axis=axis)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-5)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("counts", [(5, 3, 9), (4, 0, 2), (0, 0, 7), (1, 1)])
+@pytest.mark.parametrize("running", [True, False])
+def test_gather_stats_matches_reference(rng, threads, dtype, counts, running):
+    c = 6
+    parts = [data(rng, (n, c), dtype) for n in counts]
+    stats = [fastnorm.batch_norm_stats(p) for p in parts]
+    means = np.stack([s.mean for s in stats])
+    m2s = np.stack([s.m2 for s in stats])
+    cnt = np.array([s.count for s in stats])
+    rm, rv = (rng.normal(size=c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)) if running else (None, None)
+    rm_k, rv_k, rm_64, rv_64, rm_lp, rv_lp = copy(rm), copy(rv), as64(rm), as64(rv), copy(rm), copy(rv)
+    got = fastnorm.batch_norm_gather_stats(means, m2s, cnt, rm_k, rv_k, momentum=0.3, eps=1e-4)
+    ref = RS.batch_norm_gather_stats(as64(means), as64(m2s), cnt, rm_64, rv_64, momentum=0.3, eps=1e-4)
+    lowp = RS.batch_norm_gather_stats(means, m2s, cnt, rm_lp, rv_lp, momentum=0.3, eps=1e-4)
+    for name, g, r, lp in zip(
+        ["mean", "invstd", "running_mean", "running_var"],
+        [*got, rm_k, rv_k],
+        [*ref, rm_64, rv_64],
+        [*lowp, rm_lp, rv_lp],
+    ):
+        assert_matches_reference(g, r, lp, name=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_elemt_and_backward_stages_match_reference(rng, threads, dtype, shape, axis, affine):
+    x = data(rng, shape, dtype)
+    dy = data(rng, shape, dtype, offset=0.1)
+    c = channels(shape, axis)
+    w, b = params(rng, c, dtype, affine)
+    mean = (rng.normal(size=c) * 0.1 + 0.7).astype(dtype)
+    invstd = (rng.random(c) + 0.5).astype(dtype)
+    f64 = [as64(a) for a in (dy, x, mean, invstd, w, b)]
+
+    y = fastnorm.batch_norm_elemt(x, mean, invstd, w, b, axis=axis)
+    assert_matches_reference(
+        y, RS.batch_norm_elemt(*f64[1:], axis=axis), RS.batch_norm_elemt(x, mean, invstd, w, b, axis=axis), name="y"
+    )
+
+    got = fastnorm.batch_norm_backward_reduce(dy, x, mean, invstd, w, axis=axis)
+    ref = RS.batch_norm_backward_reduce(*f64[:5], axis=axis)
+    lowp = RS.batch_norm_backward_reduce(dy, x, mean, invstd, w, axis=axis)
+    for name, g, r, lp in zip(["sum_dy", "sum_dy_xmu", "dweight", "dbias"], got, ref, lowp):
+        assert_matches_reference(g, r, lp, name=name)
+
+    n = x.size // c
+    sum_dy, sum_dy_xmu = got.sum_dy, got.sum_dy_xmu
+    dx = fastnorm.batch_norm_backward_elemt(dy, x, mean, invstd, w, sum_dy, sum_dy_xmu, n, axis=axis)
+    ref = RS.batch_norm_backward_elemt(*f64[:5], as64(sum_dy), as64(sum_dy_xmu), n, axis=axis)
+    lowp = RS.batch_norm_backward_elemt(dy, x, mean, invstd, w, sum_dy, sum_dy_xmu, n, axis=axis)
+    assert_matches_reference(dx, ref, lowp, name="dx")
+
+
+# ------------------------------------------------------------------------------------------ composition
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_stages_over_one_process_equal_batch_norm(rng, threads, dtype, shape, axis):
+    """stats -> gather(P=1) -> elemt and reduce -> backward_elemt, against the float64 BatchNorm reference,
+    within the error bound of fastnorm.batch_norm_forward/backward's own error."""
+    x = data(rng, shape, dtype)
+    dy = data(rng, shape, dtype, offset=0.2)
+    c = channels(shape, axis)
+    w, b = params(rng, c, dtype)
+    rm, rv = rng.normal(size=c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+    rm_s, rv_s, rm_f, rv_f, rm_64, rv_64 = copy(rm), copy(rv), copy(rm), copy(rv), as64(rm), as64(rv)
+    ys, mean, invstd, counts = _stages_forward([x], w, b, axis, 1e-4, fastnorm, rm_s, rv_s, momentum=0.2)
+    fused = fastnorm.batch_norm_forward(x, w, b, rm_f, rv_f, momentum=0.2, eps=1e-4, axis=axis)
+    ref = R.batch_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, momentum=0.2, eps=1e-4, axis=axis)
+    for name, got, fu, r in zip(
+        ["y", "mean", "invstd", "running_mean", "running_var"],
+        [ys[0], mean, invstd, rm_s, rv_s],
+        [*fused, rm_f, rv_f],
+        [*ref, rm_64, rv_64],
+    ):
+        assert_matches_reference(got, r, fu, name=name)
+    dxs, dw, db = _stages_backward([dy], [x], mean, invstd, w, counts, axis, fastnorm)
+    fused_b = fastnorm.batch_norm_backward(dy, x, fused.mean, fused.rstd, w, b, axis=axis)
+    ref_b = R.batch_norm_backward(as64(dy), as64(x), ref[1], ref[2], as64(w), as64(b), axis=axis)
+    for name, got, fu, r in zip(["dx", "dweight", "dbias"], [dxs[0], dw, db], fused_b, ref_b):
+        assert_matches_reference(got, r, fu, name=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(
+    "shape,axis,sizes",
+    [
+        ((9, 4, 5), 1, (4, 5)),
+        ((10, 3, 2, 3), 1, (3, 0, 7)),
+        ((11, 5, 3), -1, (6, 0, 0, 5)),
+        ((12, 3), 1, (1, 11)),
+        ((40, 7), -1, (13, 27)),
+    ],
+)
+def test_stages_over_split_batches_equal_concatenated(rng, threads, dtype, shape, axis, sizes):
+    """P processes with unequal and empty batches give BatchNorm over the concatenated batch: outputs,
+    input gradients, summed parameter gradients, running statistics."""
+    x = data(rng, shape, dtype, offset=3.0)
+    dy = data(rng, shape, dtype, offset=0.2)
+    c = channels(shape, axis)
+    w, b = params(rng, c, dtype)
+    rm, rv = rng.normal(size=c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+    rm_s, rv_s, rm_f, rv_f, rm_64, rv_64 = copy(rm), copy(rv), copy(rm), copy(rv), as64(rm), as64(rv)
+    parts = split(x, sizes, axis)
+    ys, mean, invstd, counts = _stages_forward(parts, w, b, axis, 1e-5, fastnorm, rm_s, rv_s)
+    np.testing.assert_array_equal(counts, [p.size // c for p in parts])
+    fused = fastnorm.batch_norm_forward(x, w, b, rm_f, rv_f, axis=axis)
+    ref = R.batch_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, axis=axis)
+    for name, got, fu, r in zip(
+        ["y", "mean", "invstd", "running_mean", "running_var"],
+        [np.concatenate(ys), mean, invstd, rm_s, rv_s],
+        [*fused, rm_f, rv_f],
+        [*ref, rm_64, rv_64],
+    ):
+        assert_matches_reference(got, r, fu, name=name)
+    dxs, dw, db = _stages_backward(split(dy, sizes, axis), parts, mean, invstd, w, counts, axis, fastnorm)
+    fused_b = fastnorm.batch_norm_backward(dy, x, fused.mean, fused.rstd, w, b, axis=axis)
+    ref_b = R.batch_norm_backward(as64(dy), as64(x), ref[1], ref[2], as64(w), as64(b), axis=axis)
+    for name, got, fu, r in zip(["dx", "dweight", "dbias"], [np.concatenate(dxs), dw, db], fused_b, ref_b):
+        assert_matches_reference(got, r, fu, name=name)
+
+
+def test_split_batches_stable_at_large_offset(rng):
+    """float32 x = 1e4 + noise over three processes: the combined variance keeps float32 accuracy."""
+    x = data(rng, (30, 4, 17), np.float32, offset=1e4, scale=1.0)
+    parts = split(x, (7, 0, 23), 1)
+    _, mean, invstd, _ = _stages_forward(parts, None, None, 1, 1e-5, fastnorm)
+    _, rmean, rinv = R.batch_norm_forward(as64(x), eps=1e-5)
+    np.testing.assert_allclose(invstd, rinv, rtol=2e-5)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ API details
+def test_empty_batch_stats_and_reduce(rng):
+    x = np.empty((0, 3, 4), np.float32)
+    mean, m2, count = fastnorm.batch_norm_stats(x)
+    assert count == 0 and not mean.any() and not m2.any()
+    s = fastnorm.batch_norm_backward_reduce(
+        x, x, np.ones(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32)
+    )
+    assert all(not a.any() for a in s) and s.dweight.shape == (3,)
+    y = fastnorm.batch_norm_elemt(x, np.ones(3, np.float32), np.ones(3, np.float32))
+    assert y.shape == x.shape
+    dx = fastnorm.batch_norm_backward_elemt(
+        x, x, *(np.ones(3, np.float32),) * 2, None, *(np.ones(3, np.float32),) * 2, 5
+    )
+    assert dx.shape == x.shape
+
+
+def test_out_buffers_are_written_in_place(rng):
+    x = data(rng, (5, 3, 4), np.float64)
+    mean, m2 = np.empty(3), np.empty(3)
+    res = fastnorm.batch_norm_stats(x, out=(mean, m2))
+    assert res.mean is mean and res.m2 is m2
+    y = np.empty_like(x)
+    assert fastnorm.batch_norm_elemt(x, mean, 1 / np.sqrt(m2 / 20 + 1e-5), out=y) is y
+    mi = np.empty(3), np.empty(3)
+    g = fastnorm.batch_norm_gather_stats(mean[None], m2[None], [20], out=mi)
+    assert g.mean is mi[0] and g.invstd is mi[1]
+    np.testing.assert_allclose(y, R.batch_norm_forward(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_and_readonly_inputs(rng):
+    x = data(rng, (4, 3, 6), np.float32)
+    xs, xr = strided(x), readonly(x)
+    ref = fastnorm.batch_norm_stats(x)
+    for a in (xs, xr):
+        got = fastnorm.batch_norm_stats(a)
+        np.testing.assert_array_equal(got.mean, ref.mean)
+        np.testing.assert_array_equal(got.m2, ref.m2)
+
+
+def test_results_independent_of_thread_count(rng):
+    x = data(rng, (37, 5, 33), np.float32)
+    dy = data(rng, (37, 5, 33), np.float32)
+    old = fastnorm.get_num_threads()
+    try:
+        out = []
+        for nt in (1, 2):
+            fastnorm.set_num_threads(nt)
+            m, m2, _ = fastnorm.batch_norm_stats(x)
+            inv = (1 / np.sqrt(m2 / (x.size // 5) + 1e-5)).astype(np.float32)
+            out.append((m, m2, *fastnorm.batch_norm_backward_reduce(dy, x, m, inv, m)))
+    finally:
+        fastnorm.set_num_threads(old)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_raises_before_writing(rng):
+    x = data(rng, (4, 3, 5), np.float32)
+    m = np.zeros(3, np.float32)
+    v = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="batch_norm_stats: x has dtype int64"):
+        fastnorm.batch_norm_stats(np.ones((3, 2), np.int64))
+    with pytest.raises(ValueError, match="batch_norm_stats: axis must be 1"):
+        fastnorm.batch_norm_stats(x, axis=0)
+    with pytest.raises(ValueError, match="batch_norm_elemt: mean must have shape"):
+        fastnorm.batch_norm_elemt(x, np.zeros(4, np.float32), v)
+    with pytest.raises(TypeError, match="batch_norm_elemt: invstd has dtype float64"):
+        fastnorm.batch_norm_elemt(x, m, np.ones(3))
+    with pytest.raises(ValueError, match="batch_norm_gather_stats: counts must have shape"):
+        fastnorm.batch_norm_gather_stats(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), [1, 2, 3])
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fastnorm.batch_norm_gather_stats(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), [1, 0])
+    with pytest.raises(ValueError, match="counts must be finite and >= 0"):
+        fastnorm.batch_norm_gather_stats(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), [5, -1])
+    with pytest.raises(ValueError, match="means must be a \\(P, C\\) array"):
+        fastnorm.batch_norm_gather_stats(np.zeros(3, np.float32), np.zeros(3, np.float32), [5])
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        fastnorm.batch_norm_gather_stats(np.zeros((1, 3)), np.zeros((1, 3)), [5], running_mean=np.zeros(3))
+    with pytest.raises(ValueError, match="batch_norm_backward_elemt: count must be finite and > 0"):
+        fastnorm.batch_norm_backward_elemt(x, x, m, v, None, m, m, 0)
+    with pytest.raises(TypeError, match="arguments live on different devices"):
+        fastnorm.batch_norm_elemt(x, FakeCudaArray((3,)), v)
+    rm, rv = np.zeros(3, np.float32), readonly(np.ones(3, np.float32))
+    assert_raises_unchanged(
+        ValueError,
+        lambda: fastnorm.batch_norm_gather_stats(
+            np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), [3, 4], rm, rv
+        ),
+        [rm, rv],
+        match="running_var is updated in place but is read-only",
+    )
+    out = np.empty((4, 3, 5), np.float64)
+    with pytest.raises(ValueError, match="out buffer for y must have dtype float32"):
+        fastnorm.batch_norm_elemt(x, m, v, out=out)
