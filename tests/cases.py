@@ -1,0 +1,498 @@
+"""One table of op cases: every public norm op pair, its inputs factory, shapes and option grid.
+
+The contract suite (``tests/contracts``) and the property suite (``tests/test_properties.py``) read this
+table; each contract is written once and runs over every case. A case is a forward/backward pair:
+
+- ``make(rng, shape, dtype, **opts)`` returns ``Inputs(fwd, bwd, inout)``: the keyword arguments of the
+  forward and of the backward (the backward's saved statistics come from the NumPy reference forward in
+  the input dtype, so the backward is tested on its own), and the names of the forward's arguments that
+  are updated in place (running statistics in training).
+- ``shapes`` (CPU) and ``small_shapes`` (CUDA simulator): 1, odd, prime and empty sizes where meaningful.
+- ``options``: the option grid (dicts of ``make`` options); ``options[0]`` is the richest one (every
+  optional argument present), used by the contracts that need only one.
+- ``valid(shape, opts)``: whether that combination is a legal call (e.g. BatchNorm training needs more
+  than one value per channel); illegal combinations are not generated.
+- the public ops, the references and the output names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+import fastnorm
+from fastnorm import reference as R
+
+AFFINE = ("both", "none", "weight", "bias")
+
+
+class Inputs(NamedTuple):
+    fwd: dict
+    bwd: dict
+    inout: tuple = ()
+
+
+@dataclass(frozen=True)
+class OpCase:
+    name: str
+    fwd: Callable
+    bwd: Callable
+    ref_fwd: Callable
+    ref_bwd: Callable
+    fwd_names: tuple
+    bwd_names: tuple
+    make: Callable[..., Inputs]
+    shapes: tuple
+    small_shapes: tuple
+    options: tuple
+    primary: str = "x"  # the forward argument whose dtype sets the op's dtype
+    valid: Callable[[tuple, dict], bool] = field(default=lambda shape, opts: True)
+    bad_primary_shapes: tuple = ()  # forward primary shapes that must raise ValueError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def opts_id(opts: dict) -> str:
+    return "-".join(f"{v}" if k in ("affine", "mode") else f"{k}={v}" for k, v in opts.items()) or "default"
+
+
+def shape_id(shape: tuple) -> str:
+    return "x".join(map(str, shape)) if shape else "0d"
+
+
+def as_tuple(result) -> tuple:
+    """A public op's result as a tuple of outputs (LRN's backward returns one array)."""
+    return tuple(result) if isinstance(result, tuple) else (result,)
+
+
+def _normal(rng, shape, dtype, scale=1.0, offset=0.0):
+    return np.asarray(rng.standard_normal(shape) * scale + offset).astype(dtype)
+
+
+def _affine(rng, shape, dtype, affine):
+    w = (1.0 + 0.5 * rng.standard_normal(shape)).astype(dtype) if affine in ("weight", "both") else None
+    b = rng.standard_normal(shape).astype(dtype) if affine in ("bias", "both") else None
+    return w, b
+
+
+def _saved(ref_call, x, shapes):
+    """The saved outputs of the reference forward; for an empty x that the reference cannot reshape
+    (issue 12 item 5), zeros of the given shapes (a backward on an empty x reads none of them but mean/rstd
+    of empty groups)."""
+    if x.size == 0:
+        try:
+            return ref_call()
+        except ValueError:
+            return tuple(np.zeros(sh, x.dtype) for sh in shapes)
+    return ref_call()
+
+
+# --------------------------------------------------------------------------------------------- LayerNorm
+def _make_layer_norm(rng, shape, dtype, affine="both", normalized_ndim=1, eps=1e-5):
+    x = _normal(rng, shape, dtype, 1.5, 0.3)
+    w, b = _affine(rng, shape[len(shape) - normalized_ndim :], dtype, affine)
+    _, mean, rstd = R.layer_norm_forward(x, w, b, eps=eps, normalized_ndim=normalized_ndim)
+    dy = _normal(rng, shape, dtype)
+    nd = dict(normalized_ndim=normalized_ndim)
+    return Inputs(
+        dict(x=x, weight=w, bias=b, eps=eps, **nd),
+        dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, **nd),
+    )
+
+
+def _make_rms_norm(rng, shape, dtype, affine="weight", normalized_ndim=1, eps=1e-6):
+    x = _normal(rng, shape, dtype, 1.5, 0.3)
+    w, _ = _affine(rng, shape[len(shape) - normalized_ndim :], dtype, affine)
+    _, rstd = R.rms_norm_forward(x, w, eps=eps, normalized_ndim=normalized_ndim)
+    dy = _normal(rng, shape, dtype)
+    nd = dict(normalized_ndim=normalized_ndim)
+    return Inputs(dict(x=x, weight=w, eps=eps, **nd), dict(dy=dy, x=x, rstd=rstd, weight=w, **nd))
+
+
+def _rows_valid(shape, opts):
+    k = opts.get("normalized_ndim", 1)
+    return len(shape) >= k and math.prod(shape[len(shape) - k :]) > 0
+
+
+ROW_SHAPES = ((1, 1), (3, 5), (7, 13), (0, 8), (2, 3, 17), (5, 1025), (1, 4099))
+ROW_SMALL = ((1, 1), (3, 5), (0, 8), (2, 3, 7))
+
+
+# --------------------------------------------------------------------------------------------- channel norms
+def _channels(shape, axis):
+    return shape[1] if axis == 1 else shape[-1]
+
+
+def _running(rng, c, dtype):
+    return (0.1 * rng.standard_normal(c)).astype(dtype), (1.0 + 0.2 * rng.random(c)).astype(dtype)
+
+
+def _make_batch_norm(rng, shape, dtype, affine="both", mode="train", axis=1, momentum=0.3, eps=1e-4):
+    c = _channels(shape, axis)
+    x = _normal(rng, shape, dtype, 1.5, 0.7)
+    w, b = _affine(rng, (c,), dtype, affine)
+    rm, rv = _running(rng, c, dtype) if mode != "train_no_running" else (None, None)
+    training = mode != "eval"
+    _, mean, rstd = R.batch_norm_forward(
+        x, w, b, None if rm is None else rm.copy(), None if rv is None else rv.copy(),
+        training=training, momentum=momentum, eps=eps, axis=axis,
+    )
+    dy = _normal(rng, shape, dtype)
+    fwd = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, training=training, momentum=momentum,
+               eps=eps, axis=axis)
+    bwd = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, training=training, axis=axis)
+    return Inputs(fwd, bwd, ("running_mean", "running_var") if mode == "train" else ())
+
+
+def _batch_norm_valid(axis):
+    def valid(shape, opts):
+        if len(shape) < 2:
+            return False
+        c = _channels(shape, axis)
+        return opts.get("mode") == "eval" or math.prod(shape) // max(c, 1) > 1
+
+    return valid
+
+
+def _make_instance_norm(rng, shape, dtype, affine="both", mode="train", momentum=0.3, eps=1e-4):
+    c = shape[1]
+    x = _normal(rng, shape, dtype, 1.5, 0.7)
+    w, b = _affine(rng, (c,), dtype, affine)
+    rm, rv = _running(rng, c, dtype) if mode != "train_no_running" else (None, None)
+    use = mode != "eval"
+    _, mean, rstd = _saved(
+        lambda: R.instance_norm_forward(
+            x, w, b, None if rm is None else rm.copy(), None if rv is None else rv.copy(),
+            use_input_stats=use, momentum=momentum, eps=eps,
+        ),
+        x, [shape, shape[:2], shape[:2]],
+    )
+    dy = _normal(rng, shape, dtype)
+    fwd = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, use_input_stats=use, momentum=momentum,
+               eps=eps)
+    bwd = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, use_input_stats=use)
+    return Inputs(fwd, bwd, ("running_mean", "running_var") if mode == "train" else ())
+
+
+def _instance_norm_valid(shape, opts):
+    if len(shape) < 2:
+        return False
+    mode = opts.get("mode")
+    length = math.prod(shape[2:])
+    if mode == "eval":
+        return True
+    return length > 1 and not (mode == "train" and shape[0] == 0)
+
+
+def _groups(c, groups):
+    return {"one": 1, "all": c, "mid": next((g for g in (2, 3, 5) if c % g == 0 and g < c), 1)}[groups]
+
+
+def _make_group_norm(rng, shape, dtype, affine="both", groups="mid", eps=1e-5):
+    c = shape[1]
+    g = _groups(c, groups)
+    x = _normal(rng, shape, dtype, 1.5, 0.7)
+    w, b = _affine(rng, (c,), dtype, affine)
+    _, mean, rstd = _saved(lambda: R.group_norm_forward(x, g, w, b, eps=eps), x, [shape, (shape[0], g), (shape[0], g)])
+    dy = _normal(rng, shape, dtype)
+    return Inputs(
+        dict(x=x, num_groups=g, weight=w, bias=b, eps=eps),
+        dict(dy=dy, x=x, mean=mean, rstd=rstd, num_groups=g, weight=w, bias=b),
+    )
+
+
+def _group_norm_valid(shape, opts):
+    # an empty group (C/G * L == 0 values) has no statistics: issue 12 item 5 defines that case.
+    return len(shape) >= 2 and shape[1] > 0 and math.prod(shape[2:]) > 0
+
+
+CHANNEL_SHAPES = ((7, 3), (5, 4, 9), (3, 5, 6, 7), (1, 1, 13), (2, 6, 1), (0, 3, 4), (2, 2, 4111))
+CHANNEL_SMALL = ((4, 3), (2, 3, 5), (0, 3, 4), (2, 2, 3, 2))
+CHANNEL_LAST_SHAPES = ((4, 6, 5), (3, 5, 7, 11), (17, 2), (613, 3), (1, 1), (0, 3))
+CHANNEL_LAST_SMALL = ((4, 3), (2, 3, 5), (0, 3))
+
+
+# --------------------------------------------------------------------------------------------- LRN
+def _make_lrn(rng, shape, dtype, size=3, alpha=0.5, beta=0.75, k=2.0):
+    x = _normal(rng, shape, dtype, 1.5)
+    y, scale = _saved(lambda: R.local_response_norm_forward(x, size, alpha=alpha, beta=beta, k=k), x, [shape, shape])
+    dy = _normal(rng, shape, dtype)
+    kw = dict(size=size, alpha=alpha, beta=beta, k=k)
+    return Inputs(dict(x=x, **kw), dict(dy=dy, x=x, y=y, scale=scale, **kw))
+
+
+LRN_SHAPES = ((2, 5, 3), (2, 6), (1, 1, 1), (3, 7, 2, 5), (2, 13, 31), (0, 3, 4), (2, 0, 4), (2, 3, 0))
+LRN_SMALL = ((2, 5, 3), (2, 6), (0, 3, 4), (2, 3, 0))
+
+
+# --------------------------------------------------------------------------------------------- WeightNorm
+def _g_shape(shape, dim):
+    if dim is None:
+        return ()
+    d = dim % len(shape)
+    return tuple(s if i == d else 1 for i, s in enumerate(shape))
+
+
+def _make_weight_norm(rng, shape, dtype, dim=0):
+    v = _normal(rng, shape, dtype, 1.0, 0.2)
+    g = np.asarray(1.0 + 0.5 * rng.standard_normal(_g_shape(shape, dim))).astype(dtype)
+    _, norm = R.weight_norm_forward(v, g, dim=dim)
+    dw = _normal(rng, shape, dtype)
+    return Inputs(dict(v=v, g=g, dim=dim), dict(dw=dw, v=v, g=g, norm=norm, dim=dim))
+
+
+def _weight_norm_valid(shape, opts):
+    dim = opts["dim"]
+    if dim is not None and not -len(shape) <= dim < len(shape):
+        return False
+    # a zero norm is inf/NaN as in torch: keep every slice non-empty so the values are finite.
+    return math.prod(shape) > 0
+
+
+WN_SHAPES = ((1, 1), (7, 5), (4, 3, 3, 2), (13, 1), (1, 37), (40, 3, 3, 3), (3, 40, 17))
+WN_SMALL = ((1, 1), (7, 5), (3, 2, 4))
+
+
+# --------------------------------------------------------------------------------------------- CosineLinear
+def _make_cosine(rng, shape, dtype, eps=1e-8):
+    """shape = (*lead, D, O): x (*lead, D), w (O, D)."""
+    *lead, d, o = shape
+    x = _normal(rng, (*lead, d), dtype, 1.0, 0.3)
+    w = _normal(rng, (o, d), dtype, 1.0, -0.2)
+    y, xn, wn = R.cosine_linear_forward(x, w, eps=eps)
+    dy = _normal(rng, y.shape, dtype)
+    return Inputs(dict(x=x, w=w, eps=eps), dict(dy=dy, x=x, w=w, y=y, x_norm=xn, w_norm=wn, eps=eps))
+
+
+COS_SHAPES = ((7, 5, 3), (13, 31, 17), (2, 3, 4, 6), (9, 5), (1, 1, 1), (0, 3, 2), (3, 4, 0))
+COS_SMALL = ((7, 5, 3), (1, 1, 1), (2, 3, 4, 2))
+
+
+def _cosine_valid(shape, opts):
+    return len(shape) >= 2 and shape[-2] > 0  # D == 0 is a ValueError
+
+
+# --------------------------------------------------------------------------------------------- the table
+def _case(name, op, fwd_names, bwd_names, **kw):
+    return OpCase(
+        name=name,
+        fwd=getattr(fastnorm, f"{op}_forward"),
+        bwd=getattr(fastnorm, f"{op}_backward"),
+        ref_fwd=getattr(R, f"{op}_forward"),
+        ref_bwd=getattr(R, f"{op}_backward"),
+        fwd_names=fwd_names,
+        bwd_names=bwd_names,
+        **kw,
+    )
+
+
+_STATS = ("y", "mean", "rstd")
+_GRADS = ("dx", "dweight", "dbias")
+_MODES = ("train", "train_no_running", "eval")
+
+OP_CASES = [
+    _case(
+        "layer_norm", "layer_norm", _STATS, _GRADS,
+        make=_make_layer_norm, shapes=ROW_SHAPES, small_shapes=ROW_SMALL,
+        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in AFFINE),
+        valid=_rows_valid, bad_primary_shapes=((4, 0), ()),
+    ),
+    _case(
+        "rms_norm", "rms_norm", ("y", "rstd"), ("dx", "dweight"),
+        make=_make_rms_norm, shapes=ROW_SHAPES, small_shapes=ROW_SMALL,
+        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none")),
+        valid=_rows_valid, bad_primary_shapes=((4, 0), ()),
+    ),
+    _case(
+        "batch_norm", "batch_norm", _STATS, _GRADS,
+        make=_make_batch_norm, shapes=CHANNEL_SHAPES, small_shapes=CHANNEL_SMALL,
+        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        valid=_batch_norm_valid(1), bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "batch_norm_channels_last", "batch_norm", _STATS, _GRADS,
+        make=lambda rng, shape, dtype, **o: _make_batch_norm(rng, shape, dtype, axis=-1, **o),
+        shapes=CHANNEL_LAST_SHAPES, small_shapes=CHANNEL_LAST_SMALL,
+        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        valid=_batch_norm_valid(-1), bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "instance_norm", "instance_norm", _STATS, _GRADS,
+        make=_make_instance_norm, shapes=CHANNEL_SHAPES, small_shapes=CHANNEL_SMALL,
+        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        valid=_instance_norm_valid, bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "group_norm", "group_norm", _STATS, _GRADS,
+        make=_make_group_norm, shapes=CHANNEL_SHAPES + ((3, 6, 5),), small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
+        options=tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
+        valid=_group_norm_valid, bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "local_response_norm", "local_response_norm", ("y", "scale"), ("dx",),
+        make=_make_lrn, shapes=LRN_SHAPES, small_shapes=LRN_SMALL,
+        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)),
+        bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "weight_norm_dim0", "weight_norm", ("w", "norm"), ("dv", "dg"),
+        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
+        options=(dict(dim=0),), primary="v", valid=_weight_norm_valid,
+    ),
+    _case(
+        "weight_norm_dim_other", "weight_norm", ("w", "norm"), ("dv", "dg"),
+        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
+        options=(dict(dim=1), dict(dim=-1)), primary="v", valid=_weight_norm_valid,
+    ),
+    _case(
+        "weight_norm_dim_none", "weight_norm", ("w", "norm"), ("dv", "dg"),
+        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
+        options=(dict(dim=None),), primary="v", valid=_weight_norm_valid,
+    ),
+    _case(
+        "cosine_linear", "cosine_linear", ("y", "x_norm", "w_norm"), ("dx", "dw"),
+        make=_make_cosine, shapes=COS_SHAPES, small_shapes=COS_SMALL,
+        options=(dict(eps=1e-8), dict(eps=0.5)), valid=_cosine_valid, bad_primary_shapes=((0,), ()),
+    ),
+]
+CASES_BY_NAME = {c.name: c for c in OP_CASES}
+
+
+def grid(shapes_of: Callable[[OpCase], tuple], options: str = "all", dtypes=(np.float32, np.float64)):
+    """(case, opts, shape, dtype) for every legal combination, as pytest params with readable ids."""
+    import pytest
+
+    params = []
+    for case in OP_CASES:
+        opts_list = case.options if options == "all" else case.options[:1]
+        for opts in opts_list:
+            for shape in shapes_of(case):
+                if not case.valid(shape, opts):
+                    continue
+                for dt in dtypes:
+                    ident = f"{case.name}-{opts_id(opts)}-{shape_id(shape)}-{np.dtype(dt).name}"
+                    params.append(pytest.param(case, opts, shape, dt, id=ident))
+    return params
+
+
+def first_valid_shape(case: OpCase, opts: dict, small: bool = False) -> tuple:
+    """The first non-empty legal shape of a case (for the contracts that need one representative call)."""
+    for shape in case.small_shapes if small else case.shapes:
+        if math.prod(shape) > 1 and case.valid(shape, opts):
+            return shape
+    raise AssertionError(f"{case.name}: no legal non-trivial shape for {opts}")
+
+
+def array_names(kwargs: dict) -> list:
+    return [k for k, v in kwargs.items() if isinstance(v, np.ndarray)]
+
+
+def copy_kwargs(kwargs: dict, dtype=None) -> dict:
+    """Fresh copies of every array (running statistics are updated in place), optionally cast."""
+    return {
+        k: (np.array(v, dtype=dtype or v.dtype, copy=True) if isinstance(v, np.ndarray) else v)
+        for k, v in kwargs.items()
+    }
+
+
+
+# --------------------------------------------------------------------------------------------- optimizers
+@dataclass(frozen=True)
+class OptimCase:
+    """One optimizer: its functional step, class, reference, state lists and option grid.
+
+    ``options`` are functional keyword arguments; ``class_kwargs`` turns them into the class's.
+    """
+
+    name: str
+    cls_name: str
+    states: tuple  # the functional step's state list arguments, in order
+    has_step: bool
+    options: tuple
+
+    def __repr__(self) -> str:
+        return self.name
+
+    @property
+    def functional(self):
+        return getattr(fastnorm.optim, f"{self.name}_step")
+
+    @property
+    def reference(self):
+        return getattr(R.optim, f"{self.name}_step")
+
+    @property
+    def cls(self):
+        return getattr(fastnorm.optim, self.cls_name)
+
+    def class_kwargs(self, kw: dict) -> dict:
+        kw = dict(kw)
+        if "beta1" in kw or "beta2" in kw:
+            kw["betas"] = (kw.pop("beta1", 0.9), kw.pop("beta2", 0.999))
+        return kw
+
+    def init_state(self, rng, params: list) -> list:
+        """State lists in the functional signature: positive second moments, random first moments; SGD's
+        momentum buffers start as None (the first step creates them)."""
+        lists = []
+        for kind in self.states:
+            if kind == "momentum_buffers" and self.name == "sgd":
+                lists.append([None] * len(params))
+            elif kind == "grad_avgs":  # centered RMSprop needs square_avg >= grad_avg^2
+                lists.append([np.zeros_like(p) for p in params])
+            elif kind in ("state_sums", "square_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "acc_deltas"):
+                lists.append([np.asarray(np.abs(rng.standard_normal(p.shape)) * 0.1).astype(p.dtype) for p in params])
+            else:
+                lists.append([np.asarray(rng.standard_normal(p.shape) * 0.01).astype(p.dtype) for p in params])
+        return lists
+
+    def zero_state(self, params: list, kw: dict) -> list:
+        """The state a freshly built class starts from, as functional state lists."""
+        lists = []
+        for kind in self.states:
+            if kind == "momentum_buffers" and self.name == "sgd":
+                lists.append([None] * len(params))
+            elif kind == "state_sums":
+                lists.append([np.full_like(p, kw.get("initial_accumulator_value", 0.0)) for p in params])
+            else:
+                lists.append([np.zeros_like(p) for p in params])
+        return lists
+
+
+OPTIM_CASES = [
+    OptimCase("sgd", "SGD", ("momentum_buffers",), False, (
+        dict(lr=0.05),
+        dict(lr=0.05, weight_decay=0.1, maximize=True),
+        dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+        dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+    )),
+    OptimCase("adagrad", "Adagrad", ("state_sums",), True, (
+        dict(lr=0.1),
+        dict(lr=0.1, lr_decay=0.05, weight_decay=0.01, eps=1e-6, maximize=True),
+    )),
+    OptimCase("adadelta", "Adadelta", ("square_avgs", "acc_deltas"), False, (
+        dict(),
+        dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.05, maximize=True),
+    )),
+    OptimCase("rmsprop", "RMSprop", ("square_avgs", "grad_avgs", "momentum_buffers"), False, (
+        dict(),
+        dict(alpha=0.9, centered=True),
+        dict(momentum=0.7, weight_decay=0.02),
+        dict(lr=0.003, alpha=0.95, eps=1e-6, centered=True, momentum=0.5, maximize=True),
+    )),
+    OptimCase("adam", "Adam", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), True, (
+        dict(lr=0.01),
+        dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05),
+        dict(lr=0.01, amsgrad=True, maximize=True),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    )),
+    OptimCase("adamw", "AdamW", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), True, (
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.3, amsgrad=True, maximize=True),
+    )),
+]
