@@ -99,7 +99,9 @@ def _sorted(x2: np.ndarray, w2: np.ndarray | None, need_sorter: bool):
     """Rows of x2 sorted, the weights in the same order, and the sorter (None when not needed)."""
     if w2 is None and not need_sorter:
         return np.sort(x2, axis=-1), None, None
-    s = np.argsort(x2, axis=-1, kind="stable")
+    # (not stable: the order among equal values changes neither W nor the weight gradients; it only picks
+    # which of the tied values gets the gradient, where W is not differentiable anyway)
+    s = np.argsort(x2, axis=-1)
     xs = np.take_along_axis(x2, s, axis=-1)
     ws = None if w2 is None else np.take_along_axis(w2, s, axis=-1)
     return xs, ws, s
