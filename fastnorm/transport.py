@@ -99,7 +99,16 @@ def _sorted(x2: np.ndarray, w2: np.ndarray | None, need_sorter: bool):
     """Rows of x2 sorted, the weights in the same order, and the sorter (None when not needed)."""
     if w2 is None and not need_sorter:
         return np.sort(x2, axis=-1), None, None
-    s = np.argsort(x2, axis=-1, kind="stable")
+    if not need_sorter:
+        # (value, weight) pairs as complex numbers: one sort of the pairs (lexicographic, NaN values last)
+        # instead of an argsort and two gathers, about twice as fast
+        z = np.empty(x2.shape, np.complex128 if x2.dtype == np.float64 else np.complex64)
+        z.real, z.imag = x2, w2
+        z.sort(axis=-1)
+        return np.ascontiguousarray(z.real), np.ascontiguousarray(z.imag), None
+    # (not stable: the order among equal values changes neither W nor the weight gradients; it only picks
+    # which of the tied values gets the gradient, where W is not differentiable anyway)
+    s = np.argsort(x2, axis=-1)
     xs = np.take_along_axis(x2, s, axis=-1)
     ws = None if w2 is None else np.take_along_axis(w2, s, axis=-1)
     return xs, ws, s

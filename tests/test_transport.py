@@ -159,6 +159,9 @@ def test_w1_nan_propagates_and_noncontiguous_input(rng):
     u2[1, 2] = np.nan
     w = fastnorm.wasserstein_1d(u2, v)
     assert np.isnan(w[1]) and np.isfinite(np.delete(w, 1)).all()
+    ww = fastnorm.wasserstein_1d(u2, v, np.ones(u2.shape), np.ones(v.shape))  # the weighted sort path
+    assert np.isnan(ww[1]) and np.isfinite(np.delete(ww, 1)).all()
+    np.testing.assert_allclose(np.delete(ww, 1), np.delete(w, 1), rtol=1e-12)
 
 
 @pytest.fixture

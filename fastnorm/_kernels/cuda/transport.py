@@ -268,6 +268,8 @@ def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, 
     nb, n, m = cost.shape
     if nb == 0:
         return
+    if nb > 65535:  # the problems are the grid's y dimension
+        raise ValueError(f"sinkhorn: at most 65535 problems per call on CUDA, got {nb}; split the batch")
     k = _kernels(cost.dtype)
     stream = current_stream()
     # work as seven contiguous (B, n) / (B, m) arrays, back to back in its flat buffer
