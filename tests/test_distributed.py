@@ -565,12 +565,6 @@ def test_fsdp2_fully_shard_works_on_gloo_cpu_with_torch_optimizer(world2):
         _assert_params(theirs[rank]["params"], ref["params"], lowp["params"], f"rank {rank} FSDP2 torch Adam")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fastnorm.torch.optim reads parameters, grads and state as t.detach().numpy(), which FSDP2's DTensor "
-    "parameters refuse ('.numpy() is not supported for tensor subclasses'); the fix belongs in "
-    "fastnorm/torch/optim.py (use the local shard, DTensor.to_local(), for params, grads and state)",
-)
 def test_fsdp2_fully_shard_with_fastnorm_optimizer(world2):
     w, results = world2
     ref, lowp = _mlp_refs(w, "Adam")

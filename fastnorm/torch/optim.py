@@ -38,8 +38,10 @@ _warned: set[tuple[str, str]] = set()
 
 def _np(t: torch.Tensor):
     """The array fastnorm's kernels update in place: a zero-copy NumPy view of a CPU tensor, the detached
-    tensor itself (``__cuda_array_interface__``) for a CUDA tensor."""
-    t = t.detach()
+    tensor itself (``__cuda_array_interface__``) for a CUDA tensor. A DTensor (FSDP2's sharded parameters and
+    gradients) is its local shard."""
+    to_local = getattr(t, "to_local", None)
+    t = (to_local() if callable(to_local) else t).detach()
     return t if t.device.type == "cuda" else t.numpy()
 
 
