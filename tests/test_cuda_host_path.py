@@ -56,11 +56,28 @@ def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs)
     assert r["streams"] == [r["expected_stream"]]
     # no other driver call of any kind
     assert not [k for k in r["counts"] if k.startswith("driver ")], r["counts"]
-    assert r["counts"].get("interface dict (numba array)", 0) == 0
-    assert r["counts"].get("interface dict (torch)", 0) == 0
+    assert not [k for k in r["counts"] if k.startswith("interface dict")], r["counts"]
     if inputs == "torch":
         assert r["counts"].get("numba array created", 0) == 0
         assert r["counts"].get("torch detach", 0) == 0
+
+
+@pytest.mark.parametrize("case", ["allocating", "out="])
+def test_cupy_inputs_use_cupy_stream_and_no_interface_dict(rows, case):
+    r = _pick(rows, "layer_norm_forward", case, "cupy")
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"], c["launch"]) == (0, 0, 0, 0, 0, 1)
+    assert r["streams"] == [r["expected_stream"]]
+    assert not [k for k in r["counts"] if k.startswith(("driver ", "interface dict"))], r["counts"]
+
+
+def test_input_on_another_stream_is_ordered_by_an_event_not_a_sync(rows):
+    r = _pick(rows, "layer_norm_forward", "torch x, cupy weight/bias", "mixed")
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"], c["launch"]) == (0, 0, 0, 0, 0, 1)
+    assert r["streams"] == [r["expected_stream"]]  # torch's stream (x's library)
+    assert r["counts"].get("driver cuEventRecord") == 1  # on CuPy's stream ...
+    assert r["counts"].get("driver cuStreamWaitEvent") == 1  # ... waited on by torch's, on the device
 
 
 @pytest.mark.parametrize("op", OPTIM_OPS)

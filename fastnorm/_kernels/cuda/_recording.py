@@ -278,6 +278,69 @@ def fake_cuda_tensor(cls, shape, dtype="float32"):
     return torch.Tensor._make_subclass(cls, t)
 
 
+def install_fake_cupy():
+    """A stand-in ``cupy`` module in ``sys.modules`` (host memory behind the pointers): ``ndarray`` with the
+    attributes the adapters read, ``empty``, and a current stream ``CUPY_STREAM``. Its arrays count their
+    interface dicts. Installed only for the CuPy scenarios (it changes which stream Numba inputs use)."""
+    import types
+
+    import numpy as np
+
+    mod = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 (cupy's name)
+        def __init__(self, shape, dtype, base=None):
+            self._h = np.empty(shape, dtype) if base is None else base
+            self.shape = tuple(self._h.shape)
+            self.dtype = self._h.dtype
+            self.strides = self._h.strides
+            self.size = self._h.size
+            self.ndim = self._h.ndim
+            self.data = types.SimpleNamespace(ptr=self._h.ctypes.data)
+            self.flags = types.SimpleNamespace(c_contiguous=self._h.flags.c_contiguous)
+            self.device = types.SimpleNamespace(id=0)
+
+        def reshape(self, *shape):
+            return ndarray(None, None, self._h.reshape(*shape))
+
+        @property
+        def __cuda_array_interface__(self):
+            COUNTS["interface dict (cupy)"] += 1
+            return {"shape": self.shape, "strides": None, "typestr": self.dtype.str,
+                    "data": (self.data.ptr, False), "version": 3, "stream": CUPY_STREAM}
+
+    ndarray.__module__ = "cupy"
+    mod.ndarray = ndarray
+    mod.empty = lambda shape, dtype=np.float32: ndarray(shape, dtype)
+    mod.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0),
+        get_current_stream=lambda: types.SimpleNamespace(ptr=CUPY_STREAM),
+    )
+    sys.modules["cupy"] = mod
+    return mod
+
+
+def cupy_scenarios(m: int = 4096, n: int = 1024):
+    """LayerNorm forward on CuPy arrays (allocating and out=), and on torch x with CuPy weight/bias (ordered
+    after CuPy's stream by an event wait on torch's stream)."""
+    import numpy as np
+
+    import fastnorm
+
+    cp = install_fake_cupy()
+    f32 = np.float32
+    x, w, b = cp.empty((m, n), f32), cp.empty((n,), f32), cp.empty((n,), f32)
+    out = (cp.empty((m, n), f32), cp.empty((m,), f32), cp.empty((m,), f32))
+    T = fake_cuda_tensor_type()
+    tx = fake_cuda_tensor(T, (m, n))
+    return [
+        ("layer_norm_forward", "allocating", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b)),
+        ("layer_norm_forward", "out=", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b, out=out)),
+        ("layer_norm_forward", "torch x, cupy weight/bias", "mixed", TORCH_STREAM,
+         lambda: fastnorm.layer_norm_forward(tx, w, b)),
+    ]
+
+
 # ------------------------------------------------------------------------------------------ scenarios
 def _measure(fn, calls: int) -> tuple[float, float, dict, list]:
     """(CPU µs per call of this thread, wall µs per call, counts per call, launch streams)."""
@@ -504,7 +567,7 @@ def _kernels_by_name() -> dict:
     return out
 
 
-def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("numba", "torch")) -> list[dict]:
+def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("numba", "torch", "cupy")) -> list[dict]:
     """Rows ``{"op", "case", "inputs", "us_per_call", "wall_us_per_call", "calls": {alloc, free, copy,
     memset, sync, launch}, "streams", "expected_stream", "counts"}`` for every scenario.
 
@@ -517,6 +580,8 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
         scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
     if which in ("all", "optim"):
         scen += [(s, optim_calls) for s in optim_scenarios()]
+    if which in ("all", "norms") and "cupy" in kinds:
+        scen += [(s, calls) for s in cupy_scenarios()]  # last: the fake cupy module stays installed
     rows.append(_reference(calls))
     for (op, case, inputs, stream, fn), n in scen:
         us, wall, counts, streams = _measure(fn, n)
@@ -542,7 +607,7 @@ def format_rows(rows: list[dict]) -> str:
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
             continue
         c = r["counts"]
-        dicts = c.get("interface dict (numba array)", 0) + c.get("interface dict (torch)", 0)
+        dicts = sum(v for k, v in c.items() if k.startswith("interface dict"))
         lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
                      + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:>5.1f}"
                      + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}")
@@ -554,7 +619,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--optim-calls", type=int, default=20)
     ap.add_argument("--which", choices=["all", "norms", "optim"], default="all")
-    ap.add_argument("--inputs", nargs="+", choices=["numba", "torch"], default=["numba", "torch"])
+    ap.add_argument("--inputs", nargs="+", choices=["numba", "torch", "cupy"], default=["numba", "torch", "cupy"])
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
     ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
     args = ap.parse_args(argv)
