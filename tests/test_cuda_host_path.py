@@ -106,3 +106,15 @@ def test_launch_plan_arguments_match_numba_packing(rows):
     assert len(checks) == 6
     for r in checks:
         assert r["equal"], r
+
+
+@pytest.mark.parametrize(
+    "op",
+    ["batch_norm_forward", "instance_norm_forward", "group_norm_forward", "local_response_norm_forward",
+     "weight_norm_forward", "layer_norm_forward (non-contiguous x)"],
+)
+def test_other_ops_run_on_the_real_host_path(rows, op):
+    # their launchers get the adapters' arrays; a call that raised would have failed the whole run
+    r = _pick(rows, op, "smoke", "numba")
+    assert r["calls"]["launch"] >= 1
+    assert r["calls"]["sync"] == 0

@@ -94,6 +94,7 @@ def install() -> None:
         id = 0
         compute_capability = (9, 0)
         MULTIPROCESSOR_COUNT = 132
+        MAX_THREADS_PER_BLOCK = 1024
         name = b"recording driver (no GPU)"
 
     class FakeContext:
@@ -141,6 +142,8 @@ def install() -> None:
                 record(name)
                 if name.startswith(self.PASS):
                     return None
+                if name == "get_device":
+                    return FakeDevice()
                 raise RuntimeError(f"unexpected CUDA driver call {name} in the recorded path")
 
             return call
@@ -437,6 +440,31 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
     return out
 
 
+def other_op_scenarios():
+    """One call of each other op on Numba arrays (their launchers take the adapters' arrays through
+    ``dev``): the real host path must run them; counts are reported, not asserted."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm
+
+    f32 = np.float32
+    x4 = cuda.device_array((4, 6, 5, 3), f32)
+    c6 = cuda.device_array(6, f32)
+    rm, rv = cuda.device_array(6, f32), cuda.device_array(6, f32)
+    x2 = cuda.device_array((8, 16), f32)
+    xs = cuda.device_array((8, 32), f32)[:, ::2]  # a strided view: gathered into a contiguous copy
+    ops = [
+        ("batch_norm_forward", lambda: fastnorm.batch_norm_forward(x4, c6, c6, rm, rv)),
+        ("instance_norm_forward", lambda: fastnorm.instance_norm_forward(x4, c6, c6)),
+        ("group_norm_forward", lambda: fastnorm.group_norm_forward(x4, 3, c6, c6)),
+        ("local_response_norm_forward", lambda: fastnorm.local_response_norm_forward(x4, 3)),
+        ("weight_norm_forward", lambda: fastnorm.weight_norm_forward(x2, cuda.device_array((8, 1), f32))),
+        ("layer_norm_forward (non-contiguous x)", lambda: fastnorm.layer_norm_forward(xs, None, None)),
+    ]
+    return [(op, "smoke", "numba", 0, fn) for op, fn in ops]
+
+
 def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
     """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
     import numpy as np
@@ -580,6 +608,8 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
         scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
     if which in ("all", "optim"):
         scen += [(s, optim_calls) for s in optim_scenarios()]
+    if which in ("all", "other"):
+        scen += [(s, 2) for s in other_op_scenarios()]
     if which in ("all", "norms") and "cupy" in kinds:
         scen += [(s, calls) for s in cupy_scenarios()]  # last: the fake cupy module stays installed
     rows.append(_reference(calls))
@@ -618,7 +648,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--optim-calls", type=int, default=20)
-    ap.add_argument("--which", choices=["all", "norms", "optim"], default="all")
+    ap.add_argument("--which", choices=["all", "norms", "optim", "other"], default="all")
     ap.add_argument("--inputs", nargs="+", choices=["numba", "torch", "cupy"], default=["numba", "torch", "cupy"])
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
     ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
