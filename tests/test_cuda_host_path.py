@@ -31,8 +31,18 @@ OPTIM_OPS = ("adam_step", "adamw_step", "sgd_step")
 def rows():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "fastnorm._kernels.cuda._recording", "--calls", "5", "--optim-calls", "3",
-           "--packing", "--json", "-"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastnorm._kernels.cuda._recording",
+        "--calls",
+        "5",
+        "--optim-calls",
+        "3",
+        "--packing",
+        "--json",
+        "-",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads(r.stdout)
@@ -110,8 +120,14 @@ def test_launch_plan_arguments_match_numba_packing(rows):
 
 @pytest.mark.parametrize(
     "op",
-    ["batch_norm_forward", "instance_norm_forward", "group_norm_forward", "local_response_norm_forward",
-     "weight_norm_forward", "layer_norm_forward (non-contiguous x)"],
+    [
+        "batch_norm_forward",
+        "instance_norm_forward",
+        "group_norm_forward",
+        "local_response_norm_forward",
+        "weight_norm_forward",
+        "layer_norm_forward (non-contiguous x)",
+    ],
 )
 def test_other_ops_run_on_the_real_host_path(rows, op):
     # their launchers get the adapters' arrays; a call that raised would have failed the whole run

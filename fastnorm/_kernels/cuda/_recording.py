@@ -134,8 +134,15 @@ def install() -> None:
     cuda.is_available = lambda: True
 
     class RecordingDriver:
-        PASS = ("cuMemcpy", "cuMemset", "cuMemFree", "cuCtxSynchronize", "cuStreamSynchronize",
-                "cuEventSynchronize", "cuMemHostFree")
+        PASS = (
+            "cuMemcpy",
+            "cuMemset",
+            "cuMemFree",
+            "cuCtxSynchronize",
+            "cuStreamSynchronize",
+            "cuEventSynchronize",
+            "cuMemHostFree",
+        )
 
         def __getattr__(self, name):
             def call(*a, **k):
@@ -264,8 +271,13 @@ def fake_cuda_tensor_type():
         @property
         def __cuda_array_interface__(self):
             COUNTS["interface dict (torch)"] += 1
-            return {"shape": tuple(self.shape), "strides": None, "typestr": self.numpy().dtype.str,
-                    "data": (self.data_ptr(), False), "version": 2}
+            return {
+                "shape": tuple(self.shape),
+                "strides": None,
+                "typestr": self.numpy().dtype.str,
+                "data": (self.data_ptr(), False),
+                "version": 2,
+            }
 
         def detach(self):
             COUNTS["torch detach"] += 1
@@ -309,8 +321,14 @@ def install_fake_cupy():
         @property
         def __cuda_array_interface__(self):
             COUNTS["interface dict (cupy)"] += 1
-            return {"shape": self.shape, "strides": None, "typestr": self.dtype.str,
-                    "data": (self.data.ptr, False), "version": 3, "stream": CUPY_STREAM}
+            return {
+                "shape": self.shape,
+                "strides": None,
+                "typestr": self.dtype.str,
+                "data": (self.data.ptr, False),
+                "version": 3,
+                "stream": CUPY_STREAM,
+            }
 
     ndarray.__module__ = "cupy"
     mod.ndarray = ndarray
@@ -339,8 +357,13 @@ def cupy_scenarios(m: int = 4096, n: int = 1024):
     return [
         ("layer_norm_forward", "allocating", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b)),
         ("layer_norm_forward", "out=", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b, out=out)),
-        ("layer_norm_forward", "torch x, cupy weight/bias", "mixed", TORCH_STREAM,
-         lambda: fastnorm.layer_norm_forward(tx, w, b)),
+        (
+            "layer_norm_forward",
+            "torch x, cupy weight/bias",
+            "mixed",
+            TORCH_STREAM,
+            lambda: fastnorm.layer_norm_forward(tx, w, b),
+        ),
     ]
 
 
@@ -393,18 +416,26 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
 
     def numba_set():
         x = cuda.to_device(rng.standard_normal((m, n)).astype(f32))
-        return dict(x=x, w=cuda.to_device(np.ones(n, f32)), b=cuda.to_device(np.zeros(n, f32)),
-                    dy=cuda.to_device(rng.standard_normal((m, n)).astype(f32)),
-                    new=lambda *s, dt=f32: cuda.device_array(s, dt))
+        return dict(
+            x=x,
+            w=cuda.to_device(np.ones(n, f32)),
+            b=cuda.to_device(np.zeros(n, f32)),
+            dy=cuda.to_device(rng.standard_normal((m, n)).astype(f32)),
+            new=lambda *s, dt=f32: cuda.device_array(s, dt),
+        )
 
     def torch_set():
         import torch
 
         T = fake_cuda_tensor_type()
-        return dict(x=fake_cuda_tensor(T, (m, n)), w=fake_cuda_tensor(T, (n,)), b=fake_cuda_tensor(T, (n,)),
-                    dy=fake_cuda_tensor(T, (m, n)),
-                    new=lambda *s, dt=f32: fake_cuda_tensor(T, s, np.dtype(dt).name),
-                    wrap=lambda t: torch.Tensor._make_subclass(T, t) if isinstance(t, torch.Tensor) else t)
+        return dict(
+            x=fake_cuda_tensor(T, (m, n)),
+            w=fake_cuda_tensor(T, (n,)),
+            b=fake_cuda_tensor(T, (n,)),
+            dy=fake_cuda_tensor(T, (m, n)),
+            new=lambda *s, dt=f32: fake_cuda_tensor(T, s, np.dtype(dt).name),
+            wrap=lambda t: torch.Tensor._make_subclass(T, t) if isinstance(t, torch.Tensor) else t,
+        )
 
     out = []
     for inputs, make, stream in (("numba", numba_set, 0), ("torch", torch_set, TORCH_STREAM)):
@@ -420,22 +451,58 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
         rms_out = (new(m, n), new(m))
         rms_bout = (new(m, n), new(n))
         out += [
-            ("layer_norm_forward", "allocating", inputs, stream,
-             lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b)),
-            ("layer_norm_forward", "out=", inputs, stream,
-             lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o)),
-            ("layer_norm_backward", "allocating", inputs, stream,
-             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b)),
-            ("layer_norm_backward", "out=", inputs, stream,
-             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout:
-             fastnorm.layer_norm_backward(dy, x, mu, rs, w, b, out=o)),
+            (
+                "layer_norm_forward",
+                "allocating",
+                inputs,
+                stream,
+                lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b),
+            ),
+            (
+                "layer_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o),
+            ),
+            (
+                "layer_norm_backward",
+                "allocating",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b),
+            ),
+            (
+                "layer_norm_backward",
+                "out=",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout: fastnorm.layer_norm_backward(
+                    dy, x, mu, rs, w, b, out=o
+                ),
+            ),
             ("rms_norm_forward", "allocating", inputs, stream, lambda x=x, w=w: fastnorm.rms_norm_forward(x, w)),
-            ("rms_norm_forward", "out=", inputs, stream,
-             lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o)),
-            ("rms_norm_backward", "allocating", inputs, stream,
-             lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w)),
-            ("rms_norm_backward", "out=", inputs, stream,
-             lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o)),
+            (
+                "rms_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o),
+            ),
+            (
+                "rms_norm_backward",
+                "allocating",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w),
+            ),
+            (
+                "rms_norm_backward",
+                "out=",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o),
+            ),
         ]
     return out
 
@@ -475,8 +542,11 @@ def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
     rng = np.random.default_rng(0)
     sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
     out = []
-    for name, cls, kw in (("adam_step", O.Adam, {}), ("adamw_step", O.AdamW, {}),
-                          ("sgd_step", O.SGD, {"momentum": 0.9})):
+    for name, cls, kw in (
+        ("adam_step", O.Adam, {}),
+        ("adamw_step", O.AdamW, {}),
+        ("sgd_step", O.SGD, {"momentum": 0.9}),
+    ):
         params = [cuda.device_array(int(s), np.float32) for s in sizes]
         grads = [cuda.device_array(int(s), np.float32) for s in sizes]
         opt = cls(params, lr=1e-3, **kw)
@@ -499,9 +569,17 @@ def _reference(calls: int) -> dict:
     import torch
 
     us, wall, _, _ = _measure(lambda: torch.empty(0), calls)
-    return {"op": "reference", "case": "torch.empty(0) on the CPU", "inputs": "-", "us_per_call": round(us, 3),
-            "wall_us_per_call": round(wall, 3), "calls": {c: 0.0 for c in CATEGORIES}, "streams": [],
-            "expected_stream": None, "counts": {}}
+    return {
+        "op": "reference",
+        "case": "torch.empty(0) on the CPU",
+        "inputs": "-",
+        "us_per_call": round(us, 3),
+        "wall_us_per_call": round(wall, 3),
+        "calls": {c: 0.0 for c in CATEGORIES},
+        "streams": [],
+        "expected_stream": None,
+        "counts": {},
+    }
 
 
 def _norm(v):
@@ -516,7 +594,7 @@ def _groups(k, args) -> list:
     out, i = [], 0
     for ty in k._k.argument_types:
         if isinstance(ty, types.Array):
-            g = [_norm(v) for v in args[i: i + 5 + 2 * ty.ndim]]
+            g = [_norm(v) for v in args[i : i + 5 + 2 * ty.ndim]]
             if g[2][1] == 0:
                 g = g[:5]
             out.append(g)
@@ -548,19 +626,36 @@ def packing_check(m: int = 37, n: int = 300) -> list[dict]:
     e = L.empty_device
     z1, z64 = e((0,), f32), e((0, 0), np.float64)
     cases = [
-        ("layer_norm_forward", lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
-         lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False)),
-        ("layer_norm_forward (no weight, bias)", lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
-         lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False)),
-        ("rms_norm_forward", lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
-         lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True)),
-        ("layer_norm_backward", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
-         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False)),
-        ("layer_norm_backward (no dbias)", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None,
-                                                                         z64, None, 8),
-         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False)),
-        ("rms_norm_backward", lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
-         lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True)),
+        (
+            "layer_norm_forward",
+            lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
+            lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False),
+        ),
+        (
+            "layer_norm_forward (no weight, bias)",
+            lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
+            lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False),
+        ),
+        (
+            "rms_norm_forward",
+            lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
+            lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True),
+        ),
+        (
+            "layer_norm_backward",
+            lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
+            lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False),
+        ),
+        (
+            "layer_norm_backward (no dbias)",
+            lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None, z64, None, 8),
+            lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False),
+        ),
+        (
+            "rms_norm_backward",
+            lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
+            lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True),
+        ),
     ]
     rows = []
     for name, new, old in cases:
@@ -615,32 +710,40 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
     rows.append(_reference(calls))
     for (op, case, inputs, stream, fn), n in scen:
         us, wall, counts, streams = _measure(fn, n)
-        rows.append({
-            "op": op,
-            "case": case,
-            "inputs": inputs,
-            "us_per_call": round(us, 2),
-            "wall_us_per_call": round(wall, 2),
-            "calls": {c: counts.get(c, 0.0) for c in CATEGORIES},
-            "streams": streams,
-            "expected_stream": stream,
-            "counts": counts,
-        })
+        rows.append(
+            {
+                "op": op,
+                "case": case,
+                "inputs": inputs,
+                "us_per_call": round(us, 2),
+                "wall_us_per_call": round(wall, 2),
+                "calls": {c: counts.get(c, 0.0) for c in CATEGORIES},
+                "streams": streams,
+                "expected_stream": stream,
+                "counts": counts,
+            }
+        )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  " + " ".join(f"{c:>6}" for c in CATEGORIES)
-             + "  dicts  py-calls C-calls"]
+    lines = [
+        f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  "
+        + " ".join(f"{c:>6}" for c in CATEGORIES)
+        + "  dicts  py-calls C-calls"
+    ]
     for r in rows:
         if r.get("op") == "packing_check":
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
             continue
         c = r["counts"]
         dicts = sum(v for k, v in c.items() if k.startswith("interface dict"))
-        lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
-                     + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:>5.1f}"
-                     + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}")
+        lines.append(
+            f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
+            + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES)
+            + f"  {dicts:>5.1f}"
+            + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}"
+        )
     return "\n".join(lines)
 
 
