@@ -404,8 +404,13 @@ def _call_count(fn) -> tuple[int, int]:
     return py, c
 
 
-def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
-    """(op, case, inputs, expected stream, zero-argument call) for LayerNorm/RMSNorm fwd/bwd."""
+def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch_m: int = 256):
+    """(op, case, inputs, expected stream, zero-argument call) for LayerNorm/RMSNorm fwd/bwd.
+
+    Numba arrays come from the recording context (no memory behind them), at (m, n). The stand-in torch
+    tensors hold real CPU memory, and outputs for them come from ``torch.empty`` on the CPU: they use
+    (torch_m, n), small enough that those allocations stay cheap heap allocations, as torch's caching
+    allocator's are on a GPU (the host path does not depend on the shape otherwise)."""
     import numpy as np
     from numba import cuda
 
@@ -424,7 +429,7 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
             new=lambda *s, dt=f32: cuda.device_array(s, dt),
         )
 
-    def torch_set():
+    def torch_set(m=torch_m):
         import torch
 
         T = fake_cuda_tensor_type()
@@ -443,6 +448,7 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
             continue
         a = make()
         x, w, b, dy, new = a["x"], a["w"], a["b"], a["dy"], a["new"]
+        m = x.shape[0]
         wrap = a.get("wrap", lambda t: t)  # outputs for fake torch tensors are CPU tensors: say CUDA again
         mean, rstd = (wrap(t) for t in fastnorm.layer_norm_forward(x, w, b)[1:])
         rrstd = wrap(fastnorm.rms_norm_forward(x, w)[1])
