@@ -65,8 +65,7 @@ class DevArray:
     ``owner`` (the caller's object, kept alive), ``device`` (ordinal, -1 if unknown), ``readonly`` and
     ``stream`` (the producer stream handle from a version-3 interface dict, else None)."""
 
-    __slots__ = ("ptr", "shape", "dtype", "strides", "kind", "owner", "device", "readonly", "stream", "_nb",
-                 "_span")
+    __slots__ = ("ptr", "shape", "dtype", "strides", "kind", "owner", "device", "readonly", "stream", "_nb", "_span")
 
     def __init__(self, ptr, shape, dtype, strides, kind, owner, device=-1, readonly=False, stream=None):
         self.ptr = ptr
@@ -127,8 +126,9 @@ class DevArray:
             raise ValueError(f"cannot reshape an array of size {self.size} into shape {shape}")
         if self.strides is not None:
             return self.numba().reshape(*shape)
-        return DevArray(self.ptr, shape, self.dtype, None, self.kind, self.owner, self.device, self.readonly,
-                        self.stream)
+        return DevArray(
+            self.ptr, shape, self.dtype, None, self.kind, self.owner, self.device, self.readonly, self.stream
+        )
 
     def span(self) -> tuple[int, int]:
         """[lo, hi) byte addresses the array spans (an empty range for a zero-size array)."""
@@ -151,8 +151,12 @@ class DevArray:
         """A Numba device array over the same memory (zero-copy; made on first use, then kept)."""
         nb = self._nb
         if nb is None:
-            if self.kind == "numba" and self.strides is None and type(self.owner).__name__ == "DeviceNDArray" \
-                    and tuple(self.owner.shape) == self.shape:
+            if (
+                self.kind == "numba"
+                and self.strides is None
+                and type(self.owner).__name__ == "DeviceNDArray"
+                and tuple(self.owner.shape) == self.shape
+            ):
                 nb = self.owner
             else:
                 from numba import cuda

@@ -145,8 +145,7 @@ class Plan:
 
     __slots__ = ("kernel", "config", "values", "slots", "scalars", "extra")
 
-    def __init__(self, kernel, grid: int, block: int, tpl: ArgTemplate, slots: tuple, scalars: tuple = (),
-                 extra=None):
+    def __init__(self, kernel, grid: int, block: int, tpl: ArgTemplate, slots: tuple, scalars: tuple = (), extra=None):
         self.kernel = kernel
         self.config = LaunchConfig(grid=(int(grid), 1, 1), block=(int(block), 1, 1), shmem_size=0)
         self.values = tpl.values

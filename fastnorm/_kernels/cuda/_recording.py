@@ -94,6 +94,7 @@ def install() -> None:
         id = 0
         compute_capability = (9, 0)
         MULTIPROCESSOR_COUNT = 132
+        MAX_THREADS_PER_BLOCK = 1024
         name = b"recording driver (no GPU)"
 
     class FakeContext:
@@ -124,6 +125,9 @@ def install() -> None:
         def synchronize(self):
             record("cuCtxSynchronize")
 
+        def create_external_stream(self, ptr):
+            return drv.Stream(binding.CUstream(ptr), external=True)
+
         def deallocations(self):
             return contextlib.nullcontext()
 
@@ -133,14 +137,23 @@ def install() -> None:
     cuda.is_available = lambda: True
 
     class RecordingDriver:
-        PASS = ("cuMemcpy", "cuMemset", "cuMemFree", "cuCtxSynchronize", "cuStreamSynchronize",
-                "cuEventSynchronize", "cuMemHostFree")
+        PASS = (
+            "cuMemcpy",
+            "cuMemset",
+            "cuMemFree",
+            "cuCtxSynchronize",
+            "cuStreamSynchronize",
+            "cuEventSynchronize",
+            "cuMemHostFree",
+        )
 
         def __getattr__(self, name):
             def call(*a, **k):
                 record(name)
                 if name.startswith(self.PASS):
                     return None
+                if name == "get_device":
+                    return FakeDevice()
                 raise RuntimeError(f"unexpected CUDA driver call {name} in the recorded path")
 
             return call
@@ -261,8 +274,13 @@ def fake_cuda_tensor_type():
         @property
         def __cuda_array_interface__(self):
             COUNTS["interface dict (torch)"] += 1
-            return {"shape": tuple(self.shape), "strides": None, "typestr": self.numpy().dtype.str,
-                    "data": (self.data_ptr(), False), "version": 2}
+            return {
+                "shape": tuple(self.shape),
+                "strides": None,
+                "typestr": self.numpy().dtype.str,
+                "data": (self.data_ptr(), False),
+                "version": 2,
+            }
 
         def detach(self):
             COUNTS["torch detach"] += 1
@@ -276,6 +294,80 @@ def fake_cuda_tensor(cls, shape, dtype="float32"):
 
     t = torch.randn(*shape, dtype=getattr(torch, dtype))
     return torch.Tensor._make_subclass(cls, t)
+
+
+def install_fake_cupy():
+    """A stand-in ``cupy`` module in ``sys.modules`` (host memory behind the pointers): ``ndarray`` with the
+    attributes the adapters read, ``empty``, and a current stream ``CUPY_STREAM``. Its arrays count their
+    interface dicts. Installed only for the CuPy scenarios (it changes which stream Numba inputs use)."""
+    import types
+
+    import numpy as np
+
+    mod = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 (cupy's name)
+        def __init__(self, shape, dtype, base=None):
+            self._h = np.empty(shape, dtype) if base is None else base
+            self.shape = tuple(self._h.shape)
+            self.dtype = self._h.dtype
+            self.strides = self._h.strides
+            self.size = self._h.size
+            self.ndim = self._h.ndim
+            self.data = types.SimpleNamespace(ptr=self._h.ctypes.data)
+            self.flags = types.SimpleNamespace(c_contiguous=self._h.flags.c_contiguous)
+            self.device = types.SimpleNamespace(id=0)
+
+        def reshape(self, *shape):
+            return ndarray(None, None, self._h.reshape(*shape))
+
+        @property
+        def __cuda_array_interface__(self):
+            COUNTS["interface dict (cupy)"] += 1
+            return {
+                "shape": self.shape,
+                "strides": None,
+                "typestr": self.dtype.str,
+                "data": (self.data.ptr, False),
+                "version": 3,
+                "stream": CUPY_STREAM,
+            }
+
+    ndarray.__module__ = "cupy"
+    mod.ndarray = ndarray
+    mod.empty = lambda shape, dtype=np.float32: ndarray(shape, dtype)
+    mod.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0),
+        get_current_stream=lambda: types.SimpleNamespace(ptr=CUPY_STREAM),
+    )
+    sys.modules["cupy"] = mod
+    return mod
+
+
+def cupy_scenarios(m: int = 4096, n: int = 1024):
+    """LayerNorm forward on CuPy arrays (allocating and out=), and on torch x with CuPy weight/bias (ordered
+    after CuPy's stream by an event wait on torch's stream)."""
+    import numpy as np
+
+    import fastnorm
+
+    cp = install_fake_cupy()
+    f32 = np.float32
+    x, w, b = cp.empty((m, n), f32), cp.empty((n,), f32), cp.empty((n,), f32)
+    out = (cp.empty((m, n), f32), cp.empty((m,), f32), cp.empty((m,), f32))
+    T = fake_cuda_tensor_type()
+    tx = fake_cuda_tensor(T, (m, n))
+    return [
+        ("layer_norm_forward", "allocating", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b)),
+        ("layer_norm_forward", "out=", "cupy", CUPY_STREAM, lambda: fastnorm.layer_norm_forward(x, w, b, out=out)),
+        (
+            "layer_norm_forward",
+            "torch x, cupy weight/bias",
+            "mixed",
+            TORCH_STREAM,
+            lambda: fastnorm.layer_norm_forward(tx, w, b),
+        ),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ scenarios
@@ -315,8 +407,13 @@ def _call_count(fn) -> tuple[int, int]:
     return py, c
 
 
-def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
-    """(op, case, inputs, expected stream, zero-argument call) for LayerNorm/RMSNorm fwd/bwd."""
+def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch_m: int = 256):
+    """(op, case, inputs, expected stream, zero-argument call) for LayerNorm/RMSNorm fwd/bwd.
+
+    Numba arrays come from the recording context (no memory behind them), at (m, n). The stand-in torch
+    tensors hold real CPU memory, and outputs for them come from ``torch.empty`` on the CPU: they use
+    (torch_m, n), small enough that those allocations stay cheap heap allocations, as torch's caching
+    allocator's are on a GPU (the host path does not depend on the shape otherwise)."""
     import numpy as np
     from numba import cuda
 
@@ -327,18 +424,26 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
 
     def numba_set():
         x = cuda.to_device(rng.standard_normal((m, n)).astype(f32))
-        return dict(x=x, w=cuda.to_device(np.ones(n, f32)), b=cuda.to_device(np.zeros(n, f32)),
-                    dy=cuda.to_device(rng.standard_normal((m, n)).astype(f32)),
-                    new=lambda *s, dt=f32: cuda.device_array(s, dt))
+        return dict(
+            x=x,
+            w=cuda.to_device(np.ones(n, f32)),
+            b=cuda.to_device(np.zeros(n, f32)),
+            dy=cuda.to_device(rng.standard_normal((m, n)).astype(f32)),
+            new=lambda *s, dt=f32: cuda.device_array(s, dt),
+        )
 
-    def torch_set():
+    def torch_set(m=torch_m):
         import torch
 
         T = fake_cuda_tensor_type()
-        return dict(x=fake_cuda_tensor(T, (m, n)), w=fake_cuda_tensor(T, (n,)), b=fake_cuda_tensor(T, (n,)),
-                    dy=fake_cuda_tensor(T, (m, n)),
-                    new=lambda *s, dt=f32: fake_cuda_tensor(T, s, np.dtype(dt).name),
-                    wrap=lambda t: torch.Tensor._make_subclass(T, t) if isinstance(t, torch.Tensor) else t)
+        return dict(
+            x=fake_cuda_tensor(T, (m, n)),
+            w=fake_cuda_tensor(T, (n,)),
+            b=fake_cuda_tensor(T, (n,)),
+            dy=fake_cuda_tensor(T, (m, n)),
+            new=lambda *s, dt=f32: fake_cuda_tensor(T, s, np.dtype(dt).name),
+            wrap=lambda t: torch.Tensor._make_subclass(T, t) if isinstance(t, torch.Tensor) else t,
+        )
 
     out = []
     for inputs, make, stream in (("numba", numba_set, 0), ("torch", torch_set, TORCH_STREAM)):
@@ -346,6 +451,7 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
             continue
         a = make()
         x, w, b, dy, new = a["x"], a["w"], a["b"], a["dy"], a["new"]
+        m = x.shape[0]
         wrap = a.get("wrap", lambda t: t)  # outputs for fake torch tensors are CPU tensors: say CUDA again
         mean, rstd = (wrap(t) for t in fastnorm.layer_norm_forward(x, w, b)[1:])
         rrstd = wrap(fastnorm.rms_norm_forward(x, w)[1])
@@ -354,24 +460,85 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch")):
         rms_out = (new(m, n), new(m))
         rms_bout = (new(m, n), new(n))
         out += [
-            ("layer_norm_forward", "allocating", inputs, stream,
-             lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b)),
-            ("layer_norm_forward", "out=", inputs, stream,
-             lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o)),
-            ("layer_norm_backward", "allocating", inputs, stream,
-             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b)),
-            ("layer_norm_backward", "out=", inputs, stream,
-             lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout:
-             fastnorm.layer_norm_backward(dy, x, mu, rs, w, b, out=o)),
+            (
+                "layer_norm_forward",
+                "allocating",
+                inputs,
+                stream,
+                lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b),
+            ),
+            (
+                "layer_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o),
+            ),
+            (
+                "layer_norm_backward",
+                "allocating",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b),
+            ),
+            (
+                "layer_norm_backward",
+                "out=",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout: fastnorm.layer_norm_backward(
+                    dy, x, mu, rs, w, b, out=o
+                ),
+            ),
             ("rms_norm_forward", "allocating", inputs, stream, lambda x=x, w=w: fastnorm.rms_norm_forward(x, w)),
-            ("rms_norm_forward", "out=", inputs, stream,
-             lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o)),
-            ("rms_norm_backward", "allocating", inputs, stream,
-             lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w)),
-            ("rms_norm_backward", "out=", inputs, stream,
-             lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o)),
+            (
+                "rms_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o),
+            ),
+            (
+                "rms_norm_backward",
+                "allocating",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w),
+            ),
+            (
+                "rms_norm_backward",
+                "out=",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o),
+            ),
         ]
     return out
+
+
+def other_op_scenarios():
+    """One call of each other op on Numba arrays (their launchers take the adapters' arrays through
+    ``dev``): the real host path must run them; counts are reported, not asserted."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm
+
+    f32 = np.float32
+    x4 = cuda.device_array((4, 6, 5, 3), f32)
+    c6 = cuda.device_array(6, f32)
+    rm, rv = cuda.device_array(6, f32), cuda.device_array(6, f32)
+    x2 = cuda.device_array((8, 16), f32)
+    xs = cuda.device_array((8, 32), f32)[:, ::2]  # a strided view: gathered into a contiguous copy
+    ops = [
+        ("batch_norm_forward", lambda: fastnorm.batch_norm_forward(x4, c6, c6, rm, rv)),
+        ("instance_norm_forward", lambda: fastnorm.instance_norm_forward(x4, c6, c6)),
+        ("group_norm_forward", lambda: fastnorm.group_norm_forward(x4, 3, c6, c6)),
+        ("local_response_norm_forward", lambda: fastnorm.local_response_norm_forward(x4, 3)),
+        ("weight_norm_forward", lambda: fastnorm.weight_norm_forward(x2, cuda.device_array((8, 1), f32))),
+        ("layer_norm_forward (non-contiguous x)", lambda: fastnorm.layer_norm_forward(xs, None, None)),
+    ]
+    return [(op, "smoke", "numba", 0, fn) for op, fn in ops]
 
 
 def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
@@ -384,8 +551,11 @@ def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
     rng = np.random.default_rng(0)
     sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
     out = []
-    for name, cls, kw in (("adam_step", O.Adam, {}), ("adamw_step", O.AdamW, {}),
-                          ("sgd_step", O.SGD, {"momentum": 0.9})):
+    for name, cls, kw in (
+        ("adam_step", O.Adam, {}),
+        ("adamw_step", O.AdamW, {}),
+        ("sgd_step", O.SGD, {"momentum": 0.9}),
+    ):
         params = [cuda.device_array(int(s), np.float32) for s in sizes]
         grads = [cuda.device_array(int(s), np.float32) for s in sizes]
         opt = cls(params, lr=1e-3, **kw)
@@ -408,9 +578,17 @@ def _reference(calls: int) -> dict:
     import torch
 
     us, wall, _, _ = _measure(lambda: torch.empty(0), calls)
-    return {"op": "reference", "case": "torch.empty(0) on the CPU", "inputs": "-", "us_per_call": round(us, 3),
-            "wall_us_per_call": round(wall, 3), "calls": {c: 0.0 for c in CATEGORIES}, "streams": [],
-            "expected_stream": None, "counts": {}}
+    return {
+        "op": "reference",
+        "case": "torch.empty(0) on the CPU",
+        "inputs": "-",
+        "us_per_call": round(us, 3),
+        "wall_us_per_call": round(wall, 3),
+        "calls": {c: 0.0 for c in CATEGORIES},
+        "streams": [],
+        "expected_stream": None,
+        "counts": {},
+    }
 
 
 def _norm(v):
@@ -425,7 +603,7 @@ def _groups(k, args) -> list:
     out, i = [], 0
     for ty in k._k.argument_types:
         if isinstance(ty, types.Array):
-            g = [_norm(v) for v in args[i: i + 5 + 2 * ty.ndim]]
+            g = [_norm(v) for v in args[i : i + 5 + 2 * ty.ndim]]
             if g[2][1] == 0:
                 g = g[:5]
             out.append(g)
@@ -457,19 +635,36 @@ def packing_check(m: int = 37, n: int = 300) -> list[dict]:
     e = L.empty_device
     z1, z64 = e((0,), f32), e((0, 0), np.float64)
     cases = [
-        ("layer_norm_forward", lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
-         lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False)),
-        ("layer_norm_forward (no weight, bias)", lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
-         lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False)),
-        ("rms_norm_forward", lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
-         lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True)),
-        ("layer_norm_backward", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
-         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False)),
-        ("layer_norm_backward (no dbias)", lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None,
-                                                                         z64, None, 8),
-         lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False)),
-        ("rms_norm_backward", lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
-         lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True)),
+        (
+            "layer_norm_forward",
+            lambda: L.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
+            lambda: L._forward(x, w, b, y, mean, rstd, 1e-5, False),
+        ),
+        (
+            "layer_norm_forward (no weight, bias)",
+            lambda: L.layer_norm_forward(x, z1, z1, y, mean, rstd, 1e-5, 1),
+            lambda: L._forward(x, z1, z1, y, mean, rstd, 1e-5, False),
+        ),
+        (
+            "rms_norm_forward",
+            lambda: L.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
+            lambda: L._forward(x, w, z1, y, z1, rstd, 1e-6, True),
+        ),
+        (
+            "layer_norm_backward",
+            lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, None, pb, None, 8),
+            lambda: L._backward(dy, x, mean, rstd, w, dx, dw, db, pw, pb, False),
+        ),
+        (
+            "layer_norm_backward (no dbias)",
+            lambda: L.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, z1, pw, None, z64, None, 8),
+            lambda: L._backward(dy, x, mean, rstd, w, dx, dw, z1, pw, z64, False),
+        ),
+        (
+            "rms_norm_backward",
+            lambda: L.rms_norm_backward(dy, x, rstd, w, dx, dw, pw, None, 8),
+            lambda: L._backward(dy, x, z1, rstd, w, dx, dw, z1, pw, z64, True),
+        ),
     ]
     rows = []
     for name, new, old in cases:
@@ -504,7 +699,7 @@ def _kernels_by_name() -> dict:
     return out
 
 
-def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("numba", "torch")) -> list[dict]:
+def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("numba", "torch", "cupy")) -> list[dict]:
     """Rows ``{"op", "case", "inputs", "us_per_call", "wall_us_per_call", "calls": {alloc, free, copy,
     memset, sync, launch}, "streams", "expected_stream", "counts"}`` for every scenario.
 
@@ -517,35 +712,54 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
         scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
     if which in ("all", "optim"):
         scen += [(s, optim_calls) for s in optim_scenarios()]
+    if which in ("all", "other"):
+        scen += [(s, 2) for s in other_op_scenarios()]
     rows.append(_reference(calls))
-    for (op, case, inputs, stream, fn), n in scen:
-        us, wall, counts, streams = _measure(fn, n)
-        rows.append({
-            "op": op,
-            "case": case,
-            "inputs": inputs,
-            "us_per_call": round(us, 2),
-            "wall_us_per_call": round(wall, 2),
-            "calls": {c: counts.get(c, 0.0) for c in CATEGORIES},
-            "streams": streams,
-            "expected_stream": stream,
-            "counts": counts,
-        })
+    if which in ("all", "norms") and "cupy" in kinds:
+        scen.append(("cupy", calls))  # last, built only then: the stand-in cupy module stays installed
+    for item, n in scen:
+        if item == "cupy":
+            for s in cupy_scenarios():
+                rows.append(_row(s, n))
+            continue
+        rows.append(_row(item, n))
     return rows
 
 
+def _row(scenario, n: int) -> dict:
+    op, case, inputs, stream, fn = scenario
+    us, wall, counts, streams = _measure(fn, n)
+    return {
+        "op": op,
+        "case": case,
+        "inputs": inputs,
+        "us_per_call": round(us, 2),
+        "wall_us_per_call": round(wall, 2),
+        "calls": {c: counts.get(c, 0.0) for c in CATEGORIES},
+        "streams": streams,
+        "expected_stream": stream,
+        "counts": counts,
+    }
+
+
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  " + " ".join(f"{c:>6}" for c in CATEGORIES)
-             + "  dicts  py-calls C-calls"]
+    lines = [
+        f"{'op':<22} {'case':<36} {'inputs':<7} {'us/call':>8}  "
+        + " ".join(f"{c:>6}" for c in CATEGORIES)
+        + "  dicts  py-calls C-calls"
+    ]
     for r in rows:
         if r.get("op") == "packing_check":
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
             continue
         c = r["counts"]
-        dicts = c.get("interface dict (numba array)", 0) + c.get("interface dict (torch)", 0)
-        lines.append(f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
-                     + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES) + f"  {dicts:>5.1f}"
-                     + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}")
+        dicts = sum(v for k, v in c.items() if k.startswith("interface dict"))
+        lines.append(
+            f"{r['op']:<22} {r['case']:<36} {r['inputs']:<7} {r['us_per_call']:>8.1f}  "
+            + " ".join(f"{r['calls'][k]:>6.2f}" for k in CATEGORIES)
+            + f"  {dicts:>5.1f}"
+            + f"  {c.get('python calls', 0):>5.0f} {c.get('builtin calls', 0):>5.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -553,8 +767,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--optim-calls", type=int, default=20)
-    ap.add_argument("--which", choices=["all", "norms", "optim"], default="all")
-    ap.add_argument("--inputs", nargs="+", choices=["numba", "torch"], default=["numba", "torch"])
+    ap.add_argument("--which", choices=["all", "norms", "optim", "other"], default="all")
+    ap.add_argument("--inputs", nargs="+", choices=["numba", "torch", "cupy"], default=["numba", "torch", "cupy"])
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
     ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
     args = ap.parse_args(argv)
