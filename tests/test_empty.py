@@ -209,7 +209,9 @@ def test_local_response_norm_empty(shape):
 
 
 # ---------------------------------------------------------------------------------- WeightNorm, CosineLinear
-@pytest.mark.parametrize("vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)])
+@pytest.mark.parametrize(
+    "vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)]
+)
 def test_weight_norm_empty(vshape, dim):
     v = np.zeros(vshape, np.float32)
     gshape = () if dim is None else tuple(s if i == dim else 1 for i, s in enumerate(vshape))
@@ -221,12 +223,17 @@ def test_weight_norm_empty(vshape, dim):
     assert dv.shape == vshape
     _expect(dg, np.nan, gshape)  # dot / norm = 0 / 0, as torch
     dv, dg = _call(
-        fastnorm.weight_norm_backward, dict(dw=v, v=v, g=g, norm=np.full(gshape, 3.0, np.float32)), dict(dim=dim), (v, g)
+        fastnorm.weight_norm_backward,
+        dict(dw=v, v=v, g=g, norm=np.full(gshape, 3.0, np.float32)),
+        dict(dim=dim),
+        (v, g),
     )
     _expect(dg, 0.0, gshape)
 
 
-@pytest.mark.parametrize("xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))])
+@pytest.mark.parametrize(
+    "xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))]
+)
 def test_cosine_linear_empty(xshape, wshape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xshape).astype(np.float32)
