@@ -231,8 +231,8 @@ def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
     """A state array updated in place (e.g. BatchNorm's running statistics): checked, never copied.
 
     It must be an array of backend ``be`` (TypeError), of dtype ``dtype`` (TypeError), of exactly
-    ``shape``, C-contiguous, aligned, native byte order, writeable, and must not overlap any (name, array) pair of ``avoid``
-    (ValueError). Returns ``a`` itself so the caller's array is the one written.
+    ``shape``, C-contiguous, aligned, native byte order, writeable, and must not overlap any (name, array)
+    pair of ``avoid`` (ValueError). Returns ``a`` itself so the caller's array is the one written.
     """
     if not be.is_own_output(a):
         raise TypeError(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from fastnorm import reference as R
 
 GARBAGE = (np.float32(-7.75e30), np.float32(1234.5))
 EPS = 1e-5
@@ -33,6 +34,16 @@ def _call(fn, args: dict, kwargs: dict, template):
         if a is not None:
             np.testing.assert_array_equal(a, b, err_msg="an output was not written (garbage survived)")
     return results[0]
+
+
+def _same_as_reference(got, ref):
+    """The NumPy specification (fastnorm.reference) defines the same empty cases."""
+    ref = tuple(ref) if isinstance(ref, tuple) else (ref,)
+    for g, r in zip(got, ref, strict=True):
+        if r is None:
+            assert g is None
+        else:
+            np.testing.assert_allclose(g, r, rtol=1e-6, equal_nan=True)
 
 
 def _expect(got, value, shape):
@@ -62,6 +73,7 @@ def test_layer_norm_empty(shape, k, affine, dtype):
     assert y.shape == shape
     _expect(mean, 0.0, lead)
     _expect(rstd, np.nan, lead)
+    _same_as_reference((y, mean, rstd), R.layer_norm_forward(x, w, b, normalized_ndim=k))
     tmpl = (x, w, b)
     dx, dw, db = _call(
         fastnorm.layer_norm_backward,
@@ -73,6 +85,7 @@ def test_layer_norm_empty(shape, k, affine, dtype):
     if affine:
         _expect(dw, 0.0, norm)
         _expect(db, 0.0, norm)
+    _same_as_reference((dx, dw, db), R.layer_norm_backward(x, x, mean, rstd, w, b, normalized_ndim=k))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -85,10 +98,12 @@ def test_rms_norm_empty(shape, k, affine, dtype):
     y, rstd = _call(fastnorm.rms_norm_forward, dict(x=x, weight=w), dict(normalized_ndim=k), (x, np.empty(lead, dtype)))
     assert y.shape == shape
     _expect(rstd, np.nan, lead)
+    _same_as_reference((y, rstd), R.rms_norm_forward(x, w, normalized_ndim=k))
     dx, dw = _call(fastnorm.rms_norm_backward, dict(dy=x, x=x, rstd=rstd, weight=w), dict(normalized_ndim=k), (x, w))
     assert dx.shape == shape
     if affine:
         _expect(dw, 0.0, norm)
+    _same_as_reference((dx, dw), R.rms_norm_backward(x, x, rstd, w, normalized_ndim=k))
 
 
 # ---------------------------------------------------------------------------------- channel norms
@@ -117,6 +132,9 @@ def test_batch_norm_empty(shape, axis, training, affine):
     else:
         np.testing.assert_array_equal(mean, rm)
         np.testing.assert_allclose(rstd, 1 / np.sqrt(rv.astype(np.float64) + EPS), rtol=1e-6)
+    rm_r, rv_r = rm0.copy(), rv0.copy()
+    _same_as_reference((y, mean, rstd), R.batch_norm_forward(x, w, b, rm_r, rv_r, training=training, axis=axis))
+    _same_as_reference((rm, rv), (rm_r, rv_r))
     if training:  # without running statistics too
         y2, mean2, rstd2 = _call(fastnorm.batch_norm_forward, dict(x=x, weight=w, bias=b), dict(axis=axis), tmpl)
         _expect(mean2, 0.0, (c,))
@@ -131,15 +149,17 @@ def test_batch_norm_empty(shape, axis, training, affine):
     if affine:
         _expect(dw, 0.0, (c,))
         _expect(db, 0.0, (c,))
+    _same_as_reference((dx, dw, db), R.batch_norm_backward(x, x, mean, rstd, w, b, training=training, axis=axis))
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0), (6, 8, 0), (2, 3, 0, 5)])
-@pytest.mark.parametrize("use_input_stats", [True, False])
-@pytest.mark.parametrize("with_running", [True, False])
+@pytest.mark.parametrize(
+    "use_input_stats, with_running",
+    [(True, True), (True, False), (False, True)],
+    ids=["stats", "stats-nostate", "eval"],
+)  # evaluation needs running statistics
 @pytest.mark.parametrize("affine", [False, True])
 def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
-    if not use_input_stats and not with_running:
-        pytest.skip("evaluation needs running statistics")
     x = np.zeros(shape, np.float32)
     n, c = shape[:2]
     w = np.full(c, 2.0, np.float32) if affine else None
@@ -157,6 +177,12 @@ def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
     elif with_running:
         np.testing.assert_array_equal(rm, rm0)
         np.testing.assert_array_equal(rv, rv0)
+    rm_r = None if rm0 is None else rm0.copy()
+    rv_r = None if rv0 is None else rv0.copy()
+    ref = R.instance_norm_forward(x, w, b, rm_r, rv_r, use_input_stats=use_input_stats)
+    _same_as_reference((y, mean, rstd), ref)
+    if with_running:
+        _same_as_reference((rm, rv), (rm_r, rv_r))
     if use_input_stats:
         _expect(mean, 0.0, (n, c))
         _expect(rstd, np.nan, (n, c))
@@ -170,6 +196,8 @@ def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
         (x, w, b),
     )
     assert dx.shape == shape
+    ref = R.instance_norm_backward(x, x, mean, rstd, w, b, use_input_stats=use_input_stats)
+    _same_as_reference((dx, dw, db), ref)
     if affine:
         _expect(dw, 0.0, (c,))
         _expect(db, 0.0, (c,))
@@ -187,6 +215,7 @@ def test_group_norm_empty(shape, groups, affine):
     assert y.shape == shape
     _expect(mean, 0.0, (n, groups))
     _expect(rstd, np.nan, (n, groups))
+    _same_as_reference((y, mean, rstd), R.group_norm_forward(x, groups, w, b))
     dx, dw, db = _call(
         fastnorm.group_norm_backward,
         dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
@@ -197,6 +226,7 @@ def test_group_norm_empty(shape, groups, affine):
     if affine:  # torch's kernel gives NaN for dweight when L = 0 (0 * NaN); an empty sum is 0
         _expect(dw, 0.0, (c,))
         _expect(db, 0.0, (c,))
+    _same_as_reference((dx, dw, db), R.group_norm_backward(x, x, mean, rstd, groups, w, b))
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 3), (2, 0)])
@@ -204,12 +234,15 @@ def test_local_response_norm_empty(shape):
     x = np.zeros(shape, np.float32)
     y, scale = _call(fastnorm.local_response_norm_forward, dict(x=x), dict(size=3), (x, x))
     assert y.shape == scale.shape == shape
+    _same_as_reference((y, scale), R.local_response_norm_forward(x, 3))
     (dx,) = _call(fastnorm.local_response_norm_backward, dict(dy=x, x=x, y=y, scale=scale), dict(size=3), (x,))
     assert dx.shape == shape
 
 
 # ---------------------------------------------------------------------------------- WeightNorm, CosineLinear
-@pytest.mark.parametrize("vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)])
+@pytest.mark.parametrize(
+    "vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)]
+)
 def test_weight_norm_empty(vshape, dim):
     v = np.zeros(vshape, np.float32)
     gshape = () if dim is None else tuple(s if i == dim else 1 for i, s in enumerate(vshape))
@@ -217,16 +250,25 @@ def test_weight_norm_empty(vshape, dim):
     w, norm = _call(fastnorm.weight_norm_forward, dict(v=v, g=g), dict(dim=dim), (v, g))
     assert w.shape == vshape
     _expect(norm, 0.0, gshape)  # the norm of no elements
+    with np.errstate(all="ignore"):
+        _same_as_reference((w, norm), R.weight_norm_forward(v, g, dim=dim))
     dv, dg = _call(fastnorm.weight_norm_backward, dict(dw=v, v=v, g=g, norm=norm), dict(dim=dim), (v, g))
     assert dv.shape == vshape
     _expect(dg, np.nan, gshape)  # dot / norm = 0 / 0, as torch
+    with np.errstate(all="ignore"):
+        _same_as_reference((dv, dg), R.weight_norm_backward(v, v, g, norm, dim=dim))
     dv, dg = _call(
-        fastnorm.weight_norm_backward, dict(dw=v, v=v, g=g, norm=np.full(gshape, 3.0, np.float32)), dict(dim=dim), (v, g)
+        fastnorm.weight_norm_backward,
+        dict(dw=v, v=v, g=g, norm=np.full(gshape, 3.0, np.float32)),
+        dict(dim=dim),
+        (v, g),
     )
     _expect(dg, 0.0, gshape)
 
 
-@pytest.mark.parametrize("xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))])
+@pytest.mark.parametrize(
+    "xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))]
+)
 def test_cosine_linear_empty(xshape, wshape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xshape).astype(np.float32)
@@ -235,6 +277,7 @@ def test_cosine_linear_empty(xshape, wshape):
     tmpl = (np.empty((*lead, o), np.float32), np.empty(lead, np.float32), np.empty(o, np.float32))
     y, x_norm, w_norm = _call(fastnorm.cosine_linear_forward, dict(x=x, w=w), {}, tmpl)
     _expect(y, 0.0, (*lead, o))  # empty, or D = 0: every cosine is 0 / eps^2 * 0 = 0 (torch: 0)
+    _same_as_reference((y, x_norm, w_norm), R.cosine_linear_forward(x, w))
     np.testing.assert_allclose(x_norm, np.linalg.norm(x.astype(np.float64), axis=-1), rtol=1e-6)
     np.testing.assert_allclose(w_norm, np.linalg.norm(w.astype(np.float64), axis=-1), rtol=1e-6)
     dy = rng.standard_normal((*lead, o)).astype(np.float32)
@@ -242,6 +285,7 @@ def test_cosine_linear_empty(xshape, wshape):
         fastnorm.cosine_linear_backward, dict(dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm), {}, (x, w)
     )
     _expect(dx, 0.0, xshape)  # no output depends on x (O = 0) or x is empty
+    _same_as_reference((dx, dw), R.cosine_linear_backward(dy, x, w, y, x_norm, w_norm))
     if math_prod(lead) == 0:
         _expect(dw, 0.0, wshape)
 

@@ -18,7 +18,8 @@ import pytest
 
 import fastnorm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the children import the fastnorm this test process imported (a build in place or an installed package)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnorm.__file__)))
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 

@@ -1,7 +1,10 @@
 """NumPy reference implementations of the normalization ops: the specification the kernels are tested against.
 
 Plain, readable NumPy with no tricks; each computes in the input's dtype. Signatures match the public
-ops in ``fastnorm`` (without ``out=``) and PyTorch's formulas and defaults.
+ops in ``fastnorm`` (without ``out=``) and PyTorch's formulas and defaults. Empty inputs as torch 2.13:
+the mean of no elements is 0, a variance of no elements NaN (so rstd is NaN), parameter gradients are
+sums over no elements (0), and an empty batch leaves the running statistics alone (InstanceNorm with
+N = 0: their mean over no instances, NaN).
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ __all__ = [
 ]
 
 
+def _mean(a, axis, keepdims=False, empty=np.nan):
+    """``a.mean(axis)``; where there is nothing to average, ``empty`` (torch: a mean of no elements is 0, a
+    variance NaN), without NumPy's "mean of empty slice" warning."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    count = int(np.prod([a.shape[i] for i in axes], dtype=np.int64))
+    total = a.sum(axis=axis, keepdims=keepdims)
+    if count == 0:
+        return np.full_like(total, empty)
+    return total / a.dtype.type(count)
+
+
 def _rows(x, normalized_ndim):
     lead = x.shape[: x.ndim - normalized_ndim]
     n = int(np.prod(x.shape[x.ndim - normalized_ndim :], dtype=np.int64))
@@ -45,14 +59,14 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, normalized_ndim=1
     Returns (y, mean, rstd).
     """
     x2, lead = _rows(x, normalized_ndim)
-    mean = x2.mean(axis=1)
-    var = ((x2 - mean[:, None]) ** 2).mean(axis=1)
+    mean = _mean(x2, 1, empty=0)
+    var = _mean((x2 - mean[:, None]) ** 2, 1)
     rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
     y = (x2 - mean[:, None]) * rstd[:, None]
     if weight is not None:
-        y = y * weight.reshape(1, -1)
+        y = y * weight.reshape(1, weight.size)
     if bias is not None:
-        y = y + bias.reshape(1, -1)
+        y = y + bias.reshape(1, bias.size)
     return y.reshape(x.shape).astype(x.dtype), mean.reshape(lead), rstd.reshape(lead).astype(x.dtype)
 
 
@@ -68,8 +82,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, normalized
     dy2 = dy.reshape(x2.shape)
     m, r = mean.reshape(-1, 1), rstd.reshape(-1, 1)
     xhat = (x2 - m) * r
-    g = dy2 * weight.reshape(1, -1) if weight is not None else dy2
-    dx = r * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    g = dy2 * weight.reshape(1, weight.size) if weight is not None else dy2
+    dx = r * (g - _mean(g, 1, True) - xhat * _mean(g * xhat, 1, True))
     dweight = (dy2 * xhat).sum(axis=0).reshape(weight.shape) if weight is not None else None
     dbias = dy2.sum(axis=0).reshape(bias.shape) if bias is not None else None
     return dx.reshape(x.shape).astype(x.dtype), dweight, dbias
@@ -84,10 +98,10 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, normalized_ndim=1):
     Returns (y, rstd).
     """
     x2, lead = _rows(x, normalized_ndim)
-    rstd = 1.0 / np.sqrt((x2 * x2).mean(axis=1) + x.dtype.type(eps))
+    rstd = 1.0 / np.sqrt(_mean(x2 * x2, 1) + x.dtype.type(eps))
     y = x2 * rstd[:, None]
     if weight is not None:
-        y = y * weight.reshape(1, -1)
+        y = y * weight.reshape(1, weight.size)
     return y.reshape(x.shape).astype(x.dtype), rstd.reshape(lead).astype(x.dtype)
 
 
@@ -102,8 +116,8 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, normalized_ndim=1):
     dy2 = dy.reshape(x2.shape)
     r = rstd.reshape(-1, 1)
     xhat = x2 * r
-    g = dy2 * weight.reshape(1, -1) if weight is not None else dy2
-    dx = r * (g - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    g = dy2 * weight.reshape(1, weight.size) if weight is not None else dy2
+    dx = r * (g - xhat * _mean(g * xhat, 1, True))
     dweight = (dy2 * xhat).sum(axis=0).reshape(weight.shape) if weight is not None else None
     return dx.reshape(x.shape).astype(x.dtype), dweight
 
@@ -130,7 +144,7 @@ def local_response_norm_forward(x, size, *, alpha=1e-4, beta=0.75, k=1.0):
     Returns (y, scale), both shaped like x.
     """
     t = x.dtype.type
-    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
     scale = t(k) + t(alpha / size) * _lrn_window_sum(x3 * x3, size // 2, (size - 1) // 2)
     y = x3 * scale ** t(-beta)
     return y.reshape(x.shape), scale.reshape(x.shape)
@@ -145,7 +159,7 @@ def local_response_norm_backward(dy, x, y, scale, size, *, alpha=1e-4, beta=0.75
     Shapes: all like x. Returns dx.
     """
     t = x.dtype.type
-    shp = (x.shape[0], x.shape[1], -1)
+    shp = (x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
     x3, dy3, y3, s3 = x.reshape(shp), dy.reshape(shp), y.reshape(shp), scale.reshape(shp)
     back = _lrn_window_sum(dy3 * y3 / s3, (size - 1) // 2, size // 2)
     dx = dy3 * s3 ** t(-beta) - t(2.0 * alpha * beta / size) * x3 * back
@@ -266,15 +280,15 @@ def batch_norm_forward(
     """
     xc = _channels_first(x, axis)
     red = (0,) + tuple(range(2, xc.ndim))
-    shape = (1, -1) + (1,) * (xc.ndim - 2)
+    shape = (1, xc.shape[1]) + (1,) * (xc.ndim - 2)
     if training:
-        n = xc.size // xc.shape[1]
-        mean = xc.mean(axis=red)
-        var = ((xc - mean.reshape(shape)) ** 2).mean(axis=red)
+        n = xc.size // max(xc.shape[1], 1)
+        mean = _mean(xc, red, empty=0)
+        var = _mean((xc - mean.reshape(shape)) ** 2, red)
         rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
-        if running_mean is not None:
+        if running_mean is not None and n > 0:  # an empty batch does not update them (torch)
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-        if running_var is not None:
+        if running_var is not None and n > 0:
             running_var[...] = (1 - momentum) * running_var + momentum * var * (n / (n - 1))
     else:
         mean = running_mean.copy()
@@ -294,12 +308,12 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, training=T
     """
     xc, dyc = _channels_first(x, axis), _channels_first(dy, axis)
     red = (0,) + tuple(range(2, xc.ndim))
-    shape = (1, -1) + (1,) * (xc.ndim - 2)
+    shape = (1, xc.shape[1]) + (1,) * (xc.ndim - 2)
     r = rstd.reshape(shape)
     xhat = (xc - mean.reshape(shape)) * r
     g = dyc * weight.reshape(shape) if weight is not None else dyc
     if training:
-        dx = r * (g - g.mean(axis=red, keepdims=True) - xhat * (g * xhat).mean(axis=red, keepdims=True))
+        dx = r * (g - _mean(g, red, True) - xhat * _mean(g * xhat, red, True))
     else:
         dx = r * g
     dweight = (dyc * xhat).sum(axis=red).astype(x.dtype) if weight is not None else None
@@ -323,21 +337,23 @@ def instance_norm_forward(
     Shapes: x (N, C, *); weight, bias, running stats (C,); mean, rstd (N, C). Returns (y, mean, rstd).
     """
     n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)
+    length = int(np.prod(x.shape[2:], dtype=np.int64))
+    x3 = x.reshape(n, c, length)
     if use_input_stats:
-        length = x3.shape[2]
-        mean = x3.mean(axis=2)
-        var = ((x3 - mean[:, :, None]) ** 2).mean(axis=2)
+        mean = _mean(x3, 2, empty=0)
+        var = _mean((x3 - mean[:, :, None]) ** 2, 2)
         rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
-        if running_mean is not None:
-            running_mean[...] = (1 - momentum) * running_mean + momentum * mean.mean(axis=0)
-        if running_var is not None:
-            unbiased = var * (length / (length - 1))
-            running_var[...] = (1 - momentum) * running_var + momentum * unbiased.mean(axis=0)
+        update = not (n > 0 and length == 0)  # torch: no update for L = 0; N = 0 gives NaN (mean over n)
+        if running_mean is not None and update:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * _mean(mean, 0)
+        if running_var is not None and update:
+            with np.errstate(all="ignore"):
+                unbiased = var * (length / (length - 1))
+            running_var[...] = (1 - momentum) * running_var + momentum * _mean(unbiased, 0)
     else:
         mean = np.broadcast_to(running_mean, (n, c)).copy()
         rstd = np.broadcast_to(1.0 / np.sqrt(running_var + x.dtype.type(eps)), (n, c)).copy()
-    y = _affine((x3 - mean[:, :, None]) * rstd[:, :, None], weight, bias, (1, -1, 1))
+    y = _affine((x3 - mean[:, :, None]) * rstd[:, :, None], weight, bias, (1, c, 1))
     return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
@@ -350,12 +366,13 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, use_inp
     Returns (dx, dweight, dbias); dweight is None without weight, dbias None without bias.
     """
     n, c = x.shape[:2]
-    x3, dy3 = x.reshape(n, c, -1), dy.reshape(n, c, -1)
+    shp = (n, c, int(np.prod(x.shape[2:], dtype=np.int64)))
+    x3, dy3 = x.reshape(shp), dy.reshape(shp)
     r = rstd[:, :, None]
     xhat = (x3 - mean[:, :, None]) * r
-    g = dy3 * weight.reshape(1, -1, 1) if weight is not None else dy3
+    g = dy3 * weight.reshape(1, weight.size, 1) if weight is not None else dy3
     if use_input_stats:
-        dx = r * (g - g.mean(axis=2, keepdims=True) - xhat * (g * xhat).mean(axis=2, keepdims=True))
+        dx = r * (g - _mean(g, 2, True) - xhat * _mean(g * xhat, 2, True))
     else:
         dx = r * g
     dweight = (dy3 * xhat).sum(axis=(0, 2)).astype(x.dtype) if weight is not None else None
@@ -374,12 +391,13 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5):
     Returns (y, mean, rstd).
     """
     n, c = x.shape[:2]
-    xg = x.reshape(n, num_groups, -1)
-    mean = xg.mean(axis=2)
-    var = ((xg - mean[:, :, None]) ** 2).mean(axis=2)
+    length = int(np.prod(x.shape[2:], dtype=np.int64))
+    xg = x.reshape(n, num_groups, c // num_groups * length)
+    mean = _mean(xg, 2, empty=0)
+    var = _mean((xg - mean[:, :, None]) ** 2, 2)
     rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
-    xhat = ((xg - mean[:, :, None]) * rstd[:, :, None]).reshape(n, c, -1)
-    y = _affine(xhat, weight, bias, (1, -1, 1))
+    xhat = ((xg - mean[:, :, None]) * rstd[:, :, None]).reshape(n, c, length)
+    y = _affine(xhat, weight, bias, (1, c, 1))
     return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
@@ -392,12 +410,13 @@ def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, bias=None):
     Returns (dx, dweight, dbias); dweight is None without weight, dbias None without bias.
     """
     n, c = x.shape[:2]
-    dy3 = dy.reshape(n, c, -1)
-    xg = x.reshape(n, num_groups, -1)
+    length = int(np.prod(x.shape[2:], dtype=np.int64))
+    dy3 = dy.reshape(n, c, length)
+    xg = x.reshape(n, num_groups, c // num_groups * length)
     r = rstd[:, :, None]
     xhat_g = (xg - mean[:, :, None]) * r
-    g = (dy3 * weight.reshape(1, -1, 1) if weight is not None else dy3).reshape(n, num_groups, -1)
-    dx = r * (g - g.mean(axis=2, keepdims=True) - xhat_g * (g * xhat_g).mean(axis=2, keepdims=True))
+    g = (dy3 * weight.reshape(1, weight.size, 1) if weight is not None else dy3).reshape(xg.shape)
+    dx = r * (g - _mean(g, 2, True) - xhat_g * _mean(g * xhat_g, 2, True))
     xhat = xhat_g.reshape(dy3.shape)
     dweight = (dy3 * xhat).sum(axis=(0, 2)).astype(x.dtype) if weight is not None else None
     dbias = dy3.sum(axis=(0, 2)).astype(x.dtype) if bias is not None else None
