@@ -241,7 +241,7 @@ def _g_shape(shape, dim):
 def _make_weight_norm(rng, shape, dtype, dim=0):
     v = _normal(rng, shape, dtype, 1.0, 0.2)
     g = np.asarray(1.0 + 0.5 * rng.standard_normal(_g_shape(shape, dim))).astype(dtype)
-    _, norm = R.weight_norm_forward(v, g, dim=dim)
+    norm = np.asarray(R.weight_norm_forward(v, g, dim=dim)[1])  # a NumPy scalar for dim=None
     dw = _normal(rng, shape, dtype)
     return Inputs(dict(v=v, g=g, dim=dim), dict(dw=dw, v=v, g=g, norm=norm, dim=dim))
 

@@ -148,7 +148,7 @@ def norm_calls(draw):
     if draw(st.integers(0, 6)) == 0:
         bad_dtype = draw(st.sampled_from(arrays)), draw(st.sampled_from(BAD_DTYPES))
         name, dt = bad_dtype
-        kwargs[name] = (kwargs[name] * 3).astype(dt)
+        kwargs[name] = np.asarray(kwargs[name] * 3).astype(dt)
     layouts = {k: draw(st.sampled_from(LAYOUTS)) for k in arrays}
     if draw(st.integers(0, 9)) == 0:
         layouts[draw(st.sampled_from(arrays))] = "bigendian"

@@ -436,7 +436,7 @@ def _expect_error_nothing_written(dev, case, direction, mutate, exc, names):
                          indirect=["device"])
 def test_dtype_error_names_the_argument(device, case, direction, arg, bad_dtype):
     def mutate(kw, out):
-        kw[arg] = (kw[arg] * 3).astype(bad_dtype)
+        kw[arg] = np.asarray(kw[arg] * 3).astype(bad_dtype)
         return out
 
     _expect_error_nothing_written(device, case, direction, mutate, TypeError, [arg])
