@@ -119,7 +119,7 @@ def _rows_valid(shape, opts):
     return len(shape) >= k and math.prod(shape[len(shape) - k :]) > 0
 
 
-ROW_SHAPES = ((1, 1), (3, 5), (7, 13), (0, 8), (2, 3, 17), (5, 1025), (1, 4099))
+ROW_SHAPES = ((1, 1), (3, 5), (7, 13), (0, 8), (2, 3, 17), (5, 1025), (1, 4099), (300, 17), (2, 65536))
 ROW_SMALL = ((1, 1), (3, 5), (0, 8), (2, 3, 7))
 
 
@@ -211,7 +211,10 @@ def _group_norm_valid(shape, opts):
     return len(shape) >= 2 and shape[1] > 0 and math.prod(shape[2:]) > 0
 
 
-CHANNEL_SHAPES = ((7, 3), (5, 4, 9), (3, 5, 6, 7), (1, 1, 13), (2, 6, 1), (0, 3, 4), (2, 2, 4111))
+CHANNEL_SHAPES = (
+    (7, 3), (5, 4, 9), (3, 5, 6, 7), (2, 3, 4, 5, 3), (1, 1, 13), (2, 6, 1), (0, 3, 4), (2, 2, 4111), (2, 1, 4111),
+    (5, 7, 11), (2, 7, 3, 2),
+)
 CHANNEL_SMALL = ((4, 3), (2, 3, 5), (0, 3, 4), (2, 2, 3, 2))
 CHANNEL_LAST_SHAPES = ((4, 6, 5), (3, 5, 7, 11), (17, 2), (613, 3), (1, 1), (0, 3))
 CHANNEL_LAST_SMALL = ((4, 3), (2, 3, 5), (0, 3))
@@ -226,7 +229,10 @@ def _make_lrn(rng, shape, dtype, size=3, alpha=0.5, beta=0.75, k=2.0):
     return Inputs(dict(x=x, **kw), dict(dy=dy, x=x, y=y, scale=scale, **kw))
 
 
-LRN_SHAPES = ((2, 5, 3), (2, 6), (1, 1, 1), (3, 7, 2, 5), (2, 13, 31), (0, 3, 4), (2, 0, 4), (2, 3, 0))
+LRN_SHAPES = (
+    (2, 5, 3), (2, 6), (1, 1, 1), (3, 7, 2, 5), (2, 13, 31), (2, 4, 3, 2, 5), (2, 5, 1100), (0, 3, 4), (2, 0, 4),
+    (2, 3, 0),
+)
 LRN_SMALL = ((2, 5, 3), (2, 6), (0, 3, 4), (2, 3, 0))
 
 
@@ -329,14 +335,15 @@ OP_CASES = [
     ),
     _case(
         "group_norm", "group_norm", _STATS, _GRADS,
-        make=_make_group_norm, shapes=CHANNEL_SHAPES + ((3, 6, 5),), small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
+        make=_make_group_norm, shapes=CHANNEL_SHAPES + ((3, 6, 5), (2, 4, 2100)),
+        small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
         options=tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
         valid=_group_norm_valid, bad_primary_shapes=((5,), ()),
     ),
     _case(
         "local_response_norm", "local_response_norm", ("y", "scale"), ("dx",),
         make=_make_lrn, shapes=LRN_SHAPES, small_shapes=LRN_SMALL,
-        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)),
+        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)) + (dict(size=2), dict(size=23)),
         bad_primary_shapes=((5,), ()),
     ),
     _case(
