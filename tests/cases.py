@@ -503,3 +503,23 @@ OPTIM_CASES = [
         dict(lr=0.01, weight_decay=0.3, amsgrad=True, maximize=True),
     )),
 ]
+
+
+def class_reference(case: OptimCase, params: list, grads_seq: list, opts: dict, dtype=None) -> list:
+    """What the class gives after ``grads_seq`` (None: a parameter without a gradient that step), computed
+    with the reference functional step from the class's initial state, with per-tensor step numbers."""
+    ps = [np.array(p, dtype=dtype or p.dtype) for p in params]
+    state = case.zero_state(ps, opts)
+    steps = [0] * len(ps)
+    for gs in grads_seq:
+        live = [i for i, g in enumerate(gs) if g is not None]
+        for i in live:
+            steps[i] += 1
+        sub = [[lst[i] for i in live] for lst in state]
+        extra = {"step": [steps[i] for i in live]} if case.has_step else {}
+        grads = [np.asarray(gs[i], dtype=dtype or ps[i].dtype) for i in live]
+        case.reference([ps[i] for i in live], grads, *sub, **opts, **extra)
+        for lst, s in zip(state, sub, strict=True):
+            for j, i in enumerate(live):
+                lst[i] = s[j]
+    return ps

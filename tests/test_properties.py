@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ._util import assert_matches_reference
-from .cases import OP_CASES, OPTIM_CASES, as_tuple, first_valid_shape
+from .cases import OP_CASES, OPTIM_CASES, as_tuple, class_reference, first_valid_shape
 
 SETTINGS = dict(
     derandomize=True,
@@ -343,6 +343,70 @@ def test_optimizer_steps_match_the_reference_or_raise_cleanly(call):
         for n, lk, l64, llo in zip(case.states, state, r64_s, lo_s, strict=True):
             if lk[i] is not None and l64[i] is not None:
                 assert_matches_reference(lk[i], l64[i], llo[i] if low is not None else None, name=f"{n}[{i}]")
+
+
+@st.composite
+def class_runs(draw):
+    case = draw(st.sampled_from(OPTIM_CASES))
+    kw = dict(draw(st.sampled_from(case.options)))
+    if draw(st.integers(0, 3)) == 0:
+        name = draw(st.sampled_from(sorted(n for n in HYPER_VALUES if n in _hyper_names(case))))
+        kw[name] = draw(st.sampled_from(HYPER_VALUES[name]))
+    shapes = draw(st.lists(st.sampled_from([(), (0,), (1,), (3,), (2, 3), (17,)]), min_size=1, max_size=4))
+    dtype = draw(st.sampled_from(FLOATS))
+    n_steps = draw(st.integers(1, 3))
+    skips = [[draw(st.integers(0, 4)) == 0 for _ in shapes] for _ in range(n_steps)]
+    layouts = [[draw(st.sampled_from(GRAD_LAYOUTS)) for _ in shapes] for _ in range(n_steps)]
+    bad_last = draw(st.sampled_from([None] * 6 + ["int32", "shape", "float16"]))
+    return case, kw, shapes, dtype, skips, layouts, bad_last, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(class_runs())
+def test_optimizer_classes_match_the_reference_or_raise_cleanly(run):
+    """A few steps of an optimizer class (parameters skipped on some steps, gradients in any layout, a bad
+    gradient on the last step): the reference trajectory, or a clean error that changes nothing."""
+    case, kw, shapes, dtype, skips, layouts, bad_last, seed = run
+    rng = np.random.default_rng(seed)
+    params0 = [np.asarray(rng.standard_normal(s)).astype(dtype) for s in shapes]
+    grads_seq = [
+        [None if skip else np.asarray(rng.standard_normal(s)).astype(dtype) for s, skip in zip(shapes, sk, strict=True)]
+        for sk in skips
+    ]
+    params = [p.copy() for p in params0]
+    ckw = case.class_kwargs(kw)
+    try:
+        opt = case.cls(params, **ckw)
+    except (TypeError, ValueError) as e:
+        event("optimizer class: bad hyperparameter")
+        assert_names_argument(e, case.cls_name, [*ckw, "params", "betas", "lr"])
+        return
+    done = []
+    for k, gs in enumerate(grads_seq):
+        given_ = [None if g is None else relayout(g, lay) for g, lay in zip(gs, layouts[k], strict=True)]
+        if bad_last and k == len(grads_seq) - 1:
+            given_[-1] = np.zeros(shapes[-1] + (1,)) if bad_last == "shape" else np.zeros(shapes[-1], bad_last)
+        before_p = snapshot({f"p{i}": p for i, p in enumerate(params)})
+        before_s = opt.state_dict()
+        try:
+            opt.step(given_)
+        except (TypeError, ValueError) as e:
+            event(f"optimizer class: {type(e).__name__} on a step")
+            assert_names_argument(e, case.cls_name, ["grads", "grad", "params"])
+            assert_unchanged(before_p, {f"p{i}": p for i, p in enumerate(params)}, case.cls_name)
+            after_s = opt.state_dict()
+            for idx, entry in before_s["state"].items():
+                for name, a in entry.items():
+                    np.testing.assert_array_equal(after_s["state"][idx][name], a, err_msg=f"state {idx} {name}")
+            break
+        assert not (bad_last and k == len(grads_seq) - 1), f"{case.cls_name} accepted a bad gradient ({bad_last})"
+        done.append(gs)
+    event("optimizer class: steps compared with the reference")
+    with np.errstate(all="ignore"):
+        p64 = class_reference(case, params0, done, kw, np.float64)
+        lo = class_reference(case, params0, done, kw) if dtype == np.float32 else [None] * len(params)
+    for i, p in enumerate(params):
+        assert_matches_reference(p, p64[i], lo[i], name=f"{case.cls_name} param {i}")
 
 
 # ------------------------------------------------------------------------------------------ byte order
