@@ -198,8 +198,10 @@ def test_norm_ops_match_the_reference_or_raise_cleanly(call):
     op = fn.__name__
     kwargs = {k: relayout(v, layouts[k]) if isinstance(v, np.ndarray) else v for k, v in clean.items()}
     out = _outs(case, direction, clean, out_kind, kwargs, rng)
-    watched = {**{k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)},
-               **{f"out[{i}]": o for i, o in enumerate(out or ()) if isinstance(o, np.ndarray)}}
+    watched = {
+        **{k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)},
+        **{f"out[{i}]": o for i, o in enumerate(out or ()) if isinstance(o, np.ndarray)},
+    }
     before = snapshot(watched)
     try:
         with np.errstate(all="ignore"):
@@ -273,8 +275,17 @@ def optim_calls(draw):
     state_layout = draw(st.sampled_from(STATE_LAYOUTS))
     bad_grad = draw(st.sampled_from([None] * 9 + ["int32", "complex64", "float16", "shape"]))
     step = draw(st.sampled_from([1, 2, 5, 1, 2, 5, "per-tensor", "per-tensor", 0, 1.5]))
-    return case, kw, shapes, dtypes, grad_layouts, param_layouts, state_layout, bad_grad, step, draw(
-        st.integers(0, 2**16)
+    return (
+        case,
+        kw,
+        shapes,
+        dtypes,
+        grad_layouts,
+        param_layouts,
+        state_layout,
+        bad_grad,
+        step,
+        draw(st.integers(0, 2**16)),
     )
 
 
@@ -294,22 +305,24 @@ def test_optimizer_steps_match_the_reference_or_raise_cleanly(call):
     state0 = case.init_state(rng, params0)
     params = [relayout(p, lay) for p, lay in zip(params0, param_layouts, strict=True)]
     grads = [relayout(g, lay) for g, lay in zip(grads0, grad_layouts, strict=True)]
-    state = [[None if a is None else relayout(a, state_layout if j == 0 else "c") for j, a in enumerate(lst)]
-             for lst in state0]
+    state = [
+        [None if a is None else relayout(a, state_layout if j == 0 else "c") for j, a in enumerate(lst)]
+        for lst in state0
+    ]
     if bad_grad is not None and grads:
         grads[-1] = np.zeros(grads[-1].shape + (1,)) if bad_grad == "shape" else grads[-1].astype(bad_grad)
     extra = {}
     if case.has_step:
         extra["step"] = [int(i + 1) for i in range(len(shapes))] if step == "per-tensor" else step
     watched = {f"param{i}": p for i, p in enumerate(params)}
-    watched.update({f"{n}{i}": a for n, lst in zip(case.states, state, strict=True) for i, a in enumerate(lst)
-                    if a is not None})
+    watched.update(
+        {f"{n}{i}": a for n, lst in zip(case.states, state, strict=True) for i, a in enumerate(lst) if a is not None}
+    )
     grad_keys = {f"grads[{i}]" for i in range(len(grads))}
     watched.update({f"grads[{i}]": g for i, g in enumerate(grads)})
     before = snapshot(watched)
     op = f"{case.name}_step"
-    names = ["params", "grads", "step", "param", "grad", *case.states, *kw,
-             *(n[:-1] for n in case.states), "sum"]
+    names = ["params", "grads", "step", "param", "grad", *case.states, *kw, *(n[:-1] for n in case.states), "sum"]
     try:
         with np.errstate(all="ignore"):
             case.functional(params, grads, *state, **kw, **extra)
@@ -410,8 +423,11 @@ def test_optimizer_classes_match_the_reference_or_raise_cleanly(run):
 
 
 # ------------------------------------------------------------------------------------------ byte order
-@pytest.mark.xfail(strict=True, reason="issue 12: a big-endian x is refused with 'has dtype float32; expected one "
-                   "of float32, float64' (convert it, or name the byte order)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: a big-endian x is refused with 'has dtype float32; expected one "
+    "of float32, float64' (convert it, or name the byte order)",
+)
 @pytest.mark.parametrize("case", OP_CASES, ids=lambda c: c.name)
 def test_big_endian_input_is_converted_or_named(case):
     opts = case.options[0]
@@ -487,13 +503,24 @@ def unaligned_runs(tmp_path_factory):
     is killed and its remaining cases count as hung."""
     script = tmp_path_factory.mktemp("unaligned") / "run.py"
     script.write_text(textwrap.dedent(_UNALIGNED_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     batches = [[c for c in _UNALIGNED_CASES if c[2] == "param"]]
     batches += [[c for c in _UNALIGNED_CASES if c[2] == "grad" and c[0] == o.name] for o in OPTIM_CASES]
     procs = [
-        (batch, subprocess.Popen([sys.executable, str(script), *("-".join(c) for c in batch)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+        (
+            batch,
+            subprocess.Popen(
+                [sys.executable, str(script), *("-".join(c) for c in batch)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            ),
+        )
         for batch in batches
     ]
     deadline = time.monotonic() + _UNALIGNED_TIMEOUT_S
@@ -512,11 +539,19 @@ def unaligned_runs(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, id="-".join(c), marks=pytest.mark.xfail(
-        strict=True,
-        reason="issue 12 item 2: an unaligned gradient makes the step spin forever"
-        if c[2] == "grad" else "issue 12 item 2: an unaligned parameter is reported as not C-contiguous",
-    )) for c in _UNALIGNED_CASES],
+    [
+        pytest.param(
+            c,
+            id="-".join(c),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 12 item 2: an unaligned gradient makes the step spin forever"
+                if c[2] == "grad"
+                else "issue 12 item 2: an unaligned parameter is reported as not C-contiguous",
+            ),
+        )
+        for c in _UNALIGNED_CASES
+    ],
 )
 def test_unaligned_optimizer_arrays(case, unaligned_runs):
     """An unaligned gradient is copied in (the step matches the reference); an unaligned parameter, which

@@ -27,8 +27,15 @@ PARAMS = [
     for case in OPTIM_CASES
     for i, opts in enumerate(case.options)
 ]
-CPU_PARAMS = [p for p in PARAMS if p.values[0] == "cpu"] or [pytest.param(None, None, None, marks=pytest.mark.skip(
-    reason="CPU contract: runs in the ordinary (non-simulator) process"), id="cpu")]
+CPU_PARAMS = [p for p in PARAMS if p.values[0] == "cpu"] or [
+    pytest.param(
+        None,
+        None,
+        None,
+        marks=pytest.mark.skip(reason="CPU contract: runs in the ordinary (non-simulator) process"),
+        id="cpu",
+    )
+]
 # Error messages must start with the name of the function called.
 _ADAMW_NAME = "issue 12 (found here): adam_step(decoupled_weight_decay=True) names itself 'adamw_step' in its errors"
 ERROR_PARAMS = [
