@@ -343,8 +343,9 @@ def _thread_params():
 
 
 def _bigger_shape(case, opts):
-    """The largest legal shape of the case: enough work for two threads to split it."""
-    legal = [s for s in case.shapes if case.valid(s, opts)]
+    """The largest legal shape of the case up to 16500 elements: enough work for two threads to split it
+    (the known thread-count dependences above are recorded for these shapes)."""
+    legal = [s for s in case.shapes if case.valid(s, opts) and math.prod(s) <= 16500]
     return max(legal, key=math.prod)
 
 
