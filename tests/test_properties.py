@@ -493,7 +493,7 @@ for arg in sys.argv[1:]:
 _UNALIGNED_CASES = [
     (c.name, how, kind) for c in OPTIM_CASES for how in ("functional", c.cls_name) for kind in ("grad", "param")
 ]
-_UNALIGNED_TIMEOUT_S = 30
+_UNALIGNED_TIMEOUT_S = 20
 
 
 @pytest.fixture(scope="module")
