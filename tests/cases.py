@@ -119,7 +119,7 @@ def _rows_valid(shape, opts):
     return len(shape) >= k and math.prod(shape[len(shape) - k :]) > 0
 
 
-ROW_SHAPES = ((1, 1), (3, 5), (7, 13), (0, 8), (2, 3, 17), (5, 1025), (1, 4099))
+ROW_SHAPES = ((1, 1), (3, 5), (7, 13), (0, 8), (2, 3, 17), (5, 1025), (1, 4099), (300, 17), (2, 65536))
 ROW_SMALL = ((1, 1), (3, 5), (0, 8), (2, 3, 7))
 
 
@@ -139,12 +139,20 @@ def _make_batch_norm(rng, shape, dtype, affine="both", mode="train", axis=1, mom
     rm, rv = _running(rng, c, dtype) if mode != "train_no_running" else (None, None)
     training = mode != "eval"
     _, mean, rstd = R.batch_norm_forward(
-        x, w, b, None if rm is None else rm.copy(), None if rv is None else rv.copy(),
-        training=training, momentum=momentum, eps=eps, axis=axis,
+        x,
+        w,
+        b,
+        None if rm is None else rm.copy(),
+        None if rv is None else rv.copy(),
+        training=training,
+        momentum=momentum,
+        eps=eps,
+        axis=axis,
     )
     dy = _normal(rng, shape, dtype)
-    fwd = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, training=training, momentum=momentum,
-               eps=eps, axis=axis)
+    fwd = dict(
+        x=x, weight=w, bias=b, running_mean=rm, running_var=rv, training=training, momentum=momentum, eps=eps, axis=axis
+    )
     bwd = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, training=training, axis=axis)
     return Inputs(fwd, bwd, ("running_mean", "running_var") if mode == "train" else ())
 
@@ -167,14 +175,20 @@ def _make_instance_norm(rng, shape, dtype, affine="both", mode="train", momentum
     use = mode != "eval"
     _, mean, rstd = _saved(
         lambda: R.instance_norm_forward(
-            x, w, b, None if rm is None else rm.copy(), None if rv is None else rv.copy(),
-            use_input_stats=use, momentum=momentum, eps=eps,
+            x,
+            w,
+            b,
+            None if rm is None else rm.copy(),
+            None if rv is None else rv.copy(),
+            use_input_stats=use,
+            momentum=momentum,
+            eps=eps,
         ),
-        x, [shape, shape[:2], shape[:2]],
+        x,
+        [shape, shape[:2], shape[:2]],
     )
     dy = _normal(rng, shape, dtype)
-    fwd = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, use_input_stats=use, momentum=momentum,
-               eps=eps)
+    fwd = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, use_input_stats=use, momentum=momentum, eps=eps)
     bwd = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, use_input_stats=use)
     return Inputs(fwd, bwd, ("running_mean", "running_var") if mode == "train" else ())
 
@@ -211,7 +225,19 @@ def _group_norm_valid(shape, opts):
     return len(shape) >= 2 and shape[1] > 0 and math.prod(shape[2:]) > 0
 
 
-CHANNEL_SHAPES = ((7, 3), (5, 4, 9), (3, 5, 6, 7), (1, 1, 13), (2, 6, 1), (0, 3, 4), (2, 2, 4111))
+CHANNEL_SHAPES = (
+    (7, 3),
+    (5, 4, 9),
+    (3, 5, 6, 7),
+    (2, 3, 4, 5, 3),
+    (1, 1, 13),
+    (2, 6, 1),
+    (0, 3, 4),
+    (2, 2, 4111),
+    (2, 1, 4111),
+    (5, 7, 11),
+    (2, 7, 3, 2),
+)
 CHANNEL_SMALL = ((4, 3), (2, 3, 5), (0, 3, 4), (2, 2, 3, 2))
 CHANNEL_LAST_SHAPES = ((4, 6, 5), (3, 5, 7, 11), (17, 2), (613, 3), (1, 1), (0, 3))
 CHANNEL_LAST_SMALL = ((4, 3), (2, 3, 5), (0, 3))
@@ -226,7 +252,18 @@ def _make_lrn(rng, shape, dtype, size=3, alpha=0.5, beta=0.75, k=2.0):
     return Inputs(dict(x=x, **kw), dict(dy=dy, x=x, y=y, scale=scale, **kw))
 
 
-LRN_SHAPES = ((2, 5, 3), (2, 6), (1, 1, 1), (3, 7, 2, 5), (2, 13, 31), (0, 3, 4), (2, 0, 4), (2, 3, 0))
+LRN_SHAPES = (
+    (2, 5, 3),
+    (2, 6),
+    (1, 1, 1),
+    (3, 7, 2, 5),
+    (2, 13, 31),
+    (2, 4, 3, 2, 5),
+    (2, 5, 1100),
+    (0, 3, 4),
+    (2, 0, 4),
+    (2, 3, 0),
+)
 LRN_SMALL = ((2, 5, 3), (2, 6), (0, 3, 4), (2, 3, 0))
 
 
@@ -241,7 +278,7 @@ def _g_shape(shape, dim):
 def _make_weight_norm(rng, shape, dtype, dim=0):
     v = _normal(rng, shape, dtype, 1.0, 0.2)
     g = np.asarray(1.0 + 0.5 * rng.standard_normal(_g_shape(shape, dim))).astype(dtype)
-    _, norm = R.weight_norm_forward(v, g, dim=dim)
+    norm = np.asarray(R.weight_norm_forward(v, g, dim=dim)[1])  # a NumPy scalar for dim=None
     dw = _normal(rng, shape, dtype)
     return Inputs(dict(v=v, g=g, dim=dim), dict(dw=dw, v=v, g=g, norm=norm, dim=dim))
 
@@ -297,67 +334,135 @@ _MODES = ("train", "train_no_running", "eval")
 
 OP_CASES = [
     _case(
-        "layer_norm", "layer_norm", _STATS, _GRADS,
-        make=_make_layer_norm, shapes=ROW_SHAPES, small_shapes=ROW_SMALL,
+        "layer_norm",
+        "layer_norm",
+        _STATS,
+        _GRADS,
+        make=_make_layer_norm,
+        shapes=ROW_SHAPES,
+        small_shapes=ROW_SMALL,
         options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in AFFINE),
-        valid=_rows_valid, bad_primary_shapes=((4, 0), ()),
+        valid=_rows_valid,
+        bad_primary_shapes=((4, 0), ()),
     ),
     _case(
-        "rms_norm", "rms_norm", ("y", "rstd"), ("dx", "dweight"),
-        make=_make_rms_norm, shapes=ROW_SHAPES, small_shapes=ROW_SMALL,
+        "rms_norm",
+        "rms_norm",
+        ("y", "rstd"),
+        ("dx", "dweight"),
+        make=_make_rms_norm,
+        shapes=ROW_SHAPES,
+        small_shapes=ROW_SMALL,
         options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none")),
-        valid=_rows_valid, bad_primary_shapes=((4, 0), ()),
+        valid=_rows_valid,
+        bad_primary_shapes=((4, 0), ()),
     ),
     _case(
-        "batch_norm", "batch_norm", _STATS, _GRADS,
-        make=_make_batch_norm, shapes=CHANNEL_SHAPES, small_shapes=CHANNEL_SMALL,
+        "batch_norm",
+        "batch_norm",
+        _STATS,
+        _GRADS,
+        make=_make_batch_norm,
+        shapes=CHANNEL_SHAPES,
+        small_shapes=CHANNEL_SMALL,
         options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
-        valid=_batch_norm_valid(1), bad_primary_shapes=((5,), ()),
-    ),
-    _case(
-        "batch_norm_channels_last", "batch_norm", _STATS, _GRADS,
-        make=lambda rng, shape, dtype, **o: _make_batch_norm(rng, shape, dtype, axis=-1, **o),
-        shapes=CHANNEL_LAST_SHAPES, small_shapes=CHANNEL_LAST_SMALL,
-        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
-        valid=_batch_norm_valid(-1), bad_primary_shapes=((5,), ()),
-    ),
-    _case(
-        "instance_norm", "instance_norm", _STATS, _GRADS,
-        make=_make_instance_norm, shapes=CHANNEL_SHAPES, small_shapes=CHANNEL_SMALL,
-        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
-        valid=_instance_norm_valid, bad_primary_shapes=((5,), ()),
-    ),
-    _case(
-        "group_norm", "group_norm", _STATS, _GRADS,
-        make=_make_group_norm, shapes=CHANNEL_SHAPES + ((3, 6, 5),), small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
-        options=tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
-        valid=_group_norm_valid, bad_primary_shapes=((5,), ()),
-    ),
-    _case(
-        "local_response_norm", "local_response_norm", ("y", "scale"), ("dx",),
-        make=_make_lrn, shapes=LRN_SHAPES, small_shapes=LRN_SMALL,
-        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)),
+        valid=_batch_norm_valid(1),
         bad_primary_shapes=((5,), ()),
     ),
     _case(
-        "weight_norm_dim0", "weight_norm", ("w", "norm"), ("dv", "dg"),
-        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
-        options=(dict(dim=0),), primary="v", valid=_weight_norm_valid,
+        "batch_norm_channels_last",
+        "batch_norm",
+        _STATS,
+        _GRADS,
+        make=lambda rng, shape, dtype, **o: _make_batch_norm(rng, shape, dtype, axis=-1, **o),
+        shapes=CHANNEL_LAST_SHAPES,
+        small_shapes=CHANNEL_LAST_SMALL,
+        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        valid=_batch_norm_valid(-1),
+        bad_primary_shapes=((5,), ()),
     ),
     _case(
-        "weight_norm_dim_other", "weight_norm", ("w", "norm"), ("dv", "dg"),
-        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
-        options=(dict(dim=1), dict(dim=-1)), primary="v", valid=_weight_norm_valid,
+        "instance_norm",
+        "instance_norm",
+        _STATS,
+        _GRADS,
+        make=_make_instance_norm,
+        shapes=CHANNEL_SHAPES,
+        small_shapes=CHANNEL_SMALL,
+        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        valid=_instance_norm_valid,
+        bad_primary_shapes=((5,), ()),
     ),
     _case(
-        "weight_norm_dim_none", "weight_norm", ("w", "norm"), ("dv", "dg"),
-        make=_make_weight_norm, shapes=WN_SHAPES, small_shapes=WN_SMALL,
-        options=(dict(dim=None),), primary="v", valid=_weight_norm_valid,
+        "group_norm",
+        "group_norm",
+        _STATS,
+        _GRADS,
+        make=_make_group_norm,
+        shapes=CHANNEL_SHAPES + ((3, 6, 5), (2, 4, 2100)),
+        small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
+        options=tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
+        valid=_group_norm_valid,
+        bad_primary_shapes=((5,), ()),
     ),
     _case(
-        "cosine_linear", "cosine_linear", ("y", "x_norm", "w_norm"), ("dx", "dw"),
-        make=_make_cosine, shapes=COS_SHAPES, small_shapes=COS_SMALL,
-        options=(dict(eps=1e-8), dict(eps=0.5)), valid=_cosine_valid, bad_primary_shapes=((0,), ()),
+        "local_response_norm",
+        "local_response_norm",
+        ("y", "scale"),
+        ("dx",),
+        make=_make_lrn,
+        shapes=LRN_SHAPES,
+        small_shapes=LRN_SMALL,
+        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)) + (dict(size=2), dict(size=23)),
+        bad_primary_shapes=((5,), ()),
+    ),
+    _case(
+        "weight_norm_dim0",
+        "weight_norm",
+        ("w", "norm"),
+        ("dv", "dg"),
+        make=_make_weight_norm,
+        shapes=WN_SHAPES,
+        small_shapes=WN_SMALL,
+        options=(dict(dim=0),),
+        primary="v",
+        valid=_weight_norm_valid,
+    ),
+    _case(
+        "weight_norm_dim_other",
+        "weight_norm",
+        ("w", "norm"),
+        ("dv", "dg"),
+        make=_make_weight_norm,
+        shapes=WN_SHAPES,
+        small_shapes=WN_SMALL,
+        options=(dict(dim=1), dict(dim=-1)),
+        primary="v",
+        valid=_weight_norm_valid,
+    ),
+    _case(
+        "weight_norm_dim_none",
+        "weight_norm",
+        ("w", "norm"),
+        ("dv", "dg"),
+        make=_make_weight_norm,
+        shapes=WN_SHAPES,
+        small_shapes=WN_SMALL,
+        options=(dict(dim=None),),
+        primary="v",
+        valid=_weight_norm_valid,
+    ),
+    _case(
+        "cosine_linear",
+        "cosine_linear",
+        ("y", "x_norm", "w_norm"),
+        ("dx", "dw"),
+        make=_make_cosine,
+        shapes=COS_SHAPES,
+        small_shapes=COS_SMALL,
+        options=(dict(eps=1e-8), dict(eps=0.5)),
+        valid=_cosine_valid,
+        bad_primary_shapes=((0,), ()),
     ),
 ]
 CASES_BY_NAME = {c.name: c for c in OP_CASES}
@@ -398,7 +503,6 @@ def copy_kwargs(kwargs: dict, dtype=None) -> dict:
         k: (np.array(v, dtype=dtype or v.dtype, copy=True) if isinstance(v, np.ndarray) else v)
         for k, v in kwargs.items()
     }
-
 
 
 # --------------------------------------------------------------------------------------------- optimizers
@@ -465,34 +569,90 @@ class OptimCase:
 
 
 OPTIM_CASES = [
-    OptimCase("sgd", "SGD", ("momentum_buffers",), False, (
-        dict(lr=0.05),
-        dict(lr=0.05, weight_decay=0.1, maximize=True),
-        dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
-        dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
-    )),
-    OptimCase("adagrad", "Adagrad", ("state_sums",), True, (
-        dict(lr=0.1),
-        dict(lr=0.1, lr_decay=0.05, weight_decay=0.01, eps=1e-6, maximize=True),
-    )),
-    OptimCase("adadelta", "Adadelta", ("square_avgs", "acc_deltas"), False, (
-        dict(),
-        dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.05, maximize=True),
-    )),
-    OptimCase("rmsprop", "RMSprop", ("square_avgs", "grad_avgs", "momentum_buffers"), False, (
-        dict(),
-        dict(alpha=0.9, centered=True),
-        dict(momentum=0.7, weight_decay=0.02),
-        dict(lr=0.003, alpha=0.95, eps=1e-6, centered=True, momentum=0.5, maximize=True),
-    )),
-    OptimCase("adam", "Adam", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), True, (
-        dict(lr=0.01),
-        dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05),
-        dict(lr=0.01, amsgrad=True, maximize=True),
-        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
-    )),
-    OptimCase("adamw", "AdamW", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), True, (
-        dict(lr=0.01),
-        dict(lr=0.01, weight_decay=0.3, amsgrad=True, maximize=True),
-    )),
+    OptimCase(
+        "sgd",
+        "SGD",
+        ("momentum_buffers",),
+        False,
+        (
+            dict(lr=0.05),
+            dict(lr=0.05, weight_decay=0.1, maximize=True),
+            dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+            dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+        ),
+    ),
+    OptimCase(
+        "adagrad",
+        "Adagrad",
+        ("state_sums",),
+        True,
+        (
+            dict(lr=0.1),
+            dict(lr=0.1, lr_decay=0.05, weight_decay=0.01, eps=1e-6, maximize=True),
+        ),
+    ),
+    OptimCase(
+        "adadelta",
+        "Adadelta",
+        ("square_avgs", "acc_deltas"),
+        False,
+        (
+            dict(),
+            dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.05, maximize=True),
+        ),
+    ),
+    OptimCase(
+        "rmsprop",
+        "RMSprop",
+        ("square_avgs", "grad_avgs", "momentum_buffers"),
+        False,
+        (
+            dict(),
+            dict(alpha=0.9, centered=True),
+            dict(momentum=0.7, weight_decay=0.02),
+            dict(lr=0.003, alpha=0.95, eps=1e-6, centered=True, momentum=0.5, maximize=True),
+        ),
+    ),
+    OptimCase(
+        "adam",
+        "Adam",
+        ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+        True,
+        (
+            dict(lr=0.01),
+            dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05),
+            dict(lr=0.01, amsgrad=True, maximize=True),
+            dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        ),
+    ),
+    OptimCase(
+        "adamw",
+        "AdamW",
+        ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+        True,
+        (
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.3, amsgrad=True, maximize=True),
+        ),
+    ),
 ]
+
+
+def class_reference(case: OptimCase, params: list, grads_seq: list, opts: dict, dtype=None) -> list:
+    """What the class gives after ``grads_seq`` (None: a parameter without a gradient that step), computed
+    with the reference functional step from the class's initial state, with per-tensor step numbers."""
+    ps = [np.array(p, dtype=dtype or p.dtype) for p in params]
+    state = case.zero_state(ps, opts)
+    steps = [0] * len(ps)
+    for gs in grads_seq:
+        live = [i for i, g in enumerate(gs) if g is not None]
+        for i in live:
+            steps[i] += 1
+        sub = [[lst[i] for i in live] for lst in state]
+        extra = {"step": [steps[i] for i in live]} if case.has_step else {}
+        grads = [np.asarray(gs[i], dtype=dtype or ps[i].dtype) for i in live]
+        case.reference([ps[i] for i in live], grads, *sub, **opts, **extra)
+        for lst, s in zip(state, sub, strict=True):
+            for j, i in enumerate(live):
+                lst[i] = s[j]
+    return ps

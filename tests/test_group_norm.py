@@ -14,7 +14,6 @@ from ._channel import (
     fd_check,
     readonly,
     streaming_stores,
-    strided,
 )
 from ._util import FLOATS, torch_or_skip
 
@@ -54,30 +53,6 @@ def test_reference_backward_matches_finite_differences(rng, shape, groups, affin
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,groups", CASES)
-@pytest.mark.parametrize("affine", AFFINE)
-def test_forward_matches_reference(rng, threads, dtype, shape, groups, affine):
-    x, w, b = make(rng, shape, dtype, affine)
-    got = fastnorm.group_norm_forward(x, groups, w, b, eps=1e-4)
-    ref = R.group_norm_forward(as64(x), groups, as64(w), as64(b), eps=1e-4)
-    lowp = R.group_norm_forward(x, groups, w, b, eps=1e-4)
-    check_all(got, ref, lowp, ["y", "mean", "rstd"])
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,groups", CASES)
-@pytest.mark.parametrize("affine", AFFINE)
-def test_backward_matches_reference(rng, threads, dtype, shape, groups, affine):
-    x, w, b = make(rng, shape, dtype, affine)
-    dy = rng.normal(size=shape).astype(dtype)
-    _, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b)
-    got = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
-    ref = R.group_norm_backward(*map(as64, (dy, x, mean, rstd)), groups, as64(w), as64(b))
-    lowp = R.group_norm_backward(dy, x, mean, rstd, groups, w, b)
-    check_all(got, ref, lowp, ["dx", "dweight", "dbias"])
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 3, 5), 1), ((5, 9, 11), 3)])
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
     x, w, b = make(rng, shape, dtype)
@@ -93,25 +68,6 @@ def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
     )
     gref = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), groups, as64(w), as64(b))
     check_all(g, gref, R.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b), ["dx", "dweight", "dbias"])
-
-
-def test_noncontiguous_readonly_and_out(rng, threads):
-    x, w, b = make(rng, (3, 4, 10), np.float32)
-    dy = rng.normal(size=x.shape).astype(np.float32)
-    want = fastnorm.group_norm_forward(x, 2, w, b)
-    outs = (np.empty_like(x), np.empty((3, 2), np.float32), np.empty((3, 2), np.float32))
-    got = fastnorm.group_norm_forward(strided(x), 2, readonly(w), strided(b[None])[0], out=outs)
-    for g, r, o in zip(got, want, outs, strict=True):
-        np.testing.assert_array_equal(g, r)
-        assert np.shares_memory(g, o)
-    g1 = fastnorm.group_norm_backward(dy, x, want.mean, want.rstd, 2, w, b)
-    gouts = (np.empty_like(x), np.empty(4, np.float32), None)
-    g2 = fastnorm.group_norm_backward(
-        readonly(dy), strided(x), strided(want.mean), readonly(want.rstd), 2, w, b, out=gouts
-    )
-    assert np.shares_memory(g2.dx, gouts[0]) and np.shares_memory(g2.dweight, gouts[1])
-    for a, c in zip(g1, g2, strict=True):
-        np.testing.assert_array_equal(a, c)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -135,16 +91,6 @@ def test_large_offset_float32_statistics(rng, threads):
     ref = R.group_norm_forward(as64(x), 2, as64(w), as64(b))
     check_all(got, ref, R.group_norm_forward(x, 2, w, b), ["y", "mean", "rstd"])
     np.testing.assert_allclose(got.rstd, ref[2], rtol=2e-6)
-
-
-def test_deterministic(rng, threads):
-    x, w, b = make(rng, (5, 6, 37), np.float32)
-    dy = rng.normal(size=x.shape).astype(np.float32)
-    r1, r2 = fastnorm.group_norm_forward(x, 3, w, b), fastnorm.group_norm_forward(x, 3, w, b)
-    g1 = fastnorm.group_norm_backward(dy, x, r1.mean, r1.rstd, 3, w, b)
-    g2 = fastnorm.group_norm_backward(dy, x, r1.mean, r1.rstd, 3, w, b)
-    for a, c in zip((*r1, *g1), (*r2, *g2), strict=True):
-        np.testing.assert_array_equal(a, c)
 
 
 def test_empty_batch(rng):

@@ -47,54 +47,6 @@ def test_reference_forward_formula():
 
 
 # ------------------------------------------------------------------------------- kernels vs reference
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("affine", [True, False])
-def test_forward_backward_match_reference(rng, threads, dtype, shape, affine):
-    x, w, b, dy = make(rng, shape, dtype, affine)
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    y64, mean64, rstd64 = R.layer_norm_forward(*f64(x, w, b))
-    y32, mean32, rstd32 = R.layer_norm_forward(x, w, b)
-    assert y.dtype == mean.dtype == rstd.dtype == dtype
-    assert mean.shape == rstd.shape == shape[:-1]
-    assert_matches_reference(y, y64, y32, name="y")
-    assert_matches_reference(mean, mean64, mean32, name="mean")
-    assert_matches_reference(rstd, rstd64, rstd32, name="rstd")
-
-    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-    ref64 = R.layer_norm_backward(*f64(dy, x, mean64, rstd64, w, b))
-    ref32 = R.layer_norm_backward(dy, x, mean32, rstd32, w, b)
-    for got, r64, r32, name in zip((dx, dw, db), ref64, ref32, ("dx", "dweight", "dbias")):
-        assert_matches_reference(got, r64, r32, name=name)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("weight_only", [True, False])
-def test_weight_xor_bias(rng, dtype, weight_only):
-    x, w, b, dy = make(rng, (9, 33), dtype)
-    w, b = (w, None) if weight_only else (None, b)
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    assert_matches_reference(y, R.layer_norm_forward(*f64(x, w, b))[0], R.layer_norm_forward(x, w, b)[0])
-    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-    ref = R.layer_norm_backward(*f64(dy, x, mean, rstd, w, b))
-    ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b)
-    assert (dw is None) == (w is None) and (db is None) == (b is None)
-    for got, r64, r32 in zip((dx, dw, db), ref, ref32):
-        assert_matches_reference(got, r64, r32)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_normalized_ndim_2_and_leading_dims(rng, threads, dtype):
-    x, w, b, dy = make(rng, (2, 3, 7, 11), dtype, ndim=2)
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, normalized_ndim=2)
-    assert mean.shape == (2, 3)
-    y64, m64, r64 = R.layer_norm_forward(*f64(x, w, b), normalized_ndim=2)
-    assert_matches_reference(y, y64, R.layer_norm_forward(x, w, b, normalized_ndim=2)[0])
-    got = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=2)
-    ref = R.layer_norm_backward(*f64(dy, x, m64, r64, w, b), normalized_ndim=2)
-    ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b, normalized_ndim=2)
-    for g, r, r32 in zip(got, ref, ref32):
-        assert_matches_reference(g, r, r32)
 
 
 @pytest.mark.slow
@@ -131,32 +83,6 @@ def test_zero_rows(dtype):
 
 
 # ------------------------------------------------------------------------------- layouts, buffers, values
-def test_non_contiguous_and_read_only_inputs(rng):
-    base, w, b, dy = make(rng, (10, 40), np.float64)
-    x = base[:, ::2]  # non-contiguous view
-    w, b = w[:20].copy(), b[:20].copy()
-    for a in (base, w, b):
-        a.setflags(write=False)
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    assert_matches_reference(y, R.layer_norm_forward(np.ascontiguousarray(x), w, b)[0])
-    dyv = dy[:, 1::2]
-    dx, dw, db = fastnorm.layer_norm_backward(dyv, x, mean, rstd, w, b)
-    ref = R.layer_norm_backward(np.ascontiguousarray(dyv), np.ascontiguousarray(x), mean, rstd, w, b)
-    for got, r in zip((dx, dw, db), ref):
-        assert_matches_reference(got, r)
-
-
-def test_out_buffers_written_in_place(rng):
-    x, w, b, dy = make(rng, (6, 10), np.float32)
-    out = (np.empty_like(x), np.empty(6, np.float32), np.empty(6, np.float32))
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, out=out)
-    assert all(np.shares_memory(a, o) for a, o in zip((y, mean, rstd), out))
-    ref = fastnorm.layer_norm_forward(x, w, b)
-    for a, r in zip((y, mean, rstd), ref):
-        np.testing.assert_array_equal(a, r)
-    bout = (np.empty_like(x), None, np.empty(10, np.float32))  # None entries are allocated
-    dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b, out=bout)
-    assert np.shares_memory(dx, bout[0]) and np.shares_memory(db, bout[2]) and dw.shape == (10,)
 
 
 def test_nan_propagates_to_its_row_only(rng):
@@ -167,16 +93,6 @@ def test_nan_propagates_to_its_row_only(rng):
     dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
     assert np.isnan(dx[2]).all() and np.isfinite(np.delete(dx, 2, axis=0)).all()
     assert np.isnan(dw).all() and np.isfinite(db).all()
-
-
-def test_deterministic_for_a_given_thread_count(rng, threads):
-    x, w, b, dy = make(rng, (513, 257), np.float32)
-    y1, m1, r1 = fastnorm.layer_norm_forward(x, w, b)
-    g1 = fastnorm.layer_norm_backward(dy, x, m1, r1, w, b)
-    y2, m2, r2 = fastnorm.layer_norm_forward(x, w, b)
-    g2 = fastnorm.layer_norm_backward(dy, x, m2, r2, w, b)
-    for a, c in zip((y1, *g1), (y2, *g2)):
-        assert np.array_equal(a, c)
 
 
 # ------------------------------------------------------------------------------- bad input

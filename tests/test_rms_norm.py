@@ -42,38 +42,6 @@ def test_reference_forward_formula():
     np.testing.assert_allclose(y, x / np.sqrt(12.5))
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("affine", [True, False])
-def test_forward_backward_match_reference(rng, threads, dtype, shape, affine):
-    x, w, dy = make(rng, shape, dtype, affine)
-    y, rstd = fastnorm.rms_norm_forward(x, w)
-    y64, rstd64 = R.rms_norm_forward(*f64(x, w))
-    y32, rstd32 = R.rms_norm_forward(x, w)
-    assert y.dtype == rstd.dtype == dtype and rstd.shape == shape[:-1]
-    assert_matches_reference(y, y64, y32, name="y")
-    assert_matches_reference(rstd, rstd64, rstd32, name="rstd")
-    dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
-    ref64 = R.rms_norm_backward(*f64(dy, x, rstd64, w))
-    ref32 = R.rms_norm_backward(dy, x, rstd32, w)
-    for got, r64, r32, name in zip((dx, dw), ref64, ref32, ("dx", "dweight")):
-        assert_matches_reference(got, r64, r32, name=name)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_normalized_ndim_2(rng, threads, dtype):
-    x, w, dy = make(rng, (2, 3, 7, 11), dtype, ndim=2)
-    y, rstd = fastnorm.rms_norm_forward(x, w, normalized_ndim=2)
-    assert rstd.shape == (2, 3)
-    y64, r64 = R.rms_norm_forward(*f64(x, w), normalized_ndim=2)
-    assert_matches_reference(y, y64, R.rms_norm_forward(x, w, normalized_ndim=2)[0])
-    got = fastnorm.rms_norm_backward(dy, x, rstd, w, normalized_ndim=2)
-    ref = R.rms_norm_backward(*f64(dy, x, r64, w), normalized_ndim=2)
-    ref32 = R.rms_norm_backward(dy, x, rstd, w, normalized_ndim=2)
-    for g, r, r32 in zip(got, ref, ref32):
-        assert_matches_reference(g, r, r32)
-
-
 def test_large_offset(rng, threads):
     x, w, dy = make(rng, (64, 4096), np.float32, offset=1e4)
     y, rstd = fastnorm.rms_norm_forward(x, w)
@@ -103,13 +71,6 @@ def test_non_contiguous_read_only_out_and_nan(rng):
     assert np.isnan(yn[4]).all() and np.isfinite(np.delete(yn, 4, axis=0)).all()
     dx, dw = fastnorm.rms_norm_backward(dy[:, :20], xn, rn, w)
     assert np.isnan(dx[4]).all() and np.isfinite(np.delete(dx, 4, axis=0)).all() and np.isnan(dw).all()
-
-
-def test_deterministic(rng, threads):
-    x, w, dy = make(rng, (513, 257), np.float32)
-    a = fastnorm.rms_norm_backward(dy, x, fastnorm.rms_norm_forward(x, w).rstd, w)
-    b = fastnorm.rms_norm_backward(dy, x, fastnorm.rms_norm_forward(x, w).rstd, w)
-    assert all(np.array_equal(p, q) for p, q in zip(a, b))
 
 
 def test_bad_input(rng):

@@ -34,8 +34,10 @@ def cuda_module():
         return None
 
 
-DEVICES = (["cuda"] if cuda_module() is not None else []) if SIM else (
-    ["cpu", "cuda"] if cuda_module() is not None else ["cpu"]
+DEVICES = (
+    (["cuda"] if cuda_module() is not None else [])
+    if SIM
+    else (["cpu", "cuda"] if cuda_module() is not None else ["cpu"])
 )
 
 

@@ -14,7 +14,7 @@ import pytest
 import fastnorm
 
 from .._util import assert_matches_reference
-from ..cases import OPTIM_CASES, OptimCase
+from ..cases import OPTIM_CASES, OptimCase, class_reference
 from ._devices import DEVICES
 
 SIZES = [0, 1, 3, 17, 0, 101, 4099, 2]
@@ -27,8 +27,15 @@ PARAMS = [
     for case in OPTIM_CASES
     for i, opts in enumerate(case.options)
 ]
-CPU_PARAMS = [p for p in PARAMS if p.values[0] == "cpu"] or [pytest.param(None, None, None, marks=pytest.mark.skip(
-    reason="CPU contract: runs in the ordinary (non-simulator) process"), id="cpu")]
+CPU_PARAMS = [p for p in PARAMS if p.values[0] == "cpu"] or [
+    pytest.param(
+        None,
+        None,
+        None,
+        marks=pytest.mark.skip(reason="CPU contract: runs in the ordinary (non-simulator) process"),
+        id="cpu",
+    )
+]
 # Error messages must start with the name of the function called.
 _ADAMW_NAME = "issue 12 (found here): adam_step(decoupled_weight_decay=True) names itself 'adamw_step' in its errors"
 ERROR_PARAMS = [
@@ -108,28 +115,10 @@ def test_class_matches_reference(device, case, opts, dtype):
     for gs in grads:
         opt.step([None if g is None else device.put(g) for g in gs])
     got = [device.get(p) for p in dev_params]
-    for dt, lowp in ((np.float64, False), (dtype, True)):
-        if lowp and dtype == np.float64:
-            continue
-        ps = [p.astype(dt) for p in params]
-        state = case.zero_state(ps, opts)
-        steps = [0] * len(ps)
-        for gs in grads:
-            live = [i for i, g in enumerate(gs) if g is not None]
-            for i in live:
-                steps[i] += 1
-            sub = [[lst[i] for i in live] for lst in state]
-            extra = {"step": [steps[i] for i in live]} if case.has_step else {}
-            case.reference([ps[i] for i in live], [gs[i].astype(dt) for i in live], *sub, **opts, **extra)
-            for lst, s in zip(state, sub, strict=True):
-                for j, i in enumerate(live):
-                    lst[i] = s[j]
-        if lowp:
-            lo = ps
-        else:
-            p64 = ps
+    p64 = class_reference(case, params, grads, opts, np.float64)
+    lo = class_reference(case, params, grads, opts) if dtype == np.float32 else [None] * len(params)
     for i in range(len(sizes)):
-        assert_matches_reference(got[i], p64[i], lo[i] if dtype == np.float32 else None, name=f"param {i}")
+        assert_matches_reference(got[i], p64[i], lo[i], name=f"param {i}")
 
 
 # ------------------------------------------------------------------------------------------ threads

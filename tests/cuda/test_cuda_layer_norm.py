@@ -110,21 +110,6 @@ def test_matches_reference(rng, on_gpu, op, shape, dtype):
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
 
 
-@pytest.mark.parametrize("which", ["none", "weight", "bias"])
-def test_layer_norm_affine_options(rng, on_gpu, which):
-    x, w, b, dy = make(rng, (4, 37), np.float32)
-    w = w if which == "weight" else None
-    b = b if which == "bias" else None
-    _, bwd = run("ln", on_gpu, x, w, b, dy)
-    assert (bwd.dweight is None) == (w is None) and (bwd.dbias is None) == (b is None)
-
-
-def test_rms_norm_without_weight(rng, on_gpu):
-    x, _, _, dy = make(rng, (4, 37), np.float32)
-    _, bwd = run("rms", on_gpu, x, None, None, dy)
-    assert bwd.dweight is None
-
-
 @pytest.mark.parametrize("op", ["ln", "rms"])
 def test_streaming_rows(rng, on_gpu, op, monkeypatch):
     # Rows longer than MAX_TEAM * MAX_VPT take the streaming kernels (made small here).
@@ -186,16 +171,6 @@ def test_nan_propagates_to_its_row_only(rng, on_gpu):
     assert np.isnan(host(bwd.dweight)).all()  # every column sums over the NaN row
 
 
-def test_backward_is_bitwise_reproducible(rng, on_gpu):
-    x, w, b, dy = make(rng, (7, 37), np.float32)
-    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
-    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
-    a = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
-    c = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_)
-    for u, v in zip(a, c, strict=True):
-        np.testing.assert_array_equal(host(u), host(v))
-
-
 def test_few_partial_rows_match_many(rng, on_gpu, monkeypatch):
     # The column sums take as many row chunks as the scratch allows: 1 chunk and 7 chunks agree.
     from fastnorm._dispatch import cuda_backend
@@ -211,17 +186,6 @@ def test_few_partial_rows_match_many(rng, on_gpu, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ buffers, layouts
-def test_out_buffers_written_in_place(rng, on_gpu, cuda):
-    x, w, b, dy = make(rng, (5, 37), np.float32)
-    dx_, dw_, db_, ddy = on_gpu(x, w, b, dy)
-    out = (cuda.device_array((5, 37), np.float32), cuda.device_array(5, np.float32), cuda.device_array(5, np.float32))
-    fwd = fastnorm.layer_norm_forward(dx_, dw_, db_, out=out)
-    assert all(g is o for g, o in zip(fwd, out, strict=True))
-    check_forward("ln", fwd, x, w, b)
-    gout = (cuda.device_array((5, 37), np.float32), None, cuda.device_array(37, np.float32))
-    bwd = fastnorm.layer_norm_backward(ddy, dx_, fwd.mean, fwd.rstd, dw_, db_, out=gout)
-    assert bwd.dx is gout[0] and bwd.dbias is gout[2]
-    check_backward("ln", bwd, dy, x, (fwd.mean, fwd.rstd), w, b)
 
 
 def test_bad_out_buffers(rng, on_gpu, cuda):
@@ -236,14 +200,6 @@ def test_bad_out_buffers(rng, on_gpu, cuda):
     with pytest.raises(ValueError, match="C-contiguous"):
         big = cuda.device_array((5, 74), np.float32)
         fastnorm.layer_norm_forward(dx_, dw_, db_, out=(big[:, ::2], None, None))
-
-
-def test_non_contiguous_device_input_is_copied(rng, on_gpu):
-    base, w, b, dy = make(rng, (5, 74), np.float32)
-    w, b = w[:37].copy(), b[:37].copy()
-    dbase, dw_, db_ = on_gpu(base, w, b)
-    fwd = fastnorm.layer_norm_forward(dbase[:, ::2], dw_, db_)
-    check_forward("ln", fwd, np.ascontiguousarray(base[:, ::2]), w, b)
 
 
 def test_mixing_host_and_device_arrays_names_the_argument(rng, on_gpu):
