@@ -754,7 +754,27 @@ def adam_step(
         amsgrad: max_exp_avg_sq = maximum(max_exp_avg_sq, exp_avg_sq), used in place of exp_avg_sq
         p = p - lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
     """
-    op = "adamw_step" if decoupled_weight_decay else "adam_step"
+    _adam("adam_step", **locals())
+
+
+def _adam(
+    op: str,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    *,
+    step,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    amsgrad,
+    maximize,
+    decoupled_weight_decay,
+) -> None:
     h = ALGOS["adam"].check(op, locals())
     n = len(_as_list(op, "params", params))
     states = {
@@ -785,7 +805,8 @@ def adamw_step(
     maximize: bool = False,
 ) -> None:
     """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay."""
-    adam_step(
+    _adam(
+        "adamw_step",
         params,
         grads,
         exp_avgs,

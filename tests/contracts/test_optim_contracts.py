@@ -37,13 +37,7 @@ CPU_PARAMS = [p for p in PARAMS if p.values[0] == "cpu"] or [
     )
 ]
 # Error messages must start with the name of the function called.
-_ADAMW_NAME = "issue 12 (found here): adam_step(decoupled_weight_decay=True) names itself 'adamw_step' in its errors"
-ERROR_PARAMS = [
-    pytest.param(*p.values, id=p.id, marks=[pytest.mark.xfail(strict=True, reason=_ADAMW_NAME)])
-    if p.values[1].name == "adam" and p.values[2].get("decoupled_weight_decay")
-    else p
-    for p in PARAMS
-]
+ERROR_PARAMS = PARAMS
 
 
 def _names(arg):
