@@ -250,7 +250,11 @@ def softmax_cross_entropy_forward(
     if grad == "inplace":
         _check_inplace(op, be, "logits", x, x_in)
     loss_shape = lead if reduction == "none" else ()
-    specs = [("loss", loss_shape, x.dtype), ("lse", lead, np.float64), ("grad", x.shape, x.dtype) if grad == "out" else None]
+    specs = [
+        ("loss", loss_shape, x.dtype),
+        ("lse", lead, np.float64),
+        ("grad", x.shape, x.dtype) if grad == "out" else None,
+    ]
     if out is not None and not isinstance(out, (list, tuple)):
         raise TypeError(f"{op}: out must be a tuple (loss, lse, grad), got {type(out).__name__}")
     if out is not None and len(out) != 3:
@@ -325,8 +329,15 @@ def softmax_cross_entropy_backward(
     dlogits, logits' shape and dtype.
     """
     op = "softmax_cross_entropy_backward"
-    be = backend_of(op, dloss=dloss if hasattr(dloss, "shape") else None, logits=logits, target=target, lse=lse,
-                    weight=weight, out=out)
+    be = backend_of(
+        op,
+        dloss=dloss if hasattr(dloss, "shape") else None,
+        logits=logits,
+        target=target,
+        lse=lse,
+        weight=weight,
+        out=out,
+    )
     x, lead, m, v, tidx, tp, weight, eps, ii, reduction, denom, wsum = _ce_common(
         op, be, logits, target, weight, ignore_index, label_smoothing, reduction
     )
@@ -405,8 +416,9 @@ def entropy(p: Array, *, axis: int = -1, base: float | None = None, out: Array |
     return h
 
 
-def entropy_backward(dh: Array, p: Array, *, axis: int = -1, base: float | None = None,
-                     out: Array | None = None) -> Array:
+def entropy_backward(
+    dh: Array, p: Array, *, axis: int = -1, base: float | None = None, out: Array | None = None
+) -> Array:
     """Gradient of ``entropy`` with respect to p, times ``dh`` (one value per distribution)::
 
         dp_j = -dh (log(q_j) + H) / (S log(base)),   S = sum(p), q = p / S, H the natural-log entropy
@@ -443,8 +455,7 @@ def _divisors(reduction, numel, batch):
     return 1
 
 
-def _fused_forward(op, kernel, be, x, t, lead, m, v, reduction, grad, grad_target, out, div, extra_in, extra_sc,
-                   x_in):
+def _fused_forward(op, kernel, be, x, t, lead, m, v, reduction, grad, grad_target, out, div, extra_in, extra_sc, x_in):
     """Common body of kl_div / js_div: outputs, kernel call, reduction."""
     if grad == "inplace":
         _check_inplace(op, be, "input", x, x_in)
@@ -542,8 +553,24 @@ def kl_div(
     be = backend_of(op, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
     div = _divisors(reduction, m * v, x.shape[0])
-    return _fused_forward(op, be.kernels.kl_div_forward, be, x, t, lead, m, v, reduction, grad, bool(grad_target),
-                          out, div, (), (bool(log_target),), input)
+    return _fused_forward(
+        op,
+        be.kernels.kl_div_forward,
+        be,
+        x,
+        t,
+        lead,
+        m,
+        v,
+        reduction,
+        grad,
+        bool(grad_target),
+        out,
+        div,
+        (),
+        (bool(log_target),),
+        input,
+    )
 
 
 def kl_div_backward(
@@ -565,8 +592,13 @@ def kl_div_backward(
     be = backend_of(op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
     d, s = _bwd_scale(op, be, dloss, reduction, x, _divisors(reduction, m * v, x.shape[0]))
-    dx, dt = V.outputs(be, op, out, [("dinput", x.shape, x.dtype) if input_grad else None,
-                                     ("dtarget", x.shape, x.dtype) if target_grad else None], (x, t, d))
+    dx, dt = V.outputs(
+        be,
+        op,
+        out,
+        [("dinput", x.shape, x.dtype) if input_grad else None, ("dtarget", x.shape, x.dtype) if target_grad else None],
+        (x, t, d),
+    )
     a2 = _absent(be, x.dtype, 2)
     be.kernels.kl_div_backward(
         a2 if d is None else d.reshape(m, v), x.reshape(m, v), t.reshape(m, v),
@@ -637,8 +669,24 @@ def js_div(
     x, t, lead, m, v = _pair(op, be, input, target)
     keep, k = _js_keep(op, be, labels, ignore_index, lead, m)
     div = _divisors(reduction, k * v, k)
-    return _fused_forward(op, be.kernels.js_div_forward, be, x, t, lead, m, v, reduction, grad, bool(grad_target),
-                          out, div, (keep,), (beta,), input)
+    return _fused_forward(
+        op,
+        be.kernels.js_div_forward,
+        be,
+        x,
+        t,
+        lead,
+        m,
+        v,
+        reduction,
+        grad,
+        bool(grad_target),
+        out,
+        div,
+        (keep,),
+        (beta,),
+        input,
+    )
 
 
 def js_div_backward(
@@ -660,13 +708,19 @@ def js_div_backward(
     op = "js_div_backward"
     reduction = _choice(op, "reduction", reduction, _KL_REDUCTIONS)
     beta = V.scalar(op, "beta", beta, low=0.0, high=1.0)
-    be = backend_of(op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target,
-                    labels=labels, out=out)
+    be = backend_of(
+        op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, labels=labels, out=out
+    )
     x, t, lead, m, v = _pair(op, be, input, target)
     keep, k = _js_keep(op, be, labels, ignore_index, lead, m)
     d, s = _bwd_scale(op, be, dloss, reduction, x, _divisors(reduction, k * v, k))
-    dx, dt = V.outputs(be, op, out, [("dinput", x.shape, x.dtype) if input_grad else None,
-                                     ("dtarget", x.shape, x.dtype) if target_grad else None], (x, t, d))
+    dx, dt = V.outputs(
+        be,
+        op,
+        out,
+        [("dinput", x.shape, x.dtype) if input_grad else None, ("dtarget", x.shape, x.dtype) if target_grad else None],
+        (x, t, d),
+    )
     a2 = _absent(be, x.dtype, 2)
     be.kernels.js_div_backward(
         a2 if d is None else d.reshape(m, v), x.reshape(m, v), t.reshape(m, v), keep,

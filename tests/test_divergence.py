@@ -48,8 +48,13 @@ def test_reference_ce_matches_torch(rng, reduction, weighted, smoothing, probs):
     kw = dict(weight=w, label_smoothing=smoothing, reduction=reduction)
     loss, lse = R.softmax_cross_entropy_forward(x, t, **kw)
     xt = torch.from_numpy(x).requires_grad_()
-    tl = torch.nn.functional.cross_entropy(xt, torch.from_numpy(t), weight=None if w is None else torch.from_numpy(w),
-                                           label_smoothing=smoothing, reduction=reduction)
+    tl = torch.nn.functional.cross_entropy(
+        xt,
+        torch.from_numpy(t),
+        weight=None if w is None else torch.from_numpy(w),
+        label_smoothing=smoothing,
+        reduction=reduction,
+    )
     np.testing.assert_allclose(loss, tl.detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lse, torch.logsumexp(xt, 1).detach().numpy(), rtol=1e-13)
     d = rng.standard_normal(tl.shape)
@@ -86,8 +91,9 @@ def test_reference_entropy_matches_scipy(rng):
     p[0, 3] = 0.0
     for axis in (-1, 0):
         for base in (None, 2.0):
-            np.testing.assert_allclose(R.entropy(p, axis=axis, base=base), stats.entropy(p, axis=axis, base=base),
-                                       rtol=1e-13)
+            np.testing.assert_allclose(
+                R.entropy(p, axis=axis, base=base), stats.entropy(p, axis=axis, base=base), rtol=1e-13
+            )
 
 
 @pytest.mark.parametrize("base", [None, 10.0])
@@ -99,6 +105,7 @@ def test_reference_entropy_backward_matches_finite_differences(rng, base):
     np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean", "batchmean"])
 @pytest.mark.parametrize("log_target", [False, True])
 def test_reference_kl_matches_torch(rng, reduction, log_target):
@@ -187,8 +194,12 @@ def test_ce_forward_backward_match_reference(rng, threads, dtype, shape, probs, 
             assert_matches_reference(g, g64, g32, name=f"fused grad {reduction}")
             dl = rng.standard_normal(loss.shape) if reduction == "none" else 0.7
             gb = D.softmax_cross_entropy_backward(dl, x, t, lse, **kw)
-            assert_matches_reference(gb, R.softmax_cross_entropy_backward(dl, x64, tt64, **kw64),
-                                     R.softmax_cross_entropy_backward(dl, x, t, **kw), name=f"backward {reduction}")
+            assert_matches_reference(
+                gb,
+                R.softmax_cross_entropy_backward(dl, x64, tt64, **kw64),
+                R.softmax_cross_entropy_backward(dl, x, t, **kw),
+                name=f"backward {reduction}",
+            )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -204,8 +215,9 @@ def test_ce_stable_for_large_logits(rng, dtype):
     # lse = max + log(sum): float32 sums leave an absolute error of a few float32 ulps of log(sum)
     np.testing.assert_allclose(lse, lse64, rtol=1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
     g64 = R.softmax_cross_entropy_backward(np.ones(6), x64, t, reduction="none", label_smoothing=0.1)
-    assert_matches_reference(g, g64, R.softmax_cross_entropy_backward(np.ones(6), x, t, reduction="none",
-                                                                      label_smoothing=0.1))
+    assert_matches_reference(
+        g, g64, R.softmax_cross_entropy_backward(np.ones(6), x, t, reduction="none", label_smoothing=0.1)
+    )
     gb = D.softmax_cross_entropy_backward(np.ones(6, dtype), x, t, lse, reduction="none", label_smoothing=0.1)
     assert_matches_reference(gb, g64, g)
 
@@ -215,12 +227,14 @@ def test_ce_inplace_gradient(rng):
     keep = x.copy()
     loss, lse, g = D.softmax_cross_entropy_forward(x, t, weight=w, grad="inplace", label_smoothing=0.05)
     assert g is x and np.shares_memory(g, x)
-    ref_loss, _ = R.softmax_cross_entropy_forward(keep.astype(np.float64), t, weight=w.astype(np.float64),
-                                                  label_smoothing=0.05)
+    ref_loss, _ = R.softmax_cross_entropy_forward(
+        keep.astype(np.float64), t, weight=w.astype(np.float64), label_smoothing=0.05
+    )
     g2 = D.softmax_cross_entropy_forward(keep, t, weight=w, grad="out", label_smoothing=0.05).grad
     np.testing.assert_array_equal(g, g2)
-    assert_matches_reference(loss, ref_loss, R.softmax_cross_entropy_forward(keep, t, weight=w,
-                                                                             label_smoothing=0.05)[0])
+    assert_matches_reference(
+        loss, ref_loss, R.softmax_cross_entropy_forward(keep, t, weight=w, label_smoothing=0.05)[0]
+    )
 
 
 def test_ce_out_buffers(rng):
@@ -244,8 +258,9 @@ def test_ce_1d_logits_and_int32_targets(rng):
     np.testing.assert_allclose(loss, r[0], rtol=1e-12)
     x2 = logits_of(rng, (4, 6), np.float32)
     t32 = np.array([0, 5, 2, 1], np.int32)
-    np.testing.assert_array_equal(D.softmax_cross_entropy_forward(x2, t32).loss,
-                                  D.softmax_cross_entropy_forward(x2, t32.astype(np.int64)).loss)
+    np.testing.assert_array_equal(
+        D.softmax_cross_entropy_forward(x2, t32).loss, D.softmax_cross_entropy_forward(x2, t32.astype(np.int64)).loss
+    )
 
 
 def test_ce_all_ignored_and_empty():
@@ -283,8 +298,9 @@ def test_ce_bad_input_nothing_written(rng):
     with pytest.raises(TypeError, match="weight has dtype float64"):
         D.softmax_cross_entropy_forward(x, np.zeros(4, int), weight=np.ones(5))
     with pytest.raises(ValueError, match="inplace"):
-        D.softmax_cross_entropy_forward(np.asfortranarray(logits_of(rng, (4, 5), np.float32)), np.zeros(4, int),
-                                        grad="inplace")
+        D.softmax_cross_entropy_forward(
+            np.asfortranarray(logits_of(rng, (4, 5), np.float32)), np.zeros(4, int), grad="inplace"
+        )
     ro = x.copy()
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
@@ -344,8 +360,9 @@ def test_entropy_axis_zeros_and_scipy(rng):
     ok = p.copy()
     ok[3] = 1.0
     ok[4, 0] = 1.0
-    np.testing.assert_allclose(fastnorm.entropy_backward(np.ones(5), ok, axis=0),
-                               R.entropy_backward(np.ones(5), ok, axis=0), rtol=1e-10)
+    np.testing.assert_allclose(
+        fastnorm.entropy_backward(np.ones(5), ok, axis=0), R.entropy_backward(np.ones(5), ok, axis=0), rtol=1e-10
+    )
     assert np.isinf(fastnorm.entropy_backward(np.ones(6), p)[2, 1])
 
 
@@ -411,9 +428,9 @@ def test_js_matches_reference(rng, threads, dtype, shape, beta):
 
 
 def test_js_zero_probabilities_are_zero_not_nan():
-    x = np.log(np.array([[0.5, 0.5, 0.0]]))
-    y = np.log(np.array([[0.0, 0.5, 0.5]]))
     with np.errstate(divide="ignore"):
+        x = np.log(np.array([[0.5, 0.5, 0.0]]))
+        y = np.log(np.array([[0.0, 0.5, 0.5]]))
         loss, dx, dy = fastnorm.js_div(x, y, grad="out", grad_target=True)
     assert np.isfinite(loss) and np.all(np.isfinite(dx)) and np.all(np.isfinite(dy))
     np.testing.assert_allclose(loss, np.log(2) / 2, rtol=1e-12)
@@ -461,9 +478,14 @@ def test_kl_js_entropy_thread_count_invariance(rng):
         res = []
         for n in (1, 2):
             fastnorm.set_num_threads(n)
-            res.append((*fastnorm.js_div(x, y, grad="out", grad_target=True),
-                        *fastnorm.kl_div(x, y, log_target=True, grad="out"),
-                        fastnorm.entropy(np.exp(y)), fastnorm.entropy_backward(np.ones(48, np.float32), np.exp(y))))
+            res.append(
+                (
+                    *fastnorm.js_div(x, y, grad="out", grad_target=True),
+                    *fastnorm.kl_div(x, y, log_target=True, grad="out"),
+                    fastnorm.entropy(np.exp(y)),
+                    fastnorm.entropy_backward(np.ones(48, np.float32), np.exp(y)),
+                )
+            )
     finally:
         fastnorm.set_num_threads(old)
     for a, b in zip(*res):
@@ -503,7 +525,8 @@ def test_nn_cross_entropy_loss_layer(rng):
     per_row = fi(x2, t)
     assert per_row.shape == (12,) and np.shares_memory(fi.backward(), x2)
     d = rng.standard_normal(12)
-    np.testing.assert_allclose(fi.backward(d), R.softmax_cross_entropy_backward(d, x, t, reduction="none"),
-                               rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(
+        fi.backward(d), R.softmax_cross_entropy_backward(d, x, t, reduction="none"), rtol=1e-11, atol=1e-15
+    )
     with pytest.raises(RuntimeError, match="forward first"):
         CrossEntropyLoss().backward()

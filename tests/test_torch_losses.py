@@ -68,8 +68,12 @@ def test_cross_entropy_matches_torch(dtype, reduction, weighted, smoothing, kind
         return x, t, w
 
     kw = dict(reduction=reduction, label_smoothing=smoothing)
-    _compare(lambda x, t, w: L.cross_entropy(x, t, w, **kw),
-             lambda x, t, w: torch.nn.functional.cross_entropy(x, t, w, **kw), make, dtype)
+    _compare(
+        lambda x, t, w: L.cross_entropy(x, t, w, **kw),
+        lambda x, t, w: torch.nn.functional.cross_entropy(x, t, w, **kw),
+        make,
+        dtype,
+    )
 
 
 def test_cross_entropy_upstream_gradient_and_module():
@@ -84,8 +88,8 @@ def test_cross_entropy_upstream_gradient_and_module():
     np.testing.assert_allclose(x.grad, x2.grad, rtol=1e-12, atol=1e-14)
     y = L.cross_entropy(x, t, reduction="none")
     d = torch.randn(8, generator=g, dtype=torch.float64)
-    gx, = torch.autograd.grad(y, x, d)
-    gx2, = torch.autograd.grad(torch.nn.functional.cross_entropy(x2, t, reduction="none"), x2, d)
+    (gx,) = torch.autograd.grad(y, x, d)
+    (gx2,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x2, t, reduction="none"), x2, d)
     np.testing.assert_allclose(gx, gx2, rtol=1e-12, atol=1e-14)
 
 
@@ -148,8 +152,12 @@ def test_js_div_matches_composed_torch(dtype, beta, reduction, with_labels):
         lab = torch.tensor([1, -100, 2, 3, -100, 0, 5]) if with_labels else None
         return x, y, lab
 
-    _compare(lambda x, y, lab: L.JSDLoss(beta, reduction=reduction)(x, y, lab),
-             lambda x, y, lab: L._js_torch(x, y, lab, beta, -100, reduction), make, dtype)
+    _compare(
+        lambda x, y, lab: L.JSDLoss(beta, reduction=reduction)(x, y, lab),
+        lambda x, y, lab: L._js_torch(x, y, lab, beta, -100, reduction),
+        make,
+        dtype,
+    )
 
 
 def test_js_module_repr_and_bad_beta():

@@ -153,7 +153,10 @@ def _torch_entropy(s):
     return run
 
 
-def _providers(**p):
+def _providers(quick: bool, **p):
+    # The NumPy references at the full shapes take ~10 s a call (several logits-sized temporaries): quick only.
+    if not quick:
+        p.pop("numpy", None)
     if torch_or_none() is None:
         p = {k: v for k, v in p.items() if not k.startswith("torch")}
     return p
@@ -164,7 +167,7 @@ def cases(quick: bool) -> list[Case]:
     for m, n in CE_QUICK if quick else CE_FULL:
         mn = m * n
         out.append(Case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n),
-                        _providers(**{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
+                        _providers(quick, **{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
                                       "fastnorm inplace": _fn_ce_inplace, "numpy": _np_ce, "torch": _torch_ce}),
                         8 * mn + 24 * m, (1, 0, 1), mn))  # fmt: skip
     for m, n in DIV_QUICK if quick else DIV_FULL:
@@ -172,11 +175,12 @@ def cases(quick: bool) -> list[Case]:
         make = _div_inputs(m, n)
         out += [
             Case("kl_div", f"({m}, {n}) fwd+bwd log_target", make,
-                 _providers(fastnorm=_fn_kl, numpy=_np_kl, torch=_torch_kl), 12 * mn, (2, 0, 1), mn),
+                 _providers(quick, fastnorm=_fn_kl, numpy=_np_kl, torch=_torch_kl), 12 * mn, (2, 0, 1), mn),
             Case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make,
-                 _providers(fastnorm=_fn_js, numpy=_np_js, torch=_torch_js), 12 * mn, (2, 0, 1), mn),
+                 _providers(quick, fastnorm=_fn_js, numpy=_np_js, torch=_torch_js), 12 * mn, (2, 0, 1), mn),
             Case("entropy", f"({m}, {n})", make,
-                 _providers(fastnorm=_fn_entropy, numpy=_np_entropy, torch=_torch_entropy), 4 * mn, (1, 0, 0), mn),
+                 _providers(quick, fastnorm=_fn_entropy, numpy=_np_entropy, torch=_torch_entropy),
+                 4 * mn, (1, 0, 0), mn),
         ]  # fmt: skip
     return out
 

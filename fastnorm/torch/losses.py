@@ -237,8 +237,12 @@ def js_div(
 
     Rows whose ``labels`` entry is ``ignore_index`` are skipped; "batchmean" divides by the rows kept.
     """
-    if _F.unsupported_reason(input, target, op="js_div") is not None or input.shape != target.shape \
-            or input.dtype != target.dtype or input.dim() == 0:
+    if (
+        _F.unsupported_reason(input, target, op="js_div") is not None
+        or input.shape != target.shape
+        or input.dtype != target.dtype
+        or input.dim() == 0
+    ):
         return _js_torch(input, target, labels, float(beta), ignore_index, reduction)
     kw = dict(beta=float(beta), reduction=reduction, ignore_index=int(ignore_index))
     lab = None if labels is None else labels.contiguous()

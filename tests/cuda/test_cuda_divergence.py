@@ -38,8 +38,9 @@ def test_ce_matches_reference(rng, on_gpu, dtype, shape, probs):
     x64, t64, w64 = x.astype(np.float64), t.astype(np.float64) if probs else t, w.astype(np.float64)
     for reduction in ("none", "mean"):
         dx, dt, dw = on_gpu(x, t, w)
-        loss, lse, g = fastnorm.softmax_cross_entropy_forward(dx, dt, weight=dw, label_smoothing=0.1,
-                                                              reduction=reduction, grad="out")
+        loss, lse, g = fastnorm.softmax_cross_entropy_forward(
+            dx, dt, weight=dw, label_smoothing=0.1, reduction=reduction, grad="out"
+        )
         r64, lse64 = R.softmax_cross_entropy_forward(x64, t64, weight=w64, label_smoothing=0.1, reduction=reduction)
         r32 = R.softmax_cross_entropy_forward(x, t, reduction=reduction, **kw)[0]
         assert_matches_reference(host(loss), r64, _lo(dtype, r32), name="loss")
@@ -48,8 +49,15 @@ def test_ce_matches_reference(rng, on_gpu, dtype, shape, probs):
         g64 = R.softmax_cross_entropy_backward(d, x64, t64, weight=w64, label_smoothing=0.1, reduction=reduction)
         g32 = R.softmax_cross_entropy_backward(d, x, t, reduction=reduction, **kw)
         assert_matches_reference(host(g), g64, _lo(dtype, g32), name="fused grad")
-        gb = fastnorm.softmax_cross_entropy_backward(on_gpu(d.astype(dtype)) if reduction == "none" else 1.0, dx, dt,
-                                                     lse, weight=dw, label_smoothing=0.1, reduction=reduction)
+        gb = fastnorm.softmax_cross_entropy_backward(
+            on_gpu(d.astype(dtype)) if reduction == "none" else 1.0,
+            dx,
+            dt,
+            lse,
+            weight=dw,
+            label_smoothing=0.1,
+            reduction=reduction,
+        )
         assert_matches_reference(host(gb), g64, _lo(dtype, g32), name="backward")
 
 
@@ -101,8 +109,9 @@ def test_kl_matches_reference(rng, on_gpu, dtype, shape, log_target):
         assert_matches_reference(host(dx), r64[0], _lo(dtype, r32[0]), name="dinput")
         assert_matches_reference(host(dt), r64[1], _lo(dtype, r32[1]), name="dtarget")
         dl = rng.standard_normal(shape).astype(dtype) if reduction == "none" else 0.5
-        bx, bt = fastnorm.kl_div_backward(on_gpu(dl) if reduction == "none" else dl, *on_gpu(x, t), target_grad=True,
-                                          **kw)
+        bx, bt = fastnorm.kl_div_backward(
+            on_gpu(dl) if reduction == "none" else dl, *on_gpu(x, t), target_grad=True, **kw
+        )
         r64, r32 = R.kl_div_backward(dl, *f64(x, t), **kw), R.kl_div_backward(dl, x, t, **kw)
         assert_matches_reference(host(bx), r64[0], _lo(dtype, r32[0]), name="dinput")
         assert_matches_reference(host(bt), r64[1], _lo(dtype, r32[1]), name="dtarget")
@@ -116,14 +125,21 @@ def test_js_matches_reference(rng, on_gpu, dtype, beta):
     labels = np.array([0, -100, 2])
     for reduction in ("none", "batchmean"):
         kw = dict(beta=beta, reduction=reduction, labels=labels)
-        loss, dx, dy = fastnorm.js_div(*on_gpu(x, y), grad="out", grad_target=True, beta=beta, reduction=reduction,
-                                       labels=on_gpu(labels))
+        loss, dx, dy = fastnorm.js_div(
+            *on_gpu(x, y), grad="out", grad_target=True, beta=beta, reduction=reduction, labels=on_gpu(labels)
+        )
         assert_matches_reference(host(loss), R.js_div(*f64(x, y), **kw), _lo(dtype, R.js_div(x, y, **kw)))
         d = np.ones(shape) if reduction == "none" else 1.0
         r64, r32 = R.js_div_backward(d, *f64(x, y), **kw), R.js_div_backward(d, x, y, **kw)
         assert_matches_reference(host(dx), r64[0], _lo(dtype, r32[0]), name="dinput")
         assert_matches_reference(host(dy), r64[1], _lo(dtype, r32[1]), name="dtarget")
-        bx, by = fastnorm.js_div_backward(on_gpu(d.astype(dtype)) if reduction == "none" else 1.0, *on_gpu(x, y),
-                                          target_grad=True, beta=beta, reduction=reduction, labels=on_gpu(labels))
+        bx, by = fastnorm.js_div_backward(
+            on_gpu(d.astype(dtype)) if reduction == "none" else 1.0,
+            *on_gpu(x, y),
+            target_grad=True,
+            beta=beta,
+            reduction=reduction,
+            labels=on_gpu(labels),
+        )
         assert_matches_reference(host(bx), r64[0], _lo(dtype, r32[0]), name="dinput bwd")
         assert_matches_reference(host(by), r64[1], _lo(dtype, r32[1]), name="dtarget bwd")

@@ -148,6 +148,10 @@ cdef extern from *:
         return y;
     }
 
+    #define FN_ROW_LOOP(OUT, EXPR)                                                                    \
+        if (dl) { for (ptrdiff_t i = 0; i < n; i++) OUT[i] = c * dl[i] * (EXPR); }                     \
+        else { for (ptrdiff_t i = 0; i < n; i++) OUT[i] = c * (EXPR); }
+
     /* ---- per-type row helpers: one loop per sum (gcc vectorizes those) ---- */
     #define FN_DEFINE_DIV(T, SUF)                                                                     \
     FN_INL T fn_max_##SUF(const T *x, ptrdiff_t n) {                                            \
@@ -202,16 +206,33 @@ cdef extern from *:
     FN_INL T fn_jsm_elem_##SUF(T x, T y, T b, int mode) {                                       \
         return mode == 0 ? fn_fkl_elem_##SUF(x, y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y)              \
                                                       : fn_js_elem_##SUF(x, y, b)); }                  \
-    FN_INL T fn_jsm_dx_##SUF(T x, T y, T b, int mode) {                                         \
-        return mode == 0 ? -fn_exp_##SUF(y) : (mode == 1 ? fn_rkl_elem_##SUF(x, y) + fn_exp_##SUF(x)   \
-                                                : fn_js_dx_##SUF(x, y, b)); }                          \
-    FN_INL T fn_jsm_dy_##SUF(T x, T y, T b, int mode) {                                         \
-        return mode == 0 ? fn_fkl_elem_##SUF(x, y) + fn_exp_##SUF(y) : (mode == 1 ? -fn_exp_##SUF(x)   \
-                                                : fn_js_dy_##SUF(x, y, b)); }                          \
     FN_INL double fn_js_sum_##SUF(const T *x, const T *y, ptrdiff_t n, T b, int mode) {         \
         if (mode == 0) { FN_BLOCKED_SUM(T, n, fn_fkl_elem_##SUF(x[i], y[i])) }                         \
         else if (mode == 1) { FN_BLOCKED_SUM(T, n, fn_rkl_elem_##SUF(x[i], y[i])) }                    \
         else { FN_BLOCKED_SUM(T, n, fn_js_elem_##SUF(x[i], y[i], b)) } }                               \
+    /* gradient rows, the mode test outside the loops: out = c * EXPR (times dl[i] when dl != NULL) */ \
+    FN_INL void fn_js_grad_row_##SUF(const T *x, const T *y, const T *dl, ptrdiff_t n, T b, int mode, T c,   \
+                                     T *dx, T *dy) {                                                   \
+        if (dx) {                                                                                      \
+            if (mode == 0) { FN_ROW_LOOP(dx, -fn_exp_##SUF(y[i])) }                                    \
+            else if (mode == 1) { FN_ROW_LOOP(dx, fn_rkl_elem_##SUF(x[i], y[i]) + fn_exp_##SUF(x[i])) } \
+            else { FN_ROW_LOOP(dx, fn_js_dx_##SUF(x[i], y[i], b)) } }                                  \
+        if (dy) {                                                                                      \
+            if (mode == 0) { FN_ROW_LOOP(dy, fn_fkl_elem_##SUF(x[i], y[i]) + fn_exp_##SUF(y[i])) }     \
+            else if (mode == 1) { FN_ROW_LOOP(dy, -fn_exp_##SUF(x[i])) }                               \
+            else { FN_ROW_LOOP(dy, fn_js_dy_##SUF(x[i], y[i], b)) } } }                                \
+    /* the general JSD's row sum with dx = c * dl/dx stored in the same loop (one exp/exp/log per element) */ \
+    FN_INL T fn_js_elem_dx_##SUF(T x, T y, T b, T c, T *dxo) {                                         \
+        T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
+        T m = b * p + ((T)1 - b) * q;                                                                  \
+        T lm = fn_log_##SUF(m);                                                                        \
+        T py = p == 0 ? (T)0 : p * y;                                                                  \
+        T qx = q == 0 ? (T)0 : q * x;                                                                  \
+        T ml = m == 0 ? (T)0 : m * lm;                                                                 \
+        *dxo = q == 0 ? (T)0 : c * (((T)1 - b) * q * (x - lm));                                        \
+        return b * py + ((T)1 - b) * qx - ml; }                                                        \
+    FN_INL double fn_js_fused_##SUF(const T *x, const T *y, ptrdiff_t n, T b, T c, T *dx) {            \
+        FN_BLOCKED_SUM(T, n, fn_js_elem_dx_##SUF(x[i], y[i], b, c, &dx[i])) }                          \
     /* ---- entropy: sum of entr(p * inv) ---- */                                                     \
     FN_INL T fn_entr_##SUF(T q) {                                                               \
         T r = q > 0 ? -q * fn_log_##SUF(q) : (q == 0 ? (T)0 : (T)-INFINITY);                           \
@@ -247,12 +268,15 @@ cdef extern from *:
     double fn_kl_sum_d(const double *x, const double *t, Py_ssize_t n, int lt) noexcept nogil
     float fn_jsm_elem_f(float x, float y, float b, int mode) noexcept nogil
     double fn_jsm_elem_d(double x, double y, double b, int mode) noexcept nogil
-    float fn_jsm_dx_f(float x, float y, float b, int mode) noexcept nogil
-    double fn_jsm_dx_d(double x, double y, double b, int mode) noexcept nogil
-    float fn_jsm_dy_f(float x, float y, float b, int mode) noexcept nogil
-    double fn_jsm_dy_d(double x, double y, double b, int mode) noexcept nogil
     double fn_js_sum_f(const float *x, const float *y, Py_ssize_t n, float b, int mode) noexcept nogil
     double fn_js_sum_d(const double *x, const double *y, Py_ssize_t n, double b, int mode) noexcept nogil
+    void fn_js_grad_row_f(const float *x, const float *y, const float *dl, Py_ssize_t n, float b, int mode,
+                          float c, float *dx, float *dy) noexcept nogil
+    void fn_js_grad_row_d(const double *x, const double *y, const double *dl, Py_ssize_t n, double b, int mode,
+                          double c, double *dx, double *dy) noexcept nogil
+    double fn_js_fused_f(const float *x, const float *y, Py_ssize_t n, float b, float c, float *dx) noexcept nogil
+    double fn_js_fused_d(const double *x, const double *y, Py_ssize_t n, double b, double c,
+                         double *dx) noexcept nogil
     double fn_entr_sum_f(const float *p, Py_ssize_t n, float inv) noexcept nogil
     double fn_entr_sum_d(const double *p, Py_ssize_t n, double inv) noexcept nogil
 
@@ -321,13 +345,12 @@ cdef inline const floating *_ptr1(const floating[::1] a) noexcept nogil:
 cdef inline void _ce_grad_row(const floating *x, Py_ssize_t v, Py_ssize_t t, const floating *y,
                               const floating *w, double eps, double wsum, double c, floating mx,
                               floating off, double sy, floating *g) noexcept nogil:
-    """g = c * dloss_row/dx with p_j = exp((x_j - mx) - off); may write over x (every read of x_j comes
-    before the write of g_j, and x_t is read first)."""
+    """g = c * dloss_row/dx with p_j = exp((x_j - mx) - off); may write over x (each x_j is read before g_j is
+    written, and the target's correction only touches g_t)."""
     cdef Py_ssize_t j
     cdef double wt
-    cdef floating ca, cb, c1, c0, xt
+    cdef floating ca, cb, c1, c0
     if y == NULL:
-        xt = x[t]
         wt = w[t] if w != NULL else 1.0
         # dloss/dx_j = p_j ((1 - eps) w_t + eps W / V) - (1 - eps) w_t [j == t] - eps / V w_j
         ca = <floating>(c * ((1.0 - eps) * wt + eps * wsum / v))
@@ -590,33 +613,10 @@ cdef inline int _js_mode(double beta) noexcept nogil:
 
 cdef inline void _js_grad_row(const floating *x, const floating *y, const floating *dl, Py_ssize_t v,
                               floating b, int mode, floating c, floating *dx, floating *dy) noexcept nogil:
-    cdef Py_ssize_t j
-    if dx != NULL:
-        if dl != NULL:
-            for j in range(v):
-                if floating is float:
-                    dx[j] = c * dl[j] * fn_jsm_dx_f(x[j], y[j], b, mode)
-                else:
-                    dx[j] = c * dl[j] * fn_jsm_dx_d(x[j], y[j], b, mode)
-        else:
-            for j in range(v):
-                if floating is float:
-                    dx[j] = c * fn_jsm_dx_f(x[j], y[j], b, mode)
-                else:
-                    dx[j] = c * fn_jsm_dx_d(x[j], y[j], b, mode)
-    if dy != NULL:
-        if dl != NULL:
-            for j in range(v):
-                if floating is float:
-                    dy[j] = c * dl[j] * fn_jsm_dy_f(x[j], y[j], b, mode)
-                else:
-                    dy[j] = c * dl[j] * fn_jsm_dy_d(x[j], y[j], b, mode)
-        else:
-            for j in range(v):
-                if floating is float:
-                    dy[j] = c * fn_jsm_dy_f(x[j], y[j], b, mode)
-                else:
-                    dy[j] = c * fn_jsm_dy_d(x[j], y[j], b, mode)
+    if floating is float:
+        fn_js_grad_row_f(x, y, dl, v, b, mode, c, dx, dy)
+    else:
+        fn_js_grad_row_d(x, y, dl, v, b, mode, c, dx, dy)
 
 
 cdef inline void _zero_row(floating *a, Py_ssize_t v) noexcept nogil:
@@ -646,6 +646,13 @@ def js_div_forward(const floating[:, ::1] input,    # IN  (M, V) log Q
                 _zero_row(&elem[i, 0] if want_e else <floating *>NULL, v)
                 _zero_row(&dinput[i, 0] if want_dx else <floating *>NULL, v)
                 _zero_row(&dtarget[i, 0] if want_dt else <floating *>NULL, v)
+                continue
+            if mode == 2 and want_dx and not want_dt and not want_e:
+                # the common training case: loss and dinput from one evaluation per element
+                if floating is float:
+                    loss[i] = fn_js_fused_f(&input[i, 0], &target[i, 0], v, b, c, &dinput[i, 0])
+                else:
+                    loss[i] = fn_js_fused_d(&input[i, 0], &target[i, 0], v, b, c, &dinput[i, 0])
                 continue
             if floating is float:
                 loss[i] = fn_js_sum_f(&input[i, 0], &target[i, 0], v, b, mode)

@@ -205,21 +205,48 @@ def _launch(k, m, *args):
         k[m, TPB, current_stream()](*args)
 
 
-def softmax_cross_entropy_forward(logits, target, target_prob, weight, gscale, grad, loss, lse,
-                                  ignore_index, label_smoothing, weight_sum, n_threads):
+def softmax_cross_entropy_forward(
+    logits, target, target_prob, weight, gscale, grad, loss, lse, ignore_index, label_smoothing, weight_sum, n_threads
+):
     """IN logits (M, V), target (M,) | (0,), target_prob (M, V) | (0, 0), weight (V,) | (0,), gscale (M,) |
     (1,) | (0,); OUT grad (M, V) | (0, 0) (may be logits), loss (M,) float64, lse (M,) float64."""
     x = dev(logits)
-    _launch(_ce_fwd, x.shape[0], x, dev(target), dev(target_prob), dev(weight), dev(gscale), dev(grad), dev(loss),
-            dev(lse), int(ignore_index), float(label_smoothing), float(weight_sum))
+    _launch(
+        _ce_fwd,
+        x.shape[0],
+        x,
+        dev(target),
+        dev(target_prob),
+        dev(weight),
+        dev(gscale),
+        dev(grad),
+        dev(loss),
+        dev(lse),
+        int(ignore_index),
+        float(label_smoothing),
+        float(weight_sum),
+    )
 
 
-def softmax_cross_entropy_backward(logits, target, target_prob, weight, lse, gscale, grad,
-                                   ignore_index, label_smoothing, weight_sum, n_threads):
+def softmax_cross_entropy_backward(
+    logits, target, target_prob, weight, lse, gscale, grad, ignore_index, label_smoothing, weight_sum, n_threads
+):
     """IN logits, target, target_prob, weight, lse (M,), gscale (M,) | (1,); OUT grad (M, V)."""
     x = dev(logits)
-    _launch(_ce_bwd, x.shape[0], x, dev(target), dev(target_prob), dev(weight), dev(lse), dev(gscale), dev(grad),
-            int(ignore_index), float(label_smoothing), float(weight_sum))
+    _launch(
+        _ce_bwd,
+        x.shape[0],
+        x,
+        dev(target),
+        dev(target_prob),
+        dev(weight),
+        dev(lse),
+        dev(gscale),
+        dev(grad),
+        int(ignore_index),
+        float(label_smoothing),
+        float(weight_sum),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ entropy
@@ -390,26 +417,80 @@ def _no_keep():
 def kl_div_forward(input, target, loss, elem, dinput, dtarget, log_target, gscale, n_threads):
     """IN input, target (M, V); OUT loss (M,) float64, elem / dinput / dtarget (M, V) | (0, 0)."""
     x = dev(input)
-    _launch(_div_fwd, x.shape[0], 0, x, dev(target), _no_keep(), dev(loss), dev(elem), dev(dinput), dev(dtarget),
-            bool(log_target), 0.0, 2, float(gscale))
+    _launch(
+        _div_fwd,
+        x.shape[0],
+        0,
+        x,
+        dev(target),
+        _no_keep(),
+        dev(loss),
+        dev(elem),
+        dev(dinput),
+        dev(dtarget),
+        bool(log_target),
+        0.0,
+        2,
+        float(gscale),
+    )
 
 
 def kl_div_backward(dloss, input, target, dinput, dtarget, log_target, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target (M, V); OUT dinput, dtarget (M, V) | (0, 0)."""
     x = dev(input)
-    _launch(_div_bwd, x.shape[0], 0, dev(dloss), x, dev(target), _no_keep(), dev(dinput), dev(dtarget),
-            bool(log_target), 0.0, 2, float(scale))
+    _launch(
+        _div_bwd,
+        x.shape[0],
+        0,
+        dev(dloss),
+        x,
+        dev(target),
+        _no_keep(),
+        dev(dinput),
+        dev(dtarget),
+        bool(log_target),
+        0.0,
+        2,
+        float(scale),
+    )
 
 
 def js_div_forward(input, target, keep, loss, elem, dinput, dtarget, beta, gscale, n_threads):
     """IN input, target (M, V), keep (M,) uint8 | (0,); OUT loss (M,) float64, elem / dinput / dtarget."""
     x = dev(input)
-    _launch(_div_fwd, x.shape[0], 1, x, dev(target), dev(keep), dev(loss), dev(elem), dev(dinput), dev(dtarget),
-            False, float(beta), _mode(beta), float(gscale))
+    _launch(
+        _div_fwd,
+        x.shape[0],
+        1,
+        x,
+        dev(target),
+        dev(keep),
+        dev(loss),
+        dev(elem),
+        dev(dinput),
+        dev(dtarget),
+        False,
+        float(beta),
+        _mode(beta),
+        float(gscale),
+    )
 
 
 def js_div_backward(dloss, input, target, keep, dinput, dtarget, beta, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target, keep; OUT dinput, dtarget (M, V) | (0, 0)."""
     x = dev(input)
-    _launch(_div_bwd, x.shape[0], 1, dev(dloss), x, dev(target), dev(keep), dev(dinput), dev(dtarget),
-            False, float(beta), _mode(beta), float(scale))
+    _launch(
+        _div_bwd,
+        x.shape[0],
+        1,
+        dev(dloss),
+        x,
+        dev(target),
+        dev(keep),
+        dev(dinput),
+        dev(dtarget),
+        False,
+        float(beta),
+        _mode(beta),
+        float(scale),
+    )
