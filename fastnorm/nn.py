@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import norms
+from .divergence import softmax_cross_entropy_forward
 
 __all__ = [
     "Module",
@@ -360,42 +361,71 @@ class GroupNorm(Module):
 
 # -------------------------------------------------------------------------------------------------- loss
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy of softmax(logits) against integer ``labels`` and its gradient.
+    """Mean softmax cross-entropy of (N, K) ``logits`` against integer ``labels`` and its gradient.
 
-    logits (N, K), labels (N,) ints in [0, K). loss = -mean_i log softmax(logits_i)[labels_i];
-    dlogits = (softmax(logits) - onehot(labels)) / N. Stable (max-shifted log-sum-exp).
+    ``loss = mean_i(logsumexp(logits_i) - logits_i[labels_i])``, ``grad = (softmax(logits) - onehot) / N``;
+    one fused pass (``fastnorm.softmax_cross_entropy_forward`` with ``grad="out"``).
     """
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    if logits.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy: logits must be (N, K), got shape {logits.shape}")
-    n, k = logits.shape
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"softmax_cross_entropy: labels must be {n} integers, got {labels.dtype} {labels.shape}"
-        )
-    if n and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"softmax_cross_entropy: labels must be in [0, {k})")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - log_z
-    rows = np.arange(n)
-    loss = float(-log_p[rows, labels].mean()) if n else 0.0
-    grad = np.exp(log_p)
-    grad[rows, labels] -= 1
-    grad /= max(n, 1)
-    return loss, grad.astype(logits.dtype, copy=False)
+    res = softmax_cross_entropy_forward(logits, labels, grad="out")
+    return float(res.loss), res.grad
 
 
 class CrossEntropyLoss:
-    """``loss = CrossEntropyLoss()(logits, labels)``, then ``backward()`` gives dloss/dlogits."""
+    """Softmax cross-entropy with torch's options (weight, ignore_index, label_smoothing, reduction).
 
-    def __call__(self, logits, labels) -> float:
-        return self.forward(logits, labels)
+    Parameters
+    ----------
+    weight : optional (V,) per-class weights (float, the logits' dtype).
+    ignore_index : targets equal to it contribute nothing.
+    label_smoothing : eps in [0, 1]: the target becomes (1 - eps) onehot + eps / V.
+    reduction : "mean" (over the weights of non-ignored targets), "sum" or "none".
+    inplace : write the gradient over the logits given to ``forward`` (zero extra memory).
 
-    def forward(self, logits, labels) -> float:
-        loss, self._grad = softmax_cross_entropy(logits, labels)
-        return loss
+    ``forward(logits, target)`` returns the loss (a float for "mean"/"sum", an array for "none");
+    ``backward(dloss=None)`` returns d(loss)/d(logits) times ``dloss`` (a scalar, or one value per row
+    for "none"; None means 1).
+    """
 
-    def backward(self) -> np.ndarray:
-        return self._grad
+    def __init__(
+        self,
+        weight: np.ndarray | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        *,
+        inplace: bool = False,
+    ):
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+        self.inplace = inplace
+        self._grad: np.ndarray | None = None
+        self._buf: np.ndarray | None = None
+
+    def __call__(self, logits, target):
+        return self.forward(logits, target)
+
+    def forward(self, logits, target):
+        kw = dict(weight=self.weight, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                  reduction=self.reduction)  # fmt: skip
+        if self.inplace:
+            res = softmax_cross_entropy_forward(logits, target, grad="inplace", **kw)
+        else:
+            shape, dtype = np.shape(logits), getattr(logits, "dtype", None)
+            if self._buf is None or self._buf.shape != shape or self._buf.dtype != dtype:
+                self._buf = None
+            res = softmax_cross_entropy_forward(logits, target, grad="out", out=(None, None, self._buf), **kw)
+            self._buf = res.grad
+        self._grad = res.grad
+        return float(res.loss) if self.reduction != "none" else res.loss
+
+    def backward(self, dloss=None) -> np.ndarray:
+        if self._grad is None:
+            raise RuntimeError("CrossEntropyLoss.backward: call forward first")
+        if dloss is None:
+            return self._grad
+        d = np.asarray(dloss, dtype=self._grad.dtype)
+        if self.reduction == "none" and d.ndim > 0:
+            d = d.reshape(d.shape + (1,))
+        return self._grad * d

@@ -506,7 +506,7 @@ def test_exp_log_special_values():
 
 # ------------------------------------------------------------------------------------ NumPy loss layer
 def test_nn_cross_entropy_loss_layer(rng):
-    from fastnorm.nn_losses import CrossEntropyLoss
+    from fastnorm.nn import CrossEntropyLoss
 
     x, t, w = _ce_case(rng, (12, 17), np.float64, False, True, True)
     kw = dict(weight=w, label_smoothing=0.1)

@@ -25,7 +25,7 @@ from torch import Tensor
 import fastnorm
 
 from . import functional as _F
-from .nn import FastnormFallbackWarning
+from ._common import FastnormFallbackWarning
 
 __all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._common import FastnormFallbackWarning
 
 __all__ = [
     "FastnormFallbackWarning",
@@ -38,10 +39,6 @@ __all__ = [
     "weight_norm_weight",
     "swap_modules",
 ]
-
-
-class FastnormFallbackWarning(UserWarning):
-    """A fastnorm module ran torch's own implementation (unsupported dtype or device)."""
 
 
 _warned: set[tuple[str, str]] = set()
@@ -287,3 +284,10 @@ def swap_modules(model: torch.nn.Module) -> int:
             setattr(parent, name, new)
             count += 1
     return count
+
+
+# Modules defined beside their functional ops, re-exported here so every drop-in module is in one namespace.
+from .distributed import SyncBatchNorm  # noqa: E402
+from .losses import CrossEntropyLoss, JSDLoss, KLDivLoss  # noqa: E402
+
+__all__ += ["SyncBatchNorm", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]

@@ -29,7 +29,7 @@ import torch
 
 import fastnorm.optim as _fo
 
-from .nn import FastnormFallbackWarning
+from ._common import FastnormFallbackWarning
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
 
