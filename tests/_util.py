@@ -119,29 +119,3 @@ def byteswapped(a):
     a = np.asarray(a)
     return a.astype(a.dtype.newbyteorder("S"))
 
-
-def assert_error_within(got, other, ref64, *, name="", factor=2.0, ulps=8.0):
-    """DESIGN.md's criterion: ``got``'s error against the float64 (or better) reference ``ref64`` is at most
-    ``factor`` x the error of ``other`` (torch's same-dtype result) plus ``ulps`` units of ``got``'s dtype at
-    the reference's scale. NaN/inf must sit where the reference has them. Arrays or torch tensors."""
-
-    def arr(a):
-        if hasattr(a, "detach"):
-            a = a.detach().cpu()
-            if a.dtype.is_floating_point and a.dtype.itemsize < 4:
-                a = a.float()
-            a = a.numpy()
-        return np.asarray(a)
-
-    got, other, ref = arr(got), arr(other), arr(ref64).astype(np.float64)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    finite = np.isfinite(ref)
-    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{name}: non-finite pattern differs")
-    np.testing.assert_array_equal(got[~finite], ref[~finite].astype(got.dtype), err_msg=f"{name}: inf/NaN differ")
-    if not finite.any():
-        return
-    g, o, r = got.astype(np.float64)[finite], other.astype(np.float64)[finite], ref[finite]
-    err, err_other = np.abs(g - r).max(), np.abs(o - r).max()
-    eps = np.finfo(got.dtype).eps if got.dtype.kind == "f" else 0.0
-    bound = factor * err_other + ulps * eps * max(np.abs(r).max(), 1.0)
-    assert err <= bound, f"{name}: error {err:.3g} > {factor} x torch's {err_other:.3g} + slack = {bound:.3g}"

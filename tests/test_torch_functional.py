@@ -242,7 +242,7 @@ def test_gradcheck_float64(name, one_thread):
 def test_matches_torch(name, dtype, threads):
     """DESIGN.md's criterion, not a fixed tolerance: fastnorm's error against torch run in float64 on the
     same (upcast) inputs is at most 2x torch's own same-dtype error plus a few ulps."""
-    from ._util import assert_error_within
+    from ._util import assert_close_to_ref
 
     case = CASES[name]
     args = _inputs(case, dtype)
@@ -251,13 +251,13 @@ def test_matches_torch(name, dtype, threads):
     out, ref, ref64 = case.fast(a_fast), case.ref(a_ref), case.ref(a_64)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     ulps = 8 if dtype == torch.float32 else 64
-    assert_error_within(out, ref, ref64, name="output", ulps=ulps)
+    assert_close_to_ref(out, ref, ref64, name="output", ulps=ulps)
     for k, buf in _buffers(a_ref).items():  # running statistics updated (or left) like torch's
-        assert_error_within(a_fast[k], buf, a_64[k], name=k, ulps=ulps)
+        assert_close_to_ref(a_fast[k], buf, a_64[k], name=k, ulps=ulps)
     dy = _dy(out, dtype)
     grads = zip(_grads(out, args, dy), _grads(ref, args, dy), _grads(ref64, args64, dy.double()), strict=True)
     for i, (g, gr, g64) in enumerate(grads):
-        assert_error_within(g, gr, g64, name=f"gradient #{i}", ulps=ulps)
+        assert_close_to_ref(g, gr, g64, name=f"gradient #{i}", ulps=ulps)
 
 
 def test_non_contiguous_and_expanded_grad():
@@ -423,7 +423,7 @@ def test_outputs_share_memory_with_numpy_results():
 
 
 # ------------------------------------------------------------------ accept what torch accepts (issue 12)
-from ._util import assert_error_within  # noqa: E402
+from ._util import assert_close_to_ref  # noqa: E402
 
 
 def _both(fast, ref, make):
@@ -460,7 +460,7 @@ def test_momentum_outside_unit_interval_as_torch(op, training, momentum):
         lambda **a: getattr(TF, op)(**a, **{flag: training}, momentum=momentum),
         _stats_inputs(),
     )
-    assert_error_within(out, ref, ref64, name=op)
+    assert_close_to_ref(out, ref, ref64, name=op)
     for k in ("running_mean", "running_var"):
         # with an infinite momentum the update is inf - inf or +-inf depending on the order torch averages
         # InstanceNorm's per-instance updates in: only which entries are finite must agree there
@@ -483,7 +483,7 @@ EPS_CASES = [
 )
 def test_eps_zero_and_negative_as_torch(name, call, eps):
     x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(2))
-    assert_error_within(call(FF, x, eps), call(TF, x, eps), call(TF, x.double(), eps), name=name)
+    assert_close_to_ref(call(FF, x, eps), call(TF, x, eps), call(TF, x.double(), eps), name=name)
 
 
 @pytest.mark.parametrize(
@@ -520,7 +520,7 @@ def test_non_contiguous_running_stats_updated_in_place_as_torch(op):
     out, ref, ref64, a_f, a_t, _ = _both(
         lambda **a: getattr(FF, op)(**a, **{flag: True}), lambda **a: getattr(TF, op)(**a, **{flag: True}), make
     )
-    assert_error_within(out, ref, ref64, name=op)
+    assert_close_to_ref(out, ref, ref64, name=op)
     for k in ("running_mean", "running_var"):
         assert not torch.equal(a_f[k], make()[k])  # updated in the caller's tensor
         torch.testing.assert_close(a_f[k], a_t[k], msg=k)

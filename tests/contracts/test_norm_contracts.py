@@ -34,14 +34,11 @@ cpu_only = pytest.mark.skipif(SIM, reason="CPU contract: runs in the ordinary (n
 FLOATS = (np.float32, np.float64)
 
 # Ops whose results depend on the thread count today, as (case, options id) -> reason.
-_LN = "issue 12: LayerNorm outputs differ between 1 and 2 threads (a row is split across threads)"
 _WN = (
     "weight_norm: with one slice (A == 1) 2 threads take the FLAT plan and 1 thread the ROWS plan, which sum "
     "in a different order (the docstring promises reproducibility per thread count only)"
 )
 NOT_THREAD_INVARIANT = {
-    **{("layer_norm", f"{a}-normalized_ndim={k}"): _LN for a in ("both", "none", "weight", "bias") for k in (1, 2)},
-    ("rms_norm", "weight-normalized_ndim=1"): "issue 12: RMSNorm outputs differ between 1 and 2 threads",
     ("weight_norm_dim0", "dim=0"): _WN,
     ("weight_norm_dim_none", "dim=None"): _WN,
 }
@@ -66,8 +63,6 @@ def _one_value_per_slice(case, opts, shape):
 
 def known_parity_failure(dev, case, opts, shape, dtype):
     """Why a reference-parity combination fails today (issue 12), or None."""
-    if shape[0] * shape[1] == 0 and case.name in ("instance_norm", "group_norm", "local_response_norm"):
-        return "issue 12 item 5: the NumPy reference cannot reshape an empty x (reshape(n, c, -1))"
     if dev == "cpu" and dtype == np.float32 and _one_value_per_slice(case, opts, shape):
         if case.name == "layer_norm" and opts["affine"] not in ("weight", "both"):
             return None  # without a weight the kernel's dx is exactly 0
@@ -116,15 +111,33 @@ def _ref(fn, kwargs, inout=(), dtype=None):
     return list(as_tuple(fn(**k))) + [k[n] for n in inout]
 
 
+def _perturbed(kwargs, dtype):
+    """``kwargs`` in float64 with every float array moved by up to one rounding of ``dtype`` (relative)."""
+    rng, eps = np.random.default_rng(11), np.finfo(dtype).eps
+    k = copy_kwargs(kwargs, np.float64)
+    for n, a in k.items():
+        if isinstance(a, np.ndarray) and a.dtype == np.float64:
+            k[n] = a * (1 + eps * rng.uniform(-1, 1, a.shape))
+    return k
+
+
 def _check_parity(dev, fn, ref_fn, kwargs, names, inout, dtype):
     got, _, _ = _call(dev, fn, copy_kwargs(kwargs), inout)
     ref64 = _ref(ref_fn, kwargs, inout, np.float64)
     lowp = _ref(ref_fn, kwargs, inout) if dtype == np.float32 else [None] * len(ref64)
+    # The float32 NumPy reference can be lucky on an ill-conditioned output (a gradient that cancels to ~0):
+    # what rounding the inputs to float32 alone does to the float64 result is an error any float32 kernel may
+    # have, whatever its instruction set, so the comparator is the larger of the two.
+    pert = _ref(ref_fn, _perturbed(kwargs, dtype), inout, np.float64) if dtype == np.float32 else lowp
     names = list(names) + list(inout)
     assert len(got) == len(ref64) == len(names)
-    for g, r, lo, name in zip(got, ref64, lowp, names, strict=True):
+    for g, r, lo, pe, name in zip(got, ref64, lowp, pert, names, strict=True):
         if g is not None:
             assert g.dtype == dtype, f"{name}: dtype {g.dtype}"
+        if lo is not None and pe is not None and r is not None:
+            with np.errstate(invalid="ignore"):
+                far = np.abs(np.asarray(pe, np.float64) - r) > np.abs(np.asarray(lo, np.float64) - r)
+            lo = np.where(far, pe, lo)
         assert_matches_reference(g, r, lo, name=name)
 
 
@@ -203,12 +216,7 @@ def test_out_tuple_may_hold_none_entries(device, case):
 def _empty_params():
     """Every case on shapes with an empty dimension (legal ones only)."""
     params = []
-    known = {
-        ("group_norm", "2x6x0"): "issue 12 item 5: group_norm_forward on an empty spatial dim leaves mean/rstd "
-        "unwritten",
-        ("instance_norm", "2x3x0"): "issue 12 item 5: instance_norm_forward(use_input_stats=False) on an empty "
-        "spatial dim leaves mean/rstd unwritten",
-    }
+    known: dict = {}
     extra = {
         "group_norm": [(2, 6, 0), (0, 6, 3)],
         "instance_norm": [(2, 3, 0), (0, 3, 4)],
