@@ -95,6 +95,11 @@ def _compiler_accepts(compiler, src, flags, link_flags=()):
 class BuildExt(build_ext):
     """build_ext that probes OpenMP and the native ISA flag before compiling."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:  # pip passes no -j: compile the per-target modules on every core
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         cc = self.compiler
         compile_args = list(DEBUG_FLAGS if DEBUG else OPT_FLAGS)
