@@ -16,6 +16,8 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
+from ._util import assert_close_to_ref
+
 GARBAGE = (np.float32(-7.75e30), np.float32(1234.5))
 EPS = 1e-5
 
@@ -131,7 +133,7 @@ def test_batch_norm_empty(shape, axis, training, affine):
         _expect(rstd, np.nan, (c,))
     else:
         np.testing.assert_array_equal(mean, rm)
-        np.testing.assert_allclose(rstd, 1 / np.sqrt(rv.astype(np.float64) + EPS), rtol=1e-6)
+        assert_close_to_ref(rstd, 1 / np.sqrt(rv + rv.dtype.type(EPS)), 1 / np.sqrt(rv.astype(np.float64) + EPS))
     rm_r, rv_r = rm0.copy(), rv0.copy()
     _same_as_reference((y, mean, rstd), R.batch_norm_forward(x, w, b, rm_r, rv_r, training=training, axis=axis))
     _same_as_reference((rm, rv), (rm_r, rv_r))
@@ -188,7 +190,8 @@ def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
         _expect(rstd, np.nan, (n, c))
     else:
         np.testing.assert_array_equal(mean, np.broadcast_to(rm, (n, c)))
-        np.testing.assert_allclose(rstd, np.broadcast_to(1 / np.sqrt(rv.astype(np.float64) + EPS), (n, c)), rtol=1e-6)
+        lo, hi = 1 / np.sqrt(rv + rv.dtype.type(EPS)), 1 / np.sqrt(rv.astype(np.float64) + EPS)
+        assert_close_to_ref(rstd, np.broadcast_to(lo, (n, c)), np.broadcast_to(hi, (n, c)), name="rstd")
     dx, dw, db = _call(
         fastnorm.instance_norm_backward,
         dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
@@ -278,8 +281,8 @@ def test_cosine_linear_empty(xshape, wshape):
     y, x_norm, w_norm = _call(fastnorm.cosine_linear_forward, dict(x=x, w=w), {}, tmpl)
     _expect(y, 0.0, (*lead, o))  # empty, or D = 0: every cosine is 0 / eps^2 * 0 = 0 (torch: 0)
     _same_as_reference((y, x_norm, w_norm), R.cosine_linear_forward(x, w))
-    np.testing.assert_allclose(x_norm, np.linalg.norm(x.astype(np.float64), axis=-1), rtol=1e-6)
-    np.testing.assert_allclose(w_norm, np.linalg.norm(w.astype(np.float64), axis=-1), rtol=1e-6)
+    for name, got, a in (("x_norm", x_norm, x), ("w_norm", w_norm, w)):
+        assert_close_to_ref(got, np.linalg.norm(a, axis=-1), np.linalg.norm(a.astype(np.float64), axis=-1), name=name)
     dy = rng.standard_normal((*lead, o)).astype(np.float32)
     dx, dw = _call(
         fastnorm.cosine_linear_backward, dict(dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm), {}, (x, w)
