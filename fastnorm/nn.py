@@ -366,6 +366,14 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     ``loss = mean_i(logsumexp(logits_i) - logits_i[labels_i])``, ``grad = (softmax(logits) - onehot) / N``;
     one fused pass (``fastnorm.softmax_cross_entropy_forward`` with ``grad="out"``).
     """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: logits must be (N, K), got shape {logits.shape}")
+    n, k = logits.shape
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"softmax_cross_entropy: labels must be {n} integers, got {labels.dtype} {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"softmax_cross_entropy: labels must be in [0, {k})")
     res = softmax_cross_entropy_forward(logits, labels, grad="out")
     return float(res.loss), res.grad
 

@@ -1,5 +1,28 @@
-"""What every part of fastnorm.torch shares (a leaf module: torch only)."""
+"""What every part of fastnorm.torch shares (a leaf module: torch and NumPy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
 
 
 class FastnormFallbackWarning(UserWarning):
     """A fastnorm module, loss or optimizer ran torch's own implementation (unsupported dtype or device)."""
+
+
+def _arr(t: Tensor | None):
+    """A tensor as a fastnorm kernel input: a zero-copy NumPy view on the CPU, the tensor itself on CUDA."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t.numpy() if t.device.type == "cpu" else t
+
+
+def _ten(a, like: Tensor) -> Tensor | None:
+    """A fastnorm result as a tensor on ``like``'s device (zero-copy)."""
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.as_tensor(a, device=like.device)

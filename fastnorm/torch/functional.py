@@ -24,6 +24,8 @@ from torch.library import custom_op
 import fastnorm
 import fastnorm._dispatch
 
+from ._common import _arr, _ten
+
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float16, torch.float32, torch.float64)
 
@@ -86,23 +88,6 @@ def _check(op: str, **tensors: Tensor | None) -> None:
     if reason is not None:
         cls = TypeError if reason.startswith(("dtype", "device", "expected")) else RuntimeError
         raise cls(f"fastnorm.torch.functional.{op}: {reason}")
-
-
-def _arr(t: Tensor | None):
-    """A tensor as a fastnorm kernel input: a zero-copy NumPy view on the CPU, the tensor itself on CUDA."""
-    if t is None:
-        return None
-    t = t.detach()
-    return t.numpy() if t.device.type == "cpu" else t
-
-
-def _ten(a, like: Tensor) -> Tensor | None:
-    """A fastnorm result as a tensor on ``like``'s device (zero-copy)."""
-    if a is None:
-        return None
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
-    return torch.as_tensor(a, device=like.device)
 
 
 def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ from torch import Tensor
 
 import fastnorm
 
+from ._common import _arr, _ten
+
 __all__ = ["wasserstein_1d", "sinkhorn"]
 
 _DTYPES = (torch.float32, torch.float64)
@@ -29,21 +31,6 @@ def _check(op: str, cpu_only: bool, **tensors: Tensor | None) -> None:
         if t.device.type != "cpu" and (cpu_only or t.device.type != "cuda"):
             where = "the CPU" if cpu_only else "the CPU or CUDA"
             raise TypeError(f"fastnorm.torch.transport.{op}: {name} is on {t.device}; this op runs on {where}")
-
-
-def _arr(t: Tensor | None):
-    if t is None:
-        return None
-    t = t.detach()
-    return t.numpy() if t.device.type == "cpu" else t
-
-
-def _ten(a, like: Tensor) -> Tensor | None:
-    if a is None:
-        return None
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
-    return torch.as_tensor(a, device=like.device)
 
 
 # ------------------------------------------------------------------------------------- wasserstein_1d
