@@ -48,33 +48,6 @@ def _ids(*parts):
     return "-".join(p for p in parts if p)
 
 
-def _one_value_per_slice(case, opts, shape):
-    """Whether every normalized slice (row, group, weight-norm slice) holds exactly one value."""
-    if case.name == "layer_norm":
-        return math.prod(shape[len(shape) - opts["normalized_ndim"] :]) == 1
-    if case.name == "group_norm":
-        c = shape[1]
-        g = {"one": 1, "all": c}.get(opts["groups"])
-        return g is not None and c // g * math.prod(shape[2:]) == 1
-    if case.name.startswith("weight_norm") and opts["dim"] is not None:
-        return math.prod(shape) // shape[opts["dim"]] == 1
-    return False
-
-
-def known_parity_failure(dev, case, opts, shape, dtype):
-    """Why a reference-parity combination fails today (issue 12), or None."""
-    if dev == "cpu" and dtype == np.float32 and _one_value_per_slice(case, opts, shape):
-        if case.name == "layer_norm" and opts["affine"] not in ("weight", "both"):
-            return None  # without a weight the kernel's dx is exactly 0
-        if case.name == "weight_norm_dim0" or (case.name.startswith("weight_norm") and math.prod(shape) == 1):
-            return None  # the ROWS plan of a (D, 1) weight, and a single element, give exactly 0
-        return (
-            "issue 12: the input gradient over a one-element slice must be exactly zero "
-            "(the CPU kernels give ~1e-5 from cancellation; the reference and the CUDA kernels give 0)"
-        )
-    return None
-
-
 def _grid(options="all", dtypes=FLOATS, shapes="all", devices=DEVICES, known=None):
     """(device, case, opts, shape, dtype) params over every legal combination; ``known(case, opts, shape,
     dtype)`` gives the reason of a known failure (the param is then xfail(strict=True))."""
@@ -143,7 +116,7 @@ def _check_parity(dev, fn, ref_fn, kwargs, names, inout, dtype):
 
 # --------------------------------------------------------------------------------------- reference parity
 @pytest.mark.parametrize(
-    ("device", "case", "opts", "shape", "dtype"), _grid(known=known_parity_failure), indirect=["device"]
+    ("device", "case", "opts", "shape", "dtype"), _grid(), indirect=["device"]
 )
 def test_reference_parity(device, case, opts, shape, dtype):
     inp = case.make(np.random.default_rng(7), shape, dtype, **opts)
@@ -155,7 +128,7 @@ def test_reference_parity(device, case, opts, shape, dtype):
 @cpu_only
 @pytest.mark.parametrize(
     ("device", "case", "opts", "shape", "dtype"),
-    _grid(dtypes=(np.float32,), shapes="one", devices=["cpu"], known=known_parity_failure),
+    _grid(dtypes=(np.float32,), shapes="one", devices=["cpu"]),
     indirect=["device"],
 )
 def test_reference_parity_one_thread(device, case, opts, shape, dtype):

@@ -209,6 +209,10 @@ cdef inline void _group_bwd(const floating *dy, const floating *x, floating *dx,
         wk = w[k] if w != NULL else 1.0
         g1 += wk * sums[2 * k]
         g2 += wk * sums[2 * k + 1]
+    if training and K * L == 1:
+        # one value: dx is exactly 0 (the terms above cancel only up to rounding); * 0 keeps NaN/inf -> NaN
+        dx[0] = rs * (w[0] if w != NULL else 1) * dy[0] * 0
+        return
     if training:
         kb = <floating>(-(<double>rs * rs * rs) * g2 / cnt)
         kc = <floating>(-<double>rs * g1 / cnt)
