@@ -193,8 +193,8 @@ def layer_norm_backward(
 
     ``bias`` is only used to know whether dbias is wanted (its values do not enter the gradient).
     Shapes as in the forward. ``out=(dx, dweight, dbias)``. Returns ``LayerNormBackward(dx, dweight, dbias)``;
-    dweight/dbias are None when weight/bias are None. dweight and dbias are bitwise reproducible for a
-    given thread count.
+    dweight/dbias are None when weight/bias are None. Every output is bitwise the same for any thread
+    count (the partial-row plan depends on the shape only).
     """
     op = "layer_norm_backward"
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
