@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _dtypes
 
 # Below this many elements a kernel runs on one thread: the OpenMP fork/join costs more than it saves.
 SERIAL_BELOW = 32768
@@ -115,15 +115,13 @@ def set_num_threads(n: int) -> None:
 
 class CpuBackend:
     name = "cpu"
-    float_dtypes = (np.dtype(np.float32), np.dtype(np.float64))
+    float_dtypes = _dtypes.FULL
 
     @property
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cpu")
 
-    @staticmethod
-    def stat_dtype(dtype):
-        return np.dtype(dtype)
+    stat_dtype = staticmethod(_dtypes.stat_dtype)
 
     @staticmethod
     def asarray(a):

@@ -14,31 +14,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._dtypes import HALF, from_name
+
 
 def _dtype_names(dtypes) -> str:
     return ", ".join(np.dtype(d).name for d in dtypes)
 
 
 def dtype_of(a):
-    """The NumPy dtype of an array (torch.float32 -> float32), or None if NumPy has no such dtype."""
+    """The NumPy dtype of an array (torch.float32 -> float32, torch.bfloat16 -> ml_dtypes.bfloat16), or None
+    if NumPy has no such dtype."""
     dt = a.dtype
     if isinstance(dt, np.dtype):
         return dt
-    for spelling in (dt, str(dt).rpartition(".")[2]):
-        try:
-            return np.dtype(spelling)
-        except TypeError:
-            pass
-    return None
+    try:
+        return np.dtype(dt)
+    except TypeError:
+        return from_name(str(dt))
 
 
-def float_input(be, op: str, name: str, a, dtype=None):
+def float_input(be, op: str, name: str, a, dtype=None, *, half: bool = True):
     """``a`` as a C-contiguous, aligned, native-byte-order float array of backend ``be``.
 
     A copy is made only when needed: a non-contiguous view, an unaligned buffer (e.g.
     ``np.frombuffer(buf, np.float32, offset=1)``) or a non-native byte order (``'>f4'`` on x86) is copied
     into a fresh native array; read-only arrays are used as they are (kernels only read inputs).
-    TypeError if its dtype is not one of the backend's float dtypes, or differs from ``dtype``.
+    TypeError if its dtype is not one of the backend's float dtypes (without the 16-bit ones when
+    ``half`` is False: ops that have no 16-bit kernels), or is not ``dtype`` (one dtype or a tuple).
     """
     if be.name == "cpu" and not isinstance(a, np.ndarray):
         if a is None or isinstance(a, (str, bytes, dict, set)):
@@ -47,13 +49,17 @@ def float_input(be, op: str, name: str, a, dtype=None):
     dt = dtype_of(a)
     if dt is not None and be.name == "cpu" and not dt.isnative:
         dt = dt.newbyteorder("=")  # byte-swapped by be.asarray below
-    if dt is None or dt not in be.float_dtypes:
+    accepted = be.float_dtypes if half else tuple(d for d in be.float_dtypes if d not in HALF)
+    if dt is None or dt not in accepted:
         raise TypeError(
             f"{op}: {name} has dtype {a.dtype if dt is None else dt.name}; "
-            f"expected one of {_dtype_names(be.float_dtypes)} on {be.name}"
+            f"expected one of {_dtype_names(accepted)} on {be.name}"
         )
-    if dtype is not None and dt != np.dtype(dtype):
-        raise TypeError(f"{op}: {name} has dtype {dt.name} but must match the input's dtype {np.dtype(dtype).name}")
+    if dtype is not None:
+        allowed = tuple(np.dtype(d) for d in dtype) if isinstance(dtype, tuple) else (np.dtype(dtype),)
+        if dt not in allowed:
+            want = f"match the input's dtype {allowed[0].name}" + "".join(f" or be {d.name}" for d in allowed[1:])
+            raise TypeError(f"{op}: {name} has dtype {dt.name} but must {want}")
     return be.asarray(a)
 
 

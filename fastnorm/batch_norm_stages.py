@@ -69,7 +69,7 @@ def _input(be, op: str, name: str, a, dtype=None):
     dt = None if a is None else V.dtype_of(a)
     if dt is not None and dt in be.float_dtypes and dt not in _DTYPES:
         raise TypeError(f"{op}: {name} has dtype {dt.name}; expected one of float32, float64")
-    return V.float_input(be, op, name, a, dtype)
+    return V.float_input(be, op, name, a, dtype, half=False)
 
 
 def _absent(be, dtype):

@@ -149,7 +149,7 @@ def _check_out_scalar(be, op: str, out_buf, shape, dtype, inputs):
 # ------------------------------------------------------------------------------------- cross-entropy
 def _ce_common(op, be, logits, target, weight, ignore_index, label_smoothing, reduction):
     """Validated (x2, target arrays, weight, scalars, mean denominator) shared by forward and backward."""
-    x = V.float_input(be, op, "logits", logits)
+    x = V.float_input(be, op, "logits", logits, half=False)
     if len(x.shape) not in (1, 2):
         raise ValueError(f"{op}: logits must be (N, V) or (V,) (class axis last), got shape {tuple(x.shape)}")
     lead, m, v = _rows(op, "logits", x)
@@ -161,7 +161,7 @@ def _ce_common(op, be, logits, target, weight, ignore_index, label_smoothing, re
         raise TypeError(f"{op}: target is required, got None")
     tdt = V.dtype_of(target) if hasattr(target, "dtype") else np.asarray(target).dtype
     if tdt is not None and tdt.kind == "f":
-        tp = V.float_input(be, op, "target", target, x.dtype)
+        tp = V.float_input(be, op, "target", target, x.dtype, half=False)
         V.check_shape(op, "target", tp, x.shape)
         tidx = None
         denom = float(m)
@@ -343,7 +343,7 @@ def softmax_cross_entropy_backward(
     )
     lse = V.required(be, op, "lse", lse, lead, np.float64)
     if reduction == "none":
-        d = V.float_input(be, op, "dloss", dloss)
+        d = V.float_input(be, op, "dloss", dloss, half=False)
         V.check_shape(op, "dloss", d, lead)
         gs = _host(be, d).astype(np.float64).reshape(m)
     else:
@@ -365,7 +365,7 @@ def softmax_cross_entropy_backward(
 
 # ------------------------------------------------------------------------------------------- entropy
 def _entropy_rows(op, be, p, axis):
-    p = V.float_input(be, op, "p", p)
+    p = V.float_input(be, op, "p", p, half=False)
     nd = len(p.shape)
     if nd == 0:
         raise ValueError(f"{op}: p must have at least 1 dim, got a 0-d array")
@@ -441,7 +441,7 @@ def entropy_backward(
 
 # -------------------------------------------------------------------------------------------- KL / JS
 def _pair(op, be, input, target):
-    x = V.float_input(be, op, "input", input)
+    x = V.float_input(be, op, "input", input, half=False)
     lead, m, v = _rows(op, "input", x)
     t = V.required(be, op, "target", target, x.shape, x.dtype)
     return x, t, lead, m, v

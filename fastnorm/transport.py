@@ -67,8 +67,8 @@ def _check_weights(op: str, name: str, w: np.ndarray) -> None:
 
 
 def _values(be, op, u_values, v_values, u_weights, v_weights):
-    u = V.float_input(be, op, "u_values", u_values)
-    v = V.float_input(be, op, "v_values", v_values, u.dtype)
+    u = V.float_input(be, op, "u_values", u_values, half=False)
+    v = V.float_input(be, op, "v_values", v_values, u.dtype, half=False)
     if u.ndim == 0 or v.ndim == 0:
         raise ValueError(f"{op}: u_values and v_values must have at least 1 dim (..., n), got 0-d")
     if u.shape[:-1] != v.shape[:-1]:
@@ -266,7 +266,7 @@ def _to_host(be, a) -> np.ndarray:
 def _masses(be, op: str, name: str, x, lead: tuple, k: int, dtype):
     """a or b: shape (k,) (shared by every problem) or lead + (k,); finite, >= 0, positive row sums.
     Returns (the array as (1 or B, k), its row sums on the host in float64)."""
-    x = V.float_input(be, op, name, x, dtype)
+    x = V.float_input(be, op, name, x, dtype, half=False)
     if tuple(x.shape) not in ((k,), tuple(lead) + (k,)):
         raise ValueError(
             f"{op}: {name} must have shape {(k,)} or {tuple(lead) + (k,)} to match cost, got {tuple(x.shape)}"
@@ -330,7 +330,7 @@ def sinkhorn(
     """
     op = "sinkhorn"
     be = backend_of(op, a=a, b=b, cost=cost)
-    cost = V.float_input(be, op, "cost", cost)
+    cost = V.float_input(be, op, "cost", cost, half=False)
     if cost.ndim < 2:
         raise ValueError(f"{op}: cost must have at least 2 dims (..., n, m), got shape {tuple(cost.shape)}")
     lead, n, m = tuple(cost.shape[:-2]), cost.shape[-2], cost.shape[-1]
@@ -444,7 +444,7 @@ def sinkhorn_backward(
     be = backend_of(op, grad=grad, a=a, b=b, cost=cost, plan=plan)
     if objective not in ("transport", "regularized"):
         raise ValueError(f"{op}: objective must be 'transport' or 'regularized', got {objective!r}")
-    cost = V.float_input(be, op, "cost", cost)
+    cost = V.float_input(be, op, "cost", cost, half=False)
     if cost.ndim < 2:
         raise ValueError(f"{op}: cost must have at least 2 dims (..., n, m), got shape {tuple(cost.shape)}")
     lead, n, m = tuple(cost.shape[:-2]), cost.shape[-2], cost.shape[-1]
