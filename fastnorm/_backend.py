@@ -47,6 +47,13 @@ class Backend(Protocol):
     def zeros(self, shape: tuple, dtype) -> Any:
         """``empty`` filled with zeros."""
 
+    def astype(self, a, dtype) -> Any:
+        """``a`` converted to ``dtype`` (``a`` itself when it has that dtype); 16-bit results rounded to nearest
+        even. For small arrays: parameters of 16-bit ops enter the kernels in ``stat_dtype``."""
+
+    def copyto(self, dst, src) -> None:
+        """``dst[...] = src`` converting the dtype (round to nearest even into 16 bits); same shape."""
+
     def is_own_output(self, a) -> bool:
         """Whether ``a`` is an array of this backend (one its kernels may write)."""
 

@@ -142,6 +142,14 @@ class CpuBackend:
         return np.zeros(shape, dtype=dtype)
 
     @staticmethod
+    def astype(a, dtype):
+        return a if a.dtype == dtype else a.astype(dtype)
+
+    @staticmethod
+    def copyto(dst, src):
+        np.copyto(dst, src, casting="unsafe")
+
+    @staticmethod
     def is_own_output(a):
         return isinstance(a, np.ndarray)
 
