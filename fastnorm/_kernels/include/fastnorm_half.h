@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__F16C__) || (defined(__AVX512BF16__) && defined(__AVX512VL__))
+#if defined(__F16C__) || defined(__AVX2__) || (defined(__AVX512BF16__) && defined(__AVX512VL__))
 #include <immintrin.h>
 #endif
 
@@ -111,6 +111,21 @@ static inline void fn_half_store(int fmt, const float *src, uint16_t *dst, ptrdi
         for (; i + 16 <= n; i += 16) {
             __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
             memcpy(dst + i, &v, 32);
+        }
+#elif defined(__AVX2__)
+        /* fn_f32_to_bf16 on 8 lanes; gcc does not vectorize its select + narrowing well (2x a float copy) */
+        const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+        const __m256i quiet = _mm256_set1_epi32(0x40), abs_mask = _mm256_set1_epi32(0x7fffffff);
+        const __m256i inf = _mm256_set1_epi32(0x7f800000);
+        for (; i + 8 <= n; i += 8) {
+            __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+            __m256i hi = _mm256_srli_epi32(u, 16);
+            __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), _mm256_and_si256(hi, one)), 16);
+            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+            r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, quiet), nan);
+            /* every lane is <= 0xffff, so the unsigned-saturating pack is exact; it packs per 128-bit half */
+            __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+            _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(p));
         }
 #endif
         for (; i < n; i++)
