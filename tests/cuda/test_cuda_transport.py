@@ -30,8 +30,8 @@ def _check(got, want, dtype, name):
     [
         ((), 1, 1, np.float64, False),
         ((2,), 5, 3, np.float64, False),
-        ((3,), 4, 6, np.float32, True),
-        ((), 7, 2, np.float32, False),
+        ((2,), 4, 6, np.float32, True),
+        ((), 11, 2, np.float32, False),  # n above the simulator's block of 8: the strided loops
     ],
 )
 def test_sinkhorn_matches_reference(rng, on_gpu, lead, n, m, dtype, shared):
@@ -50,8 +50,8 @@ def test_sinkhorn_problems_stop_independently_and_max_iter(rng, on_gpu):
     # one easy problem (uniform cost: converged at once) beside a harder one
     a, b, c = _problem(rng, (2,), 4, 5, np.float64)
     c[0] = 0.3
-    res = fastnorm.sinkhorn(*on_gpu(a, b, c), 0.2, tol=1e-12, max_iter=200)
-    v, _, it, err = R.sinkhorn(a, b, c, 0.2, tol=1e-12, max_iter=200)
+    res = fastnorm.sinkhorn(*on_gpu(a, b, c), 0.5, tol=1e-10, max_iter=200)
+    v, _, it, err = R.sinkhorn(a, b, c, 0.5, tol=1e-10, max_iter=200)
     assert res.plan is None
     np.testing.assert_array_equal(host(res.n_iter), it)
     assert it[0] < it[1]
