@@ -1,9 +1,10 @@
 """Public optimal-transport ops: the exact 1-D Wasserstein cost and entropic OT by log-domain Sinkhorn.
 
 Each op validates every argument (a ``TypeError``/``ValueError`` naming the op and the argument, before
-any kernel runs), canonicalizes to batched rows, allocates and calls the kernel. ``wasserstein_1d`` runs on
-the CPU (NumPy arrays); ``sinkhorn`` on the CPU and on CUDA arrays. ``fastnorm.reference.transport`` is the
-NumPy specification of both.
+any kernel runs), canonicalizes to batched rows, allocates (or checks the caller's ``out=`` buffers) and
+calls the kernel. Every op runs on the CPU (NumPy arrays) and on CUDA arrays (the one exception:
+``sinkhorn_backward(objective="transport")``, a dense solve, is CPU only). ``fastnorm.reference.transport``
+is the NumPy specification of both.
 """
 
 from __future__ import annotations
@@ -45,14 +46,6 @@ class SinkhornResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------- validation
-def _cpu_only(be, op: str) -> None:
-    if be.name != "cpu":
-        raise TypeError(
-            f"{op}: runs on the CPU only (no CUDA kernel: the rows must be sorted); pass NumPy arrays "
-            "(copy the CUDA arrays to the host)"
-        )
-
-
 def _check_weights(op: str, name: str, w: np.ndarray) -> None:
     """Weights: finite, >= 0, and a positive sum along the last axis (SciPy's rules)."""
     if w.size == 0:
@@ -83,7 +76,7 @@ def _values(be, op, u_values, v_values, u_weights, v_weights):
     vw = V.param(be, op, "v_weights", v_weights, v.shape, u.dtype)
     for name, w in (("u_weights", uw), ("v_weights", vw)):
         if w is not None:
-            _check_weights(op, name, w)
+            _check_weights(op, name, _to_host(be, w))
     return u, v, uw, vw
 
 
@@ -91,12 +84,28 @@ def _p(op: str, p) -> float:
     return V.scalar(op, "p", p, low=1.0)
 
 
-def _absent2(dtype):
-    return np.empty((0, 0), dtype)
+def _absent2(be, dtype):
+    return be.empty((0, 0), dtype)
 
 
-def _sorted(x2: np.ndarray, w2: np.ndarray | None, need_sorter: bool):
-    """Rows of x2 sorted, the weights in the same order, and the sorter (None when not needed)."""
+def _to_host(be, a) -> np.ndarray:
+    """A device array's contents on the host (for the value checks; a synchronizing copy)."""
+    if be.name == "cpu":
+        return a
+    copy = getattr(a, "copy_to_host", None)
+    return np.asarray(copy() if copy is not None else a.numba().copy_to_host())
+
+
+def _sorted(be, x2, w2, need_sorter: bool):
+    """Rows of x2 sorted (NaN last), the weights in the same order, and the sorter (None when not needed; on
+    CUDA the (rows, sort_width(n)) int32 index array of ``kernels.sort_rows``)."""
+    if be.name != "cpu":
+        rows, n = x2.shape
+        xs = be.empty((rows, n), x2.dtype)
+        ws = _absent2(be, x2.dtype) if w2 is None else be.empty((rows, n), x2.dtype)
+        idx = be.empty((rows, be.kernels.sort_width(n)), np.int32)
+        be.kernels.sort_rows(x2, _absent2(be, x2.dtype) if w2 is None else w2, xs, ws, idx, 1)
+        return xs, (None if w2 is None else ws), idx
     if w2 is None and not need_sorter:
         return np.sort(x2, axis=-1), None, None
     if not need_sorter:
@@ -122,6 +131,7 @@ def wasserstein_1d(
     v_weights: Array | None = None,
     *,
     p: float = 1,
+    out: Array | None = None,
 ) -> Array:
     """The 1-D optimal transport cost ``W_p^p`` between weighted empirical distributions, batched.
 
@@ -145,28 +155,33 @@ def wasserstein_1d(
         (normalized here, as SciPy does). None: uniform.
     p : float
         The ground-cost exponent, ``p >= 1``.
+    out : array, optional
+        Buffer for the result: exactly the result's shape and dtype, C-contiguous, writeable, not overlapping
+        an input (else ``ValueError``, nothing written).
 
     Returns
     -------
-    numpy.ndarray
-        ``W_p^p`` per batch row, shape ``u_values.shape[:-1]``, in the values' dtype.
+    array
+        ``W_p^p`` per batch row, shape ``u_values.shape[:-1]``, in the values' dtype (``out`` when given).
 
     Notes
     -----
-    The rows are sorted with NumPy first (a copy; ``O(n log n)``); the kernel walk is ``O(n + m)`` per row,
-    OpenMP over rows. CPU only.
+    The rows are sorted first (a copy; ``O(n log n)``: NumPy on the CPU, a bitonic sort on CUDA); the walk
+    is ``O(n + m)`` per row, OpenMP over rows on the CPU, one CUDA thread per row on the GPU. On CUDA the
+    weights' value checks copy them to the host (a synchronization).
     """
     op = "wasserstein_1d"
     be = backend_of(op, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
-    _cpu_only(be, op)
     u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
     p = _p(op, p)
-    lead, n, m = u.shape[:-1], u.shape[-1], v.shape[-1]
+    lead, n, m = tuple(u.shape[:-1]), u.shape[-1], v.shape[-1]
+    (out,) = V.outputs(be, op, out, [("out", lead, u.dtype)], (u, v, uw, vw))
     rows = math.prod(lead)
-    out = np.empty(lead, u.dtype)
-    us, uws, _ = _sorted(u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), False)
-    vs, vws, _ = _sorted(v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), False)
-    absent = _absent2(u.dtype)
+    if rows == 0:
+        return out
+    us, uws, _ = _sorted(be, u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), False)
+    vs, vws, _ = _sorted(be, v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), False)
+    absent = _absent2(be, u.dtype)
     be.kernels.wasserstein_1d(
         us,
         vs,
@@ -187,6 +202,7 @@ def wasserstein_1d_backward(
     v_weights: Array | None = None,
     *,
     p: float = 1,
+    out: tuple | None = None,
 ) -> Wasserstein1dBackward:
     """Gradients of ``grad * wasserstein_1d(...)`` with respect to the values and the weights.
 
@@ -206,6 +222,10 @@ def wasserstein_1d_backward(
         The upstream gradient of each ``W_p^p``.
     u_values, v_values, u_weights, v_weights, p
         As in ``wasserstein_1d``.
+    out : tuple of 4 arrays or None, optional
+        Buffers for ``(du_values, dv_values, du_weights, dv_weights)`` (None entries are allocated; the slot of
+        an absent weight must be None), each exactly its result's shape and dtype, C-contiguous, writeable,
+        not overlapping an input or each other (else ``ValueError``, nothing written).
 
     Returns
     -------
@@ -215,20 +235,28 @@ def wasserstein_1d_backward(
     """
     op = "wasserstein_1d_backward"
     be = backend_of(op, grad=grad, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
-    _cpu_only(be, op)
     u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
     p = _p(op, p)
-    lead, n, m = u.shape[:-1], u.shape[-1], v.shape[-1]
+    lead, n, m = tuple(u.shape[:-1]), u.shape[-1], v.shape[-1]
     grad = V.required(be, op, "grad", grad, lead, u.dtype)
+    specs = [
+        ("du_values", u.shape, u.dtype),
+        ("dv_values", v.shape, u.dtype),
+        None if uw is None else ("du_weights", u.shape, u.dtype),
+        None if vw is None else ("dv_weights", v.shape, u.dtype),
+    ]
+    res = V.outputs(be, op, out, specs, (grad, u, v, uw, vw))
     rows = math.prod(lead)
-    us, uws, su = _sorted(u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), True)
-    vs, vws, sv = _sorted(v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), True)
-    dus, dvs = np.empty((rows, n), u.dtype), np.empty((rows, m), u.dtype)
-    absent = _absent2(u.dtype)
-    duws = absent if uw is None else np.empty((rows, n), u.dtype)
-    dvws = absent if vw is None else np.empty((rows, m), u.dtype)
-    gu = np.empty((rows, n) if uw is not None else (0, 0), np.float64)
-    gv = np.empty((rows, m) if vw is not None else (0, 0), np.float64)
+    if rows == 0:
+        return Wasserstein1dBackward(*res)
+    us, uws, su = _sorted(be, u.reshape(rows, n), None if uw is None else uw.reshape(rows, n), True)
+    vs, vws, sv = _sorted(be, v.reshape(rows, m), None if vw is None else vw.reshape(rows, m), True)
+    dus, dvs = be.empty((rows, n), u.dtype), be.empty((rows, m), u.dtype)
+    absent = _absent2(be, u.dtype)
+    duws = absent if uw is None else be.empty((rows, n), u.dtype)
+    dvws = absent if vw is None else be.empty((rows, m), u.dtype)
+    gu = be.empty((rows, n) if uw is not None else (0, 0), np.float64)
+    gv = be.empty((rows, m) if vw is not None else (0, 0), np.float64)
     be.kernels.wasserstein_1d_backward(
         grad.reshape(rows),
         us,
@@ -244,25 +272,18 @@ def wasserstein_1d_backward(
         p,
         be.threads(rows * (n + m)),
     )
-
-    def unsort(x_sorted, sorter, shape):
-        out = np.empty_like(x_sorted)
-        np.put_along_axis(out, sorter, x_sorted, axis=-1)
-        return out.reshape(shape)
-
-    return Wasserstein1dBackward(
-        unsort(dus, su, u.shape),
-        unsort(dvs, sv, v.shape),
-        None if uw is None else unsort(duws, su, u.shape),
-        None if vw is None else unsort(dvws, sv, v.shape),
-    )
+    for sorted_, sorter, dst, k in ((dus, su, res[0], n), (dvs, sv, res[1], m), (duws, su, res[2], n),
+                                    (dvws, sv, res[3], m)):  # fmt: skip
+        if dst is None:
+            continue
+        if be.name == "cpu":
+            np.put_along_axis(dst.reshape(rows, k), sorter, sorted_, axis=-1)
+        else:
+            be.kernels.unsort_rows(sorted_, sorter, dst.reshape(rows, k), 1)
+    return Wasserstein1dBackward(*res)
 
 
 # ------------------------------------------------------------------------------------------- sinkhorn
-def _to_host(be, a) -> np.ndarray:
-    return a if be.name == "cpu" else np.asarray(a.copy_to_host())
-
-
 def _masses(be, op: str, name: str, x, lead: tuple, k: int, dtype):
     """a or b: shape (k,) (shared by every problem) or lead + (k,); finite, >= 0, positive row sums.
     Returns (the array as (1 or B, k), its row sums on the host in float64)."""
@@ -286,6 +307,7 @@ def sinkhorn(
     max_iter: int = 1000,
     tol: float = 1e-9,
     return_plan: bool = False,
+    out: tuple | None = None,
 ) -> SinkhornResult:
     """Entropic optimal transport by Sinkhorn iterations in the log domain (POT's ``sinkhorn_log``), batched.
 
@@ -314,6 +336,10 @@ def sinkhorn(
         Stop once the column-marginal error is below this (>= 0).
     return_plan : bool
         Also return the plans P (else ``plan`` is None).
+    out : tuple of 4 arrays or None, optional
+        Buffers for ``(value, plan, n_iter, err)`` (None entries are allocated; the plan slot must be None
+        without ``return_plan``), each exactly its result's shape and dtype, C-contiguous, writeable, not
+        overlapping an input or each other (else ``ValueError``, nothing written).
 
     Returns
     -------
@@ -351,11 +377,14 @@ def sinkhorn(
     tol = V.scalar(op, "tol", tol, low=0.0)
     if not isinstance(return_plan, (bool, np.bool_)):
         raise TypeError(f"{op}: return_plan must be a bool, got {type(return_plan).__name__}")
+    specs = [
+        ("value", lead, cost.dtype),
+        ("plan", tuple(cost.shape), cost.dtype) if return_plan else None,
+        ("n_iter", lead, np.int64),
+        ("err", lead, np.float64),
+    ]
+    value, plan, n_iter, err = V.outputs(be, op, out, specs, (a2, b2, cost))
     rows = math.prod(lead)
-    value = be.empty(lead, cost.dtype)
-    plan = be.empty(cost.shape, cost.dtype) if return_plan else None
-    n_iter = be.empty(lead, np.int64)
-    err = be.empty(lead, np.float64)
     if rows > 0:
         be.kernels.sinkhorn(
             cost.reshape(rows, n, m),
@@ -408,6 +437,7 @@ def sinkhorn_backward(
     reg: float,
     *,
     objective: str = "transport",
+    out: Array | None = None,
 ) -> Array:
     """Gradient with respect to the cost matrix C at a converged Sinkhorn plan P.
 
@@ -434,11 +464,14 @@ def sinkhorn_backward(
         The plan ``sinkhorn(..., return_plan=True)`` returned.
     objective : {"transport", "regularized"}
         Which objective to differentiate.
+    out : array, optional
+        Buffer for the result: exactly ``cost``'s shape and dtype, C-contiguous, writeable, not overlapping an
+        input (else ``ValueError``, nothing written).
 
     Returns
     -------
     array
-        ``grad[..., None, None] * dObjective/dC``, shaped and typed like ``cost``.
+        ``grad[..., None, None] * dObjective/dC``, shaped and typed like ``cost`` (``out`` when given).
     """
     op = "sinkhorn_backward"
     be = backend_of(op, grad=grad, a=a, b=b, cost=cost, plan=plan)
@@ -453,26 +486,26 @@ def sinkhorn_backward(
     a2, _ = _masses(be, op, "a", a, lead, n, cost.dtype)
     b2, _ = _masses(be, op, "b", b, lead, m, cost.dtype)
     reg = V.scalar(op, "reg", reg, low=0.0, low_open=True)
-    rows = math.prod(lead)
-    if objective == "regularized":
-        out = be.empty(cost.shape, cost.dtype)
-        if rows > 0:
-            be.kernels.sinkhorn_backward(
-                grad.reshape(rows), plan.reshape(rows, n, m), out.reshape(rows, n, m), be.threads(rows * n * m)
-            )
-        return out
-    if be.name != "cpu":
+    if objective == "transport" and be.name != "cpu":
         raise TypeError(
             f"{op}: objective='transport' runs on the CPU only (a dense linear solve per problem); copy the "
             "arrays to the host, use objective='regularized', or fastnorm.torch.transport.sinkhorn "
             "(torch.linalg on the device)"
         )
+    (out,) = V.outputs(be, op, out, [("out", tuple(cost.shape), cost.dtype)], (grad, a2, b2, cost, plan))
+    rows = math.prod(lead)
+    if objective == "regularized":
+        if rows > 0:
+            be.kernels.sinkhorn_backward(
+                grad.reshape(rows), plan.reshape(rows, n, m), out.reshape(rows, n, m), be.threads(rows * n * m)
+            )
+        return out
     C = cost.reshape(rows, n, m).astype(np.float64)
     P = plan.reshape(rows, n, m).astype(np.float64)
     A = a2.astype(np.float64)
     Bm = b2.astype(np.float64)
     g = grad.reshape(rows).astype(np.float64)
-    out = np.empty((rows, n, m), cost.dtype)
+    out3 = out.reshape(rows, n, m)
     for r in range(rows):
-        out[r] = g[r] * _transport_grad(P[r], C[r], A[min(r, A.shape[0] - 1)], Bm[min(r, Bm.shape[0] - 1)], reg)
-    return out.reshape(cost.shape)
+        out3[r] = g[r] * _transport_grad(P[r], C[r], A[min(r, A.shape[0] - 1)], Bm[min(r, Bm.shape[0] - 1)], reg)
+    return out

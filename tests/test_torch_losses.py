@@ -160,3 +160,97 @@ def test_js_module_repr_and_bad_beta():
     assert "beta=0.25" in repr(L.JSDLoss(0.25))
     with pytest.raises(ValueError, match="beta"):
         L.JSDLoss(2.0)
+
+
+# ------------------------------------------------------------------------------- torch.library / compile
+def _capture_backend():
+    """An AOT-autograd backend that records the forward and backward graphs' code (no Inductor compile)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
+
+
+def _logp(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(*shape, generator=g, dtype=torch.float64), -1)
+
+
+def test_opcheck_loss_custom_ops():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 4, -100, 0])
+    tp = torch.softmax(torch.randn(4, 5, generator=g, dtype=torch.float64), -1)
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    _, lse, _ = L._ce_fwd_impl(x, t, w, -100, 0.1, "none", False)
+    lq, lp = _logp(4, 5, seed=1), _logp(4, 5, seed=2)
+    dl = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    cases = [
+        (L._ce_fwd_op, (x, t, w, -100, 0.1, "mean", True)),
+        (L._ce_fwd_op, (x, t, None, -100, 0.0, "none", False)),
+        (L._ce_fwd_op, (x, tp, None, -100, 0.2, "sum", True)),
+        (L._ce_bwd_op, (dl[:, 0].clone(), x, t, lse, w, -100, 0.1, "none")),
+        (L._kl_fwd_op, (lq, lp.exp(), "batchmean", False, True, True)),
+        (L._kl_fwd_op, (lq, lp, "none", True, False, False)),
+        (L._kl_bwd_op, (dl, lq, lp, "none", True, True, True)),
+        (L._kl_bwd_op, (dl, lq, lp.exp(), "none", False, True, False)),
+        (L._js_fwd_op, (lq, lp, t, 0.3, -100, "batchmean", True, True)),
+        (L._js_fwd_op, (lq, lp, None, 0.5, -100, "none", False, False)),
+        (L._js_bwd_op, (dl, lq, lp, t, 0.5, -100, "none", True, False)),
+    ]
+    for op, args in cases:
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+# the fused (reduced) and the unfused ("none": a backward op) paths, each loss once
+_COMPILE_CASES = {
+    "cross_entropy": (
+        lambda x, y, t: L.cross_entropy(x, t, label_smoothing=0.1),
+        ("fastnorm.cross_entropy_forward",),
+    ),
+    "cross_entropy_none": (
+        lambda x, y, t: L.cross_entropy(x, t, reduction="none").sum(),
+        ("fastnorm.cross_entropy_forward", "fastnorm.cross_entropy_backward"),
+    ),
+    "kl_div_none": (
+        lambda x, y, t: L.kl_div(torch.log_softmax(x, -1), torch.softmax(y, -1), reduction="none").sum(),
+        ("fastnorm.kl_div_forward", "fastnorm.kl_div_backward"),
+    ),
+    "js_div": (
+        lambda x, y, t: L.js_div(torch.log_softmax(x, -1), torch.log_softmax(y, -1), t, beta=0.3),
+        ("fastnorm.js_div_forward",),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_COMPILE_CASES))
+def test_torch_compile_fullgraph_uses_custom_ops(name):
+    fn, ops = _COMPILE_CASES[name]
+
+    def inputs():
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64, requires_grad=True)
+        y = torch.randn(4, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64, requires_grad=True)
+        return x, y, torch.tensor([2, -100, 5, 0])
+
+    torch._dynamo.reset()
+    backend, graphs = _capture_backend()
+    compiled = torch.compile(lambda x, y, t: fn(x, y, t) * 3.0, backend=backend, fullgraph=True)
+    xc, yc, t = inputs()
+    out = compiled(xc, yc, t)
+    xe, ye, _ = inputs()
+    eager = fn(xe, ye, t) * 3.0
+    torch.testing.assert_close(out, eager)
+    wrt = (xc, yc) if not name.startswith("cross") else (xc,)
+    wrt_e = (xe, ye) if not name.startswith("cross") else (xe,)
+    for gc, ge in zip(torch.autograd.grad(out, wrt), torch.autograd.grad(eager, wrt_e), strict=True):
+        torch.testing.assert_close(gc, ge)
+    code = "\n".join(graphs)
+    for op in ops:
+        assert op in code, f"{op} not in the compiled graphs"

@@ -450,3 +450,169 @@ def test_torch_sinkhorn_transport_grad_matches_numpy_with_zero_masses(rng):
     want = fastnorm.sinkhorn_backward(np.array([1.5, -2.0]), a, b, c, res.plan, 0.25)
     np.testing.assert_allclose(ct.grad.numpy(), want, rtol=1e-7, atol=1e-11)
     assert np.all(want[:, 3] == 0) and np.all(want[:, :, 0] == 0)
+
+
+# ============================================================================================ out=
+def _sentinel(shape, dtype):
+    return np.full(shape, -7.0, dtype)
+
+
+def test_w1_out_writes_in_place(rng):
+    u, v = rng.standard_normal((3, 6)), rng.standard_normal((3, 4))
+    uw, vw = _w(rng, u.shape), _w(rng, v.shape)
+    out = _sentinel(3, np.float64)
+    got = fastnorm.wasserstein_1d(u, v, uw, vw, p=2, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, fastnorm.wasserstein_1d(u, v, uw, vw, p=2))
+    g = rng.standard_normal(3)
+    want = fastnorm.wasserstein_1d_backward(g, u, v, uw, vw, p=2)
+    bufs = (_sentinel(u.shape, u.dtype), None, _sentinel(u.shape, u.dtype), _sentinel(v.shape, v.dtype))
+    res = fastnorm.wasserstein_1d_backward(g, u, v, uw, vw, p=2, out=bufs)
+    assert res[0] is bufs[0] and res[2] is bufs[2] and res[3] is bufs[3]
+    for x, y in zip(res, want):
+        np.testing.assert_array_equal(x, y)
+    # a 0-d result (one pair of 1-D distributions)
+    out0 = np.empty((), np.float64)
+    assert fastnorm.wasserstein_1d(u[0], v[0], out=out0) is out0
+    np.testing.assert_array_equal(out0, fastnorm.wasserstein_1d(u[0], v[0]))
+
+
+def _bad_outs(shape, dtype, aliased):
+    """(buffer, message) pairs a checked out= must refuse."""
+    ro = np.zeros(shape, dtype)
+    ro.flags.writeable = False
+    wide = np.zeros(shape[:-1] + (2 * shape[-1],) if shape else (2,), dtype)
+    return [
+        (np.zeros(shape + (1,), dtype), "must have shape"),
+        (np.zeros(shape, np.float32 if dtype == np.float64 else np.float64), "must have dtype"),
+        (ro, "read-only"),
+        (aliased, "overlaps input"),
+    ] + ([(wide[..., ::2], "C-contiguous")] if shape else [])
+
+
+def test_w1_out_bad_buffers_raise_and_write_nothing(rng, no_kernels):
+    u, v = rng.standard_normal((3, 6)), rng.standard_normal((3, 4))
+    for buf, match in _bad_outs((3,), np.float64, u.reshape(-1)[:3]):
+        before = buf.copy()
+        with pytest.raises(ValueError, match=match):
+            fastnorm.wasserstein_1d(u, v, out=buf)
+        np.testing.assert_array_equal(buf, before)
+    g = np.ones(3)
+    for buf, match in _bad_outs(u.shape, np.float64, u):
+        before = buf.copy()
+        with pytest.raises(ValueError, match=match):
+            fastnorm.wasserstein_1d_backward(g, u, v, out=(buf, None, None, None))
+        np.testing.assert_array_equal(buf, before)
+    du, dv = _sentinel(u.shape, u.dtype), _sentinel(v.shape, v.dtype)
+    with pytest.raises(ValueError, match="slot with no output"):  # no u_weights: no du_weights slot
+        fastnorm.wasserstein_1d_backward(g, u, v, out=(du, dv, _sentinel(u.shape, u.dtype), None))
+    with pytest.raises(ValueError, match="overlap"):
+        fastnorm.wasserstein_1d_backward(g, u, u.copy(), out=(du, du, None, None))
+    with pytest.raises(ValueError, match="4 entries"):
+        fastnorm.wasserstein_1d_backward(g, u, v, out=(du, dv))
+    assert (du == -7).all() and (dv == -7).all()
+
+
+def test_sinkhorn_out_writes_in_place(rng):
+    a, b, c = _problem(rng, (2,), 4, 5)
+    want = fastnorm.sinkhorn(a, b, c, 0.5, return_plan=True)
+    bufs = (_sentinel(2, c.dtype), _sentinel(c.shape, c.dtype), np.full(2, -7, np.int64), _sentinel(2, np.float64))
+    res = fastnorm.sinkhorn(a, b, c, 0.5, return_plan=True, out=bufs)
+    for x, buf, y in zip(res, bufs, want):
+        assert x is buf
+        np.testing.assert_array_equal(x, y)
+    part = fastnorm.sinkhorn(a, b, c, 0.5, out=(None, None, None, bufs[3]))  # only err given
+    assert part.err is bufs[3] and part.plan is None
+    g = np.array([1.5, -0.5])
+    for objective in ("transport", "regularized"):
+        d = _sentinel(c.shape, c.dtype)
+        got = fastnorm.sinkhorn_backward(g, a, b, c, want.plan, 0.5, objective=objective, out=d)
+        assert got is d
+        np.testing.assert_array_equal(d, fastnorm.sinkhorn_backward(g, a, b, c, want.plan, 0.5, objective=objective))
+
+
+def test_sinkhorn_out_bad_buffers_raise_and_write_nothing(rng, no_kernels):
+    a, b, c = _problem(rng, (2,), 4, 5)
+    value = _sentinel(2, c.dtype)
+    for buf, match in _bad_outs((2,), np.float64, c.reshape(-1)[:2]):
+        before = buf.copy()
+        with pytest.raises(ValueError, match=match):
+            fastnorm.sinkhorn(a, b, c, 0.5, out=(buf, None, None, None))
+        np.testing.assert_array_equal(buf, before)
+    with pytest.raises(ValueError, match="slot with no output"):  # a plan buffer without return_plan
+        fastnorm.sinkhorn(a, b, c, 0.5, out=(value, _sentinel(c.shape, c.dtype), None, None))
+    with pytest.raises(ValueError, match="n_iter must have dtype int64"):
+        fastnorm.sinkhorn(a, b, c, 0.5, out=(value, None, _sentinel(2, np.float64), None))
+    with pytest.raises(ValueError, match="overlap"):
+        fastnorm.sinkhorn(a, b, c, 0.5, out=(value, None, None, value))
+    assert (value == -7).all()
+    plan = np.full(c.shape, 0.05)
+    for buf, match in _bad_outs(c.shape, np.float64, plan):
+        before = buf.copy()
+        with pytest.raises(ValueError, match=match):
+            fastnorm.sinkhorn_backward(np.ones(2), a, b, c, plan, 0.5, out=buf)
+        np.testing.assert_array_equal(buf, before)
+
+
+# ------------------------------------------------------------------------------- torch.library / compile
+def test_torch_transport_opcheck():
+    torch = torch_or_skip()
+    from fastnorm.torch import transport as TT
+
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(2, 6, dtype=torch.float64, generator=g)
+    v = torch.randn(2, 4, dtype=torch.float64, generator=g)
+    uw = torch.rand(2, 6, dtype=torch.float64, generator=g) + 0.1
+    gr = torch.randn(2, dtype=torch.float64, generator=g)
+    a = torch.full((3,), 1 / 3, dtype=torch.float64)
+    c = torch.rand(2, 3, 3, dtype=torch.float64, generator=g)
+    cases = [
+        (TT._w1d_fwd_op, (u, v, uw, None, 1.0)),
+        (TT._w1d_fwd_op, (u, v, None, None, 2.5)),
+        (TT._w1d_bwd_op, (gr, u, v, uw, None, 2.0)),
+        (TT._w1d_bwd_op, (gr, u, v, None, None, 1.0)),
+        (TT._sinkhorn_op, (a, a, c, 0.5, 50, 1e-9)),
+    ]
+    for op, args in cases:
+        result = torch.library.opcheck(op, args)
+        assert all(r == "SUCCESS" for r in result.values()), (op, result)
+
+
+def test_torch_transport_compile_fullgraph_uses_custom_ops():
+    torch = torch_or_skip()
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    from fastnorm.torch import transport as TT
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    a = torch.full((3,), 1 / 3, dtype=torch.float64)
+    b = a.clone()  # (Dynamo does not trace an autograd.Function given one tensor twice)
+
+    def f(u, v, uw, c):
+        return TT.wasserstein_1d(u, v, uw, p=2.0).sum() + TT.sinkhorn(a, b, c, 0.5, objective="regularized").sum()
+
+    def inputs():
+        g = torch.Generator().manual_seed(6)
+        return [
+            torch.randn(2, 6, dtype=torch.float64, generator=g).requires_grad_(),
+            torch.randn(2, 4, dtype=torch.float64, generator=g).requires_grad_(),
+            (torch.rand(2, 6, dtype=torch.float64, generator=g) + 0.1).requires_grad_(),
+            torch.rand(2, 3, 3, dtype=torch.float64, generator=g).requires_grad_(),
+        ]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend=aot_autograd(fw_compiler=compiler, bw_compiler=compiler), fullgraph=True)
+    xc, xe = inputs(), inputs()
+    out, eager = compiled(*xc), f(*xe)
+    torch.testing.assert_close(out, eager)
+    for gc, ge in zip(torch.autograd.grad(out, xc), torch.autograd.grad(eager, xe), strict=True):
+        torch.testing.assert_close(gc, ge)
+    code = "\n".join(graphs)
+    for op in ("fastnorm.wasserstein_1d", "fastnorm.wasserstein_1d_backward", "fastnorm.sinkhorn"):
+        assert op in code, f"{op} not in the compiled graphs"

@@ -11,8 +11,12 @@ What fastnorm does not run goes to torch's own implementation (the functions sil
 one-time ``FastnormFallbackWarning``): dtypes other than float32/float64 (and float16 on CUDA), a target
 of another shape than the input for ``kl_div`` (torch broadcasts), probability targets that require grad,
 ``cross_entropy`` inputs that are not floating point. ``cross_entropy`` takes torch's (N, C, d1, ...) layout
-by moving the class axis last (a copy). These are not registered as ``torch.library`` custom ops:
-``torch.compile`` graph-breaks around them.
+by moving the class axis last (a copy).
+
+``torch.compile``: the kernels are also ``torch.library`` custom ops (``fastnorm::cross_entropy_forward``,
+``fastnorm::kl_div_forward``, ...) with fake (meta) implementations; eager calls go straight to the kernels,
+while Dynamo traces the autograd Functions call the custom ops, so ``fullgraph=True`` compiles without graph
+breaks (as ``fastnorm.torch.functional``). Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.library import custom_op
 
 import fastnorm
 
@@ -43,40 +48,109 @@ def _is_one(g: Tensor) -> bool:
 
 
 def _scaled(saved: Tensor, g: Tensor) -> Tensor:
-    """saved * g for a scalar upstream gradient (the saved tensor itself when g == 1, as Liger does)."""
-    return saved if _is_one(g) else saved * g.to(saved.dtype)
+    """saved * g for a scalar upstream gradient (the saved tensor itself when g == 1, as Liger does; while
+    Dynamo traces, always the product: reading g's value would break the graph)."""
+    if not torch.compiler.is_compiling() and _is_one(g):
+        return saved
+    return saved * g.to(saved.dtype)
+
+
+_call, _empty_if_none, _none_if_absent = _F._call, _F._empty_if_none, _F._none_if_absent
 
 
 # ------------------------------------------------------------------------------------- cross-entropy
+def _ce_fwd_impl(logits, target, weight, ignore_index: int, label_smoothing: float, reduction: str, fused: bool):
+    loss, lse, g = fastnorm.softmax_cross_entropy_forward(
+        _arr(logits),
+        _arr(target),
+        weight=_arr(weight),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        grad="out" if fused else None,
+    )
+    return _ten(loss, logits), _ten(lse, logits), _empty_if_none(_ten(g, logits), logits)
+
+
+def _ce_bwd_impl(dloss, logits, target, lse, weight, ignore_index: int, label_smoothing: float, reduction: str):
+    g = fastnorm.softmax_cross_entropy_backward(
+        _arr(dloss.contiguous()),
+        _arr(logits),
+        _arr(target),
+        _arr(lse),
+        weight=_arr(weight),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+    return _ten(g, logits)
+
+
+@custom_op("fastnorm::cross_entropy_forward", mutates_args=())
+def _ce_fwd_op(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    fused: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _ce_fwd_impl(logits, target, weight, ignore_index, label_smoothing, reduction, fused)
+
+
+@_ce_fwd_op.register_fake
+def _(logits, target, weight, ignore_index, label_smoothing, reduction, fused):
+    lead = logits.shape[:-1]
+    loss = logits.new_empty(lead if reduction == "none" else ())
+    g = torch.empty_like(logits) if fused else logits.new_empty(0)
+    return loss, logits.new_empty(lead, dtype=torch.float64), g
+
+
+@custom_op("fastnorm::cross_entropy_backward", mutates_args=())
+def _ce_bwd_op(
+    dloss: Tensor,
+    logits: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+) -> Tensor:
+    return _ce_bwd_impl(dloss, logits, target, lse, weight, ignore_index, label_smoothing, reduction)
+
+
+@_ce_bwd_op.register_fake
+def _(dloss, logits, target, lse, weight, ignore_index, label_smoothing, reduction):
+    return torch.empty_like(logits)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Softmax cross-entropy on (N, V) or (V,) logits; the reduced forms compute the gradient in the forward."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, label_smoothing, reduction):
         fused = logits.requires_grad and reduction != "none"
-        kw = dict(weight=_arr(weight), ignore_index=ignore_index, label_smoothing=label_smoothing,
-                  reduction=reduction)  # fmt: skip
-        loss, lse, g = fastnorm.softmax_cross_entropy_forward(
-            _arr(logits), _arr(target), grad="out" if fused else None, **kw
+        loss, lse, g = _call(
+            _ce_fwd_op, _ce_fwd_impl, logits, target, weight, ignore_index, label_smoothing, reduction, fused
         )
-        ctx.kw = kw
+        ctx.args = (ignore_index, label_smoothing, reduction)
         ctx.fused = fused
         if fused:
-            ctx.save_for_backward(_ten(g, logits))
+            ctx.save_for_backward(g)
         else:
-            ctx.save_for_backward(logits, target, _ten(lse, logits))
-        return _ten(loss, logits)
+            ctx.save_for_backward(logits, target, lse, weight)
+        return loss
 
     @staticmethod
     def backward(ctx, dloss):
         if ctx.fused:
             (g,) = ctx.saved_tensors
             return _scaled(g, dloss), None, None, None, None, None
-        logits, target, lse = ctx.saved_tensors
-        g = fastnorm.softmax_cross_entropy_backward(
-            _arr(dloss.contiguous()), _arr(logits), _arr(target), _arr(lse), **ctx.kw
-        )
-        return _ten(g, logits), None, None, None, None, None
+        logits, target, lse, weight = ctx.saved_tensors
+        g = _call(_ce_bwd_op, _ce_bwd_impl, dloss, logits, target, lse, weight, *ctx.args)
+        return g, None, None, None, None, None
 
 
 def _ce_supported(input: Tensor, target: Tensor, weight: Tensor | None) -> str | None:
@@ -133,23 +207,135 @@ def cross_entropy(
 
 
 # ------------------------------------------------------------------------------------------------ KL / JS
+def _kl_fwd_impl(input, target, reduction: str, log_target: bool, want_x: bool, want_t: bool):
+    loss, dx, dt = fastnorm.kl_div(
+        _arr(input), _arr(target), reduction=reduction, log_target=log_target,
+        grad="out" if want_x else None, grad_target=want_t,
+    )  # fmt: skip
+    return _ten(loss, input), _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
+
+
+def _kl_bwd_impl(dloss, input, target, reduction: str, log_target: bool, want_x: bool, want_t: bool):
+    dx, dt = fastnorm.kl_div_backward(
+        _arr(dloss.contiguous()), _arr(input), _arr(target), reduction=reduction, log_target=log_target,
+        input_grad=want_x, target_grad=want_t,
+    )  # fmt: skip
+    return _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
+
+
+def _js_fwd_impl(input, target, labels, beta: float, ignore_index: int, reduction: str, want_x: bool, want_t: bool):
+    loss, dx, dt = fastnorm.js_div(
+        _arr(input), _arr(target), labels=_arr(labels), beta=beta, ignore_index=ignore_index, reduction=reduction,
+        grad="out" if want_x else None, grad_target=want_t,
+    )  # fmt: skip
+    return _ten(loss, input), _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
+
+
+def _js_bwd_impl(dloss, input, target, labels, beta: float, ignore_index: int, reduction: str, want_x: bool,
+                 want_t: bool):  # fmt: skip
+    dx, dt = fastnorm.js_div_backward(
+        _arr(dloss.contiguous()), _arr(input), _arr(target), labels=_arr(labels), beta=beta,
+        ignore_index=ignore_index, reduction=reduction, input_grad=want_x, target_grad=want_t,
+    )  # fmt: skip
+    return _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
+
+
+def _div_fwd_fake(input, want_x: bool, want_t: bool, reduction: str):
+    loss = input.new_empty(input.shape if reduction == "none" else ())
+    dx = torch.empty_like(input) if want_x else input.new_empty(0)
+    dt = torch.empty_like(input) if want_t else input.new_empty(0)
+    return loss, dx, dt
+
+
+def _div_bwd_fake(input, want_x: bool, want_t: bool):
+    return (torch.empty_like(input) if want_x else input.new_empty(0)), (
+        torch.empty_like(input) if want_t else input.new_empty(0)
+    )
+
+
+@custom_op("fastnorm::kl_div_forward", mutates_args=())
+def _kl_fwd_op(
+    input: Tensor, target: Tensor, reduction: str, log_target: bool, want_x: bool, want_t: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _kl_fwd_impl(input, target, reduction, log_target, want_x, want_t)
+
+
+@_kl_fwd_op.register_fake
+def _(input, target, reduction, log_target, want_x, want_t):
+    return _div_fwd_fake(input, want_x, want_t, reduction)
+
+
+@custom_op("fastnorm::kl_div_backward", mutates_args=())
+def _kl_bwd_op(
+    dloss: Tensor, input: Tensor, target: Tensor, reduction: str, log_target: bool, want_x: bool, want_t: bool
+) -> tuple[Tensor, Tensor]:
+    return _kl_bwd_impl(dloss, input, target, reduction, log_target, want_x, want_t)
+
+
+@_kl_bwd_op.register_fake
+def _(dloss, input, target, reduction, log_target, want_x, want_t):
+    return _div_bwd_fake(input, want_x, want_t)
+
+
+@custom_op("fastnorm::js_div_forward", mutates_args=())
+def _js_fwd_op(
+    input: Tensor,
+    target: Tensor,
+    labels: Tensor | None,
+    beta: float,
+    ignore_index: int,
+    reduction: str,
+    want_x: bool,
+    want_t: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _js_fwd_impl(input, target, labels, beta, ignore_index, reduction, want_x, want_t)
+
+
+@_js_fwd_op.register_fake
+def _(input, target, labels, beta, ignore_index, reduction, want_x, want_t):
+    return _div_fwd_fake(input, want_x, want_t, reduction)
+
+
+@custom_op("fastnorm::js_div_backward", mutates_args=())
+def _js_bwd_op(
+    dloss: Tensor,
+    input: Tensor,
+    target: Tensor,
+    labels: Tensor | None,
+    beta: float,
+    ignore_index: int,
+    reduction: str,
+    want_x: bool,
+    want_t: bool,
+) -> tuple[Tensor, Tensor]:
+    return _js_bwd_impl(dloss, input, target, labels, beta, ignore_index, reduction, want_x, want_t)
+
+
+@_js_bwd_op.register_fake
+def _(dloss, input, target, labels, beta, ignore_index, reduction, want_x, want_t):
+    return _div_bwd_fake(input, want_x, want_t)
+
+
 class _DivergenceFunction(torch.autograd.Function):
-    """KL or JS divergence; reduced forms fuse the gradients into the forward."""
+    """KL or JS divergence; reduced forms fuse the gradients into the forward. ``args``: (reduction,
+    log_target) for KL, (beta, ignore_index, reduction) for JS."""
 
     @staticmethod
-    def forward(ctx, input, target, labels, which, kw):
-        fwd = fastnorm.kl_div if which == "kl" else fastnorm.js_div
+    def forward(ctx, input, target, labels, which, args):
         want_x, want_t = input.requires_grad, target.requires_grad
-        fused = kw["reduction"] != "none" and (want_x or want_t)
-        extra = {} if which == "kl" else dict(labels=_arr(labels))
-        loss, dx, dt = fwd(_arr(input), _arr(target), grad="out" if fused and want_x else None,
-                           grad_target=fused and want_t, **kw, **extra)  # fmt: skip
-        ctx.which, ctx.kw, ctx.fused, ctx.want = which, kw, fused, (want_x, want_t)
+        reduction = args[0] if which == "kl" else args[2]
+        fused = reduction != "none" and (want_x or want_t)
+        fx, ft = fused and want_x, fused and want_t
+        if which == "kl":
+            loss, dx, dt = _call(_kl_fwd_op, _kl_fwd_impl, input, target, *args, fx, ft)
+        else:
+            loss, dx, dt = _call(_js_fwd_op, _js_fwd_impl, input, target, labels, *args, fx, ft)
+        ctx.which, ctx.args, ctx.fused, ctx.want = which, args, fused, (want_x, want_t)
         if fused:
-            ctx.save_for_backward(_ten(dx, input) if want_x else None, _ten(dt, input) if want_t else None)
+            ctx.save_for_backward(dx if want_x else None, dt if want_t else None)
         else:
             ctx.save_for_backward(input, target, labels)
-        return _ten(loss, input)
+        return loss
 
     @staticmethod
     def backward(ctx, dloss):
@@ -158,11 +344,11 @@ class _DivergenceFunction(torch.autograd.Function):
             dx, dt = ctx.saved_tensors
             return (_scaled(dx, dloss) if want_x else None), (_scaled(dt, dloss) if want_t else None), None, None, None
         input, target, labels = ctx.saved_tensors
-        bwd = fastnorm.kl_div_backward if ctx.which == "kl" else fastnorm.js_div_backward
-        extra = {} if ctx.which == "kl" else dict(labels=_arr(labels))
-        d = _arr(dloss.contiguous())
-        dx, dt = bwd(d, _arr(input), _arr(target), input_grad=want_x, target_grad=want_t, **ctx.kw, **extra)
-        return _ten(dx, input), _ten(dt, input), None, None, None
+        if ctx.which == "kl":
+            dx, dt = _call(_kl_bwd_op, _kl_bwd_impl, dloss, input, target, *ctx.args, want_x, want_t)
+        else:
+            dx, dt = _call(_js_bwd_op, _js_bwd_impl, dloss, input, target, labels, *ctx.args, want_x, want_t)
+        return (dx if want_x else None), (dt if want_t else None), None, None, None
 
 
 def kl_div(
@@ -188,8 +374,8 @@ def kl_div(
         or input.dim() == 0
     ):
         return torch.nn.functional.kl_div(input, target, reduction=reduction, log_target=log_target)
-    kw = dict(reduction=reduction, log_target=bool(log_target))
-    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), None, "kl", kw)
+    args = (reduction, bool(log_target))
+    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), None, "kl", args)
 
 
 def _js_torch(input, target, labels, beta, ignore_index, reduction):
@@ -244,9 +430,9 @@ def js_div(
         or input.dim() == 0
     ):
         return _js_torch(input, target, labels, float(beta), ignore_index, reduction)
-    kw = dict(beta=float(beta), reduction=reduction, ignore_index=int(ignore_index))
+    args = (float(beta), int(ignore_index), reduction)
     lab = None if labels is None else labels.contiguous()
-    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), lab, "js", kw)
+    return _DivergenceFunction.apply(input.contiguous(), target.contiguous(), lab, "js", args)
 
 
 # ------------------------------------------------------------------------------------------------ modules

@@ -1,19 +1,22 @@
 """Differentiable optimal-transport losses on torch tensors: ``wasserstein_1d`` and ``sinkhorn``.
 
 Each is a ``torch.autograd.Function`` around the fastnorm op (``fastnorm.transport``): CPU tensors cross
-zero-copy as NumPy arrays; ``sinkhorn`` also runs on CUDA tensors (float32/float64) through fastnorm's CUDA
-kernels. Double backward is not supported.
+zero-copy as NumPy arrays, CUDA tensors (float32/float64) go to fastnorm's CUDA kernels. The kernels are also
+``torch.library`` custom ops (``fastnorm::wasserstein_1d``, ``fastnorm::wasserstein_1d_backward``,
+``fastnorm::sinkhorn``) with fake implementations, called while Dynamo traces, so ``torch.compile(...,
+fullgraph=True)`` compiles them without graph breaks. Double backward is not supported.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
+from torch.library import custom_op
 
 import fastnorm
 
 from ._common import _arr, _ten
+from .functional import _call, _empty_if_none, _none_if_absent
 
 __all__ = ["wasserstein_1d", "sinkhorn"]
 
@@ -34,23 +37,59 @@ def _check(op: str, cpu_only: bool, **tensors: Tensor | None) -> None:
 
 
 # ------------------------------------------------------------------------------------- wasserstein_1d
+def _w1d_fwd_impl(u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float) -> Tensor:
+    return _ten(fastnorm.wasserstein_1d(_arr(u), _arr(v), _arr(uw), _arr(vw), p=p), u)
+
+
+def _w1d_bwd_impl(g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float):
+    du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(
+        _arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=p
+    )
+    return _ten(du, u), _ten(dv, v), _empty_if_none(_ten(duw, u), u), _empty_if_none(_ten(dvw, v), v)
+
+
+@custom_op("fastnorm::wasserstein_1d", mutates_args=())
+def _w1d_fwd_op(u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float) -> Tensor:
+    return _w1d_fwd_impl(u, v, uw, vw, p)
+
+
+@_w1d_fwd_op.register_fake
+def _(u, v, uw, vw, p):
+    return u.new_empty(u.shape[:-1])
+
+
+@custom_op("fastnorm::wasserstein_1d_backward", mutates_args=())
+def _w1d_bwd_op(
+    g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _w1d_bwd_impl(g, u, v, uw, vw, p)
+
+
+@_w1d_bwd_op.register_fake
+def _(g, u, v, uw, vw, p):
+    return (
+        torch.empty_like(u),
+        torch.empty_like(v),
+        torch.empty_like(u) if uw is not None else u.new_empty(0),
+        torch.empty_like(v) if vw is not None else v.new_empty(0),
+    )
+
+
 class Wasserstein1dFunction(torch.autograd.Function):
     """W_p^p between the rows of u and v; backward by fastnorm.wasserstein_1d_backward."""
 
     @staticmethod
     def forward(ctx, u, v, uw, vw, p):
-        w = fastnorm.wasserstein_1d(_arr(u), _arr(v), _arr(uw), _arr(vw), p=p)
+        w = _call(_w1d_fwd_op, _w1d_fwd_impl, u, v, uw, vw, p)
         ctx.save_for_backward(u, v, uw, vw)
         ctx.p = p
-        return torch.from_numpy(np.asarray(w))
+        return w
 
     @staticmethod
     def backward(ctx, g):
         u, v, uw, vw = ctx.saved_tensors
-        du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(
-            _arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=ctx.p
-        )
-        return _ten(du, u), _ten(dv, v), _ten(duw, u), _ten(dvw, v), None
+        du, dv, duw, dvw = _call(_w1d_bwd_op, _w1d_bwd_impl, g, u, v, uw, vw, ctx.p)
+        return du, dv, _none_if_absent(duw, uw), _none_if_absent(dvw, vw), None
 
 
 def wasserstein_1d(
@@ -63,8 +102,8 @@ def wasserstein_1d(
     """``W_p^p = integral_0^1 |U^-1(q) - V^-1(q)|^p dq`` per batch row (``fastnorm.wasserstein_1d``: SciPy's
     ``wasserstein_distance`` for p = 1, POT's ``ot.wasserstein_1d`` for p >= 1), differentiable with respect
     to the values and the weights. u_values (..., n), v_values (..., m); weights like their values (None:
-    uniform). CPU tensors only. Returns a tensor of the leading shape."""
-    _check("wasserstein_1d", True, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
+    uniform). CPU and CUDA tensors. Returns a tensor of the leading shape."""
+    _check("wasserstein_1d", False, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
     return Wasserstein1dFunction.apply(u_values, v_values, u_weights, v_weights, float(p))
 
 
@@ -88,13 +127,27 @@ def _transport_grad(P: Tensor, C: Tensor, reg: float) -> Tensor:
     return P * (1.0 - (C + alpha[..., :, None] + beta[..., None, :]) / reg)
 
 
+def _sinkhorn_impl(a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int, tol: float):
+    res = fastnorm.sinkhorn(_arr(a), _arr(b), _arr(cost), reg, max_iter=max_iter, tol=tol, return_plan=True)
+    return _ten(res.value, cost), _ten(res.plan, cost)
+
+
+@custom_op("fastnorm::sinkhorn", mutates_args=())
+def _sinkhorn_op(a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int, tol: float) -> tuple[Tensor, Tensor]:
+    return _sinkhorn_impl(a, b, cost, reg, max_iter, tol)
+
+
+@_sinkhorn_op.register_fake
+def _(a, b, cost, reg, max_iter, tol):
+    return cost.new_empty(cost.shape[:-2]), torch.empty_like(cost)
+
+
 class SinkhornFunction(torch.autograd.Function):
     """Entropic OT value per problem; backward: the gradient with respect to the cost matrices."""
 
     @staticmethod
     def forward(ctx, a, b, cost, reg, max_iter, tol, objective):
-        res = fastnorm.sinkhorn(_arr(a), _arr(b), _arr(cost), reg, max_iter=max_iter, tol=tol, return_plan=True)
-        value, plan = _ten(res.value, cost), _ten(res.plan, cost)
+        value, plan = _call(_sinkhorn_op, _sinkhorn_impl, a, b, cost, reg, max_iter, tol)
         if objective == "regularized":
             p64 = plan.double()
             ent = (torch.xlogy(p64, p64) - p64).sum((-2, -1))

@@ -5,11 +5,17 @@ Without either, every test here skips with the reason."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+if SIM:
+    # The simulator runs each CUDA thread as a Python thread, polled by a busy loop that keeps the GIL for a whole
+    # switch interval (5 ms by default) at every syncthreads: a shorter interval runs these tests about twice as
+    # fast (measured on 2 cores).
+    sys.setswitchinterval(5e-4)
 
 
 def _cuda_status():

@@ -42,7 +42,15 @@ from .optim import (
     rmsprop_step,
     sgd_step,
 )
-from .transport import sinkhorn, sinkhorn_backward
+from .transport import (
+    sinkhorn,
+    sinkhorn_backward,
+    sort_rows,
+    sort_width,
+    unsort_rows,
+    wasserstein_1d,
+    wasserstein_1d_backward,
+)
 from .weight_norm import (
     cosine_linear_backward_post,
     cosine_linear_backward_pre,
@@ -87,6 +95,11 @@ __all__ = [
     "js_div_backward",
     "sinkhorn",
     "sinkhorn_backward",
+    "wasserstein_1d",
+    "wasserstein_1d_backward",
+    "sort_rows",
+    "sort_width",
+    "unsort_rows",
     "batch_norm_stats",
     "batch_norm_gather_stats",
     "batch_norm_elemt",
