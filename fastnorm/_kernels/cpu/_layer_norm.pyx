@@ -31,6 +31,8 @@ cdef enum:
     MIN_CHUNKS = 16
     # Scratch budget of the backward's partial rows (bytes): fewer chunks for very long rows.
     SCRATCH_BYTES = 32 << 20
+    # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
+    HALF_BLOCK = 256
 
 
 cdef extern from "fastnorm_half.h" nogil:
@@ -54,9 +56,8 @@ cdef extern from "fastnorm_moments.h" nogil:
 
 
 # ------------------------------------------------------------------------------------------ row helpers
-cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floating *b, floating *y,
-                             floating *mean, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
-    cdef Py_ssize_t j
+cdef inline void _ln_stats(const floating *x, floating *mean, floating *rstd, Py_ssize_t n,
+                           double eps) noexcept nogil:
     cdef double mu, var
     cdef floating fmu, frs
     # Mean summed around a shift s (the first value): exact for a constant row, accurate for a large mean.
@@ -78,6 +79,11 @@ cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floatin
     frs = <floating>(1.0 / sqrt(var + eps))
     mean[0] = fmu
     rstd[0] = frs
+
+
+cdef inline void _ln_apply(const floating *x, const floating *w, const floating *b, floating *y, floating fmu,
+                           floating frs, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
     # (x - mean) first: exact when x is close to a large mean, unlike x*rstd - mean*rstd.
     if w != NULL and b != NULL:
         for j in range(n):
@@ -93,13 +99,17 @@ cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floatin
             y[j] = (x[j] - fmu) * frs
 
 
+cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floating *b, floating *y,
+                             floating *mean, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
+    _ln_stats(x, mean, rstd, n, eps)
+    _ln_apply(x, w, b, y, mean[0], rstd[0], n)
+
+
 cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu, floating rs,
                              const floating *w, const floating *dh, floating *dx, floating *dwa, floating *dba,
                              Py_ssize_t n) noexcept nogil:
     """One row of the LayerNorm backward; dh (NULL: none) is added to dx in the same loop. dx may be dh."""
-    cdef Py_ssize_t j
-    cdef double s1, s2
-    cdef floating c1, c2, g, xh
+    cdef floating c1, c2, g
     if n == 1:
         # One element: y = bias whatever x, so dx = 0 exactly (the formula below leaves an FMA rounding
         # residue). NaN/inf in dy propagate through g * 0 (which the compiler may not fold while NaNs are
@@ -111,13 +121,28 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
         if dba != NULL:
             dba[0] += dy[0]
         return
+    _ln_bwd_coefs(dy, x, mu, rs, w, n, &c1, &c2)
+    _ln_bwd_apply(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
+
+
+cdef inline void _ln_bwd_coefs(const floating *dy, const floating *x, floating mu, floating rs, const floating *w,
+                               Py_ssize_t n, floating *c1, floating *c2) noexcept nogil:
+    """c1 = mean(g), c2 = mean(g * xhat) over a row (N > 1)."""
+    cdef double s1, s2
     if floating is float:
         fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
     else:
         fn_bwd_sums_d(dy, w, x, mu, n, &s1, &s2)
-    # dx = rs * (g - mean(g) - xhat * mean(g * xhat)),  mean(g * xhat) = rs * s2 / n
-    c1 = <floating>(s1 / n)
-    c2 = <floating>(rs * s2 / n)
+    c1[0] = <floating>(s1 / n)
+    c2[0] = <floating>(rs * s2 / n)
+
+
+cdef inline void _ln_bwd_apply(const floating *dy, const floating *x, floating mu, floating rs, floating c1,
+                               floating c2, const floating *w, const floating *dh, floating *dx, floating *dwa,
+                               floating *dba, Py_ssize_t n) noexcept nogil:
+    """dx = rs * (g - c1 - xhat * c2) (+ dh), dwa += dy * xhat, dba += dy over n elements."""
+    cdef Py_ssize_t j
+    cdef floating xh
     if w != NULL and dwa != NULL and dba != NULL:
         # The usual case (affine, both gradients) in one loop: dy and x are read once for all three.
         if dh != NULL:
@@ -157,17 +182,24 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
             dba[j] += dy[j]
 
 
-cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y, floating *rstd,
-                              Py_ssize_t n, double eps) noexcept nogil:
-    cdef Py_ssize_t j
+cdef inline void _rms_stats(const floating *x, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
     cdef double ms
-    cdef floating frs
     if floating is float:
         ms = fn_sumsq_safe_f(x, n) / n  # squares in double if float ones overflow
     else:
         ms = fn_sumsq_d(x, n) / n
-    frs = <floating>(1.0 / sqrt(ms + eps))
-    rstd[0] = frs
+    rstd[0] = <floating>(1.0 / sqrt(ms + eps))
+
+
+cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y, floating *rstd,
+                              Py_ssize_t n, double eps) noexcept nogil:
+    _rms_stats(x, rstd, n, eps)
+    _rms_apply(x, w, y, rstd[0], n)
+
+
+cdef inline void _rms_apply(const floating *x, const floating *w, floating *y, floating frs,
+                            Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
     if w != NULL:
         for j in range(n):
             y[j] = x[j] * frs * w[j]
@@ -179,15 +211,23 @@ cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y,
 cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs, const floating *w,
                               const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
     """One row of the RMSNorm backward; dh (NULL: none) is added to dx in the same loop. dx may be dh."""
-    cdef Py_ssize_t j
+    _rms_bwd_apply(dy, x, rs, _rms_bwd_coef(dy, x, rs, w, n), w, dh, dx, dwa, n)
+
+
+cdef inline floating _rms_bwd_coef(const floating *dy, const floating *x, floating rs, const floating *w,
+                                   Py_ssize_t n) noexcept nogil:
+    """rs * mean(g * xhat) over a row: dx = rs * (g - x * c2), xhat = x * rs."""
     cdef double s1, s2
-    cdef floating c2
     if floating is float:
         fn_bwd_sums_f(dy, w, x, 0.0, n, &s1, &s2)
     else:
         fn_bwd_sums_d(dy, w, x, 0.0, n, &s1, &s2)
-    # dx = rs * (g - xhat * mean(g * xhat)),  xhat = x * rs,  mean(g * xhat) = rs * s2 / n
-    c2 = <floating>(rs * rs * s2 / n)
+    return <floating>(rs * rs * s2 / n)
+
+
+cdef inline void _rms_bwd_apply(const floating *dy, const floating *x, floating rs, floating c2, const floating *w,
+                                const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
     if w != NULL and dwa != NULL:
         if dh != NULL:
             for j in range(n):
@@ -359,6 +399,26 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit storage
+cdef inline const float *_at(const float *p, Py_ssize_t j) noexcept nogil:
+    return p + j if p != NULL else NULL
+
+
+cdef inline void _half_ln_out(int fmt, const float *xb, const float *w, const float *b, uint16_t *y, float mu,
+                              float rs, bint rms, Py_ssize_t n) noexcept nogil:
+    """y = round(the float32 output row), computed HALF_BLOCK elements at a time into a stack block (in L1)
+    and rounded from there: the row buffer is read once more, no float32 output row is written."""
+    cdef float tmp[HALF_BLOCK]
+    cdef Py_ssize_t j0 = 0, k
+    while j0 < n:
+        k = min(<Py_ssize_t>HALF_BLOCK, n - j0)
+        if rms:
+            _rms_apply(xb + j0, _at(w, j0), tmp, rs, k)
+        else:
+            _ln_apply(xb + j0, _at(w, j0), _at(b, j0), tmp, mu, rs, k)
+        fn_half_store(fmt, tmp, y + j0, k)
+        j0 += k
+
+
 def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               const uint16_t[:, ::1] res,           # IN  (M, N) residual, or (0, 0): none
               const float[::1] weight,              # IN  (N,) float32, or length 0
@@ -368,13 +428,13 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               float[::1] mean,                      # OUT (M,), or length 0 (RMSNorm)
               float[::1] rstd,                      # OUT (M,)
               int fmt, bint rms, double eps, int n_threads):
-    """Per row: widen into a thread's float32 row (one read of the 16-bit data), float32 row code as for
-    float32 input (the same functions), round the output once."""
+    """Per row: widen into a thread's float32 row (one read of the 16-bit data), the float32 statistics code
+    (the same functions as for float32 input) on it, then the output rounded once (``_half_ln_out``)."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
     cdef const float *w = _ptr_or_null(weight)
     cdef const float *b = _ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if add else 1) * n), np.float32)
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 1) * n), np.float32)
     cdef float *xb
     cdef float *rb
     if m == 0:
@@ -386,14 +446,42 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
             if add:
                 rb = xb + n
                 fn_half_load(fmt, &res[i, 0], rb, n)
-                _add_row(xb, rb, xb, n)
-                fn_half_store(fmt, xb, &h[i, 0], n)
+                _add_row(xb, rb, rb + n, n)
+                fn_half_store(fmt, rb + n, &h[i, 0], n)
                 fn_half_load(fmt, &h[i, 0], xb, n)  # the rounded h (from cache) is what gets normalized
             if rms:
-                _rms_fwd_row(xb, w, xb, &rstd[i], n, eps)
+                _rms_stats(xb, &rstd[i], n, eps)
+                _half_ln_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, n)
             else:
-                _ln_fwd_row(xb, w, b, xb, &mean[i], &rstd[i], n, eps)
-            fn_half_store(fmt, xb, &y[i, 0], n)
+                _ln_stats(xb, &mean[i], &rstd[i], n, eps)
+                _half_ln_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, n)
+
+
+cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const float *dhb, float mu, float rs,
+                               const float *w, uint16_t *dx, float *dwa, float *dba, bint rms,
+                               Py_ssize_t n) noexcept nogil:
+    """One backward row on widened rows: the float32 row code, dx rounded HALF_BLOCK elements at a time."""
+    cdef float tmp[HALF_BLOCK]
+    cdef float c1 = 0, c2
+    cdef Py_ssize_t j0 = 0, k
+    if not rms and n == 1:
+        _ln_bwd_row(dyb, xb, mu, rs, w, dhb, tmp, dwa, dba, 1)
+        fn_half_store(fmt, tmp, dx, 1)
+        return
+    if rms:
+        c2 = _rms_bwd_coef(dyb, xb, rs, w, n)
+    else:
+        _ln_bwd_coefs(dyb, xb, mu, rs, w, n, &c1, &c2)
+    while j0 < n:
+        k = min(<Py_ssize_t>HALF_BLOCK, n - j0)
+        if rms:
+            _rms_bwd_apply(dyb + j0, xb + j0, rs, c2, _at(w, j0), _at(dhb, j0), tmp,
+                           dwa + j0 if dwa != NULL else NULL, k)
+        else:
+            _ln_bwd_apply(dyb + j0, xb + j0, mu, rs, c1, c2, _at(w, j0), _at(dhb, j0), tmp,
+                          dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
+        fn_half_store(fmt, tmp, dx + j0, k)
+        j0 += k
 
 
 def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
@@ -411,17 +499,16 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
               float[:, ::1] db_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
               int fmt, bint rms, int n_threads):
     """The float32 backward's chunk plan and row code on rows widened into a thread's float32 buffers
-    (dy, x, and dx, into which dh is widened first); dx rounded once."""
+    (dy, x, dh); dx rounded once."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const float *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), 3 * n), np.float32)
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 2) * n), np.float32)
     cdef float *dwa
     cdef float *dba
     cdef float *dyb
     cdef float *xb
-    cdef float *dxb
     if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
         dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), np.float32)
     if want_db and (db_part.shape[0] != n_chunks or db_acc.shape[0] != n_chunks):
@@ -433,7 +520,6 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
             hi = _chunk_start(m, n_chunks, c + 1)
             dyb = &buf[threadid(), 0]
             xb = dyb + n
-            dxb = xb + n
             dwa = &dw_acc[c, 0] if want_dw else NULL
             dba = &db_acc[c, 0] if want_db else NULL
             if want_dw:
@@ -444,12 +530,9 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
                 fn_half_load(fmt, &dy[i, 0], dyb, n)
                 fn_half_load(fmt, &x[i, 0], xb, n)
                 if add:
-                    fn_half_load(fmt, &dh[i, 0], dxb, n)
-                if rms:
-                    _rms_bwd_row(dyb, xb, rstd[i], w, dxb if add else NULL, dxb, dwa, n)
-                else:
-                    _ln_bwd_row(dyb, xb, mean[i], rstd[i], w, dxb if add else NULL, dxb, dwa, dba, n)
-                fn_half_store(fmt, dxb, &dx[i, 0], n)
+                    fn_half_load(fmt, &dh[i, 0], xb + n, n)
+                _half_bwd_row(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w, &dx[i, 0],
+                              dwa, dba, rms, n)
                 if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
                     if want_dw:
                         _fold(dwa, &dw_part[c, 0], n)
