@@ -732,14 +732,14 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
             V.param(be, op, "running_mean", running_mean, (c,), dtypes),
             V.param(be, op, "running_var", running_var, (c,), dtypes),
         )
-    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        dt = V.dtype_of(a)
-        if len(dtypes) > 1 and dt not in dtypes:
+    given = [V.dtype_of(a) if hasattr(a, "dtype") else None for a in (running_mean, running_var)]
+    for name, dt in zip(("running_mean", "running_var"), given):
+        if len(dtypes) > 1 and dt is not None and dt not in dtypes:
             raise TypeError(
                 f"{op}: {name} has dtype {dt} but must match the input's dtype {np.dtype(dtype).name} or be float32"
             )
-    rm_dtype = V.dtype_of(running_mean) if V.dtype_of(running_mean) in dtypes else dtype
-    rv_dtype = V.dtype_of(running_var) if V.dtype_of(running_var) in dtypes else dtype
+    # (a non-array fails in V.inout, with its message)
+    rm_dtype, rv_dtype = (dt if dt in dtypes else dtype for dt in given)
     running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
     running_var = V.inout(
         be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)]
