@@ -646,8 +646,8 @@ def cosine_linear_backward(
 
     The clamp has zero derivative below eps (as ``F.normalize``'s ``clamp_min``; torch's
     ``cosine_similarity`` instead differentiates the norm through its clamp). Shapes as in the forward.
-    16-bit x: dy, y, dx in x's dtype, x_norm/w_norm float32, dw in w's dtype. ``out=(dx, dw)``. Returns ``CosineLinearBackward(dx, dw)``; bitwise reproducible for a given thread
-    count (and BLAS).
+    16-bit x: dy, y, dx in x's dtype, x_norm/w_norm float32, dw in w's dtype. ``out=(dx, dw)``.
+    Returns ``CosineLinearBackward(dx, dw)``; bitwise reproducible for a given thread count (and BLAS).
     """
     op = "cosine_linear_backward"
     be = backend_of(op, dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm, out=out)

@@ -122,7 +122,7 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
     got = [y, mean, rstd, rm_f, rv_f, dx, dw, db]
     other = [lowp(a, g.dtype) for a, g in zip(f32, got)]
     if not nan and axis == 1:
-        torch = pytest.importorskip("torch")
+        pytest.importorskip("torch")
         import torch.nn.functional as F
 
         tx, tw, tb = torch_t(x, True), torch_t(w, True), torch_t(b, True)
@@ -185,10 +185,12 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
     for wide in (w64, w32):
         xr, dyr, wr, br = wide(x, dy, w, b)
         meanr, rstdr = wide(mean, rstd)
-        refs.append((*R.group_norm_forward(xr, groups, wr, br), *R.group_norm_backward(dyr, xr, meanr, rstdr, groups, wr, br)))
+        refs.append(
+            (*R.group_norm_forward(xr, groups, wr, br), *R.group_norm_backward(dyr, xr, meanr, rstdr, groups, wr, br))
+        )
     other = [lowp(a, g.dtype) for a, g in zip(refs[1], got)]
     if not nan:
-        torch = pytest.importorskip("torch")
+        pytest.importorskip("torch")
         import torch.nn.functional as F
 
         tx, tw, tb = torch_t(x, True), torch_t(w, True), torch_t(b, True)
@@ -233,7 +235,7 @@ def _in(rng, dt, pdt, shape, use_input_stats, offset=0.0):
         bwd = R.instance_norm_backward(dyr, xr, meanr, rstdr, wr, br, use_input_stats=use_input_stats)
         refs.append((*fwd, rmr, rvr, *bwd))
     other = [lowp(a, g.dtype) for a, g in zip(refs[1], got)]
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     import torch.nn.functional as F
 
     tx, tw, tb = torch_t(x, True), torch_t(w, True), torch_t(b, True)
@@ -354,10 +356,14 @@ def test_bitwise_same_for_any_thread_count(rng, dt):
             runs.append(_all_ops(np.random.default_rng(5), dt))
     finally:
         fastnorm.set_num_threads(old)
+    last = range(8, 12)  # channels-last BatchNorm: its statistics merge one chunk per thread
     for outs in runs[1:]:
         for i, (a, b) in enumerate(zip(runs[0], outs)):
-            if a is not None and i != 7:  # 7: channels-last batch statistics' y (chunk-merge order)
-                np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8), err_msg=str(i))
+            a, b = np.asarray(a), np.asarray(b)
+            if i in last:
+                np.testing.assert_allclose(_wide(a), _wide(b), rtol=2 * _eps(a.dtype), atol=1e-6, err_msg=str(i))
+            else:
+                np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=str(i))
 
 
 @pytest.mark.parametrize("target", K.runnable_targets())

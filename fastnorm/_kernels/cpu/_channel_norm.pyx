@@ -545,16 +545,16 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
 
 # ------------------------------------------------------------------------------------------ entry points
 def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
-                       const floating[::1] weight,          # IN  (C,) or length 0
-                       const floating[::1] bias,            # IN  (C,) or length 0
-                       const floating[::1] running_mean,    # IN/OUT (C,) or length 0; updated when training
-                       const floating[::1] running_var,     # IN/OUT (C,) or length 0; updated when training
-                       data_t[:, :, ::1] y,               # OUT (N, C, L)
-                       floating[::1] mean,                  # OUT (C,)
-                       floating[::1] rstd,                  # OUT (C,)
-                       double[:, ::1] work,                 # SCRATCH L > 1: (N*C, 2); L == 1: (n_chunks, 5*C)
-                       floating[:, ::1] coef,               # SCRATCH (4, C + 8)
-                       double eps, double momentum, bint training, int fmt, int n_threads):
+                        const floating[::1] weight,          # IN  (C,) or length 0
+                        const floating[::1] bias,            # IN  (C,) or length 0
+                        const floating[::1] running_mean,    # IN/OUT (C,) or length 0; updated when training
+                        const floating[::1] running_var,     # IN/OUT (C,) or length 0; updated when training
+                        data_t[:, :, ::1] y,               # OUT (N, C, L)
+                        floating[::1] mean,                  # OUT (C,)
+                        floating[::1] rstd,                  # OUT (C,)
+                        double[:, ::1] work,                 # SCRATCH L > 1: (N*C, 2); L == 1: (n_chunks, 5*C)
+                        floating[:, ::1] coef,               # SCRATCH (4, C + 8)
+                        double eps, double momentum, bint training, int fmt, int n_threads):
     """training: batch statistics over (N, L) per channel, running stats updated; else running stats.
 
     L == 1 is the channels-last (M, C) layout (M = N rows). ``work`` is not used in evaluation mode.
@@ -645,16 +645,16 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
 
 
 def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
-                        const data_t[:, :, ::1] x,        # IN  (N, C, L)
-                        const floating[::1] mean,           # IN  (C,)
-                        const floating[::1] rstd,           # IN  (C,)
-                        const floating[::1] weight,         # IN  (C,) or length 0
-                        data_t[:, :, ::1] dx,             # OUT (N, C, L)
-                        floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
-                        floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
-                        double[:, ::1] work,                # SCRATCH L>1: (N*C+C, 2); L==1: (chunks+1, 2C)
-                        floating[:, ::1] coef,              # SCRATCH (4, C + 8)
-                        bint training, int fmt, int n_threads):
+                         const data_t[:, :, ::1] x,        # IN  (N, C, L)
+                         const floating[::1] mean,           # IN  (C,)
+                         const floating[::1] rstd,           # IN  (C,)
+                         const floating[::1] weight,         # IN  (C,) or length 0
+                         data_t[:, :, ::1] dx,             # OUT (N, C, L)
+                         floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
+                         floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
+                         double[:, ::1] work,                # SCRATCH L>1: (N*C+C, 2); L==1: (chunks+1, 2C)
+                         floating[:, ::1] coef,              # SCRATCH (4, C + 8)
+                         bint training, int fmt, int n_threads):
     """training: dx through the batch statistics; else (running statistics) dx = dy * rstd * weight.
 
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
@@ -756,12 +756,12 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
 
 
 def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
-                       const floating[::1] weight,          # IN  (C,) or length 0
-                       const floating[::1] bias,            # IN  (C,) or length 0
-                       data_t[:, :, ::1] y,               # OUT (N, C, L)
-                       floating[:, ::1] mean,               # OUT (N, G)
-                       floating[:, ::1] rstd,               # OUT (N, G)
-                       double eps, int fmt, int n_threads):
+                        const floating[::1] weight,          # IN  (C,) or length 0
+                        const floating[::1] bias,            # IN  (C,) or length 0
+                        data_t[:, :, ::1] y,               # OUT (N, C, L)
+                        floating[:, ::1] mean,               # OUT (N, G)
+                        floating[:, ::1] rstd,               # OUT (N, G)
+                        double eps, int fmt, int n_threads):
     """Statistics per (n, group) over its C/G channels and L positions; affine per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
     cdef bint st
@@ -789,29 +789,29 @@ def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
 
 
 def _group_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
-                        const data_t[:, :, ::1] x,        # IN  (N, C, L)
-                        const floating[:, ::1] mean,        # IN  (N, G)
-                        const floating[:, ::1] rstd,        # IN  (N, G)
-                        const floating[::1] weight,         # IN  (C,) or length 0
-                        data_t[:, :, ::1] dx,             # OUT (N, C, L)
-                        floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
-                        floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
-                        double[:, ::1] work,                # SCRATCH (N*C, 2)
-                        int fmt, int n_threads):
+                         const data_t[:, :, ::1] x,        # IN  (N, C, L)
+                         const floating[:, ::1] mean,        # IN  (N, G)
+                         const floating[:, ::1] rstd,        # IN  (N, G)
+                         const floating[::1] weight,         # IN  (C,) or length 0
+                         data_t[:, :, ::1] dx,             # OUT (N, C, L)
+                         floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
+                         floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
+                         double[:, ::1] work,                # SCRATCH (N*C, 2)
+                         int fmt, int n_threads):
     """dx per (n, group) row from cache; dweight/dbias from per-(n, c) sums reduced over n in order."""
     _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, True, fmt, n_threads)
 
 
 def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
-                          const floating[::1] weight,       # IN  (C,) or length 0
-                          const floating[::1] bias,         # IN  (C,) or length 0
-                          const floating[::1] running_mean,  # IN/OUT (C,) or length 0
-                          const floating[::1] running_var,  # IN/OUT (C,) or length 0
-                          data_t[:, :, ::1] y,            # OUT (N, C, L)
-                          floating[:, ::1] mean,            # OUT (N, C)
-                          floating[:, ::1] rstd,            # OUT (N, C)
-                          double[:, ::1] work,              # SCRATCH (N*C, 2)
-                          double eps, double momentum, bint use_input_stats, int fmt, int n_threads):
+                           const floating[::1] weight,       # IN  (C,) or length 0
+                           const floating[::1] bias,         # IN  (C,) or length 0
+                           const floating[::1] running_mean,  # IN/OUT (C,) or length 0
+                           const floating[::1] running_var,  # IN/OUT (C,) or length 0
+                           data_t[:, :, ::1] y,            # OUT (N, C, L)
+                           floating[:, ::1] mean,            # OUT (N, C)
+                           floating[:, ::1] rstd,            # OUT (N, C)
+                           double[:, ::1] work,              # SCRATCH (N*C, 2)
+                           double eps, double momentum, bint use_input_stats, int fmt, int n_threads):
     """use_input_stats: statistics per (n, c) over L (GroupNorm rows of one channel); running stats, if
     given, updated with the batch mean of the per-instance mean and unbiased variance. Otherwise the
     running statistics normalize every instance."""
@@ -864,15 +864,15 @@ def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
 
 
 def _instance_norm_backward(const data_t[:, :, ::1] dy,    # IN  (N, C, L)
-                           const data_t[:, :, ::1] x,     # IN  (N, C, L)
-                           const floating[:, ::1] mean,     # IN  (N, C)
-                           const floating[:, ::1] rstd,     # IN  (N, C)
-                           const floating[::1] weight,      # IN  (C,) or length 0
-                           data_t[:, :, ::1] dx,          # OUT (N, C, L)
-                           floating[::1] dweight,           # OUT (C,) or length 0 (not wanted)
-                           floating[::1] dbias,             # OUT (C,) or length 0 (not wanted)
-                           double[:, ::1] work,             # SCRATCH (N*C, 2)
-                           bint use_input_stats, int fmt, int n_threads):
+                            const data_t[:, :, ::1] x,     # IN  (N, C, L)
+                            const floating[:, ::1] mean,     # IN  (N, C)
+                            const floating[:, ::1] rstd,     # IN  (N, C)
+                            const floating[::1] weight,      # IN  (C,) or length 0
+                            data_t[:, :, ::1] dx,          # OUT (N, C, L)
+                            floating[::1] dweight,           # OUT (C,) or length 0 (not wanted)
+                            floating[::1] dbias,             # OUT (C,) or length 0 (not wanted)
+                            double[:, ::1] work,             # SCRATCH (N*C, 2)
+                            bint use_input_stats, int fmt, int n_threads):
     """GroupNorm backward with one channel per group; without input stats dx = dy * rstd * weight."""
     _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, fmt, n_threads)
 

@@ -380,10 +380,10 @@ def local_response_norm_backward(dy, x, y, scale, dx, scratch, Py_ssize_t size, 
 
 
 def _lrn_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
-                                floating[:, :, ::1] y,          # OUT (N, C, L)
-                                floating[:, :, ::1] scale,      # OUT (N, C, L)
-                                double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
-                                Py_ssize_t size, double alpha, double beta, double k, int n_threads):
+                 floating[:, :, ::1] y,          # OUT (N, C, L)
+                 floating[:, :, ::1] scale,      # OUT (N, C, L)
+                 double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
+                 Py_ssize_t size, double alpha, double beta, double k, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
     cdef double a = alpha / size
@@ -412,12 +412,12 @@ def _lrn_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
 
 
 def _lrn_backward(const floating[:, :, ::1] dy,      # IN  (N, C, L)
-                                 const floating[:, :, ::1] x,       # IN  (N, C, L)
-                                 const floating[:, :, ::1] y,       # IN  (N, C, L)
-                                 const floating[:, :, ::1] scale,   # IN  (N, C, L)
-                                 floating[:, :, ::1] dx,            # OUT (N, C, L)
-                                 double[:, ::1] scratch,            # SCRATCH as in the forward
-                                 Py_ssize_t size, double alpha, double beta, int n_threads):
+                  const floating[:, :, ::1] x,       # IN  (N, C, L)
+                  const floating[:, :, ::1] y,       # IN  (N, C, L)
+                  const floating[:, :, ::1] scale,   # IN  (N, C, L)
+                  floating[:, :, ::1] dx,            # OUT (N, C, L)
+                  double[:, ::1] scratch,            # SCRATCH as in the forward
+                  Py_ssize_t size, double alpha, double beta, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
     cdef double coef = 2.0 * alpha * beta / size
