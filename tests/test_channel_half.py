@@ -423,3 +423,43 @@ def test_bad_dtypes_are_type_errors(rng, dt):
         fastnorm.group_norm_forward(x, 2, np.ones(4, other))
     with pytest.raises(TypeError, match="g"):
         fastnorm.weight_norm_forward(x, np.ones((3, 1, 1), np.float64))
+
+
+def _ulp_diff(a, b):
+    """|a - b| in units of the 16-bit dtype's spacing at b (both 16-bit arrays of one dtype)."""
+    a64, b64 = _wide(a), _wide(b)
+    spacing = _eps(b.dtype) * np.maximum(np.abs(b64), float(ml_dtypes.finfo(b.dtype).smallest_normal))
+    return np.abs(a64 - b64) / spacing
+
+
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("shape,axis", BN_SHAPES)
+def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, shape, axis):
+    """Widening is exact and the 16-bit kernels run the float32 kernels' arithmetic on the widened values:
+    their outputs are the float32 kernels' outputs on x.astype(float32) rounded once (up to a last-bit
+    difference where the tile split changes a vector/scalar FMA contraction), and their float32
+    statistics are the same numbers."""
+    x, dy = data(rng, shape, dt, 3.0), data(rng, shape, dt)
+    c = shape[axis]
+    w, b = param(rng, c, FLOAT32), param(rng, c, FLOAT32, 0.0)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    pairs = []
+    f16, f32 = (fastnorm.batch_norm_forward(a, w, b, axis=axis) for a in (x, x32))
+    g16 = fastnorm.batch_norm_backward(dy, x, f16.mean, f16.rstd, w, b, axis=axis)
+    g32 = fastnorm.batch_norm_backward(dy32, x32, f32.mean, f32.rstd, w, b, axis=axis)
+    pairs += [(f16.y, f32.y), (g16.dx, g32.dx)]
+    np.testing.assert_allclose(f16.mean, f32.mean, rtol=1e-6)
+    np.testing.assert_allclose(f16.rstd, f32.rstd, rtol=1e-6)
+    np.testing.assert_allclose(g16.dweight, g32.dweight, rtol=1e-5, atol=1e-5)
+    if axis == 1 and len(shape) > 2:
+        for fn in (
+            lambda a: fastnorm.group_norm_forward(a, 1, w, b).y,
+            lambda a: fastnorm.instance_norm_forward(a, w, b).y,
+            lambda a: fastnorm.local_response_norm_forward(a, 3, alpha=0.5).y,
+        ):
+            pairs.append((fn(x), fn(x32)))
+    for got, ref32 in pairs:
+        want = ref32.astype(dt)
+        d = _ulp_diff(got, want)
+        assert d.max() <= 1.0, d.max()
+        assert np.mean(got.view(np.uint16) == want.view(np.uint16)) >= 0.99
