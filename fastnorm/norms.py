@@ -418,14 +418,17 @@ def local_response_norm_forward(
         scale = k + alpha / size * sum_window(x[:, c']^2),   y = x * scale^(-beta)
 
     Shapes: x (N, C, *) of any rank >= 3, or (N, C) (torch rejects 2-D; here it is the case of no spatial
-    dims) -> y, scale like x. ``out=(y, scale)``. Returns ``LocalResponseNormForward(y, scale)``.
+    dims) -> y, scale like x. 16-bit x (bfloat16, float16): y in x's dtype, scale float32 (computed in
+    float32 from the widened values, y rounded once; torch has no 16-bit CPU LRN). ``out=(y, scale)``.
+    Returns ``LocalResponseNormForward(y, scale)``.
     beta in {0.25, 0.5, 0.75, 1} takes a sqrt-based path; other exponents call ``pow`` (several times slower).
     """
     op = "local_response_norm_forward"
     be = backend_of(op, x=x, out=out)
     x = V.float_input(be, op, "x", x)
     ncl, size, alpha, beta, k = _lrn_args(op, x, size, alpha, beta, k)
-    y, scale = V.outputs(be, op, out, [("y", x.shape, x.dtype), ("scale", x.shape, x.dtype)], (x,))
+    specs = [("y", x.shape, x.dtype), ("scale", x.shape, be.stat_dtype(x.dtype))]
+    y, scale = V.outputs(be, op, out, specs, (x,))
     if x.size == 0:
         return LocalResponseNormForward(y, scale)
     nt = be.threads(x.size)
@@ -454,8 +457,8 @@ def local_response_norm_backward(
 
         dx_j = dy_j * scale_j^(-beta) - 2 * alpha * beta / size * x_j * sum_c(dy_c * y_c / scale_c)
 
-    ``k`` is checked but enters only through ``scale``. Shapes: all like x. ``out=dx`` (or ``(dx,)``).
-    Returns dx (an array, not a tuple).
+    ``k`` is checked but enters only through ``scale``. Shapes: all like x. 16-bit x: dy, y, dx in x's
+    dtype, scale float32. ``out=dx`` (or ``(dx,)``). Returns dx (an array, not a tuple).
     """
     op = "local_response_norm_backward"
     be = backend_of(op, dy=dy, x=x, y=y, scale=scale, out=out)
@@ -463,7 +466,7 @@ def local_response_norm_backward(
     ncl, size, alpha, beta, k = _lrn_args(op, x, size, alpha, beta, k)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
     y = V.required(be, op, "y", y, x.shape, x.dtype)
-    scale = V.required(be, op, "scale", scale, x.shape, x.dtype)
+    scale = V.required(be, op, "scale", scale, x.shape, be.stat_dtype(x.dtype))
     (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, y, scale))
     if x.size == 0:
         return dx
@@ -525,22 +528,29 @@ def weight_norm_forward(
     ``dim=None`` takes the norm over the whole tensor (torch's ``dim=None``); negative dims count from the
     end. Shapes: v any; g and norm have v's shape with size 1 on every axis but ``dim`` (() for
     dim=None); w like v. ``out=(w, norm)``. Returns ``WeightNormForward(w, norm)``. A zero norm gives
-    inf/NaN, as in torch.
+    inf/NaN, as in torch. 16-bit v (bfloat16, float16): g in v's dtype or float32, w in v's dtype, norm
+    float32 (as ``torch._weight_norm_interface``); computed in float32 from widened copies of v and g
+    (parameter-sized), w rounded once.
     """
     op = "weight_norm_forward"
     be = backend_of(op, v=v, g=g, out=out)
     v = V.float_input(be, op, "v", v)
     gshape, adb = _weight_norm_view(op, v.shape, dim)
-    g = V.required(be, op, "g", g, gshape, v.dtype)
-    w, norm = V.outputs(be, op, out, [("w", v.shape, v.dtype), ("norm", gshape, v.dtype)], (v, g))
+    g = V.required(be, op, "g", g, gshape, _dtypes.param_dtypes(v.dtype))
+    sd = be.stat_dtype(v.dtype)
+    w, norm = V.outputs(be, op, out, [("w", v.shape, v.dtype), ("norm", gshape, sd)], (v, g))
     if v.size == 0:
         _fill(be, norm, 0.0)  # the norm of no elements
         return WeightNormForward(w, norm)
+    # 16-bit v: a parameter, small; the float32 kernel on widened copies, w rounded once.
+    v32, g32 = _to_stat(be, sd, v, g)
+    (w32,) = _stat_outputs(be, sd, w)
     nt = be.threads(v.size)
-    mode, part, fac = _weight_norm_plan(be, adb, nt, False, v.dtype)
+    mode, part, fac = _weight_norm_plan(be, adb, nt, False, sd)
     be.kernels.weight_norm_forward(
-        v.reshape(adb), g.reshape(adb[1]), w.reshape(adb), norm.reshape(adb[1]), part, fac, mode, nt
+        v32.reshape(adb), g32.reshape(adb[1]), w32.reshape(adb), norm.reshape(adb[1]), part, fac, mode, nt
     )
+    _round_back(be, (w,), (w32,))
     return WeightNormForward(w, norm)
 
 
@@ -554,27 +564,31 @@ def weight_norm_backward(
         dg = dot / norm,   dv = g / norm * (dw - v * dot / norm^2)
 
     Shapes as in the forward. ``out=(dv, dg)``. Returns ``WeightNormBackward(dv, dg)``; bitwise
-    reproducible for a given thread count.
+    reproducible for a given thread count. 16-bit v: dw, dv in v's dtype, norm float32, dg in g's dtype.
     """
     op = "weight_norm_backward"
     be = backend_of(op, dw=dw, v=v, g=g, norm=norm, out=out)
     v = V.float_input(be, op, "v", v)
     gshape, adb = _weight_norm_view(op, v.shape, dim)
     dw = V.required(be, op, "dw", dw, v.shape, v.dtype)
-    g = V.required(be, op, "g", g, gshape, v.dtype)
-    norm = V.required(be, op, "norm", norm, gshape, v.dtype)
-    dv, dg = V.outputs(be, op, out, [("dv", v.shape, v.dtype), ("dg", gshape, v.dtype)], (dw, v, g, norm))
+    g = V.required(be, op, "g", g, gshape, _dtypes.param_dtypes(v.dtype))
+    sd = be.stat_dtype(v.dtype)
+    norm = V.required(be, op, "norm", norm, gshape, sd)
+    dv, dg = V.outputs(be, op, out, [("dv", v.shape, v.dtype), ("dg", gshape, g.dtype)], (dw, v, g, norm))
     if v.size == 0:
         with np.errstate(all="ignore"):  # dot = 0: dg = 0 / norm (NaN for a zero norm, as torch)
             _put(be, dg, np.float64(0.0) / _host(be, norm).astype(np.float64))
         return WeightNormBackward(dv, dg)
+    dw32, v32, g32 = _to_stat(be, sd, dw, v, g)
+    dv32, dg32 = _stat_outputs(be, sd, dv, dg)
     nt = be.threads(v.size)
-    mode, part, fac = _weight_norm_plan(be, adb, nt, True, v.dtype)
+    mode, part, fac = _weight_norm_plan(be, adb, nt, True, sd)
     d = adb[1]
     be.kernels.weight_norm_backward(
-        dw.reshape(adb), v.reshape(adb), g.reshape(d), norm.reshape(d), dv.reshape(adb), dg.reshape(d),
-        part, fac, mode, nt,
+        dw32.reshape(adb), v32.reshape(adb), g32.reshape(d), norm.reshape(d), dv32.reshape(adb),
+        dg32.reshape(d), part, fac, mode, nt,
     )
+    _round_back(be, (dv, dg), (dv32, dg32))
     return WeightNormBackward(dv, dg)
 
 
@@ -605,7 +619,7 @@ def _cosine_args(be, op: str, x, w, eps):
         raise ValueError(f"{op}: x must have shape (*, D) with at least 1 dim, got shape {tuple(x.shape)}")
     if w is None:
         raise TypeError(f"{op}: w is required, got None")
-    w = V.float_input(be, op, "w", w, x.dtype)
+    w = V.float_input(be, op, "w", w, _dtypes.param_dtypes(x.dtype))
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
         raise ValueError(f"{op}: w must have shape (O, {x.shape[-1]}) (x's last dim), got {tuple(w.shape)}")
     eps = V.scalar(op, "eps", eps, low=0.0, low_open=True)
@@ -624,14 +638,23 @@ def cosine_linear_forward(
     of every pair of rows (it too clamps each norm at eps separately). The saved norms are the unclamped
     ones. Shapes: x (*, D), w (O, D) -> y (*, O), x_norm (*), w_norm (O,). ``out=(y, x_norm, w_norm)``.
     The product is one BLAS call (NumPy's, with its own thread pool); the norms and the scaling are fused
-    kernels. Returns ``CosineLinearForward(y, x_norm, w_norm)``.
+    kernels. 16-bit x (bfloat16, float16): w in x's dtype or float32; computed in float32 on widened
+    copies (the product too), y rounded once to x's dtype, x_norm and w_norm float32.
+    Returns ``CosineLinearForward(y, x_norm, w_norm)``.
     """
     op = "cosine_linear_forward"
     be = backend_of(op, x=x, w=w, out=out)
     x, w, eps, m, d, o = _cosine_args(be, op, x, w, eps)
     lead = x.shape[:-1]
-    specs = [("y", (*lead, o), x.dtype), ("x_norm", lead, x.dtype), ("w_norm", (o,), x.dtype)]
+    sd = be.stat_dtype(x.dtype)
+    specs = [("y", (*lead, o), x.dtype), ("x_norm", lead, sd), ("w_norm", (o,), sd)]
     y, x_norm, w_norm = V.outputs(be, op, out, specs, (x, w))
+    if sd != x.dtype:  # 16-bit: float32 product and norms of the widened inputs, y rounded once
+        x32, w32 = _to_stat(be, sd, x, w)
+        (y32,) = _stat_outputs(be, sd, y)
+        cosine_linear_forward(x32, w32, eps=eps, out=(y32, x_norm, w_norm))
+        _round_back(be, (y,), (y32,))
+        return CosineLinearForward(y, x_norm, w_norm)
     x2, y2 = x.reshape(m, d), y.reshape(m, o)
     _matmul(be, x2, w.T, y2)
     nt = be.threads(m * o + (m + o) * d)
@@ -659,8 +682,8 @@ def cosine_linear_backward(
 
     The clamp has zero derivative below eps (as ``F.normalize``'s ``clamp_min``; torch's
     ``cosine_similarity`` instead differentiates the norm through its clamp). Shapes as in the forward.
-    ``out=(dx, dw)``. Returns ``CosineLinearBackward(dx, dw)``; bitwise reproducible for a given thread
-    count (and BLAS).
+    16-bit x: dy, y, dx in x's dtype, x_norm/w_norm float32, dw in w's dtype. ``out=(dx, dw)``.
+    Returns ``CosineLinearBackward(dx, dw)``; bitwise reproducible for a given thread count (and BLAS).
     """
     op = "cosine_linear_backward"
     be = backend_of(op, dy=dy, x=x, w=w, y=y, x_norm=x_norm, w_norm=w_norm, out=out)
@@ -668,11 +691,18 @@ def cosine_linear_backward(
     lead = x.shape[:-1]
     dy = V.required(be, op, "dy", dy, (*lead, o), x.dtype)
     y = V.required(be, op, "y", y, (*lead, o), x.dtype)
-    x_norm = V.required(be, op, "x_norm", x_norm, lead, x.dtype)
-    w_norm = V.required(be, op, "w_norm", w_norm, (o,), x.dtype)
+    sd = be.stat_dtype(x.dtype)
+    x_norm = V.required(be, op, "x_norm", x_norm, lead, sd)
+    w_norm = V.required(be, op, "w_norm", w_norm, (o,), sd)
     dx, dw = V.outputs(
-        be, op, out, [("dx", x.shape, x.dtype), ("dw", w.shape, x.dtype)], (dy, x, w, y, x_norm, w_norm)
+        be, op, out, [("dx", x.shape, x.dtype), ("dw", w.shape, w.dtype)], (dy, x, w, y, x_norm, w_norm)
     )
+    if sd != x.dtype:  # 16-bit: the float32 backward on widened copies, dx and dw rounded once
+        dy32, x32, w32, y32 = _to_stat(be, sd, dy, x, w, y)
+        dx32, dw32 = _stat_outputs(be, sd, dx, dw)
+        cosine_linear_backward(dy32, x32, w32, y32, x_norm, w_norm, eps=eps, out=(dx32, dw32))
+        _round_back(be, (dx, dw), (dx32, dw32))
+        return CosineLinearBackward(dx, dw)
     nt = be.threads(m * o)
     n_chunks = max(1, min(nt, m))
     gs, cx, cw = be.empty((m, o), x.dtype), be.empty((m,), x.dtype), be.empty((o,), x.dtype)
@@ -725,21 +755,51 @@ class GroupNormBackward(NamedTuple):
 
 
 def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
-    """Running statistics: both or neither; checked for an in-place update when ``update``, else read."""
+    """Running statistics: both or neither; checked for an in-place update when ``update``, else read.
+
+    Beside 16-bit x they may be in x's dtype or float32 (``_dtypes.param_dtypes``), each on its own."""
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
     if running_mean is None:
         return None, None
+    dtypes = _dtypes.param_dtypes(dtype)
     if not update:
         return (
-            V.param(be, op, "running_mean", running_mean, (c,), dtype),
-            V.param(be, op, "running_var", running_var, (c,), dtype),
+            V.param(be, op, "running_mean", running_mean, (c,), dtypes),
+            V.param(be, op, "running_var", running_var, (c,), dtypes),
         )
-    running_mean = V.inout(be, op, "running_mean", running_mean, (c,), dtype, others)
+    given = [V.dtype_of(a) if hasattr(a, "dtype") else None for a in (running_mean, running_var)]
+    for name, dt in zip(("running_mean", "running_var"), given):
+        if len(dtypes) > 1 and dt is not None and dt not in dtypes:
+            raise TypeError(
+                f"{op}: {name} has dtype {dt} but must match the input's dtype {np.dtype(dtype).name} or be float32"
+            )
+    # (a non-array fails in V.inout, with its message)
+    rm_dtype, rv_dtype = (dt if dt in dtypes else dtype for dt in given)
+    running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
     running_var = V.inout(
-        be, op, "running_var", running_var, (c,), dtype, [*others, ("running_mean", running_mean)]
+        be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)]
     )
     return running_mean, running_var
+
+
+def _to_stat(be, sd, *arrays) -> list:
+    """Parameters and running statistics as the kernels take them: in the statistic dtype ``sd`` (float32
+    copies of 16-bit ones; float32 / float64 arrays as they are). None stays None."""
+    return [None if a is None else be.astype(a, sd) for a in arrays]
+
+
+def _stat_outputs(be, sd, *arrays) -> list:
+    """Buffers for the kernels to write parameter-shaped results into: each array itself when it is in the
+    statistic dtype ``sd``, else a new ``sd`` buffer that ``_round_back`` copies into it afterwards."""
+    return [None if a is None else a if V.dtype_of(a) == sd else be.empty(tuple(a.shape), sd) for a in arrays]
+
+
+def _round_back(be, dsts, srcs) -> None:
+    """dst[...] = src for each pair whose src is a float32 stand-in (one rounding to dst's 16-bit dtype)."""
+    for dst, src in zip(dsts, srcs):
+        if dst is not None and src is not dst:
+            be.copyto(dst, src)
 
 
 # --------------------------------------------------------------------------------------------- BatchNorm
@@ -782,6 +842,13 @@ def batch_norm_forward(
     (C,), what ``batch_norm_backward`` takes in either mode. Running statistics must be C-contiguous,
     aligned, native, writeable arrays of x's dtype in training (they are updated in place).
 
+    16-bit x (bfloat16, float16): y in x's dtype; mean, rstd float32; statistics accumulated in float64
+    from the float32-widened values; weight, bias and each running statistic in x's dtype or float32
+    (torch's CPU rule is all parameters and running statistics in x's dtype, or all float32; both work
+    here, and so do mixtures). Running statistics are updated in float64 and rounded once into their
+    dtype: keep them float32 (torch's mixed-precision BatchNorm), a bfloat16 running_var loses the
+    small updates of a converged estimate.
+
     As torch: ``training`` must be a bool (TypeError otherwise); ``momentum`` is any float (values
     outside [0, 1] extrapolate; for torch's ``momentum=None`` cumulative average pass 1 / batches seen,
     as ``fastnorm.torch.nn.BatchNorm*`` do); ``eps`` must be > 0 in training and >= 0 in evaluation; one
@@ -796,8 +863,8 @@ def batch_norm_forward(
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
     training = V.flag(op, "training", training)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     eps = _batch_norm_eps(op, eps, training)
     momentum = V.scalar(op, "momentum", momentum, finite=False)
     if training and n * length == 1:
@@ -827,23 +894,26 @@ def batch_norm_forward(
         work = be.empty((n * c, 2), np.float64)
     else:
         work = be.empty((nt, 5 * c), np.float64)
-    absent = _absent(be, x.dtype)
+    absent = _absent(be, sd)
+    w32, b32, rm32, rv32 = _to_stat(be, sd, weight, bias, running_mean, running_var)
     be.kernels.batch_norm_forward(
         x.reshape(n, c, length),
-        absent if weight is None else weight,
-        absent if bias is None else bias,
-        absent if running_mean is None else running_mean,
-        absent if running_var is None else running_var,
+        absent if w32 is None else w32,
+        absent if b32 is None else b32,
+        absent if rm32 is None else rm32,
+        absent if rv32 is None else rv32,
         y.reshape(n, c, length),
         mean,
         rstd,
         work,
-        be.empty((4, c + 8), x.dtype),
+        be.empty((4, c + 8), sd),
         eps,
         momentum,
         training,
         nt,
     )
+    if training:
+        _round_back(be, (running_mean, running_var), (rm32, rv32))
     return BatchNormForward(y, mean, rstd)
 
 
@@ -869,7 +939,8 @@ def batch_norm_backward(
 
     ``bias`` only says whether dbias is wanted. Shapes as in the forward. ``out=(dx, dweight, dbias)``.
     Returns ``BatchNormBackward(dx, dweight, dbias)``; dweight/dbias are None when weight/bias are None,
-    bitwise reproducible for a given thread count.
+    bitwise reproducible for a given thread count. 16-bit x: dx in x's dtype, mean/rstd float32,
+    dweight/dbias in the dtype of weight/bias (sums in float64, rounded once).
     """
     op = "batch_norm_backward"
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
@@ -880,16 +951,16 @@ def batch_norm_backward(
     sd = be.stat_dtype(x.dtype)
     mean = V.required(be, op, "mean", mean, (c,), sd)
     rstd = V.required(be, op, "rstd", rstd, (c,), sd)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     dx, dweight, dbias = V.outputs(
         be,
         op,
         out,
         [
             ("dx", x.shape, x.dtype),
-            None if weight is None else ("dweight", (c,), x.dtype),
-            None if bias is None else ("dbias", (c,), x.dtype),
+            None if weight is None else ("dweight", (c,), weight.dtype),
+            None if bias is None else ("dbias", (c,), bias.dtype),
         ],
         (dy, x, mean, rstd, weight, bias),
     )
@@ -899,21 +970,24 @@ def batch_norm_backward(
         return BatchNormBackward(dx, dweight, dbias)
     nt = be.threads(x.size)
     work = be.empty((n * c + c, 2) if length > 1 else (nt + 1, 2 * c), np.float64)
-    absent = _absent(be, x.dtype)
+    absent = _absent(be, sd)
+    (w32,) = _to_stat(be, sd, weight)
+    dw32, db32 = _stat_outputs(be, sd, dweight, dbias)
     be.kernels.batch_norm_backward(
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
         mean,
         rstd,
-        absent if weight is None else weight,
+        absent if w32 is None else w32,
         dx.reshape(n, c, length),
-        absent if dweight is None else dweight,
-        absent if dbias is None else dbias,
+        absent if dw32 is None else dw32,
+        absent if db32 is None else db32,
         work,
-        be.empty((4, c + 8), x.dtype),
+        be.empty((4, c + 8), sd),
         training,
         nt,
     )
+    _round_back(be, (dweight, dbias), (dw32, db32))
     return BatchNormBackward(dx, dweight, dbias)
 
 
@@ -945,7 +1019,9 @@ def instance_norm_forward(
     weight, bias, running stats (C,); mean, rstd (N, C). As torch: ``use_input_stats`` must be a bool,
     ``momentum`` and ``eps`` may be any float. Empty x: nothing is normalized; mean, rstd are (0, NaN)
     with use_input_stats, else the running statistics'. As torch, running statistics are left as they are
-    when L = 0 and become NaN when N = 0 (the update is a mean over the N instances).
+    when L = 0 and become NaN when N = 0 (the update is a mean over the N instances). 16-bit x: as
+    ``batch_norm_forward`` (mean, rstd float32; parameters and running statistics in x's dtype or
+    float32).
     ``out=(y, mean, rstd)``. Returns ``InstanceNormForward(y, mean, rstd)``.
     """
     op = "instance_norm_forward"
@@ -955,8 +1031,8 @@ def instance_norm_forward(
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, 1)
     use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     eps = V.scalar(op, "eps", eps, finite=False)
     momentum = V.scalar(op, "momentum", momentum, finite=False)
     if use_input_stats and length == 1:
@@ -993,13 +1069,14 @@ def instance_norm_forward(
         else:
             _eval_stats(be, mean, rstd, running_mean, running_var, eps)
         return InstanceNormForward(y, mean, rstd)
-    absent = _absent(be, x.dtype)
+    absent = _absent(be, sd)
+    w32, b32, rm32, rv32 = _to_stat(be, sd, weight, bias, running_mean, running_var)
     be.kernels.instance_norm_forward(
         x.reshape(n, c, length),
-        absent if weight is None else weight,
-        absent if bias is None else bias,
-        absent if running_mean is None else running_mean,
-        absent if running_var is None else running_var,
+        absent if w32 is None else w32,
+        absent if b32 is None else b32,
+        absent if rm32 is None else rm32,
+        absent if rv32 is None else rv32,
         y.reshape(n, c, length),
         mean,
         rstd,
@@ -1009,6 +1086,8 @@ def instance_norm_forward(
         use_input_stats,
         be.threads(x.size),
     )
+    if use_input_stats:
+        _round_back(be, (running_mean, running_var), (rm32, rv32))
     return InstanceNormForward(y, mean, rstd)
 
 
@@ -1037,53 +1116,57 @@ def instance_norm_backward(
     x = V.float_input(be, op, "x", x)
     c = V.split_channels(op, x.shape, 1)[1]
     use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
-    grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, c, weight, bias, out)
+    grads, args, finish = _groups_backward_args(be, op, dy, x, mean, rstd, c, weight, bias, out)
     if args is not None:
         be.kernels.instance_norm_backward(*args, use_input_stats, be.threads(x.size))
+        finish()
     return InstanceNormBackward(*grads)
 
 
 def _groups_backward_args(be, op, dy, x, mean, rstd, groups, weight, bias, out):
     """Validation and allocation shared by GroupNorm / InstanceNorm backward (mean, rstd (N, groups)).
 
-    Returns ((dx, dweight, dbias), kernel arguments up to the scratch); for an empty x the gradients
-    are already final (dweight = dbias = 0) and the arguments are None.
+    Returns ((dx, dweight, dbias), kernel arguments up to the scratch, finish): call ``finish()`` after
+    the kernel (it rounds float32 parameter gradients into 16-bit dweight/dbias); for an empty x the
+    gradients are already final (dweight = dbias = 0) and the arguments are None.
     """
     n, c, length = V.split_channels(op, x.shape, 1)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
     sd = be.stat_dtype(x.dtype)
     mean = V.required(be, op, "mean", mean, (n, groups), sd)
     rstd = V.required(be, op, "rstd", rstd, (n, groups), sd)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     dx, dweight, dbias = V.outputs(
         be,
         op,
         out,
         [
             ("dx", x.shape, x.dtype),
-            None if weight is None else ("dweight", (c,), x.dtype),
-            None if bias is None else ("dbias", (c,), x.dtype),
+            None if weight is None else ("dweight", (c,), weight.dtype),
+            None if bias is None else ("dbias", (c,), bias.dtype),
         ],
         (dy, x, mean, rstd, weight, bias),
     )
     if x.size == 0:
         _fill(be, dweight, 0.0)
         _fill(be, dbias, 0.0)
-        return (dx, dweight, dbias), None
-    absent = _absent(be, x.dtype)
+        return (dx, dweight, dbias), None, None
+    absent = _absent(be, sd)
+    (w32,) = _to_stat(be, sd, weight)
+    dw32, db32 = _stat_outputs(be, sd, dweight, dbias)
     args = [
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
         mean,
         rstd,
-        absent if weight is None else weight,
+        absent if w32 is None else w32,
         dx.reshape(n, c, length),
-        absent if dweight is None else dweight,
-        absent if dbias is None else dbias,
+        absent if dw32 is None else dw32,
+        absent if db32 is None else db32,
         be.empty((n * c, 2), np.float64),
     ]
-    return (dx, dweight, dbias), args
+    return (dx, dweight, dbias), args, lambda: _round_back(be, (dweight, dbias), (dw32, db32))
 
 
 # --------------------------------------------------------------------------------------------- GroupNorm
@@ -1110,15 +1193,17 @@ def group_norm_forward(
 
     Shapes: x (N, C, *), any rank >= 2, C divisible by num_groups; weight, bias (C,) (optional);
     mean, rstd (N, num_groups). ``eps`` may be any float, as in torch. Empty groups (C = 0 or L = 0)
-    give mean 0 and rstd NaN, as torch. ``out=(y, mean, rstd)``. Returns ``GroupNormForward(y, mean, rstd)``.
+    give mean 0 and rstd NaN, as torch. 16-bit x (bfloat16, float16): y in x's dtype, mean and rstd
+    float32, weight and bias in x's dtype or float32 (statistics from the float32-widened values, y
+    rounded once). ``out=(y, mean, rstd)``. Returns ``GroupNormForward(y, mean, rstd)``.
     """
     op = "group_norm_forward"
     be = backend_of(op, x=x, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, 1)
     g = _num_groups(op, num_groups, c)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     eps = V.scalar(op, "eps", eps, finite=False)
     sd = be.stat_dtype(x.dtype)
     y, mean, rstd = V.outputs(
@@ -1127,11 +1212,12 @@ def group_norm_forward(
     if x.size == 0:
         _empty_reduction(be, mean, rstd)
         return GroupNormForward(y, mean, rstd)
-    absent = _absent(be, x.dtype)
+    absent = _absent(be, sd)
+    w32, b32 = _to_stat(be, sd, weight, bias)
     be.kernels.group_norm_forward(
         x.reshape(n, c, length),
-        absent if weight is None else weight,
-        absent if bias is None else bias,
+        absent if w32 is None else w32,
+        absent if b32 is None else b32,
         y.reshape(n, c, length),
         mean,
         rstd,
@@ -1167,7 +1253,8 @@ def group_norm_backward(
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     g = _num_groups(op, num_groups, V.split_channels(op, x.shape, 1)[1])
-    grads, args = _groups_backward_args(be, op, dy, x, mean, rstd, g, weight, bias, out)
+    grads, args, finish = _groups_backward_args(be, op, dy, x, mean, rstd, g, weight, bias, out)
     if args is not None:
         be.kernels.group_norm_backward(*args, be.threads(x.size))
+        finish()
     return GroupNormBackward(*grads)

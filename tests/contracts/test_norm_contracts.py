@@ -380,6 +380,8 @@ def _bad_dtype_params():
             for direction, kwargs in (("forward", inp.fwd), ("backward", inp.bwd)):
                 for arg in array_names(kwargs):
                     for dt in bad:
+                        if dt == "float16" and arg in ("x", "v"):
+                            continue  # 16-bit data is taken on the CPU too (issue 13); beside float32 x it is not
                         ident = _ids(dev, case.name, direction, arg, dt)
                         params.append(pytest.param(dev, case, direction, arg, dt, id=ident))
     return params

@@ -29,6 +29,16 @@ has checked that they are writeable). No allocation, no validation here.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdint cimport uint16_t
+
+import numpy as np
+
+# Data (x, y, dy, dx): float32, float64, or 16-bit storage as uint16 bit patterns (``fmt``: 0 bfloat16,
+# 1 float16) whose statistics, parameters and coefficients (``floating``) are float32.
+ctypedef fused data_t:
+    float
+    double
+    uint16_t
 
 cdef enum:
     # BatchNorm channel blocks shared by all threads hold about this many bytes of the arrays read twice.
@@ -68,6 +78,23 @@ cdef extern from "fastnorm_channel.h" nogil:
                               int training)
     void fn_store_fence()
     enum: FN_WRAP
+    void fn_seg_moments_h(int fmt, const uint16_t *x, Py_ssize_t n, double *mean, double *m2)
+    void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t n, double mu, double *s1,
+                        double *s2)
+    void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t n, float mu, float a, float b)
+    void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t n, float mu,
+                        float ka, float kb, float kc, int training)
+    void fn_col_moments_h(int fmt, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
+                          double *K, double *s1, double *s2)
+    void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C,
+                            const float *mu, double *s1, double *s2)
+    void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t nr, Py_ssize_t C, const float *mu,
+                       const float *a, const float *b)
+    void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t nr,
+                       Py_ssize_t C, const float *mu, const float *ka, const float *kb, const float *kc,
+                       int training)
+    float fn_half_to_f32(int fmt, uint16_t h)
+    uint16_t fn_f32_to_half(int fmt, float f)
 
 
 # Outputs of at least this many bytes are written with non-temporal stores (see fastnorm_channel.h).
@@ -83,57 +110,74 @@ def set_stream_min_bytes(Py_ssize_t nbytes):
 
 
 # ------------------------------------------------------------------------------------------ segment helpers
-cdef inline void _moments(const floating *x, Py_ssize_t n, double *mean, double *m2) noexcept nogil:
+cdef inline void _moments(const data_t *x, Py_ssize_t n, double *mean, double *m2, int fmt) noexcept nogil:
     """mean and M2 = sum((x - mean)^2) of n contiguous values."""
-    if floating is float:
+    if data_t is float:
         fn_seg_moments_f(x, n, mean, m2)
-    else:
+    elif data_t is double:
         fn_seg_moments_d(x, n, mean, m2)
+    else:
+        fn_seg_moments_h(fmt, x, n, mean, m2)
 
 
-cdef inline void _grad_sums(const floating *dy, const floating *x, floating mu, Py_ssize_t n,
-                            double *s1, double *s2) noexcept nogil:
+cdef inline void _grad_sums(const data_t *dy, const data_t *x, double mu, Py_ssize_t n,
+                            double *s1, double *s2, int fmt) noexcept nogil:
     """s1 = sum(dy), s2 = sum(dy * (x - mu)) over n contiguous values."""
-    if floating is float:
+    if data_t is float:
         fn_grad_sums_f(dy, x, n, mu, s1, s2)
-    else:
+    elif data_t is double:
         fn_grad_sums_d(dy, x, n, mu, s1, s2)
+    else:
+        fn_grad_sums_h(fmt, dy, x, n, mu, s1, s2)
 
 
-cdef inline void _apply_fwd(const floating *x, floating *y, Py_ssize_t n, floating mu, floating a,
-                            floating b, bint stream) noexcept nogil:
+cdef inline void _apply_fwd(const data_t *x, data_t *y, Py_ssize_t n, floating mu, floating a,
+                            floating b, bint stream, int fmt) noexcept nogil:
     """y = (x - mu) * a + b; (x - mu) first, exact when x is close to a large mean."""
-    if floating is float:
+    if data_t is float and floating is float:
         fn_apply_fwd_f(x, y, n, mu, a, b, stream)
-    else:
+    elif data_t is double and floating is double:
         fn_apply_fwd_d(x, y, n, mu, a, b, stream)
+    elif data_t is uint16_t and floating is float:
+        fn_apply_fwd_h(fmt, x, y, n, mu, a, b)
 
 
-cdef inline void _apply_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t n, floating mu,
-                            floating ka, floating kb, floating kc, bint training, bint stream) noexcept nogil:
+cdef inline void _apply_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t n, floating mu,
+                            floating ka, floating kb, floating kc, bint training, bint stream,
+                            int fmt) noexcept nogil:
     """dx = ka * dy + kb * (x - mu) + kc when training, else dx = ka * dy (x not read)."""
-    if floating is float:
+    if data_t is float and floating is float:
         fn_apply_bwd_f(dy, x, dx, n, mu, ka, kb, kc, training, stream)
-    else:
+    elif data_t is double and floating is double:
         fn_apply_bwd_d(dy, x, dx, n, mu, ka, kb, kc, training, stream)
+    elif data_t is uint16_t and floating is float:
+        fn_apply_bwd_h(fmt, dy, x, dx, n, mu, ka, kb, kc, training)
 
 
-cdef inline void _apply_fwd_rows(const floating *x, floating *y, Py_ssize_t nr, Py_ssize_t C,
-                                 const floating *mu, const floating *a, const floating *b) noexcept nogil:
+cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_ssize_t C,
+                                 const floating *mu, const floating *a, const floating *b,
+                                 int fmt) noexcept nogil:
     """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (plain stores: rows of a few
     cache lines mix badly with non-temporal stores)."""
     cdef Py_ssize_t r, c
-    for r in range(nr):
-        for c in range(C):
-            y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c]
+    if data_t is uint16_t and floating is float:
+        fn_rows_fwd_h(fmt, x, y, nr, C, mu, a, b)
+    elif (data_t is float and floating is float) or (data_t is double and floating is double):
+        for r in range(nr):
+            for c in range(C):
+                y[r * C + c] = (x[r * C + c] - mu[c]) * a[c] + b[c]
 
 
-cdef inline void _apply_bwd_rows(const floating *dy, const floating *x, floating *dx, Py_ssize_t nr,
+cdef inline void _apply_bwd_rows(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t nr,
                                  Py_ssize_t C, const floating *mu, const floating *ka, const floating *kb,
-                                 const floating *kc, bint training) noexcept nogil:
+                                 const floating *kc, bint training, int fmt) noexcept nogil:
     """_apply_bwd per channel c over nr rows of length C."""
     cdef Py_ssize_t r, c
-    if training:
+    if data_t is uint16_t and floating is float:
+        fn_rows_bwd_h(fmt, dy, x, dx, nr, C, mu, ka, kb, kc, training)
+    elif not ((data_t is float and floating is float) or (data_t is double and floating is double)):
+        pass
+    elif training:
         for r in range(nr):
             for c in range(C):
                 dx[r * C + c] = ka[c] * dy[r * C + c] + kb[c] * (x[r * C + c] - mu[c]) + kc[c]
@@ -144,7 +188,8 @@ cdef inline void _apply_bwd_rows(const floating *dy, const floating *x, floating
 
 
 cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
-    return numel * itemsize >= _stream_min_bytes
+    """Non-temporal stores for a large float32/float64 output (16-bit outputs go through float32 tiles)."""
+    return itemsize > 2 and numel * itemsize >= _stream_min_bytes
 
 
 cdef inline void _chunk(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *lo,
@@ -165,24 +210,24 @@ cdef inline floating *_mut_or_null(const floating[::1] a) noexcept nogil:
 
 
 # ------------------------------------------------------------------------------------------ GroupNorm rows
-cdef inline void _group_apply(const floating *x, floating *y, Py_ssize_t K, Py_ssize_t L, floating mu,
-                              floating rs, const floating *w, const floating *b, bint st) noexcept nogil:
+cdef inline void _group_apply(const data_t *x, data_t *y, Py_ssize_t K, Py_ssize_t L, floating mu,
+                              floating rs, const floating *w, const floating *b, bint st, int fmt) noexcept nogil:
     """Output pass over K channels of L values sharing (mu, rs); w, b point at those K channels."""
     cdef Py_ssize_t k
     for k in range(K):
-        _apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0, st)
+        _apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0, st, fmt)
 
 
-cdef inline void _group_fwd(const floating *x, floating *y, Py_ssize_t K, Py_ssize_t L,
+cdef inline void _group_fwd(const data_t *x, data_t *y, Py_ssize_t K, Py_ssize_t L,
                             const floating *w, const floating *b, floating *mean, floating *rstd,
-                            double *mom, double eps, bint st) noexcept nogil:
+                            double *mom, double eps, bint st, int fmt) noexcept nogil:
     """One (n, group) row of K*L contiguous values: moments, then the output pass from cache.
 
     mom (may be NULL) receives the row's mean and M2 in double.
     """
     cdef double mu, m2
     cdef floating fmu, frs
-    _moments(x, K * L, &mu, &m2)
+    _moments(x, K * L, &mu, &m2, fmt)
     fmu = <floating>mu
     frs = <floating>(1.0 / sqrt(m2 / <double>(K * L) + eps))
     mean[0] = fmu
@@ -190,12 +235,12 @@ cdef inline void _group_fwd(const floating *x, floating *y, Py_ssize_t K, Py_ssi
     if mom != NULL:
         mom[0] = mu
         mom[1] = m2
-    _group_apply(x, y, K, L, fmu, frs, w, b, st)
+    _group_apply(x, y, K, L, fmu, frs, w, b, st, fmt)
 
 
-cdef inline void _group_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t K,
+cdef inline void _group_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t K,
                             Py_ssize_t L, floating mu, floating rs, const floating *w, double *sums,
-                            bint training, bint st) noexcept nogil:
+                            bint training, bint st, int fmt) noexcept nogil:
     """Backward of one (n, group) row; sums[2k], sums[2k+1] = sum(dy), sum(dy * (x - mu)) of channel k.
 
     training: dx = rs * (w_k dy - G1 / n - (x - mu) rs^2 G2 / n), G1 = sum_k w_k s1_k, G2 = sum_k w_k s2_k,
@@ -205,26 +250,29 @@ cdef inline void _group_bwd(const floating *dy, const floating *x, floating *dx,
     cdef double g1 = 0.0, g2 = 0.0, wk, cnt = <double>(K * L)
     cdef floating kb = 0, kc = 0
     for k in range(K):
-        _grad_sums(dy + k * L, x + k * L, mu, L, &sums[2 * k], &sums[2 * k + 1])
+        _grad_sums(dy + k * L, x + k * L, mu, L, &sums[2 * k], &sums[2 * k + 1], fmt)
         wk = w[k] if w != NULL else 1.0
         g1 += wk * sums[2 * k]
         g2 += wk * sums[2 * k + 1]
     if training and K * L == 1:
         # one value: dx is exactly 0 (the terms above cancel only up to rounding); * 0 keeps NaN/inf -> NaN
-        dx[0] = rs * (w[0] if w != NULL else 1) * dy[0] * 0
+        if data_t is uint16_t:
+            dx[0] = fn_f32_to_half(fmt, <float>(rs * (w[0] if w != NULL else 1) * fn_half_to_f32(fmt, dy[0]) * 0))
+        else:
+            dx[0] = rs * (w[0] if w != NULL else 1) * dy[0] * 0
         return
     if training:
         kb = <floating>(-(<double>rs * rs * rs) * g2 / cnt)
         kc = <floating>(-<double>rs * g1 / cnt)
     for k in range(K):
         _apply_bwd(dy + k * L, x + k * L, dx + k * L, L, mu, rs * w[k] if w != NULL else rs, kb, kc,
-                   training, st)
+                   training, st, fmt)
 
 
-cdef inline void _group_rows_fwd(const floating *x, floating *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t R,
+cdef inline void _group_rows_fwd(const data_t *x, data_t *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t R,
                                  Py_ssize_t G, Py_ssize_t K, Py_ssize_t L, const floating *w,
                                  const floating *b, floating *mean, floating *rstd, double *mom,
-                                 double eps, bint st) noexcept nogil:
+                                 double eps, bint st, int fmt) noexcept nogil:
     """Chunk t of nt of the R = N*G rows; row r is (n, g) = divmod(r, G)."""
     cdef Py_ssize_t r, g, lo, hi
     _chunk(R, t, nt, &lo, &hi)
@@ -232,36 +280,36 @@ cdef inline void _group_rows_fwd(const floating *x, floating *y, Py_ssize_t t, P
         g = r % G
         _group_fwd(x + r * K * L, y + r * K * L, K, L, w + g * K if w != NULL else NULL,
                    b + g * K if b != NULL else NULL, &mean[r], &rstd[r], mom + 2 * r if mom != NULL else NULL,
-                   eps, st)
+                   eps, st, fmt)
     if st:
         fn_store_fence()
 
 
-cdef inline void _group_rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t t,
+cdef inline void _group_rows_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t t,
                                  Py_ssize_t nt, Py_ssize_t R, Py_ssize_t G, Py_ssize_t K, Py_ssize_t L,
                                  const floating *mean, const floating *rstd, const floating *w,
-                                 double *sums, bint training, bint st) noexcept nogil:
+                                 double *sums, bint training, bint st, int fmt) noexcept nogil:
     cdef Py_ssize_t r, g, off, lo, hi
     _chunk(R, t, nt, &lo, &hi)
     for r in range(lo, hi):
         g = r % G
         off = r * K * L
         _group_bwd(dy + off, x + off, dx + off, K, L, mean[r], rstd[r], w + g * K if w != NULL else NULL,
-                   sums + 2 * r * K, training, st)
+                   sums + 2 * r * K, training, st, fmt)
     if st:
         fn_store_fence()
 
 
-cdef inline void _instances_apply(const floating *x, floating *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t S,
+cdef inline void _instances_apply(const data_t *x, data_t *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t S,
                                   Py_ssize_t C, Py_ssize_t L, const floating *w, const floating *b,
-                                  const floating *mean, const floating *rstd, bint st) noexcept nogil:
+                                  const floating *mean, const floating *rstd, bint st, int fmt) noexcept nogil:
     """Output pass over chunk t of nt of the S = N*C instances, with given statistics."""
     cdef Py_ssize_t s, c, lo, hi
     _chunk(S, t, nt, &lo, &hi)
     for s in range(lo, hi):
         c = s % C
         _apply_fwd(x + s * L, y + s * L, L, mean[s], rstd[s] * w[c] if w != NULL else rstd[s],
-                   b[c] if b != NULL else 0, st)
+                   b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
@@ -328,10 +376,10 @@ cdef inline void _wrap_coef(floating *coef, Py_ssize_t ld, Py_ssize_t C) noexcep
             coef[k * ld + C + j] = coef[k * ld + j % C]
 
 
-cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
                                      Py_ssize_t c, const floating *w, const floating *b, floating *mean,
                                      floating *rstd, floating *rm, floating *rv, double eps, double momentum,
-                                     bint training, bint st) noexcept nogil:
+                                     bint training, bint st, int fmt) noexcept nogil:
     """All of channel c on one thread: slice moments merged over n in order, then the output pass over the
     channel's N slices, last first (still in cache)."""
     cdef Py_ssize_t n, s
@@ -339,22 +387,22 @@ cdef inline void _bn_channel_forward(const floating *x, floating *y, Py_ssize_t 
     if training:
         for n in range(N):
             s = n * C + c
-            _moments(x + s * L, L, &ms, &m2s)
+            _moments(x + s * L, L, &ms, &m2s, fmt)
             fn_chan_merge(&cnt, &mu, &m2, <double>L, ms, m2s)
         _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c], rm + c if rm != NULL else NULL,
                         rv + c if rv != NULL else NULL)
     for n in range(N - 1, -1, -1):
         s = n * C + c
         _apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
-                   b[c] if b != NULL else 0, st)
+                   b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
 
-cdef inline void _bn_channel_backward(const floating *dy, const floating *x, floating *dx, Py_ssize_t N,
+cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t N,
                                       Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, const floating *mean,
                                       const floating *rstd, const floating *w, floating *coef, Py_ssize_t ld,
-                                      double *tot, bint need_sums, bint training, bint st) noexcept nogil:
+                                      double *tot, bint need_sums, bint training, bint st, int fmt) noexcept nogil:
     """All of channel c on one thread: sums over its slices (n in order) into tot[2c], tot[2c+1], then dx
     over the slices, last first."""
     cdef Py_ssize_t n, s
@@ -362,7 +410,7 @@ cdef inline void _bn_channel_backward(const floating *dy, const floating *x, flo
     if need_sums:
         for n in range(N):
             s = n * C + c
-            _grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2)
+            _grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2, fmt)
             s1 = s1 + a1
             s2 = s2 + a2
         tot[2 * c] = s1
@@ -371,7 +419,7 @@ cdef inline void _bn_channel_backward(const floating *dy, const floating *x, flo
     for n in range(N - 1, -1, -1):
         s = n * C + c
         _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                   coef[3 * ld + c], training, st)
+                   coef[3 * ld + c], training, st, fmt)
     if st:
         fn_store_fence()
 
@@ -392,30 +440,30 @@ cdef inline Py_ssize_t _block_slice(Py_ssize_t j, Py_ssize_t C, Py_ssize_t cb, P
     return (j // nb) * C + cb + j % nb
 
 
-cdef inline void _block_moments(const floating *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t N, Py_ssize_t C,
-                                Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb, double *mom) noexcept nogil:
+cdef inline void _block_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t N, Py_ssize_t C,
+                                Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb, double *mom, int fmt) noexcept nogil:
     """Chunk t of nt of the block's N*nb slices: mom[2s], mom[2s+1] = mean, M2 of slice s."""
     cdef Py_ssize_t j, s, lo, hi
     _chunk(N * nb, t, nt, &lo, &hi)
     for j in range(lo, hi):
         s = _block_slice(j, C, cb, nb)
-        _moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1])
+        _moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1], fmt)
 
 
-cdef inline void _block_grad_sums(const floating *dy, const floating *x, Py_ssize_t t, Py_ssize_t nt,
+cdef inline void _block_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t, Py_ssize_t nt,
                                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb,
-                                  const floating *mean, double *sums) noexcept nogil:
+                                  const floating *mean, double *sums, int fmt) noexcept nogil:
     cdef Py_ssize_t j, s, lo, hi
     _chunk(N * nb, t, nt, &lo, &hi)
     for j in range(lo, hi):
         s = _block_slice(j, C, cb, nb)
-        _grad_sums(dy + s * L, x + s * L, mean[s % C], L, &sums[2 * s], &sums[2 * s + 1])
+        _grad_sums(dy + s * L, x + s * L, mean[s % C], L, &sums[2 * s], &sums[2 * s + 1], fmt)
 
 
-cdef inline void _block_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
+cdef inline void _block_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t,
                               Py_ssize_t nt, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb,
                               Py_ssize_t nb, const floating *coef, Py_ssize_t ld, bint backward,
-                              bint training, bint st) noexcept nogil:
+                              bint training, bint st, int fmt) noexcept nogil:
     """Output pass (y from x, or dx from dy and x) over chunk t of nt of the block's slices, last first."""
     cdef Py_ssize_t j, s, c, lo, hi
     _chunk(N * nb, t, nt, &lo, &hi)
@@ -424,42 +472,47 @@ cdef inline void _block_apply(const floating *dy, const floating *x, floating *o
         c = s % C
         if backward:
             _apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                       coef[3 * ld + c], training, st)
+                       coef[3 * ld + c], training, st, fmt)
         else:
-            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st)
+            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st, fmt)
     if st:
         fn_store_fence()
 
 
-cdef inline void _rows_moments(const floating *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
-                               double *wk) noexcept nogil:
+cdef inline void _rows_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
+                               double *wk, int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [mean (C) | M2 (C) | scratch (3C)]."""
     cdef Py_ssize_t lo, hi
     _chunk(M, t, nt, &lo, &hi)
     if hi <= lo:
         return
-    if floating is float:
+    if data_t is float:
         fn_col_moments_f(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
-    else:
+    elif data_t is double:
         fn_col_moments_d(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
+    else:
+        fn_col_moments_h(fmt, x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
 
 
-cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize_t t, Py_ssize_t nt,
-                                 Py_ssize_t M, Py_ssize_t C, const floating *mean, double *wk) noexcept nogil:
+cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t, Py_ssize_t nt,
+                                 Py_ssize_t M, Py_ssize_t C, const floating *mean, double *wk,
+                                 int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [sum dy (C) | sum dy * (x - mean) (C)]."""
     cdef Py_ssize_t c, lo, hi
     _chunk(M, t, nt, &lo, &hi)
     for c in range(2 * C):
         wk[c] = 0.0
-    if floating is float:
+    if data_t is float and floating is float:
         fn_col_grad_sums_f(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
-    else:
+    elif data_t is double and floating is double:
         fn_col_grad_sums_d(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+    elif data_t is uint16_t and floating is float:
+        fn_col_grad_sums_h(fmt, dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
 
 
-cdef inline void _rows_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t,
+cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t,
                              Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C, const floating *coef, Py_ssize_t ld,
-                             bint backward, bint training, bint st) noexcept nogil:
+                             bint backward, bint training, bint st, int fmt) noexcept nogil:
     """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first.
 
     With st, each block (whole rows, contiguous) is one span of non-temporal stores (coef wrapped)."""
@@ -469,39 +522,39 @@ cdef inline void _rows_apply(const floating *dy, const floating *x, floating *ou
     while e > lo:
         b = max(lo, e - ROW_BLOCK)
         if backward and st:
-            if floating is float:
+            if data_t is float and floating is float:
                 fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
                                      coef + 2 * ld, coef + 3 * ld, training)
-            else:
+            elif data_t is double and floating is double:
                 fn_stream_rows_bwd_d(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
                                      coef + 2 * ld, coef + 3 * ld, training)
         elif backward:
             _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
-                            coef + 3 * ld, training)
+                            coef + 3 * ld, training, fmt)
         elif st:
-            if floating is float:
+            if data_t is float and floating is float:
                 fn_stream_rows_fwd_f(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
-            else:
+            elif data_t is double and floating is double:
                 fn_stream_rows_fwd_d(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, fmt)
         e = b
     if st:
         fn_store_fence()
 
 
 # ------------------------------------------------------------------------------------------ entry points
-def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
-                       const floating[::1] weight,          # IN  (C,) or length 0
-                       const floating[::1] bias,            # IN  (C,) or length 0
-                       const floating[::1] running_mean,    # IN/OUT (C,) or length 0; updated when training
-                       const floating[::1] running_var,     # IN/OUT (C,) or length 0; updated when training
-                       floating[:, :, ::1] y,               # OUT (N, C, L)
-                       floating[::1] mean,                  # OUT (C,)
-                       floating[::1] rstd,                  # OUT (C,)
-                       double[:, ::1] work,                 # SCRATCH L > 1: (N*C, 2); L == 1: (n_chunks, 5*C)
-                       floating[:, ::1] coef,               # SCRATCH (4, C + 8)
-                       double eps, double momentum, bint training, int n_threads):
+def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
+                        const floating[::1] weight,          # IN  (C,) or length 0
+                        const floating[::1] bias,            # IN  (C,) or length 0
+                        const floating[::1] running_mean,    # IN/OUT (C,) or length 0; updated when training
+                        const floating[::1] running_var,     # IN/OUT (C,) or length 0; updated when training
+                        data_t[:, :, ::1] y,               # OUT (N, C, L)
+                        floating[::1] mean,                  # OUT (C,)
+                        floating[::1] rstd,                  # OUT (C,)
+                        double[:, ::1] work,                 # SCRATCH L > 1: (N*C, 2); L == 1: (n_chunks, 5*C)
+                        floating[:, ::1] coef,               # SCRATCH (4, C + 8)
+                        double eps, double momentum, bint training, int fmt, int n_threads):
     """training: batch statistics over (N, L) per channel, running stats updated; else running stats.
 
     L == 1 is the channels-last (M, C) layout (M = N rows). ``work`` is not used in evaluation mode.
@@ -512,8 +565,8 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     cdef const floating *b = _ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
     cdef floating *rv = _mut_or_null(running_var)
-    cdef const floating *xp
-    cdef floating *yp
+    cdef const data_t *xp
+    cdef data_t *yp
     cdef floating *cf
     cdef double *wp
     cdef double cnt, mu, m2
@@ -529,17 +582,17 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     cf = &coef[0, 0]
     ld = coef.shape[1]
     nch = work.shape[0]
-    st = _stream(N * C * L, sizeof(floating))
+    st = _stream(N * C * L, sizeof(data_t))
     with nogil:
         if L > 1 and _per_channel(C, n_threads):
             if n_threads <= 1:
                 for c in range(C):
                     _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, eps, momentum,
-                                        training, st)
+                                        training, st, fmt)
             else:
                 for c in prange(C, schedule="static", num_threads=n_threads):
                     _bn_channel_forward(xp, yp, N, C, L, c, w, b, &mean[0], &rstd[0], rm, rv, eps, momentum,
-                                        training, st)
+                                        training, st, fmt)
         elif L > 1:
             # (here n_threads > 1: one thread always takes whole channels)
             B = _channel_block(N, C, L, sizeof(floating))
@@ -548,7 +601,7 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                 nb = min(B, C - cb)
                 if training:
                     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                        _block_moments(xp, t, n_threads, N, C, L, cb, nb, wp)
+                        _block_moments(xp, t, n_threads, N, C, L, cb, nb, wp, fmt)
                     for c in range(cb, cb + nb):
                         cnt = 0.0
                         mu = 0.0
@@ -561,16 +614,16 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                 for c in range(cb, cb + nb):
                     _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, ld, False, False, st)
+                    _block_apply(NULL, xp, yp, t, n_threads, N, C, L, cb, nb, cf, ld, False, False, st, fmt)
                 cb = cb + nb
         else:
             if training:
                 if n_threads <= 1 or nch <= 1:
                     for t in range(nch):
-                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C)
+                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
                 else:
                     for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C)
+                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
                 for c in range(C):
                     cnt = 0.0
                     mu = 0.0
@@ -585,23 +638,23 @@ def batch_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
                 _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
             _wrap_coef(cf, ld, C)
             if n_threads <= 1:
-                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, ld, False, False, st)
+                _rows_apply(NULL, xp, yp, 0, 1, N, C, cf, ld, False, False, st, fmt)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, ld, False, False, st)
+                    _rows_apply(NULL, xp, yp, t, n_threads, N, C, cf, ld, False, False, st, fmt)
 
 
-def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
-                        const floating[:, :, ::1] x,        # IN  (N, C, L)
-                        const floating[::1] mean,           # IN  (C,)
-                        const floating[::1] rstd,           # IN  (C,)
-                        const floating[::1] weight,         # IN  (C,) or length 0
-                        floating[:, :, ::1] dx,             # OUT (N, C, L)
-                        floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
-                        floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
-                        double[:, ::1] work,                # SCRATCH L>1: (N*C+C, 2); L==1: (chunks+1, 2C)
-                        floating[:, ::1] coef,              # SCRATCH (4, C + 8)
-                        bint training, int n_threads):
+def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
+                         const data_t[:, :, ::1] x,        # IN  (N, C, L)
+                         const floating[::1] mean,           # IN  (C,)
+                         const floating[::1] rstd,           # IN  (C,)
+                         const floating[::1] weight,         # IN  (C,) or length 0
+                         data_t[:, :, ::1] dx,             # OUT (N, C, L)
+                         floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
+                         floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
+                         double[:, ::1] work,                # SCRATCH L>1: (N*C+C, 2); L==1: (chunks+1, 2C)
+                         floating[:, ::1] coef,              # SCRATCH (4, C + 8)
+                         bint training, int fmt, int n_threads):
     """training: dx through the batch statistics; else (running statistics) dx = dy * rstd * weight.
 
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
@@ -611,9 +664,9 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
     cdef bint need_sums = training or want_dw or want_db
-    cdef const floating *gp
-    cdef const floating *xp
-    cdef floating *dxp
+    cdef const data_t *gp
+    cdef const data_t *xp
+    cdef data_t *dxp
     cdef const floating *mp
     cdef const floating *rp
     cdef floating *cf
@@ -640,15 +693,15 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
     nch = work.shape[0] - 1 if L == 1 else 0
     tot = wp + 2 * N * C if L > 1 else wp + nch * 2 * C     # per-channel (sum dy, sum dy*(x - mean))
     cnt = <double>(N * L)
-    st = _stream(N * C * L, sizeof(floating))
+    st = _stream(N * C * L, sizeof(data_t))
     with nogil:
         if L > 1 and _per_channel(C, n_threads):
             if n_threads <= 1:
                 for c in range(C):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st, fmt)
             else:
                 for c in prange(C, schedule="static", num_threads=n_threads):
-                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st)
+                    _bn_channel_backward(gp, xp, dxp, N, C, L, c, mp, rp, w, cf, ld, tot, need_sums, training, st, fmt)
         elif L > 1:
             B = _channel_block(N, C, L, 2 * sizeof(floating))
             cb = 0
@@ -656,7 +709,7 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                 nb = min(B, C - cb)
                 if need_sums:
                     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                        _block_grad_sums(gp, xp, t, n_threads, N, C, L, cb, nb, mp, wp)
+                        _block_grad_sums(gp, xp, t, n_threads, N, C, L, cb, nb, mp, wp, fmt)
                     for c in range(cb, cb + nb):
                         s1 = 0.0
                         s2 = 0.0
@@ -668,16 +721,16 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                 for c in range(cb, cb + nb):
                     _bwd_coef(cf, ld, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, ld, True, training, st)
+                    _block_apply(gp, xp, dxp, t, n_threads, N, C, L, cb, nb, cf, ld, True, training, st, fmt)
                 cb = cb + nb
         else:
             if need_sums:
                 if n_threads <= 1 or nch <= 1:
                     for t in range(nch):
-                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C)
+                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
                 else:
                     for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C)
+                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
                 for c in range(C):
                     s1 = 0.0
                     s2 = 0.0
@@ -690,10 +743,10 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                 _bwd_coef(cf, ld, c, mp[c], rp[c], w, tot[2 * c], tot[2 * c + 1], cnt, training)
             _wrap_coef(cf, ld, C)
             if n_threads <= 1:
-                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, ld, True, training, st)
+                _rows_apply(gp, xp, dxp, 0, 1, N, C, cf, ld, True, training, st, fmt)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, ld, True, training, st)
+                    _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, ld, True, training, st, fmt)
         if need_sums:
             for c in range(C):
                 if want_db:
@@ -702,20 +755,20 @@ def batch_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
                     dweight[c] = <floating>(tot[2 * c + 1] * <double>rstd[c])
 
 
-def group_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
-                       const floating[::1] weight,          # IN  (C,) or length 0
-                       const floating[::1] bias,            # IN  (C,) or length 0
-                       floating[:, :, ::1] y,               # OUT (N, C, L)
-                       floating[:, ::1] mean,               # OUT (N, G)
-                       floating[:, ::1] rstd,               # OUT (N, G)
-                       double eps, int n_threads):
+def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
+                        const floating[::1] weight,          # IN  (C,) or length 0
+                        const floating[::1] bias,            # IN  (C,) or length 0
+                        data_t[:, :, ::1] y,               # OUT (N, C, L)
+                        floating[:, ::1] mean,               # OUT (N, G)
+                        floating[:, ::1] rstd,               # OUT (N, G)
+                        double eps, int fmt, int n_threads):
     """Statistics per (n, group) over its C/G channels and L positions; affine per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
-    cdef const floating *xp
-    cdef floating *yp
+    cdef const data_t *xp
+    cdef data_t *yp
     cdef floating *mp
     cdef floating *rp
     if N == 0 or C == 0 or L == 0:
@@ -726,39 +779,39 @@ def group_norm_forward(const floating[:, :, ::1] x,         # IN  (N, C, L)
     yp = &y[0, 0, 0]
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
-    st = _stream(N * C * L, sizeof(floating))
+    st = _stream(N * C * L, sizeof(data_t))
     with nogil:
         if n_threads <= 1:
-            _group_rows_fwd(xp, yp, 0, 1, R, G, K, L, w, b, mp, rp, NULL, eps, st)
+            _group_rows_fwd(xp, yp, 0, 1, R, G, K, L, w, b, mp, rp, NULL, eps, st, fmt)
         else:
             for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                _group_rows_fwd(xp, yp, t, n_threads, R, G, K, L, w, b, mp, rp, NULL, eps, st)
+                _group_rows_fwd(xp, yp, t, n_threads, R, G, K, L, w, b, mp, rp, NULL, eps, st, fmt)
 
 
-def group_norm_backward(const floating[:, :, ::1] dy,       # IN  (N, C, L)
-                        const floating[:, :, ::1] x,        # IN  (N, C, L)
-                        const floating[:, ::1] mean,        # IN  (N, G)
-                        const floating[:, ::1] rstd,        # IN  (N, G)
-                        const floating[::1] weight,         # IN  (C,) or length 0
-                        floating[:, :, ::1] dx,             # OUT (N, C, L)
-                        floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
-                        floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
-                        double[:, ::1] work,                # SCRATCH (N*C, 2)
-                        int n_threads):
+def _group_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
+                         const data_t[:, :, ::1] x,        # IN  (N, C, L)
+                         const floating[:, ::1] mean,        # IN  (N, G)
+                         const floating[:, ::1] rstd,        # IN  (N, G)
+                         const floating[::1] weight,         # IN  (C,) or length 0
+                         data_t[:, :, ::1] dx,             # OUT (N, C, L)
+                         floating[::1] dweight,              # OUT (C,) or length 0 (not wanted)
+                         floating[::1] dbias,                # OUT (C,) or length 0 (not wanted)
+                         double[:, ::1] work,                # SCRATCH (N*C, 2)
+                         int fmt, int n_threads):
     """dx per (n, group) row from cache; dweight/dbias from per-(n, c) sums reduced over n in order."""
-    _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, True, n_threads)
+    _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, True, fmt, n_threads)
 
 
-def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
-                          const floating[::1] weight,       # IN  (C,) or length 0
-                          const floating[::1] bias,         # IN  (C,) or length 0
-                          const floating[::1] running_mean,  # IN/OUT (C,) or length 0
-                          const floating[::1] running_var,  # IN/OUT (C,) or length 0
-                          floating[:, :, ::1] y,            # OUT (N, C, L)
-                          floating[:, ::1] mean,            # OUT (N, C)
-                          floating[:, ::1] rstd,            # OUT (N, C)
-                          double[:, ::1] work,              # SCRATCH (N*C, 2)
-                          double eps, double momentum, bint use_input_stats, int n_threads):
+def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
+                           const floating[::1] weight,       # IN  (C,) or length 0
+                           const floating[::1] bias,         # IN  (C,) or length 0
+                           const floating[::1] running_mean,  # IN/OUT (C,) or length 0
+                           const floating[::1] running_var,  # IN/OUT (C,) or length 0
+                           data_t[:, :, ::1] y,            # OUT (N, C, L)
+                           floating[:, ::1] mean,            # OUT (N, C)
+                           floating[:, ::1] rstd,            # OUT (N, C)
+                           double[:, ::1] work,              # SCRATCH (N*C, 2)
+                           double eps, double momentum, bint use_input_stats, int fmt, int n_threads):
     """use_input_stats: statistics per (n, c) over L (GroupNorm rows of one channel); running stats, if
     given, updated with the batch mean of the per-instance mean and unbiased variance. Otherwise the
     running statistics normalize every instance."""
@@ -768,8 +821,8 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
     cdef const floating *b = _ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
     cdef floating *rv = _mut_or_null(running_var)
-    cdef const floating *xp
-    cdef floating *yp
+    cdef const data_t *xp
+    cdef data_t *yp
     cdef floating *mp
     cdef floating *rp
     cdef double *wp
@@ -781,14 +834,14 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
     wp = &work[0, 0]
-    st = _stream(N * C * L, sizeof(floating))
+    st = _stream(N * C * L, sizeof(data_t))
     with nogil:
         if use_input_stats:
             if n_threads <= 1:
-                _group_rows_fwd(xp, yp, 0, 1, S, C, 1, L, w, b, mp, rp, wp, eps, st)
+                _group_rows_fwd(xp, yp, 0, 1, S, C, 1, L, w, b, mp, rp, wp, eps, st, fmt)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps, st)
+                    _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps, st, fmt)
             if rm != NULL:
                 for c in range(C):
                     sm = 0.0
@@ -804,39 +857,39 @@ def instance_norm_forward(const floating[:, :, ::1] x,      # IN  (N, C, L)
                 mp[s] = running_mean[c]
                 rp[s] = <floating>(1.0 / sqrt(<double>running_var[c] + eps))
             if n_threads <= 1:
-                _instances_apply(xp, yp, 0, 1, S, C, L, w, b, mp, rp, st)
+                _instances_apply(xp, yp, 0, 1, S, C, L, w, b, mp, rp, st, fmt)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                    _instances_apply(xp, yp, t, n_threads, S, C, L, w, b, mp, rp, st)
+                    _instances_apply(xp, yp, t, n_threads, S, C, L, w, b, mp, rp, st, fmt)
 
 
-def instance_norm_backward(const floating[:, :, ::1] dy,    # IN  (N, C, L)
-                           const floating[:, :, ::1] x,     # IN  (N, C, L)
-                           const floating[:, ::1] mean,     # IN  (N, C)
-                           const floating[:, ::1] rstd,     # IN  (N, C)
-                           const floating[::1] weight,      # IN  (C,) or length 0
-                           floating[:, :, ::1] dx,          # OUT (N, C, L)
-                           floating[::1] dweight,           # OUT (C,) or length 0 (not wanted)
-                           floating[::1] dbias,             # OUT (C,) or length 0 (not wanted)
-                           double[:, ::1] work,             # SCRATCH (N*C, 2)
-                           bint use_input_stats, int n_threads):
+def _instance_norm_backward(const data_t[:, :, ::1] dy,    # IN  (N, C, L)
+                            const data_t[:, :, ::1] x,     # IN  (N, C, L)
+                            const floating[:, ::1] mean,     # IN  (N, C)
+                            const floating[:, ::1] rstd,     # IN  (N, C)
+                            const floating[::1] weight,      # IN  (C,) or length 0
+                            data_t[:, :, ::1] dx,          # OUT (N, C, L)
+                            floating[::1] dweight,           # OUT (C,) or length 0 (not wanted)
+                            floating[::1] dbias,             # OUT (C,) or length 0 (not wanted)
+                            double[:, ::1] work,             # SCRATCH (N*C, 2)
+                            bint use_input_stats, int fmt, int n_threads):
     """GroupNorm backward with one channel per group; without input stats dx = dy * rstd * weight."""
-    _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, n_threads)
+    _groups_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, fmt, n_threads)
 
 
-cdef _groups_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const floating[:, ::1] mean,
-                      const floating[:, ::1] rstd, const floating[::1] weight, floating[:, :, ::1] dx,
+cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, const floating[:, ::1] mean,
+                      const floating[:, ::1] rstd, const floating[::1] weight, data_t[:, :, ::1] dx,
                       floating[::1] dweight, floating[::1] dbias, double[:, ::1] work, bint training,
-                      int n_threads):
+                      int fmt, int n_threads):
     """GroupNorm / InstanceNorm backward: G = mean.shape[1] groups of K = C/G channels."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t, c
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef floating *dwp = &dweight[0] if dweight.shape[0] > 0 else NULL
     cdef floating *dbp = &dbias[0] if dbias.shape[0] > 0 else NULL
-    cdef const floating *gp
-    cdef const floating *xp
-    cdef floating *dxp
+    cdef const data_t *gp
+    cdef const data_t *xp
+    cdef data_t *dxp
     cdef const floating *mp
     cdef const floating *rp
     cdef double *wp
@@ -857,15 +910,70 @@ cdef _groups_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     mp = &mean[0, 0]
     rp = &rstd[0, 0]
     wp = &work[0, 0]
-    st = _stream(N * C * L, sizeof(floating))
+    st = _stream(N * C * L, sizeof(data_t))
     with nogil:
         if n_threads <= 1:
-            _group_rows_bwd(gp, xp, dxp, 0, 1, R, G, K, L, mp, rp, w, wp, training, st)
+            _group_rows_bwd(gp, xp, dxp, 0, 1, R, G, K, L, mp, rp, w, wp, training, st, fmt)
             if dwp != NULL or dbp != NULL:
                 _param_grads(wp, rp, 0, 1, N, C, K, dwp, dbp)
         else:
             for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                _group_rows_bwd(gp, xp, dxp, t, n_threads, R, G, K, L, mp, rp, w, wp, training, st)
+                _group_rows_bwd(gp, xp, dxp, t, n_threads, R, G, K, L, mp, rp, w, wp, training, st, fmt)
             if dwp != NULL or dbp != NULL:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _param_grads(wp, rp, t, n_threads, N, C, K, dwp, dbp)
+
+
+# ------------------------------------------------------------------------------------------ public entries
+# The kernels' names: 16-bit data (bfloat16, float16) goes to the fused kernels as uint16 views with its
+# format code; everything else as it is. Arguments as the fused kernels' above, without ``fmt``.
+_F16 = np.dtype(np.float16)
+
+
+cdef inline int _fmt(a):
+    """-1 for float32/float64 data, else the 16-bit format code (0 bfloat16, 1 float16)."""
+    if a.dtype.itemsize != 2:
+        return -1
+    return 1 if a.dtype == _F16 else 0
+
+
+cdef inline _bits(a, int fmt):
+    return a if fmt < 0 else a.view(np.uint16)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, coef, double eps,
+                       double momentum, bint training, int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_forward(_bits(x, fmt), weight, bias, running_mean, running_var, _bits(y, fmt), mean, rstd, work,
+                        coef, eps, momentum, training, fmt, n_threads)
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, bint training, int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias, work,
+                         coef, training, fmt, n_threads)
+
+
+def group_norm_forward(x, weight, bias, y, mean, rstd, double eps, int n_threads):
+    cdef int fmt = _fmt(x)
+    _group_norm_forward(_bits(x, fmt), weight, bias, _bits(y, fmt), mean, rstd, eps, fmt, n_threads)
+
+
+def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, int n_threads):
+    cdef int fmt = _fmt(x)
+    _group_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias, work,
+                         fmt, n_threads)
+
+
+def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, double eps,
+                          double momentum, bint use_input_stats, int n_threads):
+    cdef int fmt = _fmt(x)
+    _instance_norm_forward(_bits(x, fmt), weight, bias, running_mean, running_var, _bits(y, fmt), mean, rstd,
+                           work, eps, momentum, use_input_stats, fmt, n_threads)
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, bint use_input_stats,
+                           int n_threads):
+    cdef int fmt = _fmt(x)
+    _instance_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias,
+                            work, use_input_stats, fmt, n_threads)

@@ -16,14 +16,29 @@ Backward, channel j is in the windows of c in [j - (size-1)//2, j + size//2]:
     dx_j = dy_j * scale_j^-beta - 2*alpha*beta/size * x_j * sum_c dy_c * y_c / scale_c
 scale^-beta is computed with sqrt and one division for beta in {0.25, 0.5, 0.75, 1} (correctly rounded
 operations, vectorized), with pow otherwise.
+
+16-bit data (bfloat16, float16; uint16 views with ``fmt`` 0 / 1): scale is float32. A task widens its
+(C, tile) block of each 16-bit input into float32 tiles (one read), runs the float32 tile code above and
+narrows its 16-bit output once (round to nearest even); the tile is shortened so the tiles of a task
+stay within about 1 MB.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport pow, powf, sqrt, sqrtf
+from libc.stdint cimport uint16_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+import numpy as np
+
+cdef extern from "fastnorm_half.h" nogil:
+    void fn_half_load(int fmt, const uint16_t *src, float *dst, Py_ssize_t n)
+    void fn_half_store(int fmt, const float *src, uint16_t *dst, Py_ssize_t n)
 
 cdef enum:
     TILE = 512          # most positions per task
+    HALF_TILE_FLOATS = 262144   # float32 tile values per 16-bit task (all its tiles together)
     POW_GENERIC = 0
     POW_QUARTER = 1     # beta = 0.25
     POW_HALF = 2        # beta = 0.5
@@ -234,12 +249,141 @@ def lrn_scratch_len(Py_ssize_t lo, Py_ssize_t hi):
     return max(16 * w, min(<Py_ssize_t>TILE * w, 32768))
 
 
+# ------------------------------------------------------------------------------------------ 16-bit tiles
+cdef inline void _lrn_fwd_tile_h(const uint16_t *x, float *scale, uint16_t *y, Py_ssize_t C, Py_ssize_t ld,
+                                 Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, double k, double a, double beta,
+                                 int mode, double *S, float *T, int fmt) noexcept nogil:
+    """The float32 tile on widened x (T: 3*C*n floats: x, scale, y tiles of row length n)."""
+    cdef Py_ssize_t c
+    cdef float *X = T
+    cdef float *SC = T + C * n
+    cdef float *Y = T + 2 * C * n
+    for c in range(C):
+        fn_half_load(fmt, x + c * ld, X + c * n, n)
+    _lrn_fwd_tile(<const float *>X, SC, Y, C, n, n, lo, hi, k, a, beta, mode, S)
+    for c in range(C):
+        fn_half_store(fmt, Y + c * n, y + c * ld, n)
+        memcpy(scale + c * ld, SC + c * n, n * sizeof(float))
+
+
+cdef inline void _lrn_bwd_tile_h(const uint16_t *dy, const uint16_t *x, const uint16_t *y, const float *s,
+                                 uint16_t *dx, Py_ssize_t C, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t lo,
+                                 Py_ssize_t hi, double coef, double beta, int mode, double *S, float *T,
+                                 int fmt) noexcept nogil:
+    """The float32 tile on widened dy, x, y and scale (T: 5*C*n floats)."""
+    cdef Py_ssize_t c
+    cdef float *G = T
+    cdef float *X = T + C * n
+    cdef float *Y = T + 2 * C * n
+    cdef float *SC = T + 3 * C * n
+    cdef float *D = T + 4 * C * n
+    for c in range(C):
+        fn_half_load(fmt, dy + c * ld, G + c * n, n)
+        fn_half_load(fmt, x + c * ld, X + c * n, n)
+        fn_half_load(fmt, y + c * ld, Y + c * n, n)
+        memcpy(SC + c * n, s + c * ld, n * sizeof(float))
+    _lrn_bwd_tile(<const float *>G, <const float *>X, <const float *>Y, <const float *>SC, D, C, n, n, lo, hi,
+                  coef, beta, mode, S)
+    for c in range(C):
+        fn_half_store(fmt, D + c * n, dx + c * ld, n)
+
+
+cdef inline Py_ssize_t _half_cap(Py_ssize_t C, Py_ssize_t arrays) noexcept nogil:
+    """Longest 16-bit tile whose float32 tiles (arrays of C rows) fit in HALF_TILE_FLOATS."""
+    return min(<Py_ssize_t>TILE, max(<Py_ssize_t>16, HALF_TILE_FLOATS // (arrays * C) // 16 * 16))
+
+
+def _lrn_forward_h(const uint16_t[:, :, ::1] x,     # IN  (N, C, L) 16-bit
+                   uint16_t[:, :, ::1] y,           # OUT (N, C, L) 16-bit
+                   float[:, :, ::1] scale,          # OUT (N, C, L)
+                   double[:, ::1] scratch,          # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
+                   Py_ssize_t size, double alpha, double beta, double k, int fmt, int n_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
+    cdef double a = alpha / size
+    cdef int mode = _pow_mode(beta), tid
+    cdef float *T
+    if N == 0 or C == 0 or L == 0:
+        return
+    lo = min(size // 2, C - 1)
+    hi = min((size - 1) // 2, C - 1)
+    tl = _tile_len(L, min(_tile_cap(scratch.shape[1], lo + hi + 1), _half_cap(C, 3)))
+    tiles = (L + tl - 1) // tl
+    with nogil:
+        for task in prange(N * tiles, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+            tid = threadid()
+            i = task // tiles
+            l0 = (task % tiles) * tl
+            T = <float *>malloc(3 * C * tl * sizeof(float))
+            if T == NULL:
+                with gil:
+                    raise MemoryError()
+            _lrn_fwd_tile_h(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
+                            k, a, beta, mode, &scratch[tid, 0], T, fmt)
+            free(T)
+
+
+def _lrn_backward_h(const uint16_t[:, :, ::1] dy,   # IN  (N, C, L) 16-bit
+                    const uint16_t[:, :, ::1] x,    # IN  (N, C, L) 16-bit
+                    const uint16_t[:, :, ::1] y,    # IN  (N, C, L) 16-bit
+                    const float[:, :, ::1] scale,   # IN  (N, C, L)
+                    uint16_t[:, :, ::1] dx,         # OUT (N, C, L) 16-bit
+                    double[:, ::1] scratch,         # SCRATCH as in the forward
+                    Py_ssize_t size, double alpha, double beta, int fmt, int n_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
+    cdef double coef = 2.0 * alpha * beta / size
+    cdef int mode = _pow_mode(beta), tid
+    cdef float *T
+    if N == 0 or C == 0 or L == 0:
+        return
+    lo = min(size // 2, C - 1)
+    hi = min((size - 1) // 2, C - 1)
+    tl = _tile_len(L, min(_tile_cap(scratch.shape[1], lo + hi + 1), _half_cap(C, 5)))
+    tiles = (L + tl - 1) // tl
+    with nogil:
+        for task in prange(N * tiles, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+            tid = threadid()
+            i = task // tiles
+            l0 = (task % tiles) * tl
+            T = <float *>malloc(5 * C * tl * sizeof(float))
+            if T == NULL:
+                with gil:
+                    raise MemoryError()
+            _lrn_bwd_tile_h(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
+                            C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[tid, 0], T, fmt)
+            free(T)
+
+
 # ------------------------------------------------------------------------------------------ entry points
-def local_response_norm_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
-                                floating[:, :, ::1] y,          # OUT (N, C, L)
-                                floating[:, :, ::1] scale,      # OUT (N, C, L)
-                                double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
-                                Py_ssize_t size, double alpha, double beta, double k, int n_threads):
+_F16 = np.dtype(np.float16)
+
+
+def local_response_norm_forward(x, y, scale, scratch, Py_ssize_t size, double alpha, double beta, double k,
+                                int n_threads):
+    """IN x (N, C, L); OUT y (N, C, L), scale (N, C, L) (float32 for 16-bit x); SCRATCH (n_threads, len)."""
+    if x.dtype.itemsize == 2:
+        _lrn_forward_h(x.view(np.uint16), y.view(np.uint16), scale, scratch, size, alpha, beta, k,
+                       1 if x.dtype == _F16 else 0, n_threads)
+    else:
+        _lrn_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads)
+
+
+def local_response_norm_backward(dy, x, y, scale, dx, scratch, Py_ssize_t size, double alpha, double beta,
+                                 int n_threads):
+    """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH as in the forward."""
+    if x.dtype.itemsize == 2:
+        _lrn_backward_h(dy.view(np.uint16), x.view(np.uint16), y.view(np.uint16), scale, dx.view(np.uint16),
+                        scratch, size, alpha, beta, 1 if x.dtype == _F16 else 0, n_threads)
+    else:
+        _lrn_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads)
+
+
+def _lrn_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
+                 floating[:, :, ::1] y,          # OUT (N, C, L)
+                 floating[:, :, ::1] scale,      # OUT (N, C, L)
+                 double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
+                 Py_ssize_t size, double alpha, double beta, double k, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
     cdef double a = alpha / size
@@ -267,13 +411,13 @@ def local_response_norm_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
                               k, a, beta, mode, &scratch[tid, 0])
 
 
-def local_response_norm_backward(const floating[:, :, ::1] dy,      # IN  (N, C, L)
-                                 const floating[:, :, ::1] x,       # IN  (N, C, L)
-                                 const floating[:, :, ::1] y,       # IN  (N, C, L)
-                                 const floating[:, :, ::1] scale,   # IN  (N, C, L)
-                                 floating[:, :, ::1] dx,            # OUT (N, C, L)
-                                 double[:, ::1] scratch,            # SCRATCH as in the forward
-                                 Py_ssize_t size, double alpha, double beta, int n_threads):
+def _lrn_backward(const floating[:, :, ::1] dy,      # IN  (N, C, L)
+                  const floating[:, :, ::1] x,       # IN  (N, C, L)
+                  const floating[:, :, ::1] y,       # IN  (N, C, L)
+                  const floating[:, :, ::1] scale,   # IN  (N, C, L)
+                  floating[:, :, ::1] dx,            # OUT (N, C, L)
+                  double[:, ::1] scratch,            # SCRATCH as in the forward
+                  Py_ssize_t size, double alpha, double beta, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
     cdef double coef = 2.0 * alpha * beta / size

@@ -19,6 +19,7 @@
 #define FASTNORM_CHANNEL_H
 #include <stddef.h>
 #include "fastnorm_moments.h"
+#include "fastnorm_half.h"
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -356,5 +357,147 @@ static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrd
 #define FN_WRAP 8
 FN_DEFINE_APPLY(float, f)
 FN_DEFINE_APPLY(double, d)
+
+/* ------------------------------------------------------------------------------ 16-bit storage
+ * bfloat16 / float16 data (uint16_t bit patterns, fmt = FN_BF16 / FN_F16) is widened into float32 tiles on
+ * the stack (fn_half_load), the float32 code above runs on the tiles, and outputs are narrowed once
+ * (fn_half_store, round to nearest even). Each 16-bit value is read from memory once per pass, as in the
+ * float32 kernels. fn_seg_moments_h and fn_col_moments_h do exactly the float32 arithmetic on the widened
+ * values (same blocks, same order), so the statistics equal the float32 kernel's on x.astype(float32).
+ */
+#define FN_HTILE 2048   /* values per tile of a segment */
+#define FN_CTILE 512    /* channels per strip of a channels-last row */
+
+static inline void fn_seg_moments_h(int fmt, const uint16_t *x, ptrdiff_t n, double *mean, double *m2) {
+    float t[FN_SEG_BLOCK];
+    double cnt = 0.0, mu = 0.0, M2 = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FN_SEG_BLOCK) {
+        ptrdiff_t nb = n - b < FN_SEG_BLOCK ? n - b : FN_SEG_BLOCK;
+        double K, s1, s2, m2b;
+        fn_half_load(fmt, x + b, t, nb);
+        K = cnt > 0.0 ? mu : (double)t[0];
+        fn_shifted_sums_f(t, nb, K, &s1, &s2);
+        m2b = s2 - s1 * (s1 / (double)nb);
+        fn_chan_merge(&cnt, &mu, &M2, (double)nb, K + s1 / (double)nb, m2b > 0.0 ? m2b : 0.0);
+    }
+    *mean = mu; *m2 = M2;
+}
+
+static inline void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t n, double mu,
+                                  double *s1, double *s2) {
+    float g[FN_HTILE], v[FN_HTILE];
+    double t1 = 0.0, t2 = 0.0, a1, a2;
+    for (ptrdiff_t b = 0; b < n; b += FN_HTILE) {
+        ptrdiff_t nb = n - b < FN_HTILE ? n - b : FN_HTILE;
+        fn_half_load(fmt, dy + b, g, nb);
+        fn_half_load(fmt, x + b, v, nb);
+        fn_grad_sums_f(g, v, nb, mu, &a1, &a2);
+        t1 += a1; t2 += a2;
+    }
+    *s1 = t1; *s2 = t2;
+}
+
+/* y = (x - mu) * a + b */
+static inline void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t n, float mu, float a,
+                                  float b) {
+    float t[FN_HTILE];
+    for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
+        ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
+        fn_half_load(fmt, x + o, t, nb);
+        fn_apply_fwd_f(t, t, nb, mu, a, b, 0);
+        fn_half_store(fmt, t, y + o, nb);
+    }
+}
+
+/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training (x not read) */
+static inline void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t n,
+                                  float mu, float ka, float kb, float kc, int training) {
+    float g[FN_HTILE], v[FN_HTILE];
+    for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
+        ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
+        fn_half_load(fmt, dy + o, g, nb);
+        if (training) fn_half_load(fmt, x + o, v, nb);
+        fn_apply_bwd_f(g, v, g, nb, mu, ka, kb, kc, training, 0);
+        fn_half_store(fmt, g, dx + o, nb);
+    }
+}
+
+/* fn_col_moments_f on 16-bit rows: strips of FN_CTILE channels, rows widened two at a time (the float32
+ * code's row pairs), so every channel sees the float32 arithmetic in the float32 order. */
+static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C, double *mean,
+                                    double *m2, double *K, double *s1, double *s2) {
+    float t[2 * FN_CTILE];
+    double cnt = 0.0;
+    ptrdiff_t c;
+    for (c = 0; c < C; c++) { mean[c] = 0.0; m2[c] = 0.0; }
+    for (ptrdiff_t b = 0; b < nr; b += FN_COL_BLOCK) {
+        ptrdiff_t nb = nr - b < FN_COL_BLOCK ? nr - b : FN_COL_BLOCK;
+        const uint16_t *xb = x + b * C;
+        for (c = 0; c < C; c++) {
+            K[c] = cnt > 0.0 ? mean[c] : (double)fn_half_to_f32(fmt, xb[c]); s1[c] = 0.0; s2[c] = 0.0; }
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
+            for (ptrdiff_t r = 0; r < nb; r += 2) {
+                ptrdiff_t k = nb - r < 2 ? nb - r : 2;
+                for (ptrdiff_t j = 0; j < k; j++) fn_half_load(fmt, xb + (r + j) * C + c0, t + j * w, w);
+                fn_col_shifted_sums_f(t, k, w, K + c0, s1 + c0, s2 + c0);
+            }
+        }
+        for (c = 0; c < C; c++) {
+            double n0 = cnt, m2b = s2[c] - s1[c] * (s1[c] / (double)nb);
+            fn_chan_merge(&n0, &mean[c], &m2[c], (double)nb, K[c] + s1[c] / (double)nb, m2b > 0.0 ? m2b : 0.0);
+        }
+        cnt += (double)nb;
+    }
+}
+
+static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C,
+                                      const float *mu, double *s1, double *s2) {
+    float g[2 * FN_CTILE], v[2 * FN_CTILE];
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+        ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
+        for (ptrdiff_t r = 0; r < nr; r += 2) {
+            ptrdiff_t k = nr - r < 2 ? nr - r : 2;
+            for (ptrdiff_t j = 0; j < k; j++) {
+                fn_half_load(fmt, dy + (r + j) * C + c0, g + j * w, w);
+                fn_half_load(fmt, x + (r + j) * C + c0, v + j * w, w);
+            }
+            fn_col_grad_sums_f(g, v, k, w, mu + c0, s1 + c0, s2 + c0);
+        }
+    }
+}
+
+/* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] */
+static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
+                                 const float *mu, const float *a, const float *b) {
+    float t[FN_CTILE];
+    for (ptrdiff_t r = 0; r < nr; r++)
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
+            fn_half_load(fmt, x + r * C + c0, t, w);
+            for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
+            fn_half_store(fmt, t, y + r * C + c0, w);
+        }
+}
+
+/* dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */
+static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t nr,
+                                 ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
+                                 int training) {
+    float g[FN_CTILE], v[FN_CTILE];
+    for (ptrdiff_t r = 0; r < nr; r++)
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
+            fn_half_load(fmt, dy + r * C + c0, g, w);
+            if (training) {
+                fn_half_load(fmt, x + r * C + c0, v, w);
+                for (ptrdiff_t i = 0; i < w; i++)
+                    g[i] = ka[c0 + i] * g[i] + kb[c0 + i] * (v[i] - mu[c0 + i]) + kc[c0 + i];
+            } else {
+                for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
+            }
+            fn_half_store(fmt, g, dx + r * C + c0, w);
+        }
+}
 
 #endif
