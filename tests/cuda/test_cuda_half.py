@@ -358,3 +358,66 @@ def test_channel_norms_bf16_public(rng, dev):
     assert host(bwd.dweight).dtype == BF16
     for got, o, r, name in zip(bwd, oth, ref, ("dx", "dweight", "dbias"), strict=True):
         close(host(got), o.astype(BF16), r, name)
+
+
+# ------------------------------------------------------------------------------------------ LRN / WeightNorm
+@pytest.mark.parametrize("scale_dt", [F32, BF16], ids=["scale_f32", "scale_bf16"])
+def test_local_response_norm_bf16(rng, dev, cuda, scale_dt):
+    from fastnorm._kernels.cuda import lrn
+
+    from .test_cuda_misc import lrn_ref
+
+    x, dy = data(rng, (2, 6, 5), BF16), data(rng, (2, 6, 5), BF16)
+    size, alpha, beta, k = 5, 0.3, 0.75, 2.0
+    ry, rs, rdx = lrn_ref(x.astype(F64), dy.astype(F64), size, alpha, beta, k)
+    X, DY = dev(x, dy)
+    y, scale = empty(cuda, x.shape, BF16), empty(cuda, x.shape, scale_dt)
+    scratch = empty(cuda, (1, 1), F64)
+    lrn.local_response_norm_forward(X, y, scale, scratch, size, alpha, beta, k, 1)
+    # the other result: the exact value rounded to the output dtype (no torch bf16 LRN on the GPU here)
+    close(host(y), ry.astype(BF16), ry, "y")
+    close(host(scale), rs.astype(scale_dt), rs, "scale")
+    dx = empty(cuda, x.shape, BF16)
+    lrn.local_response_norm_backward(DY, X, y, scale, dx, scratch, size, alpha, beta, 1)
+    # dx at the kernel's own (rounded) y and scale
+    y64, s64 = host(y).astype(F64), host(scale).astype(F64)
+    t = dy.astype(F64) * y64 / s64
+    acc = np.zeros_like(t)
+    for j in range(x.shape[1]):
+        lo, hi = max(0, j - (size - 1) // 2), min(x.shape[1] - 1, j + size // 2)
+        acc[:, j] = t[:, lo : hi + 1].sum(axis=1)
+    want = dy.astype(F64) * s64**-beta - 2 * alpha * beta / size * x.astype(F64) * acc
+    close(host(dx), want.astype(BF16), want, "dx")
+
+
+def test_weight_norm_bf16(rng, dev, cuda):
+    from fastnorm._kernels.cuda import weight_norm as W
+
+    adb = (3, 4, 5)
+    v, dwt = data(rng, adb, BF16), data(rng, adb, BF16)
+    g = param(rng, adb[1], F32)
+    v64, g64, dw64 = (a.astype(F64) for a in (v, g, dwt))
+    nrm = np.sqrt((v64**2).sum(axis=(0, 2)))
+    w_ref = v64 * (g64 / nrm)[None, :, None]
+    V, G, DW = dev(v, g, dwt)
+    w, norm = empty(cuda, adb, BF16), empty(cuda, adb[1], F32)
+    none2, none1 = empty(cuda, (0, 0), F64), empty(cuda, (0,), F32)
+    W.weight_norm_forward(V, G, w, norm, none2, none1, 0, 1)
+    close(host(w), w_ref.astype(BF16), w_ref, "w")
+    close(host(norm), nrm.astype(F32), nrm, "norm")
+    n32 = host(norm).astype(F64)
+    dot = (dw64 * v64).sum(axis=(0, 2))
+    dg_ref = dot / n32
+    dv_ref = (g64 / n32)[None, :, None] * dw64 - (g64 * dot / n32**3)[None, :, None] * v64
+    dv, dg = empty(cuda, adb, BF16), empty(cuda, adb[1], F32)
+    W.weight_norm_backward(DW, V, G, norm, dv, dg, none2, empty(cuda, (0, 0), F32), 0, 1)
+    close(host(dv), dv_ref.astype(BF16), dv_ref, "dv")
+    close(host(dg), dg_ref.astype(F32), dg_ref, "dg")
+
+
+def test_cosine_linear_refuses_bf16(dev, cuda):
+    from fastnorm._kernels.cuda import weight_norm as W
+
+    x = dev(np.ones((2, 3), BF16))
+    with pytest.raises(TypeError, match="cosine_linear_forward: x has dtype bfloat16"):
+        W.cosine_linear_forward(x, x, x, x, x, 1e-8, 1)

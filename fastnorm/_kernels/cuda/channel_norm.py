@@ -131,12 +131,13 @@ def _make_segments(dtype, t: int, r: int, kind: str):
     return seg_kernel
 
 
-def _segments(kind, x2, dy2, mean, work, c, gs, k, dt):
+def _segments(kind, x2, dy2, mean, work, c, gs, k, dt=None):
+    """``dt``: x's dtype when x2 is a uint16 view of bfloat16 (default: x2's dtype)."""
     s_count, length = x2.shape
     if s_count == 0:
         return
     t, r = _seg_team(length)
-    dt = np.dtype(dt)
+    dt = np.dtype(x2.dtype if dt is None else dt)
     sig = (f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64, int64, int64)")
     kern = cached(("seg", kind, dt, t, r),
                   lambda: Kernel(_make_segments(dt, t, r, kind), sig, register_cap(t * r, ACC[dt])))
@@ -211,9 +212,9 @@ def _make_columns(dtype, kind: str):
     return col_kernel
 
 
-def _columns(kind, x2, dy2, mean, work, n_chunks, dt):
+def _columns(kind, x2, dy2, mean, work, n_chunks, dt=None):
     m, c = x2.shape
-    dt = np.dtype(dt)
+    dt = np.dtype(x2.dtype if dt is None else dt)
     sig = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64)"
     kern = cached(("cols", kind, dt, COLS, PHASES),
                   lambda: Kernel(_make_columns(dt, kind), sig, register_cap(COLS * PHASES, np.float64)))
@@ -373,11 +374,11 @@ def _make_apply(dtype, backward: bool):
     return apply
 
 
-def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k, dt):
+def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k, dt=None):
     total = x1.shape[0]
     if total == 0:
         return
-    dt = np.dtype(dt)
+    dt = np.dtype(x1.dtype if dt is None else dt)
     a1, p1, s1 = arr(dt, 1), arr(param_dtype(dt), 1), arr(ACC[dt], 1)
     sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
     kern = cached(("apply", backward, dt),
