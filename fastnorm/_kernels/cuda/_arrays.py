@@ -166,6 +166,8 @@ class DevArray:
                 and tuple(self.owner.shape) == self.shape
             ):
                 nb = self.owner
+            elif self.dtype == _dtypes.BFLOAT16:  # (its interface typestr is only 'V2': go through uint16)
+                nb = self.bits().numba().view(self.dtype)
             else:
                 from numba import cuda
 

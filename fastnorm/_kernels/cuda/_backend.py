@@ -146,7 +146,7 @@ class CudaBackend:
         self._tls.like = d
         if d.strides is None:
             return d
-        return self._a.adapt(self._contiguous_copy(d.numba()))
+        return self._a.adapt(self._contiguous_copy(d))
 
     def empty(self, shape, dtype):
         if self._c.SIM:
@@ -313,7 +313,7 @@ class CudaBackend:
         from .fill import gather
 
         out = self.empty(d.shape, d.dtype)
-        gather(d, self._iface(d), self._a.adapt(out).numba())
+        gather(d, self._iface(d), self._a.adapt(out).bits().numba())  # (a copy moves bits: any dtype)
         return out
 
 
