@@ -4,7 +4,14 @@ Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short row
 (rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
 memory once (two-pass moments from registers: accurate when the mean is large against the spread). Rows
 longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
-float16 inputs accumulate in float32 and give float32 statistics; float32 in float32; float64 in float64.
+float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
+float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
+first) and round each output once to nearest even; float32 in float32; float64 in float64.
+
+Fused residual add (``add_layer_norm_*``, ``add_rms_norm_*``): the same row kernels with h = x + residual
+formed (in the accumulation type, rounded to x's dtype, stored) as the row is loaded, and normalized from
+registers; the backward adds dh to dx before its one rounding. They launch through the dispatcher path
+(no launch plans yet) on a GPU too.
 
 Backward: team g owns a contiguous chunk of rows and accumulates its dweight/dbias contributions in
 registers, then writes one float64 partial row ``dw_part[g]``; a second kernel sums the partial rows in
