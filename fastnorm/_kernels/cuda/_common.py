@@ -500,9 +500,11 @@ def kview(a):
 def kdev(a):
     """``dev(a)`` as a kernel reads it (``kview``). On a GPU, torch tensors and adapted arrays go through the
     adapters: torch refuses ``__cuda_array_interface__`` for bfloat16, and NumPy names it only 'V2'."""
-    if not SIM and (is_torch(a) or type(a).__name__ == "DevArray"):
-        from ._arrays import adapt
+    if not SIM and not isinstance(a, _DevArray):
+        from ._arrays import adapt, array_kind
 
+        if array_kind(a) not in ("torch", "dev"):
+            return kview(dev(a))
         d = adapt(a)
         return (d.bits() if d.dtype == BF16 else d).numba()
     return kview(dev(a))

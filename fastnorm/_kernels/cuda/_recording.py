@@ -579,7 +579,25 @@ def half_scenarios():
         ]
     xs = cuda.device_array((m, 2 * n), bf)[:, ::2]
     out.append(("layer_norm_forward bfloat16 (non-contiguous x)", lambda: fastnorm.layer_norm_forward(xs)))
-    return [(op, "smoke", "numba", 0, fn) for op, fn in out]
+    rows = [(op, "smoke", "numba", 0, fn) for op, fn in out]
+
+    # torch bfloat16 stand-in tensors: the adapters read torch's dtype (its interface refuses bfloat16)
+    T = fake_cuda_tensor_type()
+    tx, tr, tdy, ty, th, tdx = (fake_cuda_tensor(T, (m, n), "bfloat16") for _ in range(6))
+    tw = fake_cuda_tensor(T, (n,), "float32")
+    tw16 = fake_cuda_tensor(T, (n,), "bfloat16")
+    tmean, trstd = fake_cuda_tensor(T, (m,)), fake_cuda_tensor(T, (m,))
+    tdw, tpw = fake_cuda_tensor(T, (n,)), fake_cuda_tensor(T, (4, n), "float64")
+    te = fake_cuda_tensor(T, (0,), "bfloat16")
+    torch_ops = [
+        ("add_layer_norm fwd bfloat16 torch (kernels)",
+         lambda: K.add_layer_norm_forward(tx, tr, tw, tw, ty, th, tmean, trstd, 1e-5, 1)),
+        ("add_rms_norm bwd bfloat16 torch (kernels, no dh)",
+         lambda: K.add_rms_norm_backward(tdy, te, th, trstd, tw, tdx, tdw, tpw, te, 4)),
+        ("layer_norm_forward bfloat16 torch (kernels, bf16 weight)",
+         lambda: K.layer_norm_forward(tx, tw16, tw16, ty, tmean, trstd, 1e-5, 1)),
+    ]
+    return rows + [(op, "smoke", "torch", TORCH_STREAM, fn) for op, fn in torch_ops]
 
 
 def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):

@@ -406,6 +406,9 @@ def _dtype(a):
 def _opt(a, dt):
     """An optional array written or read in its own dtype (running statistics, dweight/dbias): (kernel
     view, dtype); an absent one as an empty array of ``param_dtype(dt)``."""
+    from .layer_norm import _sized
+
+    a = _sized(a)
     if a is None or a.size == 0:
         pdt = param_dtype(dt)
         return _empty((0,), pdt), pdt

@@ -608,11 +608,17 @@ def _backend():
     return cuda_backend()
 
 
+def _sized(a):
+    """``a`` with an integer ``size`` and a NumPy ``dtype`` (torch tensors adapted on a GPU), or None."""
+    return a if a is None or SIM else adapt(a)
+
+
 def _param(a, dt):
     """An optional weight/bias for data of ``dt``, as the kernels take it: ``param_dtype(dt)`` (a 16-bit
     parameter is converted on the device: the public layer passes float32 ones and pays nothing), an
     absent one as an empty array of that dtype. Returns a device array (bfloat16 never: float32)."""
     pdt = param_dtype(dt)
+    a = _sized(a)
     if a is None or a.size == 0:
         return empty_device((0,), pdt)
     if np.dtype(a.dtype) != pdt:
@@ -623,6 +629,7 @@ def _param(a, dt):
 def _grad_out(a, dt):
     """An optional dweight/dbias output: (device array as the kernels write it, its dtype); absent ones as
     empty arrays of ``param_dtype(dt)``. Any float dtype is written (16-bit rounds the float32 sum once)."""
+    a = _sized(a)
     if a is None or a.size == 0:
         pdt = param_dtype(dt)
         return empty_device((0,), pdt), pdt
@@ -863,14 +870,17 @@ def _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, rms: bool) ->
     X = kdev(x)
     if X.shape[0] == 0:
         return _done()
-    _forward(X, _param(weight, dt), _param(bias, dt), kdev(y), kdev(mean) if mean is not None and mean.size
-             else empty_device((0,), _stat(dt)), kdev(rstd), eps, rms, dt=dt, res=kdev(residual), h=kdev(h))
+    mean = _sized(mean)
+    MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
+    _forward(X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt,
+             res=kdev(residual), h=kdev(h))
     _done()
 
 
 def _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, rms: bool) -> None:
     dt = _dtype(h)
     (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
+    dh, mean = _sized(dh), _sized(mean)
     DH = kdev(dh) if dh is not None and dh.size > 0 else empty_device((0, 0), dt if dt != BF16 else np.uint16)
     MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
     PW = kdev(dw_part) if dw.shape[0] > 0 else empty_device((0, 0), np.float64)
