@@ -179,3 +179,39 @@ def test_add_norm_h_nan_inf(cuda, dev):
     assert np.isinf(hh[0, 3]) and (hh[1] == 1.5).all()
     assert np.isnan(host(y).astype(np.float32)[0]).all()
     np.testing.assert_array_equal(host(y).astype(np.float32)[1], 0.0)
+
+
+# ------------------------------------------------------------------------------------------ public ops
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("pdt", [F32, BF16], ids=["params_f32", "params_bf16"])
+def test_public_add_norm_on_device(cuda, dev, rng, rms, pdt):
+    """``fastnorm.add_*_norm_forward/backward`` with device arrays: bfloat16 data, float32 or bfloat16
+    parameters (gradients back in the parameter's dtype), dh given; vs the float64 reference."""
+    A = pytest.importorskip("fastnorm.add_norm")
+    m, n = 3, 40
+    x, res, dy, dh = (data(rng, (m, n), BF16) for _ in range(4))
+    w, b = param(rng, n, pdt), param(rng, n, pdt, True)
+    X, RES, DY, DH, W, B = dev(x, res, dy, dh, w, b)
+    if rms:
+        fwd = A.add_rms_norm_forward(X, RES, W, eps=EPS)
+        stats = (None, host(fwd.rstd))
+    else:
+        fwd = A.add_layer_norm_forward(X, RES, W, B, eps=EPS)
+        stats = (host(fwd.mean), host(fwd.rstd))
+    hh = _sum(x, res, BF16)
+    np.testing.assert_array_equal(host(fwd.h).view(np.uint16), hh.view(np.uint16))
+    bb = None if rms else b
+    ref = _fwd_ref(*f64(hh, w, bb), rms)
+    oth = _fwd_ref(*(None if a is None else a.astype(F32) for a in (hh, w, bb)), rms)
+    close(host(fwd.y), oth[0].astype(BF16), ref[0], "y")
+    if rms:
+        bwd = A.add_rms_norm_backward(DY, DH, fwd.h, fwd.rstd, W)
+    else:
+        bwd = A.add_layer_norm_backward(DY, DH, fwd.h, fwd.mean, fwd.rstd, W, B)
+    ref = list(_bwd_ref(*f64(dy, hh, *stats, w, bb), rms))
+    oth = list(_bwd_ref(*(None if a is None else np.asarray(a).astype(F32) for a in (dy, hh, *stats, w, bb)), rms))
+    close(host(bwd.dx), (oth[0] + dh.astype(F32)).astype(BF16), ref[0] + dh.astype(F64), "dx")
+    assert host(bwd.dweight).dtype == pdt
+    close(host(bwd.dweight), oth[1].astype(pdt), ref[1], "dweight")
+    if not rms:
+        close(host(bwd.dbias), oth[2].astype(pdt), ref[2], "dbias")
