@@ -9,6 +9,10 @@
 #      the Cython build of the CPU kernels starts in the background (some CUDA tests compare with them);
 #   2. the LayerNorm/RMSNorm CUDA tests on the real GPU (tests/cuda/test_cuda_layer_norm.py), which include
 #      the launch-plan host path (torch and Numba inputs), misaligned views, odd N, repeatable dweight/dbias;
+#   2b. the bfloat16/float16 storage and fused add + norm CUDA tests (tests/cuda/test_cuda_half.py,
+#      test_cuda_add_norm.py), then a short bf16/fp16 timing probe of LayerNorm and the fused add-norm
+#      kernels at (16384, 4096) (CUDA events around 20 back-to-back calls, host time not hidden: a first
+#      look, not a bandwidth claim) with the max error against torch's float32 LayerNorm;
 #   3. the GPU benchmark (python -m fastnorm.bench.gpu): LayerNorm/RMSNorm fwd/bwd at (16384, 4096),
 #      (4096, 1024), (8192, 768) in float32 and float16 against torch, the same-run copy bandwidth, Adam over
 #      200 tensors (100M parameters) against torch's fused Adam; per row the device time (median and
@@ -95,6 +99,52 @@ step "CUDA tests on the GPU: LayerNorm / RMSNorm"
 run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_layer_norm.xml"
 
+step "CUDA tests on the GPU: bfloat16 / float16 storage and the fused add + norm kernels"
+# (issue 13: never run on hardware before; the libdevice bit casts of the bf16 helpers, the uint16 launch
+# plans and the add-norm kernels are only proven on the simulator and by PTX/ptxas without a GPU)
+run pytest_half 90 $PY -m pytest tests/cuda/test_cuda_half.py tests/cuda/test_cuda_add_norm.py "${PYT[@]}" \
+  --junitxml="$OUT/pytest_half.xml"
+
+step "bf16 / add-norm timing probe (CUDA events around 20 calls each, host time included: NOT a bandwidth figure)"
+run half_probe 60 $PY - <<'EOF2'
+import torch
+import fastnorm._kernels.cuda as K
+
+m, n = 16384, 4096
+F = torch.nn.functional
+for dt in (torch.bfloat16, torch.float16):
+    x = torch.randn(m, n, device="cuda").to(dt)
+    r = torch.randn(m, n, device="cuda").to(dt)
+    w = 1 + 0.1 * torch.randn(n, device="cuda")  # float32 parameters: the 16-bit rule
+    b = 0.1 * torch.randn(n, device="cuda")
+    y, h = torch.empty_like(x), torch.empty_like(x)
+    mean, rstd = torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
+    hs = (x.float() + r.float()).to(dt).float()
+    cases = (
+        ("layer_norm_forward", 2, lambda: K.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
+         lambda: F.layer_norm(x.float(), (n,), w, b, 1e-5)),
+        ("add_layer_norm_forward", 4, lambda: K.add_layer_norm_forward(x, r, w, b, y, h, mean, rstd, 1e-5, 1),
+         lambda: F.layer_norm(hs, (n,), w, b, 1e-5)),
+        ("add_rms_norm_forward", 4, lambda: K.add_rms_norm_forward(x, r, w, y, h, rstd, 1e-6, 1),
+         lambda: hs * torch.rsqrt(hs.pow(2).mean(-1, keepdim=True) + 1e-6) * w),
+    )
+    for name, arrays, call, ref in cases:
+        call()
+        torch.cuda.synchronize()
+        err = (y.float() - ref()).abs().max().item()
+        herr = (h.float() - hs).abs().max().item() if "add" in name else 0.0
+        s, t = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(20):
+            call()
+        t.record()
+        torch.cuda.synchronize()
+        ms = s.elapsed_time(t) / 20
+        gbs = arrays * m * n * 2 / ms / 1e6
+        print(f"{name} {dt} ({m}x{n}): max|y - fp32 ref| {err:.3g}, max|h - ref| {herr:.3g}; "
+              f"{ms:.3f} ms/call (events over 20 calls, host not hidden), {gbs:.0f} GB/s if device-bound")
+EOF2
+
 step "GPU benchmark (python -m fastnorm.bench.gpu)"
 run bench_gpu 120 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_gpu_partial.json" \
   $PY -m fastnorm.bench.gpu --shapes 16384x4096,4096x1024,8192x768 --dtypes float32,float16 \
@@ -103,6 +153,7 @@ run bench_gpu 120 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_gpu_partial.json" 
 step "remaining CUDA tests (optimizers, channel norms, misc)"
 wait "$BUILD_PID" 2>/dev/null
 run pytest_rest 100 $PY -m pytest tests/cuda "${PYT[@]}" --ignore=tests/cuda/test_cuda_layer_norm.py \
+  --ignore=tests/cuda/test_cuda_half.py --ignore=tests/cuda/test_cuda_add_norm.py \
   --junitxml="$OUT/pytest_rest.xml"
 
 step "summary"
@@ -111,7 +162,7 @@ step "summary"
   grep -m1 -E "NVIDIA|GPU" "$OUT/env.log" || true
   grep -E "^(numba|numba_cuda|cuda.core|torch|cupy|pytest) " "$OUT/env.log" || true
   tail -n 1 "$OUT/build.log" 2>/dev/null
-  for s in smoke pytest_layer_norm bench_gpu pytest_rest; do
+  for s in smoke pytest_layer_norm pytest_half half_probe bench_gpu pytest_rest; do
     line=$(grep -E "passed|failed|skipped|Error|OK|TIMED OUT" "$OUT/$s.log" 2>/dev/null | tail -n 1)
     echo "  $s: rc=${RC[$s]:-?}  ${line}"
   done

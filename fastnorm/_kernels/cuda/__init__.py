@@ -31,7 +31,16 @@ from .divergence import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .layer_norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .layer_norm import (
+    add_layer_norm_backward,
+    add_layer_norm_forward,
+    add_rms_norm_backward,
+    add_rms_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+)
 from .lrn import local_response_norm_backward, local_response_norm_forward, lrn_scratch_len
 from .optim import (
     adadelta_step,
@@ -64,6 +73,10 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm_forward",
     "rms_norm_backward",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
     "batch_norm_forward",
     "batch_norm_backward",
     "instance_norm_forward",

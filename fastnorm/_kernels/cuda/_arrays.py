@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ... import _backend
+from ... import _backend, _dtypes
 
 _NP_OF_TORCH: dict = {}
 _TORCH_OF_NP: dict = {}
@@ -26,6 +26,8 @@ def _torch_dtypes():
         d = np.dtype(name)
         _NP_OF_TORCH[t] = d
         _TORCH_OF_NP[d] = t
+    _NP_OF_TORCH[torch.bfloat16] = _dtypes.BFLOAT16  # ml_dtypes.bfloat16: zero-copy, the kernels read uint16
+    _TORCH_OF_NP[_dtypes.BFLOAT16] = torch.bfloat16
 
 
 def np_dtype_of_torch(tdt) -> np.dtype:
@@ -34,7 +36,7 @@ def np_dtype_of_torch(tdt) -> np.dtype:
         if not _NP_OF_TORCH:
             _torch_dtypes()
             d = _NP_OF_TORCH.get(tdt)
-        if d is None:  # bfloat16 and friends: a raw type of the right width (callers check dtypes first)
+        if d is None:  # other types (float8 ...): a raw type of the right width (callers check dtypes first)
             d = np.dtype(f"V{sys.modules['torch'].empty((), dtype=tdt).element_size()}")
             _NP_OF_TORCH[tdt] = d
     return d
@@ -130,6 +132,12 @@ class DevArray:
             self.ptr, shape, self.dtype, None, self.kind, self.owner, self.device, self.readonly, self.stream
         )
 
+    def bits(self):
+        """The same memory as unsigned integers of the same width (uint16 for a 16-bit float array): how
+        kernels take bfloat16, and how copies move any dtype."""
+        return DevArray(self.ptr, self.shape, np.dtype(f"u{self.dtype.itemsize}"), self.strides, self.kind,
+                        self.owner, self.device, self.readonly, self.stream)
+
     def span(self) -> tuple[int, int]:
         """[lo, hi) byte addresses the array spans (an empty range for a zero-size array)."""
         return span(self)
@@ -158,6 +166,8 @@ class DevArray:
                 and tuple(self.owner.shape) == self.shape
             ):
                 nb = self.owner
+            elif self.dtype == _dtypes.BFLOAT16:  # (its interface typestr is only 'V2': go through uint16)
+                nb = self.bits().numba().view(self.dtype)
             else:
                 from numba import cuda
 

@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from ... import _dtypes
 from ..._backend import on_cuda as _on_cuda
 
 try:
@@ -86,7 +87,7 @@ class DevicePool:
 
 class CudaBackend:
     name = "cuda"
-    float_dtypes = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+    float_dtypes = _dtypes.FULL + _dtypes.HALF
 
     # Column reductions (dweight/dbias) use at most this many partial rows ...
     max_partials = 1024
@@ -113,14 +114,14 @@ class CudaBackend:
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cuda")
 
-    _STAT = {np.dtype(np.float16): np.dtype(np.float32), np.dtype(np.float32): np.dtype(np.float32),
-             np.dtype(np.float64): np.dtype(np.float64)}
+    _STAT = {_dtypes.FLOAT16: _dtypes.FLOAT32, _dtypes.BFLOAT16: _dtypes.FLOAT32, _dtypes.FLOAT32: _dtypes.FLOAT32,
+             _dtypes.FLOAT64: _dtypes.FLOAT64}
 
     @classmethod
     def stat_dtype(cls, dtype):
         d = cls._STAT.get(dtype)
         if d is None:
-            d = np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+            d = _dtypes.stat_dtype(dtype)
         return d
 
     # ------------------------------------------------------------------ arrays
@@ -145,7 +146,7 @@ class CudaBackend:
         self._tls.like = d
         if d.strides is None:
             return d
-        return self._a.adapt(self._contiguous_copy(d.numba()))
+        return self._a.adapt(self._contiguous_copy(d))
 
     def empty(self, shape, dtype):
         if self._c.SIM:
@@ -203,6 +204,37 @@ class CudaBackend:
 
                 fill(a.reshape(a.size), 0.0)
         return a
+
+    def astype(self, a, dtype):
+        """``a`` converted to ``dtype`` on the device (``a`` itself when it has that dtype): float16, bfloat16,
+        float32, float64; into float16 one rounding to nearest even, into bfloat16 through float32 (as
+        ml_dtypes), NaN kept. Meant for small arrays (parameters of 16-bit ops entering the kernels)."""
+        dtype = np.dtype(dtype)
+        src = self.asarray(a)
+        if src.dtype == dtype:
+            return a
+        out = self.empty(tuple(src.shape), dtype)
+        self._convert(src, out, src.dtype, dtype)
+        return out
+
+    def copyto(self, dst, src) -> None:
+        """``dst[...] = src`` on the device converting the dtype (as ``astype``); same shape, ``dst``
+        C-contiguous (an output)."""
+        shape = tuple(self.asarray(dst).shape)
+        s = self.asarray(src)
+        if tuple(s.shape) != shape:
+            raise ValueError(f"copyto: shapes {tuple(s.shape)} and {shape} differ")
+        self._convert(s, dst, s.dtype, np.dtype(self.asarray(dst).dtype))
+
+    def _convert(self, src, dst, sdt, ddt) -> None:
+        from .fill import convert
+
+        kd = self._c.kdev
+        n = 1
+        for v in src.shape:
+            n *= int(v)
+        if n:
+            convert(kd(src).reshape(n), kd(dst).reshape(n), sdt, ddt)
 
     def done(self) -> None:
         """End of a call: later allocations that follow no ``asarray`` come from the pool again."""
@@ -281,7 +313,7 @@ class CudaBackend:
         from .fill import gather
 
         out = self.empty(d.shape, d.dtype)
-        gather(d, self._iface(d), self._a.adapt(out).numba())
+        gather(d, self._iface(d), self._a.adapt(out).bits().numba())  # (a copy moves bits: any dtype)
         return out
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 
+import ml_dtypes
 import numpy as np
 from numba import cuda
 
@@ -38,13 +39,26 @@ USE_SHUFFLE = not SIM and os.environ.get("FASTNORM_CUDA_SHUFFLE", "1") != "0"
 FULL_MASK = 0xFFFFFFFF
 WARP = 32
 
-# dtype -> (numba type name, accumulation numpy type)
-_NB = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
-ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+HALF = (F16, BF16)
+
+# dtype -> (numba type name, accumulation numpy type). bfloat16 arrays reach the kernels as their uint16
+# bit patterns (Numba has no bfloat16 type): see ``as_kernel_array`` and the ``load`` / ``store`` helpers.
+_NB = {F16: "float16", F32: "float32", F64: "float64", BF16: "uint16"}
+ACC = {F16: np.float32, F32: np.float32, F64: np.float64, BF16: np.float32}
 
 
 def nbname(dtype) -> str:
     return _NB[np.dtype(dtype)]
+
+
+def param_dtype(dtype) -> np.dtype:
+    """The dtype weights/biases (and the statistics) have inside the kernels for data of ``dtype``: float32
+    for 16-bit data (the public layer converts: ``be.astype(w, be.stat_dtype(x.dtype))``), else ``dtype``."""
+    return np.dtype(ACC[np.dtype(dtype)])
 
 
 def arr(dtype, ndim: int) -> str:
@@ -375,3 +389,122 @@ def make_team_sum2(team: int):
 
 def next_pow2(v: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, v))))
+
+
+# ------------------------------------------------------------------------------------------ 16-bit storage
+# bfloat16 data is stored as uint16 bit patterns and computed in float32: widening is exact (bits << 16),
+# narrowing rounds to nearest even and keeps a NaN a (quiet) NaN, bit for bit as fastnorm_half.h does on
+# the CPU. The two bit casts are the only code that differs between a GPU (libdevice) and the simulator
+# (NumPy scalar views); the rounding arithmetic is the same function in both.
+if SIM:
+
+    @cuda.jit(device=True)
+    def f32_bits(f):
+        """The bits of float32(f), as a non-negative integer."""
+        return int(np.float32(f).view(np.uint32))
+
+    @cuda.jit(device=True)
+    def bits_f32(u):
+        """The float32 whose bits are the low 32 bits of ``u``."""
+        return np.uint32(u).view(np.float32)
+
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True)
+    def f32_bits(f):
+        """The bits of float32(f), as a non-negative integer."""
+        return np.int64(libdevice.float_as_int(np.float32(f))) & np.int64(0xFFFFFFFF)
+
+    @cuda.jit(device=True)
+    def bits_f32(u):
+        """The float32 whose bits are the low 32 bits of ``u``."""
+        return libdevice.int_as_float(np.int32(u))
+
+
+@cuda.jit(device=True)
+def bf16_to_f32(h):
+    """A bfloat16 bit pattern (uint16) as float32: exact."""
+    return bits_f32(np.uint32(h) << np.uint32(16))
+
+
+@cuda.jit(device=True)
+def f32_to_bf16(f):
+    """float32(f) rounded to the nearest bfloat16, ties to even (overflow -> inf), as its uint16 bit pattern;
+    a NaN stays NaN (quieted, sign and top payload bits kept)."""
+    u = f32_bits(f)
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 0x40)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+_loaders: dict = {}
+_storers: dict = {}
+
+
+def loader(dtype):
+    """Device function ``load(v)``: a stored element of ``dtype`` (a uint16 pattern for bfloat16) as a value
+    of the accumulation type ``ACC[dtype]`` (exact)."""
+    dt = np.dtype(dtype)
+    f = _loaders.get(dt)
+    if f is None:
+        if dt == BF16:
+            f = bf16_to_f32
+        else:
+            acc = ACC[dt]
+
+            @cuda.jit(device=True)
+            def load(v):
+                return acc(v)
+
+            f = load
+        _loaders[dt] = f
+    return f
+
+
+def storer(dtype):
+    """Device function ``store(v)``: a float value as the stored element of ``dtype``. 16-bit formats round
+    float32(v) to nearest even once (a float64 value is first rounded to float32, as the CPU kernels do:
+    the float32 result is what gets rounded); float32/float64 are plain casts."""
+    dt = np.dtype(dtype)
+    f = _storers.get(dt)
+    if f is None:
+        if dt == BF16:
+            f = f32_to_bf16
+        elif dt == F16:
+
+            @cuda.jit(device=True)
+            def store16(v):
+                return np.float16(np.float32(v))
+
+            f = store16
+        else:
+            out = dt.type
+
+            @cuda.jit(device=True)
+            def store(v):
+                return out(v)
+
+            f = store
+        _storers[dt] = f
+    return f
+
+
+def kview(a):
+    """``a`` (a device array) as a kernel reads it: a bfloat16 array as its uint16 view (zero-copy)."""
+    if a.dtype == BF16:
+        return a.view(np.uint16)
+    return a
+
+
+def kdev(a):
+    """``dev(a)`` as a kernel reads it (``kview``). On a GPU, torch tensors and adapted arrays go through the
+    adapters: torch refuses ``__cuda_array_interface__`` for bfloat16, and NumPy names it only 'V2'."""
+    if not SIM and not isinstance(a, _DevArray):
+        from ._arrays import adapt, array_kind
+
+        if array_kind(a) not in ("torch", "dev"):
+            return kview(dev(a))
+        d = adapt(a)
+        return (d.bits() if d.dtype == BF16 else d).numba()
+    return kview(dev(a))

@@ -538,7 +538,66 @@ def other_op_scenarios():
         ("weight_norm_forward", lambda: fastnorm.weight_norm_forward(x2, cuda.device_array((8, 1), f32))),
         ("layer_norm_forward (non-contiguous x)", lambda: fastnorm.layer_norm_forward(xs, None, None)),
     ]
-    return [(op, "smoke", "numba", 0, fn) for op, fn in ops]
+    return [(op, "smoke", "numba", 0, fn) for op, fn in ops] + half_scenarios()
+
+
+def half_scenarios():
+    """bfloat16 / float16 and the fused add + norm kernels on the real host path (Numba arrays and torch
+    bfloat16 stand-in tensors): the uint16 launch plans, the parameter conversion (astype) and gradient
+    rounding, a strided bfloat16 gather. Smoke calls: a call that raises fails the run; counts reported."""
+    import ml_dtypes
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm
+    import fastnorm._kernels.cuda as K
+
+    bf, f32, f64 = np.dtype(ml_dtypes.bfloat16), np.float32, np.float64
+    m, n = 8, 64
+    out = []
+    for dt in (bf, np.dtype(np.float16)):
+        x, r, dy = (cuda.device_array((m, n), dt) for _ in range(3))
+        w16, w32 = cuda.device_array(n, dt), cuda.device_array(n, f32)
+        y, h, dx = (cuda.device_array((m, n), dt) for _ in range(3))
+        mean, rstd = cuda.device_array(m, f32), cuda.device_array(m, f32)
+        dw, db = cuda.device_array(n, f32), cuda.device_array(n, f32)
+        pw, pb = cuda.device_array((4, n), f64), cuda.device_array((4, n), f64)
+        e2 = cuda.device_array((0, 0), dt)
+        nm = dt.name
+        out += [
+            (f"layer_norm fwd+bwd {nm} (16-bit params)", lambda x=x, w=w16, dy=dy: fastnorm.layer_norm_backward(
+                dy, x, *fastnorm.layer_norm_forward(x, w, w)[1:], w, w)),
+            (f"rms_norm fwd {nm} (kernels, float32 weight)", lambda x=x, w=w32, y=y, rstd=rstd: K.rms_norm_forward(
+                x, w, y, rstd, 1e-6, 1)),
+            (f"layer_norm bwd {nm} (kernels, float32 grads)",
+             lambda a=(dy, x, mean, rstd, w32, dx, dw, db, pw, e2, pb, e2): K.layer_norm_backward(*a, 4)),
+            (f"add_layer_norm fwd {nm} (kernels)",
+             lambda a=(x, r, w32, w32, y, h, mean, rstd): K.add_layer_norm_forward(*a, 1e-5, 1)),
+            (f"add_rms_norm bwd {nm} (kernels)",
+             lambda a=(dy, dy, h, rstd, w32, dx, dw, pw, e2): K.add_rms_norm_backward(*a, 4)),
+            (f"batch_norm_forward {nm}", lambda x=x: fastnorm.batch_norm_forward(x.reshape(m, n, 1))),
+        ]
+    xs = cuda.device_array((m, 2 * n), bf)[:, ::2]
+    out.append(("layer_norm_forward bfloat16 (non-contiguous x)", lambda: fastnorm.layer_norm_forward(xs)))
+    rows = [(op, "smoke", "numba", 0, fn) for op, fn in out]
+
+    # torch bfloat16 stand-in tensors: the adapters read torch's dtype (its interface refuses bfloat16)
+    T = fake_cuda_tensor_type()
+    tx, tr, tdy, ty, th, tdx = (fake_cuda_tensor(T, (m, n), "bfloat16") for _ in range(6))
+    tw = fake_cuda_tensor(T, (n,), "float32")
+    tw16 = fake_cuda_tensor(T, (n,), "bfloat16")
+    tmean, trstd = fake_cuda_tensor(T, (m,)), fake_cuda_tensor(T, (m,))
+    tdw, tpw = fake_cuda_tensor(T, (n,)), fake_cuda_tensor(T, (4, n), "float64")
+    te = fake_cuda_tensor(T, (0,), "bfloat16")
+    torch_ops = [
+        ("add_layer_norm fwd bfloat16 torch (kernels)",
+         lambda: K.add_layer_norm_forward(tx, tr, tw, tw, ty, th, tmean, trstd, 1e-5, 1)),
+        ("add_rms_norm bwd bfloat16 torch (kernels, no dh)",
+         lambda: K.add_rms_norm_backward(tdy, te, th, trstd, tw, tdx, tdw, tpw, te, 4)),
+        ("layer_norm_forward bfloat16 torch (kernels, bf16 weight)",
+         lambda: K.layer_norm_forward(tx, tw16, tw16, ty, tmean, trstd, 1e-5, 1)),
+    ]
+    return rows + [(op, "smoke", "torch", TORCH_STREAM, fn) for op, fn in torch_ops]
 
 
 def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):

@@ -12,8 +12,11 @@ signatures (fastnorm/_kernels/cpu/_channel_norm.pyx).
 - BatchNorm, channels last (L == 1, an (M, C) array): per-column partial moments (or sums) of
   ``work.shape[0]`` row chunks (Welford in float64 per thread, fixed-order merges), merged per channel
   over the chunks in order; elementwise output pass.
-All reductions run in a fixed order: results are bitwise reproducible. float16 inputs accumulate in
-float32 (float64 for the merges); statistics are float32 then, running statistics stay in x's dtype.
+All reductions run in a fixed order: results are bitwise reproducible. float16 and bfloat16 inputs
+(bfloat16 as uint16 bits) accumulate in float32 (float64 for the merges); statistics are float32 then,
+weight/bias enter the kernels in float32 (16-bit ones are converted), running statistics and
+dweight/dbias are written in the dtype the caller gives them (float32 under the public layer's rule;
+16-bit ones round the float32 value once).
 The ``coef`` scratch of the CPU kernels is not used (coefficients live in the float64 ``work``).
 """
 
@@ -32,9 +35,14 @@ from ._common import (
     arr,
     cached,
     current_stream,
-    dev,
+    empty_device,
+    kdev,
+    kview,
+    loader,
     make_team_sum2,
+    param_dtype,
     register_cap,
+    storer,
     team_buf_cols,
 )
 
@@ -71,6 +79,7 @@ def _make_segments(dtype, t: int, r: int, kind: str):
     """
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
+    ld = loader(dtype)
     cols = team_buf_cols(t)
     team_sum2 = make_team_sum2(t)
     tu, ru = U(t), U(r)
@@ -91,13 +100,13 @@ def _make_segments(dtype, t: int, r: int, kind: str):
         if moments:
             j = lane
             while ok and j < n:
-                a1 += acc(x[s, j])
+                a1 += ld(x[s, j])
                 j += tu
             tot, _unused = team_sum2(a1, a2, buf, 0, ts, lane)
             mu = tot / acc(n)
             j = lane
             while ok and j < n:
-                d = acc(x[s, j]) - mu
+                d = ld(x[s, j]) - mu
                 a2 += d * d
                 j += tu
             _unused, m2 = team_sum2(a1, a2, buf, 1, ts, lane)
@@ -110,9 +119,9 @@ def _make_segments(dtype, t: int, r: int, kind: str):
                 mu = acc(mean[(s // U(C)) * U(GS) + (s % U(C)) // U(K)])
             j = lane
             while ok and j < n:
-                d = acc(dy[s, j])
+                d = ld(dy[s, j])
                 a1 += d
-                a2 += d * (acc(x[s, j]) - mu)
+                a2 += d * (ld(x[s, j]) - mu)
                 j += tu
             t1, t2 = team_sum2(a1, a2, buf, 0, ts, lane)
             if ok and lane == zero:
@@ -122,12 +131,13 @@ def _make_segments(dtype, t: int, r: int, kind: str):
     return seg_kernel
 
 
-def _segments(kind, x2, dy2, mean, work, c, gs, k):
+def _segments(kind, x2, dy2, mean, work, c, gs, k, dt=None):
+    """``dt``: x's dtype when x2 is a uint16 view of bfloat16 (default: x2's dtype)."""
     s_count, length = x2.shape
     if s_count == 0:
         return
     t, r = _seg_team(length)
-    dt = np.dtype(x2.dtype)
+    dt = np.dtype(x2.dtype if dt is None else dt)
     sig = (f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64, int64, int64)")
     kern = cached(("seg", kind, dt, t, r),
                   lambda: Kernel(_make_segments(dt, t, r, kind), sig, register_cap(t * r, ACC[dt])))
@@ -141,6 +151,7 @@ def _make_columns(dtype, kind: str):
     phase order. kind "moments": work[t, c] = mean, work[t, C + c] = M2 (Welford, float64); kind "grads":
     work[t, c] = sum dy, work[t, C + c] = sum dy * (x - mean[c])."""
     acc = ACC[np.dtype(dtype)]
+    ld = loader(dtype)
     cu, pu = U(COLS), U(PHASES)
     zero, one = U(0), U(1)
     moments = kind == "moments"
@@ -168,15 +179,15 @@ def _make_columns(dtype, kind: str):
         i = lo + q
         while col < ncol and i < hi:
             if moments:
-                v = F64(x[i, col])
+                v = F64(ld(x[i, col]))
                 cnt += F64(1)
                 d = v - a
                 a += d / cnt
                 b += d * (v - a)
             else:
-                d = acc(dy[i, col])
+                d = ld(dy[i, col])
                 a += F64(d)
-                b += F64(d * (acc(x[i, col]) - mu))
+                b += F64(d * (ld(x[i, col]) - mu))
             i += pu
         buf[0, q, cl] = cnt
         buf[1, q, cl] = a
@@ -201,9 +212,9 @@ def _make_columns(dtype, kind: str):
     return col_kernel
 
 
-def _columns(kind, x2, dy2, mean, work, n_chunks):
+def _columns(kind, x2, dy2, mean, work, n_chunks, dt=None):
     m, c = x2.shape
-    dt = np.dtype(x2.dtype)
+    dt = np.dtype(x2.dtype if dt is None else dt)
     sig = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64)"
     kern = cached(("cols", kind, dt, COLS, PHASES),
                   lambda: Kernel(_make_columns(dt, kind), sig, register_cap(COLS * PHASES, np.float64)))
@@ -211,7 +222,7 @@ def _columns(kind, x2, dy2, mean, work, n_chunks):
 
 
 # ------------------------------------------------------------------------------------------ per channel
-def _make_finish(dtype, mode: str):
+def _make_finish(dts, mode: str):
     """One thread per channel c.
 
     mode "bn_fwd": merge the channel's partial moments in order (layout "first": work rows n*C + c, L values
@@ -222,9 +233,15 @@ def _make_finish(dtype, mode: str):
       dweight = s2 * rstd (per (n, c) rstd for GroupNorm), and BatchNorm's dx coefficients in ``coefs``
       (kb, kc: dx = rstd * w * dy + kb * (x - mean) + kc).
     mode "in_running": InstanceNorm running statistics from the per-(n, c) moments in work.
+    ``dts`` = (statistics, weight, running statistics, dweight, dbias) dtypes, or one data dtype (its
+    statistics dtype, and the data dtype for the rest).
     """
-    out = np.dtype(dtype).type
-    sd = ACC[np.dtype(dtype)]
+    if not isinstance(dts, tuple):
+        d = np.dtype(dts)
+        dts = (ACC[d], d, d, d, d)
+    sd = np.dtype(dts[0]).type
+    ldw, ldr, str_ = loader(dts[1]), loader(dts[2]), storer(dts[2])
+    stw, stb = storer(dts[3]), storer(dts[4])
     bn_fwd = mode == "bn_fwd"
     in_running = mode == "in_running"
 
@@ -259,19 +276,19 @@ def _make_finish(dtype, mode: str):
                 mean[c] = sd(mu)
                 rstd[c] = sd(F64(1) / math.sqrt(m2 / cnt + eps))
                 if rm.shape[0] > 0:
-                    rm[c] = out(momentum * mu + (F64(1) - momentum) * F64(rm[c]))
-                    rv[c] = out(momentum * (m2 / (cnt - F64(1))) + (F64(1) - momentum) * F64(rv[c]))
+                    rm[c] = str_(momentum * mu + (F64(1) - momentum) * F64(ldr(rm[c])))
+                    rv[c] = str_(momentum * (m2 / (cnt - F64(1))) + (F64(1) - momentum) * F64(ldr(rv[c])))
             else:
-                mean[c] = sd(rm[c])
-                rstd[c] = sd(F64(1) / math.sqrt(F64(rv[c]) + eps))
+                mean[c] = sd(ldr(rm[c]))
+                rstd[c] = sd(F64(1) / math.sqrt(F64(ldr(rv[c])) + eps))
         elif in_running:
             sm = F64(0)
             sv = F64(0)
             for n in range(N):
                 sm += work[n * C + c, 0]
                 sv += work[n * C + c, 1] / F64(L - 1)
-            rm[c] = out(momentum * (sm / F64(N)) + (F64(1) - momentum) * F64(rm[c]))
-            rv[c] = out(momentum * (sv / F64(N)) + (F64(1) - momentum) * F64(rv[c]))
+            rm[c] = str_(momentum * (sm / F64(N)) + (F64(1) - momentum) * F64(ldr(rm[c])))
+            rv[c] = str_(momentum * (sv / F64(N)) + (F64(1) - momentum) * F64(ldr(rv[c])))
         else:
             s1 = F64(0)
             s2 = F64(0)
@@ -290,11 +307,11 @@ def _make_finish(dtype, mode: str):
                 s2 += a2
                 s2r += a2 * r
             if db.shape[0] > 0:
-                db[c] = out(s1)
+                db[c] = stb(s1)
             if dw.shape[0] > 0:
-                dw[c] = out(s2r)
+                dw[c] = stw(s2r)
             if coefs.size > 0:
-                wc = F64(w[c]) if w.shape[0] > 0 else F64(1)
+                wc = F64(ldw(w[c])) if w.shape[0] > 0 else F64(1)
                 r = F64(rstd[c])
                 cnt = F64(N * L) if first else F64(M)
                 coefs[0, c] = -r * r * r * wc * s2 / cnt if training else F64(0)
@@ -304,14 +321,15 @@ def _make_finish(dtype, mode: str):
 
 
 def _finish(mode, work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
-            first, training):
+            first, training, dts):
+    """``dts`` = (statistics, weight, running statistics, dweight, dbias) dtypes (arrays are kernel views)."""
     if C == 0:
         return
-    dt = np.dtype(w.dtype)
-    a1, s1 = arr(dt, 1), arr(ACC[dt], 1)
-    sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {a1}, {a1}, {a1}, {s1}, {s1}, {a1}, {a1}, int64, int64, int64, "
+    dts = tuple(np.dtype(d) for d in dts)
+    sd, pw, pr, gw, gb = (arr(d, 1) for d in dts)
+    sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {pw}, {pr}, {pr}, {sd}, {sd}, {gw}, {gb}, int64, int64, int64, "
            "int64, int64, int64, int64, float64, float64, boolean, boolean)")
-    kern = cached(("finish", mode, dt), lambda: Kernel(_make_finish(dt, mode), sig, register_cap(128, F64)))
+    kern = cached(("finish", mode, dts), lambda: Kernel(_make_finish(dts, mode), sig, register_cap(128, F64)))
     kern.launch(-(-C // 128), 128, current_stream(), work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M,
                 n_chunks, GS, K, float(eps), float(momentum), bool(first), bool(training))
 
@@ -325,7 +343,7 @@ def _make_apply(dtype, backward: bool):
     backward: dx = rstd * w[c] * dy + kb[c] * (x - mean) + kc[c]   (kb, kc from ``coefs``; 0 if empty)
     """
     acc = ACC[np.dtype(dtype)]
-    out = np.dtype(dtype).type
+    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
 
     def apply(x, dy, w, b, mean, rstd, coefs, y, C, L, GS, K):
         total = U(x.shape[0])
@@ -341,28 +359,28 @@ def _make_apply(dtype, backward: bool):
             idx = (s // cu) * gu + c // ku
             sc = acc(rstd[idx])
             if has_w:
-                sc = sc * acc(w[c])
+                sc = sc * ldp(w[c])
             if backward:
-                o = sc * acc(dy[i])
+                o = sc * ld(dy[i])
                 if has_k:
-                    o = o + acc(coefs[0, c]) * (acc(x[i]) - acc(mean[idx])) + acc(coefs[1, c])
+                    o = o + acc(coefs[0, c]) * (ld(x[i]) - acc(mean[idx])) + acc(coefs[1, c])
             else:
-                o = (acc(x[i]) - acc(mean[idx])) * sc
+                o = (ld(x[i]) - acc(mean[idx])) * sc
                 if has_b:
-                    o = o + acc(b[c])
-            y[i] = out(o)
+                    o = o + ldp(b[c])
+            y[i] = st(o)
             i += step
 
     return apply
 
 
-def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k):
+def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k, dt=None):
     total = x1.shape[0]
     if total == 0:
         return
-    dt = np.dtype(x1.dtype)
-    a1, s1 = arr(dt, 1), arr(ACC[dt], 1)
-    sig = f"void({a1}, {a1}, {a1}, {a1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
+    dt = np.dtype(x1.dtype if dt is None else dt)
+    a1, p1, s1 = arr(dt, 1), arr(param_dtype(dt), 1), arr(ACC[dt], 1)
+    sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
     kern = cached(("apply", backward, dt),
                   lambda: Kernel(_make_apply(dt, backward), sig, register_cap(BLOCK, ACC[dt])))
     grid = min(-(-total // BLOCK), kern.resident_blocks(BLOCK) * 4)
@@ -370,18 +388,56 @@ def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-_EMPTY: dict = {}
-
-
 def _empty(shape, dtype):
-    key = (shape, np.dtype(dtype))
-    if key not in _EMPTY:
-        _EMPTY[key] = cuda.device_array(shape, np.dtype(dtype))
-    return _EMPTY[key]
+    """A cached empty device array as the kernels take it (bfloat16 as uint16)."""
+    return kview(empty_device(shape, dtype))
 
 
 def _flat(a):
     return a.reshape(a.size)
+
+
+def _dtype(a):
+    from ..._validation import dtype_of
+
+    return dtype_of(a)
+
+
+def _opt(a, dt):
+    """An optional array written or read in its own dtype (running statistics, dweight/dbias): (kernel
+    view, dtype); an absent one as an empty array of ``param_dtype(dt)``."""
+    from .layer_norm import _sized
+
+    a = _sized(a)
+    if a is None or a.size == 0:
+        pdt = param_dtype(dt)
+        return _empty((0,), pdt), pdt
+    return kdev(a), _dtype(a)
+
+
+class _Args:
+    """The arrays of one call as the kernels take them, with their dtypes: data ``dt``, weight/bias in
+    ``pdt`` (16-bit ones converted), statistics ``sd``, running statistics ``rdt``, gradients ``gw``/``gb``."""
+
+    def __init__(self, x, weight, bias=None, rm=None, rv=None, dw=None, db=None):
+        from .layer_norm import _param
+
+        self.dt = dt = np.dtype(_dtype(x))
+        self.pdt = param_dtype(dt)
+        self.sd = np.dtype(ACC[dt])
+        self.w = _param(weight, dt)
+        self.b = _param(bias, dt)
+        self.rm, self.rdt = _opt(rm, dt)
+        self.rv, _ = _opt(rv, dt)
+        self.dw, self.gw = _opt(dw, dt)
+        self.db, self.gb = _opt(db, dt)
+
+    def dts(self):
+        return (self.sd, self.pdt, self.rdt, self.gw, self.gb)
+
+    def none(self, kind):
+        """An empty argument of the dtype the kernel expects for ``kind`` ("r", "gw", "gb", "p")."""
+        return _empty((0,), {"r": self.rdt, "gw": self.gw, "gb": self.gb, "p": self.pdt}[kind])
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
@@ -389,8 +445,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd
                        training, n_threads):
     """IN x (N, C, L), weight, bias (C,) | (0,); IN/OUT running_mean, running_var (C,) | (0,);
     OUT y (N, C, L), mean, rstd (C,); SCRATCH work (L > 1: (N*C, 2); L == 1: (chunks, >= 2C)), coef unused."""
-    x, w, b, rm, rv, y, mean, rstd, work = (dev(a) for a in (x, weight, bias, running_mean, running_var, y,
-                                                              mean, rstd, work))
+    A = _Args(x, weight, bias, running_mean, running_var)
+    x, y, mean, rstd, work = (kdev(a) for a in (x, y, mean, rstd, work))
+    w, b, rm, rv, dt = A.w, A.b, A.rm, A.rv, A.dt
     n, c, length = x.shape
     if c == 0:
         return
@@ -398,20 +455,21 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd
     chunks = work.shape[0]
     if training and n * length > 0:
         if first:
-            _segments("moments", x.reshape(n * c, length), x.reshape(n * c, length), mean, work, c, 0, 1)
+            _segments("moments", x.reshape(n * c, length), x.reshape(n * c, length), mean, work, c, 0, 1, dt)
         else:
-            _columns("moments", x.reshape(n, c), x.reshape(n, c), mean, work, chunks)
+            _columns("moments", x.reshape(n, c), x.reshape(n, c), mean, work, chunks, dt)
     no = _empty((0, 0), F64)
-    _finish("bn_fwd", work, no, w, rm, rv, mean, rstd, w[:0], w[:0], n, c, length, n, chunks, 0, 1, eps, momentum,
-            first, training)
-    _apply(False, _flat(x), _flat(x), w, b, mean, rstd, no, _flat(y), c, length, 0, 1)
+    _finish("bn_fwd", work, no, w, rm, rv, mean, rstd, A.none("gw"), A.none("gb"), n, c, length, n, chunks, 0, 1,
+            eps, momentum, first, training, A.dts())
+    _apply(False, _flat(x), _flat(x), w, b, mean, rstd, no, _flat(y), c, length, 0, 1, dt)
 
 
 def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, training, n_threads):
     """IN dy, x (N, C, L), mean, rstd (C,), weight (C,) | (0,); OUT dx (N, C, L), dweight, dbias (C,) | (0,);
     SCRATCH work (L > 1: (N*C + C, 2); L == 1: (chunks + 1, 2C)), coef unused."""
-    dy, x, mean, rstd, w, dx, dw, db, work = (dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias,
-                                                                work))
+    A = _Args(x, weight, dw=dweight, db=dbias)
+    dy, x, mean, rstd, dx, work = (kdev(a) for a in (dy, x, mean, rstd, dx, work))
+    w, dw, db, dt = A.w, A.dw, A.db, A.dt
     n, c, length = x.shape
     if c == 0:
         return
@@ -427,98 +485,104 @@ def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coe
     if need:
         if n * length > 0:
             if first:
-                _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), mean, parts, c, 0, 1)
+                _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), mean, parts, c, 0, 1, dt)
             else:
-                _columns("grads", x.reshape(n, c), dy.reshape(n, c), mean, parts, chunks)
+                _columns("grads", x.reshape(n, c), dy.reshape(n, c), mean, parts, chunks, dt)
         else:
             from .fill import fill
 
             fill(_flat(parts), 0.0)
-        _finish("bwd", parts, coefs, w, w[:0], w[:0], mean, rstd, dw, db, n if first else 0, c, length, n,
-                chunks, 0, 1, 0.0, 0.0, first, training)
-    _apply(True, _flat(x), _flat(dy), w, w[:0], mean, rstd, coefs if training else _empty((0, 0), F64),
-           _flat(dx), c, length, 0, 1)
+        _finish("bwd", parts, coefs, w, A.none("r"), A.none("r"), mean, rstd, dw, db, n if first else 0, c, length,
+                n, chunks, 0, 1, 0.0, 0.0, first, training, A.dts())
+    _apply(True, _flat(x), _flat(dy), w, A.none("p"), mean, rstd, coefs if training else _empty((0, 0), F64),
+           _flat(dx), c, length, 0, 1, dt)
 
 
 # ------------------------------------------------------------------------------------------ Group/Instance
-def _groups_forward(x, w, b, y, mean, rstd, eps, groups, mom=None):
+def _groups_forward(A, x, y, mean, rstd, eps, groups, mom=None):
     n, c, length = x.shape
     g = groups
     k = c // g
-    LN._forward(x.reshape(n * g, k * length), w, b, y.reshape(n * g, k * length), _flat(mean), _flat(rstd),
-                eps, False, groups=(g, k, length), mom=mom)
+    LN._forward(x.reshape(n * g, k * length), A.w, A.b, y.reshape(n * g, k * length), _flat(mean), _flat(rstd),
+                eps, False, groups=(g, k, length), mom=mom, dt=A.dt)
 
 
-def _groups_backward(dy, x, mean, rstd, w, dx, dw, db, work, training):
+def _groups_backward(A, dy, x, mean, rstd, dx, work, training):
     n, c, length = x.shape
     g = mean.shape[1]
     k = c // g
+    w, dw, db = A.w, A.dw, A.db
     no_part = _empty((0, 0), F64)
     if training:
         LN._backward(dy.reshape(n * g, k * length), x.reshape(n * g, k * length), _flat(mean), _flat(rstd), w,
-                     dx.reshape(n * g, k * length), w[:0], w[:0], no_part, no_part, False, groups=(g, k, length))
+                     dx.reshape(n * g, k * length), A.none("gw"), A.none("gb"), no_part, no_part, False,
+                     groups=(g, k, length), dt=A.dt, gdt=(A.gw, A.gb))
     else:  # statistics are constants: dx = rstd * w * dy
-        _apply(True, _flat(x), _flat(dy), w, w[:0], _flat(mean), _flat(rstd), no_part, _flat(dx), c, length,
-               g, k)
+        _apply(True, _flat(x), _flat(dy), w, A.none("p"), _flat(mean), _flat(rstd), no_part, _flat(dx), c, length,
+               g, k, A.dt)
     if dw.shape[0] > 0 or db.shape[0] > 0:
         if n * length > 0:
-            _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), _flat(mean), work, c, g, k)
-        _finish("bwd", work, no_part, w, w[:0], w[:0], _flat(mean), _flat(rstd), dw, db, n if length > 0 else 0, c,
-                length, n, 1, g, k, 0.0, 0.0, True, True)
+            _segments("grads", x.reshape(n * c, length), dy.reshape(n * c, length), _flat(mean), work, c, g, k,
+                      A.dt)
+        _finish("bwd", work, no_part, w, A.none("r"), A.none("r"), _flat(mean), _flat(rstd), dw, db,
+                n if length > 0 else 0, c, length, n, 1, g, k, 0.0, 0.0, True, True, A.dts())
 
 
 def group_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     """IN x (N, C, L), weight, bias (C,) | (0,); OUT y (N, C, L), mean, rstd (N, G)."""
-    x, w, b, y, mean, rstd = (dev(a) for a in (x, weight, bias, y, mean, rstd))
+    A = _Args(x, weight, bias)
+    x, y, mean, rstd = (kdev(a) for a in (x, y, mean, rstd))
     n, c, length = x.shape
     if n * c * length == 0:
         return
-    _groups_forward(x, w, b, y, mean, rstd, eps, mean.shape[1])
+    _groups_forward(A, x, y, mean, rstd, eps, mean.shape[1])
 
 
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, n_threads):
     """IN dy, x (N, C, L), mean, rstd (N, G), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work (N*C, 2)."""
-    args = [dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias, work)]
-    _groups_entry_backward(*args, True)
+    A = _Args(x, weight, dw=dweight, db=dbias)
+    _groups_entry_backward(A, *(kdev(a) for a in (dy, x, mean, rstd, dx, work)), True)
 
 
-def _groups_entry_backward(dy, x, mean, rstd, w, dx, dw, db, work, training):
+def _groups_entry_backward(A, dy, x, mean, rstd, dx, work, training):
     n, c, length = x.shape
     if c == 0:
         return
     if n * length == 0:
         from .fill import fill
 
-        for a in (dw, db):
+        for a in (A.dw, A.db):
             if a.shape[0] > 0:
-                fill(a, 0.0)
+                fill(a, 0.0)  # (a bfloat16 gradient is a uint16 view here: 0.0 has the bits 0)
         return
-    _groups_backward(dy, x, mean, rstd, w, dx, dw, db, work, training)
+    _groups_backward(A, dy, x, mean, rstd, dx, work, training)
 
 
 def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, eps, momentum,
                           use_input_stats, n_threads):
     """IN x (N, C, L), weight, bias (C,) | (0,); IN/OUT running_mean, running_var (C,) | (0,);
     OUT y (N, C, L), mean, rstd (N, C); SCRATCH work (N*C, 2)."""
-    x, w, b, rm, rv, y, mean, rstd, work = (dev(a) for a in (x, weight, bias, running_mean, running_var, y,
-                                                              mean, rstd, work))
+    A = _Args(x, weight, bias, running_mean, running_var)
+    x, y, mean, rstd, work = (kdev(a) for a in (x, y, mean, rstd, work))
+    w, b, rm, rv = A.w, A.b, A.rm, A.rv
     n, c, length = x.shape
     if n * c * length == 0:
         return
     no = _empty((0, 0), F64)
     if use_input_stats:
         track = rm.shape[0] > 0
-        _groups_forward(x, w, b, y, mean, rstd, eps, c, mom=work if track else None)
+        _groups_forward(A, x, y, mean, rstd, eps, c, mom=work if track else None)
         if track:
-            _finish("in_running", work, no, w, rm, rv, _flat(mean), _flat(rstd), w[:0], w[:0], n, c, length, n, 1,
-                    c, 1, eps, momentum, True, True)
+            _finish("in_running", work, no, w, rm, rv, _flat(mean), _flat(rstd), A.none("gw"), A.none("gb"), n, c,
+                    length, n, 1, c, 1, eps, momentum, True, True, A.dts())
     else:
-        _instance_eval_stats(rm, rv, mean, rstd, eps)
-        _apply(False, _flat(x), _flat(x), w, b, _flat(mean), _flat(rstd), no, _flat(y), c, length, c, 1)
+        _instance_eval_stats(rm, rv, mean, rstd, eps, A.rdt)
+        _apply(False, _flat(x), _flat(x), w, b, _flat(mean), _flat(rstd), no, _flat(y), c, length, c, 1, A.dt)
 
 
-def _make_instance_stats(dtype):
-    sd = ACC[np.dtype(dtype)]
+def _make_instance_stats(rdt, sdt):
+    ldr = loader(rdt)
+    sd = np.dtype(sdt).type
 
     def stats(rm, rv, mean, rstd, eps):
         i = cuda.grid(1)
@@ -526,20 +590,21 @@ def _make_instance_stats(dtype):
         c = mean.shape[1]
         if i < n * c:
             ch = i % c
-            mean[i // c, ch] = sd(rm[ch])
-            rstd[i // c, ch] = sd(F64(1) / math.sqrt(F64(rv[ch]) + eps))
+            mean[i // c, ch] = sd(ldr(rm[ch]))
+            rstd[i // c, ch] = sd(F64(1) / math.sqrt(F64(ldr(rv[ch])) + eps))
 
     return stats
 
 
-def _instance_eval_stats(rm, rv, mean, rstd, eps):
-    dt = np.dtype(rm.dtype)
-    sig = f"void({arr(dt, 1)}, {arr(dt, 1)}, {arr(ACC[dt], 2)}, {arr(ACC[dt], 2)}, float64)"
-    kern = cached(("in_stats", dt), lambda: Kernel(_make_instance_stats(dt), sig, register_cap(128, F64)))
+def _instance_eval_stats(rm, rv, mean, rstd, eps, rdt):
+    rdt, sdt = np.dtype(rdt), np.dtype(mean.dtype)
+    sig = f"void({arr(rdt, 1)}, {arr(rdt, 1)}, {arr(sdt, 2)}, {arr(sdt, 2)}, float64)"
+    kern = cached(("in_stats", rdt, sdt),
+                  lambda: Kernel(_make_instance_stats(rdt, sdt), sig, register_cap(128, F64)))
     kern.launch(-(-mean.size // 128), 128, current_stream(), rm, rv, mean, rstd, float(eps))
 
 
 def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, n_threads):
     """IN dy, x (N, C, L), mean, rstd (N, C), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work."""
-    args = [dev(a) for a in (dy, x, mean, rstd, weight, dx, dweight, dbias, work)]
-    _groups_entry_backward(*args, bool(use_input_stats))
+    A = _Args(x, weight, dw=dweight, db=dbias)
+    _groups_entry_backward(A, *(kdev(a) for a in (dy, x, mean, rstd, dx, work)), bool(use_input_stats))

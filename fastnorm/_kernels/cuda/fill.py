@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, from_dtype
 
-from ._common import Kernel, cached, current_stream, sm_count
+from ._common import BF16, F16, SIM, Kernel, cached, current_stream, kview, loader, nbname, sm_count
+from ._common import f32_to_bf16 as _to_bf16
 
 
 def _nbname(dt) -> str:
@@ -31,8 +32,12 @@ def _make_fill(dt):
 
 
 def fill(dst, value: float) -> None:
-    """dst[:] = value for a contiguous 1-D device array."""
+    """dst[:] = value for a contiguous 1-D device array (bfloat16: its uint16 view, filled with the bits of
+    bfloat16(value))."""
     dt = np.dtype(dst.dtype)
+    if dt == BF16:
+        value = float(np.asarray(value, BF16).view(np.uint16))
+        dst, dt = kview(dst), np.dtype(np.uint16)
     k = cached(("fill", dt), lambda: Kernel(_make_fill(dt), f"void({_nbname(dt)}[::1], float64)"))
     k.launch(_grid(dst.shape[0], 256), 256, current_stream(), dst, float(value))
 
@@ -57,8 +62,9 @@ def _make_gather(dt):
 
 def gather(src, iface: dict, out):
     """Copy the strided device array ``src`` (its array interface ``iface``) into contiguous ``out``."""
-    dt = np.dtype(iface["typestr"])
-    item = dt.itemsize
+    # a copy moves bits: any dtype as the unsigned integer of its width (bfloat16's typestr is only 'V2')
+    item = np.dtype(iface["typestr"]).itemsize
+    dt = np.dtype(f"u{item}")
     shape = tuple(iface["shape"])
     strides = tuple(iface["strides"])
     if any(s % item for s in strides):
@@ -78,6 +84,8 @@ def gather(src, iface: dict, out):
     d_shape = cuda.to_device(np.asarray(shape, dtype=np.int64), stream=stream)
     d_est = cuda.to_device(np.asarray(est, dtype=np.int64), stream=stream)
     flat = out.reshape(out.size)
+    if flat.dtype != dt:
+        flat = flat.view(dt)
     name = _nbname(dt)
     k = cached(
         ("gather", dt),
@@ -85,3 +93,46 @@ def gather(src, iface: dict, out):
     )
     k.launch(_grid(flat.shape[0], 256), 256, stream, view, flat, d_shape, d_est, base)
     return out
+
+
+# ------------------------------------------------------------------------------------------ conversions
+def _make_convert(src_dt, dst_dt):
+    """dst[i] = src[i] converted: widening exact; into float16 one rounding to nearest even (NumPy's
+    astype), into bfloat16 through float32 (ml_dtypes' astype), float32/float64 plain casts."""
+    load = loader(src_dt)
+    if dst_dt == BF16:
+        cvt = _to_bf16
+    elif dst_dt == F16:
+
+        @cuda.jit(device=True)
+        def cvt(v):
+            return np.float16(v)
+
+    else:
+        out = dst_dt.type
+
+        @cuda.jit(device=True)
+        def cvt(v):
+            return out(v)
+
+    def convert_kernel(src, dst):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < dst.shape[0]:
+            dst[i] = cvt(load(src[i]))
+            i += step
+
+    return convert_kernel
+
+
+def convert(src, dst, src_dtype, dst_dtype) -> None:
+    """``dst[:] = src`` converting ``src_dtype`` to ``dst_dtype`` (float16/32/64, bfloat16), for contiguous
+    1-D device arrays of the same length as the kernels take them (bfloat16 as uint16: ``kdev``)."""
+    n = dst.shape[0]
+    if n == 0:
+        return
+    sdt, ddt = np.dtype(src_dtype), np.dtype(dst_dtype)
+    k = cached(("convert", sdt, ddt),
+               lambda: Kernel(_make_convert(sdt, ddt), f"void({nbname(sdt)}[::1], {nbname(ddt)}[::1])"))
+    block = 64 if SIM else 256
+    k.launch(_grid(n, block), block, current_stream(), src, dst)

@@ -4,7 +4,14 @@ Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short row
 (rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
 memory once (two-pass moments from registers: accurate when the mean is large against the spread). Rows
 longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
-float16 inputs accumulate in float32 and give float32 statistics; float32 in float32; float64 in float64.
+float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
+float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
+first) and round each output once to nearest even; float32 in float32; float64 in float64.
+
+Fused residual add (``add_layer_norm_*``, ``add_rms_norm_*``): the same row kernels with h = x + residual
+formed (in the accumulation type, rounded to x's dtype, stored) as the row is loaded, and normalized from
+registers; the backward adds dh to dx before its one rounding. They launch through the dispatcher path
+(no launch plans yet) on a GPU too.
 
 Backward: team g owns a contiguous chunk of rows and accumulates its dweight/dbias contributions in
 registers, then writes one float64 partial row ``dw_part[g]``; a second kernel sums the partial rows in
@@ -21,17 +28,21 @@ from numba import cuda
 from ._arrays import adapt
 from ._common import (
     ACC,
+    BF16,
     SIM,
     Kernel,
     arr,
     cached,
     current_stream,
-    dev,
     empty_device,
+    kdev,
+    loader,
     make_team_sum,
     make_team_sum2,
     next_pow2,
+    param_dtype,
     register_cap,
+    storer,
     team_buf_cols,
 )
 
@@ -81,7 +92,13 @@ U = np.uint64
 I32 = np.int32
 
 
-def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False):
+def _inline(fn):
+    """A device function inlined into its kernel (NVVM ``alwaysinline``): the kernels below share one body
+    between their plain and fused-add forms."""
+    return cuda.jit(device=True)(fn) if SIM else cuda.jit(device=True, forceinline=True)(fn)
+
+
+def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
     Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
@@ -89,10 +106,13 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     ``grouped`` (GroupNorm / InstanceNorm rows, (n, group) of K channels x L positions): element j of row
     r has channel (r % G) * K + j // L for the affine parameters, and the row's mean and M2 (float64)
     go to mom[r] when mom is not empty. Otherwise the affine index is j (G, K, L unused).
+    ``add`` (fused residual add): the row normalized is h = x + res rounded to x's dtype, and h is stored;
+    the kernel then takes (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L).
+    Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``param_dtype(dtype)``.
     """
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
-    out = np.dtype(dtype).type
+    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
     f64 = np.float64
     cols = team_buf_cols(t)
     team_sum = make_team_sum(t)
@@ -100,9 +120,26 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     tu, ru = U(t), U(r)
     zero, one = U(0), U(1)
 
+    @_inline
+    def ld_row(x, res, h, row, j):
+        """Element j of the row as the kernel normalizes it (fused add: h = x + res, stored, rounded)."""
+        if add:
+            hv = st(ld(x[row, j]) + ld(res[row, j]))
+            h[row, j] = hv
+            return ld(hv)
+        return ld(x[row, j])
+
+    @_inline
+    def ld_again(x, h, row, j):
+        """Element j of the row, read again (streaming form: h once stored)."""
+        if add:
+            return ld(h[row, j])
+        return ld(x[row, j])
+
     if vpt > 0:
 
-        def norm_fwd(x, w, b, y, mean, rstd, eps, mom, G, K, L):
+        @_inline
+        def norm_fwd_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
             m = U(x.shape[0])
             n = U(x.shape[1])
             buf = cuda.shared.array((2, r, cols), acc_nb)
@@ -118,7 +155,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             for k in range(vpt):
                 v[k] = acc(0)
                 if k < kmax:
-                    v[k] = acc(x[row, lane + U(k * t)])
+                    v[k] = ld_row(x, res, h, row, lane + U(k * t))
             if rms:
                 mu = acc(0)
                 q = acc(0)
@@ -154,14 +191,15 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                         ch = cb + j // U(L) if grouped else j
                         o = (v[k] - mu) * rs
                         if has_w:
-                            o = o * acc(w[ch])
+                            o = o * ldp(w[ch])
                         if has_b:
-                            o = o + acc(b[ch])
-                        y[row, j] = out(o)
+                            o = o + ldp(b[ch])
+                        y[row, j] = st(o)
 
-        return norm_fwd
+        return _fwd_kernel(norm_fwd_body, add)
 
-    def norm_fwd_stream(x, w, b, y, mean, rstd, eps, mom, G, K, L):
+    @_inline
+    def norm_fwd_stream_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
         m = U(x.shape[0])
         n = U(x.shape[1])
         buf = cuda.shared.array((2, r, cols), acc_nb)
@@ -171,17 +209,18 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
         row = U(cuda.blockIdx.x) * ru + ts
         ok = row < m
         mu = acc(0)
-        if not rms:
+        if not rms or add:  # (the fused add stores h in this first pass)
             s = acc(0)
             j = lane
             while ok and j < n:
-                s += acc(x[row, j])
+                s += ld_row(x, res, h, row, j)
                 j += tu
-            mu = team_sum(s, buf, 0, ts, lane) / acc(n)
+            if not rms:
+                mu = team_sum(s, buf, 0, ts, lane) / acc(n)
         q = acc(0)
         j = lane
         while ok and j < n:
-            d = acc(x[row, j]) - mu
+            d = ld_again(x, h, row, j) - mu
             q += d * d
             j += tu
         var = team_sum(q, buf, 1, ts, lane) / acc(n)
@@ -200,15 +239,31 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             j = lane
             while j < n:
                 ch = cb + j // U(L) if grouped else j
-                o = (acc(x[row, j]) - mu) * rs
+                o = (ld_again(x, h, row, j) - mu) * rs
                 if has_w:
-                    o = o * acc(w[ch])
+                    o = o * ldp(w[ch])
                 if has_b:
-                    o = o + acc(b[ch])
-                y[row, j] = out(o)
+                    o = o + ldp(b[ch])
+                y[row, j] = st(o)
                 j += tu
 
-    return norm_fwd_stream
+    return _fwd_kernel(norm_fwd_stream_body, add)
+
+
+def _fwd_kernel(body, add: bool):
+    """The forward kernel around ``body``: (x, w, b, y, mean, rstd, eps, mom, G, K, L), or with ``add``
+    (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L)."""
+    if add:
+
+        def add_norm_fwd(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+            body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L)
+
+        return add_norm_fwd
+
+    def norm_fwd(x, w, b, y, mean, rstd, eps, mom, G, K, L):
+        body(x, x, w, b, y, y, mean, rstd, eps, mom, G, K, L)
+
+    return norm_fwd
 
 
 # ------------------------------------------------------------------------------------------ backward
@@ -219,7 +274,7 @@ def _smem_partials(dtype, t: int, vpt: int) -> bool:
     return 2 * t * vpt * np.dtype(ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
 
 
-def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False):
+def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
     """Backward kernel: team g (< n_chunks) owns rows [g*step, (g+1)*step), step = ceil(M / n_chunks),
     accumulates its dweight/dbias contributions and writes partial rows dwp[g], dbp[g] (float64).
 
@@ -229,10 +284,13 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     LayerNorm (rms False): xhat = (x - mean) * rstd; RMSNorm (rms True): xhat = x * rstd, no mean term.
     ``grouped``: the weight of element j of row r is w[(r % G) * K + j // L] (GroupNorm / InstanceNorm;
     their dweight/dbias come from another kernel: dwp, dbp are empty then).
+    ``add`` (fused residual add): dx += dh (the gradient arriving on the residual stream; a (0, 0) ``dh``
+    adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
+    Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``param_dtype(dtype)``.
     """
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
-    out = np.dtype(dtype).type
+    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
     f64 = np.float64
     cols = team_buf_cols(t)
     team_sum2 = make_team_sum2(t)
@@ -243,9 +301,18 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     row_len = t * nv if smem else 1
     part_rows = r if smem else 1
 
+    @_inline
+    def dx_out(dh, row, j, v):
+        """dx[row, j] from its float value (fused add: + dh[row, j] first)."""
+        if add:
+            if dh.size > 0:
+                v += ld(dh[row, j])
+        return st(v)
+
     if vpt > 0:
 
-        def norm_bwd(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+        @_inline
+        def norm_bwd_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
             m = U(x.shape[0])
             n = U(x.shape[1])
             c = U(n_chunks)
@@ -288,8 +355,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     rs = acc(rstd[row])
                     for k in range(vpt):
                         if k < kmax:
-                            xv[k] = acc(x[row, lane + U(k * t)])
-                            dv[k] = acc(dy[row, lane + U(k * t)])
+                            xv[k] = ld(x[row, lane + U(k * t)])
+                            dv[k] = ld(dy[row, lane + U(k * t)])
                 s1 = acc(0)
                 s2 = acc(0)
                 for k in range(vpt):
@@ -298,7 +365,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     gv = d
                     if has_w and k < kmax:
                         j = lane + U(k * t)
-                        gv = d * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
                     s1 += gv
                     s2 += gv * xh
                     if smem:
@@ -315,7 +382,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 if ok:
                     for k in range(vpt):
                         if k < kmax:
-                            dx[row, lane + U(k * t)] = out(rs * (dv[k] - c1 - xv[k] * c2))
+                            j = lane + U(k * t)
+                            dx[row, j] = dx_out(dh, row, j, rs * (dv[k] - c1 - xv[k] * c2))
                 it += one
             if g < c:
                 want_dw = dwp.size > 0
@@ -330,9 +398,10 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                         if want_db:
                             dbp[g, j] = f64(pb)
 
-        return norm_bwd
+        return _bwd_kernel(norm_bwd_body, add)
 
-    def norm_bwd_stream(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+    @_inline
+    def norm_bwd_stream_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
         m = U(x.shape[0])
         n = U(x.shape[1])
         c = U(n_chunks)
@@ -369,10 +438,10 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 rs = acc(rstd[row])
                 j = lane
                 while j < n:
-                    xh = (acc(x[row, j]) - mu) * rs
-                    gv = acc(dy[row, j])
+                    xh = (ld(x[row, j]) - mu) * rs
+                    gv = ld(dy[row, j])
                     if has_w:
-                        gv = gv * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                        gv = gv * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
                     s1 += gv
                     s2 += gv * xh
                     j += tu
@@ -382,12 +451,12 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
             if ok:
                 j = lane
                 while j < n:
-                    xh = (acc(x[row, j]) - mu) * rs
-                    d = acc(dy[row, j])
+                    xh = (ld(x[row, j]) - mu) * rs
+                    d = ld(dy[row, j])
                     gv = d
                     if has_w:
-                        gv = d * acc(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
-                    dx[row, j] = out(rs * (gv - c1 - xh * c2))
+                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    dx[row, j] = dx_out(dh, row, j, rs * (gv - c1 - xh * c2))
                     if want_dw:
                         dwp[g, j] += f64(d * xh)
                     if want_db:
@@ -395,7 +464,23 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     j += tu
             it += one
 
-    return norm_bwd_stream
+    return _bwd_kernel(norm_bwd_stream_body, add)
+
+
+def _bwd_kernel(body, add: bool):
+    """The backward kernel around ``body``: (dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L), or with
+    ``add`` (dy, dh, x, ...)."""
+    if add:
+
+        def add_norm_bwd(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+            body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L)
+
+        return add_norm_bwd
+
+    def norm_bwd(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+        body(dy, dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L)
+
+    return norm_bwd
 
 
 # ------------------------------------------------------------------------------------------ column sums
@@ -403,8 +488,11 @@ RED_COLS = 32  # columns per block of the partial-row reduction
 RED_GROUPS = 8  # chunk groups per block (block = RED_COLS * RED_GROUPS threads)
 
 
-def _make_reduce(dtype):
-    out = np.dtype(dtype).type
+def _make_reduce(dtype, dtype_b=None):
+    """The partial-row reduction writing ``oa`` in ``dtype`` and ``ob`` in ``dtype_b`` (default: the same);
+    16-bit outputs round the float32 result once (bfloat16 as uint16 bits)."""
+    st_a = storer(dtype)
+    st_b = storer(dtype if dtype_b is None else dtype_b)
     from numba import float64
 
     bc, bg = RED_COLS, RED_GROUPS
@@ -442,30 +530,38 @@ def _make_reduce(dtype):
                 sa += buf[0, k, cl]
                 sb += buf[1, k, cl]
             if want_a:
-                oa[j] = out(sa)
+                oa[j] = st_a(sa)
             if want_b:
-                ob[j] = out(sb)
+                ob[j] = st_b(sb)
 
     return reduce_partials
 
 
-def _reduce_kernel(dtype) -> Kernel:
+def _reduce_kernel(dtype, dtype_b=None) -> Kernel:
     dt = np.dtype(dtype)
+    db = dt if dtype_b is None else np.dtype(dtype_b)
 
     def build():
         p2 = arr(np.float64, 2)
-        sig = f"void({p2}, {p2}, {arr(dt, 1)}, {arr(dt, 1)}, int64)"
-        return Kernel(_make_reduce(dt), sig, register_cap(RED_COLS * RED_GROUPS, np.float64))
+        sig = f"void({p2}, {p2}, {arr(dt, 1)}, {arr(db, 1)}, int64)"
+        return Kernel(_make_reduce(dt, db), sig, register_cap(RED_COLS * RED_GROUPS, np.float64))
 
-    return cached(("reduce_partials", dt, RED_COLS, RED_GROUPS), build)
+    return cached(("reduce_partials", dt, db, RED_COLS, RED_GROUPS), build)
 
 
-def reduce_partials(pa, pb, oa, ob, c: int, stream) -> None:
+def reduce_partials(pa, pb, oa, ob, c: int, stream, dt_a=None, dt_b=None) -> None:
+    """Launch the reduction; ``dt_a``/``dt_b``: the outputs' dtypes when they are uint16 views of bfloat16."""
     n = max(oa.shape[0], ob.shape[0])
     if n == 0:
         return
-    k = _reduce_kernel(oa.dtype if oa.shape[0] > 0 else ob.dtype)
-    k.launch(-(-n // RED_COLS), RED_COLS * RED_GROUPS, stream, pa, pb, oa, ob, c)
+    dt_a = np.dtype(oa.dtype if dt_a is None else dt_a)
+    dt_b = np.dtype(ob.dtype if dt_b is None else dt_b)
+    if oa.shape[0] == 0:
+        oa, dt_a = empty_device((0,), dt_b), dt_b
+    if ob.shape[0] == 0:
+        ob, dt_b = empty_device((0,), dt_a), dt_a
+    k = _reduce_kernel(dt_a, dt_b)
+    k.launch(-(-n // RED_COLS), RED_COLS * RED_GROUPS, stream, pa, pb, _kv(oa), _kv(ob), c)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -473,18 +569,32 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False) -> Kernel:
+def _kv(a):
+    """A device array as the kernels read it (bfloat16 as uint16)."""
+    from ._common import kview
+
+    return kview(a)
+
+
+def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add)))
+
+
+def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+    """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
+    without a GPU)."""
     dt = np.dtype(dt)
-    a2, a1, s1, p2 = arr(dt, 2), arr(dt, 1), arr(_stat(dt), 1), arr(np.float64, 2)
+    a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
-        sig = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
+        data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
+        sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
         make = _make_forward
     else:
-        sig = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
+        data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
+        sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
         make = _make_backward
-    regs = register_cap(t * r, ACC[dt])
-    key = ("norm", kind, dt, t, r, vpt, rms, grouped)
-    return cached(key, lambda: Kernel(make(dt, t, r, vpt, rms, grouped), sig, regs))
+    return make(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
 
 
 def _no_mom():
@@ -492,33 +602,78 @@ def _no_mom():
     return empty_device((0, 0), np.float64)
 
 
-def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None):
-    """Row kernel launch; ``groups`` = (G, K, L) for GroupNorm/InstanceNorm rows (affine per channel)."""
+def _backend():
+    from ..._dispatch import cuda_backend
+
+    return cuda_backend()
+
+
+def _sized(a):
+    """``a`` with an integer ``size`` and a NumPy ``dtype`` (torch tensors adapted on a GPU), or None."""
+    return a if a is None or SIM else adapt(a)
+
+
+def _param(a, dt):
+    """An optional weight/bias for data of ``dt``, as the kernels take it: ``param_dtype(dt)`` (a 16-bit
+    parameter is converted on the device: the public layer passes float32 ones and pays nothing), an
+    absent one as an empty array of that dtype. Returns a device array (bfloat16 never: float32)."""
+    pdt = param_dtype(dt)
+    a = _sized(a)
+    if a is None or a.size == 0:
+        return empty_device((0,), pdt)
+    if np.dtype(a.dtype) != pdt:
+        a = _backend().astype(a, pdt)
+    return kdev(a)
+
+
+def _grad_out(a, dt):
+    """An optional dweight/dbias output: (device array as the kernels write it, its dtype); absent ones as
+    empty arrays of ``param_dtype(dt)``. Any float dtype is written (16-bit rounds the float32 sum once)."""
+    a = _sized(a)
+    if a is None or a.size == 0:
+        pdt = param_dtype(dt)
+        return empty_device((0,), pdt), pdt
+    return kdev(a), np.dtype(a.dtype)
+
+
+def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, res=None, h=None):
+    """Row kernel launch on kernel-ready arrays (``kdev``); ``dt`` is x's dtype when x is a uint16 view of
+    bfloat16; ``groups`` = (G, K, L) for GroupNorm/InstanceNorm rows (affine per channel); ``res``/``h``
+    the fused add's residual and sum (both or neither)."""
     m, n = x.shape
     if m == 0:
         return
+    dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = row_config(n, FWD_VPT)
-    k = _get("fwd", x.dtype, t, r, vpt, rms, groups is not None)
+    add = res is not None
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add)
     g, kk, ll = groups if groups is not None else (1, n, 1)
-    k.launch(-(-m // r), t * r, current_stream(), x, w, b, y, mean, rstd, float(eps),
+    data = (x, res, w, b, y, h) if add else (x, w, b, y)
+    k.launch(-(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps),
              _no_mom() if mom is None else mom, g, kk, ll)
 
 
-def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None):
+def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None,
+              gdt=(None, None)):
+    """Backward launch on kernel-ready arrays; ``dh``: the fused add's residual gradient (a (0, 0) array
+    when absent, None for the plain kernels); ``gdt``: dweight/dbias dtypes when uint16 views."""
     m, n = x.shape
     want = dw.shape[0] > 0 or db.shape[0] > 0
     if m == 0 and not want:
         return
-    t, r, vpt = bwd_config(n, x.dtype)
-    k = _get("bwd", x.dtype, t, r, vpt, rms, groups is not None)
+    dt = np.dtype(x.dtype if dt is None else dt)
+    t, r, vpt = bwd_config(n, dt)
+    add = dh is not None
+    k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     rows = [p.shape[0] for o, p in ((dw, dw_part), (db, db_part)) if o.shape[0] > 0]
     bound = min(rows) if rows else 1 << 30
     c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
     stream = current_stream()
-    k.launch(-(-c // r), t * r, stream, dy, x, mean, rstd, w, dx, dw_part, db_part, c, g, kk, ll)
+    data = (dy, dh, x) if add else (dy, x)
+    k.launch(-(-c // r), t * r, stream, *data, mean, rstd, w, dx, dw_part, db_part, c, g, kk, ll)
     if want:
-        reduce_partials(dw_part, db_part, dw, db, c, stream)
+        reduce_partials(dw_part, db_part, dw, db, c, stream, *gdt)
 
 
 # ------------------------------------------------------------------------------------------ launch plans
@@ -537,6 +692,14 @@ def _ad(a):
     return d if d.size > 0 else None
 
 
+def _adp(a, dt):
+    """An adapted weight/bias in ``param_dtype(dt)`` (converted on the device if needed), or None."""
+    d = _ad(a)
+    if d is not None and d.dtype != param_dtype(dt):
+        d = adapt(_backend().astype(d, param_dtype(dt)))
+    return d
+
+
 def _p(d) -> int:
     return 0 if d is None else d.ptr
 
@@ -547,12 +710,12 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     if plan is None:
         t, r, vpt = row_config(n, FWD_VPT)
         k = _get("fwd", dt, t, r, vpt, rms)
-        it, sd = dt.itemsize, _stat(dt).itemsize
+        it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
             tpl.array((m, n), it),
-            tpl.array((n if has_w else 0,), it),
-            tpl.array((n if has_b else 0,), it),
+            tpl.array((n if has_w else 0,), pit),
+            tpl.array((n if has_b else 0,), pit),
             tpl.array((m, n), it),
             tpl.array((0 if rms else m,), sd),
             tpl.array((m,), sd),
@@ -565,24 +728,25 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     return plan
 
 
-def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int) -> Plan:
-    """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted).
-    ``plan.extra`` is the reduction's plan (None when no dweight/dbias is wanted)."""
-    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device)
+def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None)) -> Plan:
+    """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted),
+    ``gdt`` the dweight/dbias dtypes. ``plan.extra`` is the reduction's plan (None when no dweight/dbias
+    is wanted)."""
+    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = bwd_config(n, dt)
         k = _get("bwd", dt, t, r, vpt, rms)
         bound = min([p for p in (pw, pb) if p] or [1 << 30])
         c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
-        it, sd = dt.itemsize, _stat(dt).itemsize
+        it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
             tpl.array((m, n), it),
             tpl.array((m, n), it),
             tpl.array((0 if rms else m,), sd),
             tpl.array((m,), sd),
-            tpl.array((n if has_w else 0,), it),
+            tpl.array((n if has_w else 0,), pit),
             tpl.array((m, n), it),
             tpl.array((pw, n) if pw else (0, 0), 8),
             tpl.array((pb, n) if pb else (0, 0), 8),
@@ -591,13 +755,17 @@ def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, devi
             tpl.i64(v)
         red = None
         if pw or pb:
-            rk = _reduce_kernel(dt)
+            gw = np.dtype(gdt[0] or param_dtype(dt))
+            gb = np.dtype(gdt[1] or gw)
+            if not pw:
+                gw = gb
+            rk = _reduce_kernel(gw, gb)
             rt = ArgTemplate()
             rslots = (
                 rt.array((pw, n) if pw else (0, 0), 8),
                 rt.array((pb, n) if pb else (0, 0), 8),
-                rt.array((n if pw else 0,), it),
-                rt.array((n if pb else 0,), it),
+                rt.array((n if pw else 0,), gw.itemsize),
+                rt.array((n if pb else 0,), gb.itemsize),
             )
             rt.i64(c)
             red = Plan(core_kernel(rk), -(-n // RED_COLS), RED_COLS * RED_GROUPS, rt, rslots)
@@ -611,7 +779,7 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     m, n = X.shape
     if m == 0:
         return _done()
-    W, B, Y, MU, RS = _ad(w), _ad(b), adapt(y), _ad(mean), adapt(rstd)
+    W, B, Y, MU, RS = _adp(w, X.dtype), _adp(b, X.dtype), adapt(y), _ad(mean), adapt(rstd)
     plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device)
     stream = caller_stream(X.kind, X.device)
     input_streams((X, W, B), X.kind, stream)
@@ -625,11 +793,12 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     DW, DB = _ad(dw), _ad(db)
     if m == 0 and DW is None and DB is None:
         return _done()
-    DY, MU, RS, W, DX = adapt(dy), _ad(mean), adapt(rstd), _ad(w), adapt(dx)
+    DY, MU, RS, W, DX = adapt(dy), _ad(mean), adapt(rstd), _adp(w, X.dtype), adapt(dx)
     PW = adapt(dw_part) if DW is not None else None
     PB = adapt(db_part) if DB is not None else None
+    gdt = (None if DW is None else DW.dtype, None if DB is None else DB.dtype)
     plan = _bwd_plan(X.dtype, m, n, W is not None, 0 if PW is None else PW.shape[0],
-                     0 if PB is None else PB.shape[0], rms, X.device)
+                     0 if PB is None else PB.shape[0], rms, X.device, gdt)
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
     plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), DX.ptr, _p(PW), _p(PB)))
@@ -646,30 +815,42 @@ def _done() -> None:
         _cuda_backend.done()
 
 
+def _dtype(a):
+    from ..._validation import dtype_of
+
+    return dtype_of(a)
+
+
 def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
-    """IN x (M, N), weight (N,) | (0,), bias (N,) | (0,); OUT y (M, N), mean (M,), rstd (M,)."""
+    """IN x (M, N), weight (N,) | (0,), bias (N,) | (0,); OUT y (M, N), mean (M,), rstd (M,).
+    16-bit x: weight/bias float32 (16-bit ones are converted), mean/rstd float32."""
     if not SIM:
         return _launch_fwd(x, weight, bias, y, mean, rstd, eps, False)
-    _forward(dev(x), dev(weight), dev(bias), dev(y), dev(mean), dev(rstd), eps, False)
+    dt = _dtype(x)
+    _forward(kdev(x), _param(weight, dt), _param(bias, dt), kdev(y), kdev(mean), kdev(rstd), eps, False, dt=dt)
 
 
 def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,); OUT y (M, N), rstd (M,)."""
     if not SIM:
         return _launch_fwd(x, weight, None, y, None, rstd, eps, True)
-    x, weight, y, rstd = dev(x), dev(weight), dev(y), dev(rstd)
-    _forward(x, weight, empty_device((0,), x.dtype), y, empty_device((0,), rstd.dtype), rstd, eps, True)
+    dt = _dtype(x)
+    _forward(kdev(x), _param(weight, dt), _param(None, dt), kdev(y), empty_device((0,), _stat(dt)), kdev(rstd),
+             eps, True, dt=dt)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
                         n_threads):
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
-    dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here."""
+    dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here. dweight/dbias may be float32 or
+    x's dtype for 16-bit x (the float32 sums rounded once)."""
     if not SIM:
         return _launch_bwd(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
-    _backward(dev(dy), dev(x), dev(mean), dev(rstd), dev(weight), dev(dx), dev(dweight), dev(dbias),
-              dev(dw_part), dev(db_part), False)
+    dt = _dtype(x)
+    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
+    _backward(kdev(dy), kdev(x), kdev(mean), kdev(rstd), _param(weight, dt), kdev(dx), dw, db, kdev(dw_part),
+              kdev(db_part), False, dt=dt, gdt=(gw, gb))
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
@@ -677,6 +858,58 @@ def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threa
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
     if not SIM:
         return _launch_bwd(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
-    dy, x, rstd, weight, dx, dweight, dw_part = (dev(a) for a in (dy, x, rstd, weight, dx, dweight, dw_part))
-    _backward(dy, x, empty_device((0,), rstd.dtype), rstd, weight, dx, dweight, empty_device((0,), x.dtype),
-              dw_part, empty_device((0, 0), np.float64), True)
+    dt = _dtype(x)
+    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(None, dt)
+    _backward(kdev(dy), kdev(x), empty_device((0,), _stat(dt)), kdev(rstd), _param(weight, dt), kdev(dx), dw, db,
+              kdev(dw_part), empty_device((0, 0), np.float64), True, dt=dt, gdt=(gw, gb))
+
+
+# ------------------------------------------------------------------------------------------ fused add + norm
+def _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, rms: bool) -> None:
+    dt = _dtype(x)
+    X = kdev(x)
+    if X.shape[0] == 0:
+        return _done()
+    mean = _sized(mean)
+    MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
+    _forward(X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt,
+             res=kdev(residual), h=kdev(h))
+    _done()
+
+
+def _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, rms: bool) -> None:
+    dt = _dtype(h)
+    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
+    dh, mean = _sized(dh), _sized(mean)
+    DH = kdev(dh) if dh is not None and dh.size > 0 else empty_device((0, 0), dt if dt != BF16 else np.uint16)
+    MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
+    PW = kdev(dw_part) if dw.shape[0] > 0 else empty_device((0, 0), np.float64)
+    PB = kdev(db_part) if db.shape[0] > 0 else empty_device((0, 0), np.float64)
+    _backward(kdev(dy), kdev(h), MU, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, PW, PB, rms, dt=dt, dh=DH,
+              gdt=(gw, gb))
+    _done()
+
+
+def add_layer_norm_forward(x, residual, weight, bias, y, h, mean, rstd, eps, n_threads):
+    """IN x, residual (M, N), weight, bias (N,) | (0,); OUT y, h (M, N), mean, rstd (M,).
+    h = x + residual rounded to x's dtype; y = LayerNorm(h) (normalizing the rounded h)."""
+    _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, False)
+
+
+def add_rms_norm_forward(x, residual, weight, y, h, rstd, eps, n_threads):
+    """IN x, residual (M, N), weight (N,) | (0,); OUT y, h (M, N), rstd (M,)."""
+    _add_forward(x, residual, weight, None, y, h, None, rstd, eps, True)
+
+
+def add_layer_norm_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
+                            n_threads):
+    """IN dy (M, N), dh (M, N) | absent (size 0), h (M, N), mean, rstd (M,), weight (N,) | (0,);
+    OUT dx (M, N) = LayerNorm backward at h + dh (the gradient of x and of residual), dweight, dbias;
+    SCRATCH dw_part, db_part (P, N) float64 | (0, 0); dw_acc, db_acc unused here."""
+    _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
+
+
+def add_rms_norm_backward(dy, dh, h, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
+    """IN dy, dh | absent, h (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
+    SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
+    _add_backward(dy, dh, h, None, rstd, weight, dx, dweight, None, dw_part, None, True)

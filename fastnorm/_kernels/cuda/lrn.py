@@ -18,15 +18,19 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import ACC, SIM, Kernel, arr, cached, current_stream, dev, register_cap
+from ._common import ACC, SIM, Kernel, arr, cached, current_stream, kdev, loader, register_cap, storer
 
 U = np.uint64
 BLOCK = 64 if SIM else 256
 
 
-def _make(dtype, backward: bool):
+def _make(dtype, backward: bool, scale_dtype=None):
+    """Data (x, y, dy, dx) in ``dtype`` (bfloat16 as uint16 bits), ``scale`` in ``scale_dtype`` (default: the
+    same); sums in ``ACC[dtype]``, 16-bit outputs rounded once."""
     acc = ACC[np.dtype(dtype)]
-    out = np.dtype(dtype).type
+    ld, st = loader(dtype), storer(dtype)
+    sdt = np.dtype(dtype if scale_dtype is None else scale_dtype)
+    lds, sts = loader(sdt), storer(sdt)
 
     def lrn_fwd(xf, yf, sf, nc, nl, size, a, beta, k):
         total = U(xf.shape[0])
@@ -43,12 +47,12 @@ def _make(dtype, backward: bool):
             s = acc(0)
             cc = lo
             while cc <= hi:
-                v = acc(xf[i - (c - cc) * L]) if cc <= c else acc(xf[i + (cc - c) * L])
+                v = ld(xf[i - (c - cc) * L]) if cc <= c else ld(xf[i + (cc - c) * L])
                 s += v * v
                 cc += U(1)
             sc = acc(k) + acc(a) * s
-            sf[i] = out(sc)
-            yf[i] = out(acc(xf[i]) * math.pow(sc, acc(-beta)))
+            sf[i] = sts(sc)
+            yf[i] = st(ld(xf[i]) * math.pow(sc, acc(-beta)))
             i += step
 
     def lrn_bwd(dyf, xf, yf, sf, dxf, nc, nl, size, coef, beta):
@@ -67,22 +71,30 @@ def _make(dtype, backward: bool):
             cc = lo
             while cc <= hi:
                 e = i - (c - cc) * L if cc <= c else i + (cc - c) * L
-                s += acc(dyf[e]) * acc(yf[e]) / acc(sf[e])
+                s += ld(dyf[e]) * ld(yf[e]) / acc(lds(sf[e]))
                 cc += U(1)
-            dxf[i] = out(acc(dyf[i]) * math.pow(acc(sf[i]), acc(-beta)) - acc(coef) * acc(xf[i]) * s)
+            dxf[i] = st(ld(dyf[i]) * math.pow(acc(lds(sf[i])), acc(-beta)) - acc(coef) * ld(xf[i]) * s)
             i += step
 
     return lrn_bwd if backward else lrn_fwd
 
 
-def _kernel(dt, backward: bool) -> Kernel:
+def _kernel(dt, backward: bool, sdt=None) -> Kernel:
     dt = np.dtype(dt)
-    a1 = arr(dt, 1)
+    sdt = dt if sdt is None else np.dtype(sdt)
+    a1, s1 = arr(dt, 1), arr(sdt, 1)
     if backward:
-        sig = f"void({a1}, {a1}, {a1}, {a1}, {a1}, int64, int64, int64, float64, float64)"
+        sig = f"void({a1}, {a1}, {a1}, {s1}, {a1}, int64, int64, int64, float64, float64)"
     else:
-        sig = f"void({a1}, {a1}, {a1}, int64, int64, int64, float64, float64, float64)"
-    return cached(("lrn", backward, dt), lambda: Kernel(_make(dt, backward), sig, register_cap(BLOCK, ACC[dt])))
+        sig = f"void({a1}, {a1}, {s1}, int64, int64, int64, float64, float64, float64)"
+    return cached(("lrn", backward, dt, sdt),
+                  lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt])))
+
+
+def _dtype(a):
+    from ..._validation import dtype_of
+
+    return dtype_of(a)
 
 
 def _grid(k: Kernel, total: int) -> int:
@@ -99,11 +111,12 @@ def lrn_scratch_len(lo: int, hi: int) -> int:
 
 
 def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads):
-    """IN x (N, C, L); OUT y, scale (N, C, L); SCRATCH unused."""
-    x, y, scale = dev(x), dev(y), dev(scale)
+    """IN x (N, C, L); OUT y, scale (N, C, L) (scale in x's dtype or, for 16-bit x, float32); SCRATCH unused."""
+    dt, sdt = _dtype(x), _dtype(scale)
+    x, y, scale = kdev(x), kdev(y), kdev(scale)
     if x.size == 0:
         return
-    kern = _kernel(x.dtype, False)
+    kern = _kernel(dt, False, sdt)
     n, c, length = x.shape
     kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(x), _flat(y), _flat(scale), c, length,
                 int(size), float(alpha) / size, float(beta), float(k))
@@ -111,10 +124,11 @@ def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_th
 
 def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads):
     """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH unused."""
-    dy, x, y, scale, dx = dev(dy), dev(x), dev(y), dev(scale), dev(dx)
+    dt, sdt = _dtype(x), _dtype(scale)
+    dy, x, y, scale, dx = kdev(dy), kdev(x), kdev(y), kdev(scale), kdev(dx)
     if x.size == 0:
         return
-    kern = _kernel(x.dtype, True)
+    kern = _kernel(dt, True, sdt)
     n, c, length = x.shape
     kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(dy), _flat(x), _flat(y), _flat(scale),
                 _flat(dx), c, length, int(size), 2.0 * float(alpha) * float(beta) / size, float(beta))

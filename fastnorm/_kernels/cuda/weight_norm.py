@@ -19,7 +19,22 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import ACC, SIM, Kernel, arr, cached, current_stream, dev, make_team_sum2, register_cap, team_buf_cols
+from ._common import (
+    ACC,
+    BF16,
+    SIM,
+    Kernel,
+    arr,
+    cached,
+    current_stream,
+    dev,
+    kdev,
+    loader,
+    make_team_sum2,
+    register_cap,
+    storer,
+    team_buf_cols,
+)
 
 U = np.uint64
 F64 = np.float64
@@ -33,16 +48,15 @@ def _nb(acc):
     return float32 if acc is np.float32 else float64
 
 
-def _team_kernel(name, dt, make, sig):
-    dt = np.dtype(dt)
-    return cached((name, dt, TEAM), lambda: Kernel(make(dt), sig, register_cap(TEAM, ACC[dt])))
-
-
 # ------------------------------------------------------------------------------------------ WeightNorm
-def _make_wn(dtype, backward: bool):
+def _make_wn(dtype, backward: bool, dts=None):
+    """``dtype``: v, w, dw, dv (bfloat16 as uint16 bits); ``dts`` = (g, norm, o2) dtypes (default: all
+    ``dtype``): 16-bit v may come with float32 g/norm/dg."""
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
-    out = np.dtype(dtype).type
+    ld, st = loader(dtype), storer(dtype)
+    gdt, ndt, odt = (dtype,) * 3 if dts is None else dts
+    ldg, ldn, sto = loader(gdt), loader(ndt), storer(odt)
     team_sum2 = make_team_sum2(TEAM)
     cols = team_buf_cols(TEAM)
     tu = U(TEAM)
@@ -63,45 +77,57 @@ def _make_wn(dtype, backward: bool):
         while q < per:
             a = q // B
             b = q - a * B
-            vv = acc(v[a, d, b])
-            s += (acc(a_in[a, d, b]) * vv) if backward else vv * vv
+            vv = ld(v[a, d, b])
+            s += (ld(a_in[a, d, b]) * vv) if backward else vv * vv
             q += tu
         tot, _unused = team_sum2(s, acc(0), buf, 0, 0, lane)
         if backward:
-            nrm = acc(norm[d])
+            nrm = acc(ldn(norm[d]))
             dot = tot
-            c1 = acc(g[d]) / nrm
-            c2 = acc(g[d]) * dot / (nrm * nrm * nrm)
+            c1 = acc(ldg(g[d])) / nrm
+            c2 = acc(ldg(g[d])) * dot / (nrm * nrm * nrm)
             if lane == U(0):
-                o2[d] = out(dot / nrm)
+                o2[d] = sto(dot / nrm)
         else:
             nrm = acc(math.sqrt(tot))
-            c1 = acc(g[d]) / nrm
+            c1 = acc(ldg(g[d])) / nrm
             c2 = acc(0)
             if lane == U(0):
-                o2[d] = out(nrm)
+                o2[d] = sto(nrm)
         q = lane
         while q < per:
             a = q // B
             b = q - a * B
             if backward:
-                o1[a, d, b] = out(c1 * acc(a_in[a, d, b]) - c2 * acc(v[a, d, b]))
+                o1[a, d, b] = st(c1 * ld(a_in[a, d, b]) - c2 * ld(v[a, d, b]))
             else:
-                o1[a, d, b] = out(acc(v[a, d, b]) * c1)
+                o1[a, d, b] = st(ld(v[a, d, b]) * c1)
             q += tu
 
     return wn
 
 
-def _wn_kernel(dt, backward: bool) -> Kernel:
-    a3, a1 = arr(dt, 3), arr(dt, 1)
-    sig = f"void({a3}, {a3}, {a1}, {a1}, {a3}, {a1})"
-    return _team_kernel(("wn", backward), dt, lambda d: _make_wn(d, backward), sig)
+def _wn_kernel(dt, backward: bool, dts) -> Kernel:
+    dt = np.dtype(dt)
+    dts = tuple(np.dtype(x) for x in dts)
+    a3 = arr(dt, 3)
+    g1, n1, o1 = (arr(x, 1) for x in dts)
+    sig = f"void({a3}, {a3}, {g1}, {n1}, {a3}, {o1})"
+    return cached((("wn", backward), dt, dts, TEAM),
+                  lambda: Kernel(_make_wn(dt, backward, dts), sig, register_cap(TEAM, ACC[dt])))
+
+
+def _dtype(a):
+    from ..._validation import dtype_of
+
+    return dtype_of(a)
 
 
 def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
-    """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused."""
-    v, g, w, norm = dev(v), dev(g), dev(w), dev(norm)
+    """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
+    16-bit v: g and norm in float32 or v's dtype (each in its own)."""
+    dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(norm))
+    v, g, w, norm = kdev(v), kdev(g), kdev(w), kdev(norm)
     a, d, b = v.shape
     if d == 0:
         return
@@ -110,12 +136,13 @@ def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
 
         fill(norm, 0.0)
         return
-    _wn_kernel(v.dtype, False).launch(d, TEAM, current_stream(), v, v, g, norm, w, norm)
+    _wn_kernel(dt, False, dts).launch(d, TEAM, current_stream(), v, v, g, norm, w, norm)
 
 
 def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
     """IN dw, v (A, D, B), g, norm (D,); OUT dv (A, D, B), dg (D,); SCRATCH part, fac unused."""
-    dw, v, g, norm, dv, dg = dev(dw), dev(v), dev(g), dev(norm), dev(dv), dev(dg)
+    dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(dg))
+    dw, v, g, norm, dv, dg = kdev(dw), kdev(v), kdev(g), kdev(norm), kdev(dv), kdev(dg)
     a, d, b = v.shape
     if d == 0:
         return
@@ -124,10 +151,17 @@ def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
 
         fill(dg, 0.0)
         return
-    _wn_kernel(v.dtype, True).launch(d, TEAM, current_stream(), dw, v, g, norm, dv, dg)
+    _wn_kernel(dt, True, dts).launch(d, TEAM, current_stream(), dw, v, g, norm, dv, dg)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
+def _no_bf16(op: str, a) -> None:
+    """CosineLinear has no bfloat16 kernels on CUDA (its products go through cuBLAS/torch/CuPy or the
+    fallback GEMM, none of them wired for bfloat16 here): a clean TypeError before any kernel runs."""
+    if _dtype(a) == BF16:
+        raise TypeError(f"{op}: x has dtype bfloat16; the CUDA kernels take float16, float32 or float64")
+
+
 def _make_row_norms(dtype):
     acc = ACC[np.dtype(dtype)]
     acc_nb = _nb(acc)
@@ -300,6 +334,7 @@ def _grid(k: Kernel, total: int) -> int:
 
 def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
     """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)."""
+    _no_bf16("cosine_linear_forward", x)
     x, w, y, x_norm, w_norm = dev(x), dev(w), dev(y), dev(x_norm), dev(w_norm)
     nb, n = x.shape
     no = w.shape[0]
@@ -316,6 +351,7 @@ def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
 
 def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_threads):
     """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O)."""
+    _no_bf16("cosine_linear_backward", dy)
     dy, y, x_norm, w_norm, gs, cx, cw, part = (dev(a) for a in (dy, y, x_norm, w_norm, gs, cx, cw, part))
     nb, no = dy.shape
     dt = np.dtype(dy.dtype)
@@ -340,6 +376,7 @@ def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_t
 
 def cosine_linear_backward_post(x, w, cx, cw, dx, dw, n_threads):
     """IN x (B, D), w (O, D), cx (B,), cw (O,); IN/OUT dx (B, D) (holds gs @ w), dw (O, D) (holds gs.T @ x)."""
+    _no_bf16("cosine_linear_backward", x)
     x, w, cx, cw, dx, dw = (dev(a) for a in (x, w, cx, cw, dx, dw))
     nb, n = x.shape
     no = w.shape[0]
