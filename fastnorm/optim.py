@@ -123,7 +123,7 @@ def _meta(be, a):
         return None
     try:
         ai = be._iface(a)
-        return tuple(ai["shape"]), np.dtype(ai["typestr"])
+        return tuple(ai["shape"]), _dev_dtype(be, a)
     except Exception:
         return None
 
@@ -253,7 +253,9 @@ def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: 
 
 def _dev_dtype(be, a) -> np.dtype:
     """The dtype of a CUDA array (bfloat16 from the CUDA kernels' own reading: a 2-byte raw typestr)."""
-    code = _kern(be).dtype_code(a)
+    from ._kernels.cuda.optim import dtype_code  # (be is the CUDA backend: numba-cuda is importable)
+
+    code = dtype_code(a)
     return _CODE_DTYPES[code] if code >= 0 else np.dtype(be._iface(a)["typestr"])
 
 
