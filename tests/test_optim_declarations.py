@@ -73,9 +73,13 @@ def test_torch_defaults_equal_the_declaration(algo):
     for cls in (getattr(torch.optim, name), getattr(FO, name)):
         opt = cls([torch.nn.Parameter(torch.zeros(2))])
         group = opt.param_groups[0]
+        if cls is getattr(FO, name):
+            on = cls([torch.nn.Parameter(torch.zeros(2))], master_weights=True).param_groups[0]
+            assert on["master_weights"] is True and on["stochastic_rounding"] is False and on["seed"] == 0
         for k, v in spec.class_defaults().items():
-            if k in O._PRECISION and cls is getattr(torch.optim, name):
-                continue  # fastnorm's 16-bit options
+            if k in O._PRECISION:
+                assert k not in group  # fastnorm's 16-bit options: in the groups only when not default
+                continue
             assert group[k] == v, (cls, k)
 
 

@@ -22,8 +22,9 @@ whichever implementation runs a group. Sparse gradients raise ``RuntimeError``.
 16-bit parameters (bfloat16, float16): the state fastnorm steps is float32 (created in float32 for them,
 and kept in float32 by ``load_state_dict``, which torch would cast to the parameter's dtype); gradients in
 the parameter's dtype or float32. Every class takes three more keyword options, stored in the parameter
-groups like torch's: ``master_weights=False`` (a float32 copy of each 16-bit parameter, state key
-``"master_param"``, is what the step updates; the parameter receives it rounded to nearest even),
+groups like torch's when not at their defaults (so default state dicts are torch's): ``master_weights=False``
+(a float32 copy of each 16-bit parameter, state key ``"master_param"``, is what the step updates; the
+parameter receives it rounded to nearest even),
 ``stochastic_rounding=False`` (the parameter write rounds stochastically; with ``master_weights`` a
 ``ValueError``) and ``seed=0`` (see ``fastnorm.optim``: the keys mix the seed, each parameter's ``step``
 state and its position among the group's parameters with a gradient; SGD keeps a ``step`` state for
@@ -90,6 +91,7 @@ def _bump(state_steps: list[torch.Tensor]) -> None:
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _HALF = (torch.bfloat16, torch.float16)
 _OPTIONS = ("master_weights", "stochastic_rounding", "seed")
+_OPTION_DEFAULTS = (False, False, 0)
 
 
 def _zeros32(p: torch.Tensor) -> torch.Tensor:
@@ -104,16 +106,18 @@ class _FastnormStep:
 
     def __init__(self, params, *args, master_weights=False, stochastic_rounding=False, seed=0, **kwargs):
         opts = {"master_weights": master_weights, "stochastic_rounding": stochastic_rounding, "seed": seed}
-        self._check_options(opts)
+        self._options = self._check_options(opts)
         super().__init__(params, *args, **kwargs)
-        self.defaults.update(opts)
-        for group in self.param_groups:
-            for k, v in opts.items():
-                group.setdefault(k, v)
+        if opts != dict(zip(_OPTIONS, _OPTION_DEFAULTS)):  # default options: groups and state dicts as torch's
+            self.defaults.update(opts)
+            for group in self.param_groups:
+                for k, v in opts.items():
+                    group.setdefault(k, v)
 
     def _check_options(self, group: dict) -> dict:
         """The group's 16-bit options (defaults for a group loaded from a plain torch state dict), checked."""
-        group = {k: group.get(k, getattr(self, "defaults", {}).get(k, d)) for k, d in zip(_OPTIONS, (False, False, 0))}
+        base = getattr(self, "_options", None) or dict(zip(_OPTIONS, _OPTION_DEFAULTS))
+        group = {k: group.get(k, base[k]) for k in _OPTIONS}
         name = f"fastnorm.torch.optim.{type(self).__name__}"
         _fo._precision(name, None, group["stochastic_rounding"], group["seed"])
         if _fo._flag(name, "master_weights", group["master_weights"]) and group["stochastic_rounding"]:
@@ -146,9 +150,11 @@ class _FastnormStep:
         return out
 
     def _prepare_half(self, group: dict) -> None:
+        opts = None
         for p in group["params"]:
             if p.grad is not None and p.dtype in _HALF:
-                self._half_state(group, p, self.state[p])
+                opts = opts or {**group, **self._check_options(group)}
+                self._half_state(opts, p, self.state[p])
 
     def _fallback_reason(self, group: dict) -> str | None:
         """Why fastnorm cannot step this group (torch's step then does), or None."""
