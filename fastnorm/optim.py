@@ -24,12 +24,14 @@ The classes ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW``
     opt.param_groups[0]["lr"] = 1e-4     # hyperparameters are read at every step (schedulers work)
     sd = opt.state_dict(); opt.load_state_dict(sd)
 
-Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays (updated in
+Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays, or
+bfloat16 (``ml_dtypes.bfloat16``) / float16 parameters with float32 state (see below) (updated in
 place; they cannot be copied), or all CUDA arrays (anything with ``__cuda_array_interface__``: Numba
 device arrays, CuPy arrays, PyTorch CUDA tensors), which run the same steps on the GPU (state the
 classes allocate is then Numba device arrays; ``state_dict()`` returns host NumPy copies). Mixing host
 and device arrays in one call is a ``TypeError`` naming the argument. State has its parameter's shape
-and dtype; gradients must match their parameter's shape and dtype (a gradient that is non-contiguous,
+and dtype (float32 for a 16-bit parameter); gradients must match their parameter's shape and dtype (or
+be float32 beside a 16-bit parameter; a gradient that is non-contiguous,
 not aligned to its element size, or byte-swapped is copied in). Parameters and state, updated in place,
 must be native-endian, aligned, C-contiguous and writeable: otherwise a ``ValueError`` names the argument
 and the reason. Hyperparameters are numbers (Python or NumPy scalars, 0-d arrays), read by value and
@@ -38,6 +40,34 @@ Scalar constants (bias corrections, lr * weight_decay) are computed in double an
 parameter's dtype once. Everything is checked before anything is written: a bad argument raises
 ``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
 untouched.
+
+16-bit parameters (bfloat16, float16)
+-------------------------------------
+A bfloat16 or float16 parameter keeps float32 state; its gradient may be 16-bit or float32. A step widens
+the parameter (and a 16-bit gradient) to float32 exactly, runs the float32 update (the very operations
+of the float32 path) and writes the result back:
+
+- by default rounded to nearest even (NaN kept);
+- ``master_weights=True`` (classes; functional steps: ``master_params``, a float32 array per 16-bit
+  parameter, None beside float32/float64 ones): the float32 master copy is what the step reads and updates,
+  and the parameter receives ``round_to_nearest_even(master)`` in the same pass (apex's / torch's
+  mixed-precision recipe: the master trajectory is bitwise the float32 optimizer's). The classes create
+  the master from the parameter at its first step and keep it in the state under ``"master_param"``
+  (``MASTER``), which ``state_dict`` returns and ``load_state_dict`` checks like the other state (required
+  for a 16-bit parameter of a group with ``master_weights``, refused otherwise). With float32/float64
+  parameters the option is a no-op (no copy is kept);
+- ``stochastic_rounding=True`` (pure 16-bit training): the write rounds the float32 result to one of its two
+  16-bit neighbours, the upper with probability equal to the distance from the lower over their spacing
+  (bfloat16: 16 random bits added below the kept mantissa, then truncated; float16: the same probability,
+  compared with 24 random bits; inf, NaN and float16 values beyond 65504 round to nearest), so the
+  rounding is unbiased. The random bits are a counter-based hash (splitmix64) of (seed, step, tensor index,
+  element index), see ``rounding_keys``: reproducible for a seed, independent of the thread count and of
+  the chunking. The classes use their group's ``seed`` (default 0), each parameter's step count (SGD
+  counts steps too, and keeps ``step`` in its state dict when ``stochastic_rounding``) and the parameter's
+  position across groups; the functional steps use ``seed``, the ``step`` argument (1 for the steps
+  without one: pass a different ``seed`` at every call) and the position in the list. Combined with
+  ``master_weights`` it is a ``ValueError`` (the master already carries the exact value); with
+  float32/float64 parameters it is a no-op.
 
 The gradient-descent family in these terms
 ------------------------------------------
@@ -81,6 +111,8 @@ __all__ = [
     "RMSprop",
     "Adam",
     "AdamW",
+    "MASTER",
+    "rounding_keys",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
