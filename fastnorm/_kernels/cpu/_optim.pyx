@@ -12,8 +12,13 @@ whatever the chunking (no fma contraction), so the results do not depend on the 
 
 Every address must point to a live, C-contiguous, aligned array of the given dtype (``code``: 0 float32,
 1 float64, 2 bfloat16, 3 float16 parameters; the state of 16-bit parameters is float32) and size;
-written streams must be writeable and overlap nothing else. The kernels check only the table's structure (shapes, no 0 address where the options need a stream); the addresses
-themselves are ``fastnorm.optim``'s duty (``gather_*`` below do its per-array checks in C).
+written streams must be writeable and overlap nothing else. The kernels check only the table's structure
+(shapes, no 0 address where the options need a stream); the addresses themselves are ``fastnorm.optim``'s
+duty (``gather_*`` below do its per-array checks in C).
+
+16-bit parameters (``code`` 2, 3; ``half=(master, stochastic)``): the table has 8 rows, the 5 above then
+row 5 the float32 master copies (0: none), row 6 the stochastic-rounding keys (``fastnorm.optim.rounding_keys``),
+row 7 one where the gradient is float32 (else it has the parameter's format).
 """
 
 import numpy as np
