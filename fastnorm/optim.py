@@ -24,12 +24,14 @@ The classes ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``, ``Adam``, ``AdamW``
     opt.param_groups[0]["lr"] = 1e-4     # hyperparameters are read at every step (schedulers work)
     sd = opt.state_dict(); opt.load_state_dict(sd)
 
-Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays (updated in
+Arrays: parameters and state must be C-contiguous, writeable float32/float64 NumPy arrays, or
+bfloat16 (``ml_dtypes.bfloat16``) / float16 parameters with float32 state (see below) (updated in
 place; they cannot be copied), or all CUDA arrays (anything with ``__cuda_array_interface__``: Numba
 device arrays, CuPy arrays, PyTorch CUDA tensors), which run the same steps on the GPU (state the
 classes allocate is then Numba device arrays; ``state_dict()`` returns host NumPy copies). Mixing host
 and device arrays in one call is a ``TypeError`` naming the argument. State has its parameter's shape
-and dtype; gradients must match their parameter's shape and dtype (a gradient that is non-contiguous,
+and dtype (float32 for a 16-bit parameter); gradients must match their parameter's shape and dtype (or
+be float32 beside a 16-bit parameter; a gradient that is non-contiguous,
 not aligned to its element size, or byte-swapped is copied in). Parameters and state, updated in place,
 must be native-endian, aligned, C-contiguous and writeable: otherwise a ``ValueError`` names the argument
 and the reason. Hyperparameters are numbers (Python or NumPy scalars, 0-d arrays), read by value and
@@ -38,6 +40,34 @@ Scalar constants (bias corrections, lr * weight_decay) are computed in double an
 parameter's dtype once. Everything is checked before anything is written: a bad argument raises
 ``TypeError`` (type, dtype) or ``ValueError`` (shape, layout, value) and leaves parameters and state
 untouched.
+
+16-bit parameters (bfloat16, float16)
+-------------------------------------
+A bfloat16 or float16 parameter keeps float32 state; its gradient may be 16-bit or float32. A step widens
+the parameter (and a 16-bit gradient) to float32 exactly, runs the float32 update (the very operations
+of the float32 path) and writes the result back:
+
+- by default rounded to nearest even (NaN kept);
+- ``master_weights=True`` (classes; functional steps: ``master_params``, a float32 array per 16-bit
+  parameter, None beside float32/float64 ones): the float32 master copy is what the step reads and updates,
+  and the parameter receives ``round_to_nearest_even(master)`` in the same pass (apex's / torch's
+  mixed-precision recipe: the master trajectory is bitwise the float32 optimizer's). The classes create
+  the master from the parameter at its first step and keep it in the state under ``"master_param"``
+  (``MASTER``), which ``state_dict`` returns and ``load_state_dict`` checks like the other state (required
+  for a 16-bit parameter of a group with ``master_weights``, refused otherwise). With float32/float64
+  parameters the option is a no-op (no copy is kept);
+- ``stochastic_rounding=True`` (pure 16-bit training): the write rounds the float32 result to one of its two
+  16-bit neighbours, the upper with probability equal to the distance from the lower over their spacing
+  (bfloat16: 16 random bits added below the kept mantissa, then truncated; float16: the same probability,
+  compared with 24 random bits; inf, NaN and float16 values beyond 65504 round to nearest), so the
+  rounding is unbiased. The random bits are a counter-based hash (splitmix64) of (seed, step, tensor index,
+  element index), see ``rounding_keys``: reproducible for a seed, independent of the thread count and of
+  the chunking. The classes use their group's ``seed`` (default 0), each parameter's step count (SGD
+  counts steps too, and keeps ``step`` in its state dict when ``stochastic_rounding``) and the parameter's
+  position across groups; the functional steps use ``seed``, the ``step`` argument (1 for the steps
+  without one: pass a different ``seed`` at every call) and the position in the list. Combined with
+  ``master_weights`` it is a ``ValueError`` (the master already carries the exact value); with
+  float32/float64 parameters it is a no-op.
 
 The gradient-descent family in these terms
 ------------------------------------------
@@ -63,6 +93,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._dispatch import CPU, backend_of, on_cuda
 
@@ -80,9 +111,17 @@ __all__ = [
     "RMSprop",
     "Adam",
     "AdamW",
+    "MASTER",
+    "rounding_keys",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Parameter dtypes, in the order of the kernels' dtype codes (0 float32, 1 float64, 2 bfloat16, 3 float16).
+_CODE_DTYPES = (_dtypes.FLOAT32, _dtypes.FLOAT64, _dtypes.BFLOAT16, _dtypes.FLOAT16)
+_PARAM_DTYPES = frozenset(_CODE_DTYPES)
+_ITEMSIZE = np.array([4, 8, 2, 2], np.int64)
+_STATE_CODE = np.array([0, 1, 0, 0], np.int64)  # the state of a 16-bit parameter is float32
+MASTER = "master_param"  # the state key of the float32 master copy of a 16-bit parameter
 
 
 _kernels = None
@@ -116,7 +155,7 @@ def _meta(be, a):
         return None
     try:
         ai = be._iface(a)
-        return tuple(ai["shape"]), np.dtype(ai["typestr"])
+        return tuple(ai["shape"]), _dev_dtype(be, a)
     except Exception:
         return None
 
@@ -158,14 +197,32 @@ def _addr(be, a) -> int:
 
 
 # ------------------------------------------------------------------------------------------ array checks
-def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU):
+def _wanted(ref_dtype, *, stat: bool, writeable: bool) -> tuple:
+    """The dtypes an array may have beside a parameter of ``ref_dtype`` (None: the array is a parameter):
+    state (``stat``) the parameter's state dtype (float32 beside a 16-bit parameter); a gradient the
+    parameter's dtype, or float32 beside a 16-bit parameter."""
+    if ref_dtype is None:
+        return _CODE_DTYPES
+    if stat:
+        return (_dtypes.stat_dtype(ref_dtype),)
+    if not writeable and _dtypes.is_half(ref_dtype):
+        return (ref_dtype, _dtypes.FLOAT32)
+    return (ref_dtype,)
+
+
+def _what(want: tuple, ref) -> str:
+    names = " or ".join(d.name for d in want)
+    return names if ref is None else f"{names} for its {np.dtype(ref).name} parameter"
+
+
+def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CPU, stat: bool = False):
     """``a`` itself when the kernels can use it, a native, aligned, C-contiguous copy when only its layout
     is wrong and ``copy_ok`` (gradients: read, never written); otherwise the error saying why.
 
     Memory overlap is not checked here (see ``_gather_like``).
     """
     if be is not CPU:
-        return _usable_device(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok)
+        return _usable_device(be, op, name, a, ref, writeable=writeable, copy_ok=copy_ok, stat=stat)
     if not isinstance(a, np.ndarray):
         if on_cuda(a):
             raise TypeError(
@@ -174,10 +231,10 @@ def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CP
             )
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     native = a.dtype.newbyteorder("=")
-    want = _FLOATS if ref is None else (ref.dtype,)
+    rdt = None if ref is None else ref.dtype
+    want = _wanted(rdt, stat=stat, writeable=writeable)
     if native not in want:
-        what = "float32 or float64" if ref is None else f"{ref.dtype.name} like its parameter"
-        raise TypeError(f"{op}: {name} has dtype {a.dtype.name}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {a.dtype.name}; expected {_what(want, rdt)}")
     if ref is not None and a.shape != ref.shape:
         raise ValueError(f"{op}: {name} has shape {a.shape} but its parameter has shape {ref.shape}")
     if a.dtype.isnative and a.flags.c_contiguous and a.flags.aligned:
@@ -195,7 +252,7 @@ def _usable(op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, be=CP
     raise ValueError(f"{op}: {name} {why} (it is updated in place, so it cannot be copied)")
 
 
-def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool):
+def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: bool, stat: bool = False):
     """``_usable`` for the CUDA backend (``a`` and ``ref``: CUDA arrays)."""
     if not on_cuda(a):
         if a is None or not hasattr(a, "__array__"):
@@ -205,11 +262,11 @@ def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: 
             "move them to one device"
         )
     ai = be._iface(a)
-    dtype = np.dtype(ai["typestr"])
-    want = _FLOATS if ref is None else (np.dtype(be._iface(ref)["typestr"]),)
+    dtype = _dev_dtype(be, a)
+    rdt = None if ref is None else _dev_dtype(be, ref)
+    want = _wanted(rdt, stat=stat, writeable=writeable)
     if dtype.newbyteorder("=") not in want:
-        what = "float32 or float64" if ref is None else f"{want[0].name} like its parameter"
-        raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {what}")
+        raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {_what(want, rdt)}")
     if not dtype.isnative:
         raise ValueError(f"{op}: {name} is big-endian ({dtype.str}); CUDA arrays must be in native byte order")
     shape = tuple(ai["shape"])
@@ -226,6 +283,14 @@ def _usable_device(be, op: str, name: str, a, ref, *, writeable: bool, copy_ok: 
     return a
 
 
+def _dev_dtype(be, a) -> np.dtype:
+    """The dtype of a CUDA array (bfloat16 from the CUDA kernels' own reading: a 2-byte raw typestr)."""
+    from ._kernels.cuda.optim import dtype_code  # (be is the CUDA backend: numba-cuda is importable)
+
+    code = dtype_code(a)
+    return _CODE_DTYPES[code] if code >= 0 else np.dtype(be._iface(a)["typestr"])
+
+
 def _nbytes(be, a) -> int:
     shape, dtype = _meta(be, a)
     return math.prod(shape) * dtype.itemsize
@@ -238,7 +303,7 @@ def _as_list(op: str, name: str, arrays) -> list:
 
 
 def _gather_params(op: str, params: list, name: str = "params", be=CPU) -> np.ndarray:
-    """(3, n) int64: address, size, is-float64 of each parameter array (all checked usable)."""
+    """(3, n) int64: address, size, dtype code (``_CODE_DTYPES``) of each parameter array (all checked usable)."""
     info = np.empty((3, len(params)), np.int64)
     bad = _kern(be).gather_params(params, info)
     if bad >= 0:
@@ -247,17 +312,18 @@ def _gather_params(op: str, params: list, name: str = "params", be=CPU) -> np.nd
     return info
 
 
-def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE, be=CPU):
+def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid=_NOWHERE, be=CPU, stat=False):
     """Addresses of ``arrays`` (each matching its parameter, outside the sorted byte ranges ``avoid``).
 
     The kernels' fast check accepts the usual case; otherwise one pass over the entries raises the
     first error, or (gradients) replaces the entries with a bad layout by copies: returns (addresses,
-    arrays) with ``arrays`` holding the copies (keep it alive while the kernel runs).
+    arrays) with ``arrays`` holding the copies (keep it alive while the kernel runs). ``stat``: the arrays
+    are state (float32 beside 16-bit parameters); gradients of 16-bit parameters may be float32.
     """
     if len(arrays) != len(params):
         raise ValueError(f"{op}: {name} has {len(arrays)} entries for {len(params)} parameters")
     ptrs = np.empty(len(params), np.intp)
-    if _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1]) < 0:
+    if _kern(be).gather_like(arrays, params, ptrs, writeable, allow_none, avoid[0], avoid[1], stat) < 0:
         return ptrs, arrays
     arrays = list(arrays)
     for i, a in enumerate(arrays):
@@ -266,7 +332,9 @@ def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid
                 raise TypeError(f"{op}: {name}[{i}] is None")
             ptrs[i] = 0
             continue
-        a = arrays[i] = _usable(op, f"{name}[{i}]", a, params[i], writeable=writeable, copy_ok=not writeable, be=be)
+        a = arrays[i] = _usable(
+            op, f"{name}[{i}]", a, params[i], writeable=writeable, copy_ok=not writeable, be=be, stat=stat
+        )
         ptrs[i] = lo = _addr(be, a)
         hi = lo + _nbytes(be, a)
         k = int(np.searchsorted(avoid[0], hi, side="left"))  # ranges starting before hi; the last may meet
@@ -278,7 +346,7 @@ def _gather_like(op, name, arrays, params, *, writeable, allow_none=False, avoid
 def _ranges(op: str, what: str, ptrs: np.ndarray, info: np.ndarray):
     """The byte ranges [lo, hi) of arrays (addresses ``ptrs``, sizes/dtypes from ``info``), sorted;
     ValueError if two overlap."""
-    nbytes = info[1] * (4 + 4 * info[2])
+    nbytes = info[1] * _ITEMSIZE[info[2]]
     keep = nbytes > 0
     lo = ptrs[keep].astype(np.int64)
     order = np.argsort(lo, kind="stable")
@@ -329,6 +397,8 @@ class Hp:
     def check(self, op: str, name: str, value):
         if isinstance(self.default, bool):
             return _flag(op, name, value)
+        if isinstance(self.default, int):
+            return V.integer(op, name, _num(value), low=self.low, high=self.high)
         return V.scalar(op, name, _num(value), low=self.low, high=self.high, high_open=self.high_open)
 
 
@@ -350,6 +420,11 @@ class Algo:
         """``values`` (functional names) checked and converted (floats, bools), in declaration order."""
         specs = {**self.hyper, **self.class_only}
         h = {k: specs[k].check(op, k, values[k]) for k in specs if k in values}
+        if h.get("master_weights") and h.get("stochastic_rounding"):
+            raise ValueError(
+                f"{op}: master_weights=True and stochastic_rounding=True exclude each other (with master weights "
+                "the parameter is the master rounded to nearest even)"
+            )
         if self.extra_check is not None:
             self.extra_check(op, h)
         return h
@@ -373,6 +448,14 @@ def _check_decoupled(op: str, h: dict) -> None:
         raise ValueError(f"{op}: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
 
 
+# Options of 16-bit (bfloat16/float16) parameters, in every class (no-ops for float32/float64 parameters):
+# a float32 master copy updated by the step and rounded to nearest even into the parameter, or
+# stochastic rounding of the parameter write with a seed (see ``Optimizer``).
+_PRECISION = {
+    "master_weights": Hp(False),
+    "stochastic_rounding": Hp(False),
+    "seed": Hp(0, low=0, high=2**63 - 1),
+}
 _LR = Hp(1e-3, low=0.0)
 _WD = Hp(0.0, low=0.0)
 _FLAG = Hp(False)
@@ -395,6 +478,7 @@ ALGOS = {
          "nesterov": _FLAG, "maximize": _FLAG},
         ("momentum_buffer",),
         lambda h: (h["momentum"] != 0,),
+        class_only=_PRECISION,
         extra_check=_check_nesterov,
     ),
     "adagrad": Algo(
@@ -403,7 +487,7 @@ ALGOS = {
          "maximize": _FLAG},
         ("sum",),
         lambda h: (True,),
-        class_only={"initial_accumulator_value": Hp(0.0, low=0.0)},
+        class_only={"initial_accumulator_value": Hp(0.0, low=0.0), **_PRECISION},
     ),
     "adadelta": Algo(
         "adadelta",
@@ -411,6 +495,7 @@ ALGOS = {
          "maximize": _FLAG},
         ("square_avg", "acc_delta"),
         lambda h: (True, True),
+        class_only=_PRECISION,
     ),
     "rmsprop": Algo(
         "rmsprop",
@@ -418,13 +503,15 @@ ALGOS = {
          "momentum": Hp(0.0, low=0.0), "centered": _FLAG, "maximize": _FLAG},
         ("square_avg", "grad_avg", "momentum_buffer"),
         lambda h: (True, h["centered"], h["momentum"] > 0),
+        class_only=_PRECISION,
     ),
-    "adam": Algo("adam", _ADAM_HYPER, _ADAM_STREAMS, lambda h: (True, True, h["amsgrad"])),
+    "adam": Algo("adam", _ADAM_HYPER, _ADAM_STREAMS, lambda h: (True, True, h["amsgrad"]), class_only=_PRECISION),
     "adamw": Algo(
         "adamw",
         {**_ADAM_HYPER, "weight_decay": Hp(1e-2, low=0.0), "decoupled_weight_decay": Hp(True)},
         _ADAM_STREAMS,
         lambda h: (True, True, h["amsgrad"]),
+        class_only=_PRECISION,
         extra_check=_check_decoupled,
     ),
 }
@@ -491,17 +578,21 @@ def _per_tensor(algo: str, h: dict, steps: np.ndarray, first: np.ndarray | None)
     return out
 
 
-def _launch(be, algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, f64: bool) -> None:
-    """One kernel call over the tensors of ``tab`` (rows: param, grad, state streams)."""
+def _launch(
+    be, algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np.ndarray, code: int, half=None
+) -> None:
+    """One kernel call over the tensors of ``tab`` (rows: param, grad, state streams; 16-bit parameters:
+    the 8 rows of ``_half_table``) of dtype ``code``; ``half``: (master weights, stochastic rounding)."""
     k = _kern(be)
     nt = be.threads(int(offsets[-1]))
     mx = h["maximize"]
+    code = int(code)
     if algo == "sgd":
-        k.sgd_step(tab, offsets, pt, h["lr"], h["momentum"], h["weight_decay"], h["nesterov"], mx, f64, nt)
+        k.sgd_step(tab, offsets, pt, h["lr"], h["momentum"], h["weight_decay"], h["nesterov"], mx, code, nt, half)
     elif algo == "adagrad":
-        k.adagrad_step(tab, offsets, pt, h["weight_decay"], h["eps"], mx, f64, nt)
+        k.adagrad_step(tab, offsets, pt, h["weight_decay"], h["eps"], mx, code, nt, half)
     elif algo == "adadelta":
-        k.adadelta_step(tab, offsets, h["lr"], h["rho"], h["eps"], h["weight_decay"], mx, f64, nt)
+        k.adadelta_step(tab, offsets, h["lr"], h["rho"], h["eps"], h["weight_decay"], mx, code, nt, half)
     elif algo == "rmsprop":
         k.rmsprop_step(
             tab,
@@ -513,8 +604,9 @@ def _launch(be, algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np
             h["momentum"],
             h["centered"],
             mx,
-            f64,
+            code,
             nt,
+            half,
         )
     else:
         decoupled = h["decoupled_weight_decay"]
@@ -530,8 +622,9 @@ def _launch(be, algo: str, h: dict, tab: np.ndarray, offsets: np.ndarray, pt: np
             1.0 - h["lr"] * wd if decoupled else 1.0,
             h["amsgrad"],
             mx,
-            f64,
+            code,
             nt,
+            half,
         )
 
 
@@ -541,29 +634,95 @@ def _offsets(sizes: np.ndarray) -> np.ndarray:
     return off
 
 
-def _run_split(be, algo, h, tab, sizes, f64, pt):
-    """Launch once per dtype present (tensors of one call share a dtype)."""
-    if f64.all() or not f64.any():
-        _launch(be, algo, h, tab, _offsets(sizes), pt, bool(f64.all()) if f64.size else False)
+# ------------------------------------------------------------------------------------------ 16-bit parameters
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer (the kernels' ``fn_mix64``), elementwise on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def rounding_keys(seed: int, steps, index) -> np.ndarray:
+    """The stochastic-rounding key of each tensor: ``mix64(mix64(mix64(seed) + step) + index)`` (uint64,
+    wrapping; ``mix64`` is splitmix64's finalizer). Element ``i`` of a tensor rounds with the random bits
+    ``mix64(key + (i + 1) * 0x9E3779B97F4A7C15) >> 32``: a counter-based generator, so the result depends
+    only on (seed, step, tensor index, element index), never on the thread count or the chunking.
+
+    Parameters
+    ----------
+    seed : int
+        The optimizer's seed, 0 <= seed < 2**63.
+    steps : array_like of int
+        Per tensor: the number of this update (from 1).
+    index : array_like of int
+        Per tensor: its index (position in the parameter list, counted across groups in a class).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (the uint64 keys' bits), one per tensor.
+    """
+    with np.errstate(over="ignore"):
+        s = _mix64(np.array([seed], np.uint64))
+        z = _mix64(s + np.asarray(steps, np.int64).astype(np.uint64))
+        z = _mix64(z + np.asarray(index, np.int64).astype(np.uint64))
+    return z.view(np.int64)
+
+
+def _half_table(tab: np.ndarray, master, keys, g32) -> np.ndarray:
+    """The 8-row table of 16-bit parameters: ``tab``'s rows (param, grad, state streams), then the master
+    copies' addresses (0: none), the rounding keys, 1 where the gradient is float32."""
+    out = np.zeros((8, tab.shape[1]), np.intp)
+    out[: tab.shape[0]] = tab
+    if master is not None:
+        out[5] = master
+    if keys is not None:
+        out[6] = keys
+    out[7] = g32
+    return out
+
+
+def _grad_f32(grads: list, codes: np.ndarray, be) -> np.ndarray:
+    """1 where a 16-bit parameter's gradient is float32 (0 elsewhere, and for None)."""
+    out = np.zeros(len(grads), np.intp)
+    for i in np.flatnonzero(codes >= 2):
+        g = grads[i]
+        if g is not None:
+            out[i] = (g.dtype if be is CPU else _dev_dtype(be, g)) == _dtypes.FLOAT32
+    return out
+
+
+def _run_codes(be, algo, h, tab, sizes, codes, pt, half=None):
+    """Launch once per parameter dtype present. ``half`` (with 16-bit parameters): (master addresses or None,
+    rounding keys or None, float32-gradient flags), one entry per tensor of ``tab``."""
+    if codes.size == 0:
         return
-    for want in (False, True):
-        idx = np.flatnonzero(f64 == want)
-        _launch(
-            be,
-            algo,
-            h,
-            np.ascontiguousarray(tab[:, idx]),
-            _offsets(sizes[idx]),
-            np.ascontiguousarray(pt[idx]),
-            want,
-        )
+    uniform = bool((codes == codes[0]).all())
+    for code in (codes[:1] if uniform else np.unique(codes)):
+        if uniform:
+            idx, t, p, sz = slice(None), tab, pt, sizes
+        else:
+            idx = np.flatnonzero(codes == code)
+            t, p, sz = np.ascontiguousarray(tab[:, idx]), np.ascontiguousarray(pt[idx]), sizes[idx]
+        flags = None
+        if code >= 2:
+            master, keys, g32 = half
+            t = _half_table(t, None if master is None else master[idx], None if keys is None else keys[idx], g32[idx])
+            flags = (master is not None, keys is not None)
+        _launch(be, algo, h, t, _offsets(sz), p, int(code), flags)
 
 
 # ------------------------------------------------------------------------------------------ functional steps
-def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None, be=None):
+def _functional(
+    op, algo, h, params, grads, states: dict, steps=None, first=None, be=None, master=None, sr=False, seed=0
+):
     """Validate the lists, check no written array overlaps another (nor a gradient one), launch.
 
-    ``states``: stream name -> list of arrays (absent for a stream the options do not use).
+    ``states``: stream name -> list of arrays (absent for a stream the options do not use). ``master``:
+    the master_params list (or None); ``sr``, ``seed``: stochastic rounding of 16-bit parameters.
     """
     params = _as_list(op, "params", params)
     grads = _as_list(op, "grads", grads)
@@ -576,17 +735,56 @@ def _functional(op, algo, h, params, grads, states: dict, steps=None, first=None
     for name, use in zip(names, _needed(algo, h)):
         if use and states.get(name) is None:  # the public steps ask for these; never reach a kernel without
             raise TypeError(f"{op}: the options need the {name} state list")
+    half = bool((info[2] >= 2).any())
     tab = np.zeros((2 + len(names), len(params)), np.intp)
     tab[0] = info[0]
+    rows = []
     for r, name in enumerate(names):
         if states.get(name) is not None:
-            tab[2 + r], _ = _gather_like(op, _ARG[name], states[name], params, writeable=True, be=be)
-    written = tab[[0] + [2 + r for r, name in enumerate(names) if states.get(name) is not None]]
-    avoid = _ranges(op, "parameters and state arrays", written.reshape(-1), np.tile(info, (1, written.shape[0])))
+            tab[2 + r], _ = _gather_like(op, _ARG[name], states[name], params, writeable=True, be=be, stat=True)
+            rows.append(tab[2 + r])
+    mptr = None
+    if master is not None:
+        master = _as_list(op, "master_params", master)
+        mptr, _ = _gather_like(
+            op, "master_params", master, params, writeable=True, allow_none=True, be=be, stat=True
+        )
+        for i in range(len(params)):
+            if (mptr[i] != 0) != (info[2, i] >= 2):
+                what = "is None" if mptr[i] == 0 else "is given"
+                raise ValueError(
+                    f"{op}: master_params[{i}] {what} but params[{i}] is {_CODE_DTYPES[info[2, i]].name} "
+                    "(a float32 master copy for each bfloat16/float16 parameter, None for the others)"
+                )
+    sinfo = info.copy()
+    sinfo[2] = _STATE_CODE[info[2]]
+    infos = [info] + [sinfo] * len(rows)
+    if mptr is not None:
+        minfo = sinfo.copy()
+        minfo[1] = np.where(mptr != 0, info[1], 0)
+        rows.append(mptr)
+        infos.append(minfo)
+    avoid = _ranges(op, "parameters and state arrays", np.concatenate([tab[0]] + rows), np.concatenate(infos, 1))
     tab[1], grads = _gather_like(op, "grads", grads, params, writeable=False, avoid=avoid, be=be)
     if steps is None:
         steps = np.ones(len(params), np.int64)
-    _run_split(be, algo, h, tab, info[1], info[2].astype(bool), _per_tensor(algo, h, steps, first))
+    extra = None
+    if half:
+        keys = rounding_keys(seed, steps, np.arange(len(params))) if sr else None
+        extra = (mptr, keys, _grad_f32(grads, info[2], be))
+    _run_codes(be, algo, h, tab, info[1], info[2], _per_tensor(algo, h, steps, first), extra)
+
+
+def _precision(op, master_params, stochastic_rounding, seed):
+    """The 16-bit options of a functional step, checked: (master_params or None, stochastic, seed)."""
+    sr = _flag(op, "stochastic_rounding", stochastic_rounding)
+    seed = V.integer(op, "seed", _num(seed), low=0, high=2**63 - 1)
+    if sr and master_params is not None:
+        raise ValueError(
+            f"{op}: master_params and stochastic_rounding=True exclude each other (with master weights the "
+            "parameter is the master rounded to nearest even)"
+        )
+    return master_params, sr, seed
 
 
 def sgd_step(
@@ -600,6 +798,9 @@ def sgd_step(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """SGD step in place, like ``torch.optim.SGD`` (``fastnorm.reference.optim.sgd_step``)::
 
@@ -610,9 +811,13 @@ def sgd_step(
 
     ``momentum_buffers`` (needed when momentum != 0): a list with one entry per parameter; None entries
     are the first step: a buffer is allocated, set to g and stored in the list.
+
+    16-bit parameters (every functional step): see "16-bit parameters" in the module docstring for
+    ``master_params``, ``stochastic_rounding`` and ``seed``.
     """
     op = "sgd_step"
     h = ALGOS["sgd"].check(op, locals())
+    prec = _precision(op, master_params, stochastic_rounding, seed)
     params = _as_list(op, "params", params)
     be = _backend(op, params)
     states, first, new = {}, None, []
@@ -626,11 +831,11 @@ def sgd_step(
         for i in np.flatnonzero(first):
             # validated with the rest below before anything is written; zeros so 0 * b is 0
             meta = _meta(be, params[i])
-            if meta is not None and meta[1] in _FLOATS:
-                bufs[i] = be.zeros(*meta)
+            if meta is not None and meta[1] in _PARAM_DTYPES:
+                bufs[i] = be.zeros(meta[0], _dtypes.stat_dtype(meta[1]))
                 new.append(i)
         states["momentum_buffer"] = bufs
-    _functional(op, "sgd", h, params, grads, states, first=first, be=be)
+    _functional(op, "sgd", h, params, grads, states, first=first, be=be, master=prec[0], sr=prec[1], seed=prec[2])
     for i in new:
         momentum_buffers[i] = states["momentum_buffer"][i]
 
@@ -646,6 +851,9 @@ def adagrad_step(
     weight_decay: float = 0.0,
     eps: float = 1e-10,
     maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Adagrad step in place, like ``torch.optim.Adagrad``::
 
@@ -656,8 +864,10 @@ def adagrad_step(
     """
     op = "adagrad_step"
     h = ALGOS["adagrad"].check(op, locals())
+    m, sr, sd = _precision(op, master_params, stochastic_rounding, seed)
     n = len(_as_list(op, "params", params))
-    _functional(op, "adagrad", h, params, grads, {"sum": _as_list(op, "state_sums", state_sums)}, _steps(op, step, n))
+    states = {"sum": _as_list(op, "state_sums", state_sums)}
+    _functional(op, "adagrad", h, params, grads, states, _steps(op, step, n), master=m, sr=sr, seed=sd)
 
 
 def adadelta_step(
@@ -671,6 +881,9 @@ def adadelta_step(
     eps: float = 1e-6,
     weight_decay: float = 0.0,
     maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Adadelta step in place, like ``torch.optim.Adadelta``::
 
@@ -682,11 +895,12 @@ def adadelta_step(
     """
     op = "adadelta_step"
     h = ALGOS["adadelta"].check(op, locals())
+    m, sr, sd = _precision(op, master_params, stochastic_rounding, seed)
     states = {
         "square_avg": _as_list(op, "square_avgs", square_avgs),
         "acc_delta": _as_list(op, "acc_deltas", acc_deltas),
     }
-    _functional(op, "adadelta", h, params, grads, states)
+    _functional(op, "adadelta", h, params, grads, states, master=m, sr=sr, seed=sd)
 
 
 def rmsprop_step(
@@ -703,6 +917,9 @@ def rmsprop_step(
     momentum: float = 0.0,
     centered: bool = False,
     maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """RMSprop step in place, like ``torch.optim.RMSprop`` (``grad_avgs`` when centered, ``momentum_buffers``
     when momentum > 0; all state starts at zero)::
@@ -715,6 +932,7 @@ def rmsprop_step(
     """
     op = "rmsprop_step"
     h = ALGOS["rmsprop"].check(op, locals())
+    m, sr, sd = _precision(op, master_params, stochastic_rounding, seed)
     states = {"square_avg": _as_list(op, "square_avgs", square_avgs)}
     if h["centered"]:
         if grad_avgs is None:
@@ -724,7 +942,7 @@ def rmsprop_step(
         if momentum_buffers is None:
             raise TypeError(f"{op}: momentum > 0 needs momentum_buffers")
         states["momentum_buffer"] = _as_list(op, "momentum_buffers", momentum_buffers)
-    _functional(op, "rmsprop", h, params, grads, states)
+    _functional(op, "rmsprop", h, params, grads, states, master=m, sr=sr, seed=sd)
 
 
 def adam_step(
@@ -743,6 +961,9 @@ def adam_step(
     amsgrad: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Adam step in place, like ``torch.optim.Adam``; AdamW with ``decoupled_weight_decay``.
 
@@ -774,8 +995,12 @@ def _adam(
     amsgrad,
     maximize,
     decoupled_weight_decay,
+    master_params=None,
+    stochastic_rounding=False,
+    seed=0,
 ) -> None:
     h = ALGOS["adam"].check(op, locals())
+    m, sr, sd = _precision(op, master_params, stochastic_rounding, seed)
     n = len(_as_list(op, "params", params))
     states = {
         "exp_avg": _as_list(op, "exp_avgs", exp_avgs),
@@ -785,7 +1010,7 @@ def _adam(
         if max_exp_avg_sqs is None:
             raise TypeError(f"{op}: amsgrad=True needs max_exp_avg_sqs")
         states["max_exp_avg_sq"] = _as_list(op, "max_exp_avg_sqs", max_exp_avg_sqs)
-    _functional(op, "adam", h, params, grads, states, _steps(op, step, n))
+    _functional(op, "adam", h, params, grads, states, _steps(op, step, n), master=m, sr=sr, seed=sd)
 
 
 def adamw_step(
@@ -803,6 +1028,9 @@ def adamw_step(
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
     maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay."""
     _adam(
@@ -821,6 +1049,9 @@ def adamw_step(
         amsgrad=amsgrad,
         maximize=maximize,
         decoupled_weight_decay=True,
+        master_params=master_params,
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
     )
 
 
@@ -867,11 +1098,12 @@ def _step_number(op: str, where: str, v) -> int:
 class _Group:
     """Per parameter group: the state, the step counts and the cached kernel tables."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, start: int = 0):
         self.state: list[dict] = [{} for _ in range(n)]  # per parameter: stream name -> private array
         self.steps = np.zeros(n, np.int64)
-        self.info = None  # (3, n) addresses / sizes / is-float64 the tables were built for
-        self.tables = None  # [(idx, tab, offsets)] per dtype present: tab rows param, grad, state streams
+        self.index = np.arange(start, start + n, dtype=np.int64)  # numbered across groups (rounding keys)
+        self.info = None  # (3, n) addresses / sizes / dtype codes the tables were built for
+        self.tables = None  # [(code, idx, tab, offsets)] per dtype present: tab rows param, grad, state...
         self.ready = None  # the state streams every parameter has (then nothing to allocate)
         self.hyper_key = None  # the raw hyperparameters last validated, and the result
         self.hyper = None
@@ -963,7 +1195,7 @@ class Optimizer:
         info = np.concatenate(infos, axis=1)
         avoid = _ranges(op, "parameters (one listed twice, or views of one array)", info[0], info)
         self.param_groups.append(group)
-        self._groups.append(_Group(len(group["params"])))
+        self._groups.append(_Group(len(group["params"]), sum(len(g.steps) for g in self._groups)))
         self._avoid = avoid
         self._be = be
         self._init_group(len(self.param_groups) - 1)
@@ -972,7 +1204,14 @@ class Optimizer:
         """Eager state initialization (Adagrad); lazy (at the first step with a gradient) otherwise."""
 
     def _new_state(self, name: str, p: np.ndarray, group: dict) -> np.ndarray:
-        return self._be.zeros(*_meta(self._be, p))
+        shape, dtype = _meta(self._be, p)
+        if name == MASTER:  # the parameter's value, exactly (float32 holds every bfloat16/float16 value)
+            return _to_device(self._be, _to_host(self._be, p).astype(np.float32))
+        return self._be.zeros(shape, _dtypes.stat_dtype(dtype))
+
+    def _needed_at(self, needed: tuple, h: dict, code: int) -> tuple:
+        """The state a parameter of dtype ``code`` keeps: the algorithm's streams, and its master copy."""
+        return needed + (MASTER,) if code >= 2 and h["master_weights"] else needed
 
     # ---- step
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
@@ -1027,35 +1266,40 @@ class Optimizer:
         # everything is checked: from here on nothing raises
         self._avoid = avoid
         for gi, h, info, gptr, gs in plans:
-            self._apply(gi, h, info, gptr)
+            self._apply(gi, h, info, gptr, gs)
             del gs  # the gradients (and any contiguous copies) are alive until their kernel is done
 
-    def _apply(self, gi: int, h: dict, info: np.ndarray | None, gptr: np.ndarray) -> None:
-        """Allocate missing state, count the step, launch (``info``: new parameter addresses or None)."""
+    def _apply(self, gi: int, h: dict, info: np.ndarray | None, gptr: np.ndarray, gs: list) -> None:
+        """Allocate missing state, count the step, launch (``info``: new parameter addresses or None;
+        ``gs``: the group's gradients)."""
         gd, algo = self._groups[gi], self._algo
         if info is not None:
             gd.info, gd.tables = info, None
         active = gptr != 0
         everyone = bool(active.all())
         needed = tuple(name for name, use in zip(_STREAMS[algo], _needed(algo, h), strict=True) if use)
+        key = (needed, h["master_weights"])
         first = None
-        if gd.ready != needed:  # some parameter lacks state: allocate it for the active ones
+        if gd.ready != key:  # some parameter lacks state: allocate it for the active ones
             group = self.param_groups[gi]
+            if not h["master_weights"]:  # turned off: the parameters hold the values from now on
+                for st in gd.state:
+                    st.pop(MASTER, None)
             for i in np.flatnonzero(active):
-                for name in needed:
+                for name in self._needed_at(needed, h, gd.info[2, i]):
                     if name not in gd.state[i]:
                         gd.state[i][name] = self._new_state(name, group["params"][i], group)
-                        if algo == "sgd":  # a new momentum buffer: b = g on this step
+                        if name == "momentum_buffer" and algo == "sgd":  # a new buffer: b = g on this step
                             first = np.zeros(len(active), bool) if first is None else first
                             first[i] = True
             gd.tables = None
-            if all(name in st for st in gd.state for name in needed):
-                gd.ready = needed
+            if all(n in st for st, c in zip(gd.state, gd.info[2]) for n in self._needed_at(needed, h, c)):
+                gd.ready = key
         if gd.tables is None:
-            gd.tables = self._build_tables(gd)
-        if algo != "sgd":
-            gd.steps[active] += 1
-        for idx, tab, offsets in gd.tables:
+            gd.tables = self._build_tables(gd, h)
+        gd.steps[active] += 1  # SGD too: the step number enters the stochastic-rounding keys
+        g32 = _grad_f32(gs, gd.info[2], self._be) if gd.info[2].max(initial=0) >= 2 else None
+        for code, idx, tab, offsets in gd.tables:
             if everyone:
                 sel, sel_tab, sel_off = idx, tab, offsets
                 tab[1] = gptr if idx.size == gptr.size else gptr[idx]
@@ -1068,20 +1312,31 @@ class Optimizer:
                 sel_tab[1] = gptr[sel]
                 sel_off = _offsets(gd.info[1, sel])
             pt = _per_tensor(algo, h, gd.steps[sel], None if first is None else first[sel])
-            _launch(self._be, algo, h, sel_tab, sel_off, pt, bool(gd.info[2, sel[0]]))
+            flags = None
+            if code >= 2:
+                master, sr = bool(h["master_weights"]), bool(h["stochastic_rounding"])
+                if sr:
+                    sel_tab[6] = rounding_keys(h["seed"], gd.steps[sel], gd.index[sel])
+                sel_tab[7] = g32[sel]
+                flags = (master, sr)
+            _launch(self._be, algo, h, sel_tab, sel_off, pt, code, flags)
 
-    def _build_tables(self, gd: _Group):
+    def _build_tables(self, gd: _Group, h: dict):
+        """Per dtype present: (code, parameter indices, address table, offsets); 16-bit parameters get
+        ``_half_table``'s 8 rows (keys and gradient flags filled at each step)."""
         tables = []
         names = _STREAMS[self._algo]
-        for want in (0, 1):
+        for want in range(len(_CODE_DTYPES)):
             idx = np.flatnonzero(gd.info[2] == want)
             if idx.size == 0:
                 continue
-            tab = np.zeros((2 + len(names), idx.size), np.intp)
+            tab = np.zeros((8 if want >= 2 else 2 + len(names), idx.size), np.intp)
             tab[0] = gd.info[0, idx]
             for r, name in enumerate(names):
                 tab[2 + r] = [_addr(self._be, gd.state[i][name]) if name in gd.state[i] else 0 for i in idx]
-            tables.append((idx, tab, _offsets(gd.info[1, idx])))
+            if want >= 2 and h["master_weights"]:
+                tab[5] = [_addr(self._be, gd.state[i][MASTER]) if MASTER in gd.state[i] else 0 for i in idx]
+            tables.append((want, idx, tab, _offsets(gd.info[1, idx])))
         return tables
 
     # ---- state dicts
@@ -1094,9 +1349,10 @@ class Optimizer:
         state, groups, index = {}, [], 0
         for group, gd in zip(self.param_groups, self._groups, strict=True):
             ids = []
+            counted = self._algo != "sgd" or bool(group.get("stochastic_rounding"))
             for i, st in enumerate(gd.state):
-                if st:  # torch too has state only for parameters that were stepped (Adagrad: all)
-                    entry = {} if self._algo == "sgd" else {"step": np.array(float(gd.steps[i]), np.float32)}
+                if st or (counted and gd.steps[i]):  # torch too has state only for stepped parameters
+                    entry = {"step": np.array(float(gd.steps[i]), np.float32)} if counted else {}
                     entry.update((name, _to_host(self._be, a)) for name, a in st.items())
                     state[index] = entry
                 ids.append(index)
@@ -1166,38 +1422,46 @@ class Optimizer:
                 raise TypeError(f"{op}: state[{idx!r}] must be a dict, got {type(entry).__name__}")
             gi, pos = where[idx]
             st, steps = new_state[gi]
-            unknown = [k for k in entry if k != "step" and k not in names]
-            if unknown or (self._algo == "sgd" and "step" in entry):
-                bad = unknown[0] if unknown else "step"
-                raise ValueError(
-                    f"{op}: state[{idx!r}] has an entry {bad!r}, which {op} does not keep (its state: "
-                    f"{', '.join(('step',) * (self._algo != 'sgd') + names)}); is it another optimizer's state?"
+            p = self.param_groups[gi]["params"][pos]
+            shape, dtype = _meta(self._be, p)
+            half = dtype in _dtypes.HALF
+            master = half and hypers[gi]["master_weights"]
+            counted = self._algo != "sgd" or hypers[gi]["stochastic_rounding"]
+            keeps = ("step",) * counted + names + (MASTER,) * master
+            unknown = [k for k in entry if k not in keeps]
+            if unknown:
+                bad = unknown[0]
+                why = (
+                    f"kept only for a bfloat16/float16 parameter with master_weights=True (this one: {dtype.name}, "
+                    f"master_weights={hypers[gi]['master_weights']})"
+                    if bad == MASTER
+                    else f"which {op} does not keep (its state: {', '.join(keeps)}); is it another optimizer's state?"
                 )
+                raise ValueError(f"{op}: state[{idx!r}] has an entry {bad!r}, {why}")
             present = {k for k, v in entry.items() if v is not None}
             if not present:
                 continue  # no state yet: made at the parameter's next step, as for a new parameter
             # SGD: a missing momentum buffer means the next step is its first (torch's rule)
             used = _needed(self._algo, hypers[gi])
             need = [] if self._algo == "sgd" else ["step", *(n for n, u in zip(names, used, strict=True) if u)]
+            need += [MASTER] * master
             missing = [n for n in need if n not in present]
             if missing:
                 raise ValueError(
                     f"{op}: state[{idx!r}] lacks {', '.join(map(repr, missing))} (needed with group {gi}'s options)"
                 )
-            p = self.param_groups[gi]["params"][pos]
-            shape, dtype = _meta(self._be, p)
             for name in sorted(present):
                 value = entry[name]
                 if name == "step":
                     steps[pos] = _step_number(op, f"state[{idx!r}]['step']", value)
                     continue
                 a = _to_host(self._be, value) if on_cuda(value) else _host_array(value)
-                if a is None or a.dtype.kind not in "fiu":
+                if a is None or (a.dtype.kind not in "fiu" and a.dtype not in _dtypes.HALF):
                     what = type(value).__name__ if a is None else f"dtype {a.dtype}"
                     raise TypeError(f"{op}: state[{idx!r}][{name!r}] must be a real numeric array, got {what}")
                 if a.shape != shape:
                     raise ValueError(f"{op}: state[{idx!r}][{name!r}] has shape {a.shape}, its parameter {shape}")
-                st[pos][name] = np.array(a, dtype=dtype, order="C", copy=True)
+                st[pos][name] = np.array(a, dtype=_dtypes.stat_dtype(dtype), order="C", copy=True)
         if self._be is not CPU:  # checked on the host: now move the state to the device
             new_state = [
                 ([{k: _to_device(self._be, a) for k, a in d.items()} for d in st], steps) for st, steps in new_state
@@ -1236,6 +1500,9 @@ class SGD(Optimizer):
         nesterov=False,
         *,
         maximize=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
     ):
         super().__init__(
             params,
@@ -1246,6 +1513,9 @@ class SGD(Optimizer):
                 weight_decay=weight_decay,
                 nesterov=nesterov,
                 maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
             ),
         )
 
@@ -1268,6 +1538,9 @@ class Adagrad(Optimizer):
         eps=1e-10,
         *,
         maximize=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
     ):
         super().__init__(
             params,
@@ -1278,12 +1551,18 @@ class Adagrad(Optimizer):
                 weight_decay=weight_decay,
                 initial_accumulator_value=initial_accumulator_value,
                 maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
             ),
         )
 
 
     def _new_state(self, name, p, group):
-        return _full(self._be, *_meta(self._be, p), float(group["initial_accumulator_value"]))
+        if name == MASTER:
+            return super()._new_state(name, p, group)
+        shape, dtype = _meta(self._be, p)
+        return _full(self._be, shape, _dtypes.stat_dtype(dtype), float(group["initial_accumulator_value"]))
 
     def _init_group(self, gi):
         group, gd = self.param_groups[gi], self._groups[gi]
@@ -1299,8 +1578,32 @@ class Adadelta(Optimizer):
     _defaults = ALGOS["adadelta"].class_defaults()
     _extra_keys = ("foreach", "differentiable", "capturable")
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
+    def __init__(
+        self,
+        params,
+        lr=1.0,
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0.0,
+        *,
+        maximize=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                rho=rho,
+                eps=eps,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+            ),
+        )
 
 
 class RMSprop(Optimizer):
@@ -1322,6 +1625,9 @@ class RMSprop(Optimizer):
         centered=False,
         *,
         maximize=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
     ):
         super().__init__(
             params,
@@ -1333,6 +1639,9 @@ class RMSprop(Optimizer):
                 centered=centered,
                 weight_decay=weight_decay,
                 maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
             ),
         )
 
@@ -1356,6 +1665,9 @@ class Adam(Optimizer):
         *,
         maximize=False,
         decoupled_weight_decay=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
     ):
         super().__init__(
             params,
@@ -1367,6 +1679,9 @@ class Adam(Optimizer):
                 amsgrad=amsgrad,
                 maximize=maximize,
                 decoupled_weight_decay=decoupled_weight_decay,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
             ),
         )
 
@@ -1387,6 +1702,9 @@ class AdamW(Adam):
         amsgrad=False,
         *,
         maximize=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        seed=0,
     ):
         Optimizer.__init__(
             self,
@@ -1399,6 +1717,9 @@ class AdamW(Adam):
                 amsgrad=amsgrad,
                 maximize=maximize,
                 decoupled_weight_decay=True,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
             ),
         )
 

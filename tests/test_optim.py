@@ -436,6 +436,8 @@ def test_class_matches_torch_trajectory(cls, kw, split, dtype):
     for g, tg in zip(sd["param_groups"], tsd["param_groups"], strict=True):
         assert g["params"] == tg["params"]
         for key, value in g.items():
+            if key in O._PRECISION and key not in tg:  # fastnorm's 16-bit options
+                continue
             assert tg[key] == value, key
 
 

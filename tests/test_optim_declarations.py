@@ -47,7 +47,7 @@ def test_class_defaults_equal_the_declaration(algo):
 def test_functional_and_reference_defaults_equal_the_declaration(algo):
     spec = O.ALGOS[algo]
     declared = {k: p.default for k, p in spec.hyper.items()}
-    stream_args = {"momentum_buffers", "grad_avgs", "max_exp_avg_sqs"}
+    stream_args = {"momentum_buffers", "grad_avgs", "max_exp_avg_sqs", "master_params", "stochastic_rounding", "seed"}
     fn = _defaults(getattr(O, f"{algo}_step"))
     fn = {k: v for k, v in fn.items() if k not in stream_args}
     if algo == "adamw":
@@ -73,7 +73,13 @@ def test_torch_defaults_equal_the_declaration(algo):
     for cls in (getattr(torch.optim, name), getattr(FO, name)):
         opt = cls([torch.nn.Parameter(torch.zeros(2))])
         group = opt.param_groups[0]
+        if cls is getattr(FO, name):
+            on = cls([torch.nn.Parameter(torch.zeros(2))], master_weights=True).param_groups[0]
+            assert on["master_weights"] is True and on["stochastic_rounding"] is False and on["seed"] == 0
         for k, v in spec.class_defaults().items():
+            if k in O._PRECISION:
+                assert k not in group  # fastnorm's 16-bit options: in the groups only when not default
+                continue
             assert group[k] == v, (cls, k)
 
 
@@ -99,9 +105,10 @@ def test_declared_ranges_are_enforced():
                 with pytest.raises(TypeError, match=name):
                     spec.check("t", {name: 1})
                 continue
+            one = 1 if isinstance(hp.default, int) else 1.0  # integer options (seed) take ints
             if hp.low is not None:
                 with pytest.raises(ValueError, match=name):
-                    spec.check("t", {name: hp.low - 1.0})
+                    spec.check("t", {name: hp.low - one})
             if hp.high is not None:
                 with pytest.raises(ValueError, match=name):
-                    spec.check("t", {name: hp.high if hp.high_open else hp.high + 1.0})
+                    spec.check("t", {name: hp.high if hp.high_open else hp.high + one})

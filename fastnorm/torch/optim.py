@@ -13,11 +13,22 @@ tensor of the group in one fused pass (p, grad and state read once, written once
 
 Devices: CPU tensors run on fastnorm's CPU kernels (as zero-copy NumPy views), CUDA tensors on its CUDA
 kernels (passed as ``__cuda_array_interface__`` objects; needs numba-cuda). A group that mixes devices,
-has a parameter of another dtype than float32/float64 (complex, half, bfloat16), a non-contiguous
-parameter, or options fastnorm does not implement (``differentiable``, ``capturable``, ``fused``), is
+has a parameter of another dtype than float32/float64/bfloat16/float16 (or a bfloat16 CUDA parameter),
+a non-contiguous parameter, or options fastnorm does not implement (``differentiable``, ``capturable``, ``fused``), is
 stepped by torch's own implementation, after a one-time ``FastnormFallbackWarning``; ``foreach`` only
 selects among torch's implementations and is ignored. Step pre- and post-hooks run once per ``step``
 whichever implementation runs a group. Sparse gradients raise ``RuntimeError``.
+
+16-bit parameters (bfloat16, float16): the state fastnorm steps is float32 (created in float32 for them,
+and kept in float32 by ``load_state_dict``, which torch would cast to the parameter's dtype); gradients in
+the parameter's dtype or float32. Every class takes three more keyword options, stored in the parameter
+groups like torch's when not at their defaults (so default state dicts are torch's): ``master_weights=False``
+(a float32 copy of each 16-bit parameter, state key ``"master_param"``, is what the step updates; the
+parameter receives it rounded to nearest even),
+``stochastic_rounding=False`` (the parameter write rounds stochastically; with ``master_weights`` a
+``ValueError``) and ``seed=0`` (see ``fastnorm.optim``: the keys mix the seed, each parameter's ``step``
+state and its position among the group's parameters with a gradient; SGD keeps a ``step`` state for
+16-bit parameters when ``stochastic_rounding``). Both options are no-ops for float32/float64 parameters.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import torch
 
 import fastnorm.optim as _fo
 
-from ._common import FastnormFallbackWarning
+from ._common import FastnormFallbackWarning, _arr
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
 
@@ -41,8 +52,7 @@ def _np(t: torch.Tensor):
     tensor itself (``__cuda_array_interface__``) for a CUDA tensor. A DTensor (FSDP2's sharded parameters and
     gradients) is its local shard."""
     to_local = getattr(t, "to_local", None)
-    t = (to_local() if callable(to_local) else t).detach()
-    return t if t.device.type == "cuda" else t.numpy()
+    return _arr(to_local() if callable(to_local) else t)
 
 
 def _as_tensor(a, like: torch.Tensor) -> torch.Tensor:
@@ -78,10 +88,73 @@ def _bump(state_steps: list[torch.Tensor]) -> None:
         torch._foreach_add_(state_steps, 1)
 
 
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HALF = (torch.bfloat16, torch.float16)
+_OPTIONS = ("master_weights", "stochastic_rounding", "seed")
+_OPTION_DEFAULTS = (False, False, 0)
+
+
+def _zeros32(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+
+
 class _FastnormStep:
     """Mixin: ``step`` runs ``_fastnorm_group`` per parameter group, torch's step where fastnorm cannot."""
 
     _UNSUPPORTED_FLAGS = ("differentiable", "capturable", "fused")
+    _STATE32: tuple = ()  # the state torch creates in the parameter's dtype (made float32 for 16-bit ones)
+
+    def __init__(self, params, *args, master_weights=False, stochastic_rounding=False, seed=0, **kwargs):
+        opts = {"master_weights": master_weights, "stochastic_rounding": stochastic_rounding, "seed": seed}
+        self._options = self._check_options(opts)
+        super().__init__(params, *args, **kwargs)
+        if opts != dict(zip(_OPTIONS, _OPTION_DEFAULTS)):  # default options: groups and state dicts as torch's
+            self.defaults.update(opts)
+            for group in self.param_groups:
+                for k, v in opts.items():
+                    group.setdefault(k, v)
+
+    def _check_options(self, group: dict) -> dict:
+        """The group's 16-bit options (defaults for a group loaded from a plain torch state dict), checked."""
+        base = getattr(self, "_options", None) or dict(zip(_OPTIONS, _OPTION_DEFAULTS))
+        group = {k: group.get(k, base[k]) for k in _OPTIONS}
+        name = f"fastnorm.torch.optim.{type(self).__name__}"
+        _fo._precision(name, None, group["stochastic_rounding"], group["seed"])
+        if _fo._flag(name, "master_weights", group["master_weights"]) and group["stochastic_rounding"]:
+            raise ValueError(
+                f"{name}: master_weights=True and stochastic_rounding=True exclude each other (with master "
+                "weights the parameter is the master rounded to nearest even)"
+            )
+        return group
+
+    def _half_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
+        """Create the state torch's ``_init_group`` would (in float32) for a 16-bit parameter, if missing."""
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            for name in self._STATE32:
+                if self._uses(group, name):
+                    state[name] = _zeros32(p)
+        if group.get("master_weights") and "master_param" not in state:
+            state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
+
+    def _uses(self, group: dict, name: str) -> bool:
+        return True
+
+    def _precision_args(self, group: dict, params: list) -> dict:
+        """The 16-bit options of the functional call (master_params only when some parameter is 16-bit)."""
+        group = self._check_options(group)
+        half = [p.dtype in _HALF for p in params]
+        out = {"stochastic_rounding": bool(group["stochastic_rounding"]), "seed": int(group["seed"])}
+        if group["master_weights"] and any(half):
+            out["master_params"] = [_np(self.state[p]["master_param"]) if h else None for p, h in zip(params, half)]
+        return out
+
+    def _prepare_half(self, group: dict) -> None:
+        opts = None
+        for p in group["params"]:
+            if p.grad is not None and p.dtype in _HALF:
+                opts = opts or {**group, **self._check_options(group)}
+                self._half_state(opts, p, self.state[p])
 
     def _fallback_reason(self, group: dict) -> str | None:
         """Why fastnorm cannot step this group (torch's step then does), or None."""
@@ -92,8 +165,10 @@ class _FastnormStep:
         for p in group["params"]:
             if p.device.type not in ("cpu", "cuda"):
                 return f"parameters on {p.device} (fastnorm runs CPU and CUDA tensors)"
-            if p.dtype not in (torch.float32, torch.float64):
-                return f"parameter dtype {p.dtype} (float32, float64 supported)"
+            if p.dtype not in _DTYPES:
+                return f"parameter dtype {p.dtype} (float32, float64, bfloat16, float16 supported)"
+            if p.dtype == torch.bfloat16 and p.device.type == "cuda":
+                return "a bfloat16 CUDA parameter (no __cuda_array_interface__ for bfloat16)"
             if not p.is_contiguous():
                 return "a non-contiguous parameter (it is updated in place)"
             devices.add(p.device)
@@ -142,6 +217,7 @@ class _FastnormStep:
                 for p in group["params"]:
                     if p.grad is not None and p.grad.is_sparse:
                         raise RuntimeError(f"fastnorm.torch.optim.{type(self).__name__}: sparse gradients")
+                self._prepare_half(group)
                 self._fastnorm_group(group)
         return loss
 
@@ -149,6 +225,14 @@ class _FastnormStep:
         """torch's ``load_state_dict``; then every state tensor is made contiguous (updated in place by the
         kernels; the state torch creates for a contiguous parameter already is)."""
         super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(i)
+            if p.dtype in _HALF and saved and p in self.state:  # torch cast the state to p's dtype: undo
+                for k, v in saved.items():
+                    if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
+                        self.state[p][k] = v.detach().to(p.device, torch.float32).clone()
         for st in self.state.values():
             for k, t in st.items():
                 if isinstance(t, torch.Tensor) and t.dim() > 0 and not t.is_contiguous():
@@ -170,6 +254,12 @@ class _FastnormStep:
 class SGD(_FastnormStep, torch.optim.SGD):
     """``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay, maximize) on ``sgd_step``."""
 
+    def _half_state(self, group, p, state):
+        if group.get("stochastic_rounding") and "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        if group.get("master_weights") and "master_param" not in state:
+            state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
+
     def _fastnorm_group(self, group):
         params, grads, bufs = [], [], []
         self._init_group(group, params, grads, bufs)
@@ -177,6 +267,11 @@ class SGD(_FastnormStep, torch.optim.SGD):
             return
         momentum = _f(group["momentum"])
         np_bufs = [None if b is None else _np(b) for b in bufs]
+        prec = self._precision_args(group, params)
+        steps = [self.state[p]["step"] for p in params if p.dtype in _HALF and "step" in self.state[p]]
+        if prec["stochastic_rounding"] and steps:  # SGD's functional step has no step number: fold it in
+            step = int(steps[0].item()) + 1
+            prec["seed"] = int(_fo.rounding_keys(prec["seed"], [step], [0])[0]) & (2**63 - 1)
         _fo.sgd_step(
             [_np(p) for p in params],
             [_np(g) for g in grads],
@@ -187,7 +282,9 @@ class SGD(_FastnormStep, torch.optim.SGD):
             weight_decay=_f(group["weight_decay"]),
             nesterov=bool(group["nesterov"]),
             maximize=bool(group["maximize"]),
+            **prec,
         )
+        _bump(steps)
         if momentum != 0:
             for p, b, nb in zip(params, bufs, np_bufs, strict=True):
                 if b is None:  # first step: fastnorm allocated the buffer
@@ -197,6 +294,14 @@ class SGD(_FastnormStep, torch.optim.SGD):
 class Adagrad(_FastnormStep, torch.optim.Adagrad):
     """``torch.optim.Adagrad`` (lr_decay, weight_decay, initial_accumulator_value, eps, maximize) on
     ``fastnorm.optim.adagrad_step``."""
+
+    def _half_state(self, group, p, state):
+        s = state.get("sum")
+        if s is not None and s.dtype != torch.float32:  # torch made it in p's dtype at construction
+            fresh = "step" not in state or float(state["step"]) == 0
+            init = float(group["initial_accumulator_value"])
+            state["sum"] = torch.full_like(p, init, dtype=torch.float32) if fresh else s.to(torch.float32)
+        super()._half_state(group, p, state)
 
     def _fastnorm_group(self, group):
         params, grads, sums, steps = [], [], [], []
@@ -213,12 +318,15 @@ class Adagrad(_FastnormStep, torch.optim.Adagrad):
             weight_decay=_f(group["weight_decay"]),
             eps=_f(group["eps"]),
             maximize=bool(group["maximize"]),
+            **self._precision_args(group, params),
         )
         _bump(steps)
 
 
 class Adadelta(_FastnormStep, torch.optim.Adadelta):
     """``torch.optim.Adadelta`` (lr, rho, eps, weight_decay, maximize) on ``fastnorm.optim.adadelta_step``."""
+
+    _STATE32 = ("square_avg", "acc_delta")
 
     def _fastnorm_group(self, group):
         params, grads, square_avgs, acc_deltas, steps = [], [], [], [], []
@@ -235,6 +343,7 @@ class Adadelta(_FastnormStep, torch.optim.Adadelta):
             eps=_f(group["eps"]),
             weight_decay=_f(group["weight_decay"]),
             maximize=bool(group["maximize"]),
+            **self._precision_args(group, params),
         )
         _bump(steps)
 
@@ -242,6 +351,13 @@ class Adadelta(_FastnormStep, torch.optim.Adadelta):
 class RMSprop(_FastnormStep, torch.optim.RMSprop):
     """``torch.optim.RMSprop`` (alpha, eps, weight_decay, momentum, centered, maximize) on
     ``fastnorm.optim.rmsprop_step``."""
+
+    _STATE32 = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def _uses(self, group, name):
+        if name == "momentum_buffer":
+            return _f(group["momentum"]) > 0
+        return name != "grad_avg" or bool(group["centered"])
 
     def _fastnorm_group(self, group):
         params, grads, square_avgs, bufs, grad_avgs, steps = [], [], [], [], [], []
@@ -262,6 +378,7 @@ class RMSprop(_FastnormStep, torch.optim.RMSprop):
             momentum=momentum,
             centered=centered,
             maximize=bool(group["maximize"]),
+            **self._precision_args(group, params),
         )
         _bump(steps)
 
@@ -269,6 +386,11 @@ class RMSprop(_FastnormStep, torch.optim.RMSprop):
 class Adam(_FastnormStep, torch.optim.Adam):
     """``torch.optim.Adam`` (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
     ``fastnorm.optim.adam_step``."""
+
+    _STATE32 = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def _uses(self, group, name):
+        return name != "max_exp_avg_sq" or bool(group["amsgrad"])
 
     def _decoupled(self, group) -> bool:
         return bool(group.get("decoupled_weight_decay", False))
@@ -295,6 +417,7 @@ class Adam(_FastnormStep, torch.optim.Adam):
             amsgrad=amsgrad,
             maximize=bool(group["maximize"]),
             decoupled_weight_decay=self._decoupled(group),
+            **self._precision_args(group, params),
         )
         _bump(steps)
 

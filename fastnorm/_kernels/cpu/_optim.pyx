@@ -10,17 +10,24 @@ tensors cost one call, the threads share the work evenly whatever the sizes, and
 preempts (shared machines) does not hold the others up. Every element goes through the same operations
 whatever the chunking (no fma contraction), so the results do not depend on the thread count.
 
-Every address must point to a live, C-contiguous, aligned array of the given dtype (``f64``: float64,
-else float32) and size; written streams must be writeable and overlap nothing else. The kernels check
-only the table's structure (shapes, no 0 address where the options need a stream); the addresses
-themselves are ``fastnorm.optim``'s duty (``gather_*`` below do its per-array checks in C).
+Every address must point to a live, C-contiguous, aligned array of the given dtype (``code``: 0 float32,
+1 float64, 2 bfloat16, 3 float16 parameters; the state of 16-bit parameters is float32) and size;
+written streams must be writeable and overlap nothing else. The kernels check only the table's structure
+(shapes, no 0 address where the options need a stream); the addresses themselves are ``fastnorm.optim``'s
+duty (``gather_*`` below do its per-array checks in C).
+
+16-bit parameters (``code`` 2, 3; ``half=(master, stochastic)``): the table has 8 rows, the 5 above then
+row 5 the float32 master copies (0: none), row 6 the stochastic-rounding keys (``fastnorm.optim.rounding_keys``),
+row 7 one where the gradient is float32 (else it has the parameter's format).
 """
 
 import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t
+
+import ml_dtypes
 
 cnp.import_array()
 
@@ -43,10 +50,16 @@ cdef extern from "fastnorm_optim.h" nogil:
                             Py_ssize_t n, const fn_hyper *h, const double *ts)
     void fn_optim_segment_d(int algo, int flags, double *p, const double *g, double *s0, double *s1,
                             double *s2, Py_ssize_t n, const fn_hyper *h, const double *ts)
+    void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
+                            const void *g, float *s0, float *s1, float *s2, Py_ssize_t k0, Py_ssize_t n,
+                            const fn_hyper *h, const double *ts, uint64_t key)
 
 
 cdef enum:
     MAX_STREAMS = 5
+    HALF_ROWS = 8  # 16-bit tables: the 5 rows, then master (float32 or 0), rounding key, gradient is float32
+    CODE_F64 = 1   # dtype codes: 0 float32, 1 float64, 2 bfloat16, 3 float16 (format = code - 2)
+    CODE_BF16 = 2
     ALIGN = 16   # chunk boundaries fall on multiples of this many elements (a cache line of float32)
     CHUNK = 65536  # elements per dynamically scheduled chunk
 
@@ -59,13 +72,25 @@ cdef inline char *_at(Py_ssize_t addr, Py_ssize_t k, Py_ssize_t esize) noexcept 
     return <char *>addr + k * esize
 
 
-cdef inline void _segment(int algo, int flags, bint f64, const Py_ssize_t *tab, Py_ssize_t n_tensors,
+cdef inline void _segment(int algo, int flags, int code, const Py_ssize_t *tab, Py_ssize_t n_tensors,
                           Py_ssize_t n_streams, Py_ssize_t t, Py_ssize_t k, Py_ssize_t n,
                           const fn_hyper *h, const double *ts) noexcept nogil:
-    """Update elements [k, k + n) of tensor t."""
+    """Update elements [k, k + n) of tensor t (``code``: the parameters' dtype code; bit 8: stochastic
+    rounding of 16-bit parameters)."""
+    cdef bint f64 = code == CODE_F64
     cdef Py_ssize_t esize = 8 if f64 else 4
     cdef char *s[MAX_STREAMS]
     cdef Py_ssize_t r
+    cdef bint g32
+    if (code & 0xff) >= CODE_BF16:
+        g32 = tab[7 * n_tensors + t] != 0
+        fn_optim_segment_h(algo, flags, (code & 0xff) - CODE_BF16, g32, code >> 8,
+                           <uint16_t *>_at(tab[t], k, 2), <float *>_at(tab[5 * n_tensors + t], k, 4),
+                           <const void *>_at(tab[n_tensors + t], k, 4 if g32 else 2),
+                           <float *>_at(tab[2 * n_tensors + t], k, 4), <float *>_at(tab[3 * n_tensors + t], k, 4),
+                           <float *>_at(tab[4 * n_tensors + t], k, 4), k, n, h, ts,
+                           <uint64_t>tab[6 * n_tensors + t])
+        return
     for r in range(MAX_STREAMS):
         s[r] = _at(tab[r * n_tensors + t], k, esize) if r < n_streams else NULL
     if f64:
@@ -76,7 +101,7 @@ cdef inline void _segment(int algo, int flags, bint f64, const Py_ssize_t *tab, 
                            <float *>s[3], <float *>s[4], n, h, ts)
 
 
-cdef inline void _range(int algo, int flags, bint f64, const Py_ssize_t *tab, Py_ssize_t n_tensors,
+cdef inline void _range(int algo, int flags, int code, const Py_ssize_t *tab, Py_ssize_t n_tensors,
                         Py_ssize_t n_streams, const int64_t *off, const double *pt, Py_ssize_t n_pt,
                         int64_t lo, int64_t hi, const fn_hyper *h) noexcept nogil:
     """Update flat elements [lo, hi): the tail of one tensor, whole tensors, the head of another."""
@@ -95,7 +120,7 @@ cdef inline void _range(int algo, int flags, bint f64, const Py_ssize_t *tab, Py
     while lo < hi:
         end = min(hi, off[t + 1])
         if end > lo:
-            _segment(algo, flags, f64, tab, n_tensors, n_streams, t, lo - off[t], end - lo, h,
+            _segment(algo, flags, code, tab, n_tensors, n_streams, t, lo - off[t], end - lo, h,
                      pt + t * n_pt if n_pt > 0 else NULL)
             lo = end
         t += 1
@@ -127,11 +152,27 @@ cdef inline int _layout(int algo, int flags, int *n_scalars) noexcept nogil:
     return 0b01111 | (0b10000 if flags & FN_AMSGRAD else 0)
 
 
-cdef void _run(int algo, int flags, bint f64, int n_rows, const Py_ssize_t[:, ::1] tensors,
-               const int64_t[::1] offsets, const double[:, ::1] per_tensor, const fn_hyper *h, int n_threads):
-    """Check the table's structure (not the addresses: the caller's duty), then update every tensor."""
+cdef void _run(int algo, int flags, int code, int n_rows, const Py_ssize_t[:, ::1] tensors,
+               const int64_t[::1] offsets, const double[:, ::1] per_tensor, const fn_hyper *h, int n_threads,
+               object half):
+    """Check the table's structure (not the addresses: the caller's duty), then update every tensor.
+
+    ``code``: 0 float32, 1 float64, 2 bfloat16, 3 float16 parameters. ``half`` (16-bit parameters): a pair
+    (master, stochastic): master weights kept (table row 5), stochastic rounding (row 6: per-tensor keys).
+    """
+    if code >= CODE_BF16:
+        if half is None or len(half) != 2:
+            raise ValueError("optimizer kernel: 16-bit parameters need half=(master, stochastic)")
+        n_rows = HALF_ROWS
+        if half[1]:
+            code |= 0x100
+        if half[0]:
+            flags |= 0x10000  # only for the check below: row 5 (master) must hold addresses
+    elif code != 0 and code != CODE_F64:
+        raise ValueError(f"optimizer kernel: unknown dtype code {code}")
     cdef Py_ssize_t n_tensors = tensors.shape[1], t, r
-    cdef int n_pt, used = _layout(algo, flags, &n_pt)
+    cdef int n_pt, used = _layout(algo, flags, &n_pt) | (0b100000 if flags & 0x10000 else 0)
+    flags &= 0xffff
     cdef const Py_ssize_t *tab
     cdef const int64_t *off
     cdef const double *pt = NULL
@@ -156,11 +197,11 @@ cdef void _run(int algo, int flags, bint f64, int n_rows, const Py_ssize_t[:, ::
         pt = &per_tensor[0, 0]
     with nogil:
         if n_threads <= 1:
-            _range(algo, flags, f64, tab, n_tensors, n_rows, off, pt, n_pt, 0, total, h)
+            _range(algo, flags, code, tab, n_tensors, n_rows, off, pt, n_pt, 0, total, h)
         else:
             n_chunks = max((total + CHUNK - 1) // CHUNK, n_threads)
             for c in prange(n_chunks, schedule="dynamic", chunksize=1, num_threads=n_threads):
-                _range(algo, flags, f64, tab, n_tensors, n_rows, off, pt, n_pt,
+                _range(algo, flags, code, tab, n_tensors, n_rows, off, pt, n_pt,
                        _cut(total, n_chunks, c), _cut(total, n_chunks, c + 1), h)
 
 
@@ -169,41 +210,41 @@ def sgd_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (3, T): param (IN/OUT)
              const int64_t[::1] offsets,         # IN (T + 1,) flat start of each tensor
              const double[:, ::1] per_tensor,    # IN (T, 2): c1, c2 in b = c1 * b + c2 * g
              double lr, double momentum, double weight_decay, bint nesterov, bint maximize,
-             bint f64, int n_threads):
+             int code, int n_threads, half=None):
     """p -= lr * g' after g' = g + wd * p; with momentum b = c1 * b + c2 * g', g' = g' + mu * b or b."""
     cdef fn_hyper h
     h.lr, h.wd, h.sgn, h.mu = lr, weight_decay, (-1.0 if maximize else 1.0), momentum
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
-    _run(FN_SGD, flags, f64, 3, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_SGD, flags, code, 3, tensors, offsets, per_tensor, &h, n_threads, half)
 
 
 def adagrad_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (3, T): param (IN/OUT), grad (IN), sum (IN/OUT)
                  const int64_t[::1] offsets,         # IN (T + 1,)
                  const double[:, ::1] per_tensor,    # IN (T, 1): clr = lr / (1 + (step - 1) * lr_decay)
-                 double weight_decay, double eps, bint maximize, bint f64, int n_threads):
+                 double weight_decay, double eps, bint maximize, int code, int n_threads, half=None):
     """sum += g*g; p -= clr * g / (sqrt(sum) + eps)."""
     cdef fn_hyper h
     h.wd, h.sgn, h.eps = weight_decay, (-1.0 if maximize else 1.0), eps
-    _run(FN_ADAGRAD, FN_WD if weight_decay != 0 else 0, f64, 3, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_ADAGRAD, FN_WD if weight_decay != 0 else 0, code, 3, tensors, offsets, per_tensor, &h, n_threads, half)
 
 
 def adadelta_step(const Py_ssize_t[:, ::1] tensors,  # IN/OUT (4, T): param, grad (IN), square_avg, acc_delta
                   const int64_t[::1] offsets,        # IN (T + 1,)
-                  double lr, double rho, double eps, double weight_decay, bint maximize, bint f64,
-                  int n_threads):
+                  double lr, double rho, double eps, double weight_decay, bint maximize, int code,
+                  int n_threads, half=None):
     """sq = rho*sq + (1-rho)*g*g; d = sqrt(acc+eps)/sqrt(sq+eps)*g; acc = rho*acc + (1-rho)*d*d; p -= lr*d."""
     cdef fn_hyper h
     h.lr, h.rho, h.eps, h.wd, h.sgn = lr, rho, eps, weight_decay, (-1.0 if maximize else 1.0)
     cdef double[:, ::1] none = _NO_SCALARS
-    _run(FN_ADADELTA, FN_WD if weight_decay != 0 else 0, f64, 4, tensors, offsets, none, &h, n_threads)
+    _run(FN_ADADELTA, FN_WD if weight_decay != 0 else 0, code, 4, tensors, offsets, none, &h, n_threads, half)
 
 
 def rmsprop_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (5, T): param, grad (IN), square_avg, grad_avg,
                                                      #   momentum_buffer (0 when not centered / no momentum)
                  const int64_t[::1] offsets,         # IN (T + 1,)
                  double lr, double alpha, double eps, double weight_decay, double momentum, bint centered,
-                 bint maximize, bint f64, int n_threads):
+                 bint maximize, int code, int n_threads, half=None):
     """sq = a*sq + (1-a)*g*g; avg = sqrt(sq [- ga*ga]) + eps; b = mu*b + g/avg, p -= lr*b (or lr*g/avg)."""
     cdef fn_hyper h
     h.lr, h.alpha, h.eps, h.wd, h.mu = lr, alpha, eps, weight_decay, momentum
@@ -211,7 +252,7 @@ def rmsprop_step(const Py_ssize_t[:, ::1] tensors,   # IN/OUT (5, T): param, gra
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
     cdef double[:, ::1] none = _NO_SCALARS
-    _run(FN_RMSPROP, flags, f64, 5, tensors, offsets, none, &h, n_threads)
+    _run(FN_RMSPROP, flags, code, 5, tensors, offsets, none, &h, n_threads, half)
 
 
 def adam_step(const Py_ssize_t[:, ::1] tensors,      # IN/OUT (5, T): param, grad (IN), exp_avg, exp_avg_sq,
@@ -219,7 +260,7 @@ def adam_step(const Py_ssize_t[:, ::1] tensors,      # IN/OUT (5, T): param, gra
               const int64_t[::1] offsets,            # IN (T + 1,)
               const double[:, ::1] per_tensor,       # IN (T, 2): lr / (1 - beta1^t), sqrt(1 - beta2^t)
               double beta1, double beta2, double eps, double weight_decay, double decay, bint amsgrad,
-              bint maximize, bint f64, int n_threads):
+              bint maximize, int code, int n_threads, half=None):
     """p *= decay; m += (1-b1)*(g-m); v = b2*v + (1-b2)*g*g; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps).
 
     ``weight_decay`` is Adam's (L2, folded into g; 0 for AdamW); ``decay`` is AdamW's 1 - lr * wd (else 1).
@@ -228,13 +269,29 @@ def adam_step(const Py_ssize_t[:, ::1] tensors,      # IN/OUT (5, T): param, gra
     h.omb1, h.beta2, h.eps, h.wd, h.decay = 1.0 - beta1, beta2, eps, weight_decay, decay
     h.sgn = -1.0 if maximize else 1.0
     cdef int flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
-    _run(FN_ADAM, flags, f64, 5, tensors, offsets, per_tensor, &h, n_threads)
+    _run(FN_ADAM, flags, code, 5, tensors, offsets, per_tensor, &h, n_threads, half)
 
 
 _NO_SCALARS = np.zeros((0, 0), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------------ array checks
+cdef int BF16_NUM = np.dtype(ml_dtypes.bfloat16).num  # ml_dtypes registers bfloat16 at run time
+
+
+cdef inline int _code(int typenum) noexcept:
+    """The kernels' dtype code of a parameter typenum, -1 for a dtype they do not take."""
+    if typenum == cnp.NPY_FLOAT32:
+        return 0
+    if typenum == cnp.NPY_FLOAT64:
+        return 1
+    if typenum == BF16_NUM:
+        return 2
+    if typenum == cnp.NPY_FLOAT16:
+        return 3
+    return -1
+
+
 # The per-array checks of every step, done in C so 200 tensors cost microseconds. They answer only
 # "all good" (-1) or "the first bad index"; fastnorm.optim then explains what is wrong in Python.
 
@@ -266,10 +323,11 @@ cdef inline bint _overlaps(int64_t lo, int64_t hi, const int64_t[::1] avoid_lo,
 
 
 def gather_params(list params, int64_t[:, ::1] info):
-    """Row 0: address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
+    """Row 0: address, row 1: size, row 2: dtype code (0 float32, 1 float64, 2 bfloat16, 3 float16), of each
+    parameter.
 
-    Returns -1 if every entry is a native, aligned, C-contiguous, writeable float32/float64 ndarray,
-    else the index of the first one that is not.
+    Returns -1 if every entry is a native, aligned, C-contiguous, writeable float32/float64/bfloat16/float16
+    ndarray, else the index of the first one that is not.
     """
     cdef Py_ssize_t i, n = len(params)
     cdef cnp.ndarray arr
@@ -280,21 +338,22 @@ def gather_params(list params, int64_t[:, ::1] info):
         if not cnp.PyArray_Check(a):
             return i
         typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
-        if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _usable(a, typenum, True):
+        if _code(typenum) < 0 or not _usable(a, typenum, True):
             return i
         arr = <cnp.ndarray>a
         info[0, i] = <int64_t>cnp.PyArray_DATA(arr)
         info[1, i] = cnp.PyArray_SIZE(arr)
-        info[2, i] = typenum == cnp.NPY_FLOAT64
+        info[2, i] = _code(typenum)
     return -1
 
 
 def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, bint allow_none,
-                const int64_t[::1] avoid_lo, const int64_t[::1] avoid_hi):
+                const int64_t[::1] avoid_lo, const int64_t[::1] avoid_hi, bint stat=False):
     """Addresses of ``arrays`` matching ``params`` one to one: same dtype and shape, native, aligned,
     C-contiguous (and writeable if asked), their bytes outside the sorted disjoint ranges ``avoid``.
 
-    None entries give address 0 when ``allow_none``. Returns -1 if all are usable, else the index of
+    With ``stat`` (state arrays), the dtype wanted is the parameter's state dtype: float32 beside a 16-bit
+    parameter. None entries give address 0 when ``allow_none``. Returns -1 if all are usable, else the index of
     the first that is not. ``params`` must have passed ``gather_params`` and have len(ptrs) entries.
     """
     cdef Py_ssize_t i, d, n = ptrs.shape[0]
@@ -303,6 +362,7 @@ def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, 
     cdef cnp.npy_intp *da
     cdef cnp.npy_intp *dr
     cdef int64_t lo
+    cdef int want
     if len(arrays) != n or len(params) != n:
         return 0
     for i in range(n):
@@ -311,7 +371,10 @@ def gather_like(list arrays, list params, Py_ssize_t[::1] ptrs, bint writeable, 
             ptrs[i] = 0
             continue
         ref = <cnp.ndarray>params[i]
-        if not _usable(a, cnp.PyArray_TYPE(ref), writeable):
+        want = cnp.PyArray_TYPE(ref)
+        if stat and _code(want) >= 2:
+            want = cnp.NPY_FLOAT32
+        if not _usable(a, want, writeable):
             return i
         arr = <cnp.ndarray>a
         if cnp.PyArray_NDIM(arr) != cnp.PyArray_NDIM(ref):

@@ -29,6 +29,7 @@ import numpy as np
 from numba import cuda, types
 
 from ..._backend import array_kind
+from ..._dtypes import BFLOAT16 as _BF16
 from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
 
 if not SIM:
@@ -50,7 +51,8 @@ def _make_mem(nbty, ctype):
     """Device functions ``ld(addr, i)`` / ``st(addr, i, v)``: element i of the array at address ``addr``."""
     if SIM:
         size = ctypes.sizeof(ctype)
-        cast = np.float64 if ctype is ctypes.c_double else np.float32
+        cast = {ctypes.c_double: np.float64, ctypes.c_float: np.float32}.get(ctype, int)
+        put = int if cast is int else float
 
         @cuda.jit(device=True)
         def ld(addr, i):
@@ -58,7 +60,7 @@ def _make_mem(nbty, ctype):
 
         @cuda.jit(device=True)
         def st(addr, i, v):
-            ctype.from_address(int(addr) + size * int(i)).value = float(v)
+            ctype.from_address(int(addr) + size * int(i)).value = put(v)
 
         return ld, st
     try:
@@ -303,13 +305,274 @@ def _kernel(algo: int, flags: int, f64: bool) -> Kernel:
     return cached(key, lambda: Kernel(_make_kernel(algo, flags, f64, BLOCK, UNROLL, CHUNK), _SIG, regs))
 
 
+# ------------------------------------------------------------------------------------------ 16-bit parameters
+# bfloat16 / float16 parameters (raw 16-bit loads and stores) with float32 state, gradients in the
+# parameter's format or float32, a float32 master copy (table row 5) or stochastic rounding with per-tensor
+# keys (row 6); row 7: 1 where the gradient is float32. Conversions are bit-exact with fastnorm_half.h
+# (round to nearest even, NaN kept), stochastic rounding and its random bits with fastnorm_optim.h.
+FN_BF16, FN_F16 = 0, 1
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_HALF_ROWS = 8
+_HELPERS: dict = {}
+
+
+def _bitcasts():
+    """``bits(f)``: the uint32 bits of a float32; ``flt(u)``: the float32 with bits ``u``."""
+    if SIM:
+
+        @cuda.jit(device=True)
+        def bits(f):
+            return int(np.float32(f).view(np.uint32))
+
+        @cuda.jit(device=True)
+        def flt(u):
+            return np.uint32(int(u) & 0xFFFFFFFF).view(np.float32)
+
+        return bits, flt
+    try:
+        from numba.cuda.extending import intrinsic
+    except ImportError:
+        from numba.core.extending import intrinsic
+
+    @intrinsic
+    def _bits(typingctx, f):
+        sig = types.uint32(types.float32)
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+        return sig, codegen
+
+    @intrinsic
+    def _flt(typingctx, u):
+        sig = types.float32(types.uint32)
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+        return sig, codegen
+
+    @cuda.jit(device=True)
+    def bits(f):
+        return types.int64(_bits(types.float32(f)))
+
+    @cuda.jit(device=True)
+    def flt(u):
+        return _flt(types.uint32(u))
+
+    return bits, flt
+
+
+def _half_helpers():
+    """Device functions ``widen(h, fmt)``, ``rne(f, fmt)``, ``rsr(f, fmt, r)`` (stochastic, 32 random bits
+    ``r``), ``rbits(key, i)`` (the random bits of element i of the tensor with key ``key``)."""
+    if _HELPERS:
+        return _HELPERS["all"]
+    bits, flt = _bitcasts()
+    f32 = np.float32
+
+    @cuda.jit(device=True)
+    def widen(h, fmt):
+        h = int(h)
+        if fmt == FN_BF16:
+            return flt(h << 16)
+        sign = (h & 0x8000) << 16
+        em = h & 0x7FFF
+        if em >= 0x7C00:
+            u = 0x7F800000 | ((em & 0x3FF) << 13)
+        elif em >= 0x0400:
+            u = (em << 13) + ((127 - 15) << 23)
+        else:
+            u = bits(f32(em) * f32(5.9604644775390625e-08))
+        return flt(u | sign)
+
+    @cuda.jit(device=True)
+    def rne(f, fmt):
+        u = bits(f)
+        if fmt == FN_BF16:
+            if (u & 0x7FFFFFFF) > 0x7F800000:
+                return (u >> 16) | 0x40
+            return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        sign = (u >> 16) & 0x8000
+        a = u & 0x7FFFFFFF
+        if a >= 0x47800000:
+            o = 0x7E00 if a > 0x7F800000 else 0x7C00
+        elif a < 0x38800000:
+            o = bits(flt(a) + f32(0.5)) - 0x3F000000
+        else:
+            o = (a + ((15 - 127) << 23) + 0xFFF + ((a >> 13) & 1)) >> 13
+        return o | sign
+
+    @cuda.jit(device=True)
+    def rsr(f, fmt, r):
+        u = bits(f)
+        if fmt == FN_BF16:
+            if (u & 0x7FFFFFFF) >= 0x7F800000:
+                return rne(f, fmt)
+            return (u + (r >> 16)) >> 16
+        h = rne(f, fmt)
+        a = abs(f32(f))
+        if not a < f32(65504.0):
+            return h
+        ha = abs(widen(h, fmt))
+        if ha == a:
+            return h
+        lo = (h & 0x7FFF) - (1 if ha > a else 0)
+        flo = widen(lo, fmt)
+        fhi = widen(lo + 1, fmt)
+        p = (a - flo) / (fhi - flo)
+        q = f32(r >> 8) * f32(5.9604644775390625e-08)
+        return (h & 0x8000) | (lo + 1 if q < p else lo)
+
+    if SIM:
+
+        @cuda.jit(device=True)
+        def rbits(key, i):
+            z = (int(key) + (int(i) + 1) * _GOLDEN) & _MASK64
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            return (z ^ (z >> 31)) >> 32
+
+    else:
+        c0, c1, c2 = np.uint64(_GOLDEN), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+        s30, s27, s31, s32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
+
+        @cuda.jit(device=True)
+        def rbits(key, i):
+            z = np.uint64(key) + (np.uint64(i) + np.uint64(1)) * c0
+            z = (z ^ (z >> s30)) * c1
+            z = (z ^ (z >> s27)) * c2
+            return types.int64((z ^ (z >> s31)) >> s32)
+
+    _HELPERS["all"] = (widen, rne, rsr, rbits)
+    return _HELPERS["all"]
+
+
+_MEM16: list = []
+
+
+def _mem16():
+    if not _MEM16:
+        _MEM16.append(_make_mem(types.uint16, ctypes.c_uint16))
+    return _MEM16[0]
+
+
+def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, block: int, chunk: int):
+    """The multi-tensor kernel for 16-bit parameters (one element per thread per iteration)."""
+    T = np.float32
+    ld, st = _mem(False)
+    ld16, st16 = _mem16()
+    widen, rne, rsr, rbits = _half_helpers()
+    update = _make_update(algo, flags, False)
+    use0, use1, use2 = _streams(algo, flags)
+    bu, cu = U(block), U(chunk)
+    zero, one = U(0), U(1)
+
+    def optim_half_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
+        n_tensors = U(off.shape[0] - 1)
+        total = U(off[off.shape[0] - 1])
+        per_tensor = pt.size > 0
+        tid = U(cuda.threadIdx.x)
+        c = U(cuda.blockIdx.x)
+        grid = U(cuda.gridDim.x)
+        while c * cu < total:
+            lo = c * cu
+            hi = min(total, lo + cu)
+            a = zero
+            b = n_tensors
+            while b - a > one:
+                mid = (a + b) // U(2)
+                if U(off[mid]) <= lo:
+                    a = mid
+                else:
+                    b = mid
+            t = a
+            while lo < hi:
+                end = min(hi, U(off[t + one]))
+                if end > lo:
+                    base = U(off[t])
+                    pa = U(tab[0, t])
+                    ga = U(tab[1, t])
+                    a0 = U(tab[2, t]) if use0 else zero
+                    a1 = U(tab[3, t]) if use1 else zero
+                    a2 = U(tab[4, t]) if use2 else zero
+                    ma = U(tab[5, t]) if master else zero
+                    key = tab[6, t]
+                    g32 = tab[7, t] != 0
+                    c1 = T(pt[t, 0]) if per_tensor else T(u0)
+                    c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
+                    k = (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha),
+                         T(1.0 - alpha), T(omb1), T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+                    i = lo - base + tid
+                    stop = end - base
+                    while i < stop:
+                        g = ld(ga, i) if g32 else widen(ld16(ga, i), fmt)
+                        p = ld(ma, i) if master else widen(ld16(pa, i), fmt)
+                        s0 = ld(a0, i) if use0 else T(0)
+                        s1 = ld(a1, i) if use1 else T(0)
+                        s2 = ld(a2, i) if use2 else T(0)
+                        p, s0, s1, s2 = update(T(p), T(g), s0, s1, s2, k)
+                        if master:
+                            st(ma, i, p)
+                        if sr:
+                            st16(pa, i, np.uint16(rsr(p, fmt, rbits(key, i))))
+                        else:
+                            st16(pa, i, np.uint16(rne(p, fmt)))
+                        if use0:
+                            st(a0, i, s0)
+                        if use1:
+                            st(a1, i, s1)
+                        if use2:
+                            st(a2, i, s2)
+                        i += bu
+                    lo = end
+                t += one
+            c += grid
+
+    return optim_half_kernel
+
+
+def _half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool) -> Kernel:
+    key = ("optim-half", algo, flags, fmt, master, sr, BLOCK, CHUNK)
+    regs = register_cap(BLOCK, np.float32)
+    return cached(key, lambda: Kernel(_make_half_kernel(algo, flags, fmt, master, sr, BLOCK, CHUNK), _SIG, regs))
+
+
+def _launch_half(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half) -> None:
+    """``_launch`` for 16-bit parameters: the 8-row table, copied to the device with the offsets."""
+    global _NO_PT
+    if tensors.shape[1] == 0 or int(offsets[-1]) == 0:
+        return
+    total = int(offsets[-1])
+    stream = current_stream()
+    d_tab, d_off = _device_table(tensors, offsets, stream, _HALF_ROWS)
+    pt = np.asarray(per_tensor, dtype=np.float64)
+    u0 = u1 = 0.0
+    if pt.size == 0 or (pt == pt[0]).all():
+        if pt.size:
+            u0, u1 = float(pt[0, 0]), float(pt[0, -1])
+        if _NO_PT is None:
+            _NO_PT = cuda.device_array((0, 1), np.float64)
+        d_pt = _NO_PT
+    else:
+        d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
+    h = hyper
+    k = _half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1]))
+    grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
+    k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
+             h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
+             h.get("beta2", 0.0), h.get("decay", 1.0), u0, u1)
+
+
 # ------------------------------------------------------------------------------------------ tables
 _tables: dict = {}
 
 
-def _device_table(tensors: np.ndarray, offsets: np.ndarray, stream):
-    """Device copies of the address table (always 5 rows) and offsets, cached by content."""
-    tab = np.zeros((5, tensors.shape[1]), np.int64)
+def _device_table(tensors: np.ndarray, offsets: np.ndarray, stream, rows: int = 5):
+    """Device copies of the address table (``rows`` rows: 5, or 8 for 16-bit parameters) and offsets,
+    cached by content."""
+    tab = np.zeros((rows, tensors.shape[1]), np.int64)
     tab[: tensors.shape[0]] = tensors
     off = np.ascontiguousarray(offsets, dtype=np.int64)
     key = tab.tobytes() + b"|" + off.tobytes()
@@ -429,9 +692,12 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
                  h.get("decay", 1.0), u0, u1))
 
 
-def _launch(algo, flags, f64, tensors, offsets, per_tensor, hyper: dict) -> None:
+def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=None) -> None:
     global _NO_PT
     tensors = np.asarray(tensors)
+    if code >= 2:
+        return _launch_half(algo, flags, code, tensors, np.asarray(offsets), per_tensor, hyper, half)
+    f64 = code == 1
     n_tensors = tensors.shape[1]
     if n_tensors == 0:
         return
@@ -483,54 +749,67 @@ def _rows_used(algo: int, flags: int) -> int:
     return 0b11 | (s0 << 2) | (s1 << 3) | (s2 << 4)
 
 
+def _shape(code, half, n_rows, used):
+    """The table's row count and used rows for parameters of dtype ``code`` (16-bit: 8 rows, row 5 the
+    master copies when ``half[0]``)."""
+    if code < 2:
+        if code not in (0, 1):
+            raise ValueError(f"optimizer kernel: unknown dtype code {code}")
+        return n_rows, used
+    if half is None or len(half) != 2:
+        raise ValueError("optimizer kernel: 16-bit parameters need half=(master, stochastic)")
+    return _HALF_ROWS, used | (0b100000 if half[0] else 0)
+
+
 # ------------------------------------------------------------------------------------------ entry points
-def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, f64, n_threads):
+def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, code, n_threads, half=None):
     """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, 3, _rows_used(FN_SGD, flags), pt, 2)
-    _launch(FN_SGD, flags, f64, tensors, offsets, pt,
-            dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum))
+    _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_SGD, flags)), pt, 2)
+    _launch(FN_SGD, flags, code, tensors, offsets, pt,
+            dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum), half)
 
 
-def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, f64, n_threads):
+def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code, n_threads, half=None):
     """IN/OUT (3, T): param, grad, sum; per_tensor (T, 1): clr."""
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, 3, _rows_used(FN_ADAGRAD, flags), pt, 1)
-    _launch(FN_ADAGRAD, flags, f64, tensors, offsets, pt,
-            dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps))
+    _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_ADAGRAD, flags)), pt, 1)
+    _launch(FN_ADAGRAD, flags, code, tensors, offsets, pt,
+            dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps), half)
 
 
-def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, f64, n_threads):
+def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, n_threads, half=None):
     """IN/OUT (4, T): param, grad, square_avg, acc_delta."""
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
-    _check(tensors, offsets, 4, _rows_used(FN_ADADELTA, flags), None, 0)
-    _launch(FN_ADADELTA, flags, f64, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0))
+    _check(tensors, offsets, *_shape(code, half, 4, _rows_used(FN_ADADELTA, flags)), None, 0)
+    _launch(FN_ADADELTA, flags, code, tensors, offsets, np.zeros((0, 0)),
+            dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0), half)
 
 
-def rmsprop_step(tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, f64, n_threads):
+def rmsprop_step(tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads,
+                 half=None):
     """IN/OUT (5, T): param, grad, square_avg, grad_avg, momentum_buffer."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
-    _check(tensors, offsets, 5, _rows_used(FN_RMSPROP, flags), None, 0)
-    _launch(FN_RMSPROP, flags, f64, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0))
+    _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_RMSPROP, flags)), None, 0)
+    _launch(FN_RMSPROP, flags, code, tensors, offsets, np.zeros((0, 0)),
+            dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0), half)
 
 
-def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, f64,
-              n_threads):
+def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code,
+              n_threads, half=None):
     """IN/OUT (5, T): param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq; per_tensor (T, 2): step_size, bc2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, 5, _rows_used(FN_ADAM, flags), pt, 2)
-    _launch(FN_ADAM, flags, f64, tensors, offsets, pt,
+    _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_ADAM, flags)), pt, 2)
+    _launch(FN_ADAM, flags, code, tensors, offsets, pt,
             dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay,
-                 sgn=-1.0 if maximize else 1.0))
+                 sgn=-1.0 if maximize else 1.0), half)
 
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -579,8 +858,9 @@ def _adapted(a):
     except Exception:
         return None
     dt = d.dtype
-    code = 8 if dt == _F8 else 4 if dt == _F4 else 0
-    meta = (d.ptr, d.nbytes, code, d.shape, d.strides is None, not d.readonly)
+    code = 8 if dt == _F8 else 4 if dt == _F4 else 2 if dt == _F2 or _is_bf16(a, dt) else 0
+    dcode = _DCODE.get(dt, 2 if code == 2 else -1)
+    meta = (d.ptr, d.nbytes, code, d.shape, d.strides is None, not d.readonly, dcode)
     if k == "numba" or k == "cupy" or k == "dev":
         if len(_meta_cache) > 65536:
             _meta_cache.clear()
@@ -590,7 +870,28 @@ def _adapted(a):
 
 
 _meta_cache: dict = {}
-_F4, _F8 = np.dtype("<f4"), np.dtype("<f8")
+_F4, _F8, _F2 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2")
+_DCODE = {_F4: 0, _F8: 1, _F2: 3}  # the kernels' dtype codes (2: bfloat16, recognized by _is_bf16)
+
+
+def _is_bf16(a, dt) -> bool:
+    """A 2-byte raw dtype that is bfloat16: a torch bfloat16 tensor, or an array of ml_dtypes' bfloat16."""
+    if dt.itemsize != 2 or dt.kind != "V":
+        return dt == _BF16
+    tdt = getattr(a, "dtype", None)
+    return str(tdt) == "torch.bfloat16" or tdt == _BF16
+
+
+def dtype_code(a) -> int:
+    """The kernels' dtype code of a CUDA array (0 float32, 1 float64, 2 bfloat16, 3 float16), -1 otherwise."""
+    if SIM:
+        ai = _iface(a)
+        if ai is None:
+            return -1
+        dt = a._ary.dtype
+        return 2 if dt == _BF16 else _DCODE.get(np.dtype(ai["typestr"]), -1)
+    meta = _adapted(a)
+    return -1 if meta is None else meta[6]
 # Whole lists seen before (the same objects, all of immutable kinds): their checked result, so that a
 # step with the same parameters and gradients costs a few C-level loops over the list, not a Python loop.
 _list_cache: dict = {}
@@ -614,10 +915,11 @@ def _remember_list(key, objs, value) -> None:
 
 
 def gather_params(params: list, info: np.ndarray) -> int:
-    """Row 0: device address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
+    """Row 0: device address, row 1: size, row 2: dtype code (0 float32, 1 float64, 2 bfloat16, 3 float16),
+    of each parameter.
 
-    Returns -1 if every entry is a C-contiguous, writeable float32/float64 CUDA array, else the index of
-    the first one that is not (as the CPU helper of the same name does for NumPy arrays).
+    Returns -1 if every entry is a C-contiguous, writeable float32/float64/bfloat16/float16 CUDA array, else
+    the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
     if SIM:
         return _gather_params_sim(params, info)
@@ -634,12 +936,12 @@ def gather_params(params: list, info: np.ndarray) -> int:
         meta = h[1] if h is not None and h[0] is a else _adapted(a)
         if meta is None:
             return i
-        ptr, nbytes, code, _, contig, writeable = meta
-        if not code or not contig or not writeable or ptr % code:
+        ptr, nbytes, code, _, contig, writeable, dcode = meta
+        if dcode < 0 or not contig or not writeable or ptr % code:
             return i
         ptrs.append(ptr)
         sizes.append(nbytes // code)
-        f8.append(code == 8)
+        f8.append(dcode)
     if ptrs:
         info[0, :n] = ptrs
         info[1, :n] = sizes
@@ -649,17 +951,18 @@ def gather_params(params: list, info: np.ndarray) -> int:
 
 
 def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
+                avoid_lo: np.ndarray, avoid_hi: np.ndarray, stat: bool = False) -> int:
     """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
-    asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``.
+    asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``. With
+    ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones).
     Returns -1 if all are usable, else the index of the first that is not."""
     if SIM:
-        return _gather_like_sim(arrays, params, ptrs, writeable, allow_none, avoid_lo, avoid_hi)
+        return _gather_like_sim(arrays, params, ptrs, writeable, allow_none, avoid_lo, avoid_hi, stat)
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
     key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, id(avoid_lo),
-           id(avoid_hi))
+           id(avoid_hi), stat)
     objs = (*arrays, *params, avoid_lo, avoid_hi)
     hit = _cached_list(key, objs)
     if hit is not None:
@@ -683,8 +986,9 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
         meta = h[1] if h is not None and h[0] is a else _adapted(a)
         if meta is None or ref is None:
             return i
-        lo, nbytes, code, shape, contig, wr = meta
-        if code != ref[2] or not contig or (writeable and not wr) or shape != ref[3] or lo % code:
+        lo, nbytes, code, shape, contig, wr, dcode = meta
+        want = 0 if stat and ref[6] >= 2 else ref[6]
+        if dcode != want or not contig or (writeable and not wr) or shape != ref[3] or lo % code:
             return i
         hi = lo + nbytes
         if hi > lo and los:
@@ -708,16 +1012,17 @@ def _gather_params_sim(params: list, info: np.ndarray) -> int:
     """
     for i, a in enumerate(params):
         ai = _iface(a)
-        if ai is None or ai["typestr"] not in ("<f4", "<f8") or not _usable(ai, ai["typestr"], True):
+        code = dtype_code(a)
+        if ai is None or code < 0 or not _usable(ai, ai["typestr"], True):
             return i
         info[0, i] = ai["data"][0]
         info[1, i] = int(np.prod(ai["shape"], dtype=np.int64))
-        info[2, i] = ai["typestr"] == "<f8"
+        info[2, i] = code
     return -1
 
 
 def _gather_like_sim(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                     avoid_lo: np.ndarray, avoid_hi: np.ndarray) -> int:
+                     avoid_lo: np.ndarray, avoid_hi: np.ndarray, stat: bool = False) -> int:
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
@@ -728,10 +1033,14 @@ def _gather_like_sim(arrays: list, params: list, ptrs: np.ndarray, writeable: bo
             continue
         ref = _iface(params[i])
         ai = None if a is None else _iface(a)
-        if ai is None or not _usable(ai, ref["typestr"], writeable) or tuple(ai["shape"]) != tuple(ref["shape"]):
+        rcode = dtype_code(params[i])
+        want = 0 if stat and rcode >= 2 else rcode
+        if ai is None or dtype_code(a) != want or not _usable(ai, ai["typestr"], writeable):
+            return i
+        if tuple(ai["shape"]) != tuple(ref["shape"]):
             return i
         lo = ai["data"][0]
-        hi = lo + int(np.prod(ai["shape"], dtype=np.int64)) * int(ref["typestr"][2:])
+        hi = lo + int(np.prod(ai["shape"], dtype=np.int64)) * int(ai["typestr"][2:])
         k = int(np.searchsorted(avoid_lo, hi, side="left"))
         if hi > lo and k > 0 and avoid_hi[k - 1] > lo:
             return i

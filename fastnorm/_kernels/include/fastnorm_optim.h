@@ -13,6 +13,9 @@
 #define FASTNORM_OPTIM_H
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "fastnorm_half.h"
 
 enum { FN_SGD = 0, FN_ADAGRAD = 1, FN_ADADELTA = 2, FN_RMSPROP = 3, FN_ADAM = 4 };
 
@@ -100,6 +103,89 @@ typedef struct {
 #undef FN_T
 #undef FN_SUF
 #undef FN_SQRT
+
+/* ------------------------------------------------------------------ 16-bit parameters (bfloat16, float16)
+ * The parameter is stored in 16 bits (format fmt: FN_BF16 / FN_F16 of fastnorm_half.h), its state in
+ * float32; the gradient in the parameter's format or in float32 (g32). A segment is walked in blocks of
+ * FN_HBLOCK elements: the gradient block is widened into a float32 buffer (exact), the float32 value of
+ * the parameter is either the float32 master copy (updated in place, then rounded to nearest even into
+ * the parameter) or the widened 16-bit parameter (then rounded to nearest even, or stochastically with
+ * sr). The update itself is the float32 loop above, so every float32 operation is the float32 path's. */
+#define FN_HBLOCK 512
+
+/* splitmix64's finalizer: a bijective mix of 64 bits (Steele, Lea, Flood 2014). */
+static inline uint64_t fn_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* 32 random bits for element idx of the tensor whose key is `key` (counter-based: no state, so the bits
+ * do not depend on which thread or chunk handles the element). */
+static inline uint32_t fn_sr_bits(uint64_t key, uint64_t idx) {
+    return (uint32_t)(fn_mix64(key + (idx + 1) * 0x9e3779b97f4a7c15ull) >> 32);
+}
+
+/* Stochastic rounding of f to bfloat16: add 16 random bits below the kept mantissa, truncate. The result
+ * is one of the two bfloat16 neighbours of f, the upper (in magnitude) with probability equal to f's
+ * distance from the lower over their spacing: unbiased. NaN stays a quiet NaN, inf stays inf. */
+static inline uint16_t fn_f32_to_bf16_sr(float f, uint32_t r) {
+    uint32_t u = fn_f32_bits(f);
+    if ((u & 0x7fffffffu) >= 0x7f800000u)
+        return fn_f32_to_bf16(f);
+    return (uint16_t)((u + (r >> 16)) >> 16);
+}
+
+/* Stochastic rounding of f to float16: lo, hi the float16 neighbours of |f| (magnitudes), rounded up
+ * with probability (|f| - lo) / (hi - lo) (exact in float32: hi - lo is a power of two and |f| - lo is
+ * exact by Sterbenz), compared with a uniform 24-bit fraction. |f| >= 65504 (the largest finite float16),
+ * inf and NaN round to nearest even. */
+static inline uint16_t fn_f32_to_f16_sr(float f, uint32_t r) {
+    uint16_t h = fn_f32_to_f16(f);
+    float a = fabsf(f);
+    if (!(a < 65504.0f))
+        return h;
+    float ha = fabsf(fn_f16_to_f32(h));
+    if (ha == a)
+        return h;
+    uint16_t s = h & 0x8000u, lo = (uint16_t)((h & 0x7fffu) - (ha > a ? 1 : 0));
+    float flo = fn_f16_to_f32(lo), fhi = fn_f16_to_f32((uint16_t)(lo + 1));
+    float p = (a - flo) / (fhi - flo);
+    float u = (float)(r >> 8) * 5.9604644775390625e-08f; /* 2^-24 */
+    return (uint16_t)(s | (u < p ? lo + 1 : lo));
+}
+
+/* Elements [k0, k0 + n) of one 16-bit tensor: p (16-bit, fmt), master (float32 or NULL), g (16-bit or,
+ * with g32, float32), s0..s2 float32 state (NULL where unused); key: the stochastic-rounding key. */
+static inline void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
+                                      const void *g, float *s0, float *s1, float *s2, ptrdiff_t k0, ptrdiff_t n,
+                                      const fn_hyper *h, const double *ts, uint64_t key) {
+    float pbuf[FN_HBLOCK], gbuf[FN_HBLOCK];
+    for (ptrdiff_t b = 0; b < n; b += FN_HBLOCK) {
+        ptrdiff_t m = n - b < FN_HBLOCK ? n - b : FN_HBLOCK;
+        const float *gb = gbuf;
+        float *pb = pbuf;
+        if (g32)
+            gb = (const float *)g + b;
+        else
+            fn_half_load(fmt, (const uint16_t *)g + b, gbuf, m);
+        if (master)
+            pb = master + b;
+        else
+            fn_half_load(fmt, p + b, pbuf, m);
+        fn_optim_segment_f(algo, flags, pb, gb, s0 ? s0 + b : NULL, s1 ? s1 + b : NULL, s2 ? s2 + b : NULL, m,
+                           h, ts);
+        if (!sr) {
+            fn_half_store(fmt, pb, p + b, m);
+        } else if (fmt == FN_BF16) {
+            for (ptrdiff_t i = 0; i < m; i++)
+                p[b + i] = fn_f32_to_bf16_sr(pb[i], fn_sr_bits(key, (uint64_t)(k0 + b + i)));
+        } else {
+            for (ptrdiff_t i = 0; i < m; i++)
+                p[b + i] = fn_f32_to_f16_sr(pb[i], fn_sr_bits(key, (uint64_t)(k0 + b + i)));
+        }
+    }
+}
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT DEFAULT
