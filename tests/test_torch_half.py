@@ -138,10 +138,10 @@ CASES = {
     ),
     "local_response_norm": Case(
         "local_response_norm",
-        _chan_make((2, 7, 4, 3)),
+        _chan_make((2, 7, 12)),
         lambda a: FF.local_response_norm(a["x"], 3, 1e-2, 0.75, 1.0),
         lambda a: TF.local_response_norm(a["x"], 3, 1e-2, 0.75, 1.0),
-        lambda dt, pdt: (FN.LocalResponseNorm(3, 1e-2), (2, 7, 4, 3)),
+        lambda dt, pdt: (FN.LocalResponseNorm(3, 1e-2), (2, 7, 12)),
     ),
     "weight_norm": Case(
         "weight_norm",
