@@ -6,10 +6,11 @@ NumPy arrays run on the CPU kernels; arrays with ``__cuda_array_interface__`` on
 in its ``__all__``; this package re-exports them.
 """
 
-from . import batch_norm_stages, divergence, nn, norms, optim, reference, stats, transport
+from . import add_norm, batch_norm_stages, divergence, nn, norms, optim, reference, stats, transport
 from ._config import show_config
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
+from .add_norm import *  # noqa: F403
 from .batch_norm_stages import *  # noqa: F403
 from .divergence import *  # noqa: F403
 from .norms import *  # noqa: F403
@@ -27,6 +28,7 @@ __all__ = [
     "stats",
     "transport",
     *norms.__all__,
+    *add_norm.__all__,
     *batch_norm_stages.__all__,
     *divergence.__all__,
     *transport.__all__,

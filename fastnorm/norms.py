@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._dispatch import backend_of
 
@@ -122,6 +123,25 @@ def _partials(be, want: bool, n_chunks: int, n: int, dtype) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------- LayerNorm
+def _stat_params(be, sd, *params) -> tuple:
+    """Parameters as the row kernels take them: in the statistic dtype ``sd`` (float32 beside 16-bit data;
+    a tiny copy when a parameter is 16-bit)."""
+    return tuple(None if p is None else be.astype(p, sd) for p in params)
+
+
+def _grad_targets(be, sd, *grads) -> tuple:
+    """The buffers the row kernels write parameter gradients into (in ``sd``): each gradient itself, or a new
+    ``sd`` buffer for a 16-bit parameter's gradient (rounded into it by ``_grads_back``)."""
+    return tuple(g if g is None or V.dtype_of(g) == sd else be.empty(g.shape, sd) for g in grads)
+
+
+def _grads_back(be, grads, targets) -> None:
+    """Round each ``_grad_targets`` buffer into its 16-bit gradient (once, to nearest even)."""
+    for g, t in zip(grads, targets, strict=True):
+        if g is not t:
+            be.copyto(g, t)
+
+
 def layer_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -141,16 +161,20 @@ def layer_norm_forward(
     ``eps`` may be any float, as in torch (0 or negative: rstd is inf/NaN for constant rows). Empty rows
     (N = 0) give mean 0 and rstd NaN, as torch.
 
+    Dtypes: float32, float64, and 16-bit storage (``ml_dtypes.bfloat16``, ``np.float16``): 16-bit x is
+    computed in float32, y is the float32 result rounded to nearest even once, mean/rstd are float32, and
+    weight/bias may be x's dtype or float32 (torch's mixed-dtype LayerNorm).
+
     Shapes: x (*, *normalized_shape) -> y like x; weight, bias normalized_shape (each optional);
-    mean, rstd x.shape[:-normalized_ndim] (in x's dtype; float32 for float16 on the GPU).
+    mean, rstd x.shape[:-normalized_ndim] (in x's dtype; float32 for 16-bit x).
     ``out=(y, mean, rstd)`` (entries may be None). Returns ``LayerNormForward(y, mean, rstd)``.
     """
     op = "layer_norm_forward"
     be = backend_of(op, x=x, weight=weight, bias=bias, out=out)
     x = V.float_input(be, op, "x", x)
     lead, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
-    weight = V.param(be, op, "weight", weight, norm, x.dtype)
-    bias = V.param(be, op, "bias", bias, norm, x.dtype)
+    weight = V.param(be, op, "weight", weight, norm, _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, norm, _dtypes.param_dtypes(x.dtype))
     eps = V.scalar(op, "eps", eps, finite=False)
     sd = be.stat_dtype(x.dtype)
     y, mean, rstd = V.outputs(
@@ -159,11 +183,12 @@ def layer_norm_forward(
     if m * n == 0:
         _empty_reduction(be, mean, rstd)
         return LayerNormForward(y, mean, rstd)
-    absent = _absent(be, x.dtype)
+    w, b = _stat_params(be, sd, weight, bias)
+    absent = _absent(be, sd)
     be.kernels.layer_norm_forward(
         x.reshape(m, n),
-        absent if weight is None else weight.reshape(n),
-        absent if bias is None else bias.reshape(n),
+        absent if w is None else w.reshape(n),
+        absent if b is None else b.reshape(n),
         y.reshape(m, n),
         mean.reshape(m),
         rstd.reshape(m),
@@ -192,9 +217,10 @@ def layer_norm_backward(
         dweight = sum_rows(dy * xhat),  dbias = sum_rows(dy)
 
     ``bias`` is only used to know whether dbias is wanted (its values do not enter the gradient).
-    Shapes as in the forward. ``out=(dx, dweight, dbias)``. Returns ``LayerNormBackward(dx, dweight, dbias)``;
-    dweight/dbias are None when weight/bias are None. Every output is bitwise the same for any thread
-    count (the partial-row plan depends on the shape only).
+    Shapes as in the forward. 16-bit dy/x: computed and accumulated in float32, dx rounded once, mean/rstd
+    float32, dweight/dbias in the parameter's dtype. ``out=(dx, dweight, dbias)``. Returns
+    ``LayerNormBackward(dx, dweight, dbias)``; dweight/dbias are None when weight/bias are None. Every
+    output is bitwise the same for any thread count (the partial-row plan depends on the shape only).
     """
     op = "layer_norm_backward"
     be = backend_of(op, dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias, out=out)
@@ -204,16 +230,16 @@ def layer_norm_backward(
     sd = be.stat_dtype(x.dtype)
     mean = V.required(be, op, "mean", mean, lead, sd)
     rstd = V.required(be, op, "rstd", rstd, lead, sd)
-    weight = V.param(be, op, "weight", weight, norm, x.dtype)
-    bias = V.param(be, op, "bias", bias, norm, x.dtype)
+    weight = V.param(be, op, "weight", weight, norm, _dtypes.param_dtypes(x.dtype))
+    bias = V.param(be, op, "bias", bias, norm, _dtypes.param_dtypes(x.dtype))
     dx, dweight, dbias = V.outputs(
         be,
         op,
         out,
         [
             ("dx", x.shape, x.dtype),
-            None if weight is None else ("dweight", norm, x.dtype),
-            None if bias is None else ("dbias", norm, x.dtype),
+            None if weight is None else ("dweight", norm, V.dtype_of(weight)),
+            None if bias is None else ("dbias", norm, V.dtype_of(bias)),
         ],
         (dy, x, mean, rstd, weight, bias),
     )
@@ -222,34 +248,39 @@ def layer_norm_backward(
         _fill(be, dbias, 0.0)
         return LayerNormBackward(dx, dweight, dbias)
     nt = be.threads(m * n)
-    absent = _absent(be, x.dtype)
+    (w,) = _stat_params(be, sd, weight)
+    dw32, db32 = _grad_targets(be, sd, dweight, dbias)
+    absent = _absent(be, sd)
     be.kernels.layer_norm_backward(
         dy.reshape(m, n),
         x.reshape(m, n),
         mean.reshape(m),
         rstd.reshape(m),
-        absent if weight is None else weight.reshape(n),
+        absent if w is None else w.reshape(n),
         dx.reshape(m, n),
-        absent if dweight is None else dweight.reshape(n),
-        absent if dbias is None else dbias.reshape(n),
-        *_partials(be, dweight is not None, nt, n, x.dtype),
-        *_partials(be, dbias is not None, nt, n, x.dtype),
+        absent if dw32 is None else dw32.reshape(n),
+        absent if db32 is None else db32.reshape(n),
+        *_partials(be, dweight is not None, nt, n, sd),
+        *_partials(be, dbias is not None, nt, n, sd),
         nt,
     )
+    _grads_back(be, (dweight, dbias), (dw32, db32))
     if n == 1:
-        _put(be, dx, _layer_norm_dx_one(be, dy, x, mean, rstd, weight).reshape(x.shape))
+        _put(be, dx, _layer_norm_dx_one(be, dy, x, mean, rstd, weight).astype(V.dtype_of(x)).reshape(x.shape))
     return LayerNormBackward(dx, dweight, dbias)
 
 
 def _layer_norm_dx_one(be, dy, x, mean, rstd, weight) -> np.ndarray:
-    """dx of rows of one element: xhat = 0 and g - mean(g) = 0 exactly, so dx = 0 (NaN where an input is
-    not finite, as torch); the kernel's rounding of mean(g) need not cancel g exactly."""
-    dy, x = _host(be, dy).reshape(-1), _host(be, x).reshape(-1)
+    """dx of rows of one element, flat, in the statistic dtype: xhat = 0 and g - mean(g) = 0 exactly, so
+    dx = 0 (NaN where an input is not finite, as torch); the kernel's rounding of mean(g) need not cancel g
+    exactly."""
+    sd = be.stat_dtype(V.dtype_of(x))
+    dy, x = _host(be, dy).reshape(-1).astype(sd), _host(be, x).reshape(-1).astype(sd)
     mean, rstd = _host(be, mean).reshape(-1), _host(be, rstd).reshape(-1)
     with np.errstate(all="ignore"):
-        g = dy if weight is None else dy * _host(be, weight).reshape(-1)
+        g = dy if weight is None else dy * _host(be, weight).reshape(-1).astype(sd)
         xhat = (x - mean) * rstd
-        return (rstd * ((g - g) - xhat * (g * xhat))).astype(x.dtype)
+        return (rstd * ((g - g) - xhat * (g * xhat))).astype(sd)
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
@@ -264,7 +295,8 @@ def rms_norm_forward(
     """RMSNorm over the last ``normalized_ndim`` dims, like ``torch.nn.functional.rms_norm``.
 
     Per row r of N elements: ``rstd = 1 / sqrt(sum(r^2) / N + eps)``, ``y = r * rstd * weight``.
-    ``eps`` may be any float, as in torch. Empty rows (N = 0) give rstd NaN, as torch.
+    ``eps`` may be any float, as in torch. Empty rows (N = 0) give rstd NaN, as torch. 16-bit x: computed
+    in float32, y rounded once, rstd float32, weight in x's dtype or float32.
 
     Shapes: x (*, *normalized_shape) -> y like x; weight normalized_shape (optional);
     rstd x.shape[:-normalized_ndim]. ``out=(y, rstd)``. Returns ``RMSNormForward(y, rstd)``.
@@ -273,17 +305,17 @@ def rms_norm_forward(
     be = backend_of(op, x=x, weight=weight, out=out)
     x = V.float_input(be, op, "x", x)
     lead, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
-    weight = V.param(be, op, "weight", weight, norm, x.dtype)
+    weight = V.param(be, op, "weight", weight, norm, _dtypes.param_dtypes(x.dtype))
     eps = V.scalar(op, "eps", eps, finite=False)
-    y, rstd = V.outputs(
-        be, op, out, [("y", x.shape, x.dtype), ("rstd", lead, be.stat_dtype(x.dtype))], (x, weight)
-    )
+    sd = be.stat_dtype(x.dtype)
+    y, rstd = V.outputs(be, op, out, [("y", x.shape, x.dtype), ("rstd", lead, sd)], (x, weight))
     if m * n == 0:
         _fill(be, rstd, np.nan)
         return RMSNormForward(y, rstd)
+    (w,) = _stat_params(be, sd, weight)
     be.kernels.rms_norm_forward(
         x.reshape(m, n),
-        _absent(be, x.dtype) if weight is None else weight.reshape(n),
+        _absent(be, sd) if w is None else w.reshape(n),
         y.reshape(m, n),
         rstd.reshape(m),
         eps,
@@ -307,6 +339,7 @@ def rms_norm_backward(
 
         dx = rstd * (g - xhat * mean(g * xhat)),   dweight = sum_rows(dy * xhat)
 
+    16-bit dy/x: float32 arithmetic, dx rounded once, dweight in the weight's dtype.
     ``out=(dx, dweight)``. Returns ``RMSNormBackward(dx, dweight)``; dweight is None without weight.
     """
     op = "rms_norm_backward"
@@ -314,30 +347,34 @@ def rms_norm_backward(
     x = V.float_input(be, op, "x", x)
     lead, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
-    rstd = V.required(be, op, "rstd", rstd, lead, be.stat_dtype(x.dtype))
-    weight = V.param(be, op, "weight", weight, norm, x.dtype)
+    sd = be.stat_dtype(x.dtype)
+    rstd = V.required(be, op, "rstd", rstd, lead, sd)
+    weight = V.param(be, op, "weight", weight, norm, _dtypes.param_dtypes(x.dtype))
     dx, dweight = V.outputs(
         be,
         op,
         out,
-        [("dx", x.shape, x.dtype), None if weight is None else ("dweight", norm, x.dtype)],
+        [("dx", x.shape, x.dtype), None if weight is None else ("dweight", norm, V.dtype_of(weight))],
         (dy, x, rstd, weight),
     )
     if m * n == 0:
         _fill(be, dweight, 0.0)
         return RMSNormBackward(dx, dweight)
     nt = be.threads(m * n)
-    absent = _absent(be, x.dtype)
+    (w,) = _stat_params(be, sd, weight)
+    (dw32,) = _grad_targets(be, sd, dweight)
+    absent = _absent(be, sd)
     be.kernels.rms_norm_backward(
         dy.reshape(m, n),
         x.reshape(m, n),
         rstd.reshape(m),
-        absent if weight is None else weight.reshape(n),
+        absent if w is None else w.reshape(n),
         dx.reshape(m, n),
-        absent if dweight is None else dweight.reshape(n),
-        *_partials(be, dweight is not None, nt, n, x.dtype),
+        absent if dw32 is None else dw32.reshape(n),
+        *_partials(be, dweight is not None, nt, n, sd),
         nt,
     )
+    _grads_back(be, (dweight,), (dw32,))
     return RMSNormBackward(dx, dweight)
 
 

@@ -50,6 +50,7 @@ class OpCase:
     small_shapes: tuple
     options: tuple
     primary: str = "x"  # the forward argument whose dtype sets the op's dtype
+    bwd_primary: str = ""  # the backward's such argument when it is not named like the forward's
     valid: Callable[[tuple, dict], bool] = field(default=lambda shape, opts: True)
     bad_primary_shapes: tuple = ()  # forward primary shapes that must raise ValueError
 
@@ -112,6 +113,34 @@ def _make_rms_norm(rng, shape, dtype, affine="weight", normalized_ndim=1, eps=1e
     dy = _normal(rng, shape, dtype)
     nd = dict(normalized_ndim=normalized_ndim)
     return Inputs(dict(x=x, weight=w, eps=eps, **nd), dict(dy=dy, x=x, rstd=rstd, weight=w, **nd))
+
+
+def _make_add_layer_norm(rng, shape, dtype, affine="both", normalized_ndim=1, eps=1e-5, dh=True):
+    x = _normal(rng, shape, dtype, 1.5, 0.3)
+    res = _normal(rng, shape, dtype, 1.0, -0.2)
+    w, b = _affine(rng, shape[len(shape) - normalized_ndim :], dtype, affine)
+    _, h, mean, rstd = R.add_layer_norm_forward(x, res, w, b, eps=eps, normalized_ndim=normalized_ndim)
+    dy = _normal(rng, shape, dtype)
+    grad_h = _normal(rng, shape, dtype) if dh else None
+    nd = dict(normalized_ndim=normalized_ndim)
+    return Inputs(
+        dict(x=x, residual=res, weight=w, bias=b, eps=eps, **nd),
+        dict(dy=dy, dh=grad_h, h=h, mean=mean, rstd=rstd, weight=w, bias=b, **nd),
+    )
+
+
+def _make_add_rms_norm(rng, shape, dtype, affine="weight", normalized_ndim=1, eps=1e-6, dh=True):
+    x = _normal(rng, shape, dtype, 1.5, 0.3)
+    res = _normal(rng, shape, dtype, 1.0, -0.2)
+    w, _ = _affine(rng, shape[len(shape) - normalized_ndim :], dtype, affine)
+    _, h, rstd = R.add_rms_norm_forward(x, res, w, eps=eps, normalized_ndim=normalized_ndim)
+    dy = _normal(rng, shape, dtype)
+    grad_h = _normal(rng, shape, dtype) if dh else None
+    nd = dict(normalized_ndim=normalized_ndim)
+    return Inputs(
+        dict(x=x, residual=res, weight=w, eps=eps, **nd),
+        dict(dy=dy, dh=grad_h, h=h, rstd=rstd, weight=w, **nd),
+    )
 
 
 def _rows_valid(shape, opts):
@@ -356,6 +385,34 @@ OP_CASES = [
         options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none")),
         valid=_rows_valid,
         bad_primary_shapes=((),),  # an empty row (4, 0) is legal, as in torch
+    ),
+    _case(
+        "add_layer_norm",
+        "add_layer_norm",
+        ("y", "h", "mean", "rstd"),
+        _GRADS,
+        make=_make_add_layer_norm,
+        shapes=ROW_SHAPES,
+        small_shapes=ROW_SMALL,
+        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in AFFINE)
+        + (dict(affine="both", dh=False),),
+        bwd_primary="h",
+        valid=_rows_valid,
+        bad_primary_shapes=((),),
+    ),
+    _case(
+        "add_rms_norm",
+        "add_rms_norm",
+        ("y", "h", "rstd"),
+        ("dx", "dweight"),
+        make=_make_add_rms_norm,
+        shapes=ROW_SHAPES,
+        small_shapes=ROW_SMALL,
+        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none"))
+        + (dict(affine="weight", dh=False),),
+        bwd_primary="h",
+        valid=_rows_valid,
+        bad_primary_shapes=((),),
     ),
     _case(
         "batch_norm",

@@ -197,6 +197,8 @@ def _empty_params():
         "batch_norm_channels_last": [(0, 3), (0, 2, 3)],
         "layer_norm": [(0, 8), (0, 3, 5)],
         "rms_norm": [(0, 8), (0, 3, 5)],
+        "add_layer_norm": [(0, 8), (0, 3, 5)],
+        "add_rms_norm": [(0, 8), (0, 3, 5)],
         "local_response_norm": [(0, 3, 4), (2, 0, 4), (2, 3, 0), (2, 3, 0, 5)],
         "cosine_linear": [(0, 3, 2), (3, 4, 0)],
     }
@@ -431,7 +433,7 @@ def _shape_params():
             prim = case.primary
             for direction, kwargs in (("forward", inp.fwd), ("backward", inp.bwd)):
                 for arg in array_names(kwargs):
-                    if arg == prim:
+                    if arg in (prim, case.bwd_primary):
                         continue  # it sets every other shape; see test_bad_primary_shape
                     for how in ("extra_dim", "shorter"):
                         params.append(
@@ -498,6 +500,12 @@ def test_bad_primary_shape(device, case):
 BAD_OPTIONS = {
     "layer_norm": [("eps", "1e-5", TypeError), ("normalized_ndim", 0, ValueError), ("normalized_ndim", 1.0, TypeError)],
     "rms_norm": [("eps", "1e-5", TypeError), ("normalized_ndim", 0, ValueError), ("normalized_ndim", 9, ValueError)],
+    "add_layer_norm": [
+        ("eps", "1e-5", TypeError),
+        ("normalized_ndim", 0, ValueError),
+        ("normalized_ndim", 1.0, TypeError),
+    ],
+    "add_rms_norm": [("eps", "1e-5", TypeError), ("normalized_ndim", 9, ValueError)],
     "batch_norm": [("eps", "1e-5", TypeError), ("momentum", "0.1", TypeError), ("axis", 2, ValueError)],
     "batch_norm_channels_last": [("eps", None, TypeError), ("axis", -2, ValueError)],
     "instance_norm": [("eps", "1e-5", TypeError), ("momentum", None, TypeError)],

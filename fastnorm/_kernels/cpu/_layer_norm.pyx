@@ -1,4 +1,4 @@
-"""LayerNorm and RMSNorm CPU kernels on an (M, N) row view.
+"""LayerNorm and RMSNorm CPU kernels on an (M, N) row view, with an optional fused residual add.
 
 Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
 re-read from cache for the two-pass moments and the output pass. One compiled loop serves every thread count
@@ -8,13 +8,22 @@ shared among the threads. Each chunk accumulates its dweight/dbias terms in a ro
 (``dw_acc[c]``: pure-SIMD adds), folded every FOLD_ROWS rows into a float64 partial row (``dw_part[c]``) so
 float32 sums stay short; then the partials are summed in chunk order: bitwise the same for every thread
 count, no atomics.
+Fused residual add (``add_*``): the forward writes h = x + residual and normalizes h while its row is in
+cache; the backward adds dh into dx in dx's own loop.
+16-bit storage (bfloat16, float16; passed as uint16 views + format code): each row is widened once into a
+thread's float32 row buffer, the float32 row code above runs on it (the same functions, so the result is
+the float32 kernel's on the widened inputs), and the output is rounded to nearest even once. Statistics,
+parameters and the dweight/dbias accumulators are float32.
 """
 
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport isfinite, sqrt
+from libc.stdint cimport uint16_t
+
+from fastnorm._dtypes import HALF_FORMAT
 
 cdef enum:
     FOLD_ROWS = 32
@@ -22,6 +31,11 @@ cdef enum:
     MIN_CHUNKS = 16
     # Scratch budget of the backward's partial rows (bytes): fewer chunks for very long rows.
     SCRATCH_BYTES = 32 << 20
+
+
+cdef extern from "fastnorm_half.h" nogil:
+    void fn_half_load(int fmt, const uint16_t *src, float *dst, Py_ssize_t n)
+    void fn_half_store(int fmt, const float *src, uint16_t *dst, Py_ssize_t n)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -80,8 +94,9 @@ cdef inline void _ln_fwd_row(const floating *x, const floating *w, const floatin
 
 
 cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu, floating rs,
-                             const floating *w, floating *dx, floating *dwa, floating *dba,
+                             const floating *w, const floating *dh, floating *dx, floating *dwa, floating *dba,
                              Py_ssize_t n) noexcept nogil:
+    """One row of the LayerNorm backward; dh (NULL: none) is added to dx in the same loop. dx may be dh."""
     cdef Py_ssize_t j
     cdef double s1, s2
     cdef floating c1, c2, g, xh
@@ -90,7 +105,7 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
         # residue). NaN/inf in dy propagate through g * 0 (which the compiler may not fold while NaNs are
         # honoured; g - g it does fold under -fassociative-math), NaN/inf in x through rs.
         g = dy[0] * w[0] if w != NULL else dy[0]
-        dx[0] = rs * g * 0
+        dx[0] = rs * g * 0 + (dh[0] if dh != NULL else 0)
         if dwa != NULL:
             dwa[0] += dy[0] * ((x[0] - mu) * rs)
         if dba != NULL:
@@ -105,15 +120,28 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
     c2 = <floating>(rs * s2 / n)
     if w != NULL and dwa != NULL and dba != NULL:
         # The usual case (affine, both gradients) in one loop: dy and x are read once for all three.
-        for j in range(n):
-            xh = (x[j] - mu) * rs
-            dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
-            dwa[j] += dy[j] * xh
-            dba[j] += dy[j]
+        if dh != NULL:
+            for j in range(n):
+                xh = (x[j] - mu) * rs
+                dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2) + dh[j]
+                dwa[j] += dy[j] * xh
+                dba[j] += dy[j]
+        else:
+            for j in range(n):
+                xh = (x[j] - mu) * rs
+                dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
+                dwa[j] += dy[j] * xh
+                dba[j] += dy[j]
         return
-    if w != NULL:
+    if w != NULL and dh != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2) + dh[j]
+    elif w != NULL:
         for j in range(n):
             dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2)
+    elif dh != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2) + dh[j]
     else:
         for j in range(n):
             dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2)
@@ -149,7 +177,8 @@ cdef inline void _rms_fwd_row(const floating *x, const floating *w, floating *y,
 
 
 cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs, const floating *w,
-                              floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
+                              const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
+    """One row of the RMSNorm backward; dh (NULL: none) is added to dx in the same loop. dx may be dh."""
     cdef Py_ssize_t j
     cdef double s1, s2
     cdef floating c2
@@ -160,19 +189,37 @@ cdef inline void _rms_bwd_row(const floating *dy, const floating *x, floating rs
     # dx = rs * (g - xhat * mean(g * xhat)),  xhat = x * rs,  mean(g * xhat) = rs * s2 / n
     c2 = <floating>(rs * rs * s2 / n)
     if w != NULL and dwa != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
-            dwa[j] += dy[j] * (x[j] * rs)
+        if dh != NULL:
+            for j in range(n):
+                dx[j] = rs * (dy[j] * w[j] - x[j] * c2) + dh[j]
+                dwa[j] += dy[j] * (x[j] * rs)
+        else:
+            for j in range(n):
+                dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
+                dwa[j] += dy[j] * (x[j] * rs)
         return
-    if w != NULL:
+    if w != NULL and dh != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] * w[j] - x[j] * c2) + dh[j]
+    elif w != NULL:
         for j in range(n):
             dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
+    elif dh != NULL:
+        for j in range(n):
+            dx[j] = rs * (dy[j] - x[j] * c2) + dh[j]
     else:
         for j in range(n):
             dx[j] = rs * (dy[j] - x[j] * c2)
     if dwa != NULL:
         for j in range(n):
             dwa[j] += dy[j] * (x[j] * rs)
+
+
+cdef inline void _add_row(const floating *a, const floating *b, floating *out, Py_ssize_t n) noexcept nogil:
+    """out = a + b (out may be a)."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        out[j] = a[j] + b[j]
 
 
 cdef inline void _fold(floating *acc, double *part, Py_ssize_t n) noexcept nogil:
@@ -215,14 +262,6 @@ def bwd_chunks(Py_ssize_t m, Py_ssize_t n):
     return int(max(1, min(k, m)))
 
 
-def _scratch(floating[:, ::1] acc, Py_ssize_t k, Py_ssize_t n, bint want):
-    """The (k, n) float64 partial rows and input-dtype accumulator rows (new unless acc has k rows)."""
-    if not want:
-        return np.empty((0, 0), np.float64), acc
-    dt = np.float32 if floating is float else np.float64
-    return np.empty((k, n), np.float64), (acc if acc.shape[0] == k else np.empty((k, n), dt))
-
-
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, int n_chunks, int c) noexcept nogil:
     """First row of chunk c when m rows are cut into n_chunks contiguous chunks."""
     cdef Py_ssize_t step = (m + n_chunks - 1) // n_chunks
@@ -233,43 +272,58 @@ cdef inline const floating *_ptr_or_null(const floating[::1] a) noexcept nogil:
     return &a[0] if a.shape[0] > 0 else NULL
 
 
-# ------------------------------------------------------------------------------------------ entry points
-def layer_norm_forward(const floating[:, ::1] x,            # IN  (M, N)
-                       const floating[::1] weight,          # IN  (N,) or length 0 for none
-                       const floating[::1] bias,            # IN  (N,) or length 0 for none
-                       floating[:, ::1] y,                  # OUT (M, N)
-                       floating[::1] mean,                  # OUT (M,)
-                       floating[::1] rstd,                  # OUT (M,)
-                       double eps, int n_threads):
+# ------------------------------------------------------------------------------------------ float32 / float64
+def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
+              const floating[:, ::1] res,           # IN  (M, N) residual, or (0, 0): none
+              const floating[::1] weight,           # IN  (N,) or length 0 for none
+              const floating[::1] bias,             # IN  (N,) or length 0 for none (LayerNorm only)
+              floating[:, ::1] y,                   # OUT (M, N)
+              floating[:, ::1] h,                   # OUT (M, N) x + res, or (0, 0) without res
+              floating[::1] mean,                   # OUT (M,), or length 0 (RMSNorm)
+              floating[::1] rstd,                   # OUT (M,)
+              bint rms, double eps, int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
+    cdef bint add = res.shape[0] > 0
+    cdef const floating *src
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
-            _ln_fwd_row(&x[i, 0], w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
+            if add:
+                # h is written and read back from cache by the moments and the output pass.
+                _add_row(&x[i, 0], &res[i, 0], &h[i, 0], n)
+                src = &h[i, 0]
+            else:
+                src = &x[i, 0]
+            if rms:
+                _rms_fwd_row(src, w, &y[i, 0], &rstd[i], n, eps)
+            else:
+                _ln_fwd_row(src, w, b, &y[i, 0], &mean[i], &rstd[i], n, eps)
 
 
-def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
-                        const floating[:, ::1] x,           # IN  (M, N)
-                        const floating[::1] mean,           # IN  (M,)
-                        const floating[::1] rstd,           # IN  (M,)
-                        const floating[::1] weight,         # IN  (N,) or length 0
-                        floating[:, ::1] dx,                # OUT (M, N)
-                        floating[::1] dweight,              # OUT (N,) or length 0 (not wanted)
-                        floating[::1] dbias,                # OUT (N,) or length 0 (not wanted)
-                        double[:, ::1] dw_part,             # SCRATCH (bwd_chunks(M, N), N), or (0, 0) if not wanted
-                        floating[:, ::1] dw_acc,            # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-                        double[:, ::1] db_part,             # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-                        floating[:, ::1] db_acc,            # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-                        int n_threads):
+def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
+              const floating[:, ::1] dh,            # IN  (M, N) added to dx, or (0, 0): none
+              const floating[:, ::1] x,             # IN  (M, N)
+              const floating[::1] mean,             # IN  (M,), or length 0 (RMSNorm)
+              const floating[::1] rstd,             # IN  (M,)
+              const floating[::1] weight,           # IN  (N,) or length 0
+              floating[:, ::1] dx,                  # OUT (M, N)
+              floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
+              floating[::1] dbias,                  # OUT (N,) or length 0 (not wanted; LayerNorm only)
+              double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0) if not wanted
+              floating[:, ::1] dw_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              double[:, ::1] db_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              floating[:, ::1] db_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              bint rms, int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const floating *w = _ptr_or_null(weight)
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
+    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
     cdef floating *dwa
     cdef floating *dba
+    cdef const floating *dhr
     dt = np.float32 if floating is float else np.float64
     # The chunk count depends on the shape only; other scratch shapes are replaced (same memory use).
     if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
@@ -288,7 +342,11 @@ def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
             if want_db:
                 _zero_rows(&db_part[c, 0], dba, n)
             for i in range(lo, hi):
-                _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, &dx[i, 0], dwa, dba, n)
+                dhr = &dh[i, 0] if add else NULL
+                if rms:
+                    _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
+                else:
+                    _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
                 if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
                     if want_dw:
                         _fold(dwa, &dw_part[c, 0], n)
@@ -300,48 +358,213 @@ def layer_norm_backward(const floating[:, ::1] dy,          # IN  (M, N)
             _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
 
 
-def rms_norm_forward(const floating[:, ::1] x,              # IN  (M, N)
-                     const floating[::1] weight,            # IN  (N,) or length 0
-                     floating[:, ::1] y,                    # OUT (M, N)
-                     floating[::1] rstd,                    # OUT (M,)
-                     double eps, int n_threads):
+# ------------------------------------------------------------------------------------------ 16-bit storage
+def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
+              const uint16_t[:, ::1] res,           # IN  (M, N) residual, or (0, 0): none
+              const float[::1] weight,              # IN  (N,) float32, or length 0
+              const float[::1] bias,                # IN  (N,) float32, or length 0
+              uint16_t[:, ::1] y,                   # OUT (M, N)
+              uint16_t[:, ::1] h,                   # OUT (M, N) x + res rounded, or (0, 0) without res
+              float[::1] mean,                      # OUT (M,), or length 0 (RMSNorm)
+              float[::1] rstd,                      # OUT (M,)
+              int fmt, bint rms, double eps, int n_threads):
+    """Per row: widen into a thread's float32 row (one read of the 16-bit data), float32 row code as for
+    float32 input (the same functions), round the output once."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
-    cdef const floating *w = _ptr_or_null(weight)
+    cdef const float *w = _ptr_or_null(weight)
+    cdef const float *b = _ptr_or_null(bias)
+    cdef bint add = res.shape[0] > 0
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if add else 1) * n), np.float32)
+    cdef float *xb
+    cdef float *rb
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
-            _rms_fwd_row(&x[i, 0], w, &y[i, 0], &rstd[i], n, eps)
+            xb = &buf[threadid(), 0]
+            fn_half_load(fmt, &x[i, 0], xb, n)
+            if add:
+                rb = xb + n
+                fn_half_load(fmt, &res[i, 0], rb, n)
+                _add_row(xb, rb, xb, n)
+                fn_half_store(fmt, xb, &h[i, 0], n)
+                fn_half_load(fmt, &h[i, 0], xb, n)  # the rounded h (from cache) is what gets normalized
+            if rms:
+                _rms_fwd_row(xb, w, xb, &rstd[i], n, eps)
+            else:
+                _ln_fwd_row(xb, w, b, xb, &mean[i], &rstd[i], n, eps)
+            fn_half_store(fmt, xb, &y[i, 0], n)
 
 
-def rms_norm_backward(const floating[:, ::1] dy,            # IN  (M, N)
-                      const floating[:, ::1] x,             # IN  (M, N)
-                      const floating[::1] rstd,             # IN  (M,)
-                      const floating[::1] weight,           # IN  (N,) or length 0
-                      floating[:, ::1] dx,                  # OUT (M, N)
-                      floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
-                      double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-                      floating[:, ::1] dw_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-                      int n_threads):
+def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
+              const uint16_t[:, ::1] dh,            # IN  (M, N) added to dx, or (0, 0): none
+              const uint16_t[:, ::1] x,             # IN  (M, N)
+              const float[::1] mean,                # IN  (M,), or length 0 (RMSNorm)
+              const float[::1] rstd,                # IN  (M,)
+              const float[::1] weight,              # IN  (N,) float32, or length 0
+              uint16_t[:, ::1] dx,                  # OUT (M, N)
+              float[::1] dweight,                   # OUT (N,) float32, or length 0 (not wanted)
+              float[::1] dbias,                     # OUT (N,) float32, or length 0 (not wanted)
+              double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              float[:, ::1] dw_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              double[:, ::1] db_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              float[:, ::1] db_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+              int fmt, bint rms, int n_threads):
+    """The float32 backward's chunk plan and row code on rows widened into a thread's float32 buffers
+    (dy, x, and dx, into which dh is widened first); dx rounded once."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef bint want_dw = dweight.shape[0] > 0
+    cdef const float *w = _ptr_or_null(weight)
+    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
-    cdef floating *dwa
-    dt = np.float32 if floating is float else np.float64
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), 3 * n), np.float32)
+    cdef float *dwa
+    cdef float *dba
+    cdef float *dyb
+    cdef float *xb
+    cdef float *dxb
     if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
-        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
+        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), np.float32)
+    if want_db and (db_part.shape[0] != n_chunks or db_acc.shape[0] != n_chunks):
+        db_part, db_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), np.float32)
     with nogil:
         for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
                         use_threads_if=n_threads > 1):
             lo = _chunk_start(m, n_chunks, c)
             hi = _chunk_start(m, n_chunks, c + 1)
+            dyb = &buf[threadid(), 0]
+            xb = dyb + n
+            dxb = xb + n
             dwa = &dw_acc[c, 0] if want_dw else NULL
+            dba = &db_acc[c, 0] if want_db else NULL
             if want_dw:
                 _zero_rows(&dw_part[c, 0], dwa, n)
+            if want_db:
+                _zero_rows(&db_part[c, 0], dba, n)
             for i in range(lo, hi):
-                _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, &dx[i, 0], dwa, n)
-                if want_dw and ((i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1):
-                    _fold(dwa, &dw_part[c, 0], n)
+                fn_half_load(fmt, &dy[i, 0], dyb, n)
+                fn_half_load(fmt, &x[i, 0], xb, n)
+                if add:
+                    fn_half_load(fmt, &dh[i, 0], dxb, n)
+                if rms:
+                    _rms_bwd_row(dyb, xb, rstd[i], w, dxb if add else NULL, dxb, dwa, n)
+                else:
+                    _ln_bwd_row(dyb, xb, mean[i], rstd[i], w, dxb if add else NULL, dxb, dwa, dba, n)
+                fn_half_store(fmt, dxb, &dx[i, 0], n)
+                if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
+                    if want_dw:
+                        _fold(dwa, &dw_part[c, 0], n)
+                    if want_db:
+                        _fold(dba, &db_part[c, 0], n)
         if want_dw:
             _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
+        if want_db:
+            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+# Every kernel takes its arrays in their real dtypes; 16-bit data (ml_dtypes.bfloat16, float16) is passed on
+# as uint16 views with its format code, parameters of 16-bit ops arrive in float32.
+_HALF_FORMAT = {np.dtype(k): v for k, v in HALF_FORMAT.items()}
+_NONE_BITS = np.empty((0, 0), np.uint16)
+
+
+cdef inline int _fmt(a) except -2:
+    """The 16-bit format code of an array's dtype, -1 for float32/float64."""
+    return _HALF_FORMAT.get(a.dtype, -1)
+
+
+cdef inline object _bits(a):
+    return a.view(np.uint16)
+
+
+cdef inline object _rows_or_none(a):
+    """An (M, N) array as it is; an absent one (length 0, 1-D) as a (0, 0) array of its dtype."""
+    return a if a.ndim == 2 else a.reshape(0, 0)
+
+
+def layer_norm_forward(x, weight, bias, y, mean, rstd, double eps, int n_threads):
+    """x (M, N) -> y (M, N), mean, rstd (M,); weight, bias (N,) or length 0."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _fwd_full(x, x[:0, :0], weight, bias, y, y[:0, :0], mean, rstd, False, eps, n_threads)
+    else:
+        _fwd_half(_bits(x), _NONE_BITS, weight, bias, _bits(y), _NONE_BITS, mean, rstd, fmt, False, eps, n_threads)
+
+
+def add_layer_norm_forward(x, residual, weight, bias, y, h, mean, rstd, double eps, int n_threads):
+    """h = x + residual, y = LayerNorm(h); x, residual, y, h (M, N), mean, rstd (M,)."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _fwd_full(x, residual, weight, bias, y, h, mean, rstd, False, eps, n_threads)
+    else:
+        _fwd_half(_bits(x), _bits(residual), weight, bias, _bits(y), _bits(h), mean, rstd, fmt, False, eps,
+                  n_threads)
+
+
+def rms_norm_forward(x, weight, y, rstd, double eps, int n_threads):
+    """x (M, N) -> y (M, N), rstd (M,); weight (N,) or length 0."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _fwd_full(x, x[:0, :0], weight, weight[:0], y, y[:0, :0], rstd[:0], rstd, True, eps, n_threads)
+    else:
+        _fwd_half(_bits(x), _NONE_BITS, weight, weight[:0], _bits(y), _NONE_BITS, rstd[:0], rstd, fmt, True, eps,
+                  n_threads)
+
+
+def add_rms_norm_forward(x, residual, weight, y, h, rstd, double eps, int n_threads):
+    """h = x + residual, y = RMSNorm(h)."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _fwd_full(x, residual, weight, weight[:0], y, h, rstd[:0], rstd, True, eps, n_threads)
+    else:
+        _fwd_half(_bits(x), _bits(residual), weight, weight[:0], _bits(y), _bits(h), rstd[:0], rstd, fmt, True,
+                  eps, n_threads)
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
+                        int n_threads):
+    """dy, x (M, N), mean, rstd (M,), weight (N,) or length 0 -> dx (M, N), dweight, dbias (N,) or length 0
+    (not wanted); scratch (bwd_chunks(M, N), N) float64 partial rows and accumulator rows, or (0, 0)."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _bwd_full(dy, x[:0, :0], x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
+                  False, n_threads)
+    else:
+        _bwd_half(_bits(dy), _NONE_BITS, _bits(x), mean, rstd, weight, _bits(dx), dweight, dbias, dw_part, dw_acc,
+                  db_part, db_acc, fmt, False, n_threads)
+
+
+def add_layer_norm_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part,
+                            db_acc, int n_threads):
+    """layer_norm_backward of h with dh (M, N), or length 0 for none, added to dx."""
+    cdef int fmt = _fmt(h)
+    dh = _rows_or_none(dh)
+    if fmt < 0:
+        _bwd_full(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, False,
+                  n_threads)
+    else:
+        _bwd_half(_bits(dy), _bits(dh), _bits(h), mean, rstd, weight, _bits(dx), dweight, dbias, dw_part, dw_acc,
+                  db_part, db_acc, fmt, False, n_threads)
+
+
+def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, int n_threads):
+    """dy, x (M, N), rstd (M,), weight (N,) or length 0 -> dx (M, N), dweight (N,) or length 0."""
+    cdef int fmt = _fmt(x)
+    if fmt < 0:
+        _bwd_full(dy, x[:0, :0], x, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_acc,
+                  dw_part[:0, :0], dw_acc[:0, :0], True, n_threads)
+    else:
+        _bwd_half(_bits(dy), _NONE_BITS, _bits(x), rstd[:0], rstd, weight, _bits(dx), dweight, dweight[:0],
+                  dw_part, dw_acc, dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
+
+
+def add_rms_norm_backward(dy, dh, h, rstd, weight, dx, dweight, dw_part, dw_acc, int n_threads):
+    """rms_norm_backward of h with dh (M, N), or length 0 for none, added to dx."""
+    cdef int fmt = _fmt(h)
+    dh = _rows_or_none(dh)
+    if fmt < 0:
+        _bwd_full(dy, dh, h, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_acc, dw_part[:0, :0],
+                  dw_acc[:0, :0], True, n_threads)
+    else:
+        _bwd_half(_bits(dy), _bits(dh), _bits(h), rstd[:0], rstd, weight, _bits(dx), dweight, dweight[:0],
+                  dw_part, dw_acc, dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
