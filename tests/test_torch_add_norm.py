@@ -73,10 +73,11 @@ IDS = ["ln-affine", "ln-weight", "ln-plain", "rms-weight", "rms-plain"]
 
 
 @pytest.mark.parametrize("kind, weight, bias", VARIANTS, ids=IDS)
-@pytest.mark.parametrize("nshape", [(10,), (4, 10)], ids=["1d", "2d"])
+@pytest.mark.parametrize("nshape", [(5,), (3, 5)], ids=["1d", "2d"])
 def test_gradcheck_float64(kind, weight, bias, nshape):
+    """Through both outputs (y and the residual stream h): gradients of x, residual, weight, bias."""
     gen = torch.Generator().manual_seed(0)
-    a = _inputs(gen, torch.float64, nshape=nshape, weight=weight, bias=bias and kind == "layer")
+    a = _inputs(gen, torch.float64, shape=(2, 3, 5), nshape=nshape, weight=weight, bias=bias and kind == "layer")
     keys = _leaves(a)
 
     def f(*ts):
@@ -84,6 +85,41 @@ def test_gradcheck_float64(kind, weight, bias, nshape):
         return _fast(kind, b, nshape, 1e-5)
 
     assert torch.autograd.gradcheck(f, [a[k] for k in keys], eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_gradcheck_custom_op_autograd(kind):
+    """The custom ops' own autograd (register_autograd: the path torch.compile traces), y and h used."""
+    gen = torch.Generator().manual_seed(7)
+    a = _inputs(gen, torch.float64, shape=(4, 6), nshape=(6,), bias=kind == "layer")
+    keys = _leaves(a)
+    ops = torch.ops.fastnorm
+
+    def f(*ts):
+        b = dict(a, **dict(zip(keys, ts)))
+        if kind == "layer":
+            return ops.add_layer_norm_forward(b["x"], b["r"], b["weight"], b["bias"], 1, 1e-5)[:2]
+        return ops.add_rms_norm_forward(b["x"], b["r"], b["weight"], 1, 1e-5)[:2]
+
+    assert torch.autograd.gradcheck(f, [a[k] for k in keys], eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize("used", ["y", "h"])
+def test_one_output_used(kind, used):
+    """Only y (no gradient on the residual stream: dh absent) or only h (dy absent) reaches the loss."""
+    gen = torch.Generator().manual_seed(8)
+    a = _inputs(gen, torch.float64, shape=(4, 6), nshape=(6,), bias=kind == "layer")
+    b = _detached(a)
+    y, h = _fast(kind, a, (6,), 1e-5)
+    ty, th = _torch(kind, b, (6,), 1e-5)
+    ((y if used == "y" else h) ** 2).sum().backward()
+    ((ty if used == "y" else th) ** 2).sum().backward()
+    for k in _leaves(a):
+        if b[k].grad is None:
+            assert a[k].grad is None or not a[k].grad.any(), k
+        else:
+            torch.testing.assert_close(a[k].grad, b[k].grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind, weight, bias", VARIANTS, ids=IDS)

@@ -10,7 +10,8 @@ Providers, side by side:
 - ``add + fastnorm``: fastnorm's norm op and a separate add, what a user without the fused op writes. The
   add is torch's (zero-copy, the same thread count) where torch is installed, NumPy's otherwise (NumPy's add
   is single-threaded, and for bfloat16 a slow ml_dtypes loop, which would flatter the fused op);
-- ``numpy``: the NumPy reference composition (float32, and float16 at small sizes);
+- ``numpy``: the NumPy references (``fastnorm.reference``: the add, then the norm; float32, and float16 at
+  small sizes);
 - ``torch``: torch's composition ``h = x + r; F.layer_norm(h) / F.rms_norm(h)`` on the same dtype; its
   backward is autograd over that graph (built once, outside the timing).
 
@@ -98,7 +99,7 @@ def _unfused_ln_fwd(s):
 
 
 def _np_aln_fwd(s):
-    return lambda: R.layer_norm_forward(s["x"] + s["r"], s["w"], s["b"], eps=EPS)
+    return lambda: R.add_layer_norm_forward(s["x"], s["r"], s["w"], s["b"], eps=EPS)
 
 
 def _torch_aln_fwd(s):
@@ -136,11 +137,7 @@ def _unfused_ln_bwd(s):
 
 
 def _np_aln_bwd(s):
-    def run():
-        dx, dw, db = R.layer_norm_backward(s["dy"], s["h"], s["mean"], s["rstd"], s["w"], s["b"])
-        return dx + s["dh"], dw, db
-
-    return run
+    return lambda: R.add_layer_norm_backward(s["dy"], s["dh"], s["h"], s["mean"], s["rstd"], s["w"], s["b"])
 
 
 def _torch_graph(s, norm):
@@ -184,7 +181,7 @@ def _unfused_rms_fwd(s):
 
 
 def _np_arms_fwd(s):
-    return lambda: R.rms_norm_forward(s["x"] + s["r"], s["w"], eps=EPS)
+    return lambda: R.add_rms_norm_forward(s["x"], s["r"], s["w"], eps=EPS)
 
 
 def _torch_arms_fwd(s):
@@ -222,11 +219,7 @@ def _unfused_rms_bwd(s):
 
 
 def _np_arms_bwd(s):
-    def run():
-        dx, dw = R.rms_norm_backward(s["dy"], s["h"], s["rms_rstd"], s["w"])
-        return dx + s["dh"], dw
-
-    return run
+    return lambda: R.add_rms_norm_backward(s["dy"], s["dh"], s["h"], s["rms_rstd"], s["w"])
 
 
 def _torch_arms_bwd(s):

@@ -7,9 +7,11 @@ residual, with dweight (and dbias), in one pass.
 
 Custom ops ``fastnorm::add_layer_norm_forward/backward`` and ``fastnorm::add_rms_norm_forward/backward``
 (``torch.library.custom_op`` with fake implementations, and autograd registered on the forward ops with
-``register_autograd``), so ``torch.compile(fullgraph=True)`` traces them as opaque nodes. Double backward is
-not supported. The functional entry points are re-exported by ``fastnorm.torch.functional``, the modules
-``AddLayerNorm`` / ``AddRMSNorm`` live in ``fastnorm.torch.nn``.
+``register_autograd``), so ``torch.compile(fullgraph=True)`` traces them as opaque nodes. Eager calls skip
+the dispatcher: an ``autograd.Function`` calls the same kernels directly (as ``fastnorm.torch.functional``
+does), so a small call costs what a plain fastnorm norm costs. Double backward is not supported. The
+functional entry points are re-exported by ``fastnorm.torch.functional``, the modules ``AddLayerNorm`` /
+``AddRMSNorm`` live in ``fastnorm.torch.nn``.
 """
 
 from __future__ import annotations
@@ -46,14 +48,26 @@ def _param_grad_fake(p: Tensor | None, like: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- add + LayerNorm
-@custom_op("fastnorm::add_layer_norm_forward", mutates_args=())
-def _add_layer_norm_fwd_op(
-    x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _add_layer_norm_fwd_impl(x, residual, weight, bias, normalized_ndim: int, eps: float):
     y, h, mean, rstd = _public().add_layer_norm_forward(
         _arr(x), _arr(residual), _arr(weight), _arr(bias), eps=eps, normalized_ndim=normalized_ndim
     )
     return _ten(y, x), _ten(h, x), _ten(mean, x), _ten(rstd, x)
+
+
+def _add_layer_norm_bwd_impl(dy, dh, h, mean, rstd, weight, bias, normalized_ndim: int):
+    dx, dw, db = _public().add_layer_norm_backward(
+        _arr(dy), _arr(dh), _arr(h), _arr(mean), _arr(rstd), _arr(weight), _arr(bias),
+        normalized_ndim=normalized_ndim,
+    )  # fmt: skip
+    return _ten(dx, h), _empty_if_none(_ten(dw, h), h), _empty_if_none(_ten(db, h), h)
+
+
+@custom_op("fastnorm::add_layer_norm_forward", mutates_args=())
+def _add_layer_norm_fwd_op(
+    x: Tensor, residual: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _add_layer_norm_fwd_impl(x, residual, weight, bias, normalized_ndim, eps)
 
 
 @_add_layer_norm_fwd_op.register_fake
@@ -74,11 +88,7 @@ def _add_layer_norm_bwd_op(
     bias: Tensor | None,
     normalized_ndim: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _public().add_layer_norm_backward(
-        _arr(dy), _arr(dh), _arr(h), _arr(mean), _arr(rstd), _arr(weight), _arr(bias),
-        normalized_ndim=normalized_ndim,
-    )  # fmt: skip
-    return _ten(dx, h), _empty_if_none(_ten(dw, h), h), _empty_if_none(_ten(db, h), h)
+    return _add_layer_norm_bwd_impl(dy, dh, h, mean, rstd, weight, bias, normalized_ndim)
 
 
 @_add_layer_norm_bwd_op.register_fake
@@ -101,6 +111,27 @@ def _add_layer_norm_backward(ctx, dy, dh, dmean, drstd):
 
 
 _add_layer_norm_fwd_op.register_autograd(_add_layer_norm_backward, setup_context=_add_layer_norm_setup)
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    """The eager path of ``add_layer_norm``: the kernels called directly, without the dispatcher's overhead
+    (while Dynamo traces, ``add_layer_norm`` calls the custom op, whose autograd is the same)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, normalized_ndim, eps):
+        y, h, mean, rstd = _add_layer_norm_fwd_impl(x, residual, weight, bias, normalized_ndim, eps)
+        ctx.set_materialize_grads(False)  # no gradient on h: dh=None, the kernel adds nothing
+        ctx.save_for_backward(h, mean, rstd, weight, bias)
+        ctx.normalized_ndim = normalized_ndim
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        h, mean, rstd, weight, bias = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(h)
+        dx, dw, db = _add_layer_norm_bwd_impl(dy, dh, h, mean, rstd, weight, bias, ctx.normalized_ndim)
+        return dx, dx, _none_if_absent(dw, weight), _none_if_absent(db, bias), None, None
 
 
 def add_layer_norm(
@@ -136,19 +167,32 @@ def add_layer_norm(
     """
     _check("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
     k = _normalized_ndim("add_layer_norm", x, normalized_shape)
-    y, h, _, _ = _add_layer_norm_fwd_op(x, residual, weight, bias, k, float(eps))
-    return y, h
+    if torch.compiler.is_compiling():
+        y, h, _, _ = _add_layer_norm_fwd_op(x, residual, weight, bias, k, float(eps))
+        return y, h
+    return AddLayerNormFunction.apply(x, residual, weight, bias, k, float(eps))
 
 
 # --------------------------------------------------------------------------------------------- add + RMSNorm
-@custom_op("fastnorm::add_rms_norm_forward", mutates_args=())
-def _add_rms_norm_fwd_op(
-    x: Tensor, residual: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
+def _add_rms_norm_fwd_impl(x, residual, weight, normalized_ndim: int, eps: float):
     y, h, rstd = _public().add_rms_norm_forward(
         _arr(x), _arr(residual), _arr(weight), eps=eps, normalized_ndim=normalized_ndim
     )
     return _ten(y, x), _ten(h, x), _ten(rstd, x)
+
+
+def _add_rms_norm_bwd_impl(dy, dh, h, rstd, weight, normalized_ndim: int):
+    dx, dw = _public().add_rms_norm_backward(
+        _arr(dy), _arr(dh), _arr(h), _arr(rstd), _arr(weight), normalized_ndim=normalized_ndim
+    )
+    return _ten(dx, h), _empty_if_none(_ten(dw, h), h)
+
+
+@custom_op("fastnorm::add_rms_norm_forward", mutates_args=())
+def _add_rms_norm_fwd_op(
+    x: Tensor, residual: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _add_rms_norm_fwd_impl(x, residual, weight, normalized_ndim, eps)
 
 
 @_add_rms_norm_fwd_op.register_fake
@@ -160,10 +204,7 @@ def _(x, residual, weight, normalized_ndim, eps):
 def _add_rms_norm_bwd_op(
     dy: Tensor, dh: Tensor | None, h: Tensor, rstd: Tensor, weight: Tensor | None, normalized_ndim: int
 ) -> tuple[Tensor, Tensor]:
-    dx, dw = _public().add_rms_norm_backward(
-        _arr(dy), _arr(dh), _arr(h), _arr(rstd), _arr(weight), normalized_ndim=normalized_ndim
-    )
-    return _ten(dx, h), _empty_if_none(_ten(dw, h), h)
+    return _add_rms_norm_bwd_impl(dy, dh, h, rstd, weight, normalized_ndim)
 
 
 @_add_rms_norm_bwd_op.register_fake
@@ -186,6 +227,26 @@ def _add_rms_norm_backward(ctx, dy, dh, drstd):
 
 
 _add_rms_norm_fwd_op.register_autograd(_add_rms_norm_backward, setup_context=_add_rms_norm_setup)
+
+
+class AddRMSNormFunction(torch.autograd.Function):
+    """The eager path of ``add_rms_norm`` (see ``AddLayerNormFunction``)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, normalized_ndim, eps):
+        y, h, rstd = _add_rms_norm_fwd_impl(x, residual, weight, normalized_ndim, eps)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, rstd, weight)
+        ctx.normalized_ndim = normalized_ndim
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        h, rstd, weight = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(h)
+        dx, dw = _add_rms_norm_bwd_impl(dy, dh, h, rstd, weight, ctx.normalized_ndim)
+        return dx, dx, _none_if_absent(dw, weight), None, None
 
 
 def add_rms_norm(
@@ -223,5 +284,7 @@ def add_rms_norm(
     k = _normalized_ndim("add_rms_norm", x, normalized_shape)
     if eps is None:
         eps = torch.finfo(x.dtype).eps
-    y, h, _ = _add_rms_norm_fwd_op(x, residual, weight, k, float(eps))
-    return y, h
+    if torch.compiler.is_compiling():
+        y, h, _ = _add_rms_norm_fwd_op(x, residual, weight, k, float(eps))
+        return y, h
+    return AddRMSNormFunction.apply(x, residual, weight, k, float(eps))
