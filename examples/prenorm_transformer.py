@@ -123,7 +123,7 @@ def train(model: nn.Module, data: list[torch.Tensor], lr: float) -> tuple[list[f
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        losses.append(loss.item())
     times = sorted(times[1:]) or times
     return losses, times[len(times) // 2]
 
