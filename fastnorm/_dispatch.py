@@ -115,7 +115,7 @@ def set_num_threads(n: int) -> None:
 
 class CpuBackend:
     name = "cpu"
-    float_dtypes = _dtypes.FULL
+    float_dtypes = _dtypes.FULL + _dtypes.HALF
 
     @property
     def kernels(self):

@@ -104,7 +104,7 @@ def _ok(rng):
     "kwargs, exc, match",
     [
         (dict(x=np.ones((4, 6), np.int32)), TypeError, "x has dtype int32"),
-        (dict(x=np.ones((4, 6), np.float16)), TypeError, "x has dtype float16"),
+        (dict(x=np.ones((4, 6), np.int16)), TypeError, "x has dtype int16"),
         (dict(weight=np.ones(6, np.float64)), TypeError, "weight has dtype float64"),
         (dict(weight=np.ones(5, np.float32)), ValueError, r"weight must have shape \(6,\)"),
         (dict(bias=np.ones((1, 6), np.float32)), ValueError, r"bias must have shape \(6,\)"),

@@ -373,7 +373,7 @@ def _bad_dtype_params():
     """Each array argument of each op in a dtype the kernels cannot take: a TypeError naming it."""
     params = []
     for dev in DEVICES:
-        bad = ["int32", "complex64"] + (["float16"] if dev == "cpu" else [])
+        bad = ["int32", "complex64"]
         for case in OP_CASES:
             opts = case.options[0]
             inp = case.make(np.random.default_rng(0), first_valid_shape(case, opts, dev == "cuda"), np.float32, **opts)
