@@ -1,7 +1,7 @@
 """A pre-norm transformer whose residual stream runs through fastnorm's fused add + norm modules.
 
     python examples/prenorm_transformer.py                # 200 steps per run, LayerNorm and RMSNorm
-    python examples/prenorm_transformer.py --quick        # 15 steps (what the tests run)
+    python examples/prenorm_transformer.py --quick        # 10 steps of a smaller model (what the tests run)
     python examples/prenorm_transformer.py --norm rms --bf16
 
 Every pre-norm block computes ``h = h + sublayer(norm(h))`` twice (attention, MLP). With
@@ -174,22 +174,23 @@ def run(norm: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="15 steps (the tests)")
+    ap.add_argument("--quick", action="store_true", help="10 steps, 2 layers, batches of 8 x 16 tokens (the tests)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--norm", choices=["layer", "rms", "both"], default="both")
     ap.add_argument("--bf16", action="store_true", help="also train in bfloat16 (params and activations)")
     ap.add_argument("--vocab", type=int, default=64)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--seq", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=None, help="default 3 (--quick: 2)")
+    ap.add_argument("--seq", type=int, default=None, help="default 32 (--quick: 16)")
+    ap.add_argument("--batch", type=int, default=None, help="default 16 (--quick: 8)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="write losses, timings and the criterion as JSON")
     args = ap.parse_args(argv)
-    if args.steps is None:
-        args.steps = 15 if args.quick else 200
+    for name, full, quick in (("steps", 200, 10), ("layers", 3, 2), ("seq", 32, 16), ("batch", 16, 8)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     out = {"config": vars(args), "chance_loss": math.log(args.vocab), "runs": {}}
     for norm in ("layer", "rms") if args.norm == "both" else (args.norm,):
         r = run(norm, args)
