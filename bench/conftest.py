@@ -11,6 +11,9 @@ def pytest_addoption(parser):
         "--bench-quick", action="store_true", help="the small shapes of `python -m fastnorm.bench --quick`"
     )
     parser.addoption("--bench-ops", default="", help="comma-separated substrings of op names to keep")
+    parser.addoption(
+        "--bench-dtypes", default="", help="comma-separated data dtypes to keep (float32, bfloat16, float16)"
+    )
 
 
 def pytest_generate_tests(metafunc):
@@ -19,9 +22,12 @@ def pytest_generate_tests(metafunc):
     from fastnorm.bench import all_cases
 
     ops = [o for o in metafunc.config.getoption("--bench-ops").split(",") if o]
+    dtypes = [d for d in metafunc.config.getoption("--bench-dtypes").split(",") if d]
     quick = metafunc.config.getoption("--bench-quick")
-    cases = [c for c in all_cases(quick=quick) if not ops or any(o in c.op for o in ops)]
+    cases = [
+        c for c in all_cases(quick=quick)
+        if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
+    ]
     params = [(c, p) for c in cases for p in c.providers]
-    metafunc.parametrize(
-        "case, provider", params, ids=[f"{c.op}-{c.label.replace(' ', '')}-{p.replace(' ', '')}" for c, p in params]
-    )
+    ids = [f"{c.op}-{c.label.replace(' ', '')}-{c.dtype}-{p.replace(' ', '')}" for c, p in params]
+    metafunc.parametrize("case, provider", params, ids=ids)

@@ -143,3 +143,24 @@ def test_model_selection_aic_bic_disagree(tmp_path):
     # n >= 8: BIC's penalty is the heavier, so its choice is never the larger model
     assert all(bd <= ad for ad, bd in zip(m["aic_choices"], m["bic_choices"]))
     assert "AIC picks degree" in stdout
+
+
+def test_prenorm_transformer_fused_residual_follows_torch(tmp_path):
+    """examples/prenorm_transformer.py --quick: the fused add + norm model learns like torch's pre-norm model
+    from the same checkpoint, its loss curve within the error criterion of the float64 curve."""
+    pytest.importorskip("torch")
+    pytest.importorskip("fastnorm.add_norm")
+    m, stdout = _run(tmp_path, "prenorm_transformer", "--bf16")
+    assert set(m["runs"]) == {"layer", "rms"}
+    for norm, r in m["runs"].items():
+        L = r["losses"]
+        assert len(L["fastnorm"]) == len(L["torch"]) == len(L["torch float64"]) == 10
+        assert L["fastnorm"][-1] < L["fastnorm"][0] < 1.2 * m["chance_loss"], (norm, L["fastnorm"])
+        assert r["criterion"]["ok"], (norm, r["criterion"])
+        assert r["max_loss_diff"] < 1e-3, (norm, r["max_loss_diff"])
+        assert r["ms_per_step"]["fastnorm"] > 0
+        if "criterion_bf16" in r:
+            assert r["criterion_bf16"]["ok"], (norm, r["criterion_bf16"])
+        else:
+            assert "bf16_skipped" in r
+    assert "error criterion" in stdout

@@ -393,13 +393,31 @@ def test_opcheck_custom_ops():
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64, torch.uint8], ids=str)
 def test_unsupported_dtype_raises(dtype):
     x = torch.ones(2, 3, dtype=dtype)
     with pytest.raises(TypeError, match="layer_norm.*dtype"):
         FF.layer_norm(x, 3)
     with pytest.raises(TypeError, match="rms_norm.*dtype"):
         FF.rms_norm(x, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_dtype_follows_the_kernels(dtype, monkeypatch):
+    """16-bit CPU tensors are taken when the op's kernels take them (asked once per op and dtype), a
+    TypeError naming the op and the kernels' reason otherwise."""
+    monkeypatch.setattr(FF, "_half_reasons", {})
+    x = torch.ones(2, 3, dtype=dtype)
+    assert FF.layer_norm(x, 3).dtype == dtype  # this branch's LayerNorm kernels take 16-bit data
+
+    def probe(*arrays):
+        raise TypeError("layer_norm_forward: no 16-bit kernels here")
+
+    monkeypatch.setattr(FF, "_half_reasons", {})
+    monkeypatch.setitem(FF._HALF_PROBES, "layer_norm", probe)
+    with pytest.raises(TypeError, match="layer_norm.*dtype.*no 16-bit kernels here"):
+        FF.layer_norm(x, 3)
+    assert FF.unsupported_reason(x) is not None  # no op named: 16-bit is not assumed
 
 
 def test_unsupported_device_raises():

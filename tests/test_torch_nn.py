@@ -148,11 +148,23 @@ def test_state_dict_interchange_both_ways(name):
     assert repr(fast) == repr(ref)
 
 
+def _no_half_kernels(monkeypatch, op):
+    """As on a build whose ``op`` has no 16-bit CPU kernels (its forward raises TypeError for bfloat16)."""
+    FF = FN.F
+
+    def probe(*arrays):
+        raise TypeError(f"{op}_forward: x has dtype bfloat16; expected one of float32, float64 on cpu")
+
+    monkeypatch.setattr(FF, "_half_reasons", {})
+    monkeypatch.setitem(FF._HALF_PROBES, op, probe)
+
+
 @pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm", "BatchNorm2d", "InstanceNorm2d_tracked", "GroupNorm"])
 def test_fallback_warns_once_and_matches_torch(name, monkeypatch):
     case = CASES[name]
     monkeypatch.setattr(FN, "_warned", set())
     fast, ref = _pair(case, torch.bfloat16)
+    _no_half_kernels(monkeypatch, fast._fastnorm_op)
     x = torch.randn(case.shape, dtype=torch.bfloat16)
     with pytest.warns(FN.FastnormFallbackWarning, match="bfloat16"):
         y = fast(x)
@@ -288,6 +300,7 @@ def test_cosine_linear_matches_torch_and_loads_linear_checkpoint(threads, monkey
     assert_close_to_ref(g["weight"], gr["weight"], gr["weight"], name="dweight", ulps=64)
     assert list(fast.state_dict()) == ["weight"]
     fast_half = FN.CosineLinear(6, 4).to(torch.bfloat16)
+    _no_half_kernels(monkeypatch, "cosine_linear")
     with pytest.warns(FN.FastnormFallbackWarning):
         torch.testing.assert_close(
             fast_half(x.to(torch.bfloat16)).float(),

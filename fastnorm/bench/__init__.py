@@ -5,11 +5,13 @@ torch (where installed, same thread count), and set against the bandwidth of a s
 same read/write streams measured in the same run on the same threads.
 """
 
-from ._core import Case, all_cases, stream_bound_gbps, time_call, torch_or_none
+from ._core import DTYPES, Case, Unsupported, all_cases, stream_bound_gbps, time_call, torch_or_none
 from ._report import format_table, plot_report, run_report
 
 __all__ = [
+    "DTYPES",
     "Case",
+    "Unsupported",
     "all_cases",
     "format_table",
     "plot_report",

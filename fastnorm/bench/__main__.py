@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, fewer repeats (about a minute)")
     ap.add_argument("--ops", nargs="*", help="only ops whose name contains one of these strings")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median taken)")
+    ap.add_argument("--dtypes", nargs="*", choices=["float32", "bfloat16", "float16"],
+                    help="only cases of these data dtypes (default: all; 16-bit cases where the op has them)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for fastnorm and torch")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=repeats,
             progress=not args.no_progress,
             compare_targets=args.compare_targets,
+            dtypes=args.dtypes,
         )
         print(format_table(report))
     if args.json:

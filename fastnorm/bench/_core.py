@@ -4,6 +4,11 @@ A ``Case`` is one op at one shape: how to build its inputs, the providers that r
 reference, torch variants), the minimal bytes a perfect fused kernel moves, and the streams of the matching
 streaming-bandwidth bound. Case files are the modules ``fastnorm/bench/cases_*.py``, each with a function
 ``cases(quick: bool) -> list[Case]``; they are discovered automatically.
+
+dtypes: a case has one data dtype (``float32``, ``bfloat16``, ``float16``); its bytes and its streaming bound
+count that dtype's item size (a 16-bit case streams half the bytes of the float32 one). A provider that
+cannot run a case on this build (a 16-bit case whose op raises ``TypeError`` for the dtype, or an op this
+build lacks: ``Unsupported``) is reported as skipped with the reason instead of failing the run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .. import _dtypes
 
 # A provider is a factory: given the case's inputs (a dict of NumPy arrays), it does its own set-up (torch
 # tensors, out= buffers) and returns the zero-argument callable that is timed.
@@ -33,10 +40,57 @@ class Case:
     streams: tuple[int, int, int]    # (read-only, read-write, write-only) streams for the bound
     stream_len: int                  # float32 elements per stream (nbytes ~= 4 * stream_len * sum(streams))
     tags: tuple[str, ...] = field(default_factory=tuple)
+    dtype: str = "float32"           # the data's dtype (x, y, dy, dx); statistics stay float32
 
     @property
     def name(self) -> str:
-        return f"{self.op} {self.label}"
+        return f"{self.op} {self.label}" + ("" if self.dtype == "float32" else f" {self.dtype}")
+
+    def skip_reason(self, exc: BaseException) -> str | None:
+        """Why a provider's failure means "cannot run here" (the message), or None for a real error.
+
+        ``Unsupported`` always; ``TypeError`` only in a 16-bit case (the op does not take the dtype on this
+        build, e.g. before its 16-bit kernels exist); anything else is a bug in the benchmark or the op.
+        """
+        if isinstance(exc, Unsupported) or (isinstance(exc, TypeError) and self.dtype != "float32"):
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+
+class Unsupported(Exception):
+    """Raised by a provider's factory when it cannot run on this build (an op or module that is missing)."""
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def np_dtype(name: str) -> np.dtype:
+    """``"float32"``, ``"bfloat16"`` (ml_dtypes), ``"float16"`` as a NumPy dtype."""
+    return _dtypes.from_name(name)
+
+
+def short_dtype(name: str) -> str:
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "float64": "f64"}.get(name, name)
+
+
+def stream_elements(n_items: int, dtype: str) -> int:
+    """The float32 elements of a stream that moves ``n_items`` items of ``dtype`` (its bytes / 4)."""
+    return max(1, n_items * np_dtype(dtype).itemsize // 4)
+
+
+def random_array(rng: np.random.Generator, shape, dtype: str, scale: float = 1.0, shift: float = 0.0):
+    """Standard normal (times ``scale``, plus ``shift``) in float32, rounded to ``dtype``."""
+    a = rng.standard_normal(shape, dtype=np.float32)
+    if scale != 1.0 or shift != 0.0:
+        a = a * np.float32(scale) + np.float32(shift)
+    return a.astype(np_dtype(dtype))
+
+
+def as_torch(torch, a: np.ndarray):
+    """A NumPy array as a torch tensor sharing its memory (bfloat16 through an int16 view)."""
+    if a.dtype == _dtypes.BFLOAT16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def all_cases(quick: bool = False) -> list[Case]:

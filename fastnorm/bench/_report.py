@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ._core import all_cases, stream_bound_gbps, time_call, torch_or_none
+from ._core import all_cases, short_dtype, stream_bound_gbps, time_call, torch_or_none
 
 
 def machine_info() -> dict:
@@ -57,6 +57,7 @@ def run_report(
     progress: bool = True,
     seed: int = 0,
     compare_targets: bool = False,
+    dtypes: list[str] | None = None,
 ) -> dict:
     """Run every case (whose op name contains one of ``ops``, if given); return the report as a dict.
 
@@ -66,11 +67,19 @@ def run_report(
     also runs fastnorm on every other ISA target this CPU runs (provider ``fastnorm@<target>``, timed side by
     side in this process), and the plain fastnorm row's speedup includes them: the selected target's gain
     over, e.g., the baseline build.
+
+    ``dtypes`` keeps only the cases of those data dtypes (``float32``, ``bfloat16``, ``float16``). Every row
+    carries ``dtype``; a provider that cannot run its case on this build (``Case.skip_reason``: a 16-bit case
+    whose op raises TypeError for the dtype, or ``Unsupported``) gives a row with ``skipped`` (the reason)
+    and no timings.
     """
     from fastnorm._kernels import cpu as kernels
 
     targets = [t for t in kernels.runnable_targets() if t != kernels.TARGET] if compare_targets else []
-    cases = [c for c in all_cases(quick) if not ops or any(o in c.op for o in ops)]
+    cases = [
+        c for c in all_cases(quick)
+        if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
+    ]
     rng = np.random.default_rng(seed)
     rows = []
     bounds: dict = {}
@@ -83,17 +92,25 @@ def run_report(
             bounds[key] = stream_bound_gbps(case.streams, case.stream_len, repeats=repeats)
         bound = bounds[key]
         inputs = case.make_inputs(rng)
-        times = {}
+        times, skipped = {}, {}
         for pname, factory in _with_targets(case, targets).items():
             done += 1
             _progress(f"[{done}/{total}] {case.name} {pname}", progress)
             target = pname.partition("@")[2]
             with kernels.use_target(target) if target else contextlib.nullcontext():
-                times[pname] = time_call(factory(inputs), repeats=repeats)
+                try:
+                    times[pname] = time_call(factory(inputs), repeats=repeats)
+                except Exception as e:
+                    reason = case.skip_reason(e)
+                    if reason is None:
+                        raise
+                    skipped[pname] = reason
         del inputs
+        for pname, reason in skipped.items():
+            rows.append(dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, skipped=reason))
         for pname, t in times.items():
             gbps = case.nbytes / t / 1e9
-            row = dict(op=case.op, label=case.label, provider=pname, ms=t * 1e3, gbps=gbps,
+            row = dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, ms=t * 1e3, gbps=gbps,
                        bound_gbps=bound, frac=gbps / bound)
             if pname.startswith("fastnorm"):
                 row["speedup"] = {p: tp / t for p, tp in times.items() if not p.startswith("fastnorm")}
@@ -115,18 +132,26 @@ def format_table(report: dict) -> str:
         "times: median of repeats; GB/s = minimal bytes / time; bound = same-run streaming kernel with the "
         "same read/write streams; speed-up = other's time / fastnorm's time",
         "",
-        f"{'op':<28} {'shape':<22} {'provider':<20} {'ms':>9} {'GB/s':>7} {'bound':>6} {'%bound':>7}  speed-up",
+        "16-bit rows: bytes and bound counted in 16-bit items (statistics float32); skipped: the provider "
+        "cannot run the case on this build (reason given)",
+        "",
+        f"{'op':<28} {'shape':<22} {'dtype':<5} {'provider':<20} {'ms':>9} {'GB/s':>7} {'bound':>6} {'%bound':>7}"
+        "  speed-up",
     ]
     prev = None
     for r in report["rows"]:
-        name = (r["op"], r["label"])
+        dtype = r.get("dtype", "float32")
+        name = (r["op"], r["label"], dtype)
         if prev is not None and name != prev:
             lines.append("")
-        op, label = (r["op"], r["label"]) if name != prev else ("", "")
+        op, label, dt = (r["op"], r["label"], short_dtype(dtype)) if name != prev else ("", "", "")
         prev = name
+        if "skipped" in r:
+            lines.append(f"{op:<28} {label:<22} {dt:<5} {r['provider']:<20} skipped: {r['skipped']}")
+            continue
         sp = ", ".join(f"{p} {v:.2f}x" for p, v in r.get("speedup", {}).items())
         lines.append(
-            f"{op:<28} {label:<22} {r['provider']:<20} {r['ms']:>9.3f} {r['gbps']:>7.2f} "
+            f"{op:<28} {label:<22} {dt:<5} {r['provider']:<20} {r['ms']:>9.3f} {r['gbps']:>7.2f} "
             f"{r['bound_gbps']:>6.1f} {100 * r['frac']:>6.1f}%  {sp}"
         )
     return "\n".join(lines)
@@ -139,12 +164,17 @@ def plot_report(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(dict.fromkeys(f"{r['op']} {r['label']}" for r in report["rows"]))
-    providers = list(dict.fromkeys(r["provider"] for r in report["rows"]))
+    timed = [r for r in report["rows"] if "skipped" not in r]
+
+    def key(r):
+        return f"{r['op']} {r['label']} {short_dtype(r.get('dtype', 'float32'))}"
+
+    names = list(dict.fromkeys(key(r) for r in timed))
+    providers = list(dict.fromkeys(r["provider"] for r in timed))
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(names) * max(1, len(providers)) / 2 + 1.5))
     h = 0.8 / len(providers)
     for k, p in enumerate(providers):
-        vals = {f"{r['op']} {r['label']}": r["frac"] for r in report["rows"] if r["provider"] == p}
+        vals = {key(r): r["frac"] for r in timed if r["provider"] == p}
         ys = [i + k * h for i in range(len(names))]
         ax.barh(ys, [100 * vals.get(n, 0.0) for n in names], height=h, label=p)
     ax.set_yticks([i + 0.4 - h / 2 for i in range(len(names))])

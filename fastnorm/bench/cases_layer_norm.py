@@ -1,30 +1,49 @@
-"""Benchmark cases: LayerNorm and RMSNorm, forward and backward, float32, (M, N) rows."""
+"""Benchmark cases: LayerNorm and RMSNorm, forward and backward, (M, N) rows, in float32, bfloat16, float16.
+
+16-bit cases: x, dy and the parameters in the 16-bit dtype (a bf16/fp16 model), statistics float32; bytes
+and the streaming bound count 2-byte items. Providers: fastnorm, the NumPy reference (float32 and, at sizes
+where it finishes in seconds, float16; NumPy has no bfloat16 arithmetic of its own) and torch's op on the
+same dtype (its bf16/fp16 CPU kernels). Until the 16-bit kernels exist, fastnorm's 16-bit rows are skipped
+with the op's TypeError.
+"""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
 import fastnorm
 from fastnorm import reference as R
 
-from ._core import Case, torch_or_none
+from ._core import DTYPES, Case, as_torch, np_dtype, random_array, stream_elements, torch_or_none
 
 FULL_SHAPES = [(4096, 1024), (8192, 768), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024), (4096, 4096)]
+QUICK_HALF_SHAPES = QUICK_SHAPES[:1]  # --quick: 16-bit cases on the small shape only
 EPS = 1e-5
+# NumPy's float16 arithmetic is scalar (about 10x float32): its reference runs only up to this many elements.
+NUMPY_HALF_MAX = 1 << 23
 
 
-def _inputs(m, n):
+def _inputs(m, n, dtype="float32"):
     def make(rng):
-        x = rng.standard_normal((m, n), dtype=np.float32)
-        w = rng.standard_normal(n, dtype=np.float32)
-        b = rng.standard_normal(n, dtype=np.float32)
-        dy = rng.standard_normal((m, n), dtype=np.float32)
-        y, mean, rstd = fastnorm.layer_norm_forward(x, w, b, eps=EPS)
-        _, rms_rstd = fastnorm.rms_norm_forward(x, w, eps=EPS)
+        x = random_array(rng, (m, n), dtype)
+        w = random_array(rng, n, dtype)
+        b = random_array(rng, n, dtype)
+        dy = random_array(rng, (m, n), dtype)
+        # The saved statistics (float32 for 16-bit data) from the float32 kernels on the rounded inputs: the
+        # backward cases do not depend on the 16-bit forward existing.
+        x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+        _, mean, rstd = fastnorm.layer_norm_forward(x32, w32, b32, eps=EPS)
+        _, rms_rstd = fastnorm.rms_norm_forward(x32, w32, eps=EPS)
         return dict(x=x, w=w, b=b, dy=dy, mean=mean, rstd=rstd, rms_rstd=rms_rstd)
 
     return make
+
+
+def _t(torch, s, *keys):
+    return tuple(as_torch(torch, s[k]) for k in keys)
 
 
 # ------------------------------------------------------------------------------------------ providers
@@ -43,7 +62,7 @@ def _np_ln_fwd(s):
 
 def _torch_ln_fwd(s):
     torch = torch_or_none()
-    x, w, b = (torch.from_numpy(s[k]) for k in ("x", "w", "b"))
+    x, w, b = _t(torch, s, "x", "w", "b")
     shape = (x.shape[-1],)
     return lambda: torch.nn.functional.layer_norm(x, shape, w, b, EPS)
 
@@ -64,7 +83,7 @@ def _np_ln_bwd(s):
 def _torch_ln_bwd(s):
     # ATen's own backward kernel, called directly: torch's best case (no autograd overhead).
     torch = torch_or_none()
-    x, w, b, dy = (torch.from_numpy(s[k]) for k in ("x", "w", "b", "dy"))
+    x, w, b, dy = _t(torch, s, "x", "w", "b", "dy")
     shape = [x.shape[-1]]
     _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, w, b, EPS)
     mask = [True, True, True]
@@ -86,7 +105,7 @@ def _np_rms_fwd(s):
 
 def _torch_rms_fwd(s):
     torch = torch_or_none()
-    x, w = torch.from_numpy(s["x"]), torch.from_numpy(s["w"])
+    x, w = _t(torch, s, "x", "w")
     shape = (x.shape[-1],)
     return lambda: torch.nn.functional.rms_norm(x, shape, w, EPS)
 
@@ -107,15 +126,16 @@ def _np_rms_bwd(s):
 def _torch_rms_bwd(s):
     # What a torch user gets: autograd through F.rms_norm (the graph is built once, outside the timing).
     torch = torch_or_none()
-    x = torch.from_numpy(s["x"]).requires_grad_()
-    w = torch.from_numpy(s["w"]).requires_grad_()
-    dy = torch.from_numpy(s["dy"])
+    x, w, dy = _t(torch, s, "x", "w", "dy")
+    x, w = x.requires_grad_(), w.requires_grad_()
     y = torch.nn.functional.rms_norm(x, (x.shape[-1],), w, EPS)
     return lambda: torch.autograd.grad(y, (x, w), dy, retain_graph=True)
 
 
-def _providers(fn, fn_out, ref, tch):
-    p = {"fastnorm": fn, "fastnorm out=": fn_out, "numpy": ref}
+def _providers(dtype, size, fn, fn_out, ref, tch):
+    p = {"fastnorm": fn, "fastnorm out=": fn_out}
+    if dtype == "float32" or (dtype == "float16" and size <= NUMPY_HALF_MAX):
+        p["numpy"] = ref
     if torch_or_none() is not None:
         p["torch"] = tch
     return p
@@ -123,21 +143,31 @@ def _providers(fn, fn_out, ref, tch):
 
 def cases(quick: bool) -> list[Case]:
     out = []
-    for m, n in QUICK_SHAPES if quick else FULL_SHAPES:
-        label = f"({m}, {n})"
-        mn, make = m * n, _inputs(m, n)
-        fwd_bytes = 4 * (2 * mn + 2 * n + 2 * m)
-        bwd_bytes = 4 * (3 * mn + 4 * n + 2 * m)
-        out += [
-            Case("layer_norm_forward", label, make,
-                 _providers(_fn_ln_fwd, _fn_ln_fwd_out, _np_ln_fwd, _torch_ln_fwd), fwd_bytes, (1, 0, 1), mn),
-            Case("layer_norm_backward", label, make,
-                 _providers(_fn_ln_bwd, _fn_ln_bwd_out, _np_ln_bwd, _torch_ln_bwd), bwd_bytes, (2, 0, 1), mn),
-            Case("rms_norm_forward", label, make,
-                 _providers(_fn_rms_fwd, _fn_rms_fwd_out, _np_rms_fwd, _torch_rms_fwd),
-                 fwd_bytes - 4 * (n + m), (1, 0, 1), mn),
-            Case("rms_norm_backward", label, make,
-                 _providers(_fn_rms_bwd, _fn_rms_bwd_out, _np_rms_bwd, _torch_rms_bwd),
-                 bwd_bytes - 4 * (2 * n + m), (2, 0, 1), mn),
-        ]
+    for dtype in DTYPES:
+        shapes = QUICK_SHAPES if quick else FULL_SHAPES
+        if dtype != "float32" and quick:
+            shapes = QUICK_HALF_SHAPES
+        isz = np_dtype(dtype).itemsize
+        for m, n in shapes:
+            label = f"({m}, {n})"
+            mn, make = m * n, _inputs(m, n, dtype)
+            sl = stream_elements(mn, dtype)
+            # data in the dtype, parameters in the dtype, statistics (mean, rstd) float32
+            fwd_bytes = isz * (2 * mn + 2 * n) + 4 * 2 * m
+            bwd_bytes = isz * (3 * mn + 4 * n) + 4 * 2 * m
+
+            prov = partial(_providers, dtype, mn)
+            out += [
+                Case("layer_norm_forward", label, make, prov(_fn_ln_fwd, _fn_ln_fwd_out, _np_ln_fwd, _torch_ln_fwd),
+                     fwd_bytes, (1, 0, 1), sl, dtype=dtype),
+                Case("layer_norm_backward", label, make,
+                     prov(_fn_ln_bwd, _fn_ln_bwd_out, _np_ln_bwd, _torch_ln_bwd), bwd_bytes, (2, 0, 1), sl,
+                     dtype=dtype),
+                Case("rms_norm_forward", label, make,
+                     prov(_fn_rms_fwd, _fn_rms_fwd_out, _np_rms_fwd, _torch_rms_fwd),
+                     fwd_bytes - isz * n - 4 * m, (1, 0, 1), sl, dtype=dtype),
+                Case("rms_norm_backward", label, make,
+                     prov(_fn_rms_bwd, _fn_rms_bwd_out, _np_rms_bwd, _torch_rms_bwd),
+                     bwd_bytes - isz * 2 * n - 4 * m, (2, 0, 1), sl, dtype=dtype),
+            ]
     return out

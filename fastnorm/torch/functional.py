@@ -1,10 +1,13 @@
 """Differentiable fastnorm ops on torch tensors, with ``torch.nn.functional``'s signatures and defaults.
 
 Each op is a ``torch.autograd.Function`` whose forward calls the fastnorm forward kernel and saves what the
-backward kernel needs. CPU tensors (float32/float64) reach the kernels zero-copy as NumPy views; CUDA tensors
-(float16/float32/float64) through ``__cuda_array_interface__``, on torch's current stream (fastnorm's CUDA
-backend, for the ops it has kernels for). Other dtypes or devices raise ``TypeError``, a missing CUDA backend
-or CUDA kernel ``RuntimeError`` (the ``fastnorm.torch.nn`` modules fall back to torch instead, with a warning).
+backward kernel needs. CPU tensors (float32/float64, and bfloat16/float16 for the ops whose CPU kernels take
+16-bit data) reach the kernels zero-copy as NumPy views (bfloat16 as ``ml_dtypes.bfloat16``); CUDA tensors
+(the CUDA backend's dtypes) through ``__cuda_array_interface__``, on torch's current stream (fastnorm's CUDA
+backend, for the ops it has kernels for). 16-bit data keeps float32 statistics; weight and bias may be in the
+data's dtype or float32, and their gradients come back in their own dtype. Other dtypes or devices raise
+``TypeError``, a missing CUDA backend or CUDA kernel ``RuntimeError`` (the ``fastnorm.torch.nn`` modules
+fall back to torch instead, with a warning).
 
 ``torch.compile``: every kernel is also registered as a ``torch.library`` custom op (``fastnorm::<op>``)
 with a fake (meta) implementation. Eager calls go straight to the kernel; while Dynamo traces, the
@@ -27,6 +30,7 @@ import fastnorm._dispatch
 from ._common import _arr, _ten
 
 _CPU_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 _CUDA_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 __all__ = [
@@ -57,9 +61,58 @@ def _cuda_backend_error() -> str | None:
     return _cuda_error[0]
 
 
+# A tiny forward call per op: whether its CPU kernels take 16-bit data is asked of the op itself, once per
+# (op, dtype), so the torch layer follows the kernels as they gain dtypes (a TypeError means "not yet").
+def _probe_inputs(dt):
+    return np.ones((2, 2, 2), dt), np.ones((2, 1, 1), dt), np.ones((2, 2), dt)
+
+
+_HALF_PROBES = {
+    "layer_norm": lambda a, g, m: fastnorm.layer_norm_forward(a),
+    "rms_norm": lambda a, g, m: fastnorm.rms_norm_forward(a),
+    "batch_norm": lambda a, g, m: fastnorm.batch_norm_forward(a),
+    "instance_norm": lambda a, g, m: fastnorm.instance_norm_forward(a),
+    "group_norm": lambda a, g, m: fastnorm.group_norm_forward(a, 1),
+    "local_response_norm": lambda a, g, m: fastnorm.local_response_norm_forward(a, 1),
+    "weight_norm": lambda a, g, m: fastnorm.weight_norm_forward(a, g, dim=0),
+    "cosine_linear": lambda a, g, m: fastnorm.cosine_linear_forward(m, m),
+}
+_half_reasons: dict = {}
+
+
+def _register_half_probe(op: str, probe) -> None:
+    """``probe(x3d, g, x2d)`` calls op's forward on tiny arrays of one 16-bit dtype (used by add_norm.py)."""
+    _HALF_PROBES[op] = probe
+
+
+def _cpu_half_reason(op: str | None, dtype: torch.dtype) -> str | None:
+    """Why ``op``'s CPU kernels do not take ``dtype`` (bfloat16/float16), or None when they do."""
+    if op is None or op not in _HALF_PROBES:
+        return f"dtype {dtype} is not supported on the CPU by {op or 'this op'} (float32, float64)"
+    key = (op, dtype)
+    if key not in _half_reasons:
+        dt = _arr(torch.empty(0, dtype=dtype)).dtype
+        try:
+            _HALF_PROBES[op](*_probe_inputs(dt))
+            _half_reasons[key] = None
+        except TypeError as e:
+            _half_reasons[key] = f"dtype {dtype} is not supported on the CPU by {op} on this build ({e})"
+    return _half_reasons[key]
+
+
+def _cuda_dtype_ok(dtype: torch.dtype) -> bool:
+    """float16/32/64, and bfloat16 where the CUDA backend has it."""
+    if dtype in _CUDA_DTYPES:
+        return True
+    if dtype != torch.bfloat16 or _cuda_backend_error() is not None:
+        return False
+    return _arr(torch.empty(0, dtype=dtype)).dtype in fastnorm._dispatch.cuda_backend().float_dtypes
+
+
 def unsupported_reason(*tensors: Tensor | None, op: str | None = None) -> str | None:
     """Why fastnorm cannot run on these tensors (a message), or None if it can; with ``op`` (e.g.
-    ``"batch_norm"``), also whether the CUDA backend has that op's kernels."""
+    ``"batch_norm"``), also whether the CUDA backend has that op's kernels and whether its CPU kernels take
+    16-bit data (asked of the op once per dtype: bfloat16/float16 CPU tensors need ``op``)."""
     for t in tensors:
         if t is None:
             continue
@@ -67,10 +120,14 @@ def unsupported_reason(*tensors: Tensor | None, op: str | None = None) -> str | 
             return f"expected a torch.Tensor, got {type(t).__name__}"
         dev = t.device.type
         if dev == "cpu":
-            if t.dtype not in _CPU_DTYPES:
-                return f"dtype {t.dtype} is not supported on the CPU (float32, float64)"
+            if t.dtype in _HALF_DTYPES:
+                reason = _cpu_half_reason(op, t.dtype)
+                if reason is not None:
+                    return reason
+            elif t.dtype not in _CPU_DTYPES:
+                return f"dtype {t.dtype} is not supported on the CPU (float32, float64, bfloat16, float16)"
         elif dev == "cuda":
-            if t.dtype not in _CUDA_DTYPES:
+            if not _cuda_dtype_ok(t.dtype):
                 return f"dtype {t.dtype} is not supported on CUDA (float16, float32, float64)"
             err = _cuda_backend_error()
             if err is not None:
@@ -810,3 +867,9 @@ def cosine_linear(input: Tensor, weight: Tensor, eps: float = 1e-8) -> Tensor:
     on fastnorm kernels: input (*, D), weight (O, D) -> (*, O), every entry a cosine similarity."""
     _check("cosine_linear", input=input, weight=weight)
     return CosineLinearFunction.apply(input, weight, float(eps))
+
+
+# Fused residual add + norm, defined in their own module (custom ops with register_autograd).
+from .add_norm import add_layer_norm, add_rms_norm  # noqa: E402
+
+__all__ += ["add_layer_norm", "add_rms_norm"]

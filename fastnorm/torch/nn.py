@@ -26,6 +26,8 @@ __all__ = [
     "FastnormFallbackWarning",
     "LayerNorm",
     "RMSNorm",
+    "AddLayerNorm",
+    "AddRMSNorm",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -80,6 +82,42 @@ class RMSNorm(torch.nn.RMSNorm):
         if _fallback(self, input, self.weight):
             return super().forward(input)
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+
+class AddLayerNorm(torch.nn.LayerNorm):
+    """Fused residual add + LayerNorm: ``forward(x, residual) -> (y, h)`` with ``h = x + residual`` and
+    ``y = LayerNorm(h)`` (``fastnorm.torch.functional.add_layer_norm``).
+
+    Constructor, parameters and state_dict keys are ``torch.nn.LayerNorm``'s (a LayerNorm checkpoint loads as
+    it is). A pre-norm block carries the residual stream through it: ``y, h = norm(sublayer_out, h)``. On a
+    dtype or device fastnorm does not handle it computes ``x + residual`` and torch's LayerNorm (with a
+    ``FastnormFallbackWarning``).
+    """
+
+    _fastnorm_op = "add_layer_norm"
+
+    def forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        if _fallback(self, x, residual, self.weight, self.bias):
+            h = x + residual
+            return super().forward(h), h
+        return F.add_layer_norm(x, residual, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class AddRMSNorm(torch.nn.RMSNorm):
+    """Fused residual add + RMSNorm: ``forward(x, residual) -> (y, h)`` with ``h = x + residual`` and
+    ``y = RMSNorm(h)`` (``fastnorm.torch.functional.add_rms_norm``; ``eps=None``: finfo(dtype).eps).
+
+    Constructor, parameters and state_dict keys are ``torch.nn.RMSNorm``'s. On a dtype or device fastnorm
+    does not handle it computes ``x + residual`` and torch's RMSNorm (with a ``FastnormFallbackWarning``).
+    """
+
+    _fastnorm_op = "add_rms_norm"
+
+    def forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        if _fallback(self, x, residual, self.weight):
+            h = x + residual
+            return super().forward(h), h
+        return F.add_rms_norm(x, residual, self.normalized_shape, self.weight, self.eps)
 
 
 class _BatchNormForward:
