@@ -327,12 +327,24 @@ def _extensions():
         # Every target compiles the same C: only the module's init symbol is renamed, to the target module's
         # (the module takes its __name__ from the import spec; its functions' __module__ stays the family name,
         # which fastnorm._kernels.cpu makes an alias of the chosen target).
+        # Each target compiles its own copy of the C file: build_ext names objects after their source, and
+        # parallel builds (pip's, -j) would otherwise write one object file from several targets at once.
         for target in _targets():
             ext = copy.deepcopy(fam)
             ext.name = f"{fam.name}_{target}"
+            ext.sources = [_target_copy(fam.sources[0], target)]
             ext.define_macros = fam.define_macros + [(f"PyInit_{stem}", f"PyInit_{stem}_{target}")]
             exts.append(ext)
     return exts
+
+
+def _target_copy(c_file, target):
+    """``c_file`` copied under TARGET_SRC/<target>/ (rewritten only when it changed, so builds stay incremental)."""
+    out = os.path.join(TARGET_SRC, target, os.path.relpath(c_file, TARGET_SRC))
+    if not (os.path.exists(out) and _same_bytes(c_file, out)):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.copyfile(c_file, out)
+    return out
 
 
 os.chdir(HERE)
