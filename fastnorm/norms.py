@@ -813,6 +813,12 @@ def _batch_norm_eps(op: str, eps, training: bool) -> float:
     return eps
 
 
+def _bn_row_chunks(m: int) -> int:
+    """Row chunks of channels-last BatchNorm statistics over m rows: a function of the shape only (chunks
+    of at least 512 rows, at most 64), so the statistics do not depend on the thread count."""
+    return max(1, min(64, m // 512))
+
+
 def batch_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -893,7 +899,7 @@ def batch_norm_forward(
     elif length > 1:
         work = be.empty((n * c, 2), np.float64)
     else:
-        work = be.empty((nt, 5 * c), np.float64)
+        work = be.empty((_bn_row_chunks(n), 5 * c), np.float64)
     absent = _absent(be, sd)
     w32, b32, rm32, rv32 = _to_stat(be, sd, weight, bias, running_mean, running_var)
     be.kernels.batch_norm_forward(
@@ -969,7 +975,7 @@ def batch_norm_backward(
         _fill(be, dbias, 0.0)
         return BatchNormBackward(dx, dweight, dbias)
     nt = be.threads(x.size)
-    work = be.empty((n * c + c, 2) if length > 1 else (nt + 1, 2 * c), np.float64)
+    work = be.empty((n * c + c, 2) if length > 1 else (_bn_row_chunks(n) + 1, 2 * c), np.float64)
     absent = _absent(be, sd)
     (w32,) = _to_stat(be, sd, weight)
     dw32, db32 = _stat_outputs(be, sd, dweight, dbias)

@@ -314,14 +314,20 @@ def test_read_only_inputs_work(case, direction):
 
 
 # --------------------------------------------------------------------------------------- determinism
+# Shapes checked for thread-count invariance besides _bigger_shape: channels-last BatchNorm with few rows
+# and many channels (its threads split the channels) and with more rows than one statistics chunk.
+EXTRA_THREAD_SHAPES = {"batch_norm_channels_last": ((4, 3, 1375), (2, 8200), (1100, 15))}
+
+
 def _thread_params():
     params = []
     for case in OP_CASES:
         for opts in case.options:
-            shape = _bigger_shape(case, opts)
             reason = NOT_THREAD_INVARIANT.get((case.name, opts_id(opts)))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            params.append(pytest.param(case, opts, shape, marks=marks, id=_ids(case.name, opts_id(opts))))
+            for shape in (_bigger_shape(case, opts), *EXTRA_THREAD_SHAPES.get(case.name, ())):
+                pid = _ids(case.name, opts_id(opts)) + ("" if shape == _bigger_shape(case, opts) else f"-{shape}")
+                params.append(pytest.param(case, opts, shape, marks=marks, id=pid))
     return params
 
 

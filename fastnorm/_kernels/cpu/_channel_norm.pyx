@@ -3,8 +3,7 @@
 One moments machinery serves the three (``fastnorm_channel.h``): the moments of a contiguous segment
 (an (n, c) slice of L values, or a GroupNorm row of C/G * L values) and the per-channel moments of a block
 of rows of an (M, C) array (channels contiguous), all in double, merged with Chan's formula in a fixed
-order. Results therefore do not depend on the thread count, except the channels-last BatchNorm
-statistics and the row-partial sums, which are bitwise reproducible for a given thread count.
+order. Results therefore do not depend on the thread count.
 
 - GroupNorm: one task per (n, group) row (K = C/G channels, K*L contiguous values): moments, then the
   output pass over the row while it is still in cache, so x is read from memory once. InstanceNorm is the
@@ -17,8 +16,10 @@ statistics and the row-partial sums, which are bitwise reproducible for a given 
   of channels at a time; each slice's moments go to ``work`` and each channel merges its N slices in
   order of n, the same numbers either way. Output passes walk slices last-read-first.
 - BatchNorm with L == 1 (channels-last (M, C), or (N, C) inputs): rows cut into ``work.shape[0]``
-  contiguous chunks; each chunk fills per-channel partial moments (rows of length C in ``work``), merged
-  over chunks in order. x is read twice here: the statistics need every row first.
+  contiguous chunks (a count the caller derives from the shape only); each chunk fills per-channel partial
+  moments (rows of length C in ``work``), merged over chunks in order. Threads share (chunk, channel
+  strip) tasks; strip edges are multiples of the vector width, so no channel's arithmetic depends on
+  them. x is read twice here: the statistics need every row first.
 Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores in the (N, C, L)
 layouts: a far-larger-than-cache output is not read into the cache before being overwritten.
 Running statistics (``running_mean``/``running_var``, length 0 when absent) are typed const so that
@@ -45,22 +46,27 @@ cdef enum:
     CACHE_BLOCK_BYTES = 4 * 1024 * 1024
     # Channels-last output passes go backwards over blocks of this many rows (forwards inside a block).
     ROW_BLOCK = 64
+    # Channels-last statistics: channel strips (multiples of STRIP_ALIGN, at least STRIP_MIN channels) for
+    # about STRIP_TASKS tasks per thread when the row chunks (``work.shape[0]``) are fewer.
+    STRIP_ALIGN = 16
+    STRIP_MIN = 32
+    STRIP_TASKS = 4
 
 
 cdef extern from "fastnorm_channel.h" nogil:
     void fn_seg_moments_f(const float *x, Py_ssize_t n, double *mean, double *m2)
     void fn_seg_moments_d(const double *x, Py_ssize_t n, double *mean, double *m2)
     void fn_chan_merge(double *na, double *ma, double *m2a, double nb, double mb, double m2b)
-    void fn_col_moments_f(const float *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
-                          double *K, double *s1, double *s2)
-    void fn_col_moments_d(const double *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
-                          double *K, double *s1, double *s2)
+    void fn_col_moments_ld_f(const float *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld, double *mean,
+                             double *m2, double *K, double *s1, double *s2)
+    void fn_col_moments_ld_d(const double *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld, double *mean,
+                             double *m2, double *K, double *s1, double *s2)
     void fn_grad_sums_f(const float *dy, const float *x, Py_ssize_t n, double mu, double *s1, double *s2)
     void fn_grad_sums_d(const double *dy, const double *x, Py_ssize_t n, double mu, double *s1, double *s2)
-    void fn_col_grad_sums_f(const float *dy, const float *x, Py_ssize_t nr, Py_ssize_t C, const float *mu,
-                            double *s1, double *s2)
-    void fn_col_grad_sums_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C,
-                            const double *mu, double *s1, double *s2)
+    void fn_col_grad_sums_ld_f(const float *dy, const float *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld,
+                               const float *mu, double *s1, double *s2)
+    void fn_col_grad_sums_ld_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld,
+                               const double *mu, double *s1, double *s2)
     void fn_apply_fwd_f(const float *x, float *y, Py_ssize_t n, float mu, float a, float b, int stream)
     void fn_apply_fwd_d(const double *x, double *y, Py_ssize_t n, double mu, double a, double b, int stream)
     void fn_apply_bwd_f(const float *dy, const float *x, float *dx, Py_ssize_t n, float mu, float ka, float kb,
@@ -84,10 +90,10 @@ cdef extern from "fastnorm_channel.h" nogil:
     void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t n, float mu, float a, float b)
     void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t n, float mu,
                         float ka, float kb, float kc, int training)
-    void fn_col_moments_h(int fmt, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
-                          double *K, double *s1, double *s2)
+    void fn_col_moments_h(int fmt, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld, double *mean,
+                          double *m2, double *K, double *s1, double *s2)
     void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C,
-                            const float *mu, double *s1, double *s2)
+                            Py_ssize_t ld, const float *mu, double *s1, double *s2)
     void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t nr, Py_ssize_t C, const float *mu,
                        const float *a, const float *b)
     void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t nr,
@@ -479,35 +485,56 @@ cdef inline void _block_apply(const data_t *dy, const data_t *x, data_t *out, Py
         fn_store_fence()
 
 
-cdef inline void _rows_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
-                               double *wk, int fmt) noexcept nogil:
-    """Channels-last chunk t of nt of the M rows: wk = [mean (C) | M2 (C) | scratch (3C)]."""
-    cdef Py_ssize_t lo, hi
-    _chunk(M, t, nt, &lo, &hi)
-    if hi <= lo:
+cdef inline void _rows_moments(const data_t *x, Py_ssize_t k, Py_ssize_t nch, Py_ssize_t ns, Py_ssize_t sw,
+                               Py_ssize_t M, Py_ssize_t C, double *work, int fmt) noexcept nogil:
+    """Channels-last task k: row chunk k // ns of nch, channel strip k % ns of width sw, into the chunk's
+    work row [mean (C) | M2 (C) | scratch (3C)]. Each channel's arithmetic does not depend on the strips
+    (their edges are multiples of STRIP_ALIGN: the vector lanes of the column kernels), only on the chunk."""
+    cdef Py_ssize_t lo, hi, c0 = (k % ns) * sw, w
+    cdef double *wk = work + (k // ns) * 5 * C + c0
+    _chunk(M, k // ns, nch, &lo, &hi)
+    w = min(sw, C - c0)
+    if hi <= lo or w <= 0:
         return
     if data_t is float:
-        fn_col_moments_f(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
+        fn_col_moments_ld_f(x + lo * C + c0, hi - lo, w, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
     elif data_t is double:
-        fn_col_moments_d(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
+        fn_col_moments_ld_d(x + lo * C + c0, hi - lo, w, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
     else:
-        fn_col_moments_h(fmt, x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
+        fn_col_moments_h(fmt, x + lo * C + c0, hi - lo, w, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
 
 
-cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t, Py_ssize_t nt,
-                                 Py_ssize_t M, Py_ssize_t C, const floating *mean, double *wk,
-                                 int fmt) noexcept nogil:
-    """Channels-last chunk t of nt of the M rows: wk = [sum dy (C) | sum dy * (x - mean) (C)]."""
-    cdef Py_ssize_t c, lo, hi
-    _chunk(M, t, nt, &lo, &hi)
-    for c in range(2 * C):
+cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t k, Py_ssize_t nch,
+                                 Py_ssize_t ns, Py_ssize_t sw, Py_ssize_t M, Py_ssize_t C, const floating *mean,
+                                 double *work, int fmt) noexcept nogil:
+    """Channels-last task k (as _rows_moments): the chunk's work row [sum dy (C) | sum dy * (x - mean) (C)]."""
+    cdef Py_ssize_t c, lo, hi, c0 = (k % ns) * sw, w
+    cdef double *wk = work + (k // ns) * 2 * C + c0
+    _chunk(M, k // ns, nch, &lo, &hi)
+    w = min(sw, C - c0)
+    if w <= 0:
+        return
+    for c in range(w):
         wk[c] = 0.0
+        wk[C + c] = 0.0
+    if hi <= lo:
+        return
     if data_t is float and floating is float:
-        fn_col_grad_sums_f(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+        fn_col_grad_sums_ld_f(dy + lo * C + c0, x + lo * C + c0, hi - lo, w, C, mean + c0, wk, wk + C)
     elif data_t is double and floating is double:
-        fn_col_grad_sums_d(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+        fn_col_grad_sums_ld_d(dy + lo * C + c0, x + lo * C + c0, hi - lo, w, C, mean + c0, wk, wk + C)
     elif data_t is uint16_t and floating is float:
-        fn_col_grad_sums_h(fmt, dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+        fn_col_grad_sums_h(fmt, dy + lo * C + c0, x + lo * C + c0, hi - lo, w, C, mean + c0, wk, wk + C)
+
+
+cdef inline Py_ssize_t _strips(Py_ssize_t nch, Py_ssize_t C, int n_threads) noexcept nogil:
+    """Width of the channel strips that give n_threads threads enough channels-last tasks with nch chunks."""
+    cdef Py_ssize_t ns = 1, sw
+    if n_threads > 1 and nch < STRIP_TASKS * n_threads:
+        ns = (STRIP_TASKS * n_threads + nch - 1) // nch
+    sw = (C + ns - 1) // ns
+    sw = (sw + STRIP_ALIGN - 1) // STRIP_ALIGN * STRIP_ALIGN
+    return max(sw, STRIP_MIN)
 
 
 cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t,
@@ -517,10 +544,14 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
 
     With st, each block (whole rows, contiguous) is one span of non-temporal stores (coef wrapped)."""
     cdef Py_ssize_t lo, hi, b, e
-    _chunk(M, t, nt, &lo, &hi)
+    # whole blocks per chunk: the blocks (spans, and so their unaligned heads and tails) are the same for
+    # every thread count
+    _chunk((M + ROW_BLOCK - 1) // ROW_BLOCK, t, nt, &lo, &hi)
+    lo = lo * ROW_BLOCK
+    hi = min(M, hi * ROW_BLOCK)
     e = hi
     while e > lo:
-        b = max(lo, e - ROW_BLOCK)
+        b = max(lo, (e - 1) // ROW_BLOCK * ROW_BLOCK)
         if backward and st:
             if data_t is float and floating is float:
                 fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
@@ -559,7 +590,7 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
 
     L == 1 is the channels-last (M, C) layout (M = N rows). ``work`` is not used in evaluation mode.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi, ld
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi, ld, sw, ns
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef const floating *b = _ptr_or_null(bias)
@@ -618,12 +649,14 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
                 cb = cb + nb
         else:
             if training:
-                if n_threads <= 1 or nch <= 1:
-                    for t in range(nch):
-                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
+                sw = _strips(nch, C, n_threads)
+                ns = (C + sw - 1) // sw
+                if n_threads <= 1 or nch * ns <= 1:
+                    for t in range(nch * ns):
+                        _rows_moments(xp, t, nch, ns, sw, N, C, wp, fmt)
                 else:
-                    for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                        _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
+                    for t in prange(nch * ns, schedule="static", num_threads=n_threads):
+                        _rows_moments(xp, t, nch, ns, sw, N, C, wp, fmt)
                 for c in range(C):
                     cnt = 0.0
                     mu = 0.0
@@ -659,7 +692,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
 
     dweight = sum(dy * (x - mean) * rstd), dbias = sum(dy) per channel, reduced in a fixed order.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, ld
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, ld, sw, ns
     cdef bint st
     cdef const floating *w = _ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
@@ -725,12 +758,14 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
                 cb = cb + nb
         else:
             if need_sums:
-                if n_threads <= 1 or nch <= 1:
-                    for t in range(nch):
-                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
+                sw = _strips(nch, C, n_threads)
+                ns = (C + sw - 1) // sw
+                if n_threads <= 1 or nch * ns <= 1:
+                    for t in range(nch * ns):
+                        _rows_grad_sums(gp, xp, t, nch, ns, sw, N, C, mp, wp, fmt)
                 else:
-                    for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
+                    for t in prange(nch * ns, schedule="static", num_threads=n_threads):
+                        _rows_grad_sums(gp, xp, t, nch, ns, sw, N, C, mp, wp, fmt)
                 for c in range(C):
                     s1 = 0.0
                     s2 = 0.0

@@ -136,11 +136,11 @@ static inline void fn_seg_moments_##SUF(const T *x, ptrdiff_t n, double *mean, d
     *mean = mu; *m2 = M2;                                                                              \
 }                                                                                                      \
 /* s1[c] += sum_r (x[r, c] - K[c]),  s2[c] += sum_r (x[r, c] - K[c])^2  over the nr rows of (nr, C) x */ \
-static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, const double *K,   \
-                                             double *s1, double *s2) {                                 \
+static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,     \
+                                             const double *K, double *s1, double *s2) {                \
     ptrdiff_t r = 0, c;                                                                                \
     for (; r + 2 <= nr; r += 2) {                                                                      \
-        const T *x0 = x + r * C, *x1 = x0 + C;                                                         \
+        const T *x0 = x + r * ld, *x1 = x0 + ld;                                                       \
         for (c = 0; c + FN_VW <= C; c += FN_VW) {                                                      \
             fn_vd k = fn_vload_d(K + c);                                                               \
             fn_vd d0 = fn_vsub(fn_vload_##SUF(x0 + c), k), d1 = fn_vsub(fn_vload_##SUF(x1 + c), k);    \
@@ -152,22 +152,22 @@ static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t
             s1[c] += d0 + d1; s2[c] += d0 * d0 + d1 * d1; }                                            \
     }                                                                                                  \
     for (; r < nr; r++) {                                                                              \
-        const T *x0 = x + r * C;                                                                       \
+        const T *x0 = x + r * ld;                                                                      \
         for (c = 0; c < C; c++) { double d0 = (double)x0[c] - K[c]; s1[c] += d0; s2[c] += d0 * d0; }  \
     }                                                                                                  \
 }                                                                                                      \
 /* Per-channel mean[c] and M2 m2[c] over the nr (>= 1) rows of the (nr, C) array x, in blocks of       \
  * FN_COL_BLOCK rows merged in order. K, s1, s2: scratch rows of length C. */                          \
-static inline void fn_col_moments_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, double *mean,           \
-                                        double *m2, double *K, double *s1, double *s2) {               \
+static inline void fn_col_moments_ld_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,       \
+                                           double *mean, double *m2, double *K, double *s1, double *s2) { \
     double cnt = 0.0;                                                                                  \
     ptrdiff_t c;                                                                                       \
     for (c = 0; c < C; c++) { mean[c] = 0.0; m2[c] = 0.0; }                                           \
     for (ptrdiff_t b = 0; b < nr; b += FN_COL_BLOCK) {                                                 \
         ptrdiff_t nb = nr - b < FN_COL_BLOCK ? nr - b : FN_COL_BLOCK;                                  \
-        const T *xb = x + b * C;                                                                       \
+        const T *xb = x + b * ld;                                                                      \
         for (c = 0; c < C; c++) { K[c] = cnt > 0.0 ? mean[c] : (double)xb[c]; s1[c] = 0.0; s2[c] = 0.0; } \
-        fn_col_shifted_sums_##SUF(xb, nb, C, K, s1, s2);                                               \
+        fn_col_shifted_sums_##SUF(xb, nb, C, ld, K, s1, s2);                                           \
         for (c = 0; c < C; c++) {                                                                      \
             double n0 = cnt, m2b = s2[c] - s1[c] * (s1[c] / (double)nb);                               \
             fn_chan_merge(&n0, &mean[c], &m2[c], (double)nb, K[c] + s1[c] / (double)nb, m2b > 0.0 ? m2b : 0.0); \
@@ -176,11 +176,11 @@ static inline void fn_col_moments_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, d
     }                                                                                                  \
 }                                                                                                      \
 /* s1[c] += sum_r dy[r, c],  s2[c] += sum_r dy[r, c] * (x[r, c] - mu[c])  over the nr rows */          \
-static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,          \
-                                          const T *mu, double *s1, double *s2) {                       \
+static inline void fn_col_grad_sums_ld_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,       \
+                                             ptrdiff_t ld, const T *mu, double *s1, double *s2) {      \
     ptrdiff_t r = 0, c;                                                                                \
     for (; r + 2 <= nr; r += 2) {                                                                      \
-        const T *g0 = dy + r * C, *g1 = g0 + C, *x0 = x + r * C, *x1 = x0 + C;                         \
+        const T *g0 = dy + r * ld, *g1 = g0 + ld, *x0 = x + r * ld, *x1 = x0 + ld;                     \
         for (c = 0; c + FN_VW <= C; c += FN_VW) {                                                      \
             fn_vd m = fn_vload_##SUF(mu + c), a0 = fn_vload_##SUF(g0 + c), a1 = fn_vload_##SUF(g1 + c); \
             fn_vd d0 = fn_vsub(fn_vload_##SUF(x0 + c), m), d1 = fn_vsub(fn_vload_##SUF(x1 + c), m);    \
@@ -193,10 +193,19 @@ static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr,
             s2[c] += a0 * ((double)x0[c] - (double)mu[c]) + a1 * ((double)x1[c] - (double)mu[c]); }    \
     }                                                                                                  \
     for (; r < nr; r++) {                                                                              \
-        const T *g0 = dy + r * C, *x0 = x + r * C;                                                     \
+        const T *g0 = dy + r * ld, *x0 = x + r * ld;                                                   \
         for (c = 0; c < C; c++) {                                                                      \
             double a0 = (double)g0[c]; s1[c] += a0; s2[c] += a0 * ((double)x0[c] - (double)mu[c]); }   \
     }                                                                                                  \
+}                                                                                                      \
+/* the same over whole rows (row stride C) */                                                          \
+static inline void fn_col_moments_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, double *mean,           \
+                                        double *m2, double *K, double *s1, double *s2) {               \
+    fn_col_moments_ld_##SUF(x, nr, C, C, mean, m2, K, s1, s2);                                         \
+}                                                                                                      \
+static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,          \
+                                          const T *mu, double *s1, double *s2) {                       \
+    fn_col_grad_sums_ld_##SUF(dy, x, nr, C, C, mu, s1, s2);                                            \
 }
 
 FN_DEFINE_CHANNEL(float, f)
@@ -424,23 +433,23 @@ static inline void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x
 
 /* fn_col_moments_f on 16-bit rows: strips of FN_CTILE channels, rows widened two at a time (the float32
  * code's row pairs), so every channel sees the float32 arithmetic in the float32 order. */
-static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C, double *mean,
-                                    double *m2, double *K, double *s1, double *s2) {
+static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,
+                                    double *mean, double *m2, double *K, double *s1, double *s2) {
     float t[2 * FN_CTILE];
     double cnt = 0.0;
     ptrdiff_t c;
     for (c = 0; c < C; c++) { mean[c] = 0.0; m2[c] = 0.0; }
     for (ptrdiff_t b = 0; b < nr; b += FN_COL_BLOCK) {
         ptrdiff_t nb = nr - b < FN_COL_BLOCK ? nr - b : FN_COL_BLOCK;
-        const uint16_t *xb = x + b * C;
+        const uint16_t *xb = x + b * ld;
         for (c = 0; c < C; c++) {
             K[c] = cnt > 0.0 ? mean[c] : (double)fn_half_to_f32(fmt, xb[c]); s1[c] = 0.0; s2[c] = 0.0; }
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
             for (ptrdiff_t r = 0; r < nb; r += 2) {
                 ptrdiff_t k = nb - r < 2 ? nb - r : 2;
-                for (ptrdiff_t j = 0; j < k; j++) fn_half_load(fmt, xb + (r + j) * C + c0, t + j * w, w);
-                fn_col_shifted_sums_f(t, k, w, K + c0, s1 + c0, s2 + c0);
+                for (ptrdiff_t j = 0; j < k; j++) fn_half_load(fmt, xb + (r + j) * ld + c0, t + j * w, w);
+                fn_col_shifted_sums_f(t, k, w, w, K + c0, s1 + c0, s2 + c0);
             }
         }
         for (c = 0; c < C; c++) {
@@ -452,17 +461,17 @@ static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, pt
 }
 
 static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C,
-                                      const float *mu, double *s1, double *s2) {
+                                      ptrdiff_t ld, const float *mu, double *s1, double *s2) {
     float g[2 * FN_CTILE], v[2 * FN_CTILE];
     for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
         ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
         for (ptrdiff_t r = 0; r < nr; r += 2) {
             ptrdiff_t k = nr - r < 2 ? nr - r : 2;
             for (ptrdiff_t j = 0; j < k; j++) {
-                fn_half_load(fmt, dy + (r + j) * C + c0, g + j * w, w);
-                fn_half_load(fmt, x + (r + j) * C + c0, v + j * w, w);
+                fn_half_load(fmt, dy + (r + j) * ld + c0, g + j * w, w);
+                fn_half_load(fmt, x + (r + j) * ld + c0, v + j * w, w);
             }
-            fn_col_grad_sums_f(g, v, k, w, mu + c0, s1 + c0, s2 + c0);
+            fn_col_grad_sums_ld_f(g, v, k, w, w, mu + c0, s1 + c0, s2 + c0);
         }
     }
 }
