@@ -63,7 +63,7 @@ def sgd_step(
         if momentum != 0:
             b = momentum_buffers[i]
             if b is None:
-                b = g.copy()
+                b = np.array(g)  # a 0-d array, not a NumPy scalar, for 0-d parameters
                 momentum_buffers[i] = b
             else:
                 b[...] = momentum * b + (1 - dampening) * g
