@@ -1,19 +1,10 @@
-"""Which backend an array belongs to, and the per-backend primitives the public layer needs.
+"""The CPU kernels' thread settings (thread count, fork safety), and the old home of the backends.
 
-A ``numpy.ndarray`` (or anything ``numpy.asarray`` takes) runs on the CPU kernels; an object with
-``__cuda_array_interface__`` (Numba device arrays, CuPy arrays, PyTorch CUDA tensors) runs on the
-CUDA kernels. The CUDA backend, and with it numba-cuda, is imported on the first GPU call only.
-
-Each backend offers the same small interface, so the public ops are written once:
-
-- ``name``: ``"cpu"`` or ``"cuda"``
-- ``float_dtypes``: the dtypes its kernels accept
-- ``stat_dtype(dtype)``: dtype of statistics / accumulators for inputs of ``dtype``
-- ``asarray(a)``: the C-contiguous, aligned, native array a kernel may read (a copy only if needed)
-- ``empty(shape, dtype)``: a new output on the backend
-- ``is_own_output(a)``: whether ``a`` is an array this backend may write into as given
-- ``threads(work)``: the thread count for a kernel touching ``work`` elements
-- ``kernels``: the kernel namespace (``fastnorm._kernels.cpu`` or ``fastnorm._kernels.cuda``)
+The backends and ``backend_of`` live in ``fastnorm._backend`` (``Backend`` protocol, ``CpuBackend``,
+``CudaBackend``). This module imports none of them, so there is no import cycle: ``fastnorm._backend.cpu``
+reads ``SERIAL_BELOW`` and ``get_num_threads`` from here. The names it used to define (``CPU``,
+``CpuBackend``, ``backend_of``, ``cuda_backend``, ``on_cuda``, ``_cuda_backend``) still resolve, to
+``fastnorm._backend``'s objects, on first access.
 """
 
 from __future__ import annotations
@@ -25,7 +16,6 @@ import warnings
 
 import numpy as np
 
-from . import _backend, _dtypes
 
 # Below this many elements a kernel runs on one thread: the OpenMP fork/join costs more than it saves.
 SERIAL_BELOW = 32768
@@ -113,110 +103,12 @@ def set_num_threads(n: int) -> None:
         _num_threads = int(n)
 
 
-class CpuBackend:
-    name = "cpu"
-    float_dtypes = _dtypes.FULL + _dtypes.HALF
-
-    @property
-    def kernels(self):
-        return importlib.import_module("fastnorm._kernels.cpu")
-
-    stat_dtype = staticmethod(_dtypes.stat_dtype)
-
-    @staticmethod
-    def asarray(a):
-        # A copy only when a kernel cannot read ``a`` as it is: not C-contiguous, unaligned (e.g.
-        # np.frombuffer(..., offset=1); np.ascontiguousarray returns those unchanged), or byte-swapped.
-        # Read-only arrays are fine (kernels take const views). The shape is kept, 0-d included.
-        a = np.asarray(a)
-        if a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative:
-            return a
-        return np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
-
-    @staticmethod
-    def empty(shape, dtype):
-        return np.empty(shape, dtype=dtype)
-
-    @staticmethod
-    def zeros(shape, dtype):
-        return np.zeros(shape, dtype=dtype)
-
-    @staticmethod
-    def astype(a, dtype):
-        return a if a.dtype == dtype else a.astype(dtype)
-
-    @staticmethod
-    def copyto(dst, src):
-        np.copyto(dst, src, casting="unsafe")
-
-    @staticmethod
-    def is_own_output(a):
-        return isinstance(a, np.ndarray)
-
-    @staticmethod
-    def is_contiguous(a):
-        return a.flags.c_contiguous
-
-    @staticmethod
-    def is_writeable(a):
-        return a.flags.writeable
-
-    @staticmethod
-    def may_share_memory(a, b):
-        return np.may_share_memory(a, b)
-
-    @staticmethod
-    def threads(work):
-        return 1 if work < SERIAL_BELOW else get_num_threads()
+_MOVED = ("CPU", "CpuBackend", "backend_of", "cuda_backend", "on_cuda", "_cuda_backend", "Backend")
 
 
-CPU = CpuBackend()
-_cuda_backend = None
+def __getattr__(name: str):
+    if name in _MOVED:  # the backends' names, kept for callers of the old path (read at each access)
+        from . import _backend
 
-
-def cuda_backend():
-    """The CUDA backend, imported on first use; a clear RuntimeError when it cannot run."""
-    global _cuda_backend
-    if _cuda_backend is None:
-        try:
-            mod = importlib.import_module("fastnorm._kernels.cuda._backend")
-        except ImportError as e:  # numba / numba-cuda missing
-            raise RuntimeError(
-                "fastnorm: a GPU array was passed but the CUDA backend needs numba-cuda "
-                f"(pip install 'fastnorm[cuda]'): {e}"
-            ) from None
-        _cuda_backend = mod.make_backend()
-    return _cuda_backend
-
-
-def on_cuda(a) -> bool:
-    return _backend.on_cuda(a)  # from the array's type: no __cuda_array_interface__ dict
-
-
-def backend_of(op: str, **arrays):
-    """The backend shared by every non-None array in ``arrays`` (name -> array).
-
-    Mixing host and device arrays is a ``TypeError`` naming which argument lives where.
-    Lists/tuples of arrays (optimizer params) are looked into.
-    """
-    where = {}
-    for name, a in arrays.items():
-        if a is None:
-            continue
-        if isinstance(a, (list, tuple)):
-            for i, item in enumerate(a):
-                if item is not None:
-                    where[f"{name}[{i}]"] = on_cuda(item)
-        else:
-            where[name] = on_cuda(a)
-    if not where:
-        return CPU
-    kinds = set(where.values())
-    if len(kinds) > 1:
-        gpu = [n for n, c in where.items() if c]
-        cpu = [n for n, c in where.items() if not c]
-        raise TypeError(
-            f"{op}: arguments live on different devices: {', '.join(gpu)} on the GPU (CUDA), "
-            f"{', '.join(cpu)} on the CPU; move them to one device"
-        )
-    return cuda_backend() if kinds.pop() else CPU
+        return getattr(_backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

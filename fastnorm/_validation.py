@@ -14,23 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._dtypes import HALF, from_name
+from ._backend._detect import dtype_of, on_cuda
+from ._dtypes import HALF
 
 
 def _dtype_names(dtypes) -> str:
     return ", ".join(np.dtype(d).name for d in dtypes)
-
-
-def dtype_of(a):
-    """The NumPy dtype of an array (torch.float32 -> float32, torch.bfloat16 -> ml_dtypes.bfloat16), or None
-    if NumPy has no such dtype."""
-    dt = a.dtype
-    if isinstance(dt, np.dtype):
-        return dt
-    try:
-        return np.dtype(dt)
-    except TypeError:
-        return from_name(str(dt))
 
 
 def float_input(be, op: str, name: str, a, dtype=None, *, half: bool = True):
@@ -283,3 +272,71 @@ def split_channels(op: str, shape: tuple, axis=1, name: str = "x") -> tuple[int,
     else:
         raise ValueError(f"{op}: axis must be 1 (N, C, ...) or -1 (channels-last), got {axis}")
     return n, c, length
+
+
+# ------------------------------------------------------------------------------------------ optimizer arrays
+# The optimizers take lists of arrays: parameters and state updated in place, gradients read. The kernels'
+# fast checks (``gather_params`` / ``gather_like``) accept the usual case in C; when one refuses an entry,
+# ``state_array`` says why, in the words of ``inout`` and ``outputs``.
+def array_list(op: str, name: str, arrays) -> list:
+    """``arrays`` (a list or tuple of arrays) as a list; TypeError for anything else (one array included)."""
+    if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
+        raise TypeError(f"{op}: {name} must be a list or tuple of arrays, got {type(arrays).__name__}")
+    return list(arrays)
+
+
+def state_dtypes(param_dtype, *, stat: bool, writeable: bool) -> tuple:
+    """The dtypes an optimizer array may have beside a parameter of ``param_dtype`` (None: the array is a
+    parameter: float32, float64, bfloat16, float16): state (``stat``) the parameter's state dtype (float32
+    beside a 16-bit parameter); a gradient the parameter's dtype, or float32 beside a 16-bit one."""
+    from ._dtypes import FLOAT16, FLOAT32, FLOAT64, BFLOAT16, is_half, stat_dtype
+
+    if param_dtype is None:
+        return (FLOAT32, FLOAT64, BFLOAT16, FLOAT16)
+    if stat:
+        return (stat_dtype(param_dtype),)
+    if not writeable and is_half(param_dtype):
+        return (param_dtype, FLOAT32)
+    return (param_dtype,)
+
+
+def state_array(be, op: str, name: str, a, param=None, *, writeable: bool, copy_ok: bool, stat: bool = False):
+    """An optimizer array checked against its parameter ``param`` (None: ``a`` is a parameter).
+
+    It must be an array of backend ``be`` (TypeError; an array of the other device is named as such), of
+    a dtype of ``state_dtypes`` (TypeError), of its parameter's shape, native byte order, aligned,
+    C-contiguous and, when ``writeable``, writeable (ValueError). Returns ``a`` itself, or, when only its
+    layout is wrong and ``copy_ok`` (gradients: read, never written), a contiguous native copy. Memory
+    overlap is the caller's check (the optimizers compare sorted address ranges).
+    """
+    if not be.is_own_output(a):
+        if on_cuda(a) or (a is not None and hasattr(a, "__array__")):
+            where = "the GPU (CUDA)" if on_cuda(a) else "the CPU"
+            raise TypeError(
+                f"{op}: arguments live on different devices: {name} on {where}, the parameters on {be.device}; "
+                "move them to one device"
+            )
+        raise TypeError(f"{op}: {name} must be a {be.array_type}, got {type(a).__name__}")
+    shape, dtype, _ = be.array_info(a)
+    pdt = None if param is None else be.array_info(param)[1]
+    want = state_dtypes(pdt, stat=stat, writeable=writeable)
+    if dtype.newbyteorder("=") not in want:
+        names = " or ".join(d.name for d in want)
+        expected = names if pdt is None else f"{names} for its {pdt.name} parameter"
+        raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {expected}")
+    if param is not None and tuple(shape) != tuple(be.array_info(param)[0]):
+        raise ValueError(f"{op}: {name} has shape {tuple(shape)} but its parameter has shape "
+                         f"{tuple(be.array_info(param)[0])}")
+    if dtype.isnative and be.is_aligned(a) and be.is_contiguous(a):
+        if writeable and not be.is_writeable(a):
+            raise ValueError(f"{op}: {name} is read-only (it is updated in place)")
+        return a
+    if copy_ok:  # a fresh allocation: native byte order, aligned, C-contiguous
+        return be.asarray(a)
+    if not dtype.isnative:
+        why = f"is big-endian ({dtype.str}); pass it in native byte order"
+    elif not be.is_aligned(a):
+        why = "is not aligned to its element size (e.g. a view at an odd byte offset)"
+    else:
+        why = "must be C-contiguous"
+    raise ValueError(f"{op}: {name} {why} (it is updated in place, so it cannot be copied)")

@@ -12,8 +12,9 @@ zero-copy NumPy views and makes one ``fastnorm.optim.<algo>_step`` call per grou
 tensor of the group in one fused pass (p, grad and state read once, written once).
 
 Devices: CPU tensors run on fastnorm's CPU kernels (as zero-copy NumPy views), CUDA tensors on its CUDA
-kernels (passed as ``__cuda_array_interface__`` objects; needs numba-cuda). A group that mixes devices,
-has a parameter of another dtype than float32/float64/bfloat16/float16 (or a bfloat16 CUDA parameter),
+kernels (the tensors themselves: the CUDA backend reads their pointer, shape and dtype, bfloat16 included;
+needs numba-cuda), with ``master_weights`` and ``stochastic_rounding`` on both (``route`` decides). A
+group that mixes devices, has a parameter of another dtype than float32/float64/bfloat16/float16,
 a non-contiguous parameter, or options fastnorm does not implement (``differentiable``, ``capturable``, ``fused``), is
 stepped by torch's own implementation, after a one-time ``FastnormFallbackWarning``; ``foreach`` only
 selects among torch's implementations and is ignored. Step pre- and post-hooks run once per ``step``
@@ -63,7 +64,7 @@ def _as_tensor(a, like: torch.Tensor) -> torch.Tensor:
 def _cuda_unavailable() -> str | None:
     """Why fastnorm cannot run CUDA tensors here (None when it can)."""
     try:
-        from fastnorm._dispatch import cuda_backend
+        from fastnorm._backend import cuda_backend
 
         cuda_backend()
     except Exception as e:  # numba-cuda missing or no usable driver
@@ -96,6 +97,26 @@ _OPTION_DEFAULTS = (False, False, 0)
 
 def _zeros32(p: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+
+
+def route(params) -> str | None:
+    """Which kernels step a group of parameters: None for fastnorm's (CPU tensors on its CPU kernels, CUDA
+    tensors of one device on its CUDA kernels, float32/float64/bfloat16/float16 alike), else the reason
+    torch's step runs instead. Reads only ``device``, ``dtype`` and ``is_contiguous()`` of each parameter."""
+    devices = set()
+    for p in params:
+        if p.device.type not in ("cpu", "cuda"):
+            return f"parameters on {p.device} (fastnorm runs CPU and CUDA tensors)"
+        if p.dtype not in _DTYPES:
+            return f"parameter dtype {p.dtype} (float32, float64, bfloat16, float16 supported)"
+        if not p.is_contiguous():
+            return "a non-contiguous parameter (it is updated in place)"
+        devices.add(p.device)
+    if len(devices) > 1:
+        return f"one group with parameters on {len(devices)} devices"
+    if devices and next(iter(devices)).type == "cuda":
+        return _cuda_unavailable()
+    return None
 
 
 class _FastnormStep:
@@ -161,22 +182,7 @@ class _FastnormStep:
         for flag in self._UNSUPPORTED_FLAGS:
             if group.get(flag):
                 return f"{flag}=True is not implemented by fastnorm"
-        devices = set()
-        for p in group["params"]:
-            if p.device.type not in ("cpu", "cuda"):
-                return f"parameters on {p.device} (fastnorm runs CPU and CUDA tensors)"
-            if p.dtype not in _DTYPES:
-                return f"parameter dtype {p.dtype} (float32, float64, bfloat16, float16 supported)"
-            if p.dtype == torch.bfloat16 and p.device.type == "cuda":
-                return "a bfloat16 CUDA parameter (no __cuda_array_interface__ for bfloat16)"
-            if not p.is_contiguous():
-                return "a non-contiguous parameter (it is updated in place)"
-            devices.add(p.device)
-        if len(devices) > 1:
-            return f"one group with parameters on {len(devices)} devices"
-        if devices and next(iter(devices)).type == "cuda":
-            return _cuda_unavailable()
-        return None
+        return route(group["params"])
 
     def _warn_fallback(self, reason: str) -> None:
         key = (type(self).__name__, reason)
@@ -247,12 +253,53 @@ class _FastnormStep:
         finally:
             self.param_groups = groups
 
+    _ALGO = ""  # the declaration in fastnorm.optim.ALGOS (and its functional step)
+    _LISTS: tuple = ()  # the lists torch's _init_group fills after params and grads: stream names, "step"
+    _FIXED: dict = {}  # hyperparameters the class fixes
+
+    def _hyper(self, group: dict) -> dict:
+        """The functional step's hyperparameters, read from the group (torch's names: ``betas``)."""
+        out = {}
+        for k, hp in _fo.ALGOS[self._ALGO].hyper.items():
+            v = group["betas"][k == "beta2"] if k in ("beta1", "beta2") else group.get(k, hp.default)
+            out[k] = bool(v) if isinstance(hp.default, bool) else _f(v)
+        return {**out, **self._FIXED}
+
+    def _fold_step(self, prec: dict, params: list) -> list:
+        """The ``step`` state tensors the call advances beyond torch's (SGD's, for stochastic rounding)."""
+        return []
+
     def _fastnorm_group(self, group: dict) -> None:
-        raise NotImplementedError
+        """One ``fastnorm.optim.<algo>_step`` call over the group's parameters that have a gradient."""
+        params, grads, lists = [], [], [[] for _ in self._LISTS]
+        self._init_group(group, params, grads, *lists)
+        if not params:
+            return
+        spec = _fo.ALGOS[self._ALGO]
+        got = dict(zip(self._LISTS, lists, strict=True))
+        steps = got.pop("step", None)
+        h = self._hyper(group)
+        kwargs = dict(h, **self._precision_args(group, params))
+        extra = self._fold_step(kwargs, params)
+        if steps is not None:
+            kwargs["step"] = _steps_plus_one(steps)
+        arrays = {}
+        for name, arg, use in zip(spec.streams, spec.args, spec.needed(h), strict=True):
+            if use:
+                arrays[name] = [None if t is None else _np(t) for t in got[name]]
+                kwargs[arg] = arrays[name]
+        getattr(_fo, f"{self._ALGO}_step")([_np(p) for p in params], [_np(g) for g in grads], **kwargs)
+        _bump((steps or []) + extra)
+        for name, arrs in arrays.items():  # state fastnorm allocated (SGD's first momentum buffers)
+            for p, t, a in zip(params, got[name], arrs, strict=True):
+                if t is None:
+                    self.state[p][name] = _as_tensor(a, p)
 
 
 class SGD(_FastnormStep, torch.optim.SGD):
     """``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay, maximize) on ``sgd_step``."""
+
+    _ALGO, _LISTS = "sgd", ("momentum_buffer",)
 
     def _half_state(self, group, p, state):
         if group.get("stochastic_rounding") and "step" not in state:
@@ -260,40 +307,19 @@ class SGD(_FastnormStep, torch.optim.SGD):
         if group.get("master_weights") and "master_param" not in state:
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
 
-    def _fastnorm_group(self, group):
-        params, grads, bufs = [], [], []
-        self._init_group(group, params, grads, bufs)
-        if not params:
-            return
-        momentum = _f(group["momentum"])
-        np_bufs = [None if b is None else _np(b) for b in bufs]
-        prec = self._precision_args(group, params)
+    def _fold_step(self, prec, params):
         steps = [self.state[p]["step"] for p in params if p.dtype in _HALF and "step" in self.state[p]]
         if prec["stochastic_rounding"] and steps:  # SGD's functional step has no step number: fold it in
             step = int(steps[0].item()) + 1
             prec["seed"] = int(_fo.rounding_keys(prec["seed"], [step], [0])[0]) & (2**63 - 1)
-        _fo.sgd_step(
-            [_np(p) for p in params],
-            [_np(g) for g in grads],
-            np_bufs if momentum != 0 else None,
-            lr=_f(group["lr"]),
-            momentum=momentum,
-            dampening=_f(group["dampening"]),
-            weight_decay=_f(group["weight_decay"]),
-            nesterov=bool(group["nesterov"]),
-            maximize=bool(group["maximize"]),
-            **prec,
-        )
-        _bump(steps)
-        if momentum != 0:
-            for p, b, nb in zip(params, bufs, np_bufs, strict=True):
-                if b is None:  # first step: fastnorm allocated the buffer
-                    self.state[p]["momentum_buffer"] = _as_tensor(nb, p)
+        return steps
 
 
 class Adagrad(_FastnormStep, torch.optim.Adagrad):
     """``torch.optim.Adagrad`` (lr_decay, weight_decay, initial_accumulator_value, eps, maximize) on
     ``fastnorm.optim.adagrad_step``."""
+
+    _ALGO, _LISTS = "adagrad", ("sum", "step")
 
     def _half_state(self, group, p, state):
         s = state.get("sum")
@@ -303,55 +329,19 @@ class Adagrad(_FastnormStep, torch.optim.Adagrad):
             state["sum"] = torch.full_like(p, init, dtype=torch.float32) if fresh else s.to(torch.float32)
         super()._half_state(group, p, state)
 
-    def _fastnorm_group(self, group):
-        params, grads, sums, steps = [], [], [], []
-        self._init_group(group, params, grads, sums, steps)
-        if not params:
-            return
-        _fo.adagrad_step(
-            [_np(p) for p in params],
-            [_np(g) for g in grads],
-            [_np(s) for s in sums],
-            step=_steps_plus_one(steps),
-            lr=_f(group["lr"]),
-            lr_decay=_f(group["lr_decay"]),
-            weight_decay=_f(group["weight_decay"]),
-            eps=_f(group["eps"]),
-            maximize=bool(group["maximize"]),
-            **self._precision_args(group, params),
-        )
-        _bump(steps)
-
 
 class Adadelta(_FastnormStep, torch.optim.Adadelta):
     """``torch.optim.Adadelta`` (lr, rho, eps, weight_decay, maximize) on ``fastnorm.optim.adadelta_step``."""
 
+    _ALGO, _LISTS = "adadelta", ("square_avg", "acc_delta", "step")
     _STATE32 = ("square_avg", "acc_delta")
-
-    def _fastnorm_group(self, group):
-        params, grads, square_avgs, acc_deltas, steps = [], [], [], [], []
-        self._init_group(group, params, grads, square_avgs, acc_deltas, steps)
-        if not params:
-            return
-        _fo.adadelta_step(
-            [_np(p) for p in params],
-            [_np(g) for g in grads],
-            [_np(t) for t in square_avgs],
-            [_np(t) for t in acc_deltas],
-            lr=_f(group["lr"]),
-            rho=_f(group["rho"]),
-            eps=_f(group["eps"]),
-            weight_decay=_f(group["weight_decay"]),
-            maximize=bool(group["maximize"]),
-            **self._precision_args(group, params),
-        )
-        _bump(steps)
 
 
 class RMSprop(_FastnormStep, torch.optim.RMSprop):
     """``torch.optim.RMSprop`` (alpha, eps, weight_decay, momentum, centered, maximize) on
     ``fastnorm.optim.rmsprop_step``."""
 
+    _ALGO, _LISTS = "rmsprop", ("square_avg", "momentum_buffer", "grad_avg", "step")
     _STATE32 = ("square_avg", "momentum_buffer", "grad_avg")
 
     def _uses(self, group, name):
@@ -359,71 +349,19 @@ class RMSprop(_FastnormStep, torch.optim.RMSprop):
             return _f(group["momentum"]) > 0
         return name != "grad_avg" or bool(group["centered"])
 
-    def _fastnorm_group(self, group):
-        params, grads, square_avgs, bufs, grad_avgs, steps = [], [], [], [], [], []
-        self._init_group(group, params, grads, square_avgs, bufs, grad_avgs, steps)
-        if not params:
-            return
-        momentum, centered = _f(group["momentum"]), bool(group["centered"])
-        _fo.rmsprop_step(
-            [_np(p) for p in params],
-            [_np(g) for g in grads],
-            [_np(t) for t in square_avgs],
-            [_np(t) for t in grad_avgs] if centered else None,
-            [_np(t) for t in bufs] if momentum > 0 else None,
-            lr=_f(group["lr"]),
-            alpha=_f(group["alpha"]),
-            eps=_f(group["eps"]),
-            weight_decay=_f(group["weight_decay"]),
-            momentum=momentum,
-            centered=centered,
-            maximize=bool(group["maximize"]),
-            **self._precision_args(group, params),
-        )
-        _bump(steps)
-
 
 class Adam(_FastnormStep, torch.optim.Adam):
     """``torch.optim.Adam`` (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
     ``fastnorm.optim.adam_step``."""
 
+    _ALGO, _LISTS = "adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
     _STATE32 = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _uses(self, group, name):
         return name != "max_exp_avg_sq" or bool(group["amsgrad"])
 
-    def _decoupled(self, group) -> bool:
-        return bool(group.get("decoupled_weight_decay", False))
-
-    def _fastnorm_group(self, group):
-        params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
-        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps)
-        if not params:
-            return
-        amsgrad = bool(group["amsgrad"])
-        beta1, beta2 = group["betas"]
-        _fo.adam_step(
-            [_np(p) for p in params],
-            [_np(g) for g in grads],
-            [_np(t) for t in exp_avgs],
-            [_np(t) for t in exp_avg_sqs],
-            [_np(t) for t in max_sqs] if amsgrad else None,
-            step=_steps_plus_one(steps),
-            lr=_f(group["lr"]),
-            beta1=_f(beta1),
-            beta2=_f(beta2),
-            eps=_f(group["eps"]),
-            weight_decay=_f(group["weight_decay"]),
-            amsgrad=amsgrad,
-            maximize=bool(group["maximize"]),
-            decoupled_weight_decay=self._decoupled(group),
-            **self._precision_args(group, params),
-        )
-        _bump(steps)
-
 
 class AdamW(Adam, torch.optim.AdamW):
     """``torch.optim.AdamW`` (decoupled weight decay, default 1e-2) on ``fastnorm.optim.adam_step``."""
 
-    def _decoupled(self, group) -> bool:
-        return True
+    _FIXED = {"decoupled_weight_decay": True}

@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from ... import _backend, _dtypes
+from ... import _dtypes
+from ..._backend import _detect as _backend
 
 _NP_OF_TORCH: dict = {}
 _TORCH_OF_NP: dict = {}

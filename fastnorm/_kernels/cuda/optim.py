@@ -30,7 +30,7 @@ from numba import cuda, types
 
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
-from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+from ._common import SIM, Kernel, bf16_to_f32, bits_f32, cached, current_stream, f32_bits, f32_to_bf16, register_cap, sm_count
 
 if not SIM:
     from ._arrays import adapt
@@ -317,66 +317,19 @@ _HALF_ROWS = 8
 _HELPERS: dict = {}
 
 
-def _bitcasts():
-    """``bits(f)``: the uint32 bits of a float32; ``flt(u)``: the float32 with bits ``u``."""
-    if SIM:
-
-        @cuda.jit(device=True)
-        def bits(f):
-            return int(np.float32(f).view(np.uint32))
-
-        @cuda.jit(device=True)
-        def flt(u):
-            return np.uint32(int(u) & 0xFFFFFFFF).view(np.float32)
-
-        return bits, flt
-    try:
-        from numba.cuda.extending import intrinsic
-    except ImportError:
-        from numba.core.extending import intrinsic
-
-    @intrinsic
-    def _bits(typingctx, f):
-        sig = types.uint32(types.float32)
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], context.get_value_type(types.uint32))
-
-        return sig, codegen
-
-    @intrinsic
-    def _flt(typingctx, u):
-        sig = types.float32(types.uint32)
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-        return sig, codegen
-
-    @cuda.jit(device=True)
-    def bits(f):
-        return types.int64(_bits(types.float32(f)))
-
-    @cuda.jit(device=True)
-    def flt(u):
-        return _flt(types.uint32(u))
-
-    return bits, flt
-
-
 def _half_helpers():
     """Device functions ``widen(h, fmt)``, ``rne(f, fmt)``, ``rsr(f, fmt, r)`` (stochastic, 32 random bits
     ``r``), ``rbits(key, i)`` (the random bits of element i of the tensor with key ``key``)."""
     if _HELPERS:
         return _HELPERS["all"]
-    bits, flt = _bitcasts()
+    bits, flt = f32_bits, bits_f32  # _common's bit casts (libdevice on a GPU, NumPy views in the simulator)
     f32 = np.float32
 
     @cuda.jit(device=True)
     def widen(h, fmt):
         h = int(h)
         if fmt == FN_BF16:
-            return flt(h << 16)
+            return bf16_to_f32(h)
         sign = (h & 0x8000) << 16
         em = h & 0x7FFF
         if em >= 0x7C00:
@@ -389,11 +342,9 @@ def _half_helpers():
 
     @cuda.jit(device=True)
     def rne(f, fmt):
-        u = bits(f)
         if fmt == FN_BF16:
-            if (u & 0x7FFFFFFF) > 0x7F800000:
-                return (u >> 16) | 0x40
-            return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+            return int(f32_to_bf16(f))
+        u = bits(f)
         sign = (u >> 16) & 0x8000
         a = u & 0x7FFFFFFF
         if a >= 0x47800000:
