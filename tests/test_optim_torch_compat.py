@@ -89,7 +89,10 @@ def test_cuda_tensors_are_routed_to_fastnorm(monkeypatch):
     assert opt._fallback_reason({"params": [_fake("cpu"), _fake("cpu")]}) is None
     assert "2 devices" in opt._fallback_reason({"params": [_fake(), _fake("cuda:1")]})
     assert "2 devices" in opt._fallback_reason({"params": [_fake(), _fake("cpu")]})
-    assert "bfloat16" in opt._fallback_reason({"params": [_fake(dtype=torch.bfloat16)]})
+    for dt in (torch.bfloat16, torch.float16, torch.float64):  # 16-bit CUDA tensors too (issue 13)
+        assert opt._fallback_reason({"params": [_fake(dtype=dt), _fake(dtype=torch.float32)]}) is None
+        assert FO.route([_fake(dtype=dt)]) is None
+    assert "int64" in opt._fallback_reason({"params": [_fake(dtype=torch.int64)]})
     assert "non-contiguous" in opt._fallback_reason({"params": [_fake(contiguous=False)]})
     assert "meta" in opt._fallback_reason({"params": [_fake("meta")]})
     assert "capturable" in opt._fallback_reason({"params": [_fake()], "capturable": True})

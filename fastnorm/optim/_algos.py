@@ -89,7 +89,8 @@ class Algo:
     ``kernel(k, h, tab, offsets, per_tensor, code, n_threads, half)``: the kernel call; ``fill(group)``:
     the value new state starts at (Adagrad's ``initial_accumulator_value``; it then exists from the
     constructor on); ``counts_steps``: whether the state dict keeps ``step`` (SGD: only with stochastic
-    rounding, whose keys use it).
+    rounding, whose keys use it); ``takes_step``: the functional step takes ``step`` (its scalars use
+    the step number).
     """
 
     name: str
@@ -104,6 +105,7 @@ class Algo:
     extra_check: Callable[[str, dict], None] | None = None
     fill: Callable[[dict], float] | None = None
     counts_steps: bool = True
+    takes_step: bool = False
 
     def check(self, op: str, values: dict) -> dict:
         """``values`` (functional names) checked and converted (floats, bools), in declaration order."""
@@ -209,6 +211,7 @@ _ADAM = dict(
     needed=lambda h: (True, True, h["amsgrad"]),
     kernel=_adam,
     scalars=_adam_scalars,
+    takes_step=True,
 )
 ALGOS = {
     "sgd": Algo(
@@ -235,6 +238,7 @@ ALGOS = {
         scalars=lambda h, t: (h["lr"] / (1.0 + (t - 1.0) * h["lr_decay"]),),
         class_only={"initial_accumulator_value": Hp(0.0, low=0.0), **PRECISION},
         fill=lambda group: float(group["initial_accumulator_value"]),
+        takes_step=True,
     ),  # fmt: skip
     "adadelta": Algo(
         "adadelta",

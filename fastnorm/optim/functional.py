@@ -27,11 +27,11 @@ def _steps(op, step, n) -> np.ndarray:
     return steps.astype(np.int64)
 
 
-def run_step(op: str, spec: Algo, values: dict, *, with_step: bool = False, new_state=None) -> None:
+def run_step(op: str, spec: Algo, values: dict, *, new_state=None) -> None:
     """The one entry of every functional step: check the hyperparameters (``values``: the step's
     arguments), the lists and the options' state, build the plan and run it.
 
-    ``with_step``: the algorithm takes ``step`` (the per-tensor scalars use it). ``new_state``: SGD's rule
+    ``new_state``: SGD's rule
     for None entries of its momentum buffers (the first step: a buffer is allocated, set to g, stored in
     the caller's list).
     """
@@ -42,7 +42,7 @@ def run_step(op: str, spec: Algo, values: dict, *, with_step: bool = False, new_
     if len(grads) != len(params):
         raise ValueError(f"{op}: grads has {len(grads)} entries for {len(params)} parameters")
     n = len(params)
-    steps = _steps(op, values["step"], n) if with_step else np.ones(n, np.int64)
+    steps = _steps(op, values["step"], n) if spec.takes_step else np.ones(n, np.int64)
     be = backend_of(op, params=params[:1])
     states, first, fresh = {}, None, []
     for name, arg, use in zip(spec.streams, spec.args, spec.needed(h), strict=True):
@@ -141,7 +141,7 @@ def sgd_step(
     -------
     None
     """
-    run_step("sgd_step", ALGOS["sgd"], {**locals(), "step": 1}, new_state=_first_buffers)
+    run_step("sgd_step", ALGOS["sgd"], locals(), new_state=_first_buffers)
 
 
 def adagrad_step(
@@ -179,7 +179,7 @@ def adagrad_step(
     -------
     None
     """
-    run_step("adagrad_step", ALGOS["adagrad"], locals(), with_step=True)
+    run_step("adagrad_step", ALGOS["adagrad"], locals())
 
 
 
@@ -309,7 +309,7 @@ def adam_step(
     -------
     None
     """
-    run_step("adam_step", ALGOS["adam"], locals(), with_step=True)
+    run_step("adam_step", ALGOS["adam"], locals())
 
 
 def adamw_step(
@@ -338,4 +338,4 @@ def adamw_step(
     -------
     None
     """
-    run_step("adamw_step", ALGOS["adamw"], {**locals(), "decoupled_weight_decay": True}, with_step=True)
+    run_step("adamw_step", ALGOS["adamw"], {**locals(), "decoupled_weight_decay": True})

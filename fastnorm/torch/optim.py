@@ -281,7 +281,7 @@ class _FastnormStep:
         h = self._hyper(group)
         kwargs = dict(h, **self._precision_args(group, params))
         extra = self._fold_step(kwargs, params)
-        if steps is not None:
+        if spec.takes_step:
             kwargs["step"] = _steps_plus_one(steps)
         arrays = {}
         for name, arg, use in zip(spec.streams, spec.args, spec.needed(h), strict=True):
