@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 
-
 # Below this many elements a kernel runs on one thread: the OpenMP fork/join costs more than it saves.
 SERIAL_BELOW = 32768
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._backend._detect import dtype_of, on_cuda
-from ._dtypes import HALF
+from ._dtypes import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, HALF, is_half, stat_dtype
 
 
 def _dtype_names(dtypes) -> str:
@@ -289,8 +289,6 @@ def state_dtypes(param_dtype, *, stat: bool, writeable: bool) -> tuple:
     """The dtypes an optimizer array may have beside a parameter of ``param_dtype`` (None: the array is a
     parameter: float32, float64, bfloat16, float16): state (``stat``) the parameter's state dtype (float32
     beside a 16-bit parameter); a gradient the parameter's dtype, or float32 beside a 16-bit one."""
-    from ._dtypes import FLOAT16, FLOAT32, FLOAT64, BFLOAT16, is_half, stat_dtype
-
     if param_dtype is None:
         return (FLOAT32, FLOAT64, BFLOAT16, FLOAT16)
     if stat:

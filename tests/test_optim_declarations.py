@@ -5,6 +5,7 @@ the declaration."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,7 @@ import pytest
 from fastnorm import optim as O
 from fastnorm.reference import optim as R
 
-CLASSES = {
-    "sgd": "SGD",
-    "adagrad": "Adagrad",
-    "adadelta": "Adadelta",
-    "rmsprop": "RMSprop",
-    "adam": "Adam",
-    "adamw": "AdamW",
-}
+CLASSES = {algo: cls.__name__ for algo, cls in O.CLASSES.items()}
 
 
 def _defaults(fn) -> dict:
@@ -112,3 +106,46 @@ def test_declared_ranges_are_enforced():
             if hp.high is not None:
                 with pytest.raises(ValueError, match=name):
                     spec.check("t", {name: hp.high if hp.high_open else hp.high + one})
+
+
+# ---------------------------------------------------------------------------------- the package layout
+PACKAGE = Path(O.__file__).parent
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_optim_modules_are_small_and_never_branch_on_an_algorithm_or_a_backend(path):
+    src = path.read_text()
+    assert len(src.splitlines()) <= 600
+    # the declarations carry what differs per algorithm, the Backend protocol what differs per backend
+    for bad in ("if algo ==", "algo == ", "be is CPU", "be is not CPU", "be.name", "_iface", "_to_device",
+                "_to_host", "cuda_backend()"):  # fmt: skip
+        assert bad not in src, (path.name, bad)
+
+
+def test_classes_and_functional_steps_run_the_same_plan_runner(monkeypatch):
+    from fastnorm.optim import _plan
+
+    calls = []
+    real = _plan.run
+    monkeypatch.setattr(_plan, "run", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    for algo, cls in O.CLASSES.items():
+        p = rng.standard_normal(4)
+        cls([p]).step([rng.standard_normal(4)])
+        spec = O.ALGOS[algo]
+        states = {arg: [np.zeros(4)] for arg in spec.args}
+        step = {"step": 1} if spec.takes_step else {}
+        getattr(O, f"{algo}_step")([p], [rng.standard_normal(4)], **states, **step)
+        assert calls == [algo, algo], algo
+        calls.clear()
+
+
+def test_torch_optim_reads_the_hyperparameters_from_the_declaration():
+    torch = pytest.importorskip("torch")
+    from fastnorm.torch import optim as FO
+
+    for algo, cls in O.CLASSES.items():
+        opt = getattr(FO, cls.__name__)([torch.nn.Parameter(torch.zeros(2))])
+        h = opt._hyper(opt.param_groups[0])
+        assert set(h) == set(O.ALGOS[opt._ALGO].hyper), algo
+        assert O.ALGOS[opt._ALGO].check("t", h) == h  # valid as the functional step takes them

@@ -34,14 +34,7 @@ CONFIGS = [
     ("adamw", {"lr": 0.01}),
 ]
 IDS = [f"{a}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for a, kw in CONFIGS]
-CLASSES = {
-    "sgd": "SGD",
-    "adagrad": "Adagrad",
-    "adadelta": "Adadelta",
-    "rmsprop": "RMSprop",
-    "adam": "Adam",
-    "adamw": "AdamW",
-}
+CLASSES = {algo: cls.__name__ for algo, cls in O.CLASSES.items()}
 STEPS = 20
 
 

@@ -96,7 +96,7 @@ from ._algos import check_precision as _precision
 from ._algos import flag as _flag
 from ._plan import rounding_keys
 from .functional import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
-from .optimizer import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .optimizer import CLASSES, SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
 __all__ = [
     "sgd_step",
@@ -115,4 +115,4 @@ __all__ = [
     "MASTER",
     "rounding_keys",
 ]
-_ = (ALGOS, Algo, Hp, _PRECISION, _precision, _flag)  # the declarations, read by fastnorm.torch.optim and the tests
+_ = (ALGOS, CLASSES, Algo, Hp, _PRECISION, _precision, _flag)  # the declarations, read by fastnorm.torch.optim and the tests

@@ -18,7 +18,7 @@ from .._backend import CPU, backend_of, on_cuda, to_host
 from . import _plan as P
 from ._algos import ALGOS, MASTER, Algo
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "CLASSES"]
 
 
 def _by_value(v):
@@ -524,3 +524,6 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, master_weights=False, stochastic_rounding=False, seed=0):  # fmt: skip
         Optimizer.__init__(self, params, self._declared(locals()))
+
+
+CLASSES = {cls.spec.name: cls for cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW)}  # declaration -> class

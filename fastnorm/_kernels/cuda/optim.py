@@ -30,7 +30,18 @@ from numba import cuda, types
 
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
-from ._common import SIM, Kernel, bf16_to_f32, bits_f32, cached, current_stream, f32_bits, f32_to_bf16, register_cap, sm_count
+from ._common import (
+    SIM,
+    Kernel,
+    bf16_to_f32,
+    bits_f32,
+    cached,
+    current_stream,
+    f32_bits,
+    f32_to_bf16,
+    register_cap,
+    sm_count,
+)
 
 if not SIM:
     from ._arrays import adapt
@@ -202,21 +213,68 @@ def _streams(algo: int, flags: int) -> tuple[bool, bool, bool]:
     return True, True, bool(flags & FN_AMSGRAD)
 
 
-def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
+def _device_parts(algo: int, flags: int, f64: bool):
+    """Device functions shared by the float and the 16-bit kernels: ``locate(off, lo)`` (the tensor holding
+    flat element ``lo``: the last t with off[t] <= lo, by binary search), ``consts(...)`` (the update's
+    constants in the compute type; c1, c2 from the per-tensor table or the uniform values) and
+    ``element(p, g, a0, a1, a2, i, k)`` (one element: its state at i loaded, updated with p and g, stored;
+    the new p returned)."""
     T = np.float64 if f64 else np.float32
+    ld, st = _mem(f64)
+    update = _make_update(algo, flags, f64)
+    use0, use1, use2 = _streams(algo, flags)
+    zero, one = U(0), U(1)
+
+    @cuda.jit(device=True)
+    def element(p, g, a0, a1, a2, i, k):
+        s0 = ld(a0, i) if use0 else T(0)
+        s1 = ld(a1, i) if use1 else T(0)
+        s2 = ld(a2, i) if use2 else T(0)
+        p, s0, s1, s2 = update(p, g, s0, s1, s2, k)
+        if use0:
+            st(a0, i, s0)
+        if use1:
+            st(a1, i, s1)
+        if use2:
+            st(a2, i, s2)
+        return p
+
+    @cuda.jit(device=True)
+    def locate(off, lo):
+        a = zero
+        b = U(off.shape[0] - 1)
+        while b - a > one:
+            mid = (a + b) // U(2)
+            if U(off[mid]) <= lo:
+                a = mid
+            else:
+                b = mid
+        return a
+
+    @cuda.jit(device=True)
+    def consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
+        per_tensor = pt.size > 0
+        c1 = T(pt[t, 0]) if per_tensor else T(u0)
+        c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
+        return (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha), T(1.0 - alpha), T(omb1),
+                T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+
+    return locate, consts, element
+
+
+def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
     from numba import float32, float64
 
     nbt = float64 if f64 else float32
     ld, st = _mem(f64)
     update = _make_update(algo, flags, f64)
+    locate, consts, element = _device_parts(algo, flags, f64)
     use0, use1, use2 = _streams(algo, flags)
     bu, uu, cu = U(block), U(unroll), U(chunk)
     zero, one = U(0), U(1)
 
     def optim_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
-        n_tensors = U(off.shape[0] - 1)
         total = U(off[off.shape[0] - 1])
-        per_tensor = pt.size > 0
         tid = U(cuda.threadIdx.x)
         c = U(cuda.blockIdx.x)
         grid = U(cuda.gridDim.x)
@@ -228,15 +286,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
         while c * cu < total:
             lo = c * cu
             hi = min(total, lo + cu)
-            a = zero
-            b = n_tensors
-            while b - a > one:  # the tensor holding element lo: the last t with off[t] <= lo
-                mid = (a + b) // U(2)
-                if U(off[mid]) <= lo:
-                    a = mid
-                else:
-                    b = mid
-            t = a
+            t = locate(off, lo)
             while lo < hi:
                 end = min(hi, U(off[t + one]))
                 if end > lo:
@@ -246,10 +296,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
                     a0 = U(tab[2, t]) if use0 else zero
                     a1 = U(tab[3, t]) if use1 else zero
                     a2 = U(tab[4, t]) if use2 else zero
-                    c1 = T(pt[t, 0]) if per_tensor else T(u0)
-                    c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
-                    k = (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha),
-                         T(1.0 - alpha), T(omb1), T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+                    k = consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1)
                     i = lo - base + tid
                     stop = end - base
                     while i + (uu - one) * bu < stop:
@@ -276,17 +323,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
                                 st(a2, j, v2[q])
                         i += uu * bu
                     while i < stop:
-                        s0 = ld(a0, i) if use0 else T(0)
-                        s1 = ld(a1, i) if use1 else T(0)
-                        s2 = ld(a2, i) if use2 else T(0)
-                        p, s0, s1, s2 = update(ld(pa, i), ld(ga, i), s0, s1, s2, k)
-                        st(pa, i, p)
-                        if use0:
-                            st(a0, i, s0)
-                        if use1:
-                            st(a1, i, s1)
-                        if use2:
-                            st(a2, i, s2)
+                        st(pa, i, element(ld(pa, i), ld(ga, i), a0, a1, a2, i, k))
                         i += bu
                     lo = end
                 t += one
@@ -415,30 +452,20 @@ def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, b
     ld, st = _mem(False)
     ld16, st16 = _mem16()
     widen, rne, rsr, rbits = _half_helpers()
-    update = _make_update(algo, flags, False)
+    locate, consts, element = _device_parts(algo, flags, False)
     use0, use1, use2 = _streams(algo, flags)
     bu, cu = U(block), U(chunk)
     zero, one = U(0), U(1)
 
     def optim_half_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
-        n_tensors = U(off.shape[0] - 1)
         total = U(off[off.shape[0] - 1])
-        per_tensor = pt.size > 0
         tid = U(cuda.threadIdx.x)
         c = U(cuda.blockIdx.x)
         grid = U(cuda.gridDim.x)
         while c * cu < total:
             lo = c * cu
             hi = min(total, lo + cu)
-            a = zero
-            b = n_tensors
-            while b - a > one:
-                mid = (a + b) // U(2)
-                if U(off[mid]) <= lo:
-                    a = mid
-                else:
-                    b = mid
-            t = a
+            t = locate(off, lo)
             while lo < hi:
                 end = min(hi, U(off[t + one]))
                 if end > lo:
@@ -451,31 +478,19 @@ def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, b
                     ma = U(tab[5, t]) if master else zero
                     key = tab[6, t]
                     g32 = tab[7, t] != 0
-                    c1 = T(pt[t, 0]) if per_tensor else T(u0)
-                    c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
-                    k = (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha),
-                         T(1.0 - alpha), T(omb1), T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+                    k = consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1)
                     i = lo - base + tid
                     stop = end - base
                     while i < stop:
                         g = ld(ga, i) if g32 else widen(ld16(ga, i), fmt)
                         p = ld(ma, i) if master else widen(ld16(pa, i), fmt)
-                        s0 = ld(a0, i) if use0 else T(0)
-                        s1 = ld(a1, i) if use1 else T(0)
-                        s2 = ld(a2, i) if use2 else T(0)
-                        p, s0, s1, s2 = update(T(p), T(g), s0, s1, s2, k)
+                        p = element(T(p), T(g), a0, a1, a2, i, k)
                         if master:
                             st(ma, i, p)
                         if sr:
                             st16(pa, i, np.uint16(rsr(p, fmt, rbits(key, i))))
                         else:
                             st16(pa, i, np.uint16(rne(p, fmt)))
-                        if use0:
-                            st(a0, i, s0)
-                        if use1:
-                            st(a1, i, s1)
-                        if use2:
-                            st(a2, i, s2)
                         i += bu
                     lo = end
                 t += one
@@ -492,12 +507,19 @@ def _half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool) -> Ker
 
 def _launch_half(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half) -> None:
     """``_launch`` for 16-bit parameters: the 8-row table, copied to the device with the offsets."""
-    global _NO_PT
     if tensors.shape[1] == 0 or int(offsets[-1]) == 0:
         return
+    _launch_tables(_half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1])), tensors, offsets,
+                   per_tensor, hyper, _HALF_ROWS)
+
+
+def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> None:
+    """Launch ``k`` with device copies of the tables (cached by content; the per-tensor scalars passed as
+    arguments when equal for every tensor): the simulator's path, and the GPU's for 16-bit parameters."""
+    global _NO_PT
     total = int(offsets[-1])
     stream = current_stream()
-    d_tab, d_off = _device_table(tensors, offsets, stream, _HALF_ROWS)
+    d_tab, d_off = _device_table(tensors, offsets, stream, rows)
     pt = np.asarray(per_tensor, dtype=np.float64)
     u0 = u1 = 0.0
     if pt.size == 0 or (pt == pt[0]).all():
@@ -509,7 +531,6 @@ def _launch_half(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, h
     else:
         d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
     h = hyper
-    k = _half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1]))
     grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
     k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
              h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
@@ -644,7 +665,6 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
 
 
 def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=None) -> None:
-    global _NO_PT
     tensors = np.asarray(tensors)
     if code >= 2:
         return _launch_half(algo, flags, code, tensors, np.asarray(offsets), per_tensor, hyper, half)
@@ -659,24 +679,7 @@ def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=N
     if not SIM:
         return _launch_fast(algo, flags, f64, tensors, np.asarray(offsets, dtype=np.int64),
                             np.asarray(per_tensor, dtype=np.float64), hyper, total)
-    stream = current_stream()
-    d_tab, d_off = _device_table(tensors, offsets, stream)
-    pt = np.asarray(per_tensor, dtype=np.float64)
-    u0 = u1 = 0.0
-    if pt.size == 0 or (pt == pt[0]).all():
-        if pt.size:
-            u0, u1 = float(pt[0, 0]), float(pt[0, -1])
-        if _NO_PT is None:
-            _NO_PT = cuda.device_array((0, 1), np.float64)
-        d_pt = _NO_PT
-    else:
-        d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
-    h = hyper
-    k = _kernel(algo, flags, f64)
-    grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
-    k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
-             h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
-             h.get("beta2", 0.0), h.get("decay", 1.0), u0, u1)
+    _launch_tables(_kernel(algo, flags, f64), tensors, offsets, per_tensor, hyper, 5)
 
 
 def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
