@@ -190,7 +190,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         name, shape, dtype = spec
         if not be.is_own_output(buf):
             raise TypeError(
-                f"{op}: out buffer for {name} must be a {'numpy.ndarray' if be.name == 'cpu' else 'CUDA array'} "
+                f"{op}: out buffer for {name} must be a {be.array_type} "
                 f"(the inputs are on {be.name}), got {type(buf).__name__}"
             )
         if tuple(buf.shape) != tuple(shape):
@@ -232,7 +232,7 @@ def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
     if not be.is_own_output(a):
         raise TypeError(
             f"{op}: {name} is updated in place and must be a "
-            f"{'numpy.ndarray' if be.name == 'cpu' else 'CUDA array'} (the inputs are on {be.name}), "
+            f"{be.array_type} (the inputs are on {be.name}), "
             f"got {type(a).__name__}"
         )
     problem = _memory_problem(a)

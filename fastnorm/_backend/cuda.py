@@ -294,7 +294,7 @@ class CudaBackend:
 
     def to_device(self, a: np.ndarray):
         """A new C-contiguous device array (from the pool: see ``done``) holding a copy of ``a``."""
-        a = np.ascontiguousarray(a)
+        a = np.array(a, order="C", copy=None)  # (np.ascontiguousarray would make a 0-d array 1-d)
         d = self.empty(a.shape, a.dtype)
         if a.size:
             self._c.kdev(d).copy_to_device(a.view(np.uint16) if a.dtype == _dtypes.BFLOAT16 else a)

@@ -115,4 +115,5 @@ __all__ = [
     "MASTER",
     "rounding_keys",
 ]
-_ = (ALGOS, CLASSES, Algo, Hp, _PRECISION, _precision, _flag)  # the declarations, read by fastnorm.torch.optim and the tests
+# the declarations, read by fastnorm.torch.optim and the tests
+_ = (ALGOS, CLASSES, Algo, Hp, _PRECISION, _precision, _flag)

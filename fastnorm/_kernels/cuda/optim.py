@@ -767,41 +767,13 @@ def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, dec
 
 
 # ------------------------------------------------------------------------------------------ array checks
-def _iface(a):
-    if SIM:
-        from ._common import _DevArray
-
-        if isinstance(a, _DevArray):
-            return a._ary.__array_interface__
-        return None
-    if not hasattr(a, "__cuda_array_interface__"):
-        try:
-            return None if not hasattr(a, "detach") else a.detach().__cuda_array_interface__
-        except Exception:
-            return None
-    if type(a).__module__.startswith("torch"):
-        a = a.detach()
-    return a.__cuda_array_interface__
-
-
-def _usable(ai, typestr, writeable: bool) -> bool:
-    if ai is None or ai["typestr"] != typestr or (writeable and ai["data"][1]):
-        return False
-    strides = ai.get("strides")
-    if strides is not None:
-        expect = int(typestr[2:])
-        for n, s in zip(reversed(ai["shape"]), reversed(strides), strict=True):
-            if n != 1 and s != expect:
-                return False
-            expect *= n
-    return ai["data"][0] % int(typestr[2:]) == 0
-
-
 def _adapted(a):
     """(ptr, nbytes, typestr-code, shape, contiguous, writeable) of a CUDA array, or None; cached for Numba
     and CuPy arrays (their pointer, shape and dtype never change), re-read for torch tensors."""
     k = array_kind(a)
-    if k is None or k == "numpy" or k == "sim":
+    if k == "sim":
+        return _sim_meta(a)
+    if k is None or k == "numpy":
         return None
     if k == "numba" or k == "cupy" or k == "dev":
         hit = _meta_cache.get(id(a))
@@ -828,6 +800,17 @@ _F4, _F8, _F2 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2")
 _DCODE = {_F4: 0, _F8: 1, _F2: 3}  # the kernels' dtype codes (2: bfloat16, recognized by _is_bf16)
 
 
+def _sim_meta(a):
+    """``_adapted``'s record of a simulator device array (the NumPy array behind it)."""
+    ary = a._ary
+    dt = ary.dtype
+    item = dt.itemsize if dt.itemsize in (2, 4, 8) else 0
+    dcode = 2 if dt == _BF16 else _DCODE.get(dt, -1)
+    flags = ary.flags
+    return (ary.__array_interface__["data"][0], ary.nbytes, item or 1, tuple(ary.shape), flags.c_contiguous,
+            flags.writeable, dcode)
+
+
 def _is_bf16(a, dt) -> bool:
     """A 2-byte raw dtype that is bfloat16: a torch bfloat16 tensor, or an array of ml_dtypes' bfloat16."""
     if dt.itemsize != 2 or dt.kind != "V":
@@ -838,14 +821,10 @@ def _is_bf16(a, dt) -> bool:
 
 def dtype_code(a) -> int:
     """The kernels' dtype code of a CUDA array (0 float32, 1 float64, 2 bfloat16, 3 float16), -1 otherwise."""
-    if SIM:
-        ai = _iface(a)
-        if ai is None:
-            return -1
-        dt = a._ary.dtype
-        return 2 if dt == _BF16 else _DCODE.get(np.dtype(ai["typestr"]), -1)
     meta = _adapted(a)
     return -1 if meta is None else meta[6]
+
+
 # Whole lists seen before (the same objects, all of immutable kinds): their checked result, so that a
 # step with the same parameters and gradients costs a few C-level loops over the list, not a Python loop.
 _list_cache: dict = {}
@@ -875,8 +854,6 @@ def gather_params(params: list, info: np.ndarray) -> int:
     Returns -1 if every entry is a C-contiguous, writeable float32/float64/bfloat16/float16 CUDA array, else
     the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
-    if SIM:
-        return _gather_params_sim(params, info)
     n = len(params)
     key = ("params", tuple(map(id, params)))
     hit = _cached_list(key, params)
@@ -910,8 +887,6 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``. With
     ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones).
     Returns -1 if all are usable, else the index of the first that is not."""
-    if SIM:
-        return _gather_like_sim(arrays, params, ptrs, writeable, allow_none, avoid_lo, avoid_hi, stat)
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
@@ -956,48 +931,3 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     if key in _list_cache:  # the avoid arrays are part of the identity (not of the kind test)
         _list_cache[key] = (objs, _list_cache[key][1])
     return -1
-
-
-def _gather_params_sim(params: list, info: np.ndarray) -> int:
-    """Row 0: device address, row 1: size, row 2: 1 for float64 / 0 for float32, of each parameter.
-
-    Returns -1 if every entry is a C-contiguous, writeable float32/float64 CUDA array, else the index of
-    the first one that is not (as the CPU helper of the same name does for NumPy arrays).
-    """
-    for i, a in enumerate(params):
-        ai = _iface(a)
-        code = dtype_code(a)
-        if ai is None or code < 0 or not _usable(ai, ai["typestr"], True):
-            return i
-        info[0, i] = ai["data"][0]
-        info[1, i] = int(np.prod(ai["shape"], dtype=np.int64))
-        info[2, i] = code
-    return -1
-
-
-def _gather_like_sim(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                     avoid_lo: np.ndarray, avoid_hi: np.ndarray, stat: bool = False) -> int:
-    n = ptrs.shape[0]
-    if len(arrays) != n or len(params) != n:
-        return 0
-    for i in range(n):
-        a = arrays[i]
-        if a is None and allow_none:
-            ptrs[i] = 0
-            continue
-        ref = _iface(params[i])
-        ai = None if a is None else _iface(a)
-        rcode = dtype_code(params[i])
-        want = 0 if stat and rcode >= 2 else rcode
-        if ai is None or dtype_code(a) != want or not _usable(ai, ai["typestr"], writeable):
-            return i
-        if tuple(ai["shape"]) != tuple(ref["shape"]):
-            return i
-        lo = ai["data"][0]
-        hi = lo + int(np.prod(ai["shape"], dtype=np.int64)) * int(ai["typestr"][2:])
-        k = int(np.searchsorted(avoid_lo, hi, side="left"))
-        if hi > lo and k > 0 and avoid_hi[k - 1] > lo:
-            return i
-        ptrs[i] = lo
-    return -1
-
