@@ -186,12 +186,13 @@ def bind(
         ctx.fastnorm_attrs = tuple(named[b] for b in battrs)
         ctx.fastnorm_given = {a: named[a] is not None for a in routes}
 
-    def grads(ctx, douts: dict) -> tuple:
+    def grads(ctx, douts: dict, op=None) -> tuple:
         named = dict(zip(saved, ctx.saved_tensors)) | dict(zip(battrs, ctx.fastnorm_attrs))
         for b, o in incoming.items():
             g = douts.get(o)
             named[b] = torch.zeros_like(named[bwd.primary]) if g is None and b in required else g
-        res = call(bwd_op, bwd_impl, *(named[b] for b in bnames))
+        args = (named[b] for b in bnames)
+        res = call(bwd_op, bwd_impl, *args) if op is None else op(*args)
         res = dict(zip(bwd.output_names, (res,) if single else res))
         return tuple(res[routes[a]] if a in routes and ctx.fastnorm_given[a] else None for a in fnames)
 
@@ -218,7 +219,7 @@ def bind(
             ctx.mark_non_differentiable(*(o for n, o in zip(fwd.output_names, output) if n not in returns))
 
         fwd_op.register_autograd(
-            lambda ctx, *douts: grads(ctx, dict(zip(fwd.output_names, douts))), setup_context=setup_context
+            lambda ctx, *douts: grads(ctx, dict(zip(fwd.output_names, douts)), bwd_op), setup_context=setup_context
         )
     binding = Binding(fwd, bwd, fwd_op, fwd_impl, bwd_op, bwd_impl, function, tuple(returns), on_op)
     BINDINGS[fwd.name.removesuffix("_forward")] = binding
