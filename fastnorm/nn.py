@@ -61,10 +61,17 @@ class Module:
         return []
 
     def _own_parameters(self) -> list[np.ndarray]:
-        return []
+        return [p for p in (getattr(self, "weight", None), getattr(self, "bias", None)) if p is not None]
 
     def _own_grads(self) -> list[np.ndarray]:
-        return []
+        return [g for g in (getattr(self, "dweight", None), getattr(self, "dbias", None)) if g is not None]
+
+    def _init_affine(self, shape: tuple, dtype, weight: bool, bias: bool) -> None:
+        """weight = 1 and bias = 0 of ``shape`` (each only if wanted) and their zeroed gradients."""
+        self.weight = np.ones(shape, dtype) if weight else None
+        self.bias = np.zeros(shape, dtype) if bias else None
+        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
+        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
 
     def parameters(self) -> list[np.ndarray]:
         """The trainable arrays (updated in place by an optimizer)."""
@@ -138,12 +145,6 @@ class Linear(Module):
         self.dbias = None if self.bias is None else np.zeros_like(self.bias)
         self._x = None
 
-    def _own_parameters(self):
-        return [self.weight] + ([] if self.bias is None else [self.bias])
-
-    def _own_grads(self):
-        return [self.dweight] + ([] if self.dbias is None else [self.dbias])
-
     def forward(self, x):
         self._x = x
         y = x @ self.weight.T
@@ -207,18 +208,7 @@ class LayerNorm(Module):
     ):
         self.normalized_shape = _shape_tuple(normalized_shape)
         self.eps = eps
-        affine_w = elementwise_affine
-        affine_b = elementwise_affine and bias
-        self.weight = np.ones(self.normalized_shape, dtype) if affine_w else None
-        self.bias = np.zeros(self.normalized_shape, dtype) if affine_b else None
-        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
-        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
-
-    def _own_parameters(self):
-        return [p for p in (self.weight, self.bias) if p is not None]
-
-    def _own_grads(self):
-        return [g for g in (self.dweight, self.dbias) if g is not None]
+        self._init_affine(self.normalized_shape, dtype, elementwise_affine, elementwise_affine and bias)
 
     def forward(self, x):
         k = len(self.normalized_shape)
@@ -251,14 +241,7 @@ class RMSNorm(Module):
     ):
         self.normalized_shape = _shape_tuple(normalized_shape)
         self.eps = eps
-        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
-        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
-
-    def _own_parameters(self):
-        return [] if self.weight is None else [self.weight]
-
-    def _own_grads(self):
-        return [] if self.dweight is None else [self.dweight]
+        self._init_affine(self.normalized_shape, dtype, elementwise_affine, False)
 
     def forward(self, x):
         eps = float(np.finfo(x.dtype).eps) if self.eps is None else self.eps
@@ -295,18 +278,9 @@ class BatchNorm(Module):
         dtype=np.float32,
     ):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight = np.ones(num_features, dtype) if affine else None
-        self.bias = np.zeros(num_features, dtype) if affine else None
-        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
-        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
+        self._init_affine((num_features,), dtype, affine, affine)
         self.running_mean = np.zeros(num_features, dtype) if track_running_stats else None
         self.running_var = np.ones(num_features, dtype) if track_running_stats else None
-
-    def _own_parameters(self):
-        return [p for p in (self.weight, self.bias) if p is not None]
-
-    def _own_grads(self):
-        return [g for g in (self.dweight, self.dbias) if g is not None]
 
     def forward(self, x):
         self._batch_stats = self.training or self.running_mean is None
@@ -333,16 +307,7 @@ class GroupNorm(Module):
         self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32
     ):
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
-        self.weight = np.ones(num_channels, dtype) if affine else None
-        self.bias = np.zeros(num_channels, dtype) if affine else None
-        self.dweight = None if self.weight is None else np.zeros_like(self.weight)
-        self.dbias = None if self.bias is None else np.zeros_like(self.bias)
-
-    def _own_parameters(self):
-        return [p for p in (self.weight, self.bias) if p is not None]
-
-    def _own_grads(self):
-        return [g for g in (self.dweight, self.dbias) if g is not None]
+        self._init_affine((num_channels,), dtype, affine, affine)
 
     def forward(self, x):
         y, self._mean, self._rstd = norms.group_norm_forward(

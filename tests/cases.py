@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
 import fastnorm
 from fastnorm import reference as R
+from fastnorm._spec import REGISTRY
 
 AFFINE = ("both", "none", "weight", "bias")
 
@@ -344,29 +346,28 @@ def _cosine_valid(shape, opts):
 
 
 # --------------------------------------------------------------------------------------------- the table
-def _case(name, op, fwd_names, bwd_names, **kw):
+def _case(name, op, **kw):
+    """A case of the registered op pair ``<op>_forward`` / ``<op>_backward``: the public functions, the
+    references and the output names come from the declarations (``fastnorm._spec.REGISTRY``)."""
+    fwd, bwd = REGISTRY[f"{op}_forward"], REGISTRY[f"{op}_backward"]
     return OpCase(
         name=name,
-        fwd=getattr(fastnorm, f"{op}_forward"),
-        bwd=getattr(fastnorm, f"{op}_backward"),
-        ref_fwd=getattr(R, f"{op}_forward"),
-        ref_bwd=getattr(R, f"{op}_backward"),
-        fwd_names=fwd_names,
-        bwd_names=bwd_names,
+        fwd=getattr(fastnorm, fwd.name),
+        bwd=getattr(fastnorm, bwd.name),
+        ref_fwd=fwd.reference,
+        ref_bwd=bwd.reference,
+        fwd_names=fwd.output_names,
+        bwd_names=bwd.output_names,
         **kw,
     )
 
 
-_STATS = ("y", "mean", "rstd")
-_GRADS = ("dx", "dweight", "dbias")
 _MODES = ("train", "train_no_running", "eval")
 
 OP_CASES = [
     _case(
         "layer_norm",
         "layer_norm",
-        _STATS,
-        _GRADS,
         make=_make_layer_norm,
         shapes=ROW_SHAPES,
         small_shapes=ROW_SMALL,
@@ -377,8 +378,6 @@ OP_CASES = [
     _case(
         "rms_norm",
         "rms_norm",
-        ("y", "rstd"),
-        ("dx", "dweight"),
         make=_make_rms_norm,
         shapes=ROW_SHAPES,
         small_shapes=ROW_SMALL,
@@ -389,8 +388,6 @@ OP_CASES = [
     _case(
         "add_layer_norm",
         "add_layer_norm",
-        ("y", "h", "mean", "rstd"),
-        _GRADS,
         make=_make_add_layer_norm,
         shapes=ROW_SHAPES,
         small_shapes=ROW_SMALL,
@@ -403,8 +400,6 @@ OP_CASES = [
     _case(
         "add_rms_norm",
         "add_rms_norm",
-        ("y", "h", "rstd"),
-        ("dx", "dweight"),
         make=_make_add_rms_norm,
         shapes=ROW_SHAPES,
         small_shapes=ROW_SMALL,
@@ -414,35 +409,25 @@ OP_CASES = [
         valid=_rows_valid,
         bad_primary_shapes=((),),
     ),
-    _case(
-        "batch_norm",
-        "batch_norm",
-        _STATS,
-        _GRADS,
-        make=_make_batch_norm,
-        shapes=CHANNEL_SHAPES,
-        small_shapes=CHANNEL_SMALL,
-        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
-        valid=_batch_norm_valid(1),
-        bad_primary_shapes=((5,), ()),
-    ),
-    _case(
-        "batch_norm_channels_last",
-        "batch_norm",
-        _STATS,
-        _GRADS,
-        make=lambda rng, shape, dtype, **o: _make_batch_norm(rng, shape, dtype, axis=-1, **o),
-        shapes=CHANNEL_LAST_SHAPES,
-        small_shapes=CHANNEL_LAST_SMALL,
-        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
-        valid=_batch_norm_valid(-1),
-        bad_primary_shapes=((5,), ()),
+    *(
+        _case(
+            name,
+            "batch_norm",
+            make=partial(_make_batch_norm, axis=axis),
+            shapes=shapes,
+            small_shapes=small,
+            options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+            valid=_batch_norm_valid(axis),
+            bad_primary_shapes=((5,), ()),
+        )
+        for name, axis, shapes, small in (
+            ("batch_norm", 1, CHANNEL_SHAPES, CHANNEL_SMALL),
+            ("batch_norm_channels_last", -1, CHANNEL_LAST_SHAPES, CHANNEL_LAST_SMALL),
+        )
     ),
     _case(
         "instance_norm",
         "instance_norm",
-        _STATS,
-        _GRADS,
         make=_make_instance_norm,
         shapes=CHANNEL_SHAPES,
         small_shapes=CHANNEL_SMALL,
@@ -453,8 +438,6 @@ OP_CASES = [
     _case(
         "group_norm",
         "group_norm",
-        _STATS,
-        _GRADS,
         make=_make_group_norm,
         shapes=CHANNEL_SHAPES + ((3, 6, 5), (2, 4, 2100)),
         small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
@@ -465,55 +448,32 @@ OP_CASES = [
     _case(
         "local_response_norm",
         "local_response_norm",
-        ("y", "scale"),
-        ("dx",),
         make=_make_lrn,
         shapes=LRN_SHAPES,
         small_shapes=LRN_SMALL,
         options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)) + (dict(size=2), dict(size=23)),
         bad_primary_shapes=((5,), ()),
     ),
-    _case(
-        "weight_norm_dim0",
-        "weight_norm",
-        ("w", "norm"),
-        ("dv", "dg"),
-        make=_make_weight_norm,
-        shapes=WN_SHAPES,
-        small_shapes=WN_SMALL,
-        options=(dict(dim=0),),
-        primary="v",
-        valid=_weight_norm_valid,
-    ),
-    _case(
-        "weight_norm_dim_other",
-        "weight_norm",
-        ("w", "norm"),
-        ("dv", "dg"),
-        make=_make_weight_norm,
-        shapes=WN_SHAPES,
-        small_shapes=WN_SMALL,
-        options=(dict(dim=1), dict(dim=-1)),
-        primary="v",
-        valid=_weight_norm_valid,
-    ),
-    _case(
-        "weight_norm_dim_none",
-        "weight_norm",
-        ("w", "norm"),
-        ("dv", "dg"),
-        make=_make_weight_norm,
-        shapes=WN_SHAPES,
-        small_shapes=WN_SMALL,
-        options=(dict(dim=None),),
-        primary="v",
-        valid=_weight_norm_valid,
+    *(
+        _case(
+            f"weight_norm_{which}",
+            "weight_norm",
+            make=_make_weight_norm,
+            shapes=WN_SHAPES,
+            small_shapes=WN_SMALL,
+            options=options,
+            primary="v",
+            valid=_weight_norm_valid,
+        )
+        for which, options in (
+            ("dim0", (dict(dim=0),)),
+            ("dim_other", (dict(dim=1), dict(dim=-1))),
+            ("dim_none", (dict(dim=None),)),
+        )
     ),
     _case(
         "cosine_linear",
         "cosine_linear",
-        ("y", "x_norm", "w_norm"),
-        ("dx", "dw"),
         make=_make_cosine,
         shapes=COS_SHAPES,
         small_shapes=COS_SMALL,

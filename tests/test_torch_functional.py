@@ -12,6 +12,8 @@ import fastnorm
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 FF = pytest.importorskip("fastnorm.torch.functional")
+B = pytest.importorskip("fastnorm.torch._bind").BINDINGS
+REGISTRY = fastnorm._spec.REGISTRY
 
 
 @dataclass
@@ -336,35 +338,35 @@ def _opcheck_args():
     w = torch.randn(4, 5, generator=g, dtype=torch.float64)
     b = torch.randn(4, 5, generator=g, dtype=torch.float64)
     dy = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
-    _, mean, rstd = FF._layer_norm_fwd_impl(x, w, b, 2, 1e-5)
-    _, rrstd = FF._rms_norm_fwd_impl(x, w[0], 1, 1e-6)
+    _, mean, rstd = B["layer_norm"].fwd_impl(x, w, b, 2, 1e-5)
+    _, rrstd = B["rms_norm"].fwd_impl(x, w[0], 1, 1e-6)
     return [
-        (FF._layer_norm_fwd_op, (x, w, b, 2, 1e-5)),
-        (FF._layer_norm_fwd_op, (x, None, None, 1, 1e-5)),
-        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, w, b, 2)),
-        (FF._layer_norm_bwd_op, (dy, x, mean, rstd, None, b, 2)),
-        (FF._rms_norm_fwd_op, (x, w[0], 1, 1e-6)),
-        (FF._rms_norm_bwd_op, (dy, x, rrstd, w[0], 1)),
-        (FF._rms_norm_bwd_op, (dy, x, rrstd, None, 1)),
+        (B["layer_norm"].fwd_op, (x, w, b, 2, 1e-5)),
+        (B["layer_norm"].fwd_op, (x, None, None, 1, 1e-5)),
+        (B["layer_norm"].bwd_op, (dy, x, mean, rstd, w, b, 2)),
+        (B["layer_norm"].bwd_op, (dy, x, mean, rstd, None, b, 2)),
+        (B["rms_norm"].fwd_op, (x, w[0], 1, 1e-6)),
+        (B["rms_norm"].bwd_op, (dy, x, rrstd, w[0], 1)),
+        (B["rms_norm"].bwd_op, (dy, x, rrstd, None, 1)),
         *_channel_opcheck_args(x, dy),
         *_misc_opcheck_args(x, dy),
     ]
 
 
 def _misc_opcheck_args(x, dy):
-    ly, ls = FF._lrn_fwd_impl(x, 3, 1e-2, 0.75, 1.0)
+    ly, ls = B["local_response_norm"].fwd_impl(x, 3, 1e-2, 0.75, 1.0)
     v, g = x[0].clone(), torch.rand(4, 1, dtype=x.dtype) + 0.5
-    _, norm = FF._weight_norm_fwd_impl(v, g, 0)
+    _, norm = B["weight_norm"].fwd_impl(v, g, 0)
     w = torch.randn(6, 5, dtype=x.dtype)
-    cy, cxn, cwn = FF._cosine_linear_fwd_impl(x, w, 1e-8)
+    cy, cxn, cwn = B["cosine_linear"].fwd_impl(x, w, 1e-8)
     return [
-        (FF._lrn_fwd_op, (x, 3, 1e-2, 0.75, 1.0)),
-        (FF._lrn_bwd_op, (dy, x, ly, ls, 3, 1e-2, 0.75, 1.0)),
-        (FF._weight_norm_fwd_op, (v, g, 0)),
-        (FF._weight_norm_fwd_op, (v, torch.tensor(2.0, dtype=x.dtype), None)),
-        (FF._weight_norm_bwd_op, (dy[0], v, g, norm, 0)),
-        (FF._cosine_linear_fwd_op, (x, w, 1e-8)),
-        (FF._cosine_linear_bwd_op, (torch.randn_like(cy), x, w, cy, cxn, cwn, 1e-8)),
+        (B["local_response_norm"].fwd_op, (x, 3, 1e-2, 0.75, 1.0)),
+        (B["local_response_norm"].bwd_op, (dy, x, ly, ls, 3, 1e-2, 0.75, 1.0)),
+        (B["weight_norm"].fwd_op, (v, g, 0)),
+        (B["weight_norm"].fwd_op, (v, torch.tensor(2.0, dtype=x.dtype), None)),
+        (B["weight_norm"].bwd_op, (dy[0], v, g, norm, 0)),
+        (B["cosine_linear"].fwd_op, (x, w, 1e-8)),
+        (B["cosine_linear"].bwd_op, (torch.randn_like(cy), x, w, cy, cxn, cwn, 1e-8)),
     ]
 
 
@@ -372,25 +374,32 @@ def _channel_opcheck_args(x, dy):
     c = x.shape[1]
     w, b = torch.randn(c, dtype=x.dtype), torch.randn(c, dtype=x.dtype)
     rm, rv = torch.randn(c, dtype=x.dtype), torch.rand(c, dtype=x.dtype) + 0.5
-    _, bm, br = FF._batch_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
-    _, im, ir = FF._instance_norm_fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
-    _, gm, gr = FF._group_norm_fwd_impl(x, 2, w, b, 1e-5)
+    _, bm, br = B["batch_norm"].fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, im, ir = B["instance_norm"].fwd_impl(x, w, b, None, None, True, 0.1, 1e-5)
+    _, gm, gr = B["group_norm"].fwd_impl(x, 2, w, b, 1e-5)
     return [
-        (FF._batch_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
-        (FF._batch_norm_fwd_op, (x, None, None, rm, rv, False, 0.1, 1e-5)),
-        (FF._batch_norm_bwd_op, (dy, x, bm, br, w, b, True)),
-        (FF._batch_norm_bwd_op, (dy, x, bm, br, None, None, False)),
-        (FF._instance_norm_fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
-        (FF._instance_norm_bwd_op, (dy, x, im, ir, w, None, True)),
-        (FF._group_norm_fwd_op, (x, 2, w, b, 1e-5)),
-        (FF._group_norm_bwd_op, (dy, x, gm, gr, 2, w, b)),
+        (B["batch_norm"].fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (B["batch_norm"].fwd_op, (x, None, None, rm, rv, False, 0.1, 1e-5)),
+        (B["batch_norm"].bwd_op, (dy, x, bm, br, w, b, True)),
+        (B["batch_norm"].bwd_op, (dy, x, bm, br, None, None, False)),
+        (B["instance_norm"].fwd_op, (x, w, b, rm, rv, True, 0.1, 1e-5)),
+        (B["instance_norm"].bwd_op, (dy, x, im, ir, w, None, True)),
+        (B["group_norm"].fwd_op, (x, 2, w, b, 1e-5)),
+        (B["group_norm"].bwd_op, (dy, x, gm, gr, 2, w, b)),
     ]
 
 
 def test_opcheck_custom_ops():
+    checked = set()
     for op, args in _opcheck_args():
         result = torch.library.opcheck(op, args)
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
+        checked.add(op._name)
+    # every op declared in the registry is bound to torch and opchecked here (the fused add ops in
+    # tests/test_torch_add_norm.py)
+    declared = {s.name for s in REGISTRY.values() if s.family != "add_norm"}
+    assert checked == declared
+    assert {b.fwd.name for b in B.values()} | {b.bwd.name for b in B.values()} == set(REGISTRY)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.complex64, torch.uint8], ids=str)
@@ -441,7 +450,7 @@ def test_mixed_dtypes_raise():
 def test_outputs_share_memory_with_numpy_results():
     """CPU results are torch views of the kernels' NumPy outputs (no copy on the way back)."""
     x = torch.randn(3, 4)
-    y, mean, rstd = FF._layer_norm_fwd_impl(x, None, None, 1, 1e-5)
+    y, mean, rstd = B["layer_norm"].fwd_impl(x, None, None, 1, 1e-5)
     assert isinstance(y.numpy(), np.ndarray) and y.is_contiguous()
     assert mean.shape == (3,) and rstd.shape == (3,)
 

@@ -159,3 +159,39 @@ def stream_bound_gbps(streams: tuple[int, int, int], n: int, repeats: int = 7) -
     r, u, w = streams
     nbytes = 4 * n * (r + 2 * u + w)
     return nbytes / time_call(stream_provider(streams, n), repeats=repeats) / 1e9
+
+
+def op_providers(op: str, kwargs: Callable[[dict], dict]) -> dict[str, Provider]:
+    """The ``fastnorm``, ``fastnorm out=`` and ``numpy`` providers of a registered op, from its declaration.
+
+    ``kwargs(inputs)`` gives the public call's keyword arguments from the case's inputs (the reference takes
+    the same ones). The ``out=`` buffers have the declared output shapes and dtypes."""
+    import inspect
+
+    import fastnorm
+    from fastnorm._spec import REGISTRY
+
+    spec, fn = REGISTRY[op], getattr(fastnorm, op)
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    def fast(s):
+        kw = kwargs(s)
+        return lambda: fn(**kw)
+
+    def fast_out(s):
+        kw = {**{k: defaults[k] for k in spec.args_names if k in defaults}, **kwargs(s)}
+        arrays = {k: kw.get(k) for k in spec.arrays}
+        layout = spec.layout(
+            {k: None if a is None else a.shape for k, a in arrays.items()},
+            {k: kw[k] for k in spec.attrs},
+            {k: a.dtype for k, a in arrays.items() if a is not None},
+            _dtypes.stat_dtype,
+        )
+        out = tuple(None if o is None else np.empty(o[1], o[2]) for o in layout)
+        return lambda: fn(**kw, out=out)
+
+    def numpy(s):
+        kw = kwargs(s)
+        return lambda: spec.reference(**kw)
+
+    return {"fastnorm": fast, "fastnorm out=": fast_out, "numpy": numpy}

@@ -22,27 +22,16 @@ dx written backward; parameters in the data dtype, statistics float32.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 
 import fastnorm
-from fastnorm import reference as R
 
-from ._core import DTYPES, Case, Unsupported, as_torch, np_dtype, random_array, stream_elements, torch_or_none
+from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
 
 FULL_SHAPES = [(4096, 1024), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024)]
 EPS = 1e-5
 NUMPY_HALF_MAX = 1 << 23
-
-
-def _add_norm():
-    try:
-        from fastnorm import add_norm
-    except ImportError as e:
-        raise Unsupported(f"fastnorm.add_norm is not in this build ({e})") from None
-    return add_norm
 
 
 def _inputs(m, n, dtype):
@@ -76,30 +65,41 @@ def _adder():
     return add, add_
 
 
-# ------------------------------------------------------------------------------------------ add + LayerNorm
-def _fn_aln_fwd(s):
-    f = _add_norm().add_layer_norm_forward
-    return lambda: f(s["x"], s["r"], s["w"], s["b"], eps=EPS)
+# ------------------------------------------------------------------------------------------ providers
+# the public calls' arguments from the case's inputs (fastnorm, fastnorm out= and numpy providers follow)
+_ARGS = {
+    "add_layer_norm_forward": lambda s: dict(x=s["x"], residual=s["r"], weight=s["w"], bias=s["b"], eps=EPS),
+    "add_layer_norm_backward": lambda s: dict(dy=s["dy"], dh=s["dh"], h=s["h"], mean=s["mean"], rstd=s["rstd"],
+                                              weight=s["w"], bias=s["b"]),
+    "add_rms_norm_forward": lambda s: dict(x=s["x"], residual=s["r"], weight=s["w"], eps=EPS),
+    "add_rms_norm_backward": lambda s: dict(dy=s["dy"], dh=s["dh"], h=s["h"], rstd=s["rms_rstd"], weight=s["w"]),
+}  # fmt: skip
 
 
-def _fn_aln_fwd_out(s):
-    f = _add_norm().add_layer_norm_forward
-    out = (np.empty_like(s["x"]), np.empty_like(s["x"]), np.empty_like(s["mean"]), np.empty_like(s["rstd"]))
-    return lambda: f(s["x"], s["r"], s["w"], s["b"], eps=EPS, out=out)
+def _unfused(op: str):
+    """``add + fastnorm``: the plain norm op and a separate add (before the forward, after the backward)."""
+    plain = getattr(fastnorm, op.removeprefix("add_"))
 
+    def provider(s):
+        kw, (add, add_) = _ARGS[op](s), _adder()
+        if op.endswith("_forward"):
+            x, r = kw.pop("x"), kw.pop("residual")
 
-def _unfused_ln_fwd(s):
-    add, _ = _adder()
+            def run():
+                h = add(x, r)
+                return plain(h, **kw), h
 
-    def run():
-        h = add(s["x"], s["r"])
-        return fastnorm.layer_norm_forward(h, s["w"], s["b"], eps=EPS), h
+            return run
+        dh, kw["x"] = kw.pop("dh"), kw.pop("h")
 
-    return run
+        def run():
+            res = plain(**kw)
+            add_(res[0], dh)
+            return res
 
+        return run
 
-def _np_aln_fwd(s):
-    return lambda: R.add_layer_norm_forward(s["x"], s["r"], s["w"], s["b"], eps=EPS)
+    return provider
 
 
 def _torch_aln_fwd(s):
@@ -114,30 +114,16 @@ def _torch_aln_fwd(s):
     return run
 
 
-def _fn_aln_bwd(s):
-    f = _add_norm().add_layer_norm_backward
-    return lambda: f(s["dy"], s["dh"], s["h"], s["mean"], s["rstd"], s["w"], s["b"])
-
-
-def _fn_aln_bwd_out(s):
-    f = _add_norm().add_layer_norm_backward
-    out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["b"]))
-    return lambda: f(s["dy"], s["dh"], s["h"], s["mean"], s["rstd"], s["w"], s["b"], out=out)
-
-
-def _unfused_ln_bwd(s):
-    _, add_ = _adder()
+def _torch_arms_fwd(s):
+    torch = torch_or_none()
+    x, r, w = (as_torch(torch, s[k]) for k in ("x", "r", "w"))
+    shape = (x.shape[-1],)
 
     def run():
-        dx, dw, db = fastnorm.layer_norm_backward(s["dy"], s["h"], s["mean"], s["rstd"], s["w"], s["b"])
-        add_(dx, s["dh"])
-        return dx, dw, db
+        h = x + r
+        return torch.nn.functional.rms_norm(h, shape, w, EPS), h
 
     return run
-
-
-def _np_aln_bwd(s):
-    return lambda: R.add_layer_norm_backward(s["dy"], s["dh"], s["h"], s["mean"], s["rstd"], s["w"], s["b"])
 
 
 def _torch_graph(s, norm):
@@ -154,85 +140,22 @@ def _torch_graph(s, norm):
     return lambda: torch.autograd.grad((y, h), params, (dy, dh), retain_graph=True)
 
 
-def _torch_aln_bwd(s):
-    return _torch_graph(s, "layer_norm")
-
-
-# ------------------------------------------------------------------------------------------ add + RMSNorm
-def _fn_arms_fwd(s):
-    f = _add_norm().add_rms_norm_forward
-    return lambda: f(s["x"], s["r"], s["w"], eps=EPS)
-
-
-def _fn_arms_fwd_out(s):
-    f = _add_norm().add_rms_norm_forward
-    out = (np.empty_like(s["x"]), np.empty_like(s["x"]), np.empty_like(s["rms_rstd"]))
-    return lambda: f(s["x"], s["r"], s["w"], eps=EPS, out=out)
-
-
-def _unfused_rms_fwd(s):
-    add, _ = _adder()
-
-    def run():
-        h = add(s["x"], s["r"])
-        return fastnorm.rms_norm_forward(h, s["w"], eps=EPS), h
-
-    return run
-
-
-def _np_arms_fwd(s):
-    return lambda: R.add_rms_norm_forward(s["x"], s["r"], s["w"], eps=EPS)
-
-
-def _torch_arms_fwd(s):
-    torch = torch_or_none()
-    x, r, w = (as_torch(torch, s[k]) for k in ("x", "r", "w"))
-    shape = (x.shape[-1],)
-
-    def run():
-        h = x + r
-        return torch.nn.functional.rms_norm(h, shape, w, EPS), h
-
-    return run
-
-
-def _fn_arms_bwd(s):
-    f = _add_norm().add_rms_norm_backward
-    return lambda: f(s["dy"], s["dh"], s["h"], s["rms_rstd"], s["w"])
-
-
-def _fn_arms_bwd_out(s):
-    f = _add_norm().add_rms_norm_backward
-    out = (np.empty_like(s["x"]), np.empty_like(s["w"]))
-    return lambda: f(s["dy"], s["dh"], s["h"], s["rms_rstd"], s["w"], out=out)
-
-
-def _unfused_rms_bwd(s):
-    _, add_ = _adder()
-
-    def run():
-        dx, dw = fastnorm.rms_norm_backward(s["dy"], s["h"], s["rms_rstd"], s["w"])
-        add_(dx, s["dh"])
-        return dx, dw
-
-    return run
-
-
-def _np_arms_bwd(s):
-    return lambda: R.add_rms_norm_backward(s["dy"], s["dh"], s["h"], s["rms_rstd"], s["w"])
-
-
-def _torch_arms_bwd(s):
-    return _torch_graph(s, "rms_norm")
+_TORCH = {
+    "add_layer_norm_forward": _torch_aln_fwd,
+    "add_layer_norm_backward": lambda s: _torch_graph(s, "layer_norm"),
+    "add_rms_norm_forward": _torch_arms_fwd,
+    "add_rms_norm_backward": lambda s: _torch_graph(s, "rms_norm"),
+}
 
 
 # ------------------------------------------------------------------------------------------ cases
-def _providers(dtype, size, fn, fn_out, unfused, ref, tch):
-    p = {"fastnorm": fn, "fastnorm out=": fn_out, "add + fastnorm": unfused}
-    if dtype == "float32" or (dtype == "float16" and size <= NUMPY_HALF_MAX):
-        p["numpy"] = ref
+def _providers(dtype, size, op):
+    p = op_providers(op, _ARGS[op])
+    p["add + fastnorm"] = _unfused(op)
+    if not (dtype == "float32" or (dtype == "float16" and size <= NUMPY_HALF_MAX)):
+        del p["numpy"]
     if torch_or_none() is not None:
-        p["torch"] = tch
+        p["torch"] = _TORCH[op]
     return p
 
 
@@ -241,51 +164,17 @@ def cases(quick: bool) -> list[Case]:
     for dtype in DTYPES:
         isz = np_dtype(dtype).itemsize
         for m, n in QUICK_SHAPES if quick else FULL_SHAPES:
-            label = f"({m}, {n})"
-            mn, make = m * n, _inputs(m, n, dtype)
-            sl = stream_elements(mn, dtype)
-
-            prov = partial(_providers, dtype, mn)
+            mn = m * n
+            # (bytes: data items, float32 statistics; streams) per op
+            moved = {
+                "add_layer_norm_forward": (4 * mn + 2 * n, 2 * m, (2, 0, 2)),
+                "add_layer_norm_backward": (4 * mn + 4 * n, 2 * m, (3, 0, 1)),
+                "add_rms_norm_forward": (4 * mn + n, m, (2, 0, 2)),
+                "add_rms_norm_backward": (4 * mn + 2 * n, m, (3, 0, 1)),
+            }
+            make, sl = _inputs(m, n, dtype), stream_elements(mn, dtype)
             out += [
-                Case(
-                    "add_layer_norm_forward",
-                    label,
-                    make,
-                    prov(_fn_aln_fwd, _fn_aln_fwd_out, _unfused_ln_fwd, _np_aln_fwd, _torch_aln_fwd),
-                    isz * (4 * mn + 2 * n) + 4 * 2 * m,
-                    (2, 0, 2),
-                    sl,
-                    dtype=dtype,
-                ),
-                Case(
-                    "add_layer_norm_backward",
-                    label,
-                    make,
-                    prov(_fn_aln_bwd, _fn_aln_bwd_out, _unfused_ln_bwd, _np_aln_bwd, _torch_aln_bwd),
-                    isz * (4 * mn + 4 * n) + 4 * 2 * m,
-                    (3, 0, 1),
-                    sl,
-                    dtype=dtype,
-                ),
-                Case(
-                    "add_rms_norm_forward",
-                    label,
-                    make,
-                    prov(_fn_arms_fwd, _fn_arms_fwd_out, _unfused_rms_fwd, _np_arms_fwd, _torch_arms_fwd),
-                    isz * (4 * mn + n) + 4 * m,
-                    (2, 0, 2),
-                    sl,
-                    dtype=dtype,
-                ),
-                Case(
-                    "add_rms_norm_backward",
-                    label,
-                    make,
-                    prov(_fn_arms_bwd, _fn_arms_bwd_out, _unfused_rms_bwd, _np_arms_bwd, _torch_arms_bwd),
-                    isz * (4 * mn + 2 * n) + 4 * m,
-                    (3, 0, 1),
-                    sl,
-                    dtype=dtype,
-                ),
+                Case(op, f"({m}, {n})", make, _providers(dtype, mn, op), isz * d + 4 * st, streams, sl, dtype=dtype)
+                for op, (d, st, streams) in moved.items()
             ]
     return out

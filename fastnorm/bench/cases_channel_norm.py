@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 import fastnorm
-from fastnorm import reference as R
 
-from ._core import DTYPES, Case, as_torch, np_dtype, random_array, stream_elements, torch_or_none
+from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -63,21 +62,10 @@ def _torch_nchw(torch, a, channels_last):
 # ------------------------------------------------------------------------------------------ BatchNorm
 def _bn_providers(channels_last):
     axis = -1 if channels_last else 1
-
-    def fn_fwd(s):
-        return lambda: fastnorm.batch_norm_forward(
-            s["x"], s["w"], s["b"], s["rm"], s["rv"], momentum=MOMENTUM, eps=EPS, axis=axis
-        )
-
-    def fn_fwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
-        return lambda: fastnorm.batch_norm_forward(
-            s["x"], s["w"], s["b"], s["rm"], s["rv"], momentum=MOMENTUM, eps=EPS, axis=axis, out=out
-        )
-
-    def np_fwd(s):
-        rm, rv = s["rm"].copy(), s["rv"].copy()
-        return lambda: R.batch_norm_forward(s["x"], s["w"], s["b"], rm, rv, momentum=MOMENTUM, eps=EPS, axis=axis)
+    fwd = lambda s: dict(x=s["x"], weight=s["w"], bias=s["b"], running_mean=s["rm"], running_var=s["rv"],
+                         momentum=MOMENTUM, eps=EPS, axis=axis)  # fmt: skip
+    bwd = lambda s: dict(dy=s["dy"], x=s["x"], mean=s["bn_mean"], rstd=s["bn_rstd"], weight=s["w"], bias=s["b"],
+                         axis=axis)  # fmt: skip
 
     def torch_fwd(s):
         torch = torch_or_none()
@@ -85,20 +73,6 @@ def _bn_providers(channels_last):
         w, b = as_torch(torch, s["w"]), as_torch(torch, s["b"])
         rm, rv = as_torch(torch, s["rm"].copy()), as_torch(torch, s["rv"].copy())
         return lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, True, MOMENTUM, EPS)
-
-    def fn_bwd(s):
-        return lambda: fastnorm.batch_norm_backward(
-            s["dy"], s["x"], s["bn_mean"], s["bn_rstd"], s["w"], s["b"], axis=axis
-        )
-
-    def fn_bwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
-        return lambda: fastnorm.batch_norm_backward(
-            s["dy"], s["x"], s["bn_mean"], s["bn_rstd"], s["w"], s["b"], axis=axis, out=out
-        )
-
-    def np_bwd(s):
-        return lambda: R.batch_norm_backward(s["dy"], s["x"], s["bn_mean"], s["bn_rstd"], s["w"], s["b"], axis=axis)
 
     def torch_bwd(s):
         torch = torch_or_none()
@@ -109,37 +83,19 @@ def _bn_providers(channels_last):
         mask = [True, True, True]
         return lambda: torch.ops.aten.native_batch_norm_backward(dy, x, w, rm, rv, mean, invstd, True, EPS, mask)
 
-    return (fn_fwd, fn_fwd_out, np_fwd, torch_fwd), (fn_bwd, fn_bwd_out, np_bwd, torch_bwd)
+    return (fwd, torch_fwd), (bwd, torch_bwd)
 
 
 # ------------------------------------------------------------------------------------------ GroupNorm
 def _gn_providers(groups):
-    def fn_fwd(s):
-        return lambda: fastnorm.group_norm_forward(s["x"], groups, s["w"], s["b"], eps=EPS)
-
-    def fn_fwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["gn_mean"]), np.empty_like(s["gn_rstd"]))
-        return lambda: fastnorm.group_norm_forward(s["x"], groups, s["w"], s["b"], eps=EPS, out=out)
-
-    def np_fwd(s):
-        return lambda: R.group_norm_forward(s["x"], groups, s["w"], s["b"], eps=EPS)
+    fwd = lambda s: dict(x=s["x"], num_groups=groups, weight=s["w"], bias=s["b"], eps=EPS)
+    bwd = lambda s: dict(dy=s["dy"], x=s["x"], mean=s["gn_mean"], rstd=s["gn_rstd"], num_groups=groups,
+                         weight=s["w"], bias=s["b"])  # fmt: skip
 
     def torch_fwd(s):
         torch = torch_or_none()
         x, w, b = (as_torch(torch, s[k]) for k in ("x", "w", "b"))
         return lambda: torch.nn.functional.group_norm(x, groups, w, b, EPS)
-
-    def fn_bwd(s):
-        return lambda: fastnorm.group_norm_backward(s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"])
-
-    def fn_bwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
-        return lambda: fastnorm.group_norm_backward(
-            s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"], out=out
-        )
-
-    def np_bwd(s):
-        return lambda: R.group_norm_backward(s["dy"], s["x"], s["gn_mean"], s["gn_rstd"], groups, s["w"], s["b"])
 
     def torch_bwd(s):
         torch = torch_or_none()
@@ -150,37 +106,18 @@ def _gn_providers(groups):
         mask = [True, True, True]
         return lambda: torch.ops.aten.native_group_norm_backward(dy, x, mean, rstd, w, n, c, hw, groups, mask)
 
-    return (fn_fwd, fn_fwd_out, np_fwd, torch_fwd), (fn_bwd, fn_bwd_out, np_bwd, torch_bwd)
+    return (fwd, torch_fwd), (bwd, torch_bwd)
 
 
 # ------------------------------------------------------------------------------------------ InstanceNorm
 def _in_providers():
-    def fn_fwd(s):
-        return lambda: fastnorm.instance_norm_forward(s["x"], s["w"], s["b"], eps=EPS)
-
-    def fn_fwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["in_mean"]), np.empty_like(s["in_rstd"]))
-        return lambda: fastnorm.instance_norm_forward(s["x"], s["w"], s["b"], eps=EPS, out=out)
-
-    def np_fwd(s):
-        return lambda: R.instance_norm_forward(s["x"], s["w"], s["b"], eps=EPS)
+    fwd = lambda s: dict(x=s["x"], weight=s["w"], bias=s["b"], eps=EPS)
+    bwd = lambda s: dict(dy=s["dy"], x=s["x"], mean=s["in_mean"], rstd=s["in_rstd"], weight=s["w"], bias=s["b"])
 
     def torch_fwd(s):
         torch = torch_or_none()
         x, w, b = (as_torch(torch, s[k]) for k in ("x", "w", "b"))
         return lambda: torch.nn.functional.instance_norm(x, None, None, w, b, True, MOMENTUM, EPS)
-
-    def fn_bwd(s):
-        return lambda: fastnorm.instance_norm_backward(s["dy"], s["x"], s["in_mean"], s["in_rstd"], s["w"], s["b"])
-
-    def fn_bwd_out(s):
-        out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["w"]))
-        return lambda: fastnorm.instance_norm_backward(
-            s["dy"], s["x"], s["in_mean"], s["in_rstd"], s["w"], s["b"], out=out
-        )
-
-    def np_bwd(s):
-        return lambda: R.instance_norm_backward(s["dy"], s["x"], s["in_mean"], s["in_rstd"], s["w"], s["b"])
 
     def torch_bwd(s):
         # No ATen kernel of its own: what a torch user gets, autograd through F.instance_norm.
@@ -192,13 +129,13 @@ def _in_providers():
         y = torch.nn.functional.instance_norm(x, None, None, w, b, True, MOMENTUM, EPS)
         return lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
 
-    return (fn_fwd, fn_fwd_out, np_fwd, torch_fwd), (fn_bwd, fn_bwd_out, np_bwd, torch_bwd)
+    return (fwd, torch_fwd), (bwd, torch_bwd)
 
 
-def _providers(dtype, numel, fn, fn_out, ref, tch):
-    p = {"fastnorm": fn, "fastnorm out=": fn_out}
-    if dtype == "float32" or (dtype == "float16" and numel <= NUMPY_HALF_MAX):
-        p["numpy"] = ref
+def _providers(dtype, numel, op, kwargs, tch):
+    p = op_providers(op, kwargs)
+    if not (dtype == "float32" or (dtype == "float16" and numel <= NUMPY_HALF_MAX)):
+        del p["numpy"]
     if torch_or_none() is not None:
         p["torch"] = tch
     return p
@@ -213,11 +150,9 @@ def _pair(op, label, make, providers, fwd_bytes, bwd_bytes, numel, dtype):
         return isz * counts[0] + 4 * counts[1]
 
     return [
-        Case(f"{op}_forward", label, make, _providers(dtype, numel, *fwd), nbytes(fwd_bytes), (1, 0, 1), sl,
-             dtype=dtype),
-        Case(f"{op}_backward", label, make, _providers(dtype, numel, *bwd), nbytes(bwd_bytes), (2, 0, 1), sl,
-             dtype=dtype),
-    ]  # fmt: skip
+        Case(f"{op}_{d}", label, make, _providers(dtype, numel, f"{op}_{d}", *p), nbytes(b), streams, sl, dtype=dtype)
+        for d, p, b, streams in (("forward", fwd, fwd_bytes, (1, 0, 1)), ("backward", bwd, bwd_bytes, (2, 0, 1)))
+    ]
 
 
 def cases(quick: bool) -> list[Case]:

@@ -14,9 +14,8 @@ from functools import partial
 import numpy as np
 
 import fastnorm
-from fastnorm import reference as R
 
-from ._core import DTYPES, Case, as_torch, np_dtype, random_array, stream_elements, torch_or_none
+from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
 
 FULL_SHAPES = [(4096, 1024), (8192, 768), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024), (4096, 4096)]
@@ -47,37 +46,11 @@ def _t(torch, s, *keys):
 
 
 # ------------------------------------------------------------------------------------------ providers
-def _fn_ln_fwd(s):
-    return lambda: fastnorm.layer_norm_forward(s["x"], s["w"], s["b"], eps=EPS)
-
-
-def _fn_ln_fwd_out(s):
-    out = (np.empty_like(s["x"]), np.empty_like(s["mean"]), np.empty_like(s["rstd"]))
-    return lambda: fastnorm.layer_norm_forward(s["x"], s["w"], s["b"], eps=EPS, out=out)
-
-
-def _np_ln_fwd(s):
-    return lambda: R.layer_norm_forward(s["x"], s["w"], s["b"], eps=EPS)
-
-
 def _torch_ln_fwd(s):
     torch = torch_or_none()
     x, w, b = _t(torch, s, "x", "w", "b")
     shape = (x.shape[-1],)
     return lambda: torch.nn.functional.layer_norm(x, shape, w, b, EPS)
-
-
-def _fn_ln_bwd(s):
-    return lambda: fastnorm.layer_norm_backward(s["dy"], s["x"], s["mean"], s["rstd"], s["w"], s["b"])
-
-
-def _fn_ln_bwd_out(s):
-    out = (np.empty_like(s["x"]), np.empty_like(s["w"]), np.empty_like(s["b"]))
-    return lambda: fastnorm.layer_norm_backward(s["dy"], s["x"], s["mean"], s["rstd"], s["w"], s["b"], out=out)
-
-
-def _np_ln_bwd(s):
-    return lambda: R.layer_norm_backward(s["dy"], s["x"], s["mean"], s["rstd"], s["w"], s["b"])
 
 
 def _torch_ln_bwd(s):
@@ -90,37 +63,11 @@ def _torch_ln_bwd(s):
     return lambda: torch.ops.aten.native_layer_norm_backward(dy, x, shape, mean, rstd, w, b, mask)
 
 
-def _fn_rms_fwd(s):
-    return lambda: fastnorm.rms_norm_forward(s["x"], s["w"], eps=EPS)
-
-
-def _fn_rms_fwd_out(s):
-    out = (np.empty_like(s["x"]), np.empty_like(s["rms_rstd"]))
-    return lambda: fastnorm.rms_norm_forward(s["x"], s["w"], eps=EPS, out=out)
-
-
-def _np_rms_fwd(s):
-    return lambda: R.rms_norm_forward(s["x"], s["w"], eps=EPS)
-
-
 def _torch_rms_fwd(s):
     torch = torch_or_none()
     x, w = _t(torch, s, "x", "w")
     shape = (x.shape[-1],)
     return lambda: torch.nn.functional.rms_norm(x, shape, w, EPS)
-
-
-def _fn_rms_bwd(s):
-    return lambda: fastnorm.rms_norm_backward(s["dy"], s["x"], s["rms_rstd"], s["w"])
-
-
-def _fn_rms_bwd_out(s):
-    out = (np.empty_like(s["x"]), np.empty_like(s["w"]))
-    return lambda: fastnorm.rms_norm_backward(s["dy"], s["x"], s["rms_rstd"], s["w"], out=out)
-
-
-def _np_rms_bwd(s):
-    return lambda: R.rms_norm_backward(s["dy"], s["x"], s["rms_rstd"], s["w"])
 
 
 def _torch_rms_bwd(s):
@@ -132,10 +79,20 @@ def _torch_rms_bwd(s):
     return lambda: torch.autograd.grad(y, (x, w), dy, retain_graph=True)
 
 
-def _providers(dtype, size, fn, fn_out, ref, tch):
-    p = {"fastnorm": fn, "fastnorm out=": fn_out}
-    if dtype == "float32" or (dtype == "float16" and size <= NUMPY_HALF_MAX):
-        p["numpy"] = ref
+# the public calls' arguments from the case's inputs (fastnorm, fastnorm out= and numpy providers follow)
+_ARGS = {
+    "layer_norm_forward": lambda s: dict(x=s["x"], weight=s["w"], bias=s["b"], eps=EPS),
+    "layer_norm_backward": lambda s: dict(dy=s["dy"], x=s["x"], mean=s["mean"], rstd=s["rstd"], weight=s["w"],
+                                          bias=s["b"]),
+    "rms_norm_forward": lambda s: dict(x=s["x"], weight=s["w"], eps=EPS),
+    "rms_norm_backward": lambda s: dict(dy=s["dy"], x=s["x"], rstd=s["rms_rstd"], weight=s["w"]),
+}  # fmt: skip
+
+
+def _providers(dtype, size, op, tch):
+    p = op_providers(op, _ARGS[op])
+    if not (dtype == "float32" or (dtype == "float16" and size <= NUMPY_HALF_MAX)):
+        del p["numpy"]
     if torch_or_none() is not None:
         p["torch"] = tch
     return p
@@ -158,16 +115,16 @@ def cases(quick: bool) -> list[Case]:
 
             prov = partial(_providers, dtype, mn)
             out += [
-                Case("layer_norm_forward", label, make, prov(_fn_ln_fwd, _fn_ln_fwd_out, _np_ln_fwd, _torch_ln_fwd),
+                Case("layer_norm_forward", label, make, prov("layer_norm_forward", _torch_ln_fwd),
                      fwd_bytes, (1, 0, 1), sl, dtype=dtype),
                 Case("layer_norm_backward", label, make,
-                     prov(_fn_ln_bwd, _fn_ln_bwd_out, _np_ln_bwd, _torch_ln_bwd), bwd_bytes, (2, 0, 1), sl,
+                     prov("layer_norm_backward", _torch_ln_bwd), bwd_bytes, (2, 0, 1), sl,
                      dtype=dtype),
                 Case("rms_norm_forward", label, make,
-                     prov(_fn_rms_fwd, _fn_rms_fwd_out, _np_rms_fwd, _torch_rms_fwd),
+                     prov("rms_norm_forward", _torch_rms_fwd),
                      fwd_bytes - isz * n - 4 * m, (1, 0, 1), sl, dtype=dtype),
                 Case("rms_norm_backward", label, make,
-                     prov(_fn_rms_bwd, _fn_rms_bwd_out, _np_rms_bwd, _torch_rms_bwd),
+                     prov("rms_norm_backward", _torch_rms_bwd),
                      bwd_bytes - isz * 2 * n - 4 * m, (2, 0, 1), sl, dtype=dtype),
             ]
     return out

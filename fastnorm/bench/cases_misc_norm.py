@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 import fastnorm
-from fastnorm import reference as R
 
-from ._core import Case, torch_or_none
+from ._core import Case, op_providers, torch_or_none
 
 LRN_SIZE = 5
 LRN_FULL = [(64, 96, 55, 55), (64, 64, 56, 56)]
@@ -27,8 +26,8 @@ COS_QUICK = [(256, 256, 1000)]
 COS_EPS = 1e-8
 
 
-def _providers(fn, fn_out, ref, tch):
-    p = {"fastnorm": fn, "fastnorm out=": fn_out, "numpy": ref}
+def _providers(op, tch):
+    p = op_providers(op, _ARGS[op])
     if torch_or_none() is not None:
         p["torch"] = tch
     return p
@@ -45,37 +44,10 @@ def _lrn_inputs(shape):
     return make
 
 
-def _fn_lrn_fwd(s):
-    return lambda: fastnorm.local_response_norm_forward(s["x"], LRN_SIZE)
-
-
-def _fn_lrn_fwd_out(s):
-    out = (np.empty_like(s["x"]), np.empty_like(s["x"]))
-    return lambda: fastnorm.local_response_norm_forward(s["x"], LRN_SIZE, out=out)
-
-
-def _np_lrn_fwd(s):
-    return lambda: R.local_response_norm_forward(s["x"], LRN_SIZE)
-
-
 def _torch_lrn_fwd(s):
     torch = torch_or_none()
     x = torch.from_numpy(s["x"])
     return lambda: torch.nn.functional.local_response_norm(x, LRN_SIZE)
-
-
-def _fn_lrn_bwd(s):
-    return lambda: fastnorm.local_response_norm_backward(s["dy"], s["x"], s["y"], s["scale"], LRN_SIZE)
-
-
-def _fn_lrn_bwd_out(s):
-    out = np.empty_like(s["x"])
-    dy, x, y, scale = s["dy"], s["x"], s["y"], s["scale"]
-    return lambda: fastnorm.local_response_norm_backward(dy, x, y, scale, LRN_SIZE, out=out)
-
-
-def _np_lrn_bwd(s):
-    return lambda: R.local_response_norm_backward(s["dy"], s["x"], s["y"], s["scale"], LRN_SIZE)
 
 
 def _torch_lrn_bwd(s):
@@ -102,19 +74,6 @@ def _wn_inputs(shape, dim):
     return make
 
 
-def _fn_wn_fwd(s):
-    return lambda: fastnorm.weight_norm_forward(s["v"], s["g"], dim=s["dim"])
-
-
-def _fn_wn_fwd_out(s):
-    out = (np.empty_like(s["v"]), np.empty_like(s["norm"]))
-    return lambda: fastnorm.weight_norm_forward(s["v"], s["g"], dim=s["dim"], out=out)
-
-
-def _np_wn_fwd(s):
-    return lambda: R.weight_norm_forward(s["v"], s["g"], dim=s["dim"])
-
-
 def _torch_dim(dim):
     return -1 if dim is None else dim  # torch._weight_norm: -1 means the whole tensor
 
@@ -123,19 +82,6 @@ def _torch_wn_fwd(s):
     torch = torch_or_none()
     v, g = torch.from_numpy(s["v"]), torch.from_numpy(s["g"])
     return lambda: torch._weight_norm(v, g, _torch_dim(s["dim"]))
-
-
-def _fn_wn_bwd(s):
-    return lambda: fastnorm.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"])
-
-
-def _fn_wn_bwd_out(s):
-    out = (np.empty_like(s["v"]), np.empty_like(s["g"]))
-    return lambda: fastnorm.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"], out=out)
-
-
-def _np_wn_bwd(s):
-    return lambda: R.weight_norm_backward(s["dw"], s["v"], s["g"], s["norm"], dim=s["dim"])
 
 
 def _torch_wn_bwd(s):
@@ -168,22 +114,6 @@ def _cos_inputs(b, d, o):
     return make
 
 
-def _fn_cos_fwd(s):
-    _limit_blas_threads()
-    return lambda: fastnorm.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS)
-
-
-def _fn_cos_fwd_out(s):
-    _limit_blas_threads()
-    out = (np.empty_like(s["y"]), np.empty_like(s["x_norm"]), np.empty_like(s["w_norm"]))
-    return lambda: fastnorm.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS, out=out)
-
-
-def _np_cos_fwd(s):
-    _limit_blas_threads()
-    return lambda: R.cosine_linear_forward(s["x"], s["w"], eps=COS_EPS)
-
-
 def _torch_cos(torch, x, w):
     F = torch.nn.functional
     return F.linear(F.normalize(x, dim=-1, eps=COS_EPS), F.normalize(w, dim=-1, eps=COS_EPS))
@@ -193,27 +123,6 @@ def _torch_cos_fwd(s):
     torch = torch_or_none()
     x, w = torch.from_numpy(s["x"]), torch.from_numpy(s["w"])
     return lambda: _torch_cos(torch, x, w)
-
-
-def _cos_saved(s):
-    return s["y"], s["x_norm"], s["w_norm"]
-
-
-def _fn_cos_bwd(s):
-    _limit_blas_threads()
-    return lambda: fastnorm.cosine_linear_backward(s["dy"], s["x"], s["w"], *_cos_saved(s), eps=COS_EPS)
-
-
-def _fn_cos_bwd_out(s):
-    _limit_blas_threads()
-    out = (np.empty_like(s["x"]), np.empty_like(s["w"]))
-    dy, x, w = s["dy"], s["x"], s["w"]
-    return lambda: fastnorm.cosine_linear_backward(dy, x, w, *_cos_saved(s), eps=COS_EPS, out=out)
-
-
-def _np_cos_bwd(s):
-    _limit_blas_threads()
-    return lambda: R.cosine_linear_backward(s["dy"], s["x"], s["w"], *_cos_saved(s), eps=COS_EPS)
 
 
 def _torch_cos_bwd(s):
@@ -226,13 +135,34 @@ def _torch_cos_bwd(s):
 
 
 # ------------------------------------------------------------------------------------------ cases
+def _cos_args(**names):
+    """The arguments of a cosine_linear call (NumPy's BLAS limited to fastnorm's threads first)."""
+
+    def kwargs(s):
+        _limit_blas_threads()
+        return {k: s[v] for k, v in names.items()} | {"eps": COS_EPS}
+
+    return kwargs
+
+
+# the public calls' arguments from the case's inputs (fastnorm, fastnorm out= and numpy providers follow)
+_ARGS = {
+    "local_response_norm_forward": lambda s: dict(x=s["x"], size=LRN_SIZE),
+    "local_response_norm_backward": lambda s: dict(dy=s["dy"], x=s["x"], y=s["y"], scale=s["scale"], size=LRN_SIZE),
+    "weight_norm_forward": lambda s: dict(v=s["v"], g=s["g"], dim=s["dim"]),
+    "weight_norm_backward": lambda s: dict(dw=s["dw"], v=s["v"], g=s["g"], norm=s["norm"], dim=s["dim"]),
+    "cosine_linear_forward": _cos_args(x="x", w="w"),
+    "cosine_linear_backward": _cos_args(dy="dy", x="x", w="w", y="y", x_norm="x_norm", w_norm="w_norm"),
+}
+
+
 def cases(quick: bool) -> list[Case]:
     out = []
     for shape in LRN_QUICK if quick else LRN_FULL:
         n = int(np.prod(shape))
         label, make = f"{shape} size={LRN_SIZE}", _lrn_inputs(shape)
-        fwd = _providers(_fn_lrn_fwd, _fn_lrn_fwd_out, _np_lrn_fwd, _torch_lrn_fwd)
-        bwd = _providers(_fn_lrn_bwd, _fn_lrn_bwd_out, _np_lrn_bwd, _torch_lrn_bwd)
+        fwd = _providers("local_response_norm_forward", _torch_lrn_fwd)
+        bwd = _providers("local_response_norm_backward", _torch_lrn_bwd)
         out += [
             Case("local_response_norm_forward", label, make, fwd, 4 * 3 * n, (1, 0, 2), n),
             Case("local_response_norm_backward", label, make, bwd, 4 * 5 * n, (4, 0, 1), n),
@@ -243,18 +173,18 @@ def cases(quick: bool) -> list[Case]:
         label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
         out += [
             Case("weight_norm_forward", label, make,
-                 _providers(_fn_wn_fwd, _fn_wn_fwd_out, _np_wn_fwd, _torch_wn_fwd),
+                 _providers("weight_norm_forward", _torch_wn_fwd),
                  4 * (2 * n + 2 * small), (1, 0, 1), n),
             Case("weight_norm_backward", label, make,
-                 _providers(_fn_wn_bwd, _fn_wn_bwd_out, _np_wn_bwd, _torch_wn_bwd),
+                 _providers("weight_norm_backward", _torch_wn_bwd),
                  4 * (3 * n + 3 * small), (2, 0, 1), n),
         ]
     for b, d, o in COS_QUICK if quick else COS_FULL:
         label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)
         fwd = 4 * (b * d + o * d + b * o + b + o)
         bwd = 4 * (2 * b * o + 2 * (b * d + o * d) + b + o)
-        pf = _providers(_fn_cos_fwd, _fn_cos_fwd_out, _np_cos_fwd, _torch_cos_fwd)
-        pb = _providers(_fn_cos_bwd, _fn_cos_bwd_out, _np_cos_bwd, _torch_cos_bwd)
+        pf = _providers("cosine_linear_forward", _torch_cos_fwd)
+        pb = _providers("cosine_linear_backward", _torch_cos_bwd)
         out += [
             Case("cosine_linear_forward", label, make, pf, fwd, (2, 0, 1), fwd // 12, tags=("blas-bound",)),
             Case("cosine_linear_backward", label, make, pb, bwd, (2, 0, 1), bwd // 12, tags=("blas-bound",)),

@@ -11,25 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "rms_norm_forward",
-    "rms_norm_backward",
-    "local_response_norm_forward",
-    "local_response_norm_backward",
-    "weight_norm_forward",
-    "weight_norm_backward",
-    "cosine_linear_forward",
-    "cosine_linear_backward",
-    "batch_norm_forward",
-    "batch_norm_backward",
-    "instance_norm_forward",
-    "instance_norm_backward",
-    "group_norm_forward",
-    "group_norm_backward",
-]
-
 
 def _mean(a, axis, keepdims=False, empty=np.nan):
     """``a.mean(axis)``; where there is nothing to average, ``empty`` (torch: a mean of no elements is 0, a
@@ -421,3 +402,7 @@ def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, bias=None):
     dweight = (dy3 * xhat).sum(axis=(0, 2)).astype(x.dtype) if weight is not None else None
     dbias = dy3.sum(axis=(0, 2)).astype(x.dtype) if bias is not None else None
     return dx.reshape(x.shape).astype(x.dtype), dweight, dbias
+
+
+# The public references: every *_forward / *_backward function defined above, in definition order.
+__all__ = [n for n, f in list(globals().items()) if n.endswith(("_forward", "_backward")) and callable(f)]

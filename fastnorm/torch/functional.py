@@ -10,9 +10,10 @@ data's dtype or float32, and their gradients come back in their own dtype. Other
 fall back to torch instead, with a warning).
 
 ``torch.compile``: every kernel is also registered as a ``torch.library`` custom op (``fastnorm::<op>``)
-with a fake (meta) implementation. Eager calls go straight to the kernel; while Dynamo traces, the
-autograd Functions call the custom ops instead, so graphs hold opaque ``fastnorm::*`` nodes and
-``fullgraph=True`` compiles without graph breaks. Double backward is not supported.
+with a fake (meta) implementation, both generated from the op's declaration by ``fastnorm.torch._bind``.
+Eager calls go straight to the kernel; while Dynamo traces, the autograd Functions call the custom ops
+instead, so graphs hold opaque ``fastnorm::*`` nodes and ``fullgraph=True`` compiles without graph breaks.
+Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.library import custom_op
 
 import fastnorm
 import fastnorm._dispatch
 
-from ._common import _arr, _ten
+from . import _bind
+from ._bind import call as _call  # noqa: F401  (losses.py, transport.py use it from here)
+from ._common import _arr, _ten  # noqa: F401  (distributed.py, losses.py use them from here)
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -156,17 +158,6 @@ def _none_if_absent(t: Tensor, param: Tensor | None) -> Tensor | None:
     return None if param is None else t
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _call(op, impl, *args):
-    """The custom op while Dynamo traces (an opaque graph node), else the kernel directly (less overhead)."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return impl(*args)
-
-
 def _bool_arg(op: str, name: str, value) -> bool:
     """A Python bool, else TypeError (torch's argument parser: ``'False'``, 1 and numpy.bool_ are refused)."""
     if not isinstance(value, bool):
@@ -188,27 +179,6 @@ def _float_arg(op: str, name: str, value) -> float:
     return float(value)
 
 
-def _kernel_writable(t: Tensor) -> bool:
-    """Whether a kernel can update ``t`` in place: contiguous and aligned to its items."""
-    return t.is_contiguous() and t.data_ptr() % t.element_size() == 0
-
-
-def _run_updating(fn, running_mean: Tensor | None, running_var: Tensor | None, update: bool):
-    """``fn(running_mean, running_var)``, with contiguous stand-ins when the statistics are updated in place
-    but the kernels cannot write them (non-contiguous or unaligned: torch updates any layout), copied
-    back into the caller's tensors after the kernel ran."""
-    if not update or running_mean is None or running_var is None:
-        return fn(running_mean, running_var)
-    stats = [running_mean, running_var]
-    work = [t if _kernel_writable(t) else t.contiguous(memory_format=torch.contiguous_format).clone() for t in stats]
-    result = fn(*work)
-    for t, w in zip(stats, work):
-        if w is not t:
-            with torch.no_grad():
-                t.copy_(w)
-    return result
-
-
 def _normalized_ndim(op: str, x: Tensor, normalized_shape) -> int:
     if isinstance(normalized_shape, (int, np.integer)):
         normalized_shape = (int(normalized_shape),)
@@ -222,76 +192,28 @@ def _normalized_ndim(op: str, x: Tensor, normalized_shape) -> int:
     return k
 
 
+# ------------------------------------------------------------------------------------------- bindings
+# One line per op: custom ops, fakes and autograd generated from the declarations (fastnorm/norms/*.py).
+LAYER_NORM = _bind.bind_pair("layer_norm")
+RMS_NORM = _bind.bind_pair("rms_norm")
+BATCH_NORM = _bind.bind_pair("batch_norm", fixed={"axis": 1}, update="training")
+INSTANCE_NORM = _bind.bind_pair("instance_norm", update="use_input_stats")
+GROUP_NORM = _bind.bind_pair("group_norm")
+LOCAL_RESPONSE_NORM = _bind.bind_pair("local_response_norm")
+WEIGHT_NORM = _bind.bind_pair("weight_norm", returns=("w",))
+COSINE_LINEAR = _bind.bind_pair("cosine_linear")
+
+LayerNormFunction = LAYER_NORM.function
+RMSNormFunction = RMS_NORM.function
+BatchNormFunction = BATCH_NORM.function
+InstanceNormFunction = INSTANCE_NORM.function
+GroupNormFunction = GROUP_NORM.function
+LocalResponseNormFunction = LOCAL_RESPONSE_NORM.function
+WeightNormFunction = WEIGHT_NORM.function
+CosineLinearFunction = COSINE_LINEAR.function
+
+
 # ------------------------------------------------------------------------------------------- LayerNorm
-def _layer_norm_fwd_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float):
-    y, mean, rstd = fastnorm.layer_norm_forward(
-        _arr(x), _arr(weight), _arr(bias), eps=eps, normalized_ndim=normalized_ndim
-    )
-    return _ten(y, x), _ten(mean, x), _ten(rstd, x)
-
-
-def _layer_norm_bwd_impl(dy, x, mean, rstd, weight, bias, normalized_ndim: int):
-    dx, dw, db = fastnorm.layer_norm_backward(
-        _arr(dy), _arr(x), _arr(mean), _arr(rstd), _arr(weight), _arr(bias), normalized_ndim=normalized_ndim
-    )
-    return _ten(dx, x), _empty_if_none(_ten(dw, x), x), _empty_if_none(_ten(db, x), x)
-
-
-@custom_op("fastnorm::layer_norm_forward", mutates_args=())
-def _layer_norm_fwd_op(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _layer_norm_fwd_impl(x, weight, bias, normalized_ndim, eps)
-
-
-@_layer_norm_fwd_op.register_fake
-def _(x, weight, bias, normalized_ndim, eps):
-    lead = x.shape[: x.dim() - normalized_ndim]
-    sd = _stat_dtype(x.dtype)
-    return torch.empty_like(x), x.new_empty(lead, dtype=sd), x.new_empty(lead, dtype=sd)
-
-
-@custom_op("fastnorm::layer_norm_backward", mutates_args=())
-def _layer_norm_bwd_op(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    normalized_ndim: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _layer_norm_bwd_impl(dy, x, mean, rstd, weight, bias, normalized_ndim)
-
-
-@_layer_norm_bwd_op.register_fake
-def _(dy, x, mean, rstd, weight, bias, normalized_ndim):
-    return (
-        torch.empty_like(x),
-        _empty_if_none(None if weight is None else torch.empty_like(weight), x),
-        _empty_if_none(None if bias is None else torch.empty_like(bias), x),
-    )
-
-
-class LayerNormFunction(torch.autograd.Function):
-    """y = LayerNorm(x) over the last ``normalized_ndim`` dims; backward by fastnorm.layer_norm_backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, normalized_ndim, eps):
-        y, mean, rstd = _call(_layer_norm_fwd_op, _layer_norm_fwd_impl, x, weight, bias, normalized_ndim, eps)
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.normalized_ndim = normalized_ndim
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(
-            _layer_norm_bwd_op, _layer_norm_bwd_impl, dy, x, mean, rstd, weight, bias, ctx.normalized_ndim
-        )
-        return dx, _none_if_absent(dw, weight), _none_if_absent(db, bias), None, None
-
-
 def layer_norm(
     input: Tensor,
     normalized_shape: int | Sequence[int],
@@ -299,162 +221,66 @@ def layer_norm(
     bias: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``torch.nn.functional.layer_norm`` on fastnorm kernels: (x - mean) / sqrt(var + eps) * weight + bias
-    over the trailing ``normalized_shape`` dims (biased variance). weight, bias: ``normalized_shape``."""
+    """``torch.nn.functional.layer_norm`` on fastnorm kernels over the trailing ``normalized_shape`` dims::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias        (biased variance)
+
+    Parameters
+    ----------
+    input : Tensor
+        (*, *normalized_shape).
+    normalized_shape : int or sequence of int
+        The trailing dims normalized together.
+    weight, bias : Tensor, optional
+        ``normalized_shape``.
+    eps : float
+        Added to the variance.
+
+    Returns
+    -------
+    Tensor
+        y, like input; differentiable in input, weight and bias.
+    """
     _check("layer_norm", input=input, weight=weight, bias=bias)
     k = _normalized_ndim("layer_norm", input, normalized_shape)
-    return LayerNormFunction.apply(input, weight, bias, k, float(eps))
+    return LAYER_NORM.apply(input, weight, bias, k, float(eps))
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
-def _rms_norm_fwd_impl(x: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float):
-    y, rstd = fastnorm.rms_norm_forward(_arr(x), _arr(weight), eps=eps, normalized_ndim=normalized_ndim)
-    return _ten(y, x), _ten(rstd, x)
-
-
-def _rms_norm_bwd_impl(dy, x, rstd, weight, normalized_ndim: int):
-    dx, dw = fastnorm.rms_norm_backward(_arr(dy), _arr(x), _arr(rstd), _arr(weight), normalized_ndim=normalized_ndim)
-    return _ten(dx, x), _empty_if_none(_ten(dw, x), x)
-
-
-@custom_op("fastnorm::rms_norm_forward", mutates_args=())
-def _rms_norm_fwd_op(x: Tensor, weight: Tensor | None, normalized_ndim: int, eps: float) -> tuple[Tensor, Tensor]:
-    return _rms_norm_fwd_impl(x, weight, normalized_ndim, eps)
-
-
-@_rms_norm_fwd_op.register_fake
-def _(x, weight, normalized_ndim, eps):
-    return torch.empty_like(x), x.new_empty(x.shape[: x.dim() - normalized_ndim], dtype=_stat_dtype(x.dtype))
-
-
-@custom_op("fastnorm::rms_norm_backward", mutates_args=())
-def _rms_norm_bwd_op(
-    dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor | None, normalized_ndim: int
-) -> tuple[Tensor, Tensor]:
-    return _rms_norm_bwd_impl(dy, x, rstd, weight, normalized_ndim)
-
-
-@_rms_norm_bwd_op.register_fake
-def _(dy, x, rstd, weight, normalized_ndim):
-    return torch.empty_like(x), _empty_if_none(None if weight is None else torch.empty_like(weight), x)
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """y = RMSNorm(x) over the last ``normalized_ndim`` dims; backward by fastnorm.rms_norm_backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, normalized_ndim, eps):
-        y, rstd = _call(_rms_norm_fwd_op, _rms_norm_fwd_impl, x, weight, normalized_ndim, eps)
-        ctx.save_for_backward(x, rstd, weight)
-        ctx.normalized_ndim = normalized_ndim
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, rstd, weight = ctx.saved_tensors
-        dx, dw = _call(_rms_norm_bwd_op, _rms_norm_bwd_impl, dy, x, rstd, weight, ctx.normalized_ndim)
-        return dx, _none_if_absent(dw, weight), None, None
-
-
 def rms_norm(
     input: Tensor,
     normalized_shape: int | Sequence[int],
     weight: Tensor | None = None,
     eps: float | None = None,
 ) -> Tensor:
-    """``torch.nn.functional.rms_norm`` on fastnorm kernels: x / sqrt(mean(x^2) + eps) * weight over the
-    trailing ``normalized_shape`` dims; ``eps=None`` means ``torch.finfo(input.dtype).eps`` (torch's)."""
+    """``torch.nn.functional.rms_norm`` on fastnorm kernels over the trailing ``normalized_shape`` dims::
+
+        y = x / sqrt(mean(x^2) + eps) * weight
+
+    Parameters
+    ----------
+    input : Tensor
+        (*, *normalized_shape).
+    normalized_shape : int or sequence of int
+        The trailing dims normalized together.
+    weight : Tensor, optional
+        ``normalized_shape``.
+    eps : float, optional
+        None means ``torch.finfo(input.dtype).eps`` (torch's default).
+
+    Returns
+    -------
+    Tensor
+        y, like input.
+    """
     _check("rms_norm", input=input, weight=weight)
     k = _normalized_ndim("rms_norm", input, normalized_shape)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
-    return RMSNormFunction.apply(input, weight, k, float(eps))
+    return RMS_NORM.apply(input, weight, k, float(eps))
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
-def _batch_norm_fwd_impl(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
-    # running statistics cross as NumPy views (CPU) / the tensors (CUDA): updated in place when training
-    def run(rm, rv):
-        return fastnorm.batch_norm_forward(
-            _arr(x), _arr(weight), _arr(bias), _arr(rm), _arr(rv), training=training, momentum=momentum, eps=eps
-        )
-
-    y, mean, rstd = _run_updating(run, running_mean, running_var, training)
-    return _ten(y, x), _ten(mean, x), _ten(rstd, x)
-
-
-def _batch_norm_bwd_impl(dy, x, mean, rstd, weight, bias, training: bool):
-    dx, dw, db = fastnorm.batch_norm_backward(
-        _arr(dy), _arr(x), _arr(mean), _arr(rstd), _arr(weight), _arr(bias), training=training
-    )
-    return _ten(dx, x), _empty_if_none(_ten(dw, x), x), _empty_if_none(_ten(db, x), x)
-
-
-@custom_op("fastnorm::batch_norm_forward", mutates_args=("running_mean", "running_var"))
-def _batch_norm_fwd_op(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _batch_norm_fwd_impl(x, weight, bias, running_mean, running_var, training, momentum, eps)
-
-
-@_batch_norm_fwd_op.register_fake
-def _(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    c = x.shape[1]
-    sd = _stat_dtype(x.dtype)
-    return torch.empty_like(x), x.new_empty((c,), dtype=sd), x.new_empty((c,), dtype=sd)
-
-
-@custom_op("fastnorm::batch_norm_backward", mutates_args=())
-def _batch_norm_bwd_op(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _batch_norm_bwd_impl(dy, x, mean, rstd, weight, bias, training)
-
-
-def _channel_bwd_fake(dy, x, mean, rstd, weight, bias, *rest):
-    return (
-        torch.empty_like(x),
-        _empty_if_none(None if weight is None else torch.empty_like(weight), x),
-        _empty_if_none(None if bias is None else torch.empty_like(bias), x),
-    )
-
-
-_batch_norm_bwd_op.register_fake(_channel_bwd_fake)
-
-
-class BatchNormFunction(torch.autograd.Function):
-    """y = BatchNorm(x) (channel axis 1); running statistics updated in place when training."""
-
-    @staticmethod
-    def forward(ctx, x, running_mean, running_var, weight, bias, training, momentum, eps):
-        y, mean, rstd = _call(
-            _batch_norm_fwd_op, _batch_norm_fwd_impl,
-            x, weight, bias, running_mean, running_var, training, momentum, eps,
-        )  # fmt: skip
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.training = training
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(_batch_norm_bwd_op, _batch_norm_bwd_impl, dy, x, mean, rstd, weight, bias, ctx.training)
-        return dx, None, None, _none_if_absent(dw, weight), _none_if_absent(db, bias), None, None, None
-
-
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -465,119 +291,45 @@ def batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``torch.nn.functional.batch_norm`` on fastnorm kernels, channels on axis 1 of (N, C, *).
+    """``torch.nn.functional.batch_norm`` on fastnorm kernels, channels on axis 1 of (N, C, *)::
 
-    training: batch statistics per channel; running_mean/running_var (if given) updated in place with
-    ``momentum`` (unbiased variance), whatever their layout (non-contiguous ones are updated through a
-    contiguous copy). Otherwise the running statistics normalize. Shapes: (C,) for all four vectors.
+        y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
 
-    Arguments as torch: ``training`` a bool (TypeError otherwise, e.g. for ``'False'``), ``momentum`` any
-    float (``None`` is a TypeError, as in torch's functional; the modules' ``momentum=None`` cumulative
-    average works), ``eps`` > 0 in training and >= 0 in evaluation. An input with no elements, or of fewer
-    than 2 dims, is handed to ``torch.nn.functional.batch_norm`` (nothing to compute; torch's result or
-    error, and no running-statistics update)."""
+    Parameters
+    ----------
+    input : Tensor
+        (N, C, *). An input with no elements, or of fewer than 2 dims, is handed to
+        ``torch.nn.functional.batch_norm`` (torch's result or error; no running-statistics update).
+    running_mean, running_var : Tensor or None
+        (C,). In training (if given) updated in place with ``momentum`` (unbiased variance), whatever their
+        layout (non-contiguous ones through a contiguous copy); otherwise they normalize.
+    weight, bias : Tensor, optional
+        (C,).
+    training : bool
+        A bool (TypeError otherwise, e.g. for ``'False'``), as torch.
+    momentum : float
+        Any float (``None`` is a TypeError, as in torch's functional; the modules' ``momentum=None``
+        cumulative average works).
+    eps : float
+        > 0 in training, >= 0 in evaluation.
+
+    Returns
+    -------
+    Tensor
+        y, like input.
+    """
     _check(
-        "batch_norm",
-        input=input,
-        running_mean=running_mean,
-        running_var=running_var,
-        weight=weight,
-        bias=bias,
+        "batch_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
     training = _bool_arg("batch_norm", "training", training)
     momentum = _float_arg("batch_norm", "momentum", momentum)
     eps = _float_arg("batch_norm", "eps", eps)
     if input.dim() < 2 or input.numel() == 0:
         return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    return BatchNormFunction.apply(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return BATCH_NORM.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
 
 
 # ------------------------------------------------------------------------------------------- InstanceNorm
-def _instance_norm_fwd_impl(x, weight, bias, running_mean, running_var, use_input_stats: bool, momentum, eps):
-    def run(rm, rv):
-        return fastnorm.instance_norm_forward(
-            _arr(x), _arr(weight), _arr(bias), _arr(rm), _arr(rv),
-            use_input_stats=use_input_stats, momentum=momentum, eps=eps,
-        )  # fmt: skip
-
-    y, mean, rstd = _run_updating(run, running_mean, running_var, use_input_stats)
-    return _ten(y, x), _ten(mean, x), _ten(rstd, x)
-
-
-def _instance_norm_bwd_impl(dy, x, mean, rstd, weight, bias, use_input_stats: bool):
-    dx, dw, db = fastnorm.instance_norm_backward(
-        _arr(dy), _arr(x), _arr(mean), _arr(rstd), _arr(weight), _arr(bias), use_input_stats=use_input_stats
-    )
-    return _ten(dx, x), _empty_if_none(_ten(dw, x), x), _empty_if_none(_ten(db, x), x)
-
-
-@custom_op("fastnorm::instance_norm_forward", mutates_args=("running_mean", "running_var"))
-def _instance_norm_fwd_op(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    use_input_stats: bool,
-    momentum: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _instance_norm_fwd_impl(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
-
-
-@_instance_norm_fwd_op.register_fake
-def _(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    nc = tuple(x.shape[:2])
-    sd = _stat_dtype(x.dtype)
-    return torch.empty_like(x), x.new_empty(nc, dtype=sd), x.new_empty(nc, dtype=sd)
-
-
-@custom_op("fastnorm::instance_norm_backward", mutates_args=())
-def _instance_norm_bwd_op(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    use_input_stats: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _instance_norm_bwd_impl(dy, x, mean, rstd, weight, bias, use_input_stats)
-
-
-_instance_norm_bwd_op.register_fake(_channel_bwd_fake)
-
-
-class InstanceNormFunction(torch.autograd.Function):
-    """y = InstanceNorm(x) per (n, c); running statistics updated in place with use_input_stats."""
-
-    @staticmethod
-    def forward(ctx, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
-        y, mean, rstd = _call(
-            _instance_norm_fwd_op, _instance_norm_fwd_impl,
-            x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
-        )  # fmt: skip
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.use_input_stats = use_input_stats
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(
-            _instance_norm_bwd_op,
-            _instance_norm_bwd_impl,
-            dy,
-            x,
-            mean,
-            rstd,
-            weight,
-            bias,
-            ctx.use_input_stats,
-        )
-        return dx, None, None, _none_if_absent(dw, weight), _none_if_absent(db, bias), None, None, None
-
-
 def instance_norm(
     input: Tensor,
     running_mean: Tensor | None = None,
@@ -589,18 +341,30 @@ def instance_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """``torch.nn.functional.instance_norm`` on fastnorm kernels: statistics per (n, c) over the spatial
-    positions of (N, C, *); running statistics (C,) updated in place (any layout) with ``use_input_stats``.
+    positions of (N, C, *)::
 
-    Arguments as torch: ``use_input_stats`` a bool, ``momentum`` and ``eps`` any float. An input with no
-    elements, or of fewer than 2 dims, is handed to ``torch.nn.functional.instance_norm`` (torch's result
-    or error; no running-statistics update)."""
+        y = (x - mean_nc) / sqrt(var_nc + eps) * weight_c + bias_c
+
+    Parameters
+    ----------
+    input : Tensor
+        (N, C, *). No elements, or fewer than 2 dims: handed to ``torch.nn.functional.instance_norm``.
+    running_mean, running_var : Tensor, optional
+        (C,), updated in place (any layout) with ``use_input_stats``.
+    weight, bias : Tensor, optional
+        (C,).
+    use_input_stats : bool
+        A bool, as torch.
+    momentum, eps : float
+        Any float, as torch.
+
+    Returns
+    -------
+    Tensor
+        y, like input.
+    """
     _check(
-        "instance_norm",
-        input=input,
-        running_mean=running_mean,
-        running_var=running_var,
-        weight=weight,
-        bias=bias,
+        "instance_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
     )
     use_input_stats = _bool_arg("instance_norm", "use_input_stats", use_input_stats)
     momentum = _float_arg("instance_norm", "momentum", momentum)
@@ -609,71 +373,10 @@ def instance_norm(
         return torch.nn.functional.instance_norm(
             input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
         )
-    return InstanceNormFunction.apply(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return INSTANCE_NORM.apply(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
 
 
 # ------------------------------------------------------------------------------------------- GroupNorm
-def _group_norm_fwd_impl(x, num_groups: int, weight, bias, eps: float):
-    y, mean, rstd = fastnorm.group_norm_forward(_arr(x), num_groups, _arr(weight), _arr(bias), eps=eps)
-    return _ten(y, x), _ten(mean, x), _ten(rstd, x)
-
-
-def _group_norm_bwd_impl(dy, x, mean, rstd, num_groups: int, weight, bias):
-    dx, dw, db = fastnorm.group_norm_backward(
-        _arr(dy), _arr(x), _arr(mean), _arr(rstd), num_groups, _arr(weight), _arr(bias)
-    )
-    return _ten(dx, x), _empty_if_none(_ten(dw, x), x), _empty_if_none(_ten(db, x), x)
-
-
-@custom_op("fastnorm::group_norm_forward", mutates_args=())
-def _group_norm_fwd_op(
-    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _group_norm_fwd_impl(x, num_groups, weight, bias, eps)
-
-
-@_group_norm_fwd_op.register_fake
-def _(x, num_groups, weight, bias, eps):
-    ng = (x.shape[0], num_groups)
-    sd = _stat_dtype(x.dtype)
-    return torch.empty_like(x), x.new_empty(ng, dtype=sd), x.new_empty(ng, dtype=sd)
-
-
-@custom_op("fastnorm::group_norm_backward", mutates_args=())
-def _group_norm_bwd_op(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _group_norm_bwd_impl(dy, x, mean, rstd, num_groups, weight, bias)
-
-
-@_group_norm_bwd_op.register_fake
-def _(dy, x, mean, rstd, num_groups, weight, bias):
-    return _channel_bwd_fake(dy, x, mean, rstd, weight, bias)
-
-
-class GroupNormFunction(torch.autograd.Function):
-    """y = GroupNorm(x) with statistics per (n, group of C / num_groups channels)."""
-
-    @staticmethod
-    def forward(ctx, x, num_groups, weight, bias, eps):
-        y, mean, rstd = _call(_group_norm_fwd_op, _group_norm_fwd_impl, x, num_groups, weight, bias, eps)
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
-        ctx.num_groups = num_groups
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = _call(_group_norm_bwd_op, _group_norm_bwd_impl, dy, x, mean, rstd, ctx.num_groups, weight, bias)
-        return dx, None, _none_if_absent(dw, weight), _none_if_absent(db, bias), None
-
-
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -681,67 +384,47 @@ def group_norm(
     bias: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``torch.nn.functional.group_norm`` on fastnorm kernels: (N, C, *) normalized per (n, group);
-    per-channel weight and bias (C,)."""
+    """``torch.nn.functional.group_norm`` on fastnorm kernels: (N, C, *) normalized per (n, group of
+    C / num_groups channels)::
+
+        y = (x - mean_ng) / sqrt(var_ng + eps) * weight_c + bias_c
+
+    Parameters
+    ----------
+    input : Tensor
+        (N, C, *), C divisible by num_groups.
+    num_groups : int
+    weight, bias : Tensor, optional
+        (C,).
+    eps : float
+
+    Returns
+    -------
+    Tensor
+        y, like input.
+    """
     _check("group_norm", input=input, weight=weight, bias=bias)
-    return GroupNormFunction.apply(input, int(num_groups), weight, bias, float(eps))
+    return GROUP_NORM.apply(input, int(num_groups), weight, bias, float(eps))
 
 
 # ------------------------------------------------------------------------------------- LocalResponseNorm
-def _lrn_fwd_impl(x, size: int, alpha: float, beta: float, k: float):
-    y, scale = fastnorm.local_response_norm_forward(_arr(x), size, alpha=alpha, beta=beta, k=k)
-    return _ten(y, x), _ten(scale, x)
-
-
-def _lrn_bwd_impl(dy, x, y, scale, size: int, alpha: float, beta: float, k: float):
-    dx = fastnorm.local_response_norm_backward(
-        _arr(dy), _arr(x), _arr(y), _arr(scale), size, alpha=alpha, beta=beta, k=k
-    )
-    return _ten(dx, x)
-
-
-@custom_op("fastnorm::local_response_norm_forward", mutates_args=())
-def _lrn_fwd_op(x: Tensor, size: int, alpha: float, beta: float, k: float) -> tuple[Tensor, Tensor]:
-    return _lrn_fwd_impl(x, size, alpha, beta, k)
-
-
-@_lrn_fwd_op.register_fake
-def _(x, size, alpha, beta, k):
-    return torch.empty_like(x), torch.empty_like(x)
-
-
-@custom_op("fastnorm::local_response_norm_backward", mutates_args=())
-def _lrn_bwd_op(
-    dy: Tensor, x: Tensor, y: Tensor, scale: Tensor, size: int, alpha: float, beta: float, k: float
-) -> Tensor:
-    return _lrn_bwd_impl(dy, x, y, scale, size, alpha, beta, k)
-
-
-@_lrn_bwd_op.register_fake
-def _(dy, x, y, scale, size, alpha, beta, k):
-    return torch.empty_like(x)
-
-
-class LocalResponseNormFunction(torch.autograd.Function):
-    """y = x * (k + alpha / size * window_sum(x^2))^-beta across channels."""
-
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k):
-        y, scale = _call(_lrn_fwd_op, _lrn_fwd_impl, x, size, alpha, beta, k)
-        ctx.save_for_backward(x, y, scale)
-        ctx.args = (size, alpha, beta, k)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, y, scale = ctx.saved_tensors
-        return _call(_lrn_bwd_op, _lrn_bwd_impl, dy, x, y, scale, *ctx.args), None, None, None, None
-
-
 def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
     """``torch.nn.functional.local_response_norm`` on fastnorm kernels (channels on axis 1 of (N, C, *))::
 
-    y = x * (k + alpha / size * sum of x^2 over the channel window [c - size//2, c + (size-1)//2])^-beta
+        y = x * (k + alpha / size * sum of x^2 over the channel window [c - size//2, c + (size-1)//2])^-beta
+
+    Parameters
+    ----------
+    input : Tensor
+        (N, C, *), at least 3 dims (as torch).
+    size : int
+        The window length.
+    alpha, beta, k : float
+
+    Returns
+    -------
+    Tensor
+        y, like input.
     """
     _check("local_response_norm", input=input)
     if input.dim() < 3:
@@ -749,127 +432,60 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
             f"fastnorm.torch.functional.local_response_norm: expected 3D or higher dimensionality input "
             f"(got {input.dim()} dimensions), as torch"
         )
-    return LocalResponseNormFunction.apply(input, int(size), float(alpha), float(beta), float(k))
+    return LOCAL_RESPONSE_NORM.apply(input, int(size), float(alpha), float(beta), float(k))
 
 
 # ------------------------------------------------------------------------------------------- WeightNorm
-def _weight_norm_fwd_impl(v, g, dim: int | None):
-    w, norm = fastnorm.weight_norm_forward(_arr(v), _arr(g), dim=dim)
-    return _ten(w, v), _ten(norm, v)
-
-
-def _weight_norm_bwd_impl(dw, v, g, norm, dim: int | None):
-    dv, dg = fastnorm.weight_norm_backward(_arr(dw), _arr(v), _arr(g), _arr(norm), dim=dim)
-    return _ten(dv, v), _ten(dg, v)
-
-
-@custom_op("fastnorm::weight_norm_forward", mutates_args=())
-def _weight_norm_fwd_op(v: Tensor, g: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
-    return _weight_norm_fwd_impl(v, g, dim)
-
-
-@_weight_norm_fwd_op.register_fake
-def _(v, g, dim):
-    return torch.empty_like(v), torch.empty_like(g)
-
-
-@custom_op("fastnorm::weight_norm_backward", mutates_args=())
-def _weight_norm_bwd_op(dw: Tensor, v: Tensor, g: Tensor, norm: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
-    return _weight_norm_bwd_impl(dw, v, g, norm, dim)
-
-
-@_weight_norm_bwd_op.register_fake
-def _(dw, v, g, norm, dim):
-    return torch.empty_like(v), torch.empty_like(g)
-
-
-class WeightNormFunction(torch.autograd.Function):
-    """w = g * v / ||v|| with the norm over every dim but ``dim``."""
-
-    @staticmethod
-    def forward(ctx, v, g, dim):
-        w, norm = _call(_weight_norm_fwd_op, _weight_norm_fwd_impl, v, g, dim)
-        ctx.save_for_backward(v, g, norm)
-        ctx.dim = dim
-        return w
-
-    @staticmethod
-    def backward(ctx, dw):
-        v, g, norm = ctx.saved_tensors
-        dv, dg = _call(_weight_norm_bwd_op, _weight_norm_bwd_impl, dw, v, g, norm, ctx.dim)
-        return dv, dg, None
-
-
 def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
-    """``torch._weight_norm(v, g, dim)`` on fastnorm kernels: w = g * v / norm(v), the norm taken over every
-    dim except ``dim``; g has v's shape with size 1 on those dims (as ``torch.nn.utils.weight_norm``).
+    """``torch._weight_norm(v, g, dim)`` on fastnorm kernels::
 
-    As in torch, ``dim=None`` or ``dim=-1`` takes the norm over the whole tensor (g then has shape ())."""
+        w = g * v / norm(v),   the norm over every dim except ``dim``
+
+    Parameters
+    ----------
+    v : Tensor
+    g : Tensor
+        v's shape with size 1 on every dim but ``dim`` (as ``torch.nn.utils.weight_norm``).
+    dim : int or None
+        As in torch, ``None`` or ``-1`` takes the norm over the whole tensor (g then has shape ()).
+
+    Returns
+    -------
+    Tensor
+        w, like v.
+    """
     _check("weight_norm", v=v, g=g)
     if dim is not None:
         dim = int(dim)
         dim = None if dim == -1 else dim % v.dim()
-    return WeightNormFunction.apply(v, g, dim)
+    return WEIGHT_NORM.apply(v, g, dim)
 
 
 # ------------------------------------------------------------------------------------------- CosineLinear
-def _cosine_linear_fwd_impl(x, w, eps: float):
-    y, x_norm, w_norm = fastnorm.cosine_linear_forward(_arr(x), _arr(w), eps=eps)
-    return _ten(y, x), _ten(x_norm, x), _ten(w_norm, x)
-
-
-def _cosine_linear_bwd_impl(dy, x, w, y, x_norm, w_norm, eps: float):
-    dx, dw = fastnorm.cosine_linear_backward(_arr(dy), _arr(x), _arr(w), _arr(y), _arr(x_norm), _arr(w_norm), eps=eps)
-    return _ten(dx, x), _ten(dw, x)
-
-
-@custom_op("fastnorm::cosine_linear_forward", mutates_args=())
-def _cosine_linear_fwd_op(x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return _cosine_linear_fwd_impl(x, w, eps)
-
-
-@_cosine_linear_fwd_op.register_fake
-def _(x, w, eps):
-    return x.new_empty((*x.shape[:-1], w.shape[0])), x.new_empty(x.shape[:-1]), w.new_empty(w.shape[:1])
-
-
-@custom_op("fastnorm::cosine_linear_backward", mutates_args=())
-def _cosine_linear_bwd_op(
-    dy: Tensor, x: Tensor, w: Tensor, y: Tensor, x_norm: Tensor, w_norm: Tensor, eps: float
-) -> tuple[Tensor, Tensor]:
-    return _cosine_linear_bwd_impl(dy, x, w, y, x_norm, w_norm, eps)
-
-
-@_cosine_linear_bwd_op.register_fake
-def _(dy, x, w, y, x_norm, w_norm, eps):
-    return torch.empty_like(x), torch.empty_like(w)
-
-
-class CosineLinearFunction(torch.autograd.Function):
-    """y = (x / max(|x|, eps)) @ (w / max(|w|, eps)).T, row norms over the last dim."""
-
-    @staticmethod
-    def forward(ctx, x, w, eps):
-        y, x_norm, w_norm = _call(_cosine_linear_fwd_op, _cosine_linear_fwd_impl, x, w, eps)
-        ctx.save_for_backward(x, w, y, x_norm, w_norm)
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, y, x_norm, w_norm = ctx.saved_tensors
-        dx, dw = _call(_cosine_linear_bwd_op, _cosine_linear_bwd_impl, dy, x, w, y, x_norm, w_norm, ctx.eps)
-        return dx, dw, None
-
-
 def cosine_linear(input: Tensor, weight: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine-normalized linear map, ``F.linear(F.normalize(input, eps=eps), F.normalize(weight, eps=eps))``
-    on fastnorm kernels: input (*, D), weight (O, D) -> (*, O), every entry a cosine similarity."""
+    """Cosine-normalized linear map on fastnorm kernels::
+
+        y = F.linear(F.normalize(input, eps=eps), F.normalize(weight, eps=eps))
+
+    Parameters
+    ----------
+    input : Tensor
+        (*, D).
+    weight : Tensor
+        (O, D).
+    eps : float
+        Each norm is clamped at eps.
+
+    Returns
+    -------
+    Tensor
+        (*, O), every entry a cosine similarity.
+    """
     _check("cosine_linear", input=input, weight=weight)
-    return CosineLinearFunction.apply(input, weight, float(eps))
+    return COSINE_LINEAR.apply(input, weight, float(eps))
 
 
-# Fused residual add + norm, defined in their own module (custom ops with register_autograd).
+# Fused residual add + norm, defined in their own module.
 from .add_norm import add_layer_norm, add_rms_norm  # noqa: E402
 
 __all__ += ["add_layer_norm", "add_rms_norm"]

@@ -558,3 +558,14 @@ def test_bad_option_names_it_and_writes_nothing(device, case, direction, arg, va
         return out
 
     _expect_error_nothing_written(device, case, direction, mutate, exc, [arg])
+
+
+def test_every_registered_op_has_a_contract_case():
+    """The op list of this suite is the registry's: a newly declared op cannot skip the contracts."""
+    from fastnorm._spec import REGISTRY
+
+    covered = {s for case in OP_CASES for s in (case.fwd.__name__, case.bwd.__name__)}
+    assert covered == set(REGISTRY), f"ops without a contract case in tests/cases.py: {set(REGISTRY) - covered}"
+    for case in OP_CASES:  # each case runs the declared public function and reference
+        for fn, ref in ((case.fwd, case.ref_fwd), (case.bwd, case.ref_bwd)):
+            assert getattr(fastnorm, fn.__name__) is fn and REGISTRY[fn.__name__].reference is ref

@@ -1,0 +1,207 @@
+"""Op declarations: every fact about a norm op that more than one layer needs, written once.
+
+A family module (``fastnorm/norms/*.py``) declares each of its ops with ``register(OpSpec(...))`` beside the
+explicit public function. The layers between read the declaration instead of restating it:
+
+- the public function allocates (or checks) its outputs with ``spec.outputs(...)``;
+- ``fastnorm.torch._bind`` builds the ``torch.library`` custom op, its fake (from ``spec.layout``) and the
+  autograd glue;
+- the exports, the contract tests and the benchmarks loop over ``REGISTRY``.
+
+An output is declared by its name, a shape rule (a function of the inputs' shapes and the op's attributes,
+given as a ``Dims``), a dtype rule (``DATA``: the primary input's dtype; ``STAT``: the statistic dtype of
+that dtype, float32 beside 16-bit data; or the name of an input whose dtype it takes, e.g. ``"weight"`` for
+dweight) and, for a gradient of an optional parameter, the input it exists for (``when``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
+
+DATA = "data"
+STAT = "stat"
+
+# argument kinds: an array, an optional array, and the attribute types of the torch custom-op schema
+TENSOR, OPT_TENSOR = "Tensor", "Tensor?"
+INT, OPT_INT, FLOAT, BOOL = "int", "int?", "float", "bool"
+
+
+# ------------------------------------------------------------------------------- shared result layouts
+class NormStats(NamedTuple):
+    """A normalization forward: the output and the per-group statistics."""
+
+    y: Array
+    mean: Array
+    rstd: Array
+
+
+class AffineGrads(NamedTuple):
+    """A normalization backward: dx, and the gradients of weight and bias (None when absent)."""
+
+    dx: Array
+    dweight: Array | None
+    dbias: Array | None
+
+
+class ScaleStats(NamedTuple):
+    """An RMS-style forward: the output and the reciprocal root mean square."""
+
+    y: Array
+    rstd: Array
+
+
+class ScaleGrads(NamedTuple):
+    """An RMS-style backward: dx and the gradient of weight (None when absent)."""
+
+    dx: Array
+    dweight: Array | None
+
+
+# ----------------------------------------------------------------------------------------- declarations
+class Dims(dict):
+    """The shapes of an op's arrays (None when absent) and its attributes, by name (also as attributes)."""
+
+    __getattr__ = dict.__getitem__
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of the public function (in its positional order; ``out`` excluded)."""
+
+    name: str
+    kind: str = TENSOR
+    mutable: bool = False  # updated in place (running statistics)
+
+
+@dataclass(frozen=True)
+class Out:
+    name: str
+    shape: Callable[[Dims], tuple]
+    dtype: str = DATA
+    when: str | None = None  # the output exists only when this (optional) input is given
+
+
+def like(name: str) -> Callable[[Dims], tuple]:
+    """Shape rule: the shape of input ``name``."""
+    return lambda d: d[name]
+
+
+def lead(d: Dims, name: str = "x") -> tuple:
+    """The leading dims of a row op's array (all but the last ``normalized_ndim``)."""
+    shape = d[name]
+    return tuple(shape[: len(shape) - d.normalized_ndim])
+
+
+def bytes_of(reads: int, writes: int, of: str = "x") -> Callable[[Dims, int], int]:
+    """Bytes moved by an op that reads ``reads`` and writes ``writes`` arrays shaped like input ``of``
+    (parameters and statistics are lower order and not counted)."""
+    return lambda d, item: (reads + writes) * math.prod(d[of]) * item
+
+
+def grad(name: str, of: str) -> Out:
+    """The gradient of optional input ``of``: its shape and dtype, present only when ``of`` is."""
+    return Out(name, like(of), dtype=of, when=of)
+
+
+def args(spec: str) -> tuple[Arg, ...]:
+    """Arguments from a compact spelling: ``"x weight? bias? running_mean?! :training=bool :eps=float"``
+    (``?`` optional array, ``!`` updated in place, ``:name=kind`` an attribute)."""
+    out = []
+    for tok in spec.split():
+        if tok.startswith(":"):
+            name, kind = tok[1:].split("=")
+            out.append(Arg(name, kind))
+        else:
+            mutable = tok.endswith("!")
+            tok = tok.rstrip("!")
+            out.append(Arg(tok.rstrip("?"), OPT_TENSOR if tok.endswith("?") else TENSOR, mutable))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """The declaration of one public op (one direction: forward or backward)."""
+
+    name: str
+    args: tuple[Arg, ...]
+    outputs: tuple[Out, ...]
+    result: type | None  # the NamedTuple returned; None: one bare array (LRN's backward)
+    family: str
+    reference: Callable | None = None
+    primary: str = "x"  # the array whose dtype sets the op's data and statistic dtypes
+    # bytes a perfect fused kernel reads + writes, from the dims and the data item size (benchmarks)
+    bytes_moved: Callable[[Dims, int], int] | None = None
+    doc: str = field(default="", compare=False)
+
+    @property
+    def args_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args)
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args if a.kind in (TENSOR, OPT_TENSOR))
+
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args if a.kind not in (TENSOR, OPT_TENSOR))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+    def layout(self, shapes: dict, attrs: dict, dtypes: dict, stat_dtype: Callable) -> list:
+        """One ``(name, shape, dtype)`` per declared output, None for an output whose input is absent.
+
+        ``shapes``/``dtypes``: by array name (None / missing for an absent one); ``attrs``: the attribute
+        values the shape rules read; ``stat_dtype``: the statistic dtype of a data dtype (NumPy or torch)."""
+        d = Dims(shapes, **attrs)
+        data = dtypes[self.primary]
+        specs = []
+        for o in self.outputs:
+            if o.when is not None and shapes.get(o.when) is None:
+                specs.append(None)
+                continue
+            dt = data if o.dtype == DATA else stat_dtype(data) if o.dtype == STAT else dtypes[o.dtype]
+            specs.append((o.name, tuple(o.shape(d)), dt))
+        return specs
+
+    def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
+        """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.
+
+        ``arrays``: the validated inputs by name, in the declared order (their order numbers the inputs in
+        the aliasing errors); ``attrs``: what the shape rules read (e.g. ``normalized_ndim``)."""
+        from . import _validation as V
+
+        shapes = {k: None if a is None else tuple(a.shape) for k, a in arrays.items()}
+        dtypes = {k: V.dtype_of(a) for k, a in arrays.items() if a is not None}
+        specs = self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        return V.outputs(be, self.name, out, specs, tuple(arrays.values()))
+
+
+REGISTRY: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"op {spec.name} is declared twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def ops(family: str | None = None) -> list[OpSpec]:
+    """The registered ops, optionally of one family, in declaration order."""
+    return [s for s in REGISTRY.values() if family is None or s.family == family]
+
+
+def numpy_stat_dtype(dtype) -> np.dtype:
+    """float32 for 16-bit data, the data dtype otherwise (the rule every backend follows)."""
+    from . import _dtypes
+
+    return np.dtype(_dtypes.stat_dtype(dtype))

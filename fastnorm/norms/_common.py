@@ -1,0 +1,86 @@
+"""What the norm family modules share: empty-input results, scratch, and the 16-bit parameter round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _validation as V
+
+
+def fill(be, a, value: float) -> None:
+    """``a[...] = value`` for an output buffer ``a`` of backend ``be`` (results of empty inputs)."""
+    if a is None or math.prod(a.shape) == 0:
+        return
+    if be.name == "cpu":
+        a[...] = value
+    else:
+        put(be, a, np.full(tuple(a.shape), value, V.dtype_of(a)))
+
+
+def put(be, a, host: np.ndarray) -> None:
+    """``a[...] = host`` for an output buffer ``a`` of backend ``be`` and a NumPy array ``host``."""
+    if math.prod(a.shape) == 0:
+        return
+    if be.name == "cpu":
+        a[...] = host
+    else:
+        size = math.prod(a.shape)  # copied as 1-D: device arrays differ in how they match shapes
+        flat = np.ascontiguousarray(np.broadcast_to(host, tuple(a.shape)), V.dtype_of(a)).reshape(size)
+        be.asarray(a).reshape(size).copy_to_device(flat)
+
+
+def host(be, a) -> np.ndarray:
+    """A NumPy view (CPU) or copy (CUDA) of an array of backend ``be``."""
+    return a if be.name == "cpu" else be.asarray(a).copy_to_host()
+
+
+def eval_stats(be, mean, rstd, running_mean, running_var, eps: float) -> None:
+    """mean = running_mean, rstd = 1 / sqrt(running_var + eps), broadcast over mean's leading dims."""
+    rm, rv = host(be, running_mean), host(be, running_var)
+    with np.errstate(all="ignore"):
+        r = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    put(be, mean, rm)
+    put(be, rstd, r)
+
+
+def empty_reduction(be, mean, rstd) -> None:
+    """Statistics of reductions over no elements, as torch: mean 0, rstd NaN (mean may be absent)."""
+    fill(be, mean, 0.0)
+    fill(be, rstd, np.nan)
+
+
+def opt(be, a, dtype, shape=None):
+    """A kernel argument for an optional array: ``a`` (reshaped to ``shape``), or a length-0 array of
+    ``dtype`` when it is absent (the kernels' "not given")."""
+    if a is None:
+        return be.empty((0,), dtype)
+    return a if shape is None else a.reshape(shape)
+
+
+def partials(be, want: bool, n_chunks: int, n: int, dtype) -> tuple:
+    """Scratch for a deterministic column reduction (dweight/dbias): per-chunk float64 partial rows and
+    per-chunk short-run accumulator rows in the input dtype (see the backward kernels)."""
+    if not want:
+        return be.empty((0, 0), np.float64), be.empty((0, 0), dtype)
+    return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n), dtype)
+
+
+def to_stat(be, sd, *arrays) -> list:
+    """Parameters and running statistics as the kernels take them: in the statistic dtype ``sd`` (float32
+    copies of 16-bit ones; float32 / float64 arrays as they are). None stays None."""
+    return [None if a is None else be.astype(a, sd) for a in arrays]
+
+
+def stat_outputs(be, sd, *arrays) -> list:
+    """Buffers for the kernels to write parameter-shaped results into: each array itself when it is in the
+    statistic dtype ``sd``, else a new ``sd`` buffer that ``round_back`` copies into it afterwards."""
+    return [None if a is None else a if V.dtype_of(a) == sd else be.empty(tuple(a.shape), sd) for a in arrays]
+
+
+def round_back(be, dsts, srcs) -> None:
+    """dst[...] = src for each pair whose src is a float32 stand-in (one rounding to dst's 16-bit dtype)."""
+    for dst, src in zip(dsts, srcs, strict=True):
+        if dst is not None and src is not dst:
+            be.copyto(dst, src)
