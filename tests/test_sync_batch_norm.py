@@ -507,3 +507,56 @@ def test_16bit_running_stats_and_out_buffers(rng, dt):
         fastnorm.batch_norm_gather_stats(s.mean[None].astype(dt), s.m2[None], [s.count])
     with pytest.raises(TypeError, match="batch_norm_backward_reduce: dy has dtype float32"):
         fastnorm.batch_norm_backward_reduce(x.astype(np.float32), x, mean, inv)
+
+
+STAGES = ("batch_norm_stats", "batch_norm_gather_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
+          "batch_norm_backward_elemt")  # fmt: skip
+
+
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+def test_torch_sync_batch_norm_runs_16bit_modules_on_the_stage_kernels(monkeypatch, tmp_path, dt):
+    """fastnorm.torch's SyncBatchNorm function on a 16-bit module (its weight, bias and running statistics
+    16-bit, as ``module.to(torch.bfloat16)`` leaves them) and 16-bit input, through a one-process gloo
+    group: the five stage kernels run (no torch fallback), outputs and gradients keep the module's dtypes,
+    and each is within 2x torch's same-dtype BatchNorm2d error (+ 8 units of the dtype) of float64's."""
+    torch = pytest.importorskip("torch")
+    dist = torch.distributed
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from fastnorm.torch.distributed import SyncBatchNorm, _SyncBatchNormFunction
+
+    calls = []
+    for name in STAGES:
+        fn = getattr(fastnorm, name)
+        monkeypatch.setattr(fastnorm, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    dtype = getattr(torch, dt)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 4, 3, 3, generator=gen) * 2 + 1).to(dtype)
+    g = torch.randn(6, 4, 3, 3, generator=gen).to(dtype)
+    mods = [SyncBatchNorm(4, eps=1e-4).to(dtype), torch.nn.BatchNorm2d(4, eps=1e-4).to(dtype)]
+    mods.append(torch.nn.BatchNorm2d(4, eps=1e-4).double())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        res = []
+        for i, m in enumerate(mods):
+            with torch.no_grad():
+                m.weight.copy_(torch.linspace(0.5, 2.0, 4))
+                m.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+            xx = (x.double() if i == 2 else x).clone().requires_grad_(True)
+            if i == 0:  # the synchronized path (a one-process group takes the local one in forward())
+                args = (m.weight, m.bias, m.running_mean, m.running_var, 1e-4, 0.1, dist.group.WORLD, 1, 4)
+                y = _SyncBatchNormFunction.apply(xx, *args)
+            else:
+                y = m(xx)
+            (y * (g.double() if i == 2 else g)).sum().backward()
+            res.append((y, xx.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var))
+    finally:
+        dist.destroy_process_group()
+    assert calls == list(STAGES)
+    assert all(a.dtype == dtype for a in res[0])
+    eps = float(torch.finfo(dtype).eps)
+    for name, got, other, ref in zip(("y", "dx", "dweight", "dbias", "running_mean", "running_var"), *res):
+        got, other, ref = (a.detach().double() for a in (got, other, ref))
+        err, other_err = (float((a - ref).abs().max()) for a in (got, other))
+        bound = 2 * other_err + 8 * eps * max(1.0, float(ref.abs().max()))
+        assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
