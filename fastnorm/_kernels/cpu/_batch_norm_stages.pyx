@@ -201,6 +201,44 @@ cdef inline void _merge_parts(const double *means, const double *m2s, Py_ssize_t
     m2[0] = mm
 
 
+cdef inline void _partials(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t L, double *wp, Py_ssize_t nch, bint grads, int fmt,
+                           int n_threads) noexcept nogil:
+    """The partial results of one pass over (N, C, L) x (and dy): moments of x, or (``grads``) sum(dy) and
+    sum(dy * (x - mean)). L > 1: one (n, c) slice per task, pairs in wp[2 * s]; L == 1: the rows cut into
+    ``nch`` chunks, chunk t's rows of C values at wp + t * (5C moments | 2C sums)."""
+    cdef Py_ssize_t s, t, S = N * C, ld = (2 if grads else 5) * C
+    if L > 1:
+        if n_threads <= 1:
+            for s in range(S):
+                _slice_part(gp, xp, mp, s, C, L, wp, grads, fmt)
+        else:
+            for s in prange(S, schedule="static", num_threads=n_threads):
+                _slice_part(gp, xp, mp, s, C, L, wp, grads, fmt)
+    elif n_threads <= 1 or nch <= 1:
+        for t in range(nch):
+            _chunk_part(gp, xp, mp, t, nch, N, C, wp + t * ld, grads, fmt)
+    else:
+        for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
+            _chunk_part(gp, xp, mp, t, nch, N, C, wp + t * ld, grads, fmt)
+
+
+cdef inline void _slice_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t s, Py_ssize_t C,
+                             Py_ssize_t L, double *wp, bint grads, int fmt) noexcept nogil:
+    if grads:
+        _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s, fmt)
+    else:
+        _slice_moments(xp + s * L, L, wp + 2 * s, fmt)
+
+
+cdef inline void _chunk_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t t, Py_ssize_t nch,
+                             Py_ssize_t N, Py_ssize_t C, double *wk, bint grads, int fmt) noexcept nogil:
+    if grads:
+        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wk, fmt)
+    else:
+        _rows_moments(xp, t, nch, N, C, wk, fmt)
+
+
 # ------------------------------------------------------------------------------------------ kernels
 def _batch_norm_stats(const data_t[:, :, ::1] x,            # IN  (N, C, L)
                       floating[::1] mean,                   # OUT (C,)
@@ -208,7 +246,7 @@ def _batch_norm_stats(const data_t[:, :, ::1] x,            # IN  (N, C, L)
                       double[:, ::1] work,                  # SCRATCH L > 1: (N*C, 2); L == 1: (chunks, 5C)
                       int fmt, int n_threads):
     """mean and M2 = sum((x - mean)^2) per channel over the N*L values of (N, C, L) x; 0 when N*L == 0."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, s, c, t, nch
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, nch
     cdef const data_t *xp
     cdef double *wp
     cdef double mu, mm
@@ -221,20 +259,7 @@ def _batch_norm_stats(const data_t[:, :, ::1] x,            # IN  (N, C, L)
     wp = &work[0, 0]
     nch = work.shape[0]
     with nogil:
-        if L > 1:
-            if n_threads <= 1:
-                for s in range(S):
-                    _slice_moments(xp + s * L, L, wp + 2 * s, fmt)
-            else:
-                for s in prange(S, schedule="static", num_threads=n_threads):
-                    _slice_moments(xp + s * L, L, wp + 2 * s, fmt)
-        else:
-            if n_threads <= 1 or nch <= 1:
-                for t in range(nch):
-                    _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
-            else:
-                for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_moments(xp, t, nch, N, C, wp + t * 5 * C, fmt)
+        _partials(xp, xp, &mean[0], N, C, L, wp, nch, False, fmt, n_threads)
         for c in range(C):
             if L > 1:
                 _merge_parts(wp + 2 * c, wp + 2 * c + 1, N, 2 * C, N, L, &mu, &mm)
@@ -304,7 +329,7 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
                                 int fmt, int n_threads):
     """sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)), dweight = sum_dy_xmu * invstd, dbias = sum_dy
     per channel, in double, in a fixed order."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, s, c, n, t, nch
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch
     cdef const data_t *gp
     cdef const data_t *xp
     cdef const floating *mp = &mean[0]
@@ -325,19 +350,7 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
     wp = &work[0, 0]
     nch = work.shape[0]
     with nogil:
-        if L > 1:
-            if n_threads <= 1:
-                for s in range(S):
-                    _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s, fmt)
-            else:
-                for s in prange(S, schedule="static", num_threads=n_threads):
-                    _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s, fmt)
-        elif n_threads <= 1 or nch <= 1:
-            for t in range(nch):
-                _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
-        else:
-            for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C, fmt)
+        _partials(gp, xp, mp, N, C, L, wp, nch, True, fmt, n_threads)
         for c in range(C):
             s1 = 0.0
             s2 = 0.0

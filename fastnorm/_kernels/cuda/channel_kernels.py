@@ -15,27 +15,13 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import (
-    ACC,
-    SIM,
-    Kernel,
-    arr,
-    cached,
-    current_stream,
-    loader,
-    make_team_sum2,
-    nb_type,
-    param_dtype,
-    register_cap,
-    storer,
-    team_buf_cols,
-)
+from . import _common as cc
 
 U = np.uint64
 F64 = np.float64
 SEG_TEAM = 128  # threads per (n, c) segment at most (fewer for short segments)
-SEG_BLOCK = 64 if SIM else 128  # threads per block of the segment kernels (the simulator is slow)
-BLOCK = 64 if SIM else 256  # elementwise kernels
+SEG_BLOCK = 64 if cc.SIM else 128  # threads per block of the segment kernels (the simulator is slow)
+BLOCK = 64 if cc.SIM else 256  # elementwise kernels
 COLS = 32  # channels-last: columns per block
 PHASES = 8  # channels-last: row phases per block (block = COLS * PHASES threads)
 
@@ -56,11 +42,11 @@ def _make_segments(dtype, t: int, r: int, kind: str):
     kind "grads":   work[s] = (sum dy, sum dy * (x - mu)), mu = mean[(s // C) * GS + (s % C) // K]
                     (BatchNorm: GS = 0, K = 1 -> mean[c]; GroupNorm: GS = G -> mean[n, c // K]).
     """
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld = loader(dtype)
-    cols = team_buf_cols(t)
-    team_sum2 = make_team_sum2(t)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld = cc.loader(dtype)
+    cols = cc.team_buf_cols(t)
+    team_sum2 = cc.make_team_sum2(t)
     tu, ru = U(t), U(r)
     zero = U(0)
     moments = kind == "moments"
@@ -117,10 +103,10 @@ def _segments(kind, x2, dy2, mean, work, c, gs, k, dt=None):
         return
     t, r = _seg_team(length)
     dt = np.dtype(x2.dtype if dt is None else dt)
-    sig = (f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64, int64, int64)")
-    kern = cached(("seg", kind, dt, t, r),
-                  lambda: Kernel(_make_segments(dt, t, r, kind), sig, register_cap(t * r, ACC[dt])))
-    kern.launch(-(-s_count // r), t * r, current_stream(), x2, dy2, mean, work, c, gs, k)
+    sig = (f"void({cc.arr(dt, 2)}, {cc.arr(dt, 2)}, {cc.arr(cc.ACC[dt], 1)}, {cc.arr(F64, 2)}, int64, int64, int64)")
+    kern = cc.cached(("seg", kind, dt, t, r),
+                  lambda: cc.Kernel(_make_segments(dt, t, r, kind), sig, cc.register_cap(t * r, cc.ACC[dt])))
+    kern.launch(-(-s_count // r), t * r, cc.current_stream(), x2, dy2, mean, work, c, gs, k)
 
 
 # ------------------------------------------------------------------------------------------ channels last
@@ -129,8 +115,8 @@ def _make_columns(dtype, kind: str):
     ``n_chunks``; each thread one column and every PHASES-th row of the chunk, merged in shared memory in
     phase order. kind "moments": work[t, c] = mean, work[t, C + c] = M2 (Welford, float64); kind "grads":
     work[t, c] = sum dy, work[t, C + c] = sum dy * (x - mean[c])."""
-    acc = ACC[np.dtype(dtype)]
-    ld = loader(dtype)
+    acc = cc.ACC[np.dtype(dtype)]
+    ld = cc.loader(dtype)
     cu, pu = U(COLS), U(PHASES)
     zero, one = U(0), U(1)
     moments = kind == "moments"
@@ -194,10 +180,10 @@ def _make_columns(dtype, kind: str):
 def _columns(kind, x2, dy2, mean, work, n_chunks, dt=None):
     m, c = x2.shape
     dt = np.dtype(x2.dtype if dt is None else dt)
-    sig = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(ACC[dt], 1)}, {arr(F64, 2)}, int64)"
-    kern = cached(("cols", kind, dt, COLS, PHASES),
-                  lambda: Kernel(_make_columns(dt, kind), sig, register_cap(COLS * PHASES, np.float64)))
-    kern.launch((-(-c // COLS), n_chunks), COLS * PHASES, current_stream(), x2, dy2, mean, work, n_chunks)
+    sig = f"void({cc.arr(dt, 2)}, {cc.arr(dt, 2)}, {cc.arr(cc.ACC[dt], 1)}, {cc.arr(F64, 2)}, int64)"
+    kern = cc.cached(("cols", kind, dt, COLS, PHASES),
+                  lambda: cc.Kernel(_make_columns(dt, kind), sig, cc.register_cap(COLS * PHASES, np.float64)))
+    kern.launch((-(-c // COLS), n_chunks), COLS * PHASES, cc.current_stream(), x2, dy2, mean, work, n_chunks)
 
 
 # ------------------------------------------------------------------------------------------ per channel
@@ -246,10 +232,10 @@ def _make_finish(dts, mode: str):
     """
     if not isinstance(dts, tuple):
         d = np.dtype(dts)
-        dts = (ACC[d], d, d, d, d)
+        dts = (cc.ACC[d], d, d, d, d)
     sd = np.dtype(dts[0]).type
-    ldw, ldr, str_ = loader(dts[1]), loader(dts[2]), storer(dts[2])
-    stw, stb = storer(dts[3]), storer(dts[4])
+    ldw, ldr, str_ = cc.loader(dts[1]), cc.loader(dts[2]), cc.storer(dts[2])
+    stw, stb = cc.storer(dts[3]), cc.storer(dts[4])
     bn_fwd = mode == "bn_fwd"
     in_running = mode == "in_running"
 
@@ -314,11 +300,11 @@ def _finish(mode, work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chun
     if C == 0:
         return
     dts = tuple(np.dtype(d) for d in dts)
-    sd, pw, pr, gw, gb = (arr(d, 1) for d in dts)
-    sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {pw}, {pr}, {pr}, {sd}, {sd}, {gw}, {gb}, int64, int64, int64, "
+    sd, pw, pr, gw, gb = (cc.arr(d, 1) for d in dts)
+    sig = (f"void({cc.arr(F64, 2)}, {cc.arr(F64, 2)}, {pw}, {pr}, {pr}, {sd}, {sd}, {gw}, {gb}, int64, int64, int64, "
            "int64, int64, int64, int64, float64, float64, boolean, boolean)")
-    kern = cached(("finish", mode, dts), lambda: Kernel(_make_finish(dts, mode), sig, register_cap(128, F64)))
-    kern.launch(-(-C // 128), 128, current_stream(), work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M,
+    kern = cc.cached(("finish", mode, dts), lambda: cc.Kernel(_make_finish(dts, mode), sig, cc.register_cap(128, F64)))
+    kern.launch(-(-C // 128), 128, cc.current_stream(), work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M,
                 n_chunks, GS, K, float(eps), float(momentum), bool(first), bool(training))
 
 
@@ -330,8 +316,8 @@ def _make_apply(dtype, backward: bool):
     forward: y = (x - mean) * rstd * w[c] + b[c]
     backward: dx = rstd * w[c] * dy + kb[c] * (x - mean) + kc[c]   (kb, kc from ``coefs``; 0 if empty)
     """
-    acc = ACC[np.dtype(dtype)]
-    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
+    acc = cc.ACC[np.dtype(dtype)]
+    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
 
     def apply(x, dy, w, b, mean, rstd, coefs, y, C, L, GS, K):
         total = U(x.shape[0])
@@ -367,16 +353,16 @@ def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k, dt=
     if total == 0:
         return
     dt = np.dtype(x1.dtype if dt is None else dt)
-    a1, p1, s1 = arr(dt, 1), arr(param_dtype(dt), 1), arr(ACC[dt], 1)
-    sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
-    kern = cached(("apply", backward, dt),
-                  lambda: Kernel(_make_apply(dt, backward), sig, register_cap(BLOCK, ACC[dt])))
+    a1, p1, s1 = cc.arr(dt, 1), cc.arr(cc.param_dtype(dt), 1), cc.arr(cc.ACC[dt], 1)
+    sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {cc.arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
+    kern = cc.cached(("apply", backward, dt),
+                  lambda: cc.Kernel(_make_apply(dt, backward), sig, cc.register_cap(BLOCK, cc.ACC[dt])))
     grid = min(-(-total // BLOCK), kern.resident_blocks(BLOCK) * 4)
-    kern.launch(grid, BLOCK, current_stream(), x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k)
+    kern.launch(grid, BLOCK, cc.current_stream(), x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k)
 
 
 def _make_instance_stats(rdt, sdt):
-    ldr = loader(rdt)
+    ldr = cc.loader(rdt)
     sd = np.dtype(sdt).type
 
     def stats(rm, rv, mean, rstd, eps):
@@ -393,7 +379,7 @@ def _make_instance_stats(rdt, sdt):
 
 def _instance_eval_stats(rm, rv, mean, rstd, eps, rdt):
     rdt, sdt = np.dtype(rdt), np.dtype(mean.dtype)
-    sig = f"void({arr(rdt, 1)}, {arr(rdt, 1)}, {arr(sdt, 2)}, {arr(sdt, 2)}, float64)"
-    kern = cached(("in_stats", rdt, sdt),
-                  lambda: Kernel(_make_instance_stats(rdt, sdt), sig, register_cap(128, F64)))
-    kern.launch(-(-mean.size // 128), 128, current_stream(), rm, rv, mean, rstd, float(eps))
+    sig = f"void({cc.arr(rdt, 1)}, {cc.arr(rdt, 1)}, {cc.arr(sdt, 2)}, {cc.arr(sdt, 2)}, float64)"
+    kern = cc.cached(("in_stats", rdt, sdt),
+                  lambda: cc.Kernel(_make_instance_stats(rdt, sdt), sig, cc.register_cap(128, F64)))
+    kern.launch(-(-mean.size // 128), 128, cc.current_stream(), rm, rv, mean, rstd, float(eps))

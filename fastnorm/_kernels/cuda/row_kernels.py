@@ -15,23 +15,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import (
-    ACC,
-    SIM,
-    Kernel,
-    arr,
-    cached,
-    empty_device,
-    kview,
-    loader,
-    make_team_sum,
-    make_team_sum2,
-    nb_type,
-    param_dtype,
-    register_cap,
-    storer,
-    team_buf_cols,
-)
+from . import _common as cc
 
 # ------------------------------------------------------------------------------------------ forward
 # Index arithmetic is unsigned (uint64): Numba adds a negative-index wraparound to every signed index,
@@ -45,7 +29,7 @@ I32 = np.int32
 def _inline(fn):
     """A device function inlined into its kernel (NVVM ``alwaysinline``): the kernels below share one body
     between their plain and fused-add forms."""
-    return cuda.jit(device=True)(fn) if SIM else cuda.jit(device=True, forceinline=True)(fn)
+    return cuda.jit(device=True)(fn) if cc.SIM else cuda.jit(device=True, forceinline=True)(fn)
 
 
 def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
@@ -58,14 +42,14 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     go to mom[r] when mom is not empty. Otherwise the affine index is j (G, K, L unused).
     ``add`` (fused residual add): the row normalized is h = x + res rounded to x's dtype, and h is stored;
     the kernel then takes (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L).
-    Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``param_dtype(dtype)``.
+    Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
     """
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
     f64 = np.float64
-    cols = team_buf_cols(t)
-    team_sum = make_team_sum(t)
+    cols = cc.team_buf_cols(t)
+    team_sum = cc.make_team_sum(t)
     nv = max(vpt, 1)
     tu, ru = U(t), U(r)
     zero, one = U(0), U(1)
@@ -221,7 +205,7 @@ SMEM_PARTIAL_BYTES = 40 * 1024  # partial dweight/dbias rows live in shared memo
 
 
 def _smem_partials(dtype, t: int, vpt: int) -> bool:
-    return 2 * t * vpt * np.dtype(ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
+    return 2 * t * vpt * np.dtype(cc.ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
 
 
 def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
@@ -236,14 +220,14 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     their dweight/dbias come from another kernel: dwp, dbp are empty then).
     ``add`` (fused residual add): dx += dh (the gradient arriving on the residual stream; a (0, 0) ``dh``
     adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
-    Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``param_dtype(dtype)``.
+    Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
     """
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld, st, ldp = loader(dtype), storer(dtype), loader(param_dtype(dtype))
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
     f64 = np.float64
-    cols = team_buf_cols(t)
-    team_sum2 = make_team_sum2(t)
+    cols = cc.team_buf_cols(t)
+    team_sum2 = cc.make_team_sum2(t)
     nv = max(vpt, 1)
     tu, ru = U(t), U(r)
     zero, one = U(0), U(1)
@@ -441,8 +425,8 @@ RED_GROUPS = 8  # chunk groups per block (block = RED_COLS * RED_GROUPS threads)
 def _make_reduce(dtype, dtype_b=None):
     """The partial-row reduction writing ``oa`` in ``dtype`` and ``ob`` in ``dtype_b`` (default: the same);
     16-bit outputs round the float32 result once (bfloat16 as uint16 bits)."""
-    st_a = storer(dtype)
-    st_b = storer(dtype if dtype_b is None else dtype_b)
+    st_a = cc.storer(dtype)
+    st_b = cc.storer(dtype if dtype_b is None else dtype_b)
     from numba import float64
 
     bc, bg = RED_COLS, RED_GROUPS
@@ -487,16 +471,16 @@ def _make_reduce(dtype, dtype_b=None):
     return reduce_partials
 
 
-def _reduce_kernel(dtype, dtype_b=None) -> Kernel:
+def _reduce_kernel(dtype, dtype_b=None) -> cc.Kernel:
     dt = np.dtype(dtype)
     db = dt if dtype_b is None else np.dtype(dtype_b)
 
     def build():
-        p2 = arr(np.float64, 2)
-        sig = f"void({p2}, {p2}, {arr(dt, 1)}, {arr(db, 1)}, int64)"
-        return Kernel(_make_reduce(dt, db), sig, register_cap(RED_COLS * RED_GROUPS, np.float64))
+        p2 = cc.arr(np.float64, 2)
+        sig = f"void({p2}, {p2}, {cc.arr(dt, 1)}, {cc.arr(db, 1)}, int64)"
+        return cc.Kernel(_make_reduce(dt, db), sig, cc.register_cap(RED_COLS * RED_GROUPS, np.float64))
 
-    return cached(("reduce_partials", dt, db, RED_COLS, RED_GROUPS), build)
+    return cc.cached(("reduce_partials", dt, db, RED_COLS, RED_GROUPS), build)
 
 
 def reduce_partials(pa, pb, oa, ob, c: int, stream, dt_a=None, dt_b=None) -> None:
@@ -507,13 +491,13 @@ def reduce_partials(pa, pb, oa, ob, c: int, stream, dt_a=None, dt_b=None) -> Non
     dt_a = np.dtype(oa.dtype if dt_a is None else dt_a)
     dt_b = np.dtype(ob.dtype if dt_b is None else dt_b)
     if oa.shape[0] == 0:
-        oa, dt_a = empty_device((0,), dt_b), dt_b
+        oa, dt_a = cc.empty_device((0,), dt_b), dt_b
     if ob.shape[0] == 0:
-        ob, dt_b = empty_device((0,), dt_a), dt_a
+        ob, dt_b = cc.empty_device((0,), dt_a), dt_a
     k = _reduce_kernel(dt_a, dt_b)
     k.launch(-(-n // RED_COLS), RED_COLS * RED_GROUPS, stream, pa, pb, _kv(oa), _kv(ob), c)
 
 
 def _kv(a):
     """A device array as the kernels read it (bfloat16 as uint16)."""
-    return kview(a)
+    return cc.kview(a)

@@ -20,40 +20,25 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import (
-    ACC,
-    SIM,
-    Kernel,
-    arr,
-    cached,
-    current_stream,
-    kdev,
-    loader,
-    make_team_sum2,
-    nb_type,
-    param_dtype,
-    register_cap,
-    storer,
-    team_buf_cols,
-)
+from . import _common as cc
 
 U = np.uint64
 F64 = np.float64
-TEAM = 64 if SIM else 256
-BLOCK = 64 if SIM else 256
+TEAM = 64 if cc.SIM else 256
+BLOCK = 64 if cc.SIM else 256
 
 
 # ------------------------------------------------------------------------------------------ WeightNorm
 def _make_wn(dtype, backward: bool, dts=None):
     """``dtype``: v, w, dw, dv (bfloat16 as uint16 bits); ``dts`` = (g, norm, o2) dtypes (default: all
     ``dtype``): 16-bit v may come with float32 g/norm/dg."""
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld, st = loader(dtype), storer(dtype)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st = cc.loader(dtype), cc.storer(dtype)
     gdt, ndt, odt = (dtype,) * 3 if dts is None else dts
-    ldg, ldn, sto = loader(gdt), loader(ndt), storer(odt)
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    ldg, ldn, sto = cc.loader(gdt), cc.loader(ndt), cc.storer(odt)
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
 
     def wn(a_in, v, g, norm, o1, o2):
@@ -102,14 +87,14 @@ def _make_wn(dtype, backward: bool, dts=None):
     return wn
 
 
-def _wn_kernel(dt, backward: bool, dts) -> Kernel:
+def _wn_kernel(dt, backward: bool, dts) -> cc.Kernel:
     dt = np.dtype(dt)
     dts = tuple(np.dtype(x) for x in dts)
-    a3 = arr(dt, 3)
-    g1, n1, o1 = (arr(x, 1) for x in dts)
+    a3 = cc.arr(dt, 3)
+    g1, n1, o1 = (cc.arr(x, 1) for x in dts)
     sig = f"void({a3}, {a3}, {g1}, {n1}, {a3}, {o1})"
-    return cached((("wn", backward), dt, dts, TEAM),
-                  lambda: Kernel(_make_wn(dt, backward, dts), sig, register_cap(TEAM, ACC[dt])))
+    return cc.cached((("wn", backward), dt, dts, TEAM),
+                  lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])))
 
 
 def _dtype(a):
@@ -128,35 +113,35 @@ def _wn_launch(backward: bool, dt, dts, a_in, v, g, norm, o1, o2) -> None:
 
         fill(o2, 0.0)
         return
-    _wn_kernel(dt, backward, dts).launch(d, TEAM, current_stream(), a_in, v, g, norm, o1, o2)
+    _wn_kernel(dt, backward, dts).launch(d, TEAM, cc.current_stream(), a_in, v, g, norm, o1, o2)
 
 
 def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
     """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
     16-bit v: g and norm in float32 or v's dtype (each in its own)."""
     dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(norm))
-    v, g, w, norm = kdev(v), kdev(g), kdev(w), kdev(norm)
+    v, g, w, norm = cc.kdev(v), cc.kdev(g), cc.kdev(w), cc.kdev(norm)
     _wn_launch(False, dt, dts, v, v, g, norm, w, norm)
 
 
 def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
     """IN dw, v (A, D, B), g, norm (D,); OUT dv (A, D, B), dg (D,); SCRATCH part, fac unused."""
     dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(dg))
-    dw, v, g, norm, dv, dg = (kdev(a) for a in (dw, v, g, norm, dv, dg))
+    dw, v, g, norm, dv, dg = (cc.kdev(a) for a in (dw, v, g, norm, dv, dg))
     _wn_launch(True, dt, dts, dw, v, g, norm, dv, dg)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
 # Data (x, w, y, dy, gs, dx, dw) in its dtype (bfloat16 as uint16 bits), read and written through the
 # loaders/storers (16-bit: computed in float32, each output rounded once); norms and coefficients (x_norm,
-# w_norm, cx, cw) in ``param_dtype`` (float32 for 16-bit data).
+# w_norm, cx, cw) in ``cc.param_dtype`` (float32 for 16-bit data).
 def _make_row_norms(dtype):
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld = loader(dtype)
-    out = param_dtype(dtype).type
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld = cc.loader(dtype)
+    out = cc.param_dtype(dtype).type
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
 
     def row_norms(x, w, x_norm, w_norm):
@@ -190,8 +175,8 @@ def _clamp(v, e):
 
 
 def _make_scale(dtype):
-    acc = ACC[np.dtype(dtype)]
-    ld, st = loader(dtype), storer(dtype)
+    acc = cc.ACC[np.dtype(dtype)]
+    ld, st = cc.loader(dtype), cc.storer(dtype)
     clamp = cuda.jit(device=True)(_clamp)
 
     def scale(y, x_norm, w_norm, eps):
@@ -211,12 +196,12 @@ def _make_scale(dtype):
 
 
 def _make_grad_rows(dtype):
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = nb_type(acc)
-    ld, st = loader(dtype), storer(dtype)
-    out = param_dtype(dtype).type
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st = cc.loader(dtype), cc.storer(dtype)
+    out = cc.param_dtype(dtype).type
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
     clamp = cuda.jit(device=True)(_clamp)
 
@@ -247,7 +232,7 @@ def _make_grad_rows(dtype):
 
 
 def _make_col_parts(dtype):
-    ld = loader(dtype)
+    ld = cc.loader(dtype)
 
     def col_parts(dy, y, part):
         """part[c, j] = sum over the rows of chunk c (of part.shape[0]) of dy * y (float64)."""
@@ -272,7 +257,7 @@ def _make_col_parts(dtype):
 
 
 def _make_col_coef(dtype):
-    out = param_dtype(dtype).type
+    out = cc.param_dtype(dtype).type
 
     def col_coef(part, w_norm, cw, eps):
         """cw[j] = sum_c part[c, j] / max(w_norm[j], eps)^2 (0 if w_norm[j] < eps), c in order."""
@@ -291,8 +276,8 @@ def _make_col_coef(dtype):
 
 
 def _make_correct(dtype):
-    acc = ACC[np.dtype(dtype)]
-    ld, st = loader(dtype), storer(dtype)
+    acc = cc.ACC[np.dtype(dtype)]
+    ld, st = cc.loader(dtype), cc.storer(dtype)
 
     def correct(x, w, cx, cw, dx, dw):
         """dx[i] -= cx[i] * x[i] for i < B; dw[o] -= cw[o] * w[o]; elementwise over both."""
@@ -317,23 +302,23 @@ def _k(name, dt, make, arrays: str, scalars: str, block):
     """The kernel ``make(dt)`` compiled for its arguments: ``arrays`` spelled with D (a data matrix),
     S (a norm/coefficient vector), P (the float64 partials), then ``scalars``."""
     dt = np.dtype(dt)
-    kinds = {"D": arr(dt, 2), "S": arr(param_dtype(dt), 1), "P": arr(F64, 2)}
+    kinds = {"D": cc.arr(dt, 2), "S": cc.arr(cc.param_dtype(dt), 1), "P": cc.arr(F64, 2)}
     sig = "void(" + ", ".join([kinds[a] for a in arrays] + ([scalars] if scalars else [])) + ")"
-    return cached((name, dt, block), lambda: Kernel(make(dt), sig, register_cap(block, ACC[dt])))
+    return cc.cached((name, dt, block), lambda: cc.Kernel(make(dt), sig, cc.register_cap(block, cc.ACC[dt])))
 
 
-def _grid(k: Kernel, total: int) -> int:
+def _grid(k: cc.Kernel, total: int) -> int:
     return max(1, min(-(-total // BLOCK), k.resident_blocks(BLOCK) * 4))
 
 
 def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
     """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)
-    in ``param_dtype`` of x's dtype (float32 for 16-bit x)."""
+    in ``cc.param_dtype`` of x's dtype (float32 for 16-bit x)."""
     dt = _dtype(x)
-    x, w, y, x_norm, w_norm = (kdev(a) for a in (x, w, y, x_norm, w_norm))
+    x, w, y, x_norm, w_norm = (cc.kdev(a) for a in (x, w, y, x_norm, w_norm))
     nb, n = x.shape
     no = w.shape[0]
-    stream = current_stream()
+    stream = cc.current_stream()
     if nb + no > 0:
         k = _k("cos_norms", dt, _make_row_norms, "DDSS", "", TEAM)
         k.launch(nb + no, TEAM, stream, x, w, x_norm, w_norm)
@@ -344,11 +329,11 @@ def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
 
 def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_threads):
     """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O).
-    Norms and cx, cw in ``param_dtype`` of dy's dtype."""
+    Norms and cx, cw in ``cc.param_dtype`` of dy's dtype."""
     dt = _dtype(dy)
-    dy, y, x_norm, w_norm, gs, cx, cw, part = (kdev(a) for a in (dy, y, x_norm, w_norm, gs, cx, cw, part))
+    dy, y, x_norm, w_norm, gs, cx, cw, part = (cc.kdev(a) for a in (dy, y, x_norm, w_norm, gs, cx, cw, part))
     nb, no = dy.shape
-    stream = current_stream()
+    stream = cc.current_stream()
     from .fill import fill
 
     if no == 0:
@@ -369,10 +354,10 @@ def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_t
 def cosine_linear_backward_post(x, w, cx, cw, dx, dw, n_threads):
     """IN x (B, D), w (O, D), cx (B,), cw (O,); IN/OUT dx (B, D) (holds gs @ w), dw (O, D) (holds gs.T @ x)."""
     dt = _dtype(x)
-    x, w, cx, cw, dx, dw = (kdev(a) for a in (x, w, cx, cw, dx, dw))
+    x, w, cx, cw, dx, dw = (cc.kdev(a) for a in (x, w, cx, cw, dx, dw))
     nb, n = x.shape
     no = w.shape[0]
     if (nb + no) * n == 0:
         return
     k = _k("cos_post", dt, _make_correct, "DDSSDD", "", BLOCK)
-    k.launch(_grid(k, (nb + no) * n), BLOCK, current_stream(), x, w, cx, cw, dx, dw)
+    k.launch(_grid(k, (nb + no) * n), BLOCK, cc.current_stream(), x, w, cx, cw, dx, dw)
