@@ -16,8 +16,12 @@ own stage op::
 Over one process the composition is ``batch_norm_forward`` / ``batch_norm_backward``. Statistics are
 (mean, M2 = sum of squared deviations, count), combined with Chan's parallel-variance formula, so they stay
 accurate when the mean is large against the spread and processes may hold unequal or empty batches.
-Channel ``axis`` 1 ((N, C, *)) or -1 (channels-last (*, C)); float32 and float64. Every op validates
-before any kernel runs and accepts ``out=`` buffers, like the other fastnorm ops.
+Channel ``axis`` 1 ((N, C, *)) or -1 (channels-last (*, C)); float32, float64, and 16-bit storage
+(bfloat16 as ``ml_dtypes.bfloat16``, float16): 16-bit data (x, dy, y, dx) keeps its dtype, the
+statistics and per-channel sums (mean, m2, invstd, sum_dy, sum_dy_xmu) are float32 and accumulate in
+float64, weight/bias may be x's dtype or float32 (they enter the kernels in float32), dweight/dbias come
+back in weight's dtype, and every 16-bit output is the float32 result rounded once to nearest even. Every
+op validates before any kernel runs and accepts ``out=`` buffers, like the other fastnorm ops.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._dispatch import backend_of
 
@@ -43,7 +48,7 @@ __all__ = [
     "batch_norm_backward_elemt",
 ]
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_DTYPES = _dtypes.FULL
 
 
 class BatchNormStats(NamedTuple):
@@ -65,11 +70,30 @@ class BatchNormBackwardReduce(NamedTuple):
 
 
 def _input(be, op: str, name: str, a, dtype=None):
-    """A float32/float64 input (these ops have no float16 kernels), C-contiguous (copied if not)."""
+    """A float32/float64 input (statistics: there are no 16-bit ones), C-contiguous (copied if not)."""
     dt = None if a is None else V.dtype_of(a)
     if dt is not None and dt in be.float_dtypes and dt not in _DTYPES:
         raise TypeError(f"{op}: {name} has dtype {dt.name}; expected one of float32, float64")
     return V.float_input(be, op, name, a, dtype, half=False)
+
+
+def _stat32(be, sd, a):
+    """A parameter or running statistic as the kernels take it: in the statistic dtype ``sd`` (a float32
+    copy of a 16-bit one; other arrays as they are). None stays None."""
+    return None if a is None else be.astype(a, sd)
+
+
+def _buffer32(be, sd, a):
+    """Where a kernel writes a parameter-shaped result: ``a`` itself when it is in ``sd``, else a new
+    ``sd`` buffer that ``_round_back`` copies into ``a`` afterwards (one rounding to a's 16-bit dtype)."""
+    return None if a is None or V.dtype_of(a) == sd else be.empty(tuple(a.shape), sd)
+
+
+def _round_back(be, pairs) -> None:
+    """dst[...] = src for each (dst, src) pair whose src is a float32 stand-in for dst."""
+    for dst, src in pairs:
+        if src is not None and src is not dst:
+            be.copyto(dst, src)
 
 
 def _absent(be, dtype):
@@ -120,19 +144,22 @@ def batch_norm_stats(x: Array, *, axis: int = 1, out: tuple | None = None) -> Ba
 
     Parameters
     ----------
-    x : array (N, C, *) with axis=1, or (*, C) with axis=-1 (channels-last); float32 or float64.
+    x : array (N, C, *) with axis=1, or (*, C) with axis=-1 (channels-last); float32, float64, bfloat16
+        or float16.
     axis : 1 or -1, the channel axis.
-    out : optional (mean, m2) buffers of shape (C,) and x's dtype (entries may be None).
+    out : optional (mean, m2) buffers of shape (C,) and the statistic dtype (entries may be None).
 
     Returns
     -------
-    BatchNormStats(mean, m2, count): mean, m2 of shape (C,) in x's dtype; count a Python int.
+    BatchNormStats(mean, m2, count): mean, m2 of shape (C,) in x's dtype (float32 for 16-bit x); count a
+    Python int.
     """
     op = "batch_norm_stats"
     be = backend_of(op, x=x, out=out)
-    x = _input(be, op, "x", x)
+    x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
-    mean, m2 = V.outputs(be, op, out, [("mean", (c,), x.dtype), ("m2", (c,), x.dtype)], (x,))
+    sd = be.stat_dtype(x.dtype)
+    mean, m2 = V.outputs(be, op, out, [("mean", (c,), sd), ("m2", (c,), sd)], (x,))
     work, nt = _row_work(be, n, c, length, 5)
     be.kernels.batch_norm_stats(x.reshape(n, c, length), mean, m2, work, nt)
     return BatchNormStats(mean, m2, int(n * length))
@@ -194,10 +221,12 @@ def batch_norm_gather_stats(
 
     Parameters
     ----------
-    means, m2s : arrays (P, C), float32 or float64.
+    means, m2s : arrays (P, C), float32 or float64 (the statistic dtype of the data: float32 for 16-bit x).
     counts : (P,) per-process counts (host array of numbers; on the GPU also a float64 device array,
         whose values are not checked). n must exceed 1.
-    running_mean, running_var : optional (C,) arrays of means' dtype, updated in place (both or neither).
+    running_mean, running_var : optional (C,) arrays of means' dtype, or bfloat16/float16 beside float32
+        means (a 16-bit module's buffers: updated in float64, stored in float32, rounded once more to
+        their dtype), updated in place (both or neither).
     momentum : in [0, 1].
     eps : > 0.
     out : optional (mean, invstd) buffers.
@@ -222,9 +251,15 @@ def batch_norm_gather_stats(
         raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
     if running_mean is not None:
         others = [("means", means), ("m2s", m2s)]
-        running_mean = V.inout(be, op, "running_mean", running_mean, (c,), means.dtype, others)
+        running_mean = V.inout(be, op, "running_mean", running_mean, (c,), _running_dtype(running_mean, means), others)
         running_var = V.inout(
-            be, op, "running_var", running_var, (c,), means.dtype, [*others, ("running_mean", running_mean)]
+            be,
+            op,
+            "running_var",
+            running_var,
+            (c,),
+            _running_dtype(running_var, means),
+            [*others, ("running_mean", running_mean)],
         )
     mean, invstd = V.outputs(
         be,
@@ -234,28 +269,40 @@ def batch_norm_gather_stats(
         (means, m2s, running_mean, running_var),
     )
     absent = _absent(be, means.dtype)
+    rm32, rv32 = (_stat32(be, means.dtype, a) for a in (running_mean, running_var))
     be.kernels.batch_norm_gather_stats(
         means,
         m2s,
         counts,
-        absent if running_mean is None else running_mean,
-        absent if running_var is None else running_var,
+        absent if rm32 is None else rm32,
+        absent if rv32 is None else rv32,
         mean,
         invstd,
         eps,
         momentum,
         1,
     )
+    _round_back(be, [(running_mean, rm32), (running_var, rv32)])
     return BatchNormGatherStats(mean, invstd)
 
 
+def _running_dtype(a, means):
+    """The dtype a running statistic is checked against: its own when it is 16-bit beside float32 means,
+    else means' (a mismatch is then V.inout's TypeError)."""
+    dt = V.dtype_of(a) if hasattr(a, "dtype") else None
+    return dt if means.dtype == _dtypes.FLOAT32 and dt in _dtypes.HALF else means.dtype
+
+
 def _stats_args(be, op, x, mean, invstd, weight, axis):
-    x = _input(be, op, "x", x)
+    """x and the per-channel arrays every later stage takes: mean, invstd in the statistic dtype ``sd``;
+    weight in x's dtype or (16-bit x) float32."""
+    x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
-    mean = V.required(be, op, "mean", mean, (c,), x.dtype)
-    invstd = V.required(be, op, "invstd", invstd, (c,), x.dtype)
-    weight = V.param(be, op, "weight", weight, (c,), x.dtype)
-    return x, n, c, length, mean, invstd, weight
+    sd = be.stat_dtype(x.dtype)
+    mean = V.required(be, op, "mean", mean, (c,), sd)
+    invstd = V.required(be, op, "invstd", invstd, (c,), sd)
+    weight = V.param(be, op, "weight", weight, (c,), _dtypes.param_dtypes(x.dtype))
+    return x, n, c, length, sd, mean, invstd, weight
 
 
 def batch_norm_elemt(
@@ -274,9 +321,9 @@ def batch_norm_elemt(
 
     Parameters
     ----------
-    x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
-    mean, invstd : (C,) of x's dtype (from ``batch_norm_gather_stats``).
-    weight, bias : optional (C,).
+    x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32, float64, bfloat16 or float16.
+    mean, invstd : (C,) in the statistic dtype (x's; float32 for 16-bit x), from ``batch_norm_gather_stats``.
+    weight, bias : optional (C,), x's dtype or (16-bit x) float32.
     out : optional y buffer of x's shape and dtype.
 
     Returns
@@ -285,18 +332,19 @@ def batch_norm_elemt(
     """
     op = "batch_norm_elemt"
     be = backend_of(op, x=x, mean=mean, invstd=invstd, weight=weight, bias=bias, out=out)
-    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
-    bias = V.param(be, op, "bias", bias, (c,), x.dtype)
+    x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     (y,) = V.outputs(be, op, out, [("y", x.shape, x.dtype)], (x, mean, invstd, weight, bias))
-    absent = _absent(be, x.dtype)
+    absent = _absent(be, sd)
+    w32, b32 = _stat32(be, sd, weight), _stat32(be, sd, bias)
     be.kernels.batch_norm_elemt(
         x.reshape(n, c, length),
         mean,
         invstd,
-        absent if weight is None else weight,
-        absent if bias is None else bias,
+        absent if w32 is None else w32,
+        absent if b32 is None else b32,
         y.reshape(n, c, length),
-        be.empty((4, c), x.dtype),
+        be.empty((4, c), sd),
         be.threads(n * c * length),
     )
     return y
@@ -324,32 +372,37 @@ def batch_norm_backward_reduce(
 
     Parameters
     ----------
-    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
-    mean, invstd : (C,) of x's dtype (the statistics the forward normalized with).
-    weight : optional (C,); only says whether dweight is wanted.
+    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32, float64, bfloat16 or float16.
+    mean, invstd : (C,) in the statistic dtype (the statistics the forward normalized with).
+    weight : optional (C,), x's dtype or (16-bit x) float32; only says whether dweight is wanted and
+        which dtype dweight and dbias have.
     out : optional (sum_dy, sum_dy_xmu, dweight, dbias) buffers of shape (C,).
 
     Returns
     -------
-    BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias), each (C,) in x's dtype.
+    BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias), each (C,): sum_dy, sum_dy_xmu in the
+    statistic dtype (x's; float32 for 16-bit x); dweight, dbias in weight's dtype (dbias in the statistic
+    dtype without weight).
     """
     op = "batch_norm_backward_reduce"
     be = backend_of(op, dy=dy, x=x, mean=mean, invstd=invstd, weight=weight, out=out)
-    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
+    gd = sd if weight is None else weight.dtype
     sum_dy, sum_dy_xmu, dweight, dbias = V.outputs(
         be,
         op,
         out,
         [
-            ("sum_dy", (c,), x.dtype),
-            ("sum_dy_xmu", (c,), x.dtype),
-            None if weight is None else ("dweight", (c,), x.dtype),
-            ("dbias", (c,), x.dtype),
+            ("sum_dy", (c,), sd),
+            ("sum_dy_xmu", (c,), sd),
+            None if weight is None else ("dweight", (c,), gd),
+            ("dbias", (c,), gd),
         ],
         (dy, x, mean, invstd, weight),
     )
     work, nt = _row_work(be, n, c, length, 2)
+    dw32, db32 = _buffer32(be, sd, dweight), _buffer32(be, sd, dbias)
     be.kernels.batch_norm_backward_reduce(
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
@@ -357,11 +410,12 @@ def batch_norm_backward_reduce(
         invstd,
         sum_dy,
         sum_dy_xmu,
-        _absent(be, x.dtype) if dweight is None else dweight,
-        dbias,
+        _absent(be, sd) if dweight is None else dweight if dw32 is None else dw32,
+        dbias if db32 is None else db32,
         work,
         nt,
     )
+    _round_back(be, [(dweight, dw32), (dbias, db32)])
     return BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias)
 
 
@@ -386,10 +440,11 @@ def batch_norm_backward_elemt(
 
     Parameters
     ----------
-    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32 or float64.
-    mean, invstd : (C,) of x's dtype, the statistics of the forward.
-    weight : (C,) or None (1).
-    sum_dy, sum_dy_xmu : (C,) of x's dtype, ``batch_norm_backward_reduce``'s sums summed over processes.
+    dy, x : (N, C, *) with axis=1 or (*, C) with axis=-1; float32, float64, bfloat16 or float16.
+    mean, invstd : (C,) in the statistic dtype (float32 for 16-bit x), the statistics of the forward.
+    weight : (C,) in x's dtype or (16-bit x) float32, or None (1).
+    sum_dy, sum_dy_xmu : (C,) in the statistic dtype, ``batch_norm_backward_reduce``'s sums summed over
+        processes.
     count : the total n (a number > 0), or a 1-D host array of per-process counts (summed).
     out : optional dx buffer.
 
@@ -401,23 +456,23 @@ def batch_norm_backward_elemt(
     be = backend_of(
         op, dy=dy, x=x, mean=mean, invstd=invstd, weight=weight, sum_dy=sum_dy, sum_dy_xmu=sum_dy_xmu, out=out
     )
-    x, n, c, length, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
+    x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
-    sum_dy = V.required(be, op, "sum_dy", sum_dy, (c,), x.dtype)
-    sum_dy_xmu = V.required(be, op, "sum_dy_xmu", sum_dy_xmu, (c,), x.dtype)
+    sum_dy = V.required(be, op, "sum_dy", sum_dy, (c,), sd)
+    sum_dy_xmu = V.required(be, op, "sum_dy_xmu", sum_dy_xmu, (c,), sd)
     total = _total_count(op, count)
     (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu))
-    absent = _absent(be, x.dtype)
+    w32 = _stat32(be, sd, weight)
     be.kernels.batch_norm_backward_elemt(
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
         mean,
         invstd,
-        absent if weight is None else weight,
+        _absent(be, sd) if w32 is None else w32,
         sum_dy,
         sum_dy_xmu,
         dx.reshape(n, c, length),
-        be.empty((4, c), x.dtype),
+        be.empty((4, c), sd),
         total,
         be.threads(n * c * length),
     )

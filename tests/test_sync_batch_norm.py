@@ -7,10 +7,12 @@ import pytest
 
 import fastnorm
 from fastnorm import reference as R
+from fastnorm._dtypes import BFLOAT16, FLOAT16
 from fastnorm.reference import sync_batch_norm as RS
 
 from ._channel import FakeCudaArray, as64, assert_raises_unchanged, copy, readonly, strided
 from ._util import FLOATS, assert_matches_reference
+from .cuda._half_util import close, f32, lowp, run_stages
 
 SHAPES = [
     ((7, 3), 1),
@@ -378,3 +380,183 @@ def test_bad_input_raises_before_writing(rng):
     out = np.empty((4, 3, 5), np.float64)
     with pytest.raises(ValueError, match="out buffer for y must have dtype float32"):
         fastnorm.batch_norm_elemt(x, m, v, out=out)
+
+
+# ------------------------------------------------------------------------------------------ 16-bit storage
+HALF = [BFLOAT16, FLOAT16]
+HALF_IDS = ["bf16", "f16"]
+HALF_CASES = [
+    ((6, 3, 5), 1, (2, 0, 4)),
+    ((2, 2, 700), 1, (1, 1)),
+    ((5, 4), 1, (5,)),
+    ((40, 3), -1, (13, 27)),
+    ((7, 4, 3), -1, (3, 0, 4)),
+]
+
+
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("pdt", ["x", "f32"])
+@pytest.mark.parametrize("shape,axis,sizes", HALF_CASES, ids=str)
+@pytest.mark.parametrize("offset", [0.5, 1e3], ids=["small", "offset1e3"])
+def test_16bit_stages_match_reference(rng, threads, dt, pdt, shape, axis, sizes, offset):
+    """bfloat16/float16 data over split batches: every output within DESIGN.md's bound of the float64
+    BatchNorm reference on the widened inputs, the other result being the float32 stage references on the
+    widened inputs (data outputs rounded once to x's dtype); dtypes as documented."""
+    x = data(rng, shape, dt, offset=offset, scale=1.0)
+    dy = data(rng, shape, dt, offset=0.2)
+    c = channels(shape, axis)
+    w, b = params(rng, c, dt if pdt == "x" else np.float32)
+    rm, rv = rng.normal(size=c).astype(np.float32), (rng.random(c) + 0.5).astype(np.float32)
+    rm_s, rv_s, rm_32, rv_32, rm_64, rv_64 = copy(rm), copy(rv), copy(rm), copy(rv), as64(rm), as64(rv)
+    parts, dys = split(x, sizes, axis), split(dy, sizes, axis)
+    y, mean, invstd, dx, dw, db, red = run_stages(fastnorm, parts, dys, w, b, axis, rm_s, rv_s)
+    assert y.dtype == dx.dtype == dt and mean.dtype == invstd.dtype == np.float32
+    assert all(r[0].dtype == r[1].dtype == np.float32 and r[2].dtype == r[3].dtype == w.dtype for r in red)
+    x32, dy32, w32, b32 = f32(x, dy, w, b)
+    y32, mean32, inv32, dx32, dw32, db32, _ = run_stages(
+        RS, split(x32, sizes, axis), split(dy32, sizes, axis), w32, b32, axis, rm_32, rv_32
+    )
+    ref = R.batch_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, momentum=0.2, axis=axis)
+    ref_b = R.batch_norm_backward(as64(dy), as64(x), ref[1], ref[2], as64(w), as64(b), axis=axis)
+    for name, got, other, r in [
+        ("y", y, lowp(y32, dt), ref[0]),
+        ("mean", mean, mean32, ref[1]),
+        ("invstd", invstd, inv32, ref[2]),
+        ("running_mean", rm_s, rm_32, rm_64),
+        ("running_var", rv_s, rv_32, rv_64),
+        ("dx", dx, lowp(dx32, dt), ref_b[0]),
+        ("dweight", dw, dw32, ref_b[1]),
+        ("dbias", db, db32, ref_b[2]),
+    ]:
+        if name in ("dweight", "dbias"):  # float64 sums of per-process results in w's dtype
+            got = got.astype(w.dtype)
+        close(got, other, r, name)
+
+
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("shape,axis", [((4, 3, 9), 1), ((2, 5, 1500), 1), ((33, 6), -1), ((5, 3, 7), -1)])
+def test_16bit_stages_are_the_float32_kernels_rounded_once(rng, threads, dt, shape, axis):
+    """Widening is exact and the 16-bit kernels run the float32 kernels' arithmetic on the widened values:
+    statistics and sums are the float32 kernels' on x.astype(float32) (to float32 rounding), and y, dx
+    are the float32 kernels' outputs rounded once (up to a last-bit difference where the tile split
+    changes a vector/scalar FMA contraction)."""
+    x, dy = data(rng, shape, dt, offset=3.0), data(rng, shape, dt)
+    c = channels(shape, axis)
+    w, b = params(rng, c, np.float32)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    s16, s32 = (fastnorm.batch_norm_stats(a, axis=axis) for a in (x, x32))
+    np.testing.assert_allclose(s16.mean, s32.mean, rtol=1e-6)
+    np.testing.assert_allclose(s16.m2, s32.m2, rtol=1e-6)
+    mean, invstd = fastnorm.batch_norm_gather_stats(s32.mean[None], s32.m2[None], [s32.count])
+    pairs = [tuple(fastnorm.batch_norm_elemt(a, mean, invstd, w, b, axis=axis) for a in (x, x32))]
+    r16, r32 = (
+        fastnorm.batch_norm_backward_reduce(g, a, mean, invstd, w, axis=axis) for g, a in ((dy, x), (dy32, x32))
+    )
+    for a16, a32 in zip(r16, r32):
+        np.testing.assert_allclose(a16, a32, rtol=1e-5, atol=1e-6)
+    pairs.append(
+        tuple(
+            fastnorm.batch_norm_backward_elemt(g, a, mean, invstd, w, r32.sum_dy, r32.sum_dy_xmu, s32.count, axis=axis)
+            for g, a in ((dy, x), (dy32, x32))
+        )
+    )
+    for got, want32 in pairs:
+        want = want32.astype(dt)
+        d = np.abs(as64(got) - as64(want)) / (_half_eps(dt) * np.maximum(np.abs(as64(want)), 1e-30))
+        assert d.max() <= 1.0, d.max()
+        assert np.mean(got.view(np.uint16) == want.view(np.uint16)) >= 0.99
+
+
+def _half_eps(dt):
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dt).eps)
+
+
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+def test_16bit_running_stats_and_out_buffers(rng, dt):
+    """16-bit running statistics (a 16-bit module's buffers) are updated in float64 and rounded into their
+    dtype; ``out=`` buffers of the documented dtypes are written in place; float16 weight with bfloat16 x,
+    16-bit means and float64 statistics are TypeErrors naming the argument, raised before any write."""
+    x = data(rng, (6, 4, 3), dt)
+    s = fastnorm.batch_norm_stats(x)
+    rm, rv = np.zeros(4, dt), np.ones(4, dt)
+    rm32, rv32 = rm.astype(np.float32), rv.astype(np.float32)
+    fastnorm.batch_norm_gather_stats(s.mean[None], s.m2[None], [s.count], rm, rv, momentum=0.5)
+    fastnorm.batch_norm_gather_stats(s.mean[None], s.m2[None], [s.count], rm32, rv32, momentum=0.5)
+    np.testing.assert_array_equal(rm.view(np.uint16), rm32.astype(dt).view(np.uint16))
+    np.testing.assert_array_equal(rv.view(np.uint16), rv32.astype(dt).view(np.uint16))
+    mean, m2 = np.empty(4, np.float32), np.empty(4, np.float32)
+    assert fastnorm.batch_norm_stats(x, out=(mean, m2)).mean is mean
+    y = np.empty_like(x)
+    inv = np.ones(4, np.float32)
+    assert fastnorm.batch_norm_elemt(x, mean, inv, out=y) is y
+    w = np.ones(4, dt)
+    outs = (np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, dt), np.empty(4, dt))
+    got = fastnorm.batch_norm_backward_reduce(x, x, mean, inv, w, out=outs)
+    assert all(g is o for g, o in zip(got, outs))
+    np.testing.assert_array_equal(got.dbias.astype(np.float32), got.sum_dy.astype(dt).astype(np.float32))
+    other = FLOAT16 if dt == BFLOAT16 else BFLOAT16
+    keep = y.copy()
+    with pytest.raises(TypeError, match="batch_norm_elemt: weight has dtype"):
+        fastnorm.batch_norm_elemt(x, mean, inv, np.ones(4, other), out=y)
+    np.testing.assert_array_equal(y.view(np.uint16), keep.view(np.uint16))
+    with pytest.raises(TypeError, match="batch_norm_elemt: mean has dtype float64"):
+        fastnorm.batch_norm_elemt(x, mean.astype(np.float64), inv)
+    with pytest.raises(TypeError, match="batch_norm_gather_stats: means has dtype"):
+        fastnorm.batch_norm_gather_stats(s.mean[None].astype(dt), s.m2[None], [s.count])
+    with pytest.raises(TypeError, match="batch_norm_backward_reduce: dy has dtype float32"):
+        fastnorm.batch_norm_backward_reduce(x.astype(np.float32), x, mean, inv)
+
+
+STAGES = ("batch_norm_stats", "batch_norm_gather_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
+          "batch_norm_backward_elemt")  # fmt: skip
+
+
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+def test_torch_sync_batch_norm_runs_16bit_modules_on_the_stage_kernels(monkeypatch, tmp_path, dt):
+    """fastnorm.torch's SyncBatchNorm function on a 16-bit module (its weight, bias and running statistics
+    16-bit, as ``module.to(torch.bfloat16)`` leaves them) and 16-bit input, through a one-process gloo
+    group: the five stage kernels run (no torch fallback), outputs and gradients keep the module's dtypes,
+    and each is within 2x torch's same-dtype BatchNorm2d error (+ 8 units of the dtype) of float64's."""
+    torch = pytest.importorskip("torch")
+    dist = torch.distributed
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from fastnorm.torch.distributed import SyncBatchNorm, _SyncBatchNormFunction
+
+    calls = []
+    for name in STAGES:
+        fn = getattr(fastnorm, name)
+        monkeypatch.setattr(fastnorm, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    dtype = getattr(torch, dt)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 4, 3, 3, generator=gen) * 2 + 1).to(dtype)
+    g = torch.randn(6, 4, 3, 3, generator=gen).to(dtype)
+    mods = [SyncBatchNorm(4, eps=1e-4).to(dtype), torch.nn.BatchNorm2d(4, eps=1e-4).to(dtype)]
+    mods.append(torch.nn.BatchNorm2d(4, eps=1e-4).double())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        res = []
+        for i, m in enumerate(mods):
+            with torch.no_grad():
+                m.weight.copy_(torch.linspace(0.5, 2.0, 4))
+                m.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+            xx = (x.double() if i == 2 else x).clone().requires_grad_(True)
+            if i == 0:  # the synchronized path (a one-process group takes the local one in forward())
+                args = (m.weight, m.bias, m.running_mean, m.running_var, 1e-4, 0.1, dist.group.WORLD, 1, 4)
+                y = _SyncBatchNormFunction.apply(xx, *args)
+            else:
+                y = m(xx)
+            (y * (g.double() if i == 2 else g)).sum().backward()
+            res.append((y, xx.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var))
+    finally:
+        dist.destroy_process_group()
+    assert calls == list(STAGES)
+    assert all(a.dtype == dtype for a in res[0])
+    eps = float(torch.finfo(dtype).eps)
+    for name, got, other, ref in zip(("y", "dx", "dweight", "dbias", "running_mean", "running_var"), *res):
+        got, other, ref = (a.detach().double() for a in (got, other, ref))
+        err, other_err = (float((a - ref).abs().max()) for a in (got, other))
+        bound = 2 * other_err + 8 * eps * max(1.0, float(ref.abs().max()))
+        assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"

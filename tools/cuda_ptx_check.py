@@ -23,88 +23,160 @@ import tempfile
 import numpy as np
 from numba import cuda
 
-from fastnorm._kernels.cuda import channel_norm as CN
+from fastnorm._kernels.cuda import _common as C
+from fastnorm._kernels.cuda import batch_norm_stages as BNS
+from fastnorm._kernels.cuda import channel_kernels as CN
 from fastnorm._kernels.cuda import layer_norm as L
 from fastnorm._kernels.cuda import lrn as LR
 from fastnorm._kernels.cuda import matmul as MM
 from fastnorm._kernels.cuda import optim as O
+from fastnorm._kernels.cuda import row_kernels as RK
+from fastnorm._kernels.cuda import transport as TR
 from fastnorm._kernels.cuda import weight_norm as WN
-from fastnorm._kernels.cuda._common import arr, register_cap
+from fastnorm._kernels.cuda._common import ACC, BF16, arr, register_cap
+
+F64 = np.dtype(np.float64)
+DTYPES = (np.dtype(np.float16), BF16, np.dtype(np.float32), F64)
+
+
+class _Recorded:
+    """Stands in for ``_common.Kernel`` while the specs are collected: what would be compiled, not compiled."""
+
+    def __init__(self, pyfunc, sig: str, max_registers: int | None = None):
+        self.fn, self.sig, self.maxr = pyfunc, sig, max_registers or 255
+
+
+def _recorded(build, *args):
+    """Run ``build(*args)`` (a kernel module's own cached builder) with ``Kernel`` recorded, not compiled:
+    the signatures are the launchers' own."""
+    mods = (C, CN, LR, MM, RK, TR, WN, BNS, L)
+    saved = {m: m.__dict__.get("Kernel") for m in mods}
+    cache = dict(C._cache)
+    try:
+        for m in saved:
+            if saved[m] is not None:
+                m.Kernel = _Recorded
+        C._cache.clear()
+        return build(*args)
+    finally:
+        for m, k in saved.items():
+            if k is not None:
+                m.Kernel = k
+        C._cache.clear()
+        C._cache.update(cache)
+
+
+def _add(out, name, rec):
+    out.append((name, rec.fn, rec.sig, rec.maxr))
+
+
+def _row_specs(out, dt):
+    """LayerNorm/RMSNorm row kernels at the default launch shapes (register and streaming forms), the fused
+    add + norm forms, and the grouped (GroupNorm/InstanceNorm) forms."""
+    nm = dt.name
+    for n in (128, 1024, 4096, 8192, 1 << 16):
+        for rms in (False, True):
+            ln = "rms" if rms else "ln"
+            t, r, vpt = L.row_config(n, L.FWD_VPT)
+            for add in (False, True):
+                pre = "add_" if add else ""
+                _add(out, f"{pre}{ln}_fwd {nm} n={n} T={t} R={r} VPT={vpt}",
+                     _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add))
+            t, r, vpt = L.bwd_config(n, dt)
+            for add in (False, True):
+                pre = "add_" if add else ""
+                _add(out, f"{pre}{ln}_bwd {nm} n={n} T={t} R={r} VPT={vpt}",
+                     _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add))
+    t, r, vpt = L.row_config(96, L.FWD_VPT)
+    _add(out, f"gn_fwd grouped {nm}", _recorded(L._get, "fwd", dt, t, r, vpt, False, True))
+    t, r, vpt = L.bwd_config(96, dt)
+    _add(out, f"gn_bwd grouped {nm}", _recorded(L._get, "bwd", dt, t, r, vpt, False, True))
+    sd = np.dtype(ACC[dt])
+    _add(out, f"reduce {nm}", _recorded(RK._reduce_kernel, dt, sd))
+
+
+def _channel_specs(out, dt):
+    """BatchNorm / Group / InstanceNorm pieces (channel_norm.py) and the BatchNorm stage kernels."""
+    nm = dt.name
+    sd = np.dtype(ACC[dt])
+    cn = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(sd, 1)}, {arr(F64, 2)}, int64"
+    for kind in ("moments", "grads"):
+        t, r = CN._seg_team(49)
+        out.append((f"seg {kind} {nm}", CN._make_segments(dt, t, r, kind), cn + ", int64, int64)",
+                    register_cap(t * r, sd)))
+        out.append((f"cols {kind} {nm}", CN._make_columns(dt, kind), cn + ")",
+                    register_cap(CN.COLS * CN.PHASES, F64)))
+    pd = CN.param_dtype(dt)
+    dts = (sd, pd, pd, pd, pd)
+    s1, p1 = arr(sd, 1), arr(pd, 1)
+    for mode in ("bn_fwd", "bwd", "in_running"):
+        sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {p1}, {p1}, {p1}, {s1}, {s1}, {p1}, {p1}, "
+               "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)")
+        out.append((f"finish {mode} {nm}", CN._make_finish(dts, mode), sig, register_cap(128, F64)))
+    a1 = arr(dt, 1)
+    for backward in (False, True):
+        sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
+        out.append((f"apply bwd={backward} {nm}", CN._make_apply(dt, backward), sig, register_cap(CN.BLOCK, sd)))
+    w2 = arr(F64, 2)
+    out += [
+        (f"bn_stages stats {nm}", BNS._make_stats_finish(sd),
+         f"void({w2}, {s1}, {s1}, int64, int64, int64, boolean)", register_cap(BNS._T, F64)),
+        (f"bn_stages reduce {nm}", BNS._make_reduce_finish(sd, pd, pd),
+         f"void({w2}, {s1}, {s1}, {s1}, {p1}, {p1}, int64, int64, boolean)", register_cap(BNS._T, F64)),
+        (f"bn_stages coef {nm}", BNS._make_bwd_coef(), f"void({s1}, {p1}, {s1}, {s1}, {w2}, float64)",
+         register_cap(BNS._T, F64)),
+    ]
+    if dt in (np.float32, np.float64):
+        out.append((f"bn_stages gather {nm}", BNS._make_gather(dt),
+                    f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(F64, 1)}, {a1}, {a1}, {a1}, {a1}, float64, float64)",
+                    register_cap(BNS._T, F64)))
+
+
+def _misc_specs(out, dt):
+    """LRN, WeightNorm, CosineLinear, the fallback GEMM, the Wasserstein-1D kernels, the optimizers."""
+    nm = dt.name
+    for backward in (False, True):
+        _add(out, f"lrn {'bwd' if backward else 'fwd'} {nm}", _recorded(LR._kernel, dt, backward))
+        pd = np.dtype(ACC[dt])
+        _add(out, f"wn {'bwd' if backward else 'fwd'} {nm}",
+             _recorded(WN._wn_kernel, dt, backward, (pd, pd, pd)))
+    for name, make, arrays, scalars, block in (
+        ("cos norms", WN._make_row_norms, "DDSS", "", WN.TEAM),
+        ("cos scale", WN._make_scale, "DSS", "float64", WN.BLOCK),
+        ("cos rows", WN._make_grad_rows, "DDSSDS", "float64", WN.TEAM),
+        ("cos cols", WN._make_col_parts, "DDP", "", WN.BLOCK),
+        ("cos coef", WN._make_col_coef, "PSS", "float64", WN.BLOCK),
+        ("cos post", WN._make_correct, "DDSSDD", "", WN.BLOCK),
+    ):
+        _add(out, f"{name} {nm}", _recorded(WN._k, name, dt, make, arrays, scalars, block))
+    if dt == BF16:
+        return
+    a2 = arr(dt, 2)
+    out.append((f"gemm {nm}", MM._make_gemm(dt), f"void({a2}, {a2}, {a2})", register_cap(256, ACC[dt])))
+    if dt == np.float16:
+        return
+    for k, rec in _recorded(TR._w1d_kernels, dt).items():
+        _add(out, f"wasserstein_1d {k} {nm}", rec)
+    f64 = dt == np.float64
+    for algo, flags in ((O.FN_SGD, 0), (O.FN_SGD, O.FN_WD | O.FN_MOMENTUM | O.FN_NESTEROV),
+                        (O.FN_ADAGRAD, O.FN_WD), (O.FN_ADADELTA, 0),
+                        (O.FN_RMSPROP, O.FN_CENTERED | O.FN_MOMENTUM), (O.FN_ADAM, 0),
+                        (O.FN_ADAM, O.FN_WD | O.FN_AMSGRAD)):
+        out.append((f"optim algo={algo} flags={flags} {nm}",
+                    O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK), O._SIG,
+                    register_cap(O.BLOCK, dt)))
 
 
 def specs():
-    """(name, pyfunc, signature) for the kernels the default launch shapes use, plus the streaming forms."""
+    """(name, pyfunc, signature, register cap) for the kernels the default launch shapes use, in float16,
+    bfloat16 (uint16 bits), float32 and float64: the row kernels (register and streaming forms, fused
+    add + norm, grouped), the channel-norm and BatchNorm-stage kernels, LRN, WeightNorm, CosineLinear, the
+    GEMM fallback, the Wasserstein-1D kernels and the optimizer steps."""
     out = []
-    for dt in (np.float16, np.float32, np.float64):
-        sd = L._stat(dt)
-        a2, a1, s1, p2 = arr(dt, 2), arr(dt, 1), arr(sd, 1), arr(np.float64, 2)
-        fwd = f"void({a2}, {a1}, {a1}, {a2}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        bwd = f"void({a2}, {a2}, {s1}, {s1}, {a1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
-        for n in (128, 1024, 4096, 8192, 1 << 16):
-            for rms in (False, True):
-                nm = "rms" if rms else "ln"
-                t, r, vpt = L.row_config(n, L.FWD_VPT)
-                out.append((f"{nm}_fwd {np.dtype(dt).name} n={n} T={t} R={r} VPT={vpt}",
-                            L._make_forward(dt, t, r, vpt, rms), fwd, register_cap(t * r, L.ACC[np.dtype(dt)])))
-                t, r, vpt = L.bwd_config(n, dt)
-                out.append((f"{nm}_bwd {np.dtype(dt).name} n={n} T={t} R={r} VPT={vpt}",
-                            L._make_backward(dt, t, r, vpt, rms), bwd, register_cap(t * r, L.ACC[np.dtype(dt)])))
-        if dt != np.float16:
-            f64 = dt == np.float64
-            for algo, flags in ((O.FN_SGD, 0), (O.FN_SGD, O.FN_WD | O.FN_MOMENTUM | O.FN_NESTEROV),
-                                (O.FN_ADAGRAD, O.FN_WD), (O.FN_ADADELTA, 0),
-                                (O.FN_RMSPROP, O.FN_CENTERED | O.FN_MOMENTUM), (O.FN_ADAM, 0),
-                                (O.FN_ADAM, O.FN_WD | O.FN_AMSGRAD)):
-                out.append((f"optim algo={algo} flags={flags} {np.dtype(dt).name}",
-                            O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK), O._SIG,
-                            register_cap(O.BLOCK, dt)))
-        sd = L._stat(dt)
-        cn = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(sd, 1)}, {arr(np.float64, 2)}, int64"
-        for kind in ("moments", "grads"):
-            t, r = CN._seg_team(49)
-            out.append((f"seg {kind} {np.dtype(dt).name}", CN._make_segments(dt, t, r, kind), cn + ", int64, int64)",
-                        register_cap(t * r, L.ACC[np.dtype(dt)])))
-            out.append((f"cols {kind} {np.dtype(dt).name}", CN._make_columns(dt, kind), cn + ")",
-                        register_cap(CN.COLS * CN.PHASES, np.float64)))
-        a1, s1 = arr(dt, 1), arr(sd, 1)
-        for mode in ("bn_fwd", "bwd", "in_running"):
-            sig = (f"void({arr(np.float64, 2)}, {arr(np.float64, 2)}, {a1}, {a1}, {a1}, {s1}, {s1}, {a1}, {a1}, "
-                   "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)")
-            out.append((f"finish {mode} {np.dtype(dt).name}", CN._make_finish(dt, mode), sig, 255))
-        for backward in (False, True):
-            sig = f"void({a1}, {a1}, {a1}, {a1}, {s1}, {s1}, {arr(np.float64, 2)}, {a1}, int64, int64, int64, int64)"
-            out.append((f"apply bwd={backward} {np.dtype(dt).name}", CN._make_apply(dt, backward), sig,
-                        register_cap(CN.BLOCK, L.ACC[np.dtype(dt)])))
-        t, r, vpt = L.row_config(96, L.FWD_VPT)
-        out.append((f"gn_fwd grouped {np.dtype(dt).name}", L._make_forward(dt, t, r, vpt, False, True), fwd,
-                    register_cap(t * r, L.ACC[np.dtype(dt)])))
-        t, r, vpt = L.bwd_config(96, dt)
-        out.append((f"gn_bwd grouped {np.dtype(dt).name}", L._make_backward(dt, t, r, vpt, False, True), bwd,
-                    register_cap(t * r, L.ACC[np.dtype(dt)])))
-        a1d, a2d, a3d, p2d = arr(dt, 1), arr(dt, 2), arr(dt, 3), arr(np.float64, 2)
-        nm = np.dtype(dt).name
-        ac = L.ACC[np.dtype(dt)]
-        out += [
-            (f"lrn fwd {nm}", LR._make(dt, False),
-             f"void({a1d}, {a1d}, {a1d}, int64, int64, int64, float64, float64, float64)", register_cap(256, ac)),
-            (f"lrn bwd {nm}", LR._make(dt, True),
-             f"void({a1d}, {a1d}, {a1d}, {a1d}, {a1d}, int64, int64, int64, float64, float64)", register_cap(256, ac)),
-            (f"wn fwd {nm}", WN._make_wn(dt, False), f"void({a3d}, {a3d}, {a1d}, {a1d}, {a3d}, {a1d})",
-             register_cap(256, ac)),
-            (f"wn bwd {nm}", WN._make_wn(dt, True), f"void({a3d}, {a3d}, {a1d}, {a1d}, {a3d}, {a1d})",
-             register_cap(256, ac)),
-            (f"cos norms {nm}", WN._make_row_norms(dt), f"void({a2d}, {a2d}, {a1d}, {a1d})", register_cap(256, ac)),
-            (f"cos scale {nm}", WN._make_scale(dt), f"void({a2d}, {a1d}, {a1d}, float64)", register_cap(256, ac)),
-            (f"cos rows {nm}", WN._make_grad_rows(dt), f"void({a2d}, {a2d}, {a1d}, {a1d}, {a2d}, {a1d}, float64)",
-             register_cap(256, ac)),
-            (f"cos cols {nm}", WN._make_col_parts(dt), f"void({a2d}, {a2d}, {p2d})", register_cap(256, ac)),
-            (f"cos coef {nm}", WN._make_col_coef(dt), f"void({p2d}, {a1d}, {a1d}, float64)", register_cap(256, ac)),
-            (f"cos post {nm}", WN._make_correct(dt), f"void({a2d}, {a2d}, {a1d}, {a1d}, {a2d}, {a2d})",
-             register_cap(256, ac)),
-            (f"gemm {nm}", MM._make_gemm(dt), f"void({a2d}, {a2d}, {a2d})", register_cap(256, ac)),
-        ]
-        out.append((f"reduce {np.dtype(dt).name}", L._make_reduce(dt), f"void({p2}, {p2}, {a1}, {a1}, int64)",
-                    register_cap(L.RED_COLS * L.RED_GROUPS, np.float64)))
+    for dt in DTYPES:
+        _row_specs(out, dt)
+        _channel_specs(out, dt)
+        _misc_specs(out, dt)
     return out
 
 

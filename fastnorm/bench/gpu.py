@@ -553,16 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sweep", action="store_true", help="also the launch-shape sweep")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiler cross-check")
-    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': only JSON, on stdout)")
     args = ap.parse_args(argv)
     shapes = [(int(m), int(n), np.dtype(d).type) for d in args.dtypes.split(",")
               for m, n in (s.split("x") for s in args.shapes.split(","))]
     report = run_cuda_report(ops=args.ops, repeats=args.repeats, do_sweep=args.sweep, profile=not args.no_profile,
                              shapes=shapes, adam_total=int(args.adam_total))
-    print(format_cuda_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    from fastnorm._kernels.cuda._host_scenarios import emit
+
+    emit(report, args.json, format_cuda_table)
     return 0
 
 

@@ -55,12 +55,15 @@ _ERR_CHANNELS, _ERR_DIM = 1.0, 2.0
 
 
 # ------------------------------------------------------------------------------------------- stages
-def _fastnorm_ok(*tensors: Tensor | None) -> bool:
-    """Whether the fastnorm stage kernels take these tensors (else torch ops compute the same stages)."""
-    for t in tensors:
+def _fastnorm_ok(x: Tensor, *others: Tensor | None) -> bool:
+    """Whether the fastnorm stage kernels take data ``x`` with these tensors (its parameters, statistics
+    or data in x's dtype or, beside 16-bit x, float32); else torch ops compute the same stages."""
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return False
+    for t in (x, *others):
         if t is None:
             continue
-        if t.dtype not in (torch.float32, torch.float64):
+        if t.dtype not in (x.dtype, _stat_dtype(x)):
             return False
         if t.device.type == "cuda":
             if F._cuda_backend_error() is not None:
@@ -120,7 +123,7 @@ def _gather_stats(x, means, m2s, counts, running_mean, running_var, momentum, ep
     """(mean, invstd) in the statistics dtype; running statistics updated in place."""
     sd = _stat_dtype(x)
     track = running_mean is not None
-    if _fastnorm_ok(x, running_mean, running_var) and (not track or running_mean.dtype == sd):
+    if _fastnorm_ok(x, running_mean, running_var):
         cnt = counts.cpu().numpy() if counts.device.type == "cpu" else counts
         mean, invstd = fastnorm.batch_norm_gather_stats(
             F._arr(means.to(sd)), F._arr(m2s.to(sd)), cnt, F._arr(running_mean), F._arr(running_var),
@@ -144,7 +147,7 @@ def _gather_stats(x, means, m2s, counts, running_mean, running_var, momentum, ep
 
 
 def _elemt(x, axis, mean, invstd, weight, bias):
-    if _fastnorm_ok(x, weight, bias) and mean.dtype == x.dtype:
+    if _fastnorm_ok(x, weight, bias) and mean.dtype == _stat_dtype(x):
         return F._ten(fastnorm.batch_norm_elemt(F._arr(x), F._arr(mean), F._arr(invstd), F._arr(weight),
                                                 F._arr(bias), axis=axis), x)  # fmt: skip
     s = _bshape(x, axis)
@@ -158,7 +161,7 @@ def _elemt(x, axis, mean, invstd, weight, bias):
 
 def _backward_reduce(dy, x, axis, mean, invstd, weight):
     """(sum_dy, sum_dy_xmu, dweight or None, dbias) of the local batch."""
-    if _fastnorm_ok(dy, x, weight) and mean.dtype == x.dtype:
+    if _fastnorm_ok(dy, x, weight) and mean.dtype == _stat_dtype(x):
         r = fastnorm.batch_norm_backward_reduce(F._arr(dy), F._arr(x), F._arr(mean), F._arr(invstd), F._arr(weight),
                                                 axis=axis)  # fmt: skip
         return tuple(F._ten(a, x) for a in r)
@@ -171,7 +174,7 @@ def _backward_reduce(dy, x, axis, mean, invstd, weight):
 
 
 def _backward_elemt(dy, x, axis, mean, invstd, weight, sum_dy, sum_dy_xmu, count: float):
-    if _fastnorm_ok(dy, x, weight) and mean.dtype == x.dtype:
+    if _fastnorm_ok(dy, x, weight) and mean.dtype == _stat_dtype(x):
         return F._ten(fastnorm.batch_norm_backward_elemt(
             F._arr(dy), F._arr(x), F._arr(mean), F._arr(invstd), F._arr(weight), F._arr(sum_dy),
             F._arr(sum_dy_xmu), count, axis=axis), x)  # fmt: skip

@@ -79,3 +79,49 @@ def data(rng, shape, dt, offset=0.0):
 def param(rng, n, dt, bias=False):
     v = rng.standard_normal(n) if bias else 1 + 0.5 * rng.standard_normal(n)
     return v.astype(dt)
+
+
+def _same(a):
+    return a
+
+
+def run_stages(lib, parts, dys, w, b, axis, rm=None, rv=None, *, to=_same, back=_same, momentum=0.2, eps=1e-5):
+    """The five BatchNorm stages of ``lib`` (fastnorm, or its NumPy references) over the processes' parts:
+    stats -> gather -> elemt, and reduce -> sums over the processes (on the host, float64) ->
+    backward_elemt. ``to`` moves a host array to the arrays' device, ``back`` a result to the host;
+    rm, rv (on the device) are updated in place. Returns (y, mean, invstd, dx, dweight, dbias, reduce
+    results per process) on the host, dweight and dbias summed over the processes in float64."""
+    W, B = to(w), to(b)
+    xs, gs = [to(p) for p in parts], [to(g) for g in dys]
+    stats = [lib.batch_norm_stats(p, axis=axis) for p in xs]
+    means, m2s = (np.stack([back(s[i]) for s in stats]) for i in (0, 1))
+    counts = np.array([s[2] for s in stats])
+    mean, invstd = lib.batch_norm_gather_stats(to(means), to(m2s), counts, rm, rv, momentum=momentum, eps=eps)
+    ys = [back(lib.batch_norm_elemt(p, mean, invstd, W, B, axis=axis)) for p in xs]
+    red = [
+        [None if a is None else back(a) for a in lib.batch_norm_backward_reduce(g, p, mean, invstd, W, axis=axis)]
+        for g, p in zip(gs, xs)
+    ]
+    sd = np.asarray(back(mean)).dtype
+    s1, s2 = (to(np.sum([f64(r[i])[0] for r in red], axis=0).astype(sd)) for i in (0, 1))
+    dxs = [
+        back(lib.batch_norm_backward_elemt(g, p, mean, invstd, W, s1, s2, counts, axis=axis)) for g, p in zip(gs, xs)
+    ]
+    dw = None if w is None else np.sum([f64(r[2])[0] for r in red], axis=0)
+    db = np.sum([f64(r[3])[0] for r in red], axis=0)
+    return np.concatenate(ys), back(mean), back(invstd), np.concatenate(dxs), dw, db, red
+
+
+def cosine_reference(x, w, dy, eps, y_saved=None):
+    """CosineLinear in the arrays' precision: (y, x_norm, w_norm, gs, cx, cw, dx, dw), the norms clamped
+    at eps and a norm under eps giving no correction; the backward from ``y_saved`` when given (the y a
+    16-bit forward stored), else from y."""
+    xn, wn = np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=1)
+    nx, nw = np.maximum(xn, eps), np.maximum(wn, eps)
+    y = x @ w.T / nx[:, None] / nw[None, :]
+    if y_saved is not None:
+        y = y_saved.astype(x.dtype)
+    gs = dy / nx[:, None] / nw[None, :]
+    cx = np.where(xn >= eps, (dy * y).sum(axis=1) / nx**2, 0).astype(x.dtype)
+    cw = np.where(wn >= eps, (dy * y).sum(axis=0) / nw**2, 0).astype(x.dtype)
+    return y, xn, wn, gs, cx, cw, gs @ w - cx[:, None] * x, gs.T @ x - cw[:, None] * w

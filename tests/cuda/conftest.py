@@ -67,3 +67,17 @@ def host(a):
 def hw_only():
     if SIM:
         pytest.skip("real GPU only (the simulator has no CuPy/torch interop, and is too slow for this)")
+
+
+@pytest.fixture
+def small_channel_blocks(monkeypatch):
+    """Small thread blocks for the channel-norm kernels (BatchNorm, its stages, Group/InstanceNorm): the
+    simulator runs one Python thread per CUDA thread."""
+    from fastnorm._kernels.cuda import batch_norm_stages as S
+    from fastnorm._kernels.cuda import channel_kernels as K
+
+    monkeypatch.setattr(K, "COLS", 8)
+    monkeypatch.setattr(K, "PHASES", 4)
+    monkeypatch.setattr(K, "BLOCK", 32)
+    monkeypatch.setattr(K, "SEG_BLOCK", 32)
+    monkeypatch.setattr(S, "_T", 32)

@@ -1,7 +1,8 @@
 """BatchNorm stages (fastnorm.batch_norm_stats ... batch_norm_backward_elemt) on device arrays against the
 same calls on NumPy arrays (the CPU kernels, tested against the references in tests/test_sync_batch_norm.py)
 and against the float64 references: channels-first and channels-last, float32/float64, affine on and off,
-split batches with an empty one, running statistics updated in place on the device."""
+split batches with an empty one, running statistics updated in place on the device; bfloat16/float16
+data against the float64 references with DESIGN.md's criterion."""
 
 from __future__ import annotations
 
@@ -9,22 +10,13 @@ import numpy as np
 import pytest
 
 import fastnorm
+from fastnorm import reference as R
 from fastnorm.reference import sync_batch_norm as RS
 
+from ._half_util import BF16, F16, F32, close, data, f32, f64, lowp, param, run_stages
 from .conftest import host
 
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    """Small thread blocks: the simulator runs one Python thread per CUDA thread."""
-    from fastnorm._kernels.cuda import batch_norm_stages as S
-    from fastnorm._kernels.cuda import channel_norm as K
-
-    monkeypatch.setattr(K, "COLS", 8)
-    monkeypatch.setattr(K, "PHASES", 4)
-    monkeypatch.setattr(K, "BLOCK", 32)
-    monkeypatch.setattr(K, "SEG_BLOCK", 32)
-    monkeypatch.setattr(S, "_T", 32)
+pytestmark = pytest.mark.usefixtures("small_channel_blocks")
 
 
 def _tol(dtype):
@@ -122,7 +114,41 @@ def test_empty_batch_on_device(on_gpu):
     assert all(not host(a).any() for a in red)
 
 
-def test_float16_is_refused(on_gpu):
-    x = on_gpu(np.ones((2, 3), np.float16))
-    with pytest.raises(TypeError, match="batch_norm_stats: x has dtype float16; expected one of float32, float64"):
-        fastnorm.batch_norm_stats(x)
+@pytest.mark.parametrize(
+    ("dt", "shape", "axis", "sizes"),
+    [(BF16, (3, 4, 5), 1, (2, 1)), (F16, (9, 3), -1, (4, 0, 5)), (BF16, (7, 2), -1, (7,))],
+    ids=str,
+)
+def test_16bit_stages_match_reference(rng, on_gpu, dt, shape, axis, sizes):
+    """16-bit data with a 16-bit weight, a float32 bias, a 16-bit running mean and a float32 running var
+    (a module's mixed buffers): results on the device within the bound of the float32 stage references
+    (data rounded once to x's dtype) against the float64 BatchNorm reference; dtypes as on the CPU."""
+    c = shape[1] if axis == 1 else shape[-1]
+    x, dy = data(rng, shape, dt, 20.0), data(rng, shape, dt)
+    w, b = param(rng, c, dt), param(rng, c, F32, bias=True)
+    rm, rv = np.zeros(c, dt), np.ones(c, F32)
+    drm, drv = on_gpu(rm, rv)
+    cuts = np.cumsum(sizes)[:-1]
+    parts, dys = np.split(x, cuts), np.split(dy, cuts)
+    y, mean, invstd, dx, dw, db, red = run_stages(
+        fastnorm, parts, dys, w, b, axis, drm, drv, to=lambda a: None if a is None else on_gpu(a), back=host
+    )
+    assert y.dtype == dx.dtype == dt and mean.dtype == invstd.dtype == F32
+    assert all(r[0].dtype == r[1].dtype == F32 and r[2].dtype == r[3].dtype == dt for r in red)
+    assert host(drm).dtype == dt and host(drv).dtype == F32
+    rm32, rv32 = f32(rm, rv)
+    y32, mean32, inv32, dx32, dw32, db32, _ = run_stages(RS, *(f32(*parts), f32(*dys)), *f32(w, b), axis, rm32, rv32)
+    rm64, rv64 = f64(rm, rv)
+    ref = R.batch_norm_forward(*f64(x, w, b), rm64, rv64, momentum=0.2, axis=axis)
+    ref_b = R.batch_norm_backward(*f64(dy, x), ref[1], ref[2], *f64(w, b), axis=axis)
+    for name, got, other, r in [
+        ("y", y, lowp(y32, dt), ref[0]),
+        ("mean", mean, mean32, ref[1]),
+        ("invstd", invstd, inv32, ref[2]),
+        ("running_mean", host(drm), lowp(rm32, dt), rm64),
+        ("running_var", host(drv), rv32, rv64),
+        ("dx", dx, lowp(dx32, dt), ref_b[0]),
+        ("dweight", dw.astype(dt), dw32, ref_b[1]),
+        ("dbias", db.astype(dt), db32, ref_b[2]),
+    ]:
+        close(got, other, r, name)

@@ -11,16 +11,7 @@ import fastnorm
 
 from .conftest import host
 
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    """Small thread blocks: the simulator runs one Python thread per CUDA thread."""
-    from fastnorm._kernels.cuda import channel_norm as K
-
-    monkeypatch.setattr(K, "COLS", 8)
-    monkeypatch.setattr(K, "PHASES", 4)
-    monkeypatch.setattr(K, "BLOCK", 32)
-    monkeypatch.setattr(K, "SEG_BLOCK", 32)
+pytestmark = pytest.mark.usefixtures("small_channel_blocks")
 
 
 def _tol(dtype):

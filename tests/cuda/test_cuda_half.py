@@ -13,7 +13,22 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._half_util import BF16, F16, F32, F64, backend, close, data, empty, f32, f64, host, kernels, param
+from ._half_util import (
+    BF16,
+    F16,
+    F32,
+    F64,
+    backend,
+    close,
+    cosine_reference,
+    data,
+    empty,
+    f32,
+    f64,
+    host,
+    kernels,
+    param,
+)
 from ._half_util import to_dev as _to_dev
 from .conftest import SIM
 
@@ -415,9 +430,47 @@ def test_weight_norm_bf16(rng, dev, cuda):
     close(host(dg), dg_ref.astype(F32), dg_ref, "dg")
 
 
-def test_cosine_linear_refuses_bf16(dev, cuda):
+@pytest.mark.parametrize("wdt", [BF16, F32], ids=["w_bf16", "w_f32"])
+def test_cosine_linear_bf16(rng, dev, cuda, wdt):
+    """bfloat16 CosineLinear on CUDA: the launchers on bfloat16 data (uint16 bits; float32 norms and
+    coefficients) and the public ops on bfloat16 device arrays (their float32 path on widened copies, the
+    outputs rounded once), against the float64 reference; the other result is the float32 reference on
+    the same 16-bit inputs, rounded to bfloat16."""
     from fastnorm._kernels.cuda import weight_norm as W
 
-    x = dev(np.ones((2, 3), BF16))
-    with pytest.raises(TypeError, match="cosine_linear_forward: x has dtype bfloat16"):
-        W.cosine_linear_forward(x, x, x, x, x, 1e-8, 1)
+    eps = 1e-8
+    x, w, dy = data(rng, (5, 7), BF16), data(rng, (4, 7), wdt), data(rng, (5, 4), BF16)
+    x[3] = 0  # a zero row: its norm is clamped at eps, and its correction coefficient is 0
+    names = ("y", "x_norm", "w_norm", "gs", "cx", "cw", "dx", "dw")
+    data_out = ("y", "gs", "dx", "dw")
+
+    def expect(w, y_saved):
+        """The float64 reference and the other result (the float32 reference on the same 16-bit inputs,
+        data outputs rounded to bfloat16), the backward from the y the forward stored."""
+        ref = cosine_reference(*f64(x, w, dy), eps, None if y_saved is None else y_saved.astype(F64))
+        r32 = cosine_reference(*f32(x, w, dy), eps, None if y_saved is None else y_saved.astype(F32))
+        return dict(zip(names, ref)), {n: a.astype(BF16) if n in data_out else a for n, a in zip(names, r32)}
+
+    wk = w.astype(BF16)  # the launchers take data and w in one dtype
+    X, WB, DY = dev(x, wk, dy)
+    y = dev((x.astype(F64) @ wk.astype(F64).T).astype(BF16))  # holds the product
+    x_norm, w_norm = empty(cuda, 5, F32), empty(cuda, 4, F32)
+    W.cosine_linear_forward(X, WB, y, x_norm, w_norm, eps, 1)
+    gs, cx, cw = empty(cuda, (5, 4), BF16), empty(cuda, 5, F32), empty(cuda, 4, F32)
+    W.cosine_linear_backward_pre(DY, y, x_norm, w_norm, gs, cx, cw, empty(cuda, (2, 4), F64), eps, 1)
+    gs64 = host(gs).astype(F64)
+    dx, dw = dev((gs64 @ wk.astype(F64)).astype(BF16), (gs64.T @ x.astype(F64)).astype(BF16))
+    W.cosine_linear_backward_post(X, WB, cx, cw, dx, dw, 1)
+    (refs, lowp), (refs_b, lowp_b) = expect(wk, None), expect(wk, host(y))
+    for i, (name, got) in enumerate(zip(names, (y, x_norm, w_norm, gs, cx, cw, dx, dw))):
+        assert host(got).dtype == (BF16 if name in data_out else F32), name
+        r, o = (refs, lowp) if i < 3 else (refs_b, lowp_b)
+        close(host(got), o[name], r[name], "kernel " + name)
+
+    f = fastnorm.cosine_linear_forward(*dev(x, w), eps=eps)
+    g = fastnorm.cosine_linear_backward(*dev(dy, x, w), f.y, f.x_norm, f.w_norm, eps=eps)
+    assert host(f.y).dtype == host(g.dx).dtype == BF16 and host(g.dw).dtype == wdt
+    (refs, lowp), (refs_b, lowp_b) = expect(w, None), expect(w, host(f.y))
+    for i, (name, got) in enumerate(zip(("y", "x_norm", "w_norm", "dx", "dw"), (*f, *g))):
+        r, o = (refs, lowp) if i < 3 else (refs_b, lowp_b)
+        close(host(got), o[name].astype(wdt) if name == "dw" else o[name], r[name], "public " + name)

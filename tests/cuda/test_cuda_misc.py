@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ._half_util import cosine_reference
 from .conftest import host
 
 
@@ -86,14 +87,7 @@ def test_cosine_linear(rng, on_gpu, cuda):
     w = rng.standard_normal((4, 7)).astype(np.float32)
     dy = rng.standard_normal((5, 4)).astype(np.float32)
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-    xn, wn = np.linalg.norm(x64, axis=1), np.linalg.norm(w64, axis=1)
-    nx, nw = np.maximum(xn, eps), np.maximum(wn, eps)
-    y_ref = x64 @ w64.T / nx[:, None] / nw[None, :]
-    gs = dy64 / nx[:, None] / nw[None, :]
-    cx = np.where(xn >= eps, (dy64 * y_ref).sum(axis=1) / nx**2, 0)
-    cw = np.where(wn >= eps, (dy64 * y_ref).sum(axis=0) / nw**2, 0)
-    dx_ref = gs @ w64 - cx[:, None] * x64
-    dw_ref = gs.T @ x64 - cw[:, None] * w64
+    y_ref, xn, _wn, gs, cx, cw, dx_ref, dw_ref = cosine_reference(x64, w64, dy64, eps)
     dx_, dw_, ddy = on_gpu(x, w, dy)
     y = cuda.device_array((5, 4), np.float32)
     MM.matmul(dx_, on_gpu(np.ascontiguousarray(w.T)), y, lambda a: a)

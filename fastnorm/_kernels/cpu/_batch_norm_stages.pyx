@@ -17,27 +17,38 @@ shape, dtype and buffer.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdint cimport uint16_t
 
-cdef extern from "fastnorm_channel.h" nogil:
-    void fn_seg_moments_f(const float *x, Py_ssize_t n, double *mean, double *m2)
-    void fn_seg_moments_d(const double *x, Py_ssize_t n, double *mean, double *m2)
-    void fn_chan_merge(double *na, double *ma, double *m2a, double nb, double mb, double m2b)
-    void fn_col_moments_f(const float *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
-                          double *K, double *s1, double *s2)
-    void fn_col_moments_d(const double *x, Py_ssize_t nr, Py_ssize_t C, double *mean, double *m2,
-                          double *K, double *s1, double *s2)
-    void fn_grad_sums_f(const float *dy, const float *x, Py_ssize_t n, double mu, double *s1, double *s2)
-    void fn_grad_sums_d(const double *dy, const double *x, Py_ssize_t n, double mu, double *s1, double *s2)
-    void fn_col_grad_sums_f(const float *dy, const float *x, Py_ssize_t nr, Py_ssize_t C, const float *mu,
-                            double *s1, double *s2)
-    void fn_col_grad_sums_d(const double *dy, const double *x, Py_ssize_t nr, Py_ssize_t C,
-                            const double *mu, double *s1, double *s2)
-    void fn_apply_fwd_f(const float *x, float *y, Py_ssize_t n, float mu, float a, float b, int stream)
-    void fn_apply_fwd_d(const double *x, double *y, Py_ssize_t n, double mu, double a, double b, int stream)
-    void fn_apply_bwd_f(const float *dy, const float *x, float *dx, Py_ssize_t n, float mu, float ka, float kb,
-                        float kc, int training, int stream)
-    void fn_apply_bwd_d(const double *dy, const double *x, double *dx, Py_ssize_t n, double mu, double ka,
-                        double kb, double kc, int training, int stream)
+from ._fn_channel cimport (
+    fn_apply_bwd_d,
+    fn_apply_bwd_f,
+    fn_apply_bwd_h,
+    fn_apply_fwd_d,
+    fn_apply_fwd_f,
+    fn_apply_fwd_h,
+    fn_chan_merge,
+    fn_col_grad_sums_f,
+    fn_col_grad_sums_d,
+    fn_col_grad_sums_h,
+    fn_col_moments_d,
+    fn_col_moments_f,
+    fn_col_moments_h,
+    fn_grad_sums_d,
+    fn_grad_sums_f,
+    fn_grad_sums_h,
+    fn_rows_bwd_h,
+    fn_rows_fwd_h,
+    fn_seg_moments_d,
+    fn_seg_moments_f,
+    fn_seg_moments_h,
+)
+
+# Data (x, y, dy, dx): float32, float64, or 16-bit storage as uint16 bit patterns (``fmt``: 0 bfloat16,
+# 1 float16) whose statistics, parameters and coefficients (``floating``) are float32.
+ctypedef fused data_t:
+    float
+    double
+    uint16_t
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -49,38 +60,45 @@ cdef inline void _chunk(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *l
     hi[0] = min(m, (t + 1) * step)
 
 
-cdef inline void _slice_moments(const floating *x, Py_ssize_t L, double *mom) noexcept nogil:
+cdef inline void _slice_moments(const data_t *x, Py_ssize_t L, double *mom, int fmt) noexcept nogil:
     """mom[0], mom[1] = mean, M2 of L contiguous values."""
-    if floating is float:
+    if data_t is float:
         fn_seg_moments_f(x, L, &mom[0], &mom[1])
-    else:
+    elif data_t is double:
         fn_seg_moments_d(x, L, &mom[0], &mom[1])
-
-
-cdef inline void _slice_grad_sums(const floating *dy, const floating *x, Py_ssize_t L, double mu,
-                                  double *sums) noexcept nogil:
-    """sums[0], sums[1] = sum(dy), sum(dy * (x - mu)) over L contiguous values."""
-    if floating is float:
-        fn_grad_sums_f(dy, x, L, mu, &sums[0], &sums[1])
     else:
+        fn_seg_moments_h(fmt, x, L, &mom[0], &mom[1])
+
+
+cdef inline void _slice_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t L, double mu,
+                                  double *sums, int fmt) noexcept nogil:
+    """sums[0], sums[1] = sum(dy), sum(dy * (x - mu)) over L contiguous values."""
+    if data_t is float:
+        fn_grad_sums_f(dy, x, L, mu, &sums[0], &sums[1])
+    elif data_t is double:
         fn_grad_sums_d(dy, x, L, mu, &sums[0], &sums[1])
+    else:
+        fn_grad_sums_h(fmt, dy, x, L, mu, &sums[0], &sums[1])
 
 
-cdef inline void _rows_moments(const floating *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
-                               double *wk) noexcept nogil:
+cdef inline void _rows_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
+                               double *wk, int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [mean (C) | M2 (C) | scratch (3C)]."""
     cdef Py_ssize_t lo, hi
     _chunk(M, t, nt, &lo, &hi)
     if hi <= lo:
         return
-    if floating is float:
+    if data_t is float:
         fn_col_moments_f(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
-    else:
+    elif data_t is double:
         fn_col_moments_d(x + lo * C, hi - lo, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
+    else:
+        fn_col_moments_h(fmt, x + lo * C, hi - lo, C, C, wk, wk + C, wk + 2 * C, wk + 3 * C, wk + 4 * C)
 
 
-cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize_t t, Py_ssize_t nt,
-                                 Py_ssize_t M, Py_ssize_t C, const floating *mean, double *wk) noexcept nogil:
+cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t, Py_ssize_t nt,
+                                 Py_ssize_t M, Py_ssize_t C, const floating *mean, double *wk,
+                                 int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [sum dy (C) | sum dy * (x - mean) (C)]."""
     cdef Py_ssize_t c, lo, hi
     _chunk(M, t, nt, &lo, &hi)
@@ -88,30 +106,39 @@ cdef inline void _rows_grad_sums(const floating *dy, const floating *x, Py_ssize
         wk[c] = 0.0
     if hi <= lo:
         return
-    if floating is float:
+    if data_t is float and floating is float:
         fn_col_grad_sums_f(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
-    else:
+    elif data_t is double and floating is double:
         fn_col_grad_sums_d(dy + lo * C, x + lo * C, hi - lo, C, mean, wk, wk + C)
+    elif data_t is uint16_t and floating is float:
+        fn_col_grad_sums_h(fmt, dy + lo * C, x + lo * C, hi - lo, C, C, mean, wk, wk + C)
 
 
-cdef inline void _slice_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t L,
-                              const floating *coef, Py_ssize_t ld, Py_ssize_t c, bint backward) noexcept nogil:
+cdef inline void _slice_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t L,
+                              const floating *coef, Py_ssize_t ld, Py_ssize_t c, bint backward,
+                              int fmt) noexcept nogil:
     """One (n, c) slice: y = (x - mu) * a + b, or dx = ka * dy + kb * (x - mu) + kc (coef rows of ld)."""
-    if backward:
-        if floating is float:
-            fn_apply_bwd_f(dy, x, out, L, coef[c], coef[ld + c], coef[2 * ld + c], coef[3 * ld + c], 1, 0)
+    cdef floating mu = coef[c], k1 = coef[ld + c], k2 = coef[2 * ld + c], k3 = coef[3 * ld + c]
+    if data_t is float and floating is float:
+        if backward:
+            fn_apply_bwd_f(dy, x, out, L, mu, k1, k2, k3, 1, 0)
         else:
-            fn_apply_bwd_d(dy, x, out, L, coef[c], coef[ld + c], coef[2 * ld + c], coef[3 * ld + c], 1, 0)
-    else:
-        if floating is float:
-            fn_apply_fwd_f(x, out, L, coef[c], coef[ld + c], coef[2 * ld + c], 0)
+            fn_apply_fwd_f(x, out, L, mu, k1, k2, 0)
+    elif data_t is double and floating is double:
+        if backward:
+            fn_apply_bwd_d(dy, x, out, L, mu, k1, k2, k3, 1, 0)
         else:
-            fn_apply_fwd_d(x, out, L, coef[c], coef[ld + c], coef[2 * ld + c], 0)
+            fn_apply_fwd_d(x, out, L, mu, k1, k2, 0)
+    elif data_t is uint16_t and floating is float:
+        if backward:
+            fn_apply_bwd_h(fmt, dy, x, out, L, mu, k1, k2, k3, 1)
+        else:
+            fn_apply_fwd_h(fmt, x, out, L, mu, k1, k2)
 
 
-cdef inline void _rows_apply(const floating *dy, const floating *x, floating *out, Py_ssize_t t, Py_ssize_t nt,
+cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t, Py_ssize_t nt,
                              Py_ssize_t M, Py_ssize_t C, const floating *coef, Py_ssize_t ld,
-                             bint backward) noexcept nogil:
+                             bint backward, int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows of C channels; the same formulas per channel."""
     cdef Py_ssize_t lo, hi, r, c
     cdef const floating *mu = coef
@@ -119,47 +146,110 @@ cdef inline void _rows_apply(const floating *dy, const floating *x, floating *ou
     cdef const floating *kb = coef + 2 * ld
     cdef const floating *kc = coef + 3 * ld
     _chunk(M, t, nt, &lo, &hi)
-    if backward:
-        for r in range(lo, hi):
-            for c in range(C):
-                out[r * C + c] = ka[c] * dy[r * C + c] + kb[c] * (x[r * C + c] - mu[c]) + kc[c]
-    else:
-        for r in range(lo, hi):
-            for c in range(C):
-                out[r * C + c] = (x[r * C + c] - mu[c]) * ka[c] + kb[c]
+    if hi <= lo:
+        return
+    if data_t is uint16_t and floating is float:
+        if backward:
+            fn_rows_bwd_h(fmt, dy + lo * C, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb, kc, 1)
+        else:
+            fn_rows_fwd_h(fmt, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb)
+    elif (data_t is float and floating is float) or (data_t is double and floating is double):
+        if backward:
+            for r in range(lo, hi):
+                for c in range(C):
+                    out[r * C + c] = ka[c] * dy[r * C + c] + kb[c] * (x[r * C + c] - mu[c]) + kc[c]
+        else:
+            for r in range(lo, hi):
+                for c in range(C):
+                    out[r * C + c] = (x[r * C + c] - mu[c]) * ka[c] + kb[c]
 
 
-cdef inline void _apply(const floating *dy, const floating *x, floating *out, Py_ssize_t N, Py_ssize_t C,
-                        Py_ssize_t L, const floating *coef, Py_ssize_t ld, bint backward,
+cdef inline void _apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t L, const floating *coef, Py_ssize_t ld, bint backward, int fmt,
                         int n_threads) noexcept nogil:
     cdef Py_ssize_t s, t, S = N * C
     if L > 1:
         if n_threads <= 1:
             for s in range(S):
                 _slice_apply(dy + s * L if backward else NULL, x + s * L, out + s * L, L, coef, ld, s % C,
-                             backward)
+                             backward, fmt)
         else:
             for s in prange(S, schedule="static", num_threads=n_threads):
                 _slice_apply(dy + s * L if backward else NULL, x + s * L, out + s * L, L, coef, ld, s % C,
-                             backward)
+                             backward, fmt)
     elif n_threads <= 1:
-        _rows_apply(dy, x, out, 0, 1, N, C, coef, ld, backward)
+        _rows_apply(dy, x, out, 0, 1, N, C, coef, ld, backward, fmt)
     else:
         for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-            _rows_apply(dy, x, out, t, n_threads, N, C, coef, ld, backward)
+            _rows_apply(dy, x, out, t, n_threads, N, C, coef, ld, backward, fmt)
 
 
-# ------------------------------------------------------------------------------------------ entry points
-def batch_norm_stats(const floating[:, :, ::1] x,           # IN  (N, C, L)
-                     floating[::1] mean,                    # OUT (C,)
-                     floating[::1] m2,                      # OUT (C,)
-                     double[:, ::1] work,                   # SCRATCH L > 1: (N*C, 2); L == 1: (chunks, 5C)
-                     int n_threads):
+cdef inline void _merge_parts(const double *means, const double *m2s, Py_ssize_t parts, Py_ssize_t stride,
+                              Py_ssize_t N, Py_ssize_t L, double *mean, double *m2) noexcept nogil:
+    """Chan's merge, in order, of ``parts`` (mean, M2) pairs means[p * stride], m2s[p * stride]: L > 1,
+    one per (n, c) slice of L values; L == 1, one per chunk p of the N rows cut into ``parts`` chunks."""
+    cdef Py_ssize_t p, lo, hi
+    cdef double cnt = 0.0, mu = 0.0, mm = 0.0
+    for p in range(parts):
+        if L > 1:
+            lo, hi = 0, L
+        else:
+            _chunk(N, p, parts, &lo, &hi)
+        if hi > lo:
+            fn_chan_merge(&cnt, &mu, &mm, <double>(hi - lo), means[p * stride], m2s[p * stride])
+    mean[0] = mu
+    m2[0] = mm
+
+
+cdef inline void _partials(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t L, double *wp, Py_ssize_t nch, bint grads, int fmt,
+                           int n_threads) noexcept nogil:
+    """The partial results of one pass over (N, C, L) x (and dy): moments of x, or (``grads``) sum(dy) and
+    sum(dy * (x - mean)). L > 1: one (n, c) slice per task, pairs in wp[2 * s]; L == 1: the rows cut into
+    ``nch`` chunks, chunk t's rows of C values at wp + t * (5C moments | 2C sums)."""
+    cdef Py_ssize_t s, t, S = N * C, ld = (2 if grads else 5) * C
+    if L > 1:
+        if n_threads <= 1:
+            for s in range(S):
+                _slice_part(gp, xp, mp, s, C, L, wp, grads, fmt)
+        else:
+            for s in prange(S, schedule="static", num_threads=n_threads):
+                _slice_part(gp, xp, mp, s, C, L, wp, grads, fmt)
+    elif n_threads <= 1 or nch <= 1:
+        for t in range(nch):
+            _chunk_part(gp, xp, mp, t, nch, N, C, wp + t * ld, grads, fmt)
+    else:
+        for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
+            _chunk_part(gp, xp, mp, t, nch, N, C, wp + t * ld, grads, fmt)
+
+
+cdef inline void _slice_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t s, Py_ssize_t C,
+                             Py_ssize_t L, double *wp, bint grads, int fmt) noexcept nogil:
+    if grads:
+        _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s, fmt)
+    else:
+        _slice_moments(xp + s * L, L, wp + 2 * s, fmt)
+
+
+cdef inline void _chunk_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t t, Py_ssize_t nch,
+                             Py_ssize_t N, Py_ssize_t C, double *wk, bint grads, int fmt) noexcept nogil:
+    if grads:
+        _rows_grad_sums(gp, xp, t, nch, N, C, mp, wk, fmt)
+    else:
+        _rows_moments(xp, t, nch, N, C, wk, fmt)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def _batch_norm_stats(const data_t[:, :, ::1] x,            # IN  (N, C, L)
+                      floating[::1] mean,                   # OUT (C,)
+                      floating[::1] m2,                     # OUT (C,)
+                      double[:, ::1] work,                  # SCRATCH L > 1: (N*C, 2); L == 1: (chunks, 5C)
+                      int fmt, int n_threads):
     """mean and M2 = sum((x - mean)^2) per channel over the N*L values of (N, C, L) x; 0 when N*L == 0."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, s, c, n, t, nch, lo, hi
-    cdef const floating *xp
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, nch
+    cdef const data_t *xp
     cdef double *wp
-    cdef double cnt, mu, mm
+    cdef double mu, mm
     if N * L == 0:
         for c in range(C):
             mean[c] = 0
@@ -169,38 +259,14 @@ def batch_norm_stats(const floating[:, :, ::1] x,           # IN  (N, C, L)
     wp = &work[0, 0]
     nch = work.shape[0]
     with nogil:
-        if L > 1:
-            if n_threads <= 1:
-                for s in range(S):
-                    _slice_moments(xp + s * L, L, wp + 2 * s)
+        _partials(xp, xp, &mean[0], N, C, L, wp, nch, False, fmt, n_threads)
+        for c in range(C):
+            if L > 1:
+                _merge_parts(wp + 2 * c, wp + 2 * c + 1, N, 2 * C, N, L, &mu, &mm)
             else:
-                for s in prange(S, schedule="static", num_threads=n_threads):
-                    _slice_moments(xp + s * L, L, wp + 2 * s)
-            for c in range(C):
-                cnt = 0.0
-                mu = 0.0
-                mm = 0.0
-                for n in range(N):
-                    fn_chan_merge(&cnt, &mu, &mm, <double>L, wp[2 * (n * C + c)], wp[2 * (n * C + c) + 1])
-                mean[c] = <floating>mu
-                m2[c] = <floating>mm
-        else:
-            if n_threads <= 1 or nch <= 1:
-                for t in range(nch):
-                    _rows_moments(xp, t, nch, N, C, wp + t * 5 * C)
-            else:
-                for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                    _rows_moments(xp, t, nch, N, C, wp + t * 5 * C)
-            for c in range(C):
-                cnt = 0.0
-                mu = 0.0
-                mm = 0.0
-                for t in range(nch):
-                    _chunk(N, t, nch, &lo, &hi)
-                    if hi > lo:
-                        fn_chan_merge(&cnt, &mu, &mm, <double>(hi - lo), wp[t * 5 * C + c], wp[t * 5 * C + C + c])
-                mean[c] = <floating>mu
-                m2[c] = <floating>mm
+                _merge_parts(wp + c, wp + C + c, nch, 5 * C, N, 1, &mu, &mm)
+            mean[c] = <floating>mu
+            m2[c] = <floating>mm
 
 
 def batch_norm_gather_stats(const floating[:, ::1] means,    # IN  (P, C)
@@ -230,14 +296,14 @@ def batch_norm_gather_stats(const floating[:, ::1] means,    # IN  (P, C)
                 running_var[c] = <floating>(momentum * (mm / (cnt - 1.0)) + (1.0 - momentum) * <double>running_var[c])
 
 
-def batch_norm_elemt(const floating[:, :, ::1] x,           # IN  (N, C, L)
-                     const floating[::1] mean,              # IN  (C,)
-                     const floating[::1] invstd,            # IN  (C,)
-                     const floating[::1] weight,            # IN  (C,) or length 0
-                     const floating[::1] bias,              # IN  (C,) or length 0
-                     floating[:, :, ::1] y,                 # OUT (N, C, L)
-                     floating[:, ::1] coef,                 # SCRATCH (4, C)
-                     int n_threads):
+def _batch_norm_elemt(const data_t[:, :, ::1] x,            # IN  (N, C, L)
+                      const floating[::1] mean,             # IN  (C,)
+                      const floating[::1] invstd,           # IN  (C,)
+                      const floating[::1] weight,           # IN  (C,) or length 0
+                      const floating[::1] bias,             # IN  (C,) or length 0
+                      data_t[:, :, ::1] y,                  # OUT (N, C, L)
+                      floating[:, ::1] coef,                # SCRATCH (4, C)
+                      int fmt, int n_threads):
     """y = (x - mean) * (invstd * weight) + bias per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, ld = coef.shape[1]
     cdef floating *cf = &coef[0, 0]
@@ -248,24 +314,24 @@ def batch_norm_elemt(const floating[:, :, ::1] x,           # IN  (N, C, L)
         cf[ld + c] = invstd[c] * weight[c] if weight.shape[0] > 0 else invstd[c]
         cf[2 * ld + c] = bias[c] if bias.shape[0] > 0 else 0
     with nogil:
-        _apply(NULL, &x[0, 0, 0], &y[0, 0, 0], N, C, L, cf, ld, False, n_threads)
+        _apply(NULL, &x[0, 0, 0], &y[0, 0, 0], N, C, L, cf, ld, False, fmt, n_threads)
 
 
-def batch_norm_backward_reduce(const floating[:, :, ::1] dy,  # IN  (N, C, L)
-                               const floating[:, :, ::1] x,   # IN  (N, C, L)
-                               const floating[::1] mean,      # IN  (C,)
-                               const floating[::1] invstd,    # IN  (C,)
-                               floating[::1] sum_dy,          # OUT (C,)
-                               floating[::1] sum_dy_xmu,      # OUT (C,)
-                               floating[::1] dweight,         # OUT (C,) or length 0 (not wanted)
-                               floating[::1] dbias,           # OUT (C,) or length 0 (not wanted)
-                               double[:, ::1] work,           # SCRATCH L > 1: (N*C, 2); L == 1: (chunks, 2C)
-                               int n_threads):
+def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
+                                const data_t[:, :, ::1] x,   # IN  (N, C, L)
+                                const floating[::1] mean,    # IN  (C,)
+                                const floating[::1] invstd,  # IN  (C,)
+                                floating[::1] sum_dy,        # OUT (C,)
+                                floating[::1] sum_dy_xmu,    # OUT (C,)
+                                floating[::1] dweight,       # OUT (C,) or length 0 (not wanted)
+                                floating[::1] dbias,         # OUT (C,) or length 0 (not wanted)
+                                double[:, ::1] work,         # SCRATCH L > 1: (N*C, 2); L == 1: (chunks, 2C)
+                                int fmt, int n_threads):
     """sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)), dweight = sum_dy_xmu * invstd, dbias = sum_dy
     per channel, in double, in a fixed order."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, s, c, n, t, nch
-    cdef const floating *gp
-    cdef const floating *xp
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch
+    cdef const data_t *gp
+    cdef const data_t *xp
     cdef const floating *mp = &mean[0]
     cdef double *wp
     cdef double s1, s2
@@ -284,19 +350,7 @@ def batch_norm_backward_reduce(const floating[:, :, ::1] dy,  # IN  (N, C, L)
     wp = &work[0, 0]
     nch = work.shape[0]
     with nogil:
-        if L > 1:
-            if n_threads <= 1:
-                for s in range(S):
-                    _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s)
-            else:
-                for s in prange(S, schedule="static", num_threads=n_threads):
-                    _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s)
-        elif n_threads <= 1 or nch <= 1:
-            for t in range(nch):
-                _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C)
-        else:
-            for t in prange(nch, schedule="static", chunksize=1, num_threads=n_threads):
-                _rows_grad_sums(gp, xp, t, nch, N, C, mp, wp + t * 2 * C)
+        _partials(gp, xp, mp, N, C, L, wp, nch, True, fmt, n_threads)
         for c in range(C):
             s1 = 0.0
             s2 = 0.0
@@ -316,16 +370,16 @@ def batch_norm_backward_reduce(const floating[:, :, ::1] dy,  # IN  (N, C, L)
                 dweight[c] = <floating>(s2 * <double>invstd[c])
 
 
-def batch_norm_backward_elemt(const floating[:, :, ::1] dy,  # IN  (N, C, L)
-                              const floating[:, :, ::1] x,   # IN  (N, C, L)
-                              const floating[::1] mean,      # IN  (C,)
-                              const floating[::1] invstd,    # IN  (C,)
-                              const floating[::1] weight,    # IN  (C,) or length 0
-                              const floating[::1] sum_dy,    # IN  (C,), over every process
-                              const floating[::1] sum_dy_xmu,  # IN  (C,), over every process
-                              floating[:, :, ::1] dx,        # OUT (N, C, L)
-                              floating[:, ::1] coef,         # SCRATCH (4, C)
-                              double count, int n_threads):
+def _batch_norm_backward_elemt(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
+                               const data_t[:, :, ::1] x,   # IN  (N, C, L)
+                               const floating[::1] mean,    # IN  (C,)
+                               const floating[::1] invstd,  # IN  (C,)
+                               const floating[::1] weight,  # IN  (C,) or length 0
+                               const floating[::1] sum_dy,  # IN  (C,), over every process
+                               const floating[::1] sum_dy_xmu,  # IN  (C,), over every process
+                               data_t[:, :, ::1] dx,        # OUT (N, C, L)
+                               floating[:, ::1] coef,       # SCRATCH (4, C)
+                               double count, int fmt, int n_threads):
     """dx = invstd * w * (dy - sum_dy / count - (x - mean) * invstd^2 * sum_dy_xmu / count), as
     dx = ka * dy + kb * (x - mean) + kc with per-channel coefficients computed in double."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, ld = coef.shape[1]
@@ -341,4 +395,41 @@ def batch_norm_backward_elemt(const floating[:, :, ::1] dy,  # IN  (N, C, L)
         cf[2 * ld + c] = <floating>(-r * r * r * wc * <double>sum_dy_xmu[c] / count)
         cf[3 * ld + c] = <floating>(-r * wc * <double>sum_dy[c] / count)
     with nogil:
-        _apply(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], N, C, L, cf, ld, True, n_threads)
+        _apply(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], N, C, L, cf, ld, True, fmt, n_threads)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+# 16-bit data (bfloat16, float16) goes to the kernels above as uint16 views with its format code (0
+# bfloat16, 1 float16; -1 for float32/float64 data); its statistics, parameters and scratch are float32.
+# Arguments as the kernels', without ``fmt``.
+cdef inline int _fmt(a):
+    if a.dtype.itemsize != 2:
+        return -1
+    return 1 if a.dtype.char == "e" else 0
+
+
+cdef inline _bits(a, int fmt):
+    return a if fmt < 0 else a.view("u2")
+
+
+def batch_norm_stats(x, mean, m2, work, int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_stats(_bits(x, fmt), mean, m2, work, fmt, n_threads)
+
+
+def batch_norm_elemt(x, mean, invstd, weight, bias, y, coef, int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_elemt(_bits(x, fmt), mean, invstd, weight, bias, _bits(y, fmt), coef, fmt, n_threads)
+
+
+def batch_norm_backward_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias, work, int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_backward_reduce(_bits(dy, fmt), _bits(x, fmt), mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias,
+                                work, fmt, n_threads)
+
+
+def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, dx, coef, double count,
+                              int n_threads):
+    cdef int fmt = _fmt(x)
+    _batch_norm_backward_elemt(_bits(dy, fmt), _bits(x, fmt), mean, invstd, weight, sum_dy, sum_dy_xmu,
+                               _bits(dx, fmt), coef, count, fmt, n_threads)

@@ -55,6 +55,13 @@ def nbname(dtype) -> str:
     return _NB[np.dtype(dtype)]
 
 
+def nb_type(acc):
+    """The Numba type of an accumulation NumPy type (float32 or float64): shared and local arrays' dtype."""
+    from numba import float32, float64
+
+    return float32 if acc is np.float32 else float64
+
+
 def param_dtype(dtype) -> np.dtype:
     """The dtype weights/biases (and the statistics) have inside the kernels for data of ``dtype``: float32
     for 16-bit data (the public layer converts: ``be.astype(w, be.stat_dtype(x.dtype))``), else ``dtype``."""

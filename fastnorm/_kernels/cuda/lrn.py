@@ -32,49 +32,39 @@ def _make(dtype, backward: bool, scale_dtype=None):
     sdt = np.dtype(dtype if scale_dtype is None else scale_dtype)
     lds, sts = loader(sdt), storer(sdt)
 
-    def lrn_fwd(xf, yf, sf, nc, nl, size, a, beta, k):
-        total = U(xf.shape[0])
-        C = U(nc)
-        L = U(nl)
-        i = U(cuda.grid(1))
-        step = U(cuda.gridsize(1))
-        before = U(size // 2)
-        after = U((size - 1) // 2)
-        while i < total:
-            c = (i // L) % C
-            lo = c - before if c >= before else U(0)
-            hi = min(C - U(1), c + after)
-            s = acc(0)
-            cc = lo
-            while cc <= hi:
-                v = ld(xf[i - (c - cc) * L]) if cc <= c else ld(xf[i + (cc - c) * L])
+    @cuda.jit(device=True)
+    def window(af, bf, sf, i, C, L, before, after):
+        """The sum over the channels c - before .. c + after (clipped) of element i's channel c: of x^2
+        (forward, af = x), or of dy * y / scale (backward, af = dy, bf = y)."""
+        c = (i // L) % C
+        lo = c - before if c >= before else U(0)
+        hi = min(C - U(1), c + after)
+        s = acc(0)
+        cc = lo
+        while cc <= hi:
+            e = i - (c - cc) * L if cc <= c else i + (cc - c) * L
+            if backward:
+                s += ld(af[e]) * ld(bf[e]) / acc(lds(sf[e]))
+            else:
+                v = ld(af[e])
                 s += v * v
-                cc += U(1)
-            sc = acc(k) + acc(a) * s
+            cc += U(1)
+        return s
+
+    def lrn_fwd(xf, yf, sf, nc, nl, size, a, beta, k):
+        i = U(cuda.grid(1))
+        while i < U(xf.shape[0]):
+            sc = acc(k) + acc(a) * window(xf, xf, sf, i, U(nc), U(nl), U(size // 2), U((size - 1) // 2))
             sf[i] = sts(sc)
             yf[i] = st(ld(xf[i]) * math.pow(sc, acc(-beta)))
-            i += step
+            i += U(cuda.gridsize(1))
 
     def lrn_bwd(dyf, xf, yf, sf, dxf, nc, nl, size, coef, beta):
-        total = U(xf.shape[0])
-        C = U(nc)
-        L = U(nl)
         i = U(cuda.grid(1))
-        step = U(cuda.gridsize(1))
-        before = U((size - 1) // 2)
-        after = U(size // 2)
-        while i < total:
-            c = (i // L) % C
-            lo = c - before if c >= before else U(0)
-            hi = min(C - U(1), c + after)
-            s = acc(0)
-            cc = lo
-            while cc <= hi:
-                e = i - (c - cc) * L if cc <= c else i + (cc - c) * L
-                s += ld(dyf[e]) * ld(yf[e]) / acc(lds(sf[e]))
-                cc += U(1)
+        while i < U(xf.shape[0]):
+            s = window(dyf, yf, sf, i, U(nc), U(nl), U((size - 1) // 2), U(size // 2))
             dxf[i] = st(ld(dyf[i]) * math.pow(acc(lds(sf[i])), acc(-beta)) - acc(coef) * ld(xf[i]) * s)
-            i += step
+            i += U(cuda.gridsize(1))
 
     return lrn_bwd if backward else lrn_fwd
 

@@ -9,7 +9,8 @@ which keeps the GPU busy when there are many slices (dim=0 of a weight matrix); 
 
 CosineLinear: the matrix products are the public layer's (``CudaBackend.matmul``); these kernels are the
 row norms and output scaling (forward), the scaled gradient and norm-correction coefficients (backward, a
-row kernel, then column partial sums over ``part``'s row chunks summed in order), and the corrections.
+row kernel, then column partial sums over ``part``'s row chunks summed in order), and the corrections;
+float16/bfloat16 data is computed in float32 with float32 norms and coefficients.
 """
 
 from __future__ import annotations
@@ -19,46 +20,25 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import (
-    ACC,
-    BF16,
-    SIM,
-    Kernel,
-    arr,
-    cached,
-    current_stream,
-    dev,
-    kdev,
-    loader,
-    make_team_sum2,
-    register_cap,
-    storer,
-    team_buf_cols,
-)
+from . import _common as cc
 
 U = np.uint64
 F64 = np.float64
-TEAM = 64 if SIM else 256
-BLOCK = 64 if SIM else 256
-
-
-def _nb(acc):
-    from numba import float32, float64
-
-    return float32 if acc is np.float32 else float64
+TEAM = 64 if cc.SIM else 256
+BLOCK = 64 if cc.SIM else 256
 
 
 # ------------------------------------------------------------------------------------------ WeightNorm
 def _make_wn(dtype, backward: bool, dts=None):
     """``dtype``: v, w, dw, dv (bfloat16 as uint16 bits); ``dts`` = (g, norm, o2) dtypes (default: all
     ``dtype``): 16-bit v may come with float32 g/norm/dg."""
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = _nb(acc)
-    ld, st = loader(dtype), storer(dtype)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st = cc.loader(dtype), cc.storer(dtype)
     gdt, ndt, odt = (dtype,) * 3 if dts is None else dts
-    ldg, ldn, sto = loader(gdt), loader(ndt), storer(odt)
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    ldg, ldn, sto = cc.loader(gdt), cc.loader(ndt), cc.storer(odt)
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
 
     def wn(a_in, v, g, norm, o1, o2):
@@ -107,14 +87,14 @@ def _make_wn(dtype, backward: bool, dts=None):
     return wn
 
 
-def _wn_kernel(dt, backward: bool, dts) -> Kernel:
+def _wn_kernel(dt, backward: bool, dts) -> cc.Kernel:
     dt = np.dtype(dt)
     dts = tuple(np.dtype(x) for x in dts)
-    a3 = arr(dt, 3)
-    g1, n1, o1 = (arr(x, 1) for x in dts)
+    a3 = cc.arr(dt, 3)
+    g1, n1, o1 = (cc.arr(x, 1) for x in dts)
     sig = f"void({a3}, {a3}, {g1}, {n1}, {a3}, {o1})"
-    return cached((("wn", backward), dt, dts, TEAM),
-                  lambda: Kernel(_make_wn(dt, backward, dts), sig, register_cap(TEAM, ACC[dt])))
+    return cc.cached((("wn", backward), dt, dts, TEAM),
+                  lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])))
 
 
 def _dtype(a):
@@ -123,51 +103,45 @@ def _dtype(a):
     return dtype_of(a)
 
 
-def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
-    """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
-    16-bit v: g and norm in float32 or v's dtype (each in its own)."""
-    dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(norm))
-    v, g, w, norm = kdev(v), kdev(g), kdev(w), kdev(norm)
+def _wn_launch(backward: bool, dt, dts, a_in, v, g, norm, o1, o2) -> None:
+    """One team per slice d of (A, D, B) v (arrays as the kernels take them); o2 (D,) is 0 for empty slices."""
     a, d, b = v.shape
     if d == 0:
         return
     if a * b == 0:
         from .fill import fill
 
-        fill(norm, 0.0)
+        fill(o2, 0.0)
         return
-    _wn_kernel(dt, False, dts).launch(d, TEAM, current_stream(), v, v, g, norm, w, norm)
+    _wn_kernel(dt, backward, dts).launch(d, TEAM, cc.current_stream(), a_in, v, g, norm, o1, o2)
+
+
+def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
+    """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
+    16-bit v: g and norm in float32 or v's dtype (each in its own)."""
+    dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(norm))
+    v, g, w, norm = cc.kdev(v), cc.kdev(g), cc.kdev(w), cc.kdev(norm)
+    _wn_launch(False, dt, dts, v, v, g, norm, w, norm)
 
 
 def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
     """IN dw, v (A, D, B), g, norm (D,); OUT dv (A, D, B), dg (D,); SCRATCH part, fac unused."""
     dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(dg))
-    dw, v, g, norm, dv, dg = kdev(dw), kdev(v), kdev(g), kdev(norm), kdev(dv), kdev(dg)
-    a, d, b = v.shape
-    if d == 0:
-        return
-    if a * b == 0:
-        from .fill import fill
-
-        fill(dg, 0.0)
-        return
-    _wn_kernel(dt, True, dts).launch(d, TEAM, current_stream(), dw, v, g, norm, dv, dg)
+    dw, v, g, norm, dv, dg = (cc.kdev(a) for a in (dw, v, g, norm, dv, dg))
+    _wn_launch(True, dt, dts, dw, v, g, norm, dv, dg)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
-def _no_bf16(op: str, a) -> None:
-    """CosineLinear has no bfloat16 kernels on CUDA (its products go through cuBLAS/torch/CuPy or the
-    fallback GEMM, none of them wired for bfloat16 here): a clean TypeError before any kernel runs."""
-    if _dtype(a) == BF16:
-        raise TypeError(f"{op}: x has dtype bfloat16; the CUDA kernels take float16, float32 or float64")
-
-
+# Data (x, w, y, dy, gs, dx, dw) in its dtype (bfloat16 as uint16 bits), read and written through the
+# loaders/storers (16-bit: computed in float32, each output rounded once); norms and coefficients (x_norm,
+# w_norm, cx, cw) in ``cc.param_dtype`` (float32 for 16-bit data).
 def _make_row_norms(dtype):
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = _nb(acc)
-    out = np.dtype(dtype).type
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld = cc.loader(dtype)
+    out = cc.param_dtype(dtype).type
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
 
     def row_norms(x, w, x_norm, w_norm):
@@ -183,7 +157,7 @@ def _make_row_norms(dtype):
         s = acc(0)
         j = lane
         while j < n:
-            v = acc(x[r, j]) if r < nb else acc(w[r - nb, j])
+            v = ld(x[r, j]) if r < nb else ld(w[r - nb, j])
             s += v * v
             j += tu
         tot, _unused = team_sum2(s, acc(0), buf, 0, 0, lane)
@@ -201,8 +175,8 @@ def _clamp(v, e):
 
 
 def _make_scale(dtype):
-    acc = ACC[np.dtype(dtype)]
-    out = np.dtype(dtype).type
+    acc = cc.ACC[np.dtype(dtype)]
+    ld, st = cc.loader(dtype), cc.storer(dtype)
     clamp = cuda.jit(device=True)(_clamp)
 
     def scale(y, x_norm, w_norm, eps):
@@ -215,18 +189,19 @@ def _make_scale(dtype):
         while k < nb * no:
             i = k // no
             j = k - i * no
-            y[i, j] = out(acc(y[i, j]) / clamp(acc(x_norm[i]), e) / clamp(acc(w_norm[j]), e))
+            y[i, j] = st(ld(y[i, j]) / clamp(acc(x_norm[i]), e) / clamp(acc(w_norm[j]), e))
             k += step
 
     return scale
 
 
 def _make_grad_rows(dtype):
-    acc = ACC[np.dtype(dtype)]
-    acc_nb = _nb(acc)
-    out = np.dtype(dtype).type
-    team_sum2 = make_team_sum2(TEAM)
-    cols = team_buf_cols(TEAM)
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st = cc.loader(dtype), cc.storer(dtype)
+    out = cc.param_dtype(dtype).type
+    team_sum2 = cc.make_team_sum2(TEAM)
+    cols = cc.team_buf_cols(TEAM)
     tu = U(TEAM)
     clamp = cuda.jit(device=True)(_clamp)
 
@@ -245,9 +220,9 @@ def _make_grad_rows(dtype):
         s = acc(0)
         j = lane
         while j < no:
-            d = acc(dy[i, j])
-            gs[i, j] = out(d / nx / clamp(acc(w_norm[j]), e))
-            s += d * acc(y[i, j])
+            d = ld(dy[i, j])
+            gs[i, j] = st(d / nx / clamp(acc(w_norm[j]), e))
+            s += d * ld(y[i, j])
             j += tu
         tot, _unused = team_sum2(s, acc(0), buf, 0, 0, lane)
         if lane == U(0):
@@ -257,7 +232,7 @@ def _make_grad_rows(dtype):
 
 
 def _make_col_parts(dtype):
-    acc = ACC[np.dtype(dtype)]
+    ld = cc.loader(dtype)
 
     def col_parts(dy, y, part):
         """part[c, j] = sum over the rows of chunk c (of part.shape[0]) of dy * y (float64)."""
@@ -274,7 +249,7 @@ def _make_col_parts(dtype):
         s = F64(0)
         i = lo
         while i < hi:
-            s += F64(acc(dy[i, j]) * acc(y[i, j]))
+            s += F64(ld(dy[i, j]) * ld(y[i, j]))
             i += U(1)
         part[c, j] = s
 
@@ -282,7 +257,7 @@ def _make_col_parts(dtype):
 
 
 def _make_col_coef(dtype):
-    out = np.dtype(dtype).type
+    out = cc.param_dtype(dtype).type
 
     def col_coef(part, w_norm, cw, eps):
         """cw[j] = sum_c part[c, j] / max(w_norm[j], eps)^2 (0 if w_norm[j] < eps), c in order."""
@@ -301,8 +276,8 @@ def _make_col_coef(dtype):
 
 
 def _make_correct(dtype):
-    acc = ACC[np.dtype(dtype)]
-    out = np.dtype(dtype).type
+    acc = cc.ACC[np.dtype(dtype)]
+    ld, st = cc.loader(dtype), cc.storer(dtype)
 
     def correct(x, w, cx, cw, dx, dw):
         """dx[i] -= cx[i] * x[i] for i < B; dw[o] -= cw[o] * w[o]; elementwise over both."""
@@ -315,48 +290,50 @@ def _make_correct(dtype):
             r = k // n
             j = k - r * n
             if r < nb:
-                dx[r, j] = out(acc(dx[r, j]) - acc(cx[r]) * acc(x[r, j]))
+                dx[r, j] = st(ld(dx[r, j]) - acc(cx[r]) * ld(x[r, j]))
             else:
-                dw[r - nb, j] = out(acc(dw[r - nb, j]) - acc(cw[r - nb]) * acc(w[r - nb, j]))
+                dw[r - nb, j] = st(ld(dw[r - nb, j]) - acc(cw[r - nb]) * ld(w[r - nb, j]))
             k += step
 
     return correct
 
 
-def _k(name, dt, make, sig, block):
+def _k(name, dt, make, arrays: str, scalars: str, block):
+    """The kernel ``make(dt)`` compiled for its arguments: ``arrays`` spelled with D (a data matrix),
+    S (a norm/coefficient vector), P (the float64 partials), then ``scalars``."""
     dt = np.dtype(dt)
-    return cached((name, dt, block), lambda: Kernel(make(dt), sig, register_cap(block, ACC[dt])))
+    kinds = {"D": cc.arr(dt, 2), "S": cc.arr(cc.param_dtype(dt), 1), "P": cc.arr(F64, 2)}
+    sig = "void(" + ", ".join([kinds[a] for a in arrays] + ([scalars] if scalars else [])) + ")"
+    return cc.cached((name, dt, block), lambda: cc.Kernel(make(dt), sig, cc.register_cap(block, cc.ACC[dt])))
 
 
-def _grid(k: Kernel, total: int) -> int:
+def _grid(k: cc.Kernel, total: int) -> int:
     return max(1, min(-(-total // BLOCK), k.resident_blocks(BLOCK) * 4))
 
 
 def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
-    """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)."""
-    _no_bf16("cosine_linear_forward", x)
-    x, w, y, x_norm, w_norm = dev(x), dev(w), dev(y), dev(x_norm), dev(w_norm)
+    """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)
+    in ``cc.param_dtype`` of x's dtype (float32 for 16-bit x)."""
+    dt = _dtype(x)
+    x, w, y, x_norm, w_norm = (cc.kdev(a) for a in (x, w, y, x_norm, w_norm))
     nb, n = x.shape
     no = w.shape[0]
-    dt = np.dtype(x.dtype)
-    a2, a1 = arr(dt, 2), arr(dt, 1)
-    stream = current_stream()
+    stream = cc.current_stream()
     if nb + no > 0:
-        k = _k("cos_norms", dt, _make_row_norms, f"void({a2}, {a2}, {a1}, {a1})", TEAM)
+        k = _k("cos_norms", dt, _make_row_norms, "DDSS", "", TEAM)
         k.launch(nb + no, TEAM, stream, x, w, x_norm, w_norm)
     if nb * no > 0:
-        k = _k("cos_scale", dt, _make_scale, f"void({a2}, {a1}, {a1}, float64)", BLOCK)
+        k = _k("cos_scale", dt, _make_scale, "DSS", "float64", BLOCK)
         k.launch(_grid(k, nb * no), BLOCK, stream, y, x_norm, w_norm, float(eps))
 
 
 def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_threads):
-    """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O)."""
-    _no_bf16("cosine_linear_backward", dy)
-    dy, y, x_norm, w_norm, gs, cx, cw, part = (dev(a) for a in (dy, y, x_norm, w_norm, gs, cx, cw, part))
+    """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O).
+    Norms and cx, cw in ``cc.param_dtype`` of dy's dtype."""
+    dt = _dtype(dy)
+    dy, y, x_norm, w_norm, gs, cx, cw, part = (cc.kdev(a) for a in (dy, y, x_norm, w_norm, gs, cx, cw, part))
     nb, no = dy.shape
-    dt = np.dtype(dy.dtype)
-    a2, a1, p2 = arr(dt, 2), arr(dt, 1), arr(F64, 2)
-    stream = current_stream()
+    stream = cc.current_stream()
     from .fill import fill
 
     if no == 0:
@@ -366,23 +343,21 @@ def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_t
     if nb == 0:
         fill(cw, 0.0)
         return
-    k = _k("cos_rows", dt, _make_grad_rows, f"void({a2}, {a2}, {a1}, {a1}, {a2}, {a1}, float64)", TEAM)
+    k = _k("cos_rows", dt, _make_grad_rows, "DDSSDS", "float64", TEAM)
     k.launch(nb, TEAM, stream, dy, y, x_norm, w_norm, gs, cx, float(eps))
-    k = _k("cos_cols", dt, _make_col_parts, f"void({a2}, {a2}, {p2})", BLOCK)
+    k = _k("cos_cols", dt, _make_col_parts, "DDP", "", BLOCK)
     k.launch((-(-no // BLOCK), part.shape[0]), BLOCK, stream, dy, y, part)
-    k = _k("cos_coef", dt, _make_col_coef, f"void({p2}, {a1}, {a1}, float64)", BLOCK)
+    k = _k("cos_coef", dt, _make_col_coef, "PSS", "float64", BLOCK)
     k.launch(-(-no // BLOCK), BLOCK, stream, part, w_norm, cw, float(eps))
 
 
 def cosine_linear_backward_post(x, w, cx, cw, dx, dw, n_threads):
     """IN x (B, D), w (O, D), cx (B,), cw (O,); IN/OUT dx (B, D) (holds gs @ w), dw (O, D) (holds gs.T @ x)."""
-    _no_bf16("cosine_linear_backward", x)
-    x, w, cx, cw, dx, dw = (dev(a) for a in (x, w, cx, cw, dx, dw))
+    dt = _dtype(x)
+    x, w, cx, cw, dx, dw = (cc.kdev(a) for a in (x, w, cx, cw, dx, dw))
     nb, n = x.shape
     no = w.shape[0]
     if (nb + no) * n == 0:
         return
-    dt = np.dtype(x.dtype)
-    a2, a1 = arr(dt, 2), arr(dt, 1)
-    k = _k("cos_post", dt, _make_correct, f"void({a2}, {a2}, {a1}, {a1}, {a2}, {a2})", BLOCK)
-    k.launch(_grid(k, (nb + no) * n), BLOCK, current_stream(), x, w, cx, cw, dx, dw)
+    k = _k("cos_post", dt, _make_correct, "DDSSDD", "", BLOCK)
+    k.launch(_grid(k, (nb + no) * n), BLOCK, cc.current_stream(), x, w, cx, cw, dx, dw)

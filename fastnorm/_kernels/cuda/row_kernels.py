@@ -1,0 +1,503 @@
+"""LayerNorm and RMSNorm row kernels (the factories; launch shapes, plans and launchers are layer_norm.py's).
+
+Forward: a team of T threads owns a row (several rows per block for short rows); register form (each thread
+keeps VPT elements of the row in registers: x read once, two-pass moments from registers) or streaming
+form (the row re-read from L2). Backward: team g owns a chunk of rows, accumulates its dweight/dbias
+contributions (shared memory or registers, or in place in its partial row when streaming) and writes one
+float64 partial row; ``reduce_partials`` sums the partial rows in fixed order. The fused residual add and
+the GroupNorm/InstanceNorm (``grouped``) forms are compile-time variants of the same bodies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import _common as cc
+
+# ------------------------------------------------------------------------------------------ forward
+# Index arithmetic is unsigned (uint64): Numba adds a negative-index wraparound to every signed index,
+# which costs registers and keeps the compiler from using base + constant addressing. Per-element
+# guards compare the unrolled constant k with kmax (int32, the thread's count of in-row elements)
+# instead of 64-bit column indices, which the compiler would otherwise keep live in registers.
+U = np.uint64
+I32 = np.int32
+
+
+def _inline(fn):
+    """A device function inlined into its kernel (NVVM ``alwaysinline``): the kernels below share one body
+    between their plain and fused-add forms."""
+    return cuda.jit(device=True)(fn) if cc.SIM else cuda.jit(device=True, forceinline=True)(fn)
+
+
+def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+    """Forward kernel: team g (t threads) normalizes row g; r teams per block.
+
+    Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
+    Streaming form (vpt == 0): the row is re-read for each pass.
+    ``grouped`` (GroupNorm / InstanceNorm rows, (n, group) of K channels x L positions): element j of row
+    r has channel (r % G) * K + j // L for the affine parameters, and the row's mean and M2 (float64)
+    go to mom[r] when mom is not empty. Otherwise the affine index is j (G, K, L unused).
+    ``add`` (fused residual add): the row normalized is h = x + res rounded to x's dtype, and h is stored;
+    the kernel then takes (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L).
+    Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
+    """
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    f64 = np.float64
+    cols = cc.team_buf_cols(t)
+    team_sum = cc.make_team_sum(t)
+    nv = max(vpt, 1)
+    tu, ru = U(t), U(r)
+    zero, one = U(0), U(1)
+
+    @_inline
+    def ld_row(x, res, h, row, j):
+        """Element j of the row as the kernel normalizes it (fused add: h = x + res, stored, rounded)."""
+        if add:
+            hv = st(ld(x[row, j]) + ld(res[row, j]))
+            h[row, j] = hv
+            return ld(hv)
+        return ld(x[row, j])
+
+    @_inline
+    def ld_again(x, h, row, j):
+        """Element j of the row, read again (streaming form: h once stored)."""
+        if add:
+            return ld(h[row, j])
+        return ld(x[row, j])
+
+    if vpt > 0:
+
+        @_inline
+        def norm_fwd_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+            m = U(x.shape[0])
+            n = U(x.shape[1])
+            buf = cuda.shared.array((2, r, cols), acc_nb)
+            tid = U(cuda.threadIdx.x)
+            ts = tid // tu
+            lane = tid - ts * tu
+            row = U(cuda.blockIdx.x) * ru + ts
+            ok = row < m
+            kmax = I32(0)
+            if ok and lane < n:
+                kmax = I32(min(U(vpt), (n - lane + tu - one) // tu))
+            v = cuda.local.array(nv, acc_nb)
+            for k in range(vpt):
+                v[k] = acc(0)
+                if k < kmax:
+                    v[k] = ld_row(x, res, h, row, lane + U(k * t))
+            if rms:
+                mu = acc(0)
+                q = acc(0)
+                for k in range(vpt):
+                    q += v[k] * v[k]
+                var = team_sum(q, buf, 0, ts, lane) / acc(n)
+            else:
+                s = acc(0)
+                for k in range(vpt):
+                    s += v[k]
+                mu = team_sum(s, buf, 0, ts, lane) / acc(n)
+                q = acc(0)
+                for k in range(vpt):
+                    if k < kmax:
+                        d = v[k] - mu
+                        q += d * d
+                var = team_sum(q, buf, 1, ts, lane) / acc(n)
+            rs = acc(1) / math.sqrt(var + acc(eps))
+            if ok:
+                if lane == zero:
+                    if not rms:
+                        mean[row] = mu
+                    rstd[row] = rs
+                    if grouped and mom.size > 0:
+                        mom[row, 0] = f64(mu)
+                        mom[row, 1] = f64(var) * f64(n)
+                has_w = w.shape[0] > 0
+                has_b = b.shape[0] > 0
+                cb = (row % U(G)) * U(K) if grouped else zero
+                for k in range(vpt):
+                    if k < kmax:
+                        j = lane + U(k * t)
+                        ch = cb + j // U(L) if grouped else j
+                        o = (v[k] - mu) * rs
+                        if has_w:
+                            o = o * ldp(w[ch])
+                        if has_b:
+                            o = o + ldp(b[ch])
+                        y[row, j] = st(o)
+
+        return _fwd_kernel(norm_fwd_body, add)
+
+    @_inline
+    def norm_fwd_stream_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+        m = U(x.shape[0])
+        n = U(x.shape[1])
+        buf = cuda.shared.array((2, r, cols), acc_nb)
+        tid = U(cuda.threadIdx.x)
+        ts = tid // tu
+        lane = tid - ts * tu
+        row = U(cuda.blockIdx.x) * ru + ts
+        ok = row < m
+        mu = acc(0)
+        if not rms or add:  # (the fused add stores h in this first pass)
+            s = acc(0)
+            j = lane
+            while ok and j < n:
+                s += ld_row(x, res, h, row, j)
+                j += tu
+            if not rms:
+                mu = team_sum(s, buf, 0, ts, lane) / acc(n)
+        q = acc(0)
+        j = lane
+        while ok and j < n:
+            d = ld_again(x, h, row, j) - mu
+            q += d * d
+            j += tu
+        var = team_sum(q, buf, 1, ts, lane) / acc(n)
+        rs = acc(1) / math.sqrt(var + acc(eps))
+        if ok:
+            if lane == zero:
+                if not rms:
+                    mean[row] = mu
+                rstd[row] = rs
+                if grouped and mom.size > 0:
+                    mom[row, 0] = f64(mu)
+                    mom[row, 1] = f64(var) * f64(n)
+            has_w = w.shape[0] > 0
+            has_b = b.shape[0] > 0
+            cb = (row % U(G)) * U(K) if grouped else zero
+            j = lane
+            while j < n:
+                ch = cb + j // U(L) if grouped else j
+                o = (ld_again(x, h, row, j) - mu) * rs
+                if has_w:
+                    o = o * ldp(w[ch])
+                if has_b:
+                    o = o + ldp(b[ch])
+                y[row, j] = st(o)
+                j += tu
+
+    return _fwd_kernel(norm_fwd_stream_body, add)
+
+
+def _fwd_kernel(body, add: bool):
+    """The forward kernel around ``body``: (x, w, b, y, mean, rstd, eps, mom, G, K, L), or with ``add``
+    (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L)."""
+    if add:
+
+        def add_norm_fwd(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+            body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L)
+
+        return add_norm_fwd
+
+    def norm_fwd(x, w, b, y, mean, rstd, eps, mom, G, K, L):
+        body(x, x, w, b, y, y, mean, rstd, eps, mom, G, K, L)
+
+    return norm_fwd
+
+
+# ------------------------------------------------------------------------------------------ backward
+SMEM_PARTIAL_BYTES = 40 * 1024  # partial dweight/dbias rows live in shared memory up to this size
+
+
+def _smem_partials(dtype, t: int, vpt: int) -> bool:
+    return 2 * t * vpt * np.dtype(cc.ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
+
+
+def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+    """Backward kernel: team g (< n_chunks) owns rows [g*step, (g+1)*step), step = ceil(M / n_chunks),
+    accumulates its dweight/dbias contributions and writes partial rows dwp[g], dbp[g] (float64).
+
+    Register form (vpt > 0): x and dy of a row in registers; the running partials in shared memory
+    (each thread owns its columns: no barrier) when they fit, else in registers. Streaming form:
+    two passes over the row, partials accumulated in place in dwp[g], dbp[g].
+    LayerNorm (rms False): xhat = (x - mean) * rstd; RMSNorm (rms True): xhat = x * rstd, no mean term.
+    ``grouped``: the weight of element j of row r is w[(r % G) * K + j // L] (GroupNorm / InstanceNorm;
+    their dweight/dbias come from another kernel: dwp, dbp are empty then).
+    ``add`` (fused residual add): dx += dh (the gradient arriving on the residual stream; a (0, 0) ``dh``
+    adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
+    Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
+    """
+    acc = cc.ACC[np.dtype(dtype)]
+    acc_nb = cc.nb_type(acc)
+    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    f64 = np.float64
+    cols = cc.team_buf_cols(t)
+    team_sum2 = cc.make_team_sum2(t)
+    nv = max(vpt, 1)
+    tu, ru = U(t), U(r)
+    zero, one = U(0), U(1)
+    smem = vpt > 0 and _smem_partials(dtype, t, vpt)
+    row_len = t * nv if smem else 1
+    part_rows = r if smem else 1
+
+    @_inline
+    def dx_out(dh, row, j, v):
+        """dx[row, j] from its float value (fused add: + dh[row, j] first)."""
+        if add:
+            if dh.size > 0:
+                v += ld(dh[row, j])
+        return st(v)
+
+    if vpt > 0:
+
+        @_inline
+        def norm_bwd_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+            m = U(x.shape[0])
+            n = U(x.shape[1])
+            c = U(n_chunks)
+            buf = cuda.shared.array((2, 2, r, cols), acc_nb)
+            spart = cuda.shared.array((2, part_rows, row_len), acc_nb)
+            tid = U(cuda.threadIdx.x)
+            ts = tid // tu
+            lane = tid - ts * tu
+            g = U(cuda.blockIdx.x) * ru + ts
+            step = (m + c - one) // c
+            lo = min(m, g * step)
+            hi = min(m, lo + step)
+            has_w = w.shape[0] > 0
+            kmax = I32(0)
+            if lane < n:
+                kmax = I32(min(U(vpt), (n - lane + tu - one) // tu))
+            xv = cuda.local.array(nv, acc_nb)
+            dv = cuda.local.array(nv, acc_nb)
+            rpw = cuda.local.array(nv, acc_nb)
+            rpb = cuda.local.array(nv, acc_nb)
+            for k in range(vpt):
+                if smem:
+                    spart[0, ts, lane + U(k * t)] = acc(0)
+                    spart[1, ts, lane + U(k * t)] = acc(0)
+                else:
+                    rpw[k] = acc(0)
+                    rpb[k] = acc(0)
+            it = zero
+            while it < step:
+                row = lo + it
+                ok = row < hi
+                mu = acc(0)
+                rs = acc(0)
+                for k in range(vpt):
+                    xv[k] = acc(0)
+                    dv[k] = acc(0)
+                if ok:
+                    if not rms:
+                        mu = acc(mean[row])
+                    rs = acc(rstd[row])
+                    for k in range(vpt):
+                        if k < kmax:
+                            xv[k] = ld(x[row, lane + U(k * t)])
+                            dv[k] = ld(dy[row, lane + U(k * t)])
+                s1 = acc(0)
+                s2 = acc(0)
+                for k in range(vpt):
+                    xh = (xv[k] - mu) * rs
+                    d = dv[k]
+                    gv = d
+                    if has_w and k < kmax:
+                        j = lane + U(k * t)
+                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    s1 += gv
+                    s2 += gv * xh
+                    if smem:
+                        spart[0, ts, lane + U(k * t)] += d * xh
+                        spart[1, ts, lane + U(k * t)] += d
+                    else:
+                        rpw[k] += d * xh
+                        rpb[k] += d
+                    xv[k] = xh
+                    dv[k] = gv
+                a1, a2 = team_sum2(s1, s2, buf, it & one, ts, lane)
+                c1 = acc(0) if rms else a1 / acc(n)
+                c2 = a2 / acc(n)
+                if ok:
+                    for k in range(vpt):
+                        if k < kmax:
+                            j = lane + U(k * t)
+                            dx[row, j] = dx_out(dh, row, j, rs * (dv[k] - c1 - xv[k] * c2))
+                it += one
+            if g < c:
+                want_dw = dwp.size > 0
+                want_db = dbp.size > 0
+                for k in range(vpt):
+                    if k < kmax:
+                        j = lane + U(k * t)
+                        pw = spart[0, ts, j] if smem else rpw[k]
+                        pb = spart[1, ts, j] if smem else rpb[k]
+                        if want_dw:
+                            dwp[g, j] = f64(pw)
+                        if want_db:
+                            dbp[g, j] = f64(pb)
+
+        return _bwd_kernel(norm_bwd_body, add)
+
+    @_inline
+    def norm_bwd_stream_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+        m = U(x.shape[0])
+        n = U(x.shape[1])
+        c = U(n_chunks)
+        buf = cuda.shared.array((2, 2, r, cols), acc_nb)
+        tid = U(cuda.threadIdx.x)
+        ts = tid // tu
+        lane = tid - ts * tu
+        g = U(cuda.blockIdx.x) * ru + ts
+        step = (m + c - one) // c
+        lo = min(m, g * step)
+        hi = min(m, lo + step)
+        has_w = w.shape[0] > 0
+        want_dw = dwp.size > 0 and g < c
+        want_db = dbp.size > 0 and g < c
+        # The team's own partial rows accumulate in place (each element is touched by one thread only).
+        j = lane
+        while j < n:
+            if want_dw:
+                dwp[g, j] = f64(0)
+            if want_db:
+                dbp[g, j] = f64(0)
+            j += tu
+        it = zero
+        while it < step:
+            row = lo + it
+            ok = row < hi
+            mu = acc(0)
+            rs = acc(0)
+            s1 = acc(0)
+            s2 = acc(0)
+            if ok:
+                if not rms:
+                    mu = acc(mean[row])
+                rs = acc(rstd[row])
+                j = lane
+                while j < n:
+                    xh = (ld(x[row, j]) - mu) * rs
+                    gv = ld(dy[row, j])
+                    if has_w:
+                        gv = gv * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    s1 += gv
+                    s2 += gv * xh
+                    j += tu
+            a1, a2 = team_sum2(s1, s2, buf, it & one, ts, lane)
+            c1 = acc(0) if rms else a1 / acc(n)
+            c2 = a2 / acc(n)
+            if ok:
+                j = lane
+                while j < n:
+                    xh = (ld(x[row, j]) - mu) * rs
+                    d = ld(dy[row, j])
+                    gv = d
+                    if has_w:
+                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    dx[row, j] = dx_out(dh, row, j, rs * (gv - c1 - xh * c2))
+                    if want_dw:
+                        dwp[g, j] += f64(d * xh)
+                    if want_db:
+                        dbp[g, j] += f64(d)
+                    j += tu
+            it += one
+
+    return _bwd_kernel(norm_bwd_stream_body, add)
+
+
+def _bwd_kernel(body, add: bool):
+    """The backward kernel around ``body``: (dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L), or with
+    ``add`` (dy, dh, x, ...)."""
+    if add:
+
+        def add_norm_bwd(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+            body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L)
+
+        return add_norm_bwd
+
+    def norm_bwd(dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+        body(dy, dy, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L)
+
+    return norm_bwd
+
+
+# ------------------------------------------------------------------------------------------ column sums
+RED_COLS = 32  # columns per block of the partial-row reduction
+RED_GROUPS = 8  # chunk groups per block (block = RED_COLS * RED_GROUPS threads)
+
+
+def _make_reduce(dtype, dtype_b=None):
+    """The partial-row reduction writing ``oa`` in ``dtype`` and ``ob`` in ``dtype_b`` (default: the same);
+    16-bit outputs round the float32 result once (bfloat16 as uint16 bits)."""
+    st_a = cc.storer(dtype)
+    st_b = cc.storer(dtype if dtype_b is None else dtype_b)
+    from numba import float64
+
+    bc, bg = RED_COLS, RED_GROUPS
+
+    def reduce_partials(pa, pb, oa, ob, c):
+        """oa[j] = sum_i pa[i, j] and ob[j] = sum_i pb[i, j] over i < c, in a fixed order.
+
+        Chunk group q of the block sums its contiguous range of partial rows; group 0 then adds the group
+        sums in order. An output of length 0 is skipped.
+        """
+        n = max(oa.shape[0], ob.shape[0])
+        buf = cuda.shared.array((2, bg, bc), float64)
+        tid = cuda.threadIdx.x
+        q = tid // bc
+        cl = tid - q * bc
+        j = cuda.blockIdx.x * bc + cl
+        want_a = oa.size > 0
+        want_b = ob.size > 0
+        per = (c + bg - 1) // bg
+        lo = min(c, q * per)
+        hi = min(c, lo + per)
+        sa = np.float64(0)
+        sb = np.float64(0)
+        if j < n:
+            for i in range(lo, hi):
+                if want_a:
+                    sa += pa[i, j]
+                if want_b:
+                    sb += pb[i, j]
+        buf[0, q, cl] = sa
+        buf[1, q, cl] = sb
+        cuda.syncthreads()
+        if q == 0 and j < n:
+            for k in range(1, bg):
+                sa += buf[0, k, cl]
+                sb += buf[1, k, cl]
+            if want_a:
+                oa[j] = st_a(sa)
+            if want_b:
+                ob[j] = st_b(sb)
+
+    return reduce_partials
+
+
+def _reduce_kernel(dtype, dtype_b=None) -> cc.Kernel:
+    dt = np.dtype(dtype)
+    db = dt if dtype_b is None else np.dtype(dtype_b)
+
+    def build():
+        p2 = cc.arr(np.float64, 2)
+        sig = f"void({p2}, {p2}, {cc.arr(dt, 1)}, {cc.arr(db, 1)}, int64)"
+        return cc.Kernel(_make_reduce(dt, db), sig, cc.register_cap(RED_COLS * RED_GROUPS, np.float64))
+
+    return cc.cached(("reduce_partials", dt, db, RED_COLS, RED_GROUPS), build)
+
+
+def reduce_partials(pa, pb, oa, ob, c: int, stream, dt_a=None, dt_b=None) -> None:
+    """Launch the reduction; ``dt_a``/``dt_b``: the outputs' dtypes when they are uint16 views of bfloat16."""
+    n = max(oa.shape[0], ob.shape[0])
+    if n == 0:
+        return
+    dt_a = np.dtype(oa.dtype if dt_a is None else dt_a)
+    dt_b = np.dtype(ob.dtype if dt_b is None else dt_b)
+    if oa.shape[0] == 0:
+        oa, dt_a = cc.empty_device((0,), dt_b), dt_b
+    if ob.shape[0] == 0:
+        ob, dt_b = cc.empty_device((0,), dt_a), dt_a
+    k = _reduce_kernel(dt_a, dt_b)
+    k.launch(-(-n // RED_COLS), RED_COLS * RED_GROUPS, stream, pa, pb, _kv(oa), _kv(ob), c)
+
+
+def _kv(a):
+    """A device array as the kernels read it (bfloat16 as uint16)."""
+    return cc.kview(a)
