@@ -453,32 +453,6 @@ def _ce_fwd_full(const floating[:, ::1] logits,       # IN  (M, V)
                         _gscale(gscale, i, want_g), &grad[i, 0] if want_g else NULL, &loss[i], &lse[i])
 
 
-def _ce_fwd_half(const uint16_t[:, ::1] logits, const int64_t[::1] target, const uint16_t[:, ::1] target_prob,
-                 const float[::1] weight, const double[::1] gscale, uint16_t[:, ::1] grad, double[::1] loss,
-                 double[::1] lse, int fmt, int64_t ignore_index, double label_smoothing, double weight_sum,
-                 int n_threads):
-    """``_ce_fwd_full`` on 16-bit rows: each row widened into a thread's float32 row, the float32 row code run
-    on it (the gradient written over that row), the gradient rounded once into ``grad``."""
-    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
-    cdef const float *w = _ptr1(weight)
-    cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if probs else 1) * v), np.float32)
-    cdef float *xb
-    if m == 0:
-        return
-    with nogil:
-        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            xb = &buf[threadid(), 0]
-            fn_half_load(fmt, &logits[i, 0], xb, v)
-            if probs:
-                fn_half_load(fmt, &target_prob[i, 0], xb + v, v)
-            _ce_fwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w,
-                        label_smoothing, weight_sum, _gscale(gscale, i, want_g), xb if want_g else NULL,
-                        &loss[i], &lse[i])
-            if want_g:
-                fn_half_store(fmt, xb, &grad[i, 0], v)
-
-
 cdef inline void _ce_bwd_row(const floating *x, Py_ssize_t v, Py_ssize_t t, const floating *y, const floating *w,
                              double lse, double eps, double wsum, double c, floating *g) noexcept nogil:
     """g = c * dloss_row/dx from the saved log-sum-exp (t < 0 with y NULL: an ignored row, g = 0)."""
@@ -516,12 +490,16 @@ def _ce_bwd_full(const floating[:, ::1] logits,       # IN  (M, V)
                         _gscale(gscale, i, True), &grad[i, 0])
 
 
-def _ce_bwd_half(const uint16_t[:, ::1] logits, const int64_t[::1] target, const uint16_t[:, ::1] target_prob,
-                 const float[::1] weight, const double[::1] lse, const double[::1] gscale, uint16_t[:, ::1] grad,
-                 int fmt, int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+def _ce_half(bint bwd, const uint16_t[:, ::1] logits, const int64_t[::1] target,
+             const uint16_t[:, ::1] target_prob, const float[::1] weight, const double[::1] gscale,
+             const double[::1] lse_in, uint16_t[:, ::1] grad, double[::1] loss, double[::1] lse, int fmt,
+             int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    """``_ce_fwd_full`` (``bwd`` False) or ``_ce_bwd_full`` (from ``lse_in``) on 16-bit rows: each row widened
+    into a thread's float32 row, the float32 row code run on it (the gradient written over that row), the
+    gradient rounded once into ``grad``."""
     cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
     cdef const float *w = _ptr1(weight)
-    cdef bint probs = target_prob.shape[0] > 0
+    cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
     cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if probs else 1) * v), np.float32)
     cdef float *xb
     if m == 0:
@@ -532,9 +510,15 @@ def _ce_bwd_half(const uint16_t[:, ::1] logits, const int64_t[::1] target, const
             fn_half_load(fmt, &logits[i, 0], xb, v)
             if probs:
                 fn_half_load(fmt, &target_prob[i, 0], xb + v, v)
-            _ce_bwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w, lse[i],
-                        label_smoothing, weight_sum, _gscale(gscale, i, True), xb)
-            fn_half_store(fmt, xb, &grad[i, 0], v)
+            if bwd:
+                _ce_bwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w,
+                            lse_in[i], label_smoothing, weight_sum, _gscale(gscale, i, True), xb)
+            else:
+                _ce_fwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w,
+                            label_smoothing, weight_sum, _gscale(gscale, i, want_g), xb if want_g else NULL,
+                            &loss[i], &lse[i])
+            if want_g:
+                fn_half_store(fmt, xb, &grad[i, 0], v)
 
 
 # ------------------------------------------------------------------------------------------------ entropy
@@ -773,8 +757,8 @@ def softmax_cross_entropy_forward(logits, target, target_prob, weight, gscale, g
         _ce_fwd_full(logits, target, target_prob, weight, gscale, grad, loss, lse, ignore_index, label_smoothing,
                      weight_sum, n_threads)
     else:
-        _ce_fwd_half(_bits(logits), target, _bits(target_prob), weight, gscale, _bits(grad), loss, lse, fmt,
-                     ignore_index, label_smoothing, weight_sum, n_threads)
+        _ce_half(False, _bits(logits), target, _bits(target_prob), weight, gscale, _NO_LOSS, _bits(grad), loss, lse,
+                 fmt, ignore_index, label_smoothing, weight_sum, n_threads)
 
 
 def softmax_cross_entropy_backward(logits, target, target_prob, weight, lse, gscale, grad,
@@ -785,8 +769,8 @@ def softmax_cross_entropy_backward(logits, target, target_prob, weight, lse, gsc
         _ce_bwd_full(logits, target, target_prob, weight, lse, gscale, grad, ignore_index, label_smoothing,
                      weight_sum, n_threads)
     else:
-        _ce_bwd_half(_bits(logits), target, _bits(target_prob), weight, lse, gscale, _bits(grad), fmt,
-                     ignore_index, label_smoothing, weight_sum, n_threads)
+        _ce_half(True, _bits(logits), target, _bits(target_prob), weight, gscale, lse, _bits(grad), _NO_LOSS,
+                 _NO_LOSS, fmt, ignore_index, label_smoothing, weight_sum, n_threads)
 
 
 def entropy_forward(p, h, double inv_log_base, int n_threads):
