@@ -1,26 +1,29 @@
 """Public row-wise losses and divergences: validate -> canonicalize to (M, V) rows -> allocate -> dispatch.
 
 - ``softmax_cross_entropy_forward`` / ``_backward``: ``torch.nn.functional.cross_entropy`` semantics, the
-  forward optionally fused with the gradient (written to a new or ``out=`` buffer, or in place over the
-  logits: zero extra memory, as Liger-Kernel does).
+  forward optionally fused with the gradient (``fastnorm._cross_entropy``, re-exported here).
 - ``entropy`` / ``entropy_backward``: ``scipy.stats.entropy`` (rows normalized to sum 1).
 - ``kl_div`` / ``kl_div_backward``: ``torch.nn.functional.kl_div``.
 - ``js_div`` / ``js_div_backward``: Liger-Kernel's generalized Jensen-Shannon divergence.
 
 NumPy arrays run on the CPU kernels, ``__cuda_array_interface__`` arrays on the CUDA kernels (the targets'
 range check and the mean's denominator read the (small) target vector on the host: one device-to-host copy).
-Reduced losses are 0-d arrays of the input dtype; per-row statistics (log-sum-exp) are float64.
+Inputs may be float32, float64, bfloat16 or float16; 16-bit inputs are computed in float32, and losses and
+gradients are returned in the input's dtype (as torch does), each rounded once. Reduced losses are 0-d
+arrays of the input dtype; per-row statistics (log-sum-exp) are float64.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _loss_common as L
 from . import _validation as V
+from ._cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ._dispatch import backend_of
+from ._loss_common import Array, DivergenceBackward, DivergenceForward, SoftmaxCrossEntropyForward
 
 __all__ = [
     "softmax_cross_entropy_forward",
@@ -33,339 +36,12 @@ __all__ = [
     "js_div_backward",
 ]
 
-Array = Any
-
-_CE_REDUCTIONS = ("none", "sum", "mean")
-_KL_REDUCTIONS = ("none", "sum", "mean", "batchmean")
-_GRAD_MODES = (None, "out", "inplace")
-
-
-class SoftmaxCrossEntropyForward(NamedTuple):
-    loss: Array
-    lse: Array
-    grad: Array | None
-
-
-class DivergenceForward(NamedTuple):
-    loss: Array
-    dinput: Array | None
-    dtarget: Array | None
-
-
-class DivergenceBackward(NamedTuple):
-    dinput: Array | None
-    dtarget: Array | None
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def _choice(op: str, name: str, value, allowed: tuple):
-    if value not in allowed:
-        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
-
-
-def _host(be, a) -> np.ndarray:
-    """A (small) array as a NumPy array on the host (a device-to-host copy on CUDA)."""
-    if be.name == "cpu":
-        return np.asarray(a)
-    from ._kernels.cuda._common import dev
-
-    return dev(a).copy_to_host()
-
-
-def _to_be(be, a: np.ndarray):
-    """A small host array on backend ``be``."""
-    if be.name == "cpu":
-        return a
-    from numba import cuda
-
-    return cuda.to_device(a)
-
-
-def _absent(be, dtype, ndim: int = 1):
-    return be.empty((0,) * ndim, dtype)
-
-
-def _data_ptr(be, a) -> int:
-    try:
-        if isinstance(a, np.ndarray):
-            return a.__array_interface__["data"][0]
-        return int(be._iface(a)["data"][0])
-    except Exception:
-        return -1
-
-
-def _check_inplace(op: str, be, name: str, a, given) -> None:
-    """grad='inplace' writes over ``given``: it must be the very buffer the kernel reads (no copy made)."""
-    if _data_ptr(be, a) != _data_ptr(be, given) or _data_ptr(be, a) == -1:
-        raise ValueError(
-            f"{op}: grad='inplace' overwrites {name} with the gradient, so {name} must be a C-contiguous "
-            "float32/float64 array that is used as given (this one would be copied first)"
-        )
-    if not be.is_writeable(a):
-        raise ValueError(f"{op}: grad='inplace' but {name} is read-only")
-
-
-def _rows(op: str, name: str, a) -> tuple[tuple, int, int]:
-    """(leading shape, M, V) for rows along the last axis; a needs at least 1 dim and V >= 1."""
-    if len(a.shape) == 0:
-        raise ValueError(f"{op}: {name} must have at least 1 dim (rows are along the last axis), got a 0-d array")
-    v = int(a.shape[-1])
-    if v == 0:
-        raise ValueError(f"{op}: {name} has an empty last axis (shape {tuple(a.shape)}); need V >= 1")
-    lead = tuple(a.shape[:-1])
-    return lead, math.prod(lead), v
-
-
-def _reduced(be, rows, reduction: str, div: float, dtype, out_buf):
-    """Sum the float64 row losses in fixed order, divide for "mean"/"batchmean": a 0-d array of ``dtype``
-    (written into ``out_buf`` if given)."""
-    s = float(np.sum(_host(be, rows)))
-    if reduction in ("mean", "batchmean"):
-        s = s / div if div != 0 else math.nan
-    if out_buf is None:
-        return np.asarray(s, dtype=dtype) if be.name == "cpu" else _to_be(be, np.asarray(s, dtype=dtype))
-    out_buf[...] = s
-    return out_buf
-
-
-def _rows_out(be, rows, dtype, shape, out_buf):
-    """Unreduced row losses in ``dtype`` (into ``out_buf`` if given)."""
-    vals = _host(be, rows).astype(dtype).reshape(shape)
-    if out_buf is None:
-        return vals if be.name == "cpu" else _to_be(be, vals)
-    out_buf[...] = vals
-    return out_buf
-
-
-def _check_out_scalar(be, op: str, out_buf, shape, dtype, inputs):
-    if out_buf is None:
-        return None
-    if be.name != "cpu":
-        raise ValueError(f"{op}: an out= buffer for the loss is supported on the CPU only")
-    return V.outputs(be, op, (out_buf,), [("loss", shape, dtype)], inputs)[0]
-
-
-# ------------------------------------------------------------------------------------- cross-entropy
-def _ce_common(op, be, logits, target, weight, ignore_index, label_smoothing, reduction):
-    """Validated (x2, target arrays, weight, scalars, mean denominator) shared by forward and backward."""
-    x = V.float_input(be, op, "logits", logits, half=False)
-    if len(x.shape) not in (1, 2):
-        raise ValueError(f"{op}: logits must be (N, V) or (V,) (class axis last), got shape {tuple(x.shape)}")
-    lead, m, v = _rows(op, "logits", x)
-    reduction = _choice(op, "reduction", reduction, _CE_REDUCTIONS)
-    eps = V.scalar(op, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    ignore_index = V.integer(op, "ignore_index", ignore_index)
-    weight = V.param(be, op, "weight", weight, (v,), x.dtype)
-    if target is None:
-        raise TypeError(f"{op}: target is required, got None")
-    tdt = V.dtype_of(target) if hasattr(target, "dtype") else np.asarray(target).dtype
-    if tdt is not None and tdt.kind == "f":
-        tp = V.float_input(be, op, "target", target, x.dtype, half=False)
-        V.check_shape(op, "target", tp, x.shape)
-        tidx = None
-        denom = float(m)
-    elif tdt is not None and tdt.kind in "iu":
-        th = np.asarray(_host(be, target))
-        if th.shape != lead:
-            raise ValueError(f"{op}: target (class indices) must have shape {lead}, got {th.shape}")
-        th = th.reshape(m).astype(np.int64, copy=False)
-        kept = th[th != ignore_index]
-        if kept.size and (kept.min() < 0 or kept.max() >= v):
-            bad = kept[(kept < 0) | (kept >= v)][0]
-            raise ValueError(
-                f"{op}: target has class index {int(bad)} outside [0, {v}) (and not ignore_index={ignore_index})"
-            )
-        tp = None
-        tidx = np.ascontiguousarray(th)
-        if weight is None:
-            denom = float(kept.size)
-        else:
-            wh = _host(be, weight).astype(np.float64)
-            denom = float(wh[kept].sum())
-    else:
-        raise TypeError(
-            f"{op}: target must be class indices (an integer array) or class probabilities (logits' float "
-            f"dtype), got dtype {getattr(target, 'dtype', type(target).__name__)}"
-        )
-    wsum = float(_host(be, weight).astype(np.float64).sum()) if weight is not None else float(v)
-    return x, lead, m, v, tidx, tp, weight, eps, ignore_index, reduction, denom, wsum
-
-
-def _ce_kernel_args(be, x, m, v, tidx, tp, weight):
-    t_k = _to_be(be, tidx) if tidx is not None else _absent(be, np.int64)
-    tp_k = tp.reshape(m, v) if tp is not None else _absent(be, x.dtype, 2)
-    w_k = weight if weight is not None else _absent(be, x.dtype)
-    return t_k, tp_k, w_k
-
-
-def softmax_cross_entropy_forward(
-    logits: Array,
-    target: Array,
-    *,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    grad: str | None = None,
-    out: tuple | None = None,
-) -> SoftmaxCrossEntropyForward:
-    """Softmax cross-entropy (``torch.nn.functional.cross_entropy``), optionally fused with its gradient.
-
-    With logp = log_softmax(logits) per row, eps = ``label_smoothing``, w = ``weight`` (ones if None)::
-
-        class indices t:      loss_i = (1 - eps) w[t_i] (-logp[i, t_i]) + eps / V sum_j w_j (-logp[i, j])
-        probabilities y:      loss_i = -sum_j w_j y'_ij logp[i, j],   y' = (1 - eps) y + eps / V
-
-    Rows with t_i == ``ignore_index`` have loss 0. ``reduction``: "none" (loss_i), "sum", "mean" (sum over
-    sum_{i not ignored} w[t_i] for indices, NaN when every row is ignored; / N for probabilities).
-
-    Parameters
-    ----------
-    logits : (N, V) or (V,) float32/float64 array, class axis last. (torch's (N, V, d1, ...) layout is
-        not supported: move the class axis last first.)
-    target : int32/int64 class indices of shape (N,) (() for 1-D logits), each in [0, V) or
-        ``ignore_index``; or float class probabilities of logits' shape and dtype.
-    weight : optional (V,) per-class weights.
-    ignore_index, label_smoothing, reduction : as in torch.
-    grad : None (loss only), "out" (also write d(loss)/d(logits) into a new or ``out=`` buffer) or
-        "inplace" (write it over ``logits``, which must be a writeable C-contiguous float array; zero extra
-        memory). For reduction "none" the gradient is that of sum(loss).
-    out : optional (loss, lse, grad) buffers (entries may be None); grad only with ``grad="out"``.
-
-    Returns
-    -------
-    SoftmaxCrossEntropyForward(loss, lse, grad): loss (0-d for "sum"/"mean", else target's shape for
-    indices / (N,) for probabilities) in logits' dtype; lse = logsumexp(logits) per row, float64 (for
-    ``softmax_cross_entropy_backward``); grad (None without ``grad``; the logits array itself with
-    "inplace"). Out-of-range targets raise ValueError before anything is written.
-    """
-    op = "softmax_cross_entropy_forward"
-    grad = _choice(op, "grad", grad, _GRAD_MODES)
-    be = backend_of(op, logits=logits, target=target, weight=weight, out=out)
-    x_in = logits
-    x, lead, m, v, tidx, tp, weight, eps, ii, reduction, denom, wsum = _ce_common(
-        op, be, logits, target, weight, ignore_index, label_smoothing, reduction
-    )
-    if grad == "inplace":
-        _check_inplace(op, be, "logits", x, x_in)
-    loss_shape = lead if reduction == "none" else ()
-    specs = [
-        ("loss", loss_shape, x.dtype),
-        ("lse", lead, np.float64),
-        ("grad", x.shape, x.dtype) if grad == "out" else None,
-    ]
-    if out is not None and not isinstance(out, (list, tuple)):
-        raise TypeError(f"{op}: out must be a tuple (loss, lse, grad), got {type(out).__name__}")
-    if out is not None and len(out) != 3:
-        raise ValueError(f"{op}: out must have 3 entries (loss, lse, grad), got {len(out)}")
-    loss_buf = out[0] if out is not None else None
-    inputs = (x, tp, weight)
-    lse_g = V.outputs(be, op, None if out is None else (out[1], out[2]), specs[1:], inputs)
-    lse, g = lse_g
-    loss_buf = _check_out_scalar(be, op, loss_buf, loss_shape, x.dtype, inputs + (lse, g))
-    if grad == "inplace":
-        g = x
-    rows = be.empty((m,), np.float64)
-    if grad is None:
-        gs = be.empty((0,), np.float64)
-    elif reduction == "mean":
-        gs = _to_be(be, np.array([1.0 / denom if denom != 0 else math.nan]))
-    else:
-        gs = _to_be(be, np.array([1.0]))
-    t_k, tp_k, w_k = _ce_kernel_args(be, x, m, v, tidx, tp, weight)
-    be.kernels.softmax_cross_entropy_forward(
-        x.reshape(m, v),
-        t_k,
-        tp_k,
-        w_k,
-        gs,
-        g.reshape(m, v) if g is not None else _absent(be, x.dtype, 2),
-        rows,
-        lse.reshape(m),
-        ii,
-        eps,
-        wsum,
-        be.threads(m * v),
-    )
-    if reduction == "none":
-        loss = _rows_out(be, rows, x.dtype, loss_shape, loss_buf)
-    else:
-        loss = _reduced(be, rows, reduction, denom, x.dtype, loss_buf)
-    return SoftmaxCrossEntropyForward(loss, lse, x_in if grad == "inplace" else g)
-
-
-def softmax_cross_entropy_backward(
-    dloss: Array | float,
-    logits: Array,
-    target: Array,
-    lse: Array,
-    *,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-    out: Array | None = None,
-) -> Array:
-    """Gradient of ``softmax_cross_entropy_forward`` with respect to logits, times ``dloss``.
-
-    With p = softmax(logits) = exp(logits - lse) per row::
-
-        class indices:   dlogits_i = dloss_i ((1 - eps) w[t_i] (p_i - onehot(t_i)) + eps / V (sum(w) p_i - w))
-        probabilities:   dlogits_i = dloss_i (p_i sum_j w_j y'_ij - w y'_i)
-
-    (zero on ignored rows), where dloss_i = ``dloss`` / (mean's denominator) for "mean", ``dloss`` for
-    "sum" (both a scalar), and the per-row ``dloss`` (target's shape) for "none".
-
-    Parameters
-    ----------
-    dloss : scalar (0-d) for "sum"/"mean", array of the loss's shape for "none".
-    logits, target, weight, ignore_index, label_smoothing, reduction : as given to the forward.
-    lse : the forward's float64 log-sum-exp per row.
-    out : optional buffer for the gradient (logits' shape and dtype).
-
-    Returns
-    -------
-    dlogits, logits' shape and dtype.
-    """
-    op = "softmax_cross_entropy_backward"
-    be = backend_of(
-        op,
-        dloss=dloss if hasattr(dloss, "shape") else None,
-        logits=logits,
-        target=target,
-        lse=lse,
-        weight=weight,
-        out=out,
-    )
-    x, lead, m, v, tidx, tp, weight, eps, ii, reduction, denom, wsum = _ce_common(
-        op, be, logits, target, weight, ignore_index, label_smoothing, reduction
-    )
-    lse = V.required(be, op, "lse", lse, lead, np.float64)
-    if reduction == "none":
-        d = V.float_input(be, op, "dloss", dloss, half=False)
-        V.check_shape(op, "dloss", d, lead)
-        gs = _host(be, d).astype(np.float64).reshape(m)
-    else:
-        dh = np.asarray(_host(be, dloss) if hasattr(dloss, "shape") else dloss)
-        if dh.size != 1 or dh.dtype.kind not in "fiu":
-            raise ValueError(f"{op}: dloss must be a real scalar for reduction={reduction!r}, got shape {dh.shape}")
-        dv = float(dh.reshape(()))
-        if reduction == "mean":
-            dv = dv / denom if denom != 0 else math.nan
-        gs = np.array([dv])
-    (g,) = V.outputs(be, op, out, [("dlogits", x.shape, x.dtype)], (x, tp, weight, lse))
-    t_k, tp_k, w_k = _ce_kernel_args(be, x, m, v, tidx, tp, weight)
-    be.kernels.softmax_cross_entropy_backward(
-        x.reshape(m, v), t_k, tp_k, w_k, lse.reshape(m), _to_be(be, np.ascontiguousarray(gs)), g.reshape(m, v),
-        ii, eps, wsum, be.threads(m * v),
-    )  # fmt: skip
-    return g
+_RESULT_TYPES = (SoftmaxCrossEntropyForward, DivergenceForward, DivergenceBackward)
 
 
 # ------------------------------------------------------------------------------------------- entropy
 def _entropy_rows(op, be, p, axis):
-    p = V.float_input(be, op, "p", p, half=False)
+    p = V.float_input(be, op, "p", p)
     nd = len(p.shape)
     if nd == 0:
         raise ValueError(f"{op}: p must have at least 1 dim, got a 0-d array")
@@ -374,7 +50,7 @@ def _entropy_rows(op, be, p, axis):
         if be.name != "cpu":
             raise ValueError(f"{op}: on CUDA only axis=-1 is supported, got axis={axis}")
         p = np.ascontiguousarray(np.moveaxis(p, ax, -1))
-    lead, m, v = _rows(op, "p", p)
+    lead, m, v = L.rows(op, "p", p)
     return p, ax, lead, m, v
 
 
@@ -441,28 +117,26 @@ def entropy_backward(
 
 # -------------------------------------------------------------------------------------------- KL / JS
 def _pair(op, be, input, target):
-    x = V.float_input(be, op, "input", input, half=False)
-    lead, m, v = _rows(op, "input", x)
+    x = V.float_input(be, op, "input", input)
+    lead, m, v = L.rows(op, "input", x)
     t = V.required(be, op, "target", target, x.shape, x.dtype)
     return x, t, lead, m, v
 
 
-def _divisors(reduction, numel, batch):
+def _divisor(reduction: str, v: int, rows: int, batch: int) -> int:
+    """The mean's denominator: rows * V elements for "mean", the batch size for "batchmean"."""
     if reduction == "mean":
-        return numel
+        return rows * v
     if reduction == "batchmean":
         return batch
     return 1
 
 
-def _fused_forward(op, kernel, be, x, t, lead, m, v, reduction, grad, grad_target, out, div, extra_in, extra_sc, x_in):
-    """Common body of kl_div / js_div: outputs, kernel call, reduction."""
+def _fused_forward(op, be, x_in, x, t, m, v, reduction, grad, grad_target, out, div, call) -> DivergenceForward:
+    """Common body of kl_div / js_div: outputs, ``call(rows, elem, dx, dt, gscale)`` (the kernel), reduction."""
     if grad == "inplace":
-        _check_inplace(op, be, "input", x, x_in)
-    if out is not None and not isinstance(out, (list, tuple)):
-        raise TypeError(f"{op}: out must be a tuple (loss, dinput, dtarget), got {type(out).__name__}")
-    if out is not None and len(out) != 3:
-        raise ValueError(f"{op}: out must have 3 entries (loss, dinput, dtarget), got {len(out)}")
+        L.check_inplace(op, be, "input", x, x_in)
+    out = L.out_tuple(op, out, "loss, dinput, dtarget")
     loss_shape = tuple(x.shape) if reduction == "none" else ()
     specs = [
         ("loss", loss_shape, x.dtype),
@@ -471,44 +145,36 @@ def _fused_forward(op, kernel, be, x, t, lead, m, v, reduction, grad, grad_targe
     ]
     loss_buf = None if out is None else out[0]
     if reduction != "none":
-        dx, dt = V.outputs(be, op, None if out is None else (out[1], out[2]), specs[1:], (x, t))
-        loss_buf = _check_out_scalar(be, op, loss_buf, (), x.dtype, (x, t, dx, dt))
+        dx, dt = V.outputs(be, op, None if out is None else out[1:], specs[1:], (x, t))
+        loss_buf = L.check_out_scalar(be, op, loss_buf, (), x.dtype, (x, t, dx, dt))
         elem = None
     else:
         elem, dx, dt = V.outputs(be, op, out, specs, (x, t))
     if grad == "inplace":
         dx = x
-    rows = be.empty((m,), np.float64)
-    gscale = 0.0
-    if grad is not None or grad_target:
-        gscale = (1.0 / div if div != 0 else math.nan) if reduction in ("mean", "batchmean") else 1.0
-    a2 = _absent(be, x.dtype, 2)
-    kernel(
-        x.reshape(m, v), t.reshape(m, v), *extra_in, rows,
-        a2 if elem is None else elem.reshape(m, v),
-        a2 if dx is None else dx.reshape(m, v),
-        a2 if dt is None else dt.reshape(m, v),
-        *extra_sc, gscale, be.threads(m * v),
-    )  # fmt: skip
-    if reduction == "none":
-        loss = elem
-    else:
-        loss = _reduced(be, rows, reduction, div, x.dtype, loss_buf)
+    row_losses = be.empty((m,), np.float64)
+    gscale = L.grad_scale(reduction, div) if grad is not None or grad_target else 0.0
+    a2 = L.absent(be, x.dtype, 2)
+    call(row_losses, *(a2 if a is None else a.reshape(m, v) for a in (elem, dx, dt)), gscale)
+    loss = elem if reduction == "none" else L.reduced(be, row_losses, reduction, div, x.dtype, loss_buf)
     return DivergenceForward(loss, x_in if grad == "inplace" else dx, dt)
 
 
-def _bwd_scale(op, be, dloss, reduction, x, div):
-    """(elementwise dloss array or None, scalar scale) for a backward."""
+def _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call) -> DivergenceBackward:
+    """Common body of the backwards: dloss (elementwise for "none", else a scalar folded into the scale),
+    outputs, ``call(dloss_rows, dx, dt, scale)`` (the kernel)."""
     if reduction == "none":
-        d = V.required(be, op, "dloss", dloss, x.shape, x.dtype)
-        return d, 1.0
-    dh = np.asarray(_host(be, dloss) if hasattr(dloss, "shape") else dloss)
-    if dh.size != 1 or dh.dtype.kind not in "fiu":
-        raise ValueError(f"{op}: dloss must be a real scalar for reduction={reduction!r}, got shape {dh.shape}")
-    s = float(dh.reshape(()))
-    if reduction in ("mean", "batchmean"):
-        s = s / div if div != 0 else math.nan
-    return None, s
+        d, s = V.required(be, op, "dloss", dloss, x.shape, x.dtype), 1.0
+    else:
+        d, s = None, L.scalar_dloss(op, be, dloss, reduction, div)
+    specs = [
+        ("dinput", x.shape, x.dtype) if input_grad else None,
+        ("dtarget", x.shape, x.dtype) if target_grad else None,
+    ]
+    dx, dt = V.outputs(be, op, out, specs, (x, d))
+    a2 = L.absent(be, x.dtype, 2)
+    call(*(a2 if a is None else a.reshape(m, v) for a in (d, dx, dt)), s)
+    return DivergenceBackward(dx, dt)
 
 
 def kl_div(
@@ -537,40 +203,37 @@ def kl_div(
 
     Parameters
     ----------
-    input, target : float32/float64 arrays of one shape (at least 1-D).
-    reduction, log_target : as in torch.
-    grad : None, "out" (write dinput to a new or ``out=`` buffer) or "inplace" (over ``input``).
-    grad_target : also write dtarget.
-    out : optional (loss, dinput, dtarget) buffers.
+    input, target : arrays of one shape (at least 1-D) and one dtype
+        float32, float64, bfloat16 or float16 (16-bit: computed in float32).
+    reduction : {"none", "sum", "mean", "batchmean"}
+    log_target : bool
+        Whether ``target`` holds log-probabilities.
+    grad : {None, "out", "inplace"}
+        "out": write dinput to a new or ``out=`` buffer; "inplace": over ``input``.
+    grad_target : bool
+        Also write dtarget.
+    out : tuple, optional
+        (loss, dinput, dtarget) buffers (entries may be None).
 
     Returns
     -------
-    DivergenceForward(loss, dinput, dtarget): loss 0-d (input's shape for "none"), gradients or None.
+    DivergenceForward
+        (loss, dinput, dtarget): loss 0-d (input's shape for "none") in input's dtype, the gradients in
+        input's dtype or None.
     """
     op = "kl_div"
-    grad = _choice(op, "grad", grad, _GRAD_MODES)
-    reduction = _choice(op, "reduction", reduction, _KL_REDUCTIONS)
+    grad = L.choice(op, "grad", grad, L.GRAD_MODES)
+    reduction = L.choice(op, "reduction", reduction, L.KL_REDUCTIONS)
     be = backend_of(op, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
-    div = _divisors(reduction, m * v, x.shape[0])
-    return _fused_forward(
-        op,
-        be.kernels.kl_div_forward,
-        be,
-        x,
-        t,
-        lead,
-        m,
-        v,
-        reduction,
-        grad,
-        bool(grad_target),
-        out,
-        div,
-        (),
-        (bool(log_target),),
-        input,
-    )
+    div = _divisor(reduction, v, m, x.shape[0])
+    lt = bool(log_target)
+
+    def call(row_losses, elem, dx, dt, gscale):
+        be.kernels.kl_div_forward(x.reshape(m, v), t.reshape(m, v), row_losses, elem, dx, dt, lt, gscale,
+                                  be.threads(m * v))  # fmt: skip
+
+    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, call)
 
 
 def kl_div_backward(
@@ -584,42 +247,63 @@ def kl_div_backward(
     target_grad: bool = False,
     out: tuple | None = None,
 ) -> DivergenceBackward:
-    """Gradients of ``kl_div`` with respect to input (and target when ``target_grad``), times ``dloss``
-    (a scalar for "sum"/"mean"/"batchmean", input's shape for "none"); formulas in ``kl_div``.
-    Returns DivergenceBackward(dinput, dtarget) (None for those not asked); ``out=(dinput, dtarget)``."""
+    """Gradients of ``kl_div`` with respect to input (and target when ``target_grad``), times ``dloss``.
+
+    With d = ``dloss`` (elementwise for "none"; for the reductions the scalar divided by the mean's
+    denominator)::
+
+        dinput = -d target                     (log_target: -d exp(target))
+        dtarget = d (log(target) + 1 - input)   (log_target: d exp(target) (target - input + 1))
+
+    Parameters
+    ----------
+    dloss : scalar or array
+        A scalar for "sum"/"mean"/"batchmean", an array of input's shape and dtype for "none".
+    input, target, reduction, log_target
+        As given to ``kl_div``.
+    input_grad, target_grad : bool
+        Which gradients to compute.
+    out : tuple, optional
+        (dinput, dtarget) buffers.
+
+    Returns
+    -------
+    DivergenceBackward
+        (dinput, dtarget), input's shape and dtype (None for those not asked).
+    """
     op = "kl_div_backward"
-    reduction = _choice(op, "reduction", reduction, _KL_REDUCTIONS)
+    reduction = L.choice(op, "reduction", reduction, L.KL_REDUCTIONS)
     be = backend_of(op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
-    d, s = _bwd_scale(op, be, dloss, reduction, x, _divisors(reduction, m * v, x.shape[0]))
-    dx, dt = V.outputs(
-        be,
-        op,
-        out,
-        [("dinput", x.shape, x.dtype) if input_grad else None, ("dtarget", x.shape, x.dtype) if target_grad else None],
-        (x, t, d),
-    )
-    a2 = _absent(be, x.dtype, 2)
-    be.kernels.kl_div_backward(
-        a2 if d is None else d.reshape(m, v), x.reshape(m, v), t.reshape(m, v),
-        a2 if dx is None else dx.reshape(m, v), a2 if dt is None else dt.reshape(m, v),
-        bool(log_target), s, be.threads(m * v),
-    )  # fmt: skip
-    return DivergenceBackward(dx, dt)
+    div = _divisor(reduction, v, m, x.shape[0])
+    lt = bool(log_target)
+
+    def call(d, dx, dt, s):
+        be.kernels.kl_div_backward(d, x.reshape(m, v), t.reshape(m, v), dx, dt, lt, s, be.threads(m * v))
+
+    return _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call)
 
 
 def _js_keep(op, be, labels, ignore_index, lead, m):
     """(keep mask on the backend or an empty one, number of kept rows)."""
     if labels is None:
-        return _absent(be, np.uint8), m
+        return L.absent(be, np.uint8), m
     ii = V.integer(op, "ignore_index", ignore_index)
-    lh = np.asarray(_host(be, labels))
+    lh = np.asarray(L.host(be, labels))
     if lh.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {lh.dtype}")
     if lh.shape != lead:
         raise ValueError(f"{op}: labels must have shape {lead} (one per row), got {lh.shape}")
     keep = np.ascontiguousarray((lh.reshape(m) != ii).astype(np.uint8))
-    return _to_be(be, keep), int(keep.sum())
+    return L.to_be(be, keep), int(keep.sum())
+
+
+def _js_setup(op, be, input, target, labels, ignore_index, beta, reduction):
+    reduction = L.choice(op, "reduction", reduction, L.KL_REDUCTIONS)
+    beta = V.scalar(op, "beta", beta, low=0.0, high=1.0)
+    x, t, lead, m, v = _pair(op, be, input, target)
+    keep, k = _js_keep(op, be, labels, ignore_index, lead, m)
+    return x, t, m, v, keep, beta, reduction, _divisor(reduction, v, k, k)
 
 
 def js_div(
@@ -652,41 +336,32 @@ def js_div(
 
     Parameters
     ----------
-    input, target : float32/float64 log-probability arrays of one shape (at least 1-D).
-    beta : weight in [0, 1].
-    labels : optional integer array of the rows' shape (input.shape[:-1]); ignore_index marks rows to skip.
-    grad, grad_target, out : as in ``kl_div``.
+    input, target : arrays of one shape (at least 1-D) and one dtype
+        Log-probabilities; float32, float64, bfloat16 or float16 (16-bit: computed in float32).
+    beta : float
+        Weight in [0, 1].
+    reduction : {"none", "sum", "mean", "batchmean"}
+    labels : integer array, optional
+        Of the rows' shape (input.shape[:-1]); ``ignore_index`` marks rows to skip.
+    ignore_index : int
+    grad, grad_target, out
+        As in ``kl_div``.
 
     Returns
     -------
-    DivergenceForward(loss, dinput, dtarget).
+    DivergenceForward
+        (loss, dinput, dtarget) in input's dtype.
     """
     op = "js_div"
-    grad = _choice(op, "grad", grad, _GRAD_MODES)
-    reduction = _choice(op, "reduction", reduction, _KL_REDUCTIONS)
-    beta = V.scalar(op, "beta", beta, low=0.0, high=1.0)
+    grad = L.choice(op, "grad", grad, L.GRAD_MODES)
     be = backend_of(op, input=input, target=target, labels=labels, out=out)
-    x, t, lead, m, v = _pair(op, be, input, target)
-    keep, k = _js_keep(op, be, labels, ignore_index, lead, m)
-    div = _divisors(reduction, k * v, k)
-    return _fused_forward(
-        op,
-        be.kernels.js_div_forward,
-        be,
-        x,
-        t,
-        lead,
-        m,
-        v,
-        reduction,
-        grad,
-        bool(grad_target),
-        out,
-        div,
-        (keep,),
-        (beta,),
-        input,
-    )
+    x, t, m, v, keep, beta, reduction, div = _js_setup(op, be, input, target, labels, ignore_index, beta, reduction)
+
+    def call(row_losses, elem, dx, dt, gscale):
+        be.kernels.js_div_forward(x.reshape(m, v), t.reshape(m, v), keep, row_losses, elem, dx, dt, beta, gscale,
+                                  be.threads(m * v))  # fmt: skip
+
+    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, call)
 
 
 def js_div_backward(
@@ -702,29 +377,36 @@ def js_div_backward(
     target_grad: bool = False,
     out: tuple | None = None,
 ) -> DivergenceBackward:
-    """Gradients of ``js_div`` with respect to input (and target when ``target_grad``), times ``dloss``
-    (scalar, or input's shape for "none"); zero on ignored rows; formulas in ``js_div``.
-    Returns DivergenceBackward(dinput, dtarget)."""
+    """Gradients of ``js_div`` with respect to input (and target when ``target_grad``), times ``dloss``.
+
+    With d = ``dloss`` (elementwise for "none"; for the reductions the scalar divided by the mean's
+    denominator), M = beta P + (1 - beta) Q, zero on ignored rows::
+
+        dinput = d (1 - beta) Q (log Q - log M),   dtarget = d beta P (log P - log M)
+
+    Parameters
+    ----------
+    dloss : scalar or array
+        A scalar for the reductions, an array of input's shape and dtype for "none".
+    input, target, beta, reduction, labels, ignore_index
+        As given to ``js_div``.
+    input_grad, target_grad : bool
+        Which gradients to compute.
+    out : tuple, optional
+        (dinput, dtarget) buffers.
+
+    Returns
+    -------
+    DivergenceBackward
+        (dinput, dtarget), input's shape and dtype (None for those not asked).
+    """
     op = "js_div_backward"
-    reduction = _choice(op, "reduction", reduction, _KL_REDUCTIONS)
-    beta = V.scalar(op, "beta", beta, low=0.0, high=1.0)
     be = backend_of(
         op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, labels=labels, out=out
     )
-    x, t, lead, m, v = _pair(op, be, input, target)
-    keep, k = _js_keep(op, be, labels, ignore_index, lead, m)
-    d, s = _bwd_scale(op, be, dloss, reduction, x, _divisors(reduction, k * v, k))
-    dx, dt = V.outputs(
-        be,
-        op,
-        out,
-        [("dinput", x.shape, x.dtype) if input_grad else None, ("dtarget", x.shape, x.dtype) if target_grad else None],
-        (x, t, d),
-    )
-    a2 = _absent(be, x.dtype, 2)
-    be.kernels.js_div_backward(
-        a2 if d is None else d.reshape(m, v), x.reshape(m, v), t.reshape(m, v), keep,
-        a2 if dx is None else dx.reshape(m, v), a2 if dt is None else dt.reshape(m, v),
-        beta, s, be.threads(m * v),
-    )  # fmt: skip
-    return DivergenceBackward(dx, dt)
+    x, t, m, v, keep, beta, reduction, div = _js_setup(op, be, input, target, labels, ignore_index, beta, reduction)
+
+    def call(d, dx, dt, s):
+        be.kernels.js_div_backward(d, x.reshape(m, v), t.reshape(m, v), keep, dx, dt, beta, s, be.threads(m * v))
+
+    return _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call)

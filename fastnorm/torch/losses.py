@@ -7,8 +7,10 @@ writes the input's gradient in the same pass (one logits-sized buffer, which aut
 torch's saved log-softmax), and the backward only scales it by the incoming gradient. For
 ``reduction="none"`` the forward saves what the backward kernel needs.
 
-What fastnorm does not run goes to torch's own implementation (the functions silently, the modules with a
-one-time ``FastnormFallbackWarning``): dtypes other than float32/float64 (and float16 on CUDA), a target
+bfloat16 and float16 CPU tensors run on the 16-bit kernels zero-copy (float32 accumulation; the loss and the
+gradient in the input's dtype, as torch returns them). What fastnorm does not run goes to torch's own
+implementation (the functions silently, the modules with a one-time ``FastnormFallbackWarning``): dtypes
+other than float32/float64/bfloat16/float16, a target
 of another shape than the input for ``kl_div`` (torch broadcasts), probability targets that require grad,
 ``cross_entropy`` inputs that are not floating point. ``cross_entropy`` takes torch's (N, C, d1, ...) layout
 by moving the class axis last (a copy).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.library import custom_op
@@ -35,6 +38,13 @@ from ._common import FastnormFallbackWarning
 __all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
 
 _arr, _ten = _F._arr, _F._ten
+
+# bfloat16/float16 CPU tensors run on the 16-bit kernels (float32 inside, results in the input's dtype)
+_F._register_half_probe(
+    "softmax_cross_entropy", lambda a, g, m: fastnorm.softmax_cross_entropy_forward(m, np.zeros(2, np.int64))
+)
+_F._register_half_probe("kl_div", lambda a, g, m: fastnorm.kl_div(m, m))
+_F._register_half_probe("js_div", lambda a, g, m: fastnorm.js_div(m, m))
 
 
 def _legacy(size_average, reduce, reduction: str) -> str:

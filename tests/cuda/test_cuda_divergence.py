@@ -11,6 +11,7 @@ import fastnorm
 from fastnorm.reference import divergence as R
 
 from .._util import assert_matches_reference, f64
+from ._half_util import HALF, close, lowp
 from .conftest import SIM, host
 
 DTYPES = [np.float32, np.float64]
@@ -144,3 +145,44 @@ def test_js_matches_reference(rng, on_gpu, dtype, beta):
         )
         assert_matches_reference(host(bx), r64[0], _lo(dtype, r32[0]), name="dinput bwd")
         assert_matches_reference(host(by), r64[1], _lo(dtype, r32[1]), name="dtarget bwd")
+
+
+@pytest.mark.parametrize("dt", HALF, ids=lambda d: d.name)
+def test_half_losses_match_reference(rng, on_gpu, dt):
+    """bfloat16/float16 data (uint16 patterns on the device for bfloat16): float64 arithmetic inside, every
+    result in the data's dtype, rounded once; class weights enter in float32."""
+    n, v = 3, V_LONG
+    x = (3 * rng.standard_normal((n, v))).astype(dt)
+    t = rng.integers(0, v, n)
+    t[1] = -100
+    w = (rng.random(v) + 0.5).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    kw = dict(label_smoothing=0.1, reduction="none")
+    dx = on_gpu(x)
+    loss, lse, g = fastnorm.softmax_cross_entropy_forward(dx, on_gpu(t), weight=on_gpu(w), grad="out", **kw)
+    assert host(loss).dtype == dt and host(g).dtype == dt
+    ref32 = R.softmax_cross_entropy_forward(x.astype(np.float32), t, weight=w, **kw)[0]
+    close(host(loss), lowp(ref32, dt), R.softmax_cross_entropy_forward(x64, t, weight=w64, **kw)[0], "ce loss")
+    d = np.ones(n)
+    g32 = R.softmax_cross_entropy_backward(d, x.astype(np.float32), t, weight=w, **kw)
+    g64 = R.softmax_cross_entropy_backward(d, x64, t, weight=w64, **kw)
+    close(host(g), lowp(g32, dt), g64, "ce grad")
+    gb = fastnorm.softmax_cross_entropy_backward(on_gpu(d.astype(dt)), dx, on_gpu(t), lse, weight=on_gpu(w), **kw)
+    close(host(gb), lowp(g32, dt), g64, "ce backward")
+    fastnorm.softmax_cross_entropy_forward(dx, on_gpu(t), weight=on_gpu(w), grad="inplace", **kw)
+    np.testing.assert_array_equal(host(dx).view(np.uint16), host(g).view(np.uint16))
+    # entropy, KL (log target), JS (with an ignored row)
+    p = (rng.random((n, v)) + 0.01).astype(dt)
+    close(host(fastnorm.entropy(on_gpu(p))), lowp(R.entropy(p.astype(np.float32)), dt), R.entropy(p.astype(np.float64)),
+          "entropy")  # fmt: skip
+    a, b = _logp(rng, (n, v), dt), _logp(rng, (n, v), dt)
+    a32, b32, a64, b64 = a.astype(np.float32), b.astype(np.float32), a.astype(np.float64), b.astype(np.float64)
+    kl = fastnorm.kl_div(*on_gpu(a, b), log_target=True, reduction="none", grad="out")
+    close(host(kl.loss), lowp(R.kl_div(a32, b32, log_target=True, reduction="none"), dt),
+          R.kl_div(a64, b64, log_target=True, reduction="none"), "kl")  # fmt: skip
+    labels = np.array([0, -100, 1])
+    js = fastnorm.js_div(*on_gpu(a, b), labels=on_gpu(labels), grad="out")
+    close(host(js.loss), lowp(R.js_div(a32, b32, labels=labels), dt), R.js_div(a64, b64, labels=labels), "js")
+    close(host(js.dinput), lowp(R.js_div_backward(1.0, a32, b32, labels=labels)[0], dt),
+          R.js_div_backward(1.0, a64, b64, labels=labels)[0], "js dinput")  # fmt: skip
+    assert not host(js.dinput)[1].astype(np.float32).any()

@@ -78,12 +78,13 @@ def test_sinkhorn_regularized_backward(rng, on_gpu):
 
 def test_bad_input_before_any_launch(on_gpu, monkeypatch):
     import fastnorm._kernels.cuda.transport as T
+    import fastnorm._kernels.cuda.wasserstein as W
 
     def boom(*args, **kwargs):
         raise AssertionError("a kernel ran on bad input")
 
     monkeypatch.setattr(T, "_kernels", boom)
-    monkeypatch.setattr(T, "_w1d_kernels", boom)
+    monkeypatch.setattr(W, "_w1d_kernels", boom)
     a, b, c = np.ones(3) / 3, np.ones(2) / 2, np.ones((3, 2))
     with pytest.raises(ValueError, match="reg must be"):
         fastnorm.sinkhorn(*on_gpu(a, b, c), 0.0)

@@ -9,9 +9,19 @@ use the blocked lane accumulators of fastnorm_moments.h (short low-precision sum
 Per-row scalars (log-sum-exp, losses, gradient scales) are double.
 """
 
+import numpy as np
+
 from cython cimport floating
-from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+
+from fastnorm._dtypes import HALF_FORMAT
+
+cdef extern from "fastnorm_half.h" nogil:
+    float fn_half_to_f32(int fmt, uint16_t h)
+    uint16_t fn_f32_to_half(int fmt, float f)
+    void fn_half_load(int fmt, const uint16_t *src, float *dst, Py_ssize_t n)
+    void fn_half_store(int fmt, const float *src, uint16_t *dst, Py_ssize_t n)
 
 cdef extern from *:
     """
@@ -408,78 +418,107 @@ cdef inline void _ce_fwd_row(const floating *x, Py_ssize_t v, Py_ssize_t t, cons
         _ce_grad_row(x, v, t, y, w, eps, wsum, c, mx, <floating>log_s, sy, g)
 
 
-def softmax_cross_entropy_forward(const floating[:, ::1] logits,       # IN  (M, V)
-                                  const int64_t[::1] target,           # IN  (M,) class indices, or length 0
-                                  const floating[:, ::1] target_prob,  # IN  (M, V) probabilities, or (0, 0)
-                                  const floating[::1] weight,          # IN  (V,) or length 0
-                                  const double[::1] gscale,            # IN  (M,), (1,) broadcast, or length 0
-                                  floating[:, ::1] grad,               # OUT (M, V) or (0, 0); may be logits
-                                  double[::1] loss,                    # OUT (M,) row losses (0 if ignored)
-                                  double[::1] lse,                     # OUT (M,) log-sum-exp
-                                  int64_t ignore_index, double label_smoothing, double weight_sum,
-                                  int n_threads):
-    """Row losses (unreduced, weighted) and log-sum-exp; with ``grad`` also the gradient of
-    sum_i gscale_i * loss_i written in the same pass (targets must be in range or ``ignore_index``)."""
-    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i, t
+cdef inline Py_ssize_t _ce_target(const int64_t[::1] target, bint probs, Py_ssize_t i,
+                                  int64_t ignore_index) noexcept nogil:
+    """The row's class index, -1 for probability targets and ignored rows."""
+    if probs or target[i] == ignore_index:
+        return -1
+    return target[i]
+
+
+cdef inline double _gscale(const double[::1] gscale, Py_ssize_t i, bint want) noexcept nogil:
+    if not want:
+        return 0.0
+    return gscale[0] if gscale.shape[0] == 1 else gscale[i]
+
+
+def _ce_fwd_full(const floating[:, ::1] logits,       # IN  (M, V)
+                 const int64_t[::1] target,           # IN  (M,) class indices, or length 0
+                 const floating[:, ::1] target_prob,  # IN  (M, V) probabilities, or (0, 0)
+                 const floating[::1] weight,          # IN  (V,) or length 0
+                 const double[::1] gscale,            # IN  (M,), (1,) broadcast, or length 0
+                 floating[:, ::1] grad,               # OUT (M, V) or (0, 0); may be logits
+                 double[::1] loss,                    # OUT (M,) row losses (0 if ignored)
+                 double[::1] lse,                     # OUT (M,) log-sum-exp
+                 int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
     cdef const floating *w = _ptr1(weight)
     cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
-    cdef bint bcast = gscale.shape[0] == 1
-    cdef double c
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            t = -1
-            if not probs:
-                t = target[i]
-                if t == ignore_index:
-                    t = -1
-            c = 0.0
-            if want_g:
-                c = gscale[0] if bcast else gscale[i]
-            _ce_fwd_row(&logits[i, 0], v, t, &target_prob[i, 0] if probs else NULL, w, label_smoothing,
-                        weight_sum, c, &grad[i, 0] if want_g else NULL, &loss[i], &lse[i])
+            _ce_fwd_row(&logits[i, 0], v, _ce_target(target, probs, i, ignore_index),
+                        &target_prob[i, 0] if probs else NULL, w, label_smoothing, weight_sum,
+                        _gscale(gscale, i, want_g), &grad[i, 0] if want_g else NULL, &loss[i], &lse[i])
 
 
-def softmax_cross_entropy_backward(const floating[:, ::1] logits,       # IN  (M, V)
-                                   const int64_t[::1] target,           # IN  (M,) or length 0
-                                   const floating[:, ::1] target_prob,  # IN  (M, V) or (0, 0)
-                                   const floating[::1] weight,          # IN  (V,) or length 0
-                                   const double[::1] lse,               # IN  (M,) from the forward
-                                   const double[::1] gscale,            # IN  (M,) or (1,) broadcast
-                                   floating[:, ::1] grad,               # OUT (M, V)
-                                   int64_t ignore_index, double label_smoothing, double weight_sum,
-                                   int n_threads):
-    """grad_i = gscale_i * dloss_i/dlogits_i, from the saved log-sum-exp (one read of the row)."""
-    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i, j, t
+cdef inline void _ce_bwd_row(const floating *x, Py_ssize_t v, Py_ssize_t t, const floating *y, const floating *w,
+                             double lse, double eps, double wsum, double c, floating *g) noexcept nogil:
+    """g = c * dloss_row/dx from the saved log-sum-exp (t < 0 with y NULL: an ignored row, g = 0)."""
+    cdef Py_ssize_t j
+    # lse = mx + off with mx in the input dtype: x_j - mx is exact near the row maximum
+    cdef floating mx = <floating>lse
+    cdef floating off
+    if not isfinite(mx):
+        mx = 0
+    off = <floating>(lse - <double>mx)
+    if y == NULL and t < 0:
+        for j in range(v):
+            g[j] = 0
+        return
+    _ce_grad_row(x, v, t, y, w, eps, wsum, c, mx, off, _wysum(w, y, v) if y != NULL else 0.0, g)
+
+
+def _ce_bwd_full(const floating[:, ::1] logits,       # IN  (M, V)
+                 const int64_t[::1] target,           # IN  (M,) or length 0
+                 const floating[:, ::1] target_prob,  # IN  (M, V) or (0, 0)
+                 const floating[::1] weight,          # IN  (V,) or length 0
+                 const double[::1] lse,               # IN  (M,) from the forward
+                 const double[::1] gscale,            # IN  (M,) or (1,) broadcast
+                 floating[:, ::1] grad,               # OUT (M, V)
+                 int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
     cdef const floating *w = _ptr1(weight)
-    cdef const floating *y
-    cdef bint probs = target_prob.shape[0] > 0, bcast = gscale.shape[0] == 1
-    cdef double c, sy
-    cdef floating mx, off
+    cdef bint probs = target_prob.shape[0] > 0
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            c = gscale[0] if bcast else gscale[i]
-            # lse = mx + off with mx in the input dtype: x_j - mx is exact near the row maximum
-            mx = <floating>lse[i]
-            if not isfinite(mx):
-                mx = 0
-            off = <floating>(lse[i] - <double>mx)
-            y = NULL
-            sy = 0.0
-            t = -1
+            _ce_bwd_row(&logits[i, 0], v, _ce_target(target, probs, i, ignore_index),
+                        &target_prob[i, 0] if probs else NULL, w, lse[i], label_smoothing, weight_sum,
+                        _gscale(gscale, i, True), &grad[i, 0])
+
+
+def _ce_half(bint bwd, const uint16_t[:, ::1] logits, const int64_t[::1] target,
+             const uint16_t[:, ::1] target_prob, const float[::1] weight, const double[::1] gscale,
+             const double[::1] lse_in, uint16_t[:, ::1] grad, double[::1] loss, double[::1] lse, int fmt,
+             int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    """``_ce_fwd_full`` (``bwd`` False) or ``_ce_bwd_full`` (from ``lse_in``) on 16-bit rows: each row widened
+    into a thread's float32 row, the float32 row code run on it (the gradient written over that row), the
+    gradient rounded once into ``grad``."""
+    cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
+    cdef const float *w = _ptr1(weight)
+    cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if probs else 1) * v), np.float32)
+    cdef float *xb
+    if m == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            xb = &buf[threadid(), 0]
+            fn_half_load(fmt, &logits[i, 0], xb, v)
             if probs:
-                y = &target_prob[i, 0]
-                sy = _wysum(w, y, v)
+                fn_half_load(fmt, &target_prob[i, 0], xb + v, v)
+            if bwd:
+                _ce_bwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w,
+                            lse_in[i], label_smoothing, weight_sum, _gscale(gscale, i, True), xb)
             else:
-                t = target[i]
-                if t == ignore_index:
-                    for j in range(v):
-                        grad[i, j] = 0
-                    continue
-            _ce_grad_row(&logits[i, 0], v, t, y, w, label_smoothing, weight_sum, c, mx, off, sy, &grad[i, 0])
+                _ce_fwd_row(xb, v, _ce_target(target, probs, i, ignore_index), xb + v if probs else NULL, w,
+                            label_smoothing, weight_sum, _gscale(gscale, i, want_g), xb if want_g else NULL,
+                            &loss[i], &lse[i])
+            if want_g:
+                fn_half_store(fmt, xb, &grad[i, 0], v)
 
 
 # ------------------------------------------------------------------------------------------------ entropy
@@ -498,125 +537,85 @@ cdef inline double _rowsum(const floating *p, Py_ssize_t v) noexcept nogil:
         return fn_sum_d(p, v)
 
 
-def entropy_forward(const floating[:, ::1] p,    # IN  (M, V)
-                    floating[::1] h,             # OUT (M,)
-                    double inv_log_base, int n_threads):
+cdef inline void _entropy_bwd_row(const floating *p, Py_ssize_t v, double dh, double inv_log_base,
+                                  floating *dp) noexcept nogil:
+    """dp_j = -dh (log(p_j / S) + H) / (S log(base)), S = sum(p), H the natural-log entropy."""
+    cdef Py_ssize_t j
+    cdef double s = _rowsum(p, v)
+    cdef double hn = _entropy_row(p, v, s)
+    cdef floating inv = <floating>(1.0 / s)
+    cdef floating c = <floating>(-dh * inv_log_base / s)
+    cdef floating hf = <floating>hn
+    for j in range(v):
+        dp[j] = c * (_log(p[j] * inv) + hf)
+
+
+def _entropy_fwd_full(const floating[:, ::1] p, floating[::1] h, double inv_log_base, int n_threads):
     cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
             h[i] = <floating>(_entropy_row(&p[i, 0], v, _rowsum(&p[i, 0], v)) * inv_log_base)
 
 
-def entropy_backward(const floating[::1] dh,     # IN  (M,)
-                     const floating[:, ::1] p,   # IN  (M, V)
-                     floating[:, ::1] dp,        # OUT (M, V)
-                     double inv_log_base, int n_threads):
-    """dp_j = -dh (log(p_j / S) + H) / (S log(base)), S = sum(p), H the natural-log entropy."""
-    cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i, j
-    cdef double s, hn
-    cdef floating inv, c, hf
+def _entropy_bwd_full(const floating[::1] dh, const floating[:, ::1] p, floating[:, ::1] dp, double inv_log_base,
+                      int n_threads):
+    cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            s = _rowsum(&p[i, 0], v)
-            hn = _entropy_row(&p[i, 0], v, s)
-            inv = <floating>(1.0 / s)
-            c = <floating>(-dh[i] * inv_log_base / s)
-            hf = <floating>hn
-            for j in range(v):
-                dp[i, j] = c * (_log(p[i, j] * inv) + hf)
+            _entropy_bwd_row(&p[i, 0], v, dh[i], inv_log_base, &dp[i, 0])
 
 
-# ------------------------------------------------------------------------------------------------ KL
+def _entropy_half(const uint16_t[::1] dh, const uint16_t[:, ::1] p, uint16_t[::1] h, uint16_t[:, ::1] dp,
+                  int fmt, double inv_log_base, int n_threads):
+    """Forward (``h`` given) or backward (``dh``, ``dp`` given) on 16-bit rows widened to float32."""
+    cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
+    cdef bint bwd = dp.shape[0] > 0
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), v), np.float32)
+    cdef float *pb
+    cdef float hv
+    if m == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            pb = &buf[threadid(), 0]
+            fn_half_load(fmt, &p[i, 0], pb, v)
+            if bwd:
+                _entropy_bwd_row(pb, v, fn_half_to_f32(fmt, dh[i]), inv_log_base, pb)
+                fn_half_store(fmt, pb, &dp[i, 0], v)
+            else:
+                hv = <float>(_entropy_row(pb, v, _rowsum(pb, v)) * inv_log_base)
+                h[i] = fn_f32_to_half(fmt, hv)
+
+
+# ------------------------------------------------------------------------------------------------ KL / JS
 cdef inline void _kl_grad_row(const floating *x, const floating *t, const floating *dl, Py_ssize_t v, bint lt,
                               floating c, floating *dx, floating *dt) noexcept nogil:
     """dx = -c dl t (or -c dl exp(t)), dt = c dl (log t + 1 - x) (or c dl exp(t) (t - x + 1)); dl NULL: 1."""
     cdef Py_ssize_t j
     if dx != NULL:
-        if dl != NULL:
-            if lt:
-                for j in range(v):
-                    dx[j] = -c * dl[j] * _exp(t[j])
-            else:
-                for j in range(v):
-                    dx[j] = -c * dl[j] * t[j]
+        if lt:
+            for j in range(v):
+                dx[j] = -c * _exp(t[j])
         else:
-            if lt:
-                for j in range(v):
-                    dx[j] = -c * _exp(t[j])
-            else:
-                for j in range(v):
-                    dx[j] = -c * t[j]
+            for j in range(v):
+                dx[j] = -c * t[j]
+        if dl != NULL:
+            for j in range(v):
+                dx[j] = dx[j] * dl[j]
     if dt != NULL:
-        if dl != NULL:
-            if lt:
-                for j in range(v):
-                    dt[j] = c * dl[j] * (_exp(t[j]) * (t[j] - x[j] + 1))
-            else:
-                for j in range(v):
-                    dt[j] = c * dl[j] * (_log(t[j]) + 1 - x[j])
+        if lt:
+            for j in range(v):
+                dt[j] = c * (_exp(t[j]) * (t[j] - x[j] + 1))
         else:
-            if lt:
-                for j in range(v):
-                    dt[j] = c * (_exp(t[j]) * (t[j] - x[j] + 1))
-            else:
-                for j in range(v):
-                    dt[j] = c * (_log(t[j]) + 1 - x[j])
+            for j in range(v):
+                dt[j] = c * (_log(t[j]) + 1 - x[j])
+        if dl != NULL:
+            for j in range(v):
+                dt[j] = dt[j] * dl[j]
 
 
-def kl_div_forward(const floating[:, ::1] input,    # IN  (M, V) log q
-                   const floating[:, ::1] target,   # IN  (M, V) p (or log p)
-                   double[::1] loss,                # OUT (M,) row sums of the elementwise loss
-                   floating[:, ::1] elem,           # OUT (M, V) elementwise loss, or (0, 0)
-                   floating[:, ::1] dinput,         # OUT (M, V) gscale * dsum/dinput, or (0, 0)
-                   floating[:, ::1] dtarget,        # OUT (M, V) gscale * dsum/dtarget, or (0, 0)
-                   bint log_target, double gscale, int n_threads):
-    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i, j
-    cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
-    cdef floating c = <floating>gscale
-    cdef int lt = log_target
-    with nogil:
-        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            if floating is float:
-                loss[i] = fn_kl_sum_f(&input[i, 0], &target[i, 0], v, lt)
-            else:
-                loss[i] = fn_kl_sum_d(&input[i, 0], &target[i, 0], v, lt)
-            if want_e:
-                for j in range(v):
-                    if floating is float:
-                        elem[i, j] = fn_kl_elem_f(input[i, j], target[i, j], lt)
-                    else:
-                        elem[i, j] = fn_kl_elem_d(input[i, j], target[i, j], lt)
-            if want_dx or want_dt:
-                _kl_grad_row(&input[i, 0], &target[i, 0], NULL, v, log_target, c,
-                             &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
-
-
-def kl_div_backward(const floating[:, ::1] dloss,   # IN  (M, V) elementwise dloss, or (0, 0): all ones
-                    const floating[:, ::1] input,   # IN  (M, V)
-                    const floating[:, ::1] target,  # IN  (M, V)
-                    floating[:, ::1] dinput,        # OUT (M, V) or (0, 0)
-                    floating[:, ::1] dtarget,       # OUT (M, V) or (0, 0)
-                    bint log_target, double scale, int n_threads):
-    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i
-    cdef bint want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0, has_dl = dloss.shape[0] > 0
-    cdef floating c = <floating>scale
-    with nogil:
-        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            _kl_grad_row(&input[i, 0], &target[i, 0], &dloss[i, 0] if has_dl else NULL, v, log_target, c,
-                         &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
-
-
-# ------------------------------------------------------------------------------------------------ JS
 cdef inline int _js_mode(double beta) noexcept nogil:
     return 0 if beta == 0.0 else (1 if beta == 1.0 else 2)
-
-
-cdef inline void _js_grad_row(const floating *x, const floating *y, const floating *dl, Py_ssize_t v,
-                              floating b, int mode, floating c, floating *dx, floating *dy) noexcept nogil:
-    if floating is float:
-        fn_js_grad_row_f(x, y, dl, v, b, mode, c, dx, dy)
-    else:
-        fn_js_grad_row_d(x, y, dl, v, b, mode, c, dx, dy)
 
 
 cdef inline void _zero_row(floating *a, Py_ssize_t v) noexcept nogil:
@@ -626,66 +625,203 @@ cdef inline void _zero_row(floating *a, Py_ssize_t v) noexcept nogil:
             a[j] = 0
 
 
-def js_div_forward(const floating[:, ::1] input,    # IN  (M, V) log Q
-                   const floating[:, ::1] target,   # IN  (M, V) log P
-                   const uint8_t[::1] keep,         # IN  (M,) 0 = ignored row, or length 0 (all kept)
-                   double[::1] loss,                # OUT (M,) row sums
-                   floating[:, ::1] elem,           # OUT (M, V) or (0, 0)
-                   floating[:, ::1] dinput,         # OUT (M, V) or (0, 0)
-                   floating[:, ::1] dtarget,        # OUT (M, V) or (0, 0)
-                   double beta, double gscale, int n_threads):
-    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i, j
-    cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
-    cdef bint all_kept = keep.shape[0] == 0
-    cdef int mode = _js_mode(beta)
-    cdef floating b = <floating>beta, c = <floating>gscale
-    with nogil:
-        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            if not all_kept and keep[i] == 0:
-                loss[i] = 0.0
-                _zero_row(&elem[i, 0] if want_e else <floating *>NULL, v)
-                _zero_row(&dinput[i, 0] if want_dx else <floating *>NULL, v)
-                _zero_row(&dtarget[i, 0] if want_dt else <floating *>NULL, v)
-                continue
-            if mode == 2 and want_dx and not want_dt and not want_e:
-                # the common training case: loss and dinput from one evaluation per element
+cdef inline void _div_row(int which, bint bwd, const floating *dl, const floating *x, const floating *y, bint kept,
+                          Py_ssize_t v, bint lt, floating b, int mode, floating c, double *loss, floating *elem,
+                          floating *dx, floating *dy) noexcept nogil:
+    """One row of KL (which 0) or JS (which 1): forward (row loss; elementwise loss, gradients when their
+    pointers are not NULL) or backward (gradients times dl, dl NULL: 1). An ignored row (not kept) is 0."""
+    cdef Py_ssize_t j
+    if not kept:
+        if not bwd:
+            loss[0] = 0.0
+        _zero_row(elem, v)
+        _zero_row(dx, v)
+        _zero_row(dy, v)
+        return
+    if which == 1 and not bwd and mode == 2 and dx != NULL and dy == NULL and elem == NULL:
+        # the common training case: loss and dinput from one evaluation per element
+        if floating is float:
+            loss[0] = fn_js_fused_f(x, y, v, b, c, dx)
+        else:
+            loss[0] = fn_js_fused_d(x, y, v, b, c, dx)
+        return
+    if not bwd:
+        if floating is float:
+            loss[0] = fn_kl_sum_f(x, y, v, lt) if which == 0 else fn_js_sum_f(x, y, v, b, mode)
+        else:
+            loss[0] = fn_kl_sum_d(x, y, v, lt) if which == 0 else fn_js_sum_d(x, y, v, b, mode)
+        if elem != NULL:
+            for j in range(v):
                 if floating is float:
-                    loss[i] = fn_js_fused_f(&input[i, 0], &target[i, 0], v, b, c, &dinput[i, 0])
+                    elem[j] = fn_kl_elem_f(x[j], y[j], lt) if which == 0 else fn_jsm_elem_f(x[j], y[j], b, mode)
                 else:
-                    loss[i] = fn_js_fused_d(&input[i, 0], &target[i, 0], v, b, c, &dinput[i, 0])
-                continue
-            if floating is float:
-                loss[i] = fn_js_sum_f(&input[i, 0], &target[i, 0], v, b, mode)
-            else:
-                loss[i] = fn_js_sum_d(&input[i, 0], &target[i, 0], v, b, mode)
-            if want_e:
-                for j in range(v):
-                    if floating is float:
-                        elem[i, j] = fn_jsm_elem_f(input[i, j], target[i, j], b, mode)
-                    else:
-                        elem[i, j] = fn_jsm_elem_d(input[i, j], target[i, j], b, mode)
-            if want_dx or want_dt:
-                _js_grad_row(&input[i, 0], &target[i, 0], NULL, v, b, mode, c,
-                             &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
+                    elem[j] = fn_kl_elem_d(x[j], y[j], lt) if which == 0 else fn_jsm_elem_d(x[j], y[j], b, mode)
+    if dx == NULL and dy == NULL:
+        return
+    if which == 0:
+        _kl_grad_row(x, y, dl, v, lt, c, dx, dy)
+    elif floating is float:
+        fn_js_grad_row_f(x, y, dl, v, b, mode, c, dx, dy)
+    else:
+        fn_js_grad_row_d(x, y, dl, v, b, mode, c, dx, dy)
 
 
-def js_div_backward(const floating[:, ::1] dloss,   # IN  (M, V) elementwise dloss, or (0, 0): all ones
-                    const floating[:, ::1] input,   # IN  (M, V)
-                    const floating[:, ::1] target,  # IN  (M, V)
-                    const uint8_t[::1] keep,        # IN  (M,) or length 0
-                    floating[:, ::1] dinput,        # OUT (M, V) or (0, 0)
-                    floating[:, ::1] dtarget,       # OUT (M, V) or (0, 0)
-                    double beta, double scale, int n_threads):
+cdef inline floating *_row_or_null(floating[:, ::1] a, Py_ssize_t i) noexcept nogil:
+    return &a[i, 0] if a.shape[0] > 0 else NULL
+
+
+def _div_full(int which, bint bwd,
+              const floating[:, ::1] dloss,    # IN  (M, V) elementwise dloss (backward), or (0, 0): all ones
+              const floating[:, ::1] input,    # IN  (M, V) log q
+              const floating[:, ::1] target,   # IN  (M, V) p (or log p; JS: log P)
+              const uint8_t[::1] keep,         # IN  (M,) 0 = ignored row, or length 0 (all kept)
+              double[::1] loss,                # OUT (M,) row sums (forward)
+              floating[:, ::1] elem,           # OUT (M, V) elementwise loss, or (0, 0)
+              floating[:, ::1] dinput,         # OUT (M, V) scale * dsum/dinput, or (0, 0)
+              floating[:, ::1] dtarget,        # OUT (M, V) scale * dsum/dtarget, or (0, 0)
+              bint log_target, double beta, double scale, int n_threads):
     cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i
-    cdef bint want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0, has_dl = dloss.shape[0] > 0
-    cdef bint all_kept = keep.shape[0] == 0
+    cdef bint all_kept = keep.shape[0] == 0, has_dl = dloss.shape[0] > 0
     cdef int mode = _js_mode(beta)
     cdef floating b = <floating>beta, c = <floating>scale
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
-            if not all_kept and keep[i] == 0:
-                _zero_row(&dinput[i, 0] if want_dx else <floating *>NULL, v)
-                _zero_row(&dtarget[i, 0] if want_dt else <floating *>NULL, v)
-                continue
-            _js_grad_row(&input[i, 0], &target[i, 0], &dloss[i, 0] if has_dl else NULL, v, b, mode, c,
-                         &dinput[i, 0] if want_dx else NULL, &dtarget[i, 0] if want_dt else NULL)
+            _div_row(which, bwd, &dloss[i, 0] if has_dl else NULL, &input[i, 0], &target[i, 0],
+                     all_kept or keep[i] != 0, v, log_target, b, mode, c, &loss[i] if not bwd else NULL,
+                     _row_or_null(elem, i), _row_or_null(dinput, i), _row_or_null(dtarget, i))
+
+
+def _div_half(int which, bint bwd, const uint16_t[:, ::1] dloss, const uint16_t[:, ::1] input,
+              const uint16_t[:, ::1] target, const uint8_t[::1] keep, double[::1] loss, uint16_t[:, ::1] elem,
+              uint16_t[:, ::1] dinput, uint16_t[:, ::1] dtarget, int fmt, bint log_target, double beta,
+              double scale, int n_threads):
+    """``_div_full`` on 16-bit rows: inputs widened into a thread's float32 rows, the float32 row code run,
+    each output row rounded once."""
+    cdef Py_ssize_t m = input.shape[0], v = input.shape[1], i
+    cdef bint all_kept = keep.shape[0] == 0, has_dl = dloss.shape[0] > 0
+    cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
+    cdef int mode = _js_mode(beta)
+    cdef float b = <float>beta, c = <float>scale
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), 6 * v), np.float32)
+    cdef float *xb
+    if m == 0:
+        return
+    with nogil:
+        for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
+            xb = &buf[threadid(), 0]
+            fn_half_load(fmt, &input[i, 0], xb, v)
+            fn_half_load(fmt, &target[i, 0], xb + v, v)
+            if has_dl:
+                fn_half_load(fmt, &dloss[i, 0], xb + 2 * v, v)
+            _div_row(which, bwd, xb + 2 * v if has_dl else NULL, xb, xb + v, all_kept or keep[i] != 0, v, log_target,
+                     b, mode, c, &loss[i] if not bwd else NULL, xb + 3 * v if want_e else NULL,
+                     xb + 4 * v if want_dx else NULL, xb + 5 * v if want_dt else NULL)
+            if want_e:
+                fn_half_store(fmt, xb + 3 * v, &elem[i, 0], v)
+            if want_dx:
+                fn_half_store(fmt, xb + 4 * v, &dinput[i, 0], v)
+            if want_dt:
+                fn_half_store(fmt, xb + 5 * v, &dtarget[i, 0], v)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+# Every kernel takes its arrays in their real dtypes; 16-bit data (ml_dtypes.bfloat16, float16) goes on to the
+# ``_*_half`` kernels as uint16 views with its format code; parameters of 16-bit inputs arrive in float32.
+_HALF_FORMAT = {np.dtype(k): v for k, v in HALF_FORMAT.items()}
+_NO_KEEP = np.empty(0, np.uint8)
+_NO_LOSS = np.empty(0, np.float64)
+
+
+cdef inline int _fmt(a) except -2:
+    """The 16-bit format code of an array's dtype, -1 for float32/float64."""
+    return _HALF_FORMAT.get(a.dtype, -1)
+
+
+cdef inline object _bits(a):
+    return a.view(np.uint16)
+
+
+cdef inline object _none2(a):
+    """An absent (0, 0) row array of a's dtype (a fresh, writeable one)."""
+    return np.empty((0, 0), a.dtype)
+
+
+def softmax_cross_entropy_forward(logits, target, target_prob, weight, gscale, grad, loss, lse,
+                                  int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    """Row losses (unreduced, weighted) and log-sum-exp of logits (M, V); with ``grad`` (M, V) (may be
+    logits) also the gradient of sum_i gscale_i * loss_i written in the same pass. target (M,) class indices
+    or length 0, target_prob (M, V) or (0, 0), weight (V,) or length 0 (float32 for 16-bit logits), gscale
+    (M,), (1,) broadcast or length 0; loss, lse (M,) float64. Targets must be in range or ``ignore_index``."""
+    cdef int fmt = _fmt(logits)
+    if fmt < 0:
+        _ce_fwd_full(logits, target, target_prob, weight, gscale, grad, loss, lse, ignore_index, label_smoothing,
+                     weight_sum, n_threads)
+    else:
+        _ce_half(False, _bits(logits), target, _bits(target_prob), weight, gscale, _NO_LOSS, _bits(grad), loss, lse,
+                 fmt, ignore_index, label_smoothing, weight_sum, n_threads)
+
+
+def softmax_cross_entropy_backward(logits, target, target_prob, weight, lse, gscale, grad,
+                                   int64_t ignore_index, double label_smoothing, double weight_sum, int n_threads):
+    """grad_i = gscale_i * dloss_i/dlogits_i (M, V) from the forward's log-sum-exp (one read of the row)."""
+    cdef int fmt = _fmt(logits)
+    if fmt < 0:
+        _ce_bwd_full(logits, target, target_prob, weight, lse, gscale, grad, ignore_index, label_smoothing,
+                     weight_sum, n_threads)
+    else:
+        _ce_half(True, _bits(logits), target, _bits(target_prob), weight, gscale, lse, _bits(grad), _NO_LOSS,
+                 _NO_LOSS, fmt, ignore_index, label_smoothing, weight_sum, n_threads)
+
+
+def entropy_forward(p, h, double inv_log_base, int n_threads):
+    """h (M,) = entropy of each row of p (M, V) / log(base)."""
+    cdef int fmt = _fmt(p)
+    if fmt < 0:
+        _entropy_fwd_full(p, h, inv_log_base, n_threads)
+    else:
+        _entropy_half(np.empty(0, np.uint16), _bits(p), _bits(h), np.empty((0, 0), np.uint16), fmt, inv_log_base,
+                      n_threads)
+
+
+def entropy_backward(dh, p, dp, double inv_log_base, int n_threads):
+    """dp (M, V) = dh_i * d entropy_i / dp (dh (M,))."""
+    cdef int fmt = _fmt(p)
+    if fmt < 0:
+        _entropy_bwd_full(dh, p, dp, inv_log_base, n_threads)
+    else:
+        _entropy_half(_bits(dh), _bits(p), np.empty(0, np.uint16), _bits(dp), fmt, inv_log_base, n_threads)
+
+
+def _div(int which, bint bwd, dloss, input, target, keep, loss, elem, dinput, dtarget, bint log_target,
+         double beta, double scale, int n_threads):
+    cdef int fmt = _fmt(input)
+    if fmt < 0:
+        _div_full(which, bwd, dloss, input, target, keep, loss, elem, dinput, dtarget, log_target, beta, scale,
+                  n_threads)
+    else:
+        _div_half(which, bwd, _bits(dloss), _bits(input), _bits(target), keep, loss, _bits(elem), _bits(dinput),
+                  _bits(dtarget), fmt, log_target, beta, scale, n_threads)
+
+
+def kl_div_forward(input, target, loss, elem, dinput, dtarget, bint log_target, double gscale, int n_threads):
+    """IN input (log q), target (M, V); OUT loss (M,) float64 row sums, elem / dinput / dtarget (M, V) or (0, 0)
+    (the gradients of gscale * sum(loss))."""
+    _div(0, False, _none2(input), input, target, _NO_KEEP, loss, elem, dinput, dtarget, log_target, 0.0, gscale,
+         n_threads)
+
+
+def kl_div_backward(dloss, input, target, dinput, dtarget, bint log_target, double scale, int n_threads):
+    """IN dloss (M, V) or (0, 0) (all ones), input, target; OUT dinput, dtarget (M, V) or (0, 0)."""
+    _div(0, True, dloss, input, target, _NO_KEEP, _NO_LOSS, _none2(input), dinput, dtarget, log_target, 0.0, scale,
+         n_threads)
+
+
+def js_div_forward(input, target, keep, loss, elem, dinput, dtarget, double beta, double gscale, int n_threads):
+    """IN input (log Q), target (log P) (M, V), keep (M,) uint8 or length 0; OUT as ``kl_div_forward``."""
+    _div(1, False, _none2(input), input, target, keep, loss, elem, dinput, dtarget, False, beta, gscale, n_threads)
+
+
+def js_div_backward(dloss, input, target, keep, dinput, dtarget, double beta, double scale, int n_threads):
+    """IN dloss (M, V) or (0, 0), input, target, keep; OUT dinput, dtarget (M, V) or (0, 0)."""
+    _div(1, True, dloss, input, target, keep, _NO_LOSS, _none2(input), dinput, dtarget, False, beta, scale,
+         n_threads)
