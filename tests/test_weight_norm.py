@@ -93,6 +93,45 @@ def test_kernels_match_reference_larger(rng, threads, dtype, shape, dim):
     _check_kernels(*_make(rng, shape, dim, dtype), dim)
 
 
+# Shapes past one FLAT chunk (32768 elements): rows cut by chunk edges (ROWS at 1 thread, FLAT at 2-3 with
+# few rows), dim=None, FLAT with A > 1, and COLS with several chunks.
+THREAD_CASES = [
+    ((3, 50001), 0),
+    ((5, 40000), 0),
+    ((130001,), None),
+    ((7, 9, 2100), None),
+    ((3, 7, 5000), 1),
+    ((70001, 3), -1),
+    ((9000, 4, 3), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,dim", THREAD_CASES)
+def test_bitwise_same_for_every_thread_count(rng, dtype, shape, dim):
+    v, g, dw = _make(rng, shape, dim, dtype)
+    old = fastnorm.get_num_threads()
+    runs = []
+    try:
+        for nt in (1, 2, 3):
+            fastnorm.set_num_threads(nt)
+            w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
+            runs.append((w, n, *fastnorm.weight_norm_backward(dw, v, g, n, dim=dim)))
+    finally:
+        fastnorm.set_num_threads(old)
+    for run in runs[1:]:
+        for a, b, name in zip(runs[0], run, ("w", "norm", "dv", "dg"), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    _check_kernels(v, g, dw, dim)
+
+
+def test_thread_cases_cover_rows_flat_and_cols():
+    view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
+    plans = {(nt, norms._weight_norm_plan(CPU, view(s, d), nt, False, np.float32)[0]) for s, d in THREAD_CASES
+             for nt in (1, 2)}
+    assert {(1, norms._WN_ROWS), (2, norms._WN_FLAT), (1, norms._WN_FLAT), (2, norms._WN_COLS)} <= plans
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_large_offset(rng, threads, dtype):
     v, g, dw = _make(rng, (6, 33), 0, dtype)

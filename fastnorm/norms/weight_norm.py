@@ -55,15 +55,10 @@ def _weight_norm_view(op: str, shape: tuple, dim) -> tuple[tuple, tuple[int, int
 
 def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: bool, dtype):
     """(mode, part, fac): the kernel plan and its scratch (see the kernel module's docstring)."""
-    a, d, b = adb
-    if a == 1 and (n_threads == 1 or d >= 4 * n_threads or b < 16):
-        return _WN_ROWS, be.empty((0, 0), np.float64), be.empty((0, 0) if backward else (0,), dtype)
-    if b >= 16 or a < n_threads:
-        mode, n_chunks, width = _WN_FLAT, n_threads, d
-    else:
-        mode, n_chunks, width = _WN_COLS, min(n_threads, a), d * b
-    fac = be.empty((2, width) if backward else (width,), dtype)
-    return mode, be.empty((n_chunks, width), np.float64), fac
+    from fastnorm._kernels.cpu import weight_norm_plan  # a function of the shape: the CPU kernels' plan
+
+    mode, part_shape, fac_shape = weight_norm_plan(*adb, n_threads, backward)
+    return mode, be.empty(part_shape, np.float64), be.empty(fac_shape, dtype)
 
 
 def weight_norm_forward(

@@ -33,15 +33,8 @@ cpu_only = pytest.mark.skipif(SIM, reason="CPU contract: runs in the ordinary (n
 
 FLOATS = (np.float32, np.float64)
 
-# Ops whose results depend on the thread count today, as (case, options id) -> reason.
-_WN = (
-    "weight_norm: with one slice (A == 1) 2 threads take the FLAT plan and 1 thread the ROWS plan, which sum "
-    "in a different order (the docstring promises reproducibility per thread count only)"
-)
-NOT_THREAD_INVARIANT = {
-    ("weight_norm_dim0", "dim=0"): _WN,
-    ("weight_norm_dim_none", "dim=None"): _WN,
-}
+# Ops whose results depend on the thread count today, as (case, options id) -> reason (none).
+NOT_THREAD_INVARIANT: dict[tuple[str, str], str] = {}
 
 
 def _ids(*parts):

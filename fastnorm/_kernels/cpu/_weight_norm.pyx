@@ -1,17 +1,20 @@
 """WeightNorm and CosineNorm (cosine_linear) CPU kernels.
 
 WeightNorm works on an (A, D, B) view of v: D = v.shape[dim], A / B the products of the dims before / after
-it (dim=None: A = D = 1). The norm of slice d is over a in [0, A), b in [0, B). Three plans (the public
-layer picks one, ``mode``, and sizes the scratch for it):
-- WN_ROWS (A == 1: dim is the first axis, the common case): each slice is one contiguous row; OpenMP
-  static over rows, the row's sum is taken and the row written while it is in cache (one memory pass).
-- WN_FLAT (long rows, B >= 16, e.g. dim=None): the (A*D, B) rows are cut into n_chunks contiguous pieces
-  of the flat array; piece c adds each row segment's sum into part[c, d]; then part is summed over c in
-  fixed order; then a second pass writes the output.
-- WN_COLS (short rows, e.g. dim the last axis): a in [0, A) cut into n_chunks; chunk c adds v[a, :, :]^2
-  elementwise into part[c, :] (length D*B, vectorized), summed over c and b at the end; then a second
-  pass writes w[a, :] = v[a, :] * fac[:] with the factor expanded to D*B.
-Every sum is in float64 and reduced in a fixed order: bitwise reproducible for a given thread count.
+it (dim=None: A = D = 1). The norm of slice d is over a in [0, A), b in [0, B). Three plans;
+``weight_norm_plan`` picks one (``mode``) and the scratch shapes:
+- WN_ROWS (A == 1: dim is the first axis, the common case, and dim=None with one thread): each slice is one
+  contiguous row; OpenMP static over rows, the row's sum is taken and the row written while it is in cache.
+- WN_FLAT (long rows, B >= 16, or A == 1 with too few rows for the threads, e.g. dim=None): the flat array
+  is cut into ``flat_chunks`` contiguous chunks; chunk c adds each row segment's sum into part[c, d]; part
+  is summed over c in fixed order; a second pass writes the output, each thread on its own chunks (read
+  back from its cache when they fit).
+- WN_COLS (short rows after dim, A > 1, e.g. dim the last axis): a in [0, A) cut into ``cols_chunks``
+  chunks; chunk c adds v[a, :, :]^2 elementwise into part[c, :] (length D*B, vectorized), summed over c and
+  b at the end; then w[a, :] = v[a, :] * fac[:] with the factor expanded to D*B.
+Bitwise the same for every thread count: the chunk counts depend on the shape only, the COLS/FLAT choice
+too, and a ROWS row is summed in the pieces FLAT's chunk edges cut it into, added in order (exactly FLAT's
+sum when A == 1), so ROWS and FLAT, which the thread count chooses between, agree. Sums are in float64.
 
 CosineLinear: the matrix products are BLAS calls made by the public layer; these kernels are the rest:
 row norms and the output scaling (forward), the scaled gradient G and the norm-correction coefficients
@@ -33,6 +36,11 @@ cdef enum:
     WN_ROWS = 0
     WN_FLAT = 1
     WN_COLS = 2
+    # Elements per chunk of the FLAT / COLS plans (chunk edges are a function of the shape only).
+    WN_CHUNK = 32768
+    WN_COLS_MAX_CHUNKS = 64
+    # Most float64 partial-sum scratch (bytes): fewer, longer chunks beyond it.
+    WN_PART_BYTES = 16 << 20
 
 
 cdef inline double _sumsq(const floating *x, Py_ssize_t n) noexcept nogil:
@@ -50,10 +58,43 @@ cdef inline double _dot(const floating *a, const floating *b, Py_ssize_t n) noex
         return fn_dot_d(a, b, n)
 
 
+cdef inline double _piece(const floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
+    """sum(a * b), sum(a * a) when b is NULL."""
+    return _sumsq(a, n) if b == NULL else _dot(a, b, n)
+
+
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, Py_ssize_t n_chunks, Py_ssize_t c) noexcept nogil:
     """First index of chunk c when m items are cut into n_chunks contiguous chunks."""
     cdef Py_ssize_t step = (m + n_chunks - 1) // n_chunks
     return min(m, c * step)
+
+
+cdef inline Py_ssize_t _flat_chunks(Py_ssize_t total, Py_ssize_t D) noexcept nogil:
+    """Chunks of the FLAT plan (and the pieces a ROWS row is summed in): a function of the shape only."""
+    return max(1, min((total + WN_CHUNK - 1) // WN_CHUNK, WN_PART_BYTES // (8 * D)))
+
+
+cdef inline Py_ssize_t _cols_chunks(Py_ssize_t A, Py_ssize_t P) noexcept nogil:
+    """Chunks of a in [0, A) of the COLS plan (rows of P): a function of the shape only."""
+    return max(1, min(min(A, <Py_ssize_t>WN_COLS_MAX_CHUNKS), min(A * P // WN_CHUNK, WN_PART_BYTES // (8 * P))))
+
+
+def weight_norm_plan(Py_ssize_t a, Py_ssize_t d, Py_ssize_t b, int n_threads, bint backward):
+    """(mode, part shape, fac shape) for an (a, d, b) view of v: the plan (see the module docstring) and its
+    scratch, float64 partial sums ``part`` and the per-slice factors ``fac`` (v's compute dtype).
+
+    Only the ROWS/FLAT choice depends on n_threads, and those two plans give the same bits.
+    """
+    cdef Py_ssize_t nc = 0, width = 0
+    cdef int mode = WN_ROWS
+    if a == 1 and (b < 16 or n_threads <= 1 or d >= 4 * n_threads):
+        pass
+    elif a == 1 or b >= 16:
+        mode, nc, width = WN_FLAT, _flat_chunks(a * d * b, d), d
+    else:
+        mode, nc, width = WN_COLS, _cols_chunks(a, d * b), d * b
+    cdef object w = width
+    return mode, (nc, w), ((2, w) if backward else (w,))
 
 
 cdef inline void _scale_row(const floating *v, floating *w, floating f, Py_ssize_t n) noexcept nogil:
@@ -70,19 +111,63 @@ cdef inline void _axpby_row(const floating *dw, const floating *v, floating *dv,
         dv[j] = c1 * dw[j] - c2 * v[j]
 
 
+cdef inline void _out_row(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                          Py_ssize_t n) noexcept nogil:
+    """out = f1 * a (forward: b NULL) or f1 * a - f2 * b (backward)."""
+    if b == NULL:
+        _scale_row(a, out, f1, n)
+    else:
+        _axpby_row(a, b, out, f1, f2, n)
+
+
 # -------------------------------------------------------------------------------------- WeightNorm, shared
+cdef inline void _slice_coefs(double s, floating g, const floating *norm, floating *stat, floating *f1,
+                              floating *f2) noexcept nogil:
+    """A slice's factors from its sum s. Forward (norm NULL): s = sum(v^2), stat = norm = sqrt(s),
+    f1 = g / norm. Backward: s = dot = sum(dw * v), stat = dg = dot / norm, f1 = g / norm,
+    f2 = g * dot / norm^3 (dv = f1 * dw - f2 * v)."""
+    cdef double nd
+    if norm == NULL:
+        stat[0] = <floating>sqrt(s)
+        f1[0] = g / stat[0]
+    else:
+        nd = norm[0]
+        stat[0] = <floating>(s / nd)
+        f1[0] = <floating>(g / nd)
+        f2[0] = <floating>(g * s / (nd * nd * nd))
+
+
+cdef inline double _cut_sum(const floating *a, const floating *b, Py_ssize_t lo, Py_ssize_t hi,
+                            Py_ssize_t step) noexcept nogil:
+    """Sum over the flat range [lo, hi) of a*b (a*a when b is NULL), in pieces cut at the multiples of step
+    and added in order: the FLAT plan's sum of a slice when A == 1."""
+    cdef double s = 0.0
+    cdef Py_ssize_t e
+    while lo < hi:
+        e = min(hi, (lo // step + 1) * step)
+        s += _piece(a + lo, NULL if b == NULL else b + lo, e - lo)
+        lo = e
+    return s
+
+
+cdef inline void _rows_one(const floating *a, const floating *b, const floating *g, const floating *norm,
+                           floating *out, floating *stat, Py_ssize_t d, Py_ssize_t B,
+                           Py_ssize_t step) noexcept nogil:
+    """ROWS plan, row d: its sum, its factors, its output row (while the row is in cache)."""
+    cdef floating f1, f2 = 0
+    _slice_coefs(_cut_sum(a, b, d * B, (d + 1) * B, step), g[d], NULL if norm == NULL else norm + d, stat + d,
+                 &f1, &f2)
+    _out_row(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, B)
+
+
 cdef inline void _flat_piece_sums(const floating *a, const floating *b, double *part, Py_ssize_t lo,
                                   Py_ssize_t hi, Py_ssize_t D, Py_ssize_t B) noexcept nogil:
     """part[d] += sum over the flat range [lo, hi) of a*b (a*a when b is NULL), d = (index // B) % D."""
-    cdef Py_ssize_t r, s, e
+    cdef Py_ssize_t r, e
     while lo < hi:
         r = lo // B
-        s = lo
         e = min(hi, (r + 1) * B)
-        if b == NULL:
-            part[r % D] += _sumsq(a + s, e - s)
-        else:
-            part[r % D] += _dot(a + s, b + s, e - s)
+        part[r % D] += _piece(a + lo, NULL if b == NULL else b + lo, e - lo)
         lo = e
 
 
@@ -122,18 +207,6 @@ cdef inline void _chunk_sums(const floating *a, const floating *b, double *part,
         _cols_chunk_sums(a, b, part, _chunk_start(A, n_chunks, c), _chunk_start(A, n_chunks, c + 1), P)
 
 
-cdef void _partial_sums(const floating *a, const floating *b, double *part, Py_ssize_t n_chunks, Py_ssize_t P,
-                        Py_ssize_t A, Py_ssize_t D, Py_ssize_t B, int mode, int n_threads) noexcept nogil:
-    """part is (n_chunks, P), row c filled by chunk c."""
-    cdef Py_ssize_t c
-    if n_threads <= 1:
-        for c in range(n_chunks):
-            _chunk_sums(a, b, part + c * P, A, D, B, P, n_chunks, c, mode)
-    else:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
-            _chunk_sums(a, b, part + c * P, A, D, B, P, n_chunks, c, mode)
-
-
 cdef inline double _reduced(const double *part, Py_ssize_t n_chunks, Py_ssize_t P, Py_ssize_t d, Py_ssize_t B,
                             int mode) noexcept nogil:
     """Slice d's total from the (n_chunks, P) partials, in fixed order (chunks, then b)."""
@@ -148,6 +221,26 @@ cdef inline double _reduced(const double *part, Py_ssize_t n_chunks, Py_ssize_t 
     return s
 
 
+cdef inline void _slice_fac(const double *part, Py_ssize_t n_chunks, Py_ssize_t P, const floating *g,
+                            const floating *norm, floating *stat, floating *f1, floating *f2, Py_ssize_t d,
+                            Py_ssize_t B, int mode) noexcept nogil:
+    """Slice d's statistic and factors (f2 NULL: forward) from the partials; COLS: expanded to B columns."""
+    cdef floating c1, c2 = 0
+    cdef Py_ssize_t b
+    _slice_coefs(_reduced(part, n_chunks, P, d, B, mode), g[d], NULL if norm == NULL else norm + d, stat + d,
+                 &c1, &c2)
+    if mode == WN_FLAT:
+        f1[d] = c1
+        if f2 != NULL:
+            f2[d] = c2
+    else:
+        for b in range(B):
+            f1[d * B + b] = c1
+        if f2 != NULL:
+            for b in range(B):
+                f2[d * B + b] = c2
+
+
 cdef inline void _apply_chunk(const floating *a, const floating *b, floating *out, const floating *f1,
                               const floating *f2, Py_ssize_t A, Py_ssize_t D, Py_ssize_t B,
                               Py_ssize_t n_chunks, Py_ssize_t c, int mode) noexcept nogil:
@@ -157,28 +250,13 @@ cdef inline void _apply_chunk(const floating *a, const floating *b, floating *ou
         lo = _chunk_start(total, n_chunks, c)
         hi = _chunk_start(total, n_chunks, c + 1)
         while lo < hi:
-            r = lo // B
-            e = min(hi, (r + 1) * B)
-            if b == NULL:
-                _scale_row(a + lo, out + lo, f1[r % D], e - lo)
-            else:
-                _axpby_row(a + lo, b + lo, out + lo, f1[r % D], f2[r % D], e - lo)
+            r = (lo // B) % D
+            e = min(hi, (lo // B + 1) * B)
+            _out_row(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], e - lo)
             lo = e
     else:
         for i in range(_chunk_start(A, n_chunks, c), _chunk_start(A, n_chunks, c + 1)):
             _cols_apply_row(a + i * P, NULL if b == NULL else b + i * P, out + i * P, f1, f2, P)
-
-
-cdef void _apply(const floating *a, const floating *b, floating *out, const floating *f1, const floating *f2,
-                 Py_ssize_t A, Py_ssize_t D, Py_ssize_t B, Py_ssize_t n_chunks, int mode,
-                 int n_threads) noexcept nogil:
-    cdef Py_ssize_t c
-    if n_threads <= 1:
-        for c in range(n_chunks):
-            _apply_chunk(a, b, out, f1, f2, A, D, B, n_chunks, c, mode)
-    else:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads):
-            _apply_chunk(a, b, out, f1, f2, A, D, B, n_chunks, c, mode)
 
 
 cdef inline void _cols_apply_row(const floating *a, const floating *b, floating *out, const floating *f1,
@@ -192,20 +270,25 @@ cdef inline void _cols_apply_row(const floating *a, const floating *b, floating 
             out[j] = f1[j] * a[j] - f2[j] * b[j]
 
 
-# ------------------------------------------------------------------------------------------ WeightNorm rows
-cdef inline void _wn_fwd_row(const floating *v, floating g, floating *w, floating *norm,
-                             Py_ssize_t n) noexcept nogil:
-    cdef floating nrm = <floating>sqrt(_sumsq(v, n))
-    norm[0] = nrm
-    _scale_row(v, w, g / nrm, n)
-
-
-cdef inline void _wn_bwd_row(const floating *dw, const floating *v, floating g, floating nrm, floating *dv,
-                             floating *dg, Py_ssize_t n) noexcept nogil:
-    # dv = g/norm * dw - g*dot/norm^3 * v,  dg = dot / norm
-    cdef double dot = _dot(dw, v, n), nd = nrm
-    dg[0] = <floating>(dot / nd)
-    _axpby_row(dw, v, dv, <floating>(g / nd), <floating>(g * dot / (nd * nd * nd)), n)
+cdef void _weight_norm(const floating *a, const floating *b, const floating *g, const floating *norm,
+                       floating *out, floating *stat, double *part, floating *f1, floating *f2, Py_ssize_t A,
+                       Py_ssize_t D, Py_ssize_t B, Py_ssize_t nc, Py_ssize_t P, int mode,
+                       int n_threads) noexcept nogil:
+    """Forward (b, norm NULL: a = v, stat = norm) or backward (a = dw, b = v, stat = dg) of every plan."""
+    cdef Py_ssize_t d, c, step
+    cdef bint par = n_threads > 1
+    if mode == WN_ROWS:
+        step = (D * B + _flat_chunks(D * B, D) - 1) // _flat_chunks(D * B, D)
+        for d in prange(D, schedule="static", num_threads=n_threads, use_threads_if=par):
+            _rows_one(a, b, g, norm, out, stat, d, B, step)
+        return
+    for c in prange(nc, schedule="static", chunksize=1, num_threads=n_threads, use_threads_if=par):
+        _chunk_sums(a, b, part + c * P, A, D, B, P, nc, c, mode)
+    for d in prange(D, schedule="static", num_threads=n_threads, use_threads_if=par and D * nc >= 65536):
+        _slice_fac(part, nc, P, g, norm, stat, f1, f2, d, B, mode)
+    # The same static chunk -> thread map as the sums: a thread re-reads its own chunks (from cache if they fit).
+    for c in prange(nc, schedule="static", chunksize=1, num_threads=n_threads, use_threads_if=par):
+        _apply_chunk(a, b, out, f1, f2, A, D, B, nc, c, mode)
 
 
 # ------------------------------------------------------------------------------------- WeightNorm entries
@@ -216,38 +299,17 @@ def weight_norm_forward(const floating[:, :, ::1] v,      # IN  (A, D, B)
                         double[:, ::1] part,              # SCRATCH (n_chunks, D) FLAT, (n_chunks, D*B) COLS
                         floating[::1] fac,                # SCRATCH (D,) FLAT, (D*B,) COLS, else length 0
                         int mode, int n_threads):
-    cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2], d, b
-    cdef Py_ssize_t nc = part.shape[0], P = part.shape[1]
-    cdef floating f
-    cdef const floating *vp
-    cdef floating *wp
+    """Scratch and mode from ``weight_norm_plan``."""
+    cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2]
     if D == 0:
         return
     if A == 0 or B == 0:
         norm[:] = 0.0
         return
-    vp = &v[0, 0, 0]
-    wp = &w[0, 0, 0]
     with nogil:
-        if mode == WN_ROWS:
-            if n_threads <= 1:
-                for d in range(D):
-                    _wn_fwd_row(vp + d * B, g[d], wp + d * B, &norm[d], B)
-            else:
-                for d in prange(D, schedule="static", num_threads=n_threads):
-                    _wn_fwd_row(vp + d * B, g[d], wp + d * B, &norm[d], B)
-        else:
-            _partial_sums(vp, <const floating *>NULL, &part[0, 0], nc, P, A, D, B, mode, n_threads)
-            for d in range(D):
-                norm[d] = <floating>sqrt(_reduced(&part[0, 0], nc, P, d, B, mode))
-                f = g[d] / norm[d]
-                if mode == WN_FLAT:
-                    fac[d] = f
-                else:
-                    for b in range(B):
-                        fac[d * B + b] = f
-            _apply(vp, <const floating *>NULL, wp, &fac[0], <const floating *>NULL, A, D, B, nc, mode,
-                   n_threads)
+        _weight_norm(&v[0, 0, 0], NULL, &g[0], NULL, &w[0, 0, 0], &norm[0],
+                     &part[0, 0] if mode != WN_ROWS else NULL, &fac[0] if mode != WN_ROWS else NULL, NULL,
+                     A, D, B, part.shape[0], part.shape[1], mode, n_threads)
 
 
 def weight_norm_backward(const floating[:, :, ::1] dw,    # IN  (A, D, B)
@@ -259,45 +321,18 @@ def weight_norm_backward(const floating[:, :, ::1] dw,    # IN  (A, D, B)
                          double[:, ::1] part,             # SCRATCH as in the forward
                          floating[:, ::1] fac,            # SCRATCH (2, D) FLAT, (2, D*B) COLS, else (0, 0)
                          int mode, int n_threads):
-    cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2], d, b
-    cdef Py_ssize_t nc = part.shape[0], P = part.shape[1]
-    cdef double dot, nd
-    cdef floating c1, c2
-    cdef const floating *dwp
-    cdef const floating *vp
-    cdef floating *dvp
+    """Scratch and mode from ``weight_norm_plan``."""
+    cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2]
     if D == 0:
         return
     if A == 0 or B == 0:
         dg[:] = 0.0
         return
-    dwp = &dw[0, 0, 0]
-    vp = &v[0, 0, 0]
-    dvp = &dv[0, 0, 0]
     with nogil:
-        if mode == WN_ROWS:
-            if n_threads <= 1:
-                for d in range(D):
-                    _wn_bwd_row(dwp + d * B, vp + d * B, g[d], norm[d], dvp + d * B, &dg[d], B)
-            else:
-                for d in prange(D, schedule="static", num_threads=n_threads):
-                    _wn_bwd_row(dwp + d * B, vp + d * B, g[d], norm[d], dvp + d * B, &dg[d], B)
-        else:
-            _partial_sums(dwp, vp, &part[0, 0], nc, P, A, D, B, mode, n_threads)
-            for d in range(D):
-                dot = _reduced(&part[0, 0], nc, P, d, B, mode)
-                nd = norm[d]
-                dg[d] = <floating>(dot / nd)
-                c1 = <floating>(g[d] / nd)
-                c2 = <floating>(g[d] * dot / (nd * nd * nd))
-                if mode == WN_FLAT:
-                    fac[0, d] = c1
-                    fac[1, d] = c2
-                else:
-                    for b in range(B):
-                        fac[0, d * B + b] = c1
-                        fac[1, d * B + b] = c2
-            _apply(dwp, vp, dvp, &fac[0, 0], &fac[1, 0], A, D, B, nc, mode, n_threads)
+        _weight_norm(&dw[0, 0, 0], &v[0, 0, 0], &g[0], &norm[0], &dv[0, 0, 0], &dg[0],
+                     &part[0, 0] if mode != WN_ROWS else NULL, &fac[0, 0] if mode != WN_ROWS else NULL,
+                     &fac[1, 0] if mode != WN_ROWS else NULL, A, D, B, part.shape[0], part.shape[1], mode,
+                     n_threads)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
