@@ -62,50 +62,31 @@ def _running(c, dtype=np.float32):
 ROW_SHAPES = [((0, 4), 1), ((3, 0), 1), ((2, 0, 3), 1), ((2, 3, 0), 2), ((0,), 1), ((0, 0), 2), ((3, 0, 0), 1)]
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, k", ROW_SHAPES)
 @pytest.mark.parametrize("affine", [False, True])
-def test_layer_norm_empty(shape, k, affine, dtype):
+def test_row_norm_empty(op, shape, k, affine, dtype):
     x = np.zeros(shape, dtype)
     lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
-    w = np.ones(norm, dtype) if affine else None
-    b = np.full(norm, 0.5, dtype) if affine else None
-    tmpl = (x, np.empty(lead, dtype), np.empty(lead, dtype))
-    y, mean, rstd = _call(fastnorm.layer_norm_forward, dict(x=x, weight=w, bias=b), dict(normalized_ndim=k), tmpl)
+    params = {"weight": np.ones(norm, dtype) if affine else None}
+    if op == "layer_norm":
+        params["bias"] = np.full(norm, 0.5, dtype) if affine else None
+    stats = ("mean", "rstd") if op == "layer_norm" else ("rstd",)
+    opts = dict(normalized_ndim=k)
+    tmpl = (x, *(np.empty(lead, dtype) for _ in stats))
+    y, *saved = _call(getattr(fastnorm, f"{op}_forward"), dict(x=x, **params), opts, tmpl)
     assert y.shape == shape
-    _expect(mean, 0.0, lead)
-    _expect(rstd, np.nan, lead)
-    _same_as_reference((y, mean, rstd), R.layer_norm_forward(x, w, b, normalized_ndim=k))
-    tmpl = (x, w, b)
-    dx, dw, db = _call(
-        fastnorm.layer_norm_backward,
-        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
-        dict(normalized_ndim=k),
-        tmpl,
-    )
-    assert dx.shape == shape
+    for name, a in zip(stats, saved, strict=True):
+        _expect(a, 0.0 if name == "mean" else np.nan, lead)
+    _same_as_reference((y, *saved), getattr(R, f"{op}_forward")(x, **params, **opts))
+    saved = dict(zip(stats, saved, strict=True))
+    grads = _call(getattr(fastnorm, f"{op}_backward"), dict(dy=x, x=x, **saved, **params), opts, (x, *params.values()))
+    assert grads[0].shape == shape
     if affine:
-        _expect(dw, 0.0, norm)
-        _expect(db, 0.0, norm)
-    _same_as_reference((dx, dw, db), R.layer_norm_backward(x, x, mean, rstd, w, b, normalized_ndim=k))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, k", ROW_SHAPES)
-@pytest.mark.parametrize("affine", [False, True])
-def test_rms_norm_empty(shape, k, affine, dtype):
-    x = np.zeros(shape, dtype)
-    lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
-    w = np.ones(norm, dtype) if affine else None
-    y, rstd = _call(fastnorm.rms_norm_forward, dict(x=x, weight=w), dict(normalized_ndim=k), (x, np.empty(lead, dtype)))
-    assert y.shape == shape
-    _expect(rstd, np.nan, lead)
-    _same_as_reference((y, rstd), R.rms_norm_forward(x, w, normalized_ndim=k))
-    dx, dw = _call(fastnorm.rms_norm_backward, dict(dy=x, x=x, rstd=rstd, weight=w), dict(normalized_ndim=k), (x, w))
-    assert dx.shape == shape
-    if affine:
-        _expect(dw, 0.0, norm)
-    _same_as_reference((dx, dw), R.rms_norm_backward(x, x, rstd, w, normalized_ndim=k))
+        for g in grads[1:]:
+            _expect(g, 0.0, norm)
+    _same_as_reference(grads, getattr(R, f"{op}_backward")(x, x, **saved, **params, **opts))
 
 
 # ---------------------------------------------------------------------------------- channel norms

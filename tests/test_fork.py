@@ -163,3 +163,53 @@ def test_torch_dataloader_fork_workers():
 
 def test_forked_flag_set_in_this_process_only():
     assert not fastnorm._dispatch._forked_child
+
+
+def test_fork_after_16bit_kernels_and_losses():
+    """A child forked after 2-thread calls of the 16-bit norm kernels (bfloat16 and float16), the fused
+    softmax cross-entropy and batched Sinkhorn runs them again, single-threaded, to the parent's results."""
+    r = _run(
+        """
+        import ml_dtypes
+
+        HALVES = [X.astype(ml_dtypes.bfloat16), X.astype(np.float16)]
+        LOGITS, TARGET = X[:, :160].copy(), np.arange(256) % 160
+        grid = np.linspace(0.0, 1.0, 96)
+        COST = np.broadcast_to((grid[:, None] - grid[None, :]) ** 2, (4, 96, 96)).astype(np.float32)
+        MASS = np.full(96, 1 / 96, np.float32)
+        assert LOGITS.size > d.SERIAL_BELOW and COST.size > d.SERIAL_BELOW
+
+
+        def work16():
+            out = []
+            for x in HALVES:
+                ln = fastnorm.layer_norm_forward(x)
+                out += [ln.y, fastnorm.layer_norm_backward(x, x, ln.mean, ln.rstd).dx]
+                out.append(fastnorm.rms_norm_forward(x).y)
+                out.append(fastnorm.batch_norm_forward(x.reshape(64, 4, 512)).y)
+                out.append(fastnorm.add_rms_norm_forward(x, x).y)
+            ce = fastnorm.softmax_cross_entropy_forward(LOGITS, TARGET, grad="out")
+            out += [ce.loss, ce.grad]
+            out.append(fastnorm.sinkhorn(MASS, MASS, COST, 0.05, max_iter=40).value)
+            return [np.asarray(o, np.float64) for o in out]
+
+
+        REF16 = work16()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                got = work16()  # hangs here without the fork handler
+                assert fastnorm.get_num_threads() == 1, fastnorm.get_num_threads()
+                for i, (g, want) in enumerate(zip(got, REF16)):
+                    assert np.allclose(g, want, rtol=1e-5, atol=1e-6), i
+                code = 0
+            except BaseException as e:
+                print("child failed:", repr(e), flush=True)
+            os._exit(code)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        assert status == 0, status
+        print("ok")
+        """
+    )
+    assert r.stdout.strip().endswith("ok")
