@@ -95,6 +95,12 @@ def fd_check(forward, backward, arrays, rng, rtol=1e-5, atol=1e-7):
         np.testing.assert_allclose(grads[i], num, rtol=rtol, atol=atol, err_msg=f"gradient of argument {i}")
 
 
+def caller(fn, **defaults):
+    """For tables of bad input: ``caller(fn, **defaults)(**changes)`` is a no-argument call of ``fn`` with the
+    default arguments updated by ``changes``."""
+    return lambda **changes: lambda: fn(**{**defaults, **changes})
+
+
 def assert_raises_unchanged(exc, call, watched, match=None):
     """``call()`` raises ``exc`` and leaves every array in ``watched`` bitwise unchanged."""
     before = [np.array(a, copy=True) for a in watched]

@@ -141,10 +141,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
     y, mean, rstd = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
     watched = [rm, rv, y, mean, rstd]
 
-    def fwd(**kw):
-        args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-        args.update(kw)
-        return lambda: fastnorm.batch_norm_forward(**args)
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+    fwd = ch.caller(fastnorm.batch_norm_forward, **args)
 
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
@@ -190,10 +188,7 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
     dx, dw, db = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
     watched = [dx, dw, db]
 
-    def bwd(**kw):
-        args = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
-        args.update(kw)
-        return lambda: fastnorm.batch_norm_backward(**args)
+    bwd = ch.caller(fastnorm.batch_norm_backward, dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
 
     cases = [
         (ValueError, bwd(dy=dy[:, :2])),

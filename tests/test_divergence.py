@@ -9,7 +9,7 @@ import fastnorm
 from fastnorm import divergence as D
 from fastnorm.reference import divergence as R
 
-from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad
+from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, f64, numeric_grad
 
 SHAPES = [(1, 1), (3, 5), (7, 13), (5, 1025), (2, 4099), (33, 64)]
 

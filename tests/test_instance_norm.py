@@ -85,10 +85,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
     y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
     watched = [rm, rv, y, mean, rstd]
 
-    def fwd(**kw):
-        args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-        args.update(kw)
-        return lambda: fastnorm.instance_norm_forward(**args)
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+    fwd = ch.caller(fastnorm.instance_norm_forward, **args)
 
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
@@ -111,20 +109,14 @@ def test_bad_input_raises_and_writes_nothing(rng):
     for exc, call in cases:
         ch.assert_raises_unchanged(exc, call, watched)
     dx = np.full_like(x, 7)
-    for exc, kw in [
-        (ValueError, dict(mean=np.zeros(3, np.float32))),
-        (ValueError, dict(rstd=np.ones((4, 4), np.float32))),
-        (TypeError, dict(dy=x.astype(np.float64))),
+    stats = dict(mean=np.zeros((4, 3), np.float32), rstd=np.ones((4, 3), np.float32))
+    bwd = ch.caller(fastnorm.instance_norm_backward, dy=x, x=x, **stats, out=(dx, None, None))
+    for exc, call in [
+        (ValueError, bwd(mean=np.zeros(3, np.float32))),
+        (ValueError, bwd(rstd=np.ones((4, 4), np.float32))),
+        (TypeError, bwd(dy=x.astype(np.float64))),
     ]:
-        args = dict(
-            dy=x,
-            x=x,
-            mean=np.zeros((4, 3), np.float32),
-            rstd=np.ones((4, 3), np.float32),
-            out=(dx, None, None),
-        )
-        args.update(kw)
-        ch.assert_raises_unchanged(exc, lambda args=args: fastnorm.instance_norm_backward(**args), [dx])
+        ch.assert_raises_unchanged(exc, call, [dx])
 
 
 @pytest.mark.parametrize("use_input_stats", [True, False])

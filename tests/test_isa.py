@@ -17,7 +17,7 @@ from fastnorm import reference as R
 from fastnorm._kernels import cpu
 from fastnorm._kernels.cpu import _cpuinfo, _isa
 
-from ._util import assert_close_to_ref, f64
+from ._util import assert_close_to_ref, assert_matches_reference, f64
 
 V2 = {"sse3", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm"}
 V3 = V2 | {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "lzcnt", "movbe", "xsave"}

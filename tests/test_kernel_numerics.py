@@ -9,7 +9,7 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._util import assert_close_to_ref, f64
+from ._util import assert_close_to_ref, assert_matches_reference, f64
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import fastnorm
 from fastnorm import reference as R
 from fastnorm.reference import transport as RT
 
-from ._util import FLOATS, assert_close_to_ref, numeric_grad, torch_or_skip
+from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, numeric_grad, torch_or_skip
 
 SIZES = [(1, 1), (1, 4), (5, 1), (3, 3), (7, 13), (64, 33)]
 

@@ -8,7 +8,7 @@ from fastnorm import norms
 from fastnorm import reference as R
 from fastnorm._dispatch import CPU
 
-from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad, torch_or_skip
+from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, f64, numeric_grad, torch_or_skip
 
 
 def g_shape(shape, dim):
