@@ -57,7 +57,21 @@ def _dtype_of(a) -> np.dtype:
     return np.asarray(a).dtype
 
 
-def assert_close_to_ref(got, other, ref, *, name="", factor=2.0, ulps=8.0, rtol64=1e-9, atol64=1e-10):
+def _max_error_bound(other_err, confidence=0.99):
+    """An upper bound, at ``confidence``, on the largest of n errors drawn at the scale of ``other_err`` (the
+    comparator's n per-element errors); see ``sample_slack`` in :func:`assert_close_to_ref`."""
+    from scipy import stats
+
+    n = other_err.size
+    rms = float(np.sqrt(np.mean(np.square(other_err, dtype=np.float64))))
+    sigma_up = rms * np.sqrt(n / stats.chi2.ppf(1 - confidence, n))
+    z = stats.norm.ppf((1 + confidence ** (1 / n)) / 2)
+    return float(sigma_up * z)
+
+
+def assert_close_to_ref(
+    got, other, ref, *, name="", factor=2.0, ulps=8.0, rtol64=1e-9, atol64=1e-10, sample_slack=False
+):
     """DESIGN.md's error criterion, the one comparison of the suite: ``got`` (fastnorm's result) is at most
     ``factor`` times as far from ``ref`` as ``other`` is, plus ``ulps`` units of ``got``'s dtype at the scale
     of ``ref`` (so an exact ``other`` does not make the bound zero)::
@@ -73,6 +87,21 @@ def assert_close_to_ref(got, other, ref, *, name="", factor=2.0, ulps=8.0, rtol6
     results; extended precision, or float64 itself, for float64 results). ``got`` and ``ref`` may both be
     ``None`` (an absent output). NaN must sit where ``ref`` has NaN, and infinities equal ``ref``'s.
     Arrays, torch tensors and scalars are accepted; float16, bfloat16, float32 and float64 results.
+
+    ``sample_slack``: for outputs of few elements (a gradient per channel), the maximum over n errors is a
+    noisy estimate of an implementation's error scale: over 6 channels the ratio of the maxima of two
+    equally accurate implementations swings from 0.5 to 2.2 between seeds, so "at most 2x the other's
+    maximum" fails by chance. With ``sample_slack`` the other's maximum error M is replaced by max(M, U),
+    where U bounds, at 99% confidence, the largest of n errors at the other's error scale, estimated from
+    the whole sample rather than from its largest element. Model: the other's errors e_1..e_n are
+    independent N(0, s^2). Their root mean square r gives the one-sided 99% upper confidence bound
+    s_u = r * sqrt(n / chi2_n(0.01)) (n r^2 / s^2 is chi-squared with n degrees of freedom), and the largest
+    of n draws of |N(0, s_u^2)| stays below z * s_u with probability 0.99, z = Phi^-1((1 + 0.99^(1/n)) / 2).
+    Simulated under the model, a result whose errors are exactly ``factor`` times the other's (the limit the
+    criterion allows) fails the bound about once in a thousand (1e-3 at n = 6, 5e-4 at n = 24, 2e-3 at
+    n = 360); a result 6x worse than the other still fails 15% of the time at n = 6, 84% at n = 24, always
+    at n = 360 (few elements cannot tell more). U grows like sqrt(2 ln n), so for many elements the bound is
+    about 1.3x the plain one.
     """
     if got is None or ref is None:
         assert got is None and ref is None, f"{name}: one of got/ref is None"
@@ -97,7 +126,10 @@ def assert_close_to_ref(got, other, ref, *, name="", factor=2.0, ulps=8.0, rtol6
     err = float(np.max(np.abs(g[finite] - r[finite])))
     other_err = 0.0
     if o is not None and np.isfinite(o[finite]).any():
-        other_err = float(np.nanmax(np.abs(o[finite] - r[finite])))
+        errs = np.abs(o[finite] - r[finite]).astype(np.float64)
+        other_err = float(np.nanmax(errs))
+        if sample_slack:
+            other_err = max(other_err, _max_error_bound(errs[np.isfinite(errs)]))
     scale = max(1.0, float(np.max(np.abs(r[finite]))))
     bound = factor * other_err + ulps * float(ml_dtypes.finfo(dtype).eps) * scale
     assert err <= bound, (
