@@ -16,6 +16,13 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # No timing unless asked for (--benchmark-enable): the suite then runs each case once. This runs before
+    # pytest-benchmark's own pytest_configure (trylast), which reads the option.
+    if not config.getoption("benchmark_enable", False):
+        config.option.benchmark_disable = True
+
+
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return

@@ -13,24 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples"))  # the examples' shared helpers
+sys.path.insert(0, ROOT)  # this checkout's fastnorm when it is not installed
+from _common import write_json  # noqa: E402
+
+from fastnorm._config import cpu_model  # noqa: E402
+
 EXAMPLE = os.path.join(ROOT, "examples", "ddp_train.py")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _run(cmd: list[str], out: str) -> dict:
@@ -57,7 +51,7 @@ def main() -> None:
             os.path.join(tmp, "two.json"),
         )
     res = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "one_process_plain_bn_ms": single["step_ms"],
         "two_process_sync_bn_ms": multi["step_ms"],
@@ -77,9 +71,7 @@ def main() -> None:
         f"(SyncBatchNorm {res['syncbn_comm_ms']:.2f} ms in {res['syncbn_collectives_per_step']:.0f} collectives, "
         f"gradient all-reduce {res['grad_comm_ms']:.2f} ms)"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_json(args.json, res, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared helpers for the examples: the data set, a progress bar, batching and the loss-curve plot.
+"""Shared helpers for the examples: command-line options, the data set, a progress bar, batching, the
+loss-curve plot and the JSON metrics file.
 
 Optional dependencies (``pip install 'fastnorm[examples]'``) with fallbacks:
 - scikit-learn: the 8x8 handwritten digits (1797 images, 10 classes, shipped inside the package, no
@@ -9,11 +10,49 @@ Optional dependencies (``pip install 'fastnorm[examples]'``) with fallbacks:
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+
+# ------------------------------------------------------------------------------------------------ options
+def digits_parser(
+    doc: str, quick: str, plot: str, *, epochs: bool = True, lr: float | None = None, threads: str | None = None
+) -> argparse.ArgumentParser:
+    """The options of the digits examples: --quick (help ``quick``), --epochs, --batch-size and --lr (when
+    ``lr`` is a default), --seed, --threads (when ``threads`` is its help), --synthetic, --plot (default file
+    ``plot``, none in --quick: see :func:`plot_path`) and --json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick)
+    if epochs:
+        ap.add_argument("--epochs", type=int, default=None)
+    if lr is not None:
+        ap.add_argument("--batch-size", type=int, default=64)
+        ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--seed", type=int, default=0)
+    if threads:
+        ap.add_argument("--threads", type=int, default=None, help=threads)
+    ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
+    ap.add_argument("--plot", default=None, help=f"figure path (default {plot}; none in --quick)")
+    ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
+    ap.set_defaults(default_plot=plot)
+    return ap
+
+
+def plot_path(args: argparse.Namespace) -> str | None:
+    """--plot, else the default file outside --quick (no figure in --quick unless asked for)."""
+    return args.plot if (args.plot or args.quick) else args.default_plot
+
+
+def write_json(path: str | None, metrics: dict, indent: int | None = None) -> None:
+    """Write ``metrics`` to ``path`` (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(metrics, f, indent=indent)
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -24,28 +24,27 @@ plain BatchNorm and prints both.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import numpy as np
+import torch
+import torch.distributed as dist
 
 try:
     import fastnorm  # noqa: F401
 except ImportError:  # a source checkout run as `torchrun examples/ddp_train.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fastnorm.torch.nn as fnn  # noqa: E402
-import fastnorm.torch.optim as foptim  # noqa: E402
-from fastnorm.torch.distributed import SyncBatchNorm  # noqa: E402
+import fastnorm.torch.nn as fnn
+import fastnorm.torch.optim as foptim
+from fastnorm.torch.distributed import SyncBatchNorm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_data  # noqa: E402
+from _common import load_data, write_json
 
 
 def build_model(width: int = 16) -> torch.nn.Sequential:
@@ -213,9 +212,8 @@ def main(argv=None) -> dict:
             d = torch.tensor([metrics["max_param_diff_to_rank0"]])
             dist.all_reduce(d, op=dist.ReduceOp.MAX)
             metrics["max_param_diff_to_rank0"] = float(d)
-    if rank == 0 and args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=1)
+    if rank == 0:
+        write_json(args.json, metrics, indent=1)
     if distributed:
         dist.destroy_process_group()
     return metrics

@@ -22,8 +22,6 @@ Adagrad, Adadelta, RMSprop, Adam, AdamW. Momentum in torch's form ``b = mu*b + g
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -32,14 +30,14 @@ import time
 # saves). Set OMP_NUM_THREADS to override; it has to be set before NumPy is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import fastnorm.optim as optim  # noqa: E402
-from fastnorm import nn  # noqa: E402
+import fastnorm.optim as optim
+from fastnorm import nn
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, load_data, plot_curves, progress  # noqa: E402
+from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
 
 REGIMES = {  # name: (batch size, or None for the whole training set; SGD learning rate)
     "full-batch GD": (None, 0.2),
@@ -88,16 +86,9 @@ def accuracy(model, x, y) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer epochs on a subset, no plot unless --plot")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
-    ap.add_argument("--plot", default=None, help="figure path (default gd_regimes.png; none in --quick)")
-    ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
-    args = ap.parse_args(argv)
+    args = digits_parser(__doc__, "fewer epochs on a subset", "gd_regimes.png").parse_args(argv)
     epochs = args.epochs or (5 if args.quick else 20)
-    plot = args.plot if (args.plot or args.quick) else "gd_regimes.png"
+    plot = plot_path(args)
 
     x, y, x_test, y_test, data_name = load_data(args.seed, synthetic=args.synthetic)
     if args.quick:
@@ -133,9 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     initial_loss = next(iter(results.values()))["losses"][0]  # the same model and data in every run
     metrics = {"data": data_name, "initial_loss": initial_loss, "runs": results}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f)
+    write_json(args.json, metrics)
     return metrics
 
 

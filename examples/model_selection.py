@@ -22,12 +22,16 @@ disagree, then how often each degree is chosen over all the replications.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 
 import numpy as np
 
 from fastnorm import stats
+
+# the examples' shared helpers (examples/_common.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_json
 
 N = 40
 SIGMA = 0.3
@@ -100,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in DEGREES:
         print(f"{d:>6} {np.sum(pick_aic == d):>5} {np.sum(pick_bic == d):>5}")
     print(f"mean degree: AIC {pick_aic.mean():.2f}, BIC {pick_bic.mean():.2f} (BIC's heavier penalty, ln n > 2)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.json, result, indent=1)
     return 0
 
 

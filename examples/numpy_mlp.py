@@ -12,8 +12,6 @@ loss-curve plot (--plot PATH, default numpy_mlp_loss.png).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
@@ -23,15 +21,15 @@ import time
 # saves). Set OMP_NUM_THREADS to override; it has to be set before NumPy is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import fastnorm  # noqa: E402
-import fastnorm.optim  # noqa: E402
-from fastnorm import nn  # noqa: E402
+import fastnorm
+import fastnorm.optim
+from fastnorm import nn
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, load_data, plot_curves, progress  # noqa: E402
+from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
 
 
 def build_model(seed: int, hidden: int = 256) -> nn.Sequential:
@@ -55,19 +53,10 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few epochs, no plot unless --plot is given")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="fastnorm CPU threads")
-    ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
-    ap.add_argument("--plot", default=None, help="loss-curve PNG (default numpy_mlp_loss.png; none in --quick)")
-    ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
+    ap = digits_parser(__doc__, "a few epochs", "numpy_mlp_loss.png", lr=1e-3, threads="fastnorm CPU threads")
     args = ap.parse_args(argv)
     epochs = args.epochs or (4 if args.quick else 40)
-    plot = args.plot if (args.plot or args.quick) else "numpy_mlp_loss.png"
+    plot = plot_path(args)
     if args.threads:
         fastnorm.set_num_threads(args.threads)
 
@@ -123,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_accuracy": train_acc,
         "seconds": seconds,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f)
+    write_json(args.json, metrics)
     return metrics
 
 

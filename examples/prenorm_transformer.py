@@ -24,19 +24,23 @@ Time per training step is printed for each run; at this toy size both are domina
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import sys
 import time
 
 # A small model: one thread is fastest. Set OMP_NUM_THREADS to override (before torch is imported).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import fastnorm.torch.functional as FF  # noqa: E402
-import fastnorm.torch.nn as fnn  # noqa: E402
+import fastnorm.torch.functional as FF
+import fastnorm.torch.nn as fnn
+
+# the examples' shared helpers (examples/_common.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_json
 
 NORMS = {
     "layer": (nn.LayerNorm, fnn.AddLayerNorm, "add_layer_norm"),
@@ -214,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"to float64 {cb['error']:.2e} vs torch {cb['other_error']:.2e} "
                 f"({'within' if cb['ok'] else 'OUTSIDE'} the error criterion)"
             )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out, indent=1)
     return 0
 
 

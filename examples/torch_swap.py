@@ -17,9 +17,7 @@ activations (``python -m fastnorm.bench --ops training_step``).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -28,16 +26,16 @@ import time
 # saves). Set OMP_NUM_THREADS to override; it has to be set before NumPy and torch are imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import fastnorm  # noqa: E402
-import fastnorm.torch.nn as fnn  # noqa: E402
-import fastnorm.torch.optim as foptim  # noqa: E402
+import fastnorm
+import fastnorm.torch.nn as fnn
+import fastnorm.torch.optim as foptim
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, load_data, plot_curves, progress  # noqa: E402
+from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
 
 
 def build_model(hidden: int = 128) -> torch.nn.Sequential:
@@ -67,19 +65,10 @@ def accuracy(model, x, y) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 epochs, no plot unless --plot is given")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch and fastnorm CPU threads")
-    ap.add_argument("--synthetic", action="store_true", help="use the generated data set")
-    ap.add_argument("--plot", default=None, help="loss-curve PNG (default torch_swap.png; none in --quick)")
-    ap.add_argument("--json", default=None, help="write the final metrics to this JSON file")
+    ap = digits_parser(__doc__, "2 epochs", "torch_swap.png", lr=2e-3, threads="torch and fastnorm CPU threads")
     args = ap.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 30)
-    plot = args.plot if (args.plot or args.quick) else "torch_swap.png"
+    plot = plot_path(args)
     if args.threads:
         torch.set_num_threads(args.threads)
         fastnorm.set_num_threads(args.threads)
@@ -156,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_loss_diff": diff,
         "reloaded_accuracy": reload_acc,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f)
+    write_json(args.json, metrics)
     return metrics
 
 

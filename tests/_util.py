@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -10,35 +11,6 @@ FLOATS = [np.float32, np.float64]
 
 def f64(*arrays):
     return tuple(None if a is None else np.asarray(a, dtype=np.float64) for a in arrays)
-
-
-def assert_matches_reference(got, ref64, ref_lowp=None, *, name="", atol64=1e-10, rtol64=1e-9, slack=2.0):
-    """Check a kernel's output against the float64 reference.
-
-    float64: close to 1e-10-ish. float32: the kernel's error against the float64 reference is at most
-    ``slack`` x the error of the NumPy reference run in float32 (``ref_lowp``), plus a few ulps of the
-    output's scale (so exact-ish references do not make the bound zero).
-    """
-    if got is None or ref64 is None:
-        assert got is None and ref64 is None, f"{name}: one of got/ref is None"
-        return
-    got = np.asarray(got)
-    assert got.shape == np.shape(ref64), f"{name}: shape {got.shape} != {np.shape(ref64)}"
-    ref64 = np.asarray(ref64, dtype=np.float64)
-    if got.dtype == np.float64:
-        np.testing.assert_allclose(got, ref64, rtol=rtol64, atol=atol64, err_msg=name)
-        return
-    finite = np.isfinite(ref64)
-    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{name}: non-finite pattern differs")
-    if not finite.any():
-        return
-    err = np.abs(got.astype(np.float64) - ref64)[finite].max()
-    scale = max(np.abs(ref64[finite]).max(), 1.0)
-    bound = 8 * np.finfo(got.dtype).eps * scale
-    if ref_lowp is not None:
-        ref_err = np.abs(np.asarray(ref_lowp, dtype=np.float64) - ref64)[finite].max()
-        bound += slack * ref_err
-    assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g}"
 
 
 def numeric_grad(f, arrays, index, dy, h=1e-6):
@@ -62,6 +34,15 @@ def torch_or_skip():
     return pytest.importorskip("torch")
 
 
+def torch_and_wider_ref(run_torch, run_ref, dtype, arrays):
+    """(torch's results in ``dtype``, a wider reference) for DESIGN.md's criterion: torch in float64 for
+    float32 data; for float64 data the NumPy reference ``run_ref`` on ``arrays`` in extended precision."""
+    other = run_torch(dtype)
+    if dtype == np.float32:
+        return other, run_torch(np.float64)
+    return other, run_ref(*(None if a is None else np.asarray(a).astype(np.longdouble) for a in arrays))
+
+
 def _np_wide(a, dtype):
     """``a`` (NumPy array, torch tensor, scalar) as a NumPy array of ``dtype``."""
     if hasattr(a, "detach"):  # a torch tensor
@@ -69,39 +50,101 @@ def _np_wide(a, dtype):
     return np.asarray(a, dtype=dtype)
 
 
-def assert_close_to_ref(got, other, ref, *, name="", factor=2.0, ulps=8.0):
-    """DESIGN.md's error criterion: ``got`` (fastnorm's result) is at most ``factor`` times as far from
-    ``ref`` as ``other`` (torch's, or the NumPy reference's, result in the same dtype as ``got``), plus
-    ``ulps`` units of ``got``'s dtype at the scale of ``ref`` (so an exact ``other`` does not make the
-    bound zero)::
+def _dtype_of(a) -> np.dtype:
+    if hasattr(a, "detach"):  # a torch tensor: bfloat16 as ml_dtypes' bfloat16
+        name = str(a.dtype).split(".")[-1]
+        return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    return np.asarray(a).dtype
+
+
+def _max_error_bound(other_err, confidence=0.99):
+    """An upper bound, at ``confidence``, on the largest of n errors drawn at the scale of ``other_err`` (the
+    comparator's n per-element errors); see ``sample_slack`` in :func:`assert_close_to_ref`."""
+    from scipy import stats
+
+    n = other_err.size
+    rms = float(np.sqrt(np.mean(np.square(other_err, dtype=np.float64))))
+    sigma_up = rms * np.sqrt(n / stats.chi2.ppf(1 - confidence, n))
+    z = stats.norm.ppf((1 + confidence ** (1 / n)) / 2)
+    return float(sigma_up * z)
+
+
+def assert_close_to_ref(
+    got, other, ref, *, name="", factor=2.0, ulps=8.0, rtol64=1e-9, atol64=1e-10, sample_slack=False
+):
+    """DESIGN.md's error criterion, the one comparison of the suite: ``got`` (fastnorm's result) is at most
+    ``factor`` times as far from ``ref`` as ``other`` is, plus ``ulps`` units of ``got``'s dtype at the scale
+    of ``ref`` (so an exact ``other`` does not make the bound zero)::
 
         max|got - ref| <= factor * max|other - ref| + ulps * eps(dtype) * max(1, max|ref|)
 
-    ``ref`` is the same computation in higher precision on the same inputs cast up (float64 for float32
-    results; for float64 results, extended precision where the caller has it, or float64 itself, when
-    the bound is the slack alone). NaN/Inf must sit where ``ref`` (or, when ``ref`` has none there,
-    ``other``) has them. Arrays, torch tensors and scalars are accepted.
+    ``other`` is the comparator in ``got``'s dtype: torch's result, or the NumPy reference run in that dtype
+    (or, for 16-bit results where torch lacks the op, the float32 computation rounded to 16 bits), or
+    ``None`` where there is none: then the bound is the ulps term alone, except for a float64 ``got`` with
+    no comparator, which is held elementwise to ``rtol64``/``atol64`` of its float64 reference (the
+    reference and the kernel sum in different orders, and nothing wider measures what that costs).
+    ``ref`` is the same computation in higher precision on the same inputs cast up (float64 for 16/32-bit
+    results; extended precision, or float64 itself, for float64 results). ``got`` and ``ref`` may both be
+    ``None`` (an absent output). NaN must sit where ``ref`` has NaN, and infinities equal ``ref``'s.
+    Arrays, torch tensors and scalars are accepted; float16, bfloat16, float32 and float64 results.
+
+    ``sample_slack``: for outputs of few elements (a gradient per channel), the maximum over n errors is a
+    noisy estimate of an implementation's error scale: over 6 channels the ratio of the maxima of two
+    equally accurate implementations swings from 0.5 to 2.2 between seeds, so "at most 2x the other's
+    maximum" fails by chance. With ``sample_slack`` the other's maximum error M is replaced by max(M, U),
+    where U bounds, at 99% confidence, the largest of n errors at the other's error scale, estimated from
+    the whole sample rather than from its largest element. Model: the other's errors e_1..e_n are
+    independent N(0, s^2). Their root mean square r gives the one-sided 99% upper confidence bound
+    s_u = r * sqrt(n / chi2_n(0.01)) (n r^2 / s^2 is chi-squared with n degrees of freedom), and the largest
+    of n draws of |N(0, s_u^2)| stays below z * s_u with probability 0.99, z = Phi^-1((1 + 0.99^(1/n)) / 2).
+    Simulated under the model, a result whose errors are exactly ``factor`` times the other's (the limit the
+    criterion allows) fails the bound about once in a thousand (1e-3 at n = 6, 5e-4 at n = 24, 2e-3 at
+    n = 360); a result 6x worse than the other still fails 15% of the time at n = 6, 84% at n = 24, always
+    at n = 360 (few elements cannot tell more). U grows like sqrt(2 ln n), so for many elements the bound is
+    about 1.3x the plain one.
     """
-    dtype = np.asarray(got).dtype if not hasattr(got, "detach") else np.dtype(str(got.dtype).split(".")[-1])
-    if dtype.kind != "f":
+    if got is None or ref is None:
+        assert got is None and ref is None, f"{name}: one of got/ref is None"
+        return
+    dtype = _dtype_of(got)
+    if dtype.kind not in "fV" or (dtype.kind == "V" and dtype != np.dtype(ml_dtypes.bfloat16)):
         raise TypeError(f"{name}: assert_close_to_ref compares floating results, got {dtype}")
     wide = np.longdouble if dtype == np.float64 else np.float64
-    g, o, r = _np_wide(got, wide), _np_wide(other, wide), _np_wide(ref, wide)
-    assert g.shape == r.shape == o.shape, f"{name}: shapes {g.shape}, {o.shape}, {r.shape} differ"
+    g, r = _np_wide(got, wide), _np_wide(ref, wide)
+    o = None if other is None else _np_wide(other, wide)
+    assert g.shape == r.shape, f"{name}: shape {g.shape} != ref's {r.shape}"
+    assert o is None or o.shape == r.shape, f"{name}: other's shape {o.shape} != ref's {r.shape}"
     finite = np.isfinite(r)
     np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: NaN pattern differs from ref")
     np.testing.assert_array_equal(np.isinf(g), np.isinf(r), err_msg=f"{name}: Inf pattern differs from ref")
     np.testing.assert_array_equal(g[~finite], r[~finite], err_msg=f"{name}: non-finite values differ")
     if not finite.any():
         return
+    if o is None and dtype == np.float64:
+        np.testing.assert_allclose(g[finite], r[finite], rtol=rtol64, atol=atol64, err_msg=name)
+        return
     err = float(np.max(np.abs(g[finite] - r[finite])))
-    other_err = float(np.nanmax(np.abs(o[finite] - r[finite]))) if np.isfinite(o[finite]).any() else 0.0
+    other_err = 0.0
+    if o is not None and np.isfinite(o[finite]).any():
+        errs = np.abs(o[finite] - r[finite]).astype(np.float64)
+        other_err = float(np.nanmax(errs))
+        if sample_slack:
+            other_err = max(other_err, _max_error_bound(errs[np.isfinite(errs)]))
     scale = max(1.0, float(np.max(np.abs(r[finite]))))
-    bound = factor * other_err + ulps * float(np.finfo(dtype).eps) * scale
+    bound = factor * other_err + ulps * float(ml_dtypes.finfo(dtype).eps) * scale
     assert err <= bound, (
         f"{name}: error {err:.3g} vs ref > bound {bound:.3g} ({factor} x the other's error {other_err:.3g} "
         f"+ {ulps} ulps of {scale:.3g})"
     )
+
+
+def assert_matches_reference(got, ref64, ref_lowp=None, *, name="", slack=2.0, **kw):
+    """Old spelling of :func:`assert_close_to_ref` (arguments: got, float64 reference, same-dtype reference),
+    kept so that files not yet moved to the new name keep working; a float64 ``got`` is held to its float64
+    reference elementwise, as before. New tests call ``assert_close_to_ref``."""
+    if got is not None and _dtype_of(got) == np.float64:
+        ref_lowp = None
+    assert_close_to_ref(got, ref_lowp, ref64, name=name, factor=slack, **kw)
 
 
 def unaligned(a):

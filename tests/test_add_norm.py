@@ -1,5 +1,6 @@
-"""Fused residual add + LayerNorm / RMSNorm: reference vs finite differences, kernels vs the float64
-reference and vs the unfused composition, out=, empty shapes, bad input, dh=None, threads, 1-element rows."""
+"""Fused residual add + LayerNorm / RMSNorm: reference vs finite differences, kernels vs the unfused
+composition, empty shapes, bad input, dh=None, 1-element rows. Reference parity, out=, read-only inputs and
+thread-count invariance are in tests/contracts (cases add_layer_norm, add_rms_norm)."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,7 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, f64, numeric_grad
-
-SHAPES = [(1, 1), (3, 5), (7, 13), (31, 1023), (5, 1025), (2, 3, 17), (2, 65536), (300, 17)]
+from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad
 
 
 def make(rng, shape, dtype, affine=True, ndim=1):
@@ -90,50 +89,8 @@ def _rms_all(x, res, w, dy, dh, ndim=1):
     return (y, h, rstd), tuple(grads)
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("with_dh", [True, False])
-def test_layer_norm_matches_reference(rng, threads, dtype, shape, affine, with_dh):
-    x, res, w, b, dy, dh = make(rng, shape, dtype, affine)
-    dh = dh if with_dh else None
-    fwd, bwd = _ln_all(x, res, w, b, dy, dh)
-    np.testing.assert_array_equal(fwd[1], x + res)  # h: one rounding of the sum, as NumPy's
-    names = ("y", "h", "mean", "rstd")
-    ref64 = R.add_layer_norm_forward(*f64(x, res, w, b))
-    low = R.add_layer_norm_forward(x, res, w, b) if dtype == np.float32 else (None,) * 4
-    for got, r64, lo, name in zip(fwd, ref64, low, names, strict=True):
-        assert_matches_reference(got, r64, lo, name=name)
-    # The backward on the kernel's own saved h, mean, rstd.
-    _, h, mean, rstd = fwd
-    ref64 = R.add_layer_norm_backward(*f64(dy, dh, h, mean, rstd, w, b))
-    low = R.add_layer_norm_backward(dy, dh, h, mean, rstd, w, b) if dtype == np.float32 else (None,) * 3
-    for got, r64, lo, name in zip(bwd, ref64, low, ("dx", "dweight", "dbias"), strict=True):
-        assert_matches_reference(got, r64, lo, name=name)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("with_dh", [True, False])
-def test_rms_norm_matches_reference(rng, threads, dtype, shape, affine, with_dh):
-    x, res, w, _, dy, dh = make(rng, shape, dtype, affine)
-    dh = dh if with_dh else None
-    fwd, bwd = _rms_all(x, res, w, dy, dh)
-    np.testing.assert_array_equal(fwd[1], x + res)
-    ref64 = R.add_rms_norm_forward(*f64(x, res, w))
-    low = R.add_rms_norm_forward(x, res, w) if dtype == np.float32 else (None,) * 3
-    for got, r64, lo, name in zip(fwd, ref64, low, ("y", "h", "rstd"), strict=True):
-        assert_matches_reference(got, r64, lo, name=name)
-    _, h, rstd = fwd
-    ref64 = R.add_rms_norm_backward(*f64(dy, dh, h, rstd, w))
-    low = R.add_rms_norm_backward(dy, dh, h, rstd, w) if dtype == np.float32 else (None,) * 2
-    for got, r64, lo, name in zip(bwd, ref64, low, ("dx", "dweight"), strict=True):
-        assert_matches_reference(got, r64, lo, name=name)
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_normalized_ndim(rng, ndim):
+def test_normalized_ndim_3(rng):
+    ndim = 3  # 1 and 2 are in the contract suite
     x, res, w, b, dy, dh = make(rng, (3, 4, 5, 6), np.float64, True, ndim)
     fwd, bwd = _ln_all(x, res, w, b, dy, dh, ndim)
     ref_f = R.add_layer_norm_forward(x, res, w, b, normalized_ndim=ndim)
@@ -189,7 +146,7 @@ def test_large_offset_statistics_stay_accurate(rng, threads):
     y, h, mean, rstd = fastnorm.add_layer_norm_forward(x, res, w, b)
     y64, _, _, r64 = R.add_layer_norm_forward(*f64(x, res, w, b))
     np.testing.assert_allclose(rstd, r64, rtol=1e-5)
-    assert_matches_reference(y, y64, R.add_layer_norm_forward(x, res, w, b)[0])
+    assert_close_to_ref(y, R.add_layer_norm_forward(x, res, w, b)[0], y64)
 
 
 # ------------------------------------------------------------------------------- options and edge cases
@@ -237,10 +194,10 @@ def test_one_element_rows(rng, threads, dtype):
     np.testing.assert_array_equal(np.delete(dx, 3, axis=0), 0)
     y, h, rstd = fastnorm.add_rms_norm_forward(x, res, w)
     ref = R.add_rms_norm_forward(*f64(x, res, w))
-    assert_matches_reference(y, ref[0], R.add_rms_norm_forward(x, res, w)[0])
+    assert_close_to_ref(y, R.add_rms_norm_forward(x, res, w)[0], ref[0])
     dx, dw = fastnorm.add_rms_norm_backward(dy, dh, h, rstd, w)
     ref_b = R.add_rms_norm_backward(*f64(dy, dh, h, rstd, w))
-    assert_matches_reference(dx, ref_b[0], R.add_rms_norm_backward(dy, dh, h, rstd, w)[0])
+    assert_close_to_ref(dx, R.add_rms_norm_backward(dy, dh, h, rstd, w)[0], ref_b[0])
 
 
 def test_nan_propagates_to_its_row_only(rng):
@@ -277,58 +234,6 @@ def test_empty_shapes(shape):
     dx, dw = fastnorm.add_rms_norm_backward(x, None, h, rstd, w)
     assert dx.shape == shape
     np.testing.assert_array_equal(dw, 0)
-
-
-def test_out_is_written_in_place(rng):
-    x, res, w, b, dy, dh = make(rng, (13, 31), np.float32)
-    want_f, want_b = _ln_all(x, res, w, b, dy, dh)
-    out = tuple(np.full_like(a, np.nan) for a in want_f)
-    got = fastnorm.add_layer_norm_forward(x, res, w, b, out=out)
-    for g, o, want in zip(got, out, want_f, strict=True):
-        assert g is o
-        np.testing.assert_array_equal(o, want)
-    out = tuple(np.full_like(a, np.nan) for a in want_b)
-    got = fastnorm.add_layer_norm_backward(dy, dh, *want_f[1:], w, b, out=out)
-    for g, o, want in zip(got, out, want_b, strict=True):
-        assert g is o
-        np.testing.assert_array_equal(o, want)
-    want_f, want_b = _rms_all(x, res, w, dy, dh)
-    out = (np.full_like(x, np.nan), None, np.full(13, np.nan, np.float32))
-    got = fastnorm.add_rms_norm_forward(x, res, w, out=out)
-    assert got.y is out[0] and got.rstd is out[2]
-    for g, want in zip(got, want_f, strict=True):
-        np.testing.assert_array_equal(g, want)
-    out = (np.full_like(x, np.nan), np.full_like(w, np.nan))
-    got = fastnorm.add_rms_norm_backward(dy, dh, *want_f[1:], w, out=out)
-    assert got.dx is out[0] and got.dweight is out[1]
-    for g, want in zip(got, want_b, strict=True):
-        np.testing.assert_array_equal(g, want)
-
-
-def test_thread_count_invariance(rng):
-    """1 and 2 threads give bitwise equal results, gradients included (the chunk plan depends on the shape)."""
-    x, res, w, b, dy, dh = make(rng, (1000, 257), np.float32)
-    old = fastnorm.get_num_threads()
-    runs = []
-    try:
-        for nt in (1, 2):
-            fastnorm.set_num_threads(nt)
-            runs.append(_ln_all(x, res, w, b, dy, dh) + _rms_all(x, res, w, dy, dh))
-    finally:
-        fastnorm.set_num_threads(old)
-    for a, b_ in zip(*runs, strict=True):
-        for u, v in zip(a, b_, strict=True):
-            np.testing.assert_array_equal(u, v)
-
-
-def test_read_only_inputs(rng):
-    x, res, w, b, dy, dh = make(rng, (5, 7), np.float64)
-    want_f, want_b = _ln_all(x, res, w, b, dy, dh)
-    for a in (x, res, w, b, dy, dh):
-        a.flags.writeable = False
-    got_f, got_b = _ln_all(x, res, w, b, dy, dh)
-    for g, want in zip(got_f + got_b, want_f + want_b, strict=True):
-        np.testing.assert_array_equal(g, want)
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -4,70 +4,23 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._channel import (
-    AFFINE,
-    FakeCudaArray,
-    affine_params,
-    as64,
-    assert_raises_unchanged,
-    check_all,
-    copy,
-    fd_check,
-    readonly,
-    running_stats,
-    streaming_stores,
-    strided,
-)
-from ._util import FLOATS, assert_close_to_ref, byteswapped, torch_or_skip, unaligned
-
-# (shape, axis): 2-D to 5-D channels-first, channels-last, odd and prime sizes, one channel,
-# slices longer than a moments block (4096) and channels-last chunks longer than a row block (256).
-SHAPES = [
-    ((7, 3), 1),
-    ((5, 4, 9), 1),
-    ((3, 5, 6, 7), 1),
-    ((2, 3, 4, 5, 3), 1),
-    ((1, 1, 13), 1),
-    ((2, 2, 4111), 1),
-    ((4, 6, 5), -1),
-    ((3, 5, 7, 11), -1),
-    ((17, 2), -1),
-    ((613, 3), -1),
-]
-MODES = ["train", "train_no_running", "eval"]
-
-
-def channels(shape, axis):
-    return shape[1] if axis == 1 else shape[-1]
+from . import _channel as ch
+from ._channel import STATS, check_all, copy
+from ._util import FLOATS, assert_close_to_ref, byteswapped, torch_and_wider_ref, torch_or_skip, unaligned
 
 
 def make(rng, shape, axis, dtype, affine="both", offset=0.7):
-    c = channels(shape, axis)
-    x = (rng.normal(size=shape) * 1.5 + offset).astype(dtype)
-    w, b = affine_params(rng, c, dtype, affine)
-    rm, rv = running_stats(rng, c, dtype)
-    return x, w, b, rm, rv
+    return ch.make(rng, shape, dtype, affine, offset, axis=1 if axis == 1 else -1)
 
 
 def forward_all(x, w, b, rm, rv, mode, axis, **kw):
-    """Kernel, float64 reference and same-dtype reference of the forward, with their running stats after."""
-    training = mode != "eval"
-    if mode == "train_no_running":
-        rm = rv = None
-    rm_k, rv_k, rm_64, rv_64, rm_lp, rv_lp = copy(rm), copy(rv), as64(rm), as64(rv), copy(rm), copy(rv)
-    got = fastnorm.batch_norm_forward(x, w, b, rm_k, rv_k, training=training, axis=axis, **kw)
-    ref = R.batch_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, training=training, axis=axis, **kw)
-    lowp = R.batch_norm_forward(x, w, b, rm_lp, rv_lp, training=training, axis=axis, **kw)
-    return (*got, rm_k, rv_k), (*ref, rm_64, rv_64), (*lowp, rm_lp, rv_lp)
-
-
-NAMES = ["y", "mean", "rstd", "running_mean", "running_var"]
+    return ch.forward_all("batch_norm", x, w, b, rm, rv, mode, axis=axis, **kw)
 
 
 # ----------------------------------------------------------------------------------------- references
 @pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((3, 2, 3), 1), ((2, 3, 2, 2), 1), ((3, 2, 3), -1)])
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("affine", ch.AFFINE)
 def test_reference_backward_matches_finite_differences(rng, shape, axis, training, affine):
     x, w, b, rm, rv = make(rng, shape, axis, np.float64, affine)
 
@@ -78,7 +31,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, axis, trainin
         _, mean, rstd = R.batch_norm_forward(x, w, b, copy(rm), copy(rv), training=training, eps=1e-3, axis=axis)
         return R.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
 
-    fd_check(fwd, bwd, [x, w, b], rng)
+    ch.fd_check(fwd, bwd, [x, w, b], rng)
 
 
 def test_reference_running_stats_formula(rng):
@@ -101,13 +54,11 @@ def test_streaming_stores_match_reference(rng, threads, dtype, shape, axis, trai
     # large outputs are written with non-temporal stores (unaligned heads, vector bodies, scalar tails)
     x, w, b, rm, rv = make(rng, shape, axis, dtype)
     dy = rng.normal(size=shape).astype(dtype)
-    with streaming_stores():
+    with ch.streaming_stores():
         got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
         g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
-    check_all(got, ref, lowp, NAMES)
-    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training, axis=axis)
-    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
-    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+    check_all(got, ref, lowp, STATS)
+    ch.check_backward("batch_norm", g, dy, x, got[1], got[2], w, b, training=training, axis=axis)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -118,12 +69,10 @@ def test_few_large_channels(rng, threads, training):
         pytest.skip("one thread takes whole channels")
     x, w, b, rm, rv = make(rng, (2, 3, 2**19 + 3), 1, np.float32)
     got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", 1)
-    check_all(got, ref, lowp, NAMES)
+    check_all(got, ref, lowp, STATS)
     dy = rng.normal(size=x.shape).astype(np.float32)
     g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
-    gref = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training)
-    glow = R.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training)
-    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+    ch.check_backward("batch_norm", g, dy, x, got[1], got[2], w, b, training=training)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -147,7 +96,7 @@ def test_channels_last_equals_channels_first(rng, threads, dtype):
 def test_running_stats_after_several_steps(rng, threads, dtype, shape, axis):
     """DESIGN.md's criterion: float32 within 2x the float32 NumPy reference's error against float64; float64
     within 2x the float64 reference's error against extended precision (plus 8 ulps)."""
-    c = channels(shape, axis)
+    c = shape[1] if axis == 1 else shape[-1]
     wide = np.float64 if dtype == np.float32 else np.longdouble
     rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
     rm_lo, rv_lo = np.zeros(c, dtype), np.ones(c, dtype)
@@ -161,16 +110,6 @@ def test_running_stats_after_several_steps(rng, threads, dtype, shape, axis):
     assert_close_to_ref(rv, rv_lo, rv_w, name="running_var")
 
 
-# ----------------------------------------------------------------------------------------- layouts, buffers
-
-
-def test_absent_parameters_give_none_gradients(rng):
-    x, *_ = make(rng, (4, 3, 5), 1, np.float32)
-    res = fastnorm.batch_norm_forward(x)
-    g = fastnorm.batch_norm_backward(x, x, res.mean, res.rstd)
-    assert g.dweight is None and g.dbias is None
-
-
 # ----------------------------------------------------------------------------------------- numerics
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,axis", [((4, 3, 6), 1), ((30, 4), -1)])
@@ -180,33 +119,20 @@ def test_nan_propagates_like_reference(rng, threads, dtype, shape, axis, trainin
     x[(1,) * x.ndim] = np.nan
     got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
     assert np.isnan(got[0]).any() and np.isfinite(got[0]).any()
-    check_all(got, ref, lowp, NAMES)
+    check_all(got, ref, lowp, STATS)
     dy = rng.normal(size=shape).astype(dtype)
-    gk = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
-    gr = R.batch_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), training=training, axis=axis)
-    for a, r in zip(gk, gr, strict=True):
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+    g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
+    ch.check_backward("batch_norm", g, dy, x, got[1], got[2], w, b, training=training, axis=axis)
 
 
 @pytest.mark.parametrize("shape,axis", [((8, 3, 700), 1), ((3000, 4), -1)])
 def test_large_offset_float32_statistics(rng, threads, shape, axis):
     x, w, b, rm, rv = make(rng, shape, axis, np.float32, offset=1e4)
     got, ref, lowp = forward_all(x, w, b, rm, rv, "train", axis)
-    check_all(got, ref, lowp, NAMES)
+    check_all(got, ref, lowp, STATS)
     # the variance (~2.25) must be right to float32 precision, not swamped by the mean (1e4)
     np.testing.assert_allclose(got[2], ref[2], rtol=2e-6)
     np.testing.assert_allclose(got[4], ref[4], rtol=2e-6)
-
-
-def test_eval_with_empty_batch(rng):
-    x = np.zeros((0, 3, 4), np.float32)
-    rm, rv = running_stats(rng, 3, np.float32)
-    y, mean, rstd = fastnorm.batch_norm_forward(x, None, None, rm, rv, training=False)
-    assert y.shape == x.shape
-    np.testing.assert_array_equal(mean, rm)
-    assert_close_to_ref(rstd, 1 / np.sqrt(rv + np.float32(1e-5)), 1 / np.sqrt(as64(rv) + 1e-5), name="rstd")
-    g = fastnorm.batch_norm_backward(x, x, mean, rstd, np.ones(3, np.float32), None, training=False)
-    np.testing.assert_array_equal(g.dweight, 0)
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -215,10 +141,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
     y, mean, rstd = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
     watched = [rm, rv, y, mean, rstd]
 
-    def fwd(**kw):
-        args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-        args.update(kw)
-        return lambda: fastnorm.batch_norm_forward(**args)
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+    fwd = ch.caller(fastnorm.batch_norm_forward, **args)
 
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
@@ -227,8 +151,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (TypeError, fwd(running_var=np.ones(3, np.float64))),
         (TypeError, fwd(bias=np.ones(3, np.float64))),
         (TypeError, fwd(running_var=[1.0, 1.0, 1.0])),
-        (ValueError, fwd(running_var=strided(np.ones(3, np.float32)))),
-        (ValueError, fwd(running_var=readonly(rv))),
+        (ValueError, fwd(running_var=ch.strided(np.ones(3, np.float32)))),
+        (ValueError, fwd(running_var=ch.readonly(rv))),
         (ValueError, fwd(running_var=None)),
         (ValueError, fwd(running_var=rm)),
         (ValueError, fwd(running_mean=w)),
@@ -250,11 +174,11 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (ValueError, fwd(out=(np.empty((4, 3, 4), np.float32), mean, rstd))),
         (ValueError, fwd(out=(y, rm, rstd))),  # out aliases running_mean
         (ValueError, fwd(out=(y, mean, mean))),
-        (TypeError, fwd(running_mean=FakeCudaArray((3,)))),
+        (TypeError, fwd(running_mean=ch.FakeCudaArray((3,)))),
         (TypeError, fwd(training=False, running_mean=None, running_var=None)),
     ]
     for exc, call in cases:
-        assert_raises_unchanged(exc, call, watched)
+        ch.assert_raises_unchanged(exc, call, watched)
 
 
 def test_bad_backward_input_raises_and_writes_nothing(rng):
@@ -264,10 +188,7 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
     dx, dw, db = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
     watched = [dx, dw, db]
 
-    def bwd(**kw):
-        args = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
-        args.update(kw)
-        return lambda: fastnorm.batch_norm_backward(**args)
+    bwd = ch.caller(fastnorm.batch_norm_backward, dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
 
     cases = [
         (ValueError, bwd(dy=dy[:, :2])),
@@ -279,10 +200,10 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
         (ValueError, bwd(out=(dx, dw))),
         (ValueError, bwd(out=(dx, dw, dy))),  # out aliases an input
         (ValueError, bwd(bias=None)),  # a dbias buffer without bias
-        (TypeError, bwd(weight=FakeCudaArray((3,)))),
+        (TypeError, bwd(weight=ch.FakeCudaArray((3,)))),
     ]
     for exc, call in cases:
-        assert_raises_unchanged(exc, call, watched)
+        ch.assert_raises_unchanged(exc, call, watched)
 
 
 # ----------------------------------------------------------------------------------------- PyTorch
@@ -304,13 +225,11 @@ def test_matches_torch(rng, threads, channels_last, training, dtype):
         yt.backward(torch.tensor(dy.astype(wide)))
         return yt.detach(), xt.grad, wt.grad, bt.grad, rmt, rvt
 
-    other = run_torch(dtype)
-    if dtype == np.float32:
-        ref = run_torch(np.float64)
-    else:
-        xl, wl, bl, rml, rvl, dyl = (a.astype(np.longdouble) for a in (x, w, b, rm, rv, dy))
+    def run_ref(xl, wl, bl, rml, rvl, dyl):
         yl, ml, sl = R.batch_norm_forward(xl, wl, bl, rml, rvl, training=training, momentum=0.3, eps=1e-4)
-        ref = (yl, *R.batch_norm_backward(dyl, xl, ml, sl, wl, bl, training=training), rml, rvl)
+        return (yl, *R.batch_norm_backward(dyl, xl, ml, sl, wl, bl, training=training), rml, rvl)
+
+    other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, b, rm, rv, dy))
     axis = -1 if channels_last else 1
     to = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if channels_last else (lambda a: a)
     back = (lambda a: np.moveaxis(a, -1, 1)) if channels_last else (lambda a: a)

@@ -53,6 +53,19 @@ def _expect(got, value, shape):
     np.testing.assert_array_equal(got, np.full(shape, value, got.dtype))
 
 
+def _channel_backward(op, x, mean, rstd, w, b, **opts):
+    """The backward of a channel norm on an empty input: dx of x's shape, parameter gradients that are sums
+    over no elements (0; torch's GroupNorm kernel gives NaN for dweight when L = 0, as 0 * NaN), and the
+    reference's values."""
+    args = dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b)
+    dx, dw, db = _call(getattr(fastnorm, f"{op}_backward"), args, opts, (x, w, b))
+    assert dx.shape == x.shape
+    for g, p in ((dw, w), (db, b)):
+        if p is not None:
+            _expect(g, 0.0, p.shape)
+    _same_as_reference((dx, dw, db), getattr(R, f"{op}_backward")(**args, **opts))
+
+
 def _running(c, dtype=np.float32):
     rng = np.random.default_rng(c)
     return rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
@@ -62,50 +75,31 @@ def _running(c, dtype=np.float32):
 ROW_SHAPES = [((0, 4), 1), ((3, 0), 1), ((2, 0, 3), 1), ((2, 3, 0), 2), ((0,), 1), ((0, 0), 2), ((3, 0, 0), 1)]
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, k", ROW_SHAPES)
 @pytest.mark.parametrize("affine", [False, True])
-def test_layer_norm_empty(shape, k, affine, dtype):
+def test_row_norm_empty(op, shape, k, affine, dtype):
     x = np.zeros(shape, dtype)
     lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
-    w = np.ones(norm, dtype) if affine else None
-    b = np.full(norm, 0.5, dtype) if affine else None
-    tmpl = (x, np.empty(lead, dtype), np.empty(lead, dtype))
-    y, mean, rstd = _call(fastnorm.layer_norm_forward, dict(x=x, weight=w, bias=b), dict(normalized_ndim=k), tmpl)
+    params = {"weight": np.ones(norm, dtype) if affine else None}
+    if op == "layer_norm":
+        params["bias"] = np.full(norm, 0.5, dtype) if affine else None
+    stats = ("mean", "rstd") if op == "layer_norm" else ("rstd",)
+    opts = dict(normalized_ndim=k)
+    tmpl = (x, *(np.empty(lead, dtype) for _ in stats))
+    y, *saved = _call(getattr(fastnorm, f"{op}_forward"), dict(x=x, **params), opts, tmpl)
     assert y.shape == shape
-    _expect(mean, 0.0, lead)
-    _expect(rstd, np.nan, lead)
-    _same_as_reference((y, mean, rstd), R.layer_norm_forward(x, w, b, normalized_ndim=k))
-    tmpl = (x, w, b)
-    dx, dw, db = _call(
-        fastnorm.layer_norm_backward,
-        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
-        dict(normalized_ndim=k),
-        tmpl,
-    )
-    assert dx.shape == shape
+    for name, a in zip(stats, saved, strict=True):
+        _expect(a, 0.0 if name == "mean" else np.nan, lead)
+    _same_as_reference((y, *saved), getattr(R, f"{op}_forward")(x, **params, **opts))
+    saved = dict(zip(stats, saved, strict=True))
+    grads = _call(getattr(fastnorm, f"{op}_backward"), dict(dy=x, x=x, **saved, **params), opts, (x, *params.values()))
+    assert grads[0].shape == shape
     if affine:
-        _expect(dw, 0.0, norm)
-        _expect(db, 0.0, norm)
-    _same_as_reference((dx, dw, db), R.layer_norm_backward(x, x, mean, rstd, w, b, normalized_ndim=k))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, k", ROW_SHAPES)
-@pytest.mark.parametrize("affine", [False, True])
-def test_rms_norm_empty(shape, k, affine, dtype):
-    x = np.zeros(shape, dtype)
-    lead, norm = shape[: len(shape) - k], shape[len(shape) - k :]
-    w = np.ones(norm, dtype) if affine else None
-    y, rstd = _call(fastnorm.rms_norm_forward, dict(x=x, weight=w), dict(normalized_ndim=k), (x, np.empty(lead, dtype)))
-    assert y.shape == shape
-    _expect(rstd, np.nan, lead)
-    _same_as_reference((y, rstd), R.rms_norm_forward(x, w, normalized_ndim=k))
-    dx, dw = _call(fastnorm.rms_norm_backward, dict(dy=x, x=x, rstd=rstd, weight=w), dict(normalized_ndim=k), (x, w))
-    assert dx.shape == shape
-    if affine:
-        _expect(dw, 0.0, norm)
-    _same_as_reference((dx, dw), R.rms_norm_backward(x, x, rstd, w, normalized_ndim=k))
+        for g in grads[1:]:
+            _expect(g, 0.0, norm)
+    _same_as_reference(grads, getattr(R, f"{op}_backward")(x, x, **saved, **params, **opts))
 
 
 # ---------------------------------------------------------------------------------- channel norms
@@ -141,17 +135,7 @@ def test_batch_norm_empty(shape, axis, training, affine):
         y2, mean2, rstd2 = _call(fastnorm.batch_norm_forward, dict(x=x, weight=w, bias=b), dict(axis=axis), tmpl)
         _expect(mean2, 0.0, (c,))
         _expect(rstd2, np.nan, (c,))
-    dx, dw, db = _call(
-        fastnorm.batch_norm_backward,
-        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
-        dict(training=training, axis=axis),
-        (x, w, b),
-    )
-    assert dx.shape == shape
-    if affine:
-        _expect(dw, 0.0, (c,))
-        _expect(db, 0.0, (c,))
-    _same_as_reference((dx, dw, db), R.batch_norm_backward(x, x, mean, rstd, w, b, training=training, axis=axis))
+    _channel_backward("batch_norm", x, mean, rstd, w, b, training=training, axis=axis)
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0), (6, 8, 0), (2, 3, 0, 5)])
@@ -192,18 +176,7 @@ def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
         np.testing.assert_array_equal(mean, np.broadcast_to(rm, (n, c)))
         lo, hi = 1 / np.sqrt(rv + rv.dtype.type(EPS)), 1 / np.sqrt(rv.astype(np.float64) + EPS)
         assert_close_to_ref(rstd, np.broadcast_to(lo, (n, c)), np.broadcast_to(hi, (n, c)), name="rstd")
-    dx, dw, db = _call(
-        fastnorm.instance_norm_backward,
-        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
-        dict(use_input_stats=use_input_stats),
-        (x, w, b),
-    )
-    assert dx.shape == shape
-    ref = R.instance_norm_backward(x, x, mean, rstd, w, b, use_input_stats=use_input_stats)
-    _same_as_reference((dx, dw, db), ref)
-    if affine:
-        _expect(dw, 0.0, (c,))
-        _expect(db, 0.0, (c,))
+    _channel_backward("instance_norm", x, mean, rstd, w, b, use_input_stats=use_input_stats)
 
 
 @pytest.mark.parametrize("shape, groups", [((0, 4, 3), 2), ((6, 8, 0), 2), ((2, 0, 3), 1), ((2, 0, 3), 3), ((0, 0), 1)])
@@ -219,17 +192,7 @@ def test_group_norm_empty(shape, groups, affine):
     _expect(mean, 0.0, (n, groups))
     _expect(rstd, np.nan, (n, groups))
     _same_as_reference((y, mean, rstd), R.group_norm_forward(x, groups, w, b))
-    dx, dw, db = _call(
-        fastnorm.group_norm_backward,
-        dict(dy=x, x=x, mean=mean, rstd=rstd, weight=w, bias=b),
-        dict(num_groups=groups),
-        (x, w, b),
-    )
-    assert dx.shape == shape
-    if affine:  # torch's kernel gives NaN for dweight when L = 0 (0 * NaN); an empty sum is 0
-        _expect(dw, 0.0, (c,))
-        _expect(db, 0.0, (c,))
-    _same_as_reference((dx, dw, db), R.group_norm_backward(x, x, mean, rstd, groups, w, b))
+    _channel_backward("group_norm", x, mean, rstd, w, b, num_groups=groups)
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 3), (2, 0)])

@@ -45,6 +45,21 @@ def work(seed=0):
 
 
 REF = work()
+
+
+# Fork; the child runs check() and exits 0 if it returns, 1 (printing the error) if it raises. The parent
+# waits and returns the child's exit status.
+def in_child(check):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            check()
+            code = 0
+        except BaseException as e:
+            print("child failed:", repr(e), flush=True)
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 """
 
 
@@ -79,30 +94,25 @@ def _run(body: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_raw_fork_child_runs_single_threaded():
     r = _run(
         """
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                got = work()  # hangs here without the fork handler
-                assert fastnorm.get_num_threads() == 1, fastnorm.get_num_threads()
-                assert np.allclose(got, REF, rtol=1e-4), (got, REF)
-                fastnorm.set_num_threads(1)  # an explicit 1 is fine and silent
-                with warnings.catch_warnings(record=True) as w:
-                    warnings.simplefilter("always")
-                    fastnorm.set_num_threads(2)  # honoured (as torch), with a warning (not run: it would hang)
-                assert fastnorm.get_num_threads() == 2
-                assert any(issubclass(x.category, RuntimeWarning) and "fork" in str(x.message) for x in w), w
-                fastnorm.set_num_threads(1)
-                work()
-                # a grandchild forked after the child went back to 1 thread is single-threaded too
-                pid2 = os.fork()
-                if pid2 == 0:
-                    os._exit(0 if fastnorm.get_num_threads() == 1 and work() else 3)
-                code = 0 if os.waitstatus_to_exitcode(os.waitpid(pid2, 0)[1]) == 0 else 4
-            except BaseException as e:
-                print("child failed:", repr(e), flush=True)
-            os._exit(code)
-        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        def grandchild():
+            assert fastnorm.get_num_threads() == 1 and work()
+
+        def child():
+            got = work()  # hangs here without the fork handler
+            assert fastnorm.get_num_threads() == 1, fastnorm.get_num_threads()
+            assert np.allclose(got, REF, rtol=1e-4), (got, REF)
+            fastnorm.set_num_threads(1)  # an explicit 1 is fine and silent
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                fastnorm.set_num_threads(2)  # honoured (as torch), with a warning (not run: it would hang)
+            assert fastnorm.get_num_threads() == 2
+            assert any(issubclass(x.category, RuntimeWarning) and "fork" in str(x.message) for x in w), w
+            fastnorm.set_num_threads(1)
+            work()
+            # a grandchild forked after the child went back to 1 thread is single-threaded too
+            assert in_child(grandchild) == 0
+
+        status = in_child(child)
         assert status == 0, status
         assert fastnorm.get_num_threads() == 2  # the parent keeps its setting
         assert work() == REF
@@ -163,3 +173,48 @@ def test_torch_dataloader_fork_workers():
 
 def test_forked_flag_set_in_this_process_only():
     assert not fastnorm._dispatch._forked_child
+
+
+def test_fork_after_16bit_kernels_and_losses():
+    """A child forked after 2-thread calls of the 16-bit norm kernels (bfloat16 and float16), the fused
+    softmax cross-entropy and batched Sinkhorn runs them again, single-threaded, to the parent's results."""
+    r = _run(
+        """
+        import ml_dtypes
+
+        HALVES = [X.astype(ml_dtypes.bfloat16), X.astype(np.float16)]
+        LOGITS, TARGET = X[:, :160].copy(), np.arange(256) % 160
+        grid = np.linspace(0.0, 1.0, 96)
+        COST = np.broadcast_to((grid[:, None] - grid[None, :]) ** 2, (4, 96, 96)).astype(np.float32)
+        MASS = np.full(96, 1 / 96, np.float32)
+        assert LOGITS.size > d.SERIAL_BELOW and COST.size > d.SERIAL_BELOW
+
+
+        def work16():
+            out = []
+            for x in HALVES:
+                ln = fastnorm.layer_norm_forward(x)
+                out += [ln.y, fastnorm.layer_norm_backward(x, x, ln.mean, ln.rstd).dx]
+                out.append(fastnorm.rms_norm_forward(x).y)
+                out.append(fastnorm.batch_norm_forward(x.reshape(64, 4, 512)).y)
+                out.append(fastnorm.add_rms_norm_forward(x, x).y)
+            ce = fastnorm.softmax_cross_entropy_forward(LOGITS, TARGET, grad="out")
+            out += [ce.loss, ce.grad]
+            out.append(fastnorm.sinkhorn(MASS, MASS, COST, 0.05, max_iter=40).value)
+            return [np.asarray(o, np.float64) for o in out]
+
+
+        def child():
+            got = work16()  # hangs here without the fork handler
+            assert fastnorm.get_num_threads() == 1, fastnorm.get_num_threads()
+            for i, (g, want) in enumerate(zip(got, work16.ref)):
+                assert np.allclose(g, want, rtol=1e-5, atol=1e-6), i
+
+
+        work16.ref = work16()
+        status = in_child(child)
+        assert status == 0, status
+        print("ok")
+        """
+    )
+    assert r.stdout.strip().endswith("ok")

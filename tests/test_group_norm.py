@@ -4,41 +4,25 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._channel import (
-    AFFINE,
-    FakeCudaArray,
-    affine_params,
-    as64,
-    assert_raises_unchanged,
-    check_all,
-    fd_check,
-    readonly,
-    streaming_stores,
-)
-from ._util import FLOATS, assert_close_to_ref, torch_or_skip
+from . import _channel as ch
+from ._channel import as64, check_all
+from ._util import FLOATS, assert_close_to_ref, torch_and_wider_ref, torch_or_skip
 
-# (shape, num_groups): 2-D to 5-D, one group, one channel per group, prime channel counts, rows longer
-# than a moments block (4096)
-CASES = [
-    ((3, 6), 2),
-    ((2, 6, 5), 3),
-    ((3, 4, 3, 5), 1),
-    ((2, 7, 3, 2), 7),
-    ((2, 6, 2, 3, 2), 2),
-    ((1, 1, 13), 1),
-    ((5, 9, 11), 3),
-    ((2, 4, 2100), 2),
-]
+STATS = ["y", "mean", "rstd"]
 
 
 def make(rng, shape, dtype, affine="both", offset=0.7):
-    x = (rng.normal(size=shape) * 1.5 + offset).astype(dtype)
-    w, b = affine_params(rng, shape[1], dtype, affine)
-    return x, w, b
+    return ch.make(rng, shape, dtype, affine, offset)[:3]
+
+
+def forward_all(x, groups, w, b):
+    """The kernel's, the float64 reference's and the same-dtype reference's forward."""
+    ref64 = R.group_norm_forward(as64(x), groups, as64(w), as64(b))
+    return fastnorm.group_norm_forward(x, groups, w, b), ref64, R.group_norm_forward(x, groups, w, b)
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 4, 3), 2), ((2, 6, 2, 2), 3), ((3, 2, 3), 1)])
-@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("affine", ch.AFFINE)
 def test_reference_backward_matches_finite_differences(rng, shape, groups, affine):
     x, w, b = make(rng, shape, np.float64, affine)
 
@@ -49,7 +33,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, groups, affin
         _, mean, rstd = R.group_norm_forward(x, groups, w, b, eps=1e-3)
         return R.group_norm_backward(dy, x, mean, rstd, groups, w, b)
 
-    fd_check(fwd, bwd, [x, w, b], rng)
+    ch.fd_check(fwd, bwd, [x, w, b], rng)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -57,49 +41,30 @@ def test_reference_backward_matches_finite_differences(rng, shape, groups, affin
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
     x, w, b = make(rng, shape, dtype)
     dy = rng.normal(size=shape).astype(dtype)
-    with streaming_stores():
-        got = fastnorm.group_norm_forward(x, groups, w, b)
+    with ch.streaming_stores():
+        got, ref, lowp = forward_all(x, groups, w, b)
         g = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b)
-    check_all(
-        got,
-        R.group_norm_forward(as64(x), groups, as64(w), as64(b)),
-        R.group_norm_forward(x, groups, w, b),
-        ["y", "mean", "rstd"],
-    )
-    gref = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), groups, as64(w), as64(b))
-    check_all(g, gref, R.group_norm_backward(dy, x, got.mean, got.rstd, groups, w, b), ["dx", "dweight", "dbias"])
+    check_all(got, ref, lowp, STATS)
+    ch.check_backward("group_norm", g, dy, x, got.mean, got.rstd, w, b, groups)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_nan_propagates_like_reference(rng, threads, dtype):
     x, w, b = make(rng, (3, 4, 6), dtype)
     x[1, 2, 3] = np.nan
-    got = fastnorm.group_norm_forward(x, 2, w, b)
-    ref = R.group_norm_forward(as64(x), 2, as64(w), as64(b))
+    got, ref, lowp = forward_all(x, 2, w, b)
     assert np.isnan(got.y).any() and np.isfinite(got.y).any()
-    check_all(got, ref, R.group_norm_forward(x, 2, w, b), ["y", "mean", "rstd"])
+    check_all(got, ref, lowp, STATS)
     dy = rng.normal(size=x.shape).astype(dtype)
-    gk = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, 2, w, b)
-    gr = R.group_norm_backward(*map(as64, (dy, x, got.mean, got.rstd)), 2, as64(w), as64(b))
-    for a, r in zip(gk, gr, strict=True):
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+    g = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, 2, w, b)
+    ch.check_backward("group_norm", g, dy, x, got.mean, got.rstd, w, b, 2)
 
 
 def test_large_offset_float32_statistics(rng, threads):
     x, w, b = make(rng, (3, 4, 2500), np.float32, offset=1e4)
-    got = fastnorm.group_norm_forward(x, 2, w, b)
-    ref = R.group_norm_forward(as64(x), 2, as64(w), as64(b))
-    check_all(got, ref, R.group_norm_forward(x, 2, w, b), ["y", "mean", "rstd"])
+    got, ref, lowp = forward_all(x, 2, w, b)
+    check_all(got, ref, lowp, STATS)
     np.testing.assert_allclose(got.rstd, ref[2], rtol=2e-6)
-
-
-def test_empty_batch(rng):
-    x = np.zeros((0, 4, 3), np.float32)
-    y, mean, rstd = fastnorm.group_norm_forward(x, 2)
-    assert y.shape == x.shape and mean.shape == (0, 2)
-    g = fastnorm.group_norm_backward(x, x, mean, rstd, 2, np.ones(4, np.float32), np.ones(4, np.float32))
-    np.testing.assert_array_equal(g.dweight, 0)
-    np.testing.assert_array_equal(g.dbias, 0)
 
 
 def test_bad_input_raises_and_writes_nothing(rng):
@@ -107,10 +72,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
     y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
     watched = [y, mean, rstd]
 
-    def fwd(**kw):
-        args = dict(x=x, num_groups=3, weight=w, bias=b, out=(y, mean, rstd))
-        args.update(kw)
-        return lambda: fastnorm.group_norm_forward(**args)
+    fwd = ch.caller(fastnorm.group_norm_forward, x=x, num_groups=3, weight=w, bias=b, out=(y, mean, rstd))
 
     cases = [
         (ValueError, fwd(num_groups=4)),  # 6 channels not divisible by 4
@@ -122,28 +84,21 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (ValueError, fwd(x=np.zeros(6, np.float32))),
         (TypeError, fwd(x=x.astype(np.int64))),
         (ValueError, fwd(out=(y, np.empty((4, 2), np.float32), rstd))),
-        (ValueError, fwd(out=(y, mean, readonly(rstd)))),
-        (TypeError, fwd(weight=FakeCudaArray((6,)))),
+        (ValueError, fwd(out=(y, mean, ch.readonly(rstd)))),
+        (TypeError, fwd(weight=ch.FakeCudaArray((6,)))),
     ]
     for exc, call in cases:
-        assert_raises_unchanged(exc, call, watched)
+        ch.assert_raises_unchanged(exc, call, watched)
     dx = np.full_like(x, 7)
-    for exc, kw in [
-        (ValueError, dict(num_groups=4)),
-        (ValueError, dict(mean=np.zeros((4, 2), np.float32))),
-        (TypeError, dict(rstd=np.ones((4, 3), np.float64))),
-        (ValueError, dict(dy=x[:2])),
+    stats = dict(mean=np.zeros((4, 3), np.float32), rstd=np.ones((4, 3), np.float32))
+    bwd = ch.caller(fastnorm.group_norm_backward, dy=x, x=x, **stats, num_groups=3, out=(dx, None, None))
+    for exc, call in [
+        (ValueError, bwd(num_groups=4)),
+        (ValueError, bwd(mean=np.zeros((4, 2), np.float32))),
+        (TypeError, bwd(rstd=np.ones((4, 3), np.float64))),
+        (ValueError, bwd(dy=x[:2])),
     ]:
-        args = dict(
-            dy=x,
-            x=x,
-            mean=np.zeros((4, 3), np.float32),
-            rstd=np.ones((4, 3), np.float32),
-            num_groups=3,
-            out=(dx, None, None),
-        )
-        args.update(kw)
-        assert_raises_unchanged(exc, lambda args=args: fastnorm.group_norm_backward(**args), [dx])
+        ch.assert_raises_unchanged(exc, call, [dx])
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -161,13 +116,11 @@ def test_matches_torch(rng, threads, dtype, shape, groups):
         yt.backward(torch.tensor(dy.astype(wide)))
         return yt.detach(), xt.grad, wt.grad, bt.grad
 
-    other = run_torch(dtype)
-    if dtype == np.float32:
-        ref = run_torch(np.float64)
-    else:
-        xl, wl, bl, dyl = (a.astype(np.longdouble) for a in (x, w, b, dy))
+    def run_ref(xl, wl, bl, dyl):
         yl, ml, sl = R.group_norm_forward(xl, groups, wl, bl, eps=1e-4)
-        ref = (yl, *R.group_norm_backward(dyl, xl, ml, sl, groups, wl, bl))
+        return (yl, *R.group_norm_backward(dyl, xl, ml, sl, groups, wl, bl))
+
+    other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, b, dy))
     y, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b, eps=1e-4)
     dx, dw, db = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
     for name, g, o, r in zip(("y", "dx", "dweight", "dbias"), (y, dx, dw, db), other, ref, strict=True):

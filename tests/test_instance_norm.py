@@ -4,51 +4,21 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._channel import (
-    AFFINE,
-    FakeCudaArray,
-    affine_params,
-    as64,
-    assert_raises_unchanged,
-    check_all,
-    copy,
-    fd_check,
-    readonly,
-    running_stats,
-    streaming_stores,
-    strided,
-)
-from ._util import FLOATS, assert_close_to_ref, torch_or_skip
+from . import _channel as ch
+from ._channel import STATS, check_all, copy, make
+from ._util import FLOATS, assert_close_to_ref, torch_and_wider_ref, torch_or_skip
 
-# (N, C, *spatial): 1-D to 3-D spatial, odd and prime sizes, one instance / channel, L > a moments block
-SHAPES = [(2, 3, 5), (3, 4, 2, 3), (2, 3, 3, 2, 5), (1, 1, 13), (5, 7, 11), (2, 1, 4111)]
-MODES = ["input_stats", "input_stats_running", "running"]
-
-
-def make(rng, shape, dtype, affine="both", offset=0.7):
-    x = (rng.normal(size=shape) * 1.5 + offset).astype(dtype)
-    w, b = affine_params(rng, shape[1], dtype, affine)
-    rm, rv = running_stats(rng, shape[1], dtype)
-    return x, w, b, rm, rv
+# "train": use_input_stats with running statistics; "train_no_running": without; "eval": the running ones
+MODES = ["train", "train_no_running", "eval"]
 
 
 def forward_all(x, w, b, rm, rv, mode, **kw):
-    use = mode != "running"
-    if mode == "input_stats":
-        rm = rv = None
-    rm_k, rv_k, rm_64, rv_64, rm_lp, rv_lp = copy(rm), copy(rv), as64(rm), as64(rv), copy(rm), copy(rv)
-    got = fastnorm.instance_norm_forward(x, w, b, rm_k, rv_k, use_input_stats=use, **kw)
-    ref = R.instance_norm_forward(as64(x), as64(w), as64(b), rm_64, rv_64, use_input_stats=use, **kw)
-    lowp = R.instance_norm_forward(x, w, b, rm_lp, rv_lp, use_input_stats=use, **kw)
-    return (*got, rm_k, rv_k), (*ref, rm_64, rv_64), (*lowp, rm_lp, rv_lp)
-
-
-NAMES = ["y", "mean", "rstd", "running_mean", "running_var"]
+    return ch.forward_all("instance_norm", x, w, b, rm, rv, mode, **kw)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4), (2, 2, 2, 3)])
 @pytest.mark.parametrize("use_input_stats", [True, False])
-@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("affine", ch.AFFINE)
 def test_reference_backward_matches_finite_differences(rng, shape, use_input_stats, affine):
     x, w, b, rm, rv = make(rng, shape, np.float64, affine)
 
@@ -59,7 +29,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, use_input_sta
         _, mean, rstd = R.instance_norm_forward(x, w, b, copy(rm), copy(rv), use_input_stats=use_input_stats, eps=1e-3)
         return R.instance_norm_backward(dy, x, mean, rstd, w, b, use_input_stats=use_input_stats)
 
-    fd_check(fwd, bwd, [x, w, b], rng)
+    ch.fd_check(fwd, bwd, [x, w, b], rng)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -85,13 +55,11 @@ def test_running_stats_after_several_steps(rng, threads, dtype):
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, use_input_stats):
     x, w, b, rm, rv = make(rng, shape, dtype)
     dy = rng.normal(size=shape).astype(dtype)
-    with streaming_stores():
-        got, ref, lowp = forward_all(x, w, b, rm, rv, "input_stats_running" if use_input_stats else "running")
+    with ch.streaming_stores():
+        got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if use_input_stats else "eval")
         g = fastnorm.instance_norm_backward(dy, x, got[1], got[2], w, b, use_input_stats=use_input_stats)
-    check_all(got, ref, lowp, NAMES)
-    gref = R.instance_norm_backward(*map(as64, (dy, x, got[1], got[2], w, b)), use_input_stats=use_input_stats)
-    glow = R.instance_norm_backward(dy, x, got[1], got[2], w, b, use_input_stats=use_input_stats)
-    check_all(g, gref, glow, ["dx", "dweight", "dbias"])
+    check_all(got, ref, lowp, STATS)
+    ch.check_backward("instance_norm", g, dy, x, got[1], got[2], w, b, use_input_stats=use_input_stats)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -101,24 +69,15 @@ def test_nan_propagates_like_reference(rng, threads, dtype):
     for mode in MODES:
         got, ref, lowp = forward_all(x, w, b, rm, rv, mode)
         assert np.isnan(got[0]).any() and np.isfinite(got[0]).any()
-        check_all(got, ref, lowp, NAMES)
+        check_all(got, ref, lowp, STATS)
 
 
 def test_large_offset_float32_statistics(rng, threads):
     x, w, b, rm, rv = make(rng, (3, 4, 3000), np.float32, offset=1e4)
-    got, ref, lowp = forward_all(x, w, b, rm, rv, "input_stats_running")
-    check_all(got, ref, lowp, NAMES)
+    got, ref, lowp = forward_all(x, w, b, rm, rv, "train")
+    check_all(got, ref, lowp, STATS)
     np.testing.assert_allclose(got[2], ref[2], rtol=2e-6)
     np.testing.assert_allclose(got[4], ref[4], rtol=2e-6)
-
-
-def test_empty_batch(rng):
-    x = np.zeros((0, 3, 4), np.float32)
-    y, mean, rstd = fastnorm.instance_norm_forward(x)
-    assert y.shape == x.shape and mean.shape == (0, 3)
-    g = fastnorm.instance_norm_backward(x, x, mean, rstd, np.ones(3, np.float32), np.ones(3, np.float32))
-    np.testing.assert_array_equal(g.dweight, 0)
-    np.testing.assert_array_equal(g.dbias, 0)
 
 
 def test_bad_input_raises_and_writes_nothing(rng):
@@ -126,17 +85,15 @@ def test_bad_input_raises_and_writes_nothing(rng):
     y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
     watched = [rm, rv, y, mean, rstd]
 
-    def fwd(**kw):
-        args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-        args.update(kw)
-        return lambda: fastnorm.instance_norm_forward(**args)
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+    fwd = ch.caller(fastnorm.instance_norm_forward, **args)
 
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
         (ValueError, fwd(running_mean=np.zeros(4, np.float32))),
         (TypeError, fwd(running_var=np.ones(3, np.float64))),
-        (ValueError, fwd(running_var=readonly(rv))),
-        (ValueError, fwd(running_var=strided(np.ones(3, np.float32)))),
+        (ValueError, fwd(running_var=ch.readonly(rv))),
+        (ValueError, fwd(running_var=ch.strided(np.ones(3, np.float32)))),
         (ValueError, fwd(running_mean=None)),
         (ValueError, fwd(running_var=rm)),
         (TypeError, fwd(momentum=None)),
@@ -147,25 +104,19 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (TypeError, fwd(use_input_stats=False, running_mean=None, running_var=None)),
         (ValueError, fwd(out=(y, mean))),
         (ValueError, fwd(out=(y, mean, np.empty((3, 4), np.float32)))),
-        (TypeError, fwd(bias=FakeCudaArray((3,)))),
+        (TypeError, fwd(bias=ch.FakeCudaArray((3,)))),
     ]
     for exc, call in cases:
-        assert_raises_unchanged(exc, call, watched)
+        ch.assert_raises_unchanged(exc, call, watched)
     dx = np.full_like(x, 7)
-    for exc, kw in [
-        (ValueError, dict(mean=np.zeros(3, np.float32))),
-        (ValueError, dict(rstd=np.ones((4, 4), np.float32))),
-        (TypeError, dict(dy=x.astype(np.float64))),
+    stats = dict(mean=np.zeros((4, 3), np.float32), rstd=np.ones((4, 3), np.float32))
+    bwd = ch.caller(fastnorm.instance_norm_backward, dy=x, x=x, **stats, out=(dx, None, None))
+    for exc, call in [
+        (ValueError, bwd(mean=np.zeros(3, np.float32))),
+        (ValueError, bwd(rstd=np.ones((4, 4), np.float32))),
+        (TypeError, bwd(dy=x.astype(np.float64))),
     ]:
-        args = dict(
-            dy=x,
-            x=x,
-            mean=np.zeros((4, 3), np.float32),
-            rstd=np.ones((4, 3), np.float32),
-            out=(dx, None, None),
-        )
-        args.update(kw)
-        assert_raises_unchanged(exc, lambda args=args: fastnorm.instance_norm_backward(**args), [dx])
+        ch.assert_raises_unchanged(exc, call, [dx])
 
 
 @pytest.mark.parametrize("use_input_stats", [True, False])
@@ -185,13 +136,11 @@ def test_matches_torch(rng, threads, use_input_stats, dtype):
         yt.backward(torch.tensor(dy.astype(wide)))
         return yt.detach(), xt.grad, wt.grad, bt.grad, rmt, rvt
 
-    other = run_torch(dtype)
-    if dtype == np.float32:
-        ref = run_torch(np.float64)
-    else:
-        xl, wl, bl, rml, rvl, dyl = (a.astype(np.longdouble) for a in (x, w, b, rm, rv, dy))
+    def run_ref(xl, wl, bl, rml, rvl, dyl):
         yl, ml, sl = R.instance_norm_forward(xl, wl, bl, rml, rvl, **kw)
-        ref = (yl, *R.instance_norm_backward(dyl, xl, ml, sl, wl, bl, use_input_stats=use_input_stats), rml, rvl)
+        return (yl, *R.instance_norm_backward(dyl, xl, ml, sl, wl, bl, use_input_stats=use_input_stats), rml, rvl)
+
+    other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, b, rm, rv, dy))
     y, mean, rstd = fastnorm.instance_norm_forward(x, w, b, rm, rv, **kw)
     dx, dw, db = fastnorm.instance_norm_backward(dy, x, mean, rstd, w, b, use_input_stats=use_input_stats)
     got = (y, dx, dw, db, rm, rv)

@@ -6,9 +6,7 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, f64, numeric_grad, torch_or_skip
-
-SHAPES = [(1, 1), (3, 5), (7, 13), (31, 1023), (5, 1025), (2, 65536), (300, 17)]
+from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad, torch_and_wider_ref, torch_or_skip
 
 
 def make(rng, shape, dtype, affine=True, ndim=1, offset=0.0):
@@ -53,12 +51,12 @@ def test_reference_forward_formula():
 def test_large_m(rng, threads):
     x, w, b, dy = make(rng, (20000, 64), np.float32)
     y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    assert_matches_reference(y, R.layer_norm_forward(*f64(x, w, b))[0], R.layer_norm_forward(x, w, b)[0])
+    assert_close_to_ref(y, R.layer_norm_forward(x, w, b)[0], R.layer_norm_forward(*f64(x, w, b))[0])
     dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
     ref = R.layer_norm_backward(*f64(dy, x, mean, rstd, w, b))
     ref32 = R.layer_norm_backward(dy, x, mean, rstd, w, b)
     for got, r64, r32 in zip((dx, dw, db), ref, ref32):
-        assert_matches_reference(got, r64, r32)
+        assert_close_to_ref(got, r32, r64)
 
 
 def test_large_offset_statistics_stay_accurate(rng, threads):
@@ -67,19 +65,7 @@ def test_large_offset_statistics_stay_accurate(rng, threads):
     y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
     y64, m64, r64 = R.layer_norm_forward(*f64(x, w, b))
     np.testing.assert_allclose(rstd, r64, rtol=1e-5)
-    assert_matches_reference(y, y64, R.layer_norm_forward(x, w, b)[0])
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_zero_rows(dtype):
-    x = np.zeros((0, 8), dtype)
-    w, b = np.ones(8, dtype), np.zeros(8, dtype)
-    y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    assert y.shape == (0, 8) and mean.shape == (0,)
-    dx, dw, db = fastnorm.layer_norm_backward(x, x, mean, rstd, w, b)
-    assert dx.shape == (0, 8)
-    np.testing.assert_array_equal(dw, 0)
-    np.testing.assert_array_equal(db, 0)
+    assert_close_to_ref(y, R.layer_norm_forward(x, w, b)[0], y64)
 
 
 # ------------------------------------------------------------------------------- layouts, buffers, values
@@ -187,12 +173,10 @@ def test_matches_torch(rng, dtype, shape, ndim):
         ty.backward(torch.from_numpy(dy.astype(wide)))
         return ty.detach(), tx.grad, tw.grad, tb.grad
 
-    other = run_torch(dtype)
-    if dtype == np.float32:
-        ref = run_torch(np.float64)
-    else:
-        xl, wl, bl, dyl = (a.astype(np.longdouble) for a in (x, w, b, dy))
+    def run_ref(xl, wl, bl, dyl):
         yl, ml, rl = R.layer_norm_forward(xl, wl, bl, eps=1e-5, normalized_ndim=ndim)
-        ref = (yl, *R.layer_norm_backward(dyl, xl, ml, rl, wl, bl, normalized_ndim=ndim))
+        return (yl, *R.layer_norm_backward(dyl, xl, ml, rl, wl, bl, normalized_ndim=ndim))
+
+    other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, b, dy))
     for name, got, o, r in zip(("y", "dx", "dw", "db"), (y, dx, dw, db), other, ref, strict=True):
         assert_close_to_ref(got, o, r, name=name)

@@ -6,6 +6,9 @@ written.
 
 from __future__ import annotations
 
+import tracemalloc
+
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -33,8 +36,27 @@ def strided(a):
 LAYOUTS = {"unaligned": unaligned, "byteswapped": byteswapped, "readonly": readonly, "strided": strided}
 
 
+# (op, forward array arguments, options of both directions, outputs the backward reads, gradient names
+# (None: dx, dweight, dbias));
+# the backward takes dy (dw for weight_norm) shaped as the first output, the forward's arrays but the
+# running statistics, and the saved outputs.
+_RUNNING = ("x", "w6", "b6", "running_mean", "running_var")
+_SPECS = [
+    ("layer_norm", ("x", "weight", "bias"), {}, ("mean", "rstd"), None),
+    ("rms_norm", ("x", "weight"), {}, ("rstd",), ("dx", "dweight")),
+    ("batch_norm", _RUNNING, dict(training=False), ("mean", "rstd"), None),
+    ("instance_norm", _RUNNING, dict(use_input_stats=False), ("mean", "rstd"), None),
+    ("group_norm", ("x", "w6", "b6"), dict(num_groups=3), ("mean", "rstd"), None),
+    ("local_response_norm", ("x",), dict(size=3), ("y", "scale"), ("dx",)),
+    ("weight_norm", ("v", "g"), {}, ("norm",), ("dv", "dg")),
+    ("cosine_linear", ("xc", "w"), {}, ("y", "x_norm", "w_norm"), ("dx", "dw")),
+]
+# names in _SPECS that stand for a differently shaped array of the same argument
+_ALIAS = {"w6": "weight", "b6": "bias", "xc": "x"}
+
+
 def _cases(dtype):
-    """(op name, function, array arguments, other arguments, output names)."""
+    """(op name, function, array arguments, other arguments, output names), forward then backward per op."""
     rng = np.random.default_rng(7)
 
     def r(*shape):
@@ -43,103 +65,19 @@ def _cases(dtype):
     def pos(*shape):
         return (rng.random(shape) + 0.5).astype(dtype)
 
-    x3, w6, b6 = r(4, 6, 5), r(6), r(6)
-    ln = fastnorm.layer_norm_forward(x3, r(5), r(5))
-    rms = fastnorm.rms_norm_forward(x3)
-    rm, rv = r(6), pos(6)
-    bn = fastnorm.batch_norm_forward(x3, w6, b6)
-    inn = fastnorm.instance_norm_forward(x3, w6, b6)
-    gn = fastnorm.group_norm_forward(x3, 3, w6, b6)
-    lrn = fastnorm.local_response_norm_forward(x3, 3)
-    v, g = r(6, 5), pos(6, 1)
-    wn = fastnorm.weight_norm_forward(v, g)
-    xc, wc = r(4, 5), r(3, 5)
-    cl = fastnorm.cosine_linear_forward(xc, wc)
-    w5, b5 = r(5), r(5)
-    return [
-        ("layer_norm_forward", fastnorm.layer_norm_forward, dict(x=x3, weight=w5, bias=b5), {}, ln._fields),
-        (
-            "layer_norm_backward",
-            fastnorm.layer_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, mean=ln.mean, rstd=ln.rstd, weight=w5, bias=b5),
-            {},
-            ("dx", "dweight", "dbias"),
-        ),
-        ("rms_norm_forward", fastnorm.rms_norm_forward, dict(x=x3, weight=w5), {}, rms._fields),
-        (
-            "rms_norm_backward",
-            fastnorm.rms_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, rstd=rms.rstd, weight=w5),
-            {},
-            ("dx", "dweight"),
-        ),
-        (
-            "batch_norm_forward",
-            fastnorm.batch_norm_forward,
-            dict(x=x3, weight=w6, bias=b6, running_mean=rm, running_var=rv),
-            dict(training=False),
-            bn._fields,
-        ),
-        (
-            "batch_norm_backward",
-            fastnorm.batch_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, mean=bn.mean, rstd=bn.rstd, weight=w6, bias=b6),
-            {},
-            ("dx", "dweight", "dbias"),
-        ),
-        (
-            "instance_norm_forward",
-            fastnorm.instance_norm_forward,
-            dict(x=x3, weight=w6, bias=b6, running_mean=rm, running_var=rv),
-            dict(use_input_stats=False),
-            inn._fields,
-        ),
-        (
-            "instance_norm_backward",
-            fastnorm.instance_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, mean=inn.mean, rstd=inn.rstd, weight=w6, bias=b6),
-            {},
-            ("dx", "dweight", "dbias"),
-        ),
-        (
-            "group_norm_forward",
-            fastnorm.group_norm_forward,
-            dict(x=x3, weight=w6, bias=b6),
-            dict(num_groups=3),
-            gn._fields,
-        ),
-        (
-            "group_norm_backward",
-            fastnorm.group_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, mean=gn.mean, rstd=gn.rstd, weight=w6, bias=b6),
-            dict(num_groups=3),
-            ("dx", "dweight", "dbias"),
-        ),
-        ("local_response_norm_forward", fastnorm.local_response_norm_forward, dict(x=x3), dict(size=3), lrn._fields),
-        (
-            "local_response_norm_backward",
-            fastnorm.local_response_norm_backward,
-            dict(dy=r(4, 6, 5), x=x3, y=lrn.y, scale=lrn.scale),
-            dict(size=3),
-            ("dx",),
-        ),
-        ("weight_norm_forward", fastnorm.weight_norm_forward, dict(v=v, g=g), {}, wn._fields),
-        (
-            "weight_norm_backward",
-            fastnorm.weight_norm_backward,
-            dict(dw=r(6, 5), v=v, g=g, norm=wn.norm),
-            {},
-            ("dv", "dg"),
-        ),
-        ("cosine_linear_forward", fastnorm.cosine_linear_forward, dict(x=xc, w=wc), {}, cl._fields),
-        (
-            "cosine_linear_backward",
-            fastnorm.cosine_linear_backward,
-            dict(dy=r(4, 3), x=xc, w=wc, y=cl.y, x_norm=cl.x_norm, w_norm=cl.w_norm),
-            {},
-            ("dx", "dw"),
-        ),
-    ]
+    arrays = dict(x=r(4, 6, 5), weight=r(5), bias=r(5), w6=r(6), b6=r(6), running_mean=r(6), running_var=pos(6))
+    arrays.update(v=r(6, 5), g=pos(6, 1), xc=r(4, 5), w=r(3, 5))
+    cases = []
+    for op, names, opts, saved, grads in _SPECS:
+        fwd, bwd = getattr(fastnorm, f"{op}_forward"), getattr(fastnorm, f"{op}_backward")
+        args = {_ALIAS.get(n, n): arrays[n] for n in names}
+        res = fwd(**args, **opts)
+        cases.append((f"{op}_forward", fwd, args, opts, res._fields))
+        first = "dw" if op == "weight_norm" else "dy"
+        bargs = {first: r(*res[0].shape), **{k: v for k, v in args.items() if not k.startswith("running")}}
+        bargs.update({k: getattr(res, k) for k in saved})
+        cases.append((f"{op}_backward", bwd, bargs, opts, grads or ("dx", "dweight", "dbias")))
+    return cases
 
 
 def _as_tuple(r):
@@ -250,3 +188,71 @@ def test_unaligned_torch_tensor_through_functional():
     assert t.data_ptr() % 4 != 0
     torch.testing.assert_close(TF.layer_norm(t, (5,)), TF.layer_norm(ref, (5,)), rtol=0, atol=0)
     torch.testing.assert_close(TF.group_norm(t, 3), TF.group_norm(ref, 3), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------- 16-bit data
+HALF = [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
+HALF_IDS = ["bf16", "f16"]
+# 16-bit x (and residual) with float32 parameters: x's layout must not change a bit of any output
+HALF_OPS = {
+    "layer_norm_forward": lambda x, w, res: fastnorm.layer_norm_forward(x, w, w),
+    "rms_norm_forward": lambda x, w, res: fastnorm.rms_norm_forward(x, w),
+    "batch_norm_forward": lambda x, w, res: fastnorm.batch_norm_forward(x, axis=-1),
+    "add_rms_norm_forward": lambda x, w, res: fastnorm.add_rms_norm_forward(x, res, w),
+}
+
+
+def _half_inputs(dtype):
+    rng = np.random.default_rng(5)
+    x = (1e3 + rng.standard_normal((64, 48))).astype(dtype)  # a large offset: statistics must be float32
+    return x, (rng.random(48) + 0.5).astype(np.float32), rng.standard_normal((64, 48)).astype(dtype)
+
+
+def _bits_equal(got, ref, what):
+    for a, b in zip(_as_tuple(got), _as_tuple(ref), strict=True):
+        assert a.dtype == b.dtype and a.dtype.isnative, what
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("op", sorted(HALF_OPS))
+def test_unaligned_16bit_input_gives_bitwise_the_same_outputs(op, dtype):
+    x, w, res = _half_inputs(dtype)
+    u = unaligned(x)
+    assert u.ctypes.data % 2 == 1
+    _bits_equal(HALF_OPS[op](u, w, res), HALF_OPS[op](x, w, res), f"{op}: unaligned x")
+    if op == "add_rms_norm_forward":
+        _bits_equal(HALF_OPS[op](x, w, unaligned(res)), HALF_OPS[op](x, w, res), f"{op}: unaligned residual")
+
+
+@pytest.mark.parametrize("op", sorted(HALF_OPS))
+def test_byteswapped_float16_input_gives_bitwise_the_same_outputs(op):
+    x, w, res = _half_inputs(np.float16)
+    big = x.astype(">f2")
+    assert not big.dtype.isnative and np.array_equal(big, x)
+    _bits_equal(HALF_OPS[op](big, w, res), HALF_OPS[op](x, w, res), f"{op}: '>f2' x")
+
+
+def _peak_bytes(call):
+    """The peak of the memory NumPy allocates (traced) while ``call()`` runs."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("op", sorted(HALF_OPS))
+def test_read_only_16bit_input_is_read_in_place(op, dtype):
+    """A read-only 16-bit x gives the same bits and costs no copy of x: the peak of the traced allocations
+    is that of a writeable x (a copy of x would add x.nbytes)."""
+    x, w, res = _half_inputs(dtype)
+    x = np.repeat(x, 64, axis=0)  # 393 kB: a copy stands well above the allocator's noise
+    res = np.repeat(res, 64, axis=0)
+    ro = readonly(x)
+    _bits_equal(HALF_OPS[op](ro, w, res), HALF_OPS[op](x, w, res), f"{op}: read-only x")
+    writeable = min(_peak_bytes(lambda: HALF_OPS[op](x, w, res)) for _ in range(2))
+    read_only = min(_peak_bytes(lambda: HALF_OPS[op](ro, w, res)) for _ in range(2))
+    assert read_only < writeable + x.nbytes // 2, f"{op}: {read_only} bytes at peak vs {writeable} (x: {x.nbytes})"

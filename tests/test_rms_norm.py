@@ -6,9 +6,7 @@ import pytest
 import fastnorm
 from fastnorm import reference as R
 
-from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, f64, numeric_grad, torch_or_skip
-
-SHAPES = [(1, 1), (3, 5), (7, 13), (31, 1023), (5, 1025), (2, 65536), (300, 17)]
+from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad, torch_and_wider_ref, torch_or_skip
 
 
 def make(rng, shape, dtype, affine=True, ndim=1, offset=0.0):
@@ -46,30 +44,20 @@ def test_large_offset(rng, threads):
     x, w, dy = make(rng, (64, 4096), np.float32, offset=1e4)
     y, rstd = fastnorm.rms_norm_forward(x, w)
     y64, r64 = R.rms_norm_forward(*f64(x, w))
-    assert_matches_reference(y, y64, R.rms_norm_forward(x, w)[0])
+    assert_close_to_ref(y, R.rms_norm_forward(x, w)[0], y64)
     dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
     ref = R.rms_norm_backward(*f64(dy, x, r64, w))
     ref32 = R.rms_norm_backward(dy, x, rstd, w)
     for got, r, r32 in zip((dx, dw), ref, ref32):
-        assert_matches_reference(got, r, r32)
+        assert_close_to_ref(got, r32, r)
 
 
-def test_non_contiguous_read_only_out_and_nan(rng):
-    base, w, dy = make(rng, (10, 40), np.float32)
-    x = base[:, ::2]
-    w = w[:20].copy()
-    w.setflags(write=False)
-    base.setflags(write=False)
-    out = (np.empty((10, 20), np.float32), np.empty(10, np.float32))
-    y, rstd = fastnorm.rms_norm_forward(x, w, out=out)
-    assert np.shares_memory(y, out[0]) and np.shares_memory(rstd, out[1])
-    assert_matches_reference(y, R.rms_norm_forward(*f64(np.ascontiguousarray(x), w))[0],
-                             R.rms_norm_forward(np.ascontiguousarray(x), w)[0])
-    xn = np.array(x)
+def test_nan_propagates_to_its_row_only(rng):
+    xn, w, dy = make(rng, (10, 20), np.float32)
     xn[4, 0] = np.nan
     yn, rn = fastnorm.rms_norm_forward(xn, w)
     assert np.isnan(yn[4]).all() and np.isfinite(np.delete(yn, 4, axis=0)).all()
-    dx, dw = fastnorm.rms_norm_backward(dy[:, :20], xn, rn, w)
+    dx, dw = fastnorm.rms_norm_backward(dy, xn, rn, w)
     assert np.isnan(dx[4]).all() and np.isfinite(np.delete(dx, 4, axis=0)).all() and np.isnan(dw).all()
 
 
@@ -107,12 +95,10 @@ def test_matches_torch(rng, dtype):
         ty.backward(torch.from_numpy(dy.astype(wide)))
         return ty.detach(), tx.grad, tw.grad
 
-    other = run_torch(dtype)
-    if dtype == np.float32:
-        ref = run_torch(np.float64)
-    else:
-        xl, wl, dyl = (a.astype(np.longdouble) for a in (x, w, dy))
+    def run_ref(xl, wl, dyl):
         yl, rl = R.rms_norm_forward(xl, wl, eps=1e-6)
-        ref = (yl, *R.rms_norm_backward(dyl, xl, rl, wl))
+        return (yl, *R.rms_norm_backward(dyl, xl, rl, wl))
+
+    other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, dy))
     for name, got, o, r in zip(("y", "dx", "dw"), (y, dx, dw), other, ref, strict=True):
         assert_close_to_ref(got, o, r, name=name)

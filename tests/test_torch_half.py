@@ -3,7 +3,9 @@
 Zero-copy through ``fastnorm.torch._common._arr/_ten`` (bfloat16 as ``ml_dtypes.bfloat16``). Forward and
 backward are held to DESIGN.md's error criterion against a float64 reference on the same 16-bit inputs:
 fastnorm's error <= 2x the error of torch's op in the same dtype (or, where torch has none, of the float32
-computation rounded to the dtype) + a few units of the dtype. Inputs include large offsets (1e3 + noise).
+computation rounded to the dtype) + a few units of the dtype, with the statistical slack of
+``tests/_util.assert_close_to_ref(sample_slack=True)`` for the outputs of few elements (a gradient per
+channel: 6 for GroupNorm). Inputs include large offsets (1e3 + noise).
 
 An op whose CPU kernels do not take 16-bit data on this build is skipped with the op's TypeError; its
 module then falls back to torch with a FastnormFallbackWarning (tested either way).
@@ -19,30 +21,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from ._util import assert_close_to_ref
+
 torch = pytest.importorskip("torch")
 FF = pytest.importorskip("fastnorm.torch.functional")
 FN = pytest.importorskip("fastnorm.torch.nn")
 TF = torch.nn.functional
 
 HALF = [torch.bfloat16, torch.float16]
-
-
-def _eps(dtype) -> float:
-    return float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps) if dtype == torch.bfloat16 else float(torch.finfo(dtype).eps)
-
-
-def assert_close_half(got, other, ref, *, name: str, factor: float = 2.0, ulps: float = 8.0) -> None:
-    """DESIGN.md's criterion for a 16-bit result ``got`` (``tests/_util.assert_close_to_ref``'s formula, with
-    the 16-bit epsilon): max|got - ref| <= factor * max|other - ref| + ulps * eps(dtype) * max(1, max|ref|)."""
-    g, o, r = (t.detach().double() for t in (got, other, ref))
-    assert g.shape == r.shape == o.shape, f"{name}: shapes {g.shape}, {o.shape}, {r.shape}"
-    finite = torch.isfinite(r)
-    assert torch.equal(torch.isnan(g), torch.isnan(r)), f"{name}: NaN pattern differs from ref"
-    err = float((g[finite] - r[finite]).abs().max())
-    other_err = float((o[finite] - r[finite]).abs().nan_to_num(0.0).max())
-    scale = max(1.0, float(r[finite].abs().max()))
-    bound = factor * other_err + ulps * _eps(got.dtype) * scale
-    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (other's error {other_err:.3g})"
 
 
 @dataclass
@@ -138,10 +124,10 @@ CASES = {
     ),
     "group_norm": Case(
         "group_norm",
-        _chan_make((3, 24, 4, 5), shift=1e3),  # 24 channels: the max error over a few is noisy
+        _chan_make((3, 6, 4, 5), shift=1e3),
         lambda a: FF.group_norm(a["x"], 3, a["weight"], a["bias"], 1e-5),
         lambda a: TF.group_norm(a["x"], 3, a["weight"], a["bias"], 1e-5),
-        lambda dt, pdt: (FN.GroupNorm(3, 24, dtype=pdt), (3, 24, 4, 5)),
+        lambda dt, pdt: (FN.GroupNorm(3, 6, dtype=pdt), (3, 6, 4, 5)),
     ),
     "local_response_norm": Case(
         "local_response_norm",
@@ -215,10 +201,10 @@ def test_forward_backward_error_criterion(name, dt, param_dtype):
     ref, gref = _run(case.ref, _cast(a, torch.float64), dy.double())
 
     assert got.dtype == dt and got.shape == ref.shape
-    assert_close_half(got, other, ref, name=f"{name} {dt} forward")
+    assert_close_to_ref(got, other, ref, name=f"{name} {dt} forward", sample_slack=True)
     for k, g in ggot.items():
         assert g.dtype == a[k].dtype, f"{name}: d{k} has dtype {g.dtype}, its parameter {a[k].dtype}"
-        assert_close_half(g, gother[k].to(g.dtype), gref[k], name=f"{name} {dt} d{k}")
+        assert_close_to_ref(g, gother[k].to(g.dtype), gref[k], name=f"{name} {dt} d{k}", sample_slack=True)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=["bf16", "f16"])
