@@ -13,17 +13,8 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
-from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, register
+from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, ops, register
 from ._common import empty_reduction, eval_stats, fill, opt, round_back, stat_outputs, to_stat
-
-__all__ = [
-    "batch_norm_forward",
-    "batch_norm_backward",
-    "instance_norm_forward",
-    "instance_norm_backward",
-    "group_norm_forward",
-    "group_norm_backward",
-]
 
 BatchNormForward = InstanceNormForward = GroupNormForward = NormStats
 BatchNormBackward = InstanceNormBackward = GroupNormBackward = AffineGrads
@@ -70,6 +61,8 @@ GROUP_NORM_FWD = _declare(
 GROUP_NORM_BWD = _declare(
     "group_norm_backward", "dy x mean rstd :num_groups=int weight? bias?", None, R.group_norm_backward, False
 )
+
+__all__ = [s.name for s in ops("channel_norm")]  # the public functions below, one per declaration
 
 
 # ------------------------------------------------------------------------------------------- shared

@@ -11,10 +11,9 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
-from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, register
+from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
 from ._common import fill, host, put, round_back, stat_outputs, to_stat
 
-__all__ = ["weight_norm_forward", "weight_norm_backward", "cosine_linear_forward", "cosine_linear_backward"]
 
 # ----------------------------------------------------------------------------------------------- WeightNorm
 class WeightNormForward(NamedTuple):
@@ -192,6 +191,8 @@ COSINE_LINEAR_BWD = register(OpSpec(
     (Out("dx", like("x")), Out("dw", like("w"), "w")), CosineLinearBackward, "weight_norm",
     R.cosine_linear_backward,
 ))  # fmt: skip
+
+__all__ = [s.name for s in ops("weight_norm")]  # the public functions below, one per declaration
 
 
 def _matmul(be, a, b, out) -> None:
