@@ -529,8 +529,16 @@ def test_non_contiguous_running_stats_updated_in_place_as_torch(op):
         lambda F, a: F.instance_norm(**a, use_input_stats=0),
         lambda F, a: F.instance_norm(**a, momentum=None),
     ],
-    ids=["training-str", "training-int", "training-np-bool", "momentum-None", "momentum-str", "uis-str", "uis-int",
-         "in-momentum-None"],
+    ids=[
+        "training-str",
+        "training-int",
+        "training-np-bool",
+        "momentum-None",
+        "momentum-str",
+        "uis-str",
+        "uis-int",
+        "in-momentum-None",
+    ],
 )
 def test_argument_types_refused_as_torch(call):
     a_f, a_t = _stats_inputs()(), _stats_inputs()()

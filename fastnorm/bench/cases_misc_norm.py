@@ -172,12 +172,24 @@ def cases(quick: bool) -> list[Case]:
         small = int(np.prod(_g_shape(shape, dim)))
         label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
         out += [
-            Case("weight_norm_forward", label, make,
-                 _providers("weight_norm_forward", _torch_wn_fwd),
-                 4 * (2 * n + 2 * small), (1, 0, 1), n),
-            Case("weight_norm_backward", label, make,
-                 _providers("weight_norm_backward", _torch_wn_bwd),
-                 4 * (3 * n + 3 * small), (2, 0, 1), n),
+            Case(
+                "weight_norm_forward",
+                label,
+                make,
+                _providers("weight_norm_forward", _torch_wn_fwd),
+                4 * (2 * n + 2 * small),
+                (1, 0, 1),
+                n,
+            ),
+            Case(
+                "weight_norm_backward",
+                label,
+                make,
+                _providers("weight_norm_backward", _torch_wn_bwd),
+                4 * (3 * n + 3 * small),
+                (2, 0, 1),
+                n,
+            ),
         ]
     for b, d, o in COS_QUICK if quick else COS_FULL:
         label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)

@@ -94,9 +94,7 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
     # (a non-array fails in V.inout, with its message)
     rm_dtype, rv_dtype = (dt if dt in dtypes else dtype for dt in given)
     running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
-    running_var = V.inout(
-        be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)]
-    )
+    running_var = V.inout(be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)])
     return running_mean, running_var
 
 
@@ -227,9 +225,7 @@ def batch_norm_forward(
         statistics' in evaluation.
     """
     op = "batch_norm_forward"
-    be = backend_of(
-        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
-    )
+    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
     training = V.flag(op, "training", training)
@@ -354,9 +350,7 @@ def instance_norm_forward(
         is a mean over the N instances).
     """
     op = "instance_norm_forward"
-    be = backend_of(
-        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
-    )
+    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, 1)
     use_input_stats = V.flag(op, "use_input_stats", use_input_stats)

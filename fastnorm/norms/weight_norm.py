@@ -65,9 +65,7 @@ def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: b
     return mode, be.empty((n_chunks, width), np.float64), fac
 
 
-def weight_norm_forward(
-    v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None
-) -> WeightNormForward:
+def weight_norm_forward(v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None) -> WeightNormForward:
     """Weight normalization, like ``torch._weight_norm`` (``torch.nn.utils.weight_norm``)::
 
         norm = sqrt(sum(v^2 over every axis except dim)),   w = g * v / norm
@@ -157,8 +155,16 @@ def weight_norm_backward(
     mode, part, fac = _weight_norm_plan(be, adb, nt, True, sd)
     d = adb[1]
     be.kernels.weight_norm_backward(
-        dw32.reshape(adb), v32.reshape(adb), g32.reshape(d), norm.reshape(d), dv32.reshape(adb),
-        dg32.reshape(d), part, fac, mode, nt,
+        dw32.reshape(adb),
+        v32.reshape(adb),
+        g32.reshape(d),
+        norm.reshape(d),
+        dv32.reshape(adb),
+        dg32.reshape(d),
+        part,
+        fac,
+        mode,
+        nt,
     )
     round_back(be, (dv, dg), (dv32, dg32))
     return WeightNormBackward(dv, dg)
@@ -217,9 +223,7 @@ def _cosine_args(be, op: str, x, w, eps):
     return x, w, eps, math.prod(x.shape[:-1]), x.shape[-1], w.shape[0]
 
 
-def cosine_linear_forward(
-    x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None
-) -> CosineLinearForward:
+def cosine_linear_forward(x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None) -> CosineLinearForward:
     """Cosine-normalized linear layer: the cosine similarity of every row of x with every row of w::
 
         x_norm = |x| (L2 over the last axis),   w_norm = |w| (L2 over each row)
@@ -323,13 +327,19 @@ def cosine_linear_backward(
     n_chunks = max(1, min(nt, m))
     gs, cx, cw = be.empty((m, o), x.dtype), be.empty((m,), x.dtype), be.empty((o,), x.dtype)
     be.kernels.cosine_linear_backward_pre(
-        dy.reshape(m, o), y.reshape(m, o), x_norm.reshape(m), w_norm, gs, cx, cw,
-        be.empty((n_chunks, o), np.float64), eps, nt,
+        dy.reshape(m, o),
+        y.reshape(m, o),
+        x_norm.reshape(m),
+        w_norm,
+        gs,
+        cx,
+        cw,
+        be.empty((n_chunks, o), np.float64),
+        eps,
+        nt,
     )
     x2, dx2 = x.reshape(m, d), dx.reshape(m, d)
     _matmul(be, gs, w, dx2)
     _matmul(be, gs.T, x2, dw)
     be.kernels.cosine_linear_backward_post(x2, w, cx, cw, dx2, dw, be.threads((m + o) * d))
     return CosineLinearBackward(dx, dw)
-
-

@@ -161,9 +161,7 @@ def _none_if_absent(t: Tensor, param: Tensor | None) -> Tensor | None:
 def _bool_arg(op: str, name: str, value) -> bool:
     """A Python bool, else TypeError (torch's argument parser: ``'False'``, 1 and numpy.bool_ are refused)."""
     if not isinstance(value, bool):
-        raise TypeError(
-            f"fastnorm.torch.functional.{op}(): argument '{name}' must be bool, not {type(value).__name__}"
-        )
+        raise TypeError(f"fastnorm.torch.functional.{op}(): argument '{name}' must be bool, not {type(value).__name__}")
     return value
 
 
