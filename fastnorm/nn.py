@@ -212,9 +212,7 @@ class LayerNorm(Module):
 
     def forward(self, x):
         k = len(self.normalized_shape)
-        y, self._mean, self._rstd = norms.layer_norm_forward(
-            x, self.weight, self.bias, eps=self.eps, normalized_ndim=k
-        )
+        y, self._mean, self._rstd = norms.layer_norm_forward(x, self.weight, self.bias, eps=self.eps, normalized_ndim=k)
         self._x = x
         return y
 
@@ -245,9 +243,7 @@ class RMSNorm(Module):
 
     def forward(self, x):
         eps = float(np.finfo(x.dtype).eps) if self.eps is None else self.eps
-        y, self._rstd = norms.rms_norm_forward(
-            x, self.weight, eps=eps, normalized_ndim=len(self.normalized_shape)
-        )
+        y, self._rstd = norms.rms_norm_forward(x, self.weight, eps=eps, normalized_ndim=len(self.normalized_shape))
         self._x = x
         return y
 
@@ -303,16 +299,12 @@ class GroupNorm(Module):
     """GroupNorm of (N, C, *) inputs in ``num_groups`` groups of channels (``fastnorm.group_norm_*``);
     per-channel weight and bias like ``torch.nn.GroupNorm``."""
 
-    def __init__(
-        self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32
-    ):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *, dtype=np.float32):
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self._init_affine((num_channels,), dtype, affine, affine)
 
     def forward(self, x):
-        y, self._mean, self._rstd = norms.group_norm_forward(
-            x, self.num_groups, self.weight, self.bias, eps=self.eps
-        )
+        y, self._mean, self._rstd = norms.group_norm_forward(x, self.num_groups, self.weight, self.bias, eps=self.eps)
         self._x = x
         return y
 

@@ -365,49 +365,26 @@ def _case(name, op, **kw):
 _MODES = ("train", "train_no_running", "eval")
 
 OP_CASES = [
-    _case(
-        "layer_norm",
-        "layer_norm",
-        make=_make_layer_norm,
-        shapes=ROW_SHAPES,
-        small_shapes=ROW_SMALL,
-        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in AFFINE),
-        valid=_rows_valid,
-        bad_primary_shapes=((),),  # an empty row (4, 0) is legal, as in torch
-    ),
-    _case(
-        "rms_norm",
-        "rms_norm",
-        make=_make_rms_norm,
-        shapes=ROW_SHAPES,
-        small_shapes=ROW_SMALL,
-        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none")),
-        valid=_rows_valid,
-        bad_primary_shapes=((),),  # an empty row (4, 0) is legal, as in torch
-    ),
-    _case(
-        "add_layer_norm",
-        "add_layer_norm",
-        make=_make_add_layer_norm,
-        shapes=ROW_SHAPES,
-        small_shapes=ROW_SMALL,
-        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in AFFINE)
-        + (dict(affine="both", dh=False),),
-        bwd_primary="h",
-        valid=_rows_valid,
-        bad_primary_shapes=((),),
-    ),
-    _case(
-        "add_rms_norm",
-        "add_rms_norm",
-        make=_make_add_rms_norm,
-        shapes=ROW_SHAPES,
-        small_shapes=ROW_SMALL,
-        options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in ("weight", "none"))
-        + (dict(affine="weight", dh=False),),
-        bwd_primary="h",
-        valid=_rows_valid,
-        bad_primary_shapes=((),),
+    # the row ops: an empty row (4, 0) is legal, as in torch; the fused ones also run without dh
+    *(
+        _case(
+            name,
+            name,
+            make=make,
+            shapes=ROW_SHAPES,
+            small_shapes=ROW_SMALL,
+            options=tuple(dict(affine=a, normalized_ndim=k) for k in (1, 2) for a in affine)
+            + ((dict(affine=affine[0], dh=False),) if fused else ()),
+            bwd_primary="h" if fused else "",
+            valid=_rows_valid,
+            bad_primary_shapes=((),),
+        )
+        for name, make, affine, fused in (
+            ("layer_norm", _make_layer_norm, AFFINE, False),
+            ("rms_norm", _make_rms_norm, ("weight", "none"), False),
+            ("add_layer_norm", _make_add_layer_norm, AFFINE, True),
+            ("add_rms_norm", _make_add_rms_norm, ("weight", "none"), True),
+        )
     ),
     *(
         _case(

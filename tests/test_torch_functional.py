@@ -19,9 +19,19 @@ REGISTRY = fastnorm._spec.REGISTRY
 @dataclass
 class Case:
     make: Callable  # (generator, dtype) -> dict of tensors
-    fast: Callable  # dict -> output (fastnorm.torch.functional)
-    ref: Callable  # dict -> output (torch)
-    ops: tuple  # names of the custom ops the compiled graphs must hold (forward, backward)
+    call: Callable  # (functional module, dict) -> output: run on fastnorm.torch.functional and on torch's
+    op: str  # the op pair whose custom ops (<op>_forward, <op>_backward) the compiled graphs must hold
+    torch_call: Callable | None = None  # dict -> output, where torch's spelling differs
+
+    def fast(self, a):
+        return self.call(FF, a)
+
+    def ref(self, a):
+        return self.torch_call(a) if self.torch_call else self.call(TF, a)
+
+    @property
+    def ops(self) -> tuple:
+        return (f"{self.op}_forward", f"{self.op}_backward")
 
 
 def _t(gen, shape, dtype, scale=1.0, shift=0.0):
@@ -63,132 +73,80 @@ def _bn_make(shape, affine=True, running=True):
     return make
 
 
-def _bn(f, training, momentum=0.1, eps=1e-5):
-    return lambda a: f(a["x"], a["running_mean"], a["running_var"], a["weight"], a["bias"], training, momentum, eps)
+def _bn(name, training, momentum=0.1, eps=1e-5):
+    """batch_norm / instance_norm with torch's positional arguments."""
+
+    def call(F, a):
+        args = (a["running_mean"], a["running_var"], a["weight"], a["bias"], training, momentum, eps)
+        return getattr(F, name)(a["x"], *args)
+
+    return call
+
+
+def _wn(dim):
+    return lambda F, a: F.weight_norm(a["v"], a["g"], dim)
 
 
 CASES = {
     "layer_norm": Case(
-        _ln_make(True, True),
-        lambda a: FF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
-        lambda a: TF.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5),
-        ("layer_norm_forward", "layer_norm_backward"),
+        _ln_make(True, True), lambda F, a: F.layer_norm(a["x"], (5, 7), a["weight"], a["bias"], eps=1e-5), "layer_norm"
     ),
     "layer_norm_weight_only": Case(
-        _ln_make(True, False),
-        lambda a: FF.layer_norm(a["x"], [7], a["weight"][0], None),
-        lambda a: TF.layer_norm(a["x"], [7], a["weight"][0], None),
-        ("layer_norm_forward", "layer_norm_backward"),
+        _ln_make(True, False), lambda F, a: F.layer_norm(a["x"], [7], a["weight"][0], None), "layer_norm"
     ),
     "layer_norm_plain": Case(
-        _ln_make(False, False),
-        lambda a: FF.layer_norm(a["x"], 7, eps=1e-3),
+        _ln_make(False, False), lambda F, a: F.layer_norm(a["x"], 7, eps=1e-3), "layer_norm",
         lambda a: TF.layer_norm(a["x"], (7,), eps=1e-3),
-        ("layer_norm_forward", "layer_norm_backward"),
     ),
-    "rms_norm": Case(
-        _rms_make(True),
-        lambda a: FF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
-        lambda a: TF.rms_norm(a["x"], (9,), a["weight"], eps=1e-6),
-        ("rms_norm_forward", "rms_norm_backward"),
-    ),
+    "rms_norm": Case(_rms_make(True), lambda F, a: F.rms_norm(a["x"], (9,), a["weight"], eps=1e-6), "rms_norm"),
     "rms_norm_default_eps": Case(
-        _rms_make(False),
-        lambda a: FF.rms_norm(a["x"], 9),
-        lambda a: TF.rms_norm(a["x"], (9,)),
-        ("rms_norm_forward", "rms_norm_backward"),
+        _rms_make(False), lambda F, a: F.rms_norm(a["x"], 9), "rms_norm", lambda a: TF.rms_norm(a["x"], (9,))
     ),
-    "batch_norm_train": Case(
-        _bn_make((4, 3, 5)),
-        _bn(FF.batch_norm, True, 0.2),
-        _bn(TF.batch_norm, True, 0.2),
-        ("batch_norm_forward", "batch_norm_backward"),
-    ),
-    "batch_norm_eval": Case(
-        _bn_make((4, 3, 5)),
-        _bn(FF.batch_norm, False, eps=1e-3),
-        _bn(TF.batch_norm, False, eps=1e-3),
-        ("batch_norm_forward", "batch_norm_backward"),
-    ),
-    "batch_norm_2d_plain": Case(
-        _bn_make((6, 3), affine=False, running=False),
-        _bn(FF.batch_norm, True),
-        _bn(TF.batch_norm, True),
-        ("batch_norm_forward", "batch_norm_backward"),
-    ),
-    "batch_norm_4d": Case(
-        _bn_make((2, 3, 4, 5), running=False),
-        _bn(FF.batch_norm, True),
-        _bn(TF.batch_norm, True),
-        ("batch_norm_forward", "batch_norm_backward"),
-    ),
-    "instance_norm_train": Case(
-        _bn_make((3, 4, 6)),
-        _bn(FF.instance_norm, True, 0.3),
-        _bn(TF.instance_norm, True, 0.3),
-        ("instance_norm_forward", "instance_norm_backward"),
-    ),
-    "instance_norm_eval": Case(
-        _bn_make((3, 4, 2, 3)),
-        _bn(FF.instance_norm, False),
-        _bn(TF.instance_norm, False),
-        ("instance_norm_forward", "instance_norm_backward"),
-    ),
+    "batch_norm_train": Case(_bn_make((4, 3, 5)), _bn("batch_norm", True, 0.2), "batch_norm"),
+    "batch_norm_eval": Case(_bn_make((4, 3, 5)), _bn("batch_norm", False, eps=1e-3), "batch_norm"),
+    "batch_norm_2d_plain": Case(_bn_make((6, 3), affine=False, running=False), _bn("batch_norm", True), "batch_norm"),
+    "batch_norm_4d": Case(_bn_make((2, 3, 4, 5), running=False), _bn("batch_norm", True), "batch_norm"),
+    "instance_norm_train": Case(_bn_make((3, 4, 6)), _bn("instance_norm", True, 0.3), "instance_norm"),
+    "instance_norm_eval": Case(_bn_make((3, 4, 2, 3)), _bn("instance_norm", False), "instance_norm"),
     "instance_norm_plain": Case(
-        _bn_make((2, 3, 7), affine=False, running=False),
-        lambda a: FF.instance_norm(a["x"]),
-        lambda a: TF.instance_norm(a["x"]),
-        ("instance_norm_forward", "instance_norm_backward"),
+        _bn_make((2, 3, 7), affine=False, running=False), lambda F, a: F.instance_norm(a["x"]), "instance_norm"
     ),
     "group_norm": Case(
         _bn_make((2, 6, 5), running=False),
-        lambda a: FF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
-        lambda a: TF.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
-        ("group_norm_forward", "group_norm_backward"),
+        lambda F, a: F.group_norm(a["x"], 3, a["weight"], a["bias"], eps=1e-4),
+        "group_norm",
     ),
     "local_response_norm": Case(
         lambda gen, dt: {"x": _t(gen, (2, 7, 3, 2), dt)},
-        lambda a: FF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
-        lambda a: TF.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
-        ("local_response_norm_forward", "local_response_norm_backward"),
+        lambda F, a: F.local_response_norm(a["x"], 3, alpha=0.3, beta=0.75, k=1.5),
+        "local_response_norm",
     ),
     "local_response_norm_even": Case(
-        lambda gen, dt: {"x": _t(gen, (3, 5, 4), dt)},
-        lambda a: FF.local_response_norm(a["x"], 4),
-        lambda a: TF.local_response_norm(a["x"], 4),
-        ("local_response_norm_forward", "local_response_norm_backward"),
+        lambda gen, dt: {"x": _t(gen, (3, 5, 4), dt)}, lambda F, a: F.local_response_norm(a["x"], 4),
+        "local_response_norm",
     ),
     "weight_norm_dim0": Case(
-        lambda gen, dt: {"v": _t(gen, (5, 4), dt), "g": _t(gen, (5, 1), dt)},
-        lambda a: FF.weight_norm(a["v"], a["g"], 0),
+        lambda gen, dt: {"v": _t(gen, (5, 4), dt), "g": _t(gen, (5, 1), dt)}, _wn(0), "weight_norm",
         lambda a: torch._weight_norm(a["v"], a["g"], 0),
-        ("weight_norm_forward", "weight_norm_backward"),
     ),
     "weight_norm_dim1_3d": Case(
-        lambda gen, dt: {"v": _t(gen, (3, 4, 2), dt), "g": _t(gen, (1, 4, 1), dt)},
-        lambda a: FF.weight_norm(a["v"], a["g"], 1),
+        lambda gen, dt: {"v": _t(gen, (3, 4, 2), dt), "g": _t(gen, (1, 4, 1), dt)}, _wn(1), "weight_norm",
         lambda a: torch._weight_norm(a["v"], a["g"], 1),
-        ("weight_norm_forward", "weight_norm_backward"),
     ),
     "weight_norm_whole": Case(
-        lambda gen, dt: {"v": _t(gen, (3, 4), dt), "g": _t(gen, (), dt)},
-        lambda a: FF.weight_norm(a["v"], a["g"], None),
+        lambda gen, dt: {"v": _t(gen, (3, 4), dt), "g": _t(gen, (), dt)}, _wn(None), "weight_norm",
         lambda a: torch._weight_norm(a["v"], a["g"], -1),
-        ("weight_norm_forward", "weight_norm_backward"),
     ),
     "cosine_linear": Case(
         lambda gen, dt: {"x": _t(gen, (2, 3, 6), dt), "weight": _t(gen, (4, 6), dt)},
-        lambda a: FF.cosine_linear(a["x"], a["weight"]),
+        lambda F, a: F.cosine_linear(a["x"], a["weight"]),
+        "cosine_linear",
         lambda a: TF.linear(TF.normalize(a["x"], dim=-1, eps=1e-8), TF.normalize(a["weight"], dim=-1, eps=1e-8)),
-        ("cosine_linear_forward", "cosine_linear_backward"),
     ),
     "group_norm_4d_plain": Case(
-        _bn_make((2, 4, 3, 3), affine=False, running=False),
-        lambda a: FF.group_norm(a["x"], 2),
-        lambda a: TF.group_norm(a["x"], 2),
-        ("group_norm_forward", "group_norm_backward"),
+        _bn_make((2, 4, 3, 3), affine=False, running=False), lambda F, a: F.group_norm(a["x"], 2), "group_norm"
     ),
-}
+}  # fmt: skip
 
 
 def _inputs(case, dtype, seed=0):
@@ -571,8 +529,16 @@ def test_non_contiguous_running_stats_updated_in_place_as_torch(op):
         lambda F, a: F.instance_norm(**a, use_input_stats=0),
         lambda F, a: F.instance_norm(**a, momentum=None),
     ],
-    ids=["training-str", "training-int", "training-np-bool", "momentum-None", "momentum-str", "uis-str", "uis-int",
-         "in-momentum-None"],
+    ids=[
+        "training-str",
+        "training-int",
+        "training-np-bool",
+        "momentum-None",
+        "momentum-str",
+        "uis-str",
+        "uis-int",
+        "in-momentum-None",
+    ],
 )
 def test_argument_types_refused_as_torch(call):
     a_f, a_t = _stats_inputs()(), _stats_inputs()()

@@ -32,15 +32,15 @@ Provider = Callable[[dict], Callable[[], Any]]
 
 @dataclass
 class Case:
-    op: str                          # public op name, e.g. "layer_norm_forward"
-    label: str                       # shape / options, e.g. "(4096, 1024)"
+    op: str  # public op name, e.g. "layer_norm_forward"
+    label: str  # shape / options, e.g. "(4096, 1024)"
     make_inputs: Callable[[np.random.Generator], dict]
-    providers: dict[str, Provider]   # "fastnorm", "fastnorm out=", "numpy", "torch", ...
-    nbytes: int                      # bytes a perfect fused kernel reads + writes
-    streams: tuple[int, int, int]    # (read-only, read-write, write-only) streams for the bound
-    stream_len: int                  # float32 elements per stream (nbytes ~= 4 * stream_len * sum(streams))
+    providers: dict[str, Provider]  # "fastnorm", "fastnorm out=", "numpy", "torch", ...
+    nbytes: int  # bytes a perfect fused kernel reads + writes
+    streams: tuple[int, int, int]  # (read-only, read-write, write-only) streams for the bound
+    stream_len: int  # float32 elements per stream (nbytes ~= 4 * stream_len * sum(streams))
     tags: tuple[str, ...] = field(default_factory=tuple)
-    dtype: str = "float32"           # the data's dtype (x, y, dy, dx); statistics stay float32
+    dtype: str = "float32"  # the data's dtype (x, y, dy, dx); statistics stay float32
 
     @property
     def name(self) -> str:

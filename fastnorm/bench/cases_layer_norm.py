@@ -9,8 +9,6 @@ with the op's TypeError.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 
 import fastnorm
@@ -113,18 +111,14 @@ def cases(quick: bool) -> list[Case]:
             fwd_bytes = isz * (2 * mn + 2 * n) + 4 * 2 * m
             bwd_bytes = isz * (3 * mn + 4 * n) + 4 * 2 * m
 
-            prov = partial(_providers, dtype, mn)
+            moved = {  # op: (bytes, streams, torch provider)
+                "layer_norm_forward": (fwd_bytes, (1, 0, 1), _torch_ln_fwd),
+                "layer_norm_backward": (bwd_bytes, (2, 0, 1), _torch_ln_bwd),
+                "rms_norm_forward": (fwd_bytes - isz * n - 4 * m, (1, 0, 1), _torch_rms_fwd),
+                "rms_norm_backward": (bwd_bytes - isz * 2 * n - 4 * m, (2, 0, 1), _torch_rms_bwd),
+            }
             out += [
-                Case("layer_norm_forward", label, make, prov("layer_norm_forward", _torch_ln_fwd),
-                     fwd_bytes, (1, 0, 1), sl, dtype=dtype),
-                Case("layer_norm_backward", label, make,
-                     prov("layer_norm_backward", _torch_ln_bwd), bwd_bytes, (2, 0, 1), sl,
-                     dtype=dtype),
-                Case("rms_norm_forward", label, make,
-                     prov("rms_norm_forward", _torch_rms_fwd),
-                     fwd_bytes - isz * n - 4 * m, (1, 0, 1), sl, dtype=dtype),
-                Case("rms_norm_backward", label, make,
-                     prov("rms_norm_backward", _torch_rms_bwd),
-                     bwd_bytes - isz * 2 * n - 4 * m, (2, 0, 1), sl, dtype=dtype),
+                Case(op, label, make, _providers(dtype, mn, op, tch), nbytes, streams, sl, dtype=dtype)
+                for op, (nbytes, streams, tch) in moved.items()
             ]
     return out

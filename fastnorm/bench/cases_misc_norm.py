@@ -171,14 +171,11 @@ def cases(quick: bool) -> list[Case]:
         n = int(np.prod(shape))
         small = int(np.prod(_g_shape(shape, dim)))
         label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
-        out += [
-            Case("weight_norm_forward", label, make,
-                 _providers("weight_norm_forward", _torch_wn_fwd),
-                 4 * (2 * n + 2 * small), (1, 0, 1), n),
-            Case("weight_norm_backward", label, make,
-                 _providers("weight_norm_backward", _torch_wn_bwd),
-                 4 * (3 * n + 3 * small), (2, 0, 1), n),
-        ]
+        moved = {  # op: (bytes, streams, torch provider)
+            "weight_norm_forward": (4 * (2 * n + 2 * small), (1, 0, 1), _torch_wn_fwd),
+            "weight_norm_backward": (4 * (3 * n + 3 * small), (2, 0, 1), _torch_wn_bwd),
+        }
+        out += [Case(op, label, make, _providers(op, t), nb, st, n) for op, (nb, st, t) in moved.items()]
     for b, d, o in COS_QUICK if quick else COS_FULL:
         label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)
         fwd = 4 * (b * d + o * d + b * o + b + o)

@@ -18,15 +18,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import reference as R
-from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, bytes_of, grad, lead, like, register
+from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, bytes_of, grad, lead, like, ops, register
 from .layer_norm import rows_backward, rows_forward
-
-__all__ = [
-    "add_layer_norm_forward",
-    "add_layer_norm_backward",
-    "add_rms_norm_forward",
-    "add_rms_norm_backward",
-]
 
 
 class AddLayerNormForward(NamedTuple):
@@ -70,6 +63,8 @@ ADD_RMS_NORM_BWD = register(OpSpec(
     (Out("dx", like("h")), grad("dweight", "weight")),
     ScaleGrads, "add_norm", R.add_rms_norm_backward, primary="h", bytes_moved=bytes_of(3, 1, "h"),
 ))  # fmt: skip
+
+__all__ = [s.name for s in ops("add_norm")]  # the public functions below, one per declaration
 
 
 def add_layer_norm_forward(

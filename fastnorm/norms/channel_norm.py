@@ -13,17 +13,8 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
-from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, register
+from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, ops, register
 from ._common import empty_reduction, eval_stats, fill, opt, round_back, stat_outputs, to_stat
-
-__all__ = [
-    "batch_norm_forward",
-    "batch_norm_backward",
-    "instance_norm_forward",
-    "instance_norm_backward",
-    "group_norm_forward",
-    "group_norm_backward",
-]
 
 BatchNormForward = InstanceNormForward = GroupNormForward = NormStats
 BatchNormBackward = InstanceNormBackward = GroupNormBackward = AffineGrads
@@ -71,6 +62,8 @@ GROUP_NORM_BWD = _declare(
     "group_norm_backward", "dy x mean rstd :num_groups=int weight? bias?", None, R.group_norm_backward, False
 )
 
+__all__ = [s.name for s in ops("channel_norm")]  # the public functions below, one per declaration
+
 
 # ------------------------------------------------------------------------------------------- shared
 def _affine(be, op, x, c, weight, bias) -> dict:
@@ -101,9 +94,7 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
     # (a non-array fails in V.inout, with its message)
     rm_dtype, rv_dtype = (dt if dt in dtypes else dtype for dt in given)
     running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
-    running_var = V.inout(
-        be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)]
-    )
+    running_var = V.inout(be, op, "running_var", running_var, (c,), rv_dtype, [*others, ("running_mean", running_mean)])
     return running_mean, running_var
 
 
@@ -234,9 +225,7 @@ def batch_norm_forward(
         statistics' in evaluation.
     """
     op = "batch_norm_forward"
-    be = backend_of(
-        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
-    )
+    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
     training = V.flag(op, "training", training)
@@ -361,9 +350,7 @@ def instance_norm_forward(
         is a mean over the N instances).
     """
     op = "instance_norm_forward"
-    be = backend_of(
-        op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out
-    )
+    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, 1)
     use_input_stats = V.flag(op, "use_input_stats", use_input_stats)

@@ -27,11 +27,10 @@ from .._spec import (
     grad,
     lead,
     like,
+    ops,
     register,
 )
 from ._common import empty_reduction, fill, host, opt, partials, put, round_back, stat_outputs, to_stat
-
-__all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
 LayerNormForward = NormStats
 LayerNormBackward = AffineGrads
@@ -63,6 +62,8 @@ RMS_NORM_BWD = register(OpSpec(
     (Out("dx", like("x")), grad("dweight", "weight")),
     ScaleGrads, "layer_norm", R.rms_norm_backward, bytes_moved=bytes_of(2, 1),
 ))  # fmt: skip
+
+__all__ = [s.name for s in ops("layer_norm")]  # the public functions below, one per declaration
 
 _PARAMS = ("weight", "bias")
 _STATS = ("mean", "rstd")

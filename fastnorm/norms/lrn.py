@@ -10,9 +10,7 @@ import numpy as np
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
-from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, register
-
-__all__ = ["local_response_norm_forward", "local_response_norm_backward"]
+from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
 
 
 class LocalResponseNormForward(NamedTuple):
@@ -32,6 +30,8 @@ LRN_BWD = register(OpSpec(
     (Out("dx", like("x")),),
     None, "lrn", R.local_response_norm_backward, bytes_moved=bytes_of(4, 1),
 ))  # fmt: skip
+
+__all__ = [s.name for s in ops("lrn")]  # the public functions below, one per declaration
 
 
 def _lrn_args(op: str, x, size, alpha, beta, k) -> tuple[tuple[int, int, int], int, float, float, float]:

@@ -11,10 +11,9 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
-from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, register
+from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
 from ._common import fill, host, put, round_back, stat_outputs, to_stat
 
-__all__ = ["weight_norm_forward", "weight_norm_backward", "cosine_linear_forward", "cosine_linear_backward"]
 
 # ----------------------------------------------------------------------------------------------- WeightNorm
 class WeightNormForward(NamedTuple):
@@ -61,9 +60,7 @@ def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: b
     return mode, be.empty(part_shape, np.float64), be.empty(fac_shape, dtype)
 
 
-def weight_norm_forward(
-    v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None
-) -> WeightNormForward:
+def weight_norm_forward(v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None) -> WeightNormForward:
     """Weight normalization, like ``torch._weight_norm`` (``torch.nn.utils.weight_norm``)::
 
         norm = sqrt(sum(v^2 over every axis except dim)),   w = g * v / norm
@@ -153,8 +150,16 @@ def weight_norm_backward(
     mode, part, fac = _weight_norm_plan(be, adb, nt, True, sd)
     d = adb[1]
     be.kernels.weight_norm_backward(
-        dw32.reshape(adb), v32.reshape(adb), g32.reshape(d), norm.reshape(d), dv32.reshape(adb),
-        dg32.reshape(d), part, fac, mode, nt,
+        dw32.reshape(adb),
+        v32.reshape(adb),
+        g32.reshape(d),
+        norm.reshape(d),
+        dv32.reshape(adb),
+        dg32.reshape(d),
+        part,
+        fac,
+        mode,
+        nt,
     )
     round_back(be, (dv, dg), (dv32, dg32))
     return WeightNormBackward(dv, dg)
@@ -188,6 +193,8 @@ COSINE_LINEAR_BWD = register(OpSpec(
     R.cosine_linear_backward,
 ))  # fmt: skip
 
+__all__ = [s.name for s in ops("weight_norm")]  # the public functions below, one per declaration
+
 
 def _matmul(be, a, b, out) -> None:
     """out = a @ b: NumPy's BLAS on the CPU (its own threads); a GPU backend brings its own ``matmul``."""
@@ -211,9 +218,7 @@ def _cosine_args(be, op: str, x, w, eps):
     return x, w, eps, math.prod(x.shape[:-1]), x.shape[-1], w.shape[0]
 
 
-def cosine_linear_forward(
-    x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None
-) -> CosineLinearForward:
+def cosine_linear_forward(x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None) -> CosineLinearForward:
     """Cosine-normalized linear layer: the cosine similarity of every row of x with every row of w::
 
         x_norm = |x| (L2 over the last axis),   w_norm = |w| (L2 over each row)
@@ -317,13 +322,19 @@ def cosine_linear_backward(
     n_chunks = max(1, min(nt, m))
     gs, cx, cw = be.empty((m, o), x.dtype), be.empty((m,), x.dtype), be.empty((o,), x.dtype)
     be.kernels.cosine_linear_backward_pre(
-        dy.reshape(m, o), y.reshape(m, o), x_norm.reshape(m), w_norm, gs, cx, cw,
-        be.empty((n_chunks, o), np.float64), eps, nt,
+        dy.reshape(m, o),
+        y.reshape(m, o),
+        x_norm.reshape(m),
+        w_norm,
+        gs,
+        cx,
+        cw,
+        be.empty((n_chunks, o), np.float64),
+        eps,
+        nt,
     )
     x2, dx2 = x.reshape(m, d), dx.reshape(m, d)
     _matmul(be, gs, w, dx2)
     _matmul(be, gs.T, x2, dw)
     be.kernels.cosine_linear_backward_post(x2, w, cx, cw, dx2, dw, be.threads((m + o) * d))
     return CosineLinearBackward(dx, dw)
-
-

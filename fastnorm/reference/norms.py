@@ -245,7 +245,15 @@ def _affine(y, weight, bias, shape):
 
 # --------------------------------------------------------------------------------------------- BatchNorm
 def batch_norm_forward(
-    x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True, momentum=0.1, eps=1e-5,
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training=True,
+    momentum=0.1,
+    eps=1e-5,
     axis=1,
 ):
     """BatchNorm (``torch.nn.functional.batch_norm``); channel axis 1 ((N, C, *)) or -1 (channels-last).
@@ -304,7 +312,14 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, *, training=T
 
 # --------------------------------------------------------------------------------------------- InstanceNorm
 def instance_norm_forward(
-    x, weight=None, bias=None, running_mean=None, running_var=None, *, use_input_stats=True, momentum=0.1,
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    use_input_stats=True,
+    momentum=0.1,
     eps=1e-5,
 ):
     """InstanceNorm (``torch.nn.functional.instance_norm``): statistics per (n, c) over the L spatial values.

@@ -161,9 +161,7 @@ def _none_if_absent(t: Tensor, param: Tensor | None) -> Tensor | None:
 def _bool_arg(op: str, name: str, value) -> bool:
     """A Python bool, else TypeError (torch's argument parser: ``'False'``, 1 and numpy.bool_ are refused)."""
     if not isinstance(value, bool):
-        raise TypeError(
-            f"fastnorm.torch.functional.{op}(): argument '{name}' must be bool, not {type(value).__name__}"
-        )
+        raise TypeError(f"fastnorm.torch.functional.{op}(): argument '{name}' must be bool, not {type(value).__name__}")
     return value
 
 
@@ -281,6 +279,18 @@ def rms_norm(
 
 
 # ------------------------------------------------------------------------------------------- BatchNorm
+def _with_running_stats(op, binding, torch_fn, flag_name, input, running_mean, running_var, weight, bias, flag,
+                        momentum, eps):  # fmt: skip
+    """BatchNorm / InstanceNorm: torch's argument checks, torch's own op for an input with no elements or
+    fewer than 2 dims (nothing to compute: torch's result or error, no running-statistics update)."""
+    _check(op, input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    flag = _bool_arg(op, flag_name, flag)
+    momentum, eps = _float_arg(op, "momentum", momentum), _float_arg(op, "eps", eps)
+    if input.dim() < 2 or input.numel() == 0:
+        return torch_fn(input, running_mean, running_var, weight, bias, flag, momentum, eps)
+    return binding.apply(input, weight, bias, running_mean, running_var, flag, momentum, eps)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -318,15 +328,8 @@ def batch_norm(
     Tensor
         y, like input.
     """
-    _check(
-        "batch_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
-    )
-    training = _bool_arg("batch_norm", "training", training)
-    momentum = _float_arg("batch_norm", "momentum", momentum)
-    eps = _float_arg("batch_norm", "eps", eps)
-    if input.dim() < 2 or input.numel() == 0:
-        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    return BATCH_NORM.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _with_running_stats("batch_norm", BATCH_NORM, torch.nn.functional.batch_norm, "training", *args)
 
 
 # ------------------------------------------------------------------------------------------- InstanceNorm
@@ -363,17 +366,9 @@ def instance_norm(
     Tensor
         y, like input.
     """
-    _check(
-        "instance_norm", input=input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
-    )
-    use_input_stats = _bool_arg("instance_norm", "use_input_stats", use_input_stats)
-    momentum = _float_arg("instance_norm", "momentum", momentum)
-    eps = _float_arg("instance_norm", "eps", eps)
-    if input.dim() < 2 or input.numel() == 0:
-        return torch.nn.functional.instance_norm(
-            input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
-        )
-    return INSTANCE_NORM.apply(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
+    args = (input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    torch_fn = torch.nn.functional.instance_norm
+    return _with_running_stats("instance_norm", INSTANCE_NORM, torch_fn, "use_input_stats", *args)
 
 
 # ------------------------------------------------------------------------------------------- GroupNorm

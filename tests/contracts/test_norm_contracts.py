@@ -108,9 +108,7 @@ def _check_parity(dev, fn, ref_fn, kwargs, names, inout, dtype):
 
 
 # --------------------------------------------------------------------------------------- reference parity
-@pytest.mark.parametrize(
-    ("device", "case", "opts", "shape", "dtype"), _grid(), indirect=["device"]
-)
+@pytest.mark.parametrize(("device", "case", "opts", "shape", "dtype"), _grid(), indirect=["device"])
 def test_reference_parity(device, case, opts, shape, dtype):
     inp = case.make(np.random.default_rng(7), shape, dtype, **opts)
     with np.errstate(all="ignore"):  # the references' own 0/0 on empty inputs
