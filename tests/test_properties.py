@@ -261,13 +261,19 @@ STATE_LAYOUTS = ("c",) * 12 + ("strided", "readonly", "bigendian")
 GRAD_LAYOUTS = ("c", "c", "c", "fortran", "strided", "reversed", "readonly", "bigendian")
 
 
-@st.composite
-def optim_calls(draw):
+def _draw_case_options(draw, edge_one_in):
+    """An optimizer case and its options, one hyperparameter at an edge value one time in ``edge_one_in``."""
     case = draw(st.sampled_from(OPTIM_CASES))
     kw = dict(draw(st.sampled_from(case.options)))
-    if draw(st.integers(0, 2)) == 0:
+    if draw(st.integers(0, edge_one_in - 1)) == 0:
         name = draw(st.sampled_from(sorted(n for n in HYPER_VALUES if n in _hyper_names(case))))
         kw[name] = draw(st.sampled_from(HYPER_VALUES[name]))
+    return case, kw
+
+
+@st.composite
+def optim_calls(draw):
+    case, kw = _draw_case_options(draw, 3)
     shapes = draw(st.lists(st.sampled_from([(), (0,), (1,), (3,), (7,), (2, 3), (0, 4), (17,)]), max_size=4))
     dtypes = [draw(st.sampled_from(FLOATS)) for _ in shapes]
     grad_layouts = [draw(st.sampled_from(GRAD_LAYOUTS)) for _ in shapes]
@@ -358,11 +364,7 @@ def test_optimizer_steps_match_the_reference_or_raise_cleanly(call):
 
 @st.composite
 def class_runs(draw):
-    case = draw(st.sampled_from(OPTIM_CASES))
-    kw = dict(draw(st.sampled_from(case.options)))
-    if draw(st.integers(0, 3)) == 0:
-        name = draw(st.sampled_from(sorted(n for n in HYPER_VALUES if n in _hyper_names(case))))
-        kw[name] = draw(st.sampled_from(HYPER_VALUES[name]))
+    case, kw = _draw_case_options(draw, 4)
     shapes = draw(st.lists(st.sampled_from([(), (0,), (1,), (3,), (2, 3), (17,)]), min_size=1, max_size=4))
     dtype = draw(st.sampled_from(FLOATS))
     n_steps = draw(st.integers(1, 3))
