@@ -1,8 +1,8 @@
 """pytest-benchmark suite over every case of fastnorm.bench (the same cases the roofline report runs).
 
-    pytest bench --benchmark-enable                    # full shapes, timed
-    pytest bench --benchmark-enable --bench-quick      # small shapes
-    pytest bench --bench-quick                         # no timing: each case once, so bench code cannot rot (CI)
+pytest bench --benchmark-enable                    # full shapes, timed
+pytest bench --benchmark-enable --bench-quick      # small shapes
+pytest bench --bench-quick                         # no timing: each case once, so bench code cannot rot (CI)
 """
 
 
@@ -32,7 +32,8 @@ def pytest_generate_tests(metafunc):
     dtypes = [d for d in metafunc.config.getoption("--bench-dtypes").split(",") if d]
     quick = metafunc.config.getoption("--bench-quick")
     cases = [
-        c for c in all_cases(quick=quick)
+        c
+        for c in all_cases(quick=quick)
         if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
     ]
     params = [(c, p) for c in cases for p in c.providers]

@@ -101,6 +101,15 @@ def caller(fn, **defaults):
     return lambda **changes: lambda: fn(**{**defaults, **changes})
 
 
+def bad_forward_table(op, x, w, b, rm, rv, stat_shape):
+    """For a table of bad forward input of BatchNorm/InstanceNorm: ``(fwd, watched)``, where ``fwd(**changes)``
+    calls the op with the running statistics and out= buffers prefilled with 7 (``caller``), and ``watched``
+    is [running_mean, running_var, y, mean, rstd]: every array the op must leave unchanged on error."""
+    y, mean, rstd = np.full_like(x, 7), np.full(stat_shape, 7, x.dtype), np.full(stat_shape, 7, x.dtype)
+    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
+    return caller(getattr(fastnorm, f"{op}_forward"), **args), [rm, rv, y, mean, rstd]
+
+
 def assert_raises_unchanged(exc, call, watched, match=None):
     """``call()`` raises ``exc`` and leaves every array in ``watched`` bitwise unchanged."""
     before = [np.array(a, copy=True) for a in watched]

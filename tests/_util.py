@@ -161,4 +161,3 @@ def byteswapped(a):
     """A copy of ``a`` in the non-native byte order (big-endian on x86), same values."""
     a = np.asarray(a)
     return a.astype(a.dtype.newbyteorder("S"))
-

@@ -138,12 +138,8 @@ def test_large_offset_float32_statistics(rng, threads, shape, axis):
 # ----------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, b, rm, rv = make(rng, (4, 3, 5), 1, np.float32)
-    y, mean, rstd = np.full_like(x, 7), np.full(3, 7, np.float32), np.full(3, 7, np.float32)
-    watched = [rm, rv, y, mean, rstd]
-
-    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-    fwd = ch.caller(fastnorm.batch_norm_forward, **args)
-
+    fwd, watched = ch.bad_forward_table("batch_norm", x, w, b, rm, rv, 3)
+    y, mean, rstd = watched[2:]
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
         (ValueError, fwd(running_var=np.ones(4, np.float32))),

@@ -60,9 +60,7 @@ def test_numpy_mlp_synthetic_data_and_plot(tmp_path):
 def test_gd_regimes_every_run_learns(tmp_path):
     m, stdout = _run(tmp_path, "gd_regimes")
     runs = m["runs"]
-    assert {"full-batch GD", "mini-batch SGD (32)", "stochastic GD (1)", "Adam", "AdamW", "Adadelta"} <= set(
-        runs
-    )
+    assert {"full-batch GD", "mini-batch SGD (32)", "stochastic GD (1)", "Adam", "AdamW", "Adadelta"} <= set(runs)
     for name, r in runs.items():
         assert r["losses"][0] == pytest.approx(m["initial_loss"])  # same start for every run
         assert r["losses"][-1] < r["losses"][0], name

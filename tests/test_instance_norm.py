@@ -82,12 +82,8 @@ def test_large_offset_float32_statistics(rng, threads):
 
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, b, rm, rv = make(rng, (4, 3, 5), np.float32)
-    y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
-    watched = [rm, rv, y, mean, rstd]
-
-    args = dict(x=x, weight=w, bias=b, running_mean=rm, running_var=rv, out=(y, mean, rstd))
-    fwd = ch.caller(fastnorm.instance_norm_forward, **args)
-
+    fwd, watched = ch.bad_forward_table("instance_norm", x, w, b, rm, rv, (4, 3))
+    y, mean = watched[2:4]
     cases = [
         (ValueError, fwd(weight=np.ones(4, np.float32))),
         (ValueError, fwd(running_mean=np.zeros(4, np.float32))),

@@ -156,9 +156,7 @@ def test_sequential_end_to_end_grads(rng):
 
 
 def test_grads_are_stable_arrays_in_parameter_order(rng):
-    model = nn.Sequential(
-        nn.Linear(4, 5, rng=0), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 2, bias=False, rng=1)
-    )
+    model = nn.Sequential(nn.Linear(4, 5, rng=0), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 2, bias=False, rng=1))
     params, grads = model.parameters(), model.grads()
     assert [p.shape for p in params] == [(5, 4), (5,), (5,), (5,), (2, 5)]
     assert [g.shape for g in grads] == [p.shape for p in params]

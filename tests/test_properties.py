@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from ._util import assert_close_to_ref
@@ -261,13 +261,44 @@ STATE_LAYOUTS = ("c",) * 12 + ("strided", "readonly", "bigendian")
 GRAD_LAYOUTS = ("c", "c", "c", "fortran", "strided", "reversed", "readonly", "bigendian")
 
 
-@st.composite
-def optim_calls(draw):
+def _draw_case_options(draw, edge_one_in):
+    """An optimizer case and its options, one hyperparameter at an edge value one time in ``edge_one_in``."""
     case = draw(st.sampled_from(OPTIM_CASES))
     kw = dict(draw(st.sampled_from(case.options)))
-    if draw(st.integers(0, 2)) == 0:
+    if draw(st.integers(0, edge_one_in - 1)) == 0:
         name = draw(st.sampled_from(sorted(n for n in HYPER_VALUES if n in _hyper_names(case))))
         kw[name] = draw(st.sampled_from(HYPER_VALUES[name]))
+    assume(not _centered_rmsprop_alpha_0(case.name, kw))  # a known failure: see the test below
+    return case, kw
+
+
+def _centered_rmsprop_alpha_0(name, kw):
+    return name == "rmsprop" and kw.get("centered") is True and kw.get("alpha") == 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fastnorm's centered RMSprop forms square_avg - grad_avg^2 in double from the float32 square_avg: "
+    "with alpha = 0 that is the float32 rounding error of g^2 (about +-1e-8 g^2) instead of 0, so the step is "
+    "lr * g / sqrt(residual) (or NaN) where torch and the reference take lr * g / eps (optim's kernels)",
+)
+def test_centered_rmsprop_with_alpha_0_matches_the_reference():  # float32 (float64 agrees)
+    dtype = np.float32
+    from fastnorm import optim as O
+    from fastnorm.reference import optim as RO
+
+    g = np.linspace(0.5, 3.0, 7).astype(dtype)
+    runs = []
+    for step, wide in ((O.rmsprop_step, dtype), (RO.rmsprop_step, np.float64)):
+        p, grad, sq, ga = np.ones(7, wide), g.astype(wide), np.zeros(7, wide), np.zeros(7, wide)
+        step([p], [grad], [sq], [ga], alpha=0.0, centered=True)
+        runs.append(p)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+@st.composite
+def optim_calls(draw):
+    case, kw = _draw_case_options(draw, 3)
     shapes = draw(st.lists(st.sampled_from([(), (0,), (1,), (3,), (7,), (2, 3), (0, 4), (17,)]), max_size=4))
     dtypes = [draw(st.sampled_from(FLOATS)) for _ in shapes]
     grad_layouts = [draw(st.sampled_from(GRAD_LAYOUTS)) for _ in shapes]
@@ -358,11 +389,7 @@ def test_optimizer_steps_match_the_reference_or_raise_cleanly(call):
 
 @st.composite
 def class_runs(draw):
-    case = draw(st.sampled_from(OPTIM_CASES))
-    kw = dict(draw(st.sampled_from(case.options)))
-    if draw(st.integers(0, 3)) == 0:
-        name = draw(st.sampled_from(sorted(n for n in HYPER_VALUES if n in _hyper_names(case))))
-        kw[name] = draw(st.sampled_from(HYPER_VALUES[name]))
+    case, kw = _draw_case_options(draw, 4)
     shapes = draw(st.lists(st.sampled_from([(), (0,), (1,), (3,), (2, 3), (17,)]), min_size=1, max_size=4))
     dtype = draw(st.sampled_from(FLOATS))
     n_steps = draw(st.integers(1, 3))

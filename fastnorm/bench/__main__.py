@@ -13,8 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, fewer repeats (about a minute)")
     ap.add_argument("--ops", nargs="*", help="only ops whose name contains one of these strings")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median taken)")
-    ap.add_argument("--dtypes", nargs="*", choices=["float32", "bfloat16", "float16"],
-                    help="only cases of these data dtypes (default: all; 16-bit cases where the op has them)")
+    ap.add_argument(
+        "--dtypes",
+        nargs="*",
+        choices=["float32", "bfloat16", "float16"],
+        help="only cases of these data dtypes (default: all; 16-bit cases where the op has them)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for fastnorm and torch")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
@@ -30,9 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time fastnorm on every other ISA target this CPU runs, side by side (fastnorm@<target>)",
     )
-    ap.add_argument("--host-overhead", action="store_true",
-                    help="host time and driver calls per CUDA call under a recording driver (no GPU needed; "
-                         "run in a process of its own)")
+    ap.add_argument(
+        "--host-overhead",
+        action="store_true",
+        help="host time and driver calls per CUDA call under a recording driver (no GPU needed; "
+        "run in a process of its own)",
+    )
     args = ap.parse_args(argv)
     if args.host_overhead:
         from fastnorm._kernels.cuda import _recording

@@ -77,8 +77,7 @@ def run_report(
 
     targets = [t for t in kernels.runnable_targets() if t != kernels.TARGET] if compare_targets else []
     cases = [
-        c for c in all_cases(quick)
-        if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
+        c for c in all_cases(quick) if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
     ]
     rng = np.random.default_rng(seed)
     rows = []
@@ -110,8 +109,16 @@ def run_report(
             rows.append(dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, skipped=reason))
         for pname, t in times.items():
             gbps = case.nbytes / t / 1e9
-            row = dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, ms=t * 1e3, gbps=gbps,
-                       bound_gbps=bound, frac=gbps / bound)
+            row = dict(
+                op=case.op,
+                label=case.label,
+                dtype=case.dtype,
+                provider=pname,
+                ms=t * 1e3,
+                gbps=gbps,
+                bound_gbps=bound,
+                frac=gbps / bound,
+            )
             if pname.startswith("fastnorm"):
                 row["speedup"] = {p: tp / t for p, tp in times.items() if not p.startswith("fastnorm")}
                 if pname == "fastnorm":
