@@ -1,7 +1,9 @@
 """Benchmark cases: fused softmax cross-entropy forward + backward, KL and JS forward + backward, entropy;
-float32 (M, V) rows. Also ``peak_memory_report()`` (``python -m fastnorm.bench.cases_divergence``): the extra
-peak memory of one cross-entropy forward + backward, fastnorm's and torch's, from the peak RSS of a fresh
-process per provider.
+float32 (M, V) rows. Also ``peak_memory_report()``: the extra peak memory of one cross-entropy forward +
+backward, fastnorm's and torch's, from the peak RSS of a fresh process per provider; and ``side_by_side()``
+(``python -m fastnorm.bench.cases_divergence [--quick] [--threads 2]``): the issue-15 targets measured in one
+process, each provider's calls interleaved with the others' (medians of repeats, ratios), with the CPU
+model and the load average, for machines shared with other work.
 
 Bytes moved by a perfect fused kernel: cross-entropy fwd+bwd reads the logits once and writes the gradient
 once (8 bytes per element; in place the same bytes in one read-write stream); KL/JS fwd+bwd read input and
@@ -221,5 +223,109 @@ def peak_memory_report(m: int = 8192, v: int = 32000) -> dict:
     return rep
 
 
+# ------------------------------------------------------------------------------------- side by side
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds per provider; one call of each per round (after one warm-up call each), so a change in
+    the machine's load hits every provider alike."""
+    import time
+
+    for f in fns.values():
+        f()
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _side_by_side_cases(quick: bool) -> list:
+    """(name, target ratio, baseline provider, the Case) for the issue-15 speed targets."""
+    from . import cases_transport
+
+    by_op: dict = {}
+    for c in cases(quick) + cases_transport.cases(quick):
+        by_op.setdefault(c.op, c)
+    want = [("softmax_cross_entropy_forward", 2.0, "torch"), ("kl_div", 2.0, "torch"), ("js_div", 2.0, "torch"),
+            ("wasserstein_1d", 1.0, "scipy"), ("sinkhorn", 3.0, "numpy")]  # fmt: skip
+    return [(op, target, base, by_op[op]) for op, target, base in want if op in by_op]
+
+
+def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory: bool = True) -> dict:
+    """Time fastnorm against the issue's baselines side by side; returns a JSON-able report."""
+    import os
+
+    fastnorm.set_num_threads(threads)
+    torch = torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rep = {"cpu": _cpu_model(), "threads": threads, "load_average_before": os.getloadavg(), "rows": []}
+    rng = np.random.default_rng(0)
+    for op, target, base, case in _side_by_side_cases(quick):
+        s = case.make_inputs(rng)
+        fns = {}
+        for name, factory in case.providers.items():
+            if name == "numpy" and base != "numpy":
+                continue
+            fns[name] = factory(s)
+        if base not in fns:
+            continue
+        t = _interleaved(fns, repeats)
+        ratio = {k: t[base] / v for k, v in t.items() if k != base}
+        rep["rows"].append(dict(op=op, label=case.label, baseline=base, target=target, seconds=t, speedup=ratio))
+        del s, fns
+    if memory and torch is not None:
+        m, v = CE_QUICK[0] if quick else CE_FULL[0]
+        rep["ce_peak_memory"] = peak_memory_report(m, v)
+    rep["load_average_after"] = os.getloadavg()
+    return rep
+
+
+def format_side_by_side(rep: dict) -> str:
+    la = ", ".join(f"{x:.1f}" for x in rep["load_average_before"])
+    lines = [f"CPU: {rep['cpu']}; {rep['threads']} threads; load average before: {la}, after: "
+             + ", ".join(f"{x:.1f}" for x in rep["load_average_after"])]  # fmt: skip
+    for r in rep["rows"]:
+        times = "  ".join(f"{k} {1e3 * v:.1f} ms" for k, v in r["seconds"].items())
+        fast = max((v, k) for k, v in r["speedup"].items() if k.startswith("fastnorm"))
+        lines.append(f"{r['op']} {r['label']}: {times}  -> best {fast[1]} {fast[0]:.2f}x {r['baseline']} "
+                     f"(target {r['target']:g}x: {'met' if fast[0] >= r['target'] else 'MISSED'})")  # fmt: skip
+    mem = rep.get("ce_peak_memory")
+    if mem:
+        mb = 1 << 20
+        mib = {k: f"{mem[k] / mb:.0f} MiB" for k in ("logits_bytes", "out", "inplace", "torch")}
+        lines.append(f"cross-entropy {mem['shape']} fwd+bwd extra peak RSS (logits {mib['logits_bytes']}): "
+                     f"fastnorm grad='out' {mib['out']}, grad='inplace' {mib['inplace']}, torch {mib['torch']}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(peak_memory_report())
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m fastnorm.bench.cases_divergence", description=side_by_side.__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--json", metavar="FILE")
+    a = ap.parse_args()
+    report = side_by_side(a.quick, a.threads, a.repeats, not a.no_memory)
+    print(format_side_by_side(report))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
