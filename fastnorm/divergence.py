@@ -400,19 +400,15 @@ def js_div_backward(
 
     Parameters
     ----------
-    dloss : scalar or array
-        A scalar for the reductions, an array of input's shape and dtype for "none".
     input, target, beta, reduction, labels, ignore_index
         As given to ``js_div``.
-    input_grad, target_grad : bool
-        Which gradients to compute.
-    out : tuple, optional
-        (dinput, dtarget) buffers.
+    dloss, input_grad, target_grad, out
+        As in ``kl_div_backward``.
 
     Returns
     -------
     DivergenceBackward
-        (dinput, dtarget), input's shape and dtype (None for those not asked).
+        (dinput, dtarget) as in ``kl_div_backward``; zero on ignored rows.
     """
     op = "js_div_backward"
     be = backend_of(

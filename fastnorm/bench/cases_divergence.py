@@ -70,18 +70,23 @@ def _np_ce(s):
     return run
 
 
-def _torch_ce(s):
+def _torch_fwd_bwd(s, other: str, loss_fn):
+    """torch's forward + backward of ``loss_fn(x, s[other])`` with x = s["x"] requiring grad."""
     torch = torch_or_none()
     x = torch.from_numpy(s["x"]).requires_grad_()
-    t = torch.from_numpy(s["t"])
+    y = torch.from_numpy(s[other])
 
     def run():
         x.grad = None
-        loss = torch.nn.functional.cross_entropy(x, t)
+        loss = loss_fn(x, y)
         loss.backward()
         return loss
 
     return run
+
+
+def _torch_ce(s):
+    return _torch_fwd_bwd(s, "t", lambda x, t: torch_or_none().nn.functional.cross_entropy(x, t))
 
 
 # ------------------------------------------------------------------------------------------ KL / JS / entropy
@@ -98,17 +103,8 @@ def _np_kl(s):
 
 
 def _torch_kl(s):
-    torch = torch_or_none()
-    x = torch.from_numpy(s["x"]).requires_grad_()
-    y = torch.from_numpy(s["y"])
-
-    def run():
-        x.grad = None
-        loss = torch.nn.functional.kl_div(x, y, reduction="batchmean", log_target=True)
-        loss.backward()
-        return loss
-
-    return run
+    kl = torch_or_none().nn.functional.kl_div
+    return _torch_fwd_bwd(s, "y", lambda x, y: kl(x, y, reduction="batchmean", log_target=True))
 
 
 def _fn_js(s):
@@ -121,19 +117,9 @@ def _np_js(s):
 
 def _torch_js(s):
     # torch has no JSD: the composed ops of fastnorm.torch.losses' fallback, with autograd.
-    torch = torch_or_none()
     from fastnorm.torch.losses import _js_torch
 
-    x = torch.from_numpy(s["x"]).requires_grad_()
-    y = torch.from_numpy(s["y"])
-
-    def run():
-        x.grad = None
-        loss = _js_torch(x, y, None, 0.5, -100, "batchmean")
-        loss.backward()
-        return loss
-
-    return run
+    return _torch_fwd_bwd(s, "y", lambda x, y: _js_torch(x, y, None, 0.5, -100, "batchmean"))
 
 
 def _fn_entropy(s):
@@ -224,19 +210,6 @@ def peak_memory_report(m: int = 8192, v: int = 32000) -> dict:
 
 
 # ------------------------------------------------------------------------------------- side by side
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def _interleaved(fns: dict, repeats: int) -> dict:
     """Median seconds per provider; one call of each per round (after one warm-up call each), so a change in
     the machine's load hits every provider alike."""
@@ -269,11 +242,13 @@ def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory
     """Time fastnorm against the issue's baselines side by side; returns a JSON-able report."""
     import os
 
+    from fastnorm._config import cpu_model
+
     fastnorm.set_num_threads(threads)
     torch = torch_or_none()
     if torch is not None:
         torch.set_num_threads(threads)
-    rep = {"cpu": _cpu_model(), "threads": threads, "load_average_before": os.getloadavg(), "rows": []}
+    rep = {"cpu": cpu_model(), "threads": threads, "load_average_before": os.getloadavg(), "rows": []}
     rng = np.random.default_rng(0)
     for op, target, base, case in _side_by_side_cases(quick):
         s = case.make_inputs(rng)
