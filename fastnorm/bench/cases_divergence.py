@@ -174,30 +174,46 @@ def cases(quick: bool) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------ peak memory
-def _peak_child(provider: str, m: int, v: int) -> int:
-    """In a fresh process: the growth of the peak RSS (bytes) over one cross-entropy forward + backward,
-    after the logits and targets exist (every page touched)."""
-    import resource
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
 
+
+def _peak_child(provider: str, m: int, v: int) -> int:
+    """In a fresh process: how far the resident set size peaks above its level once the logits and targets
+    exist (every page touched), over one cross-entropy forward + backward (bytes). Linux: the peak (VmHWM)
+    is reset to the current RSS first (``/proc/self/clear_refs``), so earlier peaks (imports, input
+    generation) do not hide the op's."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, v), dtype=np.float32)
     t = rng.integers(0, v, size=m)
+    run = None
     if provider == "torch":
         torch = torch_or_none()
         xt = torch.from_numpy(x).requires_grad_()
         tt = torch.from_numpy(t)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        torch.nn.functional.cross_entropy(xt, tt).backward()
+
+        def run():
+            torch.nn.functional.cross_entropy(xt, tt).backward()
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fastnorm.softmax_cross_entropy_forward(x, t, grad=provider)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+
+        def run():
+            fastnorm.softmax_cross_entropy_forward(x, t, grad=provider)
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - before) * 1024
 
 
 def peak_memory_report(m: int = 8192, v: int = 32000) -> dict:
     """Extra peak memory (bytes beyond the logits and targets) of one cross-entropy forward + backward, by
-    the growth of the peak resident set size in a fresh process per provider: fastnorm grad="out" (a new
-    gradient buffer), grad="inplace" (over the logits), torch ``F.cross_entropy(x, t).backward()``."""
+    the peak resident set size in a fresh process per provider (Linux): fastnorm grad="out" (a new gradient
+    buffer), grad="inplace" (over the logits), torch ``F.cross_entropy(x, t).backward()``."""
     import subprocess
     import sys
 
@@ -238,8 +254,22 @@ def _side_by_side_cases(quick: bool) -> list:
     return [(op, target, base, by_op[op]) for op, target, base in want if op in by_op]
 
 
-def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory: bool = True) -> dict:
-    """Time fastnorm against the issue's baselines side by side; returns a JSON-able report."""
+def _one_thread(fn, threads: int):
+    def run():
+        fastnorm.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            fastnorm.set_num_threads(threads)
+
+    return run
+
+
+def side_by_side(
+    quick: bool = False, threads: int = 2, repeats: int = 5, memory: bool = True, ops: tuple = ()
+) -> dict:
+    """Time fastnorm against the issue's baselines side by side (``ops``: only ops containing one of these
+    strings); returns a JSON-able report."""
     import os
 
     from fastnorm._config import cpu_model
@@ -251,6 +281,8 @@ def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory
     rep = {"cpu": cpu_model(), "threads": threads, "load_average_before": os.getloadavg(), "rows": []}
     rng = np.random.default_rng(0)
     for op, target, base, case in _side_by_side_cases(quick):
+        if ops and not any(o in op for o in ops):
+            continue
         s = case.make_inputs(rng)
         fns = {}
         for name, factory in case.providers.items():
@@ -259,6 +291,10 @@ def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory
             fns[name] = factory(s)
         if base not in fns:
             continue
+        if op == "sinkhorn" and threads > 1:
+            # one thread beside the others: the half-steps end in OpenMP barriers, which a machine shared with
+            # other work turns into waits for a descheduled thread
+            fns["fastnorm 1 thread"] = _one_thread(fns["fastnorm"], threads)
         t = _interleaved(fns, repeats)
         ratio = {k: t[base] / v for k, v in t.items() if k != base}
         rep["rows"].append(dict(op=op, label=case.label, baseline=base, target=target, seconds=t, speedup=ratio))
@@ -297,9 +333,10 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--ops", nargs="*", default=(), help="only ops whose name contains one of these strings")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
-    report = side_by_side(a.quick, a.threads, a.repeats, not a.no_memory)
+    report = side_by_side(a.quick, a.threads, a.repeats, not a.no_memory, tuple(a.ops))
     print(format_side_by_side(report))
     if a.json:
         with open(a.json, "w") as f:
