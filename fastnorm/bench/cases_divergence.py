@@ -265,9 +265,7 @@ def _one_thread(fn, threads: int):
     return run
 
 
-def side_by_side(
-    quick: bool = False, threads: int = 2, repeats: int = 5, memory: bool = True, ops: tuple = ()
-) -> dict:
+def side_by_side(quick: bool = False, threads: int = 2, repeats: int = 5, memory: bool = True, ops: tuple = ()) -> dict:
     """Time fastnorm against the issue's baselines side by side (``ops``: only ops containing one of these
     strings); returns a JSON-able report."""
     import os
@@ -319,8 +317,10 @@ def format_side_by_side(rep: dict) -> str:
     if mem:
         mb = 1 << 20
         mib = {k: f"{mem[k] / mb:.0f} MiB" for k in ("logits_bytes", "out", "inplace", "torch")}
-        lines.append(f"cross-entropy {mem['shape']} fwd+bwd extra peak RSS (logits {mib['logits_bytes']}): "
-                     f"fastnorm grad='out' {mib['out']}, grad='inplace' {mib['inplace']}, torch {mib['torch']}")
+        lines.append(
+            f"cross-entropy {mem['shape']} fwd+bwd extra peak RSS (logits {mib['logits_bytes']}): "
+            f"fastnorm grad='out' {mib['out']}, grad='inplace' {mib['inplace']}, torch {mib['torch']}"
+        )
     return "\n".join(lines)
 
 

@@ -42,9 +42,7 @@ def _w1d_fwd_impl(u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p:
 
 
 def _w1d_bwd_impl(g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float):
-    du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(
-        _arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=p
-    )
+    du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(_arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=p)
     return _ten(du, u), _ten(dv, v), _empty_if_none(_ten(duw, u), u), _empty_if_none(_ten(dvw, v), v)
 
 
