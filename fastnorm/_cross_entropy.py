@@ -20,7 +20,6 @@ from ._loss_common import Array, SoftmaxCrossEntropyForward
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "SoftmaxCrossEntropyForward"]
 
 
-
 def _targets(op, be, x, target, lead, m, v, ignore_index, weight):
     """(class indices on the host or None, probabilities or None, mean's denominator)."""
     if target is None:
@@ -225,5 +224,3 @@ def softmax_cross_entropy_backward(
         ii, eps, wsum, be.threads(m * v),
     )  # fmt: skip
     return g
-
-

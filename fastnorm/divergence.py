@@ -99,7 +99,21 @@ def entropy_backward(
 
         dp_j = -dh (log(q_j) + H) / (S log(base)),   S = sum(p), q = p / S, H the natural-log entropy
 
-    (+inf where p_j = 0, the entropy's one-sided derivative). Returns dp of p's shape and dtype.
+    (+inf where p_j = 0, the entropy's one-sided derivative).
+
+    Parameters
+    ----------
+    dh : array
+        Upstream gradient, p's shape without ``axis``, p's dtype.
+    p, axis, base
+        As given to ``entropy``.
+    out : array, optional
+        Buffer for dp (only with axis=-1).
+
+    Returns
+    -------
+    array
+        dp, p's shape and dtype (16-bit: the float32 result rounded once).
     """
     op = "entropy_backward"
     be = backend_of(op, dh=dh, p=p, out=out)
@@ -386,19 +400,15 @@ def js_div_backward(
 
     Parameters
     ----------
-    dloss : scalar or array
-        A scalar for the reductions, an array of input's shape and dtype for "none".
     input, target, beta, reduction, labels, ignore_index
         As given to ``js_div``.
-    input_grad, target_grad : bool
-        Which gradients to compute.
-    out : tuple, optional
-        (dinput, dtarget) buffers.
+    dloss, input_grad, target_grad, out
+        As in ``kl_div_backward``.
 
     Returns
     -------
     DivergenceBackward
-        (dinput, dtarget), input's shape and dtype (None for those not asked).
+        (dinput, dtarget) as in ``kl_div_backward``; zero on ignored rows.
     """
     op = "js_div_backward"
     be = backend_of(

@@ -228,7 +228,7 @@ def test_ce_half_stable_for_logits_of_magnitude_1e4(rng):
     ref, ref_lse = R.softmax_cross_entropy_forward(x.astype(np.float64), t, reduction="none")
     assert np.all(np.isfinite(loss.astype(np.float32))) and np.all(np.isfinite(g.astype(np.float32)))
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-6)
-    np.testing.assert_allclose(loss.astype(np.float64), ref, rtol=2 ** -7, atol=1e-2)
+    np.testing.assert_allclose(loss.astype(np.float64), ref, rtol=2**-7, atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------- dtype combinations

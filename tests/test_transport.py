@@ -264,6 +264,23 @@ def test_sinkhorn_small_reg_is_stable_and_near_exact_ot(rng):
     np.testing.assert_allclose(res.value, v, rtol=1e-8)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e5])
+def test_sinkhorn_one_pass_shift_falls_back_when_potentials_jump(rng, scale):
+    """The CPU half-steps shift each row by its previous log-sum-exp; costs of 1e5 / reg = 1e-3 make the
+    potentials jump by ~1e8 between the first iterations (the shifted sum overflows or vanishes: the exact
+    two-pass form takes over), and the iterates must stay those of the reference."""
+    a, b, c = _problem(rng, (2,), 9, 14)
+    c = c * scale
+    res = fastnorm.sinkhorn(a, b, c, 1e-3, max_iter=40, tol=0.0, return_plan=True)
+    v, P, it, err = R.sinkhorn(a, b, c, 1e-3, max_iter=40, tol=0.0)
+    assert np.isfinite(res.plan).all()
+    # exponents u + v - C / reg cancel terms of size max(C) / reg: any float64 evaluation order is off by
+    # ~eps * max(C) / reg in them, i.e. relatively in the plan
+    cond = np.finfo(np.float64).eps * c.max() / 1e-3
+    np.testing.assert_allclose(res.value, v, rtol=1e-9 + 50 * cond)
+    np.testing.assert_allclose(res.plan, P, rtol=1e-6 + 50 * cond, atol=1e-14)
+
+
 def test_sinkhorn_zero_masses_and_max_iter_zero(rng):
     a, b, c = _problem(rng, (), 6, 5)
     a[2] = 0.0

@@ -198,6 +198,21 @@ def cross_entropy(
     (probability targets: -sum_j w_j y'_ij log_softmax(x_i)[j], y' = (1 - eps) y + eps / C), reduced by
     "none" / "sum" / "mean" (over the weights of non-ignored targets). (N, C, d1, ...) inputs are run as
     (N * d1 * ..., C) rows (the class axis moved last: a copy). Unsupported inputs run torch's own.
+
+    Parameters
+    ----------
+    input : Tensor
+        Logits (N, C), (C,) or (N, C, d1, ...); float32, float64, bfloat16 or float16 (CPU 16-bit: computed
+        in float32, the loss and the gradient in the input's dtype).
+    target : Tensor
+        Class indices (N,) / (N, d1, ...), or class probabilities of input's shape and dtype.
+    weight, size_average, ignore_index, reduce, reduction, label_smoothing
+        As in torch.
+
+    Returns
+    -------
+    Tensor
+        The loss, 0-d or per-sample for "none", in input's dtype.
     """
     reduction = _legacy(size_average, reduce, reduction)
     if _ce_supported(input, target, weight) is not None:
@@ -375,6 +390,18 @@ def kl_div(
 
     reduced by "none" / "sum" / "mean" / "batchmean". Gradients for input and target (when they require
     grad). Broadcasting shapes and unsupported dtypes run torch's own.
+
+    Parameters
+    ----------
+    input, target : Tensor
+        One shape and dtype (float32, float64, bfloat16 or float16).
+    size_average, reduce, reduction, log_target
+        As in torch.
+
+    Returns
+    -------
+    Tensor
+        The loss in input's dtype (input's shape for "none").
     """
     reduction = _legacy(size_average, reduce, reduction)
     if (
@@ -432,6 +459,22 @@ def js_div(
         JSD_beta = beta KL(P || M) + (1 - beta) KL(Q || M)     (beta = 0: KL(P || Q), beta = 1: KL(Q || P))
 
     Rows whose ``labels`` entry is ``ignore_index`` are skipped; "batchmean" divides by the rows kept.
+
+    Parameters
+    ----------
+    input, target : Tensor
+        Log-probabilities of one shape and dtype.
+    labels : Tensor, optional
+        Integer labels of the rows' shape (input.shape[:-1]).
+    beta : float
+        In [0, 1].
+    ignore_index : int
+    reduction : {"none", "sum", "mean", "batchmean"}
+
+    Returns
+    -------
+    Tensor
+        The divergence in input's dtype (input's shape for "none").
     """
     if (
         _F.unsupported_reason(input, target, op="js_div") is not None

@@ -42,9 +42,7 @@ def _w1d_fwd_impl(u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p:
 
 
 def _w1d_bwd_impl(g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float):
-    du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(
-        _arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=p
-    )
+    du, dv, duw, dvw = fastnorm.wasserstein_1d_backward(_arr(g.contiguous()), _arr(u), _arr(v), _arr(uw), _arr(vw), p=p)
     return _ten(du, u), _ten(dv, v), _empty_if_none(_ten(duw, u), u), _empty_if_none(_ten(dvw, v), v)
 
 
@@ -101,8 +99,22 @@ def wasserstein_1d(
 ) -> Tensor:
     """``W_p^p = integral_0^1 |U^-1(q) - V^-1(q)|^p dq`` per batch row (``fastnorm.wasserstein_1d``: SciPy's
     ``wasserstein_distance`` for p = 1, POT's ``ot.wasserstein_1d`` for p >= 1), differentiable with respect
-    to the values and the weights. u_values (..., n), v_values (..., m); weights like their values (None:
-    uniform). CPU and CUDA tensors. Returns a tensor of the leading shape."""
+    to the values and the weights. CPU and CUDA tensors.
+
+    Parameters
+    ----------
+    u_values, v_values : Tensor
+        Samples (..., n) and (..., m), one float dtype.
+    u_weights, v_weights : Tensor, optional
+        Non-negative weights like their values (None: uniform).
+    p : float
+        The order, >= 1.
+
+    Returns
+    -------
+    Tensor
+        W_p^p of the leading shape.
+    """
     _check("wasserstein_1d", False, u_values=u_values, v_values=v_values, u_weights=u_weights, v_weights=v_weights)
     return Wasserstein1dFunction.apply(u_values, v_values, u_weights, v_weights, float(p))
 
@@ -186,6 +198,23 @@ def sinkhorn(
     problem). ``objective="regularized"``: returns ``<P, C> + reg * sum P (log P - 1)``, whose gradient is
     ``P`` (envelope theorem). Shapes: a (n,) or (..., n), b (m,) or (..., m), cost (..., n, m); returns the
     leading shape. No gradient flows to ``a`` or ``b`` (an error if they require one). CPU and CUDA.
+
+    Parameters
+    ----------
+    a, b : Tensor
+        Source (n,) / (..., n) and target (m,) / (..., m) masses of equal totals.
+    cost : Tensor
+        Cost matrices (..., n, m).
+    reg : float
+        Entropic regularization, > 0.
+    max_iter, tol
+        As in ``fastnorm.sinkhorn`` (stops when ||P^T 1 - b||_2 < tol).
+    objective : {"transport", "regularized"}
+
+    Returns
+    -------
+    Tensor
+        The objective, of the leading shape.
     """
     op = "sinkhorn"
     _check(op, False, a=a, b=b, cost=cost)

@@ -14,7 +14,7 @@ summed serially in fixed order, so results do not depend on the thread count.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, exp, fabs, log, pow, sqrt
+from libc.math cimport INFINITY, NAN, exp, fabs, isfinite, log, pow, sqrt
 from libc.stdint cimport int64_t
 
 cdef extern from *:
@@ -86,6 +86,22 @@ cdef extern from *:
     FN_ROW_LSE(fn_row_lse_f, float)
     FN_ROW_LSE(fn_row_lse_d, double)
 
+    /* The same in one pass, shifted by a given estimate of the row's maximum (the row's log-sum-exp of the
+       previous iteration: the potentials move little between iterations, so it stays near the new maximum):
+       shift + log(sum_j exp(x_j - shift)). When the sum leaves [1e-280, 1e280] (a shift far from the
+       maximum: overflow, or terms below exp's range that would matter) or is NaN, returns NaN and the
+       caller takes the exact two-pass form. Inside that range the terms cut off below exp(-708) are under
+       exp(-63) of the sum: the result is the two-pass one up to rounding. */
+    #define FN_ROW_LSE_SHIFTED(NAME, T)                                                         \
+    __attribute__((noinline)) static double NAME(const T *k, const double *o, Py_ssize_t n,     \
+                                                 double ir, double shift) {                     \
+        double s = 0.0;                                                                         \
+        for (Py_ssize_t j = 0; j < n; j++) s += fn_exp(o[j] - (double)k[j] * ir - shift);       \
+        return (s > 1e-280 && s < 1e280) ? shift + log(s) : NAN;                                \
+    }
+    FN_ROW_LSE_SHIFTED(fn_row_lse_shifted_f, float)
+    FN_ROW_LSE_SHIFTED(fn_row_lse_shifted_d, double)
+
     /* One row of the plan, P_j = exp(ui + v[j] - c[j] * ir) (written to p unless NULL);
        returns sum_j P_j c_j (a zero P_j contributes 0 even where c_j is inf). */
     #define FN_PLAN_ROW(NAME, T)                                                                \\
@@ -112,6 +128,10 @@ cdef extern from *:
     double fn_exp(double x) noexcept nogil
     double fn_row_lse_f(const float *k, const double *o, Py_ssize_t n, double ir) noexcept nogil
     double fn_row_lse_d(const double *k, const double *o, Py_ssize_t n, double ir) noexcept nogil
+    double fn_row_lse_shifted_f(const float *k, const double *o, Py_ssize_t n, double ir,
+                                double shift) noexcept nogil
+    double fn_row_lse_shifted_d(const double *k, const double *o, Py_ssize_t n, double ir,
+                                double shift) noexcept nogil
     double fn_plan_row_f(const float *c, const double *v, double ui, Py_ssize_t n, double ir,
                          float *p) noexcept nogil
     double fn_plan_row_d(const double *c, const double *v, double ui, Py_ssize_t n, double ir,
@@ -302,7 +322,18 @@ def wasserstein_1d_backward(const floating[::1] grad,         # IN  (B,)
 
 
 # ============================================================================ sinkhorn
-cdef inline double _row_lse(const floating *k, const double *o, Py_ssize_t n, double ir) noexcept nogil:
+cdef inline double _row_lse(const floating *k, const double *o, Py_ssize_t n, double ir,
+                            double prev) noexcept nogil:
+    """logsumexp_j(o[j] - k[j] * ir); one pass shifted by ``prev`` (the row's previous value) when it is
+    finite and the shifted sum stays in range, else the exact two-pass form."""
+    cdef double r = NAN
+    if isfinite(prev):
+        if floating is float:
+            r = fn_row_lse_shifted_f(k, o, n, ir, prev)
+        else:
+            r = fn_row_lse_shifted_d(k, o, n, ir, prev)
+    if r == r:
+        return r
     if floating is float:
         return fn_row_lse_f(k, o, n, ir)
     else:
@@ -318,15 +349,16 @@ cdef inline double _plan_row(const floating *c, const double *v, double ui, Py_s
 
 
 cdef void _lse_rows(const floating *K, Py_ssize_t rows, Py_ssize_t cols, const double *o, double *out,
-                    double ir, int nt) noexcept nogil:
-    """out[i] = logsumexp_j(o[j] - K[i, j] * ir) for every row i of the (rows, cols) matrix K."""
+                    double ir, bint warm, int nt) noexcept nogil:
+    """out[i] = logsumexp_j(o[j] - K[i, j] * ir) for every row i of the (rows, cols) matrix K; ``warm``: out
+    holds the previous iteration's values (the one-pass shifts)."""
     cdef Py_ssize_t i
     if nt <= 1:
         for i in range(rows):
-            out[i] = _row_lse(K + i * cols, o, cols, ir)
+            out[i] = _row_lse(K + i * cols, o, cols, ir, out[i] if warm else NAN)
     else:
         for i in prange(rows, schedule="static", num_threads=nt):
-            out[i] = _row_lse(K + i * cols, o, cols, ir)
+            out[i] = _row_lse(K + i * cols, o, cols, ir, out[i] if warm else NAN)
 
 
 cdef void _transpose(const floating *C, floating *Ct, Py_ssize_t n, Py_ssize_t m, int nt) noexcept nogil:
@@ -359,11 +391,13 @@ cdef double _col_err(const double *v, const double *lse, const floating *b, Py_s
 cdef void _solve(const floating *C, const floating *a, const floating *b, floating *Ct, floating *value,
                  floating *plan, int64_t *n_iter, double *err, double *work, Py_ssize_t n, Py_ssize_t m,
                  double reg, int max_iter, double tol, int check_every, int nt) noexcept nogil:
-    """One problem, POT's sinkhorn_log loop. work: u[n], loga[n], rowc[n], lse[n + m], v[m], logb[m]."""
+    """One problem, POT's sinkhorn_log loop. work: u[n], loga[n], rowc[n], lse_v[m], lse_u[n], v[m], logb[m]
+    (the half-steps' log-sum-exps kept apart: each is the next iteration's one-pass shift)."""
     cdef double *u = work
     cdef double *loga = work + n
     cdef double *rowc = work + 2 * n
     cdef double *lse = work + 3 * n
+    cdef double *lse_u = work + 3 * n + m
     cdef double *v = work + 4 * n + m
     cdef double *logb = work + 4 * n + 2 * m
     cdef double ir = 1.0 / reg, e = INFINITY, tot
@@ -379,7 +413,7 @@ cdef void _solve(const floating *C, const floating *a, const floating *b, floati
     _transpose(C, Ct, n, m, nt)
     n_iter[0] = max_iter
     for it in range(max_iter):
-        _lse_rows(Ct, m, n, u, lse, ir, nt)
+        _lse_rows(Ct, m, n, u, lse, ir, it > 0, nt)
         if it >= 1 and (it - 1) % check_every == 0:
             # the state after iteration it - 1 (POT checks after iterations 0, k, 2k, ...)
             e = _col_err(v, lse, b, m)
@@ -389,11 +423,11 @@ cdef void _solve(const floating *C, const floating *a, const floating *b, floati
                 break
         for j in range(m):
             v[j] = logb[j] - lse[j]
-        _lse_rows(C, n, m, v, lse, ir, nt)
+        _lse_rows(C, n, m, v, lse_u, ir, it > 0, nt)
         for i in range(n):
-            u[i] = loga[i] - lse[i]
+            u[i] = loga[i] - lse_u[i]
     if not done:
-        _lse_rows(Ct, m, n, u, lse, ir, nt)
+        _lse_rows(Ct, m, n, u, lse, ir, max_iter > 0, nt)
         e = _col_err(v, lse, b, m)
     err[0] = e
     if nt <= 1:

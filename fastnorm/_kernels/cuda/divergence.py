@@ -20,6 +20,7 @@ import numpy as np
 from numba import cuda, float64
 
 from ._common import SIM, cached, current_stream, empty_device, kdev, loader, storer
+from .transport import _tree
 
 TPB = 32 if SIM else 256  # threads per row (a power of two; the simulator runs each thread as a Python thread)
 INF = math.inf
@@ -54,16 +55,7 @@ def _block_reduce(v, buf, is_max):
     tid = cuda.threadIdx.x
     buf[tid] = v
     cuda.syncthreads()
-    s = TPB // 2
-    while s > 0:
-        if tid < s:
-            o = buf[tid + s]
-            if not is_max:
-                buf[tid] += o
-            elif o > buf[tid]:
-                buf[tid] = o
-        cuda.syncthreads()
-        s //= 2
+    _tree(buf, tid, TPB, is_max)
     r = buf[0]
     cuda.syncthreads()
     return r

@@ -136,24 +136,22 @@ def _make_potential(block: int):
 
 
 def _make_init(block: int):
-    def init(a, b, u, v, loga, logb):
-        """Block r: u = v = 0, loga = log a, logb = log b (a, b: one shared row or one per problem)."""
-        r = cuda.blockIdx.x
-        t = cuda.threadIdx.x
+    @cuda.jit(device=True)
+    def init_side(a, u, loga, r):
+        """u[r] = 0, loga[r] = log a[r] (a: one shared row or one per problem)."""
         ra = r if a.shape[0] > 1 else 0
-        rb = r if b.shape[0] > 1 else 0
-        j = t
+        j = cuda.threadIdx.x
         while j < u.shape[1]:
             u[r, j] = 0.0
             av = F64(a[ra, j])
             loga[r, j] = math.log(av) if av > 0 else -math.inf
             j += block
-        j = t
-        while j < v.shape[1]:
-            v[r, j] = 0.0
-            bv = F64(b[rb, j])
-            logb[r, j] = math.log(bv) if bv > 0 else -math.inf
-            j += block
+
+    def init(a, b, u, v, loga, logb):
+        """Block r: u = v = 0, loga = log a, logb = log b (a, b: one shared row or one per problem)."""
+        r = cuda.blockIdx.x
+        init_side(a, u, loga, r)
+        init_side(b, v, logb, r)
 
     return init
 

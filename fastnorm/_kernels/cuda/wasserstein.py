@@ -341,5 +341,3 @@ def wasserstein_1d_backward(grad, u, v, u_weights, v_weights, du, dv, du_weights
     k["bwd"].launch(
         -(-rows // BLOCK), BLOCK, current_stream(), grad, u, v, uw, vw, du, dv, duw, dvw, gu, gv, float(p), _pkind(p)
     )
-
-
