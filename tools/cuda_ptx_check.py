@@ -106,7 +106,7 @@ def _channel_specs(out, dt):
                     register_cap(t * r, sd)))
         out.append((f"cols {kind} {nm}", CN._make_columns(dt, kind), cn + ")",
                     register_cap(CN.COLS * CN.PHASES, F64)))
-    pd = CN.param_dtype(dt)
+    pd = C.param_dtype(dt)
     dts = (sd, pd, pd, pd, pd)
     s1, p1 = arr(sd, 1), arr(pd, 1)
     for mode in ("bn_fwd", "bwd", "in_running"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ._half_util import channel_data
 from .conftest import host
 
 EPS, MOM = 1e-5, 0.1
@@ -33,14 +34,7 @@ def stat(dtype):
 
 
 def data(rng, shape, dtype):
-    c = shape[1]
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    w = (1 + 0.3 * rng.standard_normal(c)).astype(dtype)
-    b = rng.standard_normal(c).astype(dtype)
-    rm = (0.1 * rng.standard_normal(c)).astype(dtype)
-    rv = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(dtype)
-    return x, dy, w, b, rm, rv
+    return channel_data(rng, shape, shape[1], dtype)
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
