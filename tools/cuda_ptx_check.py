@@ -87,6 +87,11 @@ def _row_specs(out, dt):
                 pre = "add_" if add else ""
                 _add(out, f"{pre}{ln}_bwd {nm} n={n} T={t} R={r} VPT={vpt}",
                      _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add))
+    t, r, vpt = L.row_config(4096, L.FWD_VPT)
+    for wb in ((True, True), (True, False), (False, False)):  # the launchers' compile-time affine variants
+        for rms in (False, True):
+            _add(out, f"{'rms' if rms else 'ln'}_fwd {nm} n=4096 T={t} R={r} VPT={vpt} w,b={int(wb[0])}{int(wb[1])}",
+                 _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb))
     t, r, vpt = L.row_config(96, L.FWD_VPT)
     _add(out, f"gn_fwd grouped {nm}", _recorded(L._get, "fwd", dt, t, r, vpt, False, True))
     t, r, vpt = L.bwd_config(96, dt)

@@ -110,6 +110,17 @@ def test_matches_reference(rng, on_gpu, op, shape, dtype):
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
 
 
+@pytest.mark.parametrize("wb", [(True, False), (False, True), (False, False)], ids=["w", "b", "none"])
+def test_affine_variants(rng, on_gpu, wb):
+    """The forward launcher's compile-time weight/bias variants (each kernel has only the terms it was
+    given): every combination, forward and backward, against the references."""
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    w, b = (w if wb[0] else None), (b if wb[1] else None)
+    run("ln", on_gpu, x, w, b, dy)
+    if not wb[1]:
+        run("rms", on_gpu, x, w, None, dy)
+
+
 @pytest.mark.parametrize("op", ["ln", "rms"])
 def test_streaming_rows(rng, on_gpu, op, monkeypatch):
     # Rows longer than MAX_TEAM * MAX_VPT take the streaming kernels (made small here).

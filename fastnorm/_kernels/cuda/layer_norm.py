@@ -84,25 +84,26 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False) -> Kernel:
-    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add)
-    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add)))
+def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False,
+         wb=None) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb)))
 
 
-def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
-    without a GPU)."""
+    without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
+    variants (None: tested at run time)."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
         data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
         sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        make = _make_forward
+        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb), sig, register_cap(t * r, ACC[dt])
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
-        make = _make_backward
-    return make(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
+    return _make_backward(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
 
 
 def _no_mom():
@@ -154,7 +155,7 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = row_config(n, FWD_VPT)
     add = res is not None
-    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add)
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0))
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
     k.launch(-(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps),
@@ -217,7 +218,7 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = row_config(n, FWD_VPT)
-        k = _get("fwd", dt, t, r, vpt, rms)
+        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b))
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (

@@ -32,7 +32,7 @@ def _inline(fn):
     return cuda.jit(device=True)(fn) if cc.SIM else cuda.jit(device=True, forceinline=True)(fn)
 
 
-def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
     Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
@@ -43,6 +43,8 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     ``add`` (fused residual add): the row normalized is h = x + res rounded to x's dtype, and h is stored;
     the kernel then takes (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L).
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
+    ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
+    kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
     """
     acc = cc.ACC[np.dtype(dtype)]
     acc_nb = cc.nb_type(acc)
@@ -82,15 +84,18 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             mom[row, 0] = f64(mu)
             mom[row, 1] = f64(var) * f64(n)
 
+    # -1: present or absent, read at run time; 0: absent; 1: present (compile-time constants)
+    mode_w, mode_b = (-1, -1) if wb is None else (int(bool(wb[0])), int(bool(wb[1])))
+
     @_inline
     def out(v, mu, rs, w, b, cb, j, L):
         """Output element j from its value v: (v - mu) * rs * w + b (the affine index cb + j // L when
         grouped, else j; absent w, b skipped)."""
         ch = cb + j // U(L) if grouped else j
         o = (v - mu) * rs
-        if w.shape[0] > 0:
+        if mode_w > 0 or (mode_w < 0 and w.shape[0] > 0):
             o = o * ldp(w[ch])
-        if b.shape[0] > 0:
+        if mode_b > 0 or (mode_b < 0 and b.shape[0] > 0):
             o = o + ldp(b[ch])
         return st(o)
 
