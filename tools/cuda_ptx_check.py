@@ -25,7 +25,8 @@ from numba import cuda
 
 from fastnorm._kernels.cuda import _common as C
 from fastnorm._kernels.cuda import batch_norm_stages as BNS
-from fastnorm._kernels.cuda import channel_kernels as CN
+from fastnorm._kernels.cuda import channel_kernels as CK
+from fastnorm._kernels.cuda import channel_norm as CN
 from fastnorm._kernels.cuda import layer_norm as L
 from fastnorm._kernels.cuda import lrn as LR
 from fastnorm._kernels.cuda import matmul as MM
@@ -49,7 +50,7 @@ class _Recorded:
 def _recorded(build, *args):
     """Run ``build(*args)`` (a kernel module's own cached builder) with ``Kernel`` recorded, not compiled:
     the signatures are the launchers' own."""
-    mods = (C, CN, LR, MM, RK, TR, WN, BNS, L)
+    mods = (C, CK, CN, LR, MM, RK, TR, WN, BNS, L)
     saved = {m: m.__dict__.get("Kernel") for m in mods}
     cache = dict(C._cache)
     try:
@@ -107,9 +108,9 @@ def _channel_specs(out, dt):
     cn = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(sd, 1)}, {arr(F64, 2)}, int64"
     for kind in ("moments", "grads"):
         t, r = CN._seg_team(49)
-        out.append((f"seg {kind} {nm}", CN._make_segments(dt, t, r, kind), cn + ", int64, int64)",
+        out.append((f"seg {kind} {nm}", CK._make_segments(dt, t, r, kind), cn + ", int64, int64)",
                     register_cap(t * r, sd)))
-        out.append((f"cols {kind} {nm}", CN._make_columns(dt, kind), cn + ")",
+        out.append((f"cols {kind} {nm}", CK._make_columns(dt, kind, CN.COLS, CN.PHASES), cn + ")",
                     register_cap(CN.COLS * CN.PHASES, F64)))
     pd = C.param_dtype(dt)
     dts = (sd, pd, pd, pd, pd)
@@ -117,11 +118,11 @@ def _channel_specs(out, dt):
     for mode in ("bn_fwd", "bwd", "in_running"):
         sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {p1}, {p1}, {p1}, {s1}, {s1}, {p1}, {p1}, "
                "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)")
-        out.append((f"finish {mode} {nm}", CN._make_finish(dts, mode), sig, register_cap(128, F64)))
+        out.append((f"finish {mode} {nm}", CK._make_finish(dts, mode), sig, register_cap(128, F64)))
     a1 = arr(dt, 1)
     for backward in (False, True):
         sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
-        out.append((f"apply bwd={backward} {nm}", CN._make_apply(dt, backward), sig, register_cap(CN.BLOCK, sd)))
+        out.append((f"apply bwd={backward} {nm}", CK._make_apply(dt, backward), sig, register_cap(CN.BLOCK, sd)))
     w2 = arr(F64, 2)
     out += [
         (f"bn_stages stats {nm}", BNS._make_stats_finish(sd),

@@ -46,15 +46,11 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
     """
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     f64 = np.float64
-    cols = cc.team_buf_cols(t)
     team_sum = cc.make_team_sum(t)
     nv = max(vpt, 1)
-    tu, ru = U(t), U(r)
-    zero, one = U(0), U(1)
+    tu, ru, zero, one = U(t), U(r), U(0), U(1)
 
     @_inline
     def ld_row(x, res, h, row, j):
@@ -181,6 +177,14 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     return _fwd_kernel(norm_fwd_stream_body, add)
 
 
+def _types(dtype, t: int):
+    """(accumulation type, its Numba type, data loader, data storer, parameter loader, team buffer columns)
+    of the row kernels for data of ``dtype`` and teams of ``t`` threads."""
+    acc = cc.ACC[np.dtype(dtype)]
+    ldp = cc.loader(cc.param_dtype(dtype))
+    return acc, cc.nb_type(acc), cc.loader(dtype), cc.storer(dtype), ldp, cc.team_buf_cols(t)
+
+
 def _team_helpers(tu, ru):
     """Device functions shared by the register and streaming forms of the row kernels (inlined):
     ``slot()`` -> (ts, lane, team) of this thread (its team's slot in the block, its rank in the team, the
@@ -239,15 +243,11 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
     Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
     """
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     f64 = np.float64
-    cols = cc.team_buf_cols(t)
     team_sum2 = cc.make_team_sum2(t)
     nv = max(vpt, 1)
-    tu, ru = U(t), U(r)
-    zero, one = U(0), U(1)
+    tu, ru, zero, one = U(t), U(r), U(0), U(1)
     smem = vpt > 0 and _smem_partials(dtype, t, vpt)
     row_len = t * nv if smem else 1
     part_rows = r if smem else 1
