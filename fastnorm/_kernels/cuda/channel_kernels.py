@@ -204,8 +204,7 @@ def _make_finish(dts, mode: str):
     bn_fwd = mode == "bn_fwd"
     in_running = mode == "in_running"
 
-    def finish(work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
-               first, training):
+    def finish(work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum, first, training):
         c = cuda.grid(1)
         if c >= C:
             return
@@ -313,4 +312,3 @@ def _make_instance_stats(rdt, sdt):
             rstd[i // c, ch] = sd(F64(1) / math.sqrt(F64(ldr(rv[ch])) + eps))
 
     return stats
-

@@ -59,6 +59,7 @@ MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
+
 def row_config(n: int, target_vpt: int) -> tuple[int, int, int]:
     """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming)."""
     t = 32
@@ -84,8 +85,9 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False,
-         wb=None) -> Kernel:
+def _get(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None
+) -> Kernel:
     key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb)
     return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb)))
 
@@ -158,12 +160,12 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0))
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
-    k.launch(-(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps),
-             _no_mom() if mom is None else mom, g, kk, ll)
+    k.launch(
+        -(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps), _no_mom() if mom is None else mom, g, kk, ll
+    )
 
 
-def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None,
-              gdt=(None, None)):
+def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None, gdt=(None, None)):
     """Backward launch on kernel-ready arrays; ``dh``: the fused add's residual gradient (a (0, 0) array
     when absent, None for the plain kernels); ``gdt``: dweight/dbias dtypes when uint16 views."""
     m, n = x.shape
@@ -306,8 +308,17 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     PW = adapt(dw_part) if DW is not None else None
     PB = adapt(db_part) if DB is not None else None
     gdt = (None if DW is None else DW.dtype, None if DB is None else DB.dtype)
-    plan = _bwd_plan(X.dtype, m, n, W is not None, 0 if PW is None else PW.shape[0],
-                     0 if PB is None else PB.shape[0], rms, X.device, gdt)
+    plan = _bwd_plan(
+        X.dtype,
+        m,
+        n,
+        W is not None,
+        0 if PW is None else PW.shape[0],
+        0 if PB is None else PB.shape[0],
+        rms,
+        X.device,
+        gdt,
+    )
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
     plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), DX.ptr, _p(PW), _p(PB)))
@@ -344,12 +355,20 @@ def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     if not SIM:
         return _launch_fwd(x, weight, None, y, None, rstd, eps, True)
     dt = _dtype(x)
-    _forward(kdev(x), _param(weight, dt), _param(None, dt), kdev(y), empty_device((0,), _stat(dt)), kdev(rstd),
-             eps, True, dt=dt)
+    _forward(
+        kdev(x),
+        _param(weight, dt),
+        _param(None, dt),
+        kdev(y),
+        empty_device((0,), _stat(dt)),
+        kdev(rstd),
+        eps,
+        True,
+        dt=dt,
+    )
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
-                        n_threads):
+def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads):
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
     dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here. dweight/dbias may be float32 or
@@ -358,8 +377,21 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, 
         return _launch_bwd(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
     dt = _dtype(x)
     (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
-    _backward(kdev(dy), kdev(x), kdev(mean), kdev(rstd), _param(weight, dt), kdev(dx), dw, db, kdev(dw_part),
-              kdev(db_part), False, dt=dt, gdt=(gw, gb))
+    _backward(
+        kdev(dy),
+        kdev(x),
+        kdev(mean),
+        kdev(rstd),
+        _param(weight, dt),
+        kdev(dx),
+        dw,
+        db,
+        kdev(dw_part),
+        kdev(db_part),
+        False,
+        dt=dt,
+        gdt=(gw, gb),
+    )
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
@@ -369,8 +401,21 @@ def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threa
         return _launch_bwd(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
     dt = _dtype(x)
     (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(None, dt)
-    _backward(kdev(dy), kdev(x), empty_device((0,), _stat(dt)), kdev(rstd), _param(weight, dt), kdev(dx), dw, db,
-              kdev(dw_part), empty_device((0, 0), np.float64), True, dt=dt, gdt=(gw, gb))
+    _backward(
+        kdev(dy),
+        kdev(x),
+        empty_device((0,), _stat(dt)),
+        kdev(rstd),
+        _param(weight, dt),
+        kdev(dx),
+        dw,
+        db,
+        kdev(dw_part),
+        empty_device((0, 0), np.float64),
+        True,
+        dt=dt,
+        gdt=(gw, gb),
+    )
 
 
 # ------------------------------------------------------------------------------------------ fused add + norm
@@ -381,8 +426,9 @@ def _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, rms: bool) ->
         return _done()
     mean = _sized(mean)
     MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
-    _forward(X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt,
-             res=kdev(residual), h=kdev(h))
+    _forward(
+        X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt, res=kdev(residual), h=kdev(h)
+    )
     _done()
 
 
@@ -394,8 +440,9 @@ def _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db
     MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
     PW = kdev(dw_part) if dw.shape[0] > 0 else empty_device((0, 0), np.float64)
     PB = kdev(db_part) if db.shape[0] > 0 else empty_device((0, 0), np.float64)
-    _backward(kdev(dy), kdev(h), MU, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, PW, PB, rms, dt=dt, dh=DH,
-              gdt=(gw, gb))
+    _backward(
+        kdev(dy), kdev(h), MU, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, PW, PB, rms, dt=dt, dh=DH, gdt=(gw, gb)
+    )
     _done()
 
 
@@ -410,8 +457,9 @@ def add_rms_norm_forward(x, residual, weight, y, h, rstd, eps, n_threads):
     _add_forward(x, residual, weight, None, y, h, None, rstd, eps, True)
 
 
-def add_layer_norm_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
-                            n_threads):
+def add_layer_norm_backward(
+    dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads
+):
     """IN dy (M, N), dh (M, N) | absent (size 0), h (M, N), mean, rstd (M,), weight (N,) | (0,);
     OUT dx (M, N) = LayerNorm backward at h + dh (the gradient of x and of residual), dweight, dbias;
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0); dw_acc, db_acc unused here."""

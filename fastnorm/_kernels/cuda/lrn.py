@@ -77,8 +77,9 @@ def _kernel(dt, backward: bool, sdt=None) -> Kernel:
         sig = f"void({a1}, {a1}, {a1}, {s1}, {a1}, int64, int64, int64, float64, float64)"
     else:
         sig = f"void({a1}, {a1}, {s1}, int64, int64, int64, float64, float64, float64)"
-    return cached(("lrn", backward, dt, sdt),
-                  lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt])))
+    return cached(
+        ("lrn", backward, dt, sdt), lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt]))
+    )
 
 
 def _dtype(a):
@@ -108,8 +109,20 @@ def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_th
         return
     kern = _kernel(dt, False, sdt)
     n, c, length = x.shape
-    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(x), _flat(y), _flat(scale), c, length,
-                int(size), float(alpha) / size, float(beta), float(k))
+    kern.launch(
+        _grid(kern, x.size),
+        BLOCK,
+        current_stream(),
+        _flat(x),
+        _flat(y),
+        _flat(scale),
+        c,
+        length,
+        int(size),
+        float(alpha) / size,
+        float(beta),
+        float(k),
+    )
 
 
 def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads):
@@ -120,5 +133,18 @@ def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta
         return
     kern = _kernel(dt, True, sdt)
     n, c, length = x.shape
-    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(dy), _flat(x), _flat(y), _flat(scale),
-                _flat(dx), c, length, int(size), 2.0 * float(alpha) * float(beta) / size, float(beta))
+    kern.launch(
+        _grid(kern, x.size),
+        BLOCK,
+        current_stream(),
+        _flat(dy),
+        _flat(x),
+        _flat(y),
+        _flat(scale),
+        _flat(dx),
+        c,
+        length,
+        int(size),
+        2.0 * float(alpha) * float(beta) / size,
+        float(beta),
+    )

@@ -96,8 +96,10 @@ def _wn_kernel(dt, backward: bool, dts) -> cc.Kernel:
     a3 = cc.arr(dt, 3)
     g1, n1, o1 = (cc.arr(x, 1) for x in dts)
     sig = f"void({a3}, {a3}, {g1}, {n1}, {a3}, {o1})"
-    return cc.cached((("wn", backward), dt, dts, TEAM),
-                  lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])))
+    return cc.cached(
+        (("wn", backward), dt, dts, TEAM),
+        lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])),
+    )
 
 
 def _dtype(a):
