@@ -375,23 +375,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, 
     x's dtype for 16-bit x (the float32 sums rounded once)."""
     if not SIM:
         return _launch_bwd(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
-    dt = _dtype(x)
-    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
-    _backward(
-        kdev(dy),
-        kdev(x),
-        kdev(mean),
-        kdev(rstd),
-        _param(weight, dt),
-        kdev(dx),
-        dw,
-        db,
-        kdev(dw_part),
-        kdev(db_part),
-        False,
-        dt=dt,
-        gdt=(gw, gb),
-    )
+    _sim_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
@@ -399,23 +383,17 @@ def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threa
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
     if not SIM:
         return _launch_bwd(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
+    _sim_backward(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
+
+
+def _sim_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, rms: bool) -> None:
+    """The simulator's backward launch (no launch plans there); absent mean/dbias/db_part (RMSNorm) as None."""
     dt = _dtype(x)
-    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(None, dt)
-    _backward(
-        kdev(dy),
-        kdev(x),
-        empty_device((0,), _stat(dt)),
-        kdev(rstd),
-        _param(weight, dt),
-        kdev(dx),
-        dw,
-        db,
-        kdev(dw_part),
-        empty_device((0, 0), np.float64),
-        True,
-        dt=dt,
-        gdt=(gw, gb),
-    )
+    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
+    mean = empty_device((0,), _stat(dt)) if mean is None else kdev(mean)
+    db_part = empty_device((0, 0), np.float64) if db_part is None else kdev(db_part)
+    args = (kdev(dy), kdev(x), mean, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, kdev(dw_part), db_part)
+    _backward(*args, rms, dt=dt, gdt=(gw, gb))
 
 
 # ------------------------------------------------------------------------------------------ fused add + norm
