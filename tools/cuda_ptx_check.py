@@ -25,7 +25,8 @@ from numba import cuda
 
 from fastnorm._kernels.cuda import _common as C
 from fastnorm._kernels.cuda import batch_norm_stages as BNS
-from fastnorm._kernels.cuda import channel_kernels as CN
+from fastnorm._kernels.cuda import channel_kernels as CK
+from fastnorm._kernels.cuda import channel_norm as CN
 from fastnorm._kernels.cuda import layer_norm as L
 from fastnorm._kernels.cuda import lrn as LR
 from fastnorm._kernels.cuda import matmul as MM
@@ -49,7 +50,7 @@ class _Recorded:
 def _recorded(build, *args):
     """Run ``build(*args)`` (a kernel module's own cached builder) with ``Kernel`` recorded, not compiled:
     the signatures are the launchers' own."""
-    mods = (C, CN, LR, MM, RK, TR, WN, BNS, L)
+    mods = (C, CK, CN, LR, MM, RK, TR, WN, BNS, L)
     saved = {m: m.__dict__.get("Kernel") for m in mods}
     cache = dict(C._cache)
     try:
@@ -80,13 +81,27 @@ def _row_specs(out, dt):
             t, r, vpt = L.row_config(n, L.FWD_VPT)
             for add in (False, True):
                 pre = "add_" if add else ""
-                _add(out, f"{pre}{ln}_fwd {nm} n={n} T={t} R={r} VPT={vpt}",
-                     _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add))
+                _add(
+                    out,
+                    f"{pre}{ln}_fwd {nm} n={n} T={t} R={r} VPT={vpt}",
+                    _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add),
+                )
             t, r, vpt = L.bwd_config(n, dt)
             for add in (False, True):
                 pre = "add_" if add else ""
-                _add(out, f"{pre}{ln}_bwd {nm} n={n} T={t} R={r} VPT={vpt}",
-                     _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add))
+                _add(
+                    out,
+                    f"{pre}{ln}_bwd {nm} n={n} T={t} R={r} VPT={vpt}",
+                    _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add),
+                )
+    t, r, vpt = L.row_config(4096, L.FWD_VPT)
+    for wb in ((True, True), (True, False), (False, False)):  # the launchers' compile-time affine variants
+        for rms in (False, True):
+            _add(
+                out,
+                f"{'rms' if rms else 'ln'}_fwd {nm} n=4096 T={t} R={r} VPT={vpt} w,b={int(wb[0])}{int(wb[1])}",
+                _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb),
+            )
     t, r, vpt = L.row_config(96, L.FWD_VPT)
     _add(out, f"gn_fwd grouped {nm}", _recorded(L._get, "fwd", dt, t, r, vpt, False, True))
     t, r, vpt = L.bwd_config(96, dt)
@@ -102,34 +117,60 @@ def _channel_specs(out, dt):
     cn = f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(sd, 1)}, {arr(F64, 2)}, int64"
     for kind in ("moments", "grads"):
         t, r = CN._seg_team(49)
-        out.append((f"seg {kind} {nm}", CN._make_segments(dt, t, r, kind), cn + ", int64, int64)",
-                    register_cap(t * r, sd)))
-        out.append((f"cols {kind} {nm}", CN._make_columns(dt, kind), cn + ")",
-                    register_cap(CN.COLS * CN.PHASES, F64)))
-    pd = CN.param_dtype(dt)
+        out.append(
+            (f"seg {kind} {nm}", CK._make_segments(dt, t, r, kind), cn + ", int64, int64)", register_cap(t * r, sd))
+        )
+        out.append(
+            (
+                f"cols {kind} {nm}",
+                CK._make_columns(dt, kind, CN.COLS, CN.PHASES),
+                cn + ")",
+                register_cap(CN.COLS * CN.PHASES, F64),
+            )
+        )
+    pd = C.param_dtype(dt)
     dts = (sd, pd, pd, pd, pd)
     s1, p1 = arr(sd, 1), arr(pd, 1)
     for mode in ("bn_fwd", "bwd", "in_running"):
-        sig = (f"void({arr(F64, 2)}, {arr(F64, 2)}, {p1}, {p1}, {p1}, {s1}, {s1}, {p1}, {p1}, "
-               "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)")
-        out.append((f"finish {mode} {nm}", CN._make_finish(dts, mode), sig, register_cap(128, F64)))
+        sig = (
+            f"void({arr(F64, 2)}, {arr(F64, 2)}, {p1}, {p1}, {p1}, {s1}, {s1}, {p1}, {p1}, "
+            "int64, int64, int64, int64, int64, int64, int64, float64, float64, boolean, boolean)"
+        )
+        out.append((f"finish {mode} {nm}", CK._make_finish(dts, mode), sig, register_cap(128, F64)))
     a1 = arr(dt, 1)
     for backward in (False, True):
         sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
-        out.append((f"apply bwd={backward} {nm}", CN._make_apply(dt, backward), sig, register_cap(CN.BLOCK, sd)))
+        out.append((f"apply bwd={backward} {nm}", CK._make_apply(dt, backward), sig, register_cap(CN.BLOCK, sd)))
     w2 = arr(F64, 2)
     out += [
-        (f"bn_stages stats {nm}", BNS._make_stats_finish(sd),
-         f"void({w2}, {s1}, {s1}, int64, int64, int64, boolean)", register_cap(BNS._T, F64)),
-        (f"bn_stages reduce {nm}", BNS._make_reduce_finish(sd, pd, pd),
-         f"void({w2}, {s1}, {s1}, {s1}, {p1}, {p1}, int64, int64, boolean)", register_cap(BNS._T, F64)),
-        (f"bn_stages coef {nm}", BNS._make_bwd_coef(), f"void({s1}, {p1}, {s1}, {s1}, {w2}, float64)",
-         register_cap(BNS._T, F64)),
+        (
+            f"bn_stages stats {nm}",
+            BNS._make_stats_finish(sd),
+            f"void({w2}, {s1}, {s1}, int64, int64, int64, boolean)",
+            register_cap(BNS._T, F64),
+        ),
+        (
+            f"bn_stages reduce {nm}",
+            BNS._make_reduce_finish(sd, pd, pd),
+            f"void({w2}, {s1}, {s1}, {s1}, {p1}, {p1}, int64, int64, boolean)",
+            register_cap(BNS._T, F64),
+        ),
+        (
+            f"bn_stages coef {nm}",
+            BNS._make_bwd_coef(),
+            f"void({s1}, {p1}, {s1}, {s1}, {w2}, float64)",
+            register_cap(BNS._T, F64),
+        ),
     ]
     if dt in (np.float32, np.float64):
-        out.append((f"bn_stages gather {nm}", BNS._make_gather(dt),
-                    f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(F64, 1)}, {a1}, {a1}, {a1}, {a1}, float64, float64)",
-                    register_cap(BNS._T, F64)))
+        out.append(
+            (
+                f"bn_stages gather {nm}",
+                BNS._make_gather(dt),
+                f"void({arr(dt, 2)}, {arr(dt, 2)}, {arr(F64, 1)}, {a1}, {a1}, {a1}, {a1}, float64, float64)",
+                register_cap(BNS._T, F64),
+            )
+        )
 
 
 def _misc_specs(out, dt):
@@ -138,8 +179,7 @@ def _misc_specs(out, dt):
     for backward in (False, True):
         _add(out, f"lrn {'bwd' if backward else 'fwd'} {nm}", _recorded(LR._kernel, dt, backward))
         pd = np.dtype(ACC[dt])
-        _add(out, f"wn {'bwd' if backward else 'fwd'} {nm}",
-             _recorded(WN._wn_kernel, dt, backward, (pd, pd, pd)))
+        _add(out, f"wn {'bwd' if backward else 'fwd'} {nm}", _recorded(WN._wn_kernel, dt, backward, (pd, pd, pd)))
     for name, make, arrays, scalars, block in (
         ("cos norms", WN._make_row_norms, "DDSS", "", WN.TEAM),
         ("cos scale", WN._make_scale, "DSS", "float64", WN.BLOCK),
@@ -158,13 +198,23 @@ def _misc_specs(out, dt):
     for k, rec in _recorded(TR._w1d_kernels, dt).items():
         _add(out, f"wasserstein_1d {k} {nm}", rec)
     f64 = dt == np.float64
-    for algo, flags in ((O.FN_SGD, 0), (O.FN_SGD, O.FN_WD | O.FN_MOMENTUM | O.FN_NESTEROV),
-                        (O.FN_ADAGRAD, O.FN_WD), (O.FN_ADADELTA, 0),
-                        (O.FN_RMSPROP, O.FN_CENTERED | O.FN_MOMENTUM), (O.FN_ADAM, 0),
-                        (O.FN_ADAM, O.FN_WD | O.FN_AMSGRAD)):
-        out.append((f"optim algo={algo} flags={flags} {nm}",
-                    O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK), O._SIG,
-                    register_cap(O.BLOCK, dt)))
+    for algo, flags in (
+        (O.FN_SGD, 0),
+        (O.FN_SGD, O.FN_WD | O.FN_MOMENTUM | O.FN_NESTEROV),
+        (O.FN_ADAGRAD, O.FN_WD),
+        (O.FN_ADADELTA, 0),
+        (O.FN_RMSPROP, O.FN_CENTERED | O.FN_MOMENTUM),
+        (O.FN_ADAM, 0),
+        (O.FN_ADAM, O.FN_WD | O.FN_AMSGRAD),
+    ):
+        out.append(
+            (
+                f"optim algo={algo} flags={flags} {nm}",
+                O._make_kernel(algo, flags, f64, O.BLOCK, O.UNROLL, O.CHUNK),
+                O._SIG,
+                register_cap(O.BLOCK, dt),
+            )
+        )
 
 
 def specs():
@@ -253,8 +303,10 @@ def main():
 
     D.get_current_device = lambda: _Dev()
     failures = 0
-    print(f"{'kernel':50s} {'regs':>4} {'spill':>5} {'ldg':>4} {'v4ld':>4} {'nc':>4} {'v4st':>4} {'bar':>3} "
-          f"{'local':>5}  notes")
+    print(
+        f"{'kernel':50s} {'regs':>4} {'spill':>5} {'ldg':>4} {'v4ld':>4} {'nc':>4} {'v4st':>4} {'bar':>3} "
+        f"{'local':>5}  notes"
+    )
     for name, fn, sig, maxr in specs():
         if args.filter not in name:
             continue
@@ -271,9 +323,20 @@ def main():
                 with open(p, "w") as f:
                     # a newer NVVM may stamp a PTX version this ptxas does not know; the ISA used is old
                     f.write(re.sub(r"^\.version \d+\.\d+", ".version 8.0", ptx, count=1, flags=re.M))
-                r = subprocess.run([args.ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", "--maxrregcount", str(maxr), p,
-                                    "-o", os.path.join(tmp, "k.o")],
-                                   capture_output=True, text=True)
+                r = subprocess.run(
+                    [
+                        args.ptxas,
+                        f"-arch=sm_{cc[0]}{cc[1]}",
+                        "-v",
+                        "--maxrregcount",
+                        str(maxr),
+                        p,
+                        "-o",
+                        os.path.join(tmp, "k.o"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 err = r.stderr
                 if r.returncode != 0:
                     print(f"{name:50s} PTXAS FAILED: {err[-300:]}")
@@ -291,8 +354,10 @@ def main():
             notes.append("VIOLATION: " + "; ".join(bad))
         regs = "?" if a.get("regs") is None else a["regs"]
         spill = "?" if "spill_bytes" not in a else a["spill_bytes"]
-        print(f"{name:50s} {regs:>4} {spill:>5} {a['ld_global']:>4} {a['ld_vector']:>4} {a['ld_nc']:>4} "
-              f"{a['st_vector']:>4} {a['barriers']:>3} {a['local']:>5}  {' '.join(notes)}")
+        print(
+            f"{name:50s} {regs:>4} {spill:>5} {a['ld_global']:>4} {a['ld_vector']:>4} {a['ld_nc']:>4} "
+            f"{a['st_vector']:>4} {a['barriers']:>3} {a['local']:>5}  {' '.join(notes)}"
+        )
     # float64 operations in float32 kernels are intended where they appear (float64 partial sums and merges,
     # per-launch scalar set-up): reported, not a failure. Violations (see ``expectations``) are.
     print(f"{failures} kernel(s) with violations" if failures else "no violations")

@@ -76,6 +76,17 @@ def data(rng, shape, dt, offset=0.0):
     return (offset + rng.standard_normal(shape)).astype(dt)
 
 
+def channel_data(rng, shape, c, dtype):
+    """x, dy of ``shape`` and weight, bias, running mean, running var of ``c`` channels in ``dtype``."""
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.3 * rng.standard_normal(c)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype)
+    rm = (0.1 * rng.standard_normal(c)).astype(dtype)
+    rv = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(dtype)
+    return x, dy, w, b, rm, rv
+
+
 def param(rng, n, dt, bias=False):
     v = rng.standard_normal(n) if bias else 1 + 0.5 * rng.standard_normal(n)
     return v.astype(dt)
@@ -125,3 +136,23 @@ def cosine_reference(x, w, dy, eps, y_saved=None):
     cx = np.where(xn >= eps, (dy * y).sum(axis=1) / nx**2, 0).astype(x.dtype)
     cw = np.where(wn >= eps, (dy * y).sum(axis=0) / nw**2, 0).astype(x.dtype)
     return y, xn, wn, gs, cx, cw, gs @ w - cx[:, None] * x, gs.T @ x - cw[:, None] * w
+
+
+def row_norm_ref(x, w, b, rms, eps=1e-5):
+    """The reference LayerNorm (y, mean, rstd) or RMSNorm (y, None, rstd) forward in the arrays' dtype."""
+    from fastnorm import reference as R
+
+    if rms:
+        y, rstd = R.rms_norm_forward(x, w, eps=eps)
+        return y, None, rstd
+    return R.layer_norm_forward(x, w, b, eps=eps)
+
+
+def row_norm_bwd_ref(dy, x, mean, rstd, w, b, rms):
+    """The reference LayerNorm (dx, dw, db) or RMSNorm (dx, dw, None) backward in the arrays' dtype."""
+    from fastnorm import reference as R
+
+    if rms:
+        dx, dw = R.rms_norm_backward(dy, x, rstd, w)
+        return dx, dw, None
+    return R.layer_norm_backward(dy, x, mean, rstd, w, b)

@@ -74,7 +74,7 @@ def small_channel_blocks(monkeypatch):
     """Small thread blocks for the channel-norm kernels (BatchNorm, its stages, Group/InstanceNorm): the
     simulator runs one Python thread per CUDA thread."""
     from fastnorm._kernels.cuda import batch_norm_stages as S
-    from fastnorm._kernels.cuda import channel_kernels as K
+    from fastnorm._kernels.cuda import channel_norm as K
 
     monkeypatch.setattr(K, "COLS", 8)
     monkeypatch.setattr(K, "PHASES", 4)

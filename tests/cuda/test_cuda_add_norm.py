@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastnorm import reference as R
-
 from ._half_util import BF16, F16, F32, F64, HALF, backend, close, data, empty, f64, host, kernels, param
+from ._half_util import row_norm_bwd_ref as bwd_ref
+from ._half_util import row_norm_ref as fwd_ref
 from ._half_util import to_dev as _to_dev
 
 EPS = 1e-5
@@ -27,20 +27,6 @@ def _sum(x, res, dt):
     """h = x + residual as the kernels define it: computed in the accumulation type, rounded to x's dtype."""
     acc = np.float64 if dt == F64 else np.float32
     return (x.astype(acc) + res.astype(acc)).astype(dt)
-
-
-def _fwd_ref(h, w, b, rms):
-    if rms:
-        y, rstd = R.rms_norm_forward(h, w, eps=EPS)
-        return y, None, rstd
-    return R.layer_norm_forward(h, w, b, eps=EPS)
-
-
-def _bwd_ref(dy, h, mean, rstd, w, b, rms):
-    if rms:
-        dx, dw = R.rms_norm_backward(dy, h, rstd, w)
-        return dx, dw, None
-    return R.layer_norm_backward(dy, h, mean, rstd, w, b)
 
 
 def _check(got, other, ref, name, dt):
@@ -76,8 +62,8 @@ def _run(cuda, dev, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0
     assert host(h).dtype == dt
     np.testing.assert_array_equal(host(h).view(bits), hh.view(bits))
     lo = F64 if dt == F64 else F32
-    ref = _fwd_ref(*f64(hh, w, b), rms)
-    oth = _fwd_ref(*(None if a is None else a.astype(lo) for a in (hh, w, b)), rms)
+    ref = fwd_ref(*f64(hh, w, b), rms)
+    oth = fwd_ref(*(None if a is None else a.astype(lo) for a in (hh, w, b)), rms)
     _check(host(y), oth[0].astype(dt), ref[0], "y", dt)
     _check(host(rstd), oth[2], ref[2], "rstd", dt)
     if not rms:
@@ -98,8 +84,8 @@ def _run(cuda, dev, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0
             DY, dh_arg, h, mean, rstd, absent if W is None else W, dx, dw, db, pw, acc, pb, acc, nt
         )
     st = (None if rms else host(mean), host(rstd))
-    ref = list(_bwd_ref(*f64(dy, hh, *st, w, b), rms))
-    oth = list(_bwd_ref(*(None if a is None else np.asarray(a).astype(lo) for a in (dy, hh, *st, w, b)), rms))
+    ref = list(bwd_ref(*f64(dy, hh, *st, w, b), rms))
+    oth = list(bwd_ref(*(None if a is None else np.asarray(a).astype(lo) for a in (dy, hh, *st, w, b)), rms))
     if dh is not None:
         ref[0] = ref[0] + dh.astype(F64)
         oth[0] = oth[0] + dh.astype(lo)
@@ -201,15 +187,15 @@ def test_public_add_norm_on_device(cuda, dev, rng, rms, pdt):
     hh = _sum(x, res, BF16)
     np.testing.assert_array_equal(host(fwd.h).view(np.uint16), hh.view(np.uint16))
     bb = None if rms else b
-    ref = _fwd_ref(*f64(hh, w, bb), rms)
-    oth = _fwd_ref(*(None if a is None else a.astype(F32) for a in (hh, w, bb)), rms)
+    ref = fwd_ref(*f64(hh, w, bb), rms)
+    oth = fwd_ref(*(None if a is None else a.astype(F32) for a in (hh, w, bb)), rms)
     close(host(fwd.y), oth[0].astype(BF16), ref[0], "y")
     if rms:
         bwd = A.add_rms_norm_backward(DY, DH, fwd.h, fwd.rstd, W)
     else:
         bwd = A.add_layer_norm_backward(DY, DH, fwd.h, fwd.mean, fwd.rstd, W, B)
-    ref = list(_bwd_ref(*f64(dy, hh, *stats, w, bb), rms))
-    oth = list(_bwd_ref(*(None if a is None else np.asarray(a).astype(F32) for a in (dy, hh, *stats, w, bb)), rms))
+    ref = list(bwd_ref(*f64(dy, hh, *stats, w, bb), rms))
+    oth = list(bwd_ref(*(None if a is None else np.asarray(a).astype(F32) for a in (dy, hh, *stats, w, bb)), rms))
     close(host(bwd.dx), (oth[0] + dh.astype(F32)).astype(BF16), ref[0] + dh.astype(F64), "dx")
     assert host(bwd.dweight).dtype == pdt
     close(host(bwd.dweight), oth[1].astype(pdt), ref[1], "dweight")

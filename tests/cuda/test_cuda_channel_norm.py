@@ -7,14 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ._half_util import channel_data
 from .conftest import host
 
 EPS, MOM = 1e-5, 0.1
 
 
 def tol(dtype):
-    return {np.float16: dict(rtol=3e-3, atol=3e-3), np.float32: dict(rtol=2e-5, atol=2e-5),
-            np.float64: dict(rtol=1e-10, atol=1e-10)}[dtype]
+    return {
+        np.float16: dict(rtol=3e-3, atol=3e-3),
+        np.float32: dict(rtol=2e-5, atol=2e-5),
+        np.float64: dict(rtol=1e-10, atol=1e-10),
+    }[dtype]
 
 
 def check(got, want, dtype, name=""):
@@ -33,14 +37,7 @@ def stat(dtype):
 
 
 def data(rng, shape, dtype):
-    c = shape[1]
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    w = (1 + 0.3 * rng.standard_normal(c)).astype(dtype)
-    b = rng.standard_normal(c).astype(dtype)
-    rm = (0.1 * rng.standard_normal(c)).astype(dtype)
-    rv = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(dtype)
-    return x, dy, w, b, rm, rv
+    return channel_data(rng, shape, shape[1], dtype)
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
@@ -60,8 +57,9 @@ def bn_ref(x, dy, w, b, rm, rv, training):
     y = xh * w[None, :, None] + b[None, :, None]
     g = dy * w[None, :, None]
     if training:
-        dx = rstd[None, :, None] * (g - g.mean(axis=(0, 2), keepdims=True)
-                                    - xh * (g * xh).mean(axis=(0, 2), keepdims=True))
+        dx = rstd[None, :, None] * (
+            g - g.mean(axis=(0, 2), keepdims=True) - xh * (g * xh).mean(axis=(0, 2), keepdims=True)
+        )
     else:
         dx = rstd[None, :, None] * g
     return y, mean, rstd, rm2, rv2, dx, (dy * xh).sum(axis=(0, 2)), dy.sum(axis=(0, 2))
@@ -69,9 +67,15 @@ def bn_ref(x, dy, w, b, rm, rv, training):
 
 @pytest.mark.parametrize(
     "shape,dtype,training",
-    [((3, 4, 5), np.float32, True), ((3, 4, 5), np.float64, True), ((3, 4, 5), np.float16, True),
-     ((7, 5, 1), np.float32, True), ((7, 5, 1), np.float64, True), ((3, 4, 5), np.float32, False),
-     ((7, 5, 1), np.float32, False)],
+    [
+        ((3, 4, 5), np.float32, True),
+        ((3, 4, 5), np.float64, True),
+        ((3, 4, 5), np.float16, True),
+        ((7, 5, 1), np.float32, True),
+        ((7, 5, 1), np.float64, True),
+        ((3, 4, 5), np.float32, False),
+        ((7, 5, 1), np.float32, False),
+    ],
     ids=str,
 )
 def test_batch_norm(rng, on_gpu, cuda, K, shape, dtype, training):
@@ -104,14 +108,43 @@ def test_batch_norm_without_affine_or_running_stats(rng, on_gpu, cuda, K):
     ry, rmean, rrstd, _, _, rdx, _, _ = bn_ref(x, dy, np.ones(4), np.zeros(4), np.zeros(4), np.ones(4), True)
     dx_, ddy = on_gpu(x, dy)
     none = cuda.device_array(0, np.float32)
-    y, mean, rstd = cuda.device_array(x.shape, np.float32), cuda.device_array(4, np.float32), cuda.device_array(
-        4, np.float32)
-    K.batch_norm_forward(dx_, none, none, none, none, y, mean, rstd, cuda.device_array((12, 2), np.float64),
-                         cuda.device_array((4, 4), np.float32), EPS, MOM, True, 1)
+    y, mean, rstd = (
+        cuda.device_array(x.shape, np.float32),
+        cuda.device_array(4, np.float32),
+        cuda.device_array(4, np.float32),
+    )
+    K.batch_norm_forward(
+        dx_,
+        none,
+        none,
+        none,
+        none,
+        y,
+        mean,
+        rstd,
+        cuda.device_array((12, 2), np.float64),
+        cuda.device_array((4, 4), np.float32),
+        EPS,
+        MOM,
+        True,
+        1,
+    )
     check(y, ry, np.float32)
     dxo = cuda.device_array(x.shape, np.float32)
-    K.batch_norm_backward(ddy, dx_, mean, rstd, none, dxo, none, none, cuda.device_array((16, 2), np.float64),
-                          cuda.device_array((4, 4), np.float32), True, 1)
+    K.batch_norm_backward(
+        ddy,
+        dx_,
+        mean,
+        rstd,
+        none,
+        dxo,
+        none,
+        none,
+        cuda.device_array((16, 2), np.float64),
+        cuda.device_array((4, 4), np.float32),
+        True,
+        1,
+    )
     check(dxo, rdx, np.float32)
 
 
@@ -131,16 +164,22 @@ def gn_ref(x, dy, w, b, groups):
     return y, mean, rstd, dx.reshape(x.shape), (dy * xh).sum(axis=(0, 2)), dy.sum(axis=(0, 2)), var
 
 
-@pytest.mark.parametrize("shape,groups,dtype", [((2, 6, 4), 3, np.float32), ((2, 6, 4), 3, np.float16),
-                                                ((3, 4, 9), 1, np.float64), ((2, 64, 2), 2, np.float32)], ids=str)
+@pytest.mark.parametrize(
+    "shape,groups,dtype",
+    [((2, 6, 4), 3, np.float32), ((2, 6, 4), 3, np.float16), ((3, 4, 9), 1, np.float64), ((2, 64, 2), 2, np.float32)],
+    ids=str,
+)
 def test_group_norm(rng, on_gpu, cuda, K, shape, groups, dtype):
     n, c, length = shape
     x, dy, w, b, _, _ = data(rng, shape, dtype)
     ry, rmean, rrstd, rdx, rdw, rdb, _ = gn_ref(x, dy, w, b, groups)
     sd = stat(dtype)
     dx_, ddy, dw_, db_ = on_gpu(x, dy, w, b)
-    y, mean, rstd = cuda.device_array(shape, dtype), cuda.device_array((n, groups), sd), cuda.device_array(
-        (n, groups), sd)
+    y, mean, rstd = (
+        cuda.device_array(shape, dtype),
+        cuda.device_array((n, groups), sd),
+        cuda.device_array((n, groups), sd),
+    )
     K.group_norm_forward(dx_, dw_, db_, y, mean, rstd, EPS, 1)
     check(y, ry, dtype, "y")
     check(mean, rmean, dtype, "mean")
@@ -170,8 +209,11 @@ def test_instance_norm(rng, on_gpu, cuda, K, use_input_stats):
         rdw, rdb = (dy * xh).sum(axis=(0, 2)), dy.sum(axis=(0, 2))
         rrm, rrv = rm, rv
     dx_, ddy, dw_, db_, drm, drv = on_gpu(x, dy, w, b, rm, rv)
-    y, mean, rstd = cuda.device_array(shape, np.float32), cuda.device_array((n, c), np.float32), cuda.device_array(
-        (n, c), np.float32)
+    y, mean, rstd = (
+        cuda.device_array(shape, np.float32),
+        cuda.device_array((n, c), np.float32),
+        cuda.device_array((n, c), np.float32),
+    )
     work = cuda.device_array((n * c, 2), np.float64)
     K.instance_norm_forward(dx_, dw_, db_, drm, drv, y, mean, rstd, work, EPS, MOM, use_input_stats, 1)
     check(y, ry, np.float32, "y")
@@ -179,8 +221,11 @@ def test_instance_norm(rng, on_gpu, cuda, K, use_input_stats):
     check(rstd, rrstd, np.float32, "rstd")
     check(drm, rrm, np.float32, "running_mean")
     check(drv, rrv, np.float32, "running_var")
-    dxo, dwo, dbo = (cuda.device_array(shape, np.float32), cuda.device_array(c, np.float32),
-                     cuda.device_array(c, np.float32))
+    dxo, dwo, dbo = (
+        cuda.device_array(shape, np.float32),
+        cuda.device_array(c, np.float32),
+        cuda.device_array(c, np.float32),
+    )
     K.instance_norm_backward(ddy, dx_, mean, rstd, dw_, dxo, dwo, dbo, work, use_input_stats, 1)
     check(dxo, rdx, np.float32, "dx")
     check(dwo, rdw, np.float32, "dweight")
@@ -193,10 +238,19 @@ def test_batch_norm_backward_is_bitwise_reproducible(rng, on_gpu, cuda, K):
     mean, rstd = on_gpu(x.mean(axis=(0, 2)), 1 / np.sqrt(x.var(axis=(0, 2)) + EPS))
     outs = []
     for _ in range(2):
-        o = (cuda.device_array(x.shape, np.float32), cuda.device_array(3, np.float32),
-             cuda.device_array(3, np.float32))
-        K.batch_norm_backward(ddy, dx_, mean, rstd, dw_, *o, cuda.device_array((18, 2), np.float64),
-                              cuda.device_array((4, 3), np.float32), True, 1)
+        o = (cuda.device_array(x.shape, np.float32), cuda.device_array(3, np.float32), cuda.device_array(3, np.float32))
+        K.batch_norm_backward(
+            ddy,
+            dx_,
+            mean,
+            rstd,
+            dw_,
+            *o,
+            cuda.device_array((18, 2), np.float64),
+            cuda.device_array((4, 3), np.float32),
+            True,
+            1,
+        )
         outs.append([host(a) for a in o])
     for a, b2 in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b2)

@@ -9,6 +9,7 @@ import pytest
 
 import fastnorm
 
+from ._half_util import channel_data
 from .conftest import host
 
 pytestmark = pytest.mark.usefixtures("small_channel_blocks")
@@ -31,18 +32,8 @@ def _same(got, want, dtype, what):
         np.testing.assert_allclose(g, w, err_msg=f"{what}.{field}", **_tol(dtype))
 
 
-def _data(rng, shape, c, dtype):
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    w = (1 + 0.3 * rng.standard_normal(c)).astype(dtype)
-    b = rng.standard_normal(c).astype(dtype)
-    rm = (0.1 * rng.standard_normal(c)).astype(dtype)
-    rv = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(dtype)
-    return x, dy, w, b, rm, rv
-
-
 def test_mixing_host_and_device_raises(rng, on_gpu):
-    x, _, w, b, rm, rv = _data(rng, (2, 3, 4), 3, np.float32)
+    x, _, w, b, rm, rv = channel_data(rng, (2, 3, 4), 3, np.float32)
     before = rm.copy()
     with pytest.raises(TypeError, match="batch_norm_forward: .*different devices.*running_mean"):
         fastnorm.batch_norm_forward(on_gpu(x), on_gpu(w), on_gpu(b), rm, on_gpu(rv))

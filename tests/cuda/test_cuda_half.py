@@ -29,6 +29,8 @@ from ._half_util import (
     kernels,
     param,
 )
+from ._half_util import row_norm_bwd_ref as ln_bwd_ref
+from ._half_util import row_norm_ref as ln_ref
 from ._half_util import to_dev as _to_dev
 from .conftest import SIM
 
@@ -155,20 +157,6 @@ def test_backend_dtypes():
 
 
 # ------------------------------------------------------------------------------------------ LayerNorm / RMSNorm
-def _ln_ref(x, w, b, rms):
-    if rms:
-        y, rstd = R.rms_norm_forward(x, w, eps=EPS)
-        return y, None, rstd
-    return R.layer_norm_forward(x, w, b, eps=EPS)
-
-
-def _ln_bwd_ref(dy, x, mean, rstd, w, b, rms):
-    if rms:
-        dx, dw = R.rms_norm_backward(dy, x, rstd, w)
-        return dx, dw, None
-    return R.layer_norm_backward(dy, x, mean, rstd, w, b)
-
-
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize("dt", [BF16, F16], ids=lambda d: d.name)
 @pytest.mark.parametrize("offset", [0.0, 1e3], ids=["centered", "offset1e3"])
@@ -185,8 +173,8 @@ def test_row_norms_16bit_kernels(rng, dev, cuda, rms, dt, offset):
         K.rms_norm_forward(X, W, y, rstd, EPS, 1)
     else:
         K.layer_norm_forward(X, W, B, y, mean, rstd, EPS, 1)
-    ref = _ln_ref(*f64(x, w, b), rms)
-    oth = _ln_ref(*f32(x, w, b), rms)
+    ref = ln_ref(*f64(x, w, b), rms)
+    oth = ln_ref(*f32(x, w, b), rms)
     assert host(y).dtype == dt and host(rstd).dtype == F32
     close(host(y), oth[0].astype(dt), ref[0], "y")
     close(host(rstd), oth[2], ref[2], "rstd")
@@ -202,8 +190,8 @@ def test_row_norms_16bit_kernels(rng, dev, cuda, rms, dt, offset):
     else:
         K.layer_norm_backward(DY, X, mean, rstd, W, dx, dw, db, part(), none2, part(), none2, nt)
     stats = (None if rms else host(mean), host(rstd))
-    ref = _ln_bwd_ref(*f64(dy, x, *stats, w, b), rms)
-    oth = _ln_bwd_ref(*f32(dy, x, *stats, w, b), rms)
+    ref = ln_bwd_ref(*f64(dy, x, *stats, w, b), rms)
+    oth = ln_bwd_ref(*f32(dy, x, *stats, w, b), rms)
     close(host(dx), oth[0].astype(dt), ref[0], "dx")
     close(host(dw), oth[1], ref[1], "dweight")
     if not rms:
@@ -226,10 +214,10 @@ def test_row_norms_bf16_streaming(rng, dev, cuda, rms, monkeypatch):
     X, W, B, DY = dev(x, w, b, dy)
     if rms:
         fwd = fastnorm.rms_norm_forward(X, W, eps=EPS)
-        ref, oth = _ln_ref(*f64(x, w, None), True), _ln_ref(*f32(x, w, None), True)
+        ref, oth = ln_ref(*f64(x, w, None), True), ln_ref(*f32(x, w, None), True)
     else:
         fwd = fastnorm.layer_norm_forward(X, W, B, eps=EPS)
-        ref, oth = _ln_ref(*f64(x, w, b), False), _ln_ref(*f32(x, w, b), False)
+        ref, oth = ln_ref(*f64(x, w, b), False), ln_ref(*f32(x, w, b), False)
     close(host(fwd.y), oth[0].astype(BF16), ref[0], "y")
     close(host(fwd.rstd), oth[2], ref[2], "rstd")
     if rms:
@@ -238,8 +226,8 @@ def test_row_norms_bf16_streaming(rng, dev, cuda, rms, monkeypatch):
     else:
         bwd = fastnorm.layer_norm_backward(DY, X, fwd.mean, fwd.rstd, W, B)
         stats = (host(fwd.mean), host(fwd.rstd))
-    ref = _ln_bwd_ref(*f64(dy, x, *stats, w, b), rms)
-    oth = _ln_bwd_ref(*f32(dy, x, *stats, w, b), rms)
+    ref = ln_bwd_ref(*f64(dy, x, *stats, w, b), rms)
+    oth = ln_bwd_ref(*f32(dy, x, *stats, w, b), rms)
     close(host(bwd.dx), oth[0].astype(BF16), ref[0], "dx")
     close(host(bwd.dweight), oth[1].astype(BF16), ref[1], "dweight")
 
@@ -253,13 +241,13 @@ def test_layer_norm_16bit_params_public(rng, dev, dt):
     w, b = param(rng, n, dt), param(rng, n, dt, bias=True)
     X, W, B, DY = dev(x, w, b, dy)
     fwd = fastnorm.layer_norm_forward(X, W, B, eps=EPS)
-    ref, oth = _ln_ref(*f64(x, w, b), False), _ln_ref(*f32(x, w, b), False)
+    ref, oth = ln_ref(*f64(x, w, b), False), ln_ref(*f32(x, w, b), False)
     close(host(fwd.y), oth[0].astype(dt), ref[0], "y")
     bwd = fastnorm.layer_norm_backward(DY, X, fwd.mean, fwd.rstd, W, B)
     assert host(bwd.dweight).dtype == dt and host(bwd.dbias).dtype == dt
     stats = (host(fwd.mean), host(fwd.rstd))
-    ref = _ln_bwd_ref(*f64(dy, x, *stats, w, b), False)
-    oth = _ln_bwd_ref(*f32(dy, x, *stats, w, b), False)
+    ref = ln_bwd_ref(*f64(dy, x, *stats, w, b), False)
+    oth = ln_bwd_ref(*f32(dy, x, *stats, w, b), False)
     close(host(bwd.dx), oth[0].astype(dt), ref[0], "dx")
     close(host(bwd.dweight), oth[1].astype(dt), ref[1], "dweight")
     close(host(bwd.dbias), oth[2].astype(dt), ref[2], "dbias")

@@ -101,13 +101,29 @@ def run(op, on_gpu, x, w, b, dy, ndim=1):
 @pytest.mark.parametrize("op", ["ln", "rms"])
 @pytest.mark.parametrize(
     "shape,dtype",
-    [((5, 37), np.float32), ((5, 37), np.float64), ((5, 37), np.float16), ((3, 300), np.float32),
-     ((3, 300), np.float16)],
+    [
+        ((5, 37), np.float32),
+        ((5, 37), np.float64),
+        ((5, 37), np.float16),
+        ((3, 300), np.float32),
+        ((3, 300), np.float16),
+    ],
     ids=lambda v: np.dtype(v).name if isinstance(v, type) else str(v),
 )
 def test_matches_reference(rng, on_gpu, op, shape, dtype):
     x, w, b, dy = make(rng, shape, dtype)
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
+
+
+@pytest.mark.parametrize("wb", [(True, False), (False, True), (False, False)], ids=["w", "b", "none"])
+def test_affine_variants(rng, on_gpu, wb):
+    """The forward launcher's compile-time weight/bias variants (each kernel has only the terms it was
+    given): every combination, forward and backward, against the references."""
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    w, b = (w if wb[0] else None), (b if wb[1] else None)
+    run("ln", on_gpu, x, w, b, dy)
+    if not wb[1]:
+        run("rms", on_gpu, x, w, None, dy)
 
 
 @pytest.mark.parametrize("op", ["ln", "rms"])
@@ -256,8 +272,14 @@ def test_reduction_form_matches_the_machine():
 # ------------------------------------------------------------------------------------------ real GPU only
 @pytest.mark.parametrize(
     "shape,dtype",
-    [((64, 4096), np.float32), ((33, 4096), np.float16), ((16, 8192), np.float32), ((4, 65536), np.float32),
-     ((1000, 128), np.float32), ((257, 1024), np.float64)],
+    [
+        ((64, 4096), np.float32),
+        ((33, 4096), np.float16),
+        ((16, 8192), np.float32),
+        ((4, 65536), np.float32),
+        ((1000, 128), np.float32),
+        ((257, 1024), np.float64),
+    ],
     ids=str,
 )
 @pytest.mark.parametrize("op", ["ln", "rms"])
@@ -397,8 +419,7 @@ def test_backward_kernel_skips_size0_partials_of_any_shape(rng, on_gpu, cuda, st
     odd = cuda.device_array((1, 0), np.float64)
     L.rms_norm_backward(on_gpu(dy), on_gpu(x), fwd.rstd, no_w, dx, no_w, odd, None, 1)
     zero = np.zeros(4, np.float32)
-    L.layer_norm_backward(on_gpu(dy), on_gpu(x), on_gpu(zero), fwd.rstd, no_w, dx2, no_w, no_w, odd, None, odd,
-                          None, 1)
+    L.layer_norm_backward(on_gpu(dy), on_gpu(x), on_gpu(zero), fwd.rstd, no_w, dx2, no_w, no_w, odd, None, odd, None, 1)
     rstd = host(fwd.rstd)
     assert_matches_reference(host(dx), R.rms_norm_backward(*f64(dy, x, rstd))[0], None, name="dx")
     assert_matches_reference(host(dx2), R.layer_norm_backward(*f64(dy, x, zero, rstd))[0], None, name="dx")

@@ -95,8 +95,11 @@ def test_cosine_linear(rng, on_gpu, cuda):
     W.cosine_linear_forward(dx_, dw_, y, x_norm, w_norm, eps, 1)
     check(y, y_ref, np.float32, "y")
     check(x_norm, xn, np.float32, "x_norm")
-    gsd, cxd, cwd = cuda.device_array((5, 4), np.float32), cuda.device_array(5, np.float32), cuda.device_array(
-        4, np.float32)
+    gsd, cxd, cwd = (
+        cuda.device_array((5, 4), np.float32),
+        cuda.device_array(5, np.float32),
+        cuda.device_array(4, np.float32),
+    )
     W.cosine_linear_backward_pre(ddy, y, x_norm, w_norm, gsd, cxd, cwd, cuda.device_array((2, 4), np.float64), eps, 1)
     check(gsd, gs, np.float32, "gs")
     check(cxd, cx, np.float32, "cx")

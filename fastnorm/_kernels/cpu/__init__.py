@@ -76,8 +76,6 @@ def use_target(target: str):
         g.update(saved)
 
 
-
-
 def _kernels_of(module) -> dict:
     """The public kernels of a family module: its callables that are not modules."""
     return {

@@ -34,6 +34,8 @@ except ImportError:
 
     def _launch_stream(stream):
         return stream
+
+
 USE_SHUFFLE = not SIM and os.environ.get("FASTNORM_CUDA_SHUFFLE", "1") != "0"
 
 FULL_MASK = 0xFFFFFFFF

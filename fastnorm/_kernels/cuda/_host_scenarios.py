@@ -250,16 +250,28 @@ def half_scenarios():
         e2 = cuda.device_array((0, 0), dt)
         nm = dt.name
         out += [
-            (f"layer_norm fwd+bwd {nm} (16-bit params)", lambda x=x, w=w16, dy=dy: fastnorm.layer_norm_backward(
-                dy, x, *fastnorm.layer_norm_forward(x, w, w)[1:], w, w)),
-            (f"rms_norm fwd {nm} (kernels, float32 weight)", lambda x=x, w=w32, y=y, rstd=rstd: K.rms_norm_forward(
-                x, w, y, rstd, 1e-6, 1)),
-            (f"layer_norm bwd {nm} (kernels, float32 grads)",
-             lambda a=(dy, x, mean, rstd, w32, dx, dw, db, pw, e2, pb, e2): K.layer_norm_backward(*a, 4)),
-            (f"add_layer_norm fwd {nm} (kernels)",
-             lambda a=(x, r, w32, w32, y, h, mean, rstd): K.add_layer_norm_forward(*a, 1e-5, 1)),
-            (f"add_rms_norm bwd {nm} (kernels)",
-             lambda a=(dy, dy, h, rstd, w32, dx, dw, pw, e2): K.add_rms_norm_backward(*a, 4)),
+            (
+                f"layer_norm fwd+bwd {nm} (16-bit params)",
+                lambda x=x, w=w16, dy=dy: fastnorm.layer_norm_backward(
+                    dy, x, *fastnorm.layer_norm_forward(x, w, w)[1:], w, w
+                ),
+            ),
+            (
+                f"rms_norm fwd {nm} (kernels, float32 weight)",
+                lambda x=x, w=w32, y=y, rstd=rstd: K.rms_norm_forward(x, w, y, rstd, 1e-6, 1),
+            ),
+            (
+                f"layer_norm bwd {nm} (kernels, float32 grads)",
+                lambda a=(dy, x, mean, rstd, w32, dx, dw, db, pw, e2, pb, e2): K.layer_norm_backward(*a, 4),
+            ),
+            (
+                f"add_layer_norm fwd {nm} (kernels)",
+                lambda a=(x, r, w32, w32, y, h, mean, rstd): K.add_layer_norm_forward(*a, 1e-5, 1),
+            ),
+            (
+                f"add_rms_norm bwd {nm} (kernels)",
+                lambda a=(dy, dy, h, rstd, w32, dx, dw, pw, e2): K.add_rms_norm_backward(*a, 4),
+            ),
             (f"batch_norm_forward {nm}", lambda x=x: fastnorm.batch_norm_forward(x.reshape(m, n, 1))),
         ]
     xs = cuda.device_array((m, 2 * n), bf)[:, ::2]
@@ -275,12 +287,18 @@ def half_scenarios():
     tdw, tpw = fake_cuda_tensor(T, (n,)), fake_cuda_tensor(T, (4, n), "float64")
     te = fake_cuda_tensor(T, (0,), "bfloat16")
     torch_ops = [
-        ("add_layer_norm fwd bfloat16 torch (kernels)",
-         lambda: K.add_layer_norm_forward(tx, tr, tw, tw, ty, th, tmean, trstd, 1e-5, 1)),
-        ("add_rms_norm bwd bfloat16 torch (kernels, no dh)",
-         lambda: K.add_rms_norm_backward(tdy, te, th, trstd, tw, tdx, tdw, tpw, te, 4)),
-        ("layer_norm_forward bfloat16 torch (kernels, bf16 weight)",
-         lambda: K.layer_norm_forward(tx, tw16, tw16, ty, tmean, trstd, 1e-5, 1)),
+        (
+            "add_layer_norm fwd bfloat16 torch (kernels)",
+            lambda: K.add_layer_norm_forward(tx, tr, tw, tw, ty, th, tmean, trstd, 1e-5, 1),
+        ),
+        (
+            "add_rms_norm bwd bfloat16 torch (kernels, no dh)",
+            lambda: K.add_rms_norm_backward(tdy, te, th, trstd, tw, tdx, tdw, tpw, te, 4),
+        ),
+        (
+            "layer_norm_forward bfloat16 torch (kernels, bf16 weight)",
+            lambda: K.layer_norm_forward(tx, tw16, tw16, ty, tmean, trstd, 1e-5, 1),
+        ),
     ]
     return rows + [(op, "smoke", "torch", TORCH_STREAM, fn) for op, fn in torch_ops]
 

@@ -132,9 +132,9 @@ def _partials(kind, x, dy, mean, work, dt):
     """channel_norm's per-(n, c) segment (L > 1) or per-chunk column (L == 1) partials of (N, C, L) x."""
     n, c, length = x.shape
     if length > 1:
-        CK._segments(kind, x.reshape(n * c, length), dy.reshape(n * c, length), mean, work, c, 0, 1, dt)
+        CN._segments(kind, x.reshape(n * c, length), dy.reshape(n * c, length), mean, work, c, 0, 1, dt)
     else:
-        CK._columns(kind, x.reshape(n, c), dy.reshape(n, c), mean, work, work.shape[0], dt)
+        CN._columns(kind, x.reshape(n, c), dy.reshape(n, c), mean, work, work.shape[0], dt)
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -175,7 +175,7 @@ def batch_norm_elemt(x, mean, invstd, weight, bias, y, coef, n_threads):
     x, mean, invstd, y = (kdev(a) for a in (x, mean, invstd, y))
     c, length = x.shape[1], x.shape[2]
     no = CN._empty((0, 0), F64)
-    CK._apply(False, CN._flat(x), CN._flat(x), A.w, A.b, mean, invstd, no, CN._flat(y), c, length, 0, 1, A.dt)
+    CN._apply(False, CN._flat(x), CN._flat(x), A.w, A.b, mean, invstd, no, CN._flat(y), c, length, 0, 1, A.dt)
 
 
 def batch_norm_backward_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias, work, n_threads):
@@ -211,5 +211,5 @@ def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, d
     s = arr(sdt, 1)
     sig = f"void({s}, {arr(A.pdt, 1)}, {s}, {s}, {arr(F64, 2)}, float64)"
     _launch(("bns_coef", sdt, A.pdt), _make_bwd_coef, sig, c, invstd, A.w, s1, s2, coefs, float(count))
-    CK._apply(True, CN._flat(x), CN._flat(dy), A.w, A.none("p"), mean, invstd, coefs, CN._flat(dx), c, length,
+    CN._apply(True, CN._flat(x), CN._flat(dy), A.w, A.none("p"), mean, invstd, coefs, CN._flat(dx), c, length,
               0, 1, A.dt)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The channel-norm kernels (BatchNorm, InstanceNorm, GroupNorm) and their launch helpers; the ops' launchers
+"""The channel-norm kernel factories (BatchNorm, InstanceNorm, GroupNorm); their launch shapes and launchers
 are channel_norm.py's (see there for the algorithms).
 
 Per-(n, c) segment moments or gradient sums (one team per segment), channels-last per-column partials of
@@ -19,19 +19,6 @@ from . import _common as cc
 
 U = np.uint64
 F64 = np.float64
-SEG_TEAM = 128  # threads per (n, c) segment at most (fewer for short segments)
-SEG_BLOCK = 64 if cc.SIM else 128  # threads per block of the segment kernels (the simulator is slow)
-BLOCK = 64 if cc.SIM else 256  # elementwise kernels
-COLS = 32  # channels-last: columns per block
-PHASES = 8  # channels-last: row phases per block (block = COLS * PHASES threads)
-
-
-def _seg_team(length: int) -> tuple[int, int]:
-    """(T threads per segment, R segments per block) for segments of ``length`` values."""
-    t = 32
-    while t < SEG_TEAM and length > 4 * t:
-        t *= 2
-    return t, max(1, SEG_BLOCK // t)
 
 
 # ------------------------------------------------------------------------------------------ segments
@@ -96,21 +83,8 @@ def _make_segments(dtype, t: int, r: int, kind: str):
     return seg_kernel
 
 
-def _segments(kind, x2, dy2, mean, work, c, gs, k, dt=None):
-    """``dt``: x's dtype when x2 is a uint16 view of bfloat16 (default: x2's dtype)."""
-    s_count, length = x2.shape
-    if s_count == 0:
-        return
-    t, r = _seg_team(length)
-    dt = np.dtype(x2.dtype if dt is None else dt)
-    sig = (f"void({cc.arr(dt, 2)}, {cc.arr(dt, 2)}, {cc.arr(cc.ACC[dt], 1)}, {cc.arr(F64, 2)}, int64, int64, int64)")
-    kern = cc.cached(("seg", kind, dt, t, r),
-                  lambda: cc.Kernel(_make_segments(dt, t, r, kind), sig, cc.register_cap(t * r, cc.ACC[dt])))
-    kern.launch(-(-s_count // r), t * r, cc.current_stream(), x2, dy2, mean, work, c, gs, k)
-
-
 # ------------------------------------------------------------------------------------------ channels last
-def _make_columns(dtype, kind: str):
+def _make_columns(dtype, kind: str, COLS: int, PHASES: int):
     """Channels last, x viewed (M, C): block (bx, t) takes columns [bx*COLS, +COLS) of row chunk t of
     ``n_chunks``; each thread one column and every PHASES-th row of the chunk, merged in shared memory in
     phase order. kind "moments": work[t, c] = mean, work[t, C + c] = M2 (Welford, float64); kind "grads":
@@ -177,15 +151,6 @@ def _make_columns(dtype, kind: str):
     return col_kernel
 
 
-def _columns(kind, x2, dy2, mean, work, n_chunks, dt=None):
-    m, c = x2.shape
-    dt = np.dtype(x2.dtype if dt is None else dt)
-    sig = f"void({cc.arr(dt, 2)}, {cc.arr(dt, 2)}, {cc.arr(cc.ACC[dt], 1)}, {cc.arr(F64, 2)}, int64)"
-    kern = cc.cached(("cols", kind, dt, COLS, PHASES),
-                  lambda: cc.Kernel(_make_columns(dt, kind), sig, cc.register_cap(COLS * PHASES, np.float64)))
-    kern.launch((-(-c // COLS), n_chunks), COLS * PHASES, cc.current_stream(), x2, dy2, mean, work, n_chunks)
-
-
 # ------------------------------------------------------------------------------------------ per channel
 @cuda.jit(device=True)
 def merge_moments(work, c, C, N, L, M, n_chunks, first):
@@ -239,8 +204,7 @@ def _make_finish(dts, mode: str):
     bn_fwd = mode == "bn_fwd"
     in_running = mode == "in_running"
 
-    def finish(work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
-               first, training):
+    def finish(work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum, first, training):
         c = cuda.grid(1)
         if c >= C:
             return
@@ -294,20 +258,6 @@ def _make_finish(dts, mode: str):
     return finish
 
 
-def _finish(mode, work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M, n_chunks, GS, K, eps, momentum,
-            first, training, dts):
-    """``dts`` = (statistics, weight, running statistics, dweight, dbias) dtypes (arrays are kernel views)."""
-    if C == 0:
-        return
-    dts = tuple(np.dtype(d) for d in dts)
-    sd, pw, pr, gw, gb = (cc.arr(d, 1) for d in dts)
-    sig = (f"void({cc.arr(F64, 2)}, {cc.arr(F64, 2)}, {pw}, {pr}, {pr}, {sd}, {sd}, {gw}, {gb}, int64, int64, int64, "
-           "int64, int64, int64, int64, float64, float64, boolean, boolean)")
-    kern = cc.cached(("finish", mode, dts), lambda: cc.Kernel(_make_finish(dts, mode), sig, cc.register_cap(128, F64)))
-    kern.launch(-(-C // 128), 128, cc.current_stream(), work, coefs, w, rm, rv, mean, rstd, dw, db, N, C, L, M,
-                n_chunks, GS, K, float(eps), float(momentum), bool(first), bool(training))
-
-
 # ------------------------------------------------------------------------------------------ elementwise
 def _make_apply(dtype, backward: bool):
     """Elementwise over x viewed flat (N*C*L): element i is in segment s = i // L, channel c = s % C;
@@ -348,19 +298,6 @@ def _make_apply(dtype, backward: bool):
     return apply
 
 
-def _apply(backward, x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k, dt=None):
-    total = x1.shape[0]
-    if total == 0:
-        return
-    dt = np.dtype(x1.dtype if dt is None else dt)
-    a1, p1, s1 = cc.arr(dt, 1), cc.arr(cc.param_dtype(dt), 1), cc.arr(cc.ACC[dt], 1)
-    sig = f"void({a1}, {a1}, {p1}, {p1}, {s1}, {s1}, {cc.arr(F64, 2)}, {a1}, int64, int64, int64, int64)"
-    kern = cc.cached(("apply", backward, dt),
-                  lambda: cc.Kernel(_make_apply(dt, backward), sig, cc.register_cap(BLOCK, cc.ACC[dt])))
-    grid = min(-(-total // BLOCK), kern.resident_blocks(BLOCK) * 4)
-    kern.launch(grid, BLOCK, cc.current_stream(), x1, dy1, w, b, mean, rstd, coefs, y1, c, length, gs, k)
-
-
 def _make_instance_stats(rdt, sdt):
     ldr = cc.loader(rdt)
     sd = np.dtype(sdt).type
@@ -375,11 +312,3 @@ def _make_instance_stats(rdt, sdt):
             rstd[i // c, ch] = sd(F64(1) / math.sqrt(F64(ldr(rv[ch])) + eps))
 
     return stats
-
-
-def _instance_eval_stats(rm, rv, mean, rstd, eps, rdt):
-    rdt, sdt = np.dtype(rdt), np.dtype(mean.dtype)
-    sig = f"void({cc.arr(rdt, 1)}, {cc.arr(rdt, 1)}, {cc.arr(sdt, 2)}, {cc.arr(sdt, 2)}, float64)"
-    kern = cc.cached(("in_stats", rdt, sdt),
-                  lambda: cc.Kernel(_make_instance_stats(rdt, sdt), sig, cc.register_cap(128, F64)))
-    kern.launch(-(-mean.size // 128), 128, cc.current_stream(), rm, rv, mean, rstd, float(eps))

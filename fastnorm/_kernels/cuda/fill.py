@@ -75,8 +75,7 @@ def gather(src, iface: dict, out):
     base = -sum((n - 1) * s for n, s in zip(shape, est, strict=True) if s < 0)
     span = 1 + sum((n - 1) * abs(s) for n, s in zip(shape, est, strict=True))
     view = cuda.from_cuda_array_interface(
-        {"shape": (span,), "strides": None, "typestr": dt.str, "data": (ptr - base * item, False),
-         "version": 2},
+        {"shape": (span,), "strides": None, "typestr": dt.str, "data": (ptr - base * item, False), "version": 2},
         owner=src,
         sync=False,
     )
@@ -132,7 +131,8 @@ def convert(src, dst, src_dtype, dst_dtype) -> None:
     if n == 0:
         return
     sdt, ddt = np.dtype(src_dtype), np.dtype(dst_dtype)
-    k = cached(("convert", sdt, ddt),
-               lambda: Kernel(_make_convert(sdt, ddt), f"void({nbname(sdt)}[::1], {nbname(ddt)}[::1])"))
+    k = cached(
+        ("convert", sdt, ddt), lambda: Kernel(_make_convert(sdt, ddt), f"void({nbname(sdt)}[::1], {nbname(ddt)}[::1])")
+    )
     block = 64 if SIM else 256
     k.launch(_grid(n, block), block, current_stream(), src, dst)

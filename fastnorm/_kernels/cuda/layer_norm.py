@@ -59,6 +59,7 @@ MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
+
 def row_config(n: int, target_vpt: int) -> tuple[int, int, int]:
     """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming)."""
     t = 32
@@ -84,25 +85,27 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False) -> Kernel:
-    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add)
-    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add)))
+def _get(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None
+) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb)))
 
 
-def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
-    without a GPU)."""
+    without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
+    variants (None: tested at run time)."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
         data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
         sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        make = _make_forward
+        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb), sig, register_cap(t * r, ACC[dt])
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
-        make = _make_backward
-    return make(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
+    return _make_backward(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
 
 
 def _no_mom():
@@ -154,15 +157,15 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = row_config(n, FWD_VPT)
     add = res is not None
-    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add)
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0))
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
-    k.launch(-(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps),
-             _no_mom() if mom is None else mom, g, kk, ll)
+    k.launch(
+        -(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps), _no_mom() if mom is None else mom, g, kk, ll
+    )
 
 
-def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None,
-              gdt=(None, None)):
+def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None, gdt=(None, None)):
     """Backward launch on kernel-ready arrays; ``dh``: the fused add's residual gradient (a (0, 0) array
     when absent, None for the plain kernels); ``gdt``: dweight/dbias dtypes when uint16 views."""
     m, n = x.shape
@@ -217,7 +220,7 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = row_config(n, FWD_VPT)
-        k = _get("fwd", dt, t, r, vpt, rms)
+        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b))
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
@@ -305,8 +308,17 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     PW = adapt(dw_part) if DW is not None else None
     PB = adapt(db_part) if DB is not None else None
     gdt = (None if DW is None else DW.dtype, None if DB is None else DB.dtype)
-    plan = _bwd_plan(X.dtype, m, n, W is not None, 0 if PW is None else PW.shape[0],
-                     0 if PB is None else PB.shape[0], rms, X.device, gdt)
+    plan = _bwd_plan(
+        X.dtype,
+        m,
+        n,
+        W is not None,
+        0 if PW is None else PW.shape[0],
+        0 if PB is None else PB.shape[0],
+        rms,
+        X.device,
+        gdt,
+    )
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
     plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), DX.ptr, _p(PW), _p(PB)))
@@ -343,22 +355,27 @@ def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     if not SIM:
         return _launch_fwd(x, weight, None, y, None, rstd, eps, True)
     dt = _dtype(x)
-    _forward(kdev(x), _param(weight, dt), _param(None, dt), kdev(y), empty_device((0,), _stat(dt)), kdev(rstd),
-             eps, True, dt=dt)
+    _forward(
+        kdev(x),
+        _param(weight, dt),
+        _param(None, dt),
+        kdev(y),
+        empty_device((0,), _stat(dt)),
+        kdev(rstd),
+        eps,
+        True,
+        dt=dt,
+    )
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
-                        n_threads):
+def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads):
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
     dw_acc, db_acc: the CPU kernel's short-run accumulators, unused here. dweight/dbias may be float32 or
     x's dtype for 16-bit x (the float32 sums rounded once)."""
     if not SIM:
         return _launch_bwd(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
-    dt = _dtype(x)
-    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
-    _backward(kdev(dy), kdev(x), kdev(mean), kdev(rstd), _param(weight, dt), kdev(dx), dw, db, kdev(dw_part),
-              kdev(db_part), False, dt=dt, gdt=(gw, gb))
+    _sim_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
@@ -366,10 +383,17 @@ def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threa
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
     if not SIM:
         return _launch_bwd(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
+    _sim_backward(dy, x, None, rstd, weight, dx, dweight, None, dw_part, None, True)
+
+
+def _sim_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, rms: bool) -> None:
+    """The simulator's backward launch (no launch plans there); absent mean/dbias/db_part (RMSNorm) as None."""
     dt = _dtype(x)
-    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(None, dt)
-    _backward(kdev(dy), kdev(x), empty_device((0,), _stat(dt)), kdev(rstd), _param(weight, dt), kdev(dx), dw, db,
-              kdev(dw_part), empty_device((0, 0), np.float64), True, dt=dt, gdt=(gw, gb))
+    (dw, gw), (db, gb) = _grad_out(dweight, dt), _grad_out(dbias, dt)
+    mean = empty_device((0,), _stat(dt)) if mean is None else kdev(mean)
+    db_part = empty_device((0, 0), np.float64) if db_part is None else kdev(db_part)
+    args = (kdev(dy), kdev(x), mean, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, kdev(dw_part), db_part)
+    _backward(*args, rms, dt=dt, gdt=(gw, gb))
 
 
 # ------------------------------------------------------------------------------------------ fused add + norm
@@ -380,8 +404,9 @@ def _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, rms: bool) ->
         return _done()
     mean = _sized(mean)
     MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
-    _forward(X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt,
-             res=kdev(residual), h=kdev(h))
+    _forward(
+        X, _param(weight, dt), _param(bias, dt), kdev(y), MU, kdev(rstd), eps, rms, dt=dt, res=kdev(residual), h=kdev(h)
+    )
     _done()
 
 
@@ -393,8 +418,9 @@ def _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db
     MU = kdev(mean) if mean is not None and mean.size > 0 else empty_device((0,), _stat(dt))
     PW = kdev(dw_part) if dw.shape[0] > 0 else empty_device((0, 0), np.float64)
     PB = kdev(db_part) if db.shape[0] > 0 else empty_device((0, 0), np.float64)
-    _backward(kdev(dy), kdev(h), MU, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, PW, PB, rms, dt=dt, dh=DH,
-              gdt=(gw, gb))
+    _backward(
+        kdev(dy), kdev(h), MU, kdev(rstd), _param(weight, dt), kdev(dx), dw, db, PW, PB, rms, dt=dt, dh=DH, gdt=(gw, gb)
+    )
     _done()
 
 
@@ -409,8 +435,9 @@ def add_rms_norm_forward(x, residual, weight, y, h, rstd, eps, n_threads):
     _add_forward(x, residual, weight, None, y, h, None, rstd, eps, True)
 
 
-def add_layer_norm_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
-                            n_threads):
+def add_layer_norm_backward(
+    dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads
+):
     """IN dy (M, N), dh (M, N) | absent (size 0), h (M, N), mean, rstd (M,), weight (N,) | (0,);
     OUT dx (M, N) = LayerNorm backward at h + dh (the gradient of x and of residual), dweight, dbias;
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0); dw_acc, db_acc unused here."""

@@ -77,8 +77,9 @@ def _kernel(dt, backward: bool, sdt=None) -> Kernel:
         sig = f"void({a1}, {a1}, {a1}, {s1}, {a1}, int64, int64, int64, float64, float64)"
     else:
         sig = f"void({a1}, {a1}, {s1}, int64, int64, int64, float64, float64, float64)"
-    return cached(("lrn", backward, dt, sdt),
-                  lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt])))
+    return cached(
+        ("lrn", backward, dt, sdt), lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt]))
+    )
 
 
 def _dtype(a):
@@ -100,25 +101,26 @@ def lrn_scratch_len(lo: int, hi: int) -> int:
     return 1
 
 
+def _run(backward: bool, x, scale, arrays, *scalars) -> None:
+    """Launch the forward or backward kernel over the flat ``arrays`` (x's shape) and the scalars after
+    (C, L, size, ...)."""
+    dt, sdt = _dtype(x), _dtype(scale)
+    arrays = [kdev(a) for a in arrays]
+    if arrays[0].size == 0:
+        return
+    kern = _kernel(dt, backward, sdt)
+    flat = [_flat(a) for a in arrays]
+    kern.launch(_grid(kern, flat[0].shape[0]), BLOCK, current_stream(), *flat, *scalars)
+
+
 def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads):
     """IN x (N, C, L); OUT y, scale (N, C, L) (scale in x's dtype or, for 16-bit x, float32); SCRATCH unused."""
-    dt, sdt = _dtype(x), _dtype(scale)
-    x, y, scale = kdev(x), kdev(y), kdev(scale)
-    if x.size == 0:
-        return
-    kern = _kernel(dt, False, sdt)
-    n, c, length = x.shape
-    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(x), _flat(y), _flat(scale), c, length,
-                int(size), float(alpha) / size, float(beta), float(k))
+    _, c, length = x.shape
+    _run(False, x, scale, (x, y, scale), c, length, int(size), float(alpha) / size, float(beta), float(k))
 
 
 def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads):
     """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH unused."""
-    dt, sdt = _dtype(x), _dtype(scale)
-    dy, x, y, scale, dx = kdev(dy), kdev(x), kdev(y), kdev(scale), kdev(dx)
-    if x.size == 0:
-        return
-    kern = _kernel(dt, True, sdt)
-    n, c, length = x.shape
-    kern.launch(_grid(kern, x.size), BLOCK, current_stream(), _flat(dy), _flat(x), _flat(y), _flat(scale),
-                _flat(dx), c, length, int(size), 2.0 * float(alpha) * float(beta) / size, float(beta))
+    _, c, length = x.shape
+    coef = 2.0 * float(alpha) * float(beta) / size
+    _run(True, x, scale, (dy, x, y, scale, dx), c, length, int(size), coef, float(beta))

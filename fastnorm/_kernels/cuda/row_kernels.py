@@ -32,7 +32,7 @@ def _inline(fn):
     return cuda.jit(device=True)(fn) if cc.SIM else cuda.jit(device=True, forceinline=True)(fn)
 
 
-def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
     Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
@@ -43,16 +43,14 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     ``add`` (fused residual add): the row normalized is h = x + res rounded to x's dtype, and h is stored;
     the kernel then takes (x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L).
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
+    ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
+    kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
     """
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     f64 = np.float64
-    cols = cc.team_buf_cols(t)
     team_sum = cc.make_team_sum(t)
     nv = max(vpt, 1)
-    tu, ru = U(t), U(r)
-    zero, one = U(0), U(1)
+    tu, ru, zero, one = U(t), U(r), U(0), U(1)
 
     @_inline
     def ld_row(x, res, h, row, j):
@@ -70,6 +68,33 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             return ld(h[row, j])
         return ld(x[row, j])
 
+    slot, _chunk = _team_helpers(tu, ru)
+
+    @_inline
+    def put_stats(mean, rstd, mom, row, mu, rs, var, n):
+        """The row's statistics (lane 0): mean (LayerNorm), rstd, and GroupNorm's float64 moments."""
+        if not rms:
+            mean[row] = mu
+        rstd[row] = rs
+        if grouped and mom.size > 0:
+            mom[row, 0] = f64(mu)
+            mom[row, 1] = f64(var) * f64(n)
+
+    # -1: present or absent, read at run time; 0: absent; 1: present (compile-time constants)
+    mode_w, mode_b = (-1, -1) if wb is None else (int(bool(wb[0])), int(bool(wb[1])))
+
+    @_inline
+    def out(v, mu, rs, w, b, cb, j, L):
+        """Output element j from its value v: (v - mu) * rs * w + b (the affine index cb + j // L when
+        grouped, else j; absent w, b skipped)."""
+        ch = cb + j // U(L) if grouped else j
+        o = (v - mu) * rs
+        if mode_w > 0 or (mode_w < 0 and w.shape[0] > 0):
+            o = o * ldp(w[ch])
+        if mode_b > 0 or (mode_b < 0 and b.shape[0] > 0):
+            o = o + ldp(b[ch])
+        return st(o)
+
     if vpt > 0:
 
         @_inline
@@ -77,10 +102,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             m = U(x.shape[0])
             n = U(x.shape[1])
             buf = cuda.shared.array((2, r, cols), acc_nb)
-            tid = U(cuda.threadIdx.x)
-            ts = tid // tu
-            lane = tid - ts * tu
-            row = U(cuda.blockIdx.x) * ru + ts
+            ts, lane, row = slot()
             ok = row < m
             kmax = I32(0)
             if ok and lane < n:
@@ -110,25 +132,12 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             rs = acc(1) / math.sqrt(var + acc(eps))
             if ok:
                 if lane == zero:
-                    if not rms:
-                        mean[row] = mu
-                    rstd[row] = rs
-                    if grouped and mom.size > 0:
-                        mom[row, 0] = f64(mu)
-                        mom[row, 1] = f64(var) * f64(n)
-                has_w = w.shape[0] > 0
-                has_b = b.shape[0] > 0
+                    put_stats(mean, rstd, mom, row, mu, rs, var, n)
                 cb = (row % U(G)) * U(K) if grouped else zero
                 for k in range(vpt):
                     if k < kmax:
                         j = lane + U(k * t)
-                        ch = cb + j // U(L) if grouped else j
-                        o = (v[k] - mu) * rs
-                        if has_w:
-                            o = o * ldp(w[ch])
-                        if has_b:
-                            o = o + ldp(b[ch])
-                        y[row, j] = st(o)
+                        y[row, j] = out(v[k], mu, rs, w, b, cb, j, L)
 
         return _fwd_kernel(norm_fwd_body, add)
 
@@ -137,10 +146,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
         m = U(x.shape[0])
         n = U(x.shape[1])
         buf = cuda.shared.array((2, r, cols), acc_nb)
-        tid = U(cuda.threadIdx.x)
-        ts = tid // tu
-        lane = tid - ts * tu
-        row = U(cuda.blockIdx.x) * ru + ts
+        ts, lane, row = slot()
         ok = row < m
         mu = acc(0)
         if not rms or add:  # (the fused add stores h in this first pass)
@@ -161,27 +167,42 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
         rs = acc(1) / math.sqrt(var + acc(eps))
         if ok:
             if lane == zero:
-                if not rms:
-                    mean[row] = mu
-                rstd[row] = rs
-                if grouped and mom.size > 0:
-                    mom[row, 0] = f64(mu)
-                    mom[row, 1] = f64(var) * f64(n)
-            has_w = w.shape[0] > 0
-            has_b = b.shape[0] > 0
+                put_stats(mean, rstd, mom, row, mu, rs, var, n)
             cb = (row % U(G)) * U(K) if grouped else zero
             j = lane
             while j < n:
-                ch = cb + j // U(L) if grouped else j
-                o = (ld_again(x, h, row, j) - mu) * rs
-                if has_w:
-                    o = o * ldp(w[ch])
-                if has_b:
-                    o = o + ldp(b[ch])
-                y[row, j] = st(o)
+                y[row, j] = out(ld_again(x, h, row, j), mu, rs, w, b, cb, j, L)
                 j += tu
 
     return _fwd_kernel(norm_fwd_stream_body, add)
+
+
+def _types(dtype, t: int):
+    """(accumulation type, its Numba type, data loader, data storer, parameter loader, team buffer columns)
+    of the row kernels for data of ``dtype`` and teams of ``t`` threads."""
+    acc = cc.ACC[np.dtype(dtype)]
+    ldp = cc.loader(cc.param_dtype(dtype))
+    return acc, cc.nb_type(acc), cc.loader(dtype), cc.storer(dtype), ldp, cc.team_buf_cols(t)
+
+
+def _team_helpers(tu, ru):
+    """Device functions shared by the register and streaming forms of the row kernels (inlined):
+    ``slot()`` -> (ts, lane, team) of this thread (its team's slot in the block, its rank in the team, the
+    team's index in the grid); ``chunk(m, c, g)`` -> (step, lo, hi): team g's rows of m cut into c chunks."""
+
+    @_inline
+    def slot():
+        tid = U(cuda.threadIdx.x)
+        ts = tid // tu
+        return ts, tid - ts * tu, U(cuda.blockIdx.x) * ru + ts
+
+    @_inline
+    def chunk(m, c, g):
+        step = (m + c - U(1)) // c
+        lo = min(m, g * step)
+        return step, lo, min(m, lo + step)
+
+    return slot, chunk
 
 
 def _fwd_kernel(body, add: bool):
@@ -222,15 +243,11 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
     Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
     """
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st, ldp = cc.loader(dtype), cc.storer(dtype), cc.loader(cc.param_dtype(dtype))
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     f64 = np.float64
-    cols = cc.team_buf_cols(t)
     team_sum2 = cc.make_team_sum2(t)
     nv = max(vpt, 1)
-    tu, ru = U(t), U(r)
-    zero, one = U(0), U(1)
+    tu, ru, zero, one = U(t), U(r), U(0), U(1)
     smem = vpt > 0 and _smem_partials(dtype, t, vpt)
     row_len = t * nv if smem else 1
     part_rows = r if smem else 1
@@ -243,6 +260,15 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 v += ld(dh[row, j])
         return st(v)
 
+    slot, chunk = _team_helpers(tu, ru)
+
+    @_inline
+    def wdy(d, w, row, j, G, K, L):
+        """dy times the weight of element j of the row (dy without weight)."""
+        if w.shape[0] > 0:
+            return d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+        return d
+
     if vpt > 0:
 
         @_inline
@@ -252,14 +278,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
             c = U(n_chunks)
             buf = cuda.shared.array((2, 2, r, cols), acc_nb)
             spart = cuda.shared.array((2, part_rows, row_len), acc_nb)
-            tid = U(cuda.threadIdx.x)
-            ts = tid // tu
-            lane = tid - ts * tu
-            g = U(cuda.blockIdx.x) * ru + ts
-            step = (m + c - one) // c
-            lo = min(m, g * step)
-            hi = min(m, lo + step)
-            has_w = w.shape[0] > 0
+            ts, lane, g = slot()
+            step, lo, hi = chunk(m, c, g)
             kmax = I32(0)
             if lane < n:
                 kmax = I32(min(U(vpt), (n - lane + tu - one) // tu))
@@ -297,9 +317,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     xh = (xv[k] - mu) * rs
                     d = dv[k]
                     gv = d
-                    if has_w and k < kmax:
-                        j = lane + U(k * t)
-                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    if k < kmax:
+                        gv = wdy(d, w, row, lane + U(k * t), G, K, L)
                     s1 += gv
                     s2 += gv * xh
                     if smem:
@@ -340,14 +359,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
         n = U(x.shape[1])
         c = U(n_chunks)
         buf = cuda.shared.array((2, 2, r, cols), acc_nb)
-        tid = U(cuda.threadIdx.x)
-        ts = tid // tu
-        lane = tid - ts * tu
-        g = U(cuda.blockIdx.x) * ru + ts
-        step = (m + c - one) // c
-        lo = min(m, g * step)
-        hi = min(m, lo + step)
-        has_w = w.shape[0] > 0
+        ts, lane, g = slot()
+        step, lo, hi = chunk(m, c, g)
         want_dw = dwp.size > 0 and g < c
         want_db = dbp.size > 0 and g < c
         # The team's own partial rows accumulate in place (each element is touched by one thread only).
@@ -373,9 +386,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 j = lane
                 while j < n:
                     xh = (ld(x[row, j]) - mu) * rs
-                    gv = ld(dy[row, j])
-                    if has_w:
-                        gv = gv * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
+                    gv = wdy(ld(dy[row, j]), w, row, j, G, K, L)
                     s1 += gv
                     s2 += gv * xh
                     j += tu
@@ -387,10 +398,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 while j < n:
                     xh = (ld(x[row, j]) - mu) * rs
                     d = ld(dy[row, j])
-                    gv = d
-                    if has_w:
-                        gv = d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
-                    dx[row, j] = dx_out(dh, row, j, rs * (gv - c1 - xh * c2))
+                    dx[row, j] = dx_out(dh, row, j, rs * (wdy(d, w, row, j, G, K, L) - c1 - xh * c2))
                     if want_dw:
                         dwp[g, j] += f64(d * xh)
                     if want_db:

@@ -28,18 +28,21 @@ TEAM = 64 if cc.SIM else 256
 BLOCK = 64 if cc.SIM else 256
 
 
+def _team(dtype):
+    """(accumulation type, its Numba type, loader, storer, two-value team sum, its buffer columns, team size)
+    of the one-team-per-block kernels for data of ``dtype``."""
+    acc = cc.ACC[np.dtype(dtype)]
+    kit = cc.loader(dtype), cc.storer(dtype), cc.make_team_sum2(TEAM), cc.team_buf_cols(TEAM), U(TEAM)
+    return (acc, cc.nb_type(acc), *kit)
+
+
 # ------------------------------------------------------------------------------------------ WeightNorm
 def _make_wn(dtype, backward: bool, dts=None):
     """``dtype``: v, w, dw, dv (bfloat16 as uint16 bits); ``dts`` = (g, norm, o2) dtypes (default: all
     ``dtype``): 16-bit v may come with float32 g/norm/dg."""
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st = cc.loader(dtype), cc.storer(dtype)
+    acc, acc_nb, ld, st, team_sum2, cols, tu = _team(dtype)
     gdt, ndt, odt = (dtype,) * 3 if dts is None else dts
     ldg, ldn, sto = cc.loader(gdt), cc.loader(ndt), cc.storer(odt)
-    team_sum2 = cc.make_team_sum2(TEAM)
-    cols = cc.team_buf_cols(TEAM)
-    tu = U(TEAM)
 
     def wn(a_in, v, g, norm, o1, o2):
         """forward: a_in = v, o1 = w (A, D, B), o2 = norm (D,) out; backward: a_in = dw, o1 = dv, o2 = dg."""
@@ -93,8 +96,10 @@ def _wn_kernel(dt, backward: bool, dts) -> cc.Kernel:
     a3 = cc.arr(dt, 3)
     g1, n1, o1 = (cc.arr(x, 1) for x in dts)
     sig = f"void({a3}, {a3}, {g1}, {n1}, {a3}, {o1})"
-    return cc.cached((("wn", backward), dt, dts, TEAM),
-                  lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])))
+    return cc.cached(
+        (("wn", backward), dt, dts, TEAM),
+        lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])),
+    )
 
 
 def _dtype(a):
@@ -136,13 +141,8 @@ def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
 # loaders/storers (16-bit: computed in float32, each output rounded once); norms and coefficients (x_norm,
 # w_norm, cx, cw) in ``cc.param_dtype`` (float32 for 16-bit data).
 def _make_row_norms(dtype):
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld = cc.loader(dtype)
+    acc, acc_nb, ld, _st, team_sum2, cols, tu = _team(dtype)
     out = cc.param_dtype(dtype).type
-    team_sum2 = cc.make_team_sum2(TEAM)
-    cols = cc.team_buf_cols(TEAM)
-    tu = U(TEAM)
 
     def row_norms(x, w, x_norm, w_norm):
         """Block r < B: x_norm[r] = |x[r]|; block B + r: w_norm[r] = |w[r]|."""
@@ -196,13 +196,8 @@ def _make_scale(dtype):
 
 
 def _make_grad_rows(dtype):
-    acc = cc.ACC[np.dtype(dtype)]
-    acc_nb = cc.nb_type(acc)
-    ld, st = cc.loader(dtype), cc.storer(dtype)
+    acc, acc_nb, ld, st, team_sum2, cols, tu = _team(dtype)
     out = cc.param_dtype(dtype).type
-    team_sum2 = cc.make_team_sum2(TEAM)
-    cols = cc.team_buf_cols(TEAM)
-    tu = U(TEAM)
     clamp = cuda.jit(device=True)(_clamp)
 
     def grad_rows(dy, y, x_norm, w_norm, gs, cx, eps):
