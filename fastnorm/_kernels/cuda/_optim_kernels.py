@@ -95,13 +95,19 @@ def _make_update(algo: int, flags: int, f64: bool = True):
     centered = bool(flags & FN_CENTERED)
     ams = bool(flags & FN_AMSGRAD)
 
+    @cuda.jit(device=True)
+    def signed_grad(p, g, k):
+        """The gradient as every update reads it: signed (maximize), plus weight_decay * p when on."""
+        gi = k[2] * g
+        if wd_on:
+            gi += k[1] * p
+        return gi
+
     if algo == FN_SGD:
 
         @cuda.jit(device=True)
         def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
+            gi = signed_grad(p, g, k)
             if mom:
                 bi = k[13] * s0 + k[14] * gi
                 s0 = bi
@@ -112,9 +118,7 @@ def _make_update(algo: int, flags: int, f64: bool = True):
 
         @cuda.jit(device=True)
         def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
+            gi = signed_grad(p, g, k)
             si = s0 + gi * gi
             return p - k[13] * (gi / (math.sqrt(si) + k[3])), si, s1, s2
 
@@ -122,9 +126,7 @@ def _make_update(algo: int, flags: int, f64: bool = True):
 
         @cuda.jit(device=True)
         def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
+            gi = signed_grad(p, g, k)
             sqi = k[5] * s0 + k[6] * (gi * gi)
             d = math.sqrt(s1 + k[3]) / math.sqrt(sqi + k[3]) * gi
             acc = k[5] * s1 + k[6] * (d * d)
@@ -134,9 +136,7 @@ def _make_update(algo: int, flags: int, f64: bool = True):
 
         @cuda.jit(device=True)
         def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
+            gi = signed_grad(p, g, k)
             sqi = k[7] * s0 + k[8] * (gi * gi)
             if centered:
                 gai = s1 + k[8] * (gi - s1)
@@ -154,9 +154,7 @@ def _make_update(algo: int, flags: int, f64: bool = True):
 
         @cuda.jit(device=True)
         def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
+            gi = signed_grad(p, g, k)
             pi = p * k[12]
             mi = s0 + k[9] * (gi - s0)
             vi = k[10] * s1 + k[11] * (gi * gi)
