@@ -159,8 +159,10 @@ def build(spec: Algo, info: np.ndarray, rows: dict, master: np.ndarray | None) -
     """
     plan = []
     codes = info[2]
-    for code in range(len(CODE_DTYPES)):
-        idx = np.flatnonzero(codes == code)
+    n = codes.shape[0]
+    uniform = n == 0 or bool((codes == codes[0]).all())  # the usual case: one dtype, one table
+    for code in (codes[:1].tolist() if uniform else range(len(CODE_DTYPES))):
+        idx = np.arange(n) if uniform else np.flatnonzero(codes == code)
         if idx.size == 0:
             continue
         tab = np.zeros((HALF_ROWS if code >= 2 else 2 + len(spec.streams), idx.size), np.intp)
