@@ -165,7 +165,7 @@ def _rmsprop(k, h, tab, off, pt, code, nt, half):
     k.rmsprop_step(
         tab, off, h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["momentum"], h["centered"], _sign(h), code,
         nt, half,
-    )  # fmt: skip
+    )
 
 
 def _adam(k, h, tab, off, pt, code, nt, half):
@@ -174,7 +174,7 @@ def _adam(k, h, tab, off, pt, code, nt, half):
     k.adam_step(
         tab, off, pt, h["beta1"], h["beta2"], h["eps"], 0.0 if decoupled else wd, decay, h["amsgrad"], _sign(h),
         code, nt, half,
-    )  # fmt: skip
+    )
 
 
 def _adam_scalars(h, t):

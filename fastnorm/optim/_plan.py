@@ -17,7 +17,7 @@ from .. import _validation as V
 from ._algos import Algo
 
 __all__ = ["NOWHERE", "CODE_DTYPES", "gather_params", "gather_like", "ranges", "offsets", "build", "run",
-           "rounding_keys", "grad_f32"]  # fmt: skip
+           "rounding_keys", "grad_f32"]
 
 # Parameter dtypes, in the order of the kernels' dtype codes (0 float32, 1 float64, 2 bfloat16, 3 float16).
 CODE_DTYPES = (_dtypes.FLOAT32, _dtypes.FLOAT64, _dtypes.BFLOAT16, _dtypes.FLOAT16)
@@ -183,7 +183,7 @@ def run(be, spec: Algo, h: dict, plan: list, sizes: np.ndarray, gptr: np.ndarray
     ``steps``: each tensor's update number (the per-tensor scalars); ``first``: SGD's first-step flags;
     ``g32``: float32-gradient flags and ``sr_keys`` (or None) the rounding keys of 16-bit parameters;
     ``master``: whether the 16-bit tables hold master copies.
-    """  # fmt: skip
+    """
     active = gptr != 0
     everyone = bool(active.all())
     k = be.kernels

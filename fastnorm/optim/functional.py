@@ -83,7 +83,7 @@ def run_step(op: str, spec: Algo, values: dict, *, new_state=None) -> None:
         g32=P.grad_f32(be, grads, info[2]) if half else None,
         sr_keys=P.rounding_keys(seed, steps, np.arange(n)) if half and sr else None,
         master=mptr is not None,
-    )  # fmt: skip
+    )
     for i in fresh:
         values["momentum_buffers"][i] = states["momentum_buffer"][i]
 

@@ -255,7 +255,7 @@ class Optimizer:
             gptr, gs = P.gather_like(
                 self._be, op, "grads", grads[start : start + n], group["params"], writeable=False,
                 allow_none=True, avoid=avoid,
-            )  # fmt: skip
+            )
             todo.append((gi, hypers[gi], infos[gi], gptr, gs))
             start += n
         # everything is checked: from here on nothing raises
@@ -299,7 +299,7 @@ class Optimizer:
             g32=P.grad_f32(self._be, gs, gd.info[2]) if half else None,
             sr_keys=P.rounding_keys(h["seed"], gd.steps, gd.index) if sr else None,
             master=bool(h["master_weights"]),
-        )  # fmt: skip
+        )
 
     def _build_plan(self, gd: _Group, h: dict) -> list:
         """The plan of the group's state (missing state: address 0)."""

@@ -229,11 +229,14 @@ def _device_parts(algo: int, flags: int, f64: bool):
     return locate, consts, element
 
 
-def _chunked(piece, locate, consts, block: int, chunk: int):
-    """The multi-tensor kernel around ``piece(tab, t, i, stop, k)``, the loop over elements i, i + block, ...
-    < stop of tensor t (``k``: the update's constants): block b takes chunks b, b + grid, ... of CHUNK flat
-    elements and hands ``piece`` each tensor's part of them."""
-    cu, one = U(chunk), U(1)
+def _chunked(piece, algo: int, flags: int, f64: bool, block: int, chunk: int):
+    """The multi-tensor kernel around ``piece(tab, t, pa, ga, a0, a1, a2, i, stop, k)``, the loop over the
+    elements i, i + block, ... < stop of tensor t (``pa``, ``ga``, ``a0``.. its parameter, gradient and state
+    addresses, 0 for a stream the options do not use; ``k`` the update's constants): block b takes chunks b,
+    b + grid, ... of ``chunk`` flat elements and hands ``piece`` each tensor's part of them."""
+    locate, consts, _ = _device_parts(algo, flags, f64)
+    use0, use1, use2 = _streams(algo, flags)
+    cu, zero, one = U(chunk), U(0), U(1)
 
     def optim_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
         total = U(off[off.shape[0] - 1])
@@ -248,8 +251,11 @@ def _chunked(piece, locate, consts, block: int, chunk: int):
                 end = min(hi, U(off[t + one]))
                 if end > lo:
                     base = U(off[t])
+                    a0 = U(tab[2, t]) if use0 else zero
+                    a1 = U(tab[3, t]) if use1 else zero
+                    a2 = U(tab[4, t]) if use2 else zero
                     k = consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1)
-                    piece(tab, t, lo - base + tid, end - base, k)
+                    piece(tab, t, U(tab[0, t]), U(tab[1, t]), a0, a1, a2, lo - base + tid, end - base, k)
                     lo = end
                 t += one
             c += grid
@@ -264,18 +270,12 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
     nbt = float64 if f64 else float32
     ld, st = _mem(f64)
     update = _make_update(algo, flags, f64)
-    locate, consts, element = _device_parts(algo, flags, f64)
+    _, _, element = _device_parts(algo, flags, f64)
     use0, use1, use2 = _streams(algo, flags)
-    bu, uu = U(block), U(unroll)
-    zero, one = U(0), U(1)
+    bu, uu, one = U(block), U(unroll), U(1)
 
     @cuda.jit(device=True)
-    def piece(tab, t, i, stop, k):
-        pa = U(tab[0, t])
-        ga = U(tab[1, t])
-        a0 = U(tab[2, t]) if use0 else zero
-        a1 = U(tab[3, t]) if use1 else zero
-        a2 = U(tab[4, t]) if use2 else zero
+    def piece(tab, t, pa, ga, a0, a1, a2, i, stop, k):
         pv = cuda.local.array(unroll, nbt)
         gv = cuda.local.array(unroll, nbt)
         v0 = cuda.local.array(unroll, nbt)
@@ -308,7 +308,7 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
             st(pa, i, element(ld(pa, i), ld(ga, i), a0, a1, a2, i, k))
             i += bu
 
-    return _chunked(piece, locate, consts, block, chunk)
+    return _chunked(piece, algo, flags, f64, block, chunk)
 
 
 _SIG = ("void(int64[:, ::1], int64[::1], float64[:, ::1], float64, float64, float64, float64, float64, float64, "
@@ -425,17 +425,11 @@ def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, b
     ld, st = _mem(False)
     ld16, st16 = _mem16()
     widen, rne, rsr, rbits = _half_helpers()
-    locate, consts, element = _device_parts(algo, flags, False)
-    use0, use1, use2 = _streams(algo, flags)
+    _, _, element = _device_parts(algo, flags, False)
     bu, zero = U(block), U(0)
 
     @cuda.jit(device=True)
-    def piece(tab, t, i, stop, k):
-        pa = U(tab[0, t])
-        ga = U(tab[1, t])
-        a0 = U(tab[2, t]) if use0 else zero
-        a1 = U(tab[3, t]) if use1 else zero
-        a2 = U(tab[4, t]) if use2 else zero
+    def piece(tab, t, pa, ga, a0, a1, a2, i, stop, k):
         ma = U(tab[5, t]) if master else zero
         key = tab[6, t]
         g32 = tab[7, t] != 0
@@ -451,4 +445,4 @@ def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, b
                 st16(pa, i, np.uint16(rne(p, fmt)))
             i += bu
 
-    return _chunked(piece, locate, consts, block, chunk)
+    return _chunked(piece, algo, flags, False, block, chunk)
