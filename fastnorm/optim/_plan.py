@@ -16,8 +16,18 @@ from .. import _dtypes
 from .. import _validation as V
 from ._algos import Algo
 
-__all__ = ["NOWHERE", "CODE_DTYPES", "gather_params", "gather_like", "ranges", "offsets", "build", "run",
-           "rounding_keys", "grad_f32"]
+__all__ = [
+    "NOWHERE",
+    "CODE_DTYPES",
+    "gather_params",
+    "gather_like",
+    "ranges",
+    "offsets",
+    "build",
+    "run",
+    "rounding_keys",
+    "grad_f32",
+]
 
 # Parameter dtypes, in the order of the kernels' dtype codes (0 float32, 1 float64, 2 bfloat16, 3 float16).
 CODE_DTYPES = (_dtypes.FLOAT32, _dtypes.FLOAT64, _dtypes.BFLOAT16, _dtypes.FLOAT16)
@@ -161,7 +171,7 @@ def build(spec: Algo, info: np.ndarray, rows: dict, master: np.ndarray | None) -
     codes = info[2]
     n = codes.shape[0]
     uniform = n == 0 or bool((codes == codes[0]).all())  # the usual case: one dtype, one table
-    for code in (codes[:1].tolist() if uniform else range(len(CODE_DTYPES))):
+    for code in codes[:1].tolist() if uniform else range(len(CODE_DTYPES)):
         idx = np.arange(n) if uniform else np.flatnonzero(codes == code)
         if idx.size == 0:
             continue
@@ -176,8 +186,20 @@ def build(spec: Algo, info: np.ndarray, rows: dict, master: np.ndarray | None) -
     return plan
 
 
-def run(be, spec: Algo, h: dict, plan: list, sizes: np.ndarray, gptr: np.ndarray, steps: np.ndarray,
-        *, first=None, g32=None, sr_keys=None, master: bool = False) -> None:
+def run(
+    be,
+    spec: Algo,
+    h: dict,
+    plan: list,
+    sizes: np.ndarray,
+    gptr: np.ndarray,
+    steps: np.ndarray,
+    *,
+    first=None,
+    g32=None,
+    sr_keys=None,
+    master: bool = False,
+) -> None:
     """One kernel call per dtype of ``plan`` over the tensors that have a gradient (``gptr`` != 0).
 
     ``steps``: each tensor's update number (the per-tensor scalars); ``first``: SGD's first-step flags;

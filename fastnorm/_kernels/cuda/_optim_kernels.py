@@ -223,8 +223,23 @@ def _device_parts(algo: int, flags: int, f64: bool):
         per_tensor = pt.size > 0
         c1 = T(pt[t, 0]) if per_tensor else T(u0)
         c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
-        return (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha), T(1.0 - alpha), T(omb1),
-                T(beta2), T(1.0 - beta2), T(decay), c1, c2)
+        return (
+            T(lr),
+            T(wd),
+            T(sgn),
+            T(eps),
+            T(mu),
+            T(rho),
+            T(1.0 - rho),
+            T(alpha),
+            T(1.0 - alpha),
+            T(omb1),
+            T(beta2),
+            T(1.0 - beta2),
+            T(decay),
+            c1,
+            c2,
+        )
 
     return locate, consts, element
 
@@ -311,8 +326,10 @@ def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chun
     return _chunked(piece, algo, flags, f64, block, chunk)
 
 
-_SIG = ("void(int64[:, ::1], int64[::1], float64[:, ::1], float64, float64, float64, float64, float64, float64, "
-        "float64, float64, float64, float64, float64, float64)")
+_SIG = (
+    "void(int64[:, ::1], int64[::1], float64[:, ::1], float64, float64, float64, float64, float64, float64, "
+    "float64, float64, float64, float64, float64, float64)"
+)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit parameters
@@ -446,3 +463,20 @@ def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, b
             i += bu
 
     return _chunked(piece, algo, flags, False, block, chunk)
+
+
+def _rows_used(algo: int, flags: int) -> int:
+    s0, s1, s2 = _streams(algo, flags)
+    return 0b11 | (s0 << 2) | (s1 << 3) | (s2 << 4)
+
+
+def _shape(code, half, n_rows, used):
+    """The table's row count and used rows for parameters of dtype ``code`` (16-bit: 8 rows, row 5 the
+    master copies when ``half[0]``)."""
+    if code < 2:
+        if code not in (0, 1):
+            raise ValueError(f"optimizer kernel: unknown dtype code {code}")
+        return n_rows, used
+    if half is None or len(half) != 2:
+        raise ValueError("optimizer kernel: 16-bit parameters need half=(master, stochastic)")
+    return _HALF_ROWS, used | (0b100000 if half[0] else 0)

@@ -42,7 +42,8 @@ from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/
     FN_WD,
     _make_half_kernel,
     _make_kernel,
-    _streams,
+    _rows_used,
+    _shape,
 )
 
 if not SIM:
@@ -70,8 +71,14 @@ def _launch_half(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, h
     """``_launch`` for 16-bit parameters: the 8-row table, copied to the device with the offsets."""
     if tensors.shape[1] == 0 or int(offsets[-1]) == 0:
         return
-    _launch_tables(_half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1])), tensors, offsets,
-                   per_tensor, hyper, _HALF_ROWS)
+    _launch_tables(
+        _half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1])),
+        tensors,
+        offsets,
+        per_tensor,
+        hyper,
+        _HALF_ROWS,
+    )
 
 
 def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> None:
@@ -93,9 +100,26 @@ def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> N
         d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
     h = hyper
     grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
-    k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
-             h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
-             h.get("beta2", 0.0), h.get("decay", 1.0), u0, u1)
+    k.launch(
+        grid,
+        BLOCK,
+        stream,
+        d_tab,
+        d_off,
+        d_pt,
+        h.get("lr", 0.0),
+        h.get("wd", 0.0),
+        h.get("sgn", 1.0),
+        h.get("eps", 0.0),
+        h.get("mu", 0.0),
+        h.get("rho", 0.0),
+        h.get("alpha", 0.0),
+        h.get("omb1", 0.0),
+        h.get("beta2", 0.0),
+        h.get("decay", 1.0),
+        u0,
+        u1,
+    )
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -164,8 +188,9 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         LA._check(err, "cuEventCreate")
         _staging[slot][1] = ev
-    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0],
-              "cuMemcpyHtoDAsync")
+    LA._check(
+        cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync"
+    )
     LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
 
 
@@ -200,7 +225,7 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
     stream = LA.caller_stream("numba", -1)
     buf = np.zeros(6 * n + 1, np.int64)
     buf[: tensors.shape[0] * n] = tensors.ravel()
-    buf[5 * n:] = offsets
+    buf[5 * n :] = offsets
     tptr = _upload("tab", buf, stream)
     u0 = u1 = 0.0
     pptr, pk = 0, 0
@@ -219,10 +244,24 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
         sc = tuple(tpl.f64() for _ in range(12))
         plan = _fast_plans[key] = LA.Plan(LA.core_kernel(_kernel(algo, flags, f64)), grid, BLOCK, tpl, slots, sc)
     h = hyper
-    plan.launch(stream, (tptr, tptr + 40 * n, pptr),
-                (h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0), h.get("eps", 0.0), h.get("mu", 0.0),
-                 h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0), h.get("beta2", 0.0),
-                 h.get("decay", 1.0), u0, u1))
+    plan.launch(
+        stream,
+        (tptr, tptr + 40 * n, pptr),
+        (
+            h.get("lr", 0.0),
+            h.get("wd", 0.0),
+            h.get("sgn", 1.0),
+            h.get("eps", 0.0),
+            h.get("mu", 0.0),
+            h.get("rho", 0.0),
+            h.get("alpha", 0.0),
+            h.get("omb1", 0.0),
+            h.get("beta2", 0.0),
+            h.get("decay", 1.0),
+            u0,
+            u1,
+        ),
+    )
 
 
 def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=None) -> None:
@@ -238,8 +277,16 @@ def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=N
     if total == 0:
         return
     if not SIM:
-        return _launch_fast(algo, flags, f64, tensors, np.asarray(offsets, dtype=np.int64),
-                            np.asarray(per_tensor, dtype=np.float64), hyper, total)
+        return _launch_fast(
+            algo,
+            flags,
+            f64,
+            tensors,
+            np.asarray(offsets, dtype=np.int64),
+            np.asarray(per_tensor, dtype=np.float64),
+            hyper,
+            total,
+        )
     _launch_tables(_kernel(algo, flags, f64), tensors, offsets, per_tensor, hyper, 5)
 
 
@@ -259,23 +306,6 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
             raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
 
 
-def _rows_used(algo: int, flags: int) -> int:
-    s0, s1, s2 = _streams(algo, flags)
-    return 0b11 | (s0 << 2) | (s1 << 3) | (s2 << 4)
-
-
-def _shape(code, half, n_rows, used):
-    """The table's row count and used rows for parameters of dtype ``code`` (16-bit: 8 rows, row 5 the
-    master copies when ``half[0]``)."""
-    if code < 2:
-        if code not in (0, 1):
-            raise ValueError(f"optimizer kernel: unknown dtype code {code}")
-        return n_rows, used
-    if half is None or len(half) != 2:
-        raise ValueError("optimizer kernel: 16-bit parameters need half=(master, stochastic)")
-    return _HALF_ROWS, used | (0b100000 if half[0] else 0)
-
-
 # ------------------------------------------------------------------------------------------ entry points
 def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, code, n_threads, half=None):
     """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
@@ -283,8 +313,16 @@ def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov,
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_SGD, flags)), pt, 2)
-    _launch(FN_SGD, flags, code, tensors, offsets, pt,
-            dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum), half)
+    _launch(
+        FN_SGD,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum),
+        half,
+    )
 
 
 def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code, n_threads, half=None):
@@ -292,8 +330,16 @@ def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_ADAGRAD, flags)), pt, 1)
-    _launch(FN_ADAGRAD, flags, code, tensors, offsets, pt,
-            dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps), half)
+    _launch(
+        FN_ADAGRAD,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps),
+        half,
+    )
 
 
 def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, n_threads, half=None):
@@ -301,30 +347,55 @@ def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, 
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
     _check(tensors, offsets, *_shape(code, half, 4, _rows_used(FN_ADADELTA, flags)), None, 0)
-    _launch(FN_ADADELTA, flags, code, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_ADADELTA,
+        flags,
+        code,
+        tensors,
+        offsets,
+        np.zeros((0, 0)),
+        dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
-def rmsprop_step(tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads,
-                 half=None):
+def rmsprop_step(
+    tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads, half=None
+):
     """IN/OUT (5, T): param, grad, square_avg, grad_avg, momentum_buffer."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
     _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_RMSPROP, flags)), None, 0)
-    _launch(FN_RMSPROP, flags, code, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_RMSPROP,
+        flags,
+        code,
+        tensors,
+        offsets,
+        np.zeros((0, 0)),
+        dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
-def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code,
-              n_threads, half=None):
+def adam_step(
+    tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code, n_threads, half=None
+):
     """IN/OUT (5, T): param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq; per_tensor (T, 2): step_size, bc2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_ADAM, flags)), pt, 2)
-    _launch(FN_ADAM, flags, code, tensors, offsets, pt,
-            dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay,
-                 sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_ADAM,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -368,8 +439,15 @@ def _sim_meta(a):
     item = dt.itemsize if dt.itemsize in (2, 4, 8) else 0
     dcode = 2 if dt == _BF16 else _DCODE.get(dt, -1)
     flags = ary.flags
-    return (ary.__array_interface__["data"][0], ary.nbytes, item or 1, tuple(ary.shape), flags.c_contiguous,
-            flags.writeable, dcode)
+    return (
+        ary.__array_interface__["data"][0],
+        ary.nbytes,
+        item or 1,
+        tuple(ary.shape),
+        flags.c_contiguous,
+        flags.writeable,
+        dcode,
+    )
 
 
 def _is_bf16(a, dt) -> bool:
@@ -442,8 +520,16 @@ def gather_params(params: list, info: np.ndarray) -> int:
     return -1
 
 
-def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                avoid_lo: np.ndarray, avoid_hi: np.ndarray, stat: bool = False) -> int:
+def gather_like(
+    arrays: list,
+    params: list,
+    ptrs: np.ndarray,
+    writeable: bool,
+    allow_none: bool,
+    avoid_lo: np.ndarray,
+    avoid_hi: np.ndarray,
+    stat: bool = False,
+) -> int:
     """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
     asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``. With
     ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones).
@@ -451,8 +537,16 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, id(avoid_lo),
-           id(avoid_hi), stat)
+    key = (
+        "like",
+        tuple(map(id, arrays)),
+        tuple(map(id, params)),
+        writeable,
+        allow_none,
+        id(avoid_lo),
+        id(avoid_hi),
+        stat,
+    )
     objs = (*arrays, *params, avoid_lo, avoid_hi)
     hit = _cached_list(key, objs)
     if hit is not None:
