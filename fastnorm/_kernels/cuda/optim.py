@@ -49,6 +49,16 @@ from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/
 if not SIM:
     from ._arrays import adapt
 
+# The kernels' scalar arguments after the tables, in order, with their values when an algorithm has none.
+_SCALARS = (("lr", 0.0), ("wd", 0.0), ("sgn", 1.0), ("eps", 0.0), ("mu", 0.0), ("rho", 0.0), ("alpha", 0.0),
+            ("omb1", 0.0), ("beta2", 0.0), ("decay", 1.0))  # fmt: skip
+
+
+def _scalars(h: dict, u0: float, u1: float) -> tuple:
+    """The kernels' scalar arguments from an entry point's ``hyper`` dict and the uniform per-tensor values."""
+    return (*(h.get(name, default) for name, default in _SCALARS), u0, u1)
+
+
 BLOCK = 256  # threads per block
 UNROLL = 4  # elements per thread in flight
 CHUNK = 16384  # flat elements per chunk
@@ -107,18 +117,7 @@ def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> N
         d_tab,
         d_off,
         d_pt,
-        h.get("lr", 0.0),
-        h.get("wd", 0.0),
-        h.get("sgn", 1.0),
-        h.get("eps", 0.0),
-        h.get("mu", 0.0),
-        h.get("rho", 0.0),
-        h.get("alpha", 0.0),
-        h.get("omb1", 0.0),
-        h.get("beta2", 0.0),
-        h.get("decay", 1.0),
-        u0,
-        u1,
+        *_scalars(h, u0, u1),
     )
 
 
@@ -247,20 +246,7 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
     plan.launch(
         stream,
         (tptr, tptr + 40 * n, pptr),
-        (
-            h.get("lr", 0.0),
-            h.get("wd", 0.0),
-            h.get("sgn", 1.0),
-            h.get("eps", 0.0),
-            h.get("mu", 0.0),
-            h.get("rho", 0.0),
-            h.get("alpha", 0.0),
-            h.get("omb1", 0.0),
-            h.get("beta2", 0.0),
-            h.get("decay", 1.0),
-            u0,
-            u1,
-        ),
+        _scalars(h, u0, u1),
     )
 
 
