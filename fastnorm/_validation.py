@@ -239,8 +239,9 @@ def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):
     if problem is not None:
         raise ValueError(f"{op}: {name} is updated in place but {problem}")
     if np.dtype(a.dtype) != np.dtype(dtype):
-        raise TypeError(f"{op}: {name} has dtype {np.dtype(a.dtype).name} but must match the input's dtype "
-                        f"{np.dtype(dtype).name}")
+        raise TypeError(
+            f"{op}: {name} has dtype {np.dtype(a.dtype).name} but must match the input's dtype {np.dtype(dtype).name}"
+        )
     check_shape(op, name, a, shape)
     if not be.is_contiguous(a):
         raise ValueError(f"{op}: {name} is updated in place and must be C-contiguous")
@@ -323,8 +324,9 @@ def state_array(be, op: str, name: str, a, param=None, *, writeable: bool, copy_
         expected = names if pdt is None else f"{names} for its {pdt.name} parameter"
         raise TypeError(f"{op}: {name} has dtype {dtype.name}; expected {expected}")
     if param is not None and tuple(shape) != tuple(be.array_info(param)[0]):
-        raise ValueError(f"{op}: {name} has shape {tuple(shape)} but its parameter has shape "
-                         f"{tuple(be.array_info(param)[0])}")
+        raise ValueError(
+            f"{op}: {name} has shape {tuple(shape)} but its parameter has shape {tuple(be.array_info(param)[0])}"
+        )
     if dtype.isnative and be.is_aligned(a) and be.is_contiguous(a):
         if writeable and not be.is_writeable(a):
             raise ValueError(f"{op}: {name} is read-only (it is updated in place)")

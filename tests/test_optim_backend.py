@@ -49,8 +49,10 @@ def _imports(path, top_only: bool = False) -> set:
     return names
 
 
-@pytest.mark.parametrize("name", ["_backend/__init__.py", "_backend/_detect.py", "_backend/cuda.py",
-                                  "_kernels/cuda/_arrays.py", "_dispatch.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["_backend/__init__.py", "_backend/_detect.py", "_backend/cuda.py", "_kernels/cuda/_arrays.py", "_dispatch.py"],
+)
 def test_no_backend_module_imports_the_dispatcher_or_a_backend_above_it(name):
     # _detect is a leaf; the CUDA backend and its adapters never import the dispatcher (the old cycle);
     # the dispatcher imports no backend (its old names resolve lazily)

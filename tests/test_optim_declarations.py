@@ -117,8 +117,17 @@ def test_optim_modules_are_small_and_never_branch_on_an_algorithm_or_a_backend(p
     src = path.read_text()
     assert len(src.splitlines()) <= 600
     # the declarations carry what differs per algorithm, the Backend protocol what differs per backend
-    for bad in ("if algo ==", "algo == ", "be is CPU", "be is not CPU", "be.name", "_iface", "_to_device",
-                "_to_host", "cuda_backend()"):  # fmt: skip
+    for bad in (
+        "if algo ==",
+        "algo == ",
+        "be is CPU",
+        "be is not CPU",
+        "be.name",
+        "_iface",
+        "_to_device",
+        "_to_host",
+        "cuda_backend()",
+    ):
         assert bad not in src, (path.name, bad)
 
 

@@ -119,8 +119,12 @@ class CudaBackend:
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cuda")
 
-    _STAT = {_dtypes.FLOAT16: _dtypes.FLOAT32, _dtypes.BFLOAT16: _dtypes.FLOAT32, _dtypes.FLOAT32: _dtypes.FLOAT32,
-             _dtypes.FLOAT64: _dtypes.FLOAT64}
+    _STAT = {
+        _dtypes.FLOAT16: _dtypes.FLOAT32,
+        _dtypes.BFLOAT16: _dtypes.FLOAT32,
+        _dtypes.FLOAT32: _dtypes.FLOAT32,
+        _dtypes.FLOAT64: _dtypes.FLOAT64,
+    }
 
     @classmethod
     def stat_dtype(cls, dtype):
@@ -283,8 +287,11 @@ class CudaBackend:
         else:
             d = self._a.adapt(a)
             dtype = d.dtype
-            if dtype.kind == "V" and dtype.itemsize == 2 and str(getattr(a, "dtype", "")) in ("torch.bfloat16",
-                                                                                            "bfloat16"):
+            if (
+                dtype.kind == "V"
+                and dtype.itemsize == 2
+                and str(getattr(a, "dtype", "")) in ("torch.bfloat16", "bfloat16")
+            ):
                 dtype = _dtypes.BFLOAT16
         return d.shape, dtype, d.ptr
 

@@ -163,18 +163,39 @@ def _adadelta(k, h, tab, off, pt, code, nt, half):
 
 def _rmsprop(k, h, tab, off, pt, code, nt, half):
     k.rmsprop_step(
-        tab, off, h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["momentum"], h["centered"], _sign(h), code,
-        nt, half,
-    )  # fmt: skip
+        tab,
+        off,
+        h["lr"],
+        h["alpha"],
+        h["eps"],
+        h["weight_decay"],
+        h["momentum"],
+        h["centered"],
+        _sign(h),
+        code,
+        nt,
+        half,
+    )
 
 
 def _adam(k, h, tab, off, pt, code, nt, half):
     wd, decoupled = h["weight_decay"], h["decoupled_weight_decay"]
     decay = 1.0 - h["lr"] * wd if decoupled else 1.0  # AdamW: p *= 1 - lr * wd; Adam: g += wd * p
     k.adam_step(
-        tab, off, pt, h["beta1"], h["beta2"], h["eps"], 0.0 if decoupled else wd, decay, h["amsgrad"], _sign(h),
-        code, nt, half,
-    )  # fmt: skip
+        tab,
+        off,
+        pt,
+        h["beta1"],
+        h["beta2"],
+        h["eps"],
+        0.0 if decoupled else wd,
+        decay,
+        h["amsgrad"],
+        _sign(h),
+        code,
+        nt,
+        half,
+    )
 
 
 def _adam_scalars(h, t):
@@ -216,8 +237,14 @@ _ADAM = dict(
 ALGOS = {
     "sgd": Algo(
         "sgd",
-        {"lr": _LR, "momentum": Hp(0.0, low=0.0), "dampening": Hp(0.0), "weight_decay": _WD,
-         "nesterov": _FLAG, "maximize": _FLAG},
+        {
+            "lr": _LR,
+            "momentum": Hp(0.0, low=0.0),
+            "dampening": Hp(0.0),
+            "weight_decay": _WD,
+            "nesterov": _FLAG,
+            "maximize": _FLAG,
+        },
         ("momentum_buffer",),
         ("momentum_buffers",),
         lambda h: (h["momentum"] != 0,),
@@ -229,8 +256,13 @@ ALGOS = {
     ),  # fmt: skip
     "adagrad": Algo(
         "adagrad",
-        {"lr": Hp(1e-2, low=0.0), "lr_decay": Hp(0.0, low=0.0), "weight_decay": _WD, "eps": Hp(1e-10, low=0.0),
-         "maximize": _FLAG},
+        {
+            "lr": Hp(1e-2, low=0.0),
+            "lr_decay": Hp(0.0, low=0.0),
+            "weight_decay": _WD,
+            "eps": Hp(1e-10, low=0.0),
+            "maximize": _FLAG,
+        },
         ("sum",),
         ("state_sums",),
         lambda h: (True,),
@@ -242,8 +274,13 @@ ALGOS = {
     ),  # fmt: skip
     "adadelta": Algo(
         "adadelta",
-        {"lr": Hp(1.0, low=0.0), "rho": Hp(0.9, low=0.0, high=1.0), "eps": Hp(1e-6, low=0.0), "weight_decay": _WD,
-         "maximize": _FLAG},
+        {
+            "lr": Hp(1.0, low=0.0),
+            "rho": Hp(0.9, low=0.0, high=1.0),
+            "eps": Hp(1e-6, low=0.0),
+            "weight_decay": _WD,
+            "maximize": _FLAG,
+        },
         ("square_avg", "acc_delta"),
         ("square_avgs", "acc_deltas"),
         lambda h: (True, True),
@@ -251,8 +288,15 @@ ALGOS = {
     ),  # fmt: skip
     "rmsprop": Algo(
         "rmsprop",
-        {"lr": Hp(1e-2, low=0.0), "alpha": Hp(0.99, low=0.0), "eps": Hp(1e-8, low=0.0), "weight_decay": _WD,
-         "momentum": Hp(0.0, low=0.0), "centered": _FLAG, "maximize": _FLAG},
+        {
+            "lr": Hp(1e-2, low=0.0),
+            "alpha": Hp(0.99, low=0.0),
+            "eps": Hp(1e-8, low=0.0),
+            "weight_decay": _WD,
+            "momentum": Hp(0.0, low=0.0),
+            "centered": _FLAG,
+            "maximize": _FLAG,
+        },
         ("square_avg", "grad_avg", "momentum_buffer"),
         ("square_avgs", "grad_avgs", "momentum_buffers"),
         lambda h: (True, h["centered"], h["momentum"] > 0),

@@ -16,8 +16,18 @@ from .. import _dtypes
 from .. import _validation as V
 from ._algos import Algo
 
-__all__ = ["NOWHERE", "CODE_DTYPES", "gather_params", "gather_like", "ranges", "offsets", "build", "run",
-           "rounding_keys", "grad_f32"]  # fmt: skip
+__all__ = [
+    "NOWHERE",
+    "CODE_DTYPES",
+    "gather_params",
+    "gather_like",
+    "ranges",
+    "offsets",
+    "build",
+    "run",
+    "rounding_keys",
+    "grad_f32",
+]
 
 # Parameter dtypes, in the order of the kernels' dtype codes (0 float32, 1 float64, 2 bfloat16, 3 float16).
 CODE_DTYPES = (_dtypes.FLOAT32, _dtypes.FLOAT64, _dtypes.BFLOAT16, _dtypes.FLOAT16)
@@ -159,8 +169,10 @@ def build(spec: Algo, info: np.ndarray, rows: dict, master: np.ndarray | None) -
     """
     plan = []
     codes = info[2]
-    for code in range(len(CODE_DTYPES)):
-        idx = np.flatnonzero(codes == code)
+    n = codes.shape[0]
+    uniform = n == 0 or bool((codes == codes[0]).all())  # the usual case: one dtype, one table
+    for code in codes[:1].tolist() if uniform else range(len(CODE_DTYPES)):
+        idx = np.arange(n) if uniform else np.flatnonzero(codes == code)
         if idx.size == 0:
             continue
         tab = np.zeros((HALF_ROWS if code >= 2 else 2 + len(spec.streams), idx.size), np.intp)
@@ -174,14 +186,26 @@ def build(spec: Algo, info: np.ndarray, rows: dict, master: np.ndarray | None) -
     return plan
 
 
-def run(be, spec: Algo, h: dict, plan: list, sizes: np.ndarray, gptr: np.ndarray, steps: np.ndarray,
-        *, first=None, g32=None, sr_keys=None, master: bool = False) -> None:
+def run(
+    be,
+    spec: Algo,
+    h: dict,
+    plan: list,
+    sizes: np.ndarray,
+    gptr: np.ndarray,
+    steps: np.ndarray,
+    *,
+    first=None,
+    g32=None,
+    sr_keys=None,
+    master: bool = False,
+) -> None:
     """One kernel call per dtype of ``plan`` over the tensors that have a gradient (``gptr`` != 0).
 
     ``steps``: each tensor's update number (the per-tensor scalars); ``first``: SGD's first-step flags;
     ``g32``: float32-gradient flags and ``sr_keys`` (or None) the rounding keys of 16-bit parameters;
     ``master``: whether the 16-bit tables hold master copies.
-    """  # fmt: skip
+    """
     active = gptr != 0
     everyone = bool(active.all())
     k = be.kernels

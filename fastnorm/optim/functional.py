@@ -79,11 +79,18 @@ def run_step(op: str, spec: Algo, values: dict, *, new_state=None) -> None:
     half = bool((info[2] >= 2).any())
     plan = P.build(spec, info, rows, mptr)
     P.run(
-        be, spec, h, plan, info[1], gptr, steps, first=first,
+        be,
+        spec,
+        h,
+        plan,
+        info[1],
+        gptr,
+        steps,
+        first=first,
         g32=P.grad_f32(be, grads, info[2]) if half else None,
         sr_keys=P.rounding_keys(seed, steps, np.arange(n)) if half and sr else None,
         master=mptr is not None,
-    )  # fmt: skip
+    )
     for i in fresh:
         values["momentum_buffers"][i] = states["momentum_buffer"][i]
 
@@ -180,7 +187,6 @@ def adagrad_step(
     None
     """
     run_step("adagrad_step", ALGOS["adagrad"], locals())
-
 
 
 def adadelta_step(

@@ -253,9 +253,15 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             n = len(group["params"])
             gptr, gs = P.gather_like(
-                self._be, op, "grads", grads[start : start + n], group["params"], writeable=False,
-                allow_none=True, avoid=avoid,
-            )  # fmt: skip
+                self._be,
+                op,
+                "grads",
+                grads[start : start + n],
+                group["params"],
+                writeable=False,
+                allow_none=True,
+                avoid=avoid,
+            )
             todo.append((gi, hypers[gi], infos[gi], gptr, gs))
             start += n
         # everything is checked: from here on nothing raises
@@ -295,11 +301,18 @@ class Optimizer:
         half = gd.info[2].max(initial=0) >= 2
         sr = half and h["stochastic_rounding"]
         P.run(
-            self._be, spec, h, gd.plan, gd.info[1], gptr, gd.steps, first=first,
+            self._be,
+            spec,
+            h,
+            gd.plan,
+            gd.info[1],
+            gptr,
+            gd.steps,
+            first=first,
             g32=P.grad_f32(self._be, gs, gd.info[2]) if half else None,
             sr_keys=P.rounding_keys(h["seed"], gd.steps, gd.index) if sr else None,
             master=bool(h["master_weights"]),
-        )  # fmt: skip
+        )
 
     def _build_plan(self, gd: _Group, h: dict) -> list:
         """The plan of the group's state (missing state: address 0)."""

@@ -57,8 +57,10 @@ def close(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("wd,amsgrad,maximize,decay", [(0.0, False, False, 1.0), (0.1, True, True, 1.0),
-                                                       (0.0, False, False, 1 - 1e-3 * 0.01)])
+@pytest.mark.parametrize(
+    "wd,amsgrad,maximize,decay",
+    [(0.0, False, False, 1.0), (0.1, True, True, 1.0), (0.0, False, False, 1 - 1e-3 * 0.01)],
+)
 def test_adam(rng, on_gpu, K, dtype, wd, amsgrad, maximize, decay):
     lr, b1, b2, eps, step = 1e-3, 0.9, 0.999, 1e-8, 3
     p, g, (m, v, vmax) = tensors(rng, dtype, 3)
@@ -101,8 +103,9 @@ def test_adam_per_tensor_steps(rng, on_gpu, K):
     close(dp, want, np.float32)
 
 
-@pytest.mark.parametrize("momentum,nesterov,wd,first", [(0.0, False, 0.0, False), (0.9, True, 0.1, False),
-                                                        (0.9, False, 0.0, True)])
+@pytest.mark.parametrize(
+    "momentum,nesterov,wd,first", [(0.0, False, 0.0, False), (0.9, True, 0.1, False), (0.9, False, 0.0, True)]
+)
 def test_sgd(rng, on_gpu, K, momentum, nesterov, wd, first):
     lr, damp = 0.1, 0.2
     p, g, (b,) = tensors(rng, np.float32, 1)

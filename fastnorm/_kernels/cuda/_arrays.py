@@ -136,8 +136,17 @@ class DevArray:
     def bits(self):
         """The same memory as unsigned integers of the same width (uint16 for a 16-bit float array): how
         kernels take bfloat16, and how copies move any dtype."""
-        return DevArray(self.ptr, self.shape, np.dtype(f"u{self.dtype.itemsize}"), self.strides, self.kind,
-                        self.owner, self.device, self.readonly, self.stream)
+        return DevArray(
+            self.ptr,
+            self.shape,
+            np.dtype(f"u{self.dtype.itemsize}"),
+            self.strides,
+            self.kind,
+            self.owner,
+            self.device,
+            self.readonly,
+            self.stream,
+        )
 
     def span(self) -> tuple[int, int]:
         """[lo, hi) byte addresses the array spans (an empty range for a zero-size array)."""

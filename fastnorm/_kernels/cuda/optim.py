@@ -3,500 +3,72 @@
 Same entry points and arguments as the CPU kernels (fastnorm/_kernels/cpu/_optim.pyx): a call gets a
 table of device addresses ``tensors`` (S, T) (row 0 the parameters, row 1 the gradients, rows 2.. the
 algorithm's state streams, 0 for a stream the options do not use), ``offsets`` (T + 1,) that lay the
-tensors end to end in one flat index space, and per-tensor scalars. The flat space is cut into chunks of
-CHUNK elements; block b takes chunks b, b + grid, ...; a chunk walks the pieces of the tensors it covers
-(found by binary search in the offsets), threads striding through each piece (coalesced), UNROLL elements
-per thread in flight (all loads issued before any store: the compiler cannot reorder them across stores
-through raw pointers). Loads and stores go through raw addresses (two small intrinsics); under the
-simulator, through ctypes on the NumPy buffers behind the simulated device arrays.
+tensors end to end in one flat index space, and per-tensor scalars. The device code (chunking, raw-address
+loads and stores, the update formulas, 16-bit rounding) is in ``_optim_kernels``; this module checks the
+tables, uploads them and launches.
 
 The address table and offsets rarely change between steps: their device copy is cached by content.
 Per-tensor scalars equal for every tensor (the usual case: all tensors at the same step) are passed as
 kernel arguments; otherwise their table is copied to the device.
 
 ``gather_params`` / ``gather_like`` mirror the CPU helpers of the same names for CUDA arrays (any
-``__cuda_array_interface__`` object), so ``fastnorm.optim`` can fill the table from either backend.
+``__cuda_array_interface__`` object, and the simulator's arrays), so ``fastnorm.optim`` can fill the table
+from either backend.
 """
 
 from __future__ import annotations
 
-import ctypes
-import math
 from bisect import bisect_left
 from operator import is_
 
 import numpy as np
-from numba import cuda, types
+from numba import cuda
 
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
-from ._common import (
-    SIM,
-    Kernel,
-    bf16_to_f32,
-    bits_f32,
-    cached,
-    current_stream,
-    f32_bits,
-    f32_to_bf16,
-    register_cap,
-    sm_count,
+from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/cuda_ptx_check.py)
+    _HALF_ROWS,
+    _SIG,
+    FN_ADADELTA,
+    FN_ADAGRAD,
+    FN_ADAM,
+    FN_AMSGRAD,
+    FN_CENTERED,
+    FN_MOMENTUM,
+    FN_NESTEROV,
+    FN_RMSPROP,
+    FN_SGD,
+    FN_WD,
+    _make_half_kernel,
+    _make_kernel,
+    _rows_used,
+    _shape,
 )
 
 if not SIM:
     from ._arrays import adapt
 
-FN_SGD, FN_ADAGRAD, FN_ADADELTA, FN_RMSPROP, FN_ADAM = 0, 1, 2, 3, 4
-FN_WD, FN_MOMENTUM, FN_NESTEROV, FN_CENTERED, FN_AMSGRAD = 1, 2, 4, 8, 16
+# The kernels' scalar arguments after the tables, in order, with their values when an algorithm has none.
+_SCALARS = (("lr", 0.0), ("wd", 0.0), ("sgn", 1.0), ("eps", 0.0), ("mu", 0.0), ("rho", 0.0), ("alpha", 0.0),
+            ("omb1", 0.0), ("beta2", 0.0), ("decay", 1.0))  # fmt: skip
+
+
+def _scalars(h: dict, u0: float, u1: float) -> tuple:
+    """The kernels' scalar arguments from an entry point's ``hyper`` dict and the uniform per-tensor values."""
+    return (*(h.get(name, default) for name, default in _SCALARS), u0, u1)
+
 
 BLOCK = 256  # threads per block
 UNROLL = 4  # elements per thread in flight
 CHUNK = 16384  # flat elements per chunk
 BLOCKS_PER_SM = 8
 
-U = np.uint64
-
-
-# ------------------------------------------------------------------------------------------ raw memory
-def _make_mem(nbty, ctype):
-    """Device functions ``ld(addr, i)`` / ``st(addr, i, v)``: element i of the array at address ``addr``."""
-    if SIM:
-        size = ctypes.sizeof(ctype)
-        cast = {ctypes.c_double: np.float64, ctypes.c_float: np.float32}.get(ctype, int)
-        put = int if cast is int else float
-
-        @cuda.jit(device=True)
-        def ld(addr, i):
-            return cast(ctype.from_address(int(addr) + size * int(i)).value)
-
-        @cuda.jit(device=True)
-        def st(addr, i, v):
-            ctype.from_address(int(addr) + size * int(i)).value = put(v)
-
-        return ld, st
-    try:
-        from numba.cuda.extending import intrinsic
-    except ImportError:  # older Numba: the CUDA target lives in numba core
-        from numba.core.extending import intrinsic
-
-    @intrinsic
-    def ld(typingctx, addr, i):
-        sig = nbty(types.uint64, types.uint64)
-
-        def codegen(context, builder, sig, args):
-            ptr = builder.inttoptr(args[0], context.get_value_type(nbty).as_pointer(1))  # global space
-            return builder.load(builder.gep(ptr, [args[1]]))
-
-        return sig, codegen
-
-    @intrinsic
-    def st(typingctx, addr, i, v):
-        sig = types.void(types.uint64, types.uint64, nbty)
-
-        def codegen(context, builder, sig, args):
-            ptr = builder.inttoptr(args[0], context.get_value_type(nbty).as_pointer(1))  # global space
-            builder.store(args[2], builder.gep(ptr, [args[1]]))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return ld, st
-
-
-_MEM: dict = {}
-
-
-def _mem(f64: bool):
-    if f64 not in _MEM:
-        _MEM[f64] = _make_mem(types.float64, ctypes.c_double) if f64 else _make_mem(types.float32, ctypes.c_float)
-    return _MEM[f64]
-
-
-# ------------------------------------------------------------------------------------------ update math
-# k = (lr, wd, sgn, eps, mu, rho, omr, alpha, oma, omb1, beta2, omb2, decay, c1, c2) rounded to the dtype;
-# c1, c2 are the per-tensor scalars (SGD: b = c1*b + c2*g; Adagrad: clr; Adam: step_size, bc2).
-# Same operations, in the same order, as the CPU loops in fastnorm_optim.h.
-def _make_update(algo: int, flags: int, f64: bool = True):
-    from numba import float32, float64
-
-    nbt = float64 if f64 else float32
-    wd_on = bool(flags & FN_WD)
-    mom = bool(flags & FN_MOMENTUM)
-    nest = bool(flags & FN_NESTEROV)
-    centered = bool(flags & FN_CENTERED)
-    ams = bool(flags & FN_AMSGRAD)
-
-    if algo == FN_SGD:
-
-        @cuda.jit(device=True)
-        def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
-            if mom:
-                bi = k[13] * s0 + k[14] * gi
-                s0 = bi
-                gi = gi + k[4] * bi if nest else bi
-            return p - k[0] * gi, s0, s1, s2
-
-    elif algo == FN_ADAGRAD:
-
-        @cuda.jit(device=True)
-        def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
-            si = s0 + gi * gi
-            return p - k[13] * (gi / (math.sqrt(si) + k[3])), si, s1, s2
-
-    elif algo == FN_ADADELTA:
-
-        @cuda.jit(device=True)
-        def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
-            sqi = k[5] * s0 + k[6] * (gi * gi)
-            d = math.sqrt(s1 + k[3]) / math.sqrt(sqi + k[3]) * gi
-            acc = k[5] * s1 + k[6] * (d * d)
-            return p - k[0] * d, sqi, acc, s2
-
-    elif algo == FN_RMSPROP:
-
-        @cuda.jit(device=True)
-        def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
-            sqi = k[7] * s0 + k[8] * (gi * gi)
-            if centered:
-                gai = s1 + k[8] * (gi - s1)
-                s1 = gai
-                # in double (exact product of two floats), as the CPU loop does
-                avg = nbt(math.sqrt(float64(sqi) - float64(gai) * float64(gai))) + k[3]
-            else:
-                avg = math.sqrt(sqi) + k[3]
-            if mom:
-                bi = k[4] * s2 + gi / avg
-                return p - k[0] * bi, sqi, s1, bi
-            return p - k[0] * (gi / avg), sqi, s1, s2
-
-    else:
-
-        @cuda.jit(device=True)
-        def update(p, g, s0, s1, s2, k):
-            gi = k[2] * g
-            if wd_on:
-                gi += k[1] * p
-            pi = p * k[12]
-            mi = s0 + k[9] * (gi - s0)
-            vi = k[10] * s1 + k[11] * (gi * gi)
-            v_new = vi
-            if ams:
-                vi = s2 if s2 > vi else vi
-                s2 = vi
-            return pi - k[13] * (mi / (math.sqrt(vi) / k[14] + k[3])), mi, v_new, s2
-
-    return update
-
-
-def _streams(algo: int, flags: int) -> tuple[bool, bool, bool]:
-    """Which state rows (2, 3, 4 of the table) the options read and write."""
-    if algo == FN_SGD:
-        return bool(flags & FN_MOMENTUM), False, False
-    if algo == FN_ADAGRAD:
-        return True, False, False
-    if algo == FN_ADADELTA:
-        return True, True, False
-    if algo == FN_RMSPROP:
-        return True, bool(flags & FN_CENTERED), bool(flags & FN_MOMENTUM)
-    return True, True, bool(flags & FN_AMSGRAD)
-
-
-def _device_parts(algo: int, flags: int, f64: bool):
-    """Device functions shared by the float and the 16-bit kernels: ``locate(off, lo)`` (the tensor holding
-    flat element ``lo``: the last t with off[t] <= lo, by binary search), ``consts(...)`` (the update's
-    constants in the compute type; c1, c2 from the per-tensor table or the uniform values) and
-    ``element(p, g, a0, a1, a2, i, k)`` (one element: its state at i loaded, updated with p and g, stored;
-    the new p returned)."""
-    T = np.float64 if f64 else np.float32
-    ld, st = _mem(f64)
-    update = _make_update(algo, flags, f64)
-    use0, use1, use2 = _streams(algo, flags)
-    zero, one = U(0), U(1)
-
-    @cuda.jit(device=True)
-    def element(p, g, a0, a1, a2, i, k):
-        s0 = ld(a0, i) if use0 else T(0)
-        s1 = ld(a1, i) if use1 else T(0)
-        s2 = ld(a2, i) if use2 else T(0)
-        p, s0, s1, s2 = update(p, g, s0, s1, s2, k)
-        if use0:
-            st(a0, i, s0)
-        if use1:
-            st(a1, i, s1)
-        if use2:
-            st(a2, i, s2)
-        return p
-
-    @cuda.jit(device=True)
-    def locate(off, lo):
-        a = zero
-        b = U(off.shape[0] - 1)
-        while b - a > one:
-            mid = (a + b) // U(2)
-            if U(off[mid]) <= lo:
-                a = mid
-            else:
-                b = mid
-        return a
-
-    @cuda.jit(device=True)
-    def consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
-        per_tensor = pt.size > 0
-        c1 = T(pt[t, 0]) if per_tensor else T(u0)
-        c2 = T(pt[t, pt.shape[1] - 1]) if per_tensor else T(u1)
-        return (T(lr), T(wd), T(sgn), T(eps), T(mu), T(rho), T(1.0 - rho), T(alpha), T(1.0 - alpha), T(omb1),
-                T(beta2), T(1.0 - beta2), T(decay), c1, c2)
-
-    return locate, consts, element
-
-
-def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
-    from numba import float32, float64
-
-    nbt = float64 if f64 else float32
-    ld, st = _mem(f64)
-    update = _make_update(algo, flags, f64)
-    locate, consts, element = _device_parts(algo, flags, f64)
-    use0, use1, use2 = _streams(algo, flags)
-    bu, uu, cu = U(block), U(unroll), U(chunk)
-    zero, one = U(0), U(1)
-
-    def optim_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
-        total = U(off[off.shape[0] - 1])
-        tid = U(cuda.threadIdx.x)
-        c = U(cuda.blockIdx.x)
-        grid = U(cuda.gridDim.x)
-        pv = cuda.local.array(unroll, nbt)
-        gv = cuda.local.array(unroll, nbt)
-        v0 = cuda.local.array(unroll, nbt)
-        v1 = cuda.local.array(unroll, nbt)
-        v2 = cuda.local.array(unroll, nbt)
-        while c * cu < total:
-            lo = c * cu
-            hi = min(total, lo + cu)
-            t = locate(off, lo)
-            while lo < hi:
-                end = min(hi, U(off[t + one]))
-                if end > lo:
-                    base = U(off[t])
-                    pa = U(tab[0, t])
-                    ga = U(tab[1, t])
-                    a0 = U(tab[2, t]) if use0 else zero
-                    a1 = U(tab[3, t]) if use1 else zero
-                    a2 = U(tab[4, t]) if use2 else zero
-                    k = consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1)
-                    i = lo - base + tid
-                    stop = end - base
-                    while i + (uu - one) * bu < stop:
-                        for q in range(unroll):
-                            j = i + U(q) * bu
-                            pv[q] = ld(pa, j)
-                            gv[q] = ld(ga, j)
-                            if use0:
-                                v0[q] = ld(a0, j)
-                            if use1:
-                                v1[q] = ld(a1, j)
-                            if use2:
-                                v2[q] = ld(a2, j)
-                        for q in range(unroll):
-                            pv[q], v0[q], v1[q], v2[q] = update(pv[q], gv[q], v0[q], v1[q], v2[q], k)
-                        for q in range(unroll):
-                            j = i + U(q) * bu
-                            st(pa, j, pv[q])
-                            if use0:
-                                st(a0, j, v0[q])
-                            if use1:
-                                st(a1, j, v1[q])
-                            if use2:
-                                st(a2, j, v2[q])
-                        i += uu * bu
-                    while i < stop:
-                        st(pa, i, element(ld(pa, i), ld(ga, i), a0, a1, a2, i, k))
-                        i += bu
-                    lo = end
-                t += one
-            c += grid
-
-    return optim_kernel
-
-
-_SIG = ("void(int64[:, ::1], int64[::1], float64[:, ::1], float64, float64, float64, float64, float64, float64, "
-        "float64, float64, float64, float64, float64, float64)")
-
 
 def _kernel(algo: int, flags: int, f64: bool) -> Kernel:
     key = ("optim", algo, flags, f64, BLOCK, UNROLL, CHUNK)
     regs = register_cap(BLOCK, np.float64 if f64 else np.float32)
     return cached(key, lambda: Kernel(_make_kernel(algo, flags, f64, BLOCK, UNROLL, CHUNK), _SIG, regs))
-
-
-# ------------------------------------------------------------------------------------------ 16-bit parameters
-# bfloat16 / float16 parameters (raw 16-bit loads and stores) with float32 state, gradients in the
-# parameter's format or float32, a float32 master copy (table row 5) or stochastic rounding with per-tensor
-# keys (row 6); row 7: 1 where the gradient is float32. Conversions are bit-exact with fastnorm_half.h
-# (round to nearest even, NaN kept), stochastic rounding and its random bits with fastnorm_optim.h.
-FN_BF16, FN_F16 = 0, 1
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_HALF_ROWS = 8
-_HELPERS: dict = {}
-
-
-def _half_helpers():
-    """Device functions ``widen(h, fmt)``, ``rne(f, fmt)``, ``rsr(f, fmt, r)`` (stochastic, 32 random bits
-    ``r``), ``rbits(key, i)`` (the random bits of element i of the tensor with key ``key``)."""
-    if _HELPERS:
-        return _HELPERS["all"]
-    bits, flt = f32_bits, bits_f32  # _common's bit casts (libdevice on a GPU, NumPy views in the simulator)
-    f32 = np.float32
-
-    @cuda.jit(device=True)
-    def widen(h, fmt):
-        h = int(h)
-        if fmt == FN_BF16:
-            return bf16_to_f32(h)
-        sign = (h & 0x8000) << 16
-        em = h & 0x7FFF
-        if em >= 0x7C00:
-            u = 0x7F800000 | ((em & 0x3FF) << 13)
-        elif em >= 0x0400:
-            u = (em << 13) + ((127 - 15) << 23)
-        else:
-            u = bits(f32(em) * f32(5.9604644775390625e-08))
-        return flt(u | sign)
-
-    @cuda.jit(device=True)
-    def rne(f, fmt):
-        if fmt == FN_BF16:
-            return int(f32_to_bf16(f))
-        u = bits(f)
-        sign = (u >> 16) & 0x8000
-        a = u & 0x7FFFFFFF
-        if a >= 0x47800000:
-            o = 0x7E00 if a > 0x7F800000 else 0x7C00
-        elif a < 0x38800000:
-            o = bits(flt(a) + f32(0.5)) - 0x3F000000
-        else:
-            o = (a + ((15 - 127) << 23) + 0xFFF + ((a >> 13) & 1)) >> 13
-        return o | sign
-
-    @cuda.jit(device=True)
-    def rsr(f, fmt, r):
-        u = bits(f)
-        if fmt == FN_BF16:
-            if (u & 0x7FFFFFFF) >= 0x7F800000:
-                return rne(f, fmt)
-            return (u + (r >> 16)) >> 16
-        h = rne(f, fmt)
-        a = abs(f32(f))
-        if not a < f32(65504.0):
-            return h
-        ha = abs(widen(h, fmt))
-        if ha == a:
-            return h
-        lo = (h & 0x7FFF) - (1 if ha > a else 0)
-        flo = widen(lo, fmt)
-        fhi = widen(lo + 1, fmt)
-        p = (a - flo) / (fhi - flo)
-        q = f32(r >> 8) * f32(5.9604644775390625e-08)
-        return (h & 0x8000) | (lo + 1 if q < p else lo)
-
-    if SIM:
-
-        @cuda.jit(device=True)
-        def rbits(key, i):
-            z = (int(key) + (int(i) + 1) * _GOLDEN) & _MASK64
-            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-            return (z ^ (z >> 31)) >> 32
-
-    else:
-        c0, c1, c2 = np.uint64(_GOLDEN), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-        s30, s27, s31, s32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
-
-        @cuda.jit(device=True)
-        def rbits(key, i):
-            z = np.uint64(key) + (np.uint64(i) + np.uint64(1)) * c0
-            z = (z ^ (z >> s30)) * c1
-            z = (z ^ (z >> s27)) * c2
-            return types.int64((z ^ (z >> s31)) >> s32)
-
-    _HELPERS["all"] = (widen, rne, rsr, rbits)
-    return _HELPERS["all"]
-
-
-_MEM16: list = []
-
-
-def _mem16():
-    if not _MEM16:
-        _MEM16.append(_make_mem(types.uint16, ctypes.c_uint16))
-    return _MEM16[0]
-
-
-def _make_half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool, block: int, chunk: int):
-    """The multi-tensor kernel for 16-bit parameters (one element per thread per iteration)."""
-    T = np.float32
-    ld, st = _mem(False)
-    ld16, st16 = _mem16()
-    widen, rne, rsr, rbits = _half_helpers()
-    locate, consts, element = _device_parts(algo, flags, False)
-    use0, use1, use2 = _streams(algo, flags)
-    bu, cu = U(block), U(chunk)
-    zero, one = U(0), U(1)
-
-    def optim_half_kernel(tab, off, pt, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1):
-        total = U(off[off.shape[0] - 1])
-        tid = U(cuda.threadIdx.x)
-        c = U(cuda.blockIdx.x)
-        grid = U(cuda.gridDim.x)
-        while c * cu < total:
-            lo = c * cu
-            hi = min(total, lo + cu)
-            t = locate(off, lo)
-            while lo < hi:
-                end = min(hi, U(off[t + one]))
-                if end > lo:
-                    base = U(off[t])
-                    pa = U(tab[0, t])
-                    ga = U(tab[1, t])
-                    a0 = U(tab[2, t]) if use0 else zero
-                    a1 = U(tab[3, t]) if use1 else zero
-                    a2 = U(tab[4, t]) if use2 else zero
-                    ma = U(tab[5, t]) if master else zero
-                    key = tab[6, t]
-                    g32 = tab[7, t] != 0
-                    k = consts(pt, t, lr, wd, sgn, eps, mu, rho, alpha, omb1, beta2, decay, u0, u1)
-                    i = lo - base + tid
-                    stop = end - base
-                    while i < stop:
-                        g = ld(ga, i) if g32 else widen(ld16(ga, i), fmt)
-                        p = ld(ma, i) if master else widen(ld16(pa, i), fmt)
-                        p = element(T(p), T(g), a0, a1, a2, i, k)
-                        if master:
-                            st(ma, i, p)
-                        if sr:
-                            st16(pa, i, np.uint16(rsr(p, fmt, rbits(key, i))))
-                        else:
-                            st16(pa, i, np.uint16(rne(p, fmt)))
-                        i += bu
-                    lo = end
-                t += one
-            c += grid
-
-    return optim_half_kernel
 
 
 def _half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool) -> Kernel:
@@ -509,8 +81,14 @@ def _launch_half(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, h
     """``_launch`` for 16-bit parameters: the 8-row table, copied to the device with the offsets."""
     if tensors.shape[1] == 0 or int(offsets[-1]) == 0:
         return
-    _launch_tables(_half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1])), tensors, offsets,
-                   per_tensor, hyper, _HALF_ROWS)
+    _launch_tables(
+        _half_kernel(algo, flags, code - 2, bool(half[0]), bool(half[1])),
+        tensors,
+        offsets,
+        per_tensor,
+        hyper,
+        _HALF_ROWS,
+    )
 
 
 def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> None:
@@ -532,9 +110,15 @@ def _launch_tables(k, tensors, offsets, per_tensor, hyper: dict, rows: int) -> N
         d_pt = cuda.to_device(np.ascontiguousarray(pt), stream=stream)
     h = hyper
     grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
-    k.launch(grid, BLOCK, stream, d_tab, d_off, d_pt, h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0),
-             h.get("eps", 0.0), h.get("mu", 0.0), h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0),
-             h.get("beta2", 0.0), h.get("decay", 1.0), u0, u1)
+    k.launch(
+        grid,
+        BLOCK,
+        stream,
+        d_tab,
+        d_off,
+        d_pt,
+        *_scalars(h, u0, u1),
+    )
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -603,8 +187,9 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         LA._check(err, "cuEventCreate")
         _staging[slot][1] = ev
-    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0],
-              "cuMemcpyHtoDAsync")
+    LA._check(
+        cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync"
+    )
     LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
 
 
@@ -639,7 +224,7 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
     stream = LA.caller_stream("numba", -1)
     buf = np.zeros(6 * n + 1, np.int64)
     buf[: tensors.shape[0] * n] = tensors.ravel()
-    buf[5 * n:] = offsets
+    buf[5 * n :] = offsets
     tptr = _upload("tab", buf, stream)
     u0 = u1 = 0.0
     pptr, pk = 0, 0
@@ -658,10 +243,11 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
         sc = tuple(tpl.f64() for _ in range(12))
         plan = _fast_plans[key] = LA.Plan(LA.core_kernel(_kernel(algo, flags, f64)), grid, BLOCK, tpl, slots, sc)
     h = hyper
-    plan.launch(stream, (tptr, tptr + 40 * n, pptr),
-                (h.get("lr", 0.0), h.get("wd", 0.0), h.get("sgn", 1.0), h.get("eps", 0.0), h.get("mu", 0.0),
-                 h.get("rho", 0.0), h.get("alpha", 0.0), h.get("omb1", 0.0), h.get("beta2", 0.0),
-                 h.get("decay", 1.0), u0, u1))
+    plan.launch(
+        stream,
+        (tptr, tptr + 40 * n, pptr),
+        _scalars(h, u0, u1),
+    )
 
 
 def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=None) -> None:
@@ -677,8 +263,16 @@ def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=N
     if total == 0:
         return
     if not SIM:
-        return _launch_fast(algo, flags, f64, tensors, np.asarray(offsets, dtype=np.int64),
-                            np.asarray(per_tensor, dtype=np.float64), hyper, total)
+        return _launch_fast(
+            algo,
+            flags,
+            f64,
+            tensors,
+            np.asarray(offsets, dtype=np.int64),
+            np.asarray(per_tensor, dtype=np.float64),
+            hyper,
+            total,
+        )
     _launch_tables(_kernel(algo, flags, f64), tensors, offsets, per_tensor, hyper, 5)
 
 
@@ -698,23 +292,6 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
             raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
 
 
-def _rows_used(algo: int, flags: int) -> int:
-    s0, s1, s2 = _streams(algo, flags)
-    return 0b11 | (s0 << 2) | (s1 << 3) | (s2 << 4)
-
-
-def _shape(code, half, n_rows, used):
-    """The table's row count and used rows for parameters of dtype ``code`` (16-bit: 8 rows, row 5 the
-    master copies when ``half[0]``)."""
-    if code < 2:
-        if code not in (0, 1):
-            raise ValueError(f"optimizer kernel: unknown dtype code {code}")
-        return n_rows, used
-    if half is None or len(half) != 2:
-        raise ValueError("optimizer kernel: 16-bit parameters need half=(master, stochastic)")
-    return _HALF_ROWS, used | (0b100000 if half[0] else 0)
-
-
 # ------------------------------------------------------------------------------------------ entry points
 def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, code, n_threads, half=None):
     """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
@@ -722,8 +299,16 @@ def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov,
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_SGD, flags)), pt, 2)
-    _launch(FN_SGD, flags, code, tensors, offsets, pt,
-            dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum), half)
+    _launch(
+        FN_SGD,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum),
+        half,
+    )
 
 
 def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code, n_threads, half=None):
@@ -731,8 +316,16 @@ def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_ADAGRAD, flags)), pt, 1)
-    _launch(FN_ADAGRAD, flags, code, tensors, offsets, pt,
-            dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps), half)
+    _launch(
+        FN_ADAGRAD,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps),
+        half,
+    )
 
 
 def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, n_threads, half=None):
@@ -740,30 +333,55 @@ def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, 
     flags = FN_WD if weight_decay != 0 else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
     _check(tensors, offsets, *_shape(code, half, 4, _rows_used(FN_ADADELTA, flags)), None, 0)
-    _launch(FN_ADADELTA, flags, code, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_ADADELTA,
+        flags,
+        code,
+        tensors,
+        offsets,
+        np.zeros((0, 0)),
+        dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
-def rmsprop_step(tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads,
-                 half=None):
+def rmsprop_step(
+    tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads, half=None
+):
     """IN/OUT (5, T): param, grad, square_avg, grad_avg, momentum_buffer."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
     tensors, offsets = np.asarray(tensors), np.asarray(offsets)
     _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_RMSPROP, flags)), None, 0)
-    _launch(FN_RMSPROP, flags, code, tensors, offsets, np.zeros((0, 0)),
-            dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_RMSPROP,
+        flags,
+        code,
+        tensors,
+        offsets,
+        np.zeros((0, 0)),
+        dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
-def adam_step(tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code,
-              n_threads, half=None):
+def adam_step(
+    tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code, n_threads, half=None
+):
     """IN/OUT (5, T): param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq; per_tensor (T, 2): step_size, bc2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
     tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
     _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_ADAM, flags)), pt, 2)
-    _launch(FN_ADAM, flags, code, tensors, offsets, pt,
-            dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay,
-                 sgn=-1.0 if maximize else 1.0), half)
+    _launch(
+        FN_ADAM,
+        flags,
+        code,
+        tensors,
+        offsets,
+        pt,
+        dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay, sgn=-1.0 if maximize else 1.0),
+        half,
+    )
 
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -807,8 +425,15 @@ def _sim_meta(a):
     item = dt.itemsize if dt.itemsize in (2, 4, 8) else 0
     dcode = 2 if dt == _BF16 else _DCODE.get(dt, -1)
     flags = ary.flags
-    return (ary.__array_interface__["data"][0], ary.nbytes, item or 1, tuple(ary.shape), flags.c_contiguous,
-            flags.writeable, dcode)
+    return (
+        ary.__array_interface__["data"][0],
+        ary.nbytes,
+        item or 1,
+        tuple(ary.shape),
+        flags.c_contiguous,
+        flags.writeable,
+        dcode,
+    )
 
 
 def _is_bf16(a, dt) -> bool:
@@ -881,8 +506,16 @@ def gather_params(params: list, info: np.ndarray) -> int:
     return -1
 
 
-def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, allow_none: bool,
-                avoid_lo: np.ndarray, avoid_hi: np.ndarray, stat: bool = False) -> int:
+def gather_like(
+    arrays: list,
+    params: list,
+    ptrs: np.ndarray,
+    writeable: bool,
+    allow_none: bool,
+    avoid_lo: np.ndarray,
+    avoid_hi: np.ndarray,
+    stat: bool = False,
+) -> int:
     """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
     asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``. With
     ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones).
@@ -890,8 +523,16 @@ def gather_like(arrays: list, params: list, ptrs: np.ndarray, writeable: bool, a
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, id(avoid_lo),
-           id(avoid_hi), stat)
+    key = (
+        "like",
+        tuple(map(id, arrays)),
+        tuple(map(id, params)),
+        writeable,
+        allow_none,
+        id(avoid_lo),
+        id(avoid_hi),
+        stat,
+    )
     objs = (*arrays, *params, avoid_lo, avoid_hi)
     hit = _cached_list(key, objs)
     if hit is not None:
