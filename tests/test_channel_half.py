@@ -340,15 +340,15 @@ def _all_ops(rng, dt, ops=fastnorm, cast=lambda a: a):
     xl, dyl = x.reshape(-1, 8), dy.reshape(-1, 8)
     outs = []
     f = ops.batch_norm_forward(x, w, b, rm, rv)
-    outs += [*f, rm, rv, *ops.batch_norm_backward(dy, x, f.mean, f.rstd, w, b)]
+    outs += [*f, rm, rv, *ops.batch_norm_backward(dy, x, f[1], f[2], w, b)]
     f = ops.batch_norm_forward(xl, w, b, axis=-1)
-    outs += [*f[:1], *ops.batch_norm_backward(dyl, xl, f.mean, f.rstd, w, b, axis=-1)]
+    outs += [*f[:1], *ops.batch_norm_backward(dyl, xl, f[1], f[2], w, b, axis=-1)]
     f = ops.group_norm_forward(x, 4, w, b)
-    outs += [*f, *ops.group_norm_backward(dy, x, f.mean, f.rstd, 4, w, b)]
+    outs += [*f, *ops.group_norm_backward(dy, x, f[1], f[2], 4, w, b)]
     f = ops.instance_norm_forward(x, w, b)
-    outs += [*f, *ops.instance_norm_backward(dy, x, f.mean, f.rstd, w, b)]
+    outs += [*f, *ops.instance_norm_backward(dy, x, f[1], f[2], w, b)]
     f = ops.local_response_norm_forward(x, 3)
-    outs += [*f, ops.local_response_norm_backward(dy, x, f.y, f.scale, 3)]
+    outs += [*f, ops.local_response_norm_backward(dy, x, f[0], f[1], 3)]
     return outs
 
 
