@@ -291,7 +291,8 @@ def _store(path, cached):
 def _extensions():
     include = [np.get_include(), os.path.join("fastnorm", "_kernels", "include")]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    headers = "".join(open(h).read() for h in sorted(glob.glob(os.path.join(include[1], "*.h"))))
+    header_files = sorted(glob.glob(os.path.join(include[1], "*.h")))
+    headers = "".join(open(h).read() for h in header_files)
     package = CPU_DIR.replace(os.sep, ".")
     families = []
     for pyx in sorted(glob.glob(os.path.join(CPU_DIR, "*.pyx"))):
@@ -307,6 +308,7 @@ def _extensions():
                 [pyx],
                 include_dirs=include,
                 define_macros=macros + ([(PORTABLE_MACRO, "1")] if marked else []),
+                depends=header_files,  # a changed header rebuilds the modules (build_ext compares times)
             )
         )
     directives = {

@@ -86,9 +86,7 @@ def test_kernels_match_reference(rng, threads, dtype, shape, dim):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize(
-    "shape,dim", [((300, 129), 0), ((129, 300), 1), ((3, 50, 41), None), ((64, 31, 3, 3), 1)]
-)
+@pytest.mark.parametrize("shape,dim", [((300, 129), 0), ((129, 300), 1), ((3, 50, 41), None), ((64, 31, 3, 3), 1)])
 def test_kernels_match_reference_larger(rng, threads, dtype, shape, dim):
     _check_kernels(*_make(rng, shape, dim, dtype), dim)
 
@@ -127,8 +125,11 @@ def test_bitwise_same_for_every_thread_count(rng, dtype, shape, dim):
 
 def test_thread_cases_cover_rows_flat_and_cols():
     view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
-    plans = {(nt, norms._weight_norm_plan(CPU, view(s, d), nt, False, np.float32)[0]) for s, d in THREAD_CASES
-             for nt in (1, 2)}
+    plans = {
+        (nt, norms._weight_norm_plan(CPU, view(s, d), nt, False, np.float32)[0])
+        for s, d in THREAD_CASES
+        for nt in (1, 2)
+    }
     assert {(1, norms._WN_ROWS), (2, norms._WN_FLAT), (1, norms._WN_FLAT), (2, norms._WN_COLS)} <= plans
 
 
@@ -213,8 +214,9 @@ def test_bad_input_raises_and_writes_nothing(rng):
 
 
 # ------------------------------------------------------------------------------------------ torch
-@pytest.mark.parametrize("shape,dim", [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1),
-                                       ((4, 3, 5), None), ((6, 2, 3), -2)])
+@pytest.mark.parametrize(
+    "shape,dim", [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1), ((4, 3, 5), None), ((6, 2, 3), -2)]
+)
 def test_matches_torch(rng, shape, dim):
     """float64: fastnorm's error against the NumPy reference in extended precision is at most 2x torch's
     plus 8 ulps (DESIGN.md's criterion)."""

@@ -23,6 +23,8 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint16_t
 
+from fastnorm._kernels.cpu._common cimport chunk_start, fn_half_load, fn_half_store, ptr_or_null
+
 from fastnorm._dtypes import HALF_FORMAT
 
 cdef enum:
@@ -35,9 +37,15 @@ cdef enum:
     HALF_BLOCK = 256
 
 
-cdef extern from "fastnorm_half.h" nogil:
-    void fn_half_load(int fmt, const uint16_t *src, float *dst, Py_ssize_t n)
-    void fn_half_store(int fmt, const float *src, uint16_t *dst, Py_ssize_t n)
+cdef extern from "fastnorm_rows.h" nogil:
+    void fn_ln_bwd_affine_f(const float *dy, const float *x, const float *w, const float *dh, float *dx, float *dwa,
+                            float *dba, float mu, float rs, float c1, float c2, Py_ssize_t n)
+    void fn_ln_bwd_affine_d(const double *dy, const double *x, const double *w, const double *dh, double *dx,
+                            double *dwa, double *dba, double mu, double rs, double c1, double c2, Py_ssize_t n)
+    void fn_rms_bwd_affine_f(const float *dy, const float *x, const float *w, const float *dh, float *dx,
+                             float *dwa, float rs, float c2, Py_ssize_t n)
+    void fn_rms_bwd_affine_d(const double *dy, const double *x, const double *w, const double *dh, double *dx,
+                             double *dwa, double rs, double c2, Py_ssize_t n)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -142,21 +150,12 @@ cdef inline void _ln_bwd_apply(const floating *dy, const floating *x, floating m
                                floating *dba, Py_ssize_t n) noexcept nogil:
     """dx = rs * (g - c1 - xhat * c2) (+ dh), dwa += dy * xhat, dba += dy over n elements."""
     cdef Py_ssize_t j
-    cdef floating xh
     if w != NULL and dwa != NULL and dba != NULL:
         # The usual case (affine, both gradients) in one loop: dy and x are read once for all three.
-        if dh != NULL:
-            for j in range(n):
-                xh = (x[j] - mu) * rs
-                dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2) + dh[j]
-                dwa[j] += dy[j] * xh
-                dba[j] += dy[j]
+        if floating is float:
+            fn_ln_bwd_affine_f(dy, x, w, dh, dx, dwa, dba, mu, rs, c1, c2, n)
         else:
-            for j in range(n):
-                xh = (x[j] - mu) * rs
-                dx[j] = rs * (dy[j] * w[j] - c1 - xh * c2)
-                dwa[j] += dy[j] * xh
-                dba[j] += dy[j]
+            fn_ln_bwd_affine_d(dy, x, w, dh, dx, dwa, dba, mu, rs, c1, c2, n)
         return
     if w != NULL and dh != NULL:
         for j in range(n):
@@ -229,14 +228,10 @@ cdef inline void _rms_bwd_apply(const floating *dy, const floating *x, floating 
                                 const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     if w != NULL and dwa != NULL:
-        if dh != NULL:
-            for j in range(n):
-                dx[j] = rs * (dy[j] * w[j] - x[j] * c2) + dh[j]
-                dwa[j] += dy[j] * (x[j] * rs)
+        if floating is float:
+            fn_rms_bwd_affine_f(dy, x, w, dh, dx, dwa, rs, c2, n)
         else:
-            for j in range(n):
-                dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
-                dwa[j] += dy[j] * (x[j] * rs)
+            fn_rms_bwd_affine_d(dy, x, w, dh, dx, dwa, rs, c2, n)
         return
     if w != NULL and dh != NULL:
         for j in range(n):
@@ -291,6 +286,31 @@ cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t
         out[j] = <floating>s
 
 
+cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, Py_ssize_t n) noexcept nogil:
+    """Zero a chunk's partial and accumulator rows (NULL accumulators: that gradient is not wanted)."""
+    if dwa != NULL:
+        _zero_rows(dwp, dwa, n)
+    if dba != NULL:
+        _zero_rows(dbp, dba, n)
+
+
+cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *dwp, floating *dwa, double *dbp,
+                           floating *dba, Py_ssize_t n) noexcept nogil:
+    """After row i of the chunk [lo, hi): fold the accumulators every FOLD_ROWS rows and after the last."""
+    if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
+        if dwa != NULL:
+            _fold(dwa, dwp, n)
+        if dba != NULL:
+            _fold(dba, dbp, n)
+
+
+cdef object _bwd_scratch(bint want, part, acc, int n_chunks, Py_ssize_t n, dt):
+    """(part, acc) of the chunk count, which depends on the shape only; other shapes are replaced (same memory)."""
+    if want and (part.shape[0] != n_chunks or acc.shape[0] != n_chunks):
+        return np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
+    return part, acc
+
+
 def bwd_chunks(Py_ssize_t m, Py_ssize_t n):
     """Row chunks (rows of the dweight/dbias scratch) of the LayerNorm/RMSNorm backward of an (m, n) input.
 
@@ -300,16 +320,6 @@ def bwd_chunks(Py_ssize_t m, Py_ssize_t n):
     cdef Py_ssize_t k = max(MIN_CHUNKS, min(MAX_CHUNKS, (m + 2 * FOLD_ROWS - 1) // (2 * FOLD_ROWS)))
     k = min(k, max(4, SCRATCH_BYTES // max(24 * n, 1)))
     return int(max(1, min(k, m)))
-
-
-cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, int n_chunks, int c) noexcept nogil:
-    """First row of chunk c when m rows are cut into n_chunks contiguous chunks."""
-    cdef Py_ssize_t step = (m + n_chunks - 1) // n_chunks
-    return min(m, c * step)
-
-
-cdef inline const floating *_ptr_or_null(const floating[::1] a) noexcept nogil:
-    return &a[0] if a.shape[0] > 0 else NULL
 
 
 # ------------------------------------------------------------------------------------------ float32 / float64
@@ -323,8 +333,8 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
               floating[::1] rstd,                   # OUT (M,)
               bint rms, double eps, int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef const floating *b = _ptr_or_null(bias)
+    cdef const floating *w = ptr_or_null(weight)
+    cdef const floating *b = ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
     cdef const floating *src
     if m == 0:
@@ -358,40 +368,31 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
               floating[:, ::1] db_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
               bint rms, int n_threads):
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
-    cdef const floating *w = _ptr_or_null(weight)
+    cdef const floating *w = ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
     cdef floating *dwa
     cdef floating *dba
     cdef const floating *dhr
     dt = np.float32 if floating is float else np.float64
-    # The chunk count depends on the shape only; other scratch shapes are replaced (same memory use).
-    if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
-        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
-    if want_db and (db_part.shape[0] != n_chunks or db_acc.shape[0] != n_chunks):
-        db_part, db_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
+    dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, dt)
+    db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, dt)
     with nogil:
         for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
                         use_threads_if=n_threads > 1):
-            lo = _chunk_start(m, n_chunks, c)
-            hi = _chunk_start(m, n_chunks, c + 1)
+            lo = chunk_start(m, n_chunks, c)
+            hi = chunk_start(m, n_chunks, c + 1)
             dwa = &dw_acc[c, 0] if want_dw else NULL
             dba = &db_acc[c, 0] if want_db else NULL
-            if want_dw:
-                _zero_rows(&dw_part[c, 0], dwa, n)
-            if want_db:
-                _zero_rows(&db_part[c, 0], dba, n)
+            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
             for i in range(lo, hi):
                 dhr = &dh[i, 0] if add else NULL
                 if rms:
                     _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
                 else:
                     _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
-                if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
-                    if want_dw:
-                        _fold(dwa, &dw_part[c, 0], n)
-                    if want_db:
-                        _fold(dba, &db_part[c, 0], n)
+                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
+                          dba, n)
         if want_dw:
             _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
         if want_db:
@@ -431,8 +432,8 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
     """Per row: widen into a thread's float32 row (one read of the 16-bit data), the float32 statistics code
     (the same functions as for float32 input) on it, then the output rounded once (``_half_ln_out``)."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
-    cdef const float *w = _ptr_or_null(weight)
-    cdef const float *b = _ptr_or_null(bias)
+    cdef const float *w = ptr_or_null(weight)
+    cdef const float *b = ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
     cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 1) * n), np.float32)
     cdef float *xb
@@ -501,7 +502,7 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
     """The float32 backward's chunk plan and row code on rows widened into a thread's float32 buffers
     (dy, x, dh); dx rounded once."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
-    cdef const float *w = _ptr_or_null(weight)
+    cdef const float *w = ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
     cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 2) * n), np.float32)
@@ -509,23 +510,18 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
     cdef float *dba
     cdef float *dyb
     cdef float *xb
-    if want_dw and (dw_part.shape[0] != n_chunks or dw_acc.shape[0] != n_chunks):
-        dw_part, dw_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), np.float32)
-    if want_db and (db_part.shape[0] != n_chunks or db_acc.shape[0] != n_chunks):
-        db_part, db_acc = np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), np.float32)
+    dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, np.float32)
+    db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, np.float32)
     with nogil:
         for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
                         use_threads_if=n_threads > 1):
-            lo = _chunk_start(m, n_chunks, c)
-            hi = _chunk_start(m, n_chunks, c + 1)
+            lo = chunk_start(m, n_chunks, c)
+            hi = chunk_start(m, n_chunks, c + 1)
             dyb = &buf[threadid(), 0]
             xb = dyb + n
             dwa = &dw_acc[c, 0] if want_dw else NULL
             dba = &db_acc[c, 0] if want_db else NULL
-            if want_dw:
-                _zero_rows(&dw_part[c, 0], dwa, n)
-            if want_db:
-                _zero_rows(&db_part[c, 0], dba, n)
+            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
             for i in range(lo, hi):
                 fn_half_load(fmt, &dy[i, 0], dyb, n)
                 fn_half_load(fmt, &x[i, 0], xb, n)
@@ -533,11 +529,8 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
                     fn_half_load(fmt, &dh[i, 0], xb + n, n)
                 _half_bwd_row(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w, &dx[i, 0],
                               dwa, dba, rms, n)
-                if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
-                    if want_dw:
-                        _fold(dwa, &dw_part[c, 0], n)
-                    if want_db:
-                        _fold(dba, &db_part[c, 0], n)
+                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
+                          dba, n)
         if want_dw:
             _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
         if want_db:

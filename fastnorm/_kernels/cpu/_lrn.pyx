@@ -27,14 +27,11 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport pow, powf, sqrt, sqrtf
 from libc.stdint cimport uint16_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-import numpy as np
+from fastnorm._kernels.cpu._common cimport fn_half_load, fn_half_store
 
-cdef extern from "fastnorm_half.h" nogil:
-    void fn_half_load(int fmt, const uint16_t *src, float *dst, Py_ssize_t n)
-    void fn_half_store(int fmt, const float *src, uint16_t *dst, Py_ssize_t n)
+import numpy as np
 
 cdef enum:
     TILE = 512          # most positions per task
@@ -250,42 +247,36 @@ def lrn_scratch_len(Py_ssize_t lo, Py_ssize_t hi):
 
 
 # ------------------------------------------------------------------------------------------ 16-bit tiles
-cdef inline void _lrn_fwd_tile_h(const uint16_t *x, float *scale, uint16_t *y, Py_ssize_t C, Py_ssize_t ld,
-                                 Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, double k, double a, double beta,
-                                 int mode, double *S, float *T, int fmt) noexcept nogil:
-    """The float32 tile on widened x (T: 3*C*n floats: x, scale, y tiles of row length n)."""
-    cdef Py_ssize_t c
+cdef inline void _half_task(const uint16_t *dy, const uint16_t *x, uint16_t *y, float *scale, uint16_t *dx,
+                            Py_ssize_t C, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, double k,
+                            double c, double beta, int mode, double *S, float *T, int fmt) noexcept nogil:
+    """The float32 tile code on widened tiles (T: rows of n, C per array): the forward (dx NULL, c = alpha /
+    size; arrays x, y, scale) or the backward (c = coef; arrays x, y, scale, dy, dx); 16-bit outputs rounded
+    once. Each 16-bit input row is read once."""
+    cdef Py_ssize_t ch
+    cdef bint bwd = dx != NULL
     cdef float *X = T
-    cdef float *SC = T + C * n
-    cdef float *Y = T + 2 * C * n
-    for c in range(C):
-        fn_half_load(fmt, x + c * ld, X + c * n, n)
-    _lrn_fwd_tile(<const float *>X, SC, Y, C, n, n, lo, hi, k, a, beta, mode, S)
-    for c in range(C):
-        fn_half_store(fmt, Y + c * n, y + c * ld, n)
-        memcpy(scale + c * ld, SC + c * n, n * sizeof(float))
-
-
-cdef inline void _lrn_bwd_tile_h(const uint16_t *dy, const uint16_t *x, const uint16_t *y, const float *s,
-                                 uint16_t *dx, Py_ssize_t C, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t lo,
-                                 Py_ssize_t hi, double coef, double beta, int mode, double *S, float *T,
-                                 int fmt) noexcept nogil:
-    """The float32 tile on widened dy, x, y and scale (T: 5*C*n floats)."""
-    cdef Py_ssize_t c
-    cdef float *G = T
-    cdef float *X = T + C * n
-    cdef float *Y = T + 2 * C * n
-    cdef float *SC = T + 3 * C * n
+    cdef float *Y = T + C * n
+    cdef float *SC = T + 2 * C * n
+    cdef float *G = T + 3 * C * n
     cdef float *D = T + 4 * C * n
-    for c in range(C):
-        fn_half_load(fmt, dy + c * ld, G + c * n, n)
-        fn_half_load(fmt, x + c * ld, X + c * n, n)
-        fn_half_load(fmt, y + c * ld, Y + c * n, n)
-        memcpy(SC + c * n, s + c * ld, n * sizeof(float))
-    _lrn_bwd_tile(<const float *>G, <const float *>X, <const float *>Y, <const float *>SC, D, C, n, n, lo, hi,
-                  coef, beta, mode, S)
-    for c in range(C):
-        fn_half_store(fmt, D + c * n, dx + c * ld, n)
+    for ch in range(C):
+        fn_half_load(fmt, x + ch * ld, X + ch * n, n)
+        if bwd:
+            fn_half_load(fmt, dy + ch * ld, G + ch * n, n)
+            fn_half_load(fmt, y + ch * ld, Y + ch * n, n)
+            memcpy(SC + ch * n, scale + ch * ld, n * sizeof(float))
+    if bwd:
+        _lrn_bwd_tile(<const float *>G, <const float *>X, <const float *>Y, <const float *>SC, D, C, n, n, lo, hi,
+                      c, beta, mode, S)
+    else:
+        _lrn_fwd_tile(<const float *>X, SC, Y, C, n, n, lo, hi, k, c, beta, mode, S)
+    for ch in range(C):
+        if bwd:
+            fn_half_store(fmt, D + ch * n, dx + ch * ld, n)
+        else:
+            fn_half_store(fmt, Y + ch * n, y + ch * ld, n)
+            memcpy(scale + ch * ld, SC + ch * n, n * sizeof(float))
 
 
 cdef inline Py_ssize_t _half_cap(Py_ssize_t C, Py_ssize_t arrays) noexcept nogil:
@@ -293,66 +284,82 @@ cdef inline Py_ssize_t _half_cap(Py_ssize_t C, Py_ssize_t arrays) noexcept nogil
     return min(<Py_ssize_t>TILE, max(<Py_ssize_t>16, HALF_TILE_FLOATS // (arrays * C) // 16 * 16))
 
 
-def _lrn_forward_h(const uint16_t[:, :, ::1] x,     # IN  (N, C, L) 16-bit
-                   uint16_t[:, :, ::1] y,           # OUT (N, C, L) 16-bit
-                   float[:, :, ::1] scale,          # OUT (N, C, L)
-                   double[:, ::1] scratch,          # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
-                   Py_ssize_t size, double alpha, double beta, double k, int fmt, int n_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
-    cdef double a = alpha / size
-    cdef int mode = _pow_mode(beta), tid
-    cdef float *T
-    if N == 0 or C == 0 or L == 0:
-        return
-    lo = min(size // 2, C - 1)
-    hi = min((size - 1) // 2, C - 1)
-    tl = _tile_len(L, min(_tile_cap(scratch.shape[1], lo + hi + 1), _half_cap(C, 3)))
-    tiles = (L + tl - 1) // tl
-    with nogil:
-        for task in prange(N * tiles, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
-            tid = threadid()
-            i = task // tiles
-            l0 = (task % tiles) * tl
-            T = <float *>malloc(3 * C * tl * sizeof(float))
-            if T == NULL:
-                with gil:
-                    raise MemoryError()
-            _lrn_fwd_tile_h(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
-                            k, a, beta, mode, &scratch[tid, 0], T, fmt)
-            free(T)
+# ------------------------------------------------------------------------------------------ drivers
+cdef inline Py_ssize_t _window(Py_ssize_t size, Py_ssize_t C, bint upper) noexcept nogil:
+    """The clamped window reach below (lo) / above (hi, upper) a channel: a window reaching past every
+    channel is the same window (alpha / size keeps the real size)."""
+    return min((size - 1) // 2 if upper else size // 2, C - 1)
 
 
-def _lrn_backward_h(const uint16_t[:, :, ::1] dy,   # IN  (N, C, L) 16-bit
-                    const uint16_t[:, :, ::1] x,    # IN  (N, C, L) 16-bit
-                    const uint16_t[:, :, ::1] y,    # IN  (N, C, L) 16-bit
-                    const float[:, :, ::1] scale,   # IN  (N, C, L)
-                    uint16_t[:, :, ::1] dx,         # OUT (N, C, L) 16-bit
-                    double[:, ::1] scratch,         # SCRATCH as in the forward
-                    Py_ssize_t size, double alpha, double beta, int fmt, int n_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
-    cdef double coef = 2.0 * alpha * beta / size
+cdef void _tasks(const floating *dy, const floating *x, floating *y, floating *scale, floating *dx,
+                 const uint16_t *hdy, const uint16_t *hx, uint16_t *hy, float *hscale, uint16_t *hdx,
+                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t tl, Py_ssize_t size, double k, double c,
+                 double beta, double *scratch, Py_ssize_t ld_s, float *tiles, Py_ssize_t ld_t, int fmt,
+                 int n_threads) noexcept nogil:
+    """Every (sample, tile of tl positions) task, OpenMP static: the floating data (x non-NULL) or the 16-bit
+    data (hx, with fmt and the per-thread float32 tiles); forward when dx / hdx is NULL."""
+    cdef Py_ssize_t nt = (L + tl - 1) // tl, task, off, n
+    cdef Py_ssize_t lo = _window(size, C, False), hi = _window(size, C, True)
     cdef int mode = _pow_mode(beta), tid
-    cdef float *T
+    for task in prange(N * nt, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+        tid = threadid()
+        off = (task // nt) * C * L + (task % nt) * tl
+        n = min(tl, L - (task % nt) * tl)
+        if hx != NULL:
+            _half_task(NULL if hdx == NULL else hdy + off, hx + off, hy + off, hscale + off,
+                       NULL if hdx == NULL else hdx + off, C, L, n, lo, hi, k, c, beta, mode,
+                       scratch + tid * ld_s, tiles + tid * ld_t, fmt)
+        elif dx == NULL:
+            _lrn_fwd_tile(x + off, scale + off, y + off, C, L, n, lo, hi, k, c, beta, mode, scratch + tid * ld_s)
+        else:
+            _lrn_bwd_tile(dy + off, x + off, y + off, scale + off, dx + off, C, L, n, lo, hi, c, beta, mode,
+                          scratch + tid * ld_s)
+
+
+cdef object _run(dy, x, y, scale, dx, double[:, ::1] scratch, Py_ssize_t size, double k, double c, double beta,
+                 int n_threads):
+    """Checks nothing (the public layer did): picks the dtype's pointers, the tile length and, for 16-bit
+    data, one float32 tile buffer per thread (allocated once, outside the tasks)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], tl
+    cdef int fmt = -1 if x.dtype.itemsize != 2 else (1 if x.dtype == _F16 else 0)
+    cdef bint bwd = dx is not None
+    cdef float[:, ::1] tiles
     if N == 0 or C == 0 or L == 0:
         return
-    lo = min(size // 2, C - 1)
-    hi = min((size - 1) // 2, C - 1)
-    tl = _tile_len(L, min(_tile_cap(scratch.shape[1], lo + hi + 1), _half_cap(C, 5)))
-    tiles = (L + tl - 1) // tl
+    tl = _tile_cap(scratch.shape[1], _window(size, C, False) + _window(size, C, True) + 1)
+    if fmt >= 0:
+        tl = _tile_len(L, min(tl, _half_cap(C, 5 if bwd else 3)))
+        tiles = np.empty((max(n_threads, 1), (5 if bwd else 3) * C * tl), np.float32)
+        _run_half(None if dy is None else dy.view(np.uint16), x.view(np.uint16), y.view(np.uint16), scale,
+                  None if dx is None else dx.view(np.uint16), scratch, tiles, N, C, L, tl, size, k, c, beta, fmt,
+                  n_threads)
+    elif x.dtype == np.float32:
+        _run_full[float](dy, x, y, scale, dx, scratch, N, C, L, _tile_len(L, tl), size, k, c, beta, n_threads)
+    else:
+        _run_full[double](dy, x, y, scale, dx, scratch, N, C, L, _tile_len(L, tl), size, k, c, beta, n_threads)
+
+
+cdef object _run_full(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const floating[:, :, ::1] y,
+                      const floating[:, :, ::1] scale, const floating[:, :, ::1] dx, double[:, ::1] scratch,
+                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t tl, Py_ssize_t size, double k, double c,
+                      double beta, int n_threads):
+    # y, scale are outputs of the forward, dx the output of the backward (the callers pass writable arrays).
     with nogil:
-        for task in prange(N * tiles, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
-            tid = threadid()
-            i = task // tiles
-            l0 = (task % tiles) * tl
-            T = <float *>malloc(5 * C * tl * sizeof(float))
-            if T == NULL:
-                with gil:
-                    raise MemoryError()
-            _lrn_bwd_tile_h(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
-                            C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[tid, 0], T, fmt)
-            free(T)
+        _tasks(NULL if dy is None else &dy[0, 0, 0], &x[0, 0, 0], <floating *>&y[0, 0, 0],
+               <floating *>&scale[0, 0, 0], NULL if dx is None else <floating *>&dx[0, 0, 0],
+               <const uint16_t *>NULL, NULL, NULL, NULL, NULL, N, C, L, tl, size, k, c, beta, &scratch[0, 0],
+               scratch.shape[1], NULL, 0, -1, n_threads)
+
+
+cdef object _run_half(const uint16_t[:, :, ::1] dy, const uint16_t[:, :, ::1] x, const uint16_t[:, :, ::1] y,
+                      const float[:, :, ::1] scale, const uint16_t[:, :, ::1] dx, double[:, ::1] scratch,
+                      float[:, ::1] tiles, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t tl, Py_ssize_t size,
+                      double k, double c, double beta, int fmt, int n_threads):
+    with nogil:
+        _tasks[float](NULL, NULL, NULL, NULL, NULL, NULL if dy is None else &dy[0, 0, 0], &x[0, 0, 0],
+                      <uint16_t *>&y[0, 0, 0], <float *>&scale[0, 0, 0],
+                      NULL if dx is None else <uint16_t *>&dx[0, 0, 0], N, C, L, tl, size, k, c, beta,
+                      &scratch[0, 0], scratch.shape[1], &tiles[0, 0], tiles.shape[1], fmt, n_threads)
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -362,83 +369,10 @@ _F16 = np.dtype(np.float16)
 def local_response_norm_forward(x, y, scale, scratch, Py_ssize_t size, double alpha, double beta, double k,
                                 int n_threads):
     """IN x (N, C, L); OUT y (N, C, L), scale (N, C, L) (float32 for 16-bit x); SCRATCH (n_threads, len)."""
-    if x.dtype.itemsize == 2:
-        _lrn_forward_h(x.view(np.uint16), y.view(np.uint16), scale, scratch, size, alpha, beta, k,
-                       1 if x.dtype == _F16 else 0, n_threads)
-    else:
-        _lrn_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads)
+    _run(None, x, y, scale, None, scratch, size, k, alpha / size, beta, n_threads)
 
 
 def local_response_norm_backward(dy, x, y, scale, dx, scratch, Py_ssize_t size, double alpha, double beta,
                                  int n_threads):
     """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH as in the forward."""
-    if x.dtype.itemsize == 2:
-        _lrn_backward_h(dy.view(np.uint16), x.view(np.uint16), y.view(np.uint16), scale, dx.view(np.uint16),
-                        scratch, size, alpha, beta, 1 if x.dtype == _F16 else 0, n_threads)
-    else:
-        _lrn_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads)
-
-
-def _lrn_forward(const floating[:, :, ::1] x,    # IN  (N, C, L)
-                 floating[:, :, ::1] y,          # OUT (N, C, L)
-                 floating[:, :, ::1] scale,      # OUT (N, C, L)
-                 double[:, ::1] scratch,         # SCRATCH (n_threads, lrn_scratch_len(lo, hi))
-                 Py_ssize_t size, double alpha, double beta, double k, int n_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
-    cdef double a = alpha / size
-    cdef int mode = _pow_mode(beta), tid
-    if N == 0 or C == 0 or L == 0:
-        return
-    # A window reaching past every channel is the same window: clamp (alpha / size keeps the real size).
-    lo = min(size // 2, C - 1)
-    hi = min((size - 1) // 2, C - 1)
-    tl = _tile_len(L, _tile_cap(scratch.shape[1], lo + hi + 1))
-    tiles = (L + tl - 1) // tl
-    with nogil:
-        if n_threads <= 1:
-            for task in range(N * tiles):
-                i = task // tiles
-                l0 = (task % tiles) * tl
-                _lrn_fwd_tile(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
-                              k, a, beta, mode, &scratch[0, 0])
-        else:
-            for task in prange(N * tiles, schedule="static", num_threads=n_threads):
-                tid = threadid()
-                i = task // tiles
-                l0 = (task % tiles) * tl
-                _lrn_fwd_tile(&x[i, 0, l0], &scale[i, 0, l0], &y[i, 0, l0], C, L, min(tl, L - l0), lo, hi,
-                              k, a, beta, mode, &scratch[tid, 0])
-
-
-def _lrn_backward(const floating[:, :, ::1] dy,      # IN  (N, C, L)
-                  const floating[:, :, ::1] x,       # IN  (N, C, L)
-                  const floating[:, :, ::1] y,       # IN  (N, C, L)
-                  const floating[:, :, ::1] scale,   # IN  (N, C, L)
-                  floating[:, :, ::1] dx,            # OUT (N, C, L)
-                  double[:, ::1] scratch,            # SCRATCH as in the forward
-                  Py_ssize_t size, double alpha, double beta, int n_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef Py_ssize_t lo, hi, tl, tiles, task, i, l0
-    cdef double coef = 2.0 * alpha * beta / size
-    cdef int mode = _pow_mode(beta), tid
-    if N == 0 or C == 0 or L == 0:
-        return
-    lo = min(size // 2, C - 1)
-    hi = min((size - 1) // 2, C - 1)
-    tl = _tile_len(L, _tile_cap(scratch.shape[1], lo + hi + 1))
-    tiles = (L + tl - 1) // tl
-    with nogil:
-        if n_threads <= 1:
-            for task in range(N * tiles):
-                i = task // tiles
-                l0 = (task % tiles) * tl
-                _lrn_bwd_tile(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
-                              C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[0, 0])
-        else:
-            for task in prange(N * tiles, schedule="static", num_threads=n_threads):
-                tid = threadid()
-                i = task // tiles
-                l0 = (task % tiles) * tl
-                _lrn_bwd_tile(&dy[i, 0, l0], &x[i, 0, l0], &y[i, 0, l0], &scale[i, 0, l0], &dx[i, 0, l0],
-                              C, L, min(tl, L - l0), lo, hi, coef, beta, mode, &scratch[tid, 0])
+    _run(dy, x, y, scale, dx, scratch, size, 0.0, 2.0 * alpha * beta / size, beta, n_threads)

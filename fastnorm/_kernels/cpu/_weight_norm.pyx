@@ -25,6 +25,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
+from fastnorm._kernels.cpu._common cimport chunk_start
+
 
 cdef extern from "fastnorm_moments.h" nogil:
     double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
@@ -61,12 +63,6 @@ cdef inline double _dot(const floating *a, const floating *b, Py_ssize_t n) noex
 cdef inline double _piece(const floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
     """sum(a * b), sum(a * a) when b is NULL."""
     return _sumsq(a, n) if b == NULL else _dot(a, b, n)
-
-
-cdef inline Py_ssize_t _chunk_start(Py_ssize_t m, Py_ssize_t n_chunks, Py_ssize_t c) noexcept nogil:
-    """First index of chunk c when m items are cut into n_chunks contiguous chunks."""
-    cdef Py_ssize_t step = (m + n_chunks - 1) // n_chunks
-    return min(m, c * step)
 
 
 cdef inline Py_ssize_t _flat_chunks(Py_ssize_t total, Py_ssize_t D) noexcept nogil:
@@ -201,10 +197,10 @@ cdef inline void _chunk_sums(const floating *a, const floating *b, double *part,
     cdef Py_ssize_t total = A * D * B
     _zero(part, P)
     if mode == WN_FLAT:
-        _flat_piece_sums(a, b, part, _chunk_start(total, n_chunks, c), _chunk_start(total, n_chunks, c + 1),
+        _flat_piece_sums(a, b, part, chunk_start(total, n_chunks, c), chunk_start(total, n_chunks, c + 1),
                          D, B)
     else:
-        _cols_chunk_sums(a, b, part, _chunk_start(A, n_chunks, c), _chunk_start(A, n_chunks, c + 1), P)
+        _cols_chunk_sums(a, b, part, chunk_start(A, n_chunks, c), chunk_start(A, n_chunks, c + 1), P)
 
 
 cdef inline double _reduced(const double *part, Py_ssize_t n_chunks, Py_ssize_t P, Py_ssize_t d, Py_ssize_t B,
@@ -247,15 +243,15 @@ cdef inline void _apply_chunk(const floating *a, const floating *b, floating *ou
     """Chunk c of out = f1 * a (b NULL) or f1 * a - f2 * b; factors f[d] (WN_FLAT) or f[d*B + b] (WN_COLS)."""
     cdef Py_ssize_t total = A * D * B, P = D * B, lo, hi, r, e, i
     if mode == WN_FLAT:
-        lo = _chunk_start(total, n_chunks, c)
-        hi = _chunk_start(total, n_chunks, c + 1)
+        lo = chunk_start(total, n_chunks, c)
+        hi = chunk_start(total, n_chunks, c + 1)
         while lo < hi:
             r = (lo // B) % D
             e = min(hi, (lo // B + 1) * B)
             _out_row(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], e - lo)
             lo = e
     else:
-        for i in range(_chunk_start(A, n_chunks, c), _chunk_start(A, n_chunks, c + 1)):
+        for i in range(chunk_start(A, n_chunks, c), chunk_start(A, n_chunks, c + 1)):
             _cols_apply_row(a + i * P, NULL if b == NULL else b + i * P, out + i * P, f1, f2, P)
 
 
@@ -455,13 +451,13 @@ def cosine_linear_backward_pre(const floating[:, ::1] dy,       # IN  (B, O)
         if n_threads <= 1:
             for c in range(nc):
                 _grad_rows(&dy[0, 0], &y[0, 0], &x_norm[0], &w_norm[0], &gs[0, 0], &cx[0], &part[c, 0],
-                           _chunk_start(nb, nc, c), _chunk_start(nb, nc, c + 1), no, e)
+                           chunk_start(nb, nc, c), chunk_start(nb, nc, c + 1), no, e)
             for j in range(no):
                 _w_coef(&part[0, 0], nc, no, &w_norm[0], &cw[0], j, e)
         else:
             for c in prange(nc, schedule="static", chunksize=1, num_threads=n_threads):
                 _grad_rows(&dy[0, 0], &y[0, 0], &x_norm[0], &w_norm[0], &gs[0, 0], &cx[0], &part[c, 0],
-                           _chunk_start(nb, nc, c), _chunk_start(nb, nc, c + 1), no, e)
+                           chunk_start(nb, nc, c), chunk_start(nb, nc, c + 1), no, e)
             for j in prange(no, schedule="static", num_threads=n_threads):
                 _w_coef(&part[0, 0], nc, no, &w_norm[0], &cw[0], j, e)
 
