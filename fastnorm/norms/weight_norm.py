@@ -129,7 +129,7 @@ def weight_norm_backward(
     Returns
     -------
     WeightNormBackward
-        ``(dv, dg)``: dv in v's dtype, dg in g's dtype; bitwise reproducible for a given thread count.
+        ``(dv, dg)``: dv in v's dtype, dg in g's dtype; bitwise the same for any thread count.
     """
     op = "weight_norm_backward"
     be = backend_of(op, dw=dw, v=v, g=g, norm=norm, out=out)
