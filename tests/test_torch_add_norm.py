@@ -167,8 +167,6 @@ def test_half_matches_torch_composition(kind, dt, pdt):
     reason = _half_supported(f"add_{kind}_norm" if kind == "layer" else "add_rms_norm", dt)
     if reason is not None:
         pytest.skip(f"16-bit add_{kind}_norm kernels are not on this branch: {reason}")
-    from .test_torch_half import assert_close_half
-
     gen = torch.Generator().manual_seed(3)
     pdtype = dt if pdt == "same" else torch.float32
     a = _inputs(gen, dt, shape=(12, 64), nshape=(64,), bias=kind == "layer", pdtype=pdtype, shift=1e3)
@@ -179,10 +177,12 @@ def test_half_matches_torch_composition(kind, dt, pdt):
     ref = _run(lambda b: _torch(kind, b, (64,), 1e-5), _detached(a, torch.float64), dy.double(), dh.double())
     assert got[0].dtype == got[1].dtype == dt
     assert torch.equal(got[1], other[1])  # h = x + r rounded once to the dtype, as torch's add
-    assert_close_half(got[0], other[0], ref[0], name=f"{kind} {dt} y")
+    assert_close_to_ref(got[0], other[0], ref[0], name=f"{kind} {dt} y")
     for k in got[2]:
         assert got[2][k].dtype == a[k].dtype
-        assert_close_half(got[2][k], other[2][k].to(got[2][k].dtype), ref[2][k], name=f"{kind} {dt} d{k}")
+        assert_close_to_ref(
+            got[2][k], other[2][k].to(got[2][k].dtype), ref[2][k], name=f"{kind} {dt} d{k}", sample_slack=True
+        )
 
 
 # ------------------------------------------------------------------------------------------- custom ops
