@@ -17,6 +17,8 @@ from . import _validation as V
 from ._dispatch import backend_of
 from ._loss_common import Array, SoftmaxCrossEntropyForward
 
+_I64 = np.iinfo(np.int64)  # class indices and ignore_index are int64 in the kernels
+
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "SoftmaxCrossEntropyForward"]
 
 
@@ -37,6 +39,8 @@ def _targets(op, be, x, target, lead, m, v, ignore_index, weight):
     th = np.asarray(L.host(be, target))
     if th.shape != lead:
         raise ValueError(f"{op}: target (class indices) must have shape {lead}, got {th.shape}")
+    if tdt.kind == "u" and th.size and int(th.max()) > _I64.max:
+        raise ValueError(f"{op}: target has class index {int(th.max())} outside [0, {v})")
     th = th.reshape(m).astype(np.int64, copy=False)
     kept = th[th != ignore_index]
     if kept.size and (kept.min() < 0 or kept.max() >= v):
@@ -56,7 +60,7 @@ def _ce_common(op, be, logits, target, weight, ignore_index, label_smoothing, re
     lead, m, v = L.rows(op, "logits", x)
     reduction = L.choice(op, "reduction", reduction, L.CE_REDUCTIONS)
     eps = V.scalar(op, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    ignore_index = V.integer(op, "ignore_index", ignore_index)
+    ignore_index = V.integer(op, "ignore_index", ignore_index, low=_I64.min, high=_I64.max)
     weight = V.param(be, op, "weight", weight, (v,), _dtypes.param_dtypes(x.dtype))
     if weight is not None:
         weight = be.astype(weight, be.stat_dtype(x.dtype))

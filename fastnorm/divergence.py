@@ -300,9 +300,9 @@ def kl_div_backward(
 
 def _js_keep(op, be, labels, ignore_index, lead, m):
     """(keep mask on the backend or an empty one, number of kept rows)."""
+    ii = V.integer(op, "ignore_index", ignore_index, low=-(2**63), high=2**63 - 1)
     if labels is None:
         return L.absent(be, np.uint8), m
-    ii = V.integer(op, "ignore_index", ignore_index)
     lh = np.asarray(L.host(be, labels))
     if lh.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {lh.dtype}")

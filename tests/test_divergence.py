@@ -533,3 +533,17 @@ def test_nn_cross_entropy_loss_layer(rng):
     )
     with pytest.raises(RuntimeError, match="forward first"):
         CrossEntropyLoss().backward()
+
+
+def test_cross_entropy_refuses_uint64_targets_past_int64_and_huge_ignore_index():
+    """A uint64 class index >= 2**63 would wrap to a negative int64 (-100 is ignore_index's default, so the
+    row would be silently ignored): refused by value; an ignore_index outside int64 is a ValueError, not an
+    OverflowError from the kernel call."""
+    x = np.zeros((4, 5), np.float32)
+    t = np.array([0, 2**64 - 100, 2, 1], np.uint64)
+    with pytest.raises(ValueError, match=r"target has class index 18446744073709551516 outside \[0, 5\)"):
+        fastnorm.softmax_cross_entropy_forward(x, t, reduction="none")
+    with pytest.raises(ValueError, match="ignore_index must be"):
+        fastnorm.softmax_cross_entropy_forward(x, np.zeros(4, np.int64), ignore_index=2**70)
+    with pytest.raises(ValueError, match="ignore_index must be"):
+        fastnorm.js_div(np.log(np.full((4, 5), 0.2)), np.full((4, 5), 0.2), ignore_index=2**70)
