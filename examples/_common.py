@@ -43,6 +43,17 @@ def digits_parser(
     return ap
 
 
+def setup(argv: list[str] | None, ap: argparse.ArgumentParser, epochs: tuple[int, int], *thread_setters) -> tuple:
+    """Parse ``argv`` with ``ap``; the epoch count (--epochs, else ``epochs`` = (with --quick, without));
+    each of ``thread_setters`` called with --threads when given; the data (``load_data``). Returns
+    ``(args, epochs, (x_train, y_train, x_test, y_test, data_name))``."""
+    args = ap.parse_args(argv)
+    n_epochs = args.epochs or (epochs[0] if args.quick else epochs[1])
+    for set_threads in thread_setters if getattr(args, "threads", None) else ():
+        set_threads(args.threads)
+    return args, n_epochs, load_data(args.seed, synthetic=args.synthetic)
+
+
 def plot_path(args: argparse.Namespace) -> str | None:
     """--plot, else the default file outside --quick (no figure in --quick unless asked for)."""
     return args.plot if (args.plot or args.quick) else args.default_plot
@@ -53,6 +64,16 @@ def write_json(path: str | None, metrics: dict, indent: int | None = None) -> No
     if path:
         with open(path, "w") as f:
             json.dump(metrics, f, indent=indent)
+
+
+def finish(args: argparse.Namespace, metrics: dict, panels: list, title: str, start: int = 1) -> dict:
+    """The end of a training example: the loss curves (``plot_curves``' panels) saved where ``plot_path``
+    says, ``metrics`` written to --json; returns ``metrics``."""
+    plot = plot_path(args)
+    if plot:
+        plot_curves(panels, plot, title=title, start=start)
+    write_json(args.json, metrics)
+    return metrics
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -37,7 +37,7 @@ from fastnorm import nn
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
+from _common import batches, digits_parser, finish, progress, setup
 
 REGIMES = {  # name: (batch size, or None for the whole training set; SGD learning rate)
     "full-batch GD": (None, 0.2),
@@ -86,11 +86,8 @@ def accuracy(model, x, y) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = digits_parser(__doc__, "fewer epochs on a subset", "gd_regimes.png").parse_args(argv)
-    epochs = args.epochs or (5 if args.quick else 20)
-    plot = plot_path(args)
-
-    x, y, x_test, y_test, data_name = load_data(args.seed, synthetic=args.synthetic)
+    ap = digits_parser(__doc__, "fewer epochs on a subset", "gd_regimes.png")
+    args, epochs, (x, y, x_test, y_test, data_name) = setup(argv, ap, (5, 20))
     if args.quick:
         x, y = x[:600], y[:600]
     print(f"data: {data_name}, {len(y)} train / {len(y_test)} test; {epochs} epochs per run")
@@ -112,20 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results.items():
         print(f"{name:<22} {r['losses'][1]:>12.4f} {r['losses'][-1]:>10.4f} {r['test_accuracy']:>12.3f} "
               f"{r['seconds']:>8.2f}")  # fmt: skip
-    if plot:
-        plot_curves(
-            [
-                ("SGD: full-batch vs mini-batch vs stochastic", "epoch", regimes),
-                ("optimizers (mini-batch 32)", "epoch", optimizers),
-            ],
-            plot,
-            title=f"fastnorm.optim on a NumPy MLP with LayerNorm ({data_name})",
-            start=0,
-        )
     initial_loss = next(iter(results.values()))["losses"][0]  # the same model and data in every run
     metrics = {"data": data_name, "initial_loss": initial_loss, "runs": results}
-    write_json(args.json, metrics)
-    return metrics
+    panels = [
+        ("SGD: full-batch vs mini-batch vs stochastic", "epoch", regimes),
+        ("optimizers (mini-batch 32)", "epoch", optimizers),
+    ]
+    title = f"fastnorm.optim on a NumPy MLP with LayerNorm ({data_name})"
+    return finish(args, metrics, panels, title, start=0)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from fastnorm import nn
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
+from _common import batches, digits_parser, finish, progress, setup
 
 
 def build_model(seed: int, hidden: int = 256) -> nn.Sequential:
@@ -54,13 +54,7 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = digits_parser(__doc__, "a few epochs", "numpy_mlp_loss.png", lr=1e-3, threads="fastnorm CPU threads")
-    args = ap.parse_args(argv)
-    epochs = args.epochs or (4 if args.quick else 40)
-    plot = plot_path(args)
-    if args.threads:
-        fastnorm.set_num_threads(args.threads)
-
-    x_train, y_train, x_test, y_test, data_name = load_data(args.seed, synthetic=args.synthetic)
+    args, epochs, (x_train, y_train, x_test, y_test, data_name) = setup(argv, ap, (4, 40), fastnorm.set_num_threads)
     print(f"data: {data_name}, {len(y_train)} train / {len(y_test)} test, 64 features, 10 classes")
     model = build_model(args.seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -94,16 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"{epochs} epochs in {seconds:.1f}s: train loss {epoch_losses[0]:.4f} -> {epoch_losses[-1]:.4f}, "
         f"train accuracy {train_acc:.3f}, held-out accuracy {test_accs[-1]:.3f}"
     )
-    if plot:
-        plot_curves(
-            [
-                ("per step", "step", {"mini-batch loss": step_losses}),
-                ("per epoch", "epoch", {"mean loss": epoch_losses}),
-            ],
-            plot,
-            title=f"NumPy MLP + fastnorm (BatchNorm, LayerNorm, Adam) on {data_name}: "
-            f"held-out accuracy {test_accs[-1]:.3f}",
-        )
     metrics = {
         "data": data_name,
         "epoch_losses": epoch_losses,
@@ -112,8 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
         "train_accuracy": train_acc,
         "seconds": seconds,
     }
-    write_json(args.json, metrics)
-    return metrics
+    panels = [
+        ("per step", "step", {"mini-batch loss": step_losses}),
+        ("per epoch", "epoch", {"mean loss": epoch_losses}),
+    ]
+    title = f"NumPy MLP + fastnorm (BatchNorm, LayerNorm, Adam) on {data_name}: held-out accuracy {test_accs[-1]:.3f}"
+    return finish(args, metrics, panels, title)
 
 
 if __name__ == "__main__":

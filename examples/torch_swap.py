@@ -35,7 +35,7 @@ import fastnorm.torch.optim as foptim
 
 # the examples' shared helpers (examples/_common.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import batches, digits_parser, load_data, plot_curves, plot_path, progress, write_json
+from _common import batches, digits_parser, finish, progress, setup
 
 
 def build_model(hidden: int = 128) -> torch.nn.Sequential:
@@ -66,14 +66,8 @@ def accuracy(model, x, y) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = digits_parser(__doc__, "2 epochs", "torch_swap.png", lr=2e-3, threads="torch and fastnorm CPU threads")
-    args = ap.parse_args(argv)
-    epochs = args.epochs or (2 if args.quick else 30)
-    plot = plot_path(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        fastnorm.set_num_threads(args.threads)
-
-    x_train, y_train, x_test, y_test, data_name = load_data(args.seed, synthetic=args.synthetic)
+    setters = (torch.set_num_threads, fastnorm.set_num_threads)
+    args, epochs, (x_train, y_train, x_test, y_test, data_name) = setup(argv, ap, (2, 30), *setters)
     x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
     x_test, y_test = torch.from_numpy(x_test), torch.from_numpy(y_test)
     print(f"data: {data_name}, {len(y_train)} train / {len(y_test)} test")
@@ -130,12 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
     reload_acc = accuracy(plain, x_test, y_test)
     print(f"fastnorm checkpoint in a plain torch model: held-out accuracy {reload_acc:.3f}")
 
-    if plot:
-        plot_curves(
-            [("training loss per step", "step", {k: v["losses"] for k, v in runs.items()})],
-            plot,
-            title="torch modules + torch.optim.AdamW vs fastnorm.torch swapped in",
-        )
     metrics = {
         "data": data_name,
         "swapped": n_swapped,
@@ -145,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         "max_loss_diff": diff,
         "reloaded_accuracy": reload_acc,
     }
-    write_json(args.json, metrics)
-    return metrics
+    panels = [("training loss per step", "step", metrics["losses"])]
+    return finish(args, metrics, panels, "torch modules + torch.optim.AdamW vs fastnorm.torch swapped in")
 
 
 if __name__ == "__main__":

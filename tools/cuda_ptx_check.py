@@ -33,6 +33,7 @@ from fastnorm._kernels.cuda import matmul as MM
 from fastnorm._kernels.cuda import optim as O
 from fastnorm._kernels.cuda import row_kernels as RK
 from fastnorm._kernels.cuda import transport as TR
+from fastnorm._kernels.cuda import wasserstein as W
 from fastnorm._kernels.cuda import weight_norm as WN
 from fastnorm._kernels.cuda._common import ACC, BF16, arr, register_cap
 
@@ -50,7 +51,7 @@ class _Recorded:
 def _recorded(build, *args):
     """Run ``build(*args)`` (a kernel module's own cached builder) with ``Kernel`` recorded, not compiled:
     the signatures are the launchers' own."""
-    mods = (C, CK, CN, LR, MM, RK, TR, WN, BNS, L)
+    mods = (C, CK, CN, LR, MM, RK, TR, W, WN, BNS, L)
     saved = {m: m.__dict__.get("Kernel") for m in mods}
     cache = dict(C._cache)
     try:
@@ -78,22 +79,14 @@ def _row_specs(out, dt):
     for n in (128, 1024, 4096, 8192, 1 << 16):
         for rms in (False, True):
             ln = "rms" if rms else "ln"
-            t, r, vpt = L.row_config(n, L.FWD_VPT)
-            for add in (False, True):
-                pre = "add_" if add else ""
-                _add(
-                    out,
-                    f"{pre}{ln}_fwd {nm} n={n} T={t} R={r} VPT={vpt}",
-                    _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add),
-                )
-            t, r, vpt = L.bwd_config(n, dt)
-            for add in (False, True):
-                pre = "add_" if add else ""
-                _add(
-                    out,
-                    f"{pre}{ln}_bwd {nm} n={n} T={t} R={r} VPT={vpt}",
-                    _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add),
-                )
+            for kind, (t, r, vpt) in (("fwd", L.row_config(n, L.FWD_VPT)), ("bwd", L.bwd_config(n, dt))):
+                for add in (False, True):
+                    pre = "add_" if add else ""
+                    _add(
+                        out,
+                        f"{pre}{ln}_{kind} {nm} n={n} T={t} R={r} VPT={vpt}",
+                        _recorded(L._get, kind, dt, t, r, vpt, rms, False, add),
+                    )
     t, r, vpt = L.row_config(4096, L.FWD_VPT)
     for wb in ((True, True), (True, False), (False, False)):  # the launchers' compile-time affine variants
         for rms in (False, True):
@@ -195,7 +188,7 @@ def _misc_specs(out, dt):
     out.append((f"gemm {nm}", MM._make_gemm(dt), f"void({a2}, {a2}, {a2})", register_cap(256, ACC[dt])))
     if dt == np.float16:
         return
-    for k, rec in _recorded(TR._w1d_kernels, dt).items():
+    for k, rec in _recorded(W._w1d_kernels, dt).items():
         _add(out, f"wasserstein_1d {k} {nm}", rec)
     f64 = dt == np.float64
     for algo, flags in (

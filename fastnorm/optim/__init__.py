@@ -92,8 +92,8 @@ from __future__ import annotations
 
 from ._algos import ALGOS, MASTER, Algo, Hp
 from ._algos import PRECISION as _PRECISION
+from ._algos import check_options as _check_options
 from ._algos import check_precision as _precision
-from ._algos import flag as _flag
 from ._plan import rounding_keys
 from .functional import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
 from .optimizer import CLASSES, SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
@@ -116,4 +116,4 @@ __all__ = [
     "rounding_keys",
 ]
 # the declarations, read by fastnorm.torch.optim and the tests
-_ = (ALGOS, CLASSES, Algo, Hp, _PRECISION, _precision, _flag)
+_ = (ALGOS, CLASSES, Algo, Hp, _PRECISION, _precision, _check_options)

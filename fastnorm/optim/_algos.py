@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _validation as V
 
-__all__ = ["Hp", "Algo", "ALGOS", "MASTER", "PRECISION", "number", "flag", "check_precision"]
+__all__ = ["Hp", "Algo", "ALGOS", "MASTER", "PRECISION", "number", "check_precision", "check_options"]
 
 MASTER = "master_param"  # the state key of the float32 master copy of a 16-bit parameter
 
@@ -26,13 +26,6 @@ def number(v):
     return v
 
 
-def flag(op: str, name: str, v) -> bool:
-    """A bool (Python or NumPy): TypeError naming ``name`` otherwise."""
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name} must be a bool, got {type(v).__name__}")
-    return bool(v)
-
-
 @dataclass(frozen=True)
 class Hp:
     """One hyperparameter, declared once: its default and valid range (a bool default: a flag; an int
@@ -45,7 +38,7 @@ class Hp:
 
     def check(self, op: str, name: str, value):
         if isinstance(self.default, bool):
-            return flag(op, name, value)
+            return V.flag(op, name, value)
         if isinstance(self.default, int):
             return V.integer(op, name, number(value), low=self.low, high=self.high)
         return V.scalar(op, name, number(value), low=self.low, high=self.high, high_open=self.high_open)
@@ -77,6 +70,13 @@ def check_precision(op: str, master_params, stochastic_rounding, seed) -> tuple:
     return master_params, sr, seed
 
 
+def check_options(op: str, values: dict) -> dict:
+    """The classes' 16-bit options (``PRECISION``'s names, all present in ``values``), checked and converted."""
+    h = {k: hp.check(op, k, values[k]) for k, hp in PRECISION.items()}
+    _exclusive(op, h["master_weights"], h["stochastic_rounding"])
+    return h
+
+
 @dataclass(frozen=True)
 class Algo:
     """An optimizer algorithm, declared once.
@@ -90,7 +90,8 @@ class Algo:
     the value new state starts at (Adagrad's ``initial_accumulator_value``; it then exists from the
     constructor on); ``counts_steps``: whether the state dict keeps ``step`` (SGD: only with stochastic
     rounding, whose keys use it); ``takes_step``: the functional step takes ``step`` (its scalars use
-    the step number).
+    the step number); ``fixed``: hyperparameters held at one value (AdamW's decoupled weight decay),
+    arguments of neither its class nor its functional step.
     """
 
     name: str
@@ -106,12 +107,16 @@ class Algo:
     fill: Callable[[dict], float] | None = None
     counts_steps: bool = True
     takes_step: bool = False
+    fixed: dict = field(default_factory=dict)
 
     def check(self, op: str, values: dict) -> dict:
         """``values`` (functional names) checked and converted (floats, bools), in declaration order."""
         specs = {**self.hyper, **self.class_only}
         h = {k: specs[k].check(op, k, values[k]) for k in specs if k in values}
         _exclusive(op, h.get("master_weights", False), h.get("stochastic_rounding", False))
+        for k, v in self.fixed.items():
+            if h.get(k, v) != v:
+                raise ValueError(f"{op}: {k} must stay {v} in {self.name} (it is fixed by the algorithm)")
         if self.extra_check is not None:
             self.extra_check(op, h)
         return h
@@ -205,11 +210,6 @@ def _adam_scalars(h, t):
 def _check_nesterov(op: str, h: dict) -> None:
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         raise ValueError(f"{op}: nesterov=True requires momentum > 0 and dampening = 0")
-
-
-def _check_decoupled(op: str, h: dict) -> None:
-    if not h.get("decoupled_weight_decay", True):
-        raise ValueError(f"{op}: decoupled_weight_decay must stay True (use Adam for L2 weight decay)")
 
 
 _LR = Hp(1e-3, low=0.0)
@@ -306,7 +306,7 @@ ALGOS = {
     "adamw": Algo(
         "adamw",
         {**_ADAM_HYPER, "weight_decay": Hp(1e-2, low=0.0), "decoupled_weight_decay": Hp(True)},
-        extra_check=_check_decoupled,
+        fixed={"decoupled_weight_decay": True},
         **_ADAM,
     ),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from .. import _dtypes
 from .. import _validation as V
 from .._backend import backend_of
+from . import _doc
 from . import _plan as P
 from ._algos import ALGOS, Algo, check_precision
 
@@ -110,6 +112,7 @@ def _first_buffers(be, params: list, bufs: list):
     return first, fresh
 
 
+@_doc.fill(ALGOS["sgd"], "SGD")
 def sgd_step(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
@@ -134,23 +137,15 @@ def sgd_step(
 
     Parameters
     ----------
-    params, grads : list of arrays
-        The parameters (updated in place) and their gradients.
+    {arrays}
     momentum_buffers : list, optional
         Needed when momentum != 0: one entry per parameter; None entries are the first step: a buffer is
         allocated, set to g and stored in the list.
-    lr, momentum, dampening, weight_decay, nesterov, maximize
-        As ``torch.optim.SGD``.
-    master_params, stochastic_rounding, seed
-        16-bit parameters (every functional step): see "16-bit parameters" in ``fastnorm.optim``.
-
-    Returns
-    -------
-    None
     """
     run_step("sgd_step", ALGOS["sgd"], locals(), new_state=_first_buffers)
 
 
+@_doc.fill(ALGOS["adagrad"], "Adagrad")
 def adagrad_step(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
@@ -173,22 +168,15 @@ def adagrad_step(
 
     Parameters
     ----------
-    params, grads, state_sums : list of arrays
-        Parameters and state (updated in place), gradients.
-    step : int or sequence of int
-        This update's number (from 1), one int or one per tensor.
-    lr, lr_decay, weight_decay, eps, maximize
-        As ``torch.optim.Adagrad``.
-    master_params, stochastic_rounding, seed
-        See "16-bit parameters" in ``fastnorm.optim``.
-
-    Returns
-    -------
-    None
+    {arrays}
+    {step}
+    state_sums : list of arrays
+        The sums of squared gradients, updated in place.
     """
     run_step("adagrad_step", ALGOS["adagrad"], locals())
 
 
+@_doc.fill(ALGOS["adadelta"], "Adadelta")
 def adadelta_step(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
@@ -212,20 +200,14 @@ def adadelta_step(
 
     Parameters
     ----------
-    params, grads, square_avgs, acc_deltas : list of arrays
-        Parameters and state (updated in place), gradients.
-    lr, rho, eps, weight_decay, maximize
-        As ``torch.optim.Adadelta``.
-    master_params, stochastic_rounding, seed
-        See "16-bit parameters" in ``fastnorm.optim``.
-
-    Returns
-    -------
-    None
+    {arrays}
+    square_avgs, acc_deltas : list of arrays
+        The running averages of g * g and of delta * delta, updated in place.
     """
     run_step("adadelta_step", ALGOS["adadelta"], locals())
 
 
+@_doc.fill(ALGOS["rmsprop"], "RMSprop")
 def rmsprop_step(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
@@ -254,22 +236,16 @@ def rmsprop_step(
 
     Parameters
     ----------
-    params, grads, square_avgs : list of arrays
-        Parameters and state (updated in place), gradients.
+    {arrays}
+    square_avgs : list of arrays
+        The running average of g * g, updated in place.
     grad_avgs, momentum_buffers : list of arrays, optional
         Needed when ``centered``, when ``momentum > 0``.
-    lr, alpha, eps, weight_decay, momentum, centered, maximize
-        As ``torch.optim.RMSprop``.
-    master_params, stochastic_rounding, seed
-        See "16-bit parameters" in ``fastnorm.optim``.
-
-    Returns
-    -------
-    None
     """
     run_step("rmsprop_step", ALGOS["rmsprop"], locals())
 
 
+@_doc.fill(ALGOS["adam"], "Adam", " (``betas=(beta1, beta2)``)")
 def adam_step(
     params: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
@@ -300,48 +276,43 @@ def adam_step(
 
     Parameters
     ----------
-    params, grads, exp_avgs, exp_avg_sqs : list of arrays
-        Parameters and state (updated in place), gradients.
+    {arrays}
+    {step}
+    exp_avgs, exp_avg_sqs : list of arrays
+        The running averages of g and of g * g, updated in place.
     max_exp_avg_sqs : list of arrays, optional
         Needed when ``amsgrad``.
-    step : int or sequence of int
-        This update's number (from 1), one int or one per tensor.
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
-        As ``torch.optim.Adam`` (``betas=(beta1, beta2)``).
-    master_params, stochastic_rounding, seed
-        See "16-bit parameters" in ``fastnorm.optim``.
-
-    Returns
-    -------
-    None
     """
     run_step("adam_step", ALGOS["adam"], locals())
 
 
-def adamw_step(
-    params: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    exp_avgs: Sequence[np.ndarray],
-    exp_avg_sqs: Sequence[np.ndarray],
-    max_exp_avg_sqs: Sequence[np.ndarray] | None = None,
-    *,
-    step: int | Sequence[int],
-    lr: float = 1e-3,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 1e-2,
-    amsgrad: bool = False,
-    maximize: bool = False,
-    master_params: list | None = None,
-    stochastic_rounding: bool = False,
-    seed: int = 0,
-) -> None:
-    """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay
-    (``p = p * (1 - lr * weight_decay)`` before the Adam update; parameters as ``adam_step``).
+def _less_fixed(base, spec: Algo) -> inspect.Signature:
+    """``base``'s signature without the options ``spec`` fixes, with the defaults ``spec`` declares."""
+    sig = inspect.signature(base)
+    keep = [
+        p.replace(default=spec.hyper[k].default) if k in spec.hyper and p.default is not p.empty else p
+        for k, p in sig.parameters.items()
+        if k not in spec.fixed
+    ]
+    return sig.replace(parameters=keep)
 
-    Returns
-    -------
-    None
+
+@_doc.fill(ALGOS["adamw"], "AdamW")
+def adamw_step(*args, **kwargs) -> None:
+    """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay
+    (``p = p * (1 - lr * weight_decay)`` before the Adam update), whose arguments it takes, less
+    ``decoupled_weight_decay`` (always True), with ``weight_decay=1e-2`` by default.
+
+    Parameters
+    ----------
+    {arrays}
+    exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step
+        As ``adam_step``.
     """
-    run_step("adamw_step", ALGOS["adamw"], {**locals(), "decoupled_weight_decay": True})
+    bound = adamw_step.__signature__.bind(*args, **kwargs)
+    bound.apply_defaults()
+    spec = ALGOS["adamw"]
+    run_step("adamw_step", spec, {**bound.arguments, **spec.fixed})
+
+
+adamw_step.__signature__ = _less_fixed(adam_step, ALGOS["adamw"])

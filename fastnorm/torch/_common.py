@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -11,6 +15,39 @@ from .._dtypes import BFLOAT16
 
 class FastnormFallbackWarning(UserWarning):
     """A fastnorm module, loss or optimizer ran torch's own implementation (unsupported dtype or device)."""
+
+
+# numpydoc entries shared by the trailing-dims norms (layer_norm, rms_norm and their fused-add forms)
+_TRAILING = """normalized_shape : int or sequence of int
+    The trailing dims normalized together."""
+DOC = {
+    "trailing": f"""input : Tensor
+    (*, *normalized_shape).
+{_TRAILING}""",
+    "add_trailing": f"""x, residual : Tensor
+    Same shape and dtype (float32, float64; bfloat16/float16 where the CPU kernels take them), ending
+    with ``normalized_shape``. h is rounded to their dtype once, then normalized.
+{_TRAILING}""",
+}
+_PLACEHOLDER = re.compile(r"^( *)\{(\w+)\}$", re.MULTILINE)
+
+
+def fill_docs(namespace: dict, names) -> None:
+    """In the docstrings of the functions ``names`` of a module (its ``globals()``), each line that is only
+    ``{key}`` becomes the entry ``DOC[key]``, indented as the placeholder was (``help()`` then shows the
+    complete text)."""
+    for name in names:
+        fn = namespace[name]
+        if fn.__doc__:
+            fn.__doc__ = _PLACEHOLDER.sub(lambda m: textwrap.indent(DOC[m.group(2)], m.group(1)), fn.__doc__)
+
+
+def warn_once(seen: set, where: str, reason: str, instead: str = "running torch's implementation instead") -> None:
+    """A ``FastnormFallbackWarning`` "<where>: <reason>; <instead>", once per (where, reason) in ``seen``
+    (each module keeps its own set, which tests may reset), pointing at the caller's caller."""
+    if (where, reason) not in seen:
+        seen.add((where, reason))
+        warnings.warn(f"{where}: {reason}; {instead}", FastnormFallbackWarning, stacklevel=4)
 
 
 def _arr(t: Tensor | None):

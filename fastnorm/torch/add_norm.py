@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import _bind
+from ._common import fill_docs
 from .functional import _check, _normalized_ndim, _register_half_probe
 
 __all__ = ["add_layer_norm", "add_rms_norm"]
@@ -59,11 +60,7 @@ def add_layer_norm(
 
     Parameters
     ----------
-    x, residual : Tensor
-        Same shape and dtype (float32, float64; bfloat16/float16 where the CPU kernels take them), ending
-        with ``normalized_shape``. h is rounded to their dtype once, then normalized.
-    normalized_shape : int or sequence of int
-        The trailing dims normalized together.
+    {add_trailing}
     weight, bias : Tensor, optional
         ``normalized_shape``; in x's dtype, or float32 beside 16-bit x.
     eps : float
@@ -94,11 +91,7 @@ def add_rms_norm(
 
     Parameters
     ----------
-    x, residual : Tensor
-        Same shape and dtype (float32, float64; bfloat16/float16 where the CPU kernels take them), ending
-        with ``normalized_shape``. h is rounded to their dtype once, then normalized.
-    normalized_shape : int or sequence of int
-        The trailing dims normalized together.
+    {add_trailing}
     weight : Tensor, optional
         ``normalized_shape``; in x's dtype, or float32 beside 16-bit x.
     eps : float, optional
@@ -116,3 +109,6 @@ def add_rms_norm(
     if eps is None:
         eps = torch.finfo(x.dtype).eps
     return ADD_RMS_NORM.apply(x, residual, weight, k, float(eps))
+
+
+fill_docs(globals(), __all__)

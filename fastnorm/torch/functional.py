@@ -29,7 +29,7 @@ import fastnorm._dispatch
 
 from . import _bind
 from ._bind import call as _call  # noqa: F401  (losses.py, transport.py use it from here)
-from ._common import _arr, _ten  # noqa: F401  (distributed.py, losses.py use them from here)
+from ._common import _arr, _ten, fill_docs  # noqa: F401  (distributed.py, losses.py use them from here)
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -225,10 +225,7 @@ def layer_norm(
 
     Parameters
     ----------
-    input : Tensor
-        (*, *normalized_shape).
-    normalized_shape : int or sequence of int
-        The trailing dims normalized together.
+    {trailing}
     weight, bias : Tensor, optional
         ``normalized_shape``.
     eps : float
@@ -257,10 +254,7 @@ def rms_norm(
 
     Parameters
     ----------
-    input : Tensor
-        (*, *normalized_shape).
-    normalized_shape : int or sequence of int
-        The trailing dims normalized together.
+    {trailing}
     weight : Tensor, optional
         ``normalized_shape``.
     eps : float, optional
@@ -479,6 +473,8 @@ def cosine_linear(input: Tensor, weight: Tensor, eps: float = 1e-8) -> Tensor:
     _check("cosine_linear", input=input, weight=weight)
     return COSINE_LINEAR.apply(input, weight, float(eps))
 
+
+fill_docs(globals(), __all__)
 
 # Fused residual add + norm, defined in their own module.
 from .add_norm import add_layer_norm, add_rms_norm  # noqa: E402

@@ -23,8 +23,6 @@ breaks (as ``fastnorm.torch.functional``). Double backward is not supported.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -33,7 +31,7 @@ from torch.library import custom_op
 import fastnorm
 
 from . import functional as _F
-from ._common import FastnormFallbackWarning
+from ._common import warn_once
 
 __all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
 
@@ -69,15 +67,17 @@ _call, _empty_if_none, _none_if_absent = _F._call, _F._empty_if_none, _F._none_i
 
 
 # ------------------------------------------------------------------------------------- cross-entropy
+def _ce_options(weight, ignore_index: int, label_smoothing: float, reduction: str) -> dict:
+    """The keyword arguments the forward and the backward kernel both take."""
+    return dict(weight=_arr(weight), ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+
+
 def _ce_fwd_impl(logits, target, weight, ignore_index: int, label_smoothing: float, reduction: str, fused: bool):
     loss, lse, g = fastnorm.softmax_cross_entropy_forward(
         _arr(logits),
         _arr(target),
-        weight=_arr(weight),
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
         grad="out" if fused else None,
+        **_ce_options(weight, ignore_index, label_smoothing, reduction),
     )
     return _ten(loss, logits), _ten(lse, logits), _empty_if_none(_ten(g, logits), logits)
 
@@ -88,10 +88,7 @@ def _ce_bwd_impl(dloss, logits, target, lse, weight, ignore_index: int, label_sm
         _arr(logits),
         _arr(target),
         _arr(lse),
-        weight=_arr(weight),
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
+        **_ce_options(weight, ignore_index, label_smoothing, reduction),
     )
     return _ten(g, logits)
 
@@ -278,67 +275,35 @@ def _div_bwd_fake(input, want_x: bool, want_t: bool):
     )
 
 
-@custom_op("fastnorm::kl_div_forward", mutates_args=())
-def _kl_fwd_op(
-    input: Tensor, target: Tensor, reduction: str, log_target: bool, want_x: bool, want_t: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _kl_fwd_impl(input, target, reduction, log_target, want_x, want_t)
+# The custom ops' arguments after (dloss,) input, target: each divergence's own, then the wanted gradients.
+_DIV_ARGS = {
+    "kl": (("reduction", "str"), ("log_target", "bool")),
+    "js": (("labels", "Tensor?"), ("beta", "float"), ("ignore_index", "int"), ("reduction", "str")),
+}
 
 
-@_kl_fwd_op.register_fake
-def _(input, target, reduction, log_target, want_x, want_t):
-    return _div_fwd_fake(input, want_x, want_t, reduction)
+def _div_ops(which: str, fwd_impl, bwd_impl) -> tuple:
+    """``fastnorm::<which>_div_forward`` -> (loss, dx, dt) and ``<which>_div_backward`` -> (dx, dt), with
+    fakes (dx / dt: empty unless wanted)."""
+    extra = _DIV_ARGS[which] + (("want_x", "bool"), ("want_t", "bool"))
+    names = [n for n, _ in extra]
+    args = ", ".join(f"{kind} {n}" for n, kind in extra)
+    fwd_schema = f"(Tensor input, Tensor target, {args}) -> (Tensor, Tensor, Tensor)"
+    bwd_schema = f"(Tensor dloss, Tensor input, Tensor target, {args}) -> (Tensor, Tensor)"
+    fwd = custom_op(f"fastnorm::{which}_div_forward", fwd_impl, mutates_args=(), schema=fwd_schema)
+    bwd = custom_op(f"fastnorm::{which}_div_backward", bwd_impl, mutates_args=(), schema=bwd_schema)
+
+    def fwd_fake(input, target, *rest):
+        kw = dict(zip(names, rest, strict=True))
+        return _div_fwd_fake(input, kw["want_x"], kw["want_t"], kw["reduction"])
+
+    fwd.register_fake(fwd_fake)
+    bwd.register_fake(lambda dloss, input, target, *rest: _div_bwd_fake(input, *rest[-2:]))
+    return fwd, bwd
 
 
-@custom_op("fastnorm::kl_div_backward", mutates_args=())
-def _kl_bwd_op(
-    dloss: Tensor, input: Tensor, target: Tensor, reduction: str, log_target: bool, want_x: bool, want_t: bool
-) -> tuple[Tensor, Tensor]:
-    return _kl_bwd_impl(dloss, input, target, reduction, log_target, want_x, want_t)
-
-
-@_kl_bwd_op.register_fake
-def _(dloss, input, target, reduction, log_target, want_x, want_t):
-    return _div_bwd_fake(input, want_x, want_t)
-
-
-@custom_op("fastnorm::js_div_forward", mutates_args=())
-def _js_fwd_op(
-    input: Tensor,
-    target: Tensor,
-    labels: Tensor | None,
-    beta: float,
-    ignore_index: int,
-    reduction: str,
-    want_x: bool,
-    want_t: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _js_fwd_impl(input, target, labels, beta, ignore_index, reduction, want_x, want_t)
-
-
-@_js_fwd_op.register_fake
-def _(input, target, labels, beta, ignore_index, reduction, want_x, want_t):
-    return _div_fwd_fake(input, want_x, want_t, reduction)
-
-
-@custom_op("fastnorm::js_div_backward", mutates_args=())
-def _js_bwd_op(
-    dloss: Tensor,
-    input: Tensor,
-    target: Tensor,
-    labels: Tensor | None,
-    beta: float,
-    ignore_index: int,
-    reduction: str,
-    want_x: bool,
-    want_t: bool,
-) -> tuple[Tensor, Tensor]:
-    return _js_bwd_impl(dloss, input, target, labels, beta, ignore_index, reduction, want_x, want_t)
-
-
-@_js_bwd_op.register_fake
-def _(dloss, input, target, labels, beta, ignore_index, reduction, want_x, want_t):
-    return _div_bwd_fake(input, want_x, want_t)
+_kl_fwd_op, _kl_bwd_op = _div_ops("kl", _kl_fwd_impl, _kl_bwd_impl)
+_js_fwd_op, _js_bwd_op = _div_ops("js", _js_fwd_impl, _js_bwd_impl)
 
 
 class _DivergenceFunction(torch.autograd.Function):
@@ -493,14 +458,7 @@ _warned: set = set()
 
 
 def _warn_fallback(module, reason: str) -> None:
-    key = (type(module).__name__, reason)
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(
-            f"fastnorm.torch.losses.{type(module).__name__}: {reason}; running torch's implementation instead",
-            FastnormFallbackWarning,
-            stacklevel=3,
-        )
+    warn_once(_warned, f"fastnorm.torch.losses.{type(module).__name__}", reason)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):

@@ -14,13 +14,11 @@ fastnorm one, sharing the same parameter and buffer tensors (an optimizer built 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from . import functional as F
-from ._common import FastnormFallbackWarning
+from ._common import FastnormFallbackWarning, warn_once
 
 __all__ = [
     "FastnormFallbackWarning",
@@ -51,37 +49,35 @@ def _fallback(module: torch.nn.Module, *tensors: Tensor | None) -> bool:
     reason = F.unsupported_reason(*tensors, op=module._fastnorm_op)
     if reason is None:
         return False
-    key = (type(module).__name__, reason)
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(
-            f"fastnorm.torch.nn.{type(module).__name__}: {reason}; running torch's implementation instead",
-            FastnormFallbackWarning,
-            stacklevel=3,
-        )
+    warn_once(_warned, f"fastnorm.torch.nn.{type(module).__name__}", reason)
     return True
 
 
-class LayerNorm(torch.nn.LayerNorm):
+class _Forward:
+    """``forward(input)``: ``F.<_fastnorm_op>(input, *attributes)`` with the module attributes named in
+    ``_args`` (the functional op's arguments after the input, in its order); torch's own forward where
+    fastnorm cannot take the input or the tensor attributes."""
+
+    _fastnorm_op: str
+    _args: tuple
+
+    def forward(self, input: Tensor) -> Tensor:
+        args = [getattr(self, a) for a in self._args]
+        if _fallback(self, input, *(a for a in args if isinstance(a, Tensor))):
+            return super().forward(input)
+        return getattr(F, self._fastnorm_op)(input, *args)
+
+
+class LayerNorm(_Forward, torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` (same arguments and state) on fastnorm's LayerNorm kernels."""
 
-    _fastnorm_op = "layer_norm"
-
-    def forward(self, input: Tensor) -> Tensor:
-        if _fallback(self, input, self.weight, self.bias):
-            return super().forward(input)
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+    _fastnorm_op, _args = "layer_norm", ("normalized_shape", "weight", "bias", "eps")
 
 
-class RMSNorm(torch.nn.RMSNorm):
+class RMSNorm(_Forward, torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` (same arguments and state; ``eps=None``: finfo(dtype).eps) on fastnorm kernels."""
 
-    _fastnorm_op = "rms_norm"
-
-    def forward(self, input: Tensor) -> Tensor:
-        if _fallback(self, input, self.weight):
-            return super().forward(input)
-        return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+    _fastnorm_op, _args = "rms_norm", ("normalized_shape", "weight", "eps")
 
 
 class AddLayerNorm(torch.nn.LayerNorm):
@@ -193,26 +189,16 @@ class InstanceNorm3d(_InstanceNormApply, torch.nn.InstanceNorm3d):
     """``torch.nn.InstanceNorm3d`` ((N, C, D, H, W) or (C, D, H, W)) on fastnorm's InstanceNorm kernels."""
 
 
-class GroupNorm(torch.nn.GroupNorm):
+class GroupNorm(_Forward, torch.nn.GroupNorm):
     """``torch.nn.GroupNorm`` on fastnorm's GroupNorm kernels."""
 
-    _fastnorm_op = "group_norm"
-
-    def forward(self, input: Tensor) -> Tensor:
-        if _fallback(self, input, self.weight, self.bias):
-            return super().forward(input)
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+    _fastnorm_op, _args = "group_norm", ("num_groups", "weight", "bias", "eps")
 
 
-class LocalResponseNorm(torch.nn.LocalResponseNorm):
+class LocalResponseNorm(_Forward, torch.nn.LocalResponseNorm):
     """``torch.nn.LocalResponseNorm`` on fastnorm's LRN kernels."""
 
-    _fastnorm_op = "local_response_norm"
-
-    def forward(self, input: Tensor) -> Tensor:
-        if _fallback(self, input):
-            return super().forward(input)
-        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+    _fastnorm_op, _args = "local_response_norm", ("size", "alpha", "beta", "k")
 
 
 class WeightNormLinear(torch.nn.Module):

@@ -34,14 +34,13 @@ state and its position among the group's parameters with a gradient; SGD keeps a
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
 import fastnorm.optim as _fo
 
-from ._common import FastnormFallbackWarning, _arr
+from ._common import FastnormFallbackWarning as FastnormFallbackWarning  # re-exported
+from ._common import _arr, warn_once
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"]
 
@@ -91,12 +90,11 @@ def _bump(state_steps: list[torch.Tensor]) -> None:
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _HALF = (torch.bfloat16, torch.float16)
-_OPTIONS = ("master_weights", "stochastic_rounding", "seed")
-_OPTION_DEFAULTS = (False, False, 0)
+_OPTIONS = {k: hp.default for k, hp in _fo._PRECISION.items()}  # the 16-bit options and their defaults
 
 
-def _zeros32(p: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+def _full32(p: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    return torch.full_like(p, fill, dtype=torch.float32, memory_format=torch.contiguous_format)
 
 
 def route(params) -> str | None:
@@ -123,13 +121,12 @@ class _FastnormStep:
     """Mixin: ``step`` runs ``_fastnorm_group`` per parameter group, torch's step where fastnorm cannot."""
 
     _UNSUPPORTED_FLAGS = ("differentiable", "capturable", "fused")
-    _STATE32: tuple = ()  # the state torch creates in the parameter's dtype (made float32 for 16-bit ones)
 
     def __init__(self, params, *args, master_weights=False, stochastic_rounding=False, seed=0, **kwargs):
         opts = {"master_weights": master_weights, "stochastic_rounding": stochastic_rounding, "seed": seed}
         self._options = self._check_options(opts)
         super().__init__(params, *args, **kwargs)
-        if opts != dict(zip(_OPTIONS, _OPTION_DEFAULTS)):  # default options: groups and state dicts as torch's
+        if opts != _OPTIONS:  # default options: groups and state dicts as torch's
             self.defaults.update(opts)
             for group in self.param_groups:
                 for k, v in opts.items():
@@ -137,29 +134,23 @@ class _FastnormStep:
 
     def _check_options(self, group: dict) -> dict:
         """The group's 16-bit options (defaults for a group loaded from a plain torch state dict), checked."""
-        base = getattr(self, "_options", None) or dict(zip(_OPTIONS, _OPTION_DEFAULTS))
+        base = getattr(self, "_options", None) or _OPTIONS
         group = {k: group.get(k, base[k]) for k in _OPTIONS}
-        name = f"fastnorm.torch.optim.{type(self).__name__}"
-        _fo._precision(name, None, group["stochastic_rounding"], group["seed"])
-        if _fo._flag(name, "master_weights", group["master_weights"]) and group["stochastic_rounding"]:
-            raise ValueError(
-                f"{name}: master_weights=True and stochastic_rounding=True exclude each other (with master "
-                "weights the parameter is the master rounded to nearest even)"
-            )
+        _fo._check_options(f"fastnorm.torch.optim.{type(self).__name__}", group)
         return group
 
     def _half_state(self, group: dict, p: torch.Tensor, state: dict) -> None:
-        """Create the state torch's ``_init_group`` would (in float32) for a 16-bit parameter, if missing."""
-        if not state:
+        """Create the state torch's ``_init_group`` would (in float32) for a 16-bit parameter, if missing: the
+        declared streams the options use, at the declared starting value (not SGD's momentum buffer: its
+        first step sets it), and ``step`` where it is counted (SGD: for stochastic rounding only)."""
+        spec = _fo.ALGOS[self._ALGO]
+        if not state and spec.first_step is None:
+            for name in spec.used(self._hyper(group)):
+                state[name] = _full32(p, 0.0 if spec.fill is None else spec.fill(group))
+        if (spec.counts_steps or group.get("stochastic_rounding")) and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            for name in self._STATE32:
-                if self._uses(group, name):
-                    state[name] = _zeros32(p)
         if group.get("master_weights") and "master_param" not in state:
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
-
-    def _uses(self, group: dict, name: str) -> bool:
-        return True
 
     def _precision_args(self, group: dict, params: list) -> dict:
         """The 16-bit options of the functional call (master_params only when some parameter is 16-bit)."""
@@ -185,14 +176,7 @@ class _FastnormStep:
         return route(group["params"])
 
     def _warn_fallback(self, reason: str) -> None:
-        key = (type(self).__name__, reason)
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(
-                f"fastnorm.torch.optim.{type(self).__name__}: {reason}; using torch's step instead",
-                FastnormFallbackWarning,
-                stacklevel=3,
-            )
+        warn_once(_warned, f"fastnorm.torch.optim.{type(self).__name__}", reason, "using torch's step instead")
 
     def _torch_step(self):
         """torch's own ``step`` for this class, without the step-hook wrapper torch puts on every optimizer
@@ -301,12 +285,6 @@ class SGD(_FastnormStep, torch.optim.SGD):
 
     _ALGO, _LISTS = "sgd", ("momentum_buffer",)
 
-    def _half_state(self, group, p, state):
-        if group.get("stochastic_rounding") and "step" not in state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        if group.get("master_weights") and "master_param" not in state:
-            state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format).clone()
-
     def _fold_step(self, prec, params):
         steps = [self.state[p]["step"] for p in params if p.dtype in _HALF and "step" in self.state[p]]
         if prec["stochastic_rounding"] and steps:  # SGD's functional step has no step number: fold it in
@@ -334,7 +312,6 @@ class Adadelta(_FastnormStep, torch.optim.Adadelta):
     """``torch.optim.Adadelta`` (lr, rho, eps, weight_decay, maximize) on ``fastnorm.optim.adadelta_step``."""
 
     _ALGO, _LISTS = "adadelta", ("square_avg", "acc_delta", "step")
-    _STATE32 = ("square_avg", "acc_delta")
 
 
 class RMSprop(_FastnormStep, torch.optim.RMSprop):
@@ -342,12 +319,6 @@ class RMSprop(_FastnormStep, torch.optim.RMSprop):
     ``fastnorm.optim.rmsprop_step``."""
 
     _ALGO, _LISTS = "rmsprop", ("square_avg", "momentum_buffer", "grad_avg", "step")
-    _STATE32 = ("square_avg", "momentum_buffer", "grad_avg")
-
-    def _uses(self, group, name):
-        if name == "momentum_buffer":
-            return _f(group["momentum"]) > 0
-        return name != "grad_avg" or bool(group["centered"])
 
 
 class Adam(_FastnormStep, torch.optim.Adam):
@@ -355,13 +326,9 @@ class Adam(_FastnormStep, torch.optim.Adam):
     ``fastnorm.optim.adam_step``."""
 
     _ALGO, _LISTS = "adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
-    _STATE32 = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def _uses(self, group, name):
-        return name != "max_exp_avg_sq" or bool(group["amsgrad"])
 
 
 class AdamW(Adam, torch.optim.AdamW):
     """``torch.optim.AdamW`` (decoupled weight decay, default 1e-2) on ``fastnorm.optim.adam_step``."""
 
-    _FIXED = {"decoupled_weight_decay": True}
+    _FIXED = _fo.ALGOS["adamw"].fixed
