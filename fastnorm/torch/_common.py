@@ -72,3 +72,18 @@ def _ten(a, like: Tensor) -> Tensor | None:
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     return torch.as_tensor(a, device=like.device)
+
+
+def batch_norm_args(m) -> tuple:
+    """torch's ``_BatchNorm.forward`` bookkeeping for BatchNorm module ``m``: in training with running
+    statistics, count the batch (``num_batches_tracked``); returns the arguments of ``batch_norm``
+    ``(running_mean, running_var, training, momentum)`` (momentum None: the cumulative average's factor)."""
+    factor = 0.0 if m.momentum is None else m.momentum
+    if m.training and m.track_running_stats and m.num_batches_tracked is not None:
+        m.num_batches_tracked.add_(1)
+        if m.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(m.num_batches_tracked)
+    bn_training = m.training or (m.running_mean is None and m.running_var is None)
+    update_or_use = not m.training or m.track_running_stats
+    running = (m.running_mean, m.running_var) if update_or_use else (None, None)
+    return *running, bn_training, factor

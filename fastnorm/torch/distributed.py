@@ -45,6 +45,7 @@ from torch import Tensor
 import fastnorm
 
 from . import functional as F
+from ._common import batch_norm_args
 
 __all__ = ["SyncBatchNorm"]
 
@@ -362,14 +363,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        running_mean = self.running_mean if not self.training or self.track_running_stats else None
-        running_var = self.running_var if not self.training or self.track_running_stats else None
+        running_mean, running_var, bn_training, factor = batch_norm_args(self)
         group, world = self._group()
         if not (bn_training and self.training and world > 1):
             return self._local(input, running_mean, running_var, bn_training, factor)

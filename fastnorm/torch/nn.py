@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._common import FastnormFallbackWarning, warn_once
+from ._common import FastnormFallbackWarning, batch_norm_args, warn_once
 
 __all__ = [
     "FastnormFallbackWarning",
@@ -126,23 +126,8 @@ class _BatchNormForward:
         if _fallback(self, input, self.weight, self.bias, self.running_mean, self.running_var):
             return super().forward(input)
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        update_or_use = not self.training or self.track_running_stats
-        return F.batch_norm(
-            input,
-            self.running_mean if update_or_use else None,
-            self.running_var if update_or_use else None,
-            self.weight,
-            self.bias,
-            bn_training,
-            factor,
-            self.eps,
-        )
+        running_mean, running_var, bn_training, factor = batch_norm_args(self)
+        return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training, factor, self.eps)
 
 
 class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
