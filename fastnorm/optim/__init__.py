@@ -85,7 +85,8 @@ The gradient-descent family in these terms
   meet at the end because ``p = q - mu * v``).
 
 Layout: ``_algos`` (the declarations), ``_plan`` (address tables and kernel launches), ``functional``
-(the steps), ``optimizer`` (the classes). The classes and the functional steps run the same plan runner.
+(the steps), ``_doc`` (the steps' shared docstring entries), ``optimizer`` (the classes). The classes and
+the functional steps check the hyperparameters with the same declaration and run the same plan runner.
 """
 
 from __future__ import annotations
