@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -286,22 +285,28 @@ def adam_step(
     run_step("adam_step", ALGOS["adam"], locals())
 
 
-def _less_fixed(base, spec: Algo) -> inspect.Signature:
-    """``base``'s signature without the options ``spec`` fixes, with the defaults ``spec`` declares."""
-    sig = inspect.signature(base)
-    keep = [
-        p.replace(default=spec.hyper[k].default) if k in spec.hyper and p.default is not p.empty else p
-        for k, p in sig.parameters.items()
-        if k not in spec.fixed
-    ]
-    return sig.replace(parameters=keep)
-
-
 @_doc.fill(ALGOS["adamw"], "AdamW")
-def adamw_step(*args, **kwargs) -> None:
+def adamw_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None = None,
+    *,
+    step: int | Sequence[int],
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    master_params: list | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+) -> None:
     """AdamW step in place, like ``torch.optim.AdamW``: ``adam_step`` with decoupled weight decay
-    (``p = p * (1 - lr * weight_decay)`` before the Adam update), whose arguments it takes, less
-    ``decoupled_weight_decay`` (always True), with ``weight_decay=1e-2`` by default.
+    (``p = p * (1 - lr * weight_decay)`` before the Adam update).
 
     Parameters
     ----------
@@ -309,10 +314,4 @@ def adamw_step(*args, **kwargs) -> None:
     exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step
         As ``adam_step``.
     """
-    bound = adamw_step.__signature__.bind(*args, **kwargs)
-    bound.apply_defaults()
-    spec = ALGOS["adamw"]
-    run_step("adamw_step", spec, {**bound.arguments, **spec.fixed})
-
-
-adamw_step.__signature__ = _less_fixed(adam_step, ALGOS["adamw"])
+    run_step("adamw_step", ALGOS["adamw"], {**locals(), **ALGOS["adamw"].fixed})
