@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _validation as V
+from ._backend import host
 from ._dispatch import backend_of
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
@@ -76,7 +77,7 @@ def _values(be, op, u_values, v_values, u_weights, v_weights):
     vw = V.param(be, op, "v_weights", v_weights, v.shape, u.dtype)
     for name, w in (("u_weights", uw), ("v_weights", vw)):
         if w is not None:
-            _check_weights(op, name, _to_host(be, w))
+            _check_weights(op, name, host(be, w))
     return u, v, uw, vw
 
 
@@ -86,14 +87,6 @@ def _p(op: str, p) -> float:
 
 def _absent2(be, dtype):
     return be.empty((0, 0), dtype)
-
-
-def _to_host(be, a) -> np.ndarray:
-    """A device array's contents on the host (for the value checks; a synchronizing copy)."""
-    if be.name == "cpu":
-        return a
-    copy = getattr(a, "copy_to_host", None)
-    return np.asarray(copy() if copy is not None else a.numba().copy_to_host())
 
 
 def _sorted(be, x2, w2, need_sorter: bool):
@@ -292,10 +285,10 @@ def _masses(be, op: str, name: str, x, lead: tuple, k: int, dtype):
         raise ValueError(
             f"{op}: {name} must have shape {(k,)} or {tuple(lead) + (k,)} to match cost, got {tuple(x.shape)}"
         )
-    host = _to_host(be, x)
-    _check_weights(op, name, host)
+    values = host(be, x)
+    _check_weights(op, name, values)
     rows = 1 if x.ndim == 1 else math.prod(lead)
-    return x.reshape(rows, k), host.reshape(rows, k).sum(axis=-1, dtype=np.float64)
+    return x.reshape(rows, k), values.reshape(rows, k).sum(axis=-1, dtype=np.float64)
 
 
 def sinkhorn(

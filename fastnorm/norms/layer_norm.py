@@ -30,7 +30,8 @@ from .._spec import (
     ops,
     register,
 )
-from ._common import empty_reduction, fill, host, opt, partials, put, round_back, stat_outputs, to_stat
+from .._backend import host
+from ._common import empty_reduction, fill, opt, partials, put, round_back, stat_outputs, to_stat
 
 LayerNormForward = NormStats
 LayerNormBackward = AffineGrads

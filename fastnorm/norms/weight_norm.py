@@ -12,7 +12,8 @@ from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
 from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
-from ._common import fill, host, put, round_back, stat_outputs, to_stat
+from .._backend import host
+from ._common import fill, put, round_back, stat_outputs, to_stat
 
 
 # ----------------------------------------------------------------------------------------------- WeightNorm
