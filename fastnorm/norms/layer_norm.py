@@ -13,6 +13,7 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
+from .._doc import fill_doc
 from .._spec import (
     STAT,
     AffineGrads,
@@ -170,6 +171,7 @@ def _layer_norm_dx_one(be, dy, x, mean, rstd, weight) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- LayerNorm
+@fill_doc(LAYER_NORM_FWD)
 def layer_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -195,10 +197,8 @@ def layer_norm_forward(
         In x's dtype, or float32 beside 16-bit x (torch's mixed-dtype LayerNorm).
     eps : float
         Added to the variance; any float, as in torch (0 or negative: rstd is inf/NaN for constant rows).
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple or None
-        ``(y, mean, rstd)`` buffers (entries may be None).
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -210,6 +210,7 @@ def layer_norm_forward(
     return rows_forward(LAYER_NORM_FWD, dict(x=x, weight=weight, bias=bias), eps, normalized_ndim, out)
 
 
+@fill_doc(LAYER_NORM_BWD)
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -238,8 +239,7 @@ def layer_norm_backward(
         The forward's parameters; ``bias`` only says whether dbias is wanted.
     normalized_ndim : int
         As in the forward.
-    out : tuple or None
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -252,6 +252,7 @@ def layer_norm_backward(
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
+@fill_doc(RMS_NORM_FWD)
 def rms_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -274,10 +275,8 @@ def rms_norm_forward(
         In x's dtype, or float32 beside 16-bit x.
     eps : float
         Added to the mean square; any float, as in torch.
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple or None
-        ``(y, rstd)`` buffers.
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -288,6 +287,7 @@ def rms_norm_forward(
     return rows_forward(RMS_NORM_FWD, dict(x=x, weight=weight), eps, normalized_ndim, out)
 
 
+@fill_doc(RMS_NORM_BWD)
 def rms_norm_backward(
     dy: Array,
     x: Array,
@@ -313,8 +313,7 @@ def rms_norm_backward(
         The forward's scale.
     normalized_ndim : int
         As in the forward.
-    out : tuple or None
-        ``(dx, dweight)`` buffers.
+    %(out)s
 
     Returns
     -------
