@@ -144,3 +144,44 @@ def test_float_input_array_likes_follow_on_host():
 def test_host_is_a_view_on_the_cpu():
     a = np.arange(5.0)
     assert host(CPU, a) is a
+
+
+# ------------------------------------------------------------------------------- registry is the wiring
+def test_every_declared_op_is_wired_from_the_registry():
+    """A declaration is all the wiring a norm op needs in the public layer: exports, reference, and the
+    docstring's out= entry rendered from the declared outputs."""
+    import importlib
+
+    from fastnorm._spec import REGISTRY
+
+    assert REGISTRY
+    for name, spec in REGISTRY.items():
+        fn = getattr(fastnorm, name)
+        assert name in fastnorm.__all__
+        family = importlib.import_module(f"fastnorm.norms.{spec.family}")
+        assert getattr(family, name) is fn and name in family.__all__
+        if spec.family == "add_norm":
+            assert getattr(fastnorm.add_norm, name) is fn and name in fastnorm.add_norm.__all__
+        else:
+            assert getattr(fastnorm.norms, name) is fn and name in fastnorm.norms.__all__
+        assert spec.reference is getattr(fastnorm.reference, name)
+        doc = fn.__doc__
+        assert "%(" not in doc and "Parameters\n" in doc and "Returns\n" in doc, name
+        assert f"``({spec.output_names[0]}" in doc or f"``{spec.output_names[0]}``" in doc, name
+
+
+def test_doc_fragments_render_with_the_placeholder_indent():
+    from fastnorm import _doc
+
+    def f():
+        """Title.
+
+        Parameters
+        ----------
+        %(normalized_ndim)s
+        """
+
+    text = _doc.fill_doc()(f).__doc__
+    assert "        normalized_ndim : int\n            How many trailing dims" in text
+    with pytest.raises(KeyError):
+        _doc.render("    %(nope)s", _doc.FRAGMENTS)
