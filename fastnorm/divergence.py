@@ -21,8 +21,8 @@ import numpy as np
 
 from . import _loss_common as L
 from . import _validation as V
-from ._cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ._backend import host
+from ._cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ._dispatch import backend_of
 from ._loss_common import Array, DivergenceBackward, DivergenceForward, SoftmaxCrossEntropyForward
 

@@ -12,6 +12,7 @@ import numpy as np
 from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
+from .._backend import host
 from .._dispatch import backend_of
 from .._doc import fill_doc
 from .._spec import (
@@ -31,7 +32,6 @@ from .._spec import (
     ops,
     register,
 )
-from .._backend import host
 from ._common import empty_reduction, fill, opt, partials, put, round_back, stat_outputs, to_stat
 
 LayerNormForward = NormStats

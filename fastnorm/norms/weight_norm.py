@@ -10,10 +10,10 @@ import numpy as np
 from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
+from .._backend import host
 from .._dispatch import backend_of
 from .._doc import fill_doc
 from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
-from .._backend import host
 from ._common import fill, put, round_back, stat_outputs, to_stat
 
 
