@@ -368,8 +368,7 @@ def sinkhorn(
     reg = V.scalar(op, "reg", reg, low=0.0, low_open=True)
     max_iter = V.integer(op, "max_iter", max_iter, low=0, high=2**31 - 1)
     tol = V.scalar(op, "tol", tol, low=0.0)
-    if not isinstance(return_plan, (bool, np.bool_)):
-        raise TypeError(f"{op}: return_plan must be a bool, got {type(return_plan).__name__}")
+    return_plan = V.flag(op, "return_plan", return_plan)
     specs = [
         ("value", lead, cost.dtype),
         ("plan", tuple(cost.shape), cost.dtype) if return_plan else None,
