@@ -185,3 +185,10 @@ def test_doc_fragments_render_with_the_placeholder_indent():
     assert "        normalized_ndim : int\n            How many trailing dims" in text
     with pytest.raises(KeyError):
         _doc.render("    %(nope)s", _doc.FRAGMENTS)
+
+
+def test_sinkhorn_return_plan_is_checked_by_the_flag_validator():
+    a = np.full(3, 1 / 3)
+    cost = np.arange(9.0).reshape(3, 3)
+    with pytest.raises(TypeError, match=r"sinkhorn: return_plan must be a bool, got str 'yes'"):
+        fastnorm.transport.sinkhorn(a, a, cost, 1.0, return_plan="yes")
