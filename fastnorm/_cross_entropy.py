@@ -14,6 +14,7 @@ import numpy as np
 from . import _dtypes
 from . import _loss_common as L
 from . import _validation as V
+from ._backend import host
 from ._dispatch import backend_of
 from ._loss_common import Array, SoftmaxCrossEntropyForward
 
@@ -36,7 +37,7 @@ def _targets(op, be, x, target, lead, m, v, ignore_index, weight):
             f"{op}: target must be class indices (an integer array) or class probabilities (logits' float "
             f"dtype), got dtype {getattr(target, 'dtype', type(target).__name__)}"
         )
-    th = np.asarray(L.host(be, target))
+    th = np.asarray(host(be, target))
     if th.shape != lead:
         raise ValueError(f"{op}: target (class indices) must have shape {lead}, got {th.shape}")
     if tdt.kind == "u" and th.size and int(th.max()) > _I64.max:
@@ -48,7 +49,7 @@ def _targets(op, be, x, target, lead, m, v, ignore_index, weight):
         raise ValueError(
             f"{op}: target has class index {int(bad)} outside [0, {v}) (and not ignore_index={ignore_index})"
         )
-    denom = float(kept.size) if weight is None else float(L.host(be, weight).astype(np.float64)[kept].sum())
+    denom = float(kept.size) if weight is None else float(host(be, weight).astype(np.float64)[kept].sum())
     return np.ascontiguousarray(th), None, denom
 
 
@@ -65,7 +66,7 @@ def _ce_common(op, be, logits, target, weight, ignore_index, label_smoothing, re
     if weight is not None:
         weight = be.astype(weight, be.stat_dtype(x.dtype))
     tidx, tp, denom = _targets(op, be, x, target, lead, m, v, ignore_index, weight)
-    wsum = float(L.host(be, weight).astype(np.float64).sum()) if weight is not None else float(v)
+    wsum = float(host(be, weight).astype(np.float64).sum()) if weight is not None else float(v)
     return x, lead, m, v, tidx, tp, weight, eps, ignore_index, reduction, denom, wsum
 
 
@@ -188,7 +189,8 @@ def softmax_cross_entropy_backward(
     Parameters
     ----------
     dloss : scalar or array
-        0-d / Python scalar for "sum"/"mean"; an array of the loss's shape (logits' dtype) for "none".
+        0-d / Python scalar for "sum"/"mean"; an array of the loss's shape and logits' dtype for "none"
+        (another dtype is a TypeError, as for ``kl_div_backward``).
     logits, target, weight, ignore_index, label_smoothing, reduction
         As given to the forward.
     lse : array
@@ -216,9 +218,8 @@ def softmax_cross_entropy_backward(
     )
     lse = V.required(be, op, "lse", lse, lead, np.float64)
     if reduction == "none":
-        d = V.float_input(be, op, "dloss", dloss)
-        V.check_shape(op, "dloss", d, lead)
-        gs = L.host(be, d).astype(np.float64).reshape(m)
+        d = V.required(be, op, "dloss", dloss, lead, x.dtype)  # torch's rule: grad_output in logits' dtype
+        gs = host(be, d).astype(np.float64).reshape(m)
     else:
         gs = np.array([L.scalar_dloss(op, be, dloss, reduction, denom)])
     (g,) = V.outputs(be, op, out, [("dlogits", x.shape, x.dtype)], (x, tp, weight, lse))

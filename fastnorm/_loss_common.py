@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _dtypes
 from . import _validation as V
+from ._backend import host
 
 Array = Any
 
@@ -46,18 +47,9 @@ def choice(op: str, name: str, value, allowed: tuple):
     return value
 
 
-def host(be, a) -> np.ndarray:
-    """A (small) array as a NumPy array on the host (a device-to-host copy on CUDA)."""
-    if be.name == "cpu":
-        return np.asarray(a)
-    from ._kernels.cuda._common import dev
-
-    return dev(a).copy_to_host()
-
-
 def to_be(be, a: np.ndarray):
     """A small host array on backend ``be``."""
-    if be.name == "cpu":
+    if be.on_host:
         return a
     from numba import cuda
 
@@ -149,7 +141,7 @@ def rows_out(be, row_losses, dtype, shape, out_buf):
 def check_out_scalar(be, op: str, out_buf, shape, dtype, inputs):
     if out_buf is None:
         return None
-    if be.name != "cpu":
+    if not be.on_host:
         raise ValueError(f"{op}: an out= buffer for the loss is supported on the CPU only")
     return V.outputs(be, op, (out_buf,), [("loss", shape, dtype)], inputs)[0]
 

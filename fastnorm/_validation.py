@@ -31,12 +31,12 @@ def float_input(be, op: str, name: str, a, dtype=None, *, half: bool = True):
     TypeError if its dtype is not one of the backend's float dtypes (without the 16-bit ones when
     ``half`` is False: ops that have no 16-bit kernels), or is not ``dtype`` (one dtype or a tuple).
     """
-    if be.name == "cpu" and not isinstance(a, np.ndarray):
+    if be.on_host and not isinstance(a, np.ndarray):
         if a is None or isinstance(a, (str, bytes, dict, set)):
             raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
         a = np.asarray(a)
     dt = dtype_of(a)
-    if dt is not None and be.name == "cpu" and not dt.isnative:
+    if dt is not None and be.on_host and not dt.isnative:
         dt = dt.newbyteorder("=")  # byte-swapped by be.asarray below
     accepted = be.float_dtypes if half else tuple(d for d in be.float_dtypes if d not in HALF)
     if dt is None or dt not in accepted:

@@ -34,6 +34,7 @@ import numpy as np
 from . import _dtypes
 from . import _validation as V
 from ._dispatch import backend_of
+from .norms._common import opt, round_back, stat_outputs, to_stat
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
 
@@ -75,29 +76,6 @@ def _input(be, op: str, name: str, a, dtype=None):
     if dt is not None and dt in be.float_dtypes and dt not in _DTYPES:
         raise TypeError(f"{op}: {name} has dtype {dt.name}; expected one of float32, float64")
     return V.float_input(be, op, name, a, dtype, half=False)
-
-
-def _stat32(be, sd, a):
-    """A parameter or running statistic as the kernels take it: in the statistic dtype ``sd`` (a float32
-    copy of a 16-bit one; other arrays as they are). None stays None."""
-    return None if a is None else be.astype(a, sd)
-
-
-def _buffer32(be, sd, a):
-    """Where a kernel writes a parameter-shaped result: ``a`` itself when it is in ``sd``, else a new
-    ``sd`` buffer that ``_round_back`` copies into ``a`` afterwards (one rounding to a's 16-bit dtype)."""
-    return None if a is None or V.dtype_of(a) == sd else be.empty(tuple(a.shape), sd)
-
-
-def _round_back(be, pairs) -> None:
-    """dst[...] = src for each (dst, src) pair whose src is a float32 stand-in for dst."""
-    for dst, src in pairs:
-        if src is not None and src is not dst:
-            be.copyto(dst, src)
-
-
-def _absent(be, dtype):
-    return be.empty((0,), dtype)
 
 
 def _row_work(be, n: int, c: int, length: int, per_row: int):
@@ -226,7 +204,7 @@ def batch_norm_gather_stats(
         whose values are not checked). n must exceed 1.
     running_mean, running_var : optional (C,) arrays of means' dtype, or bfloat16/float16 beside float32
         means (a 16-bit module's buffers: updated in float64, stored in float32, rounded once more to
-        their dtype), updated in place (both or neither).
+        their dtype; both 16-bit ones in one format), updated in place (both or neither).
     momentum : in [0, 1].
     eps : > 0.
     out : optional (mean, invstd) buffers.
@@ -250,17 +228,16 @@ def batch_norm_gather_stats(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
     if running_mean is not None:
+        rm_dtype, rv_dtype = _running_dtype(running_mean, means), _running_dtype(running_var, means)
+        if rm_dtype != rv_dtype and rm_dtype in _dtypes.HALF and rv_dtype in _dtypes.HALF:
+            raise TypeError(
+                f"{op}: running_var has dtype {rv_dtype.name} but running_mean has {rm_dtype.name}; 16-bit running "
+                "statistics must share one format"
+            )
         others = [("means", means), ("m2s", m2s)]
-        running_mean = V.inout(be, op, "running_mean", running_mean, (c,), _running_dtype(running_mean, means), others)
-        running_var = V.inout(
-            be,
-            op,
-            "running_var",
-            running_var,
-            (c,),
-            _running_dtype(running_var, means),
-            [*others, ("running_mean", running_mean)],
-        )
+        running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
+        others.append(("running_mean", running_mean))
+        running_var = V.inout(be, op, "running_var", running_var, (c,), rv_dtype, others)
     mean, invstd = V.outputs(
         be,
         op,
@@ -268,21 +245,11 @@ def batch_norm_gather_stats(
         [("mean", (c,), means.dtype), ("invstd", (c,), means.dtype)],
         (means, m2s, running_mean, running_var),
     )
-    absent = _absent(be, means.dtype)
-    rm32, rv32 = (_stat32(be, means.dtype, a) for a in (running_mean, running_var))
+    running32 = to_stat(be, means.dtype, running_mean, running_var)
     be.kernels.batch_norm_gather_stats(
-        means,
-        m2s,
-        counts,
-        absent if rm32 is None else rm32,
-        absent if rv32 is None else rv32,
-        mean,
-        invstd,
-        eps,
-        momentum,
-        1,
+        means, m2s, counts, *(opt(be, a, means.dtype) for a in running32), mean, invstd, eps, momentum, 1
     )
-    _round_back(be, [(running_mean, rm32), (running_var, rv32)])
+    round_back(be, (running_mean, running_var), running32)
     return BatchNormGatherStats(mean, invstd)
 
 
@@ -335,14 +302,11 @@ def batch_norm_elemt(
     x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
     bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
     (y,) = V.outputs(be, op, out, [("y", x.shape, x.dtype)], (x, mean, invstd, weight, bias))
-    absent = _absent(be, sd)
-    w32, b32 = _stat32(be, sd, weight), _stat32(be, sd, bias)
     be.kernels.batch_norm_elemt(
         x.reshape(n, c, length),
         mean,
         invstd,
-        absent if w32 is None else w32,
-        absent if b32 is None else b32,
+        *(opt(be, p, sd) for p in to_stat(be, sd, weight, bias)),
         y.reshape(n, c, length),
         be.empty((4, c), sd),
         be.threads(n * c * length),
@@ -402,7 +366,7 @@ def batch_norm_backward_reduce(
         (dy, x, mean, invstd, weight),
     )
     work, nt = _row_work(be, n, c, length, 2)
-    dw32, db32 = _buffer32(be, sd, dweight), _buffer32(be, sd, dbias)
+    grads32 = stat_outputs(be, sd, dweight, dbias)
     be.kernels.batch_norm_backward_reduce(
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
@@ -410,12 +374,11 @@ def batch_norm_backward_reduce(
         invstd,
         sum_dy,
         sum_dy_xmu,
-        _absent(be, sd) if dweight is None else dweight if dw32 is None else dw32,
-        dbias if db32 is None else db32,
+        *(opt(be, g, sd) for g in grads32),
         work,
         nt,
     )
-    _round_back(be, [(dweight, dw32), (dbias, db32)])
+    round_back(be, (dweight, dbias), grads32)
     return BatchNormBackwardReduce(sum_dy, sum_dy_xmu, dweight, dbias)
 
 
@@ -462,13 +425,13 @@ def batch_norm_backward_elemt(
     sum_dy_xmu = V.required(be, op, "sum_dy_xmu", sum_dy_xmu, (c,), sd)
     total = _total_count(op, count)
     (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu))
-    w32 = _stat32(be, sd, weight)
+    (w32,) = to_stat(be, sd, weight)
     be.kernels.batch_norm_backward_elemt(
         dy.reshape(n, c, length),
         x.reshape(n, c, length),
         mean,
         invstd,
-        _absent(be, sd) if w32 is None else w32,
+        opt(be, w32, sd),
         sum_dy,
         sum_dy_xmu,
         dx.reshape(n, c, length),

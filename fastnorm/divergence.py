@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _loss_common as L
 from . import _validation as V
+from ._backend import host
 from ._cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ._dispatch import backend_of
 from ._loss_common import Array, DivergenceBackward, DivergenceForward, SoftmaxCrossEntropyForward
@@ -303,7 +304,7 @@ def _js_keep(op, be, labels, ignore_index, lead, m):
     ii = V.integer(op, "ignore_index", ignore_index, low=-(2**63), high=2**63 - 1)
     if labels is None:
         return L.absent(be, np.uint8), m
-    lh = np.asarray(L.host(be, labels))
+    lh = np.asarray(host(be, labels))
     if lh.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {lh.dtype}")
     if lh.shape != lead:

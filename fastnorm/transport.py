@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _validation as V
+from ._backend import host
 from ._dispatch import backend_of
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
@@ -76,7 +77,7 @@ def _values(be, op, u_values, v_values, u_weights, v_weights):
     vw = V.param(be, op, "v_weights", v_weights, v.shape, u.dtype)
     for name, w in (("u_weights", uw), ("v_weights", vw)):
         if w is not None:
-            _check_weights(op, name, _to_host(be, w))
+            _check_weights(op, name, host(be, w))
     return u, v, uw, vw
 
 
@@ -86,14 +87,6 @@ def _p(op: str, p) -> float:
 
 def _absent2(be, dtype):
     return be.empty((0, 0), dtype)
-
-
-def _to_host(be, a) -> np.ndarray:
-    """A device array's contents on the host (for the value checks; a synchronizing copy)."""
-    if be.name == "cpu":
-        return a
-    copy = getattr(a, "copy_to_host", None)
-    return np.asarray(copy() if copy is not None else a.numba().copy_to_host())
 
 
 def _sorted(be, x2, w2, need_sorter: bool):
@@ -292,10 +285,10 @@ def _masses(be, op: str, name: str, x, lead: tuple, k: int, dtype):
         raise ValueError(
             f"{op}: {name} must have shape {(k,)} or {tuple(lead) + (k,)} to match cost, got {tuple(x.shape)}"
         )
-    host = _to_host(be, x)
-    _check_weights(op, name, host)
+    values = host(be, x)
+    _check_weights(op, name, values)
     rows = 1 if x.ndim == 1 else math.prod(lead)
-    return x.reshape(rows, k), host.reshape(rows, k).sum(axis=-1, dtype=np.float64)
+    return x.reshape(rows, k), values.reshape(rows, k).sum(axis=-1, dtype=np.float64)
 
 
 def sinkhorn(
@@ -375,8 +368,7 @@ def sinkhorn(
     reg = V.scalar(op, "reg", reg, low=0.0, low_open=True)
     max_iter = V.integer(op, "max_iter", max_iter, low=0, high=2**31 - 1)
     tol = V.scalar(op, "tol", tol, low=0.0)
-    if not isinstance(return_plan, (bool, np.bool_)):
-        raise TypeError(f"{op}: return_plan must be a bool, got {type(return_plan).__name__}")
+    return_plan = V.flag(op, "return_plan", return_plan)
     specs = [
         ("value", lead, cost.dtype),
         ("plan", tuple(cost.shape), cost.dtype) if return_plan else None,

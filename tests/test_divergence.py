@@ -194,7 +194,7 @@ def test_ce_forward_backward_match_reference(rng, threads, dtype, shape, probs, 
             g64 = R.softmax_cross_entropy_backward(d, x64, tt64, **kw64)
             g32 = R.softmax_cross_entropy_backward(d, x, t, **kw)
             assert_matches_reference(g, g64, g32, name=f"fused grad {reduction}")
-            dl = rng.standard_normal(loss.shape) if reduction == "none" else 0.7
+            dl = rng.standard_normal(loss.shape).astype(dtype) if reduction == "none" else 0.7
             gb = D.softmax_cross_entropy_backward(dl, x, t, lse, **kw)
             assert_matches_reference(
                 gb,

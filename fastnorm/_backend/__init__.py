@@ -35,6 +35,7 @@ __all__ = [
     "backend_of",
     "cuda_backend",
     "to_host",
+    "host",
 ]
 _ = _KINDS  # the type -> kind cache, shared with the CUDA array adapters
 
@@ -51,6 +52,10 @@ class Backend(Protocol):
     """Where its arrays live, for messages: ``"the CPU"`` or ``"the GPU (CUDA)"``."""
     float_dtypes: tuple
     """The NumPy dtypes its kernels take."""
+    on_host: bool
+    """Whether its arrays are NumPy arrays in host memory. Then array-likes (lists, scalars) are converted
+    with ``np.asarray`` and a non-native byte order is accepted (``asarray`` copies it to native order);
+    device arrays are never converted and always native."""
 
     @property
     def kernels(self) -> Any:
@@ -159,3 +164,9 @@ def backend_of(op: str, **arrays):
 def to_host(a) -> np.ndarray:
     """A host NumPy copy of ``a``: a CUDA array (copied from the device), or anything NumPy reads."""
     return cuda_backend().to_host(a) if on_cuda(a) else np.array(a, copy=True)
+
+
+def host(be, a) -> np.ndarray:
+    """``a``'s values as a NumPy array: ``a`` itself on a host backend (no copy), else a copy from the
+    device (small arrays: statistics, targets, weights read by the public layer)."""
+    return np.asarray(a) if be.on_host else be.to_host(a)

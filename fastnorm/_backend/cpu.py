@@ -19,6 +19,7 @@ class CpuBackend:
     array_type = "numpy.ndarray"
     device = "the CPU"
     float_dtypes = _dtypes.FULL + _dtypes.HALF
+    on_host = True
 
     @functools.cached_property
     def kernels(self):

@@ -93,6 +93,7 @@ class CudaBackend:
     array_type = "CUDA array"
     device = "the GPU (CUDA)"
     float_dtypes = _dtypes.FULL + _dtypes.HALF
+    on_host = False
 
     # Column reductions (dweight/dbias) use at most this many partial rows ...
     max_partials = 1024

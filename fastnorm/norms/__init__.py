@@ -53,6 +53,5 @@ from .weight_norm import WeightNormForward as WeightNormForward
 from .weight_norm import _weight_norm_plan as _weight_norm_plan
 from .weight_norm import _weight_norm_view as _weight_norm_view
 
-# The exported ops, read from the registry in the order of the families (the fused add + norm ops are
-# exported by fastnorm.add_norm).
-__all__ = [s.name for family in ("layer_norm", "lrn", "weight_norm", "channel_norm") for s in ops(family)]
+# The exported ops, read from the registry (the fused add + norm ops are exported by fastnorm.add_norm).
+__all__ = [s.name for s in ops() if s.family != "add_norm"]

@@ -1,4 +1,5 @@
-"""What the norm family modules share: empty-input results, scratch, and the 16-bit parameter round trip."""
+"""What the norm ops share (the family modules and ``fastnorm.batch_norm_stages``): empty-input results,
+absent arguments, scratch, and the 16-bit parameter round trip (``to_stat`` -> kernel -> ``round_back``)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,29 @@ import math
 import numpy as np
 
 from .. import _validation as V
+from .._backend import host
 
 
 def fill(be, a, value: float) -> None:
     """``a[...] = value`` for an output buffer ``a`` of backend ``be`` (results of empty inputs)."""
     if a is None or math.prod(a.shape) == 0:
         return
-    if be.name == "cpu":
+    if be.on_host:
         a[...] = value
     else:
         put(be, a, np.full(tuple(a.shape), value, V.dtype_of(a)))
 
 
-def put(be, a, host: np.ndarray) -> None:
-    """``a[...] = host`` for an output buffer ``a`` of backend ``be`` and a NumPy array ``host``."""
+def put(be, a, values: np.ndarray) -> None:
+    """``a[...] = values`` for an output buffer ``a`` of backend ``be`` and a NumPy array ``values``."""
     if math.prod(a.shape) == 0:
         return
-    if be.name == "cpu":
-        a[...] = host
+    if be.on_host:
+        a[...] = values
     else:
         size = math.prod(a.shape)  # copied as 1-D: device arrays differ in how they match shapes
-        flat = np.ascontiguousarray(np.broadcast_to(host, tuple(a.shape)), V.dtype_of(a)).reshape(size)
+        flat = np.ascontiguousarray(np.broadcast_to(values, tuple(a.shape)), V.dtype_of(a)).reshape(size)
         be.asarray(a).reshape(size).copy_to_device(flat)
-
-
-def host(be, a) -> np.ndarray:
-    """A NumPy view (CPU) or copy (CUDA) of an array of backend ``be``."""
-    return a if be.name == "cpu" else be.asarray(a).copy_to_host()
 
 
 def eval_stats(be, mean, rstd, running_mean, running_var, eps: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import reference as R
+from .._doc import fill_doc
 from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, bytes_of, grad, lead, like, ops, register
 from .layer_norm import rows_backward, rows_forward
 
@@ -67,6 +68,7 @@ ADD_RMS_NORM_BWD = register(OpSpec(
 __all__ = [s.name for s in ops("add_norm")]  # the public functions below, one per declaration
 
 
+@fill_doc(ADD_LAYER_NORM_FWD)
 def add_layer_norm_forward(
     x: Array,
     residual: Array,
@@ -95,10 +97,8 @@ def add_layer_norm_forward(
         Affine parameters, in x's dtype (or float32 beside 16-bit x).
     eps : float
         Added to the variance (any float, as in torch).
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple of 4 arrays or None, optional
-        ``(y, h, mean, rstd)`` buffers (entries may be None); written in place and returned.
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -110,6 +110,7 @@ def add_layer_norm_forward(
     return rows_forward(ADD_LAYER_NORM_FWD, arrays, eps, normalized_ndim, out)
 
 
+@fill_doc(ADD_LAYER_NORM_BWD)
 def add_layer_norm_backward(
     dy: Array,
     dh: Array | None,
@@ -133,10 +134,7 @@ def add_layer_norm_backward(
 
     Parameters
     ----------
-    dy : array, shape like h
-        Gradient of y.
-    dh : array like h, or None
-        Gradient arriving on the residual stream h (None: none, as if zero).
+    %(residual_grads)s
     h, mean, rstd : arrays
         Saved by the forward: h (*, *normalized_shape), mean and rstd h.shape[:-normalized_ndim] in the
         statistic dtype.
@@ -144,8 +142,7 @@ def add_layer_norm_backward(
         The forward's parameters; ``bias`` only says whether dbias is wanted.
     normalized_ndim : int
         As in the forward.
-    out : tuple of 3 arrays or None, optional
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -157,6 +154,7 @@ def add_layer_norm_backward(
     return rows_backward(ADD_LAYER_NORM_BWD, arrays, normalized_ndim, out)
 
 
+@fill_doc(ADD_RMS_NORM_FWD)
 def add_rms_norm_forward(
     x: Array,
     residual: Array,
@@ -183,10 +181,8 @@ def add_rms_norm_forward(
         Scale, in x's dtype (or float32 beside 16-bit x).
     eps : float
         Added to the mean square (any float, as in torch).
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple of 3 arrays or None, optional
-        ``(y, h, rstd)`` buffers (entries may be None).
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -198,6 +194,7 @@ def add_rms_norm_forward(
     return rows_forward(ADD_RMS_NORM_FWD, arrays, eps, normalized_ndim, out)
 
 
+@fill_doc(ADD_RMS_NORM_BWD)
 def add_rms_norm_backward(
     dy: Array,
     dh: Array | None,
@@ -218,18 +215,14 @@ def add_rms_norm_backward(
 
     Parameters
     ----------
-    dy : array, shape like h
-        Gradient of y.
-    dh : array like h, or None
-        Gradient arriving on the residual stream h (None: none, as if zero).
+    %(residual_grads)s
     h, rstd : arrays
         Saved by the forward: h (*, *normalized_shape), rstd h.shape[:-normalized_ndim].
     weight : array of shape normalized_shape, optional
         The forward's scale.
     normalized_ndim : int
         As in the forward.
-    out : tuple of 2 arrays or None, optional
-        ``(dx, dweight)`` buffers.
+    %(out)s
 
     Returns
     -------

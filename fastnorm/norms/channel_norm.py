@@ -13,6 +13,7 @@ from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
+from .._doc import fill_doc
 from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, ops, register
 from ._common import empty_reduction, eval_stats, fill, opt, round_back, stat_outputs, to_stat
 
@@ -127,10 +128,22 @@ def _statistics_forward(spec, be, x, ncl, a: dict, update: bool, eps, momentum, 
     return NormStats(y, mean, rstd)
 
 
-def _channel_backward(spec, be, x, ncl, stat_shape, arrays: dict, out, scratch, tail: tuple):
+def _slice_pairs(be, ncl):
+    """Scratch of the per-(n, c) reductions: one float64 pair per slice of L values."""
+    return lambda sd: (be.empty((ncl[0] * ncl[1], 2), np.float64),)
+
+
+def _channel_backward(spec, arrays: dict, out, axis: int, plan):
     """Every channel backward: validation, outputs, the kernel
-    ``(dy, x, mean, rstd, weight, dx, dweight, dbias, *scratch, *tail, nt)`` and the 16-bit round trip."""
-    op, c = spec.name, ncl[1]
+    ``(dy, x, mean, rstd, weight, dx, dweight, dbias, *scratch, *tail, nt)`` and the 16-bit round trip.
+
+    ``plan(be, (N, C, L)) -> (statistics' shape, scratch(sd), tail)`` checks and supplies what is the op's own."""
+    op = spec.name
+    be = backend_of(op, **arrays, out=out)
+    x = V.float_input(be, op, "x", arrays["x"])
+    ncl = V.split_channels(op, x.shape, axis)
+    stat_shape, scratch, tail = plan(be, ncl)
+    c = ncl[1]
     dy = V.required(be, op, "dy", arrays["dy"], x.shape, x.dtype)
     sd = be.stat_dtype(x.dtype)
     mean = V.required(be, op, "mean", arrays["mean"], stat_shape, sd)
@@ -168,6 +181,7 @@ def _bn_row_chunks(m: int) -> int:
     return max(1, min(64, m // 512))
 
 
+@fill_doc(BATCH_NORM_FWD)
 def batch_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -213,8 +227,7 @@ def batch_norm_forward(
         > 0 in training, >= 0 in evaluation.
     axis : int
         1 or -1.
-    out : tuple or None
-        ``(y, mean, rstd)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -251,6 +264,7 @@ def batch_norm_forward(
     )
 
 
+@fill_doc(BATCH_NORM_BWD)
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -281,8 +295,7 @@ def batch_norm_backward(
         The forward's parameters; ``bias`` only says whether dbias is wanted.
     training, axis :
         As in the forward.
-    out : tuple or None
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -290,21 +303,19 @@ def batch_norm_backward(
         ``(dx, dweight, dbias)`` (also ``BatchNormBackward``); dweight/dbias in the dtype of weight/bias (sums
         in float64, rounded once), None when absent; bitwise reproducible for a given thread count.
     """
-    op = "batch_norm_backward"
-    arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
-    be = backend_of(op, **arrays, out=out)
-    x = V.float_input(be, op, "x", x)
-    n, c, length = V.split_channels(op, x.shape, axis)
-    training = V.flag(op, "training", training)
 
-    def scratch(sd):
+    def plan(be, ncl):
+        n, c, length = ncl
+        mode = V.flag("batch_norm_backward", "training", training)
         shape = (n * c + c, 2) if length > 1 else (_bn_row_chunks(n) + 1, 2 * c)
-        return be.empty(shape, np.float64), be.empty((4, c + 8), sd)
+        return (c,), lambda sd: (be.empty(shape, np.float64), be.empty((4, c + 8), sd)), (mode,)
 
-    return _channel_backward(BATCH_NORM_BWD, be, x, (n, c, length), (c,), arrays, out, scratch, (training,))
+    arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
+    return _channel_backward(BATCH_NORM_BWD, arrays, out, axis, plan)
 
 
 # --------------------------------------------------------------------------------------------- InstanceNorm
+@fill_doc(INSTANCE_NORM_FWD)
 def instance_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -338,8 +349,7 @@ def instance_norm_forward(
         A bool, as torch.
     momentum, eps : float
         Any float, as torch.
-    out : tuple or None
-        ``(y, mean, rstd)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -365,10 +375,11 @@ def instance_norm_forward(
         raise TypeError(f"{op}: running_mean and running_var are required when use_input_stats=False")
     return _statistics_forward(
         INSTANCE_NORM_FWD, be, x, (n, c, length), a, use_input_stats, eps, momentum, out,
-        lambda sd: (be.empty((n * c, 2), np.float64),), {},
+        _slice_pairs(be, (n, c)), {},
     )  # fmt: skip
 
 
+@fill_doc(INSTANCE_NORM_BWD)
 def instance_norm_backward(
     dy: Array,
     x: Array,
@@ -393,24 +404,19 @@ def instance_norm_backward(
     mean, rstd : array of shape (N, C)
     weight, bias : array of shape (C,), optional
     use_input_stats : bool
-    out : tuple or None
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
     AffineGrads
         ``(dx, dweight, dbias)`` (also ``InstanceNormBackward``).
     """
-    op = "instance_norm_backward"
+
+    def plan(be, ncl):
+        return ncl[:2], _slice_pairs(be, ncl), (V.flag("instance_norm_backward", "use_input_stats", use_input_stats),)
+
     arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
-    be = backend_of(op, **arrays, out=out)
-    x = V.float_input(be, op, "x", x)
-    ncl = V.split_channels(op, x.shape, 1)
-    use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
-    return _channel_backward(
-        INSTANCE_NORM_BWD, be, x, ncl, ncl[:2], arrays, out, lambda sd: (be.empty((ncl[0] * ncl[1], 2), np.float64),),
-        (use_input_stats,),
-    )  # fmt: skip
+    return _channel_backward(INSTANCE_NORM_BWD, arrays, out, 1, plan)
 
 
 # --------------------------------------------------------------------------------------------- GroupNorm
@@ -421,6 +427,7 @@ def _num_groups(op, num_groups, c):
     return g
 
 
+@fill_doc(GROUP_NORM_FWD)
 def group_norm_forward(
     x: Array,
     num_groups: int,
@@ -448,8 +455,7 @@ def group_norm_forward(
         In x's dtype, or float32 beside 16-bit x.
     eps : float
         Any float, as in torch.
-    out : tuple or None
-        ``(y, mean, rstd)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -476,6 +482,7 @@ def group_norm_forward(
     return NormStats(y, mean, rstd)
 
 
+@fill_doc(GROUP_NORM_BWD)
 def group_norm_backward(
     dy: Array,
     x: Array,
@@ -499,8 +506,7 @@ def group_norm_backward(
     mean, rstd : array of shape (N, num_groups)
     num_groups : int
     weight, bias : array of shape (C,), optional
-    out : tuple or None
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -509,13 +515,9 @@ def group_norm_backward(
         bitwise reproducible. For an empty x, dweight = dbias = 0 (torch's kernel gives NaN for dweight when
         the spatial size is 0: 0 * rstd with rstd NaN; a sum over no elements is 0).
     """
-    op = "group_norm_backward"
+
+    def plan(be, ncl):
+        return (ncl[0], _num_groups("group_norm_backward", num_groups, ncl[1])), _slice_pairs(be, ncl), ()
+
     arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
-    be = backend_of(op, **arrays, out=out)
-    x = V.float_input(be, op, "x", x)
-    ncl = V.split_channels(op, x.shape, 1)
-    g = _num_groups(op, num_groups, ncl[1])
-    return _channel_backward(
-        GROUP_NORM_BWD, be, x, ncl, (ncl[0], g), arrays, out, lambda sd: (be.empty((ncl[0] * ncl[1], 2), np.float64),),
-        (),
-    )  # fmt: skip
+    return _channel_backward(GROUP_NORM_BWD, arrays, out, 1, plan)

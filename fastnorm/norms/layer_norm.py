@@ -12,7 +12,9 @@ import numpy as np
 from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
+from .._backend import host
 from .._dispatch import backend_of
+from .._doc import fill_doc
 from .._spec import (
     STAT,
     AffineGrads,
@@ -30,7 +32,7 @@ from .._spec import (
     ops,
     register,
 )
-from ._common import empty_reduction, fill, host, opt, partials, put, round_back, stat_outputs, to_stat
+from ._common import empty_reduction, fill, opt, partials, put, round_back, stat_outputs, to_stat
 
 LayerNormForward = NormStats
 LayerNormBackward = AffineGrads
@@ -169,6 +171,7 @@ def _layer_norm_dx_one(be, dy, x, mean, rstd, weight) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- LayerNorm
+@fill_doc(LAYER_NORM_FWD)
 def layer_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -194,10 +197,8 @@ def layer_norm_forward(
         In x's dtype, or float32 beside 16-bit x (torch's mixed-dtype LayerNorm).
     eps : float
         Added to the variance; any float, as in torch (0 or negative: rstd is inf/NaN for constant rows).
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple or None
-        ``(y, mean, rstd)`` buffers (entries may be None).
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -209,6 +210,7 @@ def layer_norm_forward(
     return rows_forward(LAYER_NORM_FWD, dict(x=x, weight=weight, bias=bias), eps, normalized_ndim, out)
 
 
+@fill_doc(LAYER_NORM_BWD)
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -237,8 +239,7 @@ def layer_norm_backward(
         The forward's parameters; ``bias`` only says whether dbias is wanted.
     normalized_ndim : int
         As in the forward.
-    out : tuple or None
-        ``(dx, dweight, dbias)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -251,6 +252,7 @@ def layer_norm_backward(
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
+@fill_doc(RMS_NORM_FWD)
 def rms_norm_forward(
     x: Array,
     weight: Array | None = None,
@@ -273,10 +275,8 @@ def rms_norm_forward(
         In x's dtype, or float32 beside 16-bit x.
     eps : float
         Added to the mean square; any float, as in torch.
-    normalized_ndim : int
-        How many trailing dims form a row (>= 1).
-    out : tuple or None
-        ``(y, rstd)`` buffers.
+    %(normalized_ndim)s
+    %(out)s
 
     Returns
     -------
@@ -287,6 +287,7 @@ def rms_norm_forward(
     return rows_forward(RMS_NORM_FWD, dict(x=x, weight=weight), eps, normalized_ndim, out)
 
 
+@fill_doc(RMS_NORM_BWD)
 def rms_norm_backward(
     dy: Array,
     x: Array,
@@ -312,8 +313,7 @@ def rms_norm_backward(
         The forward's scale.
     normalized_ndim : int
         As in the forward.
-    out : tuple or None
-        ``(dx, dweight)`` buffers.
+    %(out)s
 
     Returns
     -------

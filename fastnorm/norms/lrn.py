@@ -10,6 +10,7 @@ import numpy as np
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
+from .._doc import fill_doc
 from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
 
 
@@ -52,6 +53,7 @@ def _lrn_scratch(be, c: int, size: int, n_threads: int):
     return be.empty((n_threads, be.kernels.lrn_scratch_len(lo, hi)), np.float64)
 
 
+@fill_doc(LRN_FWD)
 def local_response_norm_forward(
     x: Array,
     size: int,
@@ -78,8 +80,7 @@ def local_response_norm_forward(
     alpha, beta, k : float
         k > 0. beta in {0.25, 0.5, 0.75, 1} takes a sqrt-based path; other exponents call ``pow`` (several
         times slower).
-    out : tuple or None
-        ``(y, scale)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -101,6 +102,7 @@ def local_response_norm_forward(
     return LocalResponseNormForward(y, scale)
 
 
+@fill_doc(LRN_BWD)
 def local_response_norm_backward(
     dy: Array,
     x: Array,
@@ -127,8 +129,7 @@ def local_response_norm_backward(
         Like x, in the statistic dtype (float32 for 16-bit x).
     size, alpha, beta, k :
         As in the forward; ``k`` is checked but enters only through ``scale``.
-    out : array, tuple or None
-        ``dx`` (or ``(dx,)``).
+    %(out)s
 
     Returns
     -------

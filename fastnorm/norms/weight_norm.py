@@ -10,9 +10,11 @@ import numpy as np
 from .. import _dtypes
 from .. import _validation as V
 from .. import reference as R
+from .._backend import host
 from .._dispatch import backend_of
+from .._doc import fill_doc
 from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
-from ._common import fill, host, put, round_back, stat_outputs, to_stat
+from ._common import fill, put, round_back, stat_outputs, to_stat
 
 
 # ----------------------------------------------------------------------------------------------- WeightNorm
@@ -60,6 +62,7 @@ def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: b
     return mode, be.empty(part_shape, np.float64), be.empty(fac_shape, dtype)
 
 
+@fill_doc(WEIGHT_NORM_FWD)
 def weight_norm_forward(v: Array, g: Array, *, dim: int | None = 0, out: tuple | None = None) -> WeightNormForward:
     """Weight normalization, like ``torch._weight_norm`` (``torch.nn.utils.weight_norm``)::
 
@@ -75,8 +78,7 @@ def weight_norm_forward(v: Array, g: Array, *, dim: int | None = 0, out: tuple |
         16-bit v.
     dim : int or None
         The kept axis (negative counts from the end); None takes the norm over the whole tensor.
-    out : tuple or None
-        ``(w, norm)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -106,6 +108,7 @@ def weight_norm_forward(v: Array, g: Array, *, dim: int | None = 0, out: tuple |
     return WeightNormForward(w, norm)
 
 
+@fill_doc(WEIGHT_NORM_BWD)
 def weight_norm_backward(
     dw: Array, v: Array, g: Array, norm: Array, *, dim: int | None = 0, out: tuple | None = None
 ) -> WeightNormBackward:
@@ -123,8 +126,7 @@ def weight_norm_backward(
         The forward's g and its saved norm (statistic dtype).
     dim : int or None
         As in the forward.
-    out : tuple or None
-        ``(dv, dg)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -218,6 +220,7 @@ def _cosine_args(be, op: str, x, w, eps):
     return x, w, eps, math.prod(x.shape[:-1]), x.shape[-1], w.shape[0]
 
 
+@fill_doc(COSINE_LINEAR_FWD)
 def cosine_linear_forward(x: Array, w: Array, *, eps: float = 1e-8, out: tuple | None = None) -> CosineLinearForward:
     """Cosine-normalized linear layer: the cosine similarity of every row of x with every row of w::
 
@@ -236,8 +239,7 @@ def cosine_linear_forward(x: Array, w: Array, *, eps: float = 1e-8, out: tuple |
         In x's dtype, or float32 beside 16-bit x.
     eps : float
         > 0; each norm is clamped at eps.
-    out : tuple or None
-        ``(y, x_norm, w_norm)`` buffers.
+    %(out)s
 
     Returns
     -------
@@ -263,6 +265,7 @@ def cosine_linear_forward(x: Array, w: Array, *, eps: float = 1e-8, out: tuple |
     return CosineLinearForward(y, x_norm, w_norm)
 
 
+@fill_doc(COSINE_LINEAR_BWD)
 def cosine_linear_backward(
     dy: Array,
     x: Array,
@@ -294,8 +297,7 @@ def cosine_linear_backward(
         Saved by the forward (statistic dtype).
     eps : float
         As in the forward.
-    out : tuple or None
-        ``(dx, dw)`` buffers.
+    %(out)s
 
     Returns
     -------
