@@ -1,17 +1,17 @@
 """Docstring fragments shared by the functional steps (numpydoc entries that read the same in each).
 
-``fill(spec, torch_name)`` replaces each line of a docstring that is only ``{key}`` by the fragment
-``key``, indented as the placeholder was, and appends the entries every step ends with (the
+``fill(spec, torch_name)`` replaces each line of a docstring that is only ``%(key)s`` by the fragment
+``key`` (``fastnorm._doc.render``), indented as the placeholder was, and appends the entries every step ends with (the
 hyperparameters, made from the algorithm's declaration: its names in the functional step's order; the
 16-bit options; Returns), so ``help()`` shows the complete text.
 """
 
 from __future__ import annotations
 
-import re
 import textwrap
 from collections.abc import Callable
 
+from .._doc import render
 from ._algos import Algo
 
 __all__ = ["FRAGMENTS", "fill"]
@@ -28,8 +28,6 @@ FRAGMENTS = {
 None""",
 }
 
-_PLACEHOLDER = re.compile(r"^( *)\{(\w+)\}$", re.MULTILINE)
-
 
 def fill(spec: Algo, torch_name: str, note: str = "") -> Callable:
     """A decorator: the function's docstring with its placeholders replaced and the common entries
@@ -39,7 +37,7 @@ def fill(spec: Algo, torch_name: str, note: str = "") -> Callable:
     tail = "\n".join((hyper, FRAGMENTS["precision"], "", FRAGMENTS["returns"]))
 
     def apply(fn: Callable) -> Callable:
-        doc = _PLACEHOLDER.sub(lambda m: textwrap.indent(FRAGMENTS[m.group(2)], m.group(1)), fn.__doc__.rstrip())
+        doc = render(fn.__doc__.rstrip(), FRAGMENTS)
         fn.__doc__ = f"{doc}\n{textwrap.indent(tail, '    ')}\n    "
         return fn
 

@@ -136,7 +136,7 @@ def sgd_step(
 
     Parameters
     ----------
-    {arrays}
+    %(arrays)s
     momentum_buffers : list, optional
         Needed when momentum != 0: one entry per parameter; None entries are the first step: a buffer is
         allocated, set to g and stored in the list.
@@ -167,8 +167,8 @@ def adagrad_step(
 
     Parameters
     ----------
-    {arrays}
-    {step}
+    %(arrays)s
+    %(step)s
     state_sums : list of arrays
         The sums of squared gradients, updated in place.
     """
@@ -199,7 +199,7 @@ def adadelta_step(
 
     Parameters
     ----------
-    {arrays}
+    %(arrays)s
     square_avgs, acc_deltas : list of arrays
         The running averages of g * g and of delta * delta, updated in place.
     """
@@ -235,7 +235,7 @@ def rmsprop_step(
 
     Parameters
     ----------
-    {arrays}
+    %(arrays)s
     square_avgs : list of arrays
         The running average of g * g, updated in place.
     grad_avgs, momentum_buffers : list of arrays, optional
@@ -275,8 +275,8 @@ def adam_step(
 
     Parameters
     ----------
-    {arrays}
-    {step}
+    %(arrays)s
+    %(step)s
     exp_avgs, exp_avg_sqs : list of arrays
         The running averages of g and of g * g, updated in place.
     max_exp_avg_sqs : list of arrays, optional
@@ -310,7 +310,7 @@ def adamw_step(
 
     Parameters
     ----------
-    {arrays}
+    %(arrays)s
     exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step
         As ``adam_step``.
     """

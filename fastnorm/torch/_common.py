@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import textwrap
 import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._doc import render
 from .._dtypes import BFLOAT16
 
 
@@ -29,17 +28,16 @@ DOC = {
     with ``normalized_shape``. h is rounded to their dtype once, then normalized.
 {_TRAILING}""",
 }
-_PLACEHOLDER = re.compile(r"^( *)\{(\w+)\}$", re.MULTILINE)
 
 
 def fill_docs(namespace: dict, names) -> None:
     """In the docstrings of the functions ``names`` of a module (its ``globals()``), each line that is only
-    ``{key}`` becomes the entry ``DOC[key]``, indented as the placeholder was (``help()`` then shows the
+    ``%(key)s`` becomes the entry ``DOC[key]``, indented as the placeholder was (``help()`` then shows the
     complete text)."""
     for name in names:
         fn = namespace[name]
         if fn.__doc__:
-            fn.__doc__ = _PLACEHOLDER.sub(lambda m: textwrap.indent(DOC[m.group(2)], m.group(1)), fn.__doc__)
+            fn.__doc__ = render(fn.__doc__, DOC)
 
 
 def warn_once(seen: set, where: str, reason: str, instead: str = "running torch's implementation instead") -> None:

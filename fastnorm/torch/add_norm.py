@@ -60,7 +60,7 @@ def add_layer_norm(
 
     Parameters
     ----------
-    {add_trailing}
+    %(add_trailing)s
     weight, bias : Tensor, optional
         ``normalized_shape``; in x's dtype, or float32 beside 16-bit x.
     eps : float
@@ -91,7 +91,7 @@ def add_rms_norm(
 
     Parameters
     ----------
-    {add_trailing}
+    %(add_trailing)s
     weight : Tensor, optional
         ``normalized_shape``; in x's dtype, or float32 beside 16-bit x.
     eps : float, optional

@@ -225,7 +225,7 @@ def layer_norm(
 
     Parameters
     ----------
-    {trailing}
+    %(trailing)s
     weight, bias : Tensor, optional
         ``normalized_shape``.
     eps : float
@@ -254,7 +254,7 @@ def rms_norm(
 
     Parameters
     ----------
-    {trailing}
+    %(trailing)s
     weight : Tensor, optional
         ``normalized_shape``.
     eps : float, optional
