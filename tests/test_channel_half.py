@@ -36,25 +36,6 @@ def _wide(a) -> np.ndarray:
     return np.asarray(a).astype(np.float64)
 
 
-def close(got, other, ref, name, *, factor=2.0, ulps=1.0):
-    """max|got - ref| <= factor * max|other - ref| + ulps * eps(got.dtype) * max(1, max|ref|), with NaN and
-    inf where ref has them."""
-    g, o, r = _wide(got), _wide(other), _wide(ref)
-    assert g.shape == r.shape == o.shape, f"{name}: shapes {g.shape} {o.shape} {r.shape}"
-    np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: NaN pattern")
-    np.testing.assert_array_equal(np.isinf(g), np.isinf(r), err_msg=f"{name}: inf pattern")
-    fin = np.isfinite(r)
-    np.testing.assert_array_equal(g[~fin], r[~fin], err_msg=f"{name}: non-finite values")
-    if not fin.any():
-        return
-    err = float(np.max(np.abs(g[fin] - r[fin])))
-    ofin = fin & np.isfinite(o)
-    other_err = float(np.max(np.abs(o[ofin] - r[ofin]))) if ofin.any() else 0.0
-    scale = max(1.0, float(np.max(np.abs(r[fin]))))
-    bound = factor * other_err + ulps * _eps(np.asarray(got).dtype) * scale
-    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (other's error {other_err:.3g})"
-
-
 def lowp(a, dtype):
     """The float32 reference's result rounded once to ``dtype``."""
     return None if a is None else np.asarray(a, np.float32).astype(dtype)
@@ -144,7 +125,7 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
 def test_batch_norm(rng, threads, dt, pdt, shape, axis, training):
     pdt = dt if pdt == "x" else FLOAT32
     for n, g, o, r in zip(*_bn(rng, dt, pdt, FLOAT32 if pdt == FLOAT32 else dt, shape, axis, training)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
@@ -153,20 +134,20 @@ def test_batch_norm_running_stats_dtypes(rng, dt, rdt):
     # float32 parameters with running statistics in x's dtype (torch refuses the mixture; accepted here)
     rdt = dt if rdt == "x" else FLOAT32
     for n, g, o, r in zip(*_bn(rng, dt, FLOAT32, rdt, (5, 4, 6, 6), 1, True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
 def test_batch_norm_large_offset(rng, shape, axis):
     for n, g, o, r in zip(*_bn(rng, BFLOAT16, FLOAT32, FLOAT32, shape, axis, True, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
 def test_batch_norm_nan_propagates(rng, dt, shape, axis):
     for n, g, o, r in zip(*_bn(rng, dt, dt, FLOAT32, shape, axis, True, nan=True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ GroupNorm
@@ -207,14 +188,14 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
 @pytest.mark.parametrize("shape,groups", GN_CASES)
 def test_group_norm(rng, threads, dt, pdt, shape, groups):
     for n, g, o, r in zip(*_gn(rng, dt, dt if pdt == "x" else FLOAT32, shape, groups)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 def test_group_norm_large_offset_and_inf(rng):
     for n, g, o, r in zip(*_gn(rng, BFLOAT16, FLOAT32, (3, 8, 5, 7), 4, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
     for n, g, o, r in zip(*_gn(rng, FLOAT16, FLOAT16, (3, 8, 5, 7), 4, nan=True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ InstanceNorm
@@ -253,12 +234,12 @@ def _in(rng, dt, pdt, shape, use_input_stats, offset=0.0):
 @pytest.mark.parametrize("use_input_stats", [True, False])
 def test_instance_norm(rng, threads, dt, pdt, shape, use_input_stats):
     for n, g, o, r in zip(*_in(rng, dt, dt if pdt == "x" else FLOAT32, shape, use_input_stats)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 def test_instance_norm_large_offset(rng):
     for n, g, o, r in zip(*_in(rng, BFLOAT16, FLOAT32, (3, 4, 6, 7), True, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ LRN
@@ -273,11 +254,11 @@ def test_local_response_norm(rng, threads, dt, shape, size, beta):
     dx = fastnorm.local_response_norm_backward(dy, x, y, scale, size, **kw)
     assert y.dtype == dx.dtype == dt and scale.dtype == FLOAT32
     (ry, rs), (oy, os_) = (R.local_response_norm_forward(w(x)[0], size, **kw) for w in (w64, w32))
-    close(y, lowp(oy, dt), ry, "y")
-    close(scale, os_, rs, "scale")
+    assert_close_to_ref(y, lowp(oy, dt), ry, name="y", ulps=1.0)
+    assert_close_to_ref(scale, os_, rs, name="scale", ulps=1.0)
     rdx = R.local_response_norm_backward(*w64(dy, x, y, scale), size, **kw)
     odx = R.local_response_norm_backward(*w32(dy, x, y, scale), size, **kw)
-    close(dx, lowp(odx, dt), rdx, "dx")
+    assert_close_to_ref(dx, lowp(odx, dt), rdx, name="dx", ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ WeightNorm
@@ -305,7 +286,7 @@ def test_weight_norm(rng, threads, dt, pdt, shape, dim):
         tw.backward(torch_t(dw))
         other[0], other[2] = tw, tv.grad
     for n, a, o, r in zip(["w", "norm", "dv", "dg"], got, other, refs[0]):
-        close(a, o, r, n)
+        assert_close_to_ref(a, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
@@ -324,7 +305,7 @@ def test_cosine_linear(rng, threads, dt, pdt):
     ]
     got = [y, xn, wn, dx, dw]
     for n, a, o, r in zip(["y", "x_norm", "w_norm", "dx", "dw"], got, refs[1], refs[0]):
-        close(a, lowp(o, a.dtype), r, n)
+        assert_close_to_ref(a, lowp(o, a.dtype), r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ out=, threads, ISA
@@ -382,12 +363,7 @@ def test_every_isa_target(target, dt):
         if g is None:
             continue
         g = np.asarray(g)
-        other = lowp(r32, g.dtype)
-        # one unit of g's dtype; a 16-bit g is compared as the float32 array of the same values
-        ulps = _eps(g.dtype) / _eps(FLOAT32)
-        if g.dtype.itemsize == 2:
-            g, other = g.astype(FLOAT32), other.astype(FLOAT32)
-        assert_close_to_ref(g, other, r64, name=f"{target} output {i}", ulps=ulps)
+        assert_close_to_ref(g, lowp(r32, g.dtype), r64, name=f"{target} output {i}", ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
@@ -406,7 +382,8 @@ def test_out_buffers_written_in_place(rng, dt):
     gb = fastnorm.group_norm_backward(dy, x, fg.mean, fg.rstd, 2, w16, out=outg)
     assert gb.dx is outg[0] and gb.dweight is outg[1]
     ref = R.group_norm_backward(*w64(dy, x, fg.mean, fg.rstd), 2, *w64(w16))
-    close(gb.dweight, lowp(R.group_norm_backward(*w32(dy, x, fg.mean, fg.rstd), 2, *w32(w16))[1], dt), ref[1], "dw")
+    other = lowp(R.group_norm_backward(*w32(dy, x, fg.mean, fg.rstd), 2, *w32(w16))[1], dt)
+    assert_close_to_ref(gb.dweight, other, ref[1], name="dw", ulps=1.0)
     lo = (np.empty_like(x), np.empty(x.shape, np.float32))
     lr = fastnorm.local_response_norm_forward(x, 3, out=lo)
     assert lr.y is lo[0] and lr.scale is lo[1]
@@ -455,9 +432,12 @@ def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, sh
     g16 = fastnorm.batch_norm_backward(dy, x, f16.mean, f16.rstd, w, b, axis=axis)
     g32 = fastnorm.batch_norm_backward(dy32, x32, f32.mean, f32.rstd, w, b, axis=axis)
     pairs += [(f16.y, f32.y), (g16.dx, g32.dx)]
-    np.testing.assert_allclose(f16.mean, f32.mean, rtol=1e-6)
-    np.testing.assert_allclose(f16.rstd, f32.rstd, rtol=1e-6)
-    np.testing.assert_allclose(g16.dweight, g32.dweight, rtol=1e-5, atol=1e-5)
+    # the float32 statistics: within DESIGN.md's bound of the float32 kernel's (bitwise equal on avx2)
+    ref = R.batch_norm_forward(*w64(x, w, b), axis=axis)
+    ref_dw = R.batch_norm_backward(*w64(dy, x), ref[1], ref[2], *w64(w, b), axis=axis)[1]
+    for n, got, other, r in [("mean", f16.mean, f32.mean, ref[1]), ("rstd", f16.rstd, f32.rstd, ref[2]),
+                             ("dweight", g16.dweight, g32.dweight, ref_dw)]:  # fmt: skip
+        assert_close_to_ref(got, other, r, name=n, sample_slack=True)
     if axis == 1 and len(shape) > 2:
         for fn in (
             lambda a: fastnorm.group_norm_forward(a, 1, w, b).y,

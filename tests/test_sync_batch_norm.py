@@ -11,7 +11,7 @@ from fastnorm._dtypes import BFLOAT16, FLOAT16
 from fastnorm.reference import sync_batch_norm as RS
 
 from ._channel import FakeCudaArray, as64, assert_raises_unchanged, copy, readonly, strided
-from ._util import FLOATS, assert_matches_reference
+from ._util import FLOATS, assert_close_to_ref, assert_matches_reference
 from .cuda._half_util import close, f32, lowp, run_stages
 
 SHAPES = [
@@ -445,15 +445,18 @@ def test_16bit_stages_are_the_float32_kernels_rounded_once(rng, threads, dt, sha
     w, b = params(rng, c, np.float32)
     x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
     s16, s32 = (fastnorm.batch_norm_stats(a, axis=axis) for a in (x, x32))
-    np.testing.assert_allclose(s16.mean, s32.mean, rtol=1e-6)
-    np.testing.assert_allclose(s16.m2, s32.m2, rtol=1e-6)
+    # float32 statistics and sums: within DESIGN.md's bound of the float32 kernel's (bitwise equal on avx2)
+    ref = RS.batch_norm_stats(x.astype(np.float64), axis=axis)
+    assert_close_to_ref(s16.mean, s32.mean, ref[0], name="mean", sample_slack=True)
+    assert_close_to_ref(s16.m2, s32.m2, ref[1], name="m2", sample_slack=True)
     mean, invstd = fastnorm.batch_norm_gather_stats(s32.mean[None], s32.m2[None], [s32.count])
     pairs = [tuple(fastnorm.batch_norm_elemt(a, mean, invstd, w, b, axis=axis) for a in (x, x32))]
     r16, r32 = (
         fastnorm.batch_norm_backward_reduce(g, a, mean, invstd, w, axis=axis) for g, a in ((dy, x), (dy32, x32))
     )
-    for a16, a32 in zip(r16, r32):
-        np.testing.assert_allclose(a16, a32, rtol=1e-5, atol=1e-6)
+    r64 = RS.batch_norm_backward_reduce(*map(as64, (dy, x, mean, invstd, w)), axis=axis)
+    for name, a16, a32, a64 in zip(r32._fields, r16, r32, r64):
+        assert_close_to_ref(a16, a32, a64, name=name, sample_slack=True)
     pairs.append(
         tuple(
             fastnorm.batch_norm_backward_elemt(g, a, mean, invstd, w, r32.sum_dy, r32.sum_dy_xmu, s32.count, axis=axis)
