@@ -43,6 +43,21 @@ def torch_and_wider_ref(run_torch, run_ref, dtype, arrays):
     return other, run_ref(*(None if a is None else np.asarray(a).astype(np.longdouble) for a in arrays))
 
 
+def capture_backend():
+    """A torch.compile backend (AOT autograd, no Inductor) that records the forward and backward graphs'
+    code: (backend, list of code strings)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
+
+
 def _np_wide(a, dtype):
     """``a`` (NumPy array, torch tensor, scalar) as a NumPy array of ``dtype``."""
     if hasattr(a, "detach"):  # a torch tensor
