@@ -43,6 +43,29 @@ def torch_and_wider_ref(run_torch, run_ref, dtype, arrays):
     return other, run_ref(*(None if a is None else np.asarray(a).astype(np.longdouble) for a in arrays))
 
 
+def assert_thread_count_invariant(run, counts=(1, 2)):
+    """``run()`` (a sequence of arrays; None entries allowed) under each of ``counts`` fastnorm threads gives
+    bitwise the same results; the thread setting is restored afterwards."""
+    import fastnorm
+
+    old = fastnorm.get_num_threads()
+    try:
+        runs = []
+        for n in counts:
+            fastnorm.set_num_threads(n)
+            runs.append(tuple(run()))
+    finally:
+        fastnorm.set_num_threads(old)
+    for n, outs in zip(counts[1:], runs[1:]):
+        for i, (a, b) in enumerate(zip(runs[0], outs, strict=True)):
+            assert (a is None) == (b is None), i
+            if a is not None:
+                a, b = np.asarray(a), np.asarray(b)
+                assert a.dtype == b.dtype and a.shape == b.shape, i
+                bits_a, bits_b = (np.ascontiguousarray(c).reshape(-1).view(np.uint8) for c in (a, b))
+                np.testing.assert_array_equal(bits_a, bits_b, err_msg=f"output {i}, {n} threads")
+
+
 def capture_backend():
     """A torch.compile backend (AOT autograd, no Inductor) that records the forward and backward graphs'
     code: (backend, list of code strings)."""

@@ -18,7 +18,7 @@ import fastnorm._kernels.cpu as K
 from fastnorm import reference as R
 from fastnorm._dtypes import BFLOAT16, FLOAT16, FLOAT32
 
-from ._util import assert_close_to_ref
+from ._util import assert_close_to_ref, assert_thread_count_invariant
 
 HALF = [BFLOAT16, FLOAT16]
 HALF_IDS = ["bf16", "f16"]
@@ -335,18 +335,7 @@ def _all_ops(rng, dt, ops=fastnorm, cast=lambda a: a):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 def test_bitwise_same_for_any_thread_count(rng, dt):
-    old = fastnorm.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            fastnorm.set_num_threads(n)
-            runs.append(_all_ops(np.random.default_rng(5), dt))
-    finally:
-        fastnorm.set_num_threads(old)
-    for outs in runs[1:]:
-        for i, (a, b) in enumerate(zip(runs[0], outs)):
-            a, b = np.asarray(a), np.asarray(b)
-            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=str(i))
+    assert_thread_count_invariant(lambda: _all_ops(np.random.default_rng(5), dt), counts=(1, 2, 3))
 
 
 @pytest.mark.parametrize("target", K.runnable_targets())
