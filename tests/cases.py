@@ -572,8 +572,10 @@ OPTIM_CASES = [
         (
             dict(lr=0.05),
             dict(lr=0.05, weight_decay=0.1, maximize=True),
+            dict(lr=0.05, momentum=0.9),
             dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
             dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+            dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.2),
         ),
     ),
     OptimCase(
@@ -606,6 +608,7 @@ OPTIM_CASES = [
             dict(alpha=0.9, centered=True),
             dict(momentum=0.7, weight_decay=0.02),
             dict(lr=0.003, alpha=0.95, eps=1e-6, centered=True, momentum=0.5, maximize=True),
+            dict(centered=True, weight_decay=0.1),
         ),
     ),
     OptimCase(
@@ -617,6 +620,7 @@ OPTIM_CASES = [
             dict(lr=0.01),
             dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05),
             dict(lr=0.01, amsgrad=True, maximize=True),
+            dict(lr=0.01, weight_decay=0.1, amsgrad=True),
             dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
         ),
     ),

@@ -10,63 +10,10 @@ from fastnorm import optim as O
 from fastnorm.reference import optim as R
 
 from ._util import FLOATS, assert_close_to_ref, torch_or_skip
+from .cases import OPTIM_CASES
 
-SIZES = [1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64, 127, 1000, 4099]
-
-# functional name -> (state lists it takes, whether it takes step=, option sets)
-FUNCTIONAL = {
-    "sgd": (
-        ["momentum_buffers"],
-        False,
-        [
-            {"lr": 0.05},
-            {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
-            {"lr": 0.05, "momentum": 0.9},
-            {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
-            {"lr": 0.05, "momentum": 0.8, "nesterov": True, "maximize": True},
-            {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.2},
-        ],
-    ),
-    "adagrad": (
-        ["state_sums"],
-        True,
-        [{"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.05, "weight_decay": 0.01, "eps": 1e-6, "maximize": True}],
-    ),
-    "adadelta": (
-        ["square_avgs", "acc_deltas"],
-        False,
-        [{}, {"lr": 0.5, "rho": 0.8, "eps": 1e-4, "weight_decay": 0.05, "maximize": True}],
-    ),
-    "rmsprop": (
-        ["square_avgs", "grad_avgs", "momentum_buffers"],
-        False,
-        [
-            {},
-            {"alpha": 0.9, "centered": True},
-            {"momentum": 0.7, "weight_decay": 0.02},
-            {"lr": 0.003, "alpha": 0.95, "eps": 1e-6, "centered": True, "momentum": 0.5, "maximize": True},
-            {"centered": True, "weight_decay": 0.1},
-        ],
-    ),
-    "adam": (
-        ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
-        True,
-        [
-            {"lr": 0.01},
-            {"lr": 0.01, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.05},
-            {"lr": 0.01, "amsgrad": True, "maximize": True},
-            {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True},
-            {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
-        ],
-    ),
-    "adamw": (
-        ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
-        True,
-        [{"lr": 0.01}, {"lr": 0.01, "weight_decay": 0.3, "amsgrad": True, "maximize": True}],
-    ),
-}
-FCASES = [(name, kw) for name, (_, _, opts) in FUNCTIONAL.items() for kw in opts]
-FIDS = [f"{name}-{i}" for i, (name, _) in enumerate(FCASES)]
+# functional name -> (state lists it takes, whether it takes step=, option sets): the contract suite's table
+FUNCTIONAL = {c.name: (list(c.states), c.has_step, list(c.options)) for c in OPTIM_CASES}
 
 
 def _init_state(name, params, rng):
@@ -147,41 +94,11 @@ def _widen(arrays):
 
 
 # ---------------------------------------------------------------------------------- kernels vs references
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize(("name", "kw"), FCASES, ids=FIDS)
-def test_functional_matches_reference(name, kw, dtype, threads):
-    _check_against_reference(name, kw, SIZES, dtype)
-
-
+# (each option set against the reference, thread-count invariance: tests/contracts/test_optim_contracts.py)
 @pytest.mark.parametrize("name", list(FUNCTIONAL))
 def test_large_and_tiny_tensors(name, threads):
     _, _, opts = FUNCTIONAL[name]
     _check_against_reference(name, opts[-1], [1, 17, 4099, 65537, 1_000_003], np.float32, n_steps=2)
-
-
-@pytest.mark.parametrize(("name", "kw"), FCASES, ids=FIDS)
-def test_thread_count_and_repeat_are_bitwise_identical(name, kw):
-    """Elementwise updates: 1 and 2 threads (chunks crossing tensor boundaries) give the same bits."""
-    rng = np.random.default_rng(1)
-    sizes = list(rng.integers(1, 300, size=200)) + [0, 5000]
-    results = []
-    old = fastnorm.get_num_threads()
-    try:
-        for nt in (1, 2, 2):
-            fastnorm.set_num_threads(nt)
-            _, params, grads = _problem(sizes, np.float32, 2, seed=2)
-            state = _init_state(name, params, np.random.default_rng(3))
-            _run(O, name, params, grads, state, kw)
-            results.append((params, state))
-    finally:
-        fastnorm.set_num_threads(old)
-    for params, state in results[1:]:
-        for a, b in zip(params, results[0][0], strict=True):
-            np.testing.assert_array_equal(a, b)
-        for la, lb in zip(state, results[0][1], strict=True):
-            for a, b in zip(la, lb, strict=True):
-                if a is not None:
-                    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONAL))
