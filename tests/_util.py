@@ -61,7 +61,7 @@ def assert_thread_count_invariant(run, counts=(1, 2)):
             assert (a is None) == (b is None), i
             if a is not None:
                 a, b = np.asarray(a), np.asarray(b)
-                assert a.dtype == b.dtype and a.shape == b.shape, i
+                assert (a.dtype, a.shape) == (b.dtype, b.shape), i
                 bits_a, bits_b = (np.ascontiguousarray(c).reshape(-1).view(np.uint8) for c in (a, b))
                 np.testing.assert_array_equal(bits_a, bits_b, err_msg=f"output {i}, {n} threads")
 
@@ -142,7 +142,8 @@ def assert_close_to_ref(
     about 1.3x the plain one.
     """
     if got is None or ref is None:
-        assert got is None and ref is None, f"{name}: one of got/ref is None"
+        assert got is None, f"{name}: ref is None, got is not"
+        assert ref is None, f"{name}: got is None, ref is not"
         return
     dtype = _dtype_of(got)
     if dtype.kind not in "fV" or (dtype.kind == "V" and dtype != np.dtype(ml_dtypes.bfloat16)):
@@ -190,7 +191,9 @@ def unaligned(a):
     a = np.asarray(a)
     buf = bytearray(a.nbytes + a.itemsize + 1)
     u = np.frombuffer(buf, a.dtype, count=a.size, offset=1).reshape(a.shape)
-    assert not u.flags.aligned and u.flags.c_contiguous and u.flags.writeable
+    assert not u.flags.aligned
+    assert u.flags.c_contiguous
+    assert u.flags.writeable
     u[...] = a
     return u
 

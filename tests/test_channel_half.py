@@ -90,8 +90,10 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
     rm_f, rv_f = rm.copy(), rv.copy()
     y, mean, rstd = fastnorm.batch_norm_forward(x, w, b, rm_f, rv_f, training=training, axis=axis)
     dx, dw, db = fastnorm.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
-    assert y.dtype == dx.dtype == dt and mean.dtype == rstd.dtype == FLOAT32
-    assert dw.dtype == db.dtype == pdt and rm_f.dtype == rv_f.dtype == rdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == rstd.dtype == FLOAT32
+    assert dw.dtype == db.dtype == pdt
+    assert rm_f.dtype == rv_f.dtype == rdt
     checks = []
     for wide in (w64, w32):
         rm_r, rv_r = wide(rm, rv)
@@ -120,7 +122,7 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,axis", BN_SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm(rng, threads, dt, pdt, shape, axis, training):
     pdt = dt if pdt == "x" else FLOAT32
@@ -137,14 +139,14 @@ def test_batch_norm_running_stats_dtypes(rng, dt, rdt):
         assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
-@pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES[:3])
 def test_batch_norm_large_offset(rng, shape, axis):
     for n, g, o, r in zip(*_bn(rng, BFLOAT16, FLOAT32, FLOAT32, shape, axis, True, offset=1e3)):
         assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES[:3])
 def test_batch_norm_nan_propagates(rng, dt, shape, axis):
     for n, g, o, r in zip(*_bn(rng, dt, dt, FLOAT32, shape, axis, True, nan=True)):
         assert_close_to_ref(g, o, r, name=n, ulps=1.0)
@@ -162,7 +164,9 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
     w, b = param(rng, c, pdt), param(rng, c, pdt, 0.0)
     y, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b)
     dx, dw, db = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
-    assert y.dtype == dx.dtype == dt and mean.dtype == FLOAT32 and dw.dtype == db.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == FLOAT32
+    assert dw.dtype == db.dtype == pdt
     got = [y, mean, rstd, dx, dw, db]
     refs = []
     for wide in (w64, w32):
@@ -185,7 +189,7 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,groups", GN_CASES)
+@pytest.mark.parametrize(("shape", "groups"), GN_CASES)
 def test_group_norm(rng, threads, dt, pdt, shape, groups):
     for n, g, o, r in zip(*_gn(rng, dt, dt if pdt == "x" else FLOAT32, shape, groups)):
         assert_close_to_ref(g, o, r, name=n, ulps=1.0)
@@ -208,7 +212,9 @@ def _in(rng, dt, pdt, shape, use_input_stats, offset=0.0):
     rm_f, rv_f = rm.copy(), rv.copy()
     y, mean, rstd = fastnorm.instance_norm_forward(x, w, b, rm_f, rv_f, use_input_stats=use_input_stats)
     dx, dw, db = fastnorm.instance_norm_backward(dy, x, mean, rstd, w, b, use_input_stats=use_input_stats)
-    assert y.dtype == dx.dtype == dt and mean.dtype == FLOAT32 and dw.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == FLOAT32
+    assert dw.dtype == pdt
     got = [y, mean, rstd, rm_f, rv_f, dx, dw, db]
     refs = []
     for wide in (w64, w32):
@@ -244,7 +250,7 @@ def test_instance_norm_large_offset(rng):
 
 # ------------------------------------------------------------------------------------------ LRN
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,size,beta", [((3, 7, 5, 6), 3, 0.75), ((2, 40, 33), 5, 0.6), ((4, 3), 4, 1.0)])
+@pytest.mark.parametrize(("shape", "size", "beta"), [((3, 7, 5, 6), 3, 0.75), ((2, 40, 33), 5, 0.6), ((4, 3), 4, 1.0)])
 def test_local_response_norm(rng, threads, dt, shape, size, beta):
     # torch has no 16-bit CPU LRN: the other result is the float32 reference rounded once
     x, dy = data(rng, shape, dt), data(rng, shape, dt)
@@ -252,7 +258,8 @@ def test_local_response_norm(rng, threads, dt, shape, size, beta):
     kw = dict(alpha=0.5, beta=beta, k=1.0)
     y, scale = fastnorm.local_response_norm_forward(x, size, **kw)
     dx = fastnorm.local_response_norm_backward(dy, x, y, scale, size, **kw)
-    assert y.dtype == dx.dtype == dt and scale.dtype == FLOAT32
+    assert y.dtype == dx.dtype == dt
+    assert scale.dtype == FLOAT32
     (ry, rs), (oy, os_) = (R.local_response_norm_forward(w(x)[0], size, **kw) for w in (w64, w32))
     assert_close_to_ref(y, lowp(oy, dt), ry, name="y", ulps=1.0)
     assert_close_to_ref(scale, os_, rs, name="scale", ulps=1.0)
@@ -264,7 +271,7 @@ def test_local_response_norm(rng, threads, dt, shape, size, beta):
 # ------------------------------------------------------------------------------------------ WeightNorm
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,dim", [((6, 5, 3), 0), ((64, 300), 0), ((4, 6, 5), -1), ((7, 9), None)])
+@pytest.mark.parametrize(("shape", "dim"), [((6, 5, 3), 0), ((64, 300), 0), ((4, 6, 5), -1), ((7, 9), None)])
 def test_weight_norm(rng, threads, dt, pdt, shape, dim):
     pdt = dt if pdt == "x" else FLOAT32
     v, dw = data(rng, shape, dt), data(rng, shape, dt)
@@ -272,7 +279,9 @@ def test_weight_norm(rng, threads, dt, pdt, shape, dim):
     g = (1 + rng.random(gshape)).astype(np.float32).astype(pdt)
     w, norm = fastnorm.weight_norm_forward(v, g, dim=dim)
     dv, dg = fastnorm.weight_norm_backward(dw, v, g, norm, dim=dim)
-    assert w.dtype == dv.dtype == dt and norm.dtype == FLOAT32 and dg.dtype == pdt
+    assert w.dtype == dv.dtype == dt
+    assert norm.dtype == FLOAT32
+    assert dg.dtype == pdt
     refs = [
         (*R.weight_norm_forward(*wide(v, g), dim=dim), *R.weight_norm_backward(*wide(dw, v, g, norm), dim=dim))
         for wide in (w64, w32)
@@ -298,7 +307,9 @@ def test_cosine_linear(rng, threads, dt, pdt):
     dy = data(rng, (3, 7, 5), dt)
     y, xn, wn = fastnorm.cosine_linear_forward(x, wt)
     dx, dw = fastnorm.cosine_linear_backward(dy, x, wt, y, xn, wn)
-    assert y.dtype == dx.dtype == dt and xn.dtype == wn.dtype == FLOAT32 and dw.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert xn.dtype == wn.dtype == FLOAT32
+    assert dw.dtype == pdt
     refs = [
         (*R.cosine_linear_forward(*wide(x, wt)), *R.cosine_linear_backward(*wide(dy, x, wt, y, xn, wn)))
         for wide in (w64, w32)
@@ -364,18 +375,21 @@ def test_out_buffers_written_in_place(rng, dt):
     assert all(a is b for a, b in zip(f, out))
     outb = (np.empty_like(x), np.empty(4, np.float32), None)
     bk = fastnorm.batch_norm_backward(dy, x, f.mean, f.rstd, w, out=outb)
-    assert bk.dx is outb[0] and bk.dweight is outb[1]
+    assert bk.dx is outb[0]
+    assert bk.dweight is outb[1]
     w16 = w.astype(dt)
     outg = (np.empty_like(x), np.empty(4, dt), None)
     fg = fastnorm.group_norm_forward(x, 2, w16)
     gb = fastnorm.group_norm_backward(dy, x, fg.mean, fg.rstd, 2, w16, out=outg)
-    assert gb.dx is outg[0] and gb.dweight is outg[1]
+    assert gb.dx is outg[0]
+    assert gb.dweight is outg[1]
     ref = R.group_norm_backward(*w64(dy, x, fg.mean, fg.rstd), 2, *w64(w16))
     other = lowp(R.group_norm_backward(*w32(dy, x, fg.mean, fg.rstd), 2, *w32(w16))[1], dt)
     assert_close_to_ref(gb.dweight, other, ref[1], name="dw", ulps=1.0)
     lo = (np.empty_like(x), np.empty(x.shape, np.float32))
     lr = fastnorm.local_response_norm_forward(x, 3, out=lo)
-    assert lr.y is lo[0] and lr.scale is lo[1]
+    assert lr.y is lo[0]
+    assert lr.scale is lo[1]
     with pytest.raises(ValueError, match="scale"):
         fastnorm.local_response_norm_forward(x, 3, out=(np.empty_like(x), np.empty_like(x)))
     with pytest.raises(ValueError, match="dweight"):
@@ -406,7 +420,7 @@ def _ulp_diff(a, b):
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,axis", BN_SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES)
 def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, shape, axis):
     """Widening is exact and the 16-bit kernels run the float32 kernels' arithmetic on the widened values:
     their outputs are the float32 kernels' outputs on x.astype(float32) rounded once (up to a last-bit

@@ -411,7 +411,7 @@ def _bn_reference(world, momentum, dtype, affine=True):
 
 
 @pytest.mark.parametrize(
-    "scenario,momentum,dtype,affine",
+    ("scenario", "momentum", "dtype", "affine"),
     [
         ("sync_bn", 0.3, torch.float32, True),
         ("sync_bn_f64_cumulative", None, torch.float64, True),
@@ -466,8 +466,11 @@ def test_phase_mismatch_raises_on_every_rank(world):
 def test_convert_sync_batchnorm(world):
     _, results = world
     res = _ok(results, "convert")[0]
-    assert res["type"] == "SyncBatchNorm" and res["module"] == "fastnorm.torch.distributed"
-    assert res["is_batch_norm"] and res["shares_weight"] and res["momentum"] is None
+    assert res["type"] == "SyncBatchNorm"
+    assert res["module"] == "fastnorm.torch.distributed"
+    assert res["is_batch_norm"]
+    assert res["shares_weight"]
+    assert res["momentum"] is None
     ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     assert res["keys"] == sorted(ref.state_dict().keys())
 
@@ -527,7 +530,8 @@ def test_zero_redundancy_optimizer_with_fastnorm_optimizer(world2, opt_name):
         _assert_params(theirs[rank]["params"], ref["params"], lowp["params"], f"rank {rank} ZeRO torch")
         assert got[rank]["local_state"] == theirs[rank]["local_state"] < 4  # state is sharded
     sd, sd_torch, sd64 = got[0]["state"], theirs[0]["state"], ref["state"]
-    assert sd.keys() == sd_torch.keys() == sd64.keys() and len(sd) == 4
+    assert sd.keys() == sd_torch.keys() == sd64.keys()
+    assert len(sd) == 4
     for k in sd:
         assert sd[k].keys() == sd_torch[k].keys() == sd64[k].keys()
         for name in sd[k]:  # DESIGN.md's criterion: torch's ZeRO state is the other, float64 the reference
@@ -576,7 +580,8 @@ def test_ddp_example_trains_on_two_processes(tmp_path):
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = json.loads(out.read_text())
-    assert m["world_size"] == 2 and m["sync_bn"]
+    assert m["world_size"] == 2
+    assert m["sync_bn"]
     assert m["epoch_losses"][-1] < 0.6 * m["epoch_losses"][0], m["epoch_losses"]
     assert m["test_accuracy"] > 0.5, m["test_accuracy"]
     assert m["max_param_diff_to_rank0"] == 0.0

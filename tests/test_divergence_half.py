@@ -165,7 +165,8 @@ def test_ce_half_error_vs_torch(rng, dtype, opts, offset):
     wt = None if w is None else torch.from_numpy(w).to(xt.dtype)
     tl = torch.nn.functional.cross_entropy(xt, tt, weight=wt, **kw)
     tl.sum().backward()
-    assert str(tl.dtype).endswith(("bfloat16", "float16")) and np.asarray(loss).dtype == dtype
+    assert str(tl.dtype).endswith(("bfloat16", "float16"))
+    assert np.asarray(loss).dtype == dtype
     assert_close_to_ref(np.asarray(loss), _np_of(tl), ref_loss, name="loss")
     assert_close_to_ref(g, _np_of(xt.grad), ref_g, name="grad")
     assert np.all(np.isfinite(lse))
@@ -217,7 +218,8 @@ def test_ce_half_stable_for_logits_of_magnitude_1e4(rng):
     t = np.array([0, 2])
     loss, lse, g = fastnorm.softmax_cross_entropy_forward(x, t, reduction="none", grad="out")
     ref, ref_lse = R.softmax_cross_entropy_forward(x.astype(np.float64), t, reduction="none")
-    assert np.all(np.isfinite(loss.astype(np.float32))) and np.all(np.isfinite(g.astype(np.float32)))
+    assert np.all(np.isfinite(loss.astype(np.float32)))
+    assert np.all(np.isfinite(g.astype(np.float32)))
     loss32, lse32 = R.softmax_cross_entropy_forward(x.astype(np.float32), t, reduction="none")
     assert_close_to_ref(lse, lse32, ref_lse, name="lse")
     assert_close_to_ref(loss, loss32.astype(bf16), ref, name="loss")

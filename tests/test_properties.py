@@ -80,7 +80,7 @@ def snapshot(arrays: dict) -> dict:
 def assert_unchanged(before: dict, arrays: dict, what: str) -> None:
     for k, (dt, shape, data) in before.items():
         a = arrays[k]
-        assert (a.dtype.str, a.shape) == (dt, shape) and a.tobytes() == data, f"{what}: {k} was written"
+        assert (a.dtype.str, a.shape, a.tobytes()) == (dt, shape, data), f"{what}: {k} was written"
 
 
 def assert_names_argument(err: Exception, op: str, names) -> None:
@@ -449,9 +449,11 @@ def test_big_endian_input_is_converted_or_named(case):
     kwargs = dict(inp.fwd)
     kwargs[case.primary] = kwargs[case.primary].astype(">f4")
     try:
-        got = as_tuple(case.fwd(**kwargs))
+        got, err = as_tuple(case.fwd(**kwargs)), None
     except TypeError as e:
-        assert re.search(r"byte order|big-endian|endian", str(e)), str(e)
+        got, err = None, str(e)
+    if err is not None:
+        assert re.search(r"byte order|big-endian|endian", err), err
         return
     want = as_tuple(case.fwd(**inp.fwd))
     for g, w in zip(got, want, strict=True):

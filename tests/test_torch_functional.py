@@ -209,7 +209,8 @@ def test_matches_torch(name, dtype, threads):
     args64 = _inputs(case, torch.float64)  # the same values: _t draws in float64 and rounds
     a_fast, a_ref, a_64 = _fresh_buffers(args), _fresh_buffers(args), _fresh_buffers(args64)
     out, ref, ref64 = case.fast(a_fast), case.ref(a_ref), case.ref(a_64)
-    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert out.dtype == ref.dtype
+    assert out.shape == ref.shape
     ulps = 8 if dtype == torch.float32 else 64
     assert_close_to_ref(out, ref, ref64, name="output", ulps=ulps)
     for k, buf in _buffers(a_ref).items():  # running statistics updated (or left) like torch's
@@ -390,8 +391,10 @@ def test_outputs_share_memory_with_numpy_results():
     """CPU results are torch views of the kernels' NumPy outputs (no copy on the way back)."""
     x = torch.randn(3, 4)
     y, mean, rstd = B["layer_norm"].fwd_impl(x, None, None, 1, 1e-5)
-    assert isinstance(y.numpy(), np.ndarray) and y.is_contiguous()
-    assert mean.shape == (3,) and rstd.shape == (3,)
+    assert isinstance(y.numpy(), np.ndarray)
+    assert y.is_contiguous()
+    assert mean.shape == (3,)
+    assert rstd.shape == (3,)
 
 
 # ------------------------------------------------------------------ accept what torch accepts (issue 12)
@@ -450,7 +453,7 @@ EPS_CASES = [
 
 
 @pytest.mark.parametrize(
-    "name, call, eps", [(n, c, e) for n, c, es in EPS_CASES for e in es], ids=lambda v: str(v)[:16]
+    ("name", "call", "eps"), [(n, c, e) for n, c, es in EPS_CASES for e in es], ids=lambda v: str(v)[:16]
 )
 def test_eps_zero_and_negative_as_torch(name, call, eps):
     x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(2))
@@ -468,7 +471,7 @@ def test_eps_zero_and_negative_as_torch(name, call, eps):
 )
 def test_batch_norm_eps_refused_where_torch_refuses(call):
     x = torch.randn(4, 3, 5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="eps"):  # torch's own refusal
         call(TF, x)
     with pytest.raises(ValueError, match="eps"):
         call(FF, x)

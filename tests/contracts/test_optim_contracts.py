@@ -89,7 +89,8 @@ def test_functional_matches_reference(device, case, opts, dtype):
     _run_functional(case.reference, case, p_w, [[g.astype(wide) for g in gs] for gs in grads], s_w, opts)
     p_k, s_k = [device.get(p) for p in p_k], _back(device, s_k)
     for i in range(len(sizes)):
-        assert p_k[i].dtype == dtype and p_k[i].shape == (sizes[i],)
+        assert p_k[i].dtype == dtype
+        assert p_k[i].shape == (sizes[i],)
         assert_close_to_ref(p_k[i], p_lo[i], p_w[i], name=f"param {i}")
         for name, lk, lw, llo in zip(case.states, s_k, s_w, s_lo, strict=True):
             if lw[i] is not None and lk[i] is not None:

@@ -26,7 +26,7 @@ def _close(got, want, ref64, what):
     within assert_close_to_ref's float64 tolerance of the CPU's (sums in another order)."""
     assert not isinstance(got, np.ndarray), f"{what} came back on the host"
     g = host(got)
-    assert g.shape == want.shape and g.dtype == want.dtype, what
+    assert (g.shape, g.dtype) == (want.shape, want.dtype), what
     if g.dtype == np.float64:
         assert_close_to_ref(g, None, want, name=what)
     else:
@@ -95,7 +95,8 @@ def test_split_batches_with_empty_one(rng, cuda, on_gpu, dtype, device_counts):
     assert [s.count for s in stats] == [10, 0, 15]
     means = np.stack([host(s.mean) for s in stats])
     m2s = np.stack([host(s.m2) for s in stats])
-    assert not means[1].any() and not m2s[1].any()
+    assert not means[1].any()
+    assert not m2s[1].any()
     counts = np.array([s.count for s in stats], dtype=np.float64)
     rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
     drm, drv = on_gpu(rm, rv)
@@ -116,7 +117,9 @@ def test_split_batches_with_empty_one(rng, cuda, on_gpu, dtype, device_counts):
 def test_empty_batch_on_device(on_gpu):
     x = on_gpu(np.empty((0, 2, 3), np.float32))
     st = fastnorm.batch_norm_stats(x)
-    assert st.count == 0 and not host(st.mean).any() and not host(st.m2).any()
+    assert st.count == 0
+    assert not host(st.mean).any()
+    assert not host(st.m2).any()
     one = on_gpu(np.ones(2, np.float32))
     red = fastnorm.batch_norm_backward_reduce(x, x, one, one, one)
     assert all(not host(a).any() for a in red)
@@ -141,9 +144,11 @@ def test_16bit_stages_match_reference(rng, on_gpu, dt, shape, axis, sizes):
     y, mean, invstd, dx, dw, db, red = run_stages(
         fastnorm, parts, dys, w, b, axis, drm, drv, to=lambda a: None if a is None else on_gpu(a), back=host
     )
-    assert y.dtype == dx.dtype == dt and mean.dtype == invstd.dtype == F32
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == invstd.dtype == F32
     assert all(r[0].dtype == r[1].dtype == F32 and r[2].dtype == r[3].dtype == dt for r in red)
-    assert host(drm).dtype == dt and host(drv).dtype == F32
+    assert host(drm).dtype == dt
+    assert host(drv).dtype == F32
     rm32, rv32 = f32(rm, rv)
     y32, mean32, inv32, dx32, dw32, db32, _ = run_stages(RS, *(f32(*parts), f32(*dys)), *f32(w, b), axis, rm32, rv32)
     rm64, rv64 = rm.astype(np.float64), rv.astype(np.float64)  # copies: updated in place
