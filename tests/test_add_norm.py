@@ -247,51 +247,14 @@ def test_empty_shapes(shape):
 
 
 # ------------------------------------------------------------------------------- bad input
-def test_bad_forward_input(rng):
-    x, res, w, b, _, _ = make(rng, (4, 6), np.float32)
-    op = "add_layer_norm_forward"
-    with pytest.raises(ValueError, match=rf"^{op}: residual must have shape \(4, 6\)"):
-        fastnorm.add_layer_norm_forward(x, res[:3], w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: residual has dtype float64"):
-        fastnorm.add_layer_norm_forward(x, res.astype(np.float64), w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: residual is required"):
-        fastnorm.add_layer_norm_forward(x, None, w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: x has dtype int32"):
-        fastnorm.add_layer_norm_forward(x.astype(np.int32), res, w, b)
-    with pytest.raises(ValueError, match=rf"^{op}: bias must have shape \(6,\)"):
-        fastnorm.add_layer_norm_forward(x, res, w, b[:5])
-    with pytest.raises(TypeError, match=rf"^{op}: eps must be a real number"):
-        fastnorm.add_layer_norm_forward(x, res, w, b, eps="1e-5")
-    with pytest.raises(ValueError, match=rf"^{op}: normalized_ndim=3 but x has only 2 dims"):
-        fastnorm.add_layer_norm_forward(x, res, w, b, normalized_ndim=3)
-    op = "add_rms_norm_forward"
-    with pytest.raises(TypeError, match=rf"^{op}: weight has dtype float64"):
-        fastnorm.add_rms_norm_forward(x, res, w.astype(np.float64))
-    with pytest.raises(ValueError, match=rf"^{op}: residual must have shape"):
-        fastnorm.add_rms_norm_forward(x, res.reshape(6, 4), w)
-
-
-def test_bad_backward_input(rng):
+# (a wrong dtype or shape of every argument, bad options: tests/contracts/test_norm_contracts.py)
+def test_required_inputs_are_named(rng):
     x, res, w, b, dy, dh = make(rng, (4, 6), np.float32)
     _, h, mean, rstd = fastnorm.add_layer_norm_forward(x, res, w, b)
-    op = "add_layer_norm_backward"
-    with pytest.raises(ValueError, match=rf"^{op}: dh must have shape \(4, 6\)"):
-        fastnorm.add_layer_norm_backward(dy, dh[:2], h, mean, rstd, w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: dh has dtype float64"):
-        fastnorm.add_layer_norm_backward(dy, dh.astype(np.float64), h, mean, rstd, w, b)
-    with pytest.raises(ValueError, match=rf"^{op}: dy must have shape \(4, 6\)"):
-        fastnorm.add_layer_norm_backward(dy[:3], dh, h, mean, rstd, w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: h has dtype int64"):
-        fastnorm.add_layer_norm_backward(dy, dh, h.astype(np.int64), mean, rstd, w, b)
-    with pytest.raises(ValueError, match=rf"^{op}: normalized_ndim=3 but h has only 2 dims"):
-        fastnorm.add_layer_norm_backward(dy, dh, h, mean, rstd, w, b, normalized_ndim=3)
-    with pytest.raises(TypeError, match=rf"^{op}: mean is required"):
+    with pytest.raises(TypeError, match=r"^add_layer_norm_forward: residual is required"):
+        fastnorm.add_layer_norm_forward(x, None, w, b)
+    with pytest.raises(TypeError, match=r"^add_layer_norm_backward: mean is required"):
         fastnorm.add_layer_norm_backward(dy, dh, h, None, rstd, w, b)
-    with pytest.raises(TypeError, match=rf"^{op}: rstd has dtype float64"):
-        fastnorm.add_layer_norm_backward(dy, dh, h, mean, rstd.astype(np.float64), w, b)
-    op = "add_rms_norm_backward"
-    with pytest.raises(ValueError, match=rf"^{op}: rstd must have shape \(4,\)"):
-        fastnorm.add_rms_norm_backward(dy, dh, h, rstd[:3], w)
 
 
 def test_bad_out_writes_nothing(rng):

@@ -503,6 +503,7 @@ BAD_OPTIONS = {
         ("eps", "1e-5", TypeError),
         ("normalized_ndim", 0, ValueError),
         ("normalized_ndim", 1.0, TypeError),
+        ("normalized_ndim", 9, ValueError),
     ],
     "add_rms_norm": [("eps", "1e-5", TypeError), ("normalized_ndim", 9, ValueError)],
     "batch_norm": [("eps", "1e-5", TypeError), ("momentum", "0.1", TypeError), ("axis", 2, ValueError)],
