@@ -14,6 +14,28 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+@pytest.fixture(autouse=True)
+def _serial_threshold_off():
+    """Overrides tests/conftest.py's: the examples and snippets run as a user runs them, small calls serial
+    (with the cut-off off, every tiny call pays a 2-thread barrier: 20x slower on a loaded machine)."""
+    return
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """torch's intra-op threads beside fastnorm's OpenMP pool make the in-process torch examples 5x slower
+    on a loaded 2-core machine; their results do not depend on torch's thread count."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _run(tmp_path, script, *args, timeout=300):
     out = tmp_path / f"{script}.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
