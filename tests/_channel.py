@@ -124,7 +124,8 @@ def strided(a):
     big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
     big[..., ::2] = a
     v = big[..., ::2]
-    assert not v.flags.c_contiguous and np.array_equal(v, a)
+    assert not v.flags.c_contiguous
+    assert np.array_equal(v, a)
     return v
 
 

@@ -43,6 +43,44 @@ def torch_and_wider_ref(run_torch, run_ref, dtype, arrays):
     return other, run_ref(*(None if a is None else np.asarray(a).astype(np.longdouble) for a in arrays))
 
 
+def assert_thread_count_invariant(run, counts=(1, 2)):
+    """``run()`` (a sequence of arrays; None entries allowed) under each of ``counts`` fastnorm threads gives
+    bitwise the same results; the thread setting is restored afterwards."""
+    import fastnorm
+
+    old = fastnorm.get_num_threads()
+    try:
+        runs = []
+        for n in counts:
+            fastnorm.set_num_threads(n)
+            runs.append(tuple(run()))
+    finally:
+        fastnorm.set_num_threads(old)
+    for n, outs in zip(counts[1:], runs[1:]):
+        for i, (a, b) in enumerate(zip(runs[0], outs, strict=True)):
+            assert (a is None) == (b is None), i
+            if a is not None:
+                a, b = np.asarray(a), np.asarray(b)
+                assert (a.dtype, a.shape) == (b.dtype, b.shape), i
+                bits_a, bits_b = (np.ascontiguousarray(c).reshape(-1).view(np.uint8) for c in (a, b))
+                np.testing.assert_array_equal(bits_a, bits_b, err_msg=f"output {i}, {n} threads")
+
+
+def capture_backend():
+    """A torch.compile backend (AOT autograd, no Inductor) that records the forward and backward graphs'
+    code: (backend, list of code strings)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
+
+
 def _np_wide(a, dtype):
     """``a`` (NumPy array, torch tensor, scalar) as a NumPy array of ``dtype``."""
     if hasattr(a, "detach"):  # a torch tensor
@@ -104,7 +142,8 @@ def assert_close_to_ref(
     about 1.3x the plain one.
     """
     if got is None or ref is None:
-        assert got is None and ref is None, f"{name}: one of got/ref is None"
+        assert got is None, f"{name}: ref is None, got is not"
+        assert ref is None, f"{name}: got is None, ref is not"
         return
     dtype = _dtype_of(got)
     if dtype.kind not in "fV" or (dtype.kind == "V" and dtype != np.dtype(ml_dtypes.bfloat16)):
@@ -152,7 +191,9 @@ def unaligned(a):
     a = np.asarray(a)
     buf = bytearray(a.nbytes + a.itemsize + 1)
     u = np.frombuffer(buf, a.dtype, count=a.size, offset=1).reshape(a.shape)
-    assert not u.flags.aligned and u.flags.c_contiguous and u.flags.writeable
+    assert not u.flags.aligned
+    assert u.flags.c_contiguous
+    assert u.flags.writeable
     u[...] = a
     return u
 

@@ -362,7 +362,14 @@ def _case(name, op, **kw):
     )
 
 
+def _channel_case(name, op, make, options, shapes=CHANNEL_SHAPES, small=CHANNEL_SMALL, **kw):
+    """A case of a channel op ((N, C, *) or channels-last data): a 1-D or 0-D x is a ValueError."""
+    return _case(name, op, make=make, shapes=shapes, small_shapes=small, options=options,
+                 bad_primary_shapes=((5,), ()), **kw)  # fmt: skip
+
+
 _MODES = ("train", "train_no_running", "eval")
+_MODE_OPTIONS = tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE)
 
 OP_CASES = [
     # the row ops: an empty row (4, 0) is legal, as in torch; the fused ones also run without dh
@@ -387,49 +394,43 @@ OP_CASES = [
         )
     ),
     *(
-        _case(
+        _channel_case(
             name,
             "batch_norm",
-            make=partial(_make_batch_norm, axis=axis),
-            shapes=shapes,
-            small_shapes=small,
-            options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+            partial(_make_batch_norm, axis=axis),
+            _MODE_OPTIONS,
+            shapes,
+            small,
             valid=_batch_norm_valid(axis),
-            bad_primary_shapes=((5,), ()),
         )
         for name, axis, shapes, small in (
             ("batch_norm", 1, CHANNEL_SHAPES, CHANNEL_SMALL),
             ("batch_norm_channels_last", -1, CHANNEL_LAST_SHAPES, CHANNEL_LAST_SMALL),
         )
     ),
-    _case(
+    _channel_case(
         "instance_norm",
         "instance_norm",
-        make=_make_instance_norm,
-        shapes=CHANNEL_SHAPES,
-        small_shapes=CHANNEL_SMALL,
-        options=tuple(dict(affine=a, mode=m) for m in _MODES for a in AFFINE),
+        _make_instance_norm,
+        _MODE_OPTIONS,
         valid=_instance_norm_valid,
-        bad_primary_shapes=((5,), ()),
     ),
-    _case(
+    _channel_case(
         "group_norm",
         "group_norm",
-        make=_make_group_norm,
-        shapes=CHANNEL_SHAPES + ((3, 6, 5), (2, 4, 2100)),
-        small_shapes=CHANNEL_SMALL + ((2, 6, 3),),
-        options=tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
+        _make_group_norm,
+        tuple(dict(affine=a, groups=g) for g in ("mid", "one", "all") for a in AFFINE),
+        CHANNEL_SHAPES + ((3, 6, 5), (2, 4, 2100)),
+        CHANNEL_SMALL + ((2, 6, 3),),
         valid=_group_norm_valid,
-        bad_primary_shapes=((5,), ()),
     ),
-    _case(
+    _channel_case(
         "local_response_norm",
         "local_response_norm",
-        make=_make_lrn,
-        shapes=LRN_SHAPES,
-        small_shapes=LRN_SMALL,
-        options=tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)) + (dict(size=2), dict(size=23)),
-        bad_primary_shapes=((5,), ()),
+        _make_lrn,
+        tuple(dict(size=s, beta=b) for s in (3, 1, 4, 9) for b in (0.75, 0.6)) + (dict(size=2), dict(size=23)),
+        LRN_SHAPES,
+        LRN_SMALL,
     ),
     *(
         _case(
@@ -571,8 +572,10 @@ OPTIM_CASES = [
         (
             dict(lr=0.05),
             dict(lr=0.05, weight_decay=0.1, maximize=True),
+            dict(lr=0.05, momentum=0.9),
             dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
             dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+            dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.2),
         ),
     ),
     OptimCase(
@@ -605,6 +608,7 @@ OPTIM_CASES = [
             dict(alpha=0.9, centered=True),
             dict(momentum=0.7, weight_decay=0.02),
             dict(lr=0.003, alpha=0.95, eps=1e-6, centered=True, momentum=0.5, maximize=True),
+            dict(centered=True, weight_decay=0.1),
         ),
     ),
     OptimCase(
@@ -616,6 +620,7 @@ OPTIM_CASES = [
             dict(lr=0.01),
             dict(lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.05),
             dict(lr=0.01, amsgrad=True, maximize=True),
+            dict(lr=0.01, weight_decay=0.1, amsgrad=True),
             dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
         ),
     ),

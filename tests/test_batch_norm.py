@@ -18,7 +18,7 @@ def forward_all(x, w, b, rm, rv, mode, axis, **kw):
 
 
 # ----------------------------------------------------------------------------------------- references
-@pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((3, 2, 3), 1), ((2, 3, 2, 2), 1), ((3, 2, 3), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3), 1), ((3, 2, 3), 1), ((2, 3, 2, 2), 1), ((3, 2, 3), -1)])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", ch.AFFINE)
 def test_reference_backward_matches_finite_differences(rng, shape, axis, training, affine):
@@ -47,7 +47,7 @@ def test_reference_running_stats_formula(rng):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(
-    "shape,axis", [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1), ((150, 9), -1)]
+    ("shape", "axis"), [((3, 5, 6, 7), 1), ((4, 6, 37), 1), ((13, 2), -1), ((5, 6, 7), -1), ((150, 9), -1)]
 )
 @pytest.mark.parametrize("training", [True, False])
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, axis, training):
@@ -92,7 +92,7 @@ def test_channels_last_equals_channels_first(rng, threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", [((6, 4, 7), 1), ((40, 5), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((6, 4, 7), 1), ((40, 5), -1)])
 def test_running_stats_after_several_steps(rng, threads, dtype, shape, axis):
     """DESIGN.md's criterion: float32 within 2x the float32 NumPy reference's error against float64; float64
     within 2x the float64 reference's error against extended precision (plus 8 ulps)."""
@@ -112,20 +112,21 @@ def test_running_stats_after_several_steps(rng, threads, dtype, shape, axis):
 
 # ----------------------------------------------------------------------------------------- numerics
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", [((4, 3, 6), 1), ((30, 4), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3, 6), 1), ((30, 4), -1)])
 @pytest.mark.parametrize("training", [True, False])
 def test_nan_propagates_like_reference(rng, threads, dtype, shape, axis, training):
     x, w, b, rm, rv = make(rng, shape, axis, dtype)
     x[(1,) * x.ndim] = np.nan
     got, ref, lowp = forward_all(x, w, b, rm, rv, "train" if training else "eval", axis)
-    assert np.isnan(got[0]).any() and np.isfinite(got[0]).any()
+    assert np.isnan(got[0]).any()
+    assert np.isfinite(got[0]).any()
     check_all(got, ref, lowp, STATS)
     dy = rng.normal(size=shape).astype(dtype)
     g = fastnorm.batch_norm_backward(dy, x, got[1], got[2], w, b, training=training, axis=axis)
     ch.check_backward("batch_norm", g, dy, x, got[1], got[2], w, b, training=training, axis=axis)
 
 
-@pytest.mark.parametrize("shape,axis", [((8, 3, 700), 1), ((3000, 4), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((8, 3, 700), 1), ((3000, 4), -1)])
 def test_large_offset_float32_statistics(rng, threads, shape, axis):
     x, w, b, rm, rv = make(rng, shape, axis, np.float32, offset=1e4)
     got, ref, lowp = forward_all(x, w, b, rm, rv, "train", axis)

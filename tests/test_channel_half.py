@@ -18,7 +18,7 @@ import fastnorm._kernels.cpu as K
 from fastnorm import reference as R
 from fastnorm._dtypes import BFLOAT16, FLOAT16, FLOAT32
 
-from ._util import assert_close_to_ref
+from ._util import assert_close_to_ref, assert_thread_count_invariant
 
 HALF = [BFLOAT16, FLOAT16]
 HALF_IDS = ["bf16", "f16"]
@@ -34,25 +34,6 @@ def _wide(a) -> np.ndarray:
     if hasattr(a, "detach"):
         a = a.detach().double().numpy()
     return np.asarray(a).astype(np.float64)
-
-
-def close(got, other, ref, name, *, factor=2.0, ulps=1.0):
-    """max|got - ref| <= factor * max|other - ref| + ulps * eps(got.dtype) * max(1, max|ref|), with NaN and
-    inf where ref has them."""
-    g, o, r = _wide(got), _wide(other), _wide(ref)
-    assert g.shape == r.shape == o.shape, f"{name}: shapes {g.shape} {o.shape} {r.shape}"
-    np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: NaN pattern")
-    np.testing.assert_array_equal(np.isinf(g), np.isinf(r), err_msg=f"{name}: inf pattern")
-    fin = np.isfinite(r)
-    np.testing.assert_array_equal(g[~fin], r[~fin], err_msg=f"{name}: non-finite values")
-    if not fin.any():
-        return
-    err = float(np.max(np.abs(g[fin] - r[fin])))
-    ofin = fin & np.isfinite(o)
-    other_err = float(np.max(np.abs(o[ofin] - r[ofin]))) if ofin.any() else 0.0
-    scale = max(1.0, float(np.max(np.abs(r[fin]))))
-    bound = factor * other_err + ulps * _eps(np.asarray(got).dtype) * scale
-    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (other's error {other_err:.3g})"
 
 
 def lowp(a, dtype):
@@ -109,8 +90,10 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
     rm_f, rv_f = rm.copy(), rv.copy()
     y, mean, rstd = fastnorm.batch_norm_forward(x, w, b, rm_f, rv_f, training=training, axis=axis)
     dx, dw, db = fastnorm.batch_norm_backward(dy, x, mean, rstd, w, b, training=training, axis=axis)
-    assert y.dtype == dx.dtype == dt and mean.dtype == rstd.dtype == FLOAT32
-    assert dw.dtype == db.dtype == pdt and rm_f.dtype == rv_f.dtype == rdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == rstd.dtype == FLOAT32
+    assert dw.dtype == db.dtype == pdt
+    assert rm_f.dtype == rv_f.dtype == rdt
     checks = []
     for wide in (w64, w32):
         rm_r, rv_r = wide(rm, rv)
@@ -139,12 +122,12 @@ def _bn(rng, dt, pdt, rdt, shape, axis, training, offset=0.0, nan=False):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,axis", BN_SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm(rng, threads, dt, pdt, shape, axis, training):
     pdt = dt if pdt == "x" else FLOAT32
     for n, g, o, r in zip(*_bn(rng, dt, pdt, FLOAT32 if pdt == FLOAT32 else dt, shape, axis, training)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
@@ -153,20 +136,20 @@ def test_batch_norm_running_stats_dtypes(rng, dt, rdt):
     # float32 parameters with running statistics in x's dtype (torch refuses the mixture; accepted here)
     rdt = dt if rdt == "x" else FLOAT32
     for n, g, o, r in zip(*_bn(rng, dt, FLOAT32, rdt, (5, 4, 6, 6), 1, True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
-@pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES[:3])
 def test_batch_norm_large_offset(rng, shape, axis):
     for n, g, o, r in zip(*_bn(rng, BFLOAT16, FLOAT32, FLOAT32, shape, axis, True, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,axis", BN_SHAPES[:3])
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES[:3])
 def test_batch_norm_nan_propagates(rng, dt, shape, axis):
     for n, g, o, r in zip(*_bn(rng, dt, dt, FLOAT32, shape, axis, True, nan=True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ GroupNorm
@@ -181,7 +164,9 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
     w, b = param(rng, c, pdt), param(rng, c, pdt, 0.0)
     y, mean, rstd = fastnorm.group_norm_forward(x, groups, w, b)
     dx, dw, db = fastnorm.group_norm_backward(dy, x, mean, rstd, groups, w, b)
-    assert y.dtype == dx.dtype == dt and mean.dtype == FLOAT32 and dw.dtype == db.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == FLOAT32
+    assert dw.dtype == db.dtype == pdt
     got = [y, mean, rstd, dx, dw, db]
     refs = []
     for wide in (w64, w32):
@@ -204,17 +189,17 @@ def _gn(rng, dt, pdt, shape, groups, offset=0.0, nan=False):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,groups", GN_CASES)
+@pytest.mark.parametrize(("shape", "groups"), GN_CASES)
 def test_group_norm(rng, threads, dt, pdt, shape, groups):
     for n, g, o, r in zip(*_gn(rng, dt, dt if pdt == "x" else FLOAT32, shape, groups)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 def test_group_norm_large_offset_and_inf(rng):
     for n, g, o, r in zip(*_gn(rng, BFLOAT16, FLOAT32, (3, 8, 5, 7), 4, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
     for n, g, o, r in zip(*_gn(rng, FLOAT16, FLOAT16, (3, 8, 5, 7), 4, nan=True)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ InstanceNorm
@@ -227,7 +212,9 @@ def _in(rng, dt, pdt, shape, use_input_stats, offset=0.0):
     rm_f, rv_f = rm.copy(), rv.copy()
     y, mean, rstd = fastnorm.instance_norm_forward(x, w, b, rm_f, rv_f, use_input_stats=use_input_stats)
     dx, dw, db = fastnorm.instance_norm_backward(dy, x, mean, rstd, w, b, use_input_stats=use_input_stats)
-    assert y.dtype == dx.dtype == dt and mean.dtype == FLOAT32 and dw.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == FLOAT32
+    assert dw.dtype == pdt
     got = [y, mean, rstd, rm_f, rv_f, dx, dw, db]
     refs = []
     for wide in (w64, w32):
@@ -253,17 +240,17 @@ def _in(rng, dt, pdt, shape, use_input_stats, offset=0.0):
 @pytest.mark.parametrize("use_input_stats", [True, False])
 def test_instance_norm(rng, threads, dt, pdt, shape, use_input_stats):
     for n, g, o, r in zip(*_in(rng, dt, dt if pdt == "x" else FLOAT32, shape, use_input_stats)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 def test_instance_norm_large_offset(rng):
     for n, g, o, r in zip(*_in(rng, BFLOAT16, FLOAT32, (3, 4, 6, 7), True, offset=1e3)):
-        close(g, o, r, n)
+        assert_close_to_ref(g, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ LRN
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,size,beta", [((3, 7, 5, 6), 3, 0.75), ((2, 40, 33), 5, 0.6), ((4, 3), 4, 1.0)])
+@pytest.mark.parametrize(("shape", "size", "beta"), [((3, 7, 5, 6), 3, 0.75), ((2, 40, 33), 5, 0.6), ((4, 3), 4, 1.0)])
 def test_local_response_norm(rng, threads, dt, shape, size, beta):
     # torch has no 16-bit CPU LRN: the other result is the float32 reference rounded once
     x, dy = data(rng, shape, dt), data(rng, shape, dt)
@@ -271,19 +258,20 @@ def test_local_response_norm(rng, threads, dt, shape, size, beta):
     kw = dict(alpha=0.5, beta=beta, k=1.0)
     y, scale = fastnorm.local_response_norm_forward(x, size, **kw)
     dx = fastnorm.local_response_norm_backward(dy, x, y, scale, size, **kw)
-    assert y.dtype == dx.dtype == dt and scale.dtype == FLOAT32
+    assert y.dtype == dx.dtype == dt
+    assert scale.dtype == FLOAT32
     (ry, rs), (oy, os_) = (R.local_response_norm_forward(w(x)[0], size, **kw) for w in (w64, w32))
-    close(y, lowp(oy, dt), ry, "y")
-    close(scale, os_, rs, "scale")
+    assert_close_to_ref(y, lowp(oy, dt), ry, name="y", ulps=1.0)
+    assert_close_to_ref(scale, os_, rs, name="scale", ulps=1.0)
     rdx = R.local_response_norm_backward(*w64(dy, x, y, scale), size, **kw)
     odx = R.local_response_norm_backward(*w32(dy, x, y, scale), size, **kw)
-    close(dx, lowp(odx, dt), rdx, "dx")
+    assert_close_to_ref(dx, lowp(odx, dt), rdx, name="dx", ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ WeightNorm
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,dim", [((6, 5, 3), 0), ((64, 300), 0), ((4, 6, 5), -1), ((7, 9), None)])
+@pytest.mark.parametrize(("shape", "dim"), [((6, 5, 3), 0), ((64, 300), 0), ((4, 6, 5), -1), ((7, 9), None)])
 def test_weight_norm(rng, threads, dt, pdt, shape, dim):
     pdt = dt if pdt == "x" else FLOAT32
     v, dw = data(rng, shape, dt), data(rng, shape, dt)
@@ -291,7 +279,9 @@ def test_weight_norm(rng, threads, dt, pdt, shape, dim):
     g = (1 + rng.random(gshape)).astype(np.float32).astype(pdt)
     w, norm = fastnorm.weight_norm_forward(v, g, dim=dim)
     dv, dg = fastnorm.weight_norm_backward(dw, v, g, norm, dim=dim)
-    assert w.dtype == dv.dtype == dt and norm.dtype == FLOAT32 and dg.dtype == pdt
+    assert w.dtype == dv.dtype == dt
+    assert norm.dtype == FLOAT32
+    assert dg.dtype == pdt
     refs = [
         (*R.weight_norm_forward(*wide(v, g), dim=dim), *R.weight_norm_backward(*wide(dw, v, g, norm), dim=dim))
         for wide in (w64, w32)
@@ -305,7 +295,7 @@ def test_weight_norm(rng, threads, dt, pdt, shape, dim):
         tw.backward(torch_t(dw))
         other[0], other[2] = tw, tv.grad
     for n, a, o, r in zip(["w", "norm", "dv", "dg"], got, other, refs[0]):
-        close(a, o, r, n)
+        assert_close_to_ref(a, o, r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ CosineLinear
@@ -317,14 +307,16 @@ def test_cosine_linear(rng, threads, dt, pdt):
     dy = data(rng, (3, 7, 5), dt)
     y, xn, wn = fastnorm.cosine_linear_forward(x, wt)
     dx, dw = fastnorm.cosine_linear_backward(dy, x, wt, y, xn, wn)
-    assert y.dtype == dx.dtype == dt and xn.dtype == wn.dtype == FLOAT32 and dw.dtype == pdt
+    assert y.dtype == dx.dtype == dt
+    assert xn.dtype == wn.dtype == FLOAT32
+    assert dw.dtype == pdt
     refs = [
         (*R.cosine_linear_forward(*wide(x, wt)), *R.cosine_linear_backward(*wide(dy, x, wt, y, xn, wn)))
         for wide in (w64, w32)
     ]
     got = [y, xn, wn, dx, dw]
     for n, a, o, r in zip(["y", "x_norm", "w_norm", "dx", "dw"], got, refs[1], refs[0]):
-        close(a, lowp(o, a.dtype), r, n)
+        assert_close_to_ref(a, lowp(o, a.dtype), r, name=n, ulps=1.0)
 
 
 # ------------------------------------------------------------------------------------------ out=, threads, ISA
@@ -354,18 +346,7 @@ def _all_ops(rng, dt, ops=fastnorm, cast=lambda a: a):
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 def test_bitwise_same_for_any_thread_count(rng, dt):
-    old = fastnorm.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            fastnorm.set_num_threads(n)
-            runs.append(_all_ops(np.random.default_rng(5), dt))
-    finally:
-        fastnorm.set_num_threads(old)
-    for outs in runs[1:]:
-        for i, (a, b) in enumerate(zip(runs[0], outs)):
-            a, b = np.asarray(a), np.asarray(b)
-            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=str(i))
+    assert_thread_count_invariant(lambda: _all_ops(np.random.default_rng(5), dt), counts=(1, 2, 3))
 
 
 @pytest.mark.parametrize("target", K.runnable_targets())
@@ -382,12 +363,7 @@ def test_every_isa_target(target, dt):
         if g is None:
             continue
         g = np.asarray(g)
-        other = lowp(r32, g.dtype)
-        # one unit of g's dtype; a 16-bit g is compared as the float32 array of the same values
-        ulps = _eps(g.dtype) / _eps(FLOAT32)
-        if g.dtype.itemsize == 2:
-            g, other = g.astype(FLOAT32), other.astype(FLOAT32)
-        assert_close_to_ref(g, other, r64, name=f"{target} output {i}", ulps=ulps)
+        assert_close_to_ref(g, lowp(r32, g.dtype), r64, name=f"{target} output {i}", ulps=1.0)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
@@ -399,17 +375,21 @@ def test_out_buffers_written_in_place(rng, dt):
     assert all(a is b for a, b in zip(f, out))
     outb = (np.empty_like(x), np.empty(4, np.float32), None)
     bk = fastnorm.batch_norm_backward(dy, x, f.mean, f.rstd, w, out=outb)
-    assert bk.dx is outb[0] and bk.dweight is outb[1]
+    assert bk.dx is outb[0]
+    assert bk.dweight is outb[1]
     w16 = w.astype(dt)
     outg = (np.empty_like(x), np.empty(4, dt), None)
     fg = fastnorm.group_norm_forward(x, 2, w16)
     gb = fastnorm.group_norm_backward(dy, x, fg.mean, fg.rstd, 2, w16, out=outg)
-    assert gb.dx is outg[0] and gb.dweight is outg[1]
+    assert gb.dx is outg[0]
+    assert gb.dweight is outg[1]
     ref = R.group_norm_backward(*w64(dy, x, fg.mean, fg.rstd), 2, *w64(w16))
-    close(gb.dweight, lowp(R.group_norm_backward(*w32(dy, x, fg.mean, fg.rstd), 2, *w32(w16))[1], dt), ref[1], "dw")
+    other = lowp(R.group_norm_backward(*w32(dy, x, fg.mean, fg.rstd), 2, *w32(w16))[1], dt)
+    assert_close_to_ref(gb.dweight, other, ref[1], name="dw", ulps=1.0)
     lo = (np.empty_like(x), np.empty(x.shape, np.float32))
     lr = fastnorm.local_response_norm_forward(x, 3, out=lo)
-    assert lr.y is lo[0] and lr.scale is lo[1]
+    assert lr.y is lo[0]
+    assert lr.scale is lo[1]
     with pytest.raises(ValueError, match="scale"):
         fastnorm.local_response_norm_forward(x, 3, out=(np.empty_like(x), np.empty_like(x)))
     with pytest.raises(ValueError, match="dweight"):
@@ -440,7 +420,7 @@ def _ulp_diff(a, b):
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,axis", BN_SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES)
 def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, shape, axis):
     """Widening is exact and the 16-bit kernels run the float32 kernels' arithmetic on the widened values:
     their outputs are the float32 kernels' outputs on x.astype(float32) rounded once (up to a last-bit
@@ -455,9 +435,12 @@ def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, sh
     g16 = fastnorm.batch_norm_backward(dy, x, f16.mean, f16.rstd, w, b, axis=axis)
     g32 = fastnorm.batch_norm_backward(dy32, x32, f32.mean, f32.rstd, w, b, axis=axis)
     pairs += [(f16.y, f32.y), (g16.dx, g32.dx)]
-    np.testing.assert_allclose(f16.mean, f32.mean, rtol=1e-6)
-    np.testing.assert_allclose(f16.rstd, f32.rstd, rtol=1e-6)
-    np.testing.assert_allclose(g16.dweight, g32.dweight, rtol=1e-5, atol=1e-5)
+    # the float32 statistics: within DESIGN.md's bound of the float32 kernel's (bitwise equal on avx2)
+    ref = R.batch_norm_forward(*w64(x, w, b), axis=axis)
+    ref_dw = R.batch_norm_backward(*w64(dy, x), ref[1], ref[2], *w64(w, b), axis=axis)[1]
+    for n, got, other, r in [("mean", f16.mean, f32.mean, ref[1]), ("rstd", f16.rstd, f32.rstd, ref[2]),
+                             ("dweight", g16.dweight, g32.dweight, ref_dw)]:  # fmt: skip
+        assert_close_to_ref(got, other, r, name=n, sample_slack=True)
     if axis == 1 and len(shape) > 2:
         for fn in (
             lambda a: fastnorm.group_norm_forward(a, 1, w, b).y,

@@ -86,11 +86,12 @@ def test_nan_propagation(rng, threads, dtype):
     w[3, 0] = np.inf
     with np.errstate(invalid="ignore"):
         y, xn, wn, dx, dw = _check_kernels(x, w, dy)
-    assert np.isnan(y[2]).all() and np.isnan(y[:, 3]).all()
+    assert np.isnan(y[2]).all()
+    assert np.isnan(y[:, 3]).all()
     assert np.isfinite(np.delete(np.delete(y, 2, axis=0), 3, axis=1)).all()
 
 
-@pytest.mark.parametrize("lead,d,o", [((0,), 3, 2), ((3,), 0, 2), ((3,), 4, 0)])
+@pytest.mark.parametrize(("lead", "d", "o"), [((0,), 3, 2), ((3,), 0, 2), ((3,), 4, 0)])
 def test_empty(rng, lead, d, o):
     x, w, dy = _make(rng, lead, d, o)
     y, xn, wn = fastnorm.cosine_linear_forward(x, w)
@@ -139,7 +140,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
         dx0, dw0 = np.full(x.shape, 7.0), np.full(w.shape, 7.0)
         with pytest.raises(exc, match=word):
             fastnorm.cosine_linear_backward(**kwargs, out=(dx0, dw0))
-        assert (dx0 == 7.0).all() and (dw0 == 7.0).all()
+        assert (dx0 == 7.0).all()
+        assert (dw0 == 7.0).all()
     with pytest.raises(ValueError, match="out"):
         fastnorm.cosine_linear_forward(x, w, out=(np.empty((3, 5)), None, None))
     with pytest.raises(ValueError, match="out"):

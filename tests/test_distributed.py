@@ -48,6 +48,23 @@ def _lo_hi(rank: int, sizes) -> tuple[int, int]:
     return lo, lo + sizes[rank]
 
 
+def _local_batch(rank: int, sizes, data_fn, dtype=torch.float32):
+    """This rank's rows (x, t) of the global batch from ``data_fn``, and the global batch size."""
+    n = sum(sizes)
+    lo, hi = _lo_hi(rank, sizes)
+    x_all, t_all = data_fn(n)
+    return torch.tensor(x_all[lo:hi], dtype=dtype), torch.tensor(t_all[lo:hi], dtype=dtype), n
+
+
+def _train(model, opt, x, t, scale):
+    """STEPS optimizer steps on the loss scale * sum((model(x) - t)^2)."""
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = ((model(x) - t) ** 2).sum() * scale
+        loss.backward()
+        opt.step()
+
+
 def _convnet(bn_cls, dtype=torch.float32):
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -202,19 +219,10 @@ def _ddp_convnet(rank, world, counter):
     import fastnorm.torch.optim as fo
     from fastnorm.torch.distributed import SyncBatchNorm
 
-    sizes = SIZES[world]
-    n = sum(sizes)
-    lo, hi = _lo_hi(rank, sizes)
-    x_all, t_all = _img_data(n)
+    x, t, n = _local_batch(rank, SIZES[world], _img_data)
     model = SyncBatchNorm.convert_sync_batchnorm(_convnet(torch.nn.BatchNorm2d))
     ddp = DDP(model)
-    opt = fo.AdamW(ddp.parameters(), **OPT_KW["AdamW"])
-    x, t = torch.from_numpy(x_all[lo:hi]), torch.from_numpy(t_all[lo:hi])
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = ((ddp(x) - t) ** 2).sum() * (world / n)
-        loss.backward()
-        opt.step()
+    _train(ddp, fo.AdamW(ddp.parameters(), **OPT_KW["AdamW"]), x, t, world / n)
     return {
         "params": [p.detach().numpy().copy() for p in model.parameters()],
         "running_mean": model[1].running_mean.numpy().copy(),
@@ -229,10 +237,7 @@ def _mlp_run(rank, world, opt_name, fastnorm_opt, mode):
 
     import fastnorm.torch.optim as fo
 
-    sizes = (4, 6, 2)[:world]
-    n = sum(sizes)
-    lo, hi = _lo_hi(rank, sizes)
-    x_all, t_all = _mlp_data(n)
+    x, t, n = _local_batch(rank, (4, 6, 2)[:world], _mlp_data)
     model = _mlp()
     ddp = DDP(model)
     cls = getattr(fo if fastnorm_opt else torch.optim, opt_name)
@@ -240,12 +245,7 @@ def _mlp_run(rank, world, opt_name, fastnorm_opt, mode):
         opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=cls, **OPT_KW[opt_name])
     else:
         opt = cls(ddp.parameters(), **OPT_KW[opt_name])
-    x, t = torch.from_numpy(x_all[lo:hi]), torch.from_numpy(t_all[lo:hi])
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = ((ddp(x) - t) ** 2).sum() * (world / n)
-        loss.backward()
-        opt.step()
+    _train(ddp, opt, x, t, world / n)
     out = {"params": [p.detach().numpy().copy() for p in model.parameters()]}
     if mode == "zero":
         out["local_state"] = len(opt.optim.state)
@@ -264,22 +264,13 @@ def _fsdp2_run(rank, world, opt_name, fastnorm_opt):
 
     import fastnorm.torch.optim as fo
 
-    sizes = (4, 6, 2)[:world]
-    n = sum(sizes)
-    lo, hi = _lo_hi(rank, sizes)
-    x_all, t_all = _mlp_data(n)
+    x, t, n = _local_batch(rank, (4, 6, 2)[:world], _mlp_data)
     model = _mlp()
     for layer in (model[0], model[2]):
         fully_shard(layer)
     fully_shard(model)
     cls = getattr(fo if fastnorm_opt else torch.optim, opt_name)
-    opt = cls(model.parameters(), **OPT_KW[opt_name])
-    x, t = torch.from_numpy(x_all[lo:hi]), torch.from_numpy(t_all[lo:hi])
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = ((model(x) - t) ** 2).sum() * (world / n)
-        loss.backward()
-        opt.step()
+    _train(model, cls(model.parameters(), **OPT_KW[opt_name]), x, t, world / n)
     return {"params": [p.full_tensor().detach().numpy().copy() for p in model.parameters()]}
 
 
@@ -420,7 +411,7 @@ def _bn_reference(world, momentum, dtype, affine=True):
 
 
 @pytest.mark.parametrize(
-    "scenario,momentum,dtype,affine",
+    ("scenario", "momentum", "dtype", "affine"),
     [
         ("sync_bn", 0.3, torch.float32, True),
         ("sync_bn_f64_cumulative", None, torch.float64, True),
@@ -475,23 +466,20 @@ def test_phase_mismatch_raises_on_every_rank(world):
 def test_convert_sync_batchnorm(world):
     _, results = world
     res = _ok(results, "convert")[0]
-    assert res["type"] == "SyncBatchNorm" and res["module"] == "fastnorm.torch.distributed"
-    assert res["is_batch_norm"] and res["shares_weight"] and res["momentum"] is None
+    assert res["type"] == "SyncBatchNorm"
+    assert res["module"] == "fastnorm.torch.distributed"
+    assert res["is_batch_norm"]
+    assert res["shares_weight"]
+    assert res["momentum"] is None
     ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     assert res["keys"] == sorted(ref.state_dict().keys())
 
 
 def _single_process(model_fn, data_fn, sizes, opt_cls, kw, dtype, bn=False):
-    n = sum(sizes)
-    x_all, t_all = data_fn(n)
+    x, t, n = _local_batch(0, (sum(sizes),), data_fn, dtype)
     model = model_fn(dtype)
     opt = opt_cls(model.parameters(), **kw)
-    x, t = torch.tensor(x_all, dtype=dtype), torch.tensor(t_all, dtype=dtype)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = ((model(x) - t) ** 2).sum() / n
-        loss.backward()
-        opt.step()
+    _train(model, opt, x, t, 1 / n)
     out = {"params": [p.detach().numpy().copy() for p in model.parameters()]}
     out["state"] = {
         k: {n: v.numpy().copy() for n, v in st.items() if torch.is_tensor(v) and v.dim() > 0}
@@ -542,7 +530,8 @@ def test_zero_redundancy_optimizer_with_fastnorm_optimizer(world2, opt_name):
         _assert_params(theirs[rank]["params"], ref["params"], lowp["params"], f"rank {rank} ZeRO torch")
         assert got[rank]["local_state"] == theirs[rank]["local_state"] < 4  # state is sharded
     sd, sd_torch, sd64 = got[0]["state"], theirs[0]["state"], ref["state"]
-    assert sd.keys() == sd_torch.keys() == sd64.keys() and len(sd) == 4
+    assert sd.keys() == sd_torch.keys() == sd64.keys()
+    assert len(sd) == 4
     for k in sd:
         assert sd[k].keys() == sd_torch[k].keys() == sd64[k].keys()
         for name in sd[k]:  # DESIGN.md's criterion: torch's ZeRO state is the other, float64 the reference
@@ -591,7 +580,8 @@ def test_ddp_example_trains_on_two_processes(tmp_path):
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = json.loads(out.read_text())
-    assert m["world_size"] == 2 and m["sync_bn"]
+    assert m["world_size"] == 2
+    assert m["sync_bn"]
     assert m["epoch_losses"][-1] < 0.6 * m["epoch_losses"][0], m["epoch_losses"]
     assert m["test_accuracy"] > 0.5, m["test_accuracy"]
     assert m["max_param_diff_to_rank0"] == 0.0

@@ -77,7 +77,7 @@ ROW_SHAPES = [((0, 4), 1), ((3, 0), 1), ((2, 0, 3), 1), ((2, 3, 0), 2), ((0,), 1
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, k", ROW_SHAPES)
+@pytest.mark.parametrize(("shape", "k"), ROW_SHAPES)
 @pytest.mark.parametrize("affine", [False, True])
 def test_row_norm_empty(op, shape, k, affine, dtype):
     x = np.zeros(shape, dtype)
@@ -106,7 +106,7 @@ def test_row_norm_empty(op, shape, k, affine, dtype):
 BN_SHAPES = [((0, 3), 1), ((0, 3, 4), 1), ((2, 3, 0), 1), ((2, 0, 4), 1), ((0, 0), 1), ((0, 4, 3), -1), ((2, 0, 3), -1)]
 
 
-@pytest.mark.parametrize("shape, axis", BN_SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), BN_SHAPES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [False, True])
 def test_batch_norm_empty(shape, axis, training, affine):
@@ -140,7 +140,7 @@ def test_batch_norm_empty(shape, axis, training, affine):
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0), (6, 8, 0), (2, 3, 0, 5)])
 @pytest.mark.parametrize(
-    "use_input_stats, with_running",
+    ("use_input_stats", "with_running"),
     [(True, True), (True, False), (False, True)],
     ids=["stats", "stats-nostate", "eval"],
 )  # evaluation needs running statistics
@@ -179,7 +179,9 @@ def test_instance_norm_empty(shape, use_input_stats, with_running, affine):
     _channel_backward("instance_norm", x, mean, rstd, w, b, use_input_stats=use_input_stats)
 
 
-@pytest.mark.parametrize("shape, groups", [((0, 4, 3), 2), ((6, 8, 0), 2), ((2, 0, 3), 1), ((2, 0, 3), 3), ((0, 0), 1)])
+@pytest.mark.parametrize(
+    ("shape", "groups"), [((0, 4, 3), 2), ((6, 8, 0), 2), ((2, 0, 3), 1), ((2, 0, 3), 3), ((0, 0), 1)]
+)
 @pytest.mark.parametrize("affine", [False, True])
 def test_group_norm_empty(shape, groups, affine):
     x = np.zeros(shape, np.float32)
@@ -207,7 +209,7 @@ def test_local_response_norm_empty(shape):
 
 # ---------------------------------------------------------------------------------- WeightNorm, CosineLinear
 @pytest.mark.parametrize(
-    "vshape, dim", [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)]
+    ("vshape", "dim"), [((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((0, 3), 1), ((0,), None), ((2, 0), None)]
 )
 def test_weight_norm_empty(vshape, dim):
     v = np.zeros(vshape, np.float32)
@@ -233,7 +235,7 @@ def test_weight_norm_empty(vshape, dim):
 
 
 @pytest.mark.parametrize(
-    "xshape, wshape", [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))]
+    ("xshape", "wshape"), [((0, 4), (5, 4)), ((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4)), ((0, 0), (0, 0))]
 )
 def test_cosine_linear_empty(xshape, wshape):
     rng = np.random.default_rng(0)
@@ -288,7 +290,7 @@ TORCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, shape, call, pshape", TORCH_CASES, ids=[f"{c[0]}-{c[1]}" for c in TORCH_CASES])
+@pytest.mark.parametrize(("name", "shape", "call", "pshape"), TORCH_CASES, ids=[f"{c[0]}-{c[1]}" for c in TORCH_CASES])
 def test_torch_functional_empty_matches_torch(name, shape, call, pshape):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F

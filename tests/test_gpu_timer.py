@@ -71,7 +71,9 @@ class FakeGPU:
                 gpu.host = max(gpu.host, self.t)
 
             def elapsed_time(self, other):
-                assert self.t is not None and other.t is not None and gpu.host >= other.t
+                assert self.t is not None
+                assert other.t is not None
+                assert gpu.host >= other.t
                 return other.t - self.t
 
         def synchronize():
@@ -106,7 +108,9 @@ def test_device_time_hides_a_host_bound_call():
     t = make(gpu)
     r = t(gpu.op(host_ms=0.5, device_ms=0.01), repeats=5)
     assert isinstance(r, Timing)
-    assert r.valid is True and r.invalid_samples == 0 and r.retries == 0
+    assert r.valid is True
+    assert r.invalid_samples == 0
+    assert r.retries == 0
     # events around back-to-back device work: the kernel plus the per-event marker gaps, never host time
     assert r.median_ms == pytest.approx(0.01, abs=1e-6)
     assert r.min_ms <= r.median_ms
@@ -136,7 +140,8 @@ def test_hold_too_short_is_detected_and_retried_longer():
     gpu.rate_scale = 8.0  # clocks boosted after calibration: every hold ends 8x sooner than computed
     r = t(gpu.op(host_ms=0.5, device_ms=0.01), repeats=4)
     assert r.retries > 0
-    assert r.valid is True and r.invalid_samples == 0
+    assert r.valid is True
+    assert r.invalid_samples == 0
     assert r.median_ms == pytest.approx(0.01, abs=1e-6)
 
 
@@ -145,12 +150,15 @@ def test_unhideable_host_time_is_reported_invalid():
     t = make(gpu, max_retries=2)
     gpu.ignore_sleep = True  # nothing holds the stream: host time leaks into every sample
     r = t(gpu.op(host_ms=0.5, device_ms=0.01), repeats=3)
-    assert r.valid is False and r.invalid_samples == 3
+    assert r.valid is False
+    assert r.invalid_samples == 3
     assert r.retries == 3 * 2
     assert r.median_ms > 0.4  # what an unchecked timer would have called device time
     d = r.as_dict()
     json.dumps(d)
-    assert d["valid"] is False and d["invalid_samples"] == 3 and len(d["samples_ms"]) == 3
+    assert d["valid"] is False
+    assert d["invalid_samples"] == 3
+    assert len(d["samples_ms"]) == 3
 
 
 def test_table_marks_rows_whose_host_time_was_not_hidden():
@@ -175,4 +183,5 @@ def test_table_marks_rows_whose_host_time_was_not_hidden():
         "rows": [row, dict(row, gpu_valid=True)],
     }
     lines = format_cuda_table(report).splitlines()
-    assert "0.500!" in lines[-2] and "0.500!" not in lines[-1]
+    assert "0.500!" in lines[-2]
+    assert "0.500!" not in lines[-1]

@@ -21,7 +21,7 @@ def forward_all(x, groups, w, b):
     return fastnorm.group_norm_forward(x, groups, w, b), ref64, R.group_norm_forward(x, groups, w, b)
 
 
-@pytest.mark.parametrize("shape,groups", [((2, 4, 3), 2), ((2, 6, 2, 2), 3), ((3, 2, 3), 1)])
+@pytest.mark.parametrize(("shape", "groups"), [((2, 4, 3), 2), ((2, 6, 2, 2), 3), ((3, 2, 3), 1)])
 @pytest.mark.parametrize("affine", ch.AFFINE)
 def test_reference_backward_matches_finite_differences(rng, shape, groups, affine):
     x, w, b = make(rng, shape, np.float64, affine)
@@ -37,7 +37,7 @@ def test_reference_backward_matches_finite_differences(rng, shape, groups, affin
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 3, 5), 1), ((5, 9, 11), 3)])
+@pytest.mark.parametrize(("shape", "groups"), [((2, 6, 5), 3), ((3, 4, 3, 5), 1), ((5, 9, 11), 3)])
 def test_streaming_stores_match_reference(rng, threads, dtype, shape, groups):
     x, w, b = make(rng, shape, dtype)
     dy = rng.normal(size=shape).astype(dtype)
@@ -53,7 +53,8 @@ def test_nan_propagates_like_reference(rng, threads, dtype):
     x, w, b = make(rng, (3, 4, 6), dtype)
     x[1, 2, 3] = np.nan
     got, ref, lowp = forward_all(x, 2, w, b)
-    assert np.isnan(got.y).any() and np.isfinite(got.y).any()
+    assert np.isnan(got.y).any()
+    assert np.isfinite(got.y).any()
     check_all(got, ref, lowp, STATS)
     dy = rng.normal(size=x.shape).astype(dtype)
     g = fastnorm.group_norm_backward(dy, x, got.mean, got.rstd, 2, w, b)
@@ -102,7 +103,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,groups", [((3, 6, 4, 5), 3), ((4, 8, 7), 8), ((2, 4), 1)])
+@pytest.mark.parametrize(("shape", "groups"), [((3, 6, 4, 5), 3), ((4, 8, 7), 8), ((2, 4), 1)])
 def test_matches_torch(rng, threads, dtype, shape, groups):
     """DESIGN.md's criterion: fastnorm's error against a wider reference (torch in float64 for float32; the
     NumPy reference in extended precision for float64) is at most 2x torch's same-dtype error + 8 ulps."""

@@ -89,7 +89,8 @@ def _equal(got, ref, what):
         if b is None:
             assert a is None, what
             continue
-        assert a.dtype == b.dtype and a.dtype.isnative, what
+        assert a.dtype == b.dtype, what
+        assert a.dtype.isnative, what
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
@@ -116,11 +117,12 @@ def test_big_endian_input_message_names_byte_order():
     with pytest.raises(TypeError, match=r"layer_norm_forward: x has dtype int32"):
         fastnorm.layer_norm_forward(np.ones((2, 3), ">i4"))
     y = fastnorm.layer_norm_forward(np.arange(6.0, dtype=">f4").reshape(2, 3)).y
-    assert y.dtype == np.float32 and y.dtype.isnative
+    assert y.dtype == np.float32
+    assert y.dtype.isnative
 
 
 @pytest.mark.parametrize(
-    "make, reason",
+    ("make", "reason"),
     [
         (unaligned, "not aligned"),
         (byteswapped, "non-native byte order"),
@@ -152,7 +154,7 @@ def test_bad_out_buffers_are_refused_before_anything_is_written(index, make, rea
 
 @pytest.mark.parametrize("op", ["batch_norm_forward", "instance_norm_forward"])
 @pytest.mark.parametrize(
-    "make, reason",
+    ("make", "reason"),
     [(unaligned, "not aligned"), (byteswapped, "non-native byte order"), (readonly, "read-only")],
     ids=["unaligned", "byteswapped", "readonly"],
 )
@@ -210,7 +212,8 @@ def _half_inputs(dtype):
 
 def _bits_equal(got, ref, what):
     for a, b in zip(_as_tuple(got), _as_tuple(ref), strict=True):
-        assert a.dtype == b.dtype and a.dtype.isnative, what
+        assert a.dtype == b.dtype, what
+        assert a.dtype.isnative, what
         np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=what)
 
 
@@ -229,7 +232,8 @@ def test_unaligned_16bit_input_gives_bitwise_the_same_outputs(op, dtype):
 def test_byteswapped_float16_input_gives_bitwise_the_same_outputs(op):
     x, w, res = _half_inputs(np.float16)
     big = x.astype(">f2")
-    assert not big.dtype.isnative and np.array_equal(big, x)
+    assert not big.dtype.isnative
+    assert np.array_equal(big, x)
     _bits_equal(HALF_OPS[op](big, w, res), HALF_OPS[op](x, w, res), f"{op}: '>f2' x")
 
 

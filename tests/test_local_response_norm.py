@@ -23,7 +23,8 @@ def _check_kernels(x, dy, size, **opts):
     ref64 = _fwd_bwd_ref(*f64(x, dy), size, **opts)
     low = _fwd_bwd_ref(x, dy, size, **opts) if x.dtype == np.float32 else (None,) * 3
     for name, got, r64, rlo in zip(("y", "scale", "dx"), (y, s, dx), ref64, low, strict=True):
-        assert got.dtype == x.dtype and got.shape == x.shape
+        assert got.dtype == x.dtype
+        assert got.shape == x.shape
         assert_close_to_ref(got, rlo, r64, name=name)
     return y, s, dx
 
@@ -84,7 +85,8 @@ def test_nan_and_inf_reach_exactly_the_windows_that_hold_them(rng, threads, dtyp
     dy[1, 9, 15] = np.nan
     with np.errstate(invalid="ignore", over="ignore"):
         y, s, dx = _check_kernels(x, dy, size, **OPTS)
-    assert np.isfinite(y[0, :, 0]).all() and not np.isfinite(y[0, 3, 4])
+    assert np.isfinite(y[0, :, 0]).all()
+    assert not np.isfinite(y[0, 3, 4])
     assert np.isfinite(dx[:, :, 0]).all()
 
 
@@ -129,7 +131,8 @@ def test_bad_forward_input_raises_and_writes_nothing(rng):
         y0, s0 = np.full(x.shape, 7.0), np.full(x.shape, 7.0)
         with pytest.raises(exc, match=word):
             fastnorm.local_response_norm_forward(**kwargs, out=(y0, s0))
-        assert (y0 == 7.0).all() and (s0 == 7.0).all()
+        assert (y0 == 7.0).all()
+        assert (s0 == 7.0).all()
     for out, exc in [
         ((np.empty((2, 3, 5)), None), ValueError),
         ((np.empty(x.shape, np.float32), None), ValueError),
@@ -165,7 +168,7 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
 
 # ------------------------------------------------------------------------------------------ torch
 @pytest.mark.parametrize("shape", [(2, 7, 5), (3, 6, 4, 5), (2, 9, 3, 2, 4)])
-@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (2, 0.5, 0.6, 2.0), (4, 0.9, 1.0, 0.5)])
+@pytest.mark.parametrize(("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 1.0), (2, 0.5, 0.6, 2.0), (4, 0.9, 1.0, 0.5)])
 def test_matches_torch(rng, shape, size, alpha, beta, k):
     """float64: fastnorm's error against the NumPy reference in extended precision is at most 2x torch's
     plus 8 ulps (DESIGN.md's criterion)."""

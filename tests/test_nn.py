@@ -49,7 +49,7 @@ def test_linear_grads(rng, bias):
     _check_module_grads(lin, rng.standard_normal((2, 4, 5)), rng)
 
 
-@pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize(("affine", "bias"), [(True, True), (True, False), (False, False)])
 def test_layer_norm_grads(rng, threads, affine, bias):
     ln = nn.LayerNorm((3, 5), elementwise_affine=affine, bias=bias, dtype=np.float64)
     for p in ln.parameters():
@@ -79,7 +79,8 @@ def test_batch_norm_grads(rng, threads, training, shape):
 
 def test_batch_norm_untracked_and_no_affine(rng):
     bn = nn.BatchNorm(4, affine=False, track_running_stats=False, dtype=np.float64)
-    assert bn.parameters() == [] and bn.running_mean is None
+    assert bn.parameters() == []
+    assert bn.running_mean is None
     bn.eval()  # no running statistics: batch statistics in eval too, like torch
     x = rng.standard_normal((5, 4))
     np.testing.assert_allclose(bn(x), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), rtol=1e-10)
@@ -207,7 +208,9 @@ def test_parameters_and_grads_feed_fastnorm_optim(rng, opt_name):
 def test_train_eval_propagates():
     model = nn.Sequential(nn.Linear(2, 2, rng=0), nn.Sequential(nn.ReLU(), nn.LayerNorm(2)))
     model.eval()
-    assert not model.training and not model[1].training and not model[1][1].training
+    assert not model.training
+    assert not model[1].training
+    assert not model[1][1].training
     model.train()
     assert model[1][1].training
 
@@ -235,7 +238,8 @@ def test_softmax_cross_entropy_stable_and_matches_torch(rng):
     logits = (rng.standard_normal((6, 5)) * 300).astype(np.float32)
     labels = rng.integers(0, 5, 6)
     loss, grad = nn.softmax_cross_entropy(logits, labels)
-    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert np.isfinite(loss)
+    assert np.all(np.isfinite(grad))
     t, t64 = (torch.tensor(logits.astype(dt), requires_grad=True) for dt in (np.float32, np.float64))
     tl, tl64 = (torch.nn.functional.cross_entropy(a, torch.tensor(labels)) for a in (t, t64))
     tl.backward()

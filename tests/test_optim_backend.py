@@ -68,12 +68,18 @@ def test_cpu_backend_implements_the_protocol():
     assert isinstance(cpu, B.Backend)
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     shape, dtype, ptr = cpu.array_info(a)
-    assert shape == (2, 3) and dtype == np.float32 and ptr == a.ctypes.data
-    assert cpu.is_aligned(a) and not cpu.is_aligned(np.frombuffer(b"\0" * 9, np.float32, 2, offset=1))
+    assert shape == (2, 3)
+    assert dtype == np.float32
+    assert ptr == a.ctypes.data
+    assert cpu.is_aligned(a)
+    assert not cpu.is_aligned(np.frombuffer(b"\0" * 9, np.float32, 2, offset=1))
     d = cpu.to_device(a)
-    assert d is not a and np.array_equal(d, a) and d.flags.c_contiguous
+    assert d is not a
+    assert np.array_equal(d, a)
+    assert d.flags.c_contiguous
     h = cpu.to_host(a)
-    assert h is not a and np.array_equal(h, a)
+    assert h is not a
+    assert np.array_equal(h, a)
     out = np.empty((2, 2), np.float32)
     cpu.matmul(a, a.T.copy(), out)
     assert np.array_equal(out, a @ a.T)
@@ -89,7 +95,9 @@ def test_old_import_paths_resolve_to_the_backend_package():
     import fastnorm._dispatch as d
     from fastnorm._dispatch import CPU, backend_of, cuda_backend, on_cuda  # noqa: F401
 
-    assert d.CPU is B.CPU and d.backend_of is B.backend_of and d.cuda_backend is B.cuda_backend
+    assert d.CPU is B.CPU
+    assert d.backend_of is B.backend_of
+    assert d.cuda_backend is B.cuda_backend
     assert d._cuda_backend is B._cuda_backend
     assert backend_of("t", x=np.zeros(2)) is B.CPU
     with pytest.raises(AttributeError):
@@ -101,4 +109,5 @@ def test_thread_settings_stay_patchable_on_the_dispatcher(monkeypatch):
 
     monkeypatch.setattr(d, "SERIAL_BELOW", 10)
     monkeypatch.setattr(d, "_num_threads", 3)
-    assert B.CPU.threads(5) == 1 and B.CPU.threads(50) == 3
+    assert B.CPU.threads(5) == 1
+    assert B.CPU.threads(50) == 3

@@ -69,7 +69,9 @@ def test_torch_defaults_equal_the_declaration(algo):
         group = opt.param_groups[0]
         if cls is getattr(FO, name):
             on = cls([torch.nn.Parameter(torch.zeros(2))], master_weights=True).param_groups[0]
-            assert on["master_weights"] is True and on["stochastic_rounding"] is False and on["seed"] == 0
+            assert on["master_weights"] is True
+            assert on["stochastic_rounding"] is False
+            assert on["seed"] == 0
         for k, v in spec.class_defaults().items():
             if k in O._PRECISION:
                 assert k not in group  # fastnorm's 16-bit options: in the groups only when not default

@@ -40,7 +40,7 @@ STEPS = 20
 
 def _state(algo: str, kw: dict, p: np.ndarray, dtype) -> dict:
     """The state lists a functional step takes (one tensor), zero-initialized in ``dtype``."""
-    z = lambda: [np.zeros(p.shape, dtype)]  # noqa: E731
+    z = lambda: [np.zeros(p.shape, dtype)]
     if algo == "sgd":
         return {"momentum_buffers": [None]} if kw.get("momentum") else {}
     if algo == "adagrad":
@@ -200,7 +200,9 @@ def test_bf16_stochastic_rounding_is_the_documented_function():
     want = _bf16_sr_reference(np.float32(0) - (-x), key)  # the float32 value the step computes
     got = p.view(np.uint16)
     np.testing.assert_array_equal(got[3:], want[3:])
-    assert np.isnan(p[2]) and p[0] == np.inf and p[1] == -np.inf
+    assert np.isnan(p[2])
+    assert p[0] == np.inf
+    assert p[1] == -np.inf
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -228,7 +230,8 @@ def test_stochastic_rounding_is_unbiased(half):
         assert seen.size == 2, (v, seen)  # x is not representable: its two neighbours, both drawn
         lo, hi = seen
         nearest = float(x32.astype(half))
-        assert lo <= float(x32) <= hi and nearest in (lo, hi), v
+        assert lo <= float(x32) <= hi, v
+        assert nearest in (lo, hi), v
         mid = np.float32(np.float32(lo) + np.float32(hi - lo) * np.float32(0.5))  # no 16-bit value between
         assert float(mid.astype(half)) in (lo, hi), v
         q = (float(x32) - lo) / (hi - lo)
@@ -242,8 +245,13 @@ def test_stochastic_rounding_is_unbiased(half):
 def test_stochastic_rounding_keeps_representable_values_and_specials(half):
     x = np.array([0.0, -0.0, 1.0, -2.5, np.inf, -np.inf, np.nan, 1e6], np.float32)
     p = _sr_once(half, x)
-    assert p[0] == 0 and p[1] == 0 and p[2] == 1 and p[3] == -2.5  # (0 - 0 is +0: no -0 to keep)
-    assert p[4] == np.inf and p[5] == -np.inf and np.isnan(p[6])
+    assert p[0] == 0
+    assert p[1] == 0
+    assert p[2] == 1
+    assert p[3] == -2.5
+    assert p[4] == np.inf
+    assert p[5] == -np.inf
+    assert np.isnan(p[6])
     with np.errstate(over="ignore"):  # float16: beyond the largest finite value, round to nearest (inf)
         assert p[7] == x[7].astype(half)
 
@@ -291,7 +299,7 @@ def test_class_master_weights_state_dict_round_trip(algo, half):
     shapes = [(3, 5), (7,), (0,), (4, 4)]
     p = [rng.standard_normal(s).astype(half) for s in shapes] + [rng.standard_normal(6).astype(np.float32)]
     opt = getattr(O, CLASSES[algo])(p, lr=1e-2, master_weights=True, **kw)
-    grads = lambda: [rng.standard_normal(a.shape).astype(a.dtype) for a in p]  # noqa: E731
+    grads = lambda: [rng.standard_normal(a.shape).astype(a.dtype) for a in p]
     for _ in range(3):
         opt.step(grads())
     sd = opt.state_dict()
@@ -340,7 +348,8 @@ def test_class_stochastic_rounding_state_dict_continues_identically():
         for g in gs[:2]:
             opt.step(g)
         sd = opt.state_dict()
-        assert sd["state"][0]["step"] == 2 and sd["param_groups"][0]["seed"] == 42
+        assert sd["state"][0]["step"] == 2
+        assert sd["param_groups"][0]["seed"] == 42
         b = [x.copy() for x in a]
         opt2 = cls(b, lr=1e-2, stochastic_rounding=True, seed=42, **kw)
         opt2.load_state_dict(sd)
@@ -389,8 +398,8 @@ def test_errors_before_anything_is_written():
         O.sgd_step([p], [g], master_params=[p.copy()])
     with pytest.raises(ValueError, match=r"master_params\[0\] has shape"):
         O.sgd_step([p], [g], master_params=[np.zeros(11, np.float32)])
+    buf = np.zeros(10, np.float32)
     with pytest.raises(ValueError, match="overlap|shares memory"):
-        buf = np.zeros(10, np.float32)
         O.adam_step([p], [g], [buf], [buf], step=1)
     with pytest.raises(ValueError, match="seed"):
         O.sgd_step([p], [g], stochastic_rounding=True, seed=-1)
@@ -399,7 +408,8 @@ def test_errors_before_anything_is_written():
     with pytest.raises(TypeError, match="stochastic_rounding"):
         O.sgd_step([p], [g], stochastic_rounding=1)
     np.testing.assert_array_equal(p.view(np.uint16), keep.view(np.uint16))
-    assert not m[0].any() and not v[0].any()
+    assert not m[0].any()
+    assert not v[0].any()
     opt = O.SGD([p], lr=0.1)
     opt.param_groups[0]["stochastic_rounding"] = True
     opt.param_groups[0]["master_weights"] = True

@@ -27,11 +27,13 @@ def test_sgd_by_hand():
     R.sgd_step(p, _one(0.5), bufs, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.2)
     g1 = 0.5 + 0.2 * 1.0
     p1 = 1.0 - 0.1 * g1
-    assert bufs[0][0] == pytest.approx(g1) and p[0][0] == pytest.approx(p1)
+    assert bufs[0][0] == pytest.approx(g1)
+    assert p[0][0] == pytest.approx(p1)
     R.sgd_step(p, _one(0.5), bufs, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.2)
     g2 = 0.5 + 0.2 * p1
     b2 = 0.9 * g1 + 0.9 * g2
-    assert bufs[0][0] == pytest.approx(b2) and p[0][0] == pytest.approx(p1 - 0.1 * b2)
+    assert bufs[0][0] == pytest.approx(b2)
+    assert p[0][0] == pytest.approx(p1 - 0.1 * b2)
 
     # nesterov, maximize: g = -grad; p -= lr * (g + mu * b)
     p, bufs = _one(1.0), [None]
@@ -44,7 +46,8 @@ def test_adagrad_by_hand():
     R.adagrad_step(p, _one(0.5), s, step=1, lr=0.1, lr_decay=0.5, eps=1e-3)
     s1 = 0.1 + 0.25
     p1 = 1.0 - 0.1 * 0.5 / (math.sqrt(s1) + 1e-3)
-    assert s[0][0] == pytest.approx(s1) and p[0][0] == pytest.approx(p1)
+    assert s[0][0] == pytest.approx(s1)
+    assert p[0][0] == pytest.approx(p1)
     R.adagrad_step(p, _one(-1.0), s, step=2, lr=0.1, lr_decay=0.5, eps=1e-3, weight_decay=0.1)
     g = -1.0 + 0.1 * p1
     s2 = s1 + g * g
@@ -111,7 +114,8 @@ def test_adam_by_hand(decoupled, amsgrad):
         vmaxe = max(vmaxe, ve)
         vv = vmaxe if amsgrad else ve
         pe -= lr / (1 - b1**t) * me / (math.sqrt(vv) / math.sqrt(1 - b2**t) + eps)
-        assert m[0][0] == pytest.approx(me) and v[0][0] == pytest.approx(ve)
+        assert m[0][0] == pytest.approx(me)
+        assert v[0][0] == pytest.approx(ve)
         assert p[0][0] == pytest.approx(pe)
     if amsgrad:
         assert vmax[0][0] == pytest.approx(vmaxe)
@@ -125,7 +129,7 @@ def test_reference_keeps_dtype_and_rejects_length_mismatch():
     p = [np.ones(4, np.float32)]
     R.adam_step(p, [np.ones(4, np.float32)], [np.zeros(4, np.float32)], [np.zeros(4, np.float32)], step=1)
     assert p[0].dtype == np.float32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zip"):  # zip(strict=True)
         R.adam_step(p, [], [np.zeros(4, np.float32)], [np.zeros(4, np.float32)], step=1)
 
 
@@ -182,7 +186,7 @@ def _ref_run(name, params, grads, kw, lr_schedule=None):
     kw = dict(kw)
     ps = [p.copy() for p in params]
     n = len(ps)
-    zeros = lambda: [np.zeros_like(p) for p in ps]  # noqa: E731
+    zeros = lambda: [np.zeros_like(p) for p in ps]
     if name == "sgd":
         state = ([None] * n,)
     elif name == "adagrad":
@@ -233,7 +237,7 @@ def test_reference_matches_torch_trajectory(name, cls, kw, dtype):
 def test_reference_matches_torch_with_lr_schedule():
     torch = torch_or_skip()
     params, grads = _problem(np.float64, seed=3)
-    sched = lambda k: 0.02 * 0.9**k  # noqa: E731
+    sched = lambda k: 0.02 * 0.9**k
     for name, cls, kw in [
         ("sgd", "SGD", {"momentum": 0.9}),
         ("adam", "Adam", {}),

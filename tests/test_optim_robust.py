@@ -39,7 +39,8 @@ def unaligned(values, dtype=np.float32, writeable=True) -> np.ndarray:
     buf = np.zeros(values.nbytes + 1, np.uint8)
     a = buf[1:].view(dtype).reshape(values.shape)
     a[...] = values
-    assert a.flags.c_contiguous and not a.flags.aligned
+    assert a.flags.c_contiguous
+    assert not a.flags.aligned
     a.flags.writeable = writeable
     return a
 
@@ -221,7 +222,8 @@ def _assert_unchanged(opt, snap):
         for k, a in entry.items():
             np.testing.assert_array_equal(now["state"][i][k], a)
     for g, h in zip(opt.param_groups, groups, strict=True):
-        assert g.keys() == h.keys() and all(g[k] is h[k] for k in g if k != "params")
+        assert g.keys() == h.keys()
+        assert all(g[k] is h[k] for k in g if k != "params")
 
 
 def _bad(sd, edit):

@@ -109,7 +109,8 @@ def test_cuda_tensors_reach_the_kernels_as_themselves():
     assert FO._np(t) is detached
     p = torch.zeros(3)
     a = FO._np(p)
-    assert isinstance(a, np.ndarray) and np.shares_memory(a, p.numpy())
+    assert isinstance(a, np.ndarray)
+    assert np.shares_memory(a, p.numpy())
     assert FO._cuda_unavailable() is None or "CUDA" in FO._cuda_unavailable()
 
 

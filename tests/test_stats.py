@@ -43,7 +43,7 @@ def test_selection_follows_the_criterion():
 
 
 @pytest.mark.parametrize(
-    "call,exc,match",
+    ("call", "exc", "match"),
     [
         (lambda: stats.aic(-1.0, -1), ValueError, "k must be finite and >= 0"),
         (lambda: stats.aic(-1.0, np.array([1, -2])), ValueError, "k must be"),

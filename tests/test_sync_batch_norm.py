@@ -11,7 +11,7 @@ from fastnorm._dtypes import BFLOAT16, FLOAT16
 from fastnorm.reference import sync_batch_norm as RS
 
 from ._channel import FakeCudaArray, as64, assert_raises_unchanged, copy, readonly, strided
-from ._util import FLOATS, assert_matches_reference
+from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, assert_thread_count_invariant
 from .cuda._half_util import close, f32, lowp, run_stages
 
 SHAPES = [
@@ -73,7 +73,7 @@ def _stages_backward(dys, parts, mean, invstd, w, counts, axis, lib=RS):
     return dxs, dw, db
 
 
-@pytest.mark.parametrize("shape,axis", [((4, 3), 1), ((5, 2, 3), 1), ((5, 3, 2, 2), 1), ((5, 2, 3), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3), 1), ((5, 2, 3), 1), ((5, 3, 2, 2), 1), ((5, 2, 3), -1)])
 @pytest.mark.parametrize("sizes", [None, (2, 0, 3)], ids=["one", "split"])
 def test_reference_stages_backward_matches_finite_differences(rng, shape, axis, sizes):
     """The composed stage backward is the gradient of the composed stage forward (float64, central FD)."""
@@ -99,7 +99,7 @@ def test_reference_stages_backward_matches_finite_differences(rng, shape, axis, 
         np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-7, err_msg=f"gradient of argument {i}")
 
 
-@pytest.mark.parametrize("shape,axis", [((6, 3), 1), ((5, 4, 3), 1), ((4, 3, 5), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((6, 3), 1), ((5, 4, 3), 1), ((4, 3, 5), -1)])
 def test_reference_stages_equal_batch_norm_reference(rng, shape, axis):
     x = data(rng, shape, np.float64)
     c = channels(shape, axis)
@@ -130,7 +130,7 @@ def test_reference_gather_is_chan_formula(rng):
 
 # ------------------------------------------------------------------------------------------ kernels
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
 def test_stats_matches_reference(rng, threads, dtype, shape, axis):
     x = data(rng, shape, dtype)
     mean, m2, count = fastnorm.batch_norm_stats(x, axis=axis)
@@ -142,7 +142,7 @@ def test_stats_matches_reference(rng, threads, dtype, shape, axis):
     assert_matches_reference(m2, rm2, lm2, name="m2")
 
 
-@pytest.mark.parametrize("shape,axis", [((64, 4, 33), 1), ((257, 5), -1), ((3, 2, 5000), 1)])
+@pytest.mark.parametrize(("shape", "axis"), [((64, 4, 33), 1), ((257, 5), -1), ((3, 2, 5000), 1)])
 def test_stats_stable_at_large_offset(rng, threads, shape, axis):
     """x = 1e4 + noise in float32: M2 within a few float32 ulps of the exact value (no E[x^2] - E[x]^2)."""
     x = data(rng, shape, np.float32, offset=1e4, scale=1.0)
@@ -177,7 +177,7 @@ def test_gather_stats_matches_reference(rng, threads, dtype, counts, running):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
 def test_elemt_and_backward_stages_match_reference(rng, threads, dtype, shape, axis, affine):
     x = data(rng, shape, dtype)
@@ -209,7 +209,7 @@ def test_elemt_and_backward_stages_match_reference(rng, threads, dtype, shape, a
 
 # ------------------------------------------------------------------------------------------ composition
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
 def test_stages_over_one_process_equal_batch_norm(rng, threads, dtype, shape, axis):
     """stats -> gather(P=1) -> elemt and reduce -> backward_elemt, against the float64 BatchNorm reference,
     within the error bound of fastnorm.batch_norm_forward/backward's own error."""
@@ -238,7 +238,7 @@ def test_stages_over_one_process_equal_batch_norm(rng, threads, dtype, shape, ax
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(
-    "shape,axis,sizes",
+    ("shape", "axis", "sizes"),
     [
         ((9, 4, 5), 1, (4, 5)),
         ((10, 3, 2, 3), 1, (3, 0, 7)),
@@ -289,11 +289,14 @@ def test_split_batches_stable_at_large_offset(rng):
 def test_empty_batch_stats_and_reduce(rng):
     x = np.empty((0, 3, 4), np.float32)
     mean, m2, count = fastnorm.batch_norm_stats(x)
-    assert count == 0 and not mean.any() and not m2.any()
+    assert count == 0
+    assert not mean.any()
+    assert not m2.any()
     s = fastnorm.batch_norm_backward_reduce(
         x, x, np.ones(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32)
     )
-    assert all(not a.any() for a in s) and s.dweight.shape == (3,)
+    assert all(not a.any() for a in s)
+    assert s.dweight.shape == (3,)
     y = fastnorm.batch_norm_elemt(x, np.ones(3, np.float32), np.ones(3, np.float32))
     assert y.shape == x.shape
     dx = fastnorm.batch_norm_backward_elemt(
@@ -306,12 +309,14 @@ def test_out_buffers_are_written_in_place(rng):
     x = data(rng, (5, 3, 4), np.float64)
     mean, m2 = np.empty(3), np.empty(3)
     res = fastnorm.batch_norm_stats(x, out=(mean, m2))
-    assert res.mean is mean and res.m2 is m2
+    assert res.mean is mean
+    assert res.m2 is m2
     y = np.empty_like(x)
     assert fastnorm.batch_norm_elemt(x, mean, 1 / np.sqrt(m2 / 20 + 1e-5), out=y) is y
     mi = np.empty(3), np.empty(3)
     g = fastnorm.batch_norm_gather_stats(mean[None], m2[None], [20], out=mi)
-    assert g.mean is mi[0] and g.invstd is mi[1]
+    assert g.mean is mi[0]
+    assert g.invstd is mi[1]
     np.testing.assert_allclose(y, R.batch_norm_forward(x)[0], rtol=1e-12, atol=1e-12)
 
 
@@ -328,18 +333,13 @@ def test_non_contiguous_and_readonly_inputs(rng):
 def test_results_independent_of_thread_count(rng):
     x = data(rng, (37, 5, 33), np.float32)
     dy = data(rng, (37, 5, 33), np.float32)
-    old = fastnorm.get_num_threads()
-    try:
-        out = []
-        for nt in (1, 2):
-            fastnorm.set_num_threads(nt)
-            m, m2, _ = fastnorm.batch_norm_stats(x)
-            inv = (1 / np.sqrt(m2 / (x.size // 5) + 1e-5)).astype(np.float32)
-            out.append((m, m2, *fastnorm.batch_norm_backward_reduce(dy, x, m, inv, m)))
-    finally:
-        fastnorm.set_num_threads(old)
-    for a, b in zip(*out):
-        np.testing.assert_array_equal(a, b)
+
+    def run():
+        m, m2, _ = fastnorm.batch_norm_stats(x)
+        inv = (1 / np.sqrt(m2 / (x.size // 5) + 1e-5)).astype(np.float32)
+        return m, m2, *fastnorm.batch_norm_backward_reduce(dy, x, m, inv, m)
+
+    assert_thread_count_invariant(run)
 
 
 def test_bad_input_raises_before_writing(rng):
@@ -396,7 +396,7 @@ HALF_CASES = [
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("pdt", ["x", "f32"])
-@pytest.mark.parametrize("shape,axis,sizes", HALF_CASES, ids=str)
+@pytest.mark.parametrize(("shape", "axis", "sizes"), HALF_CASES, ids=str)
 @pytest.mark.parametrize("offset", [0.5, 1e3], ids=["small", "offset1e3"])
 def test_16bit_stages_match_reference(rng, threads, dt, pdt, shape, axis, sizes, offset):
     """bfloat16/float16 data over split batches: every output within DESIGN.md's bound of the float64
@@ -410,7 +410,8 @@ def test_16bit_stages_match_reference(rng, threads, dt, pdt, shape, axis, sizes,
     rm_s, rv_s, rm_32, rv_32, rm_64, rv_64 = copy(rm), copy(rv), copy(rm), copy(rv), as64(rm), as64(rv)
     parts, dys = split(x, sizes, axis), split(dy, sizes, axis)
     y, mean, invstd, dx, dw, db, red = run_stages(fastnorm, parts, dys, w, b, axis, rm_s, rv_s)
-    assert y.dtype == dx.dtype == dt and mean.dtype == invstd.dtype == np.float32
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == invstd.dtype == np.float32
     assert all(r[0].dtype == r[1].dtype == np.float32 and r[2].dtype == r[3].dtype == w.dtype for r in red)
     x32, dy32, w32, b32 = f32(x, dy, w, b)
     y32, mean32, inv32, dx32, dw32, db32, _ = run_stages(
@@ -434,7 +435,7 @@ def test_16bit_stages_match_reference(rng, threads, dt, pdt, shape, axis, sizes,
 
 
 @pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
-@pytest.mark.parametrize("shape,axis", [((4, 3, 9), 1), ((2, 5, 1500), 1), ((33, 6), -1), ((5, 3, 7), -1)])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3, 9), 1), ((2, 5, 1500), 1), ((33, 6), -1), ((5, 3, 7), -1)])
 def test_16bit_stages_are_the_float32_kernels_rounded_once(rng, threads, dt, shape, axis):
     """Widening is exact and the 16-bit kernels run the float32 kernels' arithmetic on the widened values:
     statistics and sums are the float32 kernels' on x.astype(float32) (to float32 rounding), and y, dx
@@ -445,15 +446,18 @@ def test_16bit_stages_are_the_float32_kernels_rounded_once(rng, threads, dt, sha
     w, b = params(rng, c, np.float32)
     x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
     s16, s32 = (fastnorm.batch_norm_stats(a, axis=axis) for a in (x, x32))
-    np.testing.assert_allclose(s16.mean, s32.mean, rtol=1e-6)
-    np.testing.assert_allclose(s16.m2, s32.m2, rtol=1e-6)
+    # float32 statistics and sums: within DESIGN.md's bound of the float32 kernel's (bitwise equal on avx2)
+    ref = RS.batch_norm_stats(x.astype(np.float64), axis=axis)
+    assert_close_to_ref(s16.mean, s32.mean, ref[0], name="mean", sample_slack=True)
+    assert_close_to_ref(s16.m2, s32.m2, ref[1], name="m2", sample_slack=True)
     mean, invstd = fastnorm.batch_norm_gather_stats(s32.mean[None], s32.m2[None], [s32.count])
     pairs = [tuple(fastnorm.batch_norm_elemt(a, mean, invstd, w, b, axis=axis) for a in (x, x32))]
     r16, r32 = (
         fastnorm.batch_norm_backward_reduce(g, a, mean, invstd, w, axis=axis) for g, a in ((dy, x), (dy32, x32))
     )
-    for a16, a32 in zip(r16, r32):
-        np.testing.assert_allclose(a16, a32, rtol=1e-5, atol=1e-6)
+    r64 = RS.batch_norm_backward_reduce(*map(as64, (dy, x, mean, invstd, w)), axis=axis)
+    for name, a16, a32, a64 in zip(r32._fields, r16, r32, r64):
+        assert_close_to_ref(a16, a32, a64, name=name, sample_slack=True)
     pairs.append(
         tuple(
             fastnorm.batch_norm_backward_elemt(g, a, mean, invstd, w, r32.sum_dy, r32.sum_dy_xmu, s32.count, axis=axis)

@@ -72,7 +72,7 @@ VARIANTS = [
 IDS = ["ln-affine", "ln-weight", "ln-plain", "rms-weight", "rms-plain"]
 
 
-@pytest.mark.parametrize("kind, weight, bias", VARIANTS, ids=IDS)
+@pytest.mark.parametrize(("kind", "weight", "bias"), VARIANTS, ids=IDS)
 @pytest.mark.parametrize("nshape", [(5,), (3, 5)], ids=["1d", "2d"])
 def test_gradcheck_float64(kind, weight, bias, nshape):
     """Through both outputs (y and the residual stream h): gradients of x, residual, weight, bias."""
@@ -119,10 +119,10 @@ def test_one_output_used(kind, used):
         if b[k].grad is None:
             assert a[k].grad is None or not a[k].grad.any(), k
         else:
-            torch.testing.assert_close(a[k].grad, b[k].grad, rtol=1e-12, atol=1e-12)
+            assert_close_to_ref(a[k].grad, None, b[k].grad, name=k)  # float64: the helper's float64 tolerance
 
 
-@pytest.mark.parametrize("kind, weight, bias", VARIANTS, ids=IDS)
+@pytest.mark.parametrize(("kind", "weight", "bias"), VARIANTS, ids=IDS)
 @pytest.mark.parametrize("with_dh", [True, False], ids=["dh", "no-dh"])
 @pytest.mark.parametrize("shift", [0.0, 1e3], ids=["centered", "offset"])
 def test_matches_torch_composition_float32(kind, weight, bias, with_dh, shift):
@@ -257,9 +257,12 @@ def test_modules_follow_functional_and_torch_state(kind):
         fy, fh = FF.add_layer_norm(x, r, 12, m.weight, m.bias, m.eps)
     else:
         fy, fh = FF.add_rms_norm(x, r, 12, m.weight, m.eps)
-    assert torch.equal(y, fy) and torch.equal(h, fh)
+    assert torch.equal(y, fy)
+    assert torch.equal(h, fh)
     (y.sum() + h.sum()).backward()
-    assert m.weight.grad is not None and x.grad is not None and r.grad is not None
+    assert m.weight.grad is not None
+    assert x.grad is not None
+    assert r.grad is not None
     if kind == "layer":
         assert m.bias.grad is not None
     torch.testing.assert_close(y, ref(x + r))
@@ -271,7 +274,8 @@ def test_module_falls_back_with_warning_on_unsupported_device(cls):
     x = torch.empty(2, 6, device="meta")
     with pytest.warns(FN.FastnormFallbackWarning, match="meta"):
         y, h = m(x, x)
-    assert y.device.type == h.device.type == "meta" and y.shape == h.shape == x.shape
+    assert y.device.type == h.device.type == "meta"
+    assert y.shape == h.shape == x.shape
 
 
 # ------------------------------------------------------------------------------------------- bad input

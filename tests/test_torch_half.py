@@ -200,7 +200,8 @@ def test_forward_backward_error_criterion(name, dt, param_dtype):
     other, gother = _other(case, a, dy, dt)
     ref, gref = _run(case.ref, _cast(a, torch.float64), dy.double())
 
-    assert got.dtype == dt and got.shape == ref.shape
+    assert got.dtype == dt
+    assert got.shape == ref.shape
     assert_close_to_ref(got, other, ref, name=f"{name} {dt} forward", sample_slack=True)
     for k, g in ggot.items():
         assert g.dtype == a[k].dtype, f"{name}: d{k} has dtype {g.dtype}, its parameter {a[k].dtype}"
@@ -217,7 +218,9 @@ def test_zero_copy_views(dt):
     assert a.dtype == (np.dtype(ml_dtypes.bfloat16) if dt == torch.bfloat16 else np.float16)
     assert a.ctypes.data == t.data_ptr()
     back = _ten(a, t)
-    assert back.dtype == dt and back.data_ptr() == t.data_ptr() and torch.equal(back, t)
+    assert back.dtype == dt
+    assert back.data_ptr() == t.data_ptr()
+    assert torch.equal(back, t)
 
 
 @pytest.mark.parametrize("dt", HALF, ids=["bf16", "f16"])
@@ -239,7 +242,8 @@ def test_module(name, dt):
     torch_m = base.__new__(base)
     torch_m.__dict__.update(m.__dict__)
     expect = torch_m(x) if not supported else None
-    assert y.dtype == dt and y.shape == x.shape
+    assert y.dtype == dt
+    assert y.shape == x.shape
     if supported:
         a = {"x": x, "weight": getattr(m, "weight", None), "bias": getattr(m, "bias", None)}
         if name == "local_response_norm":

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from fastnorm.torch import losses as L  # noqa: E402
 from fastnorm.torch.nn import FastnormFallbackWarning  # noqa: E402
 
-from ._util import assert_close_to_ref  # noqa: E402
+from ._util import assert_close_to_ref, capture_backend  # noqa: E402
 
 HALF_DTYPES = [torch.bfloat16, torch.float16]
 
@@ -133,7 +133,7 @@ def test_kl_div_matches_torch(dtype, reduction, log_target, target_grad):
         return x, t
 
     kw = dict(reduction=reduction, log_target=log_target)
-    with pytest.warns(UserWarning) if reduction == "mean" else _nullcontext():
+    with pytest.warns(UserWarning, match="mean") if reduction == "mean" else _nullcontext():
         _compare(lambda x, t: L.kl_div(x, t, **kw), lambda x, t: torch.nn.functional.kl_div(x, t, **kw), make, dtype)
     m = L.KLDivLoss(**kw)
     assert isinstance(m, torch.nn.KLDivLoss)
@@ -185,9 +185,11 @@ def test_half_cpu_tensors_run_on_fastnorm_zero_copy(dtype, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FastnormFallbackWarning)
         loss = L.CrossEntropyLoss()(x, t)
-    assert seen[-1] == x.data_ptr() and loss.dtype == dtype  # (an earlier call: the once-per-dtype probe)
+    assert seen[-1] == x.data_ptr()
+    assert loss.dtype == dtype
     loss.backward()
-    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+    assert x.grad.dtype == dtype
+    assert torch.isfinite(x.grad.float()).all()
 
 
 def test_js_module_repr_and_bad_beta():
@@ -197,20 +199,6 @@ def test_js_module_repr_and_bad_beta():
 
 
 # ------------------------------------------------------------------------------- torch.library / compile
-def _capture_backend():
-    """An AOT-autograd backend that records the forward and backward graphs' code (no Inductor compile)."""
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch.aot_autograd import make_boxed_func
-
-    graphs = []
-
-    def compiler(gm, example_inputs):
-        graphs.append(gm.code)
-        return make_boxed_func(gm.forward)
-
-    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler), graphs
-
-
 def _logp(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.log_softmax(torch.randn(*shape, generator=g, dtype=torch.float64), -1)
@@ -274,7 +262,7 @@ def test_torch_compile_fullgraph_uses_custom_ops(name):
         return x, y, torch.tensor([2, -100, 5, 0])
 
     torch._dynamo.reset()
-    backend, graphs = _capture_backend()
+    backend, graphs = capture_backend()
     compiled = torch.compile(lambda x, y, t: fn(x, y, t) * 3.0, backend=backend, fullgraph=True)
     xc, yc, t = inputs()
     out = compiled(xc, yc, t)

@@ -71,7 +71,7 @@ def _call(fn, sample, dtype=None):
     tensors = [inp, *_tensors(args), *_tensors(kwargs)]
     try:
         out = fn(inp, *args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - what torch raises is compared below
+    except Exception as e:
         return e, tensors, None
     leaves = [t for t in tensors if t.requires_grad]
     grads = None
@@ -109,7 +109,7 @@ def _check(got, other, ref, name, dtype):
     assert err <= bound, f"{name}: error {err:.3g} > 2 x torch's {err_torch:.3g} + slack ({bound:.3g})"
 
 
-@pytest.mark.parametrize("name, dtype, index", PARAMS, ids=[f"{n}-{str(d)[6:]}-{i}" for n, d, i in PARAMS])
+@pytest.mark.parametrize(("name", "dtype", "index"), PARAMS, ids=[f"{n}-{str(d)[6:]}-{i}" for n, d, i in PARAMS])
 def test_op_db_samples(name, dtype, index):
     sample = _samples(name, dtype)[index]
     torch_fn = getattr(torch.nn.functional, name)
@@ -121,13 +121,15 @@ def test_op_db_samples(name, dtype, index):
     if isinstance(out_f, Exception):
         raise AssertionError(f"torch accepts this sample ({sample}) but fastnorm raised {out_f!r}")
     out_r, tens_r, grads_r = _call(torch_fn, sample, torch.float64)
-    assert out_f.dtype == out_t.dtype and out_f.shape == out_t.shape
+    assert out_f.dtype == out_t.dtype
+    assert out_f.shape == out_t.shape
     _check(out_f, out_t, out_r, "output", dtype)
     for i, (f, t, r) in enumerate(zip(tens_f, tens_t, tens_r)):
         if not t.requires_grad:  # running statistics: updated (or left) as torch does
             _check(f, t, r, f"tensor #{i} after the call", dtype)
     if grads_t is not None:
-        assert grads_f is not None and len(grads_f) == len(grads_t)
+        assert grads_f is not None
+        assert len(grads_f) == len(grads_t)
         for i, (f, t, r) in enumerate(zip(grads_f, grads_t, grads_r)):
             _check(f, t, r, f"gradient #{i}", dtype)
 
@@ -142,8 +144,8 @@ def test_dtypes_fastnorm_lacks_raise_a_clear_error(name, dtype):
     if FF.unsupported_reason(torch.empty(0, dtype=dtype), op=name) is None:
         pytest.skip(f"fastnorm's {name} kernels take {dtype} (tested in tests/test_torch_half.py)")
     for sample in info.sample_inputs("cpu", dtype, requires_grad=dtype.is_floating_point):
+        FF_call = getattr(FF, name)
         with pytest.raises(TypeError, match=rf"fastnorm.torch.functional.{name}: dtype {dtype} is not supported"):
-            FF_call = getattr(FF, name)
             FF_call(sample.input, *sample.args, **sample.kwargs)
 
 

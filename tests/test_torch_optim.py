@@ -88,7 +88,7 @@ def _ref64(name, kw, dtype, steps):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+@pytest.mark.parametrize(("name", "kw"), CONFIGS, ids=IDS)
 def test_trajectory_matches_torch(name, kw, dtype, monkeypatch):
     calls = []
     import fastnorm.optim as fo
@@ -132,7 +132,8 @@ def test_param_groups_and_params_without_grad():
     _train(m_fast, opt_fast, 10, x, y)
     _train(m_ref, opt_ref, 10, x, y)
     _assert_params_close(m_fast, m_ref, m_ref)
-    assert torch.equal(frozen, torch.ones(3, dtype=torch.float64)) and frozen not in opt_fast.state
+    assert torch.equal(frozen, torch.ones(3, dtype=torch.float64))
+    assert frozen not in opt_fast.state
 
 
 def test_mixed_dtypes_in_one_group():
@@ -185,7 +186,7 @@ def test_reduce_lr_on_plateau():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("name,kw", CONFIGS, ids=IDS)
+@pytest.mark.parametrize(("name", "kw"), CONFIGS, ids=IDS)
 @pytest.mark.parametrize("direction", ["torch_to_fastnorm", "fastnorm_to_torch"])
 def test_state_dict_interchange(name, kw, direction):
     """Train k steps with one, save, load into the other, train on: same as torch throughout."""
@@ -316,9 +317,9 @@ def test_sparse_grad_raises():
 
 def test_hyperparameter_validation_is_torch():
     p = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         FO.Adam(p, lr=-1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
         FO.SGD(p, lr=0.1, nesterov=True)  # nesterov needs momentum > 0 (torch's check)
 
 

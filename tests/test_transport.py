@@ -9,7 +9,14 @@ import fastnorm
 from fastnorm import reference as R
 from fastnorm.reference import transport as RT
 
-from ._util import FLOATS, assert_close_to_ref, assert_matches_reference, numeric_grad, torch_or_skip
+from ._util import (
+    FLOATS,
+    assert_close_to_ref,
+    assert_matches_reference,
+    assert_thread_count_invariant,
+    numeric_grad,
+    torch_or_skip,
+)
 
 SIZES = [(1, 1), (1, 4), (5, 1), (3, 3), (7, 13), (64, 33)]
 
@@ -26,7 +33,7 @@ def _scipy():
 
 
 # ================================================================================= wasserstein_1d
-@pytest.mark.parametrize("n,m", SIZES)
+@pytest.mark.parametrize(("n", "m"), SIZES)
 @pytest.mark.parametrize("weighted", ["none", "u", "both", "zeros"])
 def test_w1_matches_scipy(rng, n, m, weighted):
     ss = _scipy()
@@ -67,13 +74,14 @@ def test_w1_reference_is_pots_formula(rng, p):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("p", [1, 1.5, 2, 3.25])
-@pytest.mark.parametrize("n,m", [(1, 1), (6, 6), (17, 5), (130, 257)])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (6, 6), (17, 5), (130, 257)])
 def test_w1_kernel_matches_reference(rng, threads, dtype, p, n, m):
     u = rng.standard_normal((2, 3, n)).astype(dtype)
     v = (rng.standard_normal((2, 3, m)) + 0.3).astype(dtype)
     for uw, vw in [(None, None), (_w(rng, u.shape).astype(dtype), _w(rng, v.shape).astype(dtype))]:
         got = fastnorm.wasserstein_1d(u, v, uw, vw, p=p)
-        assert got.shape == (2, 3) and got.dtype == dtype
+        assert got.shape == (2, 3)
+        assert got.dtype == dtype
         ref = R.wasserstein_1d(*(None if x is None else x.astype(np.float64) for x in (u, v, uw, vw)), p=p)
         assert_matches_reference(got, ref, name=f"W p={p}")
 
@@ -102,7 +110,8 @@ def test_w1_reference_backward_matches_finite_differences(rng, p):
     # uniform weights, equal sizes: every breakpoint is a tie; the values' gradient is still smooth
     v2 = rng.standard_normal((2, 5))
     du, dv, da, db = R.wasserstein_1d_backward(g, u, v2, p=p)
-    assert da is None and db is None
+    assert da is None
+    assert db is None
 
     def f2(u_, v_):
         return R.wasserstein_1d(u_, v_, p=p)
@@ -131,25 +140,17 @@ def test_w1_backward_kernel_matches_reference(rng, threads, dtype, p, weighted):
 def test_w1_threads_bitwise_and_empty_batch(rng):
     u, v = rng.standard_normal((40, 301)), rng.standard_normal((40, 200))
     uw = _w(rng, u.shape)
-    old = fastnorm.get_num_threads()
-    try:
-        outs = []
-        for t in (1, 2):
-            fastnorm.set_num_threads(t)
-            outs.append(
-                (
-                    fastnorm.wasserstein_1d(u, v, uw, p=1.5),
-                    *fastnorm.wasserstein_1d_backward(np.ones(40), u, v, uw, p=1.5)[:3],
-                )
-            )
-    finally:
-        fastnorm.set_num_threads(old)
-    for x, y in zip(*outs):
-        np.testing.assert_array_equal(x, y)
+    assert_thread_count_invariant(
+        lambda: (
+            fastnorm.wasserstein_1d(u, v, uw, p=1.5),
+            *fastnorm.wasserstein_1d_backward(np.ones(40), u, v, uw, p=1.5)[:3],
+        )
+    )
     e = fastnorm.wasserstein_1d(np.zeros((0, 4)), np.zeros((0, 3)))
     assert e.shape == (0,)
     du, dv, _, _ = fastnorm.wasserstein_1d_backward(np.zeros(0), np.zeros((0, 4)), np.zeros((0, 3)))
-    assert du.shape == (0, 4) and dv.shape == (0, 3)
+    assert du.shape == (0, 4)
+    assert dv.shape == (0, 3)
 
 
 def test_w1_nan_propagates_and_noncontiguous_input(rng):
@@ -159,9 +160,11 @@ def test_w1_nan_propagates_and_noncontiguous_input(rng):
     u2 = np.array(u)
     u2[1, 2] = np.nan
     w = fastnorm.wasserstein_1d(u2, v)
-    assert np.isnan(w[1]) and np.isfinite(np.delete(w, 1)).all()
+    assert np.isnan(w[1])
+    assert np.isfinite(np.delete(w, 1)).all()
     ww = fastnorm.wasserstein_1d(u2, v, np.ones(u2.shape), np.ones(v.shape))  # the weighted sort path
-    assert np.isnan(ww[1]) and np.isfinite(np.delete(ww, 1)).all()
+    assert np.isnan(ww[1])
+    assert np.isfinite(np.delete(ww, 1)).all()
     np.testing.assert_allclose(np.delete(ww, 1), np.delete(w, 1), rtol=1e-12)
 
 
@@ -178,7 +181,7 @@ def no_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs,exc,match",
+    ("kwargs", "exc", "match"),
     [
         (dict(u_weights=-np.ones(4)), ValueError, "u_weights must be finite and non-negative"),
         (dict(v_weights=np.zeros(3)), ValueError, "v_weights must have a positive"),
@@ -224,14 +227,17 @@ def _problem(rng, lead, n, m, dtype=np.float64, shared=False):
 
 
 @pytest.mark.parametrize(
-    "lead,n,m", [((), 1, 1), ((), 1, 5), ((2,), 5, 1), ((), 7, 13), ((3,), 6, 4), ((2, 2), 9, 9), ((1,), 40, 70)]
+    ("lead", "n", "m"),
+    [((), 1, 1), ((), 1, 5), ((2,), 5, 1), ((), 7, 13), ((3,), 6, 4), ((2, 2), 9, 9), ((1,), 40, 70)],
 )
 @pytest.mark.parametrize("shared", [False, True])
 def test_sinkhorn_kernel_matches_reference(rng, threads, lead, n, m, shared):
     a, b, c = _problem(rng, lead, n, m, shared=shared)
     res = fastnorm.sinkhorn(a, b, c, 0.05, tol=1e-11, return_plan=True)
     v, P, it, err = R.sinkhorn(a, b, c, 0.05, tol=1e-11)
-    assert res.value.shape == lead and res.plan.shape == c.shape and res.n_iter.dtype == np.int64
+    assert res.value.shape == lead
+    assert res.plan.shape == c.shape
+    assert res.n_iter.dtype == np.int64
     np.testing.assert_array_equal(res.n_iter, it)
     np.testing.assert_allclose(res.value, v, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(res.plan, P, rtol=1e-9, atol=1e-15)
@@ -255,8 +261,10 @@ def test_sinkhorn_small_reg_is_stable_and_near_exact_ot(rng):
     a, b = np.full(40, 1 / 40), np.full(50, 1 / 50)
     c = np.abs(x[:, None] - y[None, :])
     res = fastnorm.sinkhorn(a, b, c, 1e-3, max_iter=20000, tol=1e-5, return_plan=True)
-    assert np.isfinite(res.value) and np.isfinite(res.plan).all()
-    assert res.err < 1e-5 and res.n_iter < 20000
+    assert np.isfinite(res.value)
+    assert np.isfinite(res.plan).all()
+    assert res.err < 1e-5
+    assert res.n_iter < 20000
     w1 = fastnorm.wasserstein_1d(x, y)
     assert abs(res.value - w1) < 5e-3, (res.value, w1)
     v, _, it, _ = R.sinkhorn(a, b, c, 1e-3, max_iter=20000, tol=1e-5)
@@ -288,7 +296,8 @@ def test_sinkhorn_zero_masses_and_max_iter_zero(rng):
     a, b = a / a.sum(), b / b.sum()
     res = fastnorm.sinkhorn(a, b, c, 0.1, tol=1e-12, return_plan=True)
     v, P, it, _ = R.sinkhorn(a, b, c, 0.1, tol=1e-12)
-    assert np.all(res.plan[2] == 0) and np.all(res.plan[:, 0] == 0)
+    assert np.all(res.plan[2] == 0)
+    assert np.all(res.plan[:, 0] == 0)
     np.testing.assert_allclose(res.value, v, rtol=1e-10)
     np.testing.assert_allclose(res.plan, P, rtol=1e-9, atol=1e-15)
     r0 = fastnorm.sinkhorn(a, b, c, 0.1, max_iter=0, return_plan=True)
@@ -297,27 +306,23 @@ def test_sinkhorn_zero_masses_and_max_iter_zero(rng):
     np.testing.assert_allclose(r0.plan, P0, rtol=1e-12)
     np.testing.assert_allclose(r0.err, e0, rtol=1e-10)
     r3 = fastnorm.sinkhorn(a, b, c, 0.1, max_iter=3, tol=0.0)
-    assert r3.n_iter == 3 and r3.plan is None
+    assert r3.n_iter == 3
+    assert r3.plan is None
 
 
 def test_sinkhorn_threads_bitwise(rng):
-    old = fastnorm.get_num_threads()
-    try:
-        for lead in [(1,), (5,)]:  # one problem: rows over threads; several: problems over threads
-            a, b, c = _problem(rng, lead, 37, 29)
-            outs = []
-            for t in (1, 2):
-                fastnorm.set_num_threads(t)
-                outs.append(fastnorm.sinkhorn(a, b, c, 0.02, tol=1e-10, return_plan=True))
-            for x, y in zip(outs[0], outs[1]):
-                np.testing.assert_array_equal(x, y)
-    finally:
-        fastnorm.set_num_threads(old)
+    for lead in [(1,), (5,)]:  # one problem: rows over threads; several: problems over threads
+        a, b, c = _problem(rng, lead, 37, 29)
+        assert_thread_count_invariant(
+            lambda a=a, b=b, c=c: fastnorm.sinkhorn(a, b, c, 0.02, tol=1e-10, return_plan=True)
+        )
 
 
 def test_sinkhorn_empty_batch():
     res = fastnorm.sinkhorn(np.ones(3) / 3, np.ones(2) / 2, np.zeros((0, 3, 2)), 0.1, return_plan=True)
-    assert res.value.shape == (0,) and res.plan.shape == (0, 3, 2) and res.n_iter.shape == (0,)
+    assert res.value.shape == (0,)
+    assert res.plan.shape == (0, 3, 2)
+    assert res.n_iter.shape == (0,)
 
 
 # ------------------------------------------------------------------------------- sinkhorn gradients
@@ -361,7 +366,7 @@ def test_sinkhorn_backward_matches_reference(rng, objective, shared):
 
 
 @pytest.mark.parametrize(
-    "kwargs,exc,match",
+    ("kwargs", "exc", "match"),
     [
         (dict(reg=0.0), ValueError, "reg must be finite and > 0"),
         (dict(reg=-1.0), ValueError, "reg must be"),
@@ -466,7 +471,8 @@ def test_torch_sinkhorn_transport_grad_matches_numpy_with_zero_masses(rng):
     res = fastnorm.sinkhorn(a, b, c, 0.25, max_iter=100000, tol=1e-14, return_plan=True)
     want = fastnorm.sinkhorn_backward(np.array([1.5, -2.0]), a, b, c, res.plan, 0.25)
     np.testing.assert_allclose(ct.grad.numpy(), want, rtol=1e-7, atol=1e-11)
-    assert np.all(want[:, 3] == 0) and np.all(want[:, :, 0] == 0)
+    assert np.all(want[:, 3] == 0)
+    assert np.all(want[:, :, 0] == 0)
 
 
 # ============================================================================================ out=
@@ -485,7 +491,9 @@ def test_w1_out_writes_in_place(rng):
     want = fastnorm.wasserstein_1d_backward(g, u, v, uw, vw, p=2)
     bufs = (_sentinel(u.shape, u.dtype), None, _sentinel(u.shape, u.dtype), _sentinel(v.shape, v.dtype))
     res = fastnorm.wasserstein_1d_backward(g, u, v, uw, vw, p=2, out=bufs)
-    assert res[0] is bufs[0] and res[2] is bufs[2] and res[3] is bufs[3]
+    assert res[0] is bufs[0]
+    assert res[2] is bufs[2]
+    assert res[3] is bufs[3]
     for x, y in zip(res, want):
         np.testing.assert_array_equal(x, y)
     # a 0-d result (one pair of 1-D distributions)
@@ -527,7 +535,8 @@ def test_w1_out_bad_buffers_raise_and_write_nothing(rng, no_kernels):
         fastnorm.wasserstein_1d_backward(g, u, u.copy(), out=(du, du, None, None))
     with pytest.raises(ValueError, match="4 entries"):
         fastnorm.wasserstein_1d_backward(g, u, v, out=(du, dv))
-    assert (du == -7).all() and (dv == -7).all()
+    assert (du == -7).all()
+    assert (dv == -7).all()
 
 
 def test_sinkhorn_out_writes_in_place(rng):
@@ -539,7 +548,8 @@ def test_sinkhorn_out_writes_in_place(rng):
         assert x is buf
         np.testing.assert_array_equal(x, y)
     part = fastnorm.sinkhorn(a, b, c, 0.5, out=(None, None, None, bufs[3]))  # only err given
-    assert part.err is bufs[3] and part.plan is None
+    assert part.err is bufs[3]
+    assert part.plan is None
     g = np.array([1.5, -0.5])
     for objective in ("transport", "regularized"):
         d = _sentinel(c.shape, c.dtype)

@@ -13,21 +13,24 @@ import fastnorm
 from fastnorm import reference as R
 from fastnorm.reference import sync_batch_norm as RS
 
+from .._util import assert_close_to_ref
 from ._half_util import BF16, F16, F32, close, data, f32, f64, lowp, param, run_stages
 from .conftest import host
 
 pytestmark = pytest.mark.usefixtures("small_channel_blocks")
 
 
-def _tol(dtype):
-    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
-
-
-def _close(got, want, dtype, what):
+def _close(got, want, ref64, what):
+    """DESIGN.md's criterion with the CPU kernel's result ``want`` as the same-dtype comparator: a float32
+    result's error vs the float64 reference ``ref64`` at most 2x the CPU's; a float64 result elementwise
+    within assert_close_to_ref's float64 tolerance of the CPU's (sums in another order)."""
     assert not isinstance(got, np.ndarray), f"{what} came back on the host"
     g = host(got)
-    assert g.shape == want.shape and g.dtype == want.dtype, what
-    np.testing.assert_allclose(g, want, err_msg=what, **_tol(dtype))
+    assert (g.shape, g.dtype) == (want.shape, want.dtype), what
+    if g.dtype == np.float64:
+        assert_close_to_ref(g, None, want, name=what)
+    else:
+        assert_close_to_ref(g, want, ref64, name=what, sample_slack=True)
 
 
 CASES = [
@@ -51,31 +54,33 @@ def test_stages_match_cpu(rng, on_gpu, shape, axis, dtype, affine):
     st = fastnorm.batch_norm_stats(x, axis=axis)
     dst = fastnorm.batch_norm_stats(dx_, axis=axis)
     assert dst.count == st.count
-    _close(dst.mean, st.mean, dtype, "mean")
-    _close(dst.m2, st.m2, dtype, "m2")
-    ref = RS.batch_norm_stats(x.astype(np.float64), axis=axis)
-    np.testing.assert_allclose(host(dst.m2), ref[1], rtol=1e-5 if dtype == np.float32 else 1e-12)
+    ref = RS.batch_norm_stats(*f64(x), axis=axis)
+    _close(dst.mean, st.mean, ref[0], "mean")
+    _close(dst.m2, st.m2, ref[1], "m2")
 
     mean = (st.mean + 0.01).astype(dtype)
     invstd = (1 / np.sqrt(st.m2 / st.count + 1e-5)).astype(dtype)
     dmean, dinv = on_gpu(mean, invstd)
+    x64, dy64, mean64, inv64, w64, b64 = f64(x, dy, mean, invstd, w, b)
     _close(fastnorm.batch_norm_elemt(dx_, dmean, dinv, dw, db, axis=axis),
-           fastnorm.batch_norm_elemt(x, mean, invstd, w, b, axis=axis), dtype, "y")  # fmt: skip
+           fastnorm.batch_norm_elemt(x, mean, invstd, w, b, axis=axis),
+           RS.batch_norm_elemt(x64, mean64, inv64, w64, b64, axis=axis), "y")  # fmt: skip
 
     red = fastnorm.batch_norm_backward_reduce(dy, x, mean, invstd, w, axis=axis)
     dred = fastnorm.batch_norm_backward_reduce(ddy, dx_, dmean, dinv, dw, axis=axis)
-    for name, g, want in zip(red._fields, dred, red):
+    red64 = RS.batch_norm_backward_reduce(dy64, x64, mean64, inv64, w64, axis=axis)
+    for name, g, want, r in zip(red._fields, dred, red, red64):
         if want is None:
             assert g is None, name
         else:
-            _close(g, want, dtype, name)
+            _close(g, want, r, name)
 
     n = st.count
     ds1, ds2 = on_gpu(red.sum_dy, red.sum_dy_xmu)
     _close(
         fastnorm.batch_norm_backward_elemt(ddy, dx_, dmean, dinv, dw, ds1, ds2, n, axis=axis),
         fastnorm.batch_norm_backward_elemt(dy, x, mean, invstd, w, red.sum_dy, red.sum_dy_xmu, n, axis=axis),
-        dtype,
+        RS.batch_norm_backward_elemt(dy64, x64, mean64, inv64, w64, *f64(red.sum_dy, red.sum_dy_xmu), n, axis=axis),
         "dx",
     )
 
@@ -90,25 +95,31 @@ def test_split_batches_with_empty_one(rng, cuda, on_gpu, dtype, device_counts):
     assert [s.count for s in stats] == [10, 0, 15]
     means = np.stack([host(s.mean) for s in stats])
     m2s = np.stack([host(s.m2) for s in stats])
-    assert not means[1].any() and not m2s[1].any()
+    assert not means[1].any()
+    assert not m2s[1].any()
     counts = np.array([s.count for s in stats], dtype=np.float64)
     rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
     drm, drv = on_gpu(rm, rv)
     cnt = cuda.to_device(counts) if device_counts else counts
+    rm64, rv64 = rm.astype(np.float64), rv.astype(np.float64)  # copies: updated in place
     g = fastnorm.batch_norm_gather_stats(*on_gpu(means, m2s), cnt, drm, drv, momentum=0.3, eps=1e-4)
     want = fastnorm.batch_norm_gather_stats(means, m2s, counts, rm, rv, momentum=0.3, eps=1e-4)
-    _close(g.mean, want.mean, dtype, "mean")
-    _close(g.invstd, want.invstd, dtype, "invstd")
-    _close(drm, rm, dtype, "running_mean")
-    _close(drv, rv, dtype, "running_var")
+    ref = RS.batch_norm_gather_stats(*f64(means, m2s), counts, rm64, rv64, momentum=0.3, eps=1e-4)
+    _close(g.mean, want.mean, ref[0], "mean")
+    _close(g.invstd, want.invstd, ref[1], "invstd")
+    _close(drm, rm, rm64, "running_mean")
+    _close(drv, rv, rv64, "running_var")
     whole = np.concatenate(parts).astype(np.float64)
-    np.testing.assert_allclose(host(g.mean), whole.mean(axis=(0, 2)), **_tol(dtype))
+    other = want.mean if dtype == np.float32 else None  # float64: elementwise to the float64 mean
+    assert_close_to_ref(host(g.mean), other, whole.mean(axis=(0, 2)), name="mean of the whole batch")
 
 
 def test_empty_batch_on_device(on_gpu):
     x = on_gpu(np.empty((0, 2, 3), np.float32))
     st = fastnorm.batch_norm_stats(x)
-    assert st.count == 0 and not host(st.mean).any() and not host(st.m2).any()
+    assert st.count == 0
+    assert not host(st.mean).any()
+    assert not host(st.m2).any()
     one = on_gpu(np.ones(2, np.float32))
     red = fastnorm.batch_norm_backward_reduce(x, x, one, one, one)
     assert all(not host(a).any() for a in red)
@@ -133,12 +144,14 @@ def test_16bit_stages_match_reference(rng, on_gpu, dt, shape, axis, sizes):
     y, mean, invstd, dx, dw, db, red = run_stages(
         fastnorm, parts, dys, w, b, axis, drm, drv, to=lambda a: None if a is None else on_gpu(a), back=host
     )
-    assert y.dtype == dx.dtype == dt and mean.dtype == invstd.dtype == F32
+    assert y.dtype == dx.dtype == dt
+    assert mean.dtype == invstd.dtype == F32
     assert all(r[0].dtype == r[1].dtype == F32 and r[2].dtype == r[3].dtype == dt for r in red)
-    assert host(drm).dtype == dt and host(drv).dtype == F32
+    assert host(drm).dtype == dt
+    assert host(drv).dtype == F32
     rm32, rv32 = f32(rm, rv)
     y32, mean32, inv32, dx32, dw32, db32, _ = run_stages(RS, *(f32(*parts), f32(*dys)), *f32(w, b), axis, rm32, rv32)
-    rm64, rv64 = f64(rm, rv)
+    rm64, rv64 = rm.astype(np.float64), rv.astype(np.float64)  # copies: updated in place
     ref = R.batch_norm_forward(*f64(x, w, b), rm64, rv64, momentum=0.2, axis=axis)
     ref_b = R.batch_norm_backward(*f64(dy, x), ref[1], ref[2], *f64(w, b), axis=axis)
     for name, got, other, r in [

@@ -38,15 +38,22 @@ def _bits(a):
 
 
 def _close(got, want):
-    """16-bit: at most one unit apart (bit patterns of same-sign values); float32: a few float32 ulps."""
+    """Device and CPU run the same float32 operations in the same order; they may differ only where a square
+    root or an FMA contraction rounds differently (an ulp of one operand per step). So a float32 state is
+    within 8 float32 ulps at the array's scale (no per-element rtol: a state can be a cancellation's small
+    result), and a 16-bit parameter, that float32 value rounded once, at most one unit (bit patterns of
+    same-sign values) and mostly equal."""
     got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
     if want.dtype.itemsize == 2:
         assert (np.signbit(got.astype(np.float32)) == np.signbit(want.astype(np.float32))).all()
         diff = np.abs(_bits(got).astype(np.int64) - _bits(want).astype(np.int64))
-        assert diff.max(initial=0) <= 1 and (diff == 0).sum() >= 0.9 * diff.size
-    else:
-        np.testing.assert_allclose(got, want, rtol=4e-7 * 4, atol=0)
+        assert diff.max(initial=0) <= 1
+        assert (diff == 0).sum() >= 0.9 * diff.size
+    elif want.size:
+        bound = 8 * np.finfo(np.float32).eps * np.max(np.abs(want))
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound
 
 
 @pytest.mark.parametrize("opts", OPTIONS)
@@ -98,7 +105,9 @@ def test_functional_stochastic_rounding_and_specials_match_the_cpu(half, on_gpu)
     O.sgd_step([d], [on_gpu(-x)], lr=1.0, stochastic_rounding=True, seed=99)
     got = np.asarray(host(d))
     np.testing.assert_array_equal(_bits(got)[3:], _bits(p)[3:])
-    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+    assert got[0] == np.inf
+    assert got[1] == -np.inf
+    assert np.isnan(got[2])
     # round to nearest even (no options) of the same values
     q, e = np.zeros(600, half), on_gpu(np.zeros(600, half))
     O.sgd_step([q], [-x], lr=1.0)

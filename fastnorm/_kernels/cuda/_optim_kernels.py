@@ -139,10 +139,11 @@ def _make_update(algo: int, flags: int, f64: bool = True):
             gi = signed_grad(p, g, k)
             sqi = k[7] * s0 + k[8] * (gi * gi)
             if centered:
-                gai = s1 + k[8] * (gi - s1)
-                s1 = gai
-                # in double (exact product of two floats), as the CPU loop does
-                avg = nbt(math.sqrt(float64(sqi) - float64(gai) * float64(gai))) + k[3]
+                # both averages and their difference in double (exact products of two floats), as the CPU
+                gad = float64(s1) + float64(k[8]) * (float64(gi) - float64(s1))
+                sqd = float64(k[7]) * float64(s0) + float64(k[8]) * (float64(gi) * float64(gi))
+                s1 = nbt(gad)
+                avg = nbt(math.sqrt(sqd - gad * gad)) + k[3]
             else:
                 avg = math.sqrt(sqi) + k[3]
             if mom:

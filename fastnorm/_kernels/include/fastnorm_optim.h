@@ -57,15 +57,18 @@ typedef struct {
     acc[i] = rho * acc[i] + omr * (d * d);                                                              \
     p[i] = p[i] - lr * d; }
 
-/* centered: square_avg - grad_avg^2 cancels; it is formed in double (the product of two floats is exact
- * there, one rounding in all), so a float32 step does not amplify the rounding of grad_avg^2 (torch's
- * float32 step does); for double it is torch's order of operations. */
+/* centered: square_avg - grad_avg^2 cancels; both averages' updates and the difference are formed in
+ * double from the stored values (products of two floats are exact there), so a float32 step does not
+ * amplify the float32 rounding of the new averages (with alpha = 0 the difference is g^2 - g^2 = 0, as in
+ * the reference, not the rounding error of g^2); for double it is torch's order of operations. */
 #define FN_RMSPROP_LOOP(WD, CENTERED, MOM) FN_LOOP { FN_G(WD)                                           \
-    T sqi = alpha * sq[i] + oma * (gi * gi); sq[i] = sqi;                                               \
+    T sqi = alpha * sq[i] + oma * (gi * gi);                                                            \
     T avg;                                                                                              \
-    if (CENTERED) { T gai = ga[i] + oma * (gi - ga[i]); ga[i] = gai;                                     \
-                avg = (T)sqrt((double)sqi - (double)gai * (double)gai) + eps; }                         \
+    if (CENTERED) { double gad = (double)ga[i] + (double)oma * ((double)gi - (double)ga[i]);            \
+                double sqd = (double)alpha * (double)sq[i] + (double)oma * ((double)gi * (double)gi);   \
+                ga[i] = (T)gad; avg = (T)sqrt(sqd - gad * gad) + eps; }                                 \
     else avg = FN_SQRT(sqi) + eps;                                                                      \
+    sq[i] = sqi;                                                                                        \
     if (MOM) { T bi = mu * b[i] + gi / avg; b[i] = bi; p[i] = p[i] - lr * bi; }                         \
     else p[i] = p[i] - lr * (gi / avg); }
 
