@@ -27,6 +27,14 @@ from . import channel_kernels as CK
 from . import channel_norm as CN
 from ._common import ACC, Kernel, arr, cached, current_stream, kdev, register_cap, storer
 
+__all__ = [
+    "batch_norm_stats",
+    "batch_norm_gather_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+]
+
 F64 = np.float64
 _T = 128  # threads per block of the per-channel kernels
 merge_moments = CK.merge_moments

@@ -36,6 +36,15 @@ from .channel_kernels import (
     _make_segments,
 )
 
+__all__ = [
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+    "instance_norm_forward",
+    "instance_norm_backward",
+]
+
 F64 = np.float64
 # Launch shapes (module attributes: tests make them small for the simulator).
 SEG_TEAM = 128  # threads per (n, c) segment at most (fewer for short segments)

@@ -22,6 +22,17 @@ from numba import cuda, float64
 from ._common import SIM, cached, current_stream, empty_device, kdev, loader, storer
 from .transport import _tree
 
+__all__ = [
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "entropy_forward",
+    "entropy_backward",
+    "kl_div_forward",
+    "kl_div_backward",
+    "js_div_forward",
+    "js_div_backward",
+]
+
 TPB = 32 if SIM else 256  # threads per row (a power of two; the simulator runs each thread as a Python thread)
 INF = math.inf
 NAN = math.nan

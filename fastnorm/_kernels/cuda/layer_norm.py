@@ -48,6 +48,17 @@ from .row_kernels import (
     reduce_partials,
 )
 
+__all__ = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
+]
+
 if not SIM:
     from ._launch import ArgTemplate, Plan, caller_stream, core_kernel, input_streams
 

@@ -20,6 +20,8 @@ from numba import cuda
 
 from ._common import ACC, SIM, Kernel, arr, cached, current_stream, kdev, loader, register_cap, storer
 
+__all__ = ["local_response_norm_forward", "local_response_norm_backward", "lrn_scratch_len"]
+
 U = np.uint64
 BLOCK = 64 if SIM else 256
 

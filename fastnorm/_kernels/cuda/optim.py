@@ -46,6 +46,8 @@ from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/
     _shape,
 )
 
+__all__ = ["sgd_step", "adagrad_step", "adadelta_step", "rmsprop_step", "adam_step", "gather_params", "gather_like"]
+
 if not SIM:
     from ._arrays import adapt
 

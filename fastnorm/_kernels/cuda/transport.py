@@ -31,6 +31,8 @@ from .wasserstein import (  # noqa: F401  (the 1-D kernels are re-exported under
     wasserstein_1d_backward,
 )
 
+__all__ = ["sinkhorn", "sinkhorn_backward"]
+
 
 @cuda.jit(device=True)
 def _tree(buf, t, nt, is_max):

@@ -17,6 +17,8 @@ from numba import cuda
 
 from ._common import SIM, Kernel, arr, cached, current_stream, dev, empty_device
 
+__all__ = ["sort_rows", "sort_width", "unsort_rows", "wasserstein_1d", "wasserstein_1d_backward"]
+
 # threads per block (a power of two); the simulator runs each thread as a Python thread, and rows longer than 8
 # exercise the strided loops there at small shapes
 BLOCK = 8 if SIM else 256

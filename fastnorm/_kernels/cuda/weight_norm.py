@@ -22,6 +22,14 @@ from numba import cuda
 
 from . import _common as cc
 
+__all__ = [
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "cosine_linear_forward",
+    "cosine_linear_backward_pre",
+    "cosine_linear_backward_post",
+]
+
 U = np.uint64
 F64 = np.float64
 TEAM = 64 if cc.SIM else 256
