@@ -5,29 +5,28 @@ Numba device arrays or any ``__cuda_array_interface__`` object (converted zero-c
 and scalars; the trailing ``n_threads`` is the CPU thread count there and, here, the bound on the number of
 partial rows of a column reduction (the row count of the scratch the public layer passes).
 
-The namespace is built from the package's public modules: each kernel module lists its launchers in its
-``__all__`` (helper modules have none), so a new op needs no edit here.
+The namespace is built from the package's public modules: a kernel module marks its launchers with
+``@_common.launcher``, so a new op needs no edit here.
 """
 
 import importlib
 import pkgutil
 
 
-def _exports() -> dict:
-    """The launchers of every public module of this package, by name; a name exported twice is an error."""
+def _launchers() -> dict:
+    """The marked launchers of every public module of this package, by name (one function per name)."""
     found: dict = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        for name in getattr(module, "__all__", ()):
-            value = getattr(module, name)
-            if found.setdefault(name, value) is not value:
-                raise ImportError(f"fastnorm: CUDA kernel {name!r} is exported by two modules ({info.name})")
+        for name, value in vars(module).items():
+            if getattr(value, "fastnorm_launcher", False) and found.setdefault(name, value) is not value:
+                raise ImportError(f"fastnorm: two CUDA launchers are named {name!r} ({info.name})")
     return found
 
 
-_found = _exports()
+_found = _launchers()
 globals().update(_found)
 __all__ = sorted(_found)
 del _found

@@ -264,6 +264,12 @@ class Kernel:
 _cache: dict = {}
 
 
+def launcher(fn):
+    """Marks ``fn`` as a kernel launcher: ``fastnorm._kernels.cuda`` exports it under its name."""
+    fn.fastnorm_launcher = True
+    return fn
+
+
 def cached(key, build):
     """The compiled ``Kernel`` for ``key``, built by ``build()`` on first use."""
     k = _cache.get(key)

@@ -19,19 +19,8 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from ._common import SIM, cached, current_stream, empty_device, kdev, loader, storer
+from ._common import SIM, cached, current_stream, empty_device, kdev, launcher, loader, storer
 from .transport import _tree
-
-__all__ = [
-    "softmax_cross_entropy_forward",
-    "softmax_cross_entropy_backward",
-    "entropy_forward",
-    "entropy_backward",
-    "kl_div_forward",
-    "kl_div_backward",
-    "js_div_forward",
-    "js_div_backward",
-]
 
 TPB = 32 if SIM else 256  # threads per row (a power of two; the simulator runs each thread as a Python thread)
 INF = math.inf
@@ -336,6 +325,7 @@ def _launch(name, data, *args):
         k[m, TPB, current_stream()](*(kdev(a) if hasattr(a, "shape") else a for a in args))
 
 
+@launcher
 def softmax_cross_entropy_forward(
     logits, target, target_prob, weight, gscale, grad, loss, lse, ignore_index, label_smoothing, weight_sum, n_threads
 ):
@@ -345,6 +335,7 @@ def softmax_cross_entropy_forward(
             float(label_smoothing), float(weight_sum))  # fmt: skip
 
 
+@launcher
 def softmax_cross_entropy_backward(
     logits, target, target_prob, weight, lse, gscale, grad, ignore_index, label_smoothing, weight_sum, n_threads
 ):
@@ -353,11 +344,13 @@ def softmax_cross_entropy_backward(
             float(label_smoothing), float(weight_sum))  # fmt: skip
 
 
+@launcher
 def entropy_forward(p, h, inv_log_base, n_threads):
     """IN p (M, V); OUT h (M,)."""
     _launch("entropy_fwd", p, p, h, float(inv_log_base))
 
 
+@launcher
 def entropy_backward(dh, p, dp, inv_log_base, n_threads):
     """IN dh (M,), p (M, V); OUT dp (M, V)."""
     _launch("entropy_bwd", p, dh, p, dp, float(inv_log_base))
@@ -371,24 +364,28 @@ def _no_keep():
     return empty_device((0,), "uint8")
 
 
+@launcher
 def kl_div_forward(input, target, loss, elem, dinput, dtarget, log_target, gscale, n_threads):
     """IN input, target (M, V); OUT loss (M,) float64, elem / dinput / dtarget (M, V) | (0, 0)."""
     _launch("div_fwd", input, 0, input, target, _no_keep(), loss, elem, dinput, dtarget, bool(log_target), 0.0, 2,
             float(gscale))  # fmt: skip
 
 
+@launcher
 def kl_div_backward(dloss, input, target, dinput, dtarget, log_target, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target (M, V); OUT dinput, dtarget (M, V) | (0, 0)."""
     _launch("div_bwd", input, 0, dloss, input, target, _no_keep(), dinput, dtarget, bool(log_target), 0.0, 2,
             float(scale))  # fmt: skip
 
 
+@launcher
 def js_div_forward(input, target, keep, loss, elem, dinput, dtarget, beta, gscale, n_threads):
     """IN input, target (M, V), keep (M,) uint8 | (0,); OUT loss (M,) float64, elem / dinput / dtarget."""
     _launch("div_fwd", input, 1, input, target, keep, loss, elem, dinput, dtarget, False, float(beta), _mode(beta),
             float(gscale))  # fmt: skip
 
 
+@launcher
 def js_div_backward(dloss, input, target, keep, dinput, dtarget, beta, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target, keep; OUT dinput, dtarget (M, V) | (0, 0)."""
     _launch("div_bwd", input, 1, dloss, input, target, keep, dinput, dtarget, False, float(beta), _mode(beta),

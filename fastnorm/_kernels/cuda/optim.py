@@ -26,7 +26,7 @@ from numba import cuda
 
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
-from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
 from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/cuda_ptx_check.py)
     _HALF_ROWS,
     _SIG,
@@ -45,8 +45,6 @@ from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/
     _rows_used,
     _shape,
 )
-
-__all__ = ["sgd_step", "adagrad_step", "adadelta_step", "rmsprop_step", "adam_step", "gather_params", "gather_like"]
 
 if not SIM:
     from ._arrays import adapt
@@ -295,6 +293,7 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
 
 
 # ------------------------------------------------------------------------------------------ entry points
+@launcher
 def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, code, n_threads, half=None):
     """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
@@ -313,6 +312,7 @@ def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov,
     )
 
 
+@launcher
 def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code, n_threads, half=None):
     """IN/OUT (3, T): param, grad, sum; per_tensor (T, 1): clr."""
     flags = FN_WD if weight_decay != 0 else 0
@@ -330,6 +330,7 @@ def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code
     )
 
 
+@launcher
 def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, n_threads, half=None):
     """IN/OUT (4, T): param, grad, square_avg, acc_delta."""
     flags = FN_WD if weight_decay != 0 else 0
@@ -347,6 +348,7 @@ def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, 
     )
 
 
+@launcher
 def rmsprop_step(
     tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads, half=None
 ):
@@ -367,6 +369,7 @@ def rmsprop_step(
     )
 
 
+@launcher
 def adam_step(
     tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code, n_threads, half=None
 ):
@@ -474,6 +477,7 @@ def _remember_list(key, objs, value) -> None:
         _list_cache[key] = (tuple(objs), value)
 
 
+@launcher
 def gather_params(params: list, info: np.ndarray) -> int:
     """Row 0: device address, row 1: size, row 2: dtype code (0 float32, 1 float64, 2 bfloat16, 3 float16),
     of each parameter.
@@ -508,6 +512,7 @@ def gather_params(params: list, info: np.ndarray) -> int:
     return -1
 
 
+@launcher
 def gather_like(
     arrays: list,
     params: list,

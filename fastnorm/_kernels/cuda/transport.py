@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import SIM, Kernel, arr, cached, current_stream, dev
+from ._common import SIM, Kernel, arr, cached, current_stream, dev, launcher
 from .wasserstein import (  # noqa: F401  (the 1-D kernels are re-exported under this module's name)
     BLOCK,
     F64,
@@ -30,8 +30,6 @@ from .wasserstein import (  # noqa: F401  (the 1-D kernels are re-exported under
     wasserstein_1d,
     wasserstein_1d_backward,
 )
-
-__all__ = ["sinkhorn", "sinkhorn_backward"]
 
 
 @cuda.jit(device=True)
@@ -258,6 +256,7 @@ def _kernels(dt):
     return cached(("transport", dt, BLOCK), build)
 
 
+@launcher
 def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, tol, check_every, n_threads):
     """IN cost (B, n, m), a (B | 1, n), b (B | 1, m); SCRATCH cost_t (B, m, n), work (B, 4n + 3m) float64;
     OUT value (B,), plan (B, n, m) | (0, 0, 0), n_iter (B,) int64, err (B,) float64."""
@@ -308,6 +307,7 @@ def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, 
     n_iter.copy_to_device(iters, stream=stream)
 
 
+@launcher
 def sinkhorn_backward(grad, plan, out, n_threads):
     """IN grad (B,), plan (B, n, m); OUT out (B, n, m) = grad[r] * plan[r] (the regularized objective)."""
     grad, plan, out = dev(grad), dev(plan), dev(out)

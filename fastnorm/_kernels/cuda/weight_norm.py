@@ -22,14 +22,6 @@ from numba import cuda
 
 from . import _common as cc
 
-__all__ = [
-    "weight_norm_forward",
-    "weight_norm_backward",
-    "cosine_linear_forward",
-    "cosine_linear_backward_pre",
-    "cosine_linear_backward_post",
-]
-
 U = np.uint64
 F64 = np.float64
 TEAM = 64 if cc.SIM else 256
@@ -129,6 +121,7 @@ def _wn_launch(backward: bool, dt, dts, a_in, v, g, norm, o1, o2) -> None:
     _wn_kernel(dt, backward, dts).launch(d, TEAM, cc.current_stream(), a_in, v, g, norm, o1, o2)
 
 
+@cc.launcher
 def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
     """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
     16-bit v: g and norm in float32 or v's dtype (each in its own)."""
@@ -137,6 +130,7 @@ def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
     _wn_launch(False, dt, dts, v, v, g, norm, w, norm)
 
 
+@cc.launcher
 def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
     """IN dw, v (A, D, B), g, norm (D,); OUT dv (A, D, B), dg (D,); SCRATCH part, fac unused."""
     dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(dg))
@@ -314,6 +308,7 @@ def _grid(k: cc.Kernel, total: int) -> int:
     return max(1, min(-(-total // BLOCK), k.resident_blocks(BLOCK) * 4))
 
 
+@cc.launcher
 def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
     """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)
     in ``cc.param_dtype`` of x's dtype (float32 for 16-bit x)."""
@@ -330,6 +325,7 @@ def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
         k.launch(_grid(k, nb * no), BLOCK, stream, y, x_norm, w_norm, float(eps))
 
 
+@cc.launcher
 def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_threads):
     """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O).
     Norms and cx, cw in ``cc.param_dtype`` of dy's dtype."""
@@ -354,6 +350,7 @@ def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_t
     k.launch(-(-no // BLOCK), BLOCK, stream, part, w_norm, cw, float(eps))
 
 
+@cc.launcher
 def cosine_linear_backward_post(x, w, cx, cw, dx, dw, n_threads):
     """IN x (B, D), w (O, D), cx (B,), cw (O,); IN/OUT dx (B, D) (holds gs @ w), dw (O, D) (holds gs.T @ x)."""
     dt = _dtype(x)
