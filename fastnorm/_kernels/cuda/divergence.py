@@ -100,6 +100,12 @@ def _terms(which, x, y, lt, b, mode):
     return _js_terms(x, y, b, mode)
 
 
+@cuda.jit(device=True)
+def _ce_row(x, tp, w):
+    """(row, thread, classes, probability targets given, class weights given) of a cross-entropy block."""
+    return cuda.blockIdx.x, cuda.threadIdx.x, x.shape[1], tp.shape[0] > 0, w.shape[0] > 0
+
+
 def _build(dt):
     """The kernels for data of dtype ``dt``: a dict of ce_fwd, ce_bwd, entropy_fwd, entropy_bwd, div_fwd, div_bwd."""
     ld = loader(dt)
@@ -133,11 +139,7 @@ def _build(dt):
     @cuda.jit
     def ce_fwd(x, tgt, tp, w, gs, g, loss, lse, ignore_index, eps, wsum):
         buf = cuda.shared.array(TPB, float64)
-        i = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        v = x.shape[1]
-        probs = tp.shape[0] > 0
-        has_w = w.shape[0] > 0
+        i, tid, v, probs, has_w = _ce_row(x, tp, w)
         t = -1
         xt = 0.0
         if not probs:
@@ -198,11 +200,7 @@ def _build(dt):
     @cuda.jit
     def ce_bwd(x, tgt, tp, w, lse, gs, g, ignore_index, eps, wsum):
         buf = cuda.shared.array(TPB, float64)
-        i = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        v = x.shape[1]
-        probs = tp.shape[0] > 0
-        has_w = w.shape[0] > 0
+        i, tid, v, probs, has_w = _ce_row(x, tp, w)
         c = gs[0] if gs.shape[0] == 1 else gs[i]
         t = -1
         sy = 0.0
