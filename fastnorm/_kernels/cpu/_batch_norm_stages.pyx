@@ -33,6 +33,8 @@ from ._fn_channel cimport (
     fn_rows_fwd_h,
     half_bits,
     half_fmt,
+    out_or_null,
+    put_param_grads,
     seg_apply_bwd,
     seg_apply_fwd,
     seg_grad_sums,
@@ -284,15 +286,13 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
     cdef const floating *mp = &mean[0]
     cdef double *wp
     cdef double s1, s2
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
     if N * L == 0:
         for c in range(C):
             sum_dy[c] = 0
             sum_dy_xmu[c] = 0
-            if want_dw:
-                dweight[c] = 0
-            if want_db:
-                dbias[c] = 0
+            put_param_grads(dwp, dbp, c, 0.0, 0.0)
         return
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
@@ -313,10 +313,7 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
                     s2 = s2 + wp[t * 2 * C + C + c]
             sum_dy[c] = <floating>s1
             sum_dy_xmu[c] = <floating>s2
-            if want_db:
-                dbias[c] = <floating>s1
-            if want_dw:
-                dweight[c] = <floating>(s2 * <double>invstd[c])
+            put_param_grads(dwp, dbp, c, s1, s2 * <double>invstd[c])
 
 
 def _batch_norm_backward_elemt(const data_t[:, :, ::1] dy,  # IN  (N, C, L)

@@ -55,6 +55,8 @@ from ._fn_channel cimport (
     fn_stream_rows_fwd_f,
     half_bits,
     half_fmt,
+    out_or_null,
+    put_param_grads,
     seg_apply_bwd,
     seg_apply_fwd,
     seg_grad_sums,
@@ -186,7 +188,7 @@ cdef inline void _group_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ss
         kc = <floating>(-<double>rs * g1 / cnt)
     for k in range(K):
         seg_apply_bwd(dy + k * L, x + k * L, dx + k * L, L, mu, rs * w[k] if w != NULL else rs, kb, kc,
-                   training, st, fmt)
+                      training, st, fmt)
 
 
 cdef inline void _group_rows_fwd(const data_t *x, data_t *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t R,
@@ -229,7 +231,7 @@ cdef inline void _instances_apply(const data_t *x, data_t *y, Py_ssize_t t, Py_s
     for s in range(lo, hi):
         c = s % C
         seg_apply_fwd(x + s * L, y + s * L, L, mean[s], rstd[s] * w[c] if w != NULL else rstd[s],
-                   b[c] if b != NULL else 0, st, fmt)
+                      b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
@@ -314,7 +316,7 @@ cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, P
     for n in range(N - 1, -1, -1):
         s = n * C + c
         seg_apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
-                   b[c] if b != NULL else 0, st, fmt)
+                      b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
@@ -339,7 +341,7 @@ cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t 
     for n in range(N - 1, -1, -1):
         s = n * C + c
         seg_apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                   coef[3 * ld + c], training, st, fmt)
+                      coef[3 * ld + c], training, st, fmt)
     if st:
         fn_store_fence()
 
@@ -392,7 +394,7 @@ cdef inline void _block_apply(const data_t *dy, const data_t *x, data_t *out, Py
         c = s % C
         if backward:
             seg_apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                       coef[3 * ld + c], training, st, fmt)
+                          coef[3 * ld + c], training, st, fmt)
         else:
             seg_apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st, fmt)
     if st:
@@ -609,8 +611,9 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, ld, sw, ns
     cdef bint st
     cdef const floating *w = ptr_or_null(weight)
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
-    cdef bint need_sums = training or want_dw or want_db
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
+    cdef bint need_sums = training or dwp != NULL or dbp != NULL
     cdef const data_t *gp
     cdef const data_t *xp
     cdef data_t *dxp
@@ -624,10 +627,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
         return
     if N == 0 or L == 0:
         for c in range(C):
-            if want_dw:
-                dweight[c] = 0
-            if want_db:
-                dbias[c] = 0
+            put_param_grads(dwp, dbp, c, 0.0, 0.0)
         return
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
@@ -698,10 +698,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
                     _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, ld, True, training, st, fmt)
         if need_sums:
             for c in range(C):
-                if want_db:
-                    dbias[c] = <floating>tot[2 * c]
-                if want_dw:
-                    dweight[c] = <floating>(tot[2 * c + 1] * <double>rstd[c])
+                put_param_grads(dwp, dbp, c, tot[2 * c], tot[2 * c + 1] * <double>rstd[c])
 
 
 def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
@@ -834,8 +831,8 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t, c
     cdef bint st
     cdef const floating *w = ptr_or_null(weight)
-    cdef floating *dwp = &dweight[0] if dweight.shape[0] > 0 else NULL
-    cdef floating *dbp = &dbias[0] if dbias.shape[0] > 0 else NULL
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
     cdef const data_t *gp
     cdef const data_t *xp
     cdef data_t *dxp
@@ -846,10 +843,7 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
         return
     if N == 0 or L == 0:
         for c in range(C):
-            if dwp != NULL:
-                dwp[c] = 0
-            if dbp != NULL:
-                dbp[c] = 0
+            put_param_grads(dwp, dbp, c, 0.0, 0.0)
         return
     K = C // G
     R = N * G
@@ -885,8 +879,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd
 
 def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, bint training, int n_threads):
     cdef int fmt = half_fmt(x)
-    _batch_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight, dbias, work,
-                         coef, training, fmt, n_threads)
+    _batch_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                         dbias, work, coef, training, fmt, n_threads)
 
 
 def group_norm_forward(x, weight, bias, y, mean, rstd, double eps, int n_threads):
@@ -896,8 +890,8 @@ def group_norm_forward(x, weight, bias, y, mean, rstd, double eps, int n_threads
 
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, int n_threads):
     cdef int fmt = half_fmt(x)
-    _group_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight, dbias, work,
-                         fmt, n_threads)
+    _group_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                         dbias, work, fmt, n_threads)
 
 
 def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, double eps,
@@ -910,5 +904,5 @@ def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, r
 def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, bint use_input_stats,
                            int n_threads):
     cdef int fmt = half_fmt(x)
-    _instance_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight, dbias,
-                            work, use_input_stats, fmt, n_threads)
+    _instance_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                            dbias, work, use_input_stats, fmt, n_threads)

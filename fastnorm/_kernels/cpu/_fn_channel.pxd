@@ -124,6 +124,19 @@ cdef inline void chunk_bounds(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssiz
     hi[0] = min(m, (t + 1) * step)
 
 
+cdef inline floating *out_or_null(floating[::1] a) noexcept nogil:
+    """The data of an optional 1-D output, NULL for an absent (length 0) one."""
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+cdef inline void put_param_grads(floating *dw, floating *db, Py_ssize_t c, double s1, double s2) noexcept nogil:
+    """dbias[c] = s1 and dweight[c] = s2 (the per-channel sums of dy and dy * xhat) where wanted (non-NULL)."""
+    if db != NULL:
+        db[c] = <floating>s1
+    if dw != NULL:
+        dw[c] = <floating>s2
+
+
 cdef inline int half_fmt(a):
     """-1 for float32/float64 data, else the 16-bit format code (0 bfloat16, 1 float16)."""
     if a.dtype.itemsize != 2:
