@@ -37,6 +37,7 @@ from ._fn_channel cimport (
     FN_WRAP,
     chunk_bounds,
     data_t,
+    empty_backward,
     fn_chan_merge,
     fn_col_grad_sums_h,
     fn_col_grad_sums_ld_d,
@@ -257,15 +258,21 @@ cdef inline void _param_grads(const double *sums, const floating *rstd, Py_ssize
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
-cdef inline void _finish_channel(double mu, double m2, double cnt, double eps, double momentum,
-                                 floating *mean, floating *rstd, floating *rm, floating *rv) noexcept nogil:
-    """Batch statistics of one channel from its merged moments; running stats (unbiased var) if not NULL."""
-    mean[0] = <floating>mu
-    rstd[0] = <floating>(1.0 / sqrt(m2 / cnt + eps))
+cdef inline void _update_running(floating *rm, floating *rv, Py_ssize_t c, double momentum, double mu,
+                                 double var) noexcept nogil:
+    """running_mean[c], running_var[c] (those not NULL) moved towards mu, var: r = momentum * v + (1 - momentum) * r."""
     if rm != NULL:
-        rm[0] = <floating>(momentum * mu + (1.0 - momentum) * <double>rm[0])
+        rm[c] = <floating>(momentum * mu + (1.0 - momentum) * <double>rm[c])
     if rv != NULL:
-        rv[0] = <floating>(momentum * (m2 / (cnt - 1.0)) + (1.0 - momentum) * <double>rv[0])
+        rv[c] = <floating>(momentum * var + (1.0 - momentum) * <double>rv[c])
+
+
+cdef inline void _finish_channel(double mu, double m2, double cnt, double eps, double momentum, floating *mean,
+                                 floating *rstd, floating *rm, floating *rv, Py_ssize_t c) noexcept nogil:
+    """Batch statistics of channel c from its merged moments; running stats (unbiased var) if not NULL."""
+    mean[c] = <floating>mu
+    rstd[c] = <floating>(1.0 / sqrt(m2 / cnt + eps))
+    _update_running(rm, rv, c, momentum, mu, m2 / (cnt - 1.0))
 
 
 cdef inline void _fwd_coef(floating *coef, Py_ssize_t ld, Py_ssize_t c, floating mu, floating rs,
@@ -311,8 +318,7 @@ cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, P
             s = n * C + c
             seg_moments(x + s * L, L, &ms, &m2s, fmt)
             fn_chan_merge(&cnt, &mu, &m2, <double>L, ms, m2s)
-        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c], rm + c if rm != NULL else NULL,
-                        rv + c if rv != NULL else NULL)
+        _finish_channel(mu, m2, cnt, eps, momentum, mean, rstd, rm, rv, c)
     for n in range(N - 1, -1, -1):
         s = n * C + c
         seg_apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
@@ -556,8 +562,7 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
                         for n in range(N):
                             fn_chan_merge(&cnt, &mu, &m2, <double>L, wp[2 * (n * C + c)],
                                           wp[2 * (n * C + c) + 1])
-                        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                        rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+                        _finish_channel(mu, m2, cnt, eps, momentum, &mean[0], &rstd[0], rm, rv, c)
                 for c in range(cb, cb + nb):
                     _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
@@ -581,8 +586,7 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
                         chunk_bounds(N, t, nch, &lo, &hi)
                         fn_chan_merge(&cnt, &mu, &m2, <double>(hi - lo), wp[t * 5 * C + c],
                                       wp[t * 5 * C + C + c])
-                    _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                    rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+                    _finish_channel(mu, m2, cnt, eps, momentum, &mean[0], &rstd[0], rm, rv, c)
             for c in range(C):
                 _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
             _wrap_coef(cf, ld, C)
@@ -623,11 +627,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
     cdef double *wp
     cdef double *tot
     cdef double s1, s2, cnt
-    if C == 0:
-        return
-    if N == 0 or L == 0:
-        for c in range(C):
-            put_param_grads(dwp, dbp, c, 0.0, 0.0)
+    if empty_backward(dwp, dbp, N, C, L):
         return
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
@@ -788,15 +788,14 @@ def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps, st, fmt)
-            if rm != NULL:
+            if rm != NULL or rv != NULL:
                 for c in range(C):
                     sm = 0.0
                     sv = 0.0
                     for n in range(N):
                         sm = sm + wp[2 * (n * C + c)]
                         sv = sv + wp[2 * (n * C + c) + 1] / <double>(L - 1)
-                    rm[c] = <floating>(momentum * (sm / N) + (1.0 - momentum) * <double>rm[c])
-                    rv[c] = <floating>(momentum * (sv / N) + (1.0 - momentum) * <double>rv[c])
+                    _update_running(rm, rv, c, momentum, sm / N, sv / N)
         else:
             for s in range(S):
                 c = s % C
@@ -828,7 +827,7 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
                       floating[::1] dweight, floating[::1] dbias, double[:, ::1] work, bint training,
                       int fmt, int n_threads):
     """GroupNorm / InstanceNorm backward: G = mean.shape[1] groups of K = C/G channels."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t, c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
     cdef bint st
     cdef const floating *w = ptr_or_null(weight)
     cdef floating *dwp = out_or_null(dweight)
@@ -839,11 +838,7 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
     cdef const floating *mp
     cdef const floating *rp
     cdef double *wp
-    if C == 0:
-        return
-    if N == 0 or L == 0:
-        for c in range(C):
-            put_param_grads(dwp, dbp, c, 0.0, 0.0)
+    if empty_backward(dwp, dbp, N, C, L):
         return
     K = C // G
     R = N * G

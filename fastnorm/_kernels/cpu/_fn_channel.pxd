@@ -137,6 +137,17 @@ cdef inline void put_param_grads(floating *dw, floating *db, Py_ssize_t c, doubl
         dw[c] = <floating>s2
 
 
+cdef inline bint empty_backward(floating *dw, floating *db, Py_ssize_t N, Py_ssize_t C,
+                                Py_ssize_t L) noexcept nogil:
+    """Whether an (N, C, L) backward has no element (then the wanted dweight, dbias are set to 0)."""
+    cdef Py_ssize_t c
+    if N * C * L > 0:
+        return False
+    for c in range(C):
+        put_param_grads(dw, db, c, 0.0, 0.0)
+    return True
+
+
 cdef inline int half_fmt(a):
     """-1 for float32/float64 data, else the 16-bit format code (0 bfloat16, 1 float16)."""
     if a.dtype.itemsize != 2:
