@@ -19,27 +19,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdint cimport uint16_t
 
-from ._fn_channel cimport (
-    chunk_bounds,
-    data_t,
-    fn_chan_merge,
-    fn_col_grad_sums_d,
-    fn_col_grad_sums_f,
-    fn_col_grad_sums_h,
-    fn_col_moments_d,
-    fn_col_moments_f,
-    fn_col_moments_h,
-    fn_rows_bwd_h,
-    fn_rows_fwd_h,
-    half_bits,
-    half_fmt,
-    out_or_null,
-    put_param_grads,
-    seg_apply_bwd,
-    seg_apply_fwd,
-    seg_grad_sums,
-    seg_moments,
-)
+from ._fn_channel cimport *  # the channel family's declarations and shared inline helpers
 
 
 # ------------------------------------------------------------------------------------------ helpers

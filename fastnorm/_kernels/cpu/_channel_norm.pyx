@@ -33,36 +33,7 @@ from libc.math cimport sqrt
 from libc.stdint cimport uint16_t
 
 from ._common cimport ptr_or_null
-from ._fn_channel cimport (
-    FN_WRAP,
-    chunk_bounds,
-    data_t,
-    empty_backward,
-    fn_chan_merge,
-    fn_col_grad_sums_h,
-    fn_col_grad_sums_ld_d,
-    fn_col_grad_sums_ld_f,
-    fn_col_moments_h,
-    fn_col_moments_ld_d,
-    fn_col_moments_ld_f,
-    fn_f32_to_half,
-    fn_half_to_f32,
-    fn_rows_bwd_h,
-    fn_rows_fwd_h,
-    fn_store_fence,
-    fn_stream_rows_bwd_d,
-    fn_stream_rows_bwd_f,
-    fn_stream_rows_fwd_d,
-    fn_stream_rows_fwd_f,
-    half_bits,
-    half_fmt,
-    out_or_null,
-    put_param_grads,
-    seg_apply_bwd,
-    seg_apply_fwd,
-    seg_grad_sums,
-    seg_moments,
-)
+from ._fn_channel cimport *  # the channel family's declarations and shared inline helpers
 
 cdef enum:
     # BatchNorm channel blocks shared by all threads hold about this many bytes of the arrays read twice.
