@@ -108,43 +108,14 @@ def test_batch_norm_without_affine_or_running_stats(rng, on_gpu, cuda, K):
     ry, rmean, rrstd, _, _, rdx, _, _ = bn_ref(x, dy, np.ones(4), np.zeros(4), np.zeros(4), np.ones(4), True)
     dx_, ddy = on_gpu(x, dy)
     none = cuda.device_array(0, np.float32)
-    y, mean, rstd = (
-        cuda.device_array(x.shape, np.float32),
-        cuda.device_array(4, np.float32),
-        cuda.device_array(4, np.float32),
-    )
-    K.batch_norm_forward(
-        dx_,
-        none,
-        none,
-        none,
-        none,
-        y,
-        mean,
-        rstd,
-        cuda.device_array((12, 2), np.float64),
-        cuda.device_array((4, 4), np.float32),
-        EPS,
-        MOM,
-        True,
-        1,
-    )
+    y, mean, rstd = (cuda.device_array(shape, np.float32) for shape in (x.shape, 4, 4))
+    coef = cuda.device_array((4, 4), np.float32)
+    work = cuda.device_array((12, 2), np.float64)
+    K.batch_norm_forward(dx_, none, none, none, none, y, mean, rstd, work, coef, EPS, MOM, True, 1)
     check(y, ry, np.float32)
     dxo = cuda.device_array(x.shape, np.float32)
-    K.batch_norm_backward(
-        ddy,
-        dx_,
-        mean,
-        rstd,
-        none,
-        dxo,
-        none,
-        none,
-        cuda.device_array((16, 2), np.float64),
-        cuda.device_array((4, 4), np.float32),
-        True,
-        1,
-    )
+    work = cuda.device_array((16, 2), np.float64)
+    K.batch_norm_backward(ddy, dx_, mean, rstd, none, dxo, none, none, work, coef, True, 1)
     check(dxo, rdx, np.float32)
 
 

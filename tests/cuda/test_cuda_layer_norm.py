@@ -101,13 +101,7 @@ def run(op, on_gpu, x, w, b, dy, ndim=1):
 @pytest.mark.parametrize("op", ["ln", "rms"])
 @pytest.mark.parametrize(
     "shape,dtype",
-    [
-        ((5, 37), np.float32),
-        ((5, 37), np.float64),
-        ((5, 37), np.float16),
-        ((3, 300), np.float32),
-        ((3, 300), np.float16),
-    ],
+    [((5, 37), d) for d in (np.float32, np.float64, np.float16)] + [((3, 300), d) for d in (np.float32, np.float16)],
     ids=lambda v: np.dtype(v).name if isinstance(v, type) else str(v),
 )
 def test_matches_reference(rng, on_gpu, op, shape, dtype):

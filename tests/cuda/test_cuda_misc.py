@@ -125,3 +125,25 @@ def test_gemm_fallback_kernel(rng, on_gpu, cuda):
 # ------------------------------------------------------------------------------------------ public ops on GPU
 def _close(got, want, dtype=np.float32):
     check(got, np.asarray(want, np.float64), dtype)
+
+
+def test_kernel_namespace_matches_cpu(cuda):
+    """The package's namespace is its modules' marked launchers; every launcher with a CPU kernel of
+    the same name takes the same parameters (the public layer calls either backend's with one argument list)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fastnorm._kernels.cpu as C
+    import fastnorm._kernels.cuda as K
+
+    declared = set()
+    for info in pkgutil.iter_modules(K.__path__):
+        if not info.name.startswith("_"):
+            module = importlib.import_module(f"{K.__name__}.{info.name}")
+            declared |= {n for n, v in vars(module).items() if getattr(v, "fastnorm_launcher", False)}
+    assert set(K.__all__) == declared
+    assert set(K.__all__) - set(C.__all__) == {"sort_rows", "sort_width", "unsort_rows"}
+    for name in set(K.__all__) & set(C.__all__):
+        cuda_params = list(inspect.signature(getattr(K, name)).parameters)
+        assert cuda_params == list(inspect.signature(getattr(C, name)).parameters), name

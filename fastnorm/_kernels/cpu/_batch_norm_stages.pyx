@@ -19,73 +19,15 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdint cimport uint16_t
 
-from ._fn_channel cimport (
-    fn_apply_bwd_d,
-    fn_apply_bwd_f,
-    fn_apply_bwd_h,
-    fn_apply_fwd_d,
-    fn_apply_fwd_f,
-    fn_apply_fwd_h,
-    fn_chan_merge,
-    fn_col_grad_sums_f,
-    fn_col_grad_sums_d,
-    fn_col_grad_sums_h,
-    fn_col_moments_d,
-    fn_col_moments_f,
-    fn_col_moments_h,
-    fn_grad_sums_d,
-    fn_grad_sums_f,
-    fn_grad_sums_h,
-    fn_rows_bwd_h,
-    fn_rows_fwd_h,
-    fn_seg_moments_d,
-    fn_seg_moments_f,
-    fn_seg_moments_h,
-)
-
-# Data (x, y, dy, dx): float32, float64, or 16-bit storage as uint16 bit patterns (``fmt``: 0 bfloat16,
-# 1 float16) whose statistics, parameters and coefficients (``floating``) are float32.
-ctypedef fused data_t:
-    float
-    double
-    uint16_t
+from ._fn_channel cimport *  # the channel family's declarations and shared inline helpers
 
 
 # ------------------------------------------------------------------------------------------ helpers
-cdef inline void _chunk(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *lo,
-                        Py_ssize_t *hi) noexcept nogil:
-    """[lo, hi): chunk t of m items cut into nt contiguous chunks."""
-    cdef Py_ssize_t step = (m + nt - 1) // nt
-    lo[0] = min(m, t * step)
-    hi[0] = min(m, (t + 1) * step)
-
-
-cdef inline void _slice_moments(const data_t *x, Py_ssize_t L, double *mom, int fmt) noexcept nogil:
-    """mom[0], mom[1] = mean, M2 of L contiguous values."""
-    if data_t is float:
-        fn_seg_moments_f(x, L, &mom[0], &mom[1])
-    elif data_t is double:
-        fn_seg_moments_d(x, L, &mom[0], &mom[1])
-    else:
-        fn_seg_moments_h(fmt, x, L, &mom[0], &mom[1])
-
-
-cdef inline void _slice_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t L, double mu,
-                                  double *sums, int fmt) noexcept nogil:
-    """sums[0], sums[1] = sum(dy), sum(dy * (x - mu)) over L contiguous values."""
-    if data_t is float:
-        fn_grad_sums_f(dy, x, L, mu, &sums[0], &sums[1])
-    elif data_t is double:
-        fn_grad_sums_d(dy, x, L, mu, &sums[0], &sums[1])
-    else:
-        fn_grad_sums_h(fmt, dy, x, L, mu, &sums[0], &sums[1])
-
-
 cdef inline void _rows_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t M, Py_ssize_t C,
                                double *wk, int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [mean (C) | M2 (C) | scratch (3C)]."""
     cdef Py_ssize_t lo, hi
-    _chunk(M, t, nt, &lo, &hi)
+    chunk_bounds(M, t, nt, &lo, &hi)
     if hi <= lo:
         return
     if data_t is float:
@@ -101,7 +43,7 @@ cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t
                                  int fmt) noexcept nogil:
     """Channels-last chunk t of nt of the M rows: wk = [sum dy (C) | sum dy * (x - mean) (C)]."""
     cdef Py_ssize_t c, lo, hi
-    _chunk(M, t, nt, &lo, &hi)
+    chunk_bounds(M, t, nt, &lo, &hi)
     for c in range(2 * C):
         wk[c] = 0.0
     if hi <= lo:
@@ -119,21 +61,10 @@ cdef inline void _slice_apply(const data_t *dy, const data_t *x, data_t *out, Py
                               int fmt) noexcept nogil:
     """One (n, c) slice: y = (x - mu) * a + b, or dx = ka * dy + kb * (x - mu) + kc (coef rows of ld)."""
     cdef floating mu = coef[c], k1 = coef[ld + c], k2 = coef[2 * ld + c], k3 = coef[3 * ld + c]
-    if data_t is float and floating is float:
-        if backward:
-            fn_apply_bwd_f(dy, x, out, L, mu, k1, k2, k3, 1, 0)
-        else:
-            fn_apply_fwd_f(x, out, L, mu, k1, k2, 0)
-    elif data_t is double and floating is double:
-        if backward:
-            fn_apply_bwd_d(dy, x, out, L, mu, k1, k2, k3, 1, 0)
-        else:
-            fn_apply_fwd_d(x, out, L, mu, k1, k2, 0)
-    elif data_t is uint16_t and floating is float:
-        if backward:
-            fn_apply_bwd_h(fmt, dy, x, out, L, mu, k1, k2, k3, 1)
-        else:
-            fn_apply_fwd_h(fmt, x, out, L, mu, k1, k2)
+    if backward:
+        seg_apply_bwd(dy, x, out, L, mu, k1, k2, k3, True, False, fmt)
+    else:
+        seg_apply_fwd(x, out, L, mu, k1, k2, False, fmt)
 
 
 cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t, Py_ssize_t nt,
@@ -145,7 +76,7 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     cdef const floating *ka = coef + ld
     cdef const floating *kb = coef + 2 * ld
     cdef const floating *kc = coef + 3 * ld
-    _chunk(M, t, nt, &lo, &hi)
+    chunk_bounds(M, t, nt, &lo, &hi)
     if hi <= lo:
         return
     if data_t is uint16_t and floating is float:
@@ -194,7 +125,7 @@ cdef inline void _merge_parts(const double *means, const double *m2s, Py_ssize_t
         if L > 1:
             lo, hi = 0, L
         else:
-            _chunk(N, p, parts, &lo, &hi)
+            chunk_bounds(N, p, parts, &lo, &hi)
         if hi > lo:
             fn_chan_merge(&cnt, &mu, &mm, <double>(hi - lo), means[p * stride], m2s[p * stride])
     mean[0] = mu
@@ -226,9 +157,9 @@ cdef inline void _partials(const data_t *gp, const data_t *xp, const floating *m
 cdef inline void _slice_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t s, Py_ssize_t C,
                              Py_ssize_t L, double *wp, bint grads, int fmt) noexcept nogil:
     if grads:
-        _slice_grad_sums(gp + s * L, xp + s * L, L, <double>mp[s % C], wp + 2 * s, fmt)
+        seg_grad_sums(gp + s * L, xp + s * L, <double>mp[s % C], L, wp + 2 * s, wp + 2 * s + 1, fmt)
     else:
-        _slice_moments(xp + s * L, L, wp + 2 * s, fmt)
+        seg_moments(xp + s * L, L, wp + 2 * s, wp + 2 * s + 1, fmt)
 
 
 cdef inline void _chunk_part(const data_t *gp, const data_t *xp, const floating *mp, Py_ssize_t t, Py_ssize_t nch,
@@ -335,15 +266,13 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
     cdef const floating *mp = &mean[0]
     cdef double *wp
     cdef double s1, s2
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
     if N * L == 0:
         for c in range(C):
             sum_dy[c] = 0
             sum_dy_xmu[c] = 0
-            if want_dw:
-                dweight[c] = 0
-            if want_db:
-                dbias[c] = 0
+            put_param_grads(dwp, dbp, c, 0.0, 0.0)
         return
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
@@ -364,10 +293,7 @@ def _batch_norm_backward_reduce(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
                     s2 = s2 + wp[t * 2 * C + C + c]
             sum_dy[c] = <floating>s1
             sum_dy_xmu[c] = <floating>s2
-            if want_db:
-                dbias[c] = <floating>s1
-            if want_dw:
-                dweight[c] = <floating>(s2 * <double>invstd[c])
+            put_param_grads(dwp, dbp, c, s1, s2 * <double>invstd[c])
 
 
 def _batch_norm_backward_elemt(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
@@ -402,34 +328,24 @@ def _batch_norm_backward_elemt(const data_t[:, :, ::1] dy,  # IN  (N, C, L)
 # 16-bit data (bfloat16, float16) goes to the kernels above as uint16 views with its format code (0
 # bfloat16, 1 float16; -1 for float32/float64 data); its statistics, parameters and scratch are float32.
 # Arguments as the kernels', without ``fmt``.
-cdef inline int _fmt(a):
-    if a.dtype.itemsize != 2:
-        return -1
-    return 1 if a.dtype.char == "e" else 0
-
-
-cdef inline _bits(a, int fmt):
-    return a if fmt < 0 else a.view("u2")
-
-
 def batch_norm_stats(x, mean, m2, work, int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_stats(_bits(x, fmt), mean, m2, work, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _batch_norm_stats(half_bits(x, fmt), mean, m2, work, fmt, n_threads)
 
 
 def batch_norm_elemt(x, mean, invstd, weight, bias, y, coef, int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_elemt(_bits(x, fmt), mean, invstd, weight, bias, _bits(y, fmt), coef, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _batch_norm_elemt(half_bits(x, fmt), mean, invstd, weight, bias, half_bits(y, fmt), coef, fmt, n_threads)
 
 
 def batch_norm_backward_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias, work, int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_backward_reduce(_bits(dy, fmt), _bits(x, fmt), mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias,
+    cdef int fmt = half_fmt(x)
+    _batch_norm_backward_reduce(half_bits(dy, fmt), half_bits(x, fmt), mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias,
                                 work, fmt, n_threads)
 
 
 def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, dx, coef, double count,
                               int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_backward_elemt(_bits(dy, fmt), _bits(x, fmt), mean, invstd, weight, sum_dy, sum_dy_xmu,
-                               _bits(dx, fmt), coef, count, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _batch_norm_backward_elemt(half_bits(dy, fmt), half_bits(x, fmt), mean, invstd, weight, sum_dy, sum_dy_xmu,
+                               half_bits(dx, fmt), coef, count, fmt, n_threads)

@@ -32,46 +32,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdint cimport uint16_t
 
-from ._fn_channel cimport (
-    FN_WRAP,
-    fn_apply_bwd_d,
-    fn_apply_bwd_f,
-    fn_apply_bwd_h,
-    fn_apply_fwd_d,
-    fn_apply_fwd_f,
-    fn_apply_fwd_h,
-    fn_chan_merge,
-    fn_col_grad_sums_h,
-    fn_col_grad_sums_ld_d,
-    fn_col_grad_sums_ld_f,
-    fn_col_moments_h,
-    fn_col_moments_ld_d,
-    fn_col_moments_ld_f,
-    fn_f32_to_half,
-    fn_grad_sums_d,
-    fn_grad_sums_f,
-    fn_grad_sums_h,
-    fn_half_to_f32,
-    fn_rows_bwd_h,
-    fn_rows_fwd_h,
-    fn_seg_moments_d,
-    fn_seg_moments_f,
-    fn_seg_moments_h,
-    fn_store_fence,
-    fn_stream_rows_bwd_d,
-    fn_stream_rows_bwd_f,
-    fn_stream_rows_fwd_d,
-    fn_stream_rows_fwd_f,
-)
-
-import numpy as np
-
-# Data (x, y, dy, dx): float32, float64, or 16-bit storage as uint16 bit patterns (``fmt``: 0 bfloat16,
-# 1 float16) whose statistics, parameters and coefficients (``floating``) are float32.
-ctypedef fused data_t:
-    float
-    double
-    uint16_t
+from ._common cimport ptr_or_null
+from ._fn_channel cimport *  # the channel family's declarations and shared inline helpers
 
 cdef enum:
     # BatchNorm channel blocks shared by all threads hold about this many bytes of the arrays read twice.
@@ -98,50 +60,6 @@ def set_stream_min_bytes(Py_ssize_t nbytes):
 
 
 # ------------------------------------------------------------------------------------------ segment helpers
-cdef inline void _moments(const data_t *x, Py_ssize_t n, double *mean, double *m2, int fmt) noexcept nogil:
-    """mean and M2 = sum((x - mean)^2) of n contiguous values."""
-    if data_t is float:
-        fn_seg_moments_f(x, n, mean, m2)
-    elif data_t is double:
-        fn_seg_moments_d(x, n, mean, m2)
-    else:
-        fn_seg_moments_h(fmt, x, n, mean, m2)
-
-
-cdef inline void _grad_sums(const data_t *dy, const data_t *x, double mu, Py_ssize_t n,
-                            double *s1, double *s2, int fmt) noexcept nogil:
-    """s1 = sum(dy), s2 = sum(dy * (x - mu)) over n contiguous values."""
-    if data_t is float:
-        fn_grad_sums_f(dy, x, n, mu, s1, s2)
-    elif data_t is double:
-        fn_grad_sums_d(dy, x, n, mu, s1, s2)
-    else:
-        fn_grad_sums_h(fmt, dy, x, n, mu, s1, s2)
-
-
-cdef inline void _apply_fwd(const data_t *x, data_t *y, Py_ssize_t n, floating mu, floating a,
-                            floating b, bint stream, int fmt) noexcept nogil:
-    """y = (x - mu) * a + b; (x - mu) first, exact when x is close to a large mean."""
-    if data_t is float and floating is float:
-        fn_apply_fwd_f(x, y, n, mu, a, b, stream)
-    elif data_t is double and floating is double:
-        fn_apply_fwd_d(x, y, n, mu, a, b, stream)
-    elif data_t is uint16_t and floating is float:
-        fn_apply_fwd_h(fmt, x, y, n, mu, a, b)
-
-
-cdef inline void _apply_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t n, floating mu,
-                            floating ka, floating kb, floating kc, bint training, bint stream,
-                            int fmt) noexcept nogil:
-    """dx = ka * dy + kb * (x - mu) + kc when training, else dx = ka * dy (x not read)."""
-    if data_t is float and floating is float:
-        fn_apply_bwd_f(dy, x, dx, n, mu, ka, kb, kc, training, stream)
-    elif data_t is double and floating is double:
-        fn_apply_bwd_d(dy, x, dx, n, mu, ka, kb, kc, training, stream)
-    elif data_t is uint16_t and floating is float:
-        fn_apply_bwd_h(fmt, dy, x, dx, n, mu, ka, kb, kc, training)
-
-
 cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_ssize_t C,
                                  const floating *mu, const floating *a, const floating *b,
                                  int fmt) noexcept nogil:
@@ -180,18 +98,6 @@ cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
     return itemsize > 2 and numel * itemsize >= _stream_min_bytes
 
 
-cdef inline void _chunk(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *lo,
-                        Py_ssize_t *hi) noexcept nogil:
-    """[lo, hi): chunk t of m items cut into nt contiguous chunks."""
-    cdef Py_ssize_t step = (m + nt - 1) // nt
-    lo[0] = min(m, t * step)
-    hi[0] = min(m, (t + 1) * step)
-
-
-cdef inline const floating *_ptr_or_null(const floating[::1] a) noexcept nogil:
-    return &a[0] if a.shape[0] > 0 else NULL
-
-
 cdef inline floating *_mut_or_null(const floating[::1] a) noexcept nogil:
     """Write access to an IN/OUT array typed const (running statistics)."""
     return <floating *>&a[0] if a.shape[0] > 0 else NULL
@@ -203,7 +109,7 @@ cdef inline void _group_apply(const data_t *x, data_t *y, Py_ssize_t K, Py_ssize
     """Output pass over K channels of L values sharing (mu, rs); w, b point at those K channels."""
     cdef Py_ssize_t k
     for k in range(K):
-        _apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0, st, fmt)
+        seg_apply_fwd(x + k * L, y + k * L, L, mu, rs * w[k] if w != NULL else rs, b[k] if b != NULL else 0, st, fmt)
 
 
 cdef inline void _group_fwd(const data_t *x, data_t *y, Py_ssize_t K, Py_ssize_t L,
@@ -215,7 +121,7 @@ cdef inline void _group_fwd(const data_t *x, data_t *y, Py_ssize_t K, Py_ssize_t
     """
     cdef double mu, m2
     cdef floating fmu, frs
-    _moments(x, K * L, &mu, &m2, fmt)
+    seg_moments(x, K * L, &mu, &m2, fmt)
     fmu = <floating>mu
     frs = <floating>(1.0 / sqrt(m2 / <double>(K * L) + eps))
     mean[0] = fmu
@@ -238,7 +144,7 @@ cdef inline void _group_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ss
     cdef double g1 = 0.0, g2 = 0.0, wk, cnt = <double>(K * L)
     cdef floating kb = 0, kc = 0
     for k in range(K):
-        _grad_sums(dy + k * L, x + k * L, mu, L, &sums[2 * k], &sums[2 * k + 1], fmt)
+        seg_grad_sums(dy + k * L, x + k * L, mu, L, &sums[2 * k], &sums[2 * k + 1], fmt)
         wk = w[k] if w != NULL else 1.0
         g1 += wk * sums[2 * k]
         g2 += wk * sums[2 * k + 1]
@@ -253,8 +159,8 @@ cdef inline void _group_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ss
         kb = <floating>(-(<double>rs * rs * rs) * g2 / cnt)
         kc = <floating>(-<double>rs * g1 / cnt)
     for k in range(K):
-        _apply_bwd(dy + k * L, x + k * L, dx + k * L, L, mu, rs * w[k] if w != NULL else rs, kb, kc,
-                   training, st, fmt)
+        seg_apply_bwd(dy + k * L, x + k * L, dx + k * L, L, mu, rs * w[k] if w != NULL else rs, kb, kc,
+                      training, st, fmt)
 
 
 cdef inline void _group_rows_fwd(const data_t *x, data_t *y, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t R,
@@ -263,7 +169,7 @@ cdef inline void _group_rows_fwd(const data_t *x, data_t *y, Py_ssize_t t, Py_ss
                                  double eps, bint st, int fmt) noexcept nogil:
     """Chunk t of nt of the R = N*G rows; row r is (n, g) = divmod(r, G)."""
     cdef Py_ssize_t r, g, lo, hi
-    _chunk(R, t, nt, &lo, &hi)
+    chunk_bounds(R, t, nt, &lo, &hi)
     for r in range(lo, hi):
         g = r % G
         _group_fwd(x + r * K * L, y + r * K * L, K, L, w + g * K if w != NULL else NULL,
@@ -278,7 +184,7 @@ cdef inline void _group_rows_bwd(const data_t *dy, const data_t *x, data_t *dx, 
                                  const floating *mean, const floating *rstd, const floating *w,
                                  double *sums, bint training, bint st, int fmt) noexcept nogil:
     cdef Py_ssize_t r, g, off, lo, hi
-    _chunk(R, t, nt, &lo, &hi)
+    chunk_bounds(R, t, nt, &lo, &hi)
     for r in range(lo, hi):
         g = r % G
         off = r * K * L
@@ -293,11 +199,11 @@ cdef inline void _instances_apply(const data_t *x, data_t *y, Py_ssize_t t, Py_s
                                   const floating *mean, const floating *rstd, bint st, int fmt) noexcept nogil:
     """Output pass over chunk t of nt of the S = N*C instances, with given statistics."""
     cdef Py_ssize_t s, c, lo, hi
-    _chunk(S, t, nt, &lo, &hi)
+    chunk_bounds(S, t, nt, &lo, &hi)
     for s in range(lo, hi):
         c = s % C
-        _apply_fwd(x + s * L, y + s * L, L, mean[s], rstd[s] * w[c] if w != NULL else rstd[s],
-                   b[c] if b != NULL else 0, st, fmt)
+        seg_apply_fwd(x + s * L, y + s * L, L, mean[s], rstd[s] * w[c] if w != NULL else rstd[s],
+                      b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
@@ -309,7 +215,7 @@ cdef inline void _param_grads(const double *sums, const floating *rstd, Py_ssize
     (n in order); sums holds (s1, s2) per (n, c), rstd is (N, C // K)."""
     cdef Py_ssize_t c, n, G = C // K, lo, hi
     cdef double sb, sw
-    _chunk(C, t, nt, &lo, &hi)
+    chunk_bounds(C, t, nt, &lo, &hi)
     for c in range(lo, hi):
         sb = 0.0
         sw = 0.0
@@ -323,15 +229,21 @@ cdef inline void _param_grads(const double *sums, const floating *rstd, Py_ssize
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
-cdef inline void _finish_channel(double mu, double m2, double cnt, double eps, double momentum,
-                                 floating *mean, floating *rstd, floating *rm, floating *rv) noexcept nogil:
-    """Batch statistics of one channel from its merged moments; running stats (unbiased var) if not NULL."""
-    mean[0] = <floating>mu
-    rstd[0] = <floating>(1.0 / sqrt(m2 / cnt + eps))
+cdef inline void _update_running(floating *rm, floating *rv, Py_ssize_t c, double momentum, double mu,
+                                 double var) noexcept nogil:
+    """running_mean[c], running_var[c] (those not NULL) moved towards mu, var: r = momentum * v + (1 - momentum) * r."""
     if rm != NULL:
-        rm[0] = <floating>(momentum * mu + (1.0 - momentum) * <double>rm[0])
+        rm[c] = <floating>(momentum * mu + (1.0 - momentum) * <double>rm[c])
     if rv != NULL:
-        rv[0] = <floating>(momentum * (m2 / (cnt - 1.0)) + (1.0 - momentum) * <double>rv[0])
+        rv[c] = <floating>(momentum * var + (1.0 - momentum) * <double>rv[c])
+
+
+cdef inline void _finish_channel(double mu, double m2, double cnt, double eps, double momentum, floating *mean,
+                                 floating *rstd, floating *rm, floating *rv, Py_ssize_t c) noexcept nogil:
+    """Batch statistics of channel c from its merged moments; running stats (unbiased var) if not NULL."""
+    mean[c] = <floating>mu
+    rstd[c] = <floating>(1.0 / sqrt(m2 / cnt + eps))
+    _update_running(rm, rv, c, momentum, mu, m2 / (cnt - 1.0))
 
 
 cdef inline void _fwd_coef(floating *coef, Py_ssize_t ld, Py_ssize_t c, floating mu, floating rs,
@@ -375,14 +287,13 @@ cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, P
     if training:
         for n in range(N):
             s = n * C + c
-            _moments(x + s * L, L, &ms, &m2s, fmt)
+            seg_moments(x + s * L, L, &ms, &m2s, fmt)
             fn_chan_merge(&cnt, &mu, &m2, <double>L, ms, m2s)
-        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c], rm + c if rm != NULL else NULL,
-                        rv + c if rv != NULL else NULL)
+        _finish_channel(mu, m2, cnt, eps, momentum, mean, rstd, rm, rv, c)
     for n in range(N - 1, -1, -1):
         s = n * C + c
-        _apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
-                   b[c] if b != NULL else 0, st, fmt)
+        seg_apply_fwd(x + s * L, y + s * L, L, mean[c], rstd[c] * w[c] if w != NULL else rstd[c],
+                      b[c] if b != NULL else 0, st, fmt)
     if st:
         fn_store_fence()
 
@@ -398,7 +309,7 @@ cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t 
     if need_sums:
         for n in range(N):
             s = n * C + c
-            _grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2, fmt)
+            seg_grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2, fmt)
             s1 = s1 + a1
             s2 = s2 + a2
         tot[2 * c] = s1
@@ -406,8 +317,8 @@ cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t 
     _bwd_coef(coef, ld, c, mean[c], rstd[c], w, s1, s2, <double>(N * L), training)
     for n in range(N - 1, -1, -1):
         s = n * C + c
-        _apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                   coef[3 * ld + c], training, st, fmt)
+        seg_apply_bwd(dy + s * L, x + s * L, dx + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
+                      coef[3 * ld + c], training, st, fmt)
     if st:
         fn_store_fence()
 
@@ -432,20 +343,20 @@ cdef inline void _block_moments(const data_t *x, Py_ssize_t t, Py_ssize_t nt, Py
                                 Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb, double *mom, int fmt) noexcept nogil:
     """Chunk t of nt of the block's N*nb slices: mom[2s], mom[2s+1] = mean, M2 of slice s."""
     cdef Py_ssize_t j, s, lo, hi
-    _chunk(N * nb, t, nt, &lo, &hi)
+    chunk_bounds(N * nb, t, nt, &lo, &hi)
     for j in range(lo, hi):
         s = _block_slice(j, C, cb, nb)
-        _moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1], fmt)
+        seg_moments(x + s * L, L, &mom[2 * s], &mom[2 * s + 1], fmt)
 
 
 cdef inline void _block_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t t, Py_ssize_t nt,
                                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t cb, Py_ssize_t nb,
                                   const floating *mean, double *sums, int fmt) noexcept nogil:
     cdef Py_ssize_t j, s, lo, hi
-    _chunk(N * nb, t, nt, &lo, &hi)
+    chunk_bounds(N * nb, t, nt, &lo, &hi)
     for j in range(lo, hi):
         s = _block_slice(j, C, cb, nb)
-        _grad_sums(dy + s * L, x + s * L, mean[s % C], L, &sums[2 * s], &sums[2 * s + 1], fmt)
+        seg_grad_sums(dy + s * L, x + s * L, mean[s % C], L, &sums[2 * s], &sums[2 * s + 1], fmt)
 
 
 cdef inline void _block_apply(const data_t *dy, const data_t *x, data_t *out, Py_ssize_t t,
@@ -454,15 +365,15 @@ cdef inline void _block_apply(const data_t *dy, const data_t *x, data_t *out, Py
                               bint training, bint st, int fmt) noexcept nogil:
     """Output pass (y from x, or dx from dy and x) over chunk t of nt of the block's slices, last first."""
     cdef Py_ssize_t j, s, c, lo, hi
-    _chunk(N * nb, t, nt, &lo, &hi)
+    chunk_bounds(N * nb, t, nt, &lo, &hi)
     for j in range(hi - 1, lo - 1, -1):
         s = _block_slice(j, C, cb, nb)
         c = s % C
         if backward:
-            _apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
-                       coef[3 * ld + c], training, st, fmt)
+            seg_apply_bwd(dy + s * L, x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c],
+                          coef[3 * ld + c], training, st, fmt)
         else:
-            _apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st, fmt)
+            seg_apply_fwd(x + s * L, out + s * L, L, coef[c], coef[ld + c], coef[2 * ld + c], st, fmt)
     if st:
         fn_store_fence()
 
@@ -474,7 +385,7 @@ cdef inline void _rows_moments(const data_t *x, Py_ssize_t k, Py_ssize_t nch, Py
     (their edges are multiples of STRIP_ALIGN: the vector lanes of the column kernels), only on the chunk."""
     cdef Py_ssize_t lo, hi, c0 = (k % ns) * sw, w
     cdef double *wk = work + (k // ns) * 5 * C + c0
-    _chunk(M, k // ns, nch, &lo, &hi)
+    chunk_bounds(M, k // ns, nch, &lo, &hi)
     w = min(sw, C - c0)
     if hi <= lo or w <= 0:
         return
@@ -492,7 +403,7 @@ cdef inline void _rows_grad_sums(const data_t *dy, const data_t *x, Py_ssize_t k
     """Channels-last task k (as _rows_moments): the chunk's work row [sum dy (C) | sum dy * (x - mean) (C)]."""
     cdef Py_ssize_t c, lo, hi, c0 = (k % ns) * sw, w
     cdef double *wk = work + (k // ns) * 2 * C + c0
-    _chunk(M, k // ns, nch, &lo, &hi)
+    chunk_bounds(M, k // ns, nch, &lo, &hi)
     w = min(sw, C - c0)
     if w <= 0:
         return
@@ -528,7 +439,7 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     cdef Py_ssize_t lo, hi, b, e
     # whole blocks per chunk: the blocks (spans, and so their unaligned heads and tails) are the same for
     # every thread count
-    _chunk((M + ROW_BLOCK - 1) // ROW_BLOCK, t, nt, &lo, &hi)
+    chunk_bounds((M + ROW_BLOCK - 1) // ROW_BLOCK, t, nt, &lo, &hi)
     lo = lo * ROW_BLOCK
     hi = min(M, hi * ROW_BLOCK)
     e = hi
@@ -574,8 +485,8 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, lo, hi, ld, sw, ns
     cdef bint st
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef const floating *b = _ptr_or_null(bias)
+    cdef const floating *w = ptr_or_null(weight)
+    cdef const floating *b = ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
     cdef floating *rv = _mut_or_null(running_var)
     cdef const data_t *xp
@@ -622,8 +533,7 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
                         for n in range(N):
                             fn_chan_merge(&cnt, &mu, &m2, <double>L, wp[2 * (n * C + c)],
                                           wp[2 * (n * C + c) + 1])
-                        _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                        rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+                        _finish_channel(mu, m2, cnt, eps, momentum, &mean[0], &rstd[0], rm, rv, c)
                 for c in range(cb, cb + nb):
                     _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
@@ -644,11 +554,10 @@ def _batch_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
                     mu = 0.0
                     m2 = 0.0
                     for t in range(nch):
-                        _chunk(N, t, nch, &lo, &hi)
+                        chunk_bounds(N, t, nch, &lo, &hi)
                         fn_chan_merge(&cnt, &mu, &m2, <double>(hi - lo), wp[t * 5 * C + c],
                                       wp[t * 5 * C + C + c])
-                    _finish_channel(mu, m2, cnt, eps, momentum, &mean[c], &rstd[c],
-                                    rm + c if rm != NULL else NULL, rv + c if rv != NULL else NULL)
+                    _finish_channel(mu, m2, cnt, eps, momentum, &mean[0], &rstd[0], rm, rv, c)
             for c in range(C):
                 _fwd_coef(cf, ld, c, mean[c], rstd[c], w, b)
             _wrap_coef(cf, ld, C)
@@ -676,9 +585,10 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c, n, t, nch, cb, nb, B, ld, sw, ns
     cdef bint st
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0
-    cdef bint need_sums = training or want_dw or want_db
+    cdef const floating *w = ptr_or_null(weight)
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
+    cdef bint need_sums = training or dwp != NULL or dbp != NULL
     cdef const data_t *gp
     cdef const data_t *xp
     cdef data_t *dxp
@@ -688,14 +598,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
     cdef double *wp
     cdef double *tot
     cdef double s1, s2, cnt
-    if C == 0:
-        return
-    if N == 0 or L == 0:
-        for c in range(C):
-            if want_dw:
-                dweight[c] = 0
-            if want_db:
-                dbias[c] = 0
+    if empty_backward(dwp, dbp, N, C, L):
         return
     gp = &dy[0, 0, 0]
     xp = &x[0, 0, 0]
@@ -766,10 +669,7 @@ def _batch_norm_backward(const data_t[:, :, ::1] dy,       # IN  (N, C, L)
                     _rows_apply(gp, xp, dxp, t, n_threads, N, C, cf, ld, True, training, st, fmt)
         if need_sums:
             for c in range(C):
-                if want_db:
-                    dbias[c] = <floating>tot[2 * c]
-                if want_dw:
-                    dweight[c] = <floating>(tot[2 * c + 1] * <double>rstd[c])
+                put_param_grads(dwp, dbp, c, tot[2 * c], tot[2 * c + 1] * <double>rstd[c])
 
 
 def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
@@ -782,8 +682,8 @@ def _group_norm_forward(const data_t[:, :, ::1] x,         # IN  (N, C, L)
     """Statistics per (n, group) over its C/G channels and L positions; affine per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
     cdef bint st
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef const floating *b = _ptr_or_null(bias)
+    cdef const floating *w = ptr_or_null(weight)
+    cdef const floating *b = ptr_or_null(bias)
     cdef const data_t *xp
     cdef data_t *yp
     cdef floating *mp
@@ -834,8 +734,8 @@ def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
     running statistics normalize every instance."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], S = N * C, t, c, n, s
     cdef bint st
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef const floating *b = _ptr_or_null(bias)
+    cdef const floating *w = ptr_or_null(weight)
+    cdef const floating *b = ptr_or_null(bias)
     cdef floating *rm = _mut_or_null(running_mean)
     cdef floating *rv = _mut_or_null(running_var)
     cdef const data_t *xp
@@ -859,15 +759,14 @@ def _instance_norm_forward(const data_t[:, :, ::1] x,      # IN  (N, C, L)
             else:
                 for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                     _group_rows_fwd(xp, yp, t, n_threads, S, C, 1, L, w, b, mp, rp, wp, eps, st, fmt)
-            if rm != NULL:
+            if rm != NULL or rv != NULL:
                 for c in range(C):
                     sm = 0.0
                     sv = 0.0
                     for n in range(N):
                         sm = sm + wp[2 * (n * C + c)]
                         sv = sv + wp[2 * (n * C + c) + 1] / <double>(L - 1)
-                    rm[c] = <floating>(momentum * (sm / N) + (1.0 - momentum) * <double>rm[c])
-                    rv[c] = <floating>(momentum * (sv / N) + (1.0 - momentum) * <double>rv[c])
+                    _update_running(rm, rv, c, momentum, sm / N, sv / N)
         else:
             for s in range(S):
                 c = s % C
@@ -899,25 +798,18 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
                       floating[::1] dweight, floating[::1] dbias, double[:, ::1] work, bint training,
                       int fmt, int n_threads):
     """GroupNorm / InstanceNorm backward: G = mean.shape[1] groups of K = C/G channels."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t, c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], G = mean.shape[1], K, R, t
     cdef bint st
-    cdef const floating *w = _ptr_or_null(weight)
-    cdef floating *dwp = &dweight[0] if dweight.shape[0] > 0 else NULL
-    cdef floating *dbp = &dbias[0] if dbias.shape[0] > 0 else NULL
+    cdef const floating *w = ptr_or_null(weight)
+    cdef floating *dwp = out_or_null(dweight)
+    cdef floating *dbp = out_or_null(dbias)
     cdef const data_t *gp
     cdef const data_t *xp
     cdef data_t *dxp
     cdef const floating *mp
     cdef const floating *rp
     cdef double *wp
-    if C == 0:
-        return
-    if N == 0 or L == 0:
-        for c in range(C):
-            if dwp != NULL:
-                dwp[c] = 0
-            if dbp != NULL:
-                dbp[c] = 0
+    if empty_backward(dwp, dbp, N, C, L):
         return
     K = C // G
     R = N * G
@@ -944,53 +836,39 @@ cdef _groups_backward(const data_t[:, :, ::1] dy, const data_t[:, :, ::1] x, con
 # ------------------------------------------------------------------------------------------ public entries
 # The kernels' names: 16-bit data (bfloat16, float16) goes to the fused kernels as uint16 views with its
 # format code; everything else as it is. Arguments as the fused kernels' above, without ``fmt``.
-_F16 = np.dtype(np.float16)
-
-
-cdef inline int _fmt(a):
-    """-1 for float32/float64 data, else the 16-bit format code (0 bfloat16, 1 float16)."""
-    if a.dtype.itemsize != 2:
-        return -1
-    return 1 if a.dtype == _F16 else 0
-
-
-cdef inline _bits(a, int fmt):
-    return a if fmt < 0 else a.view(np.uint16)
-
-
 def batch_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, coef, double eps,
                        double momentum, bint training, int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_forward(_bits(x, fmt), weight, bias, running_mean, running_var, _bits(y, fmt), mean, rstd, work,
+    cdef int fmt = half_fmt(x)
+    _batch_norm_forward(half_bits(x, fmt), weight, bias, running_mean, running_var, half_bits(y, fmt), mean, rstd, work,
                         coef, eps, momentum, training, fmt, n_threads)
 
 
 def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, bint training, int n_threads):
-    cdef int fmt = _fmt(x)
-    _batch_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias, work,
-                         coef, training, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _batch_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                         dbias, work, coef, training, fmt, n_threads)
 
 
 def group_norm_forward(x, weight, bias, y, mean, rstd, double eps, int n_threads):
-    cdef int fmt = _fmt(x)
-    _group_norm_forward(_bits(x, fmt), weight, bias, _bits(y, fmt), mean, rstd, eps, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _group_norm_forward(half_bits(x, fmt), weight, bias, half_bits(y, fmt), mean, rstd, eps, fmt, n_threads)
 
 
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, int n_threads):
-    cdef int fmt = _fmt(x)
-    _group_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias, work,
-                         fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _group_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                         dbias, work, fmt, n_threads)
 
 
 def instance_norm_forward(x, weight, bias, running_mean, running_var, y, mean, rstd, work, double eps,
                           double momentum, bint use_input_stats, int n_threads):
-    cdef int fmt = _fmt(x)
-    _instance_norm_forward(_bits(x, fmt), weight, bias, running_mean, running_var, _bits(y, fmt), mean, rstd,
+    cdef int fmt = half_fmt(x)
+    _instance_norm_forward(half_bits(x, fmt), weight, bias, running_mean, running_var, half_bits(y, fmt), mean, rstd,
                            work, eps, momentum, use_input_stats, fmt, n_threads)
 
 
 def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, bint use_input_stats,
                            int n_threads):
-    cdef int fmt = _fmt(x)
-    _instance_norm_backward(_bits(dy, fmt), _bits(x, fmt), mean, rstd, weight, _bits(dx, fmt), dweight, dbias,
-                            work, use_input_stats, fmt, n_threads)
+    cdef int fmt = half_fmt(x)
+    _instance_norm_backward(half_bits(dy, fmt), half_bits(x, fmt), mean, rstd, weight, half_bits(dx, fmt), dweight,
+                            dbias, work, use_input_stats, fmt, n_threads)

@@ -100,17 +100,26 @@ cdef extern from *:
 
     /* log: x = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1), as the
        series 2 s sum_k s^2k / (2k + 1). Exact at special values: log 0 = -inf, log(<0) = NaN, log inf = inf. */
+    /* m in [1, 2) folded into [sqrt(1/2), sqrt(2)) (exponent e adjusted), then s = (m - 1) / (m + 1), z = s^2 */
+    #define FN_LOG_ARG(T, m, e, s, z)                                                                   \
+        int big = m > (T)1.4142135623730951;                                                           \
+        m = big ? m * (T)0.5 : m;                                                                      \
+        e = big ? e + 1 : e;                                                                           \
+        T s = (m - (T)1) / (m + (T)1);                                                                 \
+        T z = s * s;
+    #define FN_LOG_SPECIAL(x, y)                                                                       \
+        y = x == 0 ? -INFINITY : y;                                                                    \
+        y = x < 0 ? NAN : y;                                                                           \
+        y = x == INFINITY ? INFINITY : y;                                                              \
+        y = x != x ? x : y;
+
     FN_INL float fn_log_f(float x) {
         int sub = x < 1.17549435e-38f;
         float xs = sub ? x * 33554432.0f : x;
         uint32_t b = fn_bits_of_f(xs);
         int32_t e = (int32_t)((b >> 23) & 0xffu) - 127 - (sub ? 25 : 0);
         float m = fn_f_of_bits((b & 0x007fffffu) | 0x3f800000u);
-        int big = m > 1.41421356f;
-        m = big ? m * 0.5f : m;
-        e = big ? e + 1 : e;
-        float s = (m - 1.0f) / (m + 1.0f);
-        float z = s * s;
+        FN_LOG_ARG(float, m, e, s, z)
         float p = 1.0f / 9.0f;
         p = p * z + 1.0f / 7.0f;
         p = p * z + 0.2f;
@@ -118,10 +127,7 @@ cdef extern from *:
         p = p * z + 1.0f;
         float fe = (float)e;
         float y = fe * 0.693359375f + (2.0f * s * p - fe * 2.12194440e-4f);
-        y = x == 0.0f ? -INFINITY : y;
-        y = x < 0.0f ? NAN : y;
-        y = x == INFINITY ? INFINITY : y;
-        y = x != x ? x : y;
+        FN_LOG_SPECIAL(x, y)
         return y;
     }
 
@@ -133,11 +139,7 @@ cdef extern from *:
         double fe = fn_d_of_bits(0x4330000000000000ull | ((b >> 52) & 0x7ffull)) - 4503599627370496.0;
         fe = fe - 1023.0 - (sub ? 54.0 : 0.0);
         double m = fn_d_of_bits((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-        int big = m > 1.4142135623730951;
-        m = big ? m * 0.5 : m;
-        fe = big ? fe + 1.0 : fe;
-        double s = (m - 1.0) / (m + 1.0);
-        double z = s * s;
+        FN_LOG_ARG(double, m, fe, s, z)
         double p = 1.0 / 23.0;
         p = p * z + 1.0 / 21.0;
         p = p * z + 1.0 / 19.0;
@@ -151,10 +153,7 @@ cdef extern from *:
         p = p * z + 1.0 / 3.0;
         p = p * z + 1.0;
         double y = fe * FN_LN2_HI + (2.0 * s * p + fe * FN_LN2_LO);
-        y = x == 0.0 ? -INFINITY : y;
-        y = x < 0.0 ? NAN : y;
-        y = x == INFINITY ? INFINITY : y;
-        y = x != x ? x : y;
+        FN_LOG_SPECIAL(x, y)
         return y;
     }
 
@@ -490,6 +489,11 @@ def _ce_bwd_full(const floating[:, ::1] logits,       # IN  (M, V)
                         _gscale(gscale, i, True), &grad[i, 0])
 
 
+cdef float[:, ::1] _thread_rows(int n_threads, Py_ssize_t width):
+    """A float32 row of ``width`` per thread: the 16-bit kernels widen their rows there (no row: no work)."""
+    return np.empty((max(n_threads, 1), width), np.float32)
+
+
 def _ce_half(bint bwd, const uint16_t[:, ::1] logits, const int64_t[::1] target,
              const uint16_t[:, ::1] target_prob, const float[::1] weight, const double[::1] gscale,
              const double[::1] lse_in, uint16_t[:, ::1] grad, double[::1] loss, double[::1] lse, int fmt,
@@ -500,10 +504,8 @@ def _ce_half(bint bwd, const uint16_t[:, ::1] logits, const int64_t[::1] target,
     cdef Py_ssize_t m = logits.shape[0], v = logits.shape[1], i
     cdef const float *w = _ptr1(weight)
     cdef bint probs = target_prob.shape[0] > 0, want_g = grad.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (2 if probs else 1) * v), np.float32)
+    cdef float[:, ::1] buf = _thread_rows(n_threads, (2 if probs else 1) * v)
     cdef float *xb
-    if m == 0:
-        return
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
             xb = &buf[threadid(), 0]
@@ -570,11 +572,9 @@ def _entropy_half(const uint16_t[::1] dh, const uint16_t[:, ::1] p, uint16_t[::1
     """Forward (``h`` given) or backward (``dh``, ``dp`` given) on 16-bit rows widened to float32."""
     cdef Py_ssize_t m = p.shape[0], v = p.shape[1], i
     cdef bint bwd = dp.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), v), np.float32)
+    cdef float[:, ::1] buf = _thread_rows(n_threads, v)
     cdef float *pb
     cdef float hv
-    if m == 0:
-        return
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
             pb = &buf[threadid(), 0]
@@ -702,10 +702,8 @@ def _div_half(int which, bint bwd, const uint16_t[:, ::1] dloss, const uint16_t[
     cdef bint want_e = elem.shape[0] > 0, want_dx = dinput.shape[0] > 0, want_dt = dtarget.shape[0] > 0
     cdef int mode = _js_mode(beta)
     cdef float b = <float>beta, c = <float>scale
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), 6 * v), np.float32)
+    cdef float[:, ::1] buf = _thread_rows(n_threads, 6 * v)
     cdef float *xb
-    if m == 0:
-        return
     with nogil:
         for i in prange(m, schedule="static", num_threads=max(n_threads, 1)):
             xb = &buf[threadid(), 0]

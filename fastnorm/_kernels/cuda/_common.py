@@ -14,6 +14,7 @@ launching on the producer's current stream.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -264,6 +265,12 @@ class Kernel:
 _cache: dict = {}
 
 
+def launcher(fn):
+    """Marks ``fn`` as a kernel launcher: ``fastnorm._kernels.cuda`` exports it under its name."""
+    fn.fastnorm_launcher = True
+    return fn
+
+
 def cached(key, build):
     """The compiled ``Kernel`` for ``key``, built by ``build()`` on first use."""
     k = _cache.get(key)
@@ -447,56 +454,32 @@ def f32_to_bf16(f):
     return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
 
 
-_loaders: dict = {}
-_storers: dict = {}
-
-
 def loader(dtype):
     """Device function ``load(v)``: a stored element of ``dtype`` (a uint16 pattern for bfloat16) as a value
     of the accumulation type ``ACC[dtype]`` (exact)."""
-    dt = np.dtype(dtype)
-    f = _loaders.get(dt)
-    if f is None:
-        if dt == BF16:
-            f = bf16_to_f32
-        else:
-            acc = ACC[dt]
-
-            @cuda.jit(device=True)
-            def load(v):
-                return acc(v)
-
-            f = load
-        _loaders[dt] = f
-    return f
+    return _conversion(np.dtype(dtype), True)
 
 
 def storer(dtype):
     """Device function ``store(v)``: a float value as the stored element of ``dtype``. 16-bit formats round
     float32(v) to nearest even once (a float64 value is first rounded to float32, as the CPU kernels do:
     the float32 result is what gets rounded); float32/float64 are plain casts."""
-    dt = np.dtype(dtype)
-    f = _storers.get(dt)
-    if f is None:
-        if dt == BF16:
-            f = f32_to_bf16
-        elif dt == F16:
+    return _conversion(np.dtype(dtype), False)
 
-            @cuda.jit(device=True)
-            def store16(v):
-                return np.float16(np.float32(v))
 
-            f = store16
-        else:
-            out = dt.type
+@functools.cache
+def _conversion(dt: np.dtype, load: bool):
+    """The device function of ``loader(dt)`` (``load``) or ``storer(dt)``, one object per (dtype, direction)."""
+    if dt == BF16:
+        return bf16_to_f32 if load else f32_to_bf16
+    to = ACC[dt] if load else dt.type
+    via = np.float32 if (dt == F16 and not load) else to
 
-            @cuda.jit(device=True)
-            def store(v):
-                return out(v)
+    @cuda.jit(device=True)
+    def cast(v):
+        return to(via(v))
 
-            f = store
-        _storers[dt] = f
-    return f
+    return cast
 
 
 def kview(a):

@@ -25,7 +25,7 @@ from numba import cuda
 from ..._dispatch import cuda_backend
 from . import channel_kernels as CK
 from . import channel_norm as CN
-from ._common import ACC, Kernel, arr, cached, current_stream, kdev, register_cap, storer
+from ._common import ACC, Kernel, arr, cached, current_stream, kdev, launcher, register_cap, storer
 
 F64 = np.float64
 _T = 128  # threads per block of the per-channel kernels
@@ -138,6 +138,7 @@ def _partials(kind, x, dy, mean, work, dt):
 
 
 # ------------------------------------------------------------------------------------------ launchers
+@launcher
 def batch_norm_stats(x, mean, m2, work, n_threads):
     """IN x (N, C, L); OUT mean, m2 (C,), the statistic dtype; SCRATCH work (L > 1: (N*C, 2); L == 1:
     (chunks, >= 2C))."""
@@ -154,6 +155,7 @@ def batch_norm_stats(x, mean, m2, work, n_threads):
     _launch(("bns_stats", sdt), lambda: _make_stats_finish(sdt), sig, c, work, mean, m2, n, c, length, length > 1)
 
 
+@launcher
 def batch_norm_gather_stats(means, m2s, counts, running_mean, running_var, mean, invstd, eps, momentum, n_threads):
     """IN means, m2s (P, C), counts float64 (P,); IN/OUT running_mean, running_var (C,) | (0,), means'
     dtype; OUT mean, invstd (C,)."""
@@ -169,6 +171,7 @@ def batch_norm_gather_stats(means, m2s, counts, running_mean, running_var, mean,
     )  # fmt: skip
 
 
+@launcher
 def batch_norm_elemt(x, mean, invstd, weight, bias, y, coef, n_threads):
     """IN x (N, C, L), mean, invstd (C,), weight, bias (C,) | (0,); OUT y (N, C, L); coef unused."""
     A = CN._Args(x, weight, bias)
@@ -178,6 +181,7 @@ def batch_norm_elemt(x, mean, invstd, weight, bias, y, coef, n_threads):
     CN._apply(False, CN._flat(x), CN._flat(x), A.w, A.b, mean, invstd, no, CN._flat(y), c, length, 0, 1, A.dt)
 
 
+@launcher
 def batch_norm_backward_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xmu, dweight, dbias, work, n_threads):
     """IN dy, x (N, C, L), mean, invstd (C,); OUT sum_dy, sum_dy_xmu (C,), the statistic dtype, dweight,
     dbias (C,) | (0,), any float dtype; SCRATCH work (L > 1: (N*C, 2); L == 1: (chunks, 2C))."""
@@ -198,6 +202,7 @@ def batch_norm_backward_reduce(dy, x, mean, invstd, sum_dy, sum_dy_xmu, dweight,
     )  # fmt: skip
 
 
+@launcher
 def batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, dx, coef, count, n_threads):
     """IN dy, x (N, C, L), mean, invstd, sum_dy, sum_dy_xmu (C,), weight (C,) | (0,); OUT dx (N, C, L);
     coef unused (the coefficients are float64 device scratch)."""

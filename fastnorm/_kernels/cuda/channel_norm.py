@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _common as cc
 from . import layer_norm as LN
-from ._common import ACC, empty_device, kdev, kview, param_dtype
+from ._common import ACC, empty_device, kdev, kview, launcher, param_dtype
 from .channel_kernels import (
     _make_apply,
     _make_columns,
@@ -197,6 +197,7 @@ class _Args:
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm
+@launcher
 def batch_norm_forward(
     x, weight, bias, running_mean, running_var, y, mean, rstd, work, coef, eps, momentum, training, n_threads
 ):
@@ -243,6 +244,7 @@ def batch_norm_forward(
     _apply(False, _flat(x), _flat(x), w, b, mean, rstd, no, _flat(y), c, length, 0, 1, dt)
 
 
+@launcher
 def batch_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, coef, training, n_threads):
     """IN dy, x (N, C, L), mean, rstd (C,), weight (C,) | (0,); OUT dx (N, C, L), dweight, dbias (C,) | (0,);
     SCRATCH work (L > 1: (N*C + C, 2); L == 1: (chunks + 1, 2C)), coef unused."""
@@ -402,6 +404,7 @@ def _groups_backward(A, dy, x, mean, rstd, dx, work, training):
         )
 
 
+@launcher
 def group_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     """IN x (N, C, L), weight, bias (C,) | (0,); OUT y (N, C, L), mean, rstd (N, G)."""
     A = _Args(x, weight, bias)
@@ -412,6 +415,7 @@ def group_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     _groups_forward(A, x, y, mean, rstd, eps, mean.shape[1])
 
 
+@launcher
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, n_threads):
     """IN dy, x (N, C, L), mean, rstd (N, G), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work (N*C, 2)."""
     A = _Args(x, weight, dw=dweight, db=dbias)
@@ -432,6 +436,7 @@ def _groups_entry_backward(A, dy, x, mean, rstd, dx, work, training):
     _groups_backward(A, dy, x, mean, rstd, dx, work, training)
 
 
+@launcher
 def instance_norm_forward(
     x, weight, bias, running_mean, running_var, y, mean, rstd, work, eps, momentum, use_input_stats, n_threads
 ):
@@ -477,6 +482,7 @@ def instance_norm_forward(
         _apply(False, _flat(x), _flat(x), w, b, _flat(mean), _flat(rstd), no, _flat(y), c, length, c, 1, A.dt)
 
 
+@launcher
 def instance_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, work, use_input_stats, n_threads):
     """IN dy, x (N, C, L), mean, rstd (N, C), weight (C,) | (0,); OUT dx, dweight, dbias; SCRATCH work."""
     A = _Args(x, weight, dw=dweight, db=dbias)

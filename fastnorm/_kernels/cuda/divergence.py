@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from ._common import SIM, cached, current_stream, empty_device, kdev, loader, storer
+from ._common import SIM, cached, current_stream, empty_device, kdev, launcher, loader, storer
 from .transport import _tree
 
 TPB = 32 if SIM else 256  # threads per row (a power of two; the simulator runs each thread as a Python thread)
@@ -100,6 +100,12 @@ def _terms(which, x, y, lt, b, mode):
     return _js_terms(x, y, b, mode)
 
 
+@cuda.jit(device=True)
+def _ce_row(x, tp, w):
+    """(row, thread, classes, probability targets given, class weights given) of a cross-entropy block."""
+    return cuda.blockIdx.x, cuda.threadIdx.x, x.shape[1], tp.shape[0] > 0, w.shape[0] > 0
+
+
 def _build(dt):
     """The kernels for data of dtype ``dt``: a dict of ce_fwd, ce_bwd, entropy_fwd, entropy_bwd, div_fwd, div_bwd."""
     ld = loader(dt)
@@ -133,11 +139,7 @@ def _build(dt):
     @cuda.jit
     def ce_fwd(x, tgt, tp, w, gs, g, loss, lse, ignore_index, eps, wsum):
         buf = cuda.shared.array(TPB, float64)
-        i = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        v = x.shape[1]
-        probs = tp.shape[0] > 0
-        has_w = w.shape[0] > 0
+        i, tid, v, probs, has_w = _ce_row(x, tp, w)
         t = -1
         xt = 0.0
         if not probs:
@@ -198,11 +200,7 @@ def _build(dt):
     @cuda.jit
     def ce_bwd(x, tgt, tp, w, lse, gs, g, ignore_index, eps, wsum):
         buf = cuda.shared.array(TPB, float64)
-        i = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        v = x.shape[1]
-        probs = tp.shape[0] > 0
-        has_w = w.shape[0] > 0
+        i, tid, v, probs, has_w = _ce_row(x, tp, w)
         c = gs[0] if gs.shape[0] == 1 else gs[i]
         t = -1
         sy = 0.0
@@ -325,6 +323,7 @@ def _launch(name, data, *args):
         k[m, TPB, current_stream()](*(kdev(a) if hasattr(a, "shape") else a for a in args))
 
 
+@launcher
 def softmax_cross_entropy_forward(
     logits, target, target_prob, weight, gscale, grad, loss, lse, ignore_index, label_smoothing, weight_sum, n_threads
 ):
@@ -334,6 +333,7 @@ def softmax_cross_entropy_forward(
             float(label_smoothing), float(weight_sum))  # fmt: skip
 
 
+@launcher
 def softmax_cross_entropy_backward(
     logits, target, target_prob, weight, lse, gscale, grad, ignore_index, label_smoothing, weight_sum, n_threads
 ):
@@ -342,11 +342,13 @@ def softmax_cross_entropy_backward(
             float(label_smoothing), float(weight_sum))  # fmt: skip
 
 
+@launcher
 def entropy_forward(p, h, inv_log_base, n_threads):
     """IN p (M, V); OUT h (M,)."""
     _launch("entropy_fwd", p, p, h, float(inv_log_base))
 
 
+@launcher
 def entropy_backward(dh, p, dp, inv_log_base, n_threads):
     """IN dh (M,), p (M, V); OUT dp (M, V)."""
     _launch("entropy_bwd", p, dh, p, dp, float(inv_log_base))
@@ -360,24 +362,28 @@ def _no_keep():
     return empty_device((0,), "uint8")
 
 
+@launcher
 def kl_div_forward(input, target, loss, elem, dinput, dtarget, log_target, gscale, n_threads):
     """IN input, target (M, V); OUT loss (M,) float64, elem / dinput / dtarget (M, V) | (0, 0)."""
     _launch("div_fwd", input, 0, input, target, _no_keep(), loss, elem, dinput, dtarget, bool(log_target), 0.0, 2,
             float(gscale))  # fmt: skip
 
 
+@launcher
 def kl_div_backward(dloss, input, target, dinput, dtarget, log_target, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target (M, V); OUT dinput, dtarget (M, V) | (0, 0)."""
     _launch("div_bwd", input, 0, dloss, input, target, _no_keep(), dinput, dtarget, bool(log_target), 0.0, 2,
             float(scale))  # fmt: skip
 
 
+@launcher
 def js_div_forward(input, target, keep, loss, elem, dinput, dtarget, beta, gscale, n_threads):
     """IN input, target (M, V), keep (M,) uint8 | (0,); OUT loss (M,) float64, elem / dinput / dtarget."""
     _launch("div_fwd", input, 1, input, target, keep, loss, elem, dinput, dtarget, False, float(beta), _mode(beta),
             float(gscale))  # fmt: skip
 
 
+@launcher
 def js_div_backward(dloss, input, target, keep, dinput, dtarget, beta, scale, n_threads):
     """IN dloss (M, V) | (0, 0), input, target, keep; OUT dinput, dtarget (M, V) | (0, 0)."""
     _launch("div_bwd", input, 1, dloss, input, target, keep, dinput, dtarget, False, float(beta), _mode(beta),

@@ -34,6 +34,7 @@ from ._common import (
     current_stream,
     empty_device,
     kdev,
+    launcher,
     next_pow2,
     param_dtype,
     register_cap,
@@ -341,6 +342,7 @@ def _dtype(a):
     return dtype_of(a)
 
 
+@launcher
 def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,), bias (N,) | (0,); OUT y (M, N), mean (M,), rstd (M,).
     16-bit x: weight/bias float32 (16-bit ones are converted), mean/rstd float32."""
@@ -350,6 +352,7 @@ def layer_norm_forward(x, weight, bias, y, mean, rstd, eps, n_threads):
     _forward(kdev(x), _param(weight, dt), _param(bias, dt), kdev(y), kdev(mean), kdev(rstd), eps, False, dt=dt)
 
 
+@launcher
 def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     """IN x (M, N), weight (N,) | (0,); OUT y (M, N), rstd (M,)."""
     if not SIM:
@@ -368,6 +371,7 @@ def rms_norm_forward(x, weight, y, rstd, eps, n_threads):
     )
 
 
+@launcher
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads):
     """IN dy, x (M, N), mean, rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight, dbias (N,) | (0,);
     SCRATCH dw_part, db_part (P, N) float64 | (0, 0): P bounds the number of row chunks (teams);
@@ -378,6 +382,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, 
     _sim_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
 
 
+@launcher
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
     """IN dy, x (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""
@@ -424,17 +429,20 @@ def _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db
     _done()
 
 
+@launcher
 def add_layer_norm_forward(x, residual, weight, bias, y, h, mean, rstd, eps, n_threads):
     """IN x, residual (M, N), weight, bias (N,) | (0,); OUT y, h (M, N), mean, rstd (M,).
     h = x + residual rounded to x's dtype; y = LayerNorm(h) (normalizing the rounded h)."""
     _add_forward(x, residual, weight, bias, y, h, mean, rstd, eps, False)
 
 
+@launcher
 def add_rms_norm_forward(x, residual, weight, y, h, rstd, eps, n_threads):
     """IN x, residual (M, N), weight (N,) | (0,); OUT y, h (M, N), rstd (M,)."""
     _add_forward(x, residual, weight, None, y, h, None, rstd, eps, True)
 
 
+@launcher
 def add_layer_norm_backward(
     dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, n_threads
 ):
@@ -444,6 +452,7 @@ def add_layer_norm_backward(
     _add_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, db_part, False)
 
 
+@launcher
 def add_rms_norm_backward(dy, dh, h, rstd, weight, dx, dweight, dw_part, dw_acc, n_threads):
     """IN dy, dh | absent, h (M, N), rstd (M,), weight (N,) | (0,); OUT dx (M, N), dweight (N,) | (0,);
     SCRATCH dw_part (P, N) float64 | (0, 0); dw_acc unused here."""

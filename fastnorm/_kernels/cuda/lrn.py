@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import ACC, SIM, Kernel, arr, cached, current_stream, kdev, loader, register_cap, storer
+from ._common import ACC, SIM, Kernel, arr, cached, current_stream, kdev, launcher, loader, register_cap, storer
 
 U = np.uint64
 BLOCK = 64 if SIM else 256
@@ -96,6 +96,7 @@ def _flat(a):
     return a.reshape(a.size)
 
 
+@launcher
 def lrn_scratch_len(lo: int, hi: int) -> int:
     """Scratch elements per thread row: the GPU kernels need none (one keeps the array non-empty)."""
     return 1
@@ -113,12 +114,14 @@ def _run(backward: bool, x, scale, arrays, *scalars) -> None:
     kern.launch(_grid(kern, flat[0].shape[0]), BLOCK, current_stream(), *flat, *scalars)
 
 
+@launcher
 def local_response_norm_forward(x, y, scale, scratch, size, alpha, beta, k, n_threads):
     """IN x (N, C, L); OUT y, scale (N, C, L) (scale in x's dtype or, for 16-bit x, float32); SCRATCH unused."""
     _, c, length = x.shape
     _run(False, x, scale, (x, y, scale), c, length, int(size), float(alpha) / size, float(beta), float(k))
 
 
+@launcher
 def local_response_norm_backward(dy, x, y, scale, dx, scratch, size, alpha, beta, n_threads):
     """IN dy, x, y, scale (N, C, L); OUT dx (N, C, L); SCRATCH unused."""
     _, c, length = x.shape

@@ -26,7 +26,7 @@ from numba import cuda
 
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
-from ._common import SIM, Kernel, cached, current_stream, register_cap, sm_count
+from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
 from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/cuda_ptx_check.py)
     _HALF_ROWS,
     _SIG,
@@ -293,95 +293,57 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
 
 
 # ------------------------------------------------------------------------------------------ entry points
+def _step(algo, flags, code, n_rows: int, tensors, offsets, per_tensor, n_pt: int, hyper: dict, half) -> None:
+    """One optimizer step: the CPU kernels' structure checks (``n_rows`` table rows for 32/64-bit parameters,
+    ``per_tensor`` (T, n_pt), none when n_pt is 0), then the launch."""
+    tensors, offsets = np.asarray(tensors), np.asarray(offsets)
+    pt = np.asarray(per_tensor) if n_pt > 0 else np.zeros((0, 0))
+    _check(tensors, offsets, *_shape(code, half, n_rows, _rows_used(algo, flags)), pt, n_pt)
+    _launch(algo, flags, code, tensors, offsets, pt, hyper, half)
+
+
+@launcher
 def sgd_step(tensors, offsets, per_tensor, lr, momentum, weight_decay, nesterov, maximize, code, n_threads, half=None):
     """IN/OUT (3, T) addresses: param, grad, momentum_buffer; per_tensor (T, 2): c1, c2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum != 0 else 0)
     flags |= FN_NESTEROV if (nesterov and momentum != 0) else 0
-    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_SGD, flags)), pt, 2)
-    _launch(
-        FN_SGD,
-        flags,
-        code,
-        tensors,
-        offsets,
-        pt,
-        dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum),
-        half,
-    )
+    hyper = dict(lr=lr, wd=weight_decay, sgn=-1.0 if maximize else 1.0, mu=momentum)
+    _step(FN_SGD, flags, code, 3, tensors, offsets, per_tensor, 2, hyper, half)
 
 
+@launcher
 def adagrad_step(tensors, offsets, per_tensor, weight_decay, eps, maximize, code, n_threads, half=None):
     """IN/OUT (3, T): param, grad, sum; per_tensor (T, 1): clr."""
-    flags = FN_WD if weight_decay != 0 else 0
-    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, *_shape(code, half, 3, _rows_used(FN_ADAGRAD, flags)), pt, 1)
-    _launch(
-        FN_ADAGRAD,
-        flags,
-        code,
-        tensors,
-        offsets,
-        pt,
-        dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps),
-        half,
-    )
+    hyper = dict(wd=weight_decay, sgn=-1.0 if maximize else 1.0, eps=eps)
+    _step(FN_ADAGRAD, FN_WD if weight_decay != 0 else 0, code, 3, tensors, offsets, per_tensor, 1, hyper, half)
 
 
+@launcher
 def adadelta_step(tensors, offsets, lr, rho, eps, weight_decay, maximize, code, n_threads, half=None):
     """IN/OUT (4, T): param, grad, square_avg, acc_delta."""
-    flags = FN_WD if weight_decay != 0 else 0
-    tensors, offsets = np.asarray(tensors), np.asarray(offsets)
-    _check(tensors, offsets, *_shape(code, half, 4, _rows_used(FN_ADADELTA, flags)), None, 0)
-    _launch(
-        FN_ADADELTA,
-        flags,
-        code,
-        tensors,
-        offsets,
-        np.zeros((0, 0)),
-        dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0),
-        half,
-    )
+    hyper = dict(lr=lr, rho=rho, eps=eps, wd=weight_decay, sgn=-1.0 if maximize else 1.0)
+    _step(FN_ADADELTA, FN_WD if weight_decay != 0 else 0, code, 4, tensors, offsets, None, 0, hyper, half)
 
 
+@launcher
 def rmsprop_step(
     tensors, offsets, lr, alpha, eps, weight_decay, momentum, centered, maximize, code, n_threads, half=None
 ):
     """IN/OUT (5, T): param, grad, square_avg, grad_avg, momentum_buffer."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_MOMENTUM if momentum > 0 else 0)
     flags |= FN_CENTERED if centered else 0
-    tensors, offsets = np.asarray(tensors), np.asarray(offsets)
-    _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_RMSPROP, flags)), None, 0)
-    _launch(
-        FN_RMSPROP,
-        flags,
-        code,
-        tensors,
-        offsets,
-        np.zeros((0, 0)),
-        dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0),
-        half,
-    )
+    hyper = dict(lr=lr, alpha=alpha, eps=eps, wd=weight_decay, mu=momentum, sgn=-1.0 if maximize else 1.0)
+    _step(FN_RMSPROP, flags, code, 5, tensors, offsets, None, 0, hyper, half)
 
 
+@launcher
 def adam_step(
     tensors, offsets, per_tensor, beta1, beta2, eps, weight_decay, decay, amsgrad, maximize, code, n_threads, half=None
 ):
     """IN/OUT (5, T): param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq; per_tensor (T, 2): step_size, bc2."""
     flags = (FN_WD if weight_decay != 0 else 0) | (FN_AMSGRAD if amsgrad else 0)
-    tensors, offsets, pt = np.asarray(tensors), np.asarray(offsets), np.asarray(per_tensor)
-    _check(tensors, offsets, *_shape(code, half, 5, _rows_used(FN_ADAM, flags)), pt, 2)
-    _launch(
-        FN_ADAM,
-        flags,
-        code,
-        tensors,
-        offsets,
-        pt,
-        dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay, sgn=-1.0 if maximize else 1.0),
-        half,
-    )
+    hyper = dict(omb1=1.0 - beta1, beta2=beta2, eps=eps, wd=weight_decay, decay=decay, sgn=-1.0 if maximize else 1.0)
+    _step(FN_ADAM, flags, code, 5, tensors, offsets, per_tensor, 2, hyper, half)
 
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -472,6 +434,7 @@ def _remember_list(key, objs, value) -> None:
         _list_cache[key] = (tuple(objs), value)
 
 
+@launcher
 def gather_params(params: list, info: np.ndarray) -> int:
     """Row 0: device address, row 1: size, row 2: dtype code (0 float32, 1 float64, 2 bfloat16, 3 float16),
     of each parameter.
@@ -506,6 +469,7 @@ def gather_params(params: list, info: np.ndarray) -> int:
     return -1
 
 
+@launcher
 def gather_like(
     arrays: list,
     params: list,

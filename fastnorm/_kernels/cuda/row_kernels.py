@@ -24,6 +24,8 @@ from . import _common as cc
 # instead of 64-bit column indices, which the compiler would otherwise keep live in registers.
 U = np.uint64
 I32 = np.int32
+F64 = np.float64
+ZERO, ONE = U(0), U(1)
 
 
 def _inline(fn):
@@ -47,10 +49,8 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
-    f64 = np.float64
     team_sum = cc.make_team_sum(t)
-    nv = max(vpt, 1)
-    tu, ru, zero, one = U(t), U(r), U(0), U(1)
+    nv, tu, ru = max(vpt, 1), U(t), U(r)
 
     @_inline
     def ld_row(x, res, h, row, j):
@@ -68,17 +68,22 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             return ld(h[row, j])
         return ld(x[row, j])
 
-    slot, _chunk = _team_helpers(tu, ru)
+    row_slot, _chunk_slot = _team_helpers(tu, ru)
 
     @_inline
-    def put_stats(mean, rstd, mom, row, mu, rs, var, n):
-        """The row's statistics (lane 0): mean (LayerNorm), rstd, and GroupNorm's float64 moments."""
-        if not rms:
-            mean[row] = mu
-        rstd[row] = rs
-        if grouped and mom.size > 0:
-            mom[row, 0] = f64(mu)
-            mom[row, 1] = f64(var) * f64(n)
+    def row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K):
+        """(rs, cb) of a row from its mean and variance: rs = 1/sqrt(var + eps), cb the row's first affine
+        channel (grouped; else 0). Lane 0 of a team with a row (``ok``) stores the row's statistics: mean
+        (LayerNorm), rstd, and GroupNorm's float64 moments."""
+        rs = acc(1) / math.sqrt(var + acc(eps))
+        if ok and lane == ZERO:
+            if not rms:
+                mean[row] = mu
+            rstd[row] = rs
+            if grouped and mom.size > 0:
+                mom[row, 0] = F64(mu)
+                mom[row, 1] = F64(var) * F64(n)
+        return rs, (row % U(G)) * U(K) if grouped else ZERO
 
     # -1: present or absent, read at run time; 0: absent; 1: present (compile-time constants)
     mode_w, mode_b = (-1, -1) if wb is None else (int(bool(wb[0])), int(bool(wb[1])))
@@ -99,14 +104,11 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
 
         @_inline
         def norm_fwd_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-            m = U(x.shape[0])
-            n = U(x.shape[1])
             buf = cuda.shared.array((2, r, cols), acc_nb)
-            ts, lane, row = slot()
-            ok = row < m
+            n, ts, lane, row, ok = row_slot(x)
             kmax = I32(0)
             if ok and lane < n:
-                kmax = I32(min(U(vpt), (n - lane + tu - one) // tu))
+                kmax = I32(min(U(vpt), (n - lane + tu - ONE) // tu))
             v = cuda.local.array(nv, acc_nb)
             for k in range(vpt):
                 v[k] = acc(0)
@@ -129,11 +131,8 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                         d = v[k] - mu
                         q += d * d
                 var = team_sum(q, buf, 1, ts, lane) / acc(n)
-            rs = acc(1) / math.sqrt(var + acc(eps))
+            rs, cb = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
             if ok:
-                if lane == zero:
-                    put_stats(mean, rstd, mom, row, mu, rs, var, n)
-                cb = (row % U(G)) * U(K) if grouped else zero
                 for k in range(vpt):
                     if k < kmax:
                         j = lane + U(k * t)
@@ -143,11 +142,8 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
 
     @_inline
     def norm_fwd_stream_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-        m = U(x.shape[0])
-        n = U(x.shape[1])
         buf = cuda.shared.array((2, r, cols), acc_nb)
-        ts, lane, row = slot()
-        ok = row < m
+        n, ts, lane, row, ok = row_slot(x)
         mu = acc(0)
         if not rms or add:  # (the fused add stores h in this first pass)
             s = acc(0)
@@ -164,11 +160,8 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             q += d * d
             j += tu
         var = team_sum(q, buf, 1, ts, lane) / acc(n)
-        rs = acc(1) / math.sqrt(var + acc(eps))
+        rs, cb = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
         if ok:
-            if lane == zero:
-                put_stats(mean, rstd, mom, row, mu, rs, var, n)
-            cb = (row % U(G)) * U(K) if grouped else zero
             j = lane
             while j < n:
                 y[row, j] = out(ld_again(x, h, row, j), mu, rs, w, b, cb, j, L)
@@ -186,9 +179,12 @@ def _types(dtype, t: int):
 
 
 def _team_helpers(tu, ru):
-    """Device functions shared by the register and streaming forms of the row kernels (inlined):
-    ``slot()`` -> (ts, lane, team) of this thread (its team's slot in the block, its rank in the team, the
-    team's index in the grid); ``chunk(m, c, g)`` -> (step, lo, hi): team g's rows of m cut into c chunks."""
+    """Device functions shared by the register and streaming forms of the row kernels (inlined), for a
+    matrix ``x`` of m rows of n elements:
+    ``row_slot(x)`` -> (n, ts, lane, row, ok): this thread's team slot in the block, its rank in the team,
+    the team's row (one row per team, forward) and whether that row exists;
+    ``chunk_slot(x, n_chunks)`` -> (n, c, ts, lane, g, step, lo, hi): team g's chunk [lo, hi) of the rows
+    cut into c = n_chunks chunks of ``step`` rows (backward)."""
 
     @_inline
     def slot():
@@ -197,12 +193,20 @@ def _team_helpers(tu, ru):
         return ts, tid - ts * tu, U(cuda.blockIdx.x) * ru + ts
 
     @_inline
-    def chunk(m, c, g):
+    def row_slot(x):
+        ts, lane, row = slot()
+        return U(x.shape[1]), ts, lane, row, row < U(x.shape[0])
+
+    @_inline
+    def chunk_slot(x, n_chunks):
+        m = U(x.shape[0])
+        c = U(n_chunks)
+        ts, lane, g = slot()
         step = (m + c - U(1)) // c
         lo = min(m, g * step)
-        return step, lo, min(m, lo + step)
+        return U(x.shape[1]), c, ts, lane, g, step, lo, min(m, lo + step)
 
-    return slot, chunk
+    return row_slot, chunk_slot
 
 
 def _fwd_kernel(body, add: bool):
@@ -244,10 +248,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
-    f64 = np.float64
     team_sum2 = cc.make_team_sum2(t)
-    nv = max(vpt, 1)
-    tu, ru, zero, one = U(t), U(r), U(0), U(1)
+    nv, tu, ru = max(vpt, 1), U(t), U(r)
     smem = vpt > 0 and _smem_partials(dtype, t, vpt)
     row_len = t * nv if smem else 1
     part_rows = r if smem else 1
@@ -260,7 +262,21 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 v += ld(dh[row, j])
         return st(v)
 
-    slot, chunk = _team_helpers(tu, ru)
+    _row_slot, chunk_slot = _team_helpers(tu, ru)
+
+    @_inline
+    def row_at(lo, hi, it, mean, rstd):
+        """(row, ok, mean, rstd) of iteration ``it`` of a team's chunk [lo, hi): ok when the row is in it
+        (else mean = rstd = 0); the mean is 0 for RMSNorm."""
+        row = lo + it
+        ok = row < hi
+        mu = acc(0)
+        rs = acc(0)
+        if ok:
+            if not rms:
+                mu = acc(mean[row])
+            rs = acc(rstd[row])
+        return row, ok, mu, rs
 
     @_inline
     def wdy(d, w, row, j, G, K, L):
@@ -273,16 +289,12 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
 
         @_inline
         def norm_bwd_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
-            m = U(x.shape[0])
-            n = U(x.shape[1])
-            c = U(n_chunks)
             buf = cuda.shared.array((2, 2, r, cols), acc_nb)
             spart = cuda.shared.array((2, part_rows, row_len), acc_nb)
-            ts, lane, g = slot()
-            step, lo, hi = chunk(m, c, g)
+            n, c, ts, lane, g, step, lo, hi = chunk_slot(x, n_chunks)
             kmax = I32(0)
             if lane < n:
-                kmax = I32(min(U(vpt), (n - lane + tu - one) // tu))
+                kmax = I32(min(U(vpt), (n - lane + tu - ONE) // tu))
             xv = cuda.local.array(nv, acc_nb)
             dv = cuda.local.array(nv, acc_nb)
             rpw = cuda.local.array(nv, acc_nb)
@@ -294,19 +306,13 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 else:
                     rpw[k] = acc(0)
                     rpb[k] = acc(0)
-            it = zero
+            it = ZERO
             while it < step:
-                row = lo + it
-                ok = row < hi
-                mu = acc(0)
-                rs = acc(0)
+                row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
                 for k in range(vpt):
                     xv[k] = acc(0)
                     dv[k] = acc(0)
                 if ok:
-                    if not rms:
-                        mu = acc(mean[row])
-                    rs = acc(rstd[row])
                     for k in range(vpt):
                         if k < kmax:
                             xv[k] = ld(x[row, lane + U(k * t)])
@@ -329,7 +335,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                         rpb[k] += d
                     xv[k] = xh
                     dv[k] = gv
-                a1, a2 = team_sum2(s1, s2, buf, it & one, ts, lane)
+                a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
                 c1 = acc(0) if rms else a1 / acc(n)
                 c2 = a2 / acc(n)
                 if ok:
@@ -337,7 +343,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                         if k < kmax:
                             j = lane + U(k * t)
                             dx[row, j] = dx_out(dh, row, j, rs * (dv[k] - c1 - xv[k] * c2))
-                it += one
+                it += ONE
             if g < c:
                 want_dw = dwp.size > 0
                 want_db = dbp.size > 0
@@ -347,42 +353,32 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                         pw = spart[0, ts, j] if smem else rpw[k]
                         pb = spart[1, ts, j] if smem else rpb[k]
                         if want_dw:
-                            dwp[g, j] = f64(pw)
+                            dwp[g, j] = F64(pw)
                         if want_db:
-                            dbp[g, j] = f64(pb)
+                            dbp[g, j] = F64(pb)
 
         return _bwd_kernel(norm_bwd_body, add)
 
     @_inline
     def norm_bwd_stream_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
-        m = U(x.shape[0])
-        n = U(x.shape[1])
-        c = U(n_chunks)
         buf = cuda.shared.array((2, 2, r, cols), acc_nb)
-        ts, lane, g = slot()
-        step, lo, hi = chunk(m, c, g)
+        n, c, ts, lane, g, step, lo, hi = chunk_slot(x, n_chunks)
         want_dw = dwp.size > 0 and g < c
         want_db = dbp.size > 0 and g < c
         # The team's own partial rows accumulate in place (each element is touched by one thread only).
         j = lane
         while j < n:
             if want_dw:
-                dwp[g, j] = f64(0)
+                dwp[g, j] = F64(0)
             if want_db:
-                dbp[g, j] = f64(0)
+                dbp[g, j] = F64(0)
             j += tu
-        it = zero
+        it = ZERO
         while it < step:
-            row = lo + it
-            ok = row < hi
-            mu = acc(0)
-            rs = acc(0)
+            row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
             s1 = acc(0)
             s2 = acc(0)
             if ok:
-                if not rms:
-                    mu = acc(mean[row])
-                rs = acc(rstd[row])
                 j = lane
                 while j < n:
                     xh = (ld(x[row, j]) - mu) * rs
@@ -390,7 +386,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     s1 += gv
                     s2 += gv * xh
                     j += tu
-            a1, a2 = team_sum2(s1, s2, buf, it & one, ts, lane)
+            a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
             c1 = acc(0) if rms else a1 / acc(n)
             c2 = a2 / acc(n)
             if ok:
@@ -400,11 +396,11 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                     d = ld(dy[row, j])
                     dx[row, j] = dx_out(dh, row, j, rs * (wdy(d, w, row, j, G, K, L) - c1 - xh * c2))
                     if want_dw:
-                        dwp[g, j] += f64(d * xh)
+                        dwp[g, j] += F64(d * xh)
                     if want_db:
-                        dbp[g, j] += f64(d)
+                        dbp[g, j] += F64(d)
                     j += tu
-            it += one
+            it += ONE
 
     return _bwd_kernel(norm_bwd_stream_body, add)
 

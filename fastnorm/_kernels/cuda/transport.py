@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import SIM, Kernel, arr, cached, current_stream, dev
+from ._common import SIM, Kernel, arr, cached, current_stream, dev, launcher
 from .wasserstein import (  # noqa: F401  (the 1-D kernels are re-exported under this module's name)
     BLOCK,
     F64,
@@ -156,19 +156,27 @@ def _make_init(block: int):
     return init
 
 
-def _make_transpose(block: int):
-    def transpose(C, Ct):
-        """Ct[r, j, i] = C[r, i, j], grid-stride over every element."""
-        nb, n, m = C.shape
+def _make_each(elem):
+    """Kernel (src, aux, dst): ``elem(src, aux, dst, r, i, j)`` for every (r, i, j) of src (B, n, m),
+    grid-stride."""
+
+    def each(src, aux, dst):
+        nb, n, m = src.shape
         total = nb * n * m
         idx = cuda.grid(1)
         step = cuda.gridsize(1)
         while idx < total:
             r, i, j = _rij(idx, n, m)
-            Ct[r, j, i] = C[r, i, j]
+            elem(src, aux, dst, r, i, j)
             idx += step
 
-    return transpose
+    return each
+
+
+@cuda.jit(device=True)
+def _transpose_elem(C, _, Ct, r, i, j):
+    """Ct[r, j, i] = C[r, i, j] (the transpose kernel passes C again as its unused ``aux``)."""
+    Ct[r, j, i] = C[r, i, j]
 
 
 def _make_plan(block: int, out_type):
@@ -222,18 +230,12 @@ def _make_sum_rows(block: int, out_type):
 
 
 def _make_scale(out_type):
-    def scale(grad, plan, out):
-        """out[r, i, j] = grad[r] * plan[r, i, j], grid-stride."""
-        nb, n, m = plan.shape
-        total = nb * n * m
-        idx = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while idx < total:
-            r, i, j = _rij(idx, n, m)
-            out[r, i, j] = out_type(F64(grad[r]) * F64(plan[r, i, j]))
-            idx += step
+    @cuda.jit(device=True)
+    def scale_elem(plan, grad, out, r, i, j):
+        """out[r, i, j] = grad[r] * plan[r, i, j]."""
+        out[r, i, j] = out_type(F64(grad[r]) * F64(plan[r, i, j]))
 
-    return scale
+    return _make_each(scale_elem)
 
 
 def _kernels(dt):
@@ -247,15 +249,16 @@ def _kernels(dt):
             "lse": Kernel(_make_lse_rows(BLOCK), f"void({c3}, {d2}, {d2}, float64, {i1})"),
             "pot": Kernel(_make_potential(BLOCK), f"void({d2}, {d2}, {d2}, {c2}, {i1}, {d1}, int64, float64)"),
             "init": Kernel(_make_init(BLOCK), f"void({c2}, {c2}, {d2}, {d2}, {d2}, {d2})"),
-            "transpose": Kernel(_make_transpose(BLOCK), f"void({c3}, {c3})"),
+            "transpose": Kernel(_make_each(_transpose_elem), f"void({c3}, {c3}, {c3})"),
             "plan": Kernel(_make_plan(BLOCK, out_type), f"void({c3}, {d2}, {d2}, {c3}, {d2}, float64)"),
             "sum": Kernel(_make_sum_rows(BLOCK, out_type), f"void({d2}, {c1})"),
-            "scale": Kernel(_make_scale(out_type), f"void({c1}, {c3}, {c3})"),
+            "scale": Kernel(_make_scale(out_type), f"void({c3}, {c1}, {c3})"),
         }
 
     return cached(("transport", dt, BLOCK), build)
 
 
+@launcher
 def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, tol, check_every, n_threads):
     """IN cost (B, n, m), a (B | 1, n), b (B | 1, m); SCRATCH cost_t (B, m, n), work (B, 4n + 3m) float64;
     OUT value (B,), plan (B, n, m) | (0, 0, 0), n_iter (B,) int64, err (B,) float64."""
@@ -278,7 +281,7 @@ def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, 
     done = cuda.to_device(np.zeros(nb, np.int32), stream=stream)
     ir = 1.0 / float(reg)
     k["init"].launch(nb, BLOCK, stream, a, b, u, v, loga, logb)
-    k["transpose"].launch(_grid1(nb * n * m), BLOCK, stream, cost, cost_t)
+    k["transpose"].launch(_grid1(nb * n * m), BLOCK, stream, cost, cost, cost_t)
     iters = np.full(nb, int(max_iter), np.int64)
     finished = np.zeros(nb, bool)
     for it in range(int(max_iter)):
@@ -306,10 +309,11 @@ def sinkhorn(cost, a, b, cost_t, value, plan, n_iter, err, work, reg, max_iter, 
     n_iter.copy_to_device(iters, stream=stream)
 
 
+@launcher
 def sinkhorn_backward(grad, plan, out, n_threads):
     """IN grad (B,), plan (B, n, m); OUT out (B, n, m) = grad[r] * plan[r] (the regularized objective)."""
     grad, plan, out = dev(grad), dev(plan), dev(out)
     if plan.size == 0:
         return
     k = _kernels(plan.dtype)
-    k["scale"].launch(_grid1(plan.size), BLOCK, current_stream(), grad, plan, out)
+    k["scale"].launch(_grid1(plan.size), BLOCK, current_stream(), plan, grad, out)

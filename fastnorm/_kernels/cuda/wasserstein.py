@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import SIM, Kernel, arr, cached, current_stream, dev, empty_device
+from ._common import SIM, Kernel, arr, cached, current_stream, dev, empty_device, launcher
 
 # threads per block (a power of two); the simulator runs each thread as a Python thread, and rows longer than 8
 # exercise the strided loops there at small shapes
@@ -282,11 +282,13 @@ def _pkind(p: float) -> int:
     return 1 if p == 1.0 else (2 if p == 2.0 else 0)
 
 
+@launcher
 def sort_width(n: int) -> int:
     """Columns of the index array ``sort_rows`` needs for rows of n values (n rounded up to a power of two)."""
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+@launcher
 def sort_rows(x, w, xs, ws, idx, n_threads):
     """IN x (B, n), w (B, n) | (0, 0); OUT xs (B, n) x's rows sorted ascending (NaN last), ws (B, n) | (0, 0)
     w in the same order, idx (B, sort_width(n)) int32 the sorter (idx[r, c] = source column of xs[r, c])."""
@@ -308,6 +310,7 @@ def sort_rows(x, w, xs, ws, idx, n_threads):
     k["gather"].launch(_grid1(rows * x.shape[1]), BLOCK, stream, x, w, idx, xs, ws)
 
 
+@launcher
 def unsort_rows(src, idx, out, n_threads):
     """IN src (B, n) in sorted order, idx (B, sort_width(n)) from sort_rows; OUT out (B, n) in the original order."""
     src, idx, out = dev(src), dev(idx), dev(out)
@@ -316,6 +319,7 @@ def unsort_rows(src, idx, out, n_threads):
     _w1d_kernels(src.dtype)["scatter"].launch(_grid1(src.size), BLOCK, current_stream(), src, idx, out)
 
 
+@launcher
 def wasserstein_1d(u, v, u_weights, v_weights, out, p, n_threads):
     """The CPU kernel's signature: IN u (B, n), v (B, m) rows sorted, weights in the same order or (0, 0);
     OUT out (B,) W_p^p per row. One thread per row."""
@@ -328,6 +332,7 @@ def wasserstein_1d(u, v, u_weights, v_weights, out, p, n_threads):
     k["fwd"].launch(-(-rows // BLOCK), BLOCK, current_stream(), u, v, uw, vw, out, float(p), _pkind(p), unused)
 
 
+@launcher
 def wasserstein_1d_backward(grad, u, v, u_weights, v_weights, du, dv, du_weights, dv_weights, gu, gv, p, n_threads):
     """The CPU kernel's signature: IN grad (B,), sorted u, v, weights or (0, 0); OUT du, dv, du_weights,
     dv_weights (sorted order; (0, 0) where a side is unweighted); SCRATCH gu, gv (B, n), (B, m) float64 or

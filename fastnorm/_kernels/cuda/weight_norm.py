@@ -37,6 +37,19 @@ def _team(dtype):
 
 
 # ------------------------------------------------------------------------------------------ WeightNorm
+@cuda.jit(device=True)
+def _dims(a):
+    """The shape of the matrix ``a`` as uint64 (unsigned index arithmetic: no negative-index wraparound)."""
+    return U(a.shape[0]), U(a.shape[1])
+
+
+@cuda.jit(device=True)
+def _ids():
+    """(lane, block): this thread's rank in its block's team and the block's index, as uint64 (one team per
+    block in this module's row kernels)."""
+    return U(cuda.threadIdx.x), U(cuda.blockIdx.x)
+
+
 def _make_wn(dtype, backward: bool, dts=None):
     """``dtype``: v, w, dw, dv (bfloat16 as uint16 bits); ``dts`` = (g, norm, o2) dtypes (default: all
     ``dtype``): 16-bit v may come with float32 g/norm/dg."""
@@ -46,12 +59,9 @@ def _make_wn(dtype, backward: bool, dts=None):
 
     def wn(a_in, v, g, norm, o1, o2):
         """forward: a_in = v, o1 = w (A, D, B), o2 = norm (D,) out; backward: a_in = dw, o1 = dv, o2 = dg."""
-        A = U(v.shape[0])
-        D = U(v.shape[1])
-        B = U(v.shape[2])
+        A, D, B = U(v.shape[0]), U(v.shape[1]), U(v.shape[2])
         buf = cuda.shared.array((2, 2, 1, cols), acc_nb)
-        lane = U(cuda.threadIdx.x)
-        d = U(cuda.blockIdx.x)
+        lane, d = _ids()
         if d >= D:
             return
         per = A * B
@@ -121,6 +131,7 @@ def _wn_launch(backward: bool, dt, dts, a_in, v, g, norm, o1, o2) -> None:
     _wn_kernel(dt, backward, dts).launch(d, TEAM, cc.current_stream(), a_in, v, g, norm, o1, o2)
 
 
+@cc.launcher
 def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
     """IN v (A, D, B), g (D,); OUT w (A, D, B), norm (D,); SCRATCH part, fac unused; mode unused.
     16-bit v: g and norm in float32 or v's dtype (each in its own)."""
@@ -129,6 +140,7 @@ def weight_norm_forward(v, g, w, norm, part, fac, mode, n_threads):
     _wn_launch(False, dt, dts, v, v, g, norm, w, norm)
 
 
+@cc.launcher
 def weight_norm_backward(dw, v, g, norm, dv, dg, part, fac, mode, n_threads):
     """IN dw, v (A, D, B), g, norm (D,); OUT dv (A, D, B), dg (D,); SCRATCH part, fac unused."""
     dt, dts = _dtype(v), (_dtype(g), _dtype(norm), _dtype(dg))
@@ -146,12 +158,10 @@ def _make_row_norms(dtype):
 
     def row_norms(x, w, x_norm, w_norm):
         """Block r < B: x_norm[r] = |x[r]|; block B + r: w_norm[r] = |w[r]|."""
-        nb = U(x.shape[0])
+        nb, n = _dims(x)
         no = U(w.shape[0])
-        n = U(x.shape[1])
         buf = cuda.shared.array((2, 2, 1, cols), acc_nb)
-        lane = U(cuda.threadIdx.x)
-        r = U(cuda.blockIdx.x)
+        lane, r = _ids()
         if r >= nb + no:
             return
         s = acc(0)
@@ -181,8 +191,7 @@ def _make_scale(dtype):
 
     def scale(y, x_norm, w_norm, eps):
         """y[i, j] /= max(x_norm[i], eps), then /= max(w_norm[j], eps) (one factor at a time)."""
-        nb = U(y.shape[0])
-        no = U(y.shape[1])
+        nb, no = _dims(y)
         e = acc(eps)
         k = U(cuda.grid(1))
         step = U(cuda.gridsize(1))
@@ -203,11 +212,9 @@ def _make_grad_rows(dtype):
     def grad_rows(dy, y, x_norm, w_norm, gs, cx, eps):
         """Block i: gs[i] = dy[i] / max(x_norm[i], eps) / max(w_norm, eps); cx[i] = sum dy*y / nx^2 (0 if
         x_norm[i] < eps)."""
-        nb = U(dy.shape[0])
-        no = U(dy.shape[1])
+        nb, no = _dims(dy)
         buf = cuda.shared.array((2, 2, 1, cols), acc_nb)
-        lane = U(cuda.threadIdx.x)
-        i = U(cuda.blockIdx.x)
+        lane, i = _ids()
         if i >= nb:
             return
         e = acc(eps)
@@ -231,8 +238,7 @@ def _make_col_parts(dtype):
 
     def col_parts(dy, y, part):
         """part[c, j] = sum over the rows of chunk c (of part.shape[0]) of dy * y (float64)."""
-        nb = U(dy.shape[0])
-        no = U(dy.shape[1])
+        nb, no = _dims(dy)
         nc = U(part.shape[0])
         j = U(cuda.grid(1))
         c = U(cuda.blockIdx.y)
@@ -276,9 +282,8 @@ def _make_correct(dtype):
 
     def correct(x, w, cx, cw, dx, dw):
         """dx[i] -= cx[i] * x[i] for i < B; dw[o] -= cw[o] * w[o]; elementwise over both."""
-        nb = U(x.shape[0])
+        nb, n = _dims(x)
         no = U(w.shape[0])
-        n = U(x.shape[1])
         k = U(cuda.grid(1))
         step = U(cuda.gridsize(1))
         while k < (nb + no) * n:
@@ -306,6 +311,7 @@ def _grid(k: cc.Kernel, total: int) -> int:
     return max(1, min(-(-total // BLOCK), k.resident_blocks(BLOCK) * 4))
 
 
+@cc.launcher
 def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
     """IN x (B, D), w (O, D); IN/OUT y (B, O) (holds x @ w.T, scaled in place); OUT x_norm (B,), w_norm (O,)
     in ``cc.param_dtype`` of x's dtype (float32 for 16-bit x)."""
@@ -322,6 +328,7 @@ def cosine_linear_forward(x, w, y, x_norm, w_norm, eps, n_threads):
         k.launch(_grid(k, nb * no), BLOCK, stream, y, x_norm, w_norm, float(eps))
 
 
+@cc.launcher
 def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_threads):
     """IN dy, y (B, O), x_norm (B,), w_norm (O,); OUT gs (B, O), cx (B,), cw (O,); SCRATCH part (chunks, O).
     Norms and cx, cw in ``cc.param_dtype`` of dy's dtype."""
@@ -346,6 +353,7 @@ def cosine_linear_backward_pre(dy, y, x_norm, w_norm, gs, cx, cw, part, eps, n_t
     k.launch(-(-no // BLOCK), BLOCK, stream, part, w_norm, cw, float(eps))
 
 
+@cc.launcher
 def cosine_linear_backward_post(x, w, cx, cw, dx, dw, n_threads):
     """IN x (B, D), w (O, D), cx (B,), cw (O,); IN/OUT dx (B, D) (holds gs @ w), dw (O, D) (holds gs.T @ x)."""
     dt = _dtype(x)
