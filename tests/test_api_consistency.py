@@ -34,7 +34,8 @@ def test_ce_backward_dloss_must_match_logits_dtype(rng, dtype):
     with pytest.raises(TypeError, match=rf"softmax_cross_entropy_backward: dloss has dtype {np.dtype(other).name}"):
         fastnorm.softmax_cross_entropy_backward(np.ones(6, other), x, t, lse, reduction="none")
     g = fastnorm.softmax_cross_entropy_backward(np.ones(6, dtype), x, t, lse, reduction="none")
-    assert g.dtype == np.dtype(dtype) and g.shape == x.shape
+    assert g.dtype == np.dtype(dtype)
+    assert g.shape == x.shape
     # a reduced loss's dloss is a scalar of any real type (a Python float, a 0-d array of another dtype)
     lse_m = fastnorm.softmax_cross_entropy_forward(x, t).lse
     a = fastnorm.softmax_cross_entropy_backward(np.float64(0.5), x, t, lse_m)
@@ -83,7 +84,9 @@ def test_torch_cross_entropy_backward_keeps_working_in_bf16(monkeypatch):
     t = torch.tensor([0, 6, 3, 2, 1])
     loss = losses.cross_entropy(x, t, reduction="none")
     loss.backward(torch.ones_like(loss))  # grad_output in the loss's (= logits') dtype, as torch passes it
-    assert seen == [BF16] and x.grad is not None and x.grad.dtype == torch.bfloat16
+    assert seen == [BF16]
+    assert x.grad is not None
+    assert x.grad.dtype == torch.bfloat16
     xr = x.detach().float().requires_grad_()
     torch.nn.functional.cross_entropy(xr, t, reduction="none").backward(torch.ones(5))
     assert torch.allclose(x.grad.float(), xr.grad, atol=2e-2, rtol=2e-2)
@@ -96,7 +99,7 @@ def _gather_inputs(rng, c=3, p=2):
     return means, m2s, np.array([4.0, 5.0])
 
 
-@pytest.mark.parametrize("rm_dt,rv_dt", [(BF16, F16), (F16, BF16)], ids=["bf16+f16", "f16+bf16"])
+@pytest.mark.parametrize(("rm_dt", "rv_dt"), [(BF16, F16), (F16, BF16)], ids=["bf16+f16", "f16+bf16"])
 def test_gather_stats_refuses_mixed_16bit_running_stats(rng, rm_dt, rv_dt):
     means, m2s, counts = _gather_inputs(rng)
     rm, rv = np.zeros(3, rm_dt), np.ones(3, rv_dt)
@@ -109,7 +112,7 @@ def test_gather_stats_refuses_mixed_16bit_running_stats(rng, rm_dt, rv_dt):
 
 
 @pytest.mark.parametrize(
-    "rm_dt,rv_dt",
+    ("rm_dt", "rv_dt"),
     [(BF16, BF16), (F16, F16), (np.float32, BF16), (F16, np.float32), (np.float32, np.float32)],
     ids=["bf16", "f16", "f32+bf16", "f16+f32", "f32"],
 )
@@ -121,7 +124,8 @@ def test_gather_stats_accepts_one_16bit_format_and_float32(rng, rm_dt, rv_dt):
     np.testing.assert_array_equal(mean, ref_m)
     np.testing.assert_array_equal(invstd, ref_i)
     # the update happened (in place, in each buffer's own dtype)
-    assert rm.dtype == np.dtype(rm_dt) and rv.dtype == np.dtype(rv_dt)
+    assert rm.dtype == np.dtype(rm_dt)
+    assert rv.dtype == np.dtype(rv_dt)
     np.testing.assert_allclose(rm.astype(np.float64), 0.5 * mean.astype(np.float64), rtol=1e-2, atol=1e-3)
 
 
@@ -134,10 +138,12 @@ def test_backends_declare_on_host():
 
 def test_float_input_array_likes_follow_on_host():
     a = V.float_input(CPU, "op", "x", [1.0, 2.0])
-    assert isinstance(a, np.ndarray) and a.dtype == np.float64
+    assert isinstance(a, np.ndarray)
+    assert a.dtype == np.float64
     swapped = np.arange(4, dtype=">f4")
     b = V.float_input(CPU, "op", "x", swapped)
-    assert b.dtype.isnative and b.dtype == np.float32
+    assert b.dtype.isnative
+    assert b.dtype == np.float32
     np.testing.assert_array_equal(b, swapped)
 
 
@@ -159,14 +165,19 @@ def test_every_declared_op_is_wired_from_the_registry():
         fn = getattr(fastnorm, name)
         assert name in fastnorm.__all__
         family = importlib.import_module(f"fastnorm.norms.{spec.family}")
-        assert getattr(family, name) is fn and name in family.__all__
+        assert getattr(family, name) is fn
+        assert name in family.__all__
         if spec.family == "add_norm":
-            assert getattr(fastnorm.add_norm, name) is fn and name in fastnorm.add_norm.__all__
+            assert getattr(fastnorm.add_norm, name) is fn
+            assert name in fastnorm.add_norm.__all__
         else:
-            assert getattr(fastnorm.norms, name) is fn and name in fastnorm.norms.__all__
+            assert getattr(fastnorm.norms, name) is fn
+            assert name in fastnorm.norms.__all__
         assert spec.reference is getattr(fastnorm.reference, name)
         doc = fn.__doc__
-        assert "%(" not in doc and "Parameters\n" in doc and "Returns\n" in doc, name
+        assert "%(" not in doc, name
+        assert "Parameters\n" in doc, name
+        assert "Returns\n" in doc, name
         assert f"``({spec.output_names[0]}" in doc or f"``{spec.output_names[0]}``" in doc, name
 
 

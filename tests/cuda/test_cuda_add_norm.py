@@ -128,7 +128,8 @@ def test_add_norm_streaming_rows(cuda, dev, rng, dt, rms, monkeypatch):
 
     monkeypatch.setattr(L, "MAX_TEAM", 32)
     monkeypatch.setattr(L, "MAX_VPT", 2)
-    assert L.row_config(100, L.FWD_VPT)[2] == 0 and L.bwd_config(100, dt)[2] == 0
+    assert L.row_config(100, L.FWD_VPT)[2] == 0
+    assert L.bwd_config(100, dt)[2] == 0
     _run(cuda, dev, rng, dt, rms, 2, 100, offset=2.0)
 
 
@@ -162,7 +163,8 @@ def test_add_norm_h_nan_inf(cuda, dev):
     mean, rstd = empty(cuda, (2,), F32), empty(cuda, (2,), F32)
     K.add_layer_norm_forward(X, RES, absent, absent, y, h, mean, rstd, EPS, 1)
     hh = host(h).astype(np.float32)
-    assert np.isinf(hh[0, 3]) and (hh[1] == 1.5).all()
+    assert np.isinf(hh[0, 3])
+    assert (hh[1] == 1.5).all()
     assert np.isnan(host(y).astype(np.float32)[0]).all()
     np.testing.assert_array_equal(host(y).astype(np.float32)[1], 0.0)
 

@@ -66,7 +66,7 @@ def bn_ref(x, dy, w, b, rm, rv, training):
 
 
 @pytest.mark.parametrize(
-    "shape,dtype,training",
+    ("shape", "dtype", "training"),
     [
         ((3, 4, 5), np.float32, True),
         ((3, 4, 5), np.float64, True),
@@ -136,7 +136,7 @@ def gn_ref(x, dy, w, b, groups):
 
 
 @pytest.mark.parametrize(
-    "shape,groups,dtype",
+    ("shape", "groups", "dtype"),
     [((2, 6, 4), 3, np.float32), ((2, 6, 4), 3, np.float16), ((3, 4, 9), 1, np.float64), ((2, 64, 2), 2, np.float32)],
     ids=str,
 )

@@ -28,7 +28,8 @@ def _same(got, want, dtype, what):
             continue
         assert not isinstance(g, np.ndarray), f"{what}.{field} came back on the host"
         g = host(g)
-        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}.{field}"
+        assert g.shape == w.shape, f"{what}.{field}"
+        assert g.dtype == w.dtype, f"{what}.{field}"
         np.testing.assert_allclose(g, w, err_msg=f"{what}.{field}", **_tol(dtype))
 
 

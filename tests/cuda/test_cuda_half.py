@@ -105,13 +105,14 @@ def test_bf16_rounding_cases_exact(dev):
     nan = np.isnan(vals)
     np.testing.assert_array_equal(got.view(np.uint16)[~nan], vals.astype(BF16).view(np.uint16)[~nan])
     assert np.isnan(got[nan].astype(np.float32)).all()
-    assert got.view(np.uint16)[0] == 0x3F80 and got.view(np.uint16)[1] == 0x3F82  # ties to even
+    assert got.view(np.uint16)[0] == 0x3F80
+    assert got.view(np.uint16)[1] == 0x3F82
     assert got.view(np.uint16)[5] == 0x7F80  # rounds up past the largest finite: inf
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 @pytest.mark.parametrize(
-    "src,dst",
+    ("src", "dst"),
     [
         (F32, BF16),
         (BF16, F32),
@@ -150,10 +151,14 @@ def test_astype_and_copyto(rng, dev, src, dst):
 
 def test_backend_dtypes():
     be = backend()
-    assert BF16 in be.float_dtypes and F16 in be.float_dtypes
-    assert be.stat_dtype(BF16) == F32 and be.stat_dtype(F16) == F32 and be.stat_dtype(F64) == F64
+    assert BF16 in be.float_dtypes
+    assert F16 in be.float_dtypes
+    assert be.stat_dtype(BF16) == F32
+    assert be.stat_dtype(F16) == F32
+    assert be.stat_dtype(F64) == F64
     z = host(be.zeros((3,), BF16))
-    assert z.dtype == BF16 and not z.view(np.uint16).any()
+    assert z.dtype == BF16
+    assert not z.view(np.uint16).any()
 
 
 # ------------------------------------------------------------------------------------------ LayerNorm / RMSNorm
@@ -175,7 +180,8 @@ def test_row_norms_16bit_kernels(rng, dev, cuda, rms, dt, offset):
         K.layer_norm_forward(X, W, B, y, mean, rstd, EPS, 1)
     ref = ln_ref(*f64(x, w, b), rms)
     oth = ln_ref(*f32(x, w, b), rms)
-    assert host(y).dtype == dt and host(rstd).dtype == F32
+    assert host(y).dtype == dt
+    assert host(rstd).dtype == F32
     close(host(y), oth[0].astype(dt), ref[0], "y")
     close(host(rstd), oth[2], ref[2], "rstd")
     if not rms:
@@ -183,7 +189,7 @@ def test_row_norms_16bit_kernels(rng, dev, cuda, rms, dt, offset):
 
     nt = be.threads(m * n)
     dx, dw, db = empty(cuda, (m, n), dt), empty(cuda, (n,), F32), empty(cuda, (n,), F32)
-    part = lambda: empty(cuda, (nt, n), F64)  # noqa: E731
+    part = lambda: empty(cuda, (nt, n), F64)
     none2 = empty(cuda, (0, 0), F32)
     if rms:
         K.rms_norm_backward(DY, X, rstd, W, dx, dw, part(), none2, nt)
@@ -204,7 +210,8 @@ def test_row_norms_bf16_streaming(rng, dev, cuda, rms, monkeypatch):
 
     monkeypatch.setattr(L, "MAX_TEAM", 32)
     monkeypatch.setattr(L, "MAX_VPT", 2)
-    assert L.row_config(100, L.FWD_VPT)[2] == 0 and L.bwd_config(100, BF16)[2] == 0
+    assert L.row_config(100, L.FWD_VPT)[2] == 0
+    assert L.bwd_config(100, BF16)[2] == 0
     x, w, b, dy = (
         data(rng, (2, 100), BF16, 5.0),
         param(rng, 100, BF16),  # (the public op on this branch takes parameters in x's dtype)
@@ -244,7 +251,8 @@ def test_layer_norm_16bit_params_public(rng, dev, dt):
     ref, oth = ln_ref(*f64(x, w, b), False), ln_ref(*f32(x, w, b), False)
     close(host(fwd.y), oth[0].astype(dt), ref[0], "y")
     bwd = fastnorm.layer_norm_backward(DY, X, fwd.mean, fwd.rstd, W, B)
-    assert host(bwd.dweight).dtype == dt and host(bwd.dbias).dtype == dt
+    assert host(bwd.dweight).dtype == dt
+    assert host(bwd.dbias).dtype == dt
     stats = (host(fwd.mean), host(fwd.rstd))
     ref = ln_bwd_ref(*f64(dy, x, *stats, w, b), False)
     oth = ln_bwd_ref(*f32(dy, x, *stats, w, b), False)
@@ -457,7 +465,8 @@ def test_cosine_linear_bf16(rng, dev, cuda, wdt):
 
     f = fastnorm.cosine_linear_forward(*dev(x, w), eps=eps)
     g = fastnorm.cosine_linear_backward(*dev(dy, x, w), f.y, f.x_norm, f.w_norm, eps=eps)
-    assert host(f.y).dtype == host(g.dx).dtype == BF16 and host(g.dw).dtype == wdt
+    assert host(f.y).dtype == host(g.dx).dtype == BF16
+    assert host(g.dw).dtype == wdt
     (refs, lowp), (refs_b, lowp_b) = expect(w, None), expect(w, host(f.y))
     for i, (name, got) in enumerate(zip(("y", "x_norm", "w_norm", "dx", "dw"), (*f, *g))):
         r, o = (refs, lowp) if i < 3 else (refs_b, lowp_b)

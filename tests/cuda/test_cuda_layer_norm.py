@@ -100,7 +100,7 @@ def run(op, on_gpu, x, w, b, dy, ndim=1):
 # (3, 300): 64-thread teams (two warps, the cross-warp reduction).
 @pytest.mark.parametrize("op", ["ln", "rms"])
 @pytest.mark.parametrize(
-    "shape,dtype",
+    ("shape", "dtype"),
     [((5, 37), d) for d in (np.float32, np.float64, np.float16)] + [((3, 300), d) for d in (np.float32, np.float16)],
     ids=lambda v: np.dtype(v).name if isinstance(v, type) else str(v),
 )
@@ -127,7 +127,8 @@ def test_streaming_rows(rng, on_gpu, op, monkeypatch):
 
     monkeypatch.setattr(L, "MAX_TEAM", 32)
     monkeypatch.setattr(L, "MAX_VPT", 2)
-    assert L.row_config(100, L.FWD_VPT)[2] == 0 and L.bwd_config(100, np.float32)[2] == 0
+    assert L.row_config(100, L.FWD_VPT)[2] == 0
+    assert L.bwd_config(100, np.float32)[2] == 0
     x, w, b, dy = make(rng, (3, 100), np.float32)
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
 
@@ -151,7 +152,8 @@ def test_normalized_ndim_2_and_leading_dims(rng, on_gpu):
 def test_one_dimensional_input(rng, on_gpu):
     x, w, b, dy = make(rng, (33,), np.float32)
     fwd, _ = run("ln", on_gpu, x, w, b, dy)
-    assert fwd.mean.shape == () and fwd.y.shape == (33,)
+    assert fwd.mean.shape == ()
+    assert fwd.y.shape == (33,)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -159,7 +161,8 @@ def test_zero_rows(on_gpu, dtype):
     x = np.zeros((0, 8), dtype)
     dx_, dw_, db_ = on_gpu(x, np.ones(8, dtype), np.zeros(8, dtype))
     fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
-    assert fwd.y.shape == (0, 8) and fwd.mean.shape == (0,)
+    assert fwd.y.shape == (0, 8)
+    assert fwd.mean.shape == (0,)
     bwd = fastnorm.layer_norm_backward(dx_, dx_, fwd.mean, fwd.rstd, dw_, db_)
     np.testing.assert_array_equal(host(bwd.dweight), 0)
     np.testing.assert_array_equal(host(bwd.dbias), 0)
@@ -177,8 +180,10 @@ def test_nan_propagates_to_its_row_only(rng, on_gpu):
     x[1, 5] = np.nan
     fwd, bwd = run("ln", on_gpu, x, w, b, dy)
     y, dx = host(fwd.y), host(bwd.dx)
-    assert np.isnan(y[1]).all() and np.isfinite(np.delete(y, 1, axis=0)).all()
-    assert np.isnan(dx[1]).all() and np.isfinite(np.delete(dx, 1, axis=0)).all()
+    assert np.isnan(y[1]).all()
+    assert np.isfinite(np.delete(y, 1, axis=0)).all()
+    assert np.isnan(dx[1]).all()
+    assert np.isfinite(np.delete(dx, 1, axis=0)).all()
     assert np.isnan(host(bwd.dweight)).all()  # every column sums over the NaN row
 
 
@@ -208,8 +213,8 @@ def test_bad_out_buffers(rng, on_gpu, cuda):
         fastnorm.layer_norm_forward(dx_, dw_, db_, out=(dx_, None, None))
     with pytest.raises(ValueError, match="must have dtype float32"):
         fastnorm.layer_norm_forward(dx_, dw_, db_, out=(cuda.device_array((5, 37), np.float64), None, None))
+    big = cuda.device_array((5, 74), np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
-        big = cuda.device_array((5, 74), np.float32)
         fastnorm.layer_norm_forward(dx_, dw_, db_, out=(big[:, ::2], None, None))
 
 
@@ -241,7 +246,8 @@ def test_stat_dtype_of_float16_is_float32(rng, on_gpu):
     x, w, b, _ = make(rng, (3, 37), np.float16)
     dx_, dw_, db_ = on_gpu(x, w, b)
     fwd = fastnorm.layer_norm_forward(dx_, dw_, db_)
-    assert fwd.y.dtype == np.float16 and fwd.mean.dtype == fwd.rstd.dtype == np.float32
+    assert fwd.y.dtype == np.float16
+    assert fwd.mean.dtype == fwd.rstd.dtype == np.float32
     with pytest.raises(TypeError, match="mean has dtype float16 but must match"):
         fastnorm.layer_norm_backward(dx_, dx_, on_gpu(host(fwd.mean).astype(np.float16)), fwd.rstd, dw_, db_)
 
@@ -265,7 +271,7 @@ def test_reduction_form_matches_the_machine():
 
 # ------------------------------------------------------------------------------------------ real GPU only
 @pytest.mark.parametrize(
-    "shape,dtype",
+    ("shape", "dtype"),
     [
         ((64, 4096), np.float32),
         ((33, 4096), np.float16),
@@ -304,7 +310,8 @@ def test_hw_torch_tensors_in_and_out_without_copies(rng):
         res = fastnorm.rms_norm_forward(x, w, eps=EPS, out=out)
         ref = F.rms_norm(x.detach(), (1024,), w, EPS)
     s.synchronize()
-    assert res.y is out[0] and res.rstd is out[1]
+    assert res.y is out[0]
+    assert res.rstd is out[1]
     torch.testing.assert_close(out[0], ref, rtol=1e-5, atol=1e-5)
     # backward against autograd
     dy = torch.randn(64, 1024, device="cuda")

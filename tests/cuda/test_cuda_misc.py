@@ -33,7 +33,7 @@ def lrn_ref(x, dy, size, alpha, beta, k):
     return y, scale, dx
 
 
-@pytest.mark.parametrize("size,dtype", [(5, np.float32), (2, np.float64), (9, np.float32)])
+@pytest.mark.parametrize(("size", "dtype"), [(5, np.float32), (2, np.float64), (9, np.float32)])
 def test_local_response_norm(rng, on_gpu, cuda, size, dtype):
     from fastnorm._kernels.cuda import lrn
 
@@ -52,7 +52,7 @@ def test_local_response_norm(rng, on_gpu, cuda, size, dtype):
     check(dxo, rdx, dtype, "dx")
 
 
-@pytest.mark.parametrize("adb,dtype", [((1, 4, 9), np.float32), ((3, 2, 5), np.float64), ((6, 3, 1), np.float32)])
+@pytest.mark.parametrize(("adb", "dtype"), [((1, 4, 9), np.float32), ((3, 2, 5), np.float64), ((6, 3, 1), np.float32)])
 def test_weight_norm(rng, on_gpu, cuda, adb, dtype):
     from fastnorm._kernels.cuda import weight_norm as W
 

@@ -58,7 +58,7 @@ def close(got, want, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "wd,amsgrad,maximize,decay",
+    ("wd", "amsgrad", "maximize", "decay"),
     [(0.0, False, False, 1.0), (0.1, True, True, 1.0), (0.0, False, False, 1 - 1e-3 * 0.01)],
 )
 def test_adam(rng, on_gpu, K, dtype, wd, amsgrad, maximize, decay):
@@ -104,7 +104,8 @@ def test_adam_per_tensor_steps(rng, on_gpu, K):
 
 
 @pytest.mark.parametrize(
-    "momentum,nesterov,wd,first", [(0.0, False, 0.0, False), (0.9, True, 0.1, False), (0.9, False, 0.0, True)]
+    ("momentum", "nesterov", "wd", "first"),
+    [(0.0, False, 0.0, False), (0.9, True, 0.1, False), (0.9, False, 0.0, True)],
 )
 def test_sgd(rng, on_gpu, K, momentum, nesterov, wd, first):
     lr, damp = 0.1, 0.2
@@ -185,7 +186,8 @@ def test_gather_helpers_reject_what_the_kernels_cannot_use(on_gpu, cuda, K):
     assert K.gather_like([on_gpu(np.ones(5, np.float32))], [good], ptrs, False, False, no, no) == 0  # shape
     assert K.gather_like([on_gpu(np.ones(4, np.float64))], [good], ptrs, False, False, no, no) == 0  # dtype
     assert K.gather_like([None], [good], ptrs, True, False, no, no) == 0
-    assert K.gather_like([None], [good], ptrs, True, True, no, no) == -1 and ptrs[0] == 0
+    assert K.gather_like([None], [good], ptrs, True, True, no, no) == -1
+    assert ptrs[0] == 0
     info = np.empty((3, 1), np.int64)
     K.gather_params([good], info)
     lo = np.array([info[0, 0]], np.int64)

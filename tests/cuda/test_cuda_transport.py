@@ -29,7 +29,7 @@ def _check(got, want, dtype, name):
 
 
 @pytest.mark.parametrize(
-    "lead,n,m,dtype,shared",
+    ("lead", "n", "m", "dtype", "shared"),
     [
         ((), 1, 1, np.float64, False),
         ((2,), 5, 3, np.float64, False),
@@ -46,7 +46,8 @@ def test_sinkhorn_matches_reference(rng, on_gpu, lead, n, m, dtype, shared):
     _check(host(res.plan), P, dtype, "plan")
     np.testing.assert_array_equal(host(res.n_iter), it)
     np.testing.assert_allclose(host(res.err), err, rtol=1e-3, atol=1e-12)
-    assert host(res.value).dtype == dtype and host(res.plan).shape == c.shape
+    assert host(res.value).dtype == dtype
+    assert host(res.plan).shape == c.shape
 
 
 def test_sinkhorn_problems_stop_independently_and_max_iter(rng, on_gpu):
@@ -116,7 +117,9 @@ def test_sort_rows_is_a_stable_sort_with_nan_last(rng, on_gpu):
     x[1, 3] = x[1, 7] = np.nan
     w = rng.random(x.shape)
     width = T.sort_width(11)
-    assert width == 16 and T.sort_width(1) == 1 and T.sort_width(8) == 8
+    assert width == 16
+    assert T.sort_width(1) == 1
+    assert T.sort_width(8) == 8
     xs, ws, idx = on_gpu(np.zeros_like(x), np.zeros_like(w), np.zeros((3, width), np.int32))
     T.sort_rows(*on_gpu(x, w), xs, ws, idx, 1)
     order = np.argsort(x, axis=-1, kind="stable")  # NaN last, ties by index
@@ -140,7 +143,7 @@ def _w1_inputs(rng, lead, n, m, dtype, weighted):
 
 
 @pytest.mark.parametrize(
-    "lead,n,m,dtype,weighted,p",
+    ("lead", "n", "m", "dtype", "weighted", "p"),
     [
         ((), 1, 1, np.float64, False, 1),
         ((3,), 5, 7, np.float64, True, 1),
@@ -153,7 +156,8 @@ def test_wasserstein_1d_matches_reference(rng, on_gpu, lead, n, m, dtype, weight
     u, v, uw, vw = _w1_inputs(rng, lead, n, m, dtype, weighted)
     f64 = [None if x is None else x.astype(np.float64) for x in (u, v, uw, vw)]
     got = host(fastnorm.wasserstein_1d(*on_gpu(u, v, uw, vw), p=p))
-    assert got.dtype == dtype and got.shape == lead
+    assert got.dtype == dtype
+    assert got.shape == lead
     want = R.wasserstein_1d(*f64, p=p)
     want32 = R.wasserstein_1d(u, v, uw, vw, p=p) if dtype == np.float32 else None
     assert_matches_reference(got, want, want32, name="W")
@@ -176,7 +180,8 @@ def test_wasserstein_1d_matches_the_cpu_kernel_with_nan_and_out(rng, on_gpu):
     got = fastnorm.wasserstein_1d(*on_gpu(u, v, uw, vw), p=1, out=out)
     assert got is out
     np.testing.assert_allclose(host(out), cpu, rtol=1e-13, atol=1e-15)  # NaN in the same row only
-    assert np.isnan(host(out)[2]) and np.isfinite(np.delete(host(out), 2)).all()
+    assert np.isnan(host(out)[2])
+    assert np.isfinite(np.delete(host(out), 2)).all()
     g = rng.standard_normal(4)
     bufs = on_gpu(*(np.full(x.shape, -7.0) for x in (u, v, uw)))
     res = fastnorm.wasserstein_1d_backward(*on_gpu(g, u, v, uw, vw), p=1, out=(*bufs, None))

@@ -304,7 +304,7 @@ def install_fake_cupy():
 
     mod = types.ModuleType("cupy")
 
-    class ndarray:  # noqa: N801 (cupy's name)
+    class ndarray:
         def __init__(self, shape, dtype, base=None):
             self._h = np.empty(shape, dtype) if base is None else base
             self.shape = tuple(self._h.shape)

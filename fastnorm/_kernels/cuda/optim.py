@@ -27,7 +27,7 @@ from numba import cuda
 from ..._backend import array_kind
 from ..._dtypes import BFLOAT16 as _BF16
 from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
-from ._optim_kernels import (  # noqa: F401  (_SIG, _make_kernel: read by tools/cuda_ptx_check.py)
+from ._optim_kernels import (
     _HALF_ROWS,
     _SIG,
     FN_ADADELTA,
