@@ -48,6 +48,12 @@ cdef extern from "fastnorm_rows.h" nogil:
                              double *dwa, double rs, double c2, Py_ssize_t n)
 
 
+cdef extern from "fastnorm_half_rows.h" nogil:
+    void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu, float rs,
+                          int rms, Py_ssize_t n)
+    void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, Py_ssize_t n)
+
+
 cdef extern from "fastnorm_moments.h" nogil:
     double fn_sum_f(const float *x, Py_ssize_t n)
     double fn_sum_d(const double *x, Py_ssize_t n)
@@ -404,22 +410,6 @@ cdef inline const float *_at(const float *p, Py_ssize_t j) noexcept nogil:
     return p + j if p != NULL else NULL
 
 
-cdef inline void _half_ln_out(int fmt, const float *xb, const float *w, const float *b, uint16_t *y, float mu,
-                              float rs, bint rms, Py_ssize_t n) noexcept nogil:
-    """y = round(the float32 output row), computed HALF_BLOCK elements at a time into a stack block (in L1)
-    and rounded from there: the row buffer is read once more, no float32 output row is written."""
-    cdef float tmp[HALF_BLOCK]
-    cdef Py_ssize_t j0 = 0, k
-    while j0 < n:
-        k = min(<Py_ssize_t>HALF_BLOCK, n - j0)
-        if rms:
-            _rms_apply(xb + j0, _at(w, j0), tmp, rs, k)
-        else:
-            _ln_apply(xb + j0, _at(w, j0), _at(b, j0), tmp, mu, rs, k)
-        fn_half_store(fmt, tmp, y + j0, k)
-        j0 += k
-
-
 def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               const uint16_t[:, ::1] res,           # IN  (M, N) residual, or (0, 0): none
               const float[::1] weight,              # IN  (N,) float32, or length 0
@@ -429,33 +419,30 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               float[::1] mean,                      # OUT (M,), or length 0 (RMSNorm)
               float[::1] rstd,                      # OUT (M,)
               int fmt, bint rms, double eps, int n_threads):
-    """Per row: widen into a thread's float32 row (one read of the 16-bit data), the float32 statistics code
-    (the same functions as for float32 input) on it, then the output rounded once (``_half_ln_out``)."""
+    """Per row: widen into a thread's float32 row (one read of the 16-bit data; with a residual, h = x + residual
+    rounded, stored and widened in the same pass), the float32 statistics code (the same functions as for
+    float32 input) on it, then the output computed and rounded once (fastnorm_half_rows.h)."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
     cdef const float *w = ptr_or_null(weight)
     cdef const float *b = ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 1) * n), np.float32)
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), n), np.float32)
     cdef float *xb
-    cdef float *rb
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
             xb = &buf[threadid(), 0]
-            fn_half_load(fmt, &x[i, 0], xb, n)
             if add:
-                rb = xb + n
-                fn_half_load(fmt, &res[i, 0], rb, n)
-                _add_row(xb, rb, rb + n, n)
-                fn_half_store(fmt, rb + n, &h[i, 0], n)
-                fn_half_load(fmt, &h[i, 0], xb, n)  # the rounded h (from cache) is what gets normalized
+                fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], xb, n)
+            else:
+                fn_half_load(fmt, &x[i, 0], xb, n)
             if rms:
                 _rms_stats(xb, &rstd[i], n, eps)
-                _half_ln_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, n)
+                fn_half_norm_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, n)
             else:
                 _ln_stats(xb, &mean[i], &rstd[i], n, eps)
-                _half_ln_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, n)
+                fn_half_norm_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, n)
 
 
 cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const float *dhb, float mu, float rs,
