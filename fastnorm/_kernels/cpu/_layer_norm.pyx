@@ -35,6 +35,8 @@ cdef enum:
     SCRATCH_BYTES = 32 << 20
     # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
     HALF_BLOCK = 256
+    # Columns of the dweight/dbias partial rows summed per task (the sum over chunks runs along rows: SIMD).
+    RED_BLOCK = 512
 
 
 cdef extern from "fastnorm_rows.h" nogil:
@@ -279,17 +281,28 @@ cdef inline void _zero_rows(double *part, floating *acc, Py_ssize_t n) noexcept 
         acc[j] = 0
 
 
-cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
-                                  int n_chunks, int n_threads) noexcept nogil:
-    """out[j] = sum_c part[c, j], chunks in fixed order."""
+cdef inline void _reduce_block(const double *part, floating *out, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t k,
+                               int n_chunks) noexcept nogil:
+    """out[j] = sum_c part[c, j] for j in [j0, j0 + k), chunks in order: row by row over a block (SIMD)."""
+    cdef double acc[RED_BLOCK]
     cdef Py_ssize_t j
     cdef int c
-    cdef double s
-    for j in prange(n, schedule="static", num_threads=n_threads):
-        s = 0.0
-        for c in range(n_chunks):
-            s = s + part[c, j]
-        out[j] = <floating>s
+    for j in range(k):
+        acc[j] = 0.0
+    for c in range(n_chunks):
+        for j in range(k):
+            acc[j] = acc[j] + part[c * n + j0 + j]
+    for j in range(k):
+        out[j0 + j] = <floating>acc[j]
+
+
+cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
+                                  int n_chunks, int n_threads) noexcept nogil:
+    """out[j] = sum_c part[c, j], chunks in fixed order (the same sums for every thread count)."""
+    cdef Py_ssize_t jb
+    for jb in prange((n + RED_BLOCK - 1) // RED_BLOCK, schedule="static", num_threads=n_threads,
+                     use_threads_if=n_threads > 1 and n > RED_BLOCK):
+        _reduce_block(&part[0, 0], out, n, jb * RED_BLOCK, min(<Py_ssize_t>RED_BLOCK, n - jb * RED_BLOCK), n_chunks)
 
 
 cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, Py_ssize_t n) noexcept nogil:
