@@ -1,6 +1,6 @@
 """LayerNorm and RMSNorm CPU kernels on an (M, N) row view, with an optional fused residual add.
 
-Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
+Forward: rows in dynamic tasks of about TASK_ELEMS elements (OpenMP). The row (N elements) is read from memory once and
 re-read from cache for the two-pass moments and the output pass. One compiled loop serves every thread count
 (``use_threads_if``), so each row's result is the same bitwise whatever the number of threads.
 Backward: rows split into ``bwd_chunks(M, N)`` contiguous chunks, a number that depends on the shape only,
@@ -35,6 +35,10 @@ cdef enum:
     SCRATCH_BYTES = 32 << 20
     # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
     HALF_BLOCK = 256
+    # Forward rows are handed out dynamically in tasks of about this many elements: a thread that the OS
+    # preempts (a shared machine) or that runs slower does not hold up the others at the join; each row's
+    # result does not depend on which thread computes it.
+    TASK_ELEMS = 16384
     # Columns of the dweight/dbias partial rows summed per task (the sum over chunks runs along rows: SIMD).
     RED_BLOCK = 512
 
@@ -305,6 +309,15 @@ cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t
         _reduce_block(&part[0, 0], out, n, jb * RED_BLOCK, min(<Py_ssize_t>RED_BLOCK, n - jb * RED_BLOCK), n_chunks)
 
 
+cdef inline void _reduce_grads(double[:, ::1] dw_part, floating *dweight, double[:, ::1] db_part, floating *dbias,
+                               Py_ssize_t n, int n_chunks, int n_threads) noexcept nogil:
+    """dweight, dbias (NULL: not wanted) = their chunks' partial rows summed."""
+    if dweight != NULL:
+        _reduce_partials(dw_part, dweight, n, n_chunks, n_threads)
+    if dbias != NULL:
+        _reduce_partials(db_part, dbias, n, n_chunks, n_threads)
+
+
 cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, Py_ssize_t n) noexcept nogil:
     """Zero a chunk's partial and accumulator rows (NULL accumulators: that gradient is not wanted)."""
     if dwa != NULL:
@@ -321,6 +334,10 @@ cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *d
             _fold(dwa, dwp, n)
         if dba != NULL:
             _fold(dba, dbp, n)
+
+
+cdef inline Py_ssize_t _rows_per_task(Py_ssize_t n) noexcept nogil:
+    return max(1, TASK_ELEMS // max(n, 1))
 
 
 cdef object _bwd_scratch(bint want, part, acc, int n_chunks, Py_ssize_t n, dt):
@@ -359,7 +376,8 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
     if m == 0:
         return
     with nogil:
-        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+        for i in prange(m, schedule="dynamic", chunksize=_rows_per_task(n), num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
             if add:
                 # h is written and read back from cache by the moments and the output pass.
                 _add_row(&x[i, 0], &res[i, 0], &h[i, 0], n)
@@ -412,10 +430,8 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
                     _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n)
-        if want_dw:
-            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
-        if want_db:
-            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
+                      n_threads)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit storage
@@ -444,7 +460,8 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
     if m == 0:
         return
     with nogil:
-        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
+        for i in prange(m, schedule="dynamic", chunksize=_rows_per_task(n), num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
             xb = &buf[threadid(), 0]
             if add:
                 fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], xb, n)
@@ -531,10 +548,8 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
                               dwa, dba, rms, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n)
-        if want_dw:
-            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
-        if want_db:
-            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
+                      n_threads)
 
 
 # ------------------------------------------------------------------------------------------ entry points
