@@ -1,6 +1,6 @@
 """LayerNorm and RMSNorm CPU kernels on an (M, N) row view, with an optional fused residual add.
 
-Forward: rows in dynamic tasks of about TASK_ELEMS elements (OpenMP). The row (N elements) is read from memory once and
+Forward: one row per task, OpenMP static over rows. The row (N elements) is read from memory once and
 re-read from cache for the two-pass moments and the output pass. One compiled loop serves every thread count
 (``use_threads_if``), so each row's result is the same bitwise whatever the number of threads.
 Backward: rows split into ``bwd_chunks(M, N)`` contiguous chunks, a number that depends on the shape only,
@@ -35,10 +35,6 @@ cdef enum:
     SCRATCH_BYTES = 32 << 20
     # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
     HALF_BLOCK = 256
-    # Forward rows are handed out dynamically in tasks of about this many elements: a thread that the OS
-    # preempts (a shared machine) or that runs slower does not hold up the others at the join; each row's
-    # result does not depend on which thread computes it.
-    TASK_ELEMS = 16384
     # Columns of the dweight/dbias partial rows summed per task (the sum over chunks runs along rows: SIMD).
     RED_BLOCK = 512
 
@@ -336,10 +332,6 @@ cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *d
             _fold(dba, dbp, n)
 
 
-cdef inline Py_ssize_t _rows_per_task(Py_ssize_t n) noexcept nogil:
-    return max(1, TASK_ELEMS // max(n, 1))
-
-
 cdef object _bwd_scratch(bint want, part, acc, int n_chunks, Py_ssize_t n, dt):
     """(part, acc) of the chunk count, which depends on the shape only; other shapes are replaced (same memory)."""
     if want and (part.shape[0] != n_chunks or acc.shape[0] != n_chunks):
@@ -376,8 +368,7 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
     if m == 0:
         return
     with nogil:
-        for i in prange(m, schedule="dynamic", chunksize=_rows_per_task(n), num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
+        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
             if add:
                 # h is written and read back from cache by the moments and the output pass.
                 _add_row(&x[i, 0], &res[i, 0], &h[i, 0], n)
@@ -460,8 +451,7 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
     if m == 0:
         return
     with nogil:
-        for i in prange(m, schedule="dynamic", chunksize=_rows_per_task(n), num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
+        for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
             xb = &buf[threadid(), 0]
             if add:
                 fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], xb, n)
