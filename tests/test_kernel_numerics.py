@@ -135,3 +135,55 @@ def test_rms_norm_of_huge_and_tiny_float32_rows(scale):
     y, rstd = fastnorm.rms_norm_forward(x, eps=0.0)
     r64 = R.rms_norm_forward(*f64(x), eps=0.0)
     np.testing.assert_allclose(y, r64[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ streaming bound
+@pytest.mark.parametrize("streams", [(1, 0, 0), (1, 0, 1), (2, 0, 1), (2, 0, 2), (3, 0, 1), (4, 0, 3), (1, 4, 0)])
+@pytest.mark.parametrize("n", [1, 5, 16384 + 7])
+@pytest.mark.parametrize("nt", [False, True])
+def test_stream_kernel_touches_every_element_of_every_stream(streams, n, nt):
+    # the bound's kernel: s = sum of the read and read-write streams, read-write streams get s / 2, writes s
+    from fastnorm._kernels.cpu._stream import stream
+
+    from fastnorm.bench._core import _stream_arrays
+
+    r, u, w = streams
+    rng = np.random.default_rng(0)
+    reads, updates, writes = _stream_arrays(r, n), _stream_arrays(u, n), _stream_arrays(w, n)
+    for a in reads + updates:
+        a[:] = rng.integers(-8, 8, n)  # small integers: every sum is exact in any order
+    s = np.sum(reads + updates, axis=0, dtype=np.float32)
+    stream(reads, updates, writes, 2, nt)
+    for a in updates:
+        np.testing.assert_array_equal(a, 0.5 * s)
+    for a in writes:
+        np.testing.assert_array_equal(a, s)
+
+
+def test_stream_kernel_refuses_too_many_or_uneven_streams():
+    from fastnorm._kernels.cpu._stream import stream
+
+    a = [np.zeros(8, np.float32) for _ in range(5)]
+    with pytest.raises(ValueError, match="at most 4 read"):
+        stream(a, [], [], 1)
+    with pytest.raises(ValueError, match="same length"):
+        stream(a[:1], [], [np.zeros(9, np.float32)], 1)
+
+
+# Cases whose bound is deliberately not their own streams (their module docstrings say why): a training step
+# is bounded by a copy of its activation, Sinkhorn's matrix stays in the cache across iterations.
+_BOUND_BY_PROXY = {"training_step", "sinkhorn"}
+
+
+def test_bench_bounds_move_the_bytes_of_their_ops():
+    # the streaming bound of every bench case moves the case's declared bytes (to 1%: parameters, statistics)
+    from fastnorm.bench._core import all_cases, stream_nbytes
+
+    checked = 0
+    for case in all_cases(quick=False):
+        if case.op in _BOUND_BY_PROXY:
+            continue
+        moved = stream_nbytes(case.streams, case.stream_len)
+        assert abs(moved - case.nbytes) <= 0.01 * case.nbytes, (case.name, case.streams, moved, case.nbytes)
+        checked += 1
+    assert checked > 50

@@ -35,6 +35,8 @@ cdef enum:
     SCRATCH_BYTES = 32 << 20
     # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
     HALF_BLOCK = 256
+    # Columns of the dweight/dbias partial rows summed per task (the sum over chunks runs along rows: SIMD).
+    RED_BLOCK = 512
 
 
 cdef extern from "fastnorm_rows.h" nogil:
@@ -46,6 +48,12 @@ cdef extern from "fastnorm_rows.h" nogil:
                              float *dwa, float rs, float c2, Py_ssize_t n)
     void fn_rms_bwd_affine_d(const double *dy, const double *x, const double *w, const double *dh, double *dx,
                              double *dwa, double rs, double c2, Py_ssize_t n)
+
+
+cdef extern from "fastnorm_half_rows.h" nogil:
+    void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu, float rs,
+                          int rms, Py_ssize_t n)
+    void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, Py_ssize_t n)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -273,17 +281,37 @@ cdef inline void _zero_rows(double *part, floating *acc, Py_ssize_t n) noexcept 
         acc[j] = 0
 
 
-cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
-                                  int n_chunks, int n_threads) noexcept nogil:
-    """out[j] = sum_c part[c, j], chunks in fixed order."""
+cdef inline void _reduce_block(const double *part, floating *out, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t k,
+                               int n_chunks) noexcept nogil:
+    """out[j] = sum_c part[c, j] for j in [j0, j0 + k), chunks in order: row by row over a block (SIMD)."""
+    cdef double acc[RED_BLOCK]
     cdef Py_ssize_t j
     cdef int c
-    cdef double s
-    for j in prange(n, schedule="static", num_threads=n_threads):
-        s = 0.0
-        for c in range(n_chunks):
-            s = s + part[c, j]
-        out[j] = <floating>s
+    for j in range(k):
+        acc[j] = 0.0
+    for c in range(n_chunks):
+        for j in range(k):
+            acc[j] = acc[j] + part[c * n + j0 + j]
+    for j in range(k):
+        out[j0 + j] = <floating>acc[j]
+
+
+cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
+                                  int n_chunks, int n_threads) noexcept nogil:
+    """out[j] = sum_c part[c, j], chunks in fixed order (the same sums for every thread count)."""
+    cdef Py_ssize_t jb
+    for jb in prange((n + RED_BLOCK - 1) // RED_BLOCK, schedule="static", num_threads=n_threads,
+                     use_threads_if=n_threads > 1 and n > RED_BLOCK):
+        _reduce_block(&part[0, 0], out, n, jb * RED_BLOCK, min(<Py_ssize_t>RED_BLOCK, n - jb * RED_BLOCK), n_chunks)
+
+
+cdef inline void _reduce_grads(double[:, ::1] dw_part, floating *dweight, double[:, ::1] db_part, floating *dbias,
+                               Py_ssize_t n, int n_chunks, int n_threads) noexcept nogil:
+    """dweight, dbias (NULL: not wanted) = their chunks' partial rows summed."""
+    if dweight != NULL:
+        _reduce_partials(dw_part, dweight, n, n_chunks, n_threads)
+    if dbias != NULL:
+        _reduce_partials(db_part, dbias, n, n_chunks, n_threads)
 
 
 cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, Py_ssize_t n) noexcept nogil:
@@ -393,31 +421,13 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
                     _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n)
-        if want_dw:
-            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
-        if want_db:
-            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
+                      n_threads)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit storage
 cdef inline const float *_at(const float *p, Py_ssize_t j) noexcept nogil:
     return p + j if p != NULL else NULL
-
-
-cdef inline void _half_ln_out(int fmt, const float *xb, const float *w, const float *b, uint16_t *y, float mu,
-                              float rs, bint rms, Py_ssize_t n) noexcept nogil:
-    """y = round(the float32 output row), computed HALF_BLOCK elements at a time into a stack block (in L1)
-    and rounded from there: the row buffer is read once more, no float32 output row is written."""
-    cdef float tmp[HALF_BLOCK]
-    cdef Py_ssize_t j0 = 0, k
-    while j0 < n:
-        k = min(<Py_ssize_t>HALF_BLOCK, n - j0)
-        if rms:
-            _rms_apply(xb + j0, _at(w, j0), tmp, rs, k)
-        else:
-            _ln_apply(xb + j0, _at(w, j0), _at(b, j0), tmp, mu, rs, k)
-        fn_half_store(fmt, tmp, y + j0, k)
-        j0 += k
 
 
 def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
@@ -429,33 +439,30 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               float[::1] mean,                      # OUT (M,), or length 0 (RMSNorm)
               float[::1] rstd,                      # OUT (M,)
               int fmt, bint rms, double eps, int n_threads):
-    """Per row: widen into a thread's float32 row (one read of the 16-bit data), the float32 statistics code
-    (the same functions as for float32 input) on it, then the output rounded once (``_half_ln_out``)."""
+    """Per row: widen into a thread's float32 row (one read of the 16-bit data; with a residual, h = x + residual
+    rounded, stored and widened in the same pass), the float32 statistics code (the same functions as for
+    float32 input) on it, then the output computed and rounded once (fastnorm_half_rows.h)."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
     cdef const float *w = ptr_or_null(weight)
     cdef const float *b = ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 1) * n), np.float32)
+    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), n), np.float32)
     cdef float *xb
-    cdef float *rb
     if m == 0:
         return
     with nogil:
         for i in prange(m, schedule="static", num_threads=n_threads, use_threads_if=n_threads > 1):
             xb = &buf[threadid(), 0]
-            fn_half_load(fmt, &x[i, 0], xb, n)
             if add:
-                rb = xb + n
-                fn_half_load(fmt, &res[i, 0], rb, n)
-                _add_row(xb, rb, rb + n, n)
-                fn_half_store(fmt, rb + n, &h[i, 0], n)
-                fn_half_load(fmt, &h[i, 0], xb, n)  # the rounded h (from cache) is what gets normalized
+                fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], xb, n)
+            else:
+                fn_half_load(fmt, &x[i, 0], xb, n)
             if rms:
                 _rms_stats(xb, &rstd[i], n, eps)
-                _half_ln_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, n)
+                fn_half_norm_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, n)
             else:
                 _ln_stats(xb, &mean[i], &rstd[i], n, eps)
-                _half_ln_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, n)
+                fn_half_norm_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, n)
 
 
 cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const float *dhb, float mu, float rs,
@@ -531,10 +538,8 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
                               dwa, dba, rms, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n)
-        if want_dw:
-            _reduce_partials(dw_part, &dweight[0], n, n_chunks, n_threads)
-        if want_db:
-            _reduce_partials(db_part, &dbias[0], n, n_chunks, n_threads)
+        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
+                      n_threads)
 
 
 # ------------------------------------------------------------------------------------------ entry points

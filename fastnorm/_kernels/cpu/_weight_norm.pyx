@@ -288,6 +288,16 @@ cdef void _weight_norm(const floating *a, const floating *b, const floating *g, 
 
 
 # ------------------------------------------------------------------------------------- WeightNorm entries
+cdef bint _nothing_to_run(Py_ssize_t A, Py_ssize_t D, Py_ssize_t B, floating[::1] per_d):
+    """True for an empty (A, D, B) view: no D, or the per-D output (``per_d``, zeroed then) sums over nothing."""
+    if D == 0:
+        return True
+    if A == 0 or B == 0:
+        per_d[:] = 0.0
+        return True
+    return False
+
+
 def weight_norm_forward(const floating[:, :, ::1] v,      # IN  (A, D, B)
                         const floating[::1] g,            # IN  (D,)
                         floating[:, :, ::1] w,            # OUT (A, D, B)
@@ -297,10 +307,7 @@ def weight_norm_forward(const floating[:, :, ::1] v,      # IN  (A, D, B)
                         int mode, int n_threads):
     """Scratch and mode from ``weight_norm_plan``."""
     cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2]
-    if D == 0:
-        return
-    if A == 0 or B == 0:
-        norm[:] = 0.0
+    if _nothing_to_run(A, D, B, norm):
         return
     with nogil:
         _weight_norm(&v[0, 0, 0], NULL, &g[0], NULL, &w[0, 0, 0], &norm[0],
@@ -319,10 +326,7 @@ def weight_norm_backward(const floating[:, :, ::1] dw,    # IN  (A, D, B)
                          int mode, int n_threads):
     """Scratch and mode from ``weight_norm_plan``."""
     cdef Py_ssize_t A = v.shape[0], D = v.shape[1], B = v.shape[2]
-    if D == 0:
-        return
-    if A == 0 or B == 0:
-        dg[:] = 0.0
+    if _nothing_to_run(A, D, B, dg):
         return
     with nogil:
         _weight_norm(&dw[0, 0, 0], &v[0, 0, 0], &g[0], &norm[0], &dv[0, 0, 0], &dg[0],

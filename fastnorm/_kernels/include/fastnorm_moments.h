@@ -11,9 +11,15 @@
  * as mean and exactly 0 as variance.
  * Each function is one loop carrying one sum (gcc vectorizes those), except fn_bwd_sums, whose two float
  * sums gcc also vectorizes (one pass over the row instead of two).
+ * On AVX2 + FMA targets the float32 reductions are written with intrinsics instead (FN_VSUM below): gcc kept
+ * the 32 lanes of the generic code in a stack array (a store and a reload per vector add: 0.13 ns per element
+ * per reduction measured on an EPYC (Zen 3), about a quarter of a 16-bit LayerNorm forward's compute). Same
+ * blocking, lanes and precision; lane k of a block sums its elements in order, squares and products are
+ * fused multiply-adds, the 32 lanes are folded into a double in a fixed order.
  */
 #ifndef FASTNORM_MOMENTS_H
 #define FASTNORM_MOMENTS_H
+#include <math.h>
 #include <stddef.h>
 
 #define FN_LANES 32
@@ -81,8 +87,116 @@ static inline void fn_bwd_sums_##SUF(const T *dy, const T *w, const T *x, T mu, 
     *s1 = t1; *s2 = t2;                                                                                \
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FN_REDUCTIONS_VEC 1
+FN_DEFINE_REDUCTIONS(double, d)
+#else
+#define FN_REDUCTIONS_VEC 0
 FN_DEFINE_REDUCTIONS(float, f)
 FN_DEFINE_REDUCTIONS(double, d)
+#endif
+
+#if FN_REDUCTIONS_VEC
+/* sum of the 32 float lanes a0..a3 in double, in a fixed order */
+static inline double fn_fold32(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a0)), _mm256_cvtps_pd(_mm256_extractf128_ps(a0, 1)));
+    d = _mm256_add_pd(d, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a1)), _mm256_cvtps_pd(_mm256_extractf128_ps(a1, 1))));
+    d = _mm256_add_pd(d, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a2)), _mm256_cvtps_pd(_mm256_extractf128_ps(a2, 1))));
+    d = _mm256_add_pd(d, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a3)), _mm256_cvtps_pd(_mm256_extractf128_ps(a3, 1))));
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+/* Blocked sum of a float term: ACC(a, i) adds the term of elements i..i+7 into the vector a, SACC(s, i) the
+ * term of element i into the float s (the block's tail, into lane 0 as in FN_BLOCKED_SUM). */
+#define FN_VSUM(n, ACC, SACC)                                                                          \
+    double total = 0.0;                                                                                \
+    for (ptrdiff_t i0 = 0; i0 < (n); i0 += FN_BLOCK) {                                                 \
+        ptrdiff_t m_ = (n) - i0 < FN_BLOCK ? (n) - i0 : FN_BLOCK, j = 0;                               \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                    \
+        for (; j + FN_LANES <= m_; j += FN_LANES) {                                                    \
+            ptrdiff_t i = i0 + j;                                                                      \
+            ACC(a0, i); ACC(a1, i + 8); ACC(a2, i + 16); ACC(a3, i + 24);                              \
+        }                                                                                              \
+        if (j < m_) {                                                                                  \
+            float s0 = _mm256_cvtss_f32(a0);                                                           \
+            for (; j < m_; j++) { ptrdiff_t i = i0 + j; SACC(s0, i); }                                 \
+            a0 = _mm256_blend_ps(a0, _mm256_set1_ps(s0), 1);                                           \
+        }                                                                                              \
+        total += fn_fold32(a0, a1, a2, a3);                                                            \
+    }                                                                                                  \
+    return total;
+
+#define FN_LD(i) _mm256_loadu_ps(x + (i))
+#define FN_ACC_X(a, i) a = _mm256_add_ps(a, FN_LD(i))
+#define FN_ACC_DEV(a, i) a = _mm256_add_ps(a, _mm256_sub_ps(FN_LD(i), vmu))
+#define FN_ACC_SQDEV(a, i) { __m256 d_ = _mm256_sub_ps(FN_LD(i), vmu); a = _mm256_fmadd_ps(d_, d_, a); }
+#define FN_ACC_SQ(a, i) { __m256 v_ = FN_LD(i); a = _mm256_fmadd_ps(v_, v_, a); }
+#define FN_ACC_DOT(a, i) a = _mm256_fmadd_ps(FN_LD(i), _mm256_loadu_ps(y + (i)), a)
+
+static inline double fn_sum_f(const float *x, ptrdiff_t n) {
+#define FN_S_(s, i) s += x[i]
+    FN_VSUM(n, FN_ACC_X, FN_S_)
+#undef FN_S_
+}
+static inline double fn_sum_dev_f(const float *x, ptrdiff_t n, float mu) {
+    const __m256 vmu = _mm256_set1_ps(mu);
+#define FN_S_(s, i) s += x[i] - mu
+    FN_VSUM(n, FN_ACC_DEV, FN_S_)
+#undef FN_S_
+}
+static inline double fn_sumsq_dev_f(const float *x, ptrdiff_t n, float mu) {
+    const __m256 vmu = _mm256_set1_ps(mu);
+#define FN_S_(s, i) s = fmaf(x[i] - mu, x[i] - mu, s)
+    FN_VSUM(n, FN_ACC_SQDEV, FN_S_)
+#undef FN_S_
+}
+static inline double fn_sumsq_f(const float *x, ptrdiff_t n) {
+#define FN_S_(s, i) s = fmaf(x[i], x[i], s)
+    FN_VSUM(n, FN_ACC_SQ, FN_S_)
+#undef FN_S_
+}
+static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) {
+#define FN_S_(s, i) s = fmaf(x[i], y[i], s)
+    FN_VSUM(n, FN_ACC_DOT, FN_S_)
+#undef FN_S_
+}
+
+/* s1 = sum(g), s2 = sum(g * (x - mu)), g = dy * w (w may be NULL: g = dy): FN_VSUM's blocks and lanes for both */
+static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n, double *s1,
+                                 double *s2) {
+    const __m256 vmu = _mm256_set1_ps(mu);
+    double t1 = 0.0, t2 = 0.0;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {
+        ptrdiff_t m_ = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK, j = 0;
+        __m256 a[4], b[4];
+        for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();
+        for (; j + FN_LANES <= m_; j += FN_LANES)
+            for (int q = 0; q < 4; q++) {
+                ptrdiff_t i = i0 + j + 8 * q;
+                __m256 g = _mm256_loadu_ps(dy + i);
+                if (w) g = _mm256_mul_ps(g, _mm256_loadu_ps(w + i));
+                a[q] = _mm256_add_ps(a[q], g);
+                b[q] = _mm256_fmadd_ps(g, _mm256_sub_ps(_mm256_loadu_ps(x + i), vmu), b[q]);
+            }
+        if (j < m_) {
+            float u = _mm256_cvtss_f32(a[0]), v = _mm256_cvtss_f32(b[0]);
+            for (; j < m_; j++) {
+                ptrdiff_t i = i0 + j;
+                float g = w ? dy[i] * w[i] : dy[i];
+                u += g;
+                v = fmaf(g, x[i] - mu, v);
+            }
+            a[0] = _mm256_blend_ps(a[0], _mm256_set1_ps(u), 1);
+            b[0] = _mm256_blend_ps(b[0], _mm256_set1_ps(v), 1);
+        }
+        t1 += fn_fold32(a[0], a[1], a[2], a[3]);
+        t2 += fn_fold32(b[0], b[1], b[2], b[3]);
+    }
+    *s1 = t1; *s2 = t2;
+}
+#endif
 
 /* sum(x^2) of a float array that neither overflows nor loses the tiny terms: the fast float-lane sum when
  * its result is in [1e-28, 1e38], else a sum of the squares taken in double (|x| above ~1.8e19 overflows a
