@@ -109,4 +109,5 @@ def test_bad_format_and_lengths():
 
 
 def test_ml_dtypes_is_the_bfloat16():
-    assert BFLOAT16 == np.dtype(ml_dtypes.bfloat16) and BFLOAT16.itemsize == 2
+    assert BFLOAT16 == np.dtype(ml_dtypes.bfloat16)
+    assert BFLOAT16.itemsize == 2

@@ -27,7 +27,7 @@ ALL = ("baseline", "avx2", "avx512")
 
 # ------------------------------------------------------------------------------------------ chooser
 @pytest.mark.parametrize(
-    "features, built, expected",
+    ("features", "built", "expected"),
     [
         (set(), ALL, "baseline"),
         (V2, ALL, "baseline"),
@@ -137,7 +137,8 @@ def test_x86_builds_carry_the_vector_targets():
 def test_show_config():
     cfg = fastnorm.show_config(mode="dicts")
     t = cfg["cpu_target"]
-    assert t["selected"] == cpu.TARGET and t["built"] == list(cpu.BUILT_TARGETS)
+    assert t["selected"] == cpu.TARGET
+    assert t["built"] == list(cpu.BUILT_TARGETS)
     assert cfg["build"]["openmp"] == fastnorm.openmp_enabled()
     assert cfg["threads"] == fastnorm.get_num_threads()
     with pytest.raises(ValueError, match="mode"):
@@ -148,7 +149,8 @@ def test_show_config_prints(capsys):
     assert fastnorm.show_config() is None
     out = capsys.readouterr().out
     assert f"cpu target       : {cpu.TARGET}" in out
-    assert "targets built" in out and "OpenMP" in out
+    assert "targets built" in out
+    assert "OpenMP" in out
 
 
 def _import_with_target(value):
@@ -176,7 +178,8 @@ def test_env_var_unsupported_target_warns():
         pytest.skip("this CPU runs every built target")
     r = _import_with_target(missing[0])
     assert r.returncode == 0, r.stderr
-    assert "RuntimeWarning" in r.stderr and "this CPU lacks" in r.stderr
+    assert "RuntimeWarning" in r.stderr
+    assert "this CPU lacks" in r.stderr
     # falls back to the automatic choice (not this process's target, which the env var may have forced)
     assert r.stdout.strip() == _isa.choose_target(cpu.CPU_FEATURES, cpu.BUILT_TARGETS, None)
 

@@ -100,7 +100,8 @@ def test_one_element_layer_norm_gradient_is_exactly_zero(dtype):
         assert_close_to_ref(db, dy.sum(0), dy.astype(wide).sum(0), name="dbias")
     dy[3, 0] = np.nan
     dx = fastnorm.layer_norm_backward(dy, x, f.mean, f.rstd, w, b).dx
-    assert np.isnan(dx[3, 0]) and np.count_nonzero(np.isnan(dx)) == 1
+    assert np.isnan(dx[3, 0])
+    assert np.count_nonzero(np.isnan(dx)) == 1
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e30, 1e-25])
@@ -110,7 +111,8 @@ def test_cosine_linear_norms_do_not_overflow_float32(scale):
     w = rng.standard_normal((5, 40)).astype(np.float32)
     y, x_norm, w_norm = fastnorm.cosine_linear_forward(x, w)
     r64 = R.cosine_linear_forward(*f64(x, w))
-    assert np.isfinite(x_norm).all() and np.isfinite(y).all()
+    assert np.isfinite(x_norm).all()
+    assert np.isfinite(y).all()
     np.testing.assert_allclose(x_norm, r64[1], rtol=1e-5)
     np.testing.assert_allclose(y, r64[0], rtol=1e-4, atol=1e-5)
 

@@ -34,13 +34,15 @@ def test_reference_backward_matches_finite_differences(rng, affine, ndim):
         np.testing.assert_allclose(dw, numeric_grad(f, [x, w, b], 1, dy), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(db, numeric_grad(f, [x, w, b], 2, dy), rtol=1e-6, atol=1e-7)
     else:
-        assert dw is None and db is None
+        assert dw is None
+        assert db is None
 
 
 def test_reference_forward_formula():
     x = np.array([[1.0, 2.0, 3.0, 6.0]])
     y, mean, rstd = R.layer_norm_forward(x, eps=0.0)
-    assert mean[0] == 3.0 and np.isclose(rstd[0], 1 / np.sqrt(3.5))
+    assert mean[0] == 3.0
+    assert np.isclose(rstd[0], 1 / np.sqrt(3.5))
     np.testing.assert_allclose(y, (x - 3.0) / np.sqrt(3.5))
 
 
@@ -75,10 +77,13 @@ def test_nan_propagates_to_its_row_only(rng):
     x, w, b, dy = make(rng, (4, 9), np.float32)
     x[2, 3] = np.nan
     y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    assert np.isnan(y[2]).all()
+    assert np.isfinite(np.delete(y, 2, axis=0)).all()
     dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-    assert np.isnan(dx[2]).all() and np.isfinite(np.delete(dx, 2, axis=0)).all()
-    assert np.isnan(dw).all() and np.isfinite(db).all()
+    assert np.isnan(dx[2]).all()
+    assert np.isfinite(np.delete(dx, 2, axis=0)).all()
+    assert np.isnan(dw).all()
+    assert np.isfinite(db).all()
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -87,7 +92,7 @@ def _ok(rng):
 
 
 @pytest.mark.parametrize(
-    "kwargs, exc, match",
+    ("kwargs", "exc", "match"),
     [
         (dict(x=np.ones((4, 6), np.int32)), TypeError, "x has dtype int32"),
         (dict(x=np.ones((4, 6), np.int16)), TypeError, "x has dtype int16"),
@@ -111,7 +116,7 @@ def test_bad_forward_input(rng, kwargs, exc, match):
 
 
 @pytest.mark.parametrize(
-    "out, exc, match",
+    ("out", "exc", "match"),
     [
         ((np.empty((4, 5), np.float32), None, None), ValueError, r"out buffer for y must have shape \(4, 6\)"),
         ((np.empty((4, 6), np.float64), None, None), ValueError, "out buffer for y must have dtype float32"),
@@ -158,7 +163,7 @@ def test_bad_backward_input(rng):
 
 # ------------------------------------------------------------------------------- against torch
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape, ndim", [((4, 7, 33), 1), ((3, 5, 6), 2)])
+@pytest.mark.parametrize(("shape", "ndim"), [((4, 7, 33), 1), ((3, 5, 6), 2)])
 def test_matches_torch(rng, dtype, shape, ndim):
     """DESIGN.md's criterion: fastnorm's error against a wider reference (torch in float64 for float32; the
     NumPy reference in extended precision for float64) is at most 2x torch's same-dtype error + 8 ulps."""

@@ -91,7 +91,8 @@ def test_layer_norm_error(rng, threads, dtype, shape, wdtype, offset):
     x, _, w, b, dy, _ = make(rng, shape, dtype, wdtype, offset, 8.0 if offset else 1.5)
     y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
     dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-    assert y.dtype == dx.dtype == dtype and mean.dtype == rstd.dtype == np.float32
+    assert y.dtype == dx.dtype == dtype
+    assert mean.dtype == rstd.dtype == np.float32
     assert dw is None or (dw.dtype == w.dtype and db.dtype == b.dtype)
     ref_f = R.layer_norm_forward(*f64(x, w, b))
     ref_b = R.layer_norm_backward(*f64(dy, x, mean, rstd, w, b))
@@ -124,7 +125,8 @@ def test_rms_norm_error(rng, threads, dtype, shape, wdtype):
     x, _, w, _, dy, _ = make(rng, shape, dtype, wdtype)
     y, rstd = fastnorm.rms_norm_forward(x, w)
     dx, dw = fastnorm.rms_norm_backward(dy, x, rstd, w)
-    assert y.dtype == dx.dtype == dtype and rstd.dtype == np.float32
+    assert y.dtype == dx.dtype == dtype
+    assert rstd.dtype == np.float32
     assert dw is None or dw.dtype == w.dtype
     refs = (*R.rms_norm_forward(*f64(x, w)), *R.rms_norm_backward(*f64(dy, x, rstd, w)))
     low = (*R.rms_norm_forward(*wide(x, w)), *R.rms_norm_backward(*wide(dy, x, rstd, w)))
@@ -155,7 +157,8 @@ def test_add_norm_error(rng, threads, dtype, wdtype):
     x, res, w, b, dy, dh = make(rng, (19, 1031), dtype, wdtype)
     y, h, mean, rstd = fastnorm.add_layer_norm_forward(x, res, w, b)
     dx, dw, db = fastnorm.add_layer_norm_backward(dy, dh, h, mean, rstd, w, b)
-    assert h.dtype == y.dtype == dx.dtype == dtype and dw.dtype == w.dtype
+    assert h.dtype == y.dtype == dx.dtype == dtype
+    assert dw.dtype == w.dtype
     check16(h, [rne(sum(wide(x, res)), dtype)], sum(f64(x, res)), "h")
     refs = (*R.layer_norm_forward(*f64(h, w, b)), *R.add_layer_norm_backward(*f64(dy, dh, h, mean, rstd, w, b)))
     low = (*R.layer_norm_forward(*wide(h, w, b)), *R.add_layer_norm_backward(*wide(dy, dh, h, mean, rstd, w, b)))
@@ -283,9 +286,14 @@ def test_residual_add_rounds_to_nearest_even(dtype):
         want = rne(wide(x)[0] + wide(r)[0], dtype)
     np.testing.assert_array_equal(bits(h), bits(want))
     hw = wide(h)[0].reshape(-1)
-    assert hw[0] == 1.0 and hw[1] == 1.0 + 2 * ulp  # ties to even, both ways
-    assert hw[3] == np.inf and hw[4] == -np.inf and np.isnan(hw[5]) and hw[6] == np.inf
-    assert hw[7] == 2 * tiny and hw[8] == 2 * tiny
+    assert hw[0] == 1.0
+    assert hw[1] == 1.0 + 2 * ulp
+    assert hw[3] == np.inf
+    assert hw[4] == -np.inf
+    assert np.isnan(hw[5])
+    assert hw[6] == np.inf
+    assert hw[7] == 2 * tiny
+    assert hw[8] == 2 * tiny
 
 
 # ------------------------------------------------------------------------------- values, dtypes, threads
@@ -296,19 +304,24 @@ def test_nan_and_inf_propagate(rng, dtype):
     x[3, 4] = np.inf
     y, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
     for row in (1, 3):
-        assert np.isnan(wide(y)[0][row]).all() and not np.isfinite(mean[row])
+        assert np.isnan(wide(y)[0][row]).all()
+        assert not np.isfinite(mean[row])
     ok = [0, 2, 4]
     assert np.isfinite(wide(y)[0][ok]).all()
     dx, dw, db = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-    assert np.isnan(wide(dx)[0][[1, 3]]).all() and np.isfinite(wide(dx)[0][ok]).all()
-    assert np.isnan(wide(dw)[0]).all() and np.isfinite(wide(db)[0]).all()
+    assert np.isnan(wide(dx)[0][[1, 3]]).all()
+    assert np.isfinite(wide(dx)[0][ok]).all()
+    assert np.isnan(wide(dw)[0]).all()
+    assert np.isfinite(wide(db)[0]).all()
     y, rstd = fastnorm.rms_norm_forward(x, w)
-    assert np.isnan(wide(y)[0][1]).all() and np.isfinite(wide(y)[0][ok]).all()
+    assert np.isnan(wide(y)[0][1]).all()
+    assert np.isfinite(wide(y)[0][ok]).all()
     assert rstd[3] == 0  # 1 / sqrt(inf)
     dy[0, 0] = np.nan
     dx, h, mean, rstd = fastnorm.add_layer_norm_forward(x, res, w, b)
     g = fastnorm.add_layer_norm_backward(dy, dh, h, mean, rstd, w, b)
-    assert np.isnan(wide(g.dx)[0][[0, 1, 3]]).all() and np.isfinite(wide(g.dx)[0][[2, 4]]).all()
+    assert np.isnan(wide(g.dx)[0][[0, 1, 3]]).all()
+    assert np.isfinite(wide(g.dx)[0][[2, 4]]).all()
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
@@ -323,13 +336,16 @@ def test_float32_parameters_beside_16bit_data(rng, dtype):
         np.testing.assert_array_equal(bits(u) if u.dtype in HALF else u, bits(v) if v.dtype in HALF else v)
     g16 = fastnorm.layer_norm_backward(dy, x, a.mean, a.rstd, w, b)
     g32 = fastnorm.layer_norm_backward(dy, x, a.mean, a.rstd, w32, b32)
-    assert g16.dweight.dtype == dtype and g32.dweight.dtype == np.float32 and g32.dbias.dtype == np.float32
+    assert g16.dweight.dtype == dtype
+    assert g32.dweight.dtype == np.float32
+    assert g32.dbias.dtype == np.float32
     np.testing.assert_array_equal(bits(g16.dx), bits(g32.dx))
     np.testing.assert_array_equal(bits(g16.dweight), bits(rne(g32.dweight, dtype)))
     np.testing.assert_array_equal(bits(g16.dbias), bits(rne(g32.dbias, dtype)))
     r16 = fastnorm.add_rms_norm_backward(dy, dh, *fastnorm.add_rms_norm_forward(x, res, w)[1:], w)
     r32 = fastnorm.add_rms_norm_backward(dy, dh, *fastnorm.add_rms_norm_forward(x, res, w32)[1:], w32)
-    assert r16.dweight.dtype == dtype and r32.dweight.dtype == np.float32
+    assert r16.dweight.dtype == dtype
+    assert r32.dweight.dtype == np.float32
     np.testing.assert_array_equal(bits(r16.dweight), bits(rne(r32.dweight, dtype)))
 
 
@@ -365,12 +381,16 @@ def test_out_and_empty(rng, dtype):
         np.testing.assert_array_equal(g.view(np.uint8), wt.view(np.uint8))
     e = np.zeros((0, 50), dtype)
     y, mean, rstd = fastnorm.layer_norm_forward(e, w, b)
-    assert y.dtype == dtype and mean.dtype == np.float32 and y.shape == (0, 50)
+    assert y.dtype == dtype
+    assert mean.dtype == np.float32
+    assert y.shape == (0, 50)
     dx, dw, db = fastnorm.layer_norm_backward(e, e, mean, rstd, w, b)
-    assert dx.dtype == dtype and dw.dtype == np.float32
+    assert dx.dtype == dtype
+    assert dw.dtype == np.float32
     np.testing.assert_array_equal(dw, 0)
     y, h, rstd = fastnorm.add_rms_norm_forward(np.zeros((3, 0), dtype), np.zeros((3, 0), dtype))
-    assert rstd.dtype == np.float32 and np.isnan(rstd).all()
+    assert rstd.dtype == np.float32
+    assert np.isnan(rstd).all()
 
 
 def test_thread_count_invariance(rng):

@@ -62,7 +62,7 @@ CASES = [
 
 
 # ------------------------------------------------------------------------------------------ reference
-@pytest.mark.parametrize("shape,dim", [((4, 3), 0), ((4, 3), 1), ((3, 2, 4), -2), ((3, 4), None), ((5,), 0)])
+@pytest.mark.parametrize(("shape", "dim"), [((4, 3), 0), ((4, 3), 1), ((3, 2, 4), -2), ((3, 4), None), ((5,), 0)])
 def test_reference_backward_matches_finite_differences(rng, shape, dim):
     v, g, dw = _make(rng, shape, dim)
     w, n = R.weight_norm_forward(v, g, dim=dim)
@@ -80,13 +80,13 @@ def test_cases_cover_every_plan():
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,dim", CASES)
+@pytest.mark.parametrize(("shape", "dim"), CASES)
 def test_kernels_match_reference(rng, threads, dtype, shape, dim):
     _check_kernels(*_make(rng, shape, dim, dtype), dim)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,dim", [((300, 129), 0), ((129, 300), 1), ((3, 50, 41), None), ((64, 31, 3, 3), 1)])
+@pytest.mark.parametrize(("shape", "dim"), [((300, 129), 0), ((129, 300), 1), ((3, 50, 41), None), ((64, 31, 3, 3), 1)])
 def test_kernels_match_reference_larger(rng, threads, dtype, shape, dim):
     _check_kernels(*_make(rng, shape, dim, dtype), dim)
 
@@ -105,7 +105,7 @@ THREAD_CASES = [
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,dim", THREAD_CASES)
+@pytest.mark.parametrize(("shape", "dim"), THREAD_CASES)
 def test_bitwise_same_for_every_thread_count(rng, dtype, shape, dim):
     v, g, dw = _make(rng, shape, dim, dtype)
     old = fastnorm.get_num_threads()
@@ -141,7 +141,7 @@ def test_large_offset(rng, threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("shape,dim", [((6, 20), 0), ((30, 6), 1), ((3, 6, 20), 1)])
+@pytest.mark.parametrize(("shape", "dim"), [((6, 20), 0), ((30, 6), 1), ((3, 6, 20), 1)])
 def test_nan_and_zero_slices(rng, threads, dtype, shape, dim):
     v, g, dw = _make(rng, shape, dim, dtype)
     d = dim % len(shape)
@@ -152,17 +152,20 @@ def test_nan_and_zero_slices(rng, threads, dtype, shape, dim):
     with np.errstate(invalid="ignore", divide="ignore"):
         w, n, dv, dg = _check_kernels(v, g, dw, dim)
     take = lambda a, i: np.take(a, i, axis=d)
-    assert np.isnan(take(w, 1)).all() and np.isnan(take(w, 3)).all()
-    assert np.isfinite(take(w, 0)).all() and np.isfinite(take(dv, 2)).all()
+    assert np.isnan(take(w, 1)).all()
+    assert np.isnan(take(w, 3)).all()
+    assert np.isfinite(take(w, 0)).all()
+    assert np.isfinite(take(dv, 2)).all()
 
 
-@pytest.mark.parametrize("shape,dim", [((0, 3), 0), ((3, 0), 0), ((0, 3), 1), ((2, 0, 3), None)])
+@pytest.mark.parametrize(("shape", "dim"), [((0, 3), 0), ((3, 0), 0), ((0, 3), 1), ((2, 0, 3), None)])
 def test_empty(shape, dim):
     v = np.zeros(shape)
     g = np.ones(g_shape(shape, dim))
     w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
     dv, dg = fastnorm.weight_norm_backward(v, v, g, n, dim=dim)
-    assert w.shape == dv.shape == shape and n.shape == dg.shape == g.shape
+    assert w.shape == dv.shape == shape
+    assert n.shape == dg.shape == g.shape
     with np.errstate(invalid="ignore", divide="ignore"):
         ref = R.weight_norm_forward(v, g, dim=dim)
     np.testing.assert_array_equal(n, ref[1])
@@ -206,7 +209,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
         dv0, dg0 = np.full(v.shape, 7.0), np.full((4, 1), 7.0)
         with pytest.raises(exc, match=word):
             fastnorm.weight_norm_backward(**kwargs, out=(dv0, dg0))
-        assert (dv0 == 7.0).all() and (dg0 == 7.0).all()
+        assert (dv0 == 7.0).all()
+        assert (dg0 == 7.0).all()
     with pytest.raises(ValueError, match="out"):
         fastnorm.weight_norm_forward(v, g, out=(np.empty((4, 3)), np.empty(4)))
     with pytest.raises(ValueError, match="out"):
@@ -215,7 +219,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
 
 # ------------------------------------------------------------------------------------------ torch
 @pytest.mark.parametrize(
-    "shape,dim", [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1), ((4, 3, 5), None), ((6, 2, 3), -2)]
+    ("shape", "dim"), [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1), ((4, 3, 5), None), ((6, 2, 3), -2)]
 )
 def test_matches_torch(rng, shape, dim):
     """float64: fastnorm's error against the NumPy reference in extended precision is at most 2x torch's
