@@ -63,17 +63,25 @@ FN_ALWAYS_INLINE __m128i fn_half_ld8(const uint16_t *p) { return _mm_loadu_si128
 FN_ALWAYS_INLINE void fn_half_st8(uint16_t *p, __m128i h) { _mm_storeu_si128((__m128i *)p, h); }
 
 /* y = half((x - mu) * rs * w + b) over a float32 row x; w, b may be NULL (then that factor/term is absent).
- * RMSNorm: mu = 0, b = NULL (x - 0 is x exactly). gcc reassociates the float32 loops (-fassociative-math)
- * to (x - mu) * (rs * w) [+ b as an FMA] and contracts (x - mu) * rs + b to fma(x - mu, rs, b): the same
- * operations here. */
-/* y[j..] = round(EXPR(j)) sixteen, then eight elements at a time; EXPR(j) is the float32 value of j..j+7 */
-#define FN_HALF_OUT_LOOP(EXPR)                                                                        \
+ * gcc reassociates the float32 loops (-fassociative-math) to (x - mu) * (rs * w) [+ b as an FMA] and contracts
+ * (x - mu) * rs + b to fma(x - mu, rs, b): the same operations here. RMSNorm (rms: mu = 0, b = NULL) with w:
+ * x * (rs * w), which gcc reassociates as it does the float32 kernel's x * rs * w (bitwise checked). */
+/* y[j..] = round(EXPR(j)) sixteen, then eight elements at a time, then one (SEXPR(j): the float32 value of
+ * element j, the vector code's operations); nt: the 32-byte-aligned 16-element stores stream (the elements
+ * before the first aligned one are stored one at a time) */
+#define FN_HALF_OUT_LOOP(EXPR, SEXPR)                                                                 \
+    if (nt) {                                                                                          \
+        for (; j < n && ((uintptr_t)(y + j) & 31u); j++) y[j] = fn_f32_to_half(fmt, SEXPR(j));       \
+        for (; j + 16 <= n; j += 16)                                                                   \
+            _mm256_stream_si256((__m256i *)(y + j), fn_half_round16(fmt, EXPR(j), EXPR(j + 8)));      \
+    }                                                                                                  \
     for (; j + 16 <= n; j += 16)                                                                       \
         _mm256_storeu_si256((__m256i *)(y + j), fn_half_round16(fmt, EXPR(j), EXPR(j + 8)));          \
-    for (; j + 8 <= n; j += 8) fn_half_st8(y + j, fn_half_round8(fmt, EXPR(j)));
+    for (; j + 8 <= n; j += 8) fn_half_st8(y + j, fn_half_round8(fmt, EXPR(j)));                      \
+    for (; j < n; j++) y[j] = fn_f32_to_half(fmt, SEXPR(j));
 
 FN_ALWAYS_INLINE void fn_half_norm_out_fmt(int fmt, const float *x, const float *w, const float *b, uint16_t *y,
-                                           float mu, float rs, ptrdiff_t n) {
+                                           float mu, float rs, int rms, int nt, ptrdiff_t n) {
     const __m256 vmu = _mm256_set1_ps(mu), vrs = _mm256_set1_ps(rs);
     ptrdiff_t j = 0;
 #define FN_D_(j) _mm256_sub_ps(_mm256_loadu_ps(x + (j)), vmu)
@@ -82,18 +90,22 @@ FN_ALWAYS_INLINE void fn_half_norm_out_fmt(int fmt, const float *x, const float 
 #define FN_W_(j) _mm256_mul_ps(FN_D_(j), FN_T_(j))
 #define FN_B_(j) _mm256_fmadd_ps(FN_D_(j), vrs, _mm256_loadu_ps(b + (j)))
 #define FN_0_(j) _mm256_mul_ps(FN_D_(j), vrs)
-    if (w && b) {
-        FN_HALF_OUT_LOOP(FN_WB_)
-        for (; j < n; j++) y[j] = fn_f32_to_half(fmt, fmaf(x[j] - mu, rs * w[j], b[j]));
+#define FN_R_(j) _mm256_mul_ps(_mm256_loadu_ps(x + (j)), FN_T_(j))
+#define FN_SR_(j) (x[j] * (rs * w[j]))
+#define FN_SWB_(j) fmaf(x[j] - mu, rs * w[j], b[j])
+#define FN_SW_(j) ((x[j] - mu) * (rs * w[j]))
+#define FN_SB_(j) fmaf(x[j] - mu, rs, b[j])
+#define FN_S0_(j) ((x[j] - mu) * rs)
+    if (rms && w) {
+        FN_HALF_OUT_LOOP(FN_R_, FN_SR_)
+    } else if (w && b) {
+        FN_HALF_OUT_LOOP(FN_WB_, FN_SWB_)
     } else if (w) {
-        FN_HALF_OUT_LOOP(FN_W_)
-        for (; j < n; j++) y[j] = fn_f32_to_half(fmt, (x[j] - mu) * (rs * w[j]));
+        FN_HALF_OUT_LOOP(FN_W_, FN_SW_)
     } else if (b) {
-        FN_HALF_OUT_LOOP(FN_B_)
-        for (; j < n; j++) y[j] = fn_f32_to_half(fmt, fmaf(x[j] - mu, rs, b[j]));
+        FN_HALF_OUT_LOOP(FN_B_, FN_SB_)
     } else {
-        FN_HALF_OUT_LOOP(FN_0_)
-        for (; j < n; j++) y[j] = fn_f32_to_half(fmt, (x[j] - mu) * rs);
+        FN_HALF_OUT_LOOP(FN_0_, FN_S0_)
     }
 #undef FN_D_
 #undef FN_T_
@@ -101,35 +113,50 @@ FN_ALWAYS_INLINE void fn_half_norm_out_fmt(int fmt, const float *x, const float 
 #undef FN_W_
 #undef FN_B_
 #undef FN_0_
+#undef FN_SWB_
+#undef FN_R_
+#undef FN_SR_
+#undef FN_SW_
+#undef FN_SB_
+#undef FN_S0_
 }
 
-static inline void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu,
-                                    float rs, int rms, ptrdiff_t n) {
-    (void)rms;
-    if (fmt == FN_BF16) fn_half_norm_out_fmt(FN_BF16, x, w, b, y, mu, rs, n);
-    else fn_half_norm_out_fmt(FN_F16, x, w, b, y, mu, rs, n);
+/* nt: stream y (callers: outputs larger than the last-level cache; fn_sfence() before the parallel region ends) */
+FN_ALWAYS_INLINE void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu,
+                                      float rs, int rms, int nt, ptrdiff_t n) {
+    if (fmt == FN_BF16) fn_half_norm_out_fmt(FN_BF16, x, w, b, y, mu, rs, rms, nt, n);
+    else fn_half_norm_out_fmt(FN_F16, x, w, b, y, mu, rs, rms, nt, n);
 }
 
-/* h = half(x + r) (16-bit rows), and hb = float(h), the rounded sum widened, in one pass */
+/* h = half(x + r) (16-bit rows), and hb = float(h), the rounded sum widened, in one pass; nt: h streamed from
+ * its first 16-byte boundary on */
 FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb,
-                                          ptrdiff_t n) {
+                                          int nt, ptrdiff_t n) {
     ptrdiff_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 s = _mm256_add_ps(fn_half_widen8(fmt, fn_half_ld8(x + j)), fn_half_widen8(fmt, fn_half_ld8(r + j)));
-        __m128i q = fn_half_round8(fmt, s);
-        fn_half_st8(h + j, q);
-        _mm256_storeu_ps(hb + j, fn_half_widen8(fmt, q));
+#define FN_ADD1_(j)                                                                                    \
+    h[j] = fn_f32_to_half(fmt, fn_half_to_f32(fmt, x[j]) + fn_half_to_f32(fmt, r[j]));                 \
+    hb[j] = fn_half_to_f32(fmt, h[j]);
+#define FN_ADD8_(j, STORE)                                                                             \
+    {                                                                                                  \
+        __m256 s = _mm256_add_ps(fn_half_widen8(fmt, fn_half_ld8(x + j)), fn_half_widen8(fmt, fn_half_ld8(r + j))); \
+        __m128i q = fn_half_round8(fmt, s);                                                            \
+        STORE((__m128i *)(h + j), q);                                                                  \
+        _mm256_storeu_ps(hb + j, fn_half_widen8(fmt, q));                                              \
     }
-    for (; j < n; j++) {
-        h[j] = fn_f32_to_half(fmt, fn_half_to_f32(fmt, x[j]) + fn_half_to_f32(fmt, r[j]));
-        hb[j] = fn_half_to_f32(fmt, h[j]);
+    if (nt) {
+        for (; j < n && ((uintptr_t)(h + j) & 15u); j++) { FN_ADD1_(j) }
+        for (; j + 8 <= n; j += 8) FN_ADD8_(j, _mm_stream_si128)
     }
+    for (; j + 8 <= n; j += 8) FN_ADD8_(j, _mm_storeu_si128)
+    for (; j < n; j++) { FN_ADD1_(j) }
+#undef FN_ADD1_
+#undef FN_ADD8_
 }
 
-static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb,
+static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt,
                                    ptrdiff_t n) {
-    if (fmt == FN_BF16) fn_half_add_row_fmt(FN_BF16, x, r, h, hb, n);
-    else fn_half_add_row_fmt(FN_F16, x, r, h, hb, n);
+    if (fmt == FN_BF16) fn_half_add_row_fmt(FN_BF16, x, r, h, hb, nt, n);
+    else fn_half_add_row_fmt(FN_F16, x, r, h, hb, nt, n);
 }
 
 #else
@@ -140,8 +167,9 @@ static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r
 
 /* the float32 row code's expressions as written (rms: x * rs * w), which gcc compiles as it does those */
 static inline void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu,
-                                    float rs, int rms, ptrdiff_t n) {
+                                    float rs, int rms, int nt, ptrdiff_t n) {
     float t[FN_HALF_BLOCK];
+    (void)nt; /* regular stores */
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FN_HALF_BLOCK) {
         ptrdiff_t k = n - j0 < FN_HALF_BLOCK ? n - j0 : FN_HALF_BLOCK;
         const float *xj = x + j0, *wj = w ? w + j0 : NULL, *bj = b ? b + j0 : NULL;
@@ -155,9 +183,10 @@ static inline void fn_half_norm_out(int fmt, const float *x, const float *w, con
     }
 }
 
-static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb,
+static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt,
                                    ptrdiff_t n) {
     float t[FN_HALF_BLOCK];
+    (void)nt;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FN_HALF_BLOCK) {
         ptrdiff_t k = n - j0 < FN_HALF_BLOCK ? n - j0 : FN_HALF_BLOCK;
         fn_half_load(fmt, x + j0, hb + j0, k);

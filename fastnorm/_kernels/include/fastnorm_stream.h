@@ -91,4 +91,40 @@ static inline int fn_stream_range(const float *const *rd, int r, float *const *u
     }
     return -1;
 }
+/* Non-temporal row stores for outputs larger than the last-level cache (the kernels' callers decide): the
+ * destination's cache lines are written whole, without the read-for-ownership a regular store costs, and
+ * without evicting the rows the kernel still reads. Elements before the first 32-byte boundary and after the
+ * last full vector use regular stores; values are copied bit for bit. Call fn_sfence() once per thread after
+ * its last streaming store (before the parallel region ends): streaming stores are weakly ordered. */
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+static inline void fn_sfence(void) {
+#if FN_STREAM_SIMD
+    _mm_sfence();
+#endif
+}
+
+/* dst[0..n) = src[0..n) (src in cache, dst streamed) */
+static inline void fn_stream_store_f(const float *src, float *dst, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+#if FN_STREAM_SIMD
+    for (; j < n && ((uintptr_t)(dst + j) & 31u); j++) dst[j] = src[j];
+#if defined(__AVX__)
+    for (; j + 8 <= n; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+#else
+    for (; j + 8 <= n; j += 8) {
+        _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+        _mm_stream_ps(dst + j + 4, _mm_loadu_ps(src + j + 4));
+    }
+#endif
+#endif
+    for (; j < n; j++) dst[j] = src[j];
+}
+
+/* Elements of a float row before its first 32-byte boundary (streaming blocks then start aligned). */
+static inline ptrdiff_t fn_stream_head_f(const float *dst) {
+    return (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & 31u) / sizeof(float));
+}
+
 #endif
