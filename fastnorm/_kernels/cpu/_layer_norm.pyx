@@ -66,6 +66,8 @@ cdef extern from "fastnorm_stream.h" nogil:
     void fn_sfence()
     void fn_stream_store_f(const float *src, float *dst, Py_ssize_t n)
     Py_ssize_t fn_stream_head_f(const float *dst)
+    void fn_stream_store_u16(const uint16_t *src, uint16_t *dst, Py_ssize_t n)
+    Py_ssize_t fn_stream_head_u16(const uint16_t *dst)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -166,6 +168,33 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
         return
     _ln_bwd_coefs(dy, x, mu, rs, w, n, &c1, &c2)
     _ln_bwd_apply(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
+
+
+cdef inline void _bwd_row_stream(const float *dy, const float *x, float mu, float rs, const float *w, const float *dh,
+                                 float *dx, float *dwa, float *dba, bint rms, Py_ssize_t n) noexcept nogil:
+    """_ln_bwd_row / _rms_bwd_row with dx computed NT_BLOCK elements at a time into L1 and streamed (the same
+    element-wise code: bitwise the same dx and accumulators)."""
+    cdef float tmp[NT_BLOCK]
+    cdef float c1 = 0, c2
+    cdef Py_ssize_t j0 = 0, k = NT_BLOCK - fn_stream_head_f(dx)
+    if not rms and n == 1:
+        _ln_bwd_row(dy, x, mu, rs, w, dh, dx, dwa, dba, 1)
+        return
+    if rms:
+        c2 = _rms_bwd_coef(dy, x, rs, w, n)
+    else:
+        _ln_bwd_coefs(dy, x, mu, rs, w, n, &c1, &c2)
+    while j0 < n:
+        k = min(k, n - j0)
+        if rms:
+            _rms_bwd_apply(dy + j0, x + j0, rs, c2, _at(w, j0), _at(dh, j0), tmp, dwa + j0 if dwa != NULL else NULL,
+                           k)
+        else:
+            _ln_bwd_apply(dy + j0, x + j0, mu, rs, c1, c2, _at(w, j0), _at(dh, j0), tmp,
+                          dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
+        fn_stream_store_f(tmp, dx + j0, k)
+        j0 += k
+        k = NT_BLOCK
 
 
 cdef inline void _ln_bwd_coefs(const floating *dy, const floating *x, floating mu, floating rs, const floating *w,
@@ -445,25 +474,33 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
     cdef floating *dwa
     cdef floating *dba
     cdef const floating *dhr
+    # float32 dx larger than the last-level cache is streamed
+    cdef bint nt = floating is float and m * n * <Py_ssize_t>sizeof(floating) > NT_BYTES
     dt = np.float32 if floating is float else np.float64
     dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, dt)
     db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, dt)
     with nogil:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
-            lo = chunk_start(m, n_chunks, c)
-            hi = chunk_start(m, n_chunks, c + 1)
-            dwa = &dw_acc[c, 0] if want_dw else NULL
-            dba = &db_acc[c, 0] if want_db else NULL
-            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
-            for i in range(lo, hi):
-                dhr = &dh[i, 0] if add else NULL
-                if rms:
-                    _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
-                else:
-                    _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
-                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
-                          dba, n)
+        with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+            for c in prange(n_chunks, schedule="static", chunksize=1):
+                lo = chunk_start(m, n_chunks, c)
+                hi = chunk_start(m, n_chunks, c + 1)
+                dwa = &dw_acc[c, 0] if want_dw else NULL
+                dba = &db_acc[c, 0] if want_db else NULL
+                _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
+                for i in range(lo, hi):
+                    dhr = &dh[i, 0] if add else NULL
+                    if floating is float:
+                        if nt:
+                            _bwd_row_stream(&dy[i, 0], &x[i, 0], 0 if rms else mean[i], rstd[i], w, dhr, &dx[i, 0],
+                                            dwa, dba, rms, n)
+                    if not nt and rms:
+                        _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
+                    elif not nt:
+                        _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
+                    _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa,
+                              &db_part[c, 0] if want_db else NULL, dba, n)
+            if nt:
+                fn_sfence()
         _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
                       n_threads)
 
@@ -509,12 +546,14 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
 
 
 cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const float *dhb, float mu, float rs,
-                               const float *w, uint16_t *dx, float *dwa, float *dba, bint rms,
+                               const float *w, uint16_t *dx, float *dwa, float *dba, bint rms, bint nt,
                                Py_ssize_t n) noexcept nogil:
-    """One backward row on widened rows: the float32 row code, dx rounded HALF_BLOCK elements at a time."""
+    """One backward row on widened rows: the float32 row code, dx rounded HALF_BLOCK elements at a time (nt:
+    rounded into L1 and streamed; the first block ends on a 32-byte boundary of dx)."""
     cdef float tmp[HALF_BLOCK]
+    cdef uint16_t t16[HALF_BLOCK]
     cdef float c1 = 0, c2
-    cdef Py_ssize_t j0 = 0, k
+    cdef Py_ssize_t j0 = 0, k = HALF_BLOCK - (fn_stream_head_u16(dx) if nt else 0)
     if not rms and n == 1:
         _ln_bwd_row(dyb, xb, mu, rs, w, dhb, tmp, dwa, dba, 1)
         fn_half_store(fmt, tmp, dx, 1)
@@ -524,15 +563,20 @@ cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const
     else:
         _ln_bwd_coefs(dyb, xb, mu, rs, w, n, &c1, &c2)
     while j0 < n:
-        k = min(<Py_ssize_t>HALF_BLOCK, n - j0)
+        k = min(k, n - j0)
         if rms:
             _rms_bwd_apply(dyb + j0, xb + j0, rs, c2, _at(w, j0), _at(dhb, j0), tmp,
                            dwa + j0 if dwa != NULL else NULL, k)
         else:
             _ln_bwd_apply(dyb + j0, xb + j0, mu, rs, c1, c2, _at(w, j0), _at(dhb, j0), tmp,
                           dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
-        fn_half_store(fmt, tmp, dx + j0, k)
+        if nt:
+            fn_half_store(fmt, tmp, t16, k)
+            fn_stream_store_u16(t16, dx + j0, k)
+        else:
+            fn_half_store(fmt, tmp, dx + j0, k)
         j0 += k
+        k = HALF_BLOCK
 
 
 def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
@@ -560,27 +604,31 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
     cdef float *dba
     cdef float *dyb
     cdef float *xb
+    # dx larger than the last-level cache is streamed
+    cdef bint nt = m * n * 2 > NT_BYTES
     dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, np.float32)
     db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, np.float32)
     with nogil:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
-            lo = chunk_start(m, n_chunks, c)
-            hi = chunk_start(m, n_chunks, c + 1)
-            dyb = &buf[threadid(), 0]
-            xb = dyb + n
-            dwa = &dw_acc[c, 0] if want_dw else NULL
-            dba = &db_acc[c, 0] if want_db else NULL
-            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
-            for i in range(lo, hi):
-                fn_half_load(fmt, &dy[i, 0], dyb, n)
-                fn_half_load(fmt, &x[i, 0], xb, n)
-                if add:
-                    fn_half_load(fmt, &dh[i, 0], xb + n, n)
-                _half_bwd_row(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w, &dx[i, 0],
-                              dwa, dba, rms, n)
-                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
-                          dba, n)
+        with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+            for c in prange(n_chunks, schedule="static", chunksize=1):
+                lo = chunk_start(m, n_chunks, c)
+                hi = chunk_start(m, n_chunks, c + 1)
+                dyb = &buf[threadid(), 0]
+                xb = dyb + n
+                dwa = &dw_acc[c, 0] if want_dw else NULL
+                dba = &db_acc[c, 0] if want_db else NULL
+                _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
+                for i in range(lo, hi):
+                    fn_half_load(fmt, &dy[i, 0], dyb, n)
+                    fn_half_load(fmt, &x[i, 0], xb, n)
+                    if add:
+                        fn_half_load(fmt, &dh[i, 0], xb + n, n)
+                    _half_bwd_row(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w,
+                                  &dx[i, 0], dwa, dba, rms, nt, n)
+                    _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa,
+                              &db_part[c, 0] if want_db else NULL, dba, n)
+            if nt:
+                fn_sfence()
         _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
                       n_threads)
 

@@ -127,4 +127,26 @@ static inline ptrdiff_t fn_stream_head_f(const float *dst) {
     return (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & 31u) / sizeof(float));
 }
 
+/* dst[0..n) = src[0..n), 16-bit elements (src in cache, dst streamed) */
+static inline void fn_stream_store_u16(const uint16_t *src, uint16_t *dst, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+#if FN_STREAM_SIMD
+    for (; j < n && ((uintptr_t)(dst + j) & 31u); j++) dst[j] = src[j];
+#if defined(__AVX__)
+    for (; j + 16 <= n; j += 16) _mm256_stream_si256((__m256i *)(dst + j), _mm256_loadu_si256((const __m256i *)(src + j)));
+#else
+    for (; j + 16 <= n; j += 16) {
+        _mm_stream_si128((__m128i *)(dst + j), _mm_loadu_si128((const __m128i *)(src + j)));
+        _mm_stream_si128((__m128i *)(dst + j + 8), _mm_loadu_si128((const __m128i *)(src + j + 8)));
+    }
+#endif
+#endif
+    for (; j < n; j++) dst[j] = src[j];
+}
+
+/* Elements of a 16-bit row before its first 32-byte boundary (0 for an odd address: then nothing streams). */
+static inline ptrdiff_t fn_stream_head_u16(const uint16_t *dst) {
+    return (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & 31u) / sizeof(uint16_t));
+}
+
 #endif
