@@ -170,33 +170,6 @@ cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu,
     _ln_bwd_apply(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
 
 
-cdef inline void _bwd_row_stream(const float *dy, const float *x, float mu, float rs, const float *w, const float *dh,
-                                 float *dx, float *dwa, float *dba, bint rms, Py_ssize_t n) noexcept nogil:
-    """_ln_bwd_row / _rms_bwd_row with dx computed NT_BLOCK elements at a time into L1 and streamed (the same
-    element-wise code: bitwise the same dx and accumulators)."""
-    cdef float tmp[NT_BLOCK]
-    cdef float c1 = 0, c2
-    cdef Py_ssize_t j0 = 0, k = NT_BLOCK - fn_stream_head_f(dx)
-    if not rms and n == 1:
-        _ln_bwd_row(dy, x, mu, rs, w, dh, dx, dwa, dba, 1)
-        return
-    if rms:
-        c2 = _rms_bwd_coef(dy, x, rs, w, n)
-    else:
-        _ln_bwd_coefs(dy, x, mu, rs, w, n, &c1, &c2)
-    while j0 < n:
-        k = min(k, n - j0)
-        if rms:
-            _rms_bwd_apply(dy + j0, x + j0, rs, c2, _at(w, j0), _at(dh, j0), tmp, dwa + j0 if dwa != NULL else NULL,
-                           k)
-        else:
-            _ln_bwd_apply(dy + j0, x + j0, mu, rs, c1, c2, _at(w, j0), _at(dh, j0), tmp,
-                          dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
-        fn_stream_store_f(tmp, dx + j0, k)
-        j0 += k
-        k = NT_BLOCK
-
-
 cdef inline void _ln_bwd_coefs(const floating *dy, const floating *x, floating mu, floating rs, const floating *w,
                                Py_ssize_t n, floating *c1, floating *c2) noexcept nogil:
     """c1 = mean(g), c2 = mean(g * xhat) over a row (N > 1)."""
@@ -373,8 +346,11 @@ cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating 
 
 
 cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *dwp, floating *dwa, double *dbp,
-                           floating *dba, Py_ssize_t n) noexcept nogil:
-    """After row i of the chunk [lo, hi): fold the accumulators every FOLD_ROWS rows and after the last."""
+                           floating *dba, Py_ssize_t n, bint nt) noexcept nogil:
+    """After row i of the chunk [lo, hi): fold the accumulators every FOLD_ROWS rows and after the last; after the
+    last, with streamed dx (nt), fence the chunk's streaming stores (inside the parallel region)."""
+    if nt and i == hi - 1:
+        fn_sfence()
     if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
         if dwa != NULL:
             _fold(dwa, dwp, n)
@@ -480,27 +456,25 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
     dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, dt)
     db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, dt)
     with nogil:
-        with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-            for c in prange(n_chunks, schedule="static", chunksize=1):
-                lo = chunk_start(m, n_chunks, c)
-                hi = chunk_start(m, n_chunks, c + 1)
-                dwa = &dw_acc[c, 0] if want_dw else NULL
-                dba = &db_acc[c, 0] if want_db else NULL
-                _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
-                for i in range(lo, hi):
-                    dhr = &dh[i, 0] if add else NULL
-                    if floating is float:
-                        if nt:
-                            _bwd_row_stream(&dy[i, 0], &x[i, 0], 0 if rms else mean[i], rstd[i], w, dhr, &dx[i, 0],
-                                            dwa, dba, rms, n)
-                    if not nt and rms:
-                        _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
-                    elif not nt:
-                        _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
-                    _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa,
-                              &db_part[c, 0] if want_db else NULL, dba, n)
-            if nt:
-                fn_sfence()
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
+            lo = chunk_start(m, n_chunks, c)
+            hi = chunk_start(m, n_chunks, c + 1)
+            dwa = &dw_acc[c, 0] if want_dw else NULL
+            dba = &db_acc[c, 0] if want_db else NULL
+            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
+            for i in range(lo, hi):
+                dhr = &dh[i, 0] if add else NULL
+                if floating is float:
+                    if nt:
+                        _bwd_row_blocks(-1, &dy[i, 0], &x[i, 0], dhr, 0 if rms else mean[i], rstd[i], w,
+                                        &dx[i, 0], dwa, dba, rms, True, n)
+                if not nt and rms:
+                    _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
+                elif not nt:
+                    _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
+                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
+                          dba, n, nt)
         _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
                       n_threads)
 
@@ -545,38 +519,48 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
             fn_sfence()
 
 
-cdef inline void _half_bwd_row(int fmt, const float *dyb, const float *xb, const float *dhb, float mu, float rs,
-                               const float *w, uint16_t *dx, float *dwa, float *dba, bint rms, bint nt,
-                               Py_ssize_t n) noexcept nogil:
-    """One backward row on widened rows: the float32 row code, dx rounded HALF_BLOCK elements at a time (nt:
-    rounded into L1 and streamed; the first block ends on a 32-byte boundary of dx)."""
-    cdef float tmp[HALF_BLOCK]
-    cdef uint16_t t16[HALF_BLOCK]
+cdef inline void _bwd_row_blocks(int fmt, const float *dy, const float *x, const float *dh, float mu, float rs,
+                                 const float *w, void *dx, float *dwa, float *dba, bint rms, bint nt,
+                                 Py_ssize_t n) noexcept nogil:
+    """One backward row of float32 (or widened 16-bit) rows, dx produced a block at a time in L1 by the float32 row
+    code (element-wise: the same values as _ln_bwd_row / _rms_bwd_row). fmt < 0: float32 dx, streamed (callers
+    with nt only), NT_BLOCK elements at a time; else 16-bit dx rounded once, HALF_BLOCK at a time, streamed if nt.
+    Streamed rows: the first block ends on a 32-byte boundary of dx."""
+    cdef float tmp[NT_BLOCK]
+    cdef uint16_t t16[NT_BLOCK]
+    cdef float *dxf = <float *>dx
+    cdef uint16_t *dxh = <uint16_t *>dx
     cdef float c1 = 0, c2
-    cdef Py_ssize_t j0 = 0, k = HALF_BLOCK - (fn_stream_head_u16(dx) if nt else 0)
+    cdef Py_ssize_t j0 = 0, blk = NT_BLOCK if fmt < 0 else HALF_BLOCK
+    cdef Py_ssize_t k = blk - (fn_stream_head_f(dxf) if fmt < 0 else (fn_stream_head_u16(dxh) if nt else 0))
     if not rms and n == 1:
-        _ln_bwd_row(dyb, xb, mu, rs, w, dhb, tmp, dwa, dba, 1)
-        fn_half_store(fmt, tmp, dx, 1)
+        _ln_bwd_row(dy, x, mu, rs, w, dh, tmp, dwa, dba, 1)
+        if fmt < 0:
+            dxf[0] = tmp[0]
+        else:
+            fn_half_store(fmt, tmp, dxh, 1)
         return
     if rms:
-        c2 = _rms_bwd_coef(dyb, xb, rs, w, n)
+        c2 = _rms_bwd_coef(dy, x, rs, w, n)
     else:
-        _ln_bwd_coefs(dyb, xb, mu, rs, w, n, &c1, &c2)
+        _ln_bwd_coefs(dy, x, mu, rs, w, n, &c1, &c2)
     while j0 < n:
         k = min(k, n - j0)
         if rms:
-            _rms_bwd_apply(dyb + j0, xb + j0, rs, c2, _at(w, j0), _at(dhb, j0), tmp,
-                           dwa + j0 if dwa != NULL else NULL, k)
+            _rms_bwd_apply(dy + j0, x + j0, rs, c2, _at(w, j0), _at(dh, j0), tmp, dwa + j0 if dwa != NULL else NULL,
+                           k)
         else:
-            _ln_bwd_apply(dyb + j0, xb + j0, mu, rs, c1, c2, _at(w, j0), _at(dhb, j0), tmp,
+            _ln_bwd_apply(dy + j0, x + j0, mu, rs, c1, c2, _at(w, j0), _at(dh, j0), tmp,
                           dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
-        if nt:
+        if fmt < 0:
+            fn_stream_store_f(tmp, dxf + j0, k)
+        elif nt:
             fn_half_store(fmt, tmp, t16, k)
-            fn_stream_store_u16(t16, dx + j0, k)
+            fn_stream_store_u16(t16, dxh + j0, k)
         else:
-            fn_half_store(fmt, tmp, dx + j0, k)
+            fn_half_store(fmt, tmp, dxh + j0, k)
         j0 += k
-        k = HALF_BLOCK
+        k = blk
 
 
 def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
@@ -609,26 +593,24 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
     dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, np.float32)
     db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, np.float32)
     with nogil:
-        with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-            for c in prange(n_chunks, schedule="static", chunksize=1):
-                lo = chunk_start(m, n_chunks, c)
-                hi = chunk_start(m, n_chunks, c + 1)
-                dyb = &buf[threadid(), 0]
-                xb = dyb + n
-                dwa = &dw_acc[c, 0] if want_dw else NULL
-                dba = &db_acc[c, 0] if want_db else NULL
-                _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
-                for i in range(lo, hi):
-                    fn_half_load(fmt, &dy[i, 0], dyb, n)
-                    fn_half_load(fmt, &x[i, 0], xb, n)
-                    if add:
-                        fn_half_load(fmt, &dh[i, 0], xb + n, n)
-                    _half_bwd_row(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w,
-                                  &dx[i, 0], dwa, dba, rms, nt, n)
-                    _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa,
-                              &db_part[c, 0] if want_db else NULL, dba, n)
-            if nt:
-                fn_sfence()
+        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
+                        use_threads_if=n_threads > 1):
+            lo = chunk_start(m, n_chunks, c)
+            hi = chunk_start(m, n_chunks, c + 1)
+            dyb = &buf[threadid(), 0]
+            xb = dyb + n
+            dwa = &dw_acc[c, 0] if want_dw else NULL
+            dba = &db_acc[c, 0] if want_db else NULL
+            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
+            for i in range(lo, hi):
+                fn_half_load(fmt, &dy[i, 0], dyb, n)
+                fn_half_load(fmt, &x[i, 0], xb, n)
+                if add:
+                    fn_half_load(fmt, &dh[i, 0], xb + n, n)
+                _bwd_row_blocks(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w,
+                                &dx[i, 0], dwa, dba, rms, nt, n)
+                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
+                          dba, n, nt)
         _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
                       n_threads)
 
