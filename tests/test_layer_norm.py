@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from fastnorm import _dtypes
 from fastnorm import reference as R
 
 from ._util import FLOATS, assert_close_to_ref, f64, numeric_grad, torch_and_wider_ref, torch_or_skip
@@ -185,3 +186,40 @@ def test_matches_torch(rng, dtype, shape, ndim):
     other, ref = torch_and_wider_ref(run_torch, run_ref, dtype, (x, w, b, dy))
     for name, got, o, r in zip(("y", "dx", "dw", "db"), (y, dx, dw, db), other, ref, strict=True):
         assert_close_to_ref(got, o, r, name=name)
+
+
+def _offset_empty(shape, dtype, byte_offset):
+    """An uninitialised C-contiguous array whose data starts ``byte_offset`` bytes past a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(int(np.prod(shape)) * dtype.itemsize + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + byte_offset
+    return raw[start : start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("offset", ["0 items", "1 items", "3 items", "1 bytes"])
+def test_streaming_stores_with_misaligned_out_buffers(rng, dtype, offset):
+    """Outputs above the kernels' streaming cut-off (32 MiB) go through non-temporal stores that need
+    aligned addresses: out= views starting 0, 1 or 3 items past a 64-byte boundary give the same bits as
+    the allocating call (forward y and h, backward dx); a view 1 byte off is refused."""
+    dt = _dtypes.BFLOAT16 if dtype == "bfloat16" else np.dtype(np.float32)
+    m, n = (4100, 4099) if dtype == "bfloat16" else (2100, 4099)  # > 32 MiB of output
+    x = rng.standard_normal((m, n)).astype(dt)
+    r = rng.standard_normal((m, n)).astype(dt)
+    w = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    k, unit = offset.split()
+    off = int(k) * (dt.itemsize if unit == "items" else 1)
+    y0, h0, mean, rstd = fastnorm.add_layer_norm_forward(x, r, w, b)
+    y, h = _offset_empty((m, n), dt, off), _offset_empty((m, n), dt, off)
+    if unit == "bytes":  # not item-aligned: refused before any kernel runs
+        with pytest.raises(ValueError, match="out buffer for y is not aligned"):
+            fastnorm.add_layer_norm_forward(x, r, w, b, out=(y, h, None, None))
+        return
+    fastnorm.add_layer_norm_forward(x, r, w, b, out=(y, h, None, None))
+    assert np.array_equal(y.view(np.uint8), y0.view(np.uint8))
+    assert np.array_equal(h.view(np.uint8), h0.view(np.uint8))
+    dx0 = fastnorm.layer_norm_backward(x, h0, mean, rstd, w, b)[0]
+    dx = _offset_empty((m, n), dt, off)
+    fastnorm.layer_norm_backward(x, h0, mean, rstd, w, b, out=(dx, None, None))
+    assert np.array_equal(dx.view(np.uint8), dx0.view(np.uint8))
