@@ -14,11 +14,46 @@ import numpy as np
 from . import _dtypes
 from . import _loss_common as L
 from . import _validation as V
+from . import reference as R
 from ._backend import host
 from ._dispatch import backend_of
 from ._loss_common import Array, SoftmaxCrossEntropyForward
+from ._spec import DATA, LOSS, OpSpec, Out, args, like, register, rows_of
 
 _I64 = np.iinfo(np.int64)  # class indices and ignore_index are int64 in the kernels
+
+CE_FWD = register(
+    OpSpec(
+        "softmax_cross_entropy_forward",
+        args("logits target weight? :ignore_index=int :label_smoothing=float :reduction=str :grad=str"),
+        (
+            Out("loss", lambda d: rows_of("logits")(d) if d.reduction == "none" else ()),
+            Out("lse", rows_of("logits"), "float64"),
+            Out("grad", like("logits"), DATA, when=lambda d: d.grad == "out"),
+        ),
+        SoftmaxCrossEntropyForward,
+        "divergence",
+        R.softmax_cross_entropy_forward,
+        primary="logits",
+        bytes_moved=L.bytes_of_rows("logits", lambda d: 1 + (d.grad is not None)),
+        group=LOSS,
+        torch_op="cross_entropy_forward",
+    )
+)
+CE_BWD = register(
+    OpSpec(
+        "softmax_cross_entropy_backward",
+        args("dloss logits target lse weight? :ignore_index=int :label_smoothing=float :reduction=str"),
+        (Out("dlogits", like("logits")),),
+        None,
+        "divergence",
+        R.softmax_cross_entropy_backward,
+        primary="logits",
+        bytes_moved=L.bytes_of_rows("logits", lambda d: 2),
+        group=LOSS,
+        torch_op="cross_entropy_backward",
+    )
+)
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "SoftmaxCrossEntropyForward"]
 
@@ -139,12 +174,11 @@ def softmax_cross_entropy_forward(
     )
     if grad == "inplace":
         L.check_inplace(op, be, "logits", x, x_in)
-    loss_shape = lead if reduction == "none" else ()
     out = L.out_tuple(op, out, "loss, lse, grad")
-    specs = [("lse", lead, np.float64), ("grad", x.shape, x.dtype) if grad == "out" else None]
+    loss_spec, *specs = CE_FWD.layout_for(be, dict(logits=x), reduction=reduction, grad=grad)
     inputs = (x, tp, weight)
     lse, g = V.outputs(be, op, None if out is None else out[1:], specs, inputs)
-    loss_buf = L.check_out_scalar(be, op, None if out is None else out[0], loss_shape, x.dtype, inputs + (lse, g))
+    loss_buf = L.check_out_scalar(be, op, None if out is None else out[0], loss_spec, inputs + (lse, g))
     if grad == "inplace":
         g = x
     row_losses = be.empty((m,), np.float64)
@@ -158,7 +192,7 @@ def softmax_cross_entropy_forward(
         row_losses, lse.reshape(m), ii, eps, wsum, be.threads(m * v),
     )  # fmt: skip
     if reduction == "none":
-        loss = L.rows_out(be, row_losses, x.dtype, loss_shape, loss_buf)
+        loss = L.rows_out(be, row_losses, x.dtype, loss_spec[1], loss_buf)
     else:
         loss = L.reduced(be, row_losses, reduction, denom, x.dtype, loss_buf)
     return SoftmaxCrossEntropyForward(loss, lse, x_in if grad == "inplace" else g)
@@ -222,7 +256,7 @@ def softmax_cross_entropy_backward(
         gs = host(be, d).astype(np.float64).reshape(m)
     else:
         gs = np.array([L.scalar_dloss(op, be, dloss, reduction, denom)])
-    (g,) = V.outputs(be, op, out, [("dlogits", x.shape, x.dtype)], (x, tp, weight, lse))
+    (g,) = V.outputs(be, op, out, CE_BWD.layout_for(be, dict(logits=x)), (x, tp, weight, lse))
     t_k, tp_k, w_k = _ce_kernel_args(be, x, m, v, tidx, tp, weight)
     be.kernels.softmax_cross_entropy_backward(
         x.reshape(m, v), t_k, tp_k, w_k, lse.reshape(m), L.to_be(be, np.ascontiguousarray(gs)), g.reshape(m, v),

@@ -1,7 +1,9 @@
-"""Op declarations: every fact about a norm op that more than one layer needs, written once.
+"""Op declarations: every fact about a public op that more than one layer needs, written once.
 
-A family module (``fastnorm/norms/*.py``) declares each of its ops with ``register(OpSpec(...))`` beside the
-explicit public function. The layers between read the declaration instead of restating it:
+A family module (``fastnorm/norms/*.py``; for the other groups ``fastnorm/divergence.py``,
+``fastnorm/_cross_entropy.py``, ``fastnorm/transport.py``, ``fastnorm/batch_norm_stages.py``) declares each
+of its ops with ``register(OpSpec(...))`` beside the explicit public function. The layers between read the
+declaration instead of restating it:
 
 - the public function allocates (or checks) its outputs with ``spec.outputs(...)``;
 - ``fastnorm.torch._bind`` builds the ``torch.library`` custom op, its fake (from ``spec.layout``) and the
@@ -10,8 +12,10 @@ explicit public function. The layers between read the declaration instead of res
 
 An output is declared by its name, a shape rule (a function of the inputs' shapes and the op's attributes,
 given as a ``Dims``), a dtype rule (``DATA``: the primary input's dtype; ``STAT``: the statistic dtype of
-that dtype, float32 beside 16-bit data; or the name of an input whose dtype it takes, e.g. ``"weight"`` for
-dweight) and, for a gradient of an optional parameter, the input it exists for (``when``).
+that dtype, float32 beside 16-bit data; the name of an input whose dtype it takes, e.g. ``"weight"`` for
+dweight; a fixed dtype name such as ``"float64"``; or a tuple of these, the first that applies) and, for an
+output that does not always exist, when it does (``when``: the optional input it is the gradient of, or a
+predicate of the attributes, e.g. ``lambda d: d.grad == "out"``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ STAT = "stat"
 
 # argument kinds: an array, an optional array, and the attribute types of the torch custom-op schema
 TENSOR, OPT_TENSOR = "Tensor", "Tensor?"
-INT, OPT_INT, FLOAT, BOOL = "int", "int?", "float", "bool"
+INT, OPT_INT, FLOAT, BOOL, STR = "int", "int?", "float", "bool", "str"
+
+# op groups: the norm ops (forward/backward pairs under fastnorm.norms, one contract case each in
+# tests/cases.py) and the others, whose contracts are in tests/contracts/test_declared_ops.py
+NORM, LOSS, TRANSPORT, STAGES = "norm", "loss", "transport", "stages"
 
 
 # ------------------------------------------------------------------------------- shared result layouts
@@ -84,8 +92,9 @@ class Arg:
 class Out:
     name: str
     shape: Callable[[Dims], tuple]
-    dtype: str = DATA
-    when: str | None = None  # the output exists only when this (optional) input is given
+    dtype: str | tuple = DATA
+    # the output exists only when this (optional) input is given, or when this predicate of the dims holds
+    when: str | Callable[[Dims], bool] | None = None
 
 
 def like(name: str) -> Callable[[Dims], tuple]:
@@ -103,6 +112,16 @@ def bytes_of(reads: int, writes: int, of: str = "x") -> Callable[[Dims, int], in
     """Bytes moved by an op that reads ``reads`` and writes ``writes`` arrays shaped like input ``of``
     (parameters and statistics are lower order and not counted)."""
     return lambda d, item: (reads + writes) * math.prod(d[of]) * item
+
+
+def rows_of(name: str) -> Callable[[Dims], tuple]:
+    """Shape rule: the leading dims of input ``name`` (all but the last: one value per row)."""
+    return lambda d: tuple(d[name][:-1])
+
+
+def channels(d: Dims, name: str = "x") -> tuple:
+    """Shape rule: (C,), C the size of the channel axis ``axis`` (1 or -1) of input ``name``."""
+    return (d[name][d.axis],)
 
 
 def grad(name: str, of: str) -> Out:
@@ -133,12 +152,15 @@ class OpSpec:
     args: tuple[Arg, ...]
     outputs: tuple[Out, ...]
     result: type | None  # the NamedTuple returned; None: one bare array (LRN's backward)
-    family: str
+    family: str  # the module of the public function: fastnorm.norms.<family> (norm ops) or fastnorm.<family>
     reference: Callable | None = None
     primary: str = "x"  # the array whose dtype sets the op's data and statistic dtypes
     # bytes a perfect fused kernel reads + writes, from the dims and the data item size (benchmarks)
     bytes_moved: Callable[[Dims, int], int] | None = None
     doc: str = field(default="", compare=False)
+    group: str = NORM
+    # the torch.library custom op that runs it (fastnorm::<name>; its fake is built from the outputs)
+    torch_op: str | None = None
 
     @property
     def args_names(self) -> tuple[str, ...]:
@@ -156,21 +178,53 @@ class OpSpec:
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
 
-    def layout(self, shapes: dict, attrs: dict, dtypes: dict, stat_dtype: Callable) -> list:
-        """One ``(name, shape, dtype)`` per declared output, None for an output whose input is absent.
+    def layout(self, shapes: dict, attrs: dict, dtypes: dict, stat_dtype: Callable, fixed: Callable = np.dtype) -> list:
+        """One ``(name, shape, dtype)`` per declared output, None for an output that does not exist.
 
         ``shapes``/``dtypes``: by array name (None / missing for an absent one); ``attrs``: the attribute
-        values the shape rules read; ``stat_dtype``: the statistic dtype of a data dtype (NumPy or torch)."""
+        values the shape rules read; ``stat_dtype``: the statistic dtype of a data dtype, ``fixed``: the
+        dtype of a dtype name (NumPy's by default, or torch's)."""
         d = Dims(shapes, **attrs)
         data = dtypes[self.primary]
         specs = []
         for o in self.outputs:
-            if o.when is not None and shapes.get(o.when) is None:
+            if callable(o.when) and not o.when(d) or isinstance(o.when, str) and shapes.get(o.when) is None:
                 specs.append(None)
                 continue
-            dt = data if o.dtype == DATA else stat_dtype(data) if o.dtype == STAT else dtypes[o.dtype]
-            specs.append((o.name, tuple(o.shape(d)), dt))
+            specs.append((o.name, tuple(o.shape(d)), self._dtype(o.dtype, dtypes, data, stat_dtype, fixed)))
         return specs
+
+    def _dtype(self, rule, dtypes: dict, data, stat_dtype: Callable, fixed: Callable):
+        for r in rule if isinstance(rule, tuple) else (rule,):
+            if r == DATA:
+                return data
+            if r == STAT:
+                return stat_dtype(data)
+            if r not in self.arrays:
+                return fixed(r)
+            if r in dtypes:
+                return dtypes[r]
+        raise ValueError(f"{self.name}: no dtype rule of {rule} applies")
+
+    def layout_of_call(self, fn: Callable, kwargs: dict) -> list:
+        """``layout`` of the call ``fn(**kwargs)`` on NumPy arrays (attributes not given: ``fn``'s defaults):
+        what the benchmarks' ``out=`` providers and the contract tests allocate."""
+        import inspect
+
+        params = inspect.signature(fn).parameters
+        kw = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty} | kwargs
+        arrays = {k: kw.get(k) for k in self.arrays}
+        shapes = {k: None if a is None else np.shape(a) for k, a in arrays.items()}
+        dtypes = {k: np.asarray(a).dtype for k, a in arrays.items() if a is not None}
+        return self.layout(shapes, {k: kw.get(k) for k in self.attrs}, dtypes, numpy_stat_dtype)
+
+    def layout_for(self, be, arrays: dict, **attrs) -> list:
+        """``layout`` of the validated inputs ``arrays`` (by name; None for an absent one) on backend ``be``."""
+        from . import _validation as V
+
+        shapes = {k: None if a is None else tuple(a.shape) for k, a in arrays.items()}
+        dtypes = {k: V.dtype_of(a) for k, a in arrays.items() if a is not None}
+        return self.layout(shapes, attrs, dtypes, be.stat_dtype)
 
     def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
         """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.
@@ -179,9 +233,7 @@ class OpSpec:
         the aliasing errors); ``attrs``: what the shape rules read (e.g. ``normalized_ndim``)."""
         from . import _validation as V
 
-        shapes = {k: None if a is None else tuple(a.shape) for k, a in arrays.items()}
-        dtypes = {k: V.dtype_of(a) for k, a in arrays.items() if a is not None}
-        specs = self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        specs = self.layout_for(be, arrays, **attrs)
         return V.outputs(be, self.name, out, specs, tuple(arrays.values()))
 
 
@@ -195,9 +247,16 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
-def ops(family: str | None = None) -> list[OpSpec]:
-    """The registered ops, optionally of one family, in declaration order."""
-    return [s for s in REGISTRY.values() if family is None or s.family == family]
+def ops(family: str | None = None, group: str | None = None) -> list[OpSpec]:
+    """The registered ops, optionally of one family and/or group, in declaration order."""
+    return [
+        s for s in REGISTRY.values() if (family is None or s.family == family) and (group is None or s.group == group)
+    ]
+
+
+def exports(family: str, *extra: str) -> list[str]:
+    """A module's ``__all__``: its registered ops (declaration order), then ``extra`` (result types)."""
+    return [*(s.name for s in ops(family)), *extra]
 
 
 def numpy_stat_dtype(dtype) -> np.dtype:

@@ -33,21 +33,12 @@ import numpy as np
 
 from . import _dtypes
 from . import _validation as V
+from . import reference as R
 from ._dispatch import backend_of
+from ._spec import DATA, STAGES, STAT, OpSpec, Out, args, bytes_of, channels, exports, like, register
 from .norms._common import opt, round_back, stat_outputs, to_stat
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
-
-__all__ = [
-    "BatchNormStats",
-    "BatchNormGatherStats",
-    "BatchNormBackwardReduce",
-    "batch_norm_stats",
-    "batch_norm_gather_stats",
-    "batch_norm_elemt",
-    "batch_norm_backward_reduce",
-    "batch_norm_backward_elemt",
-]
 
 _DTYPES = _dtypes.FULL
 
@@ -68,6 +59,46 @@ class BatchNormBackwardReduce(NamedTuple):
     sum_dy_xmu: Array
     dweight: Array | None
     dbias: Array
+
+
+def _declare(name, arg_spec, outputs, result, reads_writes, primary="x") -> OpSpec:
+    moved = bytes_of(*reads_writes) if reads_writes else None
+    return register(OpSpec(name, args(arg_spec), outputs, result, "batch_norm_stages", getattr(R, name),
+                           primary=primary, bytes_moved=moved, group=STAGES))  # fmt: skip
+
+
+def _gathered(d) -> tuple:
+    """(C,) of the gathered (P, C) statistics."""
+    return (d.means[1],)
+
+
+STATS = _declare("batch_norm_stats", "x :axis=int", (Out("mean", channels, STAT), Out("m2", channels, STAT)),
+                 BatchNormStats, (1, 0))  # fmt: skip
+GATHER = _declare(
+    "batch_norm_gather_stats",
+    "means m2s counts running_mean?! running_var?! :momentum=float :eps=float",
+    (Out("mean", _gathered, DATA), Out("invstd", _gathered, DATA)),
+    BatchNormGatherStats,
+    None,
+    primary="means",
+)
+ELEMT = _declare("batch_norm_elemt", "x mean invstd weight? bias? :axis=int", (Out("y", like("x")),), None, (1, 1))
+BACKWARD_REDUCE = _declare(
+    "batch_norm_backward_reduce",
+    "dy x mean invstd weight? :axis=int",
+    (
+        Out("sum_dy", channels, STAT),
+        Out("sum_dy_xmu", channels, STAT),
+        Out("dweight", channels, "weight", when="weight"),
+        Out("dbias", channels, ("weight", STAT)),
+    ),
+    BatchNormBackwardReduce,
+    (2, 0),
+)
+BACKWARD_ELEMT = _declare("batch_norm_backward_elemt", "dy x mean invstd weight? sum_dy sum_dy_xmu :count=float "
+                          ":axis=int", (Out("dx", like("x")),), None, (2, 1))  # fmt: skip
+
+__all__ = exports("batch_norm_stages", "BatchNormStats", "BatchNormGatherStats", "BatchNormBackwardReduce")
 
 
 def _input(be, op: str, name: str, a, dtype=None):
@@ -136,8 +167,7 @@ def batch_norm_stats(x: Array, *, axis: int = 1, out: tuple | None = None) -> Ba
     be = backend_of(op, x=x, out=out)
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
-    sd = be.stat_dtype(x.dtype)
-    mean, m2 = V.outputs(be, op, out, [("mean", (c,), sd), ("m2", (c,), sd)], (x,))
+    mean, m2 = V.outputs(be, op, out, STATS.layout_for(be, dict(x=x), axis=axis), (x,))
     work, nt = _row_work(be, n, c, length, 5)
     be.kernels.batch_norm_stats(x.reshape(n, c, length), mean, m2, work, nt)
     return BatchNormStats(mean, m2, int(n * length))
@@ -238,13 +268,8 @@ def batch_norm_gather_stats(
         running_mean = V.inout(be, op, "running_mean", running_mean, (c,), rm_dtype, others)
         others.append(("running_mean", running_mean))
         running_var = V.inout(be, op, "running_var", running_var, (c,), rv_dtype, others)
-    mean, invstd = V.outputs(
-        be,
-        op,
-        out,
-        [("mean", (c,), means.dtype), ("invstd", (c,), means.dtype)],
-        (means, m2s, running_mean, running_var),
-    )
+    specs = GATHER.layout_for(be, dict(means=means))
+    mean, invstd = V.outputs(be, op, out, specs, (means, m2s, running_mean, running_var))
     running32 = to_stat(be, means.dtype, running_mean, running_var)
     be.kernels.batch_norm_gather_stats(
         means, m2s, counts, *(opt(be, a, means.dtype) for a in running32), mean, invstd, eps, momentum, 1
@@ -301,7 +326,7 @@ def batch_norm_elemt(
     be = backend_of(op, x=x, mean=mean, invstd=invstd, weight=weight, bias=bias, out=out)
     x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
     bias = V.param(be, op, "bias", bias, (c,), _dtypes.param_dtypes(x.dtype))
-    (y,) = V.outputs(be, op, out, [("y", x.shape, x.dtype)], (x, mean, invstd, weight, bias))
+    (y,) = V.outputs(be, op, out, ELEMT.layout_for(be, dict(x=x)), (x, mean, invstd, weight, bias))
     be.kernels.batch_norm_elemt(
         x.reshape(n, c, length),
         mean,
@@ -352,19 +377,8 @@ def batch_norm_backward_reduce(
     be = backend_of(op, dy=dy, x=x, mean=mean, invstd=invstd, weight=weight, out=out)
     x, n, c, length, sd, mean, invstd, weight = _stats_args(be, op, x, mean, invstd, weight, axis)
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
-    gd = sd if weight is None else weight.dtype
-    sum_dy, sum_dy_xmu, dweight, dbias = V.outputs(
-        be,
-        op,
-        out,
-        [
-            ("sum_dy", (c,), sd),
-            ("sum_dy_xmu", (c,), sd),
-            None if weight is None else ("dweight", (c,), gd),
-            ("dbias", (c,), gd),
-        ],
-        (dy, x, mean, invstd, weight),
-    )
+    specs = BACKWARD_REDUCE.layout_for(be, dict(x=x, weight=weight), axis=axis)
+    sum_dy, sum_dy_xmu, dweight, dbias = V.outputs(be, op, out, specs, (dy, x, mean, invstd, weight))
     work, nt = _row_work(be, n, c, length, 2)
     grads32 = stat_outputs(be, sd, dweight, dbias)
     be.kernels.batch_norm_backward_reduce(
@@ -424,7 +438,8 @@ def batch_norm_backward_elemt(
     sum_dy = V.required(be, op, "sum_dy", sum_dy, (c,), sd)
     sum_dy_xmu = V.required(be, op, "sum_dy_xmu", sum_dy_xmu, (c,), sd)
     total = _total_count(op, count)
-    (dx,) = V.outputs(be, op, out, [("dx", x.shape, x.dtype)], (dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu))
+    specs = BACKWARD_ELEMT.layout_for(be, dict(x=x))
+    (dx,) = V.outputs(be, op, out, specs, (dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu))
     (w32,) = to_stat(be, sd, weight)
     be.kernels.batch_norm_backward_elemt(
         dy.reshape(n, c, length),

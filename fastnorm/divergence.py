@@ -21,23 +21,61 @@ import numpy as np
 
 from . import _loss_common as L
 from . import _validation as V
+from . import reference as R
 from ._backend import host
-from ._cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from ._cross_entropy import softmax_cross_entropy_backward as softmax_cross_entropy_backward
+from ._cross_entropy import softmax_cross_entropy_forward as softmax_cross_entropy_forward
 from ._dispatch import backend_of
 from ._loss_common import Array, DivergenceBackward, DivergenceForward, SoftmaxCrossEntropyForward
-
-__all__ = [
-    "softmax_cross_entropy_forward",
-    "softmax_cross_entropy_backward",
-    "entropy",
-    "entropy_backward",
-    "kl_div",
-    "kl_div_backward",
-    "js_div",
-    "js_div_backward",
-]
+from ._spec import LOSS, OpSpec, Out, args, exports, like, register
 
 _RESULT_TYPES = (SoftmaxCrossEntropyForward, DivergenceForward, DivergenceBackward)
+
+
+def _declare(name, arg_spec, outputs, result, primary, arrays, torch_op=None) -> OpSpec:
+    """A loss of this module: ``arrays(dims)`` input-sized arrays read or written (for the benchmarks)."""
+    return register(OpSpec(name, args(arg_spec), outputs, result, "divergence", getattr(R, name), primary=primary,
+                           bytes_moved=L.bytes_of_rows(primary, arrays), group=LOSS, torch_op=torch_op))  # fmt: skip
+
+
+def _without_axis(d) -> tuple:
+    """entropy's H: p's shape without ``axis``."""
+    return tuple(n for i, n in enumerate(d.p) if i != d.axis % len(d.p))
+
+
+ENTROPY = _declare("entropy", "p :axis=int :base=float?", (Out("H", _without_axis),), None, "p", lambda d: 1)
+ENTROPY_BWD = _declare(
+    "entropy_backward", "dh p :axis=int :base=float?", (Out("dp", like("p")),), None, "p", lambda d: 2
+)
+# kl_div / js_div: the loss (elementwise for "none"), and the gradients fused into the forward when asked
+_PAIR_FWD = (
+    Out("loss", lambda d: d.input if d.reduction == "none" else ()),
+    Out("dinput", like("input"), when=lambda d: d.grad == "out"),
+    Out("dtarget", like("input"), when=lambda d: d.grad_target),
+)
+_PAIR_BWD = (
+    Out("dinput", like("input"), when=lambda d: d.input_grad),
+    Out("dtarget", like("input"), when=lambda d: d.target_grad),
+)
+
+
+def _pair_bytes(d) -> int:
+    return 2 + (d.reduction == "none") + (d.grad is not None) + bool(d.grad_target)
+
+
+KL = _declare("kl_div", "input target :reduction=str :log_target=bool :grad=str :grad_target=bool", _PAIR_FWD,
+              DivergenceForward, "input", _pair_bytes, "kl_div_forward")  # fmt: skip
+KL_BWD = _declare("kl_div_backward", "dloss input target :reduction=str :log_target=bool :input_grad=bool "
+                  ":target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
+                  lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "kl_div_backward")  # fmt: skip
+JS = _declare("js_div", "input target labels? :beta=float :reduction=str :ignore_index=int :grad=str "
+              ":grad_target=bool", _PAIR_FWD, DivergenceForward, "input", _pair_bytes, "js_div_forward")  # fmt: skip
+JS_BWD = _declare("js_div_backward", "dloss input target labels? :beta=float :reduction=str :ignore_index=int "
+                  ":input_grad=bool :target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
+                  lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "js_div_backward")  # fmt: skip
+
+__all__ = exports("divergence")
+_PAIR_SPEC = {s.name: s for s in (KL, KL_BWD, JS, JS_BWD)}
 
 
 # ------------------------------------------------------------------------------------------- entropy
@@ -88,7 +126,7 @@ def entropy(p: Array, *, axis: int = -1, base: float | None = None, out: Array |
     be = backend_of(op, p=p, out=out)
     p, ax, lead, m, v = _entropy_rows(op, be, p, axis)
     ilb = _inv_log_base(op, base)
-    (h,) = V.outputs(be, op, out, [("H", lead, p.dtype)], (p,))
+    (h,) = V.outputs(be, op, out, ENTROPY.layout_for(be, dict(p=p), axis=-1), (p,))
     be.kernels.entropy_forward(p.reshape(m, v), h.reshape(m), ilb, be.threads(m * v))
     return h
 
@@ -123,7 +161,7 @@ def entropy_backward(
     ilb = _inv_log_base(op, base)
     if ax != len(p.shape) - 1 and out is not None:
         raise ValueError(f"{op}: out= is only supported with axis=-1")
-    (dp,) = V.outputs(be, op, out, [("dp", p.shape, p.dtype)], (p, dh))
+    (dp,) = V.outputs(be, op, out, ENTROPY_BWD.layout_for(be, dict(p=p)), (p, dh))
     be.kernels.entropy_backward(dh.reshape(m), p.reshape(m, v), dp.reshape(m, v), ilb, be.threads(m * v))
     if ax != len(p.shape) - 1:
         dp = np.moveaxis(dp, -1, ax)
@@ -152,16 +190,11 @@ def _fused_forward(op, be, x_in, x, t, m, v, reduction, grad, grad_target, out, 
     if grad == "inplace":
         L.check_inplace(op, be, "input", x, x_in)
     out = L.out_tuple(op, out, "loss, dinput, dtarget")
-    loss_shape = tuple(x.shape) if reduction == "none" else ()
-    specs = [
-        ("loss", loss_shape, x.dtype),
-        ("dinput", x.shape, x.dtype) if grad == "out" else None,
-        ("dtarget", x.shape, x.dtype) if grad_target else None,
-    ]
+    specs = _PAIR_SPEC[op].layout_for(be, dict(input=x), reduction=reduction, grad=grad, grad_target=grad_target)
     loss_buf = None if out is None else out[0]
     if reduction != "none":
         dx, dt = V.outputs(be, op, None if out is None else out[1:], specs[1:], (x, t))
-        loss_buf = L.check_out_scalar(be, op, loss_buf, (), x.dtype, (x, t, dx, dt))
+        loss_buf = L.check_out_scalar(be, op, loss_buf, specs[0], (x, t, dx, dt))
         elem = None
     else:
         elem, dx, dt = V.outputs(be, op, out, specs, (x, t))
@@ -182,10 +215,7 @@ def _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, o
         d, s = V.required(be, op, "dloss", dloss, x.shape, x.dtype), 1.0
     else:
         d, s = None, L.scalar_dloss(op, be, dloss, reduction, div)
-    specs = [
-        ("dinput", x.shape, x.dtype) if input_grad else None,
-        ("dtarget", x.shape, x.dtype) if target_grad else None,
-    ]
+    specs = _PAIR_SPEC[op].layout_for(be, dict(input=x), input_grad=input_grad, target_grad=target_grad)
     dx, dt = V.outputs(be, op, out, specs, (x, d))
     a2 = L.absent(be, x.dtype, 2)
     call(*(a2 if a is None else a.reshape(m, v) for a in (d, dx, dt)), s)

@@ -15,19 +15,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _validation as V
+from . import reference as R
 from ._backend import host
 from ._dispatch import backend_of
+from ._spec import DATA, TRANSPORT, OpSpec, Out, args, exports, like, register, rows_of
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
-
-__all__ = [
-    "wasserstein_1d",
-    "wasserstein_1d_backward",
-    "sinkhorn",
-    "sinkhorn_backward",
-    "Wasserstein1dBackward",
-    "SinkhornResult",
-]
 
 CHECK_EVERY = 10  # Sinkhorn: the marginal error is checked after iterations 0, 10, 20, ... (as POT)
 
@@ -44,6 +37,61 @@ class SinkhornResult(NamedTuple):
     plan: Array | None
     n_iter: Array
     err: Array
+
+
+def _declare(name, arg_spec, outputs, result, primary, bytes_moved, torch_op=None) -> OpSpec:
+    return register(OpSpec(name, args(arg_spec), outputs, result, "transport", getattr(R, name), primary=primary,
+                           bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op))  # fmt: skip
+
+
+def _values_bytes(arrays: int):
+    """Bytes moved by a 1-D Wasserstein op: ``arrays`` reads/writes of the values (weights not counted)."""
+    return lambda d, item: arrays * (math.prod(d.u_values) + math.prod(d.v_values)) * item
+
+
+def _problems(d) -> tuple:
+    """The batch shape of a Sinkhorn call: cost's shape without its last two dims (n, m)."""
+    return tuple(d.cost[:-2])
+
+
+def _cost_bytes(arrays: int):
+    return lambda d, item: arrays * math.prod(d.cost) * item
+
+
+W1D = _declare("wasserstein_1d", "u_values v_values u_weights? v_weights? :p=float", (Out("out", rows_of("u_values")),),
+               None, "u_values", _values_bytes(1), "wasserstein_1d")  # fmt: skip
+W1D_BWD = _declare(
+    "wasserstein_1d_backward",
+    "grad u_values v_values u_weights? v_weights? :p=float",
+    (
+        Out("du_values", like("u_values")),
+        Out("dv_values", like("v_values")),
+        Out("du_weights", like("u_values"), DATA, when="u_weights"),
+        Out("dv_weights", like("v_values"), DATA, when="v_weights"),
+    ),
+    Wasserstein1dBackward,
+    "u_values",
+    _values_bytes(2),
+    "wasserstein_1d_backward",
+)
+SINKHORN = _declare(
+    "sinkhorn",
+    "a b cost :reg=float :max_iter=int :tol=float :return_plan=bool",
+    (
+        Out("value", _problems),
+        Out("plan", like("cost"), when=lambda d: d.return_plan),
+        Out("n_iter", _problems, "int64"),
+        Out("err", _problems, "float64"),
+    ),
+    SinkhornResult,
+    "cost",
+    _cost_bytes(1),
+    "sinkhorn",  # returns (value, plan)
+)
+SINKHORN_BWD = _declare("sinkhorn_backward", "grad a b cost plan :reg=float :objective=str",
+                        (Out("out", like("cost")),), None, "cost", _cost_bytes(3))  # fmt: skip
+
+__all__ = exports("transport", "Wasserstein1dBackward", "SinkhornResult")
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -168,7 +216,7 @@ def wasserstein_1d(
     u, v, uw, vw = _values(be, op, u_values, v_values, u_weights, v_weights)
     p = _p(op, p)
     lead, n, m = tuple(u.shape[:-1]), u.shape[-1], v.shape[-1]
-    (out,) = V.outputs(be, op, out, [("out", lead, u.dtype)], (u, v, uw, vw))
+    (out,) = V.outputs(be, op, out, W1D.layout_for(be, dict(u_values=u)), (u, v, uw, vw))
     rows = math.prod(lead)
     if rows == 0:
         return out
@@ -232,12 +280,7 @@ def wasserstein_1d_backward(
     p = _p(op, p)
     lead, n, m = tuple(u.shape[:-1]), u.shape[-1], v.shape[-1]
     grad = V.required(be, op, "grad", grad, lead, u.dtype)
-    specs = [
-        ("du_values", u.shape, u.dtype),
-        ("dv_values", v.shape, u.dtype),
-        None if uw is None else ("du_weights", u.shape, u.dtype),
-        None if vw is None else ("dv_weights", v.shape, u.dtype),
-    ]
+    specs = W1D_BWD.layout_for(be, dict(u_values=u, v_values=v, u_weights=uw, v_weights=vw))
     res = V.outputs(be, op, out, specs, (grad, u, v, uw, vw))
     rows = math.prod(lead)
     if rows == 0:
@@ -369,12 +412,7 @@ def sinkhorn(
     max_iter = V.integer(op, "max_iter", max_iter, low=0, high=2**31 - 1)
     tol = V.scalar(op, "tol", tol, low=0.0)
     return_plan = V.flag(op, "return_plan", return_plan)
-    specs = [
-        ("value", lead, cost.dtype),
-        ("plan", tuple(cost.shape), cost.dtype) if return_plan else None,
-        ("n_iter", lead, np.int64),
-        ("err", lead, np.float64),
-    ]
+    specs = SINKHORN.layout_for(be, dict(cost=cost), return_plan=return_plan)
     value, plan, n_iter, err = V.outputs(be, op, out, specs, (a2, b2, cost))
     rows = math.prod(lead)
     if rows > 0:
@@ -484,7 +522,7 @@ def sinkhorn_backward(
             "arrays to the host, use objective='regularized', or fastnorm.torch.transport.sinkhorn "
             "(torch.linalg on the device)"
         )
-    (out,) = V.outputs(be, op, out, [("out", tuple(cost.shape), cost.dtype)], (grad, a2, b2, cost, plan))
+    (out,) = V.outputs(be, op, out, SINKHORN_BWD.layout_for(be, dict(cost=cost)), (grad, a2, b2, cost, plan))
     rows = math.prod(lead)
     if objective == "regularized":
         if rows > 0:

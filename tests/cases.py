@@ -500,6 +500,129 @@ def copy_kwargs(kwargs: dict, dtype=None) -> dict:
     }
 
 
+# ------------------------------------------------------------------- the other declared ops (not norms)
+# Every op of fastnorm._spec.REGISTRY outside the norm group: ``make(rng, dtype, **opts)`` returns the keyword
+# arguments of one public call; ``options`` is its option grid. tests/contracts/test_declared_ops.py checks
+# each call's outputs against the declaration (names, shapes, dtypes, which exist) and its ``out=`` buffers.
+# The op's numerics are tested in its own file (tests/test_divergence*.py, test_transport.py,
+# test_sync_batch_norm.py).
+def _logits(rng, dtype, shape=(5, 7)):
+    return _normal(rng, shape, dtype, 2.0)
+
+
+def _log_probs(rng, dtype, shape=(4, 6)):
+    z = rng.standard_normal(shape)
+    return (z - np.log(np.exp(z).sum(-1, keepdims=True))).astype(dtype)
+
+
+def _make_ce(rng, dtype, reduction="mean", grad=None, weight=True, backward=False):
+    x = _logits(rng, dtype)
+    kw = dict(logits=x, target=rng.integers(0, 7, 5), reduction=reduction)
+    if weight:
+        kw["weight"] = rng.uniform(0.5, 1.5, 7).astype(dtype)
+    if not backward:
+        return dict(kw, grad=grad)
+    lse = fastnorm.softmax_cross_entropy_forward(**kw).lse
+    dloss = _normal(rng, (5,), dtype) if reduction == "none" else 0.7
+    return dict(kw, dloss=dloss, lse=lse)
+
+
+def _make_entropy(rng, dtype, axis=-1, base=None, backward=False):
+    p = rng.uniform(0.1, 1.0, (4, 6)).astype(dtype)
+    kw = dict(p=p, axis=axis, base=base)
+    if backward:
+        kw["dh"] = _normal(rng, np.delete(p.shape, axis % p.ndim), dtype)
+    return kw
+
+
+def _make_pair(rng, dtype, op="kl", reduction="batchmean", backward=False, want=(True, True), labels=False):
+    x = _log_probs(rng, dtype)
+    t = _log_probs(rng, dtype) if op == "js" else np.exp(_log_probs(rng, dtype))
+    kw = dict(input=x, target=t, reduction=reduction)
+    if labels:
+        kw.update(labels=np.array([0, -100, 2, 3]), ignore_index=-100)
+    if not backward:
+        return dict(kw, grad="out" if want[0] else None, grad_target=want[1])
+    dloss = _normal(rng, x.shape, dtype) if reduction == "none" else 1.3
+    return dict(kw, dloss=dloss, input_grad=want[0], target_grad=want[1])
+
+
+def _make_w1d(rng, dtype, weighted=True, backward=False):
+    u, v = _normal(rng, (3, 5), dtype), _normal(rng, (3, 4), dtype)
+    kw = dict(u_values=u, v_values=v, p=1.5)
+    if weighted:
+        kw.update(
+            u_weights=rng.uniform(0.1, 1, u.shape).astype(dtype), v_weights=rng.uniform(0.1, 1, v.shape).astype(dtype)
+        )
+    if backward:
+        kw["grad"] = _normal(rng, (3,), dtype)
+    return kw
+
+
+def _make_sinkhorn(rng, dtype, return_plan=True, objective=None):
+    a, b = np.full(4, 0.25, dtype), np.full(5, 0.2, dtype)
+    cost = rng.uniform(0, 1, (2, 4, 5)).astype(dtype)
+    kw = dict(a=a, b=b, cost=cost, reg=0.5)
+    if objective is None:
+        return dict(kw, return_plan=return_plan)
+    plan = fastnorm.sinkhorn(**kw, return_plan=True).plan
+    return dict(kw, grad=_normal(rng, (2,), dtype), plan=plan, objective=objective)
+
+
+def _make_stage(rng, dtype, stage="stats", axis=1, weight=True, running=True):
+    x = _normal(rng, (4, 3, 5) if axis == 1 else (4, 5, 3), dtype, 1.5, 0.3)
+    if stage == "stats":
+        return dict(x=x, axis=axis)
+    if stage == "gather":
+        means, m2s = _normal(rng, (2, 3), dtype), rng.uniform(1, 2, (2, 3)).astype(dtype)
+        kw = dict(means=means, m2s=m2s, counts=np.array([5, 6]))
+        return dict(kw, running_mean=np.zeros(3, dtype), running_var=np.ones(3, dtype)) if running else kw
+    mean, invstd = _normal(rng, (3,), dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    w = (1.0 + 0.5 * rng.standard_normal(3)).astype(dtype) if weight else None
+    kw = dict(x=x, mean=mean, invstd=invstd, weight=w, axis=axis)
+    if stage == "elemt":
+        return dict(kw, bias=rng.standard_normal(3).astype(dtype))
+    kw["dy"] = _normal(rng, x.shape, dtype)
+    if stage == "backward_reduce":
+        return kw
+    return dict(kw, sum_dy=_normal(rng, (3,), dtype), sum_dy_xmu=_normal(rng, (3,), dtype), count=np.array([20, 40]))
+
+
+class DeclaredCase(NamedTuple):
+    op: str  # the registered op
+    make: Callable[..., dict]
+    options: tuple
+
+
+_REDUCED = ("none", "sum", "mean")
+_PAIR_OPTIONS = tuple(
+    dict(reduction=r, want=w) for r in _REDUCED + ("batchmean",) for w in ((True, True), (False, False), (True, False))
+)
+DECLARED_CASES = [
+    DeclaredCase("softmax_cross_entropy_forward", _make_ce, tuple(dict(reduction=r, grad=g, weight=w)
+                 for r in _REDUCED for g in (None, "out") for w in (True, False))),
+    DeclaredCase("softmax_cross_entropy_backward", partial(_make_ce, backward=True),
+                 tuple(dict(reduction=r, weight=w) for r in _REDUCED for w in (True, False))),
+    DeclaredCase("entropy", _make_entropy, (dict(), dict(axis=0, base=2.0))),
+    DeclaredCase("entropy_backward", partial(_make_entropy, backward=True), (dict(), dict(base=10.0))),
+    DeclaredCase("kl_div", _make_pair, _PAIR_OPTIONS),
+    DeclaredCase("kl_div_backward", partial(_make_pair, backward=True), _PAIR_OPTIONS),
+    DeclaredCase("js_div", partial(_make_pair, op="js"), _PAIR_OPTIONS + (dict(labels=True),)),
+    DeclaredCase("js_div_backward", partial(_make_pair, op="js", backward=True), _PAIR_OPTIONS + (dict(labels=True),)),
+    DeclaredCase("wasserstein_1d", _make_w1d, (dict(), dict(weighted=False))),
+    DeclaredCase("wasserstein_1d_backward", partial(_make_w1d, backward=True), (dict(), dict(weighted=False))),
+    DeclaredCase("sinkhorn", _make_sinkhorn, (dict(), dict(return_plan=False))),
+    DeclaredCase("sinkhorn_backward", _make_sinkhorn, (dict(objective="regularized"), dict(objective="transport"))),
+    DeclaredCase("batch_norm_stats", _make_stage, (dict(), dict(axis=-1))),
+    DeclaredCase("batch_norm_gather_stats", partial(_make_stage, stage="gather"), (dict(), dict(running=False))),
+    DeclaredCase("batch_norm_elemt", partial(_make_stage, stage="elemt"), (dict(), dict(axis=-1, weight=False))),
+    DeclaredCase("batch_norm_backward_reduce", partial(_make_stage, stage="backward_reduce"),
+                 (dict(), dict(axis=-1, weight=False))),
+    DeclaredCase("batch_norm_backward_elemt", partial(_make_stage, stage="backward_elemt"),
+                 (dict(), dict(axis=-1, weight=False))),
+]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class OptimCase:

@@ -189,28 +189,18 @@ def op_providers(op: str, kwargs: Callable[[dict], dict]) -> dict[str, Provider]
 
     ``kwargs(inputs)`` gives the public call's keyword arguments from the case's inputs (the reference takes
     the same ones). The ``out=`` buffers have the declared output shapes and dtypes."""
-    import inspect
-
     import fastnorm
     from fastnorm._spec import REGISTRY
 
     spec, fn = REGISTRY[op], getattr(fastnorm, op)
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
 
     def fast(s):
         kw = kwargs(s)
         return lambda: fn(**kw)
 
     def fast_out(s):
-        kw = {**{k: defaults[k] for k in spec.args_names if k in defaults}, **kwargs(s)}
-        arrays = {k: kw.get(k) for k in spec.arrays}
-        layout = spec.layout(
-            {k: None if a is None else a.shape for k, a in arrays.items()},
-            {k: kw[k] for k in spec.attrs},
-            {k: a.dtype for k, a in arrays.items() if a is not None},
-            _dtypes.stat_dtype,
-        )
-        out = tuple(None if o is None else np.empty(o[1], o[2]) for o in layout)
+        kw = kwargs(s)
+        out = tuple(None if o is None else np.empty(o[1], o[2]) for o in spec.layout_of_call(fn, kw))
         return lambda: fn(**kw, out=out)
 
     def numpy(s):

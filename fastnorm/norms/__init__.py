@@ -18,11 +18,11 @@ registry. The fused add + norm ops are exported by ``fastnorm.add_norm``.
 
 from __future__ import annotations
 
+from .._spec import NORM, ops
 from .._spec import AffineGrads as AffineGrads
 from .._spec import NormStats as NormStats
 from .._spec import ScaleGrads as ScaleGrads
 from .._spec import ScaleStats as ScaleStats
-from .._spec import ops
 from . import add_norm as add_norm
 from . import channel_norm as channel_norm
 from . import layer_norm as layer_norm
@@ -54,4 +54,4 @@ from .weight_norm import _weight_norm_plan as _weight_norm_plan
 from .weight_norm import _weight_norm_view as _weight_norm_view
 
 # The exported ops, read from the registry (the fused add + norm ops are exported by fastnorm.add_norm).
-__all__ = [s.name for s in ops() if s.family != "add_norm"]
+__all__ = [s.name for s in ops(group=NORM) if s.family != "add_norm"]

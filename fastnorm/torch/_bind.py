@@ -93,18 +93,25 @@ def _impl(spec: OpSpec, fixed: dict, update: str | None):
     return impl
 
 
+def fake_outputs(spec: OpSpec, arrays: dict, **attrs) -> tuple:
+    """Empty tensors of ``spec``'s declared output shapes and dtypes for these tensors (by the declaration's
+    names; None for an absent one) and attribute values: what a custom op's fake returns. An output that
+    does not exist is an empty tensor (custom ops return no None)."""
+    shapes = {n: None if t is None else tuple(t.shape) for n, t in arrays.items()}
+    dtypes = {n: t.dtype for n, t in arrays.items() if t is not None}
+    ref = arrays[spec.primary]
+    layout = spec.layout(shapes, attrs, dtypes, stat_dtype, lambda name: getattr(torch, name))
+    return tuple(ref.new_empty((0,)) if s is None else ref.new_empty(s[1], dtype=s[2]) for s in layout)
+
+
 def _fake(spec: OpSpec, fixed: dict):
     """The fake (meta) implementation: empty tensors of the declared output shapes and dtypes."""
     names = _names(spec, fixed)
 
     def fake(*args):
         kw = dict(zip(names, args), **fixed)
-        shapes = {n: None if kw[n] is None else tuple(kw[n].shape) for n in spec.arrays}
-        dtypes = {n: kw[n].dtype for n in spec.arrays if kw[n] is not None}
-        ref = kw[spec.primary]
-        layout = spec.layout(shapes, {n: kw[n] for n in spec.attrs}, dtypes, stat_dtype)
-        outs = [ref.new_empty((0,)) if s is None else ref.new_empty(s[1], dtype=s[2]) for s in layout]
-        return outs[0] if spec.result is None else tuple(outs)
+        outs = fake_outputs(spec, {n: kw[n] for n in spec.arrays}, **{n: kw[n] for n in spec.attrs})
+        return outs[0] if spec.result is None else outs
 
     return fake
 

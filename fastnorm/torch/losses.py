@@ -29,9 +29,13 @@ from torch import Tensor
 from torch.library import custom_op
 
 import fastnorm
+from fastnorm._spec import REGISTRY
 
 from . import functional as _F
+from ._bind import fake_outputs
 from ._common import warn_once
+
+_CE_FWD, _CE_BWD = REGISTRY["softmax_cross_entropy_forward"], REGISTRY["softmax_cross_entropy_backward"]
 
 __all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
 
@@ -93,7 +97,7 @@ def _ce_bwd_impl(dloss, logits, target, lse, weight, ignore_index: int, label_sm
     return _ten(g, logits)
 
 
-@custom_op("fastnorm::cross_entropy_forward", mutates_args=())
+@custom_op(f"fastnorm::{_CE_FWD.torch_op}", mutates_args=())
 def _ce_fwd_op(
     logits: Tensor,
     target: Tensor,
@@ -108,13 +112,10 @@ def _ce_fwd_op(
 
 @_ce_fwd_op.register_fake
 def _(logits, target, weight, ignore_index, label_smoothing, reduction, fused):
-    lead = logits.shape[:-1]
-    loss = logits.new_empty(lead if reduction == "none" else ())
-    g = torch.empty_like(logits) if fused else logits.new_empty(0)
-    return loss, logits.new_empty(lead, dtype=torch.float64), g
+    return fake_outputs(_CE_FWD, dict(logits=logits), reduction=reduction, grad="out" if fused else None)
 
 
-@custom_op("fastnorm::cross_entropy_backward", mutates_args=())
+@custom_op(f"fastnorm::{_CE_BWD.torch_op}", mutates_args=())
 def _ce_bwd_op(
     dloss: Tensor,
     logits: Tensor,
@@ -130,7 +131,7 @@ def _ce_bwd_op(
 
 @_ce_bwd_op.register_fake
 def _(dloss, logits, target, lse, weight, ignore_index, label_smoothing, reduction):
-    return torch.empty_like(logits)
+    return fake_outputs(_CE_BWD, dict(logits=logits))[0]
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -262,19 +263,6 @@ def _js_bwd_impl(dloss, input, target, labels, beta: float, ignore_index: int, r
     return _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
 
 
-def _div_fwd_fake(input, want_x: bool, want_t: bool, reduction: str):
-    loss = input.new_empty(input.shape if reduction == "none" else ())
-    dx = torch.empty_like(input) if want_x else input.new_empty(0)
-    dt = torch.empty_like(input) if want_t else input.new_empty(0)
-    return loss, dx, dt
-
-
-def _div_bwd_fake(input, want_x: bool, want_t: bool):
-    return (torch.empty_like(input) if want_x else input.new_empty(0)), (
-        torch.empty_like(input) if want_t else input.new_empty(0)
-    )
-
-
 # The custom ops' arguments after (dloss,) input, target: each divergence's own, then the wanted gradients.
 _DIV_ARGS = {
     "kl": (("reduction", "str"), ("log_target", "bool")),
@@ -290,15 +278,21 @@ def _div_ops(which: str, fwd_impl, bwd_impl) -> tuple:
     args = ", ".join(f"{kind} {n}" for n, kind in extra)
     fwd_schema = f"(Tensor input, Tensor target, {args}) -> (Tensor, Tensor, Tensor)"
     bwd_schema = f"(Tensor dloss, Tensor input, Tensor target, {args}) -> (Tensor, Tensor)"
-    fwd = custom_op(f"fastnorm::{which}_div_forward", fwd_impl, mutates_args=(), schema=fwd_schema)
-    bwd = custom_op(f"fastnorm::{which}_div_backward", bwd_impl, mutates_args=(), schema=bwd_schema)
+    fspec, bspec = REGISTRY[f"{which}_div"], REGISTRY[f"{which}_div_backward"]
+    fwd = custom_op(f"fastnorm::{fspec.torch_op}", fwd_impl, mutates_args=(), schema=fwd_schema)
+    bwd = custom_op(f"fastnorm::{bspec.torch_op}", bwd_impl, mutates_args=(), schema=bwd_schema)
 
     def fwd_fake(input, target, *rest):
         kw = dict(zip(names, rest, strict=True))
-        return _div_fwd_fake(input, kw["want_x"], kw["want_t"], kw["reduction"])
+        grad = "out" if kw["want_x"] else None
+        return fake_outputs(fspec, dict(input=input), reduction=kw["reduction"], grad=grad, grad_target=kw["want_t"])
+
+    def bwd_fake(dloss, input, target, *rest):
+        want_x, want_t = rest[-2:]
+        return fake_outputs(bspec, dict(input=input), input_grad=want_x, target_grad=want_t)
 
     fwd.register_fake(fwd_fake)
-    bwd.register_fake(lambda dloss, input, target, *rest: _div_bwd_fake(input, *rest[-2:]))
+    bwd.register_fake(bwd_fake)
     return fwd, bwd
 
 

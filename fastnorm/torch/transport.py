@@ -14,7 +14,9 @@ from torch import Tensor
 from torch.library import custom_op
 
 import fastnorm
+from fastnorm._spec import REGISTRY
 
+from ._bind import fake_outputs
 from ._common import _arr, _ten
 from .functional import _call, _empty_if_none, _none_if_absent
 
@@ -46,17 +48,17 @@ def _w1d_bwd_impl(g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor
     return _ten(du, u), _ten(dv, v), _empty_if_none(_ten(duw, u), u), _empty_if_none(_ten(dvw, v), v)
 
 
-@custom_op("fastnorm::wasserstein_1d", mutates_args=())
+@custom_op(f"fastnorm::{REGISTRY['wasserstein_1d'].torch_op}", mutates_args=())
 def _w1d_fwd_op(u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float) -> Tensor:
     return _w1d_fwd_impl(u, v, uw, vw, p)
 
 
 @_w1d_fwd_op.register_fake
 def _(u, v, uw, vw, p):
-    return u.new_empty(u.shape[:-1])
+    return fake_outputs(REGISTRY["wasserstein_1d"], dict(u_values=u))[0]
 
 
-@custom_op("fastnorm::wasserstein_1d_backward", mutates_args=())
+@custom_op(f"fastnorm::{REGISTRY['wasserstein_1d_backward'].torch_op}", mutates_args=())
 def _w1d_bwd_op(
     g: Tensor, u: Tensor, v: Tensor, uw: Tensor | None, vw: Tensor | None, p: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -65,12 +67,7 @@ def _w1d_bwd_op(
 
 @_w1d_bwd_op.register_fake
 def _(g, u, v, uw, vw, p):
-    return (
-        torch.empty_like(u),
-        torch.empty_like(v),
-        torch.empty_like(u) if uw is not None else u.new_empty(0),
-        torch.empty_like(v) if vw is not None else v.new_empty(0),
-    )
+    return fake_outputs(REGISTRY["wasserstein_1d_backward"], dict(u_values=u, v_values=v, u_weights=uw, v_weights=vw))
 
 
 class Wasserstein1dFunction(torch.autograd.Function):
@@ -144,14 +141,15 @@ def _sinkhorn_impl(a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int
     return _ten(res.value, cost), _ten(res.plan, cost)
 
 
-@custom_op("fastnorm::sinkhorn", mutates_args=())
+@custom_op(f"fastnorm::{REGISTRY['sinkhorn'].torch_op}", mutates_args=())
 def _sinkhorn_op(a: Tensor, b: Tensor, cost: Tensor, reg: float, max_iter: int, tol: float) -> tuple[Tensor, Tensor]:
     return _sinkhorn_impl(a, b, cost, reg, max_iter, tol)
 
 
 @_sinkhorn_op.register_fake
 def _(a, b, cost, reg, max_iter, tol):
-    return cost.new_empty(cost.shape[:-2]), torch.empty_like(cost)
+    value, plan, _, _ = fake_outputs(REGISTRY["sinkhorn"], dict(cost=cost), return_plan=True)
+    return value, plan
 
 
 class SinkhornFunction(torch.autograd.Function):
