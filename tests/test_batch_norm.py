@@ -137,14 +137,13 @@ def test_large_offset_float32_statistics(rng, threads, shape, axis):
 
 
 # ----------------------------------------------------------------------------------------- bad input
+# Only what tests/contracts does not check (the contracts: each array argument's dtype (int32, complex64) and
+# shape, out= shape and length, x of 0/1 dims, and the options of BAD_OPTIONS there).
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, b, rm, rv = make(rng, (4, 3, 5), 1, np.float32)
     fwd, watched = ch.bad_forward_table("batch_norm", x, w, b, rm, rv, 3)
     y, mean, rstd = watched[2:]
     cases = [
-        (ValueError, fwd(weight=np.ones(4, np.float32))),
-        (ValueError, fwd(running_var=np.ones(4, np.float32))),
-        (ValueError, fwd(running_mean=np.zeros((1, 3), np.float32))),
         (TypeError, fwd(running_var=np.ones(3, np.float64))),
         (TypeError, fwd(bias=np.ones(3, np.float64))),
         (TypeError, fwd(running_var=[1.0, 1.0, 1.0])),
@@ -153,22 +152,10 @@ def test_bad_input_raises_and_writes_nothing(rng):
         (ValueError, fwd(running_var=None)),
         (ValueError, fwd(running_var=rm)),
         (ValueError, fwd(running_mean=w)),
-        (TypeError, fwd(momentum="0.1")),
-        (TypeError, fwd(momentum=None)),
-        (TypeError, fwd(training="False")),
-        (TypeError, fwd(training=None)),
-        (ValueError, fwd(eps=0.0)),  # torch: eps must be > 0 in training
-        (ValueError, fwd(eps=-1e-5)),
-        (ValueError, fwd(training=False, eps=-1e-5)),  # and >= 0 in evaluation
+        (ValueError, fwd(training=False, eps=-1e-5)),  # eps >= 0 in evaluation (> 0 in training: BAD_OPTIONS)
         (ValueError, fwd(running_var=unaligned(rv))),
         (ValueError, fwd(running_var=byteswapped(rv))),
-        (ValueError, fwd(axis=0)),
-        (ValueError, fwd(axis=2)),
-        (TypeError, fwd(axis=1.0)),
-        (ValueError, fwd(x=np.zeros(3, np.float32))),
-        (TypeError, fwd(x=x.astype(np.int32))),
         (ValueError, fwd(x=x[:1, :, :1])),  # one value per channel in training
-        (ValueError, fwd(out=(np.empty((4, 3, 4), np.float32), mean, rstd))),
         (ValueError, fwd(out=(y, rm, rstd))),  # out aliases running_mean
         (ValueError, fwd(out=(y, mean, mean))),
         (TypeError, fwd(running_mean=ch.FakeCudaArray((3,)))),
@@ -188,13 +175,9 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
     bwd = ch.caller(fastnorm.batch_norm_backward, dy=dy, x=x, mean=mean, rstd=rstd, weight=w, bias=b, out=(dx, dw, db))
 
     cases = [
-        (ValueError, bwd(dy=dy[:, :2])),
-        (ValueError, bwd(mean=np.zeros(4, np.float32))),
         (TypeError, bwd(rstd=np.ones(3, np.float64))),
         (TypeError, bwd(mean=None)),
         (TypeError, bwd(dy=dy.astype(np.float64))),
-        (ValueError, bwd(axis=-2)),
-        (ValueError, bwd(out=(dx, dw))),
         (ValueError, bwd(out=(dx, dw, dy))),  # out aliases an input
         (ValueError, bwd(bias=None)),  # a dbias buffer without bias
         (TypeError, bwd(weight=ch.FakeCudaArray((3,)))),

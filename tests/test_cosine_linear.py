@@ -108,18 +108,14 @@ class _FakeCudaArray:
     dtype = np.dtype(np.float64)
 
 
+# Only what tests/contracts does not check (the arrays' dtypes (int32, complex64) and shapes, x of 0 dims,
+# out='s shape and length, and eps (BAD_OPTIONS) are there).
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, dy = _make(rng, (5,), 4, 3)
     cases = [
-        (dict(x=x, w=w[:, :3]), ValueError, "w"),
         (dict(x=x, w=w[0]), ValueError, "w"),
         (dict(x=x, w=w.astype(np.float32)), TypeError, "w"),
         (dict(x=x, w=None), TypeError, "w"),
-        (dict(x=x.astype(np.int64), w=w), TypeError, "x"),
-        (dict(x=np.float64(1.0), w=w), ValueError, "x"),
-        (dict(x=x, w=w, eps=0.0), ValueError, "eps"),
-        (dict(x=x, w=w, eps=-1e-8), ValueError, "eps"),
-        (dict(x=x, w=w, eps=float("nan")), ValueError, "eps"),
         (dict(x=x, w=_FakeCudaArray()), TypeError, "different devices"),
     ]
     for kwargs, exc, word in cases:
@@ -129,12 +125,8 @@ def test_bad_input_raises_and_writes_nothing(rng):
         assert (y0 == 7.0).all()
     y, xn, wn = fastnorm.cosine_linear_forward(x, w)
     bcases = [
-        (dict(dy=dy[:, :2], x=x, w=w, y=y, x_norm=xn, w_norm=wn), ValueError, "dy"),
-        (dict(dy=dy, x=x, w=w, y=y.T, x_norm=xn, w_norm=wn), ValueError, "y"),
-        (dict(dy=dy, x=x, w=w, y=y, x_norm=xn[:4], w_norm=wn), ValueError, "x_norm"),
+        (dict(dy=dy, x=x, w=w, y=y.T, x_norm=xn, w_norm=wn), ValueError, "y"),  # transposed: same size
         (dict(dy=dy, x=x, w=w, y=y, x_norm=xn, w_norm=wn.astype(np.float32)), TypeError, "w_norm"),
-        (dict(dy=dy, x=x, w=w, y=y, x_norm=xn, w_norm=wn, eps=0), ValueError, "eps"),
-        (dict(dy=dy, x=x, w=w[:, :2], y=y, x_norm=xn, w_norm=wn), ValueError, "w"),
     ]
     for kwargs, exc, word in bcases:
         dx0, dw0 = np.full(x.shape, 7.0), np.full(w.shape, 7.0)
@@ -142,8 +134,6 @@ def test_bad_input_raises_and_writes_nothing(rng):
             fastnorm.cosine_linear_backward(**kwargs, out=(dx0, dw0))
         assert (dx0 == 7.0).all()
         assert (dw0 == 7.0).all()
-    with pytest.raises(ValueError, match="out"):
-        fastnorm.cosine_linear_forward(x, w, out=(np.empty((3, 5)), None, None))
     with pytest.raises(ValueError, match="out"):
         fastnorm.cosine_linear_backward(dy, x, w, y, xn, wn, out=(x, None))
 

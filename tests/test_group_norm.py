@@ -68,6 +68,7 @@ def test_large_offset_float32_statistics(rng, threads):
     np.testing.assert_allclose(got.rstd, ref[2], rtol=2e-6)
 
 
+# Only what tests/contracts does not check (see tests/test_batch_norm.py).
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, b = make(rng, (4, 6, 5), np.float32)
     y, mean, rstd = np.full_like(x, 7), np.full((4, 3), 7, np.float32), np.full((4, 3), 7, np.float32)
@@ -77,14 +78,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
 
     cases = [
         (ValueError, fwd(num_groups=4)),  # 6 channels not divisible by 4
-        (ValueError, fwd(num_groups=0)),
-        (TypeError, fwd(num_groups=3.0)),
-        (ValueError, fwd(weight=np.ones(3, np.float32))),
         (TypeError, fwd(bias=np.ones(6, np.float64))),
-        (TypeError, fwd(eps="1e-5")),
-        (ValueError, fwd(x=np.zeros(6, np.float32))),
-        (TypeError, fwd(x=x.astype(np.int64))),
-        (ValueError, fwd(out=(y, np.empty((4, 2), np.float32), rstd))),
         (ValueError, fwd(out=(y, mean, ch.readonly(rstd)))),
         (TypeError, fwd(weight=ch.FakeCudaArray((6,)))),
     ]
@@ -95,9 +89,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
     bwd = ch.caller(fastnorm.group_norm_backward, dy=x, x=x, **stats, num_groups=3, out=(dx, None, None))
     for exc, call in [
         (ValueError, bwd(num_groups=4)),
-        (ValueError, bwd(mean=np.zeros((4, 2), np.float32))),
         (TypeError, bwd(rstd=np.ones((4, 3), np.float64))),
-        (ValueError, bwd(dy=x[:2])),
     ]:
         ch.assert_raises_unchanged(exc, call, [dx])
 

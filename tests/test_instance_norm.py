@@ -81,26 +81,18 @@ def test_large_offset_float32_statistics(rng, threads):
     np.testing.assert_allclose(got[4], ref[4], rtol=2e-6)
 
 
+# Only what tests/contracts does not check (see tests/test_batch_norm.py).
 def test_bad_input_raises_and_writes_nothing(rng):
     x, w, b, rm, rv = make(rng, (4, 3, 5), np.float32)
     fwd, watched = ch.bad_forward_table("instance_norm", x, w, b, rm, rv, (4, 3))
-    y, mean = watched[2:4]
     cases = [
-        (ValueError, fwd(weight=np.ones(4, np.float32))),
-        (ValueError, fwd(running_mean=np.zeros(4, np.float32))),
         (TypeError, fwd(running_var=np.ones(3, np.float64))),
         (ValueError, fwd(running_var=ch.readonly(rv))),
         (ValueError, fwd(running_var=ch.strided(np.ones(3, np.float32)))),
         (ValueError, fwd(running_mean=None)),
         (ValueError, fwd(running_var=rm)),
-        (TypeError, fwd(momentum=None)),
-        (TypeError, fwd(use_input_stats="False")),
         (ValueError, fwd(x=x[:, :, :1])),  # one spatial value with use_input_stats
-        (ValueError, fwd(x=np.zeros(5, np.float32))),
-        (TypeError, fwd(x=x.astype(np.complex64))),  # (float16 and bfloat16 are taken: test_channel_half)
         (TypeError, fwd(use_input_stats=False, running_mean=None, running_var=None)),
-        (ValueError, fwd(out=(y, mean))),
-        (ValueError, fwd(out=(y, mean, np.empty((3, 4), np.float32)))),
         (TypeError, fwd(bias=ch.FakeCudaArray((3,)))),
     ]
     for exc, call in cases:
@@ -108,12 +100,7 @@ def test_bad_input_raises_and_writes_nothing(rng):
     dx = np.full_like(x, 7)
     stats = dict(mean=np.zeros((4, 3), np.float32), rstd=np.ones((4, 3), np.float32))
     bwd = ch.caller(fastnorm.instance_norm_backward, dy=x, x=x, **stats, out=(dx, None, None))
-    for exc, call in [
-        (ValueError, bwd(mean=np.zeros(3, np.float32))),
-        (ValueError, bwd(rstd=np.ones((4, 4), np.float32))),
-        (TypeError, bwd(dy=x.astype(np.float64))),
-    ]:
-        ch.assert_raises_unchanged(exc, call, [dx])
+    ch.assert_raises_unchanged(TypeError, bwd(dy=x.astype(np.float64)), [dx])
 
 
 @pytest.mark.parametrize("use_input_stats", [True, False])

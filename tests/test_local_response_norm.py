@@ -110,35 +110,14 @@ class _FakeCudaArray:
     dtype = np.dtype(np.float32)
 
 
-def _bad_forward_cases(x):
-    return [
-        (dict(x=x, size=0), ValueError, "size"),
-        (dict(x=x, size=-2), ValueError, "size"),
-        (dict(x=x, size=2.0), TypeError, "size"),
-        (dict(x=x, size=3, k=0.0), ValueError, "k"),
-        (dict(x=x, size=3, k=-1.0), ValueError, "k"),
-        (dict(x=x, size=3, alpha=float("nan")), ValueError, "alpha"),
-        (dict(x=x, size=3, beta=float("inf")), ValueError, "beta"),
-        (dict(x=x[0, 0], size=3), ValueError, "x"),
-        (dict(x=x.astype(np.int64), size=3), TypeError, "x"),
-        (dict(x=x.astype(np.complex64), size=3), TypeError, "x"),  # 16-bit: test_channel_half
-    ]
-
-
+# Only what tests/contracts does not check (the options, x's dtype and dims, the arrays' shapes and out='s
+# shape and length are there).
 def test_bad_forward_input_raises_and_writes_nothing(rng):
     x = rng.standard_normal((2, 3, 4))
-    for kwargs, exc, word in _bad_forward_cases(x):
-        y0, s0 = np.full(x.shape, 7.0), np.full(x.shape, 7.0)
-        with pytest.raises(exc, match=word):
-            fastnorm.local_response_norm_forward(**kwargs, out=(y0, s0))
-        assert (y0 == 7.0).all()
-        assert (s0 == 7.0).all()
     for out, exc in [
-        ((np.empty((2, 3, 5)), None), ValueError),
         ((np.empty(x.shape, np.float32), None), ValueError),
         ((np.empty((2, 3, 8))[:, :, ::2], None), ValueError),
         ((x, None), ValueError),  # aliases the input
-        ((None, None, None), ValueError),
     ]:
         with pytest.raises(exc, match="out"):
             fastnorm.local_response_norm_forward(x, 3, out=out)
@@ -151,11 +130,7 @@ def test_bad_backward_input_raises_and_writes_nothing(rng):
     dy = rng.standard_normal(x.shape)
     y, s = fastnorm.local_response_norm_forward(x, 3)
     cases = [
-        (dict(dy=dy, x=x, y=y, scale=s, size=0), ValueError, "size"),
-        (dict(dy=dy, x=x, y=y, scale=s, size=3, k=0), ValueError, "k"),
-        (dict(dy=dy[:, :2], x=x, y=y, scale=s, size=3), ValueError, "dy"),
         (dict(dy=dy, x=x, y=y.astype(np.float32), scale=s, size=3), TypeError, "y"),
-        (dict(dy=dy, x=x, y=y, scale=s[None], size=3), ValueError, "scale"),
         (dict(dy=None, x=x, y=y, scale=s, size=3), TypeError, "dy"),
         (dict(dy=dy, x=x, y=y, scale=_FakeCudaArray(), size=3), TypeError, "different devices"),
     ]

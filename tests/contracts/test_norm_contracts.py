@@ -506,25 +506,51 @@ BAD_OPTIONS = {
         ("normalized_ndim", 9, ValueError),
     ],
     "add_rms_norm": [("eps", "1e-5", TypeError), ("normalized_ndim", 9, ValueError)],
-    "batch_norm": [("eps", "1e-5", TypeError), ("momentum", "0.1", TypeError), ("axis", 2, ValueError)],
+    "batch_norm": [
+        ("eps", "1e-5", TypeError),
+        ("eps", 0.0, ValueError),  # torch: eps > 0 in training
+        ("eps", -1e-5, ValueError),
+        ("momentum", "0.1", TypeError),
+        ("momentum", None, TypeError),
+        ("training", "False", TypeError),
+        ("training", None, TypeError),
+        ("axis", 2, ValueError),
+        ("axis", 0, ValueError),
+        ("axis", 1.0, TypeError),
+    ],
     "batch_norm_channels_last": [("eps", None, TypeError), ("axis", -2, ValueError)],
-    "instance_norm": [("eps", "1e-5", TypeError), ("momentum", None, TypeError)],
+    "instance_norm": [
+        ("eps", "1e-5", TypeError),
+        ("momentum", None, TypeError),
+        ("use_input_stats", "False", TypeError),
+    ],
     "group_norm": [
         ("num_groups", 0, ValueError),
         ("num_groups", 7, ValueError),
         ("num_groups", 1.5, TypeError),
+        ("num_groups", 3.0, TypeError),  # an integral float too
         ("eps", "1e-5", TypeError),
     ],
     "local_response_norm": [
         ("size", 0, ValueError),
+        ("size", -2, ValueError),
         ("size", 2.5, TypeError),
+        ("size", 2.0, TypeError),
         ("alpha", "1", TypeError),
+        ("alpha", float("nan"), ValueError),
+        ("beta", float("inf"), ValueError),
         ("k", 0.0, ValueError),
+        ("k", -1.0, ValueError),
     ],
     "weight_norm_dim0": [("dim", 99, ValueError), ("dim", 0.5, TypeError)],
     "weight_norm_dim_other": [("dim", -99, ValueError)],
     "weight_norm_dim_none": [("dim", "all", TypeError)],
-    "cosine_linear": [("eps", "1e-8", TypeError)],
+    "cosine_linear": [
+        ("eps", "1e-8", TypeError),
+        ("eps", 0.0, ValueError),
+        ("eps", -1e-8, ValueError),
+        ("eps", float("nan"), ValueError),
+    ],
 }
 
 
