@@ -159,6 +159,7 @@ class OpSpec:
     bytes_moved: Callable[[Dims, int], int] | None = None
     doc: str = field(default="", compare=False)
     group: str = NORM
+    half: bool = True  # the CPU kernels take bfloat16/float16 data (the primary input's dtype)
     # the torch.library custom op that runs it (fastnorm::<name>; its fake is built from the outputs)
     torch_op: str | None = None
 

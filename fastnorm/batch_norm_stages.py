@@ -62,9 +62,10 @@ class BatchNormBackwardReduce(NamedTuple):
 
 
 def _declare(name, arg_spec, outputs, result, reads_writes, primary="x") -> OpSpec:
+    """A stage; the data stages take 16-bit x, ``batch_norm_gather_stats`` takes statistics (never 16-bit)."""
     moved = bytes_of(*reads_writes) if reads_writes else None
     return register(OpSpec(name, args(arg_spec), outputs, result, "batch_norm_stages", getattr(R, name),
-                           primary=primary, bytes_moved=moved, group=STAGES))  # fmt: skip
+                           primary=primary, bytes_moved=moved, group=STAGES, half=primary == "x"))  # fmt: skip
 
 
 def _gathered(d) -> tuple:

@@ -41,7 +41,7 @@ class SinkhornResult(NamedTuple):
 
 def _declare(name, arg_spec, outputs, result, primary, bytes_moved, torch_op=None) -> OpSpec:
     return register(OpSpec(name, args(arg_spec), outputs, result, "transport", getattr(R, name), primary=primary,
-                           bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op))  # fmt: skip
+                           bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op, half=False))  # fmt: skip
 
 
 def _values_bytes(arrays: int):

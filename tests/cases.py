@@ -592,6 +592,7 @@ class DeclaredCase(NamedTuple):
     op: str  # the registered op
     make: Callable[..., dict]
     options: tuple
+    stat_inputs: tuple = ()  # inputs in the statistic dtype (float32 beside 16-bit data)
 
 
 _REDUCED = ("none", "sum", "mean")
@@ -615,11 +616,12 @@ DECLARED_CASES = [
     DeclaredCase("sinkhorn_backward", _make_sinkhorn, (dict(objective="regularized"), dict(objective="transport"))),
     DeclaredCase("batch_norm_stats", _make_stage, (dict(), dict(axis=-1))),
     DeclaredCase("batch_norm_gather_stats", partial(_make_stage, stage="gather"), (dict(), dict(running=False))),
-    DeclaredCase("batch_norm_elemt", partial(_make_stage, stage="elemt"), (dict(), dict(axis=-1, weight=False))),
+    DeclaredCase("batch_norm_elemt", partial(_make_stage, stage="elemt"), (dict(), dict(axis=-1, weight=False)),
+                 ("mean", "invstd")),
     DeclaredCase("batch_norm_backward_reduce", partial(_make_stage, stage="backward_reduce"),
-                 (dict(), dict(axis=-1, weight=False))),
+                 (dict(), dict(axis=-1, weight=False)), ("mean", "invstd")),
     DeclaredCase("batch_norm_backward_elemt", partial(_make_stage, stage="backward_elemt"),
-                 (dict(), dict(axis=-1, weight=False))),
+                 (dict(), dict(axis=-1, weight=False)), ("mean", "invstd", "sum_dy", "sum_dy_xmu")),
 ]  # fmt: skip
 
 

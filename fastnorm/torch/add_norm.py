@@ -23,20 +23,10 @@ from torch import Tensor
 
 from . import _bind
 from ._common import fill_docs
-from .functional import _check, _normalized_ndim, _register_half_probe
+from .functional import _check, _normalized_ndim
 
 __all__ = ["add_layer_norm", "add_rms_norm"]
 
-
-def _public():
-    """fastnorm.add_norm, imported on first use."""
-    from fastnorm import add_norm
-
-    return add_norm
-
-
-_register_half_probe("add_layer_norm", lambda a, g, m: _public().add_layer_norm_forward(a, a))
-_register_half_probe("add_rms_norm", lambda a, g, m: _public().add_rms_norm_forward(a, a))
 
 # x and residual get the same gradient (h = x + residual); both y and h are differentiable outputs.
 ADD_LAYER_NORM = _bind.bind_pair("add_layer_norm", returns=("y", "h"), also={"residual": "dx"}, on_op=True)

@@ -26,6 +26,8 @@ from torch import Tensor
 
 import fastnorm
 import fastnorm._dispatch
+from fastnorm._backend.cpu import CPU
+from fastnorm._spec import REGISTRY
 
 from . import _bind
 from ._bind import call as _call  # noqa: F401  (losses.py, transport.py use it from here)
@@ -63,28 +65,24 @@ def _cuda_backend_error() -> str | None:
     return _cuda_error[0]
 
 
-# A tiny forward call per op: whether its CPU kernels take 16-bit data is asked of the op itself, once per
-# (op, dtype), so the torch layer follows the kernels as they gain dtypes (a TypeError means "not yet").
+# Whether an op's CPU kernels take 16-bit data is declared with the op (``OpSpec.half``; a contract test
+# checks that the public function agrees) and asked once per (op, dtype) through the op's probe: a TypeError
+# means "not on this build" (tests replace a probe to stand for such a build).
 def _probe_inputs(dt):
     return np.ones((2, 2, 2), dt), np.ones((2, 1, 1), dt), np.ones((2, 2), dt)
 
 
-_HALF_PROBES = {
-    "layer_norm": lambda a, g, m: fastnorm.layer_norm_forward(a),
-    "rms_norm": lambda a, g, m: fastnorm.rms_norm_forward(a),
-    "batch_norm": lambda a, g, m: fastnorm.batch_norm_forward(a),
-    "instance_norm": lambda a, g, m: fastnorm.instance_norm_forward(a),
-    "group_norm": lambda a, g, m: fastnorm.group_norm_forward(a, 1),
-    "local_response_norm": lambda a, g, m: fastnorm.local_response_norm_forward(a, 1),
-    "weight_norm": lambda a, g, m: fastnorm.weight_norm_forward(a, g, dim=0),
-    "cosine_linear": lambda a, g, m: fastnorm.cosine_linear_forward(m, m),
-}
+def _declared_half_probe(spec):
+    def probe(a, *_):
+        if not spec.half or np.dtype(a.dtype) not in CPU.float_dtypes:
+            raise TypeError(f"{spec.name}: {spec.primary} has dtype {np.dtype(a.dtype).name}; no 16-bit CPU kernels")
+
+    return probe
+
+
+# the torch layer's op names: a forward declaration's name without "_forward" (kl_div, js_div: as declared)
+_HALF_PROBES = {s.name.removesuffix("_forward"): _declared_half_probe(s) for s in REGISTRY.values()}
 _half_reasons: dict = {}
-
-
-def _register_half_probe(op: str, probe) -> None:
-    """``probe(x3d, g, x2d)`` calls op's forward on tiny arrays of one 16-bit dtype (used by add_norm.py)."""
-    _HALF_PROBES[op] = probe
 
 
 def _cpu_half_reason(op: str | None, dtype: torch.dtype) -> str | None:

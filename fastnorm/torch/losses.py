@@ -23,7 +23,6 @@ breaks (as ``fastnorm.torch.functional``). Double backward is not supported.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.library import custom_op
@@ -40,13 +39,6 @@ _CE_FWD, _CE_BWD = REGISTRY["softmax_cross_entropy_forward"], REGISTRY["softmax_
 __all__ = ["cross_entropy", "kl_div", "js_div", "CrossEntropyLoss", "KLDivLoss", "JSDLoss"]
 
 _arr, _ten = _F._arr, _F._ten
-
-# bfloat16/float16 CPU tensors run on the 16-bit kernels (float32 inside, results in the input's dtype)
-_F._register_half_probe(
-    "softmax_cross_entropy", lambda a, g, m: fastnorm.softmax_cross_entropy_forward(m, np.zeros(2, np.int64))
-)
-_F._register_half_probe("kl_div", lambda a, g, m: fastnorm.kl_div(m, m))
-_F._register_half_probe("js_div", lambda a, g, m: fastnorm.js_div(m, m))
 
 
 def _legacy(size_average, reduce, reduction: str) -> str:

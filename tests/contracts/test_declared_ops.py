@@ -133,3 +133,30 @@ def test_declared_torch_ops_are_registered():
     assert named
     for spec in named:
         assert hasattr(torch.ops.fastnorm, spec.torch_op), spec.name
+
+
+@pytest.mark.parametrize("case", DECLARED_CASES, ids=lambda c: c.op)
+def test_declared_half_support_is_the_functions(case):
+    """``OpSpec.half`` (read by the torch layer) says whether the public function takes 16-bit data: with its
+    float32 arrays in bfloat16 (the statistics kept in float32) it returns the declared outputs, or raises a
+    TypeError naming the primary input."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    spec = REGISTRY[case.op]
+    kwargs = case.make(np.random.default_rng(3), np.float32, **case.options[-1])
+
+    def cast(k, v):
+        if isinstance(v, np.ndarray) and v.dtype == np.float32 and k not in case.stat_inputs:
+            return v.astype(ml_dtypes.bfloat16)
+        return v
+
+    half = {k: cast(k, v) for k, v in kwargs.items()}
+    fn = getattr(fastnorm, case.op)
+    if not spec.half:
+        with pytest.raises(TypeError, match=rf"{case.op}: .*\b{spec.primary}\b"):
+            fn(**half)
+        return
+    layout = spec.layout_of_call(fn, half)
+    for declared, a in zip(layout, _outputs(spec, fn(**half)), strict=True):
+        assert (a is None) == (declared is None)
+        if a is not None:
+            assert (a.shape, a.dtype) == declared[1:], declared[0]
