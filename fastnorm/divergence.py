@@ -185,8 +185,9 @@ def _divisor(reduction: str, v: int, rows: int, batch: int) -> int:
     return 1
 
 
-def _fused_forward(op, be, x_in, x, t, m, v, reduction, grad, grad_target, out, div, call) -> DivergenceForward:
-    """Common body of kl_div / js_div: outputs, ``call(rows, elem, dx, dt, gscale)`` (the kernel), reduction."""
+def _fused_forward(op, be, x_in, x, t, m, v, reduction, grad, grad_target, out, div, extra) -> DivergenceForward:
+    """Common body of kl_div / js_div: outputs, the kernel ``<op>_forward(x, t, *pre, rows, elem, dx, dt, *post,
+    gscale, threads)`` with ``extra = (pre, post)``, reduction."""
     if grad == "inplace":
         L.check_inplace(op, be, "input", x, x_in)
     out = L.out_tuple(op, out, "loss, dinput, dtarget")
@@ -203,14 +204,17 @@ def _fused_forward(op, be, x_in, x, t, m, v, reduction, grad, grad_target, out, 
     row_losses = be.empty((m,), np.float64)
     gscale = L.grad_scale(reduction, div) if grad is not None or grad_target else 0.0
     a2 = L.absent(be, x.dtype, 2)
-    call(row_losses, *(a2 if a is None else a.reshape(m, v) for a in (elem, dx, dt)), gscale)
+    pre, post = extra
+    rows = (a2 if a is None else a.reshape(m, v) for a in (elem, dx, dt))
+    kernel = getattr(be.kernels, f"{op}_forward")
+    kernel(x.reshape(m, v), t.reshape(m, v), *pre, row_losses, *rows, *post, gscale, be.threads(m * v))
     loss = elem if reduction == "none" else L.reduced(be, row_losses, reduction, div, x.dtype, loss_buf)
     return DivergenceForward(loss, x_in if grad == "inplace" else dx, dt)
 
 
-def _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call) -> DivergenceBackward:
+def _backward(op, be, dloss, x, t, m, v, reduction, div, input_grad, target_grad, out, extra) -> DivergenceBackward:
     """Common body of the backwards: dloss (elementwise for "none", else a scalar folded into the scale),
-    outputs, ``call(dloss_rows, dx, dt, scale)`` (the kernel)."""
+    outputs, the kernel ``<op>(dloss_rows, x, t, *pre, dx, dt, *post, scale, threads)``, ``extra = (pre, post)``."""
     if reduction == "none":
         d, s = V.required(be, op, "dloss", dloss, x.shape, x.dtype), 1.0
     else:
@@ -218,7 +222,9 @@ def _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, o
     specs = _PAIR_SPEC[op].layout_for(be, dict(input=x), input_grad=input_grad, target_grad=target_grad)
     dx, dt = V.outputs(be, op, out, specs, (x, d))
     a2 = L.absent(be, x.dtype, 2)
-    call(*(a2 if a is None else a.reshape(m, v) for a in (d, dx, dt)), s)
+    pre, post = extra
+    d, dx2, dt2 = (a2 if a is None else a.reshape(m, v) for a in (d, dx, dt))
+    getattr(be.kernels, op)(d, x.reshape(m, v), t.reshape(m, v), *pre, dx2, dt2, *post, s, be.threads(m * v))
     return DivergenceBackward(dx, dt)
 
 
@@ -272,13 +278,8 @@ def kl_div(
     be = backend_of(op, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
     div = _divisor(reduction, v, m, x.shape[0])
-    lt = bool(log_target)
-
-    def call(row_losses, elem, dx, dt, gscale):
-        be.kernels.kl_div_forward(x.reshape(m, v), t.reshape(m, v), row_losses, elem, dx, dt, lt, gscale,
-                                  be.threads(m * v))  # fmt: skip
-
-    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, call)
+    extra = ((), (bool(log_target),))
+    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, extra)
 
 
 def kl_div_backward(
@@ -321,12 +322,8 @@ def kl_div_backward(
     be = backend_of(op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, out=out)
     x, t, lead, m, v = _pair(op, be, input, target)
     div = _divisor(reduction, v, m, x.shape[0])
-    lt = bool(log_target)
-
-    def call(d, dx, dt, s):
-        be.kernels.kl_div_backward(d, x.reshape(m, v), t.reshape(m, v), dx, dt, lt, s, be.threads(m * v))
-
-    return _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call)
+    extra = ((), (bool(log_target),))
+    return _backward(op, be, dloss, x, t, m, v, reduction, div, input_grad, target_grad, out, extra)
 
 
 def _js_keep(op, be, labels, ignore_index, lead, m):
@@ -401,12 +398,7 @@ def js_div(
     grad = L.choice(op, "grad", grad, L.GRAD_MODES)
     be = backend_of(op, input=input, target=target, labels=labels, out=out)
     x, t, m, v, keep, beta, reduction, div = _js_setup(op, be, input, target, labels, ignore_index, beta, reduction)
-
-    def call(row_losses, elem, dx, dt, gscale):
-        be.kernels.js_div_forward(x.reshape(m, v), t.reshape(m, v), keep, row_losses, elem, dx, dt, beta, gscale,
-                                  be.threads(m * v))  # fmt: skip
-
-    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, call)
+    return _fused_forward(op, be, input, x, t, m, v, reduction, grad, bool(grad_target), out, div, ((keep,), (beta,)))
 
 
 def js_div_backward(
@@ -446,8 +438,5 @@ def js_div_backward(
         op, dloss=dloss if hasattr(dloss, "shape") else None, input=input, target=target, labels=labels, out=out
     )
     x, t, m, v, keep, beta, reduction, div = _js_setup(op, be, input, target, labels, ignore_index, beta, reduction)
-
-    def call(d, dx, dt, s):
-        be.kernels.js_div_backward(d, x.reshape(m, v), t.reshape(m, v), keep, dx, dt, beta, s, be.threads(m * v))
-
-    return _backward(op, be, dloss, x, m, v, reduction, div, input_grad, target_grad, out, call)
+    extra = ((keep,), (beta,))
+    return _backward(op, be, dloss, x, t, m, v, reduction, div, input_grad, target_grad, out, extra)
