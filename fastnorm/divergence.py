@@ -68,9 +68,9 @@ KL = _declare("kl_div", "input target :reduction=str :log_target=bool :grad=str 
 KL_BWD = _declare("kl_div_backward", "dloss input target :reduction=str :log_target=bool :input_grad=bool "
                   ":target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
                   lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "kl_div_backward")  # fmt: skip
-JS = _declare("js_div", "input target labels? :beta=float :reduction=str :ignore_index=int :grad=str "
+JS = _declare("js_div", "input target labels? :beta=float :ignore_index=int :reduction=str :grad=str "
               ":grad_target=bool", _PAIR_FWD, DivergenceForward, "input", _pair_bytes, "js_div_forward")  # fmt: skip
-JS_BWD = _declare("js_div_backward", "dloss input target labels? :beta=float :reduction=str :ignore_index=int "
+JS_BWD = _declare("js_div_backward", "dloss input target labels? :beta=float :ignore_index=int :reduction=str "
                   ":input_grad=bool :target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
                   lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "js_div_backward")  # fmt: skip
 

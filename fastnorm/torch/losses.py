@@ -255,22 +255,17 @@ def _js_bwd_impl(dloss, input, target, labels, beta: float, ignore_index: int, r
     return _empty_if_none(_ten(dx, input), input), _empty_if_none(_ten(dt, input), input)
 
 
-# The custom ops' arguments after (dloss,) input, target: each divergence's own, then the wanted gradients.
-_DIV_ARGS = {
-    "kl": (("reduction", "str"), ("log_target", "bool")),
-    "js": (("labels", "Tensor?"), ("beta", "float"), ("ignore_index", "int"), ("reduction", "str")),
-}
-
-
 def _div_ops(which: str, fwd_impl, bwd_impl) -> tuple:
     """``fastnorm::<which>_div_forward`` -> (loss, dx, dt) and ``<which>_div_backward`` -> (dx, dt), with
-    fakes (dx / dt: empty unless wanted)."""
-    extra = _DIV_ARGS[which] + (("want_x", "bool"), ("want_t", "bool"))
+    fakes (dx / dt: empty unless wanted). Their arguments after (dloss,) input, target: the divergence's own,
+    as declared (name and kind), then the wanted gradients (want_x, want_t: the declared grad options)."""
+    fspec, bspec = REGISTRY[f"{which}_div"], REGISTRY[f"{which}_div_backward"]
+    own = [(a.name, a.kind) for a in fspec.args if a.name not in ("input", "target", "grad", "grad_target")]
+    extra = (*own, ("want_x", "bool"), ("want_t", "bool"))
     names = [n for n, _ in extra]
     args = ", ".join(f"{kind} {n}" for n, kind in extra)
     fwd_schema = f"(Tensor input, Tensor target, {args}) -> (Tensor, Tensor, Tensor)"
     bwd_schema = f"(Tensor dloss, Tensor input, Tensor target, {args}) -> (Tensor, Tensor)"
-    fspec, bspec = REGISTRY[f"{which}_div"], REGISTRY[f"{which}_div_backward"]
     fwd = custom_op(f"fastnorm::{fspec.torch_op}", fwd_impl, mutates_args=(), schema=fwd_schema)
     bwd = custom_op(f"fastnorm::{bspec.torch_op}", bwd_impl, mutates_args=(), schema=bwd_schema)
 
