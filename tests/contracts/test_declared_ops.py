@@ -160,3 +160,17 @@ def test_declared_half_support_is_the_functions(case):
         assert (a is None) == (declared is None)
         if a is not None:
             assert (a.shape, a.dtype) == declared[1:], declared[0]
+
+
+@pytest.mark.parametrize("spec", [s for s in REGISTRY.values() if s.group != NORM], ids=lambda s: s.name)
+def test_reference_defaults_are_the_functions(spec):
+    """Each default of the public function (declared once, in its signature) is the reference's, and every
+    declared argument is a parameter of both (the reference may omit out= and the fused-gradient options)."""
+    import inspect
+
+    fn = inspect.signature(getattr(fastnorm, spec.name)).parameters
+    ref = inspect.signature(spec.reference).parameters
+    assert set(spec.args_names) <= set(fn), spec.name
+    for name, p in ref.items():
+        assert name in fn, f"{spec.name}: the reference's {name} is not a parameter of the function"
+        assert p.default == fn[name].default, f"{spec.name}: {name} defaults to {p.default!r} vs {fn[name].default!r}"
