@@ -73,9 +73,10 @@ def test_reference_backward_matches_finite_differences(rng, shape, dim):
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def test_cases_cover_every_plan():
+@pytest.mark.parametrize("cases", ["CASES", "STREAM_CASES"])
+def test_cases_cover_every_plan(cases):
     view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
-    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float64)[0] for s, d in CASES}
+    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float64)[0] for s, d in globals()[cases]}
     assert modes == {norms._WN_ROWS, norms._WN_FLAT, norms._WN_COLS}
 
 
@@ -304,12 +305,6 @@ def _assert_same_bits(runs):
         for a, b, name in zip(runs[0], run, ("w", "norm", "dv", "dg"), strict=True):
             assert a.dtype == b.dtype
             assert np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)), name
-
-
-def test_stream_cases_cover_every_plan():
-    view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
-    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float32)[0] for s, d in STREAM_CASES}
-    assert modes == {norms._WN_ROWS, norms._WN_FLAT, norms._WN_COLS}
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

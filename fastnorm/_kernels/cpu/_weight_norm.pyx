@@ -3,9 +3,10 @@
 WeightNorm works on an (A, D, B) view of v: D = v.shape[dim], A / B the products of the dims before / after
 it (dim=None: A = D = 1). The norm of slice d is over a in [0, A), b in [0, B). Three plans;
 ``weight_norm_plan`` picks one (``mode``) and the scratch shapes:
-- WN_ROWS (A == 1: dim is the first axis, the common case, and dim=None with one thread): each slice is one
-  contiguous row; OpenMP static over rows, the row's sum is taken and the row written while it is in cache.
-- WN_FLAT (long rows, B >= 16, or A == 1 with too few rows for the threads, e.g. dim=None): the flat array
+- WN_ROWS (A == 1 with at least 4 rows per thread, or rows shorter than 16: dim is the first axis, the
+  common case): each slice is one contiguous row; OpenMP static over rows, the row's sum is taken and the
+  row written while it is in cache.
+- WN_FLAT (long rows, B >= 16, with A > 1 or too few rows for the threads, e.g. dim=None): the flat array
   is cut into ``flat_chunks`` contiguous chunks; chunk c adds each row segment's sum into part[c, d]; part
   is summed over c in fixed order; then the output is written.
 - WN_COLS (short rows after dim, A > 1, e.g. dim the last axis): a in [0, A) cut into ``cols_chunks``
@@ -76,14 +77,12 @@ cdef enum:
 
 # Outputs of at least this many bytes are written with non-temporal stores (half the last-level cache of the
 # machines measured: larger outputs leave the cache before the caller reads them).
-cdef Py_ssize_t _stream_min_bytes = 16 * 1024 * 1024
+cdef Py_ssize_t[1] _stream_min_bytes = [16 << 20]
 
 
 def set_weight_norm_stream_min_bytes(Py_ssize_t nbytes):
-    """Outputs of at least ``nbytes`` bytes are written with non-temporal stores; returns the old value."""
-    global _stream_min_bytes
-    old = _stream_min_bytes
-    _stream_min_bytes = nbytes
+    """Test hook: outputs of at least ``nbytes`` bytes are streamed from now on; returns the old cut-off."""
+    old, _stream_min_bytes[0] = _stream_min_bytes[0], nbytes
     return old
 
 
@@ -125,7 +124,7 @@ def weight_norm_plan(Py_ssize_t a, Py_ssize_t d, Py_ssize_t b, int n_threads, bi
     """
     cdef Py_ssize_t nc = 0, width = 0
     cdef int mode = WN_ROWS
-    if a == 1 and (b < 16 or n_threads <= 1 or d >= 4 * n_threads):
+    if a == 1 and (b < 16 or d >= 4 * n_threads):
         pass
     elif a == 1 or b >= 16:
         mode, nc, width = WN_FLAT, _flat_chunks(a * d * b, d), d
@@ -175,18 +174,33 @@ cdef inline Py_ssize_t _nt_head(const floating *dst) noexcept nogil:
         return fn_stream_head_f(<const float *>dst) // 2
 
 
-cdef inline void _out_row(const floating *a, const floating *b, floating *out, floating f1, floating f2,
-                          Py_ssize_t n, bint nt) noexcept nogil:
-    """_out_row_plain; nt: computed WN_NT_BLOCK elements at a time on the stack and streamed (same bits)."""
+cdef inline void _apply_plain(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                              const floating *v1, const floating *v2, Py_ssize_t n) noexcept nogil:
+    """_out_row_plain with the factors f1, f2; with per-element factors v1[j], v2[j] (COLS) when v1 is given."""
+    cdef Py_ssize_t j
+    if v1 == NULL:
+        _out_row_plain(a, b, out, f1, f2, n)
+    elif b == NULL:
+        for j in range(n):
+            out[j] = a[j] * v1[j]
+    else:
+        for j in range(n):
+            out[j] = v1[j] * a[j] - v2[j] * b[j]
+
+
+cdef inline void _apply(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                        const floating *v1, const floating *v2, Py_ssize_t n, bint nt) noexcept nogil:
+    """_apply_plain; nt: computed WN_NT_BLOCK elements at a time on the stack and streamed (the same bits)."""
     cdef floating tmp[WN_NT_BLOCK]
     cdef Py_ssize_t j0 = 0, k
     if not nt:
-        _out_row_plain(a, b, out, f1, f2, n)
+        _apply_plain(a, b, out, f1, f2, v1, v2, n)
         return
     k = WN_NT_BLOCK - _nt_head(out)
     while j0 < n:
         k = min(k, n - j0)
-        _out_row_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1, f2, k)
+        _apply_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1, f2, NULL if v1 == NULL else v1 + j0,
+                     NULL if v2 == NULL else v2 + j0, k)
         _stream(tmp, out + j0, k)
         j0 += k
         k = WN_NT_BLOCK
@@ -229,7 +243,7 @@ cdef inline void _rows_one(const floating *a, const floating *b, const floating 
     cdef floating f1, f2 = 0
     _slice_coefs(_cut_sum(a, b, d * B, (d + 1) * B, step), g[d], NULL if norm == NULL else norm + d, stat + d,
                  &f1, &f2)
-    _out_row(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, B, nt)
+    _apply(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, NULL, NULL, B, nt)
 
 
 cdef inline void _flat_piece_sums(const floating *a, const floating *b, double *part, Py_ssize_t lo,
@@ -324,40 +338,12 @@ cdef inline void _apply_chunk(const floating *a, const floating *b, floating *ou
         while lo < hi:
             r = (lo // B) % D
             e = min(hi, (lo // B + 1) * B)
-            _out_row(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], e - lo,
-                     nt)
+            _apply(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], NULL, NULL,
+                   e - lo, nt)
             lo = e
     else:
         for i in range(chunk_start(A, n_chunks, c), chunk_start(A, n_chunks, c + 1)):
-            _cols_apply_row(a + i * P, NULL if b == NULL else b + i * P, out + i * P, f1, f2, P, nt)
-
-
-cdef inline void _cols_apply_plain(const floating *a, const floating *b, floating *out, const floating *f1,
-                                   const floating *f2, Py_ssize_t P) noexcept nogil:
-    cdef Py_ssize_t j
-    if b == NULL:
-        for j in range(P):
-            out[j] = a[j] * f1[j]
-    else:
-        for j in range(P):
-            out[j] = f1[j] * a[j] - f2[j] * b[j]
-
-
-cdef inline void _cols_apply_row(const floating *a, const floating *b, floating *out, const floating *f1,
-                                 const floating *f2, Py_ssize_t P, bint nt) noexcept nogil:
-    """_cols_apply_plain; nt: in stack blocks, streamed (as _out_row)."""
-    cdef floating tmp[WN_NT_BLOCK]
-    cdef Py_ssize_t j0 = 0, k
-    if not nt:
-        _cols_apply_plain(a, b, out, f1, f2, P)
-        return
-    k = WN_NT_BLOCK - _nt_head(out)
-    while j0 < P:
-        k = min(k, P - j0)
-        _cols_apply_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1 + j0, NULL if f2 == NULL else f2 + j0, k)
-        _stream(tmp, out + j0, k)
-        j0 += k
-        k = WN_NT_BLOCK
+            _apply(a + i * P, NULL if b == NULL else b + i * P, out + i * P, 0, 0, f1, f2, P, nt)
 
 
 cdef void _weight_norm(const floating *a, const floating *b, const floating *g, const floating *norm,
@@ -367,7 +353,7 @@ cdef void _weight_norm(const floating *a, const floating *b, const floating *g, 
     """Forward (b, norm NULL: a = v, stat = norm) or backward (a = dw, b = v, stat = dg) of every plan."""
     cdef Py_ssize_t d, c, step, t, team
     cdef bint par = n_threads > 1
-    cdef bint nt = A * D * B * <Py_ssize_t>sizeof(floating) >= _stream_min_bytes
+    cdef bint nt = A * D * B * <Py_ssize_t>sizeof(floating) >= _stream_min_bytes[0]
     if mode == WN_ROWS:
         step = (D * B + _flat_chunks(D * B, D) - 1) // _flat_chunks(D * B, D)
         with parallel(num_threads=n_threads, use_threads_if=par):
@@ -376,6 +362,7 @@ cdef void _weight_norm(const floating *a, const floating *b, const floating *g, 
             if nt:
                 fn_sfence()
         return
+    t, team, c = 0, 1, 0  # private in the region (set first: no maybe-uninitialized copy-out)
     with parallel(num_threads=n_threads, use_threads_if=par):
         t = threadid()
         team = fn_wn_team()
