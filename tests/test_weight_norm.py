@@ -73,9 +73,10 @@ def test_reference_backward_matches_finite_differences(rng, shape, dim):
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def test_cases_cover_every_plan():
+@pytest.mark.parametrize("cases", ["CASES", "STREAM_CASES"])
+def test_cases_cover_every_plan(cases):
     view = lambda s, d: norms._weight_norm_view("test", s, d)[1]
-    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float64)[0] for s, d in CASES}
+    modes = {norms._weight_norm_plan(CPU, view(s, d), 2, False, np.float64)[0] for s, d in globals()[cases]}
     assert modes == {norms._WN_ROWS, norms._WN_FLAT, norms._WN_COLS}
 
 
@@ -254,3 +255,103 @@ def test_g_shape_matches_torch_module_parameters():
         w, _ = fastnorm.weight_norm_forward(v, g, dim=dim)
         w64, _ = R.weight_norm_forward(v.astype(np.float64), g.astype(np.float64), dim=dim)
         assert_close_to_ref(w, m.weight.detach(), w64, name=f"weight (dim={dim})")
+
+
+# ------------------------------------------------------------------------------------------ streamed outputs
+# Every plan with rows and chunk runs of odd lengths: ROWS (at 1 thread, and 2 with many rows), FLAT with
+# A == 1 and dim=None, FLAT with A > 1, COLS with one and several chunks.
+STREAM_CASES = [
+    ((37, 1001), 0),
+    ((3, 50001), 0),
+    ((130001,), None),
+    ((5, 7, 999), 1),
+    ((9000, 4, 3), 1),
+    ((129, 65, 17), 2),
+]
+
+
+@pytest.fixture
+def set_cutoff():
+    """The kernels' streaming cut-off (bytes of output) setter; the old value is restored after the test."""
+    from fastnorm._kernels.cpu import _weight_norm as k
+
+    old = k.set_weight_norm_stream_min_bytes(1 << 62)
+    yield k.set_weight_norm_stream_min_bytes
+    k.set_weight_norm_stream_min_bytes(old)
+
+
+def _offset_empty(shape, dtype, items):
+    """An uninitialised C-contiguous array whose data starts ``items`` items past a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + items * dtype.itemsize
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _all_outputs(v, g, dw, dim, items=None):
+    """w, norm, dv, dg: allocated (items None) or into out= buffers ``items`` items past a 64-byte boundary."""
+    if items is None:
+        w, n = fastnorm.weight_norm_forward(v, g, dim=dim)
+        return (w, n, *fastnorm.weight_norm_backward(dw, v, g, n, dim=dim))
+    w, dv = _offset_empty(v.shape, v.dtype, items), _offset_empty(v.shape, v.dtype, items)
+    _, n = fastnorm.weight_norm_forward(v, g, dim=dim, out=(w, None))
+    _, dg = fastnorm.weight_norm_backward(dw, v, g, n, dim=dim, out=(dv, None))
+    return w, n, dv, dg
+
+
+def _assert_same_bits(runs):
+    for run in runs[1:]:
+        for a, b, name in zip(runs[0], run, ("w", "norm", "dv", "dg"), strict=True):
+            assert a.dtype == b.dtype
+            assert np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)), name
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(("shape", "dim"), STREAM_CASES)
+def test_streamed_outputs_same_bits(rng, threads, set_cutoff, dtype, shape, dim):
+    """Outputs past the streaming cut-off (non-temporal stores, computed in stack blocks) have the bits of
+    the cached path, allocated or into out= views 1 and 3 items off a 64-byte boundary (the stores align
+    themselves), and match the reference."""
+    v, g, dw = _make(rng, shape, dim, dtype)
+    cached = _all_outputs(v, g, dw, dim)
+    set_cutoff(0)
+    _assert_same_bits([cached, _all_outputs(v, g, dw, dim), *(_all_outputs(v, g, dw, dim, k) for k in (0, 1, 3))])
+    _check_kernels(v, g, dw, dim)
+
+
+@pytest.mark.parametrize(("shape", "dim"), [((3, 50001), 0), ((9000, 4, 3), 1), ((130001,), None)])
+def test_stream_cutoff_both_sides(rng, set_cutoff, shape, dim):
+    """An output of exactly the cut-off is streamed, one byte less is not: both sides give the same bits, at
+    every thread count, and the float32 results match the reference."""
+    v, g, dw = _make(rng, shape, dim, np.float32)
+    runs = []
+    old = fastnorm.get_num_threads()
+    try:
+        for cutoff in (v.nbytes, v.nbytes + 1):
+            set_cutoff(cutoff)
+            for nt in (1, 2, 3):
+                fastnorm.set_num_threads(nt)
+                runs.append(_all_outputs(v, g, dw, dim))
+    finally:
+        fastnorm.set_num_threads(old)
+    _assert_same_bits(runs)
+    _check_kernels(v, g, dw, dim)
+
+
+@pytest.mark.parametrize("dim", [0, None])
+def test_streamed_bfloat16(rng, threads, set_cutoff, dim):
+    """16-bit v runs the float32 kernel on widened copies: streamed or not, the same bits."""
+    from fastnorm import _dtypes
+
+    v, g, dw = _make(rng, (70, 1001), dim, np.float32)
+    v, dw = v.astype(_dtypes.BFLOAT16), dw.astype(_dtypes.BFLOAT16)
+    cached = _all_outputs(v, g, dw, dim)
+    set_cutoff(0)
+    _assert_same_bits([cached, _all_outputs(v, g, dw, dim), _all_outputs(v, g, dw, dim, 1)])
+
+
+@pytest.mark.parametrize(("shape", "dim"), [((0, 3), 0), ((3, 0), 1), ((2, 0, 3), None)])
+def test_streamed_empty(set_cutoff, shape, dim):
+    set_cutoff(0)
+    test_empty(shape, dim)

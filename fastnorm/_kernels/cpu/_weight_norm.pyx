@@ -3,15 +3,22 @@
 WeightNorm works on an (A, D, B) view of v: D = v.shape[dim], A / B the products of the dims before / after
 it (dim=None: A = D = 1). The norm of slice d is over a in [0, A), b in [0, B). Three plans;
 ``weight_norm_plan`` picks one (``mode``) and the scratch shapes:
-- WN_ROWS (A == 1: dim is the first axis, the common case, and dim=None with one thread): each slice is one
-  contiguous row; OpenMP static over rows, the row's sum is taken and the row written while it is in cache.
-- WN_FLAT (long rows, B >= 16, or A == 1 with too few rows for the threads, e.g. dim=None): the flat array
+- WN_ROWS (A == 1 with at least 4 rows per thread, or rows shorter than 16: dim is the first axis, the
+  common case): each slice is one contiguous row; OpenMP static over rows, the row's sum is taken and the
+  row written while it is in cache.
+- WN_FLAT (long rows, B >= 16, with A > 1 or too few rows for the threads, e.g. dim=None): the flat array
   is cut into ``flat_chunks`` contiguous chunks; chunk c adds each row segment's sum into part[c, d]; part
-  is summed over c in fixed order; a second pass writes the output, each thread on its own chunks (read
-  back from its cache when they fit).
+  is summed over c in fixed order; then the output is written.
 - WN_COLS (short rows after dim, A > 1, e.g. dim the last axis): a in [0, A) cut into ``cols_chunks``
   chunks; chunk c adds v[a, :, :]^2 elementwise into part[c, :] (length D*B, vectorized), summed over c and
   b at the end; then w[a, :] = v[a, :] * fac[:] with the factor expanded to D*B.
+FLAT and COLS run in one parallel region: each thread sums a contiguous run of chunks, a barrier, the
+factors (slices split between the threads), a barrier, then each thread writes its own chunks in reverse
+order, so the chunks it read last are read again first: from its L1/L2 when its share fits there (v is read
+from memory once), from the last-level cache for the tail of a larger share (two passes).
+Outputs of at least ``stream_min_bytes`` (default 16 MiB, set_weight_norm_stream_min_bytes) are written with
+non-temporal stores in every plan (computed in blocks of WN_NT_BLOCK elements on the stack, then streamed:
+no read of the destination lines, no eviction of the v still to be re-read); the values are the same bits.
 Bitwise the same for every thread count: the chunk counts depend on the shape only, the COLS/FLAT choice
 too, and a ROWS row is summed in the pieces FLAT's chunk edges cut it into, added in order (exactly FLAT's
 sum when A == 1), so ROWS and FLAT, which the thread count chooses between, agree. Sums are in float64.
@@ -22,11 +29,33 @@ row norms and the output scaling (forward), the scaled gradient G and the norm-c
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt
 
 from fastnorm._kernels.cpu._common cimport chunk_start
 
+
+cdef extern from "fastnorm_stream.h" nogil:
+    void fn_sfence()
+    void fn_stream_store_f(const float *src, float *dst, Py_ssize_t n)
+    Py_ssize_t fn_stream_head_f(const float *dst)
+
+cdef extern from *:
+    """
+    /* The team size and a barrier of the enclosing parallel region (a team of one without OpenMP). */
+    #ifdef _OPENMP
+    #include <omp.h>
+    static inline int fn_wn_team(void) { return omp_get_num_threads(); }
+    static inline void fn_wn_barrier(void) {
+        #pragma omp barrier
+    }
+    #else
+    static inline int fn_wn_team(void) { return 1; }
+    static inline void fn_wn_barrier(void) {}
+    #endif
+    """
+    int fn_wn_team() noexcept nogil
+    void fn_wn_barrier() noexcept nogil
 
 cdef extern from "fastnorm_moments.h" nogil:
     double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
@@ -43,6 +72,18 @@ cdef enum:
     WN_COLS_MAX_CHUNKS = 64
     # Most float64 partial-sum scratch (bytes): fewer, longer chunks beyond it.
     WN_PART_BYTES = 16 << 20
+    # Streamed outputs are computed this many elements at a time into an L1 block on the stack.
+    WN_NT_BLOCK = 1024
+
+# Outputs of at least this many bytes are written with non-temporal stores (half the last-level cache of the
+# machines measured: larger outputs leave the cache before the caller reads them).
+cdef Py_ssize_t[1] _stream_min_bytes = [16 << 20]
+
+
+def set_weight_norm_stream_min_bytes(Py_ssize_t nbytes):
+    """Test hook: outputs of at least ``nbytes`` bytes are streamed from now on; returns the old cut-off."""
+    old, _stream_min_bytes[0] = _stream_min_bytes[0], nbytes
+    return old
 
 
 cdef inline double _sumsq(const floating *x, Py_ssize_t n) noexcept nogil:
@@ -83,7 +124,7 @@ def weight_norm_plan(Py_ssize_t a, Py_ssize_t d, Py_ssize_t b, int n_threads, bi
     """
     cdef Py_ssize_t nc = 0, width = 0
     cdef int mode = WN_ROWS
-    if a == 1 and (b < 16 or n_threads <= 1 or d >= 4 * n_threads):
+    if a == 1 and (b < 16 or d >= 4 * n_threads):
         pass
     elif a == 1 or b >= 16:
         mode, nc, width = WN_FLAT, _flat_chunks(a * d * b, d), d
@@ -107,13 +148,62 @@ cdef inline void _axpby_row(const floating *dw, const floating *v, floating *dv,
         dv[j] = c1 * dw[j] - c2 * v[j]
 
 
-cdef inline void _out_row(const floating *a, const floating *b, floating *out, floating f1, floating f2,
-                          Py_ssize_t n) noexcept nogil:
+cdef inline void _out_row_plain(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                                Py_ssize_t n) noexcept nogil:
     """out = f1 * a (forward: b NULL) or f1 * a - f2 * b (backward)."""
     if b == NULL:
         _scale_row(a, out, f1, n)
     else:
         _axpby_row(a, b, out, f1, f2, n)
+
+
+cdef inline void _stream(const floating *src, floating *dst, Py_ssize_t n) noexcept nogil:
+    """dst[:n] = src[:n] (bit copy) with non-temporal stores; double as pairs of 32-bit words."""
+    if floating is float:
+        fn_stream_store_f(src, dst, n)
+    else:
+        fn_stream_store_f(<const float *>src, <float *>dst, 2 * n)
+
+
+cdef inline Py_ssize_t _nt_head(const floating *dst) noexcept nogil:
+    """Elements before dst's first 32-byte boundary (a streamed block ending there lets the later ones stream
+    whole); double: a 4-byte-aligned view has none to align, stream from the start."""
+    if floating is float:
+        return fn_stream_head_f(dst)
+    else:
+        return fn_stream_head_f(<const float *>dst) // 2
+
+
+cdef inline void _apply_plain(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                              const floating *v1, const floating *v2, Py_ssize_t n) noexcept nogil:
+    """_out_row_plain with the factors f1, f2; with per-element factors v1[j], v2[j] (COLS) when v1 is given."""
+    cdef Py_ssize_t j
+    if v1 == NULL:
+        _out_row_plain(a, b, out, f1, f2, n)
+    elif b == NULL:
+        for j in range(n):
+            out[j] = a[j] * v1[j]
+    else:
+        for j in range(n):
+            out[j] = v1[j] * a[j] - v2[j] * b[j]
+
+
+cdef inline void _apply(const floating *a, const floating *b, floating *out, floating f1, floating f2,
+                        const floating *v1, const floating *v2, Py_ssize_t n, bint nt) noexcept nogil:
+    """_apply_plain; nt: computed WN_NT_BLOCK elements at a time on the stack and streamed (the same bits)."""
+    cdef floating tmp[WN_NT_BLOCK]
+    cdef Py_ssize_t j0 = 0, k
+    if not nt:
+        _apply_plain(a, b, out, f1, f2, v1, v2, n)
+        return
+    k = WN_NT_BLOCK - _nt_head(out)
+    while j0 < n:
+        k = min(k, n - j0)
+        _apply_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1, f2, NULL if v1 == NULL else v1 + j0,
+                     NULL if v2 == NULL else v2 + j0, k)
+        _stream(tmp, out + j0, k)
+        j0 += k
+        k = WN_NT_BLOCK
 
 
 # -------------------------------------------------------------------------------------- WeightNorm, shared
@@ -147,13 +237,13 @@ cdef inline double _cut_sum(const floating *a, const floating *b, Py_ssize_t lo,
 
 
 cdef inline void _rows_one(const floating *a, const floating *b, const floating *g, const floating *norm,
-                           floating *out, floating *stat, Py_ssize_t d, Py_ssize_t B,
-                           Py_ssize_t step) noexcept nogil:
+                           floating *out, floating *stat, Py_ssize_t d, Py_ssize_t B, Py_ssize_t step,
+                           bint nt) noexcept nogil:
     """ROWS plan, row d: its sum, its factors, its output row (while the row is in cache)."""
     cdef floating f1, f2 = 0
     _slice_coefs(_cut_sum(a, b, d * B, (d + 1) * B, step), g[d], NULL if norm == NULL else norm + d, stat + d,
                  &f1, &f2)
-    _out_row(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, B)
+    _apply(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, NULL, NULL, B, nt)
 
 
 cdef inline void _flat_piece_sums(const floating *a, const floating *b, double *part, Py_ssize_t lo,
@@ -239,7 +329,7 @@ cdef inline void _slice_fac(const double *part, Py_ssize_t n_chunks, Py_ssize_t 
 
 cdef inline void _apply_chunk(const floating *a, const floating *b, floating *out, const floating *f1,
                               const floating *f2, Py_ssize_t A, Py_ssize_t D, Py_ssize_t B,
-                              Py_ssize_t n_chunks, Py_ssize_t c, int mode) noexcept nogil:
+                              Py_ssize_t n_chunks, Py_ssize_t c, int mode, bint nt) noexcept nogil:
     """Chunk c of out = f1 * a (b NULL) or f1 * a - f2 * b; factors f[d] (WN_FLAT) or f[d*B + b] (WN_COLS)."""
     cdef Py_ssize_t total = A * D * B, P = D * B, lo, hi, r, e, i
     if mode == WN_FLAT:
@@ -248,22 +338,12 @@ cdef inline void _apply_chunk(const floating *a, const floating *b, floating *ou
         while lo < hi:
             r = (lo // B) % D
             e = min(hi, (lo // B + 1) * B)
-            _out_row(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], e - lo)
+            _apply(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], NULL, NULL,
+                   e - lo, nt)
             lo = e
     else:
         for i in range(chunk_start(A, n_chunks, c), chunk_start(A, n_chunks, c + 1)):
-            _cols_apply_row(a + i * P, NULL if b == NULL else b + i * P, out + i * P, f1, f2, P)
-
-
-cdef inline void _cols_apply_row(const floating *a, const floating *b, floating *out, const floating *f1,
-                                 const floating *f2, Py_ssize_t P) noexcept nogil:
-    cdef Py_ssize_t j
-    if b == NULL:
-        for j in range(P):
-            out[j] = a[j] * f1[j]
-    else:
-        for j in range(P):
-            out[j] = f1[j] * a[j] - f2[j] * b[j]
+            _apply(a + i * P, NULL if b == NULL else b + i * P, out + i * P, 0, 0, f1, f2, P, nt)
 
 
 cdef void _weight_norm(const floating *a, const floating *b, const floating *g, const floating *norm,
@@ -271,20 +351,34 @@ cdef void _weight_norm(const floating *a, const floating *b, const floating *g, 
                        Py_ssize_t D, Py_ssize_t B, Py_ssize_t nc, Py_ssize_t P, int mode,
                        int n_threads) noexcept nogil:
     """Forward (b, norm NULL: a = v, stat = norm) or backward (a = dw, b = v, stat = dg) of every plan."""
-    cdef Py_ssize_t d, c, step
+    cdef Py_ssize_t d, c, step, t, team
     cdef bint par = n_threads > 1
+    cdef bint nt = A * D * B * <Py_ssize_t>sizeof(floating) >= _stream_min_bytes[0]
     if mode == WN_ROWS:
         step = (D * B + _flat_chunks(D * B, D) - 1) // _flat_chunks(D * B, D)
-        for d in prange(D, schedule="static", num_threads=n_threads, use_threads_if=par):
-            _rows_one(a, b, g, norm, out, stat, d, B, step)
+        with parallel(num_threads=n_threads, use_threads_if=par):
+            for d in prange(D, schedule="static"):
+                _rows_one(a, b, g, norm, out, stat, d, B, step, nt)
+            if nt:
+                fn_sfence()
         return
-    for c in prange(nc, schedule="static", chunksize=1, num_threads=n_threads, use_threads_if=par):
-        _chunk_sums(a, b, part + c * P, A, D, B, P, nc, c, mode)
-    for d in prange(D, schedule="static", num_threads=n_threads, use_threads_if=par and D * nc >= 65536):
-        _slice_fac(part, nc, P, g, norm, stat, f1, f2, d, B, mode)
-    # The same static chunk -> thread map as the sums: a thread re-reads its own chunks (from cache if they fit).
-    for c in prange(nc, schedule="static", chunksize=1, num_threads=n_threads, use_threads_if=par):
-        _apply_chunk(a, b, out, f1, f2, A, D, B, nc, c, mode)
+    t, team, c = 0, 1, 0  # private in the region (set first: no maybe-uninitialized copy-out)
+    with parallel(num_threads=n_threads, use_threads_if=par):
+        t = threadid()
+        team = fn_wn_team()
+        for c in range(chunk_start(nc, team, t), chunk_start(nc, team, t + 1)):
+            _chunk_sums(a, b, part + c * P, A, D, B, P, nc, c, mode)
+        fn_wn_barrier()
+        for d in range(chunk_start(D, team, t), chunk_start(D, team, t + 1)):
+            _slice_fac(part, nc, P, g, norm, stat, f1, f2, d, B, mode)
+        fn_wn_barrier()
+        # Newest first: the chunks this thread summed last are still in its caches.
+        c = chunk_start(nc, team, t + 1) - 1
+        while c >= chunk_start(nc, team, t):
+            _apply_chunk(a, b, out, f1, f2, A, D, B, nc, c, mode, nt)
+            c = c - 1
+        if nt:
+            fn_sfence()
 
 
 # ------------------------------------------------------------------------------------- WeightNorm entries
