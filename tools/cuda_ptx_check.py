@@ -4,9 +4,10 @@ Checks that the kernels type-check under the real CUDA target (the simulator doe
 kernel: registers and spill bytes (ptxas), global loads (scalar, 128-bit vector, read-only ``.nc``),
 vector stores, barriers, local-memory instructions, float64 instructions in float32 kernels. Exits 1 on a
 violation (see ``expectations``: a kernel that does not compile; local memory or spills in a LayerNorm /
-RMSNorm row kernel; more barriers per row than the forward design allows; a ``vec`` kernel without vector
-loads). Needs NVVM/NVRTC libraries (pip's nvidia-cuda-nvrtc for the installed CUDA major, and ptxas for
-the SASS figures), no GPU.
+RMSNorm row kernel; more barriers per row than the forward design allows; a ``vec`` kernel without
+128-bit read-only loads and 128-bit stores, or with any scalar global load). Needs NVVM and NVRTC, and
+ptxas for the register/spill figures, no GPU: from PyPI, ``pip install nvidia-cuda-nvcc nvidia-cuda-nvrtc``
+(the CUDA major of the installed cuda-bindings; ptxas is then ``<site-packages>/nvidia/cu13/bin/ptxas``).
 
     python tools/cuda_ptx_check.py [--ptxas PATH] [--cc 9.0] [--filter TEXT] [--strict]
 """
@@ -95,6 +96,14 @@ def _row_specs(out, dt):
                 f"{'rms' if rms else 'ln'}_fwd {nm} n=4096 T={t} R={r} VPT={vpt} w,b={int(wb[0])}{int(wb[1])}",
                 _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb),
             )
+    if dt == np.float32:  # the 128-bit forms (float32 rows of a multiple of 4, aligned arrays)
+        for n in (128, 768, 1024, 4096, 8192):
+            t, r, vpt = L.row_config(n, L.FWD_VPT)
+            for rms in (False, True):
+                for wb in ((True, True), (False, False)) if not rms else ((True, False), (False, False)):
+                    name = f"{'rms' if rms else 'ln'}_fwd vec {nm} n={n} T={t} R={r} VPT={vpt}"
+                    rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb, True)
+                    _add(out, f"{name} w,b={int(wb[0])}{int(wb[1])}", rec)
     t, r, vpt = L.row_config(96, L.FWD_VPT)
     _add(out, f"gn_fwd grouped {nm}", _recorded(L._get, "fwd", dt, t, r, vpt, False, True))
     t, r, vpt = L.bwd_config(96, dt)
@@ -260,6 +269,8 @@ def expectations(name: str) -> dict:
             exp["max_barriers"] = 1 if name.startswith("rms") else 2
     if " vec" in name:
         exp["min_ld_vector"] = 1
+        exp["min_st_vector"] = 1
+        exp["min_ld_nc"] = 1
     return exp
 
 
@@ -277,6 +288,12 @@ def violations(name: str, a: dict, strict: bool) -> list[str]:
             bad.append(f"{a['barriers']} barriers per row (at most {limit})")
     if "min_ld_vector" in exp and a["ld_vector"] < exp["min_ld_vector"]:
         bad.append("no 128-bit vector loads")
+    if "min_st_vector" in exp and a["st_vector"] < exp["min_st_vector"]:
+        bad.append("no 128-bit vector stores")
+    if "min_ld_nc" in exp and a["ld_nc"] < exp["min_ld_nc"]:
+        bad.append("no read-only (.nc) loads")
+    if " vec" in name and a["ld_global"] > a["ld_vector"]:
+        bad.append(f"{a['ld_global'] - a['ld_vector']} scalar global loads")
     return bad
 
 
