@@ -109,6 +109,57 @@ def test_matches_reference(rng, on_gpu, op, shape, dtype):
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
 
 
+def at_offset(cuda, a, k: int):
+    """A device copy of ``a`` that starts ``k`` elements past a 256-byte boundary (C-contiguous)."""
+    if k == 0:
+        return cuda.to_device(a)
+    base = cuda.to_device(np.concatenate([np.zeros(k, a.dtype), a.ravel()]))
+    return base[k:].reshape(a.shape)
+
+
+# The float32 forward's 128-bit form runs for register rows of a multiple of 4 elements with every array
+# 16-byte aligned; any other case takes the scalar kernel. (5, 128): warp teams, 4 rows per block, one
+# group of 4 per thread; (3, 1000): 128-thread teams, 250 groups (the last lanes hold one group, not two).
+@pytest.mark.parametrize("op", ["ln", "rms"])
+@pytest.mark.parametrize(
+    ("shape", "offsets", "vec"),
+    [
+        ((5, 128), {}, True),
+        ((3, 1000), {}, True),
+        ((5, 128), {"x": 1}, False),
+        ((5, 128), {"y": 2}, False),
+        ((5, 128), {"w": 3}, False),
+        ((3, 130), {}, False),
+        ((4, 36), {}, False),  # 2 elements per thread: no group of 4
+    ],
+    ids=["n128", "n1000", "x+1", "y+2", "w+3", "n130", "n36"],
+)
+def test_vector_forward_and_its_scalar_fallback(rng, cuda, monkeypatch, op, shape, offsets, vec):
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    picked = []
+    get = L._get
+
+    def spy(*args, **kw):
+        if args[0] == "fwd":
+            picked.append(bool(kw.get("vec", args[9] if len(args) > 9 else False)))
+        return get(*args, **kw)
+
+    monkeypatch.setattr(L, "_get", spy)
+    monkeypatch.setattr(L, "_plans", {})  # (on a GPU: the launch plans pick the kernel once per key)
+    x, w, b, _ = make(rng, shape, np.float32)
+    b = b if op == "ln" else None
+    dx, dw = at_offset(cuda, x, offsets.get("x", 0)), at_offset(cuda, w, offsets.get("w", 0))
+    y = at_offset(cuda, np.zeros_like(x), offsets.get("y", 0))
+    if op == "ln":
+        got = fastnorm.layer_norm_forward(dx, dw, cuda.to_device(b), eps=EPS, out=(y, None, None))
+    else:
+        got = fastnorm.rms_norm_forward(dx, dw, eps=EPS, out=(y, None))
+    assert picked == [vec]
+    assert got[0] is y
+    check_forward(op, got, x, w, b)
+
+
 @pytest.mark.parametrize("wb", [(True, False), (False, True), (False, False)], ids=["w", "b", "none"])
 def test_affine_variants(rng, on_gpu, wb):
     """The forward launcher's compile-time weight/bias variants (each kernel has only the terms it was
