@@ -160,6 +160,86 @@ def test_vector_forward_and_its_scalar_fallback(rng, cuda, monkeypatch, op, shap
     check_forward(op, got, x, w, b)
 
 
+def _simulated_shuffles(monkeypatch):
+    """The simulator has no warp shuffles: ``shfl_xor_sync`` for one-block launches of whole warps, from
+    the simulator's own block barriers (the shuffle trees of the GPU kernels then run on the simulator)."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    def shfl_xor_sync(self, mask, v, off):
+        th = threading.current_thread()
+        slots = self.__dict__.setdefault("_shfl_slots", {})
+        tid = th.threadIdx.x
+        slots[tid] = v
+        th.syncthreads()
+        got = slots[tid ^ off]
+        th.syncthreads()
+        return got
+
+    monkeypatch.setattr(kernelapi.FakeCUDAModule, "shfl_xor_sync", shfl_xor_sync, raising=False)
+
+
+def _moments_kernel(tm, cols: int):
+    """Kernel (x, cnt, out): thread i summarizes x[i, :cnt[i]] (two passes, mean as hi + lo) and merges
+    with ``tm`` (one team, row slot 0); out[i] = (mean, M2) as thread i got them."""
+    f32 = np.float32
+
+    def kern(x, cnt, out):
+        buf = _nbcuda.shared.array((4, 1, cols), f32)  # noqa: F821 (set by the test)
+        i = _nbcuda.threadIdx.x  # noqa: F821
+        c = cnt[i]
+        s = f32(0)
+        for k in range(c):
+            s += x[i, k]
+        hi = s / f32(c) if c > 0 else f32(0)
+        r = f32(0)
+        q = f32(0)
+        for k in range(c):
+            d = x[i, k] - hi
+            r += d
+            q += d * d
+        lo = r / f32(c) if c > 0 else f32(0)
+        m, m2 = tm(f32(c), hi, lo, q - r * lo, buf, np.uint64(0), np.uint64(i))
+        out[i, 0] = m
+        out[i, 1] = m2
+
+    return kern
+
+
+@pytest.mark.parametrize("team", [32, 128])
+def test_team_moments_one_reduction_is_as_accurate_as_two_passes(rng, cuda, monkeypatch, team):
+    """The LayerNorm forward's one-barrier row moments: per-thread (count, hi + lo, M2) merged by the warp
+    shuffle tree (``USE_SHUFFLE``, the GPU's form; simulated shuffles under the simulator), then across
+    warps. Mean 1e4 against a spread of 1 (a naive E[x^2] - E[x]^2 or plain Chan merge of rounded means
+    loses digits), threads with 0-3 elements; every thread gets the same bits; error within the float32
+    two-pass reference's (tests/_util criterion)."""
+    from fastnorm._kernels.cuda import _common as cc
+
+    from .._util import assert_close_to_ref
+
+    if SIM:
+        _simulated_shuffles(monkeypatch)
+    monkeypatch.setattr(cc, "USE_SHUFFLE", True)
+    tm = cc.make_team_moments(team)
+    monkeypatch.setitem(globals(), "_nbcuda", cuda)  # (the simulator swaps module globals that are numba.cuda)
+    kern = cuda.jit(_moments_kernel(tm, cc.team_buf_cols(team)))
+    f32 = np.float32
+    cnt = rng.integers(0, 4, team).astype(np.int32)
+    x = (rng.standard_normal((team, 3)) + 1e4).astype(f32)
+    out = cuda.to_device(np.zeros((team, 2), f32))
+    kern[1, team](cuda.to_device(x), cuda.to_device(cnt), out)
+    got = out.copy_to_host()
+    assert (got == got[0]).all(), "threads disagree"
+    vals = np.concatenate([x[i, : cnt[i]] for i in range(team)])
+    v64 = vals.astype(np.float64)
+    m64 = v64.mean()
+    m32 = vals.mean(dtype=f32)
+    q32 = ((vals - m32) ** 2).sum(dtype=f32)
+    assert_close_to_ref(got[0, 0:1], np.array([m32]), np.array([m64]), name="mean")
+    assert_close_to_ref(got[0, 1:2], np.array([q32]), np.array([((v64 - m64) ** 2).sum()]), name="M2")
+
+
 @pytest.mark.parametrize("wb", [(True, False), (False, True), (False, False)], ids=["w", "b", "none"])
 def test_affine_variants(rng, on_gpu, wb):
     """The forward launcher's compile-time weight/bias variants (each kernel has only the terms it was

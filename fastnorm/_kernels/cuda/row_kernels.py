@@ -57,6 +57,7 @@ def _make_forward(
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
+    thread_moments = _make_thread_moments(acc, t, max(vpt, 1))
     nv, tu, ru = max(vpt, 1), U(t), U(r)
 
     @_inline
@@ -116,7 +117,7 @@ def _make_forward(
 
         @_inline
         def norm_fwd_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-            buf = cuda.shared.array((2, r, cols), acc_nb)
+            buf = cuda.shared.array((4, r, cols), acc_nb)
             n, ts, lane, row, ok = row_slot(x)
             kmax = I32(0)
             if ok and lane < n:
@@ -133,16 +134,7 @@ def _make_forward(
                     q += v[k] * v[k]
                 var = team_sum(q, buf, 0, ts, lane) / acc(n)
             else:
-                s = acc(0)
-                for k in range(vpt):
-                    s += v[k]
-                mu = team_sum(s, buf, 0, ts, lane) / acc(n)
-                q = acc(0)
-                for k in range(vpt):
-                    if k < kmax:
-                        d = v[k] - mu
-                        q += d * d
-                var = team_sum(q, buf, 1, ts, lane) / acc(n)
+                mu, var = thread_moments(v, kmax, buf, ts, lane, n)
             rs, cb = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
             if ok:
                 for k in range(vpt):
@@ -190,6 +182,7 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
         raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
     acc, acc_nb, _, st, _, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
+    thread_moments = _make_thread_moments(acc, t, max(vpt, 1))
     nq, tu, four = vpt // VEC, U(t), U(VEC)
 
     @_inline
@@ -206,7 +199,7 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
 
     @_inline
     def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-        buf = cuda.shared.array((2, r, cols), acc_nb)
+        buf = cuda.shared.array((4, r, cols), acc_nb)
         n, ts, lane, row, ok = row_slot(x)
         ng = n // four
         gmax = I32(0)
@@ -229,17 +222,7 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
                 q += v[k] * v[k]
             var = team_sum(q, buf, 0, ts, lane) / acc(n)
         else:
-            s = acc(0)
-            for k in range(vpt):
-                s += v[k]
-            mu = team_sum(s, buf, 0, ts, lane) / acc(n)
-            q = acc(0)
-            for k in range(nq):
-                if k < gmax:
-                    for e in range(VEC):
-                        d = v[k * VEC + e] - mu
-                        q += d * d
-            var = team_sum(q, buf, 1, ts, lane) / acc(n)
+            mu, var = thread_moments(v, gmax * I32(VEC), buf, ts, lane, n)
         rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
         if ok:
             for k in range(nq):
@@ -255,6 +238,34 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
                     st4(y, row, j, o0, o1, o2, o3)
 
     return body
+
+
+def _make_thread_moments(acc, t: int, vpt: int):
+    """Device function ``(v, cnt, buf, ts, lane, n) -> (mean, var)`` of a row whose thread holds its
+    first ``cnt`` of ``vpt`` register elements ``v``: each thread's two-pass summary of its own elements
+    (mean as hi + lo, M2 about it), merged over the team in one reduction (``_common.make_team_moments``),
+    var = M2 / n."""
+    team_moments = cc.make_team_moments(t)
+
+    @_inline
+    def thread_moments(v, cnt, buf, ts, lane, n):
+        s = acc(0)
+        for k in range(vpt):
+            s += v[k]
+        c = acc(cnt)
+        hi = s / c if cnt > 0 else acc(0)
+        r = acc(0)
+        q = acc(0)
+        for k in range(vpt):
+            if k < cnt:
+                d = v[k] - hi
+                r += d
+                q += d * d
+        lo = r / c if cnt > 0 else acc(0)  # the rounding of hi, measured: the thread's mean is hi + lo
+        mu, m2 = team_moments(c, hi, lo, q - r * lo, buf, ts, lane)
+        return mu, m2 / acc(n)
+
+    return thread_moments
 
 
 def _types(dtype, t: int):
