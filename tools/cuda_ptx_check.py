@@ -258,7 +258,8 @@ def analyse(ptx: str, ptxas_err: str = "") -> dict:
 def expectations(name: str) -> dict:
     """What a kernel must show (violations fail the run). LayerNorm/RMSNorm row kernels in register form:
     no local memory, no spills; forward: at most one barrier per row (LayerNorm merges per-thread
-    (count, mean, M2) summaries in one reduction; ``--strict`` also holds the streaming forms to one).
+    (count, mean, M2) summaries in one reduction; float64 LayerNorm keeps two passes and two barriers;
+    ``--strict`` also holds the streaming forms to one).
     Kernels named ``vec`` must use 128-bit read-only loads and 128-bit stores, and no scalar global load."""
     exp = {}
     reg_form = ("VPT=0" not in name) and ("ln_" in name or "rms_" in name)
@@ -266,7 +267,7 @@ def expectations(name: str) -> dict:
         exp["local"] = 0
         exp["spill_bytes"] = 0
         if "_fwd" in name:
-            exp["max_barriers"] = 1
+            exp["max_barriers"] = 2 if ("float64" in name and name.startswith(("ln", "add_ln"))) else 1
     if " vec" in name:
         exp["min_ld_vector"] = 1
         exp["min_st_vector"] = 1

@@ -242,9 +242,30 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
 
 def _make_thread_moments(acc, t: int, vpt: int):
     """Device function ``(v, cnt, buf, ts, lane, n) -> (mean, var)`` of a row whose thread holds its
-    first ``cnt`` of ``vpt`` register elements ``v``: each thread's two-pass summary of its own elements
-    (mean as hi + lo, M2 about it), merged over the team in one reduction (``_common.make_team_moments``),
-    var = M2 / n."""
+    first ``cnt`` of ``vpt`` register elements ``v`` (the others 0); ``buf`` a shared (4, r, cols) array.
+
+    float32 accumulation: each thread's two-pass summary of its own elements (mean as hi + lo, M2 about
+    it), merged over the team in one reduction (``_common.make_team_moments``: one barrier per row).
+    float64: the mean, then the squared deviations from it, in two team sums (two barriers: the merge's
+    eight float64 values per shuffle step do not fit the 64 registers of a 1024-thread team)."""
+    if np.dtype(acc) == np.float64:
+        team_sum = cc.make_team_sum(t)
+
+        @_inline
+        def two_pass(v, cnt, buf, ts, lane, n):
+            s = acc(0)
+            for k in range(vpt):
+                s += v[k]
+            mu = team_sum(s, buf, 0, ts, lane) / acc(n)
+            q = acc(0)
+            for k in range(vpt):
+                if k < cnt:
+                    d = v[k] - mu
+                    q += d * d
+            return mu, team_sum(q, buf, 1, ts, lane) / acc(n)
+
+        return two_pass
+
     team_moments = cc.make_team_moments(t)
 
     @_inline
