@@ -447,6 +447,13 @@ def make_team_moments(team: int):
         return n, h, lo, q
 
     @cuda.jit(device=True)
+    def put(buf, t, col, n, h, lo, q):
+        buf[0, t, col] = n
+        buf[1, t, col] = h
+        buf[2, t, col] = lo
+        buf[3, t, col] = q
+
+    @cuda.jit(device=True)
     def merge_buf(buf, t, cols):
         """Merge of the summaries in buf[:, t, :cols], in column order."""
         n, h, lo, q = buf[0, t, 0], buf[1, t, 0], buf[2, t, 0], buf[3, t, 0]
@@ -467,11 +474,7 @@ def make_team_moments(team: int):
         def team_moments(n, h, lo, q, buf, t, lane):
             n, h, lo, q = warp_moments(n, h, lo, q, lane)
             if lane % wu == U64(0):
-                w = lane // wu
-                buf[0, t, w] = n
-                buf[1, t, w] = h
-                buf[2, t, w] = lo
-                buf[3, t, w] = q
+                put(buf, t, lane // wu, n, h, lo, q)
             cuda.syncthreads()
             return merge_buf(buf, t, nwarps)
 
@@ -479,10 +482,7 @@ def make_team_moments(team: int):
 
         @cuda.jit(device=True)
         def team_moments(n, h, lo, q, buf, t, lane):
-            buf[0, t, lane] = n
-            buf[1, t, lane] = h
-            buf[2, t, lane] = lo
-            buf[3, t, lane] = q
+            put(buf, t, lane, n, h, lo, q)
             cuda.syncthreads()
             return merge_buf(buf, t, team)
 

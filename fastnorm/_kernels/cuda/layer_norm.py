@@ -102,34 +102,12 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(
-    kind: str,
-    dt,
-    t: int,
-    r: int,
-    vpt: int,
-    rms: bool,
-    grouped: bool = False,
-    add: bool = False,
-    wb=None,
-    vec: bool = False,
-) -> Kernel:
+def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False) -> Kernel:
     key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec)
     return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec)))
 
 
-def spec(
-    kind: str,
-    dt,
-    t: int,
-    r: int,
-    vpt: int,
-    rms: bool,
-    grouped: bool = False,
-    add: bool = False,
-    wb=None,
-    vec: bool = False,
-):
+def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
     without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
     variants (None: tested at run time); ``vec`` asks a forward kernel's 128-bit form."""

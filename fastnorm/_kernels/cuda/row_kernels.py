@@ -57,7 +57,7 @@ def _make_forward(
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
-    thread_moments = _make_thread_moments(acc, t, max(vpt, 1))
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nv, tu, ru = max(vpt, 1), U(t), U(r)
 
     @_inline
@@ -127,14 +127,7 @@ def _make_forward(
                 v[k] = acc(0)
                 if k < kmax:
                     v[k] = ld_row(x, res, h, row, lane + U(k * t))
-            if rms:
-                mu = acc(0)
-                q = acc(0)
-                for k in range(vpt):
-                    q += v[k] * v[k]
-                var = team_sum(q, buf, 0, ts, lane) / acc(n)
-            else:
-                mu, var = thread_moments(v, kmax, buf, ts, lane, n)
+            mu, var = row_moments(v, kmax, buf, ts, lane, n)
             rs, cb = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
             if ok:
                 for k in range(vpt):
@@ -181,8 +174,7 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
     if np.dtype(dtype) != np.float32 or vpt % VEC:
         raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
     acc, acc_nb, _, st, _, cols = _types(dtype, t)
-    team_sum = cc.make_team_sum(t)
-    thread_moments = _make_thread_moments(acc, t, max(vpt, 1))
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nq, tu, four = vpt // VEC, U(t), U(VEC)
 
     @_inline
@@ -215,14 +207,7 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
                 v[k * VEC + 1] = a1
                 v[k * VEC + 2] = a2
                 v[k * VEC + 3] = a3
-        if rms:
-            mu = acc(0)
-            q = acc(0)
-            for k in range(vpt):
-                q += v[k] * v[k]
-            var = team_sum(q, buf, 0, ts, lane) / acc(n)
-        else:
-            mu, var = thread_moments(v, gmax * I32(VEC), buf, ts, lane, n)
+        mu, var = row_moments(v, gmax * I32(VEC), buf, ts, lane, n)
         rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
         if ok:
             for k in range(nq):
@@ -240,16 +225,29 @@ def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_
     return body
 
 
-def _make_thread_moments(acc, t: int, vpt: int):
+def _make_row_moments(acc, t: int, vpt: int, rms: bool):
     """Device function ``(v, cnt, buf, ts, lane, n) -> (mean, var)`` of a row whose thread holds its
     first ``cnt`` of ``vpt`` register elements ``v`` (the others 0); ``buf`` a shared (4, r, cols) array.
+
+    RMSNorm: mean 0 and var = the mean square (one team sum).
 
     float32 accumulation: each thread's two-pass summary of its own elements (mean as hi + lo, M2 about
     it), merged over the team in one reduction (``_common.make_team_moments``: one barrier per row).
     float64: the mean, then the squared deviations from it, in two team sums (two barriers: the merge's
     eight float64 values per shuffle step do not fit the 64 registers of a 1024-thread team)."""
+    team_sum = cc.make_team_sum(t)
+    if rms:
+
+        @_inline
+        def mean_square(v, cnt, buf, ts, lane, n):
+            q = acc(0)
+            for k in range(vpt):
+                q += v[k] * v[k]
+            return acc(0), team_sum(q, buf, 0, ts, lane) / acc(n)
+
+        return mean_square
+
     if np.dtype(acc) == np.float64:
-        team_sum = cc.make_team_sum(t)
 
         @_inline
         def two_pass(v, cnt, buf, ts, lane, n):
