@@ -2,8 +2,11 @@
 
 Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams
 (rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
-memory once (two-pass moments from registers: accurate when the mean is large against the spread). Rows
-longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
+memory once; LayerNorm's moments: each thread's two-pass summary of its elements merged over the team in
+one reduction (one barrier per row; float64: two passes over the registers), accurate when the mean is
+large against the spread. float32 rows of a multiple of 4 elements with 16-byte aligned arrays use
+128-bit loads and stores (``_vec``; ``use_vec``). Rows longer than MAX_TEAM * MAX_VPT take a streaming
+form that re-reads the row (from L2).
 float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
 float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
 first) and round each output once to nearest even; float32 in float32; float64 in float64.

@@ -1,11 +1,12 @@
 """LayerNorm and RMSNorm row kernels (the factories; launch shapes, plans and launchers are layer_norm.py's).
 
 Forward: a team of T threads owns a row (several rows per block for short rows); register form (each thread
-keeps VPT elements of the row in registers: x read once, two-pass moments from registers) or streaming
-form (the row re-read from L2). Backward: team g owns a chunk of rows, accumulates its dweight/dbias
-contributions (shared memory or registers, or in place in its partial row when streaming) and writes one
-float64 partial row; ``reduce_partials`` sums the partial rows in fixed order. The fused residual add and
-the GroupNorm/InstanceNorm (``grouped``) forms are compile-time variants of the same bodies.
+keeps VPT elements of the row in registers: x read once, per-thread moments merged in one reduction;
+float32 with 128-bit accesses where aligned) or streaming form (the row re-read from L2). Backward: team g
+owns a chunk of rows, accumulates its dweight/dbias contributions (shared memory or registers, or in place
+in its partial row when streaming) and writes one float64 partial row; ``reduce_partials`` sums the
+partial rows in fixed order. The fused residual add and the GroupNorm/InstanceNorm (``grouped``) forms
+are compile-time variants of the same bodies.
 """
 
 from __future__ import annotations
