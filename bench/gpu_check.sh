@@ -8,7 +8,9 @@
 #   1. environment report and a one-kernel Numba smoke test (says clearly if Numba cannot compile/launch);
 #      the Cython build of the CPU kernels starts in the background (some CUDA tests compare with them);
 #   2. the LayerNorm/RMSNorm CUDA tests on the real GPU (tests/cuda/test_cuda_layer_norm.py), which include
-#      the launch-plan host path (torch and Numba inputs), misaligned views, odd N, repeatable dweight/dbias;
+#      the launch-plan host path (torch and Numba inputs), misaligned views, odd N, repeatable dweight/dbias,
+#      the float32 128-bit forward and its scalar fallback, the one-barrier LayerNorm moments (real shuffles);
+#      then a probe: the 128-bit float32 forward against the scalar kernel (difference, time per call);
 #   2b. the bfloat16/float16 storage and fused add + norm CUDA tests (tests/cuda/test_cuda_half.py,
 #      test_cuda_add_norm.py), then a short bf16/fp16 timing probe of LayerNorm and the fused add-norm
 #      kernels at (16384, 4096) (CUDA events around 20 back-to-back calls, host time not hidden: a first
@@ -99,6 +101,40 @@ step "CUDA tests on the GPU: LayerNorm / RMSNorm"
 run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_layer_norm.xml"
 
+step "float32 forward: 128-bit kernel vs the scalar kernel (same inputs; events around 20 calls, host not hidden)"
+# (session 5: the vector forms and the one-barrier LayerNorm moments are proven only by the simulator and
+# PTX/ptxas; this compares them with the scalar kernels on hardware: max difference and time per call)
+run vec_probe 60 $PY - <<'EOF3'
+import torch
+import fastnorm
+from fastnorm._kernels.cuda import layer_norm as L
+
+for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
+    x = torch.randn(m, n, device="cuda") + 3
+    w, b = 1 + 0.1 * torch.randn(n, device="cuda"), 0.1 * torch.randn(n, device="cuda")
+    ref = torch.nn.functional.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
+    res = {}
+    for name, fn in (("ln", lambda: fastnorm.layer_norm_forward(x, w, b)),
+                     ("rms", lambda: fastnorm.rms_norm_forward(x, w))):
+        for vec in (True, False):
+            L.FWD_VEC, L._plans = vec, {}
+            y = fn()[0]
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(20):
+                fn()
+            e.record()
+            torch.cuda.synchronize()
+            res[name, vec] = (y, s.elapsed_time(e) / 20)
+        d = (res[name, True][0] - res[name, False][0]).abs().max().item()
+        err = (res["ln", True][0].double() - ref).abs().max().item() if name == "ln" else float("nan")
+        print(f"{name} ({m}x{n}) float32: vec {res[name, True][1]:.4f} ms, scalar {res[name, False][1]:.4f} ms, "
+              f"max|vec - scalar| {d:.3g}, max|vec - float64 torch| {err:.3g}, "
+              f"{2 * m * n * 4 / res[name, True][1] / 1e6:.0f} GB/s if device-bound")
+L.FWD_VEC = True
+EOF3
+
 step "CUDA tests on the GPU: bfloat16 / float16 storage and the fused add + norm kernels"
 # (issue 13: never run on hardware before; the libdevice bit casts of the bf16 helpers, the uint16 launch
 # plans and the add-norm kernels are only proven on the simulator and by PTX/ptxas without a GPU)
@@ -162,7 +198,7 @@ step "summary"
   grep -m1 -E "NVIDIA|GPU" "$OUT/env.log" || true
   grep -E "^(numba|numba_cuda|cuda.core|torch|cupy|pytest) " "$OUT/env.log" || true
   tail -n 1 "$OUT/build.log" 2>/dev/null
-  for s in smoke pytest_layer_norm pytest_half half_probe bench_gpu pytest_rest; do
+  for s in smoke pytest_layer_norm vec_probe pytest_half half_probe bench_gpu pytest_rest; do
     line=$(grep -E "passed|failed|skipped|Error|OK|TIMED OUT" "$OUT/$s.log" 2>/dev/null | tail -n 1)
     echo "  $s: rc=${RC[$s]:-?}  ${line}"
   done

@@ -118,6 +118,13 @@ def test_launch_plan_arguments_match_numba_packing(rows):
         assert r["equal"], r
 
 
+def test_forward_plans_pick_the_vector_kernel_only_when_aligned(rows):
+    checks = [r for r in rows if r["op"] == "vec_check"]
+    assert [r["case"] for r in checks] == ["aligned", "x 4 bytes past a 16-byte boundary", "n % 4 != 0"]
+    for r in checks:
+        assert r["vec"] == r["expected"], r
+
+
 @pytest.mark.parametrize(
     "op",
     [

@@ -82,6 +82,16 @@ def dtype_of(a):
     if isinstance(dt, np.dtype):
         return dt
     try:
-        return np.dtype(dt)
+        return _DTYPE_OF[dt]  # torch dtypes: NumPy refuses them by an exception, slow on every call
+    except (KeyError, TypeError):  # (TypeError: unhashable)
+        pass
+    try:
+        d = np.dtype(dt)
     except TypeError:
-        return from_name(str(dt))
+        d = from_name(str(dt))
+    if d is not None and getattr(dt, "__hash__", None) is not None:
+        _DTYPE_OF[dt] = d
+    return d
+
+
+_DTYPE_OF: dict = {}

@@ -58,10 +58,11 @@ def opt(be, a, dtype, shape=None):
 
 def partials(be, want: bool, n_chunks: int, n: int, dtype) -> tuple:
     """Scratch for a deterministic column reduction (dweight/dbias): per-chunk float64 partial rows and
-    per-chunk short-run accumulator rows in the input dtype (see the backward kernels)."""
+    per-chunk short-run accumulator rows in the input dtype (the CPU kernels'; empty on a device, whose
+    kernels keep those sums in registers or shared memory)."""
     if not want:
         return be.empty((0, 0), np.float64), be.empty((0, 0), dtype)
-    return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n), dtype)
+    return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n) if be.on_host else (0, 0), dtype)
 
 
 def to_stat(be, sd, *arrays) -> list:

@@ -109,6 +109,137 @@ def test_matches_reference(rng, on_gpu, op, shape, dtype):
     run(op, on_gpu, x, w, None if op == "rms" else b, dy)
 
 
+def at_offset(cuda, a, k: int):
+    """A device copy of ``a`` that starts ``k`` elements past a 256-byte boundary (C-contiguous)."""
+    if k == 0:
+        return cuda.to_device(a)
+    base = cuda.to_device(np.concatenate([np.zeros(k, a.dtype), a.ravel()]))
+    return base[k:].reshape(a.shape)
+
+
+# The float32 forward's 128-bit form runs for register rows of a multiple of 4 elements with every array
+# 16-byte aligned; any other case takes the scalar kernel. (5, 128): warp teams, 4 rows per block, one
+# group of 4 per thread; (3, 1000): 128-thread teams, 250 groups (the last lanes hold one group, not two).
+@pytest.mark.parametrize("op", ["ln", "rms"])
+@pytest.mark.parametrize(
+    ("shape", "offsets", "vec"),
+    [
+        ((5, 128), {}, True),
+        ((3, 1000), {}, True),
+        ((5, 128), {"x": 1}, False),
+        ((5, 128), {"y": 2}, False),
+        ((5, 128), {"w": 3}, False),
+        ((3, 130), {}, False),
+        ((4, 36), {}, False),  # 2 elements per thread: no group of 4
+    ],
+    ids=["n128", "n1000", "x+1", "y+2", "w+3", "n130", "n36"],
+)
+def test_vector_forward_and_its_scalar_fallback(rng, cuda, monkeypatch, op, shape, offsets, vec):
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    picked = []
+    get = L._get
+
+    def spy(*args, **kw):
+        if args[0] == "fwd":
+            picked.append(bool(kw.get("vec", args[9] if len(args) > 9 else False)))
+        return get(*args, **kw)
+
+    monkeypatch.setattr(L, "_get", spy)
+    monkeypatch.setattr(L, "_plans", {})  # (on a GPU: the launch plans pick the kernel once per key)
+    x, w, b, _ = make(rng, shape, np.float32)
+    b = b if op == "ln" else None
+    dx, dw = at_offset(cuda, x, offsets.get("x", 0)), at_offset(cuda, w, offsets.get("w", 0))
+    y = at_offset(cuda, np.zeros_like(x), offsets.get("y", 0))
+    if op == "ln":
+        got = fastnorm.layer_norm_forward(dx, dw, cuda.to_device(b), eps=EPS, out=(y, None, None))
+    else:
+        got = fastnorm.rms_norm_forward(dx, dw, eps=EPS, out=(y, None))
+    assert picked == [vec]
+    assert got[0] is y
+    check_forward(op, got, x, w, b)
+
+
+def _simulated_shuffles(monkeypatch):
+    """The simulator has no warp shuffles: ``shfl_xor_sync`` for one-block launches of whole warps, from
+    the simulator's own block barriers (the shuffle trees of the GPU kernels then run on the simulator)."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    def shfl_xor_sync(self, mask, v, off):
+        th = threading.current_thread()
+        slots = self.__dict__.setdefault("_shfl_slots", {})
+        tid = th.threadIdx.x
+        slots[tid] = v
+        th.syncthreads()
+        got = slots[tid ^ off]
+        th.syncthreads()
+        return got
+
+    monkeypatch.setattr(kernelapi.FakeCUDAModule, "shfl_xor_sync", shfl_xor_sync, raising=False)
+
+
+def _moments_kernel(tm, cols: int):
+    """Kernel (x, cnt, out): thread i summarizes x[i, :cnt[i]] (two passes, mean as hi + lo) and merges
+    with ``tm`` (one team, row slot 0); out[i] = (mean, M2) as thread i got them."""
+    f32 = np.float32
+
+    def kern(x, cnt, out):
+        buf = _nbcuda.shared.array((4, 1, cols), f32)  # noqa: F821 (set by the test)
+        i = _nbcuda.threadIdx.x  # noqa: F821
+        c = cnt[i]
+        s = f32(0)
+        for k in range(c):
+            s += x[i, k]
+        hi = s / f32(c) if c > 0 else f32(0)
+        r = f32(0)
+        q = f32(0)
+        for k in range(c):
+            d = x[i, k] - hi
+            r += d
+            q += d * d
+        lo = r / f32(c) if c > 0 else f32(0)
+        m, m2 = tm(f32(c), hi, lo, q - r * lo, buf, np.uint64(0), np.uint64(i))
+        out[i, 0] = m
+        out[i, 1] = m2
+
+    return kern
+
+
+@pytest.mark.parametrize("team", [32, 128])
+def test_team_moments_one_reduction_is_as_accurate_as_two_passes(rng, cuda, monkeypatch, team):
+    """The LayerNorm forward's one-barrier row moments: per-thread (count, hi + lo, M2) merged by the warp
+    shuffle tree (``USE_SHUFFLE``, the GPU's form; simulated shuffles under the simulator), then across
+    warps. Mean 1e4 against a spread of 1 (a naive E[x^2] - E[x]^2 or plain Chan merge of rounded means
+    loses digits), threads with 0-3 elements; every thread gets the same bits; error within the float32
+    two-pass reference's (tests/_util criterion)."""
+    from fastnorm._kernels.cuda import _common as cc
+
+    from .._util import assert_close_to_ref
+
+    if SIM:
+        _simulated_shuffles(monkeypatch)
+    monkeypatch.setattr(cc, "USE_SHUFFLE", True)
+    tm = cc.make_team_moments(team)
+    monkeypatch.setitem(globals(), "_nbcuda", cuda)  # (the simulator swaps module globals that are numba.cuda)
+    kern = cuda.jit(_moments_kernel(tm, cc.team_buf_cols(team)))
+    f32 = np.float32
+    cnt = rng.integers(0, 4, team).astype(np.int32)
+    x = (rng.standard_normal((team, 3)) + 1e4).astype(f32)
+    out = cuda.to_device(np.zeros((team, 2), f32))
+    kern[1, team](cuda.to_device(x), cuda.to_device(cnt), out)
+    got = out.copy_to_host()
+    assert (got == got[0]).all(), "threads disagree"
+    vals = np.concatenate([x[i, : cnt[i]] for i in range(team)])
+    v64 = vals.astype(np.float64)
+    m64 = v64.mean()
+    m32 = vals.mean(dtype=f32)
+    q32 = ((vals - m32) ** 2).sum(dtype=f32)
+    assert_close_to_ref(got[0, 0:1], np.array([m32]), np.array([m64]), name="mean")
+    assert_close_to_ref(got[0, 1:2], np.array([q32]), np.array([((v64 - m64) ** 2).sum()]), name="M2")
+
+
 @pytest.mark.parametrize("wb", [(True, False), (False, True), (False, False)], ids=["w", "b", "none"])
 def test_affine_variants(rng, on_gpu, wb):
     """The forward launcher's compile-time weight/bias variants (each kernel has only the terms it was

@@ -403,6 +403,92 @@ def make_team_sum2(team: int):
     return team_sum2
 
 
+@cuda.jit(device=True)
+def _chan(na, ha, la, qa, nb, hb, lb, qb):
+    """Chan, Golub and LeVeque's merge of two (count, mean, M2) summaries of disjoint parts of a row, each
+    mean carried as an unevaluated sum hi + lo (hi a float near the data, lo the small rest): the
+    difference of two means is (hb - ha) + (lb - la), where hb - ha is exact for means of like size, so a
+    large common offset (mean 1e4, spread 1) costs no digits. ``a`` is the lower-ranked part (a fixed
+    operand order: every thread merging the same pair gets the same bits); an empty part (count 0) leaves
+    the other as it is. The result keeps a's hi."""
+    if nb == 0:
+        return na, ha, la, qa
+    if na == 0:
+        return nb, hb, lb, qb
+    n = na + nb
+    d = (hb - ha) + (lb - la)
+    f = nb / n
+    return n, ha, la + d * f, qa + qb + d * (d * (na * f))
+
+
+def make_team_moments(team: int):
+    """Device function ``(n, hi, lo, m2, buf, t, lane) -> (mean, M2)`` of a row from each thread's summary
+    of its own elements (count ``n``, mean ``hi + lo``, ``m2`` = sum of squared deviations from it), over
+    the ``team`` threads that own row slot ``t`` (a power of two >= 32; ``lane`` their uint64 rank): one
+    reduction, one barrier (none for a one-warp team), as accurate as two passes (see ``_chan``).
+
+    ``buf`` is a shared (4, rows, team_buf_cols(team)) array; it is read after the call's barrier, so the
+    kernel must not write it again for another row without a barrier between. Every thread of the block
+    calls it. The merge order is fixed (bitwise reproducible) and every thread gets the same result."""
+    nwarps = max(1, team // WARP)
+    wu = U64(WARP)
+
+    @cuda.jit(device=True)
+    def warp_moments(n, h, lo, q, lane):
+        for off in (16, 8, 4, 2, 1):
+            n2 = cuda.shfl_xor_sync(FULL_MASK, n, off)
+            h2 = cuda.shfl_xor_sync(FULL_MASK, h, off)
+            l2 = cuda.shfl_xor_sync(FULL_MASK, lo, off)
+            q2 = cuda.shfl_xor_sync(FULL_MASK, q, off)
+            if lane & U64(off):
+                n, h, lo, q = _chan(n2, h2, l2, q2, n, h, lo, q)
+            else:
+                n, h, lo, q = _chan(n, h, lo, q, n2, h2, l2, q2)
+        return n, h, lo, q
+
+    @cuda.jit(device=True)
+    def put(buf, t, col, n, h, lo, q):
+        buf[0, t, col] = n
+        buf[1, t, col] = h
+        buf[2, t, col] = lo
+        buf[3, t, col] = q
+
+    @cuda.jit(device=True)
+    def merge_buf(buf, t, cols):
+        """Merge of the summaries in buf[:, t, :cols], in column order."""
+        n, h, lo, q = buf[0, t, 0], buf[1, t, 0], buf[2, t, 0], buf[3, t, 0]
+        for k in range(1, cols):
+            n, h, lo, q = _chan(n, h, lo, q, buf[0, t, k], buf[1, t, k], buf[2, t, k], buf[3, t, k])
+        return h + lo, q
+
+    if USE_SHUFFLE and nwarps == 1:
+
+        @cuda.jit(device=True)
+        def team_moments(n, h, lo, q, buf, t, lane):
+            n, h, lo, q = warp_moments(n, h, lo, q, lane)
+            return h + lo, q
+
+    elif USE_SHUFFLE:
+
+        @cuda.jit(device=True)
+        def team_moments(n, h, lo, q, buf, t, lane):
+            n, h, lo, q = warp_moments(n, h, lo, q, lane)
+            if lane % wu == U64(0):
+                put(buf, t, lane // wu, n, h, lo, q)
+            cuda.syncthreads()
+            return merge_buf(buf, t, nwarps)
+
+    else:  # the simulator: every thread merges the team's summaries in rank order
+
+        @cuda.jit(device=True)
+        def team_moments(n, h, lo, q, buf, t, lane):
+            put(buf, t, lane, n, h, lo, q)
+            cuda.syncthreads()
+            return merge_buf(buf, t, team)
+
+    return team_moments
+
+
 def next_pow2(v: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, v))))
 

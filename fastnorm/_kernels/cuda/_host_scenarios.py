@@ -377,6 +377,45 @@ def _groups(k, args) -> list:
     return out
 
 
+def vec_check(m: int = 64, n: int = 256) -> list[dict]:
+    """Which LayerNorm forward kernel the launch plans pick on the real host path: the 128-bit form for
+    float32 rows of a multiple of 4 with every array 16-byte aligned, the scalar form otherwise. One
+    ``{"case", "vec", "expected"}`` per case (``vec``: the ``vec`` flag of each forward kernel asked for)."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm
+
+    from . import layer_norm as L
+
+    install()
+    f32 = np.float32
+    base = cuda.device_array(m * n + 4, f32)
+    cases = [
+        ("aligned", cuda.device_array((m, n), f32), True),
+        ("x 4 bytes past a 16-byte boundary", base[1 : 1 + m * n].reshape(m, n), False),
+        ("n % 4 != 0", cuda.device_array((m, n + 2), f32), False),
+    ]
+    rows, get = [], L._get
+    for case, x, want in cases:
+        picked = []
+
+        def spy(*a, picked=picked, **k):
+            picked.append(bool(k.get("vec", False)))
+            return get(*a, **k)
+
+        L._get, saved = spy, dict(L._plans)
+        L._plans.clear()
+        try:
+            w, b = cuda.device_array(x.shape[1], f32), cuda.device_array(x.shape[1], f32)
+            fastnorm.layer_norm_forward(x, w, b)
+        finally:
+            L._get = get
+            L._plans.update(saved)
+        rows.append({"op": "vec_check", "case": case, "vec": picked, "expected": [want]})
+    return rows
+
+
 def packing_check(m: int = 37, n: int = 300) -> list[dict]:
     """For each LayerNorm/RMSNorm launcher: the arguments the launch plan passes, compared with what
     numba-cuda's own launch path (``_Kernel.launch`` -> ``_prepare_args``) builds for the same arrays and
@@ -514,6 +553,9 @@ def format_rows(rows: list[dict]) -> str:
         if r.get("op") == "packing_check":
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
             continue
+        if r.get("op") == "vec_check":
+            lines.append(f"vec_check {r['case']:<40} vec={r['vec']} expected={r['expected']}")
+            continue
         c = r["counts"]
         dicts = sum(v for k, v in c.items() if k.startswith("interface dict"))
         lines.append(
@@ -532,11 +574,15 @@ def main(argv=None) -> int:
     ap.add_argument("--which", choices=["all", "norms", "optim", "other"], default="all")
     ap.add_argument("--inputs", nargs="+", choices=["numba", "torch", "cupy"], default=["numba", "torch", "cupy"])
     ap.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-': stdout)")
-    ap.add_argument("--packing", action="store_true", help="also compare launch-plan arguments with numba's")
+    ap.add_argument(
+        "--packing",
+        action="store_true",
+        help="also compare launch-plan arguments with numba's, and check the vector-kernel choice",
+    )
     args = ap.parse_args(argv)
     rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
     if args.packing:
-        rows += [dict(r, op="packing_check") for r in packing_check()]
+        rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check()
     emit(rows, args.json, format_rows)
     return 0
 

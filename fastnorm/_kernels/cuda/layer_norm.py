@@ -2,8 +2,11 @@
 
 Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams
 (rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
-memory once (two-pass moments from registers: accurate when the mean is large against the spread). Rows
-longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
+memory once; LayerNorm's moments: each thread's two-pass summary of its elements merged over the team in
+one reduction (one barrier per row; float64: two passes over the registers), accurate when the mean is
+large against the spread. float32 rows of a multiple of 4 elements with 16-byte aligned arrays use
+128-bit loads and stores (``_vec``; ``use_vec``). Rows longer than MAX_TEAM * MAX_VPT take a streaming
+form that re-reads the row (from L2).
 float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
 float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
 first) and round each output once to nearest even; float32 in float32; float64 in float64.
@@ -39,6 +42,7 @@ from ._common import (
     param_dtype,
     register_cap,
 )
+from ._vec import ALIGN, VEC, vec_ok
 from .row_kernels import (
     RED_COLS,
     RED_GROUPS,
@@ -58,6 +62,7 @@ FWD_VPT = 8  # aim for about this many elements per thread in the forward
 BWD_VPT = 8  # ... and in the backward
 MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
+FWD_VEC = True  # float32 forward rows with 128-bit loads/stores where shape and alignment allow
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
 
@@ -81,28 +86,40 @@ def bwd_config(n: int, dtype) -> tuple[int, int, int]:
     return t, r, vpt
 
 
+def use_vec(dt, n: int, vpt: int, *ptrs: int) -> bool:
+    """Whether the forward takes its 128-bit form: float32 data, register rows of a multiple of 4 elements
+    per thread, every array (by base address) 16-byte aligned (``FWD_VEC`` = False turns it off)."""
+    return FWD_VEC and vpt > 0 and vpt % VEC == 0 and vec_ok(n, np.dtype(dt).itemsize, *ptrs)
+
+
+def _address(a) -> int:
+    """Base address of a kernel-ready array (the simulator's NumPy buffer there); 0 for an empty one."""
+    if a.size == 0:
+        return 0
+    ai = a._ary.__array_interface__ if SIM else a.__cuda_array_interface__
+    return int(ai["data"][0])
+
+
 # ------------------------------------------------------------------------------------------ launchers
 def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(
-    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None
-) -> Kernel:
-    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb)
-    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb)))
+def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec)))
 
 
-def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
+def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
     without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
-    variants (None: tested at run time)."""
+    variants (None: tested at run time); ``vec`` asks a forward kernel's 128-bit form."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
         data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
         sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb), sig, register_cap(t * r, ACC[dt])
+        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb, vec), sig, register_cap(t * r, ACC[dt])
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
@@ -158,7 +175,8 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = row_config(n, FWD_VPT)
     add = res is not None
-    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0))
+    vec = groups is None and not add and use_vec(dt, n, vpt, *(_address(a) for a in (x, w, b, y)))
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0), vec)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
     k.launch(
@@ -216,12 +234,14 @@ def _p(d) -> int:
     return 0 if d is None else d.ptr
 
 
-def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int) -> Plan:
-    key = ("fwd", dt, m, n, has_w, has_b, rms, device)
+def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool) -> Plan:
+    """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows)."""
+    key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = row_config(n, FWD_VPT)
-        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b))
+        vec = aligned and use_vec(dt, n, vpt)
+        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
@@ -292,7 +312,8 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     if m == 0:
         return _done()
     W, B, Y, MU, RS = _adp(w, X.dtype), _adp(b, X.dtype), adapt(y), _ad(mean), adapt(rstd)
-    plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device)
+    aligned = not ((X.ptr | _p(W) | _p(B) | Y.ptr) & (ALIGN - 1))
+    plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
     stream = caller_stream(X.kind, X.device)
     input_streams((X, W, B), X.kind, stream)
     plan.launch(stream, (X.ptr, _p(W), _p(B), Y.ptr, _p(MU), RS.ptr), (eps,))

@@ -1,11 +1,12 @@
 """LayerNorm and RMSNorm row kernels (the factories; launch shapes, plans and launchers are layer_norm.py's).
 
 Forward: a team of T threads owns a row (several rows per block for short rows); register form (each thread
-keeps VPT elements of the row in registers: x read once, two-pass moments from registers) or streaming
-form (the row re-read from L2). Backward: team g owns a chunk of rows, accumulates its dweight/dbias
-contributions (shared memory or registers, or in place in its partial row when streaming) and writes one
-float64 partial row; ``reduce_partials`` sums the partial rows in fixed order. The fused residual add and
-the GroupNorm/InstanceNorm (``grouped``) forms are compile-time variants of the same bodies.
+keeps VPT elements of the row in registers: x read once, per-thread moments merged in one reduction;
+float32 with 128-bit accesses where aligned) or streaming form (the row re-read from L2). Backward: team g
+owns a chunk of rows, accumulates its dweight/dbias contributions (shared memory or registers, or in place
+in its partial row when streaming) and writes one float64 partial row; ``reduce_partials`` sums the
+partial rows in fixed order. The fused residual add and the GroupNorm/InstanceNorm (``grouped``) forms
+are compile-time variants of the same bodies.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def _inline(fn):
     return cuda.jit(device=True)(fn) if cc.SIM else cuda.jit(device=True, forceinline=True)(fn)
 
 
-def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None):
+def _make_forward(
+    dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None, vec: bool = False
+):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
     Register form (vpt > 0): the thread holds row elements lane + k*t (k < vpt) in registers.
@@ -47,9 +50,15 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
     ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
+    ``vec`` (float32, register form, vpt a multiple of 4, not grouped or fused): the thread holds groups of
+    4 adjacent elements 4 * (lane + k*t) .. + 3, read and written with 128-bit accesses (``_vec``), weight
+    and bias too; the launcher picks it only for rows of a multiple of 4 elements and 16-byte aligned
+    arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add the row's
+    elements in another order (statistics may differ from the scalar form's in the last bits).
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nv, tu, ru = max(vpt, 1), U(t), U(r)
 
     @_inline
@@ -100,11 +109,16 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
             o = o + ldp(b[ch])
         return st(o)
 
+    if vec:
+        if grouped or add:
+            raise ValueError("the vector row kernels have no grouped or fused-add form")
+        return _fwd_kernel(_vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
+
     if vpt > 0:
 
         @_inline
         def norm_fwd_body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-            buf = cuda.shared.array((2, r, cols), acc_nb)
+            buf = cuda.shared.array((4, r, cols), acc_nb)
             n, ts, lane, row, ok = row_slot(x)
             kmax = I32(0)
             if ok and lane < n:
@@ -114,23 +128,7 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                 v[k] = acc(0)
                 if k < kmax:
                     v[k] = ld_row(x, res, h, row, lane + U(k * t))
-            if rms:
-                mu = acc(0)
-                q = acc(0)
-                for k in range(vpt):
-                    q += v[k] * v[k]
-                var = team_sum(q, buf, 0, ts, lane) / acc(n)
-            else:
-                s = acc(0)
-                for k in range(vpt):
-                    s += v[k]
-                mu = team_sum(s, buf, 0, ts, lane) / acc(n)
-                q = acc(0)
-                for k in range(vpt):
-                    if k < kmax:
-                        d = v[k] - mu
-                        q += d * d
-                var = team_sum(q, buf, 1, ts, lane) / acc(n)
+            mu, var = row_moments(v, kmax, buf, ts, lane, n)
             rs, cb = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
             if ok:
                 for k in range(vpt):
@@ -168,6 +166,126 @@ def _make_forward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = Fa
                 j += tu
 
     return _fwd_kernel(norm_fwd_stream_body, add)
+
+
+def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
+    """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``)."""
+    from ._vec import VEC, ld4, ld4w, st4
+
+    if np.dtype(dtype) != np.float32 or vpt % VEC:
+        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
+    acc, acc_nb, _, st, _, cols = _types(dtype, t)
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
+    nq, tu, four = vpt // VEC, U(t), U(VEC)
+
+    @_inline
+    def affine(o, w, b, j):
+        """(o0..o3) * w[j..j+3] + b[j..j+3] (absent terms skipped), as stored values."""
+        o0, o1, o2, o3 = o
+        if mode_w > 0 or (mode_w < 0 and w.shape[0] > 0):
+            w0, w1, w2, w3 = ld4w(w, j)
+            o0, o1, o2, o3 = o0 * w0, o1 * w1, o2 * w2, o3 * w3
+        if mode_b > 0 or (mode_b < 0 and b.shape[0] > 0):
+            b0, b1, b2, b3 = ld4w(b, j)
+            o0, o1, o2, o3 = o0 + b0, o1 + b1, o2 + b2, o3 + b3
+        return st(o0), st(o1), st(o2), st(o3)
+
+    @_inline
+    def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+        buf = cuda.shared.array((4, r, cols), acc_nb)
+        n, ts, lane, row, ok = row_slot(x)
+        ng = n // four
+        gmax = I32(0)
+        if ok and lane < ng:
+            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        v = cuda.local.array(vpt, acc_nb)
+        for k in range(nq):
+            for e in range(VEC):
+                v[k * VEC + e] = acc(0)
+            if k < gmax:
+                a0, a1, a2, a3 = ld4(x, row, (lane + U(k * t)) * four)
+                v[k * VEC] = a0
+                v[k * VEC + 1] = a1
+                v[k * VEC + 2] = a2
+                v[k * VEC + 3] = a3
+        mu, var = row_moments(v, gmax * I32(VEC), buf, ts, lane, n)
+        rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
+        if ok:
+            for k in range(nq):
+                if k < gmax:
+                    j = (lane + U(k * t)) * four
+                    o = (
+                        (v[k * VEC] - mu) * rs,
+                        (v[k * VEC + 1] - mu) * rs,
+                        (v[k * VEC + 2] - mu) * rs,
+                        (v[k * VEC + 3] - mu) * rs,
+                    )
+                    o0, o1, o2, o3 = affine(o, w, b, j)
+                    st4(y, row, j, o0, o1, o2, o3)
+
+    return body
+
+
+def _make_row_moments(acc, t: int, vpt: int, rms: bool):
+    """Device function ``(v, cnt, buf, ts, lane, n) -> (mean, var)`` of a row whose thread holds its
+    first ``cnt`` of ``vpt`` register elements ``v`` (the others 0); ``buf`` a shared (4, r, cols) array.
+
+    RMSNorm: mean 0 and var = the mean square (one team sum).
+
+    float32 accumulation: each thread's two-pass summary of its own elements (mean as hi + lo, M2 about
+    it), merged over the team in one reduction (``_common.make_team_moments``: one barrier per row).
+    float64: the mean, then the squared deviations from it, in two team sums (two barriers: the merge's
+    eight float64 values per shuffle step do not fit the 64 registers of a 1024-thread team)."""
+    team_sum = cc.make_team_sum(t)
+    if rms:
+
+        @_inline
+        def mean_square(v, cnt, buf, ts, lane, n):
+            q = acc(0)
+            for k in range(vpt):
+                q += v[k] * v[k]
+            return acc(0), team_sum(q, buf, 0, ts, lane) / acc(n)
+
+        return mean_square
+
+    if np.dtype(acc) == np.float64:
+
+        @_inline
+        def two_pass(v, cnt, buf, ts, lane, n):
+            s = acc(0)
+            for k in range(vpt):
+                s += v[k]
+            mu = team_sum(s, buf, 0, ts, lane) / acc(n)
+            q = acc(0)
+            for k in range(vpt):
+                if k < cnt:
+                    d = v[k] - mu
+                    q += d * d
+            return mu, team_sum(q, buf, 1, ts, lane) / acc(n)
+
+        return two_pass
+
+    team_moments = cc.make_team_moments(t)
+
+    @_inline
+    def thread_moments(v, cnt, buf, ts, lane, n):
+        s = acc(0)
+        for k in range(vpt):
+            s += v[k]
+        c = acc(cnt)
+        hi = s / c if cnt > 0 else acc(0)
+        r = acc(0)
+        q = acc(0)
+        for k in range(vpt):
+            if k < cnt:
+                d = v[k] - hi
+                r += d
+                q += d * d
+        lo = r / c if cnt > 0 else acc(0)  # the rounding of hi, measured: the thread's mean is hi + lo
+        mu, m2 = team_moments(c, hi, lo, q - r * lo, buf, ts, lane)
+        return mu, m2 / acc(n)
+
+    return thread_moments
 
 
 def _types(dtype, t: int):
