@@ -280,13 +280,15 @@ cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, P
                                      Py_ssize_t c, const floating *w, const floating *b, floating *mean,
                                      floating *rstd, floating *rm, floating *rv, double eps, double momentum,
                                      bint training, bint st, int fmt) noexcept nogil:
-    """All of channel c on one thread: slice moments merged over n in order, then the output pass over the
-    channel's N slices, last first (still in cache)."""
+    """All of channel c on one thread: slice moments merged over n in order (the next slice prefetched), then
+    the output pass over the channel's N slices, last first (still in cache)."""
     cdef Py_ssize_t n, s
     cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, ms, m2s
     if training:
         for n in range(N):
             s = n * C + c
+            if n + 1 < N:
+                fn_prefetch(x + (s + C) * L, L * sizeof(data_t))
             seg_moments(x + s * L, L, &ms, &m2s, fmt)
             fn_chan_merge(&cnt, &mu, &m2, <double>L, ms, m2s)
         _finish_channel(mu, m2, cnt, eps, momentum, mean, rstd, rm, rv, c)
@@ -309,6 +311,9 @@ cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t 
     if need_sums:
         for n in range(N):
             s = n * C + c
+            if n + 1 < N:
+                fn_prefetch(dy + (s + C) * L, L * sizeof(data_t))
+                fn_prefetch(x + (s + C) * L, L * sizeof(data_t))
             seg_grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2, fmt)
             s1 = s1 + a1
             s2 = s2 + a2
@@ -436,7 +441,7 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first.
 
     With st, each block (whole rows, contiguous) is one span of non-temporal stores (coef wrapped)."""
-    cdef Py_ssize_t lo, hi, b, e
+    cdef Py_ssize_t lo, hi, b, e, pb
     # whole blocks per chunk: the blocks (spans, and so their unaligned heads and tails) are the same for
     # every thread count
     chunk_bounds((M + ROW_BLOCK - 1) // ROW_BLOCK, t, nt, &lo, &hi)
@@ -445,6 +450,12 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     e = hi
     while e > lo:
         b = max(lo, (e - 1) // ROW_BLOCK * ROW_BLOCK)
+        if b > lo:
+            # the next block down (the hardware prefetchers follow ascending streams only)
+            pb = max(lo, b - ROW_BLOCK)
+            fn_prefetch(x + pb * C, (b - pb) * C * sizeof(data_t))
+            if backward:
+                fn_prefetch(dy + pb * C, (b - pb) * C * sizeof(data_t))
         if backward and st:
             if data_t is float and floating is float:
                 fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,

@@ -44,6 +44,7 @@ cdef extern from "fastnorm_channel.h" nogil:
                               const double *mu, const double *ka, const double *kb, const double *kc,
                               int training)
     void fn_store_fence()
+    void fn_prefetch(const void *p, Py_ssize_t nbytes)
     enum: FN_WRAP
     void fn_seg_moments_h(int fmt, const uint16_t *x, Py_ssize_t n, double *mean, double *m2)
     void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t n, double mu, double *s1,
