@@ -20,8 +20,9 @@ order. Results therefore do not depend on the thread count.
   moments (rows of length C in ``work``), merged over chunks in order. Threads share (chunk, channel
   strip) tasks; strip edges are multiples of the vector width, so no channel's arithmetic depends on
   them. x is read twice here: the statistics need every row first.
-Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores in the (N, C, L)
-layouts: a far-larger-than-cache output is not read into the cache before being overwritten.
+Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores (16-bit outputs:
+each rounded group of 8 values): a far-larger-than-cache output is not read into the cache before being
+overwritten.
 Running statistics (``running_mean``/``running_var``, length 0 when absent) are typed const so that
 read-only arrays work in evaluation mode; in training they are written through a cast (the public layer
 has checked that they are writeable). No allocation, no validation here.
@@ -62,12 +63,12 @@ def set_stream_min_bytes(Py_ssize_t nbytes):
 # ------------------------------------------------------------------------------------------ segment helpers
 cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_ssize_t C,
                                  const floating *mu, const floating *a, const floating *b,
-                                 int fmt) noexcept nogil:
-    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (plain stores: rows of a few
-    cache lines mix badly with non-temporal stores)."""
+                                 bint st, int fmt) noexcept nogil:
+    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (float32/64: plain stores, their
+    streaming path is fn_stream_rows_*; 16-bit: non-temporal stores with st)."""
     cdef Py_ssize_t r, c
     if data_t is uint16_t and floating is float:
-        fn_rows_fwd_h(fmt, x, y, nr, C, mu, a, b)
+        fn_rows_fwd_h(fmt, x, y, nr, C, mu, a, b, st)
     elif (data_t is float and floating is float) or (data_t is double and floating is double):
         for r in range(nr):
             for c in range(C):
@@ -76,11 +77,11 @@ cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_s
 
 cdef inline void _apply_bwd_rows(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t nr,
                                  Py_ssize_t C, const floating *mu, const floating *ka, const floating *kb,
-                                 const floating *kc, bint training, int fmt) noexcept nogil:
-    """_apply_bwd per channel c over nr rows of length C."""
+                                 const floating *kc, bint training, bint st, int fmt) noexcept nogil:
+    """_apply_bwd per channel c over nr rows of length C (st: non-temporal stores, 16-bit data only)."""
     cdef Py_ssize_t r, c
     if data_t is uint16_t and floating is float:
-        fn_rows_bwd_h(fmt, dy, x, dx, nr, C, mu, ka, kb, kc, training)
+        fn_rows_bwd_h(fmt, dy, x, dx, nr, C, mu, ka, kb, kc, training, st)
     elif not ((data_t is float and floating is float) or (data_t is double and floating is double)):
         pass
     elif training:
@@ -94,8 +95,8 @@ cdef inline void _apply_bwd_rows(const data_t *dy, const data_t *x, data_t *dx, 
 
 
 cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
-    """Non-temporal stores for a large float32/float64 output (16-bit outputs go through float32 tiles)."""
-    return itemsize > 2 and numel * itemsize >= _stream_min_bytes
+    """Non-temporal stores for a large output (16-bit outputs: each rounded group of 8 values streamed)."""
+    return numel * itemsize >= _stream_min_bytes
 
 
 cdef inline floating *_mut_or_null(const floating[::1] a) noexcept nogil:
@@ -456,7 +457,14 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
             fn_prefetch(x + pb * C, (b - pb) * C * sizeof(data_t))
             if backward:
                 fn_prefetch(dy + pb * C, (b - pb) * C * sizeof(data_t))
-        if backward and st:
+        if data_t is uint16_t:
+            # 16-bit rows stream their rounded groups themselves (st)
+            if backward:
+                _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
+                                coef + 3 * ld, training, st, fmt)
+            else:
+                _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, st, fmt)
+        elif backward and st:
             if data_t is float and floating is float:
                 fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
                                      coef + 2 * ld, coef + 3 * ld, training)
@@ -465,14 +473,14 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
                                      coef + 2 * ld, coef + 3 * ld, training)
         elif backward:
             _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
-                            coef + 3 * ld, training, fmt)
+                            coef + 3 * ld, training, st, fmt)
         elif st:
             if data_t is float and floating is float:
                 fn_stream_rows_fwd_f(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
             elif data_t is double and floating is double:
                 fn_stream_rows_fwd_d(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, fmt)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, st, fmt)
         e = b
     if st:
         fn_store_fence()

@@ -468,28 +468,50 @@ static inline void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x
     *s1 = t1; *s2 = t2;
 }
 
+/* fn_half_store, with non-temporal stores of the aligned 16-byte groups when stream != 0 (the same values:
+ * each group is rounded by fn_half_store into a register-sized buffer, then streamed out) */
+static inline void fn_half_store_st(int fmt, const float *src, uint16_t *dst, ptrdiff_t n, int stream) {
+#if defined(__SSE2__)
+    if (stream) {
+        ptrdiff_t i = 0;
+        __m128i buf;
+        while (i < n && (((uintptr_t)(dst + i)) & 15)) i++;
+        fn_half_store(fmt, src, dst, i);
+        for (; i + 8 <= n; i += 8) {
+            fn_half_store(fmt, src + i, (uint16_t *)&buf, 8);
+            _mm_stream_si128((__m128i *)(dst + i), buf);
+        }
+        fn_half_store(fmt, src + i, dst + i, n - i);
+        return;
+    }
+#else
+    (void)stream;
+#endif
+    fn_half_store(fmt, src, dst, n);
+}
+
 /* y = (x - mu) * a + b */
 static inline void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t n, float mu, float a,
-                                  float b) {
+                                  float b, int stream) {
     float t[FN_HTILE];
     for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
         ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
         fn_half_load(fmt, x + o, t, nb);
         fn_apply_fwd_f(t, t, nb, mu, a, b, 0);
-        fn_half_store(fmt, t, y + o, nb);
+        fn_half_store_st(fmt, t, y + o, nb, stream);
     }
 }
 
 /* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training (x not read) */
 static inline void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t n,
-                                  float mu, float ka, float kb, float kc, int training) {
+                                  float mu, float ka, float kb, float kc, int training, int stream) {
     float g[FN_HTILE], v[FN_HTILE];
     for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
         ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
         fn_half_load(fmt, dy + o, g, nb);
         if (training) fn_half_load(fmt, x + o, v, nb);
         fn_apply_bwd_f(g, v, g, nb, mu, ka, kb, kc, training, 0);
-        fn_half_store(fmt, g, dx + o, nb);
+        fn_half_store_st(fmt, g, dx + o, nb, stream);
     }
 }
 
@@ -538,23 +560,24 @@ static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_
     }
 }
 
-/* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] */
+/* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] (rows are contiguous, so
+ * with stream the rows' aligned groups form one stream of non-temporal stores) */
 static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
-                                 const float *mu, const float *a, const float *b) {
+                                 const float *mu, const float *a, const float *b, int stream) {
     float t[FN_CTILE];
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
             fn_half_load(fmt, x + r * C + c0, t, w);
             for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
-            fn_half_store(fmt, t, y + r * C + c0, w);
+            fn_half_store_st(fmt, t, y + r * C + c0, w, stream);
         }
 }
 
 /* dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */
 static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t nr,
                                  ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
-                                 int training) {
+                                 int training, int stream) {
     float g[FN_CTILE], v[FN_CTILE];
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
@@ -567,7 +590,7 @@ static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x,
             } else {
                 for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
             }
-            fn_half_store(fmt, g, dx + r * C + c0, w);
+            fn_half_store_st(fmt, g, dx + r * C + c0, w, stream);
         }
 }
 
