@@ -453,3 +453,51 @@ def test_16bit_results_are_the_float32_kernels_rounded_once(rng, threads, dt, sh
         d = _ulp_diff(got, want)
         assert d.max() <= 1.0, d.max()
         assert np.mean(got.view(np.uint16) == want.view(np.uint16)) >= 0.99
+
+
+@pytest.mark.parametrize("target", K.runnable_targets())
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+def test_streamed_outputs_are_the_plain_outputs(target, dt):
+    """Large 16-bit outputs are written with non-temporal stores (each rounded group of 8 values): the same
+    bits as plain stores, also into out= buffers one item off a 16-byte boundary (unaligned heads)."""
+    from ._channel import streaming_stores
+
+    with K.use_target(target):
+        plain = _all_ops(np.random.default_rng(7), dt)
+        with streaming_stores():
+            streamed = _all_ops(np.random.default_rng(7), dt)
+            rng = np.random.default_rng(8)
+            x, dy = data(rng, (3, 5, 7, 5), dt), data(rng, (3, 5, 7, 5), dt)
+            w = param(rng, 5, FLOAT32)
+            y, dx = (np.empty(x.size + 1, dt)[1:].reshape(x.shape) for _ in range(2))
+            for axis in (1, -1):
+                f = fastnorm.batch_norm_forward(
+                    x, w, axis=axis, out=(y, np.empty(5, np.float32), np.empty(5, np.float32))
+                )
+                g = fastnorm.batch_norm_backward(dy, x, f.mean, f.rstd, w, axis=axis, out=(dx, None, None))
+                fa = fastnorm.batch_norm_forward(x, w, axis=axis)
+                ga = fastnorm.batch_norm_backward(dy, x, fa.mean, fa.rstd, w, axis=axis)
+                streamed += [f.y.copy(), g.dx.copy()]
+                plain += [fa.y, ga.dx]
+    for i, (s, p) in enumerate(zip(streamed, plain, strict=True)):
+        if s is not None:
+            np.testing.assert_array_equal(np.asarray(s).view(np.uint8), np.asarray(p).view(np.uint8), err_msg=str(i))
+
+
+@pytest.mark.parametrize("target", K.runnable_targets())
+@pytest.mark.parametrize("dt", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("shape", [(3, 4, 4100), (5, 6, 37), (2, 4, 9000)])
+def test_segment_statistics_equal_the_float32_kernel(target, dt, shape):
+    """The segment moments read 16-bit values straight into registers (AVX2 targets) or through float32
+    tiles (baseline): either way the float32 kernel's arithmetic on x.astype(float32), so the same bits."""
+    rng = np.random.default_rng(9)
+    x = data(rng, shape, dt, 3.0)
+    x32 = x.astype(np.float32)
+    with K.use_target(target):
+        for fn in (
+            lambda a: fastnorm.batch_norm_forward(a)[1:],
+            lambda a: fastnorm.group_norm_forward(a, 2)[1:],
+            lambda a: fastnorm.instance_norm_forward(a)[1:],
+        ):
+            for got, want in zip(fn(x), fn(x32), strict=True):
+                np.testing.assert_array_equal(got, want)

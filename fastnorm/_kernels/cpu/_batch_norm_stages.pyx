@@ -81,9 +81,9 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
         return
     if data_t is uint16_t and floating is float:
         if backward:
-            fn_rows_bwd_h(fmt, dy + lo * C, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb, kc, 1)
+            fn_rows_bwd_h(fmt, dy + lo * C, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb, kc, 1, 0)
         else:
-            fn_rows_fwd_h(fmt, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb)
+            fn_rows_fwd_h(fmt, x + lo * C, out + lo * C, hi - lo, C, mu, ka, kb, 0)
     elif (data_t is float and floating is float) or (data_t is double and floating is double):
         if backward:
             for r in range(lo, hi):

@@ -20,8 +20,9 @@ order. Results therefore do not depend on the thread count.
   moments (rows of length C in ``work``), merged over chunks in order. Threads share (chunk, channel
   strip) tasks; strip edges are multiples of the vector width, so no channel's arithmetic depends on
   them. x is read twice here: the statistics need every row first.
-Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores in the (N, C, L)
-layouts: a far-larger-than-cache output is not read into the cache before being overwritten.
+Outputs of 16 MB or more (``set_stream_min_bytes``) are written with non-temporal stores (16-bit outputs:
+each rounded group of 8 values): a far-larger-than-cache output is not read into the cache before being
+overwritten.
 Running statistics (``running_mean``/``running_var``, length 0 when absent) are typed const so that
 read-only arrays work in evaluation mode; in training they are written through a cast (the public layer
 has checked that they are writeable). No allocation, no validation here.
@@ -62,12 +63,12 @@ def set_stream_min_bytes(Py_ssize_t nbytes):
 # ------------------------------------------------------------------------------------------ segment helpers
 cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_ssize_t C,
                                  const floating *mu, const floating *a, const floating *b,
-                                 int fmt) noexcept nogil:
-    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (plain stores: rows of a few
-    cache lines mix badly with non-temporal stores)."""
+                                 bint st, int fmt) noexcept nogil:
+    """y[r, c] = (x[r, c] - mu[c]) * a[c] + b[c] over nr rows of length C (float32/64: plain stores, their
+    streaming path is fn_stream_rows_*; 16-bit: non-temporal stores with st)."""
     cdef Py_ssize_t r, c
     if data_t is uint16_t and floating is float:
-        fn_rows_fwd_h(fmt, x, y, nr, C, mu, a, b)
+        fn_rows_fwd_h(fmt, x, y, nr, C, mu, a, b, st)
     elif (data_t is float and floating is float) or (data_t is double and floating is double):
         for r in range(nr):
             for c in range(C):
@@ -76,11 +77,11 @@ cdef inline void _apply_fwd_rows(const data_t *x, data_t *y, Py_ssize_t nr, Py_s
 
 cdef inline void _apply_bwd_rows(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t nr,
                                  Py_ssize_t C, const floating *mu, const floating *ka, const floating *kb,
-                                 const floating *kc, bint training, int fmt) noexcept nogil:
-    """_apply_bwd per channel c over nr rows of length C."""
+                                 const floating *kc, bint training, bint st, int fmt) noexcept nogil:
+    """_apply_bwd per channel c over nr rows of length C (st: non-temporal stores, 16-bit data only)."""
     cdef Py_ssize_t r, c
     if data_t is uint16_t and floating is float:
-        fn_rows_bwd_h(fmt, dy, x, dx, nr, C, mu, ka, kb, kc, training)
+        fn_rows_bwd_h(fmt, dy, x, dx, nr, C, mu, ka, kb, kc, training, st)
     elif not ((data_t is float and floating is float) or (data_t is double and floating is double)):
         pass
     elif training:
@@ -94,8 +95,8 @@ cdef inline void _apply_bwd_rows(const data_t *dy, const data_t *x, data_t *dx, 
 
 
 cdef inline bint _stream(Py_ssize_t numel, Py_ssize_t itemsize) noexcept nogil:
-    """Non-temporal stores for a large float32/float64 output (16-bit outputs go through float32 tiles)."""
-    return itemsize > 2 and numel * itemsize >= _stream_min_bytes
+    """Non-temporal stores for a large output (16-bit outputs: each rounded group of 8 values streamed)."""
+    return numel * itemsize >= _stream_min_bytes
 
 
 cdef inline floating *_mut_or_null(const floating[::1] a) noexcept nogil:
@@ -280,13 +281,15 @@ cdef inline void _bn_channel_forward(const data_t *x, data_t *y, Py_ssize_t N, P
                                      Py_ssize_t c, const floating *w, const floating *b, floating *mean,
                                      floating *rstd, floating *rm, floating *rv, double eps, double momentum,
                                      bint training, bint st, int fmt) noexcept nogil:
-    """All of channel c on one thread: slice moments merged over n in order, then the output pass over the
-    channel's N slices, last first (still in cache)."""
+    """All of channel c on one thread: slice moments merged over n in order (the next slice prefetched), then
+    the output pass over the channel's N slices, last first (still in cache)."""
     cdef Py_ssize_t n, s
     cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, ms, m2s
     if training:
         for n in range(N):
             s = n * C + c
+            if n + 1 < N:
+                fn_prefetch(x + (s + C) * L, L * sizeof(data_t))
             seg_moments(x + s * L, L, &ms, &m2s, fmt)
             fn_chan_merge(&cnt, &mu, &m2, <double>L, ms, m2s)
         _finish_channel(mu, m2, cnt, eps, momentum, mean, rstd, rm, rv, c)
@@ -309,6 +312,9 @@ cdef inline void _bn_channel_backward(const data_t *dy, const data_t *x, data_t 
     if need_sums:
         for n in range(N):
             s = n * C + c
+            if n + 1 < N:
+                fn_prefetch(dy + (s + C) * L, L * sizeof(data_t))
+                fn_prefetch(x + (s + C) * L, L * sizeof(data_t))
             seg_grad_sums(dy + s * L, x + s * L, mean[c], L, &a1, &a2, fmt)
             s1 = s1 + a1
             s2 = s2 + a2
@@ -436,7 +442,7 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     """Channels-last output pass over chunk t of nt of the M rows, in ROW_BLOCK blocks, last block first.
 
     With st, each block (whole rows, contiguous) is one span of non-temporal stores (coef wrapped)."""
-    cdef Py_ssize_t lo, hi, b, e
+    cdef Py_ssize_t lo, hi, b, e, pb
     # whole blocks per chunk: the blocks (spans, and so their unaligned heads and tails) are the same for
     # every thread count
     chunk_bounds((M + ROW_BLOCK - 1) // ROW_BLOCK, t, nt, &lo, &hi)
@@ -445,7 +451,20 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
     e = hi
     while e > lo:
         b = max(lo, (e - 1) // ROW_BLOCK * ROW_BLOCK)
-        if backward and st:
+        if b > lo:
+            # the next block down (the hardware prefetchers follow ascending streams only)
+            pb = max(lo, b - ROW_BLOCK)
+            fn_prefetch(x + pb * C, (b - pb) * C * sizeof(data_t))
+            if backward:
+                fn_prefetch(dy + pb * C, (b - pb) * C * sizeof(data_t))
+        if data_t is uint16_t:
+            # 16-bit rows stream their rounded groups themselves (st)
+            if backward:
+                _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
+                                coef + 3 * ld, training, st, fmt)
+            else:
+                _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, st, fmt)
+        elif backward and st:
             if data_t is float and floating is float:
                 fn_stream_rows_bwd_f(dy + b * C, x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld,
                                      coef + 2 * ld, coef + 3 * ld, training)
@@ -454,14 +473,14 @@ cdef inline void _rows_apply(const data_t *dy, const data_t *x, data_t *out, Py_
                                      coef + 2 * ld, coef + 3 * ld, training)
         elif backward:
             _apply_bwd_rows(dy + b * C, x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld,
-                            coef + 3 * ld, training, fmt)
+                            coef + 3 * ld, training, st, fmt)
         elif st:
             if data_t is float and floating is float:
                 fn_stream_rows_fwd_f(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
             elif data_t is double and floating is double:
                 fn_stream_rows_fwd_d(x + b * C, out + b * C, (e - b) * C, C, coef, coef + ld, coef + 2 * ld)
         else:
-            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, fmt)
+            _apply_fwd_rows(x + b * C, out + b * C, e - b, C, coef, coef + ld, coef + 2 * ld, st, fmt)
         e = b
     if st:
         fn_store_fence()

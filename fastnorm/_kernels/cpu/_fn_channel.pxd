@@ -44,22 +44,24 @@ cdef extern from "fastnorm_channel.h" nogil:
                               const double *mu, const double *ka, const double *kb, const double *kc,
                               int training)
     void fn_store_fence()
+    void fn_prefetch(const void *p, Py_ssize_t nbytes)
     enum: FN_WRAP
     void fn_seg_moments_h(int fmt, const uint16_t *x, Py_ssize_t n, double *mean, double *m2)
     void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t n, double mu, double *s1,
                         double *s2)
-    void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t n, float mu, float a, float b)
+    void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t n, float mu, float a, float b,
+                        int stream)
     void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t n, float mu,
-                        float ka, float kb, float kc, int training)
+                        float ka, float kb, float kc, int training, int stream)
     void fn_col_moments_h(int fmt, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C, Py_ssize_t ld, double *mean,
                           double *m2, double *K, double *s1, double *s2)
     void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, Py_ssize_t nr, Py_ssize_t C,
                             Py_ssize_t ld, const float *mu, double *s1, double *s2)
     void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, Py_ssize_t nr, Py_ssize_t C, const float *mu,
-                       const float *a, const float *b)
+                       const float *a, const float *b, int stream)
     void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, Py_ssize_t nr,
                        Py_ssize_t C, const float *mu, const float *ka, const float *kb, const float *kc,
-                       int training)
+                       int training, int stream)
     float fn_half_to_f32(int fmt, uint16_t h)
     uint16_t fn_f32_to_half(int fmt, float f)
 
@@ -101,7 +103,7 @@ cdef inline void seg_apply_fwd(const data_t *x, data_t *y, Py_ssize_t n, floatin
     elif data_t is double and floating is double:
         fn_apply_fwd_d(x, y, n, mu, a, b, stream)
     elif data_t is uint16_t and floating is float:
-        fn_apply_fwd_h(fmt, x, y, n, mu, a, b)
+        fn_apply_fwd_h(fmt, x, y, n, mu, a, b, stream)
 
 
 cdef inline void seg_apply_bwd(const data_t *dy, const data_t *x, data_t *dx, Py_ssize_t n, floating mu,
@@ -113,7 +115,7 @@ cdef inline void seg_apply_bwd(const data_t *dy, const data_t *x, data_t *dx, Py
     elif data_t is double and floating is double:
         fn_apply_bwd_d(dy, x, dx, n, mu, ka, kb, kc, training, stream)
     elif data_t is uint16_t and floating is float:
-        fn_apply_bwd_h(fmt, dy, x, dx, n, mu, ka, kb, kc, training)
+        fn_apply_bwd_h(fmt, dy, x, dx, n, mu, ka, kb, kc, training, stream)
 
 
 cdef inline void chunk_bounds(Py_ssize_t m, Py_ssize_t t, Py_ssize_t nt, Py_ssize_t *lo,

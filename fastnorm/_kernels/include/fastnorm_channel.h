@@ -11,8 +11,8 @@
  * Blocks are combined with Chan's pairwise merge, always in the same order, so the result does not
  * depend on the thread count. (No E[x^2] - E[x]^2 in float32 anywhere.)
  *
- * The inner loops are written on a small vector abstraction (fn_vd: 4 doubles with AVX, 2 with SSE2, a
- * plain double otherwise) because gcc turns the plain lane-array loops for these float -> double
+ * The inner loops are written on a small vector abstraction (fn_vd: 8 doubles with AVX-512, 4 with AVX, 2
+ * with SSE2, a plain double otherwise) because gcc turns the plain lane-array loops for these float -> double
  * reductions into shuffles and stack spills (measured: 5x slower than the explicit vectors).
  */
 #ifndef FASTNORM_CHANNEL_H
@@ -21,7 +21,25 @@
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
-#if defined(__AVX__)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+typedef __m512d fn_vd;
+#define FN_VW 8
+#define fn_vzero() _mm512_setzero_pd()
+#define fn_vset1(a) _mm512_set1_pd(a)
+#define fn_vadd(a, b) _mm512_add_pd(a, b)
+#define fn_vsub(a, b) _mm512_sub_pd(a, b)
+#define fn_vmul(a, b) _mm512_mul_pd(a, b)
+#define fn_vfma(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define fn_vload_f(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define fn_vload_d(p) _mm512_loadu_pd(p)
+#define fn_vstore(p, v) _mm512_storeu_pd(p, v)
+static inline double fn_vhsum(fn_vd v) {
+    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+#elif defined(__AVX__)
 #include <immintrin.h>
 typedef __m256d fn_vd;
 #define FN_VW 4
@@ -71,6 +89,12 @@ typedef double fn_vd;
 static inline double fn_vhsum(fn_vd v) { return v; }
 #endif
 
+/* Prefetch the nbytes at p (the next slice of a channel, while this one is reduced: slices of a few KiB
+ * a stride apart are too short for the hardware prefetchers to ramp up on). */
+static inline void fn_prefetch(const void *p, ptrdiff_t nbytes) {
+    for (ptrdiff_t i = 0; i < nbytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+}
+
 /* values per block of a segment, rows per block of a channels-last chunk */
 #define FN_SEG_BLOCK 4096
 #define FN_COL_BLOCK 256
@@ -85,7 +109,8 @@ static inline void fn_chan_merge(double *na, double *ma, double *m2a, double nb,
     *na = n;
 }
 
-#define FN_DEFINE_CHANNEL(T, SUF)                                                                      \
+/* The segment sums and moments; FN_TOD_##SUF(v): a stored value as double. */
+#define FN_DEFINE_SEG(T, SUF)                                                                          \
 /* s1 = sum(x - K), s2 = sum((x - K)^2) over the n values x[0..n), in double */                        \
 static inline void fn_shifted_sums_##SUF(const T *x, ptrdiff_t n, double K, double *s1, double *s2) {  \
     fn_vd k = fn_vset1(K), a0 = fn_vzero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
@@ -100,7 +125,7 @@ static inline void fn_shifted_sums_##SUF(const T *x, ptrdiff_t n, double K, doub
     }                                                                                                  \
     t1 = fn_vhsum(fn_vadd(fn_vadd(a0, a1), fn_vadd(a2, a3)));                                          \
     t2 = fn_vhsum(fn_vadd(fn_vadd(b0, b1), fn_vadd(b2, b3)));                                          \
-    for (; i < n; i++) { double d = (double)x[i] - K; t1 += d; t2 += d * d; }                          \
+    for (; i < n; i++) { double d = FN_TOD_##SUF(x[i]) - K; t1 += d; t2 += d * d; }                          \
     *s1 = t1; *s2 = t2;                                                                                \
 }                                                                                                      \
 /* s1 = sum(dy), s2 = sum(dy * (x - mu)) over n values, in double */                                   \
@@ -120,7 +145,7 @@ static inline void fn_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t n, doub
     }                                                                                                  \
     t1 = fn_vhsum(fn_vadd(fn_vadd(a0, a1), fn_vadd(a2, a3)));                                          \
     t2 = fn_vhsum(fn_vadd(fn_vadd(b0, b1), fn_vadd(b2, b3)));                                          \
-    for (; i < n; i++) { double g = (double)dy[i]; t1 += g; t2 += g * ((double)x[i] - mu); }           \
+    for (; i < n; i++) { double g = FN_TOD_##SUF(dy[i]); t1 += g; t2 += g * (FN_TOD_##SUF(x[i]) - mu); }\
     *s1 = t1; *s2 = t2;                                                                                \
 }                                                                                                      \
 /* mean and M2 of the n (>= 1) contiguous values x[0..n) */                                             \
@@ -128,13 +153,15 @@ static inline void fn_seg_moments_##SUF(const T *x, ptrdiff_t n, double *mean, d
     double cnt = 0.0, mu = 0.0, M2 = 0.0;                                                              \
     for (ptrdiff_t b = 0; b < n; b += FN_SEG_BLOCK) {                                                  \
         ptrdiff_t nb = n - b < FN_SEG_BLOCK ? n - b : FN_SEG_BLOCK;                                    \
-        double K = cnt > 0.0 ? mu : (double)x[b], s1, s2, m2b;                                         \
+        double K = cnt > 0.0 ? mu : FN_TOD_##SUF(x[b]), s1, s2, m2b;                                         \
         fn_shifted_sums_##SUF(x + b, nb, K, &s1, &s2);                                                 \
         m2b = s2 - s1 * (s1 / (double)nb);                                                             \
         fn_chan_merge(&cnt, &mu, &M2, (double)nb, K + s1 / (double)nb, m2b > 0.0 ? m2b : 0.0);         \
     }                                                                                                  \
     *mean = mu; *m2 = M2;                                                                              \
-}                                                                                                      \
+}
+#define FN_DEFINE_CHANNEL(T, SUF)                                                                      \
+FN_DEFINE_SEG(T, SUF)                                                                                  \
 /* s1[c] += sum_r (x[r, c] - K[c]),  s2[c] += sum_r (x[r, c] - K[c])^2  over the nr rows of (nr, C) x */ \
 static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,     \
                                              const double *K, double *s1, double *s2) {                \
@@ -208,8 +235,29 @@ static inline void fn_col_grad_sums_##SUF(const T *dy, const T *x, ptrdiff_t nr,
     fn_col_grad_sums_ld_##SUF(dy, x, nr, C, C, mu, s1, s2);                                            \
 }
 
+#define FN_TOD_f(v) ((double)(v))
+#define FN_TOD_d(v) ((double)(v))
 FN_DEFINE_CHANNEL(float, f)
 FN_DEFINE_CHANNEL(double, d)
+
+/* The segment functions straight on 16-bit storage (suffix b: bfloat16, g: float16), widened in registers:
+ * the same double arithmetic on the same float32 values in the same order as fn_*_f on a widened copy. */
+#if defined(__AVX2__) && defined(__F16C__) && FN_VW >= 4
+#define FN_HALF_DIRECT 1
+#define FN_TOD_b(v) ((double)fn_bf16_to_f32(v))
+#define FN_TOD_g(v) ((double)fn_f16_to_f32(v))
+#if FN_VW == 8
+#define fn_vload_b(p) _mm512_cvtps_pd(_mm256_castsi256_ps(                                               \
+    _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16)))
+#define fn_vload_g(p) _mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
+#else
+#define fn_vload_b(p) _mm256_cvtps_pd(_mm_castsi128_ps(                                                  \
+    _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(p))), 16)))
+#define fn_vload_g(p) _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p))))
+#endif
+FN_DEFINE_SEG(uint16_t, b)
+FN_DEFINE_SEG(uint16_t, g)
+#endif
 
 /* Output passes. With stream != 0 the stores are non-temporal (they bypass the cache and skip the read
  * that a cached store of a line not in cache costs): the kernels ask for this when the output is far
@@ -373,11 +421,16 @@ FN_DEFINE_APPLY(double, d)
  * (fn_half_store, round to nearest even). Each 16-bit value is read from memory once per pass, as in the
  * float32 kernels. fn_seg_moments_h and fn_col_moments_h do exactly the float32 arithmetic on the widened
  * values (same blocks, same order), so the statistics equal the float32 kernel's on x.astype(float32).
+ * On AVX2 targets the segment sums (fn_seg_moments_h, fn_grad_sums_h) skip the tiles and widen in
+ * registers (fn_*_b, fn_*_g above): the same values in the same order, so the same results.
  */
 #define FN_HTILE 2048   /* values per tile of a segment */
 #define FN_CTILE 512    /* channels per strip of a channels-last row */
 
 static inline void fn_seg_moments_h(int fmt, const uint16_t *x, ptrdiff_t n, double *mean, double *m2) {
+#if defined(FN_HALF_DIRECT)
+    if (fmt == FN_BF16) fn_seg_moments_b(x, n, mean, m2); else fn_seg_moments_g(x, n, mean, m2);
+#else
     float t[FN_SEG_BLOCK];
     double cnt = 0.0, mu = 0.0, M2 = 0.0;
     for (ptrdiff_t b = 0; b < n; b += FN_SEG_BLOCK) {
@@ -390,44 +443,75 @@ static inline void fn_seg_moments_h(int fmt, const uint16_t *x, ptrdiff_t n, dou
         fn_chan_merge(&cnt, &mu, &M2, (double)nb, K + s1 / (double)nb, m2b > 0.0 ? m2b : 0.0);
     }
     *mean = mu; *m2 = M2;
+#endif
 }
 
+/* per tile of FN_HTILE values, the tiles' sums added in order */
 static inline void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t n, double mu,
                                   double *s1, double *s2) {
-    float g[FN_HTILE], v[FN_HTILE];
     double t1 = 0.0, t2 = 0.0, a1, a2;
+#if !defined(FN_HALF_DIRECT)
+    float g[FN_HTILE], v[FN_HTILE];
+#endif
     for (ptrdiff_t b = 0; b < n; b += FN_HTILE) {
         ptrdiff_t nb = n - b < FN_HTILE ? n - b : FN_HTILE;
+#if defined(FN_HALF_DIRECT)
+        if (fmt == FN_BF16) fn_grad_sums_b(dy + b, x + b, nb, mu, &a1, &a2);
+        else fn_grad_sums_g(dy + b, x + b, nb, mu, &a1, &a2);
+#else
         fn_half_load(fmt, dy + b, g, nb);
         fn_half_load(fmt, x + b, v, nb);
         fn_grad_sums_f(g, v, nb, mu, &a1, &a2);
+#endif
         t1 += a1; t2 += a2;
     }
     *s1 = t1; *s2 = t2;
 }
 
+/* fn_half_store, with non-temporal stores of the aligned 16-byte groups when stream != 0 (the same values:
+ * each group is rounded by fn_half_store into a register-sized buffer, then streamed out) */
+static inline void fn_half_store_st(int fmt, const float *src, uint16_t *dst, ptrdiff_t n, int stream) {
+#if defined(__SSE2__)
+    if (stream) {
+        ptrdiff_t i = 0;
+        __m128i buf;
+        while (i < n && (((uintptr_t)(dst + i)) & 15)) i++;
+        fn_half_store(fmt, src, dst, i);
+        for (; i + 8 <= n; i += 8) {
+            fn_half_store(fmt, src + i, (uint16_t *)&buf, 8);
+            _mm_stream_si128((__m128i *)(dst + i), buf);
+        }
+        fn_half_store(fmt, src + i, dst + i, n - i);
+        return;
+    }
+#else
+    (void)stream;
+#endif
+    fn_half_store(fmt, src, dst, n);
+}
+
 /* y = (x - mu) * a + b */
 static inline void fn_apply_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t n, float mu, float a,
-                                  float b) {
+                                  float b, int stream) {
     float t[FN_HTILE];
     for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
         ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
         fn_half_load(fmt, x + o, t, nb);
         fn_apply_fwd_f(t, t, nb, mu, a, b, 0);
-        fn_half_store(fmt, t, y + o, nb);
+        fn_half_store_st(fmt, t, y + o, nb, stream);
     }
 }
 
 /* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training (x not read) */
 static inline void fn_apply_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t n,
-                                  float mu, float ka, float kb, float kc, int training) {
+                                  float mu, float ka, float kb, float kc, int training, int stream) {
     float g[FN_HTILE], v[FN_HTILE];
     for (ptrdiff_t o = 0; o < n; o += FN_HTILE) {
         ptrdiff_t nb = n - o < FN_HTILE ? n - o : FN_HTILE;
         fn_half_load(fmt, dy + o, g, nb);
         if (training) fn_half_load(fmt, x + o, v, nb);
         fn_apply_bwd_f(g, v, g, nb, mu, ka, kb, kc, training, 0);
-        fn_half_store(fmt, g, dx + o, nb);
+        fn_half_store_st(fmt, g, dx + o, nb, stream);
     }
 }
 
@@ -476,23 +560,24 @@ static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_
     }
 }
 
-/* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] */
+/* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] (rows are contiguous, so
+ * with stream the rows' aligned groups form one stream of non-temporal stores) */
 static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
-                                 const float *mu, const float *a, const float *b) {
+                                 const float *mu, const float *a, const float *b, int stream) {
     float t[FN_CTILE];
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
             fn_half_load(fmt, x + r * C + c0, t, w);
             for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
-            fn_half_store(fmt, t, y + r * C + c0, w);
+            fn_half_store_st(fmt, t, y + r * C + c0, w, stream);
         }
 }
 
 /* dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */
 static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t nr,
                                  ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
-                                 int training) {
+                                 int training, int stream) {
     float g[FN_CTILE], v[FN_CTILE];
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
@@ -505,7 +590,7 @@ static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x,
             } else {
                 for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
             }
-            fn_half_store(fmt, g, dx + r * C + c0, w);
+            fn_half_store_st(fmt, g, dx + r * C + c0, w, stream);
         }
 }
 
