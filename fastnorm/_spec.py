@@ -221,11 +221,26 @@ class OpSpec:
 
     def layout_for(self, be, arrays: dict, **attrs) -> list:
         """``layout`` of the validated inputs ``arrays`` (by name; None for an absent one) on backend ``be``."""
-        from . import _validation as V
+        from ._backend._detect import dtype_of
 
+        key = [self.name, be.name]
+        for k, a in arrays.items():
+            key += (k, None, None) if a is None else (k, tuple(a.shape), dtype_of(a))
+        key += attrs.items()
+        try:
+            return list(_LAYOUTS[key := tuple(key)])
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable attribute: no cache
+            key = None
         shapes = {k: None if a is None else tuple(a.shape) for k, a in arrays.items()}
-        dtypes = {k: V.dtype_of(a) for k, a in arrays.items() if a is not None}
-        return self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        dtypes = {k: dtype_of(a) for k, a in arrays.items() if a is not None}
+        specs = self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        if key is not None:
+            if len(_LAYOUTS) >= 4096:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = tuple(specs)
+        return specs
 
     def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
         """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.
@@ -239,6 +254,9 @@ class OpSpec:
 
 
 REGISTRY: dict[str, OpSpec] = {}
+# layout_for's results by (op, backend, each array's name, shape and dtype, the attributes): a layout is a
+# pure function of these, and a training loop repeats a handful of them
+_LAYOUTS: dict[tuple, tuple] = {}
 
 
 def register(spec: OpSpec) -> OpSpec:
