@@ -27,6 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _validation as V
+from ._backend._detect import dtype_of
+
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
 
 DATA = "data"
@@ -221,8 +224,6 @@ class OpSpec:
 
     def layout_for(self, be, arrays: dict, **attrs) -> list:
         """``layout`` of the validated inputs ``arrays`` (by name; None for an absent one) on backend ``be``."""
-        from ._backend._detect import dtype_of
-
         key = [self.name, be.name]
         for k, a in arrays.items():
             key += (k, None, None) if a is None else (k, tuple(a.shape), dtype_of(a))
@@ -247,8 +248,6 @@ class OpSpec:
 
         ``arrays``: the validated inputs by name, in the declared order (their order numbers the inputs in
         the aliasing errors); ``attrs``: what the shape rules read (e.g. ``normalized_ndim``)."""
-        from . import _validation as V
-
         specs = self.layout_for(be, arrays, **attrs)
         return V.outputs(be, self.name, out, specs, tuple(arrays.values()))
 

@@ -26,6 +26,7 @@ import threading
 import numpy as np
 
 from .. import _dtypes
+from ._detect import _KINDS
 from ._detect import on_cuda as _on_cuda
 
 try:
@@ -266,7 +267,7 @@ class CudaBackend:
 
     def is_writeable(self, a):
         if not self._c.SIM:
-            k = self._a.array_kind(a)
+            k = _KINDS.get(type(a)) or self._a.array_kind(a)
             return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
 
