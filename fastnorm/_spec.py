@@ -27,6 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _validation as V
+from ._backend._detect import dtype_of
+
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
 
 DATA = "data"
@@ -221,24 +224,38 @@ class OpSpec:
 
     def layout_for(self, be, arrays: dict, **attrs) -> list:
         """``layout`` of the validated inputs ``arrays`` (by name; None for an absent one) on backend ``be``."""
-        from . import _validation as V
-
+        key = [self.name, be.name]
+        for k, a in arrays.items():
+            key += (k, None, None) if a is None else (k, tuple(a.shape), dtype_of(a))
+        key += attrs.items()
+        try:
+            return list(_LAYOUTS[key := tuple(key)])
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable attribute: no cache
+            key = None
         shapes = {k: None if a is None else tuple(a.shape) for k, a in arrays.items()}
-        dtypes = {k: V.dtype_of(a) for k, a in arrays.items() if a is not None}
-        return self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        dtypes = {k: dtype_of(a) for k, a in arrays.items() if a is not None}
+        specs = self.layout(shapes, attrs, dtypes, be.stat_dtype)
+        if key is not None:
+            if len(_LAYOUTS) >= 4096:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = tuple(specs)
+        return specs
 
     def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
         """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.
 
         ``arrays``: the validated inputs by name, in the declared order (their order numbers the inputs in
         the aliasing errors); ``attrs``: what the shape rules read (e.g. ``normalized_ndim``)."""
-        from . import _validation as V
-
         specs = self.layout_for(be, arrays, **attrs)
         return V.outputs(be, self.name, out, specs, tuple(arrays.values()))
 
 
 REGISTRY: dict[str, OpSpec] = {}
+# layout_for's results by (op, backend, each array's name, shape and dtype, the attributes): a layout is a
+# pure function of these, and a training loop repeats a handful of them
+_LAYOUTS: dict[tuple, tuple] = {}
 
 
 def register(spec: OpSpec) -> OpSpec:

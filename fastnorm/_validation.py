@@ -45,7 +45,7 @@ def float_input(be, op: str, name: str, a, dtype=None, *, half: bool = True):
             f"expected one of {_dtype_names(accepted)} on {be.name}"
         )
     if dtype is not None:
-        allowed = tuple(np.dtype(d) for d in dtype) if isinstance(dtype, tuple) else (np.dtype(dtype),)
+        allowed = tuple(map(np.dtype, dtype)) if isinstance(dtype, tuple) else (np.dtype(dtype),)
         if dt not in allowed:
             want = f"match the input's dtype {allowed[0].name}" + "".join(f" or be {d.name}" for d in allowed[1:])
             raise TypeError(f"{op}: {name} has dtype {dt.name} but must {want}")
@@ -170,9 +170,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
     is allocated, so a bad ``out=`` leaves nothing half written.
     """
     n = len(specs)
-    if out is None:
-        out = (None,) * n
-    elif not isinstance(out, (list, tuple)):
+    if out is None:  # nothing to check: allocate every output
+        return [None if spec is None else be.empty(spec[1], spec[2]) for spec in specs]
+    if not isinstance(out, (list, tuple)):
         if n == 1:
             out = (out,)
         else:
@@ -181,36 +181,37 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
             )
     if len(out) != n:
         raise ValueError(f"{op}: out must have {n} entries, got {len(out)}")
-    given = []
+    span = be.span  # None: pairs are compared with be.may_share_memory
+    given = []  # (name, buffer, its byte span or None)
+    in_spans = None
     for spec, buf in zip(specs, out):
         if buf is None:
             continue
         if spec is None:
             raise ValueError(f"{op}: out has a buffer in a slot with no output (an absent parameter's gradient)")
         name, shape, dtype = spec
-        if not be.is_own_output(buf):
-            raise TypeError(
-                f"{op}: out buffer for {name} must be a {be.array_type} "
-                f"(the inputs are on {be.name}), got {type(buf).__name__}"
-            )
-        if tuple(buf.shape) != tuple(shape):
-            raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-        problem = _memory_problem(buf)
-        if problem is not None:
-            raise ValueError(f"{op}: out buffer for {name} {problem}")
-        if dtype_of(buf) != np.dtype(dtype):
-            raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
-        if not be.is_contiguous(buf):
-            raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
-        if not be.is_writeable(buf):
-            raise ValueError(f"{op}: out buffer for {name} is read-only")
-        for other_name, other in given:
-            if be.may_share_memory(buf, other):
-                raise ValueError(f"{op}: out buffers for {name} and {other_name} overlap")
-        for i, a in enumerate(inputs):
-            if a is not None and be.may_share_memory(buf, a):
-                raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
-        given.append((name, buf))
+        _check_out(be, op, name, buf, shape, dtype)
+        if span is None:
+            for other_name, other, _ in given:
+                if be.may_share_memory(buf, other):
+                    raise ValueError(f"{op}: out buffers for {name} and {other_name} overlap")
+            for i, a in enumerate(inputs):
+                if a is not None and be.may_share_memory(buf, a):
+                    raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
+            given.append((name, buf, None))
+            continue
+        # each array's byte span is read once; an empty span overlaps nothing
+        lo, hi = s = span(buf)
+        if lo < hi:
+            for other_name, _, (olo, ohi) in given:
+                if lo < ohi and olo < hi and olo < ohi:
+                    raise ValueError(f"{op}: out buffers for {name} and {other_name} overlap")
+            if in_spans is None:
+                in_spans = [None if a is None else span(a) for a in inputs]
+            for i, t in enumerate(in_spans):
+                if t is not None and lo < t[1] and t[0] < hi and t[0] < t[1]:
+                    raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
+        given.append((name, buf, s))
     result = []
     for spec, buf in zip(specs, out):
         if spec is None:
@@ -220,6 +221,26 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         else:
             result.append(buf)
     return result
+
+
+def _check_out(be, op: str, name: str, buf, shape: tuple, dtype) -> None:
+    """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``."""
+    if not be.is_own_output(buf):
+        raise TypeError(
+            f"{op}: out buffer for {name} must be a {be.array_type} "
+            f"(the inputs are on {be.name}), got {type(buf).__name__}"
+        )
+    if tuple(buf.shape) != tuple(shape):
+        raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
+    problem = _memory_problem(buf)
+    if problem is not None:
+        raise ValueError(f"{op}: out buffer for {name} {problem}")
+    if dtype_of(buf) != np.dtype(dtype):
+        raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
+    if not be.is_contiguous(buf):
+        raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
+    if not be.is_writeable(buf):
+        raise ValueError(f"{op}: out buffer for {name} is read-only")
 
 
 def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):

@@ -204,3 +204,69 @@ def test_sinkhorn_return_plan_is_checked_by_the_flag_validator():
     cost = np.arange(9.0).reshape(3, 3)
     with pytest.raises(TypeError, match=r"sinkhorn: return_plan must be a bool, got str 'yes'"):
         fastnorm.transport.sinkhorn(a, a, cost, 1.0, return_plan="yes")
+
+
+# ----------------------------------------------------------------------------- the per-call fast paths
+class _SpanBackend(type(CPU)):
+    """The CPU backend with a byte-span primitive: ``V.outputs`` then compares integers, as on CUDA."""
+
+    @staticmethod
+    def span(a):
+        lo = a.__array_interface__["data"][0]
+        return lo, lo + a.nbytes
+
+
+def _outputs_error(be, out, inputs):
+    specs = [("y", (4, 8), np.float32), ("mean", (4,), np.float32), ("rstd", (4,), np.float32)]
+    try:
+        V.outputs(be, "op", out, specs, inputs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_span_overlap_checks_say_what_the_pairwise_checks_say():
+    buf = np.zeros(64, np.float32)
+    x, w = np.zeros((4, 8), np.float32), np.zeros(8, np.float32)
+    y, m, r = np.zeros((4, 8), np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)
+    cases = [
+        (y, m, r),  # no overlap
+        (y, buf[:4], buf[2:6]),  # two outputs share bytes
+        (y, buf[:4], buf[4:8]),  # adjacent: no overlap
+        (x, m, r),  # y is input #0
+        (y, m, w[4:]),  # rstd overlaps input #2 (input #1 is None)
+        (y, buf[:0], buf[:4]),  # a wrong shape is reported before any overlap
+        (None, w[:4], w[:4]),  # mean's overlap with input #2 is reported before rstd's with mean
+    ]
+    span_be = _SpanBackend()
+    assert CPU.span is None
+    assert span_be.span is not None
+    for out in cases:
+        want = _outputs_error(CPU, out, (x, None, w))
+        assert _outputs_error(span_be, out, (x, None, w)) == want
+    assert "overlaps input #2" in _outputs_error(span_be, cases[4], (x, None, w))
+    assert "out buffers for rstd and mean overlap" in _outputs_error(span_be, cases[1], (x, None, w))
+
+
+def test_cached_layouts_follow_shapes_dtypes_and_attributes():
+    spec = fastnorm.norms.layer_norm.LAYER_NORM_FWD
+    x32, x64 = np.zeros((3, 4, 5), np.float32), np.zeros((3, 4, 5))
+    for _ in range(2):  # the second round is served from the cache
+        assert spec.layout_for(CPU, {"x": x32, "weight": None, "bias": None}, normalized_ndim=1) == [
+            ("y", (3, 4, 5), np.float32),
+            ("mean", (3, 4), np.float32),
+            ("rstd", (3, 4), np.float32),
+        ]
+        assert spec.layout_for(CPU, {"x": x64, "weight": None, "bias": None}, normalized_ndim=2)[1] == (
+            "mean",
+            (3,),
+            np.float64,
+        )
+        assert (
+            spec.layout_for(CPU, {"x": x32.astype(BF16), "weight": None, "bias": None}, normalized_ndim=1)[2][2]
+            == np.float32
+        )
+    # an unhashable attribute is not cached, and still gives the layout
+    bwd = fastnorm.norms.layer_norm.LAYER_NORM_BWD
+    arrays = {"dy": x32, "x": x32, "mean": None, "rstd": None, "weight": np.zeros(5, np.float32), "bias": None}
+    assert bwd.layout_for(CPU, arrays, normalized_ndim=1, extra=[1])[1:] == [("dweight", (5,), np.float32), None]

@@ -97,6 +97,11 @@ class Backend(Protocol):
     def is_writeable(self, a) -> bool:
         """Whether ``a`` may be written."""
 
+    span: Any
+    """``span(a)``: the ``[lo, hi)`` byte addresses of array ``a`` (an empty range for a zero-size array), so that a
+    call compares each array's span once in integer arithmetic; None where ``may_share_memory`` on each pair
+    is the cheaper check (the CPU: one NumPy C call)."""
+
     def may_share_memory(self, a, b) -> bool:
         """Whether the memory spans of ``a`` and ``b`` overlap (a conservative answer for strided arrays)."""
 

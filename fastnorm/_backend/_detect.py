@@ -60,7 +60,9 @@ def on_cuda(a) -> bool:
     built for torch, CuPy and Numba arrays. Objects of other types answer through the interface
     (``hasattr``), the simulator's arrays through their ``__cuda_ndarray__`` flag.
     """
-    k = array_kind(a)
+    k = _KINDS.get(type(a), 0)
+    if k == 0:
+        k = array_kind(a)
     if k is None or k == "numpy":
         if k is None and getattr(a, "__cuda_ndarray__", False) is True:
             return True

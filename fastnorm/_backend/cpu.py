@@ -73,6 +73,8 @@ class CpuBackend:
     def is_writeable(a):
         return a.flags.writeable
 
+    span = None  # no byte-span primitive: one NumPy C call per pair (may_share_memory) is cheaper
+
     @staticmethod
     def may_share_memory(a, b):
         return np.may_share_memory(a, b)

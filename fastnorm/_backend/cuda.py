@@ -16,6 +16,7 @@ simulator's own path is kept.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
@@ -25,6 +26,7 @@ import threading
 import numpy as np
 
 from .. import _dtypes
+from ._detect import _KINDS
 from ._detect import on_cuda as _on_cuda
 
 try:
@@ -116,7 +118,7 @@ class CudaBackend:
             self.max_partials = 8
             self.work_per_partial = 1
 
-    @property
+    @functools.cached_property
     def kernels(self):
         return importlib.import_module("fastnorm._kernels.cuda")
 
@@ -160,7 +162,7 @@ class CudaBackend:
 
     def empty(self, shape, dtype):
         if self._c.SIM:
-            return self._c.SimArray(np.empty(tuple(int(s) for s in shape), np.dtype(dtype)))
+            return self._c.SimArray(np.empty(tuple(map(int, shape)), np.dtype(dtype)))
         like = getattr(self._tls, "like", None)
         kind = None if like is None else like.kind
         if kind == "torch":
@@ -184,7 +186,7 @@ class CudaBackend:
 
     def _pool_empty(self, shape, dtype):
         """A Numba device array from the pool (the allocator of Numba inputs)."""
-        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
         size = 1
         for n in shape:
             size *= n
@@ -265,18 +267,19 @@ class CudaBackend:
 
     def is_writeable(self, a):
         if not self._c.SIM:
-            k = self._a.array_kind(a)
+            k = _KINDS.get(type(a)) or self._a.array_kind(a)
             return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
 
-    def may_share_memory(self, a, b):
+    def span(self, a) -> tuple[int, int]:
+        """[lo, hi) byte addresses of ``a`` (empty for a zero-size array): integers to compare for overlap."""
         if not self._c.SIM:
-            span_of = self._a.span_of
-            lo1, hi1 = span_of(a)
-            lo2, hi2 = span_of(b)
-        else:
-            lo1, hi1 = self._a.span(self._sim_adapt(a))
-            lo2, hi2 = self._a.span(self._sim_adapt(b))
+            return self._a.span_of(a)
+        return self._a.span(self._sim_adapt(a))
+
+    def may_share_memory(self, a, b):
+        lo1, hi1 = self.span(a)
+        lo2, hi2 = self.span(b)
         return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
 
     def array_info(self, a):

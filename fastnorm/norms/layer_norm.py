@@ -96,14 +96,14 @@ def rows_forward(spec: OpSpec, arrays: dict, eps, normalized_ndim, out):
         empty_reduction(be, *([None] * (2 - len(stats)) + stats))
         return spec.result(*res)
     sd = be.stat_dtype(x.dtype)
-    getattr(be.kernels, op)(
-        *(a[name].reshape(m, n) for name in list(a)[:k]),
-        *(opt(be, p, sd, n) for p in to_stat(be, sd, *(a[name] for name in params))),
-        *(t.reshape(m, n) for t in data),
-        *(s.reshape(m) for s in stats),
-        eps,
-        be.threads(m * n),
-    )
+    rows = [x.reshape(m, n)] if k == 1 else [x.reshape(m, n), a["residual"].reshape(m, n)]
+    for p in to_stat(be, sd, *[a[name] for name in params]):
+        rows.append(opt(be, p, sd, n))
+    for t in data:
+        rows.append(t.reshape(m, n))
+    for s in stats:
+        rows.append(s.reshape(m))
+    getattr(be.kernels, op)(*rows, eps, be.threads(m * n))
     return spec.result(*res)
 
 
@@ -137,17 +137,18 @@ def rows_backward(spec: OpSpec, arrays: dict, normalized_ndim, out):
     nt = be.threads(m * n)
     (w,) = to_stat(be, sd, a["weight"])
     g32 = stat_outputs(be, sd, *grads)
-    getattr(be.kernels, op)(
-        a["dy"].reshape(m, n),
-        *([opt(be, a["dh"], x.dtype, (m, n))] if "dh" in a else []),
-        x.reshape(m, n),
-        *(a[k].reshape(m) for k in stats),
-        opt(be, w, sd, n),
-        dx.reshape(m, n),
-        *(opt(be, g, sd, n) for g in g32),
-        *(s for g in grads for s in partials(be, g is not None, nt, n, sd)),
-        nt,
-    )
+    kargs = [a["dy"].reshape(m, n)]
+    if "dh" in a:
+        kargs.append(opt(be, a["dh"], x.dtype, (m, n)))
+    kargs.append(x.reshape(m, n))
+    for k in stats:
+        kargs.append(a[k].reshape(m))
+    kargs += (opt(be, w, sd, n), dx.reshape(m, n))
+    for g in g32:
+        kargs.append(opt(be, g, sd, n))
+    for g in grads:
+        kargs += partials(be, g is not None, nt, n, sd)
+    getattr(be.kernels, op)(*kargs, nt)
     round_back(be, grads, g32)
     if n == 1 and "mean" in a:
         one = _layer_norm_dx_one(be, a["dy"], x, a["mean"], a["rstd"], a["weight"])

@@ -134,7 +134,7 @@ class Algo:
 
     def used(self, h: dict) -> tuple:
         """The names of the streams the options use."""
-        return tuple(name for name, use in zip(self.streams, self.needed(h), strict=True) if use)
+        return tuple([name for name, use in zip(self.streams, self.needed(h), strict=True) if use])
 
     def per_tensor(self, h: dict, steps: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
         """Per-tensor scalars (T, k) in double, from the step numbers (one computation when all tensors are

@@ -24,8 +24,11 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"
 def _by_value(v):
     """A snapshot of a hyperparameter that compares equal only to an equal value of the same type: a list
     changed in place (``betas[0] = 0.5``) or a 0-d array written to no longer matches the cached one."""
+    t = type(v)
+    if t is float or t is int or t is bool or t is str:
+        return (t, v)
     if isinstance(v, (list, tuple)):
-        return (type(v), tuple(_by_value(x) for x in v))
+        return (type(v), tuple([_by_value(x) for x in v]))
     if isinstance(v, np.ndarray):
         return (np.ndarray, v.dtype.str, v.shape, v.tobytes())
     if hasattr(v, "detach") and hasattr(v, "tolist"):  # a torch tensor (lr as a 0-d tensor)
@@ -140,9 +143,9 @@ class Optimizer:
 
     def _group_hyper(self, group: dict, gd: _Group | None = None) -> dict:
         """The group's hyperparameters, checked (re-checked only when one changed since the last step)."""
-        keys = self.spec.class_defaults()
+        keys = self._defaults  # the declaration's hyperparameter names (``spec.class_defaults()``)
         try:
-            key = tuple(_by_value(group[k]) for k in keys)
+            key = tuple([_by_value(group[k]) for k in keys])
         except KeyError:
             missing = [k for k in keys if k not in group]
             raise ValueError(f"{self._name}: parameter group lacks {', '.join(missing)}") from None
@@ -238,7 +241,7 @@ class Optimizer:
                     "add parameters with add_param_group"
                 )
             info = P.gather_params(self._be, op, params, f"param_groups[{gi}]['params']")
-            if gd.info is not None and np.array_equal(info, gd.info):
+            if gd.info is not None and info.shape == gd.info.shape and info.tobytes() == gd.info.tobytes():
                 info = None  # unchanged: the cached plan holds
             else:
                 if gd.info is not None and not np.array_equal(info[1:], gd.info[1:]):
