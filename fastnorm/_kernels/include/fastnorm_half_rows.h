@@ -173,21 +173,18 @@ FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint
 #define FN_ADD1_(j)                                                                                    \
     h[j] = fn_f32_to_half(fmt, fn_half_to_f32(fmt, x[j]) + fn_half_to_f32(fmt, r[j]));                 \
     hb[j] = fn_half_to_f32(fmt, h[j]);
-#define FN_ADD8_(j, STORE)                                                                             \
+/* elements j.. one vector (V, VT: FN_Y/__m256 or FN_Z/__m512) at a time; the rounded h as QT */
+#define FN_ADDV_(j, STORE, V, VT, QT, LD, WIDEN, ROUND)                                                \
     {                                                                                                  \
-        __m256 s = _mm256_add_ps(fn_half_widen8(fmt, fn_half_ld8(x + j)), fn_half_widen8(fmt, fn_half_ld8(r + j))); \
-        __m128i q = fn_half_round8(fmt, s);                                                            \
-        STORE((__m128i *)(h + j), q);                                                                  \
-        _mm256_storeu_ps(hb + j, fn_half_widen8(fmt, q));                                              \
+        VT s = V(add_ps)(WIDEN(fmt, LD(x + j)), WIDEN(fmt, LD(r + j)));                                \
+        QT q = ROUND(fmt, s);                                                                          \
+        STORE((QT *)(h + j), q);                                                                       \
+        V(storeu_ps)(hb + j, WIDEN(fmt, q));                                                           \
     }
+#define FN_ADD8_(j, STORE) FN_ADDV_(j, STORE, FN_Y, __m256, __m128i, fn_half_ld8, fn_half_widen8, fn_half_round8)
 #if FN_HALF_Z
 #define FN_ADD16_(j, STORE)                                                                            \
-    {                                                                                                  \
-        __m512 s = _mm512_add_ps(fn_half_widen16z(fmt, fn_half_ld16(x + j)), fn_half_widen16z(fmt, fn_half_ld16(r + j))); \
-        __m256i q = fn_half_round16z(fmt, s);                                                          \
-        STORE((__m256i *)(h + j), q);                                                                  \
-        _mm512_storeu_ps(hb + j, fn_half_widen16z(fmt, q));                                            \
-    }
+    FN_ADDV_(j, STORE, FN_Z, __m512, __m256i, fn_half_ld16, fn_half_widen16z, fn_half_round16z)
     if (nt) {
         for (; j < n && ((uintptr_t)(h + j) & 31u); j++) { FN_ADD1_(j) }
         for (; j + 16 <= n; j += 16) FN_ADD16_(j, _mm256_stream_si256)
@@ -204,6 +201,7 @@ FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint
     for (; j < n; j++) { FN_ADD1_(j) }
 #undef FN_ADD1_
 #undef FN_ADD8_
+#undef FN_ADDV_
 }
 
 static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt,
