@@ -7,8 +7,10 @@
  * pass. The arithmetic is the float32 row code's, operation for operation, including the fused multiply-adds
  * gcc forms from it on these targets ((x - mu) * rs * w + b -> fma(t, w, b); (x - mu) * rs + b ->
  * fma(x - mu, rs, b)), so the outputs are bitwise those of the float32 kernel on the widened row, rounded
- * once (tests/test_layer_norm_half.py). FN_HALF_ROWS is 0 where the target lacks AVX2/FMA/F16C: the kernels
- * then keep their portable block code.
+ * once (tests/test_layer_norm_half.py). The backward reads its 16-bit rows the same way (no float32 copies): see
+ * "backward" below. With AVX-512 F/BW (FN_HALF_Z) the loops take sixteen elements per vector, lane for lane the
+ * 8-lane operations. FN_HALF_ROWS is 0 where the target lacks AVX2/FMA/F16C: the kernels then keep their
+ * portable block code.
  */
 #ifndef FASTNORM_HALF_ROWS_H
 #define FASTNORM_HALF_ROWS_H
