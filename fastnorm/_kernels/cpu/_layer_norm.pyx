@@ -10,10 +10,11 @@ float32 sums stay short; then the partials are summed in chunk order: bitwise th
 count, no atomics.
 Fused residual add (``add_*``): the forward writes h = x + residual and normalizes h while its row is in
 cache; the backward adds dh into dx in dx's own loop.
-16-bit storage (bfloat16, float16; passed as uint16 views + format code): each row is widened once into a
-thread's float32 row buffer, the float32 row code above runs on it (the same functions, so the result is
-the float32 kernel's on the widened inputs), and the output is rounded to nearest even once. Statistics,
-parameters and the dweight/dbias accumulators are float32.
+16-bit storage (bfloat16, float16; passed as uint16 views + format code): the forward widens each row once
+into a thread's float32 row buffer for the statistics; the output, and the backward's sums and dx, are
+computed from the 16-bit rows converted in registers (fastnorm_half_rows.h) with the float32 row code's
+operations, so every result is the float32 kernel's on the widened inputs, rounded to nearest even once.
+Statistics, parameters and the dweight/dbias accumulators are float32.
 """
 
 import numpy as np
@@ -23,7 +24,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint16_t
 
-from fastnorm._kernels.cpu._common cimport chunk_start, fn_half_load, fn_half_store, ptr_or_null
+from fastnorm._kernels.cpu._common cimport chunk_start, fn_half_load, ptr_or_null
 
 from fastnorm._dtypes import HALF_FORMAT
 
@@ -33,8 +34,6 @@ cdef enum:
     MIN_CHUNKS = 16
     # Scratch budget of the backward's partial rows (bytes): fewer chunks for very long rows.
     SCRATCH_BYTES = 32 << 20
-    # 16-bit outputs are computed in float32 blocks of this many elements on the stack, then rounded.
-    HALF_BLOCK = 256
     # Columns of the dweight/dbias partial rows summed per task (the sum over chunks runs along rows: SIMD).
     RED_BLOCK = 512
     # Outputs larger than this (the last-level cache of a Zen 3 CCX, or of a client CPU) are written with
@@ -46,28 +45,33 @@ cdef enum:
 
 
 cdef extern from "fastnorm_rows.h" nogil:
-    void fn_ln_bwd_affine_f(const float *dy, const float *x, const float *w, const float *dh, float *dx, float *dwa,
-                            float *dba, float mu, float rs, float c1, float c2, Py_ssize_t n)
-    void fn_ln_bwd_affine_d(const double *dy, const double *x, const double *w, const double *dh, double *dx,
-                            double *dwa, double *dba, double mu, double rs, double c1, double c2, Py_ssize_t n)
-    void fn_rms_bwd_affine_f(const float *dy, const float *x, const float *w, const float *dh, float *dx,
-                             float *dwa, float rs, float c2, Py_ssize_t n)
-    void fn_rms_bwd_affine_d(const double *dy, const double *x, const double *w, const double *dh, double *dx,
-                             double *dwa, double rs, double c2, Py_ssize_t n)
+    void fn_ln_bwd_apply_f(const float *dy, const float *x, float mu, float rs, float c1, float c2, const float *w,
+                           const float *dh, float *dx, float *dwa, float *dba, Py_ssize_t n)
+    void fn_ln_bwd_apply_d(const double *dy, const double *x, double mu, double rs, double c1, double c2,
+                           const double *w, const double *dh, double *dx, double *dwa, double *dba, Py_ssize_t n)
+    void fn_rms_bwd_apply_f(const float *dy, const float *x, float rs, float c2, const float *w, const float *dh,
+                            float *dx, float *dwa, Py_ssize_t n)
+    void fn_rms_bwd_apply_d(const double *dy, const double *x, double rs, double c2, const double *w,
+                            const double *dh, double *dx, double *dwa, Py_ssize_t n)
 
 
 cdef extern from "fastnorm_half_rows.h" nogil:
     void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu, float rs,
                           int rms, int nt, Py_ssize_t n)
     void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt, Py_ssize_t n)
+    void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w, const uint16_t *x, float mu, Py_ssize_t n,
+                          double *s1, double *s2)
+    void fn_half_bwd_apply(int fmt, const uint16_t *dy, const uint16_t *x, const uint16_t *dh, const float *w,
+                           uint16_t *dx, float *dwa, float *dba, float mu, float rs, float c1, float c2, int rms,
+                           int nt, Py_ssize_t n)
+    float fn_half_to_f32(int fmt, uint16_t h)
+    uint16_t fn_f32_to_half(int fmt, float f)
 
 
 cdef extern from "fastnorm_stream.h" nogil:
     void fn_sfence()
     void fn_stream_store_f(const float *src, float *dst, Py_ssize_t n)
     Py_ssize_t fn_stream_head_f(const float *dst)
-    void fn_stream_store_u16(const uint16_t *src, uint16_t *dst, Py_ssize_t n)
-    Py_ssize_t fn_stream_head_u16(const uint16_t *dst)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -178,6 +182,11 @@ cdef inline void _ln_bwd_coefs(const floating *dy, const floating *x, floating m
         fn_bwd_sums_f(dy, w, x, mu, n, &s1, &s2)
     else:
         fn_bwd_sums_d(dy, w, x, mu, n, &s1, &s2)
+    _ln_coefs(s1, s2, rs, n, c1, c2)
+
+
+cdef inline void _ln_coefs(double s1, double s2, floating rs, Py_ssize_t n, floating *c1, floating *c2) noexcept nogil:
+    """c1 = mean(g), c2 = rs * mean(g * (x - mu)) from the row sums s1 = sum(g), s2 = sum(g * (x - mu))."""
     c1[0] = <floating>(s1 / n)
     c2[0] = <floating>(rs * s2 / n)
 
@@ -185,37 +194,11 @@ cdef inline void _ln_bwd_coefs(const floating *dy, const floating *x, floating m
 cdef inline void _ln_bwd_apply(const floating *dy, const floating *x, floating mu, floating rs, floating c1,
                                floating c2, const floating *w, const floating *dh, floating *dx, floating *dwa,
                                floating *dba, Py_ssize_t n) noexcept nogil:
-    """dx = rs * (g - c1 - xhat * c2) (+ dh), dwa += dy * xhat, dba += dy over n elements."""
-    cdef Py_ssize_t j
-    if w != NULL and dwa != NULL and dba != NULL:
-        # The usual case (affine, both gradients) in one loop: dy and x are read once for all three.
-        if floating is float:
-            fn_ln_bwd_affine_f(dy, x, w, dh, dx, dwa, dba, mu, rs, c1, c2, n)
-        else:
-            fn_ln_bwd_affine_d(dy, x, w, dh, dx, dwa, dba, mu, rs, c1, c2, n)
-        return
-    if w != NULL and dh != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2) + dh[j]
-    elif w != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] * w[j] - c1 - (x[j] - mu) * rs * c2)
-    elif dh != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2) + dh[j]
+    """dx = rs * (g - c1 - xhat * c2) (+ dh), dwa += dy * xhat, dba += dy over n elements (fastnorm_rows.h)."""
+    if floating is float:
+        fn_ln_bwd_apply_f(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
     else:
-        for j in range(n):
-            dx[j] = rs * (dy[j] - c1 - (x[j] - mu) * rs * c2)
-    if dwa != NULL and dba != NULL:
-        for j in range(n):
-            dwa[j] += dy[j] * ((x[j] - mu) * rs)
-            dba[j] += dy[j]
-    elif dwa != NULL:
-        for j in range(n):
-            dwa[j] += dy[j] * ((x[j] - mu) * rs)
-    elif dba != NULL:
-        for j in range(n):
-            dba[j] += dy[j]
+        fn_ln_bwd_apply_d(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
 
 
 cdef inline void _rms_stats(const floating *x, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
@@ -252,33 +235,20 @@ cdef inline floating _rms_bwd_coef(const floating *dy, const floating *x, floati
         fn_bwd_sums_f(dy, w, x, 0.0, n, &s1, &s2)
     else:
         fn_bwd_sums_d(dy, w, x, 0.0, n, &s1, &s2)
+    return _rms_coef(s2, rs, n)
+
+
+cdef inline floating _rms_coef(double s2, floating rs, Py_ssize_t n) noexcept nogil:
+    """rs * mean(g * xhat) from s2 = sum(g * x)."""
     return <floating>(rs * rs * s2 / n)
 
 
 cdef inline void _rms_bwd_apply(const floating *dy, const floating *x, floating rs, floating c2, const floating *w,
                                 const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    if w != NULL and dwa != NULL:
-        if floating is float:
-            fn_rms_bwd_affine_f(dy, x, w, dh, dx, dwa, rs, c2, n)
-        else:
-            fn_rms_bwd_affine_d(dy, x, w, dh, dx, dwa, rs, c2, n)
-        return
-    if w != NULL and dh != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] * w[j] - x[j] * c2) + dh[j]
-    elif w != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] * w[j] - x[j] * c2)
-    elif dh != NULL:
-        for j in range(n):
-            dx[j] = rs * (dy[j] - x[j] * c2) + dh[j]
+    if floating is float:
+        fn_rms_bwd_apply_f(dy, x, rs, c2, w, dh, dx, dwa, n)
     else:
-        for j in range(n):
-            dx[j] = rs * (dy[j] - x[j] * c2)
-    if dwa != NULL:
-        for j in range(n):
-            dwa[j] += dy[j] * (x[j] * rs)
+        fn_rms_bwd_apply_d(dy, x, rs, c2, w, dh, dx, dwa, n)
 
 
 cdef inline void _add_row(const floating *a, const floating *b, floating *out, Py_ssize_t n) noexcept nogil:
@@ -467,8 +437,8 @@ def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
                 dhr = &dh[i, 0] if add else NULL
                 if floating is float:
                     if nt:
-                        _bwd_row_blocks(-1, &dy[i, 0], &x[i, 0], dhr, 0 if rms else mean[i], rstd[i], w,
-                                        &dx[i, 0], dwa, dba, rms, True, n)
+                        _bwd_row_stream(&dy[i, 0], &x[i, 0], dhr, 0 if rms else mean[i], rstd[i], w, &dx[i, 0],
+                                        dwa, dba, rms, n)
                 if not nt and rms:
                     _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
                 elif not nt:
@@ -519,26 +489,15 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
             fn_sfence()
 
 
-cdef inline void _bwd_row_blocks(int fmt, const float *dy, const float *x, const float *dh, float mu, float rs,
-                                 const float *w, void *dx, float *dwa, float *dba, bint rms, bint nt,
-                                 Py_ssize_t n) noexcept nogil:
-    """One backward row of float32 (or widened 16-bit) rows, dx produced a block at a time in L1 by the float32 row
-    code (element-wise: the same values as _ln_bwd_row / _rms_bwd_row). fmt < 0: float32 dx, streamed (callers
-    with nt only), NT_BLOCK elements at a time; else 16-bit dx rounded once, HALF_BLOCK at a time, streamed if nt.
-    Streamed rows: the first block ends on a 32-byte boundary of dx."""
+cdef inline void _bwd_row_stream(const float *dy, const float *x, const float *dh, float mu, float rs, const float *w,
+                                 float *dx, float *dwa, float *dba, bint rms, Py_ssize_t n) noexcept nogil:
+    """One backward row of float32 rows, dx produced NT_BLOCK elements at a time in L1 by the row code (element-wise:
+    the same values as _ln_bwd_row / _rms_bwd_row) and streamed; the first block ends on a 32-byte boundary of dx."""
     cdef float tmp[NT_BLOCK]
-    cdef uint16_t t16[NT_BLOCK]
-    cdef float *dxf = <float *>dx
-    cdef uint16_t *dxh = <uint16_t *>dx
     cdef float c1 = 0, c2
-    cdef Py_ssize_t j0 = 0, blk = NT_BLOCK if fmt < 0 else HALF_BLOCK
-    cdef Py_ssize_t k = blk - (fn_stream_head_f(dxf) if fmt < 0 else (fn_stream_head_u16(dxh) if nt else 0))
+    cdef Py_ssize_t j0 = 0, k = NT_BLOCK - fn_stream_head_f(dx)
     if not rms and n == 1:
-        _ln_bwd_row(dy, x, mu, rs, w, dh, tmp, dwa, dba, 1)
-        if fmt < 0:
-            dxf[0] = tmp[0]
-        else:
-            fn_half_store(fmt, tmp, dxh, 1)
+        _ln_bwd_row(dy, x, mu, rs, w, dh, dx, dwa, dba, 1)
         return
     if rms:
         c2 = _rms_bwd_coef(dy, x, rs, w, n)
@@ -552,15 +511,31 @@ cdef inline void _bwd_row_blocks(int fmt, const float *dy, const float *x, const
         else:
             _ln_bwd_apply(dy + j0, x + j0, mu, rs, c1, c2, _at(w, j0), _at(dh, j0), tmp,
                           dwa + j0 if dwa != NULL else NULL, dba + j0 if dba != NULL else NULL, k)
-        if fmt < 0:
-            fn_stream_store_f(tmp, dxf + j0, k)
-        elif nt:
-            fn_half_store(fmt, tmp, t16, k)
-            fn_stream_store_u16(t16, dxh + j0, k)
-        else:
-            fn_half_store(fmt, tmp, dxh + j0, k)
+        fn_stream_store_f(tmp, dx + j0, k)
         j0 += k
-        k = blk
+        k = NT_BLOCK
+
+
+cdef inline void _half_bwd_row(int fmt, const uint16_t *dy, const uint16_t *x, const uint16_t *dh, float mu,
+                               float rs, const float *w, uint16_t *dx, float *dwa, float *dba, bint rms, bint nt,
+                               Py_ssize_t n) noexcept nogil:
+    """One backward row on 16-bit rows (fastnorm_half_rows.h: widened in registers on AVX2 targets, in L1 blocks
+    on the portable one): the float32 row code's sums, coefficients and dx, rounded once."""
+    cdef double s1, s2
+    cdef float c1 = 0, c2 = 0, fdy, fx, fdh, t
+    if not rms and n == 1:
+        fdy = fn_half_to_f32(fmt, dy[0])
+        fx = fn_half_to_f32(fmt, x[0])
+        fdh = fn_half_to_f32(fmt, dh[0]) if dh != NULL else 0
+        _ln_bwd_row(&fdy, &fx, mu, rs, w, &fdh if dh != NULL else NULL, &t, dwa, dba, 1)
+        dx[0] = fn_f32_to_half(fmt, t)
+        return
+    fn_half_bwd_sums(fmt, dy, w, x, mu, n, &s1, &s2)
+    if rms:
+        c2 = _rms_coef(s2, rs, n)
+    else:
+        _ln_coefs(s1, s2, rs, n, &c1, &c2)
+    fn_half_bwd_apply(fmt, dy, x, dh, w, dx, dwa, dba, mu, rs, c1, c2, rms, nt, n)
 
 
 def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
@@ -577,18 +552,15 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
               double[:, ::1] db_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
               float[:, ::1] db_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
               int fmt, bint rms, int n_threads):
-    """The float32 backward's chunk plan and row code on rows widened into a thread's float32 buffers
-    (dy, x, dh); dx rounded once."""
+    """The float32 backward's chunk plan and row code on 16-bit rows converted as they are read (no float32 copies
+    of the rows); dx rounded once."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
     cdef const float *w = ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), (3 if add else 2) * n), np.float32)
     cdef float *dwa
     cdef float *dba
-    cdef float *dyb
-    cdef float *xb
-    # dx larger than the last-level cache is streamed
+    # dx larger than the last-level cache is streamed (on the targets with FN_HALF_ROWS)
     cdef bint nt = m * n * 2 > NT_BYTES
     dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, np.float32)
     db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, np.float32)
@@ -597,18 +569,12 @@ def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
                         use_threads_if=n_threads > 1):
             lo = chunk_start(m, n_chunks, c)
             hi = chunk_start(m, n_chunks, c + 1)
-            dyb = &buf[threadid(), 0]
-            xb = dyb + n
             dwa = &dw_acc[c, 0] if want_dw else NULL
             dba = &db_acc[c, 0] if want_db else NULL
             _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
             for i in range(lo, hi):
-                fn_half_load(fmt, &dy[i, 0], dyb, n)
-                fn_half_load(fmt, &x[i, 0], xb, n)
-                if add:
-                    fn_half_load(fmt, &dh[i, 0], xb + n, n)
-                _bwd_row_blocks(fmt, dyb, xb, xb + n if add else NULL, 0 if rms else mean[i], rstd[i], w,
-                                &dx[i, 0], dwa, dba, rms, nt, n)
+                _half_bwd_row(fmt, &dy[i, 0], &x[i, 0], &dh[i, 0] if add else NULL, 0 if rms else mean[i], rstd[i],
+                              w, &dx[i, 0], dwa, dba, rms, nt, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n, nt)
         _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,

@@ -163,38 +163,51 @@ static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) {
 #undef FN_S_
 }
 
-/* s1 = sum(g), s2 = sum(g * (x - mu)), g = dy * w (w may be NULL: g = dy): FN_VSUM's blocks and lanes for both */
+/* s1 = sum(g), s2 = sum(g * (x - mu)), g = dy * w (w may be NULL: g = dy): FN_VSUM's blocks and lanes for both.
+ * LDY(i), LX(i): dy[i..i+7], x[i..i+7] as float32 vectors; SDY(i), SX(i): dy[i], x[i] as float32 (a body shared with
+ * the 16-bit rows of fastnorm_half_rows.h, which widen in registers: the same operations on the same values). */
+#define FN_BWD_SUMS_BODY(LDY, LX, SDY, SX)                                                             \
+    const __m256 vmu = _mm256_set1_ps(mu);                                                             \
+    double t1 = 0.0, t2 = 0.0;                                                                         \
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {                                                   \
+        ptrdiff_t m_ = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK, j = 0;                                   \
+        __m256 a[4], b[4];                                                                             \
+        for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();                                 \
+        for (; j + FN_LANES <= m_; j += FN_LANES)                                                      \
+            for (int q = 0; q < 4; q++) {                                                              \
+                ptrdiff_t i = i0 + j + 8 * q;                                                          \
+                __m256 g = LDY(i);                                                                     \
+                if (w) g = _mm256_mul_ps(g, _mm256_loadu_ps(w + i));                                   \
+                a[q] = _mm256_add_ps(a[q], g);                                                         \
+                b[q] = _mm256_fmadd_ps(g, _mm256_sub_ps(LX(i), vmu), b[q]);                            \
+            }                                                                                          \
+        if (j < m_) {                                                                                  \
+            float u = _mm256_cvtss_f32(a[0]), v = _mm256_cvtss_f32(b[0]);                              \
+            for (; j < m_; j++) {                                                                      \
+                ptrdiff_t i = i0 + j;                                                                  \
+                float g = w ? SDY(i) * w[i] : SDY(i);                                                  \
+                u += g;                                                                                \
+                v = fmaf(g, SX(i) - mu, v);                                                            \
+            }                                                                                          \
+            a[0] = _mm256_blend_ps(a[0], _mm256_set1_ps(u), 1);                                        \
+            b[0] = _mm256_blend_ps(b[0], _mm256_set1_ps(v), 1);                                        \
+        }                                                                                              \
+        t1 += fn_fold32(a[0], a[1], a[2], a[3]);                                                       \
+        t2 += fn_fold32(b[0], b[1], b[2], b[3]);                                                       \
+    }                                                                                                  \
+    *s1 = t1; *s2 = t2;
+
 static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n, double *s1,
                                  double *s2) {
-    const __m256 vmu = _mm256_set1_ps(mu);
-    double t1 = 0.0, t2 = 0.0;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {
-        ptrdiff_t m_ = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK, j = 0;
-        __m256 a[4], b[4];
-        for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();
-        for (; j + FN_LANES <= m_; j += FN_LANES)
-            for (int q = 0; q < 4; q++) {
-                ptrdiff_t i = i0 + j + 8 * q;
-                __m256 g = _mm256_loadu_ps(dy + i);
-                if (w) g = _mm256_mul_ps(g, _mm256_loadu_ps(w + i));
-                a[q] = _mm256_add_ps(a[q], g);
-                b[q] = _mm256_fmadd_ps(g, _mm256_sub_ps(_mm256_loadu_ps(x + i), vmu), b[q]);
-            }
-        if (j < m_) {
-            float u = _mm256_cvtss_f32(a[0]), v = _mm256_cvtss_f32(b[0]);
-            for (; j < m_; j++) {
-                ptrdiff_t i = i0 + j;
-                float g = w ? dy[i] * w[i] : dy[i];
-                u += g;
-                v = fmaf(g, x[i] - mu, v);
-            }
-            a[0] = _mm256_blend_ps(a[0], _mm256_set1_ps(u), 1);
-            b[0] = _mm256_blend_ps(b[0], _mm256_set1_ps(v), 1);
-        }
-        t1 += fn_fold32(a[0], a[1], a[2], a[3]);
-        t2 += fn_fold32(b[0], b[1], b[2], b[3]);
-    }
-    *s1 = t1; *s2 = t2;
+#define FN_LDY_(i) _mm256_loadu_ps(dy + (i))
+#define FN_LX_(i) _mm256_loadu_ps(x + (i))
+#define FN_SDY_(i) dy[i]
+#define FN_SX_(i) x[i]
+    FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
+#undef FN_LDY_
+#undef FN_LX_
+#undef FN_SDY_
+#undef FN_SX_
 }
 #endif
 
