@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compare-targets",
         action="store_true",
-        help="also time fastnorm on every other ISA target this CPU runs, side by side (fastnorm@<target>)",
+        help="also time fastnorm (allocating and out=) on every other ISA target this CPU runs, side by side "
+        "(fastnorm@<target>, fastnorm out=@<target>)",
     )
     ap.add_argument(
         "--host-overhead",

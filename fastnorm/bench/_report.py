@@ -43,11 +43,15 @@ def _progress(msg: str, enabled: bool) -> None:
         sys.stderr.flush()
 
 
+_TARGETED = ("fastnorm", "fastnorm out=")  # the providers timed again on each other target
+
+
 def _with_targets(case, targets):
-    """The case's providers plus ``fastnorm@<target>`` (the plain fastnorm call on each other target)."""
-    if not targets or "fastnorm" not in case.providers:
-        return case.providers
-    return {**case.providers, **{f"fastnorm@{t}": case.providers["fastnorm"] for t in targets}}
+    """The case's providers plus ``<provider>@<target>`` for the fastnorm calls (allocating, and ``out=`` where
+    the case has it: the kernel alone, without the fresh-page faults that make allocating calls at DRAM sizes
+    vary from call to call) on each other target."""
+    extra = {f"{p}@{t}": case.providers[p] for p in _TARGETED if p in case.providers for t in targets}
+    return {**case.providers, **extra}
 
 
 def run_report(
@@ -64,9 +68,9 @@ def run_report(
     Rows: one per (case, provider) with ms, GB/s (the case's minimal bytes / time), bound_gbps (the streaming
     kernel with the case's streams, measured just before the case) and frac (GB/s / bound). fastnorm rows
     also carry ``speedup``: provider -> time(provider) / time(fastnorm). With ``compare_targets``, each case
-    also runs fastnorm on every other ISA target this CPU runs (provider ``fastnorm@<target>``, timed side by
-    side in this process), and the plain fastnorm row's speedup includes them: the selected target's gain
-    over, e.g., the baseline build.
+    also runs fastnorm on every other ISA target this CPU runs (providers ``fastnorm@<target>`` and
+    ``fastnorm out=@<target>``, timed side by side in this process), and the fastnorm and fastnorm out= rows'
+    speedups include them: the selected target's gain over, e.g., the baseline build.
 
     ``dtypes`` keeps only the cases of those data dtypes (``float32``, ``bfloat16``, ``float16``). Every row
     carries ``dtype``; a provider that cannot run its case on this build (``Case.skip_reason``: a 16-bit case
@@ -121,8 +125,8 @@ def run_report(
             )
             if pname.startswith("fastnorm"):
                 row["speedup"] = {p: tp / t for p, tp in times.items() if not p.startswith("fastnorm")}
-                if pname == "fastnorm":
-                    row["speedup"].update({p: tp / t for p, tp in times.items() if p.startswith("fastnorm@")})
+                if pname in _TARGETED:
+                    row["speedup"].update({p: tp / t for p, tp in times.items() if p.startswith(pname + "@")})
             rows.append(row)
     _progress("", progress)
     return {"machine": machine_info(), "quick": quick, "repeats": repeats, "rows": rows}
