@@ -4,6 +4,7 @@ absent arguments, scratch, and the 16-bit parameter round trip (``to_stat`` -> k
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -56,13 +57,36 @@ def opt(be, a, dtype, shape=None):
     return a if shape is None else a.reshape(shape)
 
 
-def partials(be, want: bool, n_chunks: int, n: int, dtype) -> tuple:
+_SCRATCH = threading.local()  # per Python thread: kernels release the GIL, so threads must not share scratch
+_SCRATCH_KEEP = 8  # (slot, shape, dtype) entries kept per thread
+
+
+def _host_scratch(slot: int, shape: tuple, dtype) -> np.ndarray:
+    """This thread's scratch array for ``slot`` of that shape and dtype, reused from call to call: the
+    kernels overwrite scratch before reading it, and fresh arrays would cost page faults on every call (a
+    LayerNorm backward at (4096, 1024) spent a third of its time there)."""
+    cache = getattr(_SCRATCH, "arrays", None)
+    if cache is None:
+        cache = _SCRATCH.arrays = {}
+    key = (slot, shape, np.dtype(dtype))
+    a = cache.get(key)
+    if a is None:
+        if len(cache) >= _SCRATCH_KEEP:
+            cache.clear()
+        a = cache[key] = np.empty(shape, dtype)
+    return a
+
+
+def partials(be, want: bool, n_chunks: int, n: int, dtype, slot: int = 0) -> tuple:
     """Scratch for a deterministic column reduction (dweight/dbias): per-chunk float64 partial rows and
     per-chunk short-run accumulator rows in the input dtype (the CPU kernels'; empty on a device, whose
-    kernels keep those sums in registers or shared memory)."""
+    kernels keep those sums in registers or shared memory). On the host they are this thread's arrays for
+    ``slot`` (one slot per gradient of a call), reused between calls."""
     if not want:
         return be.empty((0, 0), np.float64), be.empty((0, 0), dtype)
-    return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n) if be.on_host else (0, 0), dtype)
+    if be.on_host:
+        return _host_scratch(2 * slot, (n_chunks, n), np.float64), _host_scratch(2 * slot + 1, (n_chunks, n), dtype)
+    return be.empty((n_chunks, n), np.float64), be.empty((0, 0), dtype)
 
 
 def to_stat(be, sd, *arrays) -> list:

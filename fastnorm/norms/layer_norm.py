@@ -146,8 +146,9 @@ def rows_backward(spec: OpSpec, arrays: dict, normalized_ndim, out):
     kargs += (opt(be, w, sd, n), dx.reshape(m, n))
     for g in g32:
         kargs.append(opt(be, g, sd, n))
-    for g in grads:
-        kargs += partials(be, g is not None, nt, n, sd)
+    rows = be.kernels.bwd_chunks(m, n) if be.on_host else nt  # the CPU kernels' chunks (a function of the shape)
+    for slot, g in enumerate(grads):
+        kargs += partials(be, g is not None, rows, n, sd, slot)
     getattr(be.kernels, op)(*kargs, nt)
     round_back(be, grads, g32)
     if n == 1 and "mean" in a:
