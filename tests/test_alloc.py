@@ -107,6 +107,35 @@ def test_a_block_is_never_given_to_two_live_arrays():
         assert (a == i).all()
 
 
+def test_random_allocs_and_frees_keep_live_blocks_disjoint_and_intact():
+    """A random sequence against a model: live arrays never overlap, keep their contents, and the counters
+    match; the cache stays within its limit."""
+    _alloc.set_limit(12 * MIB)
+    rng = np.random.default_rng(7)
+    s0 = _alloc.stats()
+    live: dict[int, np.ndarray] = {}
+    for step in range(300):
+        if live and rng.random() < 0.45:
+            del live[int(rng.choice(list(live)))]
+        else:
+            make = _alloc.zeros if step % 3 == 0 else _alloc.empty
+            a = make((int(rng.integers(MIB // 8, 6 * MIB // 8)),), np.int64)
+            if step % 3 == 0:
+                assert not a.any()
+            a.fill(step)
+            live[step] = a
+        spans = sorted((ptr(a), ptr(a) + a.nbytes) for a in live.values())
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+        assert _alloc.stats()["cached_bytes"] <= 12 * MIB
+    for tag, a in live.items():
+        assert (a == tag).all()
+    assert delta(s0, "live_blocks") == len(live)
+    a = None
+    live.clear()
+    assert delta(s0, "live_blocks") == 0
+    assert delta(s0, "live_bytes") == 0
+
+
 def test_limit_evicts_the_least_recently_freed_blocks():
     _alloc.set_limit(3 * 2 * MIB)
     s0 = _alloc.stats()

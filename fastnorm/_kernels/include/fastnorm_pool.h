@@ -1,12 +1,14 @@
 /* fastnorm_pool.h: a bounded cache of large host blocks behind a NumPy data-memory handler (NumPy >= 1.22).
 
-Why: a large output (a 256 MiB LayerNorm y) is a fresh mmap from glibc on every call, and the kernel zeroes each
-of its pages on first touch: about as long as the whole kernel. Blocks of at least FN_POOL_MIN_BYTES that the
+Why: glibc serves a large output (above its mmap threshold, at most 32 MiB; a 256 MiB LayerNorm y) from a fresh
+mmap on every call and unmaps it on free, and the OS zeroes each page on first touch: about as long as the kernel. Blocks of at least FN_POOL_MIN_BYTES that the
 arrays give back are kept here, most recently freed first, and handed to the next request of the same size class,
 so a loop of same-shaped calls (training, benchmarks) touches memory it already owns.
 
 Layout: every block is [raw malloc'd bytes ... | header (FN_POOL_HEADER bytes) | user data, FN_POOL_ALIGN-aligned].
 The header records the block's capacity, so free never trusts the size NumPy passes.
+Lookup: the cached blocks of a size class are found through a hash table of capacities (most recently freed
+first); all cached blocks are also on one LRU list for eviction.
 Size classes: below FN_POOL_MIN_BYTES the exact size (never cached); above, rounded up to 8 classes per power of
 two (at least 4 KiB steps): at most 12.5% slack, and untouched slack pages are never faulted in.
 Bound: the capacities of the cached blocks sum to at most `limit` bytes; a free past it evicts the least recently
@@ -46,7 +48,8 @@ typedef struct fn_pool_block {
     void *raw;                           /* what malloc/calloc returned */
     size_t capacity;                     /* usable bytes after the header */
     size_t size;                         /* bytes last asked for (what realloc copies) */
-    struct fn_pool_block *newer, *older; /* the LRU list, while cached */
+    struct fn_pool_block *newer, *older; /* while cached: the LRU list of all cached blocks ... */
+    struct fn_pool_block *next, *prev;   /* ... and the list of its hash bucket (most recently freed first) */
 } fn_pool_block;
 
 typedef char fn_pool_header_fits[sizeof(fn_pool_block) <= FN_POOL_HEADER ? 1 : -1];
@@ -58,6 +61,8 @@ typedef struct {
 
 static fn_pool_stats fn_pool;
 static fn_pool_block *fn_pool_newest, *fn_pool_oldest;
+#define FN_POOL_BUCKETS 64 /* (the hash's top 6 bits) so a lookup reads only the headers of its own bucket */
+static fn_pool_block *fn_pool_bucket[FN_POOL_BUCKETS];
 static int fn_pool_hugepages = 1; /* madvise(MADV_HUGEPAGE) fresh blocks of >= 4 MiB, as NumPy's default handler */
 
 #ifdef _WIN32
@@ -85,9 +90,30 @@ static size_t fn_pool_class(size_t size) {
     return (size + step - 1) & ~(step - 1);
 }
 
+static fn_pool_block **fn_pool_bucket_of(size_t capacity) {
+    return &fn_pool_bucket[(uint64_t)(capacity >> 12) * 0x9E3779B97F4A7C15ULL >> 58];
+}
+
+static void fn_pool_link(fn_pool_block *b) { /* caller holds the lock */
+    fn_pool_block **head = fn_pool_bucket_of(b->capacity);
+    b->state = FN_POOL_CACHED;
+    b->newer = NULL;
+    b->older = fn_pool_newest;
+    if (fn_pool_newest) fn_pool_newest->newer = b; else fn_pool_oldest = b;
+    fn_pool_newest = b;
+    b->prev = NULL;
+    b->next = *head;
+    if (*head) (*head)->prev = b;
+    *head = b;
+    fn_pool.cached_bytes += b->capacity;
+    fn_pool.cached_blocks++;
+}
+
 static void fn_pool_unlink(fn_pool_block *b) { /* caller holds the lock */
     if (b->newer) b->newer->older = b->older; else fn_pool_newest = b->older;
     if (b->older) b->older->newer = b->newer; else fn_pool_oldest = b->newer;
+    if (b->prev) b->prev->next = b->next; else *fn_pool_bucket_of(b->capacity) = b->next;
+    if (b->next) b->next->prev = b->prev;
     fn_pool.cached_bytes -= b->capacity;
     fn_pool.cached_blocks--;
 }
@@ -175,7 +201,7 @@ static void *fn_pool_get(size_t size, int zero) {
     if (cap < size) return NULL;
     if (cap >= FN_POOL_MIN_BYTES) {
         fn_pool_lock();
-        for (b = fn_pool_newest; b && b->capacity != cap; b = b->older) {
+        for (b = *fn_pool_bucket_of(cap); b && b->capacity != cap; b = b->next) {
         }
         if (b) {
             fn_pool_unlink(b);
@@ -218,13 +244,7 @@ static void fn_pool_put(void *p) {
     fn_pool.live_blocks--;
     keep = b->capacity >= FN_POOL_MIN_BYTES && b->capacity <= fn_pool.limit;
     if (keep) {
-        b->state = FN_POOL_CACHED;
-        b->newer = NULL;
-        b->older = fn_pool_newest;
-        if (fn_pool_newest) fn_pool_newest->newer = b; else fn_pool_oldest = b;
-        fn_pool_newest = b;
-        fn_pool.cached_bytes += b->capacity;
-        fn_pool.cached_blocks++;
+        fn_pool_link(b);
         evicted = fn_pool_evict_to(fn_pool.limit);
     } else {
         b->state = 0;
