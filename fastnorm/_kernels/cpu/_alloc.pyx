@@ -30,7 +30,7 @@ cdef extern from "fastnorm_pool.h" nogil:
         unsigned long long hits, misses, evictions
     size_t FN_POOL_MIN_BYTES
     cnp.PyDataMem_Handler fn_pool_handler
-    int fn_pool_hugepages
+    void fn_pool_set_hugepages(int on)
     int fn_pool_init()
     size_t fn_pool_trim(size_t target)
     void fn_pool_set_limit(size_t limit)
@@ -99,7 +99,8 @@ def release():
 def stats():
     """The pool's counters: ``limit``, ``cached_bytes``/``cached_blocks`` (free blocks kept),
     ``live_bytes``/``live_blocks`` (blocks held by arrays), ``hits``/``misses`` (requests of at least
-    ``MIN_BYTES`` served from the cache / from the system) and ``evictions``. Bytes are capacities."""
+    ``MIN_BYTES`` served from the cache / from the system) and ``evictions`` (cached blocks given back to the
+    system, by the limit or ``release``). Bytes are capacities."""
     cdef fn_pool_stats s
     fn_pool_get_stats(&s)
     return {
@@ -155,11 +156,10 @@ def zeros(shape, dtype):
 
 cdef _follow_numpy_hugepages():
     """Advise huge pages for fresh blocks as NumPy's default handler does (``_set_madvise_hugepage``)."""
-    global fn_pool_hugepages
     core = getattr(np, "_core", None) or np.core
     get = getattr(core.multiarray, "_get_madvise_hugepage", None)
     if get is not None:
-        fn_pool_hugepages = 1 if get() else 0
+        fn_pool_set_hugepages(1 if get() else 0)
 
 
 _follow_numpy_hugepages()

@@ -64,6 +64,7 @@ static fn_pool_block *fn_pool_newest, *fn_pool_oldest;
 #define FN_POOL_BUCKETS 64 /* (the hash's top 6 bits) so a lookup reads only the headers of its own bucket */
 static fn_pool_block *fn_pool_bucket[FN_POOL_BUCKETS];
 static int fn_pool_hugepages = 1; /* madvise(MADV_HUGEPAGE) fresh blocks of >= 4 MiB, as NumPy's default handler */
+static void fn_pool_set_hugepages(int on) { fn_pool_hugepages = on; }
 
 #ifdef _WIN32
 static SRWLOCK fn_pool_mutex = SRWLOCK_INIT;
