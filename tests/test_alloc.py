@@ -7,10 +7,8 @@ other tests leave alive do not matter. A block's identity is its data pointer.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import threading
 
 import numpy as np
@@ -19,6 +17,8 @@ import pytest
 import fastnorm
 from fastnorm._backend import CPU
 from fastnorm._kernels.cpu import _alloc
+
+from .test_fork import _run as run_after_parent  # a fresh interpreter after the fork tests' PARENT set-up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnorm.__file__)))
 MIB = 1 << 20
@@ -275,54 +275,36 @@ def test_limit_from_the_environment():
             _alloc.limit_from_env({"FASTNORM_CPU_POOL_MB": bad})
 
 
-def _run(code: str, env_extra: dict | None = None, timeout: float = 60) -> str:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after {timeout}s\n{out}\n{err}")
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {out}\nstderr: {err}"
-    return out
-
-
 def test_pool_off_from_the_environment():
-    out = _run(
-        """
+    code = """if True:
         import numpy as np, fastnorm
         from fastnorm._kernels.cpu import _alloc
         y = fastnorm.layer_norm_forward(np.ones((512, 1024), np.float32)).y
         core = getattr(np, "_core", None) or np.core
         print(_alloc.limit(), core.multiarray.get_handler_name(y))
-        """,
-        {"FASTNORM_CPU_POOL": "0"},
-    )
-    assert out.split()[0] == "0"
-    assert out.split()[1] != _alloc.HANDLER_NAME
+        """
+    env = dict(os.environ, FASTNORM_CPU_POOL="0", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    limit, name = proc.stdout.split()
+    assert limit == "0"
+    assert name != _alloc.HANDLER_NAME
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 def test_fork_child_uses_the_inherited_pool():
-    """A child forked while another thread allocates and frees pooled arrays can allocate from, free into and
-    empty its copy of the pool; the parent's pool is unchanged by it."""
-    out = _run(
+    """Children forked while another thread allocates and frees pooled arrays allocate from, free into and
+    empty their copy of the pool (and run kernels); the parent's pool and arrays are unchanged by them."""
+    r = run_after_parent(
         """
-        import os, threading
-        import numpy as np
+        import threading
         from fastnorm._kernels.cpu import _alloc
 
         N = 2 * 2**20 // 4
         stop = False
+        live = _alloc.empty((N,), np.float32)
+        live.fill(3)
+
 
         def churn():
             while not stop:
@@ -330,37 +312,33 @@ def test_fork_child_uses_the_inherited_pool():
                 a.fill(1)
                 del a
 
-        live = _alloc.empty((N,), np.float32)
-        live.fill(3)
+
+        def child():
+            global live
+            before = _alloc.stats()
+            a = _alloc.empty((N,), np.float32)
+            a.fill(2)
+            assert (live == 3).all()
+            del a
+            live = None
+            s = _alloc.stats()
+            assert s["live_blocks"] == before["live_blocks"] - 1, (before, s)
+            _alloc.release()
+            assert _alloc.stats()["cached_blocks"] == 0
+            assert work() == REF
+
+
         th = threading.Thread(target=churn)
         th.start()
-        for _ in range(20):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    before = _alloc.stats()
-                    a = _alloc.empty((N,), np.float32)
-                    a.fill(2)
-                    assert (live == 3).all()
-                    del a, live
-                    s = _alloc.stats()
-                    assert s["live_blocks"] == before["live_blocks"] - 1, (before, s)
-                    _alloc.release()
-                    assert _alloc.stats()["cached_blocks"] == 0
-                    code = 0
-                except BaseException as e:
-                    print("child failed:", repr(e), flush=True)
-                finally:
-                    os._exit(code)
-            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        codes = [in_child(child) for _ in range(20)]
         stop = True
         th.join()
+        assert codes == [0] * 20, codes
         assert (live == 3).all()
         print("ok")
         """
     )
-    assert out.strip().endswith("ok")
+    assert r.stdout.strip().endswith("ok")
 
 
 def test_op_outputs_reuse_the_pool():
