@@ -9,7 +9,8 @@ A kernel file ``_<family>.pyx`` is built once per instruction-set target, as ``_
   native    -march=native, only with FASTNORM_NATIVE=1 and only run when FASTNORM_CPU_TARGET=native
 
 ``fastnorm._kernels.cpu`` picks the best target the CPU supports at import (``fastnorm.show_config()``
-says which). The few files in SINGLE_TARGET (build info, the CPU-feature probe) are built once, baseline.
+says which). The few files in SINGLE_TARGET (build info, the CPU-feature probe, the output pool) are built once,
+baseline.
 Source builds and portable builds carry the same targets, so a wheel runs the same code as a source build.
 Each kernel file is cythonized once; its targets compile that one C file with different ISA flags and a
 ``-DPyInit__<family>=PyInit__<family>_<target>`` that names the module's init function for the target.
@@ -51,8 +52,9 @@ ONLY_TARGETS = {t.strip() for t in os.environ.get("FASTNORM_TARGETS", "").split(
 
 CPU_DIR = os.path.join("fastnorm", "_kernels", "cpu")
 # Built once, for the baseline ISA: build info and the CPU probe (imported before a target is chosen), and the
-# streaming-bandwidth kernel of the benchmarks (memory-bound: the ISA does not change its speed at DRAM sizes).
-SINGLE_TARGET = {"_runtime", "_cpuinfo", "_stream"}
+# streaming-bandwidth kernel of the benchmarks (memory-bound: the ISA does not change its speed at DRAM sizes),
+# and the allocator of large outputs (one pool per process: a single module, no vector code).
+SINGLE_TARGET = {"_runtime", "_cpuinfo", "_stream", "_alloc"}
 # The generated .c files go here, out of the source tree: one per kernel file, compiled once per target.
 TARGET_SRC = os.path.join("build", "fastnorm_targets")
 # FASTNORM_BUILD_CACHE=dir: a content-addressed cache of Cython output and of built modules, shared by builds on

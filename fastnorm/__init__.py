@@ -7,6 +7,7 @@ in its ``__all__``; this package re-exports them.
 """
 
 from . import add_norm, batch_norm_stages, divergence, nn, norms, optim, reference, stats, transport
+from ._backend.cpu import empty_cache
 from ._config import show_config
 from ._dispatch import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
@@ -19,6 +20,7 @@ from .transport import *  # noqa: F403
 __all__ = [
     "__version__",
     "show_config",
+    "empty_cache",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",

@@ -24,7 +24,7 @@ def config() -> dict:
     """The configuration as a dict (see ``show_config``)."""
     import fastnorm
     from fastnorm._kernels import cpu
-    from fastnorm._kernels.cpu import _isa, _runtime
+    from fastnorm._kernels.cpu import _alloc, _isa, _runtime
 
     return {
         "fastnorm": fastnorm.__version__,
@@ -46,8 +46,19 @@ def config() -> dict:
             "built": list(cpu.BUILT_TARGETS),
             "runnable": list(cpu.runnable_targets()),
         },
+        "cpu_pool": _alloc.stats(),
         "cuda_backend_installed": importlib.util.find_spec("numba") is not None,
     }
+
+
+def _pool_line(p: dict) -> str:
+    if not p["limit"]:
+        return "off (FASTNORM_CPU_POOL=0 or FASTNORM_CPU_POOL_MB=0)"
+    mib = 2.0**20
+    return (
+        f"{p['cached_bytes'] / mib:.1f} of {p['limit'] / mib:.0f} MiB cached in {p['cached_blocks']} blocks, "
+        f"{p['live_bytes'] / mib:.1f} MiB in use; {p['hits']} hits, {p['misses']} misses, {p['evictions']} evictions"
+    )
 
 
 def show_config(mode: str = "stdout") -> dict | None:
@@ -56,7 +67,8 @@ def show_config(mode: str = "stdout") -> dict | None:
     Reports the build (portable or not, OpenMP), the CPU kernels' thread count, the CPU model and the
     features that matter, and the instruction-set target of the CPU kernels: the selected one, the one
     requested with ``FASTNORM_CPU_TARGET`` (``baseline``, ``avx2``, ``avx512``; the best the CPU supports
-    when unset), the targets this build contains and those this CPU can run.
+    when unset), the targets this build contains and those this CPU can run, and the pool of large CPU
+    outputs (its limit, what it caches, its hits and misses; see ``fastnorm.empty_cache``).
 
     Parameters
     ----------
@@ -85,6 +97,7 @@ def show_config(mode: str = "stdout") -> dict | None:
         + (f" (requested {t['env_var']}={t['requested']})" if t["requested"] else " (auto)"),
         f"  targets built    : {', '.join(t['built'])}",
         f"  targets runnable : {', '.join(t['runnable'])}",
+        f"  cpu output pool  : {_pool_line(cfg['cpu_pool'])}",
         f"  CUDA backend     : {'numba installed' if cfg['cuda_backend_installed'] else 'numba not installed'}",
     ]
     print("\n".join(lines))

@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 
 import numpy as np
 
 from .. import _dispatch, _dtypes
 
-__all__ = ["CpuBackend", "CPU"]
+__all__ = ["CpuBackend", "CPU", "empty_cache"]
+
+
+def _pool():
+    """``fastnorm._kernels.cpu._alloc``: the allocator of large outputs (a bounded cache of freed blocks)."""
+    return importlib.import_module("fastnorm._kernels.cpu._alloc")
+
+
+def empty_cache() -> None:
+    """Give back to the system the memory fastnorm keeps cached for reuse by later outputs.
+
+    Large CPU outputs (1 MiB and up) come from a cache of blocks that earlier outputs freed, so repeated calls
+    of the same shapes touch no fresh pages; it holds at most ``FASTNORM_CPU_POOL_MB`` MiB (default 1024, at
+    most an eighth of the physical memory; ``FASTNORM_CPU_POOL=0`` turns it off). This frees those cached
+    blocks, and those of the CUDA backend's device pool when the CUDA backend is in use. Arrays that are still
+    alive keep their memory; ``fastnorm.show_config()`` reports what the CPU cache holds.
+    """
+    _pool().release()
+    cuda = getattr(sys.modules.get("fastnorm._backend"), "_cuda_backend", None)
+    if cuda is not None and getattr(cuda, "pool", None) is not None:
+        cuda.pool.release()
 
 
 class CpuBackend:
@@ -37,13 +58,15 @@ class CpuBackend:
             return a
         return np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
 
-    @staticmethod
-    def empty(shape, dtype):
-        return np.empty(shape, dtype=dtype)
+    # Outputs and scratch of 1 MiB and up come from the pool of fastnorm._kernels.cpu._alloc. The first call
+    # imports it and puts its functions on the instance, in place of these methods.
+    def empty(self, shape, dtype):
+        self.empty = _pool().empty
+        return self.empty(shape, dtype)
 
-    @staticmethod
-    def zeros(shape, dtype):
-        return np.zeros(shape, dtype=dtype)
+    def zeros(self, shape, dtype):
+        self.zeros = _pool().zeros
+        return self.zeros(shape, dtype)
 
     @staticmethod
     def astype(a, dtype):
