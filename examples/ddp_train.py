@@ -215,6 +215,7 @@ def main(argv=None) -> dict:
     if rank == 0:
         write_json(args.json, metrics, indent=1)
     if distributed:
+        dist.barrier()  # no rank tears gloo down while another still has a collective in flight
         dist.destroy_process_group()
     return metrics
 
