@@ -111,6 +111,37 @@ def test_optimizer_step_moving_grads_no_alloc_no_sync(rows, op):
     assert r["counts"].get("interface dict (numba array)", 0) == 0
 
 
+def test_optimizer_caches_keep_no_gradient_alive(rows):
+    # Adam steps with a fresh list of Numba gradients each: every gradient is freed once its list is dropped
+    r = _pick_check(rows, "gradients freed after their step")
+    assert r["got"] == r["expected"], r
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "float64 gradient of a float32 parameter",
+        "gradient of the wrong shape",
+        "gradient that is a parameter",
+        "float32 gradient of a float16 parameter",
+        "float16 gradient of a float16 parameter",
+        "one gradient too many",
+        "NumPy gradient of a CUDA parameter",
+    ],
+)
+def test_optimizer_gradient_checks_match_the_cpu_backend(rows, case):
+    # the fast path over Numba gradients accepts what the CPU backend accepts, and a refused gradient gets
+    # the same error (the CPU backend's outcome for the same step on NumPy arrays)
+    r = _pick_check(rows, case)
+    assert r["got"] == r["expected"], r
+
+
+def _pick_check(rows, case):
+    got = [r for r in rows if r["op"] == "optim_check" and r["case"] == case]
+    assert len(got) == 1, case
+    return got[0]
+
+
 def test_launch_plan_arguments_match_numba_packing(rows):
     checks = [r for r in rows if r["op"] == "packing_check"]
     assert len(checks) == 6

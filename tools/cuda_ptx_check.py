@@ -80,7 +80,7 @@ def _row_specs(out, dt):
     for n in (128, 1024, 4096, 8192, 1 << 16):
         for rms in (False, True):
             ln = "rms" if rms else "ln"
-            for kind, (t, r, vpt) in (("fwd", L.row_config(n, L.FWD_VPT)), ("bwd", L.bwd_config(n, dt))):
+            for kind, (t, r, vpt) in (("fwd", L.row_config(n, L.FWD_VPT)), ("bwd", L.bwd_config(n, dt, rms))):
                 for add in (False, True):
                     pre = "add_" if add else ""
                     _add(

@@ -274,6 +274,32 @@ def test_register_partials_when_shared_memory_is_too_small(rng, on_gpu, monkeypa
     run("ln", on_gpu, x, w, b, dy)
 
 
+@pytest.mark.parametrize("op", ["ln", "rms"])
+def test_partials_in_shared_memory_registers_or_both_are_bitwise_equal(rng, on_gpu, op, monkeypatch):
+    # (5, 37): 32-thread teams, 2 elements per thread: one partial row is 32 * 2 * 4 = 256 bytes. With room
+    # for two rows both live in shared memory; for one, dweight's does (LayerNorm's dbias in registers);
+    # for none, both in registers. Each thread sums its columns in the same order: the same bits.
+    from fastnorm._kernels.cuda import _common
+    from fastnorm._kernels.cuda import layer_norm as L
+    from fastnorm._kernels.cuda import row_kernels as RK
+
+    x, w, b, dy = make(rng, (5, 37), np.float32)
+    if op == "rms":
+        b = None
+    got = []
+    for room in (2 * 256, 256, 0):
+        monkeypatch.setattr(RK, "SMEM_PARTIAL_BYTES", room)
+        want = min(room // 256, 1 if op == "rms" else 2)
+        assert RK.smem_parts(np.float32, 32, 2, op == "rms") == want
+        assert L.bwd_config(37, np.float32, op == "rms") == (32, 4, 2)
+        monkeypatch.setattr(_common, "_cache", {})  # compile the kernels for this room
+        _, bwd = run(op, on_gpu, x, w, b, dy)
+        got.append([host(a) for a in bwd])
+    for other in got[1:]:
+        for a, c in zip(got[0], other, strict=True):
+            assert a.tobytes() == c.tobytes()
+
+
 def test_normalized_ndim_2_and_leading_dims(rng, on_gpu):
     x, w, b, dy = make(rng, (2, 3, 4, 5), np.float32, ndim=2)
     fwd, _ = run("ln", on_gpu, x, w, b, dy, ndim=2)

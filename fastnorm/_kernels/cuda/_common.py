@@ -23,6 +23,8 @@ import ml_dtypes
 import numpy as np
 from numba import cuda
 
+from . import _arrays as A
+
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 # Low-level launches (Kernel.launch below) hand the stream to cuda.core in numba-cuda >= 0.2x, which takes
@@ -579,10 +581,8 @@ def kdev(a):
     """``dev(a)`` as a kernel reads it (``kview``). On a GPU, torch tensors and adapted arrays go through the
     adapters: torch refuses ``__cuda_array_interface__`` for bfloat16, and NumPy names it only 'V2'."""
     if not SIM and not isinstance(a, _DevArray):
-        from ._arrays import adapt, array_kind
-
-        if array_kind(a) not in ("torch", "dev"):
+        if A.array_kind(a) not in ("torch", "dev"):
             return kview(dev(a))
-        d = adapt(a)
+        d = A.adapt(a)
         return (d.bits() if d.dtype == BF16 else d).numba()
     return kview(dev(a))

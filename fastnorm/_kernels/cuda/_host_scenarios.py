@@ -14,6 +14,7 @@ import json
 import sys
 import time
 
+from ._optim_host import optim_checks, optim_scenarios
 from ._recording import (
     ARGS,
     CATEGORIES,
@@ -303,37 +304,6 @@ def half_scenarios():
     return rows + [(op, "smoke", "torch", TORCH_STREAM, fn) for op, fn in torch_ops]
 
 
-def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
-    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
-    import numpy as np
-    from numba import cuda
-
-    import fastnorm.optim as O
-
-    rng = np.random.default_rng(0)
-    sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
-    out = []
-    for name, cls, kw in (
-        ("adam_step", O.Adam, {}),
-        ("adamw_step", O.AdamW, {}),
-        ("sgd_step", O.SGD, {"momentum": 0.9}),
-    ):
-        params = [cuda.device_array(int(s), np.float32) for s in sizes]
-        grads = [cuda.device_array(int(s), np.float32) for s in sizes]
-        opt = cls(params, lr=1e-3, **kw)
-        out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
-        # more gradient sets than any cache of address tables holds: new addresses at every step
-        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
-        state = {"i": 0}
-
-        def moving(o=opt, gs=grads2, st=state):
-            st["i"] = (st["i"] + 1) % len(gs)
-            o.step(gs[st["i"]])
-
-        out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
-    return out
-
-
 def _reference(calls: int) -> dict:
     """A fixed host workload measured the same way, to scale the figures of a loaded or slow machine: one
     ``torch.empty(0)`` on the CPU (about 1 µs on a current server core)."""
@@ -553,6 +523,9 @@ def format_rows(rows: list[dict]) -> str:
         if r.get("op") == "packing_check":
             lines.append(f"packing_check {r['launcher']:<40} equal={r['equal']} {r['first_difference'] or ''}")
             continue
+        if r.get("op") == "optim_check":
+            lines.append(f"optim_check {r['case']:<40} {r['got']} (expected {r['expected']})")
+            continue
         if r.get("op") == "vec_check":
             lines.append(f"vec_check {r['case']:<40} vec={r['vec']} expected={r['expected']}")
             continue
@@ -577,12 +550,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--packing",
         action="store_true",
-        help="also compare launch-plan arguments with numba's, and check the vector-kernel choice",
+        help="also compare launch-plan arguments with numba's, check the vector-kernel choice and the optimizer",
     )
     args = ap.parse_args(argv)
     rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
     if args.packing:
-        rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check()
+        rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check() + optim_checks()
     emit(rows, args.json, format_rows)
     return 0
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._backend._detect import dtype_of as _dtype
 from . import _common as cc
 from . import layer_norm as LN
 from ._common import ACC, empty_device, kdev, kview, launcher, param_dtype
@@ -153,18 +154,10 @@ def _flat(a):
     return a.reshape(a.size)
 
 
-def _dtype(a):
-    from ..._validation import dtype_of
-
-    return dtype_of(a)
-
-
 def _opt(a, dt):
     """An optional array written or read in its own dtype (running statistics, dweight/dbias): (kernel
     view, dtype); an absent one as an empty array of ``param_dtype(dt)``."""
-    from .layer_norm import _sized
-
-    a = _sized(a)
+    a = LN._sized(a)
     if a is None or a.size == 0:
         pdt = param_dtype(dt)
         return _empty((0,), pdt), pdt
@@ -176,13 +169,11 @@ class _Args:
     ``pdt`` (16-bit ones converted), statistics ``sd``, running statistics ``rdt``, gradients ``gw``/``gb``."""
 
     def __init__(self, x, weight, bias=None, rm=None, rv=None, dw=None, db=None):
-        from .layer_norm import _param
-
         self.dt = dt = np.dtype(_dtype(x))
         self.pdt = param_dtype(dt)
         self.sd = np.dtype(ACC[dt])
-        self.w = _param(weight, dt)
-        self.b = _param(bias, dt)
+        self.w = LN._param(weight, dt)
+        self.b = LN._param(bias, dt)
         self.rm, self.rdt = _opt(rm, dt)
         self.rv, _ = _opt(rv, dt)
         self.dw, self.gw = _opt(dw, dt)

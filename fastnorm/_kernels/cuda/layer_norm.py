@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import _backend as _B
+from ..._backend._detect import dtype_of as _dtype
 from ._arrays import adapt
 from ._common import (
     ACC,
@@ -49,8 +51,8 @@ from .row_kernels import (
     _make_backward,
     _make_forward,
     _reduce_kernel,
-    _smem_partials,
     reduce_partials,
+    smem_parts,
 )
 
 if not SIM:
@@ -76,12 +78,14 @@ def row_config(n: int, target_vpt: int) -> tuple[int, int, int]:
     return t, max(1, BLOCK_THREADS // t), vpt
 
 
-def bwd_config(n: int, dtype) -> tuple[int, int, int]:
-    """``row_config`` for the backward: the register form also needs its running partial rows somewhere,
-    in shared memory (if they fit) or in registers (only if few: VPT * itemsize <= 32 bytes), else the
-    streaming form."""
+def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
+    """``row_config`` for the backward: the register form also needs its running partial rows (dweight, and
+    dbias for LayerNorm) somewhere: in shared memory as far as they fit (``smem_parts``), the rest in
+    registers only if few (at most 32 bytes per thread: beside x and dy, more spills at 1024-thread teams'
+    64 registers), else the streaming form."""
     t, r, vpt = row_config(n, BWD_VPT)
-    if vpt and not _smem_partials(dtype, t, vpt) and vpt * np.dtype(ACC[np.dtype(dtype)]).itemsize > 32:
+    in_regs = (1 if rms else 2) - smem_parts(dtype, t, vpt, rms) if vpt else 0
+    if in_regs * vpt * np.dtype(ACC[np.dtype(dtype)]).itemsize > 32:
         vpt = 0
     return t, r, vpt
 
@@ -132,9 +136,7 @@ def _no_mom():
 
 
 def _backend():
-    from ..._dispatch import cuda_backend
-
-    return cuda_backend()
+    return _B._cuda_backend or _B.cuda_backend()
 
 
 def _sized(a):
@@ -192,7 +194,7 @@ def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=No
     if m == 0 and not want:
         return
     dt = np.dtype(x.dtype if dt is None else dt)
-    t, r, vpt = bwd_config(n, dt)
+    t, r, vpt = bwd_config(n, dt, rms)
     add = dh is not None
     k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add)
     g, kk, ll = groups if groups is not None else (1, n, 1)
@@ -267,7 +269,7 @@ def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, devi
     key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt)
     plan = _plans.get(key)
     if plan is None:
-        t, r, vpt = bwd_config(n, dt)
+        t, r, vpt = bwd_config(n, dt, rms)
         k = _get("bwd", dt, t, r, vpt, rms)
         bound = min([p for p in (pw, pb) if p] or [1 << 30])
         c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
@@ -351,16 +353,9 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
 
 
 def _done() -> None:
-    from ..._dispatch import _cuda_backend
-
-    if _cuda_backend is not None:
-        _cuda_backend.done()
-
-
-def _dtype(a):
-    from ..._validation import dtype_of
-
-    return dtype_of(a)
+    be = _B._cuda_backend
+    if be is not None:
+        be.done()
 
 
 @launcher

@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..._backend._detect import dtype_of as _dtype
 from ._common import ACC, SIM, Kernel, arr, cached, current_stream, kdev, launcher, loader, register_cap, storer
 
 U = np.uint64
@@ -80,12 +81,6 @@ def _kernel(dt, backward: bool, sdt=None) -> Kernel:
     return cached(
         ("lrn", backward, dt, sdt), lambda: Kernel(_make(dt, backward, sdt), sig, register_cap(BLOCK, ACC[dt]))
     )
-
-
-def _dtype(a):
-    from ..._validation import dtype_of
-
-    return dtype_of(a)
 
 
 def _grid(k: Kernel, total: int) -> int:

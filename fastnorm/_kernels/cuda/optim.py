@@ -18,13 +18,15 @@ from either backend.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
-from operator import is_
+from operator import is_, methodcaller
+from weakref import ref
 
 import numpy as np
 from numba import cuda
 
-from ..._backend import array_kind
+from ..._backend import _KINDS, array_kind
 from ..._dtypes import BFLOAT16 as _BF16
 from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
 from ._optim_kernels import (
@@ -47,6 +49,7 @@ from ._optim_kernels import (
 )
 
 if not SIM:
+    from . import _launch as LA
     from ._arrays import adapt
 
 # The kernels' scalar arguments after the tables, in order, with their values when an algorithm has none.
@@ -166,8 +169,6 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
     A staging buffer is reused only once the copy that last read it has run (its event, queried, never
     waited on); if none is free yet, another pinned buffer is added: the host never synchronizes."""
     global _stage_next
-    from . import _launch as LA
-
     cu = LA.cu
     nbytes = buf.nbytes
     slot = None
@@ -218,8 +219,6 @@ _fast_plans: dict = {}
 
 def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int) -> None:
     """``_launch`` on a real GPU: tables uploaded asynchronously when they change, a prebuilt launch."""
-    from . import _launch as LA
-
     n = tensors.shape[1]
     stream = LA.caller_stream("numba", -1)
     buf = np.zeros(6 * n + 1, np.int64)
@@ -347,91 +346,135 @@ def adam_step(
 
 
 # ------------------------------------------------------------------------------------------ array checks
-def _adapted(a):
-    """(ptr, nbytes, typestr-code, shape, contiguous, writeable) of a CUDA array, or None; cached for Numba
-    and CuPy arrays (their pointer, shape and dtype never change), re-read for torch tensors."""
-    k = array_kind(a)
+# A record per array: (ptr, nbytes, itemsize, shape, contiguous, writeable, dcode), dcode the kernels' dtype
+# code (0 float32, 1 float64, 2 bfloat16, 3 float16; -1 any other dtype).
+_F4, _F8, _F2 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2")
+_DCODE = {_F4: 0, _F8: 1, _BF16: 2, _F2: 3}
+_TORCH_DCODE: dict = {}  # torch dtype -> dcode, filled on the first torch tensor
+_CONTIG: dict = {}  # (shape, strides, itemsize) -> Numba's C-contiguous flag for arrays of that layout
+
+
+def _meta(a):
+    """The record of a CUDA array, or None for anything else. Read straight from torch tensors, CuPy arrays
+    and Numba arrays (attributes only, no adapter object: a few hundred nanoseconds per array), through
+    the adapters for other ``__cuda_array_interface__`` types, from the NumPy buffer for the simulator's."""
+    k = _KINDS.get(type(a)) or array_kind(a)
+    if k == "numba":
+        g = a.gpu_data
+        dt = a.dtype
+        shape = a.shape
+        item = dt.itemsize
+        key = (shape, a.strides, item)
+        contig = _CONTIG.get(key)
+        if contig is None:
+            contig = _contig(key, a)
+        try:
+            ptr = 0 if g is None else int(g.device_pointer)
+        except TypeError:  # a ctypes pointer (older numba-cuda)
+            ptr = g.device_pointer_value or 0
+        return (ptr, a.size * item, item, shape, contig, True, _DCODE.get(dt, -1))
+    if k == "torch":
+        if not a.is_cuda:
+            return None
+        dt = a.dtype
+        dc = _TORCH_DCODE.get(dt)
+        if dc is None:
+            dc = _torch_dcode(dt)
+        return (a.data_ptr(), a.nbytes, a.element_size(), a.shape, a.is_contiguous(), True, dc)
+    if k == "cupy":
+        dt = a.dtype
+        return (a.data.ptr, a.nbytes, dt.itemsize, a.shape, a.flags.c_contiguous, True, _DCODE.get(dt, -1))
     if k == "sim":
         return _sim_meta(a)
-    if k is None or k == "numpy":
+    if k is None or k == "numpy" or SIM:
         return None
-    if k == "numba" or k == "cupy" or k == "dev":
-        hit = _meta_cache.get(id(a))
-        if hit is not None and hit[0] is a:
-            return hit[1]
     try:
         d = adapt(a)
     except Exception:
         return None
     dt = d.dtype
-    code = 8 if dt == _F8 else 4 if dt == _F4 else 2 if dt == _F2 or _is_bf16(a, dt) else 0
-    dcode = _DCODE.get(dt, 2 if code == 2 else -1)
-    meta = (d.ptr, d.nbytes, code, d.shape, d.strides is None, not d.readonly, dcode)
-    if k == "numba" or k == "cupy" or k == "dev":
-        if len(_meta_cache) > 65536:
-            _meta_cache.clear()
-        _meta_cache[id(a)] = (a, meta)
-        _imm_types.add(type(a))
-    return meta
+    return (d.ptr, d.nbytes, dt.itemsize, d.shape, d.strides is None, not d.readonly, _DCODE.get(dt, -1))
 
 
-_meta_cache: dict = {}
-_F4, _F8, _F2 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2")
-_DCODE = {_F4: 0, _F8: 1, _F2: 3}  # the kernels' dtype codes (2: bfloat16, recognized by _is_bf16)
+def _contig(key, a) -> bool:
+    """Numba's C-contiguous flag of ``a``, remembered for its (shape, strides, itemsize)."""
+    if len(_CONTIG) >= 4096:
+        _CONTIG.clear()
+    c = _CONTIG[key] = bool(a.is_c_contiguous())
+    return c
+
+
+def _torch_dcode(tdt) -> int:
+    torch = sys.modules["torch"]
+    codes = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+    c = _TORCH_DCODE[tdt] = codes.get(tdt, -1)
+    return c
 
 
 def _sim_meta(a):
-    """``_adapted``'s record of a simulator device array (the NumPy array behind it)."""
+    """``_meta``'s record of a simulator device array (the NumPy array behind it)."""
     ary = a._ary
     dt = ary.dtype
-    item = dt.itemsize if dt.itemsize in (2, 4, 8) else 0
-    dcode = 2 if dt == _BF16 else _DCODE.get(dt, -1)
     flags = ary.flags
     return (
         ary.__array_interface__["data"][0],
         ary.nbytes,
-        item or 1,
+        dt.itemsize,
         tuple(ary.shape),
         flags.c_contiguous,
         flags.writeable,
-        dcode,
+        _DCODE.get(dt, -1),
     )
-
-
-def _is_bf16(a, dt) -> bool:
-    """A 2-byte raw dtype that is bfloat16: a torch bfloat16 tensor, or an array of ml_dtypes' bfloat16."""
-    if dt.itemsize != 2 or dt.kind != "V":
-        return dt == _BF16
-    tdt = getattr(a, "dtype", None)
-    return str(tdt) == "torch.bfloat16" or tdt == _BF16
 
 
 def dtype_code(a) -> int:
     """The kernels' dtype code of a CUDA array (0 float32, 1 float64, 2 bfloat16, 3 float16), -1 otherwise."""
-    meta = _adapted(a)
+    meta = _meta(a)
     return -1 if meta is None else meta[6]
 
 
-# Whole lists seen before (the same objects, all of immutable kinds): their checked result, so that a
-# step with the same parameters and gradients costs a few C-level loops over the list, not a Python loop.
+# Whole lists seen before (the same objects, all of kinds whose pointer never changes: Numba and CuPy
+# arrays, and None): their checked result, so that a step with the same parameters and gradients costs a
+# few C-level loops over the lists, not a Python loop. Parameters (and the avoid ranges) are held by strong
+# references: they live as long as the optimizer anyway. Gradients and state by weak references: a cached
+# list never keeps an old gradient's device memory alive (its entry simply stops matching).
 _list_cache: dict = {}
+_LISTS = 256  # (a step with moving gradients adds one: cleared every few hundred steps)
+_imm_types: set = {type(None), np.ndarray}  # (NumPy arrays: the avoid ranges; never a parameter here)
+_deref = methodcaller("__call__")
+_NONE_REF = type(None)  # stands for the weak reference to None: calling it gives None
 
 
-def _cached_list(key, objs):
+def _cached_list(key, strong, weak=()):
     hit = _list_cache.get(key)
-    if hit is not None and len(hit[0]) == len(objs) and all(map(is_, objs, hit[0])):
-        return hit[1]
+    if hit is not None and all(map(is_, strong, hit[0])) and all(map(is_, weak, map(_deref, hit[1]))):
+        return hit[2]
     return None
 
 
-_imm_types: set = {type(None)}  # types of immutable arrays seen by _adapted (and None)
+def _remember_list(key, strong, weak, value) -> None:
+    for tp in {*map(type, strong), *map(type, weak)}:
+        if tp not in _imm_types:
+            if _KINDS.get(tp) not in ("numba", "cupy"):
+                return
+            _imm_types.add(tp)
+    try:
+        refs = [_NONE_REF if a is None else ref(a) for a in weak]
+    except TypeError:  # a type without weak references
+        return
+    if len(_list_cache) >= _LISTS:
+        _list_cache.clear()
+    _list_cache[key] = (tuple(strong), refs, value)
 
 
-def _remember_list(key, objs, value) -> None:
-    if all(map(_imm_types.__contains__, map(type, objs))):
-        if len(_list_cache) > 64:
-            _list_cache.clear()
-        _list_cache[key] = (tuple(objs), value)
+def _metas(params: list) -> list:
+    """``_meta`` of each parameter (None for a non-array), cached per list of immutable kinds."""
+    key = ("metas", tuple(map(id, params)))
+    hit = _cached_list(key, params)
+    if hit is None:
+        hit = list(map(_meta, params))
+        _remember_list(key, params, (), hit)
+    return hit
 
 
 @launcher
@@ -449,23 +492,20 @@ def gather_params(params: list, info: np.ndarray) -> int:
         info[:, :n] = hit
         return -1
     ptrs, sizes, f8 = [], [], []
-    cache = _meta_cache
-    for i, a in enumerate(params):
-        h = cache.get(id(a))
-        meta = h[1] if h is not None and h[0] is a else _adapted(a)
+    for i, meta in enumerate(_metas(params)):
         if meta is None:
             return i
-        ptr, nbytes, code, _, contig, writeable, dcode = meta
-        if dcode < 0 or not contig or not writeable or ptr % code:
+        ptr, nbytes, item, _, contig, writeable, dcode = meta
+        if dcode < 0 or not contig or not writeable or ptr % item:
             return i
         ptrs.append(ptr)
-        sizes.append(nbytes // code)
+        sizes.append(nbytes // item)
         f8.append(dcode)
     if ptrs:
         info[0, :n] = ptrs
         info[1, :n] = sizes
         info[2, :n] = f8
-    _remember_list(key, params, info[:, :n].copy())
+    _remember_list(key, params, (), info[:, :n].copy())
     return -1
 
 
@@ -482,30 +522,23 @@ def gather_like(
 ) -> int:
     """Addresses of ``arrays`` matching ``params`` one to one (dtype, shape, C-contiguous, writeable if
     asked, bytes outside the sorted disjoint ranges ``avoid``); None gives 0 when ``allow_none``. With
-    ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones).
+    ``stat`` (state arrays) the dtype wanted is the parameter's state dtype (float32 beside 16-bit ones);
+    gradients (not ``writeable``) of 16-bit parameters may also be float32.
     Returns -1 if all are usable, else the index of the first that is not."""
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    key = (
-        "like",
-        tuple(map(id, arrays)),
-        tuple(map(id, params)),
-        writeable,
-        allow_none,
-        id(avoid_lo),
-        id(avoid_hi),
-        stat,
-    )
-    objs = (*arrays, *params, avoid_lo, avoid_hi)
-    hit = _cached_list(key, objs)
+    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, stat)
+    strong = (*params, avoid_lo, avoid_hi)
+    hit = _cached_list(key, strong, arrays)
     if hit is not None:
         ptrs[:n] = hit
         return -1
     out = []
     los = avoid_lo.tolist() if avoid_lo.size else ()
     his = avoid_hi.tolist() if avoid_hi.size else ()
-    cache = _meta_cache
+    refs = _metas(params)
+    half_grad = not writeable and not stat
     for i in range(n):
         a = arrays[i]
         if a is None:
@@ -513,16 +546,15 @@ def gather_like(
                 return i
             out.append(0)
             continue
-        p = params[i]
-        h = cache.get(id(p))
-        ref = h[1] if h is not None and h[0] is p else _adapted(p)
-        h = cache.get(id(a))
-        meta = h[1] if h is not None and h[0] is a else _adapted(a)
+        ref = refs[i]
+        meta = _meta(a)
         if meta is None or ref is None:
             return i
-        lo, nbytes, code, shape, contig, wr, dcode = meta
-        want = 0 if stat and ref[6] >= 2 else ref[6]
-        if dcode != want or not contig or (writeable and not wr) or shape != ref[3] or lo % code:
+        lo, nbytes, item, shape, contig, wr, dcode = meta
+        want = ref[6]
+        if want >= 2 and (stat or (half_grad and dcode == 0)):
+            want = 0  # float32 state of a 16-bit parameter; a float32 gradient of one
+        if dcode != want or not contig or (writeable and not wr) or shape != ref[3] or lo % item:
             return i
         hi = lo + nbytes
         if hi > lo and los:
@@ -532,7 +564,5 @@ def gather_like(
         out.append(lo)
     if out:
         ptrs[:n] = out
-    _remember_list(key, objs[: 2 * n], ptrs[:n].copy())
-    if key in _list_cache:  # the avoid arrays are part of the identity (not of the kind test)
-        _list_cache[key] = (objs, _list_cache[key][1])
+    _remember_list(key, strong, arrays, ptrs[:n].copy())
     return -1

@@ -347,8 +347,11 @@ def _fwd_kernel(body, add: bool):
 SMEM_PARTIAL_BYTES = 40 * 1024  # partial dweight/dbias rows live in shared memory up to this size
 
 
-def _smem_partials(dtype, t: int, vpt: int) -> bool:
-    return 2 * t * vpt * np.dtype(cc.ACC[np.dtype(dtype)]).itemsize <= SMEM_PARTIAL_BYTES
+def smem_parts(dtype, t: int, vpt: int, rms: bool) -> int:
+    """How many of a register-form backward's running partial rows (dweight first, then dbias; RMSNorm has
+    only dweight) live in shared memory (up to ``SMEM_PARTIAL_BYTES``); the others live in registers."""
+    one = t * vpt * np.dtype(cc.ACC[np.dtype(dtype)]).itemsize
+    return min(1 if rms else 2, SMEM_PARTIAL_BYTES // max(one, 1))
 
 
 def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
@@ -356,7 +359,8 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     accumulates its dweight/dbias contributions and writes partial rows dwp[g], dbp[g] (float64).
 
     Register form (vpt > 0): x and dy of a row in registers; the running partials in shared memory
-    (each thread owns its columns: no barrier) when they fit, else in registers. Streaming form:
+    (each thread owns its columns: no barrier) as far as they fit (``smem_parts``), the others in
+    registers. Streaming form:
     two passes over the row, partials accumulated in place in dwp[g], dbp[g].
     LayerNorm (rms False): xhat = (x - mean) * rstd; RMSNorm (rms True): xhat = x * rstd, no mean term.
     ``grouped``: the weight of element j of row r is w[(r % G) * K + j // L] (GroupNorm / InstanceNorm;
@@ -368,9 +372,11 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum2 = cc.make_team_sum2(t)
     nv, tu, ru = max(vpt, 1), U(t), U(r)
-    smem = vpt > 0 and _smem_partials(dtype, t, vpt)
-    row_len = t * nv if smem else 1
-    part_rows = r if smem else 1
+    ns = smem_parts(dtype, t, vpt, rms) if vpt > 0 else 0
+    sw, sb = ns >= 1, ns >= 2  # dweight / dbias partials in shared memory
+    row_len = t * nv if ns else 1
+    part_rows = r if ns else 1
+    n_parts = max(ns, 1)
 
     @_inline
     def dx_out(dh, row, j, v):
@@ -408,7 +414,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
         @_inline
         def norm_bwd_body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
             buf = cuda.shared.array((2, 2, r, cols), acc_nb)
-            spart = cuda.shared.array((2, part_rows, row_len), acc_nb)
+            spart = cuda.shared.array((n_parts, part_rows, row_len), acc_nb)
             n, c, ts, lane, g, step, lo, hi = chunk_slot(x, n_chunks)
             kmax = I32(0)
             if lane < n:
@@ -417,13 +423,16 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
             dv = cuda.local.array(nv, acc_nb)
             rpw = cuda.local.array(nv, acc_nb)
             rpb = cuda.local.array(nv, acc_nb)
-            for k in range(vpt):
-                if smem:
+            for k in range(vpt):  # (RMSNorm has no dbias: no running dbias partials)
+                if sw:
                     spart[0, ts, lane + U(k * t)] = acc(0)
-                    spart[1, ts, lane + U(k * t)] = acc(0)
                 else:
                     rpw[k] = acc(0)
-                    rpb[k] = acc(0)
+                if not rms:
+                    if sb:
+                        spart[1, ts, lane + U(k * t)] = acc(0)
+                    else:
+                        rpb[k] = acc(0)
             it = ZERO
             while it < step:
                 row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
@@ -445,12 +454,15 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                         gv = wdy(d, w, row, lane + U(k * t), G, K, L)
                     s1 += gv
                     s2 += gv * xh
-                    if smem:
+                    if sw:
                         spart[0, ts, lane + U(k * t)] += d * xh
-                        spart[1, ts, lane + U(k * t)] += d
                     else:
                         rpw[k] += d * xh
-                        rpb[k] += d
+                    if not rms:
+                        if sb:
+                            spart[1, ts, lane + U(k * t)] += d
+                        else:
+                            rpb[k] += d
                     xv[k] = xh
                     dv[k] = gv
                 a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
@@ -464,16 +476,14 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 it += ONE
             if g < c:
                 want_dw = dwp.size > 0
-                want_db = dbp.size > 0
+                want_db = not rms and dbp.size > 0
                 for k in range(vpt):
                     if k < kmax:
                         j = lane + U(k * t)
-                        pw = spart[0, ts, j] if smem else rpw[k]
-                        pb = spart[1, ts, j] if smem else rpb[k]
                         if want_dw:
-                            dwp[g, j] = F64(pw)
+                            dwp[g, j] = F64(spart[0, ts, j] if sw else rpw[k])
                         if want_db:
-                            dbp[g, j] = F64(pb)
+                            dbp[g, j] = F64(spart[1, ts, j] if sb else rpb[k])
 
         return _bwd_kernel(norm_bwd_body, add)
 

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..._backend._detect import dtype_of as _dtype
 from . import _common as cc
 
 U = np.uint64
@@ -110,12 +111,6 @@ def _wn_kernel(dt, backward: bool, dts) -> cc.Kernel:
         (("wn", backward), dt, dts, TEAM),
         lambda: cc.Kernel(_make_wn(dt, backward, dts), sig, cc.register_cap(TEAM, cc.ACC[dt])),
     )
-
-
-def _dtype(a):
-    from ..._validation import dtype_of
-
-    return dtype_of(a)
 
 
 def _wn_launch(backward: bool, dt, dts, a_in, v, g, norm, o1, o2) -> None:

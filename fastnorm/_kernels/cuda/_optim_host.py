@@ -1,0 +1,109 @@
+"""The optimizer's scenarios for the recording CUDA driver (``_recording.py``, ``_host_scenarios.py``): steps
+measured per call, and checks that gradients are never kept alive by the host path's caches and that a
+bad gradient gets the CPU backend's error.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from ._recording import COUNTS, reset
+
+
+def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
+    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm.optim as O
+
+    rng = np.random.default_rng(0)
+    sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
+    out = []
+    for name, cls, kw in (
+        ("adam_step", O.Adam, {}),
+        ("adamw_step", O.AdamW, {}),
+        ("sgd_step", O.SGD, {"momentum": 0.9}),
+    ):
+        params = [cuda.device_array(int(s), np.float32) for s in sizes]
+        grads = [cuda.device_array(int(s), np.float32) for s in sizes]
+        opt = cls(params, lr=1e-3, **kw)
+        out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
+        # more gradient sets than any cache of address tables holds: new addresses at every step
+        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
+        state = {"i": 0}
+
+        def moving(o=opt, gs=grads2, st=state):
+            st["i"] = (st["i"] + 1) % len(gs)
+            o.step(gs[st["i"]])
+
+        out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
+    return out
+
+
+def _outcome(fn) -> str:
+    try:
+        fn()
+    except (TypeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return "ok"
+
+
+def optim_checks(n: int = 20) -> list[dict]:
+    """Rows ``{"op": "optim_check", "case", "got", "expected"}``:
+
+    - gradients freed: Adam steps with a fresh list of ``n`` Numba gradients each, every list dropped after
+      its step: the recording driver's frees (their finalizers) must count every gradient;
+    - bad gradients: the outcome of a step (``"ok"`` or the exception's type and message) with Numba arrays,
+      against the same step on the CPU backend with NumPy arrays."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm.optim as O
+
+    f32 = np.float32
+    rows = []
+    opt = O.Adam([cuda.device_array(8, f32) for _ in range(n)], lr=1e-3)
+    opt.step([cuda.device_array(8, f32) for _ in range(n)])  # state allocated, caches filled
+    gc.collect()
+    reset()
+    for _ in range(3):
+        grads = [cuda.device_array(8, f32) for _ in range(n)]
+        opt.step(grads)
+        del grads
+        gc.collect()
+    rows.append(
+        {"op": "optim_check", "case": "gradients freed after their step", "got": COUNTS["free"], "expected": 3 * n}
+    )
+
+    def cases(new):
+        """(case, params, grads) made by ``new(shape, dtype)``."""
+        p = [new((4,), f32), new((3, 2), f32)]
+        p16 = [new((4,), np.float16)]
+        return [
+            ("float64 gradient of a float32 parameter", p, [new((4,), f32), new((3, 2), np.float64)]),
+            ("gradient of the wrong shape", p, [new((4,), f32), new((6,), f32)]),
+            ("gradient that is a parameter", p, [p[0], new((3, 2), f32)]),
+            ("float32 gradient of a float16 parameter", p16, [new((4,), f32)]),
+            ("float16 gradient of a float16 parameter", p16, [new((4,), np.float16)]),
+            ("one gradient too many", p, [new((4,), f32), new((3, 2), f32), new((4,), f32)]),
+        ]
+
+    host = cases(lambda s, d: np.zeros(s, d))
+    dev = cases(lambda s, d: cuda.device_array(s, d))
+    for (case, hp, hg), (_, dp, dg) in zip(host, dev, strict=True):
+        want = _outcome(lambda hp=hp, hg=hg: O.Adam(hp, lr=1e-3).step(hg))
+        got = _outcome(lambda dp=dp, dg=dg: O.Adam(dp, lr=1e-3).step(dg))
+        rows.append({"op": "optim_check", "case": case, "got": got, "expected": want})
+    dp = [cuda.device_array(4, f32)]
+    got = _outcome(lambda: O.Adam(dp, lr=1e-3).step([np.zeros(4, f32)]))
+    rows.append(
+        {
+            "op": "optim_check",
+            "case": "NumPy gradient of a CUDA parameter",
+            "got": got,
+            "expected": "TypeError: Adam: arguments live on different devices: grads[0] on the CPU, the parameters "
+            "on the GPU (CUDA); move them to one device",
+        }
+    )
+    return rows
