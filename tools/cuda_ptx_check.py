@@ -24,6 +24,7 @@ import tempfile
 import numpy as np
 from numba import cuda
 
+from fastnorm._kernels.cuda import _column_sums as CS
 from fastnorm._kernels.cuda import _common as C
 from fastnorm._kernels.cuda import batch_norm_stages as BNS
 from fastnorm._kernels.cuda import channel_kernels as CK
@@ -109,7 +110,7 @@ def _row_specs(out, dt):
     t, r, vpt = L.bwd_config(96, dt)
     _add(out, f"gn_bwd grouped {nm}", _recorded(L._get, "bwd", dt, t, r, vpt, False, True))
     sd = np.dtype(ACC[dt])
-    _add(out, f"reduce {nm}", _recorded(RK._reduce_kernel, dt, sd))
+    _add(out, f"reduce {nm}", _recorded(CS._reduce_kernel, dt, sd))
 
 
 def _channel_specs(out, dt):

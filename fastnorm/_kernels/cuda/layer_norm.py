@@ -29,6 +29,7 @@ import numpy as np
 from ... import _backend as _B
 from ..._backend._detect import dtype_of as _dtype
 from ._arrays import adapt
+from ._column_sums import RED_COLS, RED_GROUPS, _reduce_kernel, reduce_partials
 from ._common import (
     ACC,
     BF16,
@@ -45,15 +46,7 @@ from ._common import (
     register_cap,
 )
 from ._vec import ALIGN, VEC, vec_ok
-from .row_kernels import (
-    RED_COLS,
-    RED_GROUPS,
-    _make_backward,
-    _make_forward,
-    _reduce_kernel,
-    reduce_partials,
-    smem_parts,
-)
+from .row_kernels import _make_backward, _make_forward, smem_parts
 
 if not SIM:
     from ._launch import ArgTemplate, Plan, caller_stream, core_kernel, input_streams
