@@ -28,9 +28,6 @@ from fastnorm._kernels.cpu._common cimport chunk_start, ptr_or_null
 
 from fastnorm._dtypes import HALF_FORMAT
 
-import os
-cdef bint _PF = os.environ.get("FASTNORM_HALF2_PF", "1") == "1"  # TEMPORARY A/B switch
-
 cdef enum:
     FOLD_ROWS = 32
     MAX_CHUNKS = 64
@@ -390,7 +387,7 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
             if rms:
                 _rms_stats(src, &rstd[i], n, eps)
             else:
-                _ln_stats(src, &mean[i], &rstd[i], n, eps, &x[i + 1, 0] if _PF and not add and i + 1 < m else NULL)
+                _ln_stats(src, &mean[i], &rstd[i], n, eps, &x[i + 1, 0] if not add and i + 1 < m else NULL)
             if floating is float:
                 fn_norm_out_f(src, w, b, &y[i, 0], 0 if rms else mean[i], rstd[i], rms, nt, n)
             elif rms:
@@ -486,7 +483,7 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
                 fn_half_norm_out(fmt, src, w, NULL, &y[i, 0], 0, rstd[i], True, nt, n)
             else:
                 _ln_stats_h(fmt, src, &mean[i], &rstd[i], n, eps,
-                            &x[i + 1, 0] if _PF and not add and i + 1 < m else NULL)
+                            &x[i + 1, 0] if not add and i + 1 < m else NULL)
                 fn_half_norm_out(fmt, src, w, b, &y[i, 0], mean[i], rstd[i], False, nt, n)
         if nt:
             fn_sfence()
