@@ -248,7 +248,7 @@ def _exact_all(rng, dtype, shape, wdtype):
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=_ids)
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 1025), (3, 4099)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 1025), (5, 1536), (3, 4099)], ids=str)
 @pytest.mark.parametrize("wdtype", ["same", "float32", None], ids=str)
 def test_outputs_are_the_float32_result_rounded_once(rng, threads, dtype, shape, wdtype):
     _exact_all(rng, dtype, shape, wdtype)

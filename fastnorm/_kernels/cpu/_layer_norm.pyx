@@ -10,10 +10,10 @@ float32 sums stay short; then the partials are summed in chunk order: bitwise th
 count, no atomics.
 Fused residual add (``add_*``): the forward writes h = x + residual and normalizes h while its row is in
 cache; the backward adds dh into dx in dx's own loop.
-16-bit storage (bfloat16, float16; passed as uint16 views + format code): the forward widens each row once
-into a thread's float32 row buffer for the statistics; the output, and the backward's sums and dx, are
-computed from the 16-bit rows converted in registers (fastnorm_half_rows.h) with the float32 row code's
-operations, so every result is the float32 kernel's on the widened inputs, rounded to nearest even once.
+16-bit storage (bfloat16, float16; passed as uint16 views + format code): the forward's statistics and output,
+and the backward's sums and dx, are computed from the 16-bit rows converted in registers (fastnorm_half_rows.h)
+with the float32 row code's operations, so every result is the float32 kernel's on the widened inputs, rounded to
+nearest even once.
 Statistics, parameters and the dweight/dbias accumulators are float32.
 """
 
@@ -24,7 +24,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint16_t
 
-from fastnorm._kernels.cpu._common cimport chunk_start, fn_half_load, ptr_or_null
+from fastnorm._kernels.cpu._common cimport chunk_start, ptr_or_null
 
 from fastnorm._dtypes import HALF_FORMAT
 
@@ -39,7 +39,7 @@ cdef enum:
     # Outputs larger than this (the last-level cache of a Zen 3 CCX, or of a client CPU) are written with
     # streaming stores: they leave the cache before anything reads them, and a regular store reads each
     # destination line first (a third more memory traffic on a forward). Smaller ones stay in cache for the
-    # caller. Streamed float32 rows are computed into a stack block of NT_BLOCK elements (L1) and copied.
+    # caller. Streamed float32 backward rows are computed into a stack block of NT_BLOCK elements (L1) and copied.
     NT_BYTES = 32 << 20
     NT_BLOCK = 1024
 
@@ -56,9 +56,15 @@ cdef extern from "fastnorm_rows.h" nogil:
 
 
 cdef extern from "fastnorm_half_rows.h" nogil:
-    void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu, float rs,
-                          int rms, int nt, Py_ssize_t n)
-    void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt, Py_ssize_t n)
+    void fn_norm_out_f(const float *x, const float *w, const float *b, float *y, float mu, float rs, int rms, int nt,
+                       Py_ssize_t n)
+    void fn_half_norm_out(int fmt, const uint16_t *x, const float *w, const float *b, uint16_t *y, float mu,
+                          float rs, int rms, int nt, Py_ssize_t n)
+    void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, uint16_t *hb, int nt,
+                         Py_ssize_t n)
+    double fn_half_sum_dev(int fmt, const uint16_t *x, Py_ssize_t n, float mu)
+    double fn_half_sumsq_dev(int fmt, const uint16_t *x, Py_ssize_t n, float mu, const uint16_t *pf)
+    double fn_half_sumsq_safe(int fmt, const uint16_t *x, Py_ssize_t n)
     void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w, const uint16_t *x, float mu, Py_ssize_t n,
                           double *s1, double *s2)
     void fn_half_bwd_apply(int fmt, const uint16_t *dy, const uint16_t *x, const uint16_t *dh, const float *w,
@@ -79,8 +85,8 @@ cdef extern from "fastnorm_moments.h" nogil:
     double fn_sum_d(const double *x, Py_ssize_t n)
     double fn_sum_dev_f(const float *x, Py_ssize_t n, float mu)
     double fn_sum_dev_d(const double *x, Py_ssize_t n, double mu)
-    double fn_sumsq_dev_f(const float *x, Py_ssize_t n, float mu)
-    double fn_sumsq_dev_d(const double *x, Py_ssize_t n, double mu)
+    double fn_sumsq_dev_f(const float *x, Py_ssize_t n, float mu, const float *pf)
+    double fn_sumsq_dev_d(const double *x, Py_ssize_t n, double mu, const double *pf)
     double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
     double fn_sumsq_d(const double *x, Py_ssize_t n)
     void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, Py_ssize_t n,
@@ -90,29 +96,43 @@ cdef extern from "fastnorm_moments.h" nogil:
 
 
 # ------------------------------------------------------------------------------------------ row helpers
-cdef inline void _ln_stats(const floating *x, floating *mean, floating *rstd, Py_ssize_t n,
-                           double eps) noexcept nogil:
-    cdef double mu, var
-    cdef floating fmu, frs
+cdef inline void _ln_stats(const floating *x, floating *mean, floating *rstd, Py_ssize_t n, double eps,
+                           const floating *pf) noexcept nogil:
+    """mean and rstd of a row; pf: NULL or the next row, prefetched in the second pass (x is in cache by then)."""
+    cdef double mu
     # Mean summed around a shift s (the first value): exact for a constant row, accurate for a large mean.
     cdef floating s = x[0] if n > 0 else 0
     if not isfinite(s):
         s = 0
     if floating is float:
         mu = s + fn_sum_dev_f(x, n, s) / n
-        fmu = <float>mu
-        var = fn_sumsq_dev_f(x, n, fmu) / n
+        mean[0] = <float>mu
+        rstd[0] = _ln_rstd(mu, mean[0], fn_sumsq_dev_f(x, n, mean[0], pf) / n, eps)
     else:
         mu = s + fn_sum_dev_d(x, n, s) / n
-        fmu = mu
-        var = fn_sumsq_dev_d(x, n, fmu) / n
+        mean[0] = mu
+        rstd[0] = _ln_rstd(mu, mean[0], fn_sumsq_dev_d(x, n, mean[0], pf) / n, eps)
+
+
+cdef inline void _ln_stats_h(int fmt, const uint16_t *x, float *mean, float *rstd, Py_ssize_t n, double eps,
+                             const uint16_t *pf) noexcept nogil:
+    """_ln_stats of the widened 16-bit row (the same sums, fastnorm_half_rows.h)."""
+    cdef double mu
+    cdef float s = fn_half_to_f32(fmt, x[0]) if n > 0 else 0
+    if not isfinite(s):
+        s = 0
+    mu = s + fn_half_sum_dev(fmt, x, n, s) / n
+    mean[0] = <float>mu
+    rstd[0] = _ln_rstd(mu, mean[0], fn_half_sumsq_dev(fmt, x, n, mean[0], pf) / n, eps)
+
+
+cdef inline floating _ln_rstd(double mu, floating fmu, double var, double eps) noexcept nogil:
+    """1 / sqrt(var + eps), var = mean((x - fmu)^2) around the mean mu rounded to fmu."""
     # mean((x - fmu)^2) = var + (mu - fmu)^2: remove the part due to rounding the mean to the input dtype.
     var = var - (mu - fmu) * (mu - fmu)
     if var < 0:
         var = 0
-    frs = <floating>(1.0 / sqrt(var + eps))
-    mean[0] = fmu
-    rstd[0] = frs
+    return <floating>(1.0 / sqrt(var + eps))
 
 
 cdef inline void _ln_apply(const floating *x, const floating *w, const floating *b, floating *y, floating fmu,
@@ -131,23 +151,6 @@ cdef inline void _ln_apply(const floating *x, const floating *w, const floating 
     else:
         for j in range(n):
             y[j] = (x[j] - fmu) * frs
-
-
-cdef inline void _apply_stream(const float *x, const float *w, const float *b, float *y, float fmu, float frs,
-                               bint rms, Py_ssize_t n) noexcept nogil:
-    """_ln_apply / _rms_apply computed NT_BLOCK elements at a time into L1 and streamed into y (bitwise the same
-    values); the first block ends on a 32-byte boundary of y, so every later one streams whole."""
-    cdef float tmp[NT_BLOCK]
-    cdef Py_ssize_t j0 = 0, k = NT_BLOCK - fn_stream_head_f(y)
-    while j0 < n:
-        k = min(k, n - j0)
-        if rms:
-            _rms_apply(x + j0, _at(w, j0), tmp, frs, k)
-        else:
-            _ln_apply(x + j0, _at(w, j0), _at(b, j0), tmp, fmu, frs, k)
-        fn_stream_store_f(tmp, y + j0, k)
-        j0 += k
-        k = NT_BLOCK
 
 
 cdef inline const float *_at(const float *p, Py_ssize_t j) noexcept nogil:
@@ -202,12 +205,10 @@ cdef inline void _ln_bwd_apply(const floating *dy, const floating *x, floating m
 
 
 cdef inline void _rms_stats(const floating *x, floating *rstd, Py_ssize_t n, double eps) noexcept nogil:
-    cdef double ms
     if floating is float:
-        ms = fn_sumsq_safe_f(x, n) / n  # squares in double if float ones overflow
+        rstd[0] = <float>(1.0 / sqrt(fn_sumsq_safe_f(x, n) / n + eps))  # squares in double if float ones overflow
     else:
-        ms = fn_sumsq_d(x, n) / n
-    rstd[0] = <floating>(1.0 / sqrt(ms + eps))
+        rstd[0] = 1.0 / sqrt(fn_sumsq_d(x, n) / n + eps)
 
 
 cdef inline void _rms_apply(const floating *x, const floating *w, floating *y, floating frs,
@@ -386,12 +387,10 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
             if rms:
                 _rms_stats(src, &rstd[i], n, eps)
             else:
-                _ln_stats(src, &mean[i], &rstd[i], n, eps)
+                _ln_stats(src, &mean[i], &rstd[i], n, eps, &x[i + 1, 0] if not add and i + 1 < m else NULL)
             if floating is float:
-                if nt:
-                    _apply_stream(src, w, b, &y[i, 0], 0 if rms else mean[i], rstd[i], rms, n)
-                    continue
-            if rms:
+                fn_norm_out_f(src, w, b, &y[i, 0], 0 if rms else mean[i], rstd[i], rms, nt, n)
+            elif rms:
                 _rms_apply(src, w, &y[i, 0], rstd[i], n)
             else:
                 _ln_apply(src, w, b, &y[i, 0], mean[i], rstd[i], n)
@@ -459,32 +458,33 @@ def _fwd_half(const uint16_t[:, ::1] x,             # IN  (M, N) 16-bit patterns
               float[::1] mean,                      # OUT (M,), or length 0 (RMSNorm)
               float[::1] rstd,                      # OUT (M,)
               int fmt, bint rms, double eps, int n_threads):
-    """Per row: widen into a thread's float32 row (one read of the 16-bit data; with a residual, h = x + residual
-    rounded, stored and widened in the same pass), the float32 statistics code (the same functions as for
-    float32 input) on it, then the output computed and rounded once (fastnorm_half_rows.h)."""
+    """Per row: the statistics and the output read the 16-bit row (fastnorm_half_rows.h: widened in registers,
+    the float32 code's sums and operations), the output rounded once. With a residual, h = x + residual rounded
+    and stored, and copied into a thread's 16-bit row buffer (L1) that the row's passes read (h may be streamed)."""
     cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i
     cdef const float *w = ptr_or_null(weight)
     cdef const float *b = ptr_or_null(bias)
     cdef bint add = res.shape[0] > 0
-    cdef float[:, ::1] buf = np.empty((max(n_threads, 1), n), np.float32)
-    cdef float *xb
+    cdef uint16_t[:, ::1] buf = np.empty((max(n_threads, 1), n if add else 0), np.uint16)
+    cdef const uint16_t *src
     # outputs larger than the last-level cache: y and h streamed (on the targets with FN_HALF_ROWS)
     cdef bint nt = m * n * 2 > NT_BYTES
     if m == 0:
         return
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         for i in prange(m, schedule="static"):
-            xb = &buf[threadid(), 0]
             if add:
-                fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], xb, nt, n)
+                fn_half_add_row(fmt, &x[i, 0], &res[i, 0], &h[i, 0], &buf[threadid(), 0], nt, n)
+                src = &buf[threadid(), 0]
             else:
-                fn_half_load(fmt, &x[i, 0], xb, n)
+                src = &x[i, 0]
             if rms:
-                _rms_stats(xb, &rstd[i], n, eps)
-                fn_half_norm_out(fmt, xb, w, NULL, &y[i, 0], 0, rstd[i], True, nt, n)
+                rstd[i] = <float>(1.0 / sqrt(fn_half_sumsq_safe(fmt, src, n) / n + eps))  # _rms_stats, 16-bit row
+                fn_half_norm_out(fmt, src, w, NULL, &y[i, 0], 0, rstd[i], True, nt, n)
             else:
-                _ln_stats(xb, &mean[i], &rstd[i], n, eps)
-                fn_half_norm_out(fmt, xb, w, b, &y[i, 0], mean[i], rstd[i], False, nt, n)
+                _ln_stats_h(fmt, src, &mean[i], &rstd[i], n, eps,
+                            &x[i + 1, 0] if not add and i + 1 < m else NULL)
+                fn_half_norm_out(fmt, src, w, b, &y[i, 0], mean[i], rstd[i], False, nt, n)
         if nt:
             fn_sfence()
 

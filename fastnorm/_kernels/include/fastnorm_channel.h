@@ -449,23 +449,20 @@ static inline void fn_seg_moments_h(int fmt, const uint16_t *x, ptrdiff_t n, dou
 /* per tile of FN_HTILE values, the tiles' sums added in order */
 static inline void fn_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t n, double mu,
                                   double *s1, double *s2) {
+#if defined(FN_HALF_DIRECT)
     double t1 = 0.0, t2 = 0.0, a1, a2;
-#if !defined(FN_HALF_DIRECT)
-    float g[FN_HTILE], v[FN_HTILE];
-#endif
     for (ptrdiff_t b = 0; b < n; b += FN_HTILE) {
         ptrdiff_t nb = n - b < FN_HTILE ? n - b : FN_HTILE;
-#if defined(FN_HALF_DIRECT)
         if (fmt == FN_BF16) fn_grad_sums_b(dy + b, x + b, nb, mu, &a1, &a2);
         else fn_grad_sums_g(dy + b, x + b, nb, mu, &a1, &a2);
-#else
-        fn_half_load(fmt, dy + b, g, nb);
-        fn_half_load(fmt, x + b, v, nb);
-        fn_grad_sums_f(g, v, nb, mu, &a1, &a2);
-#endif
         t1 += a1; t2 += a2;
     }
     *s1 = t1; *s2 = t2;
+#else
+#define FN_SUMS_(ta, tb, i0, k, u, v) fn_grad_sums_f(ta, tb, k, mu, u, v)
+    FN_HALF_TILED_SUMS2(fmt, dy, x, n, FN_HTILE, FN_SUMS_, s1, s2);
+#undef FN_SUMS_
+#endif
 }
 
 /* fn_half_store, with non-temporal stores of the aligned 16-byte groups when stream != 0 (the same values:

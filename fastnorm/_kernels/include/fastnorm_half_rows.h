@@ -1,16 +1,16 @@
 /* LayerNorm / RMSNorm row passes over 16-bit data that convert in registers (AVX2 + FMA, F16C).
  *
- * The 16-bit kernels keep one float32 copy of a row in a thread's buffer (L1/L2) for the statistics; these
- * functions replace the passes that used to go through extra float32 rows: the output is computed and
- * rounded eight elements at a time and stored as 16-bit (no float32 output block), and the fused residual
- * add converts x and residual, adds, rounds h, stores it and widens the rounded h into the row buffer in one
- * pass. The arithmetic is the float32 row code's, operation for operation, including the fused multiply-adds
- * gcc forms from it on these targets ((x - mu) * rs * w + b -> fma(t, w, b); (x - mu) * rs + b ->
- * fma(x - mu, rs, b)), so the outputs are bitwise those of the float32 kernel on the widened row, rounded
- * once (tests/test_layer_norm_half.py). The backward reads its 16-bit rows the same way (no float32 copies): see
- * "backward" below. With AVX-512 F/BW (FN_HALF_Z) the loops take sixteen elements per vector, lane for lane the
- * 8-lane operations. FN_HALF_ROWS is 0 where the target lacks AVX2/FMA/F16C: the kernels then keep their
- * portable block code.
+ * No float32 copy of a row: the statistics are fastnorm_moments.h's reductions with the 16-bit elements widened
+ * as they are loaded (the same lanes and order, so the same sums as on a widened row); the output is computed
+ * and rounded a vector at a time and stored as 16-bit; the fused residual add converts x and residual, adds,
+ * rounds h and stores it, and a copy into a thread's 16-bit row buffer (L1) that the statistics and the output
+ * pass read (h itself may be streamed past the cache). The arithmetic is the float32 row code's, operation
+ * for operation, including the fused multiply-adds gcc forms from it on these targets ((x - mu) * rs * w + b ->
+ * fma(t, w, b); (x - mu) * rs + b -> fma(x - mu, rs, b)), so the statistics and outputs are bitwise those of the
+ * float32 kernel on the widened row, rounded once (tests/test_layer_norm_half.py). The backward reads its 16-bit
+ * rows the same way: see "backward" below. With AVX-512 F/BW (FN_HALF_Z) the loops take sixteen elements per
+ * vector, lane for lane the 8-lane operations. FN_HALF_ROWS is 0 where the target lacks AVX2/FMA/F16C: the
+ * kernels then widen blocks of a row into the stack (L1) and run the float32 code on them.
  */
 #ifndef FASTNORM_HALF_ROWS_H
 #define FASTNORM_HALF_ROWS_H
@@ -18,6 +18,7 @@
 #include "fastnorm_half.h"
 #include "fastnorm_moments.h"
 #include "fastnorm_rows.h"
+#include "fastnorm_stream.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define FN_HALF_ROWS 1
@@ -95,17 +96,83 @@ FN_ALWAYS_INLINE __m256i fn_half_round16z(int fmt, __m512 v) {
 }
 
 FN_ALWAYS_INLINE __m256i fn_half_ld16(const uint16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+/* the reductions' vector (fastnorm_moments.h's fn_rv) of 16-bit elements p[0..FN_RW-1] */
+#define FN_HALF_LDR(fmt, p) fn_half_widen16z(fmt, fn_half_ld16(p))
 #else
 #define FN_HALF_Z 0
+#define FN_HALF_LDR(fmt, p) fn_half_widen8(fmt, fn_half_ld8(p))
+#endif
+#if FN_HALF_Z != (FN_RW == 16)
+#error "fastnorm_half_rows.h: the 16-lane loops and the 16-lane reductions need the same target"
 #endif
 
-/* y = half((x - mu) * rs * w + b) over a float32 row x; w, b may be NULL (then that factor/term is absent).
- * gcc reassociates the float32 loops (-fassociative-math) to (x - mu) * (rs * w) [+ b as an FMA] and contracts
- * (x - mu) * rs + b to fma(x - mu, rs, b): the same operations here. RMSNorm (rms: mu = 0, b = NULL) with w:
- * x * (rs * w), which gcc reassociates as it does the float32 kernel's x * rs * w (bitwise checked). */
-/* y[j..] = round(EXPR(j)) sixteen, then eight elements at a time, then one (SEXPR(j): the float32 value of
- * element j, the vector code's operations); nt: the 32-byte-aligned 16-element stores stream (the elements
- * before the first aligned one are stored one at a time) */
+/* ------------------------------------------------------------------------------------------ statistics
+ * fastnorm_moments.h's reductions on a 16-bit row widened in registers: the same lanes, blocks, operations and
+ * fold order on the same values, so the results of fn_sum_dev_f, fn_sumsq_dev_f, fn_sumsq_safe_f on the widened
+ * row. The format is a constant in each body (the widening without a per-vector test). */
+#define FN_LD(i) FN_HALF_LDR(fmt, x + (i))
+#define FN_LS(i) fn_half_to_f32(fmt, x[i])
+#define FN_HALF_VSUM_(ACC, SACC, PF)                                                                   \
+    if (fmt == FN_BF16) {                                                                              \
+        const int fmt = FN_BF16;                                                                       \
+        FN_VSUM_PF(n, ACC, SACC, PF)                                                                   \
+    } else {                                                                                           \
+        const int fmt = FN_F16;                                                                        \
+        FN_VSUM_PF(n, ACC, SACC, PF)                                                                   \
+    }
+static inline double fn_half_sum_dev(int fmt, const uint16_t *x, ptrdiff_t n, float mu) {
+    const fn_rv vmu = FN_RV(set1_ps)(mu);
+    FN_HALF_VSUM_(FN_ACC_DEV, FN_S_DEV, FN_NO_PF)
+}
+/* pf: as fn_sumsq_dev_f's */
+static inline double fn_half_sumsq_dev(int fmt, const uint16_t *x, ptrdiff_t n, float mu, const uint16_t *pf) {
+    const fn_rv vmu = FN_RV(set1_ps)(mu);
+    if (pf) {
+        FN_HALF_VSUM_(FN_ACC_SQDEV, FN_S_SQDEV, FN_PF)
+    }
+    FN_HALF_VSUM_(FN_ACC_SQDEV, FN_S_SQDEV, FN_NO_PF)
+}
+static inline double fn_half_sumsq(int fmt, const uint16_t *x, ptrdiff_t n) {
+    FN_HALF_VSUM_(FN_ACC_SQ, FN_S_SQ, FN_NO_PF)
+}
+#undef FN_HALF_VSUM_
+#undef FN_LD
+#undef FN_LS
+
+/* The output pass: y = (x - mu) * rs * w + b (w, b may be NULL: that factor/term absent; RMSNorm: rms, mu = 0, b NULL)
+ * a vector at a time. gcc reassociates the float32 loops (-fassociative-math) to (x - mu) * (rs * w) [+ b as an FMA]
+ * and contracts (x - mu) * rs + b to fma(x - mu, rs, b); RMSNorm's x * rs * w to x * (rs * w): the same operations
+ * here (bitwise checked). EXPR(V, j): the vector of elements j.. (V: FN_Y, 8 lanes, or FN_Z, 16), SEXPR(j): element
+ * j, reading x through FN_XV_FN_Y(j), FN_XV_FN_Z(j), FN_XS_(j), which each pass defines. */
+#define FN_X_(V, j) FN_XV_##V(j)
+#define FN_D_(V, j) V(sub_ps)(FN_X_(V, j), V(set1_ps)(mu))
+#define FN_T_(V, j) V(mul_ps)(V(set1_ps)(rs), V(loadu_ps)(w + (j)))
+#define FN_WB_(V, j) V(fmadd_ps)(FN_D_(V, j), FN_T_(V, j), V(loadu_ps)(b + (j)))
+#define FN_W_(V, j) V(mul_ps)(FN_D_(V, j), FN_T_(V, j))
+#define FN_B_(V, j) V(fmadd_ps)(FN_D_(V, j), V(set1_ps)(rs), V(loadu_ps)(b + (j)))
+#define FN_0_(V, j) V(mul_ps)(FN_D_(V, j), V(set1_ps)(rs))
+#define FN_R_(V, j) V(mul_ps)(FN_X_(V, j), FN_T_(V, j))
+#define FN_SR_(j) (FN_XS_(j) * (rs * w[j]))
+#define FN_SWB_(j) fmaf(FN_XS_(j) - mu, rs * w[j], b[j])
+#define FN_SW_(j) ((FN_XS_(j) - mu) * (rs * w[j]))
+#define FN_SB_(j) fmaf(FN_XS_(j) - mu, rs, b[j])
+#define FN_S0_(j) ((FN_XS_(j) - mu) * rs)
+/* LOOP(EXPR, SEXPR) for the row's case */
+#define FN_OUT_CASES(LOOP)                                                                             \
+    if (rms && w) {                                                                                    \
+        LOOP(FN_R_, FN_SR_)                                                                            \
+    } else if (w && b) {                                                                               \
+        LOOP(FN_WB_, FN_SWB_)                                                                          \
+    } else if (w) {                                                                                    \
+        LOOP(FN_W_, FN_SW_)                                                                            \
+    } else if (b) {                                                                                    \
+        LOOP(FN_B_, FN_SB_)                                                                            \
+    } else {                                                                                           \
+        LOOP(FN_0_, FN_S0_)                                                                            \
+    }
+
+/* y[j..] = round(EXPR(j)) sixteen, then eight elements at a time, then one; nt: the 32-byte-aligned 16-element
+ * stores stream (the elements before the first aligned one are stored one at a time) */
 #if FN_HALF_Z
 #define FN_HALF_OUT16_(EXPR, j) fn_half_round16z(fmt, EXPR(FN_Z, j))
 #else
@@ -120,73 +187,73 @@ FN_ALWAYS_INLINE __m256i fn_half_ld16(const uint16_t *p) { return _mm256_loadu_s
     for (; j + 8 <= n; j += 8) fn_half_st8(y + j, fn_half_round8(fmt, EXPR(FN_Y, j)));                \
     for (; j < n; j++) y[j] = fn_f32_to_half(fmt, SEXPR(j));
 
-FN_ALWAYS_INLINE void fn_half_norm_out_fmt(int fmt, const float *x, const float *w, const float *b, uint16_t *y,
+FN_ALWAYS_INLINE void fn_half_norm_out_fmt(int fmt, const uint16_t *x, const float *w, const float *b, uint16_t *y,
                                            float mu, float rs, int rms, int nt, ptrdiff_t n) {
     ptrdiff_t j = 0;
-#define FN_D_(V, j) V(sub_ps)(V(loadu_ps)(x + (j)), V(set1_ps)(mu))
-#define FN_T_(V, j) V(mul_ps)(V(set1_ps)(rs), V(loadu_ps)(w + (j)))
-#define FN_WB_(V, j) V(fmadd_ps)(FN_D_(V, j), FN_T_(V, j), V(loadu_ps)(b + (j)))
-#define FN_W_(V, j) V(mul_ps)(FN_D_(V, j), FN_T_(V, j))
-#define FN_B_(V, j) V(fmadd_ps)(FN_D_(V, j), V(set1_ps)(rs), V(loadu_ps)(b + (j)))
-#define FN_0_(V, j) V(mul_ps)(FN_D_(V, j), V(set1_ps)(rs))
-#define FN_R_(V, j) V(mul_ps)(V(loadu_ps)(x + (j)), FN_T_(V, j))
-#define FN_SR_(j) (x[j] * (rs * w[j]))
-#define FN_SWB_(j) fmaf(x[j] - mu, rs * w[j], b[j])
-#define FN_SW_(j) ((x[j] - mu) * (rs * w[j]))
-#define FN_SB_(j) fmaf(x[j] - mu, rs, b[j])
-#define FN_S0_(j) ((x[j] - mu) * rs)
-    if (rms && w) {
-        FN_HALF_OUT_LOOP(FN_R_, FN_SR_)
-    } else if (w && b) {
-        FN_HALF_OUT_LOOP(FN_WB_, FN_SWB_)
-    } else if (w) {
-        FN_HALF_OUT_LOOP(FN_W_, FN_SW_)
-    } else if (b) {
-        FN_HALF_OUT_LOOP(FN_B_, FN_SB_)
-    } else {
-        FN_HALF_OUT_LOOP(FN_0_, FN_S0_)
-    }
-#undef FN_D_
-#undef FN_T_
-#undef FN_WB_
-#undef FN_W_
-#undef FN_B_
-#undef FN_0_
-#undef FN_SWB_
-#undef FN_R_
-#undef FN_SR_
-#undef FN_SW_
-#undef FN_SB_
-#undef FN_S0_
+#define FN_XV_FN_Y(j) fn_half_widen8(fmt, fn_half_ld8(x + (j)))
+#define FN_XV_FN_Z(j) fn_half_widen16z(fmt, fn_half_ld16(x + (j)))
+#define FN_XS_(j) fn_half_to_f32(fmt, x[j])
+    FN_OUT_CASES(FN_HALF_OUT_LOOP)
+#undef FN_XV_FN_Y
+#undef FN_XV_FN_Z
+#undef FN_XS_
 }
 
-/* nt: stream y (callers: outputs larger than the last-level cache; fn_sfence() before the parallel region ends) */
-FN_ALWAYS_INLINE void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu,
+/* y = half(the output), 16-bit x; nt: stream y (callers: outputs larger than the last-level cache; fn_sfence()
+ * before the parallel region ends) */
+FN_ALWAYS_INLINE void fn_half_norm_out(int fmt, const uint16_t *x, const float *w, const float *b, uint16_t *y, float mu,
                                       float rs, int rms, int nt, ptrdiff_t n) {
     if (fmt == FN_BF16) fn_half_norm_out_fmt(FN_BF16, x, w, b, y, mu, rs, rms, nt, n);
     else fn_half_norm_out_fmt(FN_F16, x, w, b, y, mu, rs, rms, nt, n);
 }
 
-/* h = half(x + r) (16-bit rows), and hb = float(h), the rounded sum widened, in one pass; nt: h streamed from
- * its first 16-byte boundary on */
-FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb,
+/* The float32 output pass (float32 x, y; the same operations): FN_RW elements at a time, then eight, then one;
+ * nt: y streamed from its first 64-byte boundary on (fn_sfence() before the parallel region ends) */
+#if FN_HALF_Z
+#define FN_F32_OUT_(EXPR, j) EXPR(FN_Z, j)
+#else
+#define FN_F32_OUT_(EXPR, j) EXPR(FN_Y, j)
+#endif
+#define FN_F32_OUT_LOOP(EXPR, SEXPR)                                                                   \
+    if (nt) {                                                                                          \
+        for (; j < n && ((uintptr_t)(y + j) & (4u * FN_RW - 1u)); j++) y[j] = SEXPR(j);                \
+        for (; j + FN_RW <= n; j += FN_RW) FN_RV(stream_ps)(y + j, FN_F32_OUT_(EXPR, j));              \
+    }                                                                                                  \
+    for (; j + FN_RW <= n; j += FN_RW) FN_RV(storeu_ps)(y + j, FN_F32_OUT_(EXPR, j));                  \
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, EXPR(FN_Y, j));                                \
+    for (; j < n; j++) y[j] = SEXPR(j);
+
+static inline void fn_norm_out_f(const float *x, const float *w, const float *b, float *y, float mu, float rs,
+                                 int rms, int nt, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+#define FN_XV_FN_Y(j) _mm256_loadu_ps(x + (j))
+#define FN_XV_FN_Z(j) _mm512_loadu_ps(x + (j))
+#define FN_XS_(j) x[j]
+    FN_OUT_CASES(FN_F32_OUT_LOOP)
+#undef FN_XV_FN_Y
+#undef FN_XV_FN_Z
+#undef FN_XS_
+}
+
+/* h = half(x + r) (16-bit rows) and a copy hb of h (a thread's row buffer, read by the statistics and the output
+ * pass), in one pass; nt: h streamed from its first 16-byte boundary on */
+FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, uint16_t *hb,
                                           int nt, ptrdiff_t n) {
     ptrdiff_t j = 0;
-#define FN_ADD1_(j)                                                                                    \
-    h[j] = fn_f32_to_half(fmt, fn_half_to_f32(fmt, x[j]) + fn_half_to_f32(fmt, r[j]));                 \
-    hb[j] = fn_half_to_f32(fmt, h[j]);
+#define FN_ADD1_(j) h[j] = hb[j] = fn_f32_to_half(fmt, fn_half_to_f32(fmt, x[j]) + fn_half_to_f32(fmt, r[j]));
 /* elements j.. one vector (V, VT: FN_Y/__m256 or FN_Z/__m512) at a time; the rounded h as QT */
-#define FN_ADDV_(j, STORE, V, VT, QT, LD, WIDEN, ROUND)                                                \
+#define FN_ADDV_(j, STORE, STOREU, V, VT, QT, LD, WIDEN, ROUND)                                        \
     {                                                                                                  \
         VT s = V(add_ps)(WIDEN(fmt, LD(x + j)), WIDEN(fmt, LD(r + j)));                                \
         QT q = ROUND(fmt, s);                                                                          \
         STORE((QT *)(h + j), q);                                                                       \
-        V(storeu_ps)(hb + j, WIDEN(fmt, q));                                                           \
+        STOREU((QT *)(hb + j), q);                                                                     \
     }
-#define FN_ADD8_(j, STORE) FN_ADDV_(j, STORE, FN_Y, __m256, __m128i, fn_half_ld8, fn_half_widen8, fn_half_round8)
+#define FN_ADD8_(j, STORE)                                                                             \
+    FN_ADDV_(j, STORE, _mm_storeu_si128, FN_Y, __m256, __m128i, fn_half_ld8, fn_half_widen8, fn_half_round8)
 #if FN_HALF_Z
 #define FN_ADD16_(j, STORE)                                                                            \
-    FN_ADDV_(j, STORE, FN_Z, __m512, __m256i, fn_half_ld16, fn_half_widen16z, fn_half_round16z)
+    FN_ADDV_(j, STORE, _mm256_storeu_si256, FN_Z, __m512, __m256i, fn_half_ld16, fn_half_widen16z, fn_half_round16z)
     if (nt) {
         for (; j < n && ((uintptr_t)(h + j) & 31u); j++) { FN_ADD1_(j) }
         for (; j + 16 <= n; j += 16) FN_ADD16_(j, _mm256_stream_si256)
@@ -206,7 +273,7 @@ FN_ALWAYS_INLINE void fn_half_add_row_fmt(int fmt, const uint16_t *x, const uint
 #undef FN_ADDV_
 }
 
-static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt,
+static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, uint16_t *hb, int nt,
                                    ptrdiff_t n) {
     if (fmt == FN_BF16) fn_half_add_row_fmt(FN_BF16, x, r, h, hb, nt, n);
     else fn_half_add_row_fmt(FN_F16, x, r, h, hb, nt, n);
@@ -226,55 +293,10 @@ static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r
  *   dx = fma(rs, u, dh) with dh, else rs * u; rounded once. */
 static inline void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w, const uint16_t *x, float mu,
                                     ptrdiff_t n, double *s1, double *s2) {
-#define FN_LDY_(i) fn_half_widen8(fmt, fn_half_ld8(dy + (i)))
-#define FN_LX_(i) fn_half_widen8(fmt, fn_half_ld8(x + (i)))
+#define FN_LDY_(i) FN_HALF_LDR(fmt, dy + (i))
+#define FN_LX_(i) FN_HALF_LDR(fmt, x + (i))
 #define FN_SDY_(i) fn_half_to_f32(fmt, dy[i])
 #define FN_SX_(i) fn_half_to_f32(fmt, x[i])
-#if FN_HALF_Z
-    /* fn_bwd_sums_f's 32 lanes as two 16-lane vectors per sum (lanes 0-15, 16-31), folded as its four */
-#define FN_SUMS_Z_                                                                                     \
-    const __m512 vmu = _mm512_set1_ps(mu);                                                             \
-    double t1 = 0.0, t2 = 0.0;                                                                         \
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {                                                   \
-        ptrdiff_t m_ = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK, j = 0;                                   \
-        __m512 a[2], b[2];                                                                             \
-        a[0] = a[1] = b[0] = b[1] = _mm512_setzero_ps();                                               \
-        for (; j + FN_LANES <= m_; j += FN_LANES)                                                      \
-            for (int q = 0; q < 2; q++) {                                                              \
-                ptrdiff_t i = i0 + j + 16 * q;                                                         \
-                __m512 g = fn_half_widen16z(fmt, fn_half_ld16(dy + i));                                \
-                if (w) g = _mm512_mul_ps(g, _mm512_loadu_ps(w + i));                                   \
-                a[q] = _mm512_add_ps(a[q], g);                                                         \
-                b[q] = _mm512_fmadd_ps(g, _mm512_sub_ps(fn_half_widen16z(fmt, fn_half_ld16(x + i)), vmu), b[q]); \
-            }                                                                                          \
-        if (j < m_) {                                                                                  \
-            float u = _mm512_cvtss_f32(a[0]), v = _mm512_cvtss_f32(b[0]);                              \
-            for (; j < m_; j++) {                                                                      \
-                ptrdiff_t i = i0 + j;                                                                  \
-                float g = w ? FN_SDY_(i) * w[i] : FN_SDY_(i);                                          \
-                u += g;                                                                                \
-                v = fmaf(g, FN_SX_(i) - mu, v);                                                        \
-            }                                                                                          \
-            a[0] = _mm512_mask_mov_ps(a[0], 1, _mm512_set1_ps(u));                                     \
-            b[0] = _mm512_mask_mov_ps(b[0], 1, _mm512_set1_ps(v));                                     \
-        }                                                                                              \
-        t1 += fn_fold32(FN_LO8_(a[0]), FN_HI8_(a[0]), FN_LO8_(a[1]), FN_HI8_(a[1]));                   \
-        t2 += fn_fold32(FN_LO8_(b[0]), FN_HI8_(b[0]), FN_LO8_(b[1]), FN_HI8_(b[1]));                   \
-    }                                                                                                  \
-    *s1 = t1; *s2 = t2;
-#define FN_LO8_(v) _mm512_castps512_ps256(v)
-#define FN_HI8_(v) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
-    if (fmt == FN_BF16) {
-        const int fmt = FN_BF16; /* constant in the body: the widening without a per-vector test */
-        FN_SUMS_Z_
-    } else {
-        const int fmt = FN_F16;
-        FN_SUMS_Z_
-    }
-#undef FN_SUMS_Z_
-#undef FN_LO8_
-#undef FN_HI8_
-#else
     if (fmt == FN_BF16) {
         const int fmt = FN_BF16; /* constant in the body: the widening without a per-vector test */
         FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
@@ -282,7 +304,6 @@ static inline void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w,
         const int fmt = FN_F16;
         FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
     }
-#endif
 #undef FN_LDY_
 #undef FN_LX_
 #undef FN_SDY_
@@ -396,53 +417,88 @@ static inline void fn_half_bwd_apply(int fmt, const uint16_t *dy, const uint16_t
  * (fn_half_store vectorizes the bfloat16 rounding; a per-element select + narrowing does not). */
 #define FN_HALF_BLOCK 256
 
-/* the float32 row code's expressions as written (rms: x * rs * w), which gcc compiles as it does those */
-static inline void fn_half_norm_out(int fmt, const float *x, const float *w, const float *b, uint16_t *y, float mu,
+/* y = the output of n elements of a float32 row x: the float32 row code's expressions as written (rms: x * rs * w),
+ * which gcc compiles as it does those */
+static inline void fn_out_block_f(const float *x, const float *w, const float *b, float *y, float mu, float rs, int rms,
+                                  ptrdiff_t n) {
+    if (rms && w) for (ptrdiff_t j = 0; j < n; j++) y[j] = x[j] * rs * w[j];
+    else if (rms) for (ptrdiff_t j = 0; j < n; j++) y[j] = x[j] * rs;
+    else if (w && b) for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - mu) * rs * w[j] + b[j];
+    else if (w) for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - mu) * rs * w[j];
+    else if (b) for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - mu) * rs + b[j];
+    else for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - mu) * rs;
+}
+
+static inline void fn_half_norm_out(int fmt, const uint16_t *x, const float *w, const float *b, uint16_t *y, float mu,
                                     float rs, int rms, int nt, ptrdiff_t n) {
-    float t[FN_HALF_BLOCK];
+    float t[FN_HALF_BLOCK], xj[FN_HALF_BLOCK];
     (void)nt; /* regular stores */
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FN_HALF_BLOCK) {
         ptrdiff_t k = n - j0 < FN_HALF_BLOCK ? n - j0 : FN_HALF_BLOCK;
-        const float *xj = x + j0, *wj = w ? w + j0 : NULL, *bj = b ? b + j0 : NULL;
-        if (rms && wj) for (ptrdiff_t j = 0; j < k; j++) t[j] = xj[j] * rs * wj[j];
-        else if (rms) for (ptrdiff_t j = 0; j < k; j++) t[j] = xj[j] * rs;
-        else if (wj && bj) for (ptrdiff_t j = 0; j < k; j++) t[j] = (xj[j] - mu) * rs * wj[j] + bj[j];
-        else if (wj) for (ptrdiff_t j = 0; j < k; j++) t[j] = (xj[j] - mu) * rs * wj[j];
-        else if (bj) for (ptrdiff_t j = 0; j < k; j++) t[j] = (xj[j] - mu) * rs + bj[j];
-        else for (ptrdiff_t j = 0; j < k; j++) t[j] = (xj[j] - mu) * rs;
+        fn_half_load(fmt, x + j0, xj, k);
+        fn_out_block_f(xj, w ? w + j0 : NULL, b ? b + j0 : NULL, t, mu, rs, rms, k);
         fn_half_store(fmt, t, y + j0, k);
     }
 }
 
-static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, float *hb, int nt,
-                                   ptrdiff_t n) {
+/* The float32 output pass; nt: computed FN_HALF_BLOCK elements at a time into L1 and streamed (the first block ends
+ * on a 32-byte boundary of y, so every later one streams whole; fn_sfence() before the parallel region ends) */
+static inline void fn_norm_out_f(const float *x, const float *w, const float *b, float *y, float mu, float rs,
+                                 int rms, int nt, ptrdiff_t n) {
     float t[FN_HALF_BLOCK];
+    ptrdiff_t j0 = 0, k = FN_HALF_BLOCK - fn_stream_head_f(y);
+    if (!nt) {
+        fn_out_block_f(x, w, b, y, mu, rs, rms, n);
+        return;
+    }
+    for (; j0 < n; j0 += k, k = FN_HALF_BLOCK) {
+        if (k > n - j0) k = n - j0;
+        fn_out_block_f(x + j0, w ? w + j0 : NULL, b ? b + j0 : NULL, t, mu, rs, rms, k);
+        fn_stream_store_f(t, y + j0, k);
+    }
+}
+
+static inline void fn_half_add_row(int fmt, const uint16_t *x, const uint16_t *r, uint16_t *h, uint16_t *hb, int nt,
+                                   ptrdiff_t n) {
+    float t[FN_HALF_BLOCK], u[FN_HALF_BLOCK];
     (void)nt;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FN_HALF_BLOCK) {
         ptrdiff_t k = n - j0 < FN_HALF_BLOCK ? n - j0 : FN_HALF_BLOCK;
-        fn_half_load(fmt, x + j0, hb + j0, k);
+        fn_half_load(fmt, x + j0, u, k);
         fn_half_load(fmt, r + j0, t, k);
-        for (ptrdiff_t j = 0; j < k; j++) t[j] += hb[j0 + j];
+        for (ptrdiff_t j = 0; j < k; j++) t[j] += u[j];
         fn_half_store(fmt, t, h + j0, k);
-        fn_half_load(fmt, h + j0, hb + j0, k);
+        memcpy(hb + j0, h + j0, (size_t)k * sizeof(uint16_t));
     }
 }
+
+/* Portable statistics: fastnorm_moments.h's reductions on FN_BLOCK-element tiles widened into the stack, one call
+ * per tile (one of their blocks: the same lanes and order), the tiles' sums added in order as their blocks' are. */
+#define FN_HALF_TILED_SUM_(CALL)                                                                       \
+    float t[FN_BLOCK];                                                                                 \
+    double total = 0.0;                                                                                \
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {                                                   \
+        ptrdiff_t k = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK;                                           \
+        fn_half_load(fmt, x + i0, t, k);                                                               \
+        total += CALL;                                                                                 \
+    }                                                                                                  \
+    return total;
+static inline double fn_half_sum_dev(int fmt, const uint16_t *x, ptrdiff_t n, float mu) {
+    FN_HALF_TILED_SUM_(fn_sum_dev_f(t, k, mu))
+}
+static inline double fn_half_sumsq_dev(int fmt, const uint16_t *x, ptrdiff_t n, float mu, const uint16_t *pf) {
+    (void)pf;
+    FN_HALF_TILED_SUM_(fn_sumsq_dev_f(t, k, mu, NULL))
+}
+static inline double fn_half_sumsq(int fmt, const uint16_t *x, ptrdiff_t n) { FN_HALF_TILED_SUM_(fn_sumsq_f(t, k)) }
+#undef FN_HALF_TILED_SUM_
 /* Portable backward: the float32 row functions on FN_HALF_BLOCK-element blocks widened into the stack (L1);
  * the sums block by block as fn_bwd_sums_f's own blocks (FN_BLOCK), so the same values in the same order. */
 static inline void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w, const uint16_t *x, float mu,
                                     ptrdiff_t n, double *s1, double *s2) {
-    float a[FN_BLOCK], b[FN_BLOCK];
-    double t1 = 0.0, t2 = 0.0, u, v;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {
-        ptrdiff_t k = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK;
-        fn_half_load(fmt, dy + i0, a, k);
-        fn_half_load(fmt, x + i0, b, k);
-        fn_bwd_sums_f(a, w ? w + i0 : NULL, b, mu, k, &u, &v);
-        t1 += u;
-        t2 += v;
-    }
-    *s1 = t1;
-    *s2 = t2;
+#define FN_SUMS_(ta, tb, i0, k, u, v) fn_bwd_sums_f(ta, w ? w + (i0) : NULL, tb, mu, k, u, v)
+    FN_HALF_TILED_SUMS2(fmt, dy, x, n, FN_BLOCK, FN_SUMS_, s1, s2);
+#undef FN_SUMS_
 }
 
 static inline void fn_half_bwd_apply(int fmt, const uint16_t *dy, const uint16_t *x, const uint16_t *dh,
@@ -463,5 +519,15 @@ static inline void fn_half_bwd_apply(int fmt, const uint16_t *dy, const uint16_t
     }
 }
 #endif
+
+
+/* fn_sumsq_safe_f of the widened row */
+static inline double fn_half_sumsq_wide(int fmt, const uint16_t *x, ptrdiff_t n) {
+    FN_BLOCKED_SUM(double, n, (double)fn_half_to_f32(fmt, x[i]) * (double)fn_half_to_f32(fmt, x[i]))
+}
+static inline double fn_half_sumsq_safe(int fmt, const uint16_t *x, ptrdiff_t n) {
+    double s = fn_half_sumsq(fmt, x, n);
+    return FN_SUMSQ_SAFE(s) ? s : fn_half_sumsq_wide(fmt, x, n);
+}
 
 #endif

@@ -15,7 +15,8 @@
  * the 32 lanes of the generic code in a stack array (a store and a reload per vector add: 0.13 ns per element
  * per reduction measured on an EPYC (Zen 3), about a quarter of a 16-bit LayerNorm forward's compute). Same
  * blocking, lanes and precision; lane k of a block sums its elements in order, squares and products are
- * fused multiply-adds, the 32 lanes are folded into a double in a fixed order.
+ * fused multiply-adds, the 32 lanes are folded into a double in a fixed order. On AVX-512 targets the same
+ * 32 lanes are two 16-lane vectors (half the instructions, the same sums).
  */
 #ifndef FASTNORM_MOMENTS_H
 #define FASTNORM_MOMENTS_H
@@ -54,8 +55,9 @@
 static inline double fn_sum_##SUF(const T *x, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, x[i]) }              \
 /* sum(x - mu) */                                                                                     \
 static inline double fn_sum_dev_##SUF(const T *x, ptrdiff_t n, T mu) { FN_BLOCKED_SUM(T, n, x[i] - mu) } \
-/* sum((x - mu)^2) */                                                                                  \
-static inline double fn_sumsq_dev_##SUF(const T *x, ptrdiff_t n, T mu) {                               \
+/* sum((x - mu)^2); pf (a row to prefetch on the vector targets) unused */                              \
+static inline double fn_sumsq_dev_##SUF(const T *x, ptrdiff_t n, T mu, const T *pf) {                  \
+    (void)pf;                                                                                          \
     FN_BLOCKED_SUM(T, n, (x[i] - mu) * (x[i] - mu)) }                                                  \
 /* sum(x^2) */                                                                                         \
 static inline double fn_sumsq_##SUF(const T *x, ptrdiff_t n) { FN_BLOCKED_SUM(T, n, x[i] * x[i]) }     \
@@ -87,6 +89,25 @@ static inline void fn_bwd_sums_##SUF(const T *dy, const T *w, const T *x, T mu, 
     *s1 = t1; *s2 = t2;                                                                                \
 }
 
+/* Two sums over a pair of 16-bit rows (a, b: bit patterns of format fmt) through float32 tiles of TILE elements
+ * widened on the stack (fn_half_load, fastnorm_half.h): SUMS(ta, tb, i0, k, &u, &v) gives the tiles' two sums (ta, tb:
+ * the tiles, i0: their offset in the rows, k: their length), added in tile order into *s1, *s2. */
+#define FN_HALF_TILED_SUMS2(fmt, a, b, n, TILE, SUMS, s1, s2)                                          \
+    do {                                                                                               \
+        float ta_[TILE], tb_[TILE];                                                                    \
+        double t1_ = 0.0, t2_ = 0.0, u_, v_;                                                           \
+        for (ptrdiff_t i0_ = 0; i0_ < (n); i0_ += (TILE)) {                                            \
+            ptrdiff_t k_ = (n) - i0_ < (TILE) ? (n) - i0_ : (TILE);                                    \
+            fn_half_load(fmt, (a) + i0_, ta_, k_);                                                     \
+            fn_half_load(fmt, (b) + i0_, tb_, k_);                                                     \
+            SUMS(ta_, tb_, i0_, k_, &u_, &v_);                                                         \
+            t1_ += u_;                                                                                 \
+            t2_ += v_;                                                                                 \
+        }                                                                                              \
+        *(s1) = t1_;                                                                                   \
+        *(s2) = t2_;                                                                                   \
+    } while (0)
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FN_REDUCTIONS_VEC 1
@@ -108,99 +129,136 @@ static inline double fn_fold32(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
-/* Blocked sum of a float term: ACC(a, i) adds the term of elements i..i+7 into the vector a, SACC(s, i) the
- * term of element i into the float s (the block's tail, into lane 0 as in FN_BLOCKED_SUM). */
-#define FN_VSUM(n, ACC, SACC)                                                                          \
+/* A block's FN_LANES float lanes as FN_RNV vectors of FN_RW lanes (fn_rv; FN_RV(op): the intrinsic): four 8-lane
+ * vectors, or on AVX-512 two 16-lane ones (lanes 0-15, 16-31) with lane for lane the same sums, folded in the same
+ * order (FN_RFOLD), so the same results on either target. FN_RLANE0(a, s): a with lane 0 set to s. */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define FN_RW 16
+#define FN_RV(op) _mm512_##op
+typedef __m512 fn_rv;
+#define FN_HI8(v) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
+#define FN_RFOLD(a) fn_fold32(_mm512_castps512_ps256(a[0]), FN_HI8(a[0]), _mm512_castps512_ps256(a[1]), FN_HI8(a[1]))
+#define FN_RLANE0(a, s) _mm512_mask_mov_ps(a, 1, _mm512_set1_ps(s))
+#else
+#define FN_RW 8
+#define FN_RV(op) _mm256_##op
+typedef __m256 fn_rv;
+#define FN_RFOLD(a) fn_fold32(a[0], a[1], a[2], a[3])
+#define FN_RLANE0(a, s) _mm256_blend_ps(a, _mm256_set1_ps(s), 1)
+#endif
+#define FN_RNV (FN_LANES / FN_RW)
+
+/* Blocked sum of a float term: ACC(a, i) adds the term of elements i..i+FN_RW-1 into the vector a, SACC(s, i) the
+ * term of element i into the float s (the block's tail, into lane 0 as in FN_BLOCKED_SUM). The terms read the row
+ * through FN_LD(i) (elements i..i+FN_RW-1 as a float vector) and FN_LS(i) (element i as a float), which the
+ * functions define: float32 rows here, 16-bit rows widened in registers in fastnorm_half_rows.h. PF(i): a statement
+ * run with each vector's ACC (FN_NO_PF, or FN_PF: prefetch pf + i, the same place in another row). */
+#define FN_NO_PF(i)
+#define FN_PF(i) _mm_prefetch((const char *)(pf + (i)), _MM_HINT_T0)
+#define FN_VSUM_PF(n, ACC, SACC, PF)                                                                   \
     double total = 0.0;                                                                                \
-    for (ptrdiff_t i0 = 0; i0 < (n); i0 += FN_BLOCK) {                                                 \
+    ptrdiff_t i0 = 0;                                                                                  \
+    /* two whole blocks at a time: twice the independent adds in flight (each lane's chain is one add's latency \
+     * per step), the same sums folded in the same order */                                            \
+    for (; i0 + 2 * FN_BLOCK <= (n); i0 += 2 * FN_BLOCK) {                                             \
+        fn_rv a[FN_RNV], c[FN_RNV];                                                                    \
+        for (int q = 0; q < FN_RNV; q++) a[q] = c[q] = FN_RV(setzero_ps)();                            \
+        for (ptrdiff_t j = 0; j < FN_BLOCK; j += FN_LANES)                                             \
+            for (int q = 0; q < FN_RNV; q++) {                                                         \
+                ptrdiff_t i = i0 + j + FN_RW * q;                                                      \
+                PF(i); ACC(a[q], i);                                                                   \
+                PF(i + FN_BLOCK); ACC(c[q], i + FN_BLOCK);                                             \
+            }                                                                                          \
+        total += FN_RFOLD(a);                                                                          \
+        total += FN_RFOLD(c);                                                                          \
+    }                                                                                                  \
+    for (; i0 < (n); i0 += FN_BLOCK) {                                                                 \
         ptrdiff_t m_ = (n) - i0 < FN_BLOCK ? (n) - i0 : FN_BLOCK, j = 0;                               \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                    \
-        for (; j + FN_LANES <= m_; j += FN_LANES) {                                                    \
-            ptrdiff_t i = i0 + j;                                                                      \
-            ACC(a0, i); ACC(a1, i + 8); ACC(a2, i + 16); ACC(a3, i + 24);                              \
-        }                                                                                              \
+        fn_rv a[FN_RNV];                                                                               \
+        for (int q = 0; q < FN_RNV; q++) a[q] = FN_RV(setzero_ps)();                                   \
+        for (; j + FN_LANES <= m_; j += FN_LANES)                                                      \
+            for (int q = 0; q < FN_RNV; q++) { ptrdiff_t i = i0 + j + FN_RW * q; PF(i); ACC(a[q], i); } \
         if (j < m_) {                                                                                  \
-            float s0 = _mm256_cvtss_f32(a0);                                                           \
+            float s0 = FN_RV(cvtss_f32)(a[0]);                                                         \
             for (; j < m_; j++) { ptrdiff_t i = i0 + j; SACC(s0, i); }                                 \
-            a0 = _mm256_blend_ps(a0, _mm256_set1_ps(s0), 1);                                           \
+            a[0] = FN_RLANE0(a[0], s0);                                                                \
         }                                                                                              \
-        total += fn_fold32(a0, a1, a2, a3);                                                            \
+        total += FN_RFOLD(a);                                                                          \
     }                                                                                                  \
     return total;
+#define FN_VSUM(n, ACC, SACC) FN_VSUM_PF(n, ACC, SACC, FN_NO_PF)
 
-#define FN_LD(i) _mm256_loadu_ps(x + (i))
-#define FN_ACC_X(a, i) a = _mm256_add_ps(a, FN_LD(i))
-#define FN_ACC_DEV(a, i) a = _mm256_add_ps(a, _mm256_sub_ps(FN_LD(i), vmu))
-#define FN_ACC_SQDEV(a, i) { __m256 d_ = _mm256_sub_ps(FN_LD(i), vmu); a = _mm256_fmadd_ps(d_, d_, a); }
-#define FN_ACC_SQ(a, i) { __m256 v_ = FN_LD(i); a = _mm256_fmadd_ps(v_, v_, a); }
-#define FN_ACC_DOT(a, i) a = _mm256_fmadd_ps(FN_LD(i), _mm256_loadu_ps(y + (i)), a)
+#define FN_ACC_X(a, i) a = FN_RV(add_ps)(a, FN_LD(i))
+#define FN_ACC_DEV(a, i) a = FN_RV(add_ps)(a, FN_RV(sub_ps)(FN_LD(i), vmu))
+#define FN_ACC_SQDEV(a, i) { fn_rv d_ = FN_RV(sub_ps)(FN_LD(i), vmu); a = FN_RV(fmadd_ps)(d_, d_, a); }
+#define FN_ACC_SQ(a, i) { fn_rv v_ = FN_LD(i); a = FN_RV(fmadd_ps)(v_, v_, a); }
+#define FN_ACC_DOT(a, i) a = FN_RV(fmadd_ps)(FN_LD(i), FN_RV(loadu_ps)(y + (i)), a)
+#define FN_S_X(s, i) s += FN_LS(i)
+#define FN_S_DEV(s, i) s += FN_LS(i) - mu
+#define FN_S_SQDEV(s, i) s = fmaf(FN_LS(i) - mu, FN_LS(i) - mu, s)
+#define FN_S_SQ(s, i) s = fmaf(FN_LS(i), FN_LS(i), s)
+#define FN_S_DOT(s, i) s = fmaf(FN_LS(i), y[i], s)
 
-static inline double fn_sum_f(const float *x, ptrdiff_t n) {
-#define FN_S_(s, i) s += x[i]
-    FN_VSUM(n, FN_ACC_X, FN_S_)
-#undef FN_S_
-}
+#define FN_LD(i) FN_RV(loadu_ps)(x + (i))
+#define FN_LS(i) x[i]
+static inline double fn_sum_f(const float *x, ptrdiff_t n) { FN_VSUM(n, FN_ACC_X, FN_S_X) }
 static inline double fn_sum_dev_f(const float *x, ptrdiff_t n, float mu) {
-    const __m256 vmu = _mm256_set1_ps(mu);
-#define FN_S_(s, i) s += x[i] - mu
-    FN_VSUM(n, FN_ACC_DEV, FN_S_)
-#undef FN_S_
+    const fn_rv vmu = FN_RV(set1_ps)(mu);
+    FN_VSUM(n, FN_ACC_DEV, FN_S_DEV)
 }
-static inline double fn_sumsq_dev_f(const float *x, ptrdiff_t n, float mu) {
-    const __m256 vmu = _mm256_set1_ps(mu);
-#define FN_S_(s, i) s = fmaf(x[i] - mu, x[i] - mu, s)
-    FN_VSUM(n, FN_ACC_SQDEV, FN_S_)
-#undef FN_S_
+/* pf: NULL, or a row of at least n elements to prefetch as this one is read (the next row, while this one is in
+ * cache: its loads overlap this pass's arithmetic) */
+static inline double fn_sumsq_dev_f(const float *x, ptrdiff_t n, float mu, const float *pf) {
+    const fn_rv vmu = FN_RV(set1_ps)(mu);
+    if (pf) {
+        FN_VSUM_PF(n, FN_ACC_SQDEV, FN_S_SQDEV, FN_PF)
+    }
+    FN_VSUM(n, FN_ACC_SQDEV, FN_S_SQDEV)
 }
-static inline double fn_sumsq_f(const float *x, ptrdiff_t n) {
-#define FN_S_(s, i) s = fmaf(x[i], x[i], s)
-    FN_VSUM(n, FN_ACC_SQ, FN_S_)
-#undef FN_S_
-}
-static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) {
-#define FN_S_(s, i) s = fmaf(x[i], y[i], s)
-    FN_VSUM(n, FN_ACC_DOT, FN_S_)
-#undef FN_S_
-}
+static inline double fn_sumsq_f(const float *x, ptrdiff_t n) { FN_VSUM(n, FN_ACC_SQ, FN_S_SQ) }
+static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) { FN_VSUM(n, FN_ACC_DOT, FN_S_DOT) }
+#undef FN_LD
+#undef FN_LS
 
 /* s1 = sum(g), s2 = sum(g * (x - mu)), g = dy * w (w may be NULL: g = dy): FN_VSUM's blocks and lanes for both.
- * LDY(i), LX(i): dy[i..i+7], x[i..i+7] as float32 vectors; SDY(i), SX(i): dy[i], x[i] as float32 (a body shared with
- * the 16-bit rows of fastnorm_half_rows.h, which widen in registers: the same operations on the same values). */
+ * LDY(i), LX(i): dy[i..i+FN_RW-1], x[i..i+FN_RW-1] as float vectors; SDY(i), SX(i): dy[i], x[i] as float32 (a body
+ * shared with the 16-bit rows of fastnorm_half_rows.h, which widen in registers: the same operations on the same
+ * values). */
 #define FN_BWD_SUMS_BODY(LDY, LX, SDY, SX)                                                             \
-    const __m256 vmu = _mm256_set1_ps(mu);                                                             \
+    const fn_rv vmu = FN_RV(set1_ps)(mu);                                                              \
     double t1 = 0.0, t2 = 0.0;                                                                         \
     for (ptrdiff_t i0 = 0; i0 < n; i0 += FN_BLOCK) {                                                   \
         ptrdiff_t m_ = n - i0 < FN_BLOCK ? n - i0 : FN_BLOCK, j = 0;                                   \
-        __m256 a[4], b[4];                                                                             \
-        for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();                                 \
+        fn_rv a[FN_RNV], b[FN_RNV];                                                                    \
+        for (int q = 0; q < FN_RNV; q++) a[q] = b[q] = FN_RV(setzero_ps)();                            \
         for (; j + FN_LANES <= m_; j += FN_LANES)                                                      \
-            for (int q = 0; q < 4; q++) {                                                              \
-                ptrdiff_t i = i0 + j + 8 * q;                                                          \
-                __m256 g = LDY(i);                                                                     \
-                if (w) g = _mm256_mul_ps(g, _mm256_loadu_ps(w + i));                                   \
-                a[q] = _mm256_add_ps(a[q], g);                                                         \
-                b[q] = _mm256_fmadd_ps(g, _mm256_sub_ps(LX(i), vmu), b[q]);                            \
+            for (int q = 0; q < FN_RNV; q++) {                                                         \
+                ptrdiff_t i = i0 + j + FN_RW * q;                                                      \
+                fn_rv g = LDY(i);                                                                      \
+                if (w) g = FN_RV(mul_ps)(g, FN_RV(loadu_ps)(w + i));                                   \
+                a[q] = FN_RV(add_ps)(a[q], g);                                                         \
+                b[q] = FN_RV(fmadd_ps)(g, FN_RV(sub_ps)(LX(i), vmu), b[q]);                            \
             }                                                                                          \
         if (j < m_) {                                                                                  \
-            float u = _mm256_cvtss_f32(a[0]), v = _mm256_cvtss_f32(b[0]);                              \
+            float u = FN_RV(cvtss_f32)(a[0]), v = FN_RV(cvtss_f32)(b[0]);                              \
             for (; j < m_; j++) {                                                                      \
                 ptrdiff_t i = i0 + j;                                                                  \
                 float g = w ? SDY(i) * w[i] : SDY(i);                                                  \
                 u += g;                                                                                \
                 v = fmaf(g, SX(i) - mu, v);                                                            \
             }                                                                                          \
-            a[0] = _mm256_blend_ps(a[0], _mm256_set1_ps(u), 1);                                        \
-            b[0] = _mm256_blend_ps(b[0], _mm256_set1_ps(v), 1);                                        \
+            a[0] = FN_RLANE0(a[0], u);                                                                 \
+            b[0] = FN_RLANE0(b[0], v);                                                                 \
         }                                                                                              \
-        t1 += fn_fold32(a[0], a[1], a[2], a[3]);                                                       \
-        t2 += fn_fold32(b[0], b[1], b[2], b[3]);                                                       \
+        t1 += FN_RFOLD(a);                                                                             \
+        t2 += FN_RFOLD(b);                                                                             \
     }                                                                                                  \
     *s1 = t1; *s2 = t2;
 
 static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n, double *s1,
                                  double *s2) {
-#define FN_LDY_(i) _mm256_loadu_ps(dy + (i))
-#define FN_LX_(i) _mm256_loadu_ps(x + (i))
+#define FN_LDY_(i) FN_RV(loadu_ps)(dy + (i))
+#define FN_LX_(i) FN_RV(loadu_ps)(x + (i))
 #define FN_SDY_(i) dy[i]
 #define FN_SX_(i) x[i]
     FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
@@ -217,10 +275,11 @@ static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x
 static inline double fn_sumsq_wide_f(const float *x, ptrdiff_t n) {
     FN_BLOCKED_SUM(double, n, (double)x[i] * (double)x[i])
 }
+/* the range in which the float-lane sum of squares is kept */
+#define FN_SUMSQ_SAFE(s) ((s) >= 1e-28 && (s) <= 1e38)
 static inline double fn_sumsq_safe_f(const float *x, ptrdiff_t n) {
     double s = fn_sumsq_f(x, n);
-    if (s >= 1e-28 && s <= 1e38) return s;
-    return fn_sumsq_wide_f(x, n);
+    return FN_SUMSQ_SAFE(s) ? s : fn_sumsq_wide_f(x, n);
 }
 
 #endif
