@@ -146,7 +146,7 @@ def format_table(report: dict) -> str:
         "16-bit rows: bytes and bound counted in 16-bit items (statistics float32); skipped: the provider "
         "cannot run the case on this build (reason given)",
         "",
-        f"{'op':<28} {'shape':<22} {'dtype':<5} {'provider':<20} {'ms':>9} {'GB/s':>7} {'bound':>6} {'%bound':>7}"
+        f"{'op':<28} {'shape':<22} {'dtype':<5} {'provider':<22} {'ms':>8} {'GB/s':>7} {'bound':>6} {'%bound':>7}"
         "  speed-up",
     ]
     prev = None
@@ -158,11 +158,11 @@ def format_table(report: dict) -> str:
         op, label, dt = (r["op"], r["label"], short_dtype(dtype)) if name != prev else ("", "", "")
         prev = name
         if "skipped" in r:
-            lines.append(f"{op:<28} {label:<22} {dt:<5} {r['provider']:<20} skipped: {r['skipped']}")
+            lines.append(f"{op:<28} {label:<22} {dt:<5} {r['provider']:<22} skipped: {r['skipped']}")
             continue
         sp = ", ".join(f"{p} {v:.2f}x" for p, v in r.get("speedup", {}).items())
         lines.append(
-            f"{op:<28} {label:<22} {dt:<5} {r['provider']:<20} {r['ms']:>9.3f} {r['gbps']:>7.2f} "
+            f"{op:<28} {label:<22} {dt:<5} {r['provider']:<22} {r['ms']:>8.3f} {r['gbps']:>7.2f} "
             f"{r['bound_gbps']:>6.1f} {100 * r['frac']:>6.1f}%  {sp}"
         )
     return "\n".join(lines)
