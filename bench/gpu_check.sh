@@ -101,18 +101,23 @@ step "CUDA tests on the GPU: LayerNorm / RMSNorm"
 run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_layer_norm.xml"
 
-step "float32 forward: 128-bit kernel vs the scalar kernel (same inputs; events around 20 calls, host not hidden)"
+step "float32 forward: 128-bit kernel vs the scalar kernel (same inputs; gpu_timer device time)"
 # (session 5: the vector forms and the one-barrier LayerNorm moments are proven only by the simulator and
 # PTX/ptxas; this compares them with the scalar kernels on hardware: max difference and time per call)
 run vec_probe 60 $PY - <<'EOF3'
 import torch
 import fastnorm
 from fastnorm._kernels.cuda import layer_norm as L
+from fastnorm.bench.gpu_timer import Timer
+
+timer = Timer(torch)
 
 for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
     x = torch.randn(m, n, device="cuda") + 3
     w, b = 1 + 0.1 * torch.randn(n, device="cuda"), 0.1 * torch.randn(n, device="cuda")
-    ref = torch.nn.functional.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
+    xd = x.double()
+    ref = {"ln": torch.nn.functional.layer_norm(xd, (n,), w.double(), b.double(), 1e-5),
+           "rms": xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()}
     res = {}
     for name, fn in (("ln", lambda: fastnorm.layer_norm_forward(x, w, b)),
                      ("rms", lambda: fastnorm.rms_norm_forward(x, w))):
@@ -120,18 +125,14 @@ for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
             L.FWD_VEC, L._plans = vec, {}
             y = fn()[0]
             torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(20):
-                fn()
-            e.record()
-            torch.cuda.synchronize()
-            res[name, vec] = (y, s.elapsed_time(e) / 20)
+            t = timer(fn, repeats=5)
+            res[name, vec] = (y, t.median_ms, t.valid)
         d = (res[name, True][0] - res[name, False][0]).abs().max().item()
-        err = (res["ln", True][0].double() - ref).abs().max().item() if name == "ln" else float("nan")
-        print(f"{name} ({m}x{n}) float32: vec {res[name, True][1]:.4f} ms, scalar {res[name, False][1]:.4f} ms, "
-              f"max|vec - scalar| {d:.3g}, max|vec - float64 torch| {err:.3g}, "
-              f"{2 * m * n * 4 / res[name, True][1] / 1e6:.0f} GB/s if device-bound")
+        err = (res[name, True][0].double() - ref[name]).abs().max().item()
+        print(f"{name} ({m}x{n}) float32: vec {res[name, True][1]:.4f} ms, scalar {res[name, False][1]:.4f} ms "
+              f"(device time, host hidden: valid {res[name, True][2]}/{res[name, False][2]}), "
+              f"max|vec - scalar| {d:.3g}, max|vec - float64| {err:.3g}, "
+              f"{2 * m * n * 4 / res[name, True][1] / 1e6:.0f} GB/s")
 L.FWD_VEC = True
 EOF3
 
@@ -141,10 +142,13 @@ step "CUDA tests on the GPU: bfloat16 / float16 storage and the fused add + norm
 run pytest_half 90 $PY -m pytest tests/cuda/test_cuda_half.py tests/cuda/test_cuda_add_norm.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_half.xml"
 
-step "bf16 / add-norm timing probe (CUDA events around 20 calls each, host time included: NOT a bandwidth figure)"
+step "bf16 / add-norm timing probe (gpu_timer device time, host hidden and checked)"
 run half_probe 60 $PY - <<'EOF2'
 import torch
 import fastnorm._kernels.cuda as K
+from fastnorm.bench.gpu_timer import Timer
+
+timer = Timer(torch)
 
 m, n = 16384, 4096
 F = torch.nn.functional
@@ -169,16 +173,10 @@ for dt in (torch.bfloat16, torch.float16):
         torch.cuda.synchronize()
         err = (y.float() - ref()).abs().max().item()
         herr = (h.float() - hs).abs().max().item() if "add" in name else 0.0
-        s, t = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(20):
-            call()
-        t.record()
-        torch.cuda.synchronize()
-        ms = s.elapsed_time(t) / 20
-        gbs = arrays * m * n * 2 / ms / 1e6
+        t = timer(call, repeats=5)
+        gbs = arrays * m * n * 2 / t.median_ms / 1e6
         print(f"{name} {dt} ({m}x{n}): max|y - fp32 ref| {err:.3g}, max|h - ref| {herr:.3g}; "
-              f"{ms:.3f} ms/call (events over 20 calls, host not hidden), {gbs:.0f} GB/s if device-bound")
+              f"{t.median_ms:.3f} ms/call (device time, host hidden: valid {t.valid}), {gbs:.0f} GB/s")
 EOF2
 
 step "GPU benchmark (python -m fastnorm.bench.gpu)"
