@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 import fastnorm
+import fastnorm.reference as R
 from fastnorm.norms import _common
+
+from ._util import assert_close_to_ref
 
 SHAPE = (512, 96)
 
@@ -70,3 +73,18 @@ def test_concurrent_python_threads_get_their_own_scratch(threads):
     for i, want in enumerate(serial):
         for got, ref in zip(results[i], want, strict=True):
             np.testing.assert_array_equal(got, ref)
+
+
+def test_large_scratch_is_not_kept_per_thread():
+    """Scratch of 1 MiB and more comes from the backend allocator (the output pool), not the per-thread cache."""
+    _common._SCRATCH.__dict__.clear()
+    rng = np.random.default_rng(1)
+    m, n = 64, 1 << 15  # 64 chunk rows x 32768 float64 = 16 MiB of partial rows
+    x, dy = rng.standard_normal((2, m, n)).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    _, rstd = fastnorm.rms_norm_forward(x, w)
+    dw = fastnorm.rms_norm_backward(dy, x, rstd, w)[1]
+    assert getattr(_common._SCRATCH, "arrays", {}) == {}
+    ref32 = R.rms_norm_backward(dy, x, rstd, w)[1]
+    ref64 = R.rms_norm_backward(*(a.astype(np.float64) for a in (dy, x, rstd, w)))[1]
+    assert_close_to_ref(dw, ref32, ref64, name="dweight")

@@ -59,6 +59,9 @@ def opt(be, a, dtype, shape=None):
 
 _SCRATCH = threading.local()  # per Python thread: kernels release the GIL, so threads must not share scratch
 _SCRATCH_KEEP = 8  # (slot, shape, dtype) entries kept per thread
+# Larger scratch is not kept here (it would stay allocated for the thread's life): it comes from the backend's
+# allocator, whose CPU output pool reuses blocks from 1 MiB up.
+_SCRATCH_MAX_BYTES = 1 << 20
 
 
 def _host_scratch(slot: int, shape: tuple, dtype) -> np.ndarray:
@@ -84,8 +87,10 @@ def partials(be, want: bool, n_chunks: int, n: int, dtype, slot: int = 0) -> tup
     ``slot`` (one slot per gradient of a call), reused between calls."""
     if not want:
         return be.empty((0, 0), np.float64), be.empty((0, 0), dtype)
-    if be.on_host:
+    if be.on_host and n_chunks * n * 8 < _SCRATCH_MAX_BYTES:
         return _host_scratch(2 * slot, (n_chunks, n), np.float64), _host_scratch(2 * slot + 1, (n_chunks, n), dtype)
+    if be.on_host:
+        return be.empty((n_chunks, n), np.float64), be.empty((n_chunks, n), dtype)
     return be.empty((n_chunks, n), np.float64), be.empty((0, 0), dtype)
 
 
