@@ -290,3 +290,25 @@ def test_adam_per_target(target):
     # DESIGN.md's criterion: within 2x the float32 NumPy update's error against float64, plus 8 ulps
     for i, (a, r32, r64) in enumerate(zip(p, refs[np.float32], refs[np.float64], strict=True)):
         assert_close_to_ref(a, r32, r64, name=f"{target} adam param {i}")
+
+
+def test_compare_targets_times_the_out_call_on_every_other_target():
+    """``--compare-targets`` adds ``fastnorm@<t>`` and ``fastnorm out=@<t>`` rows, and the plain rows' speed-ups
+    name them (other target's time / this target's time)."""
+    import fastnorm._kernels.cpu as cpu
+    from fastnorm.bench._report import run_report
+
+    others = [t for t in cpu.runnable_targets() if t != cpu.TARGET]
+    if not others:
+        pytest.skip("this CPU runs one target only")
+    rows = run_report(quick=True, ops=["rms_norm_forward"], repeats=1, progress=False, compare_targets=True,
+                      dtypes=["float32"])["rows"]  # fmt: skip
+    case = [r for r in rows if r["op"] == "rms_norm_forward"]
+    providers = {r["provider"] for r in case}
+    for t in others:
+        assert {f"fastnorm@{t}", f"fastnorm out=@{t}"} <= providers
+    by = {r["provider"]: r for r in case if r["label"] == case[0]["label"]}
+    for base in ("fastnorm", "fastnorm out="):
+        assert {f"{base}@{t}" for t in others} <= set(by[base]["speedup"])
+        for t in others:
+            assert by[base]["speedup"][f"{base}@{t}"] == pytest.approx(by[f"{base}@{t}"]["ms"] / by[base]["ms"])
