@@ -258,8 +258,10 @@ def test_threads_never_share_a_block():
 
 
 def test_set_limit_rejects_bad_values():
-    for bad in (-1, 1.5, True, "1"):
-        with pytest.raises(ValueError, match="nbytes"):
+    with pytest.raises(ValueError, match="nbytes"):
+        _alloc.set_limit(-1)
+    for bad in (1.5, True, "1", None):
+        with pytest.raises(TypeError, match="nbytes"):
             _alloc.set_limit(bad)
 
 

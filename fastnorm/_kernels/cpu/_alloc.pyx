@@ -83,7 +83,9 @@ def set_limit(nbytes):
     """Set the limit to ``nbytes`` (0 turns the pool off) and evict down to it; returns the old limit."""
     global _limit
     cdef size_t n
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"set_limit: nbytes must be an int >= 0, got {type(nbytes).__name__} {nbytes!r}")
+    if nbytes < 0:
         raise ValueError(f"set_limit: nbytes must be an int >= 0, got {nbytes!r}")
     old, n = _limit, min(nbytes, 1 << 62)
     fn_pool_set_limit(n)
