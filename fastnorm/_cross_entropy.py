@@ -35,7 +35,6 @@ CE_FWD = register(
         "divergence",
         R.softmax_cross_entropy_forward,
         primary="logits",
-        bytes_moved=L.bytes_of_rows("logits", lambda d: 1 + (d.grad is not None)),
         group=LOSS,
         torch_op="cross_entropy_forward",
     )
@@ -49,7 +48,6 @@ CE_BWD = register(
         "divergence",
         R.softmax_cross_entropy_backward,
         primary="logits",
-        bytes_moved=L.bytes_of_rows("logits", lambda d: 2),
         group=LOSS,
         torch_op="cross_entropy_backward",
     )

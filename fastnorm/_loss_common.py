@@ -9,7 +9,6 @@ kernels in float32 and every per-row statistic and reduction is float32/float64 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -146,12 +145,6 @@ def check_out_scalar(be, op: str, out_buf, spec: tuple, inputs):
     if not be.on_host:
         raise ValueError(f"{op}: an out= buffer for the loss is supported on the CPU only")
     return V.outputs(be, op, (out_buf,), [spec], inputs)[0]
-
-
-def bytes_of_rows(of: str, arrays: Callable[[Any], int]):
-    """Bytes moved by a row loss: ``arrays(dims)`` arrays shaped like input ``of`` read or written (the
-    per-row statistics are lower order and not counted)."""
-    return lambda d, item: arrays(d) * math.prod(d[of]) * item
 
 
 def scalar_dloss(op: str, be, dloss, reduction: str, div: float) -> float:

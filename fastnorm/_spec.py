@@ -111,12 +111,6 @@ def lead(d: Dims, name: str = "x") -> tuple:
     return tuple(shape[: len(shape) - d.normalized_ndim])
 
 
-def bytes_of(reads: int, writes: int, of: str = "x") -> Callable[[Dims, int], int]:
-    """Bytes moved by an op that reads ``reads`` and writes ``writes`` arrays shaped like input ``of``
-    (parameters and statistics are lower order and not counted)."""
-    return lambda d, item: (reads + writes) * math.prod(d[of]) * item
-
-
 def rows_of(name: str) -> Callable[[Dims], tuple]:
     """Shape rule: the leading dims of input ``name`` (all but the last: one value per row)."""
     return lambda d: tuple(d[name][:-1])
@@ -158,7 +152,9 @@ class OpSpec:
     family: str  # the module of the public function: fastnorm.norms.<family> (norm ops) or fastnorm.<family>
     reference: Callable | None = None
     primary: str = "x"  # the array whose dtype sets the op's data and statistic dtypes
-    # bytes a perfect fused kernel reads + writes, from the dims and the data item size (benchmarks)
+    # bytes a perfect fused kernel reads + writes (benchmarks): None, the default, is ``moved``'s rule (each
+    # array argument read once, each output written once); a function of the dims and the primary input's
+    # item size for a kernel that moves something else (an iterative one)
     bytes_moved: Callable[[Dims, int], int] | None = None
     doc: str = field(default="", compare=False)
     group: str = NORM
@@ -210,9 +206,20 @@ class OpSpec:
                 return dtypes[r]
         raise ValueError(f"{self.name}: no dtype rule of {rule} applies")
 
-    def layout_of_call(self, fn: Callable, kwargs: dict) -> list:
-        """``layout`` of the call ``fn(**kwargs)`` on NumPy arrays (attributes not given: ``fn``'s defaults):
-        what the benchmarks' ``out=`` providers and the contract tests allocate."""
+    def moved(self, shapes: dict, attrs: dict, dtypes: dict, stat_dtype: Callable) -> int:
+        """Bytes a perfect fused kernel reads and writes in a call (``layout``'s arguments): each given array
+        argument read once (one updated in place, ``!``, also written back), each output written once; or
+        the declared ``bytes_moved`` rule."""
+        if self.bytes_moved is not None:
+            return self.bytes_moved(Dims(shapes, **attrs), np.dtype(dtypes[self.primary]).itemsize)
+        arrays = {a.name: 1 + a.mutable for a in self.args if a.kind in (TENSOR, OPT_TENSOR)}
+        sized = [(shapes[k], dtypes[k], times) for k, times in arrays.items() if shapes.get(k) is not None]
+        sized += [(o[1], o[2], 1) for o in self.layout(shapes, attrs, dtypes, stat_dtype) if o is not None]
+        return sum(times * math.prod(shape) * np.dtype(dt).itemsize for shape, dt, times in sized)
+
+    def _call_dims(self, fn: Callable, kwargs: dict) -> tuple[dict, dict, dict]:
+        """(shapes, attrs, dtypes) of the call ``fn(**kwargs)`` on NumPy arrays (attributes not given: ``fn``'s
+        defaults)."""
         import inspect
 
         params = inspect.signature(fn).parameters
@@ -220,7 +227,16 @@ class OpSpec:
         arrays = {k: kw.get(k) for k in self.arrays}
         shapes = {k: None if a is None else np.shape(a) for k, a in arrays.items()}
         dtypes = {k: np.asarray(a).dtype for k, a in arrays.items() if a is not None}
-        return self.layout(shapes, {k: kw.get(k) for k in self.attrs}, dtypes, numpy_stat_dtype)
+        return shapes, {k: kw.get(k) for k in self.attrs}, dtypes
+
+    def layout_of_call(self, fn: Callable, kwargs: dict) -> list:
+        """``layout`` of the call ``fn(**kwargs)`` on NumPy arrays: what the benchmarks' ``out=`` providers and
+        the contract tests allocate."""
+        return self.layout(*self._call_dims(fn, kwargs), numpy_stat_dtype)
+
+    def moved_by_call(self, fn: Callable, kwargs: dict) -> int:
+        """``moved`` for the call ``fn(**kwargs)`` on NumPy arrays (the benchmarks' bytes)."""
+        return self.moved(*self._call_dims(fn, kwargs), numpy_stat_dtype)
 
     def layout_for(self, be, arrays: dict, **attrs) -> list:
         """``layout`` of the validated inputs ``arrays`` (by name; None for an absent one) on backend ``be``."""

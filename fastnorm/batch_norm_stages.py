@@ -35,7 +35,7 @@ from . import _dtypes
 from . import _validation as V
 from . import reference as R
 from ._dispatch import backend_of
-from ._spec import DATA, STAGES, STAT, OpSpec, Out, args, bytes_of, channels, exports, like, register
+from ._spec import DATA, STAGES, STAT, OpSpec, Out, args, channels, exports, like, register
 from .norms._common import opt, round_back, stat_outputs, to_stat
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
@@ -61,11 +61,10 @@ class BatchNormBackwardReduce(NamedTuple):
     dbias: Array
 
 
-def _declare(name, arg_spec, outputs, result, reads_writes, primary="x") -> OpSpec:
+def _declare(name, arg_spec, outputs, result, primary="x") -> OpSpec:
     """A stage; the data stages take 16-bit x, ``batch_norm_gather_stats`` takes statistics (never 16-bit)."""
-    moved = bytes_of(*reads_writes) if reads_writes else None
     return register(OpSpec(name, args(arg_spec), outputs, result, "batch_norm_stages", getattr(R, name),
-                           primary=primary, bytes_moved=moved, group=STAGES, half=primary == "x"))  # fmt: skip
+                           primary=primary, group=STAGES, half=primary == "x"))  # fmt: skip
 
 
 def _gathered(d) -> tuple:
@@ -74,16 +73,15 @@ def _gathered(d) -> tuple:
 
 
 STATS = _declare("batch_norm_stats", "x :axis=int", (Out("mean", channels, STAT), Out("m2", channels, STAT)),
-                 BatchNormStats, (1, 0))  # fmt: skip
+                 BatchNormStats)  # fmt: skip
 GATHER = _declare(
     "batch_norm_gather_stats",
     "means m2s counts running_mean?! running_var?! :momentum=float :eps=float",
     (Out("mean", _gathered, DATA), Out("invstd", _gathered, DATA)),
     BatchNormGatherStats,
-    None,
     primary="means",
 )
-ELEMT = _declare("batch_norm_elemt", "x mean invstd weight? bias? :axis=int", (Out("y", like("x")),), None, (1, 1))
+ELEMT = _declare("batch_norm_elemt", "x mean invstd weight? bias? :axis=int", (Out("y", like("x")),), None)
 BACKWARD_REDUCE = _declare(
     "batch_norm_backward_reduce",
     "dy x mean invstd weight? :axis=int",
@@ -94,10 +92,9 @@ BACKWARD_REDUCE = _declare(
         Out("dbias", channels, ("weight", STAT)),
     ),
     BatchNormBackwardReduce,
-    (2, 0),
 )
 BACKWARD_ELEMT = _declare("batch_norm_backward_elemt", "dy x mean invstd weight? sum_dy sum_dy_xmu :count=float "
-                          ":axis=int", (Out("dx", like("x")),), None, (2, 1))  # fmt: skip
+                          ":axis=int", (Out("dx", like("x")),), None)  # fmt: skip
 
 __all__ = exports("batch_norm_stages", "BatchNormStats", "BatchNormGatherStats", "BatchNormBackwardReduce")
 

@@ -32,10 +32,10 @@ from ._spec import LOSS, OpSpec, Out, args, exports, like, register
 _RESULT_TYPES = (SoftmaxCrossEntropyForward, DivergenceForward, DivergenceBackward)
 
 
-def _declare(name, arg_spec, outputs, result, primary, arrays, torch_op=None) -> OpSpec:
-    """A loss of this module: ``arrays(dims)`` input-sized arrays read or written (for the benchmarks)."""
+def _declare(name, arg_spec, outputs, result, primary, torch_op=None) -> OpSpec:
+    """A loss of this module."""
     return register(OpSpec(name, args(arg_spec), outputs, result, "divergence", getattr(R, name), primary=primary,
-                           bytes_moved=L.bytes_of_rows(primary, arrays), group=LOSS, torch_op=torch_op))  # fmt: skip
+                           group=LOSS, torch_op=torch_op))  # fmt: skip
 
 
 def _without_axis(d) -> tuple:
@@ -43,10 +43,8 @@ def _without_axis(d) -> tuple:
     return tuple(n for i, n in enumerate(d.p) if i != d.axis % len(d.p))
 
 
-ENTROPY = _declare("entropy", "p :axis=int :base=float?", (Out("H", _without_axis),), None, "p", lambda d: 1)
-ENTROPY_BWD = _declare(
-    "entropy_backward", "dh p :axis=int :base=float?", (Out("dp", like("p")),), None, "p", lambda d: 2
-)
+ENTROPY = _declare("entropy", "p :axis=int :base=float?", (Out("H", _without_axis),), None, "p")
+ENTROPY_BWD = _declare("entropy_backward", "dh p :axis=int :base=float?", (Out("dp", like("p")),), None, "p")
 # kl_div / js_div: the loss (elementwise for "none"), and the gradients fused into the forward when asked
 _PAIR_FWD = (
     Out("loss", lambda d: d.input if d.reduction == "none" else ()),
@@ -59,20 +57,15 @@ _PAIR_BWD = (
 )
 
 
-def _pair_bytes(d) -> int:
-    return 2 + (d.reduction == "none") + (d.grad is not None) + bool(d.grad_target)
-
-
 KL = _declare("kl_div", "input target :reduction=str :log_target=bool :grad=str :grad_target=bool", _PAIR_FWD,
-              DivergenceForward, "input", _pair_bytes, "kl_div_forward")  # fmt: skip
+              DivergenceForward, "input", "kl_div_forward")  # fmt: skip
 KL_BWD = _declare("kl_div_backward", "dloss input target :reduction=str :log_target=bool :input_grad=bool "
-                  ":target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
-                  lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "kl_div_backward")  # fmt: skip
+                  ":target_grad=bool", _PAIR_BWD, DivergenceBackward, "input", "kl_div_backward")  # fmt: skip
 JS = _declare("js_div", "input target labels? :beta=float :ignore_index=int :reduction=str :grad=str "
-              ":grad_target=bool", _PAIR_FWD, DivergenceForward, "input", _pair_bytes, "js_div_forward")  # fmt: skip
+              ":grad_target=bool", _PAIR_FWD, DivergenceForward, "input", "js_div_forward")  # fmt: skip
 JS_BWD = _declare("js_div_backward", "dloss input target labels? :beta=float :ignore_index=int :reduction=str "
                   ":input_grad=bool :target_grad=bool", _PAIR_BWD, DivergenceBackward, "input",
-                  lambda d: 2 + bool(d.input_grad) + bool(d.target_grad), "js_div_backward")  # fmt: skip
+                  "js_div_backward")  # fmt: skip
 
 __all__ = exports("divergence")
 _PAIR_SPEC = {s.name: s for s in (KL, KL_BWD, JS, JS_BWD)}

@@ -39,14 +39,9 @@ class SinkhornResult(NamedTuple):
     err: Array
 
 
-def _declare(name, arg_spec, outputs, result, primary, bytes_moved, torch_op=None) -> OpSpec:
+def _declare(name, arg_spec, outputs, result, primary, torch_op, bytes_moved=None) -> OpSpec:
     return register(OpSpec(name, args(arg_spec), outputs, result, "transport", getattr(R, name), primary=primary,
                            bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op, half=False))  # fmt: skip
-
-
-def _values_bytes(arrays: int):
-    """Bytes moved by a 1-D Wasserstein op: ``arrays`` reads/writes of the values (weights not counted)."""
-    return lambda d, item: arrays * (math.prod(d.u_values) + math.prod(d.v_values)) * item
 
 
 def _problems(d) -> tuple:
@@ -54,12 +49,13 @@ def _problems(d) -> tuple:
     return tuple(d.cost[:-2])
 
 
-def _cost_bytes(arrays: int):
-    return lambda d, item: arrays * math.prod(d.cost) * item
+def _sinkhorn_bytes(d, item: int) -> int:
+    """Each of the ``max_iter`` iterations reads the kernel matrix (cost's size) twice (the u and v updates)."""
+    return 2 * math.prod(d.cost) * item * d.max_iter
 
 
 W1D = _declare("wasserstein_1d", "u_values v_values u_weights? v_weights? :p=float", (Out("out", rows_of("u_values")),),
-               None, "u_values", _values_bytes(1), "wasserstein_1d")  # fmt: skip
+               None, "u_values", "wasserstein_1d")  # fmt: skip
 W1D_BWD = _declare(
     "wasserstein_1d_backward",
     "grad u_values v_values u_weights? v_weights? :p=float",
@@ -71,7 +67,6 @@ W1D_BWD = _declare(
     ),
     Wasserstein1dBackward,
     "u_values",
-    _values_bytes(2),
     "wasserstein_1d_backward",
 )
 SINKHORN = _declare(
@@ -85,11 +80,11 @@ SINKHORN = _declare(
     ),
     SinkhornResult,
     "cost",
-    _cost_bytes(1),
     "sinkhorn",  # returns (value, plan)
+    _sinkhorn_bytes,
 )
 SINKHORN_BWD = _declare("sinkhorn_backward", "grad a b cost plan :reg=float :objective=str",
-                        (Out("out", like("cost")),), None, "cost", _cost_bytes(3))  # fmt: skip
+                        (Out("out", like("cost")),), None, "cost", None)  # fmt: skip
 
 __all__ = exports("transport", "Wasserstein1dBackward", "SinkhornResult")
 

@@ -2,7 +2,10 @@
 
 A ``Case`` is one op at one shape: how to build its inputs, the providers that run it (fastnorm, the NumPy
 reference, torch variants), the minimal bytes a perfect fused kernel moves, and the streams of the matching
-streaming-bandwidth bound. Case files are the modules ``fastnorm/bench/cases_*.py``, each with a function
+streaming-bandwidth bound. A case of a registered op (``declared_case``) takes its bytes from the op's
+declaration (``OpSpec.moved``: each array argument read once, each output written once), evaluated on
+stand-ins of the case's inputs, so the bench and the declaration cannot disagree. Case files are the
+modules ``fastnorm/bench/cases_*.py``, each with a function
 ``cases(quick: bool) -> list[Case]``; they are discovered automatically.
 
 dtypes: a case has one data dtype (``float32``, ``bfloat16``, ``float16``); its bytes and its streaming bound
@@ -41,6 +44,9 @@ class Case:
     stream_len: int  # float32 elements per stream (nbytes ~= 4 * stream_len * sum(streams))
     tags: tuple[str, ...] = field(default_factory=tuple)
     dtype: str = "float32"  # the data's dtype (x, y, dy, dx); statistics stay float32
+    # a case of one registered op: the public call's keyword arguments from the inputs (nbytes is the
+    # declaration's for that call)
+    args: Callable[[dict], dict] | None = None
 
     @property
     def name(self) -> str:
@@ -182,6 +188,27 @@ def stream_bound_gbps(streams: tuple[int, int, int], n: int, repeats: int = 7) -
     variants = (False, True) if streams[2] else (False,)
     best = min(time_call(stream_provider(streams, n, nt), repeats=repeats) for nt in variants)
     return stream_nbytes(streams, n) / best / 1e9
+
+
+def stand_in(shape, dtype) -> np.ndarray:
+    """A zero-memory array of ``shape`` and ``dtype`` (a name or a dtype): an input as a declaration reads it."""
+    dt = np_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+    return np.broadcast_to(np.zeros((), dt), shape)
+
+
+def declared_bytes(op: str, kwargs: dict) -> int:
+    """The bytes registered op ``op`` moves in the call ``op(**kwargs)``, by its declaration (``kwargs`` may hold
+    ``stand_in`` arrays)."""
+    import fastnorm
+    from fastnorm._spec import REGISTRY
+
+    return REGISTRY[op].moved_by_call(getattr(fastnorm, op), kwargs)
+
+
+def declared_case(op: str, label: str, make, like: dict, args, providers, streams, stream_len, **kw) -> Case:
+    """The case of registered op ``op`` called as ``op(**args(inputs))``; its bytes are the declaration's for
+    that call on ``like`` (the inputs ``make`` builds, as ``stand_in`` arrays; other inputs as they are)."""
+    return Case(op, label, make, providers, declared_bytes(op, args(like)), streams, stream_len, args=args, **kw)
 
 
 def op_providers(op: str, kwargs: Callable[[dict], dict]) -> dict[str, Provider]:

@@ -16,8 +16,8 @@ Providers, side by side:
   backward is autograd over that graph (built once, outside the timing).
 
 The fused op's speed-up over ``add + fastnorm`` is the figure issue 13 asks for (at least 1.4x for
-forward + backward of add + RMSNorm). Bytes: x, residual read and y, h written forward; dy, dh, h read and
-dx written backward; parameters in the data dtype, statistics float32.
+forward + backward of add + RMSNorm). Bytes (the declarations'): x, residual read and y, h written forward;
+dy, dh, h read and dx written backward; parameters in the data dtype, statistics float32.
 """
 
 from __future__ import annotations
@@ -26,7 +26,18 @@ import numpy as np
 
 import fastnorm
 
-from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
+from ._core import (
+    DTYPES,
+    Case,
+    as_torch,
+    declared_case,
+    np_dtype,
+    op_providers,
+    random_array,
+    stand_in,
+    stream_elements,
+    torch_or_none,
+)
 
 FULL_SHAPES = [(4096, 1024), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024)]
@@ -161,20 +172,17 @@ def _providers(dtype, size, op):
 
 def cases(quick: bool) -> list[Case]:
     out = []
+    streams = {"add_layer_norm_forward": (2, 0, 2), "add_layer_norm_backward": (3, 0, 1)}
+    streams |= {"add_rms_norm_forward": (2, 0, 2), "add_rms_norm_backward": (3, 0, 1)}
     for dtype in DTYPES:
-        isz = np_dtype(dtype).itemsize
         for m, n in QUICK_SHAPES if quick else FULL_SHAPES:
             mn = m * n
-            # (bytes: data items, float32 statistics; streams) per op
-            moved = {
-                "add_layer_norm_forward": (4 * mn + 2 * n, 2 * m, (2, 0, 2)),
-                "add_layer_norm_backward": (4 * mn + 4 * n, 2 * m, (3, 0, 1)),
-                "add_rms_norm_forward": (4 * mn + n, m, (2, 0, 2)),
-                "add_rms_norm_backward": (4 * mn + 2 * n, m, (3, 0, 1)),
-            }
+            like = {k: stand_in((m, n), dtype) for k in ("x", "r", "dy", "dh", "h")}
+            like |= {"w": stand_in(n, dtype), "b": stand_in(n, dtype)}
+            like |= {k: stand_in(m, "float32") for k in ("mean", "rstd", "rms_rstd")}
             make, sl = _inputs(m, n, dtype), stream_elements(mn, dtype)
             out += [
-                Case(op, f"({m}, {n})", make, _providers(dtype, mn, op), isz * d + 4 * st, streams, sl, dtype=dtype)
-                for op, (d, st, streams) in moved.items()
+                declared_case(op, f"({m}, {n})", make, like, _ARGS[op], _providers(dtype, mn, op), st, sl, dtype=dtype)
+                for op, st in streams.items()
             ]
     return out

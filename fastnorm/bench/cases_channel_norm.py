@@ -2,7 +2,8 @@
 float32, bfloat16 and float16.
 
 16-bit cases: x and dy in the 16-bit dtype, weight, bias and running statistics float32 (torch's mixed-dtype
-CPU norms, as under autocast), statistics float32; bytes and the streaming bound count 2-byte data items.
+CPU norms, as under autocast), statistics float32; bytes (the declarations', on those dtypes) and the streaming
+bound count 2-byte data items.
 The NumPy reference runs in float32 and, at sizes where it finishes in seconds, float16.
 
 BatchNorm forward is training mode with running statistics updated (what a training step does). torch's
@@ -16,7 +17,17 @@ import numpy as np
 
 import fastnorm
 
-from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
+from ._core import (
+    DTYPES,
+    Case,
+    as_torch,
+    declared_case,
+    op_providers,
+    random_array,
+    stand_in,
+    stream_elements,
+    torch_or_none,
+)
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -141,18 +152,21 @@ def _providers(dtype, numel, op, kwargs, tch):
     return p
 
 
-def _pair(op, label, make, providers, fwd_bytes, bwd_bytes, numel, dtype):
-    """Forward and backward cases; ``*_bytes`` are (data elements, float32 elements) moved."""
-    fwd, bwd = providers
-    isz, sl = np_dtype(dtype).itemsize, stream_elements(numel, dtype)
-
-    def nbytes(counts):
-        return isz * counts[0] + 4 * counts[1]
-
+def _pair(op, label, make, providers, like, numel, dtype):
+    """Forward and backward cases; ``like``: the inputs ``make`` builds, as stand-ins (their bytes)."""
+    sl = stream_elements(numel, dtype)
     return [
-        Case(f"{op}_{d}", label, make, _providers(dtype, numel, f"{op}_{d}", *p), nbytes(b), streams, sl, dtype=dtype)
-        for d, p, b, streams in (("forward", fwd, fwd_bytes, (1, 0, 1)), ("backward", bwd, bwd_bytes, (2, 0, 1)))
+        declared_case(name, label, make, like, p[0], _providers(dtype, numel, name, *p), streams, sl, dtype=dtype)
+        for name, p, streams in zip((f"{op}_forward", f"{op}_backward"), providers, ((1, 0, 1), (2, 0, 1)))
     ]
+
+
+def _like(shape, c, dtype, stats: dict) -> dict:
+    """``_inputs``' arrays as stand-ins: x, dy of ``shape`` in ``dtype``; the float32 parameters and running
+    statistics of the ``c`` channels and the saved statistics (``stats``: name -> shape)."""
+    like = {"x": stand_in(shape, dtype), "dy": stand_in(shape, dtype)}
+    like |= {k: stand_in(c, "float32") for k in ("w", "b", "rm", "rv")}
+    return like | {k: stand_in(s, "float32") for k, s in stats.items()}
 
 
 def cases(quick: bool) -> list[Case]:
@@ -160,19 +174,17 @@ def cases(quick: bool) -> list[Case]:
     for dtype in DTYPES:
         for shape in BN_QUICK if quick else BN_FULL:
             numel, c = int(np.prod(shape)), shape[1]
-            fwd_bytes = (2 * numel, 8 * c)  # x, y; weight, bias, running stats in and out, mean, rstd
-            bwd_bytes = (3 * numel, 5 * c)  # dy, x, dx; mean, rstd, weight, dweight, dbias
             for channels_last in (False, True):
                 n, c_, h, w = shape
                 label = f"{(n, h, w, c_)} NHWC" if channels_last else f"{shape} NCHW"
                 make = _inputs(shape, channels_last, dtype=dtype)
-                providers = _bn_providers(channels_last)
-                out += _pair("batch_norm", label, make, providers, fwd_bytes, bwd_bytes, numel, dtype)
+                like = _like((n, h, w, c_) if channels_last else shape, c, dtype, {"bn_mean": c, "bn_rstd": c})
+                out += _pair("batch_norm", label, make, _bn_providers(channels_last), like, numel, dtype)
         for shape, groups in GN_QUICK if quick else GN_FULL:
             numel, (n, c) = int(np.prod(shape)), shape[:2]
             make = _inputs(shape, groups=groups, dtype=dtype)
-            gn = ((2 * numel, 2 * c + 2 * n * groups), (3 * numel, 3 * c + 2 * n * groups))
-            out += _pair("group_norm", f"{shape} G={groups}", make, _gn_providers(groups), *gn, numel, dtype)
-            inn = ((2 * numel, 2 * c + 2 * n * c), (3 * numel, 3 * c + 2 * n * c))
-            out += _pair("instance_norm", f"{shape}", make, _in_providers(), *inn, numel, dtype)
+            stats = {"gn_mean": (n, groups), "gn_rstd": (n, groups), "in_mean": (n, c), "in_rstd": (n, c)}
+            like = _like(shape, c, dtype, stats)
+            out += _pair("group_norm", f"{shape} G={groups}", make, _gn_providers(groups), like, numel, dtype)
+            out += _pair("instance_norm", f"{shape}", make, _in_providers(), like, numel, dtype)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import fastnorm
 from fastnorm import reference as R
 
-from ._core import Case, torch_or_none
+from ._core import Case, declared_case, op_providers, stand_in, torch_or_none
 
 CE_FULL = [(8192, 32000)]
 CE_QUICK = [(1024, 32000)]
@@ -90,10 +90,6 @@ def _torch_ce(s):
 
 
 # ------------------------------------------------------------------------------------------ KL / JS / entropy
-def _fn_kl(s):
-    return lambda: fastnorm.kl_div(s["x"], s["y"], reduction="batchmean", log_target=True, grad="out")
-
-
 def _np_kl(s):
     def run():
         return (R.kl_div(s["x"], s["y"], reduction="batchmean", log_target=True),
@@ -107,10 +103,6 @@ def _torch_kl(s):
     return _torch_fwd_bwd(s, "y", lambda x, y: kl(x, y, reduction="batchmean", log_target=True))
 
 
-def _fn_js(s):
-    return lambda: fastnorm.js_div(s["x"], s["y"], beta=0.5, grad="out")
-
-
 def _np_js(s):
     return lambda: (R.js_div(s["x"], s["y"]), R.js_div_backward(1.0, s["x"], s["y"])[0])
 
@@ -120,10 +112,6 @@ def _torch_js(s):
     from fastnorm.torch.losses import _js_torch
 
     return _torch_fwd_bwd(s, "y", lambda x, y: _js_torch(x, y, None, 0.5, -100, "batchmean"))
-
-
-def _fn_entropy(s):
-    return lambda: fastnorm.entropy(s["p"])
 
 
 def _np_entropy(s):
@@ -150,25 +138,40 @@ def _providers(quick: bool, **p):
     return p
 
 
+# the fastnorm calls (the loss with its fused gradient) as keyword arguments: the cases' bytes are their
+# declarations' (the in-place cross-entropy moves the bytes of grad="out": logits read, gradient written)
+_ARGS = {
+    "softmax_cross_entropy_forward": lambda s: dict(logits=s["x"], target=s["t"], grad="out"),
+    "kl_div": lambda s: dict(input=s["x"], target=s["y"], reduction="batchmean", log_target=True, grad="out"),
+    "js_div": lambda s: dict(input=s["x"], target=s["y"], beta=0.5, grad="out"),
+    "entropy": lambda s: dict(p=s["p"]),
+}
+
+
+def _fn(op: str):
+    """The ``fastnorm`` provider of ``op``: its call in ``_ARGS``."""
+    return op_providers(op, _ARGS[op])["fastnorm"]
+
+
 def cases(quick: bool) -> list[Case]:
     out = []
     for m, n in CE_QUICK if quick else CE_FULL:
-        mn = m * n
-        out.append(Case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n),
-                        _providers(quick, **{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
-                                      "fastnorm inplace": _fn_ce_inplace, "numpy": _np_ce, "torch": _torch_ce}),
-                        8 * mn + 24 * m, (1, 0, 1), mn))  # fmt: skip
+        like = dict(x=stand_in((m, n), "float32"), t=stand_in(m, np.int64))
+        out.append(declared_case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n), like,
+                                 _ARGS["softmax_cross_entropy_forward"],
+                                 _providers(quick, **{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
+                                                      "fastnorm inplace": _fn_ce_inplace, "numpy": _np_ce,
+                                                      "torch": _torch_ce}), (1, 0, 1), m * n))  # fmt: skip
     for m, n in DIV_QUICK if quick else DIV_FULL:
-        mn = m * n
-        make = _div_inputs(m, n)
+        make, like = _div_inputs(m, n), {k: stand_in((m, n), "float32") for k in ("x", "y", "p")}
         out += [
-            Case("kl_div", f"({m}, {n}) fwd+bwd log_target", make,
-                 _providers(quick, fastnorm=_fn_kl, numpy=_np_kl, torch=_torch_kl), 12 * mn, (2, 0, 1), mn),
-            Case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make,
-                 _providers(quick, fastnorm=_fn_js, numpy=_np_js, torch=_torch_js), 12 * mn, (2, 0, 1), mn),
-            Case("entropy", f"({m}, {n})", make,
-                 _providers(quick, fastnorm=_fn_entropy, numpy=_np_entropy, torch=_torch_entropy),
-                 4 * mn, (1, 0, 0), mn),
+            declared_case("kl_div", f"({m}, {n}) fwd+bwd log_target", make, like, _ARGS["kl_div"],
+                          _providers(quick, fastnorm=_fn("kl_div"), numpy=_np_kl, torch=_torch_kl), (2, 0, 1), m * n),
+            declared_case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make, like, _ARGS["js_div"],
+                          _providers(quick, fastnorm=_fn("js_div"), numpy=_np_js, torch=_torch_js), (2, 0, 1), m * n),
+            declared_case("entropy", f"({m}, {n})", make, like, _ARGS["entropy"],
+                          _providers(quick, fastnorm=_fn("entropy"), numpy=_np_entropy, torch=_torch_entropy),
+                          (1, 0, 0), m * n),
         ]  # fmt: skip
     return out
 

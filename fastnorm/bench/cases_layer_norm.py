@@ -13,7 +13,17 @@ import numpy as np
 
 import fastnorm
 
-from ._core import DTYPES, Case, as_torch, np_dtype, op_providers, random_array, stream_elements, torch_or_none
+from ._core import (
+    DTYPES,
+    Case,
+    as_torch,
+    declared_case,
+    op_providers,
+    random_array,
+    stand_in,
+    stream_elements,
+    torch_or_none,
+)
 
 FULL_SHAPES = [(4096, 1024), (8192, 768), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024), (4096, 4096)]
@@ -102,23 +112,21 @@ def cases(quick: bool) -> list[Case]:
         shapes = QUICK_SHAPES if quick else FULL_SHAPES
         if dtype != "float32" and quick:
             shapes = QUICK_HALF_SHAPES
-        isz = np_dtype(dtype).itemsize
         for m, n in shapes:
             label = f"({m}, {n})"
             mn, make = m * n, _inputs(m, n, dtype)
             sl = stream_elements(mn, dtype)
-            # data in the dtype, parameters in the dtype, statistics (mean, rstd) float32
-            fwd_bytes = isz * (2 * mn + 2 * n) + 4 * 2 * m
-            bwd_bytes = isz * (3 * mn + 4 * n) + 4 * 2 * m
-
-            moved = {  # op: (bytes, streams, torch provider)
-                "layer_norm_forward": (fwd_bytes, (1, 0, 1), _torch_ln_fwd),
-                "layer_norm_backward": (bwd_bytes, (2, 0, 1), _torch_ln_bwd),
-                "rms_norm_forward": (fwd_bytes - isz * n - 4 * m, (1, 0, 1), _torch_rms_fwd),
-                "rms_norm_backward": (bwd_bytes - isz * 2 * n - 4 * m, (2, 0, 1), _torch_rms_bwd),
+            # the inputs as the declarations read them (bytes): data and parameters in the dtype, statistics float32
+            like = {"x": stand_in((m, n), dtype), "dy": stand_in((m, n), dtype), "w": stand_in(n, dtype)}
+            like |= {"b": stand_in(n, dtype)} | {k: stand_in(m, "float32") for k in ("mean", "rstd", "rms_rstd")}
+            moved = {  # op: (streams, torch provider)
+                "layer_norm_forward": ((1, 0, 1), _torch_ln_fwd),
+                "layer_norm_backward": ((2, 0, 1), _torch_ln_bwd),
+                "rms_norm_forward": ((1, 0, 1), _torch_rms_fwd),
+                "rms_norm_backward": ((2, 0, 1), _torch_rms_bwd),
             }
             out += [
-                Case(op, label, make, _providers(dtype, mn, op, tch), nbytes, streams, sl, dtype=dtype)
-                for op, (nbytes, streams, tch) in moved.items()
+                declared_case(op, label, make, like, _ARGS[op], _providers(dtype, mn, op, tch), st, sl, dtype=dtype)
+                for op, (st, tch) in moved.items()
             ]
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 import fastnorm
 
-from ._core import Case, op_providers, torch_or_none
+from ._core import Case, declared_case, op_providers, stand_in, torch_or_none
 
 LRN_SIZE = 5
 LRN_FULL = [(64, 96, 55, 55), (64, 64, 56, 56)]
@@ -163,34 +163,36 @@ _ARGS = {
 }
 
 
+def _case(op, label, make, like, tch, streams, stream_len, **kw) -> Case:
+    """A case whose bytes are ``op``'s declaration's on ``like`` (``make``'s arrays as float32 stand-ins)."""
+    like = {k: stand_in(v, "float32") if isinstance(v, tuple) else v for k, v in like.items()}
+    return declared_case(op, label, make, like, _ARGS[op], _providers(op, tch), streams, stream_len, **kw)
+
+
 def cases(quick: bool) -> list[Case]:
     out = []
     for shape in LRN_QUICK if quick else LRN_FULL:
         n = int(np.prod(shape))
         label, make = f"{shape} size={LRN_SIZE}", _lrn_inputs(shape)
-        fwd = _providers("local_response_norm_forward", _torch_lrn_fwd)
-        bwd = _providers("local_response_norm_backward", _torch_lrn_bwd)
+        like = dict.fromkeys(("x", "dy", "y", "scale"), shape)
         out += [
-            Case("local_response_norm_forward", label, make, fwd, 4 * 3 * n, (1, 0, 2), n),
-            Case("local_response_norm_backward", label, make, bwd, 4 * 5 * n, (4, 0, 1), n),
+            _case("local_response_norm_forward", label, make, like, _torch_lrn_fwd, (1, 0, 2), n),
+            _case("local_response_norm_backward", label, make, like, _torch_lrn_bwd, (4, 0, 1), n),
         ]
     for shape, dim in WN_QUICK if quick else WN_FULL:
-        n = int(np.prod(shape))
-        small = int(np.prod(_g_shape(shape, dim)))
+        n, small = int(np.prod(shape)), _g_shape(shape, dim)
         label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
-        moved = {  # op: (bytes, streams, torch provider)
-            "weight_norm_forward": (4 * (2 * n + 2 * small), (1, 0, 1), _torch_wn_fwd),
-            "weight_norm_backward": (4 * (3 * n + 3 * small), (2, 0, 1), _torch_wn_bwd),
-        }
-        out += [Case(op, label, make, _providers(op, t), nb, st, n) for op, (nb, st, t) in moved.items()]
+        like = dict(v=shape, dw=shape, g=small, norm=small, dim=dim)
+        out += [
+            _case("weight_norm_forward", label, make, like, _torch_wn_fwd, (1, 0, 1), n),
+            _case("weight_norm_backward", label, make, like, _torch_wn_bwd, (2, 0, 1), n),
+        ]
     for b, d, o in COS_QUICK if quick else COS_FULL:
         label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)
-        fwd = 4 * (b * d + o * d + b * o + b + o)
-        bwd = 4 * (2 * b * o + 2 * (b * d + o * d) + b + o)
-        pf = _providers("cosine_linear_forward", _torch_cos_fwd)
-        pb = _providers("cosine_linear_backward", _torch_cos_bwd)
-        out += [
-            Case("cosine_linear_forward", label, make, pf, fwd, (2, 0, 1), fwd // 12, tags=("blas-bound",)),
-            Case("cosine_linear_backward", label, make, pb, bwd, (2, 0, 1), bwd // 12, tags=("blas-bound",)),
-        ]
+        like = dict(x=(b, d), w=(o, d), dy=(b, o), y=(b, o), x_norm=(b,), w_norm=(o,))
+        fwd = _case("cosine_linear_forward", label, make, like, _torch_cos_fwd, (2, 0, 1), 1, tags=("blas-bound",))
+        bwd = _case("cosine_linear_backward", label, make, like, _torch_cos_bwd, (2, 0, 1), 1, tags=("blas-bound",))
+        for c in (fwd, bwd):  # the bound streams the case's bytes (its matrix products make it BLAS-bound)
+            c.stream_len = c.nbytes // 12
+        out += [fwd, bwd]
     return out

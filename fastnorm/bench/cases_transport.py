@@ -2,11 +2,12 @@
 ``wasserstein_distance``, and log-domain Sinkhorn against the NumPy log-domain loop (POT's ``sinkhorn_log``
 re-derived in ``fastnorm.reference``), float64.
 
-Sinkhorn runs a fixed number of iterations (``tol=0``) so both sides do the same work. Its minimal bytes:
-each iteration reads the cost matrix once per half-step (the u-update reads C, the v-update C^T), 16 bytes
-per entry per iteration in float64; the bound is a read-only stream over one matrix (it stays in the cache
-that a real iteration also reads from, when it fits). wasserstein_1d's minimal bytes: read both sample
-arrays once (the sort is the real work: it is O(n log n), not a stream; the %bound is not meaningful there).
+Sinkhorn runs a fixed number of iterations (``tol=0``) so both sides do the same work. The bytes are the
+declarations' (``fastnorm.transport``): Sinkhorn's iterations each read the cost matrix once per half-step
+(the u-update reads C, the v-update C^T), 16 bytes per entry per iteration in float64; the bound is a
+read-only stream over one matrix (it stays in the cache that a real iteration also reads from, when it fits).
+wasserstein_1d: its inputs read once, its outputs written (the sort is the real work: it is O(n log n), not a
+stream; the %bound is not meaningful there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import fastnorm
 from fastnorm import reference as R
 
-from ._core import Case
+from ._core import Case, declared_case, stand_in
 
 SINKHORN_ITERS = 100
 REG = 1e-2
@@ -44,17 +45,27 @@ def _w1_inputs(n, weighted):
     return make
 
 
-def _fn_w1(s):
-    return lambda: fastnorm.wasserstein_1d(s["u"], s["v"], s["uw"], s["vw"])
+_ARGS = {
+    "wasserstein_1d": lambda s: dict(u_values=s["u"], v_values=s["v"], u_weights=s["uw"], v_weights=s["vw"]),
+    "wasserstein_1d_backward": lambda s: dict(grad=np.float64(1.0), u_values=s["u"], v_values=s["v"],
+                                              u_weights=s["uw"], v_weights=s["vw"]),
+    "sinkhorn": lambda s: dict(a=s["a"], b=s["b"], cost=s["c"], reg=REG, max_iter=SINKHORN_ITERS, tol=0.0),
+}  # fmt: skip
+
+
+def _fn(op: str):
+    """fastnorm's call of ``op`` in ``_ARGS``."""
+
+    def provider(s):
+        kw, fn = _ARGS[op](s), getattr(fastnorm, op)
+        return lambda: fn(**kw)
+
+    return provider
 
 
 def _scipy_w1(s):
     ss = _scipy()
     return lambda: ss.wasserstein_distance(s["u"], s["v"], s["uw"], s["vw"])
-
-
-def _fn_w1_bwd(s):
-    return lambda: fastnorm.wasserstein_1d_backward(np.float64(1.0), s["u"], s["v"], s["uw"], s["vw"])
 
 
 # ------------------------------------------------------------------------------------------- sinkhorn
@@ -71,10 +82,6 @@ def _sk_inputs(lead, n, m):
     return make
 
 
-def _fn_sk(s):
-    return lambda: fastnorm.sinkhorn(s["a"], s["b"], s["c"], REG, max_iter=SINKHORN_ITERS, tol=0.0)
-
-
 def _np_sk(s):
     return lambda: R.sinkhorn(s["a"], s["b"], s["c"], REG, max_iter=SINKHORN_ITERS, tol=0.0)
 
@@ -82,50 +89,29 @@ def _np_sk(s):
 def cases(quick: bool) -> list[Case]:
     out = []
     n = 10**5 if quick else 10**6
+    samples = stand_in(n, np.float64)
     for weighted in (False, True):
-        providers = {"fastnorm": _fn_w1}
+        providers = {"fastnorm": _fn("wasserstein_1d")}
         if _scipy() is not None:
             providers["scipy"] = _scipy_w1
         label = f"{n} vs {n}" + (" weighted" if weighted else "")
-        nbytes = 8 * 2 * n * (2 if weighted else 1)
-        out.append(
-            Case(
-                "wasserstein_1d",
-                label,
-                _w1_inputs(n, weighted),
-                providers,
-                nbytes,
-                (1, 0, 0),
-                nbytes // 4,
-                tags=("transport",),
-            )
-        )
-    out.append(
-        Case(
-            "wasserstein_1d_backward",
-            f"{n} vs {n}",
-            _w1_inputs(n, False),
-            {"fastnorm": _fn_w1_bwd},
-            8 * 4 * n,
-            (1, 0, 1),
-            4 * n,
-            tags=("transport",),
-        )
-    )
+        like = dict(u=samples, v=samples, uw=samples if weighted else None, vw=samples if weighted else None)
+        make, args = _w1_inputs(n, weighted), _ARGS["wasserstein_1d"]
+        w1 = declared_case("wasserstein_1d", label, make, like, args, providers, (1, 0, 0), 1, tags=("transport",))
+        w1.stream_len = w1.nbytes // 4  # the bound reads the case's bytes
+        out.append(w1)
+    like = dict(u=samples, v=samples, uw=None, vw=None)
+    make, args = _w1_inputs(n, False), _ARGS["wasserstein_1d_backward"]
+    provider = {"fastnorm": _fn("wasserstein_1d_backward")}
+    out.append(declared_case("wasserstein_1d_backward", f"{n} vs {n}", make, like, args, provider, (1, 0, 1), 4 * n,
+                             tags=("transport",)))  # fmt: skip
     shapes = [((), 300, 300)] if quick else [((), 1000, 1000), ((16,), 200, 200)]
     for lead, nn, mm in shapes:
+        like = dict(a=stand_in(lead + (nn,), np.float64), b=stand_in(lead + (mm,), np.float64))
+        like["c"] = stand_in(lead + (nn, mm), np.float64)
+        label, make = f"{lead + (nn, mm)} x {SINKHORN_ITERS} it", _sk_inputs(lead, nn, mm)
+        providers = {"fastnorm": _fn("sinkhorn"), "numpy": _np_sk}
         entries = int(np.prod(lead, dtype=np.int64)) * nn * mm
-        label = f"{lead + (nn, mm)} x {SINKHORN_ITERS} it"
-        out.append(
-            Case(
-                "sinkhorn",
-                label,
-                _sk_inputs(lead, nn, mm),
-                {"fastnorm": _fn_sk, "numpy": _np_sk},
-                16 * entries * SINKHORN_ITERS,
-                (1, 0, 0),
-                2 * entries,
-                tags=("transport",),
-            )
-        )
+        out.append(declared_case("sinkhorn", label, make, like, _ARGS["sinkhorn"], providers, (1, 0, 0), 2 * entries,
+                                 tags=("transport",)))  # fmt: skip
     return out

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from .. import reference as R
 from .._doc import fill_doc
-from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, bytes_of, grad, lead, like, ops, register
+from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, grad, lead, like, ops, register
 from .layer_norm import rows_backward, rows_forward
 
 
@@ -44,25 +44,25 @@ ADD_LAYER_NORM_FWD = register(OpSpec(
     "add_layer_norm_forward",
     args("x residual weight? bias? :normalized_ndim=int :eps=float"),
     (Out("y", like("x")), Out("h", like("x")), Out("mean", lead, STAT), Out("rstd", lead, STAT)),
-    AddLayerNormForward, "add_norm", R.add_layer_norm_forward, bytes_moved=bytes_of(2, 2),
+    AddLayerNormForward, "add_norm", R.add_layer_norm_forward,
 ))  # fmt: skip
 ADD_LAYER_NORM_BWD = register(OpSpec(
     "add_layer_norm_backward",
     args("dy dh? h mean rstd weight? bias? :normalized_ndim=int"),
     (Out("dx", like("h")), grad("dweight", "weight"), grad("dbias", "bias")),
-    AffineGrads, "add_norm", R.add_layer_norm_backward, primary="h", bytes_moved=bytes_of(3, 1, "h"),
+    AffineGrads, "add_norm", R.add_layer_norm_backward, primary="h",
 ))  # fmt: skip
 ADD_RMS_NORM_FWD = register(OpSpec(
     "add_rms_norm_forward",
     args("x residual weight? :normalized_ndim=int :eps=float"),
     (Out("y", like("x")), Out("h", like("x")), Out("rstd", lead, STAT)),
-    AddRMSNormForward, "add_norm", R.add_rms_norm_forward, bytes_moved=bytes_of(2, 2),
+    AddRMSNormForward, "add_norm", R.add_rms_norm_forward,
 ))  # fmt: skip
 ADD_RMS_NORM_BWD = register(OpSpec(
     "add_rms_norm_backward",
     args("dy dh? h rstd weight? :normalized_ndim=int"),
     (Out("dx", like("h")), grad("dweight", "weight")),
-    ScaleGrads, "add_norm", R.add_rms_norm_backward, primary="h", bytes_moved=bytes_of(3, 1, "h"),
+    ScaleGrads, "add_norm", R.add_rms_norm_backward, primary="h",
 ))  # fmt: skip
 
 __all__ = [s.name for s in ops("add_norm")]  # the public functions below, one per declaration

@@ -14,7 +14,7 @@ from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
 from .._doc import fill_doc
-from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, bytes_of, grad, like, ops, register
+from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, grad, like, ops, register
 from ._common import empty_reduction, eval_stats, fill, opt, round_back, stat_outputs, to_stat
 
 BatchNormForward = InstanceNormForward = GroupNormForward = NormStats
@@ -33,9 +33,8 @@ def _grads() -> tuple:
 
 def _declare(name, spelling, stat_shape, reference, fwd: bool) -> OpSpec:
     outputs = (Out("y", like("x")), Out("mean", stat_shape, STAT), Out("rstd", stat_shape, STAT))
-    result, nbytes = (NormStats, bytes_of(1, 1)) if fwd else (AffineGrads, bytes_of(2, 1))
-    return register(OpSpec(name, args(spelling), outputs if fwd else _grads(), result, "channel_norm", reference,
-                           bytes_moved=nbytes))  # fmt: skip
+    result = NormStats if fwd else AffineGrads
+    return register(OpSpec(name, args(spelling), outputs if fwd else _grads(), result, "channel_norm", reference))
 
 
 BATCH_NORM_FWD = _declare(

@@ -25,7 +25,6 @@ from .._spec import (
     ScaleGrads,
     ScaleStats,
     args,
-    bytes_of,
     grad,
     lead,
     like,
@@ -44,25 +43,25 @@ LAYER_NORM_FWD = register(OpSpec(
     "layer_norm_forward",
     args("x weight? bias? :normalized_ndim=int :eps=float"),
     (Out("y", like("x")), Out("mean", lead, STAT), Out("rstd", lead, STAT)),
-    NormStats, "layer_norm", R.layer_norm_forward, bytes_moved=bytes_of(1, 1),
+    NormStats, "layer_norm", R.layer_norm_forward,
 ))  # fmt: skip
 LAYER_NORM_BWD = register(OpSpec(
     "layer_norm_backward",
     args("dy x mean rstd weight? bias? :normalized_ndim=int"),
     (Out("dx", like("x")), grad("dweight", "weight"), grad("dbias", "bias")),
-    AffineGrads, "layer_norm", R.layer_norm_backward, bytes_moved=bytes_of(2, 1),
+    AffineGrads, "layer_norm", R.layer_norm_backward,
 ))  # fmt: skip
 RMS_NORM_FWD = register(OpSpec(
     "rms_norm_forward",
     args("x weight? :normalized_ndim=int :eps=float"),
     (Out("y", like("x")), Out("rstd", lead, STAT)),
-    ScaleStats, "layer_norm", R.rms_norm_forward, bytes_moved=bytes_of(1, 1),
+    ScaleStats, "layer_norm", R.rms_norm_forward,
 ))  # fmt: skip
 RMS_NORM_BWD = register(OpSpec(
     "rms_norm_backward",
     args("dy x rstd weight? :normalized_ndim=int"),
     (Out("dx", like("x")), grad("dweight", "weight")),
-    ScaleGrads, "layer_norm", R.rms_norm_backward, bytes_moved=bytes_of(2, 1),
+    ScaleGrads, "layer_norm", R.rms_norm_backward,
 ))  # fmt: skip
 
 __all__ = [s.name for s in ops("layer_norm")]  # the public functions below, one per declaration

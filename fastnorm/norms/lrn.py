@@ -11,7 +11,7 @@ from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
 from .._doc import fill_doc
-from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
+from .._spec import STAT, Array, OpSpec, Out, args, like, ops, register
 
 
 class LocalResponseNormForward(NamedTuple):
@@ -23,13 +23,13 @@ LRN_FWD = register(OpSpec(
     "local_response_norm_forward",
     args("x :size=int :alpha=float :beta=float :k=float"),
     (Out("y", like("x")), Out("scale", like("x"), STAT)),
-    LocalResponseNormForward, "lrn", R.local_response_norm_forward, bytes_moved=bytes_of(1, 2),
+    LocalResponseNormForward, "lrn", R.local_response_norm_forward,
 ))  # fmt: skip
 LRN_BWD = register(OpSpec(
     "local_response_norm_backward",
     args("dy x y scale :size=int :alpha=float :beta=float :k=float"),
     (Out("dx", like("x")),),
-    None, "lrn", R.local_response_norm_backward, bytes_moved=bytes_of(4, 1),
+    None, "lrn", R.local_response_norm_backward,
 ))  # fmt: skip
 
 __all__ = [s.name for s in ops("lrn")]  # the public functions below, one per declaration

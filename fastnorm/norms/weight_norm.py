@@ -13,7 +13,7 @@ from .. import reference as R
 from .._backend import host
 from .._dispatch import backend_of
 from .._doc import fill_doc
-from .._spec import STAT, Array, OpSpec, Out, args, bytes_of, like, ops, register
+from .._spec import STAT, Array, OpSpec, Out, args, like, ops, register
 from ._common import fill, put, round_back, stat_outputs, to_stat
 
 
@@ -30,11 +30,11 @@ class WeightNormBackward(NamedTuple):
 
 WEIGHT_NORM_FWD = register(OpSpec(
     "weight_norm_forward", args("v g :dim=int?"), (Out("w", like("v")), Out("norm", like("g"), STAT)),
-    WeightNormForward, "weight_norm", R.weight_norm_forward, primary="v", bytes_moved=bytes_of(1, 1, "v"),
+    WeightNormForward, "weight_norm", R.weight_norm_forward, primary="v",
 ))  # fmt: skip
 WEIGHT_NORM_BWD = register(OpSpec(
     "weight_norm_backward", args("dw v g norm :dim=int?"), (Out("dv", like("v")), Out("dg", like("g"), "g")),
-    WeightNormBackward, "weight_norm", R.weight_norm_backward, primary="v", bytes_moved=bytes_of(2, 1, "v"),
+    WeightNormBackward, "weight_norm", R.weight_norm_backward, primary="v",
 ))  # fmt: skip
 
 
@@ -187,7 +187,6 @@ COSINE_LINEAR_FWD = register(OpSpec(
     "cosine_linear_forward", args("x w :eps=float"),
     (Out("y", lambda d: (*d.x[:-1], d.w[0])), Out("x_norm", _cos_lead, STAT), Out("w_norm", lambda d: d.w[:1], STAT)),
     CosineLinearForward, "weight_norm", R.cosine_linear_forward,
-    bytes_moved=lambda d, item: (math.prod(d.x) + math.prod(d.w) + math.prod(d.x[:-1]) * d.w[0]) * item,
 ))  # fmt: skip
 COSINE_LINEAR_BWD = register(OpSpec(
     "cosine_linear_backward", args("dy x w y x_norm w_norm :eps=float"),
