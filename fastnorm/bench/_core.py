@@ -190,7 +190,7 @@ def stream_bound_gbps(streams: tuple[int, int, int], n: int, repeats: int = 7) -
     return stream_nbytes(streams, n) / best / 1e9
 
 
-def stand_in(shape, dtype) -> np.ndarray:
+def _stand_in(shape, dtype) -> np.ndarray:
     """A zero-memory array of ``shape`` and ``dtype`` (a name or a dtype): an input as a declaration reads it."""
     dt = np_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     return np.broadcast_to(np.zeros((), dt), shape)
@@ -198,16 +198,18 @@ def stand_in(shape, dtype) -> np.ndarray:
 
 def declared_bytes(op: str, kwargs: dict) -> int:
     """The bytes registered op ``op`` moves in the call ``op(**kwargs)``, by its declaration (``kwargs`` may hold
-    ``stand_in`` arrays)."""
+    zero-memory stand-ins of the arrays)."""
     import fastnorm
     from fastnorm._spec import REGISTRY
 
     return REGISTRY[op].moved_by_call(getattr(fastnorm, op), kwargs)
 
 
-def declared_case(op: str, label: str, make, like: dict, args, providers, streams, stream_len, **kw) -> Case:
-    """The case of registered op ``op`` called as ``op(**args(inputs))``; its bytes are the declaration's for
-    that call on ``like`` (the inputs ``make`` builds, as ``stand_in`` arrays; other inputs as they are)."""
+def declared_case(op: str, label: str, make, inputs: dict, args, providers, streams, stream_len, **kw) -> Case:
+    """The case of registered op ``op`` called as ``op(**args(make(rng)))``; its bytes are the declaration's
+    for that call on ``inputs``: what ``make`` builds, by name, ``(shape, dtype)`` for an array, other values
+    (None, ints) as they are."""
+    like = {k: _stand_in(*v) if isinstance(v, tuple) else v for k, v in inputs.items()}
     return Case(op, label, make, providers, declared_bytes(op, args(like)), streams, stream_len, args=args, **kw)
 
 

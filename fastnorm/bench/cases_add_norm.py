@@ -34,7 +34,6 @@ from ._core import (
     np_dtype,
     op_providers,
     random_array,
-    stand_in,
     stream_elements,
     torch_or_none,
 )
@@ -177,12 +176,14 @@ def cases(quick: bool) -> list[Case]:
     for dtype in DTYPES:
         for m, n in QUICK_SHAPES if quick else FULL_SHAPES:
             mn = m * n
-            like = {k: stand_in((m, n), dtype) for k in ("x", "r", "dy", "dh", "h")}
-            like |= {"w": stand_in(n, dtype), "b": stand_in(n, dtype)}
-            like |= {k: stand_in(m, "float32") for k in ("mean", "rstd", "rms_rstd")}
+            inputs = {k: ((m, n), dtype) for k in ("x", "r", "dy", "dh", "h")}
+            inputs |= {"w": (n, dtype), "b": (n, dtype)}
+            inputs |= {k: (m, "float32") for k in ("mean", "rstd", "rms_rstd")}
             make, sl = _inputs(m, n, dtype), stream_elements(mn, dtype)
             out += [
-                declared_case(op, f"({m}, {n})", make, like, _ARGS[op], _providers(dtype, mn, op), st, sl, dtype=dtype)
+                declared_case(
+                    op, f"({m}, {n})", make, inputs, _ARGS[op], _providers(dtype, mn, op), st, sl, dtype=dtype
+                )
                 for op, st in streams.items()
             ]
     return out

@@ -17,17 +17,7 @@ import numpy as np
 
 import fastnorm
 
-from ._core import (
-    DTYPES,
-    Case,
-    as_torch,
-    declared_case,
-    op_providers,
-    random_array,
-    stand_in,
-    stream_elements,
-    torch_or_none,
-)
+from ._core import DTYPES, Case, as_torch, declared_case, op_providers, random_array, stream_elements, torch_or_none
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -152,21 +142,21 @@ def _providers(dtype, numel, op, kwargs, tch):
     return p
 
 
-def _pair(op, label, make, providers, like, numel, dtype):
-    """Forward and backward cases; ``like``: the inputs ``make`` builds, as stand-ins (their bytes)."""
+def _pair(op, label, make, providers, inputs, numel, dtype):
+    """Forward and backward cases; ``inputs``: what ``make`` builds, as (shape, dtype) (their bytes)."""
     sl = stream_elements(numel, dtype)
     return [
-        declared_case(name, label, make, like, p[0], _providers(dtype, numel, name, *p), streams, sl, dtype=dtype)
+        declared_case(name, label, make, inputs, p[0], _providers(dtype, numel, name, *p), streams, sl, dtype=dtype)
         for name, p, streams in zip((f"{op}_forward", f"{op}_backward"), providers, ((1, 0, 1), (2, 0, 1)))
     ]
 
 
-def _like(shape, c, dtype, stats: dict) -> dict:
-    """``_inputs``' arrays as stand-ins: x, dy of ``shape`` in ``dtype``; the float32 parameters and running
+def _shapes(shape, c, dtype, stats: dict) -> dict:
+    """``_inputs``' arrays as (shape, dtype): x, dy of ``shape`` in ``dtype``; the float32 parameters and running
     statistics of the ``c`` channels and the saved statistics (``stats``: name -> shape)."""
-    like = {"x": stand_in(shape, dtype), "dy": stand_in(shape, dtype)}
-    like |= {k: stand_in(c, "float32") for k in ("w", "b", "rm", "rv")}
-    return like | {k: stand_in(s, "float32") for k, s in stats.items()}
+    inputs = {"x": (shape, dtype), "dy": (shape, dtype)}
+    inputs |= {k: (c, "float32") for k in ("w", "b", "rm", "rv")}
+    return inputs | {k: (s, "float32") for k, s in stats.items()}
 
 
 def cases(quick: bool) -> list[Case]:
@@ -178,13 +168,13 @@ def cases(quick: bool) -> list[Case]:
                 n, c_, h, w = shape
                 label = f"{(n, h, w, c_)} NHWC" if channels_last else f"{shape} NCHW"
                 make = _inputs(shape, channels_last, dtype=dtype)
-                like = _like((n, h, w, c_) if channels_last else shape, c, dtype, {"bn_mean": c, "bn_rstd": c})
-                out += _pair("batch_norm", label, make, _bn_providers(channels_last), like, numel, dtype)
+                inputs = _shapes((n, h, w, c_) if channels_last else shape, c, dtype, {"bn_mean": c, "bn_rstd": c})
+                out += _pair("batch_norm", label, make, _bn_providers(channels_last), inputs, numel, dtype)
         for shape, groups in GN_QUICK if quick else GN_FULL:
             numel, (n, c) = int(np.prod(shape)), shape[:2]
             make = _inputs(shape, groups=groups, dtype=dtype)
             stats = {"gn_mean": (n, groups), "gn_rstd": (n, groups), "in_mean": (n, c), "in_rstd": (n, c)}
-            like = _like(shape, c, dtype, stats)
-            out += _pair("group_norm", f"{shape} G={groups}", make, _gn_providers(groups), like, numel, dtype)
-            out += _pair("instance_norm", f"{shape}", make, _in_providers(), like, numel, dtype)
+            inputs = _shapes(shape, c, dtype, stats)
+            out += _pair("group_norm", f"{shape} G={groups}", make, _gn_providers(groups), inputs, numel, dtype)
+            out += _pair("instance_norm", f"{shape}", make, _in_providers(), inputs, numel, dtype)
     return out

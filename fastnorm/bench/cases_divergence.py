@@ -17,7 +17,7 @@ import numpy as np
 import fastnorm
 from fastnorm import reference as R
 
-from ._core import Case, declared_case, op_providers, stand_in, torch_or_none
+from ._core import Case, declared_case, op_providers, torch_or_none
 
 CE_FULL = [(8192, 32000)]
 CE_QUICK = [(1024, 32000)]
@@ -156,20 +156,20 @@ def _fn(op: str):
 def cases(quick: bool) -> list[Case]:
     out = []
     for m, n in CE_QUICK if quick else CE_FULL:
-        like = dict(x=stand_in((m, n), "float32"), t=stand_in(m, np.int64))
-        out.append(declared_case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n), like,
+        inputs = dict(x=((m, n), "float32"), t=(m, np.int64))
+        out.append(declared_case("softmax_cross_entropy_forward", f"({m}, {n}) fwd+bwd", _ce_inputs(m, n), inputs,
                                  _ARGS["softmax_cross_entropy_forward"],
                                  _providers(quick, **{"fastnorm": _fn_ce, "fastnorm out=": _fn_ce_out,
                                                       "fastnorm inplace": _fn_ce_inplace, "numpy": _np_ce,
                                                       "torch": _torch_ce}), (1, 0, 1), m * n))  # fmt: skip
     for m, n in DIV_QUICK if quick else DIV_FULL:
-        make, like = _div_inputs(m, n), {k: stand_in((m, n), "float32") for k in ("x", "y", "p")}
+        make, inputs = _div_inputs(m, n), {k: ((m, n), "float32") for k in ("x", "y", "p")}
         out += [
-            declared_case("kl_div", f"({m}, {n}) fwd+bwd log_target", make, like, _ARGS["kl_div"],
+            declared_case("kl_div", f"({m}, {n}) fwd+bwd log_target", make, inputs, _ARGS["kl_div"],
                           _providers(quick, fastnorm=_fn("kl_div"), numpy=_np_kl, torch=_torch_kl), (2, 0, 1), m * n),
-            declared_case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make, like, _ARGS["js_div"],
+            declared_case("js_div", f"({m}, {n}) fwd+bwd beta=0.5", make, inputs, _ARGS["js_div"],
                           _providers(quick, fastnorm=_fn("js_div"), numpy=_np_js, torch=_torch_js), (2, 0, 1), m * n),
-            declared_case("entropy", f"({m}, {n})", make, like, _ARGS["entropy"],
+            declared_case("entropy", f"({m}, {n})", make, inputs, _ARGS["entropy"],
                           _providers(quick, fastnorm=_fn("entropy"), numpy=_np_entropy, torch=_torch_entropy),
                           (1, 0, 0), m * n),
         ]  # fmt: skip

@@ -13,17 +13,7 @@ import numpy as np
 
 import fastnorm
 
-from ._core import (
-    DTYPES,
-    Case,
-    as_torch,
-    declared_case,
-    op_providers,
-    random_array,
-    stand_in,
-    stream_elements,
-    torch_or_none,
-)
+from ._core import DTYPES, Case, as_torch, declared_case, op_providers, random_array, stream_elements, torch_or_none
 
 FULL_SHAPES = [(4096, 1024), (8192, 768), (16384, 4096)]
 QUICK_SHAPES = [(2048, 1024), (4096, 4096)]
@@ -117,8 +107,8 @@ def cases(quick: bool) -> list[Case]:
             mn, make = m * n, _inputs(m, n, dtype)
             sl = stream_elements(mn, dtype)
             # the inputs as the declarations read them (bytes): data and parameters in the dtype, statistics float32
-            like = {"x": stand_in((m, n), dtype), "dy": stand_in((m, n), dtype), "w": stand_in(n, dtype)}
-            like |= {"b": stand_in(n, dtype)} | {k: stand_in(m, "float32") for k in ("mean", "rstd", "rms_rstd")}
+            inputs = {"x": ((m, n), dtype), "dy": ((m, n), dtype), "w": (n, dtype)}
+            inputs |= {"b": (n, dtype)} | {k: (m, "float32") for k in ("mean", "rstd", "rms_rstd")}
             moved = {  # op: (streams, torch provider)
                 "layer_norm_forward": ((1, 0, 1), _torch_ln_fwd),
                 "layer_norm_backward": ((2, 0, 1), _torch_ln_bwd),
@@ -126,7 +116,7 @@ def cases(quick: bool) -> list[Case]:
                 "rms_norm_backward": ((2, 0, 1), _torch_rms_bwd),
             }
             out += [
-                declared_case(op, label, make, like, _ARGS[op], _providers(dtype, mn, op, tch), st, sl, dtype=dtype)
+                declared_case(op, label, make, inputs, _ARGS[op], _providers(dtype, mn, op, tch), st, sl, dtype=dtype)
                 for op, (st, tch) in moved.items()
             ]
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 import fastnorm
 
-from ._core import Case, declared_case, op_providers, stand_in, torch_or_none
+from ._core import Case, declared_case, op_providers, torch_or_none
 
 LRN_SIZE = 5
 LRN_FULL = [(64, 96, 55, 55), (64, 64, 56, 56)]
@@ -163,10 +163,10 @@ _ARGS = {
 }
 
 
-def _case(op, label, make, like, tch, streams, stream_len, **kw) -> Case:
-    """A case whose bytes are ``op``'s declaration's on ``like`` (``make``'s arrays as float32 stand-ins)."""
-    like = {k: stand_in(v, "float32") if isinstance(v, tuple) else v for k, v in like.items()}
-    return declared_case(op, label, make, like, _ARGS[op], _providers(op, tch), streams, stream_len, **kw)
+def _case(op, label, make, shapes, tch, streams, stream_len, **kw) -> Case:
+    """A case whose bytes are ``op``'s declaration's on ``make``'s inputs (``shapes``: float32 arrays' shapes)."""
+    inputs = {k: (v, "float32") if isinstance(v, tuple) else v for k, v in shapes.items()}
+    return declared_case(op, label, make, inputs, _ARGS[op], _providers(op, tch), streams, stream_len, **kw)
 
 
 def cases(quick: bool) -> list[Case]:
@@ -174,24 +174,24 @@ def cases(quick: bool) -> list[Case]:
     for shape in LRN_QUICK if quick else LRN_FULL:
         n = int(np.prod(shape))
         label, make = f"{shape} size={LRN_SIZE}", _lrn_inputs(shape)
-        like = dict.fromkeys(("x", "dy", "y", "scale"), shape)
+        shapes = dict.fromkeys(("x", "dy", "y", "scale"), shape)
         out += [
-            _case("local_response_norm_forward", label, make, like, _torch_lrn_fwd, (1, 0, 2), n),
-            _case("local_response_norm_backward", label, make, like, _torch_lrn_bwd, (4, 0, 1), n),
+            _case("local_response_norm_forward", label, make, shapes, _torch_lrn_fwd, (1, 0, 2), n),
+            _case("local_response_norm_backward", label, make, shapes, _torch_lrn_bwd, (4, 0, 1), n),
         ]
     for shape, dim in WN_QUICK if quick else WN_FULL:
         n, small = int(np.prod(shape)), _g_shape(shape, dim)
         label, make = f"{shape} dim={dim}", _wn_inputs(shape, dim)
-        like = dict(v=shape, dw=shape, g=small, norm=small, dim=dim)
+        shapes = dict(v=shape, dw=shape, g=small, norm=small, dim=dim)
         out += [
-            _case("weight_norm_forward", label, make, like, _torch_wn_fwd, (1, 0, 1), n),
-            _case("weight_norm_backward", label, make, like, _torch_wn_bwd, (2, 0, 1), n),
+            _case("weight_norm_forward", label, make, shapes, _torch_wn_fwd, (1, 0, 1), n),
+            _case("weight_norm_backward", label, make, shapes, _torch_wn_bwd, (2, 0, 1), n),
         ]
     for b, d, o in COS_QUICK if quick else COS_FULL:
         label, make = f"B={b} D={d} O={o}", _cos_inputs(b, d, o)
-        like = dict(x=(b, d), w=(o, d), dy=(b, o), y=(b, o), x_norm=(b,), w_norm=(o,))
-        fwd = _case("cosine_linear_forward", label, make, like, _torch_cos_fwd, (2, 0, 1), 1, tags=("blas-bound",))
-        bwd = _case("cosine_linear_backward", label, make, like, _torch_cos_bwd, (2, 0, 1), 1, tags=("blas-bound",))
+        shapes = dict(x=(b, d), w=(o, d), dy=(b, o), y=(b, o), x_norm=(b,), w_norm=(o,))
+        fwd = _case("cosine_linear_forward", label, make, shapes, _torch_cos_fwd, (2, 0, 1), 1, tags=("blas-bound",))
+        bwd = _case("cosine_linear_backward", label, make, shapes, _torch_cos_bwd, (2, 0, 1), 1, tags=("blas-bound",))
         for c in (fwd, bwd):  # the bound streams the case's bytes (its matrix products make it BLAS-bound)
             c.stream_len = c.nbytes // 12
         out += [fwd, bwd]

@@ -17,7 +17,7 @@ import numpy as np
 import fastnorm
 from fastnorm import reference as R
 
-from ._core import Case, declared_case, stand_in
+from ._core import Case, declared_case
 
 SINKHORN_ITERS = 100
 REG = 1e-2
@@ -89,29 +89,29 @@ def _np_sk(s):
 def cases(quick: bool) -> list[Case]:
     out = []
     n = 10**5 if quick else 10**6
-    samples = stand_in(n, np.float64)
+    samples = (n, np.float64)
     for weighted in (False, True):
         providers = {"fastnorm": _fn("wasserstein_1d")}
         if _scipy() is not None:
             providers["scipy"] = _scipy_w1
         label = f"{n} vs {n}" + (" weighted" if weighted else "")
-        like = dict(u=samples, v=samples, uw=samples if weighted else None, vw=samples if weighted else None)
+        inputs = dict(u=samples, v=samples, uw=samples if weighted else None, vw=samples if weighted else None)
         make, args = _w1_inputs(n, weighted), _ARGS["wasserstein_1d"]
-        w1 = declared_case("wasserstein_1d", label, make, like, args, providers, (1, 0, 0), 1, tags=("transport",))
+        w1 = declared_case("wasserstein_1d", label, make, inputs, args, providers, (1, 0, 0), 1, tags=("transport",))
         w1.stream_len = w1.nbytes // 4  # the bound reads the case's bytes
         out.append(w1)
-    like = dict(u=samples, v=samples, uw=None, vw=None)
+    inputs = dict(u=samples, v=samples, uw=None, vw=None)
     make, args = _w1_inputs(n, False), _ARGS["wasserstein_1d_backward"]
     provider = {"fastnorm": _fn("wasserstein_1d_backward")}
-    out.append(declared_case("wasserstein_1d_backward", f"{n} vs {n}", make, like, args, provider, (1, 0, 1), 4 * n,
+    out.append(declared_case("wasserstein_1d_backward", f"{n} vs {n}", make, inputs, args, provider, (1, 0, 1), 4 * n,
                              tags=("transport",)))  # fmt: skip
     shapes = [((), 300, 300)] if quick else [((), 1000, 1000), ((16,), 200, 200)]
     for lead, nn, mm in shapes:
-        like = dict(a=stand_in(lead + (nn,), np.float64), b=stand_in(lead + (mm,), np.float64))
-        like["c"] = stand_in(lead + (nn, mm), np.float64)
+        inputs = dict(a=(lead + (nn,), np.float64), b=(lead + (mm,), np.float64))
+        inputs["c"] = (lead + (nn, mm), np.float64)
         label, make = f"{lead + (nn, mm)} x {SINKHORN_ITERS} it", _sk_inputs(lead, nn, mm)
         providers = {"fastnorm": _fn("sinkhorn"), "numpy": _np_sk}
         entries = int(np.prod(lead, dtype=np.int64)) * nn * mm
-        out.append(declared_case("sinkhorn", label, make, like, _ARGS["sinkhorn"], providers, (1, 0, 0), 2 * entries,
+        out.append(declared_case("sinkhorn", label, make, inputs, _ARGS["sinkhorn"], providers, (1, 0, 0), 2 * entries,
                                  tags=("transport",)))  # fmt: skip
     return out
