@@ -100,6 +100,18 @@ class Out:
     when: str | Callable[[Dims], bool] | None = None
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """A scratch array the op's kernel takes, named as the kernel's parameter. ``shape`` is a function of the
+    ``Dims`` the public function passes to ``OpSpec.scratch_for`` (the op's canonical sizes and modes, the
+    thread count) and ``kernels`` (the backend's kernel namespace: the plan functions the kernel modules
+    export); ``dtype`` a dtype name or ``STAT`` (the statistic dtype of the data)."""
+
+    name: str
+    shape: Callable[[Dims], tuple]
+    dtype: str = "float64"
+
+
 def like(name: str) -> Callable[[Dims], tuple]:
     """Shape rule: the shape of input ``name``."""
     return lambda d: d[name]
@@ -161,6 +173,8 @@ class OpSpec:
     half: bool = True  # the CPU kernels take bfloat16/float16 data (the primary input's dtype)
     # the torch.library custom op that runs it (fastnorm::<name>; its fake is built from the outputs)
     torch_op: str | None = None
+    # the kernel's scratch arrays, in its parameter order (allocated by ``scratch_for``)
+    scratch: tuple[Scratch, ...] = ()
 
     @property
     def args_names(self) -> tuple[str, ...]:
@@ -258,6 +272,13 @@ class OpSpec:
                 _LAYOUTS.clear()
             _LAYOUTS[key] = tuple(specs)
         return specs
+
+    def scratch_for(self, be, dtype, **dims) -> list:
+        """The kernel's scratch arrays for data of ``dtype`` on backend ``be``, from the declared plan: each
+        shape rule reads ``dims`` (the op's canonical sizes and modes, ``threads``) and ``kernels``."""
+        d = Dims(dims, kernels=be.kernels)
+        sd = be.stat_dtype(dtype)
+        return [be.empty(tuple(s.shape(d)), sd if s.dtype == STAT else np.dtype(s.dtype)) for s in self.scratch]
 
     def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
         """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.

@@ -14,7 +14,7 @@ from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
 from .._doc import fill_doc
-from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, args, grad, like, ops, register
+from .._spec import STAT, AffineGrads, Array, NormStats, OpSpec, Out, Scratch, args, grad, like, ops, register
 from ._common import empty_reduction, eval_stats, fill, opt, round_back, stat_outputs, to_stat
 
 BatchNormForward = InstanceNormForward = GroupNormForward = NormStats
@@ -31,36 +31,56 @@ def _grads() -> tuple:
     return (Out("dx", like("x")), grad("dweight", "weight"), grad("dbias", "bias"))
 
 
-def _declare(name, spelling, stat_shape, reference, fwd: bool) -> OpSpec:
+def _declare(name, spelling, stat_shape, reference, fwd: bool, scratch=()) -> OpSpec:
     outputs = (Out("y", like("x")), Out("mean", stat_shape, STAT), Out("rstd", stat_shape, STAT))
     result = NormStats if fwd else AffineGrads
-    return register(OpSpec(name, args(spelling), outputs if fwd else _grads(), result, "channel_norm", reference))
+    return register(OpSpec(name, args(spelling), outputs if fwd else _grads(), result, "channel_norm", reference,
+                           scratch=scratch))  # fmt: skip
+
+
+# Scratch plans, from the (N, C, L) view (``n``, ``c``, ``l``) and BatchNorm's ``training``: float64 moment
+# pairs per (n, c) slice, or per row chunk of channels-last data (L = 1: ``_bn_row_chunks``); BatchNorm's
+# per-channel coefficients (4 rows of C, padded) in the statistic dtype.
+_PAIRS = Scratch("work", lambda d: (d.n * d.c, 2))
+_COEF = Scratch("coef", lambda d: (4, d.c + 8), STAT)
+
+
+def _bn_work(d) -> tuple:
+    if not d.training:
+        return (1, 2)
+    return (d.n * d.c, 2) if d.l > 1 else (_bn_row_chunks(d.n), 5 * d.c)
+
+
+def _bn_bwd_work(d) -> tuple:
+    return (d.n * d.c + d.c, 2) if d.l > 1 else (_bn_row_chunks(d.n) + 1, 2 * d.c)
 
 
 BATCH_NORM_FWD = _declare(
     "batch_norm_forward",
     "x weight? bias? running_mean?! running_var?! :training=bool :momentum=float :eps=float :axis=int",
-    _channels, R.batch_norm_forward, True,
+    _channels, R.batch_norm_forward, True, (Scratch("work", _bn_work), _COEF),
 )  # fmt: skip
 BATCH_NORM_BWD = _declare(
-    "batch_norm_backward", "dy x mean rstd weight? bias? :training=bool :axis=int", None, R.batch_norm_backward, False
-)
+    "batch_norm_backward", "dy x mean rstd weight? bias? :training=bool :axis=int", None, R.batch_norm_backward,
+    False, (Scratch("work", _bn_bwd_work), _COEF),
+)  # fmt: skip
 INSTANCE_NORM_FWD = _declare(
     "instance_norm_forward",
     "x weight? bias? running_mean?! running_var?! :use_input_stats=bool :momentum=float :eps=float",
-    lambda d: tuple(d.x[:2]), R.instance_norm_forward, True,
+    lambda d: tuple(d.x[:2]), R.instance_norm_forward, True, (_PAIRS,),
 )  # fmt: skip
 INSTANCE_NORM_BWD = _declare(
     "instance_norm_backward", "dy x mean rstd weight? bias? :use_input_stats=bool", None,
-    R.instance_norm_backward, False,
+    R.instance_norm_backward, False, (_PAIRS,),
 )  # fmt: skip
 GROUP_NORM_FWD = _declare(
     "group_norm_forward", "x :num_groups=int weight? bias? :eps=float", lambda d: (d.x[0], d.num_groups),
     R.group_norm_forward, True,
 )  # fmt: skip
 GROUP_NORM_BWD = _declare(
-    "group_norm_backward", "dy x mean rstd :num_groups=int weight? bias?", None, R.group_norm_backward, False
-)
+    "group_norm_backward", "dy x mean rstd :num_groups=int weight? bias?", None, R.group_norm_backward, False,
+    (_PAIRS,),
+)  # fmt: skip
 
 __all__ = [s.name for s in ops("channel_norm")]  # the public functions below, one per declaration
 
@@ -98,9 +118,10 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
     return running_mean, running_var
 
 
-def _statistics_forward(spec, be, x, ncl, a: dict, update: bool, eps, momentum, out, scratch, attrs: dict):
+def _statistics_forward(spec, be, x, ncl, a: dict, update: bool, eps, momentum, out, attrs: dict):
     """BatchNorm / InstanceNorm forward after the mode checks: running statistics, outputs, the kernel
-    ``(x, weight, bias, running_mean, running_var, y, mean, rstd, *scratch, eps, momentum, update, nt)``."""
+    ``(x, weight, bias, running_mean, running_var, y, mean, rstd, *scratch, eps, momentum, update, nt)``
+    (``update``: training / use_input_stats; the scratch from the declared plan)."""
     op, c = spec.name, ncl[1]
     a["running_mean"], a["running_var"] = _running_stats(
         be, op, a["running_mean"], a["running_var"], c, x.dtype, update, [(k, a[k]) for k in ("x", "weight", "bias")]
@@ -120,28 +141,25 @@ def _statistics_forward(spec, be, x, ncl, a: dict, update: bool, eps, momentum, 
     params = to_stat(be, sd, a["weight"], a["bias"], rm, rv)
     getattr(be.kernels, op)(
         x.reshape(ncl), *(opt(be, p, sd) for p in params), y.reshape(ncl), mean, rstd,
-        *scratch(sd), eps, momentum, update, be.threads(x.size),
+        *spec.scratch_for(be, x.dtype, n=ncl[0], c=ncl[1], l=ncl[2], training=update), eps, momentum, update,
+        be.threads(x.size),
     )  # fmt: skip
     if update:
         round_back(be, (rm, rv), params[2:])
     return NormStats(y, mean, rstd)
 
 
-def _slice_pairs(be, ncl):
-    """Scratch of the per-(n, c) reductions: one float64 pair per slice of L values."""
-    return lambda sd: (be.empty((ncl[0] * ncl[1], 2), np.float64),)
-
-
 def _channel_backward(spec, arrays: dict, out, axis: int, plan):
     """Every channel backward: validation, outputs, the kernel
-    ``(dy, x, mean, rstd, weight, dx, dweight, dbias, *scratch, *tail, nt)`` and the 16-bit round trip.
+    ``(dy, x, mean, rstd, weight, dx, dweight, dbias, *scratch, *tail, nt)`` and the 16-bit round trip; the
+    scratch from the declared plan.
 
-    ``plan(be, (N, C, L)) -> (statistics' shape, scratch(sd), tail)`` checks and supplies what is the op's own."""
+    ``plan((N, C, L)) -> (statistics' shape, tail)`` checks and supplies what is the op's own."""
     op = spec.name
     be = backend_of(op, **arrays, out=out)
     x = V.float_input(be, op, "x", arrays["x"])
     ncl = V.split_channels(op, x.shape, axis)
-    stat_shape, scratch, tail = plan(be, ncl)
+    stat_shape, tail = plan(ncl)
     c = ncl[1]
     dy = V.required(be, op, "dy", arrays["dy"], x.shape, x.dtype)
     sd = be.stat_dtype(x.dtype)
@@ -157,7 +175,7 @@ def _channel_backward(spec, arrays: dict, out, axis: int, plan):
     dw32, db32 = stat_outputs(be, sd, dweight, dbias)
     getattr(be.kernels, op)(
         dy.reshape(ncl), x.reshape(ncl), mean, rstd, opt(be, w32, sd), dx.reshape(ncl), opt(be, dw32, sd),
-        opt(be, db32, sd), *scratch(sd), *tail, be.threads(x.size),
+        opt(be, db32, sd), *spec.scratch_for(be, x.dtype, n=ncl[0], c=ncl[1], l=ncl[2]), *tail, be.threads(x.size),
     )  # fmt: skip
     round_back(be, (dweight, dbias), (dw32, db32))
     return AffineGrads(dx, dweight, dbias)
@@ -248,19 +266,7 @@ def batch_norm_forward(
         raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise TypeError(f"{op}: running_mean and running_var are required when training=False")
-
-    def scratch(sd):
-        if not training:
-            work = be.empty((1, 2), np.float64)
-        elif length > 1:
-            work = be.empty((n * c, 2), np.float64)
-        else:
-            work = be.empty((_bn_row_chunks(n), 5 * c), np.float64)
-        return work, be.empty((4, c + 8), sd)
-
-    return _statistics_forward(
-        BATCH_NORM_FWD, be, x, (n, c, length), a, training, eps, momentum, out, scratch, dict(axis=axis)
-    )
+    return _statistics_forward(BATCH_NORM_FWD, be, x, (n, c, length), a, training, eps, momentum, out, dict(axis=axis))
 
 
 @fill_doc(BATCH_NORM_BWD)
@@ -303,11 +309,8 @@ def batch_norm_backward(
         in float64, rounded once), None when absent; bitwise reproducible for a given thread count.
     """
 
-    def plan(be, ncl):
-        n, c, length = ncl
-        mode = V.flag("batch_norm_backward", "training", training)
-        shape = (n * c + c, 2) if length > 1 else (_bn_row_chunks(n) + 1, 2 * c)
-        return (c,), lambda sd: (be.empty(shape, np.float64), be.empty((4, c + 8), sd)), (mode,)
+    def plan(ncl):
+        return (ncl[1],), (V.flag("batch_norm_backward", "training", training),)
 
     arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
     return _channel_backward(BATCH_NORM_BWD, arrays, out, axis, plan)
@@ -372,10 +375,7 @@ def instance_norm_forward(
         )
     if not use_input_stats and (running_mean is None or running_var is None):
         raise TypeError(f"{op}: running_mean and running_var are required when use_input_stats=False")
-    return _statistics_forward(
-        INSTANCE_NORM_FWD, be, x, (n, c, length), a, use_input_stats, eps, momentum, out,
-        _slice_pairs(be, (n, c)), {},
-    )  # fmt: skip
+    return _statistics_forward(INSTANCE_NORM_FWD, be, x, (n, c, length), a, use_input_stats, eps, momentum, out, {})
 
 
 @fill_doc(INSTANCE_NORM_BWD)
@@ -411,8 +411,8 @@ def instance_norm_backward(
         ``(dx, dweight, dbias)`` (also ``InstanceNormBackward``).
     """
 
-    def plan(be, ncl):
-        return ncl[:2], _slice_pairs(be, ncl), (V.flag("instance_norm_backward", "use_input_stats", use_input_stats),)
+    def plan(ncl):
+        return ncl[:2], (V.flag("instance_norm_backward", "use_input_stats", use_input_stats),)
 
     arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
     return _channel_backward(INSTANCE_NORM_BWD, arrays, out, 1, plan)
@@ -515,8 +515,8 @@ def group_norm_backward(
         the spatial size is 0: 0 * rstd with rstd NaN; a sum over no elements is 0).
     """
 
-    def plan(be, ncl):
-        return (ncl[0], _num_groups("group_norm_backward", num_groups, ncl[1])), _slice_pairs(be, ncl), ()
+    def plan(ncl):
+        return (ncl[0], _num_groups("group_norm_backward", num_groups, ncl[1])), ()
 
     arrays = dict(dy=dy, x=x, mean=mean, rstd=rstd, weight=weight, bias=bias)
     return _channel_backward(GROUP_NORM_BWD, arrays, out, 1, plan)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
-
 from .. import _validation as V
 from .. import reference as R
 from .._dispatch import backend_of
 from .._doc import fill_doc
-from .._spec import STAT, Array, OpSpec, Out, args, like, ops, register
+from .._spec import STAT, Array, OpSpec, Out, Scratch, args, like, ops, register
 
 
 class LocalResponseNormForward(NamedTuple):
@@ -19,17 +17,26 @@ class LocalResponseNormForward(NamedTuple):
     scale: Array
 
 
+def _window_rows(d) -> tuple:
+    """Per-thread float64 rows for the kernels' block sums, of the length the kernel module's
+    ``lrn_scratch_len`` gives for the window (``size``) clamped to the ``c`` channels."""
+    lo, hi = min(d.size // 2, max(d.c - 1, 0)), min((d.size - 1) // 2, max(d.c - 1, 0))
+    return (d.threads, d.kernels.lrn_scratch_len(lo, hi))
+
+
+_SCRATCH = (Scratch("scratch", _window_rows),)
+
 LRN_FWD = register(OpSpec(
     "local_response_norm_forward",
     args("x :size=int :alpha=float :beta=float :k=float"),
     (Out("y", like("x")), Out("scale", like("x"), STAT)),
-    LocalResponseNormForward, "lrn", R.local_response_norm_forward,
+    LocalResponseNormForward, "lrn", R.local_response_norm_forward, scratch=_SCRATCH,
 ))  # fmt: skip
 LRN_BWD = register(OpSpec(
     "local_response_norm_backward",
     args("dy x y scale :size=int :alpha=float :beta=float :k=float"),
     (Out("dx", like("x")),),
-    None, "lrn", R.local_response_norm_backward,
+    None, "lrn", R.local_response_norm_backward, scratch=_SCRATCH,
 ))  # fmt: skip
 
 __all__ = [s.name for s in ops("lrn")]  # the public functions below, one per declaration
@@ -45,12 +52,6 @@ def _lrn_args(op: str, x, size, alpha, beta, k) -> tuple[tuple[int, int, int], i
     k = V.scalar(op, "k", k, low=0.0, low_open=True)
     n, c = x.shape[0], x.shape[1]
     return (n, c, math.prod(x.shape[2:])), size, alpha, beta, k
-
-
-def _lrn_scratch(be, c: int, size: int, n_threads: int):
-    """Per-thread float64 rows for the kernels' block sums (the window clamped to the channels)."""
-    lo, hi = min(size // 2, max(c - 1, 0)), min((size - 1) // 2, max(c - 1, 0))
-    return be.empty((n_threads, be.kernels.lrn_scratch_len(lo, hi)), np.float64)
 
 
 @fill_doc(LRN_FWD)
@@ -96,8 +97,8 @@ def local_response_norm_forward(
         return LocalResponseNormForward(y, scale)
     nt = be.threads(x.size)
     be.kernels.local_response_norm_forward(
-        x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), _lrn_scratch(be, ncl[1], size, nt),
-        size, alpha, beta, k, nt,
+        x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl),
+        *LRN_FWD.scratch_for(be, x.dtype, c=ncl[1], size=size, threads=nt), size, alpha, beta, k, nt,
     )  # fmt: skip
     return LocalResponseNormForward(y, scale)
 
@@ -149,6 +150,6 @@ def local_response_norm_backward(
     nt = be.threads(x.size)
     be.kernels.local_response_norm_backward(
         dy.reshape(ncl), x.reshape(ncl), y.reshape(ncl), scale.reshape(ncl), dx.reshape(ncl),
-        _lrn_scratch(be, ncl[1], size, nt), size, alpha, beta, nt,
+        *LRN_BWD.scratch_for(be, x.dtype, c=ncl[1], size=size, threads=nt), size, alpha, beta, nt,
     )  # fmt: skip
     return dx
