@@ -193,14 +193,18 @@ cdef extern from *:
         if (lt) { FN_BLOCKED_SUM(T, n, fn_exp_##SUF(t[i]) * (t[i] - x[i])) }                           \
         else { FN_BLOCKED_SUM(T, n, fn_xlogx_##SUF(t[i]) - t[i] * x[i]) } }                            \
     /* ---- generalized JSD (Liger's), x = log Q, y = log P; 0 log 0 = 0 ---- */                      \
-    FN_INL T fn_js_elem_##SUF(T x, T y, T b) {                                                  \
+    /* the element's loss, and c * dl/dx stored in *dxo (one exp/exp/log for both; a caller that drops *dxo \
+       leaves gcc nothing of it to compute) */                                                         \
+    FN_INL T fn_js_elem_dx_##SUF(T x, T y, T b, T c, T *dxo) {                                         \
         T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
         T m = b * p + ((T)1 - b) * q;                                                                  \
         T lm = fn_log_##SUF(m);                                                                        \
         T py = p == 0 ? (T)0 : p * y;                                                                  \
         T qx = q == 0 ? (T)0 : q * x;                                                                  \
         T ml = m == 0 ? (T)0 : m * lm;                                                                 \
+        *dxo = q == 0 ? (T)0 : c * (((T)1 - b) * q * (x - lm));                                        \
         return b * py + ((T)1 - b) * qx - ml; }                                                        \
+    FN_INL T fn_js_elem_##SUF(T x, T y, T b) { T dx; return fn_js_elem_dx_##SUF(x, y, b, (T)0, &dx); } \
     FN_INL T fn_js_dx_##SUF(T x, T y, T b) {                                                    \
         T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
         T lm = fn_log_##SUF(b * p + ((T)1 - b) * q);                                                   \
@@ -230,16 +234,7 @@ cdef extern from *:
             if (mode == 0) { FN_ROW_LOOP(dy, fn_fkl_elem_##SUF(x[i], y[i]) + fn_exp_##SUF(y[i])) }     \
             else if (mode == 1) { FN_ROW_LOOP(dy, -fn_exp_##SUF(x[i])) }                               \
             else { FN_ROW_LOOP(dy, fn_js_dy_##SUF(x[i], y[i], b)) } } }                                \
-    /* the general JSD's row sum with dx = c * dl/dx stored in the same loop (one exp/exp/log per element) */ \
-    FN_INL T fn_js_elem_dx_##SUF(T x, T y, T b, T c, T *dxo) {                                         \
-        T q = fn_exp_##SUF(x), p = fn_exp_##SUF(y);                                                    \
-        T m = b * p + ((T)1 - b) * q;                                                                  \
-        T lm = fn_log_##SUF(m);                                                                        \
-        T py = p == 0 ? (T)0 : p * y;                                                                  \
-        T qx = q == 0 ? (T)0 : q * x;                                                                  \
-        T ml = m == 0 ? (T)0 : m * lm;                                                                 \
-        *dxo = q == 0 ? (T)0 : c * (((T)1 - b) * q * (x - lm));                                        \
-        return b * py + ((T)1 - b) * qx - ml; }                                                        \
+    /* the general JSD's row sum with dx = c * dl/dx stored in the same loop */                       \
     FN_INL double fn_js_fused_##SUF(const T *x, const T *y, ptrdiff_t n, T b, T c, T *dx) {            \
         FN_BLOCKED_SUM(T, n, fn_js_elem_dx_##SUF(x[i], y[i], b, c, &dx[i])) }                          \
     /* ---- entropy: sum of entr(p * inv) ---- */                                                     \
