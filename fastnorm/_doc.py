@@ -15,6 +15,11 @@ from collections.abc import Callable
 
 FRAGMENTS = {
     "normalized_ndim": "normalized_ndim : int\n    How many trailing dims form a row (>= 1).",
+    "normalized_ndim_bwd": "normalized_ndim : int\n    As in the forward.",
+    "affine_bwd": (
+        "weight, bias : array of shape normalized_shape, optional\n"
+        "    The forward's parameters; ``bias`` only says whether dbias is wanted."
+    ),
     "residual_grads": (
         "dy : array, shape like h\n    Gradient of y.\n"
         "dh : array like h, or None\n    Gradient arriving on the residual stream h (None: none, as if zero)."

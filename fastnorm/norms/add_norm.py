@@ -138,10 +138,8 @@ def add_layer_norm_backward(
     h, mean, rstd : arrays
         Saved by the forward: h (*, *normalized_shape), mean and rstd h.shape[:-normalized_ndim] in the
         statistic dtype.
-    weight, bias : array of shape normalized_shape, optional
-        The forward's parameters; ``bias`` only says whether dbias is wanted.
-    normalized_ndim : int
-        As in the forward.
+    %(affine_bwd)s
+    %(normalized_ndim_bwd)s
     %(out)s
 
     Returns
@@ -220,8 +218,7 @@ def add_rms_norm_backward(
         Saved by the forward: h (*, *normalized_shape), rstd h.shape[:-normalized_ndim].
     weight : array of shape normalized_shape, optional
         The forward's scale.
-    normalized_ndim : int
-        As in the forward.
+    %(normalized_ndim_bwd)s
     %(out)s
 
     Returns

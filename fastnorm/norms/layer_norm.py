@@ -236,10 +236,8 @@ def layer_norm_backward(
         The gradient of y and the forward's input (same dtype).
     mean, rstd : array, shape x.shape[:-normalized_ndim]
         Saved by the forward (statistic dtype).
-    weight, bias : array of shape normalized_shape, optional
-        The forward's parameters; ``bias`` only says whether dbias is wanted.
-    normalized_ndim : int
-        As in the forward.
+    %(affine_bwd)s
+    %(normalized_ndim_bwd)s
     %(out)s
 
     Returns
@@ -312,8 +310,7 @@ def rms_norm_backward(
         Saved by the forward.
     weight : array of shape normalized_shape, optional
         The forward's scale.
-    normalized_ndim : int
-        As in the forward.
+    %(normalized_ndim_bwd)s
     %(out)s
 
     Returns
