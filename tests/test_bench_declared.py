@@ -9,11 +9,13 @@ from fastnorm.bench._core import all_cases
 
 
 def _smallest_declared_cases():
-    """One quick case per (registered op, dtype): the one that moves the fewest bytes."""
+    """One quick case per (registered op, dtype): the one that moves the fewest bytes (float16 cases have the
+    shapes and item size of the bfloat16 ones: left out)."""
     pick = {}
     for c in all_cases(quick=True):
-        if c.op in REGISTRY and ((c.op, c.dtype) not in pick or c.nbytes < pick[c.op, c.dtype].nbytes):
-            pick[c.op, c.dtype] = c
+        key = c.op, c.dtype
+        if c.op in REGISTRY and c.dtype != "float16" and (key not in pick or c.nbytes < pick[key].nbytes):
+            pick[key] = c
     return list(pick.values())
 
 
