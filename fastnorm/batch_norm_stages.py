@@ -35,7 +35,7 @@ from . import _dtypes
 from . import _validation as V
 from . import reference as R
 from ._dispatch import backend_of
-from ._spec import DATA, STAGES, STAT, OpSpec, Out, args, channels, exports, like, register
+from ._spec import DATA, STAGES, STAT, OpSpec, Out, Scratch, args, channels, exports, like, register
 from .norms._common import opt, round_back, stat_outputs, to_stat
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
@@ -61,10 +61,20 @@ class BatchNormBackwardReduce(NamedTuple):
     dbias: Array
 
 
-def _declare(name, arg_spec, outputs, result, primary="x") -> OpSpec:
+def _declare(name, arg_spec, outputs, result, primary="x", scratch=()) -> OpSpec:
     """A stage; the data stages take 16-bit x, ``batch_norm_gather_stats`` takes statistics (never 16-bit)."""
     return register(OpSpec(name, args(arg_spec), outputs, result, "batch_norm_stages", getattr(R, name),
-                           primary=primary, group=STAGES, half=primary == "x"))  # fmt: skip
+                           primary=primary, group=STAGES, half=primary == "x", scratch=scratch))  # fmt: skip
+
+
+def _row_work(per_row: int) -> Scratch:
+    """float64 scratch of the reduction kernels, from the (N, C, L) view and the thread count: (N*C, 2)
+    per-slice pairs for L > 1, else one partial row of ``per_row`` * C values per chunk of rows (as many
+    chunks as threads, at most N)."""
+    return Scratch("work", lambda d: (d.n * d.c, 2) if d.l > 1 else (max(1, min(d.threads, d.n)), per_row * d.c))
+
+
+_COEF = Scratch("coef", lambda d: (4, d.c), STAT)  # the elementwise stages' per-channel coefficients
 
 
 def _gathered(d) -> tuple:
@@ -73,7 +83,7 @@ def _gathered(d) -> tuple:
 
 
 STATS = _declare("batch_norm_stats", "x :axis=int", (Out("mean", channels, STAT), Out("m2", channels, STAT)),
-                 BatchNormStats)  # fmt: skip
+                 BatchNormStats, scratch=(_row_work(5),))  # fmt: skip
 GATHER = _declare(
     "batch_norm_gather_stats",
     "means m2s counts running_mean?! running_var?! :momentum=float :eps=float",
@@ -81,7 +91,9 @@ GATHER = _declare(
     BatchNormGatherStats,
     primary="means",
 )
-ELEMT = _declare("batch_norm_elemt", "x mean invstd weight? bias? :axis=int", (Out("y", like("x")),), None)
+ELEMT = _declare(
+    "batch_norm_elemt", "x mean invstd weight? bias? :axis=int", (Out("y", like("x")),), None, scratch=(_COEF,)
+)
 BACKWARD_REDUCE = _declare(
     "batch_norm_backward_reduce",
     "dy x mean invstd weight? :axis=int",
@@ -92,9 +104,10 @@ BACKWARD_REDUCE = _declare(
         Out("dbias", channels, ("weight", STAT)),
     ),
     BatchNormBackwardReduce,
+    scratch=(_row_work(2),),
 )
 BACKWARD_ELEMT = _declare("batch_norm_backward_elemt", "dy x mean invstd weight? sum_dy sum_dy_xmu :count=float "
-                          ":axis=int", (Out("dx", like("x")),), None)  # fmt: skip
+                          ":axis=int", (Out("dx", like("x")),), None, scratch=(_COEF,))  # fmt: skip
 
 __all__ = exports("batch_norm_stages", "BatchNormStats", "BatchNormGatherStats", "BatchNormBackwardReduce")
 
@@ -105,16 +118,6 @@ def _input(be, op: str, name: str, a, dtype=None):
     if dt is not None and dt in be.float_dtypes and dt not in _DTYPES:
         raise TypeError(f"{op}: {name} has dtype {dt.name}; expected one of float32, float64")
     return V.float_input(be, op, name, a, dtype, half=False)
-
-
-def _row_work(be, n: int, c: int, length: int, per_row: int):
-    """float64 scratch of the reduction kernels: (N*C, 2) per-slice pairs for L > 1, else one partial
-    row of ``per_row`` * C values per chunk of rows (as many chunks as CPU threads, or the CUDA backend's
-    partial rows). Returns (work, n_threads)."""
-    nt = be.threads(n * c * length)
-    if length > 1:
-        return be.empty((n * c, 2), np.float64), nt
-    return be.empty((max(1, min(nt, n)), per_row * c), np.float64), nt
 
 
 def _total_count(op: str, count) -> float:
@@ -166,7 +169,8 @@ def batch_norm_stats(x: Array, *, axis: int = 1, out: tuple | None = None) -> Ba
     x = V.float_input(be, op, "x", x)
     n, c, length = V.split_channels(op, x.shape, axis)
     mean, m2 = V.outputs(be, op, out, STATS.layout_for(be, dict(x=x), axis=axis), (x,))
-    work, nt = _row_work(be, n, c, length, 5)
+    nt = be.threads(n * c * length)
+    (work,) = STATS.scratch_for(be, x.dtype, n=n, c=c, l=length, threads=nt)
     be.kernels.batch_norm_stats(x.reshape(n, c, length), mean, m2, work, nt)
     return BatchNormStats(mean, m2, int(n * length))
 
@@ -331,7 +335,7 @@ def batch_norm_elemt(
         invstd,
         *(opt(be, p, sd) for p in to_stat(be, sd, weight, bias)),
         y.reshape(n, c, length),
-        be.empty((4, c), sd),
+        *ELEMT.scratch_for(be, x.dtype, c=c),
         be.threads(n * c * length),
     )
     return y
@@ -377,7 +381,8 @@ def batch_norm_backward_reduce(
     dy = V.required(be, op, "dy", dy, x.shape, x.dtype)
     specs = BACKWARD_REDUCE.layout_for(be, dict(x=x, weight=weight), axis=axis)
     sum_dy, sum_dy_xmu, dweight, dbias = V.outputs(be, op, out, specs, (dy, x, mean, invstd, weight))
-    work, nt = _row_work(be, n, c, length, 2)
+    nt = be.threads(n * c * length)
+    (work,) = BACKWARD_REDUCE.scratch_for(be, x.dtype, n=n, c=c, l=length, threads=nt)
     grads32 = stat_outputs(be, sd, dweight, dbias)
     be.kernels.batch_norm_backward_reduce(
         dy.reshape(n, c, length),
@@ -448,7 +453,7 @@ def batch_norm_backward_elemt(
         sum_dy,
         sum_dy_xmu,
         dx.reshape(n, c, length),
-        be.empty((4, c), sd),
+        *BACKWARD_ELEMT.scratch_for(be, x.dtype, c=c),
         total,
         be.threads(n * c * length),
     )

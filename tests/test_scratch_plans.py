@@ -15,10 +15,12 @@ from fastnorm.norms.channel_norm import _bn_row_chunks
 PLANNED = [s for s in REGISTRY.values() if s.scratch]
 
 
-def test_the_channel_and_lrn_ops_declare_their_scratch():
+def test_the_channel_lrn_and_stage_ops_declare_their_scratch():
     names = {s.name for s in PLANNED}
     assert names >= {f"{op}_{d}" for op in ("batch_norm", "instance_norm", "local_response_norm") for d in
                      ("forward", "backward")} | {"group_norm_backward"}  # fmt: skip
+    stages = ("stats", "elemt", "backward_reduce", "backward_elemt")
+    assert names >= {f"batch_norm_{s}" for s in stages}
 
 
 @pytest.mark.parametrize("spec", PLANNED, ids=lambda s: s.name)
@@ -84,6 +86,28 @@ def test_batch_norm_eval_needs_one_pair(monkeypatch):
     fastnorm.batch_norm_forward(x, running_mean=c * 0, running_var=c, training=False)
     assert calls[0]["work"].shape == (1, 2)
     assert _bn_row_chunks(2048) == 4  # the channels-last case above: 2048 rows in chunks of 512
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_stages_get_the_planned_scratch(monkeypatch, channels_last):
+    calls = {
+        op: _record(monkeypatch, f"batch_norm_{op}") for op in ("stats", "elemt", "backward_reduce", "backward_elemt")
+    }
+    x = _x((5, 4) if channels_last else (3, 4, 6), ml_dtypes.bfloat16)
+    axis = -1 if channels_last else 1
+    mean, m2, count = fastnorm.batch_norm_stats(x, axis=axis)
+    invstd = (1 / np.sqrt(m2 / count + 1e-5)).astype(np.float32)
+    fastnorm.batch_norm_elemt(x, mean, invstd, axis=axis)
+    r = fastnorm.batch_norm_backward_reduce(x, x, mean, invstd, axis=axis)
+    fastnorm.batch_norm_backward_elemt(x, x, mean, invstd, None, r.sum_dy, r.sum_dy_xmu, count=count, axis=axis)
+    for op, per_row in (("stats", 5), ("backward_reduce", 2)):
+        args = calls[op][0]
+        want = (min(args["n_threads"], 5), per_row * 4) if channels_last else (12, 2)
+        assert args["work"].shape == want
+        assert args["work"].dtype == np.float64
+    for op in ("elemt", "backward_elemt"):
+        assert calls[op][0]["coef"].shape == (4, 4)
+        assert calls[op][0]["coef"].dtype == np.float32  # the statistic dtype of bfloat16 data
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 9])
