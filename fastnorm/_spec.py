@@ -105,7 +105,7 @@ class Scratch:
     """A scratch array the op's kernel takes, named as the kernel's parameter. ``shape`` is a function of the
     ``Dims`` the public function passes to ``OpSpec.scratch_for`` (the op's canonical sizes and modes, the
     thread count) and ``kernels`` (the backend's kernel namespace: the plan functions the kernel modules
-    export); ``dtype`` a dtype name or ``STAT`` (the statistic dtype of the data)."""
+    export); ``dtype`` a dtype name, ``DATA`` (the data's dtype) or ``STAT`` (its statistic dtype)."""
 
     name: str
     shape: Callable[[Dims], tuple]
@@ -277,8 +277,11 @@ class OpSpec:
         """The kernel's scratch arrays for data of ``dtype`` on backend ``be``, from the declared plan: each
         shape rule reads ``dims`` (the op's canonical sizes and modes, ``threads``) and ``kernels``."""
         d = Dims(dims, kernels=be.kernels)
-        sd = be.stat_dtype(dtype)
-        return [be.empty(tuple(s.shape(d)), sd if s.dtype == STAT else np.dtype(s.dtype)) for s in self.scratch]
+        dtypes = {DATA: dtype, STAT: be.stat_dtype(dtype)}
+        return [
+            be.empty(tuple(s.shape(d)), dtypes[s.dtype] if s.dtype in dtypes else np.dtype(s.dtype))
+            for s in self.scratch
+        ]
 
     def outputs_for(self, be, out, arrays: dict, **attrs) -> list:
         """The outputs of a call: ``out=`` buffers checked against the declaration, or new ones allocated.

@@ -18,7 +18,7 @@ from . import _validation as V
 from . import reference as R
 from ._backend import host
 from ._dispatch import backend_of
-from ._spec import DATA, TRANSPORT, OpSpec, Out, args, exports, like, register, rows_of
+from ._spec import DATA, TRANSPORT, OpSpec, Out, Scratch, args, exports, like, register, rows_of
 
 Array = Any  # numpy.ndarray on the CPU; any object with __cuda_array_interface__ on the GPU
 
@@ -39,9 +39,10 @@ class SinkhornResult(NamedTuple):
     err: Array
 
 
-def _declare(name, arg_spec, outputs, result, primary, torch_op, bytes_moved=None) -> OpSpec:
+def _declare(name, arg_spec, outputs, result, primary, torch_op, bytes_moved=None, scratch=()) -> OpSpec:
     return register(OpSpec(name, args(arg_spec), outputs, result, "transport", getattr(R, name), primary=primary,
-                           bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op, half=False))  # fmt: skip
+                           bytes_moved=bytes_moved, group=TRANSPORT, torch_op=torch_op, half=False,
+                           scratch=scratch))  # fmt: skip
 
 
 def _problems(d) -> tuple:
@@ -82,6 +83,9 @@ SINKHORN = _declare(
     "cost",
     "sinkhorn",  # returns (value, plan)
     _sinkhorn_bytes,
+    # the cost matrices transposed (the v-updates read them by rows) and per-problem float64 work rows
+    # (u, v, their log-domain updates and the column sums), from the (rows, n, m) view
+    (Scratch("cost_t", lambda d: (d.rows, d.m, d.n), DATA), Scratch("work", lambda d: (d.rows, 4 * d.n + 3 * d.m))),
 )
 SINKHORN_BWD = _declare("sinkhorn_backward", "grad a b cost plan :reg=float :objective=str",
                         (Out("out", like("cost")),), None, "cost", None)  # fmt: skip
@@ -411,16 +415,17 @@ def sinkhorn(
     value, plan, n_iter, err = V.outputs(be, op, out, specs, (a2, b2, cost))
     rows = math.prod(lead)
     if rows > 0:
+        cost_t, work = SINKHORN.scratch_for(be, cost.dtype, rows=rows, n=n, m=m)
         be.kernels.sinkhorn(
             cost.reshape(rows, n, m),
             a2,
             b2,
-            be.empty((rows, m, n), cost.dtype),
+            cost_t,
             value.reshape(rows),
             plan.reshape(rows, n, m) if return_plan else be.empty((0, 0, 0), cost.dtype),
             n_iter.reshape(rows),
             err.reshape(rows),
-            be.empty((rows, 4 * n + 3 * m), np.float64),
+            work,
             reg,
             max_iter,
             tol,

@@ -20,15 +20,14 @@ def test_the_channel_lrn_and_stage_ops_declare_their_scratch():
     assert names >= {f"{op}_{d}" for op in ("batch_norm", "instance_norm", "local_response_norm") for d in
                      ("forward", "backward")} | {"group_norm_backward"}  # fmt: skip
     stages = ("stats", "elemt", "backward_reduce", "backward_elemt")
-    assert names >= {f"batch_norm_{s}" for s in stages}
+    assert names >= {f"batch_norm_{s}" for s in stages} | {"sinkhorn"}
 
 
 @pytest.mark.parametrize("spec", PLANNED, ids=lambda s: s.name)
 def test_declared_scratch_is_the_kernels_scratch_parameters_in_order(spec):
     params = list(inspect.signature(getattr(K, spec.name)).parameters)
     names = [s.name for s in spec.scratch]
-    i = params.index(names[0])
-    assert params[i : i + len(names)] == names
+    assert [p for p in params if p in names] == names
 
 
 def _record(monkeypatch, op):
@@ -121,6 +120,15 @@ def test_lrn_kernels_get_the_planned_scratch(monkeypatch, size):
         s = calls[0]["scratch"]
         assert s.dtype == np.float64
         assert s.shape == (calls[0]["n_threads"], K.lrn_scratch_len(lo, hi))
+
+
+def test_sinkhorn_gets_the_planned_scratch(monkeypatch):
+    calls = _record(monkeypatch, "sinkhorn")
+    a, b = np.full((2, 3), 1 / 3, np.float32), np.full((2, 5), 0.2, np.float32)
+    fastnorm.sinkhorn(a, b, np.random.default_rng(0).random((2, 3, 5)).astype(np.float32), 0.5, max_iter=3)
+    args = calls[0]
+    assert (args["cost_t"].shape, args["cost_t"].dtype) == ((2, 5, 3), np.float32)  # (rows, m, n) of the cost's dtype
+    assert (args["work"].shape, args["work"].dtype) == ((2, 4 * 3 + 3 * 5), np.float64)
 
 
 def test_the_public_functions_read_the_declaration(monkeypatch):
