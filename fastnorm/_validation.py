@@ -190,7 +190,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         if spec is None:
             raise ValueError(f"{op}: out has a buffer in a slot with no output (an absent parameter's gradient)")
         name, shape, dtype = spec
-        _check_out(be, op, name, buf, shape, dtype)
+        s = _check_out(be, op, name, buf, shape, dtype)
         if span is None:
             for other_name, other, _ in given:
                 if be.may_share_memory(buf, other):
@@ -201,7 +201,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
             given.append((name, buf, None))
             continue
         # each array's byte span is read once; an empty span overlaps nothing
-        lo, hi = s = span(buf)
+        lo, hi = s
         if lo < hi:
             for other_name, _, (olo, ohi) in given:
                 if lo < ohi and olo < hi and olo < ohi:
@@ -223,8 +223,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
     return result
 
 
-def _check_out(be, op: str, name: str, buf, shape: tuple, dtype) -> None:
-    """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``."""
+def _check_out(be, op: str, name: str, buf, shape: tuple, dtype):
+    """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``. Returns its byte span
+    (``be.out_layout``'s; None on a backend without ``span``)."""
     if not be.is_own_output(buf):
         raise TypeError(
             f"{op}: out buffer for {name} must be a {be.array_type} "
@@ -237,10 +238,12 @@ def _check_out(be, op: str, name: str, buf, shape: tuple, dtype) -> None:
         raise ValueError(f"{op}: out buffer for {name} {problem}")
     if dtype_of(buf) != np.dtype(dtype):
         raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
-    if not be.is_contiguous(buf):
+    contiguous, writeable, span = be.out_layout(buf)
+    if not contiguous:
         raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
-    if not be.is_writeable(buf):
+    if not writeable:
         raise ValueError(f"{op}: out buffer for {name} is read-only")
+    return span
 
 
 def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):

@@ -96,6 +96,11 @@ class CpuBackend:
     def is_writeable(a):
         return a.flags.writeable
 
+    @staticmethod
+    def out_layout(a) -> tuple:
+        flags = a.flags
+        return flags.c_contiguous, flags.writeable, None
+
     span = None  # no byte-span primitive: one NumPy C call per pair (may_share_memory) is cheaper
 
     @staticmethod

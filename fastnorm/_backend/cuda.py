@@ -35,6 +35,18 @@ except ImportError as e:  # re-raised by fastnorm._backend.cuda_backend as a cle
     raise ImportError(f"numba with CUDA support is not installed ({e})") from e
 
 
+if not os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray as _DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer as _MemoryPointer
+else:
+    _DeviceNDArray = _MemoryPointer = None
+_NEW = object.__new__
+_WRITEABLE_KINDS = frozenset(("torch", "cupy", "numba"))  # arrays whose library has no read-only flag
+# the fields Numba's constructor sets on a device array (numba-cuda 0.2x-0.3x); a version that sets others
+# builds every array with its constructor
+_ARRAY_FIELDS = frozenset(("ndim", "_dummy", "shape", "strides", "dtype", "size", "alloc_size", "gpu_data", "stream"))
+
+
 class DevicePool:
     """Reuses device buffers, so that steady-state calls (a training step's outputs and the column
     reductions' scratch) allocate nothing: ``cuMemAlloc`` costs host time and Numba's batched
@@ -53,8 +65,6 @@ class DevicePool:
         self._lock = threading.Lock()
 
     def alloc(self, nbytes: int, stream_key: int):
-        from numba.cuda.cudadrv import driver
-
         key = (nbytes, stream_key)
         blk = None
         with self._lock:
@@ -69,23 +79,30 @@ class DevicePool:
             except Exception:  # out of memory: give the cached blocks back and retry once
                 self.release()
                 blk = ctx.memalloc(nbytes)
-        return driver.MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=self._finalizer(blk, key))
-
-    def _finalizer(self, blk, key):
-        def give_back():
-            with self._lock:
-                if self.cached + key[0] <= self.limit:
-                    self._free.setdefault(key, []).append(blk)
-                    self.cached += key[0]
-            # else blk is dropped here and Numba frees it
-
-        return give_back
+        return _MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=_GiveBack(self, blk, key))
 
     def release(self) -> None:
         """Drop every cached block (Numba frees them)."""
         with self._lock:
             self._free.clear()
             self.cached = 0
+
+
+class _GiveBack:
+    """The finalizer of a pool block's pointer: the block back to the pool's free list (dropped, so that
+    Numba frees it, when the pool is full)."""
+
+    __slots__ = ("pool", "blk", "key")
+
+    def __init__(self, pool: DevicePool, blk, key: tuple):
+        self.pool, self.blk, self.key = pool, blk, key
+
+    def __call__(self) -> None:
+        pool, nbytes = self.pool, self.key[0]
+        with pool._lock:
+            if pool.cached + nbytes <= pool.limit:
+                pool._free.setdefault(self.key, []).append(self.blk)
+                pool.cached += nbytes
 
 
 class CudaBackend:
@@ -109,6 +126,7 @@ class CudaBackend:
         self._a = _arrays
         self._tls = threading.local()
         self._empty_torch: dict = {}
+        self._layouts: dict = {}  # (shape, dtype) -> (size, nbytes, a Numba array's fields): see _pool_empty
         self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
@@ -186,7 +204,23 @@ class CudaBackend:
 
     def _pool_empty(self, shape, dtype):
         """A Numba device array from the pool (the allocator of Numba inputs)."""
-        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
+        key = (shape if type(shape) is tuple else tuple(shape), dtype)
+        layout = self._layouts.get(key)
+        if layout is None:
+            return self._pool_empty_first(key)
+        size, nbytes, fields = layout
+        if self.pool is None:
+            return cuda.device_array(key[0], dtype=key[1])
+        # a Numba array of a layout seen before: its fields copied, only the memory is new (Numba's
+        # constructor re-derives the same layout at every call: about half of an allocation's host time)
+        a = _NEW(_DeviceNDArray)
+        a.__dict__.update(fields)
+        a.gpu_data = self.pool.alloc(nbytes, self._c.current_stream_ptr())
+        return a
+
+    def _pool_empty_first(self, key):
+        """``_pool_empty`` for a layout not seen yet: Numba's constructor, and the layout remembered."""
+        shape, dtype = tuple(map(int, key[0])), np.dtype(key[1])
         size = 1
         for n in shape:
             size *= n
@@ -194,14 +228,19 @@ class CudaBackend:
             return self._c.empty_device(shape, dtype)
         if self.pool is None:
             return cuda.device_array(shape, dtype=dtype)
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
         strides, step = [], dtype.itemsize
         for n in reversed(shape):
             strides.append(step)
             step *= n
-        mem = self.pool.alloc(size * dtype.itemsize, self._c.current_stream_ptr())
-        return DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
+        nbytes = size * dtype.itemsize
+        mem = self.pool.alloc(nbytes, self._c.current_stream_ptr())
+        a = _DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
+        fields = {k: v for k, v in vars(a).items() if k != "gpu_data"}
+        if set(vars(a)) <= _ARRAY_FIELDS and a.stream == 0:  # (another Numba's arrays: always its constructor)
+            if len(self._layouts) >= 1024:
+                self._layouts.clear()
+            self._layouts[key] = (size, nbytes, fields)
+        return a
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)
@@ -222,7 +261,10 @@ class CudaBackend:
         float32, float64; into float16 one rounding to nearest even, into bfloat16 through float32 (as
         ml_dtypes), NaN kept. Meant for small arrays (parameters of 16-bit ops entering the kernels)."""
         dtype = np.dtype(dtype)
-        src = self.asarray(a)
+        if type(a) is self._a.DevArray and a.strides is None and not self._c.SIM:  # (validated already)
+            self._tls.like = src = a
+        else:
+            src = self.asarray(a)
         if src.dtype == dtype:
             return a
         out = self.empty(tuple(src.shape), dtype)
@@ -270,6 +312,18 @@ class CudaBackend:
             k = _KINDS.get(type(a)) or self._a.array_kind(a)
             return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
+
+    def out_layout(self, a) -> tuple:
+        """``(C-contiguous, writeable, span)`` of an ``out=`` buffer, from one adapter read."""
+        if self._c.SIM:
+            return self.is_contiguous(a), self.is_writeable(a), self.span(a)
+        d = self._a.adapt(a)
+        if d.strides is None:
+            lo = d.ptr
+            span = (lo, lo + d.size * d.dtype.itemsize)
+        else:
+            span = self._a.span(d)
+        return d.strides is None, d.kind in _WRITEABLE_KINDS or not d.readonly, span
 
     def span(self, a) -> tuple[int, int]:
         """[lo, hi) byte addresses of ``a`` (empty for a zero-size array): integers to compare for overlap."""
