@@ -28,6 +28,7 @@ from numba import cuda
 
 from ..._backend import _KINDS, array_kind
 from ..._dtypes import BFLOAT16 as _BF16
+from . import _gather
 from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
 from ._optim_kernels import (
     _HALF_ROWS,
@@ -147,7 +148,7 @@ _NO_PT = None
 
 
 class _DevTable:
-    """A device copy of a host table (int64 or float64, 1-D) and the host values it holds."""
+    """A device copy of a host table (int64 or float64, 1-D) and the host values it holds (as bytes)."""
 
     __slots__ = ("arr", "ptr", "mirror")
 
@@ -202,14 +203,15 @@ def _upload(kind: str, buf: np.ndarray, stream: int) -> int:
     lst = _dev_tables.get(key)
     if lst is None:
         lst = _dev_tables[key] = []
+    values = buf.tobytes()  # (compared as bytes: one memcmp per cached table)
     for i, e in enumerate(lst):
-        if np.array_equal(e.mirror, buf):
+        if e.mirror == values:
             if i:
                 lst.insert(0, lst.pop(i))
             return e.ptr
     e = lst.pop() if len(lst) >= TABLES_PER_KEY else _DevTable(buf.size, buf.dtype)
     _stage_copy(buf, e.ptr, stream)
-    e.mirror = buf.copy()
+    e.mirror = values
     lst.insert(0, e)
     return e.ptr
 
@@ -285,10 +287,17 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
     sizes = np.diff(offsets)
     if (sizes < 0).any():
         raise ValueError("optimizer kernel: offsets must not decrease")
-    for r in range(n_rows):
-        if (used >> r) & 1 and ((tensors[r] == 0) & (sizes > 0)).any():
-            t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
-            raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
+    rows = _USED_ROWS.get((used, n_rows))
+    if rows is None:
+        rows = _USED_ROWS[(used, n_rows)] = [r for r in range(n_rows) if (used >> r) & 1]
+    if ((tensors[rows] == 0) & (sizes > 0)).any():  # (one pass over the used rows; the first culprit below)
+        for r in rows:
+            if ((tensors[r] == 0) & (sizes > 0)).any():
+                t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
+                raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
+
+
+_USED_ROWS: dict = {}  # (used-rows bit mask, row count) -> the indices of the used rows
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -528,13 +537,21 @@ def gather_like(
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, stat)
     strong = (*params, avoid_lo, avoid_hi)
-    hit = _cached_list(key, strong, arrays)
+    lkey = (tuple(map(id, params)), writeable, allow_none, stat)
+    # the same objects as a list seen before, or the layout seen before at new addresses (gradients that
+    # moved; asked first while they keep moving)
+    moving = _gather.moving(lkey)
+    hit = _gather.addresses(lkey, strong, arrays, avoid_lo, avoid_hi) if moving else None
+    if hit is None:
+        key = ("like", tuple(map(id, arrays)), *lkey)
+        hit = _cached_list(key, strong, arrays)
+        if hit is None and not moving:
+            hit = _gather.addresses(lkey, strong, arrays, avoid_lo, avoid_hi, moved=True)
     if hit is not None:
         ptrs[:n] = hit
         return -1
-    out = []
+    out, metas = [], []
     los = avoid_lo.tolist() if avoid_lo.size else ()
     his = avoid_hi.tolist() if avoid_hi.size else ()
     refs = _metas(params)
@@ -550,6 +567,7 @@ def gather_like(
         meta = _meta(a)
         if meta is None or ref is None:
             return i
+        metas.append(meta)
         lo, nbytes, item, shape, contig, wr, dcode = meta
         want = ref[6]
         if want >= 2 and (stat or (half_grad and dcode == 0)):
@@ -565,4 +583,6 @@ def gather_like(
     if out:
         ptrs[:n] = out
     _remember_list(key, strong, arrays, ptrs[:n].copy())
+    if len(metas) == n:
+        _gather.remember(lkey, strong, arrays, metas)
     return -1
