@@ -82,7 +82,8 @@ def param(be, op: str, name: str, a, shape: tuple, dtype):
     if a is None:
         return None
     a = float_input(be, op, name, a, dtype)
-    check_shape(op, name, a, shape)
+    if a.shape != shape:
+        check_shape(op, name, a, shape)
     return a
 
 
@@ -226,19 +227,22 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
 def _check_out(be, op: str, name: str, buf, shape: tuple, dtype):
     """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``. Returns its byte span
     (``be.out_layout``'s; None on a backend without ``span``)."""
-    if not be.is_own_output(buf):
+    lay = be.out_layout(buf)
+    if lay is None:
         raise TypeError(
             f"{op}: out buffer for {name} must be a {be.array_type} "
             f"(the inputs are on {be.name}), got {type(buf).__name__}"
         )
-    if tuple(buf.shape) != tuple(shape):
-        raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-    problem = _memory_problem(buf)
-    if problem is not None:
-        raise ValueError(f"{op}: out buffer for {name} {problem}")
-    if dtype_of(buf) != np.dtype(dtype):
+    got, contiguous, writeable, span = lay
+    if got != shape and got != tuple(shape):
+        raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {got}")
+    if be.on_host:
+        problem = _memory_problem(buf)
+        if problem is not None:
+            raise ValueError(f"{op}: out buffer for {name} {problem}")
+    got = dtype_of(buf)
+    if got != dtype and got != np.dtype(dtype):
         raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
-    contiguous, writeable, span = be.out_layout(buf)
     if not contiguous:
         raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
     if not writeable:

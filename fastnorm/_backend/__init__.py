@@ -97,9 +97,10 @@ class Backend(Protocol):
     def is_writeable(self, a) -> bool:
         """Whether ``a`` may be written."""
 
-    def out_layout(self, a) -> tuple[bool, bool, Any]:
-        """``(C-contiguous, writeable, span)`` of an ``out=`` buffer (an array of this backend) read at once;
-        span as ``span(a)``, None where the backend has no ``span``."""
+    def out_layout(self, a) -> tuple[tuple, bool, bool, Any] | None:
+        """``(shape, C-contiguous, writeable, span)`` of an ``out=`` buffer read at once (shape a tuple, span
+        as ``span(a)``, None where the backend has no ``span``); None if ``a`` is not an array of this backend
+        (``is_own_output``)."""
 
     span: Any
     """``span(a)``: the ``[lo, hi)`` byte addresses of array ``a`` (an empty range for a zero-size array), so that a

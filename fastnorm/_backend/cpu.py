@@ -97,9 +97,11 @@ class CpuBackend:
         return a.flags.writeable
 
     @staticmethod
-    def out_layout(a) -> tuple:
+    def out_layout(a):
+        if not isinstance(a, np.ndarray):
+            return None
         flags = a.flags
-        return flags.c_contiguous, flags.writeable, None
+        return a.shape, flags.c_contiguous, flags.writeable, None
 
     span = None  # no byte-span primitive: one NumPy C call per pair (may_share_memory) is cheaper
 

@@ -35,7 +35,7 @@ except ImportError as e:  # re-raised by fastnorm._backend.cuda_backend as a cle
     raise ImportError(f"numba with CUDA support is not installed ({e})") from e
 
 
-if not os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
     from numba.cuda.cudadrv.devicearray import DeviceNDArray as _DeviceNDArray
     from numba.cuda.cudadrv.driver import MemoryPointer as _MemoryPointer
 else:
@@ -126,7 +126,8 @@ class CudaBackend:
         self._a = _arrays
         self._tls = threading.local()
         self._empty_torch: dict = {}
-        self._layouts: dict = {}  # (shape, dtype) -> (size, nbytes, a Numba array's fields): see _pool_empty
+        # (shape, dtype) -> (size, nbytes, a Numba array's fields; for size 0 the cached empty array): _pool_empty
+        self._layouts: dict = {}
         self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
@@ -135,6 +136,8 @@ class CudaBackend:
         else:
             self.max_partials = 8
             self.work_per_partial = 1
+        if not _common.SIM:
+            self.span = _arrays.span_of  # (the method below is the simulator's; this one skips a call)
 
     @functools.cached_property
     def kernels(self):
@@ -209,6 +212,8 @@ class CudaBackend:
         if layout is None:
             return self._pool_empty_first(key)
         size, nbytes, fields = layout
+        if not size:
+            return fields  # (a zero-size array: the cached one)
         if self.pool is None:
             return cuda.device_array(key[0], dtype=key[1])
         # a Numba array of a layout seen before: its fields copied, only the memory is new (Numba's
@@ -224,8 +229,11 @@ class CudaBackend:
         size = 1
         for n in shape:
             size *= n
+        if len(self._layouts) >= 1024:
+            self._layouts.clear()
         if size == 0:
-            return self._c.empty_device(shape, dtype)
+            a = self._layouts[key] = (0, 0, self._c.empty_device(shape, dtype))
+            return a[2]
         if self.pool is None:
             return cuda.device_array(shape, dtype=dtype)
         strides, step = [], dtype.itemsize
@@ -237,8 +245,6 @@ class CudaBackend:
         a = _DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
         fields = {k: v for k, v in vars(a).items() if k != "gpu_data"}
         if set(vars(a)) <= _ARRAY_FIELDS and a.stream == 0:  # (another Numba's arrays: always its constructor)
-            if len(self._layouts) >= 1024:
-                self._layouts.clear()
             self._layouts[key] = (size, nbytes, fields)
         return a
 
@@ -313,17 +319,20 @@ class CudaBackend:
             return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
 
-    def out_layout(self, a) -> tuple:
-        """``(C-contiguous, writeable, span)`` of an ``out=`` buffer, from one adapter read."""
+    def out_layout(self, a):
+        """``(shape, C-contiguous, writeable, span)`` of an ``out=`` buffer from one adapter read; None for an
+        array that is not on CUDA."""
+        if not _on_cuda(a):
+            return None
         if self._c.SIM:
-            return self.is_contiguous(a), self.is_writeable(a), self.span(a)
+            return tuple(a.shape), self.is_contiguous(a), self.is_writeable(a), self.span(a)
         d = self._a.adapt(a)
         if d.strides is None:
             lo = d.ptr
             span = (lo, lo + d.size * d.dtype.itemsize)
         else:
             span = self._a.span(d)
-        return d.strides is None, d.kind in _WRITEABLE_KINDS or not d.readonly, span
+        return d.shape, d.strides is None, d.kind in _WRITEABLE_KINDS or not d.readonly, span
 
     def span(self, a) -> tuple[int, int]:
         """[lo, hi) byte addresses of ``a`` (empty for a zero-size array): integers to compare for overlap."""

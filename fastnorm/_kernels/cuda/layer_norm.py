@@ -214,15 +214,22 @@ def _ad(a):
     if a is None:
         return None
     d = adapt(a)
-    return d if d.size > 0 else None
+    return None if 0 in d.shape else d
 
 
 def _adp(a, dt):
     """An adapted weight/bias in ``param_dtype(dt)`` (converted on the device if needed), or None."""
-    d = _ad(a)
-    if d is not None and d.dtype != param_dtype(dt):
-        d = adapt(_backend().astype(d, param_dtype(dt)))
+    if a is None:
+        return None
+    d = adapt(a)
+    if 0 in d.shape:
+        return None
+    if d.dtype != _PDT[dt]:
+        d = adapt(_backend().astype(d, _PDT[dt]))
     return d
+
+
+_PDT = {np.dtype(t): param_dtype(t) for t in ACC}  # data dtype -> weight/bias dtype in the kernels
 
 
 def _p(d) -> int:
@@ -306,12 +313,16 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     m, n = X.shape
     if m == 0:
         return _done()
-    W, B, Y, MU, RS = _adp(w, X.dtype), _adp(b, X.dtype), adapt(y), _ad(mean), adapt(rstd)
-    aligned = not ((X.ptr | _p(W) | _p(B) | Y.ptr) & (ALIGN - 1))
-    plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
+    W, B, Y, RS = _adp(w, X.dtype), _adp(b, X.dtype), adapt(y), adapt(rstd)
+    pw = 0 if W is None else W.ptr
+    pb = 0 if B is None else B.ptr
+    aligned = not ((X.ptr | pw | pb | Y.ptr) & (ALIGN - 1))
+    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned))
+    if plan is None:
+        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
     stream = caller_stream(X.kind, X.device)
     input_streams((X, W, B), X.kind, stream)
-    plan.launch(stream, (X.ptr, _p(W), _p(B), Y.ptr, _p(MU), RS.ptr), (eps,))
+    plan.launch(stream, (X.ptr, pw, pb, Y.ptr, 0 if mean is None else _p(_ad(mean)), RS.ptr), (eps,))
     _done()
 
 
