@@ -102,6 +102,12 @@ class Backend(Protocol):
         as ``span(a)``, None where the backend has no ``span``); None if ``a`` is not an array of this backend
         (``is_own_output``)."""
 
+    row_calls: Any
+    """None, or a module whose ``forward(be, spec, arrays, eps, normalized_ndim, out)`` /
+    ``backward(be, spec, arrays, normalized_ndim, out)`` run a LayerNorm/RMSNorm call of the usual form
+    checked on the backend's own array records, and return its result (None: the call takes the general
+    path, which also gives every error)."""
+
     span: Any
     """``span(a)``: the ``[lo, hi)`` byte addresses of array ``a`` (an empty range for a zero-size array), so that a
     call compares each array's span once in integer arithmetic; None where ``may_share_memory`` on each pair

@@ -103,6 +103,8 @@ class CpuBackend:
         flags = a.flags
         return a.shape, flags.c_contiguous, flags.writeable, None
 
+    row_calls = None  # no shortcut for the row ops' usual calls
+
     span = None  # no byte-span primitive: one NumPy C call per pair (may_share_memory) is cheaper
 
     @staticmethod

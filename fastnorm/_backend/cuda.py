@@ -136,8 +136,12 @@ class CudaBackend:
         else:
             self.max_partials = 8
             self.work_per_partial = 1
+        self.row_calls = None
         if not _common.SIM:
             self.span = _arrays.span_of  # (the method below is the simulator's; this one skips a call)
+            from .._kernels.cuda import _row_calls
+
+            self.row_calls = _row_calls
 
     @functools.cached_property
     def kernels(self):
