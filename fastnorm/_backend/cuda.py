@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import threading
+from functools import partial
 
 import numpy as np
 
@@ -79,30 +80,22 @@ class DevicePool:
             except Exception:  # out of memory: give the cached blocks back and retry once
                 self.release()
                 blk = ctx.memalloc(nbytes)
-        return _MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=_GiveBack(self, blk, key))
+        return _MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=partial(self._give_back, blk, key))
+
+    def _give_back(self, blk, key: tuple) -> None:
+        """The finalizer of a block's pointer: the block back to the free list (dropped, so that Numba
+        frees it, when the pool is full)."""
+        nbytes = key[0]
+        with self._lock:
+            if self.cached + nbytes <= self.limit:
+                self._free.setdefault(key, []).append(blk)
+                self.cached += nbytes
 
     def release(self) -> None:
         """Drop every cached block (Numba frees them)."""
         with self._lock:
             self._free.clear()
             self.cached = 0
-
-
-class _GiveBack:
-    """The finalizer of a pool block's pointer: the block back to the pool's free list (dropped, so that
-    Numba frees it, when the pool is full)."""
-
-    __slots__ = ("pool", "blk", "key")
-
-    def __init__(self, pool: DevicePool, blk, key: tuple):
-        self.pool, self.blk, self.key = pool, blk, key
-
-    def __call__(self) -> None:
-        pool, nbytes = self.pool, self.key[0]
-        with pool._lock:
-            if pool.cached + nbytes <= pool.limit:
-                pool._free.setdefault(self.key, []).append(self.blk)
-                pool.cached += nbytes
 
 
 class CudaBackend:
@@ -193,7 +186,9 @@ class CudaBackend:
         if kind == "torch":
             torch = sys.modules["torch"]
             dev = like.owner.device
-            tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
+            tdt = self._a._TORCH_OF_NP.get(dtype)
+            if tdt is None:
+                tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
             if 0 in shape:  # absent arguments and empty outputs: one cached empty tensor per kind
                 key = (tuple(shape), tdt, dev)
                 t = self._empty_torch.get(key)

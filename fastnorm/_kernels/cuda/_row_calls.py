@@ -17,9 +17,11 @@ kind, shape and dtype, ``normalized_ndim``, which outputs were given) and kept.
 from __future__ import annotations
 
 from itertools import repeat
+from math import prod
 from operator import is_
 
 from . import layer_norm as L
+from ._arrays import _KINDS as _KIND_OF
 from ._arrays import adapt
 from ._common import ACC, BF16, F16, F32, F64
 
@@ -37,29 +39,34 @@ def _ok(d, shape, dtype) -> bool:
 
 
 def _layout(be, spec, named: dict, k: int, X):
-    """The declared output specs of a call whose inputs passed ``_ok`` (so their shapes and dtypes follow
-    from x's and from which optional ones are given)."""
+    """(the declared output specs, whether every gradient is in the statistic dtype) of a call whose inputs
+    passed ``_ok`` (so their shapes and dtypes follow from x's and from which optional ones are given)."""
     key = (spec.name, k, X.shape, X.dtype, *map(is_, named.values(), repeat(None)))
-    specs = _layouts.get(key)
-    if specs is None:
+    hit = _layouts.get(key)
+    if hit is None:
         if len(_layouts) >= 1024:
             _layouts.clear()
-        specs = _layouts[key] = tuple(spec.layout_for(be, named, normalized_ndim=k))
-    return specs
+        specs = tuple(spec.layout_for(be, named, normalized_ndim=k))
+        sd = _STAT[X.dtype]
+        hit = _layouts[key] = (specs, all(s is None or s[2] == sd for s in specs[1:]))
+    return hit
 
 
-def _outputs(be, specs, out, inputs, like) -> list | None:
-    """The outputs: ``out=`` buffers that match their specs and overlap nothing (None otherwise: the general
-    path says why), the others allocated like the general path (the allocator of ``like``'s library)."""
+def _outputs(be, specs, out, inputs, like):
+    """(outputs, their addresses): ``out=`` buffers that match their specs and overlap nothing (None
+    otherwise: the general path says why), the others allocated like the general path (the allocator of
+    ``like``'s library)."""
     if out is None:
         be._tls.like = like
-        return [None if s is None else be.empty(s[1], s[2]) for s in specs]
+        res = [None if s is None else be.empty(s[1], s[2]) for s in specs]
+        return res, [None if a is None else _ptr(a) for a in res]
     if len(out) != len(specs):
         return None
-    res, spans = [], []
+    res, ptrs, spans = [], [], []
     for s, buf in zip(specs, out):
         if buf is None:
             res.append(None)
+            ptrs.append(None)
             continue
         if s is None:
             return None
@@ -67,24 +74,36 @@ def _outputs(be, specs, out, inputs, like) -> list | None:
         if not _ok(d, s[1], s[2]):
             return None
         lo = d.ptr
-        hi = lo + d.size * d.dtype.itemsize
+        hi = lo + prod(d.shape) * d.dtype.itemsize
         for a, b in spans:
             if lo < b and a < hi:
                 return None  # out buffers that overlap (zero-size ones never get here: M * N > 0)
         spans.append((lo, hi))
         res.append(buf)
+        ptrs.append(lo)
     for a in inputs:
         if a is not None:
             lo = a.ptr
-            hi = lo + a.size * a.dtype.itemsize
+            hi = lo + prod(a.shape) * a.dtype.itemsize
             for a2, b2 in spans:
                 if lo < b2 and a2 < hi:
                     return None  # an out buffer over an input
     be._tls.like = like
-    return [be.empty(s[1], s[2]) if s is not None and r is None else r for s, r in zip(specs, res)]
+    for i, s in enumerate(specs):
+        if s is not None and res[i] is None:
+            res[i] = be.empty(s[1], s[2])
+            ptrs[i] = _ptr(res[i])
+    return res, ptrs
 
 
 def _ptr(a) -> int:
+    """The address of a new output (read directly from torch tensors and Numba arrays)."""
+    k = _KIND_OF.get(type(a))
+    if k == "torch":
+        return a.data_ptr()
+    if k == "numba":
+        g = a.gpu_data
+        return 0 if g is None else int(g.device_pointer)
     return adapt(a).ptr
 
 
@@ -96,7 +115,7 @@ def _rows(x, k):
     n = 1
     for s in norm:
         n *= s
-    return norm, x.size // n if n else 0, n
+    return norm, prod(x.shape) // n if n else 0, n
 
 
 def forward(be, spec, arrays: dict, eps, k, out):
@@ -122,14 +141,15 @@ def forward(be, spec, arrays: dict, eps, k, out):
             if d is not None and not _ok(d, norm, sd):
                 return None
             named[name] = d
-    specs = _layout(be, spec, named, k, X)
+    specs = _layout(be, spec, named, k, X)[0]
     W, B = named.get("weight"), named.get("bias")
     like = B if B is not None else W if W is not None else X
-    res = _outputs(be, specs, out, (X, W, B), like)
-    if res is None:
+    got = _outputs(be, specs, out, (X, W, B), like)
+    if got is None:
         return None
+    res, ptrs = got
     rms = spec.name == "rms_norm_forward"
-    L._launch_plan_fwd(X, W, B, _ptr(res[0]), 0 if rms else _ptr(res[1]), _ptr(res[-1]), m, n, eps, rms)
+    L._launch_plan_fwd(X, W, B, ptrs[0], 0 if rms else ptrs[1], ptrs[-1], m, n, eps, rms)
     be.done()
     return spec.result(*res)
 
@@ -167,13 +187,14 @@ def backward(be, spec, arrays: dict, k, out):
             return None
         named[name] = d
     W, B = named.get("weight"), named.get("bias")
-    specs = _layout(be, spec, named, k, X)
-    if any(s is not None and s[2] != sd for s in specs[1:]):
+    specs, stat_grads = _layout(be, spec, named, k, X)
+    if not stat_grads:
         return None  # 16-bit gradients: the general path rounds the float32 sums back
     like = B if B is not None else W if W is not None else named["rstd"]
-    res = _outputs(be, specs, out, tuple(named.values()), like)
-    if res is None:
+    got = _outputs(be, specs, out, tuple(named.values()), like)
+    if got is None:
         return None
+    res, ptrs = got
     if W is not None:
         be._tls.like = W  # (the general path's scratch follows its weight conversion: the weight's library)
     nt = be.threads(m * n)
@@ -185,9 +206,9 @@ def backward(be, spec, arrays: dict, k, out):
         MU,
         named["rstd"],
         W,
-        _ptr(res[0]),
-        [None if g is None else _ptr(g) for g in res[1:]],
-        [None if p is None else adapt(p) for p in parts],
+        ptrs[0],
+        ptrs[1:],
+        [None if p is None else (_ptr(p), nt) for p in parts],
         [None if g is None else sd for g in res[1:]],
         m,
         n,

@@ -345,7 +345,7 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
             _adp(w, X.dtype),
             adapt(dx).ptr,
             [None if g is None else g.ptr for g in grads],
-            [None if g is None else adapt(p) for g, p in zip(grads, parts)],
+            [None if g is None else _rows_of(adapt(p)) for g, p in zip(grads, parts)],
             [None if g is None else g.dtype for g in grads],
             m,
             n,
@@ -354,29 +354,25 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
     _done()
 
 
+def _rows_of(d) -> tuple[int, int]:
+    """(address, row count) of a partial-row scratch adapter."""
+    return d.ptr, d.shape[0]
+
+
 def _launch_plan_bwd(DY, X, MU, RS, W, dx: int, grads, parts, gdt, m: int, n: int, rms: bool) -> None:
     """The backward launches: adapters of the inputs (``MU``/``W`` None when absent), dx's address, and per
-    gradient (dweight[, dbias]: lists of one or two; None: not wanted) its address, the adapter of its
-    partial-row scratch and its dtype."""
+    gradient (dweight[, dbias]: lists of one or two; None: not wanted) its address, its partial-row scratch
+    as (address, row count) and its dtype."""
     dw, db = (*grads, None)[:2]
-    pw, pb = (*parts, None)[:2]
-    plan = _bwd_plan(
-        X.dtype,
-        m,
-        n,
-        W is not None,
-        0 if pw is None else pw.shape[0],
-        0 if pb is None else pb.shape[0],
-        rms,
-        X.device,
-        tuple((*gdt, None)[:2]),
-    )
+    pw, rw = (*parts, None)[0] or (0, 0)
+    pb, rb = (*parts, None)[1] or (0, 0)
+    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]))
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
-    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, _p(pw), _p(pb)))
+    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))
     red = plan.extra
     if red is not None:
-        red.launch(stream, (_p(pw), _p(pb), dw or 0, db or 0))
+        red.launch(stream, (pw, pb, dw or 0, db or 0))
 
 
 def _done() -> None:
