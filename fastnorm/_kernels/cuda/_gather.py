@@ -12,7 +12,6 @@ difference (another type, shape, dtype, stride, a None, an unaligned or overlapp
 
 from __future__ import annotations
 
-from array import array
 from itertools import repeat
 from operator import attrgetter, is_, methodcaller
 
@@ -21,10 +20,15 @@ import numpy as np
 from ..._backend import _KINDS
 
 # per kind: (address getter, getter of the fields that must equal the remembered layout's, contiguity test)
+# (the type is one of the fields: an object of another type does not match, or has not the attributes)
 _GETTERS = {
-    "numba": (attrgetter("gpu_data.device_pointer"), attrgetter("shape", "dtype", "strides"), None),
-    "torch": (methodcaller("data_ptr"), attrgetter("shape", "dtype", "is_cuda"), methodcaller("is_contiguous")),
-    "cupy": (attrgetter("data.ptr"), attrgetter("shape", "dtype", "flags.c_contiguous"), None),
+    "numba": (attrgetter("gpu_data.device_pointer"), attrgetter("__class__", "shape", "dtype", "strides"), None),
+    "torch": (
+        methodcaller("data_ptr"),
+        attrgetter("__class__", "shape", "dtype", "is_cuda"),
+        methodcaller("is_contiguous"),
+    ),
+    "cupy": (attrgetter("data.ptr"), attrgetter("__class__", "shape", "dtype", "flags.c_contiguous"), None),
 }
 
 _layouts: dict = {}  # key -> _Layout
@@ -68,17 +72,12 @@ def addresses(key, strong, arrays, avoid_lo: np.ndarray, avoid_hi: np.ndarray, m
     lay = _layouts.get(key)
     if lay is None or len(arrays) != lay.items.shape[0] or not all(map(is_, strong, lay.strong)):
         return None
-    tp = lay.type
-    if not all(map(is_, map(type, arrays), repeat(tp))):
-        return None
-    ptr, getter, contig = _GETTERS[_KINDS[tp]]
-    if list(map(getter, arrays)) != lay.fields:
-        return None
-    if contig is not None and not all(map(contig, arrays)):
-        return None
+    ptr, getter, contig = _GETTERS[_KINDS[lay.type]]
     try:
-        p = np.frombuffer(array("q", map(int, map(ptr, arrays))), np.int64)
-    except (AttributeError, TypeError):  # (a Numba array without memory)
+        if list(map(getter, arrays)) != lay.fields or contig is not None and not all(map(contig, arrays)):
+            return None
+        p = np.array(list(map(int, map(ptr, arrays))), np.int64)
+    except (AttributeError, TypeError):  # another type of object, or a Numba array without memory
         return None
     if (p % lay.items).any():
         return None

@@ -159,7 +159,7 @@ class _DevTable:
 
 
 _dev_tables: dict = {}  # (kind, stream, size, dtype) -> [_DevTable] most recent first
-_staging: list = []  # pinned host buffers [array, event or None] for the asynchronous uploads
+_staging: list = []  # pinned host buffers [array, event or None, address] for the asynchronous uploads
 _stage_next = 0
 TABLES_PER_KEY = 4
 
@@ -175,23 +175,21 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
     slot = None
     for k in range(len(_staging)):
         i = (_stage_next + k) % len(_staging)
-        host, ev = _staging[i]
+        host, ev, _ = _staging[i]
         if host.nbytes >= nbytes and (ev is None or int(cu.cuEventQuery(ev)[0]) == 0):
             slot, _stage_next = i, (i + 1) % len(_staging)
             break
     if slot is None:
         host = cuda.pinned_array(max(nbytes, 1 << 16) // 8 + 1, np.int64)
-        _staging.append([host, None])
+        _staging.append([host, None, host.ctypes.data])
         slot = len(_staging) - 1
-    host, ev = _staging[slot]
+    host, ev, addr = _staging[slot]
     host.view(np.uint8)[:nbytes] = buf.view(np.uint8)
     if ev is None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         LA._check(err, "cuEventCreate")
         _staging[slot][1] = ev
-    LA._check(
-        cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync"
-    )
+    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), addr, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync")
     LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
 
 
@@ -495,8 +493,13 @@ def gather_params(params: list, info: np.ndarray) -> int:
     the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
     n = len(params)
-    key = ("params", tuple(map(id, params)))
-    hit = _cached_list(key, params)
+    lkey = ("params-list", id(params), n)  # the same list as before (an optimizer's group), with the same entries
+    hit = _cached_list(lkey, params)
+    if hit is None:
+        key = ("params", tuple(map(id, params)))
+        hit = _cached_list(key, params)
+        if hit is not None:
+            _list_cache[lkey] = _list_cache[key]
     if hit is not None:
         info[:, :n] = hit
         return -1
@@ -515,6 +518,8 @@ def gather_params(params: list, info: np.ndarray) -> int:
         info[1, :n] = sizes
         info[2, :n] = f8
     _remember_list(key, params, (), info[:, :n].copy())
+    if key in _list_cache:
+        _list_cache[lkey] = _list_cache[key]
     return -1
 
 
@@ -538,7 +543,7 @@ def gather_like(
     if len(arrays) != n or len(params) != n:
         return 0
     strong = (*params, avoid_lo, avoid_hi)
-    lkey = (tuple(map(id, params)), writeable, allow_none, stat)
+    lkey = (id(params), n, writeable, allow_none, stat)  # (the entries' identity: in ``strong``)
     # the same objects as a list seen before, or the layout seen before at new addresses (gradients that
     # moved; asked first while they keep moving)
     moving = _gather.moving(lkey)
