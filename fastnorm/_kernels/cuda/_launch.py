@@ -156,21 +156,8 @@ class Plan:
         self.scalars = scalars
         self.extra = extra
 
-    def args(self, ptrs, scalars=()) -> list:
-        a = self.values.copy()
-        for i, p in zip(self.slots, ptrs, strict=True):
-            a[i] = p
-        for i, v in zip(self.scalars, scalars, strict=True):
-            c = _F64S.get(v)
-            if c is None:
-                if len(_F64S) >= 4096:
-                    _F64S.clear()
-                c = _F64S[v] = F64(v)
-            a[i] = c
-        return a
-
     def launch(self, stream: int, ptrs, scalars=()) -> None:
-        a = self.values.copy()  # (``args``, inlined: one call less per launch)
+        a = self.values.copy()  # the template with this call's addresses and scalars
         for i, p in zip(self.slots, ptrs, strict=True):
             a[i] = p
         for i, v in zip(self.scalars, scalars, strict=True):

@@ -107,32 +107,32 @@ def _ptr(a) -> int:
     return adapt(a).ptr
 
 
-def _rows(x, k):
-    """(normalized shape, M, N) of x's trailing ``k`` dims, or None if ``k`` is not a usable int."""
-    if type(k) is not int or not 1 <= k <= len(x.shape):
+def _rows(x, k, out):
+    """(x's adapter, normalized shape, M, N) when x is a contiguous float array of a usual kind with
+    M * N > 0 rows of its trailing ``k`` dims (``k`` an int), and ``out`` is None or a tuple/list; else None."""
+    if not ENABLED or out is not None and not isinstance(out, (tuple, list)) or type(k) is not int:
         return None
-    norm = x.shape[len(x.shape) - k :]
-    n = 1
-    for s in norm:
-        n *= s
-    return norm, prod(x.shape) // n if n else 0, n
+    X = adapt(x)
+    shape = X.shape
+    if X.strides is not None or X.kind not in _KINDS or X.dtype not in _FLOATS or not 1 <= k <= len(shape):
+        return None
+    norm = shape[len(shape) - k :]
+    n = prod(norm)
+    m = prod(shape) // n if n else 0
+    if m * n == 0:
+        return None
+    return X, norm, m, n
 
 
 def forward(be, spec, arrays: dict, eps, k, out):
     """The result of a LayerNorm / RMSNorm forward in the usual form (see the module docstring), or None."""
-    if not ENABLED or type(eps) is not float or spec.name not in ("layer_norm_forward", "rms_norm_forward"):
+    if type(eps) is not float or spec.name not in ("layer_norm_forward", "rms_norm_forward"):
         return None
-    if out is not None and not isinstance(out, (tuple, list)):
+    r = _rows(arrays["x"], k, out)
+    if r is None:
         return None
-    X = adapt(arrays["x"])
-    dt = X.dtype
-    if X.strides is not None or X.kind not in _KINDS or dt not in _FLOATS:
-        return None
-    r = _rows(X, k)
-    if r is None or r[1] * r[2] == 0:
-        return None
-    norm, m, n = r
-    sd = _STAT[dt]
+    X, norm, m, n = r
+    sd = _STAT[X.dtype]
     named = {"x": X}
     for name in ("weight", "bias"):
         if name in arrays:
@@ -156,18 +156,13 @@ def forward(be, spec, arrays: dict, eps, k, out):
 
 def backward(be, spec, arrays: dict, k, out):
     """The result of a LayerNorm / RMSNorm backward in the usual form (see the module docstring), or None."""
-    if not ENABLED or spec.name not in ("layer_norm_backward", "rms_norm_backward"):
+    if spec.name not in ("layer_norm_backward", "rms_norm_backward"):
         return None
-    if out is not None and not isinstance(out, (tuple, list)):
+    r = _rows(arrays["x"], k, out)
+    if r is None or r[3] == 1:  # (rows of one element: the general path's exact dx)
         return None
-    X = adapt(arrays["x"])
+    X, norm, m, n = r
     dt = X.dtype
-    if X.strides is not None or X.kind not in _KINDS or dt not in _FLOATS:
-        return None
-    r = _rows(X, k)
-    if r is None or r[1] * r[2] == 0 or r[2] == 1:  # (rows of one element: the general path's exact dx)
-        return None
-    norm, m, n = r
     sd = _STAT[dt]
     lead = X.shape[: len(X.shape) - k]
     named = {}
