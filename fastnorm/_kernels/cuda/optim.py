@@ -287,15 +287,19 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
         raise ValueError("optimizer kernel: offsets must not decrease")
     rows = _USED_ROWS.get((used, n_rows))
     if rows is None:
-        rows = _USED_ROWS[(used, n_rows)] = [r for r in range(n_rows) if (used >> r) & 1]
-    if ((tensors[rows] == 0) & (sizes > 0)).any():  # (one pass over the used rows; the first culprit below)
+        rows = [r for r in range(n_rows) if (used >> r) & 1]
+        # the used rows as a slice when they are the first ones (a view: no copy), else an index list
+        rows = _USED_ROWS[(used, n_rows)] = slice(0, len(rows)) if rows == list(range(len(rows))) else rows
+    used_rows = tensors[rows]
+    if not used_rows.all() and ((used_rows == 0) & (sizes > 0)).any():  # (the first culprit below)
+        rows = range(n_rows)[rows] if type(rows) is slice else rows
         for r in rows:
             if ((tensors[r] == 0) & (sizes > 0)).any():
                 t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
                 raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
 
 
-_USED_ROWS: dict = {}  # (used-rows bit mask, row count) -> the indices of the used rows
+_USED_ROWS: dict = {}  # (used-rows bit mask, row count) -> the used rows (a slice when they come first)
 
 
 # ------------------------------------------------------------------------------------------ entry points
