@@ -76,7 +76,7 @@ def addresses(key, strong, arrays, avoid_lo: np.ndarray, avoid_hi: np.ndarray, m
     try:
         if list(map(getter, arrays)) != lay.fields or contig is not None and not all(map(contig, arrays)):
             return None
-        p = np.array(list(map(int, map(ptr, arrays))), np.int64)
+        p = np.fromiter(map(int, map(ptr, arrays)), np.int64, len(arrays))
     except (AttributeError, TypeError):  # another type of object, or a Numba array without memory
         return None
     if (p % lay.items).any():
