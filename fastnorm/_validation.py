@@ -201,8 +201,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
                     raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
             given.append((name, buf, None))
             continue
-        # each array's byte span is read once; an empty span overlaps nothing
-        lo, hi = s
+        # each array's byte span is read once (with the other checks where the backend can); an empty span
+        # overlaps nothing
+        lo, hi = s = span(buf) if s is None else s
         if lo < hi:
             for other_name, _, (olo, ohi) in given:
                 if lo < ohi and olo < hi and olo < ohi:
