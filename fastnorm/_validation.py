@@ -82,7 +82,8 @@ def param(be, op: str, name: str, a, shape: tuple, dtype):
     if a is None:
         return None
     a = float_input(be, op, name, a, dtype)
-    check_shape(op, name, a, shape)
+    if a.shape != shape:
+        check_shape(op, name, a, shape)
     return a
 
 
@@ -190,7 +191,7 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
         if spec is None:
             raise ValueError(f"{op}: out has a buffer in a slot with no output (an absent parameter's gradient)")
         name, shape, dtype = spec
-        _check_out(be, op, name, buf, shape, dtype)
+        s = _check_out(be, op, name, buf, shape, dtype)
         if span is None:
             for other_name, other, _ in given:
                 if be.may_share_memory(buf, other):
@@ -200,8 +201,9 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
                     raise ValueError(f"{op}: out buffer for {name} overlaps input #{i}; outputs cannot alias inputs")
             given.append((name, buf, None))
             continue
-        # each array's byte span is read once; an empty span overlaps nothing
-        lo, hi = s = span(buf)
+        # each array's byte span is read once (with the other checks where the backend can); an empty span
+        # overlaps nothing
+        lo, hi = s = span(buf) if s is None else s
         if lo < hi:
             for other_name, _, (olo, ohi) in given:
                 if lo < ohi and olo < hi and olo < ohi:
@@ -223,24 +225,30 @@ def outputs(be, op: str, out, specs: Sequence, inputs: Sequence = ()) -> list:
     return result
 
 
-def _check_out(be, op: str, name: str, buf, shape: tuple, dtype) -> None:
-    """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``."""
-    if not be.is_own_output(buf):
+def _check_out(be, op: str, name: str, buf, shape: tuple, dtype):
+    """One ``out=`` buffer against its declared (name, shape, dtype): see ``outputs``. Returns its byte span
+    (``be.out_layout``'s; None on a backend without ``span``)."""
+    lay = be.out_layout(buf)
+    if lay is None:
         raise TypeError(
             f"{op}: out buffer for {name} must be a {be.array_type} "
             f"(the inputs are on {be.name}), got {type(buf).__name__}"
         )
-    if tuple(buf.shape) != tuple(shape):
-        raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
-    problem = _memory_problem(buf)
-    if problem is not None:
-        raise ValueError(f"{op}: out buffer for {name} {problem}")
-    if dtype_of(buf) != np.dtype(dtype):
+    got, contiguous, writeable, span = lay
+    if got != shape and got != tuple(shape):
+        raise ValueError(f"{op}: out buffer for {name} must have shape {tuple(shape)}, got {got}")
+    if be.on_host:
+        problem = _memory_problem(buf)
+        if problem is not None:
+            raise ValueError(f"{op}: out buffer for {name} {problem}")
+    got = dtype_of(buf)
+    if got != dtype and got != np.dtype(dtype):
         raise ValueError(f"{op}: out buffer for {name} must have dtype {np.dtype(dtype).name}, got {buf.dtype}")
-    if not be.is_contiguous(buf):
+    if not contiguous:
         raise ValueError(f"{op}: out buffer for {name} must be C-contiguous")
-    if not be.is_writeable(buf):
+    if not writeable:
         raise ValueError(f"{op}: out buffer for {name} is read-only")
+    return span
 
 
 def inout(be, op: str, name: str, a, shape: tuple, dtype, avoid: Sequence = ()):

@@ -136,6 +136,45 @@ def test_optimizer_gradient_checks_match_the_cpu_backend(rows, case):
     assert r["got"] == r["expected"], r
 
 
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 4])
+def test_optimizer_table_follows_moved_gradients(rows, step):
+    # gradient sets 0, 1, 2, 2, 0 in turn (the same layout at new addresses: the path that compares the
+    # layout, not each gradient): the launched table's gradient row holds the addresses of that step's set
+    got = [r for r in rows if r["op"] == "optim_check" and r["case"].startswith("table after a step")]
+    assert len(got) == 5
+    assert got[step]["got"] == got[step]["expected"], got[step]
+
+
+def test_optimizer_refuses_a_gradient_of_another_shape_after_moved_steps(rows):
+    r = _pick_check(rows, "gradient of another shape after moved steps")
+    assert r["got"] == r["expected"], r
+    assert r["got"].startswith("ValueError"), r
+
+
+def _row_checks(rows):
+    return [r for r in rows if r["op"] == "row_call_check"]
+
+
+def test_row_calls_of_the_usual_form_skip_the_general_path(rows):
+    # LayerNorm/RMSNorm calls of the usual form (torch or Numba arrays, weight/bias in the statistic dtype,
+    # allocating or out=) are checked and launched by _row_calls; anything else (16-bit parameters, an int
+    # eps, every bad argument) takes the general path
+    checks = _row_checks(rows)
+    assert len(checks) >= 30
+    assert sum(r["expected_fast"] for r in checks) >= 15
+    for r in checks:
+        assert r["fast"] == r["expected_fast"], r
+
+
+def test_row_calls_do_what_the_general_path_does(rows):
+    # the same launches with the same arguments (out= given), results of the same types, shapes and dtypes,
+    # or the same error (type and message) as with the usual-form path turned off
+    checks = _row_checks(rows)
+    assert sum(r["outcome"] != "ok" for r in checks) >= 12
+    for r in checks:
+        assert r["same"], r
+
+
 def _pick_check(rows, case):
     got = [r for r in rows if r["op"] == "optim_check" and r["case"] == case]
     assert len(got) == 1, case

@@ -97,6 +97,17 @@ class Backend(Protocol):
     def is_writeable(self, a) -> bool:
         """Whether ``a`` may be written."""
 
+    def out_layout(self, a) -> tuple[tuple, bool, bool, Any] | None:
+        """``(shape, C-contiguous, writeable, span)`` of an ``out=`` buffer read at once (shape a tuple, span
+        as ``span(a)``, None where the backend has no ``span``); None if ``a`` is not an array of this backend
+        (``is_own_output``)."""
+
+    row_calls: Any
+    """None, or a module whose ``forward(be, spec, arrays, eps, normalized_ndim, out)`` /
+    ``backward(be, spec, arrays, normalized_ndim, out)`` run a LayerNorm/RMSNorm call of the usual form
+    checked on the backend's own array records, and return its result (None: the call takes the general
+    path, which also gives every error)."""
+
     span: Any
     """``span(a)``: the ``[lo, hi)`` byte addresses of array ``a`` (an empty range for a zero-size array), so that a
     call compares each array's span once in integer arithmetic; None where ``may_share_memory`` on each pair
@@ -137,12 +148,52 @@ def cuda_backend():
     return _cuda_backend
 
 
+_DEVICE_KINDS = frozenset(("cupy", "numba", "sim", "dev"))  # kinds that are on CUDA whatever the object
+
+
+def _where(a) -> bool:
+    """``on_cuda(a)`` with the type lookup inlined for the common kinds (a per-call hot spot)."""
+    k = _KINDS.get(type(a))
+    if k == "torch":
+        return a.is_cuda
+    if k == "numpy":
+        return False
+    if k in _DEVICE_KINDS:
+        return True
+    return on_cuda(a)
+
+
 def backend_of(op: str, **arrays):
     """The backend shared by every non-None array in ``arrays`` (name -> array).
 
     Mixing host and device arrays is a ``TypeError`` naming which argument lives where.
     Lists/tuples of arrays (optimizer params) are looked into.
     """
+    seen = None  # the one answer of on_cuda so far; a second answer is the error below
+    for a in arrays.values():
+        if a is None:
+            continue
+        if isinstance(a, (tuple, list)):
+            for item in a:
+                if item is not None:
+                    c = _where(item)
+                    if seen is None:
+                        seen = c
+                    elif c != seen:
+                        _mixed(op, arrays)
+        else:
+            c = _where(a)
+            if seen is None:
+                seen = c
+            elif c != seen:
+                _mixed(op, arrays)
+    if seen is None or not seen:
+        return CPU
+    return _cuda_backend or cuda_backend()
+
+
+def _mixed(op: str, arrays: dict):
+    """The TypeError of ``backend_of`` for arrays on different devices, naming each argument."""
     where = {}
     for name, a in arrays.items():
         if a is None:
@@ -153,17 +204,12 @@ def backend_of(op: str, **arrays):
                     where[f"{name}[{i}]"] = on_cuda(item)
         else:
             where[name] = on_cuda(a)
-    if not where:
-        return CPU
-    kinds = set(where.values())
-    if len(kinds) > 1:
-        gpu = [n for n, c in where.items() if c]
-        cpu = [n for n, c in where.items() if not c]
-        raise TypeError(
-            f"{op}: arguments live on different devices: {', '.join(gpu)} on the GPU (CUDA), "
-            f"{', '.join(cpu)} on the CPU; move them to one device"
-        )
-    return cuda_backend() if kinds.pop() else CPU
+    gpu = [n for n, c in where.items() if c]
+    cpu = [n for n, c in where.items() if not c]
+    raise TypeError(
+        f"{op}: arguments live on different devices: {', '.join(gpu)} on the GPU (CUDA), "
+        f"{', '.join(cpu)} on the CPU; move them to one device"
+    )
 
 
 def to_host(a) -> np.ndarray:

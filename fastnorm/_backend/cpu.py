@@ -96,6 +96,15 @@ class CpuBackend:
     def is_writeable(a):
         return a.flags.writeable
 
+    @staticmethod
+    def out_layout(a):
+        if not isinstance(a, np.ndarray):
+            return None
+        flags = a.flags
+        return a.shape, flags.c_contiguous, flags.writeable, None
+
+    row_calls = None  # no shortcut for the row ops' usual calls
+
     span = None  # no byte-span primitive: one NumPy C call per pair (may_share_memory) is cheaper
 
     @staticmethod

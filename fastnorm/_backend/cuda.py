@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import threading
+from functools import partial
 
 import numpy as np
 
@@ -33,6 +34,18 @@ try:
     from numba import cuda
 except ImportError as e:  # re-raised by fastnorm._backend.cuda_backend as a clear RuntimeError
     raise ImportError(f"numba with CUDA support is not installed ({e})") from e
+
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray as _DeviceNDArray
+    from numba.cuda.cudadrv.driver import MemoryPointer as _MemoryPointer
+else:
+    _DeviceNDArray = _MemoryPointer = None
+_NEW = object.__new__
+_WRITEABLE_KINDS = frozenset(("torch", "cupy", "numba"))  # arrays whose library has no read-only flag
+# the fields Numba's constructor sets on a device array (numba-cuda 0.2x-0.3x); a version that sets others
+# builds every array with its constructor
+_ARRAY_FIELDS = frozenset(("ndim", "_dummy", "shape", "strides", "dtype", "size", "alloc_size", "gpu_data", "stream"))
 
 
 class DevicePool:
@@ -53,8 +66,6 @@ class DevicePool:
         self._lock = threading.Lock()
 
     def alloc(self, nbytes: int, stream_key: int):
-        from numba.cuda.cudadrv import driver
-
         key = (nbytes, stream_key)
         blk = None
         with self._lock:
@@ -69,17 +80,16 @@ class DevicePool:
             except Exception:  # out of memory: give the cached blocks back and retry once
                 self.release()
                 blk = ctx.memalloc(nbytes)
-        return driver.MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=self._finalizer(blk, key))
+        return _MemoryPointer(ctx, blk.device_pointer, nbytes, finalizer=partial(self._give_back, blk, key))
 
-    def _finalizer(self, blk, key):
-        def give_back():
-            with self._lock:
-                if self.cached + key[0] <= self.limit:
-                    self._free.setdefault(key, []).append(blk)
-                    self.cached += key[0]
-            # else blk is dropped here and Numba frees it
-
-        return give_back
+    def _give_back(self, blk, key: tuple) -> None:
+        """The finalizer of a block's pointer: the block back to the free list (dropped, so that Numba
+        frees it, when the pool is full)."""
+        nbytes = key[0]
+        with self._lock:
+            if self.cached + nbytes <= self.limit:
+                self._free.setdefault(key, []).append(blk)
+                self.cached += nbytes
 
     def release(self) -> None:
         """Drop every cached block (Numba frees them)."""
@@ -109,6 +119,8 @@ class CudaBackend:
         self._a = _arrays
         self._tls = threading.local()
         self._empty_torch: dict = {}
+        # (shape, dtype) -> (size, nbytes, a Numba array's fields; for size 0 the cached empty array): _pool_empty
+        self._layouts: dict = {}
         self.pool = None
         if not _common.SIM:
             self.max_partials = max(64, 8 * _common.sm_count())
@@ -117,6 +129,12 @@ class CudaBackend:
         else:
             self.max_partials = 8
             self.work_per_partial = 1
+        self.row_calls = None
+        if not _common.SIM:
+            self.span = _arrays.span_of  # (the method below is the simulator's; this one skips a call)
+            from .._kernels.cuda import _row_calls
+
+            self.row_calls = _row_calls
 
     @functools.cached_property
     def kernels(self):
@@ -168,7 +186,9 @@ class CudaBackend:
         if kind == "torch":
             torch = sys.modules["torch"]
             dev = like.owner.device
-            tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
+            tdt = self._a._TORCH_OF_NP.get(dtype)
+            if tdt is None:
+                tdt = self._a.torch_dtype_of_np(np.dtype(dtype))
             if 0 in shape:  # absent arguments and empty outputs: one cached empty tensor per kind
                 key = (tuple(shape), tdt, dev)
                 t = self._empty_torch.get(key)
@@ -186,22 +206,46 @@ class CudaBackend:
 
     def _pool_empty(self, shape, dtype):
         """A Numba device array from the pool (the allocator of Numba inputs)."""
-        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
+        key = (shape if type(shape) is tuple else tuple(shape), dtype)
+        layout = self._layouts.get(key)
+        if layout is None:
+            return self._pool_empty_first(key)
+        size, nbytes, fields = layout
+        if not size:
+            return fields  # (a zero-size array: the cached one)
+        if self.pool is None:
+            return cuda.device_array(key[0], dtype=key[1])
+        # a Numba array of a layout seen before: its fields copied, only the memory is new (Numba's
+        # constructor re-derives the same layout at every call: about half of an allocation's host time)
+        a = _NEW(_DeviceNDArray)
+        a.__dict__.update(fields)
+        a.gpu_data = self.pool.alloc(nbytes, self._c.current_stream_ptr())
+        return a
+
+    def _pool_empty_first(self, key):
+        """``_pool_empty`` for a layout not seen yet: Numba's constructor, and the layout remembered."""
+        shape, dtype = tuple(map(int, key[0])), np.dtype(key[1])
         size = 1
         for n in shape:
             size *= n
+        if len(self._layouts) >= 1024:
+            self._layouts.clear()
         if size == 0:
-            return self._c.empty_device(shape, dtype)
+            a = self._layouts[key] = (0, 0, self._c.empty_device(shape, dtype))
+            return a[2]
         if self.pool is None:
             return cuda.device_array(shape, dtype=dtype)
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
         strides, step = [], dtype.itemsize
         for n in reversed(shape):
             strides.append(step)
             step *= n
-        mem = self.pool.alloc(size * dtype.itemsize, self._c.current_stream_ptr())
-        return DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
+        nbytes = size * dtype.itemsize
+        mem = self.pool.alloc(nbytes, self._c.current_stream_ptr())
+        a = _DeviceNDArray(shape, tuple(reversed(strides)), dtype, gpu_data=mem)
+        fields = {k: v for k, v in vars(a).items() if k != "gpu_data"}
+        if set(vars(a)) <= _ARRAY_FIELDS and a.stream == 0:  # (another Numba's arrays: always its constructor)
+            self._layouts[key] = (size, nbytes, fields)
+        return a
 
     def zeros(self, shape, dtype):
         a = self.empty(shape, dtype)
@@ -222,7 +266,10 @@ class CudaBackend:
         float32, float64; into float16 one rounding to nearest even, into bfloat16 through float32 (as
         ml_dtypes), NaN kept. Meant for small arrays (parameters of 16-bit ops entering the kernels)."""
         dtype = np.dtype(dtype)
-        src = self.asarray(a)
+        if type(a) is self._a.DevArray and a.strides is None and not self._c.SIM:  # (validated already)
+            self._tls.like = src = a
+        else:
+            src = self.asarray(a)
         if src.dtype == dtype:
             return a
         out = self.empty(tuple(src.shape), dtype)
@@ -270,6 +317,21 @@ class CudaBackend:
             k = _KINDS.get(type(a)) or self._a.array_kind(a)
             return k in ("torch", "cupy", "numba") or not self._a.adapt(a).readonly
         return not self._iface(a)["data"][1]
+
+    def out_layout(self, a):
+        """``(shape, C-contiguous, writeable, span)`` of an ``out=`` buffer from one adapter read; None for an
+        array that is not on CUDA."""
+        if not _on_cuda(a):
+            return None
+        if self._c.SIM:
+            return tuple(a.shape), self.is_contiguous(a), self.is_writeable(a), self.span(a)
+        d = self._a.adapt(a)
+        if d.strides is None:
+            lo = d.ptr
+            span = (lo, lo + d.size * d.dtype.itemsize)
+        else:
+            span = self._a.span(d)
+        return d.shape, d.strides is None, d.kind in _WRITEABLE_KINDS or not d.readonly, span
 
     def span(self, a) -> tuple[int, int]:
         """[lo, hi) byte addresses of ``a`` (empty for a zero-size array): integers to compare for overlap."""

@@ -79,6 +79,8 @@ def rows_forward(spec: OpSpec, arrays: dict, eps, normalized_ndim, out):
     and the thread count."""
     op = spec.name
     be = backend_of(op, **arrays, out=out)
+    if be.row_calls is not None and (done := be.row_calls.forward(be, spec, arrays, eps, normalized_ndim, out)):
+        return done
     x = V.float_input(be, op, "x", arrays["x"])
     _, norm, m, n = V.split_rows(op, x.shape, normalized_ndim)
     a = {"x": x}
@@ -114,6 +116,8 @@ def rows_backward(spec: OpSpec, arrays: dict, normalized_ndim, out):
     per gradient and the thread count."""
     op, p = spec.name, spec.primary
     be = backend_of(op, **arrays, out=out)
+    if be.row_calls is not None and (done := be.row_calls.backward(be, spec, arrays, normalized_ndim, out)):
+        return done
     x = V.float_input(be, op, p, arrays[p])
     lead_, norm, m, n = V.split_rows(op, x.shape, normalized_ndim, name=p)
     a = {"dy": V.required(be, op, "dy", arrays["dy"], x.shape, x.dtype)}

@@ -202,11 +202,21 @@ _backend._KINDS[DevArray] = "dev"
 
 
 # ------------------------------------------------------------------------------------------ adapters
+# Per-call costs matter here (a norm call adapts 6-9 arrays): each adapter reads its type's attributes once,
+# and C-contiguity of a Numba array is looked up by (shape, strides, itemsize) instead of asked of Numba.
+_CONTIG: dict = {}
+
+
 def _from_torch(a) -> DevArray:
-    dt = np_dtype_of_torch(a.dtype)
-    shape = tuple(a.shape)
-    strides = None if a.is_contiguous() else tuple(s * dt.itemsize for s in a.stride())
-    return DevArray(a.data_ptr(), shape, dt, strides, "torch", a, a.get_device())
+    tdt = a.dtype
+    dt = _NP_OF_TORCH.get(tdt)
+    if dt is None:
+        dt = np_dtype_of_torch(tdt)
+    if a.is_contiguous():
+        strides = None
+    else:
+        strides = tuple(s * dt.itemsize for s in a.stride())
+    return DevArray(a.data_ptr(), tuple(a.shape), dt, strides, "torch", a, a.get_device())
 
 
 def _from_cupy(a) -> DevArray:
@@ -216,11 +226,25 @@ def _from_cupy(a) -> DevArray:
 
 def _from_numba(a) -> DevArray:
     g = a.gpu_data
-    ptr = 0 if g is None else g.device_pointer_value or 0
-    strides = None if a.is_c_contiguous() else tuple(a.strides)
+    shape, strides, dt = a.shape, a.strides, a.dtype
+    key = (shape, strides, dt.itemsize)
+    contig = _CONTIG.get(key)
+    if contig is None:
+        if len(_CONTIG) >= 4096:
+            _CONTIG.clear()
+        contig = _CONTIG[key] = bool(a.is_c_contiguous())
     st = a.stream
-    stream = int(st.handle) if st else None
-    return DevArray(ptr, tuple(a.shape), a.dtype, strides, "numba", a, -1, False, stream)
+    return DevArray(
+        0 if g is None else int(g.device_pointer),
+        shape,
+        dt,
+        None if contig else tuple(strides),
+        "numba",
+        a,
+        -1,
+        False,
+        int(st.handle) if st else None,
+    )
 
 
 def from_interface(a, ai: dict | None = None) -> DevArray:
@@ -258,16 +282,18 @@ def _identity(a):
 
 array_kind = _backend.array_kind
 _ADAPT = {"torch": _from_torch, "cupy": _from_cupy, "numba": _from_numba, "cai": from_interface, "dev": _identity}
-
-
 _KINDS = _backend._KINDS
+_BY_TYPE: dict = {}  # type -> its adapter (filled on first sight of the type)
 
 
 def adapt(a) -> DevArray:
     """``a`` (any CUDA array object) as a ``DevArray``; a TypeError for a host object."""
-    f = _ADAPT.get(_KINDS.get(type(a)) or array_kind(a))
+    f = _BY_TYPE.get(type(a))
     if f is None:
-        raise TypeError(f"not a CUDA array: {type(a).__name__}")
+        f = _ADAPT.get(_KINDS.get(type(a)) or array_kind(a))
+        if f is None:
+            raise TypeError(f"not a CUDA array: {type(a).__name__}")
+        _BY_TYPE[type(a)] = f
     return f(a)
 
 

@@ -109,16 +109,24 @@ def _external(ptr: int):
     return s
 
 
+_torch_cuda = False  # torch has initialized CUDA (it stays so for the process's life)
+
+
 def current_stream_ptr() -> int:
     """The handle of the stream kernels launch on: torch's current stream (when torch has initialized
     CUDA), else CuPy's current stream (when CuPy is imported), else 0 (the default stream)."""
+    global _torch_cuda
     if SIM:
         return 0
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
-            if torch.cuda.is_initialized():
-                return int(torch.cuda.current_stream().cuda_stream)
+            if _torch_cuda or torch.cuda.is_initialized():
+                _torch_cuda = True
+                try:  # (the raw handle getter torch's generated code uses: no Stream object per call)
+                    return int(torch._C._cuda_getCurrentRawStream(torch._C._cuda_getDevice()))
+                except (AttributeError, TypeError):
+                    return int(torch.cuda.current_stream().cuda_stream)
         except Exception:
             pass
     cupy = sys.modules.get("cupy")

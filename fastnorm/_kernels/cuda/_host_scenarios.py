@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from ._optim_host import optim_checks, optim_scenarios
+from ._optim_host import optim_checks, optim_scenarios, table_checks
 from ._recording import (
     ARGS,
     CATEGORIES,
@@ -28,6 +28,7 @@ from ._recording import (
     install_fake_cupy,
     reset,
 )
+from ._row_host import row_call_checks
 
 
 def cupy_scenarios(m: int = 4096, n: int = 1024):
@@ -526,6 +527,12 @@ def format_rows(rows: list[dict]) -> str:
         if r.get("op") == "optim_check":
             lines.append(f"optim_check {r['case']:<40} {r['got']} (expected {r['expected']})")
             continue
+        if r.get("op") == "row_call_check":
+            lines.append(
+                f"row_call_check {r['case']:<50} fast={r['fast']} (expected {r['expected_fast']}) "
+                f"same={r['same']} {r['difference'] or ''} {r['outcome'][:60]}"
+            )
+            continue
         if r.get("op") == "vec_check":
             lines.append(f"vec_check {r['case']:<40} vec={r['vec']} expected={r['expected']}")
             continue
@@ -556,6 +563,7 @@ def main(argv=None) -> int:
     rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
     if args.packing:
         rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check() + optim_checks()
+        rows += row_call_checks() + table_checks()
     emit(rows, args.json, format_rows)
     return 0
 

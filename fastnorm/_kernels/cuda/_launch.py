@@ -110,6 +110,9 @@ I64 = ctypes.c_int64
 F64 = ctypes.c_double
 
 
+_F64S: dict = {}  # float -> its c_double argument (hyperparameters repeat from launch to launch; never mutated)
+
+
 class ArgTemplate:
     """The flat parameter list of a Numba kernel (what ``numba.cuda`` builds per call, built once here).
 
@@ -153,16 +156,19 @@ class Plan:
         self.scalars = scalars
         self.extra = extra
 
-    def args(self, ptrs, scalars=()) -> list:
-        a = self.values.copy()
+    def launch(self, stream: int, ptrs, scalars=()) -> None:
+        a = self.values.copy()  # the template with this call's addresses and scalars
         for i, p in zip(self.slots, ptrs, strict=True):
             a[i] = p
         for i, v in zip(self.scalars, scalars, strict=True):
-            a[i] = F64(v)
-        return a
-
-    def launch(self, stream: int, ptrs, scalars=()) -> None:
-        launch(core_stream(stream), self.config, self.kernel, *self.args(ptrs, scalars))
+            c = _F64S.get(v)
+            if c is None:
+                if len(_F64S) >= 4096:
+                    _F64S.clear()
+                c = _F64S[v] = F64(v)
+            a[i] = c
+        s = _streams.get(stream)
+        launch(core_stream(stream) if s is None else s, self.config, self.kernel, *a)
 
 
 def core_kernel(k) -> object:

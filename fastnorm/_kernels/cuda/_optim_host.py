@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 
-from ._recording import COUNTS, reset
+from ._recording import ARGS, COUNTS, install, reset
 
 
 def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
@@ -105,5 +105,58 @@ def optim_checks(n: int = 20) -> list[dict]:
             "expected": "TypeError: Adam: arguments live on different devices: grads[0] on the CPU, the parameters "
             "on the GPU (CUDA); move them to one device",
         }
+    )
+    return rows
+
+
+def table_checks(n: int = 8) -> list[dict]:
+    """Rows ``{"op": "optim_check", "case", "got", "expected"}`` on the device table an Adam step launches
+    with (read back from the host copy the table was uploaded from): after the gradients move to new
+    arrays of the same layout (the path that compares the layout, not every gradient), the table's gradient
+    row must hold the new addresses; back to the first arrays, theirs; and a gradient of another shape
+    after such steps must still be refused with the CPU backend's error."""
+    import numpy as np
+    from numba import cuda
+
+    import fastnorm.optim as O
+
+    from . import optim as K
+
+    install()
+    f32 = np.float32
+    sizes = [3 + 5 * i for i in range(n)]
+    opt = O.Adam([cuda.device_array(s, f32) for s in sizes], lr=1e-3)
+    sets = [[cuda.device_array(s, f32) for s in sizes] for _ in range(3)]
+
+    def grad_row():
+        tptr = int(ARGS[-1][4])  # the table's data pointer: the first kernel parameter's data slot
+        for lst in K._dev_tables.values():
+            for e in lst:
+                if e.ptr == tptr:
+                    return np.frombuffer(e.mirror, np.int64)[n : 2 * n].tolist()
+        return None
+
+    rows = []
+    for i in (0, 1, 2, 2, 0):
+        reset()
+        opt.step(sets[i])
+        want = [int(g.gpu_data.device_pointer) for g in sets[i]]
+        rows.append(
+            {
+                "op": "optim_check",
+                "case": f"table after a step with gradient set {i}",
+                "got": grad_row(),
+                "expected": want,
+            }
+        )
+    bad = list(sets[1])
+    bad[3] = cuda.device_array(sizes[3] + 1, f32)
+    got = _outcome(lambda: opt.step(bad))
+    host = O.Adam([np.zeros(s, f32) for s in sizes], lr=1e-3)
+    hbad = [np.zeros(s, f32) for s in sizes]
+    hbad[3] = np.zeros(sizes[3] + 1, f32)
+    want = _outcome(lambda: host.step(hbad))
+    rows.append(
+        {"op": "optim_check", "case": "gradient of another shape after moved steps", "got": got, "expected": want}
     )
     return rows

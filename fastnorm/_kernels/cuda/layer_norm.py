@@ -214,15 +214,22 @@ def _ad(a):
     if a is None:
         return None
     d = adapt(a)
-    return d if d.size > 0 else None
+    return None if 0 in d.shape else d
 
 
 def _adp(a, dt):
     """An adapted weight/bias in ``param_dtype(dt)`` (converted on the device if needed), or None."""
-    d = _ad(a)
-    if d is not None and d.dtype != param_dtype(dt):
-        d = adapt(_backend().astype(d, param_dtype(dt)))
+    if a is None:
+        return None
+    d = adapt(a)
+    if 0 in d.shape:
+        return None
+    if d.dtype != _PDT[dt]:
+        d = adapt(_backend().astype(d, _PDT[dt]))
     return d
+
+
+_PDT = {np.dtype(t): param_dtype(t) for t in ACC}  # data dtype -> weight/bias dtype in the kernels
 
 
 def _p(d) -> int:
@@ -304,45 +311,68 @@ def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, devi
 def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     X = adapt(x)
     m, n = X.shape
-    if m == 0:
-        return _done()
-    W, B, Y, MU, RS = _adp(w, X.dtype), _adp(b, X.dtype), adapt(y), _ad(mean), adapt(rstd)
-    aligned = not ((X.ptr | _p(W) | _p(B) | Y.ptr) & (ALIGN - 1))
-    plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
+    if m:
+        MU = None if mean is None else _ad(mean)
+        W, B = _adp(w, X.dtype), _adp(b, X.dtype)
+        _launch_plan_fwd(X, W, B, adapt(y).ptr, 0 if MU is None else MU.ptr, adapt(rstd).ptr, m, n, eps, rms)
+    _done()
+
+
+def _launch_plan_fwd(X, W, B, y: int, mean: int, rstd: int, m: int, n: int, eps: float, rms: bool) -> None:
+    """The forward launch: ``X`` (M, N rows), ``W``/``B`` adapters (None: absent), output addresses."""
+    pw = 0 if W is None else W.ptr
+    pb = 0 if B is None else B.ptr
+    aligned = not ((X.ptr | pw | pb | y) & (ALIGN - 1))
+    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned))
+    if plan is None:
+        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
     stream = caller_stream(X.kind, X.device)
     input_streams((X, W, B), X.kind, stream)
-    plan.launch(stream, (X.ptr, _p(W), _p(B), Y.ptr, _p(MU), RS.ptr), (eps,))
-    _done()
+    plan.launch(stream, (X.ptr, pw, pb, y, mean, rstd), (eps,))
 
 
 def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -> None:
     X = adapt(x)
     m, n = X.shape
     DW, DB = _ad(dw), _ad(db)
-    if m == 0 and DW is None and DB is None:
-        return _done()
-    DY, MU, RS, W, DX = adapt(dy), _ad(mean), adapt(rstd), _adp(w, X.dtype), adapt(dx)
-    PW = adapt(dw_part) if DW is not None else None
-    PB = adapt(db_part) if DB is not None else None
-    gdt = (None if DW is None else DW.dtype, None if DB is None else DB.dtype)
-    plan = _bwd_plan(
-        X.dtype,
-        m,
-        n,
-        W is not None,
-        0 if PW is None else PW.shape[0],
-        0 if PB is None else PB.shape[0],
-        rms,
-        X.device,
-        gdt,
-    )
+    if m or DW is not None or DB is not None:
+        grads, parts = (DW, DB), (dw_part, db_part)
+        _launch_plan_bwd(
+            adapt(dy),
+            X,
+            _ad(mean),
+            adapt(rstd),
+            _adp(w, X.dtype),
+            adapt(dx).ptr,
+            [None if g is None else g.ptr for g in grads],
+            [None if g is None else _rows_of(adapt(p)) for g, p in zip(grads, parts)],
+            [None if g is None else g.dtype for g in grads],
+            m,
+            n,
+            rms,
+        )
+    _done()
+
+
+def _rows_of(d) -> tuple[int, int]:
+    """(address, row count) of a partial-row scratch adapter."""
+    return d.ptr, d.shape[0]
+
+
+def _launch_plan_bwd(DY, X, MU, RS, W, dx: int, grads, parts, gdt, m: int, n: int, rms: bool) -> None:
+    """The backward launches: adapters of the inputs (``MU``/``W`` None when absent), dx's address, and per
+    gradient (dweight[, dbias]: lists of one or two; None: not wanted) its address, its partial-row scratch
+    as (address, row count) and its dtype."""
+    dw, db = (*grads, None)[:2]
+    pw, rw = (*parts, None)[0] or (0, 0)
+    pb, rb = (*parts, None)[1] or (0, 0)
+    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]))
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
-    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), DX.ptr, _p(PW), _p(PB)))
+    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))
     red = plan.extra
     if red is not None:
-        red.launch(stream, (_p(PW), _p(PB), _p(DW), _p(DB)))
-    _done()
+        red.launch(stream, (pw, pb, dw or 0, db or 0))
 
 
 def _done() -> None:

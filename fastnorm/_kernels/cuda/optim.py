@@ -28,6 +28,7 @@ from numba import cuda
 
 from ..._backend import _KINDS, array_kind
 from ..._dtypes import BFLOAT16 as _BF16
+from . import _gather
 from ._common import SIM, Kernel, cached, current_stream, launcher, register_cap, sm_count
 from ._optim_kernels import (
     _HALF_ROWS,
@@ -147,7 +148,7 @@ _NO_PT = None
 
 
 class _DevTable:
-    """A device copy of a host table (int64 or float64, 1-D) and the host values it holds."""
+    """A device copy of a host table (int64 or float64, 1-D) and the host values it holds (as bytes)."""
 
     __slots__ = ("arr", "ptr", "mirror")
 
@@ -158,7 +159,7 @@ class _DevTable:
 
 
 _dev_tables: dict = {}  # (kind, stream, size, dtype) -> [_DevTable] most recent first
-_staging: list = []  # pinned host buffers [array, event or None] for the asynchronous uploads
+_staging: list = []  # pinned host buffers [array, event or None, address] for the asynchronous uploads
 _stage_next = 0
 TABLES_PER_KEY = 4
 
@@ -174,23 +175,21 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
     slot = None
     for k in range(len(_staging)):
         i = (_stage_next + k) % len(_staging)
-        host, ev = _staging[i]
+        host, ev, _ = _staging[i]
         if host.nbytes >= nbytes and (ev is None or int(cu.cuEventQuery(ev)[0]) == 0):
             slot, _stage_next = i, (i + 1) % len(_staging)
             break
     if slot is None:
         host = cuda.pinned_array(max(nbytes, 1 << 16) // 8 + 1, np.int64)
-        _staging.append([host, None])
+        _staging.append([host, None, host.ctypes.data])
         slot = len(_staging) - 1
-    host, ev = _staging[slot]
+    host, ev, addr = _staging[slot]
     host.view(np.uint8)[:nbytes] = buf.view(np.uint8)
     if ev is None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         LA._check(err, "cuEventCreate")
         _staging[slot][1] = ev
-    LA._check(
-        cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), host.ctypes.data, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync"
-    )
+    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), addr, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync")
     LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
 
 
@@ -202,14 +201,15 @@ def _upload(kind: str, buf: np.ndarray, stream: int) -> int:
     lst = _dev_tables.get(key)
     if lst is None:
         lst = _dev_tables[key] = []
+    values = buf.tobytes()  # (compared as bytes: one memcmp per cached table)
     for i, e in enumerate(lst):
-        if np.array_equal(e.mirror, buf):
+        if e.mirror == values:
             if i:
                 lst.insert(0, lst.pop(i))
             return e.ptr
     e = lst.pop() if len(lst) >= TABLES_PER_KEY else _DevTable(buf.size, buf.dtype)
     _stage_copy(buf, e.ptr, stream)
-    e.mirror = buf.copy()
+    e.mirror = values
     lst.insert(0, e)
     return e.ptr
 
@@ -285,10 +285,21 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
     sizes = np.diff(offsets)
     if (sizes < 0).any():
         raise ValueError("optimizer kernel: offsets must not decrease")
-    for r in range(n_rows):
-        if (used >> r) & 1 and ((tensors[r] == 0) & (sizes > 0)).any():
-            t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
-            raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
+    rows = _USED_ROWS.get((used, n_rows))
+    if rows is None:
+        rows = [r for r in range(n_rows) if (used >> r) & 1]
+        # the used rows as a slice when they are the first ones (a view: no copy), else an index list
+        rows = _USED_ROWS[(used, n_rows)] = slice(0, len(rows)) if rows == list(range(len(rows))) else rows
+    used_rows = tensors[rows]
+    if not used_rows.all() and ((used_rows == 0) & (sizes > 0)).any():  # (the first culprit below)
+        rows = range(n_rows)[rows] if type(rows) is slice else rows
+        for r in rows:
+            if ((tensors[r] == 0) & (sizes > 0)).any():
+                t = int(np.flatnonzero((tensors[r] == 0) & (sizes > 0))[0])
+                raise ValueError(f"optimizer kernel: tensor {t} has no address in row {r}")
+
+
+_USED_ROWS: dict = {}  # (used-rows bit mask, row count) -> the used rows (a slice when they come first)
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -486,8 +497,13 @@ def gather_params(params: list, info: np.ndarray) -> int:
     the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
     n = len(params)
-    key = ("params", tuple(map(id, params)))
-    hit = _cached_list(key, params)
+    lkey = ("params-list", id(params), n)  # the same list as before (an optimizer's group), with the same entries
+    hit = _cached_list(lkey, params)
+    if hit is None:
+        key = ("params", tuple(map(id, params)))
+        hit = _cached_list(key, params)
+        if hit is not None:
+            _list_cache[lkey] = _list_cache[key]
     if hit is not None:
         info[:, :n] = hit
         return -1
@@ -506,6 +522,8 @@ def gather_params(params: list, info: np.ndarray) -> int:
         info[1, :n] = sizes
         info[2, :n] = f8
     _remember_list(key, params, (), info[:, :n].copy())
+    if key in _list_cache:
+        _list_cache[lkey] = _list_cache[key]
     return -1
 
 
@@ -528,13 +546,21 @@ def gather_like(
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    key = ("like", tuple(map(id, arrays)), tuple(map(id, params)), writeable, allow_none, stat)
     strong = (*params, avoid_lo, avoid_hi)
-    hit = _cached_list(key, strong, arrays)
+    lkey = (id(params), n, writeable, allow_none, stat)  # (the entries' identity: in ``strong``)
+    # the same objects as a list seen before, or the layout seen before at new addresses (gradients that
+    # moved; asked first while they keep moving)
+    moving = _gather.moving(lkey)
+    hit = _gather.addresses(lkey, strong, arrays, avoid_lo, avoid_hi) if moving else None
+    if hit is None:
+        key = ("like", tuple(map(id, arrays)), *lkey)
+        hit = _cached_list(key, strong, arrays)
+        if hit is None and not moving:
+            hit = _gather.addresses(lkey, strong, arrays, avoid_lo, avoid_hi, moved=True)
     if hit is not None:
         ptrs[:n] = hit
         return -1
-    out = []
+    out, metas = [], []
     los = avoid_lo.tolist() if avoid_lo.size else ()
     his = avoid_hi.tolist() if avoid_hi.size else ()
     refs = _metas(params)
@@ -550,6 +576,7 @@ def gather_like(
         meta = _meta(a)
         if meta is None or ref is None:
             return i
+        metas.append(meta)
         lo, nbytes, item, shape, contig, wr, dcode = meta
         want = ref[6]
         if want >= 2 and (stat or (half_grad and dcode == 0)):
@@ -565,4 +592,6 @@ def gather_like(
     if out:
         ptrs[:n] = out
     _remember_list(key, strong, arrays, ptrs[:n].copy())
+    if len(metas) == n:
+        _gather.remember(lkey, strong, arrays, metas)
     return -1
