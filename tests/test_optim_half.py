@@ -480,7 +480,7 @@ def test_bf16_adam_bitwise_the_same_on_every_target(algo, kw, master, g32):
         with cpu.use_target(target):
             # p[cut:]: 2-byte aligned views, so the streamed stores start after a head of unaligned ones
             p = [a.astype(BF16)[(cut if i % 2 else 0) :] for i, a in enumerate(p0)]
-            p = [a if a.size == n else a[: n] for a, n in zip(p, sizes, strict=True)]
+            p = [a if a.size == n else a[:n] for a, n in zip(p, sizes, strict=True)]
             opt = getattr(O, CLASSES[algo])(p, lr=1e-2, master_weights=master, **kw)
             for gs in grads:
                 opt.step(gs)
