@@ -447,3 +447,48 @@ def test_torch_optim_matches_the_numpy_classes(half):
         opt2.load_state_dict(sd)
         st2 = next(iter(opt2.state.values()))
         assert all(v.dtype == torch.float32 for k, v in st2.items())
+
+
+# ------------------------------------------------------------------------------------------ ISA targets
+ADAM_OPTIONS = [
+    pytest.param("adam", {}, id="adam"),
+    pytest.param("adam", {"weight_decay": 0.1, "amsgrad": True}, id="adam-wd-amsgrad"),
+    pytest.param("adamw", {"maximize": True}, id="adamw-maximize"),
+]
+
+
+@pytest.mark.parametrize("g32", [False, True], ids=["g16", "g32"])
+@pytest.mark.parametrize("master", [False, True], ids=["plain", "master"])
+@pytest.mark.parametrize(("algo", "kw"), ADAM_OPTIONS)
+def test_bf16_adam_bitwise_the_same_on_every_target(algo, kw, master, g32):
+    """bfloat16 Adam: the avx512 target's one-pass loop (in-register conversions, streamed parameter stores
+    from 32-byte boundaries) gives the bits of the other targets' blocked float32 path: lengths that are not
+    multiples of 16, parameters starting off a 32-byte boundary, NaN, inf and subnormal values."""
+    from fastnorm._kernels import cpu
+
+    rng = np.random.default_rng(9)
+    sizes, cut = [5, 16, 333, 4099, 70001], 3
+    p0 = [rng.standard_normal(n + cut).astype(np.float32) for n in sizes]
+    grads = []
+    for _ in range(3):
+        gs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-9, 3, n)).astype(np.float32) for n in sizes]
+        gs[3][::97], gs[3][1::89], gs[4][::53], gs[4][1::7] = np.nan, np.inf, -np.inf, 1e-41
+        grads.append(gs if g32 else [g.astype(BF16) for g in gs])
+    p0[4][::31], p0[2][::11] = np.nan, 1e-40
+    results = {}
+    for target in cpu.runnable_targets():
+        with cpu.use_target(target):
+            # p[cut:]: 2-byte aligned views, so the streamed stores start after a head of unaligned ones
+            p = [a.astype(BF16)[(cut if i % 2 else 0) :] for i, a in enumerate(p0)]
+            p = [a if a.size == n else a[:n] for a, n in zip(p, sizes, strict=True)]
+            opt = getattr(O, CLASSES[algo])(p, lr=1e-2, master_weights=master, **kw)
+            for gs in grads:
+                opt.step(gs)
+            st = opt.state_dict()["state"]
+            results[target] = [a.view(np.uint16).copy() for a in p] + [
+                np.ascontiguousarray(v).view(np.uint8) for i in sorted(st) for v in st[i].values()
+            ]
+    base = results.pop("baseline")
+    for target, got in results.items():
+        for k, (a, b) in enumerate(zip(got, base, strict=True)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{target} array {k} differs from baseline")

@@ -1,4 +1,5 @@
-"""Benchmark cases: optimizer steps (SGD with momentum, Adagrad, Adadelta, RMSprop, Adam, AdamW), float32.
+"""Benchmark cases: optimizer steps (SGD with momentum, Adagrad, Adadelta, RMSprop, Adam, AdamW), float32,
+and Adam over bfloat16 parameters with float32 master weights.
 
 Each case is one ``opt.step(grads)`` over one big tensor or over 200 tensors of mixed sizes (a model's
 weights and biases). Providers: the fastnorm class, the NumPy reference, and torch.optim with
@@ -6,6 +7,12 @@ weights and biases). Providers: the fastnorm class, the NumPy reference, and tor
 (ATen's fused CPU kernel; SGD, Adagrad, Adam, AdamW only). All providers update the same arrays (torch
 tensors share the NumPy memory); each keeps its own optimizer state. Bytes: the gradient read once, the
 parameter and each state array read and written once.
+
+The bfloat16 case (``adam_step`` ... ``bfloat16``): bfloat16 parameters and gradients; fastnorm keeps float32
+master weights and float32 state (``master_weights=True``), torch's optimizers (``fused=True``, ``foreach=True``)
+run on the same bfloat16 parameters with their own (bfloat16) state, as a user of torch would. Bytes are
+fastnorm's recipe: the bfloat16 gradient read, the bfloat16 parameter written (not read: the master holds
+its value), the master and both moments read and written (28 bytes per parameter; torch's moves 14).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import numpy as np
 from fastnorm import optim as O
 from fastnorm.reference import optim as R
 
-from ._core import Case, torch_or_none
+from ._core import Case, as_torch, np_dtype, torch_or_none
 
 M = 1_000_000
 FULL_SIZES = [("10M", [10 * M]), ("50M", [50 * M]), ("200 tensors, 10M", 200)]
@@ -43,10 +50,12 @@ def mixed_sizes(n_tensors: int, total: int, seed: int = 0) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def _inputs(sizes):
+def _inputs(sizes, dtype="float32"):
+    dt = np_dtype(dtype)
+
     def make(rng):
-        params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
-        grads = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
+        params = [rng.standard_normal(n, dtype=np.float32).astype(dt) for n in sizes]
+        grads = [rng.standard_normal(n, dtype=np.float32).astype(dt) for n in sizes]
         return {"params": params, "grads": grads}
 
     return make
@@ -93,9 +102,9 @@ def _numpy(op, kw):
 def _torch(cls, kw, mode):
     def factory(s):
         torch = torch_or_none()
-        tp = [torch.from_numpy(p).requires_grad_() for p in s["params"]]
+        tp = [as_torch(torch, p).requires_grad_() for p in s["params"]]
         for t, g in zip(tp, s["grads"]):
-            t.grad = torch.from_numpy(g)
+            t.grad = as_torch(torch, g)
         opts = {"fused": True} if mode == "fused" else {"foreach": mode == "foreach"}
         opt = getattr(torch.optim, cls)(tp, **kw, **opts)
 
@@ -128,4 +137,29 @@ def cases(quick: bool) -> list[Case]:
             streams = (1, 1 + n_state, 0)  # g read; p and the state read and written
             nbytes = 4 * n * (1 + 2 * (1 + n_state))
             out.append(Case(op, label, _inputs(sizes), providers, nbytes, streams, n, tags=("optim",)))
+        out.append(_bf16_master_adam(label, sizes, have_torch))
     return out
+
+
+def _bf16_master_adam(label: str, sizes: list[int], have_torch: bool) -> Case:
+    """Adam over bfloat16 parameters: fastnorm with float32 master weights vs torch on the same parameters."""
+    kw = ALGOS["adam_step"][1]
+    providers = {"fastnorm": _fastnorm("Adam", {**kw, "master_weights": True})}
+    if have_torch:
+        providers["torch foreach=True"] = _torch("Adam", kw, "foreach")
+        providers["torch fused=True"] = _torch("Adam", kw, "fused")
+    n = sum(sizes)
+    # the bound's streams (n float32 each): master, m, v read and written; one read stream for the 2 + 2 bytes of
+    # the bfloat16 gradient read and parameter write (the streaming kernel takes at most 4 read-write streams)
+    streams = (1, 3, 0)
+    return Case(
+        "adam_step",
+        label,
+        _inputs(sizes, "bfloat16"),
+        providers,
+        28 * n,
+        streams,
+        n,
+        tags=("optim",),
+        dtype="bfloat16",
+    )

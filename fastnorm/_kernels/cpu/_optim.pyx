@@ -3,12 +3,14 @@
 A call updates T tensors described by a table of addresses ``tensors`` (S, T): row 0 the parameters,
 row 1 the gradients, rows 2.. the algorithm's state (a 0 address for a stream the options do not use),
 and ``offsets`` (T + 1,): tensor t holds ``offsets[t + 1] - offsets[t]`` elements. The tensors are laid
-end to end in one flat index space, cut into balanced chunks of about CHUNK elements (boundaries at
-multiples of 16 elements, crossing tensor boundaries freely) that the threads take dynamically; each
-chunk walks its pieces of tensors with the per-element loops of ``fastnorm_optim.h``. So 200 small
-tensors cost one call, the threads share the work evenly whatever the sizes, and a thread that the OS
-preempts (shared machines) does not hold the others up. Every element goes through the same operations
-whatever the chunking (no fma contraction), so the results do not depend on the thread count.
+end to end in one flat index space, cut into one balanced contiguous share per thread (boundaries at
+multiples of 16 elements, crossing tensor boundaries freely); each share walks its pieces of tensors with
+the per-element loops of ``fastnorm_optim.h``. So 200 small tensors cost one call and the threads share the
+work evenly whatever the sizes. One contiguous share per thread (as torch's fused steps) rather than
+dynamically taken chunks: each thread's streams then run unbroken through its share (the hardware
+prefetchers never restart), and on a loaded 2-vCPU machine the medians were 10-25% lower than with 64K
+chunks taken dynamically (fastest runs equal). Every element goes through the same operations whatever
+the cut (no fma contraction), so the results do not depend on the thread count.
 
 Every address must point to a live, C-contiguous, aligned array of the given dtype (``code``: 0 float32,
 1 float64, 2 bfloat16, 3 float16 parameters; the state of 16-bit parameters is float32) and size;
@@ -60,8 +62,7 @@ cdef enum:
     HALF_ROWS = 8  # 16-bit tables: the 5 rows, then master (float32 or 0), rounding key, gradient is float32
     CODE_F64 = 1   # dtype codes: 0 float32, 1 float64, 2 bfloat16, 3 float16 (format = code - 2)
     CODE_BF16 = 2
-    ALIGN = 16   # chunk boundaries fall on multiples of this many elements (a cache line of float32)
-    CHUNK = 65536  # elements per dynamically scheduled chunk
+    ALIGN = 16   # share boundaries fall on multiples of this many elements (a cache line of float32)
 
 
 # ------------------------------------------------------------------------------------------ scheduling
@@ -127,7 +128,7 @@ cdef inline void _range(int algo, int flags, int code, const Py_ssize_t *tab, Py
 
 
 cdef inline int64_t _cut(int64_t total, int64_t n_chunks, int64_t c) noexcept nogil:
-    """Start of chunk c when [0, total) is cut into n_chunks balanced chunks (aligned to ALIGN)."""
+    """Start of share c when [0, total) is cut into n_chunks balanced shares (aligned to ALIGN)."""
     if c >= n_chunks:
         return total
     # = total * c // n_chunks, without overflowing int64 for huge totals
@@ -176,7 +177,7 @@ cdef void _run(int algo, int flags, int code, int n_rows, const Py_ssize_t[:, ::
     cdef const Py_ssize_t *tab
     cdef const int64_t *off
     cdef const double *pt = NULL
-    cdef int64_t total, c, n_chunks
+    cdef int64_t total, c
     if tensors.shape[0] != n_rows or offsets.shape[0] != n_tensors + 1 or offsets[0] != 0:
         raise ValueError("optimizer kernel: the address table or the offsets have the wrong shape")
     if n_pt > 0 and (per_tensor.shape[0] != n_tensors or per_tensor.shape[1] != n_pt):
@@ -199,10 +200,9 @@ cdef void _run(int algo, int flags, int code, int n_rows, const Py_ssize_t[:, ::
         if n_threads <= 1:
             _range(algo, flags, code, tab, n_tensors, n_rows, off, pt, n_pt, 0, total, h)
         else:
-            n_chunks = max((total + CHUNK - 1) // CHUNK, n_threads)
-            for c in prange(n_chunks, schedule="dynamic", chunksize=1, num_threads=n_threads):
+            for c in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
                 _range(algo, flags, code, tab, n_tensors, n_rows, off, pt, n_pt,
-                       _cut(total, n_chunks, c), _cut(total, n_chunks, c + 1), h)
+                       _cut(total, n_threads, c), _cut(total, n_threads, c + 1), h)
 
 
 # ------------------------------------------------------------------------------------------ entry points

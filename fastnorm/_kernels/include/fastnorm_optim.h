@@ -158,13 +158,86 @@ static inline uint16_t fn_f32_to_f16_sr(float f, uint32_t r) {
     return (uint16_t)(s | (u < p ? lo + 1 : lo));
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define FN_ADAM_BF16_VEC 1
+
+/* Adam over bfloat16 parameters, 16 lanes, in one pass (no float32 block buffers): the gradient (bfloat16 or
+ * float32 with g32) widened in registers, the float32 value from the master copy w (or, w NULL, from p), the
+ * operations of FN_ADAM_LOOP in its order (no fma: this header's fp-contract=off), the result rounded to
+ * nearest even into p (NaN -> quiet NaN, as fn_f32_to_bf16). With a master copy p is written only: from
+ * where p + i is 32-byte aligned, its stores are non-temporal (no read-for-ownership of p's lines: 2 of the
+ * 30 bytes an element moves). Returns how many leading elements it did (a multiple of 16); the caller does
+ * the rest. Bitwise the same as the blocked path (fn_optim_segment_f on widened blocks). */
+static inline ptrdiff_t fn_adam_bf16_avx512(uint16_t *p, float *restrict w, const void *g, int g32,
+                                            float *restrict m, float *restrict v, float *restrict vmax,
+                                            ptrdiff_t n, const fn_hyper *h, const double *ts, int flags) {
+    const __m512 sgn = _mm512_set1_ps((float)h->sgn), wd = _mm512_set1_ps((float)h->wd);
+    const __m512 eps = _mm512_set1_ps((float)h->eps), decay = _mm512_set1_ps((float)h->decay);
+    const __m512 omb1 = _mm512_set1_ps((float)h->omb1), b2 = _mm512_set1_ps((float)h->beta2);
+    const __m512 omb2 = _mm512_set1_ps((float)(1.0 - h->beta2));
+    const __m512 step_size = _mm512_set1_ps((float)ts[0]), bc2 = _mm512_set1_ps((float)ts[1]);
+    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const int use_wd = (flags & FN_WD) != 0, ams = (flags & FN_AMSGRAD) != 0;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 gi;
+        if (g32)
+            gi = _mm512_loadu_ps((const float *)g + i);
+        else
+            gi = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)g + i))), 16));
+        gi = _mm512_mul_ps(sgn, gi);
+        __m512 wi = w ? _mm512_loadu_ps(w + i)
+                      : _mm512_castsi512_ps(_mm512_slli_epi32(
+                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + i))), 16));
+        if (use_wd)
+            gi = _mm512_add_ps(gi, _mm512_mul_ps(wd, wi));
+        __m512 pi = _mm512_mul_ps(wi, decay);
+        __m512 mo = _mm512_loadu_ps(m + i);
+        __m512 mi = _mm512_add_ps(mo, _mm512_mul_ps(omb1, _mm512_sub_ps(gi, mo)));
+        _mm512_storeu_ps(m + i, mi);
+        __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + i)), _mm512_mul_ps(omb2, _mm512_mul_ps(gi, gi)));
+        _mm512_storeu_ps(v + i, vi);
+        if (ams) {
+            vi = _mm512_max_ps(_mm512_loadu_ps(vmax + i), vi); /* vm > vi ? vm : vi, NaN included */
+            _mm512_storeu_ps(vmax + i, vi);
+        }
+        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
+        __m512 r = _mm512_sub_ps(pi, _mm512_mul_ps(step_size, _mm512_div_ps(mi, den)));
+        if (w)
+            _mm512_storeu_ps(w + i, r);
+        __m512i u = _mm512_castps_si512(r);
+        __m512i hi = _mm512_srli_epi32(u, 16);
+        __m512i rn = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);
+        __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs_mask), inf);
+        __m256i o = _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rn, nan, hi, quiet));
+        if (w && ((uintptr_t)(p + i) & 31) == 0)
+            _mm256_stream_si256((__m256i *)(p + i), o);
+        else
+            _mm256_storeu_si256((__m256i *)(p + i), o);
+    }
+    if (w)
+        _mm_sfence();
+    return i;
+}
+#else
+#define FN_ADAM_BF16_VEC 0
+#endif
+
 /* Elements [k0, k0 + n) of one 16-bit tensor: p (16-bit, fmt), master (float32 or NULL), g (16-bit or,
  * with g32, float32), s0..s2 float32 state (NULL where unused); key: the stochastic-rounding key. */
 static inline void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
                                       const void *g, float *s0, float *s1, float *s2, ptrdiff_t k0, ptrdiff_t n,
                                       const fn_hyper *h, const double *ts, uint64_t key) {
     float pbuf[FN_HBLOCK], gbuf[FN_HBLOCK];
-    for (ptrdiff_t b = 0; b < n; b += FN_HBLOCK) {
+    ptrdiff_t b = 0;
+#if FN_ADAM_BF16_VEC
+    if (algo == FN_ADAM && fmt == FN_BF16 && !sr)
+        b = fn_adam_bf16_avx512(p, master, g, g32, s0, s1, s2, n, h, ts, flags);
+#endif
+    for (; b < n; b += FN_HBLOCK) {
         ptrdiff_t m = n - b < FN_HBLOCK ? n - b : FN_HBLOCK;
         const float *gb = gbuf;
         float *pb = pbuf;
