@@ -4,9 +4,9 @@ Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short row
 (rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
 memory once; LayerNorm's moments: each thread's two-pass summary of its elements merged over the team in
 one reduction (one barrier per row; float64: two passes over the registers), accurate when the mean is
-large against the spread. float32 rows of a multiple of 4 elements with 16-byte aligned arrays use
-128-bit loads and stores (``_vec``; ``use_vec``). Rows longer than MAX_TEAM * MAX_VPT take a streaming
-form that re-reads the row (from L2).
+large against the spread. float32 and 16-bit rows of a multiple of 4 / 8 elements with 16-byte aligned
+arrays use 128-bit loads and stores in the forward and the backward (``_row_vec``; ``use_vec``). Rows
+longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
 float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
 float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
 first) and round each output once to nearest even; float32 in float32; float64 in float64.
@@ -45,7 +45,7 @@ from ._common import (
     param_dtype,
     register_cap,
 )
-from ._vec import ALIGN, VEC, vec_ok
+from ._vec import ALIGN, lanes, vec_ok
 from .row_kernels import _make_backward, _make_forward, smem_parts
 
 if not SIM:
@@ -57,7 +57,8 @@ FWD_VPT = 8  # aim for about this many elements per thread in the forward
 BWD_VPT = 8  # ... and in the backward
 MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
-FWD_VEC = True  # float32 forward rows with 128-bit loads/stores where shape and alignment allow
+FWD_VEC = True  # forward rows with 128-bit loads/stores where dtype, shape and alignment allow
+BWD_VEC = True  # ... and backward rows
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
 
@@ -83,10 +84,21 @@ def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
     return t, r, vpt
 
 
-def use_vec(dt, n: int, vpt: int, *ptrs: int) -> bool:
-    """Whether the forward takes its 128-bit form: float32 data, register rows of a multiple of 4 elements
-    per thread, every array (by base address) 16-byte aligned (``FWD_VEC`` = False turns it off)."""
-    return FWD_VEC and vpt > 0 and vpt % VEC == 0 and vec_ok(n, np.dtype(dt).itemsize, *ptrs)
+# (itemsize, team, rms) of backward row kernels that keep the scalar form: the 16-bit LayerNorm backward
+# at 512-thread teams (N in (2048, 4096]) spills 40 bytes at the 64-register cap in its vector form (ptxas
+# 13, sm_90; the scalar form and the other teams do not).
+_BWD_VEC_SKIP = {(2, 512, False)}
+
+
+def use_vec(dt, n: int, vpt: int, *ptrs: int, backward: bool = False, rms: bool = False) -> bool:
+    """Whether a row kernel takes its 128-bit form: float32 or 16-bit data, register rows of a multiple of a
+    vector's elements (4 / 8) per thread and per row, every array (by base address) 16-byte aligned
+    (``FWD_VEC`` / ``BWD_VEC`` = False turn it off; ``_BWD_VEC_SKIP``)."""
+    dt = np.dtype(dt)
+    if backward and (dt.itemsize, row_config(n, BWD_VPT)[0], rms) in _BWD_VEC_SKIP:
+        return False
+    on = BWD_VEC if backward else FWD_VEC
+    return on and dt.itemsize < 8 and vpt > 0 and vpt % lanes(dt) == 0 and vec_ok(n, dt.itemsize, *ptrs)
 
 
 def _address(a) -> int:
@@ -110,7 +122,7 @@ def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=
 def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
     without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
-    variants (None: tested at run time); ``vec`` asks a forward kernel's 128-bit form."""
+    variants (None: tested at run time); ``vec`` asks the 128-bit form."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
@@ -120,7 +132,7 @@ def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
-    return _make_backward(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
+    return _make_backward(dt, t, r, vpt, rms, grouped, add, vec), sig, register_cap(t * r, ACC[dt])
 
 
 def _no_mom():
@@ -189,7 +201,9 @@ def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=No
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = bwd_config(n, dt, rms)
     add = dh is not None
-    k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add)
+    ptrs = (_address(a) for a in (dy, x, w, dx) + ((dh,) if add else ()))
+    vec = groups is None and use_vec(dt, n, vpt, *ptrs, backward=True, rms=rms)
+    k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add, vec=vec)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     rows = [p.shape[0] for o, p in ((dw, dw_part), (db, db_part)) if o.shape[0] > 0]
     bound = min(rows) if rows else 1 << 30
@@ -255,15 +269,18 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     return plan
 
 
-def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None)) -> Plan:
+def _bwd_plan(
+    dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None), aligned=False
+) -> Plan:
     """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted),
-    ``gdt`` the dweight/dbias dtypes. ``plan.extra`` is the reduction's plan (None when no dweight/dbias
-    is wanted)."""
-    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt)
+    ``gdt`` the dweight/dbias dtypes, ``aligned``: dy, x, weight and dx start on 16-byte boundaries (the
+    vector kernel when the shape allows). ``plan.extra`` is the reduction's plan (None when no
+    dweight/dbias is wanted)."""
+    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt, aligned)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = bwd_config(n, dt, rms)
-        k = _get("bwd", dt, t, r, vpt, rms)
+        k = _get("bwd", dt, t, r, vpt, rms, vec=aligned and use_vec(dt, n, vpt, backward=True, rms=rms))
         bound = min([p for p in (pw, pb) if p] or [1 << 30])
         c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
@@ -335,6 +352,7 @@ def _launch_bwd(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms: bool) -
         rms,
         X.device,
         gdt,
+        not ((DY.ptr | X.ptr | _p(W) | DX.ptr) & (ALIGN - 1)),
     )
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)

@@ -1,0 +1,196 @@
+"""The 128-bit forms of the LayerNorm/RMSNorm row kernels' register bodies (``row_kernels``' ``vec``
+variants): float32 rows read and written four elements per access, 16-bit rows (float16, bfloat16 as uint16
+bits) eight, through ``_vec.ldv`` / ``stv``. A thread holds groups of ``nl`` adjacent elements
+nl * (lane + k*t) .. + nl - 1 (k < vpt / nl) instead of the scalar form's lane + k*t; the arithmetic per
+element is the scalar form's. The launchers pick these bodies only for rows of a multiple of ``nl`` elements
+and 16-byte aligned arrays (``_vec.vec_ok``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import _common as cc
+from ._vec import lanes, ldv, stv
+from .row_kernels import F64, I32, ONE, ZERO, U, _inline, _make_row_moments, _storage_nb, _types
+
+
+def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
+    """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``): the thread
+    holds groups of ``nl`` adjacent elements (4 float32, 8 16-bit) nl * (lane + k*t) .. + nl - 1."""
+    nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
+    if np.dtype(dtype) == np.float64 or vpt % nl:
+        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
+    sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
+    nq, tu, nlu = vpt // nl, U(t), U(nl)
+
+    @_inline
+    def affine(o, p, w, b, j):
+        """o[:nl] * w[j ..] + b[j ..] (absent terms skipped), read pl at a time through ``p``."""
+        if mode_w > 0 or (mode_w < 0 and w.shape[0] > 0):
+            for h in range(nl // pl):
+                ldv(p, w, ZERO, j + U(h * pl))
+                for e in range(pl):
+                    o[h * pl + e] = o[h * pl + e] * ldp(p[e])
+        if mode_b > 0 or (mode_b < 0 and b.shape[0] > 0):
+            for h in range(nl // pl):
+                ldv(p, b, ZERO, j + U(h * pl))
+                for e in range(pl):
+                    o[h * pl + e] = o[h * pl + e] + ldp(p[e])
+
+    @_inline
+    def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+        buf = cuda.shared.array((4, r, cols), acc_nb)
+        n, ts, lane, row, ok = row_slot(x)
+        ng = n // nlu
+        gmax = I32(0)
+        if ok and lane < ng:
+            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        v = cuda.local.array(vpt, acc_nb)
+        raw = cuda.local.array(nl, sdt)
+        for k in range(nq):
+            for e in range(nl):
+                v[k * nl + e] = acc(0)
+            if k < gmax:
+                ldv(raw, x, row, (lane + U(k * t)) * nlu)
+                for e in range(nl):
+                    v[k * nl + e] = ld(raw[e])
+        mu, var = row_moments(v, gmax * I32(nl), buf, ts, lane, n)
+        rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
+        if ok:
+            o = cuda.local.array(nl, acc_nb)
+            p = cuda.local.array(pl, pdt)
+            for k in range(nq):
+                if k < gmax:
+                    j = (lane + U(k * t)) * nlu
+                    for e in range(nl):
+                        o[e] = (v[k * nl + e] - mu) * rs
+                    affine(o, p, w, b, j)
+                    for e in range(nl):
+                        raw[e] = st(o[e])
+                    stv(y, row, j, raw)
+
+    return body
+
+
+def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, add: bool, ns: int, chunk_slot, row_at):
+    """The register-form backward body with 128-bit accesses to dy, dh, x, w and dx (see
+    ``row_kernels._make_backward``; ``ns`` of its running partial rows in shared memory, the others in
+    registers). Each thread owns its partial slots q = k * nl + e at q * t + lane of its team's shared
+    rows (conflict-free; no barrier). The float64 partial rows are written once per team, element by
+    element. dweight/dbias: the scalar form's bits (the same products added per column in the same row
+    order); dx: its row sums add the thread's elements in another order (last bits may differ)."""
+    nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
+    if np.dtype(dtype) == np.float64 or vpt % nl:
+        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
+    sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    team_sum2 = cc.make_team_sum2(t)
+    nq, tu, nlu = vpt // nl, U(t), U(nl)
+    sw, sb = ns >= 1, ns >= 2
+    row_len = t * vpt if ns else 1
+    part_rows = r if ns else 1
+    n_parts = max(ns, 1)
+
+    @_inline
+    def body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
+        buf = cuda.shared.array((2, 2, r, cols), acc_nb)
+        spart = cuda.shared.array((n_parts, part_rows, row_len), acc_nb)
+        n, c, ts, lane, g, step, lo, hi = chunk_slot(x, n_chunks)
+        ng = n // nlu
+        gmax = I32(0)
+        if lane < ng:
+            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        xv = cuda.local.array(vpt, acc_nb)
+        dv = cuda.local.array(vpt, acc_nb)
+        rpw = cuda.local.array(vpt, acc_nb)
+        rpb = cuda.local.array(vpt, acc_nb)
+        raw = cuda.local.array(nl, sdt)
+        p = cuda.local.array(pl, pdt)
+        for q in range(vpt):  # (RMSNorm has no dbias: no running dbias partials)
+            if sw:
+                spart[0, ts, U(q * t) + lane] = acc(0)
+            else:
+                rpw[q] = acc(0)
+            if not rms:
+                if sb:
+                    spart[1, ts, U(q * t) + lane] = acc(0)
+                else:
+                    rpb[q] = acc(0)
+        has_w = w.shape[0] > 0
+        it = ZERO
+        while it < step:
+            row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
+            for q in range(vpt):
+                xv[q] = acc(0)
+                dv[q] = acc(0)
+            if ok:
+                for k in range(nq):
+                    if k < gmax:
+                        j = (lane + U(k * t)) * nlu
+                        ldv(raw, x, row, j)
+                        for e in range(nl):
+                            xv[k * nl + e] = ld(raw[e])
+                        ldv(raw, dy, row, j)
+                        for e in range(nl):
+                            dv[k * nl + e] = ld(raw[e])
+            s1 = acc(0)
+            s2 = acc(0)
+            for k in range(nq):
+                for hh in range(nl // pl):
+                    read_w = has_w and k < gmax
+                    if read_w:
+                        ldv(p, w, ZERO, (lane + U(k * t)) * nlu + U(hh * pl))
+                    for e in range(pl):
+                        q = k * nl + hh * pl + e
+                        xh = (xv[q] - mu) * rs
+                        d = dv[q]
+                        gv = d
+                        if read_w:
+                            gv = d * ldp(p[e])
+                        s1 += gv
+                        s2 += gv * xh
+                        if sw:
+                            spart[0, ts, U(q * t) + lane] += d * xh
+                        else:
+                            rpw[q] += d * xh
+                        if not rms:
+                            if sb:
+                                spart[1, ts, U(q * t) + lane] += d
+                            else:
+                                rpb[q] += d
+                        xv[q] = xh
+                        dv[q] = gv
+            a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
+            c1 = acc(0) if rms else a1 / acc(n)
+            c2 = a2 / acc(n)
+            if ok:
+                for k in range(nq):
+                    if k < gmax:
+                        j = (lane + U(k * t)) * nlu
+                        if add and dh.size > 0:
+                            ldv(raw, dh, row, j)
+                            for e in range(nl):
+                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2) + ld(raw[e]))
+                        else:
+                            for e in range(nl):
+                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2))
+                        stv(dx, row, j, raw)
+            it += ONE
+        if g < c:
+            want_dw = dwp.size > 0
+            want_db = not rms and dbp.size > 0
+            for k in range(nq):
+                if k < gmax:
+                    j = (lane + U(k * t)) * nlu
+                    for e in range(nl):
+                        q = k * nl + e
+                        if want_dw:
+                            dwp[g, j + U(e)] = F64(spart[0, ts, U(q * t) + lane] if sw else rpw[q])
+                        if want_db:
+                            dbp[g, j + U(e)] = F64(spart[1, ts, U(q * t) + lane] if sb else rpb[q])
+
+    return body
