@@ -79,10 +79,10 @@ def _row_specs(out, dt):
     """LayerNorm/RMSNorm row kernels at the default launch shapes (register and streaming forms), the fused
     add + norm forms, and the grouped (GroupNorm/InstanceNorm) forms."""
     nm = dt.name
-    for n in (128, 1024, 4096, 8192, 1 << 16):
+    for n in (128, 512, 1024, 4096, 8192, 1 << 16):
         for rms in (False, True):
             ln = "rms" if rms else "ln"
-            for kind, (t, r, vpt) in (("fwd", L.row_config(n, L.FWD_VPT)), ("bwd", L.bwd_config(n, dt, rms))):
+            for kind, (t, r, vpt) in (("fwd", L.fwd_config(n)), ("bwd", L.bwd_config(n, dt, rms))):
                 for add in (False, True):
                     pre = "add_" if add else ""
                     _add(
@@ -90,7 +90,7 @@ def _row_specs(out, dt):
                         f"{pre}{ln}_{kind} {nm} n={n} T={t} R={r} VPT={vpt}",
                         _recorded(L._get, kind, dt, t, r, vpt, rms, False, add),
                     )
-    t, r, vpt = L.row_config(4096, L.FWD_VPT)
+    t, r, vpt = L.fwd_config(4096)
     for wb in ((True, True), (True, False), (False, False)):  # the launchers' compile-time affine variants
         for rms in (False, True):
             _add(
@@ -99,8 +99,8 @@ def _row_specs(out, dt):
                 _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb),
             )
     if dt != F64:  # the 128-bit forms (rows of a multiple of 4 float32 / 8 16-bit elements, aligned arrays)
-        for n in (128, 768, 1024, 4096, 8192):
-            t, r, vpt = L.row_config(n, L.FWD_VPT)
+        for n in (128, 512, 768, 1024, 4096, 8192):
+            t, r, vpt = L.fwd_config(n)
             for rms in (False, True):
                 for wb in ((True, True), (False, False)) if not rms else ((True, False), (False, False)):
                     if not L.use_vec(dt, n, vpt):
@@ -114,8 +114,8 @@ def _row_specs(out, dt):
                 for add in (False, True):
                     name = f"{'add_' if add else ''}{'rms' if rms else 'ln'}_bwd vec {nm} n={n} T={t} R={r} VPT={vpt}"
                     _add(out, name, _recorded(L._get, "bwd", dt, t, r, vpt, rms, False, add, None, True))
-                t, r, vpt = L.row_config(n, L.FWD_VPT)
-    t, r, vpt = L.row_config(96, L.FWD_VPT)
+                t, r, vpt = L.fwd_config(n)
+    t, r, vpt = L.fwd_config(96)
     _add(out, f"gn_fwd grouped {nm}", _recorded(L._get, "fwd", dt, t, r, vpt, False, True))
     t, r, vpt = L.bwd_config(96, dt)
     _add(out, f"gn_bwd grouped {nm}", _recorded(L._get, "bwd", dt, t, r, vpt, False, True))

@@ -194,3 +194,19 @@ def test_fused_add_backward_takes_the_vector_kernel(rng, cuda, picked, rms, dt):
     oth = bwd_ref(*f32(dy, h, *stats, w, None), rms)
     close(host(dx), (oth[0] + f32(dh)[0]).astype(dt), ref[0] + f64(dh)[0], "dx")
     close(host(dw), oth[1], ref[1], "dweight")
+
+
+# One warp per row for forward rows up to FWD_WARP_ROWS (512) elements: N = 1, odd, prime, and just below,
+# at and above the threshold (513: the 8-elements-per-thread teams again, 128 threads).
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize(("n", "team"), [(1, 32), (37, 32), (257, 32), (509, 32), (512, 32), (513, 128)])
+def test_warp_per_row_forward(rng, cuda, picked, rms, n, team):
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    t, r, vpt = L.fwd_config(n)
+    assert (t, r * t) == (team, L.BLOCK_THREADS)
+    assert 0 < vpt <= L.MAX_VPT
+    for dt in (F32, BF16):
+        out, inputs = _run(cuda, rng, dt, (3, n), rms)
+        _check(out, inputs, dt, rms)
+    assert picked["fwd"] == [n == 512] * 2  # (the vector form where N allows)

@@ -33,6 +33,7 @@ from ._column_sums import RED_COLS, RED_GROUPS, _reduce_kernel, reduce_partials
 from ._common import (
     ACC,
     BF16,
+    WARP,
     SIM,
     Kernel,
     arr,
@@ -59,17 +60,25 @@ MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
 FWD_VEC = True  # forward rows with 128-bit loads/stores where dtype, shape and alignment allow
 BWD_VEC = True  # ... and backward rows
+FWD_WARP_ROWS = 512  # forward rows up to this many elements: one warp each (at most WARP * MAX_VPT)
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
 
-def row_config(n: int, target_vpt: int) -> tuple[int, int, int]:
-    """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming)."""
+def row_config(n: int, target_vpt: int, warp_rows: int = 0) -> tuple[int, int, int]:
+    """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming). Rows of
+    at most ``warp_rows`` elements get one warp (no barrier: the team's reductions are warp shuffles), up
+    to MAX_VPT elements per thread; longer ones teams of about ``target_vpt`` elements per thread."""
     t = 32
-    while t < MAX_TEAM and n > t * target_vpt:
+    while t < MAX_TEAM and n > t * target_vpt and n > min(warp_rows, WARP * MAX_VPT):
         t *= 2
     per = -(-n // t)
     vpt = 0 if per > MAX_VPT else next_pow2(per)
     return t, max(1, BLOCK_THREADS // t), vpt
+
+
+def fwd_config(n: int) -> tuple[int, int, int]:
+    """The forward's ``row_config``: one warp per row up to FWD_WARP_ROWS elements."""
+    return row_config(n, FWD_VPT, FWD_WARP_ROWS)
 
 
 def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
@@ -180,7 +189,7 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     if m == 0:
         return
     dt = np.dtype(x.dtype if dt is None else dt)
-    t, r, vpt = row_config(n, FWD_VPT)
+    t, r, vpt = fwd_config(n)
     add = res is not None
     vec = groups is None and not add and use_vec(dt, n, vpt, *(_address(a) for a in (x, w, b, y)))
     k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0), vec)
@@ -248,7 +257,7 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned)
     plan = _plans.get(key)
     if plan is None:
-        t, r, vpt = row_config(n, FWD_VPT)
+        t, r, vpt = fwd_config(n)
         vec = aligned and use_vec(dt, n, vpt)
         k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
