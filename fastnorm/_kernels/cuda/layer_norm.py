@@ -33,8 +33,8 @@ from ._column_sums import RED_COLS, RED_GROUPS, _reduce_kernel, reduce_partials
 from ._common import (
     ACC,
     BF16,
-    WARP,
     SIM,
+    WARP,
     Kernel,
     arr,
     cached,
