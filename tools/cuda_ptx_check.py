@@ -108,6 +108,9 @@ def _row_specs(out, dt):
                     name = f"{'rms' if rms else 'ln'}_fwd vec {nm} n={n} T={t} R={r} VPT={vpt}"
                     rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb, True)
                     _add(out, f"{name} w,b={int(wb[0])}{int(wb[1])}", rec)
+                    if L.use_persist(vpt):
+                        rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb, True, True)
+                        _add(out, f"{name} persist w,b={int(wb[0])}{int(wb[1])}", rec)
                 t, r, vpt = L.bwd_config(n, dt, rms)
                 if not L.use_vec(dt, n, vpt, backward=True, rms=rms):
                     continue

@@ -130,7 +130,11 @@ def test_vector_kernels_and_their_scalar_fallback(rng, cuda, picked, rms, dt, sh
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
-@pytest.mark.parametrize(("dt", "shape"), [(F32, (5, 128)), (F32, (3, 1000)), (BF16, (3, 1000)), (F16, (5, 256))])
+@pytest.mark.parametrize(
+    ("dt", "shape"),
+    [(F32, (5, 128)), (F32, (3, 1000)), (BF16, (3, 1000)), (F16, (5, 256))],
+    ids=["float32-5x128", "float32-3x1000", "bfloat16-3x1000", "float16-5x256"],
+)
 def test_vector_backward_weight_grads_are_the_scalar_kernels_bits(rng, cuda, picked, monkeypatch, rms, dt, shape):
     """dweight/dbias add the same products per column in the same row order as the scalar kernel (the
     chunk count is fixed by P): the same bits, and the same again on a repeated call."""
@@ -210,3 +214,53 @@ def test_warp_per_row_forward(rng, cuda, picked, rms, n, team):
         out, inputs = _run(cuda, rng, dt, (3, n), rms)
         _check(out, inputs, dt, rms)
     assert picked["fwd"] == [n == 512] * 2  # (the vector form where N allows)
+
+
+# The persistent forward (vector rows of at most PERSIST_VPT elements per thread): a grid of PERSIST_BLOCKS
+# blocks strides over the rows (several rows per team, a last partial stride), weight/bias in registers,
+# the next row prefetched. Same per-row arithmetic and reduction order as the one-row-per-team kernel.
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize(
+    ("dt", "shape"),
+    [(F32, (19, 128)), (F32, (5, 1000)), (BF16, (5, 1000)), (F16, (11, 256))],
+    ids=["float32-19x128", "float32-5x1000", "bfloat16-5x1000", "float16-11x256"],
+)
+def test_persistent_forward_is_the_one_row_kernels_bits(rng, cuda, monkeypatch, rms, affine, dt, shape):
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    K = kernels()
+    m, n = shape
+    x = data(rng, shape, dt, 3.0)
+    w, b = (param(rng, n, F32), param(rng, n, F32, bias=True)) if affine else (None, None)
+    b = None if rms else b
+    X = cuda.to_device(x)
+    W, B = (empty(cuda, (0,), F32) if a is None else cuda.to_device(a) for a in (w, b))
+    persisted = []
+    get = L._get
+
+    def spy(*args, **kw):
+        persisted.append(kw.get("persist", False))
+        return get(*args, **kw)
+
+    monkeypatch.setattr(L, "_get", spy)
+    monkeypatch.setattr(L, "_plans", {})
+    monkeypatch.setattr(L, "PERSIST_BLOCKS", 2)
+    outs = []
+    for persist in (True, False):
+        monkeypatch.setattr(L, "FWD_PERSIST", persist)
+        y, mean, rstd = empty(cuda, shape, dt), empty(cuda, (m,), F32), empty(cuda, (m,), F32)
+        if rms:
+            K.rms_norm_forward(X, W, y, rstd, EPS, 1)
+        else:
+            K.layer_norm_forward(X, W, B, y, mean, rstd, EPS, 1)
+        outs.append([host(y), None if rms else host(mean), host(rstd)])
+    assert persisted == [True, False]
+    for got, one_row in zip(outs[0], outs[1], strict=True):
+        if got is not None:
+            np.testing.assert_array_equal(got.view(np.uint8), one_row.view(np.uint8))
+    ref, oth = fwd_ref(*f64(x, w, b), rms), fwd_ref(*f32(x, w, b), rms)
+    close(outs[0][0], oth[0].astype(dt), ref[0], "y")
+    close(outs[0][2], oth[2], ref[2], "rstd")
+    if not rms:
+        close(outs[0][1], oth[1], ref[1], "mean")

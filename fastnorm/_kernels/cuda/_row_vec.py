@@ -194,3 +194,105 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, add: bool, ns: int,
                             dbp[g, j + U(e)] = F64(spart[1, ts, U(q * t) + lane] if sb else rpb[q])
 
     return body
+
+
+def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_stats):
+    """``vec_fwd_body`` as a persistent kernel: the grid (at most the blocks the GPU holds at once) strides
+    over the rows, team ``ts`` of block ``b`` taking rows (b + i * gridDim) * r + ts. Weight and bias are
+    read once per thread into registers (16-bit rows with both: the weight); the next row's loads are
+    issued before the current row's reduction and stores (two register rows); the team reductions
+    alternate two shared buffers, so one barrier per row is enough (none for a one-warp team). Every
+    thread of a block runs the same number of iterations. Per row the same arithmetic, mapping and
+    reduction order as ``vec_fwd_body``: the same bits."""
+    nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
+    if np.dtype(dtype) == np.float64 or vpt % nl:
+        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
+    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
+    sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
+    nq, tu, ru, nlu = vpt // nl, U(t), U(r), U(nl)
+    # 16-bit rows with both weight and bias: the bias is read again per row (from L1), not kept (kept, it
+    # spilled at 128-thread teams under ptxas 13 at the 64-register cap)
+    keep_b = nl == 4 or mode_w == 0
+
+    @_inline
+    def load_row(v, raw, x, row, ok, gmax, lane):
+        """The thread's groups of row ``row`` into v (zeros where absent or not ``ok``)."""
+        for k in range(nq):
+            for e in range(nl):
+                v[k * nl + e] = acc(0)
+            if ok and k < gmax:
+                ldv(raw, x, row, (lane + U(k * t)) * nlu)
+                for e in range(nl):
+                    v[k * nl + e] = ld(raw[e])
+
+    @_inline
+    def load_param(pv, p, a, gmax, lane):
+        """The thread's groups of weight or bias ``a`` into registers pv (float; 0 where absent)."""
+        for k in range(nq):
+            for e in range(nl):
+                pv[k * nl + e] = acc(0)
+            if k < gmax:
+                for hh in range(nl // pl):
+                    ldv(p, a, ZERO, (lane + U(k * t)) * nlu + U(hh * pl))
+                    for e in range(pl):
+                        pv[k * nl + hh * pl + e] = ldp(p[e])
+
+    @_inline
+    def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
+        bufs = cuda.shared.array((2, 4, r, cols), acc_nb)
+        tid = U(cuda.threadIdx.x)
+        ts = tid // tu
+        lane = tid - ts * tu
+        m, n = U(x.shape[0]), U(x.shape[1])
+        step = U(cuda.gridDim.x) * ru
+        ng = n // nlu
+        gmax = I32(0)
+        if lane < ng:
+            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        has_w = mode_w > 0 or (mode_w < 0 and w.shape[0] > 0)
+        has_b = mode_b > 0 or (mode_b < 0 and b.shape[0] > 0)
+        raw = cuda.local.array(nl, sdt)
+        p = cuda.local.array(pl, pdt)
+        wv = cuda.local.array(vpt, acc_nb)
+        bv = cuda.local.array(vpt, acc_nb)
+        if has_w:
+            load_param(wv, p, w, gmax, lane)
+        if keep_b and has_b:
+            load_param(bv, p, b, gmax, lane)
+        v = cuda.local.array(vpt, acc_nb)
+        nx = cuda.local.array(vpt, acc_nb)
+        base = U(cuda.blockIdx.x) * ru
+        row = base + ts
+        load_row(v, raw, x, row, row < m, gmax, lane)
+        par = ZERO
+        while base < m:
+            ok = row < m
+            nrow = row + step
+            load_row(nx, raw, x, nrow, nrow < m, gmax, lane)
+            cnt = gmax * I32(nl) if ok else I32(0)
+            mu, var = row_moments(v, cnt, bufs[par], ts, lane, n)
+            rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
+            if ok:
+                for k in range(nq):
+                    if k < gmax:
+                        j = (lane + U(k * t)) * nlu
+                        for hh in range(nl // pl):
+                            if has_b and not keep_b:
+                                ldv(p, b, ZERO, j + U(hh * pl))
+                            for e in range(pl):
+                                q = k * nl + hh * pl + e
+                                o = (v[q] - mu) * rs
+                                if has_w:
+                                    o = o * wv[q]
+                                if has_b:
+                                    o = o + (bv[q] if keep_b else ldp(p[e]))
+                                raw[hh * pl + e] = st(o)
+                        stv(y, row, j, raw)
+            for q in range(vpt):
+                v[q] = nx[q]
+            row = nrow
+            base += step
+            par = par ^ ONE
+
+    return body

@@ -60,6 +60,9 @@ MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
 FWD_VEC = True  # forward rows with 128-bit loads/stores where dtype, shape and alignment allow
 BWD_VEC = True  # ... and backward rows
+FWD_PERSIST = True  # vector forward rows of at most PERSIST_VPT elements per thread: the persistent kernel
+PERSIST_VPT = 8  # (two register rows, weight and bias: 4 x VPT registers per thread)
+PERSIST_BLOCKS = 0  # its grid: at most this many blocks (0: the blocks the GPU holds at once)
 FWD_WARP_ROWS = 512  # forward rows up to this many elements: one warp each (at most WARP * MAX_VPT)
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
@@ -110,6 +113,20 @@ def use_vec(dt, n: int, vpt: int, *ptrs: int, backward: bool = False, rms: bool 
     return on and dt.itemsize < 8 and vpt > 0 and vpt % lanes(dt) == 0 and vec_ok(n, dt.itemsize, *ptrs)
 
 
+def use_persist(vpt: int) -> bool:
+    """Whether a vector forward of ``vpt`` elements per thread takes the persistent form (``FWD_PERSIST``)."""
+    return FWD_PERSIST and 0 < vpt <= PERSIST_VPT
+
+
+def fwd_grid(k: Kernel, m: int, r: int, t: int, persist: bool) -> int:
+    """Blocks of a forward launch over m rows, r per block: one per r rows, or for the persistent form at
+    most the blocks the GPU holds at once (``PERSIST_BLOCKS`` when set)."""
+    g = -(-m // r)
+    if persist:
+        g = min(g, PERSIST_BLOCKS or k.resident_blocks(t * r))
+    return max(1, g)
+
+
 def _address(a) -> int:
     """Base address of a kernel-ready array (the simulator's NumPy buffer there); 0 for an empty one."""
     if a.size == 0:
@@ -123,21 +140,26 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False) -> Kernel:
-    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec)
-    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec)))
+def _get(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False, persist=False
+) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec, persist)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec, persist)))
 
 
-def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False):
+def spec(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False, persist=False
+):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
     without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
-    variants (None: tested at run time); ``vec`` asks the 128-bit form."""
+    variants (None: tested at run time); ``vec`` asks the 128-bit form, ``persist`` its persistent forward."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
         data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
         sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb, vec), sig, register_cap(t * r, ACC[dt])
+        kern = _make_forward(dt, t, r, vpt, rms, grouped, add, wb, vec, persist)
+        return kern, sig, register_cap(t * r, ACC[dt])
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
@@ -192,12 +214,13 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     t, r, vpt = fwd_config(n)
     add = res is not None
     vec = groups is None and not add and use_vec(dt, n, vpt, *(_address(a) for a in (x, w, b, y)))
-    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0), vec)
+    persist = vec and use_persist(vpt)
+    wb = (w.shape[0] > 0, b.shape[0] > 0)
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, wb, vec, persist=persist)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
-    k.launch(
-        -(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps), _no_mom() if mom is None else mom, g, kk, ll
-    )
+    mom = _no_mom() if mom is None else mom
+    k.launch(fwd_grid(k, m, r, t, persist), t * r, current_stream(), *data, mean, rstd, float(eps), mom, g, kk, ll)
 
 
 def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None, gdt=(None, None)):
@@ -259,7 +282,8 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     if plan is None:
         t, r, vpt = fwd_config(n)
         vec = aligned and use_vec(dt, n, vpt)
-        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec)
+        persist = vec and use_persist(vpt)
+        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec, persist=persist)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
@@ -274,7 +298,7 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
         tpl.array((0, 0), 8)  # mom: no GroupNorm moments
         for v in (1, n, 1):  # G, K, L
             tpl.i64(v)
-        plan = _plans[key] = Plan(core_kernel(k), -(-m // r), t * r, tpl, slots, (eps,))
+        plan = _plans[key] = Plan(core_kernel(k), fwd_grid(k, m, r, t, persist), t * r, tpl, slots, (eps,))
     return plan
 
 

@@ -36,7 +36,16 @@ def _inline(fn):
 
 
 def _make_forward(
-    dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None, vec: bool = False
+    dtype,
+    t: int,
+    r: int,
+    vpt: int,
+    rms: bool,
+    grouped: bool = False,
+    add: bool = False,
+    wb=None,
+    vec: bool = False,
+    persist: bool = False,
 ):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
@@ -55,6 +64,8 @@ def _make_forward(
     bias too (``_row_vec``); the launcher picks it only for rows of a multiple of a vector's elements and
     16-byte aligned arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add
     the row's elements in another order (statistics may differ from the scalar form's in the last bits).
+    ``persist`` (with ``vec``): the persistent form (``_row_vec.vec_fwd_persistent_body``: a grid of at
+    most the resident blocks strides over the rows, weight/bias in registers, the next row prefetched).
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
@@ -112,8 +123,10 @@ def _make_forward(
     if vec:
         if grouped or add:
             raise ValueError("the vector row kernels have no grouped or fused-add form")
-        from ._row_vec import vec_fwd_body
+        from ._row_vec import vec_fwd_body, vec_fwd_persistent_body
 
+        if persist:
+            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats), False)
         return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
 
     if vpt > 0:
