@@ -6,7 +6,7 @@ vector stores, barriers, local-memory instructions, float64 instructions in floa
 violation (see ``expectations``: a kernel that does not compile; local memory or spills in a LayerNorm /
 RMSNorm row kernel; more barriers per row than the forward design allows; a ``vec`` kernel without
 128-bit read-only loads and 128-bit stores, or with a scalar global load other than a backward's per-row
-statistics). Needs NVVM and NVRTC, and
+statistics; an ``optim128`` kernel without 128-bit loads and stores, or with spills). Needs NVVM and NVRTC, and
 ptxas for the register/spill figures, no GPU: from PyPI, ``pip install nvidia-cuda-nvcc nvidia-cuda-nvrtc``
 (the CUDA major of the installed cuda-bindings; ptxas is then ``<site-packages>/nvidia/cu13/bin/ptxas``).
 
@@ -27,6 +27,7 @@ from numba import cuda
 
 from fastnorm._kernels.cuda import _column_sums as CS
 from fastnorm._kernels.cuda import _common as C
+from fastnorm._kernels.cuda import _optim_vec as OV
 from fastnorm._kernels.cuda import batch_norm_stages as BNS
 from fastnorm._kernels.cuda import channel_kernels as CK
 from fastnorm._kernels.cuda import channel_norm as CN
@@ -231,6 +232,16 @@ def _misc_specs(out, dt):
                 register_cap(O.BLOCK, dt),
             )
         )
+        if not O.vec_form(algo, flags, f64):
+            continue
+        out.append(
+            (
+                f"optim128 algo={algo} flags={flags} {nm}",
+                OV._make_vec_kernel(algo, flags, f64, O.BLOCK, O.CHUNK),
+                O._SIG,
+                register_cap(O.BLOCK, dt),
+            )
+        )
 
 
 def specs():
@@ -283,6 +294,10 @@ def expectations(name: str) -> dict:
         exp["spill_bytes"] = 0
         if "_fwd" in name:
             exp["max_barriers"] = 2 if ("float64" in name and name.startswith(("ln", "add_ln"))) else 1
+    if name.startswith("optim128"):  # (read and written by the same kernel: no read-only loads)
+        exp["min_ld_vector"] = 1
+        exp["min_st_vector"] = 1
+        exp["spill_bytes"] = 0
     if " vec" in name:
         exp["min_ld_vector"] = 1
         exp["min_st_vector"] = 1

@@ -1,0 +1,147 @@
+"""The optimizer steps' 128-bit form for float32/float64 parameters (``optim`` launches it when every
+address of a call's table is 16-byte aligned): the chunking, per-tensor pieces and update formulas of
+``_optim_kernels``, with each piece's aligned middle read and written one 128-bit access per stream per
+thread (4 float32 / 2 float64 elements) and its unaligned head and tail element by element.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from numba import cuda, types
+
+from ._common import SIM
+from ._optim_kernels import U, _chunked, _device_parts, _make_mem, _make_update, _mem, _streams
+
+
+def _make_vmem(nbty, ctype):
+    """Device functions ``ldv(dst, addr, i)`` / ``stv(addr, i, src)``: the 16 bytes of elements i .. i + w - 1
+    (w = 16 / element size; element i 16-byte aligned) of the array at address ``addr`` to / from the
+    thread-local array dst / src, as one 128-bit access (``ld.global.v4`` / ``.v2``, not read-only: the
+    kernels read and write the same addresses)."""
+    w = 16 // ctypes.sizeof(ctype)
+    if SIM:
+        ld, st = _make_mem(nbty, ctype)
+
+        @cuda.jit(device=True)
+        def ldv(dst, addr, i):
+            for e in range(w):
+                dst[e] = ld(addr, i + e)
+
+        @cuda.jit(device=True)
+        def stv(addr, i, src):
+            for e in range(w):
+                st(addr, i + e, src[e])
+
+        return ldv, stv
+    from llvmlite import ir
+    from numba.cuda.extending import intrinsic
+
+    i32 = ir.IntType(32)
+
+    def vptr(context, builder, addr, i):
+        et = context.get_value_type(nbty)
+        p = builder.gep(builder.inttoptr(addr, et.as_pointer(1)), [i])
+        return builder.bitcast(p, ir.PointerType(ir.VectorType(et, w), 1))
+
+    def local(context, builder, lty, arr, e):
+        return builder.gep(context.make_array(lty)(context, builder, value=arr).data, [ir.Constant(i32, e)])
+
+    @intrinsic
+    def ldv(typingctx, dst, addr, i):
+        sig = types.void(dst, types.uint64, types.uint64)
+
+        def codegen(context, builder, sig, args):
+            v = builder.load(vptr(context, builder, args[1], args[2]), align=16)
+            for e in range(w):
+                builder.store(
+                    builder.extract_element(v, ir.Constant(i32, e)), local(context, builder, sig.args[0], args[0], e)
+                )
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def stv(typingctx, addr, i, src):
+        sig = types.void(types.uint64, types.uint64, src)
+
+        def codegen(context, builder, sig, args):
+            ptr = vptr(context, builder, args[0], args[1])
+            v = ir.Constant(ptr.type.pointee, ir.Undefined)
+            for e in range(w):
+                v = builder.insert_element(
+                    v, builder.load(local(context, builder, sig.args[2], args[2], e)), ir.Constant(i32, e)
+                )
+            builder.store(v, ptr, align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return ldv, stv
+
+
+_VMEM: dict = {}
+
+
+def _vmem(f64: bool):
+    if f64 not in _VMEM:
+        _VMEM[f64] = _make_vmem(types.float64, ctypes.c_double) if f64 else _make_vmem(types.float32, ctypes.c_float)
+    return _VMEM[f64]
+
+
+def _make_vec_kernel(algo: int, flags: int, f64: bool, block: int, chunk: int):
+    """The kernel for float32/float64 parameters with 128-bit accesses (4 float32 / 2 float64 elements),
+    for tables whose every used address is 16-byte aligned (the launcher checks): per piece of a tensor, the
+    elements before its first 16-byte boundary and after its last one element by element, the groups between
+    them one 128-bit load per stream per thread, all loads of a group before its stores. The same update per
+    element as ``_make_kernel``: the same bits."""
+    from numba import float32, float64
+
+    nbt = float64 if f64 else float32
+    w = 2 if f64 else 4
+    ld, st = _mem(f64)
+    ldv, stv = _vmem(f64)
+    update = _make_update(algo, flags, f64)
+    _, _, element = _device_parts(algo, flags, f64)
+    use0, use1, use2 = _streams(algo, flags)
+    bu, wu, one = U(block), U(w), U(1)
+
+    @cuda.jit(device=True)
+    def piece(tab, t, pa, ga, a0, a1, a2, i, stop, k):
+        tid = U(cuda.threadIdx.x)
+        start = i - tid
+        a = min(stop, (start + wu - one) // wu * wu)  # the piece's first group boundary
+        z = max(a, stop // wu * wu)  # ... and its last
+        pv = cuda.local.array(w, nbt)
+        gv = cuda.local.array(w, nbt)
+        v0 = cuda.local.array(w, nbt)
+        v1 = cuda.local.array(w, nbt)
+        v2 = cuda.local.array(w, nbt)
+        j = a + tid * wu
+        while j < z:
+            ldv(pv, pa, j)
+            ldv(gv, ga, j)
+            if use0:
+                ldv(v0, a0, j)
+            if use1:
+                ldv(v1, a1, j)
+            if use2:
+                ldv(v2, a2, j)
+            for q in range(w):
+                pv[q], v0[q], v1[q], v2[q] = update(pv[q], gv[q], v0[q], v1[q], v2[q], k)
+            stv(pa, j, pv)
+            if use0:
+                stv(a0, j, v0)
+            if use1:
+                stv(a1, j, v1)
+            if use2:
+                stv(a2, j, v2)
+            j += bu * wu
+        nh = a - start
+        q = tid
+        while q < nh + (stop - z):  # the head [start, a) and the tail [z, stop), element by element (one loop)
+            j = start + q if q < nh else z + (q - nh)
+            st(pa, j, element(ld(pa, j), ld(ga, j), a0, a1, a2, j, k))
+            q += bu
+
+    return _chunked(piece, algo, flags, f64, block, chunk)
