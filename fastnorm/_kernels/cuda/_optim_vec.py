@@ -37,27 +37,21 @@ def _make_vmem(nbty, ctype):
     from llvmlite import ir
     from numba.cuda.extending import intrinsic
 
-    i32 = ir.IntType(32)
+    from ._vec import load_to_local, store_from_local
 
     def vptr(context, builder, addr, i):
+        """Global-space <w x elt>* to element i of the array at address ``addr``."""
         et = context.get_value_type(nbty)
         p = builder.gep(builder.inttoptr(addr, et.as_pointer(1)), [i])
         return builder.bitcast(p, ir.PointerType(ir.VectorType(et, w), 1))
-
-    def local(context, builder, lty, arr, e):
-        return builder.gep(context.make_array(lty)(context, builder, value=arr).data, [ir.Constant(i32, e)])
 
     @intrinsic
     def ldv(typingctx, dst, addr, i):
         sig = types.void(dst, types.uint64, types.uint64)
 
         def codegen(context, builder, sig, args):
-            v = builder.load(vptr(context, builder, args[1], args[2]), align=16)
-            for e in range(w):
-                builder.store(
-                    builder.extract_element(v, ir.Constant(i32, e)), local(context, builder, sig.args[0], args[0], e)
-                )
-            return context.get_dummy_value()
+            ptr = vptr(context, builder, args[1], args[2])
+            return load_to_local(context, builder, ptr, w, sig.args[0], args[0], False)
 
         return sig, codegen
 
@@ -66,14 +60,7 @@ def _make_vmem(nbty, ctype):
         sig = types.void(types.uint64, types.uint64, src)
 
         def codegen(context, builder, sig, args):
-            ptr = vptr(context, builder, args[0], args[1])
-            v = ir.Constant(ptr.type.pointee, ir.Undefined)
-            for e in range(w):
-                v = builder.insert_element(
-                    v, builder.load(local(context, builder, sig.args[2], args[2], e)), ir.Constant(i32, e)
-                )
-            builder.store(v, ptr, align=16)
-            return context.get_dummy_value()
+            return store_from_local(context, builder, vptr(context, builder, args[0], args[1]), w, sig.args[2], args[2])
 
         return sig, codegen
 

@@ -16,16 +16,33 @@ from ._vec import lanes, ldv, stv
 from .row_kernels import F64, I32, ONE, ZERO, U, _inline, _make_row_moments, _storage_nb, _types
 
 
-def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
-    """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``): the thread
-    holds groups of ``nl`` adjacent elements (4 float32, 8 16-bit) nl * (lane + k*t) .. + nl - 1."""
+def _setup(dtype, t: int, vpt: int):
+    """What every vector body needs: (nl, pl: elements of the data / parameters per 128-bit access; the
+    ``row_kernels._types`` of the dtype; the Numba types of a stored data / parameter element; ``groups``:
+    device function (n, lane, ok) -> the thread's count of groups of nl in a row of n (0 unless ``ok``))."""
     nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
     if np.dtype(dtype) == np.float64 or vpt % nl:
         raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
-    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
+    nq, tu, nlu = U(vpt // nl), U(t), U(nl)
+
+    @_inline
+    def groups(n, lane, ok):
+        ng = n // nlu
+        gmax = I32(0)
+        if ok and lane < ng:
+            gmax = I32(min(nq, (ng - lane + tu - ONE) // tu))
+        return gmax
+
     sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    return (nl, pl, *_types(dtype, t), sdt, pdt, groups)
+
+
+def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
+    """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``): the thread
+    holds groups of ``nl`` adjacent elements (4 float32, 8 16-bit) nl * (lane + k*t) .. + nl - 1."""
+    nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
     row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
-    nq, tu, nlu = vpt // nl, U(t), U(nl)
+    nq, nlu = vpt // nl, U(nl)
 
     @_inline
     def affine(o, p, w, b, j):
@@ -45,10 +62,7 @@ def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b
     def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
         buf = cuda.shared.array((4, r, cols), acc_nb)
         n, ts, lane, row, ok = row_slot(x)
-        ng = n // nlu
-        gmax = I32(0)
-        if ok and lane < ng:
-            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        gmax = groups(n, lane, ok)
         v = cuda.local.array(vpt, acc_nb)
         raw = cuda.local.array(nl, sdt)
         for k in range(nq):
@@ -76,20 +90,16 @@ def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b
     return body
 
 
-def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, add: bool, ns: int, chunk_slot, row_at):
+def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, ns: int, chunk_slot, row_at, add_parts, add: bool):
     """The register-form backward body with 128-bit accesses to dy, dh, x, w and dx (see
     ``row_kernels._make_backward``; ``ns`` of its running partial rows in shared memory, the others in
     registers). Each thread owns its partial slots q = k * nl + e at q * t + lane of its team's shared
     rows (conflict-free; no barrier). The float64 partial rows are written once per team, element by
     element. dweight/dbias: the scalar form's bits (the same products added per column in the same row
     order); dx: its row sums add the thread's elements in another order (last bits may differ)."""
-    nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
-    if np.dtype(dtype) == np.float64 or vpt % nl:
-        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
-    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
-    sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
     team_sum2 = cc.make_team_sum2(t)
-    nq, tu, nlu = vpt // nl, U(t), U(nl)
+    nq, nlu = vpt // nl, U(nl)
     sw, sb = ns >= 1, ns >= 2
     row_len = t * vpt if ns else 1
     part_rows = r if ns else 1
@@ -100,26 +110,15 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, add: bool, ns: int,
         buf = cuda.shared.array((2, 2, r, cols), acc_nb)
         spart = cuda.shared.array((n_parts, part_rows, row_len), acc_nb)
         n, c, ts, lane, g, step, lo, hi = chunk_slot(x, n_chunks)
-        ng = n // nlu
-        gmax = I32(0)
-        if lane < ng:
-            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        gmax = groups(n, lane, True)
         xv = cuda.local.array(vpt, acc_nb)
         dv = cuda.local.array(vpt, acc_nb)
         rpw = cuda.local.array(vpt, acc_nb)
         rpb = cuda.local.array(vpt, acc_nb)
         raw = cuda.local.array(nl, sdt)
         p = cuda.local.array(pl, pdt)
-        for q in range(vpt):  # (RMSNorm has no dbias: no running dbias partials)
-            if sw:
-                spart[0, ts, U(q * t) + lane] = acc(0)
-            else:
-                rpw[q] = acc(0)
-            if not rms:
-                if sb:
-                    spart[1, ts, U(q * t) + lane] = acc(0)
-                else:
-                    rpb[q] = acc(0)
+        for q in range(vpt):
+            add_parts(spart, rpw, rpb, ts, lane, q, acc(0), acc(0), True)
         has_w = w.shape[0] > 0
         it = ZERO
         while it < step:
@@ -153,15 +152,7 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, add: bool, ns: int,
                             gv = d * ldp(p[e])
                         s1 += gv
                         s2 += gv * xh
-                        if sw:
-                            spart[0, ts, U(q * t) + lane] += d * xh
-                        else:
-                            rpw[q] += d * xh
-                        if not rms:
-                            if sb:
-                                spart[1, ts, U(q * t) + lane] += d
-                            else:
-                                rpb[q] += d
+                        add_parts(spart, rpw, rpb, ts, lane, q, d * xh, d, False)
                         xv[q] = xh
                         dv[q] = gv
             a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
@@ -204,11 +195,7 @@ def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: 
     alternate two shared buffers, so one barrier per row is enough (none for a one-warp team). Every
     thread of a block runs the same number of iterations. Per row the same arithmetic, mapping and
     reduction order as ``vec_fwd_body``: the same bits."""
-    nl, pl = lanes(dtype), lanes(cc.param_dtype(dtype))
-    if np.dtype(dtype) == np.float64 or vpt % nl:
-        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
-    acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
-    sdt, pdt = _storage_nb(dtype), _storage_nb(cc.param_dtype(dtype))
+    nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
     row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nq, tu, ru, nlu = vpt // nl, U(t), U(r), U(nl)
     # 16-bit rows with both weight and bias: the bias is read again per row (from L1), not kept (kept, it
@@ -246,10 +233,7 @@ def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: 
         lane = tid - ts * tu
         m, n = U(x.shape[0]), U(x.shape[1])
         step = U(cuda.gridDim.x) * ru
-        ng = n // nlu
-        gmax = I32(0)
-        if lane < ng:
-            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
+        gmax = groups(n, lane, True)
         has_w = mode_w > 0 or (mode_w < 0 and w.shape[0] > 0)
         has_b = mode_b > 0 or (mode_b < 0 and b.shape[0] > 0)
         raw = cuda.local.array(nl, sdt)

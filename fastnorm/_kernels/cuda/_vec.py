@@ -71,6 +71,23 @@ else:
         """Pointer to element ``e`` of a thread-local array."""
         return builder.gep(context.make_array(lty)(context, builder, value=arr).data, [ir.Constant(_I32, e)])
 
+    def load_to_local(context, builder, ptr, w, lty, arr, invariant: bool):
+        """Codegen: the <w x elt> at global ``ptr`` (16-byte aligned) into local array ``arr`` (type ``lty``)."""
+        v = builder.load(ptr, align=ALIGN)
+        if invariant:
+            v.set_metadata("invariant.load", builder.module.add_metadata([]))
+        for e in range(w):
+            builder.store(builder.extract_element(v, ir.Constant(_I32, e)), _local(context, builder, lty, arr, e))
+        return context.get_dummy_value()
+
+    def store_from_local(context, builder, ptr, w, lty, arr):
+        """Codegen: local array ``arr``'s first w elements to the <w x elt> at global ``ptr`` (aligned)."""
+        v = ir.Constant(ptr.type.pointee, ir.Undefined)
+        for e in range(w):
+            v = builder.insert_element(v, builder.load(_local(context, builder, lty, arr, e)), ir.Constant(_I32, e))
+        builder.store(v, ptr, align=ALIGN)
+        return context.get_dummy_value()
+
     @intrinsic
     def ldv(typingctx, dst, a, row, j):
         if dst.dtype != a.dtype:
@@ -79,12 +96,7 @@ else:
 
         def codegen(context, builder, sig, args):
             ptr, w = _vptr(context, builder, sig.args[1], args[1], args[2], args[3])
-            v = builder.load(ptr, align=ALIGN)
-            v.set_metadata("invariant.load", builder.module.add_metadata([]))
-            for e in range(w):
-                el = builder.extract_element(v, ir.Constant(_I32, e))
-                builder.store(el, _local(context, builder, sig.args[0], args[0], e))
-            return context.get_dummy_value()
+            return load_to_local(context, builder, ptr, w, sig.args[0], args[0], True)
 
         return sig, codegen
 
@@ -96,11 +108,6 @@ else:
 
         def codegen(context, builder, sig, args):
             ptr, w = _vptr(context, builder, sig.args[0], args[0], args[1], args[2])
-            v = ir.Constant(ptr.type.pointee, ir.Undefined)
-            for e in range(w):
-                el = builder.load(_local(context, builder, sig.args[3], args[3], e))
-                v = builder.insert_element(v, el, ir.Constant(_I32, e))
-            builder.store(v, ptr, align=ALIGN)
-            return context.get_dummy_value()
+            return store_from_local(context, builder, ptr, w, sig.args[3], args[3])
 
         return sig, codegen

@@ -374,12 +374,26 @@ def _make_backward(
             return d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
         return d
 
+    @_inline
+    def add_parts(spart, rpw, rpb, ts, lane, k, pw, pb, init):
+        """Running partial k of the team's dweight (+= pw) and dbias (+= pb; RMSNorm has none), in shared
+        slot lane + k*t or register k; ``init``: set them instead (to start a chunk)."""
+        if sw:
+            spart[0, ts, lane + U(k * t)] = pw if init else spart[0, ts, lane + U(k * t)] + pw
+        else:
+            rpw[k] = pw if init else rpw[k] + pw
+        if not rms:
+            if sb:
+                spart[1, ts, lane + U(k * t)] = pb if init else spart[1, ts, lane + U(k * t)] + pb
+            else:
+                rpb[k] = pb if init else rpb[k] + pb
+
     if vec:
         if grouped or vpt == 0:
             raise ValueError("the vector backward has no grouped or streaming form")
         from ._row_vec import vec_bwd_body
 
-        return _bwd_kernel(vec_bwd_body(dtype, t, r, vpt, rms, add, ns, chunk_slot, row_at), add)
+        return _bwd_kernel(vec_bwd_body(dtype, t, r, vpt, rms, ns, chunk_slot, row_at, add_parts, add), add)
 
     if vpt > 0:
 
@@ -395,16 +409,8 @@ def _make_backward(
             dv = cuda.local.array(nv, acc_nb)
             rpw = cuda.local.array(nv, acc_nb)
             rpb = cuda.local.array(nv, acc_nb)
-            for k in range(vpt):  # (RMSNorm has no dbias: no running dbias partials)
-                if sw:
-                    spart[0, ts, lane + U(k * t)] = acc(0)
-                else:
-                    rpw[k] = acc(0)
-                if not rms:
-                    if sb:
-                        spart[1, ts, lane + U(k * t)] = acc(0)
-                    else:
-                        rpb[k] = acc(0)
+            for k in range(vpt):
+                add_parts(spart, rpw, rpb, ts, lane, k, acc(0), acc(0), True)
             it = ZERO
             while it < step:
                 row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
@@ -426,15 +432,7 @@ def _make_backward(
                         gv = wdy(d, w, row, lane + U(k * t), G, K, L)
                     s1 += gv
                     s2 += gv * xh
-                    if sw:
-                        spart[0, ts, lane + U(k * t)] += d * xh
-                    else:
-                        rpw[k] += d * xh
-                    if not rms:
-                        if sb:
-                            spart[1, ts, lane + U(k * t)] += d
-                        else:
-                            rpb[k] += d
+                    add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
                     xv[k] = xh
                     dv[k] = gv
                 a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
