@@ -7,11 +7,12 @@ thread (4 float32 / 2 float64 elements) and its unaligned head and tail element 
 from __future__ import annotations
 
 import ctypes
+import functools
 
 from numba import cuda, types
 
 from ._common import SIM
-from ._optim_kernels import U, _chunked, _device_parts, _make_mem, _make_update, _mem, _streams
+from ._optim_kernels import U, _chunked, _float_parts, _make_mem
 
 
 def _make_vmem(nbty, ctype):
@@ -67,13 +68,9 @@ def _make_vmem(nbty, ctype):
     return ldv, stv
 
 
-_VMEM: dict = {}
-
-
+@functools.cache
 def _vmem(f64: bool):
-    if f64 not in _VMEM:
-        _VMEM[f64] = _make_vmem(types.float64, ctypes.c_double) if f64 else _make_vmem(types.float32, ctypes.c_float)
-    return _VMEM[f64]
+    return _make_vmem(*((types.float64, ctypes.c_double) if f64 else (types.float32, ctypes.c_float)))
 
 
 def _make_vec_kernel(algo: int, flags: int, f64: bool, block: int, chunk: int):
@@ -82,16 +79,27 @@ def _make_vec_kernel(algo: int, flags: int, f64: bool, block: int, chunk: int):
     elements before its first 16-byte boundary and after its last one element by element, the groups between
     them one 128-bit load per stream per thread, all loads of a group before its stores. The same update per
     element as ``_make_kernel``: the same bits."""
-    from numba import float32, float64
-
-    nbt = float64 if f64 else float32
+    nbt, ld, st, update, element, (use0, use1, use2) = _float_parts(algo, flags, f64)
     w = 2 if f64 else 4
-    ld, st = _mem(f64)
     ldv, stv = _vmem(f64)
-    update = _make_update(algo, flags, f64)
-    _, _, element = _device_parts(algo, flags, f64)
-    use0, use1, use2 = _streams(algo, flags)
     bu, wu, one = U(block), U(w), U(1)
+
+    @cuda.jit(device=True)
+    def move(v, addr, j, store):
+        if store:
+            stv(addr, j, v)
+        else:
+            ldv(v, addr, j)
+
+    @cuda.jit(device=True)
+    def states(v0, v1, v2, a0, a1, a2, j, store):
+        """The group at j of the state streams the options use: loaded into v0.. or (``store``) stored."""
+        if use0:
+            move(v0, a0, j, store)
+        if use1:
+            move(v1, a1, j, store)
+        if use2:
+            move(v2, a2, j, store)
 
     @cuda.jit(device=True)
     def piece(tab, t, pa, ga, a0, a1, a2, i, stop, k):
@@ -108,21 +116,11 @@ def _make_vec_kernel(algo: int, flags: int, f64: bool, block: int, chunk: int):
         while j < z:
             ldv(pv, pa, j)
             ldv(gv, ga, j)
-            if use0:
-                ldv(v0, a0, j)
-            if use1:
-                ldv(v1, a1, j)
-            if use2:
-                ldv(v2, a2, j)
+            states(v0, v1, v2, a0, a1, a2, j, False)
             for q in range(w):
                 pv[q], v0[q], v1[q], v2[q] = update(pv[q], gv[q], v0[q], v1[q], v2[q], k)
             stv(pa, j, pv)
-            if use0:
-                stv(a0, j, v0)
-            if use1:
-                stv(a1, j, v1)
-            if use2:
-                stv(a2, j, v2)
+            states(v0, v1, v2, a0, a1, a2, j, True)
             j += bu * wu
         nh = a - start
         q = tid

@@ -90,7 +90,20 @@ def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b
     return body
 
 
-def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, ns: int, chunk_slot, row_at, add_parts, add: bool):
+def vec_bwd_body(
+    dtype,
+    t: int,
+    r: int,
+    vpt: int,
+    rms: bool,
+    ns: int,
+    chunk_slot,
+    next_row,
+    zero_parts,
+    row_elem,
+    row_coefs,
+    add: bool,
+):
     """The register-form backward body with 128-bit accesses to dy, dh, x, w and dx (see
     ``row_kernels._make_backward``; ``ns`` of its running partial rows in shared memory, the others in
     registers). Each thread owns its partial slots q = k * nl + e at q * t + lane of its team's shared
@@ -98,7 +111,6 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, ns: int, chunk_slot
     element. dweight/dbias: the scalar form's bits (the same products added per column in the same row
     order); dx: its row sums add the thread's elements in another order (last bits may differ)."""
     nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
-    team_sum2 = cc.make_team_sum2(t)
     nq, nlu = vpt // nl, U(nl)
     sw, sb = ns >= 1, ns >= 2
     row_len = t * vpt if ns else 1
@@ -117,15 +129,11 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, ns: int, chunk_slot
         rpb = cuda.local.array(vpt, acc_nb)
         raw = cuda.local.array(nl, sdt)
         p = cuda.local.array(pl, pdt)
-        for q in range(vpt):
-            add_parts(spart, rpw, rpb, ts, lane, q, acc(0), acc(0), True)
+        zero_parts(spart, rpw, rpb, ts, lane)
         has_w = w.shape[0] > 0
         it = ZERO
         while it < step:
-            row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
-            for q in range(vpt):
-                xv[q] = acc(0)
-                dv[q] = acc(0)
+            row, ok, mu, rs = next_row(lo, hi, it, mean, rstd, xv, dv)
             if ok:
                 for k in range(nq):
                     if k < gmax:
@@ -145,19 +153,13 @@ def vec_bwd_body(dtype, t: int, r: int, vpt: int, rms: bool, ns: int, chunk_slot
                         ldv(p, w, ZERO, (lane + U(k * t)) * nlu + U(hh * pl))
                     for e in range(pl):
                         q = k * nl + hh * pl + e
-                        xh = (xv[q] - mu) * rs
-                        d = dv[q]
-                        gv = d
+                        gv = dv[q]
                         if read_w:
-                            gv = d * ldp(p[e])
-                        s1 += gv
-                        s2 += gv * xh
-                        add_parts(spart, rpw, rpb, ts, lane, q, d * xh, d, False)
-                        xv[q] = xh
-                        dv[q] = gv
-            a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
-            c1 = acc(0) if rms else a1 / acc(n)
-            c2 = a2 / acc(n)
+                            gv = gv * ldp(p[e])
+                        a, b = row_elem(xv, dv, q, mu, rs, gv, spart, rpw, rpb, ts, lane)
+                        s1 += a
+                        s2 += b
+            c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
             if ok:
                 for k in range(nq):
                     if k < gmax:

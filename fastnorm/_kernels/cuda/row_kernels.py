@@ -388,12 +388,45 @@ def _make_backward(
             else:
                 rpb[k] = pb if init else rpb[k] + pb
 
+    @_inline
+    def row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane):
+        """Element k of a row in the registers (x in xv, dy in dv; gv: dy times its weight): its dweight and
+        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns (gv, gv * xhat), its
+        terms of the row's two sums."""
+        xh = (xv[k] - mu) * rs
+        d = dv[k]
+        add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
+        xv[k] = xh
+        dv[k] = gv
+        return gv, gv * xh
+
+    @_inline
+    def zero_parts(spart, rpw, rpb, ts, lane):
+        """The team's running partials set to 0 (a chunk starts)."""
+        for k in range(vpt):
+            add_parts(spart, rpw, rpb, ts, lane, k, acc(0), acc(0), True)
+
+    @_inline
+    def next_row(lo, hi, it, mean, rstd, xv, dv):
+        """``row_at`` for the register forms: also clears the register rows xv, dv."""
+        for k in range(vpt):
+            xv[k] = acc(0)
+            dv[k] = acc(0)
+        return row_at(lo, hi, it, mean, rstd)
+
+    @_inline
+    def row_coefs(s1, s2, buf, it, ts, lane, n):
+        """(c1, c2) of a row from the team's sums of gv and gv * xhat (c1 = 0 for RMSNorm)."""
+        a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
+        return acc(0) if rms else a1 / acc(n), a2 / acc(n)
+
     if vec:
         if grouped or vpt == 0:
             raise ValueError("the vector backward has no grouped or streaming form")
         from ._row_vec import vec_bwd_body
 
-        return _bwd_kernel(vec_bwd_body(dtype, t, r, vpt, rms, ns, chunk_slot, row_at, add_parts, add), add)
+        parts = (chunk_slot, next_row, zero_parts, row_elem, row_coefs)
+        return _bwd_kernel(vec_bwd_body(dtype, t, r, vpt, rms, ns, *parts, add), add)
 
     if vpt > 0:
 
@@ -409,14 +442,10 @@ def _make_backward(
             dv = cuda.local.array(nv, acc_nb)
             rpw = cuda.local.array(nv, acc_nb)
             rpb = cuda.local.array(nv, acc_nb)
-            for k in range(vpt):
-                add_parts(spart, rpw, rpb, ts, lane, k, acc(0), acc(0), True)
+            zero_parts(spart, rpw, rpb, ts, lane)
             it = ZERO
             while it < step:
-                row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
-                for k in range(vpt):
-                    xv[k] = acc(0)
-                    dv[k] = acc(0)
+                row, ok, mu, rs = next_row(lo, hi, it, mean, rstd, xv, dv)
                 if ok:
                     for k in range(vpt):
                         if k < kmax:
@@ -425,19 +454,13 @@ def _make_backward(
                 s1 = acc(0)
                 s2 = acc(0)
                 for k in range(vpt):
-                    xh = (xv[k] - mu) * rs
-                    d = dv[k]
-                    gv = d
+                    gv = dv[k]
                     if k < kmax:
-                        gv = wdy(d, w, row, lane + U(k * t), G, K, L)
-                    s1 += gv
-                    s2 += gv * xh
-                    add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
-                    xv[k] = xh
-                    dv[k] = gv
-                a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
-                c1 = acc(0) if rms else a1 / acc(n)
-                c2 = a2 / acc(n)
+                        gv = wdy(gv, w, row, lane + U(k * t), G, K, L)
+                    a, b = row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane)
+                    s1 += a
+                    s2 += b
+                c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
                 if ok:
                     for k in range(vpt):
                         if k < kmax:
