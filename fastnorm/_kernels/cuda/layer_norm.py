@@ -1,11 +1,13 @@
 """LayerNorm and RMSNorm CUDA kernels on an (M, N) row view; launchers with the CPU kernels' signatures.
 
-Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams
-(rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
-memory once; LayerNorm's moments: each thread's two-pass summary of its elements merged over the team in
-one reduction (one barrier per row; float64: two passes over the registers), accurate when the mean is
-large against the spread. float32 and 16-bit rows of a multiple of 4 / 8 elements with 16-byte aligned
-arrays use 128-bit loads and stores in the forward and the backward (``_row_vec``; ``use_vec``). Rows
+Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams (rows)
+in one block, and forward rows up to FWD_WARP_ROWS elements get one warp each (no barrier). Each thread
+keeps its VPT elements of the row in registers, so the row is read from memory once; LayerNorm's moments:
+each thread's two-pass summary of its elements merged over the team in one reduction (one barrier per row;
+float64: two passes over the registers), accurate when the mean is large against the spread. float32 and
+16-bit rows of a multiple of 4 / 8 elements with 16-byte aligned arrays use 128-bit loads and stores in the
+forward and the backward (``_row_vec``; ``use_vec``); such a forward of at most PERSIST_VPT elements per
+thread runs persistent blocks (weight/bias in registers, the next row prefetched; ``use_persist``). Rows
 longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
 float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
 float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
