@@ -98,10 +98,10 @@ def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
     return t, r, vpt
 
 
-# (itemsize, team, rms) of backward row kernels that keep the scalar form: the 16-bit LayerNorm backward
-# at 512-thread teams (N in (2048, 4096]) spills 40 bytes at the 64-register cap in its vector form (ptxas
-# 13, sm_90; the scalar form and the other teams do not).
-_BWD_VEC_SKIP = {(2, 512, False)}
+# (itemsize, team, rms) of backward row kernels that keep the scalar form: at 512-thread teams (N in
+# (2048, 4096]) the vector forms of the 16-bit LayerNorm and the float32 RMSNorm backward spill (40 and 24
+# bytes at the 64-register cap, ptxas 13, sm_90; the scalar forms and the other teams do not).
+_BWD_VEC_SKIP = {(2, 512, False), (4, 512, True)}
 
 
 def use_vec(dt, n: int, vpt: int, *ptrs: int, backward: bool = False, rms: bool = False) -> bool:
