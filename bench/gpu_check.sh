@@ -9,8 +9,10 @@
 #      the Cython build of the CPU kernels starts in the background (some CUDA tests compare with them);
 #   2. the LayerNorm/RMSNorm CUDA tests on the real GPU (tests/cuda/test_cuda_layer_norm.py), which include
 #      the launch-plan host path (torch and Numba inputs), misaligned views, odd N, repeatable dweight/dbias,
-#      the float32 128-bit forward and its scalar fallback, the one-barrier LayerNorm moments (real shuffles);
-#      then a probe: the 128-bit float32 forward against the scalar kernel (difference, time per call);
+#      the float32 128-bit forward and its scalar fallback, the one-barrier LayerNorm moments (real shuffles),
+#      and tests/cuda/test_cuda_row_vec.py (the 128-bit float32/16-bit forward and backward, warp-per-row
+#      short rows, the persistent forward); then a probe: LayerNorm forward persistent / one-row 128-bit /
+#      scalar and backward 128-bit / scalar in float32 and bfloat16 (time per call, errors, dweight bits);
 #   2b. the bfloat16/float16 storage and fused add + norm CUDA tests (tests/cuda/test_cuda_half.py,
 #      test_cuda_add_norm.py), then a short bf16/fp16 timing probe of LayerNorm and the fused add-norm
 #      kernels at (16384, 4096) (CUDA events around 20 back-to-back calls, host time not hidden: a first
@@ -98,42 +100,60 @@ EOF
 
 PYT=(-q -rfE --tb=short --maxfail=20 -p no:cacheprovider --durations=5)
 step "CUDA tests on the GPU: LayerNorm / RMSNorm"
-run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py "${PYT[@]}" \
+run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py tests/cuda/test_cuda_row_vec.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_layer_norm.xml"
 
-step "float32 forward: 128-bit kernel vs the scalar kernel (same inputs; gpu_timer device time)"
-# (session 5: the vector forms and the one-barrier LayerNorm moments are proven only by the simulator and
-# PTX/ptxas; this compares them with the scalar kernels on hardware: max difference and time per call)
-run vec_probe 60 $PY - <<'EOF3'
+step "row kernels: persistent / one-row 128-bit / scalar forward, 128-bit / scalar backward (gpu_timer device time)"
+# (sessions 5-6: the vector forms (float32 4 and 16-bit 8 elements per 128-bit access), the persistent
+# forward (weight/bias in registers, next row prefetched) and the backward vector form are proven only by
+# the simulator and PTX/ptxas; this runs each against the others on hardware through the kernel launchers:
+# per shape and dtype the device time per call of every form (median, host hidden: valid), the forward's
+# max error against torch's float64 LayerNorm, the backward's max |dx(vec) - dx(scalar)| and whether
+# dweight/dbias are bitwise equal between the two forms (they should be: same chunk count, P rows)
+run vec_probe 90 $PY - <<'EOF3'
 import torch
-import fastnorm
+import fastnorm._kernels.cuda as K
 from fastnorm._kernels.cuda import layer_norm as L
 from fastnorm.bench.gpu_timer import Timer
 
 timer = Timer(torch)
-
-for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
-    x = torch.randn(m, n, device="cuda") + 3
-    w, b = 1 + 0.1 * torch.randn(n, device="cuda"), 0.1 * torch.randn(n, device="cuda")
-    xd = x.double()
-    ref = {"ln": torch.nn.functional.layer_norm(xd, (n,), w.double(), b.double(), 1e-5),
-           "rms": xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()}
-    res = {}
-    for name, fn in (("ln", lambda: fastnorm.layer_norm_forward(x, w, b)),
-                     ("rms", lambda: fastnorm.rms_norm_forward(x, w))):
-        for vec in (True, False):
-            L.FWD_VEC, L._plans = vec, {}
-            y = fn()[0]
+P = 128  # partial rows: the chunk count min(P, resident teams, M) is the same for both backward forms
+FWD = {"persistent": (True, True), "vec": (True, False), "scalar": (False, False)}
+for dt in (torch.float32, torch.bfloat16):
+    for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
+        x = (torch.randn(m, n, device="cuda") + 3).to(dt)
+        dy = torch.randn(m, n, device="cuda").to(dt)
+        w, b = 1 + 0.1 * torch.randn(n, device="cuda"), 0.1 * torch.randn(n, device="cuda")
+        ref = torch.nn.functional.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
+        y, mean, rstd = torch.empty_like(x), torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
+        fwd = lambda: K.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1)
+        line = []
+        for name, (vec, persist) in FWD.items():
+            L.FWD_VEC, L.FWD_PERSIST, L._plans = vec, persist, {}
+            fwd()
             torch.cuda.synchronize()
-            t = timer(fn, repeats=5)
-            res[name, vec] = (y, t.median_ms, t.valid)
-        d = (res[name, True][0] - res[name, False][0]).abs().max().item()
-        err = (res[name, True][0].double() - ref[name]).abs().max().item()
-        print(f"{name} ({m}x{n}) float32: vec {res[name, True][1]:.4f} ms, scalar {res[name, False][1]:.4f} ms "
-              f"(device time, host hidden: valid {res[name, True][2]}/{res[name, False][2]}), "
-              f"max|vec - scalar| {d:.3g}, max|vec - float64| {err:.3g}, "
-              f"{2 * m * n * 4 / res[name, True][1] / 1e6:.0f} GB/s")
-L.FWD_VEC = True
+            err = (y.double() - ref).abs().max().item()
+            t = timer(fwd, repeats=5)
+            line.append(f"{name} {t.median_ms:.4f} ms (valid {t.valid}, err {err:.3g}, "
+                        f"{2 * m * n * x.element_size() / t.median_ms / 1e6:.0f} GB/s)")
+        print(f"ln fwd {dt} ({m}x{n}): " + "; ".join(line))
+        L.FWD_VEC, L.FWD_PERSIST, L._plans = True, True, {}
+        fwd()
+        none = torch.empty((0, 0), device="cuda")
+        res = {}
+        for vec in (True, False):
+            L.BWD_VEC, L._plans = vec, {}
+            dx, dw, db = torch.empty_like(x), torch.empty(n, device="cuda"), torch.empty(n, device="cuda")
+            pw, pb = (torch.empty((P, n), device="cuda", dtype=torch.float64) for _ in range(2))
+            bwd = lambda: K.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, none, pb, none, P)
+            bwd()
+            torch.cuda.synchronize()
+            res[vec] = (dx.clone(), dw.clone(), db.clone(), timer(bwd, repeats=5))
+        t1, t0 = res[True][3], res[False][3]
+        print(f"ln bwd {dt} ({m}x{n}): vec {t1.median_ms:.4f} ms (valid {t1.valid}), scalar {t0.median_ms:.4f} ms "
+              f"(valid {t0.valid}), max|dx vec - scalar| {(res[True][0].float() - res[False][0].float()).abs().max().item():.3g}, "
+              f"dweight/dbias bitwise equal: {torch.equal(res[True][1], res[False][1])}/{torch.equal(res[True][2], res[False][2])}")
+L.FWD_VEC = L.FWD_PERSIST = L.BWD_VEC = True
 EOF3
 
 step "CUDA tests on the GPU: bfloat16 / float16 storage and the fused add + norm kernels"
@@ -187,6 +207,7 @@ run bench_gpu 120 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_gpu_partial.json" 
 step "remaining CUDA tests (optimizers, channel norms, misc)"
 wait "$BUILD_PID" 2>/dev/null
 run pytest_rest 100 $PY -m pytest tests/cuda "${PYT[@]}" --ignore=tests/cuda/test_cuda_layer_norm.py \
+  --ignore=tests/cuda/test_cuda_row_vec.py \
   --ignore=tests/cuda/test_cuda_half.py --ignore=tests/cuda/test_cuda_add_norm.py \
   --junitxml="$OUT/pytest_rest.xml"
 

@@ -217,3 +217,53 @@ def test_hw_adam_matches_torch_fused_over_many_tensors(rng):
         FO.adam_step(ps, gs, ms, vs, step=step, lr=1e-3)
     for a, b in zip(ps, ref, strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _offset_copy(on_gpu, a, k: int):
+    """A device copy of ``a`` starting ``k`` elements past a 16-byte aligned allocation."""
+    base = on_gpu(np.concatenate([np.zeros(k, a.dtype), a]))
+    return base[k:]
+
+
+# The 128-bit kernel (every address of the table 16-byte aligned): per tensor piece an unaligned head and
+# tail element by element, the middle one 128-bit access per stream. Sizes whose pieces start and end
+# anywhere in a group of 4 (chunks of 16 elements over tensors of 5, 0, 1, 40, 3, 7, 66 elements).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algo", ["adam", "sgd_momentum", "adagrad"])
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "one_tensor_offset_by_one"])
+def test_vector_kernel_is_the_scalar_kernels_bits(rng, on_gpu, K, monkeypatch, dtype, algo, misaligned):
+    sizes = [5, 0, 1, 40, 3, 7, 66]
+    n_state = {"adam": 2, "sgd_momentum": 1, "adagrad": 1}[algo]
+    p, g, st = tensors(rng, dtype, n_state, sizes)
+    picked = []
+    kernel = K._kernel
+
+    def spy(a, f, f64, vec=False):
+        picked.append(vec)
+        return kernel(a, f, f64, vec)
+
+    monkeypatch.setattr(K, "_kernel", spy)
+    results = []
+    for vec in (True, False):
+        monkeypatch.setattr(K, "VEC", vec)
+        tab, off, dp, dst, _grads = table(K, on_gpu, p, g, st + [[None] * len(p)] * (3 - n_state))
+        if misaligned:  # tensor 3's gradient one element past a 16-byte boundary
+            dg3 = _offset_copy(on_gpu, g[3], 1)
+            info = np.empty((3, 1), np.int64)
+            K.gather_params([dg3], info)
+            tab[1, 3] = info[0, 0]
+        f64 = dtype == np.float64
+        if algo == "adam":
+            pt = np.tile([1e-2, 0.9], (len(p), 1))
+            K.adam_step(tab[:5], off, pt, 0.9, 0.99, 1e-8, 0.01, 1.0, False, False, f64, 1)
+        elif algo == "sgd_momentum":
+            K.sgd_step(tab[:3], off, np.tile([0.9, 0.8], (len(p), 1)), 0.1, 0.9, 0.0, True, False, f64, 1)
+        else:
+            K.adagrad_step(tab[:3], off, np.full((len(p), 1), 0.05), 0.01, 1e-10, False, f64, 1)
+        results.append([host(a) for a in dp + [s for row in dst for s in row if s is not None]])
+    assert picked == [not misaligned, False]
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    if algo == "sgd_momentum":  # and the update itself (the scalar kernel's formulas are tested above)
+        b = [0.9 * s + 0.8 * gi for s, gi in zip(st[0], g, strict=True)]
+        close(dp, [pi - 0.1 * (gi + 0.9 * bi) for pi, gi, bi in zip(p, g, b, strict=True)], dtype)

@@ -279,15 +279,18 @@ def _chunked(piece, algo: int, flags: int, f64: bool, block: int, chunk: int):
     return optim_kernel
 
 
-def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
-    """The kernel for float32/float64 parameters: ``unroll`` elements per thread in flight."""
+def _float_parts(algo: int, flags: int, f64: bool):
+    """(Numba element type, ``ld``, ``st``, ``update``, ``element``, the streams used) of the float32/float64
+    kernels."""
     from numba import float32, float64
 
-    nbt = float64 if f64 else float32
-    ld, st = _mem(f64)
-    update = _make_update(algo, flags, f64)
     _, _, element = _device_parts(algo, flags, f64)
-    use0, use1, use2 = _streams(algo, flags)
+    return (float64 if f64 else float32, *_mem(f64), _make_update(algo, flags, f64), element, _streams(algo, flags))
+
+
+def _make_kernel(algo: int, flags: int, f64: bool, block: int, unroll: int, chunk: int):
+    """The kernel for float32/float64 parameters: ``unroll`` elements per thread in flight."""
+    nbt, ld, st, update, element, (use0, use1, use2) = _float_parts(algo, flags, f64)
     bu, uu, one = U(block), U(unroll), U(1)
 
     @cuda.jit(device=True)

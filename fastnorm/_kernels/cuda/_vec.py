@@ -1,46 +1,50 @@
-"""128-bit loads and stores of four float32 elements, for the vector forms of the row kernels.
+"""128-bit loads and stores for the vector forms of the row kernels: four float32 or eight 16-bit elements
+(float16, or bfloat16 as its uint16 bits) per access.
 
-``ld4(a, row, j)`` -> (a[row, j], ..., a[row, j + 3]) of a C-contiguous 2-D float32 array as one 16-byte
-read-only load (PTX ``ld.global.nc.v4.f32``); ``ld4w(w, j)`` the same for a 1-D array; ``st4(a, row, j, v0,
-v1, v2, v3)`` one 16-byte store (``st.global.v4.f32``). The caller guarantees 16-byte alignment of the
-element at (row, j): base addresses 16-byte aligned, j and the row length multiples of 4 (the launchers
-pick the vector kernels only then, ``vec_ok``). The loads are marked invariant: the arrays they read are
-not written by the same kernel (outputs never alias inputs), which also lets the compiler issue them ahead
-of earlier stores. Under the simulator they are plain element reads and writes (same values).
+``ldv(dst, a, row, j)`` copies the ``lanes`` elements a[row, j .. j + lanes - 1] of a C-contiguous 2-D
+array (1-D: a[j ..]; ``row`` unused) into dst[0 .. lanes - 1] with one 16-byte read-only load (PTX
+``ld.global.nc.v4.f32`` / ``.v4.u32`` ...); ``stv(a, row, j, src)`` stores src[0 .. lanes - 1] there with
+one 16-byte store. ``dst``/``src`` are thread-local arrays of the array's dtype, indexed only by
+constants after unrolling, so they live in registers. The caller guarantees 16-byte alignment of the
+element at (row, j): base addresses 16-byte aligned, j and the row length multiples of ``lanes`` (the
+launchers pick the vector kernels only then, ``vec_ok``). The loads are marked invariant: the arrays they
+read are not written by the same kernel (outputs never alias inputs), which also lets the compiler issue
+them ahead of earlier stores. Under the simulator they are plain element copies (same values).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda
 
 from ._common import SIM
 
-VEC = 4  # float32 elements per 128-bit access
-ALIGN = 16  # bytes
+ALIGN = 16  # bytes per vector access
+VEC = 4  # float32 elements per access (lanes(float32))
+
+
+def lanes(dtype) -> int:
+    """Elements of ``dtype`` per 128-bit access."""
+    return ALIGN // np.dtype(dtype).itemsize
 
 
 def vec_ok(n: int, itemsize: int, *ptrs: int) -> bool:
-    """Whether the vector kernels may run: float32 rows whose length is a multiple of 4 and arrays (given by
-    base address; 0 = absent) that all start on a 16-byte boundary."""
-    return itemsize == 4 and n % VEC == 0 and all(p % ALIGN == 0 for p in ptrs)
+    """Whether the vector kernels may run: rows of 2- or 4-byte elements whose length is a multiple of a
+    vector's elements, and arrays (given by base address; 0 = absent) that all start on a 16-byte boundary."""
+    return itemsize in (2, 4) and n % (ALIGN // itemsize) == 0 and all(p % ALIGN == 0 for p in ptrs)
 
 
 if SIM:
 
     @cuda.jit(device=True)
-    def ld4(a, row, j):
-        return a[row, j], a[row, j + 1], a[row, j + 2], a[row, j + 3]
+    def ldv(dst, a, row, j):
+        for e in range(ALIGN // a.dtype.itemsize):
+            dst[e] = a[row, j + e] if a.ndim == 2 else a[j + e]
 
     @cuda.jit(device=True)
-    def ld4w(w, j):
-        return w[j], w[j + 1], w[j + 2], w[j + 3]
-
-    @cuda.jit(device=True)
-    def st4(a, row, j, v0, v1, v2, v3):
-        a[row, j] = v0
-        a[row, j + 1] = v1
-        a[row, j + 2] = v2
-        a[row, j + 3] = v3
+    def stv(a, row, j, src):
+        for e in range(ALIGN // a.dtype.itemsize):
+            a[row, j + e] = src[e]
 
 else:
     from llvmlite import ir
@@ -48,56 +52,62 @@ else:
     from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
-    _V4 = ir.VectorType(ir.FloatType(), VEC)
     _I32 = ir.IntType(32)
 
     def _vptr(context, builder, aty, arr, row, j):
-        """Global-space <4 x float>* to element (row, j) of a C-contiguous array (1-D: element j)."""
+        """(global-space <lanes x elt>* to element (row, j) of a C-contiguous array (1-D: element j), lanes)."""
+        w = 128 // aty.dtype.bitwidth
         a = context.make_array(aty)(context, builder, value=arr)
         if aty.ndim == 2:
             n = cgutils.unpack_tuple(builder, a.shape, 2)[1]
             e = builder.add(builder.mul(row, n), j)
         else:
             e = j
-        p = builder.bitcast(builder.gep(a.data, [e]), _V4.as_pointer())
-        return builder.addrspacecast(p, ir.PointerType(_V4, 1))
+        vt = ir.VectorType(context.get_data_type(aty.dtype), w)
+        p = builder.bitcast(builder.gep(a.data, [e]), vt.as_pointer())
+        return builder.addrspacecast(p, ir.PointerType(vt, 1)), w
 
-    def _load(context, builder, ptr):
+    def _local(context, builder, lty, arr, e):
+        """Pointer to element ``e`` of a thread-local array."""
+        return builder.gep(context.make_array(lty)(context, builder, value=arr).data, [ir.Constant(_I32, e)])
+
+    def load_to_local(context, builder, ptr, w, lty, arr, invariant: bool):
+        """Codegen: the <w x elt> at global ``ptr`` (16-byte aligned) into local array ``arr`` (type ``lty``)."""
         v = builder.load(ptr, align=ALIGN)
-        v.set_metadata("invariant.load", builder.module.add_metadata([]))
-        return [builder.extract_element(v, ir.Constant(_I32, k)) for k in range(VEC)]
+        if invariant:
+            v.set_metadata("invariant.load", builder.module.add_metadata([]))
+        for e in range(w):
+            builder.store(builder.extract_element(v, ir.Constant(_I32, e)), _local(context, builder, lty, arr, e))
+        return context.get_dummy_value()
+
+    def store_from_local(context, builder, ptr, w, lty, arr):
+        """Codegen: local array ``arr``'s first w elements to the <w x elt> at global ``ptr`` (aligned)."""
+        v = ir.Constant(ptr.type.pointee, ir.Undefined)
+        for e in range(w):
+            v = builder.insert_element(v, builder.load(_local(context, builder, lty, arr, e)), ir.Constant(_I32, e))
+        builder.store(v, ptr, align=ALIGN)
+        return context.get_dummy_value()
 
     @intrinsic
-    def ld4(typingctx, a, row, j):
-        ret = types.UniTuple(types.float32, VEC)
-        sig = ret(a, types.uint64, types.uint64)
+    def ldv(typingctx, dst, a, row, j):
+        if dst.dtype != a.dtype:
+            return None
+        sig = types.void(dst, a, types.uint64, types.uint64)
 
         def codegen(context, builder, sig, args):
-            vals = _load(context, builder, _vptr(context, builder, sig.args[0], args[0], args[1], args[2]))
-            return context.make_tuple(builder, ret, vals)
+            ptr, w = _vptr(context, builder, sig.args[1], args[1], args[2], args[3])
+            return load_to_local(context, builder, ptr, w, sig.args[0], args[0], True)
 
         return sig, codegen
 
     @intrinsic
-    def ld4w(typingctx, w, j):
-        ret = types.UniTuple(types.float32, VEC)
-        sig = ret(w, types.uint64)
+    def stv(typingctx, a, row, j, src):
+        if src.dtype != a.dtype:
+            return None
+        sig = types.void(a, types.uint64, types.uint64, src)
 
         def codegen(context, builder, sig, args):
-            vals = _load(context, builder, _vptr(context, builder, sig.args[0], args[0], None, args[1]))
-            return context.make_tuple(builder, ret, vals)
-
-        return sig, codegen
-
-    @intrinsic
-    def st4(typingctx, a, row, j, v0, v1, v2, v3):
-        sig = types.void(a, types.uint64, types.uint64, types.float32, types.float32, types.float32, types.float32)
-
-        def codegen(context, builder, sig, args):
-            v = ir.Constant(_V4, ir.Undefined)
-            for k in range(VEC):
-                v = builder.insert_element(v, args[3 + k], ir.Constant(_I32, k))
-            builder.store(v, _vptr(context, builder, sig.args[0], args[0], args[1], args[2]), align=ALIGN)
-            return context.get_dummy_value()
+            ptr, w = _vptr(context, builder, sig.args[0], args[0], args[1], args[2])
+            return store_from_local(context, builder, ptr, w, sig.args[3], args[3])
 
         return sig, codegen

@@ -1,12 +1,14 @@
 """LayerNorm and RMSNorm CUDA kernels on an (M, N) row view; launchers with the CPU kernels' signatures.
 
-Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams
-(rows) in one block. Each thread keeps its VPT elements of the row in registers, so the row is read from
-memory once; LayerNorm's moments: each thread's two-pass summary of its elements merged over the team in
-one reduction (one barrier per row; float64: two passes over the registers), accurate when the mean is
-large against the spread. float32 rows of a multiple of 4 elements with 16-byte aligned arrays use
-128-bit loads and stores (``_vec``; ``use_vec``). Rows longer than MAX_TEAM * MAX_VPT take a streaming
-form that re-reads the row (from L2).
+Layout: a team of T threads (a power of two, 32..MAX_TEAM) owns a row; short rows put several teams (rows)
+in one block, and forward rows up to FWD_WARP_ROWS elements get one warp each (no barrier). Each thread
+keeps its VPT elements of the row in registers, so the row is read from memory once; LayerNorm's moments:
+each thread's two-pass summary of its elements merged over the team in one reduction (one barrier per row;
+float64: two passes over the registers), accurate when the mean is large against the spread. float32 and
+16-bit rows of a multiple of 4 / 8 elements with 16-byte aligned arrays use 128-bit loads and stores in the
+forward and the backward (``_row_vec``; ``use_vec``); such a forward of at most PERSIST_VPT elements per
+thread runs persistent blocks (weight/bias in registers, the next row prefetched; ``use_persist``). Rows
+longer than MAX_TEAM * MAX_VPT take a streaming form that re-reads the row (from L2).
 float16 and bfloat16 inputs (bfloat16 as its uint16 bits, ``_common.loader`` / ``storer``) accumulate in
 float32 and give float32 statistics, take float32 weight/bias (a 16-bit one is converted on the device
 first) and round each output once to nearest even; float32 in float32; float64 in float64.
@@ -34,6 +36,7 @@ from ._common import (
     ACC,
     BF16,
     SIM,
+    WARP,
     Kernel,
     arr,
     cached,
@@ -45,7 +48,7 @@ from ._common import (
     param_dtype,
     register_cap,
 )
-from ._vec import ALIGN, VEC, vec_ok
+from ._vec import ALIGN, lanes, vec_ok
 from .row_kernels import _make_backward, _make_forward, smem_parts
 
 if not SIM:
@@ -57,18 +60,30 @@ FWD_VPT = 8  # aim for about this many elements per thread in the forward
 BWD_VPT = 8  # ... and in the backward
 MAX_VPT = 16  # beyond MAX_TEAM * MAX_VPT elements a row streams from memory
 BLOCK_THREADS = 128  # short rows: several rows per block up to this many threads
-FWD_VEC = True  # float32 forward rows with 128-bit loads/stores where shape and alignment allow
+FWD_VEC = True  # forward rows with 128-bit loads/stores where dtype, shape and alignment allow
+BWD_VEC = True  # ... and backward rows
+FWD_PERSIST = True  # vector forward rows of at most PERSIST_VPT elements per thread: the persistent kernel
+PERSIST_VPT = 8  # (two register rows, weight and bias: 4 x VPT registers per thread)
+PERSIST_BLOCKS = 0  # its grid: at most this many blocks (0: the blocks the GPU holds at once)
+FWD_WARP_ROWS = 512  # forward rows up to this many elements: one warp each (at most WARP * MAX_VPT)
 BWD_WAVES = 1  # backward: row chunks (teams) = teams the GPU holds at once x this (one partial row each)
 
 
-def row_config(n: int, target_vpt: int) -> tuple[int, int, int]:
-    """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming)."""
+def row_config(n: int, target_vpt: int, warp_rows: int = 0) -> tuple[int, int, int]:
+    """(T threads per row, R rows per block, VPT elements per thread in registers; 0 = streaming). Rows of
+    at most ``warp_rows`` elements get one warp (no barrier: the team's reductions are warp shuffles), up
+    to MAX_VPT elements per thread; longer ones teams of about ``target_vpt`` elements per thread."""
     t = 32
-    while t < MAX_TEAM and n > t * target_vpt:
+    while t < MAX_TEAM and n > t * target_vpt and n > min(warp_rows, WARP * MAX_VPT):
         t *= 2
     per = -(-n // t)
     vpt = 0 if per > MAX_VPT else next_pow2(per)
     return t, max(1, BLOCK_THREADS // t), vpt
+
+
+def fwd_config(n: int) -> tuple[int, int, int]:
+    """The forward's ``row_config``: one warp per row up to FWD_WARP_ROWS elements."""
+    return row_config(n, FWD_VPT, FWD_WARP_ROWS)
 
 
 def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
@@ -83,10 +98,35 @@ def bwd_config(n: int, dtype, rms: bool = False) -> tuple[int, int, int]:
     return t, r, vpt
 
 
-def use_vec(dt, n: int, vpt: int, *ptrs: int) -> bool:
-    """Whether the forward takes its 128-bit form: float32 data, register rows of a multiple of 4 elements
-    per thread, every array (by base address) 16-byte aligned (``FWD_VEC`` = False turns it off)."""
-    return FWD_VEC and vpt > 0 and vpt % VEC == 0 and vec_ok(n, np.dtype(dt).itemsize, *ptrs)
+# (itemsize, team, rms) of backward row kernels that keep the scalar form: at 512-thread teams (N in
+# (2048, 4096]) the vector forms of the 16-bit LayerNorm and the float32 RMSNorm backward spill (40 and 24
+# bytes at the 64-register cap, ptxas 13, sm_90; the scalar forms and the other teams do not).
+_BWD_VEC_SKIP = {(2, 512, False), (4, 512, True)}
+
+
+def use_vec(dt, n: int, vpt: int, *ptrs: int, backward: bool = False, rms: bool = False) -> bool:
+    """Whether a row kernel takes its 128-bit form: float32 or 16-bit data, register rows of a multiple of a
+    vector's elements (4 / 8) per thread and per row, every array (by base address) 16-byte aligned
+    (``FWD_VEC`` / ``BWD_VEC`` = False turn it off; ``_BWD_VEC_SKIP``)."""
+    dt = np.dtype(dt)
+    if backward and (dt.itemsize, row_config(n, BWD_VPT)[0], rms) in _BWD_VEC_SKIP:
+        return False
+    on = BWD_VEC if backward else FWD_VEC
+    return on and dt.itemsize < 8 and vpt > 0 and vpt % lanes(dt) == 0 and vec_ok(n, dt.itemsize, *ptrs)
+
+
+def use_persist(vpt: int) -> bool:
+    """Whether a vector forward of ``vpt`` elements per thread takes the persistent form (``FWD_PERSIST``)."""
+    return FWD_PERSIST and 0 < vpt <= PERSIST_VPT
+
+
+def fwd_grid(k: Kernel, m: int, r: int, t: int, persist: bool) -> int:
+    """Blocks of a forward launch over m rows, r per block: one per r rows, or for the persistent form at
+    most the blocks the GPU holds at once (``PERSIST_BLOCKS`` when set)."""
+    g = -(-m // r)
+    if persist:
+        g = min(g, PERSIST_BLOCKS or k.resident_blocks(t * r))
+    return max(1, g)
 
 
 def _address(a) -> int:
@@ -102,25 +142,30 @@ def _stat(dt):
     return np.dtype(ACC[np.dtype(dt)])
 
 
-def _get(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False) -> Kernel:
-    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec)
-    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec)))
+def _get(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False, persist=False
+) -> Kernel:
+    key = ("norm", kind, np.dtype(dt), t, r, vpt, rms, grouped, add, wb, vec, persist)
+    return cached(key, lambda: Kernel(*spec(kind, dt, t, r, vpt, rms, grouped, add, wb, vec, persist)))
 
 
-def spec(kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False):
+def spec(
+    kind: str, dt, t: int, r: int, vpt: int, rms: bool, grouped=False, add=False, wb=None, vec=False, persist=False
+):
     """(python kernel, signature, register cap) of a row kernel (``tools/cuda_ptx_check.py`` compiles these
     without a GPU). ``wb`` = (has_weight, has_bias) makes a forward kernel's affine terms compile-time
-    variants (None: tested at run time); ``vec`` asks a forward kernel's 128-bit form."""
+    variants (None: tested at run time); ``vec`` asks the 128-bit form, ``persist`` its persistent forward."""
     dt = np.dtype(dt)
     a2, p1, s1, p2 = arr(dt, 2), arr(param_dtype(dt), 1), arr(_stat(dt), 1), arr(np.float64, 2)
     if kind == "fwd":
         data = f"{a2}, {a2}, {p1}, {p1}, {a2}, {a2}" if add else f"{a2}, {p1}, {p1}, {a2}"
         sig = f"void({data}, {s1}, {s1}, float64, {p2}, int64, int64, int64)"
-        return _make_forward(dt, t, r, vpt, rms, grouped, add, wb, vec), sig, register_cap(t * r, ACC[dt])
+        kern = _make_forward(dt, t, r, vpt, rms, grouped, add, wb, vec, persist)
+        return kern, sig, register_cap(t * r, ACC[dt])
     else:
         data = f"{a2}, {a2}, {a2}" if add else f"{a2}, {a2}"
         sig = f"void({data}, {s1}, {s1}, {p1}, {a2}, {p2}, {p2}, int64, int64, int64, int64)"
-    return _make_backward(dt, t, r, vpt, rms, grouped, add), sig, register_cap(t * r, ACC[dt])
+    return _make_backward(dt, t, r, vpt, rms, grouped, add, vec), sig, register_cap(t * r, ACC[dt])
 
 
 def _no_mom():
@@ -168,15 +213,16 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     if m == 0:
         return
     dt = np.dtype(x.dtype if dt is None else dt)
-    t, r, vpt = row_config(n, FWD_VPT)
+    t, r, vpt = fwd_config(n)
     add = res is not None
     vec = groups is None and not add and use_vec(dt, n, vpt, *(_address(a) for a in (x, w, b, y)))
-    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, (w.shape[0] > 0, b.shape[0] > 0), vec)
+    persist = vec and use_persist(vpt)
+    wb = (w.shape[0] > 0, b.shape[0] > 0)
+    k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, wb, vec, persist=persist)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     data = (x, res, w, b, y, h) if add else (x, w, b, y)
-    k.launch(
-        -(-m // r), t * r, current_stream(), *data, mean, rstd, float(eps), _no_mom() if mom is None else mom, g, kk, ll
-    )
+    mom = _no_mom() if mom is None else mom
+    k.launch(fwd_grid(k, m, r, t, persist), t * r, current_stream(), *data, mean, rstd, float(eps), mom, g, kk, ll)
 
 
 def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=None, dt=None, dh=None, gdt=(None, None)):
@@ -189,7 +235,9 @@ def _backward(dy, x, mean, rstd, w, dx, dw, db, dw_part, db_part, rms, groups=No
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = bwd_config(n, dt, rms)
     add = dh is not None
-    k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add)
+    ptrs = (_address(a) for a in (dy, x, w, dx) + ((dh,) if add else ()))
+    vec = groups is None and use_vec(dt, n, vpt, *ptrs, backward=True, rms=rms)
+    k = _get("bwd", dt, t, r, vpt, rms, groups is not None, add, vec=vec)
     g, kk, ll = groups if groups is not None else (1, n, 1)
     rows = [p.shape[0] for o, p in ((dw, dw_part), (db, db_part)) if o.shape[0] > 0]
     bound = min(rows) if rows else 1 << 30
@@ -241,9 +289,10 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
     key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned)
     plan = _plans.get(key)
     if plan is None:
-        t, r, vpt = row_config(n, FWD_VPT)
+        t, r, vpt = fwd_config(n)
         vec = aligned and use_vec(dt, n, vpt)
-        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec)
+        persist = vec and use_persist(vpt)
+        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec, persist=persist)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
         slots = (
@@ -258,19 +307,22 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
         tpl.array((0, 0), 8)  # mom: no GroupNorm moments
         for v in (1, n, 1):  # G, K, L
             tpl.i64(v)
-        plan = _plans[key] = Plan(core_kernel(k), -(-m // r), t * r, tpl, slots, (eps,))
+        plan = _plans[key] = Plan(core_kernel(k), fwd_grid(k, m, r, t, persist), t * r, tpl, slots, (eps,))
     return plan
 
 
-def _bwd_plan(dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None)) -> Plan:
+def _bwd_plan(
+    dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None), aligned=False
+) -> Plan:
     """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted),
-    ``gdt`` the dweight/dbias dtypes. ``plan.extra`` is the reduction's plan (None when no dweight/dbias
-    is wanted)."""
-    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt)
+    ``gdt`` the dweight/dbias dtypes, ``aligned``: dy, x, weight and dx start on 16-byte boundaries (the
+    vector kernel when the shape allows). ``plan.extra`` is the reduction's plan (None when no
+    dweight/dbias is wanted)."""
+    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt, aligned)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = bwd_config(n, dt, rms)
-        k = _get("bwd", dt, t, r, vpt, rms)
+        k = _get("bwd", dt, t, r, vpt, rms, vec=aligned and use_vec(dt, n, vpt, backward=True, rms=rms))
         bound = min([p for p in (pw, pb) if p] or [1 << 30])
         c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
@@ -366,7 +418,8 @@ def _launch_plan_bwd(DY, X, MU, RS, W, dx: int, grads, parts, gdt, m: int, n: in
     dw, db = (*grads, None)[:2]
     pw, rw = (*parts, None)[0] or (0, 0)
     pb, rb = (*parts, None)[1] or (0, 0)
-    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]))
+    aligned = not ((DY.ptr | X.ptr | _p(W) | dx) & (ALIGN - 1))
+    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]), aligned)
     stream = caller_stream(X.kind, X.device)
     input_streams((DY, X, MU, RS, W), X.kind, stream)
     plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))

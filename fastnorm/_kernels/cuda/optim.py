@@ -48,6 +48,7 @@ from ._optim_kernels import (
     _rows_used,
     _shape,
 )
+from ._optim_vec import _make_vec_kernel
 
 if not SIM:
     from . import _launch as LA
@@ -67,12 +68,29 @@ BLOCK = 256  # threads per block
 UNROLL = 4  # elements per thread in flight
 CHUNK = 16384  # flat elements per chunk
 BLOCKS_PER_SM = 8
+VEC = True  # 128-bit accesses when every address of the table is 16-byte aligned
 
 
-def _kernel(algo: int, flags: int, f64: bool) -> Kernel:
-    key = ("optim", algo, flags, f64, BLOCK, UNROLL, CHUNK)
+def _kernel(algo: int, flags: int, f64: bool, vec: bool = False) -> Kernel:
+    """The float32/float64 kernel; ``vec``: its 128-bit form (``_make_vec_kernel``)."""
+    key = ("optim", algo, flags, f64, BLOCK, UNROLL, CHUNK, vec)
     regs = register_cap(BLOCK, np.float64 if f64 else np.float32)
+    if vec:
+        return cached(key, lambda: Kernel(_make_vec_kernel(algo, flags, f64, BLOCK, CHUNK), _SIG, regs))
     return cached(key, lambda: Kernel(_make_kernel(algo, flags, f64, BLOCK, UNROLL, CHUNK), _SIG, regs))
+
+
+def vec_form(algo: int, flags: int, f64: bool) -> bool:
+    """Whether the options have a 128-bit kernel: all but float32 AMSGrad and centered RMSprop, whose vector
+    forms spill at the 64-register cap (40 and 208 bytes, ptxas 13 sm_90; the scalar centered RMSprop
+    spills 60)."""
+    return VEC and (f64 or not (algo == FN_ADAM and flags & FN_AMSGRAD or algo == FN_RMSPROP and flags & FN_CENTERED))
+
+
+def _vec(algo: int, flags: int, f64: bool, tensors: np.ndarray) -> bool:
+    """Whether a call takes the 128-bit kernel: options with one (``vec_form``), every tensor of the table
+    starting on a 16-byte boundary (absent streams are 0)."""
+    return vec_form(algo, flags, f64) and not (tensors & 15).any()
 
 
 def _half_kernel(algo: int, flags: int, fmt: int, master: bool, sr: bool) -> Kernel:
@@ -234,13 +252,15 @@ def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int
         pk = pt.shape[1]
         pptr = _upload("pt", np.ascontiguousarray(pt, dtype=np.float64).ravel(), stream)
     grid = min(-(-total // CHUNK), BLOCKS_PER_SM * sm_count())
-    key = (algo, flags, f64, n, pk, grid)
+    vec = _vec(algo, flags, f64, tensors)
+    key = (algo, flags, f64, n, pk, grid, vec)
     plan = _fast_plans.get(key)
     if plan is None:
         tpl = LA.ArgTemplate()
         slots = (tpl.array((5, n), 8), tpl.array((n + 1,), 8), tpl.array((n, pk) if pk else (0, 1), 8))
         sc = tuple(tpl.f64() for _ in range(12))
-        plan = _fast_plans[key] = LA.Plan(LA.core_kernel(_kernel(algo, flags, f64)), grid, BLOCK, tpl, slots, sc)
+        k = LA.core_kernel(_kernel(algo, flags, f64, vec))
+        plan = _fast_plans[key] = LA.Plan(k, grid, BLOCK, tpl, slots, sc)
     h = hyper
     plan.launch(
         stream,
@@ -272,7 +292,7 @@ def _launch(algo, flags, code, tensors, offsets, per_tensor, hyper: dict, half=N
             hyper,
             total,
         )
-    _launch_tables(_kernel(algo, flags, f64), tensors, offsets, per_tensor, hyper, 5)
+    _launch_tables(_kernel(algo, flags, f64, _vec(algo, flags, f64, tensors)), tensors, offsets, per_tensor, hyper, 5)
 
 
 def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from . import _common as cc
 
@@ -36,7 +36,16 @@ def _inline(fn):
 
 
 def _make_forward(
-    dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, wb=None, vec: bool = False
+    dtype,
+    t: int,
+    r: int,
+    vpt: int,
+    rms: bool,
+    grouped: bool = False,
+    add: bool = False,
+    wb=None,
+    vec: bool = False,
+    persist: bool = False,
 ):
     """Forward kernel: team g (t threads) normalizes row g; r teams per block.
 
@@ -50,11 +59,13 @@ def _make_forward(
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
     ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
-    ``vec`` (float32, register form, vpt a multiple of 4, not grouped or fused): the thread holds groups of
-    4 adjacent elements 4 * (lane + k*t) .. + 3, read and written with 128-bit accesses (``_vec``), weight
-    and bias too; the launcher picks it only for rows of a multiple of 4 elements and 16-byte aligned
-    arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add the row's
-    elements in another order (statistics may differ from the scalar form's in the last bits).
+    ``vec`` (float32 or 16-bit, register form, vpt a multiple of a vector's 4 / 8 elements, not grouped or
+    fused): the thread holds groups of adjacent elements read and written with 128-bit accesses, weight and
+    bias too (``_row_vec``); the launcher picks it only for rows of a multiple of a vector's elements and
+    16-byte aligned arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add
+    the row's elements in another order (statistics may differ from the scalar form's in the last bits).
+    ``persist`` (with ``vec``): the persistent form (``_row_vec.vec_fwd_persistent_body``: a grid of at
+    most the resident blocks strides over the rows, weight/bias in registers, the next row prefetched).
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum = cc.make_team_sum(t)
@@ -112,7 +123,11 @@ def _make_forward(
     if vec:
         if grouped or add:
             raise ValueError("the vector row kernels have no grouped or fused-add form")
-        return _fwd_kernel(_vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
+        from ._row_vec import vec_fwd_body, vec_fwd_persistent_body
+
+        if persist:
+            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats), False)
+        return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
 
     if vpt > 0:
 
@@ -166,64 +181,6 @@ def _make_forward(
                 j += tu
 
     return _fwd_kernel(norm_fwd_stream_body, add)
-
-
-def _vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
-    """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``)."""
-    from ._vec import VEC, ld4, ld4w, st4
-
-    if np.dtype(dtype) != np.float32 or vpt % VEC:
-        raise ValueError(f"no vector row kernel for {np.dtype(dtype).name} with vpt={vpt}")
-    acc, acc_nb, _, st, _, cols = _types(dtype, t)
-    row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
-    nq, tu, four = vpt // VEC, U(t), U(VEC)
-
-    @_inline
-    def affine(o, w, b, j):
-        """(o0..o3) * w[j..j+3] + b[j..j+3] (absent terms skipped), as stored values."""
-        o0, o1, o2, o3 = o
-        if mode_w > 0 or (mode_w < 0 and w.shape[0] > 0):
-            w0, w1, w2, w3 = ld4w(w, j)
-            o0, o1, o2, o3 = o0 * w0, o1 * w1, o2 * w2, o3 * w3
-        if mode_b > 0 or (mode_b < 0 and b.shape[0] > 0):
-            b0, b1, b2, b3 = ld4w(b, j)
-            o0, o1, o2, o3 = o0 + b0, o1 + b1, o2 + b2, o3 + b3
-        return st(o0), st(o1), st(o2), st(o3)
-
-    @_inline
-    def body(x, res, w, b, y, h, mean, rstd, eps, mom, G, K, L):
-        buf = cuda.shared.array((4, r, cols), acc_nb)
-        n, ts, lane, row, ok = row_slot(x)
-        ng = n // four
-        gmax = I32(0)
-        if ok and lane < ng:
-            gmax = I32(min(U(nq), (ng - lane + tu - ONE) // tu))
-        v = cuda.local.array(vpt, acc_nb)
-        for k in range(nq):
-            for e in range(VEC):
-                v[k * VEC + e] = acc(0)
-            if k < gmax:
-                a0, a1, a2, a3 = ld4(x, row, (lane + U(k * t)) * four)
-                v[k * VEC] = a0
-                v[k * VEC + 1] = a1
-                v[k * VEC + 2] = a2
-                v[k * VEC + 3] = a3
-        mu, var = row_moments(v, gmax * I32(VEC), buf, ts, lane, n)
-        rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
-        if ok:
-            for k in range(nq):
-                if k < gmax:
-                    j = (lane + U(k * t)) * four
-                    o = (
-                        (v[k * VEC] - mu) * rs,
-                        (v[k * VEC + 1] - mu) * rs,
-                        (v[k * VEC + 2] - mu) * rs,
-                        (v[k * VEC + 3] - mu) * rs,
-                    )
-                    o0, o1, o2, o3 = affine(o, w, b, j)
-                    st4(y, row, j, o0, o1, o2, o3)
-
-    return body
 
 
 def _make_row_moments(acc, t: int, vpt: int, rms: bool):
@@ -286,6 +243,11 @@ def _make_row_moments(acc, t: int, vpt: int, rms: bool):
         return mu, m2 / acc(n)
 
     return thread_moments
+
+
+def _storage_nb(dtype):
+    """The Numba type of a stored element of ``dtype`` as the kernels see it (bfloat16: uint16)."""
+    return getattr(types, cc.nbname(dtype))
 
 
 def _types(dtype, t: int):
@@ -354,7 +316,9 @@ def smem_parts(dtype, t: int, vpt: int, rms: bool) -> int:
     return min(1 if rms else 2, SMEM_PARTIAL_BYTES // max(one, 1))
 
 
-def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False):
+def _make_backward(
+    dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = False, add: bool = False, vec: bool = False
+):
     """Backward kernel: team g (< n_chunks) owns rows [g*step, (g+1)*step), step = ceil(M / n_chunks),
     accumulates its dweight/dbias contributions and writes partial rows dwp[g], dbp[g] (float64).
 
@@ -368,6 +332,7 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
     ``add`` (fused residual add): dx += dh (the gradient arriving on the residual stream; a (0, 0) ``dh``
     adds nothing), rounded once; the kernel takes ``dh`` after ``dy``.
     Data (dy, dh, x, dx) in ``dtype`` (bfloat16 as uint16 bits); w in ``cc.param_dtype(dtype)``.
+    ``vec`` (register form, not grouped): 128-bit accesses to the rows and the weight (``_row_vec``).
     """
     acc, acc_nb, ld, st, ldp, cols = _types(dtype, t)
     team_sum2 = cc.make_team_sum2(t)
@@ -409,6 +374,60 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
             return d * ldp(w[(row % U(G)) * U(K) + j // U(L) if grouped else j])
         return d
 
+    @_inline
+    def add_parts(spart, rpw, rpb, ts, lane, k, pw, pb, init):
+        """Running partial k of the team's dweight (+= pw) and dbias (+= pb; RMSNorm has none), in shared
+        slot lane + k*t or register k; ``init``: set them instead (to start a chunk)."""
+        if sw:
+            spart[0, ts, lane + U(k * t)] = pw if init else spart[0, ts, lane + U(k * t)] + pw
+        else:
+            rpw[k] = pw if init else rpw[k] + pw
+        if not rms:
+            if sb:
+                spart[1, ts, lane + U(k * t)] = pb if init else spart[1, ts, lane + U(k * t)] + pb
+            else:
+                rpb[k] = pb if init else rpb[k] + pb
+
+    @_inline
+    def row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane):
+        """Element k of a row in the registers (x in xv, dy in dv; gv: dy times its weight): its dweight and
+        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns (gv, gv * xhat), its
+        terms of the row's two sums."""
+        xh = (xv[k] - mu) * rs
+        d = dv[k]
+        add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
+        xv[k] = xh
+        dv[k] = gv
+        return gv, gv * xh
+
+    @_inline
+    def zero_parts(spart, rpw, rpb, ts, lane):
+        """The team's running partials set to 0 (a chunk starts)."""
+        for k in range(vpt):
+            add_parts(spart, rpw, rpb, ts, lane, k, acc(0), acc(0), True)
+
+    @_inline
+    def next_row(lo, hi, it, mean, rstd, xv, dv):
+        """``row_at`` for the register forms: also clears the register rows xv, dv."""
+        for k in range(vpt):
+            xv[k] = acc(0)
+            dv[k] = acc(0)
+        return row_at(lo, hi, it, mean, rstd)
+
+    @_inline
+    def row_coefs(s1, s2, buf, it, ts, lane, n):
+        """(c1, c2) of a row from the team's sums of gv and gv * xhat (c1 = 0 for RMSNorm)."""
+        a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
+        return acc(0) if rms else a1 / acc(n), a2 / acc(n)
+
+    if vec:
+        if grouped or vpt == 0:
+            raise ValueError("the vector backward has no grouped or streaming form")
+        from ._row_vec import vec_bwd_body
+
+        parts = (chunk_slot, next_row, zero_parts, row_elem, row_coefs)
+        return _bwd_kernel(vec_bwd_body(dtype, t, r, vpt, rms, ns, *parts, add), add)
+
     if vpt > 0:
 
         @_inline
@@ -423,22 +442,10 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
             dv = cuda.local.array(nv, acc_nb)
             rpw = cuda.local.array(nv, acc_nb)
             rpb = cuda.local.array(nv, acc_nb)
-            for k in range(vpt):  # (RMSNorm has no dbias: no running dbias partials)
-                if sw:
-                    spart[0, ts, lane + U(k * t)] = acc(0)
-                else:
-                    rpw[k] = acc(0)
-                if not rms:
-                    if sb:
-                        spart[1, ts, lane + U(k * t)] = acc(0)
-                    else:
-                        rpb[k] = acc(0)
+            zero_parts(spart, rpw, rpb, ts, lane)
             it = ZERO
             while it < step:
-                row, ok, mu, rs = row_at(lo, hi, it, mean, rstd)
-                for k in range(vpt):
-                    xv[k] = acc(0)
-                    dv[k] = acc(0)
+                row, ok, mu, rs = next_row(lo, hi, it, mean, rstd, xv, dv)
                 if ok:
                     for k in range(vpt):
                         if k < kmax:
@@ -447,27 +454,13 @@ def _make_backward(dtype, t: int, r: int, vpt: int, rms: bool, grouped: bool = F
                 s1 = acc(0)
                 s2 = acc(0)
                 for k in range(vpt):
-                    xh = (xv[k] - mu) * rs
-                    d = dv[k]
-                    gv = d
+                    gv = dv[k]
                     if k < kmax:
-                        gv = wdy(d, w, row, lane + U(k * t), G, K, L)
-                    s1 += gv
-                    s2 += gv * xh
-                    if sw:
-                        spart[0, ts, lane + U(k * t)] += d * xh
-                    else:
-                        rpw[k] += d * xh
-                    if not rms:
-                        if sb:
-                            spart[1, ts, lane + U(k * t)] += d
-                        else:
-                            rpb[k] += d
-                    xv[k] = xh
-                    dv[k] = gv
-                a1, a2 = team_sum2(s1, s2, buf, it & ONE, ts, lane)
-                c1 = acc(0) if rms else a1 / acc(n)
-                c2 = a2 / acc(n)
+                        gv = wdy(gv, w, row, lane + U(k * t), G, K, L)
+                    a, b = row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane)
+                    s1 += a
+                    s2 += b
+                c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
                 if ok:
                     for k in range(vpt):
                         if k < kmax:
