@@ -51,7 +51,7 @@ def moving(key) -> bool:
 
 def remember(key, strong, arrays, metas) -> None:
     """Remember the layout of ``arrays`` (just accepted by the entry-by-entry check; ``metas`` their
-    ``optim._meta`` records) for ``key``, with the objects ``strong`` that must be the same next time."""
+    ``_optim_arrays._meta`` records) for ``key``, with the objects ``strong`` that must be the same next time."""
     if not arrays:
         return
     tp = type(arrays[0])
