@@ -21,19 +21,14 @@
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
+/* FN_PD(op): the op's packed-double intrinsic of the widest vectors (_mm512_op_pd, _mm256_op_pd, _mm_op_pd) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 typedef __m512d fn_vd;
 #define FN_VW 8
-#define fn_vzero() _mm512_setzero_pd()
-#define fn_vset1(a) _mm512_set1_pd(a)
-#define fn_vadd(a, b) _mm512_add_pd(a, b)
-#define fn_vsub(a, b) _mm512_sub_pd(a, b)
-#define fn_vmul(a, b) _mm512_mul_pd(a, b)
+#define FN_PD(op) _mm512_##op##_pd
 #define fn_vfma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define fn_vload_f(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
-#define fn_vload_d(p) _mm512_loadu_pd(p)
-#define fn_vstore(p, v) _mm512_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) {
     __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
     __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
@@ -43,19 +38,11 @@ static inline double fn_vhsum(fn_vd v) {
 #include <immintrin.h>
 typedef __m256d fn_vd;
 #define FN_VW 4
-#define fn_vzero() _mm256_setzero_pd()
-#define fn_vset1(a) _mm256_set1_pd(a)
-#define fn_vadd(a, b) _mm256_add_pd(a, b)
-#define fn_vsub(a, b) _mm256_sub_pd(a, b)
-#define fn_vmul(a, b) _mm256_mul_pd(a, b)
+#define FN_PD(op) _mm256_##op##_pd
 #if defined(__FMA__)
 #define fn_vfma(a, b, c) _mm256_fmadd_pd(a, b, c)
-#else
-#define fn_vfma(a, b, c) _mm256_add_pd(_mm256_mul_pd(a, b), c)
 #endif
 #define fn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
-#define fn_vload_d(p) _mm256_loadu_pd(p)
-#define fn_vstore(p, v) _mm256_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) {
     __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
@@ -64,16 +51,21 @@ static inline double fn_vhsum(fn_vd v) {
 #include <emmintrin.h>
 typedef __m128d fn_vd;
 #define FN_VW 2
-#define fn_vzero() _mm_setzero_pd()
-#define fn_vset1(a) _mm_set1_pd(a)
-#define fn_vadd(a, b) _mm_add_pd(a, b)
-#define fn_vsub(a, b) _mm_sub_pd(a, b)
-#define fn_vmul(a, b) _mm_mul_pd(a, b)
-#define fn_vfma(a, b, c) _mm_add_pd(_mm_mul_pd(a, b), c)
+#define FN_PD(op) _mm_##op##_pd
 #define fn_vload_f(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
-#define fn_vload_d(p) _mm_loadu_pd(p)
-#define fn_vstore(p, v) _mm_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) { return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v))); }
+#endif
+#if defined(FN_PD)
+#define fn_vzero() FN_PD(setzero)()
+#define fn_vset1(a) FN_PD(set1)(a)
+#define fn_vadd(a, b) FN_PD(add)(a, b)
+#define fn_vsub(a, b) FN_PD(sub)(a, b)
+#define fn_vmul(a, b) FN_PD(mul)(a, b)
+#define fn_vload_d(p) FN_PD(loadu)(p)
+#define fn_vstore(p, v) FN_PD(storeu)(p, v)
+#if !defined(fn_vfma)
+#define fn_vfma(a, b, c) fn_vadd(fn_vmul(a, b), c)
+#endif
 #else
 typedef double fn_vd;
 #define FN_VW 1
