@@ -18,6 +18,7 @@
 #ifndef FASTNORM_CHANNEL_H
 #define FASTNORM_CHANNEL_H
 #include <stddef.h>
+#include <string.h>
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
@@ -549,11 +550,45 @@ static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_
     }
 }
 
+/* e[0 .. k*C) = k copies of v[0 .. C) (k >= 1), by doubling copies */
+static inline void fn_repeat_f(const float *v, float *e, ptrdiff_t C, ptrdiff_t k) {
+    ptrdiff_t have = C, want = k * C;
+    memcpy(e, v, (size_t)C * sizeof *e);
+    while (have < want) {
+        ptrdiff_t m = want - have < have ? want - have : have;
+        memcpy(e + have, e, (size_t)m * sizeof *e);
+        have += m;
+    }
+}
+
+/* Rows per tile of the 16-bit channels-last passes: with C <= FN_CTILE / 2, k whole rows (one contiguous
+ * span of k * C values, at most FN_CTILE) against coefficient rows repeated k times, so the widening, the
+ * arithmetic and the rounding run over hundreds of values at a time instead of C; 1 (row by row, in strips
+ * of FN_CTILE channels) for wider rows. The same arithmetic on every value either way. */
+static inline ptrdiff_t fn_rows_per_tile(ptrdiff_t nr, ptrdiff_t C) {
+    ptrdiff_t k = 2 * C <= FN_CTILE ? FN_CTILE / C : 1;
+    return k < nr ? k : nr;
+}
+
 /* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] (rows are contiguous, so
  * with stream the rows' aligned groups form one stream of non-temporal stores) */
 static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
                                  const float *mu, const float *a, const float *b, int stream) {
     float t[FN_CTILE];
+    ptrdiff_t k = fn_rows_per_tile(nr, C);
+    if (k > 1) {
+        float me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE];
+        fn_repeat_f(mu, me, C, k);
+        fn_repeat_f(a, ae, C, k);
+        fn_repeat_f(b, be, C, k);
+        for (ptrdiff_t r = 0; r < nr; r += k) {
+            ptrdiff_t n = (nr - r < k ? nr - r : k) * C;
+            fn_half_load(fmt, x + r * C, t, n);
+            for (ptrdiff_t i = 0; i < n; i++) t[i] = (t[i] - me[i]) * ae[i] + be[i];
+            fn_half_store_st(fmt, t, y + r * C, n, stream);
+        }
+        return;
+    }
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
@@ -568,6 +603,28 @@ static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x,
                                  ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
                                  int training, int stream) {
     float g[FN_CTILE], v[FN_CTILE];
+    ptrdiff_t k = fn_rows_per_tile(nr, C);
+    if (k > 1) {
+        float ae[FN_CTILE], me[FN_CTILE], be[FN_CTILE], ce[FN_CTILE];
+        fn_repeat_f(ka, ae, C, k);
+        if (training) {
+            fn_repeat_f(mu, me, C, k);
+            fn_repeat_f(kb, be, C, k);
+            fn_repeat_f(kc, ce, C, k);
+        }
+        for (ptrdiff_t r = 0; r < nr; r += k) {
+            ptrdiff_t n = (nr - r < k ? nr - r : k) * C;
+            fn_half_load(fmt, dy + r * C, g, n);
+            if (training) {
+                fn_half_load(fmt, x + r * C, v, n);
+                for (ptrdiff_t i = 0; i < n; i++) g[i] = ae[i] * g[i] + be[i] * (v[i] - me[i]) + ce[i];
+            } else {
+                for (ptrdiff_t i = 0; i < n; i++) g[i] = ae[i] * g[i];
+            }
+            fn_half_store_st(fmt, g, dx + r * C, n, stream);
+        }
+        return;
+    }
     for (ptrdiff_t r = 0; r < nr; r++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
