@@ -550,94 +550,72 @@ static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_
     }
 }
 
-/* e[0 .. k*C) = k copies of v[0 .. C) (k >= 1), by doubling copies */
-static inline void fn_repeat_f(const float *v, float *e, ptrdiff_t C, ptrdiff_t k) {
+/* The 16-bit channels-last passes go through nr rows of C in tiles of at most FN_CTILE values: with
+ * C <= FN_CTILE / 2, k = FN_CTILE / C whole rows at a time (one contiguous span) against coefficient rows
+ * repeated k times (fn_rows_coefs), so the widening, the arithmetic and the rounding run over hundreds of
+ * values instead of C; otherwise one row at a time in strips of FN_CTILE channels. The same arithmetic on
+ * every value either way. FN_ROW_TILES(k) opens the loop: tile offset o in the data, c0 in the coefficient
+ * rows, w values. */
+static inline ptrdiff_t fn_rows_per_tile(ptrdiff_t nr, ptrdiff_t C) {
+    ptrdiff_t k = 2 * C <= FN_CTILE ? FN_CTILE / C : 1;
+    return k < nr ? k : nr;
+}
+/* *v = v (k == 1), or e holding k copies of v[0 .. C) (by doubling copies) */
+static inline void fn_rows_coefs(const float **v, float *e, ptrdiff_t C, ptrdiff_t k) {
     ptrdiff_t have = C, want = k * C;
-    memcpy(e, v, (size_t)C * sizeof *e);
+    if (k <= 1) return;
+    memcpy(e, *v, (size_t)C * sizeof *e);
     while (have < want) {
         ptrdiff_t m = want - have < have ? want - have : have;
         memcpy(e + have, e, (size_t)m * sizeof *e);
         have += m;
     }
+    *v = e;
 }
-
-/* Rows per tile of the 16-bit channels-last passes: with C <= FN_CTILE / 2, k whole rows (one contiguous
- * span of k * C values, at most FN_CTILE) against coefficient rows repeated k times, so the widening, the
- * arithmetic and the rounding run over hundreds of values at a time instead of C; 1 (row by row, in strips
- * of FN_CTILE channels) for wider rows. The same arithmetic on every value either way. */
-static inline ptrdiff_t fn_rows_per_tile(ptrdiff_t nr, ptrdiff_t C) {
-    ptrdiff_t k = 2 * C <= FN_CTILE ? FN_CTILE / C : 1;
-    return k < nr ? k : nr;
-}
+#define FN_ROW_TILES(k)                                                                                \
+    for (ptrdiff_t r = 0; r < nr; r += (k))                                                            \
+        for (ptrdiff_t c0 = 0, o, w; c0 < C && (o = r * C + c0, w = (k) > 1 ? ((nr - r < (k) ? nr - r : (k)) * C) \
+                                                : (C - c0 < FN_CTILE ? C - c0 : FN_CTILE), 1); c0 += FN_CTILE)
 
 /* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] (rows are contiguous, so
  * with stream the rows' aligned groups form one stream of non-temporal stores) */
 static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
                                  const float *mu, const float *a, const float *b, int stream) {
-    float t[FN_CTILE];
+    float t[FN_CTILE], me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE];
     ptrdiff_t k = fn_rows_per_tile(nr, C);
-    if (k > 1) {
-        float me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE];
-        fn_repeat_f(mu, me, C, k);
-        fn_repeat_f(a, ae, C, k);
-        fn_repeat_f(b, be, C, k);
-        for (ptrdiff_t r = 0; r < nr; r += k) {
-            ptrdiff_t n = (nr - r < k ? nr - r : k) * C;
-            fn_half_load(fmt, x + r * C, t, n);
-            for (ptrdiff_t i = 0; i < n; i++) t[i] = (t[i] - me[i]) * ae[i] + be[i];
-            fn_half_store_st(fmt, t, y + r * C, n, stream);
-        }
-        return;
+    fn_rows_coefs(&mu, me, C, k);
+    fn_rows_coefs(&a, ae, C, k);
+    fn_rows_coefs(&b, be, C, k);
+    FN_ROW_TILES(k) {
+        fn_half_load(fmt, x + o, t, w);
+        for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
+        fn_half_store_st(fmt, t, y + o, w, stream);
     }
-    for (ptrdiff_t r = 0; r < nr; r++)
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
-            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
-            fn_half_load(fmt, x + r * C + c0, t, w);
-            for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
-            fn_half_store_st(fmt, t, y + r * C + c0, w, stream);
-        }
 }
 
 /* dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */
 static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t nr,
                                  ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
                                  int training, int stream) {
-    float g[FN_CTILE], v[FN_CTILE];
+    float g[FN_CTILE], v[FN_CTILE], me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE], ce[FN_CTILE];
     ptrdiff_t k = fn_rows_per_tile(nr, C);
-    if (k > 1) {
-        float ae[FN_CTILE], me[FN_CTILE], be[FN_CTILE], ce[FN_CTILE];
-        fn_repeat_f(ka, ae, C, k);
-        if (training) {
-            fn_repeat_f(mu, me, C, k);
-            fn_repeat_f(kb, be, C, k);
-            fn_repeat_f(kc, ce, C, k);
-        }
-        for (ptrdiff_t r = 0; r < nr; r += k) {
-            ptrdiff_t n = (nr - r < k ? nr - r : k) * C;
-            fn_half_load(fmt, dy + r * C, g, n);
-            if (training) {
-                fn_half_load(fmt, x + r * C, v, n);
-                for (ptrdiff_t i = 0; i < n; i++) g[i] = ae[i] * g[i] + be[i] * (v[i] - me[i]) + ce[i];
-            } else {
-                for (ptrdiff_t i = 0; i < n; i++) g[i] = ae[i] * g[i];
-            }
-            fn_half_store_st(fmt, g, dx + r * C, n, stream);
-        }
-        return;
+    fn_rows_coefs(&ka, ae, C, k);
+    if (training) {
+        fn_rows_coefs(&mu, me, C, k);
+        fn_rows_coefs(&kb, be, C, k);
+        fn_rows_coefs(&kc, ce, C, k);
     }
-    for (ptrdiff_t r = 0; r < nr; r++)
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
-            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
-            fn_half_load(fmt, dy + r * C + c0, g, w);
-            if (training) {
-                fn_half_load(fmt, x + r * C + c0, v, w);
-                for (ptrdiff_t i = 0; i < w; i++)
-                    g[i] = ka[c0 + i] * g[i] + kb[c0 + i] * (v[i] - mu[c0 + i]) + kc[c0 + i];
-            } else {
-                for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
-            }
-            fn_half_store_st(fmt, g, dx + r * C + c0, w, stream);
+    FN_ROW_TILES(k) {
+        fn_half_load(fmt, dy + o, g, w);
+        if (training) {
+            fn_half_load(fmt, x + o, v, w);
+            for (ptrdiff_t i = 0; i < w; i++)
+                g[i] = ka[c0 + i] * g[i] + kb[c0 + i] * (v[i] - mu[c0 + i]) + kc[c0 + i];
+        } else {
+            for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
         }
+        fn_half_store_st(fmt, g, dx + o, w, stream);
+    }
 }
 
 #endif
