@@ -359,6 +359,25 @@ def test_op_outputs_reuse_the_pool():
     assert np.array_equal(again.y, y_ref)
 
 
+def test_pooled_blocks_start_on_a_page():
+    """Pooled data starts on a 4 KiB page (not past the header, inside the first page): fresh and reused
+    blocks, zeros, odd sizes, a resized array and an op's output."""
+    arrays = [_alloc.empty((n,), np.uint8) for n in (MIB, MIB + 1, 3 * MIB + 4093, 17 * MIB + 7)]
+    arrays.append(_alloc.zeros((N2 + 3,), np.float32))
+    p = ptr(arrays[0])
+    del arrays[0]
+    reused = _alloc.empty((MIB,), np.uint8)
+    assert ptr(reused) == p
+    arrays.append(reused)
+    grown = _alloc.empty((MIB,), np.uint8)
+    grown.resize((5 * MIB,), refcheck=False)
+    arrays.append(grown)
+    arrays.append(fastnorm.batch_norm_forward(np.ones((2, 3, 300, 301), np.float32)).y)
+    for a in arrays:
+        assert handler(a) == _alloc.HANDLER_NAME
+        assert ptr(a) % 4096 == 0, (a.nbytes, ptr(a) % 4096)
+
+
 def test_backend_empty_and_zeros_use_the_pool():
     a, z = CPU.empty((N2,), np.float32), CPU.zeros((N2,), np.float64)
     assert handler(a) == handler(z) == _alloc.HANDLER_NAME

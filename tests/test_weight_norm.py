@@ -218,6 +218,21 @@ def test_bad_input_raises_and_writes_nothing(rng):
         fastnorm.weight_norm_forward(v, g, out=(v, None))
 
 
+def test_remembered_views_keep_checking_dim(rng):
+    """Views and plans are remembered per (shape, dim): a bool dim equal to a remembered int one (0 == False)
+    is still refused, and a remembered shape still checks g against the dim asked for."""
+    v, g, dw = _make(rng, (4, 3), 0)
+    w, n = fastnorm.weight_norm_forward(v, g, dim=0)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="dim"):
+            fastnorm.weight_norm_forward(v, g, dim=False)
+        with pytest.raises(ValueError, match="g"):
+            fastnorm.weight_norm_forward(v, g, dim=1)
+        with pytest.raises(TypeError, match="dim"):
+            fastnorm.weight_norm_backward(dw, v, g, n, dim=True)
+    np.testing.assert_array_equal(fastnorm.weight_norm_forward(v, g, dim=0).w, w)
+
+
 # ------------------------------------------------------------------------------------------ torch
 @pytest.mark.parametrize(
     ("shape", "dim"), [((7, 5), 0), ((7, 5), 1), ((7, 5), -1), ((4, 3, 3, 2), 1), ((4, 3, 5), None), ((6, 2, 3), -2)]

@@ -40,25 +40,45 @@ WEIGHT_NORM_BWD = register(OpSpec(
 
 # Plans of the WeightNorm kernels (fastnorm/_kernels/cpu/_weight_norm.pyx).
 _WN_ROWS, _WN_FLAT, _WN_COLS = 0, 1, 2
+# Views and plans of the shapes seen (a parameter's shape recurs every step): at most _MEMO_MAX of each.
+_VIEWS: dict = {}
+_PLANS: dict = {}
+_MEMO_MAX = 256
+
+
+def _memo(table: dict, key, value):
+    if len(table) >= _MEMO_MAX:
+        table.clear()
+    table[key] = value
+    return value
 
 
 def _weight_norm_view(op: str, shape: tuple, dim) -> tuple[tuple, tuple[int, int, int]]:
     """g's shape (size 1 except along dim; () for dim=None) and the (A, D, B) view of v."""
+    plain = dim is None or type(dim) is int  # only these are remembered (never a bool, as 0 == False)
+    hit = _VIEWS.get((shape, dim)) if plain else None
+    if hit is not None:
+        return hit
     if dim is None:
-        return (), (1, 1, math.prod(shape))
+        return _memo(_VIEWS, (shape, dim), ((), (1, 1, math.prod(shape))))
     if len(shape) == 0:
         raise ValueError(f"{op}: dim must be None for a 0-d v, got {dim!r}")
     d = V.integer(op, "dim", dim, low=-len(shape), high=len(shape) - 1)
     d %= len(shape)
     gshape = tuple(s if i == d else 1 for i, s in enumerate(shape))
-    return gshape, (math.prod(shape[:d]), shape[d], math.prod(shape[d + 1 :]))
+    view = gshape, (math.prod(shape[:d]), shape[d], math.prod(shape[d + 1 :]))
+    return _memo(_VIEWS, (shape, dim), view) if plain else view
 
 
 def _weight_norm_plan(be, adb: tuple[int, int, int], n_threads: int, backward: bool, dtype):
     """(mode, part, fac): the kernel plan and its scratch (see the kernel module's docstring)."""
-    from fastnorm._kernels.cpu import weight_norm_plan  # a function of the shape: the CPU kernels' plan
+    key = (adb, n_threads, backward)
+    plan = _PLANS.get(key)
+    if plan is None:
+        from fastnorm._kernels.cpu import weight_norm_plan  # a function of the shape: the CPU kernels' plan
 
-    mode, part_shape, fac_shape = weight_norm_plan(*adb, n_threads, backward)
+        plan = _memo(_PLANS, key, weight_norm_plan(*adb, n_threads, backward))
+    mode, part_shape, fac_shape = plan
     return mode, be.empty(part_shape, np.float64), be.empty(fac_shape, dtype)
 
 

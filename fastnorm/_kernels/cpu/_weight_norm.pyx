@@ -57,6 +57,9 @@ cdef extern from *:
     int fn_wn_team() noexcept nogil
     void fn_wn_barrier() noexcept nogil
 
+cdef extern from "fastnorm_channel.h" nogil:
+    void fn_prefetch(const void *p, Py_ssize_t nbytes)
+
 cdef extern from "fastnorm_moments.h" nogil:
     double fn_sumsq_safe_f(const float *x, Py_ssize_t n)
     double fn_sumsq_d(const double *x, Py_ssize_t n)
@@ -74,6 +77,8 @@ cdef enum:
     WN_PART_BYTES = 16 << 20
     # Streamed outputs are computed this many elements at a time into an L1 block on the stack.
     WN_NT_BLOCK = 1024
+    # ROWS rows of at least this many elements prefetch the next row while they are written.
+    WN_PREFETCH_MIN = 256
 
 # Outputs of at least this many bytes are written with non-temporal stores (half the last-level cache of the
 # machines measured: larger outputs leave the cache before the caller reads them).
@@ -189,19 +194,30 @@ cdef inline void _apply_plain(const floating *a, const floating *b, floating *ou
 
 
 cdef inline void _apply(const floating *a, const floating *b, floating *out, floating f1, floating f2,
-                        const floating *v1, const floating *v2, Py_ssize_t n, bint nt) noexcept nogil:
-    """_apply_plain; nt: computed WN_NT_BLOCK elements at a time on the stack and streamed (the same bits)."""
+                        const floating *v1, const floating *v2, Py_ssize_t n, bint nt, const floating *pa,
+                        const floating *pb) noexcept nogil:
+    """_apply_plain; nt: computed WN_NT_BLOCK elements at a time on the stack and streamed (the same bits).
+    pa, pb (or NULL): the rows read next, prefetched block by block while this one is written (ROWS: the
+    sum pass over the next row then finds it in cache instead of waiting on memory after each write pass)."""
     cdef floating tmp[WN_NT_BLOCK]
     cdef Py_ssize_t j0 = 0, k
-    if not nt:
+    if not nt and pa == NULL:
         _apply_plain(a, b, out, f1, f2, v1, v2, n)
         return
-    k = WN_NT_BLOCK - _nt_head(out)
+    k = WN_NT_BLOCK - _nt_head(out) if nt else WN_NT_BLOCK
     while j0 < n:
         k = min(k, n - j0)
-        _apply_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1, f2, NULL if v1 == NULL else v1 + j0,
-                     NULL if v2 == NULL else v2 + j0, k)
-        _stream(tmp, out + j0, k)
+        if pa != NULL:
+            fn_prefetch(pa + j0, k * sizeof(floating))
+            if pb != NULL:
+                fn_prefetch(pb + j0, k * sizeof(floating))
+        if nt:
+            _apply_plain(a + j0, NULL if b == NULL else b + j0, tmp, f1, f2, NULL if v1 == NULL else v1 + j0,
+                         NULL if v2 == NULL else v2 + j0, k)
+            _stream(tmp, out + j0, k)
+        else:
+            _apply_plain(a + j0, NULL if b == NULL else b + j0, out + j0, f1, f2,
+                         NULL if v1 == NULL else v1 + j0, NULL if v2 == NULL else v2 + j0, k)
         j0 += k
         k = WN_NT_BLOCK
 
@@ -237,13 +253,16 @@ cdef inline double _cut_sum(const floating *a, const floating *b, Py_ssize_t lo,
 
 
 cdef inline void _rows_one(const floating *a, const floating *b, const floating *g, const floating *norm,
-                           floating *out, floating *stat, Py_ssize_t d, Py_ssize_t B, Py_ssize_t step,
-                           bint nt) noexcept nogil:
-    """ROWS plan, row d: its sum, its factors, its output row (while the row is in cache)."""
+                           floating *out, floating *stat, Py_ssize_t d, Py_ssize_t D, Py_ssize_t B,
+                           Py_ssize_t step, bint nt) noexcept nogil:
+    """ROWS plan, row d: its sum, its factors, its output row (while the row is in cache; row d + 1, when
+    there is one and rows are long, prefetched meanwhile)."""
     cdef floating f1, f2 = 0
+    cdef const floating *pa = a + (d + 1) * B if d + 1 < D and B >= WN_PREFETCH_MIN else NULL
     _slice_coefs(_cut_sum(a, b, d * B, (d + 1) * B, step), g[d], NULL if norm == NULL else norm + d, stat + d,
                  &f1, &f2)
-    _apply(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, NULL, NULL, B, nt)
+    _apply(a + d * B, NULL if b == NULL else b + d * B, out + d * B, f1, f2, NULL, NULL, B, nt, pa,
+           NULL if b == NULL or pa == NULL else b + (d + 1) * B)
 
 
 cdef inline void _flat_piece_sums(const floating *a, const floating *b, double *part, Py_ssize_t lo,
@@ -339,11 +358,11 @@ cdef inline void _apply_chunk(const floating *a, const floating *b, floating *ou
             r = (lo // B) % D
             e = min(hi, (lo // B + 1) * B)
             _apply(a + lo, NULL if b == NULL else b + lo, out + lo, f1[r], 0 if f2 == NULL else f2[r], NULL, NULL,
-                   e - lo, nt)
+                   e - lo, nt, NULL, NULL)
             lo = e
     else:
         for i in range(chunk_start(A, n_chunks, c), chunk_start(A, n_chunks, c + 1)):
-            _apply(a + i * P, NULL if b == NULL else b + i * P, out + i * P, 0, 0, f1, f2, P, nt)
+            _apply(a + i * P, NULL if b == NULL else b + i * P, out + i * P, 0, 0, f1, f2, P, nt, NULL, NULL)
 
 
 cdef void _weight_norm(const floating *a, const floating *b, const floating *g, const floating *norm,
@@ -358,7 +377,7 @@ cdef void _weight_norm(const floating *a, const floating *b, const floating *g, 
         step = (D * B + _flat_chunks(D * B, D) - 1) // _flat_chunks(D * B, D)
         with parallel(num_threads=n_threads, use_threads_if=par):
             for d in prange(D, schedule="static"):
-                _rows_one(a, b, g, norm, out, stat, d, B, step, nt)
+                _rows_one(a, b, g, norm, out, stat, d, D, B, step, nt)
             if nt:
                 fn_sfence()
         return

@@ -18,22 +18,18 @@
 #ifndef FASTNORM_CHANNEL_H
 #define FASTNORM_CHANNEL_H
 #include <stddef.h>
+#include <string.h>
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
+/* FN_PD(op): the op's packed-double intrinsic of the widest vectors (_mm512_op_pd, _mm256_op_pd, _mm_op_pd) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 typedef __m512d fn_vd;
 #define FN_VW 8
-#define fn_vzero() _mm512_setzero_pd()
-#define fn_vset1(a) _mm512_set1_pd(a)
-#define fn_vadd(a, b) _mm512_add_pd(a, b)
-#define fn_vsub(a, b) _mm512_sub_pd(a, b)
-#define fn_vmul(a, b) _mm512_mul_pd(a, b)
+#define FN_PD(op) _mm512_##op##_pd
 #define fn_vfma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define fn_vload_f(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
-#define fn_vload_d(p) _mm512_loadu_pd(p)
-#define fn_vstore(p, v) _mm512_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) {
     __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
     __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
@@ -43,19 +39,11 @@ static inline double fn_vhsum(fn_vd v) {
 #include <immintrin.h>
 typedef __m256d fn_vd;
 #define FN_VW 4
-#define fn_vzero() _mm256_setzero_pd()
-#define fn_vset1(a) _mm256_set1_pd(a)
-#define fn_vadd(a, b) _mm256_add_pd(a, b)
-#define fn_vsub(a, b) _mm256_sub_pd(a, b)
-#define fn_vmul(a, b) _mm256_mul_pd(a, b)
+#define FN_PD(op) _mm256_##op##_pd
 #if defined(__FMA__)
 #define fn_vfma(a, b, c) _mm256_fmadd_pd(a, b, c)
-#else
-#define fn_vfma(a, b, c) _mm256_add_pd(_mm256_mul_pd(a, b), c)
 #endif
 #define fn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
-#define fn_vload_d(p) _mm256_loadu_pd(p)
-#define fn_vstore(p, v) _mm256_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) {
     __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
@@ -64,16 +52,21 @@ static inline double fn_vhsum(fn_vd v) {
 #include <emmintrin.h>
 typedef __m128d fn_vd;
 #define FN_VW 2
-#define fn_vzero() _mm_setzero_pd()
-#define fn_vset1(a) _mm_set1_pd(a)
-#define fn_vadd(a, b) _mm_add_pd(a, b)
-#define fn_vsub(a, b) _mm_sub_pd(a, b)
-#define fn_vmul(a, b) _mm_mul_pd(a, b)
-#define fn_vfma(a, b, c) _mm_add_pd(_mm_mul_pd(a, b), c)
+#define FN_PD(op) _mm_##op##_pd
 #define fn_vload_f(p) _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(p))))
-#define fn_vload_d(p) _mm_loadu_pd(p)
-#define fn_vstore(p, v) _mm_storeu_pd(p, v)
 static inline double fn_vhsum(fn_vd v) { return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v))); }
+#endif
+#if defined(FN_PD)
+#define fn_vzero() FN_PD(setzero)()
+#define fn_vset1(a) FN_PD(set1)(a)
+#define fn_vadd(a, b) FN_PD(add)(a, b)
+#define fn_vsub(a, b) FN_PD(sub)(a, b)
+#define fn_vmul(a, b) FN_PD(mul)(a, b)
+#define fn_vload_d(p) FN_PD(loadu)(p)
+#define fn_vstore(p, v) FN_PD(storeu)(p, v)
+#if !defined(fn_vfma)
+#define fn_vfma(a, b, c) fn_vadd(fn_vmul(a, b), c)
+#endif
 #else
 typedef double fn_vd;
 #define FN_VW 1
@@ -557,38 +550,72 @@ static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_
     }
 }
 
+/* The 16-bit channels-last passes go through nr rows of C in tiles of at most FN_CTILE values: with
+ * C <= FN_CTILE / 2, k = FN_CTILE / C whole rows at a time (one contiguous span) against coefficient rows
+ * repeated k times (fn_rows_coefs), so the widening, the arithmetic and the rounding run over hundreds of
+ * values instead of C; otherwise one row at a time in strips of FN_CTILE channels. The same arithmetic on
+ * every value either way. FN_ROW_TILES(k) opens the loop: tile offset o in the data, c0 in the coefficient
+ * rows, w values. */
+static inline ptrdiff_t fn_rows_per_tile(ptrdiff_t nr, ptrdiff_t C) {
+    ptrdiff_t k = 2 * C <= FN_CTILE ? FN_CTILE / C : 1;
+    return k < nr ? k : nr;
+}
+/* *v = v (k == 1), or e holding k copies of v[0 .. C) (by doubling copies) */
+static inline void fn_rows_coefs(const float **v, float *e, ptrdiff_t C, ptrdiff_t k) {
+    ptrdiff_t have = C, want = k * C;
+    if (k <= 1) return;
+    memcpy(e, *v, (size_t)C * sizeof *e);
+    while (have < want) {
+        ptrdiff_t m = want - have < have ? want - have : have;
+        memcpy(e + have, e, (size_t)m * sizeof *e);
+        have += m;
+    }
+    *v = e;
+}
+#define FN_ROW_TILES(k)                                                                                \
+    for (ptrdiff_t r = 0; r < nr; r += (k))                                                            \
+        for (ptrdiff_t c0 = 0, o, w; c0 < C && (o = r * C + c0, w = (k) > 1 ? ((nr - r < (k) ? nr - r : (k)) * C) \
+                                                : (C - c0 < FN_CTILE ? C - c0 : FN_CTILE), 1); c0 += FN_CTILE)
+
 /* channels-last output passes over nr rows of C: y = (x - mu[c]) * a[c] + b[c] (rows are contiguous, so
  * with stream the rows' aligned groups form one stream of non-temporal stores) */
 static inline void fn_rows_fwd_h(int fmt, const uint16_t *x, uint16_t *y, ptrdiff_t nr, ptrdiff_t C,
                                  const float *mu, const float *a, const float *b, int stream) {
-    float t[FN_CTILE];
-    for (ptrdiff_t r = 0; r < nr; r++)
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
-            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
-            fn_half_load(fmt, x + r * C + c0, t, w);
-            for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
-            fn_half_store_st(fmt, t, y + r * C + c0, w, stream);
-        }
+    float t[FN_CTILE], me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE];
+    ptrdiff_t k = fn_rows_per_tile(nr, C);
+    fn_rows_coefs(&mu, me, C, k);
+    fn_rows_coefs(&a, ae, C, k);
+    fn_rows_coefs(&b, be, C, k);
+    FN_ROW_TILES(k) {
+        fn_half_load(fmt, x + o, t, w);
+        for (ptrdiff_t i = 0; i < w; i++) t[i] = (t[i] - mu[c0 + i]) * a[c0 + i] + b[c0 + i];
+        fn_half_store_st(fmt, t, y + o, w, stream);
+    }
 }
 
 /* dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */
 static inline void fn_rows_bwd_h(int fmt, const uint16_t *dy, const uint16_t *x, uint16_t *dx, ptrdiff_t nr,
                                  ptrdiff_t C, const float *mu, const float *ka, const float *kb, const float *kc,
                                  int training, int stream) {
-    float g[FN_CTILE], v[FN_CTILE];
-    for (ptrdiff_t r = 0; r < nr; r++)
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
-            ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
-            fn_half_load(fmt, dy + r * C + c0, g, w);
-            if (training) {
-                fn_half_load(fmt, x + r * C + c0, v, w);
-                for (ptrdiff_t i = 0; i < w; i++)
-                    g[i] = ka[c0 + i] * g[i] + kb[c0 + i] * (v[i] - mu[c0 + i]) + kc[c0 + i];
-            } else {
-                for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
-            }
-            fn_half_store_st(fmt, g, dx + r * C + c0, w, stream);
+    float g[FN_CTILE], v[FN_CTILE], me[FN_CTILE], ae[FN_CTILE], be[FN_CTILE], ce[FN_CTILE];
+    ptrdiff_t k = fn_rows_per_tile(nr, C);
+    fn_rows_coefs(&ka, ae, C, k);
+    if (training) {
+        fn_rows_coefs(&mu, me, C, k);
+        fn_rows_coefs(&kb, be, C, k);
+        fn_rows_coefs(&kc, ce, C, k);
+    }
+    FN_ROW_TILES(k) {
+        fn_half_load(fmt, dy + o, g, w);
+        if (training) {
+            fn_half_load(fmt, x + o, v, w);
+            for (ptrdiff_t i = 0; i < w; i++)
+                g[i] = ka[c0 + i] * g[i] + kb[c0 + i] * (v[i] - mu[c0 + i]) + kc[c0 + i];
+        } else {
+            for (ptrdiff_t i = 0; i < w; i++) g[i] = ka[c0 + i] * g[i];
         }
+        fn_half_store_st(fmt, g, dx + o, w, stream);
+    }
 }
 
 #endif

@@ -5,7 +5,9 @@ mmap on every call and unmaps it on free, and the OS zeroes each page on first t
 arrays give back are kept here, most recently freed first, and handed to the next request of the same size class,
 so a loop of same-shaped calls (training, benchmarks) touches memory it already owns.
 
-Layout: every block is [raw malloc'd bytes ... | header (FN_POOL_HEADER bytes) | user data, FN_POOL_ALIGN-aligned].
+Layout: every block is [raw malloc'd bytes ... | header (FN_POOL_HEADER bytes) | user data], the user data
+FN_POOL_ALIGN-aligned, and page-aligned (FN_POOL_PAGE) in the classes that are cached (at most one more page per
+block of at least 1 MiB): a kernel's vectors and streamed stores then never straddle a page boundary.
 The header records the block's capacity, so free never trusts the size NumPy passes.
 Lookup: the cached blocks of a size class are found through a hash table of capacities (most recently freed
 first); all cached blocks are also on one LRU list for eviction.
@@ -39,6 +41,7 @@ and unlocked. */
 
 #define FN_POOL_MIN_BYTES ((size_t)1 << 20)
 #define FN_POOL_ALIGN 64
+#define FN_POOL_PAGE 4096
 #define FN_POOL_HEADER 64
 #define FN_POOL_LIVE 0x6576696c6c6f6f70ULL   /* "poollive" */
 #define FN_POOL_CACHED 0x6468636c6c6f6f70ULL /* "poollchd" */
@@ -156,15 +159,15 @@ static void fn_pool_advise(char *p, size_t n) {
 }
 
 static fn_pool_block *fn_pool_fresh(size_t capacity, int zero) {
-    size_t total;
+    size_t total, align = capacity >= FN_POOL_MIN_BYTES ? FN_POOL_PAGE : FN_POOL_ALIGN;
     void *raw;
     uintptr_t data;
     fn_pool_block *b;
-    if (capacity > SIZE_MAX - FN_POOL_HEADER - FN_POOL_ALIGN) return NULL;
-    total = capacity + FN_POOL_HEADER + FN_POOL_ALIGN - 1;
+    if (capacity > SIZE_MAX - FN_POOL_HEADER - align) return NULL;
+    total = capacity + FN_POOL_HEADER + align - 1;
     raw = zero ? calloc(1, total) : malloc(total);
     if (!raw) return NULL;
-    data = ((uintptr_t)raw + FN_POOL_HEADER + FN_POOL_ALIGN - 1) & ~(uintptr_t)(FN_POOL_ALIGN - 1);
+    data = ((uintptr_t)raw + FN_POOL_HEADER + align - 1) & ~(uintptr_t)(align - 1);
     b = fn_pool_header((void *)data);
     b->raw = raw;
     b->capacity = capacity;
