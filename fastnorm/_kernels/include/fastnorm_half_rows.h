@@ -311,8 +311,7 @@ static inline void fn_half_bwd_sums(int fmt, const uint16_t *dy, const float *w,
 }
 
 /* dx of the elements at the pointers (8 with FN_Y, 16 with FN_Z; w, dh, dwa, dba may be NULL), the accumulators
- * updated; aff: LayerNorm with w, dwa and dba (fastnorm_rows.h's one-loop case: its formula for dx even when this
- * call is given no accumulators) */
+ * updated; aff: LayerNorm with w, dwa and dba (fastnorm_rows.h's one-loop case) */
 #define FN_DEFINE_HALF_BWD(NAME, VT, V, LOAD)                                                          \
 FN_ALWAYS_INLINE VT NAME(int fmt, int rms, int aff, const uint16_t *dy, const uint16_t *x, const uint16_t *dh, \
                          const float *w, float *dwa, float *dba, float mu, float rs, float c1, float c2) { \
@@ -324,8 +323,8 @@ FN_ALWAYS_INLINE VT NAME(int fmt, int rms, int aff, const uint16_t *dy, const ui
     } else if (aff) {                                                                                  \
         VT xh = V(mul_ps)(V(sub_ps)(xv, vmu), vrs);                                                    \
         u = V(fnmadd_ps)(xh, vc2, V(fmsub_ps)(d, V(loadu_ps)(w), vc1));                                \
-        if (dwa) V(storeu_ps)(dwa, V(fmadd_ps)(xh, d, V(loadu_ps)(dwa)));                              \
-        if (dba) V(storeu_ps)(dba, V(add_ps)(V(loadu_ps)(dba), d));                                    \
+        V(storeu_ps)(dwa, V(fmadd_ps)(xh, d, V(loadu_ps)(dwa)));                                       \
+        V(storeu_ps)(dba, V(add_ps)(V(loadu_ps)(dba), d));                                             \
     } else {                                                                                           \
         VT t = w ? V(fmsub_ps)(d, V(loadu_ps)(w), vc1) : V(sub_ps)(d, vc1);                            \
         u = V(fmadd_ps)(V(sub_ps)(vmu, xv), V(set1_ps)(rs * c2), t);                                   \
@@ -371,35 +370,23 @@ FN_ALWAYS_INLINE void fn_half_bwd_part(int fmt, int rms, int aff, const uint16_t
 FN_ALWAYS_INLINE void fn_half_bwd_apply_fmt(int fmt, int rms, int aff, const uint16_t *dy, const uint16_t *x,
                                             const uint16_t *dh, const float *w, uint16_t *dx, float *dwa, float *dba,
                                             float mu, float rs, float c1, float c2, int nt, ptrdiff_t n) {
-    ptrdiff_t j = 0, h = 0, e;
-#define FN_ARGS_(j, a, b) fmt, rms, aff, dy + (j), x + (j), FN_AT_(dh, j), FN_AT_(w, j), FN_AT_(a, j), FN_AT_(b, j), \
-                          mu, rs, c1, c2
+    ptrdiff_t j = 0;
+#define FN_ARGS_(j) fmt, rms, aff, dy + (j), x + (j), FN_AT_(dh, j), FN_AT_(w, j), FN_AT_(dwa, j), FN_AT_(dba, j), \
+                    mu, rs, c1, c2
 #if FN_HALF_Z
-#define FN_B16_(j, a, b) fn_half_round16z(fmt, fn_half_bwd16z(FN_ARGS_(j, a, b)))
-#define FN_ACC16_(j) (void)fn_half_bwd16z(FN_ARGS_(j, dwa, dba))
+#define FN_B16_(j) fn_half_round16z(fmt, fn_half_bwd16z(FN_ARGS_(j)))
 #else
-#define FN_B16_(j, a, b) fn_half_round16(fmt, fn_half_bwd8(FN_ARGS_(j, a, b)), fn_half_bwd8(FN_ARGS_((j) + 8, a, b)))
-#define FN_ACC16_(j) ((void)fn_half_bwd8(FN_ARGS_(j, dwa, dba)), (void)fn_half_bwd8(FN_ARGS_((j) + 8, dwa, dba)))
+#define FN_B16_(j) fn_half_round16(fmt, fn_half_bwd8(FN_ARGS_(j)), fn_half_bwd8(FN_ARGS_((j) + 8)))
 #endif
-    /* nt: the elements before dx's first 32-byte boundary apart, then 16 at a time streamed */
     if (nt && !((uintptr_t)dx & 1u)) {
-        h = (ptrdiff_t)(((32u - ((uintptr_t)dx & 31u)) & 31u) / 2u);
+        /* the elements before dx's first 32-byte boundary, then 16 at a time streamed */
+        ptrdiff_t h = (ptrdiff_t)(((32u - ((uintptr_t)dx & 31u)) & 31u) / 2u);
         if (h > n) h = n;
         if (h) fn_half_bwd_part(fmt, rms, aff, dy, x, dh, w, dx, dwa, dba, mu, rs, c1, c2, 0, h);
-    } else {
-        nt = 0;
+        for (j = h; j + 16 <= n; j += 16) _mm256_stream_si256((__m256i *)(dx + j), FN_B16_(j));
     }
-    e = h + (n - h) / 16 * 16;
-    /* the accumulators first, then dx (fastnorm_rows.h: accumulator updates queued behind dx's store misses
-     * wait for them); the same operations on the same elements as one loop */
-    if (dwa || dba)
-        for (j = h; j < e; j += 16) FN_ACC16_(j);
-    if (nt)
-        for (j = h; j < e; j += 16) _mm256_stream_si256((__m256i *)(dx + j), FN_B16_(j, NULL, NULL));
-    else
-        for (j = h; j < e; j += 16) _mm256_storeu_si256((__m256i *)(dx + j), FN_B16_(j, NULL, NULL));
-    if (e < n) fn_half_bwd_part(fmt, rms, aff, dy, x, dh, w, dx, dwa, dba, mu, rs, c1, c2, e, n - e);
-#undef FN_ACC16_
+    for (; j + 16 <= n; j += 16) _mm256_storeu_si256((__m256i *)(dx + j), FN_B16_(j));
+    if (j < n) fn_half_bwd_part(fmt, rms, aff, dy, x, dh, w, dx, dwa, dba, mu, rs, c1, c2, j, n - j);
 #undef FN_B16_
 #undef FN_ARGS_
 }
