@@ -4,10 +4,10 @@ Forward: one row per task, OpenMP static over rows. The row (N elements) is read
 re-read from cache for the two-pass moments and the output pass. One compiled loop serves every thread count
 (``use_threads_if``), so each row's result is the same bitwise whatever the number of threads.
 Backward: rows split into ``bwd_chunks(M, N)`` contiguous chunks, a number that depends on the shape only,
-shared among the threads. Each chunk accumulates its dweight/dbias terms in a row of the input dtype
-(``dw_acc[c]``: pure-SIMD adds), folded every FOLD_ROWS rows into a float64 partial row (``dw_part[c]``) so
-float32 sums stay short; then the partials are summed in chunk order: bitwise the same for every thread
-count, no atomics.
+shared among the threads. Each chunk accumulates its dweight/dbias terms in a row of the input dtype (pure-SIMD
+adds; the running thread's row ``dw_acc[t]``, zeroed at the chunk's start, so it stays in that core's cache),
+folded every FOLD_ROWS rows into the chunk's float64 partial row (``dw_part[c]``) so float32 sums stay short;
+then the partials are summed in chunk order: bitwise the same for every thread count, no atomics.
 Fused residual add (``add_*``): the forward writes h = x + residual and normalizes h while its row is in
 cache; the backward adds dh into dx in dx's own loop.
 16-bit storage (bfloat16, float16; passed as uint16 views + format code): the forward's statistics and output,
@@ -42,6 +42,11 @@ cdef enum:
     # caller. Streamed float32 backward rows are computed into a stack block of NT_BLOCK elements (L1) and copied.
     NT_BYTES = 32 << 20
     NT_BLOCK = 1024
+    # How far ahead (bytes of rows, at least the next row) the float32/float64 LayerNorm forward's second pass
+    # prefetches: one row of 4 KiB ahead left its first pass waiting on memory (Zen 5, loaded, one thread, median
+    # against the next-row build in one process: (4096, 1024) 1.07-1.18x faster, (8192, 768) 1.02-1.08x; the 16-bit
+    # forward showed no gain and keeps the next row).
+    PF_BYTES = 16 << 10
 
 
 cdef extern from "fastnorm_rows.h" nogil:
@@ -98,7 +103,8 @@ cdef extern from "fastnorm_moments.h" nogil:
 # ------------------------------------------------------------------------------------------ row helpers
 cdef inline void _ln_stats(const floating *x, floating *mean, floating *rstd, Py_ssize_t n, double eps,
                            const floating *pf) noexcept nogil:
-    """mean and rstd of a row; pf: NULL or the next row, prefetched in the second pass (x is in cache by then)."""
+    """mean and rstd of a row; pf: NULL or a row ahead (PF_BYTES), prefetched in the second pass (x is in cache
+    by then)."""
     cdef double mu
     # Mean summed around a shift s (the first value): exact for a constant row, accurate for a large mean.
     cdef floating s = x[0] if n > 0 else 0
@@ -259,20 +265,30 @@ cdef inline void _add_row(const floating *a, const floating *b, floating *out, P
         out[j] = a[j] + b[j]
 
 
-cdef inline void _fold(floating *acc, double *part, Py_ssize_t n) noexcept nogil:
-    """part += acc; acc = 0 (moves a short low-precision partial sum into the float64 partial row)."""
+cdef inline void _fold(floating *acc, double *part, Py_ssize_t n, bint first) noexcept nogil:
+    """part += acc (part = acc on a chunk's first fold: 0.0 + a = a); acc = 0 (moves a short low-precision partial
+    sum into the float64 partial row)."""
     cdef Py_ssize_t j
-    for j in range(n):
-        part[j] += acc[j]
-        acc[j] = 0
+    if first:
+        for j in range(n):
+            part[j] = acc[j]
+            acc[j] = 0
+    else:
+        for j in range(n):
+            part[j] += acc[j]
+            acc[j] = 0
 
 
-cdef inline void _zero_rows(double *part, floating *acc, Py_ssize_t n) noexcept nogil:
+cdef inline void _zero_row(floating *a, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
-        part[j] = 0.0
+        a[j] = 0
+
+
+cdef inline void _zero_part(double *a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
     for j in range(n):
-        acc[j] = 0
+        a[j] = 0
 
 
 cdef inline void _reduce_block(const double *part, floating *out, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t k,
@@ -290,30 +306,18 @@ cdef inline void _reduce_block(const double *part, floating *out, Py_ssize_t n, 
         out[j0 + j] = <floating>acc[j]
 
 
-cdef inline void _reduce_partials(double[:, ::1] part, floating *out, Py_ssize_t n,
-                                  int n_chunks, int n_threads) noexcept nogil:
-    """out[j] = sum_c part[c, j], chunks in fixed order (the same sums for every thread count)."""
-    cdef Py_ssize_t jb
-    for jb in prange((n + RED_BLOCK - 1) // RED_BLOCK, schedule="static", num_threads=n_threads,
-                     use_threads_if=n_threads > 1 and n > RED_BLOCK):
-        _reduce_block(&part[0, 0], out, n, jb * RED_BLOCK, min(<Py_ssize_t>RED_BLOCK, n - jb * RED_BLOCK), n_chunks)
-
-
-cdef inline void _reduce_grads(double[:, ::1] dw_part, floating *dweight, double[:, ::1] db_part, floating *dbias,
-                               Py_ssize_t n, int n_chunks, int n_threads) noexcept nogil:
-    """dweight, dbias (NULL: not wanted) = their chunks' partial rows summed."""
-    if dweight != NULL:
-        _reduce_partials(dw_part, dweight, n, n_chunks, n_threads)
-    if dbias != NULL:
-        _reduce_partials(db_part, dbias, n, n_chunks, n_threads)
-
-
-cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, Py_ssize_t n) noexcept nogil:
-    """Zero a chunk's partial and accumulator rows (NULL accumulators: that gradient is not wanted)."""
-    if dwa != NULL:
-        _zero_rows(dwp, dwa, n)
-    if dba != NULL:
-        _zero_rows(dbp, dba, n)
+cdef inline void _chunk_begin(double *dwp, floating *dwa, double *dbp, floating *dba, bint empty,
+                              Py_ssize_t n) noexcept nogil:
+    """Zero the accumulator rows a chunk starts with (NULL: that gradient is not wanted); its partial rows are written
+    by its first fold, or zeroed here if it has no rows (chunk_start's last chunks may be empty)."""
+    if dwa != NULL and empty:
+        _zero_part(dwp, n)
+    elif dwa != NULL:
+        _zero_row(dwa, n)
+    if dba != NULL and empty:
+        _zero_part(dbp, n)
+    elif dba != NULL:
+        _zero_row(dba, n)
 
 
 cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *dwp, floating *dwa, double *dbp,
@@ -324,16 +328,22 @@ cdef inline void _row_done(Py_ssize_t i, Py_ssize_t lo, Py_ssize_t hi, double *d
         fn_sfence()
     if (i - lo) % FOLD_ROWS == FOLD_ROWS - 1 or i == hi - 1:
         if dwa != NULL:
-            _fold(dwa, dwp, n)
+            _fold(dwa, dwp, n, i - lo < FOLD_ROWS)
         if dba != NULL:
-            _fold(dba, dbp, n)
+            _fold(dba, dbp, n, i - lo < FOLD_ROWS)
 
 
-cdef object _bwd_scratch(bint want, part, acc, int n_chunks, Py_ssize_t n, dt):
-    """(part, acc) of the chunk count, which depends on the shape only; other shapes are replaced (same memory)."""
-    if want and (part.shape[0] != n_chunks or acc.shape[0] != n_chunks):
-        return np.empty((n_chunks, n), np.float64), np.empty((n_chunks, n), dt)
-    return part, acc
+cdef int _check_scratch(bint want, Py_ssize_t part_rows, Py_ssize_t part_cols, Py_ssize_t acc_rows,
+                        Py_ssize_t acc_cols, int n_chunks, Py_ssize_t n, str grad) except -1:
+    """A wanted gradient's scratch (``{grad}_part``, ``{grad}_acc``) must be (bwd_chunks(M, N), N): the kernel
+    writes it row by row without bounds checks, and a caller's array is never replaced behind its back."""
+    if not want:
+        return 0
+    for name, rows, cols in ((f"{grad}_part", part_rows, part_cols), (f"{grad}_acc", acc_rows, acc_cols)):
+        if rows != n_chunks or cols != n:
+            raise ValueError(f"{name}: scratch of shape (bwd_chunks(M, N), N) = ({n_chunks}, {n}) expected, "
+                             f"got ({rows}, {cols})")
+    return 0
 
 
 def bwd_chunks(Py_ssize_t m, Py_ssize_t n):
@@ -365,6 +375,7 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
     cdef bint nt = floating is float and m * n * <Py_ssize_t>sizeof(floating) > NT_BYTES
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] hbuf = np.empty((max(n_threads, 1), n if nt and add else 0), dt)
+    cdef Py_ssize_t pfd = max(1, PF_BYTES // max(1, n * <Py_ssize_t>sizeof(floating)))
     cdef const floating *src
     cdef floating *hb
     if m == 0:
@@ -387,7 +398,7 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
             if rms:
                 _rms_stats(src, &rstd[i], n, eps)
             else:
-                _ln_stats(src, &mean[i], &rstd[i], n, eps, &x[i + 1, 0] if not add and i + 1 < m else NULL)
+                _ln_stats(src, &mean[i], &rstd[i], n, eps, &x[i + pfd, 0] if not add and i + pfd < m else NULL)
             if floating is float:
                 fn_norm_out_f(src, w, b, &y[i, 0], 0 if rms else mean[i], rstd[i], rms, nt, n)
             elif rms:
@@ -396,56 +407,6 @@ def _fwd_full(const floating[:, ::1] x,             # IN  (M, N)
                 _ln_apply(src, w, b, &y[i, 0], mean[i], rstd[i], n)
         if nt:
             fn_sfence()
-
-
-def _bwd_full(const floating[:, ::1] dy,            # IN  (M, N)
-              const floating[:, ::1] dh,            # IN  (M, N) added to dx, or (0, 0): none
-              const floating[:, ::1] x,             # IN  (M, N)
-              const floating[::1] mean,             # IN  (M,), or length 0 (RMSNorm)
-              const floating[::1] rstd,             # IN  (M,)
-              const floating[::1] weight,           # IN  (N,) or length 0
-              floating[:, ::1] dx,                  # OUT (M, N)
-              floating[::1] dweight,                # OUT (N,) or length 0 (not wanted)
-              floating[::1] dbias,                  # OUT (N,) or length 0 (not wanted; LayerNorm only)
-              double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0) if not wanted
-              floating[:, ::1] dw_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              double[:, ::1] db_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              floating[:, ::1] db_acc,              # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              bint rms, int n_threads):
-    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
-    cdef const floating *w = ptr_or_null(weight)
-    cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
-    cdef int n_chunks = bwd_chunks(m, n), c
-    cdef floating *dwa
-    cdef floating *dba
-    cdef const floating *dhr
-    # float32 dx larger than the last-level cache is streamed
-    cdef bint nt = floating is float and m * n * <Py_ssize_t>sizeof(floating) > NT_BYTES
-    dt = np.float32 if floating is float else np.float64
-    dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, dt)
-    db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, dt)
-    with nogil:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
-            lo = chunk_start(m, n_chunks, c)
-            hi = chunk_start(m, n_chunks, c + 1)
-            dwa = &dw_acc[c, 0] if want_dw else NULL
-            dba = &db_acc[c, 0] if want_db else NULL
-            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
-            for i in range(lo, hi):
-                dhr = &dh[i, 0] if add else NULL
-                if floating is float:
-                    if nt:
-                        _bwd_row_stream(&dy[i, 0], &x[i, 0], dhr, 0 if rms else mean[i], rstd[i], w, &dx[i, 0],
-                                        dwa, dba, rms, n)
-                if not nt and rms:
-                    _rms_bwd_row(&dy[i, 0], &x[i, 0], rstd[i], w, dhr, &dx[i, 0], dwa, n)
-                elif not nt:
-                    _ln_bwd_row(&dy[i, 0], &x[i, 0], mean[i], rstd[i], w, dhr, &dx[i, 0], dwa, dba, n)
-                _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
-                          dba, n, nt)
-        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
-                      n_threads)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit storage
@@ -538,47 +499,91 @@ cdef inline void _half_bwd_row(int fmt, const uint16_t *dy, const uint16_t *x, c
     fn_half_bwd_apply(fmt, dy, x, dh, w, dx, dwa, dba, mu, rs, c1, c2, rms, nt, n)
 
 
-def _bwd_half(const uint16_t[:, ::1] dy,            # IN  (M, N) 16-bit patterns
-              const uint16_t[:, ::1] dh,            # IN  (M, N) added to dx, or (0, 0): none
-              const uint16_t[:, ::1] x,             # IN  (M, N)
-              const float[::1] mean,                # IN  (M,), or length 0 (RMSNorm)
-              const float[::1] rstd,                # IN  (M,)
-              const float[::1] weight,              # IN  (N,) float32, or length 0
-              uint16_t[:, ::1] dx,                  # OUT (M, N)
-              float[::1] dweight,                   # OUT (N,) float32, or length 0 (not wanted)
-              float[::1] dbias,                     # OUT (N,) float32, or length 0 (not wanted)
-              double[:, ::1] dw_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              float[:, ::1] dw_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              double[:, ::1] db_part,               # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              float[:, ::1] db_acc,                 # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
-              int fmt, bint rms, int n_threads):
-    """The float32 backward's chunk plan and row code on 16-bit rows converted as they are read (no float32 copies
-    of the rows); dx rounded once."""
-    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi
-    cdef const float *w = ptr_or_null(weight)
+# ------------------------------------------------------------------------------------------ backward (every storage)
+ctypedef fused rowt:
+    float
+    double
+    uint16_t
+
+
+cdef inline void _bwd_row(int fmt, const rowt *dy, const rowt *x, const rowt *dh, floating mu, floating rs,
+                          const floating *w, rowt *dx, floating *dwa, floating *dba, bint rms, bint nt,
+                          Py_ssize_t n) noexcept nogil:
+    """One backward row: float32/float64 rows (float32 dx streamed when nt) or 16-bit ones (format fmt)."""
+    if rowt is uint16_t:
+        if floating is float:
+            _half_bwd_row(fmt, dy, x, dh, mu, rs, w, dx, dwa, dba, rms, nt, n)
+    elif rowt is float:
+        if floating is float:
+            if nt:
+                _bwd_row_stream(dy, x, dh, mu, rs, w, dx, dwa, dba, rms, n)
+            elif rms:
+                _rms_bwd_row(dy, x, rs, w, dh, dx, dwa, n)
+            else:
+                _ln_bwd_row(dy, x, mu, rs, w, dh, dx, dwa, dba, n)
+    else:
+        if floating is double:
+            if rms:
+                _rms_bwd_row(dy, x, rs, w, dh, dx, dwa, n)
+            else:
+                _ln_bwd_row(dy, x, mu, rs, w, dh, dx, dwa, dba, n)
+
+
+def _bwd(const rowt[:, ::1] dy,                     # IN  (M, N): float32, float64, or 16-bit patterns
+         const rowt[:, ::1] dh,                     # IN  (M, N) added to dx, or (0, 0): none
+         const rowt[:, ::1] x,                      # IN  (M, N)
+         const floating[::1] mean,                  # IN  (M,), or length 0 (RMSNorm); float32 beside 16-bit rows
+         const floating[::1] rstd,                  # IN  (M,)
+         const floating[::1] weight,                # IN  (N,) or length 0
+         rowt[:, ::1] dx,                           # OUT (M, N)
+         floating[::1] dweight,                     # OUT (N,) or length 0 (not wanted)
+         floating[::1] dbias,                       # OUT (N,) or length 0 (not wanted; LayerNorm only)
+         double[:, ::1] dw_part,                    # SCRATCH (bwd_chunks(M, N), N), or (0, 0) if not wanted
+         floating[:, ::1] dw_acc,                   # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+         double[:, ::1] db_part,                    # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+         floating[:, ::1] db_acc,                   # SCRATCH (bwd_chunks(M, N), N), or (0, 0)
+         int fmt, bint rms, int n_threads):
+    """The chunk plan (module docstring) in one parallel region: the chunks' rows, then (after the loop's barrier)
+    the partial rows summed block by block, both gradients in the same task. 16-bit rows (fmt >= 0) are converted as
+    they are read (no float32 copies); dx rounded once."""
+    cdef Py_ssize_t m = x.shape[0], n = x.shape[1], i, lo, hi, jb, j0, k
+    cdef const floating *w = ptr_or_null(weight)
     cdef bint want_dw = dweight.shape[0] > 0, want_db = dbias.shape[0] > 0, add = dh.shape[0] > 0
     cdef int n_chunks = bwd_chunks(m, n), c
-    cdef float *dwa
-    cdef float *dba
-    # dx larger than the last-level cache is streamed (on the targets with FN_HALF_ROWS)
-    cdef bint nt = m * n * 2 > NT_BYTES
-    dw_part, dw_acc = _bwd_scratch(want_dw, dw_part, dw_acc, n_chunks, n, np.float32)
-    db_part, db_acc = _bwd_scratch(want_db, db_part, db_acc, n_chunks, n, np.float32)
-    with nogil:
-        for c in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_threads,
-                        use_threads_if=n_threads > 1):
+    cdef floating *dwa
+    cdef floating *dba
+    # dx larger than the last-level cache is streamed (float32; 16-bit on the targets with FN_HALF_ROWS)
+    cdef bint nt = m * n * <Py_ssize_t>sizeof(rowt) > NT_BYTES
+    if rowt is double:
+        nt = False
+        if floating is float:
+            raise TypeError("float64 rows take float64 statistics, parameters and scratch")
+    elif floating is double:
+        raise TypeError("float32 and 16-bit rows take float32 statistics, parameters and scratch")
+    _check_scratch(want_dw, dw_part.shape[0], dw_part.shape[1], dw_acc.shape[0], dw_acc.shape[1], n_chunks, n, "dw")
+    _check_scratch(want_db, db_part.shape[0], db_part.shape[1], db_acc.shape[0], db_acc.shape[1], n_chunks, n, "db")
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        for c in prange(n_chunks, schedule="static", chunksize=1):
             lo = chunk_start(m, n_chunks, c)
             hi = chunk_start(m, n_chunks, c + 1)
-            dwa = &dw_acc[c, 0] if want_dw else NULL
-            dba = &db_acc[c, 0] if want_db else NULL
-            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, n)
+            # the thread's accumulator rows (thread t runs chunks t, t + T, ...: t < n_chunks), hot in its cache
+            dwa = &dw_acc[threadid(), 0] if want_dw else NULL
+            dba = &db_acc[threadid(), 0] if want_db else NULL
+            _chunk_begin(&dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL, dba, lo == hi,
+                         n)
             for i in range(lo, hi):
-                _half_bwd_row(fmt, &dy[i, 0], &x[i, 0], &dh[i, 0] if add else NULL, 0 if rms else mean[i], rstd[i],
-                              w, &dx[i, 0], dwa, dba, rms, nt, n)
+                _bwd_row(fmt, &dy[i, 0], &x[i, 0], &dh[i, 0] if add else NULL, 0 if rms else mean[i], rstd[i], w,
+                         &dx[i, 0], dwa, dba, rms, nt, n)
                 _row_done(i, lo, hi, &dw_part[c, 0] if want_dw else NULL, dwa, &db_part[c, 0] if want_db else NULL,
                           dba, n, nt)
-        _reduce_grads(dw_part, &dweight[0] if want_dw else NULL, db_part, &dbias[0] if want_db else NULL, n, n_chunks,
-                      n_threads)
+        # dweight, dbias = their chunks' partial rows summed in chunk order (the same sums for every thread count)
+        for jb in prange((n + RED_BLOCK - 1) // RED_BLOCK, schedule="static"):
+            j0 = jb * RED_BLOCK
+            k = min(<Py_ssize_t>RED_BLOCK, n - j0)
+            if want_dw:
+                _reduce_block(&dw_part[0, 0], &dweight[0], n, j0, k, n_chunks)
+            if want_db:
+                _reduce_block(&db_part[0, 0], &dbias[0], n, j0, k, n_chunks)
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -641,50 +646,39 @@ def add_rms_norm_forward(x, residual, weight, y, h, rstd, double eps, int n_thre
                   eps, n_threads)
 
 
+cdef inline object _data(a, int fmt):
+    """Rows as the backward takes them: float32/float64 as they are, 16-bit ones as uint16 patterns."""
+    return a if fmt < 0 else a.view(np.uint16)
+
+
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
                         int n_threads):
     """dy, x (M, N), mean, rstd (M,), weight (N,) or length 0 -> dx (M, N), dweight, dbias (N,) or length 0
     (not wanted); scratch (bwd_chunks(M, N), N) float64 partial rows and accumulator rows, or (0, 0)."""
     cdef int fmt = _fmt(x)
-    if fmt < 0:
-        _bwd_full(dy, x[:0, :0], x, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc,
-                  False, n_threads)
-    else:
-        _bwd_half(_bits(dy), _NONE_BITS, _bits(x), mean, rstd, weight, _bits(dx), dweight, dbias, dw_part, dw_acc,
-                  db_part, db_acc, fmt, False, n_threads)
+    x = _data(x, fmt)
+    _bwd(_data(dy, fmt), x[:0, :0], x, mean, rstd, weight, _data(dx, fmt), dweight, dbias, dw_part, dw_acc, db_part,
+         db_acc, fmt, False, n_threads)
 
 
 def add_layer_norm_backward(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part,
                             db_acc, int n_threads):
     """layer_norm_backward of h with dh (M, N), or length 0 for none, added to dx."""
     cdef int fmt = _fmt(h)
-    dh = _rows_or_none(dh)
-    if fmt < 0:
-        _bwd_full(dy, dh, h, mean, rstd, weight, dx, dweight, dbias, dw_part, dw_acc, db_part, db_acc, False,
-                  n_threads)
-    else:
-        _bwd_half(_bits(dy), _bits(dh), _bits(h), mean, rstd, weight, _bits(dx), dweight, dbias, dw_part, dw_acc,
-                  db_part, db_acc, fmt, False, n_threads)
+    _bwd(_data(dy, fmt), _data(_rows_or_none(dh), fmt), _data(h, fmt), mean, rstd, weight, _data(dx, fmt), dweight,
+         dbias, dw_part, dw_acc, db_part, db_acc, fmt, False, n_threads)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight, dw_part, dw_acc, int n_threads):
     """dy, x (M, N), rstd (M,), weight (N,) or length 0 -> dx (M, N), dweight (N,) or length 0."""
     cdef int fmt = _fmt(x)
-    if fmt < 0:
-        _bwd_full(dy, x[:0, :0], x, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_acc,
-                  dw_part[:0, :0], dw_acc[:0, :0], True, n_threads)
-    else:
-        _bwd_half(_bits(dy), _NONE_BITS, _bits(x), rstd[:0], rstd, weight, _bits(dx), dweight, dweight[:0],
-                  dw_part, dw_acc, dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
+    x = _data(x, fmt)
+    _bwd(_data(dy, fmt), x[:0, :0], x, rstd[:0], rstd, weight, _data(dx, fmt), dweight, dweight[:0], dw_part, dw_acc,
+         dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
 
 
 def add_rms_norm_backward(dy, dh, h, rstd, weight, dx, dweight, dw_part, dw_acc, int n_threads):
     """rms_norm_backward of h with dh (M, N), or length 0 for none, added to dx."""
     cdef int fmt = _fmt(h)
-    dh = _rows_or_none(dh)
-    if fmt < 0:
-        _bwd_full(dy, dh, h, rstd[:0], rstd, weight, dx, dweight, dweight[:0], dw_part, dw_acc, dw_part[:0, :0],
-                  dw_acc[:0, :0], True, n_threads)
-    else:
-        _bwd_half(_bits(dy), _bits(dh), _bits(h), rstd[:0], rstd, weight, _bits(dx), dweight, dweight[:0],
-                  dw_part, dw_acc, dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
+    _bwd(_data(dy, fmt), _data(_rows_or_none(dh), fmt), _data(h, fmt), rstd[:0], rstd, weight, _data(dx, fmt),
+         dweight, dweight[:0], dw_part, dw_acc, dw_part[:0, :0], dw_acc[:0, :0], fmt, True, n_threads)
