@@ -223,3 +223,29 @@ def test_streaming_stores_with_misaligned_out_buffers(rng, dtype, offset):
     dx = _offset_empty((m, n), dt, off)
     fastnorm.layer_norm_backward(x, h0, mean, rstd, w, b, out=(dx, None, None))
     assert np.array_equal(dx.view(np.uint8), dx0.view(np.uint8))
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize(("m", "n"), [(64, 768), (33, 1000), (5, 100), (2100, 4099)], ids=str)
+def test_backward_bits_do_not_depend_on_input_alignment(rng, op, m, n):
+    """The backward splits each float32 row where dy and x reach a 64-byte boundary when both share a misalignment
+    (NumPy's large arrays start 16 bytes past a page): the same values at every offset give the same bits
+    (dx, dweight, dbias), the streamed (> 32 MiB) rows included."""
+    f32 = np.dtype(np.float32)
+    x0 = rng.standard_normal((m, n)).astype(f32)
+    dy0 = rng.standard_normal((m, n)).astype(f32)
+    w = rng.standard_normal(n).astype(f32)
+    b = rng.standard_normal(n).astype(f32)
+    results = []
+    for off in (0, 4, 16, 32, 60):
+        x, dy = _offset_empty((m, n), f32, off), _offset_empty((m, n), f32, off)
+        x[:], dy[:] = x0, dy0
+        if op == "layer_norm":
+            _, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
+            res = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+        else:
+            _, rstd = fastnorm.rms_norm_forward(x, w)
+            res = fastnorm.rms_norm_backward(dy, x, rstd, w)
+        results.append([np.asarray(a).view(np.uint8) for a in res if a is not None])
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other, strict=True))

@@ -86,6 +86,7 @@ cdef extern from "fastnorm_stream.h" nogil:
 
 
 cdef extern from "fastnorm_moments.h" nogil:
+    enum: FN_SPLIT_EXACT
     double fn_sum_f(const float *x, Py_ssize_t n)
     double fn_sum_d(const double *x, Py_ssize_t n)
     double fn_sum_dev_f(const float *x, Py_ssize_t n, float mu)
@@ -159,8 +160,18 @@ cdef inline void _ln_apply(const floating *x, const floating *w, const floating 
             y[j] = (x[j] - fmu) * frs
 
 
-cdef inline const float *_at(const float *p, Py_ssize_t j) noexcept nogil:
-    return p + j if p != NULL else NULL
+cdef inline float *_at(const float *p, Py_ssize_t j) noexcept nogil:
+    return <float *>p + j if p != NULL else NULL
+
+
+cdef inline Py_ssize_t _head(const void *dy, const void *x, Py_ssize_t n) noexcept nogil:
+    """Elements of float rows dy and x before both reach a 64-byte boundary, when they share a misalignment (NumPy's
+    large arrays start 16 bytes past a page) and the row is long enough; 0 otherwise, and always 0 where a split loop
+    could round differently (FN_SPLIT_EXACT: AVX-512 only). The vector part's loads then do not straddle cache lines."""
+    cdef size_t a = <size_t>dy & 63
+    if not FN_SPLIT_EXACT or a == 0 or a != (<size_t>x & 63) or a & 3 or n < 64:
+        return 0
+    return <Py_ssize_t>((64 - a) >> 2)
 
 
 cdef inline void _ln_bwd_row(const floating *dy, const floating *x, floating mu, floating rs,
@@ -204,8 +215,12 @@ cdef inline void _ln_bwd_apply(const floating *dy, const floating *x, floating m
                                floating c2, const floating *w, const floating *dh, floating *dx, floating *dwa,
                                floating *dba, Py_ssize_t n) noexcept nogil:
     """dx = rs * (g - c1 - xhat * c2) (+ dh), dwa += dy * xhat, dba += dy over n elements (fastnorm_rows.h)."""
+    cdef Py_ssize_t h
     if floating is float:
-        fn_ln_bwd_apply_f(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
+        h = _head(dy, x, n)
+        if h:
+            fn_ln_bwd_apply_f(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, h)
+        fn_ln_bwd_apply_f(dy + h, x + h, mu, rs, c1, c2, _at(w, h), _at(dh, h), dx + h, _at(dwa, h), _at(dba, h), n - h)
     else:
         fn_ln_bwd_apply_d(dy, x, mu, rs, c1, c2, w, dh, dx, dwa, dba, n)
 
@@ -252,8 +267,12 @@ cdef inline floating _rms_coef(double s2, floating rs, Py_ssize_t n) noexcept no
 
 cdef inline void _rms_bwd_apply(const floating *dy, const floating *x, floating rs, floating c2, const floating *w,
                                 const floating *dh, floating *dx, floating *dwa, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t h
     if floating is float:
-        fn_rms_bwd_apply_f(dy, x, rs, c2, w, dh, dx, dwa, n)
+        h = _head(dy, x, n)
+        if h:
+            fn_rms_bwd_apply_f(dy, x, rs, c2, w, dh, dx, dwa, h)
+        fn_rms_bwd_apply_f(dy + h, x + h, rs, c2, _at(w, h), _at(dh, h), dx + h, _at(dwa, h), n - h)
     else:
         fn_rms_bwd_apply_d(dy, x, rs, c2, w, dh, dx, dwa, n)
 
