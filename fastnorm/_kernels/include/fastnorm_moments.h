@@ -265,28 +265,29 @@ static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) { FN_
     }                                                                                                  \
     *s1 = t1; *s2 = t2;
 
+/* fn_bwd_sums_f's readers of the two float rows: unaligned vectors, aligned lines shifted into place (FN_LD_SHIFT,
+ * AVX-512), scalars for the tail */
+#define FN_LDY_(i) FN_RV(loadu_ps)(dy + (i))
+#define FN_LX_(i) FN_RV(loadu_ps)(x + (i))
+#define FN_SDY_(i) dy[i]
+#define FN_SX_(i) x[i]
 #if FN_RW == 16
 /* Elements i..i+15 of a row p that starts s elements past a 64-byte boundary (pa = p - s), read as the two aligned
  * lines that hold them and shifted into place (idx = s, s+1, ..., s+15): the same vector as an unaligned load,
  * without the line-straddling accesses an unaligned AVX-512 load makes on every vector (NumPy puts large arrays 16
  * bytes past a page). The second line never crosses a page past the last element it serves. */
 #define FN_LD_SHIFT(pa, idx, i) _mm512_permutex2var_ps(_mm512_load_ps((pa) + (i)), idx, _mm512_load_ps((pa) + (i) + 16))
+#define FN_LDY_SH_(i) FN_LD_SHIFT(dy - s, idx, i)
+#define FN_LX_SH_(i) FN_LD_SHIFT(x - s, idx, i)
 
 static inline void fn_bwd_sums_shift_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n,
                                        double *s1, double *s2, ptrdiff_t s) {
-    const float *pdy = dy - s, *px = x - s;
     const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)s),
                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-#define FN_LDY_(i) FN_LD_SHIFT(pdy, idx, i)
-#define FN_LX_(i) FN_LD_SHIFT(px, idx, i)
-#define FN_SDY_(i) dy[i]
-#define FN_SX_(i) x[i]
-    FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
-#undef FN_LDY_
-#undef FN_LX_
-#undef FN_SDY_
-#undef FN_SX_
+    FN_BWD_SUMS_BODY(FN_LDY_SH_, FN_LX_SH_, FN_SDY_, FN_SX_)
 }
+#undef FN_LDY_SH_
+#undef FN_LX_SH_
 #endif
 
 static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n, double *s1,
@@ -299,16 +300,12 @@ static inline void fn_bwd_sums_f(const float *dy, const float *w, const float *x
         return;
     }
 #endif
-#define FN_LDY_(i) FN_RV(loadu_ps)(dy + (i))
-#define FN_LX_(i) FN_RV(loadu_ps)(x + (i))
-#define FN_SDY_(i) dy[i]
-#define FN_SX_(i) x[i]
     FN_BWD_SUMS_BODY(FN_LDY_, FN_LX_, FN_SDY_, FN_SX_)
+}
 #undef FN_LDY_
 #undef FN_LX_
 #undef FN_SDY_
 #undef FN_SX_
-}
 #endif
 
 /* sum(x^2) of a float array that neither overflows nor loses the tiny terms: the fast float-lane sum when
