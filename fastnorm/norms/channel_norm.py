@@ -118,13 +118,37 @@ def _running_stats(be, op, running_mean, running_var, c, dtype, update, others):
     return running_mean, running_var
 
 
-def _statistics_forward(spec, be, x, ncl, a: dict, update: bool, eps, momentum, out, attrs: dict):
-    """BatchNorm / InstanceNorm forward after the mode checks: running statistics, outputs, the kernel
+def _statistics_forward(spec, arrays: dict, out, axis: int, mode: tuple, eps_rule, eps, momentum):
+    """BatchNorm / InstanceNorm forward: validation, running statistics, outputs, the kernel
     ``(x, weight, bias, running_mean, running_var, y, mean, rstd, *scratch, eps, momentum, update, nt)``
-    (``update``: training / use_input_stats; the scratch from the declared plan)."""
-    op, c = spec.name, ncl[1]
+    (the scratch from the declared plan).
+
+    ``mode``: (name, value, what one statistic is over, its count from (N, C, L)): ``update`` (training /
+    use_input_stats) needs a count above 1, its absence the running statistics. ``eps_rule(op, eps,
+    update)`` checks eps."""
+    op = spec.name
+    be = backend_of(op, **arrays, out=out)
+    x = V.float_input(be, op, "x", arrays["x"])
+    ncl = V.split_channels(op, x.shape, axis)
+    name, update, per, count = mode
+    update = V.flag(op, name, update)
+    a = {**arrays, "x": x, **_affine(be, op, x, ncl[1], arrays["weight"], arrays["bias"])}
+    eps = eps_rule(op, eps, update)
+    momentum = V.scalar(op, "momentum", momentum, finite=False)
+    if update and count(ncl) == 1:
+        raise ValueError(f"{op}: {name} needs more than 1 {per}, got x of shape {tuple(x.shape)}")
+    if not update and (a["running_mean"] is None or a["running_var"] is None):
+        raise TypeError(f"{op}: running_mean and running_var are required when {name}=False")
+    attrs = {"axis": axis} if "axis" in spec.attrs else {}
     a["running_mean"], a["running_var"] = _running_stats(
-        be, op, a["running_mean"], a["running_var"], c, x.dtype, update, [(k, a[k]) for k in ("x", "weight", "bias")]
+        be,
+        op,
+        a["running_mean"],
+        a["running_var"],
+        ncl[1],
+        x.dtype,
+        update,
+        [(k, a[k]) for k in ("x", "weight", "bias")],
     )
     y, mean, rstd = spec.outputs_for(be, out, a, **attrs)
     rm, rv = a["running_mean"], a["running_var"]
@@ -192,6 +216,11 @@ def _batch_norm_eps(op: str, eps, training: bool) -> float:
     return eps
 
 
+def _input_stats_eps(op: str, eps, use_input_stats: bool) -> float:
+    """InstanceNorm's eps: any float, as torch."""
+    return V.scalar(op, "eps", eps, finite=False)
+
+
 def _bn_row_chunks(m: int) -> int:
     """Row chunks of channels-last BatchNorm statistics over m rows: a function of the shape only (chunks
     of at least 512 rows, at most 64), so the statistics do not depend on the thread count."""
@@ -254,19 +283,9 @@ def batch_norm_forward(
         the running statistics are not updated; mean, rstd are (0, NaN) in training and the running
         statistics' in evaluation.
     """
-    op = "batch_norm_forward"
-    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
-    x = V.float_input(be, op, "x", x)
-    n, c, length = V.split_channels(op, x.shape, axis)
-    training = V.flag(op, "training", training)
-    a = {"x": x, **_affine(be, op, x, c, weight, bias), "running_mean": running_mean, "running_var": running_var}
-    eps = _batch_norm_eps(op, eps, training)
-    momentum = V.scalar(op, "momentum", momentum, finite=False)
-    if training and n * length == 1:
-        raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape {tuple(x.shape)}")
-    if not training and (running_mean is None or running_var is None):
-        raise TypeError(f"{op}: running_mean and running_var are required when training=False")
-    return _statistics_forward(BATCH_NORM_FWD, be, x, (n, c, length), a, training, eps, momentum, out, dict(axis=axis))
+    arrays = dict(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    mode = ("training", training, "value per channel", lambda ncl: ncl[0] * ncl[2])
+    return _statistics_forward(BATCH_NORM_FWD, arrays, out, axis, mode, _batch_norm_eps, eps, momentum)
 
 
 @fill_doc(BATCH_NORM_BWD)
@@ -361,21 +380,9 @@ def instance_norm_forward(
         As torch, running statistics are left as they are when L = 0 and become NaN when N = 0 (the update
         is a mean over the N instances).
     """
-    op = "instance_norm_forward"
-    be = backend_of(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, out=out)
-    x = V.float_input(be, op, "x", x)
-    n, c, length = V.split_channels(op, x.shape, 1)
-    use_input_stats = V.flag(op, "use_input_stats", use_input_stats)
-    a = {"x": x, **_affine(be, op, x, c, weight, bias), "running_mean": running_mean, "running_var": running_var}
-    eps = V.scalar(op, "eps", eps, finite=False)
-    momentum = V.scalar(op, "momentum", momentum, finite=False)
-    if use_input_stats and length == 1:
-        raise ValueError(
-            f"{op}: use_input_stats needs more than 1 spatial value per instance, got x of shape {tuple(x.shape)}"
-        )
-    if not use_input_stats and (running_mean is None or running_var is None):
-        raise TypeError(f"{op}: running_mean and running_var are required when use_input_stats=False")
-    return _statistics_forward(INSTANCE_NORM_FWD, be, x, (n, c, length), a, use_input_stats, eps, momentum, out, {})
+    arrays = dict(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    mode = ("use_input_stats", use_input_stats, "spatial value per instance", lambda ncl: ncl[2])
+    return _statistics_forward(INSTANCE_NORM_FWD, arrays, out, 1, mode, _input_stats_eps, eps, momentum)
 
 
 @fill_doc(INSTANCE_NORM_BWD)
