@@ -20,6 +20,7 @@ FRAGMENTS = {
         "weight, bias : array of shape normalized_shape, optional\n"
         "    The forward's parameters; ``bias`` only says whether dbias is wanted."
     ),
+    "scale_bwd": "weight : array of shape normalized_shape, optional\n    The forward's scale.",
     "residual_grads": (
         "dy : array, shape like h\n    Gradient of y.\n"
         "dh : array like h, or None\n    Gradient arriving on the residual stream h (None: none, as if zero)."

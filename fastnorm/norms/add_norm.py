@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 from .. import reference as R
 from .._doc import fill_doc
-from .._spec import STAT, AffineGrads, Array, OpSpec, Out, ScaleGrads, args, grad, lead, like, ops, register
-from .layer_norm import rows_backward, rows_forward
+from .._spec import AffineGrads, Array, ScaleGrads, ops
+from .layer_norm import declare_rows, rows_backward, rows_forward
 
 
 class AddLayerNormForward(NamedTuple):
@@ -40,30 +40,14 @@ AddLayerNormBackward = AffineGrads
 AddRMSNormBackward = ScaleGrads
 
 
-ADD_LAYER_NORM_FWD = register(OpSpec(
-    "add_layer_norm_forward",
-    args("x residual weight? bias? :normalized_ndim=int :eps=float"),
-    (Out("y", like("x")), Out("h", like("x")), Out("mean", lead, STAT), Out("rstd", lead, STAT)),
-    AddLayerNormForward, "add_norm", R.add_layer_norm_forward,
-))  # fmt: skip
-ADD_LAYER_NORM_BWD = register(OpSpec(
-    "add_layer_norm_backward",
-    args("dy dh? h mean rstd weight? bias? :normalized_ndim=int"),
-    (Out("dx", like("h")), grad("dweight", "weight"), grad("dbias", "bias")),
-    AffineGrads, "add_norm", R.add_layer_norm_backward, primary="h",
-))  # fmt: skip
-ADD_RMS_NORM_FWD = register(OpSpec(
-    "add_rms_norm_forward",
-    args("x residual weight? :normalized_ndim=int :eps=float"),
-    (Out("y", like("x")), Out("h", like("x")), Out("rstd", lead, STAT)),
-    AddRMSNormForward, "add_norm", R.add_rms_norm_forward,
-))  # fmt: skip
-ADD_RMS_NORM_BWD = register(OpSpec(
-    "add_rms_norm_backward",
-    args("dy dh? h rstd weight? :normalized_ndim=int"),
-    (Out("dx", like("h")), grad("dweight", "weight")),
-    ScaleGrads, "add_norm", R.add_rms_norm_backward, primary="h",
-))  # fmt: skip
+ADD_LAYER_NORM_FWD, ADD_LAYER_NORM_BWD = declare_rows(
+    "add_layer_norm", "add_norm", ("mean", "rstd"), ("weight", "bias"), (AddLayerNormForward, AffineGrads),
+    (R.add_layer_norm_forward, R.add_layer_norm_backward), fused=True,
+)  # fmt: skip
+ADD_RMS_NORM_FWD, ADD_RMS_NORM_BWD = declare_rows(
+    "add_rms_norm", "add_norm", ("rstd",), ("weight",), (AddRMSNormForward, ScaleGrads),
+    (R.add_rms_norm_forward, R.add_rms_norm_backward), fused=True,
+)  # fmt: skip
 
 __all__ = [s.name for s in ops("add_norm")]  # the public functions below, one per declaration
 
@@ -216,8 +200,7 @@ def add_rms_norm_backward(
     %(residual_grads)s
     h, rstd : arrays
         Saved by the forward: h (*, *normalized_shape), rstd h.shape[:-normalized_ndim].
-    weight : array of shape normalized_shape, optional
-        The forward's scale.
+    %(scale_bwd)s
     %(normalized_ndim_bwd)s
     %(out)s
 

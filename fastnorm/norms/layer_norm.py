@@ -39,30 +39,35 @@ RMSNormForward = ScaleStats
 RMSNormBackward = ScaleGrads
 
 
-LAYER_NORM_FWD = register(OpSpec(
-    "layer_norm_forward",
-    args("x weight? bias? :normalized_ndim=int :eps=float"),
-    (Out("y", like("x")), Out("mean", lead, STAT), Out("rstd", lead, STAT)),
-    NormStats, "layer_norm", R.layer_norm_forward,
-))  # fmt: skip
-LAYER_NORM_BWD = register(OpSpec(
-    "layer_norm_backward",
-    args("dy x mean rstd weight? bias? :normalized_ndim=int"),
-    (Out("dx", like("x")), grad("dweight", "weight"), grad("dbias", "bias")),
-    AffineGrads, "layer_norm", R.layer_norm_backward,
-))  # fmt: skip
-RMS_NORM_FWD = register(OpSpec(
-    "rms_norm_forward",
-    args("x weight? :normalized_ndim=int :eps=float"),
-    (Out("y", like("x")), Out("rstd", lead, STAT)),
-    ScaleStats, "layer_norm", R.rms_norm_forward,
-))  # fmt: skip
-RMS_NORM_BWD = register(OpSpec(
-    "rms_norm_backward",
-    args("dy x rstd weight? :normalized_ndim=int"),
-    (Out("dx", like("x")), grad("dweight", "weight")),
-    ScaleGrads, "layer_norm", R.rms_norm_backward,
-))  # fmt: skip
+def declare_rows(
+    name: str, family: str, stats: tuple, params: tuple, results: tuple, references: tuple, fused: bool = False
+) -> tuple[OpSpec, OpSpec]:
+    """Register the forward and backward declarations of row op ``name`` (``<name>_forward/_backward``).
+
+    forward ``x [residual] <params>? :normalized_ndim :eps -> y [h] <stats>`` (y, h like x; the statistics
+    of shape ``lead`` in the statistic dtype); backward ``dy [dh?] x|h <stats> <params>? :normalized_ndim ->
+    dx d<param>`` (dx like its primary input, a parameter's gradient only when the parameter is given).
+    ``fused``: the residual-add variant (input ``residual``, output ``h``, the backward on h and dh)."""
+    p, data = ("h", "x residual") if fused else ("x", "x")
+    optional = " ".join(f"{k}?" for k in params)
+    fwd_out = (Out("y", like("x")), *[Out("h", like("x"))] * fused, *(Out(k, lead, STAT) for k in stats))
+    bwd_args = " ".join(("dy", *["dh?"] * fused, p, *stats, optional, ":normalized_ndim=int"))
+    bwd_out = (Out("dx", like(p)), *(grad(f"d{k}", k) for k in params))
+    return (
+        register(OpSpec(f"{name}_forward", args(f"{data} {optional} :normalized_ndim=int :eps=float"), fwd_out,
+                        results[0], family, references[0])),
+        register(OpSpec(f"{name}_backward", args(bwd_args), bwd_out, results[1], family, references[1], primary=p)),
+    )  # fmt: skip
+
+
+LAYER_NORM_FWD, LAYER_NORM_BWD = declare_rows(
+    "layer_norm", "layer_norm", ("mean", "rstd"), ("weight", "bias"), (NormStats, AffineGrads),
+    (R.layer_norm_forward, R.layer_norm_backward),
+)  # fmt: skip
+RMS_NORM_FWD, RMS_NORM_BWD = declare_rows(
+    "rms_norm", "layer_norm", ("rstd",), ("weight",), (ScaleStats, ScaleGrads),
+    (R.rms_norm_forward, R.rms_norm_backward),
+)  # fmt: skip
 
 __all__ = [s.name for s in ops("layer_norm")]  # the public functions below, one per declaration
 
@@ -312,8 +317,7 @@ def rms_norm_backward(
         The gradient of y and the forward's input.
     rstd : array, shape x.shape[:-normalized_ndim]
         Saved by the forward.
-    weight : array of shape normalized_shape, optional
-        The forward's scale.
+    %(scale_bwd)s
     %(normalized_ndim_bwd)s
     %(out)s
 
