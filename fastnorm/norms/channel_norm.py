@@ -139,7 +139,7 @@ def _statistics_forward(spec, arrays: dict, out, axis: int, mode: tuple, eps_rul
         raise ValueError(f"{op}: {name} needs more than 1 {per}, got x of shape {tuple(x.shape)}")
     if not update and (a["running_mean"] is None or a["running_var"] is None):
         raise TypeError(f"{op}: running_mean and running_var are required when {name}=False")
-    attrs = {"axis": axis} if "axis" in spec.attrs else {}
+    attrs = {"axis": axis} if spec is BATCH_NORM_FWD else {}
     a["running_mean"], a["running_var"] = _running_stats(
         be,
         op,
