@@ -474,7 +474,8 @@ def cosine_linear(input: Tensor, weight: Tensor, eps: float = 1e-8) -> Tensor:
 
 fill_docs(globals(), __all__)
 
-# Fused residual add + norm, defined in their own module.
-from .add_norm import add_layer_norm, add_rms_norm  # noqa: E402
+# Fused residual add + norm, defined in their own module (its ``__all__`` lists them).
+from . import add_norm as _add_norm  # noqa: E402
+from .add_norm import *  # noqa: E402, F403
 
-__all__ += ["add_layer_norm", "add_rms_norm"]
+__all__ += _add_norm.__all__
