@@ -483,7 +483,7 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
     if which in ("all", "norms"):
         scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
     if which in ("all", "optim"):
-        scen += [(s, optim_calls) for s in optim_scenarios()]
+        scen += [(s, optim_calls) for s in optim_scenarios(kinds=kinds)]
     if which in ("all", "other"):
         scen += [(s, 2) for s in other_op_scenarios()]
     rows.append(_reference(calls))

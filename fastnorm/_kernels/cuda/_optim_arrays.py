@@ -172,8 +172,14 @@ def gather_params(params: list, info: np.ndarray) -> int:
     if hit is not None:
         info[:, :n] = hit
         return -1
+    p = _gather.addresses(lkey, (), params)  # torch parameters: the same layout, addresses re-read
+    if p is not None:
+        info[0, :n] = p
+        info[1:, :n] = _gather.extra(lkey)
+        return -1
     ptrs, sizes, f8 = [], [], []
-    for i, meta in enumerate(_metas(params)):
+    metas = _metas(params)
+    for i, meta in enumerate(metas):
         if meta is None:
             return i
         ptr, nbytes, item, _, contig, writeable, dcode = meta
@@ -189,6 +195,8 @@ def gather_params(params: list, info: np.ndarray) -> int:
     _remember_list(key, params, (), info[:, :n].copy())
     if key in _list_cache:
         _list_cache[lkey] = _list_cache[key]
+    else:  # objects whose address may change (torch tensors): their layout
+        _gather.remember(lkey, (), params, metas, info[1:, :n].copy())
     return -1
 
 

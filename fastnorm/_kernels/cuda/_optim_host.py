@@ -6,12 +6,14 @@ bad gradient gets the CPU backend's error.
 from __future__ import annotations
 
 import gc
+from itertools import product
 
-from ._recording import ARGS, COUNTS, install, reset
+from ._recording import ARGS, COUNTS, TORCH_STREAM, fake_cuda_tensor, fake_cuda_tensor_type, install, reset
 
 
-def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
-    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
+def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000, kinds=("numba", "torch")):
+    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``, on Numba
+    arrays and (``"torch"`` in ``kinds``) stand-in torch CUDA tensors (small: their memory is real)."""
     import numpy as np
     from numba import cuda
 
@@ -19,25 +21,28 @@ def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
 
     rng = np.random.default_rng(0)
     sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
+    news = [("numba", 0, sizes, lambda s: cuda.device_array(int(s), np.float32))]
+    if "torch" in kinds:
+        T = fake_cuda_tensor_type()
+        small = np.maximum(1, sizes // 1000)
+        news.append(("torch", TORCH_STREAM, small, lambda s, T=T: fake_cuda_tensor(T, (int(s),))))
     out = []
-    for name, cls, kw in (
-        ("adam_step", O.Adam, {}),
-        ("adamw_step", O.AdamW, {}),
-        ("sgd_step", O.SGD, {"momentum": 0.9}),
+    for (name, cls, kw), (kind, stream, sz, new) in product(
+        (("adam_step", O.Adam, {}), ("adamw_step", O.AdamW, {}), ("sgd_step", O.SGD, {"momentum": 0.9})), news
     ):
-        params = [cuda.device_array(int(s), np.float32) for s in sizes]
-        grads = [cuda.device_array(int(s), np.float32) for s in sizes]
+        params = [new(s) for s in sz]
+        grads = [new(s) for s in sz]
         opt = cls(params, lr=1e-3, **kw)
-        out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
+        out.append((name, f"{n_tensors} tensors, same grads", kind, stream, lambda o=opt, g=grads: o.step(g)))
         # more gradient sets than any cache of address tables holds: new addresses at every step
-        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
+        grads2 = [[new(s) for s in sz] for _ in range(24)]
         state = {"i": 0}
 
         def moving(o=opt, gs=grads2, st=state):
             st["i"] = (st["i"] + 1) % len(gs)
             o.step(gs[st["i"]])
 
-        out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
+        out.append((name, f"{n_tensors} tensors, grads at new addresses", kind, stream, moving))
     return out
 
 
