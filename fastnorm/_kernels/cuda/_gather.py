@@ -64,6 +64,11 @@ def moving(key) -> bool:
     return lay is not None and lay.moved
 
 
+def current(key):
+    """The layout remembered for ``key`` (an object that is replaced whenever another layout is), or None."""
+    return _layouts.get(key)
+
+
 def extra(key):
     """The ``extra`` value remembered with the layout of ``key``."""
     return _layouts[key].extra

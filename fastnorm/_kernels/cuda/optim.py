@@ -229,7 +229,7 @@ _fast_plans: dict = {}
 def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int) -> None:
     """``_launch`` on a real GPU: tables uploaded asynchronously when they change, a prebuilt launch."""
     n = tensors.shape[1]
-    stream = LA.caller_stream("numba", -1)
+    stream = launch_stream()  # (the parameters' library's current stream)
     buf = np.zeros(6 * n + 1, np.int64)
     buf[: tensors.shape[0] * n] = tensors.ravel()
     buf[5 * n :] = offsets
@@ -367,4 +367,4 @@ def adam_step(
     _step(FN_ADAM, flags, code, 5, tensors, offsets, per_tensor, 2, hyper, half)
 
 
-from ._optim_arrays import dtype_code, gather_like, gather_params  # noqa: E402,F401  (launchers of this module)
+from ._optim_arrays import dtype_code, gather_like, gather_params, launch_stream  # noqa: E402,F401  (launchers of this module)
