@@ -110,7 +110,7 @@ def addresses(key, strong, arrays, avoid_lo=_NOWHERE, avoid_hi=_NOWHERE, moved: 
     if avoid_lo.size:
         hi = p + lay.nbytes
         k = np.searchsorted(avoid_lo, hi, side="left")
-        if ((hi > p) & (k > 0) & (avoid_hi[np.maximum(k - 1, 0)] > p)).any():
+        if ((hi > p) & (k > 0) & (avoid_hi[k - 1] > p)).any():  # (k = 0 reads the last range: masked)
             return None
     if moved is not None:
         lay.moved = moved

@@ -161,15 +161,14 @@ _where = threading.local()  # the library and device of the parameters gathered 
 def _set_launch_stream(params: list) -> None:
     p = params[0] if params else None
     kind = _KINDS.get(type(p)) or "numba"
-    _where.kind = kind
-    _where.device = p.get_device() if kind == "torch" else p.device.id if kind == "cupy" else -1
+    _where.at = (kind, p.get_device() if kind == "torch" else p.device.id if kind == "cupy" else -1)
 
 
 def launch_stream() -> int:
     """The stream the kernels of a step over the parameters gathered last (``gather_params``, this thread)
     launch on: torch's current stream on their device for torch tensors, CuPy's for CuPy arrays, else
     ``_common.current_stream_ptr``'s."""
-    return LA.caller_stream(getattr(_where, "kind", "numba"), getattr(_where, "device", -1))
+    return LA.caller_stream(*getattr(_where, "at", ("numba", -1)))
 
 
 @launcher
