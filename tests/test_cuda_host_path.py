@@ -72,6 +72,21 @@ def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs)
         assert r["counts"].get("torch detach", 0) == 0
 
 
+@pytest.mark.parametrize("inputs", ["numba", "torch"])
+@pytest.mark.parametrize(
+    ("op", "case"),
+    [("add_layer_norm_forward", "allocating"), ("add_layer_norm_forward", "out="), ("add_rms_norm_forward", "out=")],
+)
+def test_fused_add_forward_makes_one_launch_and_nothing_else(rows, op, case, inputs):
+    r = _pick(rows, op, case, inputs)
+    c = r["calls"]
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"], c["launch"]) == (0, 0, 0, 0, 0, 1), r["counts"]
+    assert r["streams"] == [r["expected_stream"]]
+    assert not [k for k in r["counts"] if k.startswith(("driver ", "interface dict"))], r["counts"]
+    if inputs == "torch":
+        assert r["counts"].get("numba array created", 0) == 0
+
+
 @pytest.mark.parametrize("case", ["allocating", "out="])
 def test_cupy_inputs_use_cupy_stream_and_no_interface_dict(rows, case):
     r = _pick(rows, "layer_norm_forward", case, "cupy")
@@ -166,8 +181,9 @@ def test_row_calls_of_the_usual_form_skip_the_general_path(rows):
     # allocating or out=) are checked and launched by _row_calls; anything else (16-bit parameters, an int
     # eps, every bad argument) takes the general path
     checks = _row_checks(rows)
-    assert len(checks) >= 30
-    assert sum(r["expected_fast"] for r in checks) >= 15
+    assert len(checks) >= 44
+    assert sum(r["expected_fast"] for r in checks) >= 22
+    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 7  # the fused add's forwards
     for r in checks:
         assert r["fast"] == r["expected_fast"], r
 

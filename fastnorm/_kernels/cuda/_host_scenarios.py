@@ -146,6 +146,7 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
         ln_bout = (new(m, n), new(n), new(n))
         rms_out = (new(m, n), new(m))
         rms_bout = (new(m, n), new(n))
+        add_out, add_rms_out = (new(m, n), *ln_out), (new(m, n), *rms_out)  # (y, h, ...)
         out += [
             (
                 "layer_norm_forward",
@@ -198,6 +199,27 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
                 inputs,
                 stream,
                 lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o),
+            ),
+            (
+                "add_layer_norm_forward",
+                "allocating",
+                inputs,
+                stream,
+                lambda x=x, r=dy, w=w, b=b: fastnorm.add_layer_norm_forward(x, r, w, b),
+            ),
+            (
+                "add_layer_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, r=dy, w=w, b=b, o=add_out: fastnorm.add_layer_norm_forward(x, r, w, b, out=o),
+            ),
+            (
+                "add_rms_norm_forward",
+                "out=",
+                inputs,
+                stream,
+                lambda x=x, r=dy, w=w, o=add_rms_out: fastnorm.add_rms_norm_forward(x, r, w, out=o),
             ),
         ]
     return out

@@ -1,14 +1,14 @@
 """LayerNorm / RMSNorm calls on CUDA arrays in their usual form: checked on the adapters, launched by plan.
 
 The public row ops (``fastnorm.norms.layer_norm.rows_forward`` / ``rows_backward``) hand a CUDA call here
-first. A call in the usual form (torch, CuPy or Numba arrays, C-contiguous, weight and bias in the
-statistic dtype, a float ``eps``, an int ``normalized_ndim``, ``out=`` buffers of the declared shapes and
-dtypes that overlap nothing, no 16-bit gradient to round back, rows of more than one element in the
-backward) is checked here in integer and tuple comparisons on the adapters' fields, its outputs allocated
-from the caller's allocator, and its launch plans run with the adapters' pointers: no per-argument
-validation calls, no reshaped views, no second adaptation in the launcher. Anything else, every error
-included, answers None and the public layer takes its general path, which gives the errors (so their
-messages and order stay that path's).
+first (forwards: also the fused residual-add ones). A call in the usual form (torch, CuPy or Numba arrays,
+C-contiguous, weight and bias in the statistic dtype, a float ``eps``, an int ``normalized_ndim``, ``out=``
+buffers of the declared shapes and dtypes that overlap nothing, no 16-bit gradient to round back, rows of
+more than one element in the backward) is checked here in integer and tuple comparisons on the adapters'
+fields, its outputs allocated from the caller's allocator, and its launch plans run with the adapters'
+pointers: no per-argument validation calls, no reshaped views, no second adaptation in the launcher.
+Anything else, every error included, answers None and the public layer takes its general path, which gives
+the errors (so their messages and order stay that path's).
 
 The outputs' declared layout (``OpSpec.layout_for``) is read once per call signature (the op, each array's
 kind, shape and dtype, ``normalized_ndim``, which outputs were given) and kept.
@@ -124,16 +124,35 @@ def _rows(x, k, out):
     return X, norm, m, n
 
 
+# forward op -> (RMSNorm, fused residual add)
+_FWD = {
+    "layer_norm_forward": (False, False),
+    "rms_norm_forward": (True, False),
+    "add_layer_norm_forward": (False, True),
+    "add_rms_norm_forward": (True, True),
+}
+
+
 def forward(be, spec, arrays: dict, eps, k, out):
-    """The result of a LayerNorm / RMSNorm forward in the usual form (see the module docstring), or None."""
-    if type(eps) is not float or spec.name not in ("layer_norm_forward", "rms_norm_forward"):
+    """The result of a LayerNorm / RMSNorm forward, plain or with the fused residual add, in the usual form
+    (see the module docstring; the residual: x's shape and dtype), or None."""
+    form = _FWD.get(spec.name)
+    if type(eps) is not float or form is None:
         return None
     r = _rows(arrays["x"], k, out)
     if r is None:
         return None
+    rms, add = form
     X, norm, m, n = r
     sd = _STAT[X.dtype]
     named = {"x": X}
+    R = None
+    if add:
+        a = arrays["residual"]
+        R = None if a is None else adapt(a)
+        if R is None or not _ok(R, X.shape, X.dtype):
+            return None
+        named["residual"] = R
     for name in ("weight", "bias"):
         if name in arrays:
             a = arrays[name]
@@ -143,13 +162,15 @@ def forward(be, spec, arrays: dict, eps, k, out):
             named[name] = d
     specs = _layout(be, spec, named, k, X)[0]
     W, B = named.get("weight"), named.get("bias")
-    like = B if B is not None else W if W is not None else X
-    got = _outputs(be, specs, out, (X, W, B), like)
+    # (outputs come from the library of the input the general path adapts last)
+    like = B if B is not None else W if W is not None else R if R is not None else X
+    got = _outputs(be, specs, out, (X, R, W, B), like)
     if got is None:
         return None
     res, ptrs = got
-    rms = spec.name == "rms_norm_forward"
-    L._launch_plan_fwd(X, W, B, ptrs[0], 0 if rms else ptrs[1], ptrs[-1], m, n, eps, rms)
+    # outputs: y[, h][, mean], rstd
+    mean = 0 if rms else ptrs[1 + add]
+    L._launch_plan_fwd(X, W, B, ptrs[0], mean, ptrs[-1], m, n, eps, rms, R, ptrs[1] if add else 0)
     be.done()
     return spec.result(*res)
 

@@ -284,25 +284,24 @@ def _p(d) -> int:
     return 0 if d is None else d.ptr
 
 
-def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool) -> Plan:
-    """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows)."""
-    key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned)
+def _fwd_plan(
+    dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool, add: bool = False
+) -> Plan:
+    """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows);
+    ``add``: the fused residual add (slots x, residual, weight, bias, y, h, mean, rstd; scalar kernel)."""
+    key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned, add)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = fwd_config(n)
-        vec = aligned and use_vec(dt, n, vpt)
+        vec = aligned and not add and use_vec(dt, n, vpt)
         persist = vec and use_persist(vpt)
-        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec, persist=persist)
+        k = _get("fwd", dt, t, r, vpt, rms, False, add, wb=(has_w, has_b), vec=vec, persist=persist)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
-        slots = (
-            tpl.array((m, n), it),
-            tpl.array((n if has_w else 0,), pit),
-            tpl.array((n if has_b else 0,), pit),
-            tpl.array((m, n), it),
-            tpl.array((0 if rms else m,), sd),
-            tpl.array((m,), sd),
-        )
+        rows = [tpl.array((m, n), it) for _ in range(1 + add)]  # x[, residual]
+        wb = [tpl.array((n if has_w else 0,), pit), tpl.array((n if has_b else 0,), pit)]
+        outs = [tpl.array((m, n), it) for _ in range(1 + add)]  # y[, h]
+        slots = (*rows, *wb, *outs, tpl.array((0 if rms else m,), sd), tpl.array((m,), sd))
         eps = tpl.f64()
         tpl.array((0, 0), 8)  # mom: no GroupNorm moments
         for v in (1, n, 1):  # G, K, L
@@ -370,15 +369,23 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     _done()
 
 
-def _launch_plan_fwd(X, W, B, y: int, mean: int, rstd: int, m: int, n: int, eps: float, rms: bool) -> None:
-    """The forward launch: ``X`` (M, N rows), ``W``/``B`` adapters (None: absent), output addresses."""
+def _launch_plan_fwd(
+    X, W, B, y: int, mean: int, rstd: int, m: int, n: int, eps: float, rms: bool, R=None, h: int = 0
+) -> None:
+    """The forward launch: ``X`` (M, N rows), ``W``/``B`` adapters (None: absent), output addresses; the
+    fused add's residual adapter ``R`` and sum address ``h`` (``R`` None: the plain forward)."""
     pw = 0 if W is None else W.ptr
     pb = 0 if B is None else B.ptr
+    add = R is not None
     aligned = not ((X.ptr | pw | pb | y) & (ALIGN - 1))
-    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned))
+    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add))
     if plan is None:
-        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
+        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add)
     stream = caller_stream(X.kind, X.device)
+    if add:
+        input_streams((X, R, W, B), X.kind, stream)
+        plan.launch(stream, (X.ptr, R.ptr, pw, pb, y, h, mean, rstd), (eps,))
+        return
     input_streams((X, W, B), X.kind, stream)
     plan.launch(stream, (X.ptr, pw, pb, y, mean, rstd), (eps,))
 
