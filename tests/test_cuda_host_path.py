@@ -75,12 +75,20 @@ def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs)
 @pytest.mark.parametrize("inputs", ["numba", "torch"])
 @pytest.mark.parametrize(
     ("op", "case"),
-    [("add_layer_norm_forward", "allocating"), ("add_layer_norm_forward", "out="), ("add_rms_norm_forward", "out=")],
+    [
+        ("add_layer_norm_forward", "allocating"),
+        ("add_layer_norm_forward", "out="),
+        ("add_rms_norm_forward", "out="),
+        ("add_layer_norm_backward", "allocating"),
+        ("add_rms_norm_backward", "out="),
+    ],
 )
-def test_fused_add_forward_makes_one_launch_and_nothing_else(rows, op, case, inputs):
+def test_fused_add_calls_make_their_launches_and_nothing_else(rows, op, case, inputs):
     r = _pick(rows, op, case, inputs)
     c = r["calls"]
-    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"], c["launch"]) == (0, 0, 0, 0, 0, 1), r["counts"]
+    launches = 1 if op.endswith("forward") else 2
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
+    assert c["launch"] == launches, r["counts"]
     assert r["streams"] == [r["expected_stream"]]
     assert not [k for k in r["counts"] if k.startswith(("driver ", "interface dict"))], r["counts"]
     if inputs == "torch":
@@ -181,9 +189,9 @@ def test_row_calls_of_the_usual_form_skip_the_general_path(rows):
     # allocating or out=) are checked and launched by _row_calls; anything else (16-bit parameters, an int
     # eps, every bad argument) takes the general path
     checks = _row_checks(rows)
-    assert len(checks) >= 44
-    assert sum(r["expected_fast"] for r in checks) >= 22
-    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 7  # the fused add's forwards
+    assert len(checks) >= 54
+    assert sum(r["expected_fast"] for r in checks) >= 29
+    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 14  # the fused add's calls
     for r in checks:
         assert r["fast"] == r["expected_fast"], r
 

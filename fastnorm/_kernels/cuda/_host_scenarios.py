@@ -221,6 +221,22 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
                 stream,
                 lambda x=x, r=dy, w=w, o=add_rms_out: fastnorm.add_rms_norm_forward(x, r, w, out=o),
             ),
+            (
+                "add_layer_norm_backward",
+                "allocating",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.add_layer_norm_backward(
+                    dy, dy, x, mu, rs, w, b
+                ),
+            ),
+            (
+                "add_rms_norm_backward",
+                "out=",
+                inputs,
+                stream,
+                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.add_rms_norm_backward(dy, dy, x, rs, w, out=o),
+            ),
         ]
     return out
 

@@ -1,7 +1,7 @@
 """LayerNorm / RMSNorm calls on CUDA arrays in their usual form: checked on the adapters, launched by plan.
 
 The public row ops (``fastnorm.norms.layer_norm.rows_forward`` / ``rows_backward``) hand a CUDA call here
-first (forwards: also the fused residual-add ones). A call in the usual form (torch, CuPy or Numba arrays,
+first (also the fused residual-add ones). A call in the usual form (torch, CuPy or Numba arrays,
 C-contiguous, weight and bias in the statistic dtype, a float ``eps``, an int ``normalized_ndim``, ``out=``
 buffers of the declared shapes and dtypes that overlap nothing, no 16-bit gradient to round back, rows of
 more than one element in the backward) is checked here in integer and tuple comparisons on the adapters'
@@ -175,11 +175,24 @@ def forward(be, spec, arrays: dict, eps, k, out):
     return spec.result(*res)
 
 
+# backward op -> (RMSNorm, fused residual add)
+_BWD = {
+    "layer_norm_backward": (False, False),
+    "rms_norm_backward": (True, False),
+    "add_layer_norm_backward": (False, True),
+    "add_rms_norm_backward": (True, True),
+}
+
+
 def backward(be, spec, arrays: dict, k, out):
-    """The result of a LayerNorm / RMSNorm backward in the usual form (see the module docstring), or None."""
-    if spec.name not in ("layer_norm_backward", "rms_norm_backward"):
+    """The result of a LayerNorm / RMSNorm backward, plain or of the fused residual add (its ``h`` in x's
+    place, ``dh`` of h's shape and dtype or None), in the usual form (see the module docstring), or None."""
+    form = _BWD.get(spec.name)
+    if form is None:
         return None
-    r = _rows(arrays["x"], k, out)
+    rms, add = form
+    primary = spec.primary  # x, or the fused add's h
+    r = _rows(arrays[primary], k, out)
     if r is None or r[3] == 1:  # (rows of one element: the general path's exact dx)
         return None
     X, norm, m, n = r
@@ -189,12 +202,14 @@ def backward(be, spec, arrays: dict, k, out):
     named = {}
     for name in _ARRAYS.get(spec.name) or _ARRAYS.setdefault(spec.name, spec.arrays):
         a = arrays.get(name)
-        if name == "x":
+        if name == primary:
             named[name] = X
             continue
         d = None if a is None else adapt(a)
         if name == "dy":
             ok = d is not None and _ok(d, X.shape, dt)
+        elif name == "dh":
+            ok = d is None or _ok(d, X.shape, dt)
         elif name in ("mean", "rstd"):
             ok = d is not None and _ok(d, lead, sd)
         else:  # weight, bias
@@ -228,7 +243,9 @@ def backward(be, spec, arrays: dict, k, out):
         [None if g is None else sd for g in res[1:]],
         m,
         n,
-        spec.name == "rms_norm_backward",
+        rms,
+        add,
+        named.get("dh"),
     )
     be.done()
     return spec.result(*res)

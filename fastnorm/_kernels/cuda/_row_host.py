@@ -91,6 +91,37 @@ def _cases(m: int = 64, n: int = 256):
         ("add-RMS forward, numba, out=", lambda: F.add_rms_norm_forward(x, r, w, out=(y, h, rs)), True),
         ("add-RMS forward, torch, out=", lambda: F.add_rms_norm_forward(tx, tr, tw, out=(ty, th, trstd)), True),
         ("add-RMS forward, bfloat16 x/residual, float32 weight", lambda: F.add_rms_norm_forward(xb, rb, w), True),
+        # the fused residual add (backward; h in x's place)
+        (
+            "add-LN backward, numba, out=",
+            lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b, out=(dx, dw, db)),
+            True,
+        ),
+        ("add-LN backward, numba, allocating", lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b), True),
+        (
+            "add-LN backward, numba, no dh, no bias, allocating",
+            lambda: F.add_layer_norm_backward(dy, None, x, mu, rs, w),
+            True,
+        ),
+        ("add-RMS backward, numba, out=", lambda: F.add_rms_norm_backward(dy, h, x, rs, w, out=(dx, dw)), True),
+        (
+            "add-RMS backward, numba, no dh, out=",
+            lambda: F.add_rms_norm_backward(dy, None, x, rs, w, out=(dx, dw)),
+            True,
+        ),
+        ("add-RMS backward, torch, allocating", lambda: F.add_rms_norm_backward(tdy, th, tx, trs, tw), True),
+        ("add-RMS backward, torch, no dh, allocating", lambda: F.add_rms_norm_backward(tdy, None, tx, trs, tw), True),
+        (
+            "add-LN backward, dh of the wrong shape",
+            lambda: F.add_layer_norm_backward(dy, d((m, n + 1), f32), x, mu, rs),
+            False,
+        ),
+        (
+            "add-LN backward, out dx is dh",
+            lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b, out=(h, dw, db)),
+            False,
+        ),
+        ("add-RMS backward, bfloat16 weight", lambda: F.add_rms_norm_backward(xb, rb, xb, rs, wb), False),
         # the general path: other forms, and every error
         ("add-LN forward, residual of the wrong shape", lambda: F.add_layer_norm_forward(x, d((m, n + 1), f32)), False),
         ("add-LN forward, float64 residual", lambda: F.add_layer_norm_forward(x, d((m, n), f64), w, b), False),
