@@ -81,12 +81,13 @@ def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs)
         ("add_rms_norm_forward", "out="),
         ("add_layer_norm_backward", "allocating"),
         ("add_rms_norm_backward", "out="),
+        ("layer_norm_forward", "bfloat16 x and weight/bias, out="),
     ],
 )
-def test_fused_add_calls_make_their_launches_and_nothing_else(rows, op, case, inputs):
+def test_fused_add_and_16bit_weight_calls_make_their_launches_and_nothing_else(rows, op, case, inputs):
     r = _pick(rows, op, case, inputs)
     c = r["calls"]
-    launches = 1 if op.endswith("forward") else 2
+    launches = (1 if op.endswith("forward") else 2) + case.startswith("bfloat16") * 2  # (+ weight, bias to float32)
     assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
     assert c["launch"] == launches, r["counts"]
     assert r["streams"] == [r["expected_stream"]]
@@ -189,9 +190,10 @@ def test_row_calls_of_the_usual_form_skip_the_general_path(rows):
     # allocating or out=) are checked and launched by _row_calls; anything else (16-bit parameters, an int
     # eps, every bad argument) takes the general path
     checks = _row_checks(rows)
-    assert len(checks) >= 54
-    assert sum(r["expected_fast"] for r in checks) >= 29
-    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 14  # the fused add's calls
+    assert len(checks) >= 66
+    assert sum(r["expected_fast"] for r in checks) >= 37
+    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 16  # the fused add's calls
+    assert sum(r["fast"] for r in checks if "16 x" in r["case"]) >= 6  # 16-bit weight/bias forwards
     for r in checks:
         assert r["fast"] == r["expected_fast"], r
 

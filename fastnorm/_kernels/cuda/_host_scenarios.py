@@ -101,12 +101,14 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
     tensors hold real CPU memory, and outputs for them come from ``torch.empty`` on the CPU: they use
     (torch_m, n), small enough that those allocations stay cheap heap allocations, as torch's caching
     allocator's are on a GPU (the host path does not depend on the shape otherwise)."""
+    import ml_dtypes
     import numpy as np
     from numba import cuda
 
     import fastnorm
 
     f32 = np.float32
+    bf16 = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(0)
 
     def numba_set():
@@ -147,6 +149,7 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
         rms_out = (new(m, n), new(m))
         rms_bout = (new(m, n), new(n))
         add_out, add_rms_out = (new(m, n), *ln_out), (new(m, n), *rms_out)  # (y, h, ...)
+        xb, wb, bb, yb = new(m, n, dt=bf16), new(n, dt=bf16), new(n, dt=bf16), new(m, n, dt=bf16)
         out += [
             (
                 "layer_norm_forward",
@@ -220,6 +223,13 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
                 inputs,
                 stream,
                 lambda x=x, r=dy, w=w, o=add_rms_out: fastnorm.add_rms_norm_forward(x, r, w, out=o),
+            ),
+            (
+                "layer_norm_forward",
+                "bfloat16 x and weight/bias, out=",
+                inputs,
+                stream,
+                lambda x=xb, w=wb, b=bb, o=(yb, *ln_out[1:]): fastnorm.layer_norm_forward(x, w, b, out=o),
             ),
             (
                 "add_layer_norm_backward",

@@ -24,6 +24,8 @@ from . import layer_norm as L
 from ._arrays import _KINDS as _KIND_OF
 from ._arrays import adapt
 from ._common import ACC, BF16, F16, F32, F64
+from ._launch import caller_stream, input_streams
+from .fill import convert_plan
 
 _FLOATS = frozenset((F16, F32, F64, BF16))
 _KINDS = frozenset(("torch", "cupy", "numba"))  # whose arrays are always writeable, read by the adapters
@@ -157,7 +159,8 @@ def forward(be, spec, arrays: dict, eps, k, out):
         if name in arrays:
             a = arrays[name]
             d = None if a is None else adapt(a)
-            if d is not None and not _ok(d, norm, sd):
+            # in the statistic dtype, or in x's 16-bit dtype (converted below, as the general path does)
+            if d is not None and not _ok(d, norm, sd) and (sd == X.dtype or not _ok(d, norm, X.dtype)):
                 return None
             named[name] = d
     specs = _layout(be, spec, named, k, X)[0]
@@ -168,11 +171,29 @@ def forward(be, spec, arrays: dict, eps, k, out):
     if got is None:
         return None
     res, ptrs = got
+    keep = []  # float32 copies of 16-bit weight/bias (alive until their kernels are queued)
+    W, B = _stat_param(be, W, sd, X, keep), _stat_param(be, B, sd, X, keep)
     # outputs: y[, h][, mean], rstd
     mean = 0 if rms else ptrs[1 + add]
     L._launch_plan_fwd(X, W, B, ptrs[0], mean, ptrs[-1], m, n, eps, rms, R, ptrs[1] if add else 0)
     be.done()
     return spec.result(*res)
+
+
+def _stat_param(be, D, sd, X, keep: list):
+    """``D`` (a weight/bias adapter or None) in the statistic dtype: itself, or the adapter of a new ``sd``
+    copy (allocated like the general path's ``be.astype``: from D's library; converted by ``fill.convert``'s
+    kernel, launched by plan on the stream of X's library before the kernel that reads it)."""
+    if D is None or D.dtype == sd:
+        return D
+    be._tls.like = D
+    t = be.empty(D.shape, sd)
+    keep.append(t)
+    T = adapt(t)
+    stream = caller_stream(X.kind, X.device)
+    input_streams((D,), X.kind, stream)
+    convert_plan(D.dtype, sd, prod(D.shape)).launch(stream, (D.ptr, T.ptr))
+    return T
 
 
 # backward op -> (RMSNorm, fused residual add)
