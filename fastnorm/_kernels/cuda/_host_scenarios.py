@@ -13,6 +13,7 @@ import ctypes
 import json
 import sys
 import time
+from functools import partial
 
 from ._optim_host import optim_checks, optim_scenarios, table_checks, torch_param_checks
 from ._recording import (
@@ -150,104 +151,28 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
         rms_bout = (new(m, n), new(n))
         add_out, add_rms_out = (new(m, n), *ln_out), (new(m, n), *rms_out)  # (y, h, ...)
         xb, wb, bb, yb = new(m, n, dt=bf16), new(n, dt=bf16), new(n, dt=bf16), new(m, n, dt=bf16)
-        out += [
-            (
-                "layer_norm_forward",
-                "allocating",
-                inputs,
-                stream,
-                lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b),
-            ),
-            (
-                "layer_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o),
-            ),
-            (
-                "layer_norm_backward",
-                "allocating",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b),
-            ),
-            (
-                "layer_norm_backward",
-                "out=",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout: fastnorm.layer_norm_backward(
-                    dy, x, mu, rs, w, b, out=o
-                ),
-            ),
-            ("rms_norm_forward", "allocating", inputs, stream, lambda x=x, w=w: fastnorm.rms_norm_forward(x, w)),
-            (
-                "rms_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o),
-            ),
-            (
-                "rms_norm_backward",
-                "allocating",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w),
-            ),
-            (
-                "rms_norm_backward",
-                "out=",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o),
-            ),
-            (
-                "add_layer_norm_forward",
-                "allocating",
-                inputs,
-                stream,
-                lambda x=x, r=dy, w=w, b=b: fastnorm.add_layer_norm_forward(x, r, w, b),
-            ),
-            (
-                "add_layer_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, r=dy, w=w, b=b, o=add_out: fastnorm.add_layer_norm_forward(x, r, w, b, out=o),
-            ),
-            (
-                "add_rms_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, r=dy, w=w, o=add_rms_out: fastnorm.add_rms_norm_forward(x, r, w, out=o),
-            ),
+        F = fastnorm
+        calls = [  # (op, case, call)
+            ("layer_norm_forward", "allocating", partial(F.layer_norm_forward, x, w, b)),
+            ("layer_norm_forward", "out=", partial(F.layer_norm_forward, x, w, b, out=ln_out)),
+            ("layer_norm_backward", "allocating", partial(F.layer_norm_backward, dy, x, mean, rstd, w, b)),
+            ("layer_norm_backward", "out=", partial(F.layer_norm_backward, dy, x, mean, rstd, w, b, out=ln_bout)),
+            ("rms_norm_forward", "allocating", partial(F.rms_norm_forward, x, w)),
+            ("rms_norm_forward", "out=", partial(F.rms_norm_forward, x, w, out=rms_out)),
+            ("rms_norm_backward", "allocating", partial(F.rms_norm_backward, dy, x, rrstd, w)),
+            ("rms_norm_backward", "out=", partial(F.rms_norm_backward, dy, x, rrstd, w, out=rms_bout)),
+            ("add_layer_norm_forward", "allocating", partial(F.add_layer_norm_forward, x, dy, w, b)),
+            ("add_layer_norm_forward", "out=", partial(F.add_layer_norm_forward, x, dy, w, b, out=add_out)),
+            ("add_rms_norm_forward", "out=", partial(F.add_rms_norm_forward, x, dy, w, out=add_rms_out)),
             (
                 "layer_norm_forward",
                 "bfloat16 x and weight/bias, out=",
-                inputs,
-                stream,
-                lambda x=xb, w=wb, b=bb, o=(yb, *ln_out[1:]): fastnorm.layer_norm_forward(x, w, b, out=o),
+                partial(F.layer_norm_forward, xb, wb, bb, out=(yb, *ln_out[1:])),
             ),
-            (
-                "add_layer_norm_backward",
-                "allocating",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.add_layer_norm_backward(
-                    dy, dy, x, mu, rs, w, b
-                ),
-            ),
-            (
-                "add_rms_norm_backward",
-                "out=",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.add_rms_norm_backward(dy, dy, x, rs, w, out=o),
-            ),
+            ("add_layer_norm_backward", "allocating", partial(F.add_layer_norm_backward, dy, dy, x, mean, rstd, w, b)),
+            ("add_rms_norm_backward", "out=", partial(F.add_rms_norm_backward, dy, dy, x, rrstd, w, out=rms_bout)),
         ]
+        out += [(op, case, inputs, stream, fn) for op, case, fn in calls]
     return out
 
 
