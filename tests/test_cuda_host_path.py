@@ -72,6 +72,30 @@ def test_norm_call_makes_no_driver_work_but_its_launches(rows, op, case, inputs)
         assert r["counts"].get("torch detach", 0) == 0
 
 
+@pytest.mark.parametrize("inputs", ["numba", "torch"])
+@pytest.mark.parametrize(
+    ("op", "case"),
+    [
+        ("add_layer_norm_forward", "allocating"),
+        ("add_layer_norm_forward", "out="),
+        ("add_rms_norm_forward", "out="),
+        ("add_layer_norm_backward", "allocating"),
+        ("add_rms_norm_backward", "out="),
+        ("layer_norm_forward", "bfloat16 x and weight/bias, out="),
+    ],
+)
+def test_fused_add_and_16bit_weight_calls_make_their_launches_and_nothing_else(rows, op, case, inputs):
+    r = _pick(rows, op, case, inputs)
+    c = r["calls"]
+    launches = (1 if op.endswith("forward") else 2) + case.startswith("bfloat16") * 2  # (+ weight, bias to float32)
+    assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
+    assert c["launch"] == launches, r["counts"]
+    assert r["streams"] == [r["expected_stream"]]
+    assert not [k for k in r["counts"] if k.startswith(("driver ", "interface dict"))], r["counts"]
+    if inputs == "torch":
+        assert r["counts"].get("numba array created", 0) == 0
+
+
 @pytest.mark.parametrize("case", ["allocating", "out="])
 def test_cupy_inputs_use_cupy_stream_and_no_interface_dict(rows, case):
     r = _pick(rows, "layer_norm_forward", case, "cupy")
@@ -90,25 +114,31 @@ def test_input_on_another_stream_is_ordered_by_an_event_not_a_sync(rows):
     assert r["counts"].get("driver cuStreamWaitEvent") == 1  # ... waited on by torch's, on the device
 
 
+@pytest.mark.parametrize("inputs", ["numba", "torch"])
 @pytest.mark.parametrize("op", OPTIM_OPS)
-def test_optimizer_step_same_grads(rows, op):
-    r = _pick(rows, op, "200 tensors, same grads", "numba")
+def test_optimizer_step_same_grads(rows, op, inputs):
+    r = _pick(rows, op, "200 tensors, same grads", inputs)
     c = r["calls"]
     assert (c["alloc"], c["free"], c["copy"], c["memset"], c["sync"]) == (0, 0, 0, 0, 0), r["counts"]
     assert c["launch"] == 1
-    assert r["counts"].get("interface dict (numba array)", 0) == 0
+    assert r["streams"] == [r["expected_stream"]]
+    assert not [k for k in r["counts"] if k.startswith("interface dict")], r["counts"]
+    assert r["counts"].get("torch detach", 0) == 0
 
 
+@pytest.mark.parametrize("inputs", ["numba", "torch"])
 @pytest.mark.parametrize("op", OPTIM_OPS)
-def test_optimizer_step_moving_grads_no_alloc_no_sync(rows, op):
-    r = _pick(rows, op, "200 tensors, grads at new addresses", "numba")
+def test_optimizer_step_moving_grads_no_alloc_no_sync(rows, op, inputs):
+    r = _pick(rows, op, "200 tensors, grads at new addresses", inputs)
     c = r["calls"]
     assert (c["alloc"], c["free"], c["memset"], c["sync"]) == (0, 0, 0, 0), r["counts"]
     assert c["launch"] == 1
+    assert r["streams"] == [r["expected_stream"]]
     # the new addresses reach the device by one asynchronous copy from pinned memory on the launch stream
     assert c["copy"] <= 1
     assert r["counts"].get("driver cuMemcpyHtoD", 0) == 0  # never the synchronous copy
-    assert r["counts"].get("interface dict (numba array)", 0) == 0
+    assert not [k for k in r["counts"] if k.startswith("interface dict")], r["counts"]
+    assert r["counts"].get("torch detach", 0) == 0
 
 
 def test_optimizer_caches_keep_no_gradient_alive(rows):
@@ -117,22 +147,22 @@ def test_optimizer_caches_keep_no_gradient_alive(rows):
     assert r["got"] == r["expected"], r
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "float64 gradient of a float32 parameter",
-        "gradient of the wrong shape",
-        "gradient that is a parameter",
-        "float32 gradient of a float16 parameter",
-        "float16 gradient of a float16 parameter",
-        "one gradient too many",
-        "NumPy gradient of a CUDA parameter",
-    ],
-)
-def test_optimizer_gradient_checks_match_the_cpu_backend(rows, case):
-    # the fast path over Numba gradients accepts what the CPU backend accepts, and a refused gradient gets
-    # the same error (the CPU backend's outcome for the same step on NumPy arrays)
-    r = _pick_check(rows, case)
+def test_optimizer_checks_match_the_cpu_backend_and_the_general_path(rows):
+    # the fast paths over Numba gradients accept what the CPU backend accepts, and a refused gradient gets
+    # the same error (the CPU backend's outcome for the same step on NumPy arrays: float64 / wrong-shape /
+    # aliased / 16-bit gradients, one too many, a NumPy gradient); torch parameters and gradients whose
+    # storage or layout changed under the same object (p.data = p.data.t() / .view(torch.int32) /
+    # .view(-1), the same on a gradient) get the outcome of the entry-by-entry check
+    checks = [r for r in rows if r["op"] == "optim_check" and "against" in r]
+    assert sum(r["against"] == "cpu" for r in checks) == 7
+    assert sum(r["against"] == "general" for r in checks) == 5
+    assert sum(r["got"] != "ok" for r in checks) >= 10
+    for r in checks:
+        assert r["got"] == r["expected"], r
+
+
+def test_optimizer_table_follows_a_torch_parameter_whose_data_was_replaced(rows):
+    r = _pick_check(rows, "torch table after p.data = another tensor")
     assert r["got"] == r["expected"], r
 
 
@@ -160,8 +190,10 @@ def test_row_calls_of_the_usual_form_skip_the_general_path(rows):
     # allocating or out=) are checked and launched by _row_calls; anything else (16-bit parameters, an int
     # eps, every bad argument) takes the general path
     checks = _row_checks(rows)
-    assert len(checks) >= 30
-    assert sum(r["expected_fast"] for r in checks) >= 15
+    assert len(checks) >= 66
+    assert sum(r["expected_fast"] for r in checks) >= 37
+    assert sum(r["fast"] for r in checks if r["case"].startswith("add-")) == 16  # the fused add's calls
+    assert sum(r["fast"] for r in checks if "16 x" in r["case"]) >= 6  # 16-bit weight/bias forwards
     for r in checks:
         assert r["fast"] == r["expected_fast"], r
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import sys
 
 import numpy as np
 
 from .. import _dispatch, _dtypes
+from ._base import BackendBase
 
 __all__ = ["CpuBackend", "CPU", "empty_cache"]
 
@@ -33,18 +33,10 @@ def empty_cache() -> None:
         cuda.pool.release()
 
 
-class CpuBackend:
+class CpuBackend(
+    BackendBase, name="cpu", array_type="numpy.ndarray", device="the CPU", on_host=True, kernels="fastnorm._kernels.cpu"
+):
     """``fastnorm._backend.Backend`` on NumPy arrays (thread count from ``fastnorm._dispatch``)."""
-
-    name = "cpu"
-    array_type = "numpy.ndarray"
-    device = "the CPU"
-    float_dtypes = _dtypes.FULL + _dtypes.HALF
-    on_host = True
-
-    @functools.cached_property
-    def kernels(self):
-        return importlib.import_module("fastnorm._kernels.cpu")
 
     stat_dtype = staticmethod(_dtypes.stat_dtype)
 

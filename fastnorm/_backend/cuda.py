@@ -16,8 +16,6 @@ simulator's own path is kept.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import math
 import os
 import sys
@@ -27,6 +25,7 @@ from functools import partial
 import numpy as np
 
 from .. import _dtypes
+from ._base import BackendBase
 from ._detect import _KINDS
 from ._detect import on_cuda as _on_cuda
 
@@ -98,14 +97,15 @@ class DevicePool:
             self.cached = 0
 
 
-class CudaBackend:
+class CudaBackend(
+    BackendBase,
+    name="cuda",
+    array_type="CUDA array",
+    device="the GPU (CUDA)",
+    on_host=False,
+    kernels="fastnorm._kernels.cuda",
+):
     """``fastnorm._backend.Backend`` on CUDA arrays (see the module docstring)."""
-
-    name = "cuda"
-    array_type = "CUDA array"
-    device = "the GPU (CUDA)"
-    float_dtypes = _dtypes.FULL + _dtypes.HALF
-    on_host = False
 
     # Column reductions (dweight/dbias) use at most this many partial rows ...
     max_partials = 1024
@@ -135,10 +135,6 @@ class CudaBackend:
             from .._kernels.cuda import _row_calls
 
             self.row_calls = _row_calls
-
-    @functools.cached_property
-    def kernels(self):
-        return importlib.import_module("fastnorm._kernels.cuda")
 
     _STAT = {
         _dtypes.FLOAT16: _dtypes.FLOAT32,

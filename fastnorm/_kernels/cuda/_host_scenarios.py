@@ -13,8 +13,9 @@ import ctypes
 import json
 import sys
 import time
+from functools import partial
 
-from ._optim_host import optim_checks, optim_scenarios, table_checks
+from ._optim_host import optim_checks, optim_scenarios, table_checks, torch_param_checks
 from ._recording import (
     ARGS,
     CATEGORIES,
@@ -101,12 +102,14 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
     tensors hold real CPU memory, and outputs for them come from ``torch.empty`` on the CPU: they use
     (torch_m, n), small enough that those allocations stay cheap heap allocations, as torch's caching
     allocator's are on a GPU (the host path does not depend on the shape otherwise)."""
+    import ml_dtypes
     import numpy as np
     from numba import cuda
 
     import fastnorm
 
     f32 = np.float32
+    bf16 = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(0)
 
     def numba_set():
@@ -146,60 +149,30 @@ def norm_scenarios(m: int = 4096, n: int = 1024, kinds=("numba", "torch"), torch
         ln_bout = (new(m, n), new(n), new(n))
         rms_out = (new(m, n), new(m))
         rms_bout = (new(m, n), new(n))
-        out += [
+        add_out, add_rms_out = (new(m, n), *ln_out), (new(m, n), *rms_out)  # (y, h, ...)
+        xb, wb, bb, yb = new(m, n, dt=bf16), new(n, dt=bf16), new(n, dt=bf16), new(m, n, dt=bf16)
+        F = fastnorm
+        calls = [  # (op, case, call)
+            ("layer_norm_forward", "allocating", partial(F.layer_norm_forward, x, w, b)),
+            ("layer_norm_forward", "out=", partial(F.layer_norm_forward, x, w, b, out=ln_out)),
+            ("layer_norm_backward", "allocating", partial(F.layer_norm_backward, dy, x, mean, rstd, w, b)),
+            ("layer_norm_backward", "out=", partial(F.layer_norm_backward, dy, x, mean, rstd, w, b, out=ln_bout)),
+            ("rms_norm_forward", "allocating", partial(F.rms_norm_forward, x, w)),
+            ("rms_norm_forward", "out=", partial(F.rms_norm_forward, x, w, out=rms_out)),
+            ("rms_norm_backward", "allocating", partial(F.rms_norm_backward, dy, x, rrstd, w)),
+            ("rms_norm_backward", "out=", partial(F.rms_norm_backward, dy, x, rrstd, w, out=rms_bout)),
+            ("add_layer_norm_forward", "allocating", partial(F.add_layer_norm_forward, x, dy, w, b)),
+            ("add_layer_norm_forward", "out=", partial(F.add_layer_norm_forward, x, dy, w, b, out=add_out)),
+            ("add_rms_norm_forward", "out=", partial(F.add_rms_norm_forward, x, dy, w, out=add_rms_out)),
             (
                 "layer_norm_forward",
-                "allocating",
-                inputs,
-                stream,
-                lambda x=x, w=w, b=b: fastnorm.layer_norm_forward(x, w, b),
+                "bfloat16 x and weight/bias, out=",
+                partial(F.layer_norm_forward, xb, wb, bb, out=(yb, *ln_out[1:])),
             ),
-            (
-                "layer_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, w=w, b=b, o=ln_out: fastnorm.layer_norm_forward(x, w, b, out=o),
-            ),
-            (
-                "layer_norm_backward",
-                "allocating",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b: fastnorm.layer_norm_backward(dy, x, mu, rs, w, b),
-            ),
-            (
-                "layer_norm_backward",
-                "out=",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, mu=mean, rs=rstd, w=w, b=b, o=ln_bout: fastnorm.layer_norm_backward(
-                    dy, x, mu, rs, w, b, out=o
-                ),
-            ),
-            ("rms_norm_forward", "allocating", inputs, stream, lambda x=x, w=w: fastnorm.rms_norm_forward(x, w)),
-            (
-                "rms_norm_forward",
-                "out=",
-                inputs,
-                stream,
-                lambda x=x, w=w, o=rms_out: fastnorm.rms_norm_forward(x, w, out=o),
-            ),
-            (
-                "rms_norm_backward",
-                "allocating",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, rs=rrstd, w=w: fastnorm.rms_norm_backward(dy, x, rs, w),
-            ),
-            (
-                "rms_norm_backward",
-                "out=",
-                inputs,
-                stream,
-                lambda dy=dy, x=x, rs=rrstd, w=w, o=rms_bout: fastnorm.rms_norm_backward(dy, x, rs, w, out=o),
-            ),
+            ("add_layer_norm_backward", "allocating", partial(F.add_layer_norm_backward, dy, dy, x, mean, rstd, w, b)),
+            ("add_rms_norm_backward", "out=", partial(F.add_rms_norm_backward, dy, dy, x, rrstd, w, out=rms_bout)),
         ]
+        out += [(op, case, inputs, stream, fn) for op, case, fn in calls]
     return out
 
 
@@ -483,7 +456,7 @@ def run(calls: int = 200, optim_calls: int = 20, which: str = "all", kinds=("num
     if which in ("all", "norms"):
         scen += [(s, calls) for s in norm_scenarios(kinds=kinds)]
     if which in ("all", "optim"):
-        scen += [(s, optim_calls) for s in optim_scenarios()]
+        scen += [(s, optim_calls) for s in optim_scenarios(kinds=kinds)]
     if which in ("all", "other"):
         scen += [(s, 2) for s in other_op_scenarios()]
     rows.append(_reference(calls))
@@ -563,7 +536,7 @@ def main(argv=None) -> int:
     rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
     if args.packing:
         rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check() + optim_checks()
-        rows += row_call_checks() + table_checks()
+        rows += row_call_checks() + table_checks() + torch_param_checks()
     emit(rows, args.json, format_rows)
     return 0
 

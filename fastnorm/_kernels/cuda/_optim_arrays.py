@@ -7,6 +7,7 @@ that fill the kernels' pointer tables from them (``gather_params``, ``gather_lik
 from __future__ import annotations
 
 import sys
+import threading
 from bisect import bisect_left
 from operator import is_, methodcaller
 from weakref import ref
@@ -19,6 +20,7 @@ from . import _gather
 from ._common import SIM, launcher
 
 if not SIM:
+    from . import _launch as LA
     from ._arrays import adapt
 
 # ------------------------------------------------------------------------------------------ array checks
@@ -153,6 +155,22 @@ def _metas(params: list) -> list:
     return hit
 
 
+_where = threading.local()  # the library and device of the parameters gathered last in this thread
+
+
+def _set_launch_stream(params: list) -> None:
+    p = params[0] if params else None
+    kind = _KINDS.get(type(p)) or "numba"
+    _where.at = (kind, p.get_device() if kind == "torch" else p.device.id if kind == "cupy" else -1)
+
+
+def launch_stream() -> int:
+    """The stream the kernels of a step over the parameters gathered last (``gather_params``, this thread)
+    launch on: torch's current stream on their device for torch tensors, CuPy's for CuPy arrays, else
+    ``_common.current_stream_ptr``'s."""
+    return LA.caller_stream(*getattr(_where, "at", ("numba", -1)))
+
+
 @launcher
 def gather_params(params: list, info: np.ndarray) -> int:
     """Row 0: device address, row 1: size, row 2: dtype code (0 float32, 1 float64, 2 bfloat16, 3 float16),
@@ -162,6 +180,7 @@ def gather_params(params: list, info: np.ndarray) -> int:
     the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
     n = len(params)
+    _set_launch_stream(params)
     lkey = ("params-list", id(params), n)  # the same list as before (an optimizer's group), with the same entries
     hit = _cached_list(lkey, params)
     if hit is None:
@@ -172,8 +191,14 @@ def gather_params(params: list, info: np.ndarray) -> int:
     if hit is not None:
         info[:, :n] = hit
         return -1
+    p = _gather.addresses(lkey, (), params)  # torch parameters: the same layout, addresses re-read
+    if p is not None:
+        info[0, :n] = p
+        info[1:, :n] = _gather.extra(lkey)
+        return -1
     ptrs, sizes, f8 = [], [], []
-    for i, meta in enumerate(_metas(params)):
+    metas = _metas(params)
+    for i, meta in enumerate(metas):
         if meta is None:
             return i
         ptr, nbytes, item, _, contig, writeable, dcode = meta
@@ -189,6 +214,8 @@ def gather_params(params: list, info: np.ndarray) -> int:
     _remember_list(key, params, (), info[:, :n].copy())
     if key in _list_cache:
         _list_cache[lkey] = _list_cache[key]
+    else:  # objects whose address may change (torch tensors): their layout
+        _gather.remember(lkey, (), params, metas, info[1:, :n].copy())
     return -1
 
 
@@ -211,7 +238,8 @@ def gather_like(
     n = ptrs.shape[0]
     if len(arrays) != n or len(params) != n:
         return 0
-    strong = (*params, avoid_lo, avoid_hi)
+    # (a torch parameter can change shape under the same object: the layout its check accepted last, too)
+    strong = (*params, avoid_lo, avoid_hi, _gather.current(("params-list", id(params), n)))
     lkey = (id(params), n, writeable, allow_none, stat)  # (the entries' identity: in ``strong``)
     # the same objects as a list seen before, or the layout seen before at new addresses (gradients that
     # moved; asked first while they keep moving)

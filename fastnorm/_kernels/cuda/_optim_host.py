@@ -6,12 +6,24 @@ bad gradient gets the CPU backend's error.
 from __future__ import annotations
 
 import gc
+from itertools import product
 
-from ._recording import ARGS, COUNTS, install, reset
+import numpy as np
+
+from ._recording import ARGS, COUNTS, TORCH_STREAM, fake_cuda_tensor, fake_cuda_tensor_type, install, reset
 
 
-def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
-    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``."""
+def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000, kinds=("numba", "torch")):
+    """(op, case, inputs, expected stream, call) for Adam / AdamW / SGD steps over ``n_tensors``, on Numba
+    arrays and (``"torch"`` in ``kinds``) stand-in torch CUDA tensors (small: their memory is real).
+
+    The stand-ins are a ``torch.Tensor`` subclass, and torch's C attribute getters (``shape``, ``data_ptr``,
+    ``is_contiguous``...) look up a subclass's ``__torch_function__`` on every read: 1.6-1.9x what the same
+    reads cost on plain tensors (200 tensors, this VM). Real CUDA tensors are plain ``torch.Tensor``s, so the
+    torch steps run under ``torch._C.DisableTorchFunctionSubclass()``, which skips that look-up and brings the
+    stand-ins' reads to plain tensors' cost (nothing in the step depends on ``__torch_function__``)."""
+    import contextlib
+
     import numpy as np
     from numba import cuda
 
@@ -19,25 +31,37 @@ def optim_scenarios(n_tensors: int = 200, total: int = 2_000_000):
 
     rng = np.random.default_rng(0)
     sizes = np.maximum(1, rng.integers(1, 2 * total // n_tensors, n_tensors))
+    news = [("numba", 0, sizes, lambda s: cuda.device_array(int(s), np.float32), contextlib.nullcontext)]
+    if "torch" in kinds:
+        import torch
+
+        T = fake_cuda_tensor_type()
+        small = np.maximum(1, sizes // 1000)
+        plain = torch._C.DisableTorchFunctionSubclass
+        news.append(("torch", TORCH_STREAM, small, lambda s, T=T: fake_cuda_tensor(T, (int(s),)), plain))
     out = []
-    for name, cls, kw in (
-        ("adam_step", O.Adam, {}),
-        ("adamw_step", O.AdamW, {}),
-        ("sgd_step", O.SGD, {"momentum": 0.9}),
+    for (name, cls, kw), (kind, stream, sz, new, ctx) in product(
+        (("adam_step", O.Adam, {}), ("adamw_step", O.AdamW, {}), ("sgd_step", O.SGD, {"momentum": 0.9})), news
     ):
-        params = [cuda.device_array(int(s), np.float32) for s in sizes]
-        grads = [cuda.device_array(int(s), np.float32) for s in sizes]
+        params = [new(s) for s in sz]
+        grads = [new(s) for s in sz]
         opt = cls(params, lr=1e-3, **kw)
-        out.append((name, f"{n_tensors} tensors, same grads", "numba", 0, lambda o=opt, g=grads: o.step(g)))
+
+        def same(o=opt, g=grads, ctx=ctx):
+            with ctx():
+                o.step(g)
+
+        out.append((name, f"{n_tensors} tensors, same grads", kind, stream, same))
         # more gradient sets than any cache of address tables holds: new addresses at every step
-        grads2 = [[cuda.device_array(int(s), np.float32) for s in sizes] for _ in range(24)]
+        grads2 = [[new(s) for s in sz] for _ in range(24)]
         state = {"i": 0}
 
-        def moving(o=opt, gs=grads2, st=state):
+        def moving(o=opt, gs=grads2, st=state, ctx=ctx):
             st["i"] = (st["i"] + 1) % len(gs)
-            o.step(gs[st["i"]])
+            with ctx():
+                o.step(gs[st["i"]])
 
-        out.append((name, f"{n_tensors} tensors, grads at new addresses", "numba", 0, moving))
+        out.append((name, f"{n_tensors} tensors, grads at new addresses", kind, stream, moving))
     return out
 
 
@@ -55,7 +79,7 @@ def optim_checks(n: int = 20) -> list[dict]:
     - gradients freed: Adam steps with a fresh list of ``n`` Numba gradients each, every list dropped after
       its step: the recording driver's frees (their finalizers) must count every gradient;
     - bad gradients: the outcome of a step (``"ok"`` or the exception's type and message) with Numba arrays,
-      against the same step on the CPU backend with NumPy arrays."""
+      against the same step on the CPU backend with NumPy arrays (rows with ``"against": "cpu"``)."""
     import numpy as np
     from numba import cuda
 
@@ -94,7 +118,7 @@ def optim_checks(n: int = 20) -> list[dict]:
     for (case, hp, hg), (_, dp, dg) in zip(host, dev, strict=True):
         want = _outcome(lambda hp=hp, hg=hg: O.Adam(hp, lr=1e-3).step(hg))
         got = _outcome(lambda dp=dp, dg=dg: O.Adam(dp, lr=1e-3).step(dg))
-        rows.append({"op": "optim_check", "case": case, "got": got, "expected": want})
+        rows.append({"op": "optim_check", "case": case, "got": got, "expected": want, "against": "cpu"})
     dp = [cuda.device_array(4, f32)]
     got = _outcome(lambda: O.Adam(dp, lr=1e-3).step([np.zeros(4, f32)]))
     rows.append(
@@ -104,6 +128,7 @@ def optim_checks(n: int = 20) -> list[dict]:
             "got": got,
             "expected": "TypeError: Adam: arguments live on different devices: grads[0] on the CPU, the parameters "
             "on the GPU (CUDA); move them to one device",
+            "against": "cpu",
         }
     )
     return rows
@@ -159,4 +184,84 @@ def table_checks(n: int = 8) -> list[dict]:
     rows.append(
         {"op": "optim_check", "case": "gradient of another shape after moved steps", "got": got, "expected": want}
     )
+    return rows
+
+
+def torch_param_checks(n: int = 6) -> list[dict]:
+    """Rows ``{"op": "optim_check", "case", "got", "expected"}`` on torch parameters whose storage or layout
+    changes under the same tensor object between steps (the layout path re-reads every field of every
+    torch parameter and gradient at every step; nothing is trusted from the object's identity):
+
+    - ``p.data = <another tensor>``: the launched table's parameter row holds the new address;
+    - ``p.data = p.data.t()`` (same address, not contiguous), ``p.data = p.data.view(torch.int32)`` (same
+      address, another dtype), ``p.data = p.data.view(-1)`` (same address and size, another shape), and
+      the same on a gradient: the step's outcome (``"ok"`` or the error) equals the outcome of the same step
+      with the remembered layouts dropped (the entry-by-entry check)."""
+    import torch
+
+    import fastnorm.optim as O
+
+    from . import _gather
+    from . import _optim_arrays as OA
+
+    install()
+    T = fake_cuda_tensor_type()
+    shapes = [(3, 4)] * n
+
+    def setup():
+        params = [fake_cuda_tensor(T, s) for s in shapes]
+        opt = O.Adam(params, lr=1e-3)
+        grads = [[fake_cuda_tensor(T, s) for s in shapes] for _ in range(2)]
+        for i in range(3):  # layouts remembered, gradients moving
+            opt.step(grads[i % 2])
+        return params, opt, grads[1]
+
+    def param_row():
+        tptr = int(ARGS[-1][4])
+        for lst in K._dev_tables.values():
+            for e in lst:
+                if e.ptr == tptr:
+                    return np.frombuffer(e.mirror, np.int64)[:n].tolist()
+        return None
+
+    from . import optim as K
+
+    rows = []
+    params, opt, g = setup()
+    params[2].data = fake_cuda_tensor(T, shapes[2])
+    reset()
+    opt.step(g)
+    rows.append(
+        {
+            "op": "optim_check",
+            "case": "torch table after p.data = another tensor",
+            "got": param_row(),
+            "expected": [p.data_ptr() for p in params],
+        }
+    )
+    changes = {
+        "p.data = p.data.t()": lambda p, g: setattr(p[1], "data", p[1].data.t()),
+        "p.data = p.data.view(torch.int32)": lambda p, g: setattr(p[1], "data", p[1].data.view(torch.int32)),
+        "p.data = p.data.view(-1)": lambda p, g: setattr(p[1], "data", p[1].data.view(-1)),
+        "grad.data = grad.data.t()": lambda p, g: setattr(g[4], "data", g[4].data.t()),
+        "grad.data = grad.data.view(-1)": lambda p, g: setattr(g[4], "data", g[4].data.view(-1)),
+    }
+    for case, change in changes.items():
+        outcomes = []
+        for fast in (True, False):
+            params, opt, g = setup()
+            change(params, g)
+            if not fast:
+                _gather._layouts.clear()
+                OA._list_cache.clear()
+            outcomes.append(_outcome(lambda opt=opt, g=g: opt.step(g)))
+        rows.append(
+            {
+                "op": "optim_check",
+                "case": f"torch {case}",
+                "got": outcomes[0],
+                "expected": outcomes[1],
+                "against": "general",
+            }
+        )
     return rows

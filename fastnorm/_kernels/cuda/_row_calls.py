@@ -1,14 +1,14 @@
 """LayerNorm / RMSNorm calls on CUDA arrays in their usual form: checked on the adapters, launched by plan.
 
 The public row ops (``fastnorm.norms.layer_norm.rows_forward`` / ``rows_backward``) hand a CUDA call here
-first. A call in the usual form (torch, CuPy or Numba arrays, C-contiguous, weight and bias in the
-statistic dtype, a float ``eps``, an int ``normalized_ndim``, ``out=`` buffers of the declared shapes and
-dtypes that overlap nothing, no 16-bit gradient to round back, rows of more than one element in the
-backward) is checked here in integer and tuple comparisons on the adapters' fields, its outputs allocated
-from the caller's allocator, and its launch plans run with the adapters' pointers: no per-argument
-validation calls, no reshaped views, no second adaptation in the launcher. Anything else, every error
-included, answers None and the public layer takes its general path, which gives the errors (so their
-messages and order stay that path's).
+first (also the fused residual-add ones). A call in the usual form (torch, CuPy or Numba arrays,
+C-contiguous, weight and bias in the statistic dtype, a float ``eps``, an int ``normalized_ndim``, ``out=``
+buffers of the declared shapes and dtypes that overlap nothing, no 16-bit gradient to round back, rows of
+more than one element in the backward) is checked here in integer and tuple comparisons on the adapters'
+fields, its outputs allocated from the caller's allocator, and its launch plans run with the adapters'
+pointers: no per-argument validation calls, no reshaped views, no second adaptation in the launcher.
+Anything else, every error included, answers None and the public layer takes its general path, which gives
+the errors (so their messages and order stay that path's).
 
 The outputs' declared layout (``OpSpec.layout_for``) is read once per call signature (the op, each array's
 kind, shape and dtype, ``normalized_ndim``, which outputs were given) and kept.
@@ -24,6 +24,8 @@ from . import layer_norm as L
 from ._arrays import _KINDS as _KIND_OF
 from ._arrays import adapt
 from ._common import ACC, BF16, F16, F32, F64
+from ._launch import caller_stream, input_streams
+from .fill import convert_plan
 
 _FLOATS = frozenset((F16, F32, F64, BF16))
 _KINDS = frozenset(("torch", "cupy", "numba"))  # whose arrays are always writeable, read by the adapters
@@ -124,41 +126,94 @@ def _rows(x, k, out):
     return X, norm, m, n
 
 
+# forward op -> (RMSNorm, fused residual add)
+_FWD = {
+    "layer_norm_forward": (False, False),
+    "rms_norm_forward": (True, False),
+    "add_layer_norm_forward": (False, True),
+    "add_rms_norm_forward": (True, True),
+}
+
+
 def forward(be, spec, arrays: dict, eps, k, out):
-    """The result of a LayerNorm / RMSNorm forward in the usual form (see the module docstring), or None."""
-    if type(eps) is not float or spec.name not in ("layer_norm_forward", "rms_norm_forward"):
+    """The result of a LayerNorm / RMSNorm forward, plain or with the fused residual add, in the usual form
+    (see the module docstring; the residual: x's shape and dtype), or None."""
+    form = _FWD.get(spec.name)
+    if type(eps) is not float or form is None:
         return None
     r = _rows(arrays["x"], k, out)
     if r is None:
         return None
+    rms, add = form
     X, norm, m, n = r
     sd = _STAT[X.dtype]
     named = {"x": X}
+    R = None
+    if add:
+        a = arrays["residual"]
+        R = None if a is None else adapt(a)
+        if R is None or not _ok(R, X.shape, X.dtype):
+            return None
+        named["residual"] = R
     for name in ("weight", "bias"):
         if name in arrays:
             a = arrays[name]
             d = None if a is None else adapt(a)
-            if d is not None and not _ok(d, norm, sd):
+            # in the statistic dtype, or in x's 16-bit dtype (converted below, as the general path does)
+            if d is not None and not _ok(d, norm, sd) and (sd == X.dtype or not _ok(d, norm, X.dtype)):
                 return None
             named[name] = d
     specs = _layout(be, spec, named, k, X)[0]
     W, B = named.get("weight"), named.get("bias")
-    like = B if B is not None else W if W is not None else X
-    got = _outputs(be, specs, out, (X, W, B), like)
+    # (outputs come from the library of the input the general path adapts last)
+    like = B if B is not None else W if W is not None else R if R is not None else X
+    got = _outputs(be, specs, out, (X, R, W, B), like)
     if got is None:
         return None
     res, ptrs = got
-    rms = spec.name == "rms_norm_forward"
-    L._launch_plan_fwd(X, W, B, ptrs[0], 0 if rms else ptrs[1], ptrs[-1], m, n, eps, rms)
+    keep = []  # float32 copies of 16-bit weight/bias (alive until their kernels are queued)
+    W, B = _stat_param(be, W, sd, X, keep), _stat_param(be, B, sd, X, keep)
+    # outputs: y[, h][, mean], rstd
+    mean = 0 if rms else ptrs[1 + add]
+    L._launch_plan_fwd(X, W, B, ptrs[0], mean, ptrs[-1], m, n, eps, rms, R, ptrs[1] if add else 0)
     be.done()
     return spec.result(*res)
 
 
+def _stat_param(be, D, sd, X, keep: list):
+    """``D`` (a weight/bias adapter or None) in the statistic dtype: itself, or the adapter of a new ``sd``
+    copy (allocated like the general path's ``be.astype``: from D's library; converted by ``fill.convert``'s
+    kernel, launched by plan on the stream of X's library before the kernel that reads it)."""
+    if D is None or D.dtype == sd:
+        return D
+    be._tls.like = D
+    t = be.empty(D.shape, sd)
+    keep.append(t)
+    T = adapt(t)
+    stream = caller_stream(X.kind, X.device)
+    input_streams((D,), X.kind, stream)
+    convert_plan(D.dtype, sd, prod(D.shape)).launch(stream, (D.ptr, T.ptr))
+    return T
+
+
+# backward op -> (RMSNorm, fused residual add)
+_BWD = {
+    "layer_norm_backward": (False, False),
+    "rms_norm_backward": (True, False),
+    "add_layer_norm_backward": (False, True),
+    "add_rms_norm_backward": (True, True),
+}
+
+
 def backward(be, spec, arrays: dict, k, out):
-    """The result of a LayerNorm / RMSNorm backward in the usual form (see the module docstring), or None."""
-    if spec.name not in ("layer_norm_backward", "rms_norm_backward"):
+    """The result of a LayerNorm / RMSNorm backward, plain or of the fused residual add (its ``h`` in x's
+    place, ``dh`` of h's shape and dtype or None), in the usual form (see the module docstring), or None."""
+    form = _BWD.get(spec.name)
+    if form is None:
         return None
-    r = _rows(arrays["x"], k, out)
+    rms, add = form
+    primary = spec.primary  # x, or the fused add's h
+    r = _rows(arrays[primary], k, out)
     if r is None or r[3] == 1:  # (rows of one element: the general path's exact dx)
         return None
     X, norm, m, n = r
@@ -168,12 +223,14 @@ def backward(be, spec, arrays: dict, k, out):
     named = {}
     for name in _ARRAYS.get(spec.name) or _ARRAYS.setdefault(spec.name, spec.arrays):
         a = arrays.get(name)
-        if name == "x":
+        if name == primary:
             named[name] = X
             continue
         d = None if a is None else adapt(a)
         if name == "dy":
             ok = d is not None and _ok(d, X.shape, dt)
+        elif name == "dh":
+            ok = d is None or _ok(d, X.shape, dt)
         elif name in ("mean", "rstd"):
             ok = d is not None and _ok(d, lead, sd)
         else:  # weight, bias
@@ -207,7 +264,9 @@ def backward(be, spec, arrays: dict, k, out):
         [None if g is None else sd for g in res[1:]],
         m,
         n,
-        spec.name == "rms_norm_backward",
+        rms,
+        add,
+        named.get("dh"),
     )
     be.done()
     return spec.result(*res)

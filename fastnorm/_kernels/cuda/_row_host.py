@@ -9,18 +9,20 @@ from ._recording import ARGS, LAUNCHES, fake_cuda_tensor, fake_cuda_tensor_type,
 
 
 def _run(fn):
-    """(launches, argument tuples, result description or error) of one call."""
+    """(launches, arguments per kernel parameter, result description or error) of one call (the arguments
+    as ``packing_check`` compares them: a zero-size array's shape and strides left out, as no kernel reads
+    them and numba-cuda gives such arrays other strides than NumPy's)."""
+    from ._host_scenarios import _groups, _kernels_by_name
+
     reset()
     try:
         r = fn()
     except (TypeError, ValueError) as e:
         return [], [], f"{type(e).__name__}: {e}"
     desc = [None if a is None else (type(a).__name__, tuple(a.shape), str(a.dtype)) for a in r]
-    return [k for k, _ in LAUNCHES], [tuple(_plain(v) for v in a) for a in ARGS], desc
-
-
-def _plain(v):
-    return getattr(v, "value", v)
+    names = [k for k, _ in LAUNCHES]
+    kernels = _kernels_by_name()
+    return names, [_groups(kernels[k], a) for k, a in zip(names, ARGS, strict=True)], desc
 
 
 def _cases(m: int = 64, n: int = 256):
@@ -31,7 +33,7 @@ def _cases(m: int = 64, n: int = 256):
 
     import fastnorm as F
 
-    f32, f64, bf = np.float32, np.float64, np.dtype(ml_dtypes.bfloat16)
+    f32, f64, f16, bf = np.float32, np.float64, np.float16, np.dtype(ml_dtypes.bfloat16)
     T = fake_cuda_tensor_type()
     d = cuda.device_array
     x, dy, y, dx = d((m, n), f32), d((m, n), f32), d((m, n), f32), d((m, n), f32)
@@ -39,9 +41,13 @@ def _cases(m: int = 64, n: int = 256):
     w, b, dw, db = d(n, f32), d(n, f32), d(n, f32), d(n, f32)
     mu, rs = d(m, f32), d(m, f32)
     w64, xb, wb = d(n, f64), d((m, n), bf), d(n, bf)
+    r, h, rb = d((m, n), f32), d((m, n), f32), d((m, n), bf)
+    yb, hb, xh, wh, yh = d((m, n), bf), d((m, n), bf), d((m, n), f16), d(n, f16), d((m, n), f16)
     tx, tw, tb = fake_cuda_tensor(T, (m, n)), fake_cuda_tensor(T, (n,)), fake_cuda_tensor(T, (n,))
     tmu, trs, tdy = fake_cuda_tensor(T, (m,)), fake_cuda_tensor(T, (m,)), fake_cuda_tensor(T, (m, n))
     ty, tmean, trstd = fake_cuda_tensor(T, (m, n)), fake_cuda_tensor(T, (m,)), fake_cuda_tensor(T, (m,))
+    tr, th = fake_cuda_tensor(T, (m, n)), fake_cuda_tensor(T, (m, n))
+    txb, twb = fake_cuda_tensor(T, (m, n), "bfloat16"), fake_cuda_tensor(T, (n,), "bfloat16")
     return [
         ("LN forward, numba, out=", lambda: F.layer_norm_forward(x, w, b, out=(y, mu, rs)), True),
         ("LN forward, numba, allocating", lambda: F.layer_norm_forward(x, w, b), True),
@@ -75,8 +81,70 @@ def _cases(m: int = 64, n: int = 256):
         ("LN backward, torch, allocating", lambda: F.layer_norm_backward(tdy, tx, tmu, trs, tw, tb), True),
         ("RMS backward, numba, out=", lambda: F.rms_norm_backward(dy, x, rs, w, out=(dx, dw)), True),
         ("RMS backward, torch, allocating", lambda: F.rms_norm_backward(tdy, tx, trs, tw), True),
+        # the fused residual add (forward)
+        ("add-LN forward, numba, out=", lambda: F.add_layer_norm_forward(x, r, w, b, out=(y, h, mu, rs)), True),
+        ("add-LN forward, numba, allocating", lambda: F.add_layer_norm_forward(x, r, w, b), True),
+        (
+            "add-LN forward, numba, no weight/bias, out=",
+            lambda: F.add_layer_norm_forward(x, r, out=(y, h, mu, rs)),
+            True,
+        ),
+        ("add-LN forward, torch, allocating", lambda: F.add_layer_norm_forward(tx, tr, tw, tb), True),
+        ("add-RMS forward, numba, out=", lambda: F.add_rms_norm_forward(x, r, w, out=(y, h, rs)), True),
+        ("add-RMS forward, torch, out=", lambda: F.add_rms_norm_forward(tx, tr, tw, out=(ty, th, trstd)), True),
+        ("add-RMS forward, bfloat16 x/residual, float32 weight", lambda: F.add_rms_norm_forward(xb, rb, w), True),
+        # the fused residual add (backward; h in x's place)
+        (
+            "add-LN backward, numba, out=",
+            lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b, out=(dx, dw, db)),
+            True,
+        ),
+        ("add-LN backward, numba, allocating", lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b), True),
+        (
+            "add-LN backward, numba, no dh, no bias, allocating",
+            lambda: F.add_layer_norm_backward(dy, None, x, mu, rs, w),
+            True,
+        ),
+        ("add-RMS backward, numba, out=", lambda: F.add_rms_norm_backward(dy, h, x, rs, w, out=(dx, dw)), True),
+        (
+            "add-RMS backward, numba, no dh, out=",
+            lambda: F.add_rms_norm_backward(dy, None, x, rs, w, out=(dx, dw)),
+            True,
+        ),
+        ("add-RMS backward, torch, allocating", lambda: F.add_rms_norm_backward(tdy, th, tx, trs, tw), True),
+        ("add-RMS backward, torch, no dh, allocating", lambda: F.add_rms_norm_backward(tdy, None, tx, trs, tw), True),
+        (
+            "add-LN backward, dh of the wrong shape",
+            lambda: F.add_layer_norm_backward(dy, d((m, n + 1), f32), x, mu, rs),
+            False,
+        ),
+        (
+            "add-LN backward, out dx is dh",
+            lambda: F.add_layer_norm_backward(dy, h, x, mu, rs, w, b, out=(h, dw, db)),
+            False,
+        ),
+        ("add-RMS backward, bfloat16 weight", lambda: F.add_rms_norm_backward(xb, rb, xb, rs, wb), False),
+        # 16-bit weight/bias beside 16-bit x (forward: float32 copies converted by plan first)
+        ("LN forward, bfloat16 x and weight, out=", lambda: F.layer_norm_forward(xb, wb, wb, out=(yb, mu, rs)), True),
+        ("LN forward, bfloat16 x, weight only, out=", lambda: F.layer_norm_forward(xb, wb, out=(yb, mu, rs)), True),
+        ("RMS forward, float16 x and weight, out=", lambda: F.rms_norm_forward(xh, wh, out=(yh, rs)), True),
+        (
+            "add-RMS forward, bfloat16 x/residual/weight, out=",
+            lambda: F.add_rms_norm_forward(xb, rb, wb, out=(yb, hb, rs)),
+            True,
+        ),
+        ("LN forward, torch bfloat16 x and weight, allocating", lambda: F.layer_norm_forward(txb, twb, twb), True),
+        ("LN forward, bfloat16 x, float16 weight", lambda: F.layer_norm_forward(xb, wh), False),
+        ("LN forward, float32 x, bfloat16 weight", lambda: F.layer_norm_forward(x, wb), False),
         # the general path: other forms, and every error
-        ("LN forward, bfloat16 x and weight, allocating", lambda: F.layer_norm_forward(xb, wb, wb), False),
+        ("add-LN forward, residual of the wrong shape", lambda: F.add_layer_norm_forward(x, d((m, n + 1), f32)), False),
+        ("add-LN forward, float64 residual", lambda: F.add_layer_norm_forward(x, d((m, n), f64), w, b), False),
+        ("add-LN forward, residual None", lambda: F.add_layer_norm_forward(x, None, w, b), False),
+        ("add-LN forward, out h is the residual", lambda: F.add_layer_norm_forward(x, r, out=(y, r, mu, rs)), False),
+        ("add-LN forward, out y is x", lambda: F.add_layer_norm_forward(x, r, out=(x, h, mu, rs)), False),
+        ("add-RMS forward, bfloat16 weight, allocating", lambda: F.add_rms_norm_forward(xb, rb, wb), True),
+        ("add-RMS forward, eps an int", lambda: F.add_rms_norm_forward(x, r, w, eps=1), False),
+        ("LN forward, bfloat16 x and weight, allocating", lambda: F.layer_norm_forward(xb, wb, wb), True),
         ("LN backward, bfloat16 weight", lambda: F.layer_norm_backward(xb, xb, mu, rs, wb), False),
         ("LN forward, eps an int", lambda: F.layer_norm_forward(x, w, b, eps=1, out=(y, mu, rs)), False),
         ("LN forward, float64 weight", lambda: F.layer_norm_forward(x, w64), False),

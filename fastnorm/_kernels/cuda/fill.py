@@ -124,15 +124,38 @@ def _make_convert(src_dt, dst_dt):
     return convert_kernel
 
 
+def _convert_kernel(sdt: np.dtype, ddt: np.dtype) -> Kernel:
+    return cached(
+        ("convert", sdt, ddt), lambda: Kernel(_make_convert(sdt, ddt), f"void({nbname(sdt)}[::1], {nbname(ddt)}[::1])")
+    )
+
+
 def convert(src, dst, src_dtype, dst_dtype) -> None:
     """``dst[:] = src`` converting ``src_dtype`` to ``dst_dtype`` (float16/32/64, bfloat16), for contiguous
     1-D device arrays of the same length as the kernels take them (bfloat16 as uint16: ``kdev``)."""
     n = dst.shape[0]
     if n == 0:
         return
-    sdt, ddt = np.dtype(src_dtype), np.dtype(dst_dtype)
-    k = cached(
-        ("convert", sdt, ddt), lambda: Kernel(_make_convert(sdt, ddt), f"void({nbname(sdt)}[::1], {nbname(ddt)}[::1])")
-    )
     block = 64 if SIM else 256
+    k = _convert_kernel(np.dtype(src_dtype), np.dtype(dst_dtype))
     k.launch(_grid(n, block), block, current_stream(), src, dst)
+
+
+_plans: dict = {}
+
+
+def convert_plan(src_dtype, dst_dtype, n: int):
+    """``convert``'s launch for ``n`` > 0 elements as a launch plan (``_launch.Plan``, real GPU only): the
+    same kernel and configuration, slots (src, dst)."""
+    from ._launch import ArgTemplate, Plan, core_kernel
+
+    sdt, ddt = np.dtype(src_dtype), np.dtype(dst_dtype)
+    key = (sdt, ddt, n)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= 256:
+            _plans.clear()
+        tpl = ArgTemplate()
+        slots = (tpl.array((n,), sdt.itemsize), tpl.array((n,), ddt.itemsize))
+        plan = _plans[key] = Plan(core_kernel(_convert_kernel(sdt, ddt)), _grid(n, 256), 256, tpl, slots)
+    return plan

@@ -284,25 +284,24 @@ def _p(d) -> int:
     return 0 if d is None else d.ptr
 
 
-def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool) -> Plan:
-    """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows)."""
-    key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned)
+def _fwd_plan(
+    dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool, add: bool = False
+) -> Plan:
+    """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows);
+    ``add``: the fused residual add (slots x, residual, weight, bias, y, h, mean, rstd; scalar kernel)."""
+    key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned, add)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = fwd_config(n)
-        vec = aligned and use_vec(dt, n, vpt)
+        vec = aligned and not add and use_vec(dt, n, vpt)
         persist = vec and use_persist(vpt)
-        k = _get("fwd", dt, t, r, vpt, rms, wb=(has_w, has_b), vec=vec, persist=persist)
+        k = _get("fwd", dt, t, r, vpt, rms, False, add, wb=(has_w, has_b), vec=vec, persist=persist)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
-        slots = (
-            tpl.array((m, n), it),
-            tpl.array((n if has_w else 0,), pit),
-            tpl.array((n if has_b else 0,), pit),
-            tpl.array((m, n), it),
-            tpl.array((0 if rms else m,), sd),
-            tpl.array((m,), sd),
-        )
+        rows = [tpl.array((m, n), it) for _ in range(1 + add)]  # x[, residual]
+        wb = [tpl.array((n if has_w else 0,), pit), tpl.array((n if has_b else 0,), pit)]
+        outs = [tpl.array((m, n), it) for _ in range(1 + add)]  # y[, h]
+        slots = (*rows, *wb, *outs, tpl.array((0 if rms else m,), sd), tpl.array((m,), sd))
         eps = tpl.f64()
         tpl.array((0, 0), 8)  # mom: no GroupNorm moments
         for v in (1, n, 1):  # G, K, L
@@ -312,23 +311,38 @@ def _fwd_plan(dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: i
 
 
 def _bwd_plan(
-    dt, m: int, n: int, has_w: bool, pw: int, pb: int, rms: bool, device: int, gdt=(None, None), aligned=False
+    dt,
+    m: int,
+    n: int,
+    has_w: bool,
+    pw: int,
+    pb: int,
+    rms: bool,
+    device: int,
+    gdt=(None, None),
+    aligned=False,
+    add: int = 0,
 ) -> Plan:
     """Row kernel plan; ``pw``/``pb`` are the partial-row counts of dweight/dbias scratch (0: not wanted),
-    ``gdt`` the dweight/dbias dtypes, ``aligned``: dy, x, weight and dx start on 16-byte boundaries (the
-    vector kernel when the shape allows). ``plan.extra`` is the reduction's plan (None when no
-    dweight/dbias is wanted)."""
-    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt, aligned)
+    ``gdt`` the dweight/dbias dtypes, ``aligned``: dy, x, weight and dx (and dh) start on 16-byte boundaries
+    (the vector kernel when the shape allows); ``add``: the fused add's kernel (slots dy, dh, h, ...), 1 with
+    dh, 2 without (a (0, 0) dh). ``plan.extra`` is the reduction's plan (None when no dweight/dbias is
+    wanted)."""
+    key = ("bwd", dt, m, n, has_w, pw, pb, rms, device, gdt, aligned, add)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = bwd_config(n, dt, rms)
-        k = _get("bwd", dt, t, r, vpt, rms, vec=aligned and use_vec(dt, n, vpt, backward=True, rms=rms))
+        vec = aligned and use_vec(dt, n, vpt, backward=True, rms=rms)
+        k = _get("bwd", dt, t, r, vpt, rms, False, bool(add), vec=vec)
         bound = min([p for p in (pw, pb) if p] or [1 << 30])
         c = max(1, min(bound, k.resident_blocks(t * r) * r * BWD_WAVES, m))
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
         tpl = ArgTemplate()
+        dy = tpl.array((m, n), it)  # (the template's parameters in the order they are added)
+        dh = (tpl.array((m, n) if add == 1 else (0, 0), it),) if add else ()
         slots = (
-            tpl.array((m, n), it),
+            dy,
+            *dh,
             tpl.array((m, n), it),
             tpl.array((0 if rms else m,), sd),
             tpl.array((m,), sd),
@@ -370,15 +384,23 @@ def _launch_fwd(x, w, b, y, mean, rstd, eps, rms: bool) -> None:
     _done()
 
 
-def _launch_plan_fwd(X, W, B, y: int, mean: int, rstd: int, m: int, n: int, eps: float, rms: bool) -> None:
-    """The forward launch: ``X`` (M, N rows), ``W``/``B`` adapters (None: absent), output addresses."""
+def _launch_plan_fwd(
+    X, W, B, y: int, mean: int, rstd: int, m: int, n: int, eps: float, rms: bool, R=None, h: int = 0
+) -> None:
+    """The forward launch: ``X`` (M, N rows), ``W``/``B`` adapters (None: absent), output addresses; the
+    fused add's residual adapter ``R`` and sum address ``h`` (``R`` None: the plain forward)."""
     pw = 0 if W is None else W.ptr
     pb = 0 if B is None else B.ptr
+    add = R is not None
     aligned = not ((X.ptr | pw | pb | y) & (ALIGN - 1))
-    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned))
+    plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add))
     if plan is None:
-        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned)
+        plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add)
     stream = caller_stream(X.kind, X.device)
+    if add:
+        input_streams((X, R, W, B), X.kind, stream)
+        plan.launch(stream, (X.ptr, R.ptr, pw, pb, y, h, mean, rstd), (eps,))
+        return
     input_streams((X, W, B), X.kind, stream)
     plan.launch(stream, (X.ptr, pw, pb, y, mean, rstd), (eps,))
 
@@ -411,18 +433,26 @@ def _rows_of(d) -> tuple[int, int]:
     return d.ptr, d.shape[0]
 
 
-def _launch_plan_bwd(DY, X, MU, RS, W, dx: int, grads, parts, gdt, m: int, n: int, rms: bool) -> None:
+def _launch_plan_bwd(
+    DY, X, MU, RS, W, dx: int, grads, parts, gdt, m: int, n: int, rms: bool, add: bool = False, DH=None
+) -> None:
     """The backward launches: adapters of the inputs (``MU``/``W`` None when absent), dx's address, and per
     gradient (dweight[, dbias]: lists of one or two; None: not wanted) its address, its partial-row scratch
-    as (address, row count) and its dtype."""
+    as (address, row count) and its dtype. ``add``: the fused add's backward (``X`` is h; ``DH`` the
+    residual gradient's adapter or None)."""
     dw, db = (*grads, None)[:2]
     pw, rw = (*parts, None)[0] or (0, 0)
     pb, rb = (*parts, None)[1] or (0, 0)
-    aligned = not ((DY.ptr | X.ptr | _p(W) | dx) & (ALIGN - 1))
-    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]), aligned)
+    aligned = not ((DY.ptr | X.ptr | _p(W) | dx | _p(DH)) & (ALIGN - 1))
+    mode = (1 if DH is not None else 2) if add else 0
+    plan = _bwd_plan(X.dtype, m, n, W is not None, rw, rb, rms, X.device, tuple((*gdt, None)[:2]), aligned, mode)
     stream = caller_stream(X.kind, X.device)
-    input_streams((DY, X, MU, RS, W), X.kind, stream)
-    plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))
+    if add:
+        input_streams((DY, DH, X, MU, RS, W), X.kind, stream)
+        plan.launch(stream, (DY.ptr, _p(DH), X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))
+    else:
+        input_streams((DY, X, MU, RS, W), X.kind, stream)
+        plan.launch(stream, (DY.ptr, X.ptr, _p(MU), RS.ptr, _p(W), dx, pw, pb))
     red = plan.extra
     if red is not None:
         red.launch(stream, (pw, pb, dw or 0, db or 0))

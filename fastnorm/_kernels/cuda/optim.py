@@ -50,9 +50,12 @@ _SCALARS = (("lr", 0.0), ("wd", 0.0), ("sgn", 1.0), ("eps", 0.0), ("mu", 0.0), (
             ("omb1", 0.0), ("beta2", 0.0), ("decay", 1.0))  # fmt: skip
 
 
+_NAMES, _DEFAULTS = tuple(n for n, _ in _SCALARS), tuple(d for _, d in _SCALARS)
+
+
 def _scalars(h: dict, u0: float, u1: float) -> tuple:
     """The kernels' scalar arguments from an entry point's ``hyper`` dict and the uniform per-tensor values."""
-    return (*(h.get(name, default) for name, default in _SCALARS), u0, u1)
+    return (*map(h.get, _NAMES, _DEFAULTS), u0, u1)
 
 
 BLOCK = 256  # threads per block
@@ -198,8 +201,20 @@ def _stage_copy(buf: np.ndarray, dst: int, stream: int) -> None:
         err, ev = cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING)
         LA._check(err, "cuEventCreate")
         _staging[slot][1] = ev
-    LA._check(cu.cuMemcpyHtoDAsync(cu.CUdeviceptr(dst), addr, nbytes, cu.CUstream(stream))[0], "cuMemcpyHtoDAsync")
-    LA._check(cu.cuEventRecord(ev, cu.CUstream(stream))[0], "cuEventRecord")
+    handles = _handles.get((dst, stream))  # (the bindings' handle objects, made once per table and stream)
+    if handles is None:
+        if len(_handles) >= 256:
+            _handles.clear()
+        handles = _handles[(dst, stream)] = (cu.CUdeviceptr(dst), cu.CUstream(stream))
+    err = cu.cuMemcpyHtoDAsync(handles[0], addr, nbytes, handles[1])[0]
+    if err:
+        LA._check(err, "cuMemcpyHtoDAsync")
+    err = cu.cuEventRecord(ev, handles[1])[0]
+    if err:
+        LA._check(err, "cuEventRecord")
+
+
+_handles: dict = {}  # (device address, stream) -> (CUdeviceptr, CUstream)
 
 
 def _upload(kind: str, buf: np.ndarray, stream: int) -> int:
@@ -229,7 +244,7 @@ _fast_plans: dict = {}
 def _launch_fast(algo, flags, f64, tensors, offsets, pt, hyper: dict, total: int) -> None:
     """``_launch`` on a real GPU: tables uploaded asynchronously when they change, a prebuilt launch."""
     n = tensors.shape[1]
-    stream = LA.caller_stream("numba", -1)
+    stream = launch_stream()  # (the parameters' library's current stream)
     buf = np.zeros(6 * n + 1, np.int64)
     buf[: tensors.shape[0] * n] = tensors.ravel()
     buf[5 * n :] = offsets
@@ -293,9 +308,15 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
         raise ValueError("optimizer kernel: the address table or the offsets have the wrong shape")
     if n_pt > 0 and (per_tensor.shape[0] != n_tensors or per_tensor.shape[1] != n_pt):
         raise ValueError(f"optimizer kernel: per_tensor must have shape ({n_tensors}, {n_pt})")
-    sizes = np.diff(offsets)
-    if (sizes < 0).any():
-        raise ValueError("optimizer kernel: offsets must not decrease")
+    key = (offsets.dtype.char, offsets.tobytes())  # (a plan's offsets rarely change: their checks are kept)
+    sizes = _SIZES.get(key)
+    if sizes is None:
+        sizes = np.diff(offsets)
+        if (sizes < 0).any():
+            raise ValueError("optimizer kernel: offsets must not decrease")
+        if len(_SIZES) >= 64:
+            _SIZES.clear()
+        _SIZES[key] = sizes
     rows = _USED_ROWS.get((used, n_rows))
     if rows is None:
         rows = [r for r in range(n_rows) if (used >> r) & 1]
@@ -311,6 +332,7 @@ def _check(tensors, offsets, n_rows, used, per_tensor, n_pt):
 
 
 _USED_ROWS: dict = {}  # (used-rows bit mask, row count) -> the used rows (a slice when they come first)
+_SIZES: dict = {}  # offsets' (dtype, bytes) -> their tensor sizes, checked not negative
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -367,4 +389,4 @@ def adam_step(
     _step(FN_ADAM, flags, code, 5, tensors, offsets, per_tensor, 2, hyper, half)
 
 
-from ._optim_arrays import dtype_code, gather_like, gather_params  # noqa: E402,F401  (launchers of this module)
+from ._optim_arrays import dtype_code, gather_like, gather_params, launch_stream  # noqa: E402,F401  (launchers of this module)

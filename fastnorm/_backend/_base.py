@@ -1,0 +1,34 @@
+"""What every backend declares, once: its name, the array type and device named in messages, whether it
+runs on the host, and the kernel package it imports on first use (``kernels``)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from .. import _dtypes
+
+
+class BackendBase:
+    """Base of ``CpuBackend`` and ``CudaBackend``; a subclass declares itself with keyword arguments:
+    ``class CpuBackend(BackendBase, name="cpu", array_type=..., device=..., on_host=True, kernels=...)``."""
+
+    name: str
+    array_type: str  # what its arrays are called in error messages
+    device: str  # where they live, in error messages
+    on_host: bool
+    float_dtypes = _dtypes.FULL + _dtypes.HALF
+    _kernel_package: str
+
+    def __init_subclass__(cls, *, name: str, array_type: str, device: str, on_host: bool, kernels: str, **kw):
+        super().__init_subclass__(**kw)
+        cls.name = name
+        cls.array_type = array_type
+        cls.device = device
+        cls.on_host = on_host
+        cls._kernel_package = kernels
+
+    @functools.cached_property
+    def kernels(self):
+        """The backend's kernel package (``fastnorm._kernels.cpu`` / ``.cuda``), imported on first use."""
+        return importlib.import_module(self._kernel_package)
