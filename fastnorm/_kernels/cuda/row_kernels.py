@@ -59,11 +59,12 @@ def _make_forward(
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
     ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
-    ``vec`` (float32 or 16-bit, register form, vpt a multiple of a vector's 4 / 8 elements, not grouped or
-    fused): the thread holds groups of adjacent elements read and written with 128-bit accesses, weight and
-    bias too (``_row_vec``); the launcher picks it only for rows of a multiple of a vector's elements and
-    16-byte aligned arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add
-    the row's elements in another order (statistics may differ from the scalar form's in the last bits).
+    ``vec`` (float32 or 16-bit, register form, vpt a multiple of a vector's 4 / 8 elements, not grouped;
+    fused add included: x, res read and h stored 128 bits at a time): the thread holds groups of adjacent
+    elements read and written with 128-bit accesses, weight and bias too (``_row_vec``); the launcher
+    picks it only for rows of a multiple of a vector's elements and 16-byte aligned arrays
+    (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add the row's elements in
+    another order (statistics may differ from the scalar form's in the last bits).
     ``persist`` (with ``vec``): the persistent form (``_row_vec.vec_fwd_persistent_body``: a grid of at
     most the resident blocks strides over the rows, weight/bias in registers, the next row prefetched).
     """
@@ -121,13 +122,13 @@ def _make_forward(
         return st(o)
 
     if vec:
-        if grouped or add:
-            raise ValueError("the vector row kernels have no grouped or fused-add form")
+        if grouped:
+            raise ValueError("the vector row kernels have no grouped form")
         from ._row_vec import vec_fwd_body, vec_fwd_persistent_body
 
         if persist:
-            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats), False)
-        return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
+            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats, add), add)
+        return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats, add), add)
 
     if vpt > 0:
 
