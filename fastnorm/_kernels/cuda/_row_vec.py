@@ -144,6 +144,23 @@ def vec_bwd_body(
     n_parts = max(ns, 1)
 
     @_inline
+    def dx_pass(dh, dx, raw, row, ok, gmax, lane, xv, dv, rs, c1, c2):
+        """The row's dx = rstd * (gv - c1 - xhat * c2) (xhat in xv, gv in dv; fused add: + dh, read 128 bits
+        at a time), rounded once and stored 128 bits at a time (nothing when the row is not ``ok``)."""
+        if ok:
+            for k in range(nq):
+                if k < gmax:
+                    j = (lane + U(k * t)) * nlu
+                    if add and dh.size > 0:
+                        ldv(raw, dh, row, j)
+                        for e in range(nl):
+                            raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2) + ld(raw[e]))
+                    else:
+                        for e in range(nl):
+                            raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2))
+                    stv(dx, row, j, raw)
+
+    @_inline
     def body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
         buf = cuda.shared.array((2, 2, r, cols), acc_nb)
         spart = cuda.shared.array((n_parts, part_rows, row_len), acc_nb)
@@ -182,22 +199,9 @@ def vec_bwd_body(
                         gv = dv[q]
                         if read_w:
                             gv = gv * ldp(p[e])
-                        a, b = row_elem(xv, dv, q, mu, rs, gv, spart, rpw, rpb, ts, lane)
-                        s1 += a
-                        s2 += b
+                        s1, s2 = row_elem(xv, dv, q, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane)
             c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
-            if ok:
-                for k in range(nq):
-                    if k < gmax:
-                        j = (lane + U(k * t)) * nlu
-                        if add and dh.size > 0:
-                            ldv(raw, dh, row, j)
-                            for e in range(nl):
-                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2) + ld(raw[e]))
-                        else:
-                            for e in range(nl):
-                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2))
-                        stv(dx, row, j, raw)
+            dx_pass(dh, dx, raw, row, ok, gmax, lane, xv, dv, rs, c1, c2)
             it += ONE
         if g < c:
             want_dw = dwp.size > 0

@@ -390,16 +390,16 @@ def _make_backward(
                 rpb[k] = pb if init else rpb[k] + pb
 
     @_inline
-    def row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane):
+    def row_elem(xv, dv, k, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane):
         """Element k of a row in the registers (x in xv, dy in dv; gv: dy times its weight): its dweight and
-        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns (gv, gv * xhat), its
-        terms of the row's two sums."""
+        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns the row's two sums
+        s1 + gv, s2 + gv * xhat."""
         xh = (xv[k] - mu) * rs
         d = dv[k]
         add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
         xv[k] = xh
         dv[k] = gv
-        return gv, gv * xh
+        return s1 + gv, s2 + gv * xh
 
     @_inline
     def zero_parts(spart, rpw, rpb, ts, lane):
@@ -458,9 +458,7 @@ def _make_backward(
                     gv = dv[k]
                     if k < kmax:
                         gv = wdy(gv, w, row, lane + U(k * t), G, K, L)
-                    a, b = row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane)
-                    s1 += a
-                    s2 += b
+                    s1, s2 = row_elem(xv, dv, k, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane)
                 c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
                 if ok:
                     for k in range(vpt):
