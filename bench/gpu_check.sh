@@ -11,12 +11,13 @@
 #      the launch-plan host path (torch and Numba inputs), misaligned views, odd N, repeatable dweight/dbias,
 #      the float32 128-bit forward and its scalar fallback, the one-barrier LayerNorm moments (real shuffles),
 #      and tests/cuda/test_cuda_row_vec.py (the 128-bit float32/16-bit forward and backward, warp-per-row
-#      short rows, the persistent forward); then a probe: LayerNorm forward persistent / one-row 128-bit /
-#      scalar and backward 128-bit / scalar in float32 and bfloat16 (time per call, errors, dweight bits);
+#      short rows, the persistent forward);
 #   2b. the bfloat16/float16 storage and fused add + norm CUDA tests (tests/cuda/test_cuda_half.py,
-#      test_cuda_add_norm.py), then a short bf16/fp16 timing probe of LayerNorm and the fused add-norm
-#      kernels at (16384, 4096) (CUDA events around 20 back-to-back calls, host time not hidden: a first
-#      look, not a bandwidth claim) with the max error against torch's float32 LayerNorm;
+#      test_cuda_add_norm.py: the fused kernels' 128-bit forms and their scalar fallback included);
+#   2c. tools/cuda_gpu_probe.py: fused add + LayerNorm/RMSNorm and LayerNorm, bf16/fp32/fp16 at
+#      (16384, 4096) and (4096, 1024): forward persistent / one-row 128-bit / scalar and backward 128-bit /
+#      scalar, each timed (device time, host hidden and checked), its error against a float64 reference on
+#      the GPU, h bit-exact, dweight/dbias bits equal between the backward forms, torch's time for the work;
 #   3. the GPU benchmark (python -m fastnorm.bench.gpu): LayerNorm/RMSNorm fwd/bwd at (16384, 4096),
 #      (4096, 1024), (8192, 768) in float32 and float16 against torch, the same-run copy bandwidth, Adam over
 #      200 tensors (100M parameters) against torch's fused Adam; per row the device time (median and
@@ -103,101 +104,19 @@ step "CUDA tests on the GPU: LayerNorm / RMSNorm"
 run pytest_layer_norm 90 $PY -m pytest tests/cuda/test_cuda_layer_norm.py tests/cuda/test_cuda_row_vec.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_layer_norm.xml"
 
-step "row kernels: persistent / one-row 128-bit / scalar forward, 128-bit / scalar backward (gpu_timer device time)"
-# (sessions 5-6: the vector forms (float32 4 and 16-bit 8 elements per 128-bit access), the persistent
-# forward (weight/bias in registers, next row prefetched) and the backward vector form are proven only by
-# the simulator and PTX/ptxas; this runs each against the others on hardware through the kernel launchers:
-# per shape and dtype the device time per call of every form (median, host hidden: valid), the forward's
-# max error against torch's float64 LayerNorm, the backward's max |dx(vec) - dx(scalar)| and whether
-# dweight/dbias are bitwise equal between the two forms (they should be: same chunk count, P rows)
-run vec_probe 90 $PY - <<'EOF3'
-import torch
-import fastnorm._kernels.cuda as K
-from fastnorm._kernels.cuda import layer_norm as L
-from fastnorm.bench.gpu_timer import Timer
-
-timer = Timer(torch)
-P = 128  # partial rows: the chunk count min(P, resident teams, M) is the same for both backward forms
-FWD = {"persistent": (True, True), "vec": (True, False), "scalar": (False, False)}
-for dt in (torch.float32, torch.bfloat16):
-    for m, n in ((16384, 4096), (4096, 1024), (8192, 768)):
-        x = (torch.randn(m, n, device="cuda") + 3).to(dt)
-        dy = torch.randn(m, n, device="cuda").to(dt)
-        w, b = 1 + 0.1 * torch.randn(n, device="cuda"), 0.1 * torch.randn(n, device="cuda")
-        ref = torch.nn.functional.layer_norm(x.double(), (n,), w.double(), b.double(), 1e-5)
-        y, mean, rstd = torch.empty_like(x), torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
-        fwd = lambda: K.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1)
-        line = []
-        for name, (vec, persist) in FWD.items():
-            L.FWD_VEC, L.FWD_PERSIST, L._plans = vec, persist, {}
-            fwd()
-            torch.cuda.synchronize()
-            err = (y.double() - ref).abs().max().item()
-            t = timer(fwd, repeats=5)
-            line.append(f"{name} {t.median_ms:.4f} ms (valid {t.valid}, err {err:.3g}, "
-                        f"{2 * m * n * x.element_size() / t.median_ms / 1e6:.0f} GB/s)")
-        print(f"ln fwd {dt} ({m}x{n}): " + "; ".join(line))
-        L.FWD_VEC, L.FWD_PERSIST, L._plans = True, True, {}
-        fwd()
-        none = torch.empty((0, 0), device="cuda")
-        res = {}
-        for vec in (True, False):
-            L.BWD_VEC, L._plans = vec, {}
-            dx, dw, db = torch.empty_like(x), torch.empty(n, device="cuda"), torch.empty(n, device="cuda")
-            pw, pb = (torch.empty((P, n), device="cuda", dtype=torch.float64) for _ in range(2))
-            bwd = lambda: K.layer_norm_backward(dy, x, mean, rstd, w, dx, dw, db, pw, none, pb, none, P)
-            bwd()
-            torch.cuda.synchronize()
-            res[vec] = (dx.clone(), dw.clone(), db.clone(), timer(bwd, repeats=5))
-        t1, t0 = res[True][3], res[False][3]
-        print(f"ln bwd {dt} ({m}x{n}): vec {t1.median_ms:.4f} ms (valid {t1.valid}), scalar {t0.median_ms:.4f} ms "
-              f"(valid {t0.valid}), max|dx vec - scalar| {(res[True][0].float() - res[False][0].float()).abs().max().item():.3g}, "
-              f"dweight/dbias bitwise equal: {torch.equal(res[True][1], res[False][1])}/{torch.equal(res[True][2], res[False][2])}")
-L.FWD_VEC = L.FWD_PERSIST = L.BWD_VEC = True
-EOF3
-
 step "CUDA tests on the GPU: bfloat16 / float16 storage and the fused add + norm kernels"
 # (issue 13: never run on hardware before; the libdevice bit casts of the bf16 helpers, the uint16 launch
 # plans and the add-norm kernels are only proven on the simulator and by PTX/ptxas without a GPU)
 run pytest_half 90 $PY -m pytest tests/cuda/test_cuda_half.py tests/cuda/test_cuda_add_norm.py "${PYT[@]}" \
   --junitxml="$OUT/pytest_half.xml"
 
-step "bf16 / add-norm timing probe (gpu_timer device time, host hidden and checked)"
-run half_probe 60 $PY - <<'EOF2'
-import torch
-import fastnorm._kernels.cuda as K
-from fastnorm.bench.gpu_timer import Timer
-
-timer = Timer(torch)
-
-m, n = 16384, 4096
-F = torch.nn.functional
-for dt in (torch.bfloat16, torch.float16):
-    x = torch.randn(m, n, device="cuda").to(dt)
-    r = torch.randn(m, n, device="cuda").to(dt)
-    w = 1 + 0.1 * torch.randn(n, device="cuda")  # float32 parameters: the 16-bit rule
-    b = 0.1 * torch.randn(n, device="cuda")
-    y, h = torch.empty_like(x), torch.empty_like(x)
-    mean, rstd = torch.empty(m, device="cuda"), torch.empty(m, device="cuda")
-    hs = (x.float() + r.float()).to(dt).float()
-    cases = (
-        ("layer_norm_forward", 2, lambda: K.layer_norm_forward(x, w, b, y, mean, rstd, 1e-5, 1),
-         lambda: F.layer_norm(x.float(), (n,), w, b, 1e-5)),
-        ("add_layer_norm_forward", 4, lambda: K.add_layer_norm_forward(x, r, w, b, y, h, mean, rstd, 1e-5, 1),
-         lambda: F.layer_norm(hs, (n,), w, b, 1e-5)),
-        ("add_rms_norm_forward", 4, lambda: K.add_rms_norm_forward(x, r, w, y, h, rstd, 1e-6, 1),
-         lambda: hs * torch.rsqrt(hs.pow(2).mean(-1, keepdim=True) + 1e-6) * w),
-    )
-    for name, arrays, call, ref in cases:
-        call()
-        torch.cuda.synchronize()
-        err = (y.float() - ref()).abs().max().item()
-        herr = (h.float() - hs).abs().max().item() if "add" in name else 0.0
-        t = timer(call, repeats=5)
-        gbs = arrays * m * n * 2 / t.median_ms / 1e6
-        print(f"{name} {dt} ({m}x{n}): max|y - fp32 ref| {err:.3g}, max|h - ref| {herr:.3g}; "
-              f"{t.median_ms:.3f} ms/call (device time, host hidden: valid {t.valid}), {gbs:.0f} GB/s")
-EOF2
+step "row-kernel forms vs each other, float64 and torch (tools/cuda_gpu_probe.py; gpu_timer device time)"
+# (the 128-bit forward/backward forms, the persistent forward and the fused add + norm 128-bit forms are
+# proven without a GPU only by the simulator and PTX/ptxas: per op, dtype and shape, each form's device time
+# (host hidden: valid), GB/s, max error against torch's float64 norm on the GPU, h bit-exact, the backward
+# forms' dx difference and dweight/dbias bits, and torch's time for the same work (add + norm for the fused))
+run probe 150 $PY tools/cuda_gpu_probe.py --ops add_layer_norm,add_rms_norm,layer_norm \
+  --dtypes bfloat16,float32,float16 --shapes 16384x4096,4096x1024 --repeats 3
 
 step "GPU benchmark (python -m fastnorm.bench.gpu)"
 run bench_gpu 120 env FASTNORM_CUDA_BENCH_PARTIAL="$OUT/bench_gpu_partial.json" \
@@ -217,7 +136,7 @@ step "summary"
   grep -m1 -E "NVIDIA|GPU" "$OUT/env.log" || true
   grep -E "^(numba|numba_cuda|cuda.core|torch|cupy|pytest) " "$OUT/env.log" || true
   tail -n 1 "$OUT/build.log" 2>/dev/null
-  for s in smoke pytest_layer_norm vec_probe pytest_half half_probe bench_gpu pytest_rest; do
+  for s in smoke pytest_layer_norm pytest_half probe bench_gpu pytest_rest; do
     line=$(grep -E "passed|failed|skipped|Error|OK|TIMED OUT" "$OUT/$s.log" 2>/dev/null | tail -n 1)
     echo "  $s: rc=${RC[$s]:-?}  ${line}"
   done

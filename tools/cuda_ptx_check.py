@@ -103,14 +103,15 @@ def _row_specs(out, dt):
         for n in (128, 512, 768, 1024, 4096, 8192):
             t, r, vpt = L.fwd_config(n)
             for rms in (False, True):
-                for wb in ((True, True), (False, False)) if not rms else ((True, False), (False, False)):
+                wbs = ((True, True), (False, False)) if not rms else ((True, False), (False, False))
+                for add, wb in ((a, wb) for a in (False, True) for wb in wbs):  # (add: the fused residual add)
                     if not L.use_vec(dt, n, vpt):
                         continue
-                    name = f"{'rms' if rms else 'ln'}_fwd vec {nm} n={n} T={t} R={r} VPT={vpt}"
-                    rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb, True)
+                    name = f"{'add_' if add else ''}{'rms' if rms else 'ln'}_fwd vec {nm} n={n} T={t} R={r} VPT={vpt}"
+                    rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add, wb, True)
                     _add(out, f"{name} w,b={int(wb[0])}{int(wb[1])}", rec)
                     if L.use_persist(vpt):
-                        rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, False, wb, True, True)
+                        rec = _recorded(L._get, "fwd", dt, t, r, vpt, rms, False, add, wb, True, True)
                         _add(out, f"{name} persist w,b={int(wb[0])}{int(wb[1])}", rec)
                 t, r, vpt = L.bwd_config(n, dt, rms)
                 if not L.use_vec(dt, n, vpt, backward=True, rms=rms):

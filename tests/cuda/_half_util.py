@@ -24,6 +24,15 @@ def to_dev(cuda, *arrays):
     return out if len(out) != 1 else out[0]
 
 
+def at_offset(cuda, a, k: int):
+    """A device copy of ``a`` starting ``k`` elements past the start of a fresh (aligned) allocation."""
+    a = np.ascontiguousarray(a)
+    if k == 0:
+        return cuda.to_device(a)
+    base = cuda.to_device(np.concatenate([np.zeros(k, a.dtype), a.ravel()]))
+    return base[k:].reshape(a.shape)
+
+
 def host(a):
     return None if a is None else a.copy_to_host()
 

@@ -70,6 +70,26 @@ def hw_only():
 
 
 @pytest.fixture
+def picked(monkeypatch):
+    """{"fwd": [...], "bwd": [...]}: the ``vec`` flag of each LayerNorm/RMSNorm row kernel the launchers ask
+    for, by kind; "persist": the ``persist`` flag of each forward."""
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    got = {"fwd": [], "bwd": [], "persist": []}
+    get = L._get
+
+    def spy(*args, **kw):
+        got[args[0]].append(bool(kw.get("vec", args[9] if len(args) > 9 else False)))
+        if args[0] == "fwd":
+            got["persist"].append(bool(kw.get("persist", args[10] if len(args) > 10 else False)))
+        return get(*args, **kw)
+
+    monkeypatch.setattr(L, "_get", spy)
+    monkeypatch.setattr(L, "_plans", {})  # (on a GPU: the launch plans pick the kernel once per key)
+    return got
+
+
+@pytest.fixture
 def small_channel_blocks(monkeypatch):
     """Small thread blocks for the channel-norm kernels (BatchNorm, its stages, Group/InstanceNorm): the
     simulator runs one Python thread per CUDA thread."""

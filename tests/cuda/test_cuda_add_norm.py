@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ._half_util import BF16, F16, F32, F64, HALF, backend, close, data, empty, f64, host, kernels, param
+from ._half_util import BF16, F16, F32, F64, HALF, at_offset, backend, close, data, empty, f64, host, kernels, param
 from ._half_util import row_norm_bwd_ref as bwd_ref
 from ._half_util import row_norm_ref as fwd_ref
 from ._half_util import to_dev as _to_dev
@@ -36,17 +36,25 @@ def _check(got, other, ref, name, dt):
         close(got, other, ref, name)
 
 
-def _run(cuda, dev, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0, grad_dtype=None):
+def _run(cuda, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0, grad_dtype=None, at=None):
+    """Forward then backward through the kernel launchers, each checked against the float64 reference;
+    ``at``: {array name: elements past an aligned start} (x, res, w, b, y, h, dy, dh, dx). Returns the
+    host results {y, h, mean, rstd, dx, dw, db}."""
     K, be = kernels(), backend()
+    at = at or {}
+
+    def put(name, a):
+        return None if a is None else at_offset(cuda, a, at.get(name, 0))
+
     pdt = F32 if dt in HALF else dt
     gdt = pdt if grad_dtype is None else grad_dtype
     x, res, dy = data(rng, (m, n), dt, offset), data(rng, (m, n), dt), data(rng, (m, n), dt)
     dh = data(rng, (m, n), dt) if with_dh else None
     w = param(rng, n, pdt) if affine else None
     b = param(rng, n, pdt, True) if affine and not rms else None
-    X, RES, DY, DH, W, B = dev(x, res, dy, dh, w, b)
+    X, RES, DY, DH, W, B = (put(k, a) for k, a in zip(("x", "res", "dy", "dh", "w", "b"), (x, res, dy, dh, w, b)))
     absent = empty(cuda, (0,), dt)
-    y, h = empty(cuda, (m, n), dt), empty(cuda, (m, n), dt)
+    y, h = put("y", np.zeros((m, n), dt)), put("h", np.zeros((m, n), dt))
     sd = F32 if dt in HALF else dt
     mean, rstd = empty(cuda, (m,), sd), empty(cuda, (m,), sd)
     if rms:
@@ -70,7 +78,7 @@ def _run(cuda, dev, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0
         _check(host(mean), oth[1], ref[1], "mean", dt)
 
     nt = be.threads(m * n)
-    dx = empty(cuda, (m, n), dt)
+    dx = put("dx", np.zeros((m, n), dt))
     dw = empty(cuda, (n,), gdt) if affine else empty(cuda, (0,), pdt)
     db = empty(cuda, (n,), gdt) if affine and not rms else empty(cuda, (0,), pdt)
     pw = empty(cuda, (nt, n) if affine else (0, 0), F64)
@@ -96,41 +104,43 @@ def _run(cuda, dev, rng, dt, rms, m, n, *, affine=True, with_dh=True, offset=0.0
         _check(host(dw), oth[1].astype(gdt), ref[1], "dweight", dt)
         if not rms:
             _check(host(db), oth[2].astype(gdt), ref[2], "dbias", dt)
+    out = {"y": y, "h": h, "mean": None if rms else mean, "rstd": rstd, "dx": dx, "dw": dw, "db": db}
+    return {k: host(v) for k, v in out.items()}
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize("dt", DTYPES, ids=lambda d: d.name)
-def test_add_norm_matches_reference(cuda, dev, rng, dt, rms):
-    _run(cuda, dev, rng, dt, rms, 5, 37)
+def test_add_norm_matches_reference(cuda, rng, dt, rms):
+    _run(cuda, rng, dt, rms, 5, 37)
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize("dt", [BF16, F16], ids=lambda d: d.name)
-def test_add_norm_large_offset(cuda, dev, rng, dt, rms):
-    _run(cuda, dev, rng, dt, rms, 3, 40, offset=1e3)
+def test_add_norm_large_offset(cuda, rng, dt, rms):
+    _run(cuda, rng, dt, rms, 3, 40, offset=1e3)
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
-def test_add_norm_no_affine_no_dh(cuda, dev, rng, rms):
-    _run(cuda, dev, rng, BF16, rms, 4, 33, affine=False, with_dh=False)
+def test_add_norm_no_affine_no_dh(cuda, rng, rms):
+    _run(cuda, rng, BF16, rms, 4, 33, affine=False, with_dh=False)
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
-def test_add_norm_16bit_gradients(cuda, dev, rng, rms):
+def test_add_norm_16bit_gradients(cuda, rng, rms):
     # dweight/dbias in the (16-bit) parameter's dtype: the float32 sums rounded once by the reduction
-    _run(cuda, dev, rng, BF16, rms, 4, 40, grad_dtype=BF16)
+    _run(cuda, rng, BF16, rms, 4, 40, grad_dtype=BF16)
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize("dt", [F32, BF16], ids=lambda d: d.name)
-def test_add_norm_streaming_rows(cuda, dev, rng, dt, rms, monkeypatch):
+def test_add_norm_streaming_rows(cuda, rng, dt, rms, monkeypatch):
     from fastnorm._kernels.cuda import layer_norm as L
 
     monkeypatch.setattr(L, "MAX_TEAM", 32)
     monkeypatch.setattr(L, "MAX_VPT", 2)
     assert L.row_config(100, L.FWD_VPT)[2] == 0
     assert L.bwd_config(100, dt)[2] == 0
-    _run(cuda, dev, rng, dt, rms, 2, 100, offset=2.0)
+    _run(cuda, rng, dt, rms, 2, 100, offset=2.0)
 
 
 def test_add_norm_16bit_params_converted(cuda, dev, rng):
@@ -203,3 +213,98 @@ def test_public_add_norm_on_device(cuda, dev, rng, rms, pdt):
     close(host(bwd.dweight), oth[1].astype(pdt), ref[1], "dweight")
     if not rms:
         close(host(bwd.dbias), oth[2].astype(pdt), ref[2], "dbias")
+
+
+# ------------------------------------------------------------------------------------------ 128-bit forms
+# The fused kernels' 128-bit forms (``_row_vec``): forward where x, residual, weight, bias, y and h all start
+# on a 16-byte boundary, backward where dy, dh, h, weight and dx do, rows of a multiple of 4 float32 / 8
+# 16-bit elements with such a count per thread. (5, 128) float32: warp teams, one group of 4 per thread,
+# persistent; (3, 512): warp teams of 16 elements per thread (the one-row vector forward); (3, 1000):
+# 128-thread teams, 250 / 125 groups (the last lanes one group, not two), persistent. One array a single
+# element off a boundary, odd / prime / not-a-multiple-of-8 rows, N = 1: the scalar kernels.
+VEC_CASES = [
+    (F32, (5, 128), {}, (True, True)),
+    (F32, (3, 512), {}, (True, True)),
+    (F32, (3, 1000), {}, (True, True)),
+    (F32, (5, 128), {"res": 1}, (False, True)),
+    (F32, (5, 128), {"h": 1}, (False, False)),
+    (F32, (5, 128), {"y": 1}, (False, True)),
+    (F32, (5, 128), {"b": 1}, (False, True)),
+    (F32, (5, 128), {"dh": 1}, (True, False)),
+    (F32, (5, 128), {"dx": 1}, (True, False)),
+    (F32, (3, 131), {}, (False, False)),
+    (F32, (4, 1), {}, (False, False)),
+    (BF16, (5, 256), {}, (True, True)),
+    (BF16, (2, 512), {}, (True, True)),
+    (BF16, (3, 1000), {}, (True, True)),
+    (BF16, (5, 256), {"res": 1}, (False, True)),
+    (BF16, (5, 256), {"x": 1}, (False, True)),
+    (BF16, (3, 260), {}, (False, False)),
+    (F16, (5, 256), {}, (True, True)),
+    (F16, (3, 1000), {"h": 1}, (False, False)),
+    (F16, (3, 257), {}, (False, False)),
+]
+
+
+def _vec_id(c):
+    dt, shape, at, vec = c
+    where = ",".join(f"{k}+{v}" for k, v in at.items()) or "aligned"
+    return f"{np.dtype(dt).name}-{shape[0]}x{shape[1]}-{where}-" + "/".join("vec" if v else "scalar" for v in vec)
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize(("dt", "shape", "at", "vec"), VEC_CASES, ids=[_vec_id(c) for c in VEC_CASES])
+def test_add_norm_vector_kernels_and_their_scalar_fallback(rng, cuda, picked, rms, dt, shape, at, vec):
+    """Which form the launchers pick (forward, backward), and its results against the float64 reference."""
+    if rms and "b" in at:
+        pytest.skip("RMSNorm has no bias")
+    fwd_vec, bwd_vec = vec
+    if "x" in at:  # (x is not an input of the backward: h is)
+        bwd_vec = True
+    _run(cuda, rng, dt, rms, *shape, offset=2.0, at=at)
+    assert picked["fwd"] == [fwd_vec]
+    assert picked["bwd"] == [bwd_vec]
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize(
+    ("dt", "shape"), [(F32, (7, 128)), (BF16, (5, 1000)), (F16, (9, 256))], ids=["float32", "bfloat16", "float16"]
+)
+def test_add_norm_vector_forward_forms_agree(rng, cuda, picked, monkeypatch, rms, dt, shape):
+    """The persistent, the one-row vector and the scalar fused forward: h bitwise equal in all three (the
+    same rounded sums); the persistent form's y, mean, rstd bitwise the one-row vector form's (same
+    arithmetic and reduction order per row, over PERSIST_BLOCKS = 2 blocks striding the rows)."""
+    from fastnorm._kernels.cuda import layer_norm as L
+
+    seed = int(rng.integers(1 << 30))
+    monkeypatch.setattr(L, "PERSIST_BLOCKS", 2)
+    outs = []
+    for vec, persist in ((True, True), (True, False), (False, False)):
+        monkeypatch.setattr(L, "FWD_VEC", vec)
+        monkeypatch.setattr(L, "FWD_PERSIST", persist)
+        outs.append(_run(cuda, np.random.default_rng(seed), dt, rms, *shape, offset=2.0))
+    assert picked["fwd"] == [True, True, False]
+    assert picked["persist"] == [True, False, False]
+    for name in ("y", "h", "mean", "rstd"):
+        if outs[0][name] is not None:
+            np.testing.assert_array_equal(outs[0][name].view(np.uint8), outs[1][name].view(np.uint8), err_msg=name)
+    np.testing.assert_array_equal(outs[0]["h"].view(np.uint8), outs[2]["h"].view(np.uint8))
+
+
+@pytest.mark.parametrize("dt", [F32, BF16], ids=lambda d: np.dtype(d).name)
+def test_add_norm_vector_kernels_on_no_rows(cuda, picked, dt):
+    """M = 0: the forward launches nothing; the vector backward writes zero dweight/dbias."""
+    K = kernels()
+    n, p = 256, 2
+    X, RES, Y, H, DY, DH, DX = (empty(cuda, (0, n), dt) for _ in range(7))
+    mean, rstd = empty(cuda, (0,), F32), empty(cuda, (0,), F32)
+    W, B = cuda.to_device(np.ones(n, F32)), cuda.to_device(np.zeros(n, F32))
+    K.add_layer_norm_forward(X, RES, W, B, Y, H, mean, rstd, EPS, 1)
+    dw, db = cuda.to_device(np.full(n, np.nan, F32)), cuda.to_device(np.full(n, np.nan, F32))
+    parts = [cuda.to_device(np.full((p, n), np.nan)) for _ in range(2)]
+    none2 = empty(cuda, (0, 0), F32)
+    K.add_layer_norm_backward(DY, DH, H, mean, rstd, W, DX, dw, db, parts[0], none2, parts[1], none2, p)
+    assert picked["fwd"] == []
+    assert picked["bwd"] == [True]
+    assert not host(dw).any()
+    assert not host(db).any()

@@ -9,38 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ._half_util import BF16, F16, F32, F64, close, data, empty, f32, f64, host, kernels, param
+from ._half_util import BF16, F16, F32, F64, at_offset, close, data, empty, f32, f64, host, kernels, param
 from ._half_util import row_norm_bwd_ref as bwd_ref
 from ._half_util import row_norm_ref as fwd_ref
 
 EPS = 1e-5
 P = 2  # partial rows given to the backward: the chunk count is min(P, resident teams, M) = 2 on any device
-
-
-def at_offset(cuda, a, k: int):
-    """A device copy of ``a`` starting ``k`` elements past the start of a fresh (aligned) allocation."""
-    a = np.ascontiguousarray(a)
-    if k == 0:
-        return cuda.to_device(a)
-    base = cuda.to_device(np.concatenate([np.zeros(k, a.dtype), a.ravel()]))
-    return base[k:].reshape(a.shape)
-
-
-@pytest.fixture
-def picked(monkeypatch):
-    """{"fwd": [...], "bwd": [...]}: the ``vec`` flag of each row kernel the launchers ask for."""
-    from fastnorm._kernels.cuda import layer_norm as L
-
-    got = {"fwd": [], "bwd": []}
-    get = L._get
-
-    def spy(*args, **kw):
-        got[args[0]].append(bool(kw.get("vec", args[9] if len(args) > 9 else False)))
-        return get(*args, **kw)
-
-    monkeypatch.setattr(L, "_get", spy)
-    monkeypatch.setattr(L, "_plans", {})  # (on a GPU: the launch plans pick the kernel once per key)
-    return got
 
 
 def _run(cuda, rng, dt, shape, rms, offsets=None):
@@ -226,7 +200,7 @@ def test_warp_per_row_forward(rng, cuda, picked, rms, n, team):
     [(F32, (19, 128)), (F32, (5, 1000)), (BF16, (5, 1000)), (F16, (11, 256))],
     ids=["float32-19x128", "float32-5x1000", "bfloat16-5x1000", "float16-11x256"],
 )
-def test_persistent_forward_is_the_one_row_kernels_bits(rng, cuda, monkeypatch, rms, affine, dt, shape):
+def test_persistent_forward_is_the_one_row_kernels_bits(rng, cuda, picked, monkeypatch, rms, affine, dt, shape):
     from fastnorm._kernels.cuda import layer_norm as L
 
     K = kernels()
@@ -236,15 +210,6 @@ def test_persistent_forward_is_the_one_row_kernels_bits(rng, cuda, monkeypatch, 
     b = None if rms else b
     X = cuda.to_device(x)
     W, B = (empty(cuda, (0,), F32) if a is None else cuda.to_device(a) for a in (w, b))
-    persisted = []
-    get = L._get
-
-    def spy(*args, **kw):
-        persisted.append(kw.get("persist", False))
-        return get(*args, **kw)
-
-    monkeypatch.setattr(L, "_get", spy)
-    monkeypatch.setattr(L, "_plans", {})
     monkeypatch.setattr(L, "PERSIST_BLOCKS", 2)
     outs = []
     for persist in (True, False):
@@ -255,7 +220,7 @@ def test_persistent_forward_is_the_one_row_kernels_bits(rng, cuda, monkeypatch, 
         else:
             K.layer_norm_forward(X, W, B, y, mean, rstd, EPS, 1)
         outs.append([host(y), None if rms else host(mean), host(rstd)])
-    assert persisted == [True, False]
+    assert picked["persist"] == [True, False]
     for got, one_row in zip(outs[0], outs[1], strict=True):
         if got is not None:
             np.testing.assert_array_equal(got.view(np.uint8), one_row.view(np.uint8))

@@ -37,10 +37,37 @@ def _setup(dtype, t: int, vpt: int):
     return (nl, pl, *_types(dtype, t), sdt, pdt, groups)
 
 
-def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats):
+def _make_load_group(dtype, add: bool):
+    """Device function ``(v, q, raw, rr, x, res, h, row, j)``: the group of ``nl`` elements at (row, j) into
+    v[q .. q + nl - 1] through the thread-local ``raw`` (one 128-bit load). Fused add (``add``): the group
+    of ``res`` too (through ``rr``); h = x + res formed in the accumulation type and rounded to the data's
+    dtype (the scalar kernel's ``ld_row``: the same bits), stored to ``h`` with one 128-bit store, and its
+    rounded values are the group's."""
+    nl = lanes(dtype)
+    acc, _, ld, st, _, _ = _types(dtype, 32)
+
+    @_inline
+    def load_group(v, q, raw, rr, x, res, h, row, j):
+        ldv(raw, x, row, j)
+        if add:
+            ldv(rr, res, row, j)
+            for e in range(nl):
+                raw[e] = st(ld(raw[e]) + ld(rr[e]))
+            stv(h, row, j, raw)
+        for e in range(nl):
+            v[q + e] = ld(raw[e])
+
+    return load_group
+
+
+def vec_fwd_body(
+    dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_slot, row_stats, add: bool = False
+):
     """The register-form forward body with 128-bit accesses (see ``_make_forward``'s ``vec``): the thread
-    holds groups of ``nl`` adjacent elements (4 float32, 8 16-bit) nl * (lane + k*t) .. + nl - 1."""
+    holds groups of ``nl`` adjacent elements (4 float32, 8 16-bit) nl * (lane + k*t) .. + nl - 1.
+    ``add``: the fused residual add (``_make_load_group``)."""
     nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
+    load_group = _make_load_group(dtype, add)
     row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nq, nlu = vpt // nl, U(nl)
 
@@ -65,13 +92,12 @@ def vec_fwd_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b
         gmax = groups(n, lane, ok)
         v = cuda.local.array(vpt, acc_nb)
         raw = cuda.local.array(nl, sdt)
+        rr = cuda.local.array(nl, sdt)
         for k in range(nq):
             for e in range(nl):
                 v[k * nl + e] = acc(0)
             if k < gmax:
-                ldv(raw, x, row, (lane + U(k * t)) * nlu)
-                for e in range(nl):
-                    v[k * nl + e] = ld(raw[e])
+                load_group(v, k * nl, raw, rr, x, res, h, row, (lane + U(k * t)) * nlu)
         mu, var = row_moments(v, gmax * I32(nl), buf, ts, lane, n)
         rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)
         if ok:
@@ -118,6 +144,23 @@ def vec_bwd_body(
     n_parts = max(ns, 1)
 
     @_inline
+    def dx_pass(dh, dx, raw, row, ok, gmax, lane, xv, dv, rs, c1, c2):
+        """The row's dx = rstd * (gv - c1 - xhat * c2) (xhat in xv, gv in dv; fused add: + dh, read 128 bits
+        at a time), rounded once and stored 128 bits at a time (nothing when the row is not ``ok``)."""
+        if ok:
+            for k in range(nq):
+                if k < gmax:
+                    j = (lane + U(k * t)) * nlu
+                    if add and dh.size > 0:
+                        ldv(raw, dh, row, j)
+                        for e in range(nl):
+                            raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2) + ld(raw[e]))
+                    else:
+                        for e in range(nl):
+                            raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2))
+                    stv(dx, row, j, raw)
+
+    @_inline
     def body(dy, dh, x, mean, rstd, w, dx, dwp, dbp, n_chunks, G, K, L):
         buf = cuda.shared.array((2, 2, r, cols), acc_nb)
         spart = cuda.shared.array((n_parts, part_rows, row_len), acc_nb)
@@ -156,22 +199,9 @@ def vec_bwd_body(
                         gv = dv[q]
                         if read_w:
                             gv = gv * ldp(p[e])
-                        a, b = row_elem(xv, dv, q, mu, rs, gv, spart, rpw, rpb, ts, lane)
-                        s1 += a
-                        s2 += b
+                        s1, s2 = row_elem(xv, dv, q, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane)
             c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
-            if ok:
-                for k in range(nq):
-                    if k < gmax:
-                        j = (lane + U(k * t)) * nlu
-                        if add and dh.size > 0:
-                            ldv(raw, dh, row, j)
-                            for e in range(nl):
-                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2) + ld(raw[e]))
-                        else:
-                            for e in range(nl):
-                                raw[e] = st(rs * (dv[k * nl + e] - c1 - xv[k * nl + e] * c2))
-                        stv(dx, row, j, raw)
+            dx_pass(dh, dx, raw, row, ok, gmax, lane, xv, dv, rs, c1, c2)
             it += ONE
         if g < c:
             want_dw = dwp.size > 0
@@ -189,15 +219,19 @@ def vec_bwd_body(
     return body
 
 
-def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_stats):
+def vec_fwd_persistent_body(
+    dtype, t: int, r: int, vpt: int, rms: bool, mode_w: int, mode_b: int, row_stats, add: bool = False
+):
     """``vec_fwd_body`` as a persistent kernel: the grid (at most the blocks the GPU holds at once) strides
     over the rows, team ``ts`` of block ``b`` taking rows (b + i * gridDim) * r + ts. Weight and bias are
     read once per thread into registers (16-bit rows with both: the weight); the next row's loads are
     issued before the current row's reduction and stores (two register rows); the team reductions
     alternate two shared buffers, so one barrier per row is enough (none for a one-warp team). Every
     thread of a block runs the same number of iterations. Per row the same arithmetic, mapping and
-    reduction order as ``vec_fwd_body``: the same bits."""
+    reduction order as ``vec_fwd_body``: the same bits. ``add``: the fused residual add (h of the next row
+    formed and stored as that row is prefetched)."""
     nl, pl, acc, acc_nb, ld, st, ldp, cols, sdt, pdt, groups = _setup(dtype, t, vpt)
+    load_group = _make_load_group(dtype, add)
     row_moments = _make_row_moments(acc, t, max(vpt, 1), rms)
     nq, tu, ru, nlu = vpt // nl, U(t), U(r), U(nl)
     # 16-bit rows with both weight and bias: the bias is read again per row (from L1), not kept (kept, it
@@ -205,15 +239,13 @@ def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: 
     keep_b = nl == 4 or mode_w == 0
 
     @_inline
-    def load_row(v, raw, x, row, ok, gmax, lane):
+    def load_row(v, raw, rr, x, res, h, row, ok, gmax, lane):
         """The thread's groups of row ``row`` into v (zeros where absent or not ``ok``)."""
         for k in range(nq):
             for e in range(nl):
                 v[k * nl + e] = acc(0)
             if ok and k < gmax:
-                ldv(raw, x, row, (lane + U(k * t)) * nlu)
-                for e in range(nl):
-                    v[k * nl + e] = ld(raw[e])
+                load_group(v, k * nl, raw, rr, x, res, h, row, (lane + U(k * t)) * nlu)
 
     @_inline
     def load_param(pv, p, a, gmax, lane):
@@ -239,6 +271,7 @@ def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: 
         has_w = mode_w > 0 or (mode_w < 0 and w.shape[0] > 0)
         has_b = mode_b > 0 or (mode_b < 0 and b.shape[0] > 0)
         raw = cuda.local.array(nl, sdt)
+        rr = cuda.local.array(nl, sdt)
         p = cuda.local.array(pl, pdt)
         wv = cuda.local.array(vpt, acc_nb)
         bv = cuda.local.array(vpt, acc_nb)
@@ -250,12 +283,12 @@ def vec_fwd_persistent_body(dtype, t: int, r: int, vpt: int, rms: bool, mode_w: 
         nx = cuda.local.array(vpt, acc_nb)
         base = U(cuda.blockIdx.x) * ru
         row = base + ts
-        load_row(v, raw, x, row, row < m, gmax, lane)
+        load_row(v, raw, rr, x, res, h, row, row < m, gmax, lane)
         par = ZERO
         while base < m:
             ok = row < m
             nrow = row + step
-            load_row(nx, raw, x, nrow, nrow < m, gmax, lane)
+            load_row(nx, raw, rr, x, res, h, nrow, nrow < m, gmax, lane)
             cnt = gmax * I32(nl) if ok else I32(0)
             mu, var = row_moments(v, cnt, bufs[par], ts, lane, n)
             rs, _ = row_stats(mean, rstd, mom, row, lane, ok, mu, var, n, eps, G, K)

@@ -15,8 +15,10 @@ first) and round each output once to nearest even; float32 in float32; float64 i
 
 Fused residual add (``add_layer_norm_*``, ``add_rms_norm_*``): the same row kernels with h = x + residual
 formed (in the accumulation type, rounded to x's dtype, stored) as the row is loaded, and normalized from
-registers; the backward adds dh to dx before its one rounding. They launch through the dispatcher path
-(no launch plans yet) on a GPU too.
+registers; the backward adds dh to dx before its one rounding. Their 128-bit forms (forward: x and the
+residual read, h and y written 128 bits at a time; persistent as the plain forward) are picked by the same
+rule (every array, residual and h included, 16-byte aligned). They launch through the dispatcher path (no
+launch plans yet) on a GPU too.
 
 Backward: team g owns a contiguous chunk of rows and accumulates its dweight/dbias contributions in
 registers, then writes one float64 partial row ``dw_part[g]``; a second kernel sums the partial rows in
@@ -215,12 +217,12 @@ def _forward(x, w, b, y, mean, rstd, eps, rms, groups=None, mom=None, dt=None, r
     dt = np.dtype(x.dtype if dt is None else dt)
     t, r, vpt = fwd_config(n)
     add = res is not None
-    vec = groups is None and not add and use_vec(dt, n, vpt, *(_address(a) for a in (x, w, b, y)))
+    data = (x, res, w, b, y, h) if add else (x, w, b, y)
+    vec = groups is None and use_vec(dt, n, vpt, *(_address(a) for a in data))
     persist = vec and use_persist(vpt)
     wb = (w.shape[0] > 0, b.shape[0] > 0)
     k = _get("fwd", dt, t, r, vpt, rms, groups is not None, add, wb, vec, persist=persist)
     g, kk, ll = groups if groups is not None else (1, n, 1)
-    data = (x, res, w, b, y, h) if add else (x, w, b, y)
     mom = _no_mom() if mom is None else mom
     k.launch(fwd_grid(k, m, r, t, persist), t * r, current_stream(), *data, mean, rstd, float(eps), mom, g, kk, ll)
 

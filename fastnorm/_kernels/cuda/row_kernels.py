@@ -59,11 +59,12 @@ def _make_forward(
     Data (x, res, y, h) in ``dtype`` (bfloat16 as uint16 bits); w, b in ``cc.param_dtype(dtype)``.
     ``wb`` = (has_weight, has_bias): compile-time variants (an absent parameter's code is not in the
     kernel, the length-0 array is never read); None: tested at run time from the arrays' lengths.
-    ``vec`` (float32 or 16-bit, register form, vpt a multiple of a vector's 4 / 8 elements, not grouped or
-    fused): the thread holds groups of adjacent elements read and written with 128-bit accesses, weight and
-    bias too (``_row_vec``); the launcher picks it only for rows of a multiple of a vector's elements and
-    16-byte aligned arrays (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add
-    the row's elements in another order (statistics may differ from the scalar form's in the last bits).
+    ``vec`` (float32 or 16-bit, register form, vpt a multiple of a vector's 4 / 8 elements, not grouped;
+    fused add included: x, res read and h stored 128 bits at a time): the thread holds groups of adjacent
+    elements read and written with 128-bit accesses, weight and bias too (``_row_vec``); the launcher
+    picks it only for rows of a multiple of a vector's elements and 16-byte aligned arrays
+    (``_vec.vec_ok``). Same arithmetic per element; the per-thread partial sums add the row's elements in
+    another order (statistics may differ from the scalar form's in the last bits).
     ``persist`` (with ``vec``): the persistent form (``_row_vec.vec_fwd_persistent_body``: a grid of at
     most the resident blocks strides over the rows, weight/bias in registers, the next row prefetched).
     """
@@ -121,13 +122,13 @@ def _make_forward(
         return st(o)
 
     if vec:
-        if grouped or add:
-            raise ValueError("the vector row kernels have no grouped or fused-add form")
+        if grouped:
+            raise ValueError("the vector row kernels have no grouped form")
         from ._row_vec import vec_fwd_body, vec_fwd_persistent_body
 
         if persist:
-            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats), False)
-        return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats), False)
+            return _fwd_kernel(vec_fwd_persistent_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_stats, add), add)
+        return _fwd_kernel(vec_fwd_body(dtype, t, r, vpt, rms, mode_w, mode_b, row_slot, row_stats, add), add)
 
     if vpt > 0:
 
@@ -389,16 +390,16 @@ def _make_backward(
                 rpb[k] = pb if init else rpb[k] + pb
 
     @_inline
-    def row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane):
+    def row_elem(xv, dv, k, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane):
         """Element k of a row in the registers (x in xv, dy in dv; gv: dy times its weight): its dweight and
-        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns (gv, gv * xhat), its
-        terms of the row's two sums."""
+        dbias terms added to the running partials, xv[k] = xhat, dv[k] = gv; returns the row's two sums
+        s1 + gv, s2 + gv * xhat."""
         xh = (xv[k] - mu) * rs
         d = dv[k]
         add_parts(spart, rpw, rpb, ts, lane, k, d * xh, d, False)
         xv[k] = xh
         dv[k] = gv
-        return gv, gv * xh
+        return s1 + gv, s2 + gv * xh
 
     @_inline
     def zero_parts(spart, rpw, rpb, ts, lane):
@@ -457,9 +458,7 @@ def _make_backward(
                     gv = dv[k]
                     if k < kmax:
                         gv = wdy(gv, w, row, lane + U(k * t), G, K, L)
-                    a, b = row_elem(xv, dv, k, mu, rs, gv, spart, rpw, rpb, ts, lane)
-                    s1 += a
-                    s2 += b
+                    s1, s2 = row_elem(xv, dv, k, mu, rs, gv, s1, s2, spart, rpw, rpb, ts, lane)
                 c1, c2 = row_coefs(s1, s2, buf, it, ts, lane, n)
                 if ok:
                     for k in range(vpt):
