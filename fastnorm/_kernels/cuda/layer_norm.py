@@ -290,12 +290,12 @@ def _fwd_plan(
     dt, m: int, n: int, has_w: bool, has_b: bool, rms: bool, device: int, aligned: bool, add: bool = False
 ) -> Plan:
     """``aligned``: every array starts on a 16-byte boundary (the vector kernel when the shape allows);
-    ``add``: the fused residual add (slots x, residual, weight, bias, y, h, mean, rstd; scalar kernel)."""
+    ``add``: the fused residual add (slots x, residual, weight, bias, y, h, mean, rstd)."""
     key = ("fwd", dt, m, n, has_w, has_b, rms, device, aligned, add)
     plan = _plans.get(key)
     if plan is None:
         t, r, vpt = fwd_config(n)
-        vec = aligned and not add and use_vec(dt, n, vpt)
+        vec = aligned and use_vec(dt, n, vpt)
         persist = vec and use_persist(vpt)
         k = _get("fwd", dt, t, r, vpt, rms, False, add, wb=(has_w, has_b), vec=vec, persist=persist)
         it, sd, pit = dt.itemsize, _stat(dt).itemsize, param_dtype(dt).itemsize
@@ -394,7 +394,7 @@ def _launch_plan_fwd(
     pw = 0 if W is None else W.ptr
     pb = 0 if B is None else B.ptr
     add = R is not None
-    aligned = not ((X.ptr | pw | pb | y) & (ALIGN - 1))
+    aligned = not ((X.ptr | pw | pb | y | (R.ptr | h if add else 0)) & (ALIGN - 1))
     plan = _plans.get(("fwd", X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add))
     if plan is None:
         plan = _fwd_plan(X.dtype, m, n, W is not None, B is not None, rms, X.device, aligned, add)
