@@ -79,6 +79,22 @@ typedef struct {
     if (AMS) { T vm = vmax[i]; vi = vm > vi ? vm : vi; vmax[i] = vi; }                                  \
     p[i] = pi - step_size * (mi / (FN_SQRT(vi) / bc2 + eps)); }
 
+/* Elements before the streams s[0..ns) (NULL: unused) of a segment of n elements of esize bytes reach a
+ * 64-byte boundary, when they all share one misalignment (the usual case: NumPy starts large arrays 16 bytes
+ * past a page, and then every 64-byte vector access of the loops would straddle two cache lines); 0 when
+ * they are aligned, misaligned differently, or the segment is short. Every loop below is element-wise
+ * without contraction, so where a segment is cut changes no bit. */
+#define FN_HEAD_MIN 256
+static inline ptrdiff_t fn_optim_head(const void *const *s, int ns, ptrdiff_t n, size_t esize) {
+    uintptr_t a = (uintptr_t)s[0] & 63;
+    if (a == 0 || a % esize != 0 || n < FN_HEAD_MIN)
+        return 0;
+    for (int r = 1; r < ns; r++)
+        if (s[r] && ((uintptr_t)s[r] & 63) != a)
+            return 0;
+    return (ptrdiff_t)((64 - a) / esize);
+}
+
 /* No a*b+c -> fma contraction in these loops: gcc contracts differently in the vector body and in the
  * scalar remainder, so an element's result would depend on where a chunk boundary falls (the thread
  * count, which other tensors share the call). Without it every path does the same IEEE operations and
