@@ -461,9 +461,10 @@ ADAM_OPTIONS = [
 @pytest.mark.parametrize("master", [False, True], ids=["plain", "master"])
 @pytest.mark.parametrize(("algo", "kw"), ADAM_OPTIONS)
 def test_bf16_adam_bitwise_the_same_on_every_target(algo, kw, master, g32):
-    """bfloat16 Adam: the avx512 target's one-pass loop (in-register conversions, streamed parameter stores
-    from 32-byte boundaries) gives the bits of the other targets' blocked float32 path: lengths that are not
-    multiples of 16, parameters starting off a 32-byte boundary, NaN, inf and subnormal values."""
+    """bfloat16 Adam: the avx512 target's one-pass loop (in-register conversions, parameter results shifted
+    into 64-byte lines and streamed, masked first and last lines) gives the bits of the other targets' blocked
+    float32 path: lengths that are not multiples of 16, parameters starting off a 64-byte boundary and
+    misaligned unlike their state, NaN, inf and subnormal values."""
     from fastnorm._kernels import cpu
 
     rng = np.random.default_rng(9)
@@ -478,7 +479,7 @@ def test_bf16_adam_bitwise_the_same_on_every_target(algo, kw, master, g32):
     results = {}
     for target in cpu.runnable_targets():
         with cpu.use_target(target):
-            # p[cut:]: 2-byte aligned views, so the streamed stores start after a head of unaligned ones
+            # p[cut:]: 2-byte aligned views, so the streamed lines start after a masked partial one
             p = [a.astype(BF16)[(cut if i % 2 else 0) :] for i, a in enumerate(p0)]
             p = [a if a.size == n else a[:n] for a, n in zip(p, sizes, strict=True)]
             opt = getattr(O, CLASSES[algo])(p, lr=1e-2, master_weights=master, **kw)

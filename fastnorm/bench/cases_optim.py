@@ -11,8 +11,12 @@ parameter and each state array read and written once.
 The bfloat16 case (``adam_step`` ... ``bfloat16``): bfloat16 parameters and gradients; fastnorm keeps float32
 master weights and float32 state (``master_weights=True``), torch's optimizers (``fused=True``, ``foreach=True``)
 run on the same bfloat16 parameters with their own (bfloat16) state, as a user of torch would. Bytes are
-fastnorm's recipe: the bfloat16 gradient read, the bfloat16 parameter written (not read: the master holds
-its value), the master and both moments read and written (28 bytes per parameter; torch's moves 14).
+fastnorm's recipe: the bfloat16 gradient read (2 bytes), the bfloat16 parameter written (2: not read, the master
+holds its value; streamed in whole 64-byte lines whatever its offset, so no read-for-ownership of its lines either),
+the master and both moments read and written (24): 28 bytes per parameter, each stream touched once. torch's fused
+step on bfloat16 parameters with bfloat16 state moves 14 (parameter read and written 4, gradient 2, moments 8), so at
+the memory bound the float32-master recipe takes twice torch's bytes: it can match torch only where torch is not at
+its own bound.
 """
 
 from __future__ import annotations

@@ -79,6 +79,22 @@ typedef struct {
     if (AMS) { T vm = vmax[i]; vi = vm > vi ? vm : vi; vmax[i] = vi; }                                  \
     p[i] = pi - step_size * (mi / (FN_SQRT(vi) / bc2 + eps)); }
 
+/* Elements before the streams s[0..ns) (NULL: unused) of a segment of n elements of esize bytes reach a
+ * 64-byte boundary, when they all share one misalignment (the usual case: NumPy starts large arrays 16 bytes
+ * past a page, and then every 64-byte vector access of the loops would straddle two cache lines); 0 when
+ * they are aligned, misaligned differently, or the segment is short. Every loop below is element-wise
+ * without contraction, so where a segment is cut changes no bit. */
+#define FN_HEAD_MIN 256
+static inline ptrdiff_t fn_optim_head(const void *const *s, int ns, ptrdiff_t n, size_t esize) {
+    uintptr_t a = (uintptr_t)s[0] & 63;
+    if (a == 0 || a % esize != 0 || n < FN_HEAD_MIN)
+        return 0;
+    for (int r = 1; r < ns; r++)
+        if (s[r] && ((uintptr_t)s[r] & 63) != a)
+            return 0;
+    return (ptrdiff_t)((64 - a) / esize);
+}
+
 /* No a*b+c -> fma contraction in these loops: gcc contracts differently in the vector body and in the
  * scalar remainder, so an element's result would depend on where a chunk boundary falls (the thread
  * count, which other tensors share the call). Without it every path does the same IEEE operations and
@@ -165,10 +181,48 @@ static inline uint16_t fn_f32_to_f16_sr(float f, uint32_t r) {
 /* Adam over bfloat16 parameters, 16 lanes, in one pass (no float32 block buffers): the gradient (bfloat16 or
  * float32 with g32) widened in registers, the float32 value from the master copy w (or, w NULL, from p), the
  * operations of FN_ADAM_LOOP in its order (no fma: this header's fp-contract=off), the result rounded to
- * nearest even into p (NaN -> quiet NaN, as fn_f32_to_bf16). With a master copy p is written only: from
- * where p + i is 32-byte aligned, its stores are non-temporal (no read-for-ownership of p's lines: 2 of the
- * 30 bytes an element moves). Returns how many leading elements it did (a multiple of 16); the caller does
- * the rest. Bitwise the same as the blocked path (fn_optim_segment_f on widened blocks). */
+ * nearest even into p (NaN -> quiet NaN, as fn_f32_to_bf16). Bitwise the same as the blocked path
+ * (fn_optim_segment_f on widened blocks). Elements i .. i + 15: the 16 bfloat16 results in o. */
+#define FN_ADAM_BF16_16(i, o)                                                                                          \
+    {                                                                                                                  \
+        __m512 gi;                                                                                                     \
+        if (g32)                                                                                                       \
+            gi = _mm512_loadu_ps((const float *)g + (i));                                                              \
+        else                                                                                                           \
+            gi = _mm512_castsi512_ps(_mm512_slli_epi32(                                                                \
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)g + (i)))), 16));        \
+        gi = _mm512_mul_ps(sgn, gi);                                                                                   \
+        __m512 wi = w ? _mm512_loadu_ps(w + (i))                                                                       \
+                      : _mm512_castsi512_ps(_mm512_slli_epi32(                                                         \
+                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + (i)))), 16));              \
+        if (use_wd)                                                                                                    \
+            gi = _mm512_add_ps(gi, _mm512_mul_ps(wd, wi));                                                             \
+        __m512 pi = _mm512_mul_ps(wi, decay);                                                                          \
+        __m512 mo = _mm512_loadu_ps(m + (i));                                                                          \
+        __m512 mi = _mm512_add_ps(mo, _mm512_mul_ps(omb1, _mm512_sub_ps(gi, mo)));                                     \
+        _mm512_storeu_ps(m + (i), mi);                                                                                 \
+        __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + (i))), _mm512_mul_ps(omb2, _mm512_mul_ps(gi, gi))); \
+        _mm512_storeu_ps(v + (i), vi);                                                                                 \
+        if (ams) {                                                                                                     \
+            vi = _mm512_max_ps(_mm512_loadu_ps(vmax + (i)), vi); /* vm > vi ? vm : vi, NaN included */                 \
+            _mm512_storeu_ps(vmax + (i), vi);                                                                          \
+        }                                                                                                              \
+        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);                                       \
+        __m512 r = _mm512_sub_ps(pi, _mm512_mul_ps(step_size, _mm512_div_ps(mi, den)));                                \
+        if (w)                                                                                                         \
+            _mm512_storeu_ps(w + (i), r);                                                                              \
+        __m512i u = _mm512_castps_si512(r);                                                                            \
+        __m512i hi = _mm512_srli_epi32(u, 16);                                                                         \
+        __m512i rn = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);   \
+        __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs_mask), inf);                                   \
+        o = _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rn, nan, hi, quiet));                                           \
+    }
+
+/* FN_ADAM_BF16_16 over the leading elements of a segment; returns how many it did (a multiple of 16, of 32
+ * with a master copy); the caller does the rest. With a master copy p is written only, and its stores are
+ * non-temporal (no read-for-ownership of p's lines: 2 of the 30 bytes an element would move): 32 results at
+ * a time, shifted into p's 64-byte lines (p starts sh elements past one), each full line streamed, the
+ * partial first and last lines stored with masks. */
 static inline ptrdiff_t fn_adam_bf16_avx512(uint16_t *p, float *restrict w, const void *g, int g32,
                                             float *restrict m, float *restrict v, float *restrict vmax,
                                             ptrdiff_t n, const fn_hyper *h, const double *ts, int flags) {
@@ -181,62 +235,46 @@ static inline ptrdiff_t fn_adam_bf16_avx512(uint16_t *p, float *restrict w, cons
     const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
     const int use_wd = (flags & FN_WD) != 0, ams = (flags & FN_AMSGRAD) != 0;
     ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 gi;
-        if (g32)
-            gi = _mm512_loadu_ps((const float *)g + i);
-        else
-            gi = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)g + i))), 16));
-        gi = _mm512_mul_ps(sgn, gi);
-        __m512 wi = w ? _mm512_loadu_ps(w + i)
-                      : _mm512_castsi512_ps(_mm512_slli_epi32(
-                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + i))), 16));
-        if (use_wd)
-            gi = _mm512_add_ps(gi, _mm512_mul_ps(wd, wi));
-        __m512 pi = _mm512_mul_ps(wi, decay);
-        __m512 mo = _mm512_loadu_ps(m + i);
-        __m512 mi = _mm512_add_ps(mo, _mm512_mul_ps(omb1, _mm512_sub_ps(gi, mo)));
-        _mm512_storeu_ps(m + i, mi);
-        __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + i)), _mm512_mul_ps(omb2, _mm512_mul_ps(gi, gi)));
-        _mm512_storeu_ps(v + i, vi);
-        if (ams) {
-            vi = _mm512_max_ps(_mm512_loadu_ps(vmax + i), vi); /* vm > vi ? vm : vi, NaN included */
-            _mm512_storeu_ps(vmax + i, vi);
+    __m256i o0, o1;
+    if (!w) {
+        for (; i + 16 <= n; i += 16) {
+            FN_ADAM_BF16_16(i, o0)
+            _mm256_storeu_si256((__m256i *)(p + i), o0);
         }
-        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
-        __m512 r = _mm512_sub_ps(pi, _mm512_mul_ps(step_size, _mm512_div_ps(mi, den)));
-        if (w)
-            _mm512_storeu_ps(w + i, r);
-        __m512i u = _mm512_castps_si512(r);
-        __m512i hi = _mm512_srli_epi32(u, 16);
-        __m512i rn = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);
-        __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs_mask), inf);
-        __m256i o = _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rn, nan, hi, quiet));
-        if (w && ((uintptr_t)(p + i) & 31) == 0)
-            _mm256_stream_si256((__m256i *)(p + i), o);
-        else
-            _mm256_storeu_si256((__m256i *)(p + i), o);
+        return i;
     }
-    if (w)
-        _mm_sfence();
+    const unsigned sh = (unsigned)(((uintptr_t)p & 63) >> 1); /* p: 2-byte aligned */
+    /* line = the last sh results of the previous 32, then the first 32 - sh of these */
+    const __m512i idx = _mm512_add_epi16(
+        _mm512_set1_epi16((short)(32 - sh)),
+        _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8,
+                         7, 6, 5, 4, 3, 2, 1, 0));
+    __m512i prev = _mm512_setzero_si512();
+    for (; i + 32 <= n; i += 32) {
+        FN_ADAM_BF16_16(i, o0)
+        FN_ADAM_BF16_16(i + 16, o1)
+        __m512i cur = _mm512_inserti64x4(_mm512_castsi256_si512(o0), o1, 1);
+        if (i == 0 && sh)
+            _mm512_mask_storeu_epi16(p, (__mmask32)(0xffffffffu >> sh), cur);
+        else
+            _mm512_stream_si512((__m512i *)(p + i - sh), _mm512_permutex2var_epi16(prev, idx, cur));
+        prev = cur;
+    }
+    if (i && sh)
+        _mm512_mask_storeu_epi16(p + i - 32, (__mmask32)(0xffffffffu << (32 - sh)), prev);
+    _mm_sfence();
     return i;
 }
+#undef FN_ADAM_BF16_16
 #else
 #define FN_ADAM_BF16_VEC 0
 #endif
 
-/* Elements [k0, k0 + n) of one 16-bit tensor: p (16-bit, fmt), master (float32 or NULL), g (16-bit or,
- * with g32, float32), s0..s2 float32 state (NULL where unused); key: the stochastic-rounding key. */
-static inline void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
-                                      const void *g, float *s0, float *s1, float *s2, ptrdiff_t k0, ptrdiff_t n,
-                                      const fn_hyper *h, const double *ts, uint64_t key) {
+/* Elements [k0 + b, k0 + n) of one 16-bit tensor (arguments as fn_optim_segment_h's), FN_HBLOCK at a time. */
+static inline void fn_optim_blocks_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
+                                     const void *g, float *s0, float *s1, float *s2, ptrdiff_t k0, ptrdiff_t b,
+                                     ptrdiff_t n, const fn_hyper *h, const double *ts, uint64_t key) {
     float pbuf[FN_HBLOCK], gbuf[FN_HBLOCK];
-    ptrdiff_t b = 0;
-#if FN_ADAM_BF16_VEC
-    if (algo == FN_ADAM && fmt == FN_BF16 && !sr)
-        b = fn_adam_bf16_avx512(p, master, g, g32, s0, s1, s2, n, h, ts, flags);
-#endif
     for (; b < n; b += FN_HBLOCK) {
         ptrdiff_t m = n - b < FN_HBLOCK ? n - b : FN_HBLOCK;
         const float *gb = gbuf;
@@ -261,6 +299,26 @@ static inline void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int
                 p[b + i] = fn_f32_to_f16_sr(pb[i], fn_sr_bits(key, (uint64_t)(k0 + b + i)));
         }
     }
+}
+
+/* Elements [k0, k0 + n) of one 16-bit tensor: p (16-bit, fmt), master (float32 or NULL), g (16-bit or,
+ * with g32, float32), s0..s2 float32 state (NULL where unused); key: the stochastic-rounding key. bfloat16
+ * Adam on AVX-512: the head before the float32 streams reach a 64-byte boundary (when they share one
+ * misalignment: fn_optim_head) by blocks, the body in registers (fn_adam_bf16_avx512), the tail by blocks. */
+static inline void fn_optim_segment_h(int algo, int flags, int fmt, int g32, int sr, uint16_t *p, float *master,
+                                      const void *g, float *s0, float *s1, float *s2, ptrdiff_t k0, ptrdiff_t n,
+                                      const fn_hyper *h, const double *ts, uint64_t key) {
+    ptrdiff_t b = 0;
+#if FN_ADAM_BF16_VEC
+    if (algo == FN_ADAM && fmt == FN_BF16 && !sr) {
+        const void *const f32[5] = {master ? (const void *)master : s0, s0, s1, s2, g32 ? g : NULL};
+        ptrdiff_t k = fn_optim_head(f32, 5, n, 4);
+        fn_optim_blocks_h(algo, flags, fmt, g32, sr, p, master, g, s0, s1, s2, k0, 0, k, h, ts, key);
+        b = k + fn_adam_bf16_avx512(p + k, master ? master + k : NULL, (const char *)g + k * (g32 ? 4 : 2), g32,
+                                    s0 + k, s1 + k, s2 ? s2 + k : NULL, n - k, h, ts, flags);
+    }
+#endif
+    fn_optim_blocks_h(algo, flags, fmt, g32, sr, p, master, g, s0, s1, s2, k0, b, n, h, ts, key);
 }
 
 #if defined(__clang__)

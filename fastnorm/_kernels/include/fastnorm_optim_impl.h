@@ -73,10 +73,9 @@ static inline void FN_SUF(fn_adam)(FN_T *restrict p, const FN_T *restrict g, FN_
     }
 }
 
-/* One segment of one tensor: s0, s1, s2 are the algorithm's state streams in the order of the functions
- * above (NULL where unused). */
-static inline void FN_SUF(fn_optim_segment)(int algo, int flags, FN_T *p, const FN_T *g, FN_T *s0, FN_T *s1,
-                                            FN_T *s2, ptrdiff_t n, const fn_hyper *h, const double *ts) {
+/* Elements [0, n) of one tensor's streams, with the algorithm's loop. */
+static inline void FN_SUF(fn_optim_run)(int algo, int flags, FN_T *p, const FN_T *g, FN_T *s0, FN_T *s1, FN_T *s2,
+                                        ptrdiff_t n, const fn_hyper *h, const double *ts) {
     switch (algo) {
     case FN_SGD: FN_SUF(fn_sgd)(p, g, s0, n, h, ts, flags); break;
     case FN_ADAGRAD: FN_SUF(fn_adagrad)(p, g, s0, n, h, ts, flags); break;
@@ -84,4 +83,18 @@ static inline void FN_SUF(fn_optim_segment)(int algo, int flags, FN_T *p, const 
     case FN_RMSPROP: FN_SUF(fn_rmsprop)(p, g, s0, s1, s2, n, h, flags); break;
     default: FN_SUF(fn_adam)(p, g, s0, s1, s2, n, h, ts, flags); break;
     }
+}
+
+/* One segment of one tensor: s0, s1, s2 are the algorithm's state streams in the order of the functions
+ * above (NULL where unused). Streams sharing one misalignment have their head (up to the next 64-byte
+ * boundary) done first, so the vector body's accesses do not straddle cache lines (fn_optim_head). */
+static inline void FN_SUF(fn_optim_segment)(int algo, int flags, FN_T *p, const FN_T *g, FN_T *s0, FN_T *s1,
+                                            FN_T *s2, ptrdiff_t n, const fn_hyper *h, const double *ts) {
+    const void *const s[5] = {p, g, s0, s1, s2};
+    ptrdiff_t k = fn_optim_head(s, 5, n, sizeof(FN_T));
+    if (k) {
+        FN_SUF(fn_optim_run)(algo, flags, p, g, s0, s1, s2, k, h, ts);
+        p += k, g += k, s0 = s0 ? s0 + k : NULL, s1 = s1 ? s1 + k : NULL, s2 = s2 ? s2 + k : NULL;
+    }
+    FN_SUF(fn_optim_run)(algo, flags, p, g, s0, s1, s2, n - k, h, ts);
 }
