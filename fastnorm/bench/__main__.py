@@ -20,6 +20,22 @@ def main(argv: list[str] | None = None) -> int:
         help="only cases of these data dtypes (default: all; 16-bit cases where the op has them)",
     )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for fastnorm and torch")
+    ap.add_argument(
+        "--input-alignment",
+        choices=["numpy", "64", "page"],
+        default="numpy",
+        help="where the inputs (and out= buffers) start: numpy = as NumPy allocates them (large arrays 16 bytes "
+        "past a page, what users get; default), 64 = copies 64 bytes past a page (torch's placement), page = "
+        "copies on a page boundary",
+    )
+    ap.add_argument(
+        "--bound-drift",
+        type=float,
+        default=0.2,
+        metavar="FRAC",
+        help="flag a case whose streaming bound moved more than this fraction during it ((max - min) / median "
+        "of the stream samples interleaved with the case; default 0.2)",
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="draw fraction-of-bound bars (needs matplotlib)")
@@ -81,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             compare_targets=args.compare_targets,
             dtypes=args.dtypes,
+            alignment=args.input_alignment,
+            drift=args.bound_drift,
         )
         print(format_table(report))
     if args.json:
