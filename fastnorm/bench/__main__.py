@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.2,
         metavar="FRAC",
-        help="flag a case whose streaming bound moved more than this fraction during it ((max - min) / median "
-        "of the stream samples interleaved with the case; default 0.2)",
+        help="flag a case whose streaming bound moved more than this fraction during it (max / min - 1 of the "
+        "stream samples interleaved with the case; default 0.2)",
     )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")

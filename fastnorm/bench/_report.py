@@ -16,7 +16,7 @@ from ._core import all_cases, short_dtype, stream_nbytes, stream_provider, torch
 from ._placement import check_alignment, page_offsets, place, placing
 from ._rounds import Rounds, Timed, prepare, run_rounds, sample
 
-# a case whose streaming bound moved more than this ((max - min) / median of its stream samples) is flagged
+# a case whose streaming bound moved more than this (max / min - 1 of its stream samples) is flagged
 DRIFT = 0.2
 
 
@@ -133,7 +133,7 @@ def run_report(
     once, ..., then the stream again, so every provider sample is bracketed by stream samples taken just
     before and after it. Rows: one per (case, provider) with ms (median over rounds), GB/s (the case's minimal
     bytes / ms), bound_gbps (median of the rounds' bounds), bound_min_gbps / bound_max_gbps (the case's stream
-    samples), bound_moved ((max - min) / median of them), bound_drift (moved more than ``drift``), frac (median
+    samples), bound_moved (max / min - 1 of them), bound_drift (moved more than ``drift``), frac (median
     over rounds of GB/s / that round's bound), frac_range, rounds. fastnorm rows also carry ``speedup``:
     provider -> median same-round time(provider) / time(fastnorm), and the allocating ones ``alloc_over_out``:
     median same-round time(allocating) / time(``out=``). With ``compare_targets``, each case also runs
@@ -227,7 +227,7 @@ def _method_lines(report: dict) -> list[str]:
         "with the case's read/write streams, then each provider once, ..., then the stream again",
         "bound = median of the rounds' bounds (round r: the stream samples just before and after it); %bound = "
         "median over rounds of GB/s / that round's bound (same-round pairs)",
-        f"moved = (max - min) / median of the case's stream samples; '!' = moved more than "
+        f"moved = max / min - 1 of the case's stream samples' bandwidths; '!' = moved more than "
         f"{100 * report.get('drift_threshold', DRIFT):.0f}%: the bound changed during the case, its %bound is "
         "doubtful",
         "alloc/out = median same-round time(fastnorm allocating) / time(fastnorm out=); speed-up = median "

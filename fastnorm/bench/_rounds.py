@@ -9,8 +9,9 @@ and just after it (stream, A, B, stream, A, B, ..., stream). Round r's bound is 
 its two bracketing stream samples; a provider's fraction of the bound is the median over its rounds of
 (bytes / its time in round r) / (round r's bound), a same-round ratio, in which a slow-down of the whole
 machine that hits both sides cancels. Ratios between providers (allocating / ``out=``, the speed-ups) are
-medians of same-round ratios too. ``moved`` is how far the stream samples of the case spread:
-(max - min) / median of their bandwidths; a case whose bound moved more than a threshold is flagged.
+medians of same-round ratios too. ``moved`` is how far the stream samples of the case spread: the fastest
+one's bandwidth / the slowest one's - 1 (a bound that moved by 2x: 1.0); a case whose bound moved more than
+a threshold is flagged.
 
 The clock is a parameter (tests drive it with a fake one).
 """
@@ -87,9 +88,9 @@ class Rounds:
         return [stream_bytes / t for t in self.stream_s]
 
     def moved(self, stream_bytes: int) -> float:
-        """(max - min) / median of the stream samples' bandwidths during the case."""
+        """max / min - 1 of the stream samples' bandwidths during the case."""
         bw = self.stream_bandwidths(stream_bytes)
-        return (max(bw) - min(bw)) / statistics.median(bw)
+        return max(bw) / min(bw) - 1
 
     def median_time(self, name: str) -> float:
         return statistics.median(self.times[name])
