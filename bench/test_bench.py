@@ -179,11 +179,28 @@ def test_report_places_the_inputs_by_the_alignment(monkeypatch):
     for alignment, offset in (("64", 64), ("page", 0)):
         m = _Machine()
         rep = _fake_report(monkeypatch, m, _fake_case(m), alignment=alignment)
-        assert rep["cases"][0]["input_offsets"] == {"x": offset, "w": offset}
+        assert rep["cases"][0]["input_offsets"] == {alignment: {"x": offset, "w": offset}}
         assert rep["alignment"] == alignment
         assert f"input alignment: {alignment}" in _report.format_table(rep)
     with pytest.raises(ValueError, match="alignment"):
         _fake_report(monkeypatch, _Machine(), _fake_case(m), alignment="32")
+
+
+def test_report_compares_alignments_in_the_same_rounds(monkeypatch):
+    m = _Machine()
+    rep = _fake_report(monkeypatch, m, _fake_case(m), compare_alignments=["page", "numpy"])
+    assert rep["compare_alignments"] == ["page"]
+    rows = {r["provider"]: r for r in rep["rows"]}
+    assert list(rows) == ["fastnorm", "fastnorm out=", "fastnorm [page]", "fastnorm out= [page]"]
+    assert [r["alignment"] for r in rows.values()] == ["numpy", "numpy", "page", "page"]
+    assert rows["fastnorm"]["speedup"] == {"fastnorm [page]": pytest.approx(1.0)}
+    assert rows["fastnorm out= [page]"]["speedup"] == {"fastnorm out=": pytest.approx(1.0)}
+    assert rows["fastnorm [page]"]["alloc_over_out"] == pytest.approx(1.3)
+    offsets = rep["cases"][0]["input_offsets"]
+    assert offsets["page"] == {"x": 0, "w": 0}
+    assert list(offsets) == ["numpy", "page"]
+    assert m.log[-5:] == ["fastnorm", "out", "fastnorm", "out", "S"]  # both placements in every round
+    assert "'[page]' rows: the same providers in the same rounds" in _report.format_table(rep)
 
 
 def test_place_copies_values_layout_and_lists():

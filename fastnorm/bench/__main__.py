@@ -29,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         "copies on a page boundary",
     )
     ap.add_argument(
+        "--compare-alignment",
+        nargs="+",
+        choices=["numpy", "64", "page"],
+        metavar="ALIGN",
+        help="also time every provider on inputs placed this way (numpy, 64, page), in the same rounds as "
+        "--input-alignment's: an A/B of the placement (rows '<provider> [ALIGN]')",
+    )
+    ap.add_argument(
         "--bound-drift",
         type=float,
         default=0.2,
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             dtypes=args.dtypes,
             alignment=args.input_alignment,
             drift=args.bound_drift,
+            compare_alignments=args.compare_alignment,
         )
         print(format_table(report))
     if args.json:

@@ -75,13 +75,21 @@ def _stream_timed(case, repeats: int, clock) -> tuple[bool, Timed]:
 
 def _alloc_partner(pname: str) -> str | None:
     """The ``out=`` provider an allocating fastnorm provider is set against (``fastnorm@avx2`` ->
-    ``fastnorm out=@avx2``), or None."""
+    ``fastnorm out=@avx2``, ``fastnorm [page]`` -> ``fastnorm out= [page]``), or None."""
     if not pname.startswith("fastnorm") or "out=" in pname:
         return None
     return "fastnorm out=" + pname[len("fastnorm") :]
 
 
-def _case_rows(case, rounds: Rounds, stream_bytes: int, drift: float) -> tuple[list[dict], dict]:
+def _split_alignment(pname: str, alignment: str) -> tuple[str, str]:
+    """``"torch [page]"`` -> ``("torch", "page")``; a name without a placement is on ``alignment``'s inputs."""
+    if pname.endswith("]") and " [" in pname:
+        base, _, placed = pname[:-1].rpartition(" [")
+        return base, placed
+    return pname, alignment
+
+
+def _case_rows(case, rounds: Rounds, stream_bytes: int, drift: float, alignment: str) -> tuple[list[dict], dict]:
     """The report rows of a case's timed providers, and the case's own record (bound, spread, alloc/out)."""
     bounds = rounds.bounds(stream_bytes)
     bw = rounds.stream_bandwidths(stream_bytes)
@@ -97,13 +105,16 @@ def _case_rows(case, rounds: Rounds, stream_bytes: int, drift: float) -> tuple[l
     for pname in rounds.times:
         t = rounds.median_time(pname)
         fracs = rounds.fracs(pname, case.nbytes, stream_bytes)
-        row = dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, ms=t * 1e3)
+        base, placed = _split_alignment(pname, alignment)
+        row = dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, alignment=placed, ms=t * 1e3)
         row |= dict(gbps=case.nbytes / t / 1e9, **bound, frac=statistics.median(fracs))
         row |= dict(frac_range=[min(fracs), max(fracs)], rounds=len(fracs))
         if pname.startswith("fastnorm"):
-            others = [p for p in rounds.times if not p.startswith("fastnorm")]
-            if pname in _TARGETED:
-                others += [p for p in rounds.times if p.startswith(pname + "@")]
+            split = {p: _split_alignment(p, alignment) for p in rounds.times}
+            others = [p for p, (b, a) in split.items() if a == placed and not b.startswith("fastnorm")]
+            if base in _TARGETED:
+                others += [p for p, (b, a) in split.items() if a == placed and b.startswith(base + "@")]
+            others += [p for p, (b, a) in split.items() if b == base and a != placed]
             row["speedup"] = {p: rounds.ratio(p, pname) for p in others}
             partner = _alloc_partner(pname)
             if partner in rounds.times:
@@ -125,6 +136,7 @@ def run_report(
     dtypes: list[str] | None = None,
     alignment: str = "numpy",
     drift: float = DRIFT,
+    compare_alignments: list[str] | None = None,
     clock=time.perf_counter,
 ) -> dict:
     """Run every case (whose op name contains one of ``ops``, if given); return the report as a dict.
@@ -142,9 +154,12 @@ def run_report(
     them: the selected target's gain over, e.g., the baseline build.
 
     ``alignment`` (``_placement``): ``numpy`` times the inputs as the case builds them; ``64`` and ``page``
-    time copies of the same values placed 64 bytes past a page / on a page, with ``out=`` buffers alike.
-    ``report["cases"]`` has one record per case: its stream samples, bound, spread, drift flag, the inputs'
-    offsets past a page and the alloc/out ratios.
+    time copies of the same values placed 64 bytes past a page / on a page, with ``out=`` buffers alike. Each
+    of ``compare_alignments`` adds every provider again on inputs placed that way (``<provider> [<alignment>]``,
+    in the same rounds: an A/B of the placement), and each fastnorm row's speedups include its own provider
+    on the other placements. Every row carries ``alignment``. ``report["cases"]`` has one record per case:
+    its stream samples, bound, spread, drift flag, the inputs' offsets past a page per alignment and the
+    alloc/out ratios.
 
     ``dtypes`` keeps only the cases of those data dtypes (``float32``, ``bfloat16``, ``float16``). Every row
     carries ``dtype``; a provider that cannot run its case on this build (``Case.skip_reason``: a 16-bit case
@@ -153,7 +168,8 @@ def run_report(
     """
     from fastnorm._kernels import cpu as kernels
 
-    check_alignment(alignment)
+    alignments = [check_alignment(alignment)]
+    alignments += [a for a in map(check_alignment, compare_alignments or ()) if a not in alignments]
     targets = [t for t in kernels.runnable_targets() if t != kernels.TARGET] if compare_targets else []
     cases = [
         c for c in all_cases(quick) if (not ops or any(o in c.op for o in ops)) and (not dtypes or c.dtype in dtypes)
@@ -168,39 +184,45 @@ def run_report(
             _progress(f"[{i}/{len(cases)}] streaming kernel {case.streams} x {case.stream_len}", progress)
             stream, stream_key = _stream_timed(case, repeats, clock), key
         nt, stream_t = stream
-        inputs = place(case.make_inputs(rng), alignment)
+        raw = case.make_inputs(rng)
+        placed = {a: place(raw, a) for a in alignments}
+        del raw
         timed, skipped = {}, {}
-        with placing(alignment):
-            for pname, factory in _with_targets(case, targets).items():
-                _progress(f"[{i}/{len(cases)}] {case.name} {pname}: warm-up", progress)
-                target = pname.partition("@")[2]
-                ctx = functools.partial(kernels.use_target, target) if target else contextlib.nullcontext
-                try:
-                    with ctx():
-                        fn = factory(inputs)
-                    timed[pname] = prepare(fn, repeats=repeats, clock=clock, context=ctx)
-                except Exception as e:
-                    reason = case.skip_reason(e)
-                    if reason is None:
-                        raise
-                    skipped[pname] = reason
-            n = max((t.rounds for t in timed.values()), default=0)
-            _progress(f"[{i}/{len(cases)}] {case.name}: {len(timed)} providers x {n} rounds", progress)
-            rounds = run_rounds(stream_t, timed, clock)
-        offsets = page_offsets(inputs)
-        del inputs, timed
+        for a in alignments:
+            with placing(a):
+                for pname, factory in _with_targets(case, targets).items():
+                    name = pname if a == alignment else f"{pname} [{a}]"
+                    _progress(f"[{i}/{len(cases)}] {case.name} {name}: warm-up", progress)
+                    target = pname.partition("@")[2]
+                    ctx = functools.partial(kernels.use_target, target) if target else contextlib.nullcontext
+                    try:
+                        with ctx():
+                            fn = factory(placed[a])
+                        timed[name] = prepare(fn, repeats=repeats, clock=clock, context=ctx)
+                    except Exception as e:
+                        reason = case.skip_reason(e)
+                        if reason is None:
+                            raise
+                        skipped[name] = reason
+        n = max((t.rounds for t in timed.values()), default=0)
+        _progress(f"[{i}/{len(cases)}] {case.name}: {len(timed)} providers x {n} rounds", progress)
+        rounds = run_rounds(stream_t, timed, clock)
+        offsets = {a: page_offsets(v) for a, v in placed.items()}
+        del placed, timed
         for pname, reason in skipped.items():
             rows.append(dict(op=case.op, label=case.label, dtype=case.dtype, provider=pname, skipped=reason))
         if rounds.times:
-            case_rows, record = _case_rows(case, rounds, stream_nbytes(case.streams, case.stream_len), drift)
+            case_rows, record = _case_rows(case, rounds, stream_nbytes(case.streams, case.stream_len), drift, alignment)
             rows += case_rows
-            records.append(record | dict(stream_nt=nt, alignment=alignment, input_offsets=offsets))
+            record |= dict(stream_nt=nt, alignment=alignment, compare_alignments=alignments[1:])
+            records.append(record | dict(input_offsets=offsets))
     _progress("", progress)
     return {
         "machine": machine_info(),
         "quick": quick,
         "repeats": repeats,
         "alignment": alignment,
+        "compare_alignments": alignments[1:],
         "bound_method": "interleaved",
         "drift_threshold": drift,
         "rows": rows,
@@ -233,6 +255,10 @@ def _method_lines(report: dict) -> list[str]:
         "alloc/out = median same-round time(fastnorm allocating) / time(fastnorm out=); speed-up = median "
         "same-round other's time / fastnorm's time",
         f"input alignment: {alignment}: inputs {_ALIGNMENT_TEXT.get(alignment, alignment)}; out= buffers alike",
+        *(
+            f"'[{a}]' rows: the same providers in the same rounds on inputs {_ALIGNMENT_TEXT.get(a, a)}"
+            for a in report.get("compare_alignments", [])
+        ),
     ]
 
 
