@@ -3,22 +3,27 @@
 import numpy as np
 import pytest
 
+from fastnorm.bench import _placement
+
 _inputs_cache: dict = {}
 
 
-def _inputs(case):
+def _inputs(case, alignment):
     # Inputs are shared by the providers of one case (built once, kept only for the current case).
     if case.name not in _inputs_cache:
         _inputs_cache.clear()
-        _inputs_cache[case.name] = case.make_inputs(np.random.default_rng(0))
+        _inputs_cache[case.name] = _placement.place(case.make_inputs(np.random.default_rng(0)), alignment)
     return _inputs_cache[case.name]
 
 
-def test_case(benchmark, case, provider):
+def test_case(benchmark, case, provider, request):
+    alignment = request.config.getoption("--bench-alignment")
     benchmark.group = case.name
     benchmark.extra_info.update(op=case.op, shape=case.label, dtype=case.dtype, provider=provider, bytes=case.nbytes)
+    benchmark.extra_info["alignment"] = alignment
     try:
-        fn = case.providers[provider](_inputs(case))
+        with _placement.placing(alignment):
+            fn = case.providers[provider](_inputs(case, alignment))
         fn()  # a provider that cannot run here (Case.skip_reason) is skipped, not failed
     except Exception as e:
         reason = case.skip_reason(e)
@@ -44,7 +49,7 @@ def _report_machine():
 # bandwidth moves in the middle of a case). No timing of the real machine.
 import json  # noqa: E402
 
-from fastnorm.bench import _placement, _report, _rounds  # noqa: E402
+from fastnorm.bench import _report, _rounds  # noqa: E402
 from fastnorm.bench._core import Case, Unsupported  # noqa: E402
 
 
