@@ -13,6 +13,9 @@ medians of same-round ratios too. ``moved`` is how far the stream samples of the
 one's bandwidth / the slowest one's - 1 (a bound that moved by 2x: 1.0); a case whose bound moved more than
 a threshold is flagged.
 
+Each sample starts after the stream kernel (or another provider) has swept the caches; its calls (at least
+``min_time`` of them) re-warm what fits, so cache-resident cases pay for one cold call per sample.
+
 The clock is a parameter (tests drive it with a fake one).
 """
 
