@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         fastnorm.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 9)
     if args.device == "cuda":
+        if args.input_alignment != "numpy" or args.compare_alignment:
+            print("--input-alignment / --compare-alignment: CPU report only", file=sys.stderr)
+            return 2
         try:
             from .gpu import format_cuda_table, run_cuda_report
         except ImportError as e:
