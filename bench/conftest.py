@@ -3,6 +3,7 @@
 pytest bench --benchmark-enable                    # full shapes, timed
 pytest bench --benchmark-enable --bench-quick      # small shapes
 pytest bench --bench-quick                         # no timing: each case once, so bench code cannot rot (CI)
+pytest bench --benchmark-enable --bench-alignment page   # inputs and out= buffers page-aligned copies
 """
 
 
@@ -13,6 +14,12 @@ def pytest_addoption(parser):
     parser.addoption("--bench-ops", default="", help="comma-separated substrings of op names to keep")
     parser.addoption(
         "--bench-dtypes", default="", help="comma-separated data dtypes to keep (float32, bfloat16, float16)"
+    )
+    parser.addoption(
+        "--bench-alignment",
+        default="numpy",
+        choices=["numpy", "64", "page"],
+        help="where inputs and out= buffers start (as `python -m fastnorm.bench --input-alignment`)",
     )
 
 

@@ -20,6 +20,30 @@ def main(argv: list[str] | None = None) -> int:
         help="only cases of these data dtypes (default: all; 16-bit cases where the op has them)",
     )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for fastnorm and torch")
+    ap.add_argument(
+        "--input-alignment",
+        choices=["numpy", "64", "page"],
+        default="numpy",
+        help="where the inputs (and out= buffers) start: numpy = as NumPy allocates them (large arrays 16 bytes "
+        "past a page, what users get; default), 64 = copies 64 bytes past a page (torch's placement), page = "
+        "copies on a page boundary",
+    )
+    ap.add_argument(
+        "--compare-alignment",
+        nargs="+",
+        choices=["numpy", "64", "page"],
+        metavar="ALIGN",
+        help="also time every provider on inputs placed this way (numpy, 64, page), in the same rounds as "
+        "--input-alignment's: an A/B of the placement (rows '<provider> [ALIGN]')",
+    )
+    ap.add_argument(
+        "--bound-drift",
+        type=float,
+        default=0.2,
+        metavar="FRAC",
+        help="flag a case whose streaming bound moved more than this fraction during it (max / min - 1 of the "
+        "stream samples interleaved with the case; default 0.2)",
+    )
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", metavar="FILE", help="save the report as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="draw fraction-of-bound bars (needs matplotlib)")
@@ -64,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         fastnorm.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 9)
     if args.device == "cuda":
+        if args.input_alignment != "numpy" or args.compare_alignment:
+            print("--input-alignment / --compare-alignment: CPU report only", file=sys.stderr)
+            return 2
         try:
             from .gpu import format_cuda_table, run_cuda_report
         except ImportError as e:
@@ -81,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             compare_targets=args.compare_targets,
             dtypes=args.dtypes,
+            alignment=args.input_alignment,
+            drift=args.bound_drift,
+            compare_alignments=args.compare_alignment,
         )
         print(format_table(report))
     if args.json:

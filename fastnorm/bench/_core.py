@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from .. import _dtypes
+from ._placement import empty
+from ._rounds import prepare, sample
 
 # A provider is a factory: given the case's inputs (a dict of NumPy arrays), it does its own set-up (torch
 # tensors, out= buffers) and returns the zero-argument callable that is timed.
@@ -125,26 +126,11 @@ def torch_or_none():
 def time_call(
     fn: Callable[[], Any], *, repeats: int = 7, min_time: float = 0.02, max_total: float = 6.0, warmup: int = 1
 ) -> float:
-    """Median seconds per call of ``fn`` over up to ``repeats`` timed repeats.
-
-    Each repeat loops ``fn`` enough times to last at least ``min_time`` (so tiny ops are not timer-bound);
-    the median across repeats resists the noise of a shared machine. Slow calls (the NumPy references at
-    large sizes) get fewer repeats, at least 3, so one case stays within about ``max_total`` seconds.
-    """
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(min_time / once))
-    repeats = max(3, min(repeats, int(max_total / (once * loops))))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        samples.append((time.perf_counter() - t0) / loops)
-    return statistics.median(samples)
+    """Median seconds per call of ``fn`` over up to ``repeats`` timed repeats (``_rounds.prepare``: each
+    repeat lasts at least ``min_time``; slow calls get fewer repeats, at least 3, within about ``max_total``
+    seconds); the median across repeats resists the noise of a shared machine."""
+    t = prepare(fn, repeats=repeats, min_time=min_time, max_total=max_total, warmup=warmup)
+    return statistics.median(sample(t) for _ in range(t.rounds))
 
 
 # Streams k = 0, 1, ... start k * STREAM_STAGGER bytes into their own arrays: streams whose addresses agree in
@@ -217,7 +203,8 @@ def op_providers(op: str, kwargs: Callable[[dict], dict]) -> dict[str, Provider]
     """The ``fastnorm``, ``fastnorm out=`` and ``numpy`` providers of a registered op, from its declaration.
 
     ``kwargs(inputs)`` gives the public call's keyword arguments from the case's inputs (the reference takes
-    the same ones). The ``out=`` buffers have the declared output shapes and dtypes."""
+    the same ones). The ``out=`` buffers have the declared output shapes and dtypes, placed by the input
+    alignment in force (``_placement.placing``)."""
     import fastnorm
     from fastnorm._spec import REGISTRY
 
@@ -229,7 +216,7 @@ def op_providers(op: str, kwargs: Callable[[dict], dict]) -> dict[str, Provider]
 
     def fast_out(s):
         kw = kwargs(s)
-        out = tuple(None if o is None else np.empty(o[1], o[2]) for o in spec.layout_of_call(fn, kw))
+        out = tuple(None if o is None else empty(o[1], o[2]) for o in spec.layout_of_call(fn, kw))
         return lambda: fn(**kw, out=out)
 
     def numpy(s):
