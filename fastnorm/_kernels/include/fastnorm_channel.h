@@ -366,6 +366,7 @@ static inline void fn_store_fence(void) {
 #if defined(FN_ALIGN)
 #include <stdint.h>
 #define FN_UNALIGNED(p) (((uintptr_t)(p)) & (FN_ALIGN - 1))
+#define FN_STILE 512   /* values per stack tile of a streamed backward pass */
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
 /* y = (x - mu) * a + b */                                                                             \
 static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
@@ -378,26 +379,25 @@ static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, 
     }                                                                                                  \
     for (; i < n; i++) y[i] = (x[i] - mu) * a + b;                                                     \
 }                                                                                                      \
-/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training */                                 \
+/* dst[0 .. n) = src[0 .. n), the aligned vectors with non-temporal stores (an exact copy) */            \
+static inline void fn_stream_copy_##SUF(T *dst, const T *src, ptrdiff_t n) {                            \
+    ptrdiff_t i = 0;                                                                                   \
+    for (; i < n && FN_UNALIGNED(dst + i); i++) dst[i] = src[i];                                       \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) fn_stream_##SUF(dst + i, fn_ld_##SUF(src + i));      \
+    for (; i < n; i++) dst[i] = src[i];                                                                \
+}                                                                                                      \
+/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training. With stream, the same loop fills   \
+ * tiles on the stack that are streamed out: the values do not depend on where dx sits. */             \
 static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
                                       T kc, int training, int stream) {                               \
-    ptrdiff_t i = 0;                                                                                   \
-    if (stream) {                                                                                      \
-        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(ka), vb = fn_set1_##SUF(kb);             \
-        fn_vt_##SUF vc = fn_set1_##SUF(kc);                                                            \
-        if (training) {                                                                                \
-            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;     \
-            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dx + i, fn_fma_##SUF(va, fn_ld_##SUF(dy + i),                          \
-                    fn_fma_##SUF(vb, fn_sub_##SUF(fn_ld_##SUF(x + i), vm), vc)));                      \
-        } else {                                                                                       \
-            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i];                             \
-            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dx + i, fn_mul_##SUF(va, fn_ld_##SUF(dy + i)));                        \
-        }                                                                                              \
+    T t[FN_STILE];                                                                                     \
+    for (ptrdiff_t o = 0, m; o < n; o += m) {                                                          \
+        m = !stream ? n : n - o < FN_STILE ? n - o : FN_STILE;                                         \
+        T *d = stream ? t : dx + o;                                                                    \
+        if (training) for (ptrdiff_t i = 0; i < m; i++) d[i] = ka * dy[o + i] + kb * (x[o + i] - mu) + kc; \
+        else for (ptrdiff_t i = 0; i < m; i++) d[i] = ka * dy[o + i];                                  \
+        if (stream) fn_stream_copy_##SUF(dx + o, t, m);                                                \
     }                                                                                                  \
-    if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
-    else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
 }                                                                                                      \
 /* Whole rows of C channels as one span of n values (value i is channel i % C), non-temporal stores:  \
  * y = (x - mu[c]) * a[c] + b[c]. The coefficient rows hold C + FN_WRAP entries (entry C + j repeats   \
@@ -413,26 +413,22 @@ static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdi
     }                                                                                                  \
     for (; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; }                   \
 }                                                                                                      \
-/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */                  \
+/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training), the values from   \
+ * the plain loop into tiles on the stack (the unstreamed passes' arithmetic), then streamed out */    \
 static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
                                             const T *mu, const T *ka, const T *kb, const T *kc,        \
                                             int training) {                                            \
-    ptrdiff_t i = 0, c = 0;                                                                            \
-    for (; i < n && FN_UNALIGNED(dx + i); i++) {                                                       \
-        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
-        if (++c == C) c = 0; }                                                                         \
-    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
-        fn_vt_##SUF g = fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i));                        \
+    T t[FN_STILE];                                                                                     \
+    for (ptrdiff_t o = 0, c0 = 0; o < n; o += FN_STILE) {                                              \
+        ptrdiff_t m = n - o < FN_STILE ? n - o : FN_STILE, c = c0;                                     \
         if (training)                                                                                  \
-            g = fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i),                                 \
-                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)), \
-                                 fn_ld_##SUF(kc + c)));                                                \
-        fn_stream_##SUF(dx + i, g);                                                                    \
-        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+            for (ptrdiff_t i = 0; i < m; i++) {                                                        \
+                t[i] = ka[c] * dy[o + i] + kb[c] * (x[o + i] - mu[c]) + kc[c]; if (++c == C) c = 0; }  \
+        else                                                                                           \
+            for (ptrdiff_t i = 0; i < m; i++) { t[i] = ka[c] * dy[o + i]; if (++c == C) c = 0; }       \
+        fn_stream_copy_##SUF(dx + o, t, m);                                                            \
+        c0 = c;                                                                                        \
     }                                                                                                  \
-    for (; i < n; i++) {                                                                               \
-        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
-        if (++c == C) c = 0; }                                                                         \
 }
 #else
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
