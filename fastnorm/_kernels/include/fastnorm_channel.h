@@ -22,6 +22,14 @@
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+/* h[0] + h[2] + (h[1] + h[3]): the two halves added, then the SSE2 sum of the pair */
+static inline double fn_hsum4(__m256d h) {
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+#endif
 /* FN_PD(op): the op's packed-double intrinsic of the widest vectors (_mm512_op_pd, _mm256_op_pd, _mm_op_pd) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -31,9 +39,7 @@ typedef __m512d fn_vd;
 #define fn_vfma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define fn_vload_f(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 static inline double fn_vhsum(fn_vd v) {
-    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+    return fn_hsum4(_mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1)));
 }
 #elif defined(__AVX__)
 #include <immintrin.h>
@@ -44,10 +50,7 @@ typedef __m256d fn_vd;
 #define fn_vfma(a, b, c) _mm256_fmadd_pd(a, b, c)
 #endif
 #define fn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
-static inline double fn_vhsum(fn_vd v) {
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
-}
+static inline double fn_vhsum(fn_vd v) { return fn_hsum4(v); }
 #elif defined(__SSE2__)
 #include <emmintrin.h>
 typedef __m128d fn_vd;
