@@ -22,6 +22,14 @@
 #include "fastnorm_moments.h"
 #include "fastnorm_half.h"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+/* h[0] + h[2] + (h[1] + h[3]): the two halves added, then the SSE2 sum of the pair */
+static inline double fn_hsum4(__m256d h) {
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+#endif
 /* FN_PD(op): the op's packed-double intrinsic of the widest vectors (_mm512_op_pd, _mm256_op_pd, _mm_op_pd) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -31,9 +39,7 @@ typedef __m512d fn_vd;
 #define fn_vfma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define fn_vload_f(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 static inline double fn_vhsum(fn_vd v) {
-    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+    return fn_hsum4(_mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1)));
 }
 #elif defined(__AVX__)
 #include <immintrin.h>
@@ -44,10 +50,7 @@ typedef __m256d fn_vd;
 #define fn_vfma(a, b, c) _mm256_fmadd_pd(a, b, c)
 #endif
 #define fn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
-static inline double fn_vhsum(fn_vd v) {
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
-}
+static inline double fn_vhsum(fn_vd v) { return fn_hsum4(v); }
 #elif defined(__SSE2__)
 #include <emmintrin.h>
 typedef __m128d fn_vd;
@@ -153,10 +156,49 @@ static inline void fn_seg_moments_##SUF(const T *x, ptrdiff_t n, double *mean, d
     }                                                                                                  \
     *mean = mu; *m2 = M2;                                                                              \
 }
+/* The row-pair loops of fn_col_shifted_sums_* and fn_col_grad_sums_ld_* over the channels [0, c0), c0 the
+ * returned multiple of 4 * FN_VW, with each group's running sums held in registers across all row pairs of
+ * the nr rows (the callers do the other channels and an odd last row): the same operations in the same order
+ * as those loops, without their load and store of s1, s2 per row pair. LD: the data's vector load; ML: mu's. */
+#define FN_COL_MOM(LD, j, a, b, k) {                                                                   \
+        fn_vd d0 = fn_vsub(LD(x + r * ld + c + (j) * FN_VW), k);                                       \
+        fn_vd d1 = fn_vsub(LD(x + (r + 1) * ld + c + (j) * FN_VW), k);                                 \
+        a = fn_vadd(a, fn_vadd(d0, d1)); b = fn_vfma(d0, d0, fn_vfma(d1, d1, b)); }
+#define FN_COL_GRAD(LD, j, a, b, m) {                                                                  \
+        fn_vd g0 = LD(dy + r * ld + c + (j) * FN_VW), g1 = LD(dy + (r + 1) * ld + c + (j) * FN_VW);    \
+        fn_vd d0 = fn_vsub(LD(x + r * ld + c + (j) * FN_VW), m);                                       \
+        fn_vd d1 = fn_vsub(LD(x + (r + 1) * ld + c + (j) * FN_VW), m);                                 \
+        a = fn_vadd(a, fn_vadd(g0, g1)); b = fn_vfma(g0, d0, fn_vfma(g1, d1, b)); }
+#define FN_COL_REG_LOOP(PL, P, BODY, LD)                                                               \
+    ptrdiff_t c = 0;                                                                                   \
+    for (; FN_VW > 1 && c + 4 * FN_VW <= C; c += 4 * FN_VW) {                                          \
+        fn_vd p0 = PL(P + c), p1 = PL(P + c + FN_VW), p2 = PL(P + c + 2 * FN_VW), p3 = PL(P + c + 3 * FN_VW); \
+        fn_vd a0 = fn_vload_d(s1 + c), a1 = fn_vload_d(s1 + c + FN_VW), a2 = fn_vload_d(s1 + c + 2 * FN_VW); \
+        fn_vd a3 = fn_vload_d(s1 + c + 3 * FN_VW), b0 = fn_vload_d(s2 + c), b1 = fn_vload_d(s2 + c + FN_VW); \
+        fn_vd b2 = fn_vload_d(s2 + c + 2 * FN_VW), b3 = fn_vload_d(s2 + c + 3 * FN_VW);                 \
+        for (ptrdiff_t r = 0; r + 2 <= nr; r += 2) {                                                   \
+            BODY(LD, 0, a0, b0, p0) BODY(LD, 1, a1, b1, p1) BODY(LD, 2, a2, b2, p2) BODY(LD, 3, a3, b3, p3) \
+        }                                                                                              \
+        fn_vstore(s1 + c, a0); fn_vstore(s1 + c + FN_VW, a1); fn_vstore(s1 + c + 2 * FN_VW, a2);       \
+        fn_vstore(s1 + c + 3 * FN_VW, a3); fn_vstore(s2 + c, b0); fn_vstore(s2 + c + FN_VW, b1);       \
+        fn_vstore(s2 + c + 2 * FN_VW, b2); fn_vstore(s2 + c + 3 * FN_VW, b3);                          \
+    }                                                                                                  \
+    return c;
+#define FN_DEFINE_COL_REG(T, SUF, MT, ML)                                                              \
+static inline ptrdiff_t fn_col_pairs_reg_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,    \
+                                               const double *K, double *s1, double *s2) {              \
+    FN_COL_REG_LOOP(fn_vload_d, K, FN_COL_MOM, fn_vload_##SUF)                                         \
+}                                                                                                      \
+static inline ptrdiff_t fn_col_grad_pairs_reg_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C, \
+                                                    ptrdiff_t ld, const MT *mu, double *s1, double *s2) { \
+    FN_COL_REG_LOOP(ML, mu, FN_COL_GRAD, fn_vload_##SUF)                                               \
+}
+
 #define FN_DEFINE_CHANNEL(T, SUF)                                                                      \
 FN_DEFINE_SEG(T, SUF)                                                                                  \
+FN_DEFINE_COL_REG(T, SUF, T, fn_vload_##SUF)                                                           \
 /* s1[c] += sum_r (x[r, c] - K[c]),  s2[c] += sum_r (x[r, c] - K[c])^2  over the nr rows of (nr, C) x */ \
-static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,     \
+static inline void fn_col_shifted_sums_mem_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,     \
                                              const double *K, double *s1, double *s2) {                \
     ptrdiff_t r = 0, c;                                                                                \
     for (; r + 2 <= nr; r += 2) {                                                                      \
@@ -175,6 +217,13 @@ static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t
         const T *x0 = x + r * ld;                                                                      \
         for (c = 0; c < C; c++) { double d0 = (double)x0[c] - K[c]; s1[c] += d0; s2[c] += d0 * d0; }  \
     }                                                                                                  \
+}                                                                                                      \
+/* fn_col_shifted_sums_mem_##SUF with the row pairs of its first channels in registers (fn_col_pairs_reg) */ \
+static inline void fn_col_shifted_sums_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, ptrdiff_t ld,     \
+                                             const double *K, double *s1, double *s2) {                \
+    ptrdiff_t cr = fn_col_pairs_reg_##SUF(x, nr, C, ld, K, s1, s2);                                    \
+    if (nr % 2 && cr > 0) fn_col_shifted_sums_mem_##SUF(x + (nr - 1) * ld, 1, cr, ld, K, s1, s2);      \
+    if (cr < C) fn_col_shifted_sums_mem_##SUF(x + cr, nr, C - cr, ld, K + cr, s1 + cr, s2 + cr);       \
 }                                                                                                      \
 /* Per-channel mean[c] and M2 m2[c] over the nr (>= 1) rows of the (nr, C) array x, in blocks of       \
  * FN_COL_BLOCK rows merged in order. K, s1, s2: scratch rows of length C. */                          \
@@ -196,7 +245,7 @@ static inline void fn_col_moments_ld_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C
     }                                                                                                  \
 }                                                                                                      \
 /* s1[c] += sum_r dy[r, c],  s2[c] += sum_r dy[r, c] * (x[r, c] - mu[c])  over the nr rows */          \
-static inline void fn_col_grad_sums_ld_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,       \
+static inline void fn_col_grad_sums_mem_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,       \
                                              ptrdiff_t ld, const T *mu, double *s1, double *s2) {      \
     ptrdiff_t r = 0, c;                                                                                \
     for (; r + 2 <= nr; r += 2) {                                                                      \
@@ -217,6 +266,13 @@ static inline void fn_col_grad_sums_ld_##SUF(const T *dy, const T *x, ptrdiff_t 
         for (c = 0; c < C; c++) {                                                                      \
             double a0 = (double)g0[c]; s1[c] += a0; s2[c] += a0 * ((double)x0[c] - (double)mu[c]); }   \
     }                                                                                                  \
+}                                                                                                      \
+/* s1[c] += sum_r dy[r, c],  s2[c] += sum_r dy[r, c] * (x[r, c] - mu[c])  over the nr rows (as above) */ \
+static inline void fn_col_grad_sums_ld_##SUF(const T *dy, const T *x, ptrdiff_t nr, ptrdiff_t C,       \
+                                             ptrdiff_t ld, const T *mu, double *s1, double *s2) {      \
+    ptrdiff_t cr = fn_col_grad_pairs_reg_##SUF(dy, x, nr, C, ld, mu, s1, s2);                          \
+    if (nr % 2 && cr > 0) fn_col_grad_sums_mem_##SUF(dy + (nr - 1) * ld, x + (nr - 1) * ld, 1, cr, ld, mu, s1, s2); \
+    if (cr < C) fn_col_grad_sums_mem_##SUF(dy + cr, x + cr, nr, C - cr, ld, mu + cr, s1 + cr, s2 + cr); \
 }                                                                                                      \
 /* the same over whole rows (row stride C) */                                                          \
 static inline void fn_col_moments_##SUF(const T *x, ptrdiff_t nr, ptrdiff_t C, double *mean,           \
@@ -250,6 +306,8 @@ FN_DEFINE_CHANNEL(double, d)
 #endif
 FN_DEFINE_SEG(uint16_t, b)
 FN_DEFINE_SEG(uint16_t, g)
+FN_DEFINE_COL_REG(uint16_t, b, float, fn_vload_f)
+FN_DEFINE_COL_REG(uint16_t, g, float, fn_vload_f)
 #endif
 
 /* Output passes. With stream != 0 the stores are non-temporal (they bypass the cache and skip the read
@@ -311,6 +369,7 @@ static inline void fn_store_fence(void) {
 #if defined(FN_ALIGN)
 #include <stdint.h>
 #define FN_UNALIGNED(p) (((uintptr_t)(p)) & (FN_ALIGN - 1))
+#define FN_STILE 512   /* values per stack tile of a streamed backward pass */
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
 /* y = (x - mu) * a + b */                                                                             \
 static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, T b, int stream) {     \
@@ -323,26 +382,25 @@ static inline void fn_apply_fwd_##SUF(const T *x, T *y, ptrdiff_t n, T mu, T a, 
     }                                                                                                  \
     for (; i < n; i++) y[i] = (x[i] - mu) * a + b;                                                     \
 }                                                                                                      \
-/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training */                                 \
+/* dst[0 .. n) = src[0 .. n), the aligned vectors with non-temporal stores (an exact copy) */            \
+static inline void fn_stream_copy_##SUF(T *dst, const T *src, ptrdiff_t n) {                            \
+    ptrdiff_t i = 0;                                                                                   \
+    for (; i < n && FN_UNALIGNED(dst + i); i++) dst[i] = src[i];                                       \
+    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) fn_stream_##SUF(dst + i, fn_ld_##SUF(src + i));      \
+    for (; i < n; i++) dst[i] = src[i];                                                                \
+}                                                                                                      \
+/* dx = ka * dy + kb * (x - mu) + kc, or dx = ka * dy when !training. With stream, the same loop fills   \
+ * tiles on the stack that are streamed out: the values do not depend on where dx sits. */             \
 static inline void fn_apply_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, T mu, T ka, T kb,   \
                                       T kc, int training, int stream) {                               \
-    ptrdiff_t i = 0;                                                                                   \
-    if (stream) {                                                                                      \
-        fn_vt_##SUF vm = fn_set1_##SUF(mu), va = fn_set1_##SUF(ka), vb = fn_set1_##SUF(kb);             \
-        fn_vt_##SUF vc = fn_set1_##SUF(kc);                                                            \
-        if (training) {                                                                                \
-            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;     \
-            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dx + i, fn_fma_##SUF(va, fn_ld_##SUF(dy + i),                          \
-                    fn_fma_##SUF(vb, fn_sub_##SUF(fn_ld_##SUF(x + i), vm), vc)));                      \
-        } else {                                                                                       \
-            for (; i < n && FN_UNALIGNED(dx + i); i++) dx[i] = ka * dy[i];                             \
-            for (; i + FN_W_##SUF <= n; i += FN_W_##SUF)                                               \
-                fn_stream_##SUF(dx + i, fn_mul_##SUF(va, fn_ld_##SUF(dy + i)));                        \
-        }                                                                                              \
+    T t[FN_STILE];                                                                                     \
+    for (ptrdiff_t o = 0, m; o < n; o += m) {                                                          \
+        m = !stream ? n : n - o < FN_STILE ? n - o : FN_STILE;                                         \
+        T *d = stream ? t : dx + o;                                                                    \
+        if (training) for (ptrdiff_t i = 0; i < m; i++) d[i] = ka * dy[o + i] + kb * (x[o + i] - mu) + kc; \
+        else for (ptrdiff_t i = 0; i < m; i++) d[i] = ka * dy[o + i];                                  \
+        if (stream) fn_stream_copy_##SUF(dx + o, t, m);                                                \
     }                                                                                                  \
-    if (training) for (; i < n; i++) dx[i] = ka * dy[i] + kb * (x[i] - mu) + kc;                       \
-    else for (; i < n; i++) dx[i] = ka * dy[i];                                                        \
 }                                                                                                      \
 /* Whole rows of C channels as one span of n values (value i is channel i % C), non-temporal stores:  \
  * y = (x - mu[c]) * a[c] + b[c]. The coefficient rows hold C + FN_WRAP entries (entry C + j repeats   \
@@ -358,26 +416,22 @@ static inline void fn_stream_rows_fwd_##SUF(const T *x, T *y, ptrdiff_t n, ptrdi
     }                                                                                                  \
     for (; i < n; i++) { y[i] = (x[i] - mu[c]) * a[c] + b[c]; if (++c == C) c = 0; }                   \
 }                                                                                                      \
-/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training) */                  \
+/* the same for dx = ka[c] dy + kb[c] (x - mu[c]) + kc[c] (ka[c] dy when !training), the values from   \
+ * the plain loop into tiles on the stack (the unstreamed passes' arithmetic), then streamed out */    \
 static inline void fn_stream_rows_bwd_##SUF(const T *dy, const T *x, T *dx, ptrdiff_t n, ptrdiff_t C,   \
                                             const T *mu, const T *ka, const T *kb, const T *kc,        \
                                             int training) {                                            \
-    ptrdiff_t i = 0, c = 0;                                                                            \
-    for (; i < n && FN_UNALIGNED(dx + i); i++) {                                                       \
-        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
-        if (++c == C) c = 0; }                                                                         \
-    for (; i + FN_W_##SUF <= n; i += FN_W_##SUF) {                                                     \
-        fn_vt_##SUF g = fn_mul_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i));                        \
+    T t[FN_STILE];                                                                                     \
+    for (ptrdiff_t o = 0, c0 = 0; o < n; o += FN_STILE) {                                              \
+        ptrdiff_t m = n - o < FN_STILE ? n - o : FN_STILE, c = c0;                                     \
         if (training)                                                                                  \
-            g = fn_fma_##SUF(fn_ld_##SUF(ka + c), fn_ld_##SUF(dy + i),                                 \
-                    fn_fma_##SUF(fn_ld_##SUF(kb + c), fn_sub_##SUF(fn_ld_##SUF(x + i), fn_ld_##SUF(mu + c)), \
-                                 fn_ld_##SUF(kc + c)));                                                \
-        fn_stream_##SUF(dx + i, g);                                                                    \
-        for (c += FN_W_##SUF; c >= C; c -= C) {}                                                       \
+            for (ptrdiff_t i = 0; i < m; i++) {                                                        \
+                t[i] = ka[c] * dy[o + i] + kb[c] * (x[o + i] - mu[c]) + kc[c]; if (++c == C) c = 0; }  \
+        else                                                                                           \
+            for (ptrdiff_t i = 0; i < m; i++) { t[i] = ka[c] * dy[o + i]; if (++c == C) c = 0; }       \
+        fn_stream_copy_##SUF(dx + o, t, m);                                                            \
+        c0 = c;                                                                                        \
     }                                                                                                  \
-    for (; i < n; i++) {                                                                               \
-        dx[i] = training ? ka[c] * dy[i] + kb[c] * (x[i] - mu[c]) + kc[c] : ka[c] * dy[i];             \
-        if (++c == C) c = 0; }                                                                         \
 }
 #else
 #define FN_DEFINE_APPLY(T, SUF)                                                                        \
@@ -516,9 +570,18 @@ static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, pt
     for (ptrdiff_t b = 0; b < nr; b += FN_COL_BLOCK) {
         ptrdiff_t nb = nr - b < FN_COL_BLOCK ? nr - b : FN_COL_BLOCK;
         const uint16_t *xb = x + b * ld;
+        ptrdiff_t cr = 0;   /* channels [0, cr): row pairs widened in registers, the odd last row from a tile */
         for (c = 0; c < C; c++) {
             K[c] = cnt > 0.0 ? mean[c] : (double)fn_half_to_f32(fmt, xb[c]); s1[c] = 0.0; s2[c] = 0.0; }
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+#if defined(FN_HALF_DIRECT)
+        cr = fmt == FN_BF16 ? fn_col_pairs_reg_b(xb, nb, C, ld, K, s1, s2) : fn_col_pairs_reg_g(xb, nb, C, ld, K, s1, s2);
+        for (ptrdiff_t c0 = 0; nb % 2 && c0 < cr; c0 += FN_CTILE) {
+            ptrdiff_t w = cr - c0 < FN_CTILE ? cr - c0 : FN_CTILE;
+            fn_half_load(fmt, xb + (nb - 1) * ld + c0, t, w);
+            fn_col_shifted_sums_f(t, 1, w, w, K + c0, s1 + c0, s2 + c0);
+        }
+#endif
+        for (ptrdiff_t c0 = cr; c0 < C; c0 += FN_CTILE) {
             ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
             for (ptrdiff_t r = 0; r < nb; r += 2) {
                 ptrdiff_t k = nb - r < 2 ? nb - r : 2;
@@ -537,7 +600,18 @@ static inline void fn_col_moments_h(int fmt, const uint16_t *x, ptrdiff_t nr, pt
 static inline void fn_col_grad_sums_h(int fmt, const uint16_t *dy, const uint16_t *x, ptrdiff_t nr, ptrdiff_t C,
                                       ptrdiff_t ld, const float *mu, double *s1, double *s2) {
     float g[2 * FN_CTILE], v[2 * FN_CTILE];
-    for (ptrdiff_t c0 = 0; c0 < C; c0 += FN_CTILE) {
+    ptrdiff_t cr = 0;   /* channels [0, cr): row pairs widened in registers, the odd last row from tiles */
+#if defined(FN_HALF_DIRECT)
+    cr = fmt == FN_BF16 ? fn_col_grad_pairs_reg_b(dy, x, nr, C, ld, mu, s1, s2)
+                        : fn_col_grad_pairs_reg_g(dy, x, nr, C, ld, mu, s1, s2);
+    for (ptrdiff_t c0 = 0; nr % 2 && c0 < cr; c0 += FN_CTILE) {
+        ptrdiff_t w = cr - c0 < FN_CTILE ? cr - c0 : FN_CTILE;
+        fn_half_load(fmt, dy + (nr - 1) * ld + c0, g, w);
+        fn_half_load(fmt, x + (nr - 1) * ld + c0, v, w);
+        fn_col_grad_sums_ld_f(g, v, 1, w, w, mu + c0, s1 + c0, s2 + c0);
+    }
+#endif
+    for (ptrdiff_t c0 = cr; c0 < C; c0 += FN_CTILE) {
         ptrdiff_t w = C - c0 < FN_CTILE ? C - c0 : FN_CTILE;
         for (ptrdiff_t r = 0; r < nr; r += 2) {
             ptrdiff_t k = nr - r < 2 ? nr - r : 2;
