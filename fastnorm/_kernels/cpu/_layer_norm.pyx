@@ -83,6 +83,7 @@ cdef extern from "fastnorm_stream.h" nogil:
     void fn_sfence()
     void fn_stream_store_f(const float *src, float *dst, Py_ssize_t n)
     Py_ssize_t fn_stream_head_f(const float *dst)
+    void fn_prefetch_bytes(const void *p, Py_ssize_t nbytes)
 
 
 cdef extern from "fastnorm_moments.h" nogil:
@@ -529,6 +530,8 @@ cdef inline void _bwd_row(int fmt, const rowt *dy, const rowt *x, const rowt *dh
                           const floating *w, rowt *dx, floating *dwa, floating *dba, bint rms, bint nt,
                           Py_ssize_t n) noexcept nogil:
     """One backward row: float32/float64 rows (float32 dx streamed when nt) or 16-bit ones (format fmt)."""
+    if dh != NULL:
+        fn_prefetch_bytes(dh, n * <Py_ssize_t>sizeof(rowt))
     if rowt is uint16_t:
         if floating is float:
             _half_bwd_row(fmt, dy, x, dh, mu, rs, w, dx, dwa, dba, rms, nt, n)
