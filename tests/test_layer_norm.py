@@ -225,6 +225,19 @@ def test_streaming_stores_with_misaligned_out_buffers(rng, dtype, offset):
     assert np.array_equal(dx.view(np.uint8), dx0.view(np.uint8))
 
 
+def _assert_bits_independent_of_offset(inputs, call):
+    """call(*copies), with the inputs copied to arrays that start 0, 4, 16, 32 and 60 bytes past a 64-byte
+    boundary, returns the same bits (every array it returns) at every offset."""
+    results = []
+    for off in (0, 4, 16, 32, 60):
+        copies = [_offset_empty(a.shape, a.dtype, off) for a in inputs]
+        for c, a in zip(copies, inputs, strict=True):
+            c[...] = a
+        results.append([np.asarray(a).copy().view(np.uint8) for a in call(*copies) if a is not None])
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 @pytest.mark.parametrize(("m", "n"), [(64, 768), (33, 1000), (5, 100), (2100, 4099)], ids=str)
 def test_backward_bits_do_not_depend_on_input_alignment(rng, op, m, n):
@@ -236,16 +249,49 @@ def test_backward_bits_do_not_depend_on_input_alignment(rng, op, m, n):
     dy0 = rng.standard_normal((m, n)).astype(f32)
     w = rng.standard_normal(n).astype(f32)
     b = rng.standard_normal(n).astype(f32)
-    results = []
-    for off in (0, 4, 16, 32, 60):
-        x, dy = _offset_empty((m, n), f32, off), _offset_empty((m, n), f32, off)
-        x[:], dy[:] = x0, dy0
+
+    def backward(x, dy):
         if op == "layer_norm":
             _, mean, rstd = fastnorm.layer_norm_forward(x, w, b)
-            res = fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
-        else:
-            _, rstd = fastnorm.rms_norm_forward(x, w)
-            res = fastnorm.rms_norm_backward(dy, x, rstd, w)
-        results.append([np.asarray(a).view(np.uint8) for a in res if a is not None])
-    for other in results[1:]:
-        assert all(np.array_equal(a, b) for a, b in zip(results[0], other, strict=True))
+            return fastnorm.layer_norm_backward(dy, x, mean, rstd, w, b)
+        _, rstd = fastnorm.rms_norm_forward(x, w)
+        return fastnorm.rms_norm_backward(dy, x, rstd, w)
+
+    _assert_bits_independent_of_offset([x0, dy0], backward)
+
+
+_STREAMED_RMS = pytest.mark.xfail(
+    reason="known, not fixed: a streamed (> 32 MiB) float32 RMSNorm output's elements before y's first aligned "
+    "vector are computed by the scalar expression, which gcc rounds otherwise than the vector one, so those bits "
+    "depend on y's address (every target)",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"])
+@pytest.mark.parametrize(("m", "n"), [(64, 768), (33, 1000), (5, 100), (7, 31), (2100, 4099)], ids=str)
+def test_forward_bits_do_not_depend_on_input_alignment(request, rng, op, m, n):
+    """The float32 forward reads rows that start past a 64-byte boundary as aligned lines shifted into place, and
+    stores y from its first 64-byte boundary on where x and y share a misalignment (NumPy's large arrays start 16
+    bytes past a page): the same values at every offset of x, residual and y give the same bits (y, h, mean,
+    rstd), the streamed (> 32 MiB) rows included."""
+    if "rms" in op and m * n * 4 > 32 << 20:
+        request.applymarker(_STREAMED_RMS)
+    f32 = np.dtype(np.float32)
+    x0 = (rng.standard_normal((m, n)) * 3 + 5).astype(f32)
+    r0 = rng.standard_normal((m, n)).astype(f32)
+    w = rng.standard_normal(n).astype(f32)
+    b = rng.standard_normal(n).astype(f32)
+    zeros = np.zeros((m, n), f32)
+
+    def forward(x, r, y, h):
+        stats = [np.empty(m, f32) for _ in range(2 if op.endswith("layer_norm") else 1)]
+        if op == "layer_norm":
+            return fastnorm.layer_norm_forward(x, w, b, out=(y, *stats))
+        if op == "rms_norm":
+            return fastnorm.rms_norm_forward(x, w, out=(y, *stats))
+        if op == "add_layer_norm":
+            return fastnorm.add_layer_norm_forward(x, r, w, b, out=(y, h, *stats))
+        return fastnorm.add_rms_norm_forward(x, r, w, out=(y, h, *stats))
+
+    _assert_bits_independent_of_offset([x0, r0, zeros, zeros], forward)

@@ -208,16 +208,28 @@ FN_ALWAYS_INLINE void fn_half_norm_out(int fmt, const uint16_t *x, const float *
 }
 
 /* The float32 output pass (float32 x, y; the same operations): FN_RW elements at a time, then eight, then one;
- * nt: y streamed from its first 64-byte boundary on (fn_sfence() before the parallel region ends) */
+ * nt: y streamed from its first 64-byte boundary on (fn_sfence() before the parallel region ends). On AVX-512, a
+ * row whose x and y are equally misaligned (NumPy's page+16 arrays; FN_OUT_PEEL) has its elements before y's first
+ * 64-byte boundary stored as the masked first vector (computed as the whole row's vectors are: the same bits), and
+ * the rest from there: x's loads and y's stores then each touch one cache line, not two. Not RMSNorm rows: gcc
+ * compiles their scalar tail to other roundings than the vectors', so moving the tail would change bits. */
 #if FN_HALF_Z
 #define FN_F32_OUT_(EXPR, j) EXPR(FN_Z, j)
+#define FN_OUT_PEEL(x, y, n) ((n) >= FN_RW && !((uintptr_t)(y) & 3u) && !((((uintptr_t)(x)) ^ ((uintptr_t)(y))) & 63u))
+#define FN_OUT_HEAD(EXPR)                                                                              \
+    j = (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)y) & 63u) >> 2);                                       \
+    if (j) _mm512_mask_storeu_ps(y, (__mmask16)((1u << j) - 1u), FN_F32_OUT_(EXPR, 0));
 #else
 #define FN_F32_OUT_(EXPR, j) EXPR(FN_Y, j)
+#define FN_OUT_PEEL(x, y, n) 0
+#define FN_OUT_HEAD(EXPR)
 #endif
 #define FN_F32_OUT_LOOP(EXPR, SEXPR)                                                                   \
     if (nt) {                                                                                          \
         for (; j < n && ((uintptr_t)(y + j) & (4u * FN_RW - 1u)); j++) y[j] = SEXPR(j);                \
         for (; j + FN_RW <= n; j += FN_RW) FN_RV(stream_ps)(y + j, FN_F32_OUT_(EXPR, j));              \
+    } else if (!rms && FN_OUT_PEEL(x, y, n)) {                                                         \
+        FN_OUT_HEAD(EXPR)                                                                              \
     }                                                                                                  \
     for (; j + FN_RW <= n; j += FN_RW) FN_RV(storeu_ps)(y + j, FN_F32_OUT_(EXPR, j));                  \
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, EXPR(FN_Y, j));                                \

@@ -209,26 +209,63 @@ typedef __m256 fn_rv;
 #define FN_S_SQ(s, i) s = fmaf(FN_LS(i), FN_LS(i), s)
 #define FN_S_DOT(s, i) s = fmaf(FN_LS(i), y[i], s)
 
-#define FN_LD(i) FN_RV(loadu_ps)(x + (i))
+#if FN_RW == 16
+/* Elements i..i+15 of a row p that starts s elements past a 64-byte boundary (pa = p - s), read as the two aligned
+ * lines that hold them and shifted into place (idx = s, s+1, ..., s+15): the same vector as an unaligned load,
+ * without the line-straddling accesses an unaligned AVX-512 load makes on every vector (NumPy puts large arrays 16
+ * bytes past a page). The second line never crosses a page past the last element it serves. */
+#define FN_LD_SHIFT(pa, idx, i) _mm512_permutex2var_ps(_mm512_load_ps((pa) + (i)), idx, _mm512_load_ps((pa) + (i) + 16))
+#define FN_SHIFT_IDX(s) _mm512_add_epi32(_mm512_set1_epi32((int)(s)), \
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+/* s of a float row read as shifted lines (FN_LD_SHIFT): its misalignment in elements, or 0 (aligned, an address
+ * that is not a multiple of 4, or a row shorter than one block's lanes) for plain loads */
+static inline ptrdiff_t fn_row_shift(const float *x, ptrdiff_t n) {
+    return ((uintptr_t)x & 3) || n < FN_LANES ? 0 : (ptrdiff_t)(((uintptr_t)x & 63) >> 2);
+}
+#endif
+
+/* The forward's float row sums, each defined twice below: with unaligned loads (suffix _u_f) and, on AVX-512, with
+ * aligned lines shifted into place (_sh_f, a row s elements past a line): the same vectors, so the same sums. */
+#define FN_FWD_SUMS(SUF, ...)                                                                          \
+static inline double fn_sum_##SUF(const float *x, ptrdiff_t n, ##__VA_ARGS__) { FN_VSUM(n, FN_ACC_X, FN_S_X) } \
+static inline double fn_sum_dev_##SUF(const float *x, ptrdiff_t n, float mu, ##__VA_ARGS__) {          \
+    const fn_rv vmu = FN_RV(set1_ps)(mu);                                                              \
+    FN_VSUM(n, FN_ACC_DEV, FN_S_DEV)                                                                   \
+}                                                                                                      \
+/* pf: NULL, or a row of at least n elements to prefetch as this one is read (the next row, while this one is in \
+ * cache: its loads overlap this pass's arithmetic) */                                                 \
+static inline double fn_sumsq_dev_##SUF(const float *x, ptrdiff_t n, float mu, const float *pf, ##__VA_ARGS__) { \
+    const fn_rv vmu = FN_RV(set1_ps)(mu);                                                              \
+    if (pf) {                                                                                          \
+        FN_VSUM_PF(n, FN_ACC_SQDEV, FN_S_SQDEV, FN_PF)                                                 \
+    }                                                                                                  \
+    FN_VSUM(n, FN_ACC_SQDEV, FN_S_SQDEV)                                                               \
+}                                                                                                      \
+static inline double fn_sumsq_##SUF(const float *x, ptrdiff_t n, ##__VA_ARGS__) { FN_VSUM(n, FN_ACC_SQ, FN_S_SQ) }
+
 #define FN_LS(i) x[i]
-static inline double fn_sum_f(const float *x, ptrdiff_t n) { FN_VSUM(n, FN_ACC_X, FN_S_X) }
-static inline double fn_sum_dev_f(const float *x, ptrdiff_t n, float mu) {
-    const fn_rv vmu = FN_RV(set1_ps)(mu);
-    FN_VSUM(n, FN_ACC_DEV, FN_S_DEV)
-}
-/* pf: NULL, or a row of at least n elements to prefetch as this one is read (the next row, while this one is in
- * cache: its loads overlap this pass's arithmetic) */
-static inline double fn_sumsq_dev_f(const float *x, ptrdiff_t n, float mu, const float *pf) {
-    const fn_rv vmu = FN_RV(set1_ps)(mu);
-    if (pf) {
-        FN_VSUM_PF(n, FN_ACC_SQDEV, FN_S_SQDEV, FN_PF)
-    }
-    FN_VSUM(n, FN_ACC_SQDEV, FN_S_SQDEV)
-}
-static inline double fn_sumsq_f(const float *x, ptrdiff_t n) { FN_VSUM(n, FN_ACC_SQ, FN_S_SQ) }
+#define FN_LD(i) FN_RV(loadu_ps)(x + (i))
+FN_FWD_SUMS(u_f)
 static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) { FN_VSUM(n, FN_ACC_DOT, FN_S_DOT) }
 #undef FN_LD
+#if FN_RW == 16
+#define FN_LD(i) FN_LD_SHIFT(x - s, idx, i)
+FN_FWD_SUMS(sh_f, ptrdiff_t s, __m512i idx)
+#undef FN_LD
+/* a row's sum through the shifted reader where fn_row_shift gives one, else through unaligned loads */
+#define FN_FWD_SUM_CALL(NAME, x, n, ...)                                                               \
+    ptrdiff_t s_ = fn_row_shift(x, n);                                                                 \
+    return s_ ? NAME##_sh_f(x, n, ##__VA_ARGS__, s_, FN_SHIFT_IDX(s_)) : NAME##_u_f(x, n, ##__VA_ARGS__);
+#else
+#define FN_FWD_SUM_CALL(NAME, x, n, ...) return NAME##_u_f(x, n, ##__VA_ARGS__);
+#endif
 #undef FN_LS
+static inline double fn_sum_f(const float *x, ptrdiff_t n) { return fn_sum_u_f(x, n); }
+static inline double fn_sum_dev_f(const float *x, ptrdiff_t n, float mu) { FN_FWD_SUM_CALL(fn_sum_dev, x, n, mu) }
+static inline double fn_sumsq_dev_f(const float *x, ptrdiff_t n, float mu, const float *pf) {
+    FN_FWD_SUM_CALL(fn_sumsq_dev, x, n, mu, pf)
+}
+static inline double fn_sumsq_f(const float *x, ptrdiff_t n) { FN_FWD_SUM_CALL(fn_sumsq, x, n) }
 
 /* s1 = sum(g), s2 = sum(g * (x - mu)), g = dy * w (w may be NULL: g = dy): FN_VSUM's blocks and lanes for both.
  * LDY(i), LX(i): dy[i..i+FN_RW-1], x[i..i+FN_RW-1] as float vectors; SDY(i), SX(i): dy[i], x[i] as float32 (a body
@@ -272,18 +309,12 @@ static inline double fn_dot_f(const float *x, const float *y, ptrdiff_t n) { FN_
 #define FN_SDY_(i) dy[i]
 #define FN_SX_(i) x[i]
 #if FN_RW == 16
-/* Elements i..i+15 of a row p that starts s elements past a 64-byte boundary (pa = p - s), read as the two aligned
- * lines that hold them and shifted into place (idx = s, s+1, ..., s+15): the same vector as an unaligned load,
- * without the line-straddling accesses an unaligned AVX-512 load makes on every vector (NumPy puts large arrays 16
- * bytes past a page). The second line never crosses a page past the last element it serves. */
-#define FN_LD_SHIFT(pa, idx, i) _mm512_permutex2var_ps(_mm512_load_ps((pa) + (i)), idx, _mm512_load_ps((pa) + (i) + 16))
 #define FN_LDY_SH_(i) FN_LD_SHIFT(dy - s, idx, i)
 #define FN_LX_SH_(i) FN_LD_SHIFT(x - s, idx, i)
 
 static inline void fn_bwd_sums_shift_f(const float *dy, const float *w, const float *x, float mu, ptrdiff_t n,
                                        double *s1, double *s2, ptrdiff_t s) {
-    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)s),
-                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i idx = FN_SHIFT_IDX(s);
     FN_BWD_SUMS_BODY(FN_LDY_SH_, FN_LX_SH_, FN_SDY_, FN_SX_)
 }
 #undef FN_LDY_SH_

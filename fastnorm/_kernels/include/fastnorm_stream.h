@@ -149,4 +149,9 @@ static inline ptrdiff_t fn_stream_head_u16(const uint16_t *dst) {
     return (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)dst) & 31u) / sizeof(uint16_t));
 }
 
+/* Prefetch nbytes from p (one request per 64-byte line). */
+static inline void fn_prefetch_bytes(const void *p, ptrdiff_t nbytes) {
+    for (ptrdiff_t i = 0; i < nbytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+}
+
 #endif
