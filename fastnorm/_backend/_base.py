@@ -10,7 +10,7 @@ from .. import _dtypes
 
 
 class BackendBase:
-    """Base of ``CpuBackend`` and ``CudaBackend``; a subclass declares itself with keyword arguments:
+    """Base of ``CpuBackend`` and ``CudaBackend``; a backend declares itself with keyword arguments
     ``class CpuBackend(BackendBase, name="cpu", array_type=..., device=..., on_host=True, kernels=...)``."""
 
     name: str
@@ -20,13 +20,13 @@ class BackendBase:
     float_dtypes = _dtypes.FULL + _dtypes.HALF
     _kernel_package: str
 
-    def __init_subclass__(cls, *, name: str, array_type: str, device: str, on_host: bool, kernels: str, **kw):
+    def __init_subclass__(cls, **kw):
+        declared = {k: kw.pop(k) for k in ("name", "array_type", "device", "on_host", "kernels") if k in kw}
         super().__init_subclass__(**kw)
-        cls.name = name
-        cls.array_type = array_type
-        cls.device = device
-        cls.on_host = on_host
-        cls._kernel_package = kernels
+        if "kernels" in declared:
+            declared["_kernel_package"] = declared.pop("kernels")
+        for k, v in declared.items():  # a subclass of a declared backend inherits what it does not redeclare
+            setattr(cls, k, v)
 
     @functools.cached_property
     def kernels(self):
