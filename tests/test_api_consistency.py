@@ -216,6 +216,17 @@ class _SpanBackend(type(CPU)):
         return lo, lo + a.nbytes
 
 
+def test_a_backend_declares_every_fact_and_its_subclasses_inherit_them():
+    from fastnorm._backend._base import BackendBase
+
+    with pytest.raises(TypeError, match="Half must declare array_type, device, on_host, kernels"):
+
+        class Half(BackendBase, name="half"):
+            pass
+
+    assert (_SpanBackend.name, _SpanBackend.on_host, _SpanBackend().kernels) == ("cpu", True, CPU.kernels)
+
+
 def _outputs_error(be, out, inputs):
     specs = [("y", (4, 8), np.float32), ("mean", (4,), np.float32), ("rstd", (4,), np.float32)]
     try:

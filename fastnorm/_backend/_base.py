@@ -20,12 +20,17 @@ class BackendBase:
     float_dtypes = _dtypes.FULL + _dtypes.HALF
     _kernel_package: str
 
+    _FACTS = ("name", "array_type", "device", "on_host", "kernels")
+
     def __init_subclass__(cls, **kw):
-        declared = {k: kw.pop(k) for k in ("name", "array_type", "device", "on_host", "kernels") if k in kw}
+        declared = {k: kw.pop(k) for k in BackendBase._FACTS if k in kw}
         super().__init_subclass__(**kw)
+        missing = [k for k in BackendBase._FACTS if k not in declared]
+        if BackendBase in cls.__bases__ and missing:  # a backend declares every fact; its subclasses inherit them
+            raise TypeError(f"{cls.__name__} must declare {', '.join(missing)}")
         if "kernels" in declared:
             declared["_kernel_package"] = declared.pop("kernels")
-        for k, v in declared.items():  # a subclass of a declared backend inherits what it does not redeclare
+        for k, v in declared.items():
             setattr(cls, k, v)
 
     @functools.cached_property
