@@ -243,3 +243,11 @@ def test_other_ops_run_on_the_real_host_path(rows, op):
     r = _pick(rows, op, "smoke", "numba")
     assert r["calls"]["launch"] >= 1
     assert r["calls"]["sync"] == 0
+
+
+def test_optimizer_groups_of_different_libraries_launch_on_their_own_streams(rows):
+    got = [r for r in rows if r["op"] == "optim_check" and r["case"].startswith("launch streams of a")]
+    assert len(got) == 2
+    for r in got:
+        assert r["distinct"], r  # else a launch on the wrong group's stream would pass unseen
+        assert r["got"] == r["expected"], r

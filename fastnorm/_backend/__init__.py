@@ -119,6 +119,10 @@ class Backend(Protocol):
     def matmul(self, a, b, out) -> None:
         """``out = a @ b`` (2-D, C-contiguous)."""
 
+    def launch_for(self, params: list) -> None:
+        """The optimizer launches that follow update ``params`` (CUDA: on their library's current stream on
+        their device; nothing to do on the host)."""
+
     def to_device(self, a: np.ndarray) -> Any:
         """A new C-contiguous array of this backend holding a copy of the host array ``a``."""
 

@@ -33,6 +33,9 @@ class BackendBase:
         for k, v in declared.items():
             setattr(cls, k, v)
 
+    def launch_for(self, params: list) -> None:
+        """The optimizer launches that follow update ``params`` (the CUDA backend picks their stream)."""
+
     @functools.cached_property
     def kernels(self):
         """The backend's kernel package (``fastnorm._kernels.cpu`` / ``.cuda``), imported on first use."""

@@ -291,6 +291,11 @@ class CudaBackend(
         if n:
             convert(kd(src).reshape(n), kd(dst).reshape(n), sdt, ddt)
 
+    def launch_for(self, params: list) -> None:
+        from .._kernels.cuda._optim_arrays import set_launch_stream
+
+        set_launch_stream(params)
+
     def done(self) -> None:
         """End of a call: later allocations that follow no ``asarray`` come from the pool again."""
         self._tls.like = None

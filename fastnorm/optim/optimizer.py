@@ -303,6 +303,7 @@ class Optimizer:
         gd.steps[active] += 1  # SGD too: the step number enters the stochastic-rounding keys
         half = gd.info[2].max(initial=0) >= 2
         sr = half and h["stochastic_rounding"]
+        self._be.launch_for(self.param_groups[gi]["params"])
         P.run(
             self._be,
             spec,

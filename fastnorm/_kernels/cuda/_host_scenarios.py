@@ -15,7 +15,7 @@ import sys
 import time
 from functools import partial
 
-from ._optim_host import optim_checks, optim_scenarios, table_checks, torch_param_checks
+from ._optim_host import group_stream_checks, optim_checks, optim_scenarios, table_checks, torch_param_checks
 from ._recording import (
     ARGS,
     CATEGORIES,
@@ -536,7 +536,7 @@ def main(argv=None) -> int:
     rows = run(args.calls, args.optim_calls, args.which, tuple(args.inputs))
     if args.packing:
         rows += [dict(r, op="packing_check") for r in packing_check()] + vec_check() + optim_checks()
-        rows += row_call_checks() + table_checks() + torch_param_checks()
+        rows += row_call_checks() + table_checks() + torch_param_checks() + group_stream_checks()
     emit(rows, args.json, format_rows)
     return 0
 

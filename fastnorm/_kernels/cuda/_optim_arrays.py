@@ -155,17 +155,19 @@ def _metas(params: list) -> list:
     return hit
 
 
-_where = threading.local()  # the library and device of the parameters gathered last in this thread
+_where = threading.local()  # the library and device of the parameters the next launch updates (this thread)
 
 
-def _set_launch_stream(params: list) -> None:
+def set_launch_stream(params: list) -> None:
+    """The next launches in this thread update ``params`` (``gather_params`` sets it; a multi-group step sets
+    it again before each group's launch)."""
     p = params[0] if params else None
     kind = _KINDS.get(type(p)) or "numba"
     _where.at = (kind, p.get_device() if kind == "torch" else p.device.id if kind == "cupy" else -1)
 
 
 def launch_stream() -> int:
-    """The stream the kernels of a step over the parameters gathered last (``gather_params``, this thread)
+    """The stream the kernels of a step over the parameters set last (``set_launch_stream``, this thread)
     launch on: torch's current stream on their device for torch tensors, CuPy's for CuPy arrays, else
     ``_common.current_stream_ptr``'s."""
     return LA.caller_stream(*getattr(_where, "at", ("numba", -1)))
@@ -180,7 +182,7 @@ def gather_params(params: list, info: np.ndarray) -> int:
     the index of the first one that is not (as the CPU helper of the same name does for NumPy arrays).
     """
     n = len(params)
-    _set_launch_stream(params)
+    set_launch_stream(params)
     lkey = ("params-list", id(params), n)  # the same list as before (an optimizer's group), with the same entries
     hit = _cached_list(lkey, params)
     if hit is None:

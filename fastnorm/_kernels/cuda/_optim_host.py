@@ -265,3 +265,40 @@ def torch_param_checks(n: int = 6) -> list[dict]:
             }
         )
     return rows
+
+
+def group_stream_checks(n: int = 4) -> list[dict]:
+    """Rows ``{"op": "optim_check", "case", "got", "expected"}`` on an optimizer whose parameter groups live
+    in different libraries (a Numba group and a torch group, in both orders): each group's launch goes on
+    its own library's current stream, not on the stream of the group checked last."""
+    from numba import cuda
+
+    import fastnorm.optim as O
+
+    from ._common import current_stream_ptr
+    from ._recording import LAUNCHES
+
+    install()
+    T = fake_cuda_tensor_type()
+    new = {
+        "numba": lambda i: cuda.device_array(5 + i, np.float32),
+        "torch": lambda i: fake_cuda_tensor(T, (5 + i,)),
+    }
+    stream = {"numba": current_stream_ptr(), "torch": TORCH_STREAM}  # (Numba: CuPy's when CuPy is imported)
+    rows = []
+    for order in (("numba", "torch"), ("torch", "numba")):
+        opt = O.Adam([{"params": [new[k](i) for i in range(n)]} for k in order], lr=1e-3)
+        grads = [new[k](i) for k in order for i in range(n)]
+        opt.step(grads)  # compile, build the plans
+        reset()
+        opt.step(grads)
+        rows.append(
+            {
+                "op": "optim_check",
+                "case": f"launch streams of a {order[0]} group then a {order[1]} group",
+                "got": [s for _, s in LAUNCHES],
+                "expected": [stream[k] for k in order],
+                "distinct": stream["numba"] != stream["torch"],
+            }
+        )
+    return rows
