@@ -165,3 +165,22 @@ def row_norm_bwd_ref(dy, x, mean, rstd, w, b, rms):
         dx, dw = R.rms_norm_backward(dy, x, rstd, w)
         return dx, dw, None
     return R.layer_norm_backward(dy, x, mean, rstd, w, b)
+
+
+def close_to_cpu(got, want):
+    """Device and CPU run the same float32 operations in the same order; they may differ only where a square
+    root or an FMA contraction rounds differently (an ulp of one operand per step). So a float32 state is
+    within 8 float32 ulps at the array's scale (no per-element rtol: a state can be a cancellation's small
+    result), and a 16-bit parameter, that float32 value rounded once, at most one unit (bit patterns of
+    same-sign values) and mostly equal."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    if want.dtype.itemsize == 2:
+        assert (np.signbit(got.astype(np.float32)) == np.signbit(want.astype(np.float32))).all()
+        diff = np.abs(got.view(np.uint16).astype(np.int64) - want.view(np.uint16).astype(np.int64))
+        assert diff.max(initial=0) <= 1
+        assert (diff == 0).sum() >= 0.9 * diff.size
+    elif want.size:
+        bound = 8 * np.finfo(np.float32).eps * np.max(np.abs(want))
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound

@@ -17,8 +17,10 @@ Fused residual add (``add_layer_norm_*``, ``add_rms_norm_*``): the same row kern
 formed (in the accumulation type, rounded to x's dtype, stored) as the row is loaded, and normalized from
 registers; the backward adds dh to dx before its one rounding. Their 128-bit forms (forward: x and the
 residual read, h and y written 128 bits at a time; persistent as the plain forward) are picked by the same
-rule (every array, residual and h included, 16-byte aligned). They launch through the dispatcher path (no
-launch plans yet) on a GPU too.
+rule (every array, residual and h included, 16-byte aligned). The public fused ops of the usual form launch
+from plans (``_fwd_plan``/``_bwd_plan`` with residual/h and dh slots, via ``_row_calls``) on a GPU; the
+simulator runs the kernel-level launchers only, so the plan path is covered by the recording driver
+(``tests/test_cuda_host_path.py``) and on hardware by ``bench/gpu_check.sh``.
 
 Backward: team g owns a contiguous chunk of rows and accumulates its dweight/dbias contributions in
 registers, then writes one float64 partial row ``dw_part[g]``; a second kernel sums the partial rows in
