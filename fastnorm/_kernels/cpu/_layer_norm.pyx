@@ -530,8 +530,8 @@ cdef inline void _bwd_row(int fmt, const rowt *dy, const rowt *x, const rowt *dh
                           const floating *w, rowt *dx, floating *dwa, floating *dba, bint rms, bint nt,
                           Py_ssize_t n) noexcept nogil:
     """One backward row: float32/float64 rows (float32 dx streamed when nt) or 16-bit ones (format fmt)."""
-    if dh != NULL:
-        fn_prefetch_bytes(dh, n * <Py_ssize_t>sizeof(rowt))
+    if dh != NULL:  # (rows past L1's reach are left to the hardware prefetcher)
+        fn_prefetch_bytes(dh, min(n * <Py_ssize_t>sizeof(rowt), <Py_ssize_t>32768))
     if rowt is uint16_t:
         if floating is float:
             _half_bwd_row(fmt, dy, x, dh, mu, rs, w, dx, dwa, dba, rms, nt, n)
