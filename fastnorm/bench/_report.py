@@ -16,7 +16,7 @@ from ._core import all_cases, short_dtype, stream_nbytes, stream_provider, torch
 from ._placement import check_alignment, page_offsets, place, placing
 from ._rounds import Rounds, Timed, prepare, run_rounds, sample
 
-# a case whose streaming bound moved more than this (max / min - 1 of its stream samples) is flagged
+# a case whose bound moved more than this across one sample (faster / slower - 1 of its stream samples) is flagged
 DRIFT = 0.2
 
 
@@ -122,7 +122,7 @@ def _case_rows(case, rounds: Rounds, stream_bytes: int, drift: float, alignment:
         rows.append(row)
     record = dict(op=case.op, label=case.label, dtype=case.dtype, nbytes=case.nbytes, streams=list(case.streams))
     record |= dict(stream_len=case.stream_len, stream_bytes=stream_bytes, stream_gbps=[b / 1e9 for b in bw])
-    record |= dict(bound, rounds=len(bounds), alloc_over_out=alloc)
+    record |= dict(bound, rounds=max(map(len, rounds.times.values()), default=0), alloc_over_out=alloc)
     return rows, record
 
 
@@ -142,11 +142,12 @@ def run_report(
     """Run every case (whose op name contains one of ``ops``, if given); return the report as a dict.
 
     Each case runs in rounds (``_rounds``): the streaming kernel with the case's streams, then each provider
-    once, ..., then the stream again, so every provider sample is bracketed by stream samples taken just
-    before and after it. Rows: one per (case, provider) with ms (median over rounds), GB/s (the case's minimal
-    bytes / ms), bound_gbps (median of the rounds' bounds), bound_min_gbps / bound_max_gbps (the case's stream
-    samples), bound_moved (max / min - 1 of them), bound_drift (moved more than ``drift``), frac (median
-    over rounds of GB/s / that round's bound), frac_range, rounds. fastnorm rows also carry ``speedup``:
+    once, with a stream sample before the first and after every provider sample, so every provider sample is
+    bracketed by stream samples taken just before and after it. Rows: one per (case, provider) with ms (median
+    over rounds), GB/s (the case's minimal bytes / ms), bound_gbps (median of the samples' bounds),
+    bound_min_gbps / bound_max_gbps (the case's stream samples), bound_moved (the largest faster / slower - 1 of
+    a bracketing pair), bound_drift (moved more than ``drift``), frac (median over the provider's samples of
+    bytes / time / that sample's bound), frac_range, rounds. fastnorm rows also carry ``speedup``:
     provider -> median same-round time(provider) / time(fastnorm), and the allocating ones ``alloc_over_out``:
     median same-round time(allocating) / time(``out=``). With ``compare_targets``, each case also runs
     fastnorm on every other ISA target this CPU runs (providers ``fastnorm@<target>`` and
@@ -245,11 +246,11 @@ def _method_lines(report: dict) -> list[str]:
         ]
     alignment = report.get("alignment", "numpy")
     return [
-        "times: median over rounds; GB/s = minimal bytes / time; each case runs in rounds: the streaming kernel "
-        "with the case's read/write streams, then each provider once, ..., then the stream again",
-        "bound = median of the rounds' bounds (round r: the stream samples just before and after it); %bound = "
-        "median over rounds of GB/s / that round's bound (same-round pairs)",
-        f"moved = max / min - 1 of the case's stream samples' bandwidths; '!' = moved more than "
+        "times: median over rounds; GB/s = minimal bytes / median time; each case runs in rounds, every provider "
+        "sample between two samples of the streaming kernel with the case's read/write streams",
+        "bound = median of the samples' bounds (the stream samples just before and after each); %bound = "
+        "median over samples of (bytes / time) / that sample's own bound (so not GB/s / bound)",
+        f"moved = largest faster / slower - 1 of two stream samples around one sample; '!' = moved more than "
         f"{100 * report.get('drift_threshold', DRIFT):.0f}%: the bound changed during the case, its %bound is "
         "doubtful",
         "alloc/out = median same-round time(fastnorm allocating) / time(fastnorm out=); speed-up = median "

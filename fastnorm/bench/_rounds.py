@@ -2,19 +2,19 @@
 
 On a shared VM the bandwidth a streaming kernel gets moves by up to 2x within minutes (Zen 5, session 6:
 Adam's streams at 78 GB/s in one section and 132 GB/s two minutes later), so a bound measured once and set
-against a case timed later says as much about the machine as about the kernel. Here a case runs in rounds:
-round r times the stream kernel once (one sample: enough calls to last ``min_time``), then each provider
-once; a last stream sample closes the final round, so every provider sample has a stream sample just before
-and just after it (stream, A, B, stream, A, B, ..., stream). Round r's bound is the bandwidth of the mean of
-its two bracketing stream samples; a provider's fraction of the bound is the median over its rounds of
-(bytes / its time in round r) / (round r's bound), a same-round ratio, in which a slow-down of the whole
-machine that hits both sides cancels. Ratios between providers (allocating / ``out=``, the speed-ups) are
-medians of same-round ratios too. ``moved`` is how far the stream samples of the case spread: the fastest
-one's bandwidth / the slowest one's - 1 (a bound that moved by 2x: 1.0); a case whose bound moved more than
-a threshold is flagged.
+against a case timed later says as much about the machine as about the kernel. Here a case runs in rounds,
+and every provider sample sits between two stream samples of its own (one sample: enough calls to last
+``min_time``): stream, A, stream, B, stream, A, stream, B, ..., stream. A sample's bound is the bandwidth of
+the mean of its two bracketing stream samples, taken right before and after it whatever the other providers
+cost; a provider's fraction of the bound is the median over its samples of (bytes / its time) / (its
+bound), in which a slow-down of the whole machine that hits both sides cancels. Ratios between providers
+(allocating / ``out=``, the speed-ups) are medians over rounds of same-round ratios. ``moved`` is how far the
+bound moved across one sample: the largest (faster / slower - 1) of a bracketing pair (2x: 1.0); a case
+whose bound moved more than a threshold is flagged.
 
-Each sample starts after the stream kernel (or another provider) has swept the caches; its calls (at least
-``min_time`` of them) re-warm what fits, so cache-resident cases pay for one cold call per sample.
+Every sample follows a stream sample, which swept the caches: all providers start alike (no order bias);
+a sample's calls (at least ``min_time`` of them) re-warm what fits, so cache-resident cases pay for one cold
+call per sample.
 
 The clock is a parameter (tests drive it with a fake one).
 """
@@ -76,14 +76,18 @@ def sample(t: Timed, clock: Clock = time.perf_counter) -> float:
 
 @dataclass
 class Rounds:
-    """The samples of one case: ``stream_s`` (seconds per stream call, one more than the rounds) and
-    ``times`` (provider -> seconds per call in rounds 0, 1, ...; a slow provider may sit out the last ones)."""
+    """The samples of one case: ``stream_s`` (seconds per stream call, in the order taken), ``times``
+    (provider -> seconds per call in rounds 0, 1, ...; a slow provider may sit out the last ones) and
+    ``brackets`` (provider -> the indices in ``stream_s`` of the stream samples before and after each of its
+    samples)."""
 
     stream_s: list[float]
     times: dict[str, list[float]] = field(default_factory=dict)
+    brackets: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def bounds(self, stream_bytes: int) -> list[float]:
-        """Round r's bound (bytes/s): the stream's bandwidth over the mean of the samples before and after r."""
+        """The bound (bytes/s) of each provider sample, in the order taken: the stream's bandwidth over the mean
+        of consecutive stream samples."""
         s = self.stream_s
         return [stream_bytes / ((s[r] + s[r + 1]) / 2) for r in range(len(s) - 1)]
 
@@ -91,16 +95,18 @@ class Rounds:
         return [stream_bytes / t for t in self.stream_s]
 
     def moved(self, stream_bytes: int) -> float:
-        """max / min - 1 of the stream samples' bandwidths during the case."""
-        bw = self.stream_bandwidths(stream_bytes)
-        return max(bw) / min(bw) - 1
+        """The largest faster / slower - 1 of two stream samples that bracket one provider sample."""
+        s = self.stream_s
+        return max((max(s[i], s[i + 1]) / min(s[i], s[i + 1]) - 1 for i in range(len(s) - 1)), default=0.0)
 
     def median_time(self, name: str) -> float:
         return statistics.median(self.times[name])
 
     def fracs(self, name: str, nbytes: int, stream_bytes: int) -> list[float]:
-        """Per round: (``nbytes`` / the provider's time) / the round's bound."""
-        return [nbytes / t / b for t, b in zip(self.times[name], self.bounds(stream_bytes), strict=False)]
+        """Per sample: (``nbytes`` / the provider's time) / the bound of its own bracketing stream samples."""
+        s = self.stream_s
+        bounds = (stream_bytes / ((s[i] + s[j]) / 2) for i, j in self.brackets[name])
+        return [nbytes / t / b for t, b in zip(self.times[name], bounds, strict=True)]
 
     def frac(self, name: str, nbytes: int, stream_bytes: int) -> float:
         return statistics.median(self.fracs(name, nbytes, stream_bytes))
@@ -111,15 +117,17 @@ class Rounds:
 
 
 def run_rounds(stream: Timed, timed: dict[str, Timed], clock: Clock = time.perf_counter) -> Rounds:
-    """Sample ``stream`` and the providers in ``timed`` in rounds: stream, each provider (in order), ...,
-    stream. The number of rounds is the most any provider takes (``Timed.rounds``); a provider takes part in
-    the first ``rounds`` of them."""
+    """Sample the providers in ``timed`` in rounds (each in order, each round), with a ``stream`` sample
+    before the first and after every provider sample. The number of rounds is the most any provider takes
+    (``Timed.rounds``); a provider takes part in the first ``rounds`` of them."""
     n = max((t.rounds for t in timed.values()), default=0)
-    out = Rounds(stream_s=[], times={name: [] for name in timed})
+    out = Rounds(stream_s=[], times={name: [] for name in timed}, brackets={name: [] for name in timed})
+    out.stream_s.append(sample(stream, clock))
     for r in range(n):
-        out.stream_s.append(sample(stream, clock))
         for name, t in timed.items():
             if r < t.rounds:
                 out.times[name].append(sample(t, clock))
-    out.stream_s.append(sample(stream, clock))
+                out.stream_s.append(sample(stream, clock))
+                k = len(out.stream_s) - 1
+                out.brackets[name].append((k - 1, k))
     return out
